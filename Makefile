@@ -1,0 +1,46 @@
+# crowdclust: every target works on a fresh machine that has only python3 and make.
+# The installer (uv, pinned) is bootstrapped into .tools/ on first use; the project's
+# environment is .venv/, built from uv.lock.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := .tools/bin/uv
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+
+.PHONY: install test lint fmt demo bench clean
+
+install: $(STAMP)
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Re-runs only when the lock file or the project metadata changed.
+$(STAMP): $(UV) uv.lock pyproject.toml
+	$(UV) sync --locked --quiet
+	@touch $(STAMP)
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: install
+	$(VENV)/bin/python -m crowdclust.demo
+
+bench: install
+	@for script in bench/*.py; do echo "== $$script"; $(VENV)/bin/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
