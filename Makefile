@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install test lint fmt demo bench clean
+.PHONY: install test lint fmt demo bench up down clean
 
 install: $(STAMP)
 
@@ -41,6 +41,13 @@ demo: install
 
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(VENV)/bin/python $$script || exit 1; done
+
+# Local service: Prefect server + emulator + process worker, deployments from prefect.yaml.
+up: install
+	$(VENV)/bin/crowdclust service up
+
+down:
+	@if [ -x $(VENV)/bin/crowdclust ]; then $(VENV)/bin/crowdclust service down; else echo "nothing to stop"; fi
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
