@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from crowdclust.service import ServiceConfig
 
 app = typer.Typer(
     help="Run crowdclust as a local service (Prefect server + emulator + worker).", no_args_is_help=True
@@ -18,7 +21,7 @@ StateDir = Annotated[
 ]
 
 
-def _config(server_port: int, emulator_port: int, state_dir: Path | None):  # noqa: ANN202 (lazy import)
+def _config(server_port: int, emulator_port: int, state_dir: Path | None) -> ServiceConfig:
     from crowdclust.service import ServiceConfig
 
     defaults = ServiceConfig()
