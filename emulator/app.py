@@ -1,0 +1,313 @@
+"""HTTP routes: the Toloka API subset toloka-kit 1.2.3 uses, control endpoints and images.
+
+Toloka API (under `/api`, `Authorization: OAuth <token>` required): see design/toloka-wire.md §4.
+Control and inspection endpoints (no auth, never faulted), not part of Toloka:
+
+* `GET  /_emulator/health` — `{"status": "ok", "sim_time": ..., "speed": ...}`
+* `GET  /_emulator/workers` — every simulated worker: id, type, profile, skills, training scores,
+  restrictions (ground truth for tests and reports)
+* `GET  /_emulator/catalogue` — the active catalogue: items with image URL, true class, attributes
+* `GET  /_emulator/stats` — object counts, assignments by status, balance, simulated time
+* `POST /_emulator/advance?seconds=N` — move the simulated clock forward (the only way with speed 0)
+* `POST /_emulator/config?speed=&fail_rate=&latency_ms=` — change speed and faults at runtime
+* `GET  /images/<catalogue>/<file>.png` — the bundled catalogue images, drawn on demand
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from emulator.catalogues import render_png
+from emulator.core import Emulator, public
+from emulator.errors import ApiError, field_errors
+from emulator.faults import Faults
+
+log = logging.getLogger("emulator.app")
+
+
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+def _error(status: int, code: str, message: str, payload: Any = None) -> JSONResponse:
+    return _json(ApiError(status, code, message, payload).body(uuid.uuid4().hex), status)
+
+
+def _op(result: tuple[int, Any]) -> Response:
+    status, op = result
+    return Response(status_code=204) if op is None else _json(public(op), status)
+
+
+def create_app(emu: Emulator) -> FastAPI:
+    """The FastAPI application serving one `Emulator`."""
+    app = FastAPI(title="crowdclust Toloka emulator", docs_url=None, redoc_url=None, openapi_url=None)
+    settings = emu.settings
+    faults = Faults(settings.seed, settings.fail_rate, settings.latency_ms)
+    app.state.emulator, app.state.faults = emu, faults
+    expected = settings.token
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        if not request.url.path.startswith("/api"):
+            return await call_next(request)
+        if faults.latency_ms:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme not in ("OAuth", "ApiKey") or token.strip() != expected:
+            return _error(401, "AUTHENTICATION_ERROR", "Invalid or missing OAuth token")
+        decision = faults.decide("operation_id" in request.query_params)
+        if decision and not decision[1]:
+            return _error(*decision[0])
+        response = await call_next(request)
+        if decision:
+            return _error(*decision[0])
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.payload)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "DOES_NOT_EXIST", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "INTERNAL_ERROR")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        payload = {}
+        for e in exc.errors():
+            loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+            path = "body" if e.get("type") == "json_invalid" or not loc else ".".join(loc)
+            payload[path] = ("INVALID_FORMAT", str(e.get("msg", "")))
+        return _error(400, "VALIDATION_ERROR", "Validation failed", field_errors(payload))
+
+    @app.exception_handler(Exception)
+    async def crash(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return _error(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+
+    call = emu.call
+
+    def q(request: Request) -> dict[str, str]:
+        return dict(request.query_params)
+
+    # ---------------------------------------------------------------------------------- requester
+    @app.get("/api/v1/requester")
+    def requester() -> Any:
+        return call(emu.requester)
+
+    # ----------------------------------------------------------------------------------- projects
+    @app.post("/api/v1/projects", status_code=201)
+    def create_project(body: Any = Body(None)) -> Any:
+        return _json(call(emu.create_project, body), 201)
+
+    @app.get("/api/v1/projects")
+    def find_projects(request: Request) -> Any:
+        return call(emu.search, "project", q(request))
+
+    @app.get("/api/v1/projects/{key}")
+    def get_project(key: str) -> Any:
+        return call(lambda: public(emu.get("project", key)))
+
+    @app.put("/api/v1/projects/{key}")
+    def update_project(key: str, body: Any = Body(None)) -> Any:
+        return call(emu.update, "project", key, body)
+
+    @app.post("/api/v1/projects/{key}/archive")
+    def archive_project(key: str) -> Response:
+        return _op(call(emu.archive_project, key))
+
+    # -------------------------------------------------------------------------- pools, trainings
+    for collection, kind in (("pools", "pool"), ("trainings", "training")):
+        _pool_routes(app, emu, collection, kind)
+
+    # -------------------------------------------------------------------------------------- skills
+    @app.post("/api/v1/skills", status_code=201)
+    def create_skill(body: Any = Body(None)) -> Any:
+        return _json(call(emu.create_skill, body), 201)
+
+    @app.get("/api/v1/skills")
+    def find_skills(request: Request) -> Any:
+        return call(emu.search, "skill", q(request))
+
+    @app.get("/api/v1/skills/{key}")
+    def get_skill(key: str) -> Any:
+        return call(lambda: public(emu.get("skill", key)))
+
+    # ---------------------------------------------------------------------------- tasks and suites
+    for collection, kind in (("tasks", "task"), ("task-suites", "suite")):
+        _long_routes(app, emu, collection, kind)
+
+    # ---------------------------------------------------------------------------------- operations
+    @app.get("/api/v1/operations/{key}")
+    def get_operation(key: str) -> Any:
+        return call(emu.get_operation, key)
+
+    @app.get("/api/v1/operations/{key}/log")
+    def get_operation_log(key: str) -> Any:
+        return call(emu.get_operation_log, key)
+
+    @app.post("/api/staging/analytics-2")
+    def analytics(body: Any = Body(None)) -> Any:
+        return _json(public(call(emu.analytics, body)), 202)
+
+    # --------------------------------------------------------------------------------- assignments
+    @app.get("/api/v1/assignments")
+    def find_assignments(request: Request) -> Any:
+        return call(emu.search, "assignment", q(request))
+
+    @app.get("/api/v1/assignments/{key}")
+    def get_assignment(key: str) -> Any:
+        return call(emu.get_long, "assignment", key)
+
+    @app.patch("/api/v1/assignments/{key}")
+    def patch_assignment(key: str, body: Any = Body(None)) -> Any:
+        return call(emu.patch_assignment, key, body)
+
+    @app.get("/api/new/requester/pools/{pool_id}/assignments.tsv")
+    def assignments_tsv(pool_id: str, request: Request) -> Any:
+        text = call(emu.export_tsv, pool_id, q(request))
+        return PlainTextResponse(text, media_type="text/tab-separated-values; charset=utf-8")
+
+    # --------------------------------------------------------------------------------- user skills
+    @app.get("/api/v1/user-skills")
+    def find_user_skills(request: Request) -> Any:
+        return call(emu.search, "user_skill", q(request))
+
+    @app.get("/api/v1/user-skills/{key}")
+    def get_user_skill(key: str) -> Any:
+        def find() -> Any:
+            for doc in emu.store.data["user_skill"].values():
+                if doc["id"] == key:
+                    return public(doc)
+            raise ApiError(404, "DOES_NOT_EXIST", f"user skill {key} does not exist")
+
+        return call(find)
+
+    @app.put("/api/v1/user-skills")
+    def set_user_skill(body: Any = Body(None)) -> Any:
+        return call(emu.set_user_skill, body)
+
+    # -------------------------------------------------------------------------- control, images
+    _control_routes(app, emu, faults)
+
+    @app.get("/images/{catalogue}/{file}")
+    def image(catalogue: str, file: str) -> Response:
+        png = render_png(f"/images/{catalogue}/{file}")
+        if png is None:
+            return _error(404, "DOES_NOT_EXIST", f"no image /images/{catalogue}/{file}")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+
+    return app
+
+
+def _pool_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> None:
+    """Pools and trainings: same shape, one id space."""
+    call = emu.call
+
+    @app.post(f"/api/v1/{collection}", status_code=201, name=f"create_{kind}")
+    def create(body: Any = Body(None)) -> Any:
+        return _json(call(emu.create_pool, body, kind), 201)
+
+    @app.get(f"/api/v1/{collection}", name=f"find_{kind}s")
+    def find(request: Request) -> Any:
+        return call(emu.search, "pool", dict(request.query_params), kind)
+
+    @app.get(f"/api/v1/{collection}/{{key}}", name=f"get_{kind}")
+    def get(key: str) -> Any:
+        return call(emu.get_pool, key, kind)
+
+    @app.put(f"/api/v1/{collection}/{{key}}", name=f"update_{kind}")
+    def update(key: str, body: Any = Body(None)) -> Any:
+        return call(emu.update, "pool", key, body, kind)
+
+    def action_route(method: Callable[[str, str], tuple[int, Any]]) -> Callable[[str], Response]:
+        def route(key: str) -> Response:
+            return _op(call(method, key, kind))
+
+        return route
+
+    for action, method in (("open", emu.open_pool), ("close", emu.close_pool), ("archive", emu.archive_pool)):
+        app.post(f"/api/v1/{collection}/{{key}}/{action}", name=f"{action}_{kind}")(action_route(method))
+
+
+def _long_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> None:
+    """Tasks and task suites: batch creates (sync or async with operation ids), search, get."""
+    call = emu.call
+
+    @app.post(f"/api/v1/{collection}", name=f"create_{kind}s")
+    def create(request: Request, body: Any = Body(None)) -> Any:
+        status, data = call(emu.batch_create, kind, body, dict(request.query_params))
+        return _json(public(data) if "type" in data else data, status)
+
+    @app.get(f"/api/v1/{collection}", name=f"find_{kind}s")
+    def find(request: Request) -> Any:
+        return call(emu.search, kind, dict(request.query_params))
+
+    @app.get(f"/api/v1/{collection}/{{key}}", name=f"get_{kind}")
+    def get(key: str) -> Any:
+        return call(emu.get_long, kind, key)
+
+
+def _control_routes(app: FastAPI, emu: Emulator, faults: Faults) -> None:
+    @app.get("/_emulator/health")
+    def health() -> Any:
+        return {"status": "ok", "sim_time": emu.crowd.now, "speed": emu.clock.speed}
+
+    @app.get("/_emulator/workers")
+    def workers() -> Any:
+        return emu.call(lambda: [emu.crowd.worker_view(w) for w in emu.crowd.by_index])
+
+    @app.get("/_emulator/catalogue")
+    def catalogue(request: Request) -> Any:
+        base = str(request.base_url).rstrip("/")
+        frame = emu.catalogue.frame(base)
+        return {"name": emu.catalogue.name, "size": len(frame), "items": frame.to_dict("records")}
+
+    @app.get("/_emulator/stats")
+    def stats() -> Any:
+        def collect() -> Any:
+            data = emu.store.data
+            return {
+                "sim_time": emu.crowd.now,
+                "speed": emu.clock.speed,
+                "balance": round(emu.balance(), 4),
+                "objects": {kind: len(docs) for kind, docs in data.items() if kind not in ("meta", "oplog")},
+                "assignments": dict(Counter(a["status"] for a in data["assignment"].values())),
+                "pools": {
+                    p["id"]: {"kind": p["_kind"], "status": p["status"], **p["_stats"]}
+                    for p in data["pool"].values()
+                },
+                "faults_injected": faults.injected,
+                "lost_responses": faults.lost_responses,
+            }
+
+        return emu.call(collect)
+
+    @app.post("/_emulator/advance")
+    def advance(seconds: float = 0.0) -> Any:
+        emu.clock.advance(seconds)
+        emu.tick()
+        return {"sim_time": emu.crowd.now}
+
+    @app.post("/_emulator/config")
+    def config(
+        speed: float | None = None, fail_rate: float | None = None, latency_ms: int | None = None
+    ) -> Any:
+        if speed is not None:
+            emu.clock.set_speed(speed)
+        if fail_rate is not None:
+            faults.fail_rate = fail_rate
+        if latency_ms is not None:
+            faults.latency_ms = latency_ms
+        return {"speed": emu.clock.speed, "fail_rate": faults.fail_rate, "latency_ms": faults.latency_ms}

@@ -1,0 +1,168 @@
+"""Creating tasks and task suites (validation, overlap defaults) and computing pool analytics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from emulator.errors import field_errors
+from emulator.store import Doc
+
+if TYPE_CHECKING:
+    from emulator.core import Emulator
+
+TASK_KEYS = ("input_values", "known_solutions", "message_on_unknown_solution")
+
+
+def create_items(
+    emu: Emulator, kind: str, items: list[Any], params: dict[str, str]
+) -> tuple[dict[str, Doc], dict[str, Any]]:
+    """Validate and create tasks (`kind="task"`) or suites (`kind="suite"`).
+
+    Returns `({item index: document}, {item index: field errors})`. Unless `skip_invalid_items=true`,
+    one invalid item means nothing is created (as on Toloka).
+    """
+    errors: dict[str, Any] = {}
+    valid: list[tuple[str, dict[str, Any], Doc]] = []
+    for pos, item in enumerate(items):
+        idx = str(item.get("__item_idx", pos)) if isinstance(item, dict) else str(pos)
+        problems = _validate(emu, kind, item)
+        if problems:
+            errors[idx] = field_errors(problems)
+        else:
+            valid.append((idx, item, emu.store.data["pool"][str(item["pool_id"])]))
+    if errors and params.get("skip_invalid_items", "false").lower() != "true":
+        return {}, errors
+    created = {idx: _create(emu, kind, item, pool) for idx, item, pool in valid}
+    if params.get("open_pool", "false").lower() == "true":
+        for pool_id in {str(item["pool_id"]) for _, item, _ in valid}:
+            pool = emu.store.data["pool"][pool_id]
+            if pool["status"] != "OPEN":
+                emu.set_pool_status(pool, "OPEN")
+    return created, errors
+
+
+def _validate(emu: Emulator, kind: str, item: Any) -> dict[str, tuple[str, str]]:
+    if not isinstance(item, dict):
+        return {"": ("INVALID_FORMAT", "expected a JSON object")}
+    pool_id = item.get("pool_id")
+    if pool_id is None:
+        return {"pool_id": ("VALUE_REQUIRED", "pool_id is required")}
+    pool = emu.store.get("pool", str(pool_id))
+    if pool is None:
+        return {"pool_id": ("DOES_NOT_EXIST", f"pool {pool_id} does not exist")}
+    if pool["status"] == "ARCHIVED":
+        return {"pool_id": ("INAPPROPRIATE_STATUS", f"pool {pool_id} is archived")}
+    project = emu.store.get("project", str(pool["project_id"])) or {}
+    input_spec = (project.get("task_spec") or {}).get("input_spec") or {}
+    tasks = [item] if kind == "task" else item.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        return {"tasks": ("VALUE_REQUIRED", "a task suite needs a non-empty list of tasks")}
+    problems: dict[str, tuple[str, str]] = {}
+    for pos, task in enumerate(tasks):
+        prefix = "" if kind == "task" else f"tasks.{pos}."
+        values = task.get("input_values") if isinstance(task, dict) else None
+        if not isinstance(values, dict):
+            problems[f"{prefix}input_values"] = ("VALUE_REQUIRED", "input_values is required")
+            continue
+        for name, spec in input_spec.items():
+            if (spec or {}).get("required", True) and values.get(name) is None:
+                problems[f"{prefix}input_values.{name}"] = (
+                    "VALUE_REQUIRED",
+                    f"input_values.{name} is required",
+                )
+    overlap = item.get("overlap")
+    if overlap is not None and (not isinstance(overlap, int) or overlap < 1):
+        problems["overlap"] = ("INVALID_VALUE", "overlap must be a positive integer")
+    return problems
+
+
+def _overlap(kind: str, item: dict[str, Any], pool: Doc) -> int | None:
+    if pool.get("_kind") == "training" or item.get("infinite_overlap"):
+        return None
+    if item.get("overlap") is not None:
+        return int(item["overlap"])
+    defaults = pool.get("defaults") or {}
+    default = defaults.get(
+        "default_overlap_for_new_tasks" if kind == "task" else "default_overlap_for_new_task_suites"
+    )
+    return int(default) if default else 1
+
+
+def _create(emu: Emulator, kind: str, item: dict[str, Any], pool: Doc) -> Doc:
+    from emulator.core import READ_ONLY, REQUEST_FLAGS
+
+    overlap = _overlap(kind, item, pool)
+    clean = {
+        k: v
+        for k, v in item.items()
+        if k not in READ_ONLY and k not in REQUEST_FLAGS and not k.startswith("_")
+    }
+    stamp = emu.stamp()
+    if kind == "task":
+        task = clean | {"id": emu._long_id(), "pool_id": pool["id"], "created": stamp}
+        task.pop("overlap", None)
+        task.pop("infinite_overlap", None)
+        task["_overlap"] = overlap
+        emu.store.put("task", task["id"], task)
+        # Every task is issued as its own (hidden) suite.
+        suite_tasks = [{k: task[k] for k in ("id", *TASK_KEYS) if k in task}]
+        suite = {"pool_id": pool["id"], "tasks": suite_tasks, "_hidden": True}
+        result = task
+    else:
+        suite_tasks = [
+            {"id": emu._long_id(), **{k: t[k] for k in TASK_KEYS if k in t}} for t in clean.get("tasks", [])
+        ]
+        suite = {k: v for k, v in clean.items() if k not in ("tasks", "overlap", "infinite_overlap")}
+        suite |= {"pool_id": pool["id"], "tasks": suite_tasks, "mixed": bool(clean.get("mixed", False))}
+        suite.setdefault("automerged", False)
+        result = suite
+    suite |= {
+        "id": emu._long_id(),
+        "created": stamp,
+        "_overlap": overlap,
+        "_taken": 0,
+        "_done": 0,
+        "_workers": [],
+    }
+    emu.store.put("suite", suite["id"], suite)
+    if kind == "task":
+        task["_suite"] = suite["id"]
+    emu.crowd.suite_added(pool, suite)
+    return result
+
+
+def analytics_value(emu: Emulator, pool: Doc, name: str) -> Any:
+    """One pool metric as Toloka's analytics answers it (`completion_percentage` is an object)."""
+    stats = pool["_stats"]
+    if name == "completion_percentage":
+        total, done = stats["total"], stats["done"]
+        return {"value": 100 if total and done >= total else (int(100 * done / total) if total else 0)}
+    data = emu.store.data["assignment"]
+    assignments = [data[i] for i in emu.store.ids_in_pool("assignment", pool["id"])]
+    by_status: dict[str, int] = {}
+    for a in assignments:
+        by_status[a["status"]] = by_status.get(a["status"], 0) + 1
+    submitted = [a for a in assignments if a["status"] in ("SUBMITTED", "ACCEPTED", "REJECTED")]
+    if name == "real_tasks_count":
+        suites = emu.store.data["suite"]
+        return sum(len(suites[s]["tasks"]) for s in emu.store.ids_in_pool("suite", pool["id"]))
+    if name == "submitted_assignments_count":
+        return len(submitted)
+    if name in ("skipped_assignments_count", "rejected_assignments_count"):
+        return by_status.get(name.split("_")[0].upper(), 0)
+    if name == "approved_assignments_count":
+        return by_status.get("ACCEPTED", 0)
+    if name == "avg_submit_assignment_millis":
+        spans = [a["_duration"] for a in submitted if "_duration" in a]
+        return int(1000 * sum(spans) / len(spans)) if spans else 0
+    if name == "spent_budget":
+        return round(by_status.get("ACCEPTED", 0) * emu.assignment_cost(pool), 6)
+    if name == "unique_workers_count":
+        return len({a["user_id"] for a in assignments})
+    if name == "unique_submitters_count":
+        return len({a["user_id"] for a in submitted})
+    if name == "estimated_assignments_count":
+        return stats["total"]
+    if name == "active_workers_by_filter_count":
+        return emu.crowd.count_admitted(pool)
+    return 0

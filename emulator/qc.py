@@ -1,0 +1,217 @@
+"""Quality-control rules of a pool (`quality_control.configs`): collectors, conditions, actions.
+
+Supported collectors (those the pipeline's configs use, plus golden set and majority vote):
+`ASSIGNMENT_SUBMIT_TIME` (fast_submitted_count, total_submitted_count over the last `history_size`
+submits), `ANSWER_COUNT` (assignments_accepted_count), `SKIPPED_IN_ROW_ASSIGNMENTS` (simulated workers
+never skip, so skipped_in_row_count stays 0), `GOLDEN_SET` and `MAJORITY_VOTE` (total_answers_count,
+correct_answers_rate, incorrect_answers_rate), `ASSIGNMENTS_ASSESSMENT` (assessment_event on accept /
+reject), `USERS_ASSESSMENT` (pool_access_revoked_reason when a worker loses access).
+Actions: `RESTRICTION_V2`/`RESTRICTION`, `SET_SKILL`, `CHANGE_OVERLAP`, `APPROVE_ALL_ASSIGNMENTS`,
+`REJECT_ALL_ASSIGNMENTS`. Anything else is stored and logged once as unsupported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from emulator.filters import compare
+from emulator.store import Doc
+from emulator.workers import matches_gold
+
+if TYPE_CHECKING:
+    from emulator.core import Emulator
+
+log = logging.getLogger("emulator.qc")
+_unsupported: set[str] = set()
+UNIT_SECONDS = {"MINUTES": 60, "HOURS": 3600, "DAYS": 86400}
+SUBMITTED = ("SUBMITTED", "ACCEPTED", "REJECTED")
+
+
+def _configs(pool: Doc) -> list[dict[str, Any]]:
+    return list((pool.get("quality_control") or {}).get("configs") or [])
+
+
+def _holds(conditions: list[dict[str, Any]], values: dict[str, Any]) -> bool:
+    return all(compare(values.get(c.get("key")), c.get("operator"), c.get("value")) for c in conditions or [])
+
+
+def _worker_assignments(emu: Emulator, pool: Doc, worker_id: str) -> list[Doc]:
+    worker = emu.store.data["worker"].get(worker_id)
+    if worker is None:
+        return []
+    data = emu.store.data["assignment"]
+    return [data[i] for i in worker["_rt"]["pools"].get(pool["id"], [])]
+
+
+def _collect(emu: Emulator, collector: dict[str, Any], pool: Doc, worker: Doc) -> dict[str, Any] | None:
+    kind = collector.get("type")
+    params = collector.get("parameters") or {}
+    history = int(params.get("history_size") or 10)
+    mine = [a for a in _worker_assignments(emu, pool, worker["id"]) if a["status"] in SUBMITTED]
+    if kind == "ASSIGNMENT_SUBMIT_TIME":
+        recent = mine[-history:]
+        threshold = float(params.get("fast_submit_threshold_seconds") or 0)
+        fast = sum(1 for a in recent if a.get("_duration", threshold) < threshold)
+        return {"fast_submitted_count": fast, "total_submitted_count": len(recent)}
+    if kind == "ANSWER_COUNT":
+        return {"assignments_accepted_count": len(mine)}
+    if kind == "SKIPPED_IN_ROW_ASSIGNMENTS":
+        return {"skipped_in_row_count": 0}
+    if kind == "GOLDEN_SET":
+        return _rates(_golden_answers(emu, mine)[-history:])
+    if kind == "MAJORITY_VOTE":
+        return _rates(_majority_answers(emu, pool, mine, int(params.get("answer_threshold") or 2))[-history:])
+    if kind not in ("ASSIGNMENTS_ASSESSMENT", "USERS_ASSESSMENT") and kind not in _unsupported:
+        _unsupported.add(str(kind))
+        log.warning("quality-control collector %s is not supported by the emulator: rules ignored", kind)
+    return None
+
+
+def _rates(correct: list[bool]) -> dict[str, Any]:
+    total = len(correct)
+    rate = 100.0 * sum(correct) / total if total else None
+    return {
+        "total_answers_count": total,
+        "golden_set_answers_count": total,
+        "correct_answers_rate": rate,
+        "golden_set_correct_answers_rate": rate,
+        "incorrect_answers_rate": None if rate is None else 100.0 - rate,
+        "golden_set_incorrect_answers_rate": None if rate is None else 100.0 - rate,
+    }
+
+
+def _golden_answers(emu: Emulator, mine: list[Doc]) -> list[bool]:
+    out = []
+    for a in mine:
+        suite = emu.store.data["suite"][a["task_suite_id"]]
+        for task, solution in zip(suite["tasks"], a.get("solutions") or [], strict=False):
+            if task.get("known_solutions"):
+                out.append(matches_gold(solution["output_values"], task))
+    return out
+
+
+def _majority_answers(emu: Emulator, pool: Doc, mine: list[Doc], threshold: int) -> list[bool]:
+    """Agreement with the majority on each task of a completed suite whose majority has `threshold` votes."""
+    data = emu.store.data["assignment"]
+    out = []
+    for a in mine:
+        suite = emu.store.data["suite"][a["task_suite_id"]]
+        if suite["_overlap"] is None or suite["_done"] < suite["_overlap"]:
+            continue  # judged only once every answer is in, as Toloka does
+        others = [data[i] for i in suite.get("_assignments", []) if data[i]["status"] in SUBMITTED]
+        for pos, solution in enumerate(a.get("solutions") or []):
+            votes = Counter(repr(sorted(o["solutions"][pos]["output_values"].items())) for o in others)
+            majority, count = votes.most_common(1)[0]
+            if count >= threshold:
+                out.append(repr(sorted(solution["output_values"].items())) == majority)
+    return out
+
+
+def on_submit(emu: Emulator, worker: Doc, pool: Doc, assignment: Doc) -> None:
+    """Evaluate the submit-driven collectors of the pool.
+
+    Most collectors judge the worker who just submitted. MAJORITY_VOTE judges every worker of the suite
+    once the suite's last answer is in (before that there is no majority to agree with).
+    """
+    suite = emu.store.data["suite"][assignment["task_suite_id"]]
+    complete = suite["_overlap"] is not None and suite["_done"] >= suite["_overlap"]
+    workers = emu.store.data["worker"]
+    for config in _configs(pool):
+        collector = config.get("collector_config") or {}
+        if collector.get("type") == "MAJORITY_VOTE":
+            if not complete:
+                continue
+            ids = dict.fromkeys(
+                emu.store.data["assignment"][i]["user_id"] for i in suite.get("_assignments", [])
+            )
+            targets = [workers[w] for w in ids if w in workers]
+        else:
+            targets = [worker]
+        for target in targets:
+            values = _collect(emu, collector, pool, target)
+            if values is None:
+                continue
+            for rule in config.get("rules") or []:
+                if _holds(rule.get("conditions"), values):
+                    apply(emu, rule.get("action") or {}, pool, target["id"], assignment)
+
+
+def on_assessment(emu: Emulator, pool: Doc, assignment: Doc, event: str) -> None:
+    """ASSIGNMENTS_ASSESSMENT rules after an accept or reject."""
+    mine = _worker_assignments(emu, pool, assignment["user_id"])
+    values = {
+        "assessment_event": event,
+        "pending_assignments_count": sum(1 for a in mine if a["status"] == "SUBMITTED"),
+        "accepted_assignments_count": sum(1 for a in mine if a["status"] == "ACCEPTED"),
+        "rejected_assignments_count": sum(1 for a in mine if a["status"] == "REJECTED"),
+    }
+    for config in _configs(pool):
+        if (config.get("collector_config") or {}).get("type") != "ASSIGNMENTS_ASSESSMENT":
+            continue
+        for rule in config.get("rules") or []:
+            if _holds(rule.get("conditions"), values):
+                apply(emu, rule.get("action") or {}, pool, assignment["user_id"], assignment)
+
+
+def on_access_revoked(emu: Emulator, pool: Doc, worker_id: str, reason: str) -> None:
+    """USERS_ASSESSMENT rules: a worker lost access to the pool (restriction or skill change)."""
+    revoked = pool.setdefault("_revoked", [])
+    if worker_id in revoked:
+        return
+    revoked.append(worker_id)
+    emu.store.touch("pool", pool["id"])
+    for config in _configs(pool):
+        if (config.get("collector_config") or {}).get("type") != "USERS_ASSESSMENT":
+            continue
+        for rule in config.get("rules") or []:
+            if _holds(rule.get("conditions"), {"pool_access_revoked_reason": reason}):
+                apply(emu, rule.get("action") or {}, pool, worker_id, None)
+
+
+def apply(emu: Emulator, action: dict[str, Any], pool: Doc, worker_id: str, assignment: Doc | None) -> None:
+    kind = action.get("type")
+    params = action.get("parameters") or {}
+    crowd = emu.crowd
+    worker = emu.store.data["worker"].get(worker_id)
+    if kind in ("RESTRICTION_V2", "RESTRICTION") and worker is not None:
+        scope = params.get("scope", "POOL")
+        target = pool["project_id"] if scope == "PROJECT" else pool["id"]
+        span = params.get("duration")
+        until = (
+            None
+            if span is None
+            else crowd.now + float(span) * UNIT_SECONDS.get(params.get("duration_unit"), 86400)
+        )
+        worker["_rt"]["restrictions"].append(
+            {"scope": scope, "target": target, "until": until, "comment": params.get("private_comment")}
+        )
+        emu.store.touch("worker", worker_id)
+        for other in emu.store.data["pool"].values():
+            if (
+                other["_kind"] == "pool"
+                and crowd.restricted(worker, other)
+                and _worker_assignments(emu, other, worker_id)
+            ):
+                on_access_revoked(emu, other, worker_id, "RESTRICTION")
+    elif kind == "SET_SKILL":
+        emu.put_user_skill(worker_id, str(params.get("skill_id")), float(params.get("skill_value") or 0))
+        if worker is not None and not crowd.admits(worker, pool):
+            on_access_revoked(emu, pool, worker_id, "SKILL_CHANGE")
+    elif kind == "CHANGE_OVERLAP":
+        delta, reopen = int(params.get("delta") or 0), bool(params.get("open_pool"))
+        if assignment is not None:
+            crowd.change_overlap(emu.store.data["suite"][assignment["task_suite_id"]], delta, reopen)
+        else:
+            for a in _worker_assignments(emu, pool, worker_id):
+                if a["status"] in SUBMITTED:
+                    crowd.change_overlap(emu.store.data["suite"][a["task_suite_id"]], delta, reopen)
+    elif kind in ("APPROVE_ALL_ASSIGNMENTS", "REJECT_ALL_ASSIGNMENTS"):
+        status = "ACCEPTED" if kind.startswith("APPROVE") else "REJECTED"
+        for a in _worker_assignments(emu, pool, worker_id):
+            if a["status"] == "SUBMITTED":
+                crowd.assess(a, status, params.get("public_comment"))
+    elif str(kind) not in _unsupported:
+        _unsupported.add(str(kind))
+        log.warning("quality-control action %s is not supported by the emulator: ignored", kind)

@@ -1,0 +1,116 @@
+"""Search endpoints: exact and range filters, `sort`, `limit`, `id_gt` paging (toloka-wire.md §3).
+
+Numeric ids (projects, pools, trainings, skills, user skills) compare as numbers; long ids compare as
+strings (they are fixed width, so string order is creation order). Timestamps compare as datetimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from emulator.errors import validation
+from emulator.util import parse_time
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100_000
+RANGE_SUFFIXES = ("_lte", "_gte", "_lt", "_gt")
+TIME_FIELDS = {
+    "created",
+    "submitted",
+    "accepted",
+    "rejected",
+    "skipped",
+    "expired",
+    "last_started",
+    "modified",
+}
+# Query parameters that are never filters.
+NOT_FILTERS = {
+    "sort",
+    "limit",
+    "operation_id",
+    "async_mode",
+    "allow_defaults",
+    "open_pool",
+    "skip_invalid_items",
+}
+
+
+def id_key(value: Any, numeric: bool) -> Any:
+    if numeric:
+        try:
+            return (0, int(value), "")
+        except (TypeError, ValueError):
+            return (1, 0, str(value))
+    return str(value)
+
+
+def _field_key(field: str, value: Any, numeric: bool) -> Any:
+    if field == "id":
+        return id_key(value, numeric)
+    if field in TIME_FIELDS:
+        return parse_time(value) if value else datetime.min
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return float(value)
+    return "" if value is None else str(value)
+
+
+def search(
+    docs: Iterable[dict[str, Any]], params: dict[str, str], *, numeric_ids: bool, presorted: bool = False
+) -> tuple[list[dict[str, Any]], bool]:
+    """Filter, sort and page documents; returns (page, has_more)."""
+    try:
+        limit = min(int(params.get("limit", DEFAULT_LIMIT)), MAX_LIMIT)
+    except ValueError:
+        raise validation({"limit": ("INVALID_FORMAT", "limit must be an integer")}) from None
+    sort = [s for s in params.get("sort", "id").split(",") if s] or ["id"]
+    exact: list[tuple[str, set[str]]] = []
+    ranges: list[tuple[str, str, Any]] = []
+    for name, raw in params.items():
+        if name in NOT_FILTERS:
+            continue
+        suffix = next((s for s in RANGE_SUFFIXES if name.endswith(s)), None)
+        if suffix:
+            field = name[: -len(suffix)]
+            ranges.append((field, suffix[1:], _field_key(field, raw, numeric_ids)))
+        else:
+            exact.append((name, set(str(raw).split(","))))
+
+    def keep(doc: dict[str, Any]) -> bool:
+        for field, wanted in exact:
+            value = doc.get(field)
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if text not in wanted:
+                return False
+        for field, op, bound in ranges:
+            if doc.get(field) is None:
+                return False
+            value = _field_key(field, doc[field], numeric_ids)
+            if not (
+                (op == "lt" and value < bound)
+                or (op == "lte" and value <= bound)
+                or (op == "gt" and value > bound)
+                or (op == "gte" and value >= bound)
+            ):
+                return False
+        return True
+
+    if sort == ["id"] and presorted:
+        page = []
+        for doc in docs:
+            if keep(doc):
+                page.append(doc)
+                if len(page) > limit:
+                    break
+    else:
+        page = [doc for doc in docs if keep(doc)]
+        for field in reversed(sort):
+            name = field.lstrip("-")
+            page.sort(
+                key=lambda d, n=name: _field_key(n, d.get(n), numeric_ids), reverse=field.startswith("-")
+            )
+    return page[:limit], len(page) > limit

@@ -1,0 +1,34 @@
+"""Settings of one emulator instance (CLI flags, fixtures and `run_in_background` all build one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_TOKEN = "crowdclust-emulator-token"
+DEFAULT_PORT = 8765
+DEFAULT_BASE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+@dataclass
+class EmulatorSettings:
+    """Everything that shapes an emulator: where it listens, its state, its crowd and its faults.
+
+    `port=0` picks a free port; `db=None` keeps all state in memory (tests). `speed` is the number of
+    simulated seconds per wall second; `speed=0` freezes the clock so that only
+    `POST /_emulator/advance` moves it (fully deterministic tests). `catalogue` is a bundled name
+    (`demo-shoes`, `digits`) or the path of a TSV with an image URL column and a `class` column.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    db: str | None = None
+    token: str = DEFAULT_TOKEN
+    catalogue: str = "demo-shoes"
+    catalogue_size: int = 82
+    speed: float = 600.0
+    seed: int = 0
+    workers: int = 100
+    fail_rate: float = 0.0
+    latency_ms: int = 0
+    balance: float = 10_000.0
+    log_level: str = "warning"

@@ -1,0 +1,221 @@
+"""The simulated worker population and how each worker type answers (crowd-simulation.md).
+
+A worker's answer to a suite depends only on (seed, worker, suite, the images): perception errors are
+systematic per (worker, image), random choices are hashed from (seed, worker, suite, position). So the
+same worker answers the same suite identically whenever it happens to take it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from emulator.catalogues import Catalogue, Item
+from emulator.util import rng, stable_int, unit, worker_id
+
+# type -> share of the population
+TYPE_SHARES = {
+    "diligent": 0.60,
+    "colour_biased": 0.10,
+    "lumper": 0.05,
+    "splitter": 0.05,
+    "careless": 0.10,
+    "spammer": 0.10,
+}
+# type -> (per-image misperception range, seconds per image, probability of following a training instruction)
+TYPE_PARAMS: dict[str, tuple[tuple[float, float], float, float]] = {
+    "diligent": ((0.0, 0.04), 9.0, 0.97),
+    "colour_biased": ((0.0, 0.04), 6.0, 0.93),
+    "lumper": ((0.0, 0.04), 7.0, 0.93),
+    "splitter": ((0.0, 0.04), 7.0, 0.93),
+    "careless": ((0.12, 0.25), 4.0, 0.65),
+    "spammer": ((1.0, 1.0), 0.35, 0.05),
+}
+MAX_GROUPS = 10
+
+
+def _allocate(n: int, seed: int) -> list[str]:
+    """Exactly-proportional worker types (largest remainder), shuffled by the seed."""
+    raw = {t: share * n for t, share in TYPE_SHARES.items()}
+    counts = {t: int(v) for t, v in raw.items()}
+    for t in sorted(raw, key=lambda t: raw[t] - counts[t], reverse=True)[: n - sum(counts.values())]:
+        counts[t] += 1
+    types = [t for t, c in counts.items() for _ in range(c)]
+    rng("worker-types", seed).shuffle(types)
+    return types
+
+
+def population(seed: int, n: int) -> list[dict[str, Any]]:
+    """The crowd of a seed: ids, types, profiles (for pool filters), error rates, arrival times."""
+    workers = []
+    for index, kind in enumerate(_allocate(n, seed)):
+        r = rng("worker-profile", seed, index)
+        languages = ["EN"] if r.random() < 0.8 else (["EN", "RU"] if r.random() < 0.5 else ["RU"])
+        app = r.random() < 0.15
+        client_type = "TOLOKA_APP" if app else "BROWSER"
+        if app:
+            device = "SMARTPHONE" if r.random() < 0.8 else "TABLET"
+        else:
+            device = (
+                "PERSONAL_COMPUTER" if r.random() < 0.85 else ("SMARTPHONE" if r.random() < 0.6 else "TABLET")
+            )
+        low, high = TYPE_PARAMS[kind][0]
+        # Most of the crowd shows up within the first simulated quarter hour, the rest over two hours.
+        arrival = r.uniform(0, 900) if r.random() < 0.75 else r.uniform(900, 7200)
+        workers.append(
+            {
+                "id": worker_id(seed, index),
+                "index": index,
+                "type": kind,
+                "profile": {
+                    "languages": languages,
+                    "client_type": client_type,
+                    "device_category": device,
+                    "os_family": "ANDROID" if app else ("WINDOWS" if r.random() < 0.7 else "MAC_OS"),
+                    "country": r.choice(["US", "GB", "IN", "DE", "RU", "BR"]),
+                    "adult_allowed": True,
+                },
+                "error_rate": round(r.uniform(low, high), 4),
+                "pace": round(r.lognormvariate(0, 0.25), 4),
+                "arrival": round(arrival, 3),
+            }
+        )
+    return workers
+
+
+def duration(seed: int, worker: dict[str, Any], suite_id: str, n_images: int) -> float:
+    """Simulated seconds a worker spends on a suite (spammers: seconds; diligent: a minute or two)."""
+    per_image = TYPE_PARAMS[worker["type"]][1]
+    noise = rng("duration", seed, worker["id"], suite_id).lognormvariate(0, 0.2)
+    return max(2.0, per_image * max(n_images, 1) * worker["pace"] * noise)
+
+
+def pause(seed: int, worker: dict[str, Any], assignment_id: str) -> float:
+    """Simulated seconds between two assignments."""
+    return 5.0 + 25.0 * unit("pause", seed, worker["id"], assignment_id)
+
+
+# ------------------------------------------------------------------------------------------ perception
+
+
+def perceived_class(seed: int, worker: dict[str, Any], item: Item) -> str:
+    """The style a worker sees: systematic per (worker, image); errors go to a confusable style."""
+    if item.confusions and unit("misperceive", seed, worker["id"], item.path) < worker["error_rate"]:
+        return item.confusions[
+            stable_int("confuse-with", seed, worker["id"], item.path) % len(item.confusions)
+        ]
+    return item.cls
+
+
+def grouping_key(seed: int, worker: dict[str, Any], item: Item, salt: str) -> str:
+    """What the worker groups an image by, according to the worker's type."""
+    kind = worker["type"]
+    if kind == "spammer":
+        return f"random-{stable_int('spam', seed, worker['id'], salt) % 5}"
+    if kind == "colour_biased":
+        return item.colour
+    if kind == "lumper":
+        return item.group or perceived_class(seed, worker, item)
+    if kind == "splitter":
+        return f"{perceived_class(seed, worker, item)}/{item.colour}"
+    return perceived_class(seed, worker, item)
+
+
+def group_images(seed: int, worker: dict[str, Any], items: list[Item], suite_id: str) -> list[dict[str, int]]:
+    """A grouping answer `[{"group": g}, ...]`: groups numbered by first appearance, at most 10."""
+    keys = [grouping_key(seed, worker, item, f"{suite_id}/{pos}") for pos, item in enumerate(items)]
+    numbers: dict[str, int] = {}
+    for key in keys:
+        if key not in numbers:
+            # Beyond 10 distinct groups the worker runs out of colours and merges into an existing one.
+            numbers[key] = len(numbers) + 1 if len(numbers) < MAX_GROUPS else stable_int(key) % MAX_GROUPS + 1
+    return [{"group": numbers[key]} for key in keys]
+
+
+def pick_intruder(seed: int, worker: dict[str, Any], items: list[Item], suite_id: str) -> int:
+    """0-based index of the image the worker thinks differs from the majority."""
+    if worker["type"] == "spammer" or not items:
+        return stable_int("intruder-spam", seed, worker["id"], suite_id) % max(len(items), 1)
+    keys = [grouping_key(seed, worker, item, suite_id) for item in items]
+    counts = Counter(keys)
+    rarest = min(counts.values())
+    candidates = [pos for pos, key in enumerate(keys) if counts[key] == rarest]
+    return candidates[stable_int("intruder-tie", seed, worker["id"], suite_id) % len(candidates)]
+
+
+# ------------------------------------------------------------------------------------------------ answers
+
+
+def answer_task(
+    seed: int,
+    worker: dict[str, Any],
+    catalogue: Catalogue,
+    task: dict[str, Any],
+    output_spec: dict[str, Any],
+    salt: str,
+    training: bool,
+) -> dict[str, Any]:
+    """The worker's `output_values` for one task."""
+    images = _images(task.get("input_values") or {})
+    known = task.get("known_solutions") or []
+    if training and known:
+        # Training tasks spell out what to do: the gold is an instruction, followed with a type-dependent
+        # probability, otherwise the worker slips on one element.
+        gold = known[0].get("output_values") or {}
+        if unit("follow", seed, worker["id"], salt) < TYPE_PARAMS[worker["type"]][2]:
+            return dict(gold)
+        return _slip(gold, stable_int("slip", seed, worker["id"], salt))
+    items = [catalogue.resolve(url) for url in images]
+    output: dict[str, Any] = {}
+    for name, spec in output_spec.items():
+        kind = (spec or {}).get("type", "string")
+        allowed = (spec or {}).get("allowed_values")
+        if kind in ("json", "array_json") and items:
+            output[name] = group_images(seed, worker, items, salt)
+        elif allowed and items:
+            index = pick_intruder(seed, worker, items, salt)
+            output[name] = allowed[index] if index < len(allowed) else str(index + 1)
+        elif allowed:
+            output[name] = allowed[stable_int("choice", seed, worker["id"], salt, name) % len(allowed)]
+        elif kind == "boolean":
+            output[name] = bool(stable_int("bool", seed, worker["id"], salt, name) % 2)
+        elif kind in ("integer", "float"):
+            output[name] = 0
+        else:
+            output[name] = ""
+    return output
+
+
+def _images(input_values: dict[str, Any]) -> list[str]:
+    images = input_values.get("images")
+    if isinstance(images, list):
+        return [str(x) for x in images]
+    for value in input_values.values():
+        if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+            return value
+    return [str(v) for v in input_values.values() if isinstance(v, str) and v.startswith(("http", "/"))]
+
+
+def _slip(gold: dict[str, Any], h: int) -> dict[str, Any]:
+    """A near miss of a golden answer: one group label or the chosen option changes."""
+    wrong = dict(gold)
+    for name, value in gold.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict) and "group" in value[0]:
+            pos = h % len(value)
+            changed = [dict(v) for v in value]
+            changed[pos]["group"] = changed[pos]["group"] % MAX_GROUPS + 1
+            wrong[name] = changed
+            return wrong
+        if isinstance(value, str) and value.isdigit():
+            wrong[name] = str(int(value) % 8 + 1)
+            return wrong
+    return wrong
+
+
+def matches_gold(output: dict[str, Any], task: dict[str, Any]) -> bool:
+    """Does an answer equal one of the task's known solutions (on the fields the solution names)?"""
+    for solution in task.get("known_solutions") or []:
+        gold = solution.get("output_values") or {}
+        if all(output.get(k) == v for k, v in gold.items()):
+            return True
+    return False

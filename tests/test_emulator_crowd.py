@@ -1,0 +1,271 @@
+"""The simulated crowd through the seed notebook's sequence: gating, QC, intruders, determinism."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+import pytest
+import toloka.client as toloka
+from toloka.client import exceptions
+
+from emulator import EmulatorSettings, run_in_background
+from tests.fixtures.emulator import (
+    SKILL_THRESHOLD,
+    VIEW,
+    SeedDesign,
+    create_project,
+    create_simple_pool,
+    create_spec_project,
+    create_suites,
+    make_client,
+    parse_array_cell,
+)
+
+SEED_WALL_LIMIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def seed_run():
+    """The seed design (82 suites x overlap 7, training, 3 exams) at the default demo speed."""
+    with run_in_background(EmulatorSettings(port=0, speed=600.0, seed=0)) as emu:
+        client = make_client(emu)
+        design = SeedDesign(client)
+        design.setup()
+        design.open()
+        wall = design.run(period=1.0, timeout=90)
+        workers = {w["id"]: w for w in emu.workers()}
+        main_df = client.get_assignments_df(pool_id=design.ids["main"])
+        yield {
+            "emu": emu,
+            "client": client,
+            "design": design,
+            "wall": wall,
+            "workers": workers,
+            "main": main_df,
+        }
+
+
+def test_seed_design_completes_fast_and_closes_itself(seed_run):
+    design, client = seed_run["design"], seed_run["client"]
+    assert seed_run["wall"] <= SEED_WALL_LIMIT
+    main = client.get_pool(design.ids["main"])
+    assert main.status.value == "CLOSED" and main.last_close_reason.value == "COMPLETED"
+    df = seed_run["main"]
+    assert set(df["ASSIGNMENT:status"]) == {"APPROVED"}
+    per_hit = Counter(df["INPUT:images"])
+    assert len(per_hit) == design.n_hits == 82 and min(per_hit.values()) >= 7
+    images = parse_array_cell(df["INPUT:images"].iloc[0])
+    groups = parse_array_cell(df["OUTPUT:result"].iloc[0])
+    assert len(images) == len(groups) == 10 and all(1 <= g["group"] <= 10 for g in groups)
+    assert df["GOLDEN:result"].isna().all()
+    op = client.get_analytics(
+        [toloka.analytics_request.CompletionPercentagePoolAnalytics(subject_id=main.id)]
+    )
+    assert client.wait_operation(op).details["value"][0]["result"]["value"] == 100
+
+
+def test_gating_decides_who_works_on_the_main_pool(seed_run):
+    skill_id, workers = seed_run["design"].ids["skill"], seed_run["workers"]
+    main_workers = set(seed_run["main"]["ASSIGNMENT:worker_id"])
+    assert len(main_workers) >= 7
+    for wid in main_workers:
+        assert workers[wid]["skills"].get(skill_id, 0) >= SKILL_THRESHOLD, workers[wid]
+    types = Counter(workers[w]["type"] for w in main_workers)
+    assert types["spammer"] == 0 and types["colour_biased"] == 0
+    # Someone was kept out: workers below the threshold exist and never worked there.
+    below = [w for w in workers.values() if w["skills"].get(skill_id, 0) < SKILL_THRESHOLD]
+    assert below and not main_workers & {w["id"] for w in below}
+
+
+def test_colour_biased_workers_fail_the_exam_far_more_often(seed_run):
+    client, design, workers = seed_run["client"], seed_run["design"], seed_run["workers"]
+    outcomes: dict[str, Counter] = defaultdict(Counter)
+    for a in client.get_assignments(pool_id=design.ids["exam"]):
+        outcomes[workers[a.user_id]["type"]][a.status.value] += 1
+    diligent, biased = outcomes["diligent"], outcomes["colour_biased"]
+    assert biased["REJECTED"] > 0 and diligent["ACCEPTED"] > 0
+    diligent_rate = diligent["ACCEPTED"] / (diligent["ACCEPTED"] + diligent["REJECTED"])
+    biased_rate = biased["ACCEPTED"] / (biased["ACCEPTED"] + biased["REJECTED"])
+    assert diligent_rate >= 0.5 and biased_rate <= 0.1
+
+
+def test_training_gates_the_exam(seed_run):
+    client, design, workers = seed_run["client"], seed_run["design"], seed_run["workers"]
+    training_id = design.ids["training"]
+    exam_takers = {a.user_id for a in client.get_assignments(pool_id=design.ids["exam"])}
+    assert exam_takers
+    for wid in exam_takers:
+        assert workers[wid]["trainings"][training_id] == 100.0
+    failed = [w for w in workers.values() if (w["trainings"].get(training_id) or 100) < 100]
+    assert failed and not exam_takers & {w["id"] for w in failed}
+
+
+def test_reject_adds_overlap_and_accept_is_final(seed_run):
+    client, design = seed_run["client"], seed_run["design"]
+    rejected = Counter(
+        a.task_suite_id for a in client.get_assignments(pool_id=design.ids["exam"], status="REJECTED")
+    )
+    assert rejected
+    for suite in client.get_task_suites(pool_id=design.ids["exam"]):
+        assert suite.overlap == 100 + rejected[suite.id]
+    accepted = next(iter(client.get_assignments(pool_id=design.ids["exam"], status="ACCEPTED")))
+    with pytest.raises(exceptions.ConflictStateApiError):
+        client.reject_assignment(accepted.id, "too late")
+
+
+def test_balance_is_charged_for_accepted_work(seed_run):
+    emu, client = seed_run["emu"], seed_run["client"]
+    accepted = list(client.get_assignments(status="ACCEPTED"))
+    paid = sum(float(a.reward) for a in accepted) * 1.3
+    assert paid > 0
+    assert float(client.get_requester().balance) == pytest.approx(emu.settings.balance - paid, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+def _grouping_pool(client, config_extra: dict, n_suites: int, overlap: int, catalogue_urls: list[str]):
+    project = create_project(client, "qc")
+    extra = {"auto_close_after_complete_delay_seconds": 0} | config_extra
+    pool = create_simple_pool(client, project.id, "qc pool", overlap, **extra)
+    n = len(catalogue_urls)
+    create_suites(
+        client, pool.id, [[catalogue_urls[(k * 10 + i) % n] for i in range(10)] for k in range(n_suites)]
+    )
+    return pool
+
+
+def _wait_closed(emu, client, pool_id: str, step: float = 600.0, limit: int = 400):
+    for _ in range(limit):
+        if client.get_pool(pool_id).status.value == "CLOSED":
+            return
+        emu.advance(step)
+    raise AssertionError("pool never completed")
+
+
+def test_spammers_are_caught_by_the_fast_submit_rule():
+    fast_rule = {
+        "collector_config": {
+            "type": "ASSIGNMENT_SUBMIT_TIME",
+            "parameters": {"fast_submit_threshold_seconds": 10, "history_size": 10},
+        },
+        "rules": [
+            {
+                "conditions": [{"key": "fast_submitted_count", "operator": "GTE", "value": 2}],
+                "action": {
+                    "type": "RESTRICTION_V2",
+                    "parameters": {"scope": "ALL_PROJECTS", "duration": 10, "duration_unit": "DAYS"},
+                },
+            }
+        ],
+    }
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=3)) as emu:
+        client = make_client(emu)
+        urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
+        pool = _grouping_pool(client, {"quality_control": {"configs": [fast_rule]}}, 60, 5, urls)
+        client.open_pool(pool.id)
+        _wait_closed(emu, client, pool.id)
+        workers = {w["id"]: w for w in emu.workers()}
+        per_worker = Counter(a.user_id for a in client.get_assignments(pool_id=pool.id))
+    spammers = [w for w in per_worker if workers[w]["type"] == "spammer"]
+    assert spammers
+    for wid in spammers:
+        assert per_worker[wid] <= 2 and workers[wid]["restrictions"], (wid, per_worker[wid])
+    honest = [w for w in per_worker if workers[w]["type"] == "diligent"]
+    assert honest and not any(workers[w]["restrictions"] for w in honest)
+
+
+def test_intruder_pool_diligent_workers_find_the_odd_one():
+    from emulator import build_catalogue
+
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=1)) as emu:
+        client = make_client(emu)
+        cat = build_catalogue("demo-shoes", size=200, seed=0, base_url=emu.url)
+        by_class = {c: list(g["image"]) for c, g in cat.groupby("class")}
+        classes = sorted(by_class)
+        hits, truth = [], []
+        for k in range(40):
+            main, odd = classes[k % len(classes)], classes[(k * 3 + 1) % len(classes)]
+            if odd == main:
+                odd = classes[(k + 1) % len(classes)]
+            images = by_class[main][:7]
+            position = k % 8
+            images.insert(position, by_class[odd][k % len(by_class[odd])])
+            hits.append(images)
+            truth.append(str(position + 1))
+        spec = {
+            "input_spec": {"images": {"type": "array_json"}},
+            "output_spec": {"answer": {"type": "string", "allowed_values": [str(i) for i in range(1, 9)]}},
+            "view_spec": VIEW,
+        }
+        project = create_spec_project(client, "intruders", spec)
+        # The published intruder filter names a skill of its authors' account: treated as satisfied.
+        unknown_skill = {
+            "and": [{"or": [{"key": "26366", "operator": "EQ", "value": 100, "category": "skill"}]}]
+        }
+        majority_vote = {  # the published intruder pool's rule: disagree with the majority -> out
+            "collector_config": {
+                "type": "MAJORITY_VOTE",
+                "parameters": {"answer_threshold": 2, "history_size": 10},
+            },
+            "rules": [
+                {
+                    "conditions": [
+                        {"key": "total_answers_count", "operator": "GTE", "value": 4},
+                        {"key": "correct_answers_rate", "operator": "LT", "value": 75},
+                    ],
+                    "action": {
+                        "type": "RESTRICTION_V2",
+                        "parameters": {"scope": "PROJECT", "duration": 10, "duration_unit": "DAYS"},
+                    },
+                }
+            ],
+        }
+        pool = create_simple_pool(
+            client,
+            project.id,
+            "intruders",
+            5,
+            filter=unknown_skill,
+            quality_control={"configs": [majority_vote]},
+        )
+        create_suites(client, pool.id, hits)
+        client.open_pool(pool.id)
+        _wait_closed(emu, client, pool.id)
+        df = client.get_assignments_df(pool_id=pool.id)
+        workers = {w["id"]: w for w in emu.workers()}
+    answer_of = {json.dumps(h, separators=(",", ":"))[1:-1]: t for h, t in zip(hits, truth, strict=True)}
+    df["truth"] = df["INPUT:images"].map(answer_of)
+    df["right"] = df["OUTPUT:answer"].astype(str) == df["truth"]
+    df["type"] = df["ASSIGNMENT:worker_id"].map(lambda w: workers[w]["type"])
+    accuracy = df.groupby("type")["right"].mean()
+    assert accuracy["diligent"] >= 0.8
+    assert accuracy.get("spammer", 0.0) <= 0.4
+    restricted = Counter(w["type"] for w in workers.values() if w["restrictions"])
+    worked = Counter(workers[w]["type"] for w in df["ASSIGNMENT:worker_id"].unique())
+    # The majority-vote rule removes most spammers and few diligent workers (who sometimes lose a vote).
+    assert restricted["spammer"] / worked["spammer"] >= 0.5, (restricted, worked)
+    assert restricted["diligent"] / worked["diligent"] <= 0.2, (restricted, worked)
+
+
+def _scripted_run(seed: int) -> tuple[str, list]:
+    """The same requests at the same simulated instants (speed 0): the answers must repeat exactly."""
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=seed)) as emu:
+        client = make_client(emu)
+        urls = [f"http://elsewhere:1/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
+        pool = _grouping_pool(client, {}, 20, 3, urls)
+        emu.advance(300)
+        client.open_pool(pool.id)
+        _wait_closed(emu, client, pool.id, step=120)
+        tsv = client.get_assignments_df(pool_id=pool.id).to_csv(index=False)
+        workers = [(w["id"], w["type"]) for w in emu.workers()]
+        return tsv, workers
+
+
+def test_same_seed_and_requests_give_the_same_answers():
+    first, workers_a = _scripted_run(seed=7)
+    second, workers_b = _scripted_run(seed=7)
+    other, workers_c = _scripted_run(seed=8)
+    assert first == second and workers_a == workers_b
+    assert first != other and workers_a != workers_c
