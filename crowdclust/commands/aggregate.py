@@ -1,0 +1,119 @@
+"""`crowdclust aggregate`: a Toloka assignments export -> `item,cluster` CSV.
+
+Only typer is imported at module level: the root CLI imports this module for every command, and
+numba/pandas/the aggregation core are paid for only when `aggregate` actually runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXIT_BAD_INPUT = 2
+
+
+class Method(StrEnum):
+    gomes = "gomes"
+    coassociation = "coassociation"
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, exit code 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _read_truth(path: Path):
+    """Read `item,class` (or `image,class`) into a Series item -> class."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read truth file {path}: {exc}")
+    key = "item" if "item" in frame.columns else "image" if "image" in frame.columns else None
+    if key is None or "class" not in frame.columns:
+        _fail(f"truth file {path} needs columns item (or image) and class; found {', '.join(frame.columns)}")
+    if frame[[key, "class"]].isna().any().any():
+        _fail(f"truth file {path} has empty cells")
+    if frame[key].duplicated().any():
+        _fail(f"truth file {path} lists item {frame[key][frame[key].duplicated()].iloc[0]} twice")
+    return pd.Series(
+        frame["class"].to_numpy(), index=pd.Index(frame[key].to_numpy(), name="item"), name="class"
+    )
+
+
+def aggregate(
+    export: Annotated[
+        Path, typer.Argument(help="Toloka assignments export (TSV, as get_assignments_df reads it).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the item,cluster CSV.")],
+    method: Annotated[
+        Method, typer.Option(help="gomes (the crowd-clustering model) or coassociation.")
+    ] = Method.gomes,
+    seed: Annotated[int, typer.Option(help="Random seed of the model (restarts, mixture).")] = 0,
+    truth: Annotated[
+        Path | None, typer.Option(help="Optional item,class CSV: print ARI, NMI, ... against it.")
+    ] = None,
+    lenient: Annotated[
+        bool, typer.Option(help="Skip bad export rows (and report them) instead of failing.")
+    ] = False,
+) -> None:
+    """Cluster the images of a Toloka export; write item,cluster and print a summary."""
+    started = time.perf_counter()
+    from aggregation import (
+        CoAssociationClustering,
+        CrowdClustering,
+        ExportFormatError,
+        clustering_scores,
+        read_export,
+    )
+
+    try:
+        reading = read_export(export, strict=not lenient)
+    except ExportFormatError as exc:
+        _fail(f"{export}: {exc}")
+    truth_series = _read_truth(truth) if truth is not None else None
+    for problem in reading.problems[:10]:
+        print(f"skipped {problem}", file=sys.stderr)
+    if len(reading.problems) > 10:
+        print(f"... and {len(reading.problems) - 10} more skipped rows", file=sys.stderr)
+
+    model = (
+        CrowdClustering(random_state=seed)
+        if method is Method.gomes
+        else CoAssociationClustering(random_state=seed)
+    )
+    try:
+        clusters = model.fit_predict(reading.labels)
+    except ValueError as exc:
+        _fail(f"{export}: {exc}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        clusters.rename_axis("item").reset_index().to_csv(output, index=False)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc}")
+
+    labels = reading.labels
+    lines = [
+        f"method      {method.value}",
+        f"items       {clusters.size}",
+        f"workers     {labels['worker'].nunique()}",
+        f"labels      {model.pairs_.n_labels} pairwise",
+        f"assignments {model.pairs_.n_assignments} ({len(labels)} item labels)",
+        f"clusters    {model.n_clusters_}",
+        f"iterations  {model.n_iter_}",
+        f"skipped     {len(reading.problems)} rows",
+        f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",
+        f"output      {output}",
+    ]
+    if truth_series is not None:
+        scores = clustering_scores(clusters, truth_series)
+        lines.append(f"truth       {int(scores.pop('n_items'))} items in common")
+        lines += [f"{name:<20}{value:.4f}" for name, value in scores.items()]
+    print("\n".join(lines))

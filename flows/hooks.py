@@ -1,0 +1,31 @@
+"""Failure and cancellation hooks: close the pools and trainings the failed run left open.
+
+Stateless on purpose: the hook rebuilds the run key from the flow run's parameters and closes every
+open pool/training tagged with it, so it also works for a process that crashed mid-wait and was
+re-run, and never touches objects of other runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    from prefect.logging.loggers import flow_run_logger
+
+    from flows.params import PipelineParams
+    from tasks.connect import MissingTokenError, make_client
+    from tasks.setup import close_run_pools
+
+    log = flow_run_logger(flow_run, flow)
+    raw = (flow_run.parameters or {}).get("params")
+    if raw is None:
+        return
+    try:
+        params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
+        closed = close_run_pools(make_client(params.toloka), params.resolved_run_key)
+        log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed or "nothing")
+    except MissingTokenError:
+        log.warning("no Toloka token: nothing could have been opened, nothing to close")
+    except Exception as exc:  # a hook must never hide the original failure
+        log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)

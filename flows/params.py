@@ -1,0 +1,224 @@
+"""Parameters of the crowdclust flows: pydantic models, loadable from `configs/*/pipeline.yaml`.
+
+The models live in an importable module (never `__main__`), so cache keys computed from them are
+stable across processes and deployments (design/prefect-notes.md, gotcha 4). The flow takes
+`PipelineParams` as its only parameter, so the Prefect UI renders a form from this schema.
+
+No secret is ever a parameter: the Toloka token comes from `TOLOKA_TOKEN` or a Prefect Secret block
+(see `tasks.connect`), so it never reaches the flow-run record, task inputs or cached results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+Environment = Literal["local", "sandbox", "production"]
+
+
+class _Model(BaseModel):
+    """Base: unknown keys are errors, so a typo in a YAML file is reported, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TolokaTarget(_Model):
+    """Which Toloka to talk to. The token is deliberately not here (it is read inside tasks)."""
+
+    environment: Environment = Field(
+        "local",
+        description="`local` = the emulator at `url`; `sandbox`/`production` = real Toloka.",
+    )
+    url: str | None = Field(
+        "http://127.0.0.1:8765",
+        description="API base URL: the emulator for `local`; for sandbox/production leave empty "
+        "(null) to use toloka-kit's endpoint, or set it to override.",
+    )
+    token_secret_block: str = Field(
+        "toloka-token",
+        description="Name of the Prefect Secret block holding the token, used when TOLOKA_TOKEN is unset.",
+    )
+
+    @model_validator(mode="after")
+    def _local_needs_url(self) -> TolokaTarget:
+        if self.environment == "local" and not self.url:
+            raise ValueError(
+                "environment 'local' needs `url` (the emulator address, e.g. http://127.0.0.1:8765)"
+            )
+        return self
+
+
+class HitParams(_Model):
+    """How images are packed into grouping HITs (task suites of the main pool)."""
+
+    size: int = Field(10, ge=2, le=10, description="Images per HIT (the interface offers 10 colours).")
+    overlap: int = Field(7, ge=1, description="Workers per HIT (main pool overlap).")
+    hits_per_item: int = Field(
+        10, ge=1, description="Target number of HITs each image appears in (the seed's `expecting_hits`)."
+    )
+    design: Literal["balanced", "seed"] = Field(
+        "balanced",
+        description="`balanced`: every image in the same number of HITs, co-occurrence graph connected; "
+        "`seed`: the notebook's scheme (one anchor image per HIT plus random others).",
+    )
+    reward: float = Field(0.02, gt=0, description="Reward per main-pool assignment, USD.")
+
+
+class ExamParams(_Model):
+    """Training + exam gating of the main pool."""
+
+    n_exams: int = Field(3, ge=1, description="Number of exam suites; the skill is the mean score over them.")
+    min_skill: float = Field(75.0, ge=0, le=100, description="Skill a worker needs to enter the main pool.")
+    reward: float = Field(
+        0.01, ge=0, description="Reward per exam assignment, USD (paid only when accepted)."
+    )
+    expected_workers: int = Field(
+        100, ge=1, description="Exam overlap per suite: how many workers may take each exam (cost bound)."
+    )
+    skill_name: str = Field(
+        "Shoes clustering", description="Base name of the skill; the run key is appended."
+    )
+
+
+class WaitParams(_Model):
+    """Polling of open pools."""
+
+    poll_seconds: float | None = Field(
+        None, gt=0, description="Seconds between polls; default 60 for real Toloka, 1 for the local emulator."
+    )
+    timeout_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Give up (and fail the run; the hooks close the pools) after this."
+    )
+
+    def period(self, environment: Environment) -> float:
+        """The poll period actually used for `environment`."""
+        if self.poll_seconds is not None:
+            return self.poll_seconds
+        return 1.0 if environment == "local" else 60.0
+
+
+class BudgetParams(_Model):
+    """Money guard, checked before any pool opens."""
+
+    max_spend: float = Field(
+        50.0, ge=0, description="Refuse to open pools whose estimated cost exceeds this, USD."
+    )
+    fee_rate: float = Field(0.3, ge=0, description="Platform fee as a fraction of rewards.")
+
+
+class AggregationParams(_Model):
+    """How partial groupings become one clustering."""
+
+    method: Literal["crowd", "coassociation"] = Field(
+        "crowd", description="`crowd`: the Bayesian crowd-clustering model; `coassociation`: the baseline."
+    )
+    n_dims: int = Field(4, ge=1, le=16, description="Latent dimensions of the crowd-clustering embedding.")
+
+
+class IntruderParams(_Model):
+    """Intruder evaluation of the clusters by a second crowd."""
+
+    enabled: bool = Field(True, description="Run the intruder evaluation after aggregation.")
+    n_hits: int = Field(100, ge=1, description="Number of intruder HITs.")
+    images_per_hit: int = Field(8, ge=3, le=8, description="Images per HIT (one of them is the intruder).")
+    overlap: int = Field(5, ge=1, description="Workers per intruder HIT.")
+    reward: float = Field(0.02, gt=0, description="Reward per intruder assignment, USD.")
+
+
+class PipelineParams(_Model):
+    """Everything one crowd-clustering run needs. Paths may be relative to the YAML file."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9-]*$", description="Run name: folder `runs/<name>/`.")
+    dataset: Path = Field(..., description="TSV with column `image` (URL) and optionally `class` (truth).")
+    toloka_dir: Path = Field(
+        ..., description="Folder with the Toloka object JSON files (see configs/README)."
+    )
+    seed: int = Field(0, description="Seed for every random choice (HIT plan, aggregation, intruder HITs).")
+    run_key: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Tag of the Toloka objects (default `<name>-<dataset hash>-s<seed>`): "
+        "same key, same objects.",
+    )
+    runs_dir: Path = Field(Path("runs"), description="Where run folders are written.")
+    toloka: TolokaTarget = Field(default_factory=TolokaTarget, description="Toloka endpoint.")
+    hits: HitParams = Field(default_factory=HitParams, description="HIT design of the main pool.")
+    exam: ExamParams = Field(default_factory=ExamParams, description="Exam gating.")
+    wait: WaitParams = Field(default_factory=WaitParams, description="Polling.")
+    budget: BudgetParams = Field(default_factory=BudgetParams, description="Money guard.")
+    aggregation: AggregationParams = Field(default_factory=AggregationParams, description="Aggregation.")
+    intruders: IntruderParams = Field(default_factory=IntruderParams, description="Intruder evaluation.")
+
+    @field_validator("dataset", "toloka_dir")
+    @classmethod
+    def _path_exists(cls, value: Path, info: ValidationInfo) -> Path:
+        exists = value.is_file() if info.field_name == "dataset" else value.is_dir()
+        if not exists:
+            raise ValueError(f"{'file' if info.field_name == 'dataset' else 'folder'} not found: {value}")
+        return value
+
+    @property
+    def resolved_run_key(self) -> str:
+        """The run key: explicit, or derived from name + dataset content + seed."""
+        if self.run_key:
+            return self.run_key
+        digest = hashlib.sha256(self.dataset.read_bytes()).hexdigest()[:10]
+        return f"{self.name}-{digest}-s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the YAML's relative `dataset`/`toloka_dir` relative to the YAML file itself."""
+    out = dict(data)
+    for key in ("dataset", "toloka_dir"):
+        if isinstance(out.get(key), str) and not Path(out[key]).is_absolute():
+            out[key] = str((base / out[key]).resolve())
+    return out
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class ConfigError(ValueError):
+    """A pipeline YAML that cannot be turned into parameters; the message names the file and fields."""
+
+
+def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> PipelineParams:
+    """Read a pipeline YAML into `PipelineParams`; `overrides` (nested dict) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = _deep_merge(_resolve_paths(data, path.parent), overrides or {})
+    try:
+        return PipelineParams.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(f"{path}: invalid pipeline config:\n  " + "\n  ".join(lines)) from exc

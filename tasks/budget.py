@@ -1,0 +1,44 @@
+"""Cost estimate and budget guard, run before any pool opens.
+
+Estimate per pool = suites x overlap x reward x (1 + fee). The exam pool is bounded by the number
+of workers allowed to take each exam (its overlap); training is free on Toloka.
+"""
+
+from __future__ import annotations
+
+from flows.params import PipelineParams
+
+
+class BudgetExceeded(RuntimeError):
+    """The run would cost more than `budget.max_spend`; nothing has been opened or paid."""
+
+
+def pool_cost(suites: int, overlap: int, reward: float, fee_rate: float) -> float:
+    return round(suites * overlap * reward * (1.0 + fee_rate), 4)
+
+
+def estimate(
+    params: PipelineParams, n_main_suites: int, n_intruder_hits: int | None = None
+) -> dict[str, float]:
+    """Cost breakdown of a run, USD (upper bound for the exam pool)."""
+    fee = params.budget.fee_rate
+    costs = {
+        "main": pool_cost(n_main_suites, params.hits.overlap, params.hits.reward, fee),
+        "exam": pool_cost(params.exam.n_exams, params.exam.expected_workers, params.exam.reward, fee),
+        "intruders": 0.0,
+    }
+    if params.intruders.enabled:
+        hits = params.intruders.n_hits if n_intruder_hits is None else n_intruder_hits
+        costs["intruders"] = pool_cost(hits, params.intruders.overlap, params.intruders.reward, fee)
+    costs["total"] = round(sum(costs.values()), 4)
+    return costs
+
+
+def check_budget(costs: dict[str, float], max_spend: float) -> None:
+    """Raise with the breakdown when the estimate exceeds the budget."""
+    if costs["total"] > max_spend:
+        parts = ", ".join(f"{k} ${v:.2f}" for k, v in costs.items() if k != "total")
+        raise BudgetExceeded(
+            f"estimated cost ${costs['total']:.2f} ({parts}) exceeds budget.max_spend ${max_spend:.2f}; "
+            "raise budget.max_spend or lower overlap / hits_per_item / intruders.n_hits. No pool was opened."
+        )

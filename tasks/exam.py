@@ -1,0 +1,174 @@
+"""Exam gating: grade exam answers against golden partitions and derive the workers' skill.
+
+Plain functions (no Prefect), called from the wait loop every tick.
+
+- An exam answer is *correct* when it equals the golden partition up to relabelling (colour 3 vs
+  colour 5 does not matter, only which images go together). Correct answers are accepted,
+  everything else rejected.
+- Per-exam score (the seed's `exam_check`): 100 when exact, otherwise the share of golden groups
+  the worker reproduced exactly, times 100.
+- Skill = min(100, sum of the worker's per-exam scores / n_exams), computed from *all* reviewed
+  (accepted + rejected) exam assignments of the worker every time. The seed added to the stored
+  value instead, so running the check twice double-counted; here gating is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _clusters(labels: Sequence[Any]) -> set[frozenset[int]]:
+    groups: dict[Any, set[int]] = defaultdict(set)
+    for position, label in enumerate(labels):
+        groups[label].add(position)
+    return {frozenset(members) for members in groups.values()}
+
+
+def same_partition(answer: Sequence[Any], golden: Sequence[Any]) -> bool:
+    """Equal up to relabelling."""
+    return len(answer) == len(golden) and _clusters(answer) == _clusters(golden)
+
+
+def exam_score(answer: Sequence[Any] | None, golden: Sequence[Any]) -> float:
+    """100 for an exact partition, else 100 x share of golden groups reproduced exactly; 0 if malformed."""
+    if answer is None or len(answer) != len(golden) or any(a is None for a in answer):
+        return 0.0
+    truth = _clusters(golden)
+    if _clusters(answer) == truth:
+        return 100.0
+    return 100.0 * len(_clusters(answer) & truth) / len(truth)
+
+
+def skill_value(scores: Iterable[float], n_exams: int) -> float:
+    """The seed formula over all reviewed exams of one worker, capped at 100."""
+    return min(100.0, sum(scores) / n_exams)
+
+
+@dataclass(frozen=True)
+class ExamAnswer:
+    """One exam assignment as read from Toloka."""
+
+    assignment_id: str
+    worker_id: str
+    status: str  # SUBMITTED | ACCEPTED | REJECTED
+    images: tuple[str, ...]
+    groups: tuple[Any, ...] | None  # None when the answer could not be read
+
+
+def parse_groups(result: Any) -> tuple[Any, ...] | None:
+    """`[{"group": 1}, ...]` or `[1, ...]` -> (1, ...); None when the answer is malformed."""
+    if not isinstance(result, list):
+        return None
+    groups = []
+    for entry in result:
+        value = entry.get("group") if isinstance(entry, dict) else entry
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            groups.append(int(value))
+        except (TypeError, ValueError):
+            return None
+    return tuple(groups)
+
+
+def answer_from_assignment(assignment: Any) -> ExamAnswer:
+    """Read a toloka-kit `Assignment` of the exam pool (one task per suite)."""
+    task = assignment.tasks[0]
+    solution = assignment.solutions[0].output_values if assignment.solutions else {}
+    return ExamAnswer(
+        assignment_id=str(assignment.id),
+        worker_id=str(assignment.user_id),
+        status=str(getattr(assignment.status, "value", assignment.status)),
+        images=tuple(str(x) for x in task.input_values["images"]),
+        groups=parse_groups(solution.get("result")),
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    assignment_id: str
+    worker_id: str
+    accept: bool
+    score: float
+
+
+def grade(answers: Iterable[ExamAnswer], goldens: dict[tuple[str, ...], tuple[int, ...]]) -> list[Verdict]:
+    """Verdicts for answers whose suite has a golden partition (others are left alone, with a log line)."""
+    verdicts = []
+    for answer in answers:
+        golden = goldens.get(answer.images)
+        if golden is None:
+            log.warning("exam assignment %s: no golden partition for its images", answer.assignment_id)
+            continue
+        score = exam_score(answer.groups, golden)
+        verdicts.append(Verdict(answer.assignment_id, answer.worker_id, score == 100.0, score))
+    return verdicts
+
+
+def skills(
+    reviewed: Iterable[ExamAnswer], goldens: dict[tuple[str, ...], tuple[int, ...]], n_exams: int
+) -> dict[str, float]:
+    """Worker -> skill from all their reviewed exams (sorted by worker, deterministic)."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for verdict in grade(reviewed, goldens):
+        scores[verdict.worker_id].append(verdict.score)
+    return {worker: skill_value(scores[worker], n_exams) for worker in sorted(scores)}
+
+
+@dataclass
+class GatingState:
+    """What one wait session already told Toloka (avoids re-sending unchanged skills)."""
+
+    sent: dict[str, float]
+
+    @classmethod
+    def empty(cls) -> GatingState:
+        return cls(sent={})
+
+
+def gate_exams(
+    client: Any,
+    exam_pool_id: str,
+    skill_id: str,
+    goldens: dict[tuple[str, ...], tuple[int, ...]],
+    n_exams: int,
+    state: GatingState,
+) -> dict[str, int]:
+    """One gating tick: review SUBMITTED exams, then set every reviewed worker's skill from scratch."""
+    from toloka.client.exceptions import ApiError
+
+    submitted = [
+        answer_from_assignment(a) for a in client.get_assignments(pool_id=exam_pool_id, status="SUBMITTED")
+    ]
+    accepted = rejected = 0
+    for verdict in grade(submitted, goldens):
+        try:
+            if verdict.accept:
+                client.accept_assignment(verdict.assignment_id, "Correct grouping")
+                accepted += 1
+            else:
+                client.reject_assignment(
+                    verdict.assignment_id, f"Grouping differs from the reference ({verdict.score:.0f}%)"
+                )
+                rejected += 1
+        except ApiError as exc:  # already reviewed by a previous tick or run: nothing to do
+            log.info("exam assignment %s already reviewed (%s)", verdict.assignment_id, type(exc).__name__)
+    reviewed = [
+        answer_from_assignment(a)
+        for a in client.get_assignments(pool_id=exam_pool_id, status=["ACCEPTED", "REJECTED"])
+    ]
+    changed = 0
+    for worker, value in skills(reviewed, goldens, n_exams).items():
+        if state.sent.get(worker) == value:
+            continue
+        client.set_user_skill(skill_id=skill_id, user_id=worker, value=Decimal(str(round(value, 6))))
+        state.sent[worker] = value
+        changed += 1
+    return {"accepted": accepted, "rejected": rejected, "skills_set": changed, "workers": len(state.sent)}

@@ -1,0 +1,218 @@
+"""Parameters, pipeline YAML, Toloka config bundles and datasets: loading and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.params import ConfigError, PipelineParams, load_params
+from tasks.configs import TolokaConfigError, fill, load_bundle, placeholder_values
+from tasks.dataset import DatasetError, load_dataset, truth_of
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "configs" / "demo-shoes" / "pipeline.yaml"
+SHOES = ROOT / "configs" / "shoes" / "pipeline.yaml"
+
+
+def test_shipped_configs_load_with_seed_defaults():
+    for path in (DEMO, SHOES):
+        params = load_params(path)
+        assert (params.hits.size, params.hits.overlap, params.hits.reward) == (10, 7, 0.02)
+        assert (params.exam.n_exams, params.exam.min_skill) == (3, 75)
+        assert (params.intruders.n_hits, params.intruders.images_per_hit, params.intruders.overlap) == (
+            100,
+            8,
+            5,
+        )
+        bundle = load_bundle(params.toloka_dir)
+        assert len(bundle["exam_suites"]) == 3
+    assert load_params(SHOES).wait.period("production") == 60
+    assert load_params(DEMO).wait.period("local") <= 1
+    assert len(load_dataset(load_params(SHOES).dataset)) == 82
+
+
+def test_every_field_is_documented():
+    def walk(schema: dict, defs: dict) -> None:
+        for name, field in schema.get("properties", {}).items():
+            assert field.get("description"), f"{schema.get('title')}.{name} has no description"
+        for sub in defs.values():
+            for name, field in sub.get("properties", {}).items():
+                assert field.get("description"), f"{sub.get('title')}.{name} has no description"
+
+    schema = PipelineParams.model_json_schema()
+    walk(schema, schema.get("$defs", {}))
+
+
+def test_run_key_depends_on_name_dataset_and_seed(tmp_path):
+    a = load_params(DEMO)
+    b = load_params(DEMO, {"seed": 1})
+    assert a.resolved_run_key != b.resolved_run_key
+    assert a.resolved_run_key == load_params(DEMO).resolved_run_key
+    assert load_params(DEMO, {"run_key": "mine"}).resolved_run_key == "mine"
+
+
+def _write_yaml(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(DEMO.read_text())
+    data["dataset"] = str(DEMO.parent / "dataset.tsv")
+    data["toloka_dir"] = str(DEMO.parent / "toloka")
+    data.update(changes)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"hits": {"overlap": 0}}, "hits.overlap"),
+        ({"hits": {"size": 12}}, "hits.size"),
+        ({"hits": {"ovrlap": 3}}, "hits.ovrlap"),
+        ({"name": "Bad Name"}, "name"),
+        ({"dataset": "/nonexistent.tsv"}, "dataset"),
+        ({"toloka": {"environment": "staging"}}, "toloka.environment"),
+        ({"budget": {"max_spend": -1}}, "budget.max_spend"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, changes, expected):
+    with pytest.raises(ConfigError) as error:
+        load_params(_write_yaml(tmp_path, **changes))
+    assert expected in str(error.value)
+    assert "pipeline.yaml" in str(error.value)
+
+
+def test_unreadable_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def _copy_bundle(tmp_path: Path) -> Path:
+    folder = tmp_path / "toloka"
+    shutil.copytree(DEMO.parent / "toloka", folder)
+    return folder
+
+
+def test_bundle_errors_name_the_file(tmp_path):
+    folder = _copy_bundle(tmp_path)
+    (folder / "main_pool.json").write_text("{not json")
+    with pytest.raises(TolokaConfigError, match=r"main_pool\.json: not valid JSON"):
+        load_bundle(folder)
+    (folder / "main_pool.json").unlink()
+    with pytest.raises(TolokaConfigError, match=r"main_pool\.json: missing"):
+        load_bundle(folder)
+
+
+def test_exam_suite_without_matching_golden_is_rejected(tmp_path):
+    folder = _copy_bundle(tmp_path)
+    suites = json.loads((folder / "exam_suites.json").read_text())
+    suites[1]["tasks"][0]["known_solutions"][0]["output_values"]["result"].pop()
+    (folder / "exam_suites.json").write_text(json.dumps(suites))
+    with pytest.raises(TolokaConfigError, match=r"exam_suites.json\[1\]"):
+        load_bundle(folder)
+
+
+def test_placeholders_are_filled_with_typed_values():
+    params = load_params(DEMO)
+    bundle = load_bundle(params.toloka_dir)
+    filled = fill(bundle, {**placeholder_values(params), "skill_id": "42"})
+    text = json.dumps(filled)
+    assert "${" not in text
+    skill_filter = filled["main_pool"]["filter"]["and"][0]["or"][0]
+    assert skill_filter == {"category": "skill", "key": "42", "operator": "GTE", "value": 75.0}
+    actions = [r["action"] for c in filled["main_pool"]["quality_control"]["configs"] for r in c["rules"]]
+    assert {"skill_id": "42", "skill_value": 0} in [
+        a["parameters"] for a in actions if a["type"] == "SET_SKILL"
+    ]
+    assert "42" in json.dumps(filled["intruders_pool"]["filter"])
+    assert filled["main_pool"]["defaults"]["default_overlap_for_new_task_suites"] == 7
+    with pytest.raises(TolokaConfigError, match="unknown placeholder"):
+        fill({"x": "a ${nope} b"}, {})
+
+
+def test_configs_hold_no_hard_coded_skill_ids():
+    for folder in (ROOT / "configs" / "shoes" / "toloka", ROOT / "configs" / "demo-shoes" / "toloka"):
+        for path in folder.glob("*pool.json"):
+            data = json.loads(path.read_text())
+            for leaf in _skill_leaves(data.get("filter", {})):
+                assert leaf["key"] == "${skill_id}", path
+
+
+def _skill_leaves(node):
+    if isinstance(node, dict):
+        if node.get("category") == "skill":
+            yield node
+        for value in node.values():
+            yield from _skill_leaves(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _skill_leaves(value)
+
+
+def test_demo_exam_gold_matches_catalogue_truth():
+    params = load_params(DEMO)
+    truth = truth_of(load_dataset(params.dataset))
+    for suite in load_bundle(params.toloka_dir)["exam_suites"]:
+        task = suite["tasks"][0]
+        images = task["input_values"]["images"]
+        gold = [r["group"] for r in task["known_solutions"][0]["output_values"]["result"]]
+        for i, a in enumerate(images):
+            for j, b in enumerate(images):
+                assert (gold[i] == gold[j]) == (truth[a] == truth[b])
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("url\nhttp://x/a.png\n", "needs an `image` column"),
+        ("image\nhttp://x/a.png\nftp://x/b.png\n", "line 3: image 'ftp://x/b.png' is not an http"),
+        ("image\nhttp://x/a.png\nhttp://x/a.png\n", "line 3: image http://x/a.png repeats line 2"),
+        ("image\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\t\n", "line 3: empty `class`"),
+        ("image\n", "no rows"),
+    ],
+)
+def test_bad_dataset_rows_are_named(tmp_path, content, expected):
+    path = tmp_path / "data.tsv"
+    path.write_text(content)
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path)
+    assert expected in str(error.value)
+
+
+def test_seed_dataset_header_is_accepted(tmp_path):
+    path = tmp_path / "data.tsv"
+    path.write_text("INPUT:image\nhttps://x/a.jpg\nhttps://x/b.jpg\n")
+    frame = load_dataset(path)
+    assert frame["image"].tolist() == ["https://x/a.jpg", "https://x/b.jpg"]
+    assert truth_of(frame) is None
+
+
+def test_cli_run_reports_a_bad_config_without_starting_prefect(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import crowdclust.runtime
+    from crowdclust.cli import app
+
+    monkeypatch.setattr(crowdclust.runtime, "prepare_prefect_env", lambda: None)
+    result = CliRunner().invoke(
+        app, ["run", str(_write_yaml(tmp_path, hits={"overlap": -2})), "--env", "local"]
+    )
+    assert result.exit_code == 2
+    assert "hits.overlap" in result.output
+    bad_env = CliRunner().invoke(app, ["run", str(DEMO), "--env", "staging"])
+    assert bad_env.exit_code != 0
+
+
+def test_flow_parameters_render_a_documented_form():
+    from flows.pipeline import crowdclust_pipeline
+
+    schema = crowdclust_pipeline.parameters.model_dump()
+    assert list(schema["properties"]) == ["params"]
+    overlap = schema["definitions"]["HitParams"]["properties"]["overlap"]
+    assert overlap["default"] == 7 and overlap["minimum"] == 1 and overlap["description"]

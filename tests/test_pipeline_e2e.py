@@ -1,0 +1,214 @@
+"""The whole flow against the real emulator, through the real toloka-kit client and Prefect engine.
+
+One module-scoped scenario is shared by the assertions (keeps the suite fast):
+1. run the pipeline with a failure forced right after labelling (CROWDCLUST_FAIL_AT);
+2. run it again with the same parameters: it must resume (labelling tasks Cached) and finish.
+Separate, cheap runs cover the budget guard and the failure hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from emulator import EmulatorSettings, run_in_background
+from flows.params import load_params
+from tasks.connect import make_client
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "configs" / "demo-shoes" / "pipeline.yaml"
+TOKEN = f"e2e-secret-{uuid.uuid4().hex}"
+RUN_KEY = "e2e-demo"
+
+
+@pytest.fixture(scope="module")
+def emu():
+    settings = EmulatorSettings(
+        port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=82, seed=0, speed=600.0
+    )
+    with run_in_background(settings) as running:
+        previous = os.environ.get("TOLOKA_TOKEN")
+        os.environ["TOLOKA_TOKEN"] = running.token
+        yield running
+        if previous is None:
+            os.environ.pop("TOLOKA_TOKEN", None)
+        else:
+            os.environ["TOLOKA_TOKEN"] = previous
+
+
+def _params(emu: Any, runs: Path, **changes: Any):
+    base = {
+        "toloka": {"url": emu.url},
+        "runs_dir": str(runs),
+        "run_key": RUN_KEY,
+        "wait": {"poll_seconds": 0.5},
+    }
+    return load_params(DEMO, {**base, **changes})
+
+
+def _objects(params: Any) -> dict[str, list[Any]]:
+    """Everything on the emulator tagged with the params' run key."""
+    client = make_client(params.toloka)
+    prefix = f"crowdclust:{params.resolved_run_key}:"
+    projects = [p for p in client.get_projects() if str(p.private_comment or "").startswith(prefix)]
+    pools = [pool for p in projects for pool in client.get_pools(project_id=p.id)]
+    trainings = [t for p in projects for t in client.get_trainings(project_id=p.id)]
+    skills = [s for s in client.get_skills() if str(s.private_comment or "").startswith(prefix)]
+    suites = {pool.id: len(list(client.get_task_suites(pool_id=pool.id))) for pool in pools}
+    return {"projects": projects, "pools": pools, "trainings": trainings, "skills": skills, "suites": suites}
+
+
+@pytest.fixture(scope="module")
+def scenario(prefect_harness, emu, tmp_path_factory):
+    from flows.pipeline import FAIL_ENV, ForcedFailure, crowdclust_pipeline
+
+    params = _params(emu, tmp_path_factory.mktemp("runs"))
+    os.environ[FAIL_ENV] = "after-labelling"
+    try:
+        with pytest.raises(ForcedFailure):
+            crowdclust_pipeline(params)
+    finally:
+        os.environ.pop(FAIL_ENV, None)
+    after_failure = _objects(params)
+    state = crowdclust_pipeline(params, return_state=True)
+    assert state.is_completed(), state.message
+    return {
+        "params": params,
+        "summary": state.result(),
+        "after_failure": after_failure,
+        "final": _objects(params),
+    }
+
+
+def test_demo_quality_with_default_settings(scenario):
+    summary = scenario["summary"]
+    assert summary["ari"] >= 0.9, summary
+    assert summary["nmi"] is not None and summary["clusters"] >= 6
+    assert summary["intruder_accuracy"] is not None and summary["intruder_accuracy"] >= 0.7
+    run_dir = scenario["params"].run_dir
+    saved = json.loads((run_dir / "summary.json").read_text())
+    for key in ("clusters", "ari", "nmi", "intruder_accuracy", "cost", "wall_seconds", "report"):
+        assert key in saved
+    assert saved["cost"]["spent"] > 0
+    page = (run_dir / "report.html").read_text()
+    # 82 images, embedded because the emulator that serves them stops after the run.
+    assert page.count("<figure><img src='data:image/png;base64,") == 82 and "intruders.png" in page
+    for name in (
+        "clusters.csv",
+        "assignments_main.tsv",
+        "assignments_intruders.tsv",
+        "hits.json",
+        "intruders.png",
+    ):
+        assert (run_dir / name).is_file(), name
+
+
+def test_exam_gating_keeps_colour_biased_workers_and_spammers_out(scenario, emu):
+    workers = {w["id"]: w for w in httpx.get(f"{emu.url}/_emulator/workers", timeout=10).json()}
+    export = pd.read_csv(scenario["params"].run_dir / "assignments_main.tsv", sep="\t")
+    kinds = {workers[w]["type"] for w in export["ASSIGNMENT:worker_id"].unique()}
+    assert kinds and not kinds & {"colour_biased", "spammer"}, kinds
+    skill_id = scenario["summary"]["toloka_ids"]["skill"]
+    examined = [w for w in workers.values() if skill_id in (w.get("skills") or {})]
+    bad = [w for w in examined if w["type"] in ("colour_biased", "spammer")]
+    assert bad, "the scenario should have seen colour-biased workers or spammers take the exam"
+    assert all(w["skills"][skill_id] < 75 for w in bad)
+
+
+def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):
+    before, final = scenario["after_failure"], scenario["final"]
+    # Labelling objects existed after the failure and were reused, not re-created.
+    assert len(before["projects"]) == 2 and len(before["pools"]) == 2 and len(before["skills"]) == 1
+    assert {p.id for p in before["pools"]} <= {p.id for p in final["pools"]}
+    # Exactly one of each after the resumed run: exam + main + intruders.
+    assert len(final["projects"]) == 3 and len(final["pools"]) == 3 and len(final["trainings"]) == 2
+    assert len(final["skills"]) == 1
+    tags = [p.private_comment for p in final["pools"]]
+    assert len(tags) == len(set(tags))
+    ids = scenario["summary"]["toloka_ids"]
+    assert final["suites"][ids["main_pool"]] == 82 and final["suites"][ids["exam_pool"]] == 3
+    # The second run took the labelling results from the cache.
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="wait-labelling"))
+        )
+    states = sorted((r.expected_start_time, r.state_name) for r in runs)
+    assert [s for _, s in states][-2:] == ["Completed", "Cached"]
+
+
+def test_budget_guard_refuses_before_anything_is_created(prefect_harness, emu, tmp_path):
+    from flows.labelling import labelling
+    from tasks.budget import BudgetExceeded
+
+    params = _params(emu, tmp_path, run_key="e2e-budget", budget={"max_spend": 5.0})
+    with pytest.raises(BudgetExceeded, match=r"exceeds budget\.max_spend"):
+        labelling(params)
+    assert _objects(params)["projects"] == []
+
+
+def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path):
+    from flows.labelling import labelling
+    from tasks.wait import WaitTimeout
+
+    params = _params(emu, tmp_path, run_key="e2e-timeout", wait={"poll_seconds": 0.2, "timeout_seconds": 0.5})
+    with pytest.raises(WaitTimeout):
+        labelling(params)
+    objects = _objects(params)
+    assert len(objects["pools"]) == 2
+    assert all(str(p.status.value) == "CLOSED" for p in objects["pools"]), [
+        p.status for p in objects["pools"]
+    ]
+    assert all(str(t.status.value) == "CLOSED" for t in objects["trainings"])
+
+
+def test_token_appears_nowhere(scenario, prefect_harness, results_dir):
+    for folder in (scenario["params"].run_dir, results_dir):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), path
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        logs = _all_pages(lambda offset: client.read_logs(limit=200, offset=offset))
+        artifacts = _all_pages(lambda offset: client.read_artifacts(limit=200, offset=offset))
+        flow_runs = _all_pages(lambda offset: client.read_flow_runs(limit=200, offset=offset))
+    assert len(logs) > 20 and artifacts and flow_runs
+    assert all(TOKEN not in (log.message or "") for log in logs)
+    assert all(TOKEN not in json.dumps(a.data, default=str) + str(a.description) for a in artifacts)
+    assert all(TOKEN not in json.dumps(r.parameters, default=str) for r in flow_runs)
+
+
+def test_aggregate_subflow_reaggregates_an_export_with_other_settings(scenario, prefect_harness, tmp_path):
+    from flows.aggregate import aggregate_export
+    from flows.params import AggregationParams
+
+    params = scenario["params"]
+    result = aggregate_export(
+        out_dir=tmp_path,
+        export=params.run_dir / "assignments_main.tsv",
+        aggregation=AggregationParams(method="coassociation"),
+        seed=1,
+        dataset=params.dataset,
+    )
+    assert result["metrics"]["ari"] >= 0.8
+    table = pd.read_csv(tmp_path / "clusters.csv")
+    assert len(table) == 82 and {"item", "cluster", "class"} <= set(table.columns)
+
+
+def _all_pages(read: Any) -> list[Any]:
+    items: list[Any] = []
+    while page := read(len(items)):
+        items.extend(page)
+    return items

@@ -1,0 +1,266 @@
+"""Plain functions of the pipeline stages (no Prefect, no emulator): HIT plans, exam gating, budget,
+intruder HITs and accuracy, report rendering."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.params import HitParams, PipelineParams, load_params
+from tasks import budget, exam, hits, intruders, report
+
+ITEMS = [f"https://img/{i:03d}.png" for i in range(82)]
+
+
+# ------------------------------------------------------------------------------------------ HIT plans
+
+
+def test_balanced_design_covers_every_item_equally_and_is_connected():
+    plan = hits.plan_hits(ITEMS, HitParams(), seed=0)
+    cover = hits.coverage(plan, ITEMS)
+    assert (cover["n_hits"], cover["min"], cover["max"], cover["connected"]) == (82, 10, 10, True)
+    assert all(len(hit) == len(set(hit)) == 10 for hit in plan)
+
+
+def test_plans_are_deterministic_and_seeded():
+    assert hits.plan_hits(ITEMS, HitParams(), 3) == hits.plan_hits(list(reversed(ITEMS)), HitParams(), 3)
+    assert hits.plan_hits(ITEMS, HitParams(), 3) != hits.plan_hits(ITEMS, HitParams(), 4)
+
+
+def test_seed_design_reproduces_the_notebook_shape():
+    plan = hits.plan_hits(ITEMS, HitParams(design="seed"), seed=0)
+    cover = hits.coverage(plan, ITEMS)
+    assert cover["n_hits"] == 82 and cover["min"] >= 1 and cover["connected"]
+    assert all(len(hit) == len(set(hit)) == 10 for hit in plan)
+
+
+def test_uneven_sizes_stay_within_one_of_the_target():
+    items = ITEMS[:77]
+    plan = hits.plan_hits(items, HitParams(hits_per_item=7), seed=1)
+    cover = hits.coverage(plan, items)
+    assert cover["min"] == 7 and cover["max"] <= 8
+
+
+def test_too_few_items_is_a_clear_error():
+    with pytest.raises(hits.HitPlanError, match="cannot fill a HIT"):
+        hits.plan_hits(ITEMS[:5], HitParams(), seed=0)
+
+
+# ------------------------------------------------------------------------------------------ exam gating
+
+
+def test_partition_equality_ignores_the_colour_numbers():
+    assert exam.same_partition([1, 1, 2, 3], [5, 5, 9, 2])
+    assert not exam.same_partition([1, 1, 2, 3], [1, 2, 2, 3])
+
+
+def test_exam_score_follows_the_seed_formula():
+    golden = [1, 1, 2, 2, 3, 3]
+    assert exam.exam_score([4, 4, 7, 7, 1, 1], golden) == 100
+    assert exam.exam_score([1, 1, 2, 2, 2, 2], golden) == pytest.approx(100 / 3)  # one of three groups exact
+    assert exam.exam_score([1, 2, 3, 4, 5, 6], golden) == 0
+    assert exam.exam_score([1, 1], golden) == 0 and exam.exam_score(None, golden) == 0
+    assert exam.skill_value([100, 100, 100, 100], 3) == 100
+    assert exam.skill_value([100, 50], 3) == pytest.approx(50)
+
+
+@dataclass
+class _Assignment:
+    id: str
+    user_id: str
+    status: str
+    images: list[str]
+    groups: list[int]
+
+    @property
+    def tasks(self) -> list[Any]:
+        return [type("T", (), {"input_values": {"images": self.images}})()]
+
+    @property
+    def solutions(self) -> list[Any]:
+        return [type("S", (), {"output_values": {"result": [{"group": g} for g in self.groups]}})()]
+
+
+@dataclass
+class _ExamPool:
+    """The four client calls gating makes, over an in-memory exam pool."""
+
+    assignments: list[_Assignment]
+    skills: dict[str, Decimal] = field(default_factory=dict)
+    puts: int = 0
+
+    def get_assignments(self, pool_id: str, status: Any) -> list[_Assignment]:
+        wanted = {status} if isinstance(status, str) else set(status)
+        return [a for a in self.assignments if a.status in wanted]
+
+    def accept_assignment(self, assignment_id: str, comment: str) -> None:
+        self._set(assignment_id, "ACCEPTED")
+
+    def reject_assignment(self, assignment_id: str, comment: str) -> None:
+        self._set(assignment_id, "REJECTED")
+
+    def _set(self, assignment_id: str, status: str) -> None:
+        (a,) = [a for a in self.assignments if a.id == assignment_id]
+        a.status = status
+
+    def set_user_skill(self, skill_id: str, user_id: str, value: Decimal) -> None:
+        self.skills[user_id] = value
+        self.puts += 1
+
+
+def test_gating_accepts_exact_rejects_the_rest_and_never_double_counts():
+    images = [("a", "b", "c", "d"), ("e", "f", "g", "h"), ("i", "j", "k", "l")]
+    goldens = {imgs: (1, 1, 2, 2) for imgs in images}
+    pool = _ExamPool(
+        [
+            _Assignment("1", "good", "SUBMITTED", list(images[0]), [3, 3, 1, 1]),
+            _Assignment("2", "good", "SUBMITTED", list(images[1]), [1, 1, 2, 2]),
+            _Assignment("3", "good", "SUBMITTED", list(images[2]), [1, 1, 2, 3]),  # one group of two right
+            _Assignment("4", "colour", "SUBMITTED", list(images[0]), [1, 2, 1, 2]),
+        ]
+    )
+    state = exam.GatingState.empty()
+    exam.gate_exams(pool, "exam", "skill", goldens, 3, state)
+    assert [a.status for a in pool.assignments] == ["ACCEPTED", "ACCEPTED", "REJECTED", "REJECTED"]
+    assert float(pool.skills["good"]) == pytest.approx(250 / 3)
+    assert float(pool.skills["colour"]) == 0
+    # Re-running (same process or a resumed run with a fresh state) recomputes, never adds.
+    for fresh in (state, exam.GatingState.empty()):
+        exam.gate_exams(pool, "exam", "skill", goldens, 3, fresh)
+        assert float(pool.skills["good"]) == pytest.approx(250 / 3)
+
+
+# ------------------------------------------------------------------------------------------ budget
+
+
+def _params(**changes: Any) -> PipelineParams:
+    return load_params(
+        __import__("pathlib").Path(__file__).resolve().parent.parent
+        / "configs"
+        / "demo-shoes"
+        / "pipeline.yaml",
+        changes,
+    )
+
+
+def test_cost_estimate_and_guard():
+    costs = budget.estimate(_params(), n_main_suites=82)
+    assert costs["main"] == pytest.approx(82 * 7 * 0.02 * 1.3)
+    assert costs["intruders"] == pytest.approx(100 * 5 * 0.02 * 1.3)
+    assert costs["total"] == pytest.approx(costs["main"] + costs["exam"] + costs["intruders"])
+    budget.check_budget(costs, 100)
+    with pytest.raises(budget.BudgetExceeded, match=r"exceeds budget.max_spend \$10.00.*No pool was opened"):
+        budget.check_budget(costs, 10)
+    assert budget.estimate(_params(intruders={"enabled": False}), 82)["intruders"] == 0
+
+
+# ------------------------------------------------------------------------------------------ intruders
+
+
+def _clusters() -> pd.Series:
+    sizes = {0: 12, 1: 9, 2: 7, 3: 3}
+    items, labels = [], []
+    for cluster, size in sizes.items():
+        for i in range(size):
+            items.append(f"c{cluster}-{i}")
+            labels.append(cluster)
+    return pd.Series(labels, index=items)
+
+
+def test_intruder_hits_skip_small_clusters_and_are_seeded():
+    made, skipped = intruders.make_hits(_clusters(), 50, 8, seed=0)
+    assert skipped == [3]
+    assert made == intruders.make_hits(_clusters(), 50, 8, seed=0)[0]
+    for hit in made:
+        assert len(hit["images"]) == len(set(hit["images"])) == 8
+        odd = hit["images"][int(hit["answer"]) - 1]
+        assert odd.startswith(f"c{hit['intruder_cluster']}-") and hit["intruder_cluster"] != hit["host"]
+        assert sum(x.startswith(f"c{hit['host']}-") for x in hit["images"]) == 7
+    assert intruders.make_hits(pd.Series([0] * 3 + [1] * 3, index=list("abcdef")), 10, 8, 0) == ([], [0, 1])
+
+
+def test_intruder_accuracy_aggregates_answers_per_hit(tmp_path):
+    made, _ = intruders.make_hits(_clusters(), 20, 8, seed=1)
+    rng = np.random.default_rng(0)
+    rows = []
+    for hit in made:
+        cell = ",".join(json.dumps(x) for x in hit["images"])
+        for worker in range(5):
+            right = worker < 4 or rng.random() < 0.5
+            answer = hit["answer"] if right else str(int(hit["answer"]) % 8 + 1)
+            rows.append({"INPUT:images": cell, "OUTPUT:answer": answer, "ASSIGNMENT:worker_id": f"w{worker}"})
+    result = intruders.accuracy(pd.DataFrame(rows), made)
+    assert result["accuracy"] == 1.0 and result["n_hits"] == 20
+    assert {d["cluster"] for d in result["per_cluster"]} <= {0, 1, 2}
+    assert intruders.bar_chart(result, tmp_path / "chart.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def test_report_and_summary(tmp_path):
+    clusters = pd.Series([0, 0, 1], index=["https://i/a.png", "https://i/b.png", "https://i/c.png"])
+    data = report.summary(
+        clusters=clusters,
+        metrics={"ari": 1.0, "nmi": 1.0},
+        intruders={
+            "accuracy": 0.9,
+            "per_cluster": [{"cluster": 0, "accuracy": 0.9, "hits": 10}],
+            "skipped": [1],
+        },
+        cost={"spent": 1.5},
+        wall_seconds=12.34,
+        report_path=tmp_path / "report.html",
+        extra={"run_key": "k"},
+    )
+    assert {"clusters", "ari", "nmi", "intruder_accuracy", "cost", "wall_seconds", "report"} <= data.keys()
+    path, summary = report.write_outputs(tmp_path, data, clusters, None, None, "t")
+    page = path.read_text()
+    assert page.count("<img src='https://i/") == 3 and "Cluster 1 (1 images)" in page
+    assert json.loads(summary.read_text())["clusters"] == 2
+    assert (
+        report.summary(
+            clusters=clusters,
+            metrics=None,
+            intruders=None,
+            cost={},
+            wall_seconds=1,
+            report_path=path,
+            extra={},
+        )["ari"]
+        is None
+    )
+
+
+# ------------------------------------------------------------------------------------ idempotent creates
+
+
+def test_lost_create_response_is_found_not_created_twice(monkeypatch):
+    import httpx
+
+    from tasks import setup
+
+    monkeypatch.setattr(setup.time, "sleep", lambda s: None)
+    store: list[str] = []
+
+    def create():
+        store.append("p1")  # the server did the work ...
+        raise httpx.ReadTimeout("response lost")  # but the answer never arrived
+
+    found = setup.find_or_create(lambda: store[0] if store else None, create, "project")
+    assert found == "p1" and store == ["p1"]
+
+
+def test_operation_ids_are_deterministic_per_run_role_and_batch():
+    from tasks.upload import operation_id
+
+    batch = [{"tasks": [{"input_values": {"images": ["a", "b"]}}]}]
+    assert operation_id("k", "main-suites", batch) == operation_id("k", "main-suites", batch)
+    assert operation_id("k", "main-suites", batch) != operation_id("k2", "main-suites", batch)
+    assert operation_id("k", "main-suites", batch) != operation_id("k", "exam-suites", batch)
