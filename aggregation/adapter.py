@@ -1,0 +1,170 @@
+"""Toloka assignment export -> long-format labels (task, worker, item, label).
+
+The export has one row per task of an assignment (design/toloka-wire.md, section 5). `INPUT:images`
+holds the task's images as array_json without brackets; `OUTPUT:result` holds one `{"group": k}`
+object per image, either as array_json without brackets or as full JSON text. Both occur in real
+exports, so both are read. Every problem is reported with the 1-based data row (as in the file,
+the header not counted) and the assignment id, because a person has to find that row afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+IMAGES = "INPUT:images"
+RESULT = "OUTPUT:result"
+WORKER = "ASSIGNMENT:worker_id"
+ASSIGNMENT = "ASSIGNMENT:assignment_id"
+SUITE = "ASSIGNMENT:task_suite_id"
+TASK = "ASSIGNMENT:task_id"
+REQUIRED_COLUMNS = (IMAGES, RESULT, WORKER, ASSIGNMENT)
+LABEL_COLUMNS = ["task", "worker", "item", "label"]
+
+
+class ExportFormatError(ValueError):
+    """An export (or one of its rows) cannot be read; the message names the row and the problem."""
+
+
+class _RowError(Exception):
+    """Internal: a problem in one row, turned into ExportFormatError or a lenient skip."""
+
+
+@dataclass
+class ExportReading:
+    """The result of reading an export.
+
+    `labels` has one row per (assignment, image); `problems` lists the rows skipped in lenient
+    mode (empty in strict mode, where the first problem raises instead).
+    """
+
+    labels: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+    n_rows: int = 0
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.problems)
+
+
+def _is_empty(cell: object) -> bool:
+    if cell is None:
+        return True
+    if isinstance(cell, float) and np.isnan(cell):
+        return True
+    return isinstance(cell, str) and not cell.strip()
+
+
+def _parse_array(cell: str, what: str) -> list:
+    """Parse array_json without brackets, or full JSON text starting with '['."""
+    text = cell.strip()
+    try:
+        value = json.loads(text if text.startswith("[") else "[" + text + "]")
+    except json.JSONDecodeError as exc:
+        raise _RowError(f"{what} is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, list):
+        raise _RowError(f"{what} is not a JSON array")
+    return value
+
+
+def _parse_group(obj: object, position: int) -> int:
+    group = obj.get("group") if isinstance(obj, dict) else obj
+    if isinstance(group, bool):
+        group = None
+    if isinstance(group, float) and group.is_integer():
+        group = int(group)
+    if isinstance(group, str) and group.strip().lstrip("-").isdigit():
+        group = int(group)
+    if not isinstance(group, int):
+        raise _RowError(f"OUTPUT:result element {position + 1} has a non-integer group: {obj!r}")
+    return group
+
+
+def _parse_row(images_cell: object, result_cell: object, worker: object) -> list[tuple[str, int]]:
+    """Validate one export row; return its (item, group) pairs."""
+    for column, cell in ((IMAGES, images_cell), (RESULT, result_cell), (WORKER, worker)):
+        if _is_empty(cell):
+            raise _RowError(f"empty cell in {column}")
+    images = _parse_array(str(images_cell), IMAGES)
+    results = _parse_array(str(result_cell), RESULT)
+    if not images:
+        raise _RowError(f"{IMAGES} holds no images")
+    if len(images) != len(results):
+        raise _RowError(f"{RESULT} has {len(results)} groups but {IMAGES} has {len(images)} images")
+    pairs = []
+    for position, (image, obj) in enumerate(zip(images, results, strict=True)):
+        group = _parse_group(obj, position)
+        item = obj.get("image", image) if isinstance(obj, dict) else image
+        if not isinstance(item, str) or not item:
+            raise _RowError(f"image {position + 1} is not a non-empty string: {item!r}")
+        pairs.append((item, group))
+    return pairs
+
+
+def _load_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(source, pd.DataFrame):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ExportFormatError(f"export file not found: {path}")
+    try:
+        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise ExportFormatError(f"export file is empty (no header): {path}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ExportFormatError(f"export file is not a readable TSV: {path}: {exc}") from None
+
+
+def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -> ExportReading:
+    """Read a Toloka assignments export (a TSV path or `get_assignments_df`'s DataFrame).
+
+    Strict mode raises `ExportFormatError` on the first bad row; lenient mode skips bad rows and
+    lists them in `ExportReading.problems`. The task id is the first of `ASSIGNMENT:task_id`,
+    `ASSIGNMENT:task_suite_id`, `ASSIGNMENT:assignment_id` that the export has (so several
+    workers' answers to one HIT share a task). Group numbers are local to one (task, worker): if
+    an export without task ids held several tasks per suite, their rows would be read as one
+    grouping (the seed design has one task, holding all images, per suite).
+    """
+    frame = _load_frame(source)
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ExportFormatError(f"export lacks column(s): {', '.join(missing)}")
+    if len(frame) == 0:
+        raise ExportFormatError("export has no rows (empty input)")
+
+    task_column = next(c for c in (TASK, SUITE, ASSIGNMENT) if c in frame.columns)
+    columns = [frame[c].tolist() for c in (IMAGES, RESULT, WORKER, ASSIGNMENT, task_column)]
+    problems: list[str] = []
+    records: list[tuple[str, str, str, int]] = []
+    seen: dict[tuple[str, str], tuple[set[str], int]] = {}
+    for row, (images, result, worker, assignment, task) in enumerate(zip(*columns, strict=True), start=1):
+        where = f"row {row}" + ("" if _is_empty(assignment) else f" (assignment {assignment})")
+        try:
+            pairs = _parse_row(images, result, worker)
+            if _is_empty(task):
+                raise _RowError(f"empty cell in {task_column}")
+            key = (str(task), str(worker))
+            items, _ = seen.get(key, (set(), row))
+            row_items = [item for item, _ in pairs]
+            repeated = sorted({i for i in row_items if row_items.count(i) > 1} | (items & set(row_items)))
+            if repeated:
+                raise _RowError(f"item {repeated[0]} appears twice in one assignment")
+            seen[key] = (items | set(row_items), row)
+        except _RowError as exc:
+            if strict:
+                raise ExportFormatError(f"{where}: {exc}") from None
+            problems.append(f"{where}: {exc}")
+            continue
+        records.extend((str(task), str(worker), item, group) for item, group in pairs)
+
+    if not records:
+        detail = f" ({len(problems)} bad row(s); first: {problems[0]})" if problems else ""
+        raise ExportFormatError(f"export has no usable rows{detail}")
+    labels = pd.DataFrame.from_records(records, columns=LABEL_COLUMNS)
+    labels["label"] = labels["label"].astype(np.int64)
+    return ExportReading(labels=labels, problems=problems, n_rows=len(frame))

@@ -1,0 +1,69 @@
+"""Agreement between a predicted clustering and the truth.
+
+All scores come from the contingency table of the two labelings over the items present in both
+(`n_items` says how many). Pairwise precision/recall count item pairs put together; B-cubed
+averages per item, so one huge merged cluster cannot hide behind many correct small ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _entropy(counts: np.ndarray, total: float) -> float:
+    p = counts[counts > 0] / total
+    return float(-(p * np.log(p)).sum())
+
+
+def _pairs(counts: np.ndarray) -> float:
+    return float((counts * (counts - 1)).sum() / 2)
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def clustering_scores(predicted: pd.Series, truth: pd.Series) -> dict[str, float]:
+    """ARI, NMI (arithmetic normalisation), variation of information (nats), pairwise P/R/F1,
+    B-cubed F1, and n_items. Written from the contingency table, without scikit-learn, so the CLI
+    does not pay for importing it."""
+    common = predicted.index.intersection(truth.index)
+    if len(common) == 0:
+        raise ValueError("predicted and truth share no items")
+    common = common.sort_values()
+    _, pred = np.unique(predicted.loc[common].astype(str).to_numpy(), return_inverse=True)
+    _, true = np.unique(truth.loc[common].astype(str).to_numpy(), return_inverse=True)
+    n = float(len(common))
+    keys, cells = np.unique(pred.astype(np.int64) * (true.max() + 1) + true, return_counts=True)
+    cell_row, cell_col = keys // (true.max() + 1), keys % (true.max() + 1)
+    cells = cells.astype(np.float64)
+    rows = np.bincount(pred).astype(np.float64)
+    cols = np.bincount(true).astype(np.float64)
+
+    h_pred, h_true = _entropy(rows, n), _entropy(cols, n)
+    mutual = float((cells / n * np.log(cells * n / (rows[cell_row] * cols[cell_col]))).sum())
+    vi = max(h_pred + h_true - 2.0 * mutual, 0.0)
+    nmi = mutual / (0.5 * (h_pred + h_true)) if h_pred + h_true > 0 else 1.0
+
+    both, in_pred, in_true = _pairs(cells), _pairs(rows), _pairs(cols)
+    total = n * (n - 1) / 2
+    expected = in_pred * in_true / total if total else 0.0
+    denom = 0.5 * (in_pred + in_true) - expected
+    ari = (both - expected) / denom if denom != 0 else 1.0
+    precision = both / in_pred if in_pred else 1.0
+    recall = both / in_true if in_true else 1.0
+
+    # B-cubed: per item, |own cluster ∩ own class| / |own cluster| (precision) and / |own class| (recall).
+    b_precision = float((cells**2 / rows[cell_row]).sum() / n)
+    b_recall = float((cells**2 / cols[cell_col]).sum() / n)
+    return {
+        "n_items": float(len(common)),
+        "ari": float(ari),
+        "nmi": float(min(max(nmi, 0.0), 1.0)),
+        "vi": float(vi),
+        "pairwise_precision": precision,
+        "pairwise_recall": recall,
+        "pairwise_f1": _f1(precision, recall),
+        "bcubed_f1": _f1(b_precision, b_recall),
+    }

@@ -1,0 +1,133 @@
+"""Long-format labels -> pairwise labels as flat arrays with CSR indices by item and by worker.
+
+An assignment (one worker answering one HIT of M images) gives M(M-1)/2 pairwise labels: +1 when
+the worker put the two images in the same group, -1 otherwise. Items are distinct images, wherever
+they appear; a worker who saw the same pair in two HITs contributes two labels. Everything is built
+with array operations (no per-label Python loop), and every order comes from sorting strings, so
+the arrays are identical across processes whatever PYTHONHASHSEED is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+REQUIRED = ("task", "worker", "item", "label")
+
+
+@dataclass(frozen=True)
+class PairLabels:
+    """Pairwise labels, sorted by worker.
+
+    `a < b` are item indices into `items`, `worker` indexes `workers`, `label` is +1.0 / -1.0.
+    `item_ptr`/`item_lab`: the labels that involve item i are `item_lab[item_ptr[i]:item_ptr[i+1]]`,
+    in worker order.
+    `worker_ptr`: the labels of worker j are the slice `worker_ptr[j]:worker_ptr[j+1]`.
+    """
+
+    items: np.ndarray
+    workers: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    worker: np.ndarray
+    label: np.ndarray
+    item_ptr: np.ndarray
+    item_lab: np.ndarray
+    worker_ptr: np.ndarray
+    n_assignments: int
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.workers)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.a)
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes in sorted-string order (deterministic, independent of PYTHONHASHSEED)."""
+    codes, uniques = pd.factorize(values.astype(str), sort=True)
+    return codes.astype(np.int64), np.asarray(uniques, dtype=object).astype(str)
+
+
+def check_labels(labels: pd.DataFrame) -> None:
+    """Raise ValueError when the long-format frame cannot be used."""
+    missing = [c for c in REQUIRED if c not in labels.columns]
+    if missing:
+        raise ValueError(f"labels lack column(s): {', '.join(missing)}")
+    if len(labels) == 0:
+        raise ValueError("labels are empty")
+    if labels[list(REQUIRED)].isna().any().any():
+        raise ValueError("labels contain missing values")
+
+
+def build_pairs(labels: pd.DataFrame) -> PairLabels:
+    """Build the pairwise labels of a long-format frame (task, worker, item, label)."""
+    check_labels(labels)
+    item, items = _codes(labels["item"])
+    worker, workers = _codes(labels["worker"])
+    task, _ = _codes(labels["task"])
+    group = labels["label"].to_numpy(dtype=np.int64)
+
+    # One assignment = one (task, worker); sort its rows by item so pairs come out as a < b.
+    assignment = task * len(workers) + worker
+    order = np.lexsort((item, assignment))
+    assignment, item, worker, group = assignment[order], item[order], worker[order], group[order]
+    if np.any((assignment[1:] == assignment[:-1]) & (item[1:] == item[:-1])):
+        raise ValueError("an item appears twice in one assignment")
+    starts = np.flatnonzero(np.r_[True, assignment[1:] != assignment[:-1]])
+    sizes = np.diff(np.r_[starts, len(assignment)])
+
+    parts = []
+    for size in np.unique(sizes[sizes >= 2]):
+        first = starts[sizes == size]
+        iu, ju = np.triu_indices(size, 1)
+        left = (first[:, None] + iu[None, :]).ravel()
+        right = (first[:, None] + ju[None, :]).ravel()
+        parts.append((left, right))
+    if not parts:
+        raise ValueError("no assignment holds two or more items, so there are no pairwise labels")
+    left = np.concatenate([p[0] for p in parts])
+    right = np.concatenate([p[1] for p in parts])
+
+    by_worker = np.lexsort((item[right], item[left], worker[left]))
+    left, right = left[by_worker], right[by_worker]
+    a = item[left].astype(np.int64)
+    b = item[right].astype(np.int64)
+    w = worker[left].astype(np.int64)
+    lab = np.where(group[left] == group[right], 1.0, -1.0)
+
+    n_items, n_workers = len(items), len(workers)
+    ends = np.concatenate([a, b])
+    # Within an item, labels in label order = worker order (the item kernel sums per worker).
+    item_lab = (np.lexsort((np.r_[np.arange(len(a)), np.arange(len(a))], ends)) % len(a)).astype(np.int64)
+    item_ptr = np.r_[0, np.cumsum(np.bincount(ends, minlength=n_items))].astype(np.int64)
+    worker_ptr = np.r_[0, np.cumsum(np.bincount(w, minlength=n_workers))].astype(np.int64)
+    return PairLabels(
+        items=items,
+        workers=workers,
+        a=a,
+        b=b,
+        worker=w,
+        label=lab,
+        item_ptr=item_ptr,
+        item_lab=item_lab,
+        worker_ptr=worker_ptr,
+        n_assignments=len(starts),
+    )
+
+
+def coassociation(pairs: PairLabels) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per observed item pair: (a, b, number of 'same' votes, number of votes), sorted by (a, b)."""
+    key = pairs.a * pairs.n_items + pairs.b
+    uniq, inverse = np.unique(key, return_inverse=True)
+    votes = np.bincount(inverse).astype(np.float64)
+    same = np.bincount(inverse, weights=(pairs.label > 0).astype(np.float64))
+    return uniq // pairs.n_items, uniq % pairs.n_items, same, votes

@@ -1,0 +1,99 @@
+"""`crowdclust aggregate` as a user runs it: a real process on a generated export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aggregation import generate_crowd
+
+CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, hashseed="0"):
+    env = {**os.environ, "PYTHONHASHSEED": hashseed}
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    crowd = generate_crowd(82, 8, seed=11, result_encoding="mixed")
+    crowd.write_export(folder / "export.tsv")
+    crowd.write_truth(folder / "truth.csv")
+    return folder
+
+
+def test_end_to_end_with_truth_and_same_output_across_hash_seeds(export):
+    first = _run(
+        [export / "export.tsv", "-o", export / "a.csv", "--truth", export / "truth.csv", "--seed", "3"], "1"
+    )
+    assert first.returncode == 0, first.stderr
+    for word in ("items", "workers", "labels", "clusters", "iterations", "seconds", "ari", "bcubed_f1"):
+        assert word in first.stdout
+    clusters = pd.read_csv(export / "a.csv")
+    assert list(clusters.columns) == ["item", "cluster"] and len(clusters) == 82
+    ari = float(next(line.split()[1] for line in first.stdout.splitlines() if line.startswith("ari")))
+    assert ari >= 0.9
+    second = _run([export / "export.tsv", "-o", export / "b.csv", "--seed", "3"], "12345")
+    assert second.returncode == 0, second.stderr
+    assert (export / "a.csv").read_bytes() == (export / "b.csv").read_bytes()
+
+
+def test_coassociation_method_and_image_column_in_truth(export):
+    truth = pd.read_csv(export / "truth.csv").rename(columns={"item": "image"})
+    truth.to_csv(export / "truth_image.csv", index=False)
+    result = _run(
+        [
+            export / "export.tsv",
+            "-o",
+            export / "c.csv",
+            "--method",
+            "coassociation",
+            "--truth",
+            export / "truth_image.csv",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "coassociation" in result.stdout and "ari" in result.stdout
+
+
+def test_bad_export_is_one_line_and_exit_code_2(export):
+    lines = (export / "export.tsv").read_text().splitlines()
+    header, row = lines[0], lines[5].split("\t")
+    row[1] = '"{""group"":1}"'  # one group for ten images
+    (export / "bad.tsv").write_text("\n".join([header, lines[1], "\t".join(row)]) + "\n")
+    result = _run([export / "bad.tsv", "-o", export / "bad.csv"])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "row 2" in result.stderr and "1 groups but INPUT:images has 10 images" in result.stderr
+    assert not (export / "bad.csv").exists()
+
+    lenient = _run([export / "bad.tsv", "-o", export / "bad.csv", "--lenient"])
+    assert lenient.returncode == 0, lenient.stderr
+    assert "skipped row 2" in lenient.stderr
+
+
+@pytest.mark.parametrize("content", ["", "a\tb\n1\t2\n"])
+def test_unusable_files(export, content):
+    (export / "junk.tsv").write_text(content)
+    result = _run([export / "junk.tsv", "-o", export / "junk.csv"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+
+
+def test_missing_file_and_bad_truth(export):
+    missing = _run([export / "nope.tsv", "-o", export / "x.csv"])
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    (export / "bad_truth.csv").write_text("foo,bar\n1,2\n")
+    bad_truth = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "bad_truth.csv"])
+    assert bad_truth.returncode == 2 and "needs columns item (or image) and class" in bad_truth.stderr

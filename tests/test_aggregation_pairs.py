@@ -1,0 +1,100 @@
+"""Pair construction on hand-made cases: signs, CSR indices, HIT designs, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aggregation.pairs import build_pairs, coassociation
+
+
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["task", "worker", "item", "label"])
+
+
+def _as_set(pairs):
+    return {
+        (pairs.items[a], pairs.items[b], pairs.workers[w], int(lab))
+        for a, b, w, lab in zip(pairs.a, pairs.b, pairs.worker, pairs.label, strict=True)
+    }
+
+
+def test_one_assignment_gives_all_pairs_with_signs():
+    pairs = build_pairs(_frame([("t", "w", "c", 2), ("t", "w", "a", 1), ("t", "w", "b", 1)]))
+    assert pairs.items.tolist() == ["a", "b", "c"]
+    assert _as_set(pairs) == {("a", "b", "w", 1), ("a", "c", "w", -1), ("b", "c", "w", -1)}
+    assert pairs.n_assignments == 1
+
+
+def test_labels_are_local_to_an_assignment():
+    """Group 1 in one assignment and group 1 in another say nothing about each other."""
+    rows = [("t1", "w", "a", 1), ("t1", "w", "b", 2), ("t2", "w", "c", 1), ("t2", "w", "d", 2)]
+    pairs = build_pairs(_frame(rows))
+    assert _as_set(pairs) == {("a", "b", "w", -1), ("c", "d", "w", -1)}
+
+
+def test_items_in_many_hits_and_repeated_pairs_count_twice():
+    rows = [("t1", "w1", "a", 1), ("t1", "w1", "b", 1), ("t2", "w1", "a", 3), ("t2", "w1", "b", 4)]
+    rows += [("t1", "w2", "a", 1), ("t1", "w2", "b", 1)]
+    pairs = build_pairs(_frame(rows))
+    assert pairs.n_labels == 3 and pairs.n_items == 2 and pairs.n_assignments == 3
+    a, b, same, votes = coassociation(pairs)
+    assert (a.tolist(), b.tolist(), same.tolist(), votes.tolist()) == ([0], [1], [2.0], [3.0])
+
+
+def test_mixed_hit_sizes_single_items_and_one_assignment_workers():
+    rng = np.random.default_rng(0)
+    rows, expected = [], 0
+    for h, size in enumerate([2, 35, 7, 1, 10]):
+        items = rng.choice(60, size=size, replace=False)
+        worker = f"w{h}"  # every worker answers one assignment
+        rows += [(f"t{h}", worker, f"i{i:02d}", int(rng.integers(1, 11))) for i in items]
+        expected += size * (size - 1) // 2
+    rows.append(("t9", "w9", "lonely", 1))  # an item seen by one worker in a HIT of one
+    pairs = build_pairs(_frame(rows))
+    assert pairs.n_labels == expected
+    assert "lonely" in pairs.items.tolist()
+    assert np.all(pairs.a < pairs.b)
+    # CSR by item: exactly the labels that involve the item, in worker order.
+    for i in range(pairs.n_items):
+        labs = pairs.item_lab[pairs.item_ptr[i] : pairs.item_ptr[i + 1]]
+        assert np.all((pairs.a[labs] == i) | (pairs.b[labs] == i))
+        assert len(labs) == np.sum(pairs.a == i) + np.sum(pairs.b == i)
+        assert np.all(np.diff(pairs.worker[labs]) >= 0)
+    # CSR by worker: contiguous ranges.
+    for j in range(pairs.n_workers):
+        assert np.all(pairs.worker[pairs.worker_ptr[j] : pairs.worker_ptr[j + 1]] == j)
+    lonely = pairs.items.tolist().index("lonely")
+    assert pairs.item_ptr[lonely] == pairs.item_ptr[lonely + 1]
+
+
+def test_row_order_does_not_matter():
+    rng = np.random.default_rng(1)
+    rows = [
+        (f"t{h}", f"w{h % 3}", f"i{i}", int(rng.integers(1, 4)))
+        for h in range(6)
+        for i in rng.choice(9, 4, replace=False)
+    ]
+    first = build_pairs(_frame(rows))
+    second = build_pairs(_frame([rows[k] for k in rng.permutation(len(rows))]))
+    for name in ("a", "b", "worker", "label", "item_ptr", "item_lab", "worker_ptr"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([("t", "w", "a", 1), ("t", "w", "a", 2)], "twice"),
+        ([("t", "w", "a", 1)], "no assignment holds two"),
+        ([], "empty"),
+    ],
+)
+def test_bad_frames(rows, message):
+    with pytest.raises(ValueError, match=message):
+        build_pairs(_frame(rows))
+
+
+def test_missing_column():
+    with pytest.raises(ValueError, match="lack column"):
+        build_pairs(pd.DataFrame({"task": ["t"], "item": ["a"]}))

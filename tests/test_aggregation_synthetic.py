@@ -1,0 +1,62 @@
+"""The synthetic crowd: seeded, the seed's HIT design, worker types, export layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aggregation import generate_crowd
+
+
+def test_same_seed_same_crowd_other_seed_other_crowd():
+    a, b, c = generate_crowd(40, 4, seed=1), generate_crowd(40, 4, seed=1), generate_crowd(40, 4, seed=2)
+    pd.testing.assert_frame_equal(a.export, b.export)
+    assert not a.labels.equals(c.labels)
+
+
+def test_seed_design_shape():
+    crowd = generate_crowd(82, 8, seed=0)
+    labels = crowd.labels
+    assert labels["task"].nunique() == 82  # every item seeds one HIT
+    assert (labels.groupby(["task", "worker"]).size() == 10).all()  # 10 images per HIT
+    assert (labels.groupby("task")["worker"].nunique() == 7).all()  # overlap 7
+    assert len(crowd.export) == 82 * 7
+    assert crowd.truth.nunique() == 8 and crowd.truth.value_counts().min() >= 1
+    assert labels["label"].between(1, 10).all()
+
+
+def test_random_design_has_varied_hit_sizes():
+    sizes = generate_crowd(200, 8, seed=0, design="random").labels.groupby(["task", "worker"]).size()
+    assert sizes.min() >= 2 and sizes.max() <= 35 and sizes.nunique() > 10
+
+
+def test_worker_types_and_spammer_share():
+    crowd = generate_crowd(300, 8, seed=0, spammer_share=0.3)
+    share = (crowd.workers["type"] == "spammer").mean()
+    assert 0.2 < share < 0.4
+    assert {"diligent", "spammer"} <= set(crowd.workers["type"])
+
+
+def test_colour_biased_workers_group_by_colour():
+    crowd = generate_crowd(60, 6, seed=0, shares={"colour": 1.0})
+    # Every assignment's groups are a function of a hidden colour, not of the class: for a crowd of
+    # only colour-biased workers, two items of one class are often split.
+    merged = crowd.labels.assign(cls=crowd.truth.reindex(crowd.labels["item"]).to_numpy())
+    split = merged.groupby(["task", "worker", "cls"])["label"].nunique()
+    assert (split > 1).mean() > 0.3
+
+
+def test_unknown_options():
+    with pytest.raises(ValueError, match="design"):
+        generate_crowd(20, 2, design="nope")
+    with pytest.raises(ValueError, match="worker type"):
+        generate_crowd(20, 2, shares={"robot": 1.0})
+
+
+def test_write_truth(tmp_path):
+    crowd = generate_crowd(20, 3, seed=0)
+    crowd.write_truth(tmp_path / "truth.csv")
+    frame = pd.read_csv(tmp_path / "truth.csv")
+    assert list(frame.columns) == ["item", "class"]
+    np.testing.assert_array_equal(frame["class"].to_numpy(), crowd.truth.to_numpy())
