@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install test lint fmt demo bench up down clean
+.PHONY: install test test-service lint fmt demo bench up down status clean
 
 install: $(STAMP)
 
@@ -50,6 +50,14 @@ up: install
 
 down:
 	@if [ -x $(VENV)/bin/crowdclust ]; then $(VENV)/bin/crowdclust service down; else echo "nothing to stop"; fi
+
+status: install
+	$(VENV)/bin/crowdclust service status
+
+# Only the service integration test (real server + worker + emulator on free ports; ~4-5 min).
+# `make test` runs it too.
+test-service: install
+	$(VENV)/bin/pytest tests/test_service_integration.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache

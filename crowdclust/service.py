@@ -38,6 +38,8 @@ class ServiceConfig:
     server_port: int = 4200
     emulator_port: int = 8765
     host: str = "127.0.0.1"
+    results_dir: Path | None = None  # persisted task results; default `<state_dir>/results`
+    worker_poll_seconds: float = 5.0  # how often the worker asks for runs (Prefect's default is 10)
 
     @property
     def api_url(self) -> str:
@@ -55,16 +57,28 @@ class ServiceConfig:
     def token_file(self) -> Path:
         return self.state_dir / "emulator-token"
 
+    @property
+    def results(self) -> Path:
+        return self.results_dir or self.state_dir / "results"
+
     def env(self) -> dict[str, str]:
-        """The environment shared by the server, the worker, deploys and flow runs."""
-        env = dict(os.environ)
+        """The environment shared by the server, the worker, deploys and flow runs.
+
+        - CROWDCLUST_LOCAL_URL points every `local` run at this emulator (`tasks.connect.endpoint`).
+        - CROWDCLUST_RESULTS_DIR keeps the service's cached task results next to its database, so
+          `make down`/`make up` and a Retry in the UI find them again.
+        - TOLOKA_TOKEN is removed: every deployment names its Secret block, and a production token
+          exported in the developer's shell must never be sent to the local emulator.
+        """
+        env = {k: v for k, v in os.environ.items() if k != "TOLOKA_TOKEN"}
         env.update(
             PREFECT_HOME=str(self.state_dir / "prefect"),
             PREFECT_API_URL=self.api_url,
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_UI_API_URL=self.api_url,
+            PREFECT_WORKER_QUERY_SECONDS=str(self.worker_poll_seconds),
             CROWDCLUST_LOCAL_URL=self.emulator_url,
-            CROWDCLUST_TOKEN_BLOCK=TOKEN_BLOCK,
+            CROWDCLUST_RESULTS_DIR=str(self.results),
         )
         return env
 
@@ -126,6 +140,13 @@ def _pid_file(cfg: ServiceConfig, name: str) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` still runs. A child of this very process (`up` called from Python, as the tests
+    do) stays a zombie after it exits, which `kill(pid, 0)` cannot tell from a live process: reap it."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: its parent (or init) reaps it
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -146,6 +167,16 @@ def _read_pid(cfg: ServiceConfig, name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default, so that Python installs its handler again.
+
+    A non-interactive shell starts background jobs with SIGINT ignored, children inherit that, and
+    Python then keeps ignoring it: `make up &` from a script gave processes that ignored `down`'s
+    SIGINT and were only stopped by its SIGKILL, about 20 s later each.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(cfg: ServiceConfig, name: str, command: list[str]) -> int:
     """Start `command` in its own session (so `down` can stop its whole process group)."""
     log = (cfg.state_dir / f"{name}.log").open("ab")
@@ -157,6 +188,7 @@ def _spawn(cfg: ServiceConfig, name: str, command: list[str]) -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
     _pid_file(cfg, name).write_text(f"{process.pid}\n")
     return process.pid
@@ -205,21 +237,25 @@ def _save_token_block(cfg: ServiceConfig, token: str) -> None:
     subprocess.run([sys.executable, "-c", code], input=token, text=True, env=cfg.env(), cwd=REPO, check=True)
 
 
+def start(cfg: ServiceConfig, name: str, say: Callable[[str], None] = print) -> None:
+    """Start the server or the emulator unless it already answers; wait until it does."""
+    component = next(c for c in _components(cfg, _token(cfg)) if c.name == name)
+    if _answers(component.health_url):
+        say(f"{name}: already running")
+        return
+    pid = _spawn(cfg, name, component.command)
+    log = cfg.state_dir / f"{name}.log"
+    _wait_until(lambda: _answers(component.health_url), component.startup_seconds, name, log)
+    say(f"{name}: started (pid {pid})")
+
+
 def up(cfg: ServiceConfig | None = None, say: Callable[[str], None] = print) -> None:
     """Start what is not running, deploy every deployment in prefect.yaml, start a worker."""
     cfg = cfg or ServiceConfig()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     token = _token(cfg)
-    for component in _components(cfg, token):
-        log = cfg.state_dir / f"{component.name}.log"
-        if _answers(component.health_url):
-            say(f"{component.name}: already running")
-            continue
-        pid = _spawn(cfg, component.name, component.command)
-        _wait_until(
-            lambda c=component: _answers(c.health_url), component.startup_seconds, component.name, log
-        )
-        say(f"{component.name}: started (pid {pid})")
+    for name in ("server", "emulator"):
+        start(cfg, name, say)
     _prefect(cfg, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
     _save_token_block(cfg, token)
     _prefect(cfg, "deploy", "--all")
@@ -232,10 +268,15 @@ def up(cfg: ServiceConfig | None = None, say: Callable[[str], None] = print) -> 
     else:
         say("worker: already running")
     say(f"Prefect UI: {cfg.ui_url}")
-    say(f"Emulator:   {cfg.emulator_url} (token in {cfg.token_file.relative_to(REPO)})")
+    say(f"Emulator:   {cfg.emulator_url} (token in {_shown(cfg.token_file)})")
 
 
-def _stop(cfg: ServiceConfig, name: str, say: Callable[[str], None]) -> None:
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (shorter), else absolute."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def stop(cfg: ServiceConfig, name: str, say: Callable[[str], None] = print) -> None:
     """SIGINT, then SIGINT again (a process worker ignores the first), then SIGKILL the group."""
     pid = _read_pid(cfg, name)
     if pid is None:
@@ -263,7 +304,7 @@ def down(cfg: ServiceConfig | None = None, say: Callable[[str], None] = print) -
         say("nothing to stop")
         return
     for name in ("worker", "emulator", "server"):
-        _stop(cfg, name, say)
+        stop(cfg, name, say)
 
 
 def status(cfg: ServiceConfig | None = None) -> dict[str, bool]:

@@ -59,7 +59,7 @@ def evaluate_clusters(
     values = {**configs.placeholder_values(params), "skill_id": skill}
     bundle = configs.load_bundle(params.toloka_dir)
     ids = intruders.setup_intruders_task(params.toloka, params.resolved_run_key, bundle, values, hits)
-    waited = intruders.wait_intruders_task(
+    waited = intruders.wait_intruders_task.with_options(retries=params.wait.retries)(
         params.toloka, ids, params.wait.period(params.toloka.environment), params.wait.timeout_seconds
     )
     export = waited["export"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+CATALOGUE_FLOW = "crowdclust-catalogue"  # keyed by the catalogue key, not the content-derived run key
+
 
 def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     from prefect.logging.loggers import flow_run_logger
@@ -23,7 +25,8 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         return
     try:
         params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
-        closed = close_run_pools(make_client(params.toloka), params.resolved_run_key)
+        key = params.catalogue_key if flow.name == CATALOGUE_FLOW else params.resolved_run_key
+        closed = close_run_pools(make_client(params.toloka), key)
         log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed or "nothing")
     except MissingTokenError:
         log.warning("no Toloka token: nothing could have been opened, nothing to close")

@@ -101,6 +101,13 @@ class WaitParams(_Model):
     timeout_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, description="Give up (and fail the run; the hooks close the pools) after this."
     )
+    retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries of a wait interrupted by a network/5xx error before the run fails "
+        "(then Retry the run: it resumes polling).",
+    )
 
     def period(self, environment: Environment) -> float:
         """The poll period actually used for `environment`."""
@@ -176,6 +183,12 @@ class PipelineParams(_Model):
             return self.run_key
         digest = hashlib.sha256(self.dataset.read_bytes()).hexdigest()[:10]
         return f"{self.name}-{digest}-s{self.seed}"
+
+    @property
+    def catalogue_key(self) -> str:
+        """Key of a growing catalogue (flows/catalogue.py): explicit, or name + seed, never the content,
+        because the content changes with every round while the catalogue's Toloka objects stay."""
+        return self.run_key or f"{self.name}-s{self.seed}"
 
     @property
     def run_dir(self) -> Path:

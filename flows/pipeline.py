@@ -20,7 +20,7 @@ from flows.evaluate import evaluate_clusters
 from flows.hooks import close_pools_hook
 from flows.labelling import labelling
 from flows.params import PipelineParams
-from tasks import report
+from tasks import budget, report
 
 FAIL_ENV = "CROWDCLUST_FAIL_AT"  # test hook: "after-labelling" | "after-aggregation" forces a failure
 
@@ -32,22 +32,6 @@ class ForcedFailure(RuntimeError):
 def _checkpoint(stage: str) -> None:
     if os.environ.get(FAIL_ENV) == stage:
         raise ForcedFailure(f"forced failure {stage} ({FAIL_ENV})")
-
-
-def _spent(params: PipelineParams, labelled: dict[str, Any], evaluated: dict[str, Any] | None) -> float:
-    """Money paid: Toloka's `spent_budget` per pool, or accepted assignments x reward x (1 + fee)."""
-    fee = 1.0 + params.budget.fee_rate
-    reported = labelled["waited"].get("spent") or {}
-    exams = labelled["waited"].get("exams", {}).get("accepted", 0)
-    parts = [
-        reported.get("main") or labelled["n_assignments"] * params.hits.reward * fee,
-        reported.get("exam") or exams * params.exam.reward * fee,
-    ]
-    if evaluated:
-        parts.append(
-            evaluated.get("spent") or evaluated.get("n_assignments", 0) * params.intruders.reward * fee
-        )
-    return round(sum(parts), 4)
 
 
 @flow(
@@ -86,37 +70,15 @@ def crowdclust_pipeline(params: PipelineParams) -> dict[str, Any]:
         evaluated = evaluate_clusters(params, skill_id=labelled["ids"]["skill"])
         t = lap("intruders", t)
 
-    clusters = aggregated["clusters"]
-    cost = {"spent": _spent(params, labelled, evaluated), "estimate": labelled["costs"]}
-    data = report.summary(
-        clusters=clusters,
-        metrics=aggregated["metrics"],
-        intruders=evaluated,
-        cost=cost,
-        wall_seconds=time.monotonic() - started,
-        report_path=params.run_dir / "report.html",
-        extra={
-            "run_key": labelled["run_key"],
-            "toloka_ids": labelled["ids"],
-            "coverage": labelled["coverage"],
-            "aggregation": aggregated["info"],
-            "timings": timings,
-            "summary": str(params.run_dir / "summary.json"),
-        },
-    )
-    sources = None
-    if params.toloka.environment == "local" and params.toloka.url:  # the emulator stops after the run
-        sources = report.inline_images(report.shown_images(clusters), params.toloka.url)
-    report_path, _ = report.write_outputs(
-        params.run_dir,
-        data,
-        clusters,
-        aggregated["truth"],
-        params.run_dir / "intruders.png" if evaluated and evaluated.get("chart") else None,
-        f"crowdclust: {params.name}",
-        sources,
-    )
-    report.publish_artifacts(data, clusters, report_path)
+    cost = {"spent": budget.spent(params, labelled, evaluated), "estimate": labelled["costs"]}
+    extra = {
+        "run_key": labelled["run_key"],
+        "toloka_ids": labelled["ids"],
+        "coverage": labelled["coverage"],
+        "aggregation": aggregated["info"],
+        "timings": timings,
+    }
+    data = report.finish_run(params, aggregated, evaluated, cost, time.monotonic() - started, extra)
     logger.info(
         "done: %d clusters, ARI %s, intruder accuracy %s, cost $%.2f, %.0f s; report %s",
         data["clusters"],
@@ -124,6 +86,6 @@ def crowdclust_pipeline(params: PipelineParams) -> dict[str, Any]:
         data["intruder_accuracy"],
         cost["spent"],
         data["wall_seconds"],
-        report_path,
+        data["report"],
     )
     return data

@@ -6,6 +6,8 @@ of workers allowed to take each exam (its overlap); training is free on Toloka.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flows.params import PipelineParams
 
 
@@ -42,3 +44,24 @@ def check_budget(costs: dict[str, float], max_spend: float) -> None:
             f"estimated cost ${costs['total']:.2f} ({parts}) exceeds budget.max_spend ${max_spend:.2f}; "
             "raise budget.max_spend or lower overlap / hits_per_item / intruders.n_hits. No pool was opened."
         )
+
+
+def spent(params: PipelineParams, labelled: dict[str, Any] | None, evaluated: dict[str, Any] | None) -> float:
+    """Money paid: Toloka's `spent_budget` per pool, or accepted assignments x reward x (1 + fee).
+
+    `labelled` is a labelling result (`waited`, `n_assignments`), None when nothing was labelled.
+    """
+    fee = 1.0 + params.budget.fee_rate
+    parts = []
+    if labelled:
+        reported = labelled["waited"].get("spent") or {}
+        exams = labelled["waited"].get("exams", {}).get("accepted", 0)
+        parts += [
+            reported.get("main") or labelled["n_assignments"] * params.hits.reward * fee,
+            reported.get("exam") or exams * params.exam.reward * fee,
+        ]
+    if evaluated:
+        parts.append(
+            evaluated.get("spent") or evaluated.get("n_assignments", 0) * params.intruders.reward * fee
+        )
+    return round(sum(parts), 4)

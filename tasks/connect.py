@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from flows.params import TolokaTarget
 
 TOKEN_ENV = "TOLOKA_TOKEN"
+LOCAL_URL_ENV = "CROWDCLUST_LOCAL_URL"
 
 
 class MissingTokenError(RuntimeError):
@@ -37,6 +38,18 @@ def resolve_token(target: TolokaTarget) -> SecretStr:
         ) from None
 
 
+def endpoint(target: TolokaTarget) -> str | None:
+    """The URL the client talks to: for `local`, `$CROWDCLUST_LOCAL_URL` wins over `target.url`.
+
+    The local service (`make up`) sets that variable for its worker, so deployments keep the default
+    emulator address in their parameters and still reach an emulator started on another port (the
+    integration test's). Not part of the target, so cache keys do not depend on the port.
+    """
+    if target.environment == "local":
+        return os.environ.get(LOCAL_URL_ENV) or target.url
+    return target.url
+
+
 def make_client(target: TolokaTarget, retries: int = 3):
     """A toloka-kit client for the target (emulator URL, sandbox or production).
 
@@ -47,6 +60,7 @@ def make_client(target: TolokaTarget, retries: int = 3):
         from toloka.client import TolokaClient
 
     token = resolve_token(target).get_secret_value()
-    if target.environment == "local" or target.url:
-        return TolokaClient(token, url=target.url, retries=retries)
+    url = endpoint(target)
+    if url:
+        return TolokaClient(token, url=url, retries=retries)
     return TolokaClient(token, environment=target.environment.upper(), retries=retries)

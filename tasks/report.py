@@ -196,3 +196,40 @@ def publish_artifacts(data: dict[str, Any], clusters: pd.Series, report: Path) -
     if data.get("intruders") and data["intruders"].get("per_cluster"):
         create_table_artifact(key="intruder-accuracy", table=data["intruders"]["per_cluster"])
     create_link_artifact(key="run-report", link=report.resolve().as_uri(), link_text=str(report))
+
+
+def finish_run(
+    params: Any,
+    aggregated: dict[str, Any],
+    evaluated: dict[str, Any] | None,
+    cost: dict[str, Any],
+    wall_seconds: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The common end of a run (pipeline or catalogue round): summary, report.html, artifacts.
+
+    `params` is the run's `PipelineParams`; images are embedded when they come from the local
+    emulator, which may be gone by the time someone opens the report.
+    """
+    from tasks.connect import endpoint
+
+    run_dir = params.run_dir
+    clusters = aggregated["clusters"]
+    data = summary(
+        clusters=clusters,
+        metrics=aggregated["metrics"],
+        intruders=evaluated,
+        cost=cost,
+        wall_seconds=wall_seconds,
+        report_path=run_dir / "report.html",
+        extra={**extra, "summary": str(run_dir / "summary.json")},
+    )
+    sources = None
+    if params.toloka.environment == "local":
+        sources = inline_images(shown_images(clusters), endpoint(params.toloka))
+    chart = run_dir / "intruders.png" if evaluated and evaluated.get("chart") else None
+    report_path, _ = write_outputs(
+        run_dir, data, clusters, aggregated["truth"], chart, f"crowdclust: {params.name}", sources
+    )
+    publish_artifacts(data, clusters, report_path)
+    return data

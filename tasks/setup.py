@@ -156,8 +156,13 @@ def setup_labelling(
     values: dict[str, Any],
     skill_name: str,
     creator: Any = None,
+    main_pool_role: str = "main-pool",
 ) -> dict[str, str]:
-    """Training + exam project, training with tasks, exam pool with suites, skill, main project + pool."""
+    """Training + exam project, training with tasks, exam pool with suites, skill, main project + pool.
+
+    `main_pool_role` names the main pool's tag: one pool per run in the pipeline, one pool per round
+    (`main-pool-<round key>`) under a catalogue key, all other objects shared by the rounds.
+    """
     c, ids = creator, {}
     specs = (bundle["exam_project"], bundle["training"], bundle["training_tasks"])
     ids["exam_project"], ids["training"] = ensure_trained_project(client, run_key, "exam-", specs, c)
@@ -169,7 +174,7 @@ def setup_labelling(
     ensure_suites(client, run_key, "exam-suites", ids["exam_pool"], filled["exam_suites"])
     ids["main_project"] = ensure_project(client, run_key, "main-project", filled["main_project"], c)
     ids["main_pool"] = ensure_pool(
-        client, run_key, "main-pool", ids["main_project"], filled["main_pool"], None, c
+        client, run_key, main_pool_role, ids["main_project"], filled["main_pool"], None, c
     )
     return ids
 
@@ -207,11 +212,12 @@ def setup_labelling_task(
     bundle: dict[str, Any],
     values: dict[str, Any],
     skill_name: str,
+    main_pool_role: str = "main-pool",
     code_version: str = CODE_VERSION,
 ) -> dict[str, str]:
     """Prefect adapter of `setup_labelling` (cached: a resumed run makes no Toloka call here)."""
     creator = make_client(target, retries=0)  # creates are retried by find_or_create, never blindly
-    ids = setup_labelling(make_client(target), run_key, bundle, values, skill_name, creator)
+    ids = setup_labelling(make_client(target), run_key, bundle, values, skill_name, creator, main_pool_role)
     get_run_logger().info("labelling objects: %s", ids)
     return ids
 

@@ -1,0 +1,52 @@
+"""Round planning of a growing catalogue (plain functions, no Prefect, no emulator)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from flows.params import HitParams
+from tasks.rounds import pick_anchors, plan_round, round_key
+
+OLD = [f"http://x/old-{i:03d}.png" for i in range(60)]
+NEW = [f"http://x/new-{i:03d}.png" for i in range(23)]
+CLUSTERS = pd.Series([i % 6 for i in range(60)], index=OLD, name="cluster")
+PARAMS = HitParams(size=10, hits_per_item=10)
+
+
+def test_round_key_depends_on_the_items_not_their_order():
+    assert round_key(NEW) == round_key(list(reversed(NEW)))
+    assert round_key(NEW) != round_key(NEW[:-1])
+
+
+def test_first_round_is_the_ordinary_plan():
+    plan = plan_round(NEW, None, PARAMS, seed=0, anchors_per_hit=3)
+    counts = Counter(x for hit in plan for x in hit)
+    assert set(counts) == set(NEW) and min(counts.values()) >= 10
+
+
+def test_later_round_mixes_new_items_with_anchors_from_every_cluster():
+    plan = plan_round(NEW, CLUSTERS, PARAMS, seed=0, anchors_per_hit=3)
+    assert plan == plan_round(NEW, CLUSTERS, PARAMS, seed=0, anchors_per_hit=3)  # seeded
+    assert all(len(hit) == 10 and len(set(hit)) == 10 for hit in plan)
+    new_counts = Counter(x for hit in plan for x in hit if x in NEW)
+    assert set(new_counts) == set(NEW) and min(new_counts.values()) >= 10
+    anchors = [x for hit in plan for x in hit if x not in NEW]
+    assert all(sum(x not in NEW for x in hit) == 3 for hit in plan)
+    assert set(CLUSTERS[anchors]) == set(range(6))  # every cluster is linked to the new items
+
+
+@pytest.mark.parametrize("n_new", [1, 4])
+def test_a_few_new_items_fill_up_with_more_anchors(n_new):
+    plan = plan_round(NEW[:n_new], CLUSTERS, PARAMS, seed=0, anchors_per_hit=3)
+    assert all(len(hit) == 10 and len(set(hit)) == 10 for hit in plan)
+    assert all(set(NEW[:n_new]) <= set(hit) for hit in plan) and len(plan) >= 10
+
+
+def test_anchors_of_a_hit_come_from_different_clusters():
+    import numpy as np
+
+    hits = pick_anchors(CLUSTERS, n_hits=20, per_hit=3, rng=np.random.default_rng(0))
+    assert all(len(set(CLUSTERS[hit])) == 3 for hit in hits)
