@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aggregation.pairs import REQUIRED
+
 IMAGES = "INPUT:images"
 RESULT = "OUTPUT:result"
 WORKER = "ASSIGNMENT:worker_id"
@@ -24,7 +26,6 @@ ASSIGNMENT = "ASSIGNMENT:assignment_id"
 SUITE = "ASSIGNMENT:task_suite_id"
 TASK = "ASSIGNMENT:task_id"
 REQUIRED_COLUMNS = (IMAGES, RESULT, WORKER, ASSIGNMENT)
-LABEL_COLUMNS = ["task", "worker", "item", "label"]
 
 
 class ExportFormatError(ValueError):
@@ -45,11 +46,6 @@ class ExportReading:
 
     labels: pd.DataFrame
     problems: list[str] = field(default_factory=list)
-    n_rows: int = 0
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.problems)
 
 
 def _is_empty(cell: object) -> bool:
@@ -141,20 +137,19 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     columns = [frame[c].tolist() for c in (IMAGES, RESULT, WORKER, ASSIGNMENT, task_column)]
     problems: list[str] = []
     records: list[tuple[str, str, str, int]] = []
-    seen: dict[tuple[str, str], tuple[set[str], int]] = {}
+    seen: dict[tuple[str, str], set[str]] = {}  # items already read per (task, worker)
     for row, (images, result, worker, assignment, task) in enumerate(zip(*columns, strict=True), start=1):
         where = f"row {row}" + ("" if _is_empty(assignment) else f" (assignment {assignment})")
         try:
             pairs = _parse_row(images, result, worker)
             if _is_empty(task):
                 raise _RowError(f"empty cell in {task_column}")
-            key = (str(task), str(worker))
-            items, _ = seen.get(key, (set(), row))
+            items = seen.setdefault((str(task), str(worker)), set())
             row_items = [item for item, _ in pairs]
             repeated = sorted({i for i in row_items if row_items.count(i) > 1} | (items & set(row_items)))
             if repeated:
                 raise _RowError(f"item {repeated[0]} appears twice in one assignment")
-            seen[key] = (items | set(row_items), row)
+            items.update(row_items)
         except _RowError as exc:
             if strict:
                 raise ExportFormatError(f"{where}: {exc}") from None
@@ -165,6 +160,6 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     if not records:
         detail = f" ({len(problems)} bad row(s); first: {problems[0]})" if problems else ""
         raise ExportFormatError(f"export has no usable rows{detail}")
-    labels = pd.DataFrame.from_records(records, columns=LABEL_COLUMNS)
+    labels = pd.DataFrame.from_records(records, columns=list(REQUIRED))
     labels["label"] = labels["label"].astype(np.int64)
-    return ExportReading(labels=labels, problems=problems, n_rows=len(frame))
+    return ExportReading(labels=labels, problems=problems)

@@ -104,11 +104,7 @@ def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 2.0) -> np.
     """
     same = labels[pairs.a] == labels[pairs.b]
     yes = pairs.label > 0
-    n_w = pairs.n_workers
-
-    def count(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(pairs.worker, weights=mask.astype(np.float64), minlength=n_w)
-
+    count = pairs.per_worker
     sens = (count(same & yes) + 0.75 * prior) / (count(same) + prior)
     spec = (count(~same & ~yes) + 0.75 * prior) / (count(~same) + prior)
     w_yes = np.log(sens / (1.0 - spec))
@@ -133,11 +129,10 @@ def log_likelihood(pairs: PairLabels, labels: np.ndarray) -> float:
     """
     same = labels[pairs.a] == labels[pairs.b]
     yes = pairs.label > 0
-    n_w = pairs.n_workers
     total = 0.0
     for inside in (same, ~same):
-        n_yes = np.bincount(pairs.worker, weights=(inside & yes).astype(np.float64), minlength=n_w)
-        n_all = np.bincount(pairs.worker, weights=inside.astype(np.float64), minlength=n_w)
+        n_yes = pairs.per_worker(inside & yes)
+        n_all = pairs.per_worker(inside)
         rate = (n_yes + 0.5) / (n_all + 1.0)
         total += float((n_yes * np.log(rate) + (n_all - n_yes) * np.log1p(-rate)).sum())
     return total

@@ -50,6 +50,7 @@ class _Base:
     labels_: pd.Series
     n_clusters_: int
     fit_seconds_: float
+    pairs_: PairLabels
 
     def fit(self, data: pd.DataFrame) -> _Base:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -123,7 +124,9 @@ class CrowdClustering(_Base):
         priors = Priors(self.n_dims, self.var_x, self.var_w, self.var_tau)
         run = VariationalRun(pairs, priors)
         rng = np.random.default_rng(self.random_state)
-        starts = [spectral_start(pairs, self.n_dims)]
+        a, b, same, votes = coassociation(pairs)
+        together = same / votes
+        starts = [spectral_start(pairs.n_items, a, b, together, self.n_dims)]
         starts += [rng.normal(size=(pairs.n_items, self.n_dims)) for _ in range(self.n_restarts)]
         best = None
         for mu in starts:
@@ -136,8 +139,7 @@ class CrowdClustering(_Base):
         if self.refine:
             coassoc = None
             if pairs.n_items <= COASSOC_START_MAX_ITEMS:
-                a, b, same, votes = coassociation(pairs)
-                coassoc = agglomerate(pairs.n_items, a, b, same / votes, "average", 0.5)
+                coassoc = agglomerate(pairs.n_items, a, b, together, "average", 0.5)
             labels, self.search_scores_ = search(pairs, labels, self.random_state, coassoc=coassoc)
 
         columns = [f"x{d}" for d in range(self.n_dims)]
@@ -160,21 +162,18 @@ class CrowdClustering(_Base):
         same = labels[pairs.a] == labels[pairs.b]
         yes = pairs.label > 0
         llr = worker_llr(pairs, labels)
-        n = pairs.n_workers
-
-        def per_worker(values: np.ndarray) -> np.ndarray:
-            return np.bincount(pairs.worker, weights=values.astype(np.float64), minlength=n)
-
+        per_worker = pairs.per_worker
+        n_labels = np.diff(pairs.worker_ptr)
         return pd.DataFrame(
             {
                 "tau": state.tm,
                 "tau_var": state.tv,
                 "w_norm": w_norm,
-                "n_labels": np.diff(pairs.worker_ptr),
-                "agreement": per_worker(same == yes) / np.maximum(np.diff(pairs.worker_ptr), 1),
+                "n_labels": n_labels,
+                "agreement": per_worker(same == yes) / np.maximum(n_labels, 1),
                 "sensitivity": per_worker(same & yes) / np.maximum(per_worker(same), 1),
                 "specificity": per_worker(~same & ~yes) / np.maximum(per_worker(~same), 1),
-                "mean_abs_llr": per_worker(np.abs(llr)) / np.maximum(np.diff(pairs.worker_ptr), 1),
+                "mean_abs_llr": per_worker(np.abs(llr)) / np.maximum(n_labels, 1),
             },
             index=pd.Index(pairs.workers, name="worker"),
         )

@@ -37,14 +37,14 @@ def agglomerate(
     # Sum repeated edges with numpy first: the Python loop below then sees each pair once.
     lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
     keep = lo != hi
-    key, inverse = np.unique(lo[keep] * n_nodes + hi[keep], return_inverse=True)
-    edge_sum = np.bincount(inverse, weights=np.asarray(value, dtype=np.float64)[keep], minlength=len(key))
-    edge_count = np.bincount(inverse, minlength=len(key))
+    codes, inverse = np.unique(lo[keep] * n_nodes + hi[keep], return_inverse=True)
+    edge_sum = np.bincount(inverse, weights=np.asarray(value, dtype=np.float64)[keep], minlength=len(codes))
+    edge_count = np.bincount(inverse, minlength=len(codes))
     sums: list[dict[int, float]] = [{} for _ in range(n_nodes)]
     counts: list[dict[int, int]] = [{} for _ in range(n_nodes)]
     edges = zip(
-        (key // n_nodes).tolist(),
-        (key % n_nodes).tolist(),
+        (codes // n_nodes).tolist(),
+        (codes % n_nodes).tolist(),
         edge_sum.tolist(),
         edge_count.tolist(),
         strict=True,
@@ -59,17 +59,16 @@ def agglomerate(
     heap = [(-key(i, j), i, j) for i in range(n_nodes) for j in sums[i] if i < j]
     heapq.heapify(heap)
     parent = np.arange(n_nodes)
-    alive = np.ones(n_nodes, dtype=bool)
     remaining = n_nodes
     limit = -np.inf if n_clusters is not None else threshold
     target = n_clusters if n_clusters is not None else 1
     while heap and remaining > target:
         neg, p, q = heapq.heappop(heap)
-        if not (alive[p] and alive[q]) or q not in sums[p] or abs(-neg - key(p, q)) > 1e-12:
+        # A merged cluster keeps no edges and is in no one's table, so `q not in sums[p]` covers it.
+        if q not in sums[p] or abs(-neg - key(p, q)) > 1e-12:
             continue  # a merged cluster, or a stale entry whose value changed since it was pushed
         if -neg <= limit:
             break
-        alive[q] = False
         parent[q] = p
         remaining -= 1
         for r, v in sums[q].items():

@@ -35,8 +35,9 @@ def clustering_scores(predicted: pd.Series, truth: pd.Series) -> dict[str, float
     _, pred = np.unique(predicted.loc[common].astype(str).to_numpy(), return_inverse=True)
     _, true = np.unique(truth.loc[common].astype(str).to_numpy(), return_inverse=True)
     n = float(len(common))
-    keys, cells = np.unique(pred.astype(np.int64) * (true.max() + 1) + true, return_counts=True)
-    cell_row, cell_col = keys // (true.max() + 1), keys % (true.max() + 1)
+    n_true = int(true.max()) + 1
+    keys, cells = np.unique(pred.astype(np.int64) * n_true + true, return_counts=True)
+    cell_row, cell_col = keys // n_true, keys % n_true
     cells = cells.astype(np.float64)
     rows = np.bincount(pred).astype(np.float64)
     cols = np.bincount(true).astype(np.float64)

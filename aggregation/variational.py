@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aggregation import kernels
-from aggregation.pairs import PairLabels, coassociation
+from aggregation.pairs import PairLabels
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,13 @@ class _Layout:
         self.color_ptr = np.r_[0, np.cumsum(np.bincount(color))].astype(np.int64)
 
 
-def spectral_start(pairs: PairLabels, n_dims: int) -> np.ndarray:
+def spectral_start(n: int, a: np.ndarray, b: np.ndarray, weight: np.ndarray, n_dims: int) -> np.ndarray:
     """A deterministic start: leading eigenvectors of the normalised co-association graph.
 
-    Weights are the fraction of votes that put a pair together; the trivial leading eigenvector is
-    dropped; rows are scaled to norm 2 so that x_aᵀ x_b is about ±4 before the first update.
+    Edges (a, b) of the n items weigh the fraction of votes that put a pair together (`coassociation`,
+    which the caller also uses for its other start); the trivial leading eigenvector is dropped; rows
+    are scaled to norm 2 so that x_aᵀ x_b is about ±4 before the first update.
     """
-    a, b, same, votes = coassociation(pairs)
-    n = pairs.n_items
-    weight = same / votes
     k = min(n_dims + 1, n - 1)
     if n <= DENSE_SPECTRAL:
         adj = np.zeros((n, n))

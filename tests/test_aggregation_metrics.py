@@ -37,6 +37,9 @@ def test_hand_computed_case():
     mutual = h(0.75, 0.25) + h(0.5, 0.5) - h(0.5, 0.25, 0.25)
     assert scores["vi"] == pytest.approx(h(0.75, 0.25) + h(0.5, 0.5) - 2 * mutual)
     assert scores["ari"] < 0.5
+    # ARI: 1 pair together in both, 3 predicted, 2 true, 6 in all: expected 3·2/6 = 1 = observed.
+    assert scores["ari"] == pytest.approx(0.0, abs=1e-12)
+    assert scores["nmi"] == pytest.approx(mutual / (0.5 * (h(0.75, 0.25) + h(0.5, 0.5))))
 
 
 def test_only_common_items_count():

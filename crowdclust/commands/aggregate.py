@@ -10,7 +10,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -22,7 +22,7 @@ class Method(StrEnum):
     coassociation = "coassociation"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     """One line on stderr, exit code 2, no traceback."""
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(EXIT_BAD_INPUT)
@@ -103,7 +103,7 @@ def aggregate(
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size}",
-        f"workers     {labels['worker'].nunique()}",
+        f"workers     {model.pairs_.n_workers}",
         f"labels      {model.pairs_.n_labels} pairwise",
         f"assignments {model.pairs_.n_assignments} ({len(labels)} item labels)",
         f"clusters    {model.n_clusters_}",
