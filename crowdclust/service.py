@@ -61,6 +61,10 @@ class ServiceConfig:
     def results(self) -> Path:
         return self.results_dir or self.state_dir / "results"
 
+    def health_url(self, name: str) -> str:
+        """The URL that answers 2xx while the server or the emulator is up."""
+        return {"server": f"{self.api_url}/health", "emulator": f"{self.emulator_url}/_emulator/health"}[name]
+
     def env(self) -> dict[str, str]:
         """The environment shared by the server, the worker, deploys and flow runs.
 
@@ -87,9 +91,7 @@ class ServiceConfig:
 class Component:
     """One supervised process: how to start it and how to tell that it answers."""
 
-    name: str
     command: list[str]
-    health_url: str
     startup_seconds: float
 
 
@@ -97,16 +99,13 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _components(cfg: ServiceConfig, token: str) -> list[Component]:
-    return [
-        Component(
-            "server",
-            [_bin("prefect"), "server", "start", "--host", cfg.host, "--port", str(cfg.server_port)],
-            f"{cfg.api_url}/health",
-            180.0,
+def _components(cfg: ServiceConfig, token: str) -> dict[str, Component]:
+    """The processes `start` supervises, by name (the worker has no health URL: see `up`)."""
+    return {
+        "server": Component(
+            [_bin("prefect"), "server", "start", "--host", cfg.host, "--port", str(cfg.server_port)], 180.0
         ),
-        Component(
-            "emulator",
+        "emulator": Component(
             [
                 _bin("crowdclust"),
                 "emulator",
@@ -121,10 +120,9 @@ def _components(cfg: ServiceConfig, token: str) -> list[Component]:
                 "--seed",
                 "0",
             ],
-            f"{cfg.emulator_url}/_emulator/health",
             60.0,
         ),
-    ]
+    }
 
 
 def _answers(url: str) -> bool:
@@ -239,13 +237,14 @@ def _save_token_block(cfg: ServiceConfig, token: str) -> None:
 
 def start(cfg: ServiceConfig, name: str, say: Callable[[str], None] = print) -> None:
     """Start the server or the emulator unless it already answers; wait until it does."""
-    component = next(c for c in _components(cfg, _token(cfg)) if c.name == name)
-    if _answers(component.health_url):
+    health = cfg.health_url(name)
+    if _answers(health):
         say(f"{name}: already running")
         return
+    component = _components(cfg, _token(cfg))[name]
     pid = _spawn(cfg, name, component.command)
     log = cfg.state_dir / f"{name}.log"
-    _wait_until(lambda: _answers(component.health_url), component.startup_seconds, name, log)
+    _wait_until(lambda: _answers(health), component.startup_seconds, name, log)
     say(f"{name}: started (pid {pid})")
 
 
@@ -253,11 +252,10 @@ def up(cfg: ServiceConfig | None = None, say: Callable[[str], None] = print) -> 
     """Start what is not running, deploy every deployment in prefect.yaml, start a worker."""
     cfg = cfg or ServiceConfig()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    token = _token(cfg)
     for name in ("server", "emulator"):
         start(cfg, name, say)
     _prefect(cfg, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
-    _save_token_block(cfg, token)
+    _save_token_block(cfg, _token(cfg))
     _prefect(cfg, "deploy", "--all")
     say("deployments: applied from prefect.yaml")
     if _read_pid(cfg, "worker") is None:
@@ -311,7 +309,7 @@ def status(cfg: ServiceConfig | None = None) -> dict[str, bool]:
     """Which parts answer right now."""
     cfg = cfg or ServiceConfig()
     return {
-        "server": _answers(f"{cfg.api_url}/health"),
-        "emulator": _answers(f"{cfg.emulator_url}/_emulator/health"),
+        "server": _answers(cfg.health_url("server")),
+        "emulator": _answers(cfg.health_url("emulator")),
         "worker": _read_pid(cfg, "worker") is not None,
     }
