@@ -23,7 +23,6 @@ def prepare_prefect_env() -> None:
 def describe(summary: dict) -> str:
     """The few lines a person wants after a run."""
     cost = summary.get("cost") or {}
-    spent = cost.get("spent") if isinstance(cost, dict) else cost
 
     def num(value: object, spec: str = ".3f") -> str:
         return "n/a" if value is None else format(value, spec)
@@ -34,12 +33,8 @@ def describe(summary: dict) -> str:
             f"clusters:           {summary.get('clusters')} (sizes {sizes})",
             f"ARI / NMI vs truth: {num(summary.get('ari'))} / {num(summary.get('nmi'))}",
             f"intruder accuracy:  {num(summary.get('intruder_accuracy'))}",
-            f"cost:               ${num(spent, '.2f')} spent"
-            + (
-                f" (estimate ${cost['estimate']['total']:.2f})"
-                if isinstance(cost, dict) and cost.get("estimate")
-                else ""
-            ),
+            f"cost:               ${num(cost.get('spent'), '.2f')} spent"
+            + (f" (estimate ${cost['estimate']['total']:.2f})" if cost.get("estimate") else ""),
             f"wall time:          {num(summary.get('wall_seconds'), '.1f')} s (flow)",
             f"report:             {summary.get('report')}",
             f"summary:            {summary.get('summary')}",

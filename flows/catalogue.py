@@ -36,23 +36,27 @@ from tasks.connect import resolve_token
 
 
 def aggregate_pools(params: PipelineParams, pool_ids: list[str], out_dir: Path) -> dict[str, Any]:
-    """Cluster the concatenated accepted answers of `pool_ids` (completed pools: exports are final)."""
-    frames = [results.export_task(params.toloka, pool_id) for pool_id in pool_ids]
-    path = results.write_tsv(pd.concat(frames, ignore_index=True), out_dir / "assignments_all.tsv")
+    """Cluster the concatenated accepted answers of `pool_ids` (completed pools: exports are final).
+
+    Besides the aggregation result: `n_assignments`, pool id -> accepted assignments in its export.
+    """
+    frames = {pool_id: results.export_task(params.toloka, pool_id) for pool_id in pool_ids}
+    path = results.write_tsv(pd.concat(frames.values(), ignore_index=True), out_dir / "assignments_all.tsv")
     get_run_logger().info(
         "aggregating %d answers of %d round pools (%s, sha256 %s)",
-        sum(len(f) for f in frames),
+        sum(len(f) for f in frames.values()),
         len(pool_ids),
         path,
         hashlib.sha256(path.read_bytes()).hexdigest()[:12],
     )
-    return aggregate_export(
+    aggregated = aggregate_export(
         out_dir=out_dir,
         export=path,
         aggregation=params.aggregation,
         seed=params.seed,
         dataset=params.dataset,
     )
+    return {**aggregated, "n_assignments": {pool: results.n_assignments(f) for pool, f in frames.items()}}
 
 
 def _round_table(state: list[dict[str, Any]], labelled_now: str | None) -> str:
@@ -114,19 +118,21 @@ def cluster_catalogue(
             f"{rounds.ROUND_ROLE}{round_id}",
         )
         done_pools.append(labelled["ids"]["main_pool"])
+        state = rounds.with_round(state, round_id, labelled["ids"]["main_pool"], plan)
     aggregated = aggregate_pools(params, done_pools, params.run_dir)
-    evaluated = evaluate_clusters(params) if params.intruders.enabled else None
+    evaluated = None
+    if params.intruders.enabled:
+        evaluated = evaluate_clusters(params, skill_id=labelled["ids"]["skill"] if labelled else None)
 
     if labelled is not None:
-        export = results.export_task(params.toloka, labelled["ids"]["main_pool"])
-        labelled["n_assignments"] = int(export["ASSIGNMENT:assignment_id"].nunique())
+        labelled["n_assignments"] = aggregated["n_assignments"][labelled["ids"]["main_pool"]]
     cost = {
         "spent": budget.spent(params, labelled, evaluated if labelled else None),
         "estimate": labelled["costs"] if labelled else None,
     }
     create_markdown_artifact(
         key="catalogue-rounds",
-        markdown=_round_table(rounds.catalogue_state_task(params.toloka, key), round_id),
+        markdown=_round_table(state, round_id),
         description=f"rounds of catalogue {key}",
     )
     extra = {

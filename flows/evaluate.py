@@ -17,16 +17,17 @@ from prefect.artifacts import create_image_artifact
 
 from flows.hooks import close_pools_hook
 from flows.params import PipelineParams
-from tasks import budget, configs, intruders, results
+from tasks import budget, configs, intruders, results, setup
 from tasks.connect import make_client
 
 
 def _find_skill(params: PipelineParams) -> str:
-    name = f"{params.exam.skill_name} [{params.resolved_run_key}]"
-    for skill in make_client(params.toloka).get_skills(name=name):
-        if skill.name == name:
-            return str(skill.id)
-    raise LookupError(f"no skill {name!r} on Toloka: run the labelling flow first or pass skill_id")
+    run_key, base_name = params.resolved_run_key, params.exam.skill_name
+    skill = setup.find_skill(make_client(params.toloka), run_key, base_name)
+    if skill is None:
+        name = setup.run_skill_name(base_name, run_key)
+        raise LookupError(f"no skill {name!r} on Toloka: run the labelling flow first or pass skill_id")
+    return skill
 
 
 @flow(name="crowdclust-evaluate", on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
@@ -49,10 +50,8 @@ def evaluate_clusters(
     if not hits:
         logger.warning("no cluster can host an intruder HIT: evaluation skipped")
         return {"accuracy": None, "n_hits": 0, "per_cluster": [], "skipped": skipped}
-    costs = budget.estimate(params, 0, n_intruder_hits=len(hits))
-    budget.check_budget(
-        {"intruders": costs["intruders"], "total": costs["intruders"]}, params.budget.max_spend
-    )
+    cost = budget.pool_cost(len(hits), cfg.overlap, cfg.reward, params.budget.fee_rate)
+    budget.check_budget({"intruders": cost, "total": cost}, params.budget.max_spend)
     (run_dir / "intruder_hits.json").write_text(json.dumps(hits, indent=1))
 
     skill = skill_id or _find_skill(params)
@@ -65,7 +64,7 @@ def evaluate_clusters(
     export = waited["export"]
     results.write_tsv(export, run_dir / "assignments_intruders.tsv")
     result = {**intruders.accuracy(export, hits), "skipped": skipped, "ids": ids}
-    result["n_assignments"] = int(export["ASSIGNMENT:assignment_id"].nunique()) if len(export) else 0
+    result["n_assignments"] = results.n_assignments(export)
     result["spent"] = waited["spent"]
     chart = intruders.bar_chart(result, run_dir / "intruders.png")
     result["chart"] = str(chart) if chart else None

@@ -86,5 +86,5 @@ def labelling(params: PipelineParams) -> dict[str, Any]:
         **labelled,
         "run_key": run_key,
         "export_path": str(export_path),
-        "n_assignments": int(export["ASSIGNMENT:assignment_id"].nunique()) if len(export) else 0,
+        "n_assignments": results.n_assignments(export),
     }

@@ -27,7 +27,8 @@ def aggregate_export(export: pd.DataFrame, params: AggregationParams, seed: int)
     info = {
         "method": params.method,
         "n_labels": len(labels),
-        "n_assignments": int(labels["task"].nunique()),
+        "n_hits": int(labels["task"].nunique()),
+        "n_assignments": len(labels[["task", "worker"]].drop_duplicates()),
         "n_workers": int(labels["worker"].nunique()),
         "n_clusters": int(clusters.nunique()),
         "n_iter": getattr(model, "n_iter_", None),

@@ -19,10 +19,8 @@ def pool_cost(suites: int, overlap: int, reward: float, fee_rate: float) -> floa
     return round(suites * overlap * reward * (1.0 + fee_rate), 4)
 
 
-def estimate(
-    params: PipelineParams, n_main_suites: int, n_intruder_hits: int | None = None
-) -> dict[str, float]:
-    """Cost breakdown of a run, USD (upper bound for the exam pool)."""
+def estimate(params: PipelineParams, n_main_suites: int) -> dict[str, float]:
+    """Cost breakdown of a run, USD (upper bound for the exam pool and the intruder HITs)."""
     fee = params.budget.fee_rate
     costs = {
         "main": pool_cost(n_main_suites, params.hits.overlap, params.hits.reward, fee),
@@ -30,8 +28,8 @@ def estimate(
         "intruders": 0.0,
     }
     if params.intruders.enabled:
-        hits = params.intruders.n_hits if n_intruder_hits is None else n_intruder_hits
-        costs["intruders"] = pool_cost(hits, params.intruders.overlap, params.intruders.reward, fee)
+        cfg = params.intruders
+        costs["intruders"] = pool_cost(cfg.n_hits, cfg.overlap, cfg.reward, fee)
     costs["total"] = round(sum(costs.values()), 4)
     return costs
 

@@ -30,6 +30,11 @@ def export_accepted(client, pool_id: str) -> pd.DataFrame:
     return client.get_assignments_df(pool_id=pool_id, status=["APPROVED"], field=FIELDS)
 
 
+def n_assignments(export: pd.DataFrame) -> int:
+    """Accepted assignments in an export (one row per task; an empty export may have no columns)."""
+    return int(export["ASSIGNMENT:assignment_id"].nunique()) if len(export) else 0
+
+
 def write_tsv(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, sep="\t", index=False)

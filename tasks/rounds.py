@@ -81,6 +81,24 @@ def catalogue_state_task(target: TolokaTarget, catalogue_key: str) -> list[dict[
     return rounds
 
 
+def with_round(
+    state: list[dict[str, Any]], round_id: str, pool_id: str, plan: list[list[str]]
+) -> list[dict[str, Any]]:
+    """`state` (from `find_rounds`) once this run's round pool completed with the HITs of `plan`.
+
+    Saves listing every suite of every round pool a second time just to show the table again.
+    """
+    done = {
+        "pool_id": pool_id,
+        "round": round_id,
+        "completed": True,
+        "items": sorted({x for h in plan for x in h}),
+    }
+    if any(entry["pool_id"] == pool_id for entry in state):
+        return [{**entry, **done} if entry["pool_id"] == pool_id else entry for entry in state]
+    return [*state, done]
+
+
 def pick_anchors(clusters: pd.Series, n_hits: int, per_hit: int, rng: np.random.Generator) -> list[list[str]]:
     """`per_hit` distinct clustered items per HIT, taken round-robin over clusters in a random order.
 

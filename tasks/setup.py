@@ -100,12 +100,24 @@ def ensure_training(
     )
 
 
+def run_skill_name(base_name: str, run_key: str) -> str:
+    """The name of a run's skill: the base name with the run key appended (`find_skill` looks it up)."""
+    return f"{base_name} [{run_key}]"
+
+
+def find_skill(client: Any, run_key: str, base_name: str) -> str | None:
+    """The id of the run's skill (`<base name> [<run key>]`), None when it was never created."""
+    name = run_skill_name(base_name, run_key)
+    return next((str(s.id) for s in client.get_skills(name=name) if s.name == name), None)
+
+
 def ensure_skill(client: Any, run_key: str, base_name: str, creator: Any = None) -> str:
     marker = tag(run_key, "skill")
-    name = f"{base_name} [{run_key}]"
     return find_or_create(
-        lambda: next((str(s.id) for s in client.get_skills(name=name) if s.name == name), None),
-        lambda: (creator or client).create_skill(name=name, private_comment=marker, hidden=True),
+        lambda: find_skill(client, run_key, base_name),
+        lambda: (creator or client).create_skill(
+            name=run_skill_name(base_name, run_key), private_comment=marker, hidden=True
+        ),
         "skill",
     )
 

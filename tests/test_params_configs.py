@@ -53,6 +53,12 @@ def test_run_key_depends_on_name_dataset_and_seed(tmp_path):
     assert a.resolved_run_key != b.resolved_run_key
     assert a.resolved_run_key == load_params(DEMO).resolved_run_key
     assert load_params(DEMO, {"run_key": "mine"}).resolved_run_key == "mine"
+    assert load_params(DEMO, {"name": "other"}).resolved_run_key != a.resolved_run_key
+    grown = tmp_path / "dataset.tsv"
+    grown.write_text(a.dataset.read_text() + "https://x/one-more.png\tboot\n")
+    assert load_params(DEMO, {"dataset": str(grown)}).resolved_run_key != a.resolved_run_key
+    # The catalogue key stays when the content grows (its Toloka objects are shared by the rounds).
+    assert load_params(DEMO, {"dataset": str(grown)}).catalogue_key == a.catalogue_key
 
 
 def _write_yaml(tmp_path: Path, **changes) -> Path:

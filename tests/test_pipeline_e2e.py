@@ -99,6 +99,9 @@ def test_demo_quality_with_default_settings(scenario):
     for key in ("clusters", "ari", "nmi", "intruder_accuracy", "cost", "wall_seconds", "report"):
         assert key in saved
     assert saved["cost"]["spent"] > 0
+    export = pd.read_csv(run_dir / "assignments_main.tsv", sep="\t")
+    info = summary["aggregation"]
+    assert info["n_assignments"] == export["ASSIGNMENT:assignment_id"].nunique() > info["n_hits"] == 82
     page = (run_dir / "report.html").read_text()
     # 82 images, embedded because the emulator that serves them stops after the run.
     assert page.count("<figure><img src='data:image/png;base64,") == 82 and "intruders.png" in page

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from flows.params import HitParams
-from tasks.rounds import pick_anchors, plan_round, round_key
+from tasks.rounds import pick_anchors, plan_round, round_key, with_round
 
 OLD = [f"http://x/old-{i:03d}.png" for i in range(60)]
 NEW = [f"http://x/new-{i:03d}.png" for i in range(23)]
@@ -50,3 +50,15 @@ def test_anchors_of_a_hit_come_from_different_clusters():
 
     hits = pick_anchors(CLUSTERS, n_hits=20, per_hit=3, rng=np.random.default_rng(0))
     assert all(len(set(CLUSTERS[hit])) == 3 for hit in hits)
+
+
+def test_state_after_a_round_counts_its_pool_as_completed():
+    plan = plan_round(NEW, CLUSTERS, PARAMS, seed=0, anchors_per_hit=3)
+    old = {"pool_id": "p1", "round": "r1", "completed": True, "created": "t1", "items": OLD}
+    failed = {"pool_id": "p2", "round": round_key(NEW), "completed": False, "created": "t2", "items": NEW[:5]}
+    resumed = with_round([old, failed], round_key(NEW), "p2", plan)
+    assert [e["pool_id"] for e in resumed] == ["p1", "p2"] and resumed[0] == old
+    assert resumed[1]["completed"] and set(NEW) <= set(resumed[1]["items"])
+    assert len(resumed[1]["items"]) == len({x for hit in plan for x in hit})
+    fresh = with_round([old], round_key(NEW), "p3", plan)
+    assert [e["pool_id"] for e in fresh] == ["p1", "p3"] and fresh[1]["completed"]

@@ -198,6 +198,8 @@ def test_intruder_accuracy_aggregates_answers_per_hit(tmp_path):
     result = intruders.accuracy(pd.DataFrame(rows), made)
     assert result["accuracy"] == 1.0 and result["n_hits"] == 20
     assert {d["cluster"] for d in result["per_cluster"]} <= {0, 1, 2}
+    assert sum(d["hits"] for d in result["per_cluster"]) == 20
+    assert all(d["accuracy"] == 1.0 for d in result["per_cluster"])
     assert intruders.bar_chart(result, tmp_path / "chart.png").stat().st_size > 1000
 
 
@@ -264,3 +266,28 @@ def test_operation_ids_are_deterministic_per_run_role_and_batch():
     assert operation_id("k", "main-suites", batch) == operation_id("k", "main-suites", batch)
     assert operation_id("k", "main-suites", batch) != operation_id("k2", "main-suites", batch)
     assert operation_id("k", "main-suites", batch) != operation_id("k", "exam-suites", batch)
+
+
+def test_assignment_count_of_an_export():
+    from tasks.results import n_assignments
+
+    export = pd.DataFrame({"ASSIGNMENT:assignment_id": ["a1", "a1", "a2"], "INPUT:images": ["x", "y", "z"]})
+    assert n_assignments(export) == 2  # one row per task, counted per assignment
+    assert n_assignments(pd.DataFrame()) == 0  # an empty export has no columns
+
+
+def test_skill_is_found_by_the_run_key_in_its_name():
+    from tasks import setup
+
+    class Skill:
+        def __init__(self, id: str, name: str) -> None:
+            self.id, self.name = id, name
+
+    class Client:
+        def get_skills(self, name: str) -> list[Skill]:  # a loose server-side match must not fool it
+            return [s for s in skills if name in s.name]
+
+    skills = [Skill("1", "Shoes [run-a] old"), Skill("2", "Shoes [run-a]"), Skill("3", "Shoes [run-b]")]
+    assert setup.find_skill(Client(), "run-a", "Shoes") == "2"
+    assert setup.find_skill(Client(), "run-c", "Shoes") is None
+    assert setup.ensure_skill(Client(), "run-b", "Shoes") == "3"  # found, not created (no create_skill)
