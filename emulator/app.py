@@ -43,6 +43,10 @@ def _error(status: int, code: str, message: str, payload: Any = None) -> JSONRes
     return _json(ApiError(status, code, message, payload).body(uuid.uuid4().hex), status)
 
 
+def _params(request: Request) -> dict[str, str]:
+    return dict(request.query_params)
+
+
 def _op(result: tuple[int, Any]) -> Response:
     status, op = result
     return Response(status_code=204) if op is None else _json(public(op), status)
@@ -98,9 +102,6 @@ def create_app(emu: Emulator) -> FastAPI:
 
     call = emu.call
 
-    def q(request: Request) -> dict[str, str]:
-        return dict(request.query_params)
-
     # ---------------------------------------------------------------------------------- requester
     @app.get("/api/v1/requester")
     def requester() -> Any:
@@ -113,7 +114,7 @@ def create_app(emu: Emulator) -> FastAPI:
 
     @app.get("/api/v1/projects")
     def find_projects(request: Request) -> Any:
-        return call(emu.search, "project", q(request))
+        return call(emu.search, "project", _params(request))
 
     @app.get("/api/v1/projects/{key}")
     def get_project(key: str) -> Any:
@@ -138,7 +139,7 @@ def create_app(emu: Emulator) -> FastAPI:
 
     @app.get("/api/v1/skills")
     def find_skills(request: Request) -> Any:
-        return call(emu.search, "skill", q(request))
+        return call(emu.search, "skill", _params(request))
 
     @app.get("/api/v1/skills/{key}")
     def get_skill(key: str) -> Any:
@@ -164,7 +165,7 @@ def create_app(emu: Emulator) -> FastAPI:
     # --------------------------------------------------------------------------------- assignments
     @app.get("/api/v1/assignments")
     def find_assignments(request: Request) -> Any:
-        return call(emu.search, "assignment", q(request))
+        return call(emu.search, "assignment", _params(request))
 
     @app.get("/api/v1/assignments/{key}")
     def get_assignment(key: str) -> Any:
@@ -176,13 +177,13 @@ def create_app(emu: Emulator) -> FastAPI:
 
     @app.get("/api/new/requester/pools/{pool_id}/assignments.tsv")
     def assignments_tsv(pool_id: str, request: Request) -> Any:
-        text = call(emu.export_tsv, pool_id, q(request))
+        text = call(emu.export_tsv, pool_id, _params(request))
         return PlainTextResponse(text, media_type="text/tab-separated-values; charset=utf-8")
 
     # --------------------------------------------------------------------------------- user skills
     @app.get("/api/v1/user-skills")
     def find_user_skills(request: Request) -> Any:
-        return call(emu.search, "user_skill", q(request))
+        return call(emu.search, "user_skill", _params(request))
 
     @app.get("/api/v1/user-skills/{key}")
     def get_user_skill(key: str) -> Any:
@@ -221,7 +222,7 @@ def _pool_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> Non
 
     @app.get(f"/api/v1/{collection}", name=f"find_{kind}s")
     def find(request: Request) -> Any:
-        return call(emu.search, "pool", dict(request.query_params), kind)
+        return call(emu.search, "pool", _params(request), kind)
 
     @app.get(f"/api/v1/{collection}/{{key}}", name=f"get_{kind}")
     def get(key: str) -> Any:
@@ -247,12 +248,12 @@ def _long_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> Non
 
     @app.post(f"/api/v1/{collection}", name=f"create_{kind}s")
     def create(request: Request, body: Any = Body(None)) -> Any:
-        status, data = call(emu.batch_create, kind, body, dict(request.query_params))
-        return _json(public(data) if "type" in data else data, status)
+        status, data = call(emu.batch_create, kind, body, _params(request))
+        return _json(data, status)  # every branch of batch_create answers public documents
 
     @app.get(f"/api/v1/{collection}", name=f"find_{kind}s")
     def find(request: Request) -> Any:
-        return call(emu.search, kind, dict(request.query_params))
+        return call(emu.search, kind, _params(request))
 
     @app.get(f"/api/v1/{collection}/{{key}}", name=f"get_{kind}")
     def get(key: str) -> Any:

@@ -17,19 +17,20 @@ class SimClock:
         self._base_sim = float(start)
         self._base_wall = time.monotonic()
 
+    def _now(self) -> float:
+        return self._base_sim + (time.monotonic() - self._base_wall) * self.speed
+
     def now(self) -> float:
         """Current simulated time in seconds."""
         with self._lock:
-            return self._base_sim + (time.monotonic() - self._base_wall) * self.speed
+            return self._now()
 
     def advance(self, seconds: float) -> float:
         """Jump forward by `seconds` of simulated time (any speed)."""
         with self._lock:
-            now = self._base_sim + (time.monotonic() - self._base_wall) * self.speed
-            self._base_sim, self._base_wall = now + max(0.0, seconds), time.monotonic()
+            self._base_sim, self._base_wall = self._now() + max(0.0, seconds), time.monotonic()
             return self._base_sim
 
     def set_speed(self, speed: float) -> None:
         with self._lock:
-            now = self._base_sim + (time.monotonic() - self._base_wall) * self.speed
-            self._base_sim, self._base_wall, self.speed = now, time.monotonic(), float(speed)
+            self._base_sim, self._base_wall, self.speed = self._now(), time.monotonic(), float(speed)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from emulator.catalogues import Catalogue
 from emulator.clock import SimClock
-from emulator.errors import ApiError, conflict, field_errors, not_found, validation
+from emulator.errors import ApiError, conflict, not_found, validation
 from emulator.search import id_key, search
 from emulator.settings import EmulatorSettings
 from emulator.store import Doc, Store
@@ -107,7 +107,7 @@ class Emulator:
             errors["public_name"] = ("VALUE_REQUIRED", "public_name is required")
         if errors:
             raise validation(errors)
-        doc = _strip(body) | {
+        doc = strip_read_only(body) | {
             "id": self._numeric_id(),
             "created": self.stamp(),
             "status": "ACTIVE",
@@ -125,12 +125,9 @@ class Emulator:
         project = self.get("project", key)
         if project["status"] == "ARCHIVED":
             return 204, None
-        active = [
-            p
-            for p in self.store.data["pool"].values()
-            if p["project_id"] == key and p["status"] != "ARCHIVED"
-        ]
-        if active:
+        if any(
+            p["project_id"] == key and p["status"] != "ARCHIVED" for p in self.store.data["pool"].values()
+        ):
             raise conflict(
                 "UNARCHIVED_POOLS_CONFLICT", "project has pools or trainings that are not archived"
             )
@@ -159,15 +156,18 @@ class Emulator:
                 )
         if errors:
             raise validation(errors)
-        doc = _strip(body) | {"id": self._numeric_id(), "project_id": project_id, "created": self.stamp()}
+        doc = strip_read_only(body) | {
+            "id": self._numeric_id(),
+            "project_id": project_id,
+            "created": self.stamp(),
+        }
         doc["status"] = "CLOSED"
         if kind == "pool":
             doc["type"] = "REGULAR"
         doc["_kind"] = kind
         doc["_stats"] = {"total": 0, "done": 0, "active": 0}
-        for key in ("will_expire",):
-            if key in doc and doc[key] is None:
-                del doc[key]
+        if "will_expire" in doc and doc["will_expire"] is None:
+            del doc["will_expire"]
         return public(self.store.put("pool", doc["id"], doc))
 
     def get_pool(self, key: str, kind: str) -> Doc:
@@ -179,7 +179,7 @@ class Emulator:
         body = _object(body)
         runtime = {k: v for k, v in doc.items() if k.startswith("_") or k in READ_ONLY or k == "project_id"}
         doc.clear()
-        doc.update(_strip(body) | runtime)
+        doc.update(strip_read_only(body) | runtime)
         self.store.touch(kind, key)
         if kind == "pool" and doc["status"] == "OPEN":
             self.crowd.notify()  # a new filter or priority may admit idle workers
@@ -233,7 +233,7 @@ class Emulator:
         body = _object(body)
         if not body.get("name"):
             raise validation({"name": ("VALUE_REQUIRED", "name is required")})
-        doc = _strip(body) | {"id": self._numeric_id(), "created": self.stamp()}
+        doc = strip_read_only(body) | {"id": self._numeric_id(), "created": self.stamp()}
         return public(self.store.put("skill", doc["id"], doc))
 
     def user_skill_value(self, user_id: str, skill_id: str) -> float | None:
@@ -267,19 +267,17 @@ class Emulator:
         self.crowd.notify()
         return doc
 
-    def skills_of(self, user_id: str) -> dict[str, float]:
-        return self.crowd.skills.get(user_id, {})
-
     # --------------------------------------------------------------------------- tasks and suites
     def batch_create(self, kind: str, body: Any, params: dict[str, str]) -> tuple[int, Any]:
         """POST /tasks or /task-suites: one object (dict) or a batch (list), sync or async."""
-        from emulator.objects import create_items
+        from emulator.objects import create_items, item_index
 
         if isinstance(body, dict):
+            # One item: keyed by its `__item_idx` if it carries one, so take the only entry whatever its key.
             created, errors = create_items(self, kind, [body], params)
             if errors:
-                raise validation({k: (v["code"], v["message"]) for k, v in errors["0"].items()})
-            return 201, self.crowd.present(kind, created["0"])
+                raise ApiError(400, "VALIDATION_ERROR", "Validation failed", next(iter(errors.values())))
+            return 201, self.crowd.present(kind, next(iter(created.values())))
         if not isinstance(body, list):
             raise validation({"body": ("INVALID_FORMAT", "expected a JSON object or a list of objects")})
         if params.get("async_mode", "true").lower() != "true":
@@ -293,24 +291,19 @@ class Emulator:
             raise conflict("OPERATION_ALREADY_EXISTS", f"operation {op_id} already exists")
         created, errors = create_items(self, kind, body, params)
         log_type = "TASK" if kind == "task" else "TASK_SUITE"
+        id_field = f"{log_type.lower()}_id"
         entries = []
         for pos, item in enumerate(body):
-            idx = str(item.get("__item_idx", pos)) if isinstance(item, dict) else str(pos)
-            item_in = item if isinstance(item, dict) else {"value": item}
-            if idx in created:
-                out = {f"{kind.replace('suite', 'task_suite')}_id": created[idx]["id"]}
-                entries.append(
-                    {"type": f"{log_type}_CREATE", "success": True, "input": item_in, "output": out}
-                )
-            else:
-                entries.append(
-                    {
-                        "type": f"{log_type}_VALIDATE",
-                        "success": False,
-                        "input": item_in,
-                        "output": errors.get(idx),
-                    }
-                )
+            idx = item_index(pos, item)
+            ok = idx in created
+            entries.append(
+                {
+                    "type": f"{log_type}_{'CREATE' if ok else 'VALIDATE'}",
+                    "success": ok,
+                    "input": item if isinstance(item, dict) else {"value": item},
+                    "output": {id_field: created[idx]["id"]} if ok else errors.get(idx),
+                }
+            )
         parameters = {
             k: params[k].lower() == "true"
             for k in ("skip_invalid_items", "allow_defaults", "open_pool")
@@ -414,7 +407,7 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _strip(body: dict[str, Any]) -> dict[str, Any]:
+def strip_read_only(body: dict[str, Any]) -> dict[str, Any]:
     """Drop read-only and request-only keys that exported configs carry (they must not be rejected)."""
     return {
         k: v
@@ -423,4 +416,4 @@ def _strip(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["Emulator", "field_errors", "public"]
+__all__ = ["Emulator", "public", "strip_read_only"]

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from emulator import filters, qc
-from emulator.core import public
+from emulator.core import FEE_RATE, OWNER, public
 from emulator.store import Doc
 from emulator.util import fmt_time, stable_int, unit
 from emulator.workers import answer_task, duration, matches_gold, pause, population
@@ -54,15 +54,19 @@ class Crowd:
                     "assignment": None,
                     "trainings": {},
                     "pools": {},
+                    "restrictions": [],
                 }
-                worker["_rt"]["restrictions"] = []
                 self.store.put("worker", worker["id"], worker)
         self.by_index = sorted(self.store.data["worker"].values(), key=lambda w: w["index"])
         for worker in self.by_index:
-            if worker["_rt"]["next_at"] is None:
+            rt = worker["_rt"]
+            if rt["next_at"] is not None:
+                heapq.heappush(self.heap, (rt["next_at"], WORKER, worker["id"]))
+            waiting_for_release = rt["assignment"] is None and any(
+                r["until"] == rt["next_at"] for r in rt["restrictions"]
+            )
+            if rt["next_at"] is None or waiting_for_release:
                 self.idle.add(worker["id"])
-            else:
-                heapq.heappush(self.heap, (worker["_rt"]["next_at"], WORKER, worker["id"]))
         for doc in self.store.data["user_skill"].values():
             self.skills.setdefault(doc["user_id"], {})[doc["skill_id"]] = doc["exact_value"]
         for suite in self.store.data["suite"].values():
@@ -117,7 +121,12 @@ class Crowd:
             return
         choice = self._choose(worker)
         if choice is None:
-            self._schedule(worker, None)
+            # Idle: woken by `notify`, and also when one of its restrictions runs out.
+            ends = [
+                r["until"] for r in rt["restrictions"] if r["until"] is not None and r["until"] > self.now
+            ]
+            self._schedule(worker, min(ends, default=None))
+            self.idle.add(worker["id"])
             return
         pool, suite = choice
         assignment = self._start(worker, pool, suite)
@@ -162,7 +171,7 @@ class Crowd:
         return None
 
     def admits(self, worker: Doc, pool: Doc) -> bool:
-        known = set(self.store.data["skill"])
+        known = self.store.data["skill"]  # skill ids this emulator created (membership only)
         return filters.admits(pool.get("filter"), worker["profile"], self.skills.get(worker["id"], {}), known)
 
     def restricted(self, worker: Doc, pool: Doc) -> bool:
@@ -223,7 +232,7 @@ class Crowd:
             "automerged": False,
             "created": fmt_time(self.now),
             "tasks": [{"id": t["id"], "input_values": t.get("input_values")} for t in suite["tasks"]],
-            "owner": {"id": "crowdclust-requester", "myself": True, "company_id": "1"},
+            "owner": OWNER,
         }
         self.store.put("assignment", assignment["id"], assignment)
         suite["_taken"] += 1
@@ -278,7 +287,7 @@ class Crowd:
         if comment is not None:
             assignment["public_comment"] = comment
         if charge and status == "ACCEPTED":
-            self.emu.charge(assignment["reward"] * (1 + 0.3))
+            self.emu.charge(assignment["reward"] * (1 + FEE_RATE))
         self.store.touch("assignment", assignment["id"])
 
     def assess(self, assignment: Doc, status: str, comment: str | None) -> None:

@@ -44,9 +44,6 @@ class Faults:
                 return None
             self._in_row += 1
             self.injected += 1
-        fault = FAULTS[n % len(FAULTS)]
-        after = has_operation_id and unit("fault-after", self.seed, n) < 0.5
-        if after:
-            with self._lock:
-                self.lost_responses += 1
-        return fault, after
+            after = has_operation_id and unit("fault-after", self.seed, n) < 0.5
+            self.lost_responses += after
+        return FAULTS[n % len(FAULTS)], after

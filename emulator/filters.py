@@ -8,6 +8,7 @@ leave the pool without any eligible worker. Unknown profile/computed keys are al
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from typing import Any
 
 log = logging.getLogger("emulator.filters")
@@ -20,7 +21,9 @@ def _log_once(message: str) -> None:
         log.info(message)
 
 
-def admits(node: Any, profile: dict[str, Any], skills: dict[str, float], known_skills: set[str]) -> bool:
+def admits(
+    node: Any, profile: dict[str, Any], skills: dict[str, float], known_skills: Container[str]
+) -> bool:
     """Does the filter tree admit a worker with this profile and these skill values?"""
     if not node:
         return True
@@ -32,7 +35,9 @@ def admits(node: Any, profile: dict[str, Any], skills: dict[str, float], known_s
     return _leaf(node, profile, skills, known_skills)
 
 
-def _leaf(node: dict[str, Any], profile: dict[str, Any], skills: dict[str, float], known: set[str]) -> bool:
+def _leaf(
+    node: dict[str, Any], profile: dict[str, Any], skills: dict[str, float], known: Container[str]
+) -> bool:
     category, key, operator, value = (
         node.get("category"),
         str(node.get("key")),

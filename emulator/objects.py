@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from emulator.errors import field_errors
@@ -11,6 +12,11 @@ if TYPE_CHECKING:
     from emulator.core import Emulator
 
 TASK_KEYS = ("input_values", "known_solutions", "message_on_unknown_solution")
+
+
+def item_index(pos: int, item: Any) -> str:
+    """The key of a batch item in results, errors and operation logs: its `__item_idx`, else its position."""
+    return str(item.get("__item_idx", pos)) if isinstance(item, dict) else str(pos)
 
 
 def create_items(
@@ -24,7 +30,7 @@ def create_items(
     errors: dict[str, Any] = {}
     valid: list[tuple[str, dict[str, Any], Doc]] = []
     for pos, item in enumerate(items):
-        idx = str(item.get("__item_idx", pos)) if isinstance(item, dict) else str(pos)
+        idx = item_index(pos, item)
         problems = _validate(emu, kind, item)
         if problems:
             errors[idx] = field_errors(problems)
@@ -89,14 +95,10 @@ def _overlap(kind: str, item: dict[str, Any], pool: Doc) -> int | None:
 
 
 def _create(emu: Emulator, kind: str, item: dict[str, Any], pool: Doc) -> Doc:
-    from emulator.core import READ_ONLY, REQUEST_FLAGS
+    from emulator.core import strip_read_only
 
     overlap = _overlap(kind, item, pool)
-    clean = {
-        k: v
-        for k, v in item.items()
-        if k not in READ_ONLY and k not in REQUEST_FLAGS and not k.startswith("_")
-    }
+    clean = strip_read_only(item)
     stamp = emu.stamp()
     if kind == "task":
         task = clean | {"id": emu._long_id(), "pool_id": pool["id"], "created": stamp}
@@ -137,32 +139,31 @@ def analytics_value(emu: Emulator, pool: Doc, name: str) -> Any:
     if name == "completion_percentage":
         total, done = stats["total"], stats["done"]
         return {"value": 100 if total and done >= total else (int(100 * done / total) if total else 0)}
-    data = emu.store.data["assignment"]
-    assignments = [data[i] for i in emu.store.ids_in_pool("assignment", pool["id"])]
-    by_status: dict[str, int] = {}
-    for a in assignments:
-        by_status[a["status"]] = by_status.get(a["status"], 0) + 1
-    submitted = [a for a in assignments if a["status"] in ("SUBMITTED", "ACCEPTED", "REJECTED")]
+    if name == "estimated_assignments_count":
+        return stats["total"]
     if name == "real_tasks_count":
         suites = emu.store.data["suite"]
         return sum(len(suites[s]["tasks"]) for s in emu.store.ids_in_pool("suite", pool["id"]))
+    if name == "active_workers_by_filter_count":
+        return emu.crowd.count_admitted(pool)
+    # The rest count the pool's assignments.
+    data = emu.store.data["assignment"]
+    assignments = [data[i] for i in emu.store.ids_in_pool("assignment", pool["id"])]
+    by_status = Counter(a["status"] for a in assignments)
+    submitted = [a for a in assignments if a["status"] in ("SUBMITTED", "ACCEPTED", "REJECTED")]
     if name == "submitted_assignments_count":
         return len(submitted)
     if name in ("skipped_assignments_count", "rejected_assignments_count"):
-        return by_status.get(name.split("_")[0].upper(), 0)
+        return by_status[name.split("_")[0].upper()]
     if name == "approved_assignments_count":
-        return by_status.get("ACCEPTED", 0)
+        return by_status["ACCEPTED"]
     if name == "avg_submit_assignment_millis":
         spans = [a["_duration"] for a in submitted if "_duration" in a]
         return int(1000 * sum(spans) / len(spans)) if spans else 0
     if name == "spent_budget":
-        return round(by_status.get("ACCEPTED", 0) * emu.assignment_cost(pool), 6)
+        return round(by_status["ACCEPTED"] * emu.assignment_cost(pool), 6)
     if name == "unique_workers_count":
         return len({a["user_id"] for a in assignments})
     if name == "unique_submitters_count":
         return len({a["user_id"] for a in submitted})
-    if name == "estimated_assignments_count":
-        return stats["total"]
-    if name == "active_workers_by_filter_count":
-        return emu.crowd.count_admitted(pool)
     return 0

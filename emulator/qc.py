@@ -47,6 +47,10 @@ def _worker_assignments(emu: Emulator, pool: Doc, worker_id: str) -> list[Doc]:
 
 def _collect(emu: Emulator, collector: dict[str, Any], pool: Doc, worker: Doc) -> dict[str, Any] | None:
     kind = collector.get("type")
+    if kind in ("ASSIGNMENTS_ASSESSMENT", "USERS_ASSESSMENT"):
+        return None  # event-driven: `on_assessment`, `on_access_revoked`
+    if kind == "SKIPPED_IN_ROW_ASSIGNMENTS":
+        return {"skipped_in_row_count": 0}
     params = collector.get("parameters") or {}
     history = int(params.get("history_size") or 10)
     mine = [a for a in _worker_assignments(emu, pool, worker["id"]) if a["status"] in SUBMITTED]
@@ -57,13 +61,11 @@ def _collect(emu: Emulator, collector: dict[str, Any], pool: Doc, worker: Doc) -
         return {"fast_submitted_count": fast, "total_submitted_count": len(recent)}
     if kind == "ANSWER_COUNT":
         return {"assignments_accepted_count": len(mine)}
-    if kind == "SKIPPED_IN_ROW_ASSIGNMENTS":
-        return {"skipped_in_row_count": 0}
     if kind == "GOLDEN_SET":
         return _rates(_golden_answers(emu, mine)[-history:])
     if kind == "MAJORITY_VOTE":
         return _rates(_majority_answers(emu, pool, mine, int(params.get("answer_threshold") or 2))[-history:])
-    if kind not in ("ASSIGNMENTS_ASSESSMENT", "USERS_ASSESSMENT") and kind not in _unsupported:
+    if str(kind) not in _unsupported:
         _unsupported.add(str(kind))
         log.warning("quality-control collector %s is not supported by the emulator: rules ignored", kind)
     return None

@@ -81,7 +81,7 @@ def export(emu: Emulator, pool: Doc, params: dict[str, str]) -> str:
             continue
         suite_tasks = suites[a["task_suite_id"]]["tasks"]
         solutions = a.get("solutions") or []
-        tail = [_assignment_cell(emu, pool, a, f) for f in fields]
+        tail = [_assignment_cell(pool, a, f) for f in fields]
         for pos, task in enumerate(suite_tasks):
             values = task.get("input_values") or {}
             answer = solutions[pos]["output_values"] if pos < len(solutions) else {}
@@ -100,7 +100,7 @@ def export(emu: Emulator, pool: Doc, params: dict[str, str]) -> str:
     return buffer.getvalue()
 
 
-def _assignment_cell(emu: Emulator, pool: Doc, a: Doc, field: str) -> str:
+def _assignment_cell(pool: Doc, a: Doc, field: str) -> str:
     name = field.split(":", 1)[1]
     if name == "link":
         return f"https://toloka.emulator/task/{pool['id']}/{a['id']}"

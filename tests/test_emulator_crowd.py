@@ -97,7 +97,10 @@ def test_training_gates_the_exam(seed_run):
     assert exam_takers
     for wid in exam_takers:
         assert workers[wid]["trainings"][training_id] == 100.0
-    failed = [w for w in workers.values() if (w["trainings"].get(training_id) or 100) < 100]
+    # A finished training below 100 (0.0 included: spammers rarely follow the instructions) fails.
+    failed = [
+        w for w in workers.values() if (score := w["trainings"].get(training_id)) is not None and score < 100
+    ]
     assert failed and not exam_takers & {w["id"] for w in failed}
 
 
@@ -269,3 +272,27 @@ def test_same_seed_and_requests_give_the_same_answers():
     other, workers_c = _scripted_run(seed=8)
     assert first == second and workers_a == workers_b
     assert first != other and workers_a != workers_c
+
+
+def test_restricted_workers_come_back_when_the_restriction_ends():
+    """An idle worker whose restriction runs out looks for work again (else this pool never completes)."""
+    answer_cap = {
+        "collector_config": {"type": "ANSWER_COUNT"},
+        "rules": [
+            {
+                "conditions": [{"key": "assignments_accepted_count", "operator": "GTE", "value": 3}],
+                "action": {
+                    "type": "RESTRICTION_V2",
+                    "parameters": {"scope": "POOL", "duration": 1, "duration_unit": "HOURS"},
+                },
+            }
+        ],
+    }
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=5, workers=10)) as emu:
+        client = make_client(emu)
+        urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
+        pool = _grouping_pool(client, {"quality_control": {"configs": [answer_cap]}}, 30, 2, urls)
+        client.open_pool(pool.id)
+        _wait_closed(emu, client, pool.id)
+        per_worker = Counter(a.user_id for a in client.get_assignments(pool_id=pool.id))
+    assert sum(per_worker.values()) == 60 and max(per_worker.values()) > 3

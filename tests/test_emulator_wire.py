@@ -60,7 +60,7 @@ def test_requester_and_projects(toloka_client):
     names = [p.public_name for p in toloka_client.get_projects(status="ACTIVE")]
     assert {"p-first", "p-second"} <= set(names)
     newest = toloka_client.find_projects(status="ACTIVE", sort=["-created"], limit=1)
-    assert newest.has_more and len(newest.items) == 1
+    assert newest.has_more and [p.id for p in newest.items] == [second.id]
     with pytest.raises(exceptions.DoesNotExistApiError):
         toloka_client.get_project("987654")
 
@@ -169,6 +169,14 @@ def test_async_and_sync_batch_creates(emulator, toloka_client):
             [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={})])]
         )
     assert "tasks.0.input_values.images" in invalid.value.payload["0"]
+    # A single object that carries the `__item_idx` of an exported config is created all the same.
+    with _raw(emulator) as raw:
+        single = {"pool_id": pool.id, "tasks": [{"input_values": {"images": ["x"]}}], "__item_idx": "7"}
+        one = raw.post("/api/v1/task-suites", json=single)
+        assert one.status_code == 201 and LONG_ID.match(one.json()["id"]), one.text
+        del single["tasks"][0]["input_values"]["images"]
+        bad = raw.post("/api/v1/task-suites", json=single)
+        assert bad.status_code == 400 and "tasks.0.input_values.images" in bad.json()["payload"], bad.text
 
 
 def test_operation_ids_are_idempotent(emulator, toloka_client):

@@ -12,7 +12,6 @@ import typer
 
 app = typer.Typer(
     help="A local Toloka emulator with a simulated crowd (serves the Toloka API toloka-kit 1.2.3 speaks).",
-    no_args_is_help=False,
 )
 
 
