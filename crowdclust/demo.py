@@ -18,17 +18,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crowdclust.runtime import REPO_ROOT, describe, prepare_prefect_env
-
-CONFIG = REPO_ROOT / "configs" / "demo-shoes" / "pipeline.yaml"
+from crowdclust.runtime import describe, prepare_prefect_env
+from tasks.settings import Settings
 
 
 def main() -> int:
     started = time.monotonic()
     prepare_prefect_env()
     from emulator import EmulatorSettings, run_in_background
-    from flows.params import load_params
     from flows.pipeline import crowdclust_pipeline
+    from tasks.params import load_params
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     settings = EmulatorSettings(port=0, catalogue="demo-shoes", catalogue_size=82, seed=0, speed=600.0)
@@ -38,7 +37,7 @@ def main() -> int:
     with run_in_background(settings) as emu:
         os.environ["TOLOKA_TOKEN"] = emu.token
         params = load_params(
-            CONFIG,
+            Settings().configs_dir / "demo-shoes" / "pipeline.yaml",
             {
                 "toloka": {"url": emu.url},
                 "run_key": f"demo-shoes-{stamp}",

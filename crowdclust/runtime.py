@@ -1,42 +1,47 @@
-"""Process set-up shared by `crowdclust run` and `make demo`: a project-local Prefect home.
+"""Process set-up shared by `crowdclust run` and `make demo`: a project-local Prefect home and cache.
 
 Must run before `prefect` is imported: Prefect reads these settings at import time. Only defaults
-are set (an exported PREFECT_API_URL or PREFECT_HOME wins), so a real server is used when configured.
+are set (an exported PREFECT_API_URL, PREFECT_HOME or PREFECT_LOCAL_STORAGE_PATH wins), so a real
+server or a shared result store is used when configured.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tasks.settings import Settings
+
+if TYPE_CHECKING:  # the CLI stays light: pandas is imported only by the commands that run flows
+    from tasks.stages import RunSummary
 
 
 def prepare_prefect_env() -> None:
-    """Project-local PREFECT_HOME, no telemetry, a patient ephemeral-server start-up (fresh machines)."""
-    os.environ.setdefault("PREFECT_HOME", str(REPO_ROOT / ".prefect"))
+    """Project-local PREFECT_HOME and result folder, no telemetry, a patient ephemeral-server start-up."""
+    settings = Settings()
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
 
 
-def describe(summary: dict) -> str:
+def describe(summary: RunSummary) -> str:
     """The few lines a person wants after a run."""
-    cost = summary.get("cost") or {}
 
-    def num(value: object, spec: str = ".3f") -> str:
+    def num(value: float | None, spec: str = ".3f") -> str:
         return "n/a" if value is None else format(value, spec)
 
-    sizes = list((summary.get("cluster_sizes") or {}).values())
+    estimate = summary.cost.estimate
     return "\n".join(
         [
-            f"clusters:           {summary.get('clusters')} (sizes {sizes})",
-            f"ARI / NMI vs truth: {num(summary.get('ari'))} / {num(summary.get('nmi'))}",
-            f"intruder accuracy:  {num(summary.get('intruder_accuracy'))}",
-            f"cost:               ${num(cost.get('spent'), '.2f')} spent"
-            + (f" (estimate ${cost['estimate']['total']:.2f})" if cost.get("estimate") else ""),
-            f"wall time:          {num(summary.get('wall_seconds'), '.1f')} s (flow)",
-            f"report:             {summary.get('report')}",
-            f"summary:            {summary.get('summary')}",
+            f"clusters:           {summary.clusters} (sizes {list(summary.cluster_sizes.values())})",
+            f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}",
+            f"intruder accuracy:  {num(summary.intruder_accuracy)}",
+            f"cost:               ${num(summary.cost.spent, '.2f')} spent"
+            + (f" (estimate ${estimate.total:.2f})" if estimate else ""),
+            f"wall time:          {num(summary.wall_seconds, '.1f')} s (flow)",
+            f"report:             {summary.report}",
+            f"summary:            {summary.summary}",
         ]
     )

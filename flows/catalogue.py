@@ -18,30 +18,32 @@ Entry point for deployments: `flows/catalogue.py:cluster_catalogue`.
 from __future__ import annotations
 
 import hashlib
-import time
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
 from flows.aggregate import aggregate_export
 from flows.evaluate import evaluate_clusters
 from flows.hooks import CATALOGUE_FLOW, close_pools_hook
 from flows.labelling import collect_labels
-from flows.params import PipelineParams
-from tasks import budget, dataset, report, results, rounds
-from tasks.connect import resolve_token
+from tasks import artifacts, budget, dataset, hits, report, results, rounds
+from tasks.export_format import n_assignments
+from tasks.params import PipelineParams
+from tasks.run_folder import RunFolder
+from tasks.stages import Aggregated, CatalogueInfo, Cost, HitPlan, RunSummary
+from tasks.toloka_api import resolve_token
 
 
-def aggregate_pools(params: PipelineParams, pool_ids: list[str], out_dir: Path) -> dict[str, Any]:
+def aggregate_pools(
+    params: PipelineParams, pool_ids: list[str], folder: RunFolder
+) -> tuple[Aggregated, dict[str, int]]:
     """Cluster the concatenated accepted answers of `pool_ids` (completed pools: exports are final).
 
-    Besides the aggregation result: `n_assignments`, pool id -> accepted assignments in its export.
+    Also returns pool id -> accepted assignments in its export.
     """
     frames = {pool_id: results.export_task(params.toloka, pool_id) for pool_id in pool_ids}
-    path = results.write_tsv(pd.concat(frames.values(), ignore_index=True), out_dir / "assignments_all.tsv")
+    path = folder.write_export(pd.concat(frames.values(), ignore_index=True), "all")
     get_run_logger().info(
         "aggregating %d answers of %d round pools (%s, sha256 %s)",
         sum(len(f) for f in frames.values()),
@@ -50,30 +52,17 @@ def aggregate_pools(params: PipelineParams, pool_ids: list[str], out_dir: Path) 
         hashlib.sha256(path.read_bytes()).hexdigest()[:12],
     )
     aggregated = aggregate_export(
-        out_dir=out_dir,
+        out_dir=folder.root,
         export=path,
         aggregation=params.aggregation,
         seed=params.seed,
         dataset=params.dataset,
     )
-    return {**aggregated, "n_assignments": {pool: results.n_assignments(f) for pool, f in frames.items()}}
-
-
-def _round_table(state: list[dict[str, Any]], labelled_now: str | None) -> str:
-    lines = ["| round | pool | items | status |", "|---|---|---|---|"]
-    for entry in state:
-        status = "completed" if entry["completed"] else "not completed"
-        lines.append(f"| {entry['round']} | {entry['pool_id']} | {len(entry['items'])} | {status} |")
-    if labelled_now:
-        lines.append(f"\nRound `{labelled_now}` was labelled by this run.")
-    return "\n".join(lines)
+    return aggregated, {pool: n_assignments(f) for pool, f in frames.items()}
 
 
 @flow(name=CATALOGUE_FLOW, on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
-def cluster_catalogue(
-    params: PipelineParams,
-    anchors_per_hit: int = 3,
-) -> dict[str, Any]:
+def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSummary:
     """Label the catalogue's new items (if any) in one round, re-cluster with all labels, evaluate.
 
     Args:
@@ -82,16 +71,16 @@ def cluster_catalogue(
         anchors_per_hit: already-clustered images added to every HIT of a later round.
     """
     logger = get_run_logger()
-    started = time.monotonic()
+    clock = report.Stopwatch()
     key = params.catalogue_key
     params = params.model_copy(update={"run_key": key})  # sub-flows (intruders) share the catalogue key
-    params.run_dir.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder.of(params).create()
     catalogue = dataset.load_dataset(params.dataset)["image"].tolist()
     resolve_token(params.toloka)
 
     state = rounds.catalogue_state_task(params.toloka, key)
-    clustered = {item for entry in state if entry["completed"] for item in entry["items"]}
-    done_pools = [entry["pool_id"] for entry in state if entry["completed"]]
+    clustered = {item for entry in state if entry.completed for item in entry.items}
+    done_pools = [entry.pool_id for entry in state if entry.completed]
     new_items = sorted(set(catalogue) - clustered)
     logger.info(
         "catalogue %s: %d items, %d already clustered, %d new",
@@ -105,54 +94,45 @@ def cluster_catalogue(
     round_id = None
     if new_items:
         round_id = rounds.round_key(new_items)
-        before = aggregate_pools(params, done_pools, params.run_dir / "before-round") if done_pools else None
-        plan = rounds.plan_round(
-            new_items, before["clusters"] if before else None, params.hits, params.seed, anchors_per_hit
+        before = aggregate_pools(params, done_pools, folder.before_round())[0] if done_pools else None
+        planned = rounds.plan_round(
+            new_items, before.clusters if before else None, params.hits, params.seed, anchors_per_hit
         )
-        labelled = collect_labels(
-            params,
-            key,
-            plan,
-            new_items,
-            params.run_dir / "rounds" / round_id,
-            f"{rounds.ROUND_ROLE}{round_id}",
-        )
-        done_pools.append(labelled["ids"]["main_pool"])
-        state = rounds.with_round(state, round_id, labelled["ids"]["main_pool"], plan)
-    aggregated = aggregate_pools(params, done_pools, params.run_dir)
+        plan = HitPlan(planned, hits.coverage(planned, new_items))
+        labelled = collect_labels(params, key, plan, folder.round(round_id), f"{rounds.ROUND_ROLE}{round_id}")
+        done_pools.append(labelled.ids.main_pool)
+        state = rounds.with_round(state, round_id, labelled.ids.main_pool, planned)
+    aggregated, counts = aggregate_pools(params, done_pools, folder)
     evaluated = None
     if params.intruders.enabled:
-        evaluated = evaluate_clusters(params, skill_id=labelled["ids"]["skill"] if labelled else None)
+        evaluated = evaluate_clusters(params, skill_id=labelled.ids.skill if labelled else None)
 
     if labelled is not None:
-        labelled["n_assignments"] = aggregated["n_assignments"][labelled["ids"]["main_pool"]]
-    cost = {
-        "spent": budget.spent(params, labelled, evaluated if labelled else None),
-        "estimate": labelled["costs"] if labelled else None,
-    }
-    create_markdown_artifact(
-        key="catalogue-rounds",
-        markdown=_round_table(state, round_id),
-        description=f"rounds of catalogue {key}",
+        labelled = replace(labelled, n_assignments=counts[labelled.ids.main_pool])
+    cost = Cost(
+        spent=budget.spent(params, labelled, evaluated if labelled else None),
+        estimate=labelled.estimate if labelled else None,
     )
-    extra = {
-        "catalogue_key": key,
-        "n_items": len(catalogue),
-        "new_items": len(new_items),
-        "round": round_id,
-        "round_pools": done_pools,
-        "toloka_ids": labelled["ids"] if labelled else None,
-        "coverage": labelled["coverage"] if labelled else None,
-        "aggregation": aggregated["info"],
-    }
-    data = report.finish_run(params, aggregated, evaluated, cost, time.monotonic() - started, extra)
+    artifacts.catalogue_rounds(key, state, round_id)
+    summary = report.finish_run(
+        params,
+        folder,
+        aggregated,
+        evaluated,
+        cost,
+        wall_seconds=clock.total(),
+        run_key=key,
+        ids=labelled.ids if labelled else None,
+        coverage=labelled.plan.coverage if labelled else None,
+        catalogue=CatalogueInfo(key, len(catalogue), len(new_items), round_id, tuple(done_pools)),
+    )
     logger.info(
         "catalogue %s: %s; %d clusters over %d rounds, ARI %s, spent $%.2f this run",
         key,
         f"round {round_id} labelled ({len(new_items)} new items)" if round_id else "no new items",
-        data["clusters"],
+        summary.clusters,
         len(done_pools),
-        data["ari"],
-        cost["spent"],
+        summary.ari,
+        cost.spent,
     )
-    return data
+    return summary

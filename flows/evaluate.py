@@ -7,25 +7,27 @@ overall and per cluster, bar chart PNG, artifacts.
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_image_artifact
 
 from flows.hooks import close_pools_hook
-from flows.params import PipelineParams
-from tasks import budget, configs, intruders, results, setup
-from tasks.connect import make_client
+from tasks import artifacts, budget, intruders
+from tasks.export_format import n_assignments
+from tasks.params import PipelineParams
+from tasks.run_folder import RunFolder
+from tasks.stages import Evaluation
+from tasks.toloka_api import RunRegistry, make_client
+from tasks.toloka_config import Placeholders, load_bundle
 
 
-def _find_skill(params: PipelineParams) -> str:
+def labelling_skill(params: PipelineParams) -> str:
+    """The skill the run's labelling created (the intruder pool admits the workers who hold it)."""
     run_key, base_name = params.resolved_run_key, params.exam.skill_name
-    skill = setup.find_skill(make_client(params.toloka), run_key, base_name)
+    skill = RunRegistry(make_client(params.toloka), run_key).find_skill(base_name)
     if skill is None:
-        name = setup.run_skill_name(base_name, run_key)
+        name = RunRegistry.skill_name(base_name, run_key)
         raise LookupError(f"no skill {name!r} on Toloka: run the labelling flow first or pass skill_id")
     return skill
 
@@ -33,44 +35,45 @@ def _find_skill(params: PipelineParams) -> str:
 @flow(name="crowdclust-evaluate", on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
 def evaluate_clusters(
     params: PipelineParams, clusters_csv: Path | None = None, skill_id: str | None = None
-) -> dict[str, Any]:
+) -> Evaluation:
     """Intruder accuracy of the clusters in `clusters_csv` (default: the run folder's)."""
     logger = get_run_logger()
-    run_dir = params.run_dir
-    table = pd.read_csv(clusters_csv or run_dir / "clusters.csv")
-    clusters = pd.Series(table["cluster"].to_numpy(), index=table["item"].astype(str).to_numpy())
-    cfg = params.intruders
-    hits, skipped = intruders.make_hits(clusters, cfg.n_hits, cfg.images_per_hit, params.seed)
+    folder = RunFolder.of(params)
+    run_key, cfg = params.resolved_run_key, params.intruders
+    made, skipped = intruders.make_hits(
+        folder.read_clusters(clusters_csv), cfg.n_hits, cfg.images_per_hit, params.seed
+    )
     for cluster in skipped:
         logger.info(
             "cluster %s has fewer than %d images: no intruder HIT hosted by it",
             cluster,
             cfg.images_per_hit - 1,
         )
-    if not hits:
+    if not made:
         logger.warning("no cluster can host an intruder HIT: evaluation skipped")
-        return {"accuracy": None, "n_hits": 0, "per_cluster": [], "skipped": skipped}
-    cost = budget.pool_cost(len(hits), cfg.overlap, cfg.reward, params.budget.fee_rate)
-    budget.check_budget({"intruders": cost, "total": cost}, params.budget.max_spend)
-    (run_dir / "intruder_hits.json").write_text(json.dumps(hits, indent=1))
+        return Evaluation(accuracy=None, n_hits=0, skipped=tuple(skipped))
+    bundle = load_bundle(params.toloka_dir)
+    costs = budget.estimate_intruders(params, bundle, len(made))
+    covers = (intruders.pool_role(run_key, made),)
+    budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
+    folder.write_intruder_hits(made)
 
-    skill = skill_id or _find_skill(params)
-    values = {**configs.placeholder_values(params), "skill_id": skill}
-    bundle = configs.load_bundle(params.toloka_dir)
-    ids = intruders.setup_intruders_task(params.toloka, params.resolved_run_key, bundle, values, hits)
+    values = Placeholders.of(params).with_skill(skill_id or labelling_skill(params))
+    ids = intruders.setup_intruders_task(params.toloka, run_key, bundle, values, made)
     waited = intruders.wait_intruders_task.with_options(retries=params.wait.retries)(
         params.toloka, ids, params.wait.period(params.toloka.environment), params.wait.timeout_seconds
     )
-    export = waited["export"]
-    results.write_tsv(export, run_dir / "assignments_intruders.tsv")
-    result = {**intruders.accuracy(export, hits), "skipped": skipped, "ids": ids}
-    result["n_assignments"] = results.n_assignments(export)
-    result["spent"] = waited["spent"]
-    chart = intruders.bar_chart(result, run_dir / "intruders.png")
-    result["chart"] = str(chart) if chart else None
-    if chart:
-        create_image_artifact(
-            image_url=chart.resolve().as_uri(), key="intruder-chart", description="accuracy per cluster"
-        )
-    logger.info("intruder accuracy %.3f over %d HITs", result["accuracy"] or 0.0, result["n_hits"])
+    folder.write_export(waited.export, "intruders")
+    scored = intruders.accuracy(waited.export, made)
+    result = replace(
+        scored,
+        skipped=tuple(skipped),
+        ids=ids,
+        n_assignments=n_assignments(waited.export),
+        spent=waited.spent,
+        chart=intruders.bar_chart(scored, folder.intruder_chart),
+    )
+    if result.chart is not None:
+        artifacts.intruder_chart(result.chart)
+    logger.info("intruder accuracy %.3f over %d HITs", result.accuracy or 0.0, result.n_hits)
     return result

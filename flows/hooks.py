@@ -1,24 +1,23 @@
 """Failure and cancellation hooks: close the pools and trainings the failed run left open.
 
-Stateless on purpose: the hook rebuilds the run key from the flow run's parameters and closes every
-open pool/training tagged with it, so it also works for a process that crashed mid-wait and was
-re-run, and never touches objects of other runs.
+Stateless on purpose: the hook rebuilds the run key from the flow run's parameters and has the
+run's `RunRegistry` close every open pool/training tagged with it, so it also works for a process
+that crashed mid-wait and was re-run, and never touches objects of other runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from prefect.logging.loggers import flow_run_logger
+
+from tasks.params import PipelineParams
+from tasks.toloka_api import MissingTokenError, RunRegistry, make_client
+
 CATALOGUE_FLOW = "crowdclust-catalogue"  # keyed by the catalogue key, not the content-derived run key
 
 
 def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
-    from prefect.logging.loggers import flow_run_logger
-
-    from flows.params import PipelineParams
-    from tasks.connect import MissingTokenError, make_client
-    from tasks.setup import close_run_pools
-
     log = flow_run_logger(flow_run, flow)
     raw = (flow_run.parameters or {}).get("params")
     if raw is None:
@@ -26,7 +25,7 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     try:
         params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
         key = params.catalogue_key if flow.name == CATALOGUE_FLOW else params.resolved_run_key
-        closed = close_run_pools(make_client(params.toloka), key)
+        closed = RunRegistry(make_client(params.toloka), key).close_open()
         log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed or "nothing")
     except MissingTokenError:
         log.warning("no Toloka token: nothing could have been opened, nothing to close")

@@ -1,17 +1,5 @@
-"""Prefect tasks of the crowdclust pipeline: one module per stage, thin adapters over plain functions."""
+"""The pipeline's stages: plain functions with thin Prefect task wrappers, one module per stage.
 
-import logging
-import warnings
-
-# toloka-kit 1.2.3 imports pkg_resources; the deprecation warning is noise in every run log.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-
-
-class _DropExperimentalNotice(logging.Filter):
-    """toloka-kit logs 'Experimental method' on every TSV export; it says nothing to a pipeline user."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "Experimental method"
-
-
-logging.getLogger("toloka.client").addFilter(_DropExperimentalNotice())
+Layering (checked by tests/test_architecture.py): `tasks` imports `aggregation` and its own modules,
+never `flows`; `params`, `stages` and `settings` are at the bottom and import nothing of the project.
+"""

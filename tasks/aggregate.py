@@ -2,69 +2,51 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
-from flows.params import AggregationParams
-from tasks.caching import cached, source_version
+import aggregation
+from tasks.params import AggregationParams
+from tasks.stage import stage_task
+from tasks.stages import Aggregated, AggregationInfo, Scores
 
 
-def aggregate_export(export: pd.DataFrame, params: AggregationParams, seed: int) -> dict[str, Any]:
+def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Aggregated:
     """Clusters (item -> id, 0 = largest), the embedding when the model has one, and fit details."""
-    import aggregation
-
-    reading = aggregation.read_export(export, strict=True)
-    labels = reading.labels
-    if params.method == "crowd":
+    labels = aggregation.read_export(export, strict=True).labels
+    if params.method == "gomes":
         model = aggregation.CrowdClustering(n_dims=params.n_dims, random_state=seed)
     else:
         model = aggregation.CoAssociationClustering(random_state=seed)
     clusters = model.fit_predict(labels).rename("cluster")
     clusters.index.name = "item"
-    info = {
-        "method": params.method,
-        "n_labels": len(labels),
-        "n_hits": int(labels["task"].nunique()),
-        "n_assignments": len(labels[["task", "worker"]].drop_duplicates()),
-        "n_workers": int(labels["worker"].nunique()),
-        "n_clusters": int(clusters.nunique()),
-        "n_iter": getattr(model, "n_iter_", None),
-        "free_energy": _float(getattr(model, "free_energy_", None)),
-    }
-    embedding = getattr(model, "embedding_", None)
-    return {"clusters": clusters, "embedding": embedding, "info": info}
+    free_energy = getattr(model, "free_energy_", None)
+    info = AggregationInfo(
+        method=params.method,
+        n_labels=len(labels),
+        n_hits=int(labels["task"].nunique()),
+        n_assignments=len(labels[["task", "worker"]].drop_duplicates()),
+        n_workers=int(labels["worker"].nunique()),
+        n_clusters=int(clusters.nunique()),
+        n_iter=getattr(model, "n_iter_", None),
+        free_energy=None if free_energy is None else float(free_energy),
+    )
+    return Aggregated(clusters=clusters, embedding=getattr(model, "embedding_", None), info=info)
 
 
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def score(clusters: pd.Series, truth: pd.Series | None) -> dict[str, Any] | None:
+def score(clusters: pd.Series, truth: pd.Series | None) -> Scores | None:
     """Agreement with the truth (ARI, NMI, ...) on the items both know; None without truth."""
     if truth is None:
         return None
-    import aggregation
-
     return {
-        k: _float(v) if k != "n_items" else int(v)
+        k: int(v) if k == "n_items" else float(v)
         for k, v in aggregation.clustering_scores(clusters, truth).items()
     }
 
 
-def _version() -> str:
-    import aggregation
-
-    return source_version(aggregation, sys.modules[__name__])
-
-
-@task(name="aggregate", **cached())
-def aggregate_task(
-    export: pd.DataFrame, params: AggregationParams, seed: int, code_version: str
-) -> dict[str, Any]:
-    """Prefect adapter of `aggregate_export` (cached on the export's content and the code version)."""
-    result = aggregate_export(export, params, seed)
-    get_run_logger().info("aggregation: %s", result["info"])
+@stage_task(name="aggregate", code=("aggregation",))
+def aggregate_task(export: pd.DataFrame, params: AggregationParams, seed: int) -> Aggregated:
+    """Prefect adapter of `aggregate` (cached on the export's content and the aggregation code)."""
+    result = aggregate(export, params, seed)
+    get_run_logger().info("aggregation: %s", result.info)
     return result

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from tasks.stages import ExamTotals
+from tasks.toloka_api import ApiError, TolokaClient
+
 log = logging.getLogger(__name__)
 
 
@@ -134,16 +137,14 @@ class GatingState:
 
 
 def gate_exams(
-    client: Any,
+    client: TolokaClient,
     exam_pool_id: str,
     skill_id: str,
     goldens: dict[tuple[str, ...], tuple[int, ...]],
     n_exams: int,
     state: GatingState,
-) -> dict[str, int]:
+) -> ExamTotals:
     """One gating tick: review SUBMITTED exams, then set every reviewed worker's skill from scratch."""
-    from toloka.client.exceptions import ApiError
-
     submitted = [
         answer_from_assignment(a) for a in client.get_assignments(pool_id=exam_pool_id, status="SUBMITTED")
     ]
@@ -171,4 +172,4 @@ def gate_exams(
         client.set_user_skill(skill_id=skill_id, user_id=worker, value=Decimal(str(round(value, 6))))
         state.sent[worker] = value
         changed += 1
-    return {"accepted": accepted, "rejected": rejected, "skills_set": changed, "workers": len(state.sent)}
+    return ExamTotals(accepted=accepted, rejected=rejected, skills_set=changed)

@@ -15,11 +15,11 @@ Two designs:
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import numpy as np
 
-from flows.params import HitParams
+from tasks.params import HitParams
+from tasks.stages import Coverage, HitPlan
 
 
 class HitPlanError(ValueError):
@@ -117,18 +117,24 @@ def plan_hits(items: list[str], params: HitParams, seed: int, max_attempts: int 
     )
 
 
-def coverage(hits: list[list[str]], items: list[str]) -> dict[str, Any]:
+def coverage(hits: list[list[str]], items: list[str]) -> Coverage:
     """Per-item coverage (number of HITs per item) and its summary, for the report and artifacts."""
     counts = Counter(x for hit in hits for x in hit)
     per_item = {item: counts.get(item, 0) for item in sorted(items)}
     values = np.array(list(per_item.values()))
-    return {
-        "n_hits": len(hits),
-        "n_items": len(per_item),
-        "min": int(values.min()),
-        "mean": round(float(values.mean()), 3),
-        "max": int(values.max()),
-        "histogram": {int(k): int(v) for k, v in sorted(Counter(values.tolist()).items())},
-        "per_item": per_item,
-        "connected": is_connected(hits),
-    }
+    return Coverage(
+        n_hits=len(hits),
+        n_items=len(per_item),
+        min=int(values.min()),
+        mean=round(float(values.mean()), 3),
+        max=int(values.max()),
+        histogram={int(k): int(v) for k, v in sorted(Counter(values.tolist()).items())},
+        per_item=per_item,
+        connected=is_connected(hits),
+    )
+
+
+def make_plan(items: list[str], params: HitParams, seed: int) -> HitPlan:
+    """The HIT plan of `items` with its coverage."""
+    hits = plan_hits(items, params, seed)
+    return HitPlan(hits=hits, coverage=coverage(hits, items))

@@ -1,4 +1,4 @@
-"""The run's human-facing output: `report.html`, `summary.json` and Prefect artifacts.
+"""The run's human-facing output: `report.html`, `summary.json` (a `RunSummary`) and artifacts.
 
 Only public facts go here: ids, counts, metrics, costs, image URLs. Never the token.
 """
@@ -7,39 +7,29 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-from pathlib import Path
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from tasks import artifacts
+from tasks.params import PipelineParams
+from tasks.run_folder import RunFolder
+from tasks.stages import Aggregated, CatalogueInfo, Cost, Coverage, Evaluation, LabellingIds, RunSummary
+from tasks.toloka_api import endpoint
+
 GALLERY_LIMIT = 60  # images shown per cluster in the HTML report
 
 
-def summary(
-    *,
-    clusters: pd.Series,
-    metrics: dict[str, Any] | None,
-    intruders: dict[str, Any] | None,
-    cost: dict[str, Any],
-    wall_seconds: float,
-    report_path: Path,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """The machine-readable summary (keys documented in README: clusters, ari, nmi, ...)."""
-    return {
-        "clusters": int(clusters.nunique()),
-        "ari": metrics.get("ari") if metrics else None,
-        "nmi": metrics.get("nmi") if metrics else None,
-        "intruder_accuracy": intruders.get("accuracy") if intruders else None,
-        "cost": cost,
-        "wall_seconds": round(wall_seconds, 1),
-        "report": str(report_path),
-        "cluster_sizes": {str(k): int(v) for k, v in clusters.value_counts().sort_index().items()},
-        "metrics": metrics,
-        "intruders": intruders,
-        **extra,
-    }
+@dataclass(frozen=True)
+class ReportLinks:
+    """Files of the run folder the report links to, relative to it (from `RunFolder`)."""
+
+    clusters: str
+    chart: str | None = None
 
 
 def inline_images(urls: list[str], base_url: str, max_bytes: int = 300_000) -> dict[str, str]:
@@ -95,14 +85,15 @@ def _fmt(value: Any) -> str:
 
 
 def render_html(
-    data: dict[str, Any],
+    summary: RunSummary,
     clusters: pd.Series,
     truth: pd.Series | None,
-    chart: str | None,
     title: str,
+    links: ReportLinks,
     sources: dict[str, str] | None = None,
 ) -> str:
     """A self-contained page (images are referenced by URL): metrics, cost, timings, chart, galleries."""
+    data = summary.as_dict()
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>"
@@ -129,8 +120,8 @@ def render_html(
     intr = data.get("intruders")
     if intr:
         parts.append("<h2>Intruder evaluation</h2>")
-        if chart:
-            parts.append(f"<img src='{html.escape(chart)}' alt='intruder accuracy per cluster'>")
+        if links.chart:
+            parts.append(f"<img src='{html.escape(links.chart)}' alt='intruder accuracy per cluster'>")
         rows = {
             f"cluster {d['cluster']}": f"{d['accuracy']:.2f} ({d['hits']} HITs)"
             for d in intr.get("per_cluster", [])
@@ -147,89 +138,79 @@ def render_html(
             figure = f"<img src='{src}' title='{html.escape(item)}'><figcaption>{caption}</figcaption>"
             parts.append(f"<figure>{figure}</figure>")
         if len(members) > GALLERY_LIMIT:
-            parts.append(f"<p>… and {len(members) - GALLERY_LIMIT} more (see clusters.csv)</p>")
+            more = len(members) - GALLERY_LIMIT
+            parts.append(f"<p>… and {more} more (see {html.escape(links.clusters)})</p>")
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def gallery_markdown(clusters: pd.Series, per_cluster: int = 12) -> str:
-    """Markdown galleries for the Prefect UI (a few images per cluster)."""
-    lines = ["# Clusters", ""]
-    for cluster, items in clusters.groupby(clusters):
-        members = sorted(str(i) for i in items.index)
-        lines.append(f"## Cluster {cluster} ({len(members)} images)")
-        lines.append(" ".join(f"![]({url})" for url in members[:per_cluster]))
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_outputs(
-    run_dir: Path,
-    data: dict[str, Any],
-    clusters: pd.Series,
-    truth: pd.Series | None,
-    chart: Path | None,
-    title: str,
-    sources: dict[str, str] | None = None,
-) -> tuple[Path, Path]:
-    """Write report.html and summary.json into the run folder."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    report = run_dir / "report.html"
-    report.write_text(render_html(data, clusters, truth, chart.name if chart else None, title, sources))
-    path = run_dir / "summary.json"
-    path.write_text(json.dumps(data, indent=2, default=str))
-    return report, path
-
-
-def publish_artifacts(data: dict[str, Any], clusters: pd.Series, report: Path) -> None:
-    """Prefect artifacts: galleries, metrics and cost tables, intruder table, a link to the report."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-
-    create_markdown_artifact(
-        key="cluster-galleries", markdown=gallery_markdown(clusters), description="clusters"
-    )
-    rows = [{"metric": k, "value": v} for k, v in (data.get("metrics") or {}).items()]
-    rows += [{"metric": f"cost_{k}", "value": v} for k, v in data.get("cost", {}).items()]
-    rows.append({"metric": "intruder_accuracy", "value": data.get("intruder_accuracy")})
-    create_table_artifact(key="run-metrics", table=rows, description="metrics and cost")
-    if data.get("intruders") and data["intruders"].get("per_cluster"):
-        create_table_artifact(key="intruder-accuracy", table=data["intruders"]["per_cluster"])
-    create_link_artifact(key="run-report", link=report.resolve().as_uri(), link_text=str(report))
-
-
 def finish_run(
-    params: Any,
-    aggregated: dict[str, Any],
-    evaluated: dict[str, Any] | None,
-    cost: dict[str, Any],
+    params: PipelineParams,
+    folder: RunFolder,
+    aggregated: Aggregated,
+    evaluated: Evaluation | None,
+    cost: Cost,
+    *,
     wall_seconds: float,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
+    run_key: str,
+    ids: LabellingIds | None,
+    coverage: Coverage | None,
+    timings: dict[str, float] | None = None,
+    catalogue: CatalogueInfo | None = None,
+) -> RunSummary:
     """The common end of a run (pipeline or catalogue round): summary, report.html, artifacts.
 
-    `params` is the run's `PipelineParams`; images are embedded when they come from the local
-    emulator, which may be gone by the time someone opens the report.
+    Images are embedded when they come from the local emulator, which may be gone by the time
+    someone opens the report.
     """
-    from tasks.connect import endpoint
-
-    run_dir = params.run_dir
-    clusters = aggregated["clusters"]
-    data = summary(
-        clusters=clusters,
-        metrics=aggregated["metrics"],
-        intruders=evaluated,
+    clusters = aggregated.clusters
+    metrics = aggregated.metrics
+    summary = RunSummary(
+        clusters=int(clusters.nunique()),
+        ari=metrics.get("ari") if metrics else None,
+        nmi=metrics.get("nmi") if metrics else None,
+        intruder_accuracy=evaluated.accuracy if evaluated else None,
         cost=cost,
-        wall_seconds=wall_seconds,
-        report_path=run_dir / "report.html",
-        extra={**extra, "summary": str(run_dir / "summary.json")},
+        wall_seconds=round(wall_seconds, 1),
+        report=folder.report,
+        summary=folder.summary,
+        cluster_sizes={str(k): int(v) for k, v in clusters.value_counts().sort_index().items()},
+        metrics=metrics,
+        intruders=evaluated,
+        run_key=run_key,
+        toloka_ids=ids,
+        coverage=coverage,
+        aggregation=aggregated.info,
+        timings=timings or {},
+        catalogue=catalogue,
     )
     sources = None
     if params.toloka.environment == "local":
-        sources = inline_images(shown_images(clusters), endpoint(params.toloka))
-    chart = run_dir / "intruders.png" if evaluated and evaluated.get("chart") else None
-    report_path, _ = write_outputs(
-        run_dir, data, clusters, aggregated["truth"], chart, f"crowdclust: {params.name}", sources
+        sources = inline_images(shown_images(clusters), endpoint(params.toloka) or "")
+    links = ReportLinks(
+        clusters=folder.relative(folder.clusters),
+        chart=folder.relative(evaluated.chart) if evaluated and evaluated.chart else None,
     )
-    publish_artifacts(data, clusters, report_path)
-    return data
+    page = render_html(summary, clusters, aggregated.truth, f"crowdclust: {params.name}", links, sources)
+    folder.write_report(page)
+    folder.write_summary(summary)
+    artifacts.run_results(summary, clusters)
+    return summary
+
+
+class Stopwatch:
+    """Wall time of a run and of its stages (`timings` in the summary)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.laps: dict[str, float] = {}
+
+    @contextmanager
+    def lap(self, stage: str) -> Iterator[None]:
+        began = time.monotonic()
+        yield
+        self.laps[stage] = round(time.monotonic() - began, 1)
+
+    def total(self) -> float:
+        return time.monotonic() - self.started

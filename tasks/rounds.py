@@ -1,10 +1,10 @@
 """Rounds of a growing catalogue: what Toloka already labelled, and the HIT plan of the next round.
 
 Toloka is the source of truth, not a local file that could be lost: every round has its own main
-pool tagged `crowdclust:<catalogue key>:main-pool-<round key>` in the catalogue's main project, and
-an item counts as clustered once it sits in a suite of a round pool that completed. The next round
-is every catalogue item that is not clustered yet; its key is a digest of those items, so a round
-that failed and is run again (same catalogue) finds its own pool instead of opening another one.
+pool (role `main-pool-<round key>`) in the catalogue's main project, and an item counts as
+clustered once it sits in a suite of a round pool that completed. The next round is every
+catalogue item that is not clustered yet; its key is a digest of those items, so a round that
+failed and is run again (same catalogue) finds its own pool instead of opening another one.
 
 A round's HITs mix new items with anchors: already-clustered items picked round-robin across the
 current clusters (seeded), so the new labels connect the new items to the old clusters.
@@ -13,19 +13,17 @@ current clusters (seeded), so the new labels connect the new items to the old cl
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
-from flows.params import HitParams, TolokaTarget
-from tasks.caching import toloka_retries
-from tasks.connect import make_client
 from tasks.hits import plan_hits
-from tasks.setup import tag
-from tasks.wait import is_completed
+from tasks.params import HitParams, TolokaTarget
+from tasks.stage import stage_task
+from tasks.stages import RoundState
+from tasks.toloka_api import RunRegistry, make_client
 
 ROUND_ROLE = "main-pool-"
 
@@ -35,68 +33,33 @@ def round_key(items: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:12]
 
 
-def find_rounds(client: Any, catalogue_key: str) -> list[dict[str, Any]]:
-    """Every round pool of the catalogue, oldest first: id, round key, completed, the items it holds.
-
-    Read-only: a catalogue that was never labelled (no main project yet) has no rounds.
-    """
-    project_tag = tag(catalogue_key, "main-project")
-    pool_prefix = tag(catalogue_key, ROUND_ROLE)
-    rounds = []
-    for project in client.get_projects(status="ACTIVE"):
-        if project.private_comment != project_tag:
-            continue
-        for pool in client.get_pools(project_id=project.id):
-            comment = str(pool.private_comment or "")
-            if not comment.startswith(pool_prefix):
-                continue
-            items = {
-                image
-                for suite in client.get_task_suites(pool_id=pool.id)
-                for t in suite.tasks
-                for image in t.input_values["images"]
-            }
-            rounds.append(
-                {
-                    "pool_id": str(pool.id),
-                    "round": comment[len(pool_prefix) :],
-                    "completed": is_completed(pool),
-                    "created": str(pool.created),
-                    "items": sorted(items),
-                }
-            )
-    return sorted(rounds, key=lambda r: (r["created"], r["pool_id"]))
-
-
-@task(name="catalogue-state", cache_policy=NO_CACHE, **toloka_retries())
-def catalogue_state_task(target: TolokaTarget, catalogue_key: str) -> list[dict[str, Any]]:
+@stage_task(name="catalogue-state", toloka=True, cache=False)
+def catalogue_state_task(target: TolokaTarget, catalogue_key: str) -> list[RoundState]:
     """The catalogue's rounds as Toloka sees them now (never cached: it is the question of each run)."""
-    rounds = find_rounds(make_client(target), catalogue_key)
+    rounds = RunRegistry(make_client(target), catalogue_key).rounds("main-project", ROUND_ROLE)
     get_run_logger().info(
         "catalogue %s: %d round pools (%d completed)",
         catalogue_key,
         len(rounds),
-        sum(r["completed"] for r in rounds),
+        sum(r.completed for r in rounds),
     )
     return rounds
 
 
 def with_round(
-    state: list[dict[str, Any]], round_id: str, pool_id: str, plan: list[list[str]]
-) -> list[dict[str, Any]]:
-    """`state` (from `find_rounds`) once this run's round pool completed with the HITs of `plan`.
+    state: list[RoundState], round_id: str, pool_id: str, plan: list[list[str]]
+) -> list[RoundState]:
+    """`state` once this run's round pool completed with the HITs of `plan`.
 
     Saves listing every suite of every round pool a second time just to show the table again.
     """
-    done = {
-        "pool_id": pool_id,
-        "round": round_id,
-        "completed": True,
-        "items": sorted({x for h in plan for x in h}),
-    }
-    if any(entry["pool_id"] == pool_id for entry in state):
-        return [{**entry, **done} if entry["pool_id"] == pool_id else entry for entry in state]
-    return [*state, done]
+    items = tuple(sorted({x for h in plan for x in h}))
+    if any(entry.pool_id == pool_id for entry in state):
+        return [
+            replace(entry, round=round_id, completed=True, items=items) if entry.pool_id == pool_id else entry
+            for entry in state
+        ]
+    return [*state, RoundState(pool_id=pool_id, round=round_id, completed=True, created="", items=items)]
 
 
 def pick_anchors(clusters: pd.Series, n_hits: int, per_hit: int, rng: np.random.Generator) -> list[list[str]]:

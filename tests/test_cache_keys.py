@@ -1,53 +1,123 @@
-"""Cache keys must not depend on the process: a new run or a Retry has to find the same record.
+"""Cache keys of `stage_task`: the same in every process, different when inputs or code change.
 
-Prefect cloudpickles task inputs it cannot hash as JSON (any input dict holding a DataFrame), and a
-pickled pydantic model carries a set of field names whose order follows PYTHONHASHSEED. The
-aggregation task (labels DataFrame + AggregationParams) therefore got a different key in about
-every other process until `tasks.caching.StableInputs` hashed models by their JSON dump.
+A new run or a Retry has to find the record an earlier process wrote. Prefect cloudpickles task
+inputs it cannot hash as JSON (any input holding a DataFrame), and a pickled pydantic model carries
+a set of field names whose order follows PYTHONHASHSEED; `tasks.stage.stable` hashes models by
+their JSON dump and dataclasses field by field. The keys are computed in a few subprocesses at once
+(no flow runs), one per PYTHONHASHSEED.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
-from tests.fixtures.prefect import RESULTS_DIR
+import pandas as pd
+import pytest
+
+from tasks.params import AggregationParams, HitParams
+from tasks.stage import source_digest, stage_key
 
 KEY_SCRIPT = """
+import json
 import pandas as pd
-from flows.params import HitParams
-from tasks.caching import StableInputs
+from pathlib import Path
+from tasks.aggregate import aggregate_task
+from tasks.params import AggregationParams, HitParams, TolokaTarget
+from tasks.setup import setup_labelling_task
+from tasks.stage import stage_key
+from tasks.stages import LabellingIds
+from tasks.toloka_config import Placeholders, load_bundle
+from tasks.wait import wait_labelling_task
+
 labels = pd.DataFrame({"task": ["t1", "t1"], "worker": ["w", "w"], "item": ["a", "b"], "label": [1, 2]})
-# Five fields set explicitly: with Prefect's plain INPUTS this gave 10 different keys in 10 processes.
-params = HitParams.model_validate(
-    {"size": 10, "overlap": 7, "hits_per_item": 10, "design": "balanced", "reward": 0.02}
-)
-inputs = {"labels": labels, "hits": params, "seed": 0}
-print(StableInputs().compute_key(None, inputs, {}))
+# Fields set explicitly: with Prefect's plain INPUTS this gave a different key in every process.
+aggregation = AggregationParams.model_validate({"method": "gomes", "n_dims": 4})
+hits = HitParams.model_validate({"size": 10, "overlap": 7, "hits_per_item": 10, "design": "balanced"})
+bundle = load_bundle(Path("configs/demo-shoes/toloka"))
+values = Placeholders(75.0, 0.02, 7, 0.01, 100, 0.02, 5)
+ids = LabellingIds("1", "2", "3", "4", "5", "6")
+target = TolokaTarget()
+keys = {
+    "aggregate": stage_key(
+        aggregate_task.fn, {"export": labels, "params": aggregation, "seed": 0}, ("aggregation",)
+    ),
+    "setup": stage_key(
+        setup_labelling_task.fn, {"target": target, "bundle": bundle, "values": values, "hits": hits}
+    ),
+    "wait": stage_key(wait_labelling_task.fn, {"target": target, "ids": ids, "bundle": bundle, "df": labels}),
+}
+print(json.dumps(keys))
 """
 
-
-def _key(hashseed: str) -> str:
-    env = {**os.environ, "PYTHONHASHSEED": hashseed, "CROWDCLUST_RESULTS_DIR": str(RESULTS_DIR)}
-    done = subprocess.run(
-        [sys.executable, "-c", KEY_SCRIPT], env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout.strip().splitlines()[-1]
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_input_key_is_the_same_in_every_process() -> None:
-    keys = {seed: _key(seed) for seed in ("0", "1", "2", "3", "7", "12345")}
-    assert all(keys.values()), keys
-    assert len(set(keys.values())) == 1, keys
+def test_keys_are_the_same_in_every_process() -> None:
+    procs = {
+        seed: subprocess.Popen(
+            [sys.executable, "-c", KEY_SCRIPT],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in ("0", "1", "12345")
+    }
+    keys = {}
+    for seed, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        keys[seed] = json.loads(out.strip().splitlines()[-1])
+    first = keys["0"]
+    assert all(first.values()) and len(set(first.values())) == 3, first
+    assert all(k == first for k in keys.values()), keys
 
 
-def test_input_key_changes_with_the_parameters() -> None:
-    from flows.params import AggregationParams
-    from tasks.caching import StableInputs
+def _fn(x: int) -> int:
+    return x
 
-    def key(method: str) -> str | None:
+
+def test_key_changes_with_the_inputs_and_the_named_code() -> None:
+    frame = pd.DataFrame({"a": [1, 2]})
+
+    def key(method: str, modules: tuple[str, ...] = ()) -> str | None:
         params = AggregationParams.model_validate({"method": method})
-        return StableInputs().compute_key(None, {"aggregation": params, "seed": 0}, {})
+        return stage_key(_fn, {"aggregation": params, "frame": frame, "seed": 0}, modules)
 
-    assert key("crowd") != key("coassociation")
+    assert key("gomes") == key("gomes") != key("coassociation")
+    assert key("gomes") != key("gomes", ("aggregation",))
+    hits = HitParams()
+    assert stage_key(_fn, {"hits": hits, "seed": 0}) != stage_key(_fn, {"hits": hits, "seed": 1})
+
+
+def test_editing_a_named_module_changes_its_digest(tmp_path, monkeypatch) -> None:
+    package = tmp_path / "helperpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "rules.py").write_text(textwrap.dedent("def rate():\n    return 1\n"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = source_digest("helperpkg")
+    (package / "rules.py").write_text(textwrap.dedent("def rate():\n    return 2\n"))
+    source_digest.cache_clear()
+    assert source_digest("helperpkg") != before
+
+
+@pytest.mark.parametrize("module", ["tasks.aggregate", "tasks.setup", "tasks.wait", "tasks.intruders"])
+def test_stage_tasks_name_their_code_instead_of_a_code_version(module: str) -> None:
+    import importlib
+
+    from prefect import Task
+
+    from tasks.stage import StageCache
+
+    tasks = [t for t in vars(importlib.import_module(module)).values() if isinstance(t, Task)]
+    assert tasks
+    for task in tasks:
+        assert isinstance(task.cache_policy, StageCache), task.name
+        assert task.persist_result is True

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.params import ConfigError, PipelineParams, load_params
-from tasks.configs import TolokaConfigError, fill, load_bundle, placeholder_values
 from tasks.dataset import DatasetError, load_dataset, truth_of
+from tasks.params import AggregationParams, ConfigError, PipelineParams, load_params
+from tasks.toloka_config import Placeholders, TolokaConfigError, fill, load_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "configs" / "demo-shoes" / "pipeline.yaml"
@@ -29,7 +31,8 @@ def test_shipped_configs_load_with_seed_defaults():
             5,
         )
         bundle = load_bundle(params.toloka_dir)
-        assert len(bundle["exam_suites"]) == 3
+        assert len(bundle.exam_suites) == 3
+        assert params.aggregation.method == "gomes"
     assert load_params(SHOES).wait.period("production") == 60
     assert load_params(DEMO).wait.period("local") <= 1
     assert len(load_dataset(load_params(SHOES).dataset)) == 82
@@ -127,19 +130,60 @@ def test_exam_suite_without_matching_golden_is_rejected(tmp_path):
 def test_placeholders_are_filled_with_typed_values():
     params = load_params(DEMO)
     bundle = load_bundle(params.toloka_dir)
-    filled = fill(bundle, {**placeholder_values(params), "skill_id": "42"})
-    text = json.dumps(filled)
+    filled = bundle.filled(Placeholders.of(params).with_skill("42"))
+    text = json.dumps(dataclasses.asdict(filled))
     assert "${" not in text
-    skill_filter = filled["main_pool"]["filter"]["and"][0]["or"][0]
+    skill_filter = filled.main_pool["filter"]["and"][0]["or"][0]
     assert skill_filter == {"category": "skill", "key": "42", "operator": "GTE", "value": 75.0}
-    actions = [r["action"] for c in filled["main_pool"]["quality_control"]["configs"] for r in c["rules"]]
+    actions = [r["action"] for c in filled.main_pool["quality_control"]["configs"] for r in c["rules"]]
     assert {"skill_id": "42", "skill_value": 0} in [
         a["parameters"] for a in actions if a["type"] == "SET_SKILL"
     ]
-    assert "42" in json.dumps(filled["intruders_pool"]["filter"])
-    assert filled["main_pool"]["defaults"]["default_overlap_for_new_task_suites"] == 7
+    assert "42" in json.dumps(filled.intruders_pool["filter"])
+    assert filled.main_pool["defaults"]["default_overlap_for_new_task_suites"] == 7
+    assert filled.main_pool["reward_per_assignment"] == 0.02
+    assert filled.exam_pool["defaults"]["default_overlap_for_new_tasks"] == 100
     with pytest.raises(TolokaConfigError, match="unknown placeholder"):
         fill({"x": "a ${nope} b"}, {})
+
+
+@pytest.mark.parametrize(
+    ("file", "path", "literal", "placeholder"),
+    [
+        ("main_pool.json", ("reward_per_assignment",), 0.05, "reward"),
+        ("main_pool.json", ("defaults", "default_overlap_for_new_task_suites"), 3, "overlap"),
+        ("exam_pool.json", ("defaults", "default_overlap_for_new_tasks"), 50, "exam_overlap"),
+        ("intruders_pool.json", ("reward_per_assignment",), 0.01, "intruder_reward"),
+    ],
+)
+def test_a_literal_cost_in_a_pool_config_is_a_load_time_error(tmp_path, file, path, literal, placeholder):
+    folder = _copy_bundle(tmp_path)
+    data = json.loads((folder / file).read_text())
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = literal
+    (folder / file).write_text(json.dumps(data))
+    field = re.escape(".".join(path))
+    expected = rf"{file}: {field} must be the placeholder \"\$\{{{placeholder}\}}\", found {literal}"
+    with pytest.raises(TolokaConfigError, match=expected):
+        load_bundle(folder)
+
+
+def test_an_exam_suite_may_not_set_its_own_overlap(tmp_path):
+    folder = _copy_bundle(tmp_path)
+    suites = json.loads((folder / "exam_suites.json").read_text())
+    suites[2]["overlap"] = 500
+    (folder / "exam_suites.json").write_text(json.dumps(suites))
+    with pytest.raises(TolokaConfigError, match=r"exam_suites.json\[2\]: overlap is set on the suite"):
+        load_bundle(folder)
+
+
+def test_the_old_method_name_is_read_as_gomes():
+    assert AggregationParams.model_validate({"method": "crowd"}).method == "gomes"
+    assert load_params(DEMO, {"aggregation": {"method": "crowd"}}).aggregation.method == "gomes"
+    with pytest.raises(ConfigError, match=r"aggregation\.method"):
+        load_params(DEMO, {"aggregation": {"method": "kmeans"}})
 
 
 def test_configs_hold_no_hard_coded_skill_ids():
@@ -164,7 +208,7 @@ def _skill_leaves(node):
 def test_demo_exam_gold_matches_catalogue_truth():
     params = load_params(DEMO)
     truth = truth_of(load_dataset(params.dataset))
-    for suite in load_bundle(params.toloka_dir)["exam_suites"]:
+    for suite in load_bundle(params.toloka_dir).exam_suites:
         task = suite["tasks"][0]
         images = task["input_values"]["images"]
         gold = [r["group"] for r in task["known_solutions"][0]["output_values"]["result"]]

@@ -1,7 +1,8 @@
 """The whole flow against the real emulator, through the real toloka-kit client and Prefect engine.
 
 One module-scoped scenario is shared by the assertions (keeps the suite fast):
-1. run the pipeline with a failure forced right after labelling (CROWDCLUST_FAIL_AT);
+1. run the pipeline with a failure forced right after labelling (the aggregation sub-flow is
+   monkeypatched to raise);
 2. run it again with the same parameters: it must resume (labelling tasks Cached) and finish.
 Separate, cheap runs cover the budget guard and the failure hook.
 """
@@ -19,8 +20,8 @@ import pandas as pd
 import pytest
 
 from emulator import EmulatorSettings, run_in_background
-from flows.params import load_params
-from tasks.connect import make_client
+from tasks.params import load_params
+from tasks.toloka_api import make_client
 
 pytestmark = pytest.mark.slow
 
@@ -67,17 +68,24 @@ def _objects(params: Any) -> dict[str, list[Any]]:
     return {"projects": projects, "pools": pools, "trainings": trainings, "skills": skills, "suites": suites}
 
 
+class ForcedFailure(RuntimeError):
+    """Raised in place of the aggregation to fail a run right after labelling."""
+
+
+def _fail(**kwargs: Any) -> None:
+    raise ForcedFailure("forced failure after labelling")
+
+
 @pytest.fixture(scope="module")
 def scenario(prefect_harness, emu, tmp_path_factory):
-    from flows.pipeline import FAIL_ENV, ForcedFailure, crowdclust_pipeline
+    import flows.pipeline
+    from flows.pipeline import crowdclust_pipeline
 
     params = _params(emu, tmp_path_factory.mktemp("runs"))
-    os.environ[FAIL_ENV] = "after-labelling"
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flows.pipeline, "aggregate_export", _fail)
         with pytest.raises(ForcedFailure):
             crowdclust_pipeline(params)
-    finally:
-        os.environ.pop(FAIL_ENV, None)
     after_failure = _objects(params)
     state = crowdclust_pipeline(params, return_state=True)
     assert state.is_completed(), state.message
@@ -91,17 +99,18 @@ def scenario(prefect_harness, emu, tmp_path_factory):
 
 def test_demo_quality_with_default_settings(scenario):
     summary = scenario["summary"]
-    assert summary["ari"] >= 0.9, summary
-    assert summary["nmi"] is not None and summary["clusters"] >= 6
-    assert summary["intruder_accuracy"] is not None and summary["intruder_accuracy"] >= 0.7
+    assert summary.ari >= 0.9, summary
+    assert summary.nmi is not None and summary.clusters >= 6
+    assert summary.intruder_accuracy is not None and summary.intruder_accuracy >= 0.7
     run_dir = scenario["params"].run_dir
     saved = json.loads((run_dir / "summary.json").read_text())
     for key in ("clusters", "ari", "nmi", "intruder_accuracy", "cost", "wall_seconds", "report"):
         assert key in saved
     assert saved["cost"]["spent"] > 0
+    assert saved == json.loads(summary.to_json())  # summary.json is the RunSummary, serialised
     export = pd.read_csv(run_dir / "assignments_main.tsv", sep="\t")
-    info = summary["aggregation"]
-    assert info["n_assignments"] == export["ASSIGNMENT:assignment_id"].nunique() > info["n_hits"] == 82
+    info = summary.aggregation
+    assert info.n_assignments == export["ASSIGNMENT:assignment_id"].nunique() > info.n_hits == 82
     page = (run_dir / "report.html").read_text()
     # 82 images, embedded because the emulator that serves them stops after the run.
     assert page.count("<figure><img src='data:image/png;base64,") == 82 and "intruders.png" in page
@@ -120,7 +129,7 @@ def test_exam_gating_keeps_colour_biased_workers_and_spammers_out(scenario, emu)
     export = pd.read_csv(scenario["params"].run_dir / "assignments_main.tsv", sep="\t")
     kinds = {workers[w]["type"] for w in export["ASSIGNMENT:worker_id"].unique()}
     assert kinds and not kinds & {"colour_biased", "spammer"}, kinds
-    skill_id = scenario["summary"]["toloka_ids"]["skill"]
+    skill_id = scenario["summary"].toloka_ids.skill
     examined = [w for w in workers.values() if skill_id in (w.get("skills") or {})]
     bad = [w for w in examined if w["type"] in ("colour_biased", "spammer")]
     assert bad, "the scenario should have seen colour-biased workers or spammers take the exam"
@@ -137,8 +146,8 @@ def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):
     assert len(final["skills"]) == 1
     tags = [p.private_comment for p in final["pools"]]
     assert len(tags) == len(set(tags))
-    ids = scenario["summary"]["toloka_ids"]
-    assert final["suites"][ids["main_pool"]] == 82 and final["suites"][ids["exam_pool"]] == 3
+    ids = scenario["summary"].toloka_ids
+    assert final["suites"][ids.main_pool] == 82 and final["suites"][ids.exam_pool] == 3
     # The second run took the labelling results from the cache.
     from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
@@ -149,6 +158,24 @@ def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):
         )
     states = sorted((r.expected_start_time, r.state_name) for r in runs)
     assert [s for _, s in states][-2:] == ["Completed", "Cached"]
+
+
+def test_spend_is_read_from_toloka_and_the_budget_is_shared_by_the_stages(scenario, prefect_harness):
+    from flows.evaluate import evaluate_clusters
+    from tasks.budget import BudgetExceeded, estimate_intruders
+    from tasks.toloka_api import RunRegistry
+    from tasks.toloka_config import load_bundle
+
+    params, summary = scenario["params"], scenario["summary"]
+    registry = RunRegistry(make_client(params.toloka), RUN_KEY)
+    assert registry.spent() == pytest.approx(summary.cost.spent, abs=0.01) and summary.cost.spent > 0
+    intruders = registry.spent(lambda role: role.startswith("intruders-pool-"))
+    assert intruders == pytest.approx(summary.intruders.spent, abs=0.01) and intruders > 0
+    # Re-evaluating on what is left: labelling already spent part of max_spend.
+    need = estimate_intruders(params, load_bundle(params.toloka_dir), summary.intruders.n_hits).total
+    tight = params.model_copy(update={"budget": params.budget.model_copy(update={"max_spend": need + 0.5})})
+    with pytest.raises(BudgetExceeded, match=r"already spent by this run key"):
+        evaluate_clusters(tight, skill_id=summary.toloka_ids.skill)
 
 
 def test_budget_guard_refuses_before_anything_is_created(prefect_harness, emu, tmp_path):
@@ -195,7 +222,7 @@ def test_token_appears_nowhere(scenario, prefect_harness, results_dir):
 
 def test_aggregate_subflow_reaggregates_an_export_with_other_settings(scenario, prefect_harness, tmp_path):
     from flows.aggregate import aggregate_export
-    from flows.params import AggregationParams
+    from tasks.params import AggregationParams
 
     params = scenario["params"]
     result = aggregate_export(
@@ -205,7 +232,7 @@ def test_aggregate_subflow_reaggregates_an_export_with_other_settings(scenario, 
         seed=1,
         dataset=params.dataset,
     )
-    assert result["metrics"]["ari"] >= 0.8
+    assert result.metrics is not None and result.metrics["ari"] >= 0.8
     table = pd.read_csv(tmp_path / "clusters.csv")
     assert len(table) == 82 and {"item", "cluster", "class"} <= set(table.columns)
 

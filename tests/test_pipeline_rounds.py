@@ -7,8 +7,9 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from flows.params import HitParams
+from tasks.params import HitParams
 from tasks.rounds import pick_anchors, plan_round, round_key, with_round
+from tasks.stages import RoundState
 
 OLD = [f"http://x/old-{i:03d}.png" for i in range(60)]
 NEW = [f"http://x/new-{i:03d}.png" for i in range(23)]
@@ -54,11 +55,11 @@ def test_anchors_of_a_hit_come_from_different_clusters():
 
 def test_state_after_a_round_counts_its_pool_as_completed():
     plan = plan_round(NEW, CLUSTERS, PARAMS, seed=0, anchors_per_hit=3)
-    old = {"pool_id": "p1", "round": "r1", "completed": True, "created": "t1", "items": OLD}
-    failed = {"pool_id": "p2", "round": round_key(NEW), "completed": False, "created": "t2", "items": NEW[:5]}
+    old = RoundState("p1", "r1", True, "t1", tuple(OLD))
+    failed = RoundState("p2", round_key(NEW), False, "t2", tuple(NEW[:5]))
     resumed = with_round([old, failed], round_key(NEW), "p2", plan)
-    assert [e["pool_id"] for e in resumed] == ["p1", "p2"] and resumed[0] == old
-    assert resumed[1]["completed"] and set(NEW) <= set(resumed[1]["items"])
-    assert len(resumed[1]["items"]) == len({x for hit in plan for x in hit})
+    assert [e.pool_id for e in resumed] == ["p1", "p2"] and resumed[0] == old
+    assert resumed[1].completed and set(NEW) <= set(resumed[1].items) and resumed[1].created == "t2"
+    assert len(resumed[1].items) == len({x for hit in plan for x in hit})
     fresh = with_round([old], round_key(NEW), "p3", plan)
-    assert [e["pool_id"] for e in fresh] == ["p1", "p3"] and fresh[1]["completed"]
+    assert [e.pool_id for e in fresh] == ["p1", "p3"] and fresh[1].completed

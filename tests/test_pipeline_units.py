@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.params import HitParams, PipelineParams, load_params
 from tasks import budget, exam, hits, intruders, report
+from tasks.params import HitParams, PipelineParams, load_params
+from tasks.run_folder import RunFolder
+from tasks.stages import Aggregated, AggregationInfo, ClusterAccuracy, Cost, CostEstimate, Evaluation
+from tasks.toloka_config import load_bundle
 
 ITEMS = [f"https://img/{i:03d}.png" for i in range(82)]
 
@@ -24,7 +27,7 @@ ITEMS = [f"https://img/{i:03d}.png" for i in range(82)]
 def test_balanced_design_covers_every_item_equally_and_is_connected():
     plan = hits.plan_hits(ITEMS, HitParams(), seed=0)
     cover = hits.coverage(plan, ITEMS)
-    assert (cover["n_hits"], cover["min"], cover["max"], cover["connected"]) == (82, 10, 10, True)
+    assert (cover.n_hits, cover.min, cover.max, cover.connected) == (82, 10, 10, True)
     assert all(len(hit) == len(set(hit)) == 10 for hit in plan)
 
 
@@ -36,7 +39,7 @@ def test_plans_are_deterministic_and_seeded():
 def test_seed_design_reproduces_the_notebook_shape():
     plan = hits.plan_hits(ITEMS, HitParams(design="seed"), seed=0)
     cover = hits.coverage(plan, ITEMS)
-    assert cover["n_hits"] == 82 and cover["min"] >= 1 and cover["connected"]
+    assert cover.n_hits == 82 and cover.min >= 1 and cover.connected
     assert all(len(hit) == len(set(hit)) == 10 for hit in plan)
 
 
@@ -44,7 +47,7 @@ def test_uneven_sizes_stay_within_one_of_the_target():
     items = ITEMS[:77]
     plan = hits.plan_hits(items, HitParams(hits_per_item=7), seed=1)
     cover = hits.coverage(plan, items)
-    assert cover["min"] == 7 and cover["max"] <= 8
+    assert cover.min == 7 and cover.max <= 8
 
 
 def test_too_few_items_is_a_clear_error():
@@ -126,7 +129,8 @@ def test_gating_accepts_exact_rejects_the_rest_and_never_double_counts():
         ]
     )
     state = exam.GatingState.empty()
-    exam.gate_exams(pool, "exam", "skill", goldens, 3, state)
+    totals = exam.gate_exams(pool, "exam", "skill", goldens, 3, state)
+    assert totals == exam.ExamTotals(accepted=2, rejected=2, skills_set=2)
     assert [a.status for a in pool.assignments] == ["ACCEPTED", "ACCEPTED", "REJECTED", "REJECTED"]
     assert float(pool.skills["good"]) == pytest.approx(250 / 3)
     assert float(pool.skills["colour"]) == 0
@@ -150,14 +154,37 @@ def _params(**changes: Any) -> PipelineParams:
 
 
 def test_cost_estimate_and_guard():
-    costs = budget.estimate(_params(), n_main_suites=82)
-    assert costs["main"] == pytest.approx(82 * 7 * 0.02 * 1.3)
-    assert costs["intruders"] == pytest.approx(100 * 5 * 0.02 * 1.3)
-    assert costs["total"] == pytest.approx(costs["main"] + costs["exam"] + costs["intruders"])
+    params = _params()
+    bundle = load_bundle(params.toloka_dir)
+    costs = budget.estimate_labelling(params, bundle, n_main_suites=82)
+    # The main and intruder pools raise a suite's overlap by one when a worker is restricted
+    # (CHANGE_OVERLAP); the exam pool's rule only replaces rejected (unpaid) answers.
+    assert costs.main == pytest.approx(82 * (7 + 1) * 0.02 * 1.3)
+    assert costs.exam == pytest.approx(3 * 100 * 0.01 * 1.3)
+    assert costs.intruders == pytest.approx(100 * (5 + 1) * 0.02 * 1.3)
+    assert costs.total == pytest.approx(costs.main + costs.exam + costs.intruders)
     budget.check_budget(costs, 100)
     with pytest.raises(budget.BudgetExceeded, match=r"exceeds budget.max_spend \$10.00.*No pool was opened"):
         budget.check_budget(costs, 10)
-    assert budget.estimate(_params(intruders={"enabled": False}), 82)["intruders"] == 0
+    # What is left counts: the same estimate fails once other pools of the run key spent enough.
+    budget.check_budget(costs, 50, spent_before=10)
+    with pytest.raises(budget.BudgetExceeded, match=r"less \$20.00 already spent .*\$30.00 left"):
+        budget.check_budget(costs, 50, spent_before=20)
+    assert budget.estimate_labelling(_params(intruders={"enabled": False}), bundle, 82).intruders == 0
+
+
+def test_overlap_raise_counts_change_overlap_rules_except_replacements_of_rejected_work():
+    from tasks.toloka_config import overlap_raise
+
+    def rule(key: str, value: str, delta: int) -> dict[str, Any]:
+        action = {"type": "CHANGE_OVERLAP", "parameters": {"delta": delta, "open_pool": True}}
+        return {"rules": [{"conditions": [{"key": key, "operator": "EQ", "value": value}], "action": action}]}
+
+    pool = {"quality_control": {"configs": [rule("pool_access_revoked_reason", "RESTRICTION", 2)]}}
+    assert overlap_raise(pool) == 2
+    pool["quality_control"]["configs"].append(rule("assessment_event", "REJECT", 1))
+    assert overlap_raise(pool) == 2
+    assert overlap_raise({}) == 0
 
 
 # ------------------------------------------------------------------------------------------ intruders
@@ -178,10 +205,10 @@ def test_intruder_hits_skip_small_clusters_and_are_seeded():
     assert skipped == [3]
     assert made == intruders.make_hits(_clusters(), 50, 8, seed=0)[0]
     for hit in made:
-        assert len(hit["images"]) == len(set(hit["images"])) == 8
-        odd = hit["images"][int(hit["answer"]) - 1]
-        assert odd.startswith(f"c{hit['intruder_cluster']}-") and hit["intruder_cluster"] != hit["host"]
-        assert sum(x.startswith(f"c{hit['host']}-") for x in hit["images"]) == 7
+        assert len(hit.images) == len(set(hit.images)) == 8
+        odd = hit.images[int(hit.answer) - 1]
+        assert odd.startswith(f"c{hit.intruder_cluster}-") and hit.intruder_cluster != hit.host
+        assert sum(x.startswith(f"c{hit.host}-") for x in hit.images) == 7
     assert intruders.make_hits(pd.Series([0] * 3 + [1] * 3, index=list("abcdef")), 10, 8, 0) == ([], [0, 1])
 
 
@@ -190,54 +217,75 @@ def test_intruder_accuracy_aggregates_answers_per_hit(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
     for hit in made:
-        cell = ",".join(json.dumps(x) for x in hit["images"])
+        cell = ",".join(json.dumps(x) for x in hit.images)
         for worker in range(5):
             right = worker < 4 or rng.random() < 0.5
-            answer = hit["answer"] if right else str(int(hit["answer"]) % 8 + 1)
+            answer = hit.answer if right else str(int(hit.answer) % 8 + 1)
             rows.append({"INPUT:images": cell, "OUTPUT:answer": answer, "ASSIGNMENT:worker_id": f"w{worker}"})
     result = intruders.accuracy(pd.DataFrame(rows), made)
-    assert result["accuracy"] == 1.0 and result["n_hits"] == 20
-    assert {d["cluster"] for d in result["per_cluster"]} <= {0, 1, 2}
-    assert sum(d["hits"] for d in result["per_cluster"]) == 20
-    assert all(d["accuracy"] == 1.0 for d in result["per_cluster"])
+    assert result.accuracy == 1.0 and result.n_hits == 20
+    assert {d.cluster for d in result.per_cluster} <= {0, 1, 2}
+    assert sum(d.hits for d in result.per_cluster) == 20
+    assert all(d.accuracy == 1.0 for d in result.per_cluster)
     assert intruders.bar_chart(result, tmp_path / "chart.png").stat().st_size > 1000
 
 
 # ------------------------------------------------------------------------------------------ report
 
 
-def test_report_and_summary(tmp_path):
+def test_report_and_summary(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        report.artifacts, "run_results", lambda summary, clusters: None
+    )  # no Prefect API here
+    folder = RunFolder(tmp_path)
     clusters = pd.Series([0, 0, 1], index=["https://i/a.png", "https://i/b.png", "https://i/c.png"])
-    data = report.summary(
-        clusters=clusters,
-        metrics={"ari": 1.0, "nmi": 1.0},
-        intruders={
-            "accuracy": 0.9,
-            "per_cluster": [{"cluster": 0, "accuracy": 0.9, "hits": 10}],
-            "skipped": [1],
-        },
-        cost={"spent": 1.5},
-        wall_seconds=12.34,
-        report_path=tmp_path / "report.html",
-        extra={"run_key": "k"},
+    info = AggregationInfo("gomes", 6, 2, 2, 2, 2, 10, -1.5)
+    chart = tmp_path / "intruders.png"
+    evaluated = Evaluation(0.9, 10, per_cluster=(ClusterAccuracy(0, 0.9, 10),), skipped=(1,), chart=chart)
+    params = _params(toloka={"environment": "sandbox", "url": None})
+
+    def finish(aggregated: Aggregated, evaluation: Evaluation | None) -> Any:
+        cost = Cost(1.5, CostEstimate(main=1.0, exam=0.5))
+        return report.finish_run(
+            params,
+            folder,
+            aggregated,
+            evaluation,
+            cost,
+            wall_seconds=12.34,
+            run_key="k",
+            ids=None,
+            coverage=None,
+        )
+
+    summary = finish(Aggregated(clusters, None, info, metrics={"ari": 1.0, "nmi": 1.0}), evaluated)
+    saved = json.loads(folder.summary.read_text())
+    assert {
+        "clusters",
+        "ari",
+        "nmi",
+        "intruder_accuracy",
+        "cost",
+        "wall_seconds",
+        "report",
+        "summary",
+    } <= saved.keys()
+    assert (saved["clusters"], saved["ari"], saved["intruder_accuracy"], saved["wall_seconds"]) == (
+        2,
+        1.0,
+        0.9,
+        12.3,
     )
-    assert {"clusters", "ari", "nmi", "intruder_accuracy", "cost", "wall_seconds", "report"} <= data.keys()
-    path, summary = report.write_outputs(tmp_path, data, clusters, None, None, "t")
-    page = path.read_text()
+    assert saved["cost"] == {
+        "spent": 1.5,
+        "estimate": {"main": 1.0, "exam": 0.5, "intruders": 0.0, "total": 1.5},
+    }
+    assert saved["intruders"]["per_cluster"] == [{"cluster": 0, "accuracy": 0.9, "hits": 10}]
+    assert saved == json.loads(summary.to_json())
+    page = folder.report.read_text()
     assert page.count("<img src='https://i/") == 3 and "Cluster 1 (1 images)" in page
-    assert json.loads(summary.read_text())["clusters"] == 2
-    assert (
-        report.summary(
-            clusters=clusters,
-            metrics=None,
-            intruders=None,
-            cost={},
-            wall_seconds=1,
-            report_path=path,
-            extra={},
-        )["ari"]
-        is None
-    )
+    assert "<img src='intruders.png'" in page  # the chart the evaluation drew, linked relative to the folder
+    assert finish(Aggregated(clusters, None, info), None).ari is None
 
 
 # ------------------------------------------------------------------------------------ idempotent creates
@@ -246,21 +294,21 @@ def test_report_and_summary(tmp_path):
 def test_lost_create_response_is_found_not_created_twice(monkeypatch):
     import httpx
 
-    from tasks import setup
+    from tasks import toloka_api
 
-    monkeypatch.setattr(setup.time, "sleep", lambda s: None)
+    monkeypatch.setattr(toloka_api.time, "sleep", lambda s: None)
     store: list[str] = []
 
     def create():
         store.append("p1")  # the server did the work ...
         raise httpx.ReadTimeout("response lost")  # but the answer never arrived
 
-    found = setup.find_or_create(lambda: store[0] if store else None, create, "project")
+    found = toloka_api.find_or_create(lambda: store[0] if store else None, create, "project")
     assert found == "p1" and store == ["p1"]
 
 
 def test_operation_ids_are_deterministic_per_run_role_and_batch():
-    from tasks.upload import operation_id
+    from tasks.toloka_api import operation_id
 
     batch = [{"tasks": [{"input_values": {"images": ["a", "b"]}}]}]
     assert operation_id("k", "main-suites", batch) == operation_id("k", "main-suites", batch)
@@ -269,7 +317,7 @@ def test_operation_ids_are_deterministic_per_run_role_and_batch():
 
 
 def test_assignment_count_of_an_export():
-    from tasks.results import n_assignments
+    from tasks.export_format import n_assignments
 
     export = pd.DataFrame({"ASSIGNMENT:assignment_id": ["a1", "a1", "a2"], "INPUT:images": ["x", "y", "z"]})
     assert n_assignments(export) == 2  # one row per task, counted per assignment
@@ -277,7 +325,7 @@ def test_assignment_count_of_an_export():
 
 
 def test_skill_is_found_by_the_run_key_in_its_name():
-    from tasks import setup
+    from tasks.toloka_api import RunRegistry
 
     class Skill:
         def __init__(self, id: str, name: str) -> None:
@@ -288,6 +336,6 @@ def test_skill_is_found_by_the_run_key_in_its_name():
             return [s for s in skills if name in s.name]
 
     skills = [Skill("1", "Shoes [run-a] old"), Skill("2", "Shoes [run-a]"), Skill("3", "Shoes [run-b]")]
-    assert setup.find_skill(Client(), "run-a", "Shoes") == "2"
-    assert setup.find_skill(Client(), "run-c", "Shoes") is None
-    assert setup.ensure_skill(Client(), "run-b", "Shoes") == "3"  # found, not created (no create_skill)
+    assert RunRegistry(Client(), "run-a").find_skill("Shoes") == "2"
+    assert RunRegistry(Client(), "run-c").find_skill("Shoes") is None
+    assert RunRegistry(Client(), "run-b").ensure_skill("Shoes") == "3"  # found, not created (no create_skill)

@@ -37,7 +37,7 @@ def run(
     from crowdclust.runtime import describe, prepare_prefect_env
 
     prepare_prefect_env()
-    from flows.params import ConfigError, load_params
+    from tasks.params import ConfigError, load_params
 
     overrides: dict = {}
     if env is not None:

@@ -1,11 +1,12 @@
 """Parameters of the crowdclust flows: pydantic models, loadable from `configs/*/pipeline.yaml`.
 
-The models live in an importable module (never `__main__`), so cache keys computed from them are
-stable across processes and deployments (design/prefect-notes.md, gotcha 4). The flow takes
-`PipelineParams` as its only parameter, so the Prefect UI renders a form from this schema.
+The bottom layer: tasks and flows both import it, it imports nothing of the project. The models
+live in an importable module (never `__main__`: cloudpickle would pickle a `__main__` class by value
+and cache keys would change from one process to the next). Every flow takes `PipelineParams` as its
+parameter, so the Prefect UI renders a documented form from this schema.
 
 No secret is ever a parameter: the Toloka token comes from `TOLOKA_TOKEN` or a Prefect Secret block
-(see `tasks.connect`), so it never reaches the flow-run record, task inputs or cached results.
+(see `tasks.toloka_api`), so it never reaches the flow-run record, task inputs or cached results.
 """
 
 from __future__ import annotations
@@ -128,10 +129,19 @@ class BudgetParams(_Model):
 class AggregationParams(_Model):
     """How partial groupings become one clustering."""
 
-    method: Literal["crowd", "coassociation"] = Field(
-        "crowd", description="`crowd`: the Bayesian crowd-clustering model; `coassociation`: the baseline."
+    method: Literal["gomes", "coassociation"] = Field(
+        "gomes",
+        description="`gomes`: the Bayesian crowd-clustering model (Gomes et al. 2011), as in "
+        "`crowdclust aggregate --method`; `coassociation`: the baseline. The old name `crowd` is "
+        "read as `gomes`.",
     )
     n_dims: int = Field(4, ge=1, le=16, description="Latent dimensions of the crowd-clustering embedding.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _old_method_name(cls, value: Any) -> Any:
+        """`crowd` was this field's name for `gomes` before the pipeline and the CLI were aligned."""
+        return "gomes" if value == "crowd" else value
 
 
 class IntruderParams(_Model):

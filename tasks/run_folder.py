@@ -1,0 +1,136 @@
+"""`RunFolder`: every file of `runs/<name>/`, its name and its writer, in one place.
+
+Flows and tasks ask the folder for a path or hand it a value to write; no other module spells a
+file name of the run folder. What a person finds there afterwards:
+
+| file | what |
+|---|---|
+| `hits.json` | the HIT plan with per-item coverage |
+| `assignments_main.tsv` | the raw export of the main pool (written before anything parses it) |
+| `assignments_all.tsv` | a catalogue's exports of all its round pools, concatenated |
+| `assignments_intruders.tsv` | the raw export of the intruder pool |
+| `clusters.csv`, `embedding.csv`, `metrics.json` | the clustering, its embedding, agreement with the truth |
+| `intruder_hits.json`, `intruders.png` | the intruder HITs, the accuracy chart |
+| `report.html`, `summary.json` | the report and `RunSummary` as JSON |
+| `rounds/<round>/`, `before-round/` | a catalogue round's plan; the clustering a round's anchors came from |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.params import PipelineParams
+from tasks.stages import Aggregated, HitPlan, IntruderHit, RunSummary
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder of one run (or a sub-folder of it, e.g. a catalogue round)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, params: PipelineParams) -> RunFolder:
+        return cls(params.runs_dir / params.name)
+
+    def create(self) -> RunFolder:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def round(self, round_id: str) -> RunFolder:
+        """Where a catalogue round keeps its HIT plan."""
+        return RunFolder(self.root / "rounds" / round_id)
+
+    def before_round(self) -> RunFolder:
+        """Where the clustering that a round's anchors were drawn from is kept."""
+        return RunFolder(self.root / "before-round")
+
+    # ------------------------------------------------------------------------------------- paths
+
+    def export(self, kind: str) -> Path:
+        """Raw assignment export: `main`, `all` (catalogue rounds) or `intruders`."""
+        return self.root / f"assignments_{kind}.tsv"
+
+    @property
+    def hits(self) -> Path:
+        return self.root / "hits.json"
+
+    @property
+    def clusters(self) -> Path:
+        return self.root / "clusters.csv"
+
+    @property
+    def embedding(self) -> Path:
+        return self.root / "embedding.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def intruder_hits(self) -> Path:
+        return self.root / "intruder_hits.json"
+
+    @property
+    def intruder_chart(self) -> Path:
+        return self.root / "intruders.png"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def relative(self, path: Path) -> str:
+        """How the report links a file of this folder."""
+        return path.relative_to(self.root).as_posix()
+
+    # ----------------------------------------------------------------------------------- writers
+
+    def _ready(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_plan(self, plan: HitPlan) -> Path:
+        data = {"hits": plan.hits, "coverage": asdict(plan.coverage)}
+        self._ready(self.hits).write_text(json.dumps(data, indent=1))
+        return self.hits
+
+    def write_export(self, frame: pd.DataFrame, kind: str) -> Path:
+        path = self._ready(self.export(kind))
+        frame.to_csv(path, sep="\t", index=False)
+        return path
+
+    def write_clustering(self, aggregated: Aggregated) -> None:
+        """`clusters.csv` (item, cluster[, class]), `embedding.csv` and, with truth, `metrics.json`."""
+        table = aggregated.clusters.rename("cluster").rename_axis("item").reset_index()
+        if aggregated.truth is not None:
+            table["class"] = table["item"].map(aggregated.truth)
+        table.sort_values(["cluster", "item"]).to_csv(self._ready(self.clusters), index=False)
+        if aggregated.embedding is not None:
+            pd.DataFrame(aggregated.embedding).to_csv(self.embedding)
+        if aggregated.metrics is not None:
+            self.metrics.write_text(json.dumps(aggregated.metrics, indent=2))
+
+    def read_clusters(self, path: Path | None = None) -> pd.Series:
+        """Item -> cluster from `clusters.csv` (this folder's, or `path`)."""
+        table = pd.read_csv(path or self.clusters)
+        return pd.Series(table["cluster"].to_numpy(), index=table["item"].astype(str).to_numpy())
+
+    def write_intruder_hits(self, hits: list[IntruderHit]) -> Path:
+        self._ready(self.intruder_hits).write_text(json.dumps([asdict(h) for h in hits], indent=1))
+        return self.intruder_hits
+
+    def write_report(self, page: str) -> Path:
+        self._ready(self.report).write_text(page)
+        return self.report
+
+    def write_summary(self, summary: RunSummary) -> Path:
+        self._ready(self.summary).write_text(summary.to_json())
+        return self.summary

@@ -1,0 +1,48 @@
+"""Process-level settings, read from the environment: where the project lives, which emulator to use.
+
+Distinct from `tasks.params` (the per-run parameters of a flow, shown in the Prefect UI): these
+describe the machine a flow runs on, so they are never flow parameters and never part of a cache
+key. Paths derive from `project_dir` (the working directory unless CROWDCLUST_PROJECT_DIR says
+otherwise), never from where the code is installed, so an installed wheel behaves like a checkout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """`CROWDCLUST_*` variables (and `TOLOKA_TOKEN`), read when an instance is made."""
+
+    model_config = SettingsConfigDict(env_prefix="CROWDCLUST_", extra="ignore", frozen=True)
+
+    project_dir: Path = Field(
+        default_factory=Path.cwd,
+        description="The project folder: `configs/`, `runs/`, `.prefect/` and `.prefect_results/` live here.",
+    )
+    local_url: str | None = Field(
+        None,
+        description="Emulator URL that wins over `toloka.url` for `local` runs (the service sets it "
+        "for its worker, so deployments keep the default address and still reach its emulator).",
+    )
+    toloka_token: SecretStr | None = Field(
+        None, validation_alias="TOLOKA_TOKEN", description="The Toloka (or emulator) OAuth token."
+    )
+
+    @property
+    def configs_dir(self) -> Path:
+        """The bundled pipeline configs (`configs/<dataset>/pipeline.yaml`)."""
+        return self.project_dir / "configs"
+
+    @property
+    def prefect_home(self) -> Path:
+        """Default PREFECT_HOME of `crowdclust run` and `make demo` (profile, SQLite database)."""
+        return self.project_dir / ".prefect"
+
+    @property
+    def results_dir(self) -> Path:
+        """Default PREFECT_LOCAL_STORAGE_PATH: where persisted task results (the resume cache) go."""
+        return self.project_dir / ".prefect_results"

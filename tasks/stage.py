@@ -1,0 +1,139 @@
+"""`stage_task`: the one decorator every pipeline task uses, and its cache policy.
+
+A stage's result is persisted and reused by any later run with the same inputs and the same code,
+so a failed run resumes where it stopped and a Retry in the UI skips finished stages. The key is:
+
+- the task's qualified name (two tasks with equal inputs never share a record);
+- the source of the module that defines the task and of every module or package it names in
+  `code=` (e.g. `aggregation` for the aggregate task): changing a helper invalidates the stages
+  built on it, without a hand-kept `code_version` argument;
+- the inputs, with pydantic models hashed by their JSON dump and dataclasses field by field, so the
+  key does not depend on the process (a pickled model carries a set whose order follows
+  PYTHONHASHSEED; tests/test_cache_keys.py checks this across processes).
+
+Results go where Prefect's own settings say: `PREFECT_LOCAL_STORAGE_PATH` (a folder; `crowdclust
+run` and `make demo` default it to `<project>/.prefect_results`) or
+`PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK` (a saved storage block, e.g. shared object storage for
+several workers). One JSON record holds key and result, so a moved folder still gives cache hits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE, CachePolicy, Inputs
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@functools.cache
+def source_digest(*modules: str) -> str:
+    """A hash of the source of the named modules (every .py file of a package), by import name."""
+    digest = hashlib.sha256()
+    for name in modules:
+        module = importlib.import_module(name)
+        if hasattr(module, "__path__"):
+            roots = [Path(p) for p in module.__path__]
+            files = sorted((p.relative_to(root).as_posix(), p) for root in roots for p in root.rglob("*.py"))
+            for relative, path in files:
+                digest.update(f"{name}/{relative}\0".encode())
+                digest.update(path.read_bytes())
+        else:
+            digest.update(f"{name}\0".encode())
+            digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()
+
+
+def stable(value: Any) -> Any:
+    """`value` with models and dataclasses turned into plain data whose hash is the same in every process."""
+    if isinstance(value, BaseModel):
+        return {"__model__": type(value).__qualname__, **value.model_dump(mode="json")}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: stable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__dataclass__": type(value).__qualname__, **fields}
+    if isinstance(value, dict):
+        return {key: stable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [stable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def stage_key(fn: Callable[..., Any], inputs: dict[str, Any], modules: tuple[str, ...] = ()) -> str | None:
+    """The cache key of a call of task function `fn` with `inputs` (see the module docstring)."""
+    code = source_digest(fn.__module__, *modules)
+    inputs_key = Inputs().compute_key(None, stable(inputs or {}), {})  # type: ignore[arg-type]
+    if inputs_key is None:
+        return None
+    whole = f"{fn.__module__}.{fn.__qualname__}\0{code}\0{inputs_key}"
+    return hashlib.sha256(whole.encode()).hexdigest()
+
+
+@dataclass
+class StageCache(CachePolicy):
+    """Prefect cache policy of `stage_task`: task name + source of its code + stable inputs."""
+
+    modules: tuple[str, ...] = ()
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        if task_ctx is None:
+            return None
+        return stage_key(task_ctx.task.fn, inputs, self.modules)
+
+
+def only_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition: retry Toloka 5xx/429 and network errors, fail fast on everything else."""
+    from tasks.toloka_api import TRANSIENT
+
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def stage_task(
+    name: str, *, code: tuple[str, ...] = (), toloka: bool = False, cache: bool = True, **options: Any
+) -> Callable[[F], F]:
+    """A Prefect task for one pipeline stage.
+
+    Args:
+        name: the task's name in the UI and the logs.
+        code: modules or packages (import names) whose source the result depends on, besides the
+            module that defines the task.
+        toloka: the task talks to Toloka: retry transient errors (5xx, 429, network) with backoff.
+        cache: persist the result and reuse it for the same inputs and code; False for a stage
+            that is the question of each run (e.g. "which rounds exist now").
+        options: other `prefect.task` options.
+    """
+
+    def wrap(fn: F) -> F:
+        opts: dict[str, Any] = {"cache_policy": NO_CACHE}
+        if cache:
+            opts = {"cache_policy": StageCache(modules=code), "persist_result": True}
+        if toloka:
+            opts.update(
+                retries=3,
+                retry_delay_seconds=exponential_backoff(backoff_factor=2),
+                retry_jitter_factor=0.2,
+                retry_condition_fn=only_transient,
+            )
+        return task(name=name, **{**opts, **options})(fn)  # type: ignore[return-value]
+
+    return wrap

@@ -1,0 +1,297 @@
+"""The data that flows between stages: one frozen dataclass per stage result.
+
+Every task and flow takes and returns these types (or plain ids, paths and frames), never a
+`dict[str, Any]`, so a reader sees what a stage hands on and a type checker finds a misspelt field.
+They sit at the bottom of the layers with `tasks.params`: tasks fill them, flows pass them on, and
+`RunSummary` is what `summary.json` holds. Cached task results pickle them, so they live in an
+importable module and hold only plain values, frames and series.
+
+Order of a run: `HitPlan` -> `CostEstimate` -> `LabellingIds` -> `LabellingWait` -> `Labelled` ->
+`Aggregated` -> `Evaluation` -> `RunSummary`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Scores = dict[str, float]  # metric name -> value (ARI, NMI, ...), see aggregation.clustering_scores
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How often each image appears in a HIT plan (`tasks.hits.coverage`)."""
+
+    n_hits: int
+    n_items: int
+    min: int
+    mean: float
+    max: int
+    histogram: dict[int, int]
+    per_item: dict[str, int]
+    connected: bool
+
+    def brief(self) -> dict[str, Any]:
+        """Everything but the per-item counts: what logs, reports and `summary.json` show."""
+        return {k: v for k, v in asdict(self).items() if k != "per_item"}
+
+
+@dataclass(frozen=True)
+class HitPlan:
+    """The HITs of a main pool (image URLs per HIT) and their coverage of the items."""
+
+    hits: list[list[str]]
+    coverage: Coverage
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Upper bound of what a stage's pools cost, USD, fee included (`tasks.budget.estimate`)."""
+
+    main: float = 0.0
+    exam: float = 0.0
+    intruders: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return round(self.main + self.exam + self.intruders, 4)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"main": self.main, "exam": self.exam, "intruders": self.intruders, "total": self.total}
+
+
+@dataclass(frozen=True)
+class LabellingIds:
+    """The Toloka objects of a labelling run (or of a catalogue round: its own main pool)."""
+
+    exam_project: str
+    training: str
+    skill: str
+    exam_pool: str
+    main_project: str
+    main_pool: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IntruderIds:
+    """The Toloka objects of an intruder evaluation."""
+
+    project: str
+    training: str
+    pool: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """One poll of a pool: Toloka's analytics (None where it gave no answer) and the wait so far."""
+
+    completion_percentage: float | None = None
+    submitted_assignments_count: float | None = None
+    approved_assignments_count: float | None = None
+    spent_budget: float | None = None
+    ticks: int = 0
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExamTotals:
+    """Exam gating over a whole wait: assignments accepted/rejected, skill values sent."""
+
+    accepted: int = 0
+    rejected: int = 0
+    skills_set: int = 0
+
+    def __add__(self, other: ExamTotals) -> ExamTotals:
+        return ExamTotals(
+            self.accepted + other.accepted, self.rejected + other.rejected, self.skills_set + other.skills_set
+        )
+
+
+@dataclass(frozen=True)
+class LabellingWait:
+    """The end of the labelling wait: the main pool's last poll, exam gating, what Toloka charged."""
+
+    main: PoolStats
+    exams: ExamTotals
+    skills: dict[str, float]  # worker -> skill value sent
+    spent_main: float | None
+    spent_exam: float | None
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What labelling hands to aggregation: the ids, the plan, the estimate, the export."""
+
+    run_key: str
+    ids: LabellingIds
+    plan: HitPlan
+    estimate: CostEstimate
+    wait: LabellingWait
+    export_path: Path | None = None
+    n_assignments: int = 0
+
+
+@dataclass(frozen=True)
+class AggregationInfo:
+    """How an aggregation went (logged, and `aggregation` in `summary.json`)."""
+
+    method: str
+    n_labels: int
+    n_hits: int
+    n_assignments: int
+    n_workers: int
+    n_clusters: int
+    n_iter: int | None
+    free_energy: float | None
+
+
+@dataclass(frozen=True)
+class Aggregated:
+    """One clustering: item -> cluster (0 = largest), the embedding, the fit, the truth if known."""
+
+    clusters: pd.Series
+    embedding: np.ndarray | None
+    info: AggregationInfo
+    metrics: Scores | None = None
+    truth: pd.Series | None = None
+
+
+@dataclass(frozen=True)
+class IntruderHit:
+    """One intruder HIT: `images` with the intruder at 1-based position `answer`."""
+
+    images: tuple[str, ...]
+    answer: str
+    host: int
+    intruder_cluster: int
+
+
+@dataclass(frozen=True)
+class ClusterAccuracy:
+    cluster: int
+    accuracy: float
+    hits: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Intruder accuracy of a clustering, overall and per host cluster."""
+
+    accuracy: float | None
+    n_hits: int
+    per_cluster: tuple[ClusterAccuracy, ...] = ()
+    skipped: tuple[int, ...] = ()
+    n_answers: int = 0
+    ids: IntruderIds | None = None
+    n_assignments: int = 0
+    spent: float | None = None
+    chart: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["skipped"] = list(self.skipped)
+        data["per_cluster"] = [asdict(c) for c in self.per_cluster]
+        data["chart"] = str(self.chart) if self.chart else None
+        return data
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Money of a run: what Toloka charged, and the estimate that was checked against the budget."""
+
+    spent: float
+    estimate: CostEstimate | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spent": self.spent, "estimate": self.estimate.as_dict() if self.estimate else None}
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """One round pool of a growing catalogue, as Toloka sees it."""
+
+    pool_id: str
+    round: str
+    completed: bool
+    created: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CatalogueInfo:
+    """What a catalogue run adds to its summary."""
+
+    catalogue_key: str
+    n_items: int
+    new_items: int
+    round: str | None
+    round_pools: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The machine-readable end of a run: `summary.json` is exactly `to_json()` of this."""
+
+    clusters: int
+    ari: float | None
+    nmi: float | None
+    intruder_accuracy: float | None
+    cost: Cost
+    wall_seconds: float
+    report: Path
+    summary: Path
+    cluster_sizes: dict[str, int]
+    metrics: Scores | None
+    intruders: Evaluation | None
+    run_key: str
+    toloka_ids: LabellingIds | None
+    coverage: Coverage | None
+    aggregation: AggregationInfo
+    timings: dict[str, float] = field(default_factory=dict)
+    catalogue: CatalogueInfo | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape: flat keys as documented in the README; catalogue fields at the top level."""
+        data: dict[str, Any] = {
+            "clusters": self.clusters,
+            "ari": self.ari,
+            "nmi": self.nmi,
+            "intruder_accuracy": self.intruder_accuracy,
+            "cost": self.cost.as_dict(),
+            "wall_seconds": self.wall_seconds,
+            "report": str(self.report),
+            "cluster_sizes": self.cluster_sizes,
+            "metrics": self.metrics,
+            "intruders": self.intruders.as_dict() if self.intruders else None,
+            "run_key": self.run_key,
+            "toloka_ids": self.toloka_ids.as_dict() if self.toloka_ids else None,
+            "coverage": self.coverage.brief() if self.coverage else None,
+            "aggregation": asdict(self.aggregation),
+            "timings": self.timings,
+            "summary": str(self.summary),
+        }
+        if self.catalogue is not None:
+            data.update(asdict(self.catalogue), round_pools=list(self.catalogue.round_pools))
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, default=str)
+
+
+@dataclass(frozen=True)
+class IntruderWait:
+    """The end of the intruder wait: the pool's accepted answers and what Toloka charged."""
+
+    export: pd.DataFrame
+    spent: float | None

@@ -1,0 +1,492 @@
+"""The one door to Toloka: toloka-kit's import, the client factory, and a run's objects by tag.
+
+Everything the pipeline asks of Toloka goes through a `TolokaClient` made by `make_client` (from a
+`TolokaTarget`, inside a task: a client holds the token and is never a task input). The objects a
+run creates are owned by a `RunRegistry` (client + run key), which alone knows the tag format
+`crowdclust:<run key>:<role>` stored in `private_comment` (projects, pools, skills) or `metadata`
+(trainings, which have no comment). It looks every object up before it creates it, uploads only
+the suites a pool lacks with deterministic operation ids, lists a catalogue's round pools, sums
+what the run's pools cost, and closes what a failed run left open.
+
+The token comes from `TOLOKA_TOKEN` or a Prefect Secret block, is held as `SecretStr`, and is never
+returned, logged or persisted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from tasks.params import TolokaTarget
+from tasks.settings import Settings
+from tasks.stages import PoolStats, RoundState
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # toloka-kit 1.2.3 imports pkg_resources (a deprecation warning)
+    from toloka.client import Pool, Project, Task, TaskSuite, TolokaClient, Training
+    from toloka.client.analytics_request import (
+        ApprovedAssignmentsCountPoolAnalytics,
+        CompletionPercentagePoolAnalytics,
+        SpentBudgetPoolAnalytics,
+        SubmittedAssignmentsCountPoolAnalytics,
+    )
+    from toloka.client.exceptions import (
+        ApiError,
+        InternalApiError,
+        RemoteServiceUnavailableApiError,
+        TooManyRequestsApiError,
+    )
+    from toloka.client.task import CreateTasksParameters
+    from toloka.client.task_suite import TaskSuitesCreateRequestParameters
+
+__all__ = [
+    "TRANSIENT",
+    "ApiError",
+    "MissingTokenError",
+    "Opening",
+    "Pool",
+    "Project",
+    "RunRegistry",
+    "Task",
+    "TaskSuite",
+    "TolokaClient",
+    "Training",
+    "close_all",
+    "close_reason",
+    "endpoint",
+    "is_completed",
+    "make_client",
+    "open_all",
+    "operation_id",
+    "pool_stats",
+    "resolve_token",
+    "status_of",
+    "suites_of",
+]
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+
+class _DropExperimentalNotice(logging.Filter):
+    """toloka-kit logs 'Experimental method' on every TSV export; it says nothing to a pipeline user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Experimental method"
+
+
+logging.getLogger("toloka.client").addFilter(_DropExperimentalNotice())
+
+TRANSIENT = (
+    InternalApiError,
+    RemoteServiceUnavailableApiError,
+    TooManyRequestsApiError,
+    httpx.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+POOL_LIFETIME = timedelta(days=7)
+NAMESPACE = uuid.UUID("6f1d2a52-8f0e-4f57-a0a4-1f0c2b7e9d31")
+
+
+# ------------------------------------------------------------------------------------------ the client
+
+
+class MissingTokenError(RuntimeError):
+    """No token in the environment and no Secret block: say how to provide one."""
+
+
+def resolve_token(target: TolokaTarget) -> SecretStr:
+    """`TOLOKA_TOKEN` first, then the Prefect Secret block named in the target."""
+    token = Settings().toloka_token
+    if token is not None and token.get_secret_value():
+        return token
+    try:
+        from prefect.blocks.system import Secret
+
+        return SecretStr(Secret.load(target.token_secret_block).get())
+    except Exception as exc:  # block missing, no API, ...
+        raise MissingTokenError(
+            f"no Toloka token: set TOLOKA_TOKEN or create a Prefect Secret block "
+            f"'{target.token_secret_block}' ({type(exc).__name__})"
+        ) from None
+
+
+def endpoint(target: TolokaTarget) -> str | None:
+    """The URL the client talks to: for `local`, `$CROWDCLUST_LOCAL_URL` wins over `target.url`.
+
+    Not part of the target, so cache keys do not depend on the port of the emulator in use.
+    """
+    if target.environment == "local":
+        return Settings().local_url or target.url
+    return target.url
+
+
+def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
+    """A toloka-kit client for the target (emulator URL, sandbox or production).
+
+    `retries=0` gives a client for non-idempotent creates (see `find_or_create`).
+    """
+    token = resolve_token(target).get_secret_value()
+    url = endpoint(target)
+    if url:
+        return TolokaClient(token, url=url, retries=retries)
+    return TolokaClient(token, environment=target.environment.upper(), retries=retries)
+
+
+# ------------------------------------------------------------------------------------ object states
+
+
+def status_of(obj: Any) -> str:
+    return str(getattr(obj.status, "value", obj.status))
+
+
+def close_reason(obj: Any) -> str:
+    reason = getattr(obj, "last_close_reason", None)
+    return str(getattr(reason, "value", reason)) if reason is not None else ""
+
+
+def is_completed(pool: Pool) -> bool:
+    return status_of(pool) == "CLOSED" and close_reason(pool) == "COMPLETED"
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A pool or training to open before waiting and to close afterwards."""
+
+    kind: str  # "pool" | "training"
+    id: str
+
+
+def open_all(client: TolokaClient, openings: Iterable[Opening]) -> None:
+    """Open every pool/training that is not open yet and has not completed."""
+    for item in openings:
+        if item.kind == "training":
+            if status_of(client.get_training(item.id)) != "OPEN":
+                client.open_training(item.id)
+        else:
+            pool = client.get_pool(item.id)
+            if status_of(pool) != "OPEN" and not is_completed(pool):
+                client.open_pool(item.id)
+
+
+def close_all(client: TolokaClient, openings: Iterable[Opening]) -> None:
+    """Close pools/trainings (no-op for the ones already closed)."""
+    for item in openings:
+        if item.kind == "training":
+            if status_of(client.get_training(item.id)) == "OPEN":
+                client.close_training(item.id)
+        elif status_of(client.get_pool(item.id)) == "OPEN":
+            client.close_pool(item.id)
+
+
+def _analytics(client: TolokaClient, requests: list[Any]) -> list[float | None]:
+    """Values of Toloka analytics requests, in order (None for what it could not answer)."""
+    values: list[float | None] = [None] * len(requests)
+    try:
+        operation = client.wait_operation(client.get_analytics(requests), timeout=timedelta(seconds=30))
+        for i, entry in enumerate((operation.details or {}).get("value", [])[: len(requests)]):
+            result = entry.get("result")
+            value = result.get("value") if isinstance(result, dict) else result
+            values[i] = float(value) if value is not None else None
+    except Exception as exc:  # analytics are for humans and estimates; never fail a run because of them
+        log.debug("analytics unavailable: %s", exc)
+    return values
+
+
+def pool_stats(client: TolokaClient, pool_id: str, ticks: int = 0, elapsed: float = 0.0) -> PoolStats:
+    """Completion %, assignments and spend of a pool from Toloka's analytics."""
+    kinds = (
+        CompletionPercentagePoolAnalytics,
+        SubmittedAssignmentsCountPoolAnalytics,
+        ApprovedAssignmentsCountPoolAnalytics,
+        SpentBudgetPoolAnalytics,
+    )
+    done, submitted, approved, spent = _analytics(client, [kind(subject_id=pool_id) for kind in kinds])
+    return PoolStats(done, submitted, approved, spent, ticks, elapsed)
+
+
+# ------------------------------------------------------------------------------------ idempotent creates
+
+
+def find_or_create(
+    find: Callable[[], str | None], create: Callable[[], Any], what: str, attempts: int = 4
+) -> str:
+    """Look up, create if absent; after a transient failure of the create, look up again first.
+
+    `create` must not retry by itself (a POST retried after a lost response makes a second object):
+    the registry creates through a client with `retries=0` and lets this loop do the retrying.
+    """
+    for attempt in range(attempts):
+        found = find()
+        if found is not None:
+            return found
+        try:
+            created = create()
+        except TRANSIENT as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning(
+                "creating %s failed (%s); looking it up before trying again", what, type(exc).__name__
+            )
+            time.sleep(min(2.0**attempt, 8.0))
+            continue
+        log.info("created %s %s", what, created.id)
+        return str(created.id)
+    raise AssertionError("unreachable")
+
+
+def operation_id(run_key: str, role: str, payload: Any) -> uuid.UUID:
+    """Deterministic operation id: same run, same role, same batch -> same id."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return uuid.uuid5(NAMESPACE, f"{run_key}:{role}:{digest}")
+
+
+def suites_of(image_lists: Iterable[Iterable[str]]) -> list[dict[str, Any]]:
+    """Task-suite JSON for HITs given as image lists (one task per suite, overlap from the pool)."""
+    return [{"tasks": [{"input_values": {"images": list(images)}}]} for images in image_lists]
+
+
+def _content_key(tasks: list[Any]) -> str:
+    return json.dumps(
+        [t.input_values if hasattr(t, "input_values") else t["input_values"] for t in tasks], sort_keys=True
+    )
+
+
+def _missing(
+    have: list[str], wanted: list[dict[str, Any]], key: Callable[[Any], str]
+) -> list[dict[str, Any]]:
+    """Multiset difference: the wanted items the pool does not hold yet (repeated items count)."""
+    stock = Counter(have)
+    missing = []
+    for item in wanted:
+        if stock[key(item)] > 0:
+            stock[key(item)] -= 1
+        else:
+            missing.append(item)
+    return missing
+
+
+def _structured(cls: Any, specs: list[dict[str, Any]], pool_id: str) -> list[Any]:
+    objects = []
+    for spec in specs:
+        obj = cls.structure({k: v for k, v in spec.items() if k != "allow_defaults"})
+        obj.pool_id = pool_id
+        objects.append(obj)
+    return objects
+
+
+@dataclass
+class RunRegistry:
+    """The Toloka objects of one run key: found by their tag, created only when absent.
+
+    `client` reads and does idempotent writes with retries; `creator` (retries=0) makes the
+    creates that must not be retried blindly (see `find_or_create`). Same key, same objects: a
+    resumed or retried run, or a later round of a catalogue, finds what an earlier one made.
+    """
+
+    client: TolokaClient
+    run_key: str
+    creator: TolokaClient | None = None
+    _make: TolokaClient = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._make = self.creator or self.client
+
+    @classmethod
+    def connect(cls, target: TolokaTarget, run_key: str) -> RunRegistry:
+        """A registry with a retrying client and a non-retrying creator for `target`."""
+        return cls(make_client(target), run_key, make_client(target, retries=0))
+
+    # -------------------------------------------------------------------------------------- tags
+
+    def tag(self, role: str) -> str:
+        """The marker stored on every object of this run with this role."""
+        return f"crowdclust:{self.run_key}:{role}"
+
+    @property
+    def prefix(self) -> str:
+        return self.tag("")
+
+    def _has_tag(self, obj: Any, marker: str) -> bool:
+        if getattr(obj, "private_comment", None) == marker:
+            return True
+        metadata = getattr(obj, "metadata", None) or {}
+        return marker in (metadata.get("crowdclust") or [])
+
+    def _first(self, objects: Iterable[Any], role: str) -> str | None:
+        marker = self.tag(role)
+        return next((str(obj.id) for obj in objects if self._has_tag(obj, marker)), None)
+
+    def projects(self) -> list[Project]:
+        """The run's active projects."""
+        return [
+            p
+            for p in self.client.get_projects(status="ACTIVE")
+            if str(p.private_comment or "").startswith(self.prefix)
+        ]
+
+    # ----------------------------------------------------------------------------------- ensure_*
+
+    def ensure_project(self, role: str, spec: dict[str, Any]) -> str:
+        project = Project.structure(spec)
+        project.private_comment = self.tag(role)
+        return find_or_create(
+            lambda: self._first(self.client.get_projects(status="ACTIVE"), role),
+            lambda: self._make.create_project(project),
+            f"project ({role})",
+        )
+
+    def ensure_training(self, role: str, project_id: str, spec: dict[str, Any]) -> str:
+        training = Training.structure(spec)
+        training.project_id = project_id
+        training.metadata = {**(training.metadata or {}), "crowdclust": [self.tag(role)]}
+        return find_or_create(
+            lambda: self._first(self.client.get_trainings(project_id=project_id), role),
+            lambda: self._make.create_training(training),
+            f"training ({role})",
+        )
+
+    def ensure_pool(
+        self, role: str, project_id: str, spec: dict[str, Any], training_id: str | None = None
+    ) -> str:
+        pool = Pool.structure(spec)
+        pool.project_id = project_id
+        pool.private_comment = self.tag(role)
+        pool.will_expire = datetime.utcnow() + POOL_LIFETIME
+        if training_id is not None:
+            if pool.quality_control is None or pool.quality_control.training_requirement is None:
+                raise ValueError(f"{role}: pool config needs quality_control.training_requirement")
+            pool.quality_control.training_requirement.training_pool_id = training_id
+        return find_or_create(
+            lambda: self._first(self.client.get_pools(project_id=project_id), role),
+            lambda: self._make.create_pool(pool),
+            f"pool ({role})",
+        )
+
+    @staticmethod
+    def skill_name(base_name: str, run_key: str) -> str:
+        """The name of a run's skill: the base name with the run key appended."""
+        return f"{base_name} [{run_key}]"
+
+    def find_skill(self, base_name: str) -> str | None:
+        """The id of the run's skill, None when it was never created."""
+        name = self.skill_name(base_name, self.run_key)
+        return next((str(s.id) for s in self.client.get_skills(name=name) if s.name == name), None)
+
+    def ensure_skill(self, base_name: str) -> str:
+        return find_or_create(
+            lambda: self.find_skill(base_name),
+            lambda: self._make.create_skill(
+                name=self.skill_name(base_name, self.run_key), private_comment=self.tag("skill"), hidden=True
+            ),
+            "skill",
+        )
+
+    def ensure_suites(self, role: str, pool_id: str, suites: list[dict[str, Any]]) -> int:
+        """Upload the suites the pool does not hold yet; returns how many the pool holds afterwards.
+
+        The pool's suites are compared, as a multiset of their input values, with what should be
+        there; only the difference is sent, with an operation id derived from the run key, the role
+        and the batch, so a POST retried after a lost response is recognised by Toloka.
+        """
+        have = [_content_key(s.tasks) for s in self.client.get_task_suites(pool_id=pool_id)]
+        missing = _missing(have, suites, lambda suite: _content_key(suite["tasks"]))
+        if missing:
+            params = TaskSuitesCreateRequestParameters(
+                operation_id=operation_id(self.run_key, role, missing), allow_defaults=True, async_mode=True
+            )
+            result = self.client.create_task_suites(_structured(TaskSuite, missing, pool_id), params)
+            if result.validation_errors:
+                raise ValueError(
+                    f"{role}: Toloka rejected {len(result.validation_errors)} suites: "
+                    f"{dict(list(result.validation_errors.items())[:3])}"
+                )
+            log.info("uploaded %d suites to pool %s (%s)", len(missing), pool_id, role)
+        return len(suites)
+
+    def ensure_tasks(self, role: str, pool_id: str, tasks: list[dict[str, Any]]) -> int:
+        """Same as `ensure_suites` for single tasks (training tasks with known solutions)."""
+        have = [_content_key([t]) for t in self.client.get_tasks(pool_id=pool_id)]
+        missing = _missing(have, tasks, lambda spec: _content_key([spec]))
+        if missing:
+            params = CreateTasksParameters(
+                operation_id=operation_id(self.run_key, role, missing), allow_defaults=True, async_mode=True
+            )
+            self.client.create_tasks(_structured(Task, missing, pool_id), params)
+            log.info("uploaded %d tasks to %s (%s)", len(missing), pool_id, role)
+        return len(tasks)
+
+    # ------------------------------------------------------------------------------- find, close
+
+    def pools(self) -> dict[str, Pool]:
+        """Role -> pool, for every pool of the run."""
+        return {
+            str(pool.private_comment)[len(self.prefix) :]: pool
+            for project in self.projects()
+            for pool in self.client.get_pools(project_id=project.id)
+            if str(pool.private_comment or "").startswith(self.prefix)
+        }
+
+    def spent(self, include: Callable[[str], bool] = lambda role: True) -> float:
+        """What Toloka charged so far for the run's pools whose role passes `include`, USD."""
+        pools = [pool for role, pool in sorted(self.pools().items()) if include(role)]
+        if not pools:
+            return 0.0
+        values = _analytics(self.client, [SpentBudgetPoolAnalytics(subject_id=p.id) for p in pools])
+        return round(sum(v or 0.0 for v in values), 4)
+
+    def close_open(self) -> list[str]:
+        """Close every open pool and training of the run (failure and cancellation hooks)."""
+        closed = []
+        for project in self.projects():
+            for pool in self.client.get_pools(project_id=project.id, status="OPEN"):
+                self.client.close_pool(pool.id)
+                closed.append(f"pool {pool.id}")
+            for training in self.client.get_trainings(project_id=project.id, status="OPEN"):
+                self.client.close_training(training.id)
+                closed.append(f"training {training.id}")
+        return closed
+
+    def rounds(self, project_role: str, pool_prefix: str) -> list[RoundState]:
+        """The round pools (roles `<pool_prefix><round>`) of the project `project_role`, oldest first.
+
+        Read-only: a catalogue that was never labelled (no such project yet) has no rounds.
+        """
+        project_tag, pool_tag = self.tag(project_role), self.tag(pool_prefix)
+        rounds = []
+        for project in self.client.get_projects(status="ACTIVE"):
+            if project.private_comment != project_tag:
+                continue
+            for pool in self.client.get_pools(project_id=project.id):
+                comment = str(pool.private_comment or "")
+                if not comment.startswith(pool_tag):
+                    continue
+                items = {
+                    image
+                    for suite in self.client.get_task_suites(pool_id=pool.id)
+                    for t in suite.tasks
+                    for image in t.input_values["images"]
+                }
+                rounds.append(
+                    RoundState(
+                        pool_id=str(pool.id),
+                        round=comment[len(pool_tag) :],
+                        completed=is_completed(pool),
+                        created=str(pool.created),
+                        items=tuple(sorted(items)),
+                    )
+                )
+        return sorted(rounds, key=lambda r: (r.created, r.pool_id))
