@@ -1,7 +1,7 @@
 """Process set-up shared by `crowdclust run` and `make demo`: a project-local Prefect home and cache.
 
 Must run before `prefect` is imported: Prefect reads these settings at import time. Only defaults
-are set (an exported PREFECT_API_URL, PREFECT_HOME or PREFECT_LOCAL_STORAGE_PATH wins), so a real
+are set (an exported PREFECT_API_URL, PREFECT_HOME or PREFECT_RESULTS_LOCAL_STORAGE_PATH wins), so a real
 server or a shared result store is used when configured.
 """
 
@@ -16,11 +16,16 @@ if TYPE_CHECKING:  # the CLI stays light: pandas is imported only by the command
     from tasks.stages import RunSummary
 
 
+# Prefect's setting for the folder of persisted results, and its older alias (either may be exported).
+STORAGE_SETTINGS = ("PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH")
+
+
 def prepare_prefect_env() -> None:
     """Project-local PREFECT_HOME and result folder, no telemetry, a patient ephemeral-server start-up."""
     settings = Settings()
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
-    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir))
+    if not any(os.environ.get(name) for name in STORAGE_SETTINGS):
+        os.environ[STORAGE_SETTINGS[0]] = str(settings.results_dir)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")

@@ -44,5 +44,5 @@ class Settings(BaseSettings):
 
     @property
     def results_dir(self) -> Path:
-        """Default PREFECT_LOCAL_STORAGE_PATH: where persisted task results (the resume cache) go."""
+        """Default PREFECT_RESULTS_LOCAL_STORAGE_PATH: where persisted task results (the resume cache) go."""
         return self.project_dir / ".prefect_results"

@@ -11,7 +11,7 @@ so a failed run resumes where it stopped and a Retry in the UI skips finished st
   key does not depend on the process (a pickled model carries a set whose order follows
   PYTHONHASHSEED; tests/test_cache_keys.py checks this across processes).
 
-Results go where Prefect's own settings say: `PREFECT_LOCAL_STORAGE_PATH` (a folder; `crowdclust
+Results go where Prefect's own settings say: `PREFECT_RESULTS_LOCAL_STORAGE_PATH` (a folder; `crowdclust
 run` and `make demo` default it to `<project>/.prefect_results`) or
 `PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK` (a saved storage block, e.g. shared object storage for
 several workers). One JSON record holds key and result, so a moved folder still gives cache hits.

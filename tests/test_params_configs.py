@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -266,3 +267,22 @@ def test_flow_parameters_render_a_documented_form():
     assert list(schema["properties"]) == ["params"]
     overlap = schema["definitions"]["HitParams"]["properties"]["overlap"]
     assert overlap["default"] == 7 and overlap["minimum"] == 1 and overlap["description"]
+
+
+def test_run_settings_default_to_the_project_folder_and_yield_to_exported_ones(tmp_path, monkeypatch):
+    from crowdclust.runtime import STORAGE_SETTINGS, prepare_prefect_env
+    from tasks.settings import Settings
+
+    for name in (*STORAGE_SETTINGS, "PREFECT_HOME", "CROWDCLUST_PROJECT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert Settings().configs_dir == tmp_path / "configs"
+    prepare_prefect_env()
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / ".prefect")
+    assert os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str(tmp_path / ".prefect_results")
+    monkeypatch.delenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH")
+    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", "/shared/results")  # Prefect's older name wins too
+    monkeypatch.setenv("CROWDCLUST_PROJECT_DIR", str(tmp_path / "elsewhere"))
+    prepare_prefect_env()
+    assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in os.environ
+    assert Settings().results_dir == tmp_path / "elsewhere" / ".prefect_results"
