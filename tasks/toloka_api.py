@@ -98,6 +98,7 @@ TRANSIENT = (
     TimeoutError,
 )
 POOL_LIFETIME = timedelta(days=7)
+ANALYTICS_BATCH = 10  # analytics requests per call: a catalogue's many round pools are asked in batches
 NAMESPACE = uuid.UUID("6f1d2a52-8f0e-4f57-a0a4-1f0c2b7e9d31")
 
 
@@ -445,8 +446,9 @@ class RunRegistry:
         pools = [pool for role, pool in sorted(self.pools().items()) if include(role)]
         if not pools:
             return 0.0
-        values = _analytics(self.client, [SpentBudgetPoolAnalytics(subject_id=p.id) for p in pools])
-        return round(sum(v or 0.0 for v in values), 4)
+        requests = [SpentBudgetPoolAnalytics(subject_id=p.id) for p in pools]
+        batches = [requests[i : i + ANALYTICS_BATCH] for i in range(0, len(requests), ANALYTICS_BATCH)]
+        return round(sum(v or 0.0 for batch in batches for v in _analytics(self.client, batch)), 4)
 
     def close_open(self) -> list[str]:
         """Close every open pool and training of the run (failure and cancellation hooks)."""
