@@ -19,6 +19,8 @@ import pandas as pd
 
 from aggregation.pairs import REQUIRED
 
+__all__ = ["ExportFormatError", "ExportReading", "read_export"]
+
 IMAGES = "INPUT:images"
 RESULT = "OUTPUT:result"
 WORKER = "ASSIGNMENT:worker_id"

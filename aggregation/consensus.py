@@ -336,7 +336,7 @@ def pair_scores(pairs: PairLabels, llr: np.ndarray) -> Csr:
     return PairGraph(pairs).scores(llr)
 
 
-def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 2.0) -> np.ndarray:
+def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 10.0) -> np.ndarray:
     """Per-label evidence for 'same' under each worker's two coins, estimated from `labels`.
 
     `prior` pseudo-counts pull sens and spec toward 0.75, so a worker with few labels gets a
