@@ -1,51 +1,95 @@
-"""Settling the number of clusters against the crowd's labels: a split/merge/move search.
+"""Settling the clusters against the crowd's labels: a MAP search under a prior on partitions.
 
-Score of a partition: the log-likelihood ratio of the observed labels under "each worker answers
-'same' with probability sens_j for pairs of one cluster and 1 - spec_j for pairs of two clusters"
-(a two-coin worker model, as in Dawid-Skene). For a partition it is Σ over observed item pairs in
-one cluster of S_ab = Σ_t llr_t, llr_t = log(sens/(1-spec)) for a 'same' label and
-log((1-sens)/spec) for a 'different' one, so a spammer's labels weigh ~0 and a careful worker's
-weigh a lot. The search alternates: move single items to the cluster that raises the score most
-(a new cluster included), merge the pair of clusters with the largest positive S between them,
-and re-estimate each worker's two coins from the current partition. The number of clusters is a
-result of the search, not a parameter.
+Score of a partition z (what the search maximises):
+
+    Σ over observed item pairs (a, b) with z_a = z_b of S_ab  +  log Ewens(z; α)
+
+`S_ab` is the log-likelihood ratio of the pair's labels for "same cluster" against "different
+clusters" under a two-coin model of each worker (P(says same | same) = sens_j, P(says different |
+different) = spec_j, as in Dawid-Skene), so a spammer's labels weigh ~0 and a careful worker's a
+lot. The Ewens (Chinese restaurant) prior, log P(z) = K log α + Σ_k log Γ(n_k) + const, is what
+stops thin evidence from opening clusters: an item with no "same" label for anyone gains log n_c
+by joining a cluster c it was never compared with, and pays S for every cluster its labels
+contradict. So an item joins the largest cluster its labels allow instead of standing alone, and a
+cluster exists only where "different" labels keep it apart.
+
+The search is Louvain-like and runs entirely in numba: move single items to the cluster that raises
+the score most, then treat the clusters as nodes and move whole clusters (a merge is a move), level
+after level, then move single items again; re-estimate the workers' coins from the partition and
+repeat. Everything walks the sparse graph of observed pairs (no N×K array, no Python loop over
+clusters), and every order is fixed, so the result is deterministic.
+
+`item_confidence` turns the same score into each item's posterior probability of its cluster (the
+Gibbs conditional of z_i given everybody else).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
-from aggregation.linkage import agglomerate
 from aggregation.pairs import PairLabels
+
+__all__ = [
+    "ALPHA",
+    "Csr",
+    "PairGraph",
+    "SearchResult",
+    "absorb_thin",
+    "dissolve_small",
+    "item_confidence",
+    "log_likelihood",
+    "log_prior",
+    "pair_scores",
+    "partition_score",
+    "refine",
+    "search",
+    "worker_llr",
+]
+
+ALPHA = 1.0  # Ewens concentration: the prior odds of a new cluster against one of size 1
+PRIOR_SENS = 0.8  # P(worker says "same" | same cluster) before any partition is known
+PRIOR_SPEC = 0.9  # P(worker says "different" | different clusters)
+EPS = 1e-9
+CORE_MARGIN = 4.0  # nats (about two careful workers' labels): less than this is thin evidence
 
 
 @njit(cache=True)
 def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no cover - compiled
-    """Move items one by one to the cluster with the largest Σ S (0 for a new cluster).
+    """Move nodes one by one to the cluster with the largest Σ S (0 for a new cluster).
 
-    Each move raises the score, so the loop ends; items are visited in the given order, so the
-    result is deterministic. Returns the number of passes made.
+    Nodes are items, or whole clusters on a coarse graph (`coarsen`). Each move raises the score, so
+    the loop ends; nodes are visited in `order` and ties keep the current cluster or the first
+    candidate, so the result is deterministic. Returns the number of moves.
     """
     n = labels.shape[0]
-    size = np.zeros(n + 1, dtype=np.int64)
+    size = np.zeros(n, dtype=np.int64)
     for i in range(n):
         size[labels[i]] += 1
-    acc = np.zeros(n + 1)
-    mark = np.zeros(n + 1, dtype=np.bool_)
-    touched = np.empty(n + 1, dtype=np.int64)
-    passes = 0
+    free = np.empty(n, dtype=np.int64)  # stack of empty cluster ids, smallest on top
+    n_free = 0
+    for c in range(n - 1, -1, -1):
+        if size[c] == 0:
+            free[n_free] = c
+            n_free += 1
+    acc = np.zeros(n)
+    mark = np.zeros(n, dtype=np.bool_)
+    touched = np.empty(n, dtype=np.int64)
+    total_moves = 0
     for _ in range(max_passes):
-        passes += 1
         moved = 0
         for pos in range(n):
             i = order[pos]
             cur = labels[i]
             nt = 0
             for p in range(indptr[i], indptr[i + 1]):
-                c = labels[indices[p]]
+                j = indices[p]
+                if j == i:
+                    continue
+                c = labels[j]
                 if not mark[c]:
                     mark[c] = True
                     touched[nt] = c
@@ -55,91 +99,221 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
             best_val = acc[cur]
             for q in range(nt):
                 c = touched[q]
-                if c != cur and acc[c] > best_val + 1e-9:
-                    best = c
-                    best_val = acc[c]
-            if best_val < -1e-9 and size[cur] > 1:
-                # Every cluster pulls the item away: open a new one (the lowest empty id).
-                best = 0
-                while size[best] > 0:
-                    best += 1
+                if c != cur and acc[c] > best_val + EPS:
+                    best, best_val = c, acc[c]
+            if best_val < -EPS and size[cur] > 1:
+                best = free[n_free - 1]  # every cluster pulls the node away: open a new one
             for q in range(nt):
                 acc[touched[q]] = 0.0
                 mark[touched[q]] = False
             if best != cur:
+                if size[best] == 0:
+                    n_free -= 1
                 size[cur] -= 1
                 size[best] += 1
+                if size[cur] == 0:
+                    free[n_free] = cur
+                    n_free += 1
                 labels[i] = best
                 moved += 1
+        total_moves += moved
         if moved == 0:
             break
-    return passes
+    return total_moves
 
 
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+@njit(cache=True)
+def margins(indptr, indices, data, labels):  # pragma: no cover - compiled
+    """Per item: Σ S to its own cluster minus the best alternative (another cluster, or alone: 0)."""
+    n = labels.shape[0]
+    acc = np.zeros(n)
+    mark = np.zeros(n, dtype=np.bool_)
+    touched = np.empty(n, dtype=np.int64)
+    out = np.empty(n)
+    for i in range(n):
+        cur = labels[i]
+        nt = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            c = labels[indices[p]]
+            if not mark[c]:
+                mark[c] = True
+                touched[nt] = c
+                nt += 1
+            acc[c] += data[p]
+        other = 0.0
+        for q in range(nt):
+            c = touched[q]
+            if c != cur:
+                other = max(other, acc[c])
+        out[i] = acc[cur] - other
+        for q in range(nt):
+            acc[touched[q]] = 0.0
+            mark[touched[q]] = False
+    return out
 
 
-def greedy_merges(score: Csr, labels: np.ndarray) -> np.ndarray:
-    """Merge the pair of clusters with the largest positive Σ S between them, while one exists."""
-    labels = _relabel(labels)
-    rows = np.repeat(np.arange(len(labels)), np.diff(score.indptr))
-    upper = rows < score.indices
-    merged = agglomerate(
-        int(labels.max()) + 1,
-        labels[rows[upper]],
-        labels[score.indices[upper]],
-        score.data[upper],
-        "sum",
-        1e-9,
-    )
-    return _relabel(merged[labels])
+@njit(cache=True)
+def coarsen(indptr, indices, data, labels, n_clusters):  # pragma: no cover - compiled
+    """The graph between clusters: S summed over the pairs between two clusters (no self-loops)."""
+    order = np.argsort(labels, kind="mergesort")
+    start = np.zeros(n_clusters + 1, dtype=np.int64)
+    for i in range(labels.shape[0]):
+        start[labels[i] + 1] += 1
+    for c in range(n_clusters):
+        start[c + 1] += start[c]
+    out_ptr = np.zeros(n_clusters + 1, dtype=np.int64)
+    out_idx = np.empty(indices.shape[0], dtype=np.int64)
+    out_val = np.empty(indices.shape[0])
+    acc = np.zeros(n_clusters)
+    mark = np.zeros(n_clusters, dtype=np.bool_)
+    touched = np.empty(n_clusters, dtype=np.int64)
+    nnz = 0
+    for c in range(n_clusters):
+        nt = 0
+        for pos in range(start[c], start[c + 1]):
+            i = order[pos]
+            for p in range(indptr[i], indptr[i + 1]):
+                d = labels[indices[p]]
+                if d == c:
+                    continue
+                if not mark[d]:
+                    mark[d] = True
+                    touched[nt] = d
+                    nt += 1
+                acc[d] += data[p]
+        for q in range(nt):
+            d = touched[q]
+            out_idx[nnz] = d
+            out_val[nnz] = acc[d]
+            nnz += 1
+            acc[d] = 0.0
+            mark[d] = False
+        out_ptr[c + 1] = nnz
+    return out_ptr, out_idx[:nnz].copy(), out_val[:nnz].copy()
 
 
-def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 2.0) -> np.ndarray:
-    """Per-label evidence for 'same' under each worker's two coins, estimated from `labels`.
+@njit(cache=True)
+def item_confidence(indptr, indices, data, labels, log_alpha):  # pragma: no cover - compiled
+    """P(z_i = z_i's cluster | everybody else) for every item: the Gibbs conditional of the model.
 
-    `prior` pseudo-counts pull sens and spec toward 0.75, so a worker with few labels gets a
-    moderate weight rather than an extreme one.
+    Over existing clusters c it is ∝ n_c · exp(S_ic) (n_c without i; S_ic = 0 for clusters i was
+    never compared with), and ∝ α for a new cluster. Clusters i was never compared with are summed
+    in one term, so the cost is the item's degree, not the number of clusters.
     """
-    same = labels[pairs.a] == labels[pairs.b]
-    yes = pairs.label > 0
-    count = pairs.per_worker
-    sens = (count(same & yes) + 0.75 * prior) / (count(same) + prior)
-    spec = (count(~same & ~yes) + 0.75 * prior) / (count(~same) + prior)
-    w_yes = np.log(sens / (1.0 - spec))
-    w_no = np.log((1.0 - sens) / spec)
-    return np.where(yes, w_yes[pairs.worker], w_no[pairs.worker])
+    n = labels.shape[0]
+    size = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        size[labels[i]] += 1
+    acc = np.zeros(n)
+    mark = np.zeros(n, dtype=np.bool_)
+    touched = np.empty(n, dtype=np.int64)
+    out = np.empty(n)
+    alpha = math.exp(log_alpha)
+    for i in range(n):
+        cur = labels[i]
+        size[cur] -= 1
+        nt = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            c = labels[indices[p]]
+            if not mark[c]:
+                mark[c] = True
+                touched[nt] = c
+                nt += 1
+            acc[c] += data[p]
+        # Untouched clusters share S = 0: their mass is their total size.
+        untouched = n - 1.0
+        top = log_alpha
+        for q in range(nt):
+            c = touched[q]
+            untouched -= size[c]
+            if size[c] > 0:
+                top = max(top, math.log(size[c]) + acc[c])
+        if untouched > 0.5:
+            top = max(top, math.log(untouched))
+        total = alpha * math.exp(-top) + max(untouched, 0.0) * math.exp(-top)
+        own = 0.0
+        if not mark[cur]:
+            own = size[cur] * math.exp(-top)  # i was compared with none of its cluster
+        for q in range(nt):
+            c = touched[q]
+            if size[c] > 0:
+                value = math.exp(math.log(size[c]) + acc[c] - top)
+                total += value
+                if c == cur:
+                    own = value
+        if size[cur] == 0:
+            own = alpha * math.exp(-top)  # a singleton: the "new cluster" term is its own
+        out[i] = min(max(own / total, 0.0), 1.0)
+        for q in range(nt):
+            acc[touched[q]] = 0.0
+            mark[touched[q]] = False
+        size[cur] += 1
+    return out
+
+
+@njit(cache=True)
+def dissolve_small(indptr, indices, data, labels, min_size, log_alpha, forced):  # pragma: no cover
+    """Move the items of clusters smaller than `min_size` to their most likely cluster among the others.
+
+    Most likely under the model: P(z_i = c) ∝ n_c · exp(S_ic) (see `item_confidence`). Unless
+    `forced`, an item stays where it is when that beats every kept cluster (its own cluster counts as
+    a new one, weight α). Kept clusters' sizes are fixed beforehand (one pass in item order:
+    deterministic). Returns False when no cluster is big enough to keep.
+    """
+    n = labels.shape[0]
+    size = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        size[labels[i]] += 1
+    keep = size >= min_size
+    if not keep.any():
+        return False
+    biggest = np.argsort(-size, kind="mergesort")
+    acc = np.zeros(n)
+    mark = np.zeros(n, dtype=np.bool_)
+    touched = np.empty(n, dtype=np.int64)
+    new = labels.copy()
+    for i in range(n):
+        if keep[labels[i]]:
+            continue
+        nt = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            c = labels[indices[p]]
+            if keep[c] and not mark[c]:
+                mark[c] = True
+                touched[nt] = c
+                nt += 1
+            if keep[c]:
+                acc[c] += data[p]
+        best = labels[i]
+        best_val = -np.inf if forced else log_alpha
+        for q in range(nt):
+            c = touched[q]
+            val = math.log(size[c]) + acc[c]
+            if val > best_val:
+                best, best_val = c, val
+        for c in biggest:
+            if not keep[c]:
+                break
+            if not mark[c]:
+                if math.log(size[c]) > best_val:
+                    best = c
+                break
+        if best < 0:
+            best = labels[i]
+        new[i] = best
+        for q in range(nt):
+            acc[touched[q]] = 0.0
+            mark[touched[q]] = False
+    labels[:] = new
+    return True
 
 
 class Csr(NamedTuple):
-    """A symmetric sparse matrix in CSR form (sorted column indices, duplicates summed)."""
+    """A symmetric sparse matrix in CSR form."""
 
     indptr: np.ndarray
     indices: np.ndarray
     data: np.ndarray
-
-
-def log_likelihood(pairs: PairLabels, labels: np.ndarray) -> float:
-    """Log-likelihood of all labels under the two-coin workers fitted to `labels` (model selection).
-
-    It compares partitions with any number of clusters on the same footing: each worker has two
-    coins whatever the partition, and a partition is better when the workers' answers are more
-    predictable from it.
-    """
-    same = labels[pairs.a] == labels[pairs.b]
-    yes = pairs.label > 0
-    total = 0.0
-    for inside in (same, ~same):
-        n_yes = pairs.per_worker(inside & yes)
-        n_all = pairs.per_worker(inside)
-        rate = (n_yes + 0.5) / (n_all + 1.0)
-        total += float((n_yes * np.log(rate) + (n_all - n_yes) * np.log1p(-rate)).sum())
-    return total
-
-
-PRIOR_SENS = 0.8  # P(worker says "same" | same cluster) before any partition is known
-PRIOR_SPEC = 0.9  # P(worker says "different" | different clusters)
 
 
 class PairGraph:
@@ -162,6 +336,47 @@ def pair_scores(pairs: PairLabels, llr: np.ndarray) -> Csr:
     return PairGraph(pairs).scores(llr)
 
 
+def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 10.0) -> np.ndarray:
+    """Per-label evidence for 'same' under each worker's two coins, estimated from `labels`.
+
+    `prior` pseudo-counts pull sens and spec toward 0.75, so a worker with few labels gets a
+    moderate weight rather than an extreme one.
+    """
+    same = labels[pairs.a] == labels[pairs.b]
+    yes = pairs.label > 0
+    count = pairs.per_worker
+    sens = (count(same & yes) + 0.75 * prior) / (count(same) + prior)
+    spec = (count(~same & ~yes) + 0.75 * prior) / (count(~same) + prior)
+    w_yes = np.log(sens / (1.0 - spec))
+    w_no = np.log((1.0 - sens) / spec)
+    return np.where(yes, w_yes[pairs.worker], w_no[pairs.worker])
+
+
+def log_likelihood(pairs: PairLabels, labels: np.ndarray) -> float:
+    """Log-likelihood of all labels under the two-coin workers fitted to `labels`.
+
+    It compares partitions with any number of clusters on the same footing: each worker has two
+    coins whatever the partition, and a partition is better when the workers' answers are more
+    predictable from it.
+    """
+    same = labels[pairs.a] == labels[pairs.b]
+    yes = pairs.label > 0
+    total = 0.0
+    for inside in (same, ~same):
+        n_yes = pairs.per_worker(inside & yes)
+        n_all = pairs.per_worker(inside)
+        rate = (n_yes + 0.5) / (n_all + 1.0)
+        total += float((n_yes * np.log(rate) + (n_all - n_yes) * np.log1p(-rate)).sum())
+    return total
+
+
+def log_prior(labels: np.ndarray, alpha: float = ALPHA) -> float:
+    """Ewens log prior of a partition, up to a constant: K log α + Σ_k log Γ(n_k)."""
+    sizes = np.bincount(labels)
+    sizes = sizes[sizes > 0]
+    return float(len(sizes) * math.log(alpha) + sum(math.lgamma(s) for s in sizes.tolist()))
+
+
 def partition_score(score: Csr, labels: np.ndarray) -> float:
     """Σ S_ab over observed pairs inside one cluster (each pair once)."""
     rows = np.repeat(np.arange(len(labels)), np.diff(score.indptr))
@@ -169,19 +384,36 @@ def partition_score(score: Csr, labels: np.ndarray) -> float:
     return float(score.data[inside].sum() / 2.0)
 
 
-def _moves_and_merges(
-    graph: PairGraph, llr: np.ndarray, start: np.ndarray, order: np.ndarray, max_passes: int
-) -> np.ndarray:
-    """Local moves then merges, repeated (at most 3 times) while merges change the partition."""
-    score = graph.scores(llr)
-    new = start.copy()
-    for _ in range(3):
-        local_moves(score.indptr, score.indices, score.data, new, order, max_passes)
-        merged = greedy_merges(score, new)
-        if np.array_equal(_relabel(new), merged):
-            break
-        new = merged
-    return new
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def _louvain(score: Csr, start: np.ndarray, order: np.ndarray, max_passes: int) -> np.ndarray:
+    """Item moves, then whole-cluster moves on the coarse graph, repeated until clusters stay put.
+
+    Before the clusters move, items held by thin evidence (margin below CORE_MARGIN) are set apart
+    as singletons: one wrongly attached item would otherwise put "different" labels between two
+    halves of one class and stop their merge. The item moves that follow put them back.
+    """
+    labels = _relabel(start)
+    for _ in range(10):
+        local_moves(score.indptr, score.indices, score.data, labels, order, max_passes)
+        labels = _relabel(labels)
+        weak = margins(score.indptr, score.indices, score.data, labels) < CORE_MARGIN
+        cores = labels.copy()
+        cores[weak] = labels.max() + 1 + np.arange(int(weak.sum()))
+        cores = _relabel(cores)
+        k = int(cores.max()) + 1
+        nodes = np.arange(k, dtype=np.int64)
+        local_moves(
+            *coarsen(score.indptr, score.indices, score.data, cores, k), nodes, nodes.copy(), max_passes
+        )
+        core_ids = np.unique(cores[~weak])
+        if len(np.unique(nodes[core_ids])) == len(core_ids):
+            return labels  # no two cores merged: the item moves already settled everything
+        labels = _relabel(nodes[cores])
+    local_moves(score.indptr, score.indices, score.data, labels, order, max_passes)
+    return _relabel(labels)
 
 
 def refine(
@@ -193,67 +425,83 @@ def refine(
     n_rounds: int = 6,
     max_passes: int = 30,
 ) -> np.ndarray:
-    """Alternate worker two-coin estimates and move/merge steps until the partition is stable.
+    """Alternate worker two-coin estimates and the move search until the partition is stable.
 
     `labels` gives the first estimate of the workers' coins (None: the prior coins PRIOR_SENS,
-    PRIOR_SPEC for everyone); the search starts from `start` (default: `labels`) and visits items
-    in `order` (default: index order). Starting from singletons builds clusters bottom-up, so the
-    search never has to split one.
+    PRIOR_SPEC for everyone); the search starts from `start` (default: `labels`, or singletons)
+    and visits items in `order` (default: index order).
     """
     n = pairs.n_items
     order = np.arange(n, dtype=np.int64) if order is None else np.asarray(order, dtype=np.int64)
     graph = PairGraph(pairs) if graph is None else graph
-    current = None if start is None else _relabel(np.asarray(start, dtype=np.int64))
     if labels is None:
-        # No partition to estimate coins from: every worker starts as a typical careful one.
         yes, no = np.log(PRIOR_SENS / (1 - PRIOR_SPEC)), np.log((1 - PRIOR_SENS) / PRIOR_SPEC)
-        first = np.arange(n, dtype=np.int64) if current is None else current
-        labels = current = _relabel(
-            _moves_and_merges(graph, np.where(pairs.label > 0, yes, no), first, order, max_passes)
-        )
+        llr = np.where(pairs.label > 0, yes, no)
+        first = np.arange(n, dtype=np.int64) if start is None else np.asarray(start, dtype=np.int64)
+        labels = _louvain(graph.scores(llr), first, order, max_passes)
+        start = labels
     labels = _relabel(np.asarray(labels, dtype=np.int64))
-    current = labels if current is None else current
+    current = labels if start is None else _relabel(np.asarray(start, dtype=np.int64))
     for _ in range(n_rounds):
-        new = _relabel(_moves_and_merges(graph, worker_llr(pairs, labels), current, order, max_passes))
+        new = _louvain(graph.scores(worker_llr(pairs, labels)), current, order, max_passes)
         if np.array_equal(new, labels):
             break
         labels = current = new
     return labels
 
 
+class SearchResult(NamedTuple):
+    """The best partition, its score per start, and the score matrix the confidences come from."""
+
+    labels: np.ndarray
+    scores: list[tuple[str, float]]
+    score: Csr
+
+
+def absorb_thin(
+    pairs: PairLabels, labels: np.ndarray, score: Csr, min_size: int | None, alpha: float
+) -> np.ndarray:
+    """Items of clusters below `min_size` join their most likely cluster (None: singletons, if likelier).
+
+    With `min_size=None` the model decides: a singleton joins the cluster c maximising n_c·exp(S_ic)
+    when that beats α, the weight of standing alone, so an item whose labels are few or
+    contradictory ends in an existing cluster unless its labels rule every cluster out. With a
+    number, every item of a smaller cluster moves, whatever the evidence.
+    """
+    new = np.asarray(labels, dtype=np.int64).copy()
+    forced = min_size is not None
+    size = 2 if min_size is None else int(min_size)
+    if size <= 1:
+        return new
+    if not dissolve_small(score.indptr, score.indices, score.data, new, size, math.log(alpha), forced):
+        raise ValueError(f"no cluster has {size} or more items; lower min_cluster_size")
+    return _relabel(new)
+
+
 def search(
     pairs: PairLabels,
-    mixture: np.ndarray,
+    starts: list[tuple[str, np.ndarray | None]],
     random_state: int = 0,
-    n_orders: int = 2,
-    coassoc: np.ndarray | None = None,
-) -> tuple[np.ndarray, list[tuple[str, float]]]:
-    """Run the search from several starts and keep the partition with the best log-likelihood.
+    alpha: float = ALPHA,
+    graph: PairGraph | None = None,
+) -> SearchResult:
+    """Run `refine` (then `absorb_thin`) from each start; keep the best log-likelihood + log prior.
 
-    Starts: the mixture's partition (coins from it); singletons with the prior coins, visited in
-    `n_orders` seeded orders; and, when given, the intersection of the mixture with the
-    co-association partition (over-split, so the search only merges and moves). Measured on
-    synthetic crowds, no single start wins everywhere, while the log-likelihood picks the best or
-    nearly best ARI every time. Singletons with coins from the mixture were dropped: when the
-    mixture under-splits, its coins make "different" answers look weak and everything merges.
+    A start is (name, partition or None); None means singletons with the prior coins, visited in a
+    seeded random order (one order per such start).
     """
     rng = np.random.default_rng(random_state)
-    singletons = np.arange(pairs.n_items)
-    orders = [None] + [rng.permutation(pairs.n_items) for _ in range(1, n_orders)]
-    # (name, partition the coins come from (None: prior coins), start, visiting order)
-    starts: list[tuple[str, np.ndarray | None, np.ndarray, np.ndarray | None]] = [
-        ("mixture", mixture, mixture, None)
-    ]
-    starts += [(f"singletons-{k}", None, singletons, order) for k, order in enumerate(orders)]
-    if coassoc is not None:
-        over_split = mixture * (int(coassoc.max()) + 1) + coassoc
-        starts.append(("mixture∩coassociation", over_split, over_split, None))
-    graph = PairGraph(pairs)
-    best, best_ll, scores = mixture, -np.inf, []
-    for name, coins, start, order in starts:
-        labels = refine(pairs, coins, start=start, order=order, graph=graph)
-        ll = log_likelihood(pairs, labels)
-        scores.append((name, ll))
-        if ll > best_ll:
-            best, best_ll = labels, ll
-    return best, scores
+    graph = PairGraph(pairs) if graph is None else graph
+    best, best_value, scores = None, -np.inf, []
+    for name, start in starts:
+        if start is None:
+            labels = refine(pairs, None, order=rng.permutation(pairs.n_items), graph=graph)
+        else:
+            labels = refine(pairs, start, graph=graph)
+        labels = absorb_thin(pairs, labels, graph.scores(worker_llr(pairs, labels)), None, alpha)
+        value = log_likelihood(pairs, labels) + log_prior(labels, alpha)
+        scores.append((name, value))
+        if value > best_value:
+            best, best_value = labels, value
+    assert best is not None
+    return SearchResult(best, scores, graph.scores(worker_llr(pairs, best)))

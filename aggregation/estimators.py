@@ -2,27 +2,38 @@
 `fit_predict(data)` -> `pd.Series` item -> cluster, fitted attributes with a trailing underscore.
 
 `CrowdClustering` is the Gomes et al. model (variational embedding of items and workers), then a
-DP mixture on the embedding, then a split/merge/move search that weighs each worker by their
-two-coin reliability. `CoAssociationClustering` is the baseline: average linkage on the fraction
-of workers who put a pair together.
+DP mixture on the embedding, then a move/merge search that weighs each worker by their two-coin
+reliability, then the thin-evidence step and per-item confidences (`aggregation.consensus`).
+`CoAssociationClustering` is the baseline: average linkage on the fraction of workers who put a
+pair together.
+
+The estimators follow scikit-learn's estimator protocol (`get_params`, `set_params`, and
+`sklearn.base.clone` works) without inheriting from `sklearn.base.BaseEstimator`: importing that
+module pulls in scipy.stats and costs 2-8 s per process (measured with `python -X importtime`),
+more than a whole N = 82 aggregation is allowed.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from aggregation.consensus import search, worker_llr
+from aggregation.consensus import ALPHA, PairGraph, absorb_thin, item_confidence, search, worker_llr
 from aggregation.linkage import agglomerate
 from aggregation.mixture import dp_mixture
 from aggregation.pairs import PairLabels, build_pairs, coassociation
 from aggregation.variational import Priors, VariationalRun, initial_state, spectral_start
 
-# The co-association start costs a Python-level linkage (~20 s at N = 10,000); below this size it is cheap.
-COASSOC_START_MAX_ITEMS = 3000
+__all__ = ["CoAssociationClustering", "CrowdClustering", "least_certain", "ordered_clusters"]
+
+# The DP mixture holds an N×K responsibility matrix (K ~ 2√N); above this size its start is skipped.
+MIXTURE_MAX_ITEMS = 3000
 
 
 def _as_labels(data: pd.DataFrame) -> pd.DataFrame:
@@ -44,13 +55,70 @@ def ordered_clusters(items: np.ndarray, labels: np.ndarray) -> pd.Series:
     return pd.Series(rank[codes], index=pd.Index(items, name="item"), name="cluster")
 
 
+def least_certain(clusters: pd.Series, confidence: pd.Series, per_cluster: int = 5) -> pd.DataFrame:
+    """The `per_cluster` least certain items of every cluster: what to send back to the crowd.
+
+    Returns columns cluster, item, confidence, sorted by cluster, then confidence (lowest first),
+    then item (so ties are deterministic).
+
+    >>> clusters = pd.Series([0, 0, 0, 1], index=["a", "b", "c", "d"])
+    >>> confidence = pd.Series([0.9, 0.2, 0.6, 0.4], index=["a", "b", "c", "d"])
+    >>> least_certain(clusters, confidence, per_cluster=2)
+       cluster item  confidence
+    0        0    b         0.2
+    1        0    c         0.6
+    2        1    d         0.4
+    """
+    if per_cluster < 1:
+        raise ValueError("per_cluster must be at least 1")
+    frame = pd.DataFrame(
+        {
+            "cluster": clusters.to_numpy(),
+            "item": clusters.index.to_numpy(),
+            "confidence": confidence.reindex(clusters.index).to_numpy(dtype=np.float64),
+        }
+    )
+    frame = frame.sort_values(["cluster", "confidence", "item"], kind="mergesort")
+    return frame.groupby("cluster", sort=False).head(per_cluster).reset_index(drop=True)
+
+
 class _Base:
-    """Shared `fit_predict` and the result attributes."""
+    """scikit-learn's estimator protocol, the shared `fit_predict` and the result attributes.
+
+    Fitted attributes (set by `fit`): `labels_` (Series item -> cluster 0..K-1, 0 the largest),
+    `confidence_` (Series item -> P(its cluster | the others' clusters), in [0, 1]), `n_clusters_`,
+    `fit_seconds_`, `pairs_` (the pairwise labels), `n_iter_`.
+    """
 
     labels_: pd.Series
+    confidence_: pd.Series
     n_clusters_: int
     fit_seconds_: float
     pairs_: PairLabels
+    n_iter_: int
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [name for name in signature.parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters (scikit-learn protocol; `deep` is accepted and has nothing to recurse)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> _Base:
+        """Set constructor parameters (scikit-learn protocol)."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = inspect.signature(type(self).__init__).parameters
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults[k].default != v]
+        return f"{type(self).__name__}({', '.join(changed)})"
 
     def fit(self, data: pd.DataFrame) -> _Base:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -59,8 +127,25 @@ class _Base:
         """Fit on long-format labels and return the clusters (a Series item -> cluster)."""
         return self.fit(data).labels_
 
-    def _finish(self, pairs: PairLabels, labels: np.ndarray, started: float) -> None:
+    def _finish(
+        self, pairs: PairLabels, labels: np.ndarray, started: float, graph: PairGraph | None = None
+    ) -> None:
+        """Dissolve clusters below `min_cluster_size`, order the clusters, compute the confidences.
+
+        Both use the two-coin evidence S of the final partition (`aggregation.consensus`), so the
+        baseline's clusters get confidences on the same scale as the model's.
+        """
+        graph = PairGraph(pairs) if graph is None else graph
+        score = graph.scores(worker_llr(pairs, labels))
+        min_size = getattr(self, "min_cluster_size", None)
+        if min_size is not None:
+            if int(min_size) < 1:
+                raise ValueError("min_cluster_size must be at least 1 (or None: decided by the model)")
+            labels = absorb_thin(pairs, labels, score, int(min_size), ALPHA)
+            score = graph.scores(worker_llr(pairs, labels))
+        confidence = item_confidence(score.indptr, score.indices, score.data, labels, math.log(ALPHA))
         self.labels_ = ordered_clusters(pairs.items, labels)
+        self.confidence_ = pd.Series(confidence, index=self.labels_.index, name="confidence")
         self.n_clusters_ = int(self.labels_.max()) + 1
         self.pairs_ = pairs
         self.fit_seconds_ = time.perf_counter() - started
@@ -71,11 +156,15 @@ class CrowdClustering(_Base):
 
     1. Variational Bayes for items x_i ∈ R^D and workers (W_j, τ_j), from a deterministic spectral
        start (plus `n_restarts` seeded random starts); the run with the best free energy is kept.
-    2. A truncated DP Gaussian mixture on the posterior means (`mixture_labels_`).
-    3. A split/merge/move search that weighs each worker by two coins (P(same | same cluster),
-       P(different | different clusters)), from several starts, keeping the best log-likelihood
-       (`search_scores_`). It settles the number of clusters; measured on synthetic crowds it
-       lifts ARI from ~0.73 (mixture alone, N=500, K=20) to ~0.98 (bench/bench_aggregation.py).
+    2. A truncated DP Gaussian mixture on the posterior means (`mixture_labels_`; skipped above
+       MIXTURE_MAX_ITEMS items, where its N×K arrays grow badly).
+    3. A move/merge search that weighs each worker by two coins (P(same | same cluster),
+       P(different | different clusters)), from the mixture's partition and from singletons,
+       keeping the best log-likelihood + Ewens log prior (`search_scores_`).
+    4. Thin evidence is not a cluster: a singleton joins its most likely cluster under the model
+       (∝ size · exp(evidence), against α for standing alone); with `min_cluster_size` every
+       smaller cluster is dissolved that way. `confidence_` is each item's posterior probability
+       of its cluster given all the other items' clusters.
 
     Parameters
     ----------
@@ -88,6 +177,17 @@ class CrowdClustering(_Base):
     n_restarts: random starts in addition to the deterministic spectral start.
     random_state: seed of every random choice (restarts, mixture initialisation, search orders).
     refine: run the search of step 3 (without it the mixture's clusters are returned).
+    min_cluster_size: None lets the model decide (step 4); a number dissolves smaller clusters.
+
+    Fitted attributes, besides those of every estimator: `confidence_` (Series item -> [0, 1]),
+    `embedding_`, `embedding_var_`, `free_energy_`, `free_energy_history_`, `converged_`,
+    `mixture_labels_`, `search_scores_`, `worker_params_`.
+
+    >>> from aggregation.synthetic import generate_crowd
+    >>> crowd = generate_crowd(40, 4, seed=1, shares={"diligent": 1.0})
+    >>> model = CrowdClustering(random_state=0).fit(crowd.labels)
+    >>> model.n_clusters_, bool(model.confidence_.between(0, 1).all())
+    (4, True)
     """
 
     def __init__(
@@ -101,6 +201,7 @@ class CrowdClustering(_Base):
         n_restarts: int = 0,
         random_state: int = 0,
         refine: bool = True,
+        min_cluster_size: int | None = None,
     ) -> None:
         self.n_dims = n_dims
         self.var_x = var_x
@@ -111,6 +212,7 @@ class CrowdClustering(_Base):
         self.n_restarts = n_restarts
         self.random_state = random_state
         self.refine = refine
+        self.min_cluster_size = min_cluster_size
 
     def fit(self, data: pd.DataFrame) -> CrowdClustering:
         """Fit the model on long-format labels (task, worker, item, label)."""
@@ -125,8 +227,7 @@ class CrowdClustering(_Base):
         run = VariationalRun(pairs, priors)
         rng = np.random.default_rng(self.random_state)
         a, b, same, votes = coassociation(pairs)
-        together = same / votes
-        starts = [spectral_start(pairs.n_items, a, b, together, self.n_dims)]
+        starts = [spectral_start(pairs.n_items, a, b, same / votes, self.n_dims)]
         starts += [rng.normal(size=(pairs.n_items, self.n_dims)) for _ in range(self.n_restarts)]
         best = None
         for mu in starts:
@@ -134,13 +235,19 @@ class CrowdClustering(_Base):
             if best is None or state.free_energy > best.free_energy:
                 best = state
         assert best is not None
-        labels = dp_mixture(best.mu, random_state=self.random_state)
-        self.mixture_labels_ = ordered_clusters(pairs.items, labels)
-        if self.refine:
-            coassoc = None
-            if pairs.n_items <= COASSOC_START_MAX_ITEMS:
-                coassoc = agglomerate(pairs.n_items, a, b, together, "average", 0.5)
-            labels, self.search_scores_ = search(pairs, labels, self.random_state, coassoc=coassoc)
+        graph = PairGraph(pairs)
+        mixture = None
+        if pairs.n_items <= MIXTURE_MAX_ITEMS:
+            mixture = dp_mixture(best.mu, random_state=self.random_state)
+            self.mixture_labels_ = ordered_clusters(pairs.items, mixture)
+        else:
+            self.mixture_labels_ = None
+        if self.refine or mixture is None:
+            starts = [("singletons", None)] + ([("mixture", mixture)] if mixture is not None else [])
+            found = search(pairs, starts, self.random_state, graph=graph)
+            labels, self.search_scores_ = found.labels, found.scores
+        else:
+            labels, self.search_scores_ = mixture, []
 
         columns = [f"x{d}" for d in range(self.n_dims)]
         self.embedding_ = pd.DataFrame(best.mu, index=pd.Index(pairs.items, name="item"), columns=columns)
@@ -149,7 +256,7 @@ class CrowdClustering(_Base):
         self.free_energy_history_ = list(best.history)
         self.n_iter_ = int(best.n_iter)
         self.converged_ = bool(best.converged)
-        self._finish(pairs, labels, started)
+        self._finish(pairs, labels, started, graph)
         self.worker_params_ = self._worker_table(pairs, best)
         return self
 
@@ -184,12 +291,25 @@ class CoAssociationClustering(_Base):
 
     `n_clusters=None` chooses the number automatically: merging stops when no two clusters are,
     on average over their observed pairs, put together by more than `threshold` of the workers.
+    `min_cluster_size` dissolves smaller clusters as in `CrowdClustering`.
+
+    >>> from aggregation.synthetic import generate_crowd
+    >>> crowd = generate_crowd(40, 4, seed=1, shares={"diligent": 1.0})
+    >>> CoAssociationClustering(n_clusters=4).fit(crowd.labels).n_clusters_
+    4
     """
 
-    def __init__(self, random_state: int = 0, n_clusters: int | None = None, threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        random_state: int = 0,
+        n_clusters: int | None = None,
+        threshold: float = 0.5,
+        min_cluster_size: int | None = None,
+    ) -> None:
         self.random_state = random_state  # kept for a uniform interface; the linkage is deterministic
         self.n_clusters = n_clusters
         self.threshold = threshold
+        self.min_cluster_size = min_cluster_size
 
     def fit(self, data: pd.DataFrame) -> CoAssociationClustering:
         """Fit on long-format labels (task, worker, item, label)."""

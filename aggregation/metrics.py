@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+__all__ = ["clustering_scores"]
+
 
 def _entropy(counts: np.ndarray, total: float) -> float:
     p = counts[counts > 0] / total
@@ -27,7 +29,13 @@ def _f1(precision: float, recall: float) -> float:
 def clustering_scores(predicted: pd.Series, truth: pd.Series) -> dict[str, float]:
     """ARI, NMI (arithmetic normalisation), variation of information (nats), pairwise P/R/F1,
     B-cubed F1, and n_items. Written from the contingency table, without scikit-learn, so the CLI
-    does not pay for importing it."""
+    does not pay for importing it.
+
+    >>> truth = pd.Series([0, 0, 1, 1], index=list("abcd"))
+    >>> scores = clustering_scores(pd.Series([5, 5, 7, 7], index=list("abcd")), truth)
+    >>> scores["ari"], scores["bcubed_f1"]
+    (1.0, 1.0)
+    """
     common = predicted.index.intersection(truth.index)
     if len(common) == 0:
         raise ValueError("predicted and truth share no items")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+__all__ = ["REQUIRED", "PairLabels", "build_pairs", "check_labels", "coassociation"]
+
 REQUIRED = ("task", "worker", "item", "label")
 
 

@@ -1,13 +1,18 @@
-"""A seeded synthetic crowd for tests and benchmarks (design/crowd-simulation.md).
+"""Seeded synthetic crowds, with their truth, for tests and benchmarks.
 
 Items belong to K classes of uneven size and carry a colour that is not part of the style. HITs
 follow a design: `"seed"` is the seed notebook's (every item seeds one HIT of `hit_size` images
 padded with random others, answered by `overlap` workers); `"random"` draws HITs of 2..35 random
-images. Workers have a type: diligent (rare natural confusions), colour-biased, lumper, splitter,
-careless (diligent with much more noise) and spammer (random groups). Group numbers are local to an
-assignment (a random permutation of 1..10), and more than 10 perceived groups are merged, as a
-person with 10 colours would do. The export is written in the Toloka TSV layout
-(design/toloka-wire.md, section 5).
+images; `"queries"` draws many small partial-clustering queries of `hit_size` images (an int or a
+(low, high) range), and each worker answers a number of them drawn from `answers_per_worker`.
+Workers have a type: diligent (natural confusions at a per-worker error rate), colour-biased,
+lumper, splitter (splits a style by colour, the nuisance attribute), careless (diligent with much
+more noise) and spammer (random groups). Group numbers are local to an assignment (a random
+permutation of 1..10), and more than 10 perceived groups are merged, as a person with 10 colours
+would do. The export is written in the Toloka assignments TSV layout.
+
+`crowd_shape(name, ...)` names the shapes the aggregation is tuned on (`SHAPES`): the shoes design,
+small partial-clustering queries, large HITs with few answers, and very uneven class sizes.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ DEFAULT_SHARES = {
     "careless": 0.1,
     "spammer": 0.1,
 }
+__all__ = ["SHAPES", "SyntheticCrowd", "crowd_shape", "generate_crowd"]
+
 N_COLOURS = 6
 N_GROUPS = 10
 EXPORT_COLUMNS = [
@@ -82,7 +89,18 @@ def _shares(shares: dict[str, float] | None, spammer_share: float | None) -> np.
     return values / values.sum()
 
 
-def _design(rng: np.random.Generator, n_items: int, design: str, hit_size: int) -> list[np.ndarray]:
+def _size_range(hit_size: int | tuple[int, int]) -> tuple[int, int]:
+    return (hit_size, hit_size) if isinstance(hit_size, int) else (int(hit_size[0]), int(hit_size[1]))
+
+
+def _design(
+    rng: np.random.Generator, n_items: int, design: str, hit_size: int | tuple[int, int], n_hits: int | None
+) -> list[np.ndarray]:
+    if design in ("queries", "sized"):
+        low, high = _size_range(hit_size)
+        sizes = rng.integers(low, min(high, n_items) + 1, size=n_hits)
+        return [rng.choice(n_items, size=size, replace=False) for size in sizes]
+    hit_size = _size_range(hit_size)[1]
     if design == "seed":
         hits = []
         for seed_item in range(n_items):
@@ -94,7 +112,42 @@ def _design(rng: np.random.Generator, n_items: int, design: str, hit_size: int) 
         n_hits = int(np.ceil(n_items * hit_size / 18.5))
         sizes = rng.integers(2, min(35, n_items) + 1, size=n_hits)
         return [rng.choice(n_items, size=size, replace=False) for size in sizes]
-    raise ValueError(f"unknown HIT design {design!r} (use 'seed' or 'random')")
+    raise ValueError(f"unknown HIT design {design!r} (use 'seed', 'random', 'sized' or 'queries')")
+
+
+def _class_codes(
+    rng: np.random.Generator, n_items: int, n_classes: int, size_ratio: float | None
+) -> np.ndarray:
+    """Class of every item: Dirichlet(2) shares, or geometric sizes from largest to smallest = size_ratio."""
+    if size_ratio is None:
+        weights = rng.dirichlet(np.full(n_classes, 2.0))
+        codes = np.r_[np.arange(n_classes), rng.choice(n_classes, size=n_items - n_classes, p=weights)]
+        return rng.permutation(codes)
+    shares = size_ratio ** (-np.arange(n_classes) / max(n_classes - 1, 1))
+    sizes = np.maximum(1, np.floor(shares / shares.sum() * n_items)).astype(int)
+    sizes[0] += n_items - sizes.sum()
+    return rng.permutation(np.repeat(np.arange(n_classes), sizes))
+
+
+def _workers_per_hit(
+    rng: np.random.Generator,
+    n_hits: int,
+    n_workers: int,
+    overlap: int | tuple[int, int],
+    answers_per_worker: tuple[int, int] | None,
+) -> list[np.ndarray]:
+    """Which workers answer each HIT: `overlap` distinct ones, or queues of `answers_per_worker`."""
+    low, high = _size_range(overlap)
+    counts = rng.integers(low, high + 1, size=n_hits)
+    if answers_per_worker is None:
+        return [rng.choice(n_workers, size=count, replace=False) for count in counts]
+    # Each worker takes a budget of HITs; slots are dealt to workers in a seeded random order.
+    slots = np.repeat(np.arange(n_hits), counts)
+    budgets = rng.integers(answers_per_worker[0], answers_per_worker[1] + 1, size=len(slots))
+    owner = np.repeat(np.arange(len(budgets)), budgets)[: len(slots)]
+    owner = rng.permutation(owner) % n_workers
+    order = np.argsort(slots, kind="stable")
+    return np.split(owner[order], np.cumsum(counts)[:-1])
 
 
 def _answer(rng, kind: str, err: float, cls, colour, partner) -> np.ndarray:
@@ -116,45 +169,65 @@ def generate_crowd(
     n_classes: int = 8,
     seed: int = 0,
     design: str = "seed",
-    hit_size: int = 10,
-    overlap: int = 7,
+    hit_size: int | tuple[int, int] = 10,
+    overlap: int | tuple[int, int] = 7,
     n_workers: int | None = None,
     shares: dict[str, float] | None = None,
     spammer_share: float | None = None,
     result_encoding: str = "array",
+    n_hits: int | None = None,
+    answers_per_worker: tuple[int, int] | None = None,
+    error_range: tuple[float, float] = (0.0, 0.08),
+    size_ratio: float | None = None,
 ) -> SyntheticCrowd:
     """Generate a crowd's answers; everything follows from `seed`.
 
-    `shares` maps worker types to their share (default: design/crowd-simulation.md);
-    `spammer_share` overrides the spammers' share and rescales the others. `result_encoding`
-    chooses how OUTPUT:result is written: "array" (array_json without brackets), "json" (full JSON
-    text) or "mixed" (alternating), since real exports hold both.
+    `shares` maps worker types to their share (default: 60% diligent, 10% each colour-biased,
+    careless and spammer, 5% each lumper and splitter); `spammer_share` overrides the spammers'
+    share and rescales the others. `result_encoding` chooses how OUTPUT:result is written: "array"
+    (array_json without brackets), "json" (full JSON text) or "mixed" (alternating), since real
+    exports hold both. `n_hits` sets the number of HITs of the "sized" and "queries" designs;
+    `answers_per_worker` (low, high) deals HITs to workers in queues of that length instead of
+    drawing `overlap` workers per HIT; `error_range` is the diligent workers' error rates;
+    `size_ratio` makes class sizes geometric with largest / smallest = size_ratio.
+
+    >>> crowd = generate_crowd(30, 3, seed=0)
+    >>> len(crowd.truth), crowd.truth.nunique(), list(crowd.labels.columns)
+    (30, 3, ['task', 'worker', 'item', 'label'])
     """
     if n_classes < 1 or n_items < max(2, n_classes):
         raise ValueError("need n_items >= n_classes >= 1 and n_items >= 2")
+    if design in ("sized", "queries") and n_hits is None:
+        raise ValueError(f"design {design!r} needs n_hits")
     rng = np.random.default_rng(seed)
-    weights = rng.dirichlet(np.full(n_classes, 2.0))
-    truth_codes = np.r_[np.arange(n_classes), rng.choice(n_classes, size=n_items - n_classes, p=weights)]
-    truth_codes = rng.permutation(truth_codes)
+    truth_codes = _class_codes(rng, n_items, n_classes, size_ratio)
     colour = rng.integers(0, N_COLOURS, size=n_items)
     partner = np.array([c ^ 1 if (c ^ 1) < n_classes else (c + 1) % n_classes for c in range(n_classes)])
     items = np.array([f"https://img.example/{i:06d}.jpg" for i in range(n_items)])
 
-    hits = _design(rng, n_items, design, hit_size)
+    hits = _design(rng, n_items, design, hit_size, n_hits)
+    most = _size_range(overlap)[1]
     if n_workers is None:
-        n_workers = max(3 * overlap, len(hits) * overlap // 25)
-    if overlap > n_workers:
+        n_workers = max(3 * most, len(hits) * most // 25)
+    if most > n_workers:
         raise ValueError("overlap exceeds the number of workers")
     kinds = np.array(WORKER_TYPES)[
         rng.choice(len(WORKER_TYPES), size=n_workers, p=_shares(shares, spammer_share))
     ]
-    err = np.where(kinds == "careless", rng.uniform(0.25, 0.45, n_workers), rng.uniform(0.0, 0.08, n_workers))
+    err = np.where(
+        kinds == "careless", rng.uniform(0.25, 0.45, n_workers), rng.uniform(*error_range, n_workers)
+    )
     worker_ids = np.array([f"w{j:05d}" for j in range(n_workers)])
+    if isinstance(overlap, int) and answers_per_worker is None:
+        per_hit = None  # the original draw order, so existing seeds give the same crowds
+    else:
+        per_hit = _workers_per_hit(rng, len(hits), n_workers, overlap, answers_per_worker)
 
     rows, long_parts = [], []
     for h, hit in enumerate(hits):
         suite = f"suite-{h:06d}"
-        for j in rng.choice(n_workers, size=overlap, replace=False):
+        answering = rng.choice(n_workers, size=overlap, replace=False) if per_hit is None else per_hit[h]
+        for j in np.unique(answering) if per_hit is not None else answering:
             keys = _answer(rng, kinds[j], err[j], truth_codes[hit], colour[hit], partner)
             _, inverse = np.unique(keys, return_inverse=True)
             groups = rng.permutation(N_GROUPS)[inverse % N_GROUPS] + 1
@@ -191,3 +264,58 @@ def generate_crowd(
     export = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
     workers = pd.DataFrame({"worker": worker_ids, "type": kinds, "error_rate": err}).set_index("worker")
     return SyntheticCrowd(labels=labels, truth=truth, export=export, workers=workers)
+
+
+# name -> (description, generate_crowd arguments); n_items / n_classes may be overridden.
+SHAPES: dict[str, tuple[str, dict]] = {
+    "shoes": (
+        "the shoes design: HIT 10, overlap 7, uneven class sizes, ~10% spammers",
+        {"n_items": 500, "n_classes": 20, "design": "seed", "hit_size": 10, "overlap": 7},
+    ),
+    "queries": (
+        "partial-clustering queries of 2-5 images, many workers answering 10-50 each, error rates "
+        "5-40%, some workers splitting by colour",
+        {
+            "n_items": 342,
+            "n_classes": 6,
+            "design": "queries",
+            "hit_size": (2, 5),
+            "n_hits": 2000,
+            "overlap": 1,
+            "answers_per_worker": (10, 50),
+            "n_workers": 120,
+            "error_range": (0.05, 0.4),
+            "shares": {"diligent": 0.8, "splitter": 0.1, "spammer": 0.1},
+        },
+    ),
+    "large-hits": (
+        "HITs of 30-40 images, 3-5 answers each, few workers",
+        {
+            "n_items": 765,
+            "n_classes": 16,
+            "design": "sized",
+            "hit_size": (30, 40),
+            "n_hits": 90,
+            "overlap": (3, 5),
+            "n_workers": 12,
+            "error_range": (0.02, 0.12),
+            "shares": {"diligent": 0.75, "colour": 0.08, "careless": 0.09, "lumper": 0.08},
+        },
+    ),
+    "uneven": (
+        "the shoes design with geometric class sizes, largest / smallest = 60",
+        {"n_items": 600, "n_classes": 10, "design": "seed", "size_ratio": 60.0},
+    ),
+}
+
+
+def crowd_shape(name: str, seed: int = 0, **overrides) -> SyntheticCrowd:
+    """A crowd of one of the named `SHAPES` (overrides replace its generate_crowd arguments).
+
+    >>> crowd = crowd_shape("queries", seed=0, n_items=60, n_hits=200)
+    >>> int(crowd.labels.groupby(["task", "worker"]).size().max()) <= 5
+    True
+    """
+    if name not in SHAPES:
+        raise ValueError(f"unknown crowd shape {name!r} (known: {', '.join(SHAPES)})")
+    return generate_crowd(seed=seed, **{**SHAPES[name][1], **overrides})

@@ -16,8 +16,10 @@ CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args, hashseed="0"):
+def _run(args, hashseed="0", threads=None):
     env = {**os.environ, "PYTHONHASHSEED": hashseed}
+    if threads is not None:
+        env["NUMBA_NUM_THREADS"] = str(threads)
     return subprocess.run(
         [*CLI, *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
     )
@@ -40,10 +42,13 @@ def test_end_to_end_with_truth_and_same_output_across_hash_seeds(export):
     for word in ("items", "workers", "labels", "clusters", "iterations", "seconds", "ari", "bcubed_f1"):
         assert word in first.stdout
     clusters = pd.read_csv(export / "a.csv")
-    assert list(clusters.columns) == ["item", "cluster"] and len(clusters) == 82
+    assert list(clusters.columns) == ["item", "cluster", "confidence"] and len(clusters) == 82
+    assert clusters["confidence"].between(0, 1).all()
+    below = int((clusters["confidence"] < 0.5).sum())
+    assert f"uncertain   {below} items with confidence < 0.5" in first.stdout
     ari = float(next(line.split()[1] for line in first.stdout.splitlines() if line.startswith("ari")))
     assert ari >= 0.9
-    second = _run([export / "export.tsv", "-o", export / "b.csv", "--seed", "3"], "12345")
+    second = _run([export / "export.tsv", "-o", export / "b.csv", "--seed", "3"], "12345", threads=1)
     assert second.returncode == 0, second.stderr
     assert (export / "a.csv").read_bytes() == (export / "b.csv").read_bytes()
 
@@ -97,3 +102,12 @@ def test_missing_file_and_bad_truth(export):
     (export / "bad_truth.csv").write_text("foo,bar\n1,2\n")
     bad_truth = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "bad_truth.csv"])
     assert bad_truth.returncode == 2 and "needs columns item (or image) and class" in bad_truth.stderr
+
+
+def test_min_cluster_size_option(export):
+    result = _run([export / "export.tsv", "-o", export / "m.csv", "--min-cluster-size", "15"])
+    assert result.returncode == 0, result.stderr
+    sizes = pd.read_csv(export / "m.csv")["cluster"].value_counts()
+    assert sizes.min() >= 15
+    too_big = _run([export / "export.tsv", "-o", export / "m2.csv", "--min-cluster-size", "500"])
+    assert too_big.returncode == 2 and "no cluster has 500 or more items" in too_big.stderr

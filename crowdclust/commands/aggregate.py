@@ -1,4 +1,4 @@
-"""`crowdclust aggregate`: a Toloka assignments export -> `item,cluster` CSV.
+"""`crowdclust aggregate`: a Toloka assignments export -> `item,cluster,confidence` CSV.
 
 Only typer is imported at module level: the root CLI imports this module for every command, and
 numba/pandas/the aggregation core are paid for only when `aggregate` actually runs.
@@ -63,8 +63,16 @@ def aggregate(
     lenient: Annotated[
         bool, typer.Option(help="Skip bad export rows (and report them) instead of failing.")
     ] = False,
+    min_cluster_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Dissolve smaller clusters into their most likely neighbours "
+            "(default: the model decides; a lone item joins its most likely cluster).",
+        ),
+    ] = None,
 ) -> None:
-    """Cluster the images of a Toloka export; write item,cluster and print a summary."""
+    """Cluster the images of a Toloka export; write item,cluster,confidence and print a summary."""
     started = time.perf_counter()
     from aggregation import (
         CoAssociationClustering,
@@ -85,9 +93,9 @@ def aggregate(
         print(f"... and {len(reading.problems) - 10} more skipped rows", file=sys.stderr)
 
     model = (
-        CrowdClustering(random_state=seed)
+        CrowdClustering(random_state=seed, min_cluster_size=min_cluster_size)
         if method is Method.gomes
-        else CoAssociationClustering(random_state=seed)
+        else CoAssociationClustering(random_state=seed, min_cluster_size=min_cluster_size)
     )
     try:
         clusters = model.fit_predict(reading.labels)
@@ -95,7 +103,10 @@ def aggregate(
         _fail(f"{export}: {exc}")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        clusters.rename_axis("item").reset_index().to_csv(output, index=False)
+        table = clusters.rename_axis("item").reset_index()
+        table["confidence"] = model.confidence_.to_numpy()
+        # Fixed precision: the file is byte-identical whatever the platform's float formatting.
+        table.to_csv(output, index=False, float_format="%.6f")
     except OSError as exc:
         _fail(f"cannot write {output}: {exc}")
 
@@ -107,6 +118,7 @@ def aggregate(
         f"labels      {model.pairs_.n_labels} pairwise",
         f"assignments {model.pairs_.n_assignments} ({len(labels)} item labels)",
         f"clusters    {model.n_clusters_}",
+        f"uncertain   {int((model.confidence_ < 0.5).sum())} items with confidence < 0.5",
         f"iterations  {model.n_iter_}",
         f"skipped     {len(reading.problems)} rows",
         f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",

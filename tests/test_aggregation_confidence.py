@@ -1,0 +1,173 @@
+"""Thin evidence, confidences, min_cluster_size, the synthetic shapes, the estimator protocol, doctests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+import aggregation
+from aggregation import CoAssociationClustering, CrowdClustering, clustering_scores, generate_crowd
+from aggregation.synthetic import crowd_shape
+
+CLEAN = {"diligent": 1.0}
+
+
+def _with_contradicted_item(seed: int = 0):
+    """A clean crowd plus one item `x` seen in one HIT with an item of class 0 and one of class 1:
+    one worker puts x with the first, another with the second."""
+    crowd = generate_crowd(60, 4, seed=seed, shares=CLEAN)
+    truth = crowd.truth
+    first, second = truth[truth == 0].index[0], truth[truth == 1].index[0]
+    extra = pd.DataFrame(
+        [
+            ("hit-x", "wx1", "x", 1),
+            ("hit-x", "wx1", first, 1),
+            ("hit-x", "wx1", second, 2),
+            ("hit-x", "wx2", "x", 1),
+            ("hit-x", "wx2", first, 2),
+            ("hit-x", "wx2", second, 1),
+        ],
+        columns=["task", "worker", "item", "label"],
+    )
+    return crowd, pd.concat([crowd.labels, extra], ignore_index=True)
+
+
+def test_item_with_contradictory_labels_joins_an_existing_cluster_with_low_confidence():
+    crowd, labels = _with_contradicted_item()
+    model = CrowdClustering(random_state=0).fit(labels)
+    clusters = model.labels_
+    # x is not a cluster of its own: the clusters are the four classes, x inside one of them.
+    assert model.n_clusters_ == 4
+    assert (clusters == clusters["x"]).sum() > 1
+    assert clustering_scores(clusters.drop("x"), crowd.truth)["ari"] == pytest.approx(1.0)
+    confidence = model.confidence_
+    assert confidence.between(0.0, 1.0).all() and confidence.index.equals(clusters.index)
+    assert confidence["x"] < 0.5 < confidence.drop("x").median()
+
+
+def test_an_item_with_one_different_label_is_no_singleton():
+    crowd = generate_crowd(60, 4, seed=2, shares=CLEAN)
+    other = crowd.truth.index[0]
+    # The label comes from a worker the crowd shows to be careful, so it weighs enough to be kept.
+    careful = crowd.labels["worker"].iloc[0]
+    extra = pd.DataFrame(
+        [("hit-y", careful, "y", 1), ("hit-y", careful, other, 2)],
+        columns=["task", "worker", "item", "label"],
+    )
+    model = CrowdClustering(random_state=0).fit(pd.concat([crowd.labels, extra], ignore_index=True))
+    assert model.n_clusters_ == 4
+    assert model.labels_["y"] != model.labels_[other]  # the one label it has is respected
+
+
+def test_confidence_is_lower_for_items_with_conflicting_labels():
+    """Five items of a clean crowd get mixed answers: in two of every three assignments that show
+    them, the worker puts them in another item's group. Their confidence must drop below everyone
+    else's."""
+    crowd = generate_crowd(120, 6, seed=3, shares=CLEAN)
+    labels = crowd.labels.copy()
+    mixed = crowd.truth.index[:5]
+    for item in mixed:
+        rows = labels.index[labels["item"] == item]
+        rows = rows[np.arange(len(rows)) % 3 != 0]
+        for row in rows:
+            task, worker = labels.at[row, "task"], labels.at[row, "worker"]
+            others = labels[(labels["task"] == task) & (labels["worker"] == worker)]
+            groups = others["label"][others["label"] != labels.at[row, "label"]]
+            if len(groups):
+                labels.at[row, "label"] = groups.iloc[0]
+    model = CrowdClustering(random_state=0).fit(labels)
+    confidence = model.confidence_
+    assert confidence[mixed].max() < confidence.drop(mixed).quantile(0.05)
+    assert confidence.drop(mixed).median() > 0.99
+
+
+def test_min_cluster_size_dissolves_small_clusters():
+    crowd = generate_crowd(100, 8, seed=4)
+    sizes = CrowdClustering(random_state=0).fit_predict(crowd.labels).value_counts()
+    cutoff = int(sizes.iloc[len(sizes) // 2]) + 1
+    forced = CrowdClustering(random_state=0, min_cluster_size=cutoff).fit(crowd.labels)
+    assert forced.labels_.value_counts().min() >= cutoff
+    assert forced.n_clusters_ < len(sizes) and len(forced.labels_) == 100
+    with pytest.raises(ValueError, match="no cluster has"):
+        CrowdClustering(random_state=0, min_cluster_size=1000).fit(crowd.labels)
+    base = CoAssociationClustering(min_cluster_size=cutoff).fit(crowd.labels)
+    assert base.labels_.value_counts().min() >= cutoff
+
+
+def test_least_certain_lists_the_lowest_confidences_per_cluster():
+    crowd = generate_crowd(82, 8, seed=5)
+    model = CrowdClustering(random_state=0).fit(crowd.labels)
+    table = aggregation.least_certain(model.labels_, model.confidence_, per_cluster=3)
+    assert list(table.columns) == ["cluster", "item", "confidence"]
+    for cluster, rows in table.groupby("cluster"):
+        members = model.confidence_[model.labels_ == cluster].sort_values(kind="mergesort")
+        assert len(rows) == min(3, len(members))
+        assert rows["confidence"].tolist() == pytest.approx(members.iloc[: len(rows)].tolist())
+
+
+@pytest.mark.parametrize(
+    ("shape", "overrides", "seeds"),
+    [
+        ("shoes", {"n_items": 150, "n_classes": 8}, (0, 1)),
+        ("queries", {}, (0, 1)),
+        ("large-hits", {"n_items": 240, "n_classes": 8, "n_hits": 30}, (0, 2)),
+        ("uneven", {"n_items": 300, "n_classes": 6}, (0, 1)),
+    ],
+)
+def test_number_of_clusters_within_tolerance_on_every_shape(shape, overrides, seeds):
+    for seed in seeds:
+        crowd = crowd_shape(shape, seed=seed, **overrides)
+        found = CrowdClustering(random_state=seed).fit(crowd.labels).n_clusters_
+        true = crowd.truth.nunique()
+        assert abs(found - true) <= max(1, round(0.25 * true)), (shape, seed, found, true)
+
+
+def test_shapes_have_their_design():
+    queries = crowd_shape("queries", seed=0, n_items=80, n_hits=300).labels
+    per_query = queries.groupby(["task", "worker"]).size()
+    assert per_query.min() >= 2 and per_query.max() <= 5
+    per_worker = queries.groupby("worker")["task"].nunique()
+    assert per_worker.max() <= 60 and per_worker.median() >= 10
+    large = crowd_shape("large-hits", seed=0, n_items=200, n_hits=20).labels
+    sizes = large.groupby(["task", "worker"]).size()
+    answers = large.groupby("task")["worker"].nunique()
+    assert sizes.between(30, 40).all() and answers.between(3, 5).all()
+    uneven = crowd_shape("uneven", seed=0).truth.value_counts()
+    assert uneven.max() / uneven.min() >= 50
+
+
+def test_estimators_follow_the_scikit_learn_protocol():
+    model = CrowdClustering(n_dims=3, min_cluster_size=2, random_state=7)
+    copy = clone(model)
+    assert copy is not model and copy.get_params() == model.get_params()
+    assert copy.get_params()["n_dims"] == 3 and "min_cluster_size" in copy.get_params()
+    assert clone(CoAssociationClustering(n_clusters=3)).n_clusters == 3
+    assert model.set_params(n_dims=2).n_dims == 2
+    with pytest.raises(ValueError, match="invalid parameter"):
+        model.set_params(nope=1)
+    assert repr(model) == "CrowdClustering(n_dims=2, random_state=7, min_cluster_size=2)"
+
+
+@pytest.mark.parametrize("module", ["aggregation.estimators", "aggregation.synthetic", "aggregation.metrics"])
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_public_modules_declare_all():
+    for name in ("adapter", "consensus", "estimators", "metrics", "pairs", "synthetic"):
+        module = importlib.import_module(f"aggregation.{name}")
+        assert module.__all__ and all(hasattr(module, item) for item in module.__all__)
+    assert {"least_certain", "crowd_shape"} <= set(aggregation.__all__)
+
+
+def test_same_seed_same_confidences():
+    crowd = generate_crowd(82, 8, seed=6)
+    a = CrowdClustering(random_state=1).fit(crowd.labels)
+    b = CrowdClustering(random_state=1).fit(crowd.labels.sample(frac=1.0, random_state=3))
+    np.testing.assert_array_equal(a.confidence_.to_numpy(), b.confidence_.to_numpy())
