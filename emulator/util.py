@@ -21,7 +21,7 @@ MAX_SIM_SECONDS = (datetime(9999, 1, 1) - POSIX_EPOCH).total_seconds()
 
 def digest(*parts: object) -> bytes:
     """sha256 of the parts joined by `|`."""
-    return hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return hashlib.sha256("|".join(map(str, parts)).encode()).digest()
 
 
 def stable_int(*parts: object) -> int:
