@@ -1,11 +1,15 @@
 """The simulated crowd: a labour market over simulated time, event-driven.
 
 The market (`workers.Population`) holds thousands of workers as numpy arrays; none of them costs
-anything until it shows up. Each worker alternates between being away (a gap drawn from an
-exponential law, mean `MEAN_GAP` hours) and online sessions (log-normal, about `MEAN_SESSION`
-minutes). When the emulator starts, the market is already running: a steady-state share of the
-workers is online, the others arrive over the following hours. So there is no per-worker, per-tick
-loop: only online workers have events, in one heap keyed by (simulated time, kind, key).
+anything until it shows up. Each worker alternates between online sessions (log-normal, about
+`MEAN_SESSION` minutes) and being away (exponential: `MEAN_GAP` on average, but only
+`MEAN_GAP_ENGAGED` after a session with paid work, as regulars who found work they can do come back
+sooner). A visit ends when its time is up or after a batch of `SESSION_TASKS` paid assignments,
+so no worker can take over a pool however fast the simulated clock runs past a slow requester
+(results do not depend on the client's speed). When the emulator starts, the market is already
+running: a steady-state share of the workers is online, the others arrive over the next hours.
+There is no per-worker, per-tick loop: only online workers have events, in one heap keyed by
+(simulated time, kind, key).
 
 While online, a worker looks for work when its event comes due: trainings it needs, then open pools
 whose filter admits it, in (priority, a per-worker preference) order, taking the first suite in
@@ -51,8 +55,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("emulator.crowd")
 # Event kinds, in processing order at equal instants.
 WORKER, ARRIVE, POOL_CHECK, AUTO_ACCEPT = 0, 1, 2, 3
-MEAN_SESSION = 25 * 60.0  # seconds online per visit (log-normal around it)
-MEAN_GAP = 4 * 3600.0  # seconds away between visits (exponential)
+MEAN_SESSION = 45 * 60.0  # seconds online per visit (log-normal around it)
+MEAN_GAP = 6 * 3600.0  # seconds away after a visit without paid work (exponential)
+MEAN_GAP_ENGAGED = 2 * 3600.0  # seconds away after a visit with paid work: regulars come back sooner
+SESSION_TASKS = (3, 10)  # a visit ends after this many paid assignments at most (uniform, hashed)
 RECHECK = 20 * 60.0  # an idle online worker looks at the task list again after about this long
 WAKE_CAP = 24  # idle online workers who react at once to a change
 
@@ -169,6 +175,10 @@ class Crowd:
         u = min(max(unit("session-length", self.seed, worker["id"], rt["session"]), 1e-9), 1 - 1e-9)
         spread = math.exp(0.5 * NormalDist().inv_cdf(u))
         rt["online_until"] = self.now + MEAN_SESSION * spread / math.exp(0.125)
+        # A visit is also a batch: workers leave after a handful of assignments, whatever they are.
+        rt["batch"] = SESSION_TASKS[0] + stable_int(
+            "session-tasks", self.seed, worker["id"], rt["session"]
+        ) % (SESSION_TASKS[1] - SESSION_TASKS[0] + 1)
         self._look_for_work(worker)
 
     def _leave(self, worker: Doc) -> None:
@@ -176,7 +186,8 @@ class Crowd:
         rt["online_until"] = None
         rt["session"] += 1
         self.idle.discard(worker["id"])
-        gap = -MEAN_GAP * math.log1p(-unit("session-gap", self.seed, worker["id"], rt["session"]))
+        mean = MEAN_GAP_ENGAGED if rt.pop("earned", False) else MEAN_GAP
+        gap = -mean * math.log1p(-unit("session-gap", self.seed, worker["id"], rt["session"]))
         self._schedule(worker, self.now + max(60.0, gap))
 
     def wake(self, worker_id: str) -> None:
@@ -205,7 +216,9 @@ class Crowd:
             assignment = self.store.data["assignment"][rt["assignment"]]
             rt["assignment"] = None
             self._submit(worker, assignment)
-            if rt["online_until"] is not None and self.now < rt["online_until"]:
+            if self.store.data["pool"][assignment["pool_id"]]["_kind"] == "pool":
+                rt["batch"] = rt.get("batch", 1) - 1  # trainings are not part of the batch
+            if rt["online_until"] is not None and self.now < rt["online_until"] and rt["batch"] > 0:
                 self._schedule(worker, self.now + pause(self.seed, worker, assignment["id"]))
             else:
                 self._leave(worker)
@@ -352,6 +365,7 @@ class Crowd:
         suite["_taken"] += 1
         if not training:
             self.held += with_cost(assignment["reward"])  # reserved until accepted or rejected
+            worker["_rt"]["earned"] = True
         suite["_workers"].append(worker["id"])
         suite.setdefault("_assignments", []).append(assignment["id"])
         worker["_rt"]["pools"].setdefault(pool["id"], []).append(assignment["id"])
