@@ -109,8 +109,8 @@ def by_pool(emu: Emulator, pool: Doc, request: Doc) -> list[Doc]:
     return _aggregate(emu, pool, request, None)
 
 
-def by_task(emu: Emulator, pool: Doc, task: Doc, request: Doc) -> Doc:
-    found = _aggregate(emu, pool, request, task["id"])
+def by_task(emu: Emulator, pool: Doc, task_id: str, request: Doc) -> Doc:
+    found = _aggregate(emu, pool, request, task_id)
     if not found:
-        return {"pool_id": pool["id"], "task_id": task["id"], "confidence": 0.0, "output_values": {}}
+        return {"pool_id": pool["id"], "task_id": task_id, "confidence": 0.0, "output_values": {}}
     return found[0]

@@ -436,6 +436,8 @@ class Emulator:
                     )
                 overlap = suite["_done"]
             self.crowd.set_overlap(suite, overlap)
+        if kind == "task":
+            doc["_overlap"] = suite["_overlap"]
         if not overlap_or_min:
             for name in ("baseline_solutions", "known_solutions", "message_on_unknown_solution"):
                 if name in body and kind == "task":
@@ -522,8 +524,15 @@ class Emulator:
     def aggregate_by_task(self, body: Any) -> Doc:
         request = aggregate.check_request(_object(body), by_task=True)
         pool = self.get("pool", str(request["pool_id"]), "pool")
-        task = self.get("task", str(request["task_id"]))
-        return aggregate.by_task(self, pool, task, request)
+        task_id = str(request["task_id"])
+        suites = self.store.data["suite"]
+        if not any(
+            t["id"] == task_id
+            for s in self.store.ids_in_pool("suite", pool["id"])
+            for t in suites[s]["tasks"]
+        ):
+            raise not_found("task", task_id)
+        return aggregate.by_task(self, pool, task_id, request)
 
     def find_aggregated(self, op_id: str, params: dict[str, str]) -> Doc:
         self.get("operation", op_id)
