@@ -96,28 +96,28 @@ def create_app(emu: Emulator) -> Any:
 
     # ---------------------------------------------------------------------------------- requester
     @app.get("/api/v1/requester")
-    def requester() -> Any:
+    async def requester() -> Any:
         return call(emu.requester)
 
     # ----------------------------------------------------------------------------------- projects
     @app.post("/api/v1/projects", status_code=201)
-    def create_project(body: Any = Body(None)) -> Any:
+    async def create_project(body: Any = Body(None)) -> Any:
         return _json(call(emu.create_project, body), 201)
 
     @app.get("/api/v1/projects")
-    def find_projects(request: Request) -> Any:
+    async def find_projects(request: Request) -> Any:
         return call(emu.search, "project", _params(request))
 
     @app.get("/api/v1/projects/{key}")
-    def get_project(key: str) -> Any:
+    async def get_project(key: str) -> Any:
         return call(lambda: public(emu.get("project", key)))
 
     @app.put("/api/v1/projects/{key}")
-    def update_project(key: str, body: Any = Body(None)) -> Any:
+    async def update_project(key: str, body: Any = Body(None)) -> Any:
         return call(emu.update, "project", key, body)
 
     @app.post("/api/v1/projects/{key}/archive")
-    def archive_project(key: str) -> Response:
+    async def archive_project(key: str) -> Response:
         return _op(call(emu.archive_project, key))
 
     # -------------------------------------------------------------------------- pools, trainings
@@ -126,19 +126,19 @@ def create_app(emu: Emulator) -> Any:
 
     # -------------------------------------------------------------------------------------- skills
     @app.post("/api/v1/skills", status_code=201)
-    def create_skill(body: Any = Body(None)) -> Any:
+    async def create_skill(body: Any = Body(None)) -> Any:
         return _json(call(emu.create_skill, body), 201)
 
     @app.get("/api/v1/skills")
-    def find_skills(request: Request) -> Any:
+    async def find_skills(request: Request) -> Any:
         return call(emu.search, "skill", _params(request))
 
     @app.get("/api/v1/skills/{key}")
-    def get_skill(key: str) -> Any:
+    async def get_skill(key: str) -> Any:
         return call(lambda: public(emu.get("skill", key)))
 
     @app.put("/api/v1/skills/{key}")
-    def update_skill(key: str, body: Any = Body(None)) -> Any:
+    async def update_skill(key: str, body: Any = Body(None)) -> Any:
         return call(emu.update_skill, key, body)
 
     # ---------------------------------------------------------------------------- tasks and suites
@@ -147,110 +147,110 @@ def create_app(emu: Emulator) -> Any:
 
     # ---------------------------------------------------------------------------------- operations
     @app.get("/api/v1/operations")
-    def find_operations(request: Request) -> Any:
+    async def find_operations(request: Request) -> Any:
         return call(emu.search, "operation", _params(request))
 
     @app.get("/api/v1/operations/{key}")
-    def get_operation(key: str) -> Any:
+    async def get_operation(key: str) -> Any:
         return call(emu.get_operation, key)
 
     @app.get("/api/v1/operations/{key}/log")
-    def get_operation_log(key: str) -> Any:
+    async def get_operation_log(key: str) -> Any:
         return call(emu.get_operation_log, key)
 
     @app.post("/api/staging/analytics-2")
-    def analytics(body: Any = Body(None)) -> Any:
+    async def analytics(body: Any = Body(None)) -> Any:
         return _json(public(call(emu.analytics, body)), 202)
 
     # --------------------------------------------------------------------------------- assignments
     @app.get("/api/v1/assignments")
-    def find_assignments(request: Request) -> Any:
+    async def find_assignments(request: Request) -> Any:
         return call(emu.search, "assignment", _params(request))
 
     @app.get("/api/v1/assignments/{key}")
-    def get_assignment(key: str) -> Any:
+    async def get_assignment(key: str) -> Any:
         return call(emu.get_long, "assignment", key)
 
     @app.patch("/api/v1/assignments/{key}")
-    def patch_assignment(key: str, body: Any = Body(None)) -> Any:
+    async def patch_assignment(key: str, body: Any = Body(None)) -> Any:
         return call(emu.patch_assignment, key, body)
 
     @app.get("/api/new/requester/pools/{pool_id}/assignments.tsv")
-    def assignments_tsv(pool_id: str, request: Request) -> Any:
+    async def assignments_tsv(pool_id: str, request: Request) -> Any:
         text = call(emu.export_tsv, pool_id, _params(request))
         return PlainTextResponse(text, media_type="text/tab-separated-values; charset=utf-8")
 
     # --------------------------------------------------------------------------------- user skills
     @app.get("/api/v1/user-skills")
-    def find_user_skills(request: Request) -> Any:
+    async def find_user_skills(request: Request) -> Any:
         return call(emu.search, "user_skill", _params(request))
 
     @app.get("/api/v1/user-skills/{key}")
-    def get_user_skill(key: str) -> Any:
+    async def get_user_skill(key: str) -> Any:
         return call(emu.get_user_skill, key)
 
     @app.put("/api/v1/user-skills")
-    def set_user_skill(body: Any = Body(None)) -> Any:
+    async def set_user_skill(body: Any = Body(None)) -> Any:
         return call(emu.set_user_skill, body)
 
     @app.delete("/api/v1/user-skills/{key}")
-    def delete_user_skill(key: str) -> Response:
+    async def delete_user_skill(key: str) -> Response:
         call(emu.delete_user_skill, key)
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ bonuses, restrictions, users
     @app.post("/api/v1/user-bonuses")
-    def create_bonuses(request: Request, body: Any = Body(None)) -> Any:
+    async def create_bonuses(request: Request, body: Any = Body(None)) -> Any:
         status, data = call(emu.create_bonuses, body, _params(request))
         return _json(public(data) if "type" in data else data, status)
 
     @app.get("/api/v1/user-bonuses")
-    def find_bonuses(request: Request) -> Any:
+    async def find_bonuses(request: Request) -> Any:
         return call(emu.search, "user_bonus", _params(request))
 
     @app.get("/api/v1/user-bonuses/{key}")
-    def get_bonus(key: str) -> Any:
+    async def get_bonus(key: str) -> Any:
         return call(emu.get_long, "user_bonus", key)
 
     @app.put("/api/v1/user-restrictions", status_code=201)
-    def set_restriction(body: Any = Body(None)) -> Any:
+    async def set_restriction(body: Any = Body(None)) -> Any:
         return _json(call(emu.set_restriction, body), 201)
 
     @app.get("/api/v1/user-restrictions")
-    def find_restrictions(request: Request) -> Any:
+    async def find_restrictions(request: Request) -> Any:
         return call(emu.search, "user_restriction", _params(request))
 
     @app.get("/api/v1/user-restrictions/{key}")
-    def get_restriction(key: str) -> Any:
+    async def get_restriction(key: str) -> Any:
         return call(lambda: public(emu.get("user_restriction", key)))
 
     @app.delete("/api/v1/user-restrictions/{key}")
-    def delete_restriction(key: str) -> Response:
+    async def delete_restriction(key: str) -> Response:
         call(emu.delete_restriction, key)
         return Response(status_code=204)
 
     @app.get("/api/v1/user-metadata/{user_id}")
-    def user_metadata(user_id: str) -> Any:
+    async def user_metadata(user_id: str) -> Any:
         return call(emu.user_metadata, user_id)
 
     # ------------------------------------------------------------------------ aggregated solutions
     @app.post("/api/v1/aggregated-solutions/aggregate-by-pool")
-    def aggregate_by_pool(body: Any = Body(None)) -> Any:
+    async def aggregate_by_pool(body: Any = Body(None)) -> Any:
         return _op(call(emu.aggregate_by_pool, body))
 
     @app.post("/api/v1/aggregated-solutions/aggregate-by-task")
-    def aggregate_by_task(body: Any = Body(None)) -> Any:
+    async def aggregate_by_task(body: Any = Body(None)) -> Any:
         return call(emu.aggregate_by_task, body)
 
     @app.get("/api/v1/aggregated-solutions/{op_id}")
-    def find_aggregated(op_id: str, request: Request) -> Any:
+    async def find_aggregated(op_id: str, request: Request) -> Any:
         return call(emu.find_aggregated, op_id, _params(request))
 
     # -------------------------------------------------------------------------- control, images
     _control_routes(app, emu, faults, limiter)
 
     @app.get("/images/{catalogue}/{file}")
-    def image(catalogue: str, file: str) -> Response:
+    async def image(catalogue: str, file: str) -> Response:
         png = render_png(f"/images/{catalogue}/{file}")
         if png is None:
             return _error(404, "DOES_NOT_EXIST", f"no image /images/{catalogue}/{file}")
@@ -264,23 +264,23 @@ def _pool_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> Non
     call = emu.call
 
     @app.post(f"/api/v1/{collection}", status_code=201, name=f"create_{kind}")
-    def create(body: Any = Body(None)) -> Any:
+    async def create(body: Any = Body(None)) -> Any:
         return _json(call(emu.create_pool, body, kind), 201)
 
     @app.get(f"/api/v1/{collection}", name=f"find_{kind}s")
-    def find(request: Request) -> Any:
+    async def find(request: Request) -> Any:
         return call(emu.search, "pool", _params(request), kind)
 
     @app.get(f"/api/v1/{collection}/{{key}}", name=f"get_{kind}")
-    def get(key: str) -> Any:
+    async def get(key: str) -> Any:
         return call(emu.get_pool, key, kind)
 
     @app.put(f"/api/v1/{collection}/{{key}}", name=f"update_{kind}")
-    def update(key: str, body: Any = Body(None)) -> Any:
+    async def update(key: str, body: Any = Body(None)) -> Any:
         return call(emu.update, "pool", key, body, kind)
 
     def action_route(method: Callable[[str, str], tuple[int, Any]]) -> Callable[[str], Awaitable[Response]]:
-        def route(key: str) -> Response:
+        async def route(key: str) -> Response:
             return _op(call(method, key, kind))
 
         return route
@@ -295,7 +295,7 @@ def _pool_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> Non
         actions["close-for-update"] = emu.close_for_update
 
         @app.patch("/api/v1/pools/{key}", name="patch_pool")
-        def patch(key: str, body: Any = Body(None)) -> Any:
+        async def patch(key: str, body: Any = Body(None)) -> Any:
             return call(emu.patch_pool, key, body)
 
     for action, method in actions.items():
@@ -307,24 +307,24 @@ def _long_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> Non
     call = emu.call
 
     @app.post(f"/api/v1/{collection}", name=f"create_{kind}s")
-    def create(request: Request, body: Any = Body(None)) -> Any:
+    async def create(request: Request, body: Any = Body(None)) -> Any:
         status, data = call(emu.batch_create, kind, body, _params(request))
         return _json(data, status)  # every branch of batch_create answers public documents
 
     @app.get(f"/api/v1/{collection}", name=f"find_{kind}s")
-    def find(request: Request) -> Any:
+    async def find(request: Request) -> Any:
         return call(emu.search, kind, _params(request))
 
     @app.get(f"/api/v1/{collection}/{{key}}", name=f"get_{kind}")
-    def get(key: str) -> Any:
+    async def get(key: str) -> Any:
         return call(emu.get_long, kind, key)
 
     @app.patch(f"/api/v1/{collection}/{{key}}", name=f"patch_{kind}")
-    def patch(key: str, body: Any = Body(None)) -> Any:
+    async def patch(key: str, body: Any = Body(None)) -> Any:
         return call(emu.patch_long, kind, key, body)
 
     @app.patch(f"/api/v1/{collection}/{{key}}/set-overlap-or-min", name=f"patch_{kind}_overlap_or_min")
-    def overlap_or_min(key: str, body: Any = Body(None)) -> Any:
+    async def overlap_or_min(key: str, body: Any = Body(None)) -> Any:
         return call(emu.patch_long, kind, key, body, True)
 
 
@@ -336,21 +336,21 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
             raise ApiError(401, "AUTHENTICATION_ERROR", "this route needs the emulator's token")
 
     @app.get("/_emulator/health")
-    def health() -> Any:
+    async def health() -> Any:
         return {"status": "ok", "sim_time": emu.crowd.now, "speed": emu.clock.speed}
 
     @app.get("/_emulator/workers")
-    def workers() -> Any:
+    async def workers() -> Any:
         return emu.call(lambda: [emu.crowd.worker_view(w) for w in emu.crowd.by_index])
 
     @app.get("/_emulator/catalogue")
-    def catalogue(request: Request) -> Any:
+    async def catalogue(request: Request) -> Any:
         base = str(request.base_url).rstrip("/")
         frame = emu.catalogue.frame(base)
         return {"name": emu.catalogue.name, "size": len(frame), "items": frame.to_dict("records")}
 
     @app.get("/_emulator/stats")
-    def stats() -> Any:
+    async def stats() -> Any:
         def collect() -> Any:
             data = emu.store.data
             return {
@@ -380,7 +380,7 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
         return emu.call(collect)
 
     @app.post("/_emulator/advance")
-    def advance(request: Request, seconds: float = 0.0) -> Any:
+    async def advance(request: Request, seconds: float = 0.0) -> Any:
         require_admin(request)
         try:
             return {"sim_time": emu.advance(seconds)}
@@ -388,7 +388,7 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
             raise validation({"seconds": ("INVALID_VALUE", str(exc))}) from None
 
     @app.post("/_emulator/config")
-    def config(
+    async def config(
         request: Request,
         speed: float | None = None,
         fail_rate: float | None = None,
