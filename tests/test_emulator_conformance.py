@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from emulator import EmulatorSettings, run_in_background
 
@@ -35,16 +36,22 @@ with warnings.catch_warnings():
     from crowdkit.aggregation import DawidSkene
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo-shoes"
-VALUES = {  # what the pipeline fills in for the demo (configs/demo-shoes/pipeline.yaml)
-    "min_skill": 75.0,
-    "reward": 0.02,
-    "overlap": 7,
-    "exam_reward": 0.01,
-    "exam_overlap": 100,
-    "intruder_reward": 0.02,
-    "intruder_overlap": 5,
+PIPELINE = yaml.safe_load((CONFIGS / "pipeline.yaml").read_text())
+VALUES = {  # what the pipeline fills in for the demo, from its pipeline.yaml
+    "min_skill": float(PIPELINE["exam"]["min_skill"]),
+    "reward": PIPELINE["hits"]["reward"],
+    "overlap": PIPELINE["hits"]["overlap"],
+    "exam_reward": PIPELINE["exam"]["reward"],
+    "exam_overlap": PIPELINE["exam"]["expected_workers"],
+    "intruder_reward": PIPELINE["intruders"]["reward"],
+    "intruder_overlap": PIPELINE["intruders"]["overlap"],
 }
-N_EXAMS, HIT_SIZE, N_INTRUDER_HITS, POLL = 3, 10, 100, 60.0
+N_EXAMS, HIT_SIZE, N_INTRUDER_HITS, POLL = (
+    PIPELINE["exam"]["n_exams"],
+    PIPELINE["hits"]["size"],
+    PIPELINE["intruders"]["n_hits"],
+    60.0,
+)
 PLACEHOLDER = re.compile(r"^\$\{([a-z_]+)\}$")
 
 
@@ -59,6 +66,21 @@ def _config(name: str, **extra: Any) -> Any:
         return value
 
     return fill(json.loads((CONFIGS / "toloka" / name).read_text()))
+
+
+def _project_and_training(client: Any, project: str, training: str, tasks: str) -> tuple[Any, Any]:
+    """A project, its training and the training's tasks, created from config files (the notebook's way)."""
+    created_project = client.create_project(toloka.Project.from_json(json.dumps(_config(project))))
+    created_training = toloka.Training.from_json(json.dumps(_config(training)))
+    created_training.project_id = created_project.id
+    created_training = client.create_training(created_training)
+    items = []
+    for item in _config(tasks):
+        task = toloka.Task.from_json(json.dumps(item))
+        task.pool_id = created_training.id
+        items.append(task)
+    assert len(client.create_tasks(items).items) == len(items)
+    return created_project, created_training
 
 
 def _clusters(images: list[str], groups: list[dict[str, int]]) -> set[frozenset[str]]:
@@ -123,18 +145,9 @@ def _notebook(speed: float) -> dict[str, Any]:
 
         assert client.get_requester().balance > 0
         # Training and exam project, training, its tasks, the exam pool and its suites (Task.from_json).
-        exam_project = client.create_project(
-            toloka.Project.from_json(json.dumps(_config("exam_project.json")))
+        exam_project, training = _project_and_training(
+            client, "exam_project.json", "training.json", "training_tasks.json"
         )
-        training = toloka.Training.from_json(json.dumps(_config("training.json")))
-        training.project_id = exam_project.id
-        training = client.create_training(training)
-        tasks = []
-        for item in _config("training_tasks.json"):
-            task = toloka.Task.from_json(json.dumps(item))
-            task.pool_id = training.id
-            tasks.append(task)
-        assert len(client.create_tasks(tasks).items) == len(tasks)
         exam_pool = toloka.Pool.from_json(json.dumps(_config("exam_pool.json")))
         exam_pool.project_id = exam_project.id
         exam_pool.quality_control.training_requirement.training_pool_id = training.id
@@ -204,18 +217,9 @@ def _notebook(speed: float) -> dict[str, Any]:
             r.shuffle(hit)
             intruder_hits.append(hit)
             odd_one.append(str(1 + next(i for i, u in enumerate(hit) if truth[Path(u).name] == other)))
-        intruder_project = client.create_project(
-            toloka.Project.from_json(json.dumps(_config("intruders_project.json")))
+        intruder_project, intruder_training = _project_and_training(
+            client, "intruders_project.json", "intruders_training.json", "intruders_training_tasks.json"
         )
-        intruder_training = toloka.Training.from_json(json.dumps(_config("intruders_training.json")))
-        intruder_training.project_id = intruder_project.id
-        intruder_training = client.create_training(intruder_training)
-        training_tasks = []
-        for item in _config("intruders_training_tasks.json"):
-            task = toloka.Task.from_json(json.dumps(item))
-            task.pool_id = intruder_training.id
-            training_tasks.append(task)
-        client.create_tasks(training_tasks)
         intruder_pool = toloka.Pool.from_json(json.dumps(_config("intruders_pool.json", skill_id=skill.id)))
         intruder_pool.project_id = intruder_project.id
         intruder_pool.quality_control.training_requirement.training_pool_id = intruder_training.id
@@ -258,7 +262,6 @@ def _notebook(speed: float) -> dict[str, Any]:
         "intruder_accuracy": sum(found[t] == expected[t] for t in found.index) / len(expected),
         "polls": (main_polls, intruder_polls),
         "exam_pool": stats["pools"][exam_pool.id],
-        "paid": VALUES["exam_reward"],
     }
 
 
