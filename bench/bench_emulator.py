@@ -1,16 +1,19 @@
-"""Emulator benchmark: API throughput, the seed design's wall time, a 10,000-item catalogue.
+"""Emulator benchmark: API throughput, memory over a long run, the seed notebook, a 10,000-item catalogue.
 
-Run: `.venv/bin/python bench/bench_emulator.py [--skip-10k]`. Prints figures; not part of the tests.
-Targets: >= 300 simple API requests/s on 2 cores; the seed design (82 suites x overlap 7 + training +
-exams) in <= 30 s wall at the default demo speed (600); 10^4 items upload, complete and export.
+Run: `.venv/bin/python bench/bench_emulator.py [--skip-10k]`. Prints figures (with the load average,
+since other processes share the cores); not part of the tests. Targets: >= 300 `get_pool` calls/s
+through toloka-kit on 2 cores; memory that stops growing over a long polling run; the seed notebook
+(training, exams, main pool, intruders) at speed 600; 10^4 items upload, complete and export.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -24,33 +27,55 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import httpx  # noqa: E402
 import toloka.client as toloka  # noqa: E402
 
 from emulator import EmulatorSettings, build_catalogue, run_in_background  # noqa: E402
-from tests.fixtures.emulator import (  # noqa: E402
-    SeedDesign,
-    create_project,
-    create_simple_pool,
-    create_suites,
-    make_client,
-)
+
+VIEW = {"type": "classic", "script": "", "markup": "", "styles": ""}
 
 
-def _hammer(url: str, headers: dict, project_id: str, stop: float, counts: list[int], k: int) -> None:
-    """Alternate two simple GETs until `stop`, counting answers in `counts[k]`."""
-    with httpx.Client(base_url=url, headers=headers) as raw:
-        while time.monotonic() < stop:
-            raw.get("/api/v1/requester" if counts[k] % 2 else f"/api/v1/projects/{project_id}")
-            counts[k] += 1
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def create_project(client: toloka.TolokaClient, name: str) -> toloka.Project:
+    spec = {
+        "input_spec": {"images": {"type": "array_json", "required": True}},
+        "output_spec": {"result": {"type": "array_json"}},
+        "view_spec": VIEW,
+    }
+    task_spec = toloka.project.task_spec.TaskSpec.structure(spec)
+    return client.create_project(
+        toloka.Project(public_name=name, public_description=name, task_spec=task_spec)
+    )
+
+
+def create_pool(client: toloka.TolokaClient, project_id: str, overlap: int) -> toloka.Pool:
+    config = {
+        "project_id": project_id,
+        "private_name": "bench",
+        "reward_per_assignment": 0.02,
+        "auto_accept_solutions": True,
+        "assignment_max_duration_seconds": 600,
+        "defaults": {"default_overlap_for_new_task_suites": overlap},
+    }
+    return client.create_pool(toloka.Pool.from_json(json.dumps(config)))
+
+
+def create_suites(client: toloka.TolokaClient, pool_id: str, hits: list[list[str]]) -> None:
+    suites = [
+        toloka.TaskSuite(pool_id=pool_id, tasks=[toloka.Task(input_values={"images": h})]) for h in hits
+    ]
+    client.create_task_suites(suites, allow_defaults=True)
 
 
 @contextlib.contextmanager
-def served_in_subprocess(token: str = "bench-token") -> Iterator[str]:
+def served_in_subprocess(token: str = "bench-token", speed: float = 600) -> Iterator[str]:
     """`crowdclust emulator` in its own process, so that the clients' CPU is not the server's GIL."""
     cli = Path(sys.executable).with_name("crowdclust")
-    args = [str(cli), "emulator", "--port", "0", "--token", token, "--speed", "600"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    args = [str(cli), "emulator", "--port", "0", "--speed", str(speed)]
+    env = os.environ | {"CROWDCLUST_EMULATOR_TOKEN": token}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         url = None
         while url is None:
@@ -65,48 +90,68 @@ def served_in_subprocess(token: str = "bench-token") -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def throughput(seconds: float = 3.0) -> None:
+def throughput(seconds: float = 5.0) -> None:
+    """`get_pool` through toloka-kit against a served emulator (its market running at speed 600)."""
     token = "bench-token"
     with served_in_subprocess(token) as url:
-        headers = {"Authorization": f"OAuth {token}"}
         client = toloka.TolokaClient(token, url=url)
-        project = create_project(client, "bench")
-        time.sleep(2.0)  # let the crowd's arrival burst pass (it shares the 2 cores)
+        pool = create_pool(client, create_project(client, "bench").id, 3)
+        time.sleep(1.0)
         for threads in (1, 2, 4):
             counts = [0] * threads
             stop = time.monotonic() + seconds
-            workers = [
-                threading.Thread(target=_hammer, args=(url, headers, project.id, stop, counts, k))
-                for k in range(threads)
-            ]
+
+            def run(k: int, stop: float = stop, counts: list[int] = counts) -> None:
+                own = toloka.TolokaClient(token, url=url)
+                while time.monotonic() < stop:
+                    own.get_pool(pool.id)
+                    counts[k] += 1
+
+            workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
             for t in workers:
                 t.start()
             for t in workers:
                 t.join()
-            rate = sum(counts) / seconds
-            print(f"simple GETs (requester, project), {threads} client thread(s): {rate:.0f} req/s")
-        start, n = time.monotonic(), 0
-        while time.monotonic() - start < seconds:
-            client.get_requester()
-            n += 1
-        print(f"TolokaClient.get_requester in a loop: {n / (time.monotonic() - start):.0f} req/s")
+            print(
+                f"TolokaClient.get_pool, {threads} client thread(s): "
+                f"{sum(counts) / seconds:.0f} req/s ({load()})"
+            )
 
 
-def seed_design() -> None:
-    with run_in_background(EmulatorSettings(port=0, speed=600)) as emu:
-        client = make_client(emu)
+def long_run(hours: float = 48.0) -> None:
+    """Memory over a long polling run: a pool worked for days, analytics polled every simulated minute."""
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=0)) as emu:
+        client = toloka.TolokaClient(emu.token, url=emu.url)
+        images = list(build_catalogue("demo-shoes", size=82, seed=0, base_url=emu.url)["image"])
+        pool = create_pool(client, create_project(client, "long").id, 3)
+        create_suites(client, pool.id, [[images[(k + 9 * i) % 82] for i in range(10)] for k in range(400)])
+        client.open_pool(pool.id)
+        request = [toloka.analytics_request.CompletionPercentagePoolAnalytics(subject_id=pool.id)]
+        marks = []
         start = time.monotonic()
-        design = SeedDesign(client)
-        design.setup()
-        setup = time.monotonic() - start
-        design.open()
-        wall = design.run(period=1.0, timeout=120)
-        rows = len(client.get_assignments_df(pool_id=design.ids["main"]))
+        for minute in range(int(hours * 60)):
+            client.wait_operation(client.get_analytics(request))
+            emu.advance(60)
+            if minute % (6 * 60) == 0:
+                marks.append((minute // 60, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024))
         stats = emu.stats()
     print(
-        f"seed design at speed 600: setup {setup:.2f} s, open->main pool closed {wall:.2f} s wall "
-        f"({design.polls} requester polls of ~1 s), {rows} main-pool rows, "
-        f"simulated {stats['sim_time'] / 3600:.1f} h, assignments {stats['assignments']}"
+        f"{hours:.0f} simulated h, {int(hours * 60)} analytics polls, "
+        f"{stats['market']['arrived']} workers seen, "
+        f"{stats['objects']['operation']} operations kept: {time.monotonic() - start:.1f} s wall; "
+        f"max RSS (MB) by simulated hour: {marks} ({load()})"
+    )
+
+
+def seed_notebook() -> None:
+    """The seed notebook's whole sequence (the conformance test's driver) at speed 600."""
+    from tests.test_emulator_conformance import _notebook
+
+    start = time.monotonic()
+    run = _notebook(600.0)
+    print(
+        f"seed notebook at speed 600: {time.monotonic() - start:.1f} s wall, {run['main_rows']} main rows, "
+        f"{run['intruder_rows']} intruder rows, polls {run['polls']} ({load()})"
     )
 
 
@@ -117,10 +162,10 @@ def ten_thousand(size: int = 10_000, overlap: int = 3, workers: int = 300) -> No
             EmulatorSettings(port=0, speed=0, catalogue_size=size, workers=workers, db=f"{tmp}/bench.db")
         ) as emu,
     ):
-        client = make_client(emu)
+        client = toloka.TolokaClient(emu.token, url=emu.url)
         images = list(build_catalogue("demo-shoes", size=size, seed=0, base_url=emu.url)["image"])
         project = create_project(client, "10k")
-        pool = create_simple_pool(client, project.id, "10k", overlap)
+        pool = create_pool(client, project.id, overlap)
         hits = [[images[(k + 37 * i) % size] for i in range(10)] for k in range(size)]
         start = time.monotonic()
         create_suites(client, pool.id, hits)
@@ -138,7 +183,7 @@ def ten_thousand(size: int = 10_000, overlap: int = 3, workers: int = 300) -> No
     print(
         f"{size} items / {size} suites x overlap {overlap}, {workers} workers, SQLite state: "
         f"upload {upload:.1f} s; completion {done:.1f} s wall of simulation ({sim_h:.0f} simulated h, "
-        f"{steps} advance calls); export {export:.1f} s for {len(df)} rows"
+        f"{steps} advance calls); export {export:.1f} s for {len(df)} rows ({load()})"
     )
 
 
@@ -150,7 +195,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=300, help="simulated workers of the large run")
     args = parser.parse_args()
     throughput()
-    seed_design()
+    long_run()
+    seed_notebook()
     if not args.skip_10k:
         ten_thousand(size=args.size, overlap=args.overlap, workers=args.workers)
 

@@ -247,6 +247,7 @@ class Catalogue:
         return pd.DataFrame(rows)
 
 
+@functools.lru_cache(maxsize=65536)
 def bundled_item(path: str) -> Item | None:
     """Resolve a bundled path (`/images/demo-shoes/s0-00012.png`, `/images/digits/d-0007.png`)."""
     match = IMAGE_PATH.search(path)

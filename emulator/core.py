@@ -8,45 +8,50 @@ crowd as of "now"), then acts, then flushes state to SQLite. Routes (`app.py`) o
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from emulator import aggregate
 from emulator.catalogues import Catalogue
 from emulator.clock import SimClock
+from emulator.crowd import Crowd
 from emulator.errors import ApiError, conflict, not_found, validation
+from emulator.filters import skill_keys
+from emulator.objects import analytics_value, create_items, item_index
+from emulator.records import OWNER, READ_ONLY, Doc, public, strip_read_only, with_cost
 from emulator.search import id_key, search
 from emulator.settings import EmulatorSettings
-from emulator.store import Doc, Store
-from emulator.util import digest, fmt_time, long_id
+from emulator.store import Store
+from emulator.tsv import export
+from emulator.util import digest, fmt_time, long_id, parse_time, sim_seconds
 
 log = logging.getLogger("emulator")
 T = TypeVar("T")
 
-FEE_RATE = 0.3  # platform fee on top of every accepted reward
-READ_ONLY = {"id", "created", "status", "owner", "last_started", "last_stopped", "last_close_reason", "type"}
-REQUEST_FLAGS = {"__item_idx", "allow_defaults", "remaining_overlap"}
-OWNER = {"id": "crowdclust-requester", "myself": True, "company_id": "1"}
-
-
-def public(doc: Doc) -> Doc:
-    """A stored document without its private (`_`-prefixed) runtime keys."""
-    return {k: v for k, v in doc.items() if not k.startswith("_")}
+MAX_OPERATIONS = 20_000  # finished operations kept (oldest dropped first), so memory stays bounded
+LONG_KINDS = ("task", "suite", "assignment", "user_bonus")
+SKILL_RANGE = (0.0, 100.0)
+BONUS_RANGE = (0.01, 100.0)
+CLONE_SKIPS = READ_ONLY | {"last_started", "last_stopped", "last_close_reason", "will_expire"}
 
 
 class Emulator:
     """State and behaviour of one emulated Toloka account with its simulated crowd."""
 
     def __init__(self, settings: EmulatorSettings) -> None:
-        from emulator.crowd import Crowd
-
         self.settings = settings
         self.store = Store(settings.db)
         self.catalogue = Catalogue(settings.catalogue, size=settings.catalogue_size, seed=settings.seed)
-        self.clock = SimClock(settings.speed, start=float(self.store.meta("sim_now", 0.0)))
+        if self.store.meta("epoch") is None:
+            start = settings.start if settings.start is not None else float(int(time.time()))
+            self.store.set_meta("epoch", float(start))
+        epoch = float(self.store.meta("epoch"))
+        self.clock = SimClock(settings.speed, start=float(self.store.meta("sim_now", epoch)))
         if self.store.meta("balance") is None:
             self.store.set_meta("balance", float(settings.balance))
-        self.crowd = Crowd(self)
+        self.crowd = Crowd(self, epoch)
         self.store.flush()
 
     # ------------------------------------------------------------------------------------ plumbing
@@ -65,6 +70,13 @@ class Emulator:
             self.crowd.advance_to(self.clock.now())
             self.store.flush()
 
+    def advance(self, seconds: float) -> float:
+        """Move the simulated clock forward (validated by the clock) and let the crowd catch up."""
+        with self.store.lock:
+            self.clock.advance(seconds)
+        self.tick()
+        return self.now
+
     @property
     def now(self) -> float:
         return self.crowd.now
@@ -76,7 +88,7 @@ class Emulator:
         # Projects, pools, trainings and skills share one counter, so pools and trainings share ids.
         return str(self.store.next_seq("entity"))
 
-    def _long_id(self) -> str:
+    def long_id(self) -> str:
         return long_id(self.store.next_seq("long"), self.settings.seed)
 
     def balance(self) -> float:
@@ -118,7 +130,7 @@ class Emulator:
     def get(self, kind: str, key: str, label: str | None = None) -> Doc:
         doc = self.store.get(kind, str(key))
         if doc is None or (label and doc.get("_kind", label) != label):
-            raise not_found(label or kind, key)
+            raise not_found((label or kind).replace("_", " "), key)
         return doc
 
     def archive_project(self, key: str) -> tuple[int, Doc | None]:
@@ -139,6 +151,31 @@ class Emulator:
     def create_pool(self, body: Any, kind: str) -> Doc:
         """Create a pool (`kind="pool"`) or a training (`kind="training"`); they share one id space."""
         body = _object(body)
+        self._check_pool(body, kind)
+        doc = strip_read_only(body) | {
+            "id": self._numeric_id(),
+            "project_id": str(body["project_id"]),
+            "created": self.stamp(),
+        }
+        return public(self._new_pool(doc, kind))
+
+    def _new_pool(self, doc: Doc, kind: str) -> Doc:
+        doc["status"] = "CLOSED"
+        if kind == "pool":
+            doc["type"] = "REGULAR"
+        doc["_kind"] = kind
+        doc["_stats"] = {"total": 0, "done": 0, "active": 0}
+        if "will_expire" in doc and doc["will_expire"] is None:
+            del doc["will_expire"]
+        return self.store.put("pool", doc["id"], doc)
+
+    def _check_pool(self, body: Doc, kind: str) -> None:
+        """Field checks of a pool or training config, as Toloka answers them (400 with field paths).
+
+        A filter on a skill this account does not have is refused: Toloka validates skill ids in
+        filters against the requester's skills, so a config copied from another account (like the
+        seed's hard-coded intruder skill) fails here instead of silently admitting everybody.
+        """
         errors = {}
         project_id = str(body.get("project_id") or "")
         if not project_id:
@@ -149,41 +186,52 @@ class Emulator:
             errors["private_name"] = ("VALUE_REQUIRED", "private_name is required")
         if kind == "pool":
             reward = body.get("reward_per_assignment")
-            if not isinstance(reward, int | float) or reward < 0:
+            if not isinstance(reward, int | float) or isinstance(reward, bool) or reward < 0:
                 errors["reward_per_assignment"] = (
                     "VALUE_REQUIRED",
                     "reward_per_assignment must be a number >= 0",
                 )
+        for path, key in skill_keys(body.get("filter"), "filter"):
+            if self.store.get("skill", key) is None:
+                errors[f"{path}.key"] = ("DOES_NOT_EXIST", f"skill {key} does not exist")
+        expire = body.get("will_expire")
+        if expire is not None:
+            try:
+                parse_time(str(expire))
+            except ValueError:
+                errors["will_expire"] = ("INVALID_FORMAT", "will_expire must be a date and time")
         if errors:
             raise validation(errors)
-        doc = strip_read_only(body) | {
-            "id": self._numeric_id(),
-            "project_id": project_id,
-            "created": self.stamp(),
-        }
-        doc["status"] = "CLOSED"
-        if kind == "pool":
-            doc["type"] = "REGULAR"
-        doc["_kind"] = kind
-        doc["_stats"] = {"total": 0, "done": 0, "active": 0}
-        if "will_expire" in doc and doc["will_expire"] is None:
-            del doc["will_expire"]
-        return public(self.store.put("pool", doc["id"], doc))
 
     def get_pool(self, key: str, kind: str) -> Doc:
         return public(self.get("pool", key, kind))
 
     def update(self, kind: str, key: str, body: Any, label: str | None = None) -> Doc:
-        """PUT a project, pool or training: replace the editable fields, keep id, status and runtime."""
+        """PUT a project, pool, training or skill: replace the editable fields, keep id and runtime."""
         doc = self.get(kind, key, label)
         body = _object(body)
+        if kind == "pool":
+            self._check_pool(body | {"project_id": doc["project_id"]}, doc["_kind"])
         runtime = {k: v for k, v in doc.items() if k.startswith("_") or k in READ_ONLY or k == "project_id"}
         doc.clear()
         doc.update(strip_read_only(body) | runtime)
         self.store.touch(kind, key)
         if kind == "pool" and doc["status"] == "OPEN":
-            self.crowd.notify()  # a new filter or priority may admit idle workers
+            self.crowd.pool_opened(doc)  # a new filter, priority or expiry applies at once
         return public(doc)
+
+    def patch_pool(self, key: str, body: Any) -> Doc:
+        """PATCH /pools/{id}: only the priority can be patched (PoolPatchRequest)."""
+        pool = self.get("pool", key, "pool")
+        body = _object(body)
+        priority = body.get("priority")
+        if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
+            raise validation({"priority": ("INVALID_VALUE", "priority must be an integer from -100 to 100")})
+        pool["priority"] = priority
+        self.store.touch("pool", key)
+        if pool["status"] == "OPEN":
+            self.crowd.notify()
+        return public(pool)
 
     def open_pool(self, key: str, kind: str) -> tuple[int, Doc | None]:
         pool = self.get("pool", key, kind)
@@ -198,12 +246,15 @@ class Emulator:
         self.set_pool_status(pool, "OPEN")
         return 202, self.operation(f"{kind.upper()}.OPEN", {f"{kind}_id": key})
 
-    def close_pool(self, key: str, kind: str) -> tuple[int, Doc | None]:
+    def close_pool(self, key: str, kind: str, reason: str = "MANUAL") -> tuple[int, Doc | None]:
         pool = self.get("pool", key, kind)
         if pool["status"] != "OPEN":
             return 204, None
-        self.set_pool_status(pool, "CLOSED", "MANUAL")
+        self.set_pool_status(pool, "CLOSED", reason)
         return 202, self.operation(f"{kind.upper()}.CLOSE", {f"{kind}_id": key})
+
+    def close_for_update(self, key: str, kind: str) -> tuple[int, Doc | None]:
+        return self.close_pool(key, kind, "FOR_UPDATE")
 
     def archive_pool(self, key: str, kind: str) -> tuple[int, Doc | None]:
         pool = self.get("pool", key, kind)
@@ -215,18 +266,27 @@ class Emulator:
         self.store.touch("pool", key)
         return 202, self.operation(f"{kind.upper()}.ARCHIVE", {f"{kind}_id": key})
 
+    def clone_pool(self, key: str, kind: str) -> tuple[int, Doc]:
+        """A new closed pool (or training) with the same settings and no tasks; the op names it."""
+        source = self.get("pool", key, kind)
+        config = {k: v for k, v in public(source).items() if k not in CLONE_SKIPS}
+        clone = self._new_pool(config | {"id": self._numeric_id(), "created": self.stamp()}, kind)
+        op = self.operation(f"{kind.upper()}.CLONE", {f"{kind}_id": key})
+        op["details"] = {f"{kind}_id": clone["id"]}
+        return 202, op
+
     def set_pool_status(self, pool: Doc, status: str, reason: str | None = None) -> None:
         pool["status"] = status
         if status == "OPEN":
             pool["last_started"] = self.stamp()
-            self.crowd.notify()
+            self.crowd.pool_opened(pool)
         else:
             pool["last_stopped"] = self.stamp()
             pool["last_close_reason"] = reason
         self.store.touch("pool", pool["id"])
 
     def assignment_cost(self, pool: Doc) -> float:
-        return float(pool.get("reward_per_assignment") or 0.0) * (1 + FEE_RATE)
+        return with_cost(pool.get("reward_per_assignment") or 0.0)
 
     # -------------------------------------------------------------------------------------- skills
     def create_skill(self, body: Any) -> Doc:
@@ -235,6 +295,11 @@ class Emulator:
             raise validation({"name": ("VALUE_REQUIRED", "name is required")})
         doc = strip_read_only(body) | {"id": self._numeric_id(), "created": self.stamp()}
         return public(self.store.put("skill", doc["id"], doc))
+
+    def update_skill(self, key: str, body: Any) -> Doc:
+        if not _object(body).get("name"):
+            raise validation({"name": ("VALUE_REQUIRED", "name is required")})
+        return self.update("skill", key, body)
 
     def user_skill_value(self, user_id: str, skill_id: str) -> float | None:
         doc = self.store.get("user_skill", f"{user_id}/{skill_id}")
@@ -248,14 +313,17 @@ class Emulator:
                 errors[name] = ("VALUE_REQUIRED", f"{name} is required")
         if not errors and self.store.get("skill", str(body["skill_id"])) is None:
             errors["skill_id"] = ("DOES_NOT_EXIST", f"skill {body['skill_id']} does not exist")
-        if not errors and not isinstance(body["value"], int | float):
+        value = body.get("value")
+        if not errors and (not isinstance(value, int | float) or isinstance(value, bool)):
             errors["value"] = ("INVALID_FORMAT", "value must be a number")
+        elif not errors and not SKILL_RANGE[0] <= value <= SKILL_RANGE[1]:
+            errors["value"] = ("VALUE_OUT_OF_RANGE", "value must be from 0 to 100")
         if errors:
             raise validation(errors)
-        return public(self.put_user_skill(str(body["user_id"]), str(body["skill_id"]), float(body["value"])))
+        return public(self.put_user_skill(str(body["user_id"]), str(body["skill_id"]), float(value)))
 
     def put_user_skill(self, user_id: str, skill_id: str, value: float) -> Doc:
-        """Set a skill value (from the API or a quality-control rule); wakes the crowd."""
+        """Set a skill value (from the API or a quality-control rule); the worker looks for work."""
         key = f"{user_id}/{skill_id}"
         doc = self.store.get("user_skill", key)
         if doc is None:
@@ -264,77 +332,151 @@ class Emulator:
         doc.update(value=round(value), exact_value=value, modified=self.stamp())
         self.store.put("user_skill", key, doc)
         self.crowd.skills.setdefault(user_id, {})[skill_id] = value
-        self.crowd.notify()
+        self.crowd.wake(user_id)
         return doc
+
+    def _user_skill_by_id(self, key: str) -> tuple[str, Doc]:
+        for store_key, doc in self.store.data["user_skill"].items():
+            if doc["id"] == key:
+                return store_key, doc
+        raise not_found("user skill", key)
+
+    def get_user_skill(self, key: str) -> Doc:
+        return public(self._user_skill_by_id(key)[1])
+
+    def delete_user_skill(self, key: str) -> None:
+        store_key, doc = self._user_skill_by_id(key)
+        self.store.delete("user_skill", store_key)
+        self.crowd.skills.get(doc["user_id"], {}).pop(doc["skill_id"], None)
 
     # --------------------------------------------------------------------------- tasks and suites
     def batch_create(self, kind: str, body: Any, params: dict[str, str]) -> tuple[int, Any]:
-        """POST /tasks or /task-suites: one object (dict) or a batch (list), sync or async."""
-        from emulator.objects import create_items, item_index
+        """POST /tasks or /task-suites: one object (dict) or a batch (list), sync or async.
 
-        if isinstance(body, dict):
-            # One item: keyed by its `__item_idx` if it carries one, so take the only entry whatever its key.
-            created, errors = create_items(self, kind, [body], params)
-            if errors:
-                raise ApiError(400, "VALIDATION_ERROR", "Validation failed", next(iter(errors.values())))
-            return 201, self.crowd.present(kind, next(iter(created.values())))
-        if not isinstance(body, list):
+        Async mode (toloka-kit's default, also for a single object) answers an operation and keeps a
+        log the client reads back; with `skip_invalid_items=false` one invalid item fails the whole
+        operation (status FAIL, nothing created, the log names each invalid item's fields).
+        """
+        single = isinstance(body, dict)
+        if not single and not isinstance(body, list):
             raise validation({"body": ("INVALID_FORMAT", "expected a JSON object or a list of objects")})
+        items = [body] if single else body
         if params.get("async_mode", "true").lower() != "true":
-            created, errors = create_items(self, kind, body, params)
+            created, errors = create_items(self, kind, items, params)
+            if single:
+                if errors:
+                    raise ApiError(400, "VALIDATION_ERROR", "Validation failed", next(iter(errors.values())))
+                return 201, self.crowd.present(kind, next(iter(created.values())))
             if errors and not created:
                 raise ApiError(400, "VALIDATION_ERROR", "Validation failed", errors)
-            items = {k: self.crowd.present(kind, v) for k, v in created.items()}
-            return 201, {"items": items, "validation_errors": errors}
+            return 201, {
+                "items": {k: self.crowd.present(kind, v) for k, v in created.items()},
+                "validation_errors": errors,
+            }
+        log_type = "TASK" if kind == "task" else "TASK_SUITE"
+        op_id = self._new_operation_id(params)
+        created, errors = create_items(self, kind, items, params)
+        id_field = f"{log_type.lower()}_id"
+        entries = []
+        for pos, item in enumerate(items):
+            idx = item_index(pos, item)
+            if idx in created:
+                entries.append(_log_entry(f"{log_type}_CREATE", item, {id_field: created[idx]["id"]}))
+            elif idx in errors:
+                entries.append(_log_entry(f"{log_type}_VALIDATE", item, errors[idx]))
+        flags = ("skip_invalid_items", "allow_defaults", "open_pool")
+        parameters = {k: params[k].lower() == "true" for k in flags if k in params}
+        op = self.operation(f"{log_type}.BATCH_CREATE", parameters, op_id=op_id, failed=not created)
+        op["details"] = _batch_details(len(items), len(created), len(errors))
+        self.store.put("oplog", op_id, {"items": entries})
+        return 202, op
+
+    def _new_operation_id(self, params: dict[str, str]) -> str:
         op_id = params.get("operation_id") or str(uuid.uuid4())
         if self.store.get("operation", op_id) is not None:
             raise conflict("OPERATION_ALREADY_EXISTS", f"operation {op_id} already exists")
-        created, errors = create_items(self, kind, body, params)
-        log_type = "TASK" if kind == "task" else "TASK_SUITE"
-        id_field = f"{log_type.lower()}_id"
-        entries = []
-        for pos, item in enumerate(body):
-            idx = item_index(pos, item)
-            ok = idx in created
-            entries.append(
-                {
-                    "type": f"{log_type}_{'CREATE' if ok else 'VALIDATE'}",
-                    "success": ok,
-                    "input": item if isinstance(item, dict) else {"value": item},
-                    "output": {id_field: created[idx]["id"]} if ok else errors.get(idx),
-                }
-            )
-        parameters = {
-            k: params[k].lower() == "true"
-            for k in ("skip_invalid_items", "allow_defaults", "open_pool")
-            if k in params
-        }
-        op = self.operation(f"{log_type}.BATCH_CREATE", parameters, op_id=op_id)
-        op["details"] = {"success_count": len(created), "failure_count": len(errors)}
-        self.store.put("oplog", op_id, {"items": entries})
-        return 202, op
+        return op_id
 
     def get_long(self, kind: str, key: str) -> Doc:
         doc = self.store.get(kind, key)
         if doc is None or doc.get("_hidden"):
-            raise not_found(kind.replace("suite", "task suite"), key)
+            raise not_found(kind.replace("suite", "task suite").replace("_", " "), key)
+        return self.crowd.present(kind, doc)
+
+    def _suite_of(self, kind: str, key: str) -> tuple[Doc, Doc]:
+        """A task or suite and the suite that carries its overlap (a task is issued as its own suite)."""
+        self.get_long(kind, key)
+        doc = self.store.data[kind][key]
+        suite = self.store.data["suite"][doc["_suite"]] if kind == "task" else doc
+        return doc, suite
+
+    def patch_long(self, kind: str, key: str, body: Any, overlap_or_min: bool = False) -> Doc:
+        """PATCH a task or task suite (overlap, infinite overlap, solutions, issuing order).
+
+        `overlap_or_min` is `set-overlap-or-min`: an overlap below what was already done becomes the
+        number done, instead of an error.
+        """
+        body = _object(body)
+        doc, suite = self._suite_of(kind, key)
+        overlap = body.get("overlap")
+        if body.get("infinite_overlap") is True:
+            self.crowd.set_overlap(suite, None)
+        elif overlap is not None:
+            if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 0:
+                raise validation({"overlap": ("INVALID_VALUE", "overlap must be an integer >= 0")})
+            if overlap < suite["_done"]:
+                if not overlap_or_min:
+                    raise validation(
+                        {
+                            "overlap": (
+                                "INVALID_VALUE",
+                                f"overlap {overlap} is below the {suite['_done']} answers done",
+                            )
+                        }
+                    )
+                overlap = suite["_done"]
+            self.crowd.set_overlap(suite, overlap)
+        if kind == "task":
+            doc["_overlap"] = suite["_overlap"]
+        if not overlap_or_min:
+            for name in ("baseline_solutions", "known_solutions", "message_on_unknown_solution"):
+                if name in body and kind == "task":
+                    doc[name] = body[name]
+            if "issuing_order_override" in body and kind == "suite":
+                doc["issuing_order_override"] = body["issuing_order_override"]
+        self.store.touch(kind, key)
+        pool = self.store.data["pool"][suite["pool_id"]]
+        if body.get("open_pool") and pool["status"] != "OPEN":
+            self.open_pool(pool["id"], pool["_kind"])
         return self.crowd.present(kind, doc)
 
     # ---------------------------------------------------------------------------------- operations
-    def operation(self, op_type: str, parameters: dict[str, Any], op_id: str | None = None) -> Doc:
-        """A finished operation (the emulator does all work synchronously, which the client accepts)."""
+    def operation(
+        self, op_type: str, parameters: dict[str, Any], op_id: str | None = None, failed: bool = False
+    ) -> Doc:
+        """A finished operation (the emulator does all work synchronously, which the client accepts).
+
+        Only the newest `MAX_OPERATIONS` are kept (with their logs), so a long run of polling
+        `get_analytics` does not grow memory without bound.
+        """
         stamp = self.stamp()
         op = {
             "id": op_id
             or str(uuid.UUID(bytes=digest("op", self.store.next_seq("operation"), self.settings.seed)[:16])),
             "type": op_type,
-            "status": "SUCCESS",
+            "status": "FAIL" if failed else "SUCCESS",
             "submitted": stamp,
             "started": stamp,
             "finished": stamp,
             "progress": 100,
             "parameters": parameters,
         }
+        operations = self.store.data["operation"]
+        while len(operations) >= MAX_OPERATIONS:
+            oldest = next(iter(operations))
+            self.store.delete("operation", oldest)
+            self.store.delete("oplog", oldest)
+            self.store.delete("aggregate", oldest)
         return self.store.put("operation", op["id"], op)
 
     def get_operation(self, key: str) -> Doc:
@@ -345,8 +487,6 @@ class Emulator:
         return (self.store.get("oplog", key) or {"items": []})["items"]
 
     def analytics(self, body: Any) -> Doc:
-        from emulator.objects import analytics_value
-
         if not isinstance(body, list) or not body or len(body) > 10:
             raise validation({"body": ("INVALID_FORMAT", "expected a list of 1 to 10 analytics requests")})
         results = []
@@ -372,13 +512,185 @@ class Emulator:
         self.crowd.assess(assignment, status, body.get("public_comment"))
         return self.crowd.present("assignment", assignment)
 
+    # ------------------------------------------------------------------------ aggregated solutions
+    def aggregate_by_pool(self, body: Any) -> tuple[int, Doc]:
+        request = aggregate.check_request(_object(body), by_task=False)
+        pool = self.get("pool", str(request["pool_id"]), "pool")
+        results = aggregate.by_pool(self, pool, request)
+        op = self.operation("SOLUTION.AGGREGATE", {"pool_id": pool["id"]})
+        self.store.put("aggregate", op["id"], {"items": results})
+        return 202, op
+
+    def aggregate_by_task(self, body: Any) -> Doc:
+        request = aggregate.check_request(_object(body), by_task=True)
+        pool = self.get("pool", str(request["pool_id"]), "pool")
+        task_id = str(request["task_id"])
+        suites = self.store.data["suite"]
+        if not any(
+            t["id"] == task_id
+            for s in self.store.ids_in_pool("suite", pool["id"])
+            for t in suites[s]["tasks"]
+        ):
+            raise not_found("task", task_id)
+        return aggregate.by_task(self, pool, task_id, request)
+
+    def find_aggregated(self, op_id: str, params: dict[str, str]) -> Doc:
+        self.get("operation", op_id)
+        docs = (self.store.get("aggregate", op_id) or {"items": []})["items"]
+        page, more = search(docs, params | {"sort": params.get("sort", "task_id")}, numeric_ids=False)
+        return {"items": page, "has_more": more}
+
+    # ---------------------------------------------------------------------------------- user bonuses
+    def create_bonuses(self, body: Any, params: dict[str, str]) -> tuple[int, Any]:
+        """POST /user-bonuses: one or many bonuses, charged (with the fee) to the balance at once."""
+        single = isinstance(body, dict)
+        if not single and not isinstance(body, list):
+            raise validation({"body": ("INVALID_FORMAT", "expected a JSON object or a list of objects")})
+        items = [body] if single else body
+        errors = {item_index(pos, item): self._bonus_errors(item) for pos, item in enumerate(items)}
+        errors = {k: v for k, v in errors.items() if v}
+        skip = params.get("skip_invalid_items", "false").lower() == "true"
+        created: dict[str, Doc] = {}
+        if not errors or skip:
+            total = sum(
+                with_cost(item["amount"])
+                for pos, item in enumerate(items)
+                if item_index(pos, item) not in errors
+            )
+            if total > self.balance():
+                raise conflict("NOT_ENOUGH_BALANCE", "Not enough money on the balance for these bonuses")
+            for pos, item in enumerate(items):
+                idx = item_index(pos, item)
+                if idx not in errors:
+                    created[idx] = self._issue_bonus(item)
+        if params.get("async_mode", "true").lower() != "true":
+            if single:
+                if errors:
+                    raise ApiError(
+                        400,
+                        "VALIDATION_ERROR",
+                        "Validation failed",
+                        errors["0"] if "0" in errors else next(iter(errors.values())),
+                    )
+                return 201, public(next(iter(created.values())))
+            if errors and not created:
+                raise ApiError(400, "VALIDATION_ERROR", "Validation failed", errors)
+            return 201, {"items": {k: public(v) for k, v in created.items()}, "validation_errors": errors}
+        op_id = self._new_operation_id(params)
+        entries = []
+        for pos, item in enumerate(items):
+            idx = item_index(pos, item)
+            if idx in created:
+                entries.append(_log_entry("USER_BONUS_CREATE", item, {"user_bonus_id": created[idx]["id"]}))
+            elif idx in errors:
+                entries.append(_log_entry("USER_BONUS_VALIDATE", item, errors[idx]))
+        op = self.operation(
+            "USER_BONUS.BATCH_CREATE", {"skip_invalid_items": skip}, op_id=op_id, failed=not created
+        )
+        op["details"] = _batch_details(len(items), len(created), len(errors))
+        self.store.put("oplog", op_id, {"items": entries})
+        return 202, op
+
+    def _bonus_errors(self, item: Any) -> dict[str, dict[str, str]]:
+        from emulator.errors import field_errors
+
+        if not isinstance(item, dict):
+            return field_errors({"": ("INVALID_FORMAT", "expected a JSON object")})
+        problems = {}
+        if not item.get("user_id"):
+            problems["user_id"] = ("VALUE_REQUIRED", "user_id is required")
+        amount = item.get("amount")
+        if not isinstance(amount, int | float) or isinstance(amount, bool):
+            problems["amount"] = ("VALUE_REQUIRED", "amount must be a number")
+        elif not BONUS_RANGE[0] <= amount <= BONUS_RANGE[1]:
+            problems["amount"] = ("VALUE_OUT_OF_RANGE", "amount must be from 0.01 to 100")
+        assignment_id = item.get("assignment_id")
+        if assignment_id is not None and self.store.get("assignment", str(assignment_id)) is None:
+            problems["assignment_id"] = ("DOES_NOT_EXIST", f"assignment {assignment_id} does not exist")
+        return field_errors(problems)
+
+    def _issue_bonus(self, item: Doc) -> Doc:
+        doc = strip_read_only(item) | {"id": self.long_id(), "created": self.stamp()}
+        doc["amount"] = float(item["amount"])
+        doc["_cost"] = with_cost(doc["amount"])
+        self.charge(doc["_cost"])
+        return self.store.put("user_bonus", doc["id"], doc)
+
+    # ------------------------------------------------------------------------------ restrictions
+    def add_restriction(self, fields: Doc, until: float | None) -> Doc:
+        """A user restriction (from a QC rule or the requester); the crowd honours it at once."""
+        doc = {k: v for k, v in fields.items() if v is not None} | {
+            "id": str(self.store.next_seq("user_restriction")),
+            "created": self.stamp(),
+            "_until": until,
+        }
+        if until is not None:
+            doc["will_expire"] = fmt_time(until)
+        self.store.put("user_restriction", doc["id"], doc)
+        self.crowd.restriction_added(doc)
+        return doc
+
+    def set_restriction(self, body: Any) -> Doc:
+        body = _object(body)
+        errors = {}
+        scope = body.get("scope")
+        if scope not in ("ALL_PROJECTS", "PROJECT", "POOL", "SYSTEM"):
+            errors["scope"] = ("INVALID_VALUE", "scope must be ALL_PROJECTS, PROJECT, POOL or SYSTEM")
+        if not body.get("user_id"):
+            errors["user_id"] = ("VALUE_REQUIRED", "user_id is required")
+        target = {"PROJECT": ("project_id", "project"), "POOL": ("pool_id", "pool")}.get(str(scope))
+        if target and self.store.get(target[1], str(body.get(target[0]))) is None:
+            errors[target[0]] = ("DOES_NOT_EXIST", f"{target[1]} {body.get(target[0])} does not exist")
+        until = None
+        if body.get("will_expire") is not None:
+            try:
+                until = sim_seconds(parse_time(str(body["will_expire"])))
+            except ValueError:
+                errors["will_expire"] = ("INVALID_FORMAT", "will_expire must be a date and time")
+        if errors:
+            raise validation(errors)
+        fields = strip_read_only(body) | {"scope": scope, "user_id": str(body["user_id"])}
+        fields.pop("will_expire", None)
+        return public(self.add_restriction(fields, until))
+
+    def delete_restriction(self, key: str) -> None:
+        doc = self.get("user_restriction", key)
+        self.store.delete("user_restriction", key)
+        self.crowd.restriction_removed(doc)
+
+    # ---------------------------------------------------------------------------------- user data
+    def user_metadata(self, user_id: str) -> Doc:
+        """GET /user-metadata/{id}: the profile of a worker of the market."""
+        index = self.crowd.population.index_of(user_id)
+        if index is None:
+            raise not_found("user", user_id)
+        worker = self.crowd.population.worker(index)
+        profile = worker["profile"]
+        return {
+            "id": user_id,
+            "country": profile["country"],
+            "languages": profile["languages"],
+            "adult_allowed": profile["adult_allowed"],
+            "attributes": {
+                "country_by_phone": profile["country"],
+                "country_by_ip": profile["country"],
+                "client_type": profile["client_type"],
+                "user_agent_type": "BROWSER" if profile["client_type"] == "BROWSER" else "MOBILE_APP",
+                "device_category": profile["device_category"],
+                "os_family": profile["os_family"],
+            },
+        }
+
     # ------------------------------------------------------------------------------------ searches
     def search(self, kind: str, params: dict[str, str], label: str | None = None) -> Doc:
         """GET on a collection: `{"items": [...], "has_more": bool}`."""
-        if kind in ("task", "suite", "assignment"):
+        if kind in LONG_KINDS:
             docs = self._long_candidates(kind, params)
             page, more = search(docs, params, numeric_ids=False, presorted=True)
             return {"items": [self.crowd.present(kind, d) for d in page], "has_more": more}
+        if kind == "operation":
+            page, more = search(self.store.data[kind].values(), params, numeric_ids=False)
+            return {"items": [public(d) for d in page], "has_more": more}
         docs = self.store.data[kind].values()
         if label:
             docs = [d for d in docs if d.get("_kind") == label]
@@ -389,15 +701,13 @@ class Emulator:
     def _long_candidates(self, kind: str, params: dict[str, str]) -> Any:
         after = params.get("id_gt")
         pool_id = params.get("pool_id")
-        if pool_id is not None and "," not in pool_id:
+        if kind != "user_bonus" and pool_id is not None and "," not in pool_id:
             ids = self.store.ids_in_pool(kind, pool_id, after)
             data = self.store.data[kind]
             return (d for d in (data[i] for i in ids) if not d.get("_hidden"))
         return (d for d in self.store.data[kind].values() if not d.get("_hidden"))
 
     def export_tsv(self, pool_id: str, params: dict[str, str]) -> str:
-        from emulator.tsv import export
-
         return export(self, self.get("pool", pool_id), params)
 
 
@@ -407,13 +717,24 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-def strip_read_only(body: dict[str, Any]) -> dict[str, Any]:
-    """Drop read-only and request-only keys that exported configs carry (they must not be rejected)."""
+def _log_entry(kind: str, item: Any, output: Any) -> Doc:
+    success = kind.endswith("_CREATE")
     return {
-        k: v
-        for k, v in body.items()
-        if k not in READ_ONLY and k not in REQUEST_FLAGS and not k.startswith("_")
+        "type": kind,
+        "success": success,
+        "input": item if isinstance(item, dict) else {"value": item},
+        "output": output,
     }
 
 
-__all__ = ["Emulator", "public", "strip_read_only"]
+def _batch_details(total: int, created: int, invalid: int) -> Doc:
+    return {
+        "total_count": total,
+        "valid_count": total - invalid,
+        "not_valid_count": invalid,
+        "success_count": created,
+        "failed_count": total - created,
+    }
+
+
+__all__ = ["Emulator"]

@@ -1,19 +1,35 @@
-"""The simulated crowd: an event-driven simulation over simulated time.
+"""The simulated crowd: a labour market over simulated time, event-driven.
 
-Each worker is an event in a heap keyed by (simulated time, worker index). When a worker's event comes
-due it either submits the assignment it holds or looks for work: trainings it needs, then open pools
-whose filter admits it, in (priority, a per-worker preference) order, taking the first suite in creation
-order (or, for pools with `issue_task_suites_in_creation_order: false`, from a per-worker hashed place)
-that it has not answered and that has overlap left. Workers that find nothing go idle and are
-woken (after a short, hashed delay) whenever something changes: a pool opens, suites are added, a skill
-or an overlap changes. Pools close themselves `auto_close_after_complete_delay_seconds` after their
-last suite is complete.
+The market (`workers.Population`) holds thousands of workers as numpy arrays; none of them costs
+anything until it shows up. Each worker alternates between online sessions (log-normal, about
+`MEAN_SESSION` minutes) and being away (exponential: `MEAN_GAP` on average, but only
+`MEAN_GAP_ENGAGED` after a session with paid work, as regulars who found work they can do come back
+sooner). A visit ends when its time is up or after a batch of `SESSION_TASKS` paid assignments,
+so no worker can take over a pool however fast the simulated clock runs past a slow requester
+(results do not depend on the client's speed). When the emulator starts, the market is already
+running: a steady-state share of the workers is online, the others arrive over the next hours.
+There is no per-worker, per-tick loop: only online workers have events, in one heap keyed by
+(simulated time, kind, key).
+
+While online, a worker looks for work when its event comes due: trainings it needs, then open pools
+whose filter admits it, in (priority, a per-worker preference) order, taking the first suite in
+creation order (or, for pools with `issue_task_suites_in_creation_order: false`, from a per-worker
+hashed place) that it has not answered and that has overlap left. It works for a type-dependent time,
+submits, pauses and looks again, until its session is over; an assignment in hand is always finished.
+A worker that finds nothing re-checks the task list every `RECHECK` minutes or so; when something
+changes (a pool opens, suites are added, an overlap grows) up to `WAKE_CAP` idle online workers look
+at once, and a worker whose skill changes looks at once. Restricted workers come back when the
+restriction ends. Because new workers keep arriving and restricted ones return, restrictions and
+overlap increases slow a pool down but never starve one that a large crowd would finish.
+
+Pools close themselves `auto_close_after_complete_delay_seconds` after their last suite is complete
+(`COMPLETED`) or when `will_expire` passes (`EXPIRED`); submitted assignments of pools without
+auto-accept are accepted `auto_accept_period_day` days after submission unless the requester decided.
 
 Determinism: events are processed in (time, kind, key) order and every random choice is hashed from
-(seed, worker, suite, ...), so a run is a pure function of the seed and of the simulated instants at
-which requests arrive. With `speed=0` (clock moved only by `/_emulator/advance`) runs repeat exactly.
-With a running clock, which worker gets which suite depends on when the requester's requests land;
-each worker's answer to a given suite does not.
+(seed, worker, suite, session, ...), so a run is a pure function of the seed, the start instant and
+the simulated instants at which requests arrive. With `speed=0` (clock moved only by
+`/_emulator/advance`) runs repeat exactly. Each worker's answer to a given suite never depends on time.
 """
 
 from __future__ import annotations
@@ -21,95 +37,178 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Iterable
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from emulator import filters, qc
-from emulator.core import FEE_RATE, OWNER, public
-from emulator.store import Doc
-from emulator.util import fmt_time, stable_int, unit
-from emulator.workers import answer_task, duration, matches_gold, pause, population
+from emulator.records import OWNER, Doc, public, with_cost
+from emulator.util import fmt_time, parse_time, sim_seconds, stable_int, unit
+from emulator.workers import Population, answer_task, duration, matches_gold, pause
 
 if TYPE_CHECKING:
     from emulator.core import Emulator
 
 log = logging.getLogger("emulator.crowd")
-WORKER, POOL_CHECK = 0, 1
+# Event kinds, in processing order at equal instants.
+WORKER, ARRIVE, POOL_CHECK, AUTO_ACCEPT = 0, 1, 2, 3
+MEAN_SESSION = 45 * 60.0  # seconds online per visit (log-normal around it)
+MEAN_GAP = 6 * 3600.0  # seconds away after a visit without paid work (exponential)
+MEAN_GAP_ENGAGED = 2 * 3600.0  # seconds away after a visit with paid work: regulars come back sooner
+SESSION_TASKS = (3, 10)  # a visit ends after this many paid assignments at most (uniform, hashed)
+RECHECK = 20 * 60.0  # an idle online worker looks at the task list again after about this long
+WAKE_CAP = 24  # idle online workers who react at once to a change
 
 
 class Crowd:
-    def __init__(self, emu: Emulator) -> None:
+    def __init__(self, emu: Emulator, epoch: float) -> None:
         self.emu = emu
         self.store = emu.store
         self.seed = emu.settings.seed
-        self.now = float(self.store.meta("sim_now", 0.0))
+        self.population = Population(self.seed, max(1, emu.settings.workers))
+        self.now = float(self.store.meta("sim_now", epoch))
         self.heap: list[tuple[float, int, str]] = []
         self.idle: set[str] = set()
         self.pointer: dict[str, int] = {}
         self.skills: dict[str, dict[str, float]] = {}
-        if not self.store.data["worker"]:
-            for worker in population(self.seed, emu.settings.workers or 100):
-                worker["_rt"] = {
-                    "next_at": worker["arrival"],
-                    "assignment": None,
-                    "trainings": {},
-                    "pools": {},
-                    "restrictions": [],
-                }
-                self.store.put("worker", worker["id"], worker)
-        self.by_index = sorted(self.store.data["worker"].values(), key=lambda w: w["index"])
-        for worker in self.by_index:
+        self.restrictions: dict[str, list[Doc]] = {}
+        data = self.store.data
+        # Money reserved for issued paid assignments not yet accepted or rejected (as Toloka blocks it).
+        self.held = sum(
+            with_cost(a["reward"])
+            for a in data["assignment"].values()
+            if a["status"] in ("ACTIVE", "SUBMITTED") and data["pool"][a["pool_id"]]["_kind"] == "pool"
+        )
+        for doc in data["user_restriction"].values():
+            self.restriction_added(doc)
+        for worker in data["worker"].values():
             rt = worker["_rt"]
             if rt["next_at"] is not None:
-                heapq.heappush(self.heap, (rt["next_at"], WORKER, worker["id"]))
-            waiting_for_release = rt["assignment"] is None and any(
-                r["until"] == rt["next_at"] for r in rt["restrictions"]
-            )
-            if rt["next_at"] is None or waiting_for_release:
+                self.heap.append((rt["next_at"], WORKER, worker["id"]))
+            if rt["online_until"] is not None and rt["assignment"] is None:
                 self.idle.add(worker["id"])
-        for doc in self.store.data["user_skill"].values():
+        arrived = {w["index"] for w in data["worker"].values()}
+        self.heap.extend(
+            (first, ARRIVE, str(i))
+            for i, first in enumerate(self._first_arrivals(epoch).tolist())
+            if i not in arrived
+        )
+        for doc in data["user_skill"].values():
             self.skills.setdefault(doc["user_id"], {})[doc["skill_id"]] = doc["exact_value"]
-        for suite in self.store.data["suite"].values():
-            self.learn(self.store.data["pool"][suite["pool_id"]], suite)
-        for pool in self.store.data["pool"].values():
-            if pool.get("_close_at") is not None:
-                heapq.heappush(self.heap, (pool["_close_at"], POOL_CHECK, pool["id"]))
+        for suite in data["suite"].values():
+            self.learn(data["pool"][suite["pool_id"]], suite)
+        for pool in data["pool"].values():
+            for at in (pool.get("_close_at"), pool.get("_expire_at")):
+                if at is not None:
+                    self.heap.append((at, POOL_CHECK, pool["id"]))
+        for assignment in data["assignment"].values():
+            if assignment["status"] == "SUBMITTED" and assignment.get("_accept_at") is not None:
+                self.heap.append((assignment["_accept_at"], AUTO_ACCEPT, assignment["id"]))
+        heapq.heapify(self.heap)
+
+    def _first_arrivals(self, epoch: float) -> np.ndarray:
+        """When each worker of the market first shows up: a steady-state share is online at `epoch`."""
+        share_online = MEAN_SESSION / (MEAN_SESSION + MEAN_GAP)
+        u = np.random.default_rng(stable_int("first-arrival", self.seed)).random(self.population.n)
+        away = (u - share_online) / (1 - share_online)
+        later = epoch + 120.0 - MEAN_GAP * np.log1p(-np.clip(away, 0.0, 1 - 1e-12))
+        return np.round(np.where(u < share_online, epoch + 120.0 * u / share_online, later), 3)
+
+    @property
+    def by_index(self) -> list[Doc]:
+        """The workers who have shown up so far, in market order."""
+        return sorted(self.store.data["worker"].values(), key=lambda w: w["index"])
 
     # ------------------------------------------------------------------------------------ the loop
     def advance_to(self, target: float) -> None:
         """Process every event due up to `target` (simulated seconds)."""
+        data = self.store.data
         while self.heap and self.heap[0][0] <= target:
             at, kind, key = heapq.heappop(self.heap)
             self.now = max(self.now, at)
             if kind == WORKER:
-                worker = self.store.data["worker"][key]
+                worker = data["worker"][key]
                 if worker["_rt"]["next_at"] == at:
                     self._act(worker)
+            elif kind == ARRIVE:
+                self._arrive(int(key))
+            elif kind == POOL_CHECK:
+                self._pool_check(key, at)
             else:
-                self._auto_close(key, at)
+                self._auto_accept(key, at)
         if target > self.now:
             self.now = target
         self.store.set_meta("sim_now", self.now)
 
+    def push(self, at: float, kind: int, key: str) -> None:
+        heapq.heappush(self.heap, (at, kind, key))
+
     def _schedule(self, worker: Doc, at: float | None) -> None:
         worker["_rt"]["next_at"] = at
         self.store.touch("worker", worker["id"])
-        if at is None:
-            self.idle.add(worker["id"])
-        else:
-            self.idle.discard(worker["id"])
-            heapq.heappush(self.heap, (at, WORKER, worker["id"]))
+        if at is not None:
+            self.push(at, WORKER, worker["id"])
+
+    def _arrive(self, index: int) -> None:
+        """A worker of the market shows up for the first time: its state starts here."""
+        wid = self.population.ids[index]
+        if wid in self.store.data["worker"]:
+            return
+        worker = self.population.worker(index) | {
+            "_rt": {
+                "next_at": None,
+                "assignment": None,
+                "trainings": {},
+                "pools": {},
+                "online_until": None,
+                "session": 0,
+            }
+        }
+        self.store.put("worker", wid, worker)
+        self._start_session(worker)
+
+    def _start_session(self, worker: Doc) -> None:
+        rt = worker["_rt"]
+        u = min(max(unit("session-length", self.seed, worker["id"], rt["session"]), 1e-9), 1 - 1e-9)
+        spread = math.exp(0.5 * NormalDist().inv_cdf(u))
+        rt["online_until"] = self.now + MEAN_SESSION * spread / math.exp(0.125)
+        # A visit is also a batch: workers leave after a handful of assignments, whatever they are.
+        rt["batch"] = SESSION_TASKS[0] + stable_int(
+            "session-tasks", self.seed, worker["id"], rt["session"]
+        ) % (SESSION_TASKS[1] - SESSION_TASKS[0] + 1)
+        self._look_for_work(worker)
+
+    def _leave(self, worker: Doc) -> None:
+        rt = worker["_rt"]
+        rt["online_until"] = None
+        rt["session"] += 1
+        self.idle.discard(worker["id"])
+        mean = MEAN_GAP_ENGAGED if rt.pop("earned", False) else MEAN_GAP
+        gap = -mean * math.log1p(-unit("session-gap", self.seed, worker["id"], rt["session"]))
+        self._schedule(worker, self.now + max(60.0, gap))
+
+    def wake(self, worker_id: str) -> None:
+        """One worker looks at the task list soon (its skill or access changed)."""
+        if worker_id in self.idle:
+            worker = self.store.data["worker"][worker_id]
+            self._schedule(worker, self.now + 5 + 55 * unit("wake-one", self.seed, worker_id, self.now))
 
     def notify(self) -> None:
-        """Something changed: idle workers come back and look for work after a short delay."""
+        """Something changed: up to `WAKE_CAP` idle online workers come and look after a short delay."""
         if not self.idle:
             return
         generation = int(self.store.meta("generation", 0)) + 1
         self.store.set_meta("generation", generation)
-        for wid in sorted(self.idle):
-            self._schedule(
-                self.store.data["worker"][wid], self.now + 5 + 55 * unit("wake", self.seed, wid, generation)
-            )
+        workers = self.store.data["worker"]
+        soon = self.now + 60
+        # Workers who look within the minute anyway need no nudge; the others in a hashed order.
+        waiting = [wid for wid in self.idle if (workers[wid]["_rt"]["next_at"] or soon + 1) > soon]
+        waiting.sort(key=lambda wid: stable_int("wake-order", self.seed, wid, generation))
+        for wid in waiting[:WAKE_CAP]:
+            self._schedule(workers[wid], self.now + 5 + 55 * unit("wake", self.seed, wid, generation))
 
     def _act(self, worker: Doc) -> None:
         rt = worker["_rt"]
@@ -117,17 +216,35 @@ class Crowd:
             assignment = self.store.data["assignment"][rt["assignment"]]
             rt["assignment"] = None
             self._submit(worker, assignment)
-            self._schedule(worker, self.now + pause(self.seed, worker, assignment["id"]))
+            if self.store.data["pool"][assignment["pool_id"]]["_kind"] == "pool":
+                rt["batch"] = rt.get("batch", 1) - 1  # trainings are not part of the batch
+            if rt["online_until"] is not None and self.now < rt["online_until"] and rt["batch"] > 0:
+                self._schedule(worker, self.now + pause(self.seed, worker, assignment["id"]))
+            else:
+                self._leave(worker)
             return
+        if rt["online_until"] is None:
+            self._start_session(worker)
+        elif self.now >= rt["online_until"]:
+            self._leave(worker)
+        else:
+            self._look_for_work(worker)
+
+    def _look_for_work(self, worker: Doc) -> None:
+        rt = worker["_rt"]
         choice = self._choose(worker)
         if choice is None:
-            # Idle: woken by `notify`, and also when one of its restrictions runs out.
+            # Idle: looks again later, at once when woken, or when one of its restrictions runs out.
+            recheck = RECHECK * (0.5 + unit("recheck", self.seed, worker["id"], self.now))
             ends = [
-                r["until"] for r in rt["restrictions"] if r["until"] is not None and r["until"] > self.now
+                r["_until"]
+                for r in self.restrictions.get(worker["id"], ())
+                if r["_until"] is not None and r["_until"] > self.now
             ]
-            self._schedule(worker, min(ends, default=None))
             self.idle.add(worker["id"])
+            self._schedule(worker, min([self.now + recheck, rt["online_until"], *ends]))
             return
+        self.idle.discard(worker["id"])
         pool, suite = choice
         assignment = self._start(worker, pool, suite)
         n_images = sum(len((t.get("input_values") or {}).get("images") or [1]) for t in suite["tasks"])
@@ -146,7 +263,7 @@ class Crowd:
         for pool in pools:
             if self.restricted(worker, pool) or not self.admits(worker, pool):
                 continue
-            if self.emu.balance() < self.emu.assignment_cost(pool):
+            if self.emu.balance() - self.held < self.emu.assignment_cost(pool):
                 self.emu.set_pool_status(pool, "CLOSED", "NOT_ENOUGH_BALANCE")
                 continue
             requirement = (pool.get("quality_control") or {}).get("training_requirement") or {}
@@ -175,16 +292,26 @@ class Crowd:
         return filters.admits(pool.get("filter"), worker["profile"], self.skills.get(worker["id"], {}), known)
 
     def restricted(self, worker: Doc, pool: Doc) -> bool:
-        for r in worker["_rt"]["restrictions"]:
-            if r["until"] is not None and r["until"] <= self.now:
+        """Does a live user restriction (from QC rules or the requester) keep the worker out of `pool`?"""
+        for r in self.restrictions.get(worker["id"], ()):
+            if r["_until"] is not None and r["_until"] <= self.now:
                 continue
             if (
-                r["scope"] == "ALL_PROJECTS"
-                or (r["scope"] == "PROJECT" and r["target"] == pool["project_id"])
-                or (r["scope"] == "POOL" and r["target"] == pool["id"])
+                r["scope"] in ("ALL_PROJECTS", "SYSTEM")
+                or (r["scope"] == "PROJECT" and r.get("project_id") == pool["project_id"])
+                or (r["scope"] == "POOL" and r.get("pool_id") == pool["id"])
             ):
                 return True
         return False
+
+    def restriction_added(self, doc: Doc) -> None:
+        self.restrictions.setdefault(doc["user_id"], []).append(doc)
+
+    def restriction_removed(self, doc: Doc) -> None:
+        mine = self.restrictions.get(doc["user_id"], [])
+        if doc in mine:
+            mine.remove(doc)
+        self.wake(doc["user_id"])
 
     def training_score(self, worker: Doc, training_id: str) -> float | None:
         """The worker's training score in percent, or None while the training is unfinished."""
@@ -222,7 +349,7 @@ class Crowd:
     def _start(self, worker: Doc, pool: Doc, suite: Doc) -> Doc:
         training = pool["_kind"] == "training"
         assignment = {
-            "id": self.emu._long_id(),
+            "id": self.emu.long_id(),
             "task_suite_id": suite["id"],
             "pool_id": pool["id"],
             "user_id": worker["id"],
@@ -236,6 +363,9 @@ class Crowd:
         }
         self.store.put("assignment", assignment["id"], assignment)
         suite["_taken"] += 1
+        if not training:
+            self.held += with_cost(assignment["reward"])  # reserved until accepted or rejected
+            worker["_rt"]["earned"] = True
         suite["_workers"].append(worker["id"])
         suite.setdefault("_assignments", []).append(assignment["id"])
         worker["_rt"]["pools"].setdefault(pool["id"], []).append(assignment["id"])
@@ -274,6 +404,11 @@ class Crowd:
             self._finish(assignment, "ACCEPTED", None, charge=False)
         elif pool.get("auto_accept_solutions"):
             self._finish(assignment, "ACCEPTED", None, charge=True)
+        elif pool.get("auto_accept_period_day"):
+            # Work nobody reviews is accepted (and paid) when the pool's review period ends.
+            at = self.now + 86400.0 * float(pool["auto_accept_period_day"])
+            assignment["_accept_at"] = at
+            self.push(at, AUTO_ACCEPT, assignment["id"])
         self.store.touch("suite", suite["id"])
         self.store.touch("pool", pool["id"])
         self.store.touch("worker", worker["id"])
@@ -282,13 +417,28 @@ class Crowd:
         self.check_complete(pool)
 
     def _finish(self, assignment: Doc, status: str, comment: str | None, charge: bool) -> None:
+        if charge:
+            self.held = max(0.0, self.held - with_cost(assignment["reward"]))
         assignment["status"] = status
         assignment["accepted" if status == "ACCEPTED" else "rejected"] = fmt_time(self.now)
         if comment is not None:
             assignment["public_comment"] = comment
+        assignment.pop("_accept_at", None)
         if charge and status == "ACCEPTED":
-            self.emu.charge(assignment["reward"] * (1 + FEE_RATE))
+            # The price is fixed here, from the reward the assignment was issued at: later pool
+            # updates never change what was paid (`spent_budget` sums these).
+            assignment["_cost"] = with_cost(assignment["reward"])
+            self.emu.charge(assignment["_cost"])
         self.store.touch("assignment", assignment["id"])
+
+    def _auto_accept(self, assignment_id: str, at: float) -> None:
+        assignment = self.store.data["assignment"].get(assignment_id)
+        if (
+            assignment is not None
+            and assignment["status"] == "SUBMITTED"
+            and assignment.get("_accept_at") == at
+        ):
+            self.assess(assignment, "ACCEPTED", None)
 
     def assess(self, assignment: Doc, status: str, comment: str | None) -> None:
         """The requester (or a QC rule) accepts or rejects a submitted assignment."""
@@ -320,17 +470,28 @@ class Crowd:
         """CHANGE_OVERLAP: the suite needs `delta` more answers; optionally reopen a completed pool."""
         if suite["_overlap"] is None or delta == 0:
             return
+        self.set_overlap(suite, max(0, suite["_overlap"] + delta))
         pool = self.store.data["pool"][suite["pool_id"]]
-        before = min(suite["_done"], suite["_overlap"])
-        suite["_overlap"] = max(0, suite["_overlap"] + delta)
-        pool["_stats"]["total"] += delta
-        pool["_stats"]["done"] += min(suite["_done"], suite["_overlap"]) - before
+        if open_pool and pool["status"] == "CLOSED" and pool.get("last_close_reason") == "COMPLETED":
+            self.emu.set_pool_status(pool, "OPEN")
+
+    def set_overlap(self, suite: Doc, overlap: int | None) -> None:
+        """A suite's overlap changes (QC rule or PATCH); `None` is infinite overlap."""
+        pool = self.store.data["pool"][suite["pool_id"]]
+        stats = pool["_stats"]
+        if suite["_overlap"] is not None:
+            stats["total"] -= suite["_overlap"]
+            stats["done"] -= min(suite["_done"], suite["_overlap"])
+        suite["_overlap"] = overlap
+        if overlap is not None:
+            stats["total"] += overlap
+            stats["done"] += min(suite["_done"], overlap)
         self.pointer[pool["id"]] = 0
         self.store.touch("suite", suite["id"])
         self.store.touch("pool", pool["id"])
-        if open_pool and pool["status"] == "CLOSED" and pool.get("last_close_reason") == "COMPLETED":
-            self.emu.set_pool_status(pool, "OPEN")
-        self.notify()
+        self.check_complete(pool)
+        if self.remaining(suite) > 0 and pool["status"] == "OPEN":
+            self.notify()
 
     def check_complete(self, pool: Doc) -> None:
         stats = pool["_stats"]
@@ -339,10 +500,27 @@ class Crowd:
         if stats["done"] >= stats["total"] and stats["active"] == 0 and pool.get("_close_at") is None:
             at = self.now + float(pool.get("auto_close_after_complete_delay_seconds") or 0)
             pool["_close_at"] = at
-            heapq.heappush(self.heap, (at, POOL_CHECK, pool["id"]))
+            self.push(at, POOL_CHECK, pool["id"])
 
-    def _auto_close(self, pool_id: str, at: float) -> None:
+    def pool_opened(self, pool: Doc) -> None:
+        """Schedule the pool's expiry (`will_expire`) and let idle workers see it."""
+        expire = pool.get("will_expire")
+        pool["_expire_at"] = None
+        if isinstance(expire, str):
+            try:
+                pool["_expire_at"] = max(self.now, sim_seconds(parse_time(expire)))
+            except ValueError:
+                pool["_expire_at"] = None
+        if pool["_expire_at"] is not None:
+            self.push(pool["_expire_at"], POOL_CHECK, pool["id"])
+        self.notify()
+
+    def _pool_check(self, pool_id: str, at: float) -> None:
+        """A pool's auto-close delay or its expiry came due."""
         pool = self.store.data["pool"][pool_id]
+        if pool["status"] == "OPEN" and pool.get("_expire_at") == at:
+            pool["_expire_at"] = None
+            self.emu.set_pool_status(pool, "CLOSED", "EXPIRED")
         if pool.get("_close_at") != at:
             return
         pool["_close_at"] = None
@@ -365,11 +543,10 @@ class Crowd:
         return out
 
     def count_admitted(self, pool: Doc) -> int:
-        return sum(
-            1
-            for w in self.by_index
-            if w["arrival"] <= self.now and self.admits(w, pool) and not self.restricted(w, pool)
-        )
+        """Online workers the pool's filter admits and no restriction keeps out."""
+        workers = self.store.data["worker"]
+        online = [w for w in workers.values() if w["_rt"]["online_until"] is not None]
+        return sum(1 for w in online if self.admits(w, pool) and not self.restricted(w, pool))
 
     def worker_view(self, worker: Doc) -> dict[str, Any]:
         """Ground truth about one worker for `/_emulator/workers`."""
@@ -379,9 +556,10 @@ class Crowd:
             "type": worker["type"],
             "profile": worker["profile"],
             "error_rate": worker["error_rate"],
-            "arrived": worker["arrival"] <= self.now,
+            "online": rt["online_until"] is not None,
+            "sessions": rt["session"] + (rt["online_until"] is not None),
             "skills": self.skills.get(worker["id"], {}),
             "trainings": {tid: self.training_score(worker, tid) for tid in sorted(rt["trainings"])},
-            "restrictions": rt["restrictions"],
+            "restrictions": [public(r) for r in self.restrictions.get(worker["id"], ())],
             "busy": rt["assignment"] is not None,
         }

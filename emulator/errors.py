@@ -1,4 +1,4 @@
-"""Toloka-shaped errors: every non-2xx answer carries a JSON body with `code` (toloka-wire.md §2)."""
+"""Toloka-shaped errors: every non-2xx answer carries a JSON body with `code` (toloka-kit maps it)."""
 
 from __future__ import annotations
 

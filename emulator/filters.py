@@ -1,14 +1,14 @@
 """Pool filter evaluation: `and`/`or` trees of skill, profile and computed conditions.
 
-A condition on a skill id this emulator has never created (e.g. the hard-coded skill `26366` of the
-published intruder configs) is treated as satisfied and logged once: enforcing it literally would
-leave the pool without any eligible worker. Unknown profile/computed keys are also satisfied (logged).
+Pools naming a skill this account does not have are refused when they are created (`skill_keys`
+finds them); should one still be met here, its condition admits nobody. Unknown profile/computed
+keys are satisfied (logged once): the simulated profiles do not have every attribute Toloka knows.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from typing import Any
 
 log = logging.getLogger("emulator.filters")
@@ -45,10 +45,7 @@ def _leaf(
         node.get("value"),
     )
     if category == "skill":
-        if key not in known:
-            _log_once(f"filter on unknown skill {key!r} treated as satisfied")
-            return True
-        return compare(skills.get(key), operator, value)
+        return key in known and compare(skills.get(key), operator, value)
     if key not in profile:
         _log_once(f"filter on unsupported {category} key {key!r} treated as satisfied")
         return True
@@ -80,3 +77,16 @@ def compare(actual: Any, operator: str | None, value: Any) -> bool:
         "LT": a < v,
         "LTE": a <= v,
     }.get(operator or "", False)
+
+
+def skill_keys(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(field path, skill id) of every skill condition of a filter tree, e.g. `filter.and[0].or[1]`."""
+    if not isinstance(node, dict):
+        return
+    for op in ("and", "or"):
+        if op in node:
+            for i, child in enumerate(node[op] or []):
+                yield from skill_keys(child, f"{path}.{op}[{i}]")
+            return
+    if node.get("category") == "skill":
+        yield path, str(node.get("key"))

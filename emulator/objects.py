@@ -6,7 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from emulator.errors import field_errors
-from emulator.store import Doc
+from emulator.records import Doc, strip_read_only
 
 if TYPE_CHECKING:
     from emulator.core import Emulator
@@ -29,9 +29,10 @@ def create_items(
     """
     errors: dict[str, Any] = {}
     valid: list[tuple[str, dict[str, Any], Doc]] = []
+    allow_defaults = params.get("allow_defaults", "false").lower() == "true"
     for pos, item in enumerate(items):
         idx = item_index(pos, item)
-        problems = _validate(emu, kind, item)
+        problems = _validate(emu, kind, item, allow_defaults)
         if problems:
             errors[idx] = field_errors(problems)
         else:
@@ -47,7 +48,7 @@ def create_items(
     return created, errors
 
 
-def _validate(emu: Emulator, kind: str, item: Any) -> dict[str, tuple[str, str]]:
+def _validate(emu: Emulator, kind: str, item: Any, allow_defaults: bool) -> dict[str, tuple[str, str]]:
     if not isinstance(item, dict):
         return {"": ("INVALID_FORMAT", "expected a JSON object")}
     pool_id = item.get("pool_id")
@@ -79,6 +80,16 @@ def _validate(emu: Emulator, kind: str, item: Any) -> dict[str, tuple[str, str]]
     overlap = item.get("overlap")
     if overlap is not None and (not isinstance(overlap, int) or overlap < 1):
         problems["overlap"] = ("INVALID_VALUE", "overlap must be a positive integer")
+    elif (
+        overlap is None
+        and not allow_defaults
+        and not item.get("infinite_overlap")
+        and pool.get("_kind") != "training"
+    ):
+        problems["overlap"] = (
+            "VALUE_REQUIRED",
+            "overlap is required unless allow_defaults=true (then the pool's default overlap applies)",
+        )
     return problems
 
 
@@ -95,13 +106,11 @@ def _overlap(kind: str, item: dict[str, Any], pool: Doc) -> int | None:
 
 
 def _create(emu: Emulator, kind: str, item: dict[str, Any], pool: Doc) -> Doc:
-    from emulator.core import strip_read_only
-
     overlap = _overlap(kind, item, pool)
     clean = strip_read_only(item)
     stamp = emu.stamp()
     if kind == "task":
-        task = clean | {"id": emu._long_id(), "pool_id": pool["id"], "created": stamp}
+        task = clean | {"id": emu.long_id(), "pool_id": pool["id"], "created": stamp}
         task.pop("overlap", None)
         task.pop("infinite_overlap", None)
         task["_overlap"] = overlap
@@ -112,14 +121,14 @@ def _create(emu: Emulator, kind: str, item: dict[str, Any], pool: Doc) -> Doc:
         result = task
     else:
         suite_tasks = [
-            {"id": emu._long_id(), **{k: t[k] for k in TASK_KEYS if k in t}} for t in clean.get("tasks", [])
+            {"id": emu.long_id(), **{k: t[k] for k in TASK_KEYS if k in t}} for t in clean.get("tasks", [])
         ]
         suite = {k: v for k, v in clean.items() if k not in ("tasks", "overlap", "infinite_overlap")}
         suite |= {"pool_id": pool["id"], "tasks": suite_tasks, "mixed": bool(clean.get("mixed", False))}
         suite.setdefault("automerged", False)
         result = suite
     suite |= {
-        "id": emu._long_id(),
+        "id": emu.long_id(),
         "created": stamp,
         "_overlap": overlap,
         "_taken": 0,
@@ -161,7 +170,8 @@ def analytics_value(emu: Emulator, pool: Doc, name: str) -> Any:
         spans = [a["_duration"] for a in submitted if "_duration" in a]
         return int(1000 * sum(spans) / len(spans)) if spans else 0
     if name == "spent_budget":
-        return round(by_status["ACCEPTED"] * emu.assignment_cost(pool), 6)
+        # What was paid, each assignment at the price fixed when it was accepted.
+        return round(sum(a.get("_cost", 0.0) for a in assignments if a["status"] == "ACCEPTED"), 6)
     if name == "unique_workers_count":
         return len({a["user_id"] for a in assignments})
     if name == "unique_submitters_count":

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from emulator.filters import compare
-from emulator.store import Doc
+from emulator.records import Doc
 from emulator.workers import matches_gold
 
 if TYPE_CHECKING:
@@ -179,17 +179,24 @@ def apply(emu: Emulator, action: dict[str, Any], pool: Doc, worker_id: str, assi
     worker = emu.store.data["worker"].get(worker_id)
     if kind in ("RESTRICTION_V2", "RESTRICTION") and worker is not None:
         scope = params.get("scope", "POOL")
-        target = pool["project_id"] if scope == "PROJECT" else pool["id"]
         span = params.get("duration")
+        unit = params.get("duration_unit")
         until = (
             None
-            if span is None
-            else crowd.now + float(span) * UNIT_SECONDS.get(params.get("duration_unit"), 86400)
+            if span is None or unit == "PERMANENT"
+            else crowd.now + float(span) * UNIT_SECONDS.get(unit, 86400)
         )
-        worker["_rt"]["restrictions"].append(
-            {"scope": scope, "target": target, "until": until, "comment": params.get("private_comment")}
+        # The same user restriction the requester sees (and can lift) through /user-restrictions.
+        emu.add_restriction(
+            {
+                "scope": scope,
+                "user_id": worker_id,
+                "private_comment": params.get("private_comment"),
+                **({"project_id": pool["project_id"]} if scope == "PROJECT" else {}),
+                **({"pool_id": pool["id"]} if scope == "POOL" else {}),
+            },
+            until,
         )
-        emu.store.touch("worker", worker_id)
         for other in emu.store.data["pool"].values():
             if (
                 other["_kind"] == "pool"

@@ -1,4 +1,4 @@
-"""Search endpoints: exact and range filters, `sort`, `limit`, `id_gt` paging (toloka-wire.md §3).
+"""Search endpoints: exact and range filters, `sort`, `limit`, `id_gt` paging, as toloka-kit pages.
 
 Numeric ids (projects, pools, trainings, skills, user skills) compare as numbers; long ids compare as
 strings (they are fixed width, so string order is creation order). Timestamps compare as datetimes.
@@ -25,6 +25,8 @@ TIME_FIELDS = {
     "expired",
     "last_started",
     "modified",
+    "finished",
+    "will_expire",
 }
 # Query parameters that are never filters.
 NOT_FILTERS = {
@@ -67,6 +69,8 @@ def search(
         limit = min(int(params.get("limit", DEFAULT_LIMIT)), MAX_LIMIT)
     except ValueError:
         raise validation({"limit": ("INVALID_FORMAT", "limit must be an integer")}) from None
+    if limit < 1:
+        raise validation({"limit": ("INVALID_VALUE", "limit must be at least 1")})
     sort = [s for s in params.get("sort", "id").split(",") if s] or ["id"]
     exact: list[tuple[str, set[str]]] = []
     ranges: list[tuple[str, str, Any]] = []
@@ -76,7 +80,13 @@ def search(
         suffix = next((s for s in RANGE_SUFFIXES if name.endswith(s)), None)
         if suffix:
             field = name[: -len(suffix)]
-            ranges.append((field, suffix[1:], _field_key(field, raw, numeric_ids)))
+            try:
+                bound = _field_key(field, raw, numeric_ids)
+            except ValueError:
+                raise validation(
+                    {name: ("INVALID_FORMAT", f"{name} must be a date and time like 2026-01-01T00:00:00")}
+                ) from None
+            ranges.append((field, suffix[1:], bound))
         else:
             exact.append((name, set(str(raw).split(","))))
 

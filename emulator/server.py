@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -28,10 +29,12 @@ class RunningEmulator:
         self.emulator = emulator  # the in-process `emulator.core.Emulator` (state, crowd, clock)
 
     def control(self, path: str, method: str = "GET", **params: Any) -> Any:
-        """Call a `/_emulator/<path>` endpoint and return its JSON."""
-        query = "&".join(f"{k}={v}" for k, v in params.items() if v is not None)
+        """Call a `/_emulator/<path>` endpoint with the token (changing ones need it); return its JSON."""
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         request = urllib.request.Request(
-            f"{self.url}/_emulator/{path}" + (f"?{query}" if query else ""), method=method
+            f"{self.url}/_emulator/{path}" + (f"?{query}" if query else ""),
+            method=method,
+            headers={"Authorization": f"OAuth {self.token}"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
@@ -70,14 +73,14 @@ def _bind(host: str, port: int) -> socket.socket:
 def _server(settings: EmulatorSettings) -> tuple[Any, Any, socket.socket, str]:
     import uvicorn
 
-    from emulator.app import create_app
+    from emulator.app import guarded
     from emulator.core import Emulator
 
     emulator = Emulator(settings)
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(emulator),
+        guarded(emulator),
         log_level=settings.log_level,
         access_log=False,
         lifespan="off",

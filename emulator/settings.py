@@ -7,6 +7,7 @@ from dataclasses import dataclass
 DEFAULT_TOKEN = "crowdclust-emulator-token"
 DEFAULT_PORT = 8765
 DEFAULT_BASE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_WORKERS = 3000  # size of the simulated labour market
 
 
 @dataclass
@@ -15,8 +16,12 @@ class EmulatorSettings:
 
     `port=0` picks a free port; `db=None` keeps all state in memory (tests). `speed` is the number of
     simulated seconds per wall second; `speed=0` freezes the clock so that only
-    `POST /_emulator/advance` moves it (fully deterministic tests). `catalogue` is a bundled name
-    (`demo-shoes`, `digits`) or the path of a TSV with an image URL column and a `class` column.
+    `POST /_emulator/advance` moves it (fully deterministic tests). `start` is the simulated instant
+    the clock starts at (POSIX seconds; default: the real current time). `catalogue` is a bundled
+    name (`demo-shoes`, `digits`) or the path of a TSV with an image URL column and a `class` column.
+    `workers` is the size of the market the crowd is drawn from. `rate_limit` is a per-token limit in
+    requests per second (0: none); `admin_token` opens the state-changing `/_emulator/*` routes in
+    addition to `token` (default: only `token`).
     """
 
     host: str = "127.0.0.1"
@@ -26,9 +31,12 @@ class EmulatorSettings:
     catalogue: str = "demo-shoes"
     catalogue_size: int = 82
     speed: float = 600.0
+    start: float | None = None
     seed: int = 0
-    workers: int = 100
+    workers: int = DEFAULT_WORKERS
     fail_rate: float = 0.0
     latency_ms: int = 0
+    rate_limit: float = 0.0
+    admin_token: str | None = None
     balance: float = 10_000.0
     log_level: str = "warning"

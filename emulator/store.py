@@ -26,6 +26,9 @@ KINDS = (
     "operation",
     "oplog",
     "user_skill",
+    "user_restriction",
+    "user_bonus",
+    "aggregate",  # results of aggregate-by-pool operations
     "worker",
     "meta",
 )
@@ -67,6 +70,11 @@ class Store:
         self._dirty.add((kind, key))
         return doc
 
+    def delete(self, kind: str, key: str) -> None:
+        """Remove a document (never one of the pool-indexed kinds)."""
+        if self.data[kind].pop(key, None) is not None:
+            self._dirty.add((kind, key))
+
     def touch(self, kind: str, key: str) -> None:
         """Mark a document changed in place."""
         self._dirty.add((kind, key))
@@ -99,8 +107,10 @@ class Store:
         rows = [
             (kind, key, json.dumps(self.data[kind][key])) for kind, key in dirty if key in self.data[kind]
         ]
+        gone = [(kind, key) for kind, key in dirty if key not in self.data[kind]]
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO objects (kind, id, data) VALUES (?, ?, ?)", rows)
+            self._db.executemany("DELETE FROM objects WHERE kind = ? AND id = ?", gone)
 
     def _load(self) -> None:
         assert self._db is not None

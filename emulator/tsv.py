@@ -14,7 +14,7 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
-from emulator.store import Doc
+from emulator.records import Doc
 from emulator.util import parse_time
 
 if TYPE_CHECKING:

@@ -12,13 +12,16 @@ import random
 import re
 from datetime import UTC, datetime, timedelta
 
-# Simulated time zero. Fixed (not "now") so that timestamps are reproducible for a given seed.
-SIM_EPOCH = datetime(2025, 1, 1, 0, 0, 0)
+# Simulated instants are POSIX seconds (UTC). The clock starts at the real current time (or at
+# `EmulatorSettings.start`), so `created_gte=now - 1h` finds what was just created.
+POSIX_EPOCH = datetime(1970, 1, 1)
+# The last instant a timestamp can show (year 9999); the clock refuses to move past it.
+MAX_SIM_SECONDS = (datetime(9999, 1, 1) - POSIX_EPOCH).total_seconds()
 
 
 def digest(*parts: object) -> bytes:
     """sha256 of the parts joined by `|`."""
-    return hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return hashlib.sha256("|".join(map(str, parts)).encode()).digest()
 
 
 def stable_int(*parts: object) -> int:
@@ -56,11 +59,16 @@ def long_id(sequence: int, *parts: object) -> str:
 
 def sim_datetime(sim_seconds: float) -> datetime:
     """The naive UTC datetime of a simulated instant."""
-    return SIM_EPOCH + timedelta(seconds=sim_seconds)
+    return POSIX_EPOCH + timedelta(seconds=sim_seconds)
+
+
+def sim_seconds(value: datetime) -> float:
+    """The simulated instant (POSIX seconds) of a naive UTC datetime."""
+    return (value - POSIX_EPOCH).total_seconds()
 
 
 def fmt_time(sim_seconds: float) -> str:
-    """Toloka's timestamp format: naive UTC with milliseconds, e.g. `2025-01-01T00:00:01.250`."""
+    """Toloka's timestamp format: naive UTC with milliseconds, e.g. `2026-01-01T00:00:01.250`."""
     return sim_datetime(sim_seconds).isoformat(timespec="milliseconds")
 
 

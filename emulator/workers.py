@@ -1,4 +1,4 @@
-"""The simulated worker population and how each worker type answers (crowd-simulation.md).
+"""The simulated worker population and how each worker type answers.
 
 A worker's answer to a suite depends only on (seed, worker, suite, the images): perception errors are
 systematic per (worker, image), random choices are hashed from (seed, worker, suite, position). So the
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+
+import numpy as np
 
 from emulator.catalogues import Catalogue, Item
 from emulator.util import rng, stable_int, unit, worker_id
@@ -32,55 +34,89 @@ TYPE_PARAMS: dict[str, tuple[tuple[float, float], float, float]] = {
     "spammer": ((1.0, 1.0), 0.35, 0.05),
 }
 MAX_GROUPS = 10
+TYPES = tuple(TYPE_SHARES)
+LANGUAGES = (["EN"], ["EN", "RU"], ["RU"])
+DEVICES = ("PERSONAL_COMPUTER", "SMARTPHONE", "TABLET")
+COUNTRIES = ("US", "GB", "IN", "DE", "RU", "BR")
 
 
-def _allocate(n: int, seed: int) -> list[str]:
-    """Exactly-proportional worker types (largest remainder), shuffled by the seed."""
-    raw = {t: share * n for t, share in TYPE_SHARES.items()}
-    counts = {t: int(v) for t, v in raw.items()}
-    for t in sorted(raw, key=lambda t: raw[t] - counts[t], reverse=True)[: n - sum(counts.values())]:
-        counts[t] += 1
-    types = [t for t, c in counts.items() for _ in range(c)]
-    rng("worker-types", seed).shuffle(types)
-    return types
+def _allocate(n: int, seed: int) -> np.ndarray:
+    """Exactly-proportional worker types (largest remainder), shuffled by the seed: codes into TYPES."""
+    raw = np.array([share * n for share in TYPE_SHARES.values()])
+    counts = raw.astype(int)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: n - int(counts.sum())]] += 1
+    codes = np.repeat(np.arange(len(TYPES)), counts)
+    np.random.default_rng(stable_int("worker-types", seed)).shuffle(codes)
+    return codes
+
+
+class Population:
+    """The whole market of a seed, as arrays: thousands of workers cost a few numpy vectors.
+
+    Nothing here is per-worker Python state: a worker's profile, type, error rate and pace are read
+    from the arrays when the worker first shows up (`worker(index)`), and the crowd keeps runtime state
+    only for workers who have arrived.
+    """
+
+    def __init__(self, seed: int, n: int) -> None:
+        self.seed, self.n = seed, n
+        r = np.random.default_rng(stable_int("worker-profile", seed))
+        self.types = _allocate(n, seed)
+        u = r.random((n, 7))
+        # languages: 80% EN only, then EN+RU or RU only; 15% use the app (mostly on smartphones)
+        self.languages = np.where(u[:, 0] < 0.8, 0, np.where(u[:, 1] < 0.5, 1, 2))
+        self.app = u[:, 2] < 0.15
+        pc = u[:, 3] < 0.85
+        self.device = np.where(
+            self.app,
+            np.where(u[:, 3] < 0.8, 1, 2),
+            np.where(pc, 0, np.where(u[:, 4] < 0.6, 1, 2)),
+        )
+        self.windows = u[:, 5] < 0.7
+        self.country = r.integers(0, len(COUNTRIES), n)
+        low = np.array([TYPE_PARAMS[t][0][0] for t in TYPES])[self.types]
+        high = np.array([TYPE_PARAMS[t][0][1] for t in TYPES])[self.types]
+        self.error_rate = np.round(low + (high - low) * u[:, 6], 4)
+        self.pace = np.round(r.lognormal(0.0, 0.25, n), 4)
+        self._ids: list[str] | None = None
+        self._index: dict[str, int] | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = [worker_id(self.seed, i) for i in range(self.n)]
+        return self._ids
+
+    def index_of(self, wid: str) -> int | None:
+        if self._index is None:
+            self._index = {w: i for i, w in enumerate(self.ids)}
+        return self._index.get(wid)
+
+    def worker(self, index: int) -> dict[str, Any]:
+        """One worker's static description (what `/_emulator/workers` shows and answers depend on)."""
+        app = bool(self.app[index])
+        return {
+            "id": self.ids[index],
+            "index": index,
+            "type": TYPES[int(self.types[index])],
+            "profile": {
+                "languages": LANGUAGES[int(self.languages[index])],
+                "client_type": "TOLOKA_APP" if app else "BROWSER",
+                "device_category": DEVICES[int(self.device[index])],
+                "os_family": "ANDROID" if app else ("WINDOWS" if self.windows[index] else "MAC_OS"),
+                "country": COUNTRIES[int(self.country[index])],
+                "adult_allowed": True,
+            },
+            "error_rate": float(self.error_rate[index]),
+            "pace": float(self.pace[index]),
+        }
 
 
 def population(seed: int, n: int) -> list[dict[str, Any]]:
-    """The crowd of a seed: ids, types, profiles (for pool filters), error rates, arrival times."""
-    workers = []
-    for index, kind in enumerate(_allocate(n, seed)):
-        r = rng("worker-profile", seed, index)
-        languages = ["EN"] if r.random() < 0.8 else (["EN", "RU"] if r.random() < 0.5 else ["RU"])
-        app = r.random() < 0.15
-        client_type = "TOLOKA_APP" if app else "BROWSER"
-        if app:
-            device = "SMARTPHONE" if r.random() < 0.8 else "TABLET"
-        else:
-            device = (
-                "PERSONAL_COMPUTER" if r.random() < 0.85 else ("SMARTPHONE" if r.random() < 0.6 else "TABLET")
-            )
-        low, high = TYPE_PARAMS[kind][0]
-        # Most of the crowd shows up within the first simulated quarter hour, the rest over two hours.
-        arrival = r.uniform(0, 900) if r.random() < 0.75 else r.uniform(900, 7200)
-        workers.append(
-            {
-                "id": worker_id(seed, index),
-                "index": index,
-                "type": kind,
-                "profile": {
-                    "languages": languages,
-                    "client_type": client_type,
-                    "device_category": device,
-                    "os_family": "ANDROID" if app else ("WINDOWS" if r.random() < 0.7 else "MAC_OS"),
-                    "country": r.choice(["US", "GB", "IN", "DE", "RU", "BR"]),
-                    "adult_allowed": True,
-                },
-                "error_rate": round(r.uniform(low, high), 4),
-                "pace": round(r.lognormvariate(0, 0.25), 4),
-                "arrival": round(arrival, 3),
-            }
-        )
-    return workers
+    """Every worker of a seed's market, described (for tests and reports; the crowd reads lazily)."""
+    pop = Population(seed, n)
+    return [pop.worker(i) for i in range(n)]
 
 
 def duration(seed: int, worker: dict[str, Any], suite_id: str, n_images: int) -> float:

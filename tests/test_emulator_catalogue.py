@@ -85,8 +85,8 @@ def test_worker_ids_are_hex_and_never_numeric():
         ({"or": [{"category": "skill", "key": "6", "operator": "GTE", "value": 1}]}, False),  # no skill value
         (
             {"or": [{"category": "skill", "key": "777", "operator": "EQ", "value": 100}]},
-            True,
-        ),  # unknown skill
+            False,
+        ),  # unknown skill (pool creation refuses it; should one slip through, it admits nobody)
         ({"and": [{"category": "profile", "key": "languages", "operator": "IN", "value": "EN"}]}, True),
         (
             {

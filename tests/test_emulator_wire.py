@@ -172,10 +172,11 @@ def test_async_and_sync_batch_creates(emulator, toloka_client):
     # A single object that carries the `__item_idx` of an exported config is created all the same.
     with _raw(emulator) as raw:
         single = {"pool_id": pool.id, "tasks": [{"input_values": {"images": ["x"]}}], "__item_idx": "7"}
-        one = raw.post("/api/v1/task-suites", json=single)
+        sync = {"async_mode": "false", "allow_defaults": "true"}
+        one = raw.post("/api/v1/task-suites", json=single, params=sync)
         assert one.status_code == 201 and LONG_ID.match(one.json()["id"]), one.text
         del single["tasks"][0]["input_values"]["images"]
-        bad = raw.post("/api/v1/task-suites", json=single)
+        bad = raw.post("/api/v1/task-suites", json=single, params=sync)
         assert bad.status_code == 400 and "tasks.0.input_values.images" in bad.json()["payload"], bad.text
 
 

@@ -6,6 +6,8 @@ the CLI stays instant.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import typer
@@ -13,6 +15,34 @@ import typer
 app = typer.Typer(
     help="A local Toloka emulator with a simulated crowd (serves the Toloka API toloka-kit 1.2.3 speaks).",
 )
+
+
+TOKEN_ENV = "CROWDCLUST_EMULATOR_TOKEN"
+
+
+def read_token(token: str | None, token_file: Path | None) -> str | None:
+    """The token from `--token-file` (mode 0600 or stricter), `--token`, or `CROWDCLUST_EMULATOR_TOKEN`.
+
+    A file that group or others can read is refused: the token would be as public as on argv.
+    """
+    if token_file is not None:
+        try:
+            mode = token_file.stat().st_mode
+            text = token_file.read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(
+                f"cannot read {token_file}: {exc.strerror}", param_hint="--token-file"
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise typer.BadParameter(
+                f"{token_file} is readable by group or others (mode {stat.S_IMODE(mode):o}); "
+                f"run `chmod 600 {token_file}`",
+                param_hint="--token-file",
+            )
+        if not text:
+            raise typer.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+        return text
+    return token or os.environ.get(TOKEN_ENV) or None
 
 
 @app.callback(invoke_without_command=True)
@@ -23,20 +53,40 @@ def serve(
     db: Path | None = typer.Option(
         None, help="SQLite file for the state; a restart continues from it. Default: memory."
     ),
+    token_file: Path | None = typer.Option(
+        None,
+        "--token-file",
+        help="File holding the OAuth token clients must send (mode 0600). "
+        f"Else --token, else ${TOKEN_ENV}, else the emulator's default token.",
+    ),
     token: str | None = typer.Option(
-        None, help="OAuth token clients must send. Default: the emulator's default token."
+        None,
+        help="OAuth token, for interactive use only: anyone on the machine sees argv in `ps`.",
+    ),
+    admin_token: str | None = typer.Option(
+        None,
+        envvar="CROWDCLUST_EMULATOR_ADMIN_TOKEN",
+        help="A second token that may call the /_emulator/ routes that change state (besides the API token).",
     ),
     catalogue: str = typer.Option(
         "demo-shoes", help="Catalogue: demo-shoes, digits, or a TSV path (image URL + class)."
     ),
     size: int = typer.Option(82, help="Number of items of a bundled catalogue."),
     speed: float = typer.Option(600.0, help="Simulated seconds per wall second (0 freezes the clock)."),
+    start: float | None = typer.Option(
+        None, help="Simulated start instant, POSIX seconds (default: now; restarts resume from --db)."
+    ),
     seed: int = typer.Option(0, help="Seed of the crowd and the catalogue."),
-    workers: int = typer.Option(100, help="Size of the simulated crowd."),
+    workers: int | None = typer.Option(
+        None, help="Size of the simulated labour market (default: the emulator's, thousands)."
+    ),
     fail_rate: float = typer.Option(
         0.0, help="Share of API requests answered 429/500/503 (fault injection)."
     ),
     latency_ms: int = typer.Option(0, help="Latency added to every API request, in milliseconds."),
+    rate_limit: float = typer.Option(
+        0.0, help="Requests per second per token (sliding 1 s window); above it: 429. 0: no limit."
+    ),
     balance: float = typer.Option(10_000.0, help="Initial requester balance."),
 ) -> None:
     """Serve the emulator in the foreground until Ctrl-C / SIGTERM."""
@@ -48,23 +98,34 @@ def serve(
         host=host,
         port=port,
         db=str(db) if db else None,
-        token=token or DEFAULT_TOKEN,
+        token=read_token(token, token_file) or DEFAULT_TOKEN,
+        admin_token=admin_token,
         catalogue=catalogue,
         catalogue_size=size,
         speed=speed,
+        start=start,
         seed=seed,
-        workers=workers,
+        **({"workers": workers} if workers else {}),
         fail_rate=fail_rate,
         latency_ms=latency_ms,
+        rate_limit=rate_limit,
         balance=balance,
+    )
+    source = (
+        "--token-file"
+        if token_file
+        else ("--token" if token else (TOKEN_ENV if os.environ.get(TOKEN_ENV) else "default"))
     )
 
     def announce(url: str, token: str) -> None:
         typer.echo(f"Toloka emulator ready at {url}")
-        typer.echo(f"  token: {token}")
+        # The token itself is never printed unless it is the public default one.
+        typer.echo(f"  token: {token if source == 'default' else f'from {source}'}")
         typer.echo(f"  client: TolokaClient(token, url={url!r})")
         typer.echo(
-            f"  state: {settings.db or 'in memory'}; crowd: {workers} workers, seed {seed}, speed x{speed:g}"
+            f"  state: {settings.db or 'in memory'}; market: {settings.workers} workers, "
+            f"seed {seed}, speed x{speed:g}"
+            + (f"; rate limit {rate_limit:g}/s per token" if rate_limit else "")
         )
 
     serve_forever(settings, announce=announce)

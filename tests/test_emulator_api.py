@@ -1,0 +1,291 @@
+"""The rest of the requester API through an unmodified TolokaClient, answered as toloka-kit expects."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import warnings
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from emulator import EmulatorSettings, run_in_background
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import toloka.client as toloka
+    from toloka.client import exceptions
+    from toloka.client.aggregation import (
+        PoolAggregatedSolutionRequest,
+        WeightedDynamicOverlapTaskAggregatedSolutionRequest,
+    )
+
+START = 1.8e9  # 2027-01-15T08:00:00, so that timestamps are known
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=11, start=START, workers=400)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(emu):
+    return toloka.TolokaClient(emu.token, url=emu.url)
+
+
+def _project(client, output="string"):
+    spec = {
+        "input_spec": {"images": {"type": "array_json", "required": True}},
+        "output_spec": {"result": {"type": output}},
+        "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
+    }
+    return client.create_project(
+        toloka.Project(
+            public_name="api",
+            public_description="api",
+            task_spec=toloka.project.task_spec.TaskSpec.structure(spec),
+        )
+    )
+
+
+def _pool(client, project_id, **extra):
+    config = {
+        "project_id": project_id,
+        "private_name": "api pool",
+        "reward_per_assignment": 0.05,
+        "assignment_max_duration_seconds": 600,
+        "auto_accept_solutions": True,
+        "defaults": {"default_overlap_for_new_task_suites": 2, "default_overlap_for_new_tasks": 2},
+    } | extra
+    return client.create_pool(toloka.Pool.structure(config))
+
+
+def _images(emu, n=10, offset=0):
+    return [f"{emu.url}/images/demo-shoes/s0-{(offset + i) % 82:05d}.png" for i in range(n)]
+
+
+def _wait_closed(emu, client, pool_id, step=600.0, limit=300):
+    for _ in range(limit):
+        pool = client.get_pool(pool_id)
+        if not pool.is_open():
+            return pool
+        emu.advance(step)
+    raise AssertionError("pool never closed")
+
+
+def test_single_creates_with_default_options_go_through_operations(emu, client):
+    pool = _pool(client, _project(client).id)
+    task = client.create_task(toloka.Task(pool_id=pool.id, input_values={"images": _images(emu)}, overlap=1))
+    assert task.id and task.overlap == 1
+    suite = client.create_task_suite(
+        toloka.TaskSuite(
+            pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})], overlap=3
+        )
+    )
+    assert suite.id and suite.overlap == 3
+    ops = client.find_operations(type="TASK_SUITE.BATCH_CREATE", status="SUCCESS", sort=["-submitted"]).items
+    assert ops and all(op.status.value == "SUCCESS" for op in ops)
+
+
+def test_an_invalid_item_fails_the_whole_batch_with_field_errors(emu, client):
+    pool = _pool(client, _project(client).id)
+    good = toloka.Task(pool_id=pool.id, input_values={"images": _images(emu)}, overlap=1)
+    bad = toloka.Task(pool_id=pool.id, input_values={}, overlap=1)
+    with pytest.raises(exceptions.ValidationApiError) as failed:
+        client.create_tasks([good, bad], skip_invalid_items=False)
+    assert failed.value.payload["1"]["input_values.images"].code == "VALUE_REQUIRED"
+    assert list(client.get_tasks(pool_id=pool.id)) == []
+    done = client.create_tasks([good, bad], skip_invalid_items=True)
+    assert list(done.items) == ["0"] and "1" in done.validation_errors
+
+
+def test_allow_defaults_decides_where_the_overlap_comes_from(emu, client):
+    pool = _pool(client, _project(client).id)
+    bare = [toloka.Task(pool_id=pool.id, input_values={"images": _images(emu)})]
+    with pytest.raises(exceptions.ValidationApiError) as refused:
+        client.create_tasks(bare)
+    assert "overlap" in refused.value.payload["0"]
+    created = client.create_tasks(bare, allow_defaults=True)
+    assert created.items["0"].overlap == 2
+
+
+def test_patches_clone_and_close_for_update(emu, client):
+    pool = _pool(client, _project(client).id)
+    assert client.patch_pool(pool.id, priority=7).priority == 7
+    suites = client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    suite = suites.items["0"]
+    assert client.patch_task_suite(suite.id, overlap=4).overlap == 4
+    assert client.patch_task_suite_overlap_or_min(suite.id, overlap=1).overlap == 1
+    task = client.create_task(toloka.Task(pool_id=pool.id, input_values={"images": _images(emu)}, overlap=2))
+    assert client.patch_task(task.id, overlap=5).overlap == 5
+    assert client.patch_task_overlap_or_min(task.id, overlap=3).overlap == 3
+    client.open_pool(pool.id)
+    closed = client.close_pool_for_update(pool.id)
+    assert closed.status.value == "CLOSED" and closed.last_close_reason.value == "FOR_UPDATE"
+    clone = client.clone_pool(pool.id)
+    assert clone.id != pool.id and clone.private_name == pool.private_name and clone.status.value == "CLOSED"
+    assert list(client.get_task_suites(pool_id=clone.id)) == []
+
+
+def test_skills_user_skills_range_and_deletion(emu, client):
+    skill = client.create_skill(name="api skill")
+    assert client.update_skill(skill.id, toloka.Skill(name="renamed")).name == "renamed"
+    emu.advance(300)  # the market's first workers show up
+    worker = emu.workers()[0]["id"]
+    with pytest.raises(exceptions.ValidationApiError) as out_of_range:
+        client.set_user_skill(skill_id=skill.id, user_id=worker, value=Decimal(150))
+    assert out_of_range.value.payload["value"]["code"] == "VALUE_OUT_OF_RANGE"
+    user_skill = client.set_user_skill(skill_id=skill.id, user_id=worker, value=Decimal(80))
+    client.delete_user_skill(user_skill.id)
+    assert list(client.get_user_skills(user_id=worker, skill_id=skill.id)) == []
+    with pytest.raises(exceptions.ValidationApiError) as unknown:
+        _pool(
+            client,
+            _project(client).id,
+            filter={"and": [{"category": "skill", "key": "999999", "operator": "GTE", "value": 1}]},
+        )
+    assert unknown.value.payload["filter.and[0].or[0].key"]["code"] == "DOES_NOT_EXIST"
+
+
+def test_work_bonuses_restrictions_aggregation_and_spend(emu, client):
+    pool = _pool(client, _project(client, output="string").id)
+    hits = [_images(emu, offset=10 * k) for k in range(6)]
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": h})]) for h in hits],
+        allow_defaults=True,
+    )
+    # A worker banned from the project before it opens never works on it.
+    emu.advance(300)
+    banned = emu.workers()[0]["id"]
+    restriction = client.set_user_restriction(
+        toloka.user_restriction.ProjectUserRestriction(
+            user_id=banned, project_id=pool.project_id, private_comment="x"
+        )
+    )
+    assert [r.id for r in client.get_user_restrictions(user_id=banned)] == [restriction.id]
+    client.open_pool(pool.id)
+    _wait_closed(emu, client, pool.id)
+    assignments = list(client.get_assignments(pool_id=pool.id))
+    assert len(assignments) == 12 and banned not in {a.user_id for a in assignments}
+    client.delete_user_restriction(restriction.id)
+    assert list(client.get_user_restrictions(user_id=banned)) == []
+
+    def spent() -> Decimal:
+        op = client.get_analytics([toloka.analytics_request.SpentBudgetPoolAnalytics(subject_id=pool.id)])
+        return client.wait_operation(op).details["value"][0]["result"]
+
+    before = spent()
+    assert float(before) == pytest.approx(12 * 0.05 * 1.3)
+    pool.reward_per_assignment = 1.0
+    client.update_pool(pool.id, pool)
+    assert spent() == before  # what was paid stays paid
+
+    balance = float(client.get_requester().balance)
+    bonus = client.create_user_bonus(
+        toloka.UserBonus(
+            user_id=assignments[0].user_id, amount=Decimal("0.5"), assignment_id=assignments[0].id
+        )
+    )
+    assert bonus.id and [b.id for b in client.get_user_bonuses(user_id=assignments[0].user_id)] == [bonus.id]
+    assert float(client.get_requester().balance) == pytest.approx(balance - 0.5 * 1.3)
+
+    user = client.get_user(assignments[0].user_id)
+    assert user.id == assignments[0].user_id and user.languages
+    op = client.aggregate_solutions_by_pool(
+        type="DAWID_SKENE", pool_id=pool.id, fields=[PoolAggregatedSolutionRequest.Field(name="result")]
+    )
+    op = client.wait_operation(op)
+    found = list(client.get_aggregated_solutions(op.id))
+    assert len(found) == 6 and all(0 < s.confidence <= 1 for s in found)
+    skill = client.create_skill(name="weights")
+    one = client.aggregate_solutions_by_task(
+        WeightedDynamicOverlapTaskAggregatedSolutionRequest(
+            task_id=found[0].task_id,
+            pool_id=pool.id,
+            answer_weight_skill_id=skill.id,
+            fields=[WeightedDynamicOverlapTaskAggregatedSolutionRequest.Field(name="result")],
+        )
+    )
+    assert one.task_id == found[0].task_id and "result" in one.output_values
+
+
+def test_clock_expiry_and_auto_accept(emu, client):
+    now = dt.datetime.fromtimestamp(emu.advance(0), dt.UTC).replace(tzinfo=None)
+    assert now > dt.datetime(2027, 1, 15)
+    project = _project(client)
+    pool = _pool(
+        client,
+        project.id,
+        auto_accept_solutions=False,
+        auto_accept_period_day=1,
+        will_expire=(now + dt.timedelta(hours=30)).isoformat(),
+        defaults={"default_overlap_for_new_task_suites": 1},
+    )
+    assert [p.id for p in client.find_pools(created_gte=now - dt.timedelta(hours=1)).items][-1] == pool.id
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])] * 2,
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    emu.advance(3 * 3600)
+    assert {a.status.value for a in client.get_assignments(pool_id=pool.id)} == {"SUBMITTED"}
+    emu.advance(24 * 3600)  # the review period ends: accepted (and paid) without the requester
+    assert {a.status.value for a in client.get_assignments(pool_id=pool.id)} == {"ACCEPTED"}
+    expired = _pool(client, project.id, will_expire=(now + dt.timedelta(hours=40)).isoformat())
+    client.create_task_suites(
+        [
+            toloka.TaskSuite(
+                pool_id=expired.id, tasks=[toloka.Task(input_values={"images": ["x"]})], overlap=10**6
+            )
+        ],
+    )
+    client.open_pool(expired.id)
+    emu.advance(24 * 3600)
+    closed = client.get_pool(expired.id)
+    assert closed.status.value == "CLOSED" and closed.last_close_reason.value == "EXPIRED"
+
+
+def test_admin_routes_need_the_token_and_sane_values(emu):
+    with httpx.Client(base_url=emu.url, timeout=10) as raw:
+        assert raw.post("/_emulator/advance", params={"seconds": 1}).status_code == 401
+        auth = {"Authorization": f"OAuth {emu.token}"}
+        huge = raw.post("/_emulator/advance", params={"seconds": 1e308}, headers=auth)
+        assert huge.status_code == 400 and huge.json()["code"] == "VALIDATION_ERROR"
+        nan = raw.post("/_emulator/advance", params={"seconds": "nan"}, headers=auth)
+        assert nan.status_code == 400
+        bad_speed = raw.post("/_emulator/config", params={"speed": -1}, headers=auth)
+        assert bad_speed.status_code == 400 and "speed" in bad_speed.json()["payload"]
+        assert raw.post("/api/v1/skills", json={"name": "after"}, headers=auth).status_code == 201
+        bad_filter = raw.get("/api/v1/pools", params={"created_gte": "yesterday"}, headers=auth)
+        body = bad_filter.json()
+        assert bad_filter.status_code == 400 and body["code"] == "VALIDATION_ERROR"
+        assert "created_gte" in body["payload"] and "Error" not in body["message"]
+
+
+def test_rate_limit_answers_429_that_the_client_retries():
+    with run_in_background(EmulatorSettings(port=0, speed=0, rate_limit=20)) as emu:
+        errors = []
+
+        def hammer() -> None:
+            client = toloka.TolokaClient(emu.token, url=emu.url)
+            try:
+                for _ in range(15):
+                    client.get_requester()
+            except Exception as exc:  # any escape is the failure this test looks for
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rate = emu.stats()["rate"]
+    assert errors == []
+    assert rate["limit_per_second"] == 20
+    assert max(rate["peak_per_second"].values()) <= 20
+    assert sum(rate["throttled"].values()) > 0
