@@ -44,9 +44,12 @@ demo: install
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(VENV)/bin/python $$script || exit 1; done
 
-# Local service: Prefect server + emulator + process worker, deployments from prefect.yaml.
+# Local service: Prefect server + emulator + run files + workers, deployments from prefect.yaml.
+# `make up PROFILE=postgres WORKERS=2 FORCE=1`; every setting is remembered in .service/ for the
+# next `up`, `status` and `down`.
 up: install
-	$(VENV)/bin/crowdclust service up
+	$(VENV)/bin/crowdclust service up --timings $(if $(PROFILE),--profile $(PROFILE)) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
 down:
 	@if [ -x $(VENV)/bin/crowdclust ]; then $(VENV)/bin/crowdclust service down; else echo "nothing to stop"; fi

@@ -24,7 +24,9 @@ def serve(
         None, help="SQLite file for the state; a restart continues from it. Default: memory."
     ),
     token: str | None = typer.Option(
-        None, help="OAuth token clients must send. Default: the emulator's default token."
+        None,
+        envvar="CROWDCLUST_EMULATOR_TOKEN",
+        help="OAuth token clients must send. Default: the emulator's default token.",
     ),
     catalogue: str = typer.Option(
         "demo-shoes", help="Catalogue: demo-shoes, digits, or a TSV path (image URL + class)."
