@@ -111,6 +111,18 @@ def _stop(process: subprocess.Popen[str]) -> None:
             process.wait()
 
 
+def _drain_prefect() -> None:
+    """Send the logs and events Prefect still queues to the server before it stops: otherwise the
+    exit handlers retry against a stopped server for more than a minute."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n")[0])
     parser.add_argument("--timings", action="store_true", help="print where the seconds went")
@@ -184,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         timings.mark("flow", since)
     finally:
         since = time.monotonic()
+        _drain_prefect()
         for process in reversed(started):
             _stop(process)
         timings.mark("stop emulator and server", since)

@@ -81,11 +81,12 @@ def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_r
             browser.close()
     finally:
         service.start(svc.cfg, "emulator")
+    report = next(a for a in artifacts if a["key"] == "run-report")
+    targets = set(_report_urls(report)) | report_links
+    print(f"images per page: {image_counts}\nnot loaded: {broken}\nreport links: {targets}")
     by_key = {a["key"]: f"{ui}/artifacts/artifact/{a['id']}" for a in artifacts}
     assert image_counts[by_key["intruder-chart"]] >= 1 and image_counts[by_key["cluster-galleries"]] >= 8
     assert not broken, f"images that did not load: {broken}"
-    report = next(a for a in artifacts if a["key"] == "run-report")
-    targets = set(_report_urls(report)) | report_links
     assert targets, "no link to the run report"
     for target in targets:
         assert target.startswith("http"), f"the report link {target} cannot be opened from the UI"

@@ -258,6 +258,8 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
     timed("workers", lambda: _wait_workers(cfg, workers, say))
     if deployer:
         timed("deploy", deployer.finish)
+    else:
+        say("deployments: unchanged")
     seconds["total"] = time.monotonic() - began
     say(f"Prefect UI: {cfg.ui_url}")
     say(f"Emulator:   {cfg.emulator_url} (token in {_shown(cfg.token_file)})")
