@@ -80,3 +80,17 @@ def test_settings_are_remembered_without_secrets(tmp_path: Path):
     )
     assert not [k for k in env if "DATABASE" in k or k == "TOLOKA_TOKEN"]
     assert json.loads(cfg.settings_file.read_text())["workers"] == 3
+
+
+def test_up_refuses_other_ports_while_the_remembered_service_runs(tmp_path: Path):
+    import os
+
+    import pytest
+
+    from crowdclust import service
+
+    ServiceConfig(state_dir=tmp_path, server_port=14998).remember()
+    (tmp_path / "server.pid").write_text(f"{os.getpid()}\n")  # "running": a live pid
+    with pytest.raises(RuntimeError, match="server_port"):
+        service.up(ServiceConfig(state_dir=tmp_path, server_port=14997), say=lambda _: None)
+    assert load(tmp_path).server_port == 14998  # still what runs

@@ -217,6 +217,23 @@ def _wait_workers(cfg: ServiceConfig, started: list[tuple[str, int, int]], say: 
         say(f"{name}: started (pid {pid})")
 
 
+def _refuse_moving_a_running_service(cfg: ServiceConfig) -> None:
+    """Other ports or another profile while the remembered service still runs would orphan it."""
+    from crowdclust.service.config import load
+
+    if not cfg.settings_file.exists():
+        return
+    running = load(cfg.state_dir)
+    keys = ("host", "server_port", "emulator_port", "files_port", "postgres_port", "profile", "server_url")
+    changed = [key for key in keys if getattr(running, key) != getattr(cfg, key)]
+    names = ["server", "emulator", "files", *_worker_names(cfg)]
+    if changed and (any(read_pid(running, name) for name in names) or postgres.running(running)):
+        raise RuntimeError(
+            f"the service in {cfg.state_dir} is running with other settings ({', '.join(changed)}): "
+            "`make down` first, then `make up` with the new ones"
+        )
+
+
 def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) -> dict[str, float]:
     """Start what is not running, provision and deploy what changed, run `cfg.workers` workers.
 
@@ -228,6 +245,7 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
 
     cfg = cfg or load()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_moving_a_running_service(cfg)
     cfg.remember()
     _token(cfg)
     seconds: dict[str, float] = {}
