@@ -26,12 +26,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from crowdclust.runtime import REPO_ROOT, describe, prepare_prefect_env
+from crowdclust.service.processes import answers, bin_path, launch
 
 CONFIG = REPO_ROOT / "configs" / "demo-shoes" / "pipeline.yaml"
 SPEED = 600.0
@@ -60,30 +60,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
-def _spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[str]:
+def _spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start `command` in its own session; output to `log`, or to a pipe the caller drains."""
-    output = log.open("w") if log else subprocess.PIPE
-    try:
-        return subprocess.Popen(
-            command,
-            env=env,
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    finally:
-        if log:
-            output.close()
+    if log is None:
+        return launch(command, env, subprocess.PIPE)
+    with log.open("wb") as output:
+        return launch(command, env, output)
 
 
-def _wait(what: str, ready: Callable[[], bool], process: subprocess.Popen[str], seconds: float = 120) -> None:
+def _wait(
+    what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], seconds: float = 120
+) -> None:
     deadline = time.monotonic() + seconds
     while not ready():
         if process.poll() is not None:
@@ -93,15 +80,7 @@ def _wait(what: str, ready: Callable[[], bool], process: subprocess.Popen[str], 
         time.sleep(0.1)
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
         try:
@@ -130,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = Timings()
     prepare_prefect_env()
     env = {**os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}
-    started: list[subprocess.Popen[str]] = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
         # 1. Subprocesses first, so they start while this process imports.
         server = None
@@ -138,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
             port = _free_port()
             log = Path(os.environ["PREFECT_HOME"]) / "demo-server.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            command = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+            command = [bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
             server = _spawn(command, env, log)
             started.append(server)
             os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         token = secrets.token_hex(16)
         emulator = _spawn(
-            [_bin("crowdclust"), "emulator", "--port", "0", "--seed", "0", "--speed", str(SPEED)],
+            [bin_path("crowdclust"), "emulator", "--port", "0", "--seed", "0", "--speed", str(SPEED)],
             {**env, "CROWDCLUST_EMULATOR_TOKEN": token},
         )
         started.append(emulator)
@@ -158,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             """Take the URL from the "ready at" line; keep draining so the pipe never fills."""
             assert emulator.stdout is not None
             for line in emulator.stdout:
-                found = re.search(r"ready at (http://\S+)", line)
+                found = re.search(r"ready at (http://\S+)", line.decode(errors="replace"))
                 if found and not emulator_url:
                     emulator_url.append(found.group(1))
 
@@ -176,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         timings.mark("emulator ready (waited)", since)
         since = time.monotonic()
         if server is not None:
-            _wait("the Prefect server", lambda: _answers(os.environ["PREFECT_API_URL"] + "/health"), server)
+            _wait("the Prefect server", lambda: answers(os.environ["PREFECT_API_URL"] + "/health"), server)
         timings.mark("Prefect server ready (waited)", since)
 
         # 3. The flow.

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from crowdclust.service.config import REPO, ServiceConfig
 
@@ -78,21 +79,27 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def launch(command: Sequence[str], env: dict[str, str], output: Any) -> subprocess.Popen[bytes]:
+    """Start `command` from the repository in its own session (so its whole process group can be
+    signalled), stdin closed, stdout and stderr to `output` (a file or `subprocess.PIPE`)."""
+    return subprocess.Popen(
+        list(command),
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+    )
+
+
 def spawn(cfg: ServiceConfig, name: str, command: Sequence[str], env: dict[str, str]) -> int:
-    """Start `command` in its own session (so `stop` can signal its whole process group)."""
+    """Start a supervised component, its log in `<state_dir>/<name>.log`, its pid in `<name>.pid`."""
     # Only the owner reads the logs: a component may print what it was started with.
     descriptor = os.open(log_file(cfg, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(descriptor, "ab") as log:
-        process = subprocess.Popen(
-            list(command),
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_default_sigint,
-        )
+        process = launch(command, env, log)
     pid_file(cfg, name).write_text(f"{process.pid}\n")
     return process.pid
 
