@@ -94,3 +94,10 @@ def test_up_refuses_other_ports_while_the_remembered_service_runs(tmp_path: Path
     with pytest.raises(RuntimeError, match="server_port"):
         service.up(ServiceConfig(state_dir=tmp_path, server_port=14997), say=lambda _: None)
     assert load(tmp_path).server_port == 14998  # still what runs
+
+
+def test_results_url_becomes_the_default_storage_block_of_every_worker(tmp_path: Path):
+    env = ServiceConfig(state_dir=tmp_path, results="s3://bucket/crowdclust").env()
+    assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/crowdclust-results"
+    assert env["CROWDCLUST_RESULTS_BLOCK"] == env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"]
+    assert "PREFECT_LOCAL_STORAGE_PATH" not in env and env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"

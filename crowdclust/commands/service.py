@@ -87,7 +87,8 @@ def up(
         str | None,
         typer.Option(
             envvar="CROWDCLUST_DATABASE_URL",
-            help="An existing PostgreSQL (postgresql+asyncpg://user:pw@host/db) for the postgres profile.",
+            help="An existing PostgreSQL (postgresql+asyncpg://user:pw@host/db) for the postgres profile; "
+            "pass it in the environment variable (a command line is visible to every user).",
             show_default=False,
         ),
     ] = None,
