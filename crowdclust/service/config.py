@@ -111,7 +111,13 @@ class ServiceConfig:
         - TOLOKA_TOKEN, the emulator token and database settings are removed: deployments name their
           Secret block, and a production token in the developer's shell must never reach the emulator.
         """
-        dropped = {"TOLOKA_TOKEN", TOKEN_ENV, "CROWDCLUST_LOCAL_URL", "CROWDCLUST_RESULTS_BLOCK"}
+        dropped = {
+            "TOLOKA_TOKEN",
+            TOKEN_ENV,
+            "CROWDCLUST_LOCAL_URL",
+            "CROWDCLUST_RESULTS_BLOCK",
+            "CROWDCLUST_RESULTS_DIR",
+        }
         env = {
             k: v
             for k, v in os.environ.items()
