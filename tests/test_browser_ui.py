@@ -9,7 +9,6 @@ are not used. Run it alone with `.venv/bin/pytest tests/test_browser_ui.py`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -39,13 +38,13 @@ async () => {
 }
 """
 REPORT_LINKS_JS = (
-    "() => [...document.querySelectorAll('a[href]')].map((a) => a.href).filter((h) => /report/.test(h))"
+    "() => [...document.querySelectorAll('a[href]')].map((a) => a.href).filter((h) => /report[.]html/.test(h))"
 )
 
 
 def _report_urls(artifact: dict[str, Any]) -> list[str]:
     """Link targets in a markdown artifact's text, `[text](url)`."""
-    return re.findall(r"\]\(([^)\s]+)\)", json.dumps(artifact.get("data")).replace("\\\\", "\\"))
+    return re.findall(r"\]\(([^)\s]+)\)", str(artifact.get("data") or ""))
 
 
 @pytest.fixture
