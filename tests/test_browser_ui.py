@@ -37,9 +37,7 @@ async () => {
                                loaded: img.naturalWidth > 0}));
 }
 """
-REPORT_LINKS_JS = (
-    "() => [...document.querySelectorAll('a[href]')].map((a) => a.href).filter((h) => /report[.]html/.test(h))"
-)
+REPORT_LINKS_JS = "() => [...document.links].map((a) => a.href).filter((h) => /report[.]html/.test(h))"
 
 
 def _report_urls(artifact: dict[str, Any]) -> list[str]:
