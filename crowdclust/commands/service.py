@@ -103,6 +103,13 @@ def up(
             help="Requests/s per Toloka environment (limits toloka-api-ENV), e.g. local=50,production=10.",
         ),
     ] = None,
+    emulator_rate_limit: Annotated[
+        float | None,
+        typer.Option(
+            envvar="CROWDCLUST_EMULATOR_RATE_LIMIT",
+            help="Requests/s per token above which the emulator answers 429 (its --rate-limit).",
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Re-deploy prefect.yaml as it is, dropping UI edits."),
@@ -126,6 +133,7 @@ def up(
         database_url=database_url,
         server_url=server_url,
         rates=_rates(toloka_rates),
+        emulator_rate_limit=emulator_rate_limit,
     )
     try:
         seconds = service.up(cfg, say=typer.echo, force=force)
