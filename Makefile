@@ -23,8 +23,11 @@ $(UV):
 # Re-runs only when the lock file or the project metadata changed. Byte-compiles at install time:
 # with PYTHONDONTWRITEBYTECODE set (it is, in this workplace's sessions) every process would otherwise
 # recompile numba/pandas/prefect from source (measured: `crowdclust aggregate` 3.3 s -> 1.3 s).
+# Then compiles the numba kernels into their on-disk cache (about 15 s once, instead of in the first
+# demo or flow run).
 $(STAMP): $(UV) uv.lock pyproject.toml
 	$(UV) sync --locked --quiet --compile-bytecode
+	$(VENV)/bin/python -m crowdclust.warmup
 	@touch $(STAMP)
 
 test: install
@@ -39,14 +42,17 @@ fmt: install
 	$(VENV)/bin/ruff format .
 
 demo: install
-	$(VENV)/bin/python -m crowdclust.demo
+	$(VENV)/bin/python -m crowdclust.demo $(if $(TIMINGS),--timings)
 
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(VENV)/bin/python $$script || exit 1; done
 
-# Local service: Prefect server + emulator + process worker, deployments from prefect.yaml.
+# Local service: Prefect server + emulator + run files + workers, deployments from prefect.yaml.
+# `make up PROFILE=postgres WORKERS=2 FORCE=1`; every setting is remembered in .service/ for the
+# next `up`, `status` and `down`.
 up: install
-	$(VENV)/bin/crowdclust service up
+	$(VENV)/bin/crowdclust service up --timings $(if $(PROFILE),--profile $(PROFILE)) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
 down:
 	@if [ -x $(VENV)/bin/crowdclust ]; then $(VENV)/bin/crowdclust service down; else echo "nothing to stop"; fi
@@ -54,10 +60,10 @@ down:
 status: install
 	$(VENV)/bin/crowdclust service status
 
-# Only the service integration test (real server + worker + emulator on free ports; ~2.5 min).
-# `make test` runs it too.
+# Only the service, lifecycle and browser tests (one shared service on free ports). `make test`
+# runs them too.
 test-service: install
-	$(VENV)/bin/pytest tests/test_service_integration.py
+	$(VENV)/bin/pytest tests/test_service_*.py tests/test_browser_*.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache

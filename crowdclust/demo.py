@@ -1,10 +1,14 @@
 """`make demo`: the whole pipeline against a fresh local emulator, then a summary.
 
-Starts the emulator (demo shoes, 82 images, seed 0, 600 simulated seconds per wall second) in a
-background thread, runs `crowdclust_pipeline` with `configs/demo-shoes/pipeline.yaml` pointed at
-it, prints clusters, ARI/NMI against the truth, intruder accuracy, cost, wall time and the report
-paths, and stops the emulator. No Prefect server is needed: a project-local PREFECT_HOME
-(`.prefect/`) and Prefect's ephemeral API are used unless PREFECT_API_URL points at a server.
+Runs `crowdclust_pipeline` with `configs/demo-shoes/pipeline.yaml` against a fresh emulator (demo
+shoes, 82 images, seed 0, 600 simulated seconds per wall second), prints clusters, ARI/NMI against
+the truth, intruder accuracy, cost, wall time and the report paths, and stops what it started.
+
+Start-up is parallel: before anything heavy is imported, a Prefect server (`prefect server start`,
+no UI, SQLite in the project-local `.prefect/`) and the emulator start as subprocesses, while this
+process imports the flows (Prefect, toloka-kit, numba: the slowest part); the flow starts when all
+three are ready. With PREFECT_API_URL set, that server is used instead. `--timings` prints where
+the seconds went.
 
 Every demo gets its own run key (the emulator starts empty each time, so nothing from an earlier
 demo could be resumed); `crowdclust run` is the command for resumable runs.
@@ -12,43 +16,173 @@ demo could be resumed); `crowdclust run` is the command for resumable runs.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from crowdclust.runtime import describe, prepare_prefect_env
-from tasks.settings import Settings
+from crowdclust.service.processes import answers, bin_path, launch
+
+SPEED = 600.0
 
 
-def main() -> int:
-    started = time.monotonic()
+class Timings:
+    """Named spans of wall time since the demo started."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.spans: dict[str, tuple[float, float]] = {}
+
+    def mark(self, name: str, since: float) -> None:
+        self.spans[name] = (since - self.started, time.monotonic() - self.started)
+
+    def report(self) -> str:
+        lines = [
+            f"  {name:<28} {a:6.1f} -> {b:6.1f} s  ({b - a:5.1f} s)" for name, (a, b) in self.spans.items()
+        ]
+        return "where the seconds went (start -> end since launch):\n" + "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `command` in its own session; output to `log`, or to a pipe the caller drains."""
+    if log is None:
+        return launch(command, env, subprocess.PIPE)
+    with log.open("wb") as output:
+        return launch(command, env, output)
+
+
+def _wait(
+    what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], seconds: float = 120
+) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited during start-up (exit code {process.returncode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start within {seconds:.0f} s")
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _drain_prefect() -> None:
+    """Send the logs and events Prefect still queues to the server before it stops: otherwise the
+    exit handlers retry against a stopped server for more than a minute."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--timings", action="store_true", help="print where the seconds went")
+    args = parser.parse_args(argv)
+    timings = Timings()
     prepare_prefect_env()
-    from emulator import EmulatorSettings, run_in_background
-    from flows.pipeline import crowdclust_pipeline
-    from tasks.params import load_params
+    env = {**os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        # 1. Subprocesses first, so they start while this process imports.
+        server = None
+        if not os.environ.get("PREFECT_API_URL"):
+            port = _free_port()
+            log = Path(os.environ["PREFECT_HOME"]) / "demo-server.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            command = [bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+            server = _spawn(command, env, log)
+            started.append(server)
+            os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        token = secrets.token_hex(16)
+        emulator = _spawn(
+            [bin_path("crowdclust"), "emulator", "--port", "0", "--seed", "0", "--speed", str(SPEED)],
+            {**env, "CROWDCLUST_EMULATOR_TOKEN": token},
+        )
+        started.append(emulator)
+        print(
+            f"starting the emulator (demo shoes, 82 images, seed 0, speed x{SPEED:.0f}) and Prefect ...",
+            flush=True,
+        )
+        emulator_url: list[str] = []
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    settings = EmulatorSettings(port=0, catalogue="demo-shoes", catalogue_size=82, seed=0, speed=600.0)
-    print(
-        f"starting the emulator (demo shoes, 82 images, seed 0, speed x{settings.speed:.0f}) ...", flush=True
-    )
-    with run_in_background(settings) as emu:
-        os.environ["TOLOKA_TOKEN"] = emu.token
+        def read_emulator_url() -> None:
+            """Take the URL from the "ready at" line; keep draining so the pipe never fills."""
+            assert emulator.stdout is not None
+            for line in emulator.stdout:
+                found = re.search(r"ready at (http://\S+)", line.decode(errors="replace"))
+                if found and not emulator_url:
+                    emulator_url.append(found.group(1))
+
+        reader = threading.Thread(target=read_emulator_url, daemon=True)
+        reader.start()
+
+        # 2. Meanwhile: the heavy imports.
+        since = time.monotonic()
+        from tasks.params import load_params
+        from flows.pipeline import crowdclust_pipeline
+
+        timings.mark("import flows (this process)", since)
+        since = time.monotonic()
+        _wait("the emulator", lambda: bool(emulator_url), emulator)
+        timings.mark("emulator ready (waited)", since)
+        since = time.monotonic()
+        if server is not None:
+            _wait("the Prefect server", lambda: answers(os.environ["PREFECT_API_URL"] + "/health"), server)
+        timings.mark("Prefect server ready (waited)", since)
+
+        # 3. The flow.
+        os.environ["TOLOKA_TOKEN"] = token
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         params = load_params(
             Settings().configs_dir / "demo-shoes" / "pipeline.yaml",
             {
-                "toloka": {"url": emu.url},
+                "toloka": {"url": emulator_url[0]},
                 "run_key": f"demo-shoes-{stamp}",
                 "runs_dir": str(Path.cwd() / "runs"),
             },
         )
-        print(f"emulator at {emu.url}; running the flow (run key {params.run_key}) ...", flush=True)
+        print(f"emulator at {emulator_url[0]}; running the flow (run key {params.run_key}) ...", flush=True)
+        since = time.monotonic()
         summary = crowdclust_pipeline(params)
+        timings.mark("flow", since)
+    finally:
+        since = time.monotonic()
+        _drain_prefect()
+        for process in reversed(started):
+            _stop(process)
+        timings.mark("stop emulator and server", since)
     print("\n== crowdclust demo ==")
     print(describe(summary))
-    print(f"total wall time:    {time.monotonic() - started:.1f} s (including start-up)")
+    print(f"total wall time:    {time.monotonic() - timings.started:.1f} s (including start-up)")
+    if args.timings:
+        print(timings.report())
     return 0
 
 

@@ -7,4 +7,5 @@ fixtures can evolve without touching the others.
 pytest_plugins = [
     "tests.fixtures.emulator",
     "tests.fixtures.prefect",
+    "tests.fixtures.service",
 ]

@@ -1,223 +1,124 @@
-"""The service as a user runs it: a real Prefect server, the emulator and a process worker.
+"""The service as a user runs it: a real Prefect server, the emulator, the run-file server and workers.
 
-`crowdclust service up` (what `make up` runs) on free ports in a temporary folder deploys
-`prefect.yaml`; runs are triggered with the Prefect CLI exactly as from a shell, and observed
-through the server's REST API and the emulator. One module-scoped service is shared by the tests,
-in order: deployments and schedules, a demo run and its artifacts, a failure retried in place,
-and a growing catalogue (50 items, then 82, then 82 again).
+All tests share the session's service (`tests/fixtures/service.py`: PostgreSQL profile, 2 workers,
+fast emulator clock) and its demo run (failed once, Retried in place). In order: deployments show
+the service's real URLs; a second `up` changes nothing; a changed prefect.yaml is re-deployed
+keeping what the user set in the UI; the demo run (retry, cached steps, artifacts, report over
+http); a growing catalogue (50 items, then 82, then 82 again at $0); the nightly schedule.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from crowdclust import service
-from crowdclust.service import ServiceConfig
+from tests.fixtures.service import HAS_POSTGRES, ROOT, yaml_params
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Service:
-    """The running service plus the few client calls the tests need (CLI, REST, emulator)."""
-
-    def __init__(self, cfg: ServiceConfig, tmp: Path) -> None:
-        self.cfg, self.tmp = cfg, tmp
-        self.api = httpx.Client(base_url=cfg.api_url, timeout=30)
-
-    def prefect(self, *args: str) -> str:
-        result = subprocess.run(
-            [service._bin("prefect"), "--no-prompt", *args],
-            cwd=ROOT,
-            env=self.cfg.env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert result.returncode == 0, f"prefect {args} failed:\n{result.stdout}\n{result.stderr}"
-        return result.stdout
-
-    def trigger(self, deployment: str, parameters: dict[str, Any]) -> str:
-        """`prefect deployment run` (no --watch: the id is all we need); returns the flow-run id."""
-        out = self.prefect("deployment", "run", deployment, "--params", json.dumps(parameters))
-        return next(line.split("UUID:")[1].strip() for line in out.splitlines() if "UUID:" in line)
-
-    def flow_run(self, run_id: str) -> dict[str, Any]:
-        return self.api.get(f"/flow_runs/{run_id}").json()
-
-    def wait(self, run_id: str, timeout: float = 240) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.flow_run(run_id)
-            if run["state_type"] in TERMINAL:
-                return run
-            time.sleep(1)
-        raise AssertionError(f"flow run {run_id} not finished after {timeout} s: {run['state_type']}")
-
-    def task_runs(self, name_like: str, state: str | None = None) -> list[dict[str, Any]]:
-        body: dict[str, Any] = {"task_runs": {"name": {"like_": name_like}}}
-        if state:
-            body["task_runs"]["state"] = {"type": {"any_": [state]}}
-        return self.api.post("/task_runs/filter", json=body).json()
-
-    def subflow_runs(self, parent_id: str) -> list[str]:
-        """Ids of the flow run and its sub-flow runs (artifacts and tasks of sub-flows live there)."""
-        tasks = self.api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [parent_id]}}}).json()
-        child_ids = [t["id"] for t in tasks]
-        body = {"flow_runs": {"parent_task_run_id": {"any_": child_ids}}} if child_ids else None
-        children = self.api.post("/flow_runs/filter", json=body).json() if body else []
-        return [parent_id, *(c["id"] for c in children)]
-
-    def tasks_of(self, run_id: str) -> dict[str, list[str]]:
-        """Task name (without its suffix) -> state names, over the run and its sub-flows."""
-        body = {"flow_runs": {"id": {"any_": self.subflow_runs(run_id)}}, "sort": "EXPECTED_START_TIME_ASC"}
-        states: dict[str, list[str]] = {}
-        for t in self.api.post("/task_runs/filter", json=body).json():
-            states.setdefault(t["name"].rsplit("-", 1)[0], []).append(t["state_name"])
-        return states
-
-    def artifact_keys(self, run_id: str) -> set[str]:
-        body = {"artifacts": {"flow_run_id": {"any_": self.subflow_runs(run_id)}}}
-        return {a["key"] for a in self.api.post("/artifacts/filter", json=body).json() if a["key"]}
-
-    def toloka(self) -> Any:
-        import toloka.client as toloka
-
-        token = self.cfg.token_file.read_text().strip()
-        return toloka.TolokaClient(token, url=self.cfg.emulator_url, retries=3, timeout=10.0)
-
-    def objects(self, prefix: str = "crowdclust:") -> dict[str, Any]:
-        """Toloka objects tagged with `prefix`: counts, and suites per pool."""
-        client = self.toloka()
-        projects = [p for p in client.get_projects() if str(p.private_comment or "").startswith(prefix)]
-        pools = [pool for p in projects for pool in client.get_pools(project_id=p.id)]
-        trainings = [t for p in projects for t in client.get_trainings(project_id=p.id)]
-        skills = [s for s in client.get_skills() if str(s.private_comment or "").startswith(prefix)]
-        suites = {pool.id: len(list(client.get_task_suites(pool_id=pool.id))) for pool in pools}
-        return {
-            "projects": len(projects),
-            "pools": len(pools),
-            "trainings": len(trainings),
-            "skills": len(skills),
-            "suites": suites,
-            "pool_tags": sorted(str(p.private_comment) for p in pools),
-        }
-
-
-def deployment_params(name: str) -> dict[str, Any]:
-    """The parameters a deployment has in prefect.yaml (what a scheduled run gets)."""
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    return next(d for d in spec["deployments"] if d["name"] == name)["parameters"]
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("service")
-    cfg = ServiceConfig(
-        state_dir=tmp / "state",
-        server_port=_free_port(),
-        emulator_port=_free_port(),
-        results_dir=tmp / "results",
-        worker_poll_seconds=2.0,
-    )
-    try:
-        started = time.monotonic()
-        service.up(cfg)
-        print(f"service up in {time.monotonic() - started:.1f} s")
-        running = Service(cfg, tmp)
-        yield running
-        running.api.close()  # an open keep-alive connection would hold up the server's shutdown
-    finally:
-        started = time.monotonic()
-        service.down(cfg)
-        print(f"service down in {time.monotonic() - started:.1f} s")
-
-
-def test_up_is_idempotent_and_deploys_everything(svc):
-    said: list[str] = []
-    service.up(svc.cfg, say=said.append)  # again: nothing restarted, deployments re-applied
-    assert {"server: already running", "emulator: already running", "worker: already running"} <= set(said)
-    deployments = {d["name"]: d for d in svc.api.post("/deployments/filter", json={}).json()}
+def test_deployments_use_the_service_urls_and_the_files_server_answers(svc):
+    deployments = svc.deployments()
     assert set(deployments) == {"demo", "production", "reaggregate", "evaluate", "demo-catalogue"}
     assert all(d["work_pool_name"] == "crowdclust" for d in deployments.values())
     pull = deployments["demo"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
     assert pull["directory"] == str(ROOT)
+    # The Custom run form shows the emulator the run will really use (not a silently replaced URL).
+    assert deployments["demo"]["parameters"]["params"]["toloka"]["url"] == svc.cfg.emulator_url
+    assert deployments["reaggregate"]["parameters"]["toloka"]["url"] == svc.cfg.emulator_url
     production = deployments["production"]
     assert [s["active"] for s in production["schedules"]] == [False]
-    assert production["parameters"]["params"]["toloka"]["token_secret_block"] == "toloka-token"
-
-
-def test_demo_deployment_run_completes_with_artifacts(svc):
-    params = deployment_params("demo")["params"] | {"runs_dir": str(svc.tmp / "runs")}
-    started = time.monotonic()
-    run_id = svc.trigger("crowdclust-pipeline/demo", {"params": params})
-    run = svc.wait(run_id)
-    print(f"demo deployment run: {time.monotonic() - started:.1f} s")
-    assert run["state_type"] == "COMPLETED", run["state"]
-    summary = json.loads((svc.tmp / "runs" / "demo-shoes" / "summary.json").read_text())
-    assert summary["ari"] >= 0.9 and summary["intruder_accuracy"] >= 0.7
-    keys = svc.artifact_keys(run_id)
-    expected = {"hit-coverage", "main-pool-progress", "cluster-galleries", "run-metrics", "run-report"}
-    assert expected | {"intruder-accuracy", "intruder-chart"} <= keys, keys
-
-
-def test_failed_run_is_retried_in_place_without_duplicates(svc):
-    """Emulator down during the wait: the run fails; emulator back, `prefect flow-run retry` resumes."""
-    run_key = f"svc-retry-{uuid.uuid4().hex[:6]}"
-    params = deployment_params("demo")["params"] | {
-        "runs_dir": str(svc.tmp / "runs-retry"),
-        "run_key": run_key,
-        "intruders": {"enabled": False},
-        "wait": {"poll_seconds": 1, "retries": 0},  # fail at the first connection error, not after ~1 min
+    assert production["parameters"]["params"]["toloka"] == yaml_params("production")["params"]["toloka"]
+    assert httpx.get(svc.cfg.runs_url + "/").status_code == 200
+    assert httpx.post(svc.cfg.runs_url + "/x", content=b"x").status_code >= 400  # read-only
+    limits = svc.api.post("/v2/concurrency_limits/filter", json={}).json()
+    assert {"toloka-api-local", "toloka-api-sandbox", "toloka-api-production"} <= {
+        lim["name"] for lim in limits
     }
-    httpx.post(f"{svc.cfg.emulator_url}/_emulator/config", params={"speed": 0})  # hold the crowd
-    run_id = svc.trigger("crowdclust-pipeline/demo", {"params": params})
-    deadline = time.monotonic() + 120
-    while not svc.task_runs("wait-labelling%", "RUNNING"):
-        assert time.monotonic() < deadline, "the wait never started"
-        assert svc.flow_run(run_id)["state_type"] not in TERMINAL, svc.flow_run(run_id)["state"]
-        time.sleep(0.5)
-    service.stop(svc.cfg, "emulator")
-    failed = svc.wait(run_id)
-    assert failed["state_type"] == "FAILED", failed["state"]
-    service.start(svc.cfg, "emulator")  # same SQLite state; the clock runs at the default speed again
-    before = svc.objects(f"crowdclust:{run_key}:")
+    assert svc.cfg.token_file.stat().st_mode & 0o777 == 0o600
 
-    svc.prefect("flow-run", "retry", run_id)
-    run = svc.wait(run_id)
+
+def test_second_up_changes_nothing_and_needs_no_variables(svc):
+    said: list[str] = []
+    started = time.monotonic()
+    service.up(service.load(svc.cfg.state_dir), say=said.append)  # the remembered ports
+    elapsed = time.monotonic() - started
+    assert "deployments: unchanged" in said, said
+    assert not [line for line in said if "started" in line], said
+    print(f"warm up: {elapsed:.1f} s")
+    remembered = service.load(svc.cfg.state_dir)
+    assert (remembered.server_port, remembered.emulator_port, remembered.workers) == (
+        svc.cfg.server_port,
+        svc.cfg.emulator_port,
+        2,
+    )
+    parts = service.status(remembered)
+    assert all(parts.values()) and {"worker-1", "worker-2"} <= set(parts), parts
+    if HAS_POSTGRES:
+        assert parts["postgres"]
+
+
+def test_changed_prefect_yaml_is_redeployed_keeping_ui_edits(svc):
+    """The user switches the production schedule on and edits a demo parameter in the UI; then
+    prefect.yaml changes: `up` re-deploys the change and keeps both edits."""
+    deployments = svc.deployments()
+    production, demo = deployments["production"], deployments["demo"]
+    schedule = production["schedules"][0]
+    svc.api.patch(f"/deployments/{production['id']}/schedules/{schedule['id']}", json={"active": True})
+    edited = demo["parameters"]
+    edited["params"]["wait"]["timeout_seconds"] = 1234.0
+    svc.api.patch(f"/deployments/{demo['id']}", json={"parameters": edited}).raise_for_status()
+
+    changed = svc.tmp / "prefect.yaml"
+    text = (ROOT / "prefect.yaml").read_text()
+    changed.write_text(
+        text.replace("description: Intruder evaluation", "description: CHANGED Intruder evaluation")
+    )
+    said: list[str] = []
+    service.up(replace(svc.cfg, prefect_yaml=changed), say=said.append)
+    assert "deployments: kept production: schedule on as set in the UI" in said, said
+    after = svc.deployments()
+    assert after["evaluate"]["description"].startswith("CHANGED")
+    assert [s["active"] for s in after["production"]["schedules"]] == [True]
+    assert after["demo"]["parameters"]["params"]["wait"]["timeout_seconds"] == 1234.0
+    assert after["demo"]["parameters"]["params"]["toloka"]["url"] == svc.cfg.emulator_url
+
+
+def test_failed_run_is_retried_in_place_without_duplicates(svc, demo_run):
+    assert demo_run.failed["state_type"] == "FAILED", demo_run.failed["state"]
+    run = demo_run.run
     assert run["state_type"] == "COMPLETED", run["state"]
     assert run["run_count"] == 2  # the same flow run, run again
 
-    states = svc.tasks_of(run_id)
+    states = svc.tasks_of(demo_run.id)
     assert states["setup-labelling"] == ["Completed", "Cached"], states
     assert states["upload-hits"] == ["Completed", "Cached"], states
     assert states["wait-labelling"][-1] == "Completed" and "Failed" in states["wait-labelling"], states
-    after = svc.objects(f"crowdclust:{run_key}:")
-    assert after == before  # nothing created by the retry
+    after = svc.objects(f"crowdclust:{demo_run.run_key}:", exclude="intruders-")
+    assert after == demo_run.before_retry  # nothing of the labelling created twice by the retry
     assert (after["projects"], after["pools"], after["trainings"], after["skills"]) == (2, 2, 1, 1)
     assert len(set(after["pool_tags"])) == 2 and 82 in after["suites"].values()
+
+
+def test_demo_run_completes_with_artifacts_and_a_served_report(svc, demo_run):
+    summary = json.loads((svc.cfg.runs_dir / "demo-shoes" / "summary.json").read_text())
+    assert summary["ari"] >= 0.9 and summary["intruder_accuracy"] >= 0.7
+    keys = {a["key"] for a in svc.artifacts(demo_run.id)}
+    expected = {"hit-coverage", "main-pool-progress", "cluster-galleries", "run-metrics", "run-report"}
+    assert expected | {"intruder-accuracy", "intruder-chart"} <= keys, keys
+    report = svc.cfg.runs_url + "/demo-shoes/report.html"
+    assert httpx.get(report).status_code == 200  # what the report link can point at
+    results = list((svc.cfg.state_dir / "results").rglob("*"))
+    assert results, "no task result in the shared result storage"
 
 
 def test_growing_catalogue_labels_only_new_items_and_costs_nothing_unchanged(svc):
@@ -228,7 +129,7 @@ def test_growing_catalogue_labels_only_new_items_and_costs_nothing_unchanged(svc
     write_catalogue("demo-shoes", catalogue, size=50, seed=0)
     write_catalogue("demo-shoes", full, size=82, seed=0)
     assert full.read_text().startswith(catalogue.read_text())  # growing keeps the first items
-    defaults = deployment_params("demo-catalogue")
+    defaults = svc.deployment_params("demo-catalogue")
     params = defaults["params"] | {
         "dataset": str(catalogue),
         "runs_dir": str(svc.tmp / "runs-catalogue"),
@@ -265,8 +166,8 @@ def test_growing_catalogue_labels_only_new_items_and_costs_nothing_unchanged(svc
 
 def test_recurring_deployment_has_upcoming_runs(svc):
     """The server's scheduler (a loop of about a minute) has planned the nightly catalogue runs by now;
-    the production template's inactive schedule planned none."""
-    deployments = {d["name"]: d["id"] for d in svc.api.post("/deployments/filter", json={}).json()}
+    the production template's schedule, switched on in the UI above, planned runs too."""
+    deployments = {name: d["id"] for name, d in svc.deployments().items()}
     deadline = time.monotonic() + 120
     while True:
         upcoming = svc.api.post(
@@ -278,4 +179,3 @@ def test_recurring_deployment_has_upcoming_runs(svc):
         time.sleep(2)
     assert owners[deployments["demo-catalogue"]] >= 1, owners
     assert all(r["expected_start_time"] > r["created"] for r in upcoming)
-    assert owners[deployments["production"]] == 0

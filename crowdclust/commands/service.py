@@ -1,4 +1,9 @@
-"""`crowdclust service up|down|status`: the local Prefect server, emulator and worker."""
+"""`crowdclust service up|down|status`: the local Prefect server, emulator, file server and workers.
+
+Every option also reads an environment variable (`make up PROFILE=postgres WORKERS=2` sets them).
+Options not given fall back to what the last `up` remembered in the service folder, so `status`
+and `down` need no variables.
+"""
 
 from __future__ import annotations
 
@@ -11,57 +16,148 @@ if TYPE_CHECKING:
     from crowdclust.service import ServiceConfig
 
 app = typer.Typer(
-    help="Run crowdclust as a local service (Prefect server + emulator + worker).", no_args_is_help=True
+    help="Run crowdclust as a local service (Prefect server + emulator + run files + workers).",
+    no_args_is_help=True,
 )
 
-ServerPort = Annotated[int, typer.Option(envvar="CROWDCLUST_SERVER_PORT", help="Prefect server port.")]
-EmulatorPort = Annotated[int, typer.Option(envvar="CROWDCLUST_EMULATOR_PORT", help="Emulator port.")]
 StateDir = Annotated[
-    Path | None, typer.Option(envvar="CROWDCLUST_SERVICE_DIR", help="Folder for databases, logs and pids.")
+    Path | None,
+    typer.Option(
+        envvar="CROWDCLUST_SERVICE_DIR", help="Folder for databases, logs, pids. Default: .service/"
+    ),
+]
+ServerPort = Annotated[int | None, typer.Option(envvar="CROWDCLUST_SERVER_PORT", help="Prefect server port.")]
+EmulatorPort = Annotated[int | None, typer.Option(envvar="CROWDCLUST_EMULATOR_PORT", help="Emulator port.")]
+FilesPort = Annotated[
+    int | None, typer.Option(envvar="CROWDCLUST_FILES_PORT", help="Port of the read-only server of runs/.")
 ]
 
 
-def _config(server_port: int, emulator_port: int, state_dir: Path | None) -> ServiceConfig:
-    from crowdclust.service import ServiceConfig
+def _config(state_dir: Path | None, **explicit: object) -> ServiceConfig:
+    from crowdclust.service import load
 
-    defaults = ServiceConfig()
-    return ServiceConfig(
-        state_dir=(state_dir or defaults.state_dir).resolve(),
-        server_port=server_port,
-        emulator_port=emulator_port,
-    )
+    return load(state_dir, **explicit)
+
+
+def _rates(text: str | None) -> dict[str, float] | None:
+    """`local=50,production=10` -> {"local": 50.0, "production": 10.0}."""
+    if not text:
+        return None
+    from crowdclust.service.config import DEFAULT_RATES
+
+    rates = dict(DEFAULT_RATES)
+    for part in text.split(","):
+        env, _, value = part.partition("=")
+        if env.strip() not in rates:
+            raise typer.BadParameter(f"unknown Toloka environment {env.strip()!r} in {text!r}")
+        try:
+            rates[env.strip()] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{part!r}: expected ENV=REQUESTS_PER_SECOND") from None
+    return rates
 
 
 @app.command()
 def up(
-    server_port: ServerPort = 4200, emulator_port: EmulatorPort = 8765, state_dir: StateDir = None
+    state_dir: StateDir = None,
+    server_port: ServerPort = None,
+    emulator_port: EmulatorPort = None,
+    files_port: FilesPort = None,
+    postgres_port: Annotated[
+        int | None, typer.Option(envvar="CROWDCLUST_POSTGRES_PORT", help="Port of the local PostgreSQL.")
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CROWDCLUST_PROFILE", help="sqlite (default) or postgres: the Prefect server's database."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(envvar="CROWDCLUST_WORKERS", min=1, help="Process workers on the crowdclust pool."),
+    ] = None,
+    results: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CROWDCLUST_RESULTS",
+            help="Result storage every worker uses: a folder, or an fsspec URL (s3://bucket/prefix).",
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CROWDCLUST_DATABASE_URL",
+            help="An existing PostgreSQL (postgresql+asyncpg://user:pw@host/db) for the postgres profile; "
+            "pass it in the environment variable (a command line is visible to every user).",
+            show_default=False,
+        ),
+    ] = None,
+    server_url: Annotated[
+        str | None,
+        typer.Option(envvar="CROWDCLUST_SERVER_URL", help="Use an existing Prefect server (its /api URL)."),
+    ] = None,
+    toloka_rates: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CROWDCLUST_TOLOKA_RATES",
+            help="Requests/s per Toloka environment (limits toloka-api-ENV), e.g. local=50,production=10.",
+        ),
+    ] = None,
+    emulator_rate_limit: Annotated[
+        float | None,
+        typer.Option(
+            envvar="CROWDCLUST_EMULATOR_RATE_LIMIT",
+            help="Requests/s per token above which the emulator answers 429 (its --rate-limit).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Re-deploy prefect.yaml as it is, dropping UI edits."),
+    ] = False,
+    timings: Annotated[bool, typer.Option("--timings", help="Print where the seconds went.")] = False,
 ) -> None:
-    """Start the server, the emulator and a worker (only what is not running), and deploy."""
+    """Start what is not running, deploy prefect.yaml when it changed (keeping UI edits), start workers."""
     from crowdclust import service
 
+    if profile is not None and profile not in ("sqlite", "postgres"):
+        raise typer.BadParameter(f"profile must be sqlite or postgres, not {profile!r}")
+    cfg = _config(
+        state_dir,
+        server_port=server_port,
+        emulator_port=emulator_port,
+        files_port=files_port,
+        postgres_port=postgres_port,
+        profile=profile,
+        workers=workers,
+        results=results,
+        database_url=database_url,
+        server_url=server_url,
+        rates=_rates(toloka_rates),
+        emulator_rate_limit=emulator_rate_limit,
+    )
     try:
-        service.up(_config(server_port, emulator_port, state_dir), say=typer.echo)
+        seconds = service.up(cfg, say=typer.echo, force=force)
     except RuntimeError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
+    if timings:
+        typer.echo("timings: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()))
 
 
 @app.command()
-def down(
-    server_port: ServerPort = 4200, emulator_port: EmulatorPort = 8765, state_dir: StateDir = None
-) -> None:
-    """Stop the worker, the emulator and the server started by `up`."""
+def down(state_dir: StateDir = None) -> None:
+    """Stop the workers, the emulator, the file server, the server (and PostgreSQL) started by `up`."""
     from crowdclust import service
 
-    service.down(_config(server_port, emulator_port, state_dir), say=typer.echo)
+    service.down(_config(state_dir), say=typer.echo)
 
 
 @app.command()
-def status(
-    server_port: ServerPort = 4200, emulator_port: EmulatorPort = 8765, state_dir: StateDir = None
-) -> None:
-    """Say which parts of the local service answer."""
+def status(state_dir: StateDir = None) -> None:
+    """Say which parts of the local service answer, and where."""
     from crowdclust import service
 
-    for name, running in service.status(_config(server_port, emulator_port, state_dir)).items():
+    cfg = _config(state_dir)
+    for name, running in service.status(cfg).items():
         typer.echo(f"{name}: {'running' if running else 'stopped'}")
+    typer.echo(f"Prefect UI: {cfg.ui_url}  emulator: {cfg.emulator_url}  run files: {cfg.runs_url}/")

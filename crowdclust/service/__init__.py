@@ -1,0 +1,15 @@
+"""Run crowdclust as a local service: Prefect server, Toloka emulator, file server of `runs/`, workers.
+
+`make up` / `make down` / `make status` call `up()` / `down()` / `status()`. Everything lives under
+`.service/` in the repository (Prefect's database or a PostgreSQL cluster, the emulator's database,
+logs, pid files, the emulator token, the settings in use), so the service never leaks outside the
+project. Modules: `config` (settings, remembered in the folder), `processes` (spawn/stop/health),
+`postgres` (the `postgres` profile), `deployments` (deploy only on change, keeping UI edits),
+`provision` (work pool, blocks, rate limits), `supervisor` (up/down/status).
+"""
+
+from crowdclust.service.config import ServiceConfig, load
+from crowdclust.service.processes import bin_path
+from crowdclust.service.supervisor import down, start, status, stop, up
+
+__all__ = ["ServiceConfig", "bin_path", "down", "load", "start", "status", "stop", "up"]

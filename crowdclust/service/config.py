@@ -1,0 +1,183 @@
+"""What the local service is made of: ports, profile, workers, storage, limits; remembered on disk.
+
+`make up` writes the settings it used to `<state_dir>/service.json`, so `make status`, `make down`
+and the next `make up` find the same ports, profile and worker count without any variable. Explicit
+settings (CLI options / environment variables) win over remembered ones.
+
+Nothing secret is remembered here: the emulator token and the PostgreSQL password live in their own
+files with mode 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+REPO = Path(__file__).resolve().parent.parent.parent
+WORK_POOL = "crowdclust"
+TOKEN_BLOCK = "crowdclust-local-token"
+RESULTS_BLOCK = "crowdclust-results"
+TOKEN_ENV = "CROWDCLUST_EMULATOR_TOKEN"  # the emulator reads its token from here (never argv)
+RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is served read-only
+RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
+LIMIT_PREFIX = "toloka-api"  # global rate limits `toloka-api-<environment>`
+DEFAULT_RATES = {"local": 50.0, "sandbox": 10.0, "production": 10.0}  # Toloka requests per second
+
+Profile = Literal["sqlite", "postgres"]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Where the local service lives, which ports it uses and how it is built.
+
+    - `profile`: `sqlite` (Prefect's default database in the service folder) or `postgres` (a
+      PostgreSQL cluster initialised in the service folder, or `database_url` when set).
+    - `server_url`: use an existing Prefect server instead of starting one.
+    - `results`: where every worker persists task results: a folder (default `<state_dir>/results`)
+      or an fsspec URL such as `s3://bucket/crowdclust` (saved as a RemoteFileSystem block).
+    - `rates`: requests per second allowed per Toloka environment (Prefect global rate limits).
+    """
+
+    state_dir: Path = REPO / ".service"
+    host: str = "127.0.0.1"
+    server_port: int = 4200
+    emulator_port: int = 8765
+    files_port: int = 4280
+    postgres_port: int = 5433
+    profile: Profile = "sqlite"
+    database_url: str | None = None
+    server_url: str | None = None
+    workers: int = 1
+    results: str | None = None
+    runs_dir: Path = REPO / "runs"
+    prefect_yaml: Path = REPO / "prefect.yaml"  # the deployments (another file: tests, variants)
+    rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
+    emulator_speed: float = 600.0
+    emulator_rate_limit: float | None = None  # requests/s per token the emulator answers 429 above
+    worker_poll_seconds: float = 5.0  # how often a worker asks for runs (Prefect's default is 10)
+
+    @property
+    def api_url(self) -> str:
+        return (
+            self.server_url.rstrip("/") if self.server_url else f"http://{self.host}:{self.server_port}/api"
+        )
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://{self.host}:{self.emulator_port}"
+
+    @property
+    def runs_url(self) -> str:
+        return f"http://{self.host}:{self.files_port}"
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / "emulator-token"
+
+    @property
+    def results_location(self) -> str:
+        return self.results or str(self.state_dir / "results")
+
+    @property
+    def results_is_url(self) -> bool:
+        return "://" in self.results_location
+
+    @property
+    def uses_local_postgres(self) -> bool:
+        return self.profile == "postgres" and not self.database_url and not self.server_url
+
+    def health_url(self, name: str) -> str:
+        """The URL that answers 2xx while the component is up."""
+        return {
+            "server": f"{self.api_url}/health",
+            "emulator": f"{self.emulator_url}/_emulator/health",
+            "files": f"{self.runs_url}/",
+        }[name]
+
+    def env(self) -> dict[str, str]:
+        """The environment shared by the workers, deploys and flow runs (never a secret in it).
+
+        - Result storage: Prefect's own settings (PREFECT_RESULTS_LOCAL_STORAGE_PATH, or a default storage
+          block for a URL) with persistence on; every worker gets the same values, so a Retry on any
+          worker finds the cache.
+        - CROWDCLUST_RUNS_URL/_DIR: where `runs/` is served over http (links in artifacts).
+        - TOLOKA_TOKEN, the emulator token and database settings are removed: deployments name their
+          Secret block, and a production token in the developer's shell must never reach the emulator.
+        """
+        dropped = {
+            "TOLOKA_TOKEN",
+            TOKEN_ENV,
+            "CROWDCLUST_LOCAL_URL",
+        }
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in dropped and not k.startswith(("PREFECT_API_DATABASE", "PREFECT_SERVER_DATABASE"))
+        }
+        env.update(
+            PREFECT_HOME=str(self.state_dir / "prefect"),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_UI_API_URL=self.api_url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_WORKER_QUERY_SECONDS=str(self.worker_poll_seconds),
+            PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
+        )
+        env[RUNS_URL_ENV] = self.runs_url
+        env[RUNS_DIR_ENV] = str(self.runs_dir)
+        if self.results_is_url:
+            slug = f"remote-file-system/{RESULTS_BLOCK}"
+            env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] = slug
+        else:
+            env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = self.results_location
+        return env
+
+    # -- remembered settings -------------------------------------------------------------------
+
+    @property
+    def settings_file(self) -> Path:
+        return self.state_dir / "service.json"
+
+    @property
+    def database_url_file(self) -> Path:
+        return self.state_dir / "database-url"
+
+    def remember(self) -> None:
+        """Write the settings in use for `status`, `down` and the next `up`.
+
+        `database_url` may hold a password: it goes to its own file with mode 0600.
+        """
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        data.pop("state_dir")
+        data.pop("database_url")
+        self.settings_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        if self.database_url:
+            self.database_url_file.touch(mode=0o600)
+            self.database_url_file.write_text(self.database_url + "\n")
+        else:
+            self.database_url_file.unlink(missing_ok=True)
+
+
+def load(state_dir: Path | None = None, **explicit: Any) -> ServiceConfig:
+    """The remembered settings of `state_dir` (if any), overridden by the `explicit` ones given."""
+    base = ServiceConfig(state_dir=(state_dir or ServiceConfig.state_dir).resolve())
+    known = {f.name for f in fields(ServiceConfig)}
+    remembered: dict[str, Any] = {}
+    if base.settings_file.exists():
+        try:
+            remembered = {k: v for k, v in json.loads(base.settings_file.read_text()).items() if k in known}
+        except json.JSONDecodeError as error:
+            raise RuntimeError(f"{base.settings_file} is not valid JSON ({error}); delete it") from None
+    if base.database_url_file.exists():
+        remembered["database_url"] = base.database_url_file.read_text().strip()
+    merged = remembered | {k: v for k, v in explicit.items() if v is not None}
+    for name in ("runs_dir", "prefect_yaml"):
+        if name in merged:
+            merged[name] = Path(merged[name]).resolve()
+    return replace(base, **merged)

@@ -1,0 +1,150 @@
+"""Provision the Prefect server and deploy prefect.yaml, in one process started with `up`.
+
+`python -m crowdclust.service.deployer STATE_DIR [--force]` reads the service's remembered settings,
+then:
+
+1. imports Prefect and the flows (the slow part: 5-12 s) while the server is still starting;
+2. waits until the server answers;
+3. provisions, when its inputs changed or the pool is missing: the process work pool `crowdclust`
+   (Prefect's default job template), the Secret block with the emulator token, one global rate
+   limit per Toloka environment (`toloka-api-<env>`: `limit` slots decaying at `rate` per second,
+   so `prefect.concurrency.sync.rate_limit(name)` admits `rate` calls per second across every run
+   and worker), and for a results URL the RemoteFileSystem block workers use as result storage;
+   then prints `PROVISIONED` so that `up` starts the workers;
+4. deploys prefect.yaml when it or the flows changed, keeping the user's UI edits
+   (`deployments.plan`), through Prefect's own `prefect deploy` command (in-process).
+
+Every other line it prints is a message for the user. A separate process because Prefect must be
+imported with the service's settings, whatever the calling process configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from crowdclust.service import deployments
+from crowdclust.service.config import (
+    LIMIT_PREFIX,
+    RESULTS_BLOCK,
+    TOKEN_BLOCK,
+    WORK_POOL,
+    ServiceConfig,
+    load,
+)
+from crowdclust.service.processes import answers
+
+PROVISIONED = "PROVISIONED"
+
+
+def limits(cfg: ServiceConfig) -> dict[str, float]:
+    """Rate-limit name -> Toloka requests per second."""
+    return {f"{LIMIT_PREFIX}-{env}": rate for env, rate in sorted(cfg.rates.items())}
+
+
+def provision_key(cfg: ServiceConfig) -> str:
+    """Changes whenever what `provision` creates would change (token, limits, storage, server)."""
+    token = cfg.token_file.read_text().strip()
+    parts = [WORK_POOL, TOKEN_BLOCK, hashlib.sha256(token.encode()).hexdigest(), limits(cfg)]
+    parts += [cfg.results_location, cfg.api_url]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def provision(cfg: ServiceConfig) -> None:
+    from prefect import get_client
+    from prefect.blocks.system import Secret
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+        WorkPoolCreate,
+    )
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(WORK_POOL)
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()
+            with contextlib.suppress(ObjectAlreadyExists):  # a worker created it meanwhile
+                client.create_work_pool(
+                    WorkPoolCreate(name=WORK_POOL, type="process", base_job_template=template)
+                )
+        for name, rate in limits(cfg).items():
+            limit, decay = max(1, math.ceil(rate)), float(rate)
+            try:
+                current = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=limit, slot_decay_per_second=decay)
+                )
+                continue
+            if (current.limit, current.slot_decay_per_second) != (limit, decay):
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(limit=limit, slot_decay_per_second=decay)
+                )
+    Secret(value=cfg.token_file.read_text().strip()).save(TOKEN_BLOCK, overwrite=True)
+    if cfg.results_is_url:
+        from prefect.filesystems import RemoteFileSystem
+
+        RemoteFileSystem(basepath=cfg.results_location).save(RESULTS_BLOCK, overwrite=True)
+
+
+def deploy(path: Path) -> None:
+    """`prefect --no-prompt deploy --all --prefect-file PATH`, in this process (flows already imported)."""
+    from prefect.cli import app
+
+    argv = sys.argv
+    sys.argv = ["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(path)]
+    try:
+        app()
+        code: Any = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = argv
+    if code not in (0, None):
+        raise RuntimeError(f"prefect deploy --prefect-file {path} failed (exit code {code})")
+
+
+def main(state_dir: Path, force: bool) -> None:
+    cfg = load(state_dir)
+    import prefect  # noqa: F401  (the slow imports, while the server starts)
+
+    for module in deployments.entrypoint_modules(deployments.spec(cfg)):
+        importlib.import_module(module)
+    deadline = time.monotonic() + 180
+    while not answers(cfg.health_url("server")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the Prefect server at {cfg.api_url} did not answer within 180 s")
+        time.sleep(0.2)
+    record = deployments.record(cfg)
+    key = provision_key(cfg)
+    if record.get("provisioned") != key or not deployments.pool_exists(cfg):
+        provision(cfg)
+        record["provisioned"] = key
+        deployments.save_record(cfg, record)
+        names = ", ".join(limits(cfg))
+        print(f"provisioned: work pool {WORK_POOL}, Secret block {TOKEN_BLOCK}, rate limits {names}")
+    print(PROVISIONED, flush=True)
+    plan = deployments.plan(cfg, record, force)
+    if plan is None:
+        print("deployments: unchanged", flush=True)
+        return
+    deploy(plan.path)
+    for note in plan.kept:
+        print(f"deployments: kept {note}")
+    print(f"deployments: {'re-applied as in prefect.yaml (FORCE)' if force else 'applied'} ({plan.count})")
+    record.update(plan.record)
+    deployments.save_record(cfg, record)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), "--force" in sys.argv[2:])

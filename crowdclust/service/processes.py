@@ -1,0 +1,148 @@
+"""Supervising the service's processes: spawn in their own session, pid files, health, stop.
+
+Why hand-written instead of `prefect server start --background`: the worker, the emulator and the
+file server have no background mode, a process worker ignores the first SIGINT, and all of them
+must share one environment (PREFECT_HOME, PREFECT_API_URL, result storage).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from crowdclust.service.config import REPO, ServiceConfig
+
+
+def bin_path(name: str) -> str:
+    """An executable of this virtual environment (prefect, crowdclust)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def pid_file(cfg: ServiceConfig, name: str) -> Path:
+    return cfg.state_dir / f"{name}.pid"
+
+
+def log_file(cfg: ServiceConfig, name: str) -> Path:
+    return cfg.state_dir / f"{name}.log"
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs. A child of this very process (`up` called from Python, as the tests
+    do) stays a zombie after it exits, which `kill(pid, 0)` cannot tell from a live process: reap it."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: its parent (or init) reaps it
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(cfg: ServiceConfig, name: str) -> int | None:
+    """The pid recorded for `name` if that process is still alive."""
+    path = pid_file(cfg, name)
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default, so that Python installs its handler again.
+
+    A non-interactive shell starts background jobs with SIGINT ignored, children inherit that, and
+    Python then keeps ignoring it: `make up &` from a script gave processes that ignored `down`'s
+    SIGINT and were only stopped by its SIGKILL, about 20 s later each.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def launch(command: Sequence[str], env: dict[str, str], output: Any) -> subprocess.Popen[bytes]:
+    """Start `command` from the repository in its own session (so its whole process group can be
+    signalled), stdin closed, stdout and stderr to `output` (a file or `subprocess.PIPE`)."""
+    return subprocess.Popen(
+        list(command),
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+    )
+
+
+def spawn(cfg: ServiceConfig, name: str, command: Sequence[str], env: dict[str, str]) -> int:
+    """Start a supervised component, its log in `<state_dir>/<name>.log`, its pid in `<name>.pid`."""
+    # Only the owner reads the logs: a component may print what it was started with.
+    descriptor = os.open(log_file(cfg, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
+        process = launch(command, env, log)
+    pid_file(cfg, name).write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def wait_until(
+    check: Callable[[], bool], seconds: float, what: str, log: Path, pid: int | None = None
+) -> None:
+    """Poll `check` until it holds; fail early (with the log's tail) if the process `pid` died."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid is not None and not alive(pid):
+            raise RuntimeError(f"{what} exited during start-up; last lines of {log}:\n{tail(log)}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not become ready within {seconds:.0f} s; see {log}")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process(cfg: ServiceConfig, name: str) -> bool:
+    """SIGINT, SIGINT again (a process worker ignores the first), then SIGKILL the process group.
+
+    Returns whether something was running.
+    """
+    pid = read_pid(cfg, name)
+    if pid is None:
+        pid_file(cfg, name).unlink(missing_ok=True)
+        return False
+    for sig, wait in ((signal.SIGINT, 3.0), (signal.SIGINT, 8.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.1)
+        if not alive(pid):
+            break
+    pid_file(cfg, name).unlink(missing_ok=True)
+    return True

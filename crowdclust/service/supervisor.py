@@ -1,0 +1,320 @@
+"""`up`, `down` and `status` of the local service.
+
+`up` starts, in parallel, what is not already answering: the Prefect server (after PostgreSQL in
+the `postgres` profile), the emulator and the read-only file server of `runs/`; then provisions
+the server (work pool, token Secret block, Toloka rate limits, result storage block) and deploys
+prefect.yaml only when something changed (see `deployments`), while the workers start. A second
+`up` with nothing changed only checks that everything answers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from crowdclust.service import deployments, postgres
+from crowdclust.service.config import (
+    REPO,
+    TOKEN_ENV,
+    WORK_POOL,
+    ServiceConfig,
+)
+from crowdclust.service.processes import (
+    answers,
+    bin_path,
+    log_file,
+    read_pid,
+    spawn,
+    stop_process,
+    wait_until,
+)
+
+Say = Callable[[str], None]
+STARTUP_SECONDS = {"server": 180.0, "emulator": 60.0, "files": 20.0}
+
+
+def _token(cfg: ServiceConfig) -> str:
+    """The local emulator's token: made once, in a file only its owner can read (mode 0600)."""
+    try:
+        fd = os.open(cfg.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return cfg.token_file.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(os.urandom(16).hex() + "\n")
+    return cfg.token_file.read_text().strip()
+
+
+def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
+    """How to start the server, the emulator or the file server, and with which environment.
+
+    Secrets go through the environment of the one process that needs them: the emulator's token
+    (CROWDCLUST_EMULATOR_TOKEN) and the PostgreSQL URL of the server; never a command line.
+    """
+    env = cfg.env()
+    if name == "server":
+        if cfg.profile == "postgres":
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.connection_url(cfg)
+        return [
+            bin_path("prefect"),
+            "server",
+            "start",
+            "--host",
+            cfg.host,
+            "--port",
+            str(cfg.server_port),
+        ], env
+    if name == "emulator":
+        env[TOKEN_ENV] = _token(cfg)
+        command = [
+            bin_path("crowdclust"),
+            "emulator",
+            "--host",
+            cfg.host,
+            "--port",
+            str(cfg.emulator_port),
+            "--db",
+            str(cfg.state_dir / "emulator.db"),
+            "--seed",
+            "0",
+            "--speed",
+            str(cfg.emulator_speed),
+        ]
+        if cfg.emulator_rate_limit:
+            command += ["--rate-limit", str(cfg.emulator_rate_limit)]
+        return command, env
+    if name == "files":
+        cfg.runs_dir.mkdir(parents=True, exist_ok=True)
+        return [
+            sys.executable,
+            "-m",
+            "http.server",
+            "--bind",
+            cfg.host,
+            "--directory",
+            str(cfg.runs_dir),
+            str(cfg.files_port),
+        ], env
+    raise ValueError(f"unknown component {name!r}")
+
+
+def start(cfg: ServiceConfig, name: str, say: Say = print) -> None:
+    """Start the server, the emulator or the file server unless it already answers; wait until it does."""
+    health = cfg.health_url(name)
+    if answers(health):
+        say(f"{name}: already running")
+        return
+    if name == "server" and cfg.server_url:
+        raise RuntimeError(f"the Prefect server at {cfg.api_url} does not answer")
+    if name == "server" and cfg.uses_local_postgres and postgres.start(cfg):
+        say(f"postgres: started on {cfg.host}:{cfg.postgres_port}")
+    command, env = _command(cfg, name)
+    pid = spawn(cfg, name, command, env)
+    wait_until(lambda: answers(health), STARTUP_SECONDS[name], name, log_file(cfg, name), pid)
+    say(f"{name}: started (pid {pid})")
+
+
+def stop(cfg: ServiceConfig, name: str, say: Say = print) -> None:
+    """Stop one supervised process (`server`, `emulator`, `files`, `worker-N`)."""
+    say(f"{name}: {'stopped' if stop_process(cfg, name) else 'not running'}")
+
+
+def _deployer_due(cfg: ServiceConfig) -> bool:
+    """Whether the running server lacks something `deployer` provides (warm `up`: REST calls only)."""
+    from crowdclust.service import deployer
+
+    last = deployments.record(cfg)
+    if last.get("provisioned") != deployer.provision_key(cfg) or not deployments.pool_exists(cfg):
+        return True
+    return not deployments.up_to_date(cfg, last, deployments.server_deployments(cfg))
+
+
+class _Deployer:
+    """The `deployer` process: relays its messages, tells when the work pool exists."""
+
+    RELAYED = ("provisioned:", "deployments:")
+
+    def __init__(self, cfg: ServiceConfig, force: bool, say: Say) -> None:
+        from crowdclust.service.deployer import PROVISIONED
+
+        self.log = log_file(cfg, "deployer")
+        command = [sys.executable, "-m", "crowdclust.service.deployer", str(cfg.state_dir)]
+        self.process = subprocess.Popen(
+            [*command, *(["--force"] if force else [])],
+            cwd=REPO,
+            env=cfg.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.provisioned = threading.Event()
+        self.lines: list[str] = []
+
+        def relay() -> None:
+            assert self.process.stdout is not None
+            with self.log.open("a") as log:
+                for line in self.process.stdout:
+                    log.write(line)
+                    self.lines.append(line.rstrip())
+                    if line.strip() == PROVISIONED:
+                        self.provisioned.set()
+                    elif line.startswith(self.RELAYED):
+                        say(line.rstrip())
+            self.provisioned.set()  # exited: nobody waits for a pool that will not come
+
+        self.reader = threading.Thread(target=relay, daemon=True)
+        self.reader.start()
+
+    def finish(self) -> None:
+        code = self.process.wait()
+        self.reader.join()
+        if code != 0:
+            tail_lines = "\n".join(self.lines[-20:])
+            raise RuntimeError(f"provisioning/deploying failed (see {self.log}):\n{tail_lines}")
+
+
+def _worker_names(cfg: ServiceConfig) -> list[str]:
+    return sorted(p.stem for p in cfg.state_dir.glob("worker-*.pid"))
+
+
+def _start_workers(cfg: ServiceConfig, say: Say) -> list[tuple[str, int, int]]:
+    """Start workers 1..N that are not running and stop those above N. Returns (name, pid, log offset)."""
+    for name in _worker_names(cfg):
+        if int(name.split("-")[1]) > cfg.workers:
+            stop(cfg, name, say)
+    started = []
+    for index in range(1, cfg.workers + 1):
+        name = f"worker-{index}"
+        if read_pid(cfg, name) is not None:
+            say(f"{name}: already running")
+            continue
+        log = log_file(cfg, name)
+        offset = log.stat().st_size if log.exists() else 0
+        command = [bin_path("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+        pid = spawn(cfg, name, [*command, "--name", f"crowdclust-{name}"], cfg.env())
+        started.append((name, pid, offset))
+    return started
+
+
+def _wait_workers(cfg: ServiceConfig, started: list[tuple[str, int, int]], say: Say) -> None:
+    """Until each new worker logs that it started (it then polls the pool)."""
+    for name, pid, offset in started:
+        log = log_file(cfg, name)
+
+        def ready(log: Path = log, offset: int = offset) -> bool:
+            with log.open("rb") as handle:
+                handle.seek(offset)
+                return b"started!" in handle.read()
+
+        wait_until(ready, 90.0, name, log, pid)
+        say(f"{name}: started (pid {pid})")
+
+
+def _refuse_moving_a_running_service(cfg: ServiceConfig) -> None:
+    """Other ports or another profile while the remembered service still runs would orphan it."""
+    from crowdclust.service.config import load
+
+    if not cfg.settings_file.exists():
+        return
+    running = load(cfg.state_dir)
+    keys = ("host", "server_port", "emulator_port", "files_port", "postgres_port", "profile", "server_url")
+    changed = [key for key in keys if getattr(running, key) != getattr(cfg, key)]
+    names = ["server", "emulator", "files", *_worker_names(cfg)]
+    if changed and (any(read_pid(running, name) for name in names) or postgres.running(running)):
+        raise RuntimeError(
+            f"the service in {cfg.state_dir} is running with other settings ({', '.join(changed)}): "
+            "`make down` first, then `make up` with the new ones"
+        )
+
+
+def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) -> dict[str, float]:
+    """Start what is not running, provision and deploy what changed, run `cfg.workers` workers.
+
+    The deployer (Prefect and flow imports, then provisioning and deploy) starts at once when the
+    server is not yet up, in parallel with the server, the emulator and the file server; the workers
+    start as soon as the work pool exists. Returns where the seconds went (name -> seconds).
+    """
+    from crowdclust.service.config import load
+
+    cfg = cfg or load()
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_moving_a_running_service(cfg)
+    cfg.remember()
+    _token(cfg)
+    seconds: dict[str, float] = {}
+    began = time.monotonic()
+
+    def timed(name: str, action: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        try:
+            return action()
+        finally:
+            seconds[name] = time.monotonic() - started
+
+    server_up = answers(cfg.health_url("server"))
+    if cfg.server_url and not server_up:
+        raise RuntimeError(f"the Prefect server at {cfg.api_url} does not answer")
+    deployer = _Deployer(cfg, force, say) if force or not server_up or _deployer_due(cfg) else None
+    parts = ["emulator", "files"] + ([] if cfg.server_url else ["server"])
+    with ThreadPoolExecutor(len(parts)) as pool:
+        futures = [pool.submit(timed, name, lambda name=name: start(cfg, name, say)) for name in parts]
+        errors = [f.exception() for f in futures if f.exception()]
+    if errors:
+        if deployer:
+            deployer.process.kill()
+        raise RuntimeError("; ".join(str(e) for e in errors))
+    if deployer:
+        timed("provision", deployer.provisioned.wait)
+    workers = _start_workers(cfg, say)
+    timed("workers", lambda: _wait_workers(cfg, workers, say))
+    if deployer:
+        timed("deploy", deployer.finish)
+    else:
+        say("deployments: unchanged")
+    seconds["total"] = time.monotonic() - began
+    say(f"Prefect UI: {cfg.ui_url}")
+    say(f"Emulator:   {cfg.emulator_url} (token in {_shown(cfg.token_file)})")
+    say(f"Run files:  {cfg.runs_url}/ (serves {_shown(cfg.runs_dir)} read-only)")
+    say(f"Results:    {cfg.results_location}")
+    return seconds
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (shorter), else absolute."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def down(cfg: ServiceConfig | None = None, say: Say = print) -> None:
+    """Stop the workers first (so no run starts against a dying server), then the rest."""
+    from crowdclust.service.config import load
+
+    cfg = cfg or load()
+    if not cfg.state_dir.exists():
+        say("nothing to stop")
+        return
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda name: stop(cfg, name, say), _worker_names(cfg)))
+        list(pool.map(lambda name: stop(cfg, name, say), ["emulator", "files", "server"]))
+    if cfg.uses_local_postgres:
+        say(f"postgres: {'stopped' if postgres.stop(cfg) else 'not running'}")
+
+
+def status(cfg: ServiceConfig | None = None) -> dict[str, bool]:
+    """Which parts answer right now (workers by their pid files)."""
+    from crowdclust.service.config import load
+
+    cfg = cfg or load()
+    parts: dict[str, bool] = {}
+    if cfg.uses_local_postgres:
+        parts["postgres"] = postgres.running(cfg)
+    parts |= {name: answers(cfg.health_url(name)) for name in ("server", "emulator", "files")}
+    names = sorted({*_worker_names(cfg), *(f"worker-{i}" for i in range(1, cfg.workers + 1))})
+    parts |= {name: read_pid(cfg, name) is not None for name in names}
+    return parts

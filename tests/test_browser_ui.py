@@ -1,0 +1,103 @@
+"""What a user sees in the Prefect UI, checked in a real browser (headless Chromium via playwright).
+
+The demo run's page and each of its artifacts' pages are opened with the emulator stopped (only
+what is always up with the service answers: the Prefect server and the read-only server of
+`runs/`). Every `<img>` must have loaded (naturalWidth > 0) and every link to the run report must
+answer 200. Chromium is Debian's (`apt-get install chromium`); playwright's own browser downloads
+are not used. Run it alone with `.venv/bin/pytest tests/test_browser_ui.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from typing import Any
+
+import httpx
+import pytest
+
+from crowdclust import service
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = (
+    os.environ.get("CROWDCLUST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+)
+
+# Waits until every image on the page has loaded or failed (lazy ones forced to load), then reports.
+IMAGES_JS = """
+async () => {
+  const images = [...document.images];
+  images.forEach((img) => { img.loading = "eager"; });
+  await Promise.all(images.map((img) => img.complete ? null : new Promise((done) => {
+    img.addEventListener("load", done); img.addEventListener("error", done); setTimeout(done, 10000);
+  })));
+  return images.map((img) => ({src: (img.currentSrc || img.src).slice(0, 120),
+                               loaded: img.naturalWidth > 0}));
+}
+"""
+REPORT_LINKS_JS = "() => [...document.links].map((a) => a.href).filter((h) => /report[.]html/.test(h))"
+
+
+def _report_urls(artifact: dict[str, Any]) -> list[str]:
+    """Link targets in a markdown artifact's text, `[text](url)`."""
+    return re.findall(r"\]\(([^)\s]+)\)", str(artifact.get("data") or ""))
+
+
+@pytest.fixture
+def demo_artifacts(svc, demo_run) -> list[dict[str, Any]]:
+    """The finished demo run's artifacts. Missing ones raise RuntimeError, an error the xfail below
+    (limited to AssertionError) does not swallow."""
+    if demo_run.run["state_type"] != "COMPLETED":
+        raise RuntimeError(f"the demo run did not complete: {demo_run.run['state']}")
+    artifacts = svc.artifacts(demo_run.id)
+    missing = {"cluster-galleries", "intruder-chart", "run-report"} - {a["key"] for a in artifacts}
+    if missing:
+        raise RuntimeError(f"the demo run has no artifacts {sorted(missing)}")
+    return artifacts
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 9: today's artifacts link images at the emulator and file:// URLs (tasks/report.py); "
+    "remove this mark once the artifacts embed their images and link the report over http",
+)
+def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_run, demo_artifacts):
+    from playwright.sync_api import sync_playwright
+
+    ui = svc.cfg.ui_url
+    artifacts = demo_artifacts
+    pages = [f"{ui}/runs/flow-run/{demo_run.id}"] + [f"{ui}/artifacts/artifact/{a['id']}" for a in artifacts]
+    broken: dict[str, list[str]] = {}
+    image_counts: dict[str, int] = {}
+    report_links: set[str] = set()
+    service.stop(svc.cfg, "emulator")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for url in pages:
+                page.goto(url, wait_until="networkidle", timeout=60_000)
+                page.wait_for_timeout(500)  # the UI renders the artifact after its data arrives
+                images = page.evaluate(IMAGES_JS)
+                image_counts[url] = len(images)
+                bad = [img["src"] for img in images if not img["loaded"]]
+                if bad:
+                    broken[url] = bad
+                report_links.update(page.evaluate(REPORT_LINKS_JS))
+            browser.close()
+    finally:
+        service.start(svc.cfg, "emulator")
+    report = next(a for a in artifacts if a["key"] == "run-report")
+    targets = set(_report_urls(report)) | report_links
+    print(f"images per page: {image_counts}\nnot loaded: {broken}\nreport links: {targets}")
+    by_key = {a["key"]: f"{ui}/artifacts/artifact/{a['id']}" for a in artifacts}
+    assert image_counts[by_key["intruder-chart"]] >= 1 and image_counts[by_key["cluster-galleries"]] >= 8
+    assert not broken, f"images that did not load: {broken}"
+    assert targets, "no link to the run report"
+    for target in targets:
+        assert target.startswith("http"), f"the report link {target} cannot be opened from the UI"
+        assert httpx.get(target, timeout=10).status_code == 200, target

@@ -1,0 +1,102 @@
+"""Service logic without processes: deploy merging, remembered settings, the emulator URL in deployments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crowdclust.service import ServiceConfig, deployments, load
+
+
+def test_merge3_keeps_user_edits_and_takes_file_changes_elsewhere():
+    base = {"a": 1, "b": {"c": 2, "d": 3}, "gone": 1}
+    theirs = {"a": 10, "b": {"c": 2, "d": 3}, "gone": 1}  # the user changed `a` in the UI
+    ours = {
+        "a": 1,
+        "b": {"c": 20, "d": 3},
+        "new": 5,
+    }  # prefect.yaml changed `b.c`, dropped `gone`, added `new`
+    assert deployments.merge3(base, theirs, ours) == {"a": 10, "b": {"c": 20, "d": 3}, "new": 5}
+    assert deployments.merge3(base, base, ours) == ours
+
+
+def _spec(active: bool, timeout: int) -> dict:
+    return {
+        "deployments": [
+            {
+                "name": "p",
+                "schedules": [{"cron": "0 6 * * 1", "timezone": "UTC", "active": active}],
+                "parameters": {"params": {"wait": {"timeout_seconds": timeout}, "name": "x"}},
+            }
+        ]
+    }
+
+
+def test_user_edits_survive_a_redeploy():
+    last = _spec(active=False, timeout=900)
+    server = {
+        "p": {
+            "schedules": [
+                {"schedule": {"cron": "0 6 * * 1", "timezone": "UTC", "day_or": True}, "active": True}
+            ],
+            "parameters": {"params": {"wait": {"timeout_seconds": 1234}, "name": "x"}},
+        }
+    }
+    wanted = _spec(active=False, timeout=900)
+    wanted["deployments"][0]["parameters"]["params"]["name"] = "y"  # the file changed
+    merged, kept = deployments.with_user_edits(wanted, last, server)
+    deployment = merged["deployments"][0]
+    assert deployment["schedules"][0]["active"] is True
+    assert deployment["parameters"] == {"params": {"wait": {"timeout_seconds": 1234}, "name": "y"}}
+    assert len(kept) == 2
+    _, none_kept = deployments.with_user_edits(wanted, last, {"p": {**server["p"], "schedules": []}})
+    assert none_kept == ["p: parameters edited in the UI"]
+
+
+def test_local_deployments_get_the_service_emulator_url(tmp_path: Path):
+    cfg = ServiceConfig(state_dir=tmp_path, emulator_port=18001)
+    spec = deployments.spec(cfg)
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert by_name["demo"]["parameters"]["params"]["toloka"]["url"] == "http://127.0.0.1:18001"
+    assert by_name["demo-catalogue"]["parameters"]["params"]["toloka"]["url"] == "http://127.0.0.1:18001"
+    assert by_name["production"]["parameters"]["params"]["toloka"]["url"] is None
+    assert deployments.entrypoint_modules(spec)[0] == "flows.pipeline"
+    assert "definitions" not in spec
+
+
+def test_settings_are_remembered_without_secrets(tmp_path: Path):
+    cfg = ServiceConfig(
+        state_dir=tmp_path, server_port=14999, workers=3, database_url="postgresql+asyncpg://u:secret@h/db"
+    )
+    cfg.remember()
+    assert "secret" not in cfg.settings_file.read_text()
+    assert cfg.database_url_file.stat().st_mode & 0o777 == 0o600
+    again = load(tmp_path)
+    assert (again.server_port, again.workers, again.database_url) == (14999, 3, cfg.database_url)
+    assert load(tmp_path, workers=1).workers == 1  # explicit settings win
+    env = again.env()
+    assert env["CROWDCLUST_RUNS_URL"] == again.runs_url and env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"].endswith(
+        "results"
+    )
+    assert not [k for k in env if "DATABASE" in k or k == "TOLOKA_TOKEN"]
+    assert json.loads(cfg.settings_file.read_text())["workers"] == 3
+
+
+def test_up_refuses_other_ports_while_the_remembered_service_runs(tmp_path: Path):
+    import os
+
+    import pytest
+
+    from crowdclust import service
+
+    ServiceConfig(state_dir=tmp_path, server_port=14998).remember()
+    (tmp_path / "server.pid").write_text(f"{os.getpid()}\n")  # "running": a live pid
+    with pytest.raises(RuntimeError, match="server_port"):
+        service.up(ServiceConfig(state_dir=tmp_path, server_port=14997), say=lambda _: None)
+    assert load(tmp_path).server_port == 14998  # still what runs
+
+
+def test_results_url_becomes_the_default_storage_block_of_every_worker(tmp_path: Path):
+    env = ServiceConfig(state_dir=tmp_path, results="s3://bucket/crowdclust").env()
+    assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/crowdclust-results"
+    assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in env and env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"
