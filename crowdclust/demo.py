@@ -32,6 +32,7 @@ from pathlib import Path
 
 from crowdclust.runtime import describe, prepare_prefect_env
 from crowdclust.service.processes import answers, bin_path, launch
+from tasks.settings import Settings
 
 SPEED = 600.0
 
@@ -145,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. Meanwhile: the heavy imports.
         since = time.monotonic()
-        from tasks.params import load_params
         from flows.pipeline import crowdclust_pipeline
+        from tasks.params import load_params
 
         timings.mark("import flows (this process)", since)
         since = time.monotonic()

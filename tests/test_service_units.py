@@ -75,9 +75,9 @@ def test_settings_are_remembered_without_secrets(tmp_path: Path):
     assert (again.server_port, again.workers, again.database_url) == (14999, 3, cfg.database_url)
     assert load(tmp_path, workers=1).workers == 1  # explicit settings win
     env = again.env()
-    assert env["CROWDCLUST_RUNS_URL"] == again.runs_url and env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"].endswith(
-        "results"
-    )
+    assert env["CROWDCLUST_RUNS_URL"] == again.runs_url and env[
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH"
+    ].endswith("results")
     assert not [k for k in env if "DATABASE" in k or k == "TOLOKA_TOKEN"]
     assert json.loads(cfg.settings_file.read_text())["workers"] == 3
 
@@ -99,4 +99,7 @@ def test_up_refuses_other_ports_while_the_remembered_service_runs(tmp_path: Path
 def test_results_url_becomes_the_default_storage_block_of_every_worker(tmp_path: Path):
     env = ServiceConfig(state_dir=tmp_path, results="s3://bucket/crowdclust").env()
     assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/crowdclust-results"
-    assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in env and env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"
+    assert (
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in env
+        and env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"
+    )

@@ -115,6 +115,9 @@ class ServiceConfig:
             "TOLOKA_TOKEN",
             TOKEN_ENV,
             "CROWDCLUST_LOCAL_URL",
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH",  # the service chooses result storage for its workers
+            "PREFECT_LOCAL_STORAGE_PATH",
+            "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
         }
         env = {
             k: v
