@@ -23,11 +23,11 @@ $(UV):
 # Re-runs only when the lock file or the project metadata changed. Byte-compiles at install time:
 # with PYTHONDONTWRITEBYTECODE set (it is, in this workplace's sessions) every process would otherwise
 # recompile numba/pandas/prefect from source (measured: `crowdclust aggregate` 3.3 s -> 1.3 s).
-# Then compiles the numba kernels into their on-disk cache (about 15 s once, instead of in the first
-# demo or flow run).
+# The warm-up fit compiles the aggregation's numba kernels into their on-disk cache (__pycache__),
+# so the first `crowdclust aggregate` loads machine code instead of compiling (~10-50 s otherwise).
 $(STAMP): $(UV) uv.lock pyproject.toml
 	$(UV) sync --locked --quiet --compile-bytecode
-	$(VENV)/bin/python -m crowdclust.warmup
+	$(VENV)/bin/python -m aggregation.warmup
 	@touch $(STAMP)
 
 test: install

@@ -57,6 +57,27 @@ EPS = 1e-9
 CORE_MARGIN = 4.0  # nats (about two careful workers' labels): less than this is thin evidence
 
 
+@njit(cache=True, inline="always")
+def _gather(i, indptr, indices, data, labels, acc, mark, touched):  # pragma: no cover - compiled
+    """acc[c] = Σ S between node i and cluster c, for the clusters i touches; returns how many."""
+    nt = 0
+    for p in range(indptr[i], indptr[i + 1]):
+        c = labels[indices[p]]
+        if not mark[c]:
+            mark[c] = True
+            touched[nt] = c
+            nt += 1
+        acc[c] += data[p]
+    return nt
+
+
+@njit(cache=True, inline="always")
+def _clear(acc, mark, touched, nt):  # pragma: no cover - compiled
+    for q in range(nt):
+        acc[touched[q]] = 0.0
+        mark[touched[q]] = False
+
+
 @njit(cache=True)
 def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no cover - compiled
     """Move nodes one by one to the cluster with the largest Σ S (0 for a new cluster).
@@ -84,17 +105,7 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
         for pos in range(n):
             i = order[pos]
             cur = labels[i]
-            nt = 0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                if j == i:
-                    continue
-                c = labels[j]
-                if not mark[c]:
-                    mark[c] = True
-                    touched[nt] = c
-                    nt += 1
-                acc[c] += data[p]
+            nt = _gather(i, indptr, indices, data, labels, acc, mark, touched)
             best = cur
             best_val = acc[cur]
             for q in range(nt):
@@ -103,9 +114,7 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
                     best, best_val = c, acc[c]
             if best_val < -EPS and size[cur] > 1:
                 best = free[n_free - 1]  # every cluster pulls the node away: open a new one
-            for q in range(nt):
-                acc[touched[q]] = 0.0
-                mark[touched[q]] = False
+            _clear(acc, mark, touched, nt)
             if best != cur:
                 if size[best] == 0:
                     n_free -= 1
@@ -132,23 +141,14 @@ def margins(indptr, indices, data, labels):  # pragma: no cover - compiled
     out = np.empty(n)
     for i in range(n):
         cur = labels[i]
-        nt = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            c = labels[indices[p]]
-            if not mark[c]:
-                mark[c] = True
-                touched[nt] = c
-                nt += 1
-            acc[c] += data[p]
+        nt = _gather(i, indptr, indices, data, labels, acc, mark, touched)
         other = 0.0
         for q in range(nt):
             c = touched[q]
             if c != cur:
                 other = max(other, acc[c])
         out[i] = acc[cur] - other
-        for q in range(nt):
-            acc[touched[q]] = 0.0
-            mark[touched[q]] = False
+        _clear(acc, mark, touched, nt)
     return out
 
 
@@ -212,14 +212,7 @@ def item_confidence(indptr, indices, data, labels, log_alpha):  # pragma: no cov
     for i in range(n):
         cur = labels[i]
         size[cur] -= 1
-        nt = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            c = labels[indices[p]]
-            if not mark[c]:
-                mark[c] = True
-                touched[nt] = c
-                nt += 1
-            acc[c] += data[p]
+        nt = _gather(i, indptr, indices, data, labels, acc, mark, touched)
         # Untouched clusters share S = 0: their mass is their total size.
         untouched = n - 1.0
         top = log_alpha
@@ -244,9 +237,7 @@ def item_confidence(indptr, indices, data, labels, log_alpha):  # pragma: no cov
         if size[cur] == 0:
             own = alpha * math.exp(-top)  # a singleton: the "new cluster" term is its own
         out[i] = min(max(own / total, 0.0), 1.0)
-        for q in range(nt):
-            acc[touched[q]] = 0.0
-            mark[touched[q]] = False
+        _clear(acc, mark, touched, nt)
         size[cur] += 1
     return out
 

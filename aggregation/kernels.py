@@ -15,6 +15,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+__all__ = [
+    "greedy_colors",
+    "label_stats_parallel",
+    "label_stats_serial",
+    "update_items_parallel",
+    "update_items_serial",
+    "update_workers_parallel",
+    "update_workers_serial",
+]
+
 
 @njit(cache=True)
 def _solve_spd(mat: np.ndarray, rhs: np.ndarray, out: np.ndarray, low: np.ndarray) -> None:

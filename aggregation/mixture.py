@@ -4,13 +4,15 @@ Truncated stick-breaking with `n_components` sticks, diagonal Normal-Gamma compo
 updates in closed form. It is written here in numpy (about the size of the scikit-learn call it
 replaces) because importing scikit-learn costs more than a whole N=82 aggregation, and the
 `crowdclust aggregate` process has a 3-second budget. Measured on synthetic crowds, the mixture
-alone tends to under-split neighbouring classes; the split/merge/move search in `consensus.py`
+alone tends to under-split neighbouring classes; the move/merge search in `consensus.py`
 settles the number of clusters against the crowd's labels.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+__all__ = ["dp_mixture"]
 
 
 def digamma(x: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ import numpy as np
 from aggregation import kernels
 from aggregation.pairs import PairLabels
 
+__all__ = ["Priors", "VariationalRun", "VariationalState", "initial_state", "spectral_start"]
+
 
 @dataclass(frozen=True)
 class Priors:

@@ -1,0 +1,32 @@
+"""Compile every numba kernel of the aggregation once (`python -m aggregation.warmup`, run by `make install`).
+
+Kernels are compiled with `cache=True`, so the machine code lands in the package's __pycache__ and
+every later process loads it. The parallel twins only run above a size threshold, so they are called
+here directly on a tiny crowd (a few seconds in all, most of it compilation).
+"""
+
+from __future__ import annotations
+
+__all__ = ["warm_up"]
+
+
+def warm_up() -> None:
+    """Fit both estimators on a tiny crowd and run the parallel kernels once."""
+    from aggregation.estimators import CoAssociationClustering, CrowdClustering
+    from aggregation.pairs import build_pairs, coassociation
+    from aggregation.synthetic import generate_crowd
+    from aggregation.variational import Priors, VariationalRun, initial_state, spectral_start
+
+    crowd = generate_crowd(30, 3, seed=0)
+    CrowdClustering(random_state=0).fit(crowd.labels)
+    CoAssociationClustering(min_cluster_size=2).fit(crowd.labels)
+    pairs = build_pairs(crowd.labels)
+    run = VariationalRun(pairs, Priors())
+    a, b, same, votes = coassociation(pairs)
+    state = initial_state(pairs, run.priors, spectral_start(pairs.n_items, a, b, same / votes, 4))
+    run.parallel_items = run.parallel_labels = True
+    run.run(state, 1e-3, 2)
+
+
+if __name__ == "__main__":
+    warm_up()
