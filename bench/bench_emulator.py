@@ -70,7 +70,7 @@ def create_suites(client: toloka.TolokaClient, pool_id: str, hits: list[list[str
 
 
 @contextlib.contextmanager
-def served_in_subprocess(token: str = "bench-token", speed: float = 600) -> Iterator[str]:
+def served_in_subprocess(token: str = "bench-token", speed: float = 600) -> Iterator[tuple[str, int]]:
     """`crowdclust emulator` in its own process, so that the clients' CPU is not the server's GIL."""
     cli = Path(sys.executable).with_name("crowdclust")
     args = [str(cli), "emulator", "--port", "0", "--speed", str(speed)]
@@ -84,19 +84,39 @@ def served_in_subprocess(token: str = "bench-token", speed: float = 600) -> Iter
                 raise RuntimeError("the emulator did not start")
             if match := re.search(r"ready at (http://\S+)", line):
                 url = match.group(1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def throughput(seconds: float = 5.0) -> None:
     """`get_pool` through toloka-kit against a served emulator (its market running at speed 600)."""
     token = "bench-token"
-    with served_in_subprocess(token) as url:
+    with served_in_subprocess(token) as (url, pid):
         client = toloka.TolokaClient(token, url=url)
         pool = create_pool(client, create_project(client, "bench").id, 3)
         time.sleep(1.0)
+        # CPU per call on each side: what the cores can do once nothing else runs on them.
+        n, server, mine = 1000, _cpu_seconds(pid), _own_cpu_seconds()
+        for _ in range(n):
+            client.get_pool(pool.id)
+        server, mine = (_cpu_seconds(pid) - server) / n, (_own_cpu_seconds() - mine) / n
+        print(
+            f"CPU per get_pool: server {1000 * server:.2f} ms, toloka-kit client {1000 * mine:.2f} ms -> "
+            f"one client process on its own core: {1 / max(server, mine):.0f} req/s ({load()})"
+        )
         for threads in (1, 2, 4):
             counts = [0] * threads
             stop = time.monotonic() + seconds
@@ -118,7 +138,7 @@ def throughput(seconds: float = 5.0) -> None:
             )
 
 
-def long_run(hours: float = 48.0) -> None:
+def long_run(hours: float = 24.0) -> None:
     """Memory over a long polling run: a pool worked for days, analytics polled every simulated minute."""
     with run_in_background(EmulatorSettings(port=0, speed=0, seed=0)) as emu:
         client = toloka.TolokaClient(emu.token, url=emu.url)

@@ -17,7 +17,7 @@ from emulator import aggregate
 from emulator.catalogues import Catalogue
 from emulator.clock import SimClock
 from emulator.crowd import Crowd
-from emulator.errors import ApiError, conflict, not_found, validation
+from emulator.errors import ApiError, conflict, field_errors, not_found, validation
 from emulator.filters import skill_keys
 from emulator.objects import analytics_value, create_items, item_index
 from emulator.records import OWNER, READ_ONLY, Doc, public, strip_read_only, with_cost
@@ -592,8 +592,6 @@ class Emulator:
         return 202, op
 
     def _bonus_errors(self, item: Any) -> dict[str, dict[str, str]]:
-        from emulator.errors import field_errors
-
         if not isinstance(item, dict):
             return field_errors({"": ("INVALID_FORMAT", "expected a JSON object")})
         problems = {}

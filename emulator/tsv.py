@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from emulator.errors import validation
 from emulator.records import Doc
 from emulator.util import parse_time
 
@@ -52,6 +54,15 @@ def encode(value: Any, kind: str) -> str:
     return str(value)
 
 
+def _time_param(params: dict[str, str], name: str) -> datetime | None:
+    if not params.get(name):
+        return None
+    try:
+        return parse_time(params[name])
+    except ValueError:
+        raise validation({name: ("INVALID_FORMAT", f"{name} must be a date and time")}) from None
+
+
 def export(emu: Emulator, pool: Doc, params: dict[str, str]) -> str:
     project = emu.store.get("project", str(pool["project_id"])) or {}
     spec = project.get("task_spec") or {}
@@ -59,8 +70,7 @@ def export(emu: Emulator, pool: Doc, params: dict[str, str]) -> str:
     outputs = spec.get("output_spec") or {}
     statuses = {TSV_TO_API.get(s, s) for s in params.get("status", "APPROVED").split(",") if s}
     fields = [f for f in params.get("field", DEFAULT_FIELDS).split(",") if f.startswith("ASSIGNMENT:")]
-    start_from = parse_time(params["startTimeFrom"]) if params.get("startTimeFrom") else None
-    start_to = parse_time(params["startTimeTo"]) if params.get("startTimeTo") else None
+    start_from, start_to = _time_param(params, "startTimeFrom"), _time_param(params, "startTimeTo")
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n")

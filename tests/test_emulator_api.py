@@ -250,7 +250,8 @@ def test_clock_expiry_and_auto_accept(emu, client):
     assert closed.status.value == "CLOSED" and closed.last_close_reason.value == "EXPIRED"
 
 
-def test_admin_routes_need_the_token_and_sane_values(emu):
+def test_admin_routes_need_the_token_and_sane_values(emu, client):
+    pool_id = _pool(client, _project(client).id).id
     with httpx.Client(base_url=emu.url, timeout=10) as raw:
         assert raw.post("/_emulator/advance", params={"seconds": 1}).status_code == 401
         auth = {"Authorization": f"OAuth {emu.token}"}
@@ -265,6 +266,12 @@ def test_admin_routes_need_the_token_and_sane_values(emu):
         body = bad_filter.json()
         assert bad_filter.status_code == 400 and body["code"] == "VALIDATION_ERROR"
         assert "created_gte" in body["payload"] and "Error" not in body["message"]
+        bad_export = raw.get(
+            f"/api/new/requester/pools/{pool_id}/assignments.tsv",
+            params={"startTimeFrom": "soon"},
+            headers=auth,
+        )
+        assert bad_export.status_code == 400 and "startTimeFrom" in bad_export.json()["payload"]
 
 
 def test_rate_limit_answers_429_that_the_client_retries():
