@@ -15,6 +15,7 @@ from tasks import artifacts, budget, hits, preflight, results, setup, wait
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
+from tasks.run_lock import locked_run
 from tasks.stages import HitPlan, Labelled
 from tasks.toloka_api import resolve_token
 from tasks.toloka_config import Placeholders, load_bundle
@@ -60,7 +61,13 @@ def collect_labels(
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 
 
-@flow(name="crowdclust-labelling", on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
+@flow(
+    name="crowdclust-labelling",
+    on_failure=[close_pools_hook],
+    on_cancellation=[close_pools_hook],
+    on_crashed=[close_pools_hook],
+)
+@locked_run()
 def labelling(params: PipelineParams) -> Labelled:
     """Label the dataset with the crowd; returns Toloka ids, the export path, costs and coverage."""
     logger = get_run_logger()

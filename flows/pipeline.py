@@ -18,10 +18,17 @@ from flows.labelling import labelling
 from tasks import budget, report
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
+from tasks.run_lock import locked_run
 from tasks.stages import Cost, RunSummary
 
 
-@flow(name="crowdclust-pipeline", on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
+@flow(
+    name="crowdclust-pipeline",
+    on_failure=[close_pools_hook],
+    on_cancellation=[close_pools_hook],
+    on_crashed=[close_pools_hook],
+)
+@locked_run()
 def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     """Cluster `params.dataset` with the crowd end to end; returns the summary (also in summary.json)."""
     clock = report.Stopwatch()
