@@ -17,7 +17,7 @@ from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
 from tasks.stages import HitPlan, Labelled
-from tasks.toloka_api import resolve_token
+from tasks.toloka_api import probe
 from tasks.toloka_config import Placeholders, load_bundle
 
 
@@ -47,6 +47,7 @@ def collect_labels(
     ids = setup.setup_labelling_task(
         params.toloka, run_key, bundle, values, params.exam.skill_name, main_pool_role
     )
+    setup.verify_labelling_task(params.toloka, run_key, ids, main_pool_role)
     setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits)
     period = params.wait.period(params.toloka.environment)
     waited = wait.wait_labelling_task.with_options(retries=params.wait.retries)(
@@ -75,7 +76,7 @@ def labelling(params: PipelineParams) -> Labelled:
     folder = RunFolder.of(params).create()
     items = preflight.check_run(params).items  # data errors stop here, before anything is created
     logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)
-    resolve_token(params.toloka)  # fail before anything is planned or created when there is no token
+    probe(params.toloka)  # no token, a wrong one or no platform: fail before anything is created
 
     labelled = collect_labels(params, run_key, hits.make_plan(items, params.hits, params.seed), folder)
     export = results.export_task(params.toloka, labelled.ids.main_pool, labelled.wait)
