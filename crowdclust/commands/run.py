@@ -112,9 +112,9 @@ def run(
     except ConfigError as error:
         raise _fail(str(error), 2, debug) from None
 
+    from tasks.budget import SpendGuardStopped
     from tasks.preflight import DATA_ERRORS, check_run
     from tasks.run_lock import RunKeyBusy, run_lock
-    from tasks.budget import SpendGuardStopped
     from tasks.toloka_api import (
         TRANSIENT,
         MissingTokenError,
