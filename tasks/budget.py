@@ -42,7 +42,8 @@ def estimate_labelling(params: PipelineParams, bundle: TolokaBundle, n_main_suit
     fee = params.budget.fee_rate
     main = pool_cost(n_main_suites, main_overlap(params, bundle), params.hits.reward, fee)
     exam_overlap = params.exam.expected_workers + overlap_raise(bundle.exam_pool)
-    exam = pool_cost(params.exam.n_exams, exam_overlap, params.exam.reward, fee)
+    # Every exam suite of the config is uploaded (a worker may take more than n_exams of them).
+    exam = pool_cost(len(bundle.exam_suites), exam_overlap, params.exam.reward, fee)
     intruders = estimate_intruders(params, bundle, params.intruders.n_hits).intruders
     return CostEstimate(main=main, exam=exam, intruders=intruders if params.intruders.enabled else 0.0)
 
