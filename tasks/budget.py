@@ -73,7 +73,7 @@ def check_plan_size(params: PipelineParams, bundle: TolokaBundle, n_items: int) 
         most = int(params.budget.max_spend // per_hit * params.hits.size // max(n_items, 1))
         raise BudgetExceeded(
             f"hits.hits_per_item {params.hits.hits_per_item} on {n_items} images needs {n_hits} HITs, "
-            f"${cost:.2f} for the main pool alone, above budget.max_spend ${params.budget.max_spend:.2f} "
+            f"${cost:.2f} for the main pool alone: exceeds budget.max_spend ${params.budget.max_spend:.2f} "
             f"(at most hits_per_item {most} fits); nothing was planned or opened"
         )
 
