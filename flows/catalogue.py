@@ -62,12 +62,7 @@ def aggregate_pools(
     return aggregated, {pool: n_assignments(f) for pool, f in frames.items()}
 
 
-@flow(
-    name=CATALOGUE_FLOW,
-    on_failure=[close_pools_hook],
-    on_cancellation=[close_pools_hook],
-    on_crashed=[close_pools_hook],
-)
+@flow(name=CATALOGUE_FLOW, **CLOSES_POOLS)
 @locked_run("catalogue_key")
 def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSummary:
     """Label the catalogue's new items (if any) in one round, re-cluster with all labels, evaluate.

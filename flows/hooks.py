@@ -37,3 +37,11 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         log.warning("no Toloka token: nothing could have been opened, nothing to close")
     except Exception as exc:  # a hook must never hide the original failure
         log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)
+
+
+# `@flow(name=..., **CLOSES_POOLS)`: the run's pools are closed however it ends short of completion.
+CLOSES_POOLS: dict[str, Any] = {
+    "on_failure": [close_pools_hook],
+    "on_cancellation": [close_pools_hook],
+    "on_crashed": [close_pools_hook],
+}

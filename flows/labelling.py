@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from prefect import flow, get_run_logger
 
-from flows.hooks import close_pools_hook
+from flows.hooks import CLOSES_POOLS
 from tasks import artifacts, budget, hits, preflight, results, setup, wait
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
@@ -62,12 +62,7 @@ def collect_labels(
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 
 
-@flow(
-    name="crowdclust-labelling",
-    on_failure=[close_pools_hook],
-    on_cancellation=[close_pools_hook],
-    on_crashed=[close_pools_hook],
-)
+@flow(name="crowdclust-labelling", **CLOSES_POOLS)
 @locked_run()
 def labelling(params: PipelineParams) -> Labelled:
     """Label the dataset with the crowd; returns Toloka ids, the export path, costs and coverage."""

@@ -32,14 +32,9 @@ MAX_SPEND = 3.0
 @pytest.fixture(scope="module")
 def emu():
     settings = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, speed=3000.0)
-    with run_in_background(settings) as running:
-        previous = os.environ.get("TOLOKA_TOKEN")
-        os.environ["TOLOKA_TOKEN"] = running.token
+    with run_in_background(settings) as running, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TOLOKA_TOKEN", running.token)
         yield running
-        if previous is None:
-            os.environ.pop("TOLOKA_TOKEN", None)
-        else:
-            os.environ["TOLOKA_TOKEN"] = previous
 
 
 @pytest.fixture(scope="module")
