@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_export
 from flows.evaluate import evaluate_clusters
-from flows.hooks import CATALOGUE_FLOW, close_pools_hook
+from flows.hooks import CATALOGUE_FLOW, CLOSES_POOLS
 from flows.labelling import collect_labels
 from tasks import artifacts, budget, dataset, hits, report, results, rounds
 from tasks.export_format import n_assignments
