@@ -47,7 +47,7 @@ def collect_labels(
     ids = setup.setup_labelling_task(
         params.toloka, run_key, bundle, values, params.exam.skill_name, main_pool_role
     )
-    setup.verify_labelling_task(params.toloka, run_key, ids, main_pool_role)
+    preflight.verify_labelling_task(params.toloka, run_key, ids, main_pool_role)
     setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits)
     period = params.wait.period(params.toloka.environment)
     waited = wait.wait_labelling_task.with_options(retries=params.wait.retries)(

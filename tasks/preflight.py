@@ -1,17 +1,22 @@
-"""Checks a run must pass before anything is planned, created on Toloka or paid.
+"""Checks a run must pass before anything is planned, created on Toloka or paid, or used again.
 
 Every problem here is a data or configuration error of the user's (the dataset, the HIT design,
 the exam suites, the budget): `crowdclust run` reports it as one line and exits 2, and the flows
-call the same checks so that a run started from the Prefect UI stops just as early.
+call the same checks so that a run started from the Prefect UI stops just as early. Cached
+Toloka ids are checked on every run too (`verify_labelling_task`): they must still name this run's
+objects before anything is uploaded to them or paid through them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks import budget, dataset
+from tasks import budget, dataset, setup
 from tasks.hits import HitPlanError
-from tasks.params import PipelineParams
+from tasks.params import PipelineParams, TolokaTarget
+from tasks.stage import stage_task
+from tasks.stages import LabellingIds
+from tasks.toloka_api import RunRegistry
 from tasks.toloka_config import FILES, TolokaBundle, TolokaConfigError, load_bundle
 
 
@@ -46,6 +51,12 @@ def check_run(params: PipelineParams) -> Checked:
     costs = budget.estimate_labelling(params, bundle, budget.planned_hits(len(items), params))
     budget.check_budget(costs, params.budget.max_spend)
     return Checked(items, bundle)
+
+
+@stage_task(name="verify-ids", toloka=True, cache=False)
+def verify_labelling_task(target: TolokaTarget, run_key: str, ids: LabellingIds, main_pool_role: str) -> None:
+    """Never cached: check that the (possibly cached) ids still name this run's objects."""
+    RunRegistry.connect(target, run_key).verify(setup.owned_labelling(ids, main_pool_role))
 
 
 DATA_ERRORS: tuple[type[Exception], ...] = (

@@ -103,12 +103,6 @@ def owned_labelling(ids: LabellingIds, main_pool_role: str = MAIN_POOL) -> list[
     ]
 
 
-@stage_task(name="verify-ids", toloka=True, cache=False)
-def verify_labelling_task(target: TolokaTarget, run_key: str, ids: LabellingIds, main_pool_role: str) -> None:
-    """Never cached: check that the (possibly cached) ids still name this run's objects."""
-    RunRegistry.connect(target, run_key).verify(owned_labelling(ids, main_pool_role))
-
-
 @stage_task(name="upload-hits", code=CODE, toloka=True)
 def upload_hits_task(target: TolokaTarget, run_key: str, pool_id: str, hits: list[list[str]]) -> int:
     """Upload the HIT plan to the main pool (only the suites it does not hold yet)."""

@@ -31,7 +31,7 @@ MAX_SPEND = 3.0
 
 @pytest.fixture(scope="module")
 def emu():
-    settings = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, speed=3000.0)
+    settings = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, speed=600.0)
     with run_in_background(settings) as running, pytest.MonkeyPatch.context() as patch:
         patch.setenv("TOLOKA_TOKEN", running.token)
         yield running
@@ -179,7 +179,7 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_fails_at_once
     finally:
         if first.poll() is None:
             first.kill()
-        emu.control("config", method="POST", speed=3000.0)
+        emu.control("config", method="POST", speed=600.0)
     assert first.returncode == 143, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0], err
@@ -199,7 +199,7 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
     from prefect import flow
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
-    from tasks import setup
+    from tasks import preflight, setup
     from tasks.toloka_api import RunRegistry, StaleRunError
     from tasks.toloka_config import Placeholders, load_bundle
 
@@ -210,7 +210,7 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
     @flow
     def set_up() -> Any:
         ids = setup.setup_labelling_task(params.toloka, "faults-stale", bundle, values, "Stale")
-        setup.verify_labelling_task(params.toloka, "faults-stale", ids, setup.MAIN_POOL)
+        preflight.verify_labelling_task(params.toloka, "faults-stale", ids, setup.MAIN_POOL)
         return ids
 
     with run_in_background(EmulatorSettings(port=0, token=TOKEN, catalogue_size=30)) as first:
