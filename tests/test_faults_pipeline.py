@@ -166,7 +166,7 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_fails_at_once
     emu.control("config", method="POST", speed=20.0)  # a wait that lasts: the signal lands mid-wait
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             pools = _objects(emu, key)["pools"]
             if "main-pool" in pools and str(pools["main-pool"].status.value) == "OPEN":
@@ -176,7 +176,7 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_fails_at_once
         else:
             pytest.fail("the main pool never opened")
 
-        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 1 and "already running" in second.stderr, second.stderr
         assert _objects(emu, key)["open"], "the second run's failure closed the first run's pools"
 

@@ -132,11 +132,11 @@ def run(
     except PlatformUnreachable as error:
         raise _fail(str(error), 1, debug) from None
 
-    from flows.pipeline import crowdclust_pipeline
-
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        with run_lock(params.toloka, params.resolved_run_key):
+        with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
+            from flows.pipeline import crowdclust_pipeline
+
             summary = crowdclust_pipeline(params)
     except KeyboardInterrupt as stop:
         name, code = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("SIGINT", 130)
