@@ -25,12 +25,13 @@ from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_export
 from flows.evaluate import evaluate_clusters
-from flows.hooks import CATALOGUE_FLOW, close_pools_hook
+from flows.hooks import CATALOGUE_FLOW, CLOSES_POOLS
 from flows.labelling import collect_labels
 from tasks import artifacts, budget, dataset, hits, report, results, rounds
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
+from tasks.run_lock import locked_run
 from tasks.stages import Aggregated, CatalogueInfo, Cost, HitPlan, RunSummary
 from tasks.toloka_api import resolve_token
 
@@ -61,7 +62,8 @@ def aggregate_pools(
     return aggregated, {pool: n_assignments(f) for pool, f in frames.items()}
 
 
-@flow(name=CATALOGUE_FLOW, on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
+@flow(name=CATALOGUE_FLOW, **CLOSES_POOLS)
+@locked_run("catalogue_key")
 def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSummary:
     """Label the catalogue's new items (if any) in one round, re-cluster with all labels, evaluate.
 

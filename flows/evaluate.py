@@ -12,11 +12,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.hooks import close_pools_hook
+from flows.hooks import CLOSES_POOLS
 from tasks import artifacts, budget, intruders
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
+from tasks.run_lock import locked_run
 from tasks.stages import Evaluation
 from tasks.toloka_api import RunRegistry, make_client
 from tasks.toloka_config import Placeholders, load_bundle
@@ -32,7 +33,8 @@ def labelling_skill(params: PipelineParams) -> str:
     return skill
 
 
-@flow(name="crowdclust-evaluate", on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
+@flow(name="crowdclust-evaluate", **CLOSES_POOLS)
+@locked_run()
 def evaluate_clusters(
     params: PipelineParams, clusters_csv: Path | None = None, skill_id: str | None = None
 ) -> Evaluation:

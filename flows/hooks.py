@@ -1,8 +1,10 @@
-"""Failure and cancellation hooks: close the pools and trainings the failed run left open.
+"""Failure, cancellation and crash hooks: close the pools and trainings the run left open.
 
 Stateless on purpose: the hook rebuilds the run key from the flow run's parameters and has the
 run's `RunRegistry` close every open pool/training tagged with it, so it also works for a process
-that crashed mid-wait and was re-run, and never touches objects of other runs.
+that crashed mid-wait and was re-run, and never touches objects of other run keys. It closes only
+while holding the run key's lock: when another live run of the same key holds it (this run failed
+because the key was busy), that run's pools are left alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from prefect.logging.loggers import flow_run_logger
 
 from tasks.params import PipelineParams
+from tasks.run_lock import RunKeyBusy, run_lock
 from tasks.toloka_api import MissingTokenError, RunRegistry, make_client
 
 CATALOGUE_FLOW = "crowdclust-catalogue"  # keyed by the catalogue key, not the content-derived run key
@@ -25,9 +28,20 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     try:
         params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
         key = params.catalogue_key if flow.name == CATALOGUE_FLOW else params.resolved_run_key
-        closed = RunRegistry(make_client(params.toloka), key).close_open()
+        with run_lock(params.toloka, key):
+            closed = RunRegistry(make_client(params.toloka, retries=1), key).close_open()
         log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed or "nothing")
+    except RunKeyBusy:
+        log.warning("run key busy with another live run: its pools stay open")
     except MissingTokenError:
         log.warning("no Toloka token: nothing could have been opened, nothing to close")
     except Exception as exc:  # a hook must never hide the original failure
         log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)
+
+
+# `@flow(name=..., **CLOSES_POOLS)`: the run's pools are closed however it ends short of completion.
+CLOSES_POOLS: dict[str, Any] = {
+    "on_failure": [close_pools_hook],
+    "on_cancellation": [close_pools_hook],
+    "on_crashed": [close_pools_hook],
+}

@@ -10,13 +10,14 @@ from dataclasses import replace
 
 from prefect import flow, get_run_logger
 
-from flows.hooks import close_pools_hook
-from tasks import artifacts, budget, dataset, hits, results, setup, wait
+from flows.hooks import CLOSES_POOLS
+from tasks import artifacts, budget, hits, preflight, results, setup, wait
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
+from tasks.run_lock import locked_run
 from tasks.stages import HitPlan, Labelled
-from tasks.toloka_api import resolve_token
+from tasks.toloka_api import probe
 from tasks.toloka_config import Placeholders, load_bundle
 
 
@@ -40,32 +41,42 @@ def collect_labels(
 
     costs = budget.estimate_labelling(params, bundle, len(plan.hits))
     covers = ("exam-pool", main_pool_role, budget.INTRUDER_POOLS)
-    budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
+    before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
 
     values = Placeholders.of(params)
     ids = setup.setup_labelling_task(
         params.toloka, run_key, bundle, values, params.exam.skill_name, main_pool_role
     )
+    preflight.verify_labelling_task(params.toloka, run_key, ids, main_pool_role)
     setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits)
     period = params.wait.period(params.toloka.environment)
     waited = wait.wait_labelling_task.with_options(retries=params.wait.retries)(
-        params.toloka, ids, bundle, params.exam.n_exams, period, params.wait.timeout_seconds
+        params.toloka,
+        ids,
+        bundle,
+        params.exam.n_exams,
+        period,
+        params.wait.timeout_seconds,
+        budget.SpendGuard.of(params, before),
     )
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 
 
-@flow(name="crowdclust-labelling", on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
+@flow(name="crowdclust-labelling", **CLOSES_POOLS)
+@locked_run()
 def labelling(params: PipelineParams) -> Labelled:
     """Label the dataset with the crowd; returns Toloka ids, the export path, costs and coverage."""
     logger = get_run_logger()
     run_key = params.resolved_run_key
     folder = RunFolder.of(params).create()
-    items = dataset.load_dataset(params.dataset)["image"].tolist()
+    items = preflight.check_run(params).items  # data errors stop here, before anything is created
     logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)
-    resolve_token(params.toloka)  # fail before anything is planned or created when there is no token
+    probe(params.toloka)  # no token, a wrong one or no platform: fail before anything is created
 
     labelled = collect_labels(params, run_key, hits.make_plan(items, params.hits, params.seed), folder)
     export = results.export_task(params.toloka, labelled.ids.main_pool, labelled.wait)
     path = folder.write_export(export, "main")
     logger.info("raw export: %s (%d rows)", path, len(export))
+    if labelled.wait.stopped:
+        raise budget.SpendGuardStopped(f"{labelled.wait.stopped}; accepted answers: {path}")
     return replace(labelled, export_path=path, n_assignments=n_assignments(export))

@@ -13,15 +13,17 @@ from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_export
 from flows.evaluate import evaluate_clusters
-from flows.hooks import close_pools_hook
+from flows.hooks import CLOSES_POOLS
 from flows.labelling import labelling
 from tasks import budget, report
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
+from tasks.run_lock import locked_run
 from tasks.stages import Cost, RunSummary
 
 
-@flow(name="crowdclust-pipeline", on_failure=[close_pools_hook], on_cancellation=[close_pools_hook])
+@flow(name="crowdclust-pipeline", **CLOSES_POOLS)
+@locked_run()
 def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     """Cluster `params.dataset` with the crowd end to end; returns the summary (also in summary.json)."""
     clock = report.Stopwatch()

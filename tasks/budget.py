@@ -12,19 +12,25 @@ evaluation and every later catalogue round share one budget.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prefect import get_run_logger
 
 from tasks.params import PipelineParams, TolokaTarget
 from tasks.stage import stage_task
-from tasks.stages import CostEstimate, Evaluation, Labelled
+from tasks.stages import CostEstimate, Evaluation, Labelled, PoolStats
 from tasks.toloka_api import RunRegistry
-from tasks.toloka_config import TolokaBundle, overlap_raise
+from tasks.toloka_config import TolokaBundle, check_overlap_rules, overlap_raise
 
 INTRUDER_POOLS = "intruders-pool-"  # role prefix of intruder pools (one per evaluated clustering)
 
 
 class BudgetExceeded(RuntimeError):
     """The stage would cost more than what is left of `budget.max_spend`; nothing has been opened or paid."""
+
+
+class SpendGuardStopped(RuntimeError):
+    """The spend guard closed the main pool before completion; what was accepted has been exported."""
 
 
 def pool_cost(suites: int, overlap: int, reward: float, fee_rate: float) -> float:
@@ -34,13 +40,42 @@ def pool_cost(suites: int, overlap: int, reward: float, fee_rate: float) -> floa
 def estimate_labelling(params: PipelineParams, bundle: TolokaBundle, n_main_suites: int) -> CostEstimate:
     """Labelling with `n_main_suites` HITs, its exams, and (when enabled) the intruder evaluation after it."""
     fee = params.budget.fee_rate
-    main = pool_cost(
-        n_main_suites, params.hits.overlap + overlap_raise(bundle.main_pool), params.hits.reward, fee
-    )
+    main = pool_cost(n_main_suites, main_overlap(params, bundle), params.hits.reward, fee)
     exam_overlap = params.exam.expected_workers + overlap_raise(bundle.exam_pool)
-    exam = pool_cost(params.exam.n_exams, exam_overlap, params.exam.reward, fee)
+    # Every exam suite of the config is uploaded (a worker may take more than n_exams of them).
+    exam = pool_cost(len(bundle.exam_suites), exam_overlap, params.exam.reward, fee)
     intruders = estimate_intruders(params, bundle, params.intruders.n_hits).intruders
     return CostEstimate(main=main, exam=exam, intruders=intruders if params.intruders.enabled else 0.0)
+
+
+def main_overlap(params: PipelineParams, bundle: TolokaBundle) -> int:
+    """The most paid answers one main-pool HIT can get (refuses chaining rules or ones past max_overlap)."""
+    path = params.toloka_dir / "main_pool.json"
+    return check_overlap_rules(path, bundle.main_pool, params.hits.overlap, params.hits.max_overlap)
+
+
+def planned_hits(n_items: int, params: PipelineParams) -> int:
+    """How many HITs a plan of `n_items` will have, without planning it (both designs cut the same)."""
+    return max(-(-n_items * params.hits.hits_per_item // params.hits.size), 1)
+
+
+def check_plan_size(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> None:
+    """Refuse a plan whose main pool alone would cost more than max_spend, before it is planned.
+
+    `hits_per_item: 100000` on 82 images would plan 820,000 HITs for half a minute and only then
+    meet the budget check; this arithmetic says no at once.
+    """
+    n_hits = planned_hits(n_items, params)
+    fee = params.budget.fee_rate
+    cost = pool_cost(n_hits, main_overlap(params, bundle), params.hits.reward, fee)
+    if cost > params.budget.max_spend:
+        per_hit = pool_cost(1, main_overlap(params, bundle), params.hits.reward, fee)
+        most = int(params.budget.max_spend // per_hit * params.hits.size // max(n_items, 1))
+        raise BudgetExceeded(
+            f"hits.hits_per_item {params.hits.hits_per_item} on {n_items} images needs {n_hits} HITs, "
+            f"${cost:.2f} for the main pool alone: exceeds budget.max_spend ${params.budget.max_spend:.2f} "
+            f"(at most hits_per_item {most} fits); nothing was planned or opened"
+        )
 
 
 def estimate_intruders(params: PipelineParams, bundle: TolokaBundle, n_hits: int) -> CostEstimate:
@@ -85,6 +120,51 @@ def check_budget_task(
     )
     check_budget(costs, max_spend, before)
     return before
+
+
+@dataclass(frozen=True)
+class SpendGuard:
+    """The live money bound of a wait: what the waited pools may still cost, and their prices.
+
+    `limit` is max_spend less what the run key's other pools cost when the stage started. The wait
+    closes the pool once what Toloka charged, plus what is still in flight, could pass it: what was
+    accepted until then is kept and exported, nothing more is paid.
+    """
+
+    limit: float
+    max_spend: float
+    price: float  # one main-pool assignment with the fee
+    exam_price: float  # one exam assignment with the fee
+    overlap: int
+
+    @classmethod
+    def of(cls, params: PipelineParams, spent_before: float) -> SpendGuard:
+        fee = 1.0 + params.budget.fee_rate
+        return cls(
+            limit=round(params.budget.max_spend - spent_before, 4),
+            max_spend=params.budget.max_spend,
+            price=round(params.hits.reward * fee, 6),
+            exam_price=round(params.exam.reward * fee, 6),
+            overlap=params.hits.overlap,
+        )
+
+    def spent(self, stats: PoolStats, exams_accepted: int) -> float:
+        """Charged so far: Toloka's spent_budget, else accepted answers x price (main + exams)."""
+        main = stats.spent_budget
+        if main is None:
+            main = (stats.approved_assignments_count or stats.submitted_assignments_count or 0) * self.price
+        return round(main + exams_accepted * self.exam_price, 4)
+
+    def stop_reason(self, spent_now: float, step: float) -> str | None:
+        """Why to close now, or None. In flight: twice the last tick's spend plus one HIT's overlap."""
+        in_flight = 2 * max(step, 0.0) + self.price * self.overlap
+        if spent_now + in_flight <= self.limit:
+            return None
+        return (
+            f"spend guard: ${spent_now:.2f} charged and about ${in_flight:.2f} in flight would pass the "
+            f"${self.limit:.2f} left of budget.max_spend ${self.max_spend:.2f}; the main pool was closed "
+            "and its accepted answers kept. Raise budget.max_spend and run again to finish it"
+        )
 
 
 def spent(params: PipelineParams, labelled: Labelled | None, evaluated: Evaluation | None) -> float:

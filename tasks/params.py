@@ -75,6 +75,19 @@ class HitParams(_Model):
         "`seed`: the notebook's scheme (one anchor image per HIT plus random others).",
     )
     reward: float = Field(0.02, gt=0, description="Reward per main-pool assignment, USD.")
+    max_overlap: int | None = Field(
+        None,
+        ge=1,
+        description="Most paid answers a HIT may get once the main pool's quality-control rules raised "
+        "its overlap (default: `overlap` + what the rules add once). A rule set that can exceed it, or "
+        "that can chain (answer-count restriction -> overlap increase), is refused before anything opens.",
+    )
+
+    @model_validator(mode="after")
+    def _max_overlap_covers_overlap(self) -> HitParams:
+        if self.max_overlap is not None and self.max_overlap < self.overlap:
+            raise ValueError(f"max_overlap {self.max_overlap} is below overlap {self.overlap}")
+        return self
 
 
 class ExamParams(_Model):
@@ -121,7 +134,10 @@ class BudgetParams(_Model):
     """Money guard, checked before any pool opens."""
 
     max_spend: float = Field(
-        50.0, ge=0, description="Refuse to open pools whose estimated cost exceeds this, USD."
+        50.0,
+        ge=0,
+        description="Budget of the run key, USD: refuse to open pools whose estimate exceeds what is left "
+        "of it, and close the main pool while waiting before what Toloka charged would exceed it.",
     )
     fee_rate: float = Field(0.3, ge=0, description="Platform fee as a fraction of rewards.")
 

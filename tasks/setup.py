@@ -12,7 +12,7 @@ from prefect import get_run_logger
 from tasks.params import TolokaTarget
 from tasks.stage import stage_task
 from tasks.stages import IntruderIds, LabellingIds
-from tasks.toloka_api import RunRegistry, suites_of
+from tasks.toloka_api import Owned, RunRegistry, suites_of
 from tasks.toloka_config import Placeholders, TolokaBundle
 
 CODE = ("tasks.toloka_api", "tasks.toloka_config")
@@ -89,6 +89,18 @@ def setup_labelling_task(
     ids = setup_labelling(RunRegistry.connect(target, run_key), bundle, values, skill_name, main_pool_role)
     get_run_logger().info("labelling objects: %s", ids)
     return ids
+
+
+def owned_labelling(ids: LabellingIds, main_pool_role: str = MAIN_POOL) -> list[Owned]:
+    """The labelling ids with the role the run's tag shows on each."""
+    return [
+        Owned("project", ids.exam_project, "exam-project"),
+        Owned("training", ids.training, "exam-training"),
+        Owned("skill", ids.skill, "skill"),
+        Owned("pool", ids.exam_pool, "exam-pool"),
+        Owned("project", ids.main_project, "main-project"),
+        Owned("pool", ids.main_pool, main_pool_role),
+    ]
 
 
 @stage_task(name="upload-hits", code=CODE, toloka=True)

@@ -90,13 +90,20 @@ class StageCache(CachePolicy):
     """Prefect cache policy of `stage_task`: task name + source of its code + stable inputs."""
 
     modules: tuple[str, ...] = ()
+    who: bool = False  # a Toloka stage: its key also holds who is asking (see `requester_digest`)
 
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
         if task_ctx is None:
             return None
-        return stage_key(task_ctx.task.fn, inputs, self.modules)
+        key = stage_key(task_ctx.task.fn, inputs, self.modules)
+        target = inputs.get("target")
+        if key is None or not self.who or target is None:
+            return key
+        from tasks.toloka_api import requester_digest
+
+        return hashlib.sha256(f"{key}\0{requester_digest(target)}".encode()).hexdigest()
 
 
 def only_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -121,7 +128,8 @@ def stage_task(
         name: the task's name in the UI and the logs.
         code: modules or packages (import names) whose source the result depends on, besides the
             module that defines the task.
-        toloka: the task talks to Toloka: retry transient errors (5xx, 429, network) with backoff.
+        toloka: the task talks to Toloka: retry transient errors (5xx, 429, network) with backoff,
+            and key its cache by who is asking as well (a hash of the token's requester id).
         cache: persist the result and reuse it for the same inputs and code; False for a stage
             that is the question of each run (e.g. "which rounds exist now").
         options: other `prefect.task` options.
@@ -130,7 +138,7 @@ def stage_task(
     def wrap(fn: F) -> F:
         opts: dict[str, Any] = {"cache_policy": NO_CACHE}
         if cache:
-            opts = {"cache_policy": StageCache(modules=code), "persist_result": True}
+            opts = {"cache_policy": StageCache(modules=code, who=toloka), "persist_result": True}
         if toloka:
             opts.update(
                 retries=3,

@@ -127,6 +127,7 @@ class LabellingWait:
     skills: dict[str, float]  # worker -> skill value sent
     spent_main: float | None
     spent_exam: float | None
+    stopped: str = ""  # why the spend guard closed the main pool before completion ("" = completed)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ with warnings.catch_warnings():
     )
     from toloka.client.exceptions import (
         ApiError,
+        DoesNotExistApiError,
         InternalApiError,
         RemoteServiceUnavailableApiError,
         TooManyRequestsApiError,
@@ -56,9 +57,11 @@ __all__ = [
     "ApiError",
     "MissingTokenError",
     "Opening",
+    "PlatformUnreachable",
     "Pool",
     "Project",
     "RunRegistry",
+    "StaleRunError",
     "Task",
     "TaskSuite",
     "TolokaClient",
@@ -71,6 +74,8 @@ __all__ = [
     "open_all",
     "operation_id",
     "pool_stats",
+    "probe",
+    "requester_digest",
     "resolve_token",
     "status_of",
     "suites_of",
@@ -145,6 +150,69 @@ def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
     if url:
         return TolokaClient(token, url=url, retries=retries)
     return TolokaClient(token, environment=target.environment.upper(), retries=retries)
+
+
+_requesters: dict[tuple[str | None, str], str] = {}
+
+
+class PlatformUnreachable(RuntimeError):
+    """The Toloka URL does not answer (or refuses the token): nothing was created."""
+
+
+def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
+    """Ask who the token belongs to, once, quickly; returns `requester_digest`.
+
+    Run before anything else so that a stopped emulator, a wrong URL or a wrong token is one
+    clear line within about `attempts x timeout` seconds (15 s by default) instead of minutes of
+    retried stages.
+    """
+    token = resolve_token(target).get_secret_value()
+    url = endpoint(target) or f"Toloka {target.environment}"
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            if url.startswith("http"):
+                client = TolokaClient(token, url=url, retries=0, timeout=timeout)
+            else:
+                client = TolokaClient(
+                    token, environment=target.environment.upper(), retries=0, timeout=timeout
+                )
+            requester = client.get_requester()
+        except ApiError as exc:
+            if exc.status_code in (401, 403):
+                raise PlatformUnreachable(
+                    f"{url} refused the token ({exc.status_code} {exc.code}): check TOLOKA_TOKEN or the "
+                    f"Secret block '{target.token_secret_block}'"
+                ) from None
+            last = exc
+        except (*TRANSIENT, OSError) as exc:
+            last = exc
+        else:
+            digest = hashlib.sha256(f"requester:{requester.id}".encode()).hexdigest()[:16]
+            _requesters[_slot(target, token)] = digest
+            return digest
+        if attempt < attempts - 1:
+            time.sleep(min(2.0**attempt, 4.0))
+    raise PlatformUnreachable(
+        f"cannot reach Toloka at {url} ({type(last).__name__} after {attempts} tries): start it "
+        "(`crowdclust emulator` for a local run) or fix toloka.url / --url, then run the same "
+        "command again (or Retry the flow run)"
+    )
+
+
+def _slot(target: TolokaTarget, token: str) -> tuple[str | None, str]:
+    return (endpoint(target) or target.environment, hashlib.sha256(token.encode()).hexdigest())
+
+
+def requester_digest(target: TolokaTarget) -> str:
+    """A hash of the id of the requester the token belongs to (never the token): who is asking.
+
+    Part of the cache key of every Toloka stage, so results cached for one account are never
+    handed to another, and a wrong token fails at its first call instead of hitting a warm cache.
+    Asked once per process and token (`probe`).
+    """
+    known = _requesters.get(_slot(target, resolve_token(target).get_secret_value()))
+    return known if known is not None else probe(target)
 
 
 # ------------------------------------------------------------------------------------ object states
@@ -287,6 +355,19 @@ def _structured(cls: Any, specs: list[dict[str, Any]], pool_id: str) -> list[Any
         obj.pool_id = pool_id
         objects.append(obj)
     return objects
+
+
+class StaleRunError(RuntimeError):
+    """A cached id no longer names this run's object on the platform (gone, or tagged otherwise)."""
+
+
+@dataclass(frozen=True)
+class Owned:
+    """An id a stage cached, with the kind and role the run's tag must show on it."""
+
+    kind: str  # "project" | "training" | "pool" | "skill"
+    id: str
+    role: str
 
 
 @dataclass
@@ -449,6 +530,33 @@ class RunRegistry:
         requests = [SpentBudgetPoolAnalytics(subject_id=p.id) for p in pools]
         batches = [requests[i : i + ANALYTICS_BATCH] for i in range(0, len(requests), ANALYTICS_BATCH)]
         return round(sum(v or 0.0 for batch in batches for v in _analytics(self.client, batch)), 4)
+
+    def verify(self, owned: Iterable[Owned]) -> None:
+        """Check every cached id against the platform: it exists and carries this run's tag.
+
+        A 404 or another tag means the platform lost this run's objects (a reset, another
+        account, ids reused by someone else's run): never use them, say how to start anew.
+        """
+        getters: dict[str, Callable[[str], Any]] = {
+            "project": self.client.get_project,
+            "training": self.client.get_training,
+            "pool": self.client.get_pool,
+            "skill": self.client.get_skill,
+        }
+        for item in owned:
+            try:
+                obj = getters[item.kind](item.id)
+            except DoesNotExistApiError:
+                problem = "not found"
+            else:
+                if self._has_tag(obj, self.tag(item.role)):
+                    continue
+                problem = f"it does not carry the tag {self.tag(item.role)}"
+            raise StaleRunError(
+                f"the platform no longer has this run's objects ({item.kind} {item.id} of run key "
+                f"{self.run_key}: {problem}); run again with --fresh to recreate them "
+                "(nothing of another run is used)"
+            )
 
     def close_open(self) -> list[str]:
         """Close every open pool and training of the run (failure and cancellation hooks)."""

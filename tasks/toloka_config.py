@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,8 @@ def load_bundle(folder: Path) -> TolokaBundle:
             if not isinstance(item, dict):
                 raise TolokaConfigError(f"{where}: expected a JSON object")
             _check_costs(role, item, where)
+            if role in COST_FIELDS:
+                check_overlap_rules(path, item, 0, None)  # refuses chains at load time
             probe = fill(item, _PROBE.mapping(), strict=False)
             try:
                 CLASSES[role].structure(probe)
@@ -197,26 +200,84 @@ def _check_costs(role: str, item: dict[str, Any], where: str) -> None:
                 )
 
 
+def _overlap_rules(pool_spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, collector type, rule) of every CHANGE_OVERLAP rule of a pool spec."""
+    for i, config in enumerate((pool_spec.get("quality_control") or {}).get("configs") or []):
+        collector = str((config.get("collector_config") or {}).get("type"))
+        for j, rule in enumerate(config.get("rules") or []):
+            if (rule.get("action") or {}).get("type") == "CHANGE_OVERLAP":
+                yield f"quality_control.configs[{i}].rules[{j}]", collector, rule
+
+
+def _condition(rule: dict[str, Any], key: str) -> Any:
+    return next((c.get("value") for c in rule.get("conditions") or [] if c.get("key") == key), None)
+
+
+def _replaces_rejected(rule: dict[str, Any]) -> bool:
+    """Triggered by a rejected (unpaid) assignment: the replacement does not raise what a suite costs."""
+    return _condition(rule, "assessment_event") == "REJECT"
+
+
 def overlap_raise(pool_spec: dict[str, Any]) -> int:
     """How much the pool's quality-control rules may add to a suite's paid overlap.
 
     Every CHANGE_OVERLAP rule counts its delta once per suite, except one triggered by a rejected
     assignment (`assessment_event == REJECT`): a rejected assignment is not paid, so its
-    replacement does not raise what the suite costs.
+    replacement does not raise what the suite costs. Rule sets that can add more than that (chains)
+    are refused by `check_overlap_rules`.
     """
-    extra = 0
-    for config in (pool_spec.get("quality_control") or {}).get("configs") or []:
-        for rule in config.get("rules") or []:
-            action = rule.get("action") or {}
-            if action.get("type") != "CHANGE_OVERLAP":
-                continue
-            conditions = rule.get("conditions") or []
-            replaces_rejected = any(
-                c.get("key") == "assessment_event" and c.get("value") == "REJECT" for c in conditions
+    return sum(
+        int((rule.get("action") or {}).get("parameters", {}).get("delta", 0))
+        for _, _, rule in _overlap_rules(pool_spec)
+        if not _replaces_rejected(rule)
+    )
+
+
+def _restricts_by_answer_count(pool_spec: dict[str, Any]) -> bool:
+    """An ANSWER_COUNT rule that takes access away: every extra answer brings it closer."""
+    return any(
+        (config.get("collector_config") or {}).get("type") == "ANSWER_COUNT"
+        and any(
+            (rule.get("action") or {}).get("type") in ("RESTRICTION", "RESTRICTION_V2")
+            for rule in config.get("rules") or []
+        )
+        for config in (pool_spec.get("quality_control") or {}).get("configs") or []
+    )
+
+
+def check_overlap_rules(path: Path, pool_spec: dict[str, Any], overlap: int, max_overlap: int | None) -> int:
+    """Refuse CHANGE_OVERLAP rules that can chain into runaway overlap; return the worst paid overlap.
+
+    A chain: an overlap increase whose new answers can trigger the same increase again, without
+    bound. Two shapes do: a rule on accepted assignments (every paid answer buys another), and an
+    increase on a revoked worker (USERS_ASSESSMENT) in a pool that restricts workers by their
+    number of answers (ANSWER_COUNT), because the replacements' answers push more workers over the
+    count. Under faults or latency the crowd hands out more assignments per worker, and such a
+    pool went from overlap 7 to 45. `max_overlap` (when set) bounds the rest.
+    """
+    for where, collector, rule in _overlap_rules(pool_spec):
+        if _replaces_rejected(rule):
+            continue
+        chain = (
+            collector == "ASSIGNMENTS_ASSESSMENT" and _condition(rule, "assessment_event") != "REJECT"
+        ) or (collector == "USERS_ASSESSMENT" and _restricts_by_answer_count(pool_spec))
+        if chain:
+            cause = (
+                "every accepted answer raises the overlap again"
+                if collector == "ASSIGNMENTS_ASSESSMENT"
+                else "the ANSWER_COUNT restriction fires again on the replacement answers"
             )
-            if not replaces_rejected:
-                extra += int((action.get("parameters") or {}).get("delta", 0))
-    return extra
+            raise TolokaConfigError(
+                f"{path}: {where} ({collector} -> CHANGE_OVERLAP) can chain into runaway overlap: {cause}; "
+                "drop the rule (or the ANSWER_COUNT restriction) so that a HIT's paid overlap is bounded"
+            )
+    worst = overlap + overlap_raise(pool_spec)
+    if max_overlap is not None and worst > max_overlap:
+        raise TolokaConfigError(
+            f"{path}: quality-control rules may raise a HIT's overlap to {worst}, above hits.max_overlap "
+            f"{max_overlap}; raise hits.max_overlap or drop CHANGE_OVERLAP rules"
+        )
+    return worst
 
 
 def fill(obj: Any, values: dict[str, Any], strict: bool = True) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from prefect import get_run_logger
 
 from tasks.artifacts import ProgressReporter
+from tasks.budget import SpendGuard
 from tasks.exam import GatingState, gate_exams
 from tasks.params import TolokaTarget
 from tasks.stage import stage_task
@@ -32,7 +33,7 @@ from tasks.toloka_api import (
 )
 from tasks.toloka_config import TolokaBundle
 
-CODE = ("tasks.exam", "tasks.toloka_api", "tasks.toloka_config")
+CODE = ("tasks.budget", "tasks.exam", "tasks.toloka_api", "tasks.toloka_config")
 
 
 class WaitTimeout(RuntimeError):
@@ -43,6 +44,14 @@ class PoolStopped(RuntimeError):
     """The pool closed for a reason other than completion (balance, expiry, manual close)."""
 
 
+class SpendLimitReached(RuntimeError):
+    """The spend guard closed the pool; `stats` is its last poll (what was bought is kept)."""
+
+    def __init__(self, message: str, stats: PoolStats) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
 def wait_for_pool(
     client: TolokaClient,
     pool_id: str,
@@ -51,9 +60,14 @@ def wait_for_pool(
     timeout: float,
     on_tick: Callable[[], object] | None = None,
     report: Callable[[PoolStats], None] | None = None,
+    guard: Callable[[PoolStats], str | None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PoolStats:
-    """Poll `pool_id` until it completes. `on_tick` runs every tick and once after completion."""
+    """Poll `pool_id` until it completes. `on_tick` runs every tick and once after completion.
+
+    `guard` sees every poll of an open pool; when it gives a reason, the pool is closed at once and
+    `SpendLimitReached` carries the reason and the poll.
+    """
     started = time.monotonic()
     ticks = 0
     while True:
@@ -63,6 +77,10 @@ def wait_for_pool(
         stats = pool_stats(client, pool_id, ticks, round(time.monotonic() - started, 1))
         if report is not None:
             report(stats)
+        reason = guard(stats) if guard is not None and status_of(pool) == "OPEN" else None
+        if reason is not None:
+            client.close_pool(pool_id)
+            raise SpendLimitReached(reason, stats)
         if status_of(pool) != "OPEN":
             if not is_completed(pool):
                 raise PoolStopped(
@@ -84,8 +102,14 @@ def wait_labelling_task(
     n_exams: int,
     period: float,
     timeout: float,
+    spend: SpendGuard,
 ) -> LabellingWait:
-    """Open training, exam and main pool; poll with exam gating every tick; close training and exam."""
+    """Open training, exam and main pool; poll with exam gating every tick; close training and exam.
+
+    The spend guard closes the main pool before what Toloka charged for it and the exams could
+    pass what is left of max_spend; the wait then ends with `stopped` set and the accepted answers
+    are exported as usual.
+    """
     client = make_client(target)
     goldens = bundle.goldens()
     state = GatingState.empty()
@@ -96,8 +120,22 @@ def wait_labelling_task(
     def gate() -> None:
         totals[0] += gate_exams(client, ids.exam_pool, ids.skill, goldens, n_exams, state)
 
+    charged = [0.0]
+
+    def guard(stats: PoolStats) -> str | None:
+        now = spend.spent(stats, totals[0].accepted)
+        step, charged[0] = now - charged[0], now
+        return spend.stop_reason(now, step)
+
     report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}")
-    main = wait_for_pool(client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report)
+    stopped = ""
+    try:
+        main = wait_for_pool(
+            client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
+        )
+    except SpendLimitReached as limit:
+        main, stopped = limit.stats, str(limit)
+        get_run_logger().warning("%s", stopped)
     close_all(client, helpers)
     get_run_logger().info("exam gating: %s; %d workers hold a skill value", totals[0], len(state.sent))
     return LabellingWait(
@@ -106,4 +144,5 @@ def wait_labelling_task(
         skills=dict(state.sent),
         spent_main=main.spent_budget,
         spent_exam=pool_stats(client, ids.exam_pool).spent_budget,
+        stopped=stopped,
     )

@@ -157,11 +157,11 @@ def test_cost_estimate_and_guard():
     params = _params()
     bundle = load_bundle(params.toloka_dir)
     costs = budget.estimate_labelling(params, bundle, n_main_suites=82)
-    # The main and intruder pools raise a suite's overlap by one when a worker is restricted
-    # (CHANGE_OVERLAP); the exam pool's rule only replaces rejected (unpaid) answers.
-    assert costs.main == pytest.approx(82 * (7 + 1) * 0.02 * 1.3)
+    # The shipped pools have no rule that raises a paid overlap (the exam pool's CHANGE_OVERLAP
+    # only replaces rejected, unpaid answers), so every suite costs its overlap.
+    assert costs.main == pytest.approx(82 * 7 * 0.02 * 1.3)
     assert costs.exam == pytest.approx(3 * 100 * 0.01 * 1.3)
-    assert costs.intruders == pytest.approx(100 * (5 + 1) * 0.02 * 1.3)
+    assert costs.intruders == pytest.approx(100 * 5 * 0.02 * 1.3)
     assert costs.total == pytest.approx(costs.main + costs.exam + costs.intruders)
     budget.check_budget(costs, 100)
     with pytest.raises(budget.BudgetExceeded, match=r"exceeds budget.max_spend \$10.00.*No pool was opened"):

@@ -2,21 +2,67 @@
 
 Prefect is imported inside the command so the root CLI stays light (`crowdclust aggregate` must not
 pay for it).
+
+What the user sees when it goes wrong is one `error:` line and an exit code:
+
+- 2: the config or the data (dataset, HIT size, exam suites, overlap rules, budget), the token:
+  checked before anything is created or paid;
+- 1: the run failed (platform unreachable, the run key busy, the platform lost the run's
+  objects, the spend guard closed the main pool, ...): the line says what to do;
+- 130 / 143: interrupted by Ctrl-C / SIGTERM; the run's open pools were closed first.
+
+`--debug` shows the traceback as well.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
+import traceback
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from tasks.params import PipelineParams
 
 
 class Env(StrEnum):
     local = "local"
     sandbox = "sandbox"
     production = "production"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the flow run ends Crashed and its hooks run."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def _fail(message: str, code: int, debug: bool) -> typer.Exit:
+    if debug:
+        traceback.print_exc()
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _close_after_stop(params: PipelineParams) -> str:
+    """Close what the interrupted run left open (the crash hook does too; closing twice is a no-op)."""
+    from tasks.run_lock import run_lock
+    from tasks.toloka_api import RunRegistry, make_client
+
+    key = params.resolved_run_key
+    try:
+        with run_lock(params.toloka, key):
+            closed = RunRegistry(make_client(params.toloka, retries=1), key).close_open()
+    except Exception as exc:  # the platform may be what failed; say so, never hide the interruption
+        return f"could not close the pools of run key {key} ({type(exc).__name__})"
+    return f"closed {len(closed)} open pools/trainings of run key {key}"
 
 
 def run(
@@ -32,14 +78,27 @@ def run(
         str | None,
         typer.Option("--run-key", help="Tag of the Toloka objects; same key = resume the same objects."),
     ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Ignore cached stage results (e.g. after the platform lost this run's objects): every "
+            "stage runs again and looks its objects up by tag, creating those that are gone.",
+        ),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks with errors.")] = False,
 ) -> None:
     """Run the crowd-clustering flow end to end. The token comes from TOLOKA_TOKEN or a Secret block."""
+    import os
+
     from crowdclust.runtime import describe, prepare_prefect_env
 
     prepare_prefect_env()
+    if fresh:
+        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from tasks.params import ConfigError, load_params
 
-    overrides: dict = {}
+    overrides: dict[str, Any] = {}
     if env is not None:
         overrides["toloka"] = {"environment": env.value}
         if env is not Env.local and url is None:
@@ -51,15 +110,60 @@ def run(
     try:
         params = load_params(config, overrides)
     except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(error), 2, debug) from None
 
-    from flows.pipeline import crowdclust_pipeline
+    from tasks.budget import SpendGuardStopped
+    from tasks.preflight import DATA_ERRORS, check_run
+    from tasks.run_lock import RunKeyBusy, run_lock
+    from tasks.toloka_api import (
+        TRANSIENT,
+        MissingTokenError,
+        PlatformUnreachable,
+        StaleRunError,
+        endpoint,
+        probe,
+    )
 
     try:
-        summary = crowdclust_pipeline(params)
+        check_run(params)
+        probe(params.toloka)
+    except (*DATA_ERRORS, MissingTokenError) as error:
+        raise _fail(str(error), 2, debug) from None
+    except PlatformUnreachable as error:
+        raise _fail(str(error), 1, debug) from None
+
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
+            from flows.pipeline import crowdclust_pipeline
+
+            summary = crowdclust_pipeline(params)
+    except KeyboardInterrupt as stop:
+        name, code = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("SIGINT", 130)
+        done = _close_after_stop(params)
+        raise _fail(
+            f"interrupted by {name}: {done}; run the same command again to resume", code, debug
+        ) from None
+    except (RunKeyBusy, PlatformUnreachable, StaleRunError, SpendGuardStopped) as error:
+        raise _fail(str(error), 1, debug) from None  # each message says what to do next
+    except TRANSIENT as error:
+        where = endpoint(params.toloka) or f"Toloka {params.toloka.environment}"
+        raise _fail(
+            f"Toloka at {where} stopped answering ({type(error).__name__}) after the stage's retries: "
+            "check that it runs, then run the same command again (finished stages are reused)",
+            1,
+            debug,
+        ) from None
+    except (*DATA_ERRORS, MissingTokenError) as error:
+        raise _fail(str(error), 2, debug) from None
     except Exception as error:  # the flow run has the traceback; show the reason and how to resume
-        typer.echo(f"error: {type(error).__name__}: {error}", err=True)
-        typer.echo("Fix the cause and run the same command again: finished stages are reused.", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(
+            f"{type(error).__name__}: {error}. Fix the cause and run the same command again: "
+            "finished stages are reused",
+            1,
+            debug,
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     typer.echo(describe(summary))
+    sys.stdout.flush()

@@ -1,0 +1,67 @@
+"""Checks a run must pass before anything is planned, created on Toloka or paid, or used again.
+
+Every problem here is a data or configuration error of the user's (the dataset, the HIT design,
+the exam suites, the budget): `crowdclust run` reports it as one line and exits 2, and the flows
+call the same checks so that a run started from the Prefect UI stops just as early. Cached
+Toloka ids are checked on every run too (`verify_labelling_task`): they must still name this run's
+objects before anything is uploaded to them or paid through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks import budget, dataset, setup
+from tasks.hits import HitPlanError
+from tasks.params import PipelineParams, TolokaTarget
+from tasks.stage import stage_task
+from tasks.stages import LabellingIds
+from tasks.toloka_api import RunRegistry
+from tasks.toloka_config import FILES, TolokaBundle, TolokaConfigError, load_bundle
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the checks read: the dataset's image URLs and the Toloka configs."""
+
+    items: list[str]
+    bundle: TolokaBundle
+
+
+def check_exams(params: PipelineParams, bundle: TolokaBundle) -> None:
+    """A worker can only take as many exams as there are exam suites; more would never gate anyone."""
+    have = len(bundle.exam_suites)
+    if params.exam.n_exams > have:
+        raise TolokaConfigError(
+            f"exam.n_exams {params.exam.n_exams} exceeds the {have} exam suites of "
+            f"{params.toloka_dir / FILES['exam_suites']}: no worker could ever reach the skill"
+        )
+
+
+def check_run(params: PipelineParams) -> Checked:
+    """Dataset, HIT size, exam count, overlap rules and the plan's size against the budget."""
+    items = dataset.load_dataset(params.dataset)["image"].tolist()
+    if len(items) < params.hits.size:
+        raise HitPlanError(
+            f"{params.dataset}: {len(items)} images cannot fill a HIT of hits.size {params.hits.size}"
+        )
+    bundle = load_bundle(params.toloka_dir)
+    check_exams(params, bundle)
+    budget.check_plan_size(params, bundle, len(items))
+    costs = budget.estimate_labelling(params, bundle, budget.planned_hits(len(items), params))
+    budget.check_budget(costs, params.budget.max_spend)
+    return Checked(items, bundle)
+
+
+@stage_task(name="verify-ids", toloka=True, cache=False)
+def verify_labelling_task(target: TolokaTarget, run_key: str, ids: LabellingIds, main_pool_role: str) -> None:
+    """Never cached: check that the (possibly cached) ids still name this run's objects."""
+    RunRegistry.connect(target, run_key).verify(setup.owned_labelling(ids, main_pool_role))
+
+
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    dataset.DatasetError,
+    HitPlanError,
+    TolokaConfigError,
+    budget.BudgetExceeded,
+)

@@ -1,0 +1,152 @@
+"""Bad input and an unreachable platform: one `error:` line, the right exit code, nothing created.
+
+`crowdclust run` through Typer's runner, in process: every case here must stop before a flow (and
+so before Prefect's API) starts. A live emulator checks that nothing was created.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crowdclust.cli import app
+from emulator import write_catalogue
+
+ROOT = Path(__file__).resolve().parent.parent
+TOLOKA = ROOT / "configs" / "demo-shoes" / "toloka"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_catalogue("demo-shoes", tmp_path_factory.mktemp("data") / "ds.tsv", size=20, seed=0)
+
+
+@pytest.fixture
+def run_cli(emulator, monkeypatch, tmp_path, dataset):
+    monkeypatch.setenv("TOLOKA_TOKEN", emulator.token)
+    monkeypatch.setenv("CROWDCLUST_PROJECT_DIR", str(tmp_path))
+
+    def run(*, url: str | None = None, toloka: Path = TOLOKA, data: Path = dataset, **changes) -> tuple:
+        config = {
+            "name": "faults-cli",
+            "dataset": str(data),
+            "toloka_dir": str(toloka),
+            "toloka": {"environment": "local", "url": url or emulator.url},
+            "hits": {"size": 10, "overlap": 3, "hits_per_item": 3},
+            "exam": {"n_exams": 1, "expected_workers": 20},
+            "intruders": {"enabled": False},
+            "budget": {"max_spend": 5.0},
+            "runs_dir": str(tmp_path / "runs"),
+        }
+        for section, values in changes.items():
+            config[section] = {**config.get(section, {}), **values}
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(json.dumps(config))
+        started = time.monotonic()
+        result = CliRunner().invoke(app, ["run", str(path)])
+        return result, time.monotonic() - started
+
+    return run
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def _pools(client) -> int:
+    return sum(len(list(client.get_pools(project_id=p.id))) for p in client.get_projects())
+
+
+def test_data_errors_are_one_line_exit_2_and_create_nothing(run_cli, toloka_client, tmp_path, dataset):
+    before = _pools(toloka_client)
+
+    result, _ = run_cli(exam={"n_exams": 5})
+    assert result.exit_code == 2
+    assert "exam.n_exams 5 exceeds the 3 exam suites" in _one_error_line(result)
+
+    result, seconds = run_cli(hits={"hits_per_item": 100000})
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert "hits_per_item 100000" in line and "200000 HITs" in line and "at most hits_per_item" in line
+    assert seconds < 10, seconds  # arithmetic, not a plan of 200,000 HITs
+
+    few = tmp_path / "few.tsv"
+    few.write_text("\n".join(dataset.read_text().splitlines()[:6]) + "\n")  # 5 images
+    result, _ = run_cli(data=few)
+    assert result.exit_code == 2 and "5 images cannot fill a HIT of hits.size 10" in _one_error_line(result)
+
+    twice = tmp_path / "twice.tsv"
+    lines = dataset.read_text().splitlines()
+    twice.write_text("\n".join([*lines, lines[1]]) + "\n")
+    result, _ = run_cli(data=twice)
+    assert result.exit_code == 2 and "repeats line 2" in _one_error_line(result)
+
+    empty = tmp_path / "empty.tsv"
+    empty.write_text(lines[0] + "\n")
+    result, _ = run_cli(data=empty)
+    assert result.exit_code == 2 and "no rows" in _one_error_line(result)
+
+    result, _ = run_cli(budget={"max_spend": 0.5})
+    assert result.exit_code == 2 and "exceeds budget.max_spend $0.50" in _one_error_line(result)
+
+    assert _pools(toloka_client) == before
+
+
+def test_rules_that_chain_into_runaway_overlap_are_refused(run_cli, tmp_path):
+    """The shape that took overlap 7 -> 45: answer-count restriction + overlap increase on revoked access."""
+    folder = tmp_path / "toloka"
+    shutil.copytree(TOLOKA, folder)
+    pool = json.loads((folder / "main_pool.json").read_text())
+    pool["quality_control"]["configs"].append(
+        {
+            "collector_config": {"type": "USERS_ASSESSMENT", "uuid": "0b6d5c1e-3f1a-4c55-9a51-5d8f0f1b2a09"},
+            "rules": [
+                {
+                    "conditions": [
+                        {"key": "pool_access_revoked_reason", "operator": "EQ", "value": "RESTRICTION"}
+                    ],
+                    "action": {"type": "CHANGE_OVERLAP", "parameters": {"delta": 1, "open_pool": True}},
+                }
+            ],
+        }
+    )
+    (folder / "main_pool.json").write_text(json.dumps(pool))
+    result, _ = run_cli(toloka=folder)
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert str(folder / "main_pool.json") in line and "quality_control.configs[4].rules[0]" in line
+    assert "runaway overlap" in line
+
+    # Without the ANSWER_COUNT restriction the same rule is bounded, and max_overlap caps it.
+    pool["quality_control"]["configs"] = [
+        c for c in pool["quality_control"]["configs"] if c["collector_config"]["type"] != "ANSWER_COUNT"
+    ]
+    (folder / "main_pool.json").write_text(json.dumps(pool))
+    result, _ = run_cli(toloka=folder, hits={"max_overlap": 3})
+    assert (
+        result.exit_code == 2
+        and "raise a HIT's overlap to 4, above hits.max_overlap 3" in _one_error_line(result)
+    )
+
+
+def test_unreachable_platform_fails_fast_naming_the_url(run_cli):
+    url = "http://127.0.0.1:9"  # discard port: nothing listens
+    result, seconds = run_cli(url=url)
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert f"cannot reach Toloka at {url}" in line and "start it" in line
+    assert seconds < 30, seconds
+
+
+def test_wrong_token_is_refused_in_one_line(run_cli, monkeypatch):
+    monkeypatch.setenv("TOLOKA_TOKEN", "not-the-token")
+    result, _ = run_cli()
+    assert result.exit_code == 1 and "refused the token (401" in _one_error_line(result)

@@ -1,0 +1,237 @@
+"""Money and state under faults, with the real flow, the real toloka-kit client and one emulator.
+
+The emulator's faults and speed are changed per test through its control route. Small runs: the
+demo catalogue at 30 images, overlap 3, one exam, no intruder evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator import EmulatorSettings, run_in_background, write_catalogue
+from tasks.params import PipelineParams, load_params
+from tasks.toloka_api import TolokaClient
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = f"faults-{uuid.uuid4().hex}"
+MAX_SPEND = 3.0
+
+
+@pytest.fixture(scope="module")
+def emu():
+    settings = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, speed=600.0)
+    with run_in_background(settings) as running, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TOLOKA_TOKEN", running.token)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def config(emu, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("faults")
+    write_catalogue("demo-shoes", folder / "ds.tsv", size=30, seed=0)
+    data = {
+        "name": "faults",
+        "dataset": "ds.tsv",
+        "toloka_dir": str(ROOT / "configs" / "demo-shoes" / "toloka"),
+        "runs_dir": str(folder / "runs"),
+        "toloka": {"environment": "local", "url": emu.url},
+        "hits": {"size": 10, "overlap": 3, "hits_per_item": 3},
+        "exam": {"n_exams": 1, "expected_workers": 20, "skill_name": "Faults"},
+        "wait": {"poll_seconds": 0.3, "timeout_seconds": 300},
+        "budget": {"max_spend": MAX_SPEND},
+        "intruders": {"enabled": False},
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _params(config: Path, key: str, **changes: Any) -> PipelineParams:
+    return load_params(config, {"run_key": key, **changes})
+
+
+def _client(emu: Any) -> TolokaClient:
+    return TolokaClient(emu.token, url=emu.url, retries=5, timeout=10.0)
+
+
+def _objects(emu: Any, key: str) -> dict[str, Any]:
+    """Every object tagged with `key`: counts, pool statuses, what the pools cost."""
+    client, prefix = _client(emu), f"crowdclust:{key}:"
+    projects = [p for p in client.get_projects() if str(p.private_comment or "").startswith(prefix)]
+    pools = [pool for p in projects for pool in client.get_pools(project_id=p.id)]
+    trainings = [t for p in projects for t in client.get_trainings(project_id=p.id)]
+    skills = [s for s in client.get_skills() if str(s.private_comment or "").startswith(prefix)]
+    return {
+        "projects": len(projects),
+        "pools": {str(p.private_comment)[len(prefix) :]: p for p in pools},
+        "trainings": len(trainings),
+        "skills": len(skills),
+        "suites": {p.id: len(list(client.get_task_suites(pool_id=p.id))) for p in pools},
+        "open": sorted(str(p.id) for p in [*pools, *trainings] if str(p.status.value) == "OPEN"),
+    }
+
+
+def _one_of_each(found: dict[str, Any], planned_hits: int) -> None:
+    assert found["projects"] == 2 and found["trainings"] == 1 and found["skills"] == 1, found
+    assert sorted(found["pools"]) == ["exam-pool", "main-pool"], found
+    assert found["suites"][found["pools"]["main-pool"].id] == planned_hits, found
+
+
+def _spent(emu: Any, key: str) -> float:
+    from tasks.toloka_api import RunRegistry
+
+    return RunRegistry(_client(emu), key).spent()
+
+
+def test_thirty_percent_faults_and_300_ms_latency_end_to_end(prefect_harness, emu, config):
+    from flows.pipeline import crowdclust_pipeline
+
+    emu.control("config", method="POST", fail_rate=0.3, latency_ms=300)
+    try:
+        summary = crowdclust_pipeline(_params(config, "faults-e2e"))
+    finally:
+        emu.control("config", method="POST", fail_rate=0.0, latency_ms=0)
+    _one_of_each(_objects(emu, "faults-e2e"), planned_hits=9)
+    spent = _spent(emu, "faults-e2e")
+    print(f"0.3 faults + 300 ms: spent ${spent:.3f} of max_spend ${MAX_SPEND:.2f}, estimate {summary.cost}")
+    assert 0 < spent <= MAX_SPEND
+    assert summary.clusters >= 2
+
+
+def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, config):
+    """A budget that the estimate fits but the crowd would pass: the pool closes, the answers stay."""
+    from prefect import flow
+
+    from tasks import budget, setup, wait
+    from tasks.hits import make_plan
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    params = _params(config, "faults-guard")
+    bundle = load_bundle(params.toloka_dir)
+    items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
+    plan = make_plan(items, params.hits, params.seed)
+    # Exams cost $0.3-0.5 before the main pool gets workers, the main pool $0.70 (9 x 3 x $0.026):
+    # a run costs about $1.2, and this limit lies between what the exams and the whole run cost.
+    limit = 0.9
+
+    @flow
+    def guarded() -> Any:
+        ids = setup.setup_labelling_task(
+            params.toloka, "faults-guard", bundle, Placeholders.of(params), params.exam.skill_name
+        )
+        setup.upload_hits_task(params.toloka, "faults-guard", ids.main_pool, plan.hits)
+        guard = budget.SpendGuard.of(
+            params.model_copy(update={"budget": params.budget.model_copy(update={"max_spend": limit})}), 0.0
+        )
+        return wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.2, 120.0, guard)
+
+    emu.control("config", method="POST", speed=60.0)  # a crowd slower than the polls, as on Toloka
+    try:
+        waited = guarded()
+    finally:
+        emu.control("config", method="POST", speed=600.0)
+    assert waited.stopped.startswith("spend guard:"), waited
+    time.sleep(2)  # let assignments in flight at the close be submitted and accepted
+    found = _objects(emu, "faults-guard")
+    assert str(found["pools"]["main-pool"].status.value) == "CLOSED" and not found["open"], found
+    spent = _spent(emu, "faults-guard")
+    print(f"live guard: spent ${spent:.3f} of a ${limit:.2f} limit")
+    assert 0 < spent <= limit
+
+
+def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_fails_at_once(
+    prefect_harness, emu, config, tmp_path
+):
+    from prefect.settings import PREFECT_API_URL
+
+    key = "faults-signal"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "CROWDCLUST_PROJECT_DIR": str(tmp_path),
+    }
+    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
+    emu.control("config", method="POST", speed=20.0)  # a wait that lasts: the signal lands mid-wait
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            pools = _objects(emu, key)["pools"]
+            if "main-pool" in pools and str(pools["main-pool"].status.value) == "OPEN":
+                break
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.5)
+        else:
+            pytest.fail("the main pool never opened")
+
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1 and "already running" in second.stderr, second.stderr
+        assert _objects(emu, key)["open"], "the second run's failure closed the first run's pools"
+
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=90)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        emu.control("config", method="POST", speed=600.0)
+    assert first.returncode == 143, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0], err
+    stopped = _objects(emu, key)
+    assert stopped["open"] == [], stopped
+
+    from flows.pipeline import crowdclust_pipeline
+
+    crowdclust_pipeline(_params(config, key))  # the rerun resumes the same objects
+    resumed = _objects(emu, key)
+    _one_of_each(resumed, planned_hits=9)
+    assert resumed["pools"]["main-pool"].id == stopped["pools"]["main-pool"].id
+
+
+def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, config, monkeypatch):
+    """Warm cache, fresh platform whose ids now belong to another run: a clear error, never its pool."""
+    from prefect import flow
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    from tasks import preflight, setup
+    from tasks.toloka_api import RunRegistry, StaleRunError
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    params = _params(config, "faults-stale", toloka={"url": "http://127.0.0.1:1"})  # reached via local_url
+    bundle = load_bundle(params.toloka_dir)
+    values = Placeholders.of(params)
+
+    @flow
+    def set_up() -> Any:
+        ids = setup.setup_labelling_task(params.toloka, "faults-stale", bundle, values, "Stale")
+        preflight.verify_labelling_task(params.toloka, "faults-stale", ids, setup.MAIN_POOL)
+        return ids
+
+    with run_in_background(EmulatorSettings(port=0, token=TOKEN, catalogue_size=30)) as first:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", first.url)
+        before = set_up()
+    with run_in_background(EmulatorSettings(port=0, token=TOKEN, catalogue_size=30)) as reset:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", reset.url)
+        foreign = setup.setup_labelling(RunRegistry(_client(reset), "someone-else"), bundle, values, "Other")
+        assert foreign.main_pool == before.main_pool  # the same ids now name another run's objects
+        with pytest.raises(StaleRunError, match=r"no longer has this run's objects.*--fresh"):
+            set_up()
+        with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
+            fresh = set_up()
+        assert set(fresh.as_dict().values()).isdisjoint(foreign.as_dict().values())
+
+        monkeypatch.setenv("TOLOKA_TOKEN", "a-wrong-token")  # warm cache, wrong token: must fail
+        with pytest.raises(Exception, match=r"401|refused the token"):
+            set_up()
