@@ -22,7 +22,7 @@ from tasks import artifacts, report, thumbnails
 from tasks.run_folder import RUNS_DIR_ENV, RUNS_URL_ENV, RunFolder
 from tasks.stages import Aggregated, AggregationInfo, Cost, RunSummary
 
-HOSTILE = "http://img.example/a.png)[click](http://evil.example) ![x](http://evil.example/t.png"
+HOSTILE = "http://img.example/a.png?q=)[click](https:evil.example) ![x](https:evil.example)"
 
 
 def _png(size: tuple[int, int] = (400, 300)) -> bytes:
@@ -97,7 +97,7 @@ def test_gallery_is_one_row_per_cluster_and_never_injects_links():
     assert "1 smaller clusters (1 images) not shown" in markdown
     alone = _html(artifacts.gallery_markdown(clusters[clusters == 2], {}))
     assert "<a " not in alone and "<img" not in alone and "no image:" in alone
-    assert "no image:</em> t.png" in alone  # its name, escaped, as text
+    assert "no image:</em> a.png?q=)[click](https:evil.example)" in alone  # its name, as text
 
 
 def test_a_thumbnail_that_is_not_a_clean_data_uri_is_not_embedded():
