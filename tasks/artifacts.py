@@ -99,16 +99,20 @@ def intruder_chart(chart: Path) -> None:
     )
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~])")
+def literal(text: str) -> str:
+    """`text` as a markdown code span: shown as is, never parsed as a link, image or emphasis.
 
-
-def escape_markdown(text: str) -> str:
-    """`text` shown literally in markdown: metacharacters backslash-escaped, one line.
-
-    Image URLs of a dataset are data, never markup: a `)` or `](` in one must not end a link or
-    start a new one.
+    Image URLs and paths are data, never markup: a `)` or `](` in one must not end a link or start
+    a new one. Backslash escapes are not enough (the Prefect UI shows them), code spans are; a
+    backtick or `|` (a table cell's end) inside is replaced.
     """
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    cleaned = " ".join(str(text).split()).replace("`", "'").replace("|", "¦")
+    return f"`{cleaned}`" if cleaned else ""
+
+
+def name_text(text: str) -> str:
+    """A name (run, flow, state) as plain text: letters, digits, space, `.`, `_` and `-` only."""
+    return re.sub(r"[^A-Za-z0-9 ._-]", "_", str(text))
 
 
 def _image_cell(item: str, thumbnails: dict[str, str], alt: str) -> str:
@@ -118,7 +122,7 @@ def _image_cell(item: str, thumbnails: dict[str, str], alt: str) -> str:
     ):
         return f"![{alt}]({uri})"
     name = item.rstrip("/").rsplit("/", 1)[-1][:40]
-    return f"*no image:* {escape_markdown(name)}"
+    return f"(no image: {literal(name)})"
 
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -131,19 +135,19 @@ def gallery_markdown(
     max_clusters: int = GALLERY_MAX_CLUSTERS,
     report_note: str = "",
 ) -> str:
-    """One table row per cluster: its id and size, then up to `per_cluster` embedded thumbnails.
+    """One table row per cluster: its id, its size and up to `per_cluster` embedded thumbnails in a
+    row that wraps with the page's width.
 
     Thumbnails are the run folder's data URIs (fetched at aggregation time), so the artifact needs
     nothing else running; an image without one shows as a text cell. The largest `max_clusters`
     clusters are shown, which keeps the artifact near 1 MB at most.
     """
     groups = sorted(clusters.groupby(clusters), key=lambda group: (-len(group[1]), group[0]))
-    header = "| cluster | images | " + " | ".join(str(i + 1) for i in range(per_cluster)) + " |"
     lines = [
         f"{len(clusters)} images in {len(groups)} clusters; up to {per_cluster} per cluster shown.",
         "",
-        header,
-        "|" + "---|" * (per_cluster + 2),
+        "| cluster | images | examples |",
+        "|---|---|---|",
     ]
     for cluster, items in groups[:max_clusters]:
         members = sorted(str(i) for i in items.index)[:per_cluster]
@@ -151,8 +155,7 @@ def gallery_markdown(
             _image_cell(item, thumbnails, f"cluster {cluster} image {n + 1}")
             for n, item in enumerate(members)
         ]
-        cells += [" "] * (per_cluster - len(cells))
-        lines.append(f"| **{cluster}** | {len(items)} | " + " | ".join(cells) + " |")
+        lines.append(f"| **{cluster}** | {len(items)} | " + " ".join(cells) + " |")
     if len(groups) > max_clusters:
         rest = groups[max_clusters:]
         lines += ["", f"{len(rest)} smaller clusters ({sum(len(g[1]) for g in rest)} images) not shown."]
@@ -208,13 +211,13 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
         lines += ["", f"Cost estimate checked against the budget: ${estimate.total:.2f}."]
     if summary.coverage is not None:
         plan = ", ".join(f"{k} {v}" for k, v in summary.coverage.brief().items())
-        lines += ["", f"HIT plan: {escape_markdown(plan)}."]
+        lines += ["", f"HIT plan: {plan}."]
     runs = sub_flow_runs()
     if runs:
         lines += ["", "| sub-flow | run | state |", "|---|---|---|"]
         for flow_name, run_name, state, url in runs:
-            shown = f"[{escape_markdown(run_name)}]({url})" if url else escape_markdown(run_name)
-            lines.append(f"| {escape_markdown(flow_name)} | {shown} | {escape_markdown(state)} |")
+            shown = f"[{name_text(run_name)}]({url})" if url else name_text(run_name)
+            lines.append(f"| {name_text(flow_name)} | {shown} | {name_text(state)} |")
         lines += [
             "",
             "Poll and progress lines are in the labelling and intruder runs (and in this run's logs).",
@@ -233,7 +236,7 @@ def report_link(summary: RunSummary, url: str | None) -> str:
         )
         return f"[report.html]({url})"
     where = (
-        f"{escape_markdown(str(summary.report))} on the machine that ran the flow "
+        f"{literal(str(summary.report))} on the machine that ran the flow "
         "(not served over http here: the local service, `make up`, serves the runs folder)."
     )
     create_markdown_artifact(key="run-report", markdown=f"Report: {where}", description="the run report")

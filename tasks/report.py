@@ -66,8 +66,8 @@ def _least_certain(uncertain: pd.DataFrame, confidence: pd.Series, sources: dict
         "cluster under the fitted model). The least certain items of each cluster are the ones to "
         "send back to the crowd.</p>",
     ]
-    for cluster, rows in uncertain.groupby("cluster", sort=True):
-        parts.append(f"<h3>Cluster {html.escape(str(cluster))}</h3><div class='g'>")
+    for cluster, rows in uncertain.groupby("cluster", sort=True):  # one row per cluster
+        parts.append(f"<div class='g'><figure class='label'>cluster {html.escape(str(cluster))}</figure>")
         parts += [_figure(str(r.item), sources, f"{r.confidence:.2f}") for r in rows.itertuples()]
         parts.append("</div>")
     return parts
@@ -96,7 +96,8 @@ def render_html(
         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}.g{display:flex;flex-wrap:wrap;gap:6px}"
         ".g figure{margin:0;width:110px;font-size:11px;text-align:center}.g img,.g .missing{width:104px;"
         "height:78px;object-fit:contain;border:1px solid #ddd}.g .missing{font-size:10px;overflow:hidden;"
-        "word-break:break-all;color:#888}</style></head><body>",
+        "word-break:break-all;color:#888}.g .label{width:70px;font-size:13px;font-weight:bold;"
+        "text-align:left;align-self:center}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Summary</h2>",
         _table(

@@ -93,11 +93,12 @@ def test_gallery_is_one_row_per_cluster_and_never_injects_links():
     page = _html(markdown)
     assert "<a " not in page  # the hostile URL is text, not a link or an image
     assert page.count("<img ") == 12 + 5 and page.count(f'src="{thumb}"') == 17
-    assert page.count("<tr>") == 1 + 2  # header + the two largest clusters
+    assert page.count("<tr>") == 1 + 2  # header + the two largest clusters, images in one cell
+    assert page.count("<td>") == 3 * 2
     assert "1 smaller clusters (1 images) not shown" in markdown
     alone = _html(artifacts.gallery_markdown(clusters[clusters == 2], {}))
     assert "<a " not in alone and "<img" not in alone and "no image:" in alone
-    assert "no image:</em> a.png?q=)[click](https:evil.example)" in alone  # its name, as text
+    assert "(no image: <code>a.png?q=)[click](https:evil.example)" in alone  # its name, as text
 
 
 def test_a_thumbnail_that_is_not_a_clean_data_uri_is_not_embedded():
