@@ -30,7 +30,8 @@ from prefect.artifacts import (
 
 from tasks.stages import Coverage, PoolStats, RoundState, RunSummary
 
-GALLERY_PER_CLUSTER = 12  # thumbnails per cluster in `cluster-galleries`
+GALLERY_PER_CLUSTER = 10  # thumbnails per cluster in `cluster-galleries`
+GALLERY_COLUMNS = 5  # thumbnails per table row: fits the UI's artifact page at 1400 px
 GALLERY_MAX_CLUSTERS = 40  # largest clusters shown there (the report lists them all)
 
 
@@ -135,8 +136,9 @@ def gallery_markdown(
     max_clusters: int = GALLERY_MAX_CLUSTERS,
     report_note: str = "",
 ) -> str:
-    """One table row per cluster: its id, its size and up to `per_cluster` embedded thumbnails in a
-    row that wraps with the page's width.
+    """A grid: per cluster its id, its size and up to `per_cluster` embedded thumbnails, one per
+    table cell, GALLERY_COLUMNS cells a row (the UI shows an image as a block: a row of images
+    outside a table would be a column of them).
 
     Thumbnails are the run folder's data URIs (fetched at aggregation time), so the artifact needs
     nothing else running; an image without one shows as a text cell. The largest `max_clusters`
@@ -146,8 +148,8 @@ def gallery_markdown(
     lines = [
         f"{len(clusters)} images in {len(groups)} clusters; up to {per_cluster} per cluster shown.",
         "",
-        "| cluster | images | examples |",
-        "|---|---|---|",
+        "| cluster | images |" + " |" * GALLERY_COLUMNS,
+        "|---|---|" + "---|" * GALLERY_COLUMNS,
     ]
     for cluster, items in groups[:max_clusters]:
         members = sorted(str(i) for i in items.index)[:per_cluster]
@@ -155,7 +157,11 @@ def gallery_markdown(
             _image_cell(item, thumbnails, f"cluster {cluster} image {n + 1}")
             for n, item in enumerate(members)
         ]
-        lines.append(f"| **{cluster}** | {len(items)} | " + " ".join(cells) + " |")
+        for start in range(0, len(cells), GALLERY_COLUMNS):
+            row = cells[start : start + GALLERY_COLUMNS]
+            row += [" "] * (GALLERY_COLUMNS - len(row))
+            head = f"**{cluster}** | {len(items)}" if start == 0 else "  |  "
+            lines.append(f"| {head} | " + " | ".join(row) + " |")
     if len(groups) > max_clusters:
         rest = groups[max_clusters:]
         lines += ["", f"{len(rest)} smaller clusters ({sum(len(g[1]) for g in rest)} images) not shown."]

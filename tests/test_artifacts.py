@@ -90,11 +90,13 @@ def test_gallery_is_one_row_per_cluster_and_never_injects_links():
     clusters = pd.Series([0] * 15 + [1] * 5 + [2], index=items)
     shown = {item: thumb for item in items[:20]}
     markdown = artifacts.gallery_markdown(clusters, shown, per_cluster=12, max_clusters=2)
+    columns = artifacts.GALLERY_COLUMNS
     page = _html(markdown)
     assert "<a " not in page  # the hostile URL is text, not a link or an image
     assert page.count("<img ") == 12 + 5 and page.count(f'src="{thumb}"') == 17
-    assert page.count("<tr>") == 1 + 2  # header + the two largest clusters, images in one cell
-    assert page.count("<td>") == 3 * 2
+    rows = -(-12 // columns) + 1  # cluster 0: 12 images; cluster 1: 5
+    assert page.count("<tr>") == 1 + rows  # header + the two largest clusters, one image a cell
+    assert page.count("<td>") == rows * (2 + columns)
     assert "1 smaller clusters (1 images) not shown" in markdown
     alone = _html(artifacts.gallery_markdown(clusters[clusters == 2], {}))
     assert "<a " not in alone and "<img" not in alone and "no image:" in alone
