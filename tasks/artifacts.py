@@ -237,10 +237,9 @@ def report_link(summary: RunSummary, url: str | None) -> str:
     Returns the same as markdown for the overview.
     """
     if url is not None:
-        create_link_artifact(
-            key="run-report", link=url, link_text="report.html", description="the run report"
-        )
-        return f"[report.html]({url})"
+        name = name_text(summary.report.name)
+        create_link_artifact(key="run-report", link=url, link_text=name, description="the run report")
+        return f"[{name}]({url})"
     where = (
         f"{literal(str(summary.report))} on the machine that ran the flow "
         "(not served over http here: the local service, `make up`, serves the runs folder)."
