@@ -1,7 +1,9 @@
 """Sub-flow: aggregate an export into clusters (deployable alone: re-aggregate with other settings).
 
 Input is either a raw export TSV (as written to the run folder) or a pool id to export from.
-Writes `clusters.csv` (item, cluster[, class]) and, with truth, `metrics.json` into `out_dir`.
+Writes `clusters.csv` (item, cluster, confidence[, class]), with truth `metrics.json`, and the
+galleries' thumbnails (`thumbnails.json`, fetched once here from the image URLs) into `out_dir`.
+`toloka` also says where a `local` run's images are served (its emulator).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from prefect import flow, get_run_logger
 
 from tasks import aggregate as agg
 from tasks import dataset as ds
-from tasks import results
+from tasks import results, thumbnails
 from tasks.params import AggregationParams, TolokaTarget
 from tasks.run_folder import RunFolder
 from tasks.stages import Aggregated
@@ -44,6 +46,13 @@ def aggregate_export(
     truth = ds.truth_of(ds.load_dataset(dataset)) if dataset is not None else None
     result = replace(result, truth=truth, metrics=agg.score(result.clusters, truth))
     folder.write_clustering(result)
+    thumbs = thumbnails.for_galleries(result, toloka)
+    folder.write_thumbnails(thumbs)
+    logger.info(
+        "%d thumbnails embedded for the galleries (%d KB)",
+        len(thumbs),
+        sum(map(len, thumbs.values())) // 1024,
+    )
     if result.metrics is not None:
         logger.info("against the truth: ARI %.3f, NMI %.3f", result.metrics["ari"], result.metrics["nmi"])
     logger.info(

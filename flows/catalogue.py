@@ -55,6 +55,7 @@ def aggregate_pools(
     aggregated = aggregate_export(
         out_dir=folder.root,
         export=path,
+        toloka=params.toloka,
         aggregation=params.aggregation,
         seed=params.seed,
         dataset=params.dataset,

@@ -34,6 +34,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         aggregated = aggregate_export(
             out_dir=folder.root,
             export=labelled.export_path,
+            toloka=params.toloka,
             aggregation=params.aggregation,
             seed=params.seed,
             dataset=params.dataset,

@@ -12,7 +12,7 @@ from tasks.stages import Aggregated, AggregationInfo, Scores
 
 
 def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Aggregated:
-    """Clusters (item -> id, 0 = largest), the embedding when the model has one, and fit details."""
+    """Clusters (item -> id, 0 = largest), each item's confidence, the embedding, and fit details."""
     labels = aggregation.read_export(export, strict=True).labels
     if params.method == "gomes":
         model = aggregation.CrowdClustering(n_dims=params.n_dims, random_state=seed)
@@ -31,7 +31,13 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         n_iter=getattr(model, "n_iter_", None),
         free_energy=None if free_energy is None else float(free_energy),
     )
-    return Aggregated(clusters=clusters, embedding=getattr(model, "embedding_", None), info=info)
+    confidence = getattr(model, "confidence_", None)
+    return Aggregated(
+        clusters=clusters,
+        embedding=getattr(model, "embedding_", None),
+        info=info,
+        confidence=None if confidence is None else confidence.reindex(clusters.index).rename("confidence"),
+    )
 
 
 def score(clusters: pd.Series, truth: pd.Series | None) -> Scores | None:

@@ -2,12 +2,18 @@
 
 Keys (lowercase, digits and dashes, as Prefect requires): `hit-coverage`, `main-pool-progress`,
 `intruders-pool-progress`, `intruder-chart`, `cluster-galleries`, `run-metrics`,
-`intruder-accuracy`, `run-report`, `catalogue-rounds`. Only public facts: ids, counts, metrics,
-costs, image URLs; never the token.
+`intruder-accuracy`, `run-report`, `run-overview`, `catalogue-rounds`. Only public facts: ids,
+counts, metrics, costs, image URLs (escaped, never markup); never the token.
+
+Every artifact renders with nothing but the Prefect server running: images are embedded as data
+URIs, and the report is linked over http only where the service serves the runs folder.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +30,10 @@ from prefect.artifacts import (
 
 from tasks.stages import Coverage, PoolStats, RoundState, RunSummary
 
+GALLERY_PER_CLUSTER = 10  # thumbnails per cluster in `cluster-galleries`
+GALLERY_COLUMNS = 5  # thumbnails per table row: fits the UI's artifact page at 1400 px
+GALLERY_MAX_CLUSTERS = 40  # largest clusters shown there (the report lists them all)
+
 
 def hit_coverage(coverage: Coverage) -> None:
     create_table_artifact(
@@ -33,12 +43,34 @@ def hit_coverage(coverage: Coverage) -> None:
     )
 
 
+def parent_run_logger() -> logging.LoggerAdapter[logging.Logger] | None:
+    """A logger whose lines go to the top-level flow run's log (None when that is the current run).
+
+    Poll and progress lines come from tasks of sub-flow runs; logged here too, they are readable
+    from the parent run's page. Only the Prefect API gets them (the console shows them once).
+    """
+    from prefect import runtime
+    from prefect.logging.handlers import APILogHandler
+
+    current, root = runtime.flow_run.id, runtime.flow_run.root_flow_run_id
+    if current is None or root is None or str(root) == str(current):
+        return None
+    logger = logging.getLogger("crowdclust.parent_run")
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        logger.addHandler(APILogHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logging.LoggerAdapter(logger, {"flow_run_id": str(root), "task_run_id": None})
+
+
 class ProgressReporter:
-    """A progress artifact plus one log line per poll (completion %, assignments, spend)."""
+    """A progress artifact plus one log line per poll (completion %, assignments, spend), the line
+    in the top-level run's log too."""
 
     def __init__(self, key: str, what: str) -> None:
         self.what = what
         self.logger = get_run_logger()
+        self.parent = parent_run_logger()
         self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=what)
 
     def __call__(self, stats: PoolStats) -> None:
@@ -49,6 +81,8 @@ class ProgressReporter:
             f"${_fmt(stats.spent_budget, '.2f')} spent ({stats.elapsed:.0f} s)"
         )
         self.logger.info(line)
+        if self.parent is not None:
+            self.parent.info(line)
         update_progress_artifact(artifact_id=self.artifact_id, progress=float(done), description=line)
 
 
@@ -57,26 +91,176 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 
 
 def intruder_chart(chart: Path) -> None:
+    """The accuracy bar chart, embedded as a data URI (a `file://` image never loads from the UI)."""
+    data = base64.b64encode(chart.read_bytes()).decode("ascii")
     create_image_artifact(
-        image_url=chart.resolve().as_uri(), key="intruder-chart", description="accuracy per cluster"
+        image_url=f"data:image/png;base64,{data}",
+        key="intruder-chart",
+        description="intruder accuracy per host cluster (dashed: overall)",
     )
 
 
-def gallery_markdown(clusters: pd.Series, per_cluster: int = 12) -> str:
-    """Markdown galleries for the Prefect UI (a few images per cluster)."""
-    lines = ["# Clusters", ""]
-    for cluster, items in clusters.groupby(clusters):
-        members = sorted(str(i) for i in items.index)
-        lines.append(f"## Cluster {cluster} ({len(members)} images)")
-        lines.append(" ".join(f"![]({url})" for url in members[:per_cluster]))
-        lines.append("")
+def literal(text: str) -> str:
+    """`text` as a markdown code span: shown as is, never parsed as a link, image or emphasis.
+
+    Image URLs and paths are data, never markup: a `)` or `](` in one must not end a link or start
+    a new one. Backslash escapes are not enough (the Prefect UI shows them), code spans are; a
+    backtick or `|` (a table cell's end) inside is replaced.
+    """
+    cleaned = " ".join(str(text).split()).replace("`", "'").replace("|", "¦")
+    return f"`{cleaned}`" if cleaned else ""
+
+
+def name_text(text: str) -> str:
+    """A name (run, flow, state) as plain text: letters, digits, space, `.`, `_` and `-` only."""
+    return re.sub(r"[^A-Za-z0-9 ._-]", "_", str(text))
+
+
+def _image_cell(item: str, thumbnails: dict[str, str], alt: str) -> str:
+    uri = thumbnails.get(item, "")
+    if uri.startswith(("data:image/jpeg;base64,", "data:image/png;base64,")) and _BASE64.fullmatch(
+        uri.split(",", 1)[1]
+    ):
+        return f"![{alt}]({uri})"
+    name = item.rstrip("/").rsplit("/", 1)[-1][:40]
+    return f"(no image: {literal(name)})"
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def gallery_markdown(
+    clusters: pd.Series,
+    thumbnails: dict[str, str],
+    per_cluster: int = GALLERY_PER_CLUSTER,
+    max_clusters: int = GALLERY_MAX_CLUSTERS,
+    report_note: str = "",
+) -> str:
+    """A grid: per cluster its id, its size and up to `per_cluster` embedded thumbnails, one per
+    table cell, GALLERY_COLUMNS cells a row (the UI shows an image as a block: a row of images
+    outside a table would be a column of them).
+
+    Thumbnails are the run folder's data URIs (fetched at aggregation time), so the artifact needs
+    nothing else running; an image without one shows as a text cell. The largest `max_clusters`
+    clusters are shown, which keeps the artifact near 1 MB at most.
+    """
+    groups = sorted(clusters.groupby(clusters), key=lambda group: (-len(group[1]), group[0]))
+    lines = [
+        f"{len(clusters)} images in {len(groups)} clusters; up to {per_cluster} per cluster shown.",
+        "",
+        "| cluster | images |" + " |" * GALLERY_COLUMNS,
+        "|---|---|" + "---|" * GALLERY_COLUMNS,
+    ]
+    for cluster, items in groups[:max_clusters]:
+        members = sorted(str(i) for i in items.index)[:per_cluster]
+        cells = [
+            _image_cell(item, thumbnails, f"cluster {cluster} image {n + 1}")
+            for n, item in enumerate(members)
+        ]
+        for start in range(0, len(cells), GALLERY_COLUMNS):
+            row = cells[start : start + GALLERY_COLUMNS]
+            row += [" "] * (GALLERY_COLUMNS - len(row))
+            head = f"**{cluster}** | {len(items)}" if start == 0 else "  |  "
+            lines.append(f"| {head} | " + " | ".join(row) + " |")
+    if len(groups) > max_clusters:
+        rest = groups[max_clusters:]
+        lines += ["", f"{len(rest)} smaller clusters ({sum(len(g[1]) for g in rest)} images) not shown."]
+    if report_note:
+        lines += ["", report_note]
     return "\n".join(lines)
 
 
-def run_results(summary: RunSummary, clusters: pd.Series) -> None:
-    """Galleries, metrics and cost table, intruder table, a link to the report."""
+def _ui_run_url(flow_run_id: object) -> str | None:
+    """The run's page in the Prefect UI (None without a UI, e.g. an ephemeral server)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
+def sub_flow_runs() -> list[tuple[str, str, str, str | None]]:
+    """(flow name, run name, state, UI URL) of the current flow run's sub-flow runs, oldest first."""
+    from prefect import runtime
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    run_id = runtime.flow_run.id
+    if run_id is None:
+        return []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
+        names = {f.id: f.name for f in client.read_flows()}
+    return [
+        (names.get(r.flow_id, "?"), r.name, r.state.name if r.state else "?", _ui_run_url(r.id)) for r in runs
+    ]
+
+
+def run_overview(summary: RunSummary, report_where: str) -> None:
+    """The parent run's page in one artifact: outcome, HIT plan, cost, the report, each sub-flow run.
+
+    Sub-flow runs (labelling with its poll lines and progress, aggregation, intruders) keep their
+    own logs and artifacts; the links lead there.
+    """
+    lines = [
+        f"**{summary.clusters} clusters**, ARI {_fmt(summary.ari, '.3f')}, "
+        f"intruder accuracy {_fmt(summary.intruder_accuracy, '.2f')}, "
+        f"cost ${summary.cost.spent:.2f}, {summary.wall_seconds:.0f} s.",
+        "",
+        f"Report: {report_where}",
+    ]
+    estimate = summary.cost.estimate
+    if estimate is not None:
+        lines += ["", f"Cost estimate checked against the budget: ${estimate.total:.2f}."]
+    if summary.coverage is not None:
+        plan = ", ".join(f"{k} {v}" for k, v in summary.coverage.brief().items())
+        lines += ["", f"HIT plan: {plan}."]
+    runs = sub_flow_runs()
+    if runs:
+        lines += ["", "| sub-flow | run | state |", "|---|---|---|"]
+        for flow_name, run_name, state, url in runs:
+            shown = f"[{name_text(run_name)}]({url})" if url else name_text(run_name)
+            lines.append(f"| {name_text(flow_name)} | {shown} | {name_text(state)} |")
+        lines += [
+            "",
+            "Poll and progress lines are in the labelling and intruder runs (and in this run's logs).",
+        ]
+    create_markdown_artifact(key="run-overview", markdown="\n".join(lines), description="the whole run")
+
+
+def report_link(summary: RunSummary, url: str | None) -> str:
+    """The `run-report` artifact: a link over http when the runs folder is served, else where it is.
+
+    Returns the same as markdown for the overview.
+    """
+    if url is not None:
+        name = name_text(summary.report.name)
+        create_link_artifact(key="run-report", link=url, link_text=name, description="the run report")
+        return f"[{name}]({url})"
+    where = (
+        f"{literal(str(summary.report))} on the machine that ran the flow "
+        "(not served over http here: the local service, `make up`, serves the runs folder)."
+    )
+    create_markdown_artifact(key="run-report", markdown=f"Report: {where}", description="the run report")
+    return where
+
+
+def run_results(
+    summary: RunSummary, clusters: pd.Series, thumbnails: dict[str, str], report_url: str | None
+) -> None:
+    """The summary artifacts of a run, in the flow run that finishes it (the top-level one).
+
+    `cluster-galleries`, `run-metrics`, `intruder-accuracy`, `intruder-chart`, `run-report` and
+    `run-overview` (links to the sub-flow runs).
+    """
+    where = report_link(summary, report_url)
     create_markdown_artifact(
-        key="cluster-galleries", markdown=gallery_markdown(clusters), description="clusters"
+        key="cluster-galleries",
+        markdown=gallery_markdown(clusters, thumbnails, report_note=f"All images: {where}"),
+        description="clusters with embedded thumbnails",
     )
     rows = [{"metric": k, "value": v} for k, v in (summary.metrics or {}).items()]
     rows += [{"metric": f"cost_{k}", "value": v} for k, v in summary.cost.as_dict().items()]
@@ -86,9 +270,9 @@ def run_results(summary: RunSummary, clusters: pd.Series) -> None:
         create_table_artifact(
             key="intruder-accuracy", table=[asdict(c) for c in summary.intruders.per_cluster]
         )
-    create_link_artifact(
-        key="run-report", link=summary.report.resolve().as_uri(), link_text=str(summary.report)
-    )
+        if summary.intruders.chart is not None and summary.intruders.chart.exists():
+            intruder_chart(summary.intruders.chart)
+    run_overview(summary, where)
 
 
 def catalogue_rounds(key: str, state: list[RoundState], labelled_now: str | None) -> None:

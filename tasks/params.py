@@ -44,7 +44,8 @@ class TolokaTarget(_Model):
     )
     url: str | None = Field(
         "http://127.0.0.1:8765",
-        description="API base URL: the emulator for `local`; for sandbox/production leave empty "
+        description="API base URL: the emulator for `local` (the local service's workers use the "
+        "service's own emulator instead, whatever this says); for sandbox/production leave empty "
         "(null) to use toloka-kit's endpoint, or set it to override.",
     )
     token_secret_block: str = Field(
@@ -171,12 +172,25 @@ class IntruderParams(_Model):
 
 
 class PipelineParams(_Model):
-    """Everything one crowd-clustering run needs. Paths may be relative to the YAML file."""
+    """Everything one crowd-clustering run needs.
 
-    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9-]*$", description="Run name: folder `runs/<name>/`.")
-    dataset: Path = Field(..., description="TSV with column `image` (URL) and optionally `class` (truth).")
+    Relative paths: in a pipeline YAML (`crowdclust run`), `dataset` and `toloka_dir` are relative
+    to the YAML file; in a deployment's parameters (the Prefect UI form), relative to the worker's
+    working directory, the project folder.
+    """
+
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9-]*$", description="Run name: its folder is `<runs_dir>/<name>/`."
+    )
+    dataset: Path = Field(
+        ...,
+        description="TSV with column `image` (URL) and optionally `class` (truth). "
+        "A relative path is relative to the project folder (in a YAML file: to that file).",
+    )
     toloka_dir: Path = Field(
-        ..., description="Folder with the Toloka object JSON files (see configs/README)."
+        ...,
+        description="Folder with the Toloka object JSON files (see configs/README). A relative path "
+        "is relative to the project folder (in a YAML file: to that file).",
     )
     seed: int = Field(0, description="Seed for every random choice (HIT plan, aggregation, intruder HITs).")
     run_key: str | None = Field(
@@ -185,7 +199,11 @@ class PipelineParams(_Model):
         description="Tag of the Toloka objects (default `<name>-<dataset hash>-s<seed>`): "
         "same key, same objects.",
     )
-    runs_dir: Path = Field(Path("runs"), description="Where run folders are written.")
+    runs_dir: Path = Field(
+        Path("runs"),
+        description="Where run folders are written; relative to the working directory (the project "
+        "folder for `crowdclust run` and the local service, which serves its `runs/` over http).",
+    )
     toloka: TolokaTarget = Field(default_factory=TolokaTarget, description="Toloka endpoint.")
     hits: HitParams = Field(default_factory=HitParams, description="HIT design of the main pool.")
     exam: ExamParams = Field(default_factory=ExamParams, description="Exam gating.")

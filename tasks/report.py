@@ -5,7 +5,6 @@ Only public facts go here: ids, counts, metrics, costs, image URLs. Never the to
 
 from __future__ import annotations
 
-import base64
 import html
 import time
 from collections.abc import Iterator
@@ -15,13 +14,12 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import artifacts
+from tasks import artifacts, thumbnails
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.stages import Aggregated, CatalogueInfo, Cost, Coverage, Evaluation, LabellingIds, RunSummary
-from tasks.toloka_api import endpoint
 
-GALLERY_LIMIT = 60  # images shown per cluster in the HTML report
+GALLERY_LIMIT = thumbnails.REPORT_PER_CLUSTER  # images shown per cluster in the HTML report
 
 
 @dataclass(frozen=True)
@@ -30,43 +28,6 @@ class ReportLinks:
 
     clusters: str
     chart: str | None = None
-
-
-def inline_images(urls: list[str], base_url: str, max_bytes: int = 300_000) -> dict[str, str]:
-    """URL -> `data:` URI, fetched through `base_url` (the local emulator, which stops after the run).
-
-    Demo image URLs name the emulator's default address; the report must still show them once the
-    emulator is gone, so they are embedded. An image that cannot be fetched keeps its URL.
-    """
-    from urllib.parse import urlsplit
-
-    import httpx
-
-    out: dict[str, str] = {}
-    with httpx.Client(base_url=base_url.rstrip("/"), timeout=5.0) as client:
-        for url in urls:
-            parts = urlsplit(url)
-            try:
-                response = client.get(parts.path + (f"?{parts.query}" if parts.query else ""))
-            except httpx.HTTPError:
-                continue
-            kind = response.headers.get("content-type", "")
-            if (
-                response.status_code == 200
-                and kind.startswith("image/")
-                and len(response.content) <= max_bytes
-            ):
-                out[url] = f"data:{kind};base64,{base64.b64encode(response.content).decode()}"
-    return out
-
-
-def shown_images(clusters: pd.Series) -> list[str]:
-    """The images the HTML galleries show (at most GALLERY_LIMIT per cluster)."""
-    return [
-        item
-        for _, items in clusters.groupby(clusters)
-        for item in sorted(map(str, items.index))[:GALLERY_LIMIT]
-    ]
 
 
 def _table(rows: dict[str, Any]) -> str:
@@ -84,6 +45,34 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
+def _figure(item: str, sources: dict[str, str], caption: str) -> str:
+    """One image: its embedded thumbnail, else its URL when it is a web address, else a text box."""
+    src = sources.get(item) or (item if thumbnails.is_fetchable(item) else None)
+    name = html.escape(item.rstrip("/").rsplit("/", 1)[-1])
+    image = (
+        f"<img src='{html.escape(src)}' title='{html.escape(item)}' alt='{name}'>"
+        if src
+        else f"<div class='missing' title='{html.escape(item)}'>no image: {name}</div>"
+    )
+    return f"<figure>{image}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _least_certain(uncertain: pd.DataFrame, confidence: pd.Series, sources: dict[str, str]) -> list[str]:
+    """The items to send back to the crowd: the least certain of every cluster, with confidences."""
+    below = int((confidence < 0.5).sum())
+    parts = [
+        "<h2>Least certain items</h2>",
+        f"<p>{below} of {len(confidence)} items have a confidence below 0.5 (the probability of their "
+        "cluster under the fitted model). The least certain items of each cluster are the ones to "
+        "send back to the crowd.</p>",
+    ]
+    for cluster, rows in uncertain.groupby("cluster", sort=True):  # one row per cluster
+        parts.append(f"<div class='g'><figure class='label'>cluster {html.escape(str(cluster))}</figure>")
+        parts += [_figure(str(r.item), sources, f"{r.confidence:.2f}") for r in rows.itertuples()]
+        parts.append("</div>")
+    return parts
+
+
 def render_html(
     summary: RunSummary,
     clusters: pd.Series,
@@ -91,16 +80,24 @@ def render_html(
     title: str,
     links: ReportLinks,
     sources: dict[str, str] | None = None,
+    uncertain: tuple[pd.DataFrame, pd.Series] | None = None,
 ) -> str:
-    """A self-contained page (images are referenced by URL): metrics, cost, timings, chart, galleries."""
+    """A self-contained page: metrics, cost, timings, chart, galleries, least certain items.
+
+    `sources` maps image URLs to embedded thumbnails; `uncertain` is (least certain items per
+    cluster, every item's confidence).
+    """
+    sources = sources or {}
     data = summary.as_dict()
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}.g{display:flex;flex-wrap:wrap;gap:6px}"
-        ".g figure{margin:0;width:110px;font-size:11px;text-align:center}.g img{width:104px;height:78px;"
-        "object-fit:contain;border:1px solid #ddd}</style></head><body>",
+        ".g figure{margin:0;width:110px;font-size:11px;text-align:center}.g img,.g .missing{width:104px;"
+        "height:78px;object-fit:contain;border:1px solid #ddd}.g .missing{font-size:10px;overflow:hidden;"
+        "word-break:break-all;color:#888}.g .label{width:70px;font-size:13px;font-weight:bold;"
+        "text-align:left;align-self:center}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Summary</h2>",
         _table(
@@ -128,15 +125,15 @@ def render_html(
         }
         rows["skipped (too small)"] = intr.get("skipped")
         parts.append(_table(rows))
+    if uncertain is not None:
+        parts += _least_certain(*uncertain, sources)
     parts.append("<h2>Clusters</h2>")
     for cluster, items in clusters.groupby(clusters):
         members = sorted(str(i) for i in items.index)
         parts.append(f"<h3>Cluster {cluster} ({len(members)} images)</h3><div class='g'>")
         for item in members[:GALLERY_LIMIT]:
-            caption = html.escape(str(truth.get(item, ""))) if truth is not None else ""
-            src = html.escape((sources or {}).get(item, item))
-            figure = f"<img src='{src}' title='{html.escape(item)}'><figcaption>{caption}</figcaption>"
-            parts.append(f"<figure>{figure}</figure>")
+            caption = str(truth.get(item, "")) if truth is not None else ""
+            parts.append(_figure(item, sources, caption))
         if len(members) > GALLERY_LIMIT:
             more = len(members) - GALLERY_LIMIT
             parts.append(f"<p>… and {more} more (see {html.escape(links.clusters)})</p>")
@@ -161,8 +158,8 @@ def finish_run(
 ) -> RunSummary:
     """The common end of a run (pipeline or catalogue round): summary, report.html, artifacts.
 
-    Images are embedded when they come from the local emulator, which may be gone by the time
-    someone opens the report.
+    Images are the thumbnails embedded at aggregation time (`RunFolder.thumbnails`), so the
+    report and the galleries show them with nothing else running.
     """
     clusters = aggregated.clusters
     metrics = aggregated.metrics
@@ -185,17 +182,24 @@ def finish_run(
         timings=timings or {},
         catalogue=catalogue,
     )
-    sources = None
-    if params.toloka.environment == "local":
-        sources = inline_images(shown_images(clusters), endpoint(params.toloka) or "")
+    sources = folder.read_thumbnails()
+    uncertain = thumbnails.least_certain(aggregated)
     links = ReportLinks(
         clusters=folder.relative(folder.clusters),
         chart=folder.relative(evaluated.chart) if evaluated and evaluated.chart else None,
     )
-    page = render_html(summary, clusters, aggregated.truth, f"crowdclust: {params.name}", links, sources)
+    page = render_html(
+        summary,
+        clusters,
+        aggregated.truth,
+        f"crowdclust: {params.name}",
+        links,
+        sources,
+        None if uncertain is None else (uncertain, aggregated.confidence),
+    )
     folder.write_report(page)
     folder.write_summary(summary)
-    artifacts.run_results(summary, clusters)
+    artifacts.run_results(summary, clusters, sources, folder.url_of(folder.report))
     return summary
 
 

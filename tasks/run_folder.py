@@ -9,7 +9,9 @@ file name of the run folder. What a person finds there afterwards:
 | `assignments_main.tsv` | the raw export of the main pool (written before anything parses it) |
 | `assignments_all.tsv` | a catalogue's exports of all its round pools, concatenated |
 | `assignments_intruders.tsv` | the raw export of the intruder pool |
-| `clusters.csv`, `embedding.csv`, `metrics.json` | the clustering, its embedding, agreement with the truth |
+| `clusters.csv` | the clustering: item, cluster, confidence[, class] |
+| `embedding.csv`, `metrics.json` | its embedding, agreement with the truth |
+| `thumbnails.json` | image URL -> small JPEG data URI, fetched once at aggregation (galleries, report) |
 | `intruder_hits.json`, `intruders.png` | the intruder HITs, the accuracy chart |
 | `report.html`, `summary.json` | the report and `RunSummary` as JSON |
 | `rounds/<round>/`, `before-round/` | a catalogue round's plan; the clustering a round's anchors came from |
@@ -18,13 +20,18 @@ file name of the run folder. What a person finds there afterwards:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
 from tasks.params import PipelineParams
 from tasks.stages import Aggregated, HitPlan, IntruderHit, RunSummary
+
+RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which the service serves its runs folder
+RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # that folder
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ class RunFolder:
         return self.root / "embedding.csv"
 
     @property
+    def thumbnails(self) -> Path:
+        return self.root / "thumbnails.json"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
@@ -108,8 +119,10 @@ class RunFolder:
         return path
 
     def write_clustering(self, aggregated: Aggregated) -> None:
-        """`clusters.csv` (item, cluster[, class]), `embedding.csv` and, with truth, `metrics.json`."""
+        """`clusters.csv` (item, cluster, confidence[, class]), `embedding.csv`, with truth `metrics.json`."""
         table = aggregated.clusters.rename("cluster").rename_axis("item").reset_index()
+        if aggregated.confidence is not None:
+            table["confidence"] = table["item"].map(aggregated.confidence).round(4)
         if aggregated.truth is not None:
             table["class"] = table["item"].map(aggregated.truth)
         table.sort_values(["cluster", "item"]).to_csv(self._ready(self.clusters), index=False)
@@ -122,6 +135,29 @@ class RunFolder:
         """Item -> cluster from `clusters.csv` (this folder's, or `path`)."""
         table = pd.read_csv(path or self.clusters)
         return pd.Series(table["cluster"].to_numpy(), index=table["item"].astype(str).to_numpy())
+
+    def write_thumbnails(self, thumbnails: dict[str, str]) -> Path:
+        self._ready(self.thumbnails).write_text(json.dumps(thumbnails, sort_keys=True))
+        return self.thumbnails
+
+    def read_thumbnails(self) -> dict[str, str]:
+        """URL -> data URI (empty when the folder has none, e.g. a clustering made elsewhere)."""
+        return json.loads(self.thumbnails.read_text()) if self.thumbnails.exists() else {}
+
+    def url_of(self, path: Path) -> str | None:
+        """Where `path` is served over http: `$CROWDCLUST_RUNS_URL/<path under $CROWDCLUST_RUNS_DIR>`.
+
+        The local service serves its `runs/` folder read-only and gives flow runs both variables;
+        None outside the service or for a file outside the served folder.
+        """
+        base, served = os.environ.get(RUNS_URL_ENV), os.environ.get(RUNS_DIR_ENV)
+        if not base or not served:
+            return None
+        try:
+            inside = path.resolve().relative_to(Path(served).resolve())
+        except ValueError:
+            return None
+        return f"{base.rstrip('/')}/{quote(inside.as_posix())}"
 
     def write_intruder_hits(self, hits: list[IntruderHit]) -> Path:
         self._ready(self.intruder_hits).write_text(json.dumps([asdict(h) for h in hits], indent=1))

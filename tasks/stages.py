@@ -166,6 +166,7 @@ class Aggregated:
     info: AggregationInfo
     metrics: Scores | None = None
     truth: pd.Series | None = None
+    confidence: pd.Series | None = None  # item -> probability of its cluster under the fitted model
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ The demo run's page and each of its artifacts' pages are opened with the emulato
 what is always up with the service answers: the Prefect server and the read-only server of
 `runs/`). Every `<img>` must have loaded (naturalWidth > 0) and every link to the run report must
 answer 200. Chromium is Debian's (`apt-get install chromium`); playwright's own browser downloads
-are not used. Run it alone with `.venv/bin/pytest tests/test_browser_ui.py`.
+are not used. Run it alone with `.venv/bin/pytest tests/test_browser_ui.py`; with
+CROWDCLUST_SCREENSHOTS=<folder> it also saves a full-page screenshot of every page it opens.
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ def _report_urls(artifact: dict[str, Any]) -> list[str]:
 
 @pytest.fixture
 def demo_artifacts(svc, demo_run) -> list[dict[str, Any]]:
-    """The finished demo run's artifacts. Missing ones raise RuntimeError, an error the xfail below
-    (limited to AssertionError) does not swallow."""
+    """The finished demo run's artifacts (a missing one is an error of the run, not of what it shows)."""
     if demo_run.run["state_type"] != "COMPLETED":
         raise RuntimeError(f"the demo run did not complete: {demo_run.run['state']}")
     artifacts = svc.artifacts(demo_run.id)
@@ -59,18 +59,15 @@ def demo_artifacts(svc, demo_run) -> list[dict[str, Any]]:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 9: today's artifacts link images at the emulator and file:// URLs (tasks/report.py); "
-    "remove this mark once the artifacts embed their images and link the report over http",
-)
 def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_run, demo_artifacts):
     from playwright.sync_api import sync_playwright
 
     ui = svc.cfg.ui_url
     artifacts = demo_artifacts
+    report = next(a for a in artifacts if a["key"] == "run-report")
     pages = [f"{ui}/runs/flow-run/{demo_run.id}"] + [f"{ui}/artifacts/artifact/{a['id']}" for a in artifacts]
+    pages += [url for url in _report_urls(report) if url.startswith("http")]  # the report's own images
+    shots = os.environ.get("CROWDCLUST_SCREENSHOTS")
     broken: dict[str, list[str]] = {}
     image_counts: dict[str, int] = {}
     report_links: set[str] = set()
@@ -88,15 +85,19 @@ def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_r
                 if bad:
                     broken[url] = bad
                 report_links.update(page.evaluate(REPORT_LINKS_JS))
+                if shots:
+                    name = re.sub(r"[^A-Za-z0-9]+", "-", url.split("//", 1)[-1])[-80:]
+                    page.screenshot(path=f"{shots}/{len(image_counts):02d}-{name}.png", full_page=True)
             browser.close()
     finally:
         service.start(svc.cfg, "emulator")
-    report = next(a for a in artifacts if a["key"] == "run-report")
     targets = set(_report_urls(report)) | report_links
     print(f"images per page: {image_counts}\nnot loaded: {broken}\nreport links: {targets}")
     by_key = {a["key"]: f"{ui}/artifacts/artifact/{a['id']}" for a in artifacts}
     assert image_counts[by_key["intruder-chart"]] >= 1 and image_counts[by_key["cluster-galleries"]] >= 8
     assert not broken, f"images that did not load: {broken}"
+    report_pages = [url for url in pages if url.endswith("report.html")]
+    assert report_pages and all(image_counts[url] >= 82 for url in report_pages)  # every demo image
     assert targets, "no link to the run report"
     for target in targets:
         assert target.startswith("http"), f"the report link {target} cannot be opened from the UI"

@@ -112,8 +112,11 @@ def test_demo_quality_with_default_settings(scenario):
     info = summary.aggregation
     assert info.n_assignments == export["ASSIGNMENT:assignment_id"].nunique() > info.n_hits == 82
     page = (run_dir / "report.html").read_text()
-    # 82 images, embedded because the emulator that serves them stops after the run.
-    assert page.count("<figure><img src='data:image/png;base64,") == 82 and "intruders.png" in page
+    # 82 images, embedded (thumbnails fetched at aggregation) because the emulator stops after the run.
+    assert page.count("<figure><img src='data:image/jpeg;base64,") >= 82 and "intruders.png" in page
+    assert "Least certain items" in page
+    table = pd.read_csv(run_dir / "clusters.csv")
+    assert table["confidence"].between(0, 1).all() and len(table) == 82
     for name in (
         "clusters.csv",
         "assignments_main.tsv",

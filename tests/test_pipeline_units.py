@@ -234,9 +234,7 @@ def test_intruder_accuracy_aggregates_answers_per_hit(tmp_path):
 
 
 def test_report_and_summary(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        report.artifacts, "run_results", lambda summary, clusters: None
-    )  # no Prefect API here
+    monkeypatch.setattr(report.artifacts, "run_results", lambda *args: None)  # no Prefect API here
     folder = RunFolder(tmp_path)
     clusters = pd.Series([0, 0, 1], index=["https://i/a.png", "https://i/b.png", "https://i/c.png"])
     info = AggregationInfo("gomes", 6, 2, 2, 2, 2, 10, -1.5)

@@ -1,0 +1,127 @@
+"""Small embedded thumbnails of the dataset's images, fetched once when a clustering is made.
+
+The Prefect UI and `report.html` must show the clusters with nothing else running: the local
+emulator that serves the demo images stops after the run, and a real catalogue's image host may
+refuse a browser. So the images the galleries show are fetched once, at aggregation time, and kept
+as `data:image/jpeg;base64,...` URIs (a few KB each) in the run folder (`RunFolder.thumbnails`).
+
+Only `http(s)` URLs are fetched, with a short timeout, a size cap and no credentials. An image that
+cannot be fetched or decoded is simply absent: the galleries show a text cell in its place.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import pandas as pd
+
+import aggregation
+from tasks.params import TolokaTarget
+from tasks.stages import Aggregated
+from tasks.toloka_api import endpoint
+
+REPORT_PER_CLUSTER = 60  # thumbnails per cluster in report.html (the artifact shows fewer of them)
+BOX = 96  # a thumbnail fits in BOX x BOX pixels
+QUALITY = 70  # JPEG quality: ~2-4 KB per thumbnail
+MAX_SOURCE_BYTES = 5_000_000  # a larger source image is not fetched
+TIMEOUT_SECONDS = 5.0
+WORKERS = 8  # concurrent fetches
+LEAST_CERTAIN = 5  # least certain items per cluster listed in report.html
+
+
+def least_certain(aggregated: Aggregated) -> pd.DataFrame | None:
+    """cluster, item, confidence of the LEAST_CERTAIN lowest-confidence items of every cluster."""
+    if aggregated.confidence is None:
+        return None
+    return aggregation.least_certain(aggregated.clusters, aggregated.confidence, LEAST_CERTAIN)
+
+
+def images_base(target: TolokaTarget | None) -> str | None:
+    """Where a `local` run's images really are: its emulator (None: fetch the URLs as they are)."""
+    if target is None or target.environment != "local":
+        return None
+    return endpoint(target)
+
+
+def for_galleries(aggregated: Aggregated, target: TolokaTarget | None) -> dict[str, str]:
+    """Thumbnails of what the galleries and the least-certain lists show (fetched once, here)."""
+    uncertain = least_certain(aggregated)
+    extra = [] if uncertain is None else uncertain["item"].astype(str).tolist()
+    return fetch_thumbnails(
+        gallery_items(aggregated.clusters, REPORT_PER_CLUSTER, extra), images_base(target)
+    )
+
+
+def gallery_items(clusters: pd.Series, per_cluster: int, extra: list[str] | None = None) -> list[str]:
+    """The items a gallery shows: the first `per_cluster` of each cluster (sorted), plus `extra`."""
+    shown = [
+        item
+        for _, items in clusters.groupby(clusters, sort=True)
+        for item in sorted(map(str, items.index))[:per_cluster]
+    ]
+    return list(dict.fromkeys([*shown, *(extra or [])]))
+
+
+def is_fetchable(url: str) -> bool:
+    """An absolute http(s) URL with a host (file:, data:, javascript: and relative paths are not)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _via(url: str, base_url: str | None) -> str:
+    """The URL to fetch: the same path on `base_url` when given (the run's emulator), else `url`."""
+    if not base_url:
+        return url
+    parts = urlsplit(url)
+    return base_url.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def thumbnail(content: bytes) -> str | None:
+    """A JPEG data URI of `content` shrunk to fit BOX x BOX; None when it is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            image.thumbnail((BOX, BOX))
+            out = io.BytesIO()
+            image.convert("RGB").save(out, format="JPEG", quality=QUALITY, optimize=True)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def fetch_thumbnails(urls: list[str], base_url: str | None = None) -> dict[str, str]:
+    """URL -> thumbnail data URI for every URL that could be fetched and read (others are absent).
+
+    `base_url` (the local emulator's address) replaces scheme and host: demo datasets name the
+    emulator's default address, which may not be where this run's emulator listens.
+    """
+    import httpx
+
+    wanted = [url for url in urls if is_fetchable(url)]
+    if not wanted:
+        return {}
+
+    def one(url: str) -> tuple[str, str | None]:
+        try:
+            with client.stream("GET", _via(url, base_url)) as response:
+                kind = response.headers.get("content-type", "")
+                if response.status_code != 200 or not kind.startswith("image/"):
+                    return url, None
+                content = b""
+                for chunk in response.iter_bytes():
+                    content += chunk
+                    if len(content) > MAX_SOURCE_BYTES:
+                        return url, None
+        except httpx.HTTPError:
+            return url, None
+        return url, thumbnail(content)
+
+    limits = httpx.Limits(max_connections=WORKERS)
+    client = httpx.Client(timeout=TIMEOUT_SECONDS, limits=limits, follow_redirects=True)
+    with client, ThreadPoolExecutor(WORKERS) as pool:
+        fetched = list(pool.map(one, wanted))
+    return {url: uri for url, uri in fetched if uri is not None}

@@ -1,0 +1,174 @@
+"""What the Prefect artifacts and report.html show, without a Prefect server.
+
+Galleries are rendered by a CommonMark parser with tables (as the UI renders markdown) so that an
+injected link would show up as an `<a>`; thumbnails are fetched from a real local HTTP server.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from markdown_it import MarkdownIt
+from PIL import Image
+
+from tasks import artifacts, report, thumbnails
+from tasks.run_folder import RUNS_DIR_ENV, RUNS_URL_ENV, RunFolder
+from tasks.stages import Aggregated, AggregationInfo, Cost, RunSummary
+
+HOSTILE = "http://img.example/a.png?q=)[click](https:evil.example) ![x](https:evil.example)"
+
+
+def _png(size: tuple[int, int] = (400, 300)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _html(markdown: str) -> str:
+    return MarkdownIt("commonmark").enable("table").render(markdown)
+
+
+@pytest.fixture(scope="module")
+def image_server() -> Iterator[str]:
+    """/ok.png (an image), /text.png (text/plain), /broken.png (image/png that is not one), else 404."""
+    bodies = {
+        "/ok.png": ("image/png", _png()),
+        "/text.png": ("text/plain", b"hello"),
+        "/broken.png": ("image/png", b"not a png"),
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path not in bodies:
+                self.send_error(404)
+                return
+            kind, body = bodies[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_thumbnails_are_small_jpegs_and_unfetchable_images_are_absent(image_server):
+    urls = [f"{image_server}/{name}" for name in ("ok.png", "text.png", "broken.png", "missing.png")]
+    urls += ["file:///etc/passwd", "javascript:alert(1)", "relative/path.png"]
+    got = thumbnails.fetch_thumbnails(urls)
+    assert list(got) == [f"{image_server}/ok.png"]
+    prefix, data = got[f"{image_server}/ok.png"].split(",", 1)
+    assert prefix == "data:image/jpeg;base64"
+    raw = base64.b64decode(data)
+    assert len(raw) < 4000
+    with Image.open(io.BytesIO(raw)) as image:
+        assert image.format == "JPEG" and max(image.size) == thumbnails.BOX
+
+
+def test_local_images_are_fetched_from_the_runs_emulator(image_server):
+    """A demo dataset names the emulator's default address; the run's emulator is elsewhere."""
+    got = thumbnails.fetch_thumbnails(["http://127.0.0.1:9/ok.png"], base_url=image_server)
+    assert list(got) == ["http://127.0.0.1:9/ok.png"]
+
+
+def test_gallery_is_one_row_per_cluster_and_never_injects_links():
+    thumb = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8jpeg").decode()
+    items = [f"http://img.example/{i}.png" for i in range(20)] + [HOSTILE]
+    clusters = pd.Series([0] * 15 + [1] * 5 + [2], index=items)
+    shown = {item: thumb for item in items[:20]}
+    markdown = artifacts.gallery_markdown(clusters, shown, per_cluster=12, max_clusters=2)
+    columns = artifacts.GALLERY_COLUMNS
+    page = _html(markdown)
+    assert "<a " not in page  # the hostile URL is text, not a link or an image
+    assert page.count("<img ") == 12 + 5 and page.count(f'src="{thumb}"') == 17
+    rows = -(-12 // columns) + 1  # cluster 0: 12 images; cluster 1: 5
+    assert page.count("<tr>") == 1 + rows  # header + the two largest clusters, one image a cell
+    assert page.count("<td>") == rows * (2 + columns)
+    assert "1 smaller clusters (1 images) not shown" in markdown
+    alone = _html(artifacts.gallery_markdown(clusters[clusters == 2], {}))
+    assert "<a " not in alone and "<img" not in alone and "no image:" in alone
+    assert "(no image: <code>a.png?q=)[click](https:evil.example)" in alone  # its name, as text
+
+
+def test_a_thumbnail_that_is_not_a_clean_data_uri_is_not_embedded():
+    clusters = pd.Series([0], index=["http://img.example/a.png"])
+    bad = {"http://img.example/a.png": "data:image/jpeg;base64,AAAA)[x](http://evil.example)"}
+    page = _html(artifacts.gallery_markdown(clusters, bad))
+    assert "<img" not in page and "<a " not in page
+
+
+def _summary(folder: Path, info: AggregationInfo) -> RunSummary:
+    return RunSummary(
+        clusters=info.n_clusters,
+        ari=None,
+        nmi=None,
+        intruder_accuracy=None,
+        cost=Cost(0.0, None),
+        wall_seconds=1.0,
+        report=folder / "report.html",
+        summary=folder / "summary.json",
+        cluster_sizes={},
+        metrics=None,
+        intruders=None,
+        run_key="k",
+        toloka_ids=None,
+        coverage=None,
+        aggregation=info,
+    )
+
+
+def test_report_url_is_under_the_served_runs_folder(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path / "runs" / "my run")
+    monkeypatch.delenv(RUNS_URL_ENV, raising=False)
+    assert folder.url_of(folder.report) is None
+    monkeypatch.setenv(RUNS_URL_ENV, "http://127.0.0.1:8123/")
+    monkeypatch.setenv(RUNS_DIR_ENV, str(tmp_path / "runs"))
+    assert folder.url_of(folder.report) == "http://127.0.0.1:8123/my%20run/report.html"
+    assert RunFolder(tmp_path / "elsewhere").url_of(tmp_path / "elsewhere" / "report.html") is None
+
+
+def test_clusters_csv_has_the_confidence_and_the_report_lists_the_least_certain(tmp_path):
+    items = [f"http://img.example/{i}.png" for i in range(8)] + [HOSTILE]
+    clusters = pd.Series([0, 0, 0, 0, 0, 1, 1, 1, 1], index=items, name="cluster")
+    confidence = pd.Series([0.99, 0.2, 0.95, 0.97, 0.6, 0.9, 0.3, 0.98, 0.45], index=items)
+    info = AggregationInfo("gomes", 10, 2, 2, 2, 2, 10, -1.0)
+    aggregated = Aggregated(clusters, None, info, confidence=confidence)
+    folder = RunFolder(tmp_path)
+    folder.write_clustering(aggregated)
+    table = pd.read_csv(folder.clusters)
+    assert list(table.columns) == ["item", "cluster", "confidence"]
+    assert table.set_index("item")["confidence"].to_dict() == confidence.to_dict()
+
+    uncertain = thumbnails.least_certain(aggregated)
+    assert uncertain is not None
+    assert uncertain.groupby("cluster")["item"].first().tolist() == [items[1], items[6]]
+    summary = _summary(tmp_path, info)
+    links = report.ReportLinks(clusters="clusters.csv")
+    page = report.render_html(summary, clusters, None, "t", links, {}, (uncertain, confidence))
+    section = page.split("<h2>Least certain items</h2>", 1)[1].split("<h2>Clusters</h2>", 1)[0]
+    assert "3 of 9 items have a confidence below 0.5" in section
+    assert section.index("0.20") < section.index("0.60")  # lowest first
+    assert "<figcaption>0.45</figcaption>" in section and "<a " not in section
+
+
+def test_report_shows_a_text_box_for_an_image_without_a_thumbnail(tmp_path: Path):
+    clusters = pd.Series([0, 0], index=["http://img.example/a.png", "file:///secret/b.png"])
+    summary = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 1, 1, -1.0))
+    thumb = "data:image/jpeg;base64,AAAA"
+    page = report.render_html(
+        summary, clusters, None, "t", report.ReportLinks("clusters.csv"), {"http://img.example/a.png": thumb}
+    )
+    assert f"<img src='{thumb}'" in page and "no image: b.png" in page and "src='file:" not in page
