@@ -1,0 +1,155 @@
+"""Six runs at once on the session service (PostgreSQL, 2 workers, emulator with a per-token rate limit).
+
+Six tiny demo runs with distinct run keys are created at once through the server's REST API (what a
+"Run" in the UI or `prefect deployment run` does). While they run, the worker that holds a running
+run is stopped; its runs crash, are Retried with `prefect flow-run retry` and finish on the other
+worker from their Cached steps. Then: every run completed, every Toloka object exists exactly once
+per run key, no 429 reached a run (all completed, and the Prefect limit kept the emulator's peak
+within its limit), and each run's summary.json cost equals what Toloka charged for its key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from crowdclust import service
+from crowdclust.service.processes import read_pid
+from tasks.toloka_api import RunRegistry
+from tests.fixtures.service import ROOT, SCALE_EMULATOR_LIMIT, Service
+
+RUNS = 6
+IMAGES = 24
+
+
+def _tiny_dataset(folder: Path) -> Path:
+    """The first `IMAGES` shoes of the demo catalogue."""
+    lines = (ROOT / "configs" / "demo-shoes" / "dataset.tsv").read_text().splitlines()
+    path = folder / "scale-shoes.tsv"
+    path.write_text("\n".join(lines[: IMAGES + 1]) + "\n")
+    return path
+
+
+def _create_run(svc: Service, deployment_id: str, params: dict[str, Any]) -> str:
+    response = svc.api.post(f"/deployments/{deployment_id}/create_flow_run", json={"parameters": params})
+    response.raise_for_status()
+    return str(response.json()["id"])
+
+
+def _ancestors(pid: int) -> set[int]:
+    """`pid` and its parents (from /proc), to tell which worker started a flow-run process."""
+    chain = set()
+    while pid > 1 and pid not in chain:
+        chain.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return chain
+
+
+def _worker_of(svc: Service, run: dict[str, Any]) -> str | None:
+    pid_text = str(run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
+    if not pid_text.isdigit():
+        return None
+    chain = _ancestors(int(pid_text))
+    for name in ("worker-1", "worker-2"):
+        worker = read_pid(svc.cfg, name)
+        if worker is not None and (worker in chain or os.getpgid(int(pid_text)) == worker):
+            return name
+    return None
+
+
+def _stop_a_busy_worker(svc: Service, ids: list[str]) -> tuple[str, list[str]]:
+    """Once some task of some run has finished, stop the worker of a running run; its run ids."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        runs = [svc.flow_run(i) for i in ids]
+        busy = {i: _worker_of(svc, r) for i, r in zip(ids, runs, strict=True) if r["state_type"] == "RUNNING"}
+        completed = {"state": {"type": {"any_": ["COMPLETED"]}}}
+        body = {"flow_runs": {"id": {"any_": ids}}, "task_runs": completed}
+        done_tasks = svc.api.post("/task_runs/filter", json=body).json()
+        named = [w for w in busy.values() if w]
+        if done_tasks and named:
+            victim = named[0]
+            service.stop(svc.cfg, victim)
+            return victim, [i for i, w in busy.items() if w == victim]
+        time.sleep(0.5)
+    raise TimeoutError("no run was running on a known worker with a finished task")
+
+
+def test_six_runs_at_once_share_the_rate_limit_and_survive_a_worker(svc: Service) -> None:
+    deployment = svc.deployments()["demo"]
+    dataset = _tiny_dataset(svc.tmp)
+    tag = uuid.uuid4().hex[:6]
+    keys = [f"scale-{tag}-{i}" for i in range(RUNS)]
+    base = svc.deployment_params("demo")["params"]
+    started = time.monotonic()
+    ids = [
+        _create_run(
+            svc,
+            deployment["id"],
+            {
+                "params": base
+                | {
+                    "name": f"scale-{tag}-{i}",
+                    "dataset": str(dataset),
+                    "runs_dir": str(svc.cfg.runs_dir),
+                    "run_key": key,
+                    "hits": {"overlap": 2},
+                    "exam": base["exam"] | {"n_exams": 1},
+                    "intruders": {"enabled": False},
+                    "wait": {"poll_seconds": 1, "timeout_seconds": 600},
+                }
+            },
+        )
+        for i, key in enumerate(keys)
+    ]
+    victim, victims_runs = _stop_a_busy_worker(svc, ids)
+    try:
+        assert victims_runs, "the stopped worker held no run"
+        for run_id in victims_runs:
+            crashed = svc.wait(run_id, timeout=120)
+            assert crashed["state_type"] in {"CRASHED", "FAILED", "CANCELLED"}, crashed["state"]
+            svc.prefect("flow-run", "retry", run_id)
+        finals = {run_id: svc.wait(run_id, timeout=600) for run_id in ids}
+    finally:
+        service.start(svc.cfg, victim)
+    wall = time.monotonic() - started
+    rate = _emulator_stats(svc)["rate"]
+    print(
+        f"{RUNS} runs ({IMAGES} images, overlap 2, 1 exam) on 2 workers, {victim} stopped mid-run: "
+        f"{wall:.1f} s; emulator peak {rate['peak_per_second']} req/s (limit {rate['limit_per_second']}), "
+        f"429s {rate['throttled']}; load {os.getloadavg()}"
+    )
+
+    assert {r["state_type"] for r in finals.values()} == {"COMPLETED"}, {
+        i: r["state"] for i, r in finals.items() if r["state_type"] != "COMPLETED"
+    }
+    for run_id in victims_runs:  # resumed on the other worker from what was done before the stop
+        assert _worker_of(svc, finals[run_id]) in (None, *({"worker-1", "worker-2"} - {victim}))
+        states = [s for names in svc.tasks_of(run_id).values() for s in names]
+        assert "Cached" in states, f"retried run {run_id} recomputed everything: {states}"
+
+    assert max(rate["peak_per_second"].values()) <= SCALE_EMULATOR_LIMIT
+
+    client = svc.toloka()
+    total_summary, total_toloka = 0.0, 0.0
+    for i, key in enumerate(keys):
+        objects = svc.objects(f"crowdclust:{key}:")
+        assert len(objects["pool_tags"]) == len(set(objects["pool_tags"])), objects["pool_tags"]
+        assert objects["skills"] == 1 and objects["trainings"] == 1, objects
+        summary = json.loads((svc.cfg.runs_dir / f"scale-{tag}-{i}" / "summary.json").read_text())
+        charged = RunRegistry(client, key).spent()
+        assert summary["cost"]["spent"] == charged > 0, (key, summary["cost"], charged)
+        total_summary += summary["cost"]["spent"]
+        total_toloka += charged
+    assert round(total_summary, 4) == round(total_toloka, 4)
+
+
+def _emulator_stats(svc: Service) -> dict[str, Any]:
+    return svc.api.get(f"{svc.cfg.emulator_url}/_emulator/stats").json()
