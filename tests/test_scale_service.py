@@ -20,24 +20,7 @@ from typing import Any
 from crowdclust import service
 from crowdclust.service.processes import read_pid
 from tasks.toloka_api import RunRegistry
-from tests.fixtures.service import ROOT, SCALE_EMULATOR_LIMIT, Service
-
-RUNS = 6
-IMAGES = 24
-
-
-def _tiny_dataset(folder: Path) -> Path:
-    """The first `IMAGES` shoes of the demo catalogue."""
-    lines = (ROOT / "configs" / "demo-shoes" / "dataset.tsv").read_text().splitlines()
-    path = folder / "scale-shoes.tsv"
-    path.write_text("\n".join(lines[: IMAGES + 1]) + "\n")
-    return path
-
-
-def _create_run(svc: Service, deployment_id: str, params: dict[str, Any]) -> str:
-    response = svc.api.post(f"/deployments/{deployment_id}/create_flow_run", json={"parameters": params})
-    response.raise_for_status()
-    return str(response.json()["id"])
+from tests.fixtures.service import SCALE_EMULATOR_LIMIT, SCALE_IMAGES, SCALE_RUNS, Service, scale_runs
 
 
 def _ancestors(pid: int) -> set[int]:
@@ -83,32 +66,9 @@ def _stop_a_busy_worker(svc: Service, ids: list[str]) -> tuple[str, list[str]]:
 
 
 def test_six_runs_at_once_share_the_rate_limit_and_survive_a_worker(svc: Service) -> None:
-    deployment = svc.deployments()["demo"]
-    dataset = _tiny_dataset(svc.tmp)
-    tag = uuid.uuid4().hex[:6]
-    keys = [f"scale-{tag}-{i}" for i in range(RUNS)]
-    base = svc.deployment_params("demo")["params"]
     started = time.monotonic()
-    ids = [
-        _create_run(
-            svc,
-            deployment["id"],
-            {
-                "params": base
-                | {
-                    "name": f"scale-{tag}-{i}",
-                    "dataset": str(dataset),
-                    "runs_dir": str(svc.cfg.runs_dir),
-                    "run_key": key,
-                    "hits": {"overlap": 2},
-                    "exam": base["exam"] | {"n_exams": 1},
-                    "intruders": {"enabled": False},
-                    "wait": {"poll_seconds": 1, "timeout_seconds": 600},
-                }
-            },
-        )
-        for i, key in enumerate(keys)
-    ]
+    runs = scale_runs(svc, uuid.uuid4().hex[:6])
+    keys, ids = list(runs), list(runs.values())
     victim, victims_runs = _stop_a_busy_worker(svc, ids)
     try:
         assert victims_runs, "the stopped worker held no run"
@@ -122,7 +82,7 @@ def test_six_runs_at_once_share_the_rate_limit_and_survive_a_worker(svc: Service
     wall = time.monotonic() - started
     rate = _emulator_stats(svc)["rate"]
     print(
-        f"{RUNS} runs ({IMAGES} images, overlap 2, 1 exam) on 2 workers, {victim} stopped mid-run: "
+        f"{SCALE_RUNS} runs ({SCALE_IMAGES} images, overlap 2, 1 exam), 2 workers, {victim} stopped: "
         f"{wall:.1f} s; emulator peak {rate['peak_per_second']} req/s (limit {rate['limit_per_second']}), "
         f"429s {rate['throttled']}; load {os.getloadavg()}"
     )
@@ -139,11 +99,11 @@ def test_six_runs_at_once_share_the_rate_limit_and_survive_a_worker(svc: Service
 
     client = svc.toloka()
     total_summary, total_toloka = 0.0, 0.0
-    for i, key in enumerate(keys):
+    for key in keys:
         objects = svc.objects(f"crowdclust:{key}:")
         assert len(objects["pool_tags"]) == len(set(objects["pool_tags"])), objects["pool_tags"]
         assert objects["skills"] == 1 and objects["trainings"] == 1, objects
-        summary = json.loads((svc.cfg.runs_dir / f"scale-{tag}-{i}" / "summary.json").read_text())
+        summary = json.loads((svc.cfg.runs_dir / key / "summary.json").read_text())
         charged = RunRegistry(client, key).spent()
         assert summary["cost"]["spent"] == charged > 0, (key, summary["cost"], charged)
         total_summary += summary["cost"]["spent"]
