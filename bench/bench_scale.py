@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_scale.py --workers 2    # one setting only
 
 For each worker count: a fresh service (`crowdclust.service.up`, free ports, temporary folder), the
-`make up` time, the wall time of the six runs of tests/test_scale_service.py (24 shoes, overlap 2,
-1 exam, no intruders) created at once, the emulator's peak requests/s per token against its limit
+`make up` time, the wall time of the six runs of tests/test_scale_service.py (24 shoes, overlap 2, no
+intruders) created at once, the emulator's peak requests/s per token against its limit
 and its 429s, and the load average (the machine is shared: compare figures taken at similar load).
 """
 

@@ -88,7 +88,7 @@ def test_six_runs_at_once_share_the_rate_limit_and_survive_a_worker(svc: Service
     wall = time.monotonic() - started
     rate = _emulator_stats(svc)["rate"]
     print(
-        f"{SCALE_RUNS} runs ({SCALE_IMAGES} images, overlap 2, 1 exam), 2 workers, {victim} stopped: "
+        f"{SCALE_RUNS} runs ({SCALE_IMAGES} images, overlap 2), 2 workers, {victim} stopped: "
         f"{wall:.1f} s; emulator peak {rate['peak_per_second']} req/s (limit {rate['limit_per_second']}), "
         f"429s {rate['throttled']}; load {os.getloadavg()}"
     )
