@@ -28,6 +28,11 @@ class Settings(BaseSettings):
         description="Emulator URL that wins over `toloka.url` for `local` runs (the service sets it "
         "for its worker, so deployments keep the default address and still reach its emulator).",
     )
+    toloka_rate_limit: bool = Field(
+        False,
+        description="Make every Toloka request take a slot of the Prefect global rate limit "
+        "`toloka-api-<environment>` (the service sets it for its workers; see tasks/toloka_rate.py).",
+    )
     toloka_token: SecretStr | None = Field(
         None, validation_alias="TOLOKA_TOKEN", description="The Toloka (or emulator) OAuth token."
     )

@@ -14,6 +14,7 @@ returned, logged or persisted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from tasks import toloka_rate
 from tasks.params import TolokaTarget
 from tasks.settings import Settings
 from tasks.stages import PoolStats, RoundState
@@ -140,16 +142,35 @@ def endpoint(target: TolokaTarget) -> str | None:
     return target.url
 
 
+class RateLimitedClient(TolokaClient):
+    """A toloka-kit client whose every HTTP request (retries too) takes a Prefect rate-limit slot.
+
+    toloka-kit 1.2.3 sends everything through one `httpx.Client` per thread (`_session_for_thread`);
+    the hook is added to each of them once (see `tasks.toloka_rate`).
+    """
+
+    def __init__(self, token: str, *, rate_environment: str, **kwargs: Any) -> None:
+        self._rate_environment = rate_environment  # before __init__: it opens the first session
+        super().__init__(token, **kwargs)
+
+    @functools.lru_cache(maxsize=128)  # noqa: B019 (as toloka-kit's own: one session per client and thread)
+    def _session_for_thread(self, thread_id: int) -> httpx.Client:
+        return toloka_rate.throttle(super()._session_for_thread(thread_id), self._rate_environment)
+
+
 def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
     """A toloka-kit client for the target (emulator URL, sandbox or production).
 
-    `retries=0` gives a client for non-idempotent creates (see `find_or_create`).
+    `retries=0` gives a client for non-idempotent creates (see `find_or_create`). With
+    `CROWDCLUST_TOLOKA_RATE_LIMIT` on (the service's workers), every request takes a slot of the
+    Prefect rate limit `toloka-api-<environment>`, shared by all runs on all workers.
     """
     token = resolve_token(target).get_secret_value()
     url = endpoint(target)
-    if url:
-        return TolokaClient(token, url=url, retries=retries)
-    return TolokaClient(token, environment=target.environment.upper(), retries=retries)
+    where: dict[str, Any] = {"url": url} if url else {"environment": target.environment.upper()}
+    if toloka_rate.enabled():
+        return RateLimitedClient(token, rate_environment=target.environment, retries=retries, **where)
+    return TolokaClient(token, retries=retries, **where)
 
 
 _requesters: dict[tuple[str | None, str], str] = {}

@@ -23,7 +23,7 @@ RESULTS_BLOCK = "crowdclust-results"
 TOKEN_ENV = "CROWDCLUST_EMULATOR_TOKEN"  # the emulator reads its token from here (never argv)
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is served read-only
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
-LIMIT_PREFIX = "toloka-api"  # global rate limits `toloka-api-<environment>`
+RATE_LIMIT_ENV = "CROWDCLUST_TOLOKA_RATE_LIMIT"  # on: every Toloka request takes a rate-limit slot
 DEFAULT_RATES = {"local": 50.0, "sandbox": 10.0, "production": 10.0}  # Toloka requests per second
 
 Profile = Literal["sqlite", "postgres"]
@@ -108,6 +108,8 @@ class ServiceConfig:
           block for a URL) with persistence on; every worker gets the same values, so a Retry on any
           worker finds the cache.
         - CROWDCLUST_RUNS_URL/_DIR: where `runs/` is served over http (links in artifacts).
+        - CROWDCLUST_TOLOKA_RATE_LIMIT: every Toloka request of a run takes a slot of the global rate
+          limit `toloka-api-<environment>`, so all runs on all workers share the requester's quota.
         - TOLOKA_TOKEN, the emulator token and database settings are removed: deployments name their
           Secret block, and a production token in the developer's shell must never reach the emulator.
         """
@@ -133,6 +135,7 @@ class ServiceConfig:
             PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
         )
         env[RUNS_URL_ENV] = self.runs_url
+        env[RATE_LIMIT_ENV] = "true"
         env[RUNS_DIR_ENV] = str(self.runs_dir)
         if self.results_is_url:
             slug = f"remote-file-system/{RESULTS_BLOCK}"

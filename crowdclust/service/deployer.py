@@ -7,9 +7,10 @@ then:
 2. waits until the server answers;
 3. provisions, when its inputs changed or the pool is missing: the process work pool `crowdclust`
    (Prefect's default job template), the Secret block with the emulator token, one global rate
-   limit per Toloka environment (`toloka-api-<env>`: `limit` slots decaying at `rate` per second,
-   so `prefect.concurrency.sync.rate_limit(name)` admits `rate` calls per second across every run
-   and worker), and for a results URL the RemoteFileSystem block workers use as result storage;
+   limit per Toloka environment (`toloka-api-<env>`: one slot decaying at `rate` per second, so
+   `prefect.concurrency.sync.rate_limit(name)` admits `rate` calls per second across every run and
+   worker, and no burst: any one-second window sees at most `rate + 1` calls), and for a results
+   URL the RemoteFileSystem block workers use as result storage;
    then prints `PROVISIONED` so that `up` starts the workers;
 4. deploys prefect.yaml when it or the flows changed, keeping the user's UI edits
    (`deployments.plan`), through Prefect's own `prefect deploy` command (in-process).
@@ -24,7 +25,6 @@ import contextlib
 import hashlib
 import importlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,7 +32,6 @@ from typing import Any
 
 from crowdclust.service import deployments
 from crowdclust.service.config import (
-    LIMIT_PREFIX,
     RESULTS_BLOCK,
     TOKEN_BLOCK,
     WORK_POOL,
@@ -40,13 +39,14 @@ from crowdclust.service.config import (
     load,
 )
 from crowdclust.service.processes import answers
+from tasks.toloka_rate import limit_name
 
 PROVISIONED = "PROVISIONED"
 
 
 def limits(cfg: ServiceConfig) -> dict[str, float]:
     """Rate-limit name -> Toloka requests per second."""
-    return {f"{LIMIT_PREFIX}-{env}": rate for env, rate in sorted(cfg.rates.items())}
+    return {limit_name(env): rate for env, rate in sorted(cfg.rates.items())}
 
 
 def provision_key(cfg: ServiceConfig) -> str:
@@ -78,7 +78,7 @@ def provision(cfg: ServiceConfig) -> None:
                     WorkPoolCreate(name=WORK_POOL, type="process", base_job_template=template)
                 )
         for name, rate in limits(cfg).items():
-            limit, decay = max(1, math.ceil(rate)), float(rate)
+            limit, decay = 1, float(rate)  # a burst of `rate` slots would double the peak per second
             try:
                 current = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:

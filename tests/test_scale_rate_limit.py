@@ -1,0 +1,87 @@
+"""The Toloka rate-limit hook: real toloka-kit client, emulator with a per-token limit, Prefect API.
+
+- 429s the emulator answers above its limit are retried by toloka-kit and never reach the caller;
+- with the hook on and the Prefect rate limit below the emulator's, no request is refused at all;
+- with the hook on and no such limit on the server, the limit is looked up once, not per request;
+- with the hook off (the default outside the service) the client is plain toloka-kit.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tasks import toloka_rate
+from tasks.params import TolokaTarget
+from tasks.toloka_api import RateLimitedClient, make_client
+
+
+def _client(emu: Any, monkeypatch: pytest.MonkeyPatch, hook: bool) -> Any:
+    monkeypatch.setenv("TOLOKA_TOKEN", emu.token)
+    monkeypatch.delenv("CROWDCLUST_LOCAL_URL", raising=False)
+    monkeypatch.setenv("CROWDCLUST_TOLOKA_RATE_LIMIT", "true" if hook else "false")
+    toloka_rate._missing.forget()
+    return make_client(TolokaTarget(environment="local", url=emu.url))
+
+
+def _hammer(client: Any, n: int, threads: int = 4) -> float:
+    """`n` requests from `threads` threads at once; seconds they took."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda _: list(client.get_projects()), range(n)))  # a lazy generator
+    return time.monotonic() - started
+
+
+def _rate(emu: Any) -> tuple[int, int]:
+    """Peak requests/s and 429s the emulator saw for its token (summed over token labels)."""
+    rate = emu.stats()["rate"]
+    return max(rate["peak_per_second"].values(), default=0), sum(rate["throttled"].values())
+
+
+def test_429s_are_retried_by_toloka_kit(emulator_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with emulator_factory(rate_limit=4.0) as emu:
+        client = _client(emu, monkeypatch, hook=False)
+        assert type(client) is not RateLimitedClient  # off outside the service: plain toloka-kit
+        _hammer(client, 8)
+        peak, refused = _rate(emu)
+    assert refused > 0, "the emulator never refused: the test does not exercise 429s"
+    assert peak <= 4
+
+
+def test_prefect_rate_limit_keeps_requests_under_the_emulator_limit(
+    prefect_harness: None, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as api:
+        api.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="toloka-api-local", limit=1, slot_decay_per_second=8.0)
+        )
+    try:
+        with emulator_factory(rate_limit=10.0) as emu:
+            client = _client(emu, monkeypatch, hook=True)
+            assert isinstance(client, RateLimitedClient)
+            seconds = _hammer(client, 32)
+            peak, refused = _rate(emu)
+    finally:
+        with get_client(sync_client=True) as api:
+            api.delete_global_concurrency_limit_by_name("toloka-api-local")
+    assert refused == 0, f"the emulator refused {refused} requests: the Prefect limit did not hold"
+    assert peak <= 10
+    assert seconds >= 31 / 8.0 * 0.8, f"32 requests in {seconds:.1f} s: not rate limited"
+
+
+def test_missing_limit_is_looked_up_once(
+    prefect_harness: None, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[str] = []
+    real = toloka_rate._limit_exists
+    monkeypatch.setattr(toloka_rate, "_limit_exists", lambda name: lookups.append(name) or real(name))
+    with emulator_factory() as emu:
+        client = _client(emu, monkeypatch, hook=True)
+        _hammer(client, 10)
+    assert lookups == ["toloka-api-local"]
