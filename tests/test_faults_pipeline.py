@@ -163,7 +163,7 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_fails_at_once
         "CROWDCLUST_PROJECT_DIR": str(tmp_path),
     }
     command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
-    emu.control("config", method="POST", speed=20.0)  # a wait that lasts: the signal lands mid-wait
+    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -178,6 +178,7 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_fails_at_once
 
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 1 and "already running" in second.stderr, second.stderr
+        assert first.poll() is None, first.communicate()
         assert _objects(emu, key)["open"], "the second run's failure closed the first run's pools"
 
         first.send_signal(signal.SIGTERM)
