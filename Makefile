@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install test test-service lint fmt demo bench up down status clean
+.PHONY: install test test-service test-scale lint fmt demo bench up down status clean
 
 install: $(STAMP)
 
@@ -64,6 +64,10 @@ status: install
 # runs them too.
 test-service: install
 	$(VENV)/bin/pytest tests/test_service_*.py tests/test_browser_*.py
+
+# The six-runs-at-once scale test on the PostgreSQL service with rate limits (opt-in, several minutes).
+test-scale: install
+	CROWDCLUST_SCALE_TEST=1 $(VENV)/bin/pytest tests/test_scale_service.py -s
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
