@@ -40,6 +40,7 @@ __all__ = [
     "SearchResult",
     "absorb_thin",
     "dissolve_small",
+    "embedding_merges",
     "item_confidence",
     "log_likelihood",
     "log_prior",
@@ -54,6 +55,7 @@ ALPHA = 1.0  # Ewens concentration: the prior odds of a new cluster against one 
 PRIOR_SENS = 0.8  # P(worker says "same" | same cluster) before any partition is known
 PRIOR_SPEC = 0.9  # P(worker says "different" | different clusters)
 EPS = 1e-9
+MERGE_ROUNDS = 3  # embedding-proposed merges, each followed by the move search
 CORE_MARGIN = 4.0  # nats (about two careful workers' labels): less than this is thin evidence
 
 
@@ -469,12 +471,82 @@ def absorb_thin(
     return _relabel(new)
 
 
+def embedding_merges(
+    score: Csr, labels: np.ndarray, embedding: np.ndarray, alpha: float = ALPHA, n_neighbours: int = 3
+) -> np.ndarray:
+    """Merge clusters whose embedding centroids are close when the model score rises.
+
+    Each image meets only a few of its own class in the crowd's pairs, so the move search can leave
+    a class in fragments with little or no pair evidence between them; the embedding carries the
+    transitive evidence. Every cluster proposes its `n_neighbours` nearest clusters (by centroid);
+    proposals are tried nearest first and a merge is kept when Σ S between the two clusters plus the
+    change of the Ewens log prior, log Γ(a+b) - log Γ(a) - log Γ(b) - log α, is positive.
+    """
+    labels = _relabel(np.asarray(labels, dtype=np.int64))
+    k = int(labels.max()) + 1
+    if k < 2:
+        return labels
+    sizes = np.bincount(labels, minlength=k).astype(np.float64)
+    centroids = (
+        np.stack(
+            [np.bincount(labels, weights=embedding[:, d], minlength=k) for d in range(embedding.shape[1])], 1
+        )
+        / sizes[:, None]
+    )
+    ptr, idx, val = coarsen(score.indptr, score.indices, score.data, labels, k)
+    between = [
+        dict(zip(idx[ptr[c] : ptr[c + 1]].tolist(), val[ptr[c] : ptr[c + 1]].tolist(), strict=True))
+        for c in range(k)
+    ]
+    proposals = []
+    m = min(n_neighbours, k - 1)
+    for c in range(k):
+        dist = ((centroids - centroids[c]) ** 2).sum(axis=1)
+        dist[c] = np.inf
+        for d in np.argsort(dist, kind="mergesort")[:m].tolist():
+            proposals.append((float(dist[d]), min(c, d), max(c, d)))
+    proposals.sort()
+    root = list(range(k))
+
+    def find(c: int) -> int:
+        while root[c] != c:
+            root[c] = root[root[c]]
+            c = root[c]
+        return c
+
+    size = sizes.tolist()
+    log_alpha = math.log(alpha)
+    for _, c, d in proposals:
+        r, q = find(c), find(d)
+        if r == q:
+            continue
+        gain = (
+            between[r].get(q, 0.0)
+            + math.lgamma(size[r] + size[q]) - math.lgamma(size[r]) - math.lgamma(size[q]) - log_alpha
+        )  # fmt: skip
+        if gain <= 0.0:
+            continue
+        r, q = min(r, q), max(r, q)
+        root[q] = r
+        size[r] += size[q]
+        for other, value in between[q].items():
+            if other == r:
+                continue
+            between[r][other] = between[r].get(other, 0.0) + value
+            between[other][r] = between[other].get(r, 0.0) + value
+            del between[other][q]
+        between[r].pop(q, None)
+        between[q] = {}
+    return _relabel(np.array([find(c) for c in range(k)], dtype=np.int64)[labels])
+
+
 def search(
     pairs: PairLabels,
     starts: list[tuple[str, np.ndarray | None]],
     random_state: int = 0,
     alpha: float = ALPHA,
     graph: PairGraph | None = None,
+    embedding: np.ndarray | None = None,
 ) -> SearchResult:
     """Run `refine` (then `absorb_thin`) from each start; keep the best log-likelihood + log prior.
 
@@ -489,6 +561,12 @@ def search(
             labels = refine(pairs, None, order=rng.permutation(pairs.n_items), graph=graph)
         else:
             labels = refine(pairs, start, graph=graph)
+        if embedding is not None:
+            for _ in range(MERGE_ROUNDS):
+                merged = embedding_merges(graph.scores(worker_llr(pairs, labels)), labels, embedding, alpha)
+                if merged.max() == labels.max():
+                    break
+                labels = refine(pairs, merged, graph=graph)
         labels = absorb_thin(pairs, labels, graph.scores(worker_llr(pairs, labels)), None, alpha)
         value = log_likelihood(pairs, labels) + log_prior(labels, alpha)
         scores.append((name, value))

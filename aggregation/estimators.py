@@ -160,7 +160,9 @@ class CrowdClustering(_Base):
        MIXTURE_MAX_ITEMS items, where its N×K arrays grow badly).
     3. A move/merge search that weighs each worker by two coins (P(same | same cluster),
        P(different | different clusters)), from the mixture's partition and from singletons,
-       keeping the best log-likelihood + Ewens log prior (`search_scores_`).
+       keeping the best log-likelihood + Ewens log prior (`search_scores_`). Between searches,
+       clusters close in the embedding are merged when that raises the score (the pairs alone
+       leave large classes in fragments: each image meets few of its own class).
     4. Thin evidence is not a cluster: a singleton joins its most likely cluster under the model
        (∝ size · exp(evidence), against α for standing alone); with `min_cluster_size` every
        smaller cluster is dissolved that way. `confidence_` is each item's posterior probability
@@ -244,7 +246,7 @@ class CrowdClustering(_Base):
             self.mixture_labels_ = None
         if self.refine or mixture is None:
             starts = [("singletons", None)] + ([("mixture", mixture)] if mixture is not None else [])
-            found = search(pairs, starts, self.random_state, graph=graph)
+            found = search(pairs, starts, self.random_state, graph=graph, embedding=best.mu)
             labels, self.search_scores_ = found.labels, found.scores
         else:
             labels, self.search_scores_ = mixture, []
