@@ -1,6 +1,6 @@
 """Toloka assignment export -> long-format labels (task, worker, item, label).
 
-The export has one row per task of an assignment (design/toloka-wire.md, section 5). `INPUT:images`
+The export has one row per task of an assignment. `INPUT:images`
 holds the task's images as array_json without brackets; `OUTPUT:result` holds one `{"group": k}`
 object per image, either as array_json without brackets or as full JSON text. Both occur in real
 exports, so both are read. Every problem is reported with the 1-based data row (as in the file,

@@ -1,6 +1,6 @@
 """Numba kernels of the variational crowd-clustering model (Gomes et al., NIPS 2011).
 
-Notation (design/aggregation.md): label t = (a, b, worker j, l = ±1), score s_t = x_aᵀ W_j x_b + τ_j.
+Notation: label t = (a, b, worker j, l = ±1), score s_t = x_aᵀ W_j x_b + τ_j.
 q(x_i) = N(mu[i], diag(s[i])); q(W_j) is independent Gaussians on the P = D(D+1)/2 upper-triangle
 entries (means wm[j, u], variances wv[j, u]); q(τ_j) = N(tm[j], tv[j]). Entry u is the unordered
 pair (ud[u], ue[u]) and `uidx[d, e]` maps back. Every kernel reads W through `uidx`, so nothing is
