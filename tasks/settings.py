@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     )
     local_url: str | None = Field(
         None,
-        description="Emulator URL that wins over `toloka.url` for `local` runs (the service sets it "
-        "for its worker, so deployments keep the default address and still reach its emulator).",
+        description="Emulator URL that wins over `toloka.url` for `local` runs: points a run at another "
+        "emulator without editing its parameters (the local service instead deploys its real URL).",
     )
     toloka_rate_limit: bool = Field(
         False,
