@@ -57,15 +57,21 @@ def evaluate_clusters(
     bundle = load_bundle(params.toloka_dir)
     costs = budget.estimate_intruders(params, bundle, len(made))
     covers = (intruders.pool_role(run_key, made),)
-    budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
+    before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
     folder.write_intruder_hits(made)
 
     values = Placeholders.of(params).with_skill(skill_id or labelling_skill(params))
     ids = intruders.setup_intruders_task(params.toloka, run_key, bundle, values, made)
     waited = intruders.wait_intruders_task.with_options(retries=params.wait.retries)(
-        params.toloka, ids, params.wait.period(params.toloka.environment), params.wait.timeout_seconds
+        params.toloka,
+        ids,
+        params.wait.period(params.toloka.environment),
+        params.wait.timeout_seconds,
+        budget.SpendGuard.of_intruders(params, before, costs),
     )
-    folder.write_export(waited.export, "intruders")
+    path = folder.write_export(waited.export, "intruders")
+    if waited.stopped:
+        raise budget.SpendGuardStopped(f"{waited.stopped}; accepted answers: {path}")
     scored = intruders.accuracy(waited.export, made)
     result = replace(
         scored,

@@ -57,7 +57,7 @@ def collect_labels(
         params.exam.n_exams,
         period,
         params.wait.timeout_seconds,
-        budget.SpendGuard.of(params, before),
+        budget.SpendGuard.of(params, before, costs),
     )
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 

@@ -124,29 +124,48 @@ def check_budget_task(
 
 @dataclass(frozen=True)
 class SpendGuard:
-    """The live money bound of a wait: what the waited pools may still cost, and their prices.
+    """The live money bound of a wait: what its pools may still cost, their prices, their plan.
 
-    `limit` is max_spend less what the run key's other pools cost when the stage started. The wait
-    closes the pool once what Toloka charged, plus what is still in flight, could pass it: what was
-    accepted until then is kept and exported, nothing more is paid.
+    `limit` is max_spend less what the run key's other pools cost when the stage started; `ceiling`
+    is the most the waited pools can cost under the plan (the stage's estimate: every HIT at its
+    highest overlap, every exam seat taken). While what Toloka charged stays within the ceiling
+    and the ceiling within the limit, nothing can pass the budget and the guard costs no call.
+    Otherwise every poll counts the assignments still in flight (taken, or submitted and not yet
+    reviewed): they will be paid whatever happens next. The pool closes once charged + in flight,
+    plus a margin for what the crowd may take before the next poll, could pass the limit.
     """
 
     limit: float
     max_spend: float
-    price: float  # one main-pool assignment with the fee
-    exam_price: float  # one exam assignment with the fee
-    overlap: int
+    ceiling: float
+    price: float  # one assignment of the guarded pool, fee included
+    exam_price: float = 0.0  # one exam assignment, fee included (0 when no exam pool is waited)
 
     @classmethod
-    def of(cls, params: PipelineParams, spent_before: float) -> SpendGuard:
+    def of(cls, params: PipelineParams, spent_before: float, costs: CostEstimate) -> SpendGuard:
+        """The guard of the labelling wait: main pool and exam pool."""
         fee = 1.0 + params.budget.fee_rate
         return cls(
             limit=round(params.budget.max_spend - spent_before, 4),
             max_spend=params.budget.max_spend,
+            ceiling=round(costs.main + costs.exam, 4),
             price=round(params.hits.reward * fee, 6),
             exam_price=round(params.exam.reward * fee, 6),
-            overlap=params.hits.overlap,
         )
+
+    @classmethod
+    def of_intruders(cls, params: PipelineParams, spent_before: float, costs: CostEstimate) -> SpendGuard:
+        """The guard of an intruder wait."""
+        return cls(
+            limit=round(params.budget.max_spend - spent_before, 4),
+            max_spend=params.budget.max_spend,
+            ceiling=costs.intruders,
+            price=round(params.intruders.reward * (1.0 + params.budget.fee_rate), 6),
+        )
+
+    def plan_fits(self, charged: float) -> bool:
+        """True while nothing the plan allows can pass the limit (no in-flight count needed)."""
+        return self.ceiling <= self.limit and charged <= self.ceiling
 
     def spent(self, stats: PoolStats, exams_accepted: int) -> float:
         """Charged so far: Toloka's spent_budget, else accepted answers x price (main + exams)."""
@@ -155,15 +174,32 @@ class SpendGuard:
             main = (stats.approved_assignments_count or stats.submitted_assignments_count or 0) * self.price
         return round(main + exams_accepted * self.exam_price, 4)
 
-    def stop_reason(self, spent_now: float, step: float) -> str | None:
-        """Why to close now, or None. In flight: twice the last tick's spend plus one HIT's overlap."""
-        in_flight = 2 * max(step, 0.0) + self.price * self.overlap
-        if spent_now + in_flight <= self.limit:
+
+@dataclass
+class LiveSpend:
+    """The guard's memory across the polls of one wait: what was committed at the last poll."""
+
+    guard: SpendGuard
+    last: float | None = None
+
+    def stop_reason(self, charged: float, in_flight: float) -> str | None:
+        """Why to close now, or None.
+
+        Committed = charged + in flight. Before the next poll the crowd may commit about as much
+        again as since the last one: the margin is twice that step (never more than the plan leaves)
+        plus one assignment.
+        """
+        committed = charged + in_flight
+        step = 0.0 if self.last is None else max(committed - self.last, 0.0)
+        self.last = committed
+        margin = min(2 * step, max(self.guard.ceiling - committed, 0.0)) + self.guard.price
+        if committed + margin <= self.guard.limit:
             return None
         return (
-            f"spend guard: ${spent_now:.2f} charged and about ${in_flight:.2f} in flight would pass the "
-            f"${self.limit:.2f} left of budget.max_spend ${self.max_spend:.2f}; the main pool was closed "
-            "and its accepted answers kept. Raise budget.max_spend and run again to finish it"
+            f"spend guard: ${charged:.2f} charged and ${in_flight:.2f} in flight (+${margin:.2f} margin) "
+            f"would pass the ${self.guard.limit:.2f} left of budget.max_spend ${self.guard.max_spend:.2f}; "
+            "the pool was closed and its accepted answers kept. Raise budget.max_spend and run again "
+            "to finish it"
         )
 
 

@@ -16,17 +16,35 @@ import pandas as pd
 from prefect import get_run_logger
 
 from tasks.artifacts import ProgressReporter
+from tasks.budget import LiveSpend, SpendGuard
 from tasks.export_format import ANSWER, IMAGES, WORKER, parse_array_cell
 from tasks.params import TolokaTarget
 from tasks.results import export_accepted
 from tasks.setup import setup_intruders
 from tasks.stage import stage_task
-from tasks.stages import ClusterAccuracy, Evaluation, IntruderHit, IntruderIds, IntruderWait
-from tasks.toloka_api import Opening, RunRegistry, close_all, make_client, open_all, operation_id, suites_of
+from tasks.stages import ClusterAccuracy, Evaluation, IntruderHit, IntruderIds, IntruderWait, PoolStats
+from tasks.toloka_api import (
+    Opening,
+    RunRegistry,
+    close_all,
+    count_assignments,
+    make_client,
+    open_all,
+    operation_id,
+    pool_stats,
+    suites_of,
+)
 from tasks.toloka_config import Placeholders, TolokaBundle
-from tasks.wait import wait_for_pool
+from tasks.wait import PENDING_AUTO, SpendLimitReached, wait_for_pool
 
-CODE = ("tasks.setup", "tasks.wait", "tasks.results", "tasks.toloka_api", "tasks.toloka_config")
+CODE = (
+    "tasks.budget",
+    "tasks.setup",
+    "tasks.wait",
+    "tasks.results",
+    "tasks.toloka_api",
+    "tasks.toloka_config",
+)
 
 
 def make_hits(
@@ -145,13 +163,31 @@ def setup_intruders_task(
 
 @stage_task(name="wait-intruders", code=CODE, toloka=True)
 def wait_intruders_task(
-    target: TolokaTarget, ids: IntruderIds, period: float, timeout: float
+    target: TolokaTarget, ids: IntruderIds, period: float, timeout: float, spend: SpendGuard
 ) -> IntruderWait:
-    """Open the intruder training and pool, wait, close the training; the export and the pool's spend."""
+    """Open the intruder training and pool, wait, close the training; the export and the pool's spend.
+
+    The spend guard closes the pool before it could pass what is left of max_spend: the wait then
+    ends with `stopped` set and the answers accepted until then.
+    """
     client = make_client(target)
     helpers = [Opening("training", ids.training)]
     open_all(client, [*helpers, Opening("pool", ids.pool)])
     report = ProgressReporter("intruders-pool-progress", f"intruders pool {ids.pool}")
-    waited = wait_for_pool(client, ids.pool, period=period, timeout=timeout, report=report)
+    live = LiveSpend(spend)
+
+    def guard(stats: PoolStats) -> str | None:
+        charged = spend.spent(stats, 0)
+        if spend.plan_fits(charged):
+            return None
+        return live.stop_reason(charged, count_assignments(client, ids.pool, PENDING_AUTO) * spend.price)
+
+    stopped = ""
+    try:
+        waited = wait_for_pool(client, ids.pool, period=period, timeout=timeout, report=report, guard=guard)
+    except SpendLimitReached as limit:
+        waited, stopped = limit.stats, str(limit)
+        get_run_logger().warning("%s", stopped)
     close_all(client, helpers)
-    return IntruderWait(export=export_accepted(client, ids.pool), spent=waited.spent_budget)
+    spent = pool_stats(client, ids.pool).spent_budget if stopped else waited.spent_budget
+    return IntruderWait(export=export_accepted(client, ids.pool), spent=spent, stopped=stopped)

@@ -297,3 +297,4 @@ class IntruderWait:
 
     export: pd.DataFrame
     spent: float | None
+    stopped: str = ""  # the spend guard's reason when it closed the pool early

@@ -308,6 +308,11 @@ def pool_stats(client: TolokaClient, pool_id: str, ticks: int = 0, elapsed: floa
     return PoolStats(done, submitted, approved, spent, ticks, elapsed)
 
 
+def count_assignments(client: TolokaClient, pool_id: str, statuses: tuple[str, ...]) -> int:
+    """How many assignments of `pool_id` are in one of `statuses` (pages through the search)."""
+    return sum(1 for _ in client.get_assignments(pool_id=pool_id, status=list(statuses)))
+
+
 # ------------------------------------------------------------------------------------ idempotent creates
 
 

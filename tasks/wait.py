@@ -15,7 +15,7 @@ from dataclasses import replace
 from prefect import get_run_logger
 
 from tasks.artifacts import ProgressReporter
-from tasks.budget import SpendGuard
+from tasks.budget import LiveSpend, SpendGuard
 from tasks.exam import GatingState, gate_exams
 from tasks.params import TolokaTarget
 from tasks.stage import stage_task
@@ -25,6 +25,7 @@ from tasks.toloka_api import (
     TolokaClient,
     close_all,
     close_reason,
+    count_assignments,
     is_completed,
     make_client,
     open_all,
@@ -32,6 +33,11 @@ from tasks.toloka_api import (
     status_of,
 )
 from tasks.toloka_config import TolokaBundle
+
+# Assignments that will still be paid: taken ones in an auto-accepted pool; taken and submitted ones
+# in a reviewed pool (the exam pool: what the gating accepts, or Toloka after auto_accept_period_day).
+PENDING_AUTO = ("ACTIVE",)
+PENDING_REVIEW = ("ACTIVE", "SUBMITTED")
 
 CODE = ("tasks.budget", "tasks.exam", "tasks.toloka_api", "tasks.toloka_config")
 
@@ -120,12 +126,16 @@ def wait_labelling_task(
     def gate() -> None:
         totals[0] += gate_exams(client, ids.exam_pool, ids.skill, goldens, n_exams, state)
 
-    charged = [0.0]
+    live = LiveSpend(spend)
 
     def guard(stats: PoolStats) -> str | None:
-        now = spend.spent(stats, totals[0].accepted)
-        step, charged[0] = now - charged[0], now
-        return spend.stop_reason(now, step)
+        if spend.plan_fits(spend.spent(stats, totals[0].accepted)):
+            return None
+        exam = pool_stats(client, ids.exam_pool)
+        charged = spend.spent(stats, 0) + (exam.spent_budget or totals[0].accepted * spend.exam_price)
+        in_flight = count_assignments(client, ids.main_pool, PENDING_AUTO) * spend.price
+        in_flight += count_assignments(client, ids.exam_pool, PENDING_REVIEW) * spend.exam_price
+        return live.stop_reason(charged, round(in_flight, 4))
 
     report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}")
     stopped = ""

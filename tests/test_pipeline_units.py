@@ -173,6 +173,22 @@ def test_cost_estimate_and_guard():
     assert budget.estimate_labelling(_params(intruders={"enabled": False}), bundle, 82).intruders == 0
 
 
+def test_spend_guard_stays_quiet_while_the_plan_fits_and_counts_what_is_in_flight_otherwise():
+    params = _params(budget={"max_spend": 50.0})
+    costs = budget.estimate_labelling(params, load_bundle(params.toloka_dir), n_main_suites=82)
+    fits = budget.SpendGuard.of(params, 0.0, costs)
+    assert fits.ceiling == round(costs.main + costs.exam, 4) <= fits.limit
+    assert fits.plan_fits(costs.main) and not fits.plan_fits(fits.ceiling + 0.01)  # beyond plan: watch
+
+    tight = budget.SpendGuard.of(params, spent_before=40.0, costs=costs)  # $10 left of $50
+    assert tight.limit == 10.0 and not tight.plan_fits(0.0)
+    live = budget.LiveSpend(tight)
+    assert live.stop_reason(charged=2.0, in_flight=1.0) is None
+    assert live.stop_reason(charged=4.0, in_flight=1.0) is None  # committed 5, step 2: 5 + 4 + price < 10
+    reason = live.stop_reason(charged=6.0, in_flight=1.5)  # committed 7.5, step 2.5: 7.5 + 5 > 10
+    assert reason is not None and "$6.00 charged and $1.50 in flight" in reason and "$10.00 left" in reason
+
+
 def test_overlap_raise_counts_change_overlap_rules_except_replacements_of_rejected_work():
     from tasks.toloka_config import overlap_raise
 
