@@ -27,7 +27,7 @@ from flows.aggregate import aggregate_export
 from flows.evaluate import evaluate_clusters
 from flows.hooks import CATALOGUE_FLOW, CLOSES_POOLS
 from flows.labelling import collect_labels
-from tasks import artifacts, budget, dataset, hits, report, results, rounds
+from tasks import artifacts, budget, dataset, hits, preflight, report, results, rounds
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
@@ -96,6 +96,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     labelled = None
     round_id = None
     if new_items:
+        preflight.check_plan(params, len(new_items))  # before planning: a plan too big says no at once
         round_id = rounds.round_key(new_items)
         before = aggregate_pools(params, done_pools, folder.before_round())[0] if done_pools else None
         planned = rounds.plan_round(

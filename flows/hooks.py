@@ -9,13 +9,15 @@ because the key was busy), that run's pools are left alone.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import httpx
 from prefect.logging.loggers import flow_run_logger
 
 from tasks.params import PipelineParams
 from tasks.run_lock import RunKeyBusy, run_lock
-from tasks.toloka_api import MissingTokenError, RunRegistry, make_client
+from tasks.toloka_api import TRANSIENT, MissingTokenError, RunRegistry, make_client
 
 CATALOGUE_FLOW = "crowdclust-catalogue"  # keyed by the catalogue key, not the content-derived run key
 
@@ -29,7 +31,7 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
         key = params.catalogue_key if flow.name == CATALOGUE_FLOW else params.resolved_run_key
         with run_lock(params.toloka, key):
-            closed = RunRegistry(make_client(params.toloka, retries=1), key).close_open()
+            closed = close_with_retries(RunRegistry(make_client(params.toloka, retries=1), key))
         log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed or "nothing")
     except RunKeyBusy:
         log.warning("run key busy with another live run: its pools stay open")
@@ -37,6 +39,24 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         log.warning("no Toloka token: nothing could have been opened, nothing to close")
     except Exception as exc:  # a hook must never hide the original failure
         log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)
+
+
+def close_with_retries(registry: RunRegistry, attempts: int = 4) -> list[str]:
+    """`close_open`, again after a 429 or a 5xx (closing is idempotent), at once if the host is down.
+
+    A busy platform must not leave a failed run's pools open and paying; an unreachable one must
+    not hold the failure report for minutes (the client itself tries once more).
+    """
+    for attempt in range(attempts):
+        try:
+            return registry.close_open()
+        except httpx.TransportError:
+            raise
+        except TRANSIENT:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0**attempt, 8.0))
+    raise AssertionError("unreachable")
 
 
 # `@flow(name=..., **CLOSES_POOLS)`: the run's pools are closed however it ends short of completion.

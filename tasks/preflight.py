@@ -39,18 +39,26 @@ def check_exams(params: PipelineParams, bundle: TolokaBundle) -> None:
 
 
 def check_run(params: PipelineParams) -> Checked:
-    """Dataset, HIT size, exam count, overlap rules and the plan's size against the budget."""
+    """Dataset, HIT size, and `check_plan` for all its images."""
     items = dataset.load_dataset(params.dataset)["image"].tolist()
     if len(items) < params.hits.size:
         raise HitPlanError(
             f"{params.dataset}: {len(items)} images cannot fill a HIT of hits.size {params.hits.size}"
         )
+    return Checked(items, check_plan(params, len(items)))
+
+
+def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
+    """Exam count, overlap rules, and the size and cost of a plan for `n_items` against the budget.
+
+    The catalogue flow calls it for each round's new items, before the round is planned.
+    """
     bundle = load_bundle(params.toloka_dir)
     check_exams(params, bundle)
-    budget.check_plan_size(params, bundle, len(items))
-    costs = budget.estimate_labelling(params, bundle, budget.planned_hits(len(items), params))
+    budget.check_plan_size(params, bundle, n_items)
+    costs = budget.estimate_labelling(params, bundle, budget.planned_hits(n_items, params))
     budget.check_budget(costs, params.budget.max_spend)
-    return Checked(items, bundle)
+    return bundle
 
 
 @stage_task(name="verify-ids", toloka=True, cache=False)

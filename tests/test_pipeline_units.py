@@ -353,3 +353,36 @@ def test_skill_is_found_by_the_run_key_in_its_name():
     assert RunRegistry(Client(), "run-a").find_skill("Shoes") == "2"
     assert RunRegistry(Client(), "run-c").find_skill("Shoes") is None
     assert RunRegistry(Client(), "run-b").ensure_skill("Shoes") == "3"  # found, not created (no create_skill)
+
+
+def test_failure_hook_closes_again_after_a_429_but_not_when_the_host_is_down(monkeypatch):
+    import httpx
+    from toloka.client.exceptions import TooManyRequestsApiError
+
+    from flows import hooks
+
+    class Registry:
+        def __init__(self, errors: list[Exception]) -> None:
+            self.errors, self.calls = errors, 0
+
+        def close_open(self) -> list[str]:
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+            return ["pool 1"]
+
+    monkeypatch.setattr(hooks.time, "sleep", lambda seconds: None)
+    busy = Registry([TooManyRequestsApiError(status_code=429, code="TOO_MANY_REQUESTS")] * 2)
+    assert hooks.close_with_retries(busy) == ["pool 1"] and busy.calls == 3
+    down = Registry([httpx.ConnectError("refused")])
+    with pytest.raises(httpx.ConnectError):
+        hooks.close_with_retries(down)
+    assert down.calls == 1
+
+
+def test_a_catalogue_round_too_big_for_the_budget_is_refused_before_planning():
+    from tasks import preflight
+
+    preflight.check_plan(_params(), 30)  # the demo design fits
+    with pytest.raises(budget.BudgetExceeded, match=r"hits_per_item 100000 on 30 images needs 300000 HITs"):
+        preflight.check_plan(_params(hits={"hits_per_item": 100000}), 30)
