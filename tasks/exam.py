@@ -127,9 +127,15 @@ def skills(
 
 @dataclass
 class GatingState:
-    """What one wait session already told Toloka (avoids re-sending unchanged skills)."""
+    """What one wait session knows: the reviewed exams and the skill values it sent.
+
+    Reviewed exams are read from Toloka once per session (a resumed run finds what an earlier
+    process reviewed); after that each tick adds its own verdicts, so a tick costs one search for
+    new submissions plus one request per answer and per changed skill, however many were reviewed.
+    """
 
     sent: dict[str, float]
+    reviewed: dict[str, ExamAnswer] | None = None  # assignment id -> answer, None until first read
 
     @classmethod
     def empty(cls) -> GatingState:
@@ -144,12 +150,23 @@ def gate_exams(
     n_exams: int,
     state: GatingState,
 ) -> ExamTotals:
-    """One gating tick: review SUBMITTED exams, then set every reviewed worker's skill from scratch."""
-    submitted = [
-        answer_from_assignment(a) for a in client.get_assignments(pool_id=exam_pool_id, status="SUBMITTED")
-    ]
+    """One gating tick: review SUBMITTED exams, then set each reviewed worker's skill from scratch."""
+    if state.reviewed is None:
+        state.reviewed = {
+            answer.assignment_id: answer
+            for answer in map(
+                answer_from_assignment,
+                client.get_assignments(pool_id=exam_pool_id, status=["ACCEPTED", "REJECTED"]),
+            )
+        }
+    submitted = {
+        answer.assignment_id: answer
+        for answer in map(
+            answer_from_assignment, client.get_assignments(pool_id=exam_pool_id, status="SUBMITTED")
+        )
+    }
     accepted = rejected = 0
-    for verdict in grade(submitted, goldens):
+    for verdict in grade(submitted.values(), goldens):
         try:
             if verdict.accept:
                 client.accept_assignment(verdict.assignment_id, "Correct grouping")
@@ -159,14 +176,11 @@ def gate_exams(
                     verdict.assignment_id, f"Grouping differs from the reference ({verdict.score:.0f}%)"
                 )
                 rejected += 1
-        except ApiError as exc:  # already reviewed by a previous tick or run: nothing to do
+        except ApiError as exc:  # already reviewed by a previous tick or run: the verdict is the same
             log.info("exam assignment %s already reviewed (%s)", verdict.assignment_id, type(exc).__name__)
-    reviewed = [
-        answer_from_assignment(a)
-        for a in client.get_assignments(pool_id=exam_pool_id, status=["ACCEPTED", "REJECTED"])
-    ]
+        state.reviewed[verdict.assignment_id] = submitted[verdict.assignment_id]
     changed = 0
-    for worker, value in skills(reviewed, goldens, n_exams).items():
+    for worker, value in skills(state.reviewed.values(), goldens, n_exams).items():
         if state.sent.get(worker) == value:
             continue
         client.set_user_skill(skill_id=skill_id, user_id=worker, value=Decimal(str(round(value, 6))))

@@ -97,8 +97,10 @@ class _ExamPool:
     assignments: list[_Assignment]
     skills: dict[str, Decimal] = field(default_factory=dict)
     puts: int = 0
+    searches: int = 0
 
     def get_assignments(self, pool_id: str, status: Any) -> list[_Assignment]:
+        self.searches += 1
         wanted = {status} if isinstance(status, str) else set(status)
         return [a for a in self.assignments if a.status in wanted]
 
@@ -138,6 +140,10 @@ def test_gating_accepts_exact_rejects_the_rest_and_never_double_counts():
     for fresh in (state, exam.GatingState.empty()):
         exam.gate_exams(pool, "exam", "skill", goldens, 3, fresh)
         assert float(pool.skills["good"]) == pytest.approx(250 / 3)
+    # A tick reads the reviewed exams only once per session: later ticks search new submissions only.
+    searches = pool.searches
+    exam.gate_exams(pool, "exam", "skill", goldens, 3, state)
+    assert pool.searches == searches + 1
 
 
 # ------------------------------------------------------------------------------------------ budget
