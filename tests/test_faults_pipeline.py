@@ -48,7 +48,7 @@ def config(emu, tmp_path_factory) -> Path:
         "runs_dir": str(folder / "runs"),
         "toloka": {"environment": "local", "url": emu.url},
         "hits": {"size": 10, "overlap": 3, "hits_per_item": 3},
-        "exam": {"n_exams": 1, "expected_workers": 20, "skill_name": "Faults"},
+        "exam": {"n_exams": 1, "expected_workers": 8, "skill_name": "Faults"},
         "wait": {"poll_seconds": 0.3, "timeout_seconds": 300},
         "budget": {"max_spend": MAX_SPEND},
         "intruders": {"enabled": False},
@@ -122,9 +122,9 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     bundle = load_bundle(params.toloka_dir)
     items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
     plan = make_plan(items, params.hits, params.seed)
-    # The estimate is $1.48 (main $0.70 = 9 x 3 x $0.026, exams $0.78 if all 60 seats were paid); a
-    # run costs about $1.3 (rejected exams are not paid). The limit lies below what the run costs.
-    limit = 1.1
+    # The estimate is $1.01 (main $0.70 = 9 x 3 x $0.026, exams $0.31 if all 24 seats were paid); a
+    # run costs about $0.85 (rejected exams are not paid). The limit lies below what the run costs.
+    limit = 0.75
 
     @flow
     def guarded() -> Any:
