@@ -142,7 +142,7 @@ def test_growing_catalogue_labels_only_new_items_and_costs_nothing_unchanged(svc
     def run_round() -> tuple[str, dict[str, Any]]:
         run_id = svc.trigger("crowdclust-catalogue/demo-catalogue", {**defaults, "params": params})
         run = svc.wait(run_id)
-        assert run["state_type"] == "COMPLETED", run["state"]
+        assert run["state_type"] == "COMPLETED", run["state"].get("message")
         return run_id, json.loads(summary_path.read_text())
 
     _, first = run_round()
