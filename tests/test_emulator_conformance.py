@@ -7,8 +7,8 @@ simulated seconds, the main pool until it closes itself, the export, then the in
 its own training and QC rules until that pool closes itself too, and Dawid-Skene from crowd-kit over
 the intruder answers.
 
-It runs at speed 60 and at speed 600 with the clock running: the requester's own work (grading
-hundreds of exams) takes wall time, which at speed 600 lets the crowd run ten times further ahead
+It runs at speed 120 and at speed 1200 with the clock running: the requester's own work (grading
+hundreds of exams) takes wall time, which at speed 1200 lets the crowd run ten times further ahead
 between polls. The numbers of assignments must not depend on it.
 """
 
@@ -52,6 +52,7 @@ N_EXAMS, HIT_SIZE, N_INTRUDER_HITS, POLL = (
     PIPELINE["intruders"]["n_hits"],
     60.0,
 )
+SPEEDS = (120.0, 1200.0)  # simulated seconds per wall second: a slow and a ten times faster crowd
 PLACEHOLDER = re.compile(r"^\$\{([a-z_]+)\}$")
 
 
@@ -267,10 +268,10 @@ def _notebook(speed: float) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def runs() -> dict[float, dict[str, Any]]:
-    return {speed: _notebook(speed) for speed in (60.0, 600.0)}
+    return {speed: _notebook(speed) for speed in SPEEDS}
 
 
-@pytest.mark.parametrize("speed", [60.0, 600.0])
+@pytest.mark.parametrize("speed", SPEEDS)
 def test_every_stage_completes_and_both_pools_close_themselves(runs, speed):
     run = runs[speed]
     assert run["main_rows"] == run["main_assignments"] == 82 * VALUES["overlap"]
@@ -283,6 +284,6 @@ def test_every_stage_completes_and_both_pools_close_themselves(runs, speed):
 
 
 def test_the_numbers_do_not_depend_on_the_clients_speed(runs):
-    slow, fast = runs[60.0], runs[600.0]
+    slow, fast = runs[SPEEDS[0]], runs[SPEEDS[1]]
     keys = ("main_rows", "main_assignments", "intruder_rows")
     assert {k: slow[k] for k in keys} == {k: fast[k] for k in keys}

@@ -133,7 +133,7 @@ def test_growing_catalogue_labels_only_new_items_and_costs_nothing_unchanged(svc
     params = defaults["params"] | {
         "dataset": str(catalogue),
         "runs_dir": str(svc.tmp / "runs-catalogue"),
-        "intruders": {"n_hits": 40},
+        "intruders": {"n_hits": 24, "overlap": 3},
         "run_key": f"svc-catalogue-{uuid.uuid4().hex[:6]}",  # apart from the nightly run's objects
     }
     prefix = f"crowdclust:{params['run_key']}:"
