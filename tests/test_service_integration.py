@@ -179,3 +179,16 @@ def test_recurring_deployment_has_upcoming_runs(svc):
         time.sleep(2)
     assert owners[deployments["demo-catalogue"]] >= 1, owners
     assert all(r["expected_start_time"] > r["created"] for r in upcoming)
+
+
+def test_runs_that_stop_sending_heartbeats_are_crashed_by_an_automation(svc):
+    """A flow-run process lost with its machine cannot report itself: the server's automation does."""
+    from crowdclust.service.config import HEARTBEAT_SECONDS
+    from crowdclust.service.deployer import UNRESPONSIVE
+
+    found = [a for a in svc.api.post("/automations/filter", json={}).json() if a["name"] == UNRESPONSIVE]
+    assert len(found) == 1 and found[0]["enabled"], found
+    trigger, (action,) = found[0]["trigger"], found[0]["actions"]
+    assert trigger["posture"] == "Proactive" and trigger["after"] == ["prefect.flow-run.heartbeat"]
+    assert trigger["within"] == 3 * HEARTBEAT_SECONDS and action["state"] == "CRASHED"
+    assert svc.cfg.env()["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS)

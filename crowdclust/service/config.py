@@ -24,6 +24,7 @@ TOKEN_ENV = "CROWDCLUST_EMULATOR_TOKEN"  # the emulator reads its token from her
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is served read-only
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
 RATE_LIMIT_ENV = "CROWDCLUST_TOLOKA_RATE_LIMIT"  # on: every Toloka request takes a rate-limit slot
+HEARTBEAT_SECONDS = 30  # how often the service's flow runs send a heartbeat (Prefect's minimum)
 DEFAULT_RATES = {"local": 50.0, "sandbox": 10.0, "production": 10.0}  # Toloka requests per second
 
 Profile = Literal["sqlite", "postgres"]
@@ -132,6 +133,8 @@ class ServiceConfig:
             PREFECT_UI_API_URL=self.api_url,
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_WORKER_QUERY_SECONDS=str(self.worker_poll_seconds),
+            # Heartbeats let the server crash runs whose process died (see deployer's automation).
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
             PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
         )
         env[RUNS_URL_ENV] = self.runs_url

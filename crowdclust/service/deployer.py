@@ -32,6 +32,7 @@ from typing import Any
 
 from crowdclust.service import deployments
 from crowdclust.service.config import (
+    HEARTBEAT_SECONDS,
     RESULTS_BLOCK,
     TOKEN_BLOCK,
     WORK_POOL,
@@ -91,10 +92,65 @@ def provision(cfg: ServiceConfig) -> None:
                     name, GlobalConcurrencyLimitUpdate(limit=limit, slot_decay_per_second=decay)
                 )
     Secret(value=cfg.token_file.read_text().strip()).save(TOKEN_BLOCK, overwrite=True)
+    ensure_unresponsive_run_automation()
     if cfg.results_is_url:
         from prefect.filesystems import RemoteFileSystem
 
         RemoteFileSystem(basepath=cfg.results_location).save(RESULTS_BLOCK, overwrite=True)
+
+
+UNRESPONSIVE = "crowdclust: crash unresponsive runs"
+MISSED_HEARTBEATS = 3  # a run silent this many heartbeat periods is marked Crashed
+
+
+def ensure_unresponsive_run_automation() -> None:
+    """An automation that marks a RUNNING flow run Crashed once its heartbeats stop.
+
+    A flow-run process that dies with its machine (or a worker killed with -9) cannot report its own
+    crash, and the run would show Running forever, blocking nothing but misleading everyone. Flow runs
+    of the service send a heartbeat event every HEARTBEAT_SECONDS (`env()` sets
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY); after MISSED_HEARTBEATS silent periods without a final state
+    the server sets Crashed, and the run can be Retried from the UI (cached steps are kept).
+    """
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    silence = HEARTBEAT_SECONDS * MISSED_HEARTBEATS
+    try:
+        Automation.read(name=UNRESPONSIVE)
+        return
+    except ValueError:  # not there yet
+        pass
+    Automation(
+        name=UNRESPONSIVE,
+        description="Marks a flow run Crashed when its heartbeats stop (worker or machine lost).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=silence),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {silence} s: the run's process is gone; Retry it",
+            )
+        ],
+    ).create()
 
 
 def deploy(path: Path) -> None:
