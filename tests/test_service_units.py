@@ -103,3 +103,18 @@ def test_results_url_becomes_the_default_storage_block_of_every_worker(tmp_path:
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in env
         and env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"
     )
+
+
+def test_the_emulator_is_throttled_only_when_it_has_a_limit_of_its_own(tmp_path: Path):
+    from crowdclust.service.deployer import limits
+
+    plain = ServiceConfig(state_dir=tmp_path)
+    assert limits(plain) == {
+        "toloka-api-local": 0.0,
+        "toloka-api-production": 10.0,
+        "toloka-api-sandbox": 10.0,
+    }
+    limited = ServiceConfig(state_dir=tmp_path, emulator_rate_limit=20.0)
+    assert limits(limited)["toloka-api-local"] == 15.0  # under the emulator's own limit
+    chosen = ServiceConfig(state_dir=tmp_path, emulator_rate_limit=20.0, rates={"local": 5.0})
+    assert limits(chosen) == {"toloka-api-local": 5.0}

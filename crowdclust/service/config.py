@@ -25,7 +25,9 @@ RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is serve
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
 RATE_LIMIT_ENV = "CROWDCLUST_TOLOKA_RATE_LIMIT"  # on: every Toloka request takes a rate-limit slot
 HEARTBEAT_SECONDS = 30  # how often the service's flow runs send a heartbeat (Prefect's minimum)
-DEFAULT_RATES = {"local": 50.0, "sandbox": 10.0, "production": 10.0}  # Toloka requests per second
+# Toloka requests per second per environment; 0 = not throttled (the local emulator, unless it has
+# its own per-token limit: see deployer.limits).
+DEFAULT_RATES = {"local": 0.0, "sandbox": 10.0, "production": 10.0}
 
 Profile = Literal["sqlite", "postgres"]
 

@@ -46,8 +46,16 @@ PROVISIONED = "PROVISIONED"
 
 
 def limits(cfg: ServiceConfig) -> dict[str, float]:
-    """Rate-limit name -> Toloka requests per second."""
-    return {limit_name(env): rate for env, rate in sorted(cfg.rates.items())}
+    """Rate-limit name -> Toloka requests per second (0: that environment is not throttled).
+
+    The local emulator is not throttled unless it was started with a per-token limit: then its
+    limit is three quarters of that, so runs stay under it. Throttling costs a Prefect API call per
+    Toloka request, which is most of a run's requests when nothing needs protecting.
+    """
+    rates = dict(cfg.rates)
+    if rates.get("local", 0.0) <= 0 and cfg.emulator_rate_limit:
+        rates["local"] = round(0.75 * cfg.emulator_rate_limit, 3)
+    return {limit_name(env): max(rate, 0.0) for env, rate in sorted(rates.items())}
 
 
 def provision_key(cfg: ServiceConfig) -> str:
@@ -79,6 +87,10 @@ def provision(cfg: ServiceConfig) -> None:
                     WorkPoolCreate(name=WORK_POOL, type="process", base_job_template=template)
                 )
         for name, rate in limits(cfg).items():
+            if rate <= 0:
+                with contextlib.suppress(ObjectNotFound):  # switched off since the last `up`
+                    client.delete_global_concurrency_limit_by_name(name)
+                continue
             limit, decay = 1, float(rate)  # a burst of `rate` slots would double the peak per second
             try:
                 current = client.read_global_concurrency_limit_by_name(name)
@@ -187,7 +199,7 @@ def main(state_dir: Path, force: bool) -> None:
         provision(cfg)
         record["provisioned"] = key
         deployments.save_record(cfg, record)
-        names = ", ".join(limits(cfg))
+        names = ", ".join(f"{name} {rate:g}/s" for name, rate in limits(cfg).items() if rate > 0) or "none"
         print(f"provisioned: work pool {WORK_POOL}, Secret block {TOKEN_BLOCK}, rate limits {names}")
     print(PROVISIONED, flush=True)
     plan = deployments.plan(cfg, record, force)
