@@ -110,9 +110,13 @@ def create_app(emu: Emulator) -> Any:
 
     @app.exception_handler(Exception)
     async def crash(_: Request, exc: Exception) -> JSONResponse:
-        # The details go to the log only: an answer never carries exception text.
+        # The details go to the log only: an answer never carries exception text. The server closes
+        # the connection after an unhandled error, so the answer says so (the client then reconnects
+        # instead of reusing a dead connection).
         log.exception("internal error")
-        return _error(500, "INTERNAL_ERROR", "Internal error of the emulator (see its log)")
+        answer = _error(500, "INTERNAL_ERROR", "Internal error of the emulator (see its log)")
+        answer.headers["Connection"] = "close"
+        return answer
 
     call = emu.call
     _polled_reads(app, emu)  # first, so that they are matched first
