@@ -297,7 +297,7 @@ def _polled_reads(app: FastAPI, emu: Emulator) -> None:
     for path, read in reads.items():
 
         async def route(request: Request, read: Callable[[str], Any] = read) -> Response:
-            return FastJSONResponse(emu.call(read, request.path_params["key"]))
+            return FastJSONResponse(emu.read(read, request.path_params["key"]))
 
         app.add_route(path, route, methods=["GET"], name=f"get {path}")
 
