@@ -46,7 +46,7 @@ MAX_LATENCY_MS = 60_000
 
 
 class FastJSONResponse(JSONResponse):
-    """A JSON answer serialised by orjson (a fifth of `json.dumps`' time for a pool).
+    """A JSON answer serialised by orjson (~4 µs for a pool with quality-control rules, `json` ~50 µs).
 
     Documents orjson refuses (integers beyond 64 bits, which a client may send in a config) fall back
     to the standard library, so every stored document can still be answered.
@@ -84,7 +84,7 @@ def create_app(emu: Emulator) -> Any:
         redoc_url=None,
         openapi_url=None,
         default_response_class=FastJSONResponse,
-        # No OpenTelemetry: looking for its providers on every request is a tenth of a polled read.
+        # No OpenTelemetry: looking for its providers costs ~0.02 ms on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     settings = emu.settings
@@ -288,8 +288,8 @@ def _polled_reads(app: FastAPI, emu: Emulator) -> None:
     """The reads a requester polls (`get_pool`, `get_training`, `wait_operation`) as plain Starlette routes.
 
     They take nothing but the id, so FastAPI's per-request work (dependency solving, `jsonable_encoder`)
-    buys nothing here and costs ~0.13 ms, a sixth of the emulator's CPU per `get_pool`. Errors still go
-    through the app's exception handlers.
+    buys nothing here and costs ~0.13 ms, a fifth of the emulator's CPU per `get_pool` with it. Errors
+    still go through the app's exception handlers.
     """
     reads: dict[str, Callable[[str], Any]] = {
         "/api/v1/pools/{key}": lambda key: emu.get_pool(key, "pool"),
