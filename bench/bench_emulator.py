@@ -1,9 +1,10 @@
 """Emulator benchmark: API throughput, memory over a long run, the seed notebook, a 10,000-item catalogue.
 
-Run: `.venv/bin/python bench/bench_emulator.py [--skip-10k]`. Prints figures (with the load average,
-since other processes share the cores); not part of the tests. Targets: >= 300 `get_pool` calls/s
-through toloka-kit on 2 cores; memory that stops growing over a long polling run; the seed notebook
-(training, exams, main pool, intruders) at speed 600; 10^4 items upload, complete and export.
+Run: `.venv/bin/python bench/bench_emulator.py [--skip-10k | --throughput-only]`. Prints figures (with
+the load average, since other processes share the cores); not part of the tests. Targets: >= 300
+`get_pool` calls/s through toloka-kit on 2 cores; memory that stops growing over a long polling run;
+the seed notebook (training, exams, main pool, intruders) at speed 600; 10^4 items upload, complete
+and export.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def _get_pools(url: str, token: str, pool_id: str, barrier: Any, seconds: float)
     return calls, _own_cpu_seconds() - cpu
 
 
-def _in_process(args: tuple[Any, ...], results: Any) -> None:
+def _put_counts(args: tuple[Any, ...], results: Any) -> None:
     results.put(_get_pools(*args))
 
 
@@ -130,11 +131,11 @@ def _load_test(url: str, pid: int, pool_id: str, clients: int, processes: bool, 
         spawn = multiprocessing.get_context("spawn")
         barrier, results = spawn.Barrier(clients + 1), spawn.Queue()
         args = (url, TOKEN, pool_id, barrier, seconds)
-        runners = [spawn.Process(target=_in_process, args=(args, results)) for _ in range(clients)]
+        runners = [spawn.Process(target=_put_counts, args=(args, results)) for _ in range(clients)]
     else:
         barrier, results = threading.Barrier(clients + 1), queue.Queue()
         args = (url, TOKEN, pool_id, barrier, seconds)
-        runners = [threading.Thread(target=_in_process, args=(args, results)) for _ in range(clients)]
+        runners = [threading.Thread(target=_put_counts, args=(args, results)) for _ in range(clients)]
     for runner in runners:
         runner.start()
     barrier.wait()
@@ -146,9 +147,9 @@ def _load_test(url: str, pid: int, pool_id: str, clients: int, processes: bool, 
     calls = sum(n for n, _ in counted)
     # Threads share this process's CPU (each thread's figure would count all of it).
     client = sum(cpu for _, cpu in counted) if processes else _own_cpu_seconds() - mine
-    unit = "process" if processes else "thread"
+    noun = ("process", "processes") if processes else ("thread", "threads")
     return (
-        f"{clients} client {unit}{'es' if processes and clients > 1 else 's' if clients > 1 else ''}: "
+        f"{clients} client {noun[clients > 1]}: "
         f"{calls / seconds:.0f} req/s; CPU per call: server {1000 * server / calls:.2f} ms, "
         f"toloka-kit client {1000 * client / calls:.2f} ms ({load()})"
     )
