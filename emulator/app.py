@@ -19,6 +19,7 @@ the same `Authorization` header, and refuse bad values with a 400 Toloka-style e
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -26,6 +27,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -43,8 +45,22 @@ log = logging.getLogger("emulator.app")
 MAX_LATENCY_MS = 60_000
 
 
+class FastJSONResponse(JSONResponse):
+    """A JSON answer serialised by orjson (~4 µs for a pool with quality-control rules, `json` ~50 µs).
+
+    Documents orjson refuses (integers beyond 64 bits, which a client may send in a config) fall back
+    to the standard library, so every stored document can still be answered.
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:
+            return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _json(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(data, status_code=status)
+    return FastJSONResponse(data, status_code=status)
 
 
 def _error(status: int, code: str, message: str, payload: Any = None) -> JSONResponse:
@@ -62,7 +78,15 @@ def _op(result: tuple[int, Any]) -> Response:
 
 def create_app(emu: Emulator) -> Any:
     """The ASGI application serving one `Emulator` (FastAPI routes behind the `/api` guard)."""
-    app = FastAPI(title="crowdclust Toloka emulator", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="crowdclust Toloka emulator",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        default_response_class=FastJSONResponse,
+        # No OpenTelemetry: looking for its providers costs ~0.02 ms on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     settings = emu.settings
     faults = Faults(settings.seed, settings.fail_rate, settings.latency_ms)
     limiter = RateLimiter(settings.rate_limit)
@@ -88,11 +112,16 @@ def create_app(emu: Emulator) -> Any:
 
     @app.exception_handler(Exception)
     async def crash(_: Request, exc: Exception) -> JSONResponse:
-        # The details go to the log only: an answer never carries exception text.
+        # The details go to the log only: an answer never carries exception text. The server closes
+        # the connection after an unhandled error, so the answer says so (the client then reconnects
+        # instead of reusing a dead connection).
         log.exception("internal error")
-        return _error(500, "INTERNAL_ERROR", "Internal error of the emulator (see its log)")
+        answer = _error(500, "INTERNAL_ERROR", "Internal error of the emulator (see its log)")
+        answer.headers["Connection"] = "close"
+        return answer
 
     call = emu.call
+    _polled_reads(app, emu)  # first, so that they are matched first
 
     # ---------------------------------------------------------------------------------- requester
     @app.get("/api/v1/requester")
@@ -149,10 +178,6 @@ def create_app(emu: Emulator) -> Any:
     @app.get("/api/v1/operations")
     async def find_operations(request: Request) -> Any:
         return call(emu.search, "operation", _params(request))
-
-    @app.get("/api/v1/operations/{key}")
-    async def get_operation(key: str) -> Any:
-        return call(emu.get_operation, key)
 
     @app.get("/api/v1/operations/{key}/log")
     async def get_operation_log(key: str) -> Any:
@@ -259,6 +284,26 @@ def create_app(emu: Emulator) -> Any:
     return app
 
 
+def _polled_reads(app: FastAPI, emu: Emulator) -> None:
+    """The reads a requester polls (`get_pool`, `get_training`, `wait_operation`) as plain Starlette routes.
+
+    They take nothing but the id, so FastAPI's per-request work (dependency solving, `jsonable_encoder`)
+    buys nothing here and costs ~0.13 ms, a fifth of the emulator's CPU per `get_pool` with it. Errors
+    still go through the app's exception handlers.
+    """
+    reads: dict[str, Callable[[str], Any]] = {
+        "/api/v1/pools/{key}": lambda key: emu.get_pool(key, "pool"),
+        "/api/v1/trainings/{key}": lambda key: emu.get_pool(key, "training"),
+        "/api/v1/operations/{key}": emu.get_operation,
+    }
+    for path, read in reads.items():
+
+        async def route(request: Request, read: Callable[[str], Any] = read) -> Response:
+            return FastJSONResponse(emu.read(read, request.path_params["key"]))
+
+        app.add_route(path, route, methods=["GET"], name=f"get {path}")
+
+
 def _pool_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> None:
     """Pools and trainings: same shape, one id space."""
     call = emu.call
@@ -270,10 +315,6 @@ def _pool_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> Non
     @app.get(f"/api/v1/{collection}", name=f"find_{kind}s")
     async def find(request: Request) -> Any:
         return call(emu.search, "pool", _params(request), kind)
-
-    @app.get(f"/api/v1/{collection}/{{key}}", name=f"get_{kind}")
-    async def get(key: str) -> Any:
-        return call(emu.get_pool, key, kind)
 
     @app.put(f"/api/v1/{collection}/{{key}}", name=f"update_{kind}")
     async def update(key: str, body: Any = Body(None)) -> Any:

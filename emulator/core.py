@@ -64,6 +64,17 @@ class Emulator:
             finally:
                 self.store.flush()
 
+    def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like `call` for an action that changes nothing, without the SQLite transaction.
+
+        The crowd's own progress up to now is written by the next heartbeat (`tick`, every 20 ms), so a
+        polled `get_pool` with `--db` costs no disk write; what a requester changed is always written
+        before its answer (`call`).
+        """
+        with self.store.lock:
+            self.crowd.advance_to(self.clock.now())
+            return fn(*args)
+
     def tick(self) -> None:
         """Background heartbeat: let the crowd work up to now."""
         with self.store.lock:

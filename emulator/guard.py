@@ -12,6 +12,7 @@ so that "the limit held" is a checkable fact: the peak the stats report can neve
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ from emulator.faults import Faults
 Scope = dict[str, Any]
 
 
+@functools.lru_cache(maxsize=64)
 def token_label(token: str) -> str:
     """How a token is named in stats and logs: a short hash, never the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]

@@ -21,7 +21,11 @@ def _project(client, output_type: str = "json", name: str = "wire") -> toloka.Pr
 
 
 def _pool(client, project_id: str, **extra) -> toloka.Pool:
-    config = {
+    return client.create_pool(toloka.Pool.from_json(json.dumps(_pool_config(project_id) | extra)))
+
+
+def _pool_config(project_id: str) -> dict:
+    return {
         "project_id": project_id,
         "private_name": "wire pool",
         "reward_per_assignment": 0.01,
@@ -37,8 +41,7 @@ def _pool(client, project_id: str, **extra) -> toloka.Pool:
         "status": "OPEN",
         "owner": {"id": "x"},
         "created": "2020-01-01T00:00:00",
-    } | extra
-    return client.create_pool(toloka.Pool.from_json(json.dumps(config)))
+    }
 
 
 def _created(result) -> list:
@@ -268,6 +271,21 @@ def test_error_bodies_always_carry_a_code(emulator):
         bad.get_requester()
 
 
+def test_polled_reads_answer_like_every_route(emulator, toloka_client):
+    """get_pool / get_training / get_operation skip FastAPI's machinery: same errors, any stored document."""
+    project = _project(toloka_client)
+    with _raw(emulator) as raw:
+        for path in ("/api/v1/pools/987654", "/api/v1/trainings/987654", "/api/v1/operations/nope"):
+            missing = raw.get(path)
+            assert missing.status_code == 404 and missing.json()["code"] == "DOES_NOT_EXIST", path
+        # An integer beyond 64 bits (orjson refuses it) is still answered as sent.
+        config = json.loads(toloka.Pool.from_json(json.dumps(_pool_config(project.id))).to_json())
+        created = raw.post("/api/v1/pools", json=config | {"metadata": {"big": [2**70]}})
+        read = raw.get(f"/api/v1/pools/{created.json()['id']}")
+        assert read.status_code == 200 and read.json()["metadata"] == {"big": [2**70]}
+    assert toloka_client.get_pool(created.json()["id"]).private_name == "wire pool"
+
+
 def test_task_spec_is_echoed(toloka_client):
     spec = {
         "input_spec": {"url": {"type": "url"}},
@@ -312,9 +330,11 @@ def test_money_guard_and_internal_errors(emulator_factory):
             raise RuntimeError("bug")
 
         emu.emulator.requester = boom
+        emu.emulator.get_pool = lambda *_: boom()
         with _raw(emu) as raw:
-            crash = raw.get("/api/v1/requester")
-        assert crash.status_code == 500 and crash.json()["code"] == "INTERNAL_ERROR"
+            for path in ("/api/v1/requester", f"/api/v1/pools/{pool.id}"):
+                crash = raw.get(path)
+                assert crash.status_code == 500 and crash.json()["code"] == "INTERNAL_ERROR", path
 
 
 def test_pool_closes_when_the_balance_runs_out(emulator_factory):
