@@ -477,18 +477,45 @@ class Csr(NamedTuple):
 
 
 class PairGraph:
-    """The symmetric item graph of the observed pairs, built once; `scores` fills in S for given llr."""
+    """The symmetric item graph of the observed pairs, built once; `scores` fills in S for given llr.
+
+    Besides the CSR structure it keeps the labels grouped by item pair (`pair_ptr`, with the
+    workers and answers in that order) and each pair's two places in the CSR, so `evidence` reads
+    the labels sequentially instead of scattering into a matrix of 2 × the pairs.
+    """
 
     def __init__(self, pairs: PairLabels) -> None:
         n = pairs.n_items
-        key = np.r_[pairs.a * n + pairs.b, pairs.b * n + pairs.a]
-        uniq, self.inverse = np.unique(key, return_inverse=True)
-        self.indptr = np.r_[0, np.cumsum(np.bincount(uniq // n, minlength=n))].astype(np.int64)
-        self.indices = (uniq % n).astype(np.int64)
+        upper, self.inverse = np.unique(pairs.a * n + pairs.b, return_inverse=True)
+        a, b = upper // n, upper % n
+        # Both directions, sorted by (row, column): row a's entries are (a, b>a) after (a, b<a).
+        rows, cols = np.r_[a, b], np.r_[b, a]
+        order = np.lexsort((cols, rows))
+        self.indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=n))].astype(np.int64)
+        self.indices = cols[order].astype(np.int64)
+        place = np.empty(len(order), dtype=np.int64)
+        place[order] = np.arange(len(order))
+        self.place_ab, self.place_ba = place[: len(upper)], place[len(upper) :]
+        by_pair = np.argsort(self.inverse, kind="stable")
+        self.pair_ptr = np.r_[0, np.cumsum(np.bincount(self.inverse, minlength=len(upper)))].astype(np.int64)
+        self.pair_worker = pairs.worker[by_pair].astype(np.int32)
+        self.pair_yes = pairs.label[by_pair] > 0
 
     def scores(self, llr: np.ndarray) -> Csr:
         """S_ab = Σ over labels of (a, b) of llr_t, as a symmetric CSR matrix."""
-        return Csr(self.indptr, self.indices, np.bincount(self.inverse, weights=np.r_[llr, llr]))
+        upper = np.bincount(self.inverse, weights=llr, minlength=len(self.place_ab))
+        data = np.empty(len(self.indices))
+        data[self.place_ab] = upper
+        data[self.place_ba] = upper
+        return Csr(self.indptr, self.indices, data)
+
+    def evidence(self, pairs: PairLabels, labels: np.ndarray, prior: float = 10.0) -> Csr:
+        """`scores(worker_llr(pairs, labels))`, summed pair by pair without per-label arrays."""
+        w_yes, w_no = _coin_weights(pairs, np.asarray(labels, dtype=np.int64), prior)
+        data = _pair_sums(
+            self.pair_ptr, self.pair_worker, self.pair_yes, w_yes, w_no, self.place_ab, self.place_ba
+        )
+        return Csr(self.indptr, self.indices, data)
 
 
 def pair_scores(pairs: PairLabels, llr: np.ndarray) -> Csr:
@@ -496,20 +523,52 @@ def pair_scores(pairs: PairLabels, llr: np.ndarray) -> Csr:
     return PairGraph(pairs).scores(llr)
 
 
-def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 10.0) -> np.ndarray:
-    """Per-label evidence for 'same' under each worker's two coins, estimated from `labels`.
+@njit(cache=True)
+def coin_counts(a, b, worker, label, labels, n_workers):  # pragma: no cover - compiled
+    """Per worker: labels inside one cluster (said "same", all), across clusters (said "different", all)."""
+    out = np.zeros((n_workers, 4))
+    for t in range(a.shape[0]):
+        j = worker[t]
+        if labels[a[t]] == labels[b[t]]:
+            out[j, 1] += 1.0
+            if label[t] > 0:
+                out[j, 0] += 1.0
+        else:
+            out[j, 3] += 1.0
+            if label[t] < 0:
+                out[j, 2] += 1.0
+    return out
+
+
+@njit(cache=True)
+def _pair_sums(pair_ptr, worker, yes, w_yes, w_no, place_ab, place_ba):  # pragma: no cover - compiled
+    """S of every observed pair (labels grouped by pair, summed in label order), at its two places."""
+    out = np.empty(place_ab.shape[0] * 2)
+    for u in range(place_ab.shape[0]):
+        total = 0.0
+        for t in range(pair_ptr[u], pair_ptr[u + 1]):
+            total += w_yes[worker[t]] if yes[t] else w_no[worker[t]]
+        out[place_ab[u]] = total
+        out[place_ba[u]] = total
+    return out
+
+
+def _coin_weights(pairs: PairLabels, labels: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each worker's llr of a "same" and of a "different" label under their two coins, fitted to `labels`.
 
     `prior` pseudo-counts pull sens and spec toward 0.75, so a worker with few labels gets a
     moderate weight rather than an extreme one.
     """
-    same = labels[pairs.a] == labels[pairs.b]
-    yes = pairs.label > 0
-    count = pairs.per_worker
-    sens = (count(same & yes) + 0.75 * prior) / (count(same) + prior)
-    spec = (count(~same & ~yes) + 0.75 * prior) / (count(~same) + prior)
-    w_yes = np.log(sens / (1.0 - spec))
-    w_no = np.log((1.0 - sens) / spec)
-    return np.where(yes, w_yes[pairs.worker], w_no[pairs.worker])
+    counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, labels, pairs.n_workers)
+    sens = (counts[:, 0] + 0.75 * prior) / (counts[:, 1] + prior)
+    spec = (counts[:, 2] + 0.75 * prior) / (counts[:, 3] + prior)
+    return np.log(sens / (1.0 - spec)), np.log((1.0 - sens) / spec)
+
+
+def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 10.0) -> np.ndarray:
+    """Per-label evidence for 'same' under each worker's two coins, estimated from `labels`."""
+    w_yes, w_no = _coin_weights(pairs, np.asarray(labels, dtype=np.int64), prior)
+    return np.where(pairs.label > 0, w_yes[pairs.worker], w_no[pairs.worker])
 
 
 def log_likelihood(pairs: PairLabels, labels: np.ndarray) -> float:
@@ -519,12 +578,11 @@ def log_likelihood(pairs: PairLabels, labels: np.ndarray) -> float:
     coins whatever the partition, and a partition is better when the workers' answers are more
     predictable from it.
     """
-    same = labels[pairs.a] == labels[pairs.b]
-    yes = pairs.label > 0
+    counts = coin_counts(
+        pairs.a, pairs.b, pairs.worker, pairs.label, np.asarray(labels, dtype=np.int64), pairs.n_workers
+    )
     total = 0.0
-    for inside in (same, ~same):
-        n_yes = pairs.per_worker(inside & yes)
-        n_all = pairs.per_worker(inside)
+    for n_yes, n_all in ((counts[:, 0], counts[:, 1]), (counts[:, 3] - counts[:, 2], counts[:, 3])):
         rate = (n_yes + 0.5) / (n_all + 1.0)
         total += float((n_yes * np.log(rate) + (n_all - n_yes) * np.log1p(-rate)).sum())
     return total
@@ -608,7 +666,7 @@ def refine(
     labels = _relabel(np.asarray(labels, dtype=np.int64))
     current = labels if start is None else _relabel(np.asarray(start, dtype=np.int64))
     for _ in range(n_rounds):
-        new = _louvain(graph.scores(worker_llr(pairs, labels)), current, order, max_passes)
+        new = _louvain(graph.evidence(pairs, labels), current, order, max_passes)
         if np.array_equal(new, labels):
             break
         labels = current = new
@@ -724,9 +782,9 @@ def settle(
     best_value = log_likelihood(pairs, best) + log_prior(best, alpha)
     current = best
     for _ in range(n_rounds):
-        current = merge_clusters(graph.scores(worker_llr(pairs, current)), current, alpha)
-        current = move_pieces(graph.scores(worker_llr(pairs, current)), current, alpha)
-        current = move_items(graph.scores(worker_llr(pairs, current)), current, alpha)
+        current = merge_clusters(graph.evidence(pairs, current), current, alpha)
+        current = move_pieces(graph.evidence(pairs, current), current, alpha)
+        current = move_items(graph.evidence(pairs, current), current, alpha)
         value = log_likelihood(pairs, current) + log_prior(current, alpha)
         if value <= best_value + EPS:
             break
@@ -756,10 +814,10 @@ def search(
         else:
             labels = refine(pairs, start, graph=graph)
         labels, _ = settle(pairs, labels, graph, alpha)
-        labels = absorb_thin(pairs, labels, graph.scores(worker_llr(pairs, labels)), None, alpha)
+        labels = absorb_thin(pairs, labels, graph.evidence(pairs, labels), None, alpha)
         value = log_likelihood(pairs, labels) + log_prior(labels, alpha)
         scores.append((name, value))
         if value > best_value:
             best, best_value = labels, value
     assert best is not None
-    return SearchResult(best, scores, graph.scores(worker_llr(pairs, best)))
+    return SearchResult(best, scores, graph.evidence(pairs, best))
