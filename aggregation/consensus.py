@@ -96,6 +96,37 @@ def _clear(acc, mark, touched, nt):  # pragma: no cover - compiled
         mark[touched[q]] = False
 
 
+@njit(cache=True, inline="always")
+def _sizes_and_free(labels, weight):  # pragma: no cover - compiled
+    """Cluster sizes (Σ node weights) and a stack of the empty cluster ids, smallest on top."""
+    n = labels.shape[0]
+    size = np.zeros(n)
+    for i in range(n):
+        size[labels[i]] += weight[i]
+    free = np.empty(n, dtype=np.int64)
+    n_free = 0
+    for c in range(n - 1, -1, -1):
+        if size[c] < 0.5:
+            free[n_free] = c
+            n_free += 1
+    return size, free, n_free
+
+
+@njit(cache=True, inline="always")
+def _relocate(labels, size, free, n_free, i, best, m):  # pragma: no cover - compiled
+    """Move node i (weight m) to cluster `best`, keeping sizes and the free stack; returns n_free."""
+    cur = labels[i]
+    if size[best] < 0.5:
+        n_free -= 1
+    size[cur] -= m
+    size[best] += m
+    if size[cur] < 0.5:
+        free[n_free] = cur
+        n_free += 1
+    labels[i] = best
+    return n_free
+
+
 @njit(cache=True)
 def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no cover - compiled
     """Move nodes one by one to the cluster with the largest Σ S (0 for a new cluster).
@@ -105,15 +136,7 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
     candidate, so the result is deterministic. Returns the number of moves.
     """
     n = labels.shape[0]
-    size = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        size[labels[i]] += 1
-    free = np.empty(n, dtype=np.int64)  # stack of empty cluster ids, smallest on top
-    n_free = 0
-    for c in range(n - 1, -1, -1):
-        if size[c] == 0:
-            free[n_free] = c
-            n_free += 1
+    size, free, n_free = _sizes_and_free(labels, np.ones(n))
     acc = np.zeros(n)
     mark = np.zeros(n, dtype=np.bool_)
     touched = np.empty(n, dtype=np.int64)
@@ -130,18 +153,11 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
                 c = touched[q]
                 if c != cur and acc[c] > best_val + EPS:
                     best, best_val = c, acc[c]
-            if best_val < -EPS and size[cur] > 1:
+            if best_val < -EPS and size[cur] > 1.5:
                 best = free[n_free - 1]  # every cluster pulls the node away: open a new one
             _clear(acc, mark, touched, nt)
             if best != cur:
-                if size[best] == 0:
-                    n_free -= 1
-                size[cur] -= 1
-                size[best] += 1
-                if size[cur] == 0:
-                    free[n_free] = cur
-                    n_free += 1
-                labels[i] = best
+                n_free = _relocate(labels, size, free, n_free, i, best, 1.0)
                 moved += 1
         total_moves += moved
         if moved == 0:
@@ -161,15 +177,7 @@ def prior_moves(indptr, indices, data, labels, weight, order, max_passes, log_al
     ends and the result is deterministic. Returns the number of moves.
     """
     n = labels.shape[0]
-    size = np.zeros(n)
-    for i in range(n):
-        size[labels[i]] += weight[i]
-    free = np.empty(n, dtype=np.int64)  # stack of empty cluster ids, smallest on top
-    n_free = 0
-    for c in range(n - 1, -1, -1):
-        if size[c] == 0:
-            free[n_free] = c
-            n_free += 1
+    size, free, n_free = _sizes_and_free(labels, weight)
     acc = np.zeros(n)
     mark = np.zeros(n, dtype=np.bool_)
     touched = np.empty(n, dtype=np.int64)
@@ -204,14 +212,7 @@ def prior_moves(indptr, indices, data, labels, weight, order, max_passes, log_al
                 best = free[n_free - 1]
             _clear(acc, mark, touched, nt)
             if best != cur:
-                if size[best] < 0.5:
-                    n_free -= 1
-                size[cur] -= m
-                size[best] += m
-                if size[cur] < 0.5:
-                    free[n_free] = cur
-                    n_free += 1
-                labels[i] = best
+                n_free = _relocate(labels, size, free, n_free, i, best, m)
                 moved += 1
         total_moves += moved
         if moved == 0:
