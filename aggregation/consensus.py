@@ -13,11 +13,23 @@ by joining a cluster c it was never compared with, and pays S for every cluster 
 contradict. So an item joins the largest cluster its labels allow instead of standing alone, and a
 cluster exists only where "different" labels keep it apart.
 
-The search is Louvain-like and runs entirely in numba: move single items to the cluster that raises
-the score most, then treat the clusters as nodes and move whole clusters (a merge is a move), level
-after level, then move single items again; re-estimate the workers' coins from the partition and
-repeat. Everything walks the sparse graph of observed pairs (no N×K array, no Python loop over
-clusters), and every order is fixed, so the result is deterministic.
+The search runs entirely in numba and walks the sparse graph of observed pairs (no N×K array, no
+Python loop over clusters); every order is fixed, so the result is deterministic. It has two stages:
+
+1. Evidence: a Louvain-like search on Σ S alone (item moves, then whole-cluster moves on the coarse
+   graph) gives clusters that the labels hold together, and leaves an item alone where they don't.
+2. Model: the full score, prior included, on three levels. Clusters merge greedily, most decisive
+   merge first (`greedy_merge`: the gain of the best merge over the next best choice, on the graph
+   between clusters, pairs never compared included); then each cluster is cut into the pieces its
+   own labels hold together (a Leiden-style refinement) and whole pieces move to the cluster where
+   the score is highest (`prior_moves` on the graph between pieces), so a piece attached to the
+   wrong cluster by an early merge can leave; then single items move. Each step raises the score;
+   the rounds stop when the score stops rising.
+
+Each image meets only a few of its own class in a large catalogue, so the labels alone leave a class
+in pieces with no pair between them; only the prior, with the "different" labels that rule out the
+other clusters, can put them together, and only a search that scores the prior at every level does.
+Between rounds the workers' coins are re-estimated from the partition.
 
 `item_confidence` turns the same score into each item's posterior probability of its cluster (the
 Gibbs conditional of z_i given everybody else).
@@ -40,14 +52,17 @@ __all__ = [
     "SearchResult",
     "absorb_thin",
     "dissolve_small",
-    "embedding_merges",
     "item_confidence",
     "log_likelihood",
     "log_prior",
+    "merge_clusters",
+    "move_items",
+    "move_pieces",
     "pair_scores",
     "partition_score",
     "refine",
     "search",
+    "settle",
     "worker_llr",
 ]
 
@@ -55,8 +70,9 @@ ALPHA = 1.0  # Ewens concentration: the prior odds of a new cluster against one 
 PRIOR_SENS = 0.8  # P(worker says "same" | same cluster) before any partition is known
 PRIOR_SPEC = 0.9  # P(worker says "different" | different clusters)
 EPS = 1e-9
-MERGE_ROUNDS = 3  # embedding-proposed merges, each followed by the move search
 CORE_MARGIN = 4.0  # nats (about two careful workers' labels): less than this is thin evidence
+MODEL_ROUNDS = 4  # rounds of merges, piece moves and item moves under the full score
+MERGE_MAX_NODES = 3000  # the greedy merge holds a dense table of this many clusters squared
 
 
 @njit(cache=True, inline="always")
@@ -80,6 +96,37 @@ def _clear(acc, mark, touched, nt):  # pragma: no cover - compiled
         mark[touched[q]] = False
 
 
+@njit(cache=True, inline="always")
+def _sizes_and_free(labels, weight):  # pragma: no cover - compiled
+    """Cluster sizes (Σ node weights) and a stack of the empty cluster ids, smallest on top."""
+    n = labels.shape[0]
+    size = np.zeros(n)
+    for i in range(n):
+        size[labels[i]] += weight[i]
+    free = np.empty(n, dtype=np.int64)
+    n_free = 0
+    for c in range(n - 1, -1, -1):
+        if size[c] < 0.5:
+            free[n_free] = c
+            n_free += 1
+    return size, free, n_free
+
+
+@njit(cache=True, inline="always")
+def _relocate(labels, size, free, n_free, i, best, m):  # pragma: no cover - compiled
+    """Move node i (weight m) to cluster `best`, keeping sizes and the free stack; returns n_free."""
+    cur = labels[i]
+    if size[best] < 0.5:
+        n_free -= 1
+    size[cur] -= m
+    size[best] += m
+    if size[cur] < 0.5:
+        free[n_free] = cur
+        n_free += 1
+    labels[i] = best
+    return n_free
+
+
 @njit(cache=True)
 def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no cover - compiled
     """Move nodes one by one to the cluster with the largest Σ S (0 for a new cluster).
@@ -89,15 +136,7 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
     candidate, so the result is deterministic. Returns the number of moves.
     """
     n = labels.shape[0]
-    size = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        size[labels[i]] += 1
-    free = np.empty(n, dtype=np.int64)  # stack of empty cluster ids, smallest on top
-    n_free = 0
-    for c in range(n - 1, -1, -1):
-        if size[c] == 0:
-            free[n_free] = c
-            n_free += 1
+    size, free, n_free = _sizes_and_free(labels, np.ones(n))
     acc = np.zeros(n)
     mark = np.zeros(n, dtype=np.bool_)
     touched = np.empty(n, dtype=np.int64)
@@ -114,23 +153,152 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
                 c = touched[q]
                 if c != cur and acc[c] > best_val + EPS:
                     best, best_val = c, acc[c]
-            if best_val < -EPS and size[cur] > 1:
+            if best_val < -EPS and size[cur] > 1.5:
                 best = free[n_free - 1]  # every cluster pulls the node away: open a new one
             _clear(acc, mark, touched, nt)
             if best != cur:
-                if size[best] == 0:
-                    n_free -= 1
-                size[cur] -= 1
-                size[best] += 1
-                if size[cur] == 0:
-                    free[n_free] = cur
-                    n_free += 1
-                labels[i] = best
+                n_free = _relocate(labels, size, free, n_free, i, best, 1.0)
                 moved += 1
         total_moves += moved
         if moved == 0:
             break
     return total_moves
+
+
+@njit(cache=True)
+def prior_moves(indptr, indices, data, labels, weight, order, max_passes, log_alpha):  # pragma: no cover
+    """Move nodes one by one where Σ S plus the Ewens log prior rises most.
+
+    A node is an item (weight 1) or a piece / cluster of `weight` items on a coarse graph. Placing a
+    node of m items in a cluster of n others is worth Σ S to it plus log Γ(n+m) - log Γ(n), and
+    opening a cluster log Γ(m) + log α. Candidates: the clusters the node touches, the largest
+    cluster it touches not (S = 0 there, so only the largest can win), a new cluster. Each move
+    raises the score, nodes are visited in `order` and ties keep the current cluster, so the loop
+    ends and the result is deterministic. Returns the number of moves.
+    """
+    n = labels.shape[0]
+    size, free, n_free = _sizes_and_free(labels, weight)
+    acc = np.zeros(n)
+    mark = np.zeros(n, dtype=np.bool_)
+    touched = np.empty(n, dtype=np.int64)
+    total_moves = 0
+    for _ in range(max_passes):
+        by_size = np.argsort(-size, kind="mergesort")  # sizes drift within a pass: a fixed scan order
+        moved = 0
+        for pos in range(n):
+            i = order[pos]
+            cur = labels[i]
+            m = weight[i]
+            nt = _gather(i, indptr, indices, data, labels, acc, mark, touched)
+            rest = size[cur] - m
+            alone = math.lgamma(m) + log_alpha
+            best = cur
+            best_val = acc[cur] + math.lgamma(rest + m) - math.lgamma(rest) if rest > 0.5 else alone
+            for q in range(nt):
+                c = touched[q]
+                if c != cur and size[c] > 0.5:
+                    value = acc[c] + math.lgamma(size[c] + m) - math.lgamma(size[c])
+                    if value > best_val + EPS:
+                        best, best_val = c, value
+            for c in by_size:
+                if size[c] < 0.5:
+                    break
+                if c != cur and not mark[c]:
+                    value = math.lgamma(size[c] + m) - math.lgamma(size[c])
+                    if value > best_val + EPS:
+                        best, best_val = c, value
+                    break
+            if rest > 0.5 and alone > best_val + EPS:
+                best = free[n_free - 1]
+            _clear(acc, mark, touched, nt)
+            if best != cur:
+                n_free = _relocate(labels, size, free, n_free, i, best, m)
+                moved += 1
+        total_moves += moved
+        if moved == 0:
+            break
+    return total_moves
+
+
+@njit(cache=True, inline="always")
+def _merge_gain(between, size, r, q, log_alpha):  # pragma: no cover - compiled
+    """Score change of merging clusters r and q: Σ S between them plus the Ewens log prior change."""
+    return (
+        between[r, q] + math.lgamma(size[r] + size[q]) - math.lgamma(size[r]) - math.lgamma(size[q])
+        - log_alpha
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _two_best(between, size, alive, r, log_alpha, out_gain, out_partner):  # pragma: no cover
+    """The best and second-best merges of r (staying apart is worth 0), into out_*[r, 0..1]."""
+    g1, p1, g2, p2 = 0.0, -1, 0.0, -1
+    for q in range(size.shape[0]):
+        if q != r and alive[q]:
+            g = _merge_gain(between, size, r, q, log_alpha)
+            if g > g1:
+                g2, p2, g1, p1 = g1, p1, g, q
+            elif g > g2:
+                g2, p2 = g, q
+    out_gain[r, 0], out_partner[r, 0], out_gain[r, 1], out_partner[r, 1] = g1, p1, g2, p2
+
+
+@njit(cache=True)
+def greedy_merge(ptr, idx, val, sizes, log_alpha):  # pragma: no cover - compiled
+    """Merge clusters while a merge raises Σ S + Ewens log prior, the most decisive merge first.
+
+    Input: the graph between clusters (`coarsen`) and their sizes; every pair of clusters is a
+    candidate, compared or not. A cluster's next merge is decisive when its best gain stands far
+    above its second best choice (another merge, or staying apart): merges the evidence leaves open
+    wait until the merges around them have made them clear. Returns each cluster's new cluster id.
+    Dense k×k table: callers bound k (MERGE_MAX_NODES).
+    """
+    k = sizes.shape[0]
+    between = np.zeros((k, k))
+    for c in range(k):
+        for p in range(ptr[c], ptr[c + 1]):
+            between[c, idx[p]] = val[p]
+    size = sizes.astype(np.float64)
+    alive = np.ones(k, dtype=np.bool_)
+    root = np.arange(k)
+    gain = np.zeros((k, 2))
+    partner = np.full((k, 2), -1, dtype=np.int64)
+    for r in range(k):
+        _two_best(between, size, alive, r, log_alpha, gain, partner)
+    while True:
+        r, top = -1, EPS
+        for x in range(k):
+            if alive[x] and partner[x, 0] >= 0 and gain[x, 0] - gain[x, 1] > top:
+                r, top = x, gain[x, 0] - gain[x, 1]
+        if r < 0:
+            break
+        q = partner[r, 0]
+        r, q = min(r, q), max(r, q)
+        for x in range(k):
+            between[r, x] += between[q, x]
+            between[x, r] = between[r, x]
+        between[r, r] = 0.0
+        size[r] += size[q]
+        alive[q] = False
+        root[q] = r
+        for x in range(k):
+            if not alive[x]:
+                continue
+            if x == r or partner[x, 0] in (r, q) or partner[x, 1] in (r, q):
+                _two_best(between, size, alive, x, log_alpha, gain, partner)
+                continue
+            g = _merge_gain(between, size, x, r, log_alpha)
+            if g > gain[x, 0]:
+                gain[x, 1], partner[x, 1] = gain[x, 0], partner[x, 0]
+                gain[x, 0], partner[x, 0] = g, r
+            elif g > gain[x, 1]:
+                gain[x, 1], partner[x, 1] = g, r
+    for c in range(k):
+        x = c
+        while root[x] != x:
+            x = root[x]
+        root[c] = x
+    return root
 
 
 @njit(cache=True)
@@ -310,18 +478,45 @@ class Csr(NamedTuple):
 
 
 class PairGraph:
-    """The symmetric item graph of the observed pairs, built once; `scores` fills in S for given llr."""
+    """The symmetric item graph of the observed pairs, built once; `scores` fills in S for given llr.
+
+    Besides the CSR structure it keeps the labels grouped by item pair (`pair_ptr`, with the
+    workers and answers in that order) and each pair's two places in the CSR, so `evidence` reads
+    the labels sequentially instead of scattering into a matrix of 2 × the pairs.
+    """
 
     def __init__(self, pairs: PairLabels) -> None:
         n = pairs.n_items
-        key = np.r_[pairs.a * n + pairs.b, pairs.b * n + pairs.a]
-        uniq, self.inverse = np.unique(key, return_inverse=True)
-        self.indptr = np.r_[0, np.cumsum(np.bincount(uniq // n, minlength=n))].astype(np.int64)
-        self.indices = (uniq % n).astype(np.int64)
+        upper, self.inverse = np.unique(pairs.a * n + pairs.b, return_inverse=True)
+        a, b = upper // n, upper % n
+        # Both directions, sorted by (row, column): row a's entries are (a, b>a) after (a, b<a).
+        rows, cols = np.r_[a, b], np.r_[b, a]
+        order = np.lexsort((cols, rows))
+        self.indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=n))].astype(np.int64)
+        self.indices = cols[order].astype(np.int64)
+        place = np.empty(len(order), dtype=np.int64)
+        place[order] = np.arange(len(order))
+        self.place_ab, self.place_ba = place[: len(upper)], place[len(upper) :]
+        by_pair = np.argsort(self.inverse, kind="stable")
+        self.pair_ptr = np.r_[0, np.cumsum(np.bincount(self.inverse, minlength=len(upper)))].astype(np.int64)
+        self.pair_worker = pairs.worker[by_pair].astype(np.int32)
+        self.pair_yes = pairs.label[by_pair] > 0
 
     def scores(self, llr: np.ndarray) -> Csr:
         """S_ab = Σ over labels of (a, b) of llr_t, as a symmetric CSR matrix."""
-        return Csr(self.indptr, self.indices, np.bincount(self.inverse, weights=np.r_[llr, llr]))
+        upper = np.bincount(self.inverse, weights=llr, minlength=len(self.place_ab))
+        data = np.empty(len(self.indices))
+        data[self.place_ab] = upper
+        data[self.place_ba] = upper
+        return Csr(self.indptr, self.indices, data)
+
+    def evidence(self, pairs: PairLabels, labels: np.ndarray, prior: float = 10.0) -> Csr:
+        """`scores(worker_llr(pairs, labels))`, summed pair by pair without per-label arrays."""
+        w_yes, w_no = _coin_weights(pairs, np.asarray(labels, dtype=np.int64), prior)
+        data = _pair_sums(
+            self.pair_ptr, self.pair_worker, self.pair_yes, w_yes, w_no, self.place_ab, self.place_ba
+        )
+        return Csr(self.indptr, self.indices, data)
 
 
 def pair_scores(pairs: PairLabels, llr: np.ndarray) -> Csr:
@@ -329,20 +524,52 @@ def pair_scores(pairs: PairLabels, llr: np.ndarray) -> Csr:
     return PairGraph(pairs).scores(llr)
 
 
-def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 10.0) -> np.ndarray:
-    """Per-label evidence for 'same' under each worker's two coins, estimated from `labels`.
+@njit(cache=True)
+def coin_counts(a, b, worker, label, labels, n_workers):  # pragma: no cover - compiled
+    """Per worker: labels inside one cluster (said "same", all), across clusters (said "different", all)."""
+    out = np.zeros((n_workers, 4))
+    for t in range(a.shape[0]):
+        j = worker[t]
+        if labels[a[t]] == labels[b[t]]:
+            out[j, 1] += 1.0
+            if label[t] > 0:
+                out[j, 0] += 1.0
+        else:
+            out[j, 3] += 1.0
+            if label[t] < 0:
+                out[j, 2] += 1.0
+    return out
+
+
+@njit(cache=True)
+def _pair_sums(pair_ptr, worker, yes, w_yes, w_no, place_ab, place_ba):  # pragma: no cover - compiled
+    """S of every observed pair (labels grouped by pair, summed in label order), at its two places."""
+    out = np.empty(place_ab.shape[0] * 2)
+    for u in range(place_ab.shape[0]):
+        total = 0.0
+        for t in range(pair_ptr[u], pair_ptr[u + 1]):
+            total += w_yes[worker[t]] if yes[t] else w_no[worker[t]]
+        out[place_ab[u]] = total
+        out[place_ba[u]] = total
+    return out
+
+
+def _coin_weights(pairs: PairLabels, labels: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each worker's llr of a "same" and of a "different" label under their two coins, fitted to `labels`.
 
     `prior` pseudo-counts pull sens and spec toward 0.75, so a worker with few labels gets a
     moderate weight rather than an extreme one.
     """
-    same = labels[pairs.a] == labels[pairs.b]
-    yes = pairs.label > 0
-    count = pairs.per_worker
-    sens = (count(same & yes) + 0.75 * prior) / (count(same) + prior)
-    spec = (count(~same & ~yes) + 0.75 * prior) / (count(~same) + prior)
-    w_yes = np.log(sens / (1.0 - spec))
-    w_no = np.log((1.0 - sens) / spec)
-    return np.where(yes, w_yes[pairs.worker], w_no[pairs.worker])
+    counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, labels, pairs.n_workers)
+    sens = (counts[:, 0] + 0.75 * prior) / (counts[:, 1] + prior)
+    spec = (counts[:, 2] + 0.75 * prior) / (counts[:, 3] + prior)
+    return np.log(sens / (1.0 - spec)), np.log((1.0 - sens) / spec)
+
+
+def worker_llr(pairs: PairLabels, labels: np.ndarray, prior: float = 10.0) -> np.ndarray:
+    """Per-label evidence for 'same' under each worker's two coins, estimated from `labels`."""
+    w_yes, w_no = _coin_weights(pairs, np.asarray(labels, dtype=np.int64), prior)
+    return np.where(pairs.label > 0, w_yes[pairs.worker], w_no[pairs.worker])
 
 
 def log_likelihood(pairs: PairLabels, labels: np.ndarray) -> float:
@@ -352,12 +579,11 @@ def log_likelihood(pairs: PairLabels, labels: np.ndarray) -> float:
     coins whatever the partition, and a partition is better when the workers' answers are more
     predictable from it.
     """
-    same = labels[pairs.a] == labels[pairs.b]
-    yes = pairs.label > 0
+    counts = coin_counts(
+        pairs.a, pairs.b, pairs.worker, pairs.label, np.asarray(labels, dtype=np.int64), pairs.n_workers
+    )
     total = 0.0
-    for inside in (same, ~same):
-        n_yes = pairs.per_worker(inside & yes)
-        n_all = pairs.per_worker(inside)
+    for n_yes, n_all in ((counts[:, 0], counts[:, 1]), (counts[:, 3] - counts[:, 2], counts[:, 3])):
         rate = (n_yes + 0.5) / (n_all + 1.0)
         total += float((n_yes * np.log(rate) + (n_all - n_yes) * np.log1p(-rate)).sum())
     return total
@@ -381,6 +607,14 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
 
+def _cores(score: Csr, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`labels` with the items held by thin evidence (margin below CORE_MARGIN) set apart as singletons."""
+    weak = margins(score.indptr, score.indices, score.data, labels) < CORE_MARGIN
+    cores = labels.copy()
+    cores[weak] = labels.max() + 1 + np.arange(int(weak.sum()))
+    return _relabel(cores), weak
+
+
 def _louvain(score: Csr, start: np.ndarray, order: np.ndarray, max_passes: int) -> np.ndarray:
     """Item moves, then whole-cluster moves on the coarse graph, repeated until clusters stay put.
 
@@ -392,10 +626,7 @@ def _louvain(score: Csr, start: np.ndarray, order: np.ndarray, max_passes: int) 
     for _ in range(10):
         local_moves(score.indptr, score.indices, score.data, labels, order, max_passes)
         labels = _relabel(labels)
-        weak = margins(score.indptr, score.indices, score.data, labels) < CORE_MARGIN
-        cores = labels.copy()
-        cores[weak] = labels.max() + 1 + np.arange(int(weak.sum()))
-        cores = _relabel(cores)
+        cores, weak = _cores(score, labels)
         k = int(cores.max()) + 1
         nodes = np.arange(k, dtype=np.int64)
         local_moves(
@@ -436,7 +667,7 @@ def refine(
     labels = _relabel(np.asarray(labels, dtype=np.int64))
     current = labels if start is None else _relabel(np.asarray(start, dtype=np.int64))
     for _ in range(n_rounds):
-        new = _louvain(graph.scores(worker_llr(pairs, labels)), current, order, max_passes)
+        new = _louvain(graph.evidence(pairs, labels), current, order, max_passes)
         if np.array_equal(new, labels):
             break
         labels = current = new
@@ -471,73 +702,95 @@ def absorb_thin(
     return _relabel(new)
 
 
-def embedding_merges(
-    score: Csr, labels: np.ndarray, embedding: np.ndarray, alpha: float = ALPHA, n_neighbours: int = 3
-) -> np.ndarray:
-    """Merge clusters whose embedding centroids are close when the model score rises.
+def merge_clusters(score: Csr, labels: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """`greedy_merge` over the cores of `labels` (thin-evidence items stay apart; the moves place them).
 
-    Each image meets only a few of its own class in the crowd's pairs, so the move search can leave
-    a class in fragments with little or no pair evidence between them; the embedding carries the
-    transitive evidence. Every cluster proposes its `n_neighbours` nearest clusters (by centroid);
-    proposals are tried nearest first and a merge is kept when Σ S between the two clusters plus the
-    change of the Ewens log prior, log Γ(a+b) - log Γ(a) - log Γ(b) - log α, is positive.
+    Only the MERGE_MAX_NODES largest cores (of two items or more) take part, which bounds the dense
+    table; the others are left to `move_pieces` and the item moves.
     """
-    labels = _relabel(np.asarray(labels, dtype=np.int64))
-    k = int(labels.max()) + 1
-    if k < 2:
-        return labels
-    sizes = np.bincount(labels, minlength=k).astype(np.float64)
-    centroids = (
-        np.stack(
-            [np.bincount(labels, weights=embedding[:, d], minlength=k) for d in range(embedding.shape[1])], 1
-        )
-        / sizes[:, None]
-    )
-    ptr, idx, val = coarsen(score.indptr, score.indices, score.data, labels, k)
-    between = [
-        dict(zip(idx[ptr[c] : ptr[c + 1]].tolist(), val[ptr[c] : ptr[c + 1]].tolist(), strict=True))
-        for c in range(k)
-    ]
-    proposals = []
-    m = min(n_neighbours, k - 1)
-    for c in range(k):
-        dist = ((centroids - centroids[c]) ** 2).sum(axis=1)
-        dist[c] = np.inf
-        for d in np.argsort(dist, kind="mergesort")[:m].tolist():
-            proposals.append((float(dist[d]), min(c, d), max(c, d)))
-    proposals.sort()
-    root = list(range(k))
+    cores, _ = _cores(score, _relabel(labels))
+    sizes = np.bincount(cores)
+    nodes = np.argsort(-sizes, kind="mergesort")[: min(MERGE_MAX_NODES, int((sizes >= 2).sum()))]
+    if len(nodes) < 2:
+        return cores
+    node_of = np.full(len(sizes), -1, dtype=np.int64)
+    node_of[nodes] = np.arange(len(nodes))
+    inside = node_of[cores] >= 0
+    # The graph between the chosen cores: every other item is a node of its own, then cut away.
+    coarse = np.where(inside, node_of[cores], len(nodes) + np.arange(len(cores)))
+    ptr, idx, val = coarsen(score.indptr, score.indices, score.data, coarse, len(nodes) + len(cores))
+    rows = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    keep = (rows < len(nodes)) & (idx < len(nodes))
+    sub_ptr = np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=len(nodes)))].astype(np.int64)
+    root = greedy_merge(sub_ptr, idx[keep], val[keep], sizes[nodes], math.log(alpha))
+    merged = np.where(inside, root[np.maximum(node_of[cores], 0)], len(nodes) + np.arange(len(cores)))
+    return _relabel(merged)
 
-    def find(c: int) -> int:
-        while root[c] != c:
-            root[c] = root[root[c]]
-            c = root[c]
-        return c
 
-    size = sizes.tolist()
+def move_pieces(score: Csr, labels: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """Cut every cluster into the pieces its own labels hold together, then move pieces, then clusters.
+
+    The pieces come from the evidence moves on the graph of pairs inside clusters (a piece never
+    spans two clusters); on the graph between pieces, each piece then moves to the cluster where
+    Σ S + Ewens log prior is highest (largest pieces first), and finally whole clusters may merge
+    the same way. A piece an early merge put in the wrong cluster can so leave it as a whole, which
+    no single item move would do.
+    """
+    n = len(labels)
+    rows = np.repeat(np.arange(n), np.diff(score.indptr))
+    inside = np.where(labels[rows] == labels[score.indices], score.data, 0.0)
+    pieces = np.arange(n, dtype=np.int64)
+    local_moves(score.indptr, score.indices, inside, pieces, np.arange(n, dtype=np.int64), 30)
+    pieces = _relabel(pieces)
+    k = int(pieces.max()) + 1
+    parent = np.zeros(k, dtype=np.int64)
+    parent[pieces] = labels
+    parent = _relabel(parent)
     log_alpha = math.log(alpha)
-    for _, c, d in proposals:
-        r, q = find(c), find(d)
-        if r == q:
-            continue
-        gain = (
-            between[r].get(q, 0.0)
-            + math.lgamma(size[r] + size[q]) - math.lgamma(size[r]) - math.lgamma(size[q]) - log_alpha
-        )  # fmt: skip
-        if gain <= 0.0:
-            continue
-        r, q = min(r, q), max(r, q)
-        root[q] = r
-        size[r] += size[q]
-        for other, value in between[q].items():
-            if other == r:
-                continue
-            between[r][other] = between[r].get(other, 0.0) + value
-            between[other][r] = between[other].get(r, 0.0) + value
-            del between[other][q]
-        between[r].pop(q, None)
-        between[q] = {}
-    return _relabel(np.array([find(c) for c in range(k)], dtype=np.int64)[labels])
+    for _ in range(2):  # pieces, then the clusters they formed
+        weight = np.bincount(pieces).astype(np.float64)
+        ptr, idx, val = coarsen(score.indptr, score.indices, score.data, pieces, len(weight))
+        order = np.argsort(-weight, kind="mergesort").astype(np.int64)
+        prior_moves(ptr, idx, val, parent, weight, order, 30, log_alpha)
+        pieces = _relabel(parent[pieces])
+        parent = np.arange(int(pieces.max()) + 1, dtype=np.int64)
+    return pieces
+
+
+def move_items(score: Csr, labels: np.ndarray, alpha: float = ALPHA, max_passes: int = 30) -> np.ndarray:
+    """`prior_moves` of single items, in index order."""
+    labels = _relabel(np.asarray(labels, dtype=np.int64))
+    n = len(labels)
+    order = np.arange(n, dtype=np.int64)
+    ones = np.ones(n)
+    prior_moves(score.indptr, score.indices, score.data, labels, ones, order, max_passes, math.log(alpha))
+    return _relabel(labels)
+
+
+def settle(
+    pairs: PairLabels,
+    labels: np.ndarray,
+    graph: PairGraph,
+    alpha: float = ALPHA,
+    n_rounds: int = MODEL_ROUNDS,
+) -> tuple[np.ndarray, float]:
+    """Stage 2 of the search: merges, piece moves, item moves under the full score, coins re-fitted.
+
+    Returns the best partition met and its log-likelihood + log prior; stops when a round does not
+    raise it.
+    """
+    best = _relabel(np.asarray(labels, dtype=np.int64))
+    best_value = log_likelihood(pairs, best) + log_prior(best, alpha)
+    current = best
+    for _ in range(n_rounds):
+        current = merge_clusters(graph.evidence(pairs, current), current, alpha)
+        current = move_pieces(graph.evidence(pairs, current), current, alpha)
+        current = move_items(graph.evidence(pairs, current), current, alpha)
+        value = log_likelihood(pairs, current) + log_prior(current, alpha)
+        if value <= best_value + EPS:
+            break
+        best, best_value = current, value
+    return best, best_value
 
 
 def search(
@@ -546,12 +799,12 @@ def search(
     random_state: int = 0,
     alpha: float = ALPHA,
     graph: PairGraph | None = None,
-    embedding: np.ndarray | None = None,
 ) -> SearchResult:
-    """Run `refine` (then `absorb_thin`) from each start; keep the best log-likelihood + log prior.
+    """From each start, `refine` (evidence) then `settle` (full score); keep the best score.
 
     A start is (name, partition or None); None means singletons with the prior coins, visited in a
-    seeded random order (one order per such start).
+    seeded random order (one order per such start). The score is the log-likelihood + Ewens log
+    prior; `absorb_thin` then puts any singleton the moves left where the model finds it likelier.
     """
     rng = np.random.default_rng(random_state)
     graph = PairGraph(pairs) if graph is None else graph
@@ -561,16 +814,11 @@ def search(
             labels = refine(pairs, None, order=rng.permutation(pairs.n_items), graph=graph)
         else:
             labels = refine(pairs, start, graph=graph)
-        if embedding is not None:
-            for _ in range(MERGE_ROUNDS):
-                merged = embedding_merges(graph.scores(worker_llr(pairs, labels)), labels, embedding, alpha)
-                if merged.max() == labels.max():
-                    break
-                labels = refine(pairs, merged, graph=graph)
-        labels = absorb_thin(pairs, labels, graph.scores(worker_llr(pairs, labels)), None, alpha)
+        labels, _ = settle(pairs, labels, graph, alpha)
+        labels = absorb_thin(pairs, labels, graph.evidence(pairs, labels), None, alpha)
         value = log_likelihood(pairs, labels) + log_prior(labels, alpha)
         scores.append((name, value))
         if value > best_value:
             best, best_value = labels, value
     assert best is not None
-    return SearchResult(best, scores, graph.scores(worker_llr(pairs, best)))
+    return SearchResult(best, scores, graph.evidence(pairs, best))

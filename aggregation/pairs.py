@@ -104,17 +104,19 @@ def build_pairs(labels: pd.DataFrame) -> PairLabels:
     left = np.concatenate([p[0] for p in parts])
     right = np.concatenate([p[1] for p in parts])
 
-    by_worker = np.lexsort((item[right], item[left], worker[left]))
+    # Sort by (worker, a, b) through one integer key: a stable argsort of it is lexsort's order, faster.
+    n_items, n_workers = len(items), len(workers)
+    by_worker = np.argsort((worker[left] * n_items + item[left]) * n_items + item[right], kind="stable")
     left, right = left[by_worker], right[by_worker]
     a = item[left].astype(np.int64)
     b = item[right].astype(np.int64)
     w = worker[left].astype(np.int64)
     lab = np.where(group[left] == group[right], 1.0, -1.0)
 
-    n_items, n_workers = len(items), len(workers)
     ends = np.concatenate([a, b])
     # Within an item, labels in label order = worker order (the item kernel sums per worker).
-    item_lab = (np.lexsort((np.r_[np.arange(len(a)), np.arange(len(a))], ends)) % len(a)).astype(np.int64)
+    label_of = np.r_[np.arange(len(a)), np.arange(len(a))]
+    item_lab = (np.argsort(ends * len(a) + label_of, kind="stable") % len(a)).astype(np.int64)
     item_ptr = np.r_[0, np.cumsum(np.bincount(ends, minlength=n_items))].astype(np.int64)
     worker_ptr = np.r_[0, np.cumsum(np.bincount(w, minlength=n_workers))].astype(np.int64)
     return PairLabels(
