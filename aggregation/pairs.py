@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["REQUIRED", "PairLabels", "build_pairs", "check_labels", "coassociation"]
+__all__ = ["REQUIRED", "PairLabels", "build_pairs", "check_labels", "coassociation", "unanchored"]
 
 REQUIRED = ("task", "worker", "item", "label")
 
@@ -140,3 +140,18 @@ def coassociation(pairs: PairLabels) -> tuple[np.ndarray, np.ndarray, np.ndarray
     votes = np.bincount(inverse).astype(np.float64)
     same = np.bincount(inverse, weights=(pairs.label > 0).astype(np.float64))
     return uniq // pairs.n_items, uniq % pairs.n_items, same, votes
+
+
+def unanchored(pairs: PairLabels) -> int:
+    """How many items no other item was put with by a majority of the workers who saw both.
+
+    Such an item's labels only say which items it is *not* with: no clustering can place it from
+    them (at 100,000 images with 10-image HITs most items are like that). Many of them mean the
+    design needs more answers per item, whatever the model.
+    """
+    a, b, same, votes = coassociation(pairs)
+    together = 2 * same > votes
+    anchored = np.zeros(pairs.n_items, dtype=bool)
+    anchored[a[together]] = True
+    anchored[b[together]] = True
+    return int(pairs.n_items - anchored.sum())

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aggregation.pairs import build_pairs, coassociation
+from aggregation.pairs import build_pairs, coassociation, unanchored
 
 
 def _frame(rows):
@@ -98,3 +98,12 @@ def test_bad_frames(rows, message):
 def test_missing_column():
     with pytest.raises(ValueError, match="lack column"):
         build_pairs(pd.DataFrame({"task": ["t"], "item": ["a"]}))
+
+
+def test_unanchored_items_are_those_no_majority_put_with_another():
+    rows = [("t1", "w1", "a", 1), ("t1", "w1", "b", 1), ("t1", "w1", "c", 2)]  # a+b together, c apart
+    rows += [("t2", "w2", "a", 1), ("t2", "w2", "b", 2), ("t2", "w2", "c", 1)]  # a+c together, b apart
+    rows += [("t3", "w3", "a", 1), ("t3", "w3", "b", 1), ("t3", "w3", "d", 2)]  # a+b again, d apart
+    pairs = build_pairs(_frame(rows))
+    # a-b: 2 of 2 say together; a-c: 1 of 2 (no majority); b-c, *-d: apart. c and d are unanchored.
+    assert unanchored(pairs) == 2

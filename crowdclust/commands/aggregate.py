@@ -14,6 +14,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
+# Above this share of images that no other image was grouped with by most workers, say that the
+# clusters cannot be trusted (the 10,000-image bench has 12%, the 100,000-image one 59%).
+UNANCHORED_WARNING = 0.25
+
 EXIT_BAD_INPUT = 2
 
 
@@ -81,6 +85,7 @@ def aggregate(
         clustering_scores,
         read_export,
     )
+    from aggregation.pairs import unanchored
 
     try:
         reading = read_export(export, strict=not lenient)
@@ -111,6 +116,7 @@ def aggregate(
         _fail(f"cannot write {output}: {exc}")
 
     labels = reading.labels
+    alone = unanchored(model.pairs_)
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size}",
@@ -119,6 +125,7 @@ def aggregate(
         f"assignments {model.pairs_.n_assignments} ({len(labels)} item labels)",
         f"clusters    {model.n_clusters_}",
         f"uncertain   {int((model.confidence_ < 0.5).sum())} items with confidence < 0.5",
+        f"unanchored  {alone} items no other item was grouped with by most workers",
         f"iterations  {model.n_iter_}",
         f"skipped     {len(reading.problems)} rows",
         f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",
@@ -129,3 +136,10 @@ def aggregate(
         lines.append(f"truth       {int(scores.pop('n_items'))} items in common")
         lines += [f"{name:<20}{value:.4f}" for name, value in scores.items()]
     print("\n".join(lines))
+    if alone > UNANCHORED_WARNING * clusters.size:
+        print(
+            f"warning: {alone} of {clusters.size} images ({alone / clusters.size:.0%}) were grouped with no "
+            "other image by most workers who saw them: the labels cannot place them and the clusters are "
+            "unreliable; collect more answers per image (hits.overlap, hits.hits_per_item)",
+            file=sys.stderr,
+        )
