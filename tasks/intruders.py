@@ -35,7 +35,7 @@ from tasks.toloka_api import (
     suites_of,
 )
 from tasks.toloka_config import Placeholders, TolokaBundle
-from tasks.wait import PENDING_AUTO, SpendLimitReached, wait_for_pool
+from tasks.wait import PENDING_AUTO, wait_guarded
 
 CODE = (
     "tasks.budget",
@@ -182,12 +182,9 @@ def wait_intruders_task(
             return None
         return live.stop_reason(charged, count_assignments(client, ids.pool, PENDING_AUTO) * spend.price)
 
-    stopped = ""
-    try:
-        waited = wait_for_pool(client, ids.pool, period=period, timeout=timeout, report=report, guard=guard)
-    except SpendLimitReached as limit:
-        waited, stopped = limit.stats, str(limit)
-        get_run_logger().warning("%s", stopped)
+    waited, stopped = wait_guarded(
+        client, ids.pool, period=period, timeout=timeout, report=report, guard=guard
+    )
     close_all(client, helpers)
     spent = pool_stats(client, ids.pool).spent_budget if stopped else waited.spent_budget
     return IntruderWait(export=export_accepted(client, ids.pool), spent=spent, stopped=stopped)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from prefect import get_run_logger
 
@@ -100,6 +101,19 @@ def wait_for_pool(
         sleep(period)
 
 
+def wait_guarded(client: TolokaClient, pool_id: str, **options: Any) -> tuple[PoolStats, str]:
+    """`wait_for_pool`, where a stop by the spend guard is an outcome, not an error.
+
+    Returns the last poll and the guard's reason ("" when the pool completed); the reason is
+    logged as a warning, and the caller exports what was accepted.
+    """
+    try:
+        return wait_for_pool(client, pool_id, **options), ""
+    except SpendLimitReached as limit:
+        get_run_logger().warning("%s", limit)
+        return limit.stats, str(limit)
+
+
 @stage_task(name="wait-labelling", code=CODE, toloka=True)
 def wait_labelling_task(
     target: TolokaTarget,
@@ -138,14 +152,9 @@ def wait_labelling_task(
         return live.stop_reason(charged, round(in_flight, 4))
 
     report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}")
-    stopped = ""
-    try:
-        main = wait_for_pool(
-            client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
-        )
-    except SpendLimitReached as limit:
-        main, stopped = limit.stats, str(limit)
-        get_run_logger().warning("%s", stopped)
+    main, stopped = wait_guarded(
+        client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
+    )
     close_all(client, helpers)
     get_run_logger().info("exam gating: %s; %d workers hold a skill value", totals[0], len(state.sent))
     return LabellingWait(
