@@ -457,4 +457,4 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
 def guarded(emu: Emulator) -> Any:
     """The application wrapped in the `/api` guard (what the server runs)."""
     app = create_app(emu)
-    return Guard(app, emu.settings.token, app.state.faults, app.state.limiter)
+    return Guard(app, emu.settings.token, app.state.faults, app.state.limiter, lambda: emu.now)

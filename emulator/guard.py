@@ -20,6 +20,8 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
 from typing import Any
 
 from emulator.errors import ApiError
@@ -81,12 +83,31 @@ class RateLimiter:
 
 
 class Guard:
-    """ASGI middleware for `/api/*`; other paths pass straight through."""
+    """ASGI middleware for `/api/*` (token, rate limit, faults); other paths pass straight through.
 
-    def __init__(self, app: Any, token: str, faults: Faults, limiter: RateLimiter) -> None:
-        self.app, self.token, self.faults, self.limiter = app, token, faults, limiter
+    Every answer carries a `Date` header on the *simulated* clock (`clock()`, POSIX seconds): HTTP's
+    `Date` is the origin server's clock, and a client that computes a deadline such as a pool's
+    `will_expire` must compute it on the platform's clock, which runs ahead of the real one when the
+    crowd is accelerated (uvicorn's own real-time `Date` is switched off).
+    """
+
+    def __init__(
+        self, app: Any, token: str, faults: Faults, limiter: RateLimiter, clock: Callable[[], float]
+    ) -> None:
+        self.app, self.token, self.faults, self.limiter, self.clock = app, token, faults, limiter, clock
+
+    def _dated(self, send: Any) -> Any:
+        async def dated(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                stamp = formatdate(self.clock(), usegmt=True).encode()
+                message = message | {"headers": [*message.get("headers", ()), (b"date", stamp)]}
+            await send(message)
+
+        return dated
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            send = self._dated(send)
         if scope["type"] != "http" or not scope["path"].startswith("/api"):
             await self.app(scope, receive, send)
             return

@@ -87,6 +87,7 @@ def _server(settings: EmulatorSettings) -> tuple[Any, Any, socket.socket, str]:
         access_log=False,
         lifespan="off",
         timeout_keep_alive=30,
+        date_header=False,  # the Guard dates every answer on the simulated clock
     )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     return uvicorn.Server(config), emulator, sock, f"http://{host}:{port}"

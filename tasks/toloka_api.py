@@ -24,7 +24,8 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -53,6 +54,7 @@ with warnings.catch_warnings():
     )
     from toloka.client.task import CreateTasksParameters
     from toloka.client.task_suite import TaskSuitesCreateRequestParameters
+    from toloka.util._managing_headers import add_headers  # what its public methods wear; see platform_now
 
 __all__ = [
     "TRANSIENT",
@@ -282,6 +284,22 @@ def close_all(client: TolokaClient, openings: Iterable[Opening]) -> None:
             client.close_pool(item.id)
 
 
+@add_headers("client")  # toloka-kit's request headers come from context its public methods set
+def platform_now(client: TolokaClient) -> datetime:
+    """The platform's current time (naive UTC) from the HTTP `Date` of a cheap request.
+
+    Deadlines sent to Toloka (a pool's `will_expire`) are instants on the platform's clock. Toloka's
+    is the real one; the emulator's runs ahead of it when its crowd is accelerated (a service at
+    600x is seven simulated days ahead after 17 minutes), so "now + 7 days" on the local clock would
+    be a pool that expires as it opens. Without a usable header: the local clock.
+    """
+    response = client._raw_request("get", "/v1/requester")
+    try:
+        return parsedate_to_datetime(response.headers["date"]).astimezone(UTC).replace(tzinfo=None)
+    except (KeyError, TypeError, ValueError):
+        return datetime.now(UTC).replace(tzinfo=None)
+
+
 def _analytics(client: TolokaClient, requests: list[Any]) -> list[float | None]:
     """Values of Toloka analytics requests, in order (None for what it could not answer)."""
     values: list[float | None] = [None] * len(requests)
@@ -473,14 +491,18 @@ class RunRegistry:
         pool = Pool.structure(spec)
         pool.project_id = project_id
         pool.private_comment = self.tag(role)
-        pool.will_expire = datetime.utcnow() + POOL_LIFETIME
         if training_id is not None:
             if pool.quality_control is None or pool.quality_control.training_requirement is None:
                 raise ValueError(f"{role}: pool config needs quality_control.training_requirement")
             pool.quality_control.training_requirement.training_pool_id = training_id
+
+        def create() -> Any:
+            pool.will_expire = platform_now(self.client) + POOL_LIFETIME
+            return self._make.create_pool(pool)
+
         return find_or_create(
             lambda: self._first(self.client.get_pools(project_id=project_id), role),
-            lambda: self._make.create_pool(pool),
+            create,
             f"pool ({role})",
         )
 

@@ -101,3 +101,28 @@ def test_spent_sums_only_this_runs_pools_in_the_chosen_roles(demo):
     assert registry.pools()["main-pool"].id == ids.main_pool
     assert registry.spent() == 0.0  # nothing opened, nothing paid
     assert registry.spent(lambda role: role == "nothing") == 0.0
+
+
+def test_pools_expire_a_week_after_the_platforms_now_not_the_local_clock(emulator_factory, monkeypatch):
+    """An accelerated platform's clock is far ahead of ours (600x for 20 minutes: 8 days): a pool must
+    still get its week, counted on the platform's clock (its `Date` header), not expire as it opens."""
+    import datetime as dt
+
+    with emulator_factory(speed=0, workers=20) as emu:
+        ahead = emu.advance(8 * 86400)
+        monkeypatch.setenv("TOLOKA_TOKEN", emu.token)
+        params = load_params(DEMO, {"toloka": {"url": emu.url}})
+        client = make_client(params.toloka)
+        registry = RunRegistry(client, "idem-7")
+        ids = setup.setup_labelling(
+            registry, load_bundle(params.toloka_dir), Placeholders.of(params), "Ahead"
+        )
+        registry.ensure_suites(
+            "main-suites", ids.main_pool, suites_of([["https://x/1.png", "https://x/2.png"]])
+        )
+        expires = client.get_pool(ids.main_pool).will_expire.replace(tzinfo=None)
+        platform_now = dt.datetime.fromtimestamp(ahead, dt.UTC).replace(tzinfo=None)
+        assert dt.timedelta(days=6.9) < expires - platform_now <= dt.timedelta(days=7, seconds=2)
+        client.open_pool(ids.main_pool)
+        emu.advance(3600)
+        assert client.get_pool(ids.main_pool).status.value == "OPEN"
