@@ -30,8 +30,11 @@ $(STAMP): $(UV) uv.lock pyproject.toml
 	$(VENV)/bin/python -m aggregation.warmup
 	@touch $(STAMP)
 
+# Lanes: the tests mostly wait (simulated clocks, servers starting, polls), so 4 lanes keep 2 cores
+# busy. `make test TEST_LANES=0` runs everything in this one process.
+TEST_LANES ?= 4
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_LANES)),,-n $(TEST_LANES) --dist loadgroup)
 
 lint: install
 	$(VENV)/bin/ruff check .

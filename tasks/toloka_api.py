@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import sys
 import time
 import uuid
 import warnings
@@ -35,6 +36,12 @@ from tasks import toloka_rate
 from tasks.params import TolokaTarget
 from tasks.settings import Settings
 from tasks.stages import PoolStats, RoundState
+
+# toloka-kit imports its optional `toloka.autoquality` when it can (a `try: import` in its
+# `__init__`). We never use it, and it pulls in scipy.stats, crowd-kit and nltk: about a third of
+# toloka-kit's import time, paid by every flow-run process. A `None` in sys.modules makes that
+# optional import fail at once, as Python documents for blocked modules.
+sys.modules.setdefault("toloka.autoquality", None)  # type: ignore[arg-type]
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # toloka-kit 1.2.3 imports pkg_resources (a deprecation warning)
