@@ -162,7 +162,8 @@ def test_six_runs_at_once_share_the_rate_limit_and_survive_a_worker(svc: Service
     wall = time.monotonic() - started
     rate = stats["rate"]
     print(
-        f"{SCALE_RUNS} runs ({SCALE_IMAGES} images, overlap 2), 2 workers, {victim} killed: {wall:.1f} s; "
+        f"{SCALE_RUNS} runs ({SCALE_IMAGES} images, 8 HITs, overlap 2), 2 workers, {victim} killed: "
+        f"{wall:.1f} s; "
         f"emulator peak {rate['peak_per_second']} req/s (limit {rate['limit_per_second']}, Prefect "
         f"{SCALE_PREFECT_RATE:g}), 429s {rate['throttled']}; load {os.getloadavg()}"
     )
