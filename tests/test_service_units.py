@@ -146,10 +146,10 @@ def test_a_stopped_workers_flow_run_processes_are_terminated() -> None:
         parent = subprocess.Popen([sys.executable, "-c", worker])
         try:
             deadline = time.monotonic() + 20
-            while not children(parent.pid) and time.monotonic() < deadline:
+            while not children(parent.pid, running="SIGTERM") and time.monotonic() < deadline:
                 time.sleep(0.1)
-            runs = children(parent.pid)
-            assert len(runs) == 1, runs
+            runs = children(parent.pid, running="SIGTERM")
+            assert len(runs) == 1 and children(parent.pid, running="prefect.engine") == [], runs
             time.sleep(0.5)  # its SIGTERM handler is installed
             terminate(runs, wait=10)
             assert not alive(runs[0]) and marker.read_text() == "x"

@@ -129,12 +129,15 @@ def tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc; empty where there is no /proc)."""
+def children(pid: int, running: str = "") -> list[int]:
+    """The processes whose parent is `pid` and whose command line holds `running` (from /proc)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            if running in command.decode(errors="replace"):
                 found.append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue

@@ -129,7 +129,7 @@ def stop(cfg: ServiceConfig, name: str, say: Say = print) -> None:
     terminates the flow-run processes it started: they end Crashed and close their pools.
     """
     worker = read_pid(cfg, name) if name.startswith("worker-") else None
-    runs = children(worker) if worker is not None else []
+    runs = children(worker, running="prefect.engine") if worker is not None else []
     say(f"{name}: {'stopped' if stop_process(cfg, name) else 'not running'}")
     if runs:
         terminate(runs)
