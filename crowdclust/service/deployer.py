@@ -6,11 +6,11 @@ then:
 1. imports Prefect and the flows (the slow part: 5-12 s) while the server is still starting;
 2. waits until the server answers;
 3. provisions, when its inputs changed or the pool is missing: the process work pool `crowdclust`
-   (Prefect's default job template), the Secret block with the emulator token, one global rate
-   limit per Toloka environment (`toloka-api-<env>`, shaped by `tasks.toloka_rate.limit_shape`: a
-   small burst plus a decay, so that any one-second window sees at most `rate` requests across
-   every run and worker), and for a results URL the RemoteFileSystem block workers use as result
-   storage;
+   (Prefect's default job template, with `JOB_DEFAULTS`), the Secret block with the emulator
+   token, one global rate limit per Toloka environment (`toloka-api-<env>`, shaped by
+   `tasks.toloka_rate.limit_shape`: a small burst plus a decay, so that any one-second window sees
+   at most `rate` requests across every run and worker), and for a results URL the
+   RemoteFileSystem block workers use as result storage;
    then prints `PROVISIONED` so that `up` starts the workers;
 4. deploys prefect.yaml when it or the flows changed, keeping the user's UI edits
    (`deployments.plan`), through Prefect's own `prefect deploy` command (in-process).
