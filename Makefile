@@ -68,7 +68,7 @@ status: install
 test-service: install
 	$(VENV)/bin/pytest tests/test_service_*.py tests/test_browser_*.py
 
-# The six-runs-at-once scale test on the PostgreSQL service with rate limits (opt-in, several minutes).
+# The six-runs-at-once scale test (opt-in): on the shared service, with the rate limits it sets itself.
 test-scale: install
 	CROWDCLUST_SCALE_TEST=1 $(VENV)/bin/pytest tests/test_scale_service.py -s
 

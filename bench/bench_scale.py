@@ -3,10 +3,11 @@
     .venv/bin/python bench/bench_scale.py                # PostgreSQL profile, 1 then 2 workers
     .venv/bin/python bench/bench_scale.py --workers 2    # one setting only
 
-For each worker count: a fresh service (`crowdclust.service.up`, free ports, temporary folder), the
-`make up` time, the wall time of the six runs of tests/test_scale_service.py (24 shoes, overlap 2, no
-intruders) created at once, the emulator's peak requests/s per token against its limit
-and its 429s, and the load average (the machine is shared: compare figures taken at similar load).
+For each worker count: a fresh service (`crowdclust.service.up`, free ports, temporary folder, the
+scale test's emulator limit and Prefect rate limit), its cold `make up` time, the wall
+time of the six runs of tests/test_scale_service.py (24 shoes, overlap 2, no intruders) created at
+once, the emulator's peak requests/s per token against its limit and its 429s, and the load average
+(the machine is shared: compare figures taken at similar load).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ inspection endpoints, not part of Toloka, never faulted or rate limited:
 * `GET  /_emulator/stats` — object counts, assignments by status, balance, simulated time, the
   per-token rate (peak requests/s, 429s answered), faults injected
 * `POST /_emulator/advance?seconds=N` — move the simulated clock forward (the only way with speed 0)
-* `POST /_emulator/config?speed=&fail_rate=&latency_ms=` — change speed and faults at runtime
+* `POST /_emulator/config?speed=&fail_rate=&latency_ms=&rate_limit=` — change speed, faults and the
+  per-token rate limit at runtime (a new limit restarts the peak and 429 counts)
 * `GET  /images/<catalogue>/<file>.png` — the bundled catalogue images, drawn on demand
 
 The two `POST /_emulator/*` routes change state: they need the API token (or the admin token) in
@@ -434,9 +435,12 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
         speed: float | None = None,
         fail_rate: float | None = None,
         latency_ms: int | None = None,
+        rate_limit: float | None = None,
     ) -> Any:
         require_admin(request)
         errors = {}
+        if rate_limit is not None and not (math.isfinite(rate_limit) and rate_limit >= 0):
+            errors["rate_limit"] = ("INVALID_VALUE", "rate_limit must be 0 (none) or more requests/s")
         if fail_rate is not None and not (math.isfinite(fail_rate) and 0 <= fail_rate <= 1):
             errors["fail_rate"] = ("INVALID_VALUE", "fail_rate must be from 0 to 1")
         if latency_ms is not None and not 0 <= latency_ms <= MAX_LATENCY_MS:
@@ -451,7 +455,14 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
             faults.fail_rate = fail_rate
         if latency_ms is not None:
             faults.latency_ms = latency_ms
-        return {"speed": emu.clock.speed, "fail_rate": faults.fail_rate, "latency_ms": faults.latency_ms}
+        if rate_limit is not None:
+            limiter.set_rate(rate_limit)
+        return {
+            "speed": emu.clock.speed,
+            "fail_rate": faults.fail_rate,
+            "latency_ms": faults.latency_ms,
+            "rate_limit": limiter.rate,
+        }
 
 
 def guarded(emu: Emulator) -> Any:

@@ -49,13 +49,19 @@ class RateLimiter:
     """Sliding-window request counter per token, with the peak seen and the refusals."""
 
     def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.window = max(1.0, 1.0 / rate) if rate > 0 else 1.0
-        self.allowed = max(1, math.floor(rate * self.window)) if rate > 0 else 0
         self._lock = threading.Lock()
-        self._seen: dict[str, deque[float]] = {}
-        self.peak: dict[str, int] = {}
-        self.throttled: dict[str, int] = {}
+        self.set_rate(rate)
+
+    def set_rate(self, rate: float) -> None:
+        """Change the limit (0: none) at run time; the window, the peak and the refusals start over,
+        so the stats describe what happened under the limit in force."""
+        with self._lock:
+            self.rate = rate
+            self.window = max(1.0, 1.0 / rate) if rate > 0 else 1.0
+            self.allowed = max(1, math.floor(rate * self.window)) if rate > 0 else 0
+            self._seen: dict[str, deque[float]] = {}
+            self.peak: dict[str, int] = {}
+            self.throttled: dict[str, int] = {}
 
     def admit(self, token: str) -> bool:
         """Count one request; False (and a refusal counted) when it would exceed the limit."""

@@ -6,6 +6,16 @@ slot decay (a rate limit); this module makes the toloka-kit client take one slot
 request it sends, retries included (a retry is a request the quota counts too). The hook sits on
 toloka-kit's per-thread `httpx.Client` (an httpx request event hook), so no call site can forget it.
 
+The shape of the limit. Prefect 3.9's server computes a limit's free slots as
+`active - floor(decay x seconds since the row was last updated)` and every acquisition, granted
+or denied, updates the row: the fraction of a slot that decayed since the last update is lost
+each time, and a denied attempt throws away all the decay since the last update. With one slot
+per request and `decay = rate`, requests closer together than `1/rate` never let a slot decay, so
+six runs at a nominal 8 requests/s got 1.7/s. So a request takes `SLOTS_PER_REQUEST` slots (the
+rounding then loses at most 1/100 of a request per update) and the limit holds a small burst:
+`limit_shape(rate)` gives `burst + decay = rate` requests, so any one-second window still sees at
+most `rate` requests across all runs and workers, and a run that was quiet can send `burst` at once.
+
 When it is on. Prefect 3.9.1's `rate_limit(name, strict=False)` makes one API call per request even
 when the limit does not exist (and then logs a warning per request in a flow run); with no
 `PREFECT_API_URL` that call goes to the ephemeral API. So the hook is off unless
@@ -27,6 +37,8 @@ from tasks.settings import Settings
 
 LIMIT_PREFIX = "toloka-api"
 MISSING_TTL = 60.0  # seconds a missing limit is remembered before it is looked up again
+SLOTS_PER_REQUEST = 100  # Prefect slots one Toloka request takes (see "The shape of the limit")
+BURST_SHARE = 0.25  # share of the per-second ceiling a quiet limit admits at once
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +46,20 @@ log = logging.getLogger(__name__)
 def limit_name(environment: str) -> str:
     """The Prefect global rate limit of a Toloka environment (`toloka-api-local`, ...)."""
     return f"{LIMIT_PREFIX}-{environment}"
+
+
+def limit_shape(rate: float) -> tuple[int, float]:
+    """Prefect `(limit, slot_decay_per_second)` admitting at most `rate` requests in any second.
+
+    A burst of `b` requests (a quarter of the ceiling, at least one) plus a decay of `rate - b`
+    requests per second, both in slots (`SLOTS_PER_REQUEST` to a request). Below 2 requests/s the
+    burst is one request refilled at `rate`, so a second may see `1 + rate`.
+    """
+    if rate <= 0:
+        raise ValueError(f"a rate limit needs a positive rate, not {rate}")
+    burst = max(1, round(rate * BURST_SHARE)) if rate >= 2 else 1
+    decay = rate - burst if rate >= 2 else rate
+    return burst * SLOTS_PER_REQUEST, round(decay * SLOTS_PER_REQUEST, 6)
 
 
 class _MissingLimits:
@@ -81,7 +107,7 @@ def acquire(name: str) -> None:
         return
     from prefect.concurrency.sync import rate_limit
 
-    rate_limit(name, occupy=1, strict=False)
+    rate_limit(name, occupy=SLOTS_PER_REQUEST, strict=False)
 
 
 def enabled() -> bool:

@@ -296,3 +296,21 @@ def test_rate_limit_answers_429_that_the_client_retries():
     assert rate["limit_per_second"] == 20
     assert max(rate["peak_per_second"].values()) <= 20
     assert sum(rate["throttled"].values()) > 0
+
+
+def test_rate_limit_can_be_set_at_run_time(emu):
+    """`/_emulator/config?rate_limit=` switches the per-token limit on and off; counts start over."""
+    auth = {"Authorization": f"OAuth {emu.token}"}
+    with httpx.Client(base_url=emu.url, timeout=10, headers=auth) as raw:
+        assert raw.post("/_emulator/config", params={"rate_limit": -1}).status_code == 400
+        try:
+            assert raw.post("/_emulator/config", params={"rate_limit": 3}).json()["rate_limit"] == 3
+            codes = [raw.get("/api/v1/requester").status_code for _ in range(6)]
+            rate = emu.stats()["rate"]
+        finally:
+            raw.post("/_emulator/config", params={"rate_limit": 0}).raise_for_status()
+        assert codes[:3] == [200, 200, 200] and 429 in codes[3:], codes
+        assert rate["limit_per_second"] == 3 and sum(rate["throttled"].values()) >= 1
+        assert {raw.get("/api/v1/requester").status_code for _ in range(6)} == {200}
+        after = emu.stats()["rate"]
+        assert after["limit_per_second"] is None and after["throttled"] == {}

@@ -57,9 +57,10 @@ def test_prefect_rate_limit_keeps_requests_under_the_emulator_limit(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
+    limit, decay = toloka_rate.limit_shape(8.0)  # at most 8 in any second: a burst of 2, then 6/s
     with get_client(sync_client=True) as api:
         api.create_global_concurrency_limit(
-            GlobalConcurrencyLimitCreate(name="toloka-api-local", limit=1, slot_decay_per_second=8.0)
+            GlobalConcurrencyLimitCreate(name="toloka-api-local", limit=limit, slot_decay_per_second=decay)
         )
     try:
         with emulator_factory(rate_limit=10.0) as emu:
@@ -71,8 +72,17 @@ def test_prefect_rate_limit_keeps_requests_under_the_emulator_limit(
         with get_client(sync_client=True) as api:
             api.delete_global_concurrency_limit_by_name("toloka-api-local")
     assert refused == 0, f"the emulator refused {refused} requests: the Prefect limit did not hold"
-    assert peak <= 10
-    assert seconds >= 31 / 8.0 * 0.8, f"32 requests in {seconds:.1f} s: not rate limited"
+    assert peak <= 8, f"{peak} requests in one second: the limit admits 8"
+    burst, per_second = limit / toloka_rate.SLOTS_PER_REQUEST, decay / toloka_rate.SLOTS_PER_REQUEST
+    assert seconds >= (32 - burst) / per_second * 0.9, f"32 requests in {seconds:.1f} s: not rate limited"
+    print(f"32 requests through the Prefect rate limit (8 in any second): {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("rate", [2.0, 3.0, 10.0, 15.0, 100.0])
+def test_limit_shape_keeps_every_second_under_the_rate(rate: float) -> None:
+    limit, decay = toloka_rate.limit_shape(rate)
+    burst, refill = limit / toloka_rate.SLOTS_PER_REQUEST, decay / toloka_rate.SLOTS_PER_REQUEST
+    assert burst >= 1 and refill > 0 and burst + refill == rate
 
 
 def test_missing_limit_is_looked_up_once(

@@ -118,3 +118,41 @@ def test_the_emulator_is_throttled_only_when_it_has_a_limit_of_its_own(tmp_path:
     assert limits(limited)["toloka-api-local"] == 15.0  # under the emulator's own limit
     chosen = ServiceConfig(state_dir=tmp_path, emulator_rate_limit=20.0, rates={"local": 5.0})
     assert limits(chosen) == {"toloka-api-local": 5.0}
+
+
+def test_a_stopped_workers_flow_run_processes_are_terminated() -> None:
+    """`children` finds a worker's flow-run processes (own sessions, as Prefect starts them) and
+    `terminate` ends them: SIGTERM first, which a flow run handles (here: it writes a file)."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from crowdclust.service.processes import alive, children, terminate
+
+    with tempfile.TemporaryDirectory() as folder:
+        marker = Path(folder) / "terminated"
+        run = (
+            "import pathlib, signal, sys, time\n"
+            f"done = lambda *_: (pathlib.Path({str(marker)!r}).write_text('x'), sys.exit(0))\n"
+            "signal.signal(signal.SIGTERM, done)\n"
+            "time.sleep(60)\n"
+        )
+        worker = (
+            "import subprocess, sys, time\n"
+            f"subprocess.Popen([sys.executable, '-c', {run!r}], start_new_session=True)\n"
+            "time.sleep(60)\n"
+        )
+        parent = subprocess.Popen([sys.executable, "-c", worker])
+        try:
+            deadline = time.monotonic() + 20
+            while not children(parent.pid, running="SIGTERM") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            runs = children(parent.pid, running="SIGTERM")
+            assert len(runs) == 1 and children(parent.pid, running="prefect.engine") == [], runs
+            time.sleep(0.5)  # its SIGTERM handler is installed
+            terminate(runs, wait=10)
+            assert not alive(runs[0]) and marker.read_text() == "x"
+        finally:
+            parent.kill()
+            parent.wait()

@@ -6,11 +6,11 @@ then:
 1. imports Prefect and the flows (the slow part: 5-12 s) while the server is still starting;
 2. waits until the server answers;
 3. provisions, when its inputs changed or the pool is missing: the process work pool `crowdclust`
-   (Prefect's default job template), the Secret block with the emulator token, one global rate
-   limit per Toloka environment (`toloka-api-<env>`: one slot decaying at `rate` per second, so
-   `prefect.concurrency.sync.rate_limit(name)` admits `rate` calls per second across every run and
-   worker, and no burst: any one-second window sees at most `rate + 1` calls), and for a results
-   URL the RemoteFileSystem block workers use as result storage;
+   (Prefect's default job template, with `JOB_DEFAULTS`), the Secret block with the emulator
+   token, one global rate limit per Toloka environment (`toloka-api-<env>`, shaped by
+   `tasks.toloka_rate.limit_shape`: a small burst plus a decay, so that any one-second window sees
+   at most `rate` requests across every run and worker), and for a results URL the
+   RemoteFileSystem block workers use as result storage;
    then prints `PROVISIONED` so that `up` starts the workers;
 4. deploys prefect.yaml when it or the flows changed, keeping the user's UI edits
    (`deployments.plan`), through Prefect's own `prefect deploy` command (in-process).
@@ -40,9 +40,15 @@ from crowdclust.service.config import (
     load,
 )
 from crowdclust.service.processes import answers
-from tasks.toloka_rate import limit_name
+from tasks.toloka_rate import limit_name, limit_shape
 
 PROVISIONED = "PROVISIONED"
+# Defaults the service puts in the process work pool's job template (Prefect's default otherwise).
+# stream_output off: a flow run's console goes to /dev/null instead of a pipe to its worker, so a
+# worker that dies or is restarted does not take its running flow runs with it (they crashed on
+# the broken pipe at their next console line). Their logs are where they always are: the Prefect
+# API, so the UI and `prefect flow-run logs` show them.
+JOB_DEFAULTS = {"stream_output": False}
 
 
 def limits(cfg: ServiceConfig) -> dict[str, float]:
@@ -61,7 +67,7 @@ def limits(cfg: ServiceConfig) -> dict[str, float]:
 def provision_key(cfg: ServiceConfig) -> str:
     """Changes whenever what `provision` creates would change (token, limits, storage, server)."""
     token = cfg.token_file.read_text().strip()
-    parts = [WORK_POOL, TOKEN_BLOCK, hashlib.sha256(token.encode()).hexdigest(), limits(cfg)]
+    parts = [WORK_POOL, JOB_DEFAULTS, TOKEN_BLOCK, hashlib.sha256(token.encode()).hexdigest(), limits(cfg)]
     parts += [cfg.results_location, cfg.api_url]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -73,25 +79,32 @@ def provision(cfg: ServiceConfig) -> None:
         GlobalConcurrencyLimitCreate,
         GlobalConcurrencyLimitUpdate,
         WorkPoolCreate,
+        WorkPoolUpdate,
     )
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
     with get_client(sync_client=True) as client:
+        template = ProcessWorker.get_default_base_job_template()
+        for name, value in JOB_DEFAULTS.items():
+            template["variables"]["properties"][name]["default"] = value
         try:
-            client.read_work_pool(WORK_POOL)
+            pool = client.read_work_pool(WORK_POOL)
         except ObjectNotFound:
-            template = ProcessWorker.get_default_base_job_template()
             with contextlib.suppress(ObjectAlreadyExists):  # a worker created it meanwhile
                 client.create_work_pool(
                     WorkPoolCreate(name=WORK_POOL, type="process", base_job_template=template)
                 )
+        else:
+            variables = pool.base_job_template.get("variables", {}).get("properties", {})
+            if any(variables.get(name, {}).get("default") != value for name, value in JOB_DEFAULTS.items()):
+                client.update_work_pool(WORK_POOL, WorkPoolUpdate(base_job_template=template))
         for name, rate in limits(cfg).items():
             if rate <= 0:
                 with contextlib.suppress(ObjectNotFound):  # switched off since the last `up`
                     client.delete_global_concurrency_limit_by_name(name)
                 continue
-            limit, decay = 1, float(rate)  # a burst of `rate` slots would double the peak per second
+            limit, decay = limit_shape(rate)
             try:
                 current = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:

@@ -7,6 +7,7 @@ must share one environment (PREFECT_HOME, PREFECT_API_URL, result storage).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -56,7 +57,10 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie that another process has not reaped yet has exited all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def read_pid(cfg: ServiceConfig, name: str) -> int | None:
@@ -123,6 +127,40 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def children(pid: int, running: str = "") -> list[int]:
+    """The processes whose parent is `pid` and whose command line holds `running` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            if running in command.decode(errors="replace"):
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(found)
+
+
+def terminate(pids: list[int], wait: float = 15.0) -> None:
+    """SIGTERM each process (its group if it leads one), then SIGKILL what still runs after `wait` s.
+
+    For a worker's flow-run processes, each the leader of its own session: on SIGTERM Prefect
+    marks the run Crashed and runs its on_crashed hooks (which close the run's open pools).
+    """
+    for sig, grace in ((signal.SIGTERM, wait), (signal.SIGKILL, 5.0)):
+        running = [pid for pid in pids if alive(pid)]
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == pid:  # its own group: its children too
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(alive(pid) for pid in running):
+            time.sleep(0.2)
 
 
 def stop_process(cfg: ServiceConfig, name: str) -> bool:

@@ -29,10 +29,12 @@ from crowdclust.service.config import (
 from crowdclust.service.processes import (
     answers,
     bin_path,
+    children,
     log_file,
     read_pid,
     spawn,
     stop_process,
+    terminate,
     wait_until,
 )
 
@@ -121,8 +123,17 @@ def start(cfg: ServiceConfig, name: str, say: Say = print) -> None:
 
 
 def stop(cfg: ServiceConfig, name: str, say: Say = print) -> None:
-    """Stop one supervised process (`server`, `emulator`, `files`, `worker-N`)."""
+    """Stop one supervised process (`server`, `emulator`, `files`, `worker-N`).
+
+    A worker's flow runs outlive it (their output is not piped to it), so stopping a worker also
+    terminates the flow-run processes it started: they end Crashed and close their pools.
+    """
+    worker = read_pid(cfg, name) if name.startswith("worker-") else None
+    runs = children(worker, running="prefect.engine") if worker is not None else []
     say(f"{name}: {'stopped' if stop_process(cfg, name) else 'not running'}")
+    if runs:
+        terminate(runs)
+        say(f"{name}: terminated its {len(runs)} flow-run process(es)")
 
 
 def _deployer_due(cfg: ServiceConfig) -> bool:
