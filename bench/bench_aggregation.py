@@ -180,7 +180,7 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0) -> None:
     line("labels", stats["labels"].split(None, 1)[1])
     line("whole process (wall / CPU s)", f"{wall:.1f} / {cpu:.1f}", "target <= " + ("300" if big else "20"))
     line("peak RSS (MB)", f"{rss:.0f}", "target <= " + ("8192" if big else "1024"))
-    found = f"{stats['clusters'].split()[1]} clusters of {n_classes}, {stats['iterations'].split()[1]} it"
+    found = f"{stats['clusters'].split()[1]} clusters of {n_classes}"
     line("ARI", f"{ari_of(out):.3f}  ({found})", "target >= 0.97, clusters ±10%")
     bcubed = float(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("bcubed_f1")))
     line("B-cubed F1", f"{bcubed:.3f}", "target >= 0.95")
