@@ -48,7 +48,24 @@ _HOME = {
     "generate_crowd": "synthetic",
 }
 
-__all__ = sorted(_HOME)
+__all__ = [
+    "SHAPES",
+    "CoAssociationClustering",
+    "CrowdClustering",
+    "DesignInformation",
+    "ExportFormatError",
+    "ExportReading",
+    "PairLabels",
+    "SyntheticCrowd",
+    "build_pairs",
+    "clustering_scores",
+    "crowd_shape",
+    "design_for",
+    "design_information",
+    "generate_crowd",
+    "least_certain",
+    "read_export",
+]
 
 
 def __getattr__(name: str) -> object:

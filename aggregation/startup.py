@@ -37,7 +37,7 @@ def lean_imports() -> None:
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not installed"
     try:
-        import numba.core.typing.cffi_utils  # noqa: F401  (imported later by the first kernel load)
+        import numba.core.typing.cffi_utils  # (imported later by the first kernel load)
         import numba.np.arraymath  # noqa: F401  (numba's BLAS check runs here, at import)
         import pandas  # noqa: F401
     finally:

@@ -88,7 +88,7 @@ def aggregate(
         clustering_scores,
         read_export,
     )
-    from aggregation.pairs import unanchored
+    from aggregation.pairs import together_partners
 
     try:
         reading = read_export(export, strict=not lenient)
@@ -121,7 +121,8 @@ def aggregate(
         _fail(f"cannot write {output}: {exc}")
 
     labels = reading.labels
-    alone = unanchored(model.pairs_)
+    partners = together_partners(model.pairs_)
+    alone = int((partners == 0).sum())
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size}",
@@ -144,6 +145,30 @@ def aggregate(
         print(
             f"warning: {alone} of {clusters.size} images ({alone / clusters.size:.0%}) were grouped with no "
             "other image by most workers who saw them: the labels cannot place them and the clusters are "
-            "unreliable; collect more answers per image (hits.overlap, hits.hits_per_item)",
+            f"unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
             file=sys.stderr,
         )
+
+
+def _design_advice(pairs, labels, mean_partners: float) -> str:
+    """What this export's design showed each image, and the design that would anchor every image.
+
+    The design is read off the export (images per answer, answers per HIT, HITs per image); the
+    number of styles is the one under which that design predicts the observed mean number of
+    partners each image was grouped with (`aggregation.design`).
+    """
+    from aggregation.design import design_for, implied_styles
+
+    n_items, n_rows = pairs.n_items, len(labels)
+    hit_size = n_rows / pairs.n_assignments
+    overlap = pairs.n_assignments / labels["task"].nunique()
+    hits_per_item = n_rows / (n_items * overlap)
+    styles = implied_styles(n_items, hit_size, hits_per_item, mean_partners)
+    advice = design_for(n_items, styles, round(hit_size), max(1, round(overlap)))
+    cost = advice.assignments / pairs.n_assignments
+    return (
+        f"Each image met ~{mean_partners:.1f} images it was grouped with (HITs of ~{hit_size:.0f} images, "
+        f"~{hits_per_item:.0f} HITs per image, ~{overlap:.0f} answers each; as if ~{styles} styles). "
+        f"More answers per HIT do not help; more HITs per image do: {advice.summary()} "
+        f"({cost:.1f}x the answers of this run)."
+    )
