@@ -89,3 +89,15 @@ def test_lean_imports_hide_optional_modules_only_while_importing():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_cli_advice_reads_the_design_off_the_export():
+    from crowdclust.commands.aggregate import _design_advice
+
+    crowd = generate_crowd(400, 40, seed=2, overlap=3)  # the seed design: ~10 HITs of 10 per image
+    pairs = build_pairs(crowd.labels)
+    text = _design_advice(pairs, crowd.labels, 0.5)
+    assert "HITs of ~10 images, ~10 HITs per image, ~3 answers each" in text
+    styles = implied_styles(400, 10, 10, 0.5)
+    advice = design_for(400, styles, 10, 3)
+    assert f"hits.hits_per_item {advice.hits_per_item}," in text and "overlap 3" in text
