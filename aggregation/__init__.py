@@ -9,20 +9,50 @@ Public API (the pipeline and the CLI use only these names):
 - `clustering_scores(predicted, truth)`
 - `generate_crowd(...) -> SyntheticCrowd` and `crowd_shape(name, seed)` (seeded synthetic crowds
   of the shapes in `SHAPES`, for tests and benchmarks)
+- `design_information(...)` / `design_for(...)`: how many images of its own style a HIT design
+  shows each image, and the overlap a catalogue needs (`aggregation.design`, pure Python)
 
-Never imports prefect, toloka, flows, tasks or emulator.
+Never imports prefect, toloka, flows, tasks or emulator. The names are loaded on first use
+(PEP 562), so `import aggregation.design` or `aggregation.startup` costs neither pandas nor numba.
 """
 
-from aggregation.adapter import ExportFormatError, ExportReading, read_export
-from aggregation.estimators import CoAssociationClustering, CrowdClustering, least_certain
-from aggregation.metrics import clustering_scores
-from aggregation.pairs import PairLabels, build_pairs
-from aggregation.synthetic import SHAPES, SyntheticCrowd, crowd_shape, generate_crowd
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aggregation.adapter import ExportFormatError, ExportReading, read_export
+    from aggregation.design import DesignInformation, design_for, design_information
+    from aggregation.estimators import CoAssociationClustering, CrowdClustering, least_certain
+    from aggregation.metrics import clustering_scores
+    from aggregation.pairs import PairLabels, build_pairs
+    from aggregation.synthetic import SHAPES, SyntheticCrowd, crowd_shape, generate_crowd
+
+_HOME = {
+    "ExportFormatError": "adapter",
+    "ExportReading": "adapter",
+    "read_export": "adapter",
+    "DesignInformation": "design",
+    "design_for": "design",
+    "design_information": "design",
+    "CoAssociationClustering": "estimators",
+    "CrowdClustering": "estimators",
+    "least_certain": "estimators",
+    "clustering_scores": "metrics",
+    "PairLabels": "pairs",
+    "build_pairs": "pairs",
+    "SHAPES": "synthetic",
+    "SyntheticCrowd": "synthetic",
+    "crowd_shape": "synthetic",
+    "generate_crowd": "synthetic",
+}
 
 __all__ = [
     "SHAPES",
     "CoAssociationClustering",
     "CrowdClustering",
+    "DesignInformation",
     "ExportFormatError",
     "ExportReading",
     "PairLabels",
@@ -30,7 +60,22 @@ __all__ = [
     "build_pairs",
     "clustering_scores",
     "crowd_shape",
+    "design_for",
+    "design_information",
     "generate_crowd",
     "least_certain",
     "read_export",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import the submodule that defines `name` on first use."""
+    if name not in _HOME:
+        raise AttributeError(f"module 'aggregation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"aggregation.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])

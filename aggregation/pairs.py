@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["REQUIRED", "PairLabels", "build_pairs", "check_labels", "coassociation", "unanchored"]
+__all__ = [
+    "REQUIRED",
+    "PairLabels",
+    "build_pairs",
+    "check_labels",
+    "coassociation",
+    "together_partners",
+    "unanchored",
+]
 
 REQUIRED = ("task", "worker", "item", "label")
 
@@ -142,16 +150,18 @@ def coassociation(pairs: PairLabels) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return uniq // pairs.n_items, uniq % pairs.n_items, same, votes
 
 
+def together_partners(pairs: PairLabels) -> np.ndarray:
+    """Per item: how many other items a majority of the workers who saw both put in its group."""
+    a, b, same, votes = coassociation(pairs)
+    together = 2 * same > votes
+    return np.bincount(np.r_[a[together], b[together]], minlength=pairs.n_items)
+
+
 def unanchored(pairs: PairLabels) -> int:
     """How many items no other item was put with by a majority of the workers who saw both.
 
     Such an item's labels only say which items it is *not* with: no clustering can place it from
     them (at 100,000 images with 10-image HITs most items are like that). Many of them mean the
-    design needs more answers per item, whatever the model.
+    design needs more answers per item, whatever the model (`aggregation.design`).
     """
-    a, b, same, votes = coassociation(pairs)
-    together = 2 * same > votes
-    anchored = np.zeros(pairs.n_items, dtype=bool)
-    anchored[a[together]] = True
-    anchored[b[together]] = True
-    return int(pairs.n_items - anchored.sum())
+    return int((together_partners(pairs) == 0).sum())

@@ -103,7 +103,7 @@ def _design(
     hit_size = _size_range(hit_size)[1]
     if design == "seed":
         hits = []
-        for seed_item in range(n_items):
+        for seed_item in np.arange(n_items if n_hits is None else n_hits) % n_items:
             others = rng.choice(n_items - 1, size=min(hit_size, n_items) - 1, replace=False)
             others = others + (others >= seed_item)
             hits.append(rng.permutation(np.r_[seed_item, others]))
@@ -179,6 +179,7 @@ def generate_crowd(
     answers_per_worker: tuple[int, int] | None = None,
     error_range: tuple[float, float] = (0.0, 0.08),
     size_ratio: float | None = None,
+    hits_per_item: float | None = None,
 ) -> SyntheticCrowd:
     """Generate a crowd's answers; everything follows from `seed`.
 
@@ -189,7 +190,10 @@ def generate_crowd(
     exports hold both. `n_hits` sets the number of HITs of the "sized" and "queries" designs;
     `answers_per_worker` (low, high) deals HITs to workers in queues of that length instead of
     drawing `overlap` workers per HIT; `error_range` is the diligent workers' error rates;
-    `size_ratio` makes class sizes geometric with largest / smallest = size_ratio.
+    `size_ratio` makes class sizes geometric with largest / smallest = size_ratio;
+    `hits_per_item` sets the "seed" design's number of HITs to n_items * hits_per_item / hit_size
+    (default: one HIT seeded by each item, i.e. hits_per_item = hit_size; the seeds cycle through
+    the items), so that each image appears in about `hits_per_item` HITs.
 
     >>> crowd = generate_crowd(30, 3, seed=0)
     >>> len(crowd.truth), crowd.truth.nunique(), list(crowd.labels.columns)
@@ -205,6 +209,8 @@ def generate_crowd(
     partner = np.array([c ^ 1 if (c ^ 1) < n_classes else (c + 1) % n_classes for c in range(n_classes)])
     items = np.array([f"https://img.example/{i:06d}.jpg" for i in range(n_items)])
 
+    if design == "seed" and hits_per_item is not None:
+        n_hits = max(1, round(n_items * hits_per_item / _size_range(hit_size)[1]))
     hits = _design(rng, n_items, design, hit_size, n_hits)
     most = _size_range(overlap)[1]
     if n_workers is None:

@@ -5,6 +5,8 @@
     .venv/bin/python bench/bench_aggregation.py --scale 100000  # the large catalogue at N = 100,000
                                                                 # (200 styles, ~32 M labels) instead
     .venv/bin/python bench/bench_aggregation.py --seeds 0 1     # the large catalogue on two seeds
+    .venv/bin/python bench/bench_aggregation.py --only-large --hits-per-item 30  # the large catalogue
+                                                                # with a design that carries the information
 
 Targets (2-core machine): N=82 whole process <= 1.5 s warm, ARI >= 0.95 (median of 5 seeds);
 every synthetic crowd shape (partial-clustering queries with M = 3 and 5, 35-image HITs, uneven
@@ -32,10 +34,13 @@ sys.path.insert(0, str(ROOT))
 from aggregation import (  # noqa: E402
     CoAssociationClustering,
     CrowdClustering,
+    build_pairs,
     clustering_scores,
     crowd_shape,
+    design_information,
     generate_crowd,
 )
+from aggregation.oracle import linked_oracle, placement_oracle  # noqa: E402
 
 CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
 
@@ -69,6 +74,23 @@ def line(label: str, value: str, target: str = "") -> None:
     print(f"  {label:<52}{value:<30}{target}")
 
 
+def oracles(labels, truth) -> dict[str, dict[str, float]]:
+    """ARI and B-cubed F1 of the two bounds of `aggregation.oracle` on these labels."""
+    pairs = build_pairs(labels)
+    return {
+        "placement": clustering_scores(placement_oracle(pairs, truth), truth),
+        "linked": clustering_scores(linked_oracle(pairs, truth), truth),
+    }
+
+
+def oracle_line(bounds: list[dict[str, dict[str, float]]]) -> None:
+    """Print the bounds (per seed when several): what any method could reach from these labels."""
+    for name, title in (("placement", "placement"), ("linked", "perfect answers")):
+        aris = " ".join(f"{b[name]['ari']:.2f}" for b in bounds)
+        bcubed = " ".join(f"{b[name]['bcubed_f1']:.2f}" for b in bounds)
+        line(f"  bound, {title}: ARI | B-cubed", f"{aris} | {bcubed}", "(aggregation.oracle)")
+
+
 def bench_small(tmp: Path) -> None:
     print("N=82, K=8, seed design (HIT 10, overlap 7, default crowd)")
     crowd = generate_crowd(82, 8, seed=0)
@@ -81,7 +103,9 @@ def bench_small(tmp: Path) -> None:
     line("whole process, cold numba cache (wall / CPU s)", f"{cold[0]:.2f} / {cold[3]:.2f}")
     wall, cpu = statistics.median(w[0] for w in warm), statistics.median(w[3] for w in warm)
     line("whole process, warm cache (wall / CPU s, median 5)", f"{wall:.2f} / {cpu:.2f}", "target <= 1.5")
-    aris, times, ks, base = [], [], [], []
+    line("  best of 5 (wall / CPU s), load average", f"{min(w[0] for w in warm):.2f} / "
+         f"{min(w[3] for w in warm):.2f}, {os.getloadavg()[0]:.2f}")  # fmt: skip
+    aris, times, ks, base, bounds = [], [], [], [], []
     for seed in range(5):
         crowd = generate_crowd(82, 8, seed=seed)
         fit(CrowdClustering(random_state=seed), crowd)  # warm-up (JIT loaded)
@@ -92,10 +116,12 @@ def bench_small(tmp: Path) -> None:
         times.append(seconds)
         ks.append(k)
         base.append(fit(CoAssociationClustering(n_clusters=8), crowd)[1])
+        bounds.append(oracles(crowd.labels, crowd.truth))
     line("in-process fit (s, median over seeds)", f"{statistics.median(times):.3f}")
     line("ARI per seed", " ".join(f"{a:.3f}" for a in aris))
     line("ARI median over 5 seeds", f"{statistics.median(aris):.3f}  (K found {ks})", "target >= 0.95")
     line("co-association at true K, ARI median", f"{statistics.median(base):.3f}")
+    oracle_line(bounds)
 
 
 SHAPE_RUNS = [
@@ -113,7 +139,7 @@ def bench_shapes(seeds: range = range(3)) -> None:
         "Synthetic crowd shapes, 3 seeds each: clusters found / true, ARI model vs co-association at true K"
     )
     for shape, title, overrides in SHAPE_RUNS:
-        found, model, base, seconds = [], [], [], []
+        found, model, base, seconds, bounds = [], [], [], [], []
         for seed in seeds:
             crowd = crowd_shape(shape, seed=seed, **overrides)
             true_k = crowd.truth.nunique()
@@ -122,11 +148,13 @@ def bench_shapes(seeds: range = range(3)) -> None:
             model.append(ari)
             seconds.append(fit_s)
             base.append(fit(CoAssociationClustering(n_clusters=true_k), crowd)[1])
+            bounds.append(oracles(crowd.labels, crowd.truth))
         line(title, " ".join(found), "target ±25%")
         line(
             "  ARI model | baseline",
             " ".join(f"{a:.2f}" for a in model) + " | " + " ".join(f"{b:.2f}" for b in base),
         )
+        oracle_line(bounds)
         line("  fit seconds (max)", f"{max(seconds):.1f}")
 
 
@@ -161,17 +189,26 @@ def bench_determinism(tmp: Path) -> None:
     line("identical item,cluster,confidence files", str(same), "target True")
 
 
-def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0) -> None:
+def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per_item: int = 10) -> None:
+    shoes = design_information(n_items, n_classes, 10, 10, 7)
+    info = design_information(n_items, n_classes, 10, hits_per_item, 7)
     print(
-        f"N={n_items:,}, K={n_classes}, seed {seed}, seed design (HIT 10, overlap 7, uneven styles, "
-        "~10% spammers)"
+        f"N={n_items:,}, K={n_classes}, seed {seed}, seed design (HIT 10, {hits_per_item} HITs per image, "
+        f"overlap 7, uneven styles, ~10% spammers; {info.assignments / shoes.assignments:.1f}x the shoes "
+        "design's answers)"
     )
     big = n_items > 20_000
     started = time.perf_counter()
-    crowd = generate_crowd(n_items, n_classes, seed=seed)
+    crowd = generate_crowd(n_items, n_classes, seed=seed, hits_per_item=hits_per_item)
     crowd.write_export(tmp / f"e{n_items}.tsv")
     crowd.write_truth(tmp / f"t{n_items}.csv")
     line("generate + write export (s, not timed below)", f"{time.perf_counter() - started:.1f}")
+    line(
+        "design: same-style partners per image, none (%)",
+        f"{info.same_style_partners:.2f}, {info.alone_share:.0%}",
+        f"(aggregation.design; {info.linked_share:.0%} in a style's largest linked piece)",
+    )
+    bound = oracles(crowd.labels, crowd.truth)
     del crowd
     wall, rss, out, cpu = run_cli(
         [tmp / f"e{n_items}.tsv", "-o", tmp / f"c{n_items}.csv", "--truth", tmp / f"t{n_items}.csv"]
@@ -180,13 +217,14 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0) -> None:
     line("labels", stats["labels"].split(None, 1)[1])
     line("whole process (wall / CPU s)", f"{wall:.1f} / {cpu:.1f}", "target <= " + ("300" if big else "20"))
     line("peak RSS (MB)", f"{rss:.0f}", "target <= " + ("8192" if big else "1024"))
-    found = f"{stats['clusters'].split()[1]} clusters of {n_classes}, {stats['iterations'].split()[1]} it"
+    found = f"{stats['clusters'].split()[1]} clusters of {n_classes}"
     line("ARI", f"{ari_of(out):.3f}  ({found})", "target >= 0.97, clusters ±10%")
     bcubed = float(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("bcubed_f1")))
     line("B-cubed F1", f"{bcubed:.3f}", "target >= 0.95")
     line("items with confidence < 0.5", stats["uncertain"].split()[1])
+    oracle_line([bound])
     print(f"  load average after the run: {os.getloadavg()[0]:.2f}")
-    if big or seed != 0:
+    if big or seed != 0 or hits_per_item != 10:
         return
     args = [
         tmp / f"e{n_items}.tsv",
@@ -208,24 +246,32 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="skip the large catalogue")
+    parser.add_argument("--only-large", action="store_true", help="only the large catalogue")
     parser.add_argument(
         "--scale", type=int, default=10_000, help="items of the large catalogue (100000: 200 styles)"
     )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="seeds of the large catalogue (default: 0)"
     )
+    parser.add_argument(
+        "--hits-per-item",
+        type=int,
+        default=10,
+        help="HITs per image of the large catalogue (10: the shoes design; see aggregation.design)",
+    )
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        if args.scale <= 10_000:
+        if args.scale <= 10_000 and not args.only_large:
             bench_small(tmp)
             bench_shapes()
             bench_spammers()
             bench_determinism(tmp)
         if not args.quick:
             for seed in args.seeds:
-                bench_large(tmp, args.scale, 40 if args.scale <= 10_000 else 200, seed)
+                classes = 40 if args.scale <= 10_000 else 200
+                bench_large(tmp, args.scale, classes, seed, args.hits_per_item)
     print(
         f"bench peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
     )

@@ -78,6 +78,9 @@ def aggregate(
 ) -> None:
     """Cluster the images of a Toloka export; write item,cluster,confidence and print a summary."""
     started = time.perf_counter()
+    from aggregation.startup import lean_imports
+
+    lean_imports()  # pandas and numba without pyarrow, scipy.linalg and cffi (a third of the start-up)
     from aggregation import (
         CoAssociationClustering,
         CrowdClustering,
@@ -85,7 +88,7 @@ def aggregate(
         clustering_scores,
         read_export,
     )
-    from aggregation.pairs import unanchored
+    from aggregation.pairs import together_partners
 
     try:
         reading = read_export(export, strict=not lenient)
@@ -98,7 +101,9 @@ def aggregate(
         print(f"... and {len(reading.problems) - 10} more skipped rows", file=sys.stderr)
 
     model = (
-        CrowdClustering(random_state=seed, min_cluster_size=min_cluster_size)
+        # The clusters and confidences do not come from the embedding, and this command writes nothing
+        # else: fitting it would cost its kernels' loading and sweeps (a fifth of an 82-image run).
+        CrowdClustering(random_state=seed, min_cluster_size=min_cluster_size, embedding_max_items=0)
         if method is Method.gomes
         else CoAssociationClustering(random_state=seed, min_cluster_size=min_cluster_size)
     )
@@ -116,7 +121,8 @@ def aggregate(
         _fail(f"cannot write {output}: {exc}")
 
     labels = reading.labels
-    alone = unanchored(model.pairs_)
+    partners = together_partners(model.pairs_)
+    alone = int((partners == 0).sum())
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size}",
@@ -126,7 +132,6 @@ def aggregate(
         f"clusters    {model.n_clusters_}",
         f"uncertain   {int((model.confidence_ < 0.5).sum())} items with confidence < 0.5",
         f"unanchored  {alone} items no other item was grouped with by most workers",
-        f"iterations  {model.n_iter_}",
         f"skipped     {len(reading.problems)} rows",
         f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",
         f"output      {output}",
@@ -140,6 +145,30 @@ def aggregate(
         print(
             f"warning: {alone} of {clusters.size} images ({alone / clusters.size:.0%}) were grouped with no "
             "other image by most workers who saw them: the labels cannot place them and the clusters are "
-            "unreliable; collect more answers per image (hits.overlap, hits.hits_per_item)",
+            f"unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
             file=sys.stderr,
         )
+
+
+def _design_advice(pairs, labels, mean_partners: float) -> str:
+    """What this export's design showed each image, and the design that would anchor every image.
+
+    The design is read off the export (images per answer, answers per HIT, HITs per image); the
+    number of styles is the one under which that design predicts the observed mean number of
+    partners each image was grouped with (`aggregation.design`).
+    """
+    from aggregation.design import design_for, implied_styles
+
+    n_items, n_rows = pairs.n_items, len(labels)
+    hit_size = n_rows / pairs.n_assignments
+    overlap = pairs.n_assignments / labels["task"].nunique()
+    hits_per_item = n_rows / (n_items * overlap)
+    styles = implied_styles(n_items, hit_size, hits_per_item, mean_partners)
+    advice = design_for(n_items, styles, round(hit_size), max(1, round(overlap)))
+    cost = advice.assignments / pairs.n_assignments
+    return (
+        f"Each image met ~{mean_partners:.1f} images it was grouped with (HITs of ~{hit_size:.0f} images, "
+        f"~{hits_per_item:.0f} HITs per image, ~{overlap:.0f} answers each; as if ~{styles} styles). "
+        f"More answers per HIT do not help; more HITs per image do: {advice.summary()} "
+        f"({cost:.1f}x the answers of this run)."
+    )

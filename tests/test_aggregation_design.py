@@ -1,0 +1,103 @@
+"""What a HIT design can tell (aggregation.design), the oracle bounds, and the lean start-up."""
+
+from __future__ import annotations
+
+import doctest
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aggregation import build_pairs, clustering_scores, design_for, design_information, generate_crowd
+from aggregation import design as design_module
+from aggregation.design import implied_styles
+from aggregation.oracle import linked_oracle, placement_oracle, truth_codes
+
+
+def test_doctests():
+    result = doctest.testmod(design_module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_predicted_partners_match_a_generated_crowd():
+    # 1,000 images, 20 styles, the seed design with 10 and with 20 HITs per image (one answer per HIT:
+    # the pairs shown do not depend on the overlap).
+    for hits_per_item in (10, 20):
+        crowd = generate_crowd(1000, 20, seed=3, hits_per_item=hits_per_item, overlap=1, n_workers=50)
+        pairs = build_pairs(crowd.labels)
+        codes = truth_codes(pairs, crowd.truth)
+        key = np.unique(pairs.a * pairs.n_items + pairs.b)
+        a, b = key // pairs.n_items, key % pairs.n_items
+        same = codes[a] == codes[b]
+        measured = np.bincount(np.r_[a[same], b[same]], minlength=pairs.n_items)
+        # Measured styles are uneven (Dirichlet shares): the mean over images weighs big styles more,
+        # so compare with the prediction for the measured share of same-style pairs instead of 1/K.
+        share = float((crowd.truth.value_counts() ** 2).sum() / 1000**2)
+        info = design_information(1000, round(1 / share), 10, hits_per_item, 7)
+        assert measured.mean() == pytest.approx(info.same_style_partners, rel=0.15)
+        assert (measured == 0).mean() == pytest.approx(info.alone_share, abs=0.06)
+
+
+def test_design_for_is_the_smallest_design_that_reaches_the_target():
+    advice = design_for(10_000, 40, hit_size=10, overlap=5, partners=4.0)
+    assert advice.same_style_partners >= 4.0 and advice.overlap == 5
+    fewer = design_information(10_000, 40, 10, advice.hits_per_item - 1, 5)
+    assert fewer.same_style_partners < 4.0
+    assert advice.assignments == -(-10_000 * advice.hits_per_item // 10) * 5
+    assert implied_styles(10_000, 10, advice.hits_per_item, advice.same_style_partners) == 40
+
+
+def test_design_rejects_impossible_designs():
+    with pytest.raises(ValueError, match="n_styles"):
+        design_information(10, 11)
+    with pytest.raises(ValueError, match="hit_size"):
+        design_information(100, 5, hit_size=1)
+
+
+def test_oracles_on_a_hand_made_crowd():
+    # Classes x = {a, b, c} and y = {d, e}; pairs seen: a-b, b-c (same class), c-d (across), d-e.
+    rows = []
+    for task, members in (("t1", "ab"), ("t2", "bc"), ("t3", "cd"), ("t4", "de")):
+        for worker in ("w1", "w2", "w3"):
+            truth_of = {"a": 1, "b": 1, "c": 1, "d": 2, "e": 2}
+            rows += [(task, worker, item, truth_of[item]) for item in members]
+    labels = pd.DataFrame(rows, columns=["task", "worker", "item", "label"])
+    truth = pd.Series(["x", "x", "x", "y", "y"], index=list("abcde"))
+    pairs = build_pairs(labels)
+    linked = linked_oracle(pairs, truth)
+    assert clustering_scores(linked, truth)["ari"] == 1.0
+    # Without the pair b-c the class x falls in two linked pieces; the placement still finds it.
+    cut = labels[labels["task"] != "t2"]
+    pairs = build_pairs(cut)
+    assert linked_oracle(pairs, truth).nunique() == 3
+    placed = placement_oracle(pairs, truth)
+    assert clustering_scores(placed, truth)["ari"] == 1.0
+
+
+def test_lean_imports_hide_optional_modules_only_while_importing():
+    code = (
+        "import sys\n"
+        "from aggregation.startup import HIDDEN, lean_imports\n"
+        "lean_imports()\n"
+        "assert not any(name in sys.modules for name in HIDDEN), [n for n in HIDDEN if n in sys.modules]\n"
+        "import pandas, numba.np.arraymath\n"
+        "assert pandas.Series(['b', 'a']).sort_values().tolist() == ['a', 'b']\n"
+        "import scipy.linalg\n"  # un-hidden again: an explicit import works
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_cli_advice_reads_the_design_off_the_export():
+    from crowdclust.commands.aggregate import _design_advice
+
+    crowd = generate_crowd(400, 40, seed=2, overlap=3)  # the seed design: ~10 HITs of 10 per image
+    pairs = build_pairs(crowd.labels)
+    text = _design_advice(pairs, crowd.labels, 0.5)
+    assert "HITs of ~10 images, ~10 HITs per image, ~3 answers each" in text
+    styles = implied_styles(400, 10, 10, 0.5)
+    advice = design_for(400, styles, 10, 3)
+    assert f"hits.hits_per_item {advice.hits_per_item}," in text and "overlap 3" in text
