@@ -28,6 +28,7 @@ HOLD = textwrap.dedent(
     import sys, time
     from tasks.params import TolokaTarget
     from tasks.run_lock import RunKeyBusy, run_lock
+    import prefect.client.orchestration, prefect.variables  # timed: the lock, not the imports
     started = time.monotonic()
     try:
         with run_lock(TolokaTarget(environment="local", url="http://127.0.0.1:1"), sys.argv[1]):

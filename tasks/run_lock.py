@@ -74,6 +74,13 @@ def _flock(path: Path, run_key: str) -> IO[str]:
     return handle
 
 
+def _log() -> Any:
+    """Prefect's console logger (a run's logger is not there yet: the lock is taken before the flow)."""
+    from prefect.logging import get_logger
+
+    return get_logger("crowdclust.run_lock")
+
+
 def _write(handle: IO[str], text: str) -> None:
     handle.seek(0)
     handle.truncate()
@@ -91,18 +98,36 @@ def _server_slot(limit: str, run_key: str, dead_lease: UUID | None) -> Iterator[
     if dead_lease is not None:  # left by a holder on this machine that died: its flock is ours now
         run_lease.release(dead_lease)
     settings = Settings()
-    lease = settings.run_lock_lease_seconds
+    lease, wait = settings.run_lock_lease_seconds, settings.run_lock_wait_seconds
+    frees = lease + run_lease.REPOSSESSOR_SECONDS
     try:
-        lease_id = run_lease.acquire(limit, lease, settings.run_lock_wait_seconds)
+        lease_id = run_lease.acquire(limit, lease, 0.0)
     except run_lease.SlotTaken as taken:
-        frees = lease + run_lease.REPOSSESSOR_SECONDS
-        raise _busy(
+        holder = f"{taken.holder or 'another machine'}: Prefect concurrency limit {limit} on {server}"
+        if wait <= 0:
+            raise _busy(
+                run_key,
+                holder,
+                f"; if that run was killed, the server frees the key {frees:.0f} s after its last lease "
+                f"renewal at the latest: run again then, or set CROWDCLUST_RUN_LOCK_WAIT_SECONDS={frees:.0f} "
+                "to wait for it",
+            ) from None
+        _log().warning(
+            "run key %s is held (%s): waiting up to %.0f s for it (a run killed on another machine "
+            "holds its key %.0f s after its last lease renewal at the latest)",
             run_key,
-            f"{taken.holder or 'another machine'}: Prefect concurrency limit {limit} on {server}",
-            f"; if that run was killed, the server frees the key {frees:.0f} s after its last lease "
-            f"renewal at the latest: run again then, or set CROWDCLUST_RUN_LOCK_WAIT_SECONDS={frees:.0f} "
-            "to wait for it",
-        ) from None
+            holder,
+            wait,
+            frees,
+        )
+        try:
+            lease_id = run_lease.acquire(limit, lease, wait)
+        except run_lease.SlotTaken as still:
+            raise _busy(
+                run_key,
+                f"{still.holder or 'another machine'}: Prefect concurrency limit {limit} on {server}",
+                f"; waited {wait:.0f} s for it",
+            ) from None
     with run_lease.renewed(limit, lease_id, lease):
         yield lease_id
 
