@@ -107,7 +107,8 @@ def acquire(limit: str, lease_seconds: float, wait_seconds: float) -> UUID:
 
             since = datetime.now(UTC).isoformat(timespec="seconds")
             holder = f"pid {os.getpid()} on host {socket.gethostname()} since {since}"
-            Variable.set(limit, holder, overwrite=True)
+            with contextlib.suppress(Exception):  # a courtesy to a refused run: never lose the slot for it
+                Variable.set(limit, holder, overwrite=True)
             return lease_id
         if time.monotonic() >= deadline:
             raise SlotTaken(limit, _holder(limit))
