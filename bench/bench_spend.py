@@ -62,7 +62,7 @@ def emulator(size: int, fail_rate: float, latency_ms: int, speed: float) -> Iter
         proc.wait(timeout=60)
 
 
-def config(folder: Path, url: str, size: int, max_spend: float) -> Path:
+def config(folder: Path, url: str, size: int, max_spend: float, exam_workers: int) -> Path:
     write_catalogue("demo-shoes", folder / "dataset.tsv", size=size, seed=0)
     data = {
         "name": f"spend-{size}",
@@ -71,12 +71,25 @@ def config(folder: Path, url: str, size: int, max_spend: float) -> Path:
         "runs_dir": str(folder / "runs"),
         "toloka": {"environment": "local", "url": url},
         "hits": {"size": 10, "overlap": 3, "hits_per_item": 3},
+        "exam": {"expected_workers": exam_workers},
         "wait": {"poll_seconds": 1, "timeout_seconds": 7200},
         "budget": {"max_spend": max_spend},
     }
     path = folder / "pipeline.yaml"
     path.write_text(json.dumps(data))
     return path
+
+
+def estimate(pipeline: Path) -> float:
+    """The estimate the run checks against `max_spend` (main pool, exams, intruders)."""
+    from tasks import budget
+    from tasks.params import load_params
+    from tasks.toloka_config import load_bundle
+
+    params = load_params(pipeline)
+    n_items = sum(1 for _ in (pipeline.parent / "dataset.tsv").open()) - 1
+    plan = budget.planned_hits(n_items, params)
+    return budget.estimate_labelling(params, load_bundle(params.toloka_dir), plan).total
 
 
 def charged(url: str, key: str) -> dict[str, Any]:
@@ -90,7 +103,9 @@ def charged(url: str, key: str) -> dict[str, Any]:
     return {"spent": registry.spent(), "main_accepted": accepted}
 
 
-def case(size: int, fail_rate: float, latency_ms: int, speed: float, max_spend: float) -> dict[str, Any]:
+def case(
+    size: int, fail_rate: float, latency_ms: int, speed: float, max_spend: float, exam_workers: int
+) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="bench-spend-") as tmp,
         emulator(size, fail_rate, latency_ms, speed) as url,
@@ -102,22 +117,17 @@ def case(size: int, fail_rate: float, latency_ms: int, speed: float, max_spend: 
             "CROWDCLUST_PROJECT_DIR": tmp,
             "PREFECT_HOME": str(folder / ".prefect"),
         }
-        pipeline = config(folder, url, size, max_spend)
+        pipeline = config(folder, url, size, max_spend, exam_workers)
         command = [str(BIN / "crowdclust"), "run", str(pipeline), "--run-key", key]
         started = time.monotonic()
         run = subprocess.run(command, env=env, capture_output=True, text=True)
         wall = time.monotonic() - started
         errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-        summaries = list(folder.glob("runs/*/summary.json"))
-        estimate = json.loads(summaries[0].read_text())["cost"]["estimate"] if summaries else None
-        if estimate is None:
-            found = re.search(r"estimate \$([0-9.]+)", run.stdout + run.stderr)
-            estimate = {"total": float(found[1])} if found else None
         return {
             "fail_rate": fail_rate,
             "code": run.returncode,
             "error": errors[0] if errors else "",
-            "estimate": estimate["total"] if estimate else float("nan"),
+            "estimate": estimate(pipeline),
             "planned": size * 3 // 10 * 3,
             "wall": wall,
             "load": load(),
@@ -132,17 +142,25 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--speed", type=float, default=600.0, help="emulator seconds per wall second")
     parser.add_argument("--max-spend", type=float, default=275.0)
+    parser.add_argument(
+        "--exam-workers",
+        type=int,
+        default=100,
+        help="exam.expected_workers: who may qualify; at 10,000 items and speed 600, 100 cannot finish the "
+        "main pool in its 7 simulated days (50 answers each, then one per 5 simulated hours)",
+    )
     args = parser.parse_args()
     print(
         f"{args.size} items, HIT 10, overlap 3, 3 HITs per item, intruders on, "
-        f"max_spend ${args.max_spend:.2f}, latency {args.latency_ms} ms, emulator speed {args.speed:g}"
+        f"exam seats {args.exam_workers}, max_spend ${args.max_spend:.2f}, latency {args.latency_ms} ms, "
+        f"emulator speed {args.speed:g}"
     )
     print(
         f"{'faults':>6} {'exit':>4} {'estimate':>9} {'spent':>9} {'spent/max':>9} {'spent/est':>9} "
         f"{'main acc/plan':>14} {'wall s':>7}  load"
     )
     for fail_rate in args.fail_rates:
-        row = case(args.size, fail_rate, args.latency_ms, args.speed, args.max_spend)
+        row = case(args.size, fail_rate, args.latency_ms, args.speed, args.max_spend, args.exam_workers)
         print(
             f"{row['fail_rate']:>6.2f} {row['code']:>4} {row['estimate']:>9.2f} {row['spent']:>9.2f} "
             f"{row['spent'] / args.max_spend:>9.3f} {row['spent'] / row['estimate']:>9.3f} "
