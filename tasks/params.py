@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.settings import Settings
+
 Environment = Literal["local", "sandbox", "production"]
 
 
@@ -60,6 +62,16 @@ class TolokaTarget(_Model):
                 "environment 'local' needs `url` (the emulator address, e.g. http://127.0.0.1:8765)"
             )
         return self
+
+
+def endpoint(target: TolokaTarget) -> str | None:
+    """The URL the client talks to: for `local`, `$CROWDCLUST_LOCAL_URL` wins over `target.url`.
+
+    Not part of the target, so cache keys do not depend on the port of the emulator in use.
+    """
+    if target.environment == "local":
+        return Settings().local_url or target.url
+    return target.url
 
 
 class HitParams(_Model):

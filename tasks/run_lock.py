@@ -1,15 +1,21 @@
-"""One run per run key: an exclusive file lock held for the whole flow run.
+"""One run per run key: an exclusive lock held for the whole flow run, on one machine and across machines.
 
 Two runs with the same key would look up, find nothing, and both create every object (then one
 fails with a 409 and its failure hook closes the other's pools). The lock makes the second one
-fail at once with a clear message instead. It is an advisory `flock` on a file named after the
-endpoint and the run key in the machine's temp folder, so:
+fail at once with a clear message (`RunKeyBusy`) instead. It has two layers, named after the
+endpoint and the run key:
 
-- it works with Prefect's ephemeral API (`crowdclust run`, `make demo`) and with a server, for every
-  process on this machine (the local service's worker included);
-- the kernel drops it when its process dies, even by `kill -9`: a crashed run never blocks its
-  resume (a Prefect concurrency slot would stay taken until its lease ran out);
-- it does not span machines: workers on several hosts must use distinct run keys.
+- an advisory `flock` on a file in the machine's temp folder: it works with Prefect's ephemeral API
+  (`crowdclust run`, `make demo`) and with a server, for every process on this machine, and the
+  kernel drops it when its process dies, even by `kill -9`;
+- when the flow talks to a Prefect server (`PREFECT_API_URL`), the single slot of a Prefect global
+  concurrency limit, under a lease the holder renews (`tasks/run_lease.py`): it spans every host
+  and container that uses the server. A holder killed on another machine frees the key once its
+  lease has run out (`CROWDCLUST_RUN_LOCK_LEASE_SECONDS`, 60 by default, plus up to 15 s for the
+  server to notice); a run started before then fails at once saying so, or waits for it when
+  `CROWDCLUST_RUN_LOCK_WAIT_SECONDS` allows. A holder killed on this machine frees the key at once:
+  it wrote its lease id into the lock file, and whoever gets the `flock` next knows it is dead and
+  releases its lease.
 
 Re-entrant within a process (the pipeline flow holds it and its labelling sub-flow takes it again).
 """
@@ -21,16 +27,20 @@ import fcntl
 import functools
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from uuid import UUID
 
-from tasks.params import PipelineParams, TolokaTarget
-from tasks.toloka_api import endpoint
+from tasks import run_lease
+from tasks.params import PipelineParams, TolokaTarget, endpoint
+from tasks.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 _held: dict[Path, tuple[IO[str], int]] = {}
+_LEASE = re.compile(r"lease ([0-9a-f-]{36})")
 
 
 class RunKeyBusy(RuntimeError):
@@ -41,6 +51,85 @@ def lock_path(target: TolokaTarget, run_key: str) -> Path:
     where = endpoint(target) or target.environment
     digest = hashlib.sha256(f"{where}\0{run_key}".encode()).hexdigest()[:24]
     return Path(tempfile.gettempdir()) / "crowdclust-locks" / f"{digest}.lock"
+
+
+def _busy(run_key: str, holder: str, more: str = "") -> RunKeyBusy:
+    return RunKeyBusy(
+        f"run key {run_key} is already running ({holder}); wait for it to end, "
+        f"or give this run another --run-key{more}"
+    )
+
+
+def _flock(path: Path, run_key: str) -> IO[str]:
+    """This machine's layer: the open lock file, its `flock` held, or `RunKeyBusy` naming the pid."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise _busy(run_key, owner) from None
+    return handle
+
+
+def _log() -> Any:
+    """Prefect's console logger (a run's logger is not there yet: the lock is taken before the flow)."""
+    from prefect.logging import get_logger
+
+    return get_logger("crowdclust.run_lock")
+
+
+def _write(handle: IO[str], text: str) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(text)
+    handle.flush()
+
+
+@contextlib.contextmanager
+def _server_slot(limit: str, run_key: str, dead_lease: UUID | None) -> Iterator[UUID | None]:
+    """The cross-machine layer, when a Prefect server is configured: hold the key's slot, renewed."""
+    server = run_lease.server_url()
+    if server is None:
+        yield None
+        return
+    if dead_lease is not None:  # left by a holder on this machine that died: its flock is ours now
+        run_lease.release(dead_lease)
+    settings = Settings()
+    lease, wait = settings.run_lock_lease_seconds, settings.run_lock_wait_seconds
+    frees = lease + run_lease.REPOSSESSOR_SECONDS
+    try:
+        lease_id = run_lease.acquire(limit, lease, 0.0)
+    except run_lease.SlotTaken as taken:
+        holder = f"{taken.holder or 'another machine'}: Prefect concurrency limit {limit} on {server}"
+        if wait <= 0:
+            raise _busy(
+                run_key,
+                holder,
+                f"; if that run was killed, the server frees the key {frees:.0f} s after its last lease "
+                f"renewal at the latest: run again then, or set CROWDCLUST_RUN_LOCK_WAIT_SECONDS={frees:.0f} "
+                "to wait for it",
+            ) from None
+        _log().warning(
+            "run key %s is held (%s): waiting up to %.0f s for it (a run killed on another machine "
+            "holds its key %.0f s after its last lease renewal at the latest)",
+            run_key,
+            holder,
+            wait,
+            frees,
+        )
+        try:
+            lease_id = run_lease.acquire(limit, lease, wait)
+        except run_lease.SlotTaken as still:
+            raise _busy(
+                run_key,
+                f"{still.holder or 'another machine'}: Prefect concurrency limit {limit} on {server}",
+                f"; waited {wait:.0f} s for it",
+            ) from None
+    with run_lease.renewed(limit, lease_id, lease):
+        yield lease_id
 
 
 @contextlib.contextmanager
@@ -56,32 +145,20 @@ def run_lock(target: TolokaTarget, run_key: str) -> Iterator[None]:
             handle, depth = _held[path]
             _held[path] = (handle, depth - 1)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+    handle = _flock(path, run_key)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
         handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise RunKeyBusy(
-            f"run key {run_key} is already running ({owner}); wait for it to end, "
-            "or give this run another --run-key"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}")
-    handle.flush()
-    _held[path] = (handle, 1)
-    try:
-        yield
+        dead = _LEASE.search(handle.read())
+        with _server_slot(run_lease.limit_name(path.stem), run_key, dead and UUID(dead[1])) as lease_id:
+            _write(handle, f"pid {os.getpid()}" + (f" lease {lease_id}" if lease_id else ""))
+            _held[path] = (handle, 1)
+            try:
+                yield
+            finally:
+                del _held[path]
+                _write(handle, f"pid {os.getpid()}")  # released: no lease left to take over
     finally:
-        handle, depth = _held[path]
-        if depth > 1:
-            _held[path] = (handle, depth - 1)
-        else:
-            del _held[path]
-            handle.close()  # closing the descriptor releases the flock
+        handle.close()  # closing the descriptor releases the flock
 
 
 def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:

@@ -33,6 +33,19 @@ class Settings(BaseSettings):
         description="Make every Toloka request take a slot of the Prefect global rate limit "
         "`toloka-api-<environment>` (the service sets it for its workers; see tasks/toloka_rate.py).",
     )
+    run_lock_lease_seconds: float = Field(
+        60.0,
+        ge=60.0,  # the shortest lease a Prefect 3.9.1 server grants
+        le=86400.0,
+        description="Lease of the run key's Prefect concurrency slot (with a Prefect server): a run killed "
+        "on another machine frees its key this long (plus up to 15 s) after its last renewal.",
+    )
+    run_lock_wait_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        description="How long a run waits for its key's Prefect slot held on another machine before it "
+        "fails (0: at once). Lease + 15 lets a run resumed elsewhere after a kill -9 go on by itself.",
+    )
     toloka_token: SecretStr | None = Field(
         None, validation_alias="TOLOKA_TOKEN", description="The Toloka (or emulator) OAuth token."
     )

@@ -33,7 +33,7 @@ import httpx
 from pydantic import SecretStr
 
 from tasks import toloka_rate
-from tasks.params import TolokaTarget
+from tasks.params import TolokaTarget, endpoint
 from tasks.settings import Settings
 from tasks.stages import PoolStats, RoundState
 
@@ -139,16 +139,6 @@ def resolve_token(target: TolokaTarget) -> SecretStr:
             f"no Toloka token: set TOLOKA_TOKEN or create a Prefect Secret block "
             f"'{target.token_secret_block}' ({type(exc).__name__})"
         ) from None
-
-
-def endpoint(target: TolokaTarget) -> str | None:
-    """The URL the client talks to: for `local`, `$CROWDCLUST_LOCAL_URL` wins over `target.url`.
-
-    Not part of the target, so cache keys do not depend on the port of the emulator in use.
-    """
-    if target.environment == "local":
-        return Settings().local_url or target.url
-    return target.url
 
 
 class RateLimitedClient(TolokaClient):

@@ -150,7 +150,7 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     assert 0 < spent <= limit
 
 
-def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_fails_at_once(
+def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_host_fails_at_once(
     prefect_harness, emu, config, tmp_path
 ):
     from prefect.settings import PREFECT_API_URL
@@ -175,8 +175,14 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_fails_at_once
         else:
             pytest.fail("the main pool never opened")
 
-        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        assert second.returncode == 1 and "already running" in second.stderr, second.stderr
+        elsewhere = tmp_path / "another-host"  # its own lock folder: only the Prefect server is shared
+        elsewhere.mkdir()
+        second = subprocess.run(
+            command, env={**env, "TMPDIR": str(elsewhere)}, capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"run key {key} is already running (pid {first.pid} on host" in second.stderr, second.stderr
+        assert "Prefect concurrency limit crowdclust-run-" in second.stderr, second.stderr
         assert first.poll() is None, first.communicate()
         assert _objects(emu, key)["open"], "the second run's failure closed the first run's pools"
 

@@ -1,0 +1,157 @@
+"""The cross-machine layer of the run-key lock: a Prefect global concurrency slot under a lease.
+
+A `flock` only protects one machine. When the flow talks to a Prefect server (`PREFECT_API_URL`
+is set: every worker of a deployment, on any host, shares it), the run key also takes the single
+slot of the global concurrency limit `crowdclust-run-<digest>` (limit 1, created on first use), with
+a lease the holder renews every third of its length from a daemon thread while it runs:
+
+- a second run of the key on any machine is refused the slot (HTTP 423) and fails at once, naming
+  the holder (a Prefect variable of the same name says `pid N on host H since T`);
+- a holder that ends releases the slot; one killed by `kill -9` (or whose machine died) stops
+  renewing, and the server revokes the lease once it has run out: within `lease_seconds` (60 by
+  default, the shortest the server allows) plus its repossessor loop (15 s by default);
+- a holder killed on *this* machine is known dead at once: it wrote its lease id into the lock file
+  that the new run now holds the `flock` of, so the new run releases that lease and goes on.
+
+The ephemeral API (no `PREFECT_API_URL`) lives and dies with each process: a slot there protects
+nothing, so this layer is skipped and the `flock` alone applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from uuid import UUID
+
+import httpx
+
+LIMIT_PREFIX = "crowdclust-run"
+REPOSSESSOR_SECONDS = 15.0  # the server's PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS default
+RETRY_SECONDS = 1.0  # while waiting for a slot, how often to ask again
+
+log = logging.getLogger(__name__)
+
+
+class SlotTaken(Exception):
+    """Another live run (or one killed less than a lease ago) holds the run key's slot."""
+
+    def __init__(self, limit: str, holder: str | None) -> None:
+        super().__init__(limit)
+        self.limit = limit
+        self.holder = holder
+
+
+def server_url() -> str | None:
+    """The Prefect API this process uses, or None in ephemeral mode."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
+
+
+def limit_name(digest: str) -> str:
+    """The global concurrency limit (and holder variable) of a run key's digest."""
+    return f"{LIMIT_PREFIX}-{digest}"
+
+
+def release(lease_id: UUID) -> None:
+    """Give the slot back; a lease the server no longer has (revoked, released) is fine."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client, contextlib.suppress(httpx.HTTPStatusError):
+        client.release_concurrency_slots_with_lease(lease_id)
+
+
+def _try_acquire(limit: str, lease_seconds: float) -> UUID | None:
+    """One request for the slot (the limit is created first if missing): the lease id, or None (423)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[limit], slots=1, mode="concurrency", lease_duration=lease_seconds
+            )
+        except httpx.HTTPStatusError as error:
+            if error.response.status_code == 423:
+                return None
+            raise
+        return UUID(response.json()["lease_id"])
+
+
+def _holder(limit: str) -> str | None:
+    from prefect.variables import Variable
+
+    try:
+        value = Variable.get(limit, default=None)
+    except Exception:  # naming the holder is a courtesy: never fail the refusal for it
+        return None
+    return str(value) if value else None
+
+
+def acquire(limit: str, lease_seconds: float, wait_seconds: float) -> UUID:
+    """The slot's lease id, asking again every second for up to `wait_seconds`; else `SlotTaken`."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        lease_id = _try_acquire(limit, lease_seconds)
+        if lease_id is not None:
+            from prefect.variables import Variable
+
+            since = datetime.now(UTC).isoformat(timespec="seconds")
+            holder = f"pid {os.getpid()} on host {socket.gethostname()} since {since}"
+            with contextlib.suppress(Exception):  # a courtesy to a refused run: never lose the slot for it
+                Variable.set(limit, holder, overwrite=True)
+            return lease_id
+        if time.monotonic() >= deadline:
+            raise SlotTaken(limit, _holder(limit))
+        time.sleep(min(RETRY_SECONDS, max(deadline - time.monotonic(), 0.0)))
+
+
+def _renew_until(stop: threading.Event, lease_id: UUID, lease_seconds: float) -> None:
+    """Renew every third of the lease, so two renewals may fail before it runs out."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        while not stop.wait(lease_seconds / 3):
+            try:
+                client.renew_concurrency_lease(lease_id, lease_duration=lease_seconds)
+            except httpx.HTTPStatusError as error:
+                if error.response.status_code == 404:
+                    log.error(
+                        "the run key's lease %s ran out (the Prefect server was unreachable for longer "
+                        "than %.0f s): another run of the key may start now",
+                        lease_id,
+                        lease_seconds,
+                    )
+                    return
+                log.warning("could not renew the run key's lease %s: %s", lease_id, error)
+            except Exception as error:  # the server may be restarting: try again next time
+                log.warning("could not renew the run key's lease %s: %s", lease_id, error)
+
+
+@contextlib.contextmanager
+def renewed(limit: str, lease_id: UUID, lease_seconds: float) -> Iterator[None]:
+    """Keep the lease alive while the block runs; release it and forget the holder afterwards."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_renew_until, args=(stop, lease_id, lease_seconds), name=f"{limit}-lease", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        from prefect.variables import Variable
+
+        with contextlib.suppress(Exception):  # the record is only a courtesy to a refused run
+            Variable.unset(limit)
+        release(lease_id)

@@ -1,0 +1,124 @@
+"""One run per key across machines: the run key's Prefect concurrency slot, on the test harness's server.
+
+A "machine" is a temp folder: the `flock` layer lives in `$TMPDIR/crowdclust-locks`, so a process
+with another TMPDIR shares nothing with this one but the Prefect server, as a worker on another
+host would. The holder is a real process, killed with SIGKILL where the test says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tasks import run_lease
+from tasks.params import TolokaTarget
+from tasks.run_lock import RunKeyBusy, lock_path, run_lock
+
+TARGET = TolokaTarget(environment="local", url="http://127.0.0.1:1")
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from tasks.params import TolokaTarget
+    from tasks.run_lock import run_lock
+    with run_lock(TolokaTarget(environment="local", url="http://127.0.0.1:1"), sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.fixture()
+def machine(monkeypatch, tmp_path):
+    """Put this process on a machine of its own (its own lock folder), for the test's duration."""
+
+    def move(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        monkeypatch.setattr(tempfile, "tempdir", str(folder))
+        return folder
+
+    return move
+
+
+def _hold(key: str, tmpdir: Path) -> subprocess.Popen[str]:
+    """A process on the machine `tmpdir` that holds `key` until it is killed."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, key], env=env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held", holder.communicate()
+    return holder
+
+
+def test_a_second_run_on_another_machine_fails_at_once_and_a_kill_9_frees_the_key_on_its_machine(
+    prefect_harness, machine
+):
+    key = f"hosts-{uuid.uuid4().hex[:8]}"
+    first_machine = machine("a")
+    holder = _hold(key, first_machine)
+    try:
+        machine("b")
+        started = time.monotonic()
+        with pytest.raises(RunKeyBusy) as busy, run_lock(TARGET, key):
+            pass
+        assert time.monotonic() - started < 20  # at once: not after the lease (60 s)
+        message = str(busy.value)
+        assert f"run key {key} is already running (pid {holder.pid} on host " in message, message
+        assert "Prefect concurrency limit crowdclust-run-" in message and "--run-key" in message, message
+
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        window = r"if that run was killed.*75 s.*CROWDCLUST_RUN_LOCK_WAIT_SECONDS"
+        with pytest.raises(RunKeyBusy, match=window), run_lock(TARGET, key):
+            pass  # another machine cannot know the holder died: its lease still runs
+
+        machine("a")  # its own machine knows at once: the flock is free and the lock file names the lease
+        assert f"pid {holder.pid} lease " in lock_path(TARGET, key).read_text()
+        started = time.monotonic()
+        with run_lock(TARGET, key):
+            assert time.monotonic() - started < 20  # at once: not after the lease (60 s)
+            assert f"pid {os.getpid()} lease " in lock_path(TARGET, key).read_text()
+        assert lock_path(TARGET, key).read_text() == f"pid {os.getpid()}"  # released: nothing to take over
+        machine("b")
+        with run_lock(TARGET, key):  # released on exit: free for every machine
+            pass
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_a_run_allowed_to_wait_gets_the_key_when_the_other_machine_lets_go(
+    prefect_harness, machine, monkeypatch
+):
+    key = f"hosts-wait-{uuid.uuid4().hex[:8]}"
+    machine("b")
+    limit = run_lease.limit_name(lock_path(TARGET, key).stem)
+    lease_id = run_lease.acquire(limit, lease_seconds=60, wait_seconds=0)  # another machine's slot
+    releaser = threading.Timer(2.0, run_lease.release, args=(lease_id,))
+    releaser.start()
+    monkeypatch.setenv("CROWDCLUST_RUN_LOCK_WAIT_SECONDS", "30")
+    started = time.monotonic()
+    with run_lock(TARGET, key):
+        waited = time.monotonic() - started
+    releaser.join()
+    assert 1.5 < waited < 10, waited
+
+
+def test_without_a_prefect_server_only_the_flock_applies(machine, monkeypatch):
+    """Ephemeral mode: a slot on a per-process server would protect nothing, so no API is asked."""
+    monkeypatch.setattr(run_lease, "server_url", lambda: None)
+    monkeypatch.setattr(run_lease, "acquire", lambda *a: pytest.fail("asked the ephemeral API for a slot"))
+    machine("a")
+    key = f"hosts-ephemeral-{uuid.uuid4().hex[:8]}"
+    with run_lock(TARGET, key):
+        assert lock_path(TARGET, key).read_text() == f"pid {os.getpid()}"
