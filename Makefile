@@ -34,7 +34,7 @@ $(STAMP): $(UV) uv.lock pyproject.toml
 # busy. `make test TEST_LANES=0` runs everything in this one process.
 TEST_LANES ?= 4
 test: install
-	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_LANES)),,-n $(TEST_LANES) --dist loadgroup)
+	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_LANES)),,-n $(TEST_LANES) --dist loadscope)
 
 lint: install
 	$(VENV)/bin/ruff check .

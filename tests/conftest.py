@@ -3,12 +3,17 @@
 Fixtures live in `tests/fixtures/*` modules, one per part of the system, so that each part's
 fixtures can evolve without touching the others.
 
-`make test` runs the suite in parallel lanes (pytest-xdist, `--dist loadgroup`). Each test module
-stays on one lane, so its module-scoped emulator or scenario is built once; every test of the
-shared local service (`svc`, `demo_run`) is on one lane, so one service serves them all; every flow
-test on the Prefect test harness is on one lane, so one harness server serves them all (a server
-start is ~20 CPU-seconds, and that lane is still shorter than the service's).
+`make test` runs the suite in parallel lanes (pytest-xdist, `-n 4 --dist loadscope`, scheduled by
+`LaneScheduling` below). A lane is a test module, or a set of modules that share something costly
+to start: every test of the shared local service (`svc`, `demo_run`) is in the `service` lane, so
+one service serves them all; the flow tests on the Prefect test harness are in the `prefect` lane,
+so one harness server serves them (a server start is ~20 CPU-seconds), except the fault suite, the
+longest, which has a lane and a harness of its own. The longest lanes start first.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
@@ -18,11 +23,54 @@ pytest_plugins = [
     "tests.fixtures.service",
 ]
 
-SHARED = {"svc": "service", "demo_run": "service", "prefect_harness": "prefect"}
+LANES = {
+    "tests/test_service_integration.py": "service",
+    "tests/test_browser_ui.py": "service",
+    "tests/test_scale_service.py": "service",
+    "tests/test_pipeline_e2e.py": "prefect",
+    "tests/test_run_lock_hosts.py": "prefect",
+    "tests/test_scale_rate_limit.py": "prefect",
+}
+# Fixture -> the lanes whose modules may use it (any other module would start a second copy).
+SHARED = {
+    "svc": {"service"},
+    "demo_run": {"service"},
+    "prefect_harness": {"prefect", "tests/test_faults_pipeline.py"},
+}
+LONGEST_FIRST = ["service", "prefect", "tests/test_faults_pipeline.py", "tests/test_service_lifecycle.py"]
+
+
+def lane_of(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return LANES.get(module, module)
+
+
+def _rank(item: pytest.Item) -> int:
+    lane = lane_of(item.nodeid)
+    return LONGEST_FIRST.index(lane) if lane in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a module that uses a shared fixture outside its lane; put the longest lanes first."""
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        lanes = [lane for fixture, lane in SHARED.items() if fixture in fixtures]
-        item.add_marker(pytest.mark.xdist_group(lanes[0] if lanes else item.nodeid.split("::", 1)[0]))
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in SHARED and lane_of(item.nodeid) not in SHARED[fixture]:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses `{fixture}`: add its module to LANES in tests/conftest.py "
+                    f"(lane {sorted(SHARED[fixture])[0]!r}), or each lane would start its own"
+                )
+    items.sort(key=_rank)  # stable: modules and tests keep their order within a lane
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope` with our lanes as its scopes, in collection order (longest first)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LaneScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane_of(nodeid)
+
+    config.option.loadscopereorder = False
+    return LaneScheduling(config, log)
