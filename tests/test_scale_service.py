@@ -39,6 +39,7 @@ from tests.fixtures.service import (
     SCALE_IMAGES,
     SCALE_PREFECT_RATE,
     SCALE_RUNS,
+    TERMINAL,
     Service,
     scale_runs,
 )
@@ -115,6 +116,18 @@ def _worker_of(svc: Service, run: dict[str, Any]) -> str | None:
     return None
 
 
+def _worker_while_it_runs(svc: Service, run_id: str, timeout: float = 600) -> str | None:
+    """The worker that runs the flow run, seen while its process lives (after it ends, /proc cannot tell)."""
+    seen, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = svc.flow_run(run_id)
+        seen = _worker_of(svc, run) or seen
+        if run["state_type"] in TERMINAL:
+            break
+        time.sleep(0.5)
+    return seen
+
+
 def _runs_in_wait(svc: Service) -> set[str]:
     """Top-level flow runs whose `wait-labelling` task runs now (it runs in the labelling sub-flow)."""
     top = set()
@@ -159,8 +172,8 @@ def test_six_runs_at_once_share_the_rate_limit_and_survive_a_worker(svc: Service
         victim, crashed_id = _kill_a_worker_host(svc, ids)
         try:
             svc.prefect("flow-run", "retry", crashed_id)
+            survivor = _worker_while_it_runs(svc, crashed_id)
             finals = {run_id: svc.wait(run_id, timeout=600) for run_id in ids}
-            survivor = _worker_of(svc, svc.flow_run(crashed_id))
         finally:
             service.up(svc.cfg, say=lambda _: None)  # restarts the killed worker
         stats = _emulator_stats(svc)
