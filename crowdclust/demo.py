@@ -7,8 +7,9 @@ the truth, intruder accuracy, cost, wall time and the report paths, and stops wh
 Start-up is parallel: before anything heavy is imported, a Prefect server (`prefect server start`,
 no UI, SQLite in the project-local `.prefect/`) and the emulator start as subprocesses, while this
 process imports the flows (Prefect, toloka-kit, numba: the slowest part); the flow starts when all
-three are ready. With PREFECT_API_URL set, that server is used instead. `--timings` prints where
-the seconds went.
+three are ready. With PREFECT_API_URL set, that server is used instead. During the flow a background
+thread imports what the flow needs late (PREFETCH), and the private server's flow runs send no
+heartbeats. `--timings` prints where the seconds went.
 
 Every demo gets its own run key (the emulator starts empty each time, so nothing from an earlier
 demo could be resumed); `crowdclust run` is the command for resumable runs.
@@ -17,6 +18,8 @@ demo could be resumed); `crowdclust run` is the command for resumable runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import re
 import secrets
@@ -35,6 +38,9 @@ from crowdclust.service.processes import answers, bin_path, launch
 from tasks.settings import Settings
 
 SPEED = 600.0
+# What the flow imports lazily, late in the run (intruder accuracy, its chart, the model, thumbnails):
+# imported by a background thread while the crowd labels, so the flow does not wait for them.
+PREFETCH = ("crowdkit.aggregation", "matplotlib.pyplot", "PIL.Image", "aggregation.estimators")
 
 
 class Timings:
@@ -80,14 +86,37 @@ def _wait(
         time.sleep(0.1)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGINT to all at once (each shuts down in about a second), then wait; SIGKILL after 10 s."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
         os.killpg(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + 10
+    for process in running:
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _prefetch() -> None:
+    """Import PREFETCH in a daemon thread (the main thread mostly sleeps between polls meanwhile)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")  # no GUI backend chosen behind the flow's back
+
+    def run() -> None:
+        for name in PREFETCH:
+            importlib.import_module(name)
+
+    threading.Thread(target=run, name="prefetch-imports", daemon=True).start()
+
+
+def _no_heartbeats() -> contextlib.AbstractContextManager[object]:
+    """Flow-run heartbeats off: they serve only crash detection on a shared server, and each flow
+    run's end waits up to a second for its heartbeat thread (four flow runs per demo)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def _drain_prefect() -> None:
@@ -150,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.params import load_params
 
         timings.mark("import flows (this process)", since)
+        _prefetch()
         since = time.monotonic()
         _wait("the emulator", lambda: bool(emulator_url), emulator)
         timings.mark("emulator ready (waited)", since)
@@ -171,13 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"emulator at {emulator_url[0]}; running the flow (run key {params.run_key}) ...", flush=True)
         since = time.monotonic()
-        summary = crowdclust_pipeline(params)
+        # The private server watches no heartbeats; a server of the user's own (PREFECT_API_URL) may.
+        with _no_heartbeats() if server is not None else contextlib.nullcontext():
+            summary = crowdclust_pipeline(params)
         timings.mark("flow", since)
     finally:
         since = time.monotonic()
         _drain_prefect()
-        for process in reversed(started):
-            _stop(process)
+        _stop(started)
         timings.mark("stop emulator and server", since)
     print("\n== crowdclust demo ==")
     print(describe(summary))

@@ -19,9 +19,16 @@ if TYPE_CHECKING:  # the CLI stays light: pandas is imported only by the command
 # Prefect's setting for the folder of persisted results, and its older alias (either may be exported).
 STORAGE_SETTINGS = ("PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH")
 
+# How often a flow run sends a heartbeat (Prefect's minimum). The service's automation marks a run
+# Crashed after three silent periods, so every process that runs flows against the service's server
+# (its workers, and `crowdclust run` with the service's PREFECT_API_URL) must beat at this rate:
+# Prefect's own default, 180 s, would have a healthy run marked Crashed after 90 s.
+HEARTBEAT_SECONDS = 30
+
 
 def prepare_prefect_env() -> None:
-    """Project-local PREFECT_HOME and result folder, no telemetry, a patient ephemeral-server start-up."""
+    """Project-local PREFECT_HOME and result folder, no telemetry, a patient ephemeral-server start-up,
+    heartbeats at the rate the service's crash detection expects."""
     settings = Settings()
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     if not any(os.environ.get(name) for name in STORAGE_SETTINGS):
@@ -29,6 +36,7 @@ def prepare_prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
 
 
 def describe(summary: RunSummary) -> str:

@@ -273,16 +273,35 @@ def test_run_settings_default_to_the_project_folder_and_yield_to_exported_ones(t
     from crowdclust.runtime import STORAGE_SETTINGS, prepare_prefect_env
     from tasks.settings import Settings
 
-    for name in (*STORAGE_SETTINGS, "PREFECT_HOME", "CROWDCLUST_PROJECT_DIR"):
+    for name in (
+        *STORAGE_SETTINGS,
+        "PREFECT_HOME",
+        "CROWDCLUST_PROJECT_DIR",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     assert Settings().configs_dir == tmp_path / "configs"
     prepare_prefect_env()
     assert os.environ["PREFECT_HOME"] == str(tmp_path / ".prefect")
     assert os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str(tmp_path / ".prefect_results")
+    # a `crowdclust run` against the service's server beats as often as the service's crash detection expects
+    # (Prefect's default, 180 s, would have a healthy run marked Crashed after 90 s of silence)
+    from crowdclust.runtime import HEARTBEAT_SECONDS
+
+    assert os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS)
     monkeypatch.delenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH")
     monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", "/shared/results")  # Prefect's older name wins too
     monkeypatch.setenv("CROWDCLUST_PROJECT_DIR", str(tmp_path / "elsewhere"))
     prepare_prefect_env()
     assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in os.environ
     assert Settings().results_dir == tmp_path / "elsewhere" / ".prefect_results"
+
+
+def test_the_demo_prefetches_modules_that_exist():
+    """A misspelt name would only fail in the demo's background thread, where nobody sees it."""
+    import importlib.util
+
+    from crowdclust.demo import PREFETCH
+
+    assert [name for name in PREFETCH if importlib.util.find_spec(name) is None] == []
