@@ -4,7 +4,8 @@ Stateless on purpose: the hook rebuilds the run key from the flow run's paramete
 run's `RunRegistry` close every open pool/training tagged with it, so it also works for a process
 that crashed mid-wait and was re-run, and never touches objects of other run keys. It closes only
 while holding the run key's lock: when another live run of the same key holds it (this run failed
-because the key was busy), that run's pools are left alone.
+because the key was busy), that run's pools are left alone. Its hold is marked as a hook's, so that a
+Retry pressed while a crashed run's hook still closes its pools waits for the hook.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     try:
         params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
         key = params.catalogue_key if flow.name == CATALOGUE_FLOW else params.resolved_run_key
-        with run_lock(params.toloka, key):
+        with run_lock(params.toloka, key, closing=True):
             closed = close_with_retries(RunRegistry(make_client(params.toloka, retries=1), key))
         log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed or "nothing")
     except RunKeyBusy:

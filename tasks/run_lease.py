@@ -97,8 +97,11 @@ def _holder(limit: str) -> str | None:
     return str(value) if value else None
 
 
-def acquire(limit: str, lease_seconds: float, wait_seconds: float) -> UUID:
-    """The slot's lease id, asking again every second for up to `wait_seconds`; else `SlotTaken`."""
+def acquire(limit: str, lease_seconds: float, wait_seconds: float, role: str = "") -> UUID:
+    """The slot's lease id, asking again every second for up to `wait_seconds`; else `SlotTaken`.
+
+    `role` is added to the holder record that a refused run reads (e.g. that a hook holds the key).
+    """
     deadline = time.monotonic() + wait_seconds
     while True:
         lease_id = _try_acquire(limit, lease_seconds)
@@ -106,7 +109,9 @@ def acquire(limit: str, lease_seconds: float, wait_seconds: float) -> UUID:
             from prefect.variables import Variable
 
             since = datetime.now(UTC).isoformat(timespec="seconds")
-            holder = f"pid {os.getpid()} on host {socket.gethostname()} since {since}"
+            holder = f"pid {os.getpid()} on host {socket.gethostname()} since {since}" + (
+                f", {role}" if role else ""
+            )
             with contextlib.suppress(Exception):  # a courtesy to a refused run: never lose the slot for it
                 Variable.set(limit, holder, overwrite=True)
             return lease_id

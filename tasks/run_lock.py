@@ -18,6 +18,12 @@ endpoint and the run key:
   releases its lease.
 
 Re-entrant within a process (the pipeline flow holds it and its labelling sub-flow takes it again).
+
+The failure/crash hook of a run (`flows/hooks.py`) takes the lock too while it closes the run's pools,
+marked as such (`CLOSING`). When a worker runs a crashed run's hook (Prefect starts it in a process of
+its own, seconds after the crash) and the user has already pressed Retry, the retried run finds the
+key held by that hook: it waits for it (closing pools takes seconds; `HOOK_WAIT_SECONDS` at most)
+instead of failing as if another run held the key.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -41,6 +48,9 @@ from tasks.settings import Settings
 F = TypeVar("F", bound=Callable[..., Any])
 _held: dict[Path, tuple[IO[str], int]] = {}
 _LEASE = re.compile(r"lease ([0-9a-f-]{36})")
+CLOSING = "closing the pools of an ended run"  # how a hook's hold reads in the lock file and holder record
+HOOK_WAIT_SECONDS = 120.0  # how long a run waits for a hook that holds its key (it takes seconds)
+POLL_SECONDS = 0.25
 
 
 class RunKeyBusy(RuntimeError):
@@ -61,17 +71,29 @@ def _busy(run_key: str, holder: str, more: str = "") -> RunKeyBusy:
 
 
 def _flock(path: Path, run_key: str) -> IO[str]:
-    """This machine's layer: the open lock file, its `flock` held, or `RunKeyBusy` naming the pid."""
+    """This machine's layer: the open lock file, its `flock` held, or `RunKeyBusy` naming the pid.
+
+    A hook closing the key's pools is waited for (up to HOOK_WAIT_SECONDS); a run fails at once.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise _busy(run_key, owner) from None
-    return handle
+    deadline = None
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            if CLOSING in owner:
+                if deadline is None:
+                    deadline = time.monotonic() + HOOK_WAIT_SECONDS
+                    _log().warning("run key %s: waiting for %s", run_key, owner)
+                if time.monotonic() < deadline:
+                    time.sleep(POLL_SECONDS)
+                    continue
+            handle.close()
+            raise _busy(run_key, owner) from None
 
 
 def _log() -> Any:
@@ -89,7 +111,7 @@ def _write(handle: IO[str], text: str) -> None:
 
 
 @contextlib.contextmanager
-def _server_slot(limit: str, run_key: str, dead_lease: UUID | None) -> Iterator[UUID | None]:
+def _server_slot(limit: str, run_key: str, dead_lease: UUID | None, role: str) -> Iterator[UUID | None]:
     """The cross-machine layer, when a Prefect server is configured: hold the key's slot, renewed."""
     server = run_lease.server_url()
     if server is None:
@@ -101,9 +123,11 @@ def _server_slot(limit: str, run_key: str, dead_lease: UUID | None) -> Iterator[
     lease, wait = settings.run_lock_lease_seconds, settings.run_lock_wait_seconds
     frees = lease + run_lease.REPOSSESSOR_SECONDS
     try:
-        lease_id = run_lease.acquire(limit, lease, 0.0)
+        lease_id = run_lease.acquire(limit, lease, 0.0, role.strip())
     except run_lease.SlotTaken as taken:
         holder = f"{taken.holder or 'another machine'}: Prefect concurrency limit {limit} on {server}"
+        if taken.holder and CLOSING in taken.holder:  # a hook on another machine: it takes seconds
+            wait = max(wait, HOOK_WAIT_SECONDS)
         if wait <= 0:
             raise _busy(
                 run_key,
@@ -121,7 +145,7 @@ def _server_slot(limit: str, run_key: str, dead_lease: UUID | None) -> Iterator[
             frees,
         )
         try:
-            lease_id = run_lease.acquire(limit, lease, wait)
+            lease_id = run_lease.acquire(limit, lease, wait, role.strip())
         except run_lease.SlotTaken as still:
             raise _busy(
                 run_key,
@@ -133,8 +157,11 @@ def _server_slot(limit: str, run_key: str, dead_lease: UUID | None) -> Iterator[
 
 
 @contextlib.contextmanager
-def run_lock(target: TolokaTarget, run_key: str) -> Iterator[None]:
-    """Hold the run key's lock, or raise `RunKeyBusy` naming the process that has it."""
+def run_lock(target: TolokaTarget, run_key: str, closing: bool = False) -> Iterator[None]:
+    """Hold the run key's lock, or raise `RunKeyBusy` naming the process that has it.
+
+    `closing`: the holder is a hook closing an ended run's pools (see the module docstring).
+    """
     path = lock_path(target, run_key)
     if path in _held:
         handle, depth = _held[path]
@@ -146,17 +173,19 @@ def run_lock(target: TolokaTarget, run_key: str) -> Iterator[None]:
             _held[path] = (handle, depth - 1)
         return
     handle = _flock(path, run_key)
+    role = f" {CLOSING}" if closing else ""  # kept to the end: whoever waits reads it until we let go
     try:
         handle.seek(0)
         dead = _LEASE.search(handle.read())
-        with _server_slot(run_lease.limit_name(path.stem), run_key, dead and UUID(dead[1])) as lease_id:
-            _write(handle, f"pid {os.getpid()}" + (f" lease {lease_id}" if lease_id else ""))
+        _write(handle, f"pid {os.getpid()}{role}")
+        with _server_slot(run_lease.limit_name(path.stem), run_key, dead and UUID(dead[1]), role) as lease_id:
+            _write(handle, f"pid {os.getpid()}" + (f" lease {lease_id}" if lease_id else "") + role)
             _held[path] = (handle, 1)
             try:
                 yield
             finally:
                 del _held[path]
-                _write(handle, f"pid {os.getpid()}")  # released: no lease left to take over
+                _write(handle, f"pid {os.getpid()}{role}")  # released: no lease left to take over
     finally:
         handle.close()  # closing the descriptor releases the flock
 

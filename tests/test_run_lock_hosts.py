@@ -30,9 +30,10 @@ HOLD = textwrap.dedent(
     import sys, time
     from tasks.params import TolokaTarget
     from tasks.run_lock import run_lock
-    with run_lock(TolokaTarget(environment="local", url="http://127.0.0.1:1"), sys.argv[1]):
+    key, closing, seconds = sys.argv[1], sys.argv[2] == "closing", float(sys.argv[3])
+    with run_lock(TolokaTarget(environment="local", url="http://127.0.0.1:1"), key, closing=closing):
         print("held", flush=True)
-        time.sleep(600)
+        time.sleep(seconds)
     """
 )
 
@@ -50,12 +51,14 @@ def machine(monkeypatch, tmp_path):
     return move
 
 
-def _hold(key: str, tmpdir: Path) -> subprocess.Popen[str]:
-    """A process on the machine `tmpdir` that holds `key` until it is killed."""
+def _hold(key: str, tmpdir: Path, role: str = "run", seconds: float = 600) -> subprocess.Popen[str]:
+    """A process on the machine `tmpdir` that holds `key` (as a run, or as a hook "closing" its pools)
+    for `seconds` or until it is killed."""
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "TMPDIR": str(tmpdir), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, key], env=env, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", HOLD, key, role, str(seconds)]
+    holder = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held", holder.communicate()
     return holder
 
@@ -122,3 +125,21 @@ def test_without_a_prefect_server_only_the_flock_applies(machine, monkeypatch):
     key = f"hosts-ephemeral-{uuid.uuid4().hex[:8]}"
     with run_lock(TARGET, key):
         assert lock_path(TARGET, key).read_text() == f"pid {os.getpid()}"
+
+
+@pytest.mark.parametrize("where", ["same machine", "other machine"])
+def test_a_retried_run_waits_for_the_crash_hook_that_still_closes_its_pools(prefect_harness, machine, where):
+    """Prefect runs a crashed run's hook in a process of its own, seconds after the crash; a Retry
+    started meanwhile must wait for it (a few seconds), not fail as if another run held the key."""
+    key = f"hosts-hook-{uuid.uuid4().hex[:8]}"
+    hook = _hold(key, machine("a"), role="closing", seconds=3)
+    try:
+        machine("a" if where == "same machine" else "b")
+        started = time.monotonic()
+        with run_lock(TARGET, key):
+            waited = time.monotonic() - started
+        assert hook.wait(timeout=30) == 0
+        assert 1.0 < waited < 20, waited
+    finally:
+        if hook.poll() is None:
+            hook.kill()
