@@ -10,21 +10,30 @@ Plain functions (no Prefect), called from the wait loop every tick.
 - Skill = min(100, sum of the worker's per-exam scores / n_exams), computed from *all* reviewed
   (accepted + rejected) exam assignments of the worker every time. The seed added to the stored
   value instead, so running the check twice double-counted; here gating is idempotent.
+
+A tick's reviews and skill updates are independent requests, sent GATING_THREADS at a time: a large
+exam pool (hundreds of takers) makes a tick hundreds of requests, and on a flaky connection
+toloka-kit sleeps 4 s before a request's second retry and 8 s before its third, one request after
+another when sent in turn. What the tick records does not depend on the order they finish in.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from tasks.stages import ExamTotals
 from tasks.toloka_api import ApiError, TolokaClient
 
 log = logging.getLogger(__name__)
+GATING_THREADS = 8  # requests of one tick in flight at once (a Prefect rate limit, when on, still applies)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _clusters(labels: Sequence[Any]) -> set[frozenset[int]]:
@@ -142,6 +151,40 @@ class GatingState:
         return cls(sent={})
 
 
+def _each(call: Callable[[T], R], items: list[T], record: Callable[[T, R], None]) -> list[R]:
+    """`call` on every item, GATING_THREADS at a time; `record(item, result)` for each success in the
+    items' order, also when another call failed (what was done on the platform is never forgotten
+    by the session); then the first failure, if any, is raised."""
+    if not items:
+        return []
+    with ThreadPoolExecutor(min(GATING_THREADS, len(items)), thread_name_prefix="exam-gating") as pool:
+        futures = [pool.submit(call, item) for item in items]
+    results = []
+    for item, future in zip(items, futures, strict=True):
+        if future.exception() is None:
+            record(item, future.result())
+            results.append(future.result())
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        raise failed
+    return results
+
+
+def _review(client: TolokaClient, verdict: Verdict) -> str:
+    """Accept or reject one exam answer: "accepted", "rejected" or "already" (reviewed before)."""
+    try:
+        if verdict.accept:
+            client.accept_assignment(verdict.assignment_id, "Correct grouping")
+            return "accepted"
+        client.reject_assignment(
+            verdict.assignment_id, f"Grouping differs from the reference ({verdict.score:.0f}%)"
+        )
+        return "rejected"
+    except ApiError as exc:  # already reviewed by a previous tick or run: the verdict is the same
+        log.info("exam assignment %s already reviewed (%s)", verdict.assignment_id, type(exc).__name__)
+        return "already"
+
+
 def gate_exams(
     client: TolokaClient,
     exam_pool_id: str,
@@ -165,25 +208,27 @@ def gate_exams(
             answer_from_assignment, client.get_assignments(pool_id=exam_pool_id, status="SUBMITTED")
         )
     }
-    accepted = rejected = 0
-    for verdict in grade(submitted.values(), goldens):
-        try:
-            if verdict.accept:
-                client.accept_assignment(verdict.assignment_id, "Correct grouping")
-                accepted += 1
-            else:
-                client.reject_assignment(
-                    verdict.assignment_id, f"Grouping differs from the reference ({verdict.score:.0f}%)"
-                )
-                rejected += 1
-        except ApiError as exc:  # already reviewed by a previous tick or run: the verdict is the same
-            log.info("exam assignment %s already reviewed (%s)", verdict.assignment_id, type(exc).__name__)
-        state.reviewed[verdict.assignment_id] = submitted[verdict.assignment_id]
-    changed = 0
-    for worker, value in skills(state.reviewed.values(), goldens, n_exams).items():
-        if state.sent.get(worker) == value:
-            continue
+    reviewed, sent = state.reviewed, state.sent
+
+    def remember_review(verdict: Verdict, _: str) -> None:
+        reviewed[verdict.assignment_id] = submitted[verdict.assignment_id]
+
+    def send_skill(change: tuple[str, float]) -> None:
+        worker, value = change
         client.set_user_skill(skill_id=skill_id, user_id=worker, value=Decimal(str(round(value, 6))))
-        state.sent[worker] = value
-        changed += 1
-    return ExamTotals(accepted=accepted, rejected=rejected, skills_set=changed)
+
+    def remember_skill(change: tuple[str, float], _: None) -> None:
+        sent[change[0]] = change[1]
+
+    outcomes = _each(
+        lambda verdict: _review(client, verdict), grade(submitted.values(), goldens), remember_review
+    )
+    changes = [
+        (worker, value)
+        for worker, value in skills(reviewed.values(), goldens, n_exams).items()
+        if sent.get(worker) != value
+    ]
+    _each(send_skill, changes, remember_skill)
+    return ExamTotals(
+        accepted=outcomes.count("accepted"), rejected=outcomes.count("rejected"), skills_set=len(changes)
+    )

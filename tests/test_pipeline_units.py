@@ -4,6 +4,8 @@ intruder HITs and accuracy, report rendering."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -119,6 +121,27 @@ class _ExamPool:
         self.puts += 1
 
 
+@dataclass
+class _SlowFlakyExamPool(_ExamPool):
+    """Each review takes 50 ms (counting how many are in flight) and `broken` ones fail."""
+
+    broken: set[str] = field(default_factory=set)
+    in_flight: int = 0
+    most_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _set(self, assignment_id: str, status: str) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(0.05)
+        with self.lock:
+            self.in_flight -= 1
+        if assignment_id in self.broken:
+            raise ConnectionError(f"review of {assignment_id} failed")
+        super()._set(assignment_id, status)
+
+
 def test_gating_accepts_exact_rejects_the_rest_and_never_double_counts():
     images = [("a", "b", "c", "d"), ("e", "f", "g", "h"), ("i", "j", "k", "l")]
     goldens = {imgs: (1, 1, 2, 2) for imgs in images}
@@ -144,6 +167,30 @@ def test_gating_accepts_exact_rejects_the_rest_and_never_double_counts():
     searches = pool.searches
     exam.gate_exams(pool, "exam", "skill", goldens, 3, state)
     assert pool.searches == searches + 1
+
+
+def test_gating_sends_a_ticks_reviews_together_and_keeps_what_succeeded_when_one_fails():
+    images = [tuple(f"{n}{i}" for i in range(4)) for n in range(16)]
+    goldens = {imgs: (1, 1, 2, 2) for imgs in images}
+    pool = _SlowFlakyExamPool(
+        [
+            _Assignment(str(n), f"w{n % 4}", "SUBMITTED", list(imgs), [1, 1, 2, 2])
+            for n, imgs in enumerate(images)
+        ],
+        broken={"5"},
+    )
+    state = exam.GatingState.empty()
+    with pytest.raises(ConnectionError, match="review of 5"):
+        exam.gate_exams(pool, "exam", "skill", goldens, 3, state)
+    assert pool.most_in_flight > 1  # not one after another
+    assert state.reviewed is not None and sorted(state.reviewed, key=int) == [
+        str(n) for n in range(16) if n != 5
+    ]
+    pool.broken.clear()  # the next tick reviews the one that failed and sets every skill
+    totals = exam.gate_exams(pool, "exam", "skill", goldens, 3, state)
+    assert totals.accepted == 1 and totals.skills_set == 4
+    assert {a.status for a in pool.assignments} == {"ACCEPTED"}
+    assert {w: float(v) for w, v in pool.skills.items()} == {f"w{k}": 100.0 for k in range(4)}
 
 
 # ------------------------------------------------------------------------------------------ budget
