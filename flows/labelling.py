@@ -11,7 +11,7 @@ from dataclasses import replace
 from prefect import flow, get_run_logger
 
 from flows.hooks import CLOSES_POOLS
-from tasks import artifacts, budget, hits, preflight, results, setup, wait
+from tasks import artifacts, budget, exam, hits, preflight, results, setup, wait
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
@@ -58,6 +58,7 @@ def collect_labels(
         period,
         params.wait.timeout_seconds,
         budget.SpendGuard.of(params, before, costs),
+        exam.Staffing(params.exam.min_skill, params.hits.overlap),
     )
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 

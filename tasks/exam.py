@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from tasks.stages import ExamTotals
-from tasks.toloka_api import ApiError, TolokaClient
+from tasks.toloka_api import ApiError, TolokaClient, is_completed
 
 log = logging.getLogger(__name__)
 GATING_THREADS = 8  # requests of one tick in flight at once (a Prefect rate limit, when on, still applies)
@@ -149,6 +149,42 @@ class GatingState:
     @classmethod
     def empty(cls) -> GatingState:
         return cls(sent={})
+
+
+@dataclass(frozen=True)
+class Staffing:
+    """What the main pool needs from the exam: `overlap` distinct workers per HIT, each with a skill
+    of at least `min_skill`."""
+
+    min_skill: float
+    overlap: int
+
+
+class ExamStarved(RuntimeError):
+    """The exam pool is complete and too few workers qualified for the main pool ever to complete."""
+
+
+def check_staffing(
+    client: TolokaClient, exam_pool_id: str, main_pool_id: str, staffing: Staffing, state: GatingState
+) -> None:
+    """Raise `ExamStarved` when the main pool can no longer complete for want of qualified workers.
+
+    Each HIT needs `overlap` different qualified workers. Once the exam pool has filled its seats and
+    closed, nobody else can qualify: with fewer qualified workers than the overlap, the main pool
+    would wait until its expiry (7 days on Toloka) for workers who cannot come. Costs one request per
+    tick, and only while too few have qualified (a second one, the main pool, only when starved).
+    """
+    qualified = sum(1 for value in state.sent.values() if value >= staffing.min_skill)
+    if qualified >= staffing.overlap or not is_completed(client.get_pool(exam_pool_id)):
+        return
+    if is_completed(client.get_pool(main_pool_id)):  # the last tick, after completion: nothing is missing
+        return
+    raise ExamStarved(
+        f"the exam pool {exam_pool_id} is complete and only {qualified} worker(s) reached the skill "
+        f"{staffing.min_skill:g}, fewer than the {staffing.overlap} different workers each HIT needs: "
+        "the main pool cannot complete; raise exam.expected_workers (exam seats) or lower "
+        "exam.min_skill and start the run again"
+    )
 
 
 def _each(call: Callable[[T], R], items: list[T], record: Callable[[T, R], None]) -> list[R]:

@@ -17,7 +17,7 @@ from prefect import get_run_logger
 
 from tasks.artifacts import ProgressReporter
 from tasks.budget import LiveSpend, SpendGuard
-from tasks.exam import GatingState, gate_exams
+from tasks.exam import GatingState, Staffing, check_staffing, gate_exams
 from tasks.params import TolokaTarget
 from tasks.stage import stage_task
 from tasks.stages import ExamTotals, LabellingIds, LabellingWait, PoolStats
@@ -123,8 +123,12 @@ def wait_labelling_task(
     period: float,
     timeout: float,
     spend: SpendGuard,
+    staffing: Staffing,
 ) -> LabellingWait:
     """Open training, exam and main pool; poll with exam gating every tick; close training and exam.
+
+    Ends with `ExamStarved` when the exam pool has closed with fewer qualified workers than the HIT
+    overlap (`check_staffing`): the main pool could not complete.
 
     The spend guard closes the main pool before what Toloka charged for it and the exams could
     pass what is left of max_spend; the wait then ends with `stopped` set and the accepted answers
@@ -139,6 +143,7 @@ def wait_labelling_task(
 
     def gate() -> None:
         totals[0] += gate_exams(client, ids.exam_pool, ids.skill, goldens, n_exams, state)
+        check_staffing(client, ids.exam_pool, ids.main_pool, staffing, state)
 
     live = LiveSpend(spend)
 

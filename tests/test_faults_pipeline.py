@@ -114,7 +114,7 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     """A budget that the estimate fits but the crowd would pass: the pool closes, the answers stay."""
     from prefect import flow
 
-    from tasks import budget, setup, wait
+    from tasks import budget, exam, setup, wait
     from tasks.hits import make_plan
     from tasks.toloka_config import Placeholders, load_bundle
 
@@ -134,7 +134,8 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
         setup.upload_hits_task(params.toloka, "faults-guard", ids.main_pool, plan.hits)
         limited = params.model_copy(update={"budget": params.budget.model_copy(update={"max_spend": limit})})
         guard = budget.SpendGuard.of(limited, 0.0, budget.estimate_labelling(params, bundle, len(plan.hits)))
-        return wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.2, 120.0, guard)
+        staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap)
+        return wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.2, 120.0, guard, staffing)
 
     emu.control("config", method="POST", speed=60.0)  # a crowd slower than the polls, as on Toloka
     try:
@@ -148,6 +149,28 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     spent = _spent(emu, "faults-guard")
     print(f"live guard: spent ${spent:.3f} of a ${limit:.2f} limit")
     assert 0 < spent <= limit
+
+
+def test_a_run_whose_exam_qualified_too_few_workers_ends_instead_of_waiting(prefect_harness, emu, config):
+    """Three exam suites with one seat each and a pass mark of 100: the pool completes with three
+    accepted (perfect) answers, so three workers qualify, and each HIT needs four. Once the exam pool
+    has closed, the run ends with a line saying why and what to change, instead of waiting out its
+    timeout; its pools close. (A rejected exam answer frees its seat for another worker, and a
+    partial score can pass a lower mark: hence 100.)"""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.exam import ExamStarved
+
+    params = _params(
+        config, "faults-starved", exam={"expected_workers": 1, "min_skill": 100}, hits={"overlap": 4}
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        ExamStarved, match=r"only 3 worker\(s\) reached the skill 100, fewer than the 4 different"
+    ):
+        crowdclust_pipeline(params)
+    assert time.monotonic() - started < 120  # not the wait's 300 s timeout
+    found = _objects(emu, "faults-starved")
+    assert str(found["pools"]["exam-pool"].status.value) == "CLOSED" and not found["open"], found
 
 
 def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_host_fails_at_once(

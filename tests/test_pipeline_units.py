@@ -193,6 +193,35 @@ def test_gating_sends_a_ticks_reviews_together_and_keeps_what_succeeded_when_one
     assert {w: float(v) for w, v in pool.skills.items()} == {f"w{k}": 100.0 for k in range(4)}
 
 
+@dataclass
+class _Pools:
+    """`get_pool` over pools given as id -> (status, last close reason), counting the requests."""
+
+    pools: dict[str, tuple[str, str | None]]
+    reads: int = 0
+
+    def get_pool(self, pool_id: str) -> Any:
+        self.reads += 1
+        status, reason = self.pools[pool_id]
+        return type("P", (), {"status": status, "last_close_reason": reason})()
+
+
+def test_staffing_ends_the_wait_only_when_the_closed_exam_left_too_few_qualified_workers():
+    need = exam.Staffing(min_skill=75, overlap=3)
+    two = exam.GatingState(sent={"a": 100.0, "b": 80.0, "c": 60.0})
+    done, running = ("CLOSED", "COMPLETED"), ("OPEN", None)
+    pools = _Pools({"exam": done, "main": running})
+    with pytest.raises(exam.ExamStarved, match=r"only 2 worker.* the 3 different workers"):
+        exam.check_staffing(pools, "exam", "main", need, two)
+    pools = _Pools({"exam": running, "main": running})  # more workers can still qualify
+    exam.check_staffing(pools, "exam", "main", need, two)
+    pools = _Pools({"exam": done, "main": done})  # the last tick after completion
+    exam.check_staffing(pools, "exam", "main", need, two)
+    pools = _Pools({"exam": done, "main": running})
+    exam.check_staffing(pools, "exam", "main", need, exam.GatingState(sent={**two.sent, "d": 75.0}))
+    assert pools.reads == 0  # enough qualified: no request at all
+
+
 # ------------------------------------------------------------------------------------------ budget
 
 
