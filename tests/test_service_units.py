@@ -1,4 +1,4 @@
-"""Service logic without processes: deploy merging, remembered settings, the emulator URL in deployments."""
+"""Service logic: deploy merging, remembered settings, the emulator URL in deployments, the test watchdog."""
 
 from __future__ import annotations
 
@@ -156,3 +156,27 @@ def test_a_stopped_workers_flow_run_processes_are_terminated() -> None:
         finally:
             parent.kill()
             parent.wait()
+
+
+def test_the_watchdog_stops_a_service_whose_test_process_died(tmp_path: Path) -> None:
+    """A test session killed from outside skips its teardown; the watchdog runs `make down` for it."""
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "service"
+    (folder / "state").mkdir(parents=True)
+    tests_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    command = [sys.executable, "-m", "tests.fixtures.watchdog", str(tests_process.pid), str(folder / "state")]
+    watchdog = subprocess.Popen([*command, str(folder)], cwd=Path(__file__).resolve().parent.parent)
+    try:
+        time.sleep(1)
+        assert watchdog.poll() is None and folder.exists()  # waits while the test process lives
+        tests_process.kill()
+        tests_process.wait()
+        assert watchdog.wait(timeout=60) == 0
+        assert not folder.exists()
+    finally:
+        for process in (tests_process, watchdog):
+            if process.poll() is None:
+                process.kill()
