@@ -24,14 +24,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from crowdclust import service
-from crowdclust.service.processes import read_pid
+from crowdclust.service.processes import parent_pid, read_pid
 from tasks.toloka_api import RunRegistry
 from tasks.toloka_rate import limit_name, limit_shape
 from tests.fixtures.service import (
@@ -94,10 +93,6 @@ def _emulator_stats(svc: Service) -> dict[str, Any]:
     return svc.api.get(f"{svc.cfg.emulator_url}/_emulator/stats").json()
 
 
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _worker_of(svc: Service, run: dict[str, Any]) -> str | None:
     """Which worker started the run's process (its parent chain, from /proc), if it still runs."""
     pid_text = str(run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
@@ -110,7 +105,7 @@ def _worker_of(svc: Service, run: dict[str, Any]) -> str | None:
             return workers[pid]
         seen.add(pid)
         try:
-            pid = _parent(pid)
+            pid = parent_pid(pid)
         except (OSError, ValueError, IndexError):
             return None
     return None

@@ -43,6 +43,16 @@ def log_file(cfg: ServiceConfig, name: str) -> Path:
     return cfg.state_dir / f"{name}.log"
 
 
+def stat_fields(pid: int) -> list[str]:
+    """`/proc/<pid>/stat` after the command name (which may hold spaces and parentheses):
+    [0] the state ("Z" for a zombie), [1] the parent's pid, ... Raises OSError when `pid` is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def parent_pid(pid: int) -> int:
+    return int(stat_fields(pid)[1])
+
+
 def alive(pid: int) -> bool:
     """Whether `pid` still runs. A child of this very process (`up` called from Python, as the tests
     do) stays a zombie after it exits, which `kill(pid, 0)` cannot tell from a live process: reap it."""
@@ -58,7 +68,7 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:  # a zombie that another process has not reaped yet has exited all the same
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(pid)[0] != "Z"
     except (OSError, IndexError):
         return True
 
@@ -132,13 +142,13 @@ def tail(path: Path, lines: int = 15) -> str:
 def children(pid: int, running: str = "") -> list[int]:
     """The processes whose parent is `pid` and whose command line holds `running` (from /proc)."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
+            if parent_pid(int(entry.name)) != pid:
                 continue
-            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             if running in command.decode(errors="replace"):
-                found.append(int(stat.parent.name))
+                found.append(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue
     return sorted(found)
