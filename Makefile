@@ -68,9 +68,9 @@ status: install
 test-service: install
 	$(VENV)/bin/pytest tests/test_service_*.py tests/test_browser_*.py
 
-# The six-runs-at-once scale test (opt-in): on the shared service, with the rate limits it sets itself.
+# The six-runs-at-once scale test alone (it is also part of `make test`), printing its figures.
 test-scale: install
-	CROWDCLUST_SCALE_TEST=1 $(VENV)/bin/pytest tests/test_scale_service.py -s
+	$(VENV)/bin/pytest tests/test_scale_service.py -s
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache

@@ -6,8 +6,8 @@
 For each worker count: a fresh service (`crowdclust.service.up`, free ports, temporary folder, the
 scale test's emulator limit and Prefect rate limit), its cold `make up` time, the wall
 time of the six runs of tests/test_scale_service.py (24 shoes, overlap 2, no intruders) created at
-once, the emulator's peak requests/s per token against its limit and its 429s, and the load average
-(the machine is shared: compare figures taken at similar load).
+once, the emulator's peak requests/s per token against its limit, its 429s and the requests it
+answered, and the load average (the machine is shared: compare figures taken at similar load).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def measure(workers: int, profile: str) -> None:
             f"{profile}, {workers} worker(s): make up {up_seconds:.1f} s; {SCALE_RUNS} runs {wall:.1f} s "
             f"({', '.join(sorted(set(states)))}); emulator peak {max(rate['peak_per_second'].values())} "
             f"req/s (limit {rate['limit_per_second']:g}, Prefect limit {SCALE_PREFECT_RATE:g}), "
-            f"429s {sum(rate['throttled'].values())}; load average {os.getloadavg()}",
+            f"429s {sum(rate['throttled'].values())}; {sum(rate['requests'].values())} Toloka requests; "
+            f"load average {os.getloadavg()}",
             flush=True,
         )
     finally:

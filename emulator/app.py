@@ -8,7 +8,8 @@ inspection endpoints, not part of Toloka, never faulted or rate limited:
   scores, restrictions, online or not (ground truth for tests and reports)
 * `GET  /_emulator/catalogue` — the active catalogue: items with image URL, true class, attributes
 * `GET  /_emulator/stats` — object counts, assignments by status, balance, simulated time, the
-  per-token rate (peak requests/s, 429s answered), faults injected
+  per-token rate (peak requests/s, 429s answered), admitted requests by route (ids folded), faults
+  injected
 * `POST /_emulator/advance?seconds=N` — move the simulated clock forward (the only way with speed 0)
 * `POST /_emulator/config?speed=&fail_rate=&latency_ms=&rate_limit=` — change speed, faults and the
   per-token rate limit at runtime (a new limit restarts the peak and 429 counts)

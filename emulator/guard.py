@@ -16,10 +16,11 @@ import functools
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -45,6 +46,14 @@ def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+_ID_SEGMENT = re.compile(r"^(?:\d+|[0-9a-fA-F-]{16,})$")
+
+
+def route_of(path: str) -> str:
+    """`/api/v1/pools/123/open` -> `/api/v1/pools/{id}/open`: ids (numbers, hex or uuid) folded."""
+    return "/".join("{id}" if _ID_SEGMENT.match(part) else part for part in path.split("/"))
+
+
 class RateLimiter:
     """Sliding-window request counter per token, with the peak seen and the refusals."""
 
@@ -62,6 +71,13 @@ class RateLimiter:
             self._seen: dict[str, deque[float]] = {}
             self.peak: dict[str, int] = {}
             self.throttled: dict[str, int] = {}
+            self.routes: Counter[str] = Counter()
+
+    def count(self, method: str, path: str) -> None:
+        """Count one admitted request by route (ids folded), so an operator sees what a run's
+        rate is spent on."""
+        with self._lock:
+            self.routes[f"{method} {route_of(path)}"] += 1
 
     def admit(self, token: str) -> bool:
         """Count one request; False (and a refusal counted) when it would exceed the limit."""
@@ -85,6 +101,7 @@ class RateLimiter:
                 "limit_per_second": self.rate or None,
                 "peak_per_second": dict(self.peak),
                 "throttled": dict(self.throttled),
+                "requests": dict(sorted(self.routes.items(), key=lambda kv: (-kv[1], kv[0]))),
             }
 
 
@@ -127,6 +144,7 @@ class Guard:
             limit = f"{self.limiter.allowed} requests per {self.limiter.window:g} s"
             await respond(send, ApiError(429, "TOO_MANY_REQUESTS", f"Rate limit of this token: {limit}"))
             return
+        self.limiter.count(scope["method"], scope["path"])
         decision = self.faults.decide(b"operation_id" in scope.get("query_string", b""))
         if decision and not decision[1]:
             await respond(send, ApiError(*decision[0]))

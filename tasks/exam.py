@@ -172,13 +172,19 @@ def check_staffing(
     Each HIT needs `overlap` different qualified workers. Once the exam pool has filled its seats and
     closed, nobody else can qualify: with fewer qualified workers than the overlap, the main pool
     would wait until its expiry (7 days on Toloka) for workers who cannot come. Costs one request per
-    tick, and only while too few have qualified (a second one, the main pool, only when starved).
+    tick, and only while too few have qualified (two more, only when it looks starved).
+
+    A pool completes on *submitted* answers, so the last ones may have arrived after this tick's
+    gating read the SUBMITTED list: while any exam answer still waits for review, its worker may
+    yet qualify, and the verdict waits for the next tick (a run was once failed here for that).
     """
     qualified = sum(1 for value in state.sent.values() if value >= staffing.min_skill)
     if qualified >= staffing.overlap or not is_completed(client.get_pool(exam_pool_id)):
         return
     if is_completed(client.get_pool(main_pool_id)):  # the last tick, after completion: nothing is missing
         return
+    if client.find_assignments(pool_id=exam_pool_id, status="SUBMITTED", limit=1).items:
+        return  # not gated yet: the next tick reviews it and sets its worker's skill
     raise ExamStarved(
         f"the exam pool {exam_pool_id} is complete and only {qualified} worker(s) reached the skill "
         f"{staffing.min_skill:g}, fewer than the {staffing.overlap} different workers each HIT needs: "

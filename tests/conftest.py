@@ -38,6 +38,9 @@ SHARED = {
     "prefect_harness": {"prefect", "tests/test_faults_pipeline.py"},
 }
 LONGEST_FIRST = ["service", "prefect", "tests/test_faults_pipeline.py", "tests/test_service_lifecycle.py"]
+# Last in their lane: six runs at once load both cores for minutes; once the other lanes are done
+# they have the machine to themselves instead of slowing every other lane (and being slowed).
+LAST_IN_LANE = {"tests/test_scale_service.py"}
 
 
 def lane_of(nodeid: str) -> str:
@@ -45,9 +48,10 @@ def lane_of(nodeid: str) -> str:
     return LANES.get(module, module)
 
 
-def _rank(item: pytest.Item) -> int:
+def _rank(item: pytest.Item) -> tuple[int, bool]:
     lane = lane_of(item.nodeid)
-    return LONGEST_FIRST.index(lane) if lane in LONGEST_FIRST else len(LONGEST_FIRST)
+    first = LONGEST_FIRST.index(lane) if lane in LONGEST_FIRST else len(LONGEST_FIRST)
+    return first, item.nodeid.split("::", 1)[0] in LAST_IN_LANE
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -59,7 +63,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     f"{item.nodeid} uses `{fixture}`: add its module to LANES in tests/conftest.py "
                     f"(lane {sorted(SHARED[fixture])[0]!r}), or each lane would start its own"
                 )
-    items.sort(key=_rank)  # stable: modules and tests keep their order within a lane
+    items.sort(key=_rank)  # stable: otherwise modules and tests keep their order within a lane
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from emulator import EmulatorSettings, run_in_background
+from emulator.guard import route_of
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -296,6 +297,14 @@ def test_rate_limit_answers_429_that_the_client_retries():
     assert rate["limit_per_second"] == 20
     assert max(rate["peak_per_second"].values()) <= 20
     assert sum(rate["throttled"].values()) > 0
+    # Only answered requests are counted, by route: the 45 calls, however many 429s they met.
+    assert rate["requests"] == {"GET /api/v1/requester": 45}
+
+
+def test_stats_count_requests_by_route_with_ids_folded():
+    assert route_of("/api/v1/pools/123/open") == "/api/v1/pools/{id}/open"
+    assert route_of("/api/v1/assignments/00000abc-def0-4123-8456-789abcdef012") == "/api/v1/assignments/{id}"
+    assert route_of("/api/v1/user-skills") == "/api/v1/user-skills"
 
 
 def test_rate_limit_can_be_set_at_run_time(emu):

@@ -199,11 +199,17 @@ class _Pools:
 
     pools: dict[str, tuple[str, str | None]]
     reads: int = 0
+    unreviewed: int = 0
 
     def get_pool(self, pool_id: str) -> Any:
         self.reads += 1
         status, reason = self.pools[pool_id]
         return type("P", (), {"status": status, "last_close_reason": reason})()
+
+    def find_assignments(self, pool_id: str, status: str, limit: int) -> Any:
+        self.reads += 1
+        assert status == "SUBMITTED"
+        return type("R", (), {"items": [f"{pool_id}-{n}" for n in range(min(limit, self.unreviewed))]})()
 
 
 def test_staffing_ends_the_wait_only_when_the_closed_exam_left_too_few_qualified_workers():
@@ -213,6 +219,12 @@ def test_staffing_ends_the_wait_only_when_the_closed_exam_left_too_few_qualified
     pools = _Pools({"exam": done, "main": running})
     with pytest.raises(exam.ExamStarved, match=r"only 2 worker.* the 3 different workers"):
         exam.check_staffing(pools, "exam", "main", need, two)
+    # The pool completed on answers that arrived after this tick's gating: not starved (yet).
+    late = _Pools({"exam": done, "main": running}, unreviewed=1)
+    exam.check_staffing(late, "exam", "main", need, two)
+    late.unreviewed = 0  # the next tick reviewed them and nobody else reached the skill
+    with pytest.raises(exam.ExamStarved):
+        exam.check_staffing(late, "exam", "main", need, two)
     pools = _Pools({"exam": running, "main": running})  # more workers can still qualify
     exam.check_staffing(pools, "exam", "main", need, two)
     pools = _Pools({"exam": done, "main": done})  # the last tick after completion
