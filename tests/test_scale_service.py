@@ -45,9 +45,9 @@ from tests.fixtures.service import (
 
 WORKERS = ("worker-1", "worker-2")
 
-# In `make test` (about 3 of its minutes on 2 cores, where its time is CPU: six flow-run processes,
-# the server and the emulator share the cores); `make test-scale` runs it alone. The bound is generous
-# because at a load average of 20 the six runs once took over 13 minutes.
+# In `make test`, last in its lane (159 s there, 196 s alone at load 4, on a slow 2-core machine; its
+# time is CPU: six flow-run processes, the server and the emulator share the cores); `make test-scale`
+# runs it alone. The bound is generous: at a load average of 20 the six runs once took 13 minutes.
 pytestmark = pytest.mark.timeout(1800)
 
 
