@@ -71,16 +71,11 @@ class RateLimiter:
             self._seen: dict[str, deque[float]] = {}
             self.peak: dict[str, int] = {}
             self.throttled: dict[str, int] = {}
-            self.routes: Counter[str] = Counter()
+            self.routes: Counter[str] = Counter()  # admitted requests by route, for the stats
 
-    def count(self, method: str, path: str) -> None:
-        """Count one admitted request by route (ids folded), so an operator sees what a run's
-        rate is spent on."""
-        with self._lock:
-            self.routes[f"{method} {route_of(path)}"] += 1
-
-    def admit(self, token: str) -> bool:
-        """Count one request; False (and a refusal counted) when it would exceed the limit."""
+    def admit(self, token: str, route: str) -> bool:
+        """Count one request (by `route` too, when admitted); False (and a refusal counted) when it
+        would exceed the limit."""
         label = token_label(token)
         now = time.monotonic()
         with self._lock:
@@ -91,6 +86,7 @@ class RateLimiter:
                 self.throttled[label] = self.throttled.get(label, 0) + 1
                 return False
             seen.append(now)
+            self.routes[route] += 1
             recent = sum(1 for t in seen if t > now - 1.0) if self.window > 1.0 else len(seen)
             self.peak[label] = max(self.peak.get(label, 0), recent)
             return True
@@ -140,11 +136,10 @@ class Guard:
         if token != self.token:
             await respond(send, ApiError(401, "AUTHENTICATION_ERROR", "Invalid or missing OAuth token"))
             return
-        if not self.limiter.admit(token):
+        if not self.limiter.admit(token, f"{scope['method']} {route_of(scope['path'])}"):
             limit = f"{self.limiter.allowed} requests per {self.limiter.window:g} s"
             await respond(send, ApiError(429, "TOO_MANY_REQUESTS", f"Rate limit of this token: {limit}"))
             return
-        self.limiter.count(scope["method"], scope["path"])
         decision = self.faults.decide(b"operation_id" in scope.get("query_string", b""))
         if decision and not decision[1]:
             await respond(send, ApiError(*decision[0]))
