@@ -14,7 +14,7 @@ contradict. So an item joins the largest cluster its labels allow instead of sta
 cluster exists only where "different" labels keep it apart.
 
 The search runs entirely in numba and walks the sparse graph of observed pairs (no N×K array, no
-Python loop over clusters); every order is fixed, so the result is deterministic. It has two stages:
+Python loop over clusters); every order is fixed, so the result is deterministic. It has three stages:
 
 1. Evidence: a Louvain-like search on Σ S alone (item moves, then whole-cluster moves on the coarse
    graph) gives clusters that the labels hold together, and leaves an item alone where they don't.
@@ -25,6 +25,10 @@ Python loop over clusters); every order is fixed, so the result is deterministic
    the score is highest (`prior_moves` on the graph between pieces), so a piece attached to the
    wrong cluster by an early merge can leave; then single items move. Each step raises the score;
    the rounds stop when the score stops rising.
+
+3. Cross-validated cuts (`aggregation.splitting`): a cluster is cut in two where labels of tasks
+   that did not shape the cut confirm it, since two classes that most workers confuse score
+   better merged under the two-coin score.
 
 Each image meets only a few of its own class in a large catalogue, so the labels alone leave a class
 in pieces with no pair between them; only the prior, with the "different" labels that rule out the
@@ -800,12 +804,16 @@ def search(
     alpha: float = ALPHA,
     graph: PairGraph | None = None,
 ) -> SearchResult:
-    """From each start, `refine` (evidence) then `settle` (full score); keep the best score.
+    """From each start, `refine` (evidence), `settle` (full score), then cross-validated cuts.
 
     A start is (name, partition or None); None means singletons with the prior coins, visited in a
-    seeded random order (one order per such start). The score is the log-likelihood + Ewens log
-    prior; `absorb_thin` then puts any singleton the moves left where the model finds it likelier.
+    seeded random order (one order per such start). `aggregation.splitting.split_clusters` then
+    cuts a cluster that held-out tasks show to be two, and `absorb_thin` puts any singleton the
+    moves left where the model finds it likelier. Between starts the best log-likelihood + Ewens
+    log prior wins.
     """
+    from aggregation.splitting import split_clusters  # it builds on this module's kernels
+
     rng = np.random.default_rng(random_state)
     graph = PairGraph(pairs) if graph is None else graph
     best, best_value, scores = None, -np.inf, []
@@ -815,6 +823,7 @@ def search(
         else:
             labels = refine(pairs, start, graph=graph)
         labels, _ = settle(pairs, labels, graph, alpha)
+        labels = split_clusters(pairs, labels, alpha, random_state)
         labels = absorb_thin(pairs, labels, graph.evidence(pairs, labels), None, alpha)
         value = log_likelihood(pairs, labels) + log_prior(labels, alpha)
         scores.append((name, value))

@@ -168,6 +168,8 @@ class CrowdClustering(_Base):
        only: the mixture's partition merges neighbouring classes, and because the two-coin
        likelihood hardly tells two classes that careless workers confuse from one, with the prior
        the search kept such merges (shoes design, 500 items: 12 clusters for 20 from the mixture).
+       Last, a cluster is cut in two where answers of held-out tasks confirm the cut
+       (`aggregation.splitting`), for classes the two coins cannot keep apart.
     4. Thin evidence is not a cluster: a singleton joins its most likely cluster under the model
        (∝ size · exp(evidence), against α for standing alone); with `min_cluster_size` every
        smaller cluster is dissolved that way. `confidence_` is each item's posterior probability
@@ -182,7 +184,8 @@ class CrowdClustering(_Base):
         favours speed.
     max_iter: maximum number of sweeps per start.
     n_restarts: random starts in addition to the deterministic spectral start.
-    random_state: seed of every random choice (restarts, mixture initialisation, search orders).
+    random_state: seed of every random choice (restarts, mixture initialisation, search orders,
+        task folds and proposed cuts).
     refine: run the search of step 3 (without it the mixture's clusters are returned).
     min_cluster_size: None lets the model decide (step 4); a number dissolves smaller clusters.
     embedding_max_items: steps 1-2 run only up to this many items (None: always). The clusters

@@ -35,6 +35,7 @@ class PairLabels:
     `item_ptr`/`item_lab`: the labels that involve item i are `item_lab[item_ptr[i]:item_ptr[i+1]]`,
     in worker order.
     `worker_ptr`: the labels of worker j are the slice `worker_ptr[j]:worker_ptr[j+1]`.
+    `task`: the task (HIT) each label comes from, as a code in sorted task-id order.
     """
 
     items: np.ndarray
@@ -46,6 +47,7 @@ class PairLabels:
     item_ptr: np.ndarray
     item_lab: np.ndarray
     worker_ptr: np.ndarray
+    task: np.ndarray
     n_assignments: int
 
     @property
@@ -95,6 +97,7 @@ def build_pairs(labels: pd.DataFrame) -> PairLabels:
     assignment = task * len(workers) + worker
     order = np.lexsort((item, assignment))
     assignment, item, worker, group = assignment[order], item[order], worker[order], group[order]
+    task = task[order]
     if np.any((assignment[1:] == assignment[:-1]) & (item[1:] == item[:-1])):
         raise ValueError("an item appears twice in one assignment")
     starts = np.flatnonzero(np.r_[True, assignment[1:] != assignment[:-1]])
@@ -120,6 +123,7 @@ def build_pairs(labels: pd.DataFrame) -> PairLabels:
     b = item[right].astype(np.int64)
     w = worker[left].astype(np.int64)
     lab = np.where(group[left] == group[right], 1.0, -1.0)
+    task_of = task[left].astype(np.int32)
 
     ends = np.concatenate([a, b])
     # Within an item, labels in label order = worker order (the item kernel sums per worker).
@@ -137,6 +141,7 @@ def build_pairs(labels: pd.DataFrame) -> PairLabels:
         item_ptr=item_ptr,
         item_lab=item_lab,
         worker_ptr=worker_ptr,
+        task=task_of,
         n_assignments=len(starts),
     )
 

@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench_aggregation.py --scale 100000  # the large catalogue at N = 100,000
                                                                 # (200 styles, ~32 M labels) instead
     .venv/bin/python bench/bench_aggregation.py --seeds 0 1     # the large catalogue on two seeds
+    .venv/bin/python bench/bench_aggregation.py --only-shapes --shape-seeds 0 1 2 3 4 5  # shapes only
     .venv/bin/python bench/bench_aggregation.py --only-large --hits-per-item 30  # the large catalogue
                                                                 # with a design that carries the information
 
@@ -134,9 +135,10 @@ SHAPE_RUNS = [
 ]
 
 
-def bench_shapes(seeds: range = range(3)) -> None:
+def bench_shapes(seeds: list[int] | range = range(3)) -> None:
     print(
-        "Synthetic crowd shapes, 3 seeds each: clusters found / true, ARI model vs co-association at true K"
+        f"Synthetic crowd shapes, seeds {' '.join(map(str, seeds))}: clusters found / true, "
+        "ARI model vs co-association at true K"
     )
     for shape, title, overrides in SHAPE_RUNS:
         found, model, base, seconds, bounds = [], [], [], [], []
@@ -247,6 +249,10 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="skip the large catalogue")
     parser.add_argument("--only-large", action="store_true", help="only the large catalogue")
+    parser.add_argument("--only-shapes", action="store_true", help="only the synthetic crowd shapes")
+    parser.add_argument(
+        "--shape-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the shapes (default: 0 1 2)"
+    )
     parser.add_argument(
         "--scale", type=int, default=10_000, help="items of the large catalogue (100000: 200 styles)"
     )
@@ -263,9 +269,12 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
+        if args.only_shapes:
+            bench_shapes(args.shape_seeds)
+            return
         if args.scale <= 10_000 and not args.only_large:
             bench_small(tmp)
-            bench_shapes()
+            bench_shapes(args.shape_seeds)
             bench_spammers()
             bench_determinism(tmp)
         if not args.quick:
