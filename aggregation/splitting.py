@@ -18,8 +18,9 @@ answers that did not shape it confirm it:
    images meet, how many groups they need) is shared by them; a cut fitted to one task's quirks
    finds nothing in the other tasks.
 2. A cluster is cut at its proposal from all labels when the held-out ratios sum to more than
-   `SPLIT_EVIDENCE` nats, and each half, on its own against the cut, also gains on held-out labels
-   (a half that is a handful of misplaced images, not a group, does not).
+   `SPLIT_EVIDENCE` nats, and each half, on its own against the cut, gains more than
+   `HALF_EVIDENCE` on held-out labels (a half that is a handful of misplaced images, not a group,
+   does not).
 
 Workers count as far as they agree with the rest of the clustering (sensitivity + specificity - 1
 of their coins, at least 0), so a worker who groups by colour or answers at random cannot carry a
@@ -47,6 +48,7 @@ SPLIT_FOLDS = 5  # folds of tasks: cuts proposed on four, checked on the fifth
 SPLIT_RESTARTS = 16  # seeded random halves per cluster and proposal
 SPLIT_ALTERNATIONS = 10  # rounds of worker rates and item moves per proposal
 SPLIT_EVIDENCE = 5.0  # nats of held-out log-likelihood ratio a cut must earn (a Bayes factor of ~150)
+HALF_EVIDENCE = 2.0  # nats each half alone against the cut must earn on held-out labels (Bayes factor ~7)
 MOVE_PASSES = 30
 
 
@@ -397,6 +399,7 @@ def split_clusters(
         check = _subset(pairs, inside & out)
         held += held_out_gains(check.a, check.b, check.worker, check.label, labels, side, weight)
     score, side = propose_cuts(pairs, inside, labels, weight, rng, alpha)
-    confirmed = (held[:, 0] > SPLIT_EVIDENCE) & (held[:, 1] > 0.0) & (held[:, 2] > 0.0) & np.isfinite(score)
+    confirmed = held[:, 0] > SPLIT_EVIDENCE
+    confirmed &= (held[:, 1] > HALF_EVIDENCE) & (held[:, 2] > HALF_EVIDENCE) & np.isfinite(score)
     cut = confirmed[labels] & side
     return _relabel(np.where(cut, labels + k, labels)) if cut.any() else labels
