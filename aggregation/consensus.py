@@ -528,7 +528,7 @@ def pair_scores(pairs: PairLabels, llr: np.ndarray) -> Csr:
     return PairGraph(pairs).scores(llr)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def coin_counts(a, b, worker, label, labels, n_workers):  # pragma: no cover - compiled
     """Per worker: labels inside one cluster (said "same", all), across clusters (said "different", all)."""
     out = np.zeros((n_workers, 4))
@@ -545,7 +545,7 @@ def coin_counts(a, b, worker, label, labels, n_workers):  # pragma: no cover - c
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pair_sums(pair_ptr, worker, yes, w_yes, w_no, place_ab, place_ba):  # pragma: no cover - compiled
     """S of every observed pair (labels grouped by pair, summed in label order), at its two places."""
     out = np.empty(place_ab.shape[0] * 2)

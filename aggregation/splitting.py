@@ -28,16 +28,19 @@ cut. The proposals start from `SPLIT_RESTARTS` seeded random halves per cluster:
 half their labels pull them to, then alternate with each worker's "same" rates in and across the
 cut; the likeliest start (per-worker Beta-Binomial rates integrated out, Ewens prior included)
 is the proposal. Everything is linear in the labels inside clusters, and every random choice
-comes from the search's seed.
+comes from the search's seed. The six proposals (five folds and the final one) run in
+`numba.get_num_threads()` threads; each is independent of the others, so the result does not
+depend on the thread count.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit
 
 from aggregation.consensus import ALPHA, EPS, PairGraph, _pair_sums, _relabel, coin_counts
 from aggregation.pairs import PairLabels
@@ -66,7 +69,7 @@ def _subset(pairs: PairLabels, keep: np.ndarray) -> _Labels:
     return _Labels(pairs.n_items, pairs.a[keep], pairs.b[keep], pairs.worker[keep], pairs.label[keep])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _cut_counts(a, b, worker, label, side, n_workers):  # pragma: no cover - compiled
     """Per worker, over labels inside clusters: in one half (said "same", all), across the cut (same, all)."""
     out = np.zeros((n_workers, 4))
@@ -78,7 +81,7 @@ def _cut_counts(a, b, worker, label, side, n_workers):  # pragma: no cover - com
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _side_moves(indptr, indices, data, labels, side, n_passes):  # pragma: no cover - compiled
     """Items move, in index order, to the half of their cluster that their pair weights pull them to."""
     n = labels.shape[0]
@@ -98,7 +101,7 @@ def _side_moves(indptr, indices, data, labels, side, n_passes):  # pragma: no co
             return
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _by_cluster(a, labels, k):  # pragma: no cover - compiled
     """The labels (by their first item's cluster) grouped per cluster: (start per cluster, order)."""
     start = np.zeros(k + 1, dtype=np.int64)
@@ -114,7 +117,7 @@ def _by_cluster(a, labels, k):  # pragma: no cover - compiled
     return start, order
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _half_sizes(labels, side, k):  # pragma: no cover - compiled
     """Per cluster: items on the True side, items in all."""
     n_true = np.zeros(k)
@@ -126,13 +129,13 @@ def _half_sizes(labels, side, k):  # pragma: no cover - compiled
     return n_true, n_all
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scratch(n_workers):  # pragma: no cover - compiled
     """Per-worker counts (True half, False half, across: yes, all), marks and the workers touched."""
     return np.zeros((n_workers, 6)), np.zeros(n_workers, dtype=np.bool_), np.empty(n_workers, dtype=np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gather(
     c, start, order, a, b, worker, label, side, weight, weighted, counts, mark, touched
 ):  # pragma: no cover
@@ -158,7 +161,7 @@ def _gather(
     return nt
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _release(nt, counts, mark, touched):  # pragma: no cover - compiled
     for q in range(nt):
         j = touched[q]
@@ -176,7 +179,7 @@ def _log_beta_binomial(yes, total, log_fact):  # pragma: no cover - compiled
     return log_fact[y] + log_fact[n - y] - log_fact[n + 1]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _proposal_scores(
     a, b, worker, label, labels, side, weight, log_alpha, start, order, log_fact
 ):  # pragma: no cover
@@ -217,7 +220,7 @@ def _proposal_scores(
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _shift_gain(y_in, n_in, y_x, n_x, nt):  # pragma: no cover - compiled
     """Signed log-likelihood ratio of one shared log-odds shift γ of "same" from relation "in" to "x".
 
@@ -270,7 +273,7 @@ def _shift_gain(y_in, n_in, y_x, n_x, nt):  # pragma: no cover - compiled
     return gain if gamma < 0.0 else -gain
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def held_out_gains(a, b, worker, label, labels, side, weight):  # pragma: no cover - compiled
     """Per cluster: `_shift_gain` of the cut, of the True half alone and of the False half alone.
 
@@ -344,12 +347,13 @@ def propose_cuts(
     keep: np.ndarray,
     labels: np.ndarray,
     weight: np.ndarray,
-    rng: np.random.Generator,
+    starts: np.ndarray,
     alpha: float = ALPHA,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every cluster's likeliest cut from the labels `keep` selects (all inside clusters).
 
-    Returns (score per cluster, -inf where no start gave a usable cut; side per item).
+    `starts` holds the random halves to start from, one row per start (a side per item). Returns
+    (score per cluster, -inf where no start gave a usable cut; side per item).
     """
     subset = _subset(pairs, keep)
     graph = PairGraph(subset)  # type: ignore[arg-type]
@@ -366,8 +370,8 @@ def propose_cuts(
     start, order = _by_cluster(subset.a, labels, k)
     most = int(np.bincount(subset.worker, minlength=pairs.n_workers).max()) if len(subset.a) else 0
     log_fact = np.r_[0.0, np.cumsum(np.log(np.arange(1, most + 2, dtype=np.float64)))]
-    for _ in range(SPLIT_RESTARTS):
-        side = rng.random(pairs.n_items) < 0.5
+    for first in starts:
+        side = first.copy()
         _side_moves(graph.indptr, graph.indices, centred, labels, side, MOVE_PASSES)
         _refine_cut(subset, graph, labels, side, weight)
         score = _proposal_scores(
@@ -391,14 +395,23 @@ def split_clusters(
     rng = np.random.default_rng(random_state)
     fold = (rng.permutation(int(pairs.task.max()) + 1) % SPLIT_FOLDS)[pairs.task]
     weight = reliability(pairs, labels)
-    k = int(labels.max()) + 1
-    held = np.zeros((k, 3))
-    for f in range(SPLIT_FOLDS):
+    # Random halves for the fold proposals and the final one, drawn up front in that order, so the
+    # proposals can run in threads (the kernels release the GIL) with the same result.
+    starts = rng.random((SPLIT_FOLDS + 1, SPLIT_RESTARTS, pairs.n_items)) < 0.5
+
+    def held_out(f: int) -> np.ndarray:
         out = fold == f
-        _, side = propose_cuts(pairs, inside & ~out, labels, weight, rng, alpha)
+        _, side = propose_cuts(pairs, inside & ~out, labels, weight, starts[f], alpha)
         check = _subset(pairs, inside & out)
-        held += held_out_gains(check.a, check.b, check.worker, check.label, labels, side, weight)
-    score, side = propose_cuts(pairs, inside, labels, weight, rng, alpha)
+        return held_out_gains(check.a, check.b, check.worker, check.label, labels, side, weight)
+
+    with ThreadPoolExecutor(max_workers=max(1, get_num_threads())) as pool:
+        final = pool.submit(propose_cuts, pairs, inside, labels, weight, starts[SPLIT_FOLDS], alpha)
+        k = int(labels.max()) + 1
+        held = np.zeros((k, 3))
+        for gains in pool.map(held_out, range(SPLIT_FOLDS)):  # summed in fold order
+            held += gains
+        score, side = final.result()
     confirmed = held[:, 0] > SPLIT_EVIDENCE
     confirmed &= (held[:, 1] > HALF_EVIDENCE) & (held[:, 2] > HALF_EVIDENCE) & np.isfinite(score)
     cut = confirmed[labels] & side
