@@ -113,3 +113,22 @@ def test_no_cut_of_true_classes_in_large_hits_with_colour_workers_and_ten_groups
     pairs = build_pairs(crowd.labels)
     truth = crowd.truth.reindex(pairs.items).to_numpy().astype(np.int64)
     assert np.array_equal(split_clusters(pairs, truth, random_state=0), truth)
+
+
+def test_the_cut_does_not_depend_on_the_number_of_threads():
+    import numba
+
+    crowd = crowd_shape("queries", seed=0, hit_size=5)
+    pairs = build_pairs(crowd.labels)
+    truth = crowd.truth.reindex(pairs.items).to_numpy().astype(np.int64)
+    merged = np.where(truth == 1, 0, truth)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            results.append(split_clusters(pairs, merged, random_state=0))
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(results[0], results[1])
+    assert len(np.unique(results[0])) == 6
