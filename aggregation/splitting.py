@@ -45,7 +45,7 @@ from numba import get_num_threads, njit
 from aggregation.consensus import ALPHA, EPS, PairGraph, _pair_sums, _relabel, coin_counts
 from aggregation.pairs import PairLabels
 
-__all__ = ["held_out_gains", "reliability", "split_clusters"]
+__all__ = ["held_out_gains", "propose_cuts", "reliability", "split_clusters"]
 
 SPLIT_FOLDS = 5  # folds of tasks: cuts proposed on four, checked on the fifth
 SPLIT_RESTARTS = 16  # seeded random halves per cluster and proposal
