@@ -405,10 +405,10 @@ def split_clusters(
         check = _subset(pairs, inside & out)
         return held_out_gains(check.a, check.b, check.worker, check.label, labels, side, weight)
 
+    k = int(labels.max()) + 1
+    held = np.zeros((k, 3))
     with ThreadPoolExecutor(max_workers=max(1, get_num_threads())) as pool:
         final = pool.submit(propose_cuts, pairs, inside, labels, weight, starts[SPLIT_FOLDS], alpha)
-        k = int(labels.max()) + 1
-        held = np.zeros((k, 3))
         for gains in pool.map(held_out, range(SPLIT_FOLDS)):  # summed in fold order
             held += gains
         score, side = final.result()
