@@ -12,15 +12,22 @@ What the stage does. Every cluster gets a proposed two-way cut, and the cut is k
 answers that did not shape it confirm it:
 
 1. The tasks (HITs) are dealt into `SPLIT_FOLDS` folds. For each fold, cuts are proposed from the
-   labels of the other folds and scored on the labels of the fold: the log-likelihood ratio of one
-   log-odds shift of "same" across the cut, shared by all workers (each worker keeps its own base
-   rate). Folds are by task, not by worker, because everything a task shows its workers (which
-   images meet, how many groups they need) is shared by them; a cut fitted to one task's quirks
-   finds nothing in the other tasks.
-2. A cluster is cut at its proposal from all labels when the held-out ratios sum to more than
-   `SPLIT_EVIDENCE` nats, and each half, on its own against the cut, gains more than
-   `HALF_EVIDENCE` on held-out labels (a half that is a handful of misplaced images, not a group,
-   does not).
+   labels of the other folds and tested on the labels of the fold: a score test of one log-odds
+   shift of "same" across the cut, shared by all workers (each worker keeps its own base rate).
+   Folds are by task, not by worker, because everything a task shows its workers (which images
+   meet, how many groups they need) is shared by them; a cut fitted to one task's quirks finds
+   nothing in the other tasks.
+2. The test counts answers, not labels. One answer gives a label for every pair of its images, so
+   a worker who sets a few images apart in one answer makes dozens of pairs "different" at once.
+   The score's variance is therefore summed over answers (a sandwich variance clustered by
+   answer), and the evidence is z^2 / 2 with z = score / sqrt(variance), signed: what the
+   log-likelihood ratio would be if answers were independent labels. Counted per label instead, a
+   true class of a 35-image-HIT crowd read as two at 8 nats, 7 of them from one fold whose
+   answer-level variance was 7 times the label-level one.
+3. A cluster is cut at its proposal from all labels when the evidence of the five folds together
+   (their scores and variances summed) exceeds `SPLIT_EVIDENCE` nats, and each half, on its own
+   against the cut, exceeds `HALF_EVIDENCE` (a half that is a handful of misplaced images, not a
+   group, does not).
 
 Workers count as far as they agree with the rest of the clustering (sensitivity + specificity - 1
 of their coins, at least 0), so a worker who groups by colour or answers at random cannot carry a
@@ -45,13 +52,13 @@ from numba import get_num_threads, njit
 from aggregation.consensus import ALPHA, EPS, PairGraph, _pair_sums, _relabel, coin_counts
 from aggregation.pairs import PairLabels
 
-__all__ = ["held_out_gains", "propose_cuts", "reliability", "split_clusters"]
+__all__ = ["evidence", "held_out_scores", "propose_cuts", "reliability", "split_clusters"]
 
 SPLIT_FOLDS = 5  # folds of tasks: cuts proposed on four, checked on the fifth
 SPLIT_RESTARTS = 16  # seeded random halves per cluster and proposal
 SPLIT_ALTERNATIONS = 10  # rounds of worker rates and item moves per proposal
-SPLIT_EVIDENCE = 5.0  # nats of held-out log-likelihood ratio a cut must earn (a Bayes factor of ~150)
-HALF_EVIDENCE = 2.0  # nats each half alone against the cut must earn on held-out labels (Bayes factor ~7)
+SPLIT_EVIDENCE = 5.0  # nats of held-out evidence a cut must earn (z > 3.2, a likelihood ratio of ~150)
+HALF_EVIDENCE = 2.0  # nats each half alone against the cut must earn on held-out labels (z > 2)
 MOVE_PASSES = 30
 
 
@@ -220,66 +227,42 @@ def _proposal_scores(
     return out
 
 
-@njit(cache=True, nogil=True)
-def _shift_gain(y_in, n_in, y_x, n_x, nt):  # pragma: no cover - compiled
-    """Signed log-likelihood ratio of one shared log-odds shift γ of "same" from relation "in" to "x".
+@njit(cache=True, nogil=True, inline="always")
+def _score_term(counts_j, r, side_a, side_b, yes):  # pragma: no cover - compiled
+    """One label's term of the score of a shift of "same" across the cut, at no shift.
 
-    Worker q says "same" with logit β_q in "in" and β_q + γ in "x"; the β_q are profiled, γ = 0 is
-    the null. Positive when γ < 0 (fewer "same" across), negative when γ > 0. Each worker gets half
-    a pseudo-answer per relation at its own pooled rate, which keeps β finite and adds no contrast
-    (pseudo-answers at a fixed 50% would add a shift wherever a relation has few labels).
+    Relation "in" is both halves' inside pairs (r = 0), the True half's (r = 1) or the False half's
+    (r = 2); "x" is the pairs across the cut. With the worker's rate profiled (its pooled rate p
+    over both relations), the label adds (y - p) n_in / n for "x" and -(y - p) n_x / n for "in":
+    negative when the worker says "same" less across the cut than inside. 0 for a label in neither
+    relation, or when the worker has none of its labels in one of them (no contrast).
     """
-    beta = np.empty(nt)
-    pooled = np.empty(nt)
-    for q in range(nt):
-        pooled[q] = (y_in[q] + y_x[q] + 0.5) / (n_in[q] + n_x[q] + 1.0)
-        beta[q] = math.log(pooled[q] / (1.0 - pooled[q]))
-    gamma = 0.0
-    for _ in range(40):
-        grad, hess = 0.0, 0.0
-        for q in range(nt):
-            a_in, m_in = y_in[q] + 0.5 * pooled[q], n_in[q] + 0.5
-            a_x, m_x = y_x[q] + 0.5 * pooled[q], n_x[q] + 0.5
-            bq = beta[q]
-            for _ in range(20):  # Newton on β_q for this γ (concave)
-                s_in = 1.0 / (1.0 + math.exp(-bq))
-                s_x = 1.0 / (1.0 + math.exp(-(bq + gamma)))
-                g = a_in - m_in * s_in + a_x - m_x * s_x
-                h = m_in * s_in * (1.0 - s_in) + m_x * s_x * (1.0 - s_x)
-                step = g / max(h, 1e-12)
-                bq += step
-                if abs(step) < 1e-9:
-                    break
-            beta[q] = bq
-            s_in = 1.0 / (1.0 + math.exp(-bq))
-            s_x = 1.0 / (1.0 + math.exp(-(bq + gamma)))
-            h_in, h_x = m_in * s_in * (1.0 - s_in), m_x * s_x * (1.0 - s_x)
-            grad += a_x - m_x * s_x
-            hess += h_x - h_x * h_x / max(h_in + h_x, 1e-12)  # γ's curvature with β profiled
-        step = min(max(grad / max(hess, 1e-12), -2.0), 2.0)
-        gamma += step
-        if abs(step) < 1e-7:
-            break
-    gain = 0.0
-    for q in range(nt):
-        a_in, m_in = y_in[q] + 0.5 * pooled[q], n_in[q] + 0.5
-        a_x, m_x = y_x[q] + 0.5 * pooled[q], n_x[q] + 0.5
-        bq = beta[q]
-        gain -= a_in * math.log1p(math.exp(-bq)) + (m_in - a_in) * math.log1p(math.exp(bq))
-        gain -= a_x * math.log1p(math.exp(-(bq + gamma))) + (m_x - a_x) * math.log1p(math.exp(bq + gamma))
-        p0 = (a_in + a_x) / (m_in + m_x)
-        gain -= (a_in + a_x) * math.log(p0) + (m_in + m_x - a_in - a_x) * math.log(1.0 - p0)
-    gain = max(gain, 0.0)
-    return gain if gamma < 0.0 else -gain
+    across = side_a != side_b
+    if not across and ((r == 1 and not side_a) or (r == 2 and side_a)):
+        return 0.0
+    if r == 0:
+        y_in, n_in = counts_j[0] + counts_j[2], counts_j[1] + counts_j[3]
+    else:
+        y_in, n_in = counts_j[2 * r - 2], counts_j[2 * r - 1]
+    y_x, n_x = counts_j[4], counts_j[5]
+    if n_in < 0.5 or n_x < 0.5:
+        return 0.0
+    n = n_in + n_x
+    residual = (1.0 if yes else 0.0) - (y_in + y_x) / n
+    return residual * n_in / n if across else -residual * n_x / n
 
 
 @njit(cache=True, nogil=True)
-def held_out_gains(a, b, worker, label, labels, side, weight):  # pragma: no cover - compiled
-    """Per cluster: `_shift_gain` of the cut, of the True half alone and of the False half alone.
+def held_out_scores(a, b, worker, task, label, labels, side, weight, n_tasks):  # pragma: no cover
+    """Per cluster: score and answer-clustered variance of one shared shift of "same" across the cut.
 
-    Input: labels inside clusters that did not shape `side`. Column 0 compares pairs inside either
-    half with pairs across the cut; columns 1 and 2 one half's inside pairs with the pairs across.
-    Zero for a cluster that `side` does not cut.
+    Returns out[c, 0, r] = U (Σ of `_score_term` times the worker's weight) and out[c, 1, r] = V
+    (Σ over answers of the square of the answer's share of U), for the cut (r = 0) and each half
+    alone against the pairs across (r = 1: True half, r = 2: False half). The answers (worker,
+    task) are the independent units, not the labels: one image put apart in an answer makes all
+    its pairs of that answer "different" at once. Folds hold disjoint answers, so U and V add up
+    over folds; `evidence` turns them into nats. Zero for a cluster `side` does not cut. The labels
+    must come grouped by worker, as `PairLabels` keeps them.
     """
     k = 0
     for i in range(labels.shape[0]):
@@ -287,24 +270,60 @@ def held_out_gains(a, b, worker, label, labels, side, weight):  # pragma: no cov
     n_true, n_all = _half_sizes(labels, side, k)
     start, order = _by_cluster(a, labels, k)
     counts, mark, touched = _scratch(weight.shape[0])
-    n_workers = weight.shape[0]
-    y_in, n_in, y_x, n_x = np.empty(n_workers), np.empty(n_workers), np.empty(n_workers), np.empty(n_workers)
-    out = np.zeros((k, 3))
+    closed = np.zeros(weight.shape[0], dtype=np.bool_)
+    share = np.zeros(n_tasks)  # this worker's U per task, i.e. per answer
+    seen = np.zeros(n_tasks, dtype=np.bool_)
+    tasks = np.empty(n_tasks, dtype=np.int64)
+    out = np.zeros((k, 2, 3))
     for c in range(k):
         if n_true[c] < 0.5 or n_all[c] - n_true[c] < 0.5:
             continue
-        nt = _gather(c, start, order, a, b, worker, label, side, weight, True, counts, mark, touched)
+        nt = _gather(c, start, order, a, b, worker, label, side, weight, False, counts, mark, touched)
         for r in range(3):
+            u, v, n_open, current = 0.0, 0.0, 0, -1
+            for pos in range(start[c], start[c + 1] + 1):
+                t = order[pos] if pos < start[c + 1] else -1
+                j = worker[t] if t >= 0 else -1
+                if t >= 0 and weight[j] <= 0.0:
+                    continue
+                if j != current:  # a worker's labels end: its answers' shares are complete
+                    for m in range(n_open):
+                        v += share[tasks[m]] * share[tasks[m]]
+                        share[tasks[m]] = 0.0
+                        seen[tasks[m]] = False
+                    n_open = 0
+                    if current >= 0:
+                        closed[current] = True
+                    if j >= 0 and closed[j]:
+                        raise ValueError("held_out_scores needs the labels grouped by worker")
+                    current = j
+                if t < 0:
+                    break
+                term = _score_term(counts[j], r, side[a[t]], side[b[t]], label[t] > 0) * weight[j]
+                if term == 0.0:
+                    continue
+                u += term
+                if not seen[task[t]]:
+                    seen[task[t]] = True
+                    tasks[n_open] = task[t]
+                    n_open += 1
+                share[task[t]] += term
+            out[c, 0, r], out[c, 1, r] = u, v
             for q in range(nt):
-                j = touched[q]
-                if r == 0:
-                    y_in[q], n_in[q] = counts[j, 0] + counts[j, 2], counts[j, 1] + counts[j, 3]
-                else:
-                    y_in[q], n_in[q] = counts[j, 2 * r - 2], counts[j, 2 * r - 1]
-                y_x[q], n_x[q] = counts[j, 4], counts[j, 5]
-            out[c, r] = _shift_gain(y_in, n_in, y_x, n_x, nt) if nt > 0 else 0.0
+                closed[touched[q]] = False
         _release(nt, counts, mark, touched)
     return out
+
+
+def evidence(scores: np.ndarray) -> np.ndarray:
+    """Nats for each cut (and half) from `held_out_scores` summed over folds: ± z² / 2, z = U / √V.
+
+    z²/2 is what the log-likelihood ratio of the shift would be if answers were independent labels
+    (score test); the sign is + when "same" is rarer across the cut than inside (the cut holds).
+    """
+    u, v = scores[:, 0, :], scores[:, 1, :]
+    z2 = np.divide(u * u, v, out=np.zeros_like(u), where=v > 0.0)
+    return np.where(u < 0.0, 0.5 * z2, -0.5 * z2)
 
 
 def reliability(pairs: PairLabels, labels: np.ndarray) -> np.ndarray:
@@ -399,20 +418,26 @@ def split_clusters(
     # proposals can run in threads (the kernels release the GIL) with the same result.
     starts = rng.random((SPLIT_FOLDS + 1, SPLIT_RESTARTS, pairs.n_items)) < 0.5
 
+    n_tasks = int(pairs.task.max()) + 1
+
     def held_out(f: int) -> np.ndarray:
         out = fold == f
         _, side = propose_cuts(pairs, inside & ~out, labels, weight, starts[f], alpha)
-        check = _subset(pairs, inside & out)
-        return held_out_gains(check.a, check.b, check.worker, check.label, labels, side, weight)
+        check = inside & out
+        return held_out_scores(
+            pairs.a[check], pairs.b[check], pairs.worker[check], pairs.task[check], pairs.label[check],
+            labels, side, weight, n_tasks,
+        )  # fmt: skip
 
     k = int(labels.max()) + 1
-    held = np.zeros((k, 3))
+    held = np.zeros((k, 2, 3))
     with ThreadPoolExecutor(max_workers=max(1, get_num_threads())) as pool:
         final = pool.submit(propose_cuts, pairs, inside, labels, weight, starts[SPLIT_FOLDS], alpha)
-        for gains in pool.map(held_out, range(SPLIT_FOLDS)):  # summed in fold order
-            held += gains
+        for scores in pool.map(held_out, range(SPLIT_FOLDS)):  # summed in fold order
+            held += scores
         score, side = final.result()
-    confirmed = held[:, 0] > SPLIT_EVIDENCE
-    confirmed &= (held[:, 1] > HALF_EVIDENCE) & (held[:, 2] > HALF_EVIDENCE) & np.isfinite(score)
+    nats = evidence(held)
+    confirmed = nats[:, 0] > SPLIT_EVIDENCE
+    confirmed &= (nats[:, 1] > HALF_EVIDENCE) & (nats[:, 2] > HALF_EVIDENCE) & np.isfinite(score)
     cut = confirmed[labels] & side
     return _relabel(np.where(cut, labels + k, labels)) if cut.any() else labels
