@@ -20,8 +20,9 @@ answers that did not shape it confirm it:
 2. The test counts answers, not labels. One answer gives a label for every pair of its images, so
    a worker who sets a few images apart in one answer makes dozens of pairs "different" at once.
    The score's variance is therefore summed over answers (a sandwich variance clustered by
-   answer), and the evidence is z^2 / 2 with z = score / sqrt(variance), signed: what the
-   log-likelihood ratio would be if answers were independent labels. Counted per label instead, a
+   answer), and the evidence is z^2 / 2 with z = score / sqrt(variance), signed. With independent
+   labels that is the log-likelihood ratio of the shift (a score test); clustered by answer, it is
+   that ratio deflated by how far the labels of one answer move together. Counted per label instead, a
    true class of a 35-image-HIT crowd read as two at 8 nats, 7 of them from one fold whose
    answer-level variance was 7 times the label-level one.
 3. A cluster is cut at its proposal from all labels when the evidence of the five folds together
@@ -318,8 +319,9 @@ def held_out_scores(a, b, worker, task, label, labels, side, weight, n_tasks):  
 def evidence(scores: np.ndarray) -> np.ndarray:
     """Nats for each cut (and half) from `held_out_scores` summed over folds: ± z² / 2, z = U / √V.
 
-    z²/2 is what the log-likelihood ratio of the shift would be if answers were independent labels
-    (score test); the sign is + when "same" is rarer across the cut than inside (the cut holds).
+    With independent labels z²/2 is the log-likelihood ratio of the shift (a score test); with V
+    clustered by answer it is deflated by how far one answer's labels move together. The sign is +
+    when "same" is rarer across the cut than inside (the cut holds).
     """
     u, v = scores[:, 0, :], scores[:, 1, :]
     z2 = np.divide(u * u, v, out=np.zeros_like(u), where=v > 0.0)
