@@ -35,8 +35,10 @@ of their coins, at least 0), so a worker who groups by colour or answers at rand
 cut. The proposals start from `SPLIT_RESTARTS` seeded random halves per cluster: items move to the
 half their labels pull them to, then alternate with each worker's "same" rates in and across the
 cut; the likeliest start (per-worker Beta-Binomial rates integrated out, Ewens prior included)
-is the proposal. Everything is linear in the labels inside clusters, and every random choice
-comes from the search's seed. The six proposals (five folds and the final one) run in
+is the proposal. The proposal from all labels comes first: a cluster it cannot cut (no half holds
+together better than across) is not tested, and its labels stay out of the folds (at 10,000 images
+36 of 39 clusters, which halves the stage's time). Everything is linear in the labels inside
+clusters, and every random choice comes from the search's seed. The five folds' proposals run in
 `numba.get_num_threads()` threads; each is independent of the others, so the result does not
 depend on the thread count.
 """
@@ -420,24 +422,28 @@ def split_clusters(
     # proposals can run in threads (the kernels release the GIL) with the same result.
     starts = rng.random((SPLIT_FOLDS + 1, SPLIT_RESTARTS, pairs.n_items)) < 0.5
 
+    # The proposal from all labels first: a cluster it cannot cut (no half holds together better
+    # than across) is not tested, and its labels are left out of the folds' proposals.
+    score, side = propose_cuts(pairs, inside, labels, weight, starts[SPLIT_FOLDS], alpha)
+    tested = inside & np.isfinite(score)[labels[pairs.a]]
+    if not tested.any():
+        return labels
     n_tasks = int(pairs.task.max()) + 1
 
     def held_out(f: int) -> np.ndarray:
         out = fold == f
-        _, side = propose_cuts(pairs, inside & ~out, labels, weight, starts[f], alpha)
-        check = inside & out
+        _, fold_side = propose_cuts(pairs, tested & ~out, labels, weight, starts[f], alpha)
+        check = tested & out
         return held_out_scores(
             pairs.a[check], pairs.b[check], pairs.worker[check], pairs.task[check], pairs.label[check],
-            labels, side, weight, n_tasks,
+            labels, fold_side, weight, n_tasks,
         )  # fmt: skip
 
     k = int(labels.max()) + 1
     held = np.zeros((k, 2, 3))
     with ThreadPoolExecutor(max_workers=max(1, get_num_threads())) as pool:
-        final = pool.submit(propose_cuts, pairs, inside, labels, weight, starts[SPLIT_FOLDS], alpha)
         for scores in pool.map(held_out, range(SPLIT_FOLDS)):  # summed in fold order
             held += scores
-        score, side = final.result()
     nats = evidence(held)
     confirmed = nats[:, 0] > SPLIT_EVIDENCE
     confirmed &= (nats[:, 1] > HALF_EVIDENCE) & (nats[:, 2] > HALF_EVIDENCE) & np.isfinite(score)
