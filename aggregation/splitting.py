@@ -22,9 +22,9 @@ answers that did not shape it confirm it:
    The score's variance is therefore summed over answers (a sandwich variance clustered by
    answer), and the evidence is z^2 / 2 with z = score / sqrt(variance), signed. With independent
    labels that is the log-likelihood ratio of the shift (a score test); clustered by answer, it is
-   that ratio deflated by how far the labels of one answer move together. Counted per label instead, a
-   true class of a 35-image-HIT crowd read as two at 8 nats, 7 of them from one fold whose
-   answer-level variance was 7 times the label-level one.
+   that ratio deflated by how far the labels of one answer move together. Counted per label
+   instead, a true class of a 35-image-HIT crowd read as two at 8 nats, 7 of them from one fold
+   whose answer-level variance was 7 times the label-level one.
 3. A cluster is cut at its proposal from all labels when the evidence of the five folds together
    (their scores and variances summed) exceeds `SPLIT_EVIDENCE` nats, and each half, on its own
    against the cut, exceeds `HALF_EVIDENCE` (a half that is a handful of misplaced images, not a
