@@ -74,20 +74,18 @@ def _hand_made(across_label: float | None) -> np.ndarray:
     """20 workers, each with 45 "same" of 50 inside the True half (items 0-11) and, when
     `across_label` is given, one label across the cut (item 0 with item 12); every label is its own
     task. Returns the cut's evidence."""
-    a, b, worker, label = [], [], [], []
+    rows = []  # (a, b, worker, label)
     pairs_inside = [(i, j) for i in range(12) for j in range(i + 1, 12)][:50]
     for w in range(20):
-        for n, (i, j) in enumerate(pairs_inside):
-            a.append(i), b.append(j), worker.append(w), label.append(1.0 if n < 45 else -1.0)
+        rows += [(i, j, w, 1.0 if n < 45 else -1.0) for n, (i, j) in enumerate(pairs_inside)]
         if across_label is not None:
-            a.append(0), b.append(12), worker.append(w), label.append(across_label)
-    n = len(a)
+            rows.append((0, 12, w, across_label))
+    a, b, worker, label = (np.array(column) for column in zip(*rows, strict=True))
+    n = len(rows)
     labels = np.zeros(13, dtype=np.int64)
     side = np.arange(13) < 12
-    scores = held_out_scores(
-        np.array(a), np.array(b), np.array(worker), np.arange(n, dtype=np.int32), np.array(label),
-        labels, side, np.ones(20), n,
-    )  # fmt: skip
+    own_task = np.arange(n, dtype=np.int32)
+    scores = held_out_scores(a, b, worker, own_task, label, labels, side, np.ones(20), n)
     return evidence(scores)[0]
 
 
