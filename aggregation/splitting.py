@@ -146,12 +146,10 @@ def _scratch(n_workers):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _gather(
-    c, start, order, a, b, worker, label, side, weight, weighted, counts, mark, touched
-):  # pragma: no cover
+def _gather(c, start, order, a, b, worker, label, side, weight, counts, mark, touched):  # pragma: no cover
     """Per-worker counts of cluster c's labels: True half, False half, across (yes, all).
 
-    Workers of weight 0 are left out; `weighted` counts each label as its worker's weight.
+    Workers of weight 0 are left out.
     """
     nt = 0
     for pos in range(start[c], start[c + 1]):
@@ -164,10 +162,9 @@ def _gather(
             touched[nt] = j
             nt += 1
         col = 4 if side[a[t]] != side[b[t]] else (0 if side[a[t]] else 2)
-        unit = weight[j] if weighted else 1.0
-        counts[j, col + 1] += unit
+        counts[j, col + 1] += 1.0
         if label[t] > 0:
-            counts[j, col] += unit
+            counts[j, col] += 1.0
     return nt
 
 
@@ -209,7 +206,7 @@ def _proposal_scores(
         n_false = n_all[c] - n_true[c]
         if n_true[c] < 0.5 or n_false < 0.5:
             continue
-        nt = _gather(c, start, order, a, b, worker, label, side, weight, False, counts, mark, touched)
+        nt = _gather(c, start, order, a, b, worker, label, side, weight, counts, mark, touched)
         total = log_alpha + math.lgamma(n_true[c]) + math.lgamma(n_false) - math.lgamma(n_all[c])
         half_t, half_f = 0.0, 0.0
         for q in range(nt):
@@ -281,7 +278,7 @@ def held_out_scores(a, b, worker, task, label, labels, side, weight, n_tasks):  
     for c in range(k):
         if n_true[c] < 0.5 or n_all[c] - n_true[c] < 0.5:
             continue
-        nt = _gather(c, start, order, a, b, worker, label, side, weight, False, counts, mark, touched)
+        nt = _gather(c, start, order, a, b, worker, label, side, weight, counts, mark, touched)
         for r in range(3):
             u, v, n_open, current = 0.0, 0.0, 0, -1
             for pos in range(start[c], start[c + 1] + 1):
@@ -373,10 +370,11 @@ def propose_cuts(
     starts: np.ndarray,
     alpha: float = ALPHA,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every cluster's likeliest cut from the labels `keep` selects (all inside clusters).
+    """Every cluster's likeliest cut from the labels `keep` selects (a mask, or indices in order).
 
-    `starts` holds the random halves to start from, one row per start (a side per item). Returns
-    (score per cluster, -inf where no start gave a usable cut; side per item).
+    The labels must be inside clusters. `starts` holds the random halves to start from, one row per
+    start (a side per item). Returns (score per cluster, -inf where no start gave a usable cut;
+    side per item).
     """
     subset = _subset(pairs, keep)
     graph = PairGraph(subset)  # type: ignore[arg-type]
@@ -416,7 +414,8 @@ def split_clusters(
     if not inside.any():
         return labels
     rng = np.random.default_rng(random_state)
-    fold = (rng.permutation(int(pairs.task.max()) + 1) % SPLIT_FOLDS)[pairs.task]
+    n_tasks = int(pairs.task.max()) + 1
+    task_fold = rng.permutation(n_tasks) % SPLIT_FOLDS
     weight = reliability(pairs, labels)
     # Random halves for the fold proposals and the final one, drawn up front in that order, so the
     # proposals can run in threads (the kernels release the GIL) with the same result.
@@ -425,15 +424,15 @@ def split_clusters(
     # The proposal from all labels first: a cluster it cannot cut (no half holds together better
     # than across) is not tested, and its labels are left out of the folds' proposals.
     score, side = propose_cuts(pairs, inside, labels, weight, starts[SPLIT_FOLDS], alpha)
-    tested = inside & np.isfinite(score)[labels[pairs.a]]
-    if not tested.any():
+    tested = np.flatnonzero(inside & np.isfinite(score)[labels[pairs.a]])
+    if len(tested) == 0:
         return labels
-    n_tasks = int(pairs.task.max()) + 1
+    fold = task_fold[pairs.task[tested]]
 
     def held_out(f: int) -> np.ndarray:
         out = fold == f
-        _, fold_side = propose_cuts(pairs, tested & ~out, labels, weight, starts[f], alpha)
-        check = tested & out
+        _, fold_side = propose_cuts(pairs, tested[~out], labels, weight, starts[f], alpha)
+        check = tested[out]
         return held_out_scores(
             pairs.a[check], pairs.b[check], pairs.worker[check], pairs.task[check], pairs.label[check],
             labels, fold_side, weight, n_tasks,

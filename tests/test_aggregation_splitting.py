@@ -28,19 +28,15 @@ def _item_codes(pairs, mapping) -> np.ndarray:
     return np.array([mapping(int(name[1:])) for name in pairs.items])
 
 
-def _gains(pairs, labels, side, weight=None) -> np.ndarray:
-    """Nats of held-out evidence for each cluster's cut (and each half) on all of `pairs`."""
-    weight = np.ones(pairs.n_workers) if weight is None else weight
+def _gains(pairs, labels, side, task=None) -> np.ndarray:
+    """Nats of held-out evidence for each cluster's cut (and each half) on all of `pairs`.
+
+    `task` replaces each label's task (the unit the variance is summed over), e.g. one per label.
+    """
+    task = pairs.task if task is None else task
+    weight = np.ones(pairs.n_workers)
     scores = held_out_scores(
-        pairs.a,
-        pairs.b,
-        pairs.worker,
-        pairs.task,
-        pairs.label,
-        labels,
-        side,
-        weight,
-        int(pairs.task.max()) + 1,
+        pairs.a, pairs.b, pairs.worker, task, pairs.label, labels, side, weight, int(task.max()) + 1
     )
     return evidence(scores)
 
@@ -118,12 +114,7 @@ def test_one_answer_that_splits_a_group_is_one_answer_not_one_label_per_pair():
     one = np.zeros(pairs.n_items, dtype=np.int64)
     halves = _item_codes(pairs, lambda i: i >= 20).astype(np.bool_)
     as_answers = _gains(pairs, one, halves)[0, 0]
-    own_task = np.arange(pairs.n_labels, dtype=np.int32)
-    weight = np.ones(pairs.n_workers)
-    scores = held_out_scores(
-        pairs.a, pairs.b, pairs.worker, own_task, pairs.label, one, halves, weight, pairs.n_labels
-    )
-    as_labels = evidence(scores)[0, 0]
+    as_labels = _gains(pairs, one, halves, task=np.arange(pairs.n_labels, dtype=np.int32))[0, 0]
     assert as_answers < 2 < 5 < as_labels, (as_answers, as_labels)
 
 
