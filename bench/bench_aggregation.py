@@ -71,8 +71,13 @@ def fit(model, crowd) -> tuple[float, float, int]:
     return time.perf_counter() - started, clustering_scores(clusters, crowd.truth)["ari"], model.n_clusters_
 
 
+def single_items(model) -> int:
+    """Clusters of one item in the last fit (under the model: items every cluster contradicts)."""
+    return int((model.labels_.value_counts() == 1).sum())
+
+
 def line(label: str, value: str, target: str = "") -> None:
-    print(f"  {label:<52}{value:<30}{target}")
+    print(f"  {label:<51} {value:<29} {target}")
 
 
 def oracles(labels, truth) -> dict[str, dict[str, float]]:
@@ -141,17 +146,20 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
         "ARI model vs co-association at true K"
     )
     for shape, title, overrides in SHAPE_RUNS:
-        found, model, base, seconds, bounds = [], [], [], [], []
+        found, singles, model, base, seconds, bounds = [], [], [], [], [], []
         for seed in seeds:
             crowd = crowd_shape(shape, seed=seed, **overrides)
             true_k = crowd.truth.nunique()
-            fit_s, ari, k = fit(CrowdClustering(random_state=seed), crowd)
+            estimator = CrowdClustering(random_state=seed)
+            fit_s, ari, k = fit(estimator, crowd)
             found.append(f"{k}/{true_k}")
+            singles.append(str(single_items(estimator)))
             model.append(ari)
             seconds.append(fit_s)
             base.append(fit(CoAssociationClustering(n_clusters=true_k), crowd)[1])
             bounds.append(oracles(crowd.labels, crowd.truth))
         line(title, " ".join(found), "target ±25%")
+        line("  of them single items", " ".join(singles))
         line(
             "  ARI model | baseline",
             " ".join(f"{a:.2f}" for a in model) + " | " + " ".join(f"{b:.2f}" for b in base),
@@ -224,6 +232,8 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per
     bcubed = float(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("bcubed_f1")))
     line("B-cubed F1", f"{bcubed:.3f}", "target >= 0.95")
     line("items with confidence < 0.5", stats["uncertain"].split()[1])
+    singles = stats["clusters"].split("(")[1].split()[0] if "(" in stats["clusters"] else "0"
+    line("clusters of a single item", singles)
     oracle_line([bound])
     print(f"  load average after the run: {os.getloadavg()[0]:.2f}")
     if big or seed != 0 or hits_per_item != 10:

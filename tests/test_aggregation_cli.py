@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from aggregation import generate_crowd
+from aggregation import crowd_shape, generate_crowd
 
 CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,21 @@ def test_end_to_end_with_truth_and_same_output_across_hash_seeds(export):
     second = _run([export / "export.tsv", "-o", export / "b.csv", "--seed", "3"], "12345", threads=1)
     assert second.returncode == 0, second.stderr
     assert (export / "a.csv").read_bytes() == (export / "b.csv").read_bytes()
+
+
+def test_single_item_clusters_are_counted_apart(tmp_path):
+    """The two smallest classes (5 and 3 of 600 images) met inside themselves once: 1 pair of
+    images. Every cluster contradicts such an image, so it stands alone; the count line says how
+    many clusters are one item, and each of those items has a low confidence."""
+    crowd_shape("uneven", seed=15).write_export(tmp_path / "uneven.tsv")
+    result = _run([tmp_path / "uneven.tsv", "-o", tmp_path / "c.csv"])
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "c.csv")
+    sizes = table["cluster"].value_counts()
+    singles = table[table["cluster"].isin(sizes[sizes == 1].index)]
+    assert len(singles) > 0
+    assert f"clusters    {len(sizes)} ({len(singles)} of them a single item)\n" in result.stdout
+    assert (singles["confidence"] < 0.5).all()
 
 
 def test_coassociation_method_and_image_column_in_truth(export):
