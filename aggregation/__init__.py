@@ -6,6 +6,7 @@ Public API (the pipeline and the CLI use only these names):
 - `CrowdClustering` (the Gomes et al. model) and `CoAssociationClustering` (the baseline); both
   have `labels_` and `confidence_` (each item's probability of its cluster under the model)
 - `least_certain(clusters, confidence, per_cluster=5)`: the items to send back to the crowd
+- `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits)
 - `clustering_scores(predicted, truth)`
 - `generate_crowd(...) -> SyntheticCrowd` and `crowd_shape(name, seed)` (seeded synthetic crowds
   of the shapes in `SHAPES`, for tests and benchmarks)
@@ -24,7 +25,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from aggregation.adapter import ExportFormatError, ExportReading, read_export
     from aggregation.design import DesignInformation, design_for, design_information
-    from aggregation.estimators import CoAssociationClustering, CrowdClustering, least_certain
+    from aggregation.estimators import (
+        CoAssociationClustering,
+        CrowdClustering,
+        least_certain,
+        single_item_clusters,
+    )
     from aggregation.metrics import clustering_scores
     from aggregation.pairs import PairLabels, build_pairs
     from aggregation.synthetic import SHAPES, SyntheticCrowd, crowd_shape, generate_crowd
@@ -39,6 +45,7 @@ _HOME = {
     "CoAssociationClustering": "estimators",
     "CrowdClustering": "estimators",
     "least_certain": "estimators",
+    "single_item_clusters": "estimators",
     "clustering_scores": "metrics",
     "PairLabels": "pairs",
     "build_pairs": "pairs",
@@ -65,6 +72,7 @@ __all__ = [
     "generate_crowd",
     "least_certain",
     "read_export",
+    "single_item_clusters",
 ]
 
 

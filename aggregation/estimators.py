@@ -57,6 +57,19 @@ def ordered_clusters(items: np.ndarray, labels: np.ndarray) -> pd.Series:
     return pd.Series(rank[codes], index=pd.Index(items, name="item"), name="cluster")
 
 
+def single_item_clusters(clusters: pd.Series) -> int:
+    """How many clusters hold one item.
+
+    With `CrowdClustering` (and no `min_cluster_size`) such an item is one whose labels rule out
+    every cluster: a user who asked for "the styles" counts these apart, as images to look at or
+    send back to the crowd, each with a low confidence.
+
+    >>> single_item_clusters(pd.Series([0, 0, 1, 2], index=["a", "b", "c", "d"]))
+    2
+    """
+    return int((clusters.value_counts() == 1).sum())
+
+
 def least_certain(clusters: pd.Series, confidence: pd.Series, per_cluster: int = 5) -> pd.DataFrame:
     """The `per_cluster` least certain items of every cluster: what to send back to the crowd.
 

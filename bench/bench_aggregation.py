@@ -40,6 +40,7 @@ from aggregation import (  # noqa: E402
     crowd_shape,
     design_information,
     generate_crowd,
+    single_item_clusters,
 )
 from aggregation.oracle import linked_oracle, placement_oracle  # noqa: E402
 
@@ -69,11 +70,6 @@ def fit(model, crowd) -> tuple[float, float, int]:
     started = time.perf_counter()
     clusters = model.fit_predict(crowd.labels)
     return time.perf_counter() - started, clustering_scores(clusters, crowd.truth)["ari"], model.n_clusters_
-
-
-def single_items(model) -> int:
-    """Clusters of one item in the last fit (under the model: items every cluster contradicts)."""
-    return int((model.labels_.value_counts() == 1).sum())
 
 
 def line(label: str, value: str, target: str = "") -> None:
@@ -153,7 +149,7 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
             estimator = CrowdClustering(random_state=seed)
             fit_s, ari, k = fit(estimator, crowd)
             found.append(f"{k}/{true_k}")
-            singles.append(str(single_items(estimator)))
+            singles.append(str(single_item_clusters(estimator.labels_)))
             model.append(ari)
             seconds.append(fit_s)
             base.append(fit(CoAssociationClustering(n_clusters=true_k), crowd)[1])

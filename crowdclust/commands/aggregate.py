@@ -10,12 +10,9 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 # Above this share of images that no other image was grouped with by most workers, say that the
 # clusters cannot be trusted (the 10,000-image bench has 12%, the 100,000-image one 59%).
@@ -90,6 +87,7 @@ def aggregate(
         ExportFormatError,
         clustering_scores,
         read_export,
+        single_item_clusters,
     )
     from aggregation.pairs import together_partners
 
@@ -126,13 +124,14 @@ def aggregate(
     labels = reading.labels
     partners = together_partners(model.pairs_)
     alone = int((partners == 0).sum())
+    singles = single_item_clusters(clusters)
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size}",
         f"workers     {model.pairs_.n_workers}",
         f"labels      {model.pairs_.n_labels} pairwise",
         f"assignments {model.pairs_.n_assignments} ({len(labels)} item labels)",
-        f"clusters    {model.n_clusters_}{_single_items(clusters)}",
+        f"clusters    {model.n_clusters_}" + (f" ({singles} of them a single item)" if singles else ""),
         f"uncertain   {int((model.confidence_ < 0.5).sum())} items with confidence < 0.5",
         f"unanchored  {alone} items no other item was grouped with by most workers",
         f"skipped     {len(reading.problems)} rows",
@@ -151,16 +150,6 @@ def aggregate(
             f"unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
             file=sys.stderr,
         )
-
-
-def _single_items(clusters: pd.Series) -> str:
-    """How many clusters are one item (under the model: items whose labels rule out every cluster).
-
-    A user who asked for "the styles" counts these apart: they are images to look at or send back
-    to the crowd, not styles, and each has a low confidence.
-    """
-    singles = int((clusters.value_counts() == 1).sum())
-    return f" ({singles} of them a single item)" if singles else ""
 
 
 def _design_advice(pairs, labels, mean_partners: float) -> str:
