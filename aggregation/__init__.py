@@ -8,6 +8,8 @@ Public API (the pipeline and the CLI use only these names):
 - `least_certain(clusters, confidence, per_cluster=5)`: the items to send back to the crowd
 - `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits)
 - `clustering_scores(predicted, truth)`
+- `find_dissent(labels, pairs, clusters, random_state) -> Dissent | None`: a camp of workers who
+  agree with one another on another grouping (colour instead of style, say), and that grouping
 - `generate_crowd(...) -> SyntheticCrowd` and `crowd_shape(name, seed)` (seeded synthetic crowds
   of the shapes in `SHAPES`, for tests and benchmarks)
 - `design_information(...)` / `design_for(...)`: how many images of its own style a HIT design
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from aggregation.adapter import ExportFormatError, ExportReading, read_export
     from aggregation.design import DesignInformation, design_for, design_information
+    from aggregation.dissent import Dissent, find_dissent
     from aggregation.estimators import (
         CoAssociationClustering,
         CrowdClustering,
@@ -42,6 +45,8 @@ _HOME = {
     "DesignInformation": "design",
     "design_for": "design",
     "design_information": "design",
+    "Dissent": "dissent",
+    "find_dissent": "dissent",
     "CoAssociationClustering": "estimators",
     "CrowdClustering": "estimators",
     "least_certain": "estimators",
@@ -60,6 +65,7 @@ __all__ = [
     "CoAssociationClustering",
     "CrowdClustering",
     "DesignInformation",
+    "Dissent",
     "ExportFormatError",
     "ExportReading",
     "PairLabels",
@@ -69,6 +75,7 @@ __all__ = [
     "crowd_shape",
     "design_for",
     "design_information",
+    "find_dissent",
     "generate_crowd",
     "least_certain",
     "read_export",

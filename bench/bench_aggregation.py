@@ -39,6 +39,7 @@ from aggregation import (  # noqa: E402
     clustering_scores,
     crowd_shape,
     design_information,
+    find_dissent,
     generate_crowd,
     single_item_clusters,
 )
@@ -164,6 +165,44 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
         line("  fit seconds (max)", f"{max(seconds):.1f}")
 
 
+DISSENT_RUNS = [
+    ("60% sort by colour, 40% by style (500 items, 10 styles)", generate_crowd,
+     {"n_items": 500, "n_classes": 10, "shares": {"diligent": 0.4, "colour": 0.6}}),
+    ("the default mix: 10% colour (500 items, 20 styles)", crowd_shape, {"name": "shoes"}),
+    ("35-image HITs, 12 workers (765 items, 13 classes)", crowd_shape,
+     {"name": "large-hits", "n_classes": 13}),
+    ("40% spammers (500 items, 10 styles)", generate_crowd,
+     {"n_items": 500, "n_classes": 10, "spammer_share": 0.4, "shares": {"diligent": 1.0}}),
+    ("30% careless (500 items, 10 styles)", generate_crowd,
+     {"n_items": 500, "n_classes": 10, "shares": {"diligent": 0.7, "careless": 0.3}}),
+    ("queries M=5 (one answer per query)", crowd_shape, {"name": "queries", "hit_size": 5}),
+]  # fmt: skip
+
+
+def bench_dissent(seeds: list[int] | range = range(3)) -> None:
+    """Camps of workers who agree on another grouping (`aggregation.dissent`): who is in them."""
+    print(
+        f"Dissenting camps, seeds {' '.join(map(str, seeds))}: the camp's workers by their true type | "
+        "ARI of its grouping with the truth"
+    )
+    for title, make, arguments in DISSENT_RUNS:
+        found, seconds = [], []
+        for seed in seeds:
+            crowd = make(seed=seed, **arguments)
+            model = CrowdClustering(random_state=seed, embedding_max_items=0).fit(crowd.labels)
+            started = time.perf_counter()
+            dissent = find_dissent(crowd.labels, model.pairs_, model.labels_, seed)
+            seconds.append(time.perf_counter() - started)
+            if dissent is None:
+                found.append("none")
+                continue
+            types = crowd.workers["type"].reindex(list(dissent.workers)).value_counts()
+            who = "+".join(f"{n} {kind}" for kind, n in types.sort_index().items())
+            found.append(f"{who} | {clustering_scores(dissent.clusters, crowd.truth)['ari']:.2f}")
+        line(title, "; ".join(found))
+        line("  seconds (max)", f"{max(seconds):.2f}")
+
+
 def bench_spammers() -> None:
     print("30% spammers, N=200, K=10, seed design")
     model, oracle, auto = [], [], []
@@ -230,6 +269,7 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per
     line("items with confidence < 0.5", stats["uncertain"].split()[1])
     singles = stats["clusters"].split("(")[1].split()[0] if "(" in stats["clusters"] else "0"
     line("clusters of a single item", singles)
+    line("dissent", stats["dissent"].split(None, 1)[1])
     oracle_line([bound])
     print(f"  load average after the run: {os.getloadavg()[0]:.2f}")
     if big or seed != 0 or hits_per_item != 10:
@@ -277,10 +317,12 @@ def main() -> None:
         tmp = Path(folder)
         if args.only_shapes:
             bench_shapes(args.shape_seeds)
+            bench_dissent(args.shape_seeds)
             return
         if args.scale <= 10_000 and not args.only_large:
             bench_small(tmp)
             bench_shapes(args.shape_seeds)
+            bench_dissent(args.shape_seeds)
             bench_spammers()
             bench_determinism(tmp)
         if not args.quick:

@@ -21,6 +21,10 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
     clusters = model.fit_predict(labels).rename("cluster")
     clusters.index.name = "item"
     free_energy = getattr(model, "free_energy_", None)
+    # Only the model's clusters are checked: the camp's grouping is the model's.
+    dissent = (
+        aggregation.find_dissent(labels, model.pairs_, clusters, seed) if params.method == "gomes" else None
+    )
     info = AggregationInfo(
         method=params.method,
         n_labels=len(labels),
@@ -30,6 +34,7 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         n_clusters=int(clusters.nunique()),
         n_iter=getattr(model, "n_iter_", None),
         free_energy=None if free_energy is None else float(free_energy),
+        dissent=None if dissent is None else dissent.summary(),
     )
     confidence = getattr(model, "confidence_", None)
     return Aggregated(
@@ -54,5 +59,8 @@ def score(clusters: pd.Series, truth: pd.Series | None) -> Scores | None:
 def aggregate_task(export: pd.DataFrame, params: AggregationParams, seed: int) -> Aggregated:
     """Prefect adapter of `aggregate` (cached on the export's content and the aggregation code)."""
     result = aggregate(export, params, seed)
-    get_run_logger().info("aggregation: %s", result.info)
+    logger = get_run_logger()
+    logger.info("aggregation: %s", result.info)
+    if result.info.dissent is not None:
+        logger.warning("workers who group another way: %s", result.info.dissent)
     return result

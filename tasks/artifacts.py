@@ -218,6 +218,8 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
     if summary.coverage is not None:
         plan = ", ".join(f"{k} {v}" for k, v in summary.coverage.brief().items())
         lines += ["", f"HIT plan: {plan}."]
+    if summary.aggregation.dissent is not None:  # counts and fixed words only: no markup to escape
+        lines += ["", f"Workers who group another way: {summary.aggregation.dissent}."]
     runs = sub_flow_runs()
     if runs:
         lines += ["", "| sub-flow | run | state |", "|---|---|---|"]

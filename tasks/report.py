@@ -109,6 +109,12 @@ def render_html(
     ]
     if data.get("metrics"):
         parts += ["<h2>Agreement with the truth</h2>", _table(data["metrics"])]
+    dissent = (data.get("aggregation") or {}).get("dissent")
+    if dissent:
+        from aggregation.dissent import ADVICE  # here: the module loads numba's kernels
+
+        advice = html.escape(ADVICE)
+        parts += ["<h2>Workers who group another way</h2>", f"<p>{html.escape(dissent)}. {advice}.</p>"]
     parts += ["<h2>Cost (USD)</h2>", _table(data.get("cost", {}))]
     if data.get("timings"):
         parts += ["<h2>Timings (s)</h2>", _table(data["timings"])]

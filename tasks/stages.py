@@ -155,6 +155,8 @@ class AggregationInfo:
     n_clusters: int
     n_iter: int | None
     free_energy: float | None
+    # A camp of workers agreeing on another grouping, in one line (`aggregation.find_dissent`).
+    dissent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from aggregation import crowd_shape, generate_crowd
+from aggregation import clustering_scores, crowd_shape, generate_crowd
 
 CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +126,31 @@ def test_min_cluster_size_option(export):
     assert sizes.min() >= 15
     too_big = _run([export / "export.tsv", "-o", export / "m2.csv", "--min-cluster-size", "500"])
     assert too_big.returncode == 2 and "no cluster has 500 or more items" in too_big.stderr
+
+
+def test_a_split_crowd_is_reported_and_the_camp_written(tmp_path):
+    """60% of the workers sort by colour: the command follows them, says the crowd is split, and
+    writes the style camp's grouping and workers where asked."""
+    crowd = generate_crowd(300, 8, seed=0, shares={"diligent": 0.4, "colour": 0.6})
+    crowd.write_export(tmp_path / "split.tsv")
+    grouping, workers = tmp_path / "camp" / "grouping.csv", tmp_path / "camp" / "workers.csv"
+    args = [tmp_path / "split.tsv", "-o", tmp_path / "c.csv"]
+    done = _run([*args, "--dissent-output", grouping, "--dissent-workers", workers])
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("dissent"))
+    camp = pd.read_csv(workers)["worker"]
+    assert f"dissent     {len(camp)} workers (" in line and "another grouping" in line
+    assert "warning: the crowd is split" in done.stderr
+    assert set(crowd.workers.loc[camp, "type"]) == {"diligent"}
+    table = pd.read_csv(grouping)
+    assert list(table.columns) == ["item", "cluster"] and len(table) == 300
+    assert clustering_scores(table.set_index("item")["cluster"], crowd.truth)["ari"] > 0.9
+
+
+def test_without_a_camp_the_line_says_so_and_nothing_is_written(tmp_path):
+    crowd = generate_crowd(82, 8, seed=11, shares={"diligent": 0.8, "spammer": 0.2})
+    crowd.write_export(tmp_path / "plain.tsv")
+    done = _run([tmp_path / "plain.tsv", "-o", tmp_path / "c.csv", "--dissent-output", tmp_path / "g.csv"])
+    assert done.returncode == 0, done.stderr
+    assert "dissent     none: no camp of workers agrees on another grouping" in done.stdout
+    assert not (tmp_path / "g.csv").exists() and "g.csv not written" in done.stderr

@@ -7,6 +7,7 @@ injected link would show up as an `<a>`; thumbnails are fetched from a real loca
 from __future__ import annotations
 
 import base64
+import html
 import http.server
 import io
 import threading
@@ -162,6 +163,19 @@ def test_clusters_csv_has_the_confidence_and_the_report_lists_the_least_certain(
     assert "3 of 9 items have a confidence below 0.5" in section
     assert section.index("0.20") < section.index("0.60")  # lowest first
     assert "<figcaption>0.45</figcaption>" in section and "<a " not in section
+
+
+def test_report_shows_the_workers_who_group_another_way(tmp_path: Path):
+    clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
+    line = "4 workers (36% of the labels) agree with one another (kappa 1.00; -0.01 with the rest)"
+    info = AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0, dissent=line)
+    page = report.render_html(_summary(tmp_path, info), clusters, None, "t", report.ReportLinks("c.csv"), {})
+    section = page.split("<h2>Workers who group another way</h2>", 1)[1].split("<h2>", 1)[0]
+    assert html.escape(line) in section and "check the instructions" in section
+    plain = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
+    assert "group another way" not in report.render_html(
+        plain, clusters, None, "t", report.ReportLinks("c.csv"), {}
+    )
 
 
 def test_report_shows_a_text_box_for_an_image_without_a_thumbnail(tmp_path: Path):

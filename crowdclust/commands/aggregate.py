@@ -17,6 +17,9 @@ import typer
 # Above this share of images that no other image was grouped with by most workers, say that the
 # clusters cannot be trusted (the 10,000-image bench has 12%, the 100,000-image one 59%).
 UNANCHORED_WARNING = 0.25
+# A camp of workers agreeing on another grouping is printed whenever found (`aggregation.dissent`);
+# from this share of the labels it is a warning: the crowd is split, not a few workers astray.
+DISSENT_WARNING = 0.25
 
 EXIT_BAD_INPUT = 2
 
@@ -75,6 +78,14 @@ def aggregate(
             "(default: the model decides; a lone item joins its most likely cluster).",
         ),
     ] = None,
+    dissent_output: Annotated[
+        Path | None,
+        typer.Option(help="Write the grouping a camp of dissenting workers agrees on (item,cluster CSV)."),
+    ] = None,
+    dissent_workers: Annotated[
+        Path | None,
+        typer.Option(help="Write the worker ids of that camp (one column, worker)."),
+    ] = None,
 ) -> None:
     """Cluster the images of a Toloka export; write item,cluster,confidence and print a summary."""
     started = time.perf_counter()
@@ -86,6 +97,7 @@ def aggregate(
         CrowdClustering,
         ExportFormatError,
         clustering_scores,
+        find_dissent,
         read_export,
         single_item_clusters,
     )
@@ -122,6 +134,9 @@ def aggregate(
         _fail(f"cannot write {output}: {exc}")
 
     labels = reading.labels
+    # The baseline's clusters are not checked: the camp's grouping is the model's.
+    dissent = find_dissent(labels, model.pairs_, clusters, seed) if method is Method.gomes else None
+    _write_dissent(dissent, dissent_output, dissent_workers)
     partners = together_partners(model.pairs_)
     alone = int((partners == 0).sum())
     singles = single_item_clusters(clusters)
@@ -134,6 +149,7 @@ def aggregate(
         f"clusters    {model.n_clusters_}" + (f" ({singles} of them a single item)" if singles else ""),
         f"uncertain   {int((model.confidence_ < 0.5).sum())} items with confidence < 0.5",
         f"unanchored  {alone} items no other item was grouped with by most workers",
+        f"dissent     {_dissent_line(dissent, method)}",
         f"skipped     {len(reading.problems)} rows",
         f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",
         f"output      {output}",
@@ -150,6 +166,37 @@ def aggregate(
             f"unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
             file=sys.stderr,
         )
+    if dissent is not None and dissent.label_share >= DISSENT_WARNING:
+        from aggregation.dissent import ADVICE
+
+        hint = "" if dissent_output else " (--dissent-output writes that grouping)"
+        print(f"warning: the crowd is split. {dissent.summary()}. {ADVICE}{hint}.", file=sys.stderr)
+
+
+def _dissent_line(dissent, method: Method) -> str:
+    if method is not Method.gomes:
+        return "not checked (the baseline)"
+    return "none: no camp of workers agrees on another grouping" if dissent is None else dissent.summary()
+
+
+def _write_dissent(dissent, grouping: Path | None, workers: Path | None) -> None:
+    """Write the camp's grouping and worker ids where asked; with no camp, say so and write nothing."""
+    import pandas as pd
+
+    if dissent is None:
+        for path in (grouping, workers):
+            if path is not None:
+                print(f"no dissenting camp: {path} not written", file=sys.stderr)
+        return
+    try:
+        if grouping is not None:
+            grouping.parent.mkdir(parents=True, exist_ok=True)
+            dissent.clusters.rename_axis("item").rename("cluster").reset_index().to_csv(grouping, index=False)
+        if workers is not None:
+            workers.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame({"worker": list(dissent.workers)}).to_csv(workers, index=False)
+    except OSError as exc:
+        _fail(f"cannot write the dissent: {exc}")
 
 
 def _design_advice(pairs, labels, mean_partners: float) -> str:
