@@ -86,11 +86,15 @@ class Dissent:
 
     def summary(self) -> str:
         """One line for a report: who, how much of the labels, and the grouping they agree on."""
+
+        def two(value: float) -> str:
+            return f"{round(value, 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
+
         return (
             f"{len(self.workers)} workers ({self.label_share:.0%} of the labels) agree with one another "
-            f"(kappa {self.agreement:.2f}; {self.across:.2f} with the rest) on another grouping: "
+            f"(kappa {two(self.agreement)}; {two(self.across)} with the rest) on another grouping: "
             f"{self.n_clusters} clusters of {self.clusters.size} items, adjusted Rand index "
-            f"{self.similarity:.2f} with these clusters"
+            f"{two(self.similarity)} with these clusters"
         )
 
 

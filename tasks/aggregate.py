@@ -42,6 +42,8 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         embedding=getattr(model, "embedding_", None),
         info=info,
         confidence=None if confidence is None else confidence.reindex(clusters.index).rename("confidence"),
+        dissent_clusters=None if dissent is None else dissent.clusters,
+        dissent_workers=() if dissent is None else dissent.workers,
     )
 
 

@@ -28,6 +28,7 @@ class ReportLinks:
 
     clusters: str
     chart: str | None = None
+    dissent: tuple[str, str] | None = None  # a dissenting camp's grouping and workers
 
 
 def _table(rows: dict[str, Any]) -> str:
@@ -115,6 +116,12 @@ def render_html(
 
         advice = html.escape(ADVICE)
         parts += ["<h2>Workers who group another way</h2>", f"<p>{html.escape(dissent)}. {advice}.</p>"]
+        if links.dissent is not None:
+            grouping, workers = (html.escape(link, quote=True) for link in links.dissent)
+            parts.append(
+                f"<p>Their grouping: <a href='{grouping}'>{grouping}</a>; "
+                f"the workers: <a href='{workers}'>{workers}</a>.</p>"
+            )
     parts += ["<h2>Cost (USD)</h2>", _table(data.get("cost", {}))]
     if data.get("timings"):
         parts += ["<h2>Timings (s)</h2>", _table(data["timings"])]
@@ -193,6 +200,9 @@ def finish_run(
     links = ReportLinks(
         clusters=folder.relative(folder.clusters),
         chart=folder.relative(evaluated.chart) if evaluated and evaluated.chart else None,
+        dissent=(folder.relative(folder.dissent), folder.relative(folder.dissent_workers))
+        if aggregated.dissent_clusters is not None
+        else None,
     )
     page = render_html(
         summary,

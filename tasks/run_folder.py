@@ -11,6 +11,7 @@ file name of the run folder. What a person finds there afterwards:
 | `assignments_intruders.tsv` | the raw export of the intruder pool |
 | `clusters.csv` | the clustering: item, cluster, confidence[, class] |
 | `embedding.csv`, `metrics.json` | its embedding, agreement with the truth |
+| `dissent.csv`, `dissent_workers.csv` | a camp of workers' other grouping (item, cluster), its workers |
 | `thumbnails.json` | image URL -> small JPEG data URI, fetched once at aggregation (galleries, report) |
 | `intruder_hits.json`, `intruders.png` | the intruder HITs, the accuracy chart |
 | `report.html`, `summary.json` | the report and `RunSummary` as JSON |
@@ -71,6 +72,14 @@ class RunFolder:
         return self.root / "clusters.csv"
 
     @property
+    def dissent(self) -> Path:
+        return self.root / "dissent.csv"
+
+    @property
+    def dissent_workers(self) -> Path:
+        return self.root / "dissent_workers.csv"
+
+    @property
     def embedding(self) -> Path:
         return self.root / "embedding.csv"
 
@@ -119,7 +128,9 @@ class RunFolder:
         return path
 
     def write_clustering(self, aggregated: Aggregated) -> None:
-        """`clusters.csv` (item, cluster, confidence[, class]), `embedding.csv`, with truth `metrics.json`."""
+        """`clusters.csv` (item, cluster, confidence[, class]), `embedding.csv`, with truth `metrics.json`,
+        and a dissenting camp's `dissent.csv` and `dissent_workers.csv` (removed when there is none, so
+        a re-run in the same folder leaves no stale camp)."""
         table = aggregated.clusters.rename("cluster").rename_axis("item").reset_index()
         if aggregated.confidence is not None:
             table["confidence"] = table["item"].map(aggregated.confidence).round(4)
@@ -130,6 +141,15 @@ class RunFolder:
             pd.DataFrame(aggregated.embedding).to_csv(self.embedding)
         if aggregated.metrics is not None:
             self.metrics.write_text(json.dumps(aggregated.metrics, indent=2))
+        if aggregated.dissent_clusters is None:
+            self.dissent.unlink(missing_ok=True)
+            self.dissent_workers.unlink(missing_ok=True)
+        else:
+            camp = aggregated.dissent_clusters.rename("cluster").rename_axis("item").reset_index()
+            camp.sort_values(["cluster", "item"]).to_csv(self.dissent, index=False)
+            pd.DataFrame({"worker": list(aggregated.dissent_workers)}).to_csv(
+                self.dissent_workers, index=False
+            )
 
     def read_clusters(self, path: Path | None = None) -> pd.Series:
         """Item -> cluster from `clusters.csv` (this folder's, or `path`)."""

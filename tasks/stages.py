@@ -169,6 +169,10 @@ class Aggregated:
     metrics: Scores | None = None
     truth: pd.Series | None = None
     confidence: pd.Series | None = None  # item -> probability of its cluster under the fitted model
+    # A camp of workers who agree on another grouping (`info.dissent` says it in one line): that
+    # grouping (item -> cluster) and the camp's worker ids.
+    dissent_clusters: pd.Series | None = None
+    dissent_workers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -167,11 +167,13 @@ def test_clusters_csv_has_the_confidence_and_the_report_lists_the_least_certain(
 
 def test_report_shows_the_workers_who_group_another_way(tmp_path: Path):
     clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
-    line = "4 workers (36% of the labels) agree with one another (kappa 1.00; -0.01 with the rest)"
+    line = "4 workers (36% of the labels) agree with one another (kappa 1.00; 0.00 with the rest)"
     info = AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0, dissent=line)
-    page = report.render_html(_summary(tmp_path, info), clusters, None, "t", report.ReportLinks("c.csv"), {})
+    links = report.ReportLinks("c.csv", dissent=("dissent.csv", "dissent_workers.csv"))
+    page = report.render_html(_summary(tmp_path, info), clusters, None, "t", links, {})
     section = page.split("<h2>Workers who group another way</h2>", 1)[1].split("<h2>", 1)[0]
     assert html.escape(line) in section and "check the instructions" in section
+    assert "href='dissent.csv'" in section and "href='dissent_workers.csv'" in section
     plain = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
     assert "group another way" not in report.render_html(
         plain, clusters, None, "t", report.ReportLinks("c.csv"), {}

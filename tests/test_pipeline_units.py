@@ -480,3 +480,29 @@ def test_a_catalogue_round_too_big_for_the_budget_is_refused_before_planning():
     preflight.check_plan(_params(), 30)  # the demo design fits
     with pytest.raises(budget.BudgetExceeded, match=r"hits_per_item 100000 on 30 images needs 300000 HITs"):
         preflight.check_plan(_params(hits={"hits_per_item": 100000}), 30)
+
+
+def test_the_run_folder_keeps_a_dissenting_camp_and_drops_a_stale_one(tmp_path):
+    """60% of the workers sort by colour: the aggregation stage records the style camp, and the run
+    folder gets its grouping and workers. Re-aggregated in the same folder from a crowd with no
+    camp, the old camp's files are gone."""
+    from aggregation import clustering_scores, generate_crowd
+    from tasks.aggregate import aggregate
+    from tasks.params import AggregationParams
+
+    folder = RunFolder(tmp_path).create()
+    split = generate_crowd(300, 8, seed=0, shares={"diligent": 0.4, "colour": 0.6})
+    result = aggregate(split.export, AggregationParams(), 0)
+    assert result.info.dissent is not None and "agree with one another" in result.info.dissent
+    folder.write_clustering(result)
+    grouping = pd.read_csv(folder.dissent).set_index("item")["cluster"]
+    assert clustering_scores(grouping, split.truth)["ari"] > 0.9
+    workers = pd.read_csv(folder.dissent_workers)["worker"]
+    assert list(workers) == list(result.dissent_workers)
+    assert set(split.workers.loc[workers, "type"]) == {"diligent"}
+
+    plain = generate_crowd(300, 8, seed=0, shares={"diligent": 0.9, "spammer": 0.1})
+    again = aggregate(plain.export, AggregationParams(), 0)
+    assert again.info.dissent is None and again.dissent_clusters is None
+    folder.write_clustering(again)
+    assert not folder.dissent.exists() and not folder.dissent_workers.exists()
