@@ -8,7 +8,7 @@ Public API (the pipeline and the CLI use only these names):
 - `least_certain(clusters, confidence, per_cluster=5)`: the items to send back to the crowd
 - `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits)
 - `clustering_scores(predicted, truth)`
-- `find_dissent(labels, pairs, clusters, random_state) -> Dissent | None`: a camp of workers who
+- `find_dissent(model, labels) -> Dissent | None`: a camp of workers who
   agree with one another on another grouping (colour instead of style, say), and that grouping
 - `generate_crowd(...) -> SyntheticCrowd` and `crowd_shape(name, seed)` (seeded synthetic crowds
   of the shapes in `SHAPES`, for tests and benchmarks)

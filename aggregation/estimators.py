@@ -102,7 +102,8 @@ class _Base:
 
     Fitted attributes (set by `fit`): `labels_` (Series item -> cluster 0..K-1, 0 the largest),
     `confidence_` (Series item -> P(its cluster | the others' clusters), in [0, 1]), `n_clusters_`,
-    `fit_seconds_`, `pairs_` (the pairwise labels), `n_iter_`.
+    `fit_seconds_`, `pairs_` (the pairwise labels), `pair_graph_` (their `PairGraph`: the labels
+    grouped by item pair), `n_iter_`.
     """
 
     labels_: pd.Series
@@ -110,6 +111,7 @@ class _Base:
     n_clusters_: int
     fit_seconds_: float
     pairs_: PairLabels
+    pair_graph_: PairGraph
     n_iter_: int
 
     @classmethod
@@ -163,6 +165,7 @@ class _Base:
         self.confidence_ = pd.Series(confidence, index=self.labels_.index, name="confidence")
         self.n_clusters_ = int(self.labels_.max()) + 1
         self.pairs_ = pairs
+        self.pair_graph_ = graph  # the item graph of the labels, for what reads them after the fit
         self.fit_seconds_ = time.perf_counter() - started
 
 

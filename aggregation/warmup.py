@@ -12,6 +12,7 @@ __all__ = ["warm_up"]
 
 def warm_up() -> None:
     """Fit both estimators on a tiny crowd and run the parallel kernels once."""
+    from aggregation.dissent import find_dissent
     from aggregation.estimators import CoAssociationClustering, CrowdClustering
     from aggregation.oracle import placement_oracle
     from aggregation.pairs import build_pairs, coassociation
@@ -19,7 +20,8 @@ def warm_up() -> None:
     from aggregation.variational import Priors, VariationalRun, initial_state, spectral_start
 
     crowd = generate_crowd(30, 3, seed=0)
-    CrowdClustering(random_state=0).fit(crowd.labels)
+    model = CrowdClustering(random_state=0).fit(crowd.labels)
+    find_dissent(model, crowd.labels)  # its kernel
     CoAssociationClustering(min_cluster_size=2).fit(crowd.labels)
     pairs = build_pairs(crowd.labels)
     run = VariationalRun(pairs, Priors())

@@ -191,7 +191,7 @@ def bench_dissent(seeds: list[int] | range = range(3)) -> None:
             crowd = make(seed=seed, **arguments)
             model = CrowdClustering(random_state=seed, embedding_max_items=0).fit(crowd.labels)
             started = time.perf_counter()
-            dissent = find_dissent(crowd.labels, model.pairs_, model.labels_, seed)
+            dissent = find_dissent(model, crowd.labels)
             seconds.append(time.perf_counter() - started)
             if dissent is None:
                 found.append("none")

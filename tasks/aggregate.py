@@ -22,9 +22,7 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
     clusters.index.name = "item"
     free_energy = getattr(model, "free_energy_", None)
     # Only the model's clusters are checked: the camp's grouping is the model's.
-    dissent = (
-        aggregation.find_dissent(labels, model.pairs_, clusters, seed) if params.method == "gomes" else None
-    )
+    dissent = aggregation.find_dissent(model, labels) if params.method == "gomes" else None
     info = AggregationInfo(
         method=params.method,
         n_labels=len(labels),

@@ -153,14 +153,17 @@ def test_estimators_follow_the_scikit_learn_protocol():
     assert repr(model) == "CrowdClustering(n_dims=2, random_state=7, min_cluster_size=2)"
 
 
-@pytest.mark.parametrize("module", ["aggregation.estimators", "aggregation.synthetic", "aggregation.metrics"])
+@pytest.mark.parametrize(
+    "module",
+    ["aggregation.estimators", "aggregation.synthetic", "aggregation.metrics", "aggregation.dissent"],
+)
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 
 
 def test_public_modules_declare_all():
-    for name in ("adapter", "consensus", "estimators", "metrics", "pairs", "synthetic"):
+    for name in ("adapter", "consensus", "dissent", "estimators", "metrics", "pairs", "synthetic"):
         module = importlib.import_module(f"aggregation.{name}")
         assert module.__all__ and all(hasattr(module, item) for item in module.__all__)
     assert {"least_certain", "crowd_shape"} <= set(aggregation.__all__)

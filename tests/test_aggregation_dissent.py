@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 
 from aggregation import CrowdClustering, clustering_scores, crowd_shape, find_dissent, generate_crowd
+from aggregation.consensus import PairGraph
 from aggregation.dissent import agreement
 from aggregation.pairs import build_pairs
 
 
 def _fit(crowd, seed=0):
     model = CrowdClustering(random_state=seed, embedding_max_items=0).fit(crowd.labels)
-    return model, find_dissent(crowd.labels, model.pairs_, model.labels_, seed)
+    return model, find_dissent(model, crowd.labels)
 
 
 def _types(crowd, workers) -> set[str]:
@@ -80,13 +81,14 @@ def test_agreement_is_cohens_kappa_between_different_workers():
         }
     )
     pairs = build_pairs(labels)
+    graph = PairGraph(pairs)
     u, v, w = (pairs.workers == name for name in ("u", "v", "w"))
-    per_worker, pooled, comparisons = agreement(pairs, u | v, u | v)
+    per_worker, pooled, comparisons = agreement(graph, u | v, u | v)
     assert comparisons == 6 and pooled == pytest.approx(-0.5)
     assert per_worker[u][0] == pytest.approx(-0.5) and math.isnan(per_worker[w][0])
     # w labelled ab twice: a worker is never compared with themself.
-    _, alone, none = agreement(pairs, w, w)
+    _, alone, none = agreement(graph, w, w)
     assert none == 0 and math.isnan(alone)
     # Across groups: w's "same" on ab against u's "same" and v's "same" on ab.
-    per_worker, _, comparisons = agreement(pairs, w, u | v)
+    per_worker, _, comparisons = agreement(graph, w, u | v)
     assert comparisons == 4 and np.isfinite(per_worker[w][0])

@@ -135,7 +135,7 @@ def aggregate(
 
     labels = reading.labels
     # The baseline's clusters are not checked: the camp's grouping is the model's.
-    dissent = find_dissent(labels, model.pairs_, clusters, seed) if method is Method.gomes else None
+    dissent = find_dissent(model, labels) if method is Method.gomes else None
     _write_dissent(dissent, dissent_output, dissent_workers)
     partners = together_partners(model.pairs_)
     alone = int((partners == 0).sum())
