@@ -702,6 +702,8 @@ def absorb_thin(
     if size <= 1:
         return new
     if not dissolve_small(score.indptr, score.indices, score.data, new, size, math.log(alpha), forced):
+        if not forced:  # every item stands alone: its labels set it apart, and no cluster is left to join
+            return _relabel(new)
         raise ValueError(f"no cluster has {size} or more items; lower min_cluster_size")
     return _relabel(new)
 

@@ -99,6 +99,26 @@ def test_min_cluster_size_dissolves_small_clusters():
     assert base.labels_.value_counts().min() >= cutoff
 
 
+def test_a_crowd_that_sets_every_image_apart_gets_singletons_not_an_error():
+    """Every worker puts every image of every HIT in a group of its own: left to the model, each
+    image is its own cluster (it used to stop with "no cluster has 2 or more items; lower
+    min_cluster_size", a parameter nobody had set). Asking for a minimum size still says why not."""
+    items = [f"i{k}" for k in range(6)]
+    rows = [
+        (f"t{h}", f"w{w}", item, g + 1)
+        for h in range(4)
+        for w in range(3)
+        for g, item in enumerate(items[h : h + 3])
+    ]
+    labels = pd.DataFrame(rows, columns=["task", "worker", "item", "label"])
+    model = CrowdClustering(random_state=0).fit(labels)
+    assert model.n_clusters_ == 6 and sorted(model.labels_) == list(range(6))
+    assert model.confidence_.between(0, 1).all()
+    assert aggregation.find_dissent(model, labels) is None
+    with pytest.raises(ValueError, match="no cluster has 2 or more items"):
+        CrowdClustering(random_state=0, min_cluster_size=2).fit(labels)
+
+
 def test_least_certain_lists_the_lowest_confidences_per_cluster():
     crowd = generate_crowd(82, 8, seed=5)
     model = CrowdClustering(random_state=0).fit(crowd.labels)
