@@ -154,3 +154,18 @@ def test_without_a_camp_the_line_says_so_and_nothing_is_written(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "dissent     none: no camp of workers agrees on another grouping" in done.stdout
     assert not (tmp_path / "g.csv").exists() and "g.csv not written" in done.stderr
+
+
+def test_images_of_no_shared_style_get_one_cluster_each_and_no_design_advice(tmp_path):
+    """Six images of six styles: nobody groups any two, so each is a cluster of its own, and the
+    warning does not advise a bigger design (none would help) but says why it cannot."""
+    generate_crowd(6, 6, seed=0, hit_size=3, overlap=3, shares={"diligent": 1.0}).write_export(
+        tmp_path / "e.tsv"
+    )
+    done = _run([tmp_path / "e.tsv", "-o", tmp_path / "c.csv"])
+    assert done.returncode == 0, done.stderr
+    assert "clusters    6 (6 of them a single item)" in done.stdout
+    assert (
+        "as if every image were a style of its own" in done.stderr and "No design changes that" in done.stderr
+    )
+    assert "x the answers of this run" not in done.stderr

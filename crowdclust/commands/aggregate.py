@@ -215,9 +215,20 @@ def _design_advice(pairs, labels, mean_partners: float) -> str:
     styles = implied_styles(n_items, hit_size, hits_per_item, mean_partners)
     advice = design_for(n_items, styles, round(hit_size), max(1, round(overlap)))
     cost = advice.assignments / pairs.n_assignments
-    return (
+    alone = styles >= n_items
+    shown = (
         f"Each image met ~{mean_partners:.1f} images it was grouped with (HITs of ~{hit_size:.0f} images, "
-        f"~{hits_per_item:.0f} HITs per image, ~{overlap:.0f} answers each; as if ~{styles} styles). "
-        f"More answers per HIT do not help; more HITs per image do: {advice.summary()} "
+        f"~{hits_per_item:.0f} HITs per image, ~{overlap:.0f} answers each; "
+        + ("as if every image were a style of its own)." if alone else f"as if ~{styles} styles).")
+    )
+    if alone or cost <= 1.0:
+        # More HITs per image cannot anchor images that the workers put with no other.
+        already = "No design changes that" if alone else "This design already shows each image enough others"
+        return (
+            f"{shown} {already}: the images may share no style, or the workers set them apart "
+            "(check the instructions and the examples)."
+        )
+    return (
+        f"{shown} More answers per HIT do not help; more HITs per image do: {advice.summary()} "
         f"({cost:.1f}x the answers of this run)."
     )
