@@ -10,16 +10,19 @@ the arrays are identical across processes whatever PYTHONHASHSEED is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
     "REQUIRED",
+    "GroupUse",
     "PairLabels",
     "build_pairs",
     "check_labels",
     "coassociation",
+    "group_use",
     "together_partners",
     "unanchored",
 ]
@@ -170,3 +173,37 @@ def unanchored(pairs: PairLabels) -> int:
     design needs more answers per item, whatever the model (`aggregation.design`).
     """
     return int((together_partners(pairs) == 0).sum())
+
+
+class GroupUse(NamedTuple):
+    """How many groups the answers used (`group_use`)."""
+
+    most: int  # the most groups any answer used: the task interface's limit, as far as the export shows
+    saturated: float  # share of answers that used that many groups for images of more clusters
+    images: float  # mean images per answer
+
+
+def group_use(labels: pd.DataFrame, clusters: pd.Series) -> GroupUse:
+    """Whether workers ran out of groups: answers that used every group for images of more clusters.
+
+    An answer whose images belong to more clusters than the most groups any answer used, and that
+    used that many, probably put different styles together because it had to (a HIT of 35 images
+    with 13 styles and 10 colours to paint them). The model treats such merges as noise, since
+    they differ from HIT to HIT, but the labels are cleaner with HITs that show fewer styles than
+    there are groups. The interface's limit is not in the export; the most groups any answer used
+    stands for it, and the clusters (item -> cluster) say what the images held.
+
+    >>> labels = pd.DataFrame({"task": ["t"] * 4 + ["u"] * 4, "worker": "w", "item": list("abcdabcd"),
+    ...                        "label": [1, 2, 2, 3, 1, 1, 2, 2]})
+    >>> group_use(labels, pd.Series([0, 1, 2, 3], index=list("abcd")))
+    GroupUse(most=3, saturated=0.5, images=4.0)
+    >>> group_use(labels, pd.Series([0, 1, 1, 2], index=list("abcd"))).saturated
+    0.0
+    """
+    answer = ["task", "worker"]
+    groups = labels.drop_duplicates([*answer, "label"]).groupby(answer, sort=False).size()
+    held = labels[answer].assign(cluster=labels["item"].map(clusters).to_numpy())
+    spanned = held.drop_duplicates().groupby(answer, sort=False).size().reindex(groups.index)
+    images = labels.groupby(answer, sort=False).size().reindex(groups.index)
+    most = int(groups.max())
+    return GroupUse(most, float(((groups == most) & (spanned > most)).mean()), float(images.mean()))

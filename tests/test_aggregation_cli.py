@@ -169,3 +169,20 @@ def test_images_of_no_shared_style_get_one_cluster_each_and_no_design_advice(tmp
         "as if every image were a style of its own" in done.stderr and "No design changes that" in done.stderr
     )
     assert "x the answers of this run" not in done.stderr
+
+
+def test_answers_that_ran_out_of_groups_are_reported(tmp_path, export):
+    """30-image HITs of 15 styles, 10 groups to paint them: most answers use all 10 and the command
+    says the workers ran out of groups. The demo's 10-image HITs never do."""
+    crowd = generate_crowd(200, 15, seed=0, design="sized", hit_size=30, n_hits=30, overlap=3)
+    crowd.write_export(tmp_path / "big.tsv")
+    done = _run([tmp_path / "big.tsv", "-o", tmp_path / "c.csv"])
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("groups"))
+    share = int(line.rsplit("; ", 1)[1].split("%")[0])
+    assert "at most 10 per answer (~30 images each)" in line and share > 50
+    assert f"warning: {share}% of the answers used all 10 groups" in done.stderr
+    small = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])
+    line = next(line for line in small.stdout.splitlines() if line.startswith("groups"))
+    assert line.endswith("; 0% of the answers used 8 for images of more clusters"), line
+    assert "ran out of groups" not in small.stderr

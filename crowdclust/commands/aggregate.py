@@ -17,6 +17,9 @@ import typer
 # Above this share of images that no other image was grouped with by most workers, say that the
 # clusters cannot be trusted (the 10,000-image bench has 12%, the 100,000-image one 59%).
 UNANCHORED_WARNING = 0.25
+# Above this share of answers that used every group for images of more clusters, say that the
+# workers ran out of groups (35-image HITs of 13 styles: 75%; 10-image HITs: 0%).
+SATURATION_WARNING = 0.25
 # A camp of workers agreeing on another grouping is printed whenever found (`aggregation.dissent`);
 # from this share of the labels it is a warning: the crowd is split, not a few workers astray.
 DISSENT_WARNING = 0.25
@@ -101,7 +104,7 @@ def aggregate(
         read_export,
         single_item_clusters,
     )
-    from aggregation.pairs import together_partners
+    from aggregation.pairs import group_use, together_partners
 
     try:
         reading = read_export(export, strict=not lenient)
@@ -139,6 +142,7 @@ def aggregate(
     _write_dissent(dissent, dissent_output, dissent_workers)
     partners = together_partners(model.pairs_)
     alone = int((partners == 0).sum())
+    use = group_use(labels, clusters)
     singles = single_item_clusters(clusters)
     lines = [
         f"method      {method.value}",
@@ -149,6 +153,8 @@ def aggregate(
         f"clusters    {model.n_clusters_}" + (f" ({singles} of them a single item)" if singles else ""),
         f"uncertain   {int((model.confidence_ < 0.5).sum())} items with confidence < 0.5",
         f"unanchored  {alone} items no other item was grouped with by most workers",
+        f"groups      at most {use.most} per answer (~{use.images:.0f} images each); "
+        f"{use.saturated:.0%} of the answers used {use.most} for images of more clusters",
         f"dissent     {_dissent_line(dissent, method)}",
         f"skipped     {len(reading.problems)} rows",
         f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",
@@ -164,6 +170,15 @@ def aggregate(
             f"warning: {alone} of {clusters.size} images ({alone / clusters.size:.0%}) were grouped with no "
             "other image by most workers who saw them: the labels cannot place them and the clusters are "
             f"unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
+            file=sys.stderr,
+        )
+    if use.saturated > SATURATION_WARNING:
+        print(
+            f"warning: {use.saturated:.0%} of the answers used all {use.most} groups for ~{use.images:.0f} "
+            f"images of more than {use.most} clusters: the workers ran out of groups and had to put "
+            "different styles together. The model "
+            "takes such merges as noise (they differ from HIT to HIT), but HITs that show fewer styles "
+            "than there are groups give cleaner labels: smaller HITs, or more groups in the task interface.",
             file=sys.stderr,
         )
     if dissent is not None and dissent.label_share >= DISSENT_WARNING:
