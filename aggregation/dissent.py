@@ -47,6 +47,7 @@ import pandas as pd
 from numba import njit
 
 from aggregation.consensus import PairGraph
+from aggregation.estimators import CrowdClustering
 from aggregation.metrics import clustering_scores
 from aggregation.splitting import reliability
 
@@ -197,16 +198,10 @@ def find_dissent(model: _Base, labels: pd.DataFrame) -> Dissent | None:
     `CrowdClustering` fit with the model's `random_state`, so the result is as deterministic as
     the clusters.
     """
-    from aggregation.estimators import CrowdClustering
-
     pairs, clusters, graph = model.pairs_, model.labels_, model.pair_graph_
-    random_state = model.random_state
-    codes = clusters.reindex(pairs.items).to_numpy()
-    if pd.isna(codes).any():
-        raise ValueError("clusters must cover every item of pairs")
     n_labels = np.diff(pairs.worker_ptr).astype(np.float64)
     total = float(n_labels.sum())
-    dissenting = reliability(pairs, codes.astype(np.int64)) < DISSENT_RELIABILITY
+    dissenting = reliability(pairs, clusters.reindex(pairs.items).to_numpy()) < DISSENT_RELIABILITY
     share = float(n_labels[dissenting].sum()) / total if total else 0.0
     if share < MIN_SHARE or share > MAX_DISSENT:
         return None
@@ -216,7 +211,7 @@ def find_dissent(model: _Base, labels: pd.DataFrame) -> Dissent | None:
     candidates = dissenting & (peers >= PEER_AGREEMENT)  # NaN (no shared pairs) is not
     if float(n_labels[candidates].sum()) / total < MIN_SHARE:
         return None
-    second = CrowdClustering(random_state=random_state, embedding_max_items=0).fit(
+    second = CrowdClustering(random_state=model.random_state, embedding_max_items=0).fit(
         labels[labels["worker"].astype(str).isin(workers[candidates])]
     )
     sub = second.pairs_
