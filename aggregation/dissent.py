@@ -39,7 +39,9 @@ fit as `pair_graph_`), 0.08 s of the 1.1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,7 +56,7 @@ from aggregation.splitting import reliability
 if TYPE_CHECKING:
     from aggregation.estimators import _Base
 
-__all__ = ["ADVICE", "Dissent", "agreement", "find_dissent"]
+__all__ = ["ADVICE", "Dissent", "agreement", "find_dissent", "write_camp"]
 
 DISSENT_RELIABILITY = 0.5  # sensitivity + specificity - 1: under it a worker dissents
 PEER_AGREEMENT = 0.1  # kappa with the other dissenters for a worker to be clustered with them
@@ -201,7 +203,7 @@ def find_dissent(model: _Base, labels: pd.DataFrame) -> Dissent | None:
     pairs, clusters, graph = model.pairs_, model.labels_, model.pair_graph_
     n_labels = np.diff(pairs.worker_ptr).astype(np.float64)
     total = float(n_labels.sum())
-    dissenting = reliability(pairs, clusters.reindex(pairs.items).to_numpy()) < DISSENT_RELIABILITY
+    dissenting = reliability(pairs, clusters.to_numpy()) < DISSENT_RELIABILITY  # labels_ is in items order
     share = float(n_labels[dissenting].sum()) / total if total else 0.0
     if share < MIN_SHARE or share > MAX_DISSENT:
         return None
@@ -215,7 +217,7 @@ def find_dissent(model: _Base, labels: pd.DataFrame) -> Dissent | None:
         labels[labels["worker"].astype(str).isin(workers[candidates])]
     )
     sub = second.pairs_
-    fits = reliability(sub, second.labels_.reindex(sub.items).to_numpy()) >= DISSENT_RELIABILITY
+    fits = reliability(sub, second.labels_.to_numpy()) >= DISSENT_RELIABILITY
     camp = np.isin(workers, np.asarray(sub.workers)[fits])
     camp_share = float(n_labels[camp].sum()) / total
     if camp_share < MIN_SHARE:
@@ -232,3 +234,19 @@ def find_dissent(model: _Base, labels: pd.DataFrame) -> Dissent | None:
         clusters=second.labels_,
         similarity=clustering_scores(second.labels_, clusters)["ari"],
     )
+
+
+def write_camp(clusters: pd.Series, workers: Sequence[str], grouping: Path | None, ids: Path | None) -> None:
+    """Write a camp's grouping (`item,cluster`, by cluster then item) and its worker ids, where asked.
+
+    The one writer of these files: `crowdclust aggregate --dissent-output/--dissent-workers` and the
+    run folder's `dissent.csv` / `dissent_workers.csv` are the same tables. Raises OSError as
+    writing does.
+    """
+    if grouping is not None:
+        grouping.parent.mkdir(parents=True, exist_ok=True)
+        table = clusters.rename("cluster").rename_axis("item").reset_index()
+        table.sort_values(["cluster", "item"]).to_csv(grouping, index=False)
+    if ids is not None:
+        ids.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"worker": list(workers)}).to_csv(ids, index=False)

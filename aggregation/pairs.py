@@ -200,10 +200,11 @@ def group_use(labels: pd.DataFrame, clusters: pd.Series) -> GroupUse:
     >>> group_use(labels, pd.Series([0, 1, 1, 2], index=list("abcd"))).saturated
     0.0
     """
-    answer = ["task", "worker"]
-    groups = labels.drop_duplicates([*answer, "label"]).groupby(answer, sort=False).size()
-    held = labels[answer].assign(cluster=labels["item"].map(clusters).to_numpy())
-    spanned = held.drop_duplicates().groupby(answer, sort=False).size().reindex(groups.index)
-    images = labels.groupby(answer, sort=False).size().reindex(groups.index)
-    most = int(groups.max())
-    return GroupUse(most, float(((groups == most) & (spanned > most)).mean()), float(images.mean()))
+    per_answer = (
+        labels.assign(cluster=labels["item"].map(clusters).to_numpy())
+        .groupby(["task", "worker"], sort=False)
+        .agg(groups=("label", "nunique"), spanned=("cluster", "nunique"), images=("item", "size"))
+    )
+    most = int(per_answer["groups"].max())
+    saturated = (per_answer["groups"] == most) & (per_answer["spanned"] > most)
+    return GroupUse(most, float(saturated.mean()), float(per_answer["images"].mean()))

@@ -145,10 +145,10 @@ class RunFolder:
             self.dissent.unlink(missing_ok=True)
             self.dissent_workers.unlink(missing_ok=True)
         else:
-            camp = aggregated.dissent_clusters.rename("cluster").rename_axis("item").reset_index()
-            camp.sort_values(["cluster", "item"]).to_csv(self.dissent, index=False)
-            pd.DataFrame({"worker": list(aggregated.dissent_workers)}).to_csv(
-                self.dissent_workers, index=False
+            from aggregation.dissent import write_camp  # here: the module loads numba's kernels
+
+            write_camp(
+                aggregated.dissent_clusters, aggregated.dissent_workers, self.dissent, self.dissent_workers
             )
 
     def read_clusters(self, path: Path | None = None) -> pd.Series:

@@ -18,7 +18,8 @@ import typer
 # clusters cannot be trusted (the 10,000-image bench has 12%, the 100,000-image one 59%).
 UNANCHORED_WARNING = 0.25
 # Above this share of answers that used every group for images of more clusters, say that the
-# workers ran out of groups (35-image HITs of 13 styles: 75%; 10-image HITs: 0%).
+# workers ran out of groups (35-image HITs with 10 groups: 52-53% for 13 styles, 83-87% for 20;
+# the 10-image shoes design: 0%).
 SATURATION_WARNING = 0.25
 # A camp of workers agreeing on another grouping is printed whenever found (`aggregation.dissent`);
 # from this share of the labels it is a warning: the crowd is split, not a few workers astray.
@@ -196,7 +197,7 @@ def _dissent_line(dissent, method: Method) -> str:
 
 def _write_dissent(dissent, grouping: Path | None, workers: Path | None) -> None:
     """Write the camp's grouping and worker ids where asked; with no camp, say so and write nothing."""
-    import pandas as pd
+    from aggregation.dissent import write_camp
 
     if dissent is None:
         for path in (grouping, workers):
@@ -204,12 +205,7 @@ def _write_dissent(dissent, grouping: Path | None, workers: Path | None) -> None
                 print(f"no dissenting camp: {path} not written", file=sys.stderr)
         return
     try:
-        if grouping is not None:
-            grouping.parent.mkdir(parents=True, exist_ok=True)
-            dissent.clusters.rename_axis("item").rename("cluster").reset_index().to_csv(grouping, index=False)
-        if workers is not None:
-            workers.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame({"worker": list(dissent.workers)}).to_csv(workers, index=False)
+        write_camp(dissent.clusters, dissent.workers, grouping, workers)
     except OSError as exc:
         _fail(f"cannot write the dissent: {exc}")
 
