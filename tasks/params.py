@@ -88,6 +88,13 @@ class HitParams(_Model):
         "`seed`: the notebook's scheme (one anchor image per HIT plus random others).",
     )
     reward: float = Field(0.02, gt=0, description="Reward per main-pool assignment, USD.")
+    expected_styles: int | None = Field(
+        None,
+        ge=1,
+        description="Roughly how many styles the catalogue holds, if you know. Before anything is paid "
+        "the run then checks that the design shows each image enough images of its own style to place "
+        "it, and warns with the `hits_per_item` that would (README: What a design can tell).",
+    )
     max_overlap: int | None = Field(
         None,
         ge=1,

@@ -100,6 +100,18 @@ def test_data_errors_are_one_line_exit_2_and_create_nothing(run_cli, toloka_clie
     assert _pools(toloka_client) == before
 
 
+def test_a_design_warning_comes_before_the_token_is_tried(run_cli, monkeypatch):
+    """20 images of about 5 styles, 3 HITs per image: each meets ~4.3 of its style. The warning is
+    printed before the refused token stops the run, so it is not lost behind that error."""
+    monkeypatch.setenv("TOLOKA_TOKEN", "not-the-token")
+    result, _ = run_cli(hits={"expected_styles": 5})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 2, result.stderr
+    assert lines[0].startswith("warning: hits: with about 5 styles") and "~4.3 of its own style" in lines[0]
+    assert "hits.hits_per_item 4 would show ~5.7" in lines[0]
+    assert lines[1].startswith("error: ") and "refused the token" in lines[1]
+
+
 def test_rules_that_chain_into_runaway_overlap_are_refused(run_cli, tmp_path):
     """The shape that took overlap 7 -> 45: answer-count restriction + overlap increase on revoked access."""
     folder = tmp_path / "toloka"

@@ -191,6 +191,32 @@ def test_budget_guard_refuses_before_anything_is_created(prefect_harness, emu, t
     assert _objects(params)["projects"] == []
 
 
+def test_a_design_that_cannot_place_every_image_is_logged_before_anything_is_created(
+    prefect_harness, emu, tmp_path, monkeypatch
+):
+    """`hits.expected_styles: 40` on the 82-image demo design: each image would meet ~1.2 of its
+    style. The flow run's log says so, with the design that would do, before the token is even
+    tried (a refused one here), so nothing exists on Toloka."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.labelling import labelling
+
+    params = _params(emu, tmp_path, run_key="e2e-design", hits={"expected_styles": 40})
+    with monkeypatch.context() as patch:
+        patch.setenv("TOLOKA_TOKEN", "not-the-token")
+        state = labelling(params, return_state=True)
+    assert state.is_failed()
+    APILogHandler().flush()  # the log worker sends in batches; read only what it has sent
+    only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        warnings = [log.message for log in client.read_logs(log_filter=only_this_run) if log.level == 30]
+    advice = "~1.2 of its own style", "hits.hits_per_item 46 would show ~5.4"
+    assert any(all(part in line for part in advice) for line in warnings), warnings
+    assert _objects(params)["projects"] == []
+
+
 def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path):
     from flows.labelling import labelling
     from tasks.wait import WaitTimeout

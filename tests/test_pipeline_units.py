@@ -482,6 +482,28 @@ def test_a_catalogue_round_too_big_for_the_budget_is_refused_before_planning():
         preflight.check_plan(_params(hits={"hits_per_item": 100000}), 30)
 
 
+def test_expected_styles_prices_the_design_that_would_place_every_image():
+    """Unset, or 8 styles on the demo's 82 images (each image meets ~10 of its style): no warning.
+    40 styles: ~1.2, and 31% meet none; 46 HITs per image would show 5.4, priced with the same
+    overlap, reward and fee as the estimate (82 x 7 x $0.02 x 1.3 now)."""
+    from tasks import preflight
+    from tasks.hits import HitPlanError
+
+    assert preflight.check_run(_params()).design_warning is None
+    assert preflight.check_run(_params(hits={"expected_styles": 8})).design_warning is None
+    warning = preflight.check_run(_params(hits={"expected_styles": 40})).design_warning
+    assert "shows each image ~1.2 of its own style and ~31% of the images none" in warning
+    assert "hits.hits_per_item 46 would show ~5.4; its main pool would cost $68.80 instead of $14.92" in (
+        warning
+    )
+    assert warning.endswith("above budget.max_spend $50.00")
+    roomy = _params(hits={"expected_styles": 40}, budget={"max_spend": 200.0})
+    assert "max_spend" not in preflight.check_run(roomy).design_warning
+    too_many = r"hits\.expected_styles 100 exceeds the 82 images of .*dataset\.tsv"
+    with pytest.raises(HitPlanError, match=too_many):
+        preflight.check_run(_params(hits={"expected_styles": 100}))
+
+
 def test_the_run_folder_keeps_a_dissenting_camp_and_drops_a_stale_one(tmp_path):
     """60% of the workers sort by colour: the aggregation stage records the style camp, and the run
     folder gets its grouping and workers. Re-aggregated in the same folder from a crowd with no

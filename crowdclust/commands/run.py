@@ -125,7 +125,9 @@ def run(
     )
 
     try:
-        check_run(params)
+        design_warning = check_run(params).design_warning
+        if design_warning:  # before the token is tried: a user fixing the token still sees it
+            typer.echo(f"warning: {design_warning}", err=True)
         probe(params.toloka)
     except (*DATA_ERRORS, MissingTokenError) as error:
         raise _fail(str(error), 2, debug) from None
