@@ -82,9 +82,10 @@ def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -
     )
     return (
         f"hits: with about {styles} styles, this design (hits.size {hits.size}, hits.hits_per_item "
-        f"{hits.hits_per_item}) shows each image ~{now.same_style_partners:.1f} of its own style and "
-        f"~{now.alone_share:.0%} of the images none: those cannot be placed, and small styles will mix. "
-        f"hits.hits_per_item {better.hits_per_item} would show ~{better.same_style_partners:.1f}; its "
+        f"{hits.hits_per_item}) shows each image ~{now.same_style_partners:.1f} of its own style and leaves "
+        f"~{now.alone_share:.0%} of the images with none: those cannot be placed, and small styles will "
+        f"mix. hits.hits_per_item {better.hits_per_item} would show ~{better.same_style_partners:.1f} and "
+        f"leave ~{better.alone_share:.1%} with none; its "
         f"main pool would cost ${cost_advised:,.2f} instead of ${cost_now:,.2f}{over}"
     )
 

@@ -108,7 +108,7 @@ def test_a_design_warning_comes_before_the_token_is_tried(run_cli, monkeypatch):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 2, result.stderr
     assert lines[0].startswith("warning: hits: with about 5 styles") and "~4.3 of its own style" in lines[0]
-    assert "hits.hits_per_item 4 would show ~5.7" in lines[0]
+    assert "hits.hits_per_item 4 would show ~5.7 and leave ~0.3% with none" in lines[0]
     assert lines[1].startswith("error: ") and "refused the token" in lines[1]
 
 

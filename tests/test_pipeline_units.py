@@ -492,10 +492,9 @@ def test_expected_styles_prices_the_design_that_would_place_every_image():
     assert preflight.check_run(_params()).design_warning is None
     assert preflight.check_run(_params(hits={"expected_styles": 8})).design_warning is None
     warning = preflight.check_run(_params(hits={"expected_styles": 40})).design_warning
-    assert "shows each image ~1.2 of its own style and ~31% of the images none" in warning
-    assert "hits.hits_per_item 46 would show ~5.4; its main pool would cost $68.80 instead of $14.92" in (
-        warning
-    )
+    assert "shows each image ~1.2 of its own style and leaves ~31% of the images with none" in warning
+    assert "hits.hits_per_item 46 would show ~5.4 and leave ~0.5% with none" in warning
+    assert "its main pool would cost $68.80 instead of $14.92" in warning
     assert warning.endswith("above budget.max_spend $50.00")
     roomy = _params(hits={"expected_styles": 40}, budget={"max_spend": 200.0})
     assert "max_spend" not in preflight.check_run(roomy).design_warning
