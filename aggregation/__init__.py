@@ -10,8 +10,11 @@ Public API (the pipeline and the CLI use only these names):
 - `clustering_scores(predicted, truth)`
 - `find_dissent(model, labels) -> Dissent | None`: a camp of workers who
   agree with one another on another grouping (colour instead of style, say), and that grouping
+- `find_recheck(model, labels) -> Recheck`: the images only the prior placed, to show the crowd again
+  among themselves (`aggregation.recheck`)
 - `generate_crowd(...) -> SyntheticCrowd` and `crowd_shape(name, seed)` (seeded synthetic crowds
-  of the shapes in `SHAPES`, for tests and benchmarks)
+  of the shapes in `SHAPES`, for tests and benchmarks); `followup_crowd(crowd, items, seed)`, a
+  later round over some of a crowd's images
 - `design_information(...)` / `design_for(...)`: how many images of its own style a HIT design
   shows each image, and the overlap a catalogue needs (`aggregation.design`, pure Python)
 
@@ -36,7 +39,8 @@ if TYPE_CHECKING:
     )
     from aggregation.metrics import clustering_scores
     from aggregation.pairs import PairLabels, build_pairs
-    from aggregation.synthetic import SHAPES, SyntheticCrowd, crowd_shape, generate_crowd
+    from aggregation.recheck import Recheck, find_recheck
+    from aggregation.synthetic import SHAPES, SyntheticCrowd, crowd_shape, followup_crowd, generate_crowd
 
 _HOME = {
     "ExportFormatError": "adapter",
@@ -47,6 +51,8 @@ _HOME = {
     "design_information": "design",
     "Dissent": "dissent",
     "find_dissent": "dissent",
+    "Recheck": "recheck",
+    "find_recheck": "recheck",
     "CoAssociationClustering": "estimators",
     "CrowdClustering": "estimators",
     "least_certain": "estimators",
@@ -57,6 +63,7 @@ _HOME = {
     "SHAPES": "synthetic",
     "SyntheticCrowd": "synthetic",
     "crowd_shape": "synthetic",
+    "followup_crowd": "synthetic",
     "generate_crowd": "synthetic",
 }
 
@@ -69,6 +76,7 @@ __all__ = [
     "ExportFormatError",
     "ExportReading",
     "PairLabels",
+    "Recheck",
     "SyntheticCrowd",
     "build_pairs",
     "clustering_scores",
@@ -76,6 +84,8 @@ __all__ = [
     "design_for",
     "design_information",
     "find_dissent",
+    "find_recheck",
+    "followup_crowd",
     "generate_crowd",
     "least_certain",
     "read_export",

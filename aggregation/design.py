@@ -28,8 +28,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["ANCHOR_PARTNERS", "DesignInformation", "design_for", "design_information", "implied_styles"]
+__all__ = [
+    "ANCHOR_PARTNERS",
+    "DesignInformation",
+    "ObservedDesign",
+    "design_for",
+    "design_information",
+    "implied_styles",
+    "observed_design",
+]
 
 # Same-style partners per image from which the model met the quality targets on the 10,000-image bench
 # (m = 5.4 met them, m = 4.5 fell short on B-cubed F1; see the module docstring).
@@ -140,3 +149,31 @@ def implied_styles(n_items: int, hit_size: float, hits_per_item: float, same_sty
         return n_items
     per_style = 1.0 + same_style_partners * (n_items - 1) / (hits_per_item * (hit_size - 1))
     return max(1, min(n_items, round(n_items / per_style)))
+
+
+class ObservedDesign(NamedTuple):
+    """A run's HIT design as its answers show it (means over the answers)."""
+
+    hit_size: float  # images per answer
+    overlap: float  # answers per HIT
+    hits_per_item: float  # HITs per image
+
+    def answers(self, n_items: int) -> int:
+        """The answers a round of this design over `n_items` images buys: ceil(n·r/h) HITs x overlap.
+
+        >>> ObservedDesign(10.0, 7.0, 10.0).answers(2627)
+        18389
+        """
+        if n_items == 0:
+            return 0
+        return math.ceil(n_items * self.hits_per_item / self.hit_size) * max(1, round(self.overlap))
+
+
+def observed_design(n_items: int, n_assignments: int, n_item_labels: int, n_tasks: int) -> ObservedDesign:
+    """Images per answer, answers per HIT and HITs per image of a run with these counts.
+
+    >>> observed_design(10_000, 70_000, 700_000, 10_000)
+    ObservedDesign(hit_size=10.0, overlap=7.0, hits_per_item=10.0)
+    """
+    overlap = n_assignments / n_tasks
+    return ObservedDesign(n_item_labels / n_assignments, overlap, n_item_labels / (n_items * overlap))

@@ -34,7 +34,7 @@ DEFAULT_SHARES = {
     "careless": 0.1,
     "spammer": 0.1,
 }
-__all__ = ["SHAPES", "SyntheticCrowd", "crowd_shape", "generate_crowd"]
+__all__ = ["SHAPES", "SyntheticCrowd", "crowd_shape", "followup_crowd", "generate_crowd"]
 
 N_COLOURS = 6
 N_GROUPS = 10
@@ -61,6 +61,7 @@ class SyntheticCrowd:
     truth: pd.Series
     export: pd.DataFrame
     workers: pd.DataFrame
+    colours: pd.Series  # item -> its colour, the nuisance attribute (for `followup_crowd`)
 
     def write_export(self, path: str | os.PathLike) -> None:
         """Write the export as Toloka sends it: TSV with minimal CSV quoting."""
@@ -180,6 +181,7 @@ def generate_crowd(
     error_range: tuple[float, float] = (0.0, 0.08),
     size_ratio: float | None = None,
     hits_per_item: float | None = None,
+    _given: tuple[SyntheticCrowd, np.ndarray, str] | None = None,
 ) -> SyntheticCrowd:
     """Generate a crowd's answers; everything follows from `seed`.
 
@@ -199,15 +201,21 @@ def generate_crowd(
     >>> len(crowd.truth), crowd.truth.nunique(), list(crowd.labels.columns)
     (30, 3, ['task', 'worker', 'item', 'label'])
     """
-    if n_classes < 1 or n_items < max(2, n_classes):
+    if n_classes < 1 or n_items < 2 or (n_items < n_classes and _given is None):
         raise ValueError("need n_items >= n_classes >= 1 and n_items >= 2")
     if design in ("sized", "queries") and n_hits is None:
         raise ValueError(f"design {design!r} needs n_hits")
     rng = np.random.default_rng(seed)
-    truth_codes = _class_codes(rng, n_items, n_classes, size_ratio)
-    colour = rng.integers(0, N_COLOURS, size=n_items)
+    prefix = ""
+    if _given is None:
+        truth_codes = _class_codes(rng, n_items, n_classes, size_ratio)
+        colour = rng.integers(0, N_COLOURS, size=n_items)
+        items = np.array([f"https://img.example/{i:06d}.jpg" for i in range(n_items)])
+    else:  # `followup_crowd`: these images of an earlier crowd, with their classes and colours
+        earlier, items, prefix = _given
+        truth_codes = earlier.truth.reindex(items).to_numpy()
+        colour = earlier.colours.reindex(items).to_numpy()
     partner = np.array([c ^ 1 if (c ^ 1) < n_classes else (c + 1) % n_classes for c in range(n_classes)])
-    items = np.array([f"https://img.example/{i:06d}.jpg" for i in range(n_items)])
 
     if design == "seed" and hits_per_item is not None:
         n_hits = max(1, round(n_items * hits_per_item / _size_range(hit_size)[1]))
@@ -223,7 +231,7 @@ def generate_crowd(
     err = np.where(
         kinds == "careless", rng.uniform(0.25, 0.45, n_workers), rng.uniform(*error_range, n_workers)
     )
-    worker_ids = np.array([f"w{j:05d}" for j in range(n_workers)])
+    worker_ids = np.array([f"{prefix}w{j:05d}" for j in range(n_workers)])
     if isinstance(overlap, int) and answers_per_worker is None:
         per_hit = None  # the original draw order, so existing seeds give the same crowds
     else:
@@ -231,7 +239,7 @@ def generate_crowd(
 
     rows, long_parts = [], []
     for h, hit in enumerate(hits):
-        suite = f"suite-{h:06d}"
+        suite = f"{prefix}suite-{h:06d}"
         answering = rng.choice(n_workers, size=overlap, replace=False) if per_hit is None else per_hit[h]
         for j in np.unique(answering) if per_hit is not None else answering:
             keys = _answer(rng, kinds[j], err[j], truth_codes[hit], colour[hit], partner)
@@ -269,7 +277,31 @@ def generate_crowd(
     truth = pd.Series(truth_codes, index=pd.Index(items, name="item"), name="class")
     export = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
     workers = pd.DataFrame({"worker": worker_ids, "type": kinds, "error_rate": err}).set_index("worker")
-    return SyntheticCrowd(labels=labels, truth=truth, export=export, workers=workers)
+    colours = pd.Series(colour, index=truth.index, name="colour")
+    return SyntheticCrowd(labels=labels, truth=truth, export=export, workers=workers, colours=colours)
+
+
+def followup_crowd(
+    crowd: SyntheticCrowd, items, seed: int, round_name: str = "r2", **design
+) -> SyntheticCrowd:
+    """A later round over some of `crowd`'s images: new HITs among `items` only, new workers.
+
+    The images keep their classes and colours; the HITs follow `design` (`generate_crowd`'s design
+    arguments, default the shoes design) and a new crowd of workers of the same types answers them,
+    with ids prefixed by `round_name` (new suites and workers, as a second Toloka pool gets). What a
+    second round over the images the clusters do not vouch for buys (`aggregation.recheck`).
+
+    >>> first = generate_crowd(60, 3, seed=0)
+    >>> second = followup_crowd(first, first.truth.index[:20], seed=1)
+    >>> sorted(set(second.labels["item"])) == sorted(first.truth.index[:20])
+    True
+    >>> second.labels["worker"].iloc[0], second.labels["task"].iloc[0]
+    ('r2-w00018', 'r2-suite-000000')
+    """
+    items = np.asarray(items)
+    n_classes = int(crowd.truth.max()) + 1
+    given = (crowd, items, f"{round_name}-")
+    return generate_crowd(len(items), n_classes, seed=seed, _given=given, **design)
 
 
 # name -> (description, generate_crowd arguments); n_items / n_classes may be overridden.

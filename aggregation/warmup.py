@@ -16,12 +16,14 @@ def warm_up() -> None:
     from aggregation.estimators import CoAssociationClustering, CrowdClustering
     from aggregation.oracle import placement_oracle
     from aggregation.pairs import build_pairs, coassociation
+    from aggregation.recheck import find_recheck
     from aggregation.synthetic import generate_crowd
     from aggregation.variational import Priors, VariationalRun, initial_state, spectral_start
 
     crowd = generate_crowd(30, 3, seed=0)
     model = CrowdClustering(random_state=0).fit(crowd.labels)
     find_dissent(model, crowd.labels)  # its kernel
+    find_recheck(model, crowd.labels)  # its kernel
     CoAssociationClustering(min_cluster_size=2).fit(crowd.labels)
     pairs = build_pairs(crowd.labels)
     run = VariationalRun(pairs, Priors())

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -40,6 +42,7 @@ from aggregation import (  # noqa: E402
     crowd_shape,
     design_information,
     find_dissent,
+    followup_crowd,
     generate_crowd,
     single_item_clusters,
 )
@@ -278,10 +281,11 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per
         f"(aggregation.design; {info.linked_share:.0%} in a style's largest linked piece)",
     )
     bound = oracles(crowd.labels, crowd.truth)
-    del crowd
+    recheck = tmp / f"r{n_items}.csv"
     wall, rss, out, cpu = run_cli(
-        [tmp / f"e{n_items}.tsv", "-o", tmp / f"c{n_items}.csv", "--truth", tmp / f"t{n_items}.csv"]
-    )
+        [tmp / f"e{n_items}.tsv", "-o", tmp / f"c{n_items}.csv", "--truth", tmp / f"t{n_items}.csv",
+         "--recheck-output", recheck]
+    )  # fmt: skip
     stats = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
     line("labels", stats["labels"].split(None, 1)[1])
     line("whole process (wall / CPU s)", f"{wall:.1f} / {cpu:.1f}", "target <= " + ("300" if big else "20"))
@@ -294,7 +298,10 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per
     singles = stats["clusters"].split("(")[1].split()[0] if "(" in stats["clusters"] else "0"
     line("clusters of a single item", singles)
     line("dissent", stats["dissent"].split(None, 1)[1])
+    line("recheck", stats["recheck"].split(None, 1)[1])
     oracle_line([bound])
+    bench_second_round(tmp, crowd, recheck, seed, n_classes)
+    del crowd
     print(f"  load average after the run: {os.getloadavg()[0]:.2f}")
     if big or seed != 0 or hits_per_item != 10:
         return
@@ -311,6 +318,33 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per
     fit_s = next(ln for ln in out.splitlines() if ln.startswith("seconds")).split("fit ")[1].rstrip(")")
     line("co-association: whole process / fit (s)", f"{wall:.1f} / {fit_s}", "target fit <= 30")
     line("co-association: peak RSS (MB), ARI", f"{rss:.0f}, {ari_of(out):.3f}")
+
+
+def bench_second_round(tmp: Path, crowd, recheck: Path, seed: int, n_classes: int) -> None:
+    """The images `--recheck-output` listed, shown again among themselves (same design, new workers),
+    and both rounds' exports aggregated together."""
+    items = pd.read_csv(recheck)["item"].to_numpy()
+    if len(items) < 10:
+        line("second round", f"not run: {len(items)} images to show again")
+        return
+    second = followup_crowd(crowd, items, seed=1000 + seed)
+    second.write_export(tmp / "second.tsv")
+    n = len(crowd.truth)
+    wall, rss, out, cpu = run_cli(
+        [tmp / f"e{n}.tsv", tmp / "second.tsv", "-o", tmp / "c2.csv", "--truth", tmp / f"t{n}.csv"]
+    )
+    stats = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
+    added = second.export.shape[0] / crowd.export.shape[0]
+    line(
+        "second round over them (answers)",
+        f"{len(items):,} images, +{second.export.shape[0]:,} answers (+{added:.0%})",
+        "(followup_crowd: same design, new workers)",
+    )
+    bcubed = float(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("bcubed_f1")))
+    found = f"{stats['clusters'].split()[1]} clusters of {n_classes}"
+    line("  both rounds: ARI, B-cubed F1", f"{ari_of(out):.3f}, {bcubed:.3f}  ({found})", "targets as above")
+    line("  both rounds: whole process (wall / CPU s), RSS (MB)", f"{wall:.1f} / {cpu:.1f}, {rss:.0f}")
+    line("  both rounds: recheck", stats["recheck"].split(None, 1)[1])
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
     free_energy = getattr(model, "free_energy_", None)
     # Only the model's clusters are checked: the camp's grouping is the model's.
     dissent = aggregation.find_dissent(model, labels) if params.method == "gomes" else None
+    recheck = aggregation.find_recheck(model, labels)
     info = AggregationInfo(
         method=params.method,
         n_labels=len(labels),
@@ -33,6 +34,7 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         n_iter=getattr(model, "n_iter_", None),
         free_energy=None if free_energy is None else float(free_energy),
         dissent=None if dissent is None else dissent.summary(),
+        recheck=recheck.summary(),
     )
     confidence = getattr(model, "confidence_", None)
     return Aggregated(
@@ -42,6 +44,7 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         confidence=None if confidence is None else confidence.reindex(clusters.index).rename("confidence"),
         dissent_clusters=None if dissent is None else dissent.clusters,
         dissent_workers=() if dissent is None else dissent.workers,
+        recheck=recheck.table,
     )
 
 

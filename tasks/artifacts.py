@@ -220,6 +220,8 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
         lines += ["", f"HIT plan: {plan}."]
     if summary.aggregation.dissent is not None:  # counts and fixed words only: no markup to escape
         lines += ["", f"Workers who group another way: {summary.aggregation.dissent}."]
+    if summary.aggregation.recheck is not None:
+        lines += ["", f"Images to show again: {summary.aggregation.recheck}."]
     runs = sub_flow_runs()
     if runs:
         lines += ["", "| sub-flow | run | state |", "|---|---|---|"]

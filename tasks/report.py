@@ -29,6 +29,7 @@ class ReportLinks:
     clusters: str
     chart: str | None = None
     dissent: tuple[str, str] | None = None  # a dissenting camp's grouping and workers
+    recheck: str | None = None  # the images to show the crowd again
 
 
 def _table(rows: dict[str, Any]) -> str:
@@ -122,6 +123,13 @@ def render_html(
                 f"<p>Their grouping: <a href='{grouping}'>{grouping}</a>; "
                 f"the workers: <a href='{workers}'>{workers}</a>.</p>"
             )
+    recheck = (data.get("aggregation") or {}).get("recheck")
+    if recheck and links.recheck is not None:
+        where = html.escape(links.recheck, quote=True)
+        parts += [
+            "<h2>Images to show again</h2>",
+            f"<p>{html.escape(recheck)}: <a href='{where}'>{where}</a>.</p>",
+        ]
     parts += ["<h2>Cost (USD)</h2>", _table(data.get("cost", {}))]
     if data.get("timings"):
         parts += ["<h2>Timings (s)</h2>", _table(data["timings"])]
@@ -203,6 +211,7 @@ def finish_run(
         dissent=(folder.relative(folder.dissent), folder.relative(folder.dissent_workers))
         if aggregated.dissent_clusters is not None
         else None,
+        recheck=folder.relative(folder.recheck) if folder.recheck.exists() else None,
     )
     page = render_html(
         summary,

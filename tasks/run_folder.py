@@ -12,6 +12,7 @@ file name of the run folder. What a person finds there afterwards:
 | `clusters.csv` | the clustering: item, cluster, confidence[, class] |
 | `embedding.csv`, `metrics.json` | its embedding, agreement with the truth |
 | `dissent.csv`, `dissent_workers.csv` | a camp of workers' other grouping (item, cluster), its workers |
+| `recheck.csv` | the images only the prior placed, to show the crowd again (item, cluster, confidence) |
 | `thumbnails.json` | image URL -> small JPEG data URI, fetched once at aggregation (galleries, report) |
 | `intruder_hits.json`, `intruders.png` | the intruder HITs, the accuracy chart |
 | `report.html`, `summary.json` | the report and `RunSummary` as JSON |
@@ -80,6 +81,10 @@ class RunFolder:
         return self.root / "dissent_workers.csv"
 
     @property
+    def recheck(self) -> Path:
+        return self.root / "recheck.csv"
+
+    @property
     def embedding(self) -> Path:
         return self.root / "embedding.csv"
 
@@ -130,7 +135,7 @@ class RunFolder:
     def write_clustering(self, aggregated: Aggregated) -> None:
         """`clusters.csv` (item, cluster, confidence[, class]), `embedding.csv`, with truth `metrics.json`,
         and a dissenting camp's `dissent.csv` and `dissent_workers.csv` (removed when there is none, so
-        a re-run in the same folder leaves no stale camp)."""
+        a re-run in the same folder leaves no stale camp), and `recheck.csv` (removed when empty)."""
         table = aggregated.clusters.rename("cluster").rename_axis("item").reset_index()
         if aggregated.confidence is not None:
             table["confidence"] = table["item"].map(aggregated.confidence).round(4)
@@ -150,6 +155,10 @@ class RunFolder:
             write_camp(
                 aggregated.dissent_clusters, aggregated.dissent_workers, self.dissent, self.dissent_workers
             )
+        if aggregated.recheck is None or aggregated.recheck.empty:
+            self.recheck.unlink(missing_ok=True)
+        else:
+            aggregated.recheck.to_csv(self._ready(self.recheck), index=False, float_format="%.4f")
 
     def read_clusters(self, path: Path | None = None) -> pd.Series:
         """Item -> cluster from `clusters.csv` (this folder's, or `path`)."""

@@ -157,6 +157,8 @@ class AggregationInfo:
     free_energy: float | None
     # A camp of workers agreeing on another grouping, in one line (`aggregation.find_dissent`).
     dissent: str | None = None
+    # The images only the prior placed and what a round of them would cost (`aggregation.find_recheck`).
+    recheck: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ class Aggregated:
     # grouping (item -> cluster) and the camp's worker ids.
     dissent_clusters: pd.Series | None = None
     dissent_workers: tuple[str, ...] = ()
+    # The images to show the crowd again (item, cluster, confidence; `info.recheck` says it in one line).
+    recheck: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)

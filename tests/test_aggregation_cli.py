@@ -25,6 +25,10 @@ def _run(args, hashseed="0", threads=None):
     )
 
 
+def ari_of(stdout: str) -> float:
+    return float(next(line.split()[1] for line in stdout.splitlines() if line.startswith("ari")))
+
+
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
@@ -46,8 +50,7 @@ def test_end_to_end_with_truth_and_same_output_across_hash_seeds(export):
     assert clusters["confidence"].between(0, 1).all()
     below = int((clusters["confidence"] < 0.5).sum())
     assert f"uncertain   {below} items with confidence < 0.5" in first.stdout
-    ari = float(next(line.split()[1] for line in first.stdout.splitlines() if line.startswith("ari")))
-    assert ari >= 0.9
+    assert ari_of(first.stdout) >= 0.9
     second = _run([export / "export.tsv", "-o", export / "b.csv", "--seed", "3"], "12345", threads=1)
     assert second.returncode == 0, second.stderr
     assert (export / "a.csv").read_bytes() == (export / "b.csv").read_bytes()
@@ -186,3 +189,45 @@ def test_answers_that_ran_out_of_groups_are_reported(tmp_path, export):
     line = next(line for line in small.stdout.splitlines() if line.startswith("groups"))
     assert line.endswith("; 0% of the answers used 8 for images of more clusters"), line
     assert "ran out of groups" not in small.stderr
+
+
+def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_again(tmp_path):
+    """1,000 images of 25 styles: the first round lists the images only the prior placed and what a
+    round of them costs; that round's export aggregated with the first finds the small styles. An
+    export given twice stops the command instead of counting its answers twice."""
+    from aggregation import followup_crowd
+
+    crowd = generate_crowd(1000, 25, seed=3)
+    first, second = tmp_path / "first.tsv", tmp_path / "second.tsv"
+    crowd.write_export(first)
+    crowd.write_truth(tmp_path / "truth.csv")
+    one = _run(
+        [
+            first,
+            "-o",
+            tmp_path / "c1.csv",
+            "--truth",
+            tmp_path / "truth.csv",
+            "--recheck-output",
+            tmp_path / "again.csv",
+        ]
+    )
+    assert one.returncode == 0, one.stderr
+    again = pd.read_csv(tmp_path / "again.csv")
+    assert list(again.columns) == ["item", "cluster", "confidence"] and 100 < len(again) < 300
+    answers = -(-len(again) * 10 // 10) * 7
+    assert f"recheck     {len(again)} images ({len(again) / 1000:.0%}) only the prior placed" in one.stdout
+    assert f"same design: ~{answers:,} answers (+{answers / 7000:.0%})" in one.stdout
+
+    followup_crowd(crowd, again["item"], seed=1003).write_export(second)
+    both = _run([first, second, "-o", tmp_path / "c2.csv", "--truth", tmp_path / "truth.csv"])
+    assert both.returncode == 0, both.stderr
+    assert f"assignments {7000 + answers} " in both.stdout
+    assert ari_of(both.stdout) > 0.98 > ari_of(one.stdout)
+
+    twice = _run([first, second, first, "-o", tmp_path / "c3.csv"])
+    assert twice.returncode == 2 and not (tmp_path / "c3.csv").exists()
+    assert (
+        twice.stderr.startswith(f"error: {first}: the answer of worker ")
+        and f"is also in {first}" in twice.stderr
+    )

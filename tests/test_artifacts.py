@@ -180,6 +180,21 @@ def test_report_shows_the_workers_who_group_another_way(tmp_path: Path):
     )
 
 
+def test_report_links_the_images_to_show_again(tmp_path: Path):
+    clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
+    line = "12 images (24%) only the prior placed (12 outside their cluster's linked piece, 0 below 0.5)"
+    info = AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0, recheck=line)
+    page = report.render_html(
+        _summary(tmp_path, info), clusters, None, "t", report.ReportLinks("c.csv", recheck="recheck.csv"), {}
+    )
+    section = page.split("<h2>Images to show again</h2>", 1)[1].split("<h2>", 1)[0]
+    assert html.escape(line) in section and "href='recheck.csv'" in section
+    unlisted = report.render_html(
+        _summary(tmp_path, info), clusters, None, "t", report.ReportLinks("c.csv"), {}
+    )
+    assert "Images to show again" not in unlisted  # no file, no section
+
+
 def test_report_shows_a_text_box_for_an_image_without_a_thumbnail(tmp_path: Path):
     clusters = pd.Series([0, 0], index=["http://img.example/a.png", "file:///secret/b.png"])
     summary = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 1, 1, -1.0))

@@ -527,3 +527,25 @@ def test_the_run_folder_keeps_a_dissenting_camp_and_drops_a_stale_one(tmp_path):
     assert again.info.dissent is None and again.dissent_clusters is None
     folder.write_clustering(again)
     assert not folder.dissent.exists() and not folder.dissent_workers.exists()
+
+
+def test_the_run_folder_lists_the_images_only_the_prior_placed(tmp_path):
+    """1,000 images of 25 styles, 10 HITs per image: the aggregation stage says how many images a
+    second round should show again and what it would cost; `recheck.csv` lists them. A crowd whose
+    labels hold every image leaves no list behind."""
+    from aggregation import generate_crowd
+    from tasks.aggregate import aggregate
+    from tasks.params import AggregationParams
+
+    folder = RunFolder(tmp_path).create()
+    result = aggregate(generate_crowd(1000, 25, seed=3).export, AggregationParams(), 0)
+    assert "only the prior placed" in result.info.recheck and "same design: ~" in result.info.recheck
+    folder.write_clustering(result)
+    listed = pd.read_csv(folder.recheck)
+    assert list(listed.columns) == ["item", "cluster", "confidence"]
+    assert listed["item"].tolist() == result.recheck["item"].tolist() and len(listed) > 100
+
+    tight = aggregate(generate_crowd(200, 4, seed=0, shares={"diligent": 1.0}).export, AggregationParams(), 0)
+    assert tight.info.recheck.startswith("none:")
+    folder.write_clustering(tight)
+    assert not folder.recheck.exists()

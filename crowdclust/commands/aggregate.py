@@ -60,8 +60,13 @@ def _read_truth(path: Path):
 
 
 def aggregate(
-    export: Annotated[
-        Path, typer.Argument(help="Toloka assignments export (TSV, as get_assignments_df reads it).")
+    exports: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Toloka assignments export(s) (TSV, as get_assignments_df reads it); several rounds' "
+            "exports are clustered together.",
+            metavar="EXPORT...",
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the item,cluster CSV.")],
     method: Annotated[
@@ -90,6 +95,13 @@ def aggregate(
         Path | None,
         typer.Option(help="Write the worker ids of that camp (one column, worker)."),
     ] = None,
+    recheck_output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the images only the prior placed (item,cluster,confidence CSV): a second "
+            "round of HITs among them, aggregated with this export, links the small styles."
+        ),
+    ] = None,
 ) -> None:
     """Cluster the images of a Toloka export; write item,cluster,confidence and print a summary."""
     started = time.perf_counter()
@@ -106,16 +118,14 @@ def aggregate(
         single_item_clusters,
     )
     from aggregation.pairs import group_use, together_partners
+    from aggregation.recheck import find_recheck
 
-    try:
-        reading = read_export(export, strict=not lenient)
-    except ExportFormatError as exc:
-        _fail(f"{export}: {exc}")
+    labels, problems = _read_exports(exports, lenient, read_export, ExportFormatError)
     truth_series = _read_truth(truth) if truth is not None else None
-    for problem in reading.problems[:10]:
+    for problem in problems[:10]:
         print(f"skipped {problem}", file=sys.stderr)
-    if len(reading.problems) > 10:
-        print(f"... and {len(reading.problems) - 10} more skipped rows", file=sys.stderr)
+    if len(problems) > 10:
+        print(f"... and {len(problems) - 10} more skipped rows", file=sys.stderr)
 
     model = (
         # The clusters and confidences do not come from the embedding, and this command writes nothing
@@ -125,9 +135,9 @@ def aggregate(
         else CoAssociationClustering(random_state=seed, min_cluster_size=min_cluster_size)
     )
     try:
-        clusters = model.fit_predict(reading.labels)
+        clusters = model.fit_predict(labels)
     except ValueError as exc:
-        _fail(f"{export}: {exc}")
+        _fail(f"{', '.join(map(str, exports))}: {exc}")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         table = clusters.rename_axis("item").reset_index()
@@ -137,7 +147,6 @@ def aggregate(
     except OSError as exc:
         _fail(f"cannot write {output}: {exc}")
 
-    labels = reading.labels
     # The baseline's clusters are not checked: the camp's grouping is the model's.
     dissent = find_dissent(model, labels) if method is Method.gomes else None
     _write_dissent(dissent, dissent_output, dissent_workers)
@@ -145,6 +154,13 @@ def aggregate(
     alone = int((partners == 0).sum())
     use = group_use(labels, clusters)
     singles = single_item_clusters(clusters)
+    recheck = find_recheck(model, labels)
+    if recheck_output is not None:
+        try:
+            recheck_output.parent.mkdir(parents=True, exist_ok=True)
+            recheck.table.to_csv(recheck_output, index=False, float_format="%.6f")
+        except OSError as exc:
+            _fail(f"cannot write {recheck_output}: {exc}")
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size}",
@@ -157,7 +173,8 @@ def aggregate(
         f"groups      at most {use.most} per answer (~{use.images:.0f} images each); "
         f"{use.saturated:.0%} of the answers used {use.most} for images of more clusters",
         f"dissent     {_dissent_line(dissent, method)}",
-        f"skipped     {len(reading.problems)} rows",
+        f"recheck     {recheck.summary()}",
+        f"skipped     {len(problems)} rows",
         f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",
         f"output      {output}",
     ]
@@ -189,6 +206,35 @@ def aggregate(
         print(f"warning: the crowd is split. {dissent.summary()}. {ADVICE}{hint}.", file=sys.stderr)
 
 
+def _read_exports(exports: list[Path], lenient: bool, read_export, format_error) -> tuple:
+    """All exports' labels as one table, and the skipped rows (each named by its file when several).
+
+    Rounds are separate pools, so an assignment appearing in two exports is the same export read
+    twice: that stops the command instead of counting its answers twice.
+    """
+    import pandas as pd
+
+    tables, problems = [], []
+    for path in exports:
+        try:
+            reading = read_export(path, strict=not lenient)
+        except format_error as exc:
+            _fail(f"{path}: {exc}")
+        tables.append(reading.labels)
+        problems += [f"{path}: {problem}" if len(exports) > 1 else problem for problem in reading.problems]
+    if len(tables) > 1:
+        answers = pd.concat(
+            [table[["task", "worker"]].drop_duplicates().assign(file=k) for k, table in enumerate(tables)]
+        )
+        again = answers[answers.duplicated(["task", "worker"])]
+        if len(again):
+            task, worker, k = again.iloc[0]
+            first = answers[(answers["task"] == task) & (answers["worker"] == worker)]["file"].iloc[0]
+            _fail(f"{exports[k]}: the answer of worker {worker} to task {task} is also in {exports[first]}")
+    labels = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+    return labels, problems
+
+
 def _dissent_line(dissent, method: Method) -> str:
     if method is not Method.gomes:
         return "not checked (the baseline)"
@@ -217,12 +263,12 @@ def _design_advice(pairs, labels, mean_partners: float) -> str:
     number of styles is the one under which that design predicts the observed mean number of
     partners each image was grouped with (`aggregation.design`).
     """
-    from aggregation.design import design_for, implied_styles
+    from aggregation.design import design_for, implied_styles, observed_design
 
-    n_items, n_rows = pairs.n_items, len(labels)
-    hit_size = n_rows / pairs.n_assignments
-    overlap = pairs.n_assignments / labels["task"].nunique()
-    hits_per_item = n_rows / (n_items * overlap)
+    n_items = pairs.n_items
+    hit_size, overlap, hits_per_item = observed_design(
+        n_items, pairs.n_assignments, len(labels), labels["task"].nunique()
+    )
     styles = implied_styles(n_items, hit_size, hits_per_item, mean_partners)
     advice = design_for(n_items, styles, round(hit_size), max(1, round(overlap)))
     cost = advice.assignments / pairs.n_assignments
