@@ -15,11 +15,12 @@ from flows.aggregate import aggregate_export
 from flows.evaluate import evaluate_clusters
 from flows.hooks import CLOSES_POOLS
 from flows.labelling import labelling
+from flows.second_round import second_round
 from tasks import budget, report
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
-from tasks.stages import Cost, RunSummary
+from tasks.stages import Cost, CostEstimate, RunSummary, SecondRound
 
 
 @flow(name="crowdclust-pipeline", **CLOSES_POOLS)
@@ -39,12 +40,21 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
             seed=params.seed,
             dataset=params.dataset,
         )
+    second, done = None, None
+    if params.hits.second_round_share > 0:
+        with clock.lap("second round"):
+            done = second_round(params, labelled, aggregated, folder)
+    if done is not None:
+        second, aggregated = done
     evaluated = None
     if params.intruders.enabled:
         with clock.lap("intruders"):
             evaluated = evaluate_clusters(params, skill_id=labelled.ids.skill)
 
-    cost = Cost(spent=budget.spent(params, labelled, evaluated), estimate=labelled.estimate)
+    estimate = labelled.estimate
+    if second is not None:  # the exam and intruder seats are the same ones in both estimates
+        estimate = CostEstimate(estimate.main + second.estimate.main, estimate.exam, estimate.intruders)
+    cost = Cost(spent=budget.spent(params, labelled, evaluated, second), estimate=estimate)
     summary = report.finish_run(
         params,
         folder,
@@ -56,6 +66,14 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         ids=labelled.ids,
         coverage=labelled.plan.coverage,
         timings=clock.laps,
+        second_round=None
+        if second is None
+        else SecondRound(
+            images=len(second.plan.coverage.per_item),
+            hits=len(second.plan.hits),
+            assignments=second.n_assignments,
+            main_pool=second.ids.main_pool,
+        ),
     )
     get_run_logger().info(
         "done: %d clusters, ARI %s, intruder accuracy %s, cost $%.2f, %.0f s; report %s",

@@ -220,6 +220,10 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
         lines += ["", f"HIT plan: {plan}."]
     if summary.aggregation.dissent is not None:  # counts and fixed words only: no markup to escape
         lines += ["", f"Workers who group another way: {summary.aggregation.dissent}."]
+    if summary.second_round is not None:
+        done = summary.second_round
+        shown = f"{done.images} images shown again in {done.hits} HITs, {done.assignments} answers"
+        lines += ["", f"Second round: {shown}."]
     if summary.aggregation.recheck is not None:
         lines += ["", f"Images to show again: {summary.aggregation.recheck}."]
     runs = sub_flow_runs()

@@ -203,19 +203,26 @@ class LiveSpend:
         )
 
 
-def spent(params: PipelineParams, labelled: Labelled | None, evaluated: Evaluation | None) -> float:
+def spent(
+    params: PipelineParams,
+    labelled: Labelled | None,
+    evaluated: Evaluation | None,
+    second: Labelled | None = None,
+) -> float:
     """Money paid: Toloka's `spent_budget` per pool, or accepted assignments x reward x (1 + fee).
 
-    `labelled` is None when this run labelled nothing (an unchanged catalogue).
+    `labelled` is None when this run labelled nothing (an unchanged catalogue). A `second` round
+    adds its main pool. The exam pool is shared: Toloka's figure for it is the total so far, read
+    last by the last wait; without it, each wait counted the exams it accepted.
     """
     fee = 1.0 + params.budget.fee_rate
     parts: list[float] = []
-    if labelled is not None:
-        wait = labelled.wait
-        parts += [
-            wait.spent_main or labelled.n_assignments * params.hits.reward * fee,
-            wait.spent_exam or wait.exams.accepted * params.exam.reward * fee,
-        ]
+    rounds = [r for r in (labelled, second) if r is not None]
+    for one in rounds:
+        parts.append(one.wait.spent_main or one.n_assignments * params.hits.reward * fee)
+    if rounds:
+        accepted = sum(one.wait.exams.accepted for one in rounds)
+        parts.append(rounds[-1].wait.spent_exam or accepted * params.exam.reward * fee)
     if evaluated is not None:
         parts.append(evaluated.spent or evaluated.n_assignments * params.intruders.reward * fee)
     return round(sum(parts), 4)

@@ -15,6 +15,7 @@ from aggregation.design import ANCHOR_PARTNERS, design_for, design_information
 from tasks import budget, dataset, setup
 from tasks.hits import HitPlanError
 from tasks.params import PipelineParams, TolokaTarget
+from tasks.second_round import most_images as second_round_images
 from tasks.stage import stage_task
 from tasks.stages import LabellingIds
 from tasks.toloka_api import RunRegistry
@@ -47,7 +48,7 @@ def check_run(params: PipelineParams) -> Checked:
         raise HitPlanError(
             f"{params.dataset}: {len(items)} images cannot fill a HIT of hits.size {params.hits.size}"
         )
-    bundle = check_plan(params, len(items))
+    bundle = check_plan(params, len(items), second_round=True)
     return Checked(items, bundle, design_warning(params, bundle, len(items)))
 
 
@@ -90,15 +91,21 @@ def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -
     )
 
 
-def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
+def check_plan(params: PipelineParams, n_items: int, second_round: bool = False) -> TolokaBundle:
     """Exam count, overlap rules, and the size and cost of a plan for `n_items` against the budget.
 
-    The catalogue flow calls it for each round's new items, before the round is planned.
+    With `second_round`, the estimate counts a second round of the most images it may show again
+    (`hits.second_round_share`). The catalogue flow calls it for each round's new items, before the
+    round is planned (a catalogue has no second rounds).
     """
     bundle = load_bundle(params.toloka_dir)
     check_exams(params, bundle)
     budget.check_plan_size(params, bundle, n_items)
-    costs = budget.estimate_labelling(params, bundle, budget.planned_hits(n_items, params))
+    n_hits = budget.planned_hits(n_items, params)
+    again = second_round_images(params, n_items) if second_round else 0
+    if again >= params.hits.size:
+        n_hits += budget.planned_hits(again, params)
+    costs = budget.estimate_labelling(params, bundle, n_hits)
     budget.check_budget(costs, params.budget.max_spend)
     return bundle
 

@@ -17,7 +17,16 @@ import pandas as pd
 from tasks import artifacts, thumbnails
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
-from tasks.stages import Aggregated, CatalogueInfo, Cost, Coverage, Evaluation, LabellingIds, RunSummary
+from tasks.stages import (
+    Aggregated,
+    CatalogueInfo,
+    Cost,
+    Coverage,
+    Evaluation,
+    LabellingIds,
+    RunSummary,
+    SecondRound,
+)
 
 GALLERY_LIMIT = thumbnails.REPORT_PER_CLUSTER  # images shown per cluster in the HTML report
 
@@ -135,6 +144,8 @@ def render_html(
         parts += ["<h2>Timings (s)</h2>", _table(data["timings"])]
     if data.get("coverage"):
         parts += ["<h2>HIT plan</h2>", _table(data["coverage"])]
+    if data.get("second_round"):
+        parts += ["<h2>Second round</h2>", _table(data["second_round"])]
     intr = data.get("intruders")
     if intr:
         parts.append("<h2>Intruder evaluation</h2>")
@@ -176,6 +187,7 @@ def finish_run(
     coverage: Coverage | None,
     timings: dict[str, float] | None = None,
     catalogue: CatalogueInfo | None = None,
+    second_round: SecondRound | None = None,
 ) -> RunSummary:
     """The common end of a run (pipeline or catalogue round): summary, report.html, artifacts.
 
@@ -202,6 +214,7 @@ def finish_run(
         aggregation=aggregated.info,
         timings=timings or {},
         catalogue=catalogue,
+        second_round=second_round,
     )
     sources = folder.read_thumbnails()
     uncertain = thumbnails.least_certain(aggregated)

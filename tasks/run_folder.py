@@ -7,7 +7,8 @@ file name of the run folder. What a person finds there afterwards:
 |---|---|
 | `hits.json` | the HIT plan with per-item coverage |
 | `assignments_main.tsv` | the raw export of the main pool (written before anything parses it) |
-| `assignments_all.tsv` | a catalogue's exports of all its round pools, concatenated |
+| `assignments_second.tsv` | the raw export of a run's second round (`hits.second_round_share`) |
+| `assignments_all.tsv` | a catalogue's exports of all its round pools, or a run's two rounds, concatenated |
 | `assignments_intruders.tsv` | the raw export of the intruder pool |
 | `clusters.csv` | the clustering: item, cluster, confidence[, class] |
 | `embedding.csv`, `metrics.json` | its embedding, agreement with the truth |
@@ -16,7 +17,7 @@ file name of the run folder. What a person finds there afterwards:
 | `thumbnails.json` | image URL -> small JPEG data URI, fetched once at aggregation (galleries, report) |
 | `intruder_hits.json`, `intruders.png` | the intruder HITs, the accuracy chart |
 | `report.html`, `summary.json` | the report and `RunSummary` as JSON |
-| `rounds/<round>/`, `before-round/` | a catalogue round's plan; the clustering a round's anchors came from |
+| `rounds/<round>/`, `before-round/` | a round's plan (a catalogue's, or `second`); where anchors came from |
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class RunFolder:
     # ------------------------------------------------------------------------------------- paths
 
     def export(self, kind: str) -> Path:
-        """Raw assignment export: `main`, `all` (catalogue rounds) or `intruders`."""
+        """Raw assignment export: `main`, `second` (a run's second round), `all` (rounds) or `intruders`."""
         return self.root / f"assignments_{kind}.tsv"
 
     @property

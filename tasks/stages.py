@@ -252,6 +252,16 @@ class CatalogueInfo:
 
 
 @dataclass(frozen=True)
+class SecondRound:
+    """A run's second round (`hits.second_round_share`): the images it showed again, its pool."""
+
+    images: int
+    hits: int
+    assignments: int
+    main_pool: str
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """The machine-readable end of a run: `summary.json` is exactly `to_json()` of this."""
 
@@ -272,6 +282,7 @@ class RunSummary:
     aggregation: AggregationInfo
     timings: dict[str, float] = field(default_factory=dict)
     catalogue: CatalogueInfo | None = None
+    second_round: SecondRound | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape: flat keys as documented in the README; catalogue fields at the top level."""
@@ -292,6 +303,7 @@ class RunSummary:
             "aggregation": asdict(self.aggregation),
             "timings": self.timings,
             "summary": str(self.summary),
+            "second_round": asdict(self.second_round) if self.second_round else None,
         }
         if self.catalogue is not None:
             data.update(asdict(self.catalogue), round_pools=list(self.catalogue.round_pools))

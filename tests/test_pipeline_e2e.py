@@ -273,3 +273,35 @@ def _all_pages(read: Any) -> list[Any]:
     while page := read(len(items)):
         items.extend(page)
     return items
+
+
+def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, emu, tmp_path):
+    """Each image in 2 HITs of 10 with 3 answers: the first clustering lists the images no chain of
+    majority answers ties to their cluster. The second round puts them in HITs of their own, in a
+    pool of its own, and the clusters come from both rounds' answers; the spend counts both pools.
+    Run again, it reuses both rounds instead of paying twice."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.export_format import parse_array_cell
+    from tasks.second_round import SECOND_ROUND_POOL
+
+    hits = {"hits_per_item": 2, "overlap": 3, "second_round_share": 0.5}
+    params = _params(emu, tmp_path, run_key="e2e-second", hits=hits, intruders={"enabled": False})
+    summary = crowdclust_pipeline(params)
+    done = summary.second_round
+    assert done is not None and 10 <= done.images <= 41, summary
+    run_dir = params.run_dir
+    first = pd.read_csv(run_dir / "assignments_main.tsv", sep="\t")
+    second = pd.read_csv(run_dir / "assignments_second.tsv", sep="\t")
+    shown = {image for cell in second["INPUT:images"] for image in parse_array_cell(cell)}
+    assert len(shown) == done.images and done.assignments == second["ASSIGNMENT:assignment_id"].nunique()
+    assert summary.aggregation.n_assignments == done.assignments + first["ASSIGNMENT:assignment_id"].nunique()
+    objects = _objects(params)
+    roles = sorted(str(p.private_comment).rsplit(":", 1)[1] for p in objects["pools"])
+    assert roles == sorted(["exam-pool", "main-pool", SECOND_ROUND_POOL]), roles
+    reward = params.hits.reward * (1 + params.budget.fee_rate)
+    assert summary.cost.spent >= (len(first) + len(second)) * reward - 1e-6
+    page = (run_dir / "report.html").read_text()
+    assert "<h2>Second round</h2>" in page
+
+    again = crowdclust_pipeline(params)
+    assert again.second_round == done and len(_objects(params)["pools"]) == 3
