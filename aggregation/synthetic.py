@@ -181,7 +181,7 @@ def generate_crowd(
     error_range: tuple[float, float] = (0.0, 0.08),
     size_ratio: float | None = None,
     hits_per_item: float | None = None,
-    _given: tuple[SyntheticCrowd, np.ndarray, str] | None = None,
+    _given: tuple[SyntheticCrowd, np.ndarray, str, list[np.ndarray] | None] | None = None,
 ) -> SyntheticCrowd:
     """Generate a crowd's answers; everything follows from `seed`.
 
@@ -206,20 +206,20 @@ def generate_crowd(
     if design in ("sized", "queries") and n_hits is None:
         raise ValueError(f"design {design!r} needs n_hits")
     rng = np.random.default_rng(seed)
-    prefix = ""
+    prefix, given_hits = "", None
     if _given is None:
         truth_codes = _class_codes(rng, n_items, n_classes, size_ratio)
         colour = rng.integers(0, N_COLOURS, size=n_items)
         items = np.array([f"https://img.example/{i:06d}.jpg" for i in range(n_items)])
     else:  # `followup_crowd`: these images of an earlier crowd, with their classes and colours
-        earlier, items, prefix = _given
+        earlier, items, prefix, given_hits = _given
         truth_codes = earlier.truth.reindex(items).to_numpy()
         colour = earlier.colours.reindex(items).to_numpy()
     partner = np.array([c ^ 1 if (c ^ 1) < n_classes else (c + 1) % n_classes for c in range(n_classes)])
 
     if design == "seed" and hits_per_item is not None:
         n_hits = max(1, round(n_items * hits_per_item / _size_range(hit_size)[1]))
-    hits = _design(rng, n_items, design, hit_size, n_hits)
+    hits = _design(rng, n_items, design, hit_size, n_hits) if given_hits is None else given_hits
     most = _size_range(overlap)[1]
     if n_workers is None:
         n_workers = max(3 * most, len(hits) * most // 25)
@@ -282,14 +282,20 @@ def generate_crowd(
 
 
 def followup_crowd(
-    crowd: SyntheticCrowd, items, seed: int, round_name: str = "r2", **design
+    crowd: SyntheticCrowd,
+    items,
+    seed: int,
+    round_name: str = "r2",
+    hits: list[list[str]] | None = None,
+    **design,
 ) -> SyntheticCrowd:
     """A later round over some of `crowd`'s images: new HITs among `items` only, new workers.
 
-    The images keep their classes and colours; the HITs follow `design` (`generate_crowd`'s design
-    arguments, default the shoes design) and a new crowd of workers of the same types answers them,
-    with ids prefixed by `round_name` (new suites and workers, as a second Toloka pool gets). What a
-    second round over the images the clusters do not vouch for buys (`aggregation.recheck`).
+    The images keep their classes and colours; the HITs are `hits` (lists of image names, all in
+    `items`), or follow `design` (`generate_crowd`'s design arguments, default the shoes design).
+    A new crowd of workers of the same types answers them, with ids prefixed by `round_name` (new
+    suites and workers, as a second Toloka pool gets). What a second round over the images the
+    clusters do not vouch for buys (`aggregation.recheck.plan_round`).
 
     >>> first = generate_crowd(60, 3, seed=0)
     >>> second = followup_crowd(first, first.truth.index[:20], seed=1)
@@ -300,7 +306,11 @@ def followup_crowd(
     """
     items = np.asarray(items)
     n_classes = int(crowd.truth.max()) + 1
-    given = (crowd, items, f"{round_name}-")
+    local = None
+    if hits is not None:
+        where = pd.Series(np.arange(len(items)), index=items)
+        local = [where.loc[list(hit)].to_numpy() for hit in hits]
+    given = (crowd, items, f"{round_name}-", local)
     return generate_crowd(len(items), n_classes, seed=seed, _given=given, **design)
 
 

@@ -1,4 +1,4 @@
-"""The pipeline's second round: the images only the prior placed, shown again among themselves.
+"""The pipeline's second round: the images only the prior placed, shown again with anchors.
 
 A list of calls like the other flows. The round has its own main pool (role
 `tasks.second_round.SECOND_ROUND_POOL`) in the run's main project, behind the same exam and
@@ -15,11 +15,11 @@ from prefect import get_run_logger
 
 from flows.aggregate import aggregate_export
 from flows.labelling import collect_labels
-from tasks import budget, hits, results
+from tasks import budget, results
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
-from tasks.second_round import SECOND_ROUND_POOL, pick_images
+from tasks.second_round import SECOND_ROUND_POOL, make_plan, pick_images
 from tasks.stages import Aggregated, Labelled
 
 
@@ -38,7 +38,7 @@ def second_round(
         logger.info("second round: none (%d images listed, fewer than a HIT of %d)", listed, params.hits.size)
         return None
     logger.info("second round: %d of the %d images listed (of %d)", len(images), listed, n_items)
-    plan = hits.make_plan(images, params.hits, params.seed)
+    plan = make_plan(images, aggregated.clusters, params)
     second = collect_labels(params, first.run_key, plan, folder.round("second"), SECOND_ROUND_POOL)
     export = results.export_task(params.toloka, second.ids.main_pool, second.wait)
     path = folder.write_export(export, "second")

@@ -1,11 +1,12 @@
-"""The second round of a run: which images it shows again, and under which pool role.
+"""The second round of a run: which images it shows again, in which HITs, under which pool role.
 
 After the first aggregation the images only the prior placed (`aggregation.recheck`: outside
 their cluster's largest piece of pairs most workers put together, or below confidence 0.5) are
-shown again among themselves, in a main pool of their own with the same HIT design. They are
-mostly the small styles' images, which the whole catalogue diluted, so among themselves they
-meet their own style far more often, and the labels of both rounds together link the pieces
-that the prior alone had joined, often wrongly.
+shown again, in a main pool of their own with the same HIT size, HITs per image and overlap:
+among themselves, plus two anchors per HIT from the linked pieces of their clusters
+(`aggregation.recheck.plan_round`). They are mostly the small styles' images, which the whole
+catalogue diluted, so among themselves they meet their own style far more often; the anchors tie
+each piece to its cluster or say it does not belong there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import math
 
 import pandas as pd
 
+from aggregation.recheck import plan_round
+from tasks.hits import coverage
 from tasks.params import PipelineParams
+from tasks.stages import HitPlan
 
 SECOND_ROUND_POOL = "second-round-pool"  # the pool role: its own, so its spend is told apart
 
@@ -41,3 +45,10 @@ def pick_images(recheck: pd.DataFrame | None, params: PipelineParams, n_items: i
         return []
     chosen = recheck.sort_values(["confidence", "item"], kind="mergesort").head(most)["item"].tolist()
     return chosen if len(chosen) >= params.hits.size else []
+
+
+def make_plan(images: list[str], clusters: pd.Series, params: PipelineParams) -> HitPlan:
+    """The second round's HITs (`plan_round` with the run's design and seed) and their coverage."""
+    table = pd.DataFrame({"item": images})
+    hits = plan_round(table, clusters, params.hits.size, params.hits.hits_per_item, params.seed)
+    return HitPlan(hits=hits, coverage=coverage(hits, images))

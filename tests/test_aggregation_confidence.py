@@ -175,7 +175,14 @@ def test_estimators_follow_the_scikit_learn_protocol():
 
 @pytest.mark.parametrize(
     "module",
-    ["aggregation.estimators", "aggregation.synthetic", "aggregation.metrics", "aggregation.dissent"],
+    [
+        "aggregation.estimators",
+        "aggregation.synthetic",
+        "aggregation.metrics",
+        "aggregation.dissent",
+        "aggregation.recheck",
+        "aggregation.design",
+    ],
 )
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from aggregation import CrowdClustering, clustering_scores, find_recheck, followup_crowd, generate_crowd
-from aggregation.recheck import linked_pieces
+from aggregation.recheck import linked_pieces, plan_round
 
 
 def _pieces(a, b, labels):
@@ -43,28 +43,38 @@ def test_the_images_to_show_again_are_those_the_clusters_got_wrong(thin):
     wrong = crowd.truth.index[crowd.truth.to_numpy() != predicted.map(majority).to_numpy()]
     assert len(wrong) > 40  # 46
     assert pd.Index(wrong).isin(table["item"]).mean() > 0.9  # 98% measured
-    answers = -(-len(table) * 10 // 10) * 7
+    answers = -(-len(table) // 8) * 10 * 7  # HITs of 8 listed images and 2 anchors, 10 per image, 7 answers
     assert recheck.round_answers == answers and recheck.answered == 7000
-    assert recheck.summary().endswith(f"same design: ~{answers:,} answers (+{answers / 7000:.0%})")
+    assert recheck.summary().endswith(
+        f"2 anchors per HIT, same design: ~{answers:,} answers (+{answers / 7000:.0%})"
+    )
 
 
 def test_a_second_round_over_them_finds_the_small_styles(thin):
-    """The same images shown again among themselves (new HITs, new workers): ARI 0.958 -> 0.998 for
-    14% more answers; a round over as many random images buys almost nothing."""
+    """The listed images shown again with two anchors per HIT (new HITs, new workers): ARI 0.958 ->
+    1.000 and 25 of 25 clusters, and what is listed after both rounds shrinks from 143 images to
+    11; a round over as many random images among themselves buys almost nothing (0.962)."""
     crowd, model = thin
-    items = find_recheck(model, crowd.labels).table["item"].to_numpy()
+    recheck = find_recheck(model, crowd.labels)
     before = clustering_scores(model.labels_, crowd.truth)
+    hits = plan_round(recheck.table, model.labels_, hit_size=10, hits_per_item=10, seed=3)
+    assert all(9 <= len(hit) <= 10 and len(set(hit)) == len(hit) for hit in hits)
+    listed = set(recheck.table["item"])
+    assert all(sum(x not in listed for x in hit) <= 2 for hit in hits)
 
-    def with_round(chosen) -> dict:
-        second = followup_crowd(crowd, chosen, seed=1003)
+    def with_round(shown, plan=None) -> tuple[dict, CrowdClustering, pd.DataFrame]:
+        second = followup_crowd(crowd, shown, seed=1003, hits=plan)
         labels = pd.concat([crowd.labels, second.labels], ignore_index=True)
-        return clustering_scores(CrowdClustering(random_state=0).fit(labels).labels_, crowd.truth)
+        fitted = CrowdClustering(random_state=0).fit(labels)
+        assert plan is None or len(second.export) == recheck.round_answers
+        return clustering_scores(fitted.labels_, crowd.truth), fitted, labels
 
-    targeted = with_round(items)
+    targeted, fitted, labels = with_round(sorted({x for hit in hits for x in hit}), hits)
     rng = np.random.default_rng(0)
-    random = with_round(rng.choice(crowd.truth.index.to_numpy(), size=len(items), replace=False))
-    assert targeted["ari"] > 0.98 and targeted["bcubed_f1"] > 0.98
+    random, _, _ = with_round(rng.choice(crowd.truth.index.to_numpy(), size=len(listed), replace=False))
+    assert targeted["ari"] > 0.99 and targeted["bcubed_f1"] > 0.99 and fitted.n_clusters_ == 25
     assert targeted["ari"] - before["ari"] > 3 * (random["ari"] - before["ari"])
+    assert len(find_recheck(fitted, labels).table) < len(listed) / 5
 
 
 def test_labels_that_hold_every_image_leave_nothing_to_show_again():

@@ -99,7 +99,8 @@ def aggregate(
         Path | None,
         typer.Option(
             help="Write the images only the prior placed (item,cluster,confidence CSV): a second "
-            "round of HITs among them, aggregated with this export, links the small styles."
+            "round of HITs among them with anchors (aggregation.recheck.plan_round), aggregated "
+            "with this export, links the small styles."
         ),
     ] = None,
 ) -> None:
