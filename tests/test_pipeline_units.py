@@ -549,3 +549,21 @@ def test_the_run_folder_lists_the_images_only_the_prior_placed(tmp_path):
     assert tight.info.recheck.startswith("none:")
     folder.write_clustering(tight)
     assert not folder.recheck.exists()
+
+
+def test_the_budget_check_counts_a_second_round_before_anything_is_paid():
+    """Half the demo's images may be shown again: the run's check counts their HITs too, so a budget
+    that covers one round but not two says no before the first round opens. A catalogue round's
+    check (no second rounds there) does not count them."""
+    from tasks import preflight
+
+    params = _params(hits={"second_round_share": 0.5})
+    bundle = load_bundle(params.toloka_dir)
+    one = budget.planned_hits(82, params)
+    two = one + budget.planned_hits(41, params)
+    totals = [budget.estimate_labelling(params, bundle, n).total for n in (one, two)]
+    between = _params(hits={"second_round_share": 0.5}, budget={"max_spend": sum(totals) / 2})
+    preflight.check_plan(between, 82)
+    with pytest.raises(budget.BudgetExceeded):
+        preflight.check_plan(between, 82, second_round=True)
+    preflight.check_plan(_params(budget={"max_spend": sum(totals) / 2}), 82, second_round=True)
