@@ -65,7 +65,7 @@ def aggregate(
         typer.Argument(
             help="Toloka assignments export(s) (TSV, as get_assignments_df reads it); several rounds' "
             "exports are clustered together.",
-            metavar="EXPORT...",
+            metavar="EXPORT",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the item,cluster CSV.")],
