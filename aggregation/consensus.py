@@ -297,12 +297,18 @@ def greedy_merge(ptr, idx, val, sizes, log_alpha):  # pragma: no cover - compile
                 gain[x, 0], partner[x, 0] = g, r
             elif g > gain[x, 1]:
                 gain[x, 1], partner[x, 1] = g, r
-    for c in range(k):
-        x = c
-        while root[x] != x:
-            x = root[x]
-        root[c] = x
-    return root
+    return flatten_roots(root)
+
+
+@njit(cache=True)
+def flatten_roots(parent):  # pragma: no cover - compiled
+    """A union-find forest flattened in place: every node points at its root. Returns `parent`."""
+    for i in range(parent.shape[0]):
+        r = i
+        while parent[r] != r:
+            r = parent[r]
+        parent[i] = r
+    return parent
 
 
 @njit(cache=True)

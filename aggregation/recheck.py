@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
+from aggregation.consensus import flatten_roots
 from aggregation.design import ObservedDesign, observed_design
 from aggregation.pairs import coassociation
 
@@ -65,12 +66,7 @@ def linked_pieces(a, b, labels):  # pragma: no cover - compiled
             rj = parent[rj]
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
-    for i in range(n):
-        r = i
-        while parent[r] != r:
-            r = parent[r]
-        parent[i] = r
-    return parent
+    return flatten_roots(parent)
 
 
 @dataclass(frozen=True)
