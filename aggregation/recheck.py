@@ -99,7 +99,7 @@ class Recheck:
         return len(self.table) >= self.design.hit_size
 
     def summary(self) -> str:
-        """One line: how many and why, and what a round of them among themselves would buy."""
+        """One line: how many and why, and what a round of them (`plan_round`) would buy."""
         if self.table.empty:
             return "none: every image is in its cluster's linked piece with confidence >= 0.5"
         n = len(self.table)
