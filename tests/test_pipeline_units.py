@@ -567,3 +567,25 @@ def test_the_budget_check_counts_a_second_round_before_anything_is_paid():
     with pytest.raises(budget.BudgetExceeded):
         preflight.check_plan(between, 82, second_round=True)
     preflight.check_plan(_params(budget={"max_spend": sum(totals) / 2}), 82, second_round=True)
+
+
+def test_spent_counts_both_rounds_main_pools_and_the_shared_exams_once():
+    """Toloka's figures: each round's main pool, and the exam pool's total as the later wait read
+    it (it already holds the first round's exams). Without them: answers and accepted exams x price."""
+    from tasks.stages import ExamTotals, Labelled, LabellingIds, LabellingWait, PoolStats
+
+    params = _params()
+    ids = LabellingIds("p", "t", "s", "e", "m", "pool")
+    plan = hits.make_plan([f"http://img.example/{i}.png" for i in range(20)], params.hits, 0)
+
+    def labelled(main, exam, accepted, answers) -> Labelled:
+        wait = LabellingWait(PoolStats(), ExamTotals(accepted=accepted), {}, main, exam)
+        return Labelled("key", ids, plan, CostEstimate(), wait, None, answers)
+
+    first, second = labelled(10.0, 3.0, 30, 140), labelled(2.5, 3.5, 5, 35)
+    assert budget.spent(params, first, None, second) == 10.0 + 2.5 + 3.5
+    assert budget.spent(params, first, None) == 10.0 + 3.0
+    fee = 1 + params.budget.fee_rate
+    blind = labelled(None, None, 30, 140), labelled(None, None, 5, 35)
+    expected = (140 + 35) * params.hits.reward * fee + (30 + 5) * params.exam.reward * fee
+    assert budget.spent(params, blind[0], None, blind[1]) == pytest.approx(expected)
