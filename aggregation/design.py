@@ -158,16 +158,6 @@ class ObservedDesign(NamedTuple):
     overlap: float  # answers per HIT
     hits_per_item: float  # HITs per image
 
-    def answers(self, n_items: int) -> int:
-        """The answers a round of this design over `n_items` images buys: ceil(n·r/h) HITs x overlap.
-
-        >>> ObservedDesign(10.0, 7.0, 10.0).answers(2627)
-        18389
-        """
-        if n_items == 0:
-            return 0
-        return math.ceil(n_items * self.hits_per_item / self.hit_size) * max(1, round(self.overlap))
-
 
 def observed_design(n_items: int, n_assignments: int, n_item_labels: int, n_tasks: int) -> ObservedDesign:
     """Images per answer, answers per HIT and HITs per image of a run with these counts.

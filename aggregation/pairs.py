@@ -23,6 +23,7 @@ __all__ = [
     "check_labels",
     "coassociation",
     "group_use",
+    "together_pairs",
     "together_partners",
     "unanchored",
 ]
@@ -158,11 +159,20 @@ def coassociation(pairs: PairLabels) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return uniq // pairs.n_items, uniq % pairs.n_items, same, votes
 
 
-def together_partners(pairs: PairLabels) -> np.ndarray:
-    """Per item: how many other items a majority of the workers who saw both put in its group."""
+def together_pairs(pairs: PairLabels) -> tuple[np.ndarray, np.ndarray]:
+    """The item pairs (a < b) that a majority of the workers who saw both put in one group."""
     a, b, same, votes = coassociation(pairs)
     together = 2 * same > votes
-    return np.bincount(np.r_[a[together], b[together]], minlength=pairs.n_items)
+    return a[together], b[together]
+
+
+def together_partners(pairs: PairLabels, together: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Per item: how many other items a majority of the workers who saw both put in its group.
+
+    `together`: `together_pairs(pairs)` when the caller has it already.
+    """
+    a, b = together_pairs(pairs) if together is None else together
+    return np.bincount(np.r_[a, b], minlength=pairs.n_items)
 
 
 def unanchored(pairs: PairLabels) -> int:

@@ -12,7 +12,7 @@ and every image whose confidence is below one half, is where it is by the prior 
 pieces: 20% of the 10,000 images to show again instead of 26%, ARI 0.966 after the second round
 instead of 0.984.)
 
-What to do with them (`plan_round`). Shown again among themselves, they meet their own style far
+What to do with them (`followup.plan`). Shown again among themselves, they meet their own style far
 more often than in the whole catalogue: they are mostly the small styles' images, which the first
 round diluted among the large styles. Two anchors per HIT, images of the linked pieces of the
 clusters the HIT's images sit in, tie each piece to its cluster when it belongs there and say
@@ -26,8 +26,6 @@ the pipeline.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,13 +34,12 @@ from numba import njit
 
 from aggregation.consensus import flatten_roots
 from aggregation.design import ObservedDesign, observed_design
-from aggregation.pairs import coassociation
+from aggregation.followup import ANCHORS_PER_HIT, count_hits
+from aggregation.pairs import together_pairs, together_partners
 
-__all__ = ["ANCHORS_PER_HIT", "RECHECK_CONFIDENCE", "Recheck", "find_recheck", "linked_pieces", "plan_round"]
+__all__ = ["RECHECK_CONFIDENCE", "Recheck", "find_recheck", "linked_pieces"]
 
 RECHECK_CONFIDENCE = 0.5  # below it an image is shown again even inside its cluster's linked piece
-# Images of the clusters' linked pieces added to every HIT of a second round (see `plan_round`).
-ANCHORS_PER_HIT = 2
 
 
 @njit(cache=True)
@@ -82,6 +79,9 @@ class Recheck:
     outside: int  # of them outside their cluster's linked piece
     design: ObservedDesign
     answered: int
+    # Per item (the pairs' order): how many images most workers who saw both put in its group, from
+    # the same majority pairs as the pieces (`together_partners`; 0: unanchored).
+    partners: np.ndarray
 
     @property
     def share(self) -> float:
@@ -89,17 +89,17 @@ class Recheck:
 
     @property
     def round_answers(self) -> int:
-        """Answers of `plan_round` with this design: r passes of ceil(n / (h - 2)) HITs, x overlap."""
-        core = max(2, round(self.design.hit_size) - ANCHORS_PER_HIT)
-        per_pass = math.ceil(len(self.table) / core)
-        return per_pass * max(1, round(self.design.hits_per_item)) * max(1, round(self.design.overlap))
+        """Answers of `followup.plan` with this design: `followup.count_hits` x the overlap."""
+        design = self.design
+        n_hits = count_hits(len(self.table), round(design.hit_size), max(1, round(design.hits_per_item)))
+        return n_hits * max(1, round(design.overlap))
 
     @property
     def fills_a_hit(self) -> bool:
         return len(self.table) >= self.design.hit_size
 
     def summary(self) -> str:
-        """One line: how many and why, and what a round of them (`plan_round`) would buy."""
+        """One line: how many and why, and what a round of them (`followup.plan`) would buy."""
         if self.table.empty:
             return "none: every image is in its cluster's linked piece with confidence >= 0.5"
         n = len(self.table)
@@ -117,9 +117,8 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
     """The images of a fitted estimator whose place its `labels` (long format) do not vouch for."""
     pairs = model.pairs_
     clusters = model.labels_.to_numpy().astype(np.int64)  # in the pairs' item order (`_Base._finish`)
-    a, b, same, votes = coassociation(pairs)
-    together = 2 * same > votes
-    piece = linked_pieces(a[together], b[together], clusters)
+    together = together_pairs(pairs)
+    piece = linked_pieces(*together, clusters)
     size = np.bincount(piece, minlength=len(clusters))
     # Each cluster's largest piece; ties go to the piece of the smallest item (deterministic).
     order = np.lexsort((piece, -size[piece], clusters))
@@ -133,57 +132,5 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
         {"item": pairs.items[chosen], "cluster": clusters[chosen], "confidence": confidence[chosen]}
     ).sort_values(["cluster", "confidence", "item"], kind="mergesort", ignore_index=True)
     design = observed_design(pairs.n_items, pairs.n_assignments, len(labels), labels["task"].nunique())
-    return Recheck(table, len(clusters), int(outside.sum()), design, pairs.n_assignments)
-
-
-def plan_round(
-    recheck: pd.DataFrame,
-    clusters: pd.Series,
-    hit_size: int,
-    hits_per_item: int,
-    seed: int,
-    anchors_per_hit: int = ANCHORS_PER_HIT,
-) -> list[list[str]]:
-    """HITs of a second round: the listed images among themselves, plus anchors from their clusters.
-
-    Each listed image (`recheck`'s `item` column) lands in `hits_per_item` HITs: in every pass the
-    images are shuffled and split into near-equal HITs of at most `hit_size - anchors_per_hit`.
-    Each HIT then gets `anchors_per_hit` images that are not listed (so from their clusters' linked
-    pieces), from the clusters its listed images sit in, the most represented first. Among
-    themselves the listed images meet their own style (mostly small styles, diluted in the first
-    round); the anchors tie a piece to its cluster when it belongs there, and say "different" when
-    it does not. At 10,000 images of 40 styles (seed 0): ARI 0.993 and 3% listed again after the
-    round with 2 anchors (+33% answers), 0.983 and 14% among themselves only (+26%).
-
-    >>> recheck = pd.DataFrame({"item": ["a", "b", "c", "d"]})
-    >>> clusters = pd.Series([0, 0, 1, 1, 0, 1], index=list("abcdxy"))
-    >>> plan_round(recheck, clusters, hit_size=4, hits_per_item=2, seed=0)
-    [['c', 'b', 'x', 'y'], ['a', 'd', 'x', 'y'], ['b', 'a', 'x'], ['c', 'd', 'y']]
-
-    (`x` is the only anchor of cluster 0, so a HIT of `a` and `b` gets just one.)
-    """
-    listed = np.asarray(sorted(recheck["item"]))
-    core = max(2, hit_size - anchors_per_hit)
-    if len(listed) < 2:
-        return []
-    rng = np.random.default_rng([seed, len(listed)])
-    of = clusters.to_dict()
-    kept = clusters[~clusters.index.isin(listed)]
-    anchors = {c: np.asarray(sorted(group.index)) for c, group in kept.groupby(kept, sort=True)}
-    hits: list[list[str]] = []
-    for _ in range(hits_per_item):
-        order = rng.permutation(listed)
-        for part in np.array_split(order, -(-len(order) // core)):
-            counts = Counter(of[x] for x in part)
-            ranked = sorted((c for c in counts if c in anchors), key=lambda c: (-counts[c], c))
-            extra: list[str] = []
-            for k in range(min(anchors_per_hit, hit_size - len(part)) if ranked else 0):
-                members = anchors[ranked[k % len(ranked)]]
-                pick = int(rng.integers(len(members)))
-                for step in range(len(members)):  # the next member when this one is in the HIT already
-                    anchor = str(members[(pick + step) % len(members)])
-                    if anchor not in extra:
-                        extra.append(anchor)
-                        break
-            hits.append([*map(str, part), *extra])
-    return hits
+    partners = together_partners(pairs, together)
+    return Recheck(table, len(clusters), int(outside.sum()), design, pairs.n_assignments, partners)

@@ -295,7 +295,7 @@ def followup_crowd(
     `items`), or follow `design` (`generate_crowd`'s design arguments, default the shoes design).
     A new crowd of workers of the same types answers them, with ids prefixed by `round_name` (new
     suites and workers, as a second Toloka pool gets). What a second round over the images the
-    clusters do not vouch for buys (`aggregation.recheck.plan_round`).
+    clusters do not vouch for buys (`aggregation.followup.plan`).
 
     >>> first = generate_crowd(60, 3, seed=0)
     >>> second = followup_crowd(first, first.truth.index[:20], seed=1)

@@ -42,12 +42,12 @@ from aggregation import (  # noqa: E402
     crowd_shape,
     design_information,
     find_dissent,
+    followup,
     followup_crowd,
     generate_crowd,
     single_item_clusters,
 )
 from aggregation.oracle import linked_oracle, placement_oracle  # noqa: E402
-from aggregation.recheck import plan_round  # noqa: E402
 
 CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
 # `crowdclust aggregate` as above, writing its own peak RSS (kB) to the file named by PEAK_FILE on
@@ -322,7 +322,7 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per
 
 
 def bench_second_round(tmp: Path, crowd, recheck: Path, seed: int, n_classes: int) -> None:
-    """The images `--recheck-output` listed, shown again with anchors (`plan_round`, same design, new
+    """The images `--recheck-output` listed, shown again with anchors (`followup.plan`, same design, new
     workers), and both rounds' exports aggregated together."""
     listed = pd.read_csv(recheck)
     if len(listed) < 10:
@@ -330,7 +330,7 @@ def bench_second_round(tmp: Path, crowd, recheck: Path, seed: int, n_classes: in
         return
     n = len(crowd.truth)
     clusters = pd.read_csv(tmp / f"c{n}.csv").set_index("item")["cluster"]
-    hits = plan_round(listed, clusters, hit_size=10, hits_per_item=10, seed=seed)
+    hits = followup.plan(listed, clusters, hit_size=10, hits_per_item=10, seed=seed)
     shown = sorted({x for hit in hits for x in hit})
     second = followup_crowd(crowd, shown, seed=1000 + seed, hits=hits)
     second.write_export(tmp / "second.tsv")
@@ -342,7 +342,7 @@ def bench_second_round(tmp: Path, crowd, recheck: Path, seed: int, n_classes: in
     line(
         "second round over them (answers)",
         f"{len(listed):,} images, +{second.export.shape[0]:,} answers (+{added:.0%})",
-        "(plan_round: 2 anchors per HIT; followup_crowd: new workers)",
+        "(followup.plan: 2 anchors per HIT; followup_crowd: new workers)",
     )
     bcubed = float(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("bcubed_f1")))
     found = f"{stats['clusters'].split()[1]} clusters of {n_classes}"

@@ -8,6 +8,7 @@ galleries' thumbnails (`thumbnails.json`, fetched once here from the image URLs)
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from prefect import flow, get_run_logger
 from tasks import aggregate as agg
 from tasks import dataset as ds
 from tasks import results, thumbnails
-from tasks.params import AggregationParams, TolokaTarget
+from tasks.params import AggregationParams, PipelineParams, TolokaTarget
 from tasks.run_folder import RunFolder
 from tasks.stages import Aggregated
 
@@ -59,3 +60,26 @@ def aggregate_export(
         "%d clusters, sizes %s", result.info.n_clusters, result.clusters.value_counts().sort_index().tolist()
     )
     return result
+
+
+def aggregate_rounds(params: PipelineParams, exports: list[pd.DataFrame], folder: RunFolder) -> Aggregated:
+    """Cluster several rounds' accepted answers together (a catalogue's round pools, a run's two rounds).
+
+    They are concatenated into the run folder's `all` export first, so what was clustered is on disk.
+    """
+    path = folder.write_export(pd.concat(exports, ignore_index=True), "all")
+    get_run_logger().info(
+        "aggregating %d answers of %d rounds (%s, sha256 %s)",
+        sum(len(frame) for frame in exports),
+        len(exports),
+        path,
+        hashlib.sha256(path.read_bytes()).hexdigest()[:12],
+    )
+    return aggregate_export(
+        out_dir=folder.root,
+        export=path,
+        toloka=params.toloka,
+        aggregation=params.aggregation,
+        seed=params.seed,
+        dataset=params.dataset,
+    )

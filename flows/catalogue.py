@@ -17,13 +17,11 @@ Entry point for deployments: `flows/catalogue.py:cluster_catalogue`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
-import pandas as pd
 from prefect import flow, get_run_logger
 
-from flows.aggregate import aggregate_export
+from flows.aggregate import aggregate_rounds
 from flows.evaluate import evaluate_clusters
 from flows.hooks import CATALOGUE_FLOW, CLOSES_POOLS
 from flows.labelling import collect_labels
@@ -44,22 +42,7 @@ def aggregate_pools(
     Also returns pool id -> accepted assignments in its export.
     """
     frames = {pool_id: results.export_task(params.toloka, pool_id) for pool_id in pool_ids}
-    path = folder.write_export(pd.concat(frames.values(), ignore_index=True), "all")
-    get_run_logger().info(
-        "aggregating %d answers of %d round pools (%s, sha256 %s)",
-        sum(len(f) for f in frames.values()),
-        len(pool_ids),
-        path,
-        hashlib.sha256(path.read_bytes()).hexdigest()[:12],
-    )
-    aggregated = aggregate_export(
-        out_dir=folder.root,
-        export=path,
-        toloka=params.toloka,
-        aggregation=params.aggregation,
-        seed=params.seed,
-        dataset=params.dataset,
-    )
+    aggregated = aggregate_rounds(params, list(frames.values()), folder)
     return aggregated, {pool: n_assignments(f) for pool, f in frames.items()}
 
 

@@ -66,14 +66,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         ids=labelled.ids,
         coverage=labelled.plan.coverage,
         timings=clock.laps,
-        second_round=None
-        if second is None
-        else SecondRound(
-            images=len(second.plan.coverage.per_item),
-            hits=len(second.plan.hits),
-            assignments=second.n_assignments,
-            main_pool=second.ids.main_pool,
-        ),
+        second_round=None if second is None else SecondRound.of(second),
     )
     get_run_logger().info(
         "done: %d clusters, ARI %s, intruder accuracy %s, cost $%.2f, %.0f s; report %s",

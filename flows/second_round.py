@@ -13,7 +13,7 @@ from dataclasses import replace
 import pandas as pd
 from prefect import get_run_logger
 
-from flows.aggregate import aggregate_export
+from flows.aggregate import aggregate_rounds
 from flows.labelling import collect_labels
 from tasks import budget, results
 from tasks.export_format import n_assignments
@@ -45,13 +45,5 @@ def second_round(
     if second.wait.stopped:
         raise budget.SpendGuardStopped(f"{second.wait.stopped}; accepted answers: {path}")
     assert first.export_path is not None  # the first round's export was written before aggregating it
-    both = pd.concat([pd.read_csv(first.export_path, sep="\t"), export], ignore_index=True)
-    combined = aggregate_export(
-        out_dir=folder.root,
-        export=folder.write_export(both, "all"),
-        toloka=params.toloka,
-        aggregation=params.aggregation,
-        seed=params.seed,
-        dataset=params.dataset,
-    )
+    combined = aggregate_rounds(params, [pd.read_csv(first.export_path, sep="\t"), export], folder)
     return replace(second, export_path=path, n_assignments=n_assignments(export)), combined

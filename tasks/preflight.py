@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aggregation import followup
 from aggregation.design import ANCHOR_PARTNERS, design_for, design_information
 from tasks import budget, dataset, setup
 from tasks.hits import HitPlanError
@@ -103,8 +104,8 @@ def check_plan(params: PipelineParams, n_items: int, second_round: bool = False)
     budget.check_plan_size(params, bundle, n_items)
     n_hits = budget.planned_hits(n_items, params)
     again = second_round_images(params, n_items) if second_round else 0
-    if again >= params.hits.size:
-        n_hits += budget.planned_hits(again, params)
+    if again >= params.hits.size:  # as `followup.plan` will plan them: listed images and anchors
+        n_hits += followup.count_hits(again, params.hits.size, params.hits.hits_per_item)
     costs = budget.estimate_labelling(params, bundle, n_hits)
     budget.check_budget(costs, params.budget.max_spend)
     return bundle

@@ -4,7 +4,7 @@ After the first aggregation the images only the prior placed (`aggregation.reche
 their cluster's largest piece of pairs most workers put together, or below confidence 0.5) are
 shown again, in a main pool of their own with the same HIT size, HITs per image and overlap:
 among themselves, plus two anchors per HIT from the linked pieces of their clusters
-(`aggregation.recheck.plan_round`). They are mostly the small styles' images, which the whole
+(`aggregation.followup.plan`). They are mostly the small styles' images, which the whole
 catalogue diluted, so among themselves they meet their own style far more often; the anchors tie
 each piece to its cluster or say it does not belong there.
 """
@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 
-from aggregation.recheck import plan_round
+from aggregation import followup
 from tasks.hits import coverage
 from tasks.params import PipelineParams
 from tasks.stages import HitPlan
@@ -48,7 +48,7 @@ def pick_images(recheck: pd.DataFrame | None, params: PipelineParams, n_items: i
 
 
 def make_plan(images: list[str], clusters: pd.Series, params: PipelineParams) -> HitPlan:
-    """The second round's HITs (`plan_round` with the run's design and seed) and their coverage."""
+    """The second round's HITs (`followup.plan` with the run's design and seed) and their coverage."""
     table = pd.DataFrame({"item": images})
-    hits = plan_round(table, clusters, params.hits.size, params.hits.hits_per_item, params.seed)
+    hits = followup.plan(table, clusters, params.hits.size, params.hits.hits_per_item, params.seed)
     return HitPlan(hits=hits, coverage=coverage(hits, images))

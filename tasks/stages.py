@@ -260,6 +260,14 @@ class SecondRound:
     assignments: int
     main_pool: str
 
+    @classmethod
+    def of(cls, labelled: Labelled) -> SecondRound:
+        """The round's figures from its labelling: the images of its plan (anchors not counted)."""
+        plan = labelled.plan
+        return cls(
+            len(plan.coverage.per_item), len(plan.hits), labelled.n_assignments, labelled.ids.main_pool
+        )
+
 
 @dataclass(frozen=True)
 class RunSummary:

@@ -195,8 +195,7 @@ def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_ag
     """1,000 images of 25 styles: the first round lists the images only the prior placed and what a
     round of them costs; that round's export aggregated with the first finds the small styles. An
     export given twice stops the command instead of counting its answers twice."""
-    from aggregation import followup_crowd
-    from aggregation.recheck import plan_round
+    from aggregation import followup, followup_crowd
 
     crowd = generate_crowd(1000, 25, seed=3)
     first, second = tmp_path / "first.tsv", tmp_path / "second.tsv"
@@ -216,12 +215,12 @@ def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_ag
     assert one.returncode == 0, one.stderr
     again = pd.read_csv(tmp_path / "again.csv")
     assert list(again.columns) == ["item", "cluster", "confidence"] and 100 < len(again) < 300
-    answers = -(-len(again) // 8) * 10 * 7  # HITs of 8 listed images and 2 anchors (plan_round)
+    answers = -(-len(again) // 8) * 10 * 7  # HITs of 8 listed images and 2 anchors (followup.plan)
     assert f"recheck     {len(again)} images ({len(again) / 1000:.0%}) only the prior placed" in one.stdout
     assert f"2 anchors per HIT, same design: ~{answers:,} answers (+{answers / 7000:.0%})" in one.stdout
 
     clusters = pd.read_csv(tmp_path / "c1.csv").set_index("item")["cluster"]
-    hits = plan_round(again, clusters, hit_size=10, hits_per_item=10, seed=3)
+    hits = followup.plan(again, clusters, hit_size=10, hits_per_item=10, seed=3)
     followup_crowd(crowd, sorted({x for hit in hits for x in hit}), seed=1003, hits=hits).write_export(second)
     both = _run([first, second, "-o", tmp_path / "c2.csv", "--truth", tmp_path / "truth.csv"])
     assert both.returncode == 0, both.stderr

@@ -180,7 +180,7 @@ def test_estimators_follow_the_scikit_learn_protocol():
         "aggregation.synthetic",
         "aggregation.metrics",
         "aggregation.dissent",
-        "aggregation.recheck",
+        "aggregation.followup",
         "aggregation.design",
     ],
 )

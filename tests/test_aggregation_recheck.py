@@ -6,8 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aggregation import CrowdClustering, clustering_scores, find_recheck, followup_crowd, generate_crowd
-from aggregation.recheck import linked_pieces, plan_round
+from aggregation import (
+    CrowdClustering,
+    clustering_scores,
+    find_recheck,
+    followup,
+    followup_crowd,
+    generate_crowd,
+)
+from aggregation.recheck import linked_pieces
 
 
 def _pieces(a, b, labels):
@@ -57,7 +64,7 @@ def test_a_second_round_over_them_finds_the_small_styles(thin):
     crowd, model = thin
     recheck = find_recheck(model, crowd.labels)
     before = clustering_scores(model.labels_, crowd.truth)
-    hits = plan_round(recheck.table, model.labels_, hit_size=10, hits_per_item=10, seed=3)
+    hits = followup.plan(recheck.table, model.labels_, hit_size=10, hits_per_item=10, seed=3)
     assert all(9 <= len(hit) <= 10 and len(set(hit)) == len(hit) for hit in hits)
     listed = set(recheck.table["item"])
     assert all(sum(x not in listed for x in hit) <= 2 for hit in hits)

@@ -552,15 +552,20 @@ def test_the_run_folder_lists_the_images_only_the_prior_placed(tmp_path):
 
 
 def test_the_budget_check_counts_a_second_round_before_anything_is_paid():
-    """Half the demo's images may be shown again: the run's check counts their HITs too, so a budget
-    that covers one round but not two says no before the first round opens. A catalogue round's
-    check (no second rounds there) does not count them."""
+    """Half the demo's images may be shown again: the run's check counts their HITs too, as the
+    second round will plan them (41 listed images, 8 per HIT with 2 anchors, 10 HITs each), so a
+    budget that covers one round but not two says no before the first round opens. A catalogue
+    round's check (no second rounds there) does not count them."""
     from tasks import preflight
+    from tasks.second_round import make_plan
 
     params = _params(hits={"second_round_share": 0.5})
     bundle = load_bundle(params.toloka_dir)
     one = budget.planned_hits(82, params)
-    two = one + budget.planned_hits(41, params)
+    images = [f"http://img.example/{i}.png" for i in range(82)]
+    clusters = pd.Series(np.arange(82) % 8, index=images)
+    two = one + len(make_plan(images[:41], clusters, params).hits)
+    assert two - one == 60
     totals = [budget.estimate_labelling(params, bundle, n).total for n in (one, two)]
     between = _params(hits={"second_round_share": 0.5}, budget={"max_spend": sum(totals) / 2})
     preflight.check_plan(between, 82)

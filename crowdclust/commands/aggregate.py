@@ -99,7 +99,7 @@ def aggregate(
         Path | None,
         typer.Option(
             help="Write the images only the prior placed (item,cluster,confidence CSV): a second "
-            "round of HITs among them with anchors (aggregation.recheck.plan_round), aggregated "
+            "round of HITs among them with anchors (aggregation.followup.plan), aggregated "
             "with this export, links the small styles."
         ),
     ] = None,
@@ -118,7 +118,7 @@ def aggregate(
         read_export,
         single_item_clusters,
     )
-    from aggregation.pairs import group_use, together_partners
+    from aggregation.pairs import group_use
     from aggregation.recheck import find_recheck
 
     labels, problems = _read_exports(exports, lenient, read_export, ExportFormatError)
@@ -151,11 +151,11 @@ def aggregate(
     # The baseline's clusters are not checked: the camp's grouping is the model's.
     dissent = find_dissent(model, labels) if method is Method.gomes else None
     _write_dissent(dissent, dissent_output, dissent_workers)
-    partners = together_partners(model.pairs_)
+    recheck = find_recheck(model, labels)
+    partners = recheck.partners
     alone = int((partners == 0).sum())
     use = group_use(labels, clusters)
     singles = single_item_clusters(clusters)
-    recheck = find_recheck(model, labels)
     if recheck_output is not None:
         try:
             recheck_output.parent.mkdir(parents=True, exist_ok=True)
