@@ -7,6 +7,11 @@ The catalogue's other Toloka objects (exam project, training, exam pool, skill, 
 intruders project) are shared by all rounds, found by the catalogue key. Aggregation then runs on
 the exports of *all* completed round pools, so every label bought so far is used.
 
+With `hits.second_round_share`, the newest round is followed by a second round over the images
+only the prior placed (`flows.second_round`), at most that share of the round's new items, in a
+pool whose role names the round; its answers join every later aggregation. A round whose second
+round completed is not shown again; one whose second round failed finds its pool on the next run.
+
 An unchanged catalogue means no new items: no Toloka object is created, the exports and the
 aggregation come back Cached (same inputs), and the intruder evaluation of an unchanged clustering
 is Cached too (its HITs, hence its pool, are derived from the clusters). Evaluation therefore runs
@@ -19,31 +24,32 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_rounds
 from flows.evaluate import evaluate_clusters
 from flows.hooks import CATALOGUE_FLOW, CLOSES_POOLS
 from flows.labelling import collect_labels
+from flows.second_round import second_round
 from tasks import artifacts, budget, dataset, hits, preflight, report, results, rounds
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
-from tasks.stages import Aggregated, CatalogueInfo, Cost, HitPlan, RunSummary
+from tasks.stages import Aggregated, CatalogueInfo, Cost, CostEstimate, HitPlan, RunSummary, SecondRound
 from tasks.toloka_api import resolve_token
 
 
 def aggregate_pools(
     params: PipelineParams, pool_ids: list[str], folder: RunFolder
-) -> tuple[Aggregated, dict[str, int]]:
+) -> tuple[Aggregated, dict[str, pd.DataFrame]]:
     """Cluster the concatenated accepted answers of `pool_ids` (completed pools: exports are final).
 
-    Also returns pool id -> accepted assignments in its export.
+    Also returns pool id -> its export.
     """
     frames = {pool_id: results.export_task(params.toloka, pool_id) for pool_id in pool_ids}
-    aggregated = aggregate_rounds(params, list(frames.values()), folder)
-    return aggregated, {pool: n_assignments(f) for pool, f in frames.items()}
+    return aggregate_rounds(params, list(frames.values()), folder), frames
 
 
 @flow(name=CATALOGUE_FLOW, **CLOSES_POOLS)
@@ -65,8 +71,10 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     resolve_token(params.toloka)
 
     state = rounds.catalogue_state_task(params.toloka, key)
+    seconds = rounds.catalogue_state_task(params.toloka, key, rounds.SECOND_ROUND_ROLE)
     clustered = {item for entry in state if entry.completed for item in entry.items}
-    done_pools = [entry.pool_id for entry in state if entry.completed]
+    pools = sorted((*state, *seconds), key=lambda entry: (entry.created, entry.pool_id))
+    done_pools = [entry.pool_id for entry in pools if entry.completed]
     new_items = sorted(set(catalogue) - clustered)
     logger.info(
         "catalogue %s: %d items, %d already clustered, %d new",
@@ -89,18 +97,31 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         labelled = collect_labels(params, key, plan, folder.round(round_id), f"{rounds.ROUND_ROLE}{round_id}")
         done_pools.append(labelled.ids.main_pool)
         state = rounds.with_round(state, round_id, labelled.ids.main_pool, planned)
-    aggregated, counts = aggregate_pools(params, done_pools, folder)
+    aggregated, frames = aggregate_pools(params, done_pools, folder)
+    second = None
+    latest = rounds.round_to_follow(state, seconds, params.hits.second_round_share)
+    if latest is not None:
+        done = second_round(
+            params, key, list(frames.values()), aggregated, folder,
+            share_of=rounds.new_items_of(state, latest),
+            role=rounds.second_round_role(latest), plan_folder=f"{latest}-second",
+        )  # fmt: skip
+        if done is not None:
+            second, aggregated = done
+            done_pools.append(second.ids.main_pool)
+            seconds = rounds.with_round(seconds, latest, second.ids.main_pool, second.plan.hits)
+    paid = labelled or second  # what this run labelled, if anything
     evaluated = None
     if params.intruders.enabled:
-        evaluated = evaluate_clusters(params, skill_id=labelled.ids.skill if labelled else None)
+        evaluated = evaluate_clusters(params, skill_id=paid.ids.skill if paid else None)
 
     if labelled is not None:
-        labelled = replace(labelled, n_assignments=counts[labelled.ids.main_pool])
+        labelled = replace(labelled, n_assignments=n_assignments(frames[labelled.ids.main_pool]))
     cost = Cost(
-        spent=budget.spent(params, labelled, evaluated if labelled else None),
-        estimate=labelled.estimate if labelled else None,
+        spent=budget.spent(params, labelled, evaluated if paid else None, second),
+        estimate=CostEstimate.of_rounds(labelled, second),
     )
-    artifacts.catalogue_rounds(key, state, round_id)
+    artifacts.catalogue_rounds(key, state, round_id, seconds)
     summary = report.finish_run(
         params,
         folder,
@@ -109,14 +130,16 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         cost,
         wall_seconds=clock.total(),
         run_key=key,
-        ids=labelled.ids if labelled else None,
+        ids=paid.ids if paid else None,
         coverage=labelled.plan.coverage if labelled else None,
         catalogue=CatalogueInfo(key, len(catalogue), len(new_items), round_id, tuple(done_pools)),
+        second_round=None if second is None else SecondRound.of(second),
     )
     logger.info(
-        "catalogue %s: %s; %d clusters over %d rounds, ARI %s, spent $%.2f this run",
+        "catalogue %s: %s%s; %d clusters from %d pools, ARI %s, spent $%.2f this run",
         key,
         f"round {round_id} labelled ({len(new_items)} new items)" if round_id else "no new items",
+        "" if second is None else f", a second round of {len(second.plan.coverage.per_item)} images",
         summary.clusters,
         len(done_pools),
         summary.ari,

@@ -9,6 +9,7 @@ Entry point for deployments: `flows/pipeline.py:crowdclust_pipeline`.
 
 from __future__ import annotations
 
+import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_export
@@ -43,7 +44,10 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     second, done = None, None
     if params.hits.second_round_share > 0:
         with clock.lap("second round"):
-            done = second_round(params, labelled, aggregated, folder)
+            first = [pd.read_csv(labelled.export_path, sep="\t")]
+            done = second_round(
+                params, labelled.run_key, first, aggregated, folder, share_of=int(aggregated.clusters.size)
+            )
     if done is not None:
         second, aggregated = done
     evaluated = None
@@ -51,9 +55,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         with clock.lap("intruders"):
             evaluated = evaluate_clusters(params, skill_id=labelled.ids.skill)
 
-    estimate = labelled.estimate
-    if second is not None:  # the exam and intruder seats are the same ones in both estimates
-        estimate = CostEstimate(estimate.main + second.estimate.main, estimate.exam, estimate.intruders)
+    estimate = CostEstimate.of_rounds(labelled, second)
     cost = Cost(spent=budget.spent(params, labelled, evaluated, second), estimate=estimate)
     summary = report.finish_run(
         params,

@@ -1,9 +1,11 @@
-"""The pipeline's second round: the images only the prior placed, shown again with anchors.
+"""The second round: the images only the prior placed, shown again with anchors.
 
-A list of calls like the other flows. The round has its own main pool (role
-`tasks.second_round.SECOND_ROUND_POOL`) in the run's main project, behind the same exam and
-skill; its plan, pool and export are persisted stages like the first round's, so a run that
-failed during it resumes without paying twice. Both rounds' exports are then aggregated together.
+A list of calls like the other flows, shared by the pipeline (one second round per run) and the
+growing catalogue (one per catalogue round, after it). The round has its own main pool (role
+`tasks.second_round.SECOND_ROUND_POOL`, or `rounds.second_round_role(round)` in a catalogue) in
+the main project, behind the same exam and skill; its plan, pool and export are persisted stages
+like the first round's, so a run that failed during it resumes without paying twice. The earlier
+rounds' exports and this one's are then aggregated together.
 """
 
 from __future__ import annotations
@@ -24,26 +26,37 @@ from tasks.stages import Aggregated, Labelled
 
 
 def second_round(
-    params: PipelineParams, first: Labelled, aggregated: Aggregated, folder: RunFolder
+    params: PipelineParams,
+    run_key: str,
+    earlier: list[pd.DataFrame],
+    aggregated: Aggregated,
+    folder: RunFolder,
+    *,
+    share_of: int,
+    role: str = SECOND_ROUND_POOL,
+    plan_folder: str = "second",
 ) -> tuple[Labelled, Aggregated] | None:
-    """Label the images the first aggregation listed, then cluster both rounds' answers.
+    """Label the images `aggregated` listed, then cluster the `earlier` exports and this round's.
 
-    None when fewer than a HIT's worth are listed (the first clustering stands).
+    At most `hits.second_round_share` x `share_of` images are shown again (the least confident
+    first): `share_of` is the number of images the round that made `aggregated` brought, so a
+    round's budget check can count its second round before anything is paid. The HIT plan is kept
+    under `rounds/<plan_folder>` of the run folder. None when fewer than a HIT's worth are listed
+    (the clustering stands).
     """
     logger = get_run_logger()
-    n_items = int(aggregated.clusters.size)
-    images = pick_images(aggregated.recheck, params, n_items)
+    images = pick_images(aggregated.recheck, params, share_of)
     listed = 0 if aggregated.recheck is None else len(aggregated.recheck)
+    n_items = int(aggregated.clusters.size)
     if not images:
         logger.info("second round: none (%d images listed, fewer than a HIT of %d)", listed, params.hits.size)
         return None
     logger.info("second round: %d of the %d images listed (of %d)", len(images), listed, n_items)
     plan = make_plan(images, aggregated.clusters, params)
-    second = collect_labels(params, first.run_key, plan, folder.round("second"), SECOND_ROUND_POOL)
+    second = collect_labels(params, run_key, plan, folder.round(plan_folder), role)
     export = results.export_task(params.toloka, second.ids.main_pool, second.wait)
     path = folder.write_export(export, "second")
     if second.wait.stopped:
         raise budget.SpendGuardStopped(f"{second.wait.stopped}; accepted answers: {path}")
-    assert first.export_path is not None  # the first round's export was written before aggregating it
-    combined = aggregate_rounds(params, [pd.read_csv(first.export_path, sep="\t"), export], folder)
+    combined = aggregate_rounds(params, [*earlier, export], folder)
     return replace(second, export_path=path, n_assignments=n_assignments(export)), combined

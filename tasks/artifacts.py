@@ -283,11 +283,16 @@ def run_results(
     run_overview(summary, where)
 
 
-def catalogue_rounds(key: str, state: list[RoundState], labelled_now: str | None) -> None:
+def catalogue_rounds(
+    key: str, state: list[RoundState], labelled_now: str | None, seconds: list[RoundState] = ()
+) -> None:
+    """The catalogue's rounds, each followed by its second round when it had one."""
     lines = ["| round | pool | items | status |", "|---|---|---|---|"]
     for entry in state:
-        status = "completed" if entry.completed else "not completed"
-        lines.append(f"| {entry.round} | {entry.pool_id} | {len(entry.items)} | {status} |")
+        after = [(f"{entry.round}, second round", one) for one in seconds if one.round == entry.round]
+        for name, one in [(entry.round, entry), *after]:
+            status = "completed" if one.completed else "not completed"
+            lines.append(f"| {name} | {one.pool_id} | {len(one.items)} | {status} |")
     if labelled_now:
         lines.append(f"\nRound `{labelled_now}` was labelled by this run.")
     create_markdown_artifact(

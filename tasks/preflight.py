@@ -49,7 +49,7 @@ def check_run(params: PipelineParams) -> Checked:
         raise HitPlanError(
             f"{params.dataset}: {len(items)} images cannot fill a HIT of hits.size {params.hits.size}"
         )
-    bundle = check_plan(params, len(items), second_round=True)
+    bundle = check_plan(params, len(items))
     return Checked(items, bundle, design_warning(params, bundle, len(items)))
 
 
@@ -92,18 +92,18 @@ def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -
     )
 
 
-def check_plan(params: PipelineParams, n_items: int, second_round: bool = False) -> TolokaBundle:
+def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
     """Exam count, overlap rules, and the size and cost of a plan for `n_items` against the budget.
 
-    With `second_round`, the estimate counts a second round of the most images it may show again
-    (`hits.second_round_share`). The catalogue flow calls it for each round's new items, before the
-    round is planned (a catalogue has no second rounds).
+    The estimate counts the second round of the most images it may show again
+    (`hits.second_round_share` of `n_items`). The catalogue flow calls it for each round's new
+    items, before the round is planned.
     """
     bundle = load_bundle(params.toloka_dir)
     check_exams(params, bundle)
     budget.check_plan_size(params, bundle, n_items)
     n_hits = budget.planned_hits(n_items, params)
-    again = second_round_images(params, n_items) if second_round else 0
+    again = second_round_images(params, n_items)
     if again >= params.hits.size:  # as `followup.plan` will plan them: listed images and anchors
         n_hits += followup.count_hits(again, params.hits.size, params.hits.hits_per_item)
     costs = budget.estimate_labelling(params, bundle, n_hits)

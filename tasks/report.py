@@ -118,6 +118,10 @@ def render_html(
             }
         ),
     ]
+    if data.get("catalogue_key"):
+        rounds = {k: data.get(k) for k in ("catalogue_key", "n_items", "new_items", "round")}
+        rounds["pools aggregated"] = ", ".join(map(str, data.get("round_pools") or ()))
+        parts += ["<h2>Catalogue</h2>", _table(rounds)]
     if data.get("metrics"):
         parts += ["<h2>Agreement with the truth</h2>", _table(data["metrics"])]
     dissent = (data.get("aggregation") or {}).get("dissent")

@@ -8,6 +8,11 @@ failed and is run again (same catalogue) finds its own pool instead of opening a
 
 A round's HITs mix new items with anchors: already-clustered items picked round-robin across the
 current clusters (seeded), so the new labels connect the new items to the old clusters.
+
+With `hits.second_round_share`, a round is followed by a second round over the images only the
+prior placed (`flows.second_round`), in a pool of its own whose role names the round it follows
+(`second_round_role`): Toloka then tells which rounds had theirs, and a second round that failed
+finds its pool again.
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ from prefect import get_run_logger
 
 from tasks.hits import plan_hits
 from tasks.params import HitParams, TolokaTarget
+from tasks.second_round import SECOND_ROUND_POOL
 from tasks.stage import stage_task
 from tasks.stages import RoundState
 from tasks.toloka_api import RunRegistry, make_client
 
 ROUND_ROLE = "main-pool-"
+SECOND_ROUND_ROLE = f"{SECOND_ROUND_POOL}-"
+
+
+def second_round_role(round_id: str) -> str:
+    """Pool role of the second round that follows catalogue round `round_id`."""
+    return f"{SECOND_ROUND_ROLE}{round_id}"
 
 
 def round_key(items: list[str]) -> str:
@@ -34,16 +46,57 @@ def round_key(items: list[str]) -> str:
 
 
 @stage_task(name="catalogue-state", toloka=True, cache=False)
-def catalogue_state_task(target: TolokaTarget, catalogue_key: str) -> list[RoundState]:
-    """The catalogue's rounds as Toloka sees them now (never cached: it is the question of each run)."""
-    rounds = RunRegistry(make_client(target), catalogue_key).rounds("main-project", ROUND_ROLE)
+def catalogue_state_task(
+    target: TolokaTarget, catalogue_key: str, role: str = ROUND_ROLE
+) -> list[RoundState]:
+    """The catalogue's round pools (or, with `SECOND_ROUND_ROLE`, its second rounds' pools) as
+    Toloka sees them now (never cached: it is the question of each run)."""
+    rounds = RunRegistry(make_client(target), catalogue_key).rounds("main-project", role)
     get_run_logger().info(
-        "catalogue %s: %d round pools (%d completed)",
+        "catalogue %s: %d %s pools (%d completed)",
         catalogue_key,
         len(rounds),
+        "round" if role == ROUND_ROLE else "second-round",
         sum(r.completed for r in rounds),
     )
     return rounds
+
+
+def round_to_follow(state: list[RoundState], seconds: list[RoundState], share: float) -> str | None:
+    """The round a second round should follow now, or None.
+
+    The newest completed round, unless its second round completed (then it had it) or `share` is 0.
+    A second round that did not complete (a run that failed during it) is followed again: its pool,
+    found by its role, is resumed, not paid twice.
+
+    >>> one, two = RoundState("p1", "a", True, "t1", ()), RoundState("p2", "b", True, "t2", ())
+    >>> round_to_follow([one, two], [], 0.3), round_to_follow([one, two], [], 0.0)
+    ('b', None)
+    >>> failed = RoundState("p3", "b", False, "t3", ())
+    >>> done = replace(failed, completed=True)
+    >>> round_to_follow([one, two], [failed], 0.3), round_to_follow([one, two], [done], 0.3)
+    ('b', None)
+    """
+    latest = next((entry.round for entry in reversed(state) if entry.completed), None)
+    followed = any(entry.round == latest and entry.completed for entry in seconds)
+    return latest if share > 0 and not followed else None
+
+
+def new_items_of(state: list[RoundState], round_id: str) -> int:
+    """How many items round `round_id` brought: its items less those of the completed rounds before it.
+
+    >>> old = RoundState("p1", "a", True, "t1", ("x", "y"))
+    >>> new = RoundState("p2", "b", True, "t2", ("x", "z", "w"))  # x: an anchor
+    >>> new_items_of([old, new], "b"), new_items_of([old, new], "a")
+    (2, 2)
+    """
+    before: set[str] = set()
+    for entry in state:
+        if entry.round == round_id:
+            return len(set(entry.items) - before)
+        if entry.completed:
+            before.update(entry.items)
+    raise KeyError(f"no round {round_id!r} in the catalogue's state")
 
 
 def with_round(

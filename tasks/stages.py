@@ -64,6 +64,15 @@ class CostEstimate:
     def as_dict(self) -> dict[str, float]:
         return {"main": self.main, "exam": self.exam, "intruders": self.intruders, "total": self.total}
 
+    @classmethod
+    def of_rounds(cls, *rounds: Labelled | None) -> CostEstimate | None:
+        """The estimate of the rounds a run labelled (None: it labelled nothing): every round's main
+        pool, and the exam and intruder seats once (each round's estimate counts the same ones)."""
+        done = [one.estimate for one in rounds if one is not None]
+        if not done:
+            return None
+        return cls(round(sum(one.main for one in done), 4), done[-1].exam, done[-1].intruders)
+
 
 @dataclass(frozen=True)
 class LabellingIds:

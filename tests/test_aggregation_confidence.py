@@ -182,6 +182,7 @@ def test_estimators_follow_the_scikit_learn_protocol():
         "aggregation.dissent",
         "aggregation.followup",
         "aggregation.design",
+        "aggregation.pairs",
     ],
 )
 def test_doctests(module):

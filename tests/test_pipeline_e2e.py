@@ -311,3 +311,43 @@ def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, 
 
     again = crowdclust_pipeline(params)
     assert again.second_round == done and len(_objects(params)["pools"]) == 3
+
+
+def test_a_catalogue_round_is_followed_by_its_second_round_once(prefect_harness, emu, tmp_path):
+    """A growing catalogue with `hits.second_round_share`: its round (each image in 2 HITs of 3
+    answers) is followed by a second round over the images only the prior placed, at most half the
+    round's new items, in a pool whose role names the round; the clusters come from both pools.
+    Run again on the same file, the round is not shown again: nothing is created or paid, and the
+    clustering still uses the second round's answers."""
+    from flows.catalogue import cluster_catalogue
+    from tasks.rounds import ROUND_ROLE, second_round_role
+
+    hits = {"hits_per_item": 2, "overlap": 3, "second_round_share": 0.5}
+    key = f"e2e-catalogue-second-{uuid.uuid4().hex[:6]}"
+    params = _params(emu, tmp_path, run_key=key, hits=hits, intruders={"enabled": False})
+    summary = cluster_catalogue(params)
+    done, catalogue = summary.second_round, summary.catalogue
+    assert catalogue is not None and catalogue.new_items == 82 and catalogue.round is not None
+    assert done is not None and params.hits.size <= done.images <= 41, summary
+    pools = {str(p.private_comment).rsplit(":", 1)[1]: str(p.id) for p in _objects(params)["pools"]}
+    round_role, second_role = ROUND_ROLE + catalogue.round, second_round_role(catalogue.round)
+    assert sorted(pools) == sorted(["exam-pool", round_role, second_role]), pools
+    assert done.main_pool == pools[second_role]
+    assert catalogue.round_pools == (pools[round_role], pools[second_role])
+    run_dir = params.run_dir
+    second = pd.read_csv(run_dir / "assignments_second.tsv", sep="\t")
+    both = pd.read_csv(run_dir / "assignments_all.tsv", sep="\t")
+    assert done.assignments == second["ASSIGNMENT:assignment_id"].nunique() > 0
+    assert summary.aggregation.n_assignments == both["ASSIGNMENT:assignment_id"].nunique() > done.assignments
+    plan = json.loads((run_dir / "rounds" / f"{catalogue.round}-second" / "hits.json").read_text())
+    assert len(plan["coverage"]["per_item"]) == done.images
+    assert summary.cost.spent > 0 and summary.cost.estimate is not None
+    page = (run_dir / "report.html").read_text()
+    assert "<h2>Second round</h2>" in page and "<h2>Catalogue</h2>" in page
+    assert f"<td>{pools[round_role]}, {pools[second_role]}</td>" in page  # the pools aggregated
+
+    again = cluster_catalogue(params)
+    assert again.catalogue.new_items == 0 and again.second_round is None
+    assert again.cost.spent == 0 and again.catalogue.round_pools == catalogue.round_pools
+    assert again.aggregation.n_assignments == summary.aggregation.n_assignments
+    assert len(_objects(params)["pools"]) == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 from collections import Counter
 
 import pandas as pd
@@ -63,3 +65,27 @@ def test_state_after_a_round_counts_its_pool_as_completed():
     assert len(resumed[1].items) == len({x for hit in plan for x in hit})
     fresh = with_round([old], round_key(NEW), "p3", plan)
     assert [e.pool_id for e in fresh] == ["p1", "p3"] and fresh[1].completed
+
+
+@pytest.mark.parametrize("module", ["tasks.rounds", "tasks.second_round"])
+def test_doctests(module):
+    """Which round a second round follows, how many items a round brought, which images it shows."""
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_rounds_table_puts_each_second_round_under_its_round(monkeypatch):
+    from tasks import artifacts
+
+    tables: list[str] = []
+    monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda **kw: tables.append(kw["markdown"]))
+    first = RoundState("p1", "r1", True, "t1", tuple(OLD))
+    later = RoundState("p2", "r2", True, "t3", tuple(NEW))
+    again = RoundState("p3", "r1", False, "t2", tuple(OLD[:12]))
+    artifacts.catalogue_rounds("cat", [first, later], "r2", [again])
+    rows = [line for line in tables[0].splitlines() if line.startswith("| r")][1:]  # after the header
+    assert rows == [
+        "| r1 | p1 | 60 | completed |",
+        "| r1, second round | p3 | 12 | not completed |",
+        "| r2 | p2 | 23 | completed |",
+    ]
