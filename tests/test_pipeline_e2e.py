@@ -316,30 +316,63 @@ def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, 
 def test_a_catalogue_round_is_followed_by_its_second_round_once(prefect_harness, emu, tmp_path):
     """A growing catalogue with `hits.second_round_share`: its round (each image in 2 HITs of 3
     answers) is followed by a second round over the images only the prior placed, at most half the
-    round's new items, in a pool whose role names the round; the clusters come from both pools.
-    Run again on the same file, the round is not shown again: nothing is created or paid, and the
-    clustering still uses the second round's answers."""
+    round's new items, in a pool whose role names the round.
+    1. The run fails once that pool is created and its HITs uploaded (the wait raises).
+    2. Run again on the same file: no new round; the second round resumes its pool (no second
+       pool, no HIT uploaded twice), and the clusters come from both pools.
+    3. Run again: the round is not shown again, nothing is created or paid, and the clustering
+       still uses the second round's answers."""
+    import flows.labelling
+    import flows.second_round
     from flows.catalogue import cluster_catalogue
-    from tasks.rounds import ROUND_ROLE, second_round_role
+    from tasks.rounds import ROUND_ROLE, SECOND_ROUND_ROLE, second_round_role
 
     hits = {"hits_per_item": 2, "overlap": 3, "second_round_share": 0.5}
     key = f"e2e-catalogue-second-{uuid.uuid4().hex[:6]}"
     params = _params(emu, tmp_path, run_key=key, hits=hits, intruders={"enabled": False})
+    collect = flows.labelling.collect_labels
+
+    class FailingWait:
+        def with_options(self, **options: Any) -> Any:
+            def wait(*args: Any, **kwargs: Any) -> None:
+                raise ForcedFailure("forced failure before the second round's wait")
+
+            return wait
+
+    def wait_fails_in_second_rounds(*args: Any) -> Any:
+        if not args[-1].startswith(SECOND_ROUND_ROLE):
+            return collect(*args)
+        with pytest.MonkeyPatch.context() as inner:
+            inner.setattr(flows.labelling.wait, "wait_labelling_task", FailingWait())
+            return collect(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flows.second_round, "collect_labels", wait_fails_in_second_rounds)
+        with pytest.raises(ForcedFailure):
+            cluster_catalogue(params)
+    failed = _objects(params)
+    pools = {str(p.private_comment).rsplit(":", 1)[1]: str(p.id) for p in failed["pools"]}
+    round_role = next(role for role in pools if role.startswith(ROUND_ROLE))
+    round_id = round_role[len(ROUND_ROLE) :]
+    second_role = second_round_role(round_id)
+    assert sorted(pools) == sorted(["exam-pool", round_role, second_role]), pools
+    uploaded = failed["suites"][pools[second_role]]
+    assert uploaded > 0
+
     summary = cluster_catalogue(params)
     done, catalogue = summary.second_round, summary.catalogue
-    assert catalogue is not None and catalogue.new_items == 82 and catalogue.round is not None
+    assert catalogue is not None and catalogue.new_items == 0 and catalogue.round is None
     assert done is not None and params.hits.size <= done.images <= 41, summary
-    pools = {str(p.private_comment).rsplit(":", 1)[1]: str(p.id) for p in _objects(params)["pools"]}
-    round_role, second_role = ROUND_ROLE + catalogue.round, second_round_role(catalogue.round)
-    assert sorted(pools) == sorted(["exam-pool", round_role, second_role]), pools
-    assert done.main_pool == pools[second_role]
+    assert done.main_pool == pools[second_role] and done.hits == uploaded
+    resumed = _objects(params)
+    assert len(resumed["pools"]) == 3 and resumed["suites"][pools[second_role]] == uploaded
     assert catalogue.round_pools == (pools[round_role], pools[second_role])
     run_dir = params.run_dir
     second = pd.read_csv(run_dir / "assignments_second.tsv", sep="\t")
     both = pd.read_csv(run_dir / "assignments_all.tsv", sep="\t")
     assert done.assignments == second["ASSIGNMENT:assignment_id"].nunique() > 0
     assert summary.aggregation.n_assignments == both["ASSIGNMENT:assignment_id"].nunique() > done.assignments
-    plan = json.loads((run_dir / "rounds" / f"{catalogue.round}-second" / "hits.json").read_text())
+    plan = json.loads((run_dir / "rounds" / f"{round_id}-second" / "hits.json").read_text())
     assert len(plan["coverage"]["per_item"]) == done.images
     assert summary.cost.spent > 0 and summary.cost.estimate is not None
     page = (run_dir / "report.html").read_text()
