@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -284,7 +285,7 @@ def run_results(
 
 
 def catalogue_rounds(
-    key: str, state: list[RoundState], labelled_now: str | None, seconds: list[RoundState] = ()
+    key: str, state: list[RoundState], labelled_now: str | None, seconds: Sequence[RoundState] = ()
 ) -> None:
     """The catalogue's rounds, each followed by its second round when it had one."""
     lines = ["| round | pool | items | status |", "|---|---|---|---|"]
