@@ -64,6 +64,7 @@ __all__ = [
     "move_pieces",
     "pair_scores",
     "partition_score",
+    "pool_lone",
     "refine",
     "search",
     "settle",
@@ -479,6 +480,79 @@ def dissolve_small(indptr, indices, data, labels, min_size, log_alpha, forced): 
     return True
 
 
+@njit(cache=True)
+def _lone_sums(indptr, indices, data, lone, pos, inside, contrib):  # pragma: no cover - compiled
+    """contrib[j] = Σ S between lone item j and the lone items `inside` (0 for those outside)."""
+    for j in range(lone.shape[0]):
+        contrib[j] = 0.0
+        if inside[j]:
+            for p in range(indptr[lone[j]], indptr[lone[j] + 1]):
+                q = pos[indices[p]]
+                if q >= 0 and inside[q]:
+                    contrib[j] += data[p]
+
+
+@njit(cache=True)
+def pool_lone(indptr, indices, data, labels, log_alpha):  # pragma: no cover - compiled
+    """Put items that stand alone together where the Ewens prior outweighs their labels; in place.
+
+    A lone item's labels rule out every cluster (`dissolve_small` left it alone). Against standing
+    apart, a cluster of m lone items scores Σ S within + log (m-1)! - (m-1) log α: three that were
+    never compared gain log 2, which no single move sees (joining another lone item gains its S,
+    nothing when they never met). Peeling: of the lone items, drop the one whose leaving raises the
+    group's score most, while one does; the rest form a cluster if it scores above 0; repeat on
+    the dropped ones. Ties go to the lowest item, so the result is deterministic. Returns the
+    number of clusters formed.
+    """
+    n = labels.shape[0]
+    size = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        size[labels[i]] += 1
+    lone = np.array([i for i in range(n) if size[labels[i]] == 1], dtype=np.int64)
+    k = lone.shape[0]
+    pos = np.full(n, -1, dtype=np.int64)
+    for j in range(k):
+        pos[lone[j]] = j
+    free = np.ones(k, dtype=np.bool_)
+    contrib = np.zeros(k)
+    fresh = labels.max() + 1
+    formed = 0
+    while True:
+        inside = free.copy()
+        m = int(inside.sum())
+        if m < 2:
+            break
+        _lone_sums(indptr, indices, data, lone, pos, inside, contrib)
+        while m >= 2:
+            drop, top = -1, EPS
+            for j in range(k):
+                if inside[j]:
+                    gain = log_alpha - contrib[j] - math.log(m - 1)
+                    if gain > top:
+                        drop, top = j, gain
+            if drop < 0:
+                break
+            inside[drop] = False
+            m -= 1
+            for p in range(indptr[lone[drop]], indptr[lone[drop] + 1]):
+                q = pos[indices[p]]
+                if q >= 0 and inside[q]:
+                    contrib[q] -= data[p]
+        within = 0.0
+        for j in range(k):
+            if inside[j]:
+                within += contrib[j]
+        if m < 2 or 0.5 * within + math.lgamma(m) - (m - 1) * log_alpha <= EPS:
+            break
+        for j in range(k):
+            if inside[j]:
+                labels[lone[j]] = fresh
+                free[j] = False
+        fresh += 1
+        formed += 1
+    return formed
+
+
 class Csr(NamedTuple):
     """A symmetric sparse matrix in CSR form."""
 
@@ -699,8 +773,10 @@ def absorb_thin(
 
     With `min_size=None` the model decides: a singleton joins the cluster c maximising n_c·exp(S_ic)
     when that beats α, the weight of standing alone, so an item whose labels are few or
-    contradictory ends in an existing cluster unless its labels rule every cluster out. With a
-    number, every item of a smaller cluster moves, whatever the evidence.
+    contradictory ends in an existing cluster unless its labels rule every cluster out; the items
+    left alone then form clusters of their own where the prior favours that (`pool_lone`: typically
+    images of a small style that never met one another). With a number, every item of a smaller
+    cluster moves, whatever the evidence.
     """
     new = np.asarray(labels, dtype=np.int64).copy()
     forced = min_size is not None
@@ -711,6 +787,8 @@ def absorb_thin(
         if not forced:  # every item stands alone: its labels set it apart, and no cluster is left to join
             return _relabel(new)
         raise ValueError(f"no cluster has {size} or more items; lower min_cluster_size")
+    if not forced:
+        pool_lone(score.indptr, score.indices, score.data, new, math.log(alpha))
     return _relabel(new)
 
 

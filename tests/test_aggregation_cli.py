@@ -57,10 +57,11 @@ def test_end_to_end_with_truth_and_same_output_across_hash_seeds(export):
 
 
 def test_single_item_clusters_are_counted_apart(tmp_path):
-    """The two smallest classes (5 and 3 of 600 images) met inside themselves once: 1 pair of
-    images. Every cluster contradicts such an image, so it stands alone; the count line says how
-    many clusters are one item, and each of those items has a low confidence."""
-    crowd_shape("uneven", seed=15).write_export(tmp_path / "uneven.tsv")
+    """An image of each of the two smallest classes (5 and 3 of 600 images) met none of its class.
+    Every cluster contradicts such an image, and two lone images never compared gain nothing
+    together (three would: `pool_lone`), so each stands alone; the count line says how many
+    clusters are one item, and each of those items has a low confidence."""
+    crowd_shape("uneven", seed=2).write_export(tmp_path / "uneven.tsv")
     result = _run([tmp_path / "uneven.tsv", "-o", tmp_path / "c.csv"])
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "c.csv")

@@ -99,6 +99,43 @@ def test_min_cluster_size_dissolves_small_clusters():
     assert base.labels_.value_counts().min() >= cutoff
 
 
+def _small_style_never_met(apart: bool):
+    """A clean crowd of 4 classes plus 3 images of a fifth style, each shown twice with one image of
+    every class and never with one another, so their labels rule out every cluster; with `apart`,
+    one more HIT shows z0 and z1 together and the workers set them apart."""
+    crowd = generate_crowd(60, 4, seed=1, shares=CLEAN)
+    truth = crowd.truth
+    workers = crowd.labels["worker"].drop_duplicates().tolist()[:3]
+    rows = []
+    for k in range(3):
+        for h in range(2):
+            others = [truth[truth == c].index[k + 3 * h] for c in range(4)]
+            for w in workers:
+                rows.append((f"hit-z{k}-{h}", w, f"z{k}", 5))
+                rows += [(f"hit-z{k}-{h}", w, item, int(truth[item]) + 1) for item in others]
+    if apart:
+        rows += [("hit-z01", w, item, g) for w in workers for item, g in (("z0", 1), ("z1", 2))]
+    extra = pd.DataFrame(rows, columns=["task", "worker", "item", "label"])
+    return crowd, pd.concat([crowd.labels, extra], ignore_index=True)
+
+
+def test_images_of_a_small_style_that_never_met_share_a_cluster():
+    """Each z image's labels rule out the four clusters; none says where it belongs. Standing alone
+    each, they would be three clusters; the Ewens prior puts the three together (its weight for a
+    cluster of three never compared is 2 against 1). Two of them that careful workers set apart
+    stay apart."""
+    crowd, labels = _small_style_never_met(apart=False)
+    model = CrowdClustering(random_state=0).fit(labels)
+    clusters = model.labels_
+    assert model.n_clusters_ == 5 and clusters["z0"] == clusters["z1"] == clusters["z2"]
+    assert clustering_scores(clusters.drop(["z0", "z1", "z2"]), crowd.truth)["ari"] == pytest.approx(1.0)
+    assert (clusters == clusters["z0"]).sum() == 3 and model.confidence_[["z0", "z1", "z2"]].lt(0.9).all()
+
+    _, labels = _small_style_never_met(apart=True)
+    split = CrowdClustering(random_state=0).fit(labels).labels_
+    assert split["z0"] != split["z1"]
+
+
 def test_a_crowd_that_sets_every_image_apart_gets_singletons_not_an_error():
     """Every worker puts every image of every HIT in a group of its own: left to the model, each
     image is its own cluster (it used to stop with "no cluster has 2 or more items; lower
