@@ -45,16 +45,18 @@ def describe(summary: RunSummary) -> str:
     def num(value: float | None, spec: str = ".3f") -> str:
         return "n/a" if value is None else format(value, spec)
 
-    estimate = summary.cost.estimate
-    return "\n".join(
-        [
-            f"clusters:           {summary.clusters} (sizes {list(summary.cluster_sizes.values())})",
-            f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}",
-            f"intruder accuracy:  {num(summary.intruder_accuracy)}",
-            f"cost:               ${num(summary.cost.spent, '.2f')} spent"
-            + (f" (estimate ${estimate.total:.2f})" if estimate else ""),
-            f"wall time:          {num(summary.wall_seconds, '.1f')} s (flow)",
-            f"report:             {summary.report}",
-            f"summary:            {summary.summary}",
-        ]
-    )
+    estimate, again = summary.cost.estimate, summary.second_round
+    lines = [
+        f"clusters:           {summary.clusters} (sizes {list(summary.cluster_sizes.values())})",
+        f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}",
+        f"intruder accuracy:  {num(summary.intruder_accuracy)}",
+        f"cost:               ${num(summary.cost.spent, '.2f')} spent"
+        + (f" (estimate ${estimate.total:.2f})" if estimate else ""),
+        f"wall time:          {num(summary.wall_seconds, '.1f')} s (flow)",
+        f"report:             {summary.report}",
+        f"summary:            {summary.summary}",
+    ]
+    if again is not None:
+        shown = f"{again.images} images shown again ({again.hits} HITs, {again.assignments} answers)"
+        lines.insert(1, f"second round:       {shown}")
+    return "\n".join(lines)

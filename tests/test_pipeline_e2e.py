@@ -19,6 +19,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from crowdclust.runtime import describe
 from emulator import EmulatorSettings, run_in_background
 from tasks.params import load_params
 from tasks.toloka_api import make_client
@@ -114,7 +115,8 @@ def test_demo_quality_with_default_settings(scenario):
     page = (run_dir / "report.html").read_text()
     # 82 images, embedded (thumbnails fetched at aggregation) because the emulator stops after the run.
     assert page.count("<figure><img src='data:image/jpeg;base64,") >= 82 and "intruders.png" in page
-    assert "Least certain items" in page
+    assert "Least certain items" in page and "Second round" not in page
+    assert "second round" not in describe(summary)  # what `crowdclust run` prints: no second round
     table = pd.read_csv(run_dir / "clusters.csv")
     assert table["confidence"].between(0, 1).all() and len(table) == 82
     for name in (
@@ -308,6 +310,8 @@ def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, 
     assert summary.cost.spent >= (len(first) + len(second)) * reward - 1e-6
     page = (run_dir / "report.html").read_text()
     assert "<h2>Second round</h2>" in page
+    shown = f"{done.images} images shown again ({done.hits} HITs, {done.assignments} answers)"
+    assert f"second round:       {shown}" in describe(summary).splitlines()
 
     again = crowdclust_pipeline(params)
     assert again.second_round == done and len(_objects(params)["pools"]) == 3
