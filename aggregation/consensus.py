@@ -501,8 +501,7 @@ def pool_lone(indptr, indices, data, labels, log_alpha):  # pragma: no cover - c
     never compared gain log 2, which no single move sees (joining another lone item gains its S,
     nothing when they never met). Peeling: of the lone items, drop the one whose leaving raises the
     group's score most, while one does; the rest form a cluster if it scores above 0; repeat on
-    the dropped ones. Ties go to the lowest item, so the result is deterministic. Returns the
-    number of clusters formed.
+    the dropped ones. Ties go to the lowest item, so the result is deterministic.
     """
     n = labels.shape[0]
     size = np.zeros(n, dtype=np.int64)
@@ -516,7 +515,6 @@ def pool_lone(indptr, indices, data, labels, log_alpha):  # pragma: no cover - c
     free = np.ones(k, dtype=np.bool_)
     contrib = np.zeros(k)
     fresh = labels.max() + 1
-    formed = 0
     while True:
         inside = free.copy()
         m = int(inside.sum())
@@ -549,8 +547,6 @@ def pool_lone(indptr, indices, data, labels, log_alpha):  # pragma: no cover - c
                 labels[lone[j]] = fresh
                 free[j] = False
         fresh += 1
-        formed += 1
-    return formed
 
 
 class Csr(NamedTuple):

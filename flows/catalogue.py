@@ -70,8 +70,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     catalogue = dataset.load_dataset(params.dataset)["image"].tolist()
     resolve_token(params.toloka)
 
-    state = rounds.catalogue_state_task(params.toloka, key)
-    seconds = rounds.catalogue_state_task(params.toloka, key, rounds.SECOND_ROUND_ROLE)
+    state, seconds = rounds.catalogue_state_task(params.toloka, key)
     clustered = {item for entry in state if entry.completed for item in entry.items}
     pools = sorted((*state, *seconds), key=lambda entry: (entry.created, entry.pool_id))
     done_pools = [entry.pool_id for entry in pools if entry.completed]

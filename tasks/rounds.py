@@ -47,19 +47,23 @@ def round_key(items: list[str]) -> str:
 
 @stage_task(name="catalogue-state", toloka=True, cache=False)
 def catalogue_state_task(
-    target: TolokaTarget, catalogue_key: str, role: str = ROUND_ROLE
-) -> list[RoundState]:
-    """The catalogue's round pools (or, with `SECOND_ROUND_ROLE`, its second rounds' pools) as
-    Toloka sees them now (never cached: it is the question of each run)."""
-    rounds = RunRegistry(make_client(target), catalogue_key).rounds("main-project", role)
+    target: TolokaTarget, catalogue_key: str
+) -> tuple[list[RoundState], list[RoundState]]:
+    """The catalogue's round pools and its second rounds' pools as Toloka sees them now (never
+    cached: it is the question of each run)."""
+    found = RunRegistry(make_client(target), catalogue_key).rounds(
+        "main-project", ROUND_ROLE, SECOND_ROUND_ROLE
+    )
+    rounds, seconds = found[ROUND_ROLE], found[SECOND_ROUND_ROLE]
     get_run_logger().info(
-        "catalogue %s: %d %s pools (%d completed)",
+        "catalogue %s: %d round pools (%d completed), %d second-round pools (%d completed)",
         catalogue_key,
         len(rounds),
-        "round" if role == ROUND_ROLE else "second-round",
         sum(r.completed for r in rounds),
+        len(seconds),
+        sum(r.completed for r in seconds),
     )
-    return rounds
+    return rounds, seconds
 
 
 def round_to_follow(state: list[RoundState], seconds: list[RoundState], share: float) -> str | None:

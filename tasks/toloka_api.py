@@ -615,19 +615,21 @@ class RunRegistry:
                 closed.append(f"training {training.id}")
         return closed
 
-    def rounds(self, project_role: str, pool_prefix: str) -> list[RoundState]:
-        """The round pools (roles `<pool_prefix><round>`) of the project `project_role`, oldest first.
+    def rounds(self, project_role: str, *pool_prefixes: str) -> dict[str, list[RoundState]]:
+        """Per prefix, the round pools (roles `<prefix><round>`) of the project `project_role`, oldest
+        first; one listing of the projects and pools serves every prefix.
 
         Read-only: a catalogue that was never labelled (no such project yet) has no rounds.
         """
-        project_tag, pool_tag = self.tag(project_role), self.tag(pool_prefix)
-        rounds = []
+        project_tag = self.tag(project_role)
+        rounds: dict[str, list[RoundState]] = {prefix: [] for prefix in pool_prefixes}
         for project in self.client.get_projects(status="ACTIVE"):
             if project.private_comment != project_tag:
                 continue
             for pool in self.client.get_pools(project_id=project.id):
                 comment = str(pool.private_comment or "")
-                if not comment.startswith(pool_tag):
+                prefix = next((p for p in pool_prefixes if comment.startswith(self.tag(p))), None)
+                if prefix is None:
                     continue
                 items = {
                     image
@@ -635,13 +637,15 @@ class RunRegistry:
                     for t in suite.tasks
                     for image in t.input_values["images"]
                 }
-                rounds.append(
+                rounds[prefix].append(
                     RoundState(
                         pool_id=str(pool.id),
-                        round=comment[len(pool_tag) :],
+                        round=comment[len(self.tag(prefix)) :],
                         completed=is_completed(pool),
                         created=str(pool.created),
                         items=tuple(sorted(items)),
                     )
                 )
-        return sorted(rounds, key=lambda r: (r.created, r.pool_id))
+        return {
+            prefix: sorted(found, key=lambda r: (r.created, r.pool_id)) for prefix, found in rounds.items()
+        }
