@@ -101,9 +101,9 @@ class Dissent:
             return f"{round(value, 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
 
         return (
-            f"{len(self.workers)} workers ({self.label_share:.0%} of the labels) agree with one another "
+            f"{len(self.workers):,} workers ({self.label_share:.0%} of the labels) agree with one another "
             f"(kappa {two(self.agreement)}; {two(self.across)} with the rest) on another grouping: "
-            f"{self.n_clusters} clusters of {self.clusters.size} items, adjusted Rand index "
+            f"{self.n_clusters} clusters of {self.clusters.size:,} items, adjusted Rand index "
             f"{two(self.similarity)} with these clusters"
         )
 

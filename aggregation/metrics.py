@@ -15,7 +15,7 @@ __all__ = ["clustering_scores"]
 
 def _entropy(counts: np.ndarray, total: float) -> float:
     p = counts[counts > 0] / total
-    return float(-(p * np.log(p)).sum())
+    return float((p * np.log(1.0 / p)).sum())  # not -(p log p): one cluster would give -0.0
 
 
 def _pairs(counts: np.ndarray) -> float:

@@ -104,8 +104,9 @@ class Recheck:
             return "none: every image is in its cluster's linked piece with confidence >= 0.5"
         n = len(self.table)
         line = (
-            f"{n} image{'s' if n > 1 else ''} ({self.share:.0%}) only the prior placed ({self.outside} "
-            f"outside their cluster's linked piece, {n - self.outside} below confidence {RECHECK_CONFIDENCE})"
+            f"{n:,} image{'s' if n > 1 else ''} ({self.share:.0%}) only the prior placed "
+            f"({self.outside:,} outside their cluster's linked piece, "
+            f"{n - self.outside:,} below confidence {RECHECK_CONFIDENCE})"
         )
         if not self.fills_a_hit:
             return f"{line}; too few to fill a HIT of {self.design.hit_size:.0f}"

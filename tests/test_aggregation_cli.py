@@ -49,7 +49,7 @@ def test_end_to_end_with_truth_and_same_output_across_hash_seeds(export):
     assert list(clusters.columns) == ["item", "cluster", "confidence"] and len(clusters) == 82
     assert clusters["confidence"].between(0, 1).all()
     below = int((clusters["confidence"] < 0.5).sum())
-    assert f"uncertain   {below} items with confidence < 0.5" in first.stdout
+    assert f"uncertain   {below:,} items with confidence < 0.5" in first.stdout
     assert ari_of(first.stdout) >= 0.9
     second = _run([export / "export.tsv", "-o", export / "b.csv", "--seed", "3"], "12345", threads=1)
     assert second.returncode == 0, second.stderr
@@ -217,7 +217,7 @@ def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_ag
     again = pd.read_csv(tmp_path / "again.csv")
     assert list(again.columns) == ["item", "cluster", "confidence"] and 100 < len(again) < 300
     answers = -(-len(again) // 8) * 10 * 7  # HITs of 8 listed images and 2 anchors (followup.plan)
-    assert f"recheck     {len(again)} images ({len(again) / 1000:.0%}) only the prior placed" in one.stdout
+    assert f"recheck     {len(again):,} images ({len(again) / 1000:.0%}) only the prior placed" in one.stdout
     assert f"2 anchors per HIT, same design: ~{answers:,} answers (+{answers / 7000:.0%})" in one.stdout
 
     clusters = pd.read_csv(tmp_path / "c1.csv").set_index("item")["cluster"]
@@ -225,7 +225,7 @@ def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_ag
     followup_crowd(crowd, sorted({x for hit in hits for x in hit}), seed=1003, hits=hits).write_export(second)
     both = _run([first, second, "-o", tmp_path / "c2.csv", "--truth", tmp_path / "truth.csv"])
     assert both.returncode == 0, both.stderr
-    assert f"assignments {7000 + answers} " in both.stdout
+    assert f"assignments {7000 + answers:,} " in both.stdout
     assert ari_of(both.stdout) > 0.98 > ari_of(one.stdout)
 
     twice = _run([first, second, first, "-o", tmp_path / "c3.csv"])

@@ -24,6 +24,13 @@ def test_perfect_agreement_up_to_renaming():
     assert scores["n_items"] == 5
 
 
+def test_one_cluster_and_one_class_print_a_plain_zero():
+    # The CLI printed "vi -0.0000" here: the entropies of a single cluster came out as -0.0.
+    scores = clustering_scores(_series([3, 3, 3], "cluster"), _series(["a", "a", "a"], "class"))
+    assert f"{scores['vi']:.4f}" == "0.0000"
+    assert scores["ari"] == 1.0 and scores["nmi"] == 1.0
+
+
 def test_hand_computed_case():
     # predicted {0,1,2} {3}; truth {0,1} {2,3}
     scores = clustering_scores(_series([0, 0, 0, 1], "c"), _series([0, 0, 1, 1], "t"))

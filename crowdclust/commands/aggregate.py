@@ -164,13 +164,13 @@ def aggregate(
             _fail(f"cannot write {recheck_output}: {exc}")
     lines = [
         f"method      {method.value}",
-        f"items       {clusters.size}",
-        f"workers     {model.pairs_.n_workers}",
-        f"labels      {model.pairs_.n_labels} pairwise",
-        f"assignments {model.pairs_.n_assignments} ({len(labels)} item labels)",
-        f"clusters    {model.n_clusters_}" + (f" ({singles} of them a single item)" if singles else ""),
-        f"uncertain   {int((model.confidence_ < 0.5).sum())} items with confidence < 0.5",
-        f"unanchored  {alone} items no other item was grouped with by most workers",
+        f"items       {clusters.size:,}",
+        f"workers     {model.pairs_.n_workers:,}",
+        f"labels      {model.pairs_.n_labels:,} pairwise",
+        f"assignments {model.pairs_.n_assignments:,} ({len(labels):,} item labels)",
+        f"clusters    {model.n_clusters_:,}" + (f" ({singles:,} of them a single item)" if singles else ""),
+        f"uncertain   {int((model.confidence_ < 0.5).sum()):,} items with confidence < 0.5",
+        f"unanchored  {alone:,} items no other item was grouped with by most workers",
         f"groups      at most {use.most} per answer (~{use.images:.0f} images each); "
         f"{use.saturated:.0%} of the answers used {use.most} for images of more clusters",
         f"dissent     {_dissent_line(dissent, method)}",
@@ -181,14 +181,14 @@ def aggregate(
     ]
     if truth_series is not None:
         scores = clustering_scores(clusters, truth_series)
-        lines.append(f"truth       {int(scores.pop('n_items'))} items in common")
+        lines.append(f"truth       {int(scores.pop('n_items')):,} items in common")
         lines += [f"{name:<20}{value:.4f}" for name, value in scores.items()]
     print("\n".join(lines))
     if alone > UNANCHORED_WARNING * clusters.size:
         print(
-            f"warning: {alone} of {clusters.size} images ({alone / clusters.size:.0%}) were grouped with no "
-            "other image by most workers who saw them: the labels cannot place them and the clusters are "
-            f"unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
+            f"warning: {alone:,} of {clusters.size:,} images ({alone / clusters.size:.0%}) were grouped "
+            "with no other image by most workers who saw them: the labels cannot place them and the "
+            f"clusters are unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
             file=sys.stderr,
         )
     if use.saturated > SATURATION_WARNING:
