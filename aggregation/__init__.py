@@ -4,10 +4,11 @@ Public API (the pipeline and the CLI use only these names):
 
 - `read_export(source, strict=True) -> ExportReading` and `ExportFormatError`
 - `CrowdClustering` (the Gomes et al. model) and `CoAssociationClustering` (the baseline); both
-  have `labels_` and `confidence_` (each item's probability of its cluster under the model)
+  have `labels_` and `confidence_` (each item's probability of its cluster under the model, with
+  the answers resampled: `aggregation.confidence`)
 - `least_certain(clusters, confidence, per_cluster=5)`: the items to send back to the crowd
 - `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits)
-- `clustering_scores(predicted, truth)`
+- `clustering_scores(predicted, truth)`, `confidence_scores(predicted, confidence, truth)`
 - `find_dissent(model, labels) -> Dissent | None`: a camp of workers who
   agree with one another on another grouping (colour instead of style, say), and that grouping
 - `find_recheck(model, labels) -> Recheck`: the images only the prior placed, to show the crowd again
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
         least_certain,
         single_item_clusters,
     )
-    from aggregation.metrics import clustering_scores
+    from aggregation.metrics import clustering_scores, confidence_scores
     from aggregation.pairs import PairLabels, build_pairs
     from aggregation.recheck import Recheck, find_recheck
     from aggregation.synthetic import SHAPES, SyntheticCrowd, crowd_shape, followup_crowd, generate_crowd
@@ -58,6 +59,7 @@ _HOME = {
     "least_certain": "estimators",
     "single_item_clusters": "estimators",
     "clustering_scores": "metrics",
+    "confidence_scores": "metrics",
     "PairLabels": "pairs",
     "build_pairs": "pairs",
     "SHAPES": "synthetic",
@@ -80,6 +82,7 @@ __all__ = [
     "SyntheticCrowd",
     "build_pairs",
     "clustering_scores",
+    "confidence_scores",
     "crowd_shape",
     "design_for",
     "design_information",

@@ -35,8 +35,7 @@ in pieces with no pair between them; only the prior, with the "different" labels
 other clusters, can put them together, and only a search that scores the prior at every level does.
 Between rounds the workers' coins are re-estimated from the partition.
 
-`item_confidence` turns the same score into each item's posterior probability of its cluster (the
-Gibbs conditional of z_i given everybody else).
+`aggregation.confidence` turns the same evidence into each item's probability of its cluster.
 """
 
 from __future__ import annotations
@@ -56,7 +55,6 @@ __all__ = [
     "SearchResult",
     "absorb_thin",
     "dissolve_small",
-    "item_confidence",
     "log_likelihood",
     "log_prior",
     "merge_clusters",
@@ -374,60 +372,10 @@ def coarsen(indptr, indices, data, labels, n_clusters):  # pragma: no cover - co
 
 
 @njit(cache=True)
-def item_confidence(indptr, indices, data, labels, log_alpha):  # pragma: no cover - compiled
-    """P(z_i = z_i's cluster | everybody else) for every item: the Gibbs conditional of the model.
-
-    Over existing clusters c it is ∝ n_c · exp(S_ic) (n_c without i; S_ic = 0 for clusters i was
-    never compared with), and ∝ α for a new cluster. Clusters i was never compared with are summed
-    in one term, so the cost is the item's degree, not the number of clusters.
-    """
-    n = labels.shape[0]
-    size = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        size[labels[i]] += 1
-    acc = np.zeros(n)
-    mark = np.zeros(n, dtype=np.bool_)
-    touched = np.empty(n, dtype=np.int64)
-    out = np.empty(n)
-    alpha = math.exp(log_alpha)
-    for i in range(n):
-        cur = labels[i]
-        size[cur] -= 1
-        nt = _gather(i, indptr, indices, data, labels, acc, mark, touched)
-        # Untouched clusters share S = 0: their mass is their total size.
-        untouched = n - 1.0
-        top = log_alpha
-        for q in range(nt):
-            c = touched[q]
-            untouched -= size[c]
-            if size[c] > 0:
-                top = max(top, math.log(size[c]) + acc[c])
-        if untouched > 0.5:
-            top = max(top, math.log(untouched))
-        total = alpha * math.exp(-top) + max(untouched, 0.0) * math.exp(-top)
-        own = 0.0
-        if not mark[cur]:
-            own = size[cur] * math.exp(-top)  # i was compared with none of its cluster
-        for q in range(nt):
-            c = touched[q]
-            if size[c] > 0:
-                value = math.exp(math.log(size[c]) + acc[c] - top)
-                total += value
-                if c == cur:
-                    own = value
-        if size[cur] == 0:
-            own = alpha * math.exp(-top)  # a singleton: the "new cluster" term is its own
-        out[i] = min(max(own / total, 0.0), 1.0)
-        _clear(acc, mark, touched, nt)
-        size[cur] += 1
-    return out
-
-
-@njit(cache=True)
 def dissolve_small(indptr, indices, data, labels, min_size, log_alpha, forced):  # pragma: no cover
     """Move the items of clusters smaller than `min_size` to their most likely cluster among the others.
 
-    Most likely under the model: P(z_i = c) ∝ n_c · exp(S_ic) (see `item_confidence`). Unless
+    Most likely under the model: P(z_i = c) ∝ n_c · exp(S_ic) (`aggregation.confidence`). Unless
     `forced`, an item stays where it is when that beats every kept cluster (its own cluster counts as
     a new one, weight α). Kept clusters' sizes are fixed beforehand (one pass in item order:
     deterministic). Returns False when no cluster is big enough to keep.

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from aggregation.consensus import ALPHA, PairGraph, absorb_thin, item_confidence, search, worker_llr
+from aggregation.confidence import item_confidence
+from aggregation.consensus import ALPHA, PairGraph, absorb_thin, search, worker_llr
 from aggregation.linkage import agglomerate
 from aggregation.mixture import dp_mixture
 from aggregation.pairs import PairLabels, build_pairs, coassociation
@@ -149,18 +150,18 @@ class _Base:
     ) -> None:
         """Dissolve clusters below `min_cluster_size`, order the clusters, compute the confidences.
 
-        Both use the two-coin evidence S of the final partition (`aggregation.consensus`), so the
-        baseline's clusters get confidences on the same scale as the model's.
+        Both use the two-coin evidence of the final partition (`aggregation.consensus`,
+        `aggregation.confidence`), so the baseline's clusters get confidences on the same scale as
+        the model's.
         """
         graph = PairGraph(pairs) if graph is None else graph
-        score = graph.evidence(pairs, labels)
         min_size = getattr(self, "min_cluster_size", None)
         if min_size is not None:
             if int(min_size) < 1:
                 raise ValueError("min_cluster_size must be at least 1 (or None: decided by the model)")
-            labels = absorb_thin(pairs, labels, score, int(min_size), ALPHA)
-            score = graph.evidence(pairs, labels)
-        confidence = item_confidence(score.indptr, score.indices, score.data, labels, math.log(ALPHA))
+            labels = absorb_thin(pairs, labels, graph.evidence(pairs, labels), int(min_size), ALPHA)
+        seed = int(getattr(self, "random_state", 0))
+        confidence = item_confidence(pairs, labels, math.log(ALPHA), seed=seed)
         self.labels_ = ordered_clusters(pairs.items, labels)
         self.confidence_ = pd.Series(confidence, index=self.labels_.index, name="confidence")
         self.n_clusters_ = int(self.labels_.max()) + 1

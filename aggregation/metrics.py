@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["clustering_scores"]
+__all__ = ["clustering_scores", "confidence_scores"]
 
 
 def _entropy(counts: np.ndarray, total: float) -> float:
@@ -76,3 +76,28 @@ def clustering_scores(predicted: pd.Series, truth: pd.Series) -> dict[str, float
         "pairwise_f1": _f1(precision, recall),
         "bcubed_f1": _f1(b_precision, b_recall),
     }
+
+
+def confidence_scores(predicted: pd.Series, confidence: pd.Series, truth: pd.Series) -> dict[str, float]:
+    """How well the confidences tell which items are where they belong: Brier score and log loss.
+
+    An item is where it belongs when its cluster's most common class is its own. A confidence of
+    0.9 should then be right 9 times in 10: both scores are lower the better the confidences do
+    that (0 for confidences of exactly 1 on right items and 0 on wrong ones).
+
+    >>> truth = pd.Series([0, 0, 0, 1], index=list("abcd"))
+    >>> clusters = pd.Series([5, 5, 5, 5], index=list("abcd"))
+    >>> scores = confidence_scores(clusters, pd.Series([1.0, 1.0, 1.0, 0.0], index=list("abcd")), truth)
+    >>> scores["brier"], round(scores["log_loss"], 6)
+    (0.0, 1e-06)
+    """
+    common = predicted.index.intersection(truth.index).intersection(confidence.index).sort_values()
+    if len(common) == 0:
+        raise ValueError("predicted, confidence and truth share no items")
+    clusters, classes = predicted.loc[common].astype(str), truth.loc[common].astype(str)
+    home = pd.crosstab(clusters, classes).idxmax(axis=1)  # each cluster's most common class
+    right = (clusters.map(home) == classes).to_numpy(dtype=np.float64)
+    value = confidence.loc[common].to_numpy(dtype=np.float64)
+    p = np.clip(value, 1e-6, 1.0 - 1e-6)
+    log_loss = -(right * np.log(p) + (1.0 - right) * np.log(1.0 - p)).mean()
+    return {"brier": float(((value - right) ** 2).mean()), "log_loss": float(log_loss)}

@@ -62,6 +62,7 @@ class SyntheticCrowd:
     export: pd.DataFrame
     workers: pd.DataFrame
     colours: pd.Series  # item -> its colour, the nuisance attribute (for `followup_crowd`)
+    between: pd.Series  # item -> whether it sits between its class and the partner class
 
     def write_export(self, path: str | os.PathLike) -> None:
         """Write the export as Toloka sends it: TSV with minimal CSV quoting."""
@@ -151,10 +152,16 @@ def _workers_per_hit(
     return np.split(owner[order], np.cumsum(counts)[:-1])
 
 
-def _answer(rng, kind: str, err: float, cls, colour, partner) -> np.ndarray:
-    """Perceived group keys of one worker for the items of one HIT."""
+def _answer(rng, kind: str, err: float, cls, colour, partner, between) -> np.ndarray:
+    """Perceived group keys of one worker for the items of one HIT.
+
+    `between` marks images that sit between their style and its partner: a worker who tries
+    reads each of them as either, at even odds, whatever his own error rate.
+    """
     if kind in ("diligent", "careless"):
         flip = rng.random(len(cls)) < err
+        if between.any():
+            flip |= between & (rng.random(len(cls)) < 0.5)
         return np.where(flip, partner[cls], cls)
     if kind == "colour":
         return colour
@@ -180,6 +187,7 @@ def generate_crowd(
     answers_per_worker: tuple[int, int] | None = None,
     error_range: tuple[float, float] = (0.0, 0.08),
     size_ratio: float | None = None,
+    between_share: float = 0.0,
     hits_per_item: float | None = None,
     _given: tuple[SyntheticCrowd, np.ndarray, str, list[np.ndarray] | None] | None = None,
 ) -> SyntheticCrowd:
@@ -193,6 +201,8 @@ def generate_crowd(
     `answers_per_worker` (low, high) deals HITs to workers in queues of that length instead of
     drawing `overlap` workers per HIT; `error_range` is the diligent workers' error rates;
     `size_ratio` makes class sizes geometric with largest / smallest = size_ratio;
+    `between_share` of the images sit between their class and its partner class (a real
+    catalogue's ambiguous images): careful workers read each as either at even odds;
     `hits_per_item` sets the "seed" design's number of HITs to n_items * hits_per_item / hit_size
     (default: one HIT seeded by each item, i.e. hits_per_item = hit_size; the seeds cycle through
     the items), so that each image appears in about `hits_per_item` HITs.
@@ -211,10 +221,13 @@ def generate_crowd(
         truth_codes = _class_codes(rng, n_items, n_classes, size_ratio)
         colour = rng.integers(0, N_COLOURS, size=n_items)
         items = np.array([f"https://img.example/{i:06d}.jpg" for i in range(n_items)])
+        # Drawn only when asked for, so that the crowds of every other call keep their seeds' draws.
+        between = rng.random(n_items) < between_share if between_share > 0 else np.zeros(n_items, bool)
     else:  # `followup_crowd`: these images of an earlier crowd, with their classes and colours
         earlier, items, prefix, given_hits = _given
         truth_codes = earlier.truth.reindex(items).to_numpy()
         colour = earlier.colours.reindex(items).to_numpy()
+        between = earlier.between.reindex(items).to_numpy()
     partner = np.array([c ^ 1 if (c ^ 1) < n_classes else (c + 1) % n_classes for c in range(n_classes)])
 
     if design == "seed" and hits_per_item is not None:
@@ -242,7 +255,7 @@ def generate_crowd(
         suite = f"{prefix}suite-{h:06d}"
         answering = rng.choice(n_workers, size=overlap, replace=False) if per_hit is None else per_hit[h]
         for j in np.unique(answering) if per_hit is not None else answering:
-            keys = _answer(rng, kinds[j], err[j], truth_codes[hit], colour[hit], partner)
+            keys = _answer(rng, kinds[j], err[j], truth_codes[hit], colour[hit], partner, between[hit])
             _, inverse = np.unique(keys, return_inverse=True)
             groups = rng.permutation(N_GROUPS)[inverse % N_GROUPS] + 1
             assignment = f"{suite}--{worker_ids[j]}"
@@ -278,7 +291,14 @@ def generate_crowd(
     export = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
     workers = pd.DataFrame({"worker": worker_ids, "type": kinds, "error_rate": err}).set_index("worker")
     colours = pd.Series(colour, index=truth.index, name="colour")
-    return SyntheticCrowd(labels=labels, truth=truth, export=export, workers=workers, colours=colours)
+    return SyntheticCrowd(
+        labels=labels,
+        truth=truth,
+        export=export,
+        workers=workers,
+        colours=colours,
+        between=pd.Series(between, index=truth.index, name="between"),
+    )
 
 
 def followup_crowd(

@@ -20,6 +20,7 @@ baseline told the true K, over 3 seeds; N=10,000 (40 uneven styles) whole proces
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -39,6 +40,7 @@ from aggregation import (  # noqa: E402
     CrowdClustering,
     build_pairs,
     clustering_scores,
+    confidence_scores,
     crowd_shape,
     design_information,
     find_dissent,
@@ -47,6 +49,8 @@ from aggregation import (  # noqa: E402
     generate_crowd,
     single_item_clusters,
 )
+from aggregation.confidence import item_confidence  # noqa: E402
+from aggregation.consensus import ALPHA  # noqa: E402
 from aggregation.oracle import linked_oracle, placement_oracle  # noqa: E402
 
 CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
@@ -99,6 +103,17 @@ def fit(model, crowd) -> tuple[float, float, int]:
     started = time.perf_counter()
     clusters = model.fit_predict(crowd.labels)
     return time.perf_counter() - started, clustering_scores(clusters, crowd.truth)["ari"], model.n_clusters_
+
+
+def calibration_of(model, crowd) -> tuple[float, float, float, float]:
+    """Brier score and log loss of the model's conditional (every answer weighing 1) and of its
+    confidences (the answers resampled, `aggregation.confidence`): lower is better."""
+    pairs = model.pairs_
+    labels = model.labels_.reindex(pairs.items).to_numpy()
+    conditional = pd.Series(item_confidence(pairs, labels, math.log(ALPHA), draws=0), index=pairs.items)
+    plain = confidence_scores(model.labels_, conditional, crowd.truth)
+    resampled = confidence_scores(model.labels_, model.confidence_, crowd.truth)
+    return plain["brier"], resampled["brier"], plain["log_loss"], resampled["log_loss"]
 
 
 def line(label: str, value: str, target: str = "") -> None:
@@ -162,6 +177,7 @@ SHAPE_RUNS = [
     ("large-hits", "35-image HITs (765 items, 20 classes)", {"n_classes": 20, "hit_size": 35}),
     ("uneven", "uneven classes (600 items, 10 classes, ratio 60)", {}),
     ("shoes", "shoes design (500 items, 20 classes)", {}),
+    ("shoes", "shoes design, 10% of the images between two styles", {"between_share": 0.1}),
 ]
 
 
@@ -171,7 +187,7 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
         "ARI model vs co-association at true K"
     )
     for shape, title, overrides in SHAPE_RUNS:
-        found, singles, model, base, seconds, bounds = [], [], [], [], [], []
+        found, singles, model, base, seconds, bounds, calibration = [], [], [], [], [], [], []
         for seed in seeds:
             crowd = crowd_shape(shape, seed=seed, **overrides)
             true_k = crowd.truth.nunique()
@@ -181,6 +197,7 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
             singles.append(str(single_item_clusters(estimator.labels_)))
             model.append(ari)
             seconds.append(fit_s)
+            calibration.append(calibration_of(estimator, crowd))
             base.append(fit(CoAssociationClustering(n_clusters=true_k), crowd)[1])
             bounds.append(oracles(crowd.labels, crowd.truth))
         line(title, " ".join(found), "target ±25%")
@@ -190,6 +207,13 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
             " ".join(f"{a:.2f}" for a in model) + " | " + " ".join(f"{b:.2f}" for b in base),
         )
         oracle_line(bounds)
+        medians = (statistics.median(column) for column in zip(*calibration, strict=True))
+        brier, resampled_brier, loss, resampled_loss = medians
+        line(
+            "  confidence: Brier, log loss (median)",
+            f"{brier:.3f} -> {resampled_brier:.3f}, {loss:.3f} -> {resampled_loss:.3f}",
+            "conditional -> resampled",
+        )
         line("  fit seconds (max)", f"{max(seconds):.1f}")
 
 
@@ -226,7 +250,8 @@ def bench_dissent(seeds: list[int] | range = range(3)) -> None:
                 continue
             types = crowd.workers["type"].reindex(list(dissent.workers)).value_counts()
             who = "+".join(f"{n} {kind}" for kind, n in types.sort_index().items())
-            found.append(f"{who} | {clustering_scores(dissent.clusters, crowd.truth)['ari']:.2f}")
+            ari = clustering_scores(dissent.clusters, crowd.truth)["ari"]
+            found.append(f"{who} | {round(ari, 2) + 0.0:.2f}")  # + 0.0: no "-0.00"
         line(title, "; ".join(found))
         line("  seconds (max)", f"{max(seconds):.2f}")
 

@@ -51,6 +51,9 @@ def test_end_to_end_with_truth_and_same_output_across_hash_seeds(export):
     below = int((clusters["confidence"] < 0.5).sum())
     assert f"uncertain   {below:,} items with confidence < 0.5" in first.stdout
     assert ari_of(first.stdout) >= 0.9
+    # How well the confidences tell the images the clusters got right (low is good).
+    brier = next(line.split()[1] for line in first.stdout.splitlines() if line.startswith("confidence_brier"))
+    assert 0.0 <= float(brier) < 0.05
     second = _run([export / "export.tsv", "-o", export / "b.csv", "--seed", "3"], "12345", threads=1)
     assert second.returncode == 0, second.stderr
     assert (export / "a.csv").read_bytes() == (export / "b.csv").read_bytes()

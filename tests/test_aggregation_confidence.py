@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import math
 
+import numba
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
 
 import aggregation
-from aggregation import CoAssociationClustering, CrowdClustering, clustering_scores, generate_crowd
+from aggregation import (
+    CoAssociationClustering,
+    CrowdClustering,
+    clustering_scores,
+    confidence_scores,
+    generate_crowd,
+)
+from aggregation.confidence import item_confidence
+from aggregation.consensus import ALPHA
 from aggregation.synthetic import crowd_shape
 
 CLEAN = {"diligent": 1.0}
@@ -84,6 +94,79 @@ def test_confidence_is_lower_for_items_with_conflicting_labels():
     confidence = model.confidence_
     assert confidence[mixed].max() < confidence.drop(mixed).quantile(0.05)
     assert confidence.drop(mixed).median() > 0.99
+
+
+def _scores_of_confidence(crowd, model, draws=None):
+    """(Brier score, log loss) of the model's confidences, or of those with `draws` resamplings."""
+    confidence = model.confidence_
+    if draws is not None:
+        pairs = model.pairs_
+        labels = model.labels_.reindex(pairs.items).to_numpy()
+        resampled = item_confidence(pairs, labels, math.log(ALPHA), seed=0, draws=draws)
+        confidence = pd.Series(resampled, index=pairs.items)
+    scores = confidence_scores(model.labels_, confidence, crowd.truth)
+    return scores["brier"], scores["log_loss"]
+
+
+def test_without_resampling_the_confidence_is_the_models_conditional():
+    """draws=0 is P(z_i = c) ∝ n_c exp(S_ic) (α for a new cluster), here computed densely."""
+    crowd = generate_crowd(90, 5, seed=8)
+    model = CrowdClustering(random_state=0).fit(crowd.labels)
+    pairs, graph = model.pairs_, model.pair_graph_
+    labels = model.labels_.reindex(pairs.items).to_numpy()
+    score = graph.evidence(pairs, labels)
+    n, k = pairs.n_items, labels.max() + 1
+    dense = np.zeros((n, n))
+    rows = np.repeat(np.arange(n), np.diff(score.indptr))
+    dense[rows, score.indices] = score.data
+    expected = []
+    for i in range(n):
+        others = np.arange(n) != i
+        size = np.bincount(labels[others], minlength=k).astype(float)
+        s_ic = np.bincount(labels[others], weights=dense[i, others], minlength=k)
+        # log weights of the clusters (those with members) and of a new cluster, normalised
+        logs = np.r_[np.where(size > 0, np.log(np.maximum(size, 1.0)) + s_ic, -np.inf), math.log(ALPHA)]
+        shares = np.exp(logs - logs.max())
+        shares /= shares.sum()
+        expected.append(shares[labels[i]] if size[labels[i]] > 0 else shares[-1])
+    got = item_confidence(pairs, labels, math.log(ALPHA), draws=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_images_the_careful_workers_split_between_two_styles_are_not_called_certain():
+    """10% of the images sit between their style and its partner: careful workers put each with
+    either at even odds. The model's conditional calls most of them certain (the answers' pulls
+    cancel, and what is left is luck); resampling the answers does not, and the confidences then
+    match which images the clusters got right better, while those of the other images stay."""
+    crowd = crowd_shape("shoes", seed=3, between_share=0.1)
+    model = CrowdClustering(random_state=0).fit(crowd.labels)
+    pairs = model.pairs_
+    between = crowd.between.reindex(pairs.items).to_numpy()
+    labels = model.labels_.reindex(pairs.items).to_numpy()
+    conditional = item_confidence(pairs, labels, math.log(ALPHA), draws=0)
+    resampled = model.confidence_.reindex(pairs.items).to_numpy()
+    assert (resampled[between] > 0.95).sum() < 0.7 * (conditional[between] > 0.95).sum()
+    assert resampled[between].mean() < resampled[~between].mean() - 0.15
+    assert np.abs(resampled[~between] - conditional[~between]).mean() < 0.02
+    brier, log_loss = _scores_of_confidence(crowd, model)
+    brier_conditional, log_loss_conditional = _scores_of_confidence(crowd, model, draws=0)
+    assert brier < brier_conditional and log_loss < 0.7 * log_loss_conditional
+
+
+def test_confidences_do_not_depend_on_the_number_of_threads():
+    crowd = crowd_shape("queries", seed=2, hit_size=5)
+    model = CrowdClustering(random_state=0).fit(crowd.labels)
+    labels = model.labels_.reindex(model.pairs_.items).to_numpy()
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = item_confidence(model.pairs_, labels, math.log(ALPHA), seed=5)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = item_confidence(model.pairs_, labels, math.log(ALPHA), seed=5)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+    assert not np.array_equal(one, item_confidence(model.pairs_, labels, math.log(ALPHA), seed=6))
 
 
 def test_min_cluster_size_dissolves_small_clusters():
@@ -228,7 +311,16 @@ def test_doctests(module):
 
 
 def test_public_modules_declare_all():
-    for name in ("adapter", "consensus", "dissent", "estimators", "metrics", "pairs", "synthetic"):
+    for name in (
+        "adapter",
+        "confidence",
+        "consensus",
+        "dissent",
+        "estimators",
+        "metrics",
+        "pairs",
+        "synthetic",
+    ):
         module = importlib.import_module(f"aggregation.{name}")
         assert module.__all__ and all(hasattr(module, item) for item in module.__all__)
     assert {"least_certain", "crowd_shape"} <= set(aggregation.__all__)

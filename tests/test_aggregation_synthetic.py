@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aggregation import generate_crowd
+from aggregation import build_pairs, followup_crowd, generate_crowd
 
 
 def test_same_seed_same_crowd_other_seed_other_crowd():
@@ -45,6 +45,26 @@ def test_colour_biased_workers_group_by_colour():
     merged = crowd.labels.assign(cls=crowd.truth.reindex(crowd.labels["item"]).to_numpy())
     split = merged.groupby(["task", "worker", "cls"])["label"].nunique()
     assert (split > 1).mean() > 0.3
+
+
+def test_images_between_two_styles_get_either_from_careful_workers():
+    """With `between_share`, some images are read as their style or its partner at even odds by
+    workers who make no other mistake; the rest are always read right. A later round keeps them."""
+    careful = {"shares": {"diligent": 1.0}, "error_range": (0.0, 0.0)}
+    crowd = generate_crowd(300, 6, seed=4, between_share=0.2, **careful)
+    between = crowd.between
+    assert 0.12 < between.mean() < 0.28
+    pairs = build_pairs(crowd.labels)
+    truth = crowd.truth.reindex(pairs.items).to_numpy()
+    flagged = between.reindex(pairs.items).to_numpy()
+    same_class = truth[pairs.a] == truth[pairs.b]
+    clean = same_class & ~flagged[pairs.a] & ~flagged[pairs.b]
+    one_between = same_class & (flagged[pairs.a] != flagged[pairs.b])
+    assert (pairs.label[clean] > 0).all()  # careful workers, no error: every clean pair is "same"
+    assert 0.4 < (pairs.label[one_between] > 0).mean() < 0.6  # one image of the pair read either way
+    later = followup_crowd(crowd, crowd.truth.index[:100], seed=5)
+    pd.testing.assert_series_equal(later.between, between.iloc[:100])
+    assert not generate_crowd(300, 6, seed=4).between.any()
 
 
 def test_unknown_options():

@@ -114,6 +114,7 @@ def aggregate(
         CrowdClustering,
         ExportFormatError,
         clustering_scores,
+        confidence_scores,
         find_dissent,
         read_export,
         single_item_clusters,
@@ -182,6 +183,8 @@ def aggregate(
     if truth_series is not None:
         scores = clustering_scores(clusters, truth_series)
         lines.append(f"truth       {int(scores.pop('n_items')):,} items in common")
+        calibration = confidence_scores(clusters, model.confidence_, truth_series)
+        scores |= {f"confidence_{name}": value for name, value in calibration.items()}
         lines += [f"{name:<20}{value:.4f}" for name, value in scores.items()]
     print("\n".join(lines))
     if alone > UNANCHORED_WARNING * clusters.size:
