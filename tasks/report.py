@@ -68,17 +68,26 @@ def _figure(item: str, sources: dict[str, str], caption: str) -> str:
     return f"<figure>{image}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def _least_certain(uncertain: pd.DataFrame, confidence: pd.Series, sources: dict[str, str]) -> list[str]:
-    """The items to send back to the crowd: the least certain of every cluster, with confidences."""
+def _least_certain(
+    uncertain: pd.DataFrame, confidence: pd.Series, means: pd.Series, sources: dict[str, str]
+) -> list[str]:
+    """The items to send back to the crowd: the least certain of every cluster, with confidences.
+
+    `means` is each cluster's mean confidence: low when the answers place its images in several
+    ways (images between two styles, say), not only a few of them.
+    """
     below = int((confidence < 0.5).sum())
     parts = [
         "<h2>Least certain items</h2>",
         f"<p>{below} of {len(confidence)} items have a confidence below 0.5 (the probability of their "
-        "cluster under the fitted model). The least certain items of each cluster are the ones to "
-        "send back to the crowd.</p>",
+        "cluster under the fitted model, averaged over resamplings of the answers). The least certain "
+        "items of each cluster are the ones to send back to the crowd. A cluster whose mean confidence "
+        "is low holds images that the answers place in several ways, such as images between two "
+        "styles.</p>",
     ]
     for cluster, rows in uncertain.groupby("cluster", sort=True):  # one row per cluster
-        parts.append(f"<div class='g'><figure class='label'>cluster {html.escape(str(cluster))}</figure>")
+        label = f"cluster {html.escape(str(cluster))}<br>mean&nbsp;{means.get(cluster, float('nan')):.2f}"
+        parts.append(f"<div class='g'><figure class='label'>{label}</figure>")
         parts += [_figure(str(r.item), sources, f"{r.confidence:.2f}") for r in rows.itertuples()]
         parts.append("</div>")
     return parts
@@ -161,12 +170,14 @@ def render_html(
         }
         rows["skipped (too small)"] = intr.get("skipped")
         parts.append(_table(rows))
+    means = None if uncertain is None else uncertain[1].reindex(clusters.index).groupby(clusters).mean()
     if uncertain is not None:
-        parts += _least_certain(*uncertain, sources)
+        parts += _least_certain(*uncertain, means, sources)
     parts.append("<h2>Clusters</h2>")
     for cluster, items in clusters.groupby(clusters):
         members = sorted(str(i) for i in items.index)
-        parts.append(f"<h3>Cluster {cluster} ({len(members)} images)</h3><div class='g'>")
+        mean = "" if means is None else f", mean confidence {means[cluster]:.2f}"
+        parts.append(f"<h3>Cluster {cluster} ({len(members)} images{mean})</h3><div class='g'>")
         for item in members[:GALLERY_LIMIT]:
             caption = str(truth.get(item, "")) if truth is not None else ""
             parts.append(_figure(item, sources, caption))

@@ -163,6 +163,9 @@ def test_clusters_csv_has_the_confidence_and_the_report_lists_the_least_certain(
     assert "3 of 9 items have a confidence below 0.5" in section
     assert section.index("0.20") < section.index("0.60")  # lowest first
     assert "<figcaption>0.45</figcaption>" in section and "<a " not in section
+    # Each cluster's mean confidence, next to its least certain items and in its gallery's heading.
+    assert "cluster 0<br>mean&nbsp;0.74" in section and "cluster 1<br>mean&nbsp;0.66" in section
+    assert "<h3>Cluster 0 (5 images, mean confidence 0.74)</h3>" in page
 
 
 def test_report_shows_the_workers_who_group_another_way(tmp_path: Path):
