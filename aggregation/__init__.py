@@ -7,7 +7,8 @@ Public API (the pipeline and the CLI use only these names):
   have `labels_` and `confidence_` (each item's probability of its cluster under the model, with
   the answers resampled: `aggregation.confidence`)
 - `least_certain(clusters, confidence, per_cluster=5)`: the items to send back to the crowd
-- `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits)
+- `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits);
+  `doubtful_clusters(clusters, confidence)`: how many larger ones have a mean confidence below 0.5
 - `clustering_scores(predicted, truth)`, `confidence_scores(predicted, confidence, truth)`
 - `find_dissent(model, labels) -> Dissent | None`: a camp of workers who
   agree with one another on another grouping (colour instead of style, say), and that grouping
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from aggregation.estimators import (
         CoAssociationClustering,
         CrowdClustering,
+        doubtful_clusters,
         least_certain,
         single_item_clusters,
     )
@@ -58,6 +60,7 @@ _HOME = {
     "CrowdClustering": "estimators",
     "least_certain": "estimators",
     "single_item_clusters": "estimators",
+    "doubtful_clusters": "estimators",
     "clustering_scores": "metrics",
     "confidence_scores": "metrics",
     "PairLabels": "pairs",
@@ -86,6 +89,7 @@ __all__ = [
     "crowd_shape",
     "design_for",
     "design_information",
+    "doubtful_clusters",
     "find_dissent",
     "find_recheck",
     "followup_crowd",

@@ -71,6 +71,22 @@ def single_item_clusters(clusters: pd.Series) -> int:
     return int((clusters.value_counts() == 1).sum())
 
 
+def doubtful_clusters(clusters: pd.Series, confidence: pd.Series) -> int:
+    """How many clusters of two or more items have a mean confidence below 0.5.
+
+    Most of such a cluster's items would sit elsewhere under a resampling of the answers: it holds
+    images the answers place in several ways (images between two styles, say), not a style the
+    crowd agrees on. Single items are counted by `single_item_clusters`.
+
+    >>> clusters = pd.Series([0, 0, 1, 1, 2], index=list("abcde"))
+    >>> doubtful_clusters(clusters, pd.Series([0.9, 0.8, 0.3, 0.5, 0.1], index=list("abcde")))
+    1
+    """
+    sizes = clusters.value_counts()
+    means = confidence.reindex(clusters.index).groupby(clusters).mean()
+    return int(((means < 0.5) & (sizes.reindex(means.index) > 1)).sum())
+
+
 def least_certain(clusters: pd.Series, confidence: pd.Series, per_cluster: int = 5) -> pd.DataFrame:
     """The `per_cluster` least certain items of every cluster: what to send back to the crowd.
 

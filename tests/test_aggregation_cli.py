@@ -75,6 +75,21 @@ def test_single_item_clusters_are_counted_apart(tmp_path):
     assert (singles["confidence"] < 0.5).all()
 
 
+def test_clusters_of_images_between_two_styles_are_counted_as_doubtful(tmp_path, export):
+    """10% of the images sit between two styles; the extra clusters the model makes of them have
+    a mean confidence below 0.5, and the count line says how many. The demo-sized crowd has none."""
+    crowd_shape("shoes", seed=4, between_share=0.1).write_export(tmp_path / "between.tsv")
+    result = _run([tmp_path / "between.tsv", "-o", tmp_path / "c.csv"])
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "c.csv")
+    stats = table.groupby("cluster")["confidence"].agg(["mean", "size"])
+    doubtful = int(((stats["mean"] < 0.5) & (stats["size"] > 1)).sum())
+    assert doubtful >= 2
+    assert f"{doubtful} of several items with a mean confidence below 0.5)\n" in result.stdout
+    clean = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])
+    assert "mean confidence below" not in clean.stdout
+
+
 def test_coassociation_method_and_image_column_in_truth(export):
     truth = pd.read_csv(export / "truth.csv").rename(columns={"item": "image"})
     truth.to_csv(export / "truth_image.csv", index=False)

@@ -115,6 +115,7 @@ def aggregate(
         ExportFormatError,
         clustering_scores,
         confidence_scores,
+        doubtful_clusters,
         find_dissent,
         read_export,
         single_item_clusters,
@@ -156,7 +157,9 @@ def aggregate(
     partners = recheck.partners
     alone = int((partners == 0).sum())
     use = group_use(labels, clusters)
-    singles = single_item_clusters(clusters)
+    singles, doubtful = single_item_clusters(clusters), doubtful_clusters(clusters, model.confidence_)
+    notes = [f"{singles:,} of them a single item"] if singles else []
+    notes += [f"{doubtful:,} of several items with a mean confidence below 0.5"] if doubtful else []
     if recheck_output is not None:
         try:
             recheck_output.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +172,7 @@ def aggregate(
         f"workers     {model.pairs_.n_workers:,}",
         f"labels      {model.pairs_.n_labels:,} pairwise",
         f"assignments {model.pairs_.n_assignments:,} ({len(labels):,} item labels)",
-        f"clusters    {model.n_clusters_:,}" + (f" ({singles:,} of them a single item)" if singles else ""),
+        f"clusters    {model.n_clusters_:,}" + (f" ({'; '.join(notes)})" if notes else ""),
         f"uncertain   {int((model.confidence_ < 0.5).sum()):,} items with confidence < 0.5",
         f"unanchored  {alone:,} items no other item was grouped with by most workers",
         f"groups      at most {use.most} per answer (~{use.images:.0f} images each); "
