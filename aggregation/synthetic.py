@@ -156,7 +156,7 @@ def _answer(rng, kind: str, err: float, cls, colour, partner, between) -> np.nda
     """Perceived group keys of one worker for the items of one HIT.
 
     `between` marks images that sit between their style and its partner: a worker who tries
-    reads each of them as either, at even odds, whatever his own error rate.
+    reads each of them as either, at even odds, whatever their own error rate.
     """
     if kind in ("diligent", "careless"):
         flip = rng.random(len(cls)) < err
@@ -215,6 +215,8 @@ def generate_crowd(
         raise ValueError("need n_items >= n_classes >= 1 and n_items >= 2")
     if design in ("sized", "queries") and n_hits is None:
         raise ValueError(f"design {design!r} needs n_hits")
+    if not 0.0 <= between_share <= 1.0:
+        raise ValueError(f"between_share must be a share of the images, in [0, 1]; got {between_share}")
     rng = np.random.default_rng(seed)
     prefix, given_hits = "", None
     if _given is None:

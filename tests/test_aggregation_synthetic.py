@@ -72,6 +72,8 @@ def test_unknown_options():
         generate_crowd(20, 2, design="nope")
     with pytest.raises(ValueError, match="worker type"):
         generate_crowd(20, 2, shares={"robot": 1.0})
+    with pytest.raises(ValueError, match="between_share"):
+        generate_crowd(20, 2, between_share=1.5)
 
 
 def test_write_truth(tmp_path):
