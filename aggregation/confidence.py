@@ -18,8 +18,8 @@ their mean. Where the answers agree, every weighting gives the same cluster and 
 the conditional's. Where they split, the weightings disagree and the confidence falls toward the
 share of answers that pick the cluster: the spread between answers, which the model does not
 model, is counted in. With every weight 1 it is exactly the model's conditional. An item whose
-first `FIRST_DRAWS` weightings give the same share stops there (at 10,000 images of the shoes
-design most do, and the confidences take 0.6 s in-process, 0.4 s of it gathering the labels).
+first `FIRST_DRAWS` weightings give the same share stops there. At 10,000 images of the shoes
+design the confidences take 0.6 s in-process, 0.4 s of it gathering the labels.
 
 Everything is deterministic: a weight is a hash of (seed, draw, answer), so it does not depend on
 the order items are visited in or the thread that visits them; items are independent, so they are
