@@ -8,6 +8,7 @@ Public API (the pipeline and the CLI use only these names):
   the answers resampled: `aggregation.confidence`)
 - `least_certain(clusters, confidence, per_cluster=5)`: the items to send back to the crowd
 - `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits);
+  `cluster_confidence(clusters, confidence)`: each cluster's mean confidence;
   `doubtful_clusters(clusters, confidence)`: how many larger ones have a mean confidence below 0.5
 - `clustering_scores(predicted, truth)`, `confidence_scores(predicted, confidence, truth)`
 - `find_dissent(model, labels) -> Dissent | None`: a camp of workers who
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from aggregation.estimators import (
         CoAssociationClustering,
         CrowdClustering,
+        cluster_confidence,
         doubtful_clusters,
         least_certain,
         single_item_clusters,
@@ -61,6 +63,7 @@ _HOME = {
     "least_certain": "estimators",
     "single_item_clusters": "estimators",
     "doubtful_clusters": "estimators",
+    "cluster_confidence": "estimators",
     "clustering_scores": "metrics",
     "confidence_scores": "metrics",
     "PairLabels": "pairs",
@@ -84,6 +87,7 @@ __all__ = [
     "Recheck",
     "SyntheticCrowd",
     "build_pairs",
+    "cluster_confidence",
     "clustering_scores",
     "confidence_scores",
     "crowd_shape",

@@ -71,6 +71,16 @@ def single_item_clusters(clusters: pd.Series) -> int:
     return int((clusters.value_counts() == 1).sum())
 
 
+def cluster_confidence(clusters: pd.Series, confidence: pd.Series) -> pd.Series:
+    """Each cluster's mean confidence (a Series cluster -> mean, in cluster order).
+
+    >>> clusters = pd.Series([0, 0, 1], index=list("abc"))
+    >>> cluster_confidence(clusters, pd.Series([0.9, 0.7, 0.2], index=list("abc"))).round(2).tolist()
+    [0.8, 0.2]
+    """
+    return confidence.reindex(clusters.index).groupby(clusters).mean()
+
+
 def doubtful_clusters(clusters: pd.Series, confidence: pd.Series) -> int:
     """How many clusters of two or more items have a mean confidence below 0.5.
 
@@ -82,9 +92,8 @@ def doubtful_clusters(clusters: pd.Series, confidence: pd.Series) -> int:
     >>> doubtful_clusters(clusters, pd.Series([0.9, 0.8, 0.3, 0.5, 0.1], index=list("abcde")))
     1
     """
-    sizes = clusters.value_counts()
-    means = confidence.reindex(clusters.index).groupby(clusters).mean()
-    return int(((means < 0.5) & (sizes.reindex(means.index) > 1)).sum())
+    means = cluster_confidence(clusters, confidence)
+    return int(((means < 0.5) & (clusters.value_counts().reindex(means.index) > 1)).sum())
 
 
 def least_certain(clusters: pd.Series, confidence: pd.Series, per_cluster: int = 5) -> pd.DataFrame:

@@ -86,7 +86,7 @@ def _least_certain(
         "styles.</p>",
     ]
     for cluster, rows in uncertain.groupby("cluster", sort=True):  # one row per cluster
-        label = f"cluster {html.escape(str(cluster))}<br>mean&nbsp;{means.get(cluster, float('nan')):.2f}"
+        label = f"cluster {html.escape(str(cluster))}<br>mean&nbsp;{means[cluster]:.2f}"
         parts.append(f"<div class='g'><figure class='label'>{label}</figure>")
         parts += [_figure(str(r.item), sources, f"{r.confidence:.2f}") for r in rows.itertuples()]
         parts.append("</div>")
@@ -170,8 +170,11 @@ def render_html(
         }
         rows["skipped (too small)"] = intr.get("skipped")
         parts.append(_table(rows))
-    means = None if uncertain is None else uncertain[1].reindex(clusters.index).groupby(clusters).mean()
+    means = None
     if uncertain is not None:
+        from aggregation import cluster_confidence  # here: the aggregation's modules load numba
+
+        means = cluster_confidence(clusters, uncertain[1])
         parts += _least_certain(*uncertain, means, sources)
     parts.append("<h2>Clusters</h2>")
     for cluster, items in clusters.groupby(clusters):
