@@ -252,3 +252,26 @@ def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_ag
         twice.stderr.startswith(f"error: {first}: the answer of worker ")
         and f"is also in {first}" in twice.stderr
     )
+
+
+def test_the_command_imports_nothing_it_does_not_use(export):
+    """Start-up is most of the command's time on a small export: what it never calls, it never imports.
+
+    pydantic came in through typer 0.29's option coercion (0.2-0.3 s per start); the others are the
+    pipeline's and the baseline's libraries.
+    """
+    code = (
+        "import sys\n"
+        "from crowdclust.cli import main\n"
+        f"sys.argv = ['crowdclust', 'aggregate', {str(export / 'export.tsv')!r}, '-o', "
+        f"{str(export / 'lean.csv')!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "unused = ('pydantic', 'sklearn', 'scipy.stats', 'prefect', 'toloka', 'rich', 'crowdkit', 'httpx')\n"
+        "print(sorted(name for name in unused if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
