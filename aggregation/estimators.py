@@ -385,8 +385,9 @@ class CoAssociationClustering(_Base):
         """Fit on long-format labels (task, worker, item, label)."""
         started = time.perf_counter()
         pairs = build_pairs(_as_labels(data))
-        a, b, same, votes = coassociation(pairs)
+        graph = PairGraph(pairs)
+        a, b, same, votes = graph.coassociation()
         labels = agglomerate(pairs.n_items, a, b, same / votes, "average", self.threshold, self.n_clusters)
         self.n_iter_ = 0
-        self._finish(pairs, labels, started)
+        self._finish(pairs, labels, started, graph)
         return self

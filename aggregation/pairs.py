@@ -10,10 +10,14 @@ the arrays are identical across processes whatever PYTHONHASHSEED is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
+from numba import njit
+
+if TYPE_CHECKING:
+    from aggregation.consensus import PairGraph
 
 __all__ = [
     "REQUIRED",
@@ -78,6 +82,77 @@ def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques, dtype=object).astype(str)
 
 
+@njit(cache=True)
+def _labels_by_item(a: np.ndarray, b: np.ndarray, item_ptr: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Every item's labels, in label order (= worker order: the item kernels sum per worker).
+
+    A counting sort in one pass over the labels. It replaces an argsort of (item, label) keys over
+    both ends, whose temporaries of two entries per label made the peak memory of
+    `crowdclust aggregate` at 10,000 images.
+    """
+    cursor = item_ptr[:-1].copy()
+    out = np.empty(2 * len(a), dtype=np.int64)
+    for t in range(len(a)):
+        out[cursor[a[t]]] = t
+        cursor[a[t]] += 1
+        out[cursor[b[t]]] = t
+        cursor[b[t]] += 1
+    return out
+
+
+@njit(cache=True)
+def _starts(codes: np.ndarray, n_codes: int) -> np.ndarray:  # pragma: no cover - compiled
+    """CSR pointers of `codes` in [0, n_codes): where each code's run starts in sorted order."""
+    ptr = np.zeros(n_codes + 1, dtype=np.int64)
+    for t in range(len(codes)):
+        ptr[codes[t] + 1] += 1
+    for i in range(n_codes):
+        ptr[i + 1] += ptr[i]
+    return ptr
+
+
+@njit(cache=True)
+def _place(codes: np.ndarray, ptr: np.ndarray, among: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """The entries of `among`, stably ordered by their code (a counting sort's second pass)."""
+    cursor = ptr[:-1].copy()
+    out = np.empty(len(among), dtype=np.int64)
+    for k in range(len(among)):
+        t = among[k]
+        out[cursor[codes[t]]] = t
+        cursor[codes[t]] += 1
+    return out
+
+
+@njit(cache=True)
+def stable_order(codes: np.ndarray, n_codes: int) -> np.ndarray:  # pragma: no cover - compiled
+    """`np.argsort(codes, kind="stable")` for codes in [0, n_codes), by counting: O(len + n_codes)."""
+    return _place(codes, _starts(codes, n_codes), np.arange(len(codes)))
+
+
+@njit(cache=True)
+def pair_index(a: np.ndarray, b: np.ndarray, n_items: int) -> tuple:  # pragma: no cover - compiled
+    """The distinct item pairs, sorted, and each label's pair: `np.unique(a * n + b, return_inverse)`.
+
+    Two counting sorts (by b, then stably by a) instead of a comparison sort of 64-bit keys, with
+    fewer temporaries of one entry per label: at 10,000 images (3.15 M labels) 0.15-0.2 s against
+    0.2-0.7 s.
+    """
+    order = _place(a, _starts(a, n_items), stable_order(b, n_items))
+    inverse = np.empty(len(a), dtype=np.int64)
+    n_pairs = 0
+    for k in range(len(order)):
+        t = order[k]
+        if k == 0 or a[t] != a[order[k - 1]] or b[t] != b[order[k - 1]]:
+            n_pairs += 1
+        inverse[t] = n_pairs - 1
+    first_a = np.empty(n_pairs, dtype=np.int64)
+    first_b = np.empty(n_pairs, dtype=np.int64)
+    for t in range(len(a)):
+        first_a[inverse[t]] = a[t]
+        first_b[inverse[t]] = b[t]
+    return first_a, first_b, inverse
+
+
 def check_labels(labels: pd.DataFrame) -> None:
     """Raise ValueError when the long-format frame cannot be used."""
     missing = [c for c in REQUIRED if c not in labels.columns]
@@ -118,6 +193,7 @@ def build_pairs(labels: pd.DataFrame) -> PairLabels:
         raise ValueError("no assignment holds two or more items, so there are no pairwise labels")
     left = np.concatenate([p[0] for p in parts])
     right = np.concatenate([p[1] for p in parts])
+    del parts
 
     # Sort by (worker, a, b) through one integer key: a stable argsort of it is lexsort's order, faster.
     n_items, n_workers = len(items), len(workers)
@@ -128,12 +204,11 @@ def build_pairs(labels: pd.DataFrame) -> PairLabels:
     w = worker[left].astype(np.int64)
     lab = np.where(group[left] == group[right], 1.0, -1.0)
     task_of = task[left].astype(np.int32)
+    del left, right, by_worker  # one entry per label each: not held while the item index is built
 
-    ends = np.concatenate([a, b])
-    # Within an item, labels in label order = worker order (the item kernel sums per worker).
-    label_of = np.r_[np.arange(len(a)), np.arange(len(a))]
-    item_lab = (np.argsort(ends * len(a) + label_of, kind="stable") % len(a)).astype(np.int64)
-    item_ptr = np.r_[0, np.cumsum(np.bincount(ends, minlength=n_items))].astype(np.int64)
+    counts = np.bincount(a, minlength=n_items) + np.bincount(b, minlength=n_items)
+    item_ptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    item_lab = _labels_by_item(a, b, item_ptr)
     worker_ptr = np.r_[0, np.cumsum(np.bincount(w, minlength=n_workers))].astype(np.int64)
     return PairLabels(
         items=items,
@@ -159,9 +234,12 @@ def coassociation(pairs: PairLabels) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return uniq // pairs.n_items, uniq % pairs.n_items, same, votes
 
 
-def together_pairs(pairs: PairLabels) -> tuple[np.ndarray, np.ndarray]:
-    """The item pairs (a < b) that a majority of the workers who saw both put in one group."""
-    a, b, same, votes = coassociation(pairs)
+def together_pairs(pairs: PairLabels, graph: PairGraph | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The item pairs (a < b) that a majority of the workers who saw both put in one group.
+
+    `graph`: the labels' `PairGraph` (a fitted estimator's `pair_graph_`), which has the votes.
+    """
+    a, b, same, votes = coassociation(pairs) if graph is None else graph.coassociation()
     together = 2 * same > votes
     return a[together], b[together]
 

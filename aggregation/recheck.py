@@ -118,7 +118,7 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
     """The images of a fitted estimator whose place its `labels` (long format) do not vouch for."""
     pairs = model.pairs_
     clusters = model.labels_.to_numpy().astype(np.int64)  # in the pairs' item order (`_Base._finish`)
-    together = together_pairs(pairs)
+    together = together_pairs(pairs, model.pair_graph_)
     piece = linked_pieces(*together, clusters)
     size = np.bincount(piece, minlength=len(clusters))
     # Each cluster's largest piece; ties go to the piece of the smallest item (deterministic).

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aggregation.pairs import build_pairs, coassociation, unanchored
+from aggregation.consensus import PairGraph
+from aggregation.pairs import build_pairs, coassociation, pair_index, stable_order, unanchored
+from aggregation.synthetic import generate_crowd
 
 
 def _frame(rows):
@@ -62,11 +64,36 @@ def test_mixed_hit_sizes_single_items_and_one_assignment_workers():
         assert np.all((pairs.a[labs] == i) | (pairs.b[labs] == i))
         assert len(labs) == np.sum(pairs.a == i) + np.sum(pairs.b == i)
         assert np.all(np.diff(pairs.worker[labs]) >= 0)
+        assert np.all(np.diff(labs) > 0)  # label order, each label once
     # CSR by worker: contiguous ranges.
     for j in range(pairs.n_workers):
         assert np.all(pairs.worker[pairs.worker_ptr[j] : pairs.worker_ptr[j + 1]] == j)
     lonely = pairs.items.tolist().index("lonely")
     assert pairs.item_ptr[lonely] == pairs.item_ptr[lonely + 1]
+
+
+def test_the_pair_graph_counts_the_votes_as_coassociation_does():
+    """`PairGraph.coassociation` reuses the graph's sort of the labels; the arrays must not change."""
+    crowd = generate_crowd(300, 12, seed=4, overlap=(2, 5))
+    pairs = build_pairs(crowd.labels)
+    direct, from_graph = coassociation(pairs), PairGraph(pairs).coassociation()
+    for expected, got in zip(direct, from_graph, strict=True):
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    assert (direct[3] > 1).any() and (direct[2] < direct[3]).any()  # repeated pairs, split votes
+
+
+@pytest.mark.parametrize(("n_items", "n_labels"), [(2, 1), (7, 40), (300, 20_000)])
+def test_the_counting_sorts_give_numpys_orders(n_items, n_labels):
+    """`pair_index` and `stable_order` replace np.unique and a stable argsort: same arrays exactly."""
+    rng = np.random.default_rng(n_items)
+    a = rng.integers(0, n_items - 1, size=n_labels)
+    b = a + 1 + rng.integers(0, n_items - 1 - a)  # a < b < n_items; some items in no label
+    first_a, first_b, inverse = pair_index(a, b, n_items)
+    upper, expected = np.unique(a * n_items + b, return_inverse=True)
+    np.testing.assert_array_equal(first_a * n_items + first_b, upper)
+    np.testing.assert_array_equal(inverse, expected)
+    np.testing.assert_array_equal(stable_order(inverse, len(upper)), np.argsort(expected, kind="stable"))
 
 
 def test_row_order_does_not_matter():
