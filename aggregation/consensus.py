@@ -594,12 +594,17 @@ def _pair_sums(pair_ptr, worker, yes, w_yes, w_no, place_ab, place_ba):  # pragm
 
 
 def _coin_weights(pairs: PairLabels, labels: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each worker's llr of a "same" and of a "different" label under their two coins, fitted to `labels`.
+    """Each worker's llr of a "same" and of a "different" label under their two coins, fitted to `labels`."""
+    counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, labels, pairs.n_workers)
+    return coin_weights(counts, prior)
+
+
+def coin_weights(counts: np.ndarray, prior: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """The llr of a "same" and of a "different" label per worker, from their `coin_counts`.
 
     `prior` pseudo-counts pull sens and spec toward 0.75, so a worker with few labels gets a
     moderate weight rather than an extreme one.
     """
-    counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, labels, pairs.n_workers)
     sens = (counts[:, 0] + 0.75 * prior) / (counts[:, 1] + prior)
     spec = (counts[:, 2] + 0.75 * prior) / (counts[:, 3] + prior)
     return np.log(sens / (1.0 - spec)), np.log((1.0 - sens) / spec)

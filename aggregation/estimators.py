@@ -26,7 +26,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from aggregation.confidence import item_confidence
-from aggregation.consensus import ALPHA, PairGraph, absorb_thin, search, worker_llr
+from aggregation.consensus import ALPHA, PairGraph, absorb_thin, coin_counts, coin_weights, search
 from aggregation.linkage import agglomerate
 from aggregation.mixture import dp_mixture
 from aggregation.pairs import PairLabels, build_pairs, coassociation
@@ -335,22 +335,25 @@ class CrowdClustering(_Base):
             weight = np.where(ud == ue, 1.0, 2.0)
             tau, tau_var = state.tm, state.tv
             w_norm = np.sqrt((state.wm**2 * weight).sum(axis=1))
-        labels = self.labels_.to_numpy()
-        same = labels[pairs.a] == labels[pairs.b]
-        yes = pairs.label > 0
-        llr = worker_llr(pairs, labels)
-        per_worker = pairs.per_worker
+        # One pass over the labels, no array of one entry per label (at 100,000 images such arrays
+        # made the command's peak memory): every column follows from the two coins' counts.
+        labels = self.labels_.to_numpy().astype(np.int64)
+        counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, labels, pairs.n_workers)
+        same_yes, same, across_no, across = counts.T
+        w_yes, w_no = coin_weights(counts)
         n_labels = np.diff(pairs.worker_ptr)
+        n_yes = same_yes + across - across_no
+        per_label = np.maximum(n_labels, 1)
         return pd.DataFrame(
             {
                 "tau": tau,
                 "tau_var": tau_var,
                 "w_norm": w_norm,
                 "n_labels": n_labels,
-                "agreement": per_worker(same == yes) / np.maximum(n_labels, 1),
-                "sensitivity": per_worker(same & yes) / np.maximum(per_worker(same), 1),
-                "specificity": per_worker(~same & ~yes) / np.maximum(per_worker(~same), 1),
-                "mean_abs_llr": per_worker(np.abs(llr)) / np.maximum(n_labels, 1),
+                "agreement": (same_yes + across_no) / per_label,
+                "sensitivity": same_yes / np.maximum(same, 1),
+                "specificity": across_no / np.maximum(across, 1),
+                "mean_abs_llr": (n_yes * np.abs(w_yes) + (n_labels - n_yes) * np.abs(w_no)) / per_label,
             },
             index=pd.Index(pairs.workers, name="worker"),
         )
