@@ -158,6 +158,10 @@ def _read_fast(frame: pd.DataFrame, task_column: str) -> pd.DataFrame | None:
         items = [obj.get("image", item) for obj, item in zip(objects, items, strict=True)]
         if not all(type(item) is str and item for item in items):
             return None
+    # One string object per image rather than one per answer that shows it (about 70 at the shoes
+    # design): the frame is kept for the whole command.
+    one_each: dict[str, str] = {}
+    items = [one_each.setdefault(item, item) for item in items]
     labels = pd.DataFrame(
         {
             "task": np.repeat(frame[task_column].to_numpy(dtype=object), lengths),
