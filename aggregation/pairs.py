@@ -3,8 +3,8 @@
 An assignment (one worker answering one HIT of M images) gives M(M-1)/2 pairwise labels: +1 when
 the worker put the two images in the same group, -1 otherwise. Items are distinct images, wherever
 they appear; a worker who saw the same pair in two HITs contributes two labels. Everything is built
-with array operations (no per-label Python loop), and every order comes from sorting strings, so
-the arrays are identical across processes whatever PYTHONHASHSEED is.
+with array operations and numba counting sorts (no per-label Python loop), and every order comes
+from sorting strings, so the arrays are identical across processes whatever PYTHONHASHSEED is.
 """
 
 from __future__ import annotations
