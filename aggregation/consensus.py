@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from aggregation.pairs import PairLabels, pair_index, stable_order
+from aggregation.pairs import PairLabels, code_starts, pair_index, stable_order
 
 __all__ = [
     "ALPHA",
@@ -524,8 +524,8 @@ class PairGraph:
         place = np.empty(len(order), dtype=np.int64)
         place[order] = np.arange(len(order))
         self.place_ab, self.place_ba = place[: len(a)], place[len(a) :]
-        by_pair = stable_order(self.inverse, len(a))
-        self.pair_ptr = np.r_[0, np.cumsum(np.bincount(self.inverse, minlength=len(a)))].astype(np.int64)
+        self.pair_ptr = code_starts(self.inverse, len(a))
+        by_pair = stable_order(self.inverse, self.pair_ptr)
         self.pair_worker = pairs.worker[by_pair].astype(np.int32)
         self.pair_yes = pairs.label[by_pair] > 0
 

@@ -29,7 +29,7 @@ from aggregation.confidence import item_confidence
 from aggregation.consensus import ALPHA, PairGraph, absorb_thin, coin_counts, coin_weights, search
 from aggregation.linkage import agglomerate
 from aggregation.mixture import dp_mixture
-from aggregation.pairs import PairLabels, build_pairs, coassociation
+from aggregation.pairs import PairLabels, build_pairs
 from aggregation.variational import Priors, VariationalRun, initial_state, spectral_start
 
 __all__ = ["CoAssociationClustering", "CrowdClustering", "least_certain", "ordered_clusters"]
@@ -283,7 +283,7 @@ class CrowdClustering(_Base):
         pairs = build_pairs(_as_labels(data))
         graph = PairGraph(pairs)
         limit = self.embedding_max_items
-        best = self._embed(pairs) if limit is None or pairs.n_items <= limit else None
+        best = self._embed(pairs, graph) if limit is None or pairs.n_items <= limit else None
         mixture = None
         self.mixture_labels_ = None
         if best is not None and pairs.n_items <= MIXTURE_MAX_ITEMS:
@@ -311,12 +311,12 @@ class CrowdClustering(_Base):
         self.worker_params_ = self._worker_table(pairs, best)
         return self
 
-    def _embed(self, pairs: PairLabels):
+    def _embed(self, pairs: PairLabels, graph: PairGraph):
         """Variational Bayes from the spectral start and `n_restarts` random ones; the best free energy."""
         priors = Priors(self.n_dims, self.var_x, self.var_w, self.var_tau)
         run = VariationalRun(pairs, priors)
         rng = np.random.default_rng(self.random_state)
-        a, b, same, votes = coassociation(pairs)
+        a, b, same, votes = graph.coassociation()
         starts = [spectral_start(pairs.n_items, a, b, same / votes, self.n_dims)]
         starts += [rng.normal(size=(pairs.n_items, self.n_dims)) for _ in range(self.n_restarts)]
         best = None

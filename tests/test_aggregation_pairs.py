@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from aggregation.consensus import PairGraph
-from aggregation.pairs import build_pairs, coassociation, pair_index, stable_order, unanchored
+from aggregation.pairs import build_pairs, coassociation, code_starts, pair_index, stable_order, unanchored
 from aggregation.synthetic import generate_crowd
 
 
@@ -93,7 +93,9 @@ def test_the_counting_sorts_give_numpys_orders(n_items, n_labels):
     upper, expected = np.unique(a * n_items + b, return_inverse=True)
     np.testing.assert_array_equal(first_a * n_items + first_b, upper)
     np.testing.assert_array_equal(inverse, expected)
-    np.testing.assert_array_equal(stable_order(inverse, len(upper)), np.argsort(expected, kind="stable"))
+    starts = code_starts(inverse, len(upper))
+    np.testing.assert_array_equal(starts, np.r_[0, np.cumsum(np.bincount(expected, minlength=len(upper)))])
+    np.testing.assert_array_equal(stable_order(inverse, starts), np.argsort(expected, kind="stable"))
 
 
 def test_row_order_does_not_matter():
