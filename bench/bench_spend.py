@@ -145,9 +145,9 @@ def main() -> None:
     parser.add_argument(
         "--exam-workers",
         type=int,
-        default=100,
-        help="exam.expected_workers: who may qualify; at 10,000 items and speed 600, 100 cannot finish the "
-        "main pool in its 7 simulated days (50 answers each, then one per 5 simulated hours)",
+        default=400,
+        help="exam.expected_workers: who may qualify; at 10,000 items 100 seats cannot finish the main "
+        "pool in its 7 days (50 answers each, then one per 5 hours): the run refuses them before it opens",
     )
     args = parser.parse_args()
     print(

@@ -86,7 +86,11 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     labelled = None
     round_id = None
     if new_items:
-        preflight.check_plan(params, len(new_items))  # before planning: a plan too big says no at once
+        # Before planning: a plan too big, or one the exam cannot staff, says no at once.
+        bundle = preflight.check_plan(params, len(new_items))
+        staffing = preflight.staffing_warning(params, bundle, len(new_items))
+        if staffing:
+            logger.warning(staffing)
         round_id = rounds.round_key(new_items)
         before = aggregate_pools(params, done_pools, folder.before_round())[0] if done_pools else None
         planned = rounds.plan_round(

@@ -73,8 +73,8 @@ def labelling(params: PipelineParams) -> Labelled:
     checked = preflight.check_run(params)  # data errors stop here, before anything is created
     items = checked.items
     logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)
-    if checked.design_warning:
-        logger.warning(checked.design_warning)
+    for warning in checked.warnings:
+        logger.warning(warning)
     probe(params.toloka)  # no token, a wrong one or no platform: fail before anything is created
 
     labelled = collect_labels(params, run_key, hits.make_plan(items, params.hits, params.seed), folder)

@@ -130,7 +130,11 @@ class ExamParams(_Model):
         0.01, ge=0, description="Reward per exam assignment, USD (paid only when accepted)."
     )
     expected_workers: int = Field(
-        100, ge=1, description="Exam overlap per suite: how many workers may take each exam (cost bound)."
+        100,
+        ge=1,
+        description="Exam overlap per suite: how many workers may take each exam (cost bound). It also "
+        "bounds how many workers can qualify, and so the answers the main pool can collect: a run whose main "
+        "pool needs more than they can give under its answer-count restriction stops before anything opens.",
     )
     skill_name: str = Field(
         "Shoes clustering", description="Base name of the skill; the run key is appended."

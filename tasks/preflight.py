@@ -9,6 +9,7 @@ objects before anything is uploaded to them or paid through them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from aggregation import followup
@@ -19,17 +20,32 @@ from tasks.params import PipelineParams, TolokaTarget
 from tasks.second_round import most_images as second_round_images
 from tasks.stage import stage_task
 from tasks.stages import LabellingIds
-from tasks.toloka_api import RunRegistry
-from tasks.toloka_config import FILES, TolokaBundle, TolokaConfigError, load_bundle
+from tasks.toloka_api import POOL_LIFETIME, RunRegistry
+from tasks.toloka_config import (
+    FILES,
+    AnswerLimit,
+    TolokaBundle,
+    TolokaConfigError,
+    answer_limits,
+    load_bundle,
+)
+
+
+class ExamSeatsShort(HitPlanError):
+    """Too few workers can qualify through the exam for the main pool to collect its answers."""
 
 
 @dataclass(frozen=True)
 class Checked:
-    """What the checks read: the dataset's image URLs and the Toloka configs, and the design's warning."""
+    """What the checks read: the dataset's image URLs and the Toloka configs, and what to warn of.
+
+    `warnings`: the HIT design's (`design_warning`) and the staffing's (`staffing_warning`), each
+    one line, shown before anything is paid.
+    """
 
     items: list[str]
     bundle: TolokaBundle
-    design_warning: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def check_exams(params: PipelineParams, bundle: TolokaBundle) -> None:
@@ -50,7 +66,8 @@ def check_run(params: PipelineParams) -> Checked:
             f"{params.dataset}: {len(items)} images cannot fill a HIT of hits.size {params.hits.size}"
         )
     bundle = check_plan(params, len(items))
-    return Checked(items, bundle, design_warning(params, bundle, len(items)))
+    found = (design_warning(params, bundle, len(items)), staffing_warning(params, bundle, len(items)))
+    return Checked(items, bundle, tuple(warning for warning in found if warning))
 
 
 def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> str | None:
@@ -92,8 +109,90 @@ def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -
     )
 
 
+@dataclass(frozen=True)
+class Staffing:
+    """The answers a plan's main pool needs against what the workers the exam can qualify may give."""
+
+    needed: int
+    workers: int  # the most workers the exam can qualify
+    exams_each: int  # the fewest exams whose mean reaches exam.min_skill
+    suites: int
+    limit: AnswerLimit  # the main pool's tightest ANSWER_COUNT restriction
+    most_each: int  # answers one worker can give in the pool's lifetime
+
+    def seats_for(self, answers_each: int) -> int:
+        """The exam.expected_workers that qualify enough workers at `answers_each` answers each."""
+        workers = -(-self.needed // max(answers_each, 1))
+        return -(-workers * self.exams_each // self.suites)
+
+    def explain(self, params: PipelineParams, answers_each: int) -> str:
+        """The need, the workers, the rule and the answers they allow: how both messages start."""
+        exam = params.exam
+        return (
+            f"exam: the main pool needs {self.needed:,} answers ({self.needed // params.hits.overlap:,} "
+            f"HITs x hits.overlap {params.hits.overlap}), but at most ~{self.workers:,} workers can qualify "
+            f"(exam.expected_workers {exam.expected_workers} on each of {self.suites} exam suites, "
+            f"{self.exams_each} exams each to reach exam.min_skill {exam.min_skill:g}) and main_pool.json "
+            f"{self.limit.describe()}: {self.workers * answers_each:,} answers at most"
+        )
+
+
+def staffing(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> Staffing | None:
+    """The main pool's answers against what the workers the exam can qualify may give (None: no limit).
+
+    Only workers whose skill reaches exam.min_skill enter the main pool, and a skill is the mean
+    score over exam.n_exams exams, so each of them took at least ceil(min_skill x n_exams / 100)
+    exams; every exam suite takes exam.expected_workers accepted answers. The main pool's tightest
+    ANSWER_COUNT restriction bounds each worker's answers over the pool's lifetime. (A rejected
+    exam answer frees its seat, so a few more workers may qualify on partial scores: the figure is
+    what exact answers allow.)
+    """
+    limits = answer_limits(bundle.main_pool)
+    if not limits:
+        return None
+    lifetime = POOL_LIFETIME.total_seconds()
+    limit = min(limits, key=lambda rule: (rule.most_per_worker(lifetime), rule.answers))
+    exams_each = max(1, math.ceil(params.exam.min_skill * params.exam.n_exams / 100.0 - 1e-9))
+    suites = len(bundle.exam_suites)
+    workers = params.exam.expected_workers * suites // exams_each
+    needed = budget.planned_hits(n_items, params) * params.hits.overlap
+    return Staffing(needed, workers, exams_each, suites, limit, limit.most_per_worker(lifetime))
+
+
+def check_staffing(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> None:
+    """Refuse a plan whose main pool cannot collect its answers before it expires, before anything opens.
+
+    At 10,000 images with 100 exam seats the emulator's main pool expired with a third of its
+    answers bought: its ANSWER_COUNT rule lets each of the ~100 qualified workers give 50 answers,
+    then one per 5 hours, 8,400 at most in 7 days against the 9,000 the plan needed.
+    """
+    found = staffing(params, bundle, n_items)
+    if found is None or found.needed <= found.workers * found.most_each:
+        return
+    raise ExamSeatsShort(
+        f"{found.explain(params, found.most_each)} in the pool's {POOL_LIFETIME.days} days: it would "
+        f"expire unfinished. Raise exam.expected_workers to {found.seats_for(found.limit.answers)}, "
+        f"enough workers to finish without waiting out a restriction ({found.seats_for(found.most_each)} "
+        "at the very least), or relax that rule; nothing was planned or opened"
+    )
+
+
+def staffing_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> str | None:
+    """A warning when the main pool completes only if its workers keep coming back after each restriction."""
+    found = staffing(params, bundle, n_items)
+    first = found.limit.answers if found is not None else 0
+    if found is None or found.needed <= found.workers * first:
+        return None
+    return (
+        f"{found.explain(params, first)} before their first restriction; the other "
+        f"{found.needed - found.workers * first:,} need them to come back after each restriction, one "
+        f"answer at a time, so the pool may take days or expire unfinished. exam.expected_workers "
+        f"{found.seats_for(first)} would qualify enough workers to finish without"
+    )
+
+
 def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
-    """Exam count, overlap rules, and the size and cost of a plan for `n_items` against the budget.
+    """Exam count, overlap rules, staffing, and the size and cost of a plan for `n_items` against the budget.
 
     The estimate counts the second round of the most images it may show again
     (`hits.second_round_share` of `n_items`). The catalogue flow calls it for each round's new
@@ -102,6 +201,7 @@ def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
     bundle = load_bundle(params.toloka_dir)
     check_exams(params, bundle)
     budget.check_plan_size(params, bundle, n_items)
+    check_staffing(params, bundle, n_items)
     n_hits = budget.planned_hits(n_items, params)
     again = second_round_images(params, n_items)
     if again >= params.hits.size:  # as `followup.plan` will plan them: listed images and anchors

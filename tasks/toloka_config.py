@@ -245,6 +245,74 @@ def _restricts_by_answer_count(pool_spec: dict[str, Any]) -> bool:
     )
 
 
+UNIT_SECONDS = {"MINUTES": 60, "HOURS": 3600, "DAYS": 86400}
+# Toloka's condition operators, as the first count at which a rule on a number of answers fires.
+FIRST_FIRING = {"GTE": 0, "GT": 1, "EQ": 0}
+
+
+@dataclass(frozen=True)
+class AnswerLimit:
+    """An ANSWER_COUNT rule that takes a worker's access away after `answers` answers in the pool.
+
+    `seconds` is how long the restriction lasts (None: for good). Once it lapses the count is still
+    past the threshold, so the next answer restricts the worker again: after the first `answers`,
+    a worker gives one answer per restriction.
+    """
+
+    answers: int
+    seconds: float | None
+    where: str
+
+    def most_per_worker(self, lifetime_seconds: float) -> int:
+        """The most answers one worker can give in a pool open for `lifetime_seconds`."""
+        if self.seconds is None:
+            return self.answers
+        return self.answers + -(-int(lifetime_seconds) // max(int(self.seconds), 1))
+
+    def describe(self) -> str:
+        span = "for good" if self.seconds is None else f"for {_duration(self.seconds)}"
+        return f"restricts a worker after {self.answers} answers, {span} ({self.where})"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            value = int(seconds // size)
+            return f"{value} {unit[:-1] if value == 1 else unit}"
+    return f"{seconds:g} seconds"
+
+
+def answer_limits(pool_spec: dict[str, Any]) -> list[AnswerLimit]:
+    """Every ANSWER_COUNT rule of a pool spec that restricts a worker past a number of answers.
+
+    Only qualified workers may answer a gated pool, so this rule, times the workers the exam can
+    qualify, bounds how many answers the pool can ever collect (`preflight.check_staffing`).
+    """
+    limits = []
+    for i, config in enumerate((pool_spec.get("quality_control") or {}).get("configs") or []):
+        if (config.get("collector_config") or {}).get("type") != "ANSWER_COUNT":
+            continue
+        for j, rule in enumerate(config.get("rules") or []):
+            action = rule.get("action") or {}
+            if action.get("type") not in ("RESTRICTION", "RESTRICTION_V2"):
+                continue
+            condition = next(
+                (c for c in rule.get("conditions") or [] if c.get("key") == "assignments_accepted_count"),
+                None,
+            )
+            if condition is None or condition.get("operator") not in FIRST_FIRING:
+                continue
+            params = action.get("parameters") or {}
+            span, unit = params.get("duration"), params.get("duration_unit")
+            if span is None and params.get("duration_days") is not None:  # RESTRICTION (v1)
+                span, unit = params["duration_days"], "DAYS"
+            lasting = span is None or unit == "PERMANENT"
+            seconds = None if lasting else float(span) * UNIT_SECONDS.get(unit, 86400)
+            answers = int(condition.get("value")) + FIRST_FIRING[condition["operator"]]
+            limits.append(AnswerLimit(answers, seconds, f"quality_control.configs[{i}].rules[{j}]"))
+    return limits
+
+
 def check_overlap_rules(path: Path, pool_spec: dict[str, Any], overlap: int, max_overlap: int | None) -> int:
     """Refuse CHANGE_OVERLAP rules that can chain into runaway overlap; return the worst paid overlap.
 

@@ -489,18 +489,69 @@ def test_expected_styles_prices_the_design_that_would_place_every_image():
     from tasks import preflight
     from tasks.hits import HitPlanError
 
-    assert preflight.check_run(_params()).design_warning is None
-    assert preflight.check_run(_params(hits={"expected_styles": 8})).design_warning is None
-    warning = preflight.check_run(_params(hits={"expected_styles": 40})).design_warning
+    assert preflight.check_run(_params()).warnings == ()
+    assert preflight.check_run(_params(hits={"expected_styles": 8})).warnings == ()
+    (warning,) = preflight.check_run(_params(hits={"expected_styles": 40})).warnings
     assert "shows each image ~1.2 of its own style and leaves ~31% of the images with none" in warning
     assert "hits.hits_per_item 46 would show ~5.4 and leave ~0.5% with none" in warning
     assert "its main pool would cost $68.80 instead of $14.92" in warning
     assert warning.endswith("above budget.max_spend $50.00")
     roomy = _params(hits={"expected_styles": 40}, budget={"max_spend": 200.0})
-    assert "max_spend" not in preflight.check_run(roomy).design_warning
+    assert "max_spend" not in preflight.check_run(roomy).warnings[0]
     too_many = r"hits\.expected_styles 100 exceeds the 82 images of .*dataset\.tsv"
     with pytest.raises(HitPlanError, match=too_many):
         preflight.check_run(_params(hits={"expected_styles": 100}))
+
+
+def test_a_main_pool_the_exam_cannot_staff_is_refused_before_planning():
+    """The demo's main pool restricts a worker after 50 answers for 5 hours, and its 100 exam seats
+    on 3 suites (3 exams each to reach skill 75) qualify ~100 workers: 5,000 answers before a first
+    restriction, 100 x (50 + 34) = 8,400 in the pool's 7 days. 1,000 images x 7 answers: a warning;
+    2,000: refused before anything is planned; 280 seats finish it without a restriction."""
+    from tasks import preflight
+
+    roomy = _params(budget={"max_spend": 1000.0})
+    bundle = load_bundle(roomy.toloka_dir)
+    assert preflight.staffing_warning(roomy, bundle, 82) is None
+    preflight.check_plan(roomy, 1000)
+    warning = preflight.staffing_warning(roomy, bundle, 1000)
+    assert warning.startswith("exam: the main pool needs 7,000 answers (1,000 HITs x hits.overlap 7)")
+    assert "at most ~100 workers can qualify" in warning
+    assert "restricts a worker after 50 answers, for 5 hours" in warning
+    assert "5,000 answers at most before their first restriction; the other 2,000" in warning
+    assert warning.endswith("exam.expected_workers 140 would qualify enough workers to finish without")
+    with pytest.raises(preflight.ExamSeatsShort, match=r"8,400 answers at most in the pool's 7 days") as no:
+        preflight.check_plan(roomy, 2000)
+    assert "exam.expected_workers to 280, enough workers to finish without" in str(no.value)
+    assert "(167 at the very least)" in str(no.value)
+    assert issubclass(preflight.ExamSeatsShort, preflight.DATA_ERRORS)  # one error line, exit 2
+    staffed = _params(budget={"max_spend": 1000.0}, exam={"expected_workers": 280})
+    preflight.check_plan(staffed, 2000)
+    assert preflight.staffing_warning(staffed, bundle, 2000) is None
+
+
+def test_answer_count_restrictions_bound_a_workers_answers():
+    """GTE n fires at n, GT n at n + 1; RESTRICTION (v1) counts days; a permanent one allows n in all."""
+    from tasks.toloka_config import answer_limits
+
+    def pool(condition: dict, action: dict) -> dict:
+        rule = {"conditions": [{"key": "assignments_accepted_count", **condition}], "action": action}
+        config = {"collector_config": {"type": "ANSWER_COUNT"}, "rules": [rule]}
+        return {"quality_control": {"configs": [config]}}
+
+    week = 7 * 86400
+    hours = {"type": "RESTRICTION_V2", "parameters": {"duration": 5, "duration_unit": "HOURS"}}
+    (gte,) = answer_limits(pool({"operator": "GTE", "value": 50}, hours))
+    assert (gte.answers, gte.seconds, gte.most_per_worker(week)) == (50, 18000.0, 84)
+    assert answer_limits(pool({"operator": "GT", "value": 50}, hours))[0].answers == 51
+    days = {"type": "RESTRICTION", "parameters": {"duration_days": 2}}
+    assert answer_limits(pool({"operator": "GTE", "value": 10}, days))[0].most_per_worker(week) == 14
+    forever = {"type": "RESTRICTION_V2", "parameters": {"duration_unit": "PERMANENT"}}
+    (permanent,) = answer_limits(pool({"operator": "GTE", "value": 20}, forever))
+    assert permanent.most_per_worker(week) == 20 and "for good" in permanent.describe()
+    assert answer_limits(pool({"operator": "LT", "value": 5}, hours)) == []
+    assert answer_limits(pool({"operator": "GTE", "value": 5}, {"type": "SET_SKILL"})) == []
+    assert answer_limits({}) == []
 
 
 def test_the_run_folder_keeps_a_dissenting_camp_and_drops_a_stale_one(tmp_path):

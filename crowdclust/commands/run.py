@@ -125,9 +125,9 @@ def run(
     )
 
     try:
-        design_warning = check_run(params).design_warning
-        if design_warning:  # before the token is tried: a user fixing the token still sees it
-            typer.echo(f"warning: {design_warning}", err=True)
+        # Before the token is tried: a user fixing the token still sees them.
+        for warning in check_run(params).warnings:
+            typer.echo(f"warning: {warning}", err=True)
         probe(params.toloka)
     except (*DATA_ERRORS, MissingTokenError) as error:
         raise _fail(str(error), 2, debug) from None
