@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from aggregation.pairs import PairLabels, code_starts, pair_index, stable_order
+from aggregation.pairs import PairLabels, code_starts, labels_by_pair, pair_index
 
 __all__ = [
     "ALPHA",
@@ -525,9 +525,8 @@ class PairGraph:
         place[order] = np.arange(len(order))
         self.place_ab, self.place_ba = place[: len(a)], place[len(a) :]
         self.pair_ptr = code_starts(self.inverse, len(a))
-        by_pair = stable_order(self.inverse, self.pair_ptr)
-        self.pair_worker = pairs.worker[by_pair].astype(np.int32)
-        self.pair_yes = pairs.label[by_pair] > 0
+        grouped = labels_by_pair(self.inverse, self.pair_ptr, pairs.worker, pairs.label)
+        self.pair_worker, self.pair_yes = grouped
 
     def coassociation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`pairs.coassociation` of the labels the graph was built from, without sorting them again.

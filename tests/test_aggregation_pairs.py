@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from aggregation.consensus import PairGraph
-from aggregation.pairs import build_pairs, coassociation, code_starts, pair_index, stable_order, unanchored
+from aggregation.pairs import (
+    build_pairs,
+    coassociation,
+    code_starts,
+    labels_by_pair,
+    pair_index,
+    stable_order,
+    unanchored,
+)
 from aggregation.synthetic import generate_crowd
 
 
@@ -85,7 +93,8 @@ def test_the_pair_graph_counts_the_votes_as_coassociation_does():
 
 @pytest.mark.parametrize(("n_items", "n_labels"), [(2, 1), (7, 40), (300, 20_000)])
 def test_the_counting_sorts_give_numpys_orders(n_items, n_labels):
-    """`pair_index` and `stable_order` replace np.unique and a stable argsort: same arrays exactly."""
+    """`pair_index`, `stable_order` and `labels_by_pair` replace np.unique, a stable argsort and the
+    gathers through it: same arrays exactly."""
     rng = np.random.default_rng(n_items)
     a = rng.integers(0, n_items - 1, size=n_labels)
     b = a + 1 + rng.integers(0, n_items - 1 - a)  # a < b < n_items; some items in no label
@@ -95,7 +104,13 @@ def test_the_counting_sorts_give_numpys_orders(n_items, n_labels):
     np.testing.assert_array_equal(inverse, expected)
     starts = code_starts(inverse, len(upper))
     np.testing.assert_array_equal(starts, np.r_[0, np.cumsum(np.bincount(expected, minlength=len(upper)))])
-    np.testing.assert_array_equal(stable_order(inverse, starts), np.argsort(expected, kind="stable"))
+    order = np.argsort(expected, kind="stable")
+    np.testing.assert_array_equal(stable_order(inverse, starts), order)
+    worker, label = rng.integers(0, 50, size=n_labels), rng.choice(np.array([-1, 1]), size=n_labels)
+    by_worker, yes = labels_by_pair(inverse, starts, worker, label)
+    assert by_worker.dtype == np.int32 and yes.dtype == np.bool_
+    np.testing.assert_array_equal(by_worker, worker[order])
+    np.testing.assert_array_equal(yes, label[order] > 0)
 
 
 def test_row_order_does_not_matter():
