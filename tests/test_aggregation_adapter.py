@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from aggregation import ExportFormatError, generate_crowd, read_export
+from aggregation.adapter import GROUPS_ONLY
 
 COLUMNS = [
     "INPUT:images",
@@ -90,6 +91,10 @@ def test_synthetic_export_round_trip(tmp_path):
             ('"u1","u2"', '{"group":1},{"group":1.5}', "", "a7", "w1"),
             "OUTPUT:result element 2 has a non-integer group: {'group': 1.5}",
         ),
+        (
+            ('"u1","u2"', '{"group":1},{"group":99999999999999999999}', "", "a7", "w1"),
+            "OUTPUT:result element 2 has a group beyond 64-bit integers",
+        ),
         (('"u1","u2"', "", "", "a7", "w1"), "empty cell in OUTPUT:result"),
         (("", '{"group":1}', "", "a7", "w1"), "empty cell in INPUT:images"),
         (('"u1","u2"', '{"group":1},{"group":2}', "", "a7", ""), "empty cell in ASSIGNMENT:worker_id"),
@@ -110,6 +115,28 @@ def test_each_bad_row_is_named(tmp_path, row, message):
     lenient = read_export(path, strict=False)
     assert lenient.labels["task"].tolist() == ["a1"] * 3
     assert len(lenient.problems) == 1 and lenient.problems[0].startswith(expected)
+
+
+def test_plain_group_cells_read_as_json_would(tmp_path):
+    """Cells of nothing but {"group": n} objects are read without JSON: spacing, brackets or not,
+    "-0", 18 digits; an assignment over two rows with other images is still one assignment. A
+    second key, 19 digits or a string group go through JSON and give the same labels."""
+    big = 10**17 + 3
+    plain = [
+        ('"u1","u2","u3"', '[ {"group": 1} , {"group" : -2},{"group":-0} ]', "", "a1", "w1"),
+        ('"u1","u2"', f'{{"group":{big}}},\n{{"group":7}}', "", "a2", "w2"),
+        ('"u4"', '{"group":3}', "", "a1", "w1"),
+    ]
+    assert all(GROUPS_ONLY.fullmatch(cell) for _, cell, *_ in plain)
+    labels = read_export(_write(tmp_path / "p.tsv", plain)).labels
+    assert labels["label"].tolist() == [1, -2, 0, big, 7, 3]
+    assert labels["item"].tolist() == ["u1", "u2", "u3", "u1", "u2", "u4"]
+    assert labels["label"].dtype == np.int64
+    mixed = [*plain[:2], ('"u4"', '[{"group":"3","image":"u4"}]', "", "a1", "w1")]
+    assert not GROUPS_ONLY.fullmatch(mixed[2][1]) and not GROUPS_ONLY.fullmatch(
+        '{"group":1000000000000000000}'
+    )
+    assert read_export(_write(tmp_path / "j.tsv", mixed)).labels.equals(labels)
 
 
 def test_item_twice_across_rows_of_one_assignment(tmp_path):
