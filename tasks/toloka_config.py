@@ -200,13 +200,20 @@ def _check_costs(role: str, item: dict[str, Any], where: str) -> None:
                 )
 
 
-def _overlap_rules(pool_spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(where, collector type, rule) of every CHANGE_OVERLAP rule of a pool spec."""
+RESTRICTIONS = ("RESTRICTION", "RESTRICTION_V2")
+
+
+def _rules(pool_spec: dict[str, Any], actions: tuple[str, ...]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, collector type, rule) of every quality-control rule of a pool spec with one of `actions`."""
     for i, config in enumerate((pool_spec.get("quality_control") or {}).get("configs") or []):
         collector = str((config.get("collector_config") or {}).get("type"))
         for j, rule in enumerate(config.get("rules") or []):
-            if (rule.get("action") or {}).get("type") == "CHANGE_OVERLAP":
+            if (rule.get("action") or {}).get("type") in actions:
                 yield f"quality_control.configs[{i}].rules[{j}]", collector, rule
+
+
+def _overlap_rules(pool_spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    return _rules(pool_spec, ("CHANGE_OVERLAP",))
 
 
 def _condition(rule: dict[str, Any], key: str) -> Any:
@@ -235,14 +242,7 @@ def overlap_raise(pool_spec: dict[str, Any]) -> int:
 
 def _restricts_by_answer_count(pool_spec: dict[str, Any]) -> bool:
     """An ANSWER_COUNT rule that takes access away: every extra answer brings it closer."""
-    return any(
-        (config.get("collector_config") or {}).get("type") == "ANSWER_COUNT"
-        and any(
-            (rule.get("action") or {}).get("type") in ("RESTRICTION", "RESTRICTION_V2")
-            for rule in config.get("rules") or []
-        )
-        for config in (pool_spec.get("quality_control") or {}).get("configs") or []
-    )
+    return any(collector == "ANSWER_COUNT" for _, collector, _ in _rules(pool_spec, RESTRICTIONS))
 
 
 UNIT_SECONDS = {"MINUTES": 60, "HOURS": 3600, "DAYS": 86400}
@@ -289,27 +289,20 @@ def answer_limits(pool_spec: dict[str, Any]) -> list[AnswerLimit]:
     qualify, bounds how many answers the pool can ever collect (`preflight.check_staffing`).
     """
     limits = []
-    for i, config in enumerate((pool_spec.get("quality_control") or {}).get("configs") or []):
-        if (config.get("collector_config") or {}).get("type") != "ANSWER_COUNT":
+    for where, collector, rule in _rules(pool_spec, RESTRICTIONS):
+        condition = next(
+            (c for c in rule.get("conditions") or [] if c.get("key") == "assignments_accepted_count"), None
+        )
+        if collector != "ANSWER_COUNT" or condition is None or condition.get("operator") not in FIRST_FIRING:
             continue
-        for j, rule in enumerate(config.get("rules") or []):
-            action = rule.get("action") or {}
-            if action.get("type") not in ("RESTRICTION", "RESTRICTION_V2"):
-                continue
-            condition = next(
-                (c for c in rule.get("conditions") or [] if c.get("key") == "assignments_accepted_count"),
-                None,
-            )
-            if condition is None or condition.get("operator") not in FIRST_FIRING:
-                continue
-            params = action.get("parameters") or {}
-            span, unit = params.get("duration"), params.get("duration_unit")
-            if span is None and params.get("duration_days") is not None:  # RESTRICTION (v1)
-                span, unit = params["duration_days"], "DAYS"
-            lasting = span is None or unit == "PERMANENT"
-            seconds = None if lasting else float(span) * UNIT_SECONDS.get(unit, 86400)
-            answers = int(condition.get("value")) + FIRST_FIRING[condition["operator"]]
-            limits.append(AnswerLimit(answers, seconds, f"quality_control.configs[{i}].rules[{j}]"))
+        params = rule["action"].get("parameters") or {}
+        span, unit = params.get("duration"), params.get("duration_unit")
+        if span is None and params.get("duration_days") is not None:  # RESTRICTION (v1)
+            span, unit = params["duration_days"], "DAYS"
+        lasting = span is None or unit == "PERMANENT"
+        seconds = None if lasting else float(span) * UNIT_SECONDS.get(unit, 86400)
+        answers = int(condition.get("value")) + FIRST_FIRING[condition["operator"]]
+        limits.append(AnswerLimit(answers, seconds, where))
     return limits
 
 
