@@ -105,7 +105,7 @@ def log_gammas(total):  # pragma: no cover - compiled
 
     Cluster sizes are whole numbers of items, so every lgamma the moves and merges need is one of
     these, and the lookup gives the same value as the call. At 100,000 images the greedy merge of
-    3,000 clusters spent 90% of its 23 s in lgamma; with the table it takes 2.2 s.
+    3,000 clusters took 23 s with the calls and 2.3 s with the table (same merges).
     """
     out = np.empty(total + 1)
     out[0] = np.inf

@@ -301,6 +301,8 @@ def answer_limits(pool_spec: dict[str, Any]) -> list[AnswerLimit]:
             span, unit = params["duration_days"], "DAYS"
         lasting = span is None or unit == "PERMANENT"
         seconds = None if lasting else float(span) * UNIT_SECONDS.get(unit, 86400)
+        if condition["operator"] == "EQ" and seconds is not None:
+            continue  # fires once, at exactly n: once it lapses, nothing stops the worker again
         answers = int(condition.get("value")) + FIRST_FIRING[condition["operator"]]
         limits.append(AnswerLimit(answers, seconds, where))
     return limits

@@ -531,7 +531,8 @@ def test_a_main_pool_the_exam_cannot_staff_is_refused_before_planning():
 
 
 def test_answer_count_restrictions_bound_a_workers_answers():
-    """GTE n fires at n, GT n at n + 1; RESTRICTION (v1) counts days; a permanent one allows n in all."""
+    """GTE n fires at n, GT n at n + 1, EQ n once; RESTRICTION (v1) counts days; a permanent one allows
+    n in all."""
     from tasks.toloka_config import answer_limits
 
     def pool(condition: dict, action: dict) -> dict:
@@ -550,6 +551,9 @@ def test_answer_count_restrictions_bound_a_workers_answers():
     (permanent,) = answer_limits(pool({"operator": "GTE", "value": 20}, forever))
     assert permanent.most_per_worker(week) == 20 and "for good" in permanent.describe()
     assert answer_limits(pool({"operator": "LT", "value": 5}, hours)) == []
+    # EQ fires at exactly n: a lapsing restriction bounds nothing, a permanent one bounds n.
+    assert answer_limits(pool({"operator": "EQ", "value": 5}, hours)) == []
+    assert answer_limits(pool({"operator": "EQ", "value": 5}, forever))[0].most_per_worker(week) == 5
     assert answer_limits(pool({"operator": "GTE", "value": 5}, {"type": "SET_SKILL"})) == []
     assert answer_limits({}) == []
 
