@@ -34,7 +34,7 @@ DEFAULT_SHARES = {
     "careless": 0.1,
     "spammer": 0.1,
 }
-__all__ = ["SHAPES", "SyntheticCrowd", "crowd_shape", "followup_crowd", "generate_crowd"]
+__all__ = ["SHAPES", "SyntheticCrowd", "crowd_shape", "followup_crowd", "generate_crowd", "partner_classes"]
 
 N_COLOURS = 6
 N_GROUPS = 10
@@ -152,6 +152,11 @@ def _workers_per_hit(
     return np.split(owner[order], np.cumsum(counts)[:-1])
 
 
+def partner_classes(n_classes: int) -> np.ndarray:
+    """The class each class's errors go to: 0<->1, 2<->3, ...; with an odd count the last one goes to 0."""
+    return np.array([c ^ 1 if (c ^ 1) < n_classes else (c + 1) % n_classes for c in range(n_classes)])
+
+
 def _answer(rng, kind: str, err: float, cls, colour, partner, between) -> np.ndarray:
     """Perceived group keys of one worker for the items of one HIT.
 
@@ -230,7 +235,7 @@ def generate_crowd(
         truth_codes = earlier.truth.reindex(items).to_numpy()
         colour = earlier.colours.reindex(items).to_numpy()
         between = earlier.between.reindex(items).to_numpy()
-    partner = np.array([c ^ 1 if (c ^ 1) < n_classes else (c + 1) % n_classes for c in range(n_classes)])
+    partner = partner_classes(n_classes)
 
     if design == "seed" and hits_per_item is not None:
         n_hits = max(1, round(n_items * hits_per_item / _size_range(hit_size)[1]))

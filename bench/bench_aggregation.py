@@ -52,6 +52,7 @@ from aggregation import (  # noqa: E402
 from aggregation.confidence import item_confidence  # noqa: E402
 from aggregation.consensus import ALPHA  # noqa: E402
 from aggregation.oracle import linked_oracle, placement_oracle  # noqa: E402
+from aggregation.partners import partner_signal  # noqa: E402
 
 CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
 # `crowdclust aggregate` as above, writing its own peak RSS (kB) to the file named by PEAK_FILE on
@@ -137,6 +138,21 @@ def oracle_line(bounds: list[dict[str, dict[str, float]]]) -> None:
         line(f"  bound, {title}: ARI | B-cubed", f"{aris} | {bcubed}", "(aggregation.oracle)")
 
 
+def partner_line(pairs: pd.DataFrame) -> None:
+    """How each class and its partner (where workers' mistakes go) were told apart, over all seeds.
+
+    The Kesten-Stigum ratio (`aggregation.partners`): under 1, the labels hold next to nothing of the
+    cut between the two; the ARI inside a pair is about 0 when the model merged or miscut it.
+    """
+    ks, cut = pairs["ks"], pairs["cut_ari"]
+    line(
+        "  partner pairs: KS ratio | ARI inside the pair",
+        f"{ks.median():.1f} ({ks.min():.1f}-{ks.max():.1f}), {(ks < 1).sum()} under 1 | "
+        f"{cut.median():.2f}, {(cut < 0.4).sum()}/{len(cut)} under 0.4",
+        "(aggregation.partners)",
+    )
+
+
 def bench_small(tmp: Path) -> None:
     print("N=82, K=8, seed design (HIT 10, overlap 7, default crowd)")
     crowd = generate_crowd(82, 8, seed=0)
@@ -187,7 +203,7 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
         "ARI model vs co-association at true K"
     )
     for shape, title, overrides in SHAPE_RUNS:
-        found, singles, model, base, seconds, bounds, calibration = [], [], [], [], [], [], []
+        found, singles, model, base, seconds, bounds, calibration, partners = [], [], [], [], [], [], [], []
         for seed in seeds:
             crowd = crowd_shape(shape, seed=seed, **overrides)
             true_k = crowd.truth.nunique()
@@ -198,6 +214,7 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
             model.append(ari)
             seconds.append(fit_s)
             calibration.append(calibration_of(estimator, crowd))
+            partners.append(partner_signal(crowd, estimator.labels_))
             base.append(fit(CoAssociationClustering(n_clusters=true_k), crowd)[1])
             bounds.append(oracles(crowd.labels, crowd.truth))
         line(title, " ".join(found), "target ±25%")
@@ -207,6 +224,7 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
             " ".join(f"{a:.2f}" for a in model) + " | " + " ".join(f"{b:.2f}" for b in base),
         )
         oracle_line(bounds)
+        partner_line(pd.concat(partners))
         medians = (statistics.median(column) for column in zip(*calibration, strict=True))
         brier, resampled_brier, loss, resampled_loss = medians
         line(

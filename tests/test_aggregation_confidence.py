@@ -304,6 +304,7 @@ def test_estimators_follow_the_scikit_learn_protocol():
         "aggregation.followup",
         "aggregation.design",
         "aggregation.pairs",
+        "aggregation.partners",
     ],
 )
 def test_doctests(module):
@@ -320,6 +321,7 @@ def test_public_modules_declare_all():
         "estimators",
         "metrics",
         "pairs",
+        "partners",
         "synthetic",
     ):
         module = importlib.import_module(f"aggregation.{name}")

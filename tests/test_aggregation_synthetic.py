@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from aggregation import build_pairs, followup_crowd, generate_crowd
+from aggregation.partners import partner_signal
 
 
 def test_same_seed_same_crowd_other_seed_other_crowd():
@@ -82,3 +83,22 @@ def test_write_truth(tmp_path):
     frame = pd.read_csv(tmp_path / "truth.csv")
     assert list(frame.columns) == ["item", "class"]
     np.testing.assert_array_equal(frame["class"].to_numpy(), crowd.truth.to_numpy())
+
+
+def test_partner_signal_weighs_each_label_by_what_its_worker_can_tell():
+    """Workers who misread an image as its partner class at 20%: "same" at (0.8^2 + 0.2^2) inside a
+    class and 2 * 0.2 * 0.8 across the pair, so each label carries the same information and the
+    ratio is labels * D / (images - 1). Spammers carry none; the ARI inside a pair is 1 for the
+    classes themselves and 0 when the pair is one cluster."""
+    noisy = generate_crowd(120, 4, seed=3, shares={"diligent": 1.0}, error_range=(0.2, 0.2))
+    signal = partner_signal(noisy, noisy.truth)
+    s, t = 0.8**2 + 0.2**2, 2 * 0.2 * 0.8
+    per_label = (s - t) ** 2 * (1 / (s + t) + 1 / (2 - s - t))
+    expected = signal["labels"] * per_label / (signal["images"] - 1)
+    np.testing.assert_allclose(signal["ks"], expected)
+    assert signal["images"].sum() == 120 and (signal["labels"] > 0).all()
+    assert (signal["cut_ari"] == 1.0).all()
+    merged = noisy.truth.replace({1: 0, 3: 2})
+    assert (partner_signal(noisy, merged)["cut_ari"] == 0.0).all()
+    spam = generate_crowd(120, 4, seed=3, shares={"spammer": 1.0})
+    assert (partner_signal(spam)["ks"] == 0.0).all()
