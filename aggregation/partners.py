@@ -37,24 +37,33 @@ from aggregation.synthetic import N_COLOURS, SyntheticCrowd, partner_classes
 __all__ = ["partner_signal"]
 
 
-def _same_chances(kind: str, error: float, c: int, p: int, partner: np.ndarray) -> tuple[float, float]:
-    """(s, t): the chance of "same" for two images of class c, and for one of c and one of p."""
-    if kind in ("diligent", "careless"):  # each image read as its class, or its partner at `error`
-        inside = (1 - error) ** 2 + error**2
-        across = error * (1 - error) * (1 + (partner[p] == c))  # one of them misread onto the other
-        return inside, float(across)
-    if kind == "lumper":  # reads class // 2
-        return 1.0, float(c // 2 == p // 2)
-    if kind == "splitter":  # reads class and colour
-        return 1.0 / N_COLOURS, 0.0
-    return 0.5, 0.5  # colour-biased and spammers: "same" has nothing to do with the class
+def _inside_chances(kinds: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """Per worker: the chance of "same" for two images of one class (the same for every class)."""
+    careful = np.isin(kinds, ("diligent", "careless"))  # each image read as its class, or its partner
+    return np.select(
+        [careful, kinds == "lumper", kinds == "splitter"],  # lumpers read class // 2; splitters add colour
+        [(1 - errors) ** 2 + errors**2, 1.0, 1.0 / N_COLOURS],
+        0.5,  # colour-biased workers and spammers: "same" has nothing to do with the class
+    )
 
 
-def _information(inside: float, across: float) -> float:
-    """D_w of the module docstring (0 where the worker's answers do not depend on the cut)."""
+def _across_chances(kinds: np.ndarray, errors: np.ndarray, c: int, p: int, partner: np.ndarray) -> np.ndarray:
+    """Per worker: the chance of "same" for one image of class c and one of its partner p."""
+    careful = np.isin(kinds, ("diligent", "careless"))  # one of the two misread onto the other's class
+    return np.select(
+        [careful, kinds == "lumper", kinds == "splitter"],
+        [errors * (1 - errors) * (1 + (partner[p] == c)), float(c // 2 == p // 2), 0.0],
+        0.5,
+    )
+
+
+def _information(inside: np.ndarray, across: np.ndarray) -> np.ndarray:
+    """D_w of the module docstring per worker (0 where the worker's answers do not depend on the cut)."""
     gap = (inside - across) ** 2
     total = inside + across
-    return gap * ((1 / total if total > 0 else 0.0) + (1 / (2 - total) if total < 2 else 0.0))
+    same = np.divide(gap, total, out=np.zeros_like(gap), where=total > 0)
+    different = np.divide(gap, 2 - total, out=np.zeros_like(gap), where=total < 2)
+    return same + different
 
 
 def partner_signal(crowd: SyntheticCrowd, clusters: pd.Series | None = None) -> pd.DataFrame:
@@ -80,7 +89,8 @@ def partner_signal(crowd: SyntheticCrowd, clusters: pd.Series | None = None) -> 
     keep = usable[pairs.a] & usable[pairs.b]
     first, second = truth[pairs.a[keep]], truth[pairs.b[keep]]
     workers = crowd.workers.reindex(pairs.workers)
-    kinds, errors = workers["type"].to_numpy(), workers["error_rate"].to_numpy()
+    kinds, errors = workers["type"].to_numpy(dtype=str), workers["error_rate"].to_numpy(dtype=np.float64)
+    inside = _inside_chances(kinds, errors)
     worker = pairs.worker[keep]
     n_classes = int(crowd.truth.max()) + 1
     partner = partner_classes(n_classes)
@@ -90,8 +100,7 @@ def partner_signal(crowd: SyntheticCrowd, clusters: pd.Series | None = None) -> 
         if p < c and partner[p] == c:
             continue  # the pair was listed under its first class
         within = np.isin(first, (c, p)) & np.isin(second, (c, p))
-        chances = (_same_chances(k, e, c, p, partner) for k, e in zip(kinds, errors, strict=True))
-        info = np.array([_information(*pair) for pair in chances])
+        info = _information(inside, _across_chances(kinds, errors, c, p, partner))
         images = int((np.isin(truth, (c, p)) & usable).sum())
         row = {
             "classes": f"{c}-{p}",
