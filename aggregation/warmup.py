@@ -12,6 +12,9 @@ __all__ = ["warm_up"]
 
 def warm_up() -> None:
     """Fit both estimators on a tiny crowd and run the parallel kernels once."""
+    import numpy as np
+
+    from aggregation.answer_cuts import cut_units, refine_by_answers
     from aggregation.dissent import find_dissent
     from aggregation.estimators import CoAssociationClustering, CrowdClustering
     from aggregation.oracle import placement_oracle
@@ -32,6 +35,11 @@ def warm_up() -> None:
     run.parallel_items = run.parallel_labels = True
     run.run(state, 1e-3, 2)
     placement_oracle(pairs, crowd.truth)  # the benchmark's and the tests' bound
+    # The answer-level cut refinement runs only where a cluster has a usable cut: not on this crowd.
+    labels = np.zeros(pairs.n_items, dtype=np.int64)
+    units = cut_units(pairs.a, pairs.b, pairs.worker, pairs.task, pairs.label > 0, labels)
+    side = np.arange(pairs.n_items) % 2 == 0
+    refine_by_answers(*units, labels, side, np.ones(1, dtype=np.bool_), pairs.n_workers, 0)
 
 
 if __name__ == "__main__":

@@ -315,6 +315,7 @@ def test_doctests(module):
 def test_public_modules_declare_all():
     for name in (
         "adapter",
+        "answer_cuts",
         "confidence",
         "consensus",
         "dissent",
@@ -322,6 +323,7 @@ def test_public_modules_declare_all():
         "metrics",
         "pairs",
         "partners",
+        "splitting",
         "synthetic",
     ):
         module = importlib.import_module(f"aggregation.{name}")

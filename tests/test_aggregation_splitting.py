@@ -158,6 +158,21 @@ def test_two_classes_most_workers_confuse_are_cut_apart_and_true_classes_are_kep
     assert score > before + 0.05
 
 
+@pytest.mark.parametrize("seed", [1, 5])
+def test_every_merged_partner_pair_is_cut_where_only_the_answer_proposal_finds_the_cut(seed):
+    # All three partner pairs merged. The pairwise proposals alone cut 4 of the 6 classes apart on
+    # seed 1 and 2 on seed 5: one misplaced image makes all its pairs in an answer "wrong", and
+    # counted pair by pair that pulls the proposals off the true cut. Read answer by answer
+    # (aggregation.answer_cuts), the held-out tasks confirm all three cuts.
+    crowd = crowd_shape("queries", seed=seed, hit_size=5)
+    pairs = build_pairs(crowd.labels)
+    truth = crowd.truth.reindex(pairs.items).to_numpy().astype(np.int64)
+    merged = truth - truth % 2
+    cut = split_clusters(pairs, merged, random_state=seed)
+    assert len(np.unique(cut)) == 6
+    assert clustering_scores(pd.Series(cut, index=pairs.items), crowd.truth)["ari"] > 0.8
+
+
 @pytest.mark.parametrize("seed", [0, 4])
 def test_no_cut_of_true_classes_in_large_hits_with_colour_workers_and_ten_groups(seed):
     # 35-image HITs of 13 classes: workers must merge groups (10 at most), some group by colour and
