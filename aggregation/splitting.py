@@ -485,13 +485,14 @@ def split_clusters(
         out = fold == f
         _, fold_sides = propose_cuts(pairs, tested[~out], labels, weight, starts[f], alpha, random_state)
         check = tested[out]
-        return np.stack([
+        scores = [
             held_out_scores(
                 pairs.a[check], pairs.b[check], pairs.worker[check], pairs.task[check], pairs.label[check],
                 labels, fold_side, weight, n_tasks,
             )
-            for fold_side in fold_sides
-        ])  # fmt: skip
+            for fold_side in fold_sides[: 1 if np.array_equal(*fold_sides) else 2]
+        ]  # fmt: skip
+        return np.stack([scores[0], scores[-1]])  # the same twice where both proposals agree
 
     k = int(labels.max()) + 1
     held = np.zeros((2, k, 2, 3))
