@@ -45,9 +45,10 @@ cut. Each cluster gets two proposals from those starts:
 Both are proposed in every fold and tested on the held-out fold, and each cluster takes the
 proposal with more held-out evidence (the thresholds below then apply to it). Neither alone is
 right on every crowd: on queries of 5 images whose workers confuse two classes, the pairwise
-likelihood rates cuts at ARI 0.55-0.8 with the truth above the true one, and the answers'
-likelihood does not; on 35-image HITs, whose workers must put several classes in one group, the
-answers' likelihood is the one misled. The choice is made on the held-out labels, so a true class
+likelihood rates cuts at ARI 0.55-0.8 with the truth above the true one, and only the answer
+proposals bring the held-out test to the true cuts; on 35-image HITs, whose workers must put
+several classes in one group, the answer proposals alone cut a true class in two (ARI 0.92 to 0.85
+on one crowd of 16). The choice is made on the held-out labels, so a true class
 has two chances to pass instead of one: at most twice the odds of a wrong cut, as if the
 threshold were log 2 = 0.7 nats lower.
 
