@@ -109,28 +109,13 @@ def _log_add(x: float, y: float) -> float:  # pragma: no cover - compiled
     return top + math.log(math.exp(x - top) + math.exp(y - top))
 
 
-@njit(cache=True, nogil=True)
-def _unit_value(first, last, counts, log_e, log_ok):  # pragma: no cover - compiled
-    """The log-likelihood of `_unit` alone (the item moves need nothing else)."""
-    if last - first == 2:
-        g, h = first, first + 1
-        wrong0 = counts[g, 1] + counts[h, 0]
-        wrong1 = counts[g, 0] + counts[h, 1]
-        size = counts[g, 0] + counts[g, 1] + counts[h, 0] + counts[h, 1]
-        return _log_add(wrong0 * log_e + (size - wrong0) * log_ok, wrong1 * log_e + (size - wrong1) * log_ok)
-    value = 0.0
-    for g in range(first, last):
-        n0, n1 = counts[g, 0], counts[g, 1]
-        value += _log_add(n1 * log_e + n0 * log_ok, n0 * log_e + n1 * log_ok)
-    return value
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _unit(first, last, counts, log_e, log_ok):  # pragma: no cover - compiled
     """(log-likelihood, expected errors, images) of one unit's groups under the cut's counts.
 
     `counts[g, s]`: the group's images on side s. A group "seen as side 0" has its side-1 images
     wrong, and so on; one group: both readings; two: the two ways round; more: each group alone.
+    Inlined, so a caller that takes only the log-likelihood does not compute the rest.
     """
     if last - first == 2:
         g, h = first, first + 1
@@ -156,11 +141,11 @@ def _unit(first, last, counts, log_e, log_ok):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _error_rates(
     unit_group_ptr, unit_worker, units_on, workers_on, counts, log_rate, log_right, errors, seen
-):
+):  # pragma: no cover - compiled
     """Each worker's rate of wrong sides, as logs: expected errors over images in its units, Beta prior.
 
     Only the workers of `units_on` are touched; `errors` and `seen` are scratch arrays.
-    """  # pragma: no cover - compiled
+    """
     for j in workers_on:
         errors[j] = ERROR_PRIOR[0]
         seen[j] = ERROR_PRIOR[0] + ERROR_PRIOR[1]
@@ -178,16 +163,7 @@ def _error_rates(
 @njit(cache=True, nogil=True)
 def _active_parts(unit_worker, unit_cluster, item_ptr, labels, active, n_workers):  # pragma: no cover
     """The items with units, the units and the workers of the `active` clusters (in index order)."""
-    n_items = 0
-    for i in range(labels.shape[0]):
-        if active[labels[i]] and item_ptr[i] < item_ptr[i + 1]:
-            n_items += 1
-    items = np.empty(n_items, dtype=np.int64)
-    n_items = 0
-    for i in range(labels.shape[0]):
-        if active[labels[i]] and item_ptr[i] < item_ptr[i + 1]:
-            items[n_items] = i
-            n_items += 1
+    items = np.flatnonzero(active[labels] & (item_ptr[1:] > item_ptr[:-1]))
     units = np.flatnonzero(active[unit_cluster])
     mark = np.zeros(n_workers, dtype=np.bool_)
     for u in units:
@@ -217,10 +193,12 @@ def refine_by_answers(
     active,
     n_workers,
     seed,
+    rounds=ANSWER_ROUNDS,
 ):  # pragma: no cover - compiled
     """Move the items of `active` clusters between the halves of `side` (in place), see the module.
 
-    Returns the log-likelihood of the active clusters' units under the final cut, per cluster.
+    Returns the log-likelihood of the active clusters' units under the final cut, per cluster, with
+    the error rates re-estimated once more at that cut. `rounds=0` scores `side` without moving it.
     """
     items, units_on, workers_on = _active_parts(
         unit_worker, unit_cluster, item_ptr, labels, active, n_workers
@@ -236,15 +214,13 @@ def refine_by_answers(
     value = np.zeros(unit_worker.shape[0])  # each active unit's log-likelihood at the current cut
     after = np.zeros(_max_units_per_item(item_ptr, items))  # the same after a move of the item at hand
     np.random.seed(seed)
-    for r in range(ANSWER_ROUNDS):
+    for r in range(rounds):
         _error_rates(
             unit_group_ptr, unit_worker, units_on, workers_on, counts, log_rate, log_right, errors, seen
         )
         for u in units_on:
             j = unit_worker[u]
-            value[u] = _unit_value(
-                unit_group_ptr[u], unit_group_ptr[u + 1], counts, log_rate[j], log_right[j]
-            )
+            value[u] = _unit(unit_group_ptr[u], unit_group_ptr[u + 1], counts, log_rate[j], log_right[j])[0]
         temperature = ANNEAL_START * (1.0 - r / ANNEAL_ROUNDS) if r < ANNEAL_ROUNDS else 0.0
         moved = 0
         for i in items:
@@ -256,9 +232,9 @@ def refine_by_answers(
                 j = unit_worker[u]
                 counts[g, s] -= 1.0
                 counts[g, 1 - s] += 1.0
-                after[p - item_ptr[i]] = _unit_value(
+                after[p - item_ptr[i]] = _unit(
                     unit_group_ptr[u], unit_group_ptr[u + 1], counts, log_rate[j], log_right[j]
-                )
+                )[0]
                 gain += after[p - item_ptr[i]] - value[u]
                 counts[g, s] += 1.0
                 counts[g, 1 - s] -= 1.0

@@ -486,14 +486,16 @@ def split_clusters(
         out = fold == f
         _, fold_sides = propose_cuts(pairs, tested[~out], labels, weight, starts[f], alpha, random_state)
         check = tested[out]
-        scores = [
-            held_out_scores(
+
+        def scores(fold_side: np.ndarray) -> np.ndarray:
+            return held_out_scores(
                 pairs.a[check], pairs.b[check], pairs.worker[check], pairs.task[check], pairs.label[check],
                 labels, fold_side, weight, n_tasks,
-            )
-            for fold_side in fold_sides[: 1 if np.array_equal(*fold_sides) else 2]
-        ]  # fmt: skip
-        return np.stack([scores[0], scores[-1]])  # the same twice where both proposals agree
+            )  # fmt: skip
+
+        pairwise = scores(fold_sides[0])
+        answers = pairwise if np.array_equal(fold_sides[0], fold_sides[1]) else scores(fold_sides[1])
+        return np.stack([pairwise, answers])
 
     k = int(labels.max()) + 1
     held = np.zeros((2, k, 2, 3))
@@ -501,7 +503,7 @@ def split_clusters(
         for scores in pool.map(held_out, range(SPLIT_FOLDS)):  # summed in fold order
             held += scores
     # Per cluster, the proposal (pairwise or answers) whose cuts the held-out tasks confirm more.
-    both = np.stack([evidence(held[0]), evidence(held[1])])
+    both = np.stack([evidence(proposal) for proposal in held])
     chosen = (both[1, :, 0] > both[0, :, 0]).astype(np.int64)
     nats = both[chosen, np.arange(k)]
     side = sides[chosen[labels], np.arange(pairs.n_items)]

@@ -73,13 +73,26 @@ def test_answers_bring_a_cut_with_a_quarter_of_the_items_misplaced_back_to_the_c
     rng = np.random.default_rng(1)
     side = truth.astype(bool) ^ (rng.random(pairs.n_items) < 0.25)
     assert _agreement(side, truth) < 0.85
-    fit = refine_by_answers(*units, labels, side, np.array([True]), pairs.n_workers, 0)
+    refine_by_answers(*units, labels, side, np.array([True]), pairs.n_workers, 0)
     assert _agreement(side, truth) == 1.0
-    # The answers are likelier under the classes than under any cut with items misplaced.
-    worse = side.copy()
-    worse[:6] = ~worse[:6]
-    again = refine_by_answers(*units, labels, worse.copy(), np.array([True]), pairs.n_workers, 0)
-    assert fit[0] >= again[0] - 1e-9
+
+
+def test_the_answers_are_likelier_under_the_classes_than_with_a_few_images_misplaced():
+    crowd, truth_by_number = _partner_crowd(seed=0)
+    pairs = build_pairs(crowd)
+    truth = truth_by_number[[int(name[1:]) for name in pairs.items]].astype(bool)
+    labels = np.zeros(pairs.n_items, dtype=np.int64)
+    units = _units(pairs, labels)
+    scores = []
+    for misplaced in (0, 3, 6):
+        side = truth.copy()
+        side[:misplaced] = ~side[:misplaced]
+        fit = refine_by_answers(*units, labels, side, np.array([True]), pairs.n_workers, 0, 0)
+        assert np.array_equal(side[misplaced:], truth[misplaced:]) and side[:misplaced].tolist() == [
+            not t for t in truth[:misplaced]
+        ]  # rounds=0: scored where it stands
+        scores.append(fit[0])
+    assert scores[0] > scores[1] > scores[2]
 
 
 def test_the_refinement_is_the_same_for_the_same_seed_and_moves_only_active_clusters():
