@@ -1,6 +1,7 @@
 """Sub-flow: intruder evaluation of a clustering (deployable alone for an existing `clusters.csv`).
 
-HITs (seeded; small clusters skipped with a log line) -> budget guard -> intruders project,
+HITs (seeded; small clusters skipped with a log line) -> enough workers hold the labelling skill
+(`preflight.check_intruder_staffing`) -> budget guard -> intruders project,
 training and pool gated by the labelling skill -> wait -> export -> Dawid-Skene -> accuracy
 overall and per cluster, bar chart PNG, artifacts.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.hooks import CLOSES_POOLS
-from tasks import artifacts, budget, intruders
+from tasks import artifacts, budget, intruders, preflight
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
@@ -55,12 +56,14 @@ def evaluate_clusters(
         logger.warning("no cluster can host an intruder HIT: evaluation skipped")
         return Evaluation(accuracy=None, n_hits=0, skipped=tuple(skipped))
     bundle = load_bundle(params.toloka_dir)
+    skill = skill_id or labelling_skill(params)
+    preflight.check_intruder_staffing_task(params.toloka, skill, params, bundle, len(made))
     costs = budget.estimate_intruders(params, bundle, len(made))
     covers = (intruders.pool_role(run_key, made),)
     before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
     folder.write_intruder_hits(made)
 
-    values = Placeholders.of(params).with_skill(skill_id or labelling_skill(params))
+    values = Placeholders.of(params).with_skill(skill)
     ids = intruders.setup_intruders_task(params.toloka, run_key, bundle, values, made)
     waited = intruders.wait_intruders_task.with_options(retries=params.wait.retries)(
         params.toloka,

@@ -4,13 +4,17 @@ Every problem here is a data or configuration error of the user's (the dataset, 
 the exam suites, the budget): `crowdclust run` reports it as one line and exits 2, and the flows
 call the same checks so that a run started from the Prefect UI stops just as early. Cached
 Toloka ids are checked on every run too (`verify_labelling_task`): they must still name this run's
-objects before anything is uploaded to them or paid through them.
+objects before anything is uploaded to them or paid through them. The intruder pool's workers are
+known only once the labelling is done, so its staffing is checked when the evaluation starts,
+before the pool is created (`check_intruder_staffing_task`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from prefect import get_run_logger
 
 from aggregation import followup
 from aggregation.design import ANCHOR_PARTNERS, design_for, design_information
@@ -20,14 +24,14 @@ from tasks.params import PipelineParams, TolokaTarget
 from tasks.second_round import most_images as second_round_images
 from tasks.stage import stage_task
 from tasks.stages import LabellingIds
-from tasks.toloka_api import POOL_LIFETIME, RunRegistry
+from tasks.toloka_api import POOL_LIFETIME, RunRegistry, make_client, skill_holders
 from tasks.toloka_config import (
     FILES,
     AnswerLimit,
     TolokaBundle,
     TolokaConfigError,
-    answer_limits,
     load_bundle,
+    tightest_limit,
 )
 
 
@@ -147,11 +151,10 @@ def staffing(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> Staf
     exam answer frees its seat, so a few more workers may qualify on partial scores: the figure is
     what exact answers allow.)
     """
-    limits = answer_limits(bundle.main_pool)
-    if not limits:
-        return None
     lifetime = POOL_LIFETIME.total_seconds()
-    limit = min(limits, key=lambda rule: (rule.most_per_worker(lifetime), rule.answers))
+    limit = tightest_limit(bundle.main_pool, lifetime)
+    if limit is None:
+        return None
     exams_each = max(1, math.ceil(params.exam.min_skill * params.exam.n_exams / 100.0 - 1e-9))
     suites = len(bundle.exam_suites)
     workers = params.exam.expected_workers * suites // exams_each
@@ -189,6 +192,58 @@ def staffing_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int)
         f"answer at a time, so the pool may take days or expire unfinished. exam.expected_workers "
         f"{found.seats_for(first)} would qualify enough workers to finish without"
     )
+
+
+class IntrudersUnstaffed(HitPlanError):
+    """Too few workers hold the labelling skill for the intruder pool ever to collect its answers."""
+
+
+def check_intruder_staffing(
+    qualified: int, params: PipelineParams, bundle: TolokaBundle, n_hits: int
+) -> None:
+    """Refuse an intruder pool that the workers holding the skill cannot complete, before it is created.
+
+    The pool admits only the workers whose labelling skill reaches exam.min_skill, and the exam is
+    closed by now, so `qualified` is final. Each HIT needs intruders.overlap different workers,
+    and the pool's tightest ANSWER_COUNT rule bounds each worker's answers in the pool's lifetime.
+    Without this check such a pool waits out wait.timeout_seconds (a week by default) and is paid
+    for the answers it did get.
+    """
+    overlap = params.intruders.overlap
+    tail = (
+        "or set intruders.enabled to false, and run the same command again: finished stages are reused, "
+        "and nothing was created or paid for the intruders"
+    )
+    if qualified < overlap:
+        raise IntrudersUnstaffed(
+            f"intruders: {qualified} worker(s) hold the labelling skill at exam.min_skill "
+            f"{params.exam.min_skill:g}, fewer than the {overlap} different workers each intruder HIT "
+            f"needs (intruders.overlap): the intruder pool could never complete. Lower intruders.overlap "
+            f"to {qualified} or less, {tail}"
+        )
+    lifetime = POOL_LIFETIME.total_seconds()
+    limit = tightest_limit(bundle.intruders_pool, lifetime)
+    if limit is None or n_hits * overlap <= qualified * limit.most_per_worker(lifetime):
+        return
+    raise IntrudersUnstaffed(
+        f"intruders: {n_hits:,} HITs x intruders.overlap {overlap} need {n_hits * overlap:,} answers, but "
+        f"{qualified} worker(s) hold the labelling skill and intruders_pool.json {limit.describe()}: "
+        f"{qualified * limit.most_per_worker(lifetime):,} answers at most in the pool's "
+        f"{POOL_LIFETIME.days} days. Lower intruders.n_hits or intruders.overlap, relax that rule, {tail}"
+    )
+
+
+@stage_task(name="check-intruder-staffing", toloka=True, cache=False)
+def check_intruder_staffing_task(
+    target: TolokaTarget, skill_id: str, params: PipelineParams, bundle: TolokaBundle, n_hits: int
+) -> int:
+    """`check_intruder_staffing` with the skill holders counted on Toloka; never cached (skills change)."""
+    qualified = skill_holders(make_client(target), skill_id, params.exam.min_skill)
+    check_intruder_staffing(qualified, params, bundle, n_hits)
+    get_run_logger().info(
+        "%d workers hold the labelling skill at %g or more", qualified, params.exam.min_skill
+    )
+    return qualified
 
 
 def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:

@@ -328,6 +328,16 @@ def count_assignments(client: TolokaClient, pool_id: str, statuses: tuple[str, .
     return sum(1 for _ in client.get_assignments(pool_id=pool_id, status=list(statuses)))
 
 
+def skill_holders(client: TolokaClient, skill_id: str, min_value: float) -> int:
+    """How many workers hold `skill_id` at `min_value` or more: the most a pool gated by it admits."""
+    workers = {
+        str(skill.user_id)
+        for skill in client.get_user_skills(skill_id=skill_id)
+        if float(skill.exact_value if skill.exact_value is not None else skill.value or 0) >= min_value
+    }
+    return len(workers)
+
+
 # ------------------------------------------------------------------------------------ idempotent creates
 
 

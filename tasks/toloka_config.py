@@ -308,6 +308,14 @@ def answer_limits(pool_spec: dict[str, Any]) -> list[AnswerLimit]:
     return limits
 
 
+def tightest_limit(pool_spec: dict[str, Any], lifetime_seconds: float) -> AnswerLimit | None:
+    """The pool's ANSWER_COUNT rule that lets a worker give the fewest answers in its lifetime, or None."""
+    limits = answer_limits(pool_spec)
+    if not limits:
+        return None
+    return min(limits, key=lambda rule: (rule.most_per_worker(lifetime_seconds), rule.answers))
+
+
 def check_overlap_rules(path: Path, pool_spec: dict[str, Any], overlap: int, max_overlap: int | None) -> int:
     """Refuse CHANGE_OVERLAP rules that can chain into runaway overlap; return the worst paid overlap.
 

@@ -183,6 +183,37 @@ def test_spend_is_read_from_toloka_and_the_budget_is_shared_by_the_stages(scenar
         evaluate_clusters(tight, skill_id=summary.toloka_ids.skill)
 
 
+def test_an_intruder_pool_too_few_skilled_workers_could_complete_is_refused_before_it_is_created(
+    scenario, prefect_harness, emu
+):
+    """The intruder pool admits only the workers whose labelling skill reaches exam.min_skill, and the
+    exam is closed: with intruders.overlap above their number it would wait out its timeout."""
+    from flows.evaluate import evaluate_clusters
+    from tasks.preflight import IntrudersUnstaffed
+    from tasks.toloka_api import skill_holders
+
+    params, skill = scenario["params"], scenario["summary"].toloka_ids.skill
+    workers = httpx.get(f"{emu.url}/_emulator/workers", timeout=10).json()
+    skilled = sum(1 for w in workers if (w.get("skills") or {}).get(skill, 0.0) >= params.exam.min_skill)
+    assert skill_holders(make_client(params.toloka), skill, params.exam.min_skill) == skilled
+    assert skilled >= params.intruders.overlap  # the demo's own evaluation could be staffed
+    before = _objects(params)
+    # Other HITs (a new intruder pool, were it created), one more worker per HIT than hold the skill.
+    changes = {"overlap": skilled + 1, "n_hits": 40}
+    crowded = params.model_copy(
+        update={
+            "intruders": params.intruders.model_copy(update=changes),
+            "budget": params.budget.model_copy(update={"max_spend": 1000.0}),
+        }
+    )
+    found = rf"^intruders: {skilled} worker\(s\) hold the labelling skill at exam.min_skill 75, fewer"
+    with pytest.raises(IntrudersUnstaffed, match=found):
+        evaluate_clusters(crowded, skill_id=skill)
+    after = _objects(params)
+    assert [p.id for p in after["pools"]] == [p.id for p in before["pools"]]
+    assert len(after["projects"]) == len(before["projects"])
+
+
 def test_budget_guard_refuses_before_anything_is_created(prefect_harness, emu, tmp_path):
     from flows.labelling import labelling
     from tasks.budget import BudgetExceeded

@@ -530,6 +530,25 @@ def test_a_main_pool_the_exam_cannot_staff_is_refused_before_planning():
     assert preflight.staffing_warning(staffed, bundle, 2000) is None
 
 
+def test_an_intruder_pool_is_refused_when_the_skilled_workers_cannot_give_its_answers():
+    """The demo's intruder pool restricts a worker after 250 answers for a day: 257 answers each in
+    the pool's 7 days. Each HIT needs intruders.overlap (5) different skilled workers."""
+    from tasks.preflight import DATA_ERRORS, IntrudersUnstaffed, check_intruder_staffing
+
+    params = _params()
+    bundle = load_bundle(params.toloka_dir)
+    short = IntrudersUnstaffed
+    check_intruder_staffing(5, params, bundle, 257)  # 1,285 answers: exactly what 5 workers can give
+    with pytest.raises(short, match=r"^intruders: 258 HITs x intruders.overlap 5 need 1,290 answers") as no:
+        check_intruder_staffing(5, params, bundle, 258)
+    assert "5 worker(s) hold the labelling skill" in str(no.value)
+    assert "restricts a worker after 250 answers, for 1 day" in str(no.value)
+    assert "1,285 answers at most in the pool's 7 days" in str(no.value)
+    with pytest.raises(short, match=r"4 worker\(s\) hold .* fewer than the 5 different workers"):
+        check_intruder_staffing(4, params, bundle, 1)
+    assert issubclass(short, DATA_ERRORS)  # one error line, exit 2
+
+
 def test_answer_count_restrictions_bound_a_workers_answers():
     """GTE n fires at n, GT n at n + 1, EQ n once; RESTRICTION (v1) counts days; a permanent one allows
     n in all."""
