@@ -330,11 +330,11 @@ def count_assignments(client: TolokaClient, pool_id: str, statuses: tuple[str, .
 
 def skill_holders(client: TolokaClient, skill_id: str, min_value: float) -> int:
     """How many workers hold `skill_id` at `min_value` or more: the most a pool gated by it admits."""
-    workers = {
-        str(skill.user_id)
-        for skill in client.get_user_skills(skill_id=skill_id)
-        if float(skill.exact_value if skill.exact_value is not None else skill.value or 0) >= min_value
-    }
+    workers: set[str] = set()
+    for skill in client.get_user_skills(skill_id=skill_id):
+        value = skill.exact_value if skill.exact_value is not None else skill.value  # exact: not rounded
+        if value is not None and float(value) >= min_value:
+            workers.add(str(skill.user_id))
     return len(workers)
 
 
