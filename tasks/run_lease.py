@@ -71,11 +71,16 @@ def _try_acquire(limit: str, lease_seconds: float) -> UUID | None:
     """One request for the slot (the limit is created first if missing): the lease id, or None (423)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        with contextlib.suppress(ObjectAlreadyExists):
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+        # Read before creating: the server logs every create of an existing limit as an error with
+        # a traceback (an IntegrityError), once per run of the key after its first.
+        try:
+            client.read_global_concurrency_limit_by_name(limit)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another host created it meanwhile
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
         try:
             response = client.increment_concurrency_slots_with_lease(
                 names=[limit], slots=1, mode="concurrency", lease_duration=lease_seconds

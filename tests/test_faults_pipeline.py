@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = f"faults-{uuid.uuid4().hex}"
 MAX_SPEND = 3.0
+POLL_STEP = 8.0  # simulated seconds of crowd work per poll in the live-guard test (30x at 0.25 s)
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +111,12 @@ def test_thirty_percent_faults_and_300_ms_latency_end_to_end(prefect_harness, em
     assert summary.clusters >= 2
 
 
-def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, config):
+def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, config, monkeypatch):
     """A budget that the estimate fits but the crowd would pass: the pool closes, the answers stay."""
     from prefect import flow
 
     from tasks import budget, exam, setup, wait
+    from tasks.artifacts import ProgressReporter
     from tasks.hits import make_plan
     from tasks.toloka_config import Placeholders, load_bundle
 
@@ -125,6 +127,17 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     # The estimate is $1.01 (main $0.70 = 9 x 3 x $0.026, exams $0.31 if all 24 seats were paid); a
     # run costs about $0.85 (rejected exams are not paid). The limit lies below what the run costs.
     limit = 0.75
+
+    class PollClock(ProgressReporter):
+        """Each poll lets the crowd work POLL_STEP simulated seconds, however long the poll took.
+
+        With the clock running, one slow tick on a loaded machine let the crowd take every exam
+        seat between two polls, and the guard (rightly) closed the pool before anything was paid.
+        """
+
+        def __call__(self, stats: Any) -> None:
+            super().__call__(stats)
+            emu.advance(POLL_STEP)
 
     @flow
     def guarded() -> Any:
@@ -137,10 +150,10 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
         staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap)
         return wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.2, 120.0, guard, staffing)
 
-    # A crowd slower than the polls, as on Toloka. The guard's margin is twice what the crowd took
-    # between the last two polls: at 60x on a slow machine (long ticks) the exams taken in one tick
-    # already closed the pool before anything was charged.
-    emu.control("config", method="POST", speed=30.0)
+    # A crowd slower than the polls, as on Toloka, and the same crowd on any machine: the clock
+    # stands still and moves only by POLL_STEP per poll.
+    monkeypatch.setattr(wait, "ProgressReporter", PollClock)
+    emu.control("config", method="POST", speed=0.0)
     try:
         waited = guarded()
     finally:
