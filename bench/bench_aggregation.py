@@ -130,6 +130,15 @@ def oracles(labels, truth) -> dict[str, dict[str, float]]:
     }
 
 
+def set_apart_scores(written: pd.DataFrame, truth: pd.Series, below: float = 0.5) -> dict[str, float]:
+    """Scores of `clusters.csv` with every item below `below` confidence standing alone: what a user
+    who keeps only the confident placements and sends the rest back to the crowd has now."""
+    clusters = written.set_index("item")["cluster"].astype(str)
+    unsure = (written["confidence"] < below).to_numpy()
+    clusters[unsure] = ["apart-" + str(item) for item in written["item"][unsure]]
+    return clustering_scores(clusters, truth)
+
+
 def oracle_line(bounds: list[dict[str, dict[str, float]]]) -> None:
     """Print the bounds (per seed when several): what any method could reach from these labels."""
     for name, title in (("placement", "placement"), ("linked", "perfect answers")):
@@ -339,6 +348,8 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per
     bcubed = float(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("bcubed_f1")))
     line("B-cubed F1", f"{bcubed:.3f}", "target >= 0.95")
     line("items with confidence < 0.5", stats["uncertain"].split()[1])
+    apart = set_apart_scores(pd.read_csv(tmp / f"c{n_items}.csv"), crowd.truth)
+    line("  those set apart, each alone: ARI, B-cubed F1", f"{apart['ari']:.3f}, {apart['bcubed_f1']:.3f}")
     singles = stats["clusters"].split("(")[1].split()[0] if "(" in stats["clusters"] else "0"
     line("clusters of a single item", singles)
     line("dissent", stats["dissent"].split(None, 1)[1])
