@@ -68,7 +68,7 @@ def release(lease_id: UUID) -> None:
 
 
 def _try_acquire(limit: str, lease_seconds: float) -> UUID | None:
-    """One request for the slot (the limit is created first if missing): the lease id, or None (423)."""
+    """One try for the slot (the limit is created first if missing): the lease id, or None (423)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
