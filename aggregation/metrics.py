@@ -28,7 +28,7 @@ def _f1(precision: float, recall: float) -> float:
 
 def clustering_scores(predicted: pd.Series, truth: pd.Series) -> dict[str, float]:
     """ARI, NMI (arithmetic normalisation), variation of information (nats), pairwise P/R/F1,
-    B-cubed F1, and n_items. Written from the contingency table, without scikit-learn, so the CLI
+    B-cubed P/R/F1, and n_items. Written from the contingency table, without scikit-learn, so the CLI
     does not pay for importing it.
 
     >>> truth = pd.Series([0, 0, 1, 1], index=list("abcd"))
@@ -74,6 +74,8 @@ def clustering_scores(predicted: pd.Series, truth: pd.Series) -> dict[str, float
         "pairwise_precision": precision,
         "pairwise_recall": recall,
         "pairwise_f1": _f1(precision, recall),
+        "bcubed_precision": b_precision,
+        "bcubed_recall": b_recall,
         "bcubed_f1": _f1(b_precision, b_recall),
     }
 

@@ -67,20 +67,29 @@ def release(lease_id: UUID) -> None:
         client.release_concurrency_slots_with_lease(lease_id)
 
 
-def _try_acquire(limit: str, lease_seconds: float) -> UUID | None:
-    """One try for the slot (the limit is created first if missing): the lease id, or None (423)."""
+def _ensure_limit(limit: str) -> None:
+    """Create the key's limit (1 slot) unless it exists.
+
+    Read before creating: the server logs every create of an existing limit as an error with a
+    traceback (an IntegrityError), which would be once per run of the key after its first.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        # Read before creating: the server logs every create of an existing limit as an error with
-        # a traceback (an IntegrityError), once per run of the key after its first.
         try:
             client.read_global_concurrency_limit_by_name(limit)
         except ObjectNotFound:
             with contextlib.suppress(ObjectAlreadyExists):  # another host created it meanwhile
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+
+
+def _try_acquire(limit: str, lease_seconds: float) -> UUID | None:
+    """One request for the slot: the lease id, or None (423)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
         try:
             response = client.increment_concurrency_slots_with_lease(
                 names=[limit], slots=1, mode="concurrency", lease_duration=lease_seconds
@@ -108,6 +117,7 @@ def acquire(limit: str, lease_seconds: float, wait_seconds: float, role: str = "
     `role` is added to the holder record that a refused run reads (e.g. that a hook holds the key).
     """
     deadline = time.monotonic() + wait_seconds
+    _ensure_limit(limit)
     while True:
         lease_id = _try_acquire(limit, lease_seconds)
         if lease_id is not None:

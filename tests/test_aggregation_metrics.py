@@ -18,7 +18,8 @@ def test_perfect_agreement_up_to_renaming():
     scores = clustering_scores(
         _series([5, 5, 7, 7, 9], "cluster"), _series(["a", "a", "b", "b", "c"], "class")
     )
-    for key in ("ari", "nmi", "pairwise_precision", "pairwise_recall", "pairwise_f1", "bcubed_f1"):
+    pairwise = ("pairwise_precision", "pairwise_recall", "pairwise_f1")
+    for key in ("ari", "nmi", *pairwise, "bcubed_precision", "bcubed_recall", "bcubed_f1"):
         assert scores[key] == pytest.approx(1.0)
     assert scores["vi"] == pytest.approx(0.0, abs=1e-12)
     assert scores["n_items"] == 5
@@ -38,6 +39,7 @@ def test_hand_computed_case():
     assert scores["pairwise_recall"] == pytest.approx(1 / 2)  # 2 true pairs, 1 found
     # B-cubed precision: items 0,1 -> 2/3, item 2 -> 1/3, item 3 -> 1; recall: 1, 1, 1/2, 1/2.
     bp, br = (2 / 3 + 2 / 3 + 1 / 3 + 1) / 4, (1 + 1 + 0.5 + 0.5) / 4
+    assert (scores["bcubed_precision"], scores["bcubed_recall"]) == pytest.approx((bp, br))
     assert scores["bcubed_f1"] == pytest.approx(2 * bp * br / (bp + br))
     # VI = H(P|T) + H(T|P): H(P)=H(3/4,1/4), H(T)=log 2, I = H(P)+H(T)-H(P,T), H(P,T)=H(1/2,1/4,1/4).
     h = lambda *p: -sum(x * math.log(x) for x in p)  # noqa: E731
