@@ -27,6 +27,7 @@ Pure Python (no numpy, pandas or numba), so the pipeline's planner and the CLI c
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -37,12 +38,20 @@ __all__ = [
     "design_for",
     "design_information",
     "implied_styles",
+    "memory_note",
     "observed_design",
 ]
 
 # Same-style partners per image from which the model met the quality targets on the 10,000-image bench
 # (m = 5.4 met them, m = 4.5 fell short on B-cubed F1; see the module docstring).
 ANCHOR_PARTNERS = 5.3
+
+# The peak memory of `crowdclust aggregate` grows with the pairwise labels (an answer of h images
+# gives h(h-1)/2). Measured peak RSS on the bench's exports: 3.15 M labels 0.60 GB, 7.56 M 1.09 GB
+# (10,000 images, 10 and 24 HITs per image), 31.5 M 3.98 GB (100,000 images); a line through them,
+# rounded up: 0.25 GB whatever the labels (the imports) and 120 bytes per label.
+AGGREGATION_BASE_BYTES = 250_000_000
+AGGREGATION_BYTES_PER_LABEL = 120
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,9 @@ class DesignInformation:
 
     `same_style_partners` is m above; `alone_share` the expected share of images that meet none of
     their style (e^−m); `linked_share` the share of a style's images in its largest linked piece;
-    `assignments` the number of answers bought (N·r/h HITs × o workers), the cost's unit.
+    `assignments` the number of answers bought (N·r/h HITs × o workers), the cost's unit;
+    `pair_labels` the pairwise labels they give (h(h−1)/2 each), what the aggregation's memory
+    grows with (`aggregation_bytes`).
     """
 
     n_items: int
@@ -64,6 +75,17 @@ class DesignInformation:
     alone_share: float
     linked_share: float
     assignments: int
+    pair_labels: int
+
+    @property
+    def aggregation_bytes(self) -> int:
+        """About the peak memory of `crowdclust aggregate` on this design's answers."""
+        return AGGREGATION_BASE_BYTES + AGGREGATION_BYTES_PER_LABEL * self.pair_labels
+
+    def aggregation_cost(self) -> str:
+        """The pairwise labels and the memory to aggregate them, for a user about to buy them."""
+        gigabytes = self.aggregation_bytes / 1e9
+        return f"{self.pair_labels / 1e6:,.1f} M pairwise labels, ~{gigabytes:,.1f} GB to aggregate"
 
     def summary(self) -> str:
         """One line for a user: the design and what it shows each image."""
@@ -72,6 +94,22 @@ class DesignInformation:
             f"each image meets ~{self.same_style_partners:.1f} of its style "
             f"({self.alone_share:.0%} meet none), {self.assignments:,} answers"
         )
+
+
+def machine_memory_bytes() -> int | None:
+    """This machine's physical memory, where the platform tells it (Linux, macOS); else None."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_note(info: DesignInformation) -> str:
+    """What aggregating `info`'s answers takes, and a warning when that is more than this machine has."""
+    have = machine_memory_bytes()
+    if have is not None and info.aggregation_bytes > have:
+        return f"{info.aggregation_cost()}, more than this machine's {have / 1e9:,.0f} GB"
+    return info.aggregation_cost()
 
 
 def _linked_share(m: float) -> float:
@@ -92,6 +130,8 @@ def design_information(
     >>> info = design_information(10_000, 40, hit_size=10, hits_per_item=10, overlap=7)
     >>> round(info.same_style_partners, 2), round(info.alone_share, 2), info.assignments
     (2.24, 0.11, 70000)
+    >>> info.pair_labels, info.aggregation_cost()
+    (3150000, '3.1 M pairwise labels, ~0.6 GB to aggregate')
     """
     if n_items < 2 or not 1 <= n_styles <= n_items:
         raise ValueError("need n_items >= 2 and 1 <= n_styles <= n_items")
@@ -111,6 +151,7 @@ def design_information(
         alone_share=math.exp(-m),
         linked_share=_linked_share(m),
         assignments=math.ceil(n_items * hits_per_item / hit_size) * overlap,
+        pair_labels=math.ceil(n_items * hits_per_item / hit_size) * overlap * hit_size * (hit_size - 1) // 2,
     )
 
 
@@ -128,6 +169,8 @@ def design_for(
     >>> advice = design_for(100_000, 200)
     >>> advice.hits_per_item, round(advice.same_style_partners, 1), advice.assignments
     (119, 5.3, 8330000)
+    >>> advice.aggregation_cost()
+    '374.9 M pairwise labels, ~45.2 GB to aggregate'
     """
     base = design_information(n_items, n_styles, hit_size, 1, overlap)
     per_hit = base.same_style_partners

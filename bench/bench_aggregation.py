@@ -335,6 +335,7 @@ def bench_large(tmp: Path, n_items: int, n_classes: int, seed: int = 0, hits_per
         f"{info.same_style_partners:.2f}, {info.alone_share:.0%}",
         f"(aggregation.design; {info.linked_share:.0%} in a style's largest linked piece)",
     )
+    line("design: what aggregating it takes", info.aggregation_cost(), "(estimate; peak RSS below)")
     bound = oracles(crowd.labels, crowd.truth)
     recheck = tmp / f"r{n_items}.csv"
     wall, rss, out, cpu = run_cli(

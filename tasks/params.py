@@ -104,7 +104,7 @@ class HitParams(_Model):
         "plus two anchors per HIT from their clusters, and both rounds are aggregated together; at "
         "most this share of the images, the least confident first (0: no second round). The budget "
         "estimate counts that share. At 10,000 images of 40 styles 25-26% were listed, and the round "
-        "(+32-33% answers) took ARI from 0.84 to 0.99. Single runs only: a growing catalogue has none.",
+        "(+32-33% answers) took ARI from 0.84 to 0.99. In a growing catalogue each round gets its own.",
     )
     max_overlap: int | None = Field(
         None,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from prefect import get_run_logger
 
 from aggregation import followup
-from aggregation.design import ANCHOR_PARTNERS, design_for, design_information
+from aggregation.design import ANCHOR_PARTNERS, design_for, design_information, memory_note
 from tasks import budget, dataset, setup
 from tasks.hits import HitPlanError
 from tasks.params import PipelineParams, TolokaTarget
@@ -81,8 +81,10 @@ def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -
     shows it about m = r(h-1)(N/K-1)/(N-1) of them and a share e^-m meets none; below
     `ANCHOR_PARTNERS` the clusters mix the small styles whatever the crowd answers (10,000 images
     of 40 styles: ARI 0.84 with 10 HITs per image, 0.99 with 24). The user hears it before paying,
-    with the `hits_per_item` that would show each image enough of its style and what that main
-    pool would cost. A warning, not an error: a cheaper, coarser answer may be what they want.
+    with the `hits_per_item` that would show each image enough of its style, what that main
+    pool would cost and the memory its aggregation needs (`design.memory_note`: at 100,000 images of
+    200 styles, more than most machines have). A warning, not an error: a cheaper, coarser answer
+    may be what they want.
     """
     styles, hits = params.hits.expected_styles, params.hits
     if styles is None:
@@ -109,7 +111,8 @@ def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -
         f"~{now.alone_share:.0%} of the images with none: those cannot be placed, and small styles will "
         f"mix. hits.hits_per_item {better.hits_per_item} would show ~{better.same_style_partners:.1f} and "
         f"leave ~{better.alone_share:.1%} with none; its "
-        f"main pool would cost ${cost_advised:,.2f} instead of ${cost_now:,.2f}{over}"
+        f"main pool would cost ${cost_advised:,.2f} instead of ${cost_now:,.2f}{over} "
+        f"({memory_note(better)})"
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from aggregation import build_pairs, clustering_scores, design_for, design_information, generate_crowd
 from aggregation import design as design_module
-from aggregation.design import implied_styles
+from aggregation.design import implied_styles, memory_note
 from aggregation.oracle import linked_oracle, placement_oracle, truth_codes
 
 
@@ -101,3 +101,15 @@ def test_cli_advice_reads_the_design_off_the_export():
     styles = implied_styles(400, 10, 10, 0.5)
     advice = design_for(400, styles, 10, 3)
     assert f"hits.hits_per_item {advice.hits_per_item}," in text and "overlap 3" in text
+    assert f"; {advice.aggregation_cost()})." in text
+
+
+def test_the_memory_note_warns_when_aggregating_a_design_needs_more_than_the_machine(monkeypatch):
+    advice = design_for(100_000, 200)  # 119 HITs per image: 375 M pairwise labels, ~45 GB
+    assert advice.pair_labels == advice.assignments * 45
+    monkeypatch.setattr(design_module, "machine_memory_bytes", lambda: 24 * 10**9)
+    beyond = "374.9 M pairwise labels, ~45.2 GB to aggregate, more than this machine's 24 GB"
+    assert memory_note(advice) == beyond
+    assert memory_note(design_for(10_000, 40)) == "7.6 M pairwise labels, ~1.2 GB to aggregate"
+    monkeypatch.setattr(design_module, "machine_memory_bytes", lambda: None)  # platform does not say
+    assert memory_note(advice) == advice.aggregation_cost()

@@ -495,7 +495,8 @@ def test_expected_styles_prices_the_design_that_would_place_every_image():
     assert "shows each image ~1.2 of its own style and leaves ~31% of the images with none" in warning
     assert "hits.hits_per_item 46 would show ~5.4 and leave ~0.5% with none" in warning
     assert "its main pool would cost $68.80 instead of $14.92" in warning
-    assert warning.endswith("above budget.max_spend $50.00")
+    # 378 HITs x 7 answers x 45 pairs: what aggregating the advised design takes.
+    assert warning.endswith("above budget.max_spend $50.00 (0.1 M pairwise labels, ~0.3 GB to aggregate)")
     roomy = _params(hits={"expected_styles": 40}, budget={"max_spend": 200.0})
     assert "max_spend" not in preflight.check_run(roomy).warnings[0]
     too_many = r"hits\.expected_styles 100 exceeds the 82 images of .*dataset\.tsv"

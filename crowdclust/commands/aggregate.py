@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 
 # Above this share of images that no other image was grouped with by most workers, say that the
-# clusters cannot be trusted (the 10,000-image bench has 12%, the 100,000-image one 59%).
+# clusters cannot be trusted (the 10,000-image bench has 13%, the 100,000-image one 54%).
 UNANCHORED_WARNING = 0.25
 # Above this share of answers that used every group for images of more clusters, say that the
 # workers ran out of groups (35-image HITs with 10 groups: 52-53% for 13 styles, 83-87% for 20;
@@ -270,7 +270,7 @@ def _design_advice(pairs, labels, mean_partners: float) -> str:
     number of styles is the one under which that design predicts the observed mean number of
     partners each image was grouped with (`aggregation.design`).
     """
-    from aggregation.design import design_for, implied_styles, observed_design
+    from aggregation.design import design_for, implied_styles, memory_note, observed_design
 
     n_items = pairs.n_items
     hit_size, overlap, hits_per_item = observed_design(
@@ -294,5 +294,5 @@ def _design_advice(pairs, labels, mean_partners: float) -> str:
         )
     return (
         f"{shown} More answers per HIT do not help; more HITs per image do: {advice.summary()} "
-        f"({cost:.1f}x the answers of this run)."
+        f"({cost:.1f}x the answers of this run; {memory_note(advice)})."
     )
