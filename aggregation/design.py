@@ -140,6 +140,7 @@ def design_information(
     partners = (n_items - 1) * (1.0 - (1.0 - min(hit_size - 1, n_items - 1) / (n_items - 1)) ** hits_per_item)
     share = (n_items / n_styles - 1.0) / (n_items - 1.0)
     m = hits_per_item * (hit_size - 1) * share
+    assignments = math.ceil(n_items * hits_per_item / hit_size) * overlap
     return DesignInformation(
         n_items=n_items,
         n_styles=n_styles,
@@ -150,8 +151,8 @@ def design_information(
         same_style_partners=m,
         alone_share=math.exp(-m),
         linked_share=_linked_share(m),
-        assignments=math.ceil(n_items * hits_per_item / hit_size) * overlap,
-        pair_labels=math.ceil(n_items * hits_per_item / hit_size) * overlap * hit_size * (hit_size - 1) // 2,
+        assignments=assignments,
+        pair_labels=assignments * (hit_size * (hit_size - 1) // 2),
     )
 
 
