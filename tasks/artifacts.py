@@ -40,7 +40,7 @@ def hit_coverage(coverage: Coverage) -> None:
     create_table_artifact(
         key="hit-coverage",
         table=[{"item": k, "hits": v} for k, v in coverage.per_item.items()],
-        description=f"HITs per image: {coverage.brief()}",
+        description=f"HITs per image: {coverage.describe()}.",
     )
 
 
@@ -217,8 +217,7 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
     if estimate is not None:
         lines += ["", f"Cost estimate checked against the budget: ${estimate.total:.2f}."]
     if summary.coverage is not None:
-        plan = ", ".join(f"{k} {v}" for k, v in summary.coverage.brief().items())
-        lines += ["", f"HIT plan: {plan}."]
+        lines += ["", f"HIT plan: {summary.coverage.describe()}."]
     if summary.aggregation.dissent is not None:  # counts and fixed words only: no markup to escape
         lines += ["", f"Workers who group another way: {summary.aggregation.dissent}."]
     if summary.second_round is not None:

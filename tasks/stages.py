@@ -40,6 +40,23 @@ class Coverage:
         """Everything but the per-item counts: what logs, reports and `summary.json` show."""
         return {k: v for k, v in asdict(self).items() if k != "per_item"}
 
+    def describe(self) -> str:
+        """The plan in a sentence, for the pages a person reads (the UI's artifacts).
+
+        >>> Coverage(30, 100, 2, 3.0, 4, {2: 10, 3: 80, 4: 10}, {}, True).describe()
+        '30 HITs over 100 images, each image in 2-4 HITs (mean 3.0); the HITs link every image to every other'
+        """
+        spread = f"{self.min}" if self.min == self.max else f"{self.min}-{self.max}"
+        linked = (
+            "the HITs link every image to every other"
+            if self.connected
+            else "the HITs fall into groups that share no image, so no answer relates images across them"
+        )
+        return (
+            f"{self.n_hits:,} HITs over {self.n_items:,} images, each image in {spread} HITs "
+            f"(mean {self.mean:.1f}); {linked}"
+        )
+
 
 @dataclass(frozen=True)
 class HitPlan:

@@ -31,6 +31,19 @@ def test_balanced_design_covers_every_item_equally_and_is_connected():
     cover = hits.coverage(plan, ITEMS)
     assert (cover.n_hits, cover.min, cover.max, cover.connected) == (82, 10, 10, True)
     assert all(len(hit) == len(set(hit)) == 10 for hit in plan)
+    assert cover.describe() == (
+        "82 HITs over 82 images, each image in 10 HITs (mean 10.0); the HITs link every image to every other"
+    )
+
+
+def test_a_plan_in_pieces_is_described_as_such():
+    """What the `hit-coverage` and `run-overview` artifacts say of HITs that share no image."""
+    cover = hits.coverage([ITEMS[:3], ITEMS[3:6], ITEMS[:2]], ITEMS[:6])
+    assert not cover.connected
+    assert cover.describe() == (
+        "3 HITs over 6 images, each image in 1-2 HITs (mean 1.3); "
+        "the HITs fall into groups that share no image, so no answer relates images across them"
+    )
 
 
 def test_plans_are_deterministic_and_seeded():
