@@ -15,13 +15,12 @@ import base64
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger
 from prefect.artifacts import (
-    create_image_artifact,
     create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
@@ -34,14 +33,26 @@ from tasks.stages import Coverage, PoolStats, RoundState, RunSummary
 GALLERY_PER_CLUSTER = 10  # thumbnails per cluster in `cluster-galleries`
 GALLERY_COLUMNS = 5  # thumbnails per table row: fits the UI's artifact page at 1400 px
 GALLERY_MAX_CLUSTERS = 40  # largest clusters shown there (the report lists them all)
+HIT_COVERAGE_ROWS = 1000  # images listed in `hit-coverage`, the fewest HITs first
+
+
+def coverage_table(coverage: Coverage) -> tuple[list[dict[str, Any]], str]:
+    """`hit-coverage`'s rows and description: the images in the fewest HITs first, at most
+    `HIT_COVERAGE_ROWS` of them.
+
+    Prefect stores a table artifact in its database and the UI loads it whole: one row per image
+    was 0.4 MB at 5,000 images and would be 8 MB at 100,000. Every image's count is in the run
+    folder's `hits.json`.
+    """
+    fewest = sorted(coverage.per_item.items(), key=lambda kv: (kv[1], kv[0]))[:HIT_COVERAGE_ROWS]
+    shown = "" if len(fewest) == coverage.n_items else f" The {len(fewest):,} in the fewest HITs:"
+    rows = [{"item": item, "hits": hits} for item, hits in fewest]
+    return rows, f"HITs per image: {coverage.describe()}.{shown}"
 
 
 def hit_coverage(coverage: Coverage) -> None:
-    create_table_artifact(
-        key="hit-coverage",
-        table=[{"item": k, "hits": v} for k, v in coverage.per_item.items()],
-        description=f"HITs per image: {coverage.describe()}.",
-    )
+    rows, description = coverage_table(coverage)
+    create_table_artifact(key="hit-coverage", table=rows, description=description)
 
 
 def parent_run_logger() -> logging.LoggerAdapter[logging.Logger] | None:
@@ -92,10 +103,15 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 
 
 def intruder_chart(chart: Path) -> None:
-    """The accuracy bar chart, embedded as a data URI (a `file://` image never loads from the UI)."""
+    """The accuracy bar chart: a markdown artifact whose image is the PNG as a data URI.
+
+    A `file://` image never loads from the UI, and the file server is up only with the service. An
+    image artifact would show the picture too, but the UI prints its URL under it, and ~20 KB of
+    data URI ran across the page and under the side panel.
+    """
     data = base64.b64encode(chart.read_bytes()).decode("ascii")
-    create_image_artifact(
-        image_url=f"data:image/png;base64,{data}",
+    create_markdown_artifact(
+        markdown=f"![intruder accuracy per host cluster](data:image/png;base64,{data})",
         key="intruder-chart",
         description="intruder accuracy per host cluster (dashed: overall)",
     )
@@ -256,6 +272,28 @@ def report_link(summary: RunSummary, url: str | None) -> str:
     return where
 
 
+def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:
+    """The `run-metrics` table, rounded for reading (`summary.json` keeps every digit).
+
+    The UI prints a cell as it gets it: 0.9090909090909091 for a float, a JSON object for a dict.
+    """
+    rows: list[dict[str, Any]] = [
+        {"metric": k, "value": round(v, 4) if isinstance(v, float) else v}
+        for k, v in (summary.metrics or {}).items()
+    ]
+    estimate = summary.cost.estimate
+    rows.append({"metric": "cost_spent", "value": f"${summary.cost.spent:,.2f}"})
+    rows.append(
+        {
+            "metric": "cost_estimate",
+            "value": ", ".join(f"{k} ${v:,.2f}" for k, v in estimate.as_dict().items()) if estimate else None,
+        }
+    )
+    accuracy = summary.intruder_accuracy
+    rows.append({"metric": "intruder_accuracy", "value": None if accuracy is None else round(accuracy, 3)})
+    return rows
+
+
 def run_results(
     summary: RunSummary, clusters: pd.Series, thumbnails: dict[str, str], report_url: str | None
 ) -> None:
@@ -270,14 +308,13 @@ def run_results(
         markdown=gallery_markdown(clusters, thumbnails, report_note=f"All images: {where}"),
         description="clusters with embedded thumbnails",
     )
-    rows = [{"metric": k, "value": v} for k, v in (summary.metrics or {}).items()]
-    rows += [{"metric": f"cost_{k}", "value": v} for k, v in summary.cost.as_dict().items()]
-    rows.append({"metric": "intruder_accuracy", "value": summary.intruder_accuracy})
-    create_table_artifact(key="run-metrics", table=rows, description="metrics and cost")
+    create_table_artifact(key="run-metrics", table=metric_rows(summary), description="metrics and cost")
     if summary.intruders is not None and summary.intruders.per_cluster:
-        create_table_artifact(
-            key="intruder-accuracy", table=[asdict(c) for c in summary.intruders.per_cluster]
-        )
+        per_cluster = [
+            {"cluster": c.cluster, "accuracy": round(c.accuracy, 3), "hits": c.hits}
+            for c in summary.intruders.per_cluster
+        ]
+        create_table_artifact(key="intruder-accuracy", table=per_cluster)
         if summary.intruders.chart is not None and summary.intruders.chart.exists():
             intruder_chart(summary.intruders.chart)
     run_overview(summary, where)

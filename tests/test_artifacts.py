@@ -131,6 +131,45 @@ def _summary(folder: Path, info: AggregationInfo) -> RunSummary:
     )
 
 
+def test_hit_coverage_lists_the_images_in_the_fewest_hits_first_up_to_its_limit():
+    from tasks.hits import coverage
+
+    items = [f"img{i:04d}" for i in range(artifacts.HIT_COVERAGE_ROWS + 500)]
+    plan = [items[i : i + 10] for i in range(0, len(items), 10)] + [items[:20]]  # the first 20 twice
+    rows, description = artifacts.coverage_table(coverage(plan, items))
+    assert len(rows) == artifacts.HIT_COVERAGE_ROWS and rows[0] == {"item": "img0020", "hits": 1}
+    assert {"item": "img0000", "hits": 2} not in rows  # the best-covered images are left out
+    assert description.startswith("HITs per image: 151 HITs over 1,500 images, each image in 1-2 HITs")
+    assert description.endswith("The 1,000 in the fewest HITs:")
+    small, whole = artifacts.coverage_table(coverage(plan[:3], items[:30]))
+    assert len(small) == 30 and whole.endswith("share no image, so no answer relates images across them.")
+
+
+def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_path):
+    """The UI prints a table cell as it gets it: every digit of a float, a dict as JSON."""
+    from dataclasses import replace
+
+    from tasks.stages import CostEstimate
+
+    done = replace(
+        _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0)),
+        metrics={"n_items": 82, "ari": 0.9090909090909091},
+        cost=Cost(24.024, CostEstimate(14.924, 3.9, 5.2)),
+        intruder_accuracy=10 / 11,
+    )
+    assert {row["metric"]: row["value"] for row in artifacts.metric_rows(done)} == {
+        "n_items": 82,
+        "ari": 0.9091,
+        "cost_spent": "$24.02",
+        "cost_estimate": "main $14.92, exam $3.90, intruders $5.20, total $24.02",
+        "intruder_accuracy": 0.909,
+    }
+    nothing = {
+        row["metric"]: row["value"] for row in artifacts.metric_rows(_summary(tmp_path, done.aggregation))
+    }
+    assert nothing == {"cost_spent": "$0.00", "cost_estimate": None, "intruder_accuracy": None}
+
+
 def test_report_url_is_under_the_served_runs_folder(tmp_path, monkeypatch):
     folder = RunFolder(tmp_path / "runs" / "my run")
     monkeypatch.delenv(RUNS_URL_ENV, raising=False)
