@@ -41,11 +41,8 @@ class Coverage:
         return {k: v for k, v in asdict(self).items() if k != "per_item"}
 
     def describe(self) -> str:
-        """The plan in a sentence, for the pages a person reads (the UI's artifacts).
-
-        >>> Coverage(30, 100, 2, 3.0, 4, {2: 10, 3: 80, 4: 10}, {}, True).describe()
-        '30 HITs over 100 images, each image in 2-4 HITs (mean 3.0); the HITs link every image to every other'
-        """
+        """The plan in a sentence, for the pages a person reads (the UI's artifacts), e.g. "30 HITs
+        over 100 images, each image in 2-4 HITs (mean 3.0); the HITs link every image to every other"."""
         spread = f"{self.min}" if self.min == self.max else f"{self.min}-{self.max}"
         linked = (
             "the HITs link every image to every other"
