@@ -39,6 +39,14 @@ def prepare_prefect_env() -> None:
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
 
 
+def _single_answers(summary: RunSummary) -> str:
+    """How often one answer alone named the intruder (the HITs' figure aggregates five or so)."""
+    evaluated = summary.intruders
+    if evaluated is None or evaluated.answer_accuracy is None:
+        return ""
+    return f" (single answers {evaluated.answer_accuracy:.3f})"
+
+
 def describe(summary: RunSummary) -> str:
     """The few lines a person wants after a run."""
 
@@ -49,7 +57,7 @@ def describe(summary: RunSummary) -> str:
     lines = [
         f"clusters:           {summary.clusters} (sizes {list(summary.cluster_sizes.values())})",
         f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}",
-        f"intruder accuracy:  {num(summary.intruder_accuracy)}",
+        f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _single_answers(summary),
         f"cost:               ${num(summary.cost.spent, '.2f')} spent"
         + (f" (estimate ${estimate.total:.2f})" if estimate else ""),
         f"wall time:          {num(summary.wall_seconds, '.1f')} s (flow)",

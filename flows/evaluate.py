@@ -86,5 +86,11 @@ def evaluate_clusters(
     )
     if result.chart is not None:
         artifacts.intruder_chart(result.chart)
-    logger.info("intruder accuracy %.3f over %d HITs", result.accuracy or 0.0, result.n_hits)
+    logger.info(
+        "intruder accuracy %.3f over %d HITs (%.3f of %d single answers name the intruder)",
+        result.accuracy or 0.0,
+        result.n_hits,
+        result.answer_accuracy or 0.0,
+        result.n_answers,
+    )
     return result

@@ -289,8 +289,12 @@ def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:
             "value": ", ".join(f"{k} ${v:,.2f}" for k, v in estimate.as_dict().items()) if estimate else None,
         }
     )
-    accuracy = summary.intruder_accuracy
-    rows.append({"metric": "intruder_accuracy", "value": None if accuracy is None else round(accuracy, 3)})
+    single = summary.intruders.answer_accuracy if summary.intruders else None
+    for metric, value in (
+        ("intruder_accuracy", summary.intruder_accuracy),
+        ("intruder_answer_accuracy", single),
+    ):
+        rows.append({"metric": metric, "value": None if value is None else round(value, 3)})
     return rows
 
 

@@ -2,8 +2,9 @@
 
 A HIT shows `images_per_hit` images: all but one from a host cluster, one (the intruder) from
 another cluster, shuffled. Answers (the intruder's 1-based position) are aggregated per HIT with
-Dawid-Skene; accuracy = share of HITs whose aggregated answer is the true intruder, overall and per
-host cluster. Clusters too small to host a HIT are skipped with a log line (never looped on).
+one-coin Dawid-Skene; accuracy = share of HITs whose aggregated answer is the true intruder, overall
+and per host cluster, next to the share of single answers that name it. Clusters too small to host
+a HIT are skipped with a log line (never looped on).
 """
 
 from __future__ import annotations
@@ -86,8 +87,17 @@ def pool_role(run_key: str, hits: list[IntruderHit]) -> str:
 
 
 def accuracy(export: pd.DataFrame, hits: list[IntruderHit]) -> Evaluation:
-    """Dawid-Skene per HIT over the export, then accuracy overall and per host cluster."""
-    from crowdkit.aggregation import DawidSkene
+    """One-coin Dawid-Skene per HIT over the export, then accuracy overall and per host cluster.
+
+    One coin per worker (right with probability p, otherwise any other position), not a confusion
+    matrix per worker: an answer is a position in a shuffled HIT, so "answered 3 when it was 5" says
+    nothing about the worker that "answered 2 when it was 7" does not. A full matrix has 8 x 8 cells
+    to fit per worker from the handful of HITs a market worker takes, and overfits: on a 5,000-image
+    run whose clusters were exact (ARI 1.000), 116 workers answering 4.3 HITs each named the intruder
+    in 94% of their answers, a majority of each HIT's 5 answers named it in every HIT, and full
+    Dawid-Skene reported 0.85. One coin reports 1.00 there.
+    """
+    from crowdkit.aggregation import OneCoinDawidSkene
 
     index = {h.images: i for i, h in enumerate(hits)}
     rows = []
@@ -101,7 +111,7 @@ def accuracy(export: pd.DataFrame, hits: list[IntruderHit]) -> Evaluation:
     labels = pd.DataFrame(rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # crowd-kit 1.4.2 uses pandas keywords deprecated in pandas 3
-        aggregated = DawidSkene(n_iter=100).fit_predict(labels)
+        aggregated = OneCoinDawidSkene(n_iter=100).fit_predict(labels)
     table = pd.DataFrame(
         {
             "host": [hits[t].host for t in aggregated.index],
@@ -114,10 +124,12 @@ def accuracy(export: pd.DataFrame, hits: list[IntruderHit]) -> Evaluation:
         .reset_index()
         .rename(columns={"mean": "accuracy", "size": "hits"})
     )
+    truth = labels["task"].map(lambda t: hits[t].answer)
     return Evaluation(
         accuracy=float(table["correct"].mean()),
         n_hits=len(table),
         n_answers=len(labels),
+        answer_accuracy=float((labels["label"] == truth).mean()),
         per_cluster=tuple(
             ClusterAccuracy(int(r.host), float(r.accuracy), int(r.hits)) for r in per_cluster.itertuples()
         ),

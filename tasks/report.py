@@ -155,8 +155,8 @@ def render_html(
     parts += ["<h2>Cost (USD)</h2>", _table(data.get("cost", {}))]
     if data.get("timings"):
         parts += ["<h2>Timings (s)</h2>", _table(data["timings"])]
-    if data.get("coverage"):
-        parts += ["<h2>HIT plan</h2>", _table(data["coverage"])]
+    if summary.coverage is not None:
+        parts += ["<h2>HIT plan</h2>", f"<p>{html.escape(summary.coverage.describe())}.</p>"]
     if data.get("second_round"):
         parts += ["<h2>Second round</h2>", _table(data["second_round"])]
     intr = data.get("intruders")
@@ -164,11 +164,17 @@ def render_html(
         parts.append("<h2>Intruder evaluation</h2>")
         if links.chart:
             parts.append(f"<img src='{html.escape(links.chart)}' alt='intruder accuracy per cluster'>")
-        rows = {
+        rows = {}
+        if intr.get("answer_accuracy") is not None:
+            rows["single answers naming the intruder"] = (
+                f"{intr['answer_accuracy']:.2f} ({intr.get('n_answers', 0)} answers)"
+            )
+        rows |= {
             f"cluster {d['cluster']}": f"{d['accuracy']:.2f} ({d['hits']} HITs)"
             for d in intr.get("per_cluster", [])
         }
-        rows["skipped (too small)"] = intr.get("skipped")
+        skipped = intr.get("skipped") or []
+        rows["clusters too small to host a HIT"] = ", ".join(map(str, skipped)) if skipped else "none"
         parts.append(_table(rows))
     means = None
     if uncertain is not None:

@@ -221,13 +221,18 @@ class ClusterAccuracy:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Intruder accuracy of a clustering, overall and per host cluster."""
+    """Intruder accuracy of a clustering, overall and per host cluster.
+
+    `accuracy` is per HIT (its answers aggregated); `answer_accuracy` the share of single answers
+    that name the intruder, what one worker alone would get right.
+    """
 
     accuracy: float | None
     n_hits: int
     per_cluster: tuple[ClusterAccuracy, ...] = ()
     skipped: tuple[int, ...] = ()
     n_answers: int = 0
+    answer_accuracy: float | None = None
     ids: IntruderIds | None = None
     n_assignments: int = 0
     spent: float | None = None

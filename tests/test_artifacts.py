@@ -21,7 +21,7 @@ from PIL import Image
 
 from tasks import artifacts, report, thumbnails
 from tasks.run_folder import RUNS_DIR_ENV, RUNS_URL_ENV, RunFolder
-from tasks.stages import Aggregated, AggregationInfo, Cost, RunSummary
+from tasks.stages import Aggregated, AggregationInfo, Cost, Evaluation, RunSummary
 
 HOSTILE = "http://img.example/a.png?q=)[click](https:evil.example) ![x](https:evil.example)"
 
@@ -156,6 +156,7 @@ def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_pa
         metrics={"n_items": 82, "ari": 0.9090909090909091},
         cost=Cost(24.024, CostEstimate(14.924, 3.9, 5.2)),
         intruder_accuracy=10 / 11,
+        intruders=Evaluation(10 / 11, 11, n_answers=55, answer_accuracy=48 / 55),
     )
     assert {row["metric"]: row["value"] for row in artifacts.metric_rows(done)} == {
         "n_items": 82,
@@ -163,11 +164,17 @@ def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_pa
         "cost_spent": "$24.02",
         "cost_estimate": "main $14.92, exam $3.90, intruders $5.20, total $24.02",
         "intruder_accuracy": 0.909,
+        "intruder_answer_accuracy": 0.873,
     }
     nothing = {
         row["metric"]: row["value"] for row in artifacts.metric_rows(_summary(tmp_path, done.aggregation))
     }
-    assert nothing == {"cost_spent": "$0.00", "cost_estimate": None, "intruder_accuracy": None}
+    assert nothing == {
+        "cost_spent": "$0.00",
+        "cost_estimate": None,
+        "intruder_accuracy": None,
+        "intruder_answer_accuracy": None,
+    }
 
 
 def test_report_url_is_under_the_served_runs_folder(tmp_path, monkeypatch):

@@ -347,10 +347,35 @@ def test_intruder_accuracy_aggregates_answers_per_hit(tmp_path):
             rows.append({"INPUT:images": cell, "OUTPUT:answer": answer, "ASSIGNMENT:worker_id": f"w{worker}"})
     result = intruders.accuracy(pd.DataFrame(rows), made)
     assert result.accuracy == 1.0 and result.n_hits == 20
+    assert result.n_answers == 100 and 0.8 <= result.answer_accuracy < 1.0
     assert {d.cluster for d in result.per_cluster} <= {0, 1, 2}
     assert sum(d.hits for d in result.per_cluster) == 20
     assert all(d.accuracy == 1.0 for d in result.per_cluster)
     assert intruders.bar_chart(result, tmp_path / "chart.png").stat().st_size > 1000
+
+
+def test_intruder_accuracy_holds_when_each_worker_answers_only_a_few_hits():
+    """A market crowd: 120 workers, 5 answers per HIT, each worker in about 4 HITs, 94% right.
+
+    A majority names the intruder in every HIT here, and so must the aggregate. A confusion matrix
+    per worker (full Dawid-Skene) overfits a handful of answers and gave 0.80-0.92 on these crowds.
+    """
+    made, _ = intruders.make_hits(_clusters(), 100, 8, seed=2)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        rows, right = [], 0
+        for hit in made:
+            cell = ",".join(json.dumps(x) for x in hit.images)
+            for worker in rng.choice(120, 5, replace=False):
+                wrong = [str(p) for p in range(1, 9) if str(p) != hit.answer]
+                answer = hit.answer if rng.random() < 0.94 else wrong[rng.integers(len(wrong))]
+                right += answer == hit.answer
+                rows.append(
+                    {"INPUT:images": cell, "OUTPUT:answer": answer, "ASSIGNMENT:worker_id": f"w{worker}"}
+                )
+        result = intruders.accuracy(pd.DataFrame(rows), made)
+        assert result.accuracy == 1.0, seed
+        assert result.answer_accuracy == right / 500 and 0.9 < result.answer_accuracy < 0.98
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -362,8 +387,17 @@ def test_report_and_summary(tmp_path, monkeypatch):
     clusters = pd.Series([0, 0, 1], index=["https://i/a.png", "https://i/b.png", "https://i/c.png"])
     info = AggregationInfo("gomes", 6, 2, 2, 2, 2, 10, -1.5)
     chart = tmp_path / "intruders.png"
-    evaluated = Evaluation(0.9, 10, per_cluster=(ClusterAccuracy(0, 0.9, 10),), skipped=(1,), chart=chart)
+    evaluated = Evaluation(
+        0.9,
+        10,
+        per_cluster=(ClusterAccuracy(0, 0.9, 10),),
+        skipped=(1,),
+        n_answers=50,
+        answer_accuracy=0.84,
+        chart=chart,
+    )
     params = _params(toloka={"environment": "sandbox", "url": None})
+    plan = hits.coverage([list(clusters.index[:2]), list(clusters.index[1:])], list(clusters.index))
 
     def finish(aggregated: Aggregated, evaluation: Evaluation | None) -> Any:
         cost = Cost(1.5, CostEstimate(main=1.0, exam=0.5))
@@ -376,7 +410,7 @@ def test_report_and_summary(tmp_path, monkeypatch):
             wall_seconds=12.34,
             run_key="k",
             ids=None,
-            coverage=None,
+            coverage=plan,
         )
 
     summary = finish(Aggregated(clusters, None, info, metrics={"ari": 1.0, "nmi": 1.0}), evaluated)
@@ -406,6 +440,9 @@ def test_report_and_summary(tmp_path, monkeypatch):
     page = folder.report.read_text()
     assert page.count("<img src='https://i/") == 3 and "Cluster 1 (1 images)" in page
     assert "<img src='intruders.png'" in page  # the chart the evaluation drew, linked relative to the folder
+    assert "<th>single answers naming the intruder</th><td>0.84 (50 answers)</td>" in page
+    assert "<th>clusters too small to host a HIT</th><td>1</td>" in page
+    assert "<p>2 HITs over 3 images, each image in 1-2 HITs (mean 1.3); the HITs link every image" in page
     assert finish(Aggregated(clusters, None, info), None).ari is None
 
 
