@@ -8,6 +8,7 @@ crowd as of "now"), then acts, then flushes state to SQLite. Routes (`app.py`) o
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class Emulator:
         self.clock = SimClock(settings.speed, start=float(self.store.meta("sim_now", epoch)))
         if self.store.meta("balance") is None:
             self.store.set_meta("balance", float(settings.balance))
+        if self.store.meta("account") is None:
+            self.store.set_meta("account", settings.account or secrets.token_hex(8))
         self.crowd = Crowd(self, epoch)
         self.store.flush()
 
@@ -110,8 +113,17 @@ class Emulator:
 
     # ---------------------------------------------------------------------------------- requester
     def requester(self) -> Doc:
+        """The account behind the token: one per state, as on Toloka one per requester.
+
+        Object ids count from 1 in every fresh state, so two in-memory emulators hand out the same
+        ids for different objects, which on Toloka never happens: an id there names one object of
+        one account for good. A client that caches results by object id (crowdclust keys every
+        cached Toloka stage by the requester's id) must therefore see a new account in a new state,
+        or a run on a restarted emulator would be given another instance's pool results for its own
+        pool of the same id. The account is drawn when the state is created and kept with `--db`.
+        """
         return {
-            "id": digest("requester", self.settings.token)[:12].hex(),
+            "id": digest("requester", str(self.store.meta("account")))[:12].hex(),
             "balance": round(self.balance(), 4),
             "public_name": {"EN": "crowdclust emulator requester"},
             "company": {"id": "1", "superintendent_id": "crowdclust-requester"},

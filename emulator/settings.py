@@ -21,7 +21,9 @@ class EmulatorSettings:
     name (`demo-shoes`, `digits`) or the path of a TSV with an image URL column and a `class` column.
     `workers` is the size of the market the crowd is drawn from. `rate_limit` is a per-token limit in
     requests per second (0: none); `admin_token` opens the state-changing `/_emulator/*` routes in
-    addition to `token` (default: only `token`).
+    addition to `token` (default: only `token`). `account` names the requester account a fresh state
+    belongs to (default: a new random one; a state loaded from `db` keeps its own): see
+    `Emulator.requester`.
     """
 
     host: str = "127.0.0.1"
@@ -40,3 +42,4 @@ class EmulatorSettings:
     admin_token: str | None = None
     balance: float = 10_000.0
     log_level: str = "warning"
+    account: str | None = None

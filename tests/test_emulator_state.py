@@ -1,4 +1,5 @@
-"""State in SQLite: a restarted emulator continues with its objects, the crowd's progress and the balance."""
+"""State in SQLite: a restarted emulator continues with its objects, the crowd's progress, the balance
+and its requester account; a state made anew is a new account."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def test_state_survives_a_restart(tmp_path):
         emu.advance(60)  # part of the work is done, some assignments are in progress
         before = emu.stats()
         before_workers = emu.workers()
+        account = client.get_requester().id
         assert 0 < before["pools"][pool.id]["done"] < before["pools"][pool.id]["total"]
         assert before["balance"] < settings.balance
 
@@ -31,6 +33,7 @@ def test_state_survives_a_restart(tmp_path):
         assert after["sim_time"] == before["sim_time"]
         assert emu.workers() == before_workers
         client = make_client(emu)
+        assert client.get_requester().id == account  # the same account: its cached results still hold
         assert client.get_pool(pool.id).is_open()
         assert [s.name for s in client.find_skills(name="restart skill").items] == [skill.name]
         for _ in range(200):  # the crowd carries on where it stopped and completes the pool
@@ -41,3 +44,19 @@ def test_state_survives_a_restart(tmp_path):
         df = client.get_assignments_df(pool_id=pool.id)
         assert len(df) == 40 * 3 and df["INPUT:images"].nunique() == 40
         assert emu.stats()["balance"] < before["balance"]
+
+
+def test_every_fresh_state_is_a_new_account_unless_named(tmp_path):
+    """Ids count from 1 in each state: a client caching by object id must see another account."""
+    ids = []
+    for settings in (EmulatorSettings(port=0, speed=0), EmulatorSettings(port=0, speed=0)):
+        with run_in_background(settings) as emu:
+            client = make_client(emu)
+            ids.append((client.get_requester().id, create_project(client, "first").id))
+    assert ids[0][1] == ids[1][1] and ids[0][0] != ids[1][0]
+    named = EmulatorSettings(port=0, speed=0, account="acme")
+    seen = set()
+    for _ in range(2):
+        with run_in_background(named) as emu:
+            seen.add(make_client(emu).get_requester().id)
+    assert len(seen) == 1 and seen.isdisjoint({ids[0][0], ids[1][0]})

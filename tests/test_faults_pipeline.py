@@ -265,13 +265,17 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
         preflight.verify_labelling_task(params.toloka, "faults-stale", ids, setup.MAIN_POOL)
         return ids
 
-    with run_in_background(EmulatorSettings(port=0, token=TOKEN, catalogue_size=30)) as first:
+    # The same account on both: a platform that lost the account's objects (a fresh emulator state is
+    # a new account unless told otherwise, see the end of this test).
+    account = EmulatorSettings(port=0, token=TOKEN, catalogue_size=30, account="lost-its-objects")
+    with run_in_background(account) as first:
         monkeypatch.setenv("CROWDCLUST_LOCAL_URL", first.url)
         before = set_up()
-    with run_in_background(EmulatorSettings(port=0, token=TOKEN, catalogue_size=30)) as reset:
+    with run_in_background(account) as reset:
         monkeypatch.setenv("CROWDCLUST_LOCAL_URL", reset.url)
         foreign = setup.setup_labelling(RunRegistry(_client(reset), "someone-else"), bundle, values, "Other")
         assert foreign.main_pool == before.main_pool  # the same ids now name another run's objects
+        lost = _client(reset).get_requester().id
         with pytest.raises(StaleRunError, match=r"no longer has this run's objects.*--fresh"):
             set_up()
         with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
@@ -281,3 +285,12 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
         monkeypatch.setenv("TOLOKA_TOKEN", "a-wrong-token")  # warm cache, wrong token: must fail
         with pytest.raises(Exception, match=r"401|refused the token"):
             set_up()
+    monkeypatch.setenv("TOLOKA_TOKEN", TOKEN)
+    with run_in_background(EmulatorSettings(port=0, token=TOKEN, catalogue_size=30)) as restarted:
+        # A restarted in-memory emulator is a new account: nothing cached for the old one is used,
+        # so the same ids are created again here (no stale error, no --fresh needed) ...
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", restarted.url)
+        assert set_up() == before
+        # ... and a stage keyed by object ids alone (wait, export) can never be served another
+        # instance's result for an object of the same id.
+        assert _client(restarted).get_requester().id != lost
