@@ -39,7 +39,16 @@ def aggregate_export(
     if export is not None:
         frame = pd.read_csv(export, sep="\t")
     elif pool_id is not None:
-        frame = results.export_task(toloka or TolokaTarget(), pool_id)
+        target = toloka or TolokaTarget()
+        now = results.pool_now_task(target, pool_id)
+        done = now.completion_percentage
+        if done is None or done < 100:
+            logger.warning(
+                "pool %s is %s complete: clustering the answers accepted so far",
+                pool_id,
+                "not known to be" if done is None else f"{done:.0f}%",
+            )
+        frame = results.export_task(target, pool_id, now)
         folder.write_export(frame, "main")
     else:
         raise ValueError("aggregate_export needs `export` (a TSV path) or `pool_id`")

@@ -13,8 +13,8 @@ from prefect import get_run_logger
 from tasks.export_format import EXPORT_FIELDS
 from tasks.params import TolokaTarget
 from tasks.stage import stage_task
-from tasks.stages import LabellingWait
-from tasks.toloka_api import TolokaClient, make_client
+from tasks.stages import LabellingWait, PoolStats
+from tasks.toloka_api import TolokaClient, make_client, pool_stats
 
 
 def export_accepted(client: TolokaClient, pool_id: str) -> pd.DataFrame:
@@ -22,9 +22,23 @@ def export_accepted(client: TolokaClient, pool_id: str) -> pd.DataFrame:
     return client.get_assignments_df(pool_id=pool_id, status=["APPROVED"], field=EXPORT_FIELDS)
 
 
+@stage_task(name="pool-now", toloka=True, cache=False)
+def pool_now_task(target: TolokaTarget, pool_id: str) -> PoolStats:
+    """Never cached: the pool's analytics now, to key an export made without a wait (see `export_task`)."""
+    return pool_stats(make_client(target), pool_id)
+
+
 @stage_task(name="export-results", code=("tasks.export_format", "tasks.toloka_api"), toloka=True)
-def export_task(target: TolokaTarget, pool_id: str, after: LabellingWait | None = None) -> pd.DataFrame:
-    """Export accepted assignments. `after` (the wait's result) orders it after the pool completed."""
+def export_task(
+    target: TolokaTarget, pool_id: str, after: LabellingWait | PoolStats | None = None
+) -> pd.DataFrame:
+    """Export accepted assignments.
+
+    `after` is the wait's result (it orders the export after the pool completed) or, for a pool
+    exported without waiting, its analytics just before (`pool_now_task`). Either is part of the
+    cache key, so the export of a pool that is still filling is made again once it holds more
+    answers instead of being served from the cache as it was the first time.
+    """
     frame = export_accepted(make_client(target), pool_id)
     get_run_logger().info("pool %s: exported %d rows of accepted assignments", pool_id, len(frame))
     return frame

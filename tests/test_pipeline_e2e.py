@@ -301,6 +301,37 @@ def test_aggregate_subflow_reaggregates_an_export_with_other_settings(scenario, 
     assert len(table) == 82 and {"item", "cluster", "class"} <= set(table.columns)
 
 
+def test_aggregating_a_pool_that_is_still_filling_exports_it_again_later(prefect_harness, tmp_path):
+    """The aggregate flow given a pool id: each call clusters the answers accepted by then.
+
+    The export is a cached stage; keyed by the pool id alone, a second call an hour later was served
+    the first call's export, whatever the crowd had done since."""
+    from flows.aggregate import aggregate_export
+    from tasks.params import TolokaTarget
+    from tests.fixtures.emulator import create_project, create_simple_pool, create_suites
+
+    frozen = EmulatorSettings(port=0, token=TOKEN, catalogue_size=82, seed=0, speed=0)
+    with run_in_background(frozen) as emu, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TOLOKA_TOKEN", TOKEN)
+        client = make_client(TolokaTarget(url=emu.url))
+        pool = create_simple_pool(client, create_project(client, "still filling").id, "filling", 3)
+        urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
+        create_suites(client, pool.id, [urls[k : k + 10] for k in range(0, 72, 3)])
+        client.open_pool(pool.id)
+        emu.advance(60)
+
+        def rows() -> int:
+            aggregate_export(out_dir=tmp_path, pool_id=pool.id, toloka=TolokaTarget(url=emu.url))
+            return len(pd.read_csv(tmp_path / "assignments_main.tsv", sep="\t"))
+
+        early = rows()
+        for _ in range(200):
+            if client.get_pool(pool.id).status.value == "CLOSED":
+                break
+            emu.advance(300)
+        assert 0 < early < rows() == 24 * 3  # 24 HITs of one task, 3 answers each
+
+
 def _all_pages(read: Any) -> list[Any]:
     items: list[Any] = []
     while page := read(len(items)):
