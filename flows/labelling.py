@@ -36,7 +36,7 @@ def collect_labels(
     logger = get_run_logger()
     bundle = load_bundle(params.toloka_dir)
     folder.write_plan(plan)
-    logger.info("HIT plan (%s): %s", params.hits.design, plan.coverage.brief())
+    logger.info("HIT plan (%s): %s", params.hits.design, plan.coverage.describe())
     artifacts.hit_coverage(plan.coverage)
 
     costs = budget.estimate_labelling(params, bundle, len(plan.hits))

@@ -63,7 +63,9 @@ def aggregate_task(export: pd.DataFrame, params: AggregationParams, seed: int) -
     """Prefect adapter of `aggregate` (cached on the export's content and the aggregation code)."""
     result = aggregate(export, params, seed)
     logger = get_run_logger()
-    logger.info("aggregation: %s", result.info)
+    logger.info("aggregation: %s", result.info.describe())
+    if result.info.recheck is not None:
+        logger.info("images to show again: %s", result.info.recheck)
     if result.info.dissent is not None:
         logger.warning("workers who group another way: %s", result.info.dissent)
     return result

@@ -286,7 +286,7 @@ def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:
     rows.append(
         {
             "metric": "cost_estimate",
-            "value": ", ".join(f"{k} ${v:,.2f}" for k, v in estimate.as_dict().items()) if estimate else None,
+            "value": estimate.describe() if estimate else None,
         }
     )
     single = summary.intruders.answer_accuracy if summary.intruders else None

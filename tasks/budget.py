@@ -113,8 +113,8 @@ def check_budget_task(
     registry = RunRegistry.connect(target, run_key)
     before = registry.spent(lambda role: not role.startswith(covers))
     get_run_logger().info(
-        "cost estimate (USD): %s; budget %.2f, already spent by other pools %.2f",
-        costs.as_dict(),
+        "cost estimate: %s; budget $%.2f, already spent by other pools $%.2f",
+        costs.describe(),
         max_spend,
         before,
     )

@@ -169,7 +169,7 @@ def setup_intruders_task(
     key = round_key(run_key, hits)
     ids = setup_intruders(registry, bundle, values, key)
     registry.ensure_suites(f"intruder-suites-{key}", ids.pool, suites_of(h.images for h in hits))
-    get_run_logger().info("intruder objects: %s; %d HITs uploaded", ids, len(hits))
+    get_run_logger().info("intruder objects: %s; %d HITs uploaded", ids.describe(), len(hits))
     return ids
 
 

@@ -87,7 +87,7 @@ def setup_labelling_task(
 ) -> LabellingIds:
     """Prefect adapter of `setup_labelling` (cached: a resumed run makes no Toloka call here)."""
     ids = setup_labelling(RunRegistry.connect(target, run_key), bundle, values, skill_name, main_pool_role)
-    get_run_logger().info("labelling objects: %s", ids)
+    get_run_logger().info("labelling objects: %s", ids.describe())
     return ids
 
 

@@ -78,6 +78,10 @@ class CostEstimate:
     def as_dict(self) -> dict[str, float]:
         return {"main": self.main, "exam": self.exam, "intruders": self.intruders, "total": self.total}
 
+    def describe(self) -> str:
+        """One line in dollars: "main $14.92, exam $3.90, intruders $5.20, total $24.02"."""
+        return ", ".join(f"{k} ${v:,.2f}" for k, v in self.as_dict().items())
+
     @classmethod
     def of_rounds(cls, *rounds: Labelled | None) -> CostEstimate | None:
         """The estimate of the rounds a run labelled (None: it labelled nothing): every round's main
@@ -86,6 +90,11 @@ class CostEstimate:
         if not done:
             return None
         return cls(round(sum(one.main for one in done), 4), done[-1].exam, done[-1].intruders)
+
+
+def named_ids(ids: dict[str, str]) -> str:
+    """Toloka ids for a log line: "exam project 1, training 2, ..." (a dataclass repr is Python)."""
+    return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in ids.items())
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,9 @@ class LabellingIds:
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def describe(self) -> str:
+        return named_ids(self.as_dict())
+
 
 @dataclass(frozen=True)
 class IntruderIds:
@@ -113,6 +125,9 @@ class IntruderIds:
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
+
+    def describe(self) -> str:
+        return named_ids(self.as_dict())
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,9 @@ class ExamTotals:
     accepted: int = 0
     rejected: int = 0
     skills_set: int = 0
+
+    def describe(self) -> str:
+        return f"{self.accepted} exams accepted, {self.rejected} rejected, {self.skills_set} skill values set"
 
     def __add__(self, other: ExamTotals) -> ExamTotals:
         return ExamTotals(
@@ -182,6 +200,14 @@ class AggregationInfo:
     dissent: str | None = None
     # The images only the prior placed and what a round of them would cost (`aggregation.find_recheck`).
     recheck: str | None = None
+
+    def describe(self) -> str:
+        """The aggregation in a sentence, for the logs (the camp and the recheck list follow it)."""
+        fit = "" if self.n_iter is None else f"; the embedding took {self.n_iter} iterations"
+        return (
+            f"{self.method}: {self.n_clusters} clusters from {self.n_labels:,} pairwise labels "
+            f"({self.n_assignments:,} answers to {self.n_hits:,} HITs by {self.n_workers:,} workers){fit}"
+        )
 
 
 @dataclass(frozen=True)

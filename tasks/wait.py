@@ -161,7 +161,9 @@ def wait_labelling_task(
         client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
     )
     close_all(client, helpers)
-    get_run_logger().info("exam gating: %s; %d workers hold a skill value", totals[0], len(state.sent))
+    get_run_logger().info(
+        "exam gating: %s; %d workers hold a skill value", totals[0].describe(), len(state.sent)
+    )
     return LabellingWait(
         main=main,
         exams=totals[0],

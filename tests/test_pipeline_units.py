@@ -17,7 +17,16 @@ import pytest
 from tasks import budget, exam, hits, intruders, report
 from tasks.params import HitParams, PipelineParams, load_params
 from tasks.run_folder import RunFolder
-from tasks.stages import Aggregated, AggregationInfo, ClusterAccuracy, Cost, CostEstimate, Evaluation
+from tasks.stages import (
+    Aggregated,
+    AggregationInfo,
+    ClusterAccuracy,
+    Cost,
+    CostEstimate,
+    Evaluation,
+    ExamTotals,
+    LabellingIds,
+)
 from tasks.toloka_config import load_bundle
 
 ITEMS = [f"https://img/{i:03d}.png" for i in range(82)]
@@ -376,6 +385,19 @@ def test_intruder_accuracy_holds_when_each_worker_answers_only_a_few_hits():
         result = intruders.accuracy(pd.DataFrame(rows), made)
         assert result.accuracy == 1.0, seed
         assert result.answer_accuracy == right / 500 and 0.9 < result.answer_accuracy < 0.98
+
+
+def test_the_log_lines_of_the_stages_read_as_sentences():
+    """What the UI's log pages print: no dataclass reprs or dicts."""
+    ids = LabellingIds("1", "2", "3", "4", "5", "6")
+    assert ids.describe() == "exam project 1, training 2, skill 3, exam pool 4, main project 5, main pool 6"
+    assert ExamTotals(12, 3, 11).describe() == "12 exams accepted, 3 rejected, 11 skill values set"
+    info = AggregationInfo("gomes", 28_000, 400, 2_800, 53, 10, 26, -1.5)
+    assert info.describe() == (
+        "gomes: 10 clusters from 28,000 pairwise labels (2,800 answers to 400 HITs by 53 workers); "
+        "the embedding took 26 iterations"
+    )
+    assert CostEstimate(72.8, 3.9, 13).describe() == "main $72.80, exam $3.90, intruders $13.00, total $89.70"
 
 
 # ------------------------------------------------------------------------------------------ report
