@@ -43,9 +43,8 @@ def evaluate_clusters(
     logger = get_run_logger()
     folder = RunFolder.of(params)
     run_key, cfg = params.resolved_run_key, params.intruders
-    made, skipped = intruders.make_hits(
-        folder.read_clusters(clusters_csv), cfg.n_hits, cfg.images_per_hit, params.seed
-    )
+    clusters = folder.read_clusters(clusters_csv)
+    made, skipped = intruders.make_hits(clusters, cfg.n_hits, cfg.images_per_hit, params.seed)
     for cluster in skipped:
         logger.info(
             "cluster %s has fewer than %d images: no intruder HIT hosted by it",
@@ -55,6 +54,9 @@ def evaluate_clusters(
     if not made:
         logger.warning("no cluster can host an intruder HIT: evaluation skipped")
         return Evaluation(accuracy=None, n_hits=0, skipped=tuple(skipped))
+    thin = intruders.thin_hosts(made, clusters.nunique() - len(skipped))
+    if thin is not None:
+        logger.warning("%s", thin)
     bundle = load_bundle(params.toloka_dir)
     skill = skill_id or labelling_skill(params)
     preflight.check_intruder_staffing_task(params.toloka, skill, params, bundle, len(made))

@@ -76,6 +76,27 @@ def make_hits(
     return hits, skipped
 
 
+# Below this many HITs per host cluster, one HIT moves the cluster's accuracy by a fifth or more.
+FEW_HITS_PER_HOST = 5
+
+
+def thin_hosts(hits: list[IntruderHit], n_hosts: int) -> str | None:
+    """A warning when the HITs leave each host cluster's accuracy to a handful of HITs, else None.
+
+    `intruders.n_hits` is fixed before the clusters are known; a catalogue of many clusters spreads
+    it thin (100 HITs over 40 clusters: 2.5 each, and clusters with none at 200).
+    """
+    if not hits or n_hosts <= 0 or len(hits) >= FEW_HITS_PER_HOST * n_hosts:
+        return None
+    hosted = len({hit.host for hit in hits})
+    return (
+        f"{len(hits)} intruder HITs over {n_hosts} clusters that can host one: "
+        f"{len(hits) / n_hosts:.1f} per cluster ({n_hosts - hosted} with none), so a cluster's "
+        f"accuracy rests on a few HITs and only the overall figure is worth reading; "
+        f"intruders.n_hits {FEW_HITS_PER_HOST * n_hosts} would give each about {FEW_HITS_PER_HOST}"
+    )
+
+
 def round_key(run_key: str, hits: list[IntruderHit]) -> str:
     """A digest of the HITs: a different clustering under the same run key gets its own pool."""
     return operation_id(run_key, "intruder-round", suites_of(h.images for h in hits)).hex[:8]

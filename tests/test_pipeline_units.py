@@ -344,6 +344,15 @@ def test_intruder_hits_skip_small_clusters_and_are_seeded():
     assert intruders.make_hits(pd.Series([0] * 3 + [1] * 3, index=list("abcdef")), 10, 8, 0) == ([], [0, 1])
 
 
+def test_intruder_hits_spread_thin_over_many_clusters_are_called_so():
+    many = pd.Series([c for c in range(40) for _ in range(10)], index=[f"i{k}" for k in range(400)])
+    made, skipped = intruders.make_hits(many, 100, 8, seed=0)
+    note = intruders.thin_hosts(made, many.nunique() - len(skipped))
+    assert note is not None and note.startswith("100 intruder HITs over 40 clusters that can host one: 2.5")
+    assert note.endswith("intruders.n_hits 200 would give each about 5")
+    assert intruders.thin_hosts(*intruders.make_hits(_clusters(), 50, 8, seed=0)[:1], 3) is None
+
+
 def test_intruder_accuracy_aggregates_answers_per_hit(tmp_path):
     made, _ = intruders.make_hits(_clusters(), 20, 8, seed=1)
     rng = np.random.default_rng(0)
