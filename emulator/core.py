@@ -45,6 +45,8 @@ class Emulator:
         self.settings = settings
         self.store = Store(settings.db)
         self.catalogue = Catalogue(settings.catalogue, size=settings.catalogue_size, seed=settings.seed)
+        if self.store.meta("requester") is None:
+            self.store.set_meta("requester", self._new_requester(settings, saved=self.store.meta("epoch")))
         if self.store.meta("epoch") is None:
             start = settings.start if settings.start is not None else float(int(time.time()))
             self.store.set_meta("epoch", float(start))
@@ -52,10 +54,19 @@ class Emulator:
         self.clock = SimClock(settings.speed, start=float(self.store.meta("sim_now", epoch)))
         if self.store.meta("balance") is None:
             self.store.set_meta("balance", float(settings.balance))
-        if self.store.meta("account") is None:
-            self.store.set_meta("account", settings.account or secrets.token_hex(8))
         self.crowd = Crowd(self, epoch)
         self.store.flush()
+
+    @staticmethod
+    def _new_requester(settings: EmulatorSettings, saved: Any) -> str:
+        """The requester id of a state that has none: see `requester`.
+
+        A state saved before states had accounts (`saved`: it has a clock) keeps the id it always
+        had, derived from the token, so the cached stages of its runs still apply.
+        """
+        if saved is not None and settings.account is None:
+            return digest("requester", settings.token)[:12].hex()
+        return digest("requester", settings.account or secrets.token_hex(8))[:12].hex()
 
     # ------------------------------------------------------------------------------------ plumbing
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -120,10 +131,11 @@ class Emulator:
         one account for good. A client that caches results by object id (crowdclust keys every
         cached Toloka stage by the requester's id) must therefore see a new account in a new state,
         or a run on a restarted emulator would be given another instance's pool results for its own
-        pool of the same id. The account is drawn when the state is created and kept with `--db`.
+        pool of the same id. The account is drawn when the state is created (or named by
+        `EmulatorSettings.account`) and kept with `--db`.
         """
         return {
-            "id": digest("requester", str(self.store.meta("account")))[:12].hex(),
+            "id": str(self.store.meta("requester")),
             "balance": round(self.balance(), 4),
             "public_name": {"EN": "crowdclust emulator requester"},
             "company": {"id": "1", "superintendent_id": "crowdclust-requester"},

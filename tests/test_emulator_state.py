@@ -60,3 +60,19 @@ def test_every_fresh_state_is_a_new_account_unless_named(tmp_path):
         with run_in_background(named) as emu:
             seen.add(make_client(emu).get_requester().id)
     assert len(seen) == 1 and seen.isdisjoint({ids[0][0], ids[1][0]})
+
+
+def test_a_state_saved_before_accounts_keeps_the_requester_it_had(tmp_path):
+    """Its runs' cached Toloka stages are keyed by that requester: an upgrade must not orphan them."""
+    import sqlite3
+
+    from emulator.util import digest
+
+    db = str(tmp_path / "old.db")
+    settings = EmulatorSettings(port=0, speed=0, db=db, token="old-token")
+    with run_in_background(settings) as emu:
+        create_project(make_client(emu), "before accounts")
+    with sqlite3.connect(db) as old:  # what a state written before this version holds: no requester
+        old.execute("DELETE FROM objects WHERE kind = 'meta' AND id = 'requester'")
+    with run_in_background(settings) as emu:
+        assert make_client(emu).get_requester().id == digest("requester", "old-token")[:12].hex()
