@@ -139,6 +139,27 @@ def test_missing_file_and_bad_truth(export):
     (export / "bad_truth.csv").write_text("foo,bar\n1,2\n")
     bad_truth = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "bad_truth.csv"])
     assert bad_truth.returncode == 2 and "needs columns item (or image) and class" in bad_truth.stderr
+    truth = pd.read_csv(export / "truth.csv", dtype=str)
+    head = [*truth.head(2).itertuples(index=False)]
+    for last, says in (
+        ((truth.iloc[0, 0], "x"), f"line 4: item {truth.iloc[0, 0]} repeats line 2"),
+        ((truth.iloc[2, 0], ""), "line 4: empty class"),
+    ):
+        (export / "bad_truth.csv").write_text(
+            "item,class\n" + "".join(f"{a},{b}\n" for a, b in [*head, last])
+        )
+        bad = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "bad_truth.csv"])
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr
+
+
+def test_a_pipeline_dataset_tsv_is_a_truth_file(export):
+    """What a user has at hand after a run: image URL, class and attributes, tab-separated."""
+    truth = pd.read_csv(export / "truth.csv", dtype=str).rename(columns={"item": "image"})
+    truth.assign(colour="red").to_csv(export / "dataset.tsv", sep="\t", index=False)
+    as_csv = _run([export / "export.tsv", "-o", export / "t1.csv", "--truth", export / "truth.csv"])
+    as_tsv = _run([export / "export.tsv", "-o", export / "t2.csv", "--truth", export / "dataset.tsv"])
+    assert as_tsv.returncode == 0, as_tsv.stderr
+    assert ari_of(as_tsv.stdout) == ari_of(as_csv.stdout) >= 0.9
 
 
 def test_min_cluster_size_option(export):

@@ -40,20 +40,31 @@ def _fail(message: str) -> NoReturn:
 
 
 def _read_truth(path: Path):
-    """Read `item,class` (or `image,class`) into a Series item -> class."""
+    """Read `item,class` (or `image,class`) into a Series item -> class.
+
+    Comma- or tab-separated, by the header line: a pipeline's `dataset.tsv` (image URL, class and
+    attributes, tab-separated) is a truth file as it stands. Other columns are ignored.
+    """
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype=str)
+        with path.open(encoding="utf-8") as handle:
+            header = handle.readline()
+        frame = pd.read_csv(path, dtype=str, sep="\t" if "\t" in header else ",", keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         _fail(f"cannot read truth file {path}: {exc}")
     key = "item" if "item" in frame.columns else "image" if "image" in frame.columns else None
     if key is None or "class" not in frame.columns:
         _fail(f"truth file {path} needs columns item (or image) and class; found {', '.join(frame.columns)}")
-    if frame[[key, "class"]].isna().any().any():
-        _fail(f"truth file {path} has empty cells")
-    if frame[key].duplicated().any():
-        _fail(f"truth file {path} lists item {frame[key][frame[key].duplicated()].iloc[0]} twice")
+    for column in (key, "class"):
+        empty = frame[column].str.strip() == ""
+        if empty.any():
+            _fail(f"truth file {path}, line {int(empty.to_numpy().argmax()) + 2}: empty {column}")
+    repeats = frame[key].duplicated()
+    if repeats.any():
+        row = int(repeats.to_numpy().argmax())
+        first = int((frame[key] == frame[key].iloc[row]).to_numpy().argmax())
+        _fail(f"truth file {path}, line {row + 2}: {key} {frame[key].iloc[row]} repeats line {first + 2}")
     return pd.Series(
         frame["class"].to_numpy(), index=pd.Index(frame[key].to_numpy(), name="item"), name="class"
     )
