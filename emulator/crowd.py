@@ -68,7 +68,7 @@ class Crowd:
         self.emu = emu
         self.store = emu.store
         self.seed = emu.settings.seed
-        self.population = Population(self.seed, max(1, emu.settings.workers))
+        self.population = Population(self.seed, max(1, emu.settings.workers), emu.settings.crowd)
         self.now = float(self.store.meta("sim_now", epoch))
         self.heap: list[tuple[float, int, str]] = []
         self.idle: set[str] = set()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emulator.mix import shares
+
 DEFAULT_TOKEN = "crowdclust-emulator-token"
 DEFAULT_PORT = 8765
 DEFAULT_BASE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -23,7 +25,8 @@ class EmulatorSettings:
     requests per second (0: none); `admin_token` opens the state-changing `/_emulator/*` routes in
     addition to `token` (default: only `token`). `account` names the requester account a fresh state
     belongs to (default: a new random one; a state loaded from `db` keeps its own): see
-    `Emulator.requester`.
+    `Emulator.requester`. `crowd` sets the share of some worker types (`emulator.mix.shares`: the
+    types not named share the rest in their default proportions); default: the default mix.
     """
 
     host: str = "127.0.0.1"
@@ -43,3 +46,7 @@ class EmulatorSettings:
     balance: float = 10_000.0
     log_level: str = "warning"
     account: str | None = None
+    crowd: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        shares(self.crowd)  # an impossible mix fails here, not when the first worker arrives

@@ -13,17 +13,9 @@ from typing import Any
 import numpy as np
 
 from emulator.catalogues import Catalogue, Item
+from emulator.mix import DEFAULT_SHARES, shares
 from emulator.util import rng, stable_int, unit, worker_id
 
-# type -> share of the population
-TYPE_SHARES = {
-    "diligent": 0.60,
-    "colour_biased": 0.10,
-    "lumper": 0.05,
-    "splitter": 0.05,
-    "careless": 0.10,
-    "spammer": 0.10,
-}
 # type -> (per-image misperception range, seconds per image, probability of following a training instruction)
 TYPE_PARAMS: dict[str, tuple[tuple[float, float], float, float]] = {
     "diligent": ((0.0, 0.04), 9.0, 0.97),
@@ -34,15 +26,15 @@ TYPE_PARAMS: dict[str, tuple[tuple[float, float], float, float]] = {
     "spammer": ((1.0, 1.0), 0.35, 0.05),
 }
 MAX_GROUPS = 10
-TYPES = tuple(TYPE_SHARES)
+TYPES = tuple(DEFAULT_SHARES)
 LANGUAGES = (["EN"], ["EN", "RU"], ["RU"])
 DEVICES = ("PERSONAL_COMPUTER", "SMARTPHONE", "TABLET")
 COUNTRIES = ("US", "GB", "IN", "DE", "RU", "BR")
 
 
-def _allocate(n: int, seed: int) -> np.ndarray:
+def _allocate(n: int, seed: int, mix: dict[str, float] | None = None) -> np.ndarray:
     """Exactly-proportional worker types (largest remainder), shuffled by the seed: codes into TYPES."""
-    raw = np.array([share * n for share in TYPE_SHARES.values()])
+    raw = np.array([share * n for share in shares(mix).values()])
     counts = raw.astype(int)
     order = np.argsort(-(raw - counts), kind="stable")
     counts[order[: n - int(counts.sum())]] += 1
@@ -59,10 +51,10 @@ class Population:
     only for workers who have arrived.
     """
 
-    def __init__(self, seed: int, n: int) -> None:
+    def __init__(self, seed: int, n: int, mix: dict[str, float] | None = None) -> None:
         self.seed, self.n = seed, n
         r = np.random.default_rng(stable_int("worker-profile", seed))
-        self.types = _allocate(n, seed)
+        self.types = _allocate(n, seed, mix)
         u = r.random((n, 7))
         # languages: 80% EN only, then EN+RU or RU only; 15% use the app (mostly on smartphones)
         self.languages = np.where(u[:, 0] < 0.8, 0, np.where(u[:, 1] < 0.5, 1, 2))
@@ -113,9 +105,9 @@ class Population:
         }
 
 
-def population(seed: int, n: int) -> list[dict[str, Any]]:
+def population(seed: int, n: int, mix: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Every worker of a seed's market, described (for tests and reports; the crowd reads lazily)."""
-    pop = Population(seed, n)
+    pop = Population(seed, n, mix)
     return [pop.worker(i) for i in range(n)]
 
 

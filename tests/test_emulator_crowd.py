@@ -304,3 +304,33 @@ def test_restricted_workers_come_back_when_the_restriction_ends():
         _wait_closed(emu, client, pool.id)
         per_worker = Counter(a.user_id for a in client.get_assignments(pool_id=pool.id))
     assert sum(per_worker.values()) == 60 and max(per_worker.values()) > 3
+
+
+def test_the_crowd_mix_can_be_set_and_an_impossible_one_is_refused():
+    """`--crowd spammer=0.75`: three workers in four who answer are spammers (10% by default)."""
+    from emulator.mix import DEFAULT_SHARES, MixError, parse_mix, shares
+
+    assert shares() == DEFAULT_SHARES
+    tilted = shares({"spammer": 0.75})
+    assert tilted["spammer"] == 0.75 and tilted["diligent"] == pytest.approx(6 * tilted["careless"])
+    assert sum(tilted.values()) == pytest.approx(1.0)
+    for text, says in (
+        ("spamer=0.3", "unknown worker type spamer"),
+        ("spammer=1.5", "is 1.5; a share is between 0 and 1"),
+        ("spammer=0.6,careless=0.6", r"add up to 1\.2"),
+        ("spammer", "expected TYPE=SHARE"),
+    ):
+        with pytest.raises(MixError, match=says):
+            parse_mix(text)
+    with pytest.raises(MixError, match=r"add up to 0\.5"):
+        EmulatorSettings(crowd=dict.fromkeys(DEFAULT_SHARES, 0.5 / 6))
+
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=5, workers=40, crowd=tilted)) as emu:
+        client = make_client(emu)
+        urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
+        pool = _grouping_pool(client, {}, 30, 2, urls)
+        client.open_pool(pool.id)
+        _wait_closed(emu, client, pool.id)
+        answered = {a.user_id for a in client.get_assignments(pool_id=pool.id)}
+        kinds = Counter(w["type"] for w in emu.workers() if w["id"] in answered)
+    assert kinds["spammer"] >= 0.6 * len(answered), kinds

@@ -88,11 +88,23 @@ def serve(
         0.0, help="Requests per second per token (sliding 1 s window); above it: 429. 0: no limit."
     ),
     balance: float = typer.Option(10_000.0, help="Initial requester balance."),
+    crowd: str | None = typer.Option(
+        None,
+        help="Shares of worker types, e.g. 'spammer=0.3,colour_biased=0.2' (types: diligent, "
+        "colour_biased, lumper, splitter, careless, spammer); the types not named share the rest "
+        "in their default proportions (60/10/5/5/10/10%).",
+    ),
 ) -> None:
     """Serve the emulator in the foreground until Ctrl-C / SIGTERM."""
     if ctx.invoked_subcommand is not None:
         return
     from emulator import DEFAULT_TOKEN, EmulatorSettings, serve_forever
+    from emulator.mix import MixError, parse_mix, shares
+
+    try:
+        mix = parse_mix(crowd) if crowd else None
+    except MixError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--crowd") from None
 
     settings = EmulatorSettings(
         host=host,
@@ -110,6 +122,7 @@ def serve(
         latency_ms=latency_ms,
         rate_limit=rate_limit,
         balance=balance,
+        crowd=mix,
     )
     source = (
         "--token-file"
@@ -127,6 +140,10 @@ def serve(
             f"seed {seed}, speed x{speed:g}"
             + (f"; rate limit {rate_limit:g}/s per token" if rate_limit else "")
         )
+        if mix:
+            typer.echo(
+                "  crowd: " + ", ".join(f"{name} {share * 100:g}%" for name, share in shares(mix).items())
+            )
 
     serve_forever(settings, announce=announce)
 
