@@ -23,18 +23,16 @@ import importlib
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from crowdclust.private_server import no_heartbeats, private_server, spawn, wait_for
 from crowdclust.runtime import describe, prepare_prefect_env
-from crowdclust.service.processes import answers, bin_path, launch
+from crowdclust.service.processes import bin_path
 from tasks.settings import Settings
 
 SPEED = 600.0
@@ -60,46 +58,6 @@ class Timings:
         return "where the seconds went (start -> end since launch):\n" + "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start `command` in its own session; output to `log`, or to a pipe the caller drains."""
-    if log is None:
-        return launch(command, env, subprocess.PIPE)
-    with log.open("wb") as output:
-        return launch(command, env, output)
-
-
-def _wait(
-    what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], seconds: float = 120
-) -> None:
-    deadline = time.monotonic() + seconds
-    while not ready():
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited during start-up (exit code {process.returncode})")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start within {seconds:.0f} s")
-        time.sleep(0.1)
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    """SIGINT to all at once (each shuts down in about a second), then wait; SIGKILL after 10 s."""
-    running = [process for process in processes if process.poll() is None]
-    for process in running:
-        os.killpg(process.pid, signal.SIGINT)
-    deadline = time.monotonic() + 10
-    for process in running:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def _prefetch() -> None:
     """Import PREFETCH in a daemon thread (the main thread mostly sleeps between polls meanwhile)."""
     os.environ.setdefault("MPLBACKEND", "Agg")  # no GUI backend chosen behind the flow's back
@@ -111,26 +69,6 @@ def _prefetch() -> None:
     threading.Thread(target=run, name="prefetch-imports", daemon=True).start()
 
 
-def _no_heartbeats() -> contextlib.AbstractContextManager[object]:
-    """Flow-run heartbeats off: they serve only crash detection on a shared server, and each flow
-    run's end waits up to a second for its heartbeat thread (four flow runs per demo)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
-
-
-def _drain_prefect() -> None:
-    """Send the logs and events Prefect still queues to the server before it stops: otherwise the
-    exit handlers retry against a stopped server for more than a minute."""
-    if "prefect" not in sys.modules:
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler().flush()
-    EventsWorker.drain_all(timeout=5)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n")[0])
     parser.add_argument("--timings", action="store_true", help="print where the seconds went")
@@ -139,19 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     prepare_prefect_env()
     env = {**os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}
     started: list[subprocess.Popen[bytes]] = []
-    try:
-        # 1. Subprocesses first, so they start while this process imports.
-        server = None
-        if not os.environ.get("PREFECT_API_URL"):
-            port = _free_port()
-            log = Path(os.environ["PREFECT_HOME"]) / "demo-server.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            command = [bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-            server = _spawn(command, env, log)
-            started.append(server)
-            os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    # 1. Subprocesses first, so they start while this process imports; all stop together at the end.
+    with private_server("demo-server.log", stop_with=started) as server:
         token = secrets.token_hex(16)
-        emulator = _spawn(
+        emulator = spawn(
             [bin_path("crowdclust"), "emulator", "--port", "0", "--seed", "0", "--speed", str(SPEED)],
             {**env, "CROWDCLUST_EMULATOR_TOKEN": token},
         )
@@ -181,11 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         timings.mark("import flows (this process)", since)
         _prefetch()
         since = time.monotonic()
-        _wait("the emulator", lambda: bool(emulator_url), emulator)
+        wait_for("the emulator", lambda: bool(emulator_url), emulator)
         timings.mark("emulator ready (waited)", since)
         since = time.monotonic()
-        if server is not None:
-            _wait("the Prefect server", lambda: answers(os.environ["PREFECT_API_URL"] + "/health"), server)
+        server.wait_ready()
         timings.mark("Prefect server ready (waited)", since)
 
         # 3. The flow.
@@ -202,14 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emulator at {emulator_url[0]}; running the flow (run key {params.run_key}) ...", flush=True)
         since = time.monotonic()
         # The private server watches no heartbeats; a server of the user's own (PREFECT_API_URL) may.
-        with _no_heartbeats() if server is not None else contextlib.nullcontext():
+        with no_heartbeats() if server.private else contextlib.nullcontext():
             summary = crowdclust_pipeline(params)
         timings.mark("flow", since)
-    finally:
         since = time.monotonic()
-        _drain_prefect()
-        _stop(started)
-        timings.mark("stop emulator and server", since)
+    timings.mark("stop emulator and server", since)
     print("\n== crowdclust demo ==")
     print(describe(summary))
     print(f"total wall time:    {time.monotonic() - timings.started:.1f} s (including start-up)")

@@ -13,8 +13,9 @@ a lease the holder renews every third of its length from a daemon thread while i
 - a holder killed on *this* machine is known dead at once: it wrote its lease id into the lock file
   that the new run now holds the `flock` of, so the new run releases that lease and goes on.
 
-The ephemeral API (no `PREFECT_API_URL`) lives and dies with each process: a slot there protects
-nothing, so this layer is skipped and the `flock` alone applies.
+The ephemeral API (no `PREFECT_API_URL`) lives and dies with each process, and so does the private
+server of `crowdclust run` and `make demo`: a slot there protects nothing, so this layer is skipped
+and the `flock` alone applies.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import httpx
+
+from tasks.settings import Settings
 
 LIMIT_PREFIX = "crowdclust-run"
 REPOSSESSOR_SECONDS = 15.0  # the server's PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS default
@@ -48,9 +51,12 @@ class SlotTaken(Exception):
 
 
 def server_url() -> str | None:
-    """The Prefect API this process uses, or None in ephemeral mode."""
+    """The Prefect API this process uses, or None in ephemeral mode or on a command's private server
+    (`Settings.private_prefect`): neither outlives the process, so a slot there guards nothing."""
     from prefect.settings import get_current_settings
 
+    if Settings().private_prefect:
+        return None
     return get_current_settings().api.url or None
 
 

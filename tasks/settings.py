@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         description="How long a run waits for its key's Prefect slot held on another machine before it "
         "fails (0: at once). Lease + 15 lets a run resumed elsewhere after a kill -9 go on by itself.",
     )
+    private_prefect: bool = Field(
+        False,
+        description="Set by `crowdclust run` and `make demo` while they run their own Prefect server: "
+        "it lives and dies with the command, so like Prefect's ephemeral API it guards no run key "
+        "across machines and the run lock's server layer is skipped (the flock alone applies).",
+    )
     toloka_token: SecretStr | None = Field(
         None, validation_alias="TOLOKA_TOKEN", description="The Toloka (or emulator) OAuth token."
     )

@@ -190,6 +190,49 @@ def test_a_run_whose_exam_qualified_too_few_workers_ends_instead_of_waiting(pref
     assert str(found["pools"]["exam-pool"].status.value) == "CLOSED" and not found["open"], found
 
 
+def test_ctrl_c_in_a_terminal_closes_the_pools_and_exits_130(emu, config, tmp_path):
+    """`crowdclust run` with no Prefect server named, Ctrl-C'd as a terminal does: SIGINT to the group.
+
+    With Prefect's ephemeral server (a child in the same group) the signal stopped the server too:
+    the run retried against it for two minutes, left its pools open and blamed Toloka."""
+    key = "faults-ctrl-c"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
+    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
+    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
+    run = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            pools = _objects(emu, key)["pools"]
+            if "main-pool" in pools and str(pools["main-pool"].status.value) == "OPEN":
+                break
+            assert run.poll() is None, run.communicate()
+            time.sleep(0.5)
+        else:
+            pytest.fail("the main pool never opened")
+        os.killpg(run.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        _, err = run.communicate(timeout=120)
+        took = time.monotonic() - signalled
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        emu.control("config", method="POST", speed=600.0)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert run.returncode == 130 and len(errors) == 1 and "interrupted by SIGINT" in errors[0], err
+    assert took < 30, (took, err)
+    assert _objects(emu, key)["open"] == []
+
+
 def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_host_fails_at_once(
     prefect_harness, emu, config, tmp_path
 ):

@@ -16,6 +16,7 @@ What the user sees when it goes wrong is one `error:` line and an exit code:
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import traceback
@@ -49,6 +50,18 @@ def _fail(message: str, code: int, debug: bool) -> typer.Exit:
         traceback.print_exc()
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _who_stopped_answering(error: BaseException) -> str | None:
+    """ "the Prefect API at URL" when the failed request went there (not to Toloka), else None."""
+    import os
+
+    api = os.environ.get("PREFECT_API_URL")
+    try:
+        url = str(error.request.url)  # type: ignore[attr-defined]  # httpx errors carry their request
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for an error without one
+        return None
+    return f"the Prefect API at {api}" if api and url.startswith(api) else None
 
 
 def _close_after_stop(params: PipelineParams) -> str:
@@ -134,38 +147,47 @@ def run(
     except PlatformUnreachable as error:
         raise _fail(str(error), 1, debug) from None
 
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
-            from flows.pipeline import crowdclust_pipeline
+    from crowdclust.private_server import no_heartbeats, private_server
 
-            summary = crowdclust_pipeline(params)
-    except KeyboardInterrupt as stop:
-        name, code = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("SIGINT", 130)
-        done = _close_after_stop(params)
-        raise _fail(
-            f"interrupted by {name}: {done}; run the same command again to resume", code, debug
-        ) from None
-    except (RunKeyBusy, PlatformUnreachable, StaleRunError, SpendGuardStopped) as error:
-        raise _fail(str(error), 1, debug) from None  # each message says what to do next
-    except TRANSIENT as error:
-        where = endpoint(params.toloka) or f"Toloka {params.toloka.environment}"
-        raise _fail(
-            f"Toloka at {where} stopped answering ({type(error).__name__}) after the stage's retries: "
-            "check that it runs, then run the same command again (finished stages are reused)",
-            1,
-            debug,
-        ) from None
-    except (*DATA_ERRORS, MissingTokenError) as error:
-        raise _fail(str(error), 2, debug) from None
-    except Exception as error:  # the flow run has the traceback; show the reason and how to resume
-        raise _fail(
-            f"{type(error).__name__}: {error}. Fix the cause and run the same command again: "
-            "finished stages are reused",
-            1,
-            debug,
-        ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # A server of its own, out of the terminal's reach: Ctrl-C must stop the run, not its Prefect API.
+    with private_server("run-server.log") as server:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            server.wait_ready()
+            with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
+                from flows.pipeline import crowdclust_pipeline
+
+                # The private server watches no heartbeats; a server of the user's own may.
+                with no_heartbeats() if server.private else contextlib.nullcontext():
+                    summary = crowdclust_pipeline(params)
+        except KeyboardInterrupt as stop:
+            name, code = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("SIGINT", 130)
+            done = _close_after_stop(params)
+            raise _fail(
+                f"interrupted by {name}: {done}; run the same command again to resume", code, debug
+            ) from None
+        except (RunKeyBusy, PlatformUnreachable, StaleRunError, SpendGuardStopped) as error:
+            raise _fail(str(error), 1, debug) from None  # each message says what to do next
+        except TRANSIENT as error:
+            where = _who_stopped_answering(error) or (
+                f"Toloka at {endpoint(params.toloka) or params.toloka.environment}"
+            )
+            raise _fail(
+                f"{where} stopped answering ({type(error).__name__}) after the stage's retries: "
+                "check that it runs, then run the same command again (finished stages are reused)",
+                1,
+                debug,
+            ) from None
+        except (*DATA_ERRORS, MissingTokenError) as error:
+            raise _fail(str(error), 2, debug) from None
+        except Exception as error:  # the flow run has the traceback; show the reason and how to resume
+            raise _fail(
+                f"{type(error).__name__}: {error}. Fix the cause and run the same command again: "
+                "finished stages are reused",
+                1,
+                debug,
+            ) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     typer.echo(describe(summary))
     sys.stdout.flush()

@@ -1,0 +1,146 @@
+"""A Prefect server of one command's own (`crowdclust run`, `make demo`) when PREFECT_API_URL names none.
+
+Why not Prefect's ephemeral server: Prefect starts it as a child in the command's process group, so
+a Ctrl-C in the terminal reaches it too and it stops at once. The flow run then can neither record
+its end nor be closed cleanly: `crowdclust run` spent about two minutes retrying against the dead
+server, left the run's pools open (the crowd kept working and charging) and blamed Toloka for the
+connection errors. This server runs in a session of its own: Ctrl-C reaches only the command, which
+closes the run's pools and exits 130, and then stops the server.
+
+The server keeps its state where the ephemeral one did (SQLite under PREFECT_HOME), with the UI off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from crowdclust.service.processes import answers, bin_path, launch
+
+API_URL = "PREFECT_API_URL"
+PRIVATE = "CROWDCLUST_PRIVATE_PREFECT"  # `tasks.settings.Settings.private_prefect`
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `command` in its own session; output to `log`, or to a pipe the caller drains."""
+    if log is None:
+        return launch(command, env, subprocess.PIPE)
+    with log.open("wb") as output:
+        return launch(command, env, output)
+
+
+def wait_for(
+    what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], seconds: float = 120
+) -> None:
+    """Until `ready()`; RuntimeError when `process` exits first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited during start-up (exit code {process.returncode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start within {seconds:.0f} s")
+        time.sleep(0.1)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGINT to all at once (each shuts down in about a second), then wait; SIGKILL after 10 s."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        os.killpg(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + 10
+    for process in running:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def drain_prefect() -> None:
+    """Send the logs and events Prefect still queues to the server before it stops: otherwise the
+    exit handlers retry against a stopped server for more than a minute."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=5)
+
+
+def no_heartbeats() -> contextlib.AbstractContextManager[object]:
+    """Flow-run heartbeats off: they serve only crash detection on a shared server, and each flow
+    run's end waits up to a second for its heartbeat thread."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+@dataclass(frozen=True)
+class Server:
+    """The server a command's flows talk to: a private one (`process`, its `log`) or the user's own."""
+
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def private(self) -> bool:
+        return self.process is not None
+
+    def wait_ready(self) -> None:
+        """Until the private server answers (nothing to wait for with a server of the user's own)."""
+        if self.process is not None:
+            health = os.environ[API_URL] + "/health"
+            wait_for(f"the Prefect server (its log: {self.log})", lambda: answers(health), self.process)
+
+
+@contextlib.contextmanager
+def private_server(log_name: str, stop_with: list[subprocess.Popen[bytes]] | None = None) -> Iterator[Server]:
+    """Start a server and point PREFECT_API_URL at it for the block, unless one is already named.
+
+    Yields as soon as the process is started, so the caller can import while it comes up; call
+    `Server.wait_ready` before the first flow. On the way out, what Prefect still queues is sent,
+    then the server and the processes in `stop_with` (the caller may add to it in the block) are
+    stopped together.
+    """
+    companions = stop_with if stop_with is not None else []
+    if os.environ.get(API_URL):
+        try:
+            yield Server()
+        finally:
+            stop(companions)
+        return
+    port = free_port()
+    log = Path(os.environ["PREFECT_HOME"]) / log_name
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    process = spawn(command, {**os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}, log)
+    # The API for this command; no UI links into a server that is gone once the command ends; the
+    # run lock's server layer off (`tasks.run_lease.server_url`).
+    own = {API_URL: f"http://127.0.0.1:{port}/api", "PREFECT_UI_URL": "", PRIVATE: "true"}
+    before = {name: os.environ.get(name) for name in own}
+    os.environ.update(own)
+    try:
+        yield Server(process, log)
+    finally:
+        drain_prefect()
+        stop([process, *companions])
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
