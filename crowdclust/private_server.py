@@ -134,6 +134,7 @@ def private_server(log_name: str, stop_with: list[subprocess.Popen[bytes]] | Non
     own = {API_URL: f"http://127.0.0.1:{port}/api", "PREFECT_UI_URL": "", PRIVATE: "true"}
     before = {name: os.environ.get(name) for name in own}
     os.environ.update(own)
+    _settings_from_environment()
     try:
         yield Server(process, log)
     finally:
@@ -144,3 +145,16 @@ def private_server(log_name: str, stop_with: list[subprocess.Popen[bytes]] | Non
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        _settings_from_environment()
+
+
+def _settings_from_environment() -> None:
+    """Make an already imported Prefect read its settings from the environment again.
+
+    Prefect reads them once, at import: imported before PREFECT_API_URL named this server, it would
+    start an ephemeral server of its own at the first API call (the one this module replaces).
+    """
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()

@@ -125,32 +125,33 @@ def run(
     except ConfigError as error:
         raise _fail(str(error), 2, debug) from None
 
-    from tasks.budget import SpendGuardStopped
-    from tasks.preflight import DATA_ERRORS, check_run
-    from tasks.run_lock import RunKeyBusy, run_lock
-    from tasks.toloka_api import (
-        TRANSIENT,
-        MissingTokenError,
-        PlatformUnreachable,
-        StaleRunError,
-        endpoint,
-        probe,
-    )
-
-    try:
-        # Before the token is tried: a user fixing the token still sees them.
-        for warning in check_run(params).warnings:
-            typer.echo(f"warning: {warning}", err=True)
-        probe(params.toloka)
-    except (*DATA_ERRORS, MissingTokenError) as error:
-        raise _fail(str(error), 2, debug) from None
-    except PlatformUnreachable as error:
-        raise _fail(str(error), 1, debug) from None
-
     from crowdclust.private_server import no_heartbeats, private_server
 
     # A server of its own, out of the terminal's reach: Ctrl-C must stop the run, not its Prefect API.
+    # It starts now, while the checks below import the pipeline's modules.
     with private_server("run-server.log") as server:
+        from tasks.budget import SpendGuardStopped
+        from tasks.preflight import DATA_ERRORS, check_run
+        from tasks.run_lock import RunKeyBusy, run_lock
+        from tasks.toloka_api import (
+            TRANSIENT,
+            MissingTokenError,
+            PlatformUnreachable,
+            StaleRunError,
+            endpoint,
+            probe,
+        )
+
+        try:
+            # Before the token is tried: a user fixing the token still sees them.
+            for warning in check_run(params).warnings:
+                typer.echo(f"warning: {warning}", err=True)
+            probe(params.toloka)
+        except (*DATA_ERRORS, MissingTokenError) as error:
+            raise _fail(str(error), 2, debug) from None
+        except PlatformUnreachable as error:
+            raise _fail(str(error), 1, debug) from None
+
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             server.wait_ready()
