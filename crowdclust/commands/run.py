@@ -75,6 +75,8 @@ def _close_after_stop(params: PipelineParams) -> str:
             closed = RunRegistry(make_client(params.toloka, retries=1), key).close_open()
     except Exception as exc:  # the platform may be what failed; say so, never hide the interruption
         return f"could not close the pools of run key {key} ({type(exc).__name__})"
+    if not closed:  # the flow run's crash hook got there first
+        return f"no pool or training of run key {key} is open"
     return f"closed {len(closed)} open pools/trainings of run key {key}"
 
 
