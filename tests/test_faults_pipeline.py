@@ -190,6 +190,18 @@ def test_a_run_whose_exam_qualified_too_few_workers_ends_instead_of_waiting(pref
     assert str(found["pools"]["exam-pool"].status.value) == "CLOSED" and not found["open"], found
 
 
+def _until_the_main_pool_opens(emu: Any, key: str, process: subprocess.Popen[str]) -> None:
+    """Wait (5 min at most) for run `key`'s main pool to open, while `process` (the run) lives."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        pools = _objects(emu, key)["pools"]
+        if "main-pool" in pools and str(pools["main-pool"].status.value) == "OPEN":
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.5)
+    pytest.fail("the main pool never opened")
+
+
 def test_ctrl_c_in_a_terminal_closes_the_pools_and_exits_130(emu, config, tmp_path):
     """`crowdclust run` with no Prefect server named, Ctrl-C'd as a terminal does: SIGINT to the group.
 
@@ -210,15 +222,7 @@ def test_ctrl_c_in_a_terminal_closes_the_pools_and_exits_130(emu, config, tmp_pa
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            pools = _objects(emu, key)["pools"]
-            if "main-pool" in pools and str(pools["main-pool"].status.value) == "OPEN":
-                break
-            assert run.poll() is None, run.communicate()
-            time.sleep(0.5)
-        else:
-            pytest.fail("the main pool never opened")
+        _until_the_main_pool_opens(emu, key, run)
         os.killpg(run.pid, signal.SIGINT)
         signalled = time.monotonic()
         _, err = run.communicate(timeout=120)
@@ -248,15 +252,7 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_ho
     emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            pools = _objects(emu, key)["pools"]
-            if "main-pool" in pools and str(pools["main-pool"].status.value) == "OPEN":
-                break
-            assert first.poll() is None, first.communicate()
-            time.sleep(0.5)
-        else:
-            pytest.fail("the main pool never opened")
+        _until_the_main_pool_opens(emu, key, first)
 
         elsewhere = tmp_path / "another-host"  # its own lock folder: only the Prefect server is shared
         elsewhere.mkdir()
