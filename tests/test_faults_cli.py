@@ -168,3 +168,28 @@ def test_wrong_token_is_refused_in_one_line(run_cli, monkeypatch):
     monkeypatch.setenv("TOLOKA_TOKEN", "not-the-token")
     result, _ = run_cli()
     assert result.exit_code == 1 and "refused the token (401" in _one_error_line(result)
+
+
+def test_a_run_under_nohup_keeps_ignoring_the_hangup():
+    """`nohup crowdclust run ...` means "outlive the terminal": SIGHUP must not stop that run."""
+    import signal
+
+    from crowdclust.commands import run as run_command
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        for hangup, caught in (
+            (signal.SIG_IGN, [signal.SIGTERM]),
+            (signal.SIG_DFL, [signal.SIGTERM, signal.SIGHUP]),
+        ):
+            signal.signal(signal.SIGHUP, hangup)
+            previous = run_command._catch_stops()
+            assert sorted(previous) == sorted(caught)
+            expected = hangup if hangup is signal.SIG_IGN else run_command._raise_terminated
+            assert signal.getsignal(signal.SIGHUP) is expected
+            assert signal.getsignal(signal.SIGTERM) is run_command._raise_terminated
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

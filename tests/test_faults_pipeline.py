@@ -202,12 +202,21 @@ def _until_the_main_pool_opens(emu: Any, key: str, process: subprocess.Popen[str
     pytest.fail("the main pool never opened")
 
 
-def test_ctrl_c_in_a_terminal_closes_the_pools_and_exits_130(emu, config, tmp_path):
-    """`crowdclust run` with no Prefect server named, Ctrl-C'd as a terminal does: SIGINT to the group.
+def _signal_defaults() -> None:
+    """In the child: SIGINT and SIGHUP at their defaults, as in a terminal's foreground job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
-    With Prefect's ephemeral server (a child in the same group) the signal stopped the server too:
-    the run retried against it for two minutes, left its pools open and blamed Toloka."""
-    key = "faults-ctrl-c"
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_ctrl_c_or_a_closed_terminal_closes_the_pools(emu, config, tmp_path, signum):
+    """`crowdclust run` with no Prefect server named, signalled as a terminal does: to the group.
+
+    With Prefect's ephemeral server (a child in the same group) Ctrl-C stopped the server too: the
+    run retried against it for two minutes, left its pools open and blamed Toloka. A closed terminal
+    (SIGHUP) killed the run where it stood, its pools open for the crowd to finish."""
+    name = signal.Signals(signum).name
+    key = f"faults-{name.lower()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
     command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
@@ -219,11 +228,11 @@ def test_ctrl_c_in_a_terminal_closes_the_pools_and_exits_130(emu, config, tmp_pa
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own group, as a terminal's foreground job
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=_signal_defaults,
     )
     try:
         _until_the_main_pool_opens(emu, key, run)
-        os.killpg(run.pid, signal.SIGINT)
+        os.killpg(run.pid, signum)
         signalled = time.monotonic()
         _, err = run.communicate(timeout=120)
         took = time.monotonic() - signalled
@@ -232,7 +241,8 @@ def test_ctrl_c_in_a_terminal_closes_the_pools_and_exits_130(emu, config, tmp_pa
             os.killpg(run.pid, signal.SIGKILL)
         emu.control("config", method="POST", speed=600.0)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert run.returncode == 130 and len(errors) == 1 and "interrupted by SIGINT" in errors[0], err
+    assert run.returncode == 128 + signum and len(errors) == 1, err
+    assert f"interrupted by {name}" in errors[0], err
     assert took < 30, (took, err)
     assert _objects(emu, key)["open"] == []
 

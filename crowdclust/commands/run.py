@@ -9,7 +9,8 @@ What the user sees when it goes wrong is one `error:` line and an exit code:
   checked before anything is created or paid;
 - 1: the run failed (platform unreachable, the run key busy, the platform lost the run's
   objects, the spend guard closed the main pool, ...): the line says what to do;
-- 130 / 143: interrupted by Ctrl-C / SIGTERM; the run's open pools were closed first.
+- 130 / 143 / 129: interrupted by Ctrl-C / SIGTERM / SIGHUP (the terminal closed); the run's open
+  pools were closed first.
 
 `--debug` shows the traceback as well.
 """
@@ -38,11 +39,26 @@ class Env(StrEnum):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that the flow run ends Crashed and its hooks run."""
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C so that the flow run ends Crashed and
+    its hooks run. A closed terminal (SIGHUP) would otherwise kill the run where it stands and leave
+    its pools open for the crowd to finish, with nobody gating the exam."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+    raise Terminated(signum)
+
+
+def _catch_stops() -> dict[int, Any]:
+    """SIGTERM and SIGHUP raise `Terminated`; returns the handlers to put back. A SIGHUP that is
+    ignored (`nohup`: the run is meant to outlive the terminal) stays ignored."""
+    wanted = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        wanted.append(signal.SIGHUP)
+    return {signum: signal.signal(signum, _raise_terminated) for signum in wanted}
 
 
 def _fail(message: str, code: int, debug: bool) -> typer.Exit:
@@ -154,7 +170,7 @@ def run(
         except PlatformUnreachable as error:
             raise _fail(str(error), 1, debug) from None
 
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = _catch_stops()
         try:
             server.wait_ready()
             with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
@@ -164,7 +180,8 @@ def run(
                 with no_heartbeats() if server.private else contextlib.nullcontext():
                     summary = crowdclust_pipeline(params)
         except KeyboardInterrupt as stop:
-            name, code = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("SIGINT", 130)
+            signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
+            name, code = signal.Signals(signum).name, 128 + signum
             done = _close_after_stop(params)
             raise _fail(
                 f"interrupted by {name}: {done}; run the same command again to resume", code, debug
@@ -191,6 +208,7 @@ def run(
                 debug,
             ) from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     typer.echo(describe(summary))
     sys.stdout.flush()
