@@ -18,7 +18,6 @@ demo could be resumed); `crowdclust run` is the command for resumable runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import re
@@ -30,7 +29,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crowdclust.private_server import no_heartbeats, private_server, spawn, wait_for
+from crowdclust.private_server import private_server, spawn, wait_for
 from crowdclust.runtime import describe, prepare_prefect_env
 from crowdclust.service.processes import bin_path
 from tasks.settings import Settings
@@ -129,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"emulator at {emulator_url[0]}; running the flow (run key {params.run_key}) ...", flush=True)
         since = time.monotonic()
-        # The private server watches no heartbeats; a server of the user's own (PREFECT_API_URL) may.
-        with no_heartbeats() if server.private else contextlib.nullcontext():
-            summary = crowdclust_pipeline(params)
+        summary = crowdclust_pipeline(params)
         timings.mark("flow", since)
         since = time.monotonic()
     timings.mark("stop emulator and server", since)

@@ -84,7 +84,8 @@ def drain_prefect() -> None:
 
 def no_heartbeats() -> contextlib.AbstractContextManager[object]:
     """Flow-run heartbeats off: they serve only crash detection on a shared server, and each flow
-    run's end waits up to a second for its heartbeat thread."""
+    run's end waits up to a second for its heartbeat thread. `private_server` turns them off for
+    its block; a server of the user's own keeps them."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
@@ -96,10 +97,6 @@ class Server:
 
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
-
-    @property
-    def private(self) -> bool:
-        return self.process is not None
 
     def wait_ready(self) -> None:
         """Until the private server answers (nothing to wait for with a server of the user's own)."""
@@ -136,7 +133,8 @@ def private_server(log_name: str, stop_with: list[subprocess.Popen[bytes]] | Non
     os.environ.update(own)
     _settings_from_environment()
     try:
-        yield Server(process, log)
+        with no_heartbeats():  # nothing watches them on a server of one command's own
+            yield Server(process, log)
     finally:
         drain_prefect()
         stop([process, *companions])

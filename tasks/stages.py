@@ -203,7 +203,8 @@ class AggregationInfo:
 
     def describe(self) -> str:
         """The aggregation in a sentence, for the logs (the camp and the recheck list follow it)."""
-        fit = "" if self.n_iter is None else f"; the embedding took {self.n_iter} iterations"
+        # 0 or None: no embedding was fitted (the baseline; catalogues above `embedding_max_items`).
+        fit = f"; the embedding took {self.n_iter} iterations" if self.n_iter else ""
         return (
             f"{self.method}: {self.n_clusters} clusters from {self.n_labels:,} pairwise labels "
             f"({self.n_assignments:,} answers to {self.n_hits:,} HITs by {self.n_workers:,} workers){fit}"

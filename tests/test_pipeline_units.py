@@ -406,6 +406,8 @@ def test_the_log_lines_of_the_stages_read_as_sentences():
         "gomes: 10 clusters from 28,000 pairwise labels (2,800 answers to 400 HITs by 53 workers); "
         "the embedding took 26 iterations"
     )
+    large = AggregationInfo("gomes", 31_500_000, 700_000, 4_900_000, 40_000, 60, 0, None)
+    assert large.describe().endswith("by 40,000 workers)")  # no embedding above its size limit
     assert CostEstimate(72.8, 3.9, 13).describe() == "main $72.80, exam $3.90, intruders $13.00, total $89.70"
 
 

@@ -17,7 +17,6 @@ What the user sees when it goes wrong is one `error:` line and an exit code:
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import traceback
@@ -143,7 +142,7 @@ def run(
     except ConfigError as error:
         raise _fail(str(error), 2, debug) from None
 
-    from crowdclust.private_server import no_heartbeats, private_server
+    from crowdclust.private_server import private_server
 
     # A server of its own, out of the terminal's reach: Ctrl-C must stop the run, not its Prefect API.
     # It starts now, while the checks below import the pipeline's modules.
@@ -176,9 +175,7 @@ def run(
             with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
                 from flows.pipeline import crowdclust_pipeline
 
-                # The private server watches no heartbeats; a server of the user's own may.
-                with no_heartbeats() if server.private else contextlib.nullcontext():
-                    summary = crowdclust_pipeline(params)
+                summary = crowdclust_pipeline(params)
         except KeyboardInterrupt as stop:
             signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
             name, code = signal.Signals(signum).name, 128 + signum
