@@ -36,11 +36,12 @@ def free_port() -> int:
 
 
 def spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start `command` in its own session; output to `log`, or to a pipe the caller drains."""
+    """Start `command` in its own session, to end with this process even when it is killed outright;
+    output to `log`, or to a pipe the caller drains."""
     if log is None:
-        return launch(command, env, subprocess.PIPE)
+        return launch(command, env, subprocess.PIPE, die_with_parent=True)
     with log.open("wb") as output:
-        return launch(command, env, output)
+        return launch(command, env, output, die_with_parent=True)
 
 
 def wait_for(

@@ -8,6 +8,7 @@ must share one environment (PREFECT_HOME, PREFECT_API_URL, result storage).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -93,9 +94,37 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def launch(command: Sequence[str], env: dict[str, str], output: Any) -> subprocess.Popen[bytes]:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """In the child: SIGTERM when the thread that started it ends, `kill -9` of the parent included.
+
+    A command's own helpers (its private Prefect server, the demo's emulator) are stopped by the
+    command on every exit it sees; a `kill -9` it cannot see left them running, holding a port and
+    a few hundred MB each, with nothing left to stop them. Linux only (`prctl`); elsewhere they
+    outlive such a kill as before.
+    """
+
+    def prepare() -> None:
+        _default_sigint()
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl: no signal would come
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return prepare
+
+
+def launch(
+    command: Sequence[str], env: dict[str, str], output: Any, die_with_parent: bool = False
+) -> subprocess.Popen[bytes]:
     """Start `command` from the repository in its own session (so its whole process group can be
-    signalled), stdin closed, stdout and stderr to `output` (a file or `subprocess.PIPE`)."""
+    signalled), stdin closed, stdout and stderr to `output` (a file or `subprocess.PIPE`).
+
+    `die_with_parent`: for helpers that live only as long as the command (see `_die_with`); the
+    service's components outlive the command that starts them.
+    """
     return subprocess.Popen(
         list(command),
         cwd=REPO,
@@ -104,7 +133,7 @@ def launch(command: Sequence[str], env: dict[str, str], output: Any) -> subproce
         stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=_die_with(os.getpid()) if die_with_parent else _default_sigint,
     )
 
 
