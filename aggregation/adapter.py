@@ -66,7 +66,10 @@ def _parse_array(cell: str, what: str) -> list:
     try:
         value = json.loads(text if text.startswith("[") else "[" + text + "]")
     except json.JSONDecodeError as exc:
-        raise _RowError(f"{what} is not valid JSON ({exc.msg} at char {exc.pos})") from None
+        # Some of json's messages end in "at" ("Unterminated string starting at"): one "at" is enough.
+        raise _RowError(
+            f"{what} is not valid JSON ({exc.msg.removesuffix(' at')} at char {exc.pos})"
+        ) from None
     if not isinstance(value, list):
         raise _RowError(f"{what} is not a JSON array")
     return value
@@ -236,6 +239,20 @@ def _read_fast(frame: pd.DataFrame, task_column: str) -> pd.DataFrame | None:
     return labels
 
 
+def _separator_hint(frame: pd.DataFrame) -> str:
+    """Why the columns are missing when the header was one comma-separated cell.
+
+    A CSV (what a spreadsheet saves) read as a TSV has a single column named by its whole header
+    line; listing every required column as missing would not say that the separator is the problem.
+    """
+    if len(frame.columns) == 1 and "," in str(frame.columns[0]):
+        return (
+            "; the header line has commas and no tabs: the file looks comma-separated, but the export "
+            "must be tab-separated (the TSV Toloka gives)"
+        )
+    return ""
+
+
 def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -> ExportReading:
     """Read a Toloka assignments export (a TSV path or `get_assignments_df`'s DataFrame).
 
@@ -249,7 +266,7 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     frame = _load_frame(source)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
-        raise ExportFormatError(f"export lacks column(s): {', '.join(missing)}")
+        raise ExportFormatError(f"export lacks column(s): {', '.join(missing)}{_separator_hint(frame)}")
     if len(frame) == 0:
         raise ExportFormatError("export has no rows (empty input)")
 

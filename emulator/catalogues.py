@@ -265,19 +265,26 @@ def _absolute(base_url: str, path: str) -> str:
     return path if "://" in path else base_url.rstrip("/") + path
 
 
+class CatalogueError(ValueError):
+    """A catalogue that is neither bundled nor a usable TSV: the user's input, not a fault of ours."""
+
+
 def _load_tsv(path: Path) -> list[Item]:
     """Read a user catalogue: an image URL column (`image`, `url` or the first) and `class`."""
     import pandas as pd
 
     if not path.is_file():
-        raise ValueError(
+        raise CatalogueError(
             f"catalogue {str(path)!r} is neither a bundled name {BUNDLED} nor a readable TSV file"
         )
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CatalogueError(f"catalogue {path}: not a readable TSV ({exc})") from None
     image_col = next((c for c in ("image", "url", "INPUT:image") if c in frame.columns), frame.columns[0])
     class_col = next((c for c in ("class", "label", "truth") if c in frame.columns), None)
     if class_col is None:
-        raise ValueError(f"catalogue {path}: needs a 'class' column next to {image_col!r}")
+        raise CatalogueError(f"catalogue {path}: needs a 'class' column next to {image_col!r}")
     classes = sorted(set(frame[class_col]))
     items = []
     for row in frame.to_dict("records"):

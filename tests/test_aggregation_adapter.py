@@ -101,6 +101,10 @@ def test_synthetic_export_round_trip(tmp_path):
         (('"u1","u1"', '{"group":1},{"group":2}', "", "a7", "w1"), "item u1 appears twice in one assignment"),
         (('"u1",u2', '{"group":1},{"group":2}', "", "a7", "w1"), "INPUT:images is not valid JSON"),
         (
+            ('"u1","u2', '{"group":1},{"group":2}', "", "a7", "w1"),
+            "INPUT:images is not valid JSON (Unterminated string starting at char 6)",
+        ),
+        (
             ('"u1","u2"', '{"group":1},{"group":2}', "", "", "w1"),
             "!row 2: empty cell in ASSIGNMENT:assignment_id",
         ),
@@ -152,6 +156,20 @@ def test_missing_column(tmp_path):
     path = _write(tmp_path / "e.tsv", [r[:4] for r in GOOD], COLUMNS[:4])
     with pytest.raises(ExportFormatError, match=r"lacks column.*ASSIGNMENT:worker_id"):
         read_export(path)
+
+
+def test_comma_separated_export_is_named_as_such(tmp_path):
+    """A CSV read as a TSV is one column named by the whole header: say the separator is wrong."""
+    path = tmp_path / "e.csv"
+    pd.DataFrame(GOOD, columns=COLUMNS).to_csv(path, index=False)
+    with pytest.raises(
+        ExportFormatError, match=r"lacks column.*looks comma-separated.*must be tab-separated"
+    ):
+        read_export(path)
+    tsv = _write(tmp_path / "e.tsv", [r[:4] for r in GOOD], COLUMNS[:4])
+    with pytest.raises(ExportFormatError) as missing_one:
+        read_export(tsv)
+    assert "comma" not in str(missing_one.value)
 
 
 def test_empty_inputs(tmp_path):

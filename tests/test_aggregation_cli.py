@@ -152,6 +152,32 @@ def test_missing_file_and_bad_truth(export):
         assert bad.returncode == 2 and says in bad.stderr, bad.stderr
 
 
+def test_truth_without_any_item_of_the_export_is_refused_before_the_fit(export):
+    """A truth file naming the images otherwise (file names for URLs) would give scores of nothing:
+    the one line names the file and shows an item of each side."""
+    (export / "names.csv").write_text("item,class\n000000.jpg,a\n000001.jpg,b\n")
+    result = _run([export / "export.tsv", "-o", export / "n.csv", "--truth", export / "names.csv"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith(f"error: truth file {export / 'names.csv'}: none of its 2 items appear")
+    assert "e.g. 000000.jpg" in result.stderr and "https://img.example/" in result.stderr
+    assert not (export / "n.csv").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_a_seed_out_of_range_blames_the_option(export, seed):
+    result = _run([export / "export.tsv", "-o", export / "s.csv", "--seed", seed])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"error: --seed {seed}: must be from 0 to 2**64 - 1\n"
+
+
+def test_a_comma_separated_export_is_named_as_such(export):
+    pd.read_csv(export / "export.tsv", sep="\t", dtype=str).to_csv(export / "export.csv", index=False)
+    result = _run([export / "export.csv", "-o", export / "c.csv"])
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "looks comma-separated, but the export must be tab-separated" in result.stderr
+
+
 def test_a_pipeline_dataset_tsv_is_a_truth_file(export):
     """What a user has at hand after a run: image URL, class and attributes, tab-separated."""
     truth = pd.read_csv(export / "truth.csv", dtype=str).rename(columns={"item": "image"})

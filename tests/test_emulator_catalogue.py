@@ -136,6 +136,24 @@ def test_cli_writes_a_catalogue(tmp_path):
     assert len(df) == 120 and df["image"].str.startswith("http://h:1/images/demo-shoes/").all()
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["demo-shoes", "--size", "0"], "Invalid value for '--size': 0 is not in the range x>=1"),
+        (["nope"], "Invalid value for NAME: catalogue 'nope' is neither a bundled name"),
+    ],
+)
+def test_cli_refuses_an_empty_or_unknown_catalogue(tmp_path, args, says):
+    """`--size 0` used to write a header-only file and exit 0; an unknown name was a traceback."""
+    from crowdclust.commands.emulator import app
+
+    out = tmp_path / "c.tsv"
+    result = CliRunner().invoke(app, ["catalogue", *args, "-o", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, (result.exception, result.output)
+    assert says in " ".join(result.output.replace("│", " ").split())
+    assert not out.exists()
+
+
 def test_unknown_exam_images_are_seen_as_their_gold_groups():
     from emulator.workers import group_images
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 CLI = Path(sys.executable).with_name("crowdclust")
 
@@ -76,3 +78,73 @@ def test_token_comes_from_a_private_file_or_the_environment(tmp_path, monkeypatc
     assert read_token("typed", None) == "typed"
     with pytest.raises(BadParameter, match="cannot read"):
         read_token(None, tmp_path / "missing")
+
+
+def _refused(args: list[str]) -> str:
+    """Run `crowdclust emulator ARGS` in-process; check it stopped as bad input (exit 2, no traceback)
+    and return the message on one line (typer draws it in a box, wrapped at the terminal's width)."""
+    from crowdclust.commands.emulator import app
+
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 2, (result.exception, result.output)  # an exception would give 1
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+
+
+@pytest.fixture
+def no_serving(monkeypatch):
+    """Options refused before serving must never reach `serve_forever` (it would serve until killed)."""
+
+    def serve_forever(settings, announce=None):
+        raise AssertionError(f"served with {settings}")
+
+    monkeypatch.setattr("emulator.serve_forever", serve_forever)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1"),
+        (["--workers", "-3"], "Invalid value for '--workers': -3 is not in the range x>=1"),
+        (["--speed", "-600"], "Invalid value for --speed: must be from 0 to 1e+06, not -600"),
+        (["--speed", "nan"], "Invalid value for --speed: must be from 0 to 1e+06, not nan"),
+        (["--fail-rate", "2"], "Invalid value for --fail-rate: must be from 0 to 1, not 2"),
+        (["--latency-ms", "-1"], "Invalid value for --latency-ms: must be from 0 to 60000, not -1"),
+        (["--port", "70000"], "Invalid value for '--port': 70000 is not in the range 0<=x<=65535"),
+        (["--size", "0"], "Invalid value for '--size': 0 is not in the range x>=1"),
+    ],
+)
+def test_out_of_range_options_are_refused_before_serving(no_serving, args, says):
+    """The bounds are those `POST /_emulator/config` holds a running emulator to; `--workers 0` used to
+    become the default 3,000 silently."""
+    assert says in _refused(args)
+
+
+def test_a_state_file_in_a_missing_directory_is_refused(no_serving, tmp_path):
+    said = _refused(["--db", str(tmp_path / "missing" / "x.db")])
+    assert (
+        f"Invalid value for --db: {tmp_path / 'missing' / 'x.db'}: directory {tmp_path / 'missing'} " in said
+    )
+    assert "does not exist" in said
+    assert f"--db: {tmp_path} is a directory, not a file" in _refused(["--db", str(tmp_path)])
+
+
+def test_a_state_file_that_is_not_sqlite_is_named(tmp_path):
+    (tmp_path / "notes.db").write_text("not a database, but long enough for SQLite to read a header\n" * 4)
+    said = _refused(["--port", "0", "--db", str(tmp_path / "notes.db")])
+    assert f"Invalid value for --db: {tmp_path / 'notes.db'}: cannot use it as the state database" in said
+
+
+def test_an_unknown_catalogue_is_named(tmp_path):
+    said = _refused(["--port", "0", "--catalogue", "nope"])
+    assert "Invalid value for --catalogue: catalogue 'nope' is neither a bundled name" in said
+    (tmp_path / "classless.tsv").write_text("image\nhttp://h/a.png\n")
+    said = _refused(["--port", "0", "--catalogue", str(tmp_path / "classless.tsv")])
+    assert "Invalid value for --catalogue:" in said and "needs a 'class' column" in said
+
+
+def test_a_port_in_use_is_named():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert f"Invalid value for --port: {port} is already in use" in _refused(["--port", str(port)])

@@ -10,9 +10,12 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Above this share of images that no other image was grouped with by most workers, say that the
 # clusters cannot be trusted (the 10,000-image bench has 13%, the 100,000-image one 54%).
@@ -26,6 +29,8 @@ SATURATION_WARNING = 0.25
 DISSENT_WARNING = 0.25
 
 EXIT_BAD_INPUT = 2
+# The model's kernels take the seed as an unsigned 64-bit integer: a larger one fails inside numba.
+MAX_SEED = 2**64 - 1
 
 
 class Method(StrEnum):
@@ -70,6 +75,20 @@ def _read_truth(path: Path):
     )
 
 
+def _check_truth_items(path: Path, truth: pd.Series, items: pd.Series, exports: str) -> None:
+    """Stop before the fit when the truth file names none of the exports' items.
+
+    Scores against such a file are meaningless, and the usual cause (image URLs on one side, file
+    names on the other) is plain from one item of each side. `isdisjoint` stops at the first common
+    item, so a matching file costs only the set of its items (0.05 s at 50,000).
+    """
+    if set(truth.index).isdisjoint(items):
+        _fail(
+            f"truth file {path}: none of its {len(truth):,} items appear in {exports} "
+            f"(the truth file has e.g. {truth.index[0]}, {exports} {items.iloc[0]})"
+        )
+
+
 def aggregate(
     exports: Annotated[
         list[Path],
@@ -83,7 +102,9 @@ def aggregate(
     method: Annotated[
         Method, typer.Option(help="gomes (the crowd-clustering model) or coassociation.")
     ] = Method.gomes,
-    seed: Annotated[int, typer.Option(help="Random seed of the model (restarts, mixture).")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed of the model (restarts, mixture): 0 to 2**64 - 1.")
+    ] = 0,
     truth: Annotated[
         Path | None, typer.Option(help="Optional item,class CSV: print ARI, NMI, ... against it.")
     ] = None,
@@ -117,6 +138,9 @@ def aggregate(
 ) -> None:
     """Cluster the images of a Toloka export; write item,cluster,confidence and print a summary."""
     started = time.perf_counter()
+    if not 0 <= seed <= MAX_SEED:
+        # Checked here rather than with typer's min/max: one `error:` line like every other bad input.
+        _fail(f"--seed {seed}: must be from 0 to 2**64 - 1")
     from aggregation.startup import lean_imports
 
     lean_imports()  # pandas and numba without pyarrow, scipy.linalg and cffi (a third of the start-up)
@@ -136,6 +160,10 @@ def aggregate(
 
     labels, problems = _read_exports(exports, lenient, read_export, ExportFormatError)
     truth_series = _read_truth(truth) if truth is not None else None
+    if truth is not None:
+        _check_truth_items(
+            truth, truth_series, labels["item"], "the export" if len(exports) == 1 else "the exports"
+        )
     for problem in problems[:10]:
         print(f"skipped {problem}", file=sys.stderr)
     if len(problems) > 10:

@@ -6,7 +6,10 @@ the CLI stays instant.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -49,7 +52,7 @@ def read_token(token: str | None, token_file: Path | None) -> str | None:
 def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8765, help="TCP port (0 picks a free one)."),
+    port: int = typer.Option(8765, min=0, max=65535, help="TCP port (0 picks a free one)."),
     db: Path | None = typer.Option(
         None, help="SQLite file for the state; a restart continues from it. Default: memory."
     ),
@@ -71,21 +74,21 @@ def serve(
     catalogue: str = typer.Option(
         "demo-shoes", help="Catalogue: demo-shoes, digits, or a TSV path (image URL + class)."
     ),
-    size: int = typer.Option(82, help="Number of items of a bundled catalogue."),
+    size: int = typer.Option(82, min=1, help="Number of items of a bundled catalogue."),
     speed: float = typer.Option(600.0, help="Simulated seconds per wall second (0 freezes the clock)."),
     start: float | None = typer.Option(
         None, help="Simulated start instant, POSIX seconds (default: now; restarts resume from --db)."
     ),
     seed: int = typer.Option(0, help="Seed of the crowd and the catalogue."),
     workers: int | None = typer.Option(
-        None, help="Size of the simulated labour market (default: the emulator's, thousands)."
+        None, min=1, help="Size of the simulated labour market (default: the emulator's, thousands)."
     ),
     fail_rate: float = typer.Option(
         0.0, help="Share of API requests answered 429/500/503 (fault injection)."
     ),
     latency_ms: int = typer.Option(0, help="Latency added to every API request, in milliseconds."),
     rate_limit: float = typer.Option(
-        0.0, help="Requests per second per token (sliding 1 s window); above it: 429. 0: no limit."
+        0.0, min=0.0, help="Requests per second per token (sliding 1 s window); above it: 429. 0: no limit."
     ),
     balance: float = typer.Option(10_000.0, help="Initial requester balance."),
     crowd: str | None = typer.Option(
@@ -98,9 +101,16 @@ def serve(
     """Serve the emulator in the foreground until Ctrl-C / SIGTERM."""
     if ctx.invoked_subcommand is not None:
         return
+    _check_db(db)
     from emulator import DEFAULT_TOKEN, EmulatorSettings, serve_forever
+    from emulator.app import MAX_LATENCY_MS
+    from emulator.clock import MAX_SPEED
     from emulator.mix import MixError, parse_mix, shares
 
+    # The bounds `POST /_emulator/config` holds these settings to once the emulator runs.
+    _check_range(speed, MAX_SPEED, "--speed")
+    _check_range(fail_rate, 1.0, "--fail-rate")
+    _check_range(latency_ms, MAX_LATENCY_MS, "--latency-ms")
     try:
         mix = parse_mix(crowd) if crowd else None
     except MixError as exc:
@@ -117,7 +127,7 @@ def serve(
         speed=speed,
         start=start,
         seed=seed,
-        **({"workers": workers} if workers else {}),
+        **({"workers": workers} if workers is not None else {}),
         fail_rate=fail_rate,
         latency_ms=latency_ms,
         rate_limit=rate_limit,
@@ -130,7 +140,11 @@ def serve(
         else ("--token" if token else (TOKEN_ENV if os.environ.get(TOKEN_ENV) else "default"))
     )
 
+    started = False
+
     def announce(url: str, token: str) -> None:
+        nonlocal started
+        started = True
         typer.echo(f"Toloka emulator ready at {url}")
         # The token itself is never printed unless it is the public default one.
         typer.echo(f"  token: {token if source == 'default' else f'from {source}'}")
@@ -145,19 +159,75 @@ def serve(
                 "  crowd: " + ", ".join(f"{name} {share * 100:g}%" for name, share in shares(mix).items())
             )
 
-    serve_forever(settings, announce=announce)
+    try:
+        serve_forever(settings, announce=announce)
+    except Exception as exc:
+        problem = None if started else _startup_problem(exc, host, port, db)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _check_range(value: float, most: float, option: str) -> None:
+    """Refuse a value outside [0, most] (or not finite) with the option's name, as BadParameter."""
+    if not (math.isfinite(value) and 0 <= value <= most):
+        raise typer.BadParameter(f"must be from 0 to {most:g}, not {value:g}", param_hint=option)
+
+
+def _check_db(db: Path | None) -> None:
+    """Refuse a state file SQLite cannot create, before anything is built.
+
+    SQLite itself only says "unable to open database file".
+    """
+    if db is None:
+        return
+    if db.is_dir():
+        raise typer.BadParameter(f"{db} is a directory, not a file", param_hint="--db")
+    if not db.parent.is_dir():
+        raise typer.BadParameter(f"{db}: directory {db.parent} does not exist", param_hint="--db")
+
+
+def _startup_problem(exc: Exception, host: str, port: int, db: Path | None) -> typer.BadParameter | None:
+    """The option to blame for an error raised before the emulator served, or None (a fault of ours).
+
+    The emulator opens its state (SQLite), reads its catalogue and binds its port, in that order,
+    before it announces itself; an error of one of those is the user's input.
+    """
+    import sqlite3
+
+    from emulator.catalogues import CatalogueError
+
+    if isinstance(exc, CatalogueError):
+        return typer.BadParameter(str(exc), param_hint="--catalogue")
+    if isinstance(exc, sqlite3.Error):
+        return typer.BadParameter(f"{db}: cannot use it as the state database: {exc}", param_hint="--db")
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return typer.BadParameter(f"{port} is already in use", param_hint="--port")
+    if isinstance(exc, socket.gaierror) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES)
+    ):
+        return typer.BadParameter(
+            f"cannot listen on {host}:{port}: {exc.strerror}", param_hint="--host/--port"
+        )
+    return None
 
 
 @app.command("catalogue")
 def catalogue(
     name: str = typer.Argument(..., help="demo-shoes or digits (or a TSV path to normalise)."),
     output: Path = typer.Option(..., "-o", "--output", help="TSV file to write."),
-    size: int = typer.Option(82, help="Number of items."),
+    size: int = typer.Option(82, min=1, help="Number of items."),
     seed: int = typer.Option(0, help="Catalogue seed."),
     base_url: str = typer.Option("http://127.0.0.1:8765", help="Base URL written into the image URLs."),
 ) -> None:
     """Write a catalogue with its truth: image URL, class and attributes, tab-separated."""
     from emulator import write_catalogue
+    from emulator.catalogues import CatalogueError
 
-    path = write_catalogue(name, output, size=size, seed=seed, base_url=base_url)
+    try:
+        path = write_catalogue(name, output, size=size, seed=seed, base_url=base_url)
+    except CatalogueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="NAME") from None
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write {output}: {exc.strerror}", param_hint="--output") from None
     typer.echo(f"wrote {path}")
