@@ -13,6 +13,7 @@ The server keeps its state where the ephemeral one did (SQLite under PREFECT_HOM
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -83,6 +84,23 @@ def drain_prefect() -> None:
     EventsWorker.drain_all(timeout=5)
 
 
+@contextlib.contextmanager
+def quiet_events_worker() -> Iterator[None]:
+    """No "EventsWorker - Still processing items: N items remaining..." warnings in the block.
+
+    Prefect's events worker prints it on the console when it is stopped with events queued, which
+    happens as the command ends: after its last line (its `error:` line too), about events the user
+    never asked for. The events themselves are still sent.
+    """
+    quiet = logging.getLogger("EventsWorker")  # Prefect's services log under their class name
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def no_heartbeats() -> contextlib.AbstractContextManager[object]:
     """Flow-run heartbeats off: they serve only crash detection on a shared server, and each flow
     run's end waits up to a second for its heartbeat thread. `private_server` turns them off for
@@ -134,10 +152,12 @@ def private_server(log_name: str, stop_with: list[subprocess.Popen[bytes]] | Non
     os.environ.update(own)
     _settings_from_environment()
     try:
-        with no_heartbeats():  # nothing watches them on a server of one command's own
-            yield Server(process, log)
+        with no_heartbeats(), quiet_events_worker():  # nothing watches heartbeats on this server
+            try:
+                yield Server(process, log)
+            finally:
+                drain_prefect()
     finally:
-        drain_prefect()
         stop([process, *companions])
         for name, value in before.items():
             if value is None:

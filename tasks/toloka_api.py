@@ -125,6 +125,10 @@ class MissingTokenError(RuntimeError):
     """No token in the environment and no Secret block: say how to provide one."""
 
 
+class TokenRefused(MissingTokenError):
+    """The platform answered and refused the token (401/403): a setting to fix, like a missing one."""
+
+
 def resolve_token(target: TolokaTarget) -> SecretStr:
     """`TOLOKA_TOKEN` first, then the Prefect Secret block named in the target."""
     token = Settings().toloka_token
@@ -176,7 +180,7 @@ _requesters: dict[tuple[str | None, str], str] = {}
 
 
 class PlatformUnreachable(RuntimeError):
-    """The Toloka URL does not answer (or refuses the token): nothing was created."""
+    """The Toloka URL does not answer: nothing was created."""
 
 
 def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
@@ -200,7 +204,7 @@ def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
             requester = client.get_requester()
         except ApiError as exc:
             if exc.status_code in (401, 403):
-                raise PlatformUnreachable(
+                raise TokenRefused(
                     f"{url} refused the token ({exc.status_code} {exc.code}): check TOLOKA_TOKEN or the "
                     f"Secret block '{target.token_secret_block}'"
                 ) from None

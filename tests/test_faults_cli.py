@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,7 +114,7 @@ def test_a_design_warning_comes_before_the_token_is_tried(run_cli, monkeypatch):
     monkeypatch.setenv("TOLOKA_TOKEN", "not-the-token")
     result, _ = run_cli(hits={"expected_styles": 5})
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 1 and len(lines) == 2, result.stderr
+    assert result.exit_code == 2 and len(lines) == 2, result.stderr
     assert lines[0].startswith("warning: hits: with about 5 styles") and "~4.3 of its own style" in lines[0]
     assert "hits.hits_per_item 4 would show ~5.7 and leave ~0.3% with none" in lines[0]
     assert lines[1].startswith("error: ") and "refused the token" in lines[1]
@@ -167,7 +169,23 @@ def test_unreachable_platform_fails_fast_naming_the_url(run_cli):
 def test_wrong_token_is_refused_in_one_line(run_cli, monkeypatch):
     monkeypatch.setenv("TOLOKA_TOKEN", "not-the-token")
     result, _ = run_cli()
-    assert result.exit_code == 1 and "refused the token (401" in _one_error_line(result)
+    assert result.exit_code == 2 and "refused the token (401" in _one_error_line(result)  # a setting
+
+
+def test_the_token_comes_from_a_secret_block_without_a_server_of_ones_own(run_cli, monkeypatch, tmp_path):
+    """No TOLOKA_TOKEN, no PREFECT_API_URL: the block is read from the command's private server.
+
+    Before, the token was read before that server answered, so a saved block was never found: `no
+    Toloka token: ... (ConnectError)`. A wrong token in the block shows it was read: the emulator
+    refuses it."""
+    monkeypatch.delenv("TOLOKA_TOKEN")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    save = "from prefect.blocks.system import Secret; Secret(value='not-the-token').save('toloka-token')"
+    saved = subprocess.run([sys.executable, "-c", save], capture_output=True, text=True, timeout=120)
+    assert saved.returncode == 0, saved.stderr
+    result, _ = run_cli()
+    assert result.exit_code == 2 and "refused the token (401" in _one_error_line(result)
 
 
 def test_a_run_under_nohup_keeps_ignoring_the_hangup():

@@ -163,15 +163,15 @@ def run(
             # Before the token is tried: a user fixing the token still sees them.
             for warning in check_run(params).warnings:
                 typer.echo(f"warning: {warning}", err=True)
+            server.wait_ready()  # a token in a Secret block is read from this server
             probe(params.toloka)
         except (*DATA_ERRORS, MissingTokenError) as error:
             raise _fail(str(error), 2, debug) from None
-        except PlatformUnreachable as error:
+        except (PlatformUnreachable, RuntimeError) as error:  # RuntimeError: the server did not start
             raise _fail(str(error), 1, debug) from None
 
         previous = _catch_stops()
         try:
-            server.wait_ready()
             with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
                 from flows.pipeline import crowdclust_pipeline
 
