@@ -106,6 +106,7 @@ def owned_labelling(ids: LabellingIds, main_pool_role: str = MAIN_POOL) -> list[
 @stage_task(name="upload-hits", code=CODE, toloka=True)
 def upload_hits_task(target: TolokaTarget, run_key: str, pool_id: str, hits: list[list[str]]) -> int:
     """Upload the HIT plan to the main pool (only the suites it does not hold yet)."""
-    count = RunRegistry.connect(target, run_key).ensure_suites("main-suites", pool_id, suites_of(hits))
+    registry = RunRegistry.connect(target, run_key)
+    count = registry.ensure_suites("main-suites", pool_id, suites_of(hits), exclusive=True)
     get_run_logger().info("main pool %s holds the %d planned HITs", pool_id, count)
     return count

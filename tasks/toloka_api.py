@@ -60,7 +60,7 @@ with warnings.catch_warnings():
         TooManyRequestsApiError,
     )
     from toloka.client.task import CreateTasksParameters
-    from toloka.client.task_suite import TaskSuitesCreateRequestParameters
+    from toloka.client.task_suite import TaskSuiteOverlapPatch, TaskSuitesCreateRequestParameters
     from toloka.util._managing_headers import add_headers  # what its public methods wear; see platform_now
 
 __all__ = [
@@ -416,6 +416,54 @@ class StaleRunError(RuntimeError):
     """A cached id no longer names this run's object on the platform (gone, or tagged otherwise)."""
 
 
+class PlanChanged(RuntimeError):
+    """A pool of the run holds HITs the run's plan does not have: its design changed since."""
+
+
+# Pool fields the platform or the registry set, not the config: never compared with the config's.
+MANAGED_POOL_FIELDS = frozenset(
+    {"id", "project_id", "private_comment", "status", "created", "last_started", "last_stopped",
+     "last_close_reason", "will_expire", "owner", "type", "metadata"}
+)  # fmt: skip
+
+
+def _differs(have: Any, want: Any) -> bool:
+    """Whether `have` (read back from the platform) disagrees with `want` (from the config).
+
+    Only what the config states counts: a key the platform added (a default, an id) is no change.
+    Numbers compare by value ("0.02" from JSON and 0.02 from a number are the same reward).
+    """
+    if isinstance(want, dict):
+        return not isinstance(have, dict) or any(
+            _differs(have.get(key), value) for key, value in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            not isinstance(have, list)
+            or len(have) != len(want)
+            or any(_differs(a, b) for a, b in zip(have, want, strict=True))
+        )
+    if isinstance(want, int | float) and not isinstance(want, bool):
+        try:
+            return float(have) != float(want)
+        except (TypeError, ValueError):
+            return True
+    return have != want
+
+
+def pool_changes(have: Pool, wanted: Pool) -> list[str]:
+    """The top-level settings the config gives `wanted` that the platform's pool `have` holds otherwise."""
+    now, new = have.unstructure(), wanted.unstructure()
+    return sorted(
+        key for key, value in new.items() if key not in MANAGED_POOL_FIELDS and _differs(now.get(key), value)
+    )
+
+
+def _default_overlap(pool: Pool) -> int | None:
+    defaults = pool.defaults
+    return None if defaults is None else defaults.default_overlap_for_new_task_suites
+
+
 @dataclass(frozen=True)
 class Owned:
     """An id a stage cached, with the kind and role the run's tag must show on it."""
@@ -511,11 +559,57 @@ class RunRegistry:
             pool.will_expire = platform_now(self.client) + POOL_LIFETIME
             return self._make.create_pool(pool)
 
+        found = self._first(self.client.get_pools(project_id=project_id), role)
+        if found is not None:
+            self._apply_settings(found, pool, role)
+            return found
         return find_or_create(
             lambda: self._first(self.client.get_pools(project_id=project_id), role),
             create,
             f"pool ({role})",
         )
+
+    def _apply_settings(self, pool_id: str, wanted: Pool, role: str) -> None:
+        """Give an existing pool of the run the settings the config now asks for.
+
+        A pool is found by its tag and was kept as it was made: a run resumed after the user raised
+        `exam.expected_workers` (as a starved exam's error advises), a reward, an overlap or
+        `exam.min_skill` went on with the old pool, so the advice never took effect and only a new
+        run key (paying for everything again) got out. Now the pool is closed for the update if open
+        (the wait reopens it), updated, and when its default overlap changed every task suite's
+        overlap moves by the same amount (never below the answers it has: `set-overlap-or-min`), so
+        overlap raised by quality control stays raised.
+        """
+        have = self.client.get_pool(pool_id)
+        changes = pool_changes(have, wanted)
+        if not changes:
+            return
+        old_overlap, new_overlap = _default_overlap(have), _default_overlap(wanted)
+        described = ", ".join(
+            f"{key} {getattr(have, key)} -> {getattr(wanted, key)}"
+            if key == "reward_per_assignment"
+            else f"overlap {old_overlap} -> {new_overlap}"
+            if key == "defaults" and old_overlap != new_overlap
+            else key
+            for key in changes
+        )
+        log.warning("pool %s (%s) was made with other settings; updating it: %s", pool_id, role, described)
+        if have.status == Pool.Status.OPEN:
+            self.client.close_pool_for_update(pool_id)
+        for key in changes:
+            setattr(have, key, getattr(wanted, key))
+        self.client.update_pool(pool_id, have)
+        if old_overlap is not None and new_overlap is not None and old_overlap != new_overlap:
+            for suite in self.client.get_task_suites(pool_id=pool_id):
+                target = max(1, (suite.overlap or old_overlap) + new_overlap - old_overlap)
+                if target != suite.overlap:
+                    self.client.patch_task_suite_overlap_or_min(
+                        suite.id, TaskSuiteOverlapPatch(overlap=target)
+                    )
+            if new_overlap > old_overlap and is_completed(have):
+                # `open_all` leaves a completed pool closed; this one has answers to collect again.
+                self.client.open_pool(pool_id)
+                log.warning("pool %s (%s) completed before; reopened for the added overlap", pool_id, role)
 
     @staticmethod
     def skill_name(base_name: str, run_key: str) -> str:
@@ -536,14 +630,31 @@ class RunRegistry:
             "skill",
         )
 
-    def ensure_suites(self, role: str, pool_id: str, suites: list[dict[str, Any]]) -> int:
+    def ensure_suites(
+        self, role: str, pool_id: str, suites: list[dict[str, Any]], exclusive: bool = False
+    ) -> int:
         """Upload the suites the pool does not hold yet; returns how many the pool holds afterwards.
 
         The pool's suites are compared, as a multiset of their input values, with what should be
         there; only the difference is sent, with an operation id derived from the run key, the role
         and the batch, so a POST retried after a lost response is recognised by Toloka.
+
+        `exclusive`: the pool must hold nothing but `suites` (a main pool and its HIT plan). A pool
+        that holds other suites was filled under another plan, and the run's settings that shape
+        the plan (`hits.*`) changed since: adding the new plan would have the crowd answer both
+        designs, paid, into one export. `PlanChanged` stops the run before anything is uploaded.
         """
         have = [_content_key(s.tasks) for s in self.client.get_task_suites(pool_id=pool_id)]
+        if exclusive:
+            planned = Counter(_content_key(suite["tasks"]) for suite in suites)
+            foreign = sum((Counter(have) - planned).values())  # multiset difference
+            if foreign:
+                raise PlanChanged(
+                    f"{role}: pool {pool_id} of run key {self.run_key} holds {foreign} HIT(s) that are not "
+                    f"in this run's plan of {len(suites)}: the settings that shape the plan (hits.*) "
+                    "changed since the pool was filled. Put them back to resume this run, or give the "
+                    "new plan its own --run-key (a new pool, exam and skill); nothing was uploaded"
+                )
         missing = _missing(have, suites, lambda suite: _content_key(suite["tasks"]))
         if missing:
             params = TaskSuitesCreateRequestParameters(

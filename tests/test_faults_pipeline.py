@@ -167,13 +167,16 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     assert 0 < spent <= limit
 
 
-def test_a_run_whose_exam_qualified_too_few_workers_ends_instead_of_waiting(prefect_harness, emu, config):
+def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it(
+    prefect_harness, emu, config
+):
     """Three exam suites with one seat each and a pass mark of 100, and HITs that need ten workers.
     Only a handful can qualify: an accepted (perfect) answer holds each seat, and a rejected one frees
     its seat for another worker, whose partial scores may add up to the mark (it is not always the
     same number: a check made before the last answers were reviewed once said 3 when 4 qualified).
     Once the exam pool has closed and every answer is reviewed, the run ends with a line saying why
-    and what to change, instead of waiting out its timeout; its pools close."""
+    and what to change, instead of waiting out its timeout; its pools close. Following that advice
+    under the same run key then works, and a changed HIT plan under it is refused."""
     from flows.pipeline import crowdclust_pipeline
     from tasks.exam import ExamStarved
 
@@ -188,6 +191,38 @@ def test_a_run_whose_exam_qualified_too_few_workers_ends_instead_of_waiting(pref
     assert time.monotonic() - started < 120  # not the wait's 300 s timeout
     found = _objects(emu, "faults-starved")
     assert str(found["pools"]["exam-pool"].status.value) == "CLOSED" and not found["open"], found
+
+    # The error's advice, followed under the same run key: more seats and a lower pass mark. The
+    # same exam pool gets the seats (its suites' overlap) and the main pool the new skill filter;
+    # before, both kept what they were made with and the run starved again, whatever the config said.
+    raised = _params(
+        config, "faults-starved", exam={"expected_workers": 12, "min_skill": 75}, hits={"overlap": 4}
+    )
+    crowdclust_pipeline(raised)
+    after = _objects(emu, "faults-starved")
+    _one_of_each(after, planned_hits=9)
+    exam_pool = after["pools"]["exam-pool"]
+    assert (
+        exam_pool.id == found["pools"]["exam-pool"].id
+        and exam_pool.defaults.default_overlap_for_new_task_suites == 12
+    )
+    # 11 seats more on every suite, on top of those its quality control added for rejected answers
+    assert min(suite.overlap for suite in _client(emu).get_task_suites(pool_id=exam_pool.id)) >= 12
+    main = after["pools"]["main-pool"]
+    answers = [
+        a
+        for a in _client(emu).get_assignments(pool_id=main.id)
+        if a.status.value in ("SUBMITTED", "ACCEPTED")
+    ]
+    assert main.id == found["pools"]["main-pool"].id and len(answers) == 9 * 4, len(answers)
+
+    # A changed HIT plan under the same key: before, its HITs joined the old ones in the same pool,
+    # and the crowd answered both designs into one export (47% over the estimate in a user's run).
+    from tasks.toloka_api import PlanChanged
+
+    with pytest.raises(PlanChanged, match=r"holds 9 HIT\(s\) that are not in this run's plan of 15"):
+        crowdclust_pipeline(_params(config, "faults-starved", hits={"size": 6, "overlap": 4}))
+    assert _objects(emu, "faults-starved")["suites"][main.id] == 9  # nothing was uploaded
 
 
 def _until_the_main_pool_opens(emu: Any, key: str, process: subprocess.Popen[str]) -> None:

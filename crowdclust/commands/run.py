@@ -106,7 +106,11 @@ def run(
     ] = None,
     run_key: Annotated[
         str | None,
-        typer.Option("--run-key", help="Tag of the Toloka objects; same key = resume the same objects."),
+        typer.Option(
+            "--run-key",
+            help="Tag of the Toloka objects; same key = resume the same objects. A key other than the "
+            "default writes its own folder, runs/<name>__<key>/.",
+        ),
     ] = None,
     fresh: Annotated[
         bool,
@@ -153,6 +157,7 @@ def run(
         from tasks.toloka_api import (
             TRANSIENT,
             MissingTokenError,
+            PlanChanged,
             PlatformUnreachable,
             StaleRunError,
             endpoint,
@@ -183,7 +188,7 @@ def run(
             raise _fail(
                 f"interrupted by {name}: {done}; run the same command again to resume", code, debug
             ) from None
-        except (RunKeyBusy, PlatformUnreachable, StaleRunError, SpendGuardStopped) as error:
+        except (RunKeyBusy, PlatformUnreachable, StaleRunError, SpendGuardStopped, PlanChanged) as error:
             raise _fail(str(error), 1, debug) from None  # each message says what to do next
         except TRANSIENT as error:
             where = _who_stopped_answering(error) or (
