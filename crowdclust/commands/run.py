@@ -12,11 +12,13 @@ What the user sees when it goes wrong is one `error:` line and an exit code:
 - 130 / 143 / 129: interrupted by Ctrl-C / SIGTERM / SIGHUP (the terminal closed); the run's open
   pools were closed first.
 
-`--debug` shows the traceback as well.
+`--debug` shows the traceback as well, and Prefect's log lines on the console keep theirs (without
+it they are printed without: the flow run's log in the UI has them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import traceback
@@ -146,6 +148,7 @@ def run(
     except ConfigError as error:
         raise _fail(str(error), 2, debug) from None
 
+    from crowdclust.console_logs import console_without_tracebacks
     from crowdclust.private_server import private_server
 
     # A server of its own, out of the terminal's reach: Ctrl-C must stop the run, not its Prefect API.
@@ -180,7 +183,8 @@ def run(
             with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
                 from flows.pipeline import crowdclust_pipeline
 
-                summary = crowdclust_pipeline(params)
+                with contextlib.nullcontext() if debug else console_without_tracebacks():
+                    summary = crowdclust_pipeline(params)
         except KeyboardInterrupt as stop:
             signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
             name, code = signal.Signals(signum).name, 128 + signum
