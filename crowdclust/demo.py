@@ -12,7 +12,8 @@ thread imports what the flow needs late (PREFETCH), and the private server's flo
 heartbeats. `--timings` prints where the seconds went.
 
 Every demo gets its own run key (the emulator starts empty each time, so nothing from an earlier
-demo could be resumed); `crowdclust run` is the command for resumable runs.
+demo could be resumed), and so its own folder, `runs/demo-shoes__<run key>/`; `crowdclust run` is
+the command for resumable runs.
 """
 
 from __future__ import annotations

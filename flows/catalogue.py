@@ -37,7 +37,16 @@ from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
-from tasks.stages import Aggregated, CatalogueInfo, Cost, CostEstimate, HitPlan, RunSummary, SecondRound
+from tasks.stages import (
+    Aggregated,
+    CatalogueInfo,
+    Cost,
+    CostEstimate,
+    HitPlan,
+    RunSummary,
+    SecondRound,
+    shown,
+)
 from tasks.toloka_api import resolve_token
 
 
@@ -145,7 +154,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         "" if second is None else f", a second round of {len(second.plan.coverage.per_item)} images",
         summary.clusters,
         len(done_pools),
-        summary.ari,
+        shown(summary.ari),
         cost.spent,
     )
     return summary

@@ -70,13 +70,5 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         timings=clock.laps,
         second_round=None if second is None else SecondRound.of(second),
     )
-    get_run_logger().info(
-        "done: %d clusters, ARI %s, intruder accuracy %s, cost $%.2f, %.0f s; report %s",
-        summary.clusters,
-        summary.ari,
-        summary.intruder_accuracy,
-        cost.spent,
-        summary.wall_seconds,
-        summary.report,
-    )
+    get_run_logger().info("done: %s", summary.describe())
     return summary

@@ -35,6 +35,7 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         free_energy=None if free_energy is None else float(free_energy),
         dissent=None if dissent is None else dissent.summary(),
         recheck=recheck.summary(),
+        n_pairwise_labels=model.pairs_.n_labels,  # what `crowdclust aggregate` prints
     )
     confidence = getattr(model, "confidence_", None)
     return Aggregated(

@@ -12,6 +12,7 @@ No secret is ever a parameter: the Toloka token comes from `TOLOKA_TOKEN` or a P
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -214,7 +215,10 @@ class PipelineParams(_Model):
     """
 
     name: str = Field(
-        ..., pattern=r"^[a-z0-9][a-z0-9-]*$", description="Run name: its folder is `<runs_dir>/<name>/`."
+        ...,
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="Run name: its folder is `<runs_dir>/<name>/` (with a `run_key` other than the "
+        "default: `<runs_dir>/<name>__<run_key>/`).",
     )
     dataset: Path = Field(
         ...,
@@ -231,7 +235,8 @@ class PipelineParams(_Model):
         None,
         pattern=r"^[A-Za-z0-9._-]+$",
         description="Tag of the Toloka objects (default `<name>-<dataset hash>-s<seed>`): "
-        "same key, same objects.",
+        "same key, same objects. A key other than the default has its own run folder, "
+        "`<runs_dir>/<name>__<run_key>/`.",
     )
     runs_dir: Path = Field(
         Path("runs"),
@@ -255,22 +260,52 @@ class PipelineParams(_Model):
         return value
 
     @property
-    def resolved_run_key(self) -> str:
-        """The run key: explicit, or derived from name + dataset content + seed."""
-        if self.run_key:
-            return self.run_key
+    def default_run_key(self) -> str:
+        """The run key without `run_key`: name + dataset content + seed."""
         digest = hashlib.sha256(self.dataset.read_bytes()).hexdigest()[:10]
         return f"{self.name}-{digest}-s{self.seed}"
+
+    @property
+    def resolved_run_key(self) -> str:
+        """The run key: explicit, or derived from name + dataset content + seed."""
+        return self.run_key or self.default_run_key
+
+    @property
+    def default_catalogue_key(self) -> str:
+        """A catalogue's key without `run_key`: name + seed."""
+        return f"{self.name}-s{self.seed}"
 
     @property
     def catalogue_key(self) -> str:
         """Key of a growing catalogue (flows/catalogue.py): explicit, or name + seed, never the content,
         because the content changes with every round while the catalogue's Toloka objects stay."""
-        return self.run_key or f"{self.name}-s{self.seed}"
+        return self.run_key or self.default_catalogue_key
 
     @property
     def run_dir(self) -> Path:
-        return self.runs_dir / self.name
+        """The run folder (`RunFolder.of`): `<runs_dir>/<name>/` for the default key, the pipeline's
+        or the catalogue's (the catalogue flow passes its key on as `run_key`), else one of the key's own."""
+        key = self.run_key
+        if key in (None, "", self.default_catalogue_key) or key == self.default_run_key:
+            key = None
+        return run_dir_of(self.runs_dir, self.name, key)
+
+
+RUN_KEY_SEPARATOR = "__"  # never in a run name (`[a-z0-9-]`), so no name's folder is another's
+
+
+def run_dir_of(runs_dir: Path, name: str, run_key: str | None = None) -> Path:
+    """`<runs_dir>/<name>/`, or for a run key other than the default (or the name itself)
+    `<runs_dir>/<name>__<run key>/`.
+
+    The one place a run folder's name is formed: runs of one config with different run keys (their
+    own Toloka objects, paid for separately) must not overwrite each other's exports and report. A
+    name holds no `_`, so `<name>__<key>` is no other name's folder; the key keeps the characters
+    `run_key` allows (letters, digits, `.`, `_`, `-`) and any other becomes `_`.
+    """
+    if not run_key or run_key == name:  # a key that is the name itself (a deployment's) names nothing new
+        return runs_dir / name
+    return runs_dir / f"{name}{RUN_KEY_SEPARATOR}{re.sub(r'[^A-Za-z0-9._-]', '_', run_key)}"
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -296,15 +331,77 @@ class ConfigError(ValueError):
     """A pipeline YAML that cannot be turned into parameters; the message names the file and fields."""
 
 
+class RepeatedKeyError(yaml.YAMLError):
+    """A mapping of a YAML file names a key twice (`UniqueKeyLoader`); lines are 1-based."""
+
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"line {line}: key {key!r} repeats line {first}")
+        self.key, self.line, self.first = key, line, first
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping naming a key twice.
+
+    PyYAML keeps the last value of a repeated key: `hits:` appended below a `hits:` block would
+    silently replace the whole block, its rewards with the defaults. Merge keys (`<<: *anchor`)
+    may still be overridden by the mapping's own keys, as YAML intends.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_keys(node, "", set())
+        return super().construct_document(node)
+
+
+def _check_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
+    """Raise `RepeatedKeyError` for the first key repeated in a mapping of the tree under `node`.
+
+    Walks the composed nodes, before any merge key is flattened into them, so a key the mapping
+    overrides from `<<` is not taken for a repeat. `seen` stops at aliases already visited.
+    """
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                _check_keys(value, path, seen)
+                continue
+            # A scalar key by its resolved tag and text (`1` and `"1"` are two keys); others never repeat.
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark)
+            identity = (key.tag, name)
+            where = f"{path}.{name}" if path else name
+            if identity in first:
+                raise RepeatedKeyError(where, key.start_mark.line + 1, first[identity])
+            first[identity] = key.start_mark.line + 1
+            _check_keys(value, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_keys(item, f"{path}[{index}]", seen)
+
+
+def read_yaml(path: Path) -> Any:
+    """The data of a YAML config file crowdclust owns: safe types only, no key named twice.
+
+    Raises `ConfigError` naming the file, and for a repeated key the lines of both and its path.
+    """
+    try:
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader: safe types only
+    except RepeatedKeyError as exc:
+        raise ConfigError(
+            f"{path} line {exc.line}: key {exc.key!r} repeats line {exc.first}; "
+            "a repeated key would replace the first one's values"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
 def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> PipelineParams:
     """Read a pipeline YAML into `PipelineParams`; `overrides` (nested dict) win over the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data = _deep_merge(_resolve_paths(data, path.parent), overrides or {})

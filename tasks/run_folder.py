@@ -1,5 +1,8 @@
 """`RunFolder`: every file of `runs/<name>/`, its name and its writer, in one place.
 
+The folder is `runs/<name>/` for the default run key and `runs/<name>__<run key>/` for any other
+(`tasks.params.run_dir_of`), so two run keys of one config never share one.
+
 Flows and tasks ask the folder for a path or hand it a value to write; no other module spells a
 file name of the run folder. What a person finds there afterwards:
 
@@ -45,7 +48,9 @@ class RunFolder:
 
     @classmethod
     def of(cls, params: PipelineParams) -> RunFolder:
-        return cls(params.runs_dir / params.name)
+        """The run's folder: `runs/<name>/` for the default run key, `runs/<name>__<run key>/` for
+        another (`PipelineParams.run_dir`), so runs with different keys keep their own files."""
+        return cls(params.run_dir)
 
     def create(self) -> RunFolder:
         self.root.mkdir(parents=True, exist_ok=True)

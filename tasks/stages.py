@@ -92,6 +92,11 @@ class CostEstimate:
         return cls(round(sum(one.main for one in done), 4), done[-1].exam, done[-1].intruders)
 
 
+def shown(value: float | None, spec: str = ".3f") -> str:
+    """A score for a log line, as `crowdclust run` prints it: 3 decimals, `n/a` when not known."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def named_ids(ids: dict[str, str]) -> str:
     """Toloka ids for a log line: "exam project 1, training 2, ..." (a dataclass repr is Python)."""
     return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in ids.items())
@@ -189,6 +194,8 @@ class AggregationInfo:
     """How an aggregation went (logged, and `aggregation` in `summary.json`)."""
 
     method: str
+    # Item labels: one per image of an answer (`crowdclust aggregate`'s "item labels"); an answer of
+    # h images gives h(h-1)/2 pairwise labels, `n_pairwise_labels`.
     n_labels: int
     n_hits: int
     n_assignments: int
@@ -200,15 +207,20 @@ class AggregationInfo:
     dissent: str | None = None
     # The images only the prior placed and what a round of them would cost (`aggregation.find_recheck`).
     recheck: str | None = None
+    # The pairwise labels the model was fitted on (`PairLabels.n_labels`, `crowdclust aggregate`'s
+    # "labels ... pairwise"). Last and optional: `summary.json` keeps its older keys as they were.
+    n_pairwise_labels: int | None = None
 
     def describe(self) -> str:
         """The aggregation in a sentence, for the logs (the camp and the recheck list follow it)."""
         # 0 or None: no embedding was fitted (the baseline; catalogues above `embedding_max_items`).
         fit = f"; the embedding took {self.n_iter} iterations" if self.n_iter else ""
-        return (
-            f"{self.method}: {self.n_clusters} clusters from {self.n_labels:,} pairwise labels "
-            f"({self.n_assignments:,} answers to {self.n_hits:,} HITs by {self.n_workers:,} workers){fit}"
-        )
+        answers = f"{self.n_assignments:,} answers to {self.n_hits:,} HITs by {self.n_workers:,} workers"
+        if self.n_pairwise_labels is None:  # a result saved before the field existed
+            labels = f"{self.n_labels:,} item labels ({answers})"
+        else:
+            labels = f"{self.n_pairwise_labels:,} pairwise labels ({answers}, {self.n_labels:,} item labels)"
+        return f"{self.method}: {self.n_clusters} clusters from {labels}{fit}"
 
 
 @dataclass(frozen=True)
@@ -374,6 +386,14 @@ class RunSummary:
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, default=str)
+
+    def describe(self) -> str:
+        """The run's outcome in a line, for the flow's last log line (`done: ...`)."""
+        intruders = shown(self.intruder_accuracy)
+        return (
+            f"{self.clusters} clusters, ARI {shown(self.ari)}, intruder accuracy {intruders}, "
+            f"cost ${self.cost.spent:.2f}, {self.wall_seconds:.0f} s; report {self.report}"
+        )
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,32 @@ def test_run_key_depends_on_name_dataset_and_seed(tmp_path):
     assert load_params(DEMO, {"dataset": str(grown)}).catalogue_key == a.catalogue_key
 
 
+def test_each_run_key_has_its_own_run_folder_and_the_default_key_keeps_runs_name(tmp_path):
+    """A second run of one config with another `--run-key` (other Toloka objects, paid for apart)
+    must not overwrite the first one's exports, clusters and report."""
+    from tasks.params import run_dir_of
+    from tasks.run_folder import RunFolder
+
+    runs = tmp_path / "runs"
+
+    def folder(**changes) -> Path:
+        return RunFolder.of(load_params(DEMO, {"runs_dir": str(runs), **changes})).root
+
+    default = load_params(DEMO, {"runs_dir": str(runs)})
+    assert folder() == runs / "demo-shoes" == default.run_dir
+    assert folder(run_key=default.resolved_run_key) == runs / "demo-shoes"  # the default, spelt out
+    assert folder(run_key="a") == runs / "demo-shoes__a" != folder(run_key="b") == runs / "demo-shoes__b"
+    # The catalogue flow passes its key on as `run_key`: its default key keeps `runs/<name>/` too.
+    catalogue = default.model_copy(update={"run_key": default.catalogue_key})
+    assert RunFolder.of(catalogue).root == runs / "demo-shoes"
+    assert (
+        RunFolder.of(default.model_copy(update={"run_key": "nightly"})).root == runs / "demo-shoes__nightly"
+    )
+    # A name may hold `--` but never `_`: no key's folder is another name's default folder.
+    assert run_dir_of(runs, "a--b") != run_dir_of(runs, "a", "b") == runs / "a__b"
+    assert run_dir_of(runs, "a", "x/../y z") == runs / "a__x_.._y_z"  # one folder level, whatever the key
+
+
 def _write_yaml(tmp_path: Path, **changes) -> Path:
     data = yaml.safe_load(DEMO.read_text())
     data["dataset"] = str(DEMO.parent / "dataset.tsv")
@@ -101,6 +127,68 @@ def test_unreadable_yaml_and_missing_file(tmp_path):
         load_params(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+def _demo_copy(tmp_path: Path, appended: str) -> Path:
+    """The demo config with absolute paths, as its text (comments, order, lines kept) plus `appended`."""
+    text = DEMO.read_text()
+    text = text.replace("dataset: dataset.tsv", f"dataset: {DEMO.parent / 'dataset.tsv'}")
+    text = text.replace("toloka_dir: toloka", f"toloka_dir: {DEMO.parent / 'toloka'}")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text + appended)
+    return path
+
+
+def _line_of(path: Path, text: str) -> int:
+    return path.read_text().splitlines().index(text) + 1
+
+
+def test_a_repeated_top_level_key_is_refused_not_a_reset_of_its_block(tmp_path):
+    """`hits:` appended below the `hits:` block would drop its reward and hits_per_item to defaults."""
+    path = _demo_copy(tmp_path, "hits:\n  overlap: 3\n")
+    first, repeat = _line_of(path, "hits:"), len(path.read_text().splitlines()) - 1
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value) == (
+        f"{path} line {repeat}: key 'hits' repeats line {first}; "
+        "a repeated key would replace the first one's values"
+    )
+
+
+def test_a_repeated_nested_key_is_refused_with_its_path(tmp_path):
+    path = _demo_copy(tmp_path, "")
+    path.write_text(path.read_text().replace("  overlap: 7\n", "  overlap: 7\n  reward: 0.5\n"))
+    first, repeat = _line_of(path, "  reward: 0.5"), _line_of(path, "  reward: 0.02")
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert f"pipeline.yaml line {repeat}: key 'hits.reward' repeats line {first};" in str(error.value)
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    """A mapping's own key over one it merged from an anchor is YAML's override, not a repeat."""
+    path = _demo_copy(tmp_path, "")
+    path.write_text(path.read_text().replace("budget:\n", "budget:\n  <<: {max_spend: 1.0, fee_rate: 0.5}\n"))
+    params = load_params(path)
+    assert (params.budget.max_spend, params.budget.fee_rate) == (50.0, 0.3)
+    assert load_params(_demo_copy(tmp_path, "")) == load_params(DEMO)
+
+
+def test_cli_run_refuses_a_repeated_key_with_exit_2(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import crowdclust.runtime
+    from crowdclust.cli import app
+
+    monkeypatch.setattr(crowdclust.runtime, "prepare_prefect_env", lambda: None)
+    path = _demo_copy(tmp_path, "hits:\n  overlap: 3\n")
+    result = CliRunner().invoke(app, ["run", str(path), "--env", "local"])
+    assert result.exit_code == 2
+    assert f"key 'hits' repeats line {_line_of(path, 'hits:')};" in result.output
+    assert "Traceback" not in result.output
+    nested = _demo_copy(tmp_path, "")
+    nested.write_text(nested.read_text().replace("  n_exams: 3\n", "  n_exams: 3\n  n_exams: 1\n"))
+    result = CliRunner().invoke(app, ["run", str(nested), "--env", "local"])
+    assert result.exit_code == 2 and "key 'exam.n_exams' repeats line" in result.output
 
 
 def _copy_bundle(tmp_path: Path) -> Path:

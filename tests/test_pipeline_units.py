@@ -4,9 +4,10 @@ intruder HITs and accuracy, report rendering."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -401,17 +402,54 @@ def test_the_log_lines_of_the_stages_read_as_sentences():
     ids = LabellingIds("1", "2", "3", "4", "5", "6")
     assert ids.describe() == "exam project 1, training 2, skill 3, exam pool 4, main project 5, main pool 6"
     assert ExamTotals(12, 3, 11).describe() == "12 exams accepted, 3 rejected, 11 skill values set"
-    info = AggregationInfo("gomes", 28_000, 400, 2_800, 53, 10, 26, -1.5)
+    info = AggregationInfo("gomes", 28_000, 400, 2_800, 53, 10, 26, -1.5, n_pairwise_labels=126_000)
     assert info.describe() == (
-        "gomes: 10 clusters from 28,000 pairwise labels (2,800 answers to 400 HITs by 53 workers); "
-        "the embedding took 26 iterations"
+        "gomes: 10 clusters from 126,000 pairwise labels (2,800 answers to 400 HITs by 53 workers, "
+        "28,000 item labels); the embedding took 26 iterations"
     )
-    large = AggregationInfo("gomes", 31_500_000, 700_000, 4_900_000, 40_000, 60, 0, None)
-    assert large.describe().endswith("by 40,000 workers)")  # no embedding above its size limit
+    large = AggregationInfo(
+        "gomes", 31_500_000, 700_000, 4_900_000, 40_000, 60, 0, None, n_pairwise_labels=220_500_000
+    )
+    assert large.describe().endswith("by 40,000 workers, 31,500,000 item labels)")  # no embedding fitted
+    saved_before = AggregationInfo("gomes", 28_000, 400, 2_800, 53, 10, 26, -1.5)  # a cached result
+    assert saved_before.describe().startswith("gomes: 10 clusters from 28,000 item labels (2,800 answers")
     assert CostEstimate(72.8, 3.9, 13).describe() == "main $72.80, exam $3.90, intruders $13.00, total $89.70"
 
 
 # ------------------------------------------------------------------------------------------ report
+
+
+def test_the_aggregation_stage_counts_the_pairwise_labels_as_crowdclust_aggregate_does(tmp_path):
+    """Each answer of h images gives h(h-1)/2 pairwise labels: the stage's log line and summary.json
+    report the figure `crowdclust aggregate` prints for the same export, and the item labels as such."""
+    from typer.testing import CliRunner
+
+    from aggregation import generate_crowd, read_export
+    from crowdclust.cli import app
+    from tasks.aggregate import aggregate
+    from tasks.params import AggregationParams
+
+    crowd = generate_crowd(60, 4, seed=0, shares={"diligent": 1.0})
+    crowd.write_export(tmp_path / "export.tsv")
+    printed = CliRunner().invoke(
+        app, ["aggregate", str(tmp_path / "export.tsv"), "-o", str(tmp_path / "c.csv")]
+    )
+    assert printed.exit_code == 0, printed.output
+    pairwise = int(re.search(r"^labels +([\d,]+) pairwise$", printed.output, re.M)[1].replace(",", ""))
+    answers, items = re.search(
+        r"^assignments +([\d,]+) \(([\d,]+) item labels\)$", printed.output, re.M
+    ).groups()
+
+    info = aggregate(crowd.export, AggregationParams(), 0).info
+    sizes = read_export(crowd.export).labels.groupby(["task", "worker"]).size()  # images per answer
+    assert info.n_pairwise_labels == pairwise == int((sizes * (sizes - 1) // 2).sum())
+    assert info.n_labels == int(items.replace(",", "")) == int(sizes.sum()) < pairwise
+    assert info.n_assignments == int(answers.replace(",", ""))
+    assert f"from {pairwise:,} pairwise labels ({answers} answers to " in info.describe()
+    assert info.describe().endswith(
+        f"workers, {items} item labels); the embedding took {info.n_iter} iterations"
+    )
+    assert asdict(info)["n_pairwise_labels"] == pairwise  # summary.json's `aggregation`
 
 
 def test_report_and_summary(tmp_path, monkeypatch):
@@ -476,7 +514,15 @@ def test_report_and_summary(tmp_path, monkeypatch):
     assert "<th>single answers naming the intruder</th><td>0.84 (50 answers)</td>" in page
     assert "<th>clusters too small to host a HIT</th><td>1</td>" in page
     assert "<p>2 HITs over 3 images, each image in 1-2 HITs (mean 1.3); the HITs link every image" in page
-    assert finish(Aggregated(clusters, None, info), None).ari is None
+    unknown = finish(Aggregated(clusters, None, info), None)
+    assert unknown.ari is None
+
+    # The flow's `done:` line: scores to 3 decimals as `crowdclust run` prints them, n/a when unknown.
+    odd = replace(summary, ari=0.9239024390243903, intruder_accuracy=2 / 3)
+    assert odd.describe() == (
+        f"2 clusters, ARI 0.924, intruder accuracy 0.667, cost $1.50, 12 s; report {folder.report}"
+    )
+    assert unknown.describe().startswith("2 clusters, ARI n/a, intruder accuracy n/a, cost $1.50")
 
 
 # ------------------------------------------------------------------------------------ idempotent creates

@@ -31,6 +31,7 @@ import pytest
 
 from crowdclust import service
 from crowdclust.service.processes import parent_pid, read_pid
+from tasks.params import run_dir_of
 from tasks.toloka_api import RunRegistry
 from tasks.toloka_rate import limit_name, limit_shape
 from tests.fixtures.service import (
@@ -183,7 +184,7 @@ def test_six_runs_at_once_share_the_rate_limit_and_survive_a_worker(svc: Service
         # Exam and main project, exam and main pool, one training, one skill: none created twice.
         shape = (objects["projects"], objects["pools"], objects["trainings"], objects["skills"])
         assert shape == (2, 2, 1, 1) and len(set(objects["pool_tags"])) == 2, objects
-        summary = json.loads((svc.cfg.runs_dir / key / "summary.json").read_text())
+        summary = json.loads((run_dir_of(svc.cfg.runs_dir, key, key) / "summary.json").read_text())
         charged_per_key[key] = RunRegistry(client, key).spent()
         assert summary["cost"]["spent"] == charged_per_key[key] > 0, (
             key,

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from crowdclust import service
+from tasks.params import run_dir_of
 from tests.fixtures.service import HAS_POSTGRES, ROOT, yaml_params
 
 pytestmark = pytest.mark.slow
@@ -110,12 +111,13 @@ def test_failed_run_is_retried_in_place_without_duplicates(svc, demo_run):
 
 
 def test_demo_run_completes_with_artifacts_and_a_served_report(svc, demo_run):
-    summary = json.loads((svc.cfg.runs_dir / "demo-shoes" / "summary.json").read_text())
+    folder = run_dir_of(svc.cfg.runs_dir, "demo-shoes", demo_run.run_key)  # the run key's own folder
+    summary = json.loads((folder / "summary.json").read_text())
     assert summary["ari"] >= 0.9 and summary["intruder_accuracy"] >= 0.7
     keys = {a["key"] for a in svc.artifacts(demo_run.id)}
     expected = {"hit-coverage", "main-pool-progress", "cluster-galleries", "run-metrics", "run-report"}
     assert expected | {"intruder-accuracy", "intruder-chart"} <= keys, keys
-    report = svc.cfg.runs_url + "/demo-shoes/report.html"
+    report = f"{svc.cfg.runs_url}/{folder.relative_to(svc.cfg.runs_dir).as_posix()}/report.html"
     assert httpx.get(report).status_code == 200  # what the report link can point at
     results = list((svc.cfg.state_dir / "results").rglob("*"))
     assert results, "no task result in the shared result storage"
@@ -140,7 +142,7 @@ def test_growing_catalogue_labels_only_new_items_and_costs_nothing_unchanged(svc
         }
     )
     prefix = f"crowdclust:{params['run_key']}:"
-    summary_path = svc.tmp / "runs-catalogue" / params["name"] / "summary.json"
+    summary_path = run_dir_of(svc.tmp / "runs-catalogue", params["name"], params["run_key"]) / "summary.json"
 
     def run_round() -> tuple[str, dict[str, Any]]:
         run_id = svc.trigger("crowdclust-catalogue/demo-catalogue", {**defaults, "params": params})
