@@ -47,6 +47,17 @@ def _single_answers(summary: RunSummary) -> str:
     return f" (single answers {evaluated.answer_accuracy:.3f})"
 
 
+def _earlier_pools(summary: RunSummary) -> str:
+    """The run key's pools outside this result, when they cost anything (see `Cost.by_run_key`)."""
+    earlier = summary.cost.earlier_pools
+    if earlier < 0.005:
+        return ""
+    return (
+        f"; ${summary.cost.by_run_key:.2f} under run key {summary.run_key} in all, "
+        f"${earlier:.2f} of it for pools of earlier settings"
+    )
+
+
 def describe(summary: RunSummary) -> str:
     """The few lines a person wants after a run."""
 
@@ -59,7 +70,8 @@ def describe(summary: RunSummary) -> str:
         f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}",
         f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _single_answers(summary),
         f"cost:               ${num(summary.cost.spent, '.2f')} spent"
-        + (f" (estimate ${estimate.total:.2f})" if estimate else ""),
+        + (f" (estimate ${estimate.total:.2f})" if estimate else "")
+        + _earlier_pools(summary),
         f"wall time:          {num(summary.wall_seconds, '.1f')} s (flow)",
         f"report:             {summary.report}",
         f"summary:            {summary.summary}",

@@ -56,7 +56,11 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
             evaluated = evaluate_clusters(params, skill_id=labelled.ids.skill)
 
     estimate = CostEstimate.of_rounds(labelled, second)
-    cost = Cost(spent=budget.spent(params, labelled, evaluated, second), estimate=estimate)
+    cost = Cost(
+        spent=budget.spent(params, labelled, evaluated, second),
+        estimate=estimate,
+        by_run_key=budget.spent_by_run_key_task(params.toloka, labelled.run_key),
+    )
     summary = report.finish_run(
         params,
         folder,

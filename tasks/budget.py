@@ -122,6 +122,17 @@ def check_budget_task(
     return before
 
 
+@stage_task(name="spent-by-run-key", toloka=True, cache=False)
+def spent_by_run_key_task(target: TolokaTarget, run_key: str) -> float:
+    """What Toloka charged for every pool of the run key, those of earlier settings included.
+
+    A rerun after a config change (another `intruders.n_hits`, a new clustering to check) leaves the
+    earlier pool behind, paid; the run's own cost counts only the pools behind its result. Never
+    cached: it is read at the end of each run.
+    """
+    return RunRegistry.connect(target, run_key).spent()
+
+
 @dataclass(frozen=True)
 class SpendGuard:
     """The live money bound of a wait: what its pools may still cost, their prices, their plan.

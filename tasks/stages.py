@@ -291,9 +291,21 @@ class Cost:
 
     spent: float
     estimate: CostEstimate | None
+    # What every pool of the run key cost: more than `spent` when a rerun after a config change
+    # left pools of the earlier settings behind (an intruder pool of another n_hits, say), paid all
+    # the same. None where it was not read (catalogue rounds: their `spent` is the key's already).
+    by_run_key: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"spent": self.spent, "estimate": self.estimate.as_dict() if self.estimate else None}
+        data = {"spent": self.spent, "estimate": self.estimate.as_dict() if self.estimate else None}
+        if self.by_run_key is not None:
+            data["spent_by_run_key"] = self.by_run_key
+        return data
+
+    @property
+    def earlier_pools(self) -> float:
+        """What pools of the run key outside this result cost (0 when none or not read)."""
+        return 0.0 if self.by_run_key is None else round(max(0.0, self.by_run_key - self.spent), 4)
 
 
 @dataclass(frozen=True)

@@ -252,3 +252,25 @@ def test_report_shows_a_text_box_for_an_image_without_a_thumbnail(tmp_path: Path
         summary, clusters, None, "t", report.ReportLinks("clusters.csv"), {"http://img.example/a.png": thumb}
     )
     assert f"<img src='{thumb}'" in page and "no image: b.png" in page and "src='file:" not in page
+
+
+def test_pools_of_earlier_settings_under_the_run_key_are_counted_apart(tmp_path):
+    """A rerun with another intruders.n_hits leaves the earlier intruder pool behind, paid: the run's
+    cost (the pools behind its result) said $15.08 while the key had cost $17.68."""
+    from dataclasses import replace
+
+    from crowdclust.runtime import describe
+
+    base = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
+    rerun = replace(base, cost=Cost(15.08, None, by_run_key=17.68), run_key="shoes-k")
+    assert rerun.cost.earlier_pools == 2.6 and rerun.cost.as_dict()["spent_by_run_key"] == 17.68
+    line = next(line for line in describe(rerun).splitlines() if line.startswith("cost:"))
+    assert line.endswith(
+        "$15.08 spent; $17.68 under run key shoes-k in all, $2.60 of it for pools of earlier settings"
+    )
+    rows = {row["metric"]: row["value"] for row in artifacts.metric_rows(rerun)}
+    assert rows["cost_spent_by_run_key"] == "$17.68"
+    alone = replace(base, cost=Cost(15.08, None, by_run_key=15.08))
+    assert "in all" not in describe(alone) and "cost_spent_by_run_key" not in {
+        row["metric"] for row in artifacts.metric_rows(alone)
+    }

@@ -211,3 +211,23 @@ def test_a_run_under_nohup_keeps_ignoring_the_hangup():
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch):
+    """An emulator restarted without --db mid-run (a new, empty account): toloka-kit's error is five
+    lines with a request id and advice to contact support; the user needs to know to run again."""
+    import flows.pipeline
+    from tasks.toloka_api import DoesNotExistApiError
+
+    def lost(params):
+        raise DoesNotExistApiError(
+            status_code=404, request_id="r-1", code="DOES_NOT_EXIST", message="Pool 6 does not exist"
+        )
+
+    monkeypatch.setattr(flows.pipeline, "crowdclust_pipeline", lost)
+    result, _ = run_cli()
+    line = _one_error_line(result)
+    assert (
+        result.exit_code == 1 and "no longer has an object this run was using (Pool 6 does not exist)" in line
+    )
+    assert "Run the same command again" in line

@@ -174,6 +174,8 @@ def test_spend_is_read_from_toloka_and_the_budget_is_shared_by_the_stages(scenar
     params, summary = scenario["params"], scenario["summary"]
     registry = RunRegistry(make_client(params.toloka), RUN_KEY)
     assert registry.spent() == pytest.approx(summary.cost.spent, abs=0.01) and summary.cost.spent > 0
+    assert summary.cost.by_run_key == pytest.approx(registry.spent(), abs=0.01)  # no earlier pools here
+    assert summary.cost.earlier_pools < 0.01
     intruders = registry.spent(lambda role: role.startswith("intruders-pool-"))
     assert intruders == pytest.approx(summary.intruders.spent, abs=0.01) and intruders > 0
     # Re-evaluating on what is left: labelling already spent part of max_spend.

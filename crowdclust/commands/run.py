@@ -159,6 +159,8 @@ def run(
         from tasks.run_lock import RunKeyBusy, run_lock
         from tasks.toloka_api import (
             TRANSIENT,
+            ApiError,
+            DoesNotExistApiError,
             MissingTokenError,
             PlanChanged,
             PlatformUnreachable,
@@ -206,6 +208,21 @@ def run(
             ) from None
         except (*DATA_ERRORS, MissingTokenError) as error:
             raise _fail(str(error), 2, debug) from None
+        except DoesNotExistApiError as error:  # toloka-kit's own text is five lines and a request id
+            raise _fail(
+                f"Toloka no longer has an object this run was using ({error.message}): it was lost "
+                "mid-run (an emulator restarted without --db is a new, empty account). Run the same "
+                "command again: what the platform still has is reused, and what is gone is made anew",
+                1,
+                debug,
+            ) from None
+        except ApiError as error:
+            raise _fail(
+                f"Toloka refused a request ({error.status_code} {error.code}: {error.message}). Fix the "
+                "cause and run the same command again: finished stages are reused",
+                1,
+                debug,
+            ) from None
         except Exception as error:  # the flow run has the traceback; show the reason and how to resume
             raise _fail(
                 f"{type(error).__name__}: {error}. Fix the cause and run the same command again: "
