@@ -56,13 +56,20 @@ def aggregate_export(
     truth = ds.truth_of(ds.load_dataset(dataset)) if dataset is not None else None
     result = replace(result, truth=truth, metrics=agg.score(result.clusters, truth))
     folder.write_clustering(result)
-    thumbs = thumbnails.for_galleries(result, toloka)
+    thumbs, unfetched = thumbnails.for_galleries(result, toloka)
     folder.write_thumbnails(thumbs)
     logger.info(
         "%d thumbnails embedded for the galleries (%d KB)",
         len(thumbs),
         sum(map(len, thumbs.values())) // 1024,
     )
+    if unfetched:
+        logger.warning(
+            "%d image(s) the galleries show could not be fetched (gone, not an image, or too large): %s%s",
+            len(unfetched),
+            ", ".join(unfetched[:5]),
+            "" if len(unfetched) <= 5 else ", ...",
+        )
     if result.metrics is not None:
         logger.info("against the truth: ARI %.3f, NMI %.3f", result.metrics["ari"], result.metrics["nmi"])
     logger.info(

@@ -46,13 +46,15 @@ def images_base(target: TolokaTarget | None) -> str | None:
     return endpoint(target)
 
 
-def for_galleries(aggregated: Aggregated, target: TolokaTarget | None) -> dict[str, str]:
-    """Thumbnails of what the galleries and the least-certain lists show (fetched once, here)."""
+def for_galleries(aggregated: Aggregated, target: TolokaTarget | None) -> tuple[dict[str, str], list[str]]:
+    """Thumbnails of what the galleries and the least-certain lists show (fetched once, here), and
+    the web images among those that could not be fetched (gone, not an image, too large): the
+    galleries show their names instead, and the log names them so a user can look."""
     uncertain = least_certain(aggregated)
     extra = [] if uncertain is None else uncertain["item"].astype(str).tolist()
-    return fetch_thumbnails(
-        gallery_items(aggregated.clusters, REPORT_PER_CLUSTER, extra), images_base(target)
-    )
+    items = gallery_items(aggregated.clusters, REPORT_PER_CLUSTER, extra)
+    thumbs = fetch_thumbnails(items, images_base(target))
+    return thumbs, [item for item in items if is_fetchable(item) and item not in thumbs]
 
 
 def gallery_items(clusters: pd.Series, per_cluster: int, extra: list[str] | None = None) -> list[str]:

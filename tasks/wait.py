@@ -59,6 +59,20 @@ class SpendLimitReached(RuntimeError):
         self.stats = stats
 
 
+def _timed_out(pool_id: str, timeout: float, stats: PoolStats) -> str:
+    """Why the wait ended, with how far the pool got: a pool nobody answered is another problem
+    (nobody qualified, a filter nobody passes, too small a market) than a slow one."""
+    done = stats.completion_percentage
+    answers = int(stats.submitted_assignments_count or 0)
+    progress = "" if done is None else f": {done:.0f}% done, {answers:,} answers submitted"
+    if done is not None and answers == 0:
+        progress += (
+            " (nobody answered: check that workers can qualify and pass the pool's filter, "
+            "or whether the market has enough of them)"
+        )
+    return f"pool {pool_id} not complete after {timeout:.0f} s (wait.timeout_seconds){progress}"
+
+
 def wait_for_pool(
     client: TolokaClient,
     pool_id: str,
@@ -96,7 +110,7 @@ def wait_for_pool(
                 )
             return replace(stats, completion_percentage=100.0)
         if time.monotonic() - started > timeout:
-            raise WaitTimeout(f"pool {pool_id} not complete after {timeout:.0f} s (wait.timeout_seconds)")
+            raise WaitTimeout(_timed_out(pool_id, timeout, stats))
         ticks += 1
         sleep(period)
 

@@ -79,6 +79,16 @@ def test_thumbnails_are_small_jpegs_and_unfetchable_images_are_absent(image_serv
         assert image.format == "JPEG" and max(image.size) == thumbnails.BOX
 
 
+def test_the_gallery_images_that_could_not_be_fetched_are_named(image_server):
+    """A dataset row whose image is gone: the galleries show its name, and the log names it."""
+    names = ("ok.png", "missing.png", "text.png")
+    clusters = pd.Series([0, 0, 1], index=[f"{image_server}/{name}" for name in names])
+    fit = Aggregated(clusters, None, AggregationInfo("gomes", 3, 1, 1, 1, 2, 1, -1.0))
+    thumbs, unfetched = thumbnails.for_galleries(fit, None)
+    assert list(thumbs) == [f"{image_server}/ok.png"]
+    assert unfetched == [f"{image_server}/missing.png", f"{image_server}/text.png"]
+
+
 def test_local_images_are_fetched_from_the_runs_emulator(image_server):
     """A demo dataset names the emulator's default address; the run's emulator is elsewhere."""
     got = thumbnails.fetch_thumbnails(["http://127.0.0.1:9/ok.png"], base_url=image_server)

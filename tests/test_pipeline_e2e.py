@@ -257,7 +257,7 @@ def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path)
     from tasks.wait import WaitTimeout
 
     params = _params(emu, tmp_path, run_key="e2e-timeout", wait={"poll_seconds": 0.2, "timeout_seconds": 0.5})
-    with pytest.raises(WaitTimeout):
+    with pytest.raises(WaitTimeout, match=r"\(wait.timeout_seconds\): \d+% done, [\d,]+ answers submitted"):
         labelling(params)
     objects = _objects(params)
     assert len(objects["pools"]) == 2

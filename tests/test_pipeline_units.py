@@ -797,3 +797,17 @@ def test_spent_counts_both_rounds_main_pools_and_the_shared_exams_once():
     blind = labelled(None, None, 30, 140), labelled(None, None, 5, 35)
     expected = (140 + 35) * params.hits.reward * fee + (30 + 5) * params.exam.reward * fee
     assert budget.spent(params, blind[0], None, blind[1]) == pytest.approx(expected)
+
+
+def test_a_wait_that_timed_out_says_how_far_its_pool_got():
+    """A 5-worker market never filled the exam: the run ended with a bare 'not complete after 90 s'."""
+    from tasks.stages import PoolStats
+    from tasks.wait import _timed_out
+
+    idle = _timed_out("6", 90, PoolStats(completion_percentage=0.0, submitted_assignments_count=0))
+    assert idle.startswith("pool 6 not complete after 90 s (wait.timeout_seconds): 0% done, 0 answers")
+    assert "nobody answered" in idle
+    slow = _timed_out("6", 90, PoolStats(completion_percentage=41.5, submitted_assignments_count=1234))
+    assert slow.endswith(": 42% done, 1,234 answers submitted")
+    unknown = _timed_out("6", 90, PoolStats())
+    assert unknown == "pool 6 not complete after 90 s (wait.timeout_seconds)"
