@@ -7,11 +7,13 @@ so before Prefect's API) starts. A live emulator checks that nothing was created
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -33,7 +35,7 @@ def run_cli(emulator, monkeypatch, tmp_path, dataset):
     monkeypatch.setenv("TOLOKA_TOKEN", emulator.token)
     monkeypatch.setenv("CROWDCLUST_PROJECT_DIR", str(tmp_path))
 
-    def run(*, url: str | None = None, toloka: Path = TOLOKA, data: Path = dataset, **changes) -> tuple:
+    def write(*, url: str | None = None, toloka: Path = TOLOKA, data: Path = dataset, **changes) -> Path:
         config = {
             "name": "faults-cli",
             "dataset": str(data),
@@ -49,10 +51,15 @@ def run_cli(emulator, monkeypatch, tmp_path, dataset):
             config[section] = {**config.get(section, {}), **values}
         path = tmp_path / "pipeline.yaml"
         path.write_text(json.dumps(config))
+        return path
+
+    def run(**options: Any) -> tuple:
+        path = write(**options)
         started = time.monotonic()
         result = CliRunner().invoke(app, ["run", str(path)])
         return result, time.monotonic() - started
 
+    run.write = write  # type: ignore[attr-defined]  # the config alone, for a run in a process of its own
     return run
 
 
@@ -172,45 +179,23 @@ def test_wrong_token_is_refused_in_one_line(run_cli, monkeypatch):
     assert result.exit_code == 2 and "refused the token (401" in _one_error_line(result)  # a setting
 
 
-def test_the_token_comes_from_a_secret_block_without_a_server_of_ones_own(run_cli, monkeypatch, tmp_path):
+def test_the_token_comes_from_a_secret_block_without_a_server_of_ones_own(run_cli, tmp_path):
     """No TOLOKA_TOKEN, no PREFECT_API_URL: the block is read from the command's private server.
 
     Before, the token was read before that server answered, so a saved block was never found: `no
     Toloka token: ... (ConnectError)`. A wrong token in the block shows it was read: the emulator
-    refuses it."""
-    monkeypatch.delenv("TOLOKA_TOKEN")
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    refuses it. Both commands run in processes of their own, as a user runs them: in this process
+    an earlier test's Prefect settings could point the client at another server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "TOLOKA_TOKEN"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     save = "from prefect.blocks.system import Secret; Secret(value='not-the-token').save('toloka-token')"
-    saved = subprocess.run([sys.executable, "-c", save], capture_output=True, text=True, timeout=120)
+    saved = subprocess.run([sys.executable, "-c", save], env=env, capture_output=True, text=True, timeout=120)
     assert saved.returncode == 0, saved.stderr
-    result, _ = run_cli()
-    assert result.exit_code == 2 and "refused the token (401" in _one_error_line(result)
-
-
-def test_a_run_under_nohup_keeps_ignoring_the_hangup():
-    """`nohup crowdclust run ...` means "outlive the terminal": SIGHUP must not stop that run."""
-    import signal
-
-    from crowdclust.commands import run as run_command
-
-    before = {signum: signal.getsignal(signum) for signum in (signal.SIGHUP, signal.SIGTERM)}
-    try:
-        for hangup, caught in (
-            (signal.SIG_IGN, [signal.SIGTERM]),
-            (signal.SIG_DFL, [signal.SIGTERM, signal.SIGHUP]),
-        ):
-            signal.signal(signal.SIGHUP, hangup)
-            previous = run_command._catch_stops()
-            assert sorted(previous) == sorted(caught)
-            expected = hangup if hangup is signal.SIG_IGN else run_command._raise_terminated
-            assert signal.getsignal(signal.SIGHUP) is expected
-            assert signal.getsignal(signal.SIGTERM) is run_command._raise_terminated
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-    finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
+    command = [sys.executable, "-m", "crowdclust.cli", "run", str(run_cli.write())]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "refused the token (401" in lines[0], result.stderr
 
 
 def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch):
