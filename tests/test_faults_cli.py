@@ -53,10 +53,10 @@ def run_cli(emulator, monkeypatch, tmp_path, dataset):
         path.write_text(json.dumps(config))
         return path
 
-    def run(**options: Any) -> tuple:
+    def run(*flags: str, **options: Any) -> tuple:
         path = write(**options)
         started = time.monotonic()
-        result = CliRunner().invoke(app, ["run", str(path)])
+        result = CliRunner().invoke(app, ["run", str(path), *flags])
         return result, time.monotonic() - started
 
     run.write = write  # type: ignore[attr-defined]  # the config alone, for a run in a process of its own
@@ -216,3 +216,33 @@ def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch):
         result.exit_code == 1 and "no longer has an object this run was using (Pool 6 does not exist)" in line
     )
     assert "Run the same command again" in line
+
+
+def test_close_only_closes_the_open_pools_of_its_run_key_and_nothing_else(run_cli, toloka_client):
+    """After a `kill -9` the run's pools stay open for the crowd; `--close` stops them without resuming."""
+    from tasks.setup import setup_labelling
+    from tasks.toloka_api import RunRegistry, suites_of
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    opened = {}
+    for key in ("close-me", "close-other"):
+        registry = RunRegistry(toloka_client, key)
+        ids = setup_labelling(
+            registry, load_bundle(TOLOKA), Placeholders(75.0, 0.02, 3, 0.01, 5, 0.02, 5), "s"
+        )
+        registry.ensure_suites("main-suites", ids.main_pool, suites_of([["a.png", "b.png"]]))
+        toloka_client.open_pool(ids.main_pool)
+        toloka_client.open_training(ids.training)
+        opened[key] = ids
+    result, _ = run_cli("--run-key", "close-me", "--close")
+    assert result.exit_code == 0, result.output
+    mine = opened["close-me"]
+    assert f"closed training {mine.training}, pool {mine.main_pool} of run key close-me" in result.stdout
+    assert toloka_client.get_pool(mine.main_pool).status.value == "CLOSED"
+    assert toloka_client.get_training(mine.training).status.value == "CLOSED"
+    other = opened["close-other"]
+    assert toloka_client.get_pool(other.main_pool).status.value == "OPEN"  # another key's: untouched
+    again, _ = run_cli("--run-key", "close-me", "--close")
+    assert again.exit_code == 0 and "no pool or training of run key close-me is open" in again.stdout
+    toloka_client.close_pool(other.main_pool)
+    toloka_client.close_training(other.training)

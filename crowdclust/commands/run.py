@@ -81,20 +81,47 @@ def _who_stopped_answering(error: BaseException) -> str | None:
     return f"the Prefect API at {api}" if api and url.startswith(api) else None
 
 
-def _close_after_stop(params: PipelineParams) -> str:
-    """Close what the interrupted run left open (the crash hook does too; closing twice is a no-op)."""
+def _close_open(params: PipelineParams) -> list[str]:
+    """Close every open pool and training of the run key, holding its lock (never a live run's)."""
     from tasks.run_lock import run_lock
     from tasks.toloka_api import RunRegistry, make_client
 
     key = params.resolved_run_key
+    with run_lock(params.toloka, key):
+        return RunRegistry(make_client(params.toloka, retries=1), key).close_open()
+
+
+def _close_after_stop(params: PipelineParams) -> str:
+    """Close what the interrupted run left open (the crash hook does too; closing twice is a no-op)."""
+    key = params.resolved_run_key
     try:
-        with run_lock(params.toloka, key):
-            closed = RunRegistry(make_client(params.toloka, retries=1), key).close_open()
+        closed = _close_open(params)
     except Exception as exc:  # the platform may be what failed; say so, never hide the interruption
         return f"could not close the pools of run key {key} ({type(exc).__name__})"
     if not closed:  # the flow run's crash hook got there first
         return f"no pool or training of run key {key} is open"
     return f"closed {len(closed)} open pools/trainings of run key {key}"
+
+
+def _close_only(params: PipelineParams, debug: bool) -> typer.Exit:
+    """`--close`: stop the crowd's work on a run that died where nothing could close its pools
+    (`kill -9`, a lost machine), without resuming it. Refused while a live run holds the key."""
+    from tasks.run_lock import RunKeyBusy
+
+    key = params.resolved_run_key
+    try:
+        closed = _close_open(params)
+    except RunKeyBusy as error:
+        return _fail(f"{error}. A live run closes its own pools when stopped (Ctrl-C or SIGTERM)", 1, debug)
+    except Exception as error:
+        return _fail(
+            f"could not close the pools of run key {key} ({type(error).__name__}: {error})", 1, debug
+        )
+    if closed:
+        typer.echo(f"closed {', '.join(closed)} of run key {key}; run without --close to resume it")
+    else:
+        typer.echo(f"no pool or training of run key {key} is open")
+    return typer.Exit(0)
 
 
 def run(
@@ -120,6 +147,14 @@ def run(
             "--fresh",
             help="Ignore cached stage results (e.g. after the platform lost this run's objects): every "
             "stage runs again and looks its objects up by tag, creating those that are gone.",
+        ),
+    ] = False,
+    close: Annotated[
+        bool,
+        typer.Option(
+            "--close",
+            help="Only close the run key's open pools and trainings, then exit (after a kill -9 or a lost "
+            "machine left them open for the crowd); run without it to resume.",
         ),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks with errors.")] = False,
@@ -171,7 +206,7 @@ def run(
 
         try:
             # Before the token is tried: a user fixing the token still sees them.
-            for warning in check_run(params).warnings:
+            for warning in [] if close else check_run(params).warnings:
                 typer.echo(f"warning: {warning}", err=True)
             server.wait_ready()  # a token in a Secret block is read from this server
             probe(params.toloka)
@@ -179,6 +214,9 @@ def run(
             raise _fail(str(error), 2, debug) from None
         except (PlatformUnreachable, RuntimeError) as error:  # RuntimeError: the server did not start
             raise _fail(str(error), 1, debug) from None
+
+        if close:
+            raise _close_only(params, debug)
 
         previous = _catch_stops()
         try:
