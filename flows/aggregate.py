@@ -33,12 +33,17 @@ def aggregate_export(
     seed: int = 0,
     dataset: Path | None = None,
 ) -> Aggregated:
-    """Cluster the accepted answers of `export` (TSV) or of pool `pool_id`; score against `dataset` truth."""
+    """Cluster the accepted answers of pool `pool_id` or of `export` (TSV); score against `dataset` truth.
+
+    A pool id wins over an export: the `reaggregate` deployment has a default `export`, and a user
+    who names a pool in the run form means that pool (before, the default export was clustered
+    instead, silently, another run's answers).
+    """
     logger = get_run_logger()
     folder = RunFolder(out_dir).create()
-    if export is not None:
-        frame = pd.read_csv(export, sep="\t")
-    elif pool_id is not None:
+    if pool_id is not None:
+        if export is not None:
+            logger.warning("pool_id %s given: clustering its answers, not the export %s", pool_id, export)
         target = toloka or TolokaTarget()
         now = results.pool_now_task(target, pool_id)
         done = now.completion_percentage
@@ -50,6 +55,8 @@ def aggregate_export(
             )
         frame = results.export_task(target, pool_id, now)
         folder.write_export(frame, "main")
+    elif export is not None:
+        frame = pd.read_csv(export, sep="\t")
     else:
         raise ValueError("aggregate_export needs `export` (a TSV path) or `pool_id`")
     result = agg.aggregate_task(frame, aggregation or AggregationParams(), seed)

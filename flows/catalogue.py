@@ -106,7 +106,8 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
             new_items, before.clusters if before else None, params.hits, params.seed, anchors_per_hit
         )
         plan = HitPlan(planned, hits.coverage(planned, new_items))
-        labelled = collect_labels(params, key, plan, folder.round(round_id), f"{rounds.ROUND_ROLE}{round_id}")
+        role = f"{rounds.ROUND_ROLE}{round_id}"
+        labelled = collect_labels(params, key, plan, folder.round(round_id), role, evaluations_behind=True)
         done_pools.append(labelled.ids.main_pool)
         state = rounds.with_round(state, round_id, labelled.ids.main_pool, planned)
     aggregated, frames = aggregate_pools(params, done_pools, folder)
@@ -116,7 +117,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         done = second_round(
             params, key, list(frames.values()), aggregated, folder,
             share_of=rounds.new_items_of(state, latest),
-            role=rounds.second_round_role(latest), plan_folder=f"{latest}-second",
+            role=rounds.second_round_role(latest), plan_folder=f"{latest}-second", evaluations_behind=True,
         )  # fmt: skip
         if done is not None:
             second, aggregated = done

@@ -27,11 +27,19 @@ def collect_labels(
     plan: HitPlan,
     folder: RunFolder,
     main_pool_role: str = setup.MAIN_POOL,
+    evaluations_behind: bool = False,
 ) -> Labelled:
     """Budget guard, Toloka objects, upload, wait with exam gating for one HIT plan.
 
     Shared by the pipeline (one plan per run) and the catalogue flow (one plan per round, its own
     main pool under `main_pool_role`).
+
+    The budget check counts the run key's pools that this plan's estimate does not. The estimate
+    holds an evaluation, so in the pipeline, which may resume its one evaluation, the intruder
+    pools are left out of what was already spent. `evaluations_behind` (a catalogue: every round
+    evaluates a new clustering) counts them as spent: they are earlier rounds', paid. Before, a
+    catalogue's fourth round saw $21.48 already spent where the key had spent $35.78, opened and
+    paid its pool, and only its evaluation was refused.
     """
     logger = get_run_logger()
     bundle = load_bundle(params.toloka_dir)
@@ -40,7 +48,7 @@ def collect_labels(
     artifacts.hit_coverage(plan.coverage)
 
     costs = budget.estimate_labelling(params, bundle, len(plan.hits))
-    covers = ("exam-pool", main_pool_role, budget.INTRUDER_POOLS)
+    covers = ("exam-pool", main_pool_role, *(() if evaluations_behind else (budget.INTRUDER_POOLS,)))
     before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
 
     values = Placeholders.of(params)

@@ -323,7 +323,12 @@ def test_aggregating_a_pool_that_is_still_filling_exports_it_again_later(prefect
         emu.advance(60)
 
         def rows() -> int:
-            aggregate_export(out_dir=tmp_path, pool_id=pool.id, toloka=TolokaTarget(url=emu.url))
+            # The `reaggregate` deployment's form holds a default export as well: the pool id wins
+            # (before, that export was read: another run's answers, or a FileNotFoundError).
+            other = tmp_path / "another-runs-assignments.tsv"
+            aggregate_export(
+                out_dir=tmp_path, export=other, pool_id=pool.id, toloka=TolokaTarget(url=emu.url)
+            )
             return len(pd.read_csv(tmp_path / "assignments_main.tsv", sep="\t"))
 
         early = rows()
@@ -407,12 +412,12 @@ def test_a_catalogue_round_is_followed_by_its_second_round_once(prefect_harness,
 
             return wait
 
-    def wait_fails_in_second_rounds(*args: Any) -> Any:
+    def wait_fails_in_second_rounds(*args: Any, **kwargs: Any) -> Any:
         if not args[-1].startswith(SECOND_ROUND_ROLE):
-            return collect(*args)
+            return collect(*args, **kwargs)
         with pytest.MonkeyPatch.context() as inner:
             inner.setattr(flows.labelling.wait, "wait_labelling_task", FailingWait())
-            return collect(*args)
+            return collect(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(flows.second_round, "collect_labels", wait_fails_in_second_rounds)
@@ -452,3 +457,37 @@ def test_a_catalogue_round_is_followed_by_its_second_round_once(prefect_harness,
     assert again.cost.spent == 0 and again.catalogue.round_pools == catalogue.round_pools
     assert again.aggregation.n_assignments == summary.aggregation.n_assignments
     assert len(_objects(params)["pools"]) == 3
+
+
+def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefect_harness, emu, tmp_path):
+    """A round's budget check left every intruder pool of the key out of what was already spent
+    (right for a pipeline, which may resume its one evaluation; wrong for a catalogue, whose earlier
+    rounds' evaluations are paid): a round opened and paid its pool, then its evaluation was refused.
+    Round 1 with an evaluation; round 2 (20 new images) with max_spend below what the key spent
+    plus round 2's estimate: refused before its pool exists."""
+    from flows.catalogue import cluster_catalogue
+    from tasks.budget import BudgetExceeded
+    from tasks.rounds import ROUND_ROLE
+    from tasks.toloka_api import RunRegistry
+
+    lines = (ROOT / "configs" / "demo-shoes" / "dataset.tsv").read_text().splitlines()
+    dataset = tmp_path / "catalogue.tsv"
+    dataset.write_text("\n".join(lines[:41]) + "\n")
+    key = f"e2e-catalogue-budget-{uuid.uuid4().hex[:6]}"
+    small = {"hits_per_item": 2, "overlap": 3}
+    first = _params(emu, tmp_path, run_key=key, dataset=str(dataset), hits=small, intruders={"n_hits": 20})
+    cluster_catalogue(first)
+    registry = RunRegistry(make_client(first.toloka), key)
+    spent = registry.spent()
+    evaluated = registry.spent(lambda role: role.startswith("intruders-pool-"))
+    assert evaluated > 0
+    dataset.write_text("\n".join(lines[:61]) + "\n")
+    # Room for round 2 only if the first evaluation were not counted.
+    budget = {"max_spend": round(spent + 1.0, 2)}
+    second = _params(
+        emu, tmp_path, run_key=key, dataset=str(dataset), hits=small, intruders={"n_hits": 20}, budget=budget
+    )
+    with pytest.raises(BudgetExceeded, match=r"already spent by this run key"):
+        cluster_catalogue(second)
+    roles = [str(p.private_comment).rsplit(":", 1)[1] for p in _objects(second)["pools"]]
+    assert sum(role.startswith(ROUND_ROLE) for role in roles) == 1, roles  # round 2 opened nothing
