@@ -48,3 +48,22 @@ def test_sqlite_profile_up_twice_status_down_twice():
     service.down(service.load(cfg.state_dir), say=again.append)
     assert all(line.endswith("not running") for line in again), again
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_stopping_a_worker_terminates_its_flow_runs_while_it_still_runs(monkeypatch, tmp_path):
+    """`make down` during a run's wait: terminated after their worker had begun to shut down, the
+    flow runs died within half a second with no crash hook, their pools open, their state Running
+    and their run-key slot held (Prefect's runner takes their SIGTERM as a cancellation it then
+    never finishes). Measured on a live service: in that order main pool and training stayed open;
+    runs first, the run ended Crashed and its hook closed them. The order is what this checks."""
+    from crowdclust.service import supervisor
+
+    calls: list[str] = []
+    monkeypatch.setattr(supervisor, "read_pid", lambda cfg, name: 4242)
+    monkeypatch.setattr(supervisor, "children", lambda pid, running="": [4343])
+    monkeypatch.setattr(supervisor, "terminate", lambda pids: calls.append(f"terminate {pids}"))
+    monkeypatch.setattr(supervisor, "stop_process", lambda cfg, name: calls.append(f"stop {name}") or True)
+    said: list[str] = []
+    supervisor.stop(service_config(tmp_path), "worker-1", said.append)
+    assert calls == ["terminate [4343]", "stop worker-1"], calls
+    assert said == ["worker-1: terminated its 1 flow-run process(es)", "worker-1: stopped"]
