@@ -291,9 +291,10 @@ class Cost:
 
     spent: float
     estimate: CostEstimate | None
-    # What every pool of the run key cost: more than `spent` when a rerun after a config change
-    # left pools of the earlier settings behind (an intruder pool of another n_hits, say), paid all
-    # the same. None where it was not read (catalogue rounds: their `spent` is the key's already).
+    # What every pool of the run key cost: in a pipeline more than `spent` when a rerun after a
+    # config change left pools of the earlier settings behind (an intruder pool of another n_hits,
+    # say), paid all the same; in a catalogue, whose `spent` is what this run added, the earlier
+    # rounds too. None where it was not read.
     by_run_key: float | None = None
 
     def as_dict(self) -> dict[str, Any]:

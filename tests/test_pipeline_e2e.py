@@ -476,9 +476,13 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
     key = f"e2e-catalogue-budget-{uuid.uuid4().hex[:6]}"
     small = {"hits_per_item": 2, "overlap": 3}
     first = _params(emu, tmp_path, run_key=key, dataset=str(dataset), hits=small, intruders={"n_hits": 20})
-    cluster_catalogue(first)
+    summary = cluster_catalogue(first)
     registry = RunRegistry(make_client(first.toloka), key)
     spent = registry.spent()
+    # A first run spent all the key has; the rounds' shared exam pool counted once.
+    assert (
+        summary.cost.spent == pytest.approx(spent, abs=0.01) and summary.cost.by_run_key == summary.cost.spent
+    )
     evaluated = registry.spent(lambda role: role.startswith("intruders-pool-"))
     assert evaluated > 0
     dataset.write_text("\n".join(lines[:61]) + "\n")
