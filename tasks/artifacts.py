@@ -28,7 +28,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.stages import Coverage, PoolStats, RoundState, RunSummary
+from tasks.stages import Coverage, PoolStats, RoundState, RunSummary, shown
 
 GALLERY_PER_CLUSTER = 10  # thumbnails per cluster in `cluster-galleries`
 GALLERY_COLUMNS = 5  # thumbnails per table row: fits the UI's artifact page at 1400 px
@@ -223,8 +223,8 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
     own logs and artifacts; the links lead there.
     """
     lines = [
-        f"**{summary.clusters} clusters**, ARI {_fmt(summary.ari, '.3f')}, "
-        f"intruder accuracy {_fmt(summary.intruder_accuracy, '.2f')}, "
+        f"**{summary.clusters} clusters**, ARI {shown(summary.ari)}, "  # `n/a` as in the log lines
+        f"intruder accuracy {shown(summary.intruder_accuracy, '.2f')}, "
         f"cost ${summary.cost.spent:.2f}, {summary.wall_seconds:.0f} s.",
         "",
         f"Report: {report_where}",
@@ -238,16 +238,16 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
         lines += ["", f"Workers who group another way: {summary.aggregation.dissent}."]
     if summary.second_round is not None:
         done = summary.second_round
-        shown = f"{done.images} images shown again in {done.hits} HITs, {done.assignments} answers"
-        lines += ["", f"Second round: {shown}."]
+        again = f"{done.images} images shown again in {done.hits} HITs, {done.assignments} answers"
+        lines += ["", f"Second round: {again}."]
     if summary.aggregation.recheck is not None:
         lines += ["", f"Images to show again: {summary.aggregation.recheck}."]
     runs = sub_flow_runs()
     if runs:
         lines += ["", "| sub-flow | run | state |", "|---|---|---|"]
         for flow_name, run_name, state, url in runs:
-            shown = f"[{name_text(run_name)}]({url})" if url else name_text(run_name)
-            lines.append(f"| {name_text(flow_name)} | {shown} | {name_text(state)} |")
+            run_cell = f"[{name_text(run_name)}]({url})" if url else name_text(run_name)
+            lines.append(f"| {name_text(flow_name)} | {run_cell} | {name_text(state)} |")
         lines += [
             "",
             "Poll and progress lines are in the labelling and intruder runs (and in this run's logs).",

@@ -66,7 +66,7 @@ def lock_path(target: TolokaTarget, run_key: str) -> Path:
 def _busy(run_key: str, holder: str, more: str = "") -> RunKeyBusy:
     return RunKeyBusy(
         f"run key {run_key} is already running ({holder}); wait for it to end, "
-        f"or give this run another --run-key{more}"
+        f"or give this run another run key (--run-key; in a deployment, its run_key parameter){more}"
     )
 
 
