@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -811,3 +812,27 @@ def test_a_wait_that_timed_out_says_how_far_its_pool_got():
     assert slow.endswith(": 42% done, 1,234 answers submitted")
     unknown = _timed_out("6", 90, PoolStats())
     assert unknown == "pool 6 not complete after 90 s (wait.timeout_seconds)"
+
+
+def test_a_pool_read_back_from_the_platform_differs_only_where_the_config_changed():
+    """`RunRegistry.ensure_pool` updates a found pool whose settings differ from the config; what the
+    platform adds (ids, defaults, status) or writes otherwise (a number as a string) is no change, or
+    every resumed run would close and update its pools."""
+    from tasks.toloka_api import Pool, pool_changes
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    bundle = load_bundle(configs / "demo-shoes" / "toloka")
+    spec = bundle.filled(Placeholders(75.0, 0.02, 7, 0.01, 100, 0.02, 5, skill_id="3")).main_pool
+    wanted = Pool.structure(spec)
+    back = json.loads(json.dumps(wanted.unstructure()))
+    back |= {"id": "6", "status": "OPEN", "created": "2026-12-04T10:00:00", "owner": {"id": "r"}}
+    back["reward_per_assignment"] = "0.02"
+    back["defaults"]["default_overlap_for_new_tasks"] = 7
+    assert pool_changes(Pool.structure(back), wanted) == []
+    changed = bundle.filled(Placeholders(70.0, 0.03, 9, 0.01, 100, 0.02, 5, skill_id="3")).main_pool
+    assert pool_changes(Pool.structure(back), Pool.structure(changed)) == [
+        "defaults",
+        "filter",
+        "reward_per_assignment",
+    ]
