@@ -30,9 +30,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crowdclust.private_server import private_server, spawn, wait_for
+from crowdclust.private_server import private_server, spawn
 from crowdclust.runtime import describe, prepare_prefect_env
-from crowdclust.service.processes import bin_path
+from crowdclust.service.processes import bin_path, wait_until
 from tasks.settings import Settings
 
 SPEED = 600.0
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         timings.mark("import flows (this process)", since)
         _prefetch()
         since = time.monotonic()
-        wait_for("the emulator", lambda: bool(emulator_url), emulator)
+        wait_until(lambda: bool(emulator_url), 120, "the emulator", pid=emulator.pid)
         timings.mark("emulator ready (waited)", since)
         since = time.monotonic()
         server.wait_ready()

@@ -16,24 +16,17 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from crowdclust.service.processes import answers, bin_path, launch
+from crowdclust.service.processes import answers, bin_path, free_port, launch, wait_until
 
 API_URL = "PREFECT_API_URL"
 PRIVATE = "CROWDCLUST_PRIVATE_PREFECT"  # `tasks.settings.Settings.private_prefect`
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
@@ -43,19 +36,6 @@ def spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> s
         return launch(command, env, subprocess.PIPE, die_with_parent=True)
     with log.open("wb") as output:
         return launch(command, env, output, die_with_parent=True)
-
-
-def wait_for(
-    what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], seconds: float = 120
-) -> None:
-    """Until `ready()`; RuntimeError when `process` exits first or `seconds` pass."""
-    deadline = time.monotonic() + seconds
-    while not ready():
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited during start-up (exit code {process.returncode})")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start within {seconds:.0f} s")
-        time.sleep(0.1)
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -121,7 +101,7 @@ class Server:
         """Until the private server answers (nothing to wait for with a server of the user's own)."""
         if self.process is not None:
             health = os.environ[API_URL] + "/health"
-            wait_for(f"the Prefect server (its log: {self.log})", lambda: answers(health), self.process)
+            wait_until(lambda: answers(health), 120, "the Prefect server", self.log, self.process.pid)
 
 
 @contextlib.contextmanager

@@ -585,14 +585,13 @@ class RunRegistry:
         if not changes:
             return
         old_overlap, new_overlap = _default_overlap(have), _default_overlap(wanted)
-        described = ", ".join(
-            f"{key} {getattr(have, key)} -> {getattr(wanted, key)}"
-            if key == "reward_per_assignment"
-            else f"overlap {old_overlap} -> {new_overlap}"
-            if key == "defaults" and old_overlap != new_overlap
-            else key
-            for key in changes
-        )
+        shown = {  # the values a user changes most; other fields by name
+            "reward_per_assignment": f"reward {have.reward_per_assignment} -> {wanted.reward_per_assignment}",
+            "defaults": f"overlap {old_overlap} -> {new_overlap}"
+            if old_overlap != new_overlap
+            else "defaults",
+        }
+        described = ", ".join(shown.get(key, key) for key in changes)
         log.warning("pool %s (%s) was made with other settings; updating it: %s", pool_id, role, described)
         if have.status == Pool.Status.OPEN:
             self.client.close_pool_for_update(pool_id)

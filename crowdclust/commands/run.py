@@ -98,9 +98,14 @@ def _close_after_stop(params: PipelineParams) -> str:
         closed = _close_open(params)
     except Exception as exc:  # the platform may be what failed; say so, never hide the interruption
         return f"could not close the pools of run key {key} ({type(exc).__name__})"
-    if not closed:  # the flow run's crash hook got there first
+    return _closed(key, closed)  # often nothing: the flow run's crash hook got there first
+
+
+def _closed(key: str, closed: list[str]) -> str:
+    """What closing the run key's open pools and trainings did, in one sentence."""
+    if not closed:
         return f"no pool or training of run key {key} is open"
-    return f"closed {len(closed)} open pools/trainings of run key {key}"
+    return f"closed {', '.join(closed)} of run key {key}"
 
 
 def _close_only(params: PipelineParams, debug: bool) -> typer.Exit:
@@ -117,10 +122,7 @@ def _close_only(params: PipelineParams, debug: bool) -> typer.Exit:
         return _fail(
             f"could not close the pools of run key {key} ({type(error).__name__}: {error})", 1, debug
         )
-    if closed:
-        typer.echo(f"closed {', '.join(closed)} of run key {key}; run without --close to resume it")
-    else:
-        typer.echo(f"no pool or training of run key {key} is open")
+    typer.echo(_closed(key, closed) + ("; run without --close to resume it" if closed else ""))
     return typer.Exit(0)
 
 
@@ -185,6 +187,7 @@ def run(
 
     from crowdclust.console_logs import console_without_tracebacks
     from crowdclust.private_server import private_server
+    from crowdclust.service.processes import StartupFailed
 
     # A server of its own, out of the terminal's reach: Ctrl-C must stop the run, not its Prefect API.
     # It starts now, while the checks below import the pipeline's modules.
@@ -212,7 +215,7 @@ def run(
             probe(params.toloka)
         except (*DATA_ERRORS, MissingTokenError) as error:
             raise _fail(str(error), 2, debug) from None
-        except (PlatformUnreachable, RuntimeError) as error:  # RuntimeError: the server did not start
+        except (PlatformUnreachable, StartupFailed) as error:  # StartupFailed: the private server
             raise _fail(str(error), 1, debug) from None
 
         if close:

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,18 +148,32 @@ def spawn(cfg: ServiceConfig, name: str, command: Sequence[str], env: dict[str, 
     return process.pid
 
 
+class StartupFailed(RuntimeError):
+    """A process died during start-up or did not become ready in time (the message says which)."""
+
+
 def wait_until(
-    check: Callable[[], bool], seconds: float, what: str, log: Path, pid: int | None = None
+    check: Callable[[], bool], seconds: float, what: str, log: Path | None = None, pid: int | None = None
 ) -> None:
-    """Poll `check` until it holds; fail early (with the log's tail) if the process `pid` died."""
+    """Poll `check` until it holds; fail early (with the log's tail, if it has one) if `pid` died."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check():
             return
         if pid is not None and not alive(pid):
-            raise RuntimeError(f"{what} exited during start-up; last lines of {log}:\n{tail(log)}")
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not become ready within {seconds:.0f} s; see {log}")
+            last = f"; last lines of {log}:\n{tail(log)}" if log is not None else ""
+            raise StartupFailed(f"{what} exited during start-up{last}")
+        time.sleep(0.1)
+    raise StartupFailed(
+        f"{what} did not become ready within {seconds:.0f} s" + (f"; see {log}" if log else "")
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 15) -> str:
