@@ -188,7 +188,15 @@ def test_the_token_comes_from_a_secret_block_without_a_server_of_ones_own(run_cl
     an earlier test's Prefect settings could point the client at another server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "TOLOKA_TOKEN"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    save = "from prefect.blocks.system import Secret; Secret(value='not-the-token').save('toloka-token')"
+    # Saved through a server of its own: Prefect's ephemeral server, started on a new SQLite file,
+    # sometimes failed its own start-up ("database is locked") in CI.
+    save = (
+        "from crowdclust.private_server import private_server\n"
+        "with private_server('save-server.log') as server:\n"
+        "    server.wait_ready()\n"
+        "    from prefect.blocks.system import Secret\n"
+        "    Secret(value='not-the-token').save('toloka-token')\n"
+    )
     saved = subprocess.run([sys.executable, "-c", save], env=env, capture_output=True, text=True, timeout=120)
     assert saved.returncode == 0, saved.stderr
     command = [sys.executable, "-m", "crowdclust.cli", "run", str(run_cli.write())]
