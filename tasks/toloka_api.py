@@ -129,10 +129,16 @@ class TokenRefused(MissingTokenError):
     """The platform answered and refused the token (401/403): a setting to fix, like a missing one."""
 
 
+def token_in_environment() -> SecretStr | None:
+    """`TOLOKA_TOKEN` when set and not empty (no Prefect API needed to read it)."""
+    token = Settings().toloka_token
+    return token if token is not None and token.get_secret_value() else None
+
+
 def resolve_token(target: TolokaTarget) -> SecretStr:
     """`TOLOKA_TOKEN` first, then the Prefect Secret block named in the target."""
-    token = Settings().toloka_token
-    if token is not None and token.get_secret_value():
+    token = token_in_environment()
+    if token is not None:
         return token
     try:
         from prefect.blocks.system import Secret

@@ -205,14 +205,16 @@ def run(
             StaleRunError,
             endpoint,
             probe,
+            token_in_environment,
         )
 
         try:
             # Before the token is tried: a user fixing the token still sees them.
             for warning in [] if close else check_run(params).warnings:
                 typer.echo(f"warning: {warning}", err=True)
-            server.wait_ready()  # a token in a Secret block is read from this server
-            probe(params.toloka)
+            if not token_in_environment():  # a token in a Secret block is read from this server
+                server.wait_ready()
+            probe(params.toloka)  # within ~15 s for an unreachable URL, the server's start-up aside
         except (*DATA_ERRORS, MissingTokenError) as error:
             raise _fail(str(error), 2, debug) from None
         except (PlatformUnreachable, StartupFailed) as error:  # StartupFailed: the private server
@@ -223,6 +225,7 @@ def run(
 
         previous = _catch_stops()
         try:
+            server.wait_ready()  # at once when the token's Secret block needed it above
             with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
                 from flows.pipeline import crowdclust_pipeline
 
