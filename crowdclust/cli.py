@@ -7,6 +7,9 @@ never pays for importing Prefect and `crowdclust --help` stays instant.
 
 from __future__ import annotations
 
+import faulthandler
+import signal
+
 import typer
 
 from crowdclust.commands import aggregate, emulator, run, service
@@ -25,7 +28,9 @@ app.add_typer(service.app, name="service")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. `kill -USR1 PID` prints every thread's stack on stderr, for a
+    command that seems stuck; the command goes on."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     app()
 
 

@@ -237,6 +237,18 @@ def _until_the_main_pool_opens(emu: Any, key: str, process: subprocess.Popen[str
     pytest.fail("the main pool never opened")
 
 
+def _stderr_once_exited(process: subprocess.Popen[str], seconds: float, signalled: str) -> str:
+    """`process`'s stderr once it exits; if it has not within `seconds`, fail with that stderr and
+    every thread's stack (`crowdclust.cli` prints them on SIGUSR1), so a hang says where it stands."""
+    try:
+        return process.communicate(timeout=seconds)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        process.kill()
+        pytest.fail(f"not exited {seconds} s after {signalled}:\n{process.communicate()[1][-20_000:]}")
+
+
 def _signal_defaults() -> None:
     """In the child: SIGINT and SIGHUP at their defaults, as in a terminal's foreground job."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -269,7 +281,7 @@ def test_ctrl_c_or_a_closed_terminal_closes_the_pools(emu, config, tmp_path, sig
         _until_the_main_pool_opens(emu, key, run)
         os.killpg(run.pid, signum)
         signalled = time.monotonic()
-        _, err = run.communicate(timeout=120)
+        err = _stderr_once_exited(run, 120, name)
         took = time.monotonic() - signalled
     finally:
         if run.poll() is None:
@@ -311,7 +323,7 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_ho
         assert _objects(emu, key)["open"], "the second run's failure closed the first run's pools"
 
         first.send_signal(signal.SIGTERM)
-        _, err = first.communicate(timeout=90)
+        err = _stderr_once_exited(first, 90, "SIGTERM")
     finally:
         if first.poll() is None:
             first.kill()
