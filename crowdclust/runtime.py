@@ -58,6 +58,14 @@ def _earlier_pools(summary: RunSummary) -> str:
     )
 
 
+def _paid_before(summary: RunSummary) -> str:
+    """How much of the cost this run added, when earlier runs of the key paid part of it."""
+    cost = summary.cost
+    if cost.added is None or cost.paid_before < 0.005:
+        return ""
+    return f", ${cost.added:.2f} of it in this run (the rest in earlier runs of key {summary.run_key})"
+
+
 def describe(summary: RunSummary) -> str:
     """The few lines a person wants after a run."""
 
@@ -71,6 +79,7 @@ def describe(summary: RunSummary) -> str:
         f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _single_answers(summary),
         f"cost:               ${num(summary.cost.spent, '.2f')} spent"
         + (f" (estimate ${estimate.total:.2f})" if estimate else "")
+        + _paid_before(summary)
         + _earlier_pools(summary),
         f"wall time:          {num(summary.wall_seconds, '.1f')} s (flow)",
         f"report:             {summary.report}",

@@ -134,10 +134,9 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     if labelled is not None:
         labelled = replace(labelled, n_assignments=n_assignments(frames[labelled.ids.main_pool]))
     spent_after = budget.spent_by_run_key_task(params.toloka, key)
+    added = round(max(0.0, spent_after - spent_before), 4)
     cost = Cost(
-        spent=round(max(0.0, spent_after - spent_before), 4),
-        estimate=CostEstimate.of_rounds(labelled, second),
-        by_run_key=spent_after,
+        spent=added, estimate=CostEstimate.of_rounds(labelled, second), by_run_key=spent_after, added=added
     )
     artifacts.catalogue_rounds(key, state, round_id, seconds)
     summary = report.finish_run(

@@ -30,6 +30,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     """Cluster `params.dataset` with the crowd end to end; returns the summary (also in summary.json)."""
     clock = report.Stopwatch()
     folder = RunFolder.of(params)
+    spent_before = budget.spent_by_run_key_task(params.toloka, params.resolved_run_key)
     with clock.lap("labelling"):
         labelled = labelling(params)
     with clock.lap("aggregation"):
@@ -56,10 +57,12 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
             evaluated = evaluate_clusters(params, skill_id=labelled.ids.skill)
 
     estimate = CostEstimate.of_rounds(labelled, second)
+    spent_after = budget.spent_by_run_key_task(params.toloka, labelled.run_key)
     cost = Cost(
         spent=budget.spent(params, labelled, evaluated, second),
         estimate=estimate,
-        by_run_key=budget.spent_by_run_key_task(params.toloka, labelled.run_key),
+        by_run_key=spent_after,
+        added=round(max(0.0, spent_after - spent_before), 4),
     )
     summary = report.finish_run(
         params,

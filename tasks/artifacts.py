@@ -283,6 +283,8 @@ def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:
     ]
     estimate = summary.cost.estimate
     rows.append({"metric": "cost_spent", "value": f"${summary.cost.spent:,.2f}"})
+    if summary.cost.paid_before >= 0.005:
+        rows.append({"metric": "cost_added_by_this_run", "value": f"${summary.cost.added:,.2f}"})
     if summary.cost.earlier_pools >= 0.005:
         rows.append({"metric": "cost_spent_by_run_key", "value": f"${summary.cost.by_run_key:,.2f}"})
     rows.append(

@@ -296,12 +296,23 @@ class Cost:
     # say), paid all the same; in a catalogue, whose `spent` is what this run added, the earlier
     # rounds too. None where it was not read.
     by_run_key: float | None = None
+    # What the run key's charges grew by while this run ran: less than `spent` for a run that resumed
+    # (or repeated) one whose answers were paid before, so that a rerun of a finished run does not
+    # read as paying its cost again. None where it was not read.
+    added: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = {"spent": self.spent, "estimate": self.estimate.as_dict() if self.estimate else None}
         if self.by_run_key is not None:
             data["spent_by_run_key"] = self.by_run_key
+        if self.added is not None:
+            data["added_by_this_run"] = self.added
         return data
+
+    @property
+    def paid_before(self) -> float:
+        """What of `spent` earlier runs of the key paid (0 when all of it is this run's, or not read)."""
+        return 0.0 if self.added is None else round(max(0.0, self.spent - self.added), 4)
 
     @property
     def earlier_pools(self) -> float:

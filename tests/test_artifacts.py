@@ -284,3 +284,34 @@ def test_pools_of_earlier_settings_under_the_run_key_are_counted_apart(tmp_path)
     assert "in all" not in describe(alone) and "cost_spent_by_run_key" not in {
         row["metric"] for row in artifacts.metric_rows(alone)
     }
+
+
+def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
+    """A rerun of a finished run printed `cost: $31.82 spent`, as if it had paid it again."""
+    from dataclasses import replace
+
+    from crowdclust.runtime import describe
+
+    base = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
+
+    def cost_line(cost: Cost) -> str:
+        return next(
+            line for line in describe(replace(base, cost=cost)).splitlines() if line.startswith("cost:")
+        )
+
+    repeated = Cost(31.82, None, by_run_key=31.82, added=0.0)
+    assert cost_line(repeated).endswith(
+        "$31.82 spent, $0.00 of it in this run (the rest in earlier runs of key k)"
+    )
+    assert repeated.as_dict()["added_by_this_run"] == 0.0
+    rows = {row["metric"]: row["value"] for row in artifacts.metric_rows(replace(base, cost=repeated))}
+    assert rows["cost_added_by_this_run"] == "$0.00"
+    resumed = Cost(31.82, None, by_run_key=44.82, added=13.0)
+    assert cost_line(resumed).endswith(
+        "$31.82 spent, $13.00 of it in this run (the rest in earlier runs of key k); "
+        "$44.82 under run key k in all, $13.00 of it for pools of earlier settings"
+    )
+    first = Cost(31.82, None, by_run_key=31.82, added=31.82)
+    assert cost_line(first).endswith("$31.82 spent") and "cost_added_by_this_run" not in {
+        row["metric"] for row in artifacts.metric_rows(replace(base, cost=first))
+    }

@@ -176,6 +176,10 @@ def test_spend_is_read_from_toloka_and_the_budget_is_shared_by_the_stages(scenar
     assert registry.spent() == pytest.approx(summary.cost.spent, abs=0.01) and summary.cost.spent > 0
     assert summary.cost.by_run_key == pytest.approx(registry.spent(), abs=0.01)  # no earlier pools here
     assert summary.cost.earlier_pools < 0.01
+    # This run resumed one that failed after labelling: it paid only for the evaluation.
+    assert summary.cost.added == pytest.approx(summary.intruders.spent, abs=0.01)
+    paid_before = summary.cost.spent - summary.intruders.spent
+    assert paid_before > 0 and summary.cost.paid_before == pytest.approx(paid_before, abs=0.01)
     intruders = registry.spent(lambda role: role.startswith("intruders-pool-"))
     assert intruders == pytest.approx(summary.intruders.spent, abs=0.01) and intruders > 0
     # Re-evaluating on what is left: labelling already spent part of max_spend.
