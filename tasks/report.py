@@ -53,7 +53,45 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
-    return "–" if value is None else str(value)
+    return "n/a" if value is None else str(value)  # as the log lines and the artifacts say
+
+
+COST_ROWS = {  # summary.json's cost keys, as the report names them
+    "spent": "spent (the pools behind this result)",
+    "added_by_this_run": "of it added by this run",
+    "spent_by_run_key": "every pool of the run key",
+    "estimate": "estimate",
+}
+
+
+def _money(value: Any) -> Any:
+    """Dollars with cents ($1,234.56; 4 significant digits gave $1235), a dict of them as one line."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_money(v)}" for k, v in value.items())
+    return f"${value:,.2f}" if isinstance(value, int | float) else value
+
+
+def _cost_table(cost: dict[str, Any]) -> str:
+    known = [key for key in COST_ROWS if key in cost] + [key for key in cost if key not in COST_ROWS]
+    return _table({COST_ROWS.get(key, key): _money(cost[key]) for key in known})
+
+
+def _summary_table(data: dict[str, Any]) -> str:
+    """The run in a few named rows; scores to 3 decimals as `crowdclust run` prints them."""
+
+    def score(key: str) -> str | None:
+        return None if data.get(key) is None else f"{data[key]:.3f}"
+
+    return _table(
+        {
+            "clusters": data.get("clusters"),
+            "ARI vs truth": score("ari"),
+            "NMI vs truth": score("nmi"),
+            "intruder accuracy": score("intruder_accuracy"),
+            "wall time of the flow (s)": data.get("wall_seconds"),
+            "run key": data.get("run_key"),
+        }
+    )
 
 
 def _figure(item: str, sources: dict[str, str], caption: str) -> str:
@@ -120,12 +158,7 @@ def render_html(
         "text-align:left;align-self:center}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Summary</h2>",
-        _table(
-            {
-                k: data.get(k)
-                for k in ("clusters", "ari", "nmi", "intruder_accuracy", "wall_seconds", "run_key")
-            }
-        ),
+        _summary_table(data),
     ]
     if data.get("catalogue_key"):
         rounds = {k: data.get(k) for k in ("catalogue_key", "n_items", "new_items", "round")}
@@ -152,7 +185,7 @@ def render_html(
             "<h2>Images to show again</h2>",
             f"<p>{html.escape(recheck)}: <a href='{where}'>{where}</a>.</p>",
         ]
-    parts += ["<h2>Cost (USD)</h2>", _table(data.get("cost", {}))]
+    parts += ["<h2>Cost (USD)</h2>", _cost_table(data.get("cost", {}))]
     if data.get("timings"):
         parts += ["<h2>Timings (s)</h2>", _table(data["timings"])]
     if summary.coverage is not None:

@@ -311,6 +311,21 @@ def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
         "$31.82 spent, $13.00 of it in this run (the rest in earlier runs of key k); "
         "$44.82 under run key k in all, $13.00 of it for pools of earlier settings"
     )
+    page = report.render_html(
+        replace(base, cost=Cost(1234.567, None, by_run_key=1300.0, added=0.0)),
+        pd.Series([0], index=["http://img.example/a.png"]),
+        None,
+        "t",
+        report.ReportLinks("c.csv"),
+        {},
+    )
+    costs = page.split("<h2>Cost (USD)</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<th>spent (the pools behind this result)</th><td>$1,234.57</td>" in costs  # was 1235
+    assert "<th>of it added by this run</th><td>$0.00</td>" in costs
+    assert "<th>every pool of the run key</th><td>$1,300.00</td>" in costs
+    assert "<th>estimate</th><td>n/a</td>" in costs and "–" not in page
+    assert page.index("added by this run") < page.index("every pool of the run key")
+    assert "<th>ARI vs truth</th><td>n/a</td>" in page and "<th>run key</th><td>k</td>" in page
     first = Cost(31.82, None, by_run_key=31.82, added=31.82)
     assert cost_line(first).endswith("$31.82 spent") and "cost_added_by_this_run" not in {
         row["metric"] for row in artifacts.metric_rows(replace(base, cost=first))
