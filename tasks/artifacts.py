@@ -332,7 +332,8 @@ def catalogue_rounds(
     key: str, state: list[RoundState], labelled_now: str | None, seconds: Sequence[RoundState] = ()
 ) -> None:
     """The catalogue's rounds, each followed by its second round when it had one."""
-    lines = ["| round | pool | items | status |", "|---|---|---|---|"]
+    # A second round shows its listed images and two anchors per HIT from their clusters: all are shown.
+    lines = ["| round | pool | images shown | status |", "|---|---|---|---|"]
     for entry in state:
         after = [(f"{entry.round}, second round", one) for one in seconds if one.round == entry.round]
         for name, one in [(entry.round, entry), *after]:
