@@ -110,18 +110,23 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         )
         plan = HitPlan(planned, hits.coverage(planned, new_items))
         role = f"{rounds.ROUND_ROLE}{round_id}"
-        labelled = collect_labels(params, key, plan, folder.round(round_id), role, evaluations_behind=True)
+        with clock.lap("labelling"):
+            labelled = collect_labels(
+                params, key, plan, folder.round(round_id), role, evaluations_behind=True
+            )
         done_pools.append(labelled.ids.main_pool)
         state = rounds.with_round(state, round_id, labelled.ids.main_pool, planned)
-    aggregated, frames = aggregate_pools(params, done_pools, folder)
+    with clock.lap("aggregation"):
+        aggregated, frames = aggregate_pools(params, done_pools, folder)
     second = None
     latest = rounds.round_to_follow(state, seconds, params.hits.second_round_share)
     if latest is not None:
-        done = second_round(
-            params, key, list(frames.values()), aggregated, folder,
-            share_of=rounds.new_items_of(state, latest),
-            role=rounds.second_round_role(latest), plan_folder=f"{latest}-second", evaluations_behind=True,
-        )  # fmt: skip
+        with clock.lap("second round"):
+            done = second_round(
+                params, key, list(frames.values()), aggregated, folder,
+                share_of=rounds.new_items_of(state, latest), role=rounds.second_round_role(latest),
+                plan_folder=f"{latest}-second", evaluations_behind=True,
+            )  # fmt: skip
         if done is not None:
             second, aggregated = done
             done_pools.append(second.ids.main_pool)
@@ -129,7 +134,8 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     paid = labelled or second  # what this run labelled, if anything
     evaluated = None
     if params.intruders.enabled:
-        evaluated = evaluate_clusters(params, skill_id=paid.ids.skill if paid else None)
+        with clock.lap("intruders"):
+            evaluated = evaluate_clusters(params, skill_id=paid.ids.skill if paid else None)
 
     if labelled is not None:
         labelled = replace(labelled, n_assignments=n_assignments(frames[labelled.ids.main_pool]))
@@ -150,6 +156,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         ids=paid.ids if paid else None,
         coverage=labelled.plan.coverage if labelled else None,
         catalogue=CatalogueInfo(key, len(catalogue), len(new_items), round_id, tuple(done_pools)),
+        timings=clock.laps,
         second_round=None if second is None else SecondRound.of(second),
     )
     logger.info(

@@ -481,6 +481,7 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
     small = {"hits_per_item": 2, "overlap": 3}
     first = _params(emu, tmp_path, run_key=key, dataset=str(dataset), hits=small, intruders={"n_hits": 20})
     summary = cluster_catalogue(first)
+    assert list(summary.timings) == ["labelling", "aggregation", "intruders"]  # in report.html too
     registry = RunRegistry(make_client(first.toloka), key)
     spent = registry.spent()
     # A first run spent all the key has; the rounds' shared exam pool counted once.
