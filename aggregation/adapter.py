@@ -9,9 +9,11 @@ the header not counted) and the assignment id, because a person has to find that
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,12 @@ WORKER = "ASSIGNMENT:worker_id"
 ASSIGNMENT = "ASSIGNMENT:assignment_id"
 SUITE = "ASSIGNMENT:task_suite_id"
 TASK = "ASSIGNMENT:task_id"
+STATUS = "ASSIGNMENT:status"
+SHOWN = "HIT of these images"  # the task column derived when the export has no task id
 REQUIRED_COLUMNS = (IMAGES, RESULT, WORKER, ASSIGNMENT)
+# Answers that are not answers: rejected by the requester, or a task the worker skipped or let expire
+# (a web-UI export of "all" statuses has them; toloka-kit's default is accepted ones only).
+NOT_ANSWERS = ("REJECTED", "SKIPPED", "EXPIRED")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the labels' dtype
 
 
@@ -45,11 +52,14 @@ class ExportReading:
     """The result of reading an export.
 
     `labels` has one row per (assignment, image); `problems` lists the rows skipped in lenient
-    mode (empty in strict mode, where the first problem raises instead).
+    mode (empty in strict mode, where the first problem raises instead); `notes` say how the export
+    was read where a user could not tell (rows of rejected assignments left out, HITs told apart by
+    their images for want of a task id).
     """
 
     labels: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _is_empty(cell: object) -> bool:
@@ -117,12 +127,14 @@ def _load_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     path = Path(source)
     if not path.is_file():
         raise ExportFormatError(f"export file not found: {path}")
-    try:
+    try:  # compressed by its name's ending (.gz, .bz2, .xz, .zip, .zst), as pandas infers
         return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
-        raise ExportFormatError(f"export file is empty (no header): {path}") from None
+        raise ExportFormatError("export file is empty (no header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ExportFormatError(f"export file is not a readable TSV: {path}: {exc}") from None
+        raise ExportFormatError(f"export file is not a readable TSV: {exc}") from None
+    except (EOFError, OSError, zlib.error) as exc:  # a compressed file cut short or not compressed
+        raise ExportFormatError(f"export file cannot be decompressed ({type(exc).__name__}: {exc})") from None
 
 
 def _bulk_json(cells: pd.Series) -> list:
@@ -239,6 +251,44 @@ def _read_fast(frame: pd.DataFrame, task_column: str) -> pd.DataFrame | None:
     return labels
 
 
+def _answers(frame: pd.DataFrame) -> tuple[np.ndarray, str | None]:
+    """Which rows are real answers, and a note on those left out (by `ASSIGNMENT:status`, if any)."""
+    if STATUS not in frame.columns:
+        return np.ones(len(frame), dtype=bool), None
+    status = frame[STATUS].fillna("").str.strip().str.upper()
+    left_out = status.isin(NOT_ANSWERS).to_numpy()
+    if not left_out.any():
+        return ~left_out, None
+    counts = status[left_out].value_counts()
+    named = ", ".join(f"{n:,} {s.lower()}" for s, n in sorted(counts.items()))
+    return ~left_out, f"left out {int(left_out.sum()):,} rows that are not answers ({STATUS}: {named})"
+
+
+def _hit_of(cell: object) -> str | None:
+    """A task id for an export without one: the HIT is what it shows, so rows with the same images
+    are answers to one HIT. A digest, not a running number, so that two exports' ids never clash."""
+    if _is_empty(cell):
+        return None
+    return "images:" + hashlib.blake2b(str(cell).strip().encode(), digest_size=8).hexdigest()
+
+
+def _task_column(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, str | None]:
+    """The column that tells HITs apart, derived from the images when the export has no task id.
+
+    Without it, each assignment would count as a HIT of its own: a design of 10 HITs per image,
+    7 answers each read as 70 HITs of one answer, and so did the design advice and the held-out
+    folds, which are dealt by HIT.
+    """
+    for column in (TASK, SUITE):
+        if column in frame.columns:
+            return frame, column, None
+    note = (
+        f"the export has no task id ({TASK} or {SUITE}): answers that show the same images "
+        f"({IMAGES}) are read as answers to one HIT"
+    )
+    return frame.assign(**{SHOWN: frame[IMAGES].map(_hit_of)}), SHOWN, note
+
+
 def _separator_hint(frame: pd.DataFrame) -> str:
     """Why the columns are missing when the header was one comma-separated cell.
 
@@ -258,10 +308,11 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
 
     Strict mode raises `ExportFormatError` on the first bad row; lenient mode skips bad rows and
     lists them in `ExportReading.problems`. The task id is the first of `ASSIGNMENT:task_id`,
-    `ASSIGNMENT:task_suite_id`, `ASSIGNMENT:assignment_id` that the export has (so several
-    workers' answers to one HIT share a task). Group numbers are local to one (task, worker): if
-    an export without task ids held several tasks per suite, their rows would be read as one
-    grouping (the seed design has one task, holding all images, per suite).
+    `ASSIGNMENT:task_suite_id` that the export has (so several workers' answers to one HIT share a
+    task), else the HIT's images. Group numbers are local to one (task, worker): if an export without
+    task ids held several tasks per suite, their rows would be read as one grouping (the seed design
+    has one task, holding all images, per suite). Rows of rejected, skipped or expired assignments
+    (`ASSIGNMENT:status`) are left out, and `ExportReading.notes` says so.
     """
     frame = _load_frame(source)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
@@ -270,23 +321,35 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     if len(frame) == 0:
         raise ExportFormatError("export has no rows (empty input)")
 
-    task_column = next(c for c in (TASK, SUITE, ASSIGNMENT) if c in frame.columns)
+    answers, left_out = _answers(frame)
+    numbers = np.flatnonzero(answers) + 1  # the rows as the file numbers them, the header not counted
+    frame = frame[answers]
+    frame, task_column, derived = _task_column(frame)
+    notes = [note for note in (left_out, derived) if note]
+    if len(frame) == 0:
+        raise ExportFormatError(f"export has no answers: {left_out}")
     fast = _read_fast(frame, task_column)
     if fast is not None:
-        return ExportReading(labels=fast)
+        return ExportReading(labels=fast, notes=notes)
     columns = [frame[c].tolist() for c in (IMAGES, RESULT, WORKER, ASSIGNMENT, task_column)]
     problems: list[str] = []
     records: list[tuple[str, str, str, int]] = []
-    seen: dict[tuple[str, str], set[str]] = {}  # items already read per (task, worker)
-    for row, (images, result, worker, assignment, task) in enumerate(zip(*columns, strict=True), start=1):
+    seen: dict[tuple[str, str], tuple[object, set[str]]] = {}  # (first assignment, items) per (task, worker)
+    for row, images, result, worker, assignment, task in zip(numbers.tolist(), *columns, strict=True):
         where = f"row {row}" + ("" if _is_empty(assignment) else f" (assignment {assignment})")
         try:
             pairs = _parse_row(images, result, worker)
             if _is_empty(task):
                 raise _RowError(f"empty cell in {task_column}")
-            items = seen.setdefault((str(task), str(worker)), set())
+            first, items = seen.setdefault((str(task), str(worker)), (assignment, set()))
             row_items = [item for item, _ in pairs]
             repeated = sorted({i for i in row_items if row_items.count(i) > 1} | (items & set(row_items)))
+            if repeated and first != assignment and items & set(row_items):
+                hit = "the HIT of these images" if task_column == SHOWN else f"HIT {task} ({task_column})"
+                raise _RowError(
+                    f"worker {worker} answered {hit} before, in assignment {first}: an export holds one "
+                    "answer per worker and HIT"
+                )
             if repeated:
                 raise _RowError(f"item {repeated[0]} appears twice in one assignment")
             items.update(row_items)
@@ -302,4 +365,4 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
         raise ExportFormatError(f"export has no usable rows{detail}")
     labels = pd.DataFrame.from_records(records, columns=list(REQUIRED))
     labels["label"] = labels["label"].astype(np.int64)
-    return ExportReading(labels=labels, problems=problems)
+    return ExportReading(labels=labels, problems=problems, notes=notes)

@@ -106,7 +106,7 @@ class Recheck:
         line = (
             f"{n:,} image{'s' if n > 1 else ''} ({self.share:.0%}) only the prior placed "
             f"({self.outside:,} outside their cluster's linked piece, "
-            f"{n - self.outside:,} below confidence {RECHECK_CONFIDENCE})"
+            f"{n - self.outside:,} more below confidence {RECHECK_CONFIDENCE})"
         )
         if not self.fills_a_hit:
             return f"{line}; too few to fill a HIT of {self.design.hit_size:.0f}"

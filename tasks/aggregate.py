@@ -13,7 +13,10 @@ from tasks.stages import Aggregated, AggregationInfo, Scores
 
 def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Aggregated:
     """Clusters (item -> id, 0 = largest), each item's confidence, the embedding, and fit details."""
-    labels = aggregation.read_export(export, strict=True).labels
+    reading = aggregation.read_export(export, strict=True)
+    for note in reading.notes:  # an export of the user's own (the reaggregate deployment)
+        get_run_logger().warning("export: %s", note)
+    labels = reading.labels
     if params.method == "gomes":
         model = aggregation.CrowdClustering(n_dims=params.n_dims, random_state=seed)
     else:

@@ -43,7 +43,12 @@ def test_reads_both_encodings_and_image_keys(tmp_path):
     assert list(labels.columns) == ["task", "worker", "item", "label"]
     assert labels["item"].tolist() == ["u1", "u2", "u3", "u2", "u3", "u1", "u3"]
     assert labels["label"].tolist() == [1, 2, 1, 5, 5, 3, 4]
-    assert labels["task"].tolist() == ["a1"] * 3 + ["a2"] * 2 + ["a3"] * 2
+    # No task id column: each row shows other images, so each is a HIT of its own.
+    assert labels.groupby("task", sort=False).size().tolist() == [3, 2, 2]
+    assert reading.notes == [
+        "the export has no task id (ASSIGNMENT:task_id or ASSIGNMENT:task_suite_id): answers that show "
+        "the same images (INPUT:images) are read as answers to one HIT"
+    ]
     assert labels["label"].dtype == np.int64
 
 
@@ -105,19 +110,20 @@ def test_synthetic_export_round_trip(tmp_path):
             "INPUT:images is not valid JSON (Unterminated string starting at char 6)",
         ),
         (
-            ('"u1","u2"', '{"group":1},{"group":2}', "", "", "w1"),
-            "!row 2: empty cell in ASSIGNMENT:assignment_id",
+            ('"u1","u2"', '{"group":1},{"group":2}', "", "", "w1", ""),
+            "!row 2: empty cell in ASSIGNMENT:task_suite_id",
         ),
     ],
 )
 def test_each_bad_row_is_named(tmp_path, row, message):
     """Strict mode names the data row (1-based, header excluded) and the assignment; lenient skips it."""
     expected = message[1:] if message.startswith("!") else "row 2 (assignment a7): " + message
-    path = _write(tmp_path / "e.tsv", [GOOD[0], row])
+    suites = [(*GOOD[0], "s1"), row if len(row) == 6 else (*row, "s2")]
+    path = _write(tmp_path / "e.tsv", suites, [*COLUMNS, "ASSIGNMENT:task_suite_id"])
     with pytest.raises(ExportFormatError, match="^" + re.escape(expected)):
         read_export(path)
     lenient = read_export(path, strict=False)
-    assert lenient.labels["task"].tolist() == ["a1"] * 3
+    assert lenient.labels["task"].tolist() == ["s1"] * 3
     assert len(lenient.problems) == 1 and lenient.problems[0].startswith(expected)
 
 
@@ -145,11 +151,64 @@ def test_plain_group_cells_read_as_json_would(tmp_path):
 
 def test_item_twice_across_rows_of_one_assignment(tmp_path):
     rows = [
-        ('"u1","u2"', '{"group":1},{"group":2}', "", "a1", "w1"),
-        ('"u2","u3"', '{"group":1},{"group":2}', "", "a1", "w1"),
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a1", "w1", "s1"),
+        ('"u2","u3"', '{"group":1},{"group":2}', "", "a1", "w1", "s1"),
     ]
     with pytest.raises(ExportFormatError, match=r"^row 2 \(assignment a1\): item u2 appears twice"):
+        read_export(_write(tmp_path / "e.tsv", rows, [*COLUMNS, "ASSIGNMENT:task_suite_id"]))
+
+
+def test_hits_are_told_apart_by_their_images_without_a_task_id(tmp_path):
+    """toloka-kit's default export has no task id: each assignment was read as a HIT of its own, so
+    a design of 3 answers per HIT read as 3 HITs of one answer (and the design advice followed)."""
+    crowd = generate_crowd(n_items=40, n_classes=4, seed=3)
+    crowd.write_export(tmp_path / "full.tsv")
+    full = pd.read_csv(tmp_path / "full.tsv", sep="\t", dtype=str)
+    bare = full.drop(
+        columns=[c for c in full.columns if c in ("ASSIGNMENT:task_suite_id", "ASSIGNMENT:task_id")]
+    )
+    bare.to_csv(tmp_path / "bare.tsv", sep="\t", index=False)
+    with_ids, without = read_export(tmp_path / "full.tsv").labels, read_export(tmp_path / "bare.tsv").labels
+    assert (
+        without["task"].nunique()
+        == with_ids["task"].nunique()
+        < without[["task", "worker"]].drop_duplicates().shape[0]
+    )
+    pairs = with_ids.assign(hit=without["task"].to_numpy())[["task", "hit"]].drop_duplicates()
+    assert pairs["task"].is_unique and pairs["hit"].is_unique  # the same HITs, named otherwise
+
+
+def test_a_worker_answering_a_hit_twice_is_named_as_such(tmp_path):
+    rows = [
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a1", "w1"),
+        ('"u1","u2"', '{"group":1},{"group":1}', "", "a2", "w1"),
+    ]
+    before = r"worker w1 answered the HIT of these images before, in assignment a1:"
+    with pytest.raises(ExportFormatError, match=r"^row 2 \(assignment a2\): " + before):
         read_export(_write(tmp_path / "e.tsv", rows))
+
+
+def test_rejected_skipped_and_expired_assignments_are_left_out_and_rows_keep_their_numbers(tmp_path):
+    """A web-UI export of every status has them; their groups were read as answers (a rejected
+    spammer's random groups cost 0.02 of ARI in a user's try-out)."""
+    columns = [*COLUMNS, "ASSIGNMENT:status"]
+    rows = [
+        ('"u1","u2"', '{"group":1},{"group":1}', "", "a1", "w1", "APPROVED"),
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a2", "w2", "REJECTED"),
+        ('"u1","u2"', "", "", "a3", "w3", "EXPIRED"),
+        ('"u1","u2"', '{"group":1},{"group":1}', "", "a4", "w4", "SUBMITTED"),
+        ('"u1","u2"', '{"group":1}', "", "a5", "w5", "APPROVED"),
+    ]
+    reading = read_export(_write(tmp_path / "e.tsv", rows, columns), strict=False)
+    assert sorted(reading.labels["worker"].unique()) == ["w1", "w4"]
+    assert (
+        reading.notes[0] == "left out 2 rows that are not answers (ASSIGNMENT:status: 1 expired, 1 rejected)"
+    )
+    assert reading.problems == [
+        "row 5 (assignment a5): OUTPUT:result has 1 groups but INPUT:images has 2 images"
+    ]
+    with pytest.raises(ExportFormatError, match=r"export has no answers: left out 1 rows"):
+        read_export(_write(tmp_path / "r.tsv", rows[1:2], columns))
 
 
 def test_missing_column(tmp_path):

@@ -322,3 +322,52 @@ def test_the_command_imports_nothing_it_does_not_use(export):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_compressed_files_are_read_and_a_cut_one_is_one_error_line(export, tmp_path):
+    """A truncated .gz export printed only typer's `Aborted.` (an EOFError); a .gz truth file failed
+    to decode."""
+    import gzip
+
+    data = gzip.compress((export / "export.tsv").read_bytes())
+    (tmp_path / "e.tsv.gz").write_bytes(data)
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress((export / "truth.csv").read_bytes()))
+    whole = _run([tmp_path / "e.tsv.gz", "-o", tmp_path / "c.csv", "--truth", tmp_path / "t.csv.gz"])
+    assert whole.returncode == 0 and ari_of(whole.stdout) >= 0.9, whole.stderr
+    (tmp_path / "cut.tsv.gz").write_bytes(data[: len(data) // 2])
+    cut = _run([tmp_path / "cut.tsv.gz", "-o", tmp_path / "cut.csv"])
+    assert cut.returncode == 2 and cut.stderr.count("\n") == 1, cut.stderr
+    assert cut.stderr.startswith(
+        f"error: {tmp_path / 'cut.tsv.gz'}: export file cannot be decompressed (EOFError"
+    )
+
+
+def test_an_export_without_task_ids_reads_its_hits_by_their_images(export, tmp_path):
+    """toloka-kit's default export has no task id: every answer was read as a HIT of its own, and
+    the design line said ~70 HITs per image of ~1 answer each for 10 HITs of 7 answers."""
+    crowd = generate_crowd(300, 40, seed=2)
+    crowd.write_export(tmp_path / "full.tsv")
+    full = pd.read_csv(tmp_path / "full.tsv", sep="\t", dtype=str)
+    full.drop(columns=["ASSIGNMENT:task_suite_id"]).to_csv(tmp_path / "bare.tsv", sep="\t", index=False)
+    runs = [_run([tmp_path / f"{name}.tsv", "-o", tmp_path / f"{name}.csv"]) for name in ("full", "bare")]
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    assert "note: " in runs[1].stderr and "are read as answers to one HIT" in runs[1].stderr
+    assert "note: " not in runs[0].stderr
+    # The same summary: the recheck line prices a round by the design it reads. (The clusters may
+    # differ by an image or two: the held-out folds are dealt by task id, and the ids differ.)
+    kept = [
+        [line for line in run.stdout.splitlines() if line.split()[0] not in ("seconds", "output")]
+        for run in runs
+    ]
+    assert kept[0] == kept[1] and any(line.startswith("recheck") and "answers" in line for line in kept[0])
+
+
+def test_an_unwritable_output_is_refused_before_the_fit_and_no_stale_camp_is_left(tmp_path, export):
+    done = _run([export / "export.tsv", "-o", tmp_path])
+    assert done.returncode == 2 and done.stderr == f"error: cannot write {tmp_path}: it is a directory\n"
+    assert "seconds" not in done.stdout  # nothing was fitted
+    stale = tmp_path / "camp.csv"
+    stale.write_text("item,cluster\nold,0\n")
+    again = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--dissent-output", stale])
+    assert again.returncode == 0 and not stale.exists(), again.stderr
+    assert "not written (the file of an earlier run removed)" in again.stderr
