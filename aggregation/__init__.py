@@ -5,7 +5,8 @@ Public API (the pipeline and the CLI use only these names):
 - `read_export(source, strict=True) -> ExportReading` and `ExportFormatError`
 - `CrowdClustering` (the Gomes et al. model) and `CoAssociationClustering` (the baseline); both
   have `labels_` and `confidence_` (each item's probability of its cluster under the model, with
-  the answers resampled: `aggregation.confidence`)
+  the answers resampled, `aggregation.confidence`, and its linked piece moved as a block,
+  `aggregation.pieces`)
 - `least_certain(clusters, confidence, per_cluster=5)`: the items to send back to the crowd
 - `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits);
   `cluster_confidence(clusters, confidence)`: each cluster's mean confidence;
@@ -15,6 +16,8 @@ Public API (the pipeline and the CLI use only these names):
   agree with one another on another grouping (colour instead of style, say), and that grouping
 - `find_recheck(model, labels) -> Recheck`: the images only the prior placed, to show the crowd again
   among themselves (`aggregation.recheck`)
+- `worker_quality(pairs, clusters)`: each worker's two coins and informedness against the clusters,
+  the spammers to block (`aggregation.workers`)
 - `generate_crowd(...) -> SyntheticCrowd` and `crowd_shape(name, seed)` (seeded synthetic crowds
   of the shapes in `SHAPES`, for tests and benchmarks); `followup_crowd(crowd, items, seed)`, a
   later round over some of a crowd's images
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from aggregation.pairs import PairLabels, build_pairs
     from aggregation.recheck import Recheck, find_recheck
     from aggregation.synthetic import SHAPES, SyntheticCrowd, crowd_shape, followup_crowd, generate_crowd
+    from aggregation.workers import worker_quality
 
 _HOME = {
     "ExportFormatError": "adapter",
@@ -73,6 +77,7 @@ _HOME = {
     "crowd_shape": "synthetic",
     "followup_crowd": "synthetic",
     "generate_crowd": "synthetic",
+    "worker_quality": "workers",
 }
 
 __all__ = [
@@ -101,6 +106,7 @@ __all__ = [
     "least_certain",
     "read_export",
     "single_item_clusters",
+    "worker_quality",
 ]
 
 

@@ -26,11 +26,19 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from aggregation.confidence import item_confidence
-from aggregation.consensus import ALPHA, PairGraph, absorb_thin, coin_counts, coin_weights, search
+from aggregation.consensus import (
+    ALPHA,
+    PairGraph,
+    absorb_thin,
+    search,
+    worker_llr,
+)
 from aggregation.linkage import agglomerate
 from aggregation.mixture import dp_mixture
 from aggregation.pairs import PairLabels, build_pairs
+from aggregation.pieces import find_pieces, piece_shares
 from aggregation.variational import Priors, VariationalRun, initial_state, spectral_start
+from aggregation.workers import worker_quality
 
 __all__ = ["CoAssociationClustering", "CrowdClustering", "least_certain", "ordered_clusters"]
 
@@ -186,8 +194,17 @@ class _Base:
                 raise ValueError("min_cluster_size must be at least 1 (or None: decided by the model)")
             labels = absorb_thin(pairs, labels, graph.evidence(pairs, labels), int(min_size), ALPHA)
         seed = int(getattr(self, "random_state", 0))
-        confidence = item_confidence(pairs, labels, math.log(ALPHA), seed=seed)
+        # An item's conditional given the rest, times its piece's share moved as a block (1 in its
+        # cluster's core): a piece that only the prior placed is not certain because its images
+        # agree with one another (`aggregation.pieces`).
+        pieces = find_pieces(pairs, labels, graph)
+        llr = worker_llr(pairs, labels)
+        shares = piece_shares(pairs, labels, pieces, llr, math.log(ALPHA))
+        confidence = item_confidence(pairs, labels, math.log(ALPHA), seed=seed) * shares
         self.labels_ = ordered_clusters(pairs.items, labels)
+        self.pieces_ = (
+            pieces  # the clusters' linked pieces (`aggregation.recheck` lists those outside a core)
+        )
         self.confidence_ = pd.Series(confidence, index=self.labels_.index, name="confidence")
         self.n_clusters_ = int(self.labels_.max()) + 1
         self.pairs_ = pairs
@@ -337,26 +354,11 @@ class CrowdClustering(_Base):
             w_norm = np.sqrt((state.wm**2 * weight).sum(axis=1))
         # One pass over the labels, no array of one entry per label (at 100,000 images such arrays
         # made the command's peak memory): every column follows from the two coins' counts.
-        labels = self.labels_.to_numpy().astype(np.int64)
-        counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, labels, pairs.n_workers)
-        same_yes, same, across_no, across = counts.T
-        w_yes, w_no = coin_weights(counts)
-        n_labels = np.diff(pairs.worker_ptr)
-        n_yes = same_yes + across - across_no
-        per_label = np.maximum(n_labels, 1)
-        return pd.DataFrame(
-            {
-                "tau": tau,
-                "tau_var": tau_var,
-                "w_norm": w_norm,
-                "n_labels": n_labels,
-                "agreement": (same_yes + across_no) / per_label,
-                "sensitivity": same_yes / np.maximum(same, 1),
-                "specificity": across_no / np.maximum(across, 1),
-                "mean_abs_llr": (n_yes * np.abs(w_yes) + (n_labels - n_yes) * np.abs(w_no)) / per_label,
-            },
-            index=pd.Index(pairs.workers, name="worker"),
-        )
+        table = worker_quality(pairs, self.labels_.to_numpy()).rename(columns={"labels": "n_labels"})
+        table.insert(0, "tau", tau)
+        table.insert(1, "tau_var", tau_var)
+        table.insert(2, "w_norm", w_norm)
+        return table
 
 
 class CoAssociationClustering(_Base):

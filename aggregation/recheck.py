@@ -30,40 +30,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from numba import njit
 
-from aggregation.consensus import flatten_roots
 from aggregation.design import ObservedDesign, observed_design
 from aggregation.followup import ANCHORS_PER_HIT, count_hits
-from aggregation.pairs import together_pairs, together_partners
+from aggregation.pairs import together_partners
+from aggregation.pieces import find_pieces
 
-__all__ = ["RECHECK_CONFIDENCE", "Recheck", "find_recheck", "linked_pieces"]
+__all__ = ["RECHECK_CONFIDENCE", "Recheck", "find_recheck"]
 
 RECHECK_CONFIDENCE = 0.5  # below it an image is shown again even inside its cluster's linked piece
-
-
-@njit(cache=True)
-def linked_pieces(a, b, labels):  # pragma: no cover - compiled
-    """Per item, its piece: the connected component of the pairs (a[t], b[t]) inside its cluster.
-
-    Union-find with path halving; a piece is named by its smallest item, so the result does not
-    depend on the order of the pairs.
-    """
-    n = labels.shape[0]
-    parent = np.arange(n)
-    for t in range(a.shape[0]):
-        if labels[a[t]] != labels[b[t]]:
-            continue
-        ri, rj = a[t], b[t]
-        while parent[ri] != ri:
-            parent[ri] = parent[parent[ri]]
-            ri = parent[ri]
-        while parent[rj] != rj:
-            parent[rj] = parent[parent[rj]]
-            rj = parent[rj]
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return flatten_roots(parent)
 
 
 @dataclass(frozen=True)
@@ -118,20 +93,13 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
     """The images of a fitted estimator whose place its `labels` (long format) do not vouch for."""
     pairs = model.pairs_
     clusters = model.labels_.to_numpy().astype(np.int64)  # in the pairs' item order (`_Base._finish`)
-    together = together_pairs(pairs, model.pair_graph_)
-    piece = linked_pieces(*together, clusters)
-    size = np.bincount(piece, minlength=len(clusters))
-    # Each cluster's largest piece; ties go to the piece of the smallest item (deterministic).
-    order = np.lexsort((piece, -size[piece], clusters))
-    first = np.r_[True, clusters[order][1:] != clusters[order][:-1]]
-    largest = np.empty(int(clusters.max()) + 1, dtype=np.int64)
-    largest[clusters[order][first]] = piece[order][first]
-    outside = piece != largest[clusters]
+    pieces = getattr(model, "pieces_", None) or find_pieces(pairs, clusters, model.pair_graph_)
+    outside = ~pieces.in_core
     confidence = model.confidence_.to_numpy()
     chosen = outside | (confidence < RECHECK_CONFIDENCE)
     table = pd.DataFrame(
         {"item": pairs.items[chosen], "cluster": clusters[chosen], "confidence": confidence[chosen]}
     ).sort_values(["cluster", "confidence", "item"], kind="mergesort", ignore_index=True)
     design = observed_design(pairs.n_items, pairs.n_assignments, len(labels), labels["task"].nunique())
-    partners = together_partners(pairs, together)
+    partners = together_partners(pairs, pieces.together)
     return Recheck(table, len(clusters), int(outside.sum()), design, pairs.n_assignments, partners)

@@ -106,15 +106,19 @@ def fit(model, crowd) -> tuple[float, float, int]:
     return time.perf_counter() - started, clustering_scores(clusters, crowd.truth)["ari"], model.n_clusters_
 
 
-def calibration_of(model, crowd) -> tuple[float, float, float, float]:
-    """Brier score and log loss of the model's conditional (every answer weighing 1) and of its
-    confidences (the answers resampled, `aggregation.confidence`): lower is better."""
+def calibration_of(model, crowd) -> tuple[float, ...]:
+    """Brier scores, then log losses, of the model's conditional (every answer weighing 1), of the
+    conditional averaged over resampled answers (`aggregation.confidence`) and of the confidences
+    (that, times the item's piece's share moved as a block, `aggregation.pieces`): lower is better."""
     pairs = model.pairs_
     labels = model.labels_.reindex(pairs.items).to_numpy()
-    conditional = pd.Series(item_confidence(pairs, labels, math.log(ALPHA), draws=0), index=pairs.items)
-    plain = confidence_scores(model.labels_, conditional, crowd.truth)
-    resampled = confidence_scores(model.labels_, model.confidence_, crowd.truth)
-    return plain["brier"], resampled["brier"], plain["log_loss"], resampled["log_loss"]
+    log_alpha, seed = math.log(ALPHA), model.random_state
+    conditional = pd.Series(item_confidence(pairs, labels, log_alpha, draws=0), index=pairs.items)
+    resampled = pd.Series(item_confidence(pairs, labels, log_alpha, seed=seed), index=pairs.items)
+    scores = [
+        confidence_scores(model.labels_, c, crowd.truth) for c in (conditional, resampled, model.confidence_)
+    ]
+    return tuple(score[name] for name in ("brier", "log_loss") for score in scores)
 
 
 def line(label: str, value: str, target: str = "") -> None:
@@ -237,11 +241,12 @@ def bench_shapes(seeds: list[int] | range = range(3)) -> None:
         oracle_line(bounds)
         partner_line(pd.concat(partners))
         medians = (statistics.median(column) for column in zip(*calibration, strict=True))
-        brier, resampled_brier, loss, resampled_loss = medians
+        brier, resampled_brier, final_brier, loss, resampled_loss, final_loss = medians
         line(
             "  confidence: Brier, log loss (median)",
-            f"{brier:.3f} -> {resampled_brier:.3f}, {loss:.3f} -> {resampled_loss:.3f}",
-            "conditional -> resampled",
+            f"{brier:.3f} -> {resampled_brier:.3f} -> {final_brier:.3f}, "
+            f"{loss:.3f} -> {resampled_loss:.3f} -> {final_loss:.3f}",
+            "conditional -> resampled -> x piece share",
         )
         line("  fit seconds (max)", f"{max(seconds):.1f}")
 

@@ -371,3 +371,24 @@ def test_an_unwritable_output_is_refused_before_the_fit_and_no_stale_camp_is_lef
     again = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--dissent-output", stale])
     assert again.returncode == 0 and not stale.exists(), again.stderr
     assert "not written (the file of an earlier run removed)" in again.stderr
+
+
+def test_the_workers_who_agree_no_better_than_chance_are_counted_and_listed_first(tmp_path):
+    """With 60% spammers the clusters were right (ARI 1.0) and nothing told the user which workers
+    to block: the two coins per worker lived only in the Python API."""
+    crowd = generate_crowd(300, 10, seed=0, spammer_share=0.6)
+    crowd.write_export(tmp_path / "e.tsv")
+    done = _run([tmp_path / "e.tsv", "-o", tmp_path / "c.csv", "--workers-output", tmp_path / "w.csv"])
+    assert done.returncode == 0, done.stderr
+    workers = pd.read_csv(tmp_path / "w.csv")
+    assert list(workers.columns[:7]) == [
+        "worker", "answers", "labels", "agreement", "sensitivity", "specificity", "informedness"
+    ]  # fmt: skip
+    kinds = workers["worker"].map(crowd.workers["type"])
+    flagged = workers["informedness"] < 0.2
+    assert set(kinds[flagged]) <= {"spammer", "colour", "splitter"} and kinds[~flagged].ne("spammer").all()
+    assert workers["informedness"].is_monotonic_increasing  # the ones to block first
+    line = next(line for line in done.stdout.splitlines() if line.startswith("workers"))
+    assert f"({int(flagged.sum())} of them agree with the clusters no better than chance" in line
+    answered = crowd.labels[["task", "worker"]].drop_duplicates()["worker"].value_counts()
+    assert workers.set_index("worker")["answers"].to_dict() == answered.to_dict()

@@ -323,8 +323,10 @@ def test_public_modules_declare_all():
         "metrics",
         "pairs",
         "partners",
+        "pieces",
         "splitting",
         "synthetic",
+        "workers",
     ):
         module = importlib.import_module(f"aggregation.{name}")
         assert module.__all__ and all(hasattr(module, item) for item in module.__all__)
@@ -336,3 +338,48 @@ def test_same_seed_same_confidences():
     a = CrowdClustering(random_state=1).fit(crowd.labels)
     b = CrowdClustering(random_state=1).fit(crowd.labels.sample(frac=1.0, random_state=3))
     np.testing.assert_array_equal(a.confidence_.to_numpy(), b.confidence_.to_numpy())
+
+
+def _two_styles_and_a_pair_nobody_compared(extra: list[tuple[str, str, str, int]]) -> pd.DataFrame:
+    """Styles A (a0-a5) and B (b0-b3) in clean HITs, plus `extra` rows; x0 and x1 are put together
+    by three workers in a HIT of their own."""
+    rows = []
+    for w in range(4):
+        rows += [("hit-ab", f"w{w}", f"a{i}", 1) for i in range(6)]
+        rows += [("hit-ab", f"w{w}", f"b{i}", 2) for i in range(4)]
+    rows += [("hit-x", f"w{w}", item, 1) for w in range(3) for item in ("x0", "x1")]
+    return pd.DataFrame(rows + extra, columns=["task", "worker", "item", "label"])
+
+
+def test_a_piece_only_the_prior_placed_is_not_certain():
+    """x0 and x1 agree with each other and met nobody else: the prior puts them in a cluster, and
+    their labels with each other made the conditional ~1 (a new user found such images at 1.000000).
+    Moved as a block, the pair goes to A or B by the Ewens weights of joining 2 images: 6 * 7 for
+    A against 4 * 5 for B and 1 for a new cluster of its own."""
+    model = CrowdClustering(random_state=0, embedding_max_items=0).fit(
+        _two_styles_and_a_pair_nobody_compared([])
+    )
+    clusters, confidence = model.labels_, model.confidence_
+    assert clusters["x0"] == clusters["x1"] == clusters["a0"] and clusters["b0"] != clusters["a0"]
+    share = 42 / (42 + 20 + 1)
+    assert confidence[["x0", "x1"]].to_numpy() == pytest.approx([share, share], abs=0.02)
+    assert (confidence.drop(["x0", "x1"]) > 0.99).all()  # the cores: every label vouches for them
+    pieces = model.pieces_
+    index = {item: k for k, item in enumerate(model.pairs_.items)}
+    assert not pieces.in_core[index["x0"]] and pieces.in_core[index["a0"]]
+
+
+def test_a_piece_that_its_labels_rule_out_elsewhere_keeps_its_cluster():
+    """The same pair, shown with B's images and set apart from them by every worker: B is ruled out,
+    and A (never compared) is all that is left besides a cluster of its own."""
+    apart = [
+        (f"hit-xb{k}", f"v{w}", item, group)
+        for k in range(2)
+        for w in range(5)
+        for item, group in [("x0", 1), ("x1", 1), ("b0", 2), ("b1", 2), ("b2", 2)]
+    ]
+    model = CrowdClustering(random_state=0, embedding_max_items=0).fit(
+        _two_styles_and_a_pair_nobody_compared(apart)
+    )
+    assert model.labels_["x0"] == model.labels_["a0"]
+    assert (model.confidence_[["x0", "x1"]] > 0.9).all()

@@ -14,7 +14,7 @@ from aggregation import (
     followup_crowd,
     generate_crowd,
 )
-from aggregation.recheck import linked_pieces
+from aggregation.pieces import linked_pieces
 
 
 def _pieces(a, b, labels):

@@ -27,6 +27,9 @@ SATURATION_WARNING = 0.25
 # A camp of workers agreeing on another grouping is printed whenever found (`aggregation.dissent`);
 # from this share of the labels it is a warning: the crowd is split, not a few workers astray.
 DISSENT_WARNING = 0.25
+# Below this informedness (sensitivity + specificity - 1) a worker agrees with the clusters little
+# better than chance: a spammer scores about 0, a colour-sorting worker too, a careful one about 0.9.
+UNINFORMED = 0.2
 
 EXIT_BAD_INPUT = 2
 # The model's kernels take the seed as an unsigned 64-bit integer: a larger one fails inside numba.
@@ -144,6 +147,13 @@ def aggregate(
         Path | None,
         typer.Option(help="Write the worker ids of that camp (one column, worker)."),
     ] = None,
+    workers_output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write each worker's agreement with the clusters (worker, answers, labels, agreement, "
+            "sensitivity, specificity, informedness, ...), least informed first: the workers to block."
+        ),
+    ] = None,
     recheck_output: Annotated[
         Path | None,
         typer.Option(
@@ -158,7 +168,7 @@ def aggregate(
     if not 0 <= seed <= MAX_SEED:
         # Checked here rather than with typer's min/max: one `error:` line like every other bad input.
         _fail(f"--seed {seed}: must be from 0 to 2**64 - 1")
-    _check_writable([output, dissent_output, dissent_workers, recheck_output])
+    _check_writable([output, dissent_output, dissent_workers, recheck_output, workers_output])
     from aggregation.startup import lean_imports
 
     lean_imports()  # pandas and numba without pyarrow, scipy.linalg and cffi (a third of the start-up)
@@ -175,6 +185,7 @@ def aggregate(
     )
     from aggregation.pairs import group_use
     from aggregation.recheck import find_recheck
+    from aggregation.workers import worker_quality
 
     labels, problems = _read_exports(exports, lenient, read_export, ExportFormatError)
     truth_series = _read_truth(truth) if truth is not None else None
@@ -215,6 +226,10 @@ def aggregate(
     alone = int((partners == 0).sum())
     use = group_use(labels, clusters)
     singles, doubtful = single_item_clusters(clusters), doubtful_clusters(clusters, model.confidence_)
+    quality = worker_quality(model.pairs_, clusters.to_numpy(), answers=workers_output is not None)
+    uninformed = int((quality["informedness"] < UNINFORMED).sum())
+    if workers_output is not None:
+        _write_workers(quality, dissent, workers_output)
     notes = [f"{singles:,} of them a single item"] if singles else []
     notes += [f"{doubtful:,} of several items with a mean confidence below 0.5"] if doubtful else []
     if recheck_output is not None:
@@ -226,7 +241,13 @@ def aggregate(
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size:,}",
-        f"workers     {model.pairs_.n_workers:,}",
+        f"workers     {model.pairs_.n_workers:,}"
+        + (
+            f" ({uninformed:,} of them agree with the clusters no better than chance: informedness "
+            f"< {UNINFORMED}{'' if workers_output else '; --workers-output lists them'})"
+            if uninformed
+            else ""
+        ),
         f"labels      {model.pairs_.n_labels:,} pairwise",
         f"assignments {model.pairs_.n_assignments:,} ({len(labels):,} item labels)",
         f"clusters    {model.n_clusters_:,}" + (f" ({'; '.join(notes)})" if notes else ""),
@@ -323,6 +344,19 @@ def _write_dissent(dissent, grouping: Path | None, workers: Path | None) -> None
         write_camp(dissent.clusters, dissent.workers, grouping, workers)
     except OSError as exc:
         _fail(f"cannot write the dissent: {exc}")
+
+
+def _write_workers(quality, dissent, path: Path) -> None:
+    """The workers' table, least informed first (ties by worker id), with the dissenting camp marked."""
+    table = quality.reset_index()
+    if dissent is not None:
+        table["dissenting_camp"] = table["worker"].isin(set(dissent.workers))
+    table = table.sort_values(["informedness", "worker"], kind="mergesort")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False, float_format="%.6f")
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc}")
 
 
 def _design_advice(pairs, labels, mean_partners: float) -> str:

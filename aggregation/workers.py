@@ -1,0 +1,49 @@
+"""How each worker's answers agree with the clusters: the list a requester blocks spammers from.
+
+The clusters are fitted with every worker weighed by two coins, P("same" | one cluster) and
+P("different" | two clusters), so a worker who answers at random ends with no say in them, and
+nothing else tells the requester who that was. `worker_quality` gives the coins per worker and
+their *informedness*, sensitivity + specificity - 1: 1 for a worker who agrees with the clusters
+on every pair, about 0 for one who groups at random (or by something else, such as colour), below 0
+for one who groups against them. A worker with few labels has noisy coins; `labels` says how many.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from aggregation.consensus import coin_counts, coin_weights
+from aggregation.pairs import PairLabels
+
+__all__ = ["worker_quality"]
+
+
+def worker_quality(pairs: PairLabels, clusters: np.ndarray, answers: bool = False) -> pd.DataFrame:
+    """Per worker (indexed by worker id, in the pairs' order): labels, agreement with `clusters` (one
+    id per item, the pairs' order), sensitivity, specificity, informedness, mean |llr| of a label
+    under the two coins; with `answers`, also how many answers (HITs) each gave."""
+    clusters = np.asarray(clusters, dtype=np.int64)
+    counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, clusters, pairs.n_workers)
+    same_yes, same, across_no, across = counts.T
+    w_yes, w_no = coin_weights(counts)
+    n_labels = np.diff(pairs.worker_ptr)
+    n_yes = same_yes + across - across_no
+    per_label = np.maximum(n_labels, 1)
+    sensitivity = same_yes / np.maximum(same, 1)
+    specificity = across_no / np.maximum(across, 1)
+    table = pd.DataFrame(
+        {
+            "labels": n_labels,
+            "agreement": (same_yes + across_no) / per_label,
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "informedness": sensitivity + specificity - 1.0,
+            "mean_abs_llr": (n_yes * np.abs(w_yes) + (n_labels - n_yes) * np.abs(w_no)) / per_label,
+        },
+        index=pd.Index(pairs.workers, name="worker"),
+    )
+    if answers:  # one answer per (task, worker) that gave labels; one pass, no per-label strings
+        key = np.unique(pairs.task.astype(np.int64) * pairs.n_workers + pairs.worker)
+        table.insert(0, "answers", np.bincount(key % pairs.n_workers, minlength=pairs.n_workers))
+    return table
