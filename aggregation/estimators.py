@@ -29,9 +29,9 @@ from aggregation.confidence import item_confidence
 from aggregation.consensus import (
     ALPHA,
     PairGraph,
+    _coin_weights,
     absorb_thin,
     search,
-    worker_llr,
 )
 from aggregation.linkage import agglomerate
 from aggregation.mixture import dp_mixture
@@ -198,8 +198,7 @@ class _Base:
         # cluster's core): a piece that only the prior placed is not certain because its images
         # agree with one another (`aggregation.pieces`).
         pieces = find_pieces(pairs, labels, graph)
-        llr = worker_llr(pairs, labels)
-        shares = piece_shares(pairs, labels, pieces, llr, math.log(ALPHA))
+        shares = piece_shares(pairs, labels, pieces, math.log(ALPHA), _coin_weights(pairs, labels, 10.0))
         confidence = item_confidence(pairs, labels, math.log(ALPHA), seed=seed) * shares
         self.labels_ = ordered_clusters(pairs.items, labels)
         self.pieces_ = (

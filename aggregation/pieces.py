@@ -83,63 +83,71 @@ def find_pieces(pairs: PairLabels, clusters: np.ndarray, graph: PairGraph | None
 
 
 @njit(cache=True, nogil=True)
-def _shares(ptr, target, evidence, piece_size, piece_cluster, size, log_alpha):  # pragma: no cover
-    """Per piece p, the share of its own cluster when it moves as a block (the module's formula).
+def _shares(
+    members_ptr, members, item_ptr, item_lab, a, b, worker, label, w_yes, w_no, piece, clusters, size,
+    log_alpha,
+):  # pragma: no cover - compiled  # fmt: skip
+    """Per loose piece p (its items: members[members_ptr[p]:members_ptr[p+1]]), the share of its own
+    cluster when it moves as a block (the module's formula).
 
-    Piece p's evidence with cluster target[e] is evidence[e] for e in ptr[p]..ptr[p+1]-1 (other
-    clusters: 0). Every cluster is a candidate, so a piece costs K; pieces outside a core are few.
+    The piece's evidence with each cluster is summed over its items' labels with items outside it,
+    through the labels-by-item index: no array of one entry per label. Every cluster is a candidate,
+    so a piece costs its labels plus K.
     """
-    n_pieces, k_max = piece_size.shape[0], size.shape[0]
+    n_pieces, k_max = members_ptr.shape[0] - 1, size.shape[0]
     out = np.empty(n_pieces)
     s = np.zeros(k_max)
     log_w = np.empty(k_max)
     for p in range(n_pieces):
-        for e in range(ptr[p], ptr[p + 1]):
-            s[target[e]] += evidence[e]
-        m, own = piece_size[p], piece_cluster[p]
+        first = members[members_ptr[p]]
+        m, own = members_ptr[p + 1] - members_ptr[p], clusters[first]
+        for idx in range(members_ptr[p], members_ptr[p + 1]):
+            i = members[idx]
+            for q in range(item_ptr[i], item_ptr[i + 1]):
+                t = item_lab[q]
+                other = b[t] if a[t] == i else a[t]
+                if piece[other] != piece[i]:
+                    s[clusters[other]] += w_yes[worker[t]] if label[t] > 0 else w_no[worker[t]]
         new = log_alpha + math.lgamma(m)
         top = new
         for k in range(k_max):
             n = size[k] - (m if k == own else 0)
             log_w[k] = s[k] + math.lgamma(n + m) - math.lgamma(n) if n > 0 else -np.inf
             top = max(top, log_w[k])
+            s[k] = 0.0
         total = math.exp(new - top)
         for k in range(k_max):
             total += math.exp(log_w[k] - top)
         out[p] = math.exp(log_w[own] - top) / total
-        for e in range(ptr[p], ptr[p + 1]):
-            s[target[e]] = 0.0
     return out
 
 
 def piece_shares(
-    pairs: PairLabels, clusters: np.ndarray, pieces: Pieces, llr: np.ndarray, log_alpha: float
+    pairs: PairLabels,
+    clusters: np.ndarray,
+    pieces: Pieces,
+    log_alpha: float,
+    coins: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """Per item, the share of its cluster for its piece moved as a block (1 in a core).
 
-    `llr`: each label's evidence for "same" under its worker's two coins (`consensus.worker_llr`).
+    `coins`: each worker's evidence of a "same" and of a "different" label (`consensus.coin_weights`).
     """
     clusters = np.asarray(clusters, dtype=np.int64)
     shares = np.ones(len(clusters))
     # A piece of one item moved as a block is the item's own conditional, already its confidence.
-    size = np.bincount(pieces.piece, minlength=len(clusters))
-    loose = ~pieces.in_core & (size[pieces.piece] > 1)
+    piece_size = np.bincount(pieces.piece, minlength=len(clusters))
+    loose = ~pieces.in_core & (piece_size[pieces.piece] > 1)
     if not loose.any():
         return shares
-    piece, a, b = pieces.piece, pairs.a, pairs.b
-    across = piece[a] != piece[b]  # a piece's labels with items outside it
-    ends = [(a, b, across & loose[a]), (b, a, across & loose[b])]
-    source = np.concatenate([piece[this[keep]] for this, _, keep in ends])
-    target = np.concatenate([clusters[other[keep]] for _, other, keep in ends])
-    evidence = np.concatenate([llr[keep] for _, _, keep in ends])
-    names, index = np.unique(piece[loose], return_inverse=True)  # the loose pieces, by name
-    slot = np.full(len(clusters), -1, dtype=np.int64)
-    slot[names] = np.arange(len(names))
-    order = np.argsort(slot[source], kind="stable")  # each piece's labels together, in label order
-    ptr = np.searchsorted(slot[source][order], np.arange(len(names) + 1))
-    cluster_size = np.bincount(clusters, minlength=int(clusters.max()) + 1)
+    items = np.flatnonzero(loose)
+    order = np.argsort(pieces.piece[items], kind="stable")  # each piece's items together
+    members = items[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(pieces.piece[members]) != 0])
+    members_ptr = np.r_[starts, len(members)].astype(np.int64)
     by_piece = _shares(
-        ptr, target[order], evidence[order], np.bincount(index), clusters[names], cluster_size, log_alpha
-    )
-    shares[loose] = by_piece[index]
+        members_ptr, members, pairs.item_ptr, pairs.item_lab, pairs.a, pairs.b, pairs.worker, pairs.label,
+        *coins, pieces.piece, clusters, np.bincount(clusters), log_alpha,
+    )  # fmt: skip
+    shares[members] = np.repeat(by_piece, np.diff(members_ptr))
     return shares

@@ -85,6 +85,8 @@ class Recheck:
         )
         if not self.fills_a_hit:
             return f"{line}; too few to fill a HIT of {self.design.hit_size:.0f}"
+        if not self.partners.any():  # anchors tie pieces to clusters only if the workers join images
+            return f"{line}; no round would help: most workers put no two images together"
         more = f"~{self.round_answers:,} answers (+{self.round_answers / self.answered:.0%})"
         return f"{line}; a round of them with {ANCHORS_PER_HIT} anchors per HIT, same design: {more}"
 

@@ -5,7 +5,8 @@ P("different" | two clusters), so a worker who answers at random ends with no sa
 nothing else tells the requester who that was. `worker_quality` gives the coins per worker and
 their *informedness*, sensitivity + specificity - 1: 1 for a worker who agrees with the clusters
 on every pair, about 0 for one who groups at random (or by something else, such as colour), below 0
-for one who groups against them. A worker with few labels has noisy coins; `labels` says how many.
+for one who groups against them; undefined (NaN) for a worker who saw no pair inside one cluster or
+none across two. A worker with few labels has noisy coins; `labels` says how many.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def worker_quality(pairs: PairLabels, clusters: np.ndarray, answers: bool = Fals
     n_labels = np.diff(pairs.worker_ptr)
     n_yes = same_yes + across - across_no
     per_label = np.maximum(n_labels, 1)
-    sensitivity = same_yes / np.maximum(same, 1)
-    specificity = across_no / np.maximum(across, 1)
+    # Undefined (NaN) for a worker who saw no pair of one cluster, or none of two: with one cluster
+    # (or only singletons) nobody can be told from a random worker.
+    sensitivity = np.where(same > 0, same_yes / np.maximum(same, 1), np.nan)
+    specificity = np.where(across > 0, across_no / np.maximum(across, 1), np.nan)
     table = pd.DataFrame(
         {
             "labels": n_labels,

@@ -238,6 +238,7 @@ def test_images_of_no_shared_style_get_one_cluster_each_and_no_design_advice(tmp
         "as if every image were a style of its own" in done.stderr and "No design changes that" in done.stderr
     )
     assert "x the answers of this run" not in done.stderr
+    assert "no round would help: most workers put no two images together" in done.stdout
 
 
 def test_answers_that_ran_out_of_groups_are_reported(tmp_path, export):
@@ -392,3 +393,19 @@ def test_the_workers_who_agree_no_better_than_chance_are_counted_and_listed_firs
     assert f"({int(flagged.sum())} of them agree with the clusters no better than chance" in line
     answered = crowd.labels[["task", "worker"]].drop_duplicates()["worker"].value_counts()
     assert workers.set_index("worker")["answers"].to_dict() == answered.to_dict()
+
+
+def test_answers_of_one_group_each_are_warned_about_and_no_worker_is_blamed(tmp_path, export):
+    """Every answer put all its images in one group: one cluster and no word said; and with one
+    cluster every worker scored informedness 0, 'no better than chance'."""
+    frame = pd.read_csv(export / "export.tsv", sep="\t", dtype=str)
+    frame["OUTPUT:result"] = frame["INPUT:images"].map(
+        lambda cell: ",".join(['{"group":1}'] * (cell.count(",") + 1))
+    )
+    frame.to_csv(tmp_path / "one.tsv", sep="\t", index=False)
+    done = _run([tmp_path / "one.tsv", "-o", tmp_path / "c.csv", "--workers-output", tmp_path / "w.csv"])
+    assert done.returncode == 0, done.stderr
+    assert "warning: every answer put all its images in one group" in done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("workers"))
+    assert line.split() == ["workers", str(frame["ASSIGNMENT:worker_id"].nunique())]
+    assert pd.read_csv(tmp_path / "w.csv")["informedness"].isna().all()

@@ -220,7 +220,7 @@ def aggregate(
 
     # The baseline's clusters are not checked: the camp's grouping is the model's.
     dissent = find_dissent(model, labels) if method is Method.gomes else None
-    _write_dissent(dissent, dissent_output, dissent_workers)
+    _write_dissent(dissent, dissent_output, dissent_workers, checked=method is Method.gomes)
     recheck = find_recheck(model, labels)
     partners = recheck.partners
     alone = int((partners == 0).sum())
@@ -273,6 +273,13 @@ def aggregate(
             f"warning: {alone:,} of {clusters.size:,} images ({alone / clusters.size:.0%}) were grouped "
             "with no other image by most workers who saw them: the labels cannot place them and the "
             f"clusters are unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
+            file=sys.stderr,
+        )
+    if use.most == 1 and clusters.size > 1:
+        print(
+            "warning: every answer put all its images in one group, so the labels cannot tell any two "
+            "images apart and all are one cluster: check that the task's interface records the groups "
+            "and that the instructions ask for several",
             file=sys.stderr,
         )
     if use.saturated > SATURATION_WARNING:
@@ -328,7 +335,7 @@ def _dissent_line(dissent, method: Method) -> str:
     return "none: no camp of workers agrees on another grouping" if dissent is None else dissent.summary()
 
 
-def _write_dissent(dissent, grouping: Path | None, workers: Path | None) -> None:
+def _write_dissent(dissent, grouping: Path | None, workers: Path | None, checked: bool = True) -> None:
     """Write the camp's grouping and worker ids where asked; with no camp, say so and write nothing."""
     from aggregation.dissent import write_camp
 
@@ -338,7 +345,8 @@ def _write_dissent(dissent, grouping: Path | None, workers: Path | None) -> None
                 earlier = path.is_file()
                 path.unlink(missing_ok=True)  # an earlier run's camp must not pass for this one's
                 removed = " (the file of an earlier run removed)" if earlier else ""
-                print(f"no dissenting camp: {path} not written{removed}", file=sys.stderr)
+                why = "no dissenting camp" if checked else "the baseline does not look for a dissenting camp"
+                print(f"{why}: {path} not written{removed}", file=sys.stderr)
         return
     try:
         write_camp(dissent.clusters, dissent.workers, grouping, workers)
