@@ -673,6 +673,11 @@ class RunRegistry:
                     f"{dict(list(result.validation_errors.items())[:3])}"
                 )
             log.info("uploaded %d suites to pool %s (%s)", len(missing), pool_id, role)
+            # A pool that had completed (a finished run whose plan grew: more HITs per image) would
+            # otherwise keep its new HITs unanswered, and the run would report their coverage.
+            if is_completed(self.client.get_pool(pool_id)):
+                self.client.open_pool(pool_id)
+                log.info("pool %s had completed: reopened for its %d new suites", pool_id, len(missing))
         return len(suites)
 
     def ensure_tasks(self, role: str, pool_id: str, tasks: list[dict[str, Any]]) -> int:

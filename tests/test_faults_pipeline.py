@@ -225,6 +225,40 @@ def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it
     assert _objects(emu, "faults-starved")["suites"][main.id] == 9  # nothing was uploaded
 
 
+def test_more_hits_per_image_on_a_finished_run_are_answered_and_only_they_are_paid(
+    prefect_harness, emu, config
+):
+    """30 images in HITs of 10: 4 HITs per image extend the plan of 3 by 3 HITs. Before, they went
+    into the completed pool and nobody answered them; the run exported the old answers, reused the
+    old clusters and reported the new plan's coverage (a new user's try-out, at 80 and 2,500 images)."""
+    from flows.pipeline import crowdclust_pipeline
+
+    key = "faults-more-hits"
+    from tasks.toloka_api import RunRegistry
+
+    def main_spent() -> float:
+        return RunRegistry(_client(emu), key).spent(lambda role: role == "main-pool")
+
+    first = crowdclust_pipeline(_params(config, key))
+    pool, before = _objects(emu, key)["pools"]["main-pool"], main_spent()
+    assert first.aggregation.n_hits == 9 and str(pool.status.value) == "CLOSED"
+    more = crowdclust_pipeline(_params(config, key, hits={"hits_per_item": 4}))
+    after = _objects(emu, key)
+    _one_of_each(after, planned_hits=12)
+    assert after["pools"]["main-pool"].id == pool.id
+    answered = [
+        a
+        for a in _client(emu).get_assignments(pool_id=pool.id)
+        if a.status.value in ("SUBMITTED", "ACCEPTED")
+    ]
+    assert len(answered) == 12 * 3 and more.aggregation.n_hits == 12, (len(answered), more.aggregation)
+    # The main pool was paid for the 9 new answers only (the exam pool, reopened for gating, may
+    # fill seats the first run left, within the estimate); the run says what it added.
+    per_answer = before / (9 * 3)  # the reward and the platform's fee
+    assert main_spent() - before == pytest.approx(3 * 3 * per_answer, abs=0.001)
+    assert more.cost.added == pytest.approx(_spent(emu, key) - first.cost.by_run_key, abs=0.001)
+
+
 def _until_the_main_pool_opens(emu: Any, key: str, process: subprocess.Popen[str]) -> None:
     """Wait (5 min at most) for run `key`'s main pool to open, while `process` (the run) lives."""
     deadline = time.monotonic() + 300
