@@ -278,7 +278,30 @@ def open_all(client: TolokaClient, openings: Iterable[Opening]) -> None:
         else:
             pool = client.get_pool(item.id)
             if status_of(pool) != "OPEN" and not is_completed(pool):
+                _renew_lifetime(client, pool)
                 client.open_pool(item.id)
+
+
+def _renew_lifetime(client: TolokaClient, pool: Pool) -> None:
+    """A pool about to reopen whose `will_expire` has passed (or is within an hour) runs another
+    POOL_LIFETIME: opened as it was, it closed EXPIRED at once, and a run whose pool expired a few
+    answers short (interrupted, then resumed) could never finish, however often it was resumed,
+    with everything it had bought unusable."""
+    if pool.will_expire is None:
+        return
+    now, expires = platform_now(client), pool.will_expire  # toloka-kit reads it back with a time zone
+    if expires.tzinfo is not None:
+        expires = expires.astimezone(UTC).replace(tzinfo=None)
+    if expires > now + timedelta(hours=1):
+        return
+    pool.will_expire = now + POOL_LIFETIME
+    client.update_pool(pool.id, pool)
+    log.warning(
+        "pool %s %s with its work unfinished: it reopens until %s (platform time)",
+        pool.id,
+        "had expired" if close_reason(pool) == "EXPIRED" else "was about to expire",
+        pool.will_expire.isoformat(timespec="minutes"),
+    )
 
 
 def close_all(client: TolokaClient, openings: Iterable[Opening]) -> None:

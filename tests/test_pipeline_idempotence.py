@@ -126,3 +126,31 @@ def test_pools_expire_a_week_after_the_platforms_now_not_the_local_clock(emulato
         client.open_pool(ids.main_pool)
         emu.advance(3600)
         assert client.get_pool(ids.main_pool).status.value == "OPEN"
+
+
+def test_an_expired_pool_gets_a_new_lifetime_before_it_reopens(demo):
+    """A run resumed after its main pool expired a few answers short failed with `PoolStopped:
+    pool P is CLOSED (reason: EXPIRED)` on every resume: opened as it was, the pool expired again at
+    once, and everything the run had paid for was stranded (a new user's try-out, 2,500 images)."""
+    from datetime import UTC, timedelta
+
+    from tasks.toloka_api import POOL_LIFETIME, Opening, open_all, platform_now
+    from tasks.wait import wait_for_pool
+
+    params, client, bundle = demo
+    registry = RunRegistry(client, "idem-expired")
+    ids = setup.setup_labelling(registry, bundle, Placeholders.of(params), "Idempotence")
+    registry.ensure_suites("main-suites", ids.main_pool, suites_of([["https://x/1.png", "https://x/2.png"]]))
+    pool = client.get_pool(ids.main_pool)
+    pool.will_expire = platform_now(client) + timedelta(seconds=30)  # 0.05 s at the emulator's 600x
+    client.update_pool(ids.main_pool, pool)
+    client.open_pool(ids.main_pool)
+    with pytest.raises(RuntimeError, match=r"is CLOSED \(reason: EXPIRED\) before completion"):
+        wait_for_pool(client, ids.main_pool, period=0.2, timeout=30)
+
+    open_all(client, [Opening("pool", ids.main_pool)])
+    reopened = client.get_pool(ids.main_pool)
+    assert reopened.status.value == "OPEN"
+    expires = reopened.will_expire.astimezone(UTC).replace(tzinfo=None)
+    assert expires >= platform_now(client) + POOL_LIFETIME - timedelta(hours=1)
+    client.close_pool(ids.main_pool)
