@@ -57,9 +57,10 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
             evaluated = evaluate_clusters(params, skill_id=labelled.ids.skill)
 
     estimate = CostEstimate.of_rounds(labelled, second)
-    spent_after = budget.spent_by_run_key_task(params.toloka, labelled.run_key)
+    charges = budget.pool_charges_task(params.toloka, labelled.run_key)  # read now, late ones included
+    spent_after = round(sum(value or 0.0 for value in charges.values()), 4)
     cost = Cost(
-        spent=budget.spent(params, labelled, evaluated, second),
+        spent=budget.spent(params, labelled, evaluated, second, charges),
         estimate=estimate,
         by_run_key=spent_after,
         added=round(max(0.0, spent_after - spent_before), 4),

@@ -122,6 +122,14 @@ def check_budget_task(
     return before
 
 
+@stage_task(name="pool-charges", toloka=True, cache=False)
+def pool_charges_task(target: TolokaTarget, run_key: str) -> dict[str, float | None]:
+    """Pool id -> what Toloka has charged for it, for every pool of the run key, read now. Never
+    cached: a run's cost is read at its end, charges that came in since its stages ran included
+    (exam answers left unreviewed are accepted, and charged, days later)."""
+    return RunRegistry.connect(target, run_key).charges()
+
+
 @stage_task(name="spent-by-run-key", toloka=True, cache=False)
 def spent_by_run_key_task(target: TolokaTarget, run_key: str) -> float:
     """What Toloka charged for every pool of the run key, those of earlier settings included.
@@ -219,21 +227,32 @@ def spent(
     labelled: Labelled | None,
     evaluated: Evaluation | None,
     second: Labelled | None = None,
+    charges: dict[str, float | None] | None = None,
 ) -> float:
-    """Money paid: Toloka's `spent_budget` per pool, or accepted assignments x reward x (1 + fee).
+    """Money paid for the pools behind a result: Toloka's charge per pool as read now (`charges`,
+    from `pool_charges_task`), else as its stage read it, else accepted assignments x reward x (1 + fee).
 
     `labelled` is None when this run labelled nothing (an unchanged catalogue). A `second` round
     adds its main pool. The exam pool is shared: Toloka's figure for it is the total so far, read
     last by the last wait; without it, each wait counted the exams it accepted.
     """
+    now = charges or {}
     fee = 1.0 + params.budget.fee_rate
+
+    def charged(pool_id: str, read: float | None, estimate: float) -> float:
+        return next(v for v in (now.get(pool_id), read, estimate) if v is not None)
+
     parts: list[float] = []
     rounds = [r for r in (labelled, second) if r is not None]
     for one in rounds:
-        parts.append(one.wait.spent_main or one.n_assignments * params.hits.reward * fee)
+        parts.append(
+            charged(one.ids.main_pool, one.wait.spent_main, one.n_assignments * params.hits.reward * fee)
+        )
     if rounds:
         accepted = sum(one.wait.exams.accepted for one in rounds)
-        parts.append(rounds[-1].wait.spent_exam or accepted * params.exam.reward * fee)
+        last = rounds[-1]
+        parts.append(charged(last.ids.exam_pool, last.wait.spent_exam, accepted * params.exam.reward * fee))
     if evaluated is not None:
-        parts.append(evaluated.spent or evaluated.n_assignments * params.intruders.reward * fee)
+        pool = evaluated.ids.pool if evaluated.ids is not None else ""
+        parts.append(charged(pool, evaluated.spent, evaluated.n_assignments * params.intruders.reward * fee))
     return round(sum(parts), 4)

@@ -728,12 +728,15 @@ class RunRegistry:
 
     def spent(self, include: Callable[[str], bool] = lambda role: True) -> float:
         """What Toloka charged so far for the run's pools whose role passes `include`, USD."""
+        return round(sum(v or 0.0 for v in self.charges(include).values()), 4)
+
+    def charges(self, include: Callable[[str], bool] = lambda role: True) -> dict[str, float | None]:
+        """Pool id -> what Toloka charged for it so far (None where analytics did not answer)."""
         pools = [pool for role, pool in sorted(self.pools().items()) if include(role)]
-        if not pools:
-            return 0.0
         requests = [SpentBudgetPoolAnalytics(subject_id=p.id) for p in pools]
         batches = [requests[i : i + ANALYTICS_BATCH] for i in range(0, len(requests), ANALYTICS_BATCH)]
-        return round(sum(v or 0.0 for batch in batches for v in _analytics(self.client, batch)), 4)
+        values = [v for batch in batches for v in _analytics(self.client, batch)]
+        return {str(pool.id): value for pool, value in zip(pools, values, strict=True)}
 
     def verify(self, owned: Iterable[Owned]) -> None:
         """Check every cached id against the platform: it exists and carries this run's tag.

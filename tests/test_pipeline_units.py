@@ -798,6 +798,10 @@ def test_spent_counts_both_rounds_main_pools_and_the_shared_exams_once():
     blind = labelled(None, None, 30, 140), labelled(None, None, 5, 35)
     expected = (140 + 35) * params.hits.reward * fee + (30 + 5) * params.exam.reward * fee
     assert budget.spent(params, blind[0], None, blind[1]) == pytest.approx(expected)
+    # Charges read at the run's end win over those its stages read: exams left unreviewed were
+    # accepted (and charged) after the run, and counted as 'pools of earlier settings'.
+    assert budget.spent(params, first, None, charges={"pool": 10.4, "e": 3.2}) == pytest.approx(13.6)
+    assert budget.spent(params, first, None, charges={"pool": None, "other": 9.0}) == 10.0 + 3.0
 
 
 def test_a_wait_that_timed_out_says_how_far_its_pool_got():
