@@ -215,6 +215,11 @@ class AggregationInfo:
         """The aggregation in a sentence, for the logs (the camp and the recheck list follow it)."""
         # 0 or None: no embedding was fitted (the baseline; catalogues above `embedding_max_items`).
         fit = f"; the embedding took {self.n_iter} iterations" if self.n_iter else ""
+        if not self.n_iter and self.method == "gomes":  # said, or a user misses embedding.csv and n_dims
+            fit = (
+                "; no embedding fitted (above the size it is fitted for, 3,000 images by default: the "
+                "clusters do not come from it, aggregation.n_dims has no effect, no embedding.csv is written)"
+            )
         answers = f"{self.n_assignments:,} answers to {self.n_hits:,} HITs by {self.n_workers:,} workers"
         if self.n_pairwise_labels is None:  # a result saved before the field existed
             labels = f"{self.n_labels:,} item labels ({answers})"

@@ -411,7 +411,14 @@ def test_the_log_lines_of_the_stages_read_as_sentences():
     large = AggregationInfo(
         "gomes", 31_500_000, 700_000, 4_900_000, 40_000, 60, 0, None, n_pairwise_labels=220_500_000
     )
-    assert large.describe().endswith("by 40,000 workers, 31,500,000 item labels)")  # no embedding fitted
+    # No embedding fitted above 3,000 images: said, or a user misses embedding.csv and n_dims' effect.
+    assert large.describe().endswith(
+        "by 40,000 workers, 31,500,000 item labels); no embedding fitted (above the size it is fitted for, "
+        "3,000 images by default: the clusters do not come from it, aggregation.n_dims has no effect, no "
+        "embedding.csv is written)"
+    )
+    baseline = AggregationInfo("coassociation", 28_000, 400, 2_800, 53, 10, None, None)
+    assert baseline.describe().endswith("by 53 workers)")  # the baseline has no embedding to speak of
     saved_before = AggregationInfo("gomes", 28_000, 400, 2_800, 53, 10, 26, -1.5)  # a cached result
     assert saved_before.describe().startswith("gomes: 10 clusters from 28,000 item labels (2,800 answers")
     assert CostEstimate(72.8, 3.9, 13).describe() == "main $72.80, exam $3.90, intruders $13.00, total $89.70"
