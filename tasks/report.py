@@ -5,11 +5,13 @@ Only public facts go here: ids, counts, metrics, costs, image URLs. Never the to
 
 from __future__ import annotations
 
+import base64
 import html
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -106,6 +108,18 @@ def _figure(item: str, sources: dict[str, str], caption: str) -> str:
     return f"<figure>{image}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+def _embedded(chart: Path) -> str | None:
+    """The chart as a data URI, so that a copied or mailed report.html keeps it as it keeps the
+    thumbnails (a link to intruders.png broke once the page left the run folder)."""
+    try:
+        return "data:image/png;base64," + base64.b64encode(Path(chart).read_bytes()).decode("ascii")
+    except OSError:
+        return None
+
+
+SURE = 0.99  # least certain items at or above it are not shown: none of them is worth a second look
+
+
 def _least_certain(
     uncertain: pd.DataFrame, confidence: pd.Series, means: pd.Series, sources: dict[str, str]
 ) -> list[str]:
@@ -118,12 +132,15 @@ def _least_certain(
     parts = [
         "<h2>Least certain items</h2>",
         f"<p>{below} of {len(confidence)} items have a confidence below 0.5 (the probability of their "
-        "cluster under the fitted model, averaged over resamplings of the answers). The least certain "
-        "items of each cluster are the ones to send back to the crowd. A cluster whose mean confidence "
-        "is low holds images that the answers place in several ways, such as images between two "
-        "styles.</p>",
+        "cluster under the fitted model, averaged over resamplings of the answers, times the share of "
+        "the images linked with them). The least certain items of each cluster are the ones to send "
+        "back to the crowd. A cluster whose mean confidence is low holds images that the answers place "
+        "in several ways, such as images between two styles.</p>",
     ]
-    for cluster, rows in uncertain.groupby("cluster", sort=True):  # one row per cluster
+    doubtful = uncertain[uncertain["confidence"] < SURE]  # a gallery of images at 1.00 says nothing
+    if doubtful.empty:
+        parts.append(f"<p>Every image's confidence is {SURE} or more: none to send back.</p>")
+    for cluster, rows in doubtful.groupby("cluster", sort=True):  # one row per cluster
         label = f"cluster {html.escape(str(cluster))}<br>mean&nbsp;{means[cluster]:.2f}"
         parts.append(f"<div class='g'><figure class='label'>{label}</figure>")
         parts += [_figure(str(r.item), sources, f"{r.confidence:.2f}") for r in rows.itertuples()]
@@ -225,7 +242,8 @@ def render_html(
             parts.append(_figure(item, sources, caption))
         if len(members) > GALLERY_LIMIT:
             more = len(members) - GALLERY_LIMIT
-            parts.append(f"<p>… and {more} more (see {html.escape(links.clusters)})</p>")
+            where = html.escape(links.clusters, quote=True)
+            parts.append(f"<p>… and {more} more (see <a href='{where}'>{where}</a>)</p>")
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -277,7 +295,7 @@ def finish_run(
     uncertain = thumbnails.least_certain(aggregated)
     links = ReportLinks(
         clusters=folder.relative(folder.clusters),
-        chart=folder.relative(evaluated.chart) if evaluated and evaluated.chart else None,
+        chart=_embedded(evaluated.chart) if evaluated and evaluated.chart else None,
         dissent=(folder.relative(folder.dissent), folder.relative(folder.dissent_workers))
         if aggregated.dissent_clusters is not None
         else None,

@@ -330,3 +330,26 @@ def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
     assert cost_line(first).endswith("$31.82 spent") and "cost_added_by_this_run" not in {
         row["metric"] for row in artifacts.metric_rows(replace(base, cost=first))
     }
+
+
+def test_a_report_of_sure_images_shows_no_gallery_to_send_back_and_links_the_rest(tmp_path):
+    """At 2,500 images a user saw 40 images at 1.00 under 'the ones to send back'; the gallery's
+    '... and N more (see clusters.csv)' was not a link."""
+    items = [f"http://img.example/{i}.png" for i in range(report.GALLERY_LIMIT + 5)]
+    clusters = pd.Series(0, index=items)
+    confidence = pd.Series(1.0, index=items)
+    uncertain = pd.DataFrame({"item": items[:3], "cluster": 0, "confidence": 1.0})
+    info = AggregationInfo("gomes", 1, 1, 1, 1, 1, 1, -1.0)
+    page = report.render_html(
+        _summary(tmp_path, info),
+        clusters,
+        None,
+        "t",
+        report.ReportLinks("clusters.csv"),
+        {},
+        (uncertain, confidence),
+    )
+    section = page.split("<h2>Least certain items</h2>", 1)[1].split("<h2>Clusters</h2>", 1)[0]
+    assert "Every image's confidence is 0.99 or more: none to send back." in section
+    assert "<figure>" not in section
+    assert "… and 5 more (see <a href='clusters.csv'>clusters.csv</a>)" in page

@@ -3,6 +3,7 @@ intruder HITs and accuracy, report rendering."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -466,6 +467,7 @@ def test_report_and_summary(tmp_path, monkeypatch):
     clusters = pd.Series([0, 0, 1], index=["https://i/a.png", "https://i/b.png", "https://i/c.png"])
     info = AggregationInfo("gomes", 6, 2, 2, 2, 2, 10, -1.5)
     chart = tmp_path / "intruders.png"
+    chart.write_bytes(b"\x89PNG\r\n\x1a\n the chart")
     evaluated = Evaluation(
         0.9,
         10,
@@ -518,7 +520,8 @@ def test_report_and_summary(tmp_path, monkeypatch):
     assert saved == json.loads(summary.to_json())
     page = folder.report.read_text()
     assert page.count("<img src='https://i/") == 3 and "Cluster 1 (1 images)" in page
-    assert "<img src='intruders.png'" in page  # the chart the evaluation drew, linked relative to the folder
+    # The chart the evaluation drew, in the page itself: a copied report.html keeps it.
+    assert "<img src='data:image/png;base64," + base64.b64encode(chart.read_bytes()).decode() + "'" in page
     assert "<th>single answers naming the intruder</th><td>0.84 (50 answers)</td>" in page
     assert "<th>clusters too small to host a HIT</th><td>1</td>" in page
     assert "<p>2 HITs over 3 images, each image in 1-2 HITs (mean 1.3); the HITs link every image" in page
