@@ -146,15 +146,21 @@ def _resampled(
 
 
 def item_confidence(
-    pairs: PairLabels, labels: np.ndarray, log_alpha: float, seed: int = 0, draws: int = CONFIDENCE_DRAWS
+    pairs: PairLabels,
+    labels: np.ndarray,
+    log_alpha: float,
+    seed: int = 0,
+    draws: int = CONFIDENCE_DRAWS,
+    coins: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per item, its cluster's probability averaged over `draws` resamplings of the answers.
 
-    `draws=0` gives the model's conditional itself (every answer weighs 1).
+    `draws=0` gives the model's conditional itself (every answer weighs 1). `coins`: the workers'
+    two-coin evidence fitted to `labels` (`consensus.coin_weights`), when the caller has it.
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = pairs.n_items
-    w_yes, w_no = _coin_weights(pairs, labels, 10.0)
+    w_yes, w_no = _coin_weights(pairs, labels, 10.0) if coins is None else coins
     size = np.bincount(labels, minlength=n).astype(np.int64)
     bounds = np.linspace(0, n, max(1, min(get_num_threads(), n)) + 1).astype(np.int64)
 

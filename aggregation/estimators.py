@@ -197,9 +197,9 @@ class _Base:
         # An item's conditional given the rest, times its piece's share moved as a block (1 in its
         # cluster's core): a piece that only the prior placed is not certain because its images
         # agree with one another (`aggregation.pieces`).
-        pieces = find_pieces(pairs, labels, graph)
-        shares = piece_shares(pairs, labels, pieces, math.log(ALPHA), _coin_weights(pairs, labels, 10.0))
-        confidence = item_confidence(pairs, labels, math.log(ALPHA), seed=seed) * shares
+        pieces, coins = find_pieces(pairs, labels, graph), _coin_weights(pairs, labels, 10.0)
+        shares = piece_shares(pairs, labels, pieces, math.log(ALPHA), coins)
+        confidence = item_confidence(pairs, labels, math.log(ALPHA), seed=seed, coins=coins) * shares
         self.labels_ = ordered_clusters(pairs.items, labels)
         self.pieces_ = (
             pieces  # the clusters' linked pieces (`aggregation.recheck` lists those outside a core)

@@ -17,13 +17,13 @@ import pandas as pd
 from aggregation.consensus import coin_counts, coin_weights
 from aggregation.pairs import PairLabels
 
-__all__ = ["worker_quality"]
+__all__ = ["answers_per_worker", "worker_quality"]
 
 
-def worker_quality(pairs: PairLabels, clusters: np.ndarray, answers: bool = False) -> pd.DataFrame:
+def worker_quality(pairs: PairLabels, clusters: np.ndarray) -> pd.DataFrame:
     """Per worker (indexed by worker id, in the pairs' order): labels, agreement with `clusters` (one
     id per item, the pairs' order), sensitivity, specificity, informedness, mean |llr| of a label
-    under the two coins; with `answers`, also how many answers (HITs) each gave."""
+    under the two coins."""
     clusters = np.asarray(clusters, dtype=np.int64)
     counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, clusters, pairs.n_workers)
     same_yes, same, across_no, across = counts.T
@@ -46,7 +46,10 @@ def worker_quality(pairs: PairLabels, clusters: np.ndarray, answers: bool = Fals
         },
         index=pd.Index(pairs.workers, name="worker"),
     )
-    if answers:  # one answer per (task, worker) that gave labels; one pass, no per-label strings
-        key = np.unique(pairs.task.astype(np.int64) * pairs.n_workers + pairs.worker)
-        table.insert(0, "answers", np.bincount(key % pairs.n_workers, minlength=pairs.n_workers))
     return table
+
+
+def answers_per_worker(pairs: PairLabels) -> np.ndarray:
+    """How many answers (HITs) each worker gave that hold a pairwise label, in the pairs' order."""
+    key = np.unique(pairs.task.astype(np.int64) * pairs.n_workers + pairs.worker)
+    return np.bincount(key % pairs.n_workers, minlength=pairs.n_workers)

@@ -185,7 +185,7 @@ def aggregate(
     )
     from aggregation.pairs import group_use
     from aggregation.recheck import find_recheck
-    from aggregation.workers import worker_quality
+    from aggregation.workers import answers_per_worker, worker_quality
 
     labels, problems = _read_exports(exports, lenient, read_export, ExportFormatError)
     truth_series = _read_truth(truth) if truth is not None else None
@@ -226,10 +226,12 @@ def aggregate(
     alone = int((partners == 0).sum())
     use = group_use(labels, clusters)
     singles, doubtful = single_item_clusters(clusters), doubtful_clusters(clusters, model.confidence_)
-    quality = worker_quality(model.pairs_, clusters.to_numpy(), answers=workers_output is not None)
+    # The model's table has them already (as `n_labels`, next to its embedding's columns).
+    fitted = getattr(model, "worker_params_", None)
+    quality = worker_quality(model.pairs_, clusters.to_numpy()) if fitted is None else fitted
     uninformed = int((quality["informedness"] < UNINFORMED).sum())
     if workers_output is not None:
-        _write_workers(quality, dissent, workers_output)
+        _write_workers(quality, answers_per_worker(model.pairs_), dissent, workers_output)
     notes = [f"{singles:,} of them a single item"] if singles else []
     notes += [f"{doubtful:,} of several items with a mean confidence below 0.5"] if doubtful else []
     if recheck_output is not None:
@@ -354,9 +356,12 @@ def _write_dissent(dissent, grouping: Path | None, workers: Path | None, checked
         _fail(f"cannot write the dissent: {exc}")
 
 
-def _write_workers(quality, dissent, path: Path) -> None:
+def _write_workers(quality, answers, dissent, path: Path) -> None:
     """The workers' table, least informed first (ties by worker id), with the dissenting camp marked."""
-    table = quality.reset_index()
+    columns = ["labels", "agreement", "sensitivity", "specificity", "informedness", "mean_abs_llr"]
+    table = quality.rename(columns={"n_labels": "labels"})[columns]
+    table.insert(0, "answers", answers)
+    table = table.reset_index()
     if dissent is not None:
         table["dissenting_camp"] = table["worker"].isin(set(dissent.workers))
     table = table.sort_values(["informedness", "worker"], kind="mergesort")
