@@ -111,12 +111,15 @@ def check_budget_task(
     Returns what those other pools cost. Never cached: money already spent is the question of each run.
     """
     registry = RunRegistry.connect(target, run_key)
-    before = registry.spent(lambda role: not role.startswith(covers))
+    charged = registry.charged()
+    before = round(sum(v or 0.0 for role, _, v in charged if not role.startswith(covers)), 4)
+    resumed = round(sum(v or 0.0 for role, _, v in charged if role.startswith(covers)), 4)
     get_run_logger().info(
-        "cost estimate: %s; budget $%.2f, already spent by other pools $%.2f",
+        "cost estimate: %s; budget $%.2f, already spent by other pools $%.2f%s",
         costs.describe(),
         max_spend,
         before,
+        f"; ${resumed:.2f} paid already in the pools the estimate covers (a resumed run)" if resumed else "",
     )
     check_budget(costs, max_spend, before)
     return before

@@ -732,11 +732,17 @@ class RunRegistry:
 
     def charges(self, include: Callable[[str], bool] = lambda role: True) -> dict[str, float | None]:
         """Pool id -> what Toloka charged for it so far (None where analytics did not answer)."""
-        pools = [pool for role, pool in sorted(self.pools().items()) if include(role)]
-        requests = [SpentBudgetPoolAnalytics(subject_id=p.id) for p in pools]
+        return {pool_id: value for _, pool_id, value in self.charged(include)}
+
+    def charged(
+        self, include: Callable[[str], bool] = lambda role: True
+    ) -> list[tuple[str, str, float | None]]:
+        """(role, pool id, what Toloka charged so far) for the run's pools whose role passes `include`."""
+        pools = [(role, pool) for role, pool in sorted(self.pools().items()) if include(role)]
+        requests = [SpentBudgetPoolAnalytics(subject_id=pool.id) for _, pool in pools]
         batches = [requests[i : i + ANALYTICS_BATCH] for i in range(0, len(requests), ANALYTICS_BATCH)]
         values = [v for batch in batches for v in _analytics(self.client, batch)]
-        return {str(pool.id): value for pool, value in zip(pools, values, strict=True)}
+        return [(role, str(pool.id), value) for (role, pool), value in zip(pools, values, strict=True)]
 
     def verify(self, owned: Iterable[Owned]) -> None:
         """Check every cached id against the platform: it exists and carries this run's tag.
