@@ -114,7 +114,8 @@ def test_demo_quality_with_default_settings(scenario):
     assert info.n_assignments == export["ASSIGNMENT:assignment_id"].nunique() > info.n_hits == 82
     page = (run_dir / "report.html").read_text()
     # 82 images, embedded (thumbnails fetched at aggregation) because the emulator stops after the run.
-    assert page.count("<figure><img src='data:image/jpeg;base64,") >= 82 and "intruders.png" in page
+    assert page.count("<figure><img src='data:image/jpeg;base64,") >= 82
+    assert "<img src='data:image/png;base64," in page  # the intruder chart, in the page like the thumbnails
     assert "Least certain items" in page and "Second round" not in page
     assert "second round" not in describe(summary)  # what `crowdclust run` prints: no second round
     table = pd.read_csv(run_dir / "clusters.csv")
