@@ -8,16 +8,20 @@ pieces that no label separates (`aggregation.recheck` lists them to show again).
 
 `piece_shares` says how surely. An item's conditional given every other item's cluster
 (`aggregation.confidence`) cannot see it: the item's piece-mates sit in its cluster, so its labels
-with them make the conditional near 1 wherever the piece was put. Moving the piece as one block is
-the question the prior answered: the piece of m images goes to cluster k with probability
+with them make the conditional near 1 wherever the piece was put. By the chain rule, the item's
+probability of its cluster is where the rest of its piece goes, moved as one block (the question
+the prior answered), times its conditional given that. The other m - 1 images go to cluster k with
+probability
 
-    ∝ exp(S_Pk) · n_k (n_k + 1) ... (n_k + m - 1),   or α (m - 1)! to a new cluster,
+    ∝ exp(S_k) · n_k (n_k + 1) ... (n_k + m - 2),   or α (m - 2)! to a new cluster,
 
-where S_Pk is the two-coin evidence of the piece's labels with k's members and n_k is k's size
-without the piece (Ewens: the m images join one by one). A piece the labels never compared with
-any cluster gets the share of its cluster among all the clusters the same size would fit, not 1;
-a piece whose "different" labels rule out every other cluster keeps a share near 1. An item's
-confidence is its conditional times its piece's share (1 in a core).
+where S_k is the two-coin evidence of their labels with k's members and n_k is k's size without
+the piece (Ewens: the images join one by one). The item's own labels and its own prior weight are
+in its conditional, so they are left out here, not counted twice. A piece the labels never compared
+with any cluster gets the share of its cluster among all the clusters the same size would fit, not
+1; a piece whose "different" labels rule out every other cluster keeps most of it (against a
+cluster of its own). An item's confidence is its conditional times that share (1 in a core and in
+a piece of one item, whose block move is its conditional itself).
 """
 
 from __future__ import annotations
@@ -83,42 +87,59 @@ def find_pieces(pairs: PairLabels, clusters: np.ndarray, graph: PairGraph | None
 
 
 @njit(cache=True, nogil=True)
+def _evidence(
+    i, item_ptr, item_lab, a, b, worker, label, w_yes, w_no, piece, clusters, into
+):  # pragma: no cover
+    """Add item i's evidence with the items outside its piece to `into`, per cluster."""
+    for q in range(item_ptr[i], item_ptr[i + 1]):
+        t = item_lab[q]
+        other = b[t] if a[t] == i else a[t]
+        if piece[other] != piece[i]:
+            into[clusters[other]] += w_yes[worker[t]] if label[t] > 0 else w_no[worker[t]]
+
+
+@njit(cache=True, nogil=True)
 def _shares(
     members_ptr, members, item_ptr, item_lab, a, b, worker, label, w_yes, w_no, piece, clusters, size,
     log_alpha,
 ):  # pragma: no cover - compiled  # fmt: skip
-    """Per loose piece p (its items: members[members_ptr[p]:members_ptr[p+1]]), the share of its own
-    cluster when it moves as a block (the module's formula).
+    """Per item of a loose piece (members[members_ptr[p]:members_ptr[p+1]] for piece p, out in the
+    same order), its cluster's share when the rest of its piece moves as a block (the module's
+    formula with the m - 1 others and their evidence: the item's own is in its conditional).
 
-    The piece's evidence with each cluster is summed over its items' labels with items outside it,
-    through the labels-by-item index: no array of one entry per label. Every cluster is a candidate,
-    so a piece costs its labels plus K.
+    The evidence is summed through the labels-by-item index: no array of one entry per label. Every
+    cluster is a candidate, so an item costs its piece's labels once, its own, and K.
     """
-    n_pieces, k_max = members_ptr.shape[0] - 1, size.shape[0]
-    out = np.empty(n_pieces)
-    s = np.zeros(k_max)
+    k_max = size.shape[0]
+    out = np.empty(members.shape[0])
+    whole = np.zeros(k_max)
+    mine = np.zeros(k_max)
     log_w = np.empty(k_max)
-    for p in range(n_pieces):
-        first = members[members_ptr[p]]
-        m, own = members_ptr[p + 1] - members_ptr[p], clusters[first]
-        for idx in range(members_ptr[p], members_ptr[p + 1]):
-            i = members[idx]
-            for q in range(item_ptr[i], item_ptr[i + 1]):
-                t = item_lab[q]
-                other = b[t] if a[t] == i else a[t]
-                if piece[other] != piece[i]:
-                    s[clusters[other]] += w_yes[worker[t]] if label[t] > 0 else w_no[worker[t]]
-        new = log_alpha + math.lgamma(m)
-        top = new
+    for p in range(members_ptr.shape[0] - 1):
+        first, last = members_ptr[p], members_ptr[p + 1]
+        m, own = last - first, clusters[members[first]]
+        for idx in range(first, last):
+            _evidence(
+                members[idx], item_ptr, item_lab, a, b, worker, label, w_yes, w_no, piece, clusters, whole
+            )
+        rest = m - 1  # the block without the item
+        new = log_alpha + math.lgamma(rest)
+        for idx in range(first, last):
+            _evidence(
+                members[idx], item_ptr, item_lab, a, b, worker, label, w_yes, w_no, piece, clusters, mine
+            )
+            top = new
+            for k in range(k_max):
+                n = size[k] - (m if k == own else 0)
+                log_w[k] = whole[k] - mine[k] + math.lgamma(n + rest) - math.lgamma(n) if n > 0 else -np.inf
+                top = max(top, log_w[k])
+                mine[k] = 0.0
+            total = math.exp(new - top)
+            for k in range(k_max):
+                total += math.exp(log_w[k] - top)
+            out[idx] = math.exp(log_w[own] - top) / total
         for k in range(k_max):
-            n = size[k] - (m if k == own else 0)
-            log_w[k] = s[k] + math.lgamma(n + m) - math.lgamma(n) if n > 0 else -np.inf
-            top = max(top, log_w[k])
-            s[k] = 0.0
-        total = math.exp(new - top)
-        for k in range(k_max):
-            total += math.exp(log_w[k] - top)
-        out[p] = math.exp(log_w[own] - top) / total
+            whole[k] = 0.0
     return out
 
 
@@ -129,7 +150,7 @@ def piece_shares(
     log_alpha: float,
     coins: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """Per item, the share of its cluster for its piece moved as a block (1 in a core).
+    """Per item, the share of its cluster for the rest of its piece moved as a block (1 in a core).
 
     `coins`: each worker's evidence of a "same" and of a "different" label (`consensus.coin_weights`).
     """
@@ -145,9 +166,8 @@ def piece_shares(
     members = items[order]
     starts = np.flatnonzero(np.r_[True, np.diff(pieces.piece[members]) != 0])
     members_ptr = np.r_[starts, len(members)].astype(np.int64)
-    by_piece = _shares(
+    shares[members] = _shares(
         members_ptr, members, pairs.item_ptr, pairs.item_lab, pairs.a, pairs.b, pairs.worker, pairs.label,
         *coins, pieces.piece, clusters, np.bincount(clusters), log_alpha,
     )  # fmt: skip
-    shares[members] = np.repeat(by_piece, np.diff(members_ptr))
     return shares

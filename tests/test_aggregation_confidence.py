@@ -354,14 +354,15 @@ def _two_styles_and_a_pair_nobody_compared(extra: list[tuple[str, str, str, int]
 def test_a_piece_only_the_prior_placed_is_not_certain():
     """x0 and x1 agree with each other and met nobody else: the prior puts them in a cluster, and
     their labels with each other made the conditional ~1 (a new user found such images at 1.000000).
-    Moved as a block, the pair goes to A or B by the Ewens weights of joining 2 images: 6 * 7 for
-    A against 4 * 5 for B and 1 for a new cluster of its own."""
+    Each image's confidence is its conditional (~1: its partner is in A) times where the rest of its
+    piece, its partner, goes as a block: by the Ewens weights 6 for A, 4 for B, 1 for a new cluster
+    (the image's own evidence and prior weight are in its conditional, not counted twice)."""
     model = CrowdClustering(random_state=0, embedding_max_items=0).fit(
         _two_styles_and_a_pair_nobody_compared([])
     )
     clusters, confidence = model.labels_, model.confidence_
     assert clusters["x0"] == clusters["x1"] == clusters["a0"] and clusters["b0"] != clusters["a0"]
-    share = 42 / (42 + 20 + 1)
+    share = 6 / (6 + 4 + 1)
     assert confidence[["x0", "x1"]].to_numpy() == pytest.approx([share, share], abs=0.02)
     assert (confidence.drop(["x0", "x1"]) > 0.99).all()  # the cores: every label vouches for them
     pieces = model.pieces_
@@ -382,4 +383,5 @@ def test_a_piece_that_its_labels_rule_out_elsewhere_keeps_its_cluster():
         _two_styles_and_a_pair_nobody_compared(apart)
     )
     assert model.labels_["x0"] == model.labels_["a0"]
-    assert (model.confidence_[["x0", "x1"]] > 0.9).all()
+    # A (6 images, never compared) against a cluster of its own (α = 1): 6/7, B ruled out.
+    assert model.confidence_[["x0", "x1"]].to_numpy() == pytest.approx([6 / 7, 6 / 7], abs=0.02)
