@@ -5,7 +5,7 @@ Public API (the pipeline and the CLI use only these names):
 - `read_export(source, strict=True) -> ExportReading` and `ExportFormatError`
 - `CrowdClustering` (the Gomes et al. model) and `CoAssociationClustering` (the baseline); both
   have `labels_` and `confidence_` (each item's probability of its cluster under the model, with
-  the answers resampled, `aggregation.confidence`, and its linked piece moved as a block,
+  the answers resampled, `aggregation.confidence`, and the rest of its linked piece moved as a block,
   `aggregation.pieces`)
 - `least_certain(clusters, confidence, per_cluster=5)`: the items to send back to the crowd
 - `single_item_clusters(clusters)`: how many clusters hold one item (images no cluster fits);

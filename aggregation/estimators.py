@@ -231,7 +231,8 @@ class CrowdClustering(_Base):
     4. Thin evidence is not a cluster: a singleton joins its most likely cluster under the model
        (∝ size · exp(evidence), against α for standing alone); with `min_cluster_size` every
        smaller cluster is dissolved that way. `confidence_` is each item's posterior probability
-       of its cluster given all the other items' clusters.
+       of its cluster: where the rest of its linked piece goes as a block (`aggregation.pieces`),
+       times its conditional given the other items' clusters, averaged over resampled answers.
 
     Parameters
     ----------
