@@ -26,13 +26,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from aggregation.confidence import item_confidence
-from aggregation.consensus import (
-    ALPHA,
-    PairGraph,
-    _coin_weights,
-    absorb_thin,
-    search,
-)
+from aggregation.consensus import ALPHA, PairGraph, _coin_weights, absorb_thin, search
 from aggregation.linkage import agglomerate
 from aggregation.mixture import dp_mixture
 from aggregation.pairs import PairLabels, build_pairs
@@ -201,9 +195,8 @@ class _Base:
         shares = piece_shares(pairs, labels, pieces, math.log(ALPHA), coins)
         confidence = item_confidence(pairs, labels, math.log(ALPHA), seed=seed, coins=coins) * shares
         self.labels_ = ordered_clusters(pairs.items, labels)
-        self.pieces_ = (
-            pieces  # the clusters' linked pieces (`aggregation.recheck` lists those outside a core)
-        )
+        # The clusters' linked pieces: `aggregation.recheck` lists the images outside a core.
+        self.pieces_ = pieces
         self.confidence_ = pd.Series(confidence, index=self.labels_.index, name="confidence")
         self.n_clusters_ = int(self.labels_.max()) + 1
         self.pairs_ = pairs

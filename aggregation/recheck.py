@@ -34,7 +34,6 @@ import pandas as pd
 from aggregation.design import ObservedDesign, observed_design
 from aggregation.followup import ANCHORS_PER_HIT, count_hits
 from aggregation.pairs import together_partners
-from aggregation.pieces import find_pieces
 
 __all__ = ["RECHECK_CONFIDENCE", "Recheck", "find_recheck"]
 
@@ -95,7 +94,7 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
     """The images of a fitted estimator whose place its `labels` (long format) do not vouch for."""
     pairs = model.pairs_
     clusters = model.labels_.to_numpy().astype(np.int64)  # in the pairs' item order (`_Base._finish`)
-    pieces = getattr(model, "pieces_", None) or find_pieces(pairs, clusters, model.pair_graph_)
+    pieces = model.pieces_  # found by the fit (`_Base._finish`), for the confidences
     outside = ~pieces.in_core
     confidence = model.confidence_.to_numpy()
     chosen = outside | (confidence < RECHECK_CONFIDENCE)

@@ -80,7 +80,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     resolve_token(params.toloka)
     # What this run spends is what the key's pools cost after it less before: the rounds share one
     # exam pool (counted whole in every round before) and a run may only finish an evaluation.
-    spent_before = budget.spent_by_run_key_task(params.toloka, key)
+    spent_before = budget.total(budget.pool_charges_task(params.toloka, key))
 
     state, seconds = rounds.catalogue_state_task(params.toloka, key)
     clustered = {item for entry in state if entry.completed for item in entry.items}
@@ -139,7 +139,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
 
     if labelled is not None:
         labelled = replace(labelled, n_assignments=n_assignments(frames[labelled.ids.main_pool]))
-    spent_after = budget.spent_by_run_key_task(params.toloka, key)
+    spent_after = budget.total(budget.pool_charges_task(params.toloka, key))
     added = round(max(0.0, spent_after - spent_before), 4)
     cost = Cost(
         spent=added, estimate=CostEstimate.of_rounds(labelled, second), by_run_key=spent_after, added=added

@@ -30,7 +30,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     """Cluster `params.dataset` with the crowd end to end; returns the summary (also in summary.json)."""
     clock = report.Stopwatch()
     folder = RunFolder.of(params)
-    spent_before = budget.spent_by_run_key_task(params.toloka, params.resolved_run_key)
+    spent_before = budget.total(budget.pool_charges_task(params.toloka, params.resolved_run_key))
     with clock.lap("labelling"):
         labelled = labelling(params)
     with clock.lap("aggregation"):
@@ -58,7 +58,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
 
     estimate = CostEstimate.of_rounds(labelled, second)
     charges = budget.pool_charges_task(params.toloka, labelled.run_key)  # read now, late ones included
-    spent_after = round(sum(value or 0.0 for value in charges.values()), 4)
+    spent_after = budget.total(charges)
     cost = Cost(
         spent=budget.spent(params, labelled, evaluated, second, charges),
         estimate=estimate,

@@ -130,18 +130,13 @@ def pool_charges_task(target: TolokaTarget, run_key: str) -> dict[str, float | N
     """Pool id -> what Toloka has charged for it, for every pool of the run key, read now. Never
     cached: a run's cost is read at its end, charges that came in since its stages ran included
     (exam answers left unreviewed are accepted, and charged, days later)."""
-    return RunRegistry.connect(target, run_key).charges()
+    return {pool_id: value for _, pool_id, value in RunRegistry.connect(target, run_key).charged()}
 
 
-@stage_task(name="spent-by-run-key", toloka=True, cache=False)
-def spent_by_run_key_task(target: TolokaTarget, run_key: str) -> float:
-    """What Toloka charged for every pool of the run key, those of earlier settings included.
-
-    A rerun after a config change (another `intruders.n_hits`, a new clustering to check) leaves the
-    earlier pool behind, paid; the run's own cost counts only the pools behind its result. Never
-    cached: it is read at the end of each run.
-    """
-    return RunRegistry.connect(target, run_key).spent()
+def total(charges: dict[str, float | None]) -> float:
+    """What every pool of `pool_charges_task` cost together (pools of earlier settings included: a
+    rerun after a config change leaves the earlier pool behind, paid)."""
+    return round(sum(value or 0.0 for value in charges.values()), 4)
 
 
 @dataclass(frozen=True)

@@ -634,10 +634,14 @@ class RunRegistry:
                     self.client.patch_task_suite_overlap_or_min(
                         suite.id, TaskSuiteOverlapPatch(overlap=target)
                     )
-            if new_overlap > old_overlap and is_completed(have):
-                # `open_all` leaves a completed pool closed; this one has answers to collect again.
-                self.client.open_pool(pool_id)
-                log.warning("pool %s (%s) completed before; reopened for the added overlap", pool_id, role)
+            if new_overlap > old_overlap:
+                self._reopen_completed(have, f"{role}: the added overlap")
+
+    def _reopen_completed(self, pool: Pool, work: str) -> None:
+        """Open a completed pool that was given more work: `open_all` leaves completed pools closed."""
+        if is_completed(pool):
+            self.client.open_pool(pool.id)
+            log.warning("pool %s had completed; reopened for %s", pool.id, work)
 
     @staticmethod
     def skill_name(base_name: str, run_key: str) -> str:
@@ -696,11 +700,9 @@ class RunRegistry:
                     f"{dict(list(result.validation_errors.items())[:3])}"
                 )
             log.info("uploaded %d suites to pool %s (%s)", len(missing), pool_id, role)
-            # A pool that had completed (a finished run whose plan grew: more HITs per image) would
-            # otherwise keep its new HITs unanswered, and the run would report their coverage.
-            if is_completed(self.client.get_pool(pool_id)):
-                self.client.open_pool(pool_id)
-                log.info("pool %s had completed: reopened for its %d new suites", pool_id, len(missing))
+            # A finished run whose plan grew (more HITs per image) would otherwise keep its new HITs
+            # unanswered, and report their coverage.
+            self._reopen_completed(self.client.get_pool(pool_id), f"{role}: its {len(missing)} new suites")
         return len(suites)
 
     def ensure_tasks(self, role: str, pool_id: str, tasks: list[dict[str, Any]]) -> int:
@@ -728,11 +730,7 @@ class RunRegistry:
 
     def spent(self, include: Callable[[str], bool] = lambda role: True) -> float:
         """What Toloka charged so far for the run's pools whose role passes `include`, USD."""
-        return round(sum(v or 0.0 for v in self.charges(include).values()), 4)
-
-    def charges(self, include: Callable[[str], bool] = lambda role: True) -> dict[str, float | None]:
-        """Pool id -> what Toloka charged for it so far (None where analytics did not answer)."""
-        return {pool_id: value for _, pool_id, value in self.charged(include)}
+        return round(sum(v or 0.0 for _, _, v in self.charged(include)), 4)
 
     def charged(
         self, include: Callable[[str], bool] = lambda role: True
