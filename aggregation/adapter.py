@@ -125,8 +125,8 @@ def _load_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         return source
     path = Path(source)
-    if not path.is_file():
-        raise ExportFormatError(f"export file not found: {path}")
+    if not path.is_file():  # the caller names the file, as for every other error of its reading
+        raise ExportFormatError("is a directory, not an export file" if path.is_dir() else "no such file")
     try:  # compressed by its name's ending (.gz, .bz2, .xz, .zip, .zst), as pandas infers
         return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:

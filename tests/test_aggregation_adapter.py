@@ -237,7 +237,7 @@ def test_empty_inputs(tmp_path):
     (tmp_path / "empty.tsv").write_text("")
     with pytest.raises(ExportFormatError, match="empty"):
         read_export(tmp_path / "empty.tsv")
-    with pytest.raises(ExportFormatError, match="not found"):
+    with pytest.raises(ExportFormatError, match="no such file"):
         read_export(tmp_path / "missing.tsv")
     with pytest.raises(ExportFormatError, match="no usable rows"):
         read_export(_write(tmp_path / "bad.tsv", [('"u1"', "", "", "a1", "w1")]), strict=False)

@@ -49,14 +49,16 @@ def test_end_to_end_with_truth_and_same_output_across_hash_seeds(export):
     assert list(clusters.columns) == ["item", "cluster", "confidence"] and len(clusters) == 82
     assert clusters["confidence"].between(0, 1).all()
     below = int((clusters["confidence"] < 0.5).sum())
-    assert f"uncertain   {below:,} items with confidence < 0.5" in first.stdout
+    assert f"uncertain   {below:,} item{'' if below == 1 else 's'} with confidence < 0.5" in first.stdout
     assert ari_of(first.stdout) >= 0.9
     # How well the confidences tell the images the clusters got right (low is good).
     brier = next(line.split()[1] for line in first.stdout.splitlines() if line.startswith("confidence_brier"))
     assert 0.0 <= float(brier) < 0.05
-    second = _run([export / "export.tsv", "-o", export / "b.csv", "--seed", "3"], "12345", threads=1)
+    # `-o -`: the same bytes on standard output, the summary on standard error.
+    second = _run([export / "export.tsv", "-o", "-", "--seed", "3"], "12345", threads=1)
     assert second.returncode == 0, second.stderr
-    assert (export / "a.csv").read_bytes() == (export / "b.csv").read_bytes()
+    assert (export / "a.csv").read_text() == second.stdout
+    assert "output      standard output" in second.stderr and not (ROOT / "-").exists()
 
 
 def test_single_item_clusters_are_counted_apart(tmp_path):
@@ -135,7 +137,7 @@ def test_unusable_files(export, content):
 
 def test_missing_file_and_bad_truth(export):
     missing = _run([export / "nope.tsv", "-o", export / "x.csv"])
-    assert missing.returncode == 2 and "not found" in missing.stderr
+    assert missing.returncode == 2 and missing.stderr == f"error: {export / 'nope.tsv'}: no such file\n"
     (export / "bad_truth.csv").write_text("foo,bar\n1,2\n")
     bad_truth = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "bad_truth.csv"])
     assert bad_truth.returncode == 2 and "needs columns item (or image) and class" in bad_truth.stderr

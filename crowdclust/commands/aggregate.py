@@ -41,6 +41,11 @@ class Method(StrEnum):
     coassociation = "coassociation"
 
 
+def _n(count: int, noun: str) -> str:
+    """`1 item`, `2 items`, `1,234 items`: the summary's counts read as English."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _fail(message: str) -> NoReturn:
     """One line on stderr, exit code 2, no traceback."""
     print(f"error: {message}", file=sys.stderr)
@@ -82,7 +87,7 @@ def _check_writable(paths: list[Path | None]) -> None:
     import os
 
     for path in paths:
-        if path is None:
+        if path is None or str(path) == "-":
             continue
         if path.is_dir():
             _fail(f"cannot write {path}: it is a directory")
@@ -117,7 +122,13 @@ def aggregate(
         ),
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the item,cluster,confidence CSV.")
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the item,cluster,confidence CSV ('-': standard output, and the "
+            "summary to standard error).",
+        ),
     ],
     method: Annotated[
         Method, typer.Option(help="gomes (the crowd-clustering model) or coassociation.")
@@ -196,7 +207,7 @@ def aggregate(
     for problem in problems[:10]:
         print(f"skipped {problem}", file=sys.stderr)
     if len(problems) > 10:
-        print(f"... and {len(problems) - 10} more skipped rows", file=sys.stderr)
+        print(f"... and {_n(len(problems) - 10, 'more skipped row')}", file=sys.stderr)
 
     model = (
         # The clusters and confidences do not come from the embedding, and this command writes nothing
@@ -209,12 +220,14 @@ def aggregate(
         clusters = model.fit_predict(labels)
     except ValueError as exc:
         _fail(f"{', '.join(map(str, exports))}: {exc}")
+    to_stdout = str(output) == "-"
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
         table = clusters.rename_axis("item").reset_index()
         table["confidence"] = model.confidence_.to_numpy()
+        if not to_stdout:
+            output.parent.mkdir(parents=True, exist_ok=True)
         # Fixed precision: the file is byte-identical whatever the platform's float formatting.
-        table.to_csv(output, index=False, float_format="%.6f")
+        table.to_csv(sys.stdout if to_stdout else output, index=False, float_format="%.6f")
     except OSError as exc:
         _fail(f"cannot write {output}: {exc}")
 
@@ -253,23 +266,24 @@ def aggregate(
         f"labels      {model.pairs_.n_labels:,} pairwise",
         f"assignments {model.pairs_.n_assignments:,} ({len(labels):,} item labels)",
         f"clusters    {model.n_clusters_:,}" + (f" ({'; '.join(notes)})" if notes else ""),
-        f"uncertain   {int((model.confidence_ < 0.5).sum()):,} items with confidence < 0.5",
-        f"unanchored  {alone:,} items no other item was grouped with by most workers",
+        f"uncertain   {_n(int((model.confidence_ < 0.5).sum()), 'item')} with confidence < 0.5",
+        f"unanchored  {_n(alone, 'item')} no other item was grouped with by most workers",
         f"groups      at most {use.most} per answer (~{use.images:.0f} images each); "
         f"{use.saturated:.0%} of the answers used {use.most} for images of more clusters",
         f"dissent     {_dissent_line(dissent, method)}",
         f"recheck     {recheck.summary()}",
-        f"skipped     {len(problems)} rows",
+        f"skipped     {_n(len(problems), 'row')}",
         f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",
-        f"output      {output}",
+        f"output      {'standard output' if to_stdout else output}",
     ]
     if truth_series is not None:
         scores = clustering_scores(clusters, truth_series)
-        lines.append(f"truth       {int(scores.pop('n_items')):,} items in common")
+        lines.append(f"truth       {_n(int(scores.pop('n_items')), 'item')} in common")
         calibration = confidence_scores(clusters, model.confidence_, truth_series)
         scores |= {f"confidence_{name}": value for name, value in calibration.items()}
         lines += [f"{name:<20}{value:.4f}" for name, value in scores.items()]
-    print("\n".join(lines))
+    # With `-o -` the CSV has standard output to itself, so that it can be piped.
+    print("\n".join(lines), file=sys.stderr if to_stdout else sys.stdout)
     if alone > UNANCHORED_WARNING * clusters.size:
         print(
             f"warning: {alone:,} of {clusters.size:,} images ({alone / clusters.size:.0%}) were grouped "
