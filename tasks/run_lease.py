@@ -21,6 +21,7 @@ and the `flock` alone applies.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -167,8 +168,12 @@ def _renew_until(stop: threading.Event, lease_id: UUID, lease_seconds: float) ->
 def renewed(limit: str, lease_id: UUID, lease_seconds: float) -> Iterator[None]:
     """Keep the lease alive while the block runs; release it and forget the holder afterwards."""
     stop = threading.Event()
+    # In the caller's context: inside a flow run, a lost lease is logged to that run (tasks.run_log).
     thread = threading.Thread(
-        target=_renew_until, args=(stop, lease_id, lease_seconds), name=f"{limit}-lease", daemon=True
+        target=contextvars.copy_context().run,
+        args=(_renew_until, stop, lease_id, lease_seconds),
+        name=f"{limit}-lease",
+        daemon=True,
     )
     thread.start()
     try:

@@ -33,7 +33,11 @@ from prefect.cache_policies import NO_CACHE, CachePolicy, Inputs
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
+from tasks.run_log import ship_library_logs
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+ship_library_logs()  # every process that runs stages puts their helpers' warnings in the run's log
 
 
 @functools.cache

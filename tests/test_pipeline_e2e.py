@@ -10,8 +10,10 @@ Separate, cheap runs cover the budget guard and the failure hook.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +257,41 @@ def test_a_design_that_cannot_place_every_image_is_logged_before_anything_is_cre
     advice = "~1.2 of its own style", "hits.hits_per_item 46 would show ~5.4"
     assert any(all(part in line for part in advice) for line in warnings), warnings
     assert _objects(params)["projects"] == []
+
+
+# A team reading a run in the Prefect UI never saw this line of a rerun paying for more answers:
+# `tasks/toloka_api.py` logs through its module logger, which Prefect does not send to the API
+# unless told to (`tasks.run_log`).
+HELPER_WARNING = "pool 6 (main-pool) was made with other settings; updating it: overlap 7 -> 8"
+
+
+def test_a_helpers_warning_is_in_the_flow_runs_log_and_one_outside_a_run_is_not_sent(prefect_harness):
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    import tasks.stage  # noqa: F401  (importing the stages attaches the handler, as in a worker's process)
+
+    helper = logging.getLogger("tasks.toloka_api")
+
+    @flow(name="helper-warning")
+    def rerun_with_more_overlap() -> None:
+        helper.warning(HELPER_WARNING)
+        helper.info("created pool 6")  # below the logger's level: neither console nor UI
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        helper.warning("a warning outside any run")  # Prefect would warn that it has no run to file it
+    assert not [w for w in caught if "flow run id" in str(w.message)], [str(w.message) for w in caught]
+
+    state = rerun_with_more_overlap(return_state=True)
+    assert state.is_completed()
+    APILogHandler().flush()
+    only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=only_this_run)
+    mine = [(log.name, log.level, log.message) for log in logs if log.name.startswith("tasks.")]
+    assert mine == [("tasks.toloka_api", logging.WARNING, HELPER_WARNING)]
 
 
 def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path):

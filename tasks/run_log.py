@@ -1,0 +1,44 @@
+"""The stages' helper modules log through their own loggers; this puts their lines in the run's log.
+
+`tasks/toloka_api.py` and friends log with `logging.getLogger(__name__)` because they also run
+outside any flow (tests, `crowdclust run`'s lock before its flow starts). Prefect sends a logger's
+lines to the API only when it is one of its own or listed in `PREFECT_LOGGING_EXTRA_LOGGERS`, which
+a worker's flow-run process would have to carry in its environment, set before Prefect is imported.
+Without it, the warnings that explain money ("pool P was made with other settings; updating it:
+overlap 7 -> 8", "pool P had expired ... it reopens until ...", a lost run-key lease) reached the
+console of the process but never the flow run's log in the UI, where a team reads them.
+
+`ship_library_logs` attaches Prefect's API handler to these loggers in any process that imports the
+stages (`tasks.stage` calls it), whatever its environment. The handler takes only records emitted
+inside a flow or task run: the others have no run to belong to, and Prefect would warn about each.
+It ships what the loggers emit (warnings and above: their level follows the root logger's), so the
+console's output does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+
+# The project's packages whose module loggers the UI should show.
+SHIPPED = ("tasks", "flows", "crowdclust")
+
+
+class _InsideARun(logging.Filter):
+    """Pass a record only when a flow or task run is current (else the API has no run to file it under)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def ship_library_logs() -> None:
+    """Attach one API handler (filtered to records inside a run) to each logger of `SHIPPED`; idempotent."""
+    from prefect.logging.handlers import APILogHandler
+
+    for name in SHIPPED:
+        logger = logging.getLogger(name)
+        if not any(isinstance(handler, APILogHandler) for handler in logger.handlers):
+            handler = APILogHandler()
+            handler.addFilter(_InsideARun())
+            logger.addHandler(handler)
