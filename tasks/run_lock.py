@@ -110,6 +110,22 @@ def _write(handle: IO[str], text: str) -> None:
     handle.flush()
 
 
+def _stale_hint(limit: str, holder: str | None) -> str:
+    """What to do about a slot no run named itself the holder of ("" when one did).
+
+    A holder writes its name next to the slot as it takes it and deletes it as it gives the slot
+    back. A slot taken with no name is most often one a Prefect server forgot: restarted while a run
+    held the key, with its leases in memory, it keeps the slot taken for good and no wait helps.
+    """
+    if holder is not None:
+        return ""
+    return (
+        ". No run named itself as the holder: if no run of this key is going on (the Prefect server "
+        "restarted while one held the key, say), the slot is stale and stays taken; free it with "
+        f"`prefect gcl delete {limit}`"
+    )
+
+
 @contextlib.contextmanager
 def _server_slot(limit: str, run_key: str, dead_lease: UUID | None, role: str) -> Iterator[UUID | None]:
     """The cross-machine layer, when a Prefect server is configured: hold the key's slot, renewed."""
@@ -125,7 +141,7 @@ def _server_slot(limit: str, run_key: str, dead_lease: UUID | None, role: str) -
     try:
         lease_id = run_lease.acquire(limit, lease, 0.0, role.strip())
     except run_lease.SlotTaken as taken:
-        holder = f"{taken.holder or 'another machine'}: Prefect concurrency limit {limit} on {server}"
+        holder = f"{taken.holder or 'holder unknown'}: Prefect concurrency limit {limit} on {server}"
         if taken.holder and CLOSING in taken.holder:  # a hook on another machine: it takes seconds
             wait = max(wait, HOOK_WAIT_SECONDS)
         if wait <= 0:
@@ -134,7 +150,7 @@ def _server_slot(limit: str, run_key: str, dead_lease: UUID | None, role: str) -
                 holder,
                 f"; if that run was killed, the server frees the key {frees:.0f} s after its last lease "
                 f"renewal at the latest: run again then, or set CROWDCLUST_RUN_LOCK_WAIT_SECONDS={frees:.0f} "
-                "to wait for it",
+                "to wait for it" + _stale_hint(limit, taken.holder),
             ) from None
         _log().warning(
             "run key %s is held (%s): waiting up to %.0f s for it (a run killed on another machine "
@@ -149,8 +165,8 @@ def _server_slot(limit: str, run_key: str, dead_lease: UUID | None, role: str) -
         except run_lease.SlotTaken as still:
             raise _busy(
                 run_key,
-                f"{still.holder or 'another machine'}: Prefect concurrency limit {limit} on {server}",
-                f"; waited {wait:.0f} s for it",
+                f"{still.holder or 'holder unknown'}: Prefect concurrency limit {limit} on {server}",
+                f"; waited {wait:.0f} s for it" + _stale_hint(limit, still.holder),
             ) from None
     with run_lease.renewed(limit, lease_id, lease):
         yield lease_id

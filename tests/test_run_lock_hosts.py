@@ -143,3 +143,27 @@ def test_a_retried_run_waits_for_the_crash_hook_that_still_closes_its_pools(pref
     finally:
         if hook.poll() is None:
             hook.kill()
+
+
+def test_a_slot_the_server_forgot_is_named_stale_with_the_command_that_frees_it(prefect_harness, machine):
+    """A Prefect server restarted while a run held its key (leases in memory) kept the key's slot
+    taken after that run ended, and every run of the key was told to wait 75 s that never helped.
+    Here the slot is taken with no lease and no holder's name, as such a server leaves it."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    key = f"hosts-stale-{uuid.uuid4().hex[:8]}"
+    machine("a")
+    limit = run_lease.limit_name(lock_path(TARGET, key).stem)
+    run_lease._ensure_limit(limit)
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(active_slots=1))
+    with pytest.raises(RunKeyBusy) as busy, run_lock(TARGET, key):
+        pass
+    message = str(busy.value)
+    assert "(holder unknown: Prefect concurrency limit" in message, message
+    assert message.endswith(f"the slot is stale and stays taken; free it with `prefect gcl delete {limit}`")
+    with get_client(sync_client=True) as client:  # what the message says to do
+        client.delete_global_concurrency_limit_by_name(limit)
+    with run_lock(TARGET, key):
+        pass

@@ -105,6 +105,24 @@ def test_results_url_becomes_the_default_storage_block_of_every_worker(tmp_path:
     )
 
 
+def test_the_server_keeps_its_leases_on_disk(tmp_path: Path, monkeypatch):
+    """In memory (Prefect's default), a server restarted while a run held its run key forgot the
+    lease: the run's release then failed and the key's slot stayed taken for good. On disk, the
+    release after a restart frees it (checked by hand: a `kill -9` and restart between acquire
+    and release leave 0 active slots, 1 with the default)."""
+    from crowdclust.service.supervisor import LEASES_ON_DISK, _command
+
+    monkeypatch.delenv("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", raising=False)
+    command, env = _command(ServiceConfig(state_dir=tmp_path), "server")
+    assert command[1:3] == ["server", "start"]
+    assert env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == LEASES_ON_DISK
+    monkeypatch.setenv("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "custom.storage")  # an operator's choice
+    assert (
+        _command(ServiceConfig(state_dir=tmp_path), "server")[1]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"]
+        == "custom.storage"
+    )
+
+
 def test_the_emulator_is_throttled_only_when_it_has_a_limit_of_its_own(tmp_path: Path):
     from crowdclust.service.deployer import limits
 

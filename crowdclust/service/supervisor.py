@@ -40,6 +40,7 @@ from crowdclust.service.processes import (
 
 Say = Callable[[str], None]
 STARTUP_SECONDS = {"server": 180.0, "emulator": 60.0, "files": 20.0}
+LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 def _token(cfg: ServiceConfig) -> str:
@@ -61,6 +62,9 @@ def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
     """
     env = cfg.env()
     if name == "server":
+        # Leases on disk (under PREFECT_HOME): with the default in-memory store, a server restarted
+        # while a run held its run key forgot the lease and kept the key's slot taken for good.
+        env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
         if cfg.profile == "postgres":
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.connection_url(cfg)
         return [
