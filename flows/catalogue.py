@@ -80,7 +80,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     resolve_token(params.toloka)
     # What this run spends is what the key's pools cost after it less before: the rounds share one
     # exam pool (counted whole in every round before) and a run may only finish an evaluation.
-    spent_before = budget.total(budget.pool_charges_task(params.toloka, key))
+    spent_before = budget.total(budget.charges_at_start_task(params.toloka, key))
 
     state, seconds = rounds.catalogue_state_task(params.toloka, key)
     clustered = {item for entry in state if entry.completed for item in entry.items}

@@ -30,7 +30,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     """Cluster `params.dataset` with the crowd end to end; returns the summary (also in summary.json)."""
     clock = report.Stopwatch()
     folder = RunFolder.of(params)
-    spent_before = budget.total(budget.pool_charges_task(params.toloka, params.resolved_run_key))
+    spent_before = budget.total(budget.charges_at_start_task(params.toloka, params.resolved_run_key))
     with clock.lap("labelling"):
         labelled = labelling(params)
     with clock.lap("aggregation"):

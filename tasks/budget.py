@@ -133,6 +133,17 @@ def pool_charges_task(target: TolokaTarget, run_key: str) -> dict[str, float | N
     return {pool_id: value for _, pool_id, value in RunRegistry.connect(target, run_key).charged()}
 
 
+@stage_task(name="pool-charges-at-start", toloka=True, per_flow_run=True)
+def charges_at_start_task(target: TolokaTarget, run_key: str) -> dict[str, float | None]:
+    """`pool_charges_task` as a flow run first read it: what the run key had paid before the run.
+
+    A Retry of the flow run gets its first attempt's reading, so that what the run added counts
+    every attempt (and what the crowd finished between them), not only the last one's: a run
+    retried after an outage reported $13.00 added of $31.82, all of it paid by that one flow run.
+    """
+    return pool_charges_task.fn(target, run_key)
+
+
 def total(charges: dict[str, float | None]) -> float:
     """What every pool of `pool_charges_task` cost together (pools of earlier settings included: a
     rerun after a config change leaves the earlier pool behind, paid)."""

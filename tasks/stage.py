@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE, CachePolicy, Inputs
+from prefect.cache_policies import NO_CACHE, RUN_ID, CachePolicy, Inputs
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
@@ -124,7 +124,13 @@ def only_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def stage_task(
-    name: str, *, code: tuple[str, ...] = (), toloka: bool = False, cache: bool = True, **options: Any
+    name: str,
+    *,
+    code: tuple[str, ...] = (),
+    toloka: bool = False,
+    cache: bool = True,
+    per_flow_run: bool = False,
+    **options: Any,
 ) -> Callable[[F], F]:
     """A Prefect task for one pipeline stage.
 
@@ -136,13 +142,17 @@ def stage_task(
             and key its cache by who is asking as well (a hash of the token's requester id).
         cache: persist the result and reuse it for the same inputs and code; False for a stage
             that is the question of each run (e.g. "which rounds exist now").
+        per_flow_run: reuse the result only within the same flow run: a Retry of it in the UI gets
+            its first attempt's answer (e.g. what the run key had paid when the run began), a new
+            run asks again.
         options: other `prefect.task` options.
     """
 
     def wrap(fn: F) -> F:
         opts: dict[str, Any] = {"cache_policy": NO_CACHE}
         if cache:
-            opts = {"cache_policy": StageCache(modules=code, who=toloka), "persist_result": True}
+            policy = StageCache(modules=code, who=toloka)
+            opts = {"cache_policy": policy + RUN_ID if per_flow_run else policy, "persist_result": True}
         if toloka:
             opts.update(
                 retries=3,

@@ -294,6 +294,34 @@ def test_a_helpers_warning_is_in_the_flow_runs_log_and_one_outside_a_run_is_not_
     assert mine == [("tasks.toloka_api", logging.WARNING, HELPER_WARNING)]
 
 
+def test_a_retried_flow_run_counts_from_what_the_key_had_paid_when_it_began(
+    prefect_harness, emu, tmp_path, monkeypatch
+):
+    """A run retried in the UI after an outage said it added $13.00 of $31.82, all of it paid by
+    that one flow run: each attempt read the key's charges afresh at its start. The pools' charges
+    are stood in for here (each reading $15 more than the last), so that the attempts can tell."""
+    from prefect import flow
+
+    from tasks import budget
+    from tasks.toloka_api import RunRegistry
+
+    readings = iter([10.0, 25.0, 40.0, 55.0])
+    monkeypatch.setattr(RunRegistry, "charged", lambda self: [("main-pool", "1", next(readings))])
+    params = _params(emu, tmp_path, run_key=f"e2e-retry-{uuid.uuid4().hex[:8]}")
+    attempts: list[tuple[float, float]] = []
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def retried_after_an_outage() -> None:
+        key = params.resolved_run_key
+        before = budget.total(budget.charges_at_start_task(params.toloka, key))
+        attempts.append((before, budget.total(budget.pool_charges_task(params.toloka, key))))
+        if len(attempts) == 1:
+            raise ConnectionError("the platform went away")
+
+    retried_after_an_outage()
+    assert attempts == [(10.0, 25.0), (10.0, 40.0)]  # the second attempt added 30, not 15
+
+
 def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path):
     from flows.labelling import labelling
     from tasks.wait import WaitTimeout
