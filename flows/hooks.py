@@ -28,6 +28,7 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     raw = (flow_run.parameters or {}).get("params")
     if raw is None:
         return
+    key = "K"
     try:
         params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
         key = params.catalogue_key if flow.name == CATALOGUE_FLOW else params.resolved_run_key
@@ -38,6 +39,15 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         log.warning("run key busy with another live run: its pools stay open")
     except MissingTokenError:
         log.warning("no Toloka token: nothing could have been opened, nothing to close")
+    except TRANSIENT as exc:
+        log.error(
+            "could not close the run's pools (%s: %s): they may still be open, and the crowd answers "
+            "them, paid, until they close. Once Toloka answers, Retry this run (it goes on with them) "
+            "or close them: `crowdclust run CONFIG --run-key %s --close`",
+            type(exc).__name__,
+            exc,
+            key,
+        )
     except Exception as exc:  # a hook must never hide the original failure
         log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)
 

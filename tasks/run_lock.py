@@ -209,6 +209,9 @@ def run_lock(target: TolokaTarget, run_key: str, closing: bool = False) -> Itera
 def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
     """Flow decorator (under `@flow`): hold the lock of `params.<key>` for the whole flow run.
 
+    A transient error that outlived the stage's retries leaves the flow as `StoppedAnswering`,
+    whose message names the URL and what to do (the UI shows it as the run's state message).
+
     The flow's first argument (or `params=`) is its `PipelineParams`; the signature Prefect shows
     is the flow function's own.
     """
@@ -216,9 +219,14 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
+            from tasks.toloka_api import TRANSIENT, stopped_answering  # toloka-kit: only once a flow runs
+
             params: PipelineParams = kwargs["params"] if "params" in kwargs else args[0]
             with run_lock(params.toloka, getattr(params, key)):
-                return fn(*args, **kwargs)
+                try:
+                    return fn(*args, **kwargs)
+                except TRANSIENT as error:  # past every retry: say who and what to do
+                    raise stopped_answering(error, params.toloka) from error
 
         return run  # type: ignore[return-value]
 

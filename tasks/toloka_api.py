@@ -189,6 +189,34 @@ class PlatformUnreachable(RuntimeError):
     """The Toloka URL does not answer: nothing was created."""
 
 
+class StoppedAnswering(RuntimeError):
+    """Toloka (or the Prefect API) stopped answering mid-run, after the stage's retries.
+
+    What a person reads in the UI's state message or as `crowdclust run`'s error line, instead of a
+    bare `ConnectError: [Errno 111] Connection refused` that names neither the URL nor what to do.
+    """
+
+
+def stopped_answering(error: BaseException, target: TolokaTarget) -> StoppedAnswering:
+    """`StoppedAnswering` for a transient error that outlived its retries: who, and what to do."""
+    import os
+
+    where = f"Toloka at {endpoint(target) or target.environment}"
+    api = os.environ.get("PREFECT_API_URL")
+    try:
+        url = str(error.request.url)  # type: ignore[attr-defined]  # httpx errors carry their request
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for an error without one
+        url = ""
+    if api and url.startswith(api):
+        where = f"the Prefect API at {api}"
+    return StoppedAnswering(
+        f"{where} stopped answering ({type(error).__name__}: {error}) after the stage's retries. The "
+        "run's open pools were closed if Toloka let them be (the log says), else the crowd may go on "
+        "answering them. Check that it runs, then run the same command again or Retry the flow run: "
+        "finished stages are reused and nothing paid is lost"
+    )
+
+
 def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
     """Ask who the token belongs to, once, quickly; returns `requester_digest`.
 

@@ -322,6 +322,46 @@ def test_a_retried_flow_run_counts_from_what_the_key_had_paid_when_it_began(
     assert attempts == [(10.0, 25.0), (10.0, 40.0)]  # the second attempt added 30, not 15
 
 
+def test_a_platform_gone_mid_run_fails_the_flow_run_naming_its_url_and_what_to_do(
+    prefect_harness, tmp_path, monkeypatch
+):
+    """The UI showed `Flow run encountered an exception: ConnectError: [Errno 111] Connection
+    refused` for an emulator stopped mid-run: no URL, nothing on the open pools or on resuming."""
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.hooks import CLOSES_POOLS
+    from tasks.run_lock import locked_run
+    from tasks.toloka_api import StoppedAnswering, TolokaClient
+
+    monkeypatch.setenv("TOLOKA_TOKEN", "a-token")
+    params = load_params(DEMO, {"toloka": {"url": "http://127.0.0.1:1"}, "runs_dir": str(tmp_path)})
+
+    @flow(name="platform-gone", **CLOSES_POOLS)
+    @locked_run()
+    def platform_gone(params) -> None:
+        TolokaClient("token", url=params.toloka.url, retries=0, timeout=5).get_requester()
+
+    state = platform_gone(params, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StoppedAnswering) as gone:
+        state.result()
+    assert isinstance(gone.value.__cause__, httpx.ConnectError)
+    message = str(gone.value)
+    assert message.startswith("Toloka at http://127.0.0.1:1 stopped answering (ConnectError: "), message
+    assert "Retry the flow run: finished stages are reused and nothing paid is lost" in message
+    assert "stopped answering (ConnectError" in state.message
+    APILogHandler().flush()
+    only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        errors = [log.message for log in client.read_logs(log_filter=only_this_run) if log.level == 40]
+    hook = "they may still be open, and the crowd answers them, paid, until they close"
+    assert any(hook in line and f"--run-key {params.resolved_run_key} --close" in line for line in errors), (
+        errors
+    )
+
+
 def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path):
     from flows.labelling import labelling
     from tasks.wait import WaitTimeout

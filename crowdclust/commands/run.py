@@ -69,18 +69,6 @@ def _fail(message: str, code: int, debug: bool) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _who_stopped_answering(error: BaseException) -> str | None:
-    """ "the Prefect API at URL" when the failed request went there (not to Toloka), else None."""
-    import os
-
-    api = os.environ.get("PREFECT_API_URL")
-    try:
-        url = str(error.request.url)  # type: ignore[attr-defined]  # httpx errors carry their request
-    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for an error without one
-        return None
-    return f"the Prefect API at {api}" if api and url.startswith(api) else None
-
-
 def _close_open(params: PipelineParams) -> list[str]:
     """Close every open pool and training of the run key, holding its lock (never a live run's)."""
     from tasks.run_lock import run_lock
@@ -203,8 +191,9 @@ def run(
             PlanChanged,
             PlatformUnreachable,
             StaleRunError,
-            endpoint,
+            StoppedAnswering,
             probe,
+            stopped_answering,
             token_in_environment,
         )
 
@@ -238,18 +227,17 @@ def run(
             raise _fail(
                 f"interrupted by {name}: {done}; run the same command again to resume", code, debug
             ) from None
-        except (RunKeyBusy, PlatformUnreachable, StaleRunError, SpendGuardStopped, PlanChanged) as error:
+        except (
+            RunKeyBusy,
+            PlatformUnreachable,
+            StaleRunError,
+            SpendGuardStopped,
+            PlanChanged,
+            StoppedAnswering,
+        ) as error:
             raise _fail(str(error), 1, debug) from None  # each message says what to do next
-        except TRANSIENT as error:
-            where = _who_stopped_answering(error) or (
-                f"Toloka at {endpoint(params.toloka) or params.toloka.environment}"
-            )
-            raise _fail(
-                f"{where} stopped answering ({type(error).__name__}) after the stage's retries: "
-                "check that it runs, then run the same command again (finished stages are reused)",
-                1,
-                debug,
-            ) from None
+        except TRANSIENT as error:  # outside the flow (its own decorator turns these into the above)
+            raise _fail(str(stopped_answering(error, params.toloka)), 1, debug) from None
         except (*DATA_ERRORS, MissingTokenError) as error:
             raise _fail(str(error), 2, debug) from None
         except DoesNotExistApiError as error:  # toloka-kit's own text is five lines and a request id
