@@ -39,12 +39,23 @@ def labelling_skill(params: PipelineParams) -> str:
 def evaluate_clusters(
     params: PipelineParams, clusters_csv: Path | None = None, skill_id: str | None = None
 ) -> Evaluation:
-    """Intruder accuracy of the clusters in `clusters_csv` (default: the run folder's)."""
+    """Intruder accuracy of the clusters in `clusters_csv` (default: the run folder's).
+
+    Inside a pipeline its files go to the run's folder, next to the report that shows them. Started
+    on its own (the `evaluate` deployment), it writes them to `evaluations/<HITs' digest>/` in that
+    folder, with an `evaluation.json` of its own: the run's report and summary stay those of the
+    run's evaluation.
+    """
+    from prefect import runtime
+
     logger = get_run_logger()
     folder = RunFolder.of(params)
     run_key, cfg = params.resolved_run_key, params.intruders
     clusters = folder.read_clusters(clusters_csv)
     made, skipped = intruders.make_hits(clusters, cfg.n_hits, cfg.images_per_hit, params.seed)
+    alone = runtime.flow_run.parent_flow_run_id is None
+    if alone and made:
+        folder = folder.evaluation(intruders.round_key(run_key, made))
     for cluster in skipped:
         logger.info(
             "cluster %s has fewer than %d images: no intruder HIT hosted by it",
@@ -95,4 +106,11 @@ def evaluate_clusters(
         result.answer_accuracy or 0.0,
         result.n_answers,
     )
+    if alone:
+        written = folder.write_evaluation(result)
+        logger.info(
+            "this evaluation's files: %s (its cost $%.2f in evaluation.json)",
+            written.parent,
+            result.spent or 0.0,
+        )
     return result

@@ -34,7 +34,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from tasks.params import PipelineParams
-from tasks.stages import Aggregated, HitPlan, IntruderHit, RunSummary
+from tasks.stages import Aggregated, Evaluation, HitPlan, IntruderHit, RunSummary
 
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which the service serves its runs folder
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # that folder
@@ -59,6 +59,14 @@ class RunFolder:
     def round(self, round_id: str) -> RunFolder:
         """Where a catalogue round keeps its HIT plan."""
         return RunFolder(self.root / "rounds" / round_id)
+
+    def evaluation(self, key: str) -> RunFolder:
+        """Where an intruder evaluation started on its own keeps its files (`evaluations/<HITs' digest>`).
+
+        In the run's own folder it would replace the files of the evaluation that the run's
+        `report.html` and `summary.json` describe (a user's 60-HIT evaluation overwrote the run's
+        100-HIT one there, and its cost was in no file)."""
+        return RunFolder(self.root / "evaluations" / key)
 
     def before_round(self) -> RunFolder:
         """Where the clustering that a round's anchors were drawn from is kept."""
@@ -197,6 +205,17 @@ class RunFolder:
     def write_intruder_hits(self, hits: list[IntruderHit]) -> Path:
         self._ready(self.intruder_hits).write_text(json.dumps([asdict(h) for h in hits], indent=1))
         return self.intruder_hits
+
+    @property
+    def evaluation_summary(self) -> Path:
+        return self.root / "evaluation.json"
+
+    def write_evaluation(self, evaluation: Evaluation) -> Path:
+        """An evaluation started on its own: accuracy overall and per cluster, answers, cost."""
+        self._ready(self.evaluation_summary).write_text(
+            json.dumps(evaluation.as_dict(), indent=1, default=str)
+        )
+        return self.evaluation_summary
 
     def write_report(self, page: str) -> Path:
         self._ready(self.report).write_text(page)

@@ -606,3 +606,31 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
         cluster_catalogue(second)
     roles = [str(p.private_comment).rsplit(":", 1)[1] for p in _objects(second)["pools"]]
     assert sum(role.startswith(ROUND_ROLE) for role in roles) == 1, roles  # round 2 opened nothing
+
+
+def test_an_evaluation_started_on_its_own_leaves_the_runs_files_and_writes_its_own(scenario, prefect_harness):
+    """The `evaluate` deployment on a finished run's key replaced the intruder HITs, answers and
+    chart of the run's folder with its own, while report.html and summary.json still described the
+    run's evaluation, and its cost was in no file. (Last in the module: it adds to the key's spend.)"""
+    from flows.evaluate import evaluate_clusters
+
+    params, summary = scenario["params"], scenario["summary"]
+    run_dir = params.run_dir
+    kept = ("summary.json", "report.html", "intruder_hits.json", "assignments_intruders.tsv", "intruders.png")
+    before = {name: (run_dir / name).read_bytes() for name in kept}
+    fewer = params.model_copy(
+        update={
+            "intruders": params.intruders.model_copy(update={"n_hits": 20}),
+            "budget": params.budget.model_copy(update={"max_spend": 1000.0}),
+        }
+    )
+    result = evaluate_clusters(fewer, skill_id=summary.toloka_ids.skill)
+    assert result.n_hits == 20 and result.spent and result.spent > 0
+    assert {name: (run_dir / name).read_bytes() for name in kept} == before
+    [folder] = list((run_dir / "evaluations").iterdir())
+    saved = json.loads((folder / "evaluation.json").read_text())
+    assert saved["n_hits"] == 20 and saved["spent"] == pytest.approx(result.spent)
+    assert saved["accuracy"] == pytest.approx(result.accuracy)
+    assert len(json.loads((folder / "intruder_hits.json").read_text())) == 20
+    answers = pd.read_csv(folder / "assignments_intruders.tsv", sep="\t")
+    assert answers["ASSIGNMENT:assignment_id"].nunique() == result.n_assignments
