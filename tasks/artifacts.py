@@ -128,6 +128,10 @@ def literal(text: str) -> str:
     return f"`{cleaned}`" if cleaned else ""
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def name_text(text: str) -> str:
     """A name (run, flow, state) as plain text: letters, digits, space, `.`, `_` and `-` only."""
     return re.sub(r"[^A-Za-z0-9 ._-]", "_", str(text))
@@ -139,7 +143,9 @@ def _image_cell(item: str, thumbnails: dict[str, str], alt: str) -> str:
         uri.split(",", 1)[1]
     ):
         return f"![{alt}]({uri})"
-    name = item.rstrip("/").rsplit("/", 1)[-1][:40]
+    name = item.rstrip("/").rsplit("/", 1)[-1]
+    if len(name) > 20:  # a code span does not wrap: five of 40 characters pushed the grid off screen
+        name = f"{name[:9]}…{name[-10:]}"
     return f"(no image: {literal(name)})"
 
 
@@ -163,7 +169,7 @@ def gallery_markdown(
     """
     groups = sorted(clusters.groupby(clusters), key=lambda group: (-len(group[1]), group[0]))
     lines = [
-        f"{len(clusters)} images in {len(groups)} clusters; up to {per_cluster} per cluster shown.",
+        f"{_n(len(clusters), 'image')} in {_n(len(groups), 'cluster')}; up to {per_cluster} a cluster shown.",
         "",
         "| cluster | images |" + " |" * GALLERY_COLUMNS,
         "|---|---|" + "---|" * GALLERY_COLUMNS,
@@ -181,7 +187,8 @@ def gallery_markdown(
             lines.append(f"| {head} | " + " | ".join(row) + " |")
     if len(groups) > max_clusters:
         rest = groups[max_clusters:]
-        lines += ["", f"{len(rest)} smaller clusters ({sum(len(g[1]) for g in rest)} images) not shown."]
+        hidden = sum(len(g[1]) for g in rest)
+        lines += ["", f"{_n(len(rest), 'smaller cluster')} ({_n(hidden, 'image')}) not shown."]
     if report_note:
         lines += ["", report_note]
     return "\n".join(lines)
