@@ -29,8 +29,9 @@ from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_rounds
 from flows.evaluate import evaluate_clusters
-from flows.hooks import CATALOGUE_FLOW, CLOSES_POOLS
+from flows.hooks import CLOSES_POOLS
 from flows.labelling import collect_labels
+from flows.run_names import CATALOGUE_FLOW
 from flows.second_round import second_round
 from tasks import artifacts, budget, dataset, hits, preflight, report, results, rounds
 from tasks.export_format import n_assignments

@@ -16,11 +16,10 @@ from typing import Any
 import httpx
 from prefect.logging.loggers import flow_run_logger
 
+from flows.run_names import by_run_key, run_key_of
 from tasks.params import PipelineParams
 from tasks.run_lock import RunKeyBusy, run_lock
 from tasks.toloka_api import TRANSIENT, MissingTokenError, RunRegistry, make_client
-
-CATALOGUE_FLOW = "crowdclust-catalogue"  # keyed by the catalogue key, not the content-derived run key
 
 
 def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
@@ -31,10 +30,11 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     key = "K"
     try:
         params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
-        key = params.catalogue_key if flow.name == CATALOGUE_FLOW else params.resolved_run_key
+        key = run_key_of(flow.name, params)
         with run_lock(params.toloka, key, closing=True):
             closed = close_with_retries(RunRegistry(make_client(params.toloka, retries=1), key))
-        log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed or "nothing")
+        closed_text = closed or "nothing (none was open)"
+        log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed_text)
     except RunKeyBusy:
         log.warning("run key busy with another live run: its pools stay open")
     except MissingTokenError:
@@ -70,8 +70,10 @@ def close_with_retries(registry: RunRegistry, attempts: int = 4) -> list[str]:
     raise AssertionError("unreachable")
 
 
-# `@flow(name=..., **CLOSES_POOLS)`: the run's pools are closed however it ends short of completion.
+# `@flow(name=..., **CLOSES_POOLS)`: the run's pools are closed however it ends short of completion,
+# and the run is named after its run key.
 CLOSES_POOLS: dict[str, Any] = {
+    "flow_run_name": by_run_key,
     "on_failure": [close_pools_hook],
     "on_cancellation": [close_pools_hook],
     "on_crashed": [close_pools_hook],

@@ -166,6 +166,13 @@ def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):
         )
     states = sorted((r.expected_start_time, r.state_name) for r in runs)
     assert [s for _, s in states][-2:] == ["Completed", "Cached"]
+    # Runs are named after their run key, so a team's Runs page reads by key (not `adjective-animal`).
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterId, FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        named = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[RUN_KEY])))
+        flows = client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=[r.flow_id for r in named])))
+    assert {"crowdclust-pipeline", "crowdclust-labelling", "crowdclust-evaluate"} <= {f.name for f in flows}
 
 
 def test_spend_is_read_from_toloka_and_the_budget_is_shared_by_the_stages(scenario, prefect_harness):

@@ -1,0 +1,33 @@
+"""Flow-run names that say whose run it is: the run key (the catalogue key for a catalogue).
+
+Prefect names a run `adjective-animal` by default, so a team's Runs page (a top-level run and its
+sub-flows, times every teammate) could not be read by key without opening each run.
+"""
+
+from __future__ import annotations
+
+from prefect.utilities.names import generate_slug
+
+from tasks.params import PipelineParams
+
+CATALOGUE_FLOW = "crowdclust-catalogue"  # keyed by the catalogue key, not the content-derived run key
+
+
+def run_key_of(flow_name: str, raw: object) -> str:
+    """The key a flow run of `flow_name` with parameter `params` = `raw` runs under."""
+    params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
+    return params.catalogue_key if flow_name == CATALOGUE_FLOW else params.resolved_run_key
+
+
+def by_run_key() -> str:
+    """`flow_run_name` of the flows that take `params`: the run key, else Prefect's usual slug.
+
+    Never raises: a name is not worth failing a run for (a dataset that cannot be read fails it
+    in its first stage, with the reason).
+    """
+    from prefect.runtime import flow_run
+
+    try:
+        return run_key_of(flow_run.flow_name, flow_run.parameters.get("params"))
+    except Exception:
+        return generate_slug(2)
