@@ -93,7 +93,17 @@ def _flock(path: Path, run_key: str) -> IO[str]:
                     time.sleep(POLL_SECONDS)
                     continue
             handle.close()
-            raise _busy(run_key, owner) from None
+            raise _busy(run_key, _local_holder(owner)) from None
+
+
+def _local_holder(owner: str) -> str:
+    """The lock file's `pid N [lease ID][ role]` for a person: `pid N on this machine[, role]`
+    (the lease id is for the next holder, should this one die)."""
+    found = re.fullmatch(r"pid (\d+)(?: lease \S+)?(.*)", owner)
+    if found is None:
+        return owner
+    role = found[2].strip()
+    return f"pid {found[1]} on this machine" + (f", {role}" if role else "")
 
 
 def _log() -> Any:

@@ -70,6 +70,10 @@ def test_a_second_run_on_another_machine_fails_at_once_and_a_kill_9_frees_the_ke
     first_machine = machine("a")
     holder = _hold(key, first_machine)
     try:
+        # On its own machine the flock refuses first, naming the process (not its lease id).
+        same = rf"is already running \(pid {holder.pid} on this machine\); wait for it to end"
+        with pytest.raises(RunKeyBusy, match=same), run_lock(TARGET, key):
+            pass
         machine("b")
         started = time.monotonic()
         with pytest.raises(RunKeyBusy) as busy, run_lock(TARGET, key):
