@@ -48,6 +48,9 @@ def collect_labels(
     artifacts.hit_coverage(plan.coverage)
 
     costs = budget.estimate_labelling(params, bundle, len(plan.hits))
+    counted = budget.main_overlap(params, bundle)  # per HIT, what quality rules may add included
+    beyond = budget.answers_beyond_task(params.toloka, run_key, main_pool_role, counted)
+    costs = budget.with_answers_beyond(costs, beyond, counted, params)
     covers = ("exam-pool", main_pool_role, *(() if evaluations_behind else (budget.INTRUDER_POOLS,)))
     before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
 

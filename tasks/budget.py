@@ -12,7 +12,7 @@ evaluation and every later catalogue round share one budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prefect import get_run_logger
 
@@ -100,6 +100,33 @@ def check_budget(costs: CostEstimate, max_spend: float, spent_before: float = 0.
             f"{already}; raise budget.max_spend or lower overlap / hits_per_item / intruders.n_hits. "
             "No pool was opened."
         )
+
+
+@stage_task(name="answers-beyond-overlap", toloka=True, cache=False)
+def answers_beyond_task(target: TolokaTarget, run_key: str, role: str, overlap: int) -> int:
+    """`RunRegistry.answers_beyond`, read now (a question of each run, never cached)."""
+    return RunRegistry.connect(target, run_key).answers_beyond(role, overlap)
+
+
+def with_answers_beyond(
+    costs: CostEstimate, extra: int, counted: int, params: PipelineParams
+) -> CostEstimate:
+    """The estimate with the main pool's answers above the plan's overlap (already paid or due).
+
+    A run interrupted at overlap 7 and resumed at 5 paid 478 answers where the plan counted 410:
+    $16.33 against a max_spend of $14.60 that the estimate ($14.56) had passed.
+    """
+    if extra <= 0:
+        return costs
+    added = pool_cost(extra, 1, params.hits.reward, params.budget.fee_rate)
+    get_run_logger().warning(
+        "the main pool already holds %d answers above the %d per HIT the plan counts (given before "
+        "hits.overlap was lowered): they are paid too, $%.2f added to the estimate",
+        extra,
+        counted,
+        added,
+    )
+    return replace(costs, main=round(costs.main + added, 4))
 
 
 @stage_task(name="check-budget", toloka=True, cache=False)
@@ -191,16 +218,42 @@ class SpendGuard:
             price=round(params.intruders.reward * (1.0 + params.budget.fee_rate), 6),
         )
 
-    def plan_fits(self, charged: float) -> bool:
-        """True while nothing the plan allows can pass the limit (no in-flight count needed)."""
-        return self.ceiling <= self.limit and charged <= self.ceiling
+    def plan_fits(self, charged: float, ratio: float = 1.0) -> bool:
+        """True while nothing the plan allows can pass the limit (no in-flight count needed).
 
-    def spent(self, stats: PoolStats, exams_accepted: int) -> float:
+        `ratio` (`price_ratio`): Toloka charges that much more per answer than the config says, so
+        the plan's ceiling is that much higher.
+        """
+        ceiling = self.ceiling * ratio
+        return ceiling <= self.limit and charged <= ceiling
+
+    def price_ratio(self, stats: PoolStats) -> float:
+        """What Toloka charged per accepted answer of the guarded pool over the configured price (>= 1).
+
+        The plan's prices come from `hits.reward` and `budget.fee_rate`; a fee_rate below the
+        platform's (0.0 for Toloka's 0.3) made the ceiling 30% low, the guard stayed quiet on it,
+        and a run charged $16.07 against a max_spend of $15.00 before its first check.
+        """
+        accepted = stats.approved_assignments_count or 0
+        if not stats.spent_budget or accepted <= 0 or self.price <= 0:
+            return 1.0
+        ratio = stats.spent_budget / accepted / self.price
+        return round(ratio, 4) if ratio > 1.001 else 1.0  # rounding of the platform's figures aside
+
+    def price_note(self, ratio: float) -> str:
+        """The log line of a `price_ratio` above 1."""
+        return (
+            f"Toloka charges ${self.price * ratio:.4f} per answer where the config's price is "
+            f"${self.price:.4f} (hits.reward with budget.fee_rate): the spend guard counts Toloka's "
+            "price from now on; set budget.fee_rate to the platform's fee for a right estimate"
+        )
+
+    def spent(self, stats: PoolStats, exams_accepted: int, ratio: float = 1.0) -> float:
         """Charged so far: Toloka's spent_budget, else accepted answers x price (main + exams)."""
         main = stats.spent_budget
         if main is None:
             main = (stats.approved_assignments_count or stats.submitted_assignments_count or 0) * self.price
-        return round(main + exams_accepted * self.exam_price, 4)
+        return round(main + exams_accepted * self.exam_price * ratio, 4)
 
 
 @dataclass
@@ -209,18 +262,29 @@ class LiveSpend:
 
     guard: SpendGuard
     last: float | None = None
+    ratio: float = 1.0  # the highest `price_ratio` seen: a price above the config's is said once
 
-    def stop_reason(self, charged: float, in_flight: float) -> str | None:
+    def ratio_of(self, stats: PoolStats) -> float:
+        """`SpendGuard.price_ratio` of this poll, never below an earlier poll's; logs the first rise."""
+        ratio = max(self.ratio, self.guard.price_ratio(stats))
+        if ratio > self.ratio and self.ratio == 1.0:
+            get_run_logger().warning("%s", self.guard.price_note(ratio))
+        self.ratio = ratio
+        return ratio
+
+    def stop_reason(self, charged: float, in_flight: float, ratio: float = 1.0) -> str | None:
         """Why to close now, or None.
 
         Committed = charged + in flight. Before the next poll the crowd may commit about as much
-        again as since the last one: the margin is twice that step (never more than the plan leaves)
-        plus one assignment.
+        again as since the last one: the margin is twice that step (never more than the plan leaves,
+        while the plan holds) plus one assignment. Past the plan's ceiling the plan was wrong (answers
+        held above a lowered overlap, a fee above the config's), so it caps nothing.
         """
         committed = charged + in_flight
         step = 0.0 if self.last is None else max(committed - self.last, 0.0)
         self.last = committed
-        margin = min(2 * step, max(self.guard.ceiling - committed, 0.0)) + self.guard.price
+        left = self.guard.ceiling * ratio - committed
+        margin = (min(2 * step, left) if left > 0 else 2 * step) + self.guard.price * ratio
         if committed + margin <= self.guard.limit:
             return None
         return (

@@ -210,10 +210,11 @@ def wait_intruders_task(
     live = LiveSpend(spend)
 
     def guard(stats: PoolStats) -> str | None:
-        charged = spend.spent(stats, 0)
-        if spend.plan_fits(charged):
+        charged, ratio = spend.spent(stats, 0), live.ratio_of(stats)
+        if spend.plan_fits(charged, ratio):
             return None
-        return live.stop_reason(charged, count_assignments(client, ids.pool, PENDING_AUTO) * spend.price)
+        in_flight = count_assignments(client, ids.pool, PENDING_AUTO) * spend.price * ratio
+        return live.stop_reason(charged, in_flight, ratio)
 
     waited, stopped = wait_guarded(
         client, ids.pool, period=period, timeout=timeout, report=report, guard=guard

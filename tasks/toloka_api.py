@@ -756,6 +756,22 @@ class RunRegistry:
             if str(pool.private_comment or "").startswith(self.prefix)
         }
 
+    def answers_beyond(self, role: str, overlap: int) -> int:
+        """Answers the run's pool `role` holds (taken, submitted or accepted) above `overlap` per HIT.
+
+        A resumed run whose overlap went down (7 -> 5) still pays for the answers its HITs already
+        hold: the plan at the new overlap does not count them (0 when the pool does not exist yet).
+        """
+        pool = self.pools().get(role)
+        if pool is None:
+            return 0
+        held: dict[str, int] = {}
+        for answer in self.client.get_assignments(
+            pool_id=pool.id, status=["ACTIVE", "SUBMITTED", "ACCEPTED"]
+        ):
+            held[str(answer.task_suite_id)] = held.get(str(answer.task_suite_id), 0) + 1
+        return sum(max(0, count - overlap) for count in held.values())
+
     def spent(self, include: Callable[[str], bool] = lambda role: True) -> float:
         """What Toloka charged so far for the run's pools whose role passes `include`, USD."""
         return round(sum(v or 0.0 for _, _, v in self.charged(include)), 4)

@@ -162,13 +162,14 @@ def wait_labelling_task(
     live = LiveSpend(spend)
 
     def guard(stats: PoolStats) -> str | None:
-        if spend.plan_fits(spend.spent(stats, totals[0].accepted)):
+        ratio = live.ratio_of(stats)
+        if spend.plan_fits(spend.spent(stats, totals[0].accepted, ratio), ratio):
             return None
         exam = pool_stats(client, ids.exam_pool)
-        charged = spend.spent(stats, 0) + (exam.spent_budget or totals[0].accepted * spend.exam_price)
+        charged = spend.spent(stats, 0) + (exam.spent_budget or totals[0].accepted * spend.exam_price * ratio)
         in_flight = count_assignments(client, ids.main_pool, PENDING_AUTO) * spend.price
         in_flight += count_assignments(client, ids.exam_pool, PENDING_REVIEW) * spend.exam_price
-        return live.stop_reason(charged, round(in_flight, 4))
+        return live.stop_reason(charged, round(in_flight * ratio, 4), ratio)
 
     report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}")
     main, stopped = wait_guarded(

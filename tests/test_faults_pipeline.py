@@ -111,8 +111,13 @@ def test_thirty_percent_faults_and_300_ms_latency_end_to_end(prefect_harness, em
     assert summary.clusters >= 2
 
 
-def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, config, monkeypatch):
-    """A budget that the estimate fits but the crowd would pass: the pool closes, the answers stay."""
+@pytest.mark.parametrize("fee_rate", [None, 0.0], ids=["fee-as-configured", "fee-rate-below-the-platforms"])
+def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, config, monkeypatch, fee_rate):
+    """A budget that the estimate fits but the crowd would pass: the pool closes, the answers stay.
+
+    With `budget.fee_rate: 0.0` (the platform takes 30%) the estimate is 30% low: the limit lies just
+    above it, so the guard, trusting it, stayed quiet until a poll found the limit passed (a user's
+    run charged $16.07 against $15.00). It now counts the price Toloka charges."""
     from prefect import flow
 
     from tasks import budget, exam, setup, wait
@@ -120,13 +125,18 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     from tasks.hits import make_plan
     from tasks.toloka_config import Placeholders, load_bundle
 
-    params = _params(config, "faults-guard")
+    key = "faults-guard" if fee_rate is None else "faults-guard-fee"
+    params = _params(config, key)
+    if fee_rate is not None:
+        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": fee_rate})})
     bundle = load_bundle(params.toloka_dir)
     items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
     plan = make_plan(items, params.hits, params.seed)
     # The estimate is $1.01 (main $0.70 = 9 x 3 x $0.026, exams $0.31 if all 24 seats were paid); a
     # run costs about $0.85 (rejected exams are not paid). The limit lies below what the run costs.
-    limit = 0.75
+    # At fee_rate 0 the estimate is $0.78 and the limit a cent above it.
+    estimate = budget.estimate_labelling(params, bundle, len(plan.hits))
+    limit = 0.75 if fee_rate is None else round(estimate.main + estimate.exam + 0.01, 2)
 
     class PollClock(ProgressReporter):
         """Each poll lets the crowd work POLL_STEP simulated seconds, however long the poll took.
@@ -142,11 +152,11 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     @flow
     def guarded() -> Any:
         ids = setup.setup_labelling_task(
-            params.toloka, "faults-guard", bundle, Placeholders.of(params), params.exam.skill_name
+            params.toloka, key, bundle, Placeholders.of(params), params.exam.skill_name
         )
-        setup.upload_hits_task(params.toloka, "faults-guard", ids.main_pool, plan.hits)
+        setup.upload_hits_task(params.toloka, key, ids.main_pool, plan.hits)
         limited = params.model_copy(update={"budget": params.budget.model_copy(update={"max_spend": limit})})
-        guard = budget.SpendGuard.of(limited, 0.0, budget.estimate_labelling(params, bundle, len(plan.hits)))
+        guard = budget.SpendGuard.of(limited, 0.0, estimate)
         staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap)
         return wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.2, 120.0, guard, staffing)
 
@@ -160,9 +170,9 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
         emu.control("config", method="POST", speed=600.0)
     assert waited.stopped.startswith("spend guard:"), waited
     time.sleep(2)  # let assignments in flight at the close be submitted and accepted
-    found = _objects(emu, "faults-guard")
+    found = _objects(emu, key)
     assert str(found["pools"]["main-pool"].status.value) == "CLOSED" and not found["open"], found
-    spent = _spent(emu, "faults-guard")
+    spent = _spent(emu, key)
     print(f"live guard: spent ${spent:.3f} of a ${limit:.2f} limit")
     assert 0 < spent <= limit
 
@@ -257,6 +267,22 @@ def test_more_hits_per_image_on_a_finished_run_are_answered_and_only_they_are_pa
     per_answer = before / (9 * 3)  # the reward and the platform's fee
     assert main_spent() - before == pytest.approx(3 * 3 * per_answer, abs=0.001)
     assert more.cost.added == pytest.approx(_spent(emu, key) - first.cost.by_run_key, abs=0.001)
+
+    # Overlap lowered to 2 under the same key: the 12 answers above it are paid all the same. A
+    # max_spend that the plan at overlap 2 fits, but not those answers, is refused before anything
+    # changes (a user's resume at a lower overlap charged $16.33 against a max_spend of $14.60).
+    from tasks.budget import BudgetExceeded, estimate_labelling
+    from tasks.toloka_config import load_bundle
+
+    lowered = {"hits_per_item": 4, "overlap": 2}
+    lower = _params(config, key, hits=lowered)
+    plan_only = estimate_labelling(lower, load_bundle(lower.toloka_dir), 12)
+    tight = _params(config, key, hits=lowered, budget={"max_spend": plan_only.total + 0.1})
+    spent = _spent(emu, key)
+    with pytest.raises(BudgetExceeded, match=r"exceeds budget\.max_spend"):
+        crowdclust_pipeline(tight)
+    assert _spent(emu, key) == pytest.approx(spent, abs=0.001)
+    assert _objects(emu, key)["pools"]["main-pool"].defaults.default_overlap_for_new_task_suites == 3
 
 
 def _until_the_main_pool_opens(emu: Any, key: str, process: subprocess.Popen[str]) -> None:
