@@ -29,6 +29,10 @@ class BudgetExceeded(RuntimeError):
     """The stage would cost more than what is left of `budget.max_spend`; nothing has been opened or paid."""
 
 
+class BalanceTooLow(BudgetExceeded):
+    """The account's balance is below what the stage may still cost; nothing has been opened or paid."""
+
+
 class SpendGuardStopped(RuntimeError):
     """The spend guard closed the main pool before completion; what was accepted has been exported."""
 
@@ -85,20 +89,51 @@ def estimate_intruders(params: PipelineParams, bundle: TolokaBundle, n_hits: int
     return CostEstimate(intruders=pool_cost(n_hits, overlap, cfg.reward, params.budget.fee_rate))
 
 
+def _apart(value: float, other: float) -> str:
+    """`value` in dollars, with as many decimals as it takes to differ from `other` (at most 4).
+
+    `estimated cost $31.82 exceeds budget.max_spend $31.82` read as a contradiction: the estimate
+    was $31.824.
+    """
+    for places in (2, 3, 4):
+        if f"{value:.{places}f}" != f"{other:.{places}f}":
+            return f"{value:,.{places}f}"
+    return f"{value:,.4f}"
+
+
 def check_budget(costs: CostEstimate, max_spend: float, spent_before: float = 0.0) -> None:
     """Raise with the breakdown when the estimate exceeds what is left of the budget."""
     left = round(max_spend - spent_before, 4)
     if costs.total > left:
         parts = ", ".join(f"{k} ${v:.2f}" for k, v in costs.as_dict().items() if k != "total" and v)
         already = (
-            f" less ${spent_before:.2f} already spent by this run key (${left:.2f} left)"
+            f" less ${spent_before:.2f} already spent by this run key (${_apart(left, costs.total)} left)"
             if spent_before
             else ""
         )
         raise BudgetExceeded(
-            f"estimated cost ${costs.total:.2f} ({parts}) exceeds budget.max_spend ${max_spend:.2f}"
-            f"{already}; raise budget.max_spend or lower overlap / hits_per_item / intruders.n_hits. "
-            "No pool was opened."
+            f"estimated cost ${_apart(costs.total, left)} ({parts}) exceeds budget.max_spend "
+            f"${_apart(max_spend, costs.total)}{already}; raise budget.max_spend or lower overlap / "
+            "hits_per_item / intruders.n_hits. No pool was opened."
+        )
+
+
+def check_balance(costs: CostEstimate, paid: float, balance: float | None) -> None:
+    """Refuse a stage the account cannot pay for: its estimate less what its pools were paid already.
+
+    Toloka closes a pool whose requester runs out of money (NOT_ENOUGH_BALANCE): a user with $10 on
+    the account saw the budget check pass a $31.82 estimate, the pools open, $9.84 paid, and the run
+    fail half done.
+    """
+    if balance is None:
+        return
+    due = round(costs.total - paid, 4)
+    if due > balance:
+        raise BalanceTooLow(
+            f"the account's balance ${_apart(balance, due)} is below what this stage may still cost, "
+            f"${_apart(due, balance)} (estimate ${costs.total:.2f}"
+            + (f" less ${paid:.2f} paid already in its pools" if paid else "")
+            + "): top up the account on Toloka, then run the same command again. No pool was opened."
         )
 
 
@@ -149,6 +184,7 @@ def check_budget_task(
         f"; ${resumed:.2f} paid already in the pools the estimate covers (a resumed run)" if resumed else "",
     )
     check_budget(costs, max_spend, before)
+    check_balance(costs, resumed, registry.balance())
     return before
 
 

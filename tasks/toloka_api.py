@@ -756,6 +756,11 @@ class RunRegistry:
             if str(pool.private_comment or "").startswith(self.prefix)
         }
 
+    def balance(self) -> float | None:
+        """The requester's balance, USD (None when the platform does not say)."""
+        value = self.client.get_requester().balance
+        return None if value is None else float(value)
+
     def answers_beyond(self, role: str, overlap: int) -> int:
         """Answers the run's pool `role` holds (taken, submitted or accepted) above `overlap` per HIT.
 

@@ -50,6 +50,11 @@ class WaitTimeout(RuntimeError):
 class PoolStopped(RuntimeError):
     """The pool closed for a reason other than completion (balance, expiry, manual close)."""
 
+    def __init__(self, message: str, reason: str = "", stats: PoolStats | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.stats = stats
+
 
 class SpendLimitReached(RuntimeError):
     """The spend guard closed the pool; `stats` is its last poll (what was bought is kept)."""
@@ -106,7 +111,9 @@ def wait_for_pool(
             if not is_completed(pool):
                 raise PoolStopped(
                     f"pool {pool_id} is {status_of(pool)} (reason: {close_reason(pool) or 'unknown'}) "
-                    "before completion"
+                    "before completion",
+                    close_reason(pool),
+                    stats,
                 )
             return replace(stats, completion_percentage=100.0)
         if time.monotonic() - started > timeout:
@@ -116,16 +123,29 @@ def wait_for_pool(
 
 
 def wait_guarded(client: TolokaClient, pool_id: str, **options: Any) -> tuple[PoolStats, str]:
-    """`wait_for_pool`, where a stop by the spend guard is an outcome, not an error.
+    """`wait_for_pool`, where a stop by the spend guard (or by Toloka for lack of balance) is an
+    outcome, not an error.
 
-    Returns the last poll and the guard's reason ("" when the pool completed); the reason is
-    logged as a warning, and the caller exports what was accepted.
+    Returns the last poll and the reason ("" when the pool completed); the reason is logged as a
+    warning, and the caller exports what was accepted.
     """
     try:
         return wait_for_pool(client, pool_id, **options), ""
     except SpendLimitReached as limit:
         get_run_logger().warning("%s", limit)
         return limit.stats, str(limit)
+    except PoolStopped as stop:
+        if stop.reason != "NOT_ENOUGH_BALANCE" or stop.stats is None:
+            raise
+        # Like the guard's stop: what was bought is exported, and the same pool is finished later.
+        answers = int(stop.stats.approved_assignments_count or stop.stats.submitted_assignments_count or 0)
+        reason = (
+            f"Toloka closed pool {pool_id}: the account's balance ran out (NOT_ENOUGH_BALANCE) with "
+            f"{answers:,} answers accepted; top up the account, then run the same command again (or "
+            "Retry) to finish the same pool"
+        )
+        get_run_logger().warning("%s", reason)
+        return stop.stats, reason
 
 
 @stage_task(name="wait-labelling", code=CODE, toloka=True)

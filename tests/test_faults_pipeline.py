@@ -450,3 +450,23 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
         # ... and a stage keyed by object ids alone (wait, export) can never be served another
         # instance's result for an object of the same id.
         assert _client(restarted).get_requester().id != lost
+
+
+def test_an_account_that_cannot_pay_the_estimate_is_refused_before_anything_opens(
+    prefect_harness, config, monkeypatch
+):
+    """$0.50 on the account for a run estimated at $1.01: before, the budget check passed, the pools
+    opened, and Toloka closed the main pool for lack of balance half done (a user: $9.84 of $31.82
+    paid, the answers not even exported)."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.budget import BalanceTooLow
+
+    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.5)
+    with run_in_background(poor) as running:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
+        params = _params(config, "faults-balance", toloka={"environment": "local", "url": running.url})
+        with pytest.raises(
+            BalanceTooLow, match=r"balance \$0\.50 is below what this stage may still cost, \$1\.01"
+        ):
+            crowdclust_pipeline(params)
+        assert _objects(running, "faults-balance")["pools"] == {}

@@ -5,8 +5,9 @@ pay for it).
 
 What the user sees when it goes wrong is one `error:` line and an exit code:
 
-- 2: the config or the data (dataset, HIT size, exam suites, overlap rules, budget), the token:
-  checked before anything is created or paid;
+- 2: the config or the data (dataset, HIT size, exam suites, overlap rules, budget, the account's
+  balance), the token: checked before the stage they concern creates or pays anything (a budget
+  refusal of the evaluation comes after the labelling it follows was paid, and keeps it);
 - 1: the run failed (platform unreachable, the run key busy, the platform lost the run's
   objects, the spend guard closed the main pool, ...): the line says what to do;
 - 130 / 143 / 129: interrupted by Ctrl-C / SIGTERM / SIGHUP (the terminal closed); the run's open
