@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from tasks import run_lease
@@ -57,8 +58,20 @@ class RunKeyBusy(RuntimeError):
     """Another live process runs the same run key against the same platform."""
 
 
+def same_platform(url: str) -> str:
+    """One spelling of a platform URL: `http://localhost:4410/` and `http://127.0.0.1:4410` are the
+    same emulator, and two runs of one key against it, spelled so, both ran and both paid gating."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    host = "127.0.0.1" if host in ("localhost", "::1") or host.startswith("127.") else host
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
+
+
 def lock_path(target: TolokaTarget, run_key: str) -> Path:
-    where = endpoint(target) or target.environment
+    url = endpoint(target)
+    where = same_platform(url) if url else target.environment
     digest = hashlib.sha256(f"{where}\0{run_key}".encode()).hexdigest()[:24]
     return Path(tempfile.gettempdir()) / "crowdclust-locks" / f"{digest}.lock"
 

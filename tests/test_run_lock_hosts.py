@@ -74,6 +74,10 @@ def test_a_second_run_on_another_machine_fails_at_once_and_a_kill_9_frees_the_ke
         same = rf"is already running \(pid {holder.pid} on this machine\); wait for it to end"
         with pytest.raises(RunKeyBusy, match=same), run_lock(TARGET, key):
             pass
+        # The same emulator spelled another way is the same platform (both runs had gone on and paid).
+        respelled = TolokaTarget(environment="local", url="http://LOCALHOST:1/")
+        with pytest.raises(RunKeyBusy, match=same), run_lock(respelled, key):
+            pass
         machine("b")
         started = time.monotonic()
         with pytest.raises(RunKeyBusy) as busy, run_lock(TARGET, key):
