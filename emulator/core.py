@@ -582,6 +582,10 @@ class Emulator:
         if not single and not isinstance(body, list):
             raise validation({"body": ("INVALID_FORMAT", "expected a JSON object or a list of objects")})
         items = [body] if single else body
+        async_mode = params.get("async_mode", "true").lower() == "true"
+        # A replayed operation (the client retries after a lost answer) must not pay twice: the
+        # operation id is checked before anything is issued or charged.
+        op_id = self._new_operation_id(params) if async_mode else None
         errors = {item_index(pos, item): self._bonus_errors(item) for pos, item in enumerate(items)}
         errors = {k: v for k, v in errors.items() if v}
         skip = params.get("skip_invalid_items", "false").lower() == "true"
@@ -598,7 +602,7 @@ class Emulator:
                 idx = item_index(pos, item)
                 if idx not in errors:
                     created[idx] = self._issue_bonus(item)
-        if params.get("async_mode", "true").lower() != "true":
+        if op_id is None:
             if single:
                 if errors:
                     raise ApiError(
@@ -611,7 +615,6 @@ class Emulator:
             if errors and not created:
                 raise ApiError(400, "VALIDATION_ERROR", "Validation failed", errors)
             return 201, {"items": {k: public(v) for k, v in created.items()}, "validation_errors": errors}
-        op_id = self._new_operation_id(params)
         entries = []
         for pos, item in enumerate(items):
             idx = item_index(pos, item)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 import warnings
 from decimal import Decimal
 
@@ -21,6 +22,7 @@ with warnings.catch_warnings():
         PoolAggregatedSolutionRequest,
         WeightedDynamicOverlapTaskAggregatedSolutionRequest,
     )
+    from toloka.client.primitives.retry import TolokaRetry
 
 START = 1.8e9  # 2027-01-15T08:00:00, so that timestamps are known
 
@@ -48,6 +50,21 @@ def _project(client, output="string"):
             public_description="api",
             task_spec=toloka.project.task_spec.TaskSpec.structure(spec),
         )
+    )
+
+
+def _fast_retrying_client(emu):
+    """toloka-kit's retry policy (4 attempts, POST included) without its 4 s and 8 s waits."""
+    return toloka.TolokaClient(
+        emu.token,
+        url=emu.url,
+        retryer_factory=lambda: TolokaRetry(
+            retry_quotas=None,
+            total=3,
+            status_forcelist=[408, 429, 500, 503, 504],
+            allowed_methods=["GET", "PUT", "DELETE", "POST", "PATCH"],
+            backoff_factor=0,
+        ),
     )
 
 
@@ -323,3 +340,49 @@ def test_rate_limit_can_be_set_at_run_time(emu):
         assert {raw.get("/api/v1/requester").status_code for _ in range(6)} == {200}
         after = emu.stats()["rate"]
         assert after["limit_per_second"] is None and after["throttled"] == {}
+
+
+def _worker(emu) -> str:
+    emu.advance(0 if emu.workers() else 300)  # the market's first workers show up
+    return emu.workers()[0]["id"]
+
+
+def _balance(client) -> Decimal:
+    return Decimal(str(client.get_requester().balance))
+
+
+def test_a_replayed_bonus_operation_pays_once(emu, client):
+    """toloka-kit replays a create with the same operation_id after a lost answer: one bonus, one charge."""
+    worker = _worker(emu)
+    before, bonuses = _balance(client), len(list(client.get_user_bonuses(user_id=worker)))
+    params = toloka.user_bonus.UserBonusCreateRequestParameters(operation_id=uuid.uuid4())
+    bonus = toloka.UserBonus(user_id=worker, amount=Decimal("1"), private_comment="replayed")
+    first = client.create_user_bonus(bonus, parameters=params)
+    assert client.create_user_bonus(bonus, parameters=params).id == first.id
+    many = toloka.user_bonus.UserBonusCreateRequestParameters(operation_id=uuid.uuid4())
+    batch = [toloka.UserBonus(user_id=worker, amount=Decimal("2"), private_comment=f"b{k}") for k in (1, 2)]
+    ids = {b.id for b in client.create_user_bonuses(batch, parameters=many).items.values()}
+    assert {b.id for b in client.create_user_bonuses(batch, parameters=many).items.values()} == ids
+    op = client.create_user_bonuses_async(batch, parameters=many)
+    assert str(op.id) == str(many.operation_id)
+    assert _balance(client) == before - Decimal("5") * Decimal("1.3")
+    assert len(list(client.get_user_bonuses(user_id=worker))) == bonuses + 3
+
+
+def test_bonuses_through_lost_answers_are_charged_once(emu):
+    """With faults injected after the work (lost answers), every bonus is still issued and paid once."""
+    fast = _fast_retrying_client(emu)
+    worker = _worker(emu)
+    before, bonuses = _balance(fast), len(list(fast.get_user_bonuses(user_id=worker)))
+    lost = emu.stats()["lost_responses"]
+    emu.configure(fail_rate=0.5)
+    try:
+        for k in range(10):
+            fast.create_user_bonus(
+                toloka.UserBonus(user_id=worker, amount=Decimal("1"), private_comment=f"f{k}")
+            )
+    finally:
+        emu.configure(fail_rate=0)
+    assert emu.stats()["lost_responses"] > lost  # the replay path was taken
+    assert _balance(fast) == before - Decimal("13")
+    assert len(list(fast.get_user_bonuses(user_id=worker))) == bonuses + 10
