@@ -13,9 +13,10 @@ control endpoints) -> `guard` (auth, rate limit, faults) and `core` (requester-s
 operations) -> `objects` (task and suite creation, analytics), `aggregate` (aggregated solutions),
 `tsv` (export), `crowd` (the market simulation) -> `qc` (quality-control rules), `workers`
 (population and behaviour), `filters` (pool filters) -> `search` (paging), `store` (SQLite state),
-`records` (document helpers), `clock`, `catalogues` (demo shoes, digits, TSV catalogues, images),
-`faults`, `util`, `errors`. `crowd`, `objects`, `qc`, `aggregate` and `tsv` receive the `Emulator`
-as an argument and name its type for checkers only, so there is no import cycle at run time.
+`validate` (config shape checks), `records` (document helpers), `clock`, `catalogues` (demo shoes,
+digits, TSV catalogues, images), `faults`, `util`, `errors`. `crowd`, `objects`, `qc`, `aggregate`
+and `tsv` receive the `Emulator` as an argument and name its type for checkers only, so there is no
+import cycle at run time.
 This package never imports prefect, flows, tasks or aggregation.
 """
 

@@ -413,6 +413,7 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
                 "assignments": dict(Counter(a["status"] for a in data["assignment"].values())),
                 "pools": {
                     p["id"]: {"kind": p["_kind"], "status": p["status"], **p["_stats"]}
+                    | ({"error": p["_error"]} if p.get("_error") else {})
                     for p in data["pool"].values()
                 },
                 "faults_injected": faults.injected,
@@ -425,10 +426,7 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
     @app.post("/_emulator/advance")
     async def advance(request: Request, seconds: float = 0.0) -> Any:
         require_admin(request)
-        try:
-            return {"sim_time": emu.advance(seconds)}
-        except ValueError as exc:
-            raise validation({"seconds": ("INVALID_VALUE", str(exc))}) from None
+        return {"sim_time": emu.advance(seconds)}
 
     @app.post("/_emulator/config")
     async def config(

@@ -27,6 +27,7 @@ from emulator.settings import EmulatorSettings
 from emulator.store import Store
 from emulator.tsv import export
 from emulator.util import digest, fmt_time, long_id, parse_time, sim_seconds
+from emulator.validate import filter_errors, known_solutions_errors, quality_control_errors, spec_errors
 
 log = logging.getLogger("emulator")
 T = TypeVar("T")
@@ -98,7 +99,10 @@ class Emulator:
     def advance(self, seconds: float) -> float:
         """Move the simulated clock forward (validated by the clock) and let the crowd catch up."""
         with self.store.lock:
-            self.clock.advance(seconds)
+            try:
+                self.clock.advance(seconds)
+            except ValueError as exc:
+                raise validation({"seconds": ("INVALID_VALUE", str(exc))}) from None
         self.tick()
         return self.now
 
@@ -144,16 +148,7 @@ class Emulator:
     # ----------------------------------------------------------------------------------- projects
     def create_project(self, body: Any) -> Doc:
         body = _object(body)
-        spec = body.get("task_spec")
-        errors = {}
-        if not isinstance(spec, dict) or not isinstance(spec.get("input_spec"), dict):
-            errors["task_spec.input_spec"] = ("VALUE_REQUIRED", "task_spec.input_spec is required")
-        if not isinstance(spec, dict) or not isinstance(spec.get("output_spec"), dict):
-            errors["task_spec.output_spec"] = ("VALUE_REQUIRED", "task_spec.output_spec is required")
-        if not body.get("public_name"):
-            errors["public_name"] = ("VALUE_REQUIRED", "public_name is required")
-        if errors:
-            raise validation(errors)
+        self._check_project(body)
         doc = strip_read_only(body) | {
             "id": self._numeric_id(),
             "created": self.stamp(),
@@ -161,6 +156,19 @@ class Emulator:
             "owner": OWNER,
         }
         return public(self.store.put("project", doc["id"], doc))
+
+    @staticmethod
+    def _check_project(body: Doc) -> None:
+        """A project needs a name and a task spec whose every field has a known type: the crowd
+        answers from the output spec, so a malformed one would fail only later, inside the crowd."""
+        spec = body.get("task_spec")
+        spec = spec if isinstance(spec, dict) else {}
+        errors = spec_errors(spec.get("input_spec"), "task_spec.input_spec")
+        errors |= spec_errors(spec.get("output_spec"), "task_spec.output_spec")
+        if not body.get("public_name"):
+            errors["public_name"] = ("VALUE_REQUIRED", "public_name is required")
+        if errors:
+            raise validation(errors)
 
     def get(self, kind: str, key: str, label: str | None = None) -> Doc:
         doc = self.store.get(kind, str(key))
@@ -226,9 +234,12 @@ class Emulator:
                     "VALUE_REQUIRED",
                     "reward_per_assignment must be a number >= 0",
                 )
-        for path, key in skill_keys(body.get("filter"), "filter"):
-            if self.store.get("skill", key) is None:
-                errors[f"{path}.key"] = ("DOES_NOT_EXIST", f"skill {key} does not exist")
+        shape = filter_errors(body.get("filter")) | quality_control_errors(body.get("quality_control"))
+        errors |= shape
+        if not shape:
+            for path, key in skill_keys(body.get("filter"), "filter"):
+                if self.store.get("skill", key) is None:
+                    errors[f"{path}.key"] = ("DOES_NOT_EXIST", f"skill {key} does not exist")
         expire = body.get("will_expire")
         if expire is not None:
             try:
@@ -247,6 +258,8 @@ class Emulator:
         body = _object(body)
         if kind == "pool":
             self._check_pool(body | {"project_id": doc["project_id"]}, doc["_kind"])
+        elif kind == "project":
+            self._check_project(body)
         runtime = {k: v for k, v in doc.items() if k.startswith("_") or k in READ_ONLY or k == "project_id"}
         doc.clear()
         doc.update(strip_read_only(body) | runtime)
@@ -319,6 +332,12 @@ class Emulator:
             pool["last_stopped"] = self.stamp()
             pool["last_close_reason"] = reason
         self.store.touch("pool", pool["id"])
+
+    def output_spec(self, pool_id: str) -> Doc:
+        """The output spec of a pool's project (what workers answer and known solutions name)."""
+        pool = self.store.data["pool"][str(pool_id)]
+        project = self.store.get("project", str(pool["project_id"])) or {}
+        return (project.get("task_spec") or {}).get("output_spec") or {}
 
     def assignment_cost(self, pool: Doc) -> float:
         return with_cost(pool.get("reward_per_assignment") or 0.0)
@@ -453,6 +472,12 @@ class Emulator:
         """
         body = _object(body)
         doc, suite = self._suite_of(kind, key)
+        if kind == "task" and not overlap_or_min and "known_solutions" in body:
+            errors = known_solutions_errors(
+                body["known_solutions"], self.output_spec(suite["pool_id"]), "known_solutions"
+            )
+            if errors:
+                raise validation(errors)
         overlap = body.get("overlap")
         if body.get("infinite_overlap") is True:
             self.crowd.set_overlap(suite, None)

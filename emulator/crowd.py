@@ -75,6 +75,7 @@ class Crowd:
         self.pointer: dict[str, int] = {}
         self.skills: dict[str, dict[str, float]] = {}
         self.restrictions: dict[str, list[Doc]] = {}
+        self.pool_in_hand: Doc | None = None  # the pool the current event is about (`_contain`)
         data = self.store.data
         # Money reserved for issued paid assignments not yet accepted or rejected (as Toloka blocks it).
         self.held = sum(
@@ -125,23 +126,80 @@ class Crowd:
     # ------------------------------------------------------------------------------------ the loop
     def advance_to(self, target: float) -> None:
         """Process every event due up to `target` (simulated seconds)."""
-        data = self.store.data
         while self.heap and self.heap[0][0] <= target:
             at, kind, key = heapq.heappop(self.heap)
             self.now = max(self.now, at)
-            if kind == WORKER:
-                worker = data["worker"][key]
-                if worker["_rt"]["next_at"] == at:
-                    self._act(worker)
-            elif kind == ARRIVE:
-                self._arrive(int(key))
-            elif kind == POOL_CHECK:
-                self._pool_check(key, at)
-            else:
-                self._auto_accept(key, at)
+            self.pool_in_hand = None
+            try:
+                self._handle(at, kind, key)
+            except Exception as exc:  # one broken pool must not stop the market
+                self._contain(kind, key, exc)
         if target > self.now:
             self.now = target
         self.store.set_meta("sim_now", self.now)
+
+    def _handle(self, at: float, kind: int, key: str) -> None:
+        if kind == WORKER:
+            worker = self.store.data["worker"][key]
+            if worker["_rt"]["next_at"] == at:
+                self._act(worker)
+        elif kind == ARRIVE:
+            self._arrive(int(key))
+        elif kind == POOL_CHECK:
+            self.pool_in_hand = self.store.data["pool"][key]
+            self._pool_check(key, at)
+        else:
+            self._auto_accept(key, at)
+
+    def _contain(self, kind: int, key: str, exc: Exception) -> None:
+        """An event failed unexpectedly: log it, close the pool it was about, free its worker.
+
+        Without this, the failing event stays due and every later request (each lets the crowd catch
+        up first) would fail too. The pool is closed with `last_close_reason: BLOCKED` and its error
+        is shown in `/_emulator/stats`; the rest of the market carries on.
+        """
+        pool = self.pool_in_hand
+        log.error(
+            "crowd: event %s/%s failed%s",
+            kind,
+            key,
+            f" in pool {pool['id']}: the pool is closed" if pool else "",
+            exc_info=exc,
+        )
+        if pool is not None:
+            pool["_error"] = f"{type(exc).__name__}: {exc}"
+            if pool["status"] == "OPEN":
+                self.emu.set_pool_status(pool, "CLOSED", "BLOCKED")
+            self.store.touch("pool", pool["id"])
+        workers = self.store.data["worker"]
+        worker = None
+        if kind == WORKER:
+            worker = workers.get(key)
+        elif kind == ARRIVE:
+            worker = workers.get(self.population.ids[int(key)])
+        if worker is not None:
+            self._drop_assignment(worker, "EXPIRED")
+            self._leave(worker)
+
+    def _drop_assignment(self, worker: Doc, status: str) -> None:
+        """The worker gives back the assignment in hand (unpaid); its suite is open to others again."""
+        rt = worker["_rt"]
+        assignment = self.store.data["assignment"].get(rt["assignment"] or "")
+        rt["assignment"] = None
+        if assignment is None or assignment["status"] != "ACTIVE":
+            return
+        pool = self.store.data["pool"][assignment["pool_id"]]
+        suite = self.store.data["suite"][assignment["task_suite_id"]]
+        assignment["status"] = status
+        assignment[status.lower()] = fmt_time(self.now)
+        suite["_taken"] -= 1
+        pool["_stats"]["active"] -= 1
+        self.pointer[pool["id"]] = 0
+        if pool["_kind"] == "pool":
+            self.held = max(0.0, self.held - with_cost(assignment["reward"]))
+        for kind, doc in (("assignment", assignment), ("suite", suite), ("pool", pool)):
+            self.store.touch(kind, doc["id"])
+        self.check_complete(pool)
 
     def push(self, at: float, kind: int, key: str) -> None:
         heapq.heappush(self.heap, (at, kind, key))
@@ -214,8 +272,8 @@ class Crowd:
         rt = worker["_rt"]
         if rt["assignment"]:
             assignment = self.store.data["assignment"][rt["assignment"]]
-            rt["assignment"] = None
             self._submit(worker, assignment)
+            rt["assignment"] = None  # only now: should the submit fail, `_contain` still finds it
             if self.store.data["pool"][assignment["pool_id"]]["_kind"] == "pool":
                 rt["batch"] = rt.get("batch", 1) - 1  # trainings are not part of the batch
             if rt["online_until"] is not None and self.now < rt["online_until"] and rt["batch"] > 0:
@@ -261,6 +319,7 @@ class Crowd:
             key=lambda p: (-(p.get("priority") or 0), unit("prefers", self.seed, worker["id"], p["id"]))
         )
         for pool in pools:
+            self.pool_in_hand = pool
             if self.restricted(worker, pool) or not self.admits(worker, pool):
                 continue
             if self.emu.balance() - self.held < self.emu.assignment_cost(pool):
@@ -272,6 +331,7 @@ class Crowd:
                 training = self.store.get("pool", str(training_id))
                 score = self.training_score(worker, str(training_id))
                 if score is None:
+                    self.pool_in_hand = training
                     suite = (
                         self._next_suite(training, worker)
                         if training and training["status"] == "OPEN"
@@ -282,9 +342,11 @@ class Crowd:
                     continue
                 if score < float(requirement.get("training_passing_skill_value") or 0):
                     continue
+            self.pool_in_hand = pool
             suite = self._next_suite(pool, worker)
             if suite is not None:
                 return pool, suite
+        self.pool_in_hand = None
         return None
 
     def admits(self, worker: Doc, pool: Doc) -> bool:
@@ -377,6 +439,7 @@ class Crowd:
 
     def _submit(self, worker: Doc, assignment: Doc) -> None:
         pool = self.store.data["pool"][assignment["pool_id"]]
+        self.pool_in_hand = pool
         suite = self.store.data["suite"][assignment["task_suite_id"]]
         project = self.store.get("project", str(pool["project_id"])) or {}
         output_spec = (project.get("task_spec") or {}).get("output_spec") or {}
@@ -433,6 +496,7 @@ class Crowd:
 
     def _auto_accept(self, assignment_id: str, at: float) -> None:
         assignment = self.store.data["assignment"].get(assignment_id)
+        self.pool_in_hand = None if assignment is None else self.store.data["pool"][assignment["pool_id"]]
         if (
             assignment is not None
             and assignment["status"] == "SUBMITTED"

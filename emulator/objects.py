@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from emulator.errors import field_errors
 from emulator.records import Doc, strip_read_only
+from emulator.validate import known_solutions_errors
 
 if TYPE_CHECKING:
     from emulator.core import Emulator
@@ -61,13 +62,19 @@ def _validate(emu: Emulator, kind: str, item: Any, allow_defaults: bool) -> dict
         return {"pool_id": ("INAPPROPRIATE_STATUS", f"pool {pool_id} is archived")}
     project = emu.store.get("project", str(pool["project_id"])) or {}
     input_spec = (project.get("task_spec") or {}).get("input_spec") or {}
+    output_spec = emu.output_spec(pool["id"])
     tasks = [item] if kind == "task" else item.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         return {"tasks": ("VALUE_REQUIRED", "a task suite needs a non-empty list of tasks")}
     problems: dict[str, tuple[str, str]] = {}
     for pos, task in enumerate(tasks):
         prefix = "" if kind == "task" else f"tasks.{pos}."
-        values = task.get("input_values") if isinstance(task, dict) else None
+        if not isinstance(task, dict):
+            problems[prefix.rstrip(".") or "body"] = ("INVALID_FORMAT", "a task must be a JSON object")
+            continue
+        solutions = task.get("known_solutions")
+        problems |= known_solutions_errors(solutions, output_spec, f"{prefix}known_solutions")
+        values = task.get("input_values")
         if not isinstance(values, dict):
             problems[f"{prefix}input_values"] = ("VALUE_REQUIRED", "input_values is required")
             continue

@@ -386,3 +386,79 @@ def test_bonuses_through_lost_answers_are_charged_once(emu):
     assert emu.stats()["lost_responses"] > lost  # the replay path was taken
     assert _balance(fast) == before - Decimal("13")
     assert len(list(fast.get_user_bonuses(user_id=worker))) == bonuses + 10
+
+
+def _raw(emu) -> httpx.Client:
+    return httpx.Client(base_url=emu.url, headers={"Authorization": f"OAuth {emu.token}"}, timeout=10)
+
+
+def _pool_body(project_id: str, **extra) -> dict:
+    return {
+        "project_id": project_id,
+        "private_name": "raw pool",
+        "reward_per_assignment": 0.05,
+        "assignment_max_duration_seconds": 600,
+        "may_contain_adult_content": False,
+        "will_expire": "2030-01-01T00:00:00",
+        "defaults": {"default_overlap_for_new_task_suites": 1},
+    } | extra
+
+
+def test_malformed_configs_are_refused_and_nothing_is_stored(emu, client):
+    """Configs the crowd could not read are 400s naming the field, not a stored object that fails later."""
+    project = _project(client)
+    history = {"type": "GOLDEN_SET", "parameters": {"history_size": "ten"}}
+    bad_pools = {
+        "filter.and": {"filter": {"and": "notalist"}},
+        "filter.or[0].operator": {
+            "filter": {"or": [{"category": "profile", "key": "languages", "value": "EN"}]}
+        },
+        "quality_control.configs[0].collector_config.parameters.history_size": {
+            "quality_control": {"configs": [{"collector_config": history, "rules": []}]}
+        },
+        "quality_control.configs[0].rules[0].action.type": {
+            "quality_control": {"configs": [{"collector_config": {"type": "ANSWER_COUNT"}, "rules": [{}]}]}
+        },
+    }
+    with _raw(emu) as raw:
+        pools_before = len(raw.get("/api/v1/pools", params={"limit": 1000}).json()["items"])
+        for field, extra in bad_pools.items():
+            answer = raw.post("/api/v1/pools", json=_pool_body(project.id, **extra))
+            assert answer.status_code == 400 and field in answer.json()["payload"], (field, answer.json())
+        assert len(raw.get("/api/v1/pools", params={"limit": 1000}).json()["items"]) == pools_before
+        spec = {"input_spec": {"images": {"type": "array_json"}}, "output_spec": {"result": "string"}}
+        bad_project = raw.post("/api/v1/projects", json={"public_name": "bad", "task_spec": spec})
+        assert (
+            bad_project.status_code == 400 and "task_spec.output_spec.result" in bad_project.json()["payload"]
+        )
+        pool = _pool(client, project.id)
+        task = {"pool_id": pool.id, "input_values": {"images": ["x"]}, "overlap": 1, "known_solutions": "x"}
+        for mode in ("false", "true"):
+            answer = raw.post("/api/v1/tasks", json=[task], params={"async_mode": mode})
+            assert answer.status_code in (400, 202) and answer.status_code != 500
+        assert raw.post("/api/v1/tasks", json=task, params={"async_mode": "false"}).json()["payload"] == {
+            "known_solutions": {"code": "INVALID_FORMAT", "message": "known_solutions must be a list"}
+        }
+    assert list(client.get_tasks(pool_id=pool.id)) == []
+
+
+def test_a_pool_that_fails_in_the_crowd_is_closed_and_the_market_goes_on(emu, client):
+    """An unexpected error in one pool's simulation closes that pool (BLOCKED); others keep working."""
+    project = _project(client)
+    pools = [_pool(client, project.id, private_name=name) for name in ("broken", "healthy")]
+    for pool in pools:
+        client.create_task_suites(
+            [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+            allow_defaults=True,
+        )
+        client.open_pool(pool.id)
+    with emu.emulator.store.lock:  # as a state saved before filters were checked could hold
+        emu.emulator.store.data["pool"][pools[0].id]["filter"] = {"and": "notalist"}
+    emu.advance(600)
+    with _raw(emu) as raw:  # raw: toloka-kit cannot parse the broken filter
+        broken = raw.get(f"/api/v1/pools/{pools[0].id}").json()
+    assert broken["status"] == "CLOSED" and broken["last_close_reason"] == "BLOCKED"
+    assert "AttributeError" in emu.stats()["pools"][pools[0].id]["error"]
+    healthy = _wait_closed(emu, client, pools[1].id)
+    assert healthy.last_close_reason.value == "COMPLETED"
+

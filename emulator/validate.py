@@ -1,0 +1,211 @@
+"""Shape checks of requester configs, answered as Toloka's field-level 400s before anything is stored.
+
+Everything the crowd later reads from a pool, project or task passes through here at creation (and
+on every update): a malformed filter, quality-control rule, task spec or known solution is refused
+with the field's path, instead of being stored and then crashing the simulation on every request.
+Each check returns `{field path: (CODE, message)}`; an empty dict means valid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Errors = dict[str, tuple[str, str]]
+
+OPERATORS = {"EQ", "NE", "GT", "GTE", "LT", "LTE", "IN", "NOT_IN"}
+FILTER_CATEGORIES = {"profile", "computed", "skill"}
+FIELD_TYPES = {
+    "boolean",
+    "string",
+    "float",
+    "integer",
+    "url",
+    "file",
+    "coordinates",
+    "json",
+    "array_boolean",
+    "array_string",
+    "array_integer",
+    "array_float",
+    "array_url",
+    "array_file",
+    "array_coordinates",
+    "array_json",
+}
+# Numeric parameters of collectors and actions (toloka-kit types them int or float), and their minimum.
+NUMERIC_PARAMETERS = {
+    "history_size": 1,
+    "fast_submit_threshold_seconds": 0,
+    "answer_threshold": 1,
+    "delta": None,
+    "skill_value": 0,
+    "duration": 1,
+    "training_passing_skill_value": 0,
+}
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (not a bool, not NaN or infinite)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _names(values: set[str]) -> str:
+    return ", ".join(sorted(values))
+
+
+def _check_numbers(params: Any, path: str) -> Errors:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        return {path: ("INVALID_FORMAT", f"{path} must be an object")}
+    errors: Errors = {}
+    for name, minimum in NUMERIC_PARAMETERS.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        if not is_number(value):
+            errors[f"{path}.{name}"] = ("INVALID_FORMAT", f"{name} must be a number")
+        elif minimum is not None and value < minimum:
+            errors[f"{path}.{name}"] = ("VALUE_OUT_OF_RANGE", f"{name} must be at least {minimum}")
+    return errors
+
+
+# ------------------------------------------------------------------------------------------ filters
+def filter_errors(node: Any, path: str = "filter") -> Errors:
+    """A pool filter: `{"and"|"or": [nodes]}` or a condition `{category, key, operator, value}`."""
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        return {path: ("INVALID_FORMAT", f"{path} must be an object")}
+    for op in ("and", "or"):
+        if op in node:
+            children = node[op]
+            if not isinstance(children, list):
+                return {f"{path}.{op}": ("INVALID_FORMAT", f"{path}.{op} must be a list of filters")}
+            errors: Errors = {}
+            for i, child in enumerate(children):
+                errors |= filter_errors(child, f"{path}.{op}[{i}]")
+            return errors
+    return _condition_errors(node, path, category=True)
+
+
+def _condition_errors(node: dict[str, Any], path: str, category: bool) -> Errors:
+    errors: Errors = {}
+    if category and node.get("category") not in FILTER_CATEGORIES:
+        errors[f"{path}.category"] = ("INVALID_VALUE", "category must be profile, computed or skill")
+    if not isinstance(node.get("key"), str | int) or isinstance(node.get("key"), bool):
+        errors[f"{path}.key"] = ("VALUE_REQUIRED", "key is required")
+    if node.get("operator") not in OPERATORS:
+        errors[f"{path}.operator"] = ("INVALID_VALUE", f"operator must be one of {_names(OPERATORS)}")
+    if "value" not in node:
+        errors[f"{path}.value"] = ("VALUE_REQUIRED", "value is required")
+    return errors
+
+
+# ---------------------------------------------------------------------------------- quality control
+def quality_control_errors(qc: Any, path: str = "quality_control") -> Errors:
+    """`quality_control`: an optional training requirement and a list of collector configs with rules."""
+    if qc is None:
+        return {}
+    if not isinstance(qc, dict):
+        return {path: ("INVALID_FORMAT", f"{path} must be an object")}
+    errors: Errors = {}
+    requirement = qc.get("training_requirement")
+    if requirement is not None:
+        if not isinstance(requirement, dict):
+            errors[f"{path}.training_requirement"] = ("INVALID_FORMAT", "must be an object")
+        else:
+            errors |= _check_numbers(requirement, f"{path}.training_requirement")
+    configs = qc.get("configs")
+    if configs is None:
+        return errors
+    if not isinstance(configs, list):
+        return errors | {f"{path}.configs": ("INVALID_FORMAT", "configs must be a list")}
+    for i, config in enumerate(configs):
+        errors |= _config_errors(config, f"{path}.configs[{i}]")
+    return errors
+
+
+def _config_errors(config: Any, path: str) -> Errors:
+    if not isinstance(config, dict):
+        return {path: ("INVALID_FORMAT", f"{path} must be an object")}
+    errors: Errors = {}
+    collector = config.get("collector_config")
+    if not isinstance(collector, dict) or not isinstance(collector.get("type"), str):
+        errors[f"{path}.collector_config.type"] = ("VALUE_REQUIRED", "collector_config.type is required")
+    else:
+        errors |= _check_numbers(collector.get("parameters"), f"{path}.collector_config.parameters")
+    rules = config.get("rules")
+    if not isinstance(rules, list):
+        return errors | {f"{path}.rules": ("INVALID_FORMAT", "rules must be a list")}
+    for i, rule in enumerate(rules):
+        errors |= _rule_errors(rule, f"{path}.rules[{i}]")
+    return errors
+
+
+def _rule_errors(rule: Any, path: str) -> Errors:
+    if not isinstance(rule, dict):
+        return {path: ("INVALID_FORMAT", f"{path} must be an object")}
+    errors: Errors = {}
+    conditions = rule.get("conditions")
+    if not isinstance(conditions, list):
+        errors[f"{path}.conditions"] = ("INVALID_FORMAT", "conditions must be a list")
+    else:
+        for i, condition in enumerate(conditions):
+            where = f"{path}.conditions[{i}]"
+            if not isinstance(condition, dict):
+                errors[where] = ("INVALID_FORMAT", f"{where} must be an object")
+            else:
+                errors |= _condition_errors(condition, where, category=False)
+    action = rule.get("action")
+    if not isinstance(action, dict) or not isinstance(action.get("type"), str):
+        errors[f"{path}.action.type"] = ("VALUE_REQUIRED", "action.type is required")
+    else:
+        errors |= _check_numbers(action.get("parameters"), f"{path}.action.parameters")
+    return errors
+
+
+# ------------------------------------------------------------------------------------- task specs
+def spec_errors(spec: Any, path: str) -> Errors:
+    """An input or output spec: `{field name: {"type": <field type>, ...}}`."""
+    if not isinstance(spec, dict):
+        return {path: ("VALUE_REQUIRED", f"{path} is required")}
+    errors: Errors = {}
+    for name, field in spec.items():
+        where = f"{path}.{name}"
+        if not isinstance(field, dict):
+            errors[where] = ("INVALID_FORMAT", f"{where} must be an object with a type")
+        elif field.get("type") not in FIELD_TYPES:
+            errors[f"{where}.type"] = ("INVALID_VALUE", f"type must be one of {_names(FIELD_TYPES)}")
+        elif "allowed_values" in field and not isinstance(field["allowed_values"], list | type(None)):
+            errors[f"{where}.allowed_values"] = ("INVALID_FORMAT", "allowed_values must be a list")
+    return errors
+
+
+def known_solutions_errors(solutions: Any, output_spec: dict[str, Any], path: str) -> Errors:
+    """`known_solutions`: a list of `{"output_values": {...}, "correctness_weight": n}` whose values
+    name output fields and, where the field lists `allowed_values`, one of them."""
+    if solutions is None:
+        return {}
+    if not isinstance(solutions, list):
+        return {path: ("INVALID_FORMAT", "known_solutions must be a list")}
+    errors: Errors = {}
+    for i, solution in enumerate(solutions):
+        where = f"{path}.{i}"
+        values = solution.get("output_values") if isinstance(solution, dict) else None
+        if not isinstance(values, dict):
+            errors[f"{where}.output_values"] = ("VALUE_REQUIRED", "output_values is required")
+            continue
+        weight = solution.get("correctness_weight")
+        if weight is not None and not is_number(weight):
+            errors[f"{where}.correctness_weight"] = ("INVALID_FORMAT", "correctness_weight must be a number")
+        for name, value in values.items():
+            field = output_spec.get(name)
+            if not isinstance(field, dict):
+                errors[f"{where}.output_values.{name}"] = ("UNKNOWN_FIELD", f"{name} is not an output field")
+                continue
+            allowed = field.get("allowed_values")
+            if allowed and value not in allowed:
+                errors[f"{where}.output_values.{name}"] = ("INVALID_VALUE", f"must be one of {allowed}")
+    return errors
