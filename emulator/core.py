@@ -567,6 +567,12 @@ class Emulator:
         if status not in ("ACCEPTED", "REJECTED"):
             raise validation({"status": ("INVALID_VALUE", "status must be ACCEPTED or REJECTED")})
         assignment = self.get("assignment", key)
+        if assignment["status"] == "REJECTED" and status == "ACCEPTED":
+            # Toloka lets a requester take a rejection back: the work is paid now.
+            if self.balance() < with_cost(assignment["reward"]):
+                raise conflict("NOT_ENOUGH_BALANCE", "Not enough money on the balance to accept it")
+            self.crowd.accept_after_reject(assignment, body.get("public_comment"))
+            return self.crowd.present("assignment", assignment)
         if assignment["status"] != "SUBMITTED":
             raise conflict("CONFLICT_STATE", f"assignment {key} is {assignment['status']}, not SUBMITTED")
         self.crowd.assess(assignment, status, body.get("public_comment"))

@@ -479,8 +479,10 @@ class Crowd:
             qc.on_submit(self.emu, worker, pool, assignment)
         self.check_complete(pool)
 
-    def _finish(self, assignment: Doc, status: str, comment: str | None, charge: bool) -> None:
-        if charge:
+    def _finish(
+        self, assignment: Doc, status: str, comment: str | None, charge: bool, held: bool = True
+    ) -> None:
+        if charge and held:
             self.held = max(0.0, self.held - with_cost(assignment["reward"]))
         assignment["status"] = status
         assignment["accepted" if status == "ACCEPTED" else "rejected"] = fmt_time(self.now)
@@ -503,6 +505,13 @@ class Crowd:
             and assignment.get("_accept_at") == at
         ):
             self.assess(assignment, "ACCEPTED", None)
+
+    def accept_after_reject(self, assignment: Doc, comment: str | None) -> None:
+        """The requester turns a rejection into an acceptance: charged now (nothing is held for a
+        rejected assignment), and ASSIGNMENTS_ASSESSMENT rules see `ACCEPT_AFTER_REJECT`."""
+        self._finish(assignment, "ACCEPTED", comment, charge=True, held=False)
+        pool = self.store.data["pool"][assignment["pool_id"]]
+        qc.on_assessment(self.emu, pool, assignment, "ACCEPT_AFTER_REJECT")
 
     def assess(self, assignment: Doc, status: str, comment: str | None) -> None:
         """The requester (or a QC rule) accepts or rejects a submitted assignment."""

@@ -462,3 +462,30 @@ def test_a_pool_that_fails_in_the_crowd_is_closed_and_the_market_goes_on(emu, cl
     healthy = _wait_closed(emu, client, pools[1].id)
     assert healthy.last_close_reason.value == "COMPLETED"
 
+
+def _submitted(emu, client, pool_id: str, n: int, step: float = 600.0) -> list:
+    for _ in range(100):
+        found = list(client.get_assignments(pool_id=pool_id, status="SUBMITTED"))
+        if len(found) >= n:
+            return found
+        emu.advance(step)
+    raise AssertionError("nothing was submitted")
+
+
+def test_a_rejection_can_be_changed_to_accepted_and_is_paid_then(emu, client):
+    pool = _pool(client, _project(client).id, auto_accept_solutions=False)
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    assignment = _submitted(emu, client, pool.id, 1)[0]
+    before = _balance(client)
+    assert client.reject_assignment(assignment.id, "wrong").status.value == "REJECTED"
+    assert _balance(client) == before
+    accepted = client.accept_assignment(assignment.id, "sorry, it was right")
+    assert accepted.status.value == "ACCEPTED" and accepted.public_comment == "sorry, it was right"
+    assert _balance(client) == before - Decimal("0.05") * Decimal("1.3")
+    with pytest.raises(exceptions.ConflictStateApiError):
+        client.reject_assignment(assignment.id, "changed my mind again")
+    client.close_pool(pool.id)
