@@ -62,6 +62,8 @@ def create_pool(client: toloka.TolokaClient, project_id: str, overlap: int) -> t
         "reward_per_assignment": 0.02,
         "auto_accept_solutions": True,
         "assignment_max_duration_seconds": 600,
+        "may_contain_adult_content": False,
+        "will_expire": "2100-01-01T00:00:00",
         "defaults": {"default_overlap_for_new_task_suites": overlap},
     }
     return client.create_pool(toloka.Pool.from_json(json.dumps(config)))

@@ -22,12 +22,18 @@ from emulator.errors import ApiError, conflict, field_errors, not_found, validat
 from emulator.filters import skill_keys
 from emulator.objects import analytics_value, create_items, item_index
 from emulator.records import OWNER, READ_ONLY, Doc, public, strip_read_only, with_cost
-from emulator.search import id_key, search
+from emulator.search import check_params, id_key, search
 from emulator.settings import EmulatorSettings
 from emulator.store import Store
 from emulator.tsv import export
 from emulator.util import digest, fmt_time, long_id, parse_time, sim_seconds
-from emulator.validate import filter_errors, known_solutions_errors, quality_control_errors, spec_errors
+from emulator.validate import (
+    filter_errors,
+    is_number,
+    known_solutions_errors,
+    quality_control_errors,
+    spec_errors,
+)
 
 log = logging.getLogger("emulator")
 T = TypeVar("T")
@@ -36,7 +42,7 @@ MAX_OPERATIONS = 20_000  # finished operations kept (oldest dropped first), so m
 LONG_KINDS = ("task", "suite", "assignment", "user_bonus")
 SKILL_RANGE = (0.0, 100.0)
 BONUS_RANGE = (0.01, 100.0)
-CLONE_SKIPS = READ_ONLY | {"last_started", "last_stopped", "last_close_reason", "will_expire"}
+CLONE_SKIPS = READ_ONLY | {"last_started", "last_stopped", "last_close_reason"}
 
 
 class Emulator:
@@ -228,12 +234,7 @@ class Emulator:
         if not body.get("private_name"):
             errors["private_name"] = ("VALUE_REQUIRED", "private_name is required")
         if kind == "pool":
-            reward = body.get("reward_per_assignment")
-            if not isinstance(reward, int | float) or isinstance(reward, bool) or reward < 0:
-                errors["reward_per_assignment"] = (
-                    "VALUE_REQUIRED",
-                    "reward_per_assignment must be a number >= 0",
-                )
+            errors |= _pool_required(body)
         shape = filter_errors(body.get("filter")) | quality_control_errors(body.get("quality_control"))
         errors |= shape
         if not shape:
@@ -243,9 +244,12 @@ class Emulator:
         expire = body.get("will_expire")
         if expire is not None:
             try:
-                parse_time(str(expire))
+                when = sim_seconds(parse_time(str(expire)))
             except ValueError:
                 errors["will_expire"] = ("INVALID_FORMAT", "will_expire must be a date and time")
+            else:
+                if when <= self.now:
+                    errors["will_expire"] = ("VALUE_LESS_THAN_MIN", "will_expire must be in the future")
         if errors:
             raise validation(errors)
 
@@ -257,6 +261,10 @@ class Emulator:
         doc = self.get(kind, key, label)
         body = _object(body)
         if kind == "pool":
+            if doc["status"] == "ARCHIVED":
+                raise conflict("POOL_INAPPROPRIATE_STATUS", f"{doc['_kind']} {key} is archived")
+            if body.get("project_id") is not None and str(body["project_id"]) != doc["project_id"]:
+                raise validation({"project_id": ("INVALID_VALUE", "a pool cannot move to another project")})
             self._check_pool(body | {"project_id": doc["project_id"]}, doc["_kind"])
         elif kind == "project":
             self._check_project(body)
@@ -289,10 +297,21 @@ class Emulator:
             raise conflict("POOL_INAPPROPRIATE_STATUS", f"{kind} {key} is archived")
         if not self.store.ids_in_pool("suite", key):
             raise conflict("EMPTY_POOL", "Pool contains no tasks. Operation is not allowed")
+        if self._expired(pool):
+            raise conflict(
+                "CONFLICT_STATE", f"{kind} {key} expired at {pool['will_expire']}: move will_expire first"
+            )
         if kind == "pool" and self.balance() < self.assignment_cost(pool):
             raise conflict("NOT_ENOUGH_BALANCE", "Not enough money on the balance to open the pool")
         self.set_pool_status(pool, "OPEN")
         return 202, self.operation(f"{kind.upper()}.OPEN", {f"{kind}_id": key})
+
+    def _expired(self, pool: Doc) -> bool:
+        expire = pool.get("will_expire")
+        try:
+            return expire is not None and sim_seconds(parse_time(str(expire))) <= self.now
+        except ValueError:
+            return False
 
     def close_pool(self, key: str, kind: str, reason: str = "MANUAL") -> tuple[int, Doc | None]:
         pool = self.get("pool", key, kind)
@@ -566,6 +585,8 @@ class Emulator:
         status = body.get("status")
         if status not in ("ACCEPTED", "REJECTED"):
             raise validation({"status": ("INVALID_VALUE", "status must be ACCEPTED or REJECTED")})
+        if status == "REJECTED" and not str(body.get("public_comment") or "").strip():
+            raise validation({"public_comment": ("VALUE_REQUIRED", "a rejection needs a public_comment")})
         assignment = self.get("assignment", key)
         if assignment["status"] == "REJECTED" and status == "ACCEPTED":
             # Toloka lets a requester take a rejection back: the work is paid now.
@@ -602,6 +623,7 @@ class Emulator:
 
     def find_aggregated(self, op_id: str, params: dict[str, str]) -> Doc:
         self.get("operation", op_id)
+        check_params("aggregate", params | {"sort": params.get("sort", "task_id")}, numeric_ids=False)
         docs = (self.store.get("aggregate", op_id) or {"items": []})["items"]
         page, more = search(docs, params | {"sort": params.get("sort", "task_id")}, numeric_ids=False)
         return {"items": page, "has_more": more}
@@ -671,9 +693,19 @@ class Emulator:
             problems["amount"] = ("VALUE_REQUIRED", "amount must be a number")
         elif not BONUS_RANGE[0] <= amount <= BONUS_RANGE[1]:
             problems["amount"] = ("VALUE_OUT_OF_RANGE", "amount must be from 0.01 to 100")
+        user_id = item.get("user_id")
+        if user_id and self.crowd.population.index_of(str(user_id)) is None:
+            problems["user_id"] = ("DOES_NOT_EXIST", f"user {user_id} does not exist")
         assignment_id = item.get("assignment_id")
-        if assignment_id is not None and self.store.get("assignment", str(assignment_id)) is None:
-            problems["assignment_id"] = ("DOES_NOT_EXIST", f"assignment {assignment_id} does not exist")
+        if assignment_id is not None:
+            assignment = self.store.get("assignment", str(assignment_id))
+            if assignment is None:
+                problems["assignment_id"] = ("DOES_NOT_EXIST", f"assignment {assignment_id} does not exist")
+            elif user_id and assignment["user_id"] != str(user_id):
+                problems["assignment_id"] = (
+                    "INVALID_VALUE",
+                    f"assignment {assignment_id} is not by {user_id}",
+                )
         return field_errors(problems)
 
     def _issue_bonus(self, item: Doc) -> Doc:
@@ -751,6 +783,7 @@ class Emulator:
     # ------------------------------------------------------------------------------------ searches
     def search(self, kind: str, params: dict[str, str], label: str | None = None) -> Doc:
         """GET on a collection: `{"items": [...], "has_more": bool}`."""
+        check_params(kind, params, numeric_ids=kind not in LONG_KINDS and kind != "operation")
         if kind in LONG_KINDS:
             docs = self._long_candidates(kind, params)
             page, more = search(docs, params, numeric_ids=False, presorted=True)
@@ -776,6 +809,35 @@ class Emulator:
 
     def export_tsv(self, pool_id: str, params: dict[str, str]) -> str:
         return export(self, self.get("pool", pool_id), params)
+
+
+MIN_REWARD = 0.005  # a regular pool's least reward per assignment (toloka-kit's Pool docs)
+
+
+def _pool_required(body: Doc) -> dict[str, tuple[str, str]]:
+    """The fields Toloka requires of a regular pool, and its least reward."""
+    errors = {}
+    reward = body.get("reward_per_assignment")
+    if not is_number(reward):
+        errors["reward_per_assignment"] = ("VALUE_REQUIRED", "reward_per_assignment must be a number")
+    elif reward < MIN_REWARD:
+        errors["reward_per_assignment"] = (
+            "VALUE_LESS_THAN_MIN",
+            f"reward_per_assignment must be >= {MIN_REWARD}",
+        )
+    if not isinstance(body.get("may_contain_adult_content"), bool):
+        errors["may_contain_adult_content"] = ("VALUE_REQUIRED", "may_contain_adult_content is required")
+    seconds = body.get("assignment_max_duration_seconds")
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 1:
+        errors["assignment_max_duration_seconds"] = (
+            "VALUE_REQUIRED",
+            "assignment_max_duration_seconds must be a positive integer",
+        )
+    if body.get("will_expire") is None:
+        errors["will_expire"] = ("VALUE_REQUIRED", "will_expire is required")
+    if not isinstance(body.get("defaults"), dict):
+        errors["defaults"] = ("VALUE_REQUIRED", "defaults is required")
+    return errors
 
 
 def _object(body: Any) -> dict[str, Any]:

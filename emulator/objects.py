@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from emulator.errors import field_errors
 from emulator.records import Doc, strip_read_only
-from emulator.validate import known_solutions_errors
+from emulator.validate import input_values_errors, known_solutions_errors
 
 if TYPE_CHECKING:
     from emulator.core import Emulator
@@ -78,12 +78,9 @@ def _validate(emu: Emulator, kind: str, item: Any, allow_defaults: bool) -> dict
         if not isinstance(values, dict):
             problems[f"{prefix}input_values"] = ("VALUE_REQUIRED", "input_values is required")
             continue
-        for name, spec in input_spec.items():
-            if (spec or {}).get("required", True) and values.get(name) is None:
-                problems[f"{prefix}input_values.{name}"] = (
-                    "VALUE_REQUIRED",
-                    f"input_values.{name} is required",
-                )
+        problems |= input_values_errors(values, input_spec, f"{prefix}input_values")
+        if pool.get("_kind") == "training" and not solutions:
+            problems[f"{prefix}known_solutions"] = ("VALUE_REQUIRED", "a training task needs known_solutions")
     overlap = item.get("overlap")
     if overlap is not None and (not isinstance(overlap, int) or overlap < 1):
         problems["overlap"] = ("INVALID_VALUE", "overlap must be a positive integer")

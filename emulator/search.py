@@ -40,6 +40,61 @@ NOT_FILTERS = {
 }
 
 
+# Per collection (the emulator's store kind): the fields toloka-kit's `*SortItems` allow, and the
+# statuses a `status` filter may name. A search outside these is a 400, as on Toloka.
+SORT_FIELDS = {
+    "project": {"id", "created", "public_name", "private_comment"},
+    "pool": {"id", "created", "last_started"},
+    "skill": {"id", "created"},
+    "task": {"id", "created"},
+    "suite": {"id", "created"},
+    "assignment": {"id", "created", "submitted", "accepted", "rejected", "skipped", "expired"},
+    "user_skill": {"id", "created", "modified"},
+    "user_restriction": {"id", "created"},
+    "user_bonus": {"id", "created"},
+    "operation": {"id", "submitted", "finished"},
+    "aggregate": {"task_id"},
+}
+STATUSES = {
+    "project": {"ACTIVE", "ARCHIVED"},
+    "pool": {"OPEN", "CLOSED", "ARCHIVED", "LOCKED"},
+    "assignment": {"ACTIVE", "SUBMITTED", "ACCEPTED", "REJECTED", "SKIPPED", "EXPIRED"},
+    "operation": {"PENDING", "RUNNING", "SUCCESS", "FAIL"},
+}
+ID_BOUNDS = ("id_gt", "id_gte", "id_lt", "id_lte")
+
+
+def check_params(kind: str, params: dict[str, str], numeric_ids: bool) -> None:
+    """400 for a `sort`, `status` or id bound this collection cannot have (Toloka refuses them;
+    silently ignoring them would make a client's typo look like an empty or unordered result)."""
+    errors = {}
+    allowed = SORT_FIELDS.get(kind)
+    sort = [s.lstrip("-") for s in params.get("sort", "id").split(",") if s]
+    bad = [s for s in sort if allowed is not None and s not in allowed]
+    if bad:
+        errors["sort"] = ("INVALID_VALUE", f"cannot sort by {bad[0]}; sort by {', '.join(sorted(allowed))}")
+    statuses = STATUSES.get(kind)
+    if statuses is not None and "status" in params:
+        unknown = [v for v in params["status"].split(",") if v not in statuses]
+        if unknown:
+            errors["status"] = ("INVALID_VALUE", f"unknown status {unknown[0]}")
+    for name in ID_BOUNDS:
+        value = params.get(name)
+        if value is not None and not _valid_id(value, numeric_ids):
+            errors[name] = ("INVALID_FORMAT", f"{name} must be an id of this collection")
+    if errors:
+        raise validation(errors)
+
+
+def _valid_id(value: str, numeric: bool) -> bool:
+    if numeric:
+        return value.isdigit()
+    return bool(value) and all(part and all(c in HEX_DIGITS for c in part) for part in value.split("--"))
+
+
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF-")
+
+
 def id_key(value: Any, numeric: bool) -> Any:
     if numeric:
         try:
@@ -66,11 +121,11 @@ def search(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Filter, sort and page documents; returns (page, has_more)."""
     try:
-        limit = min(int(params.get("limit", DEFAULT_LIMIT)), MAX_LIMIT)
+        limit = int(params.get("limit", DEFAULT_LIMIT))
     except ValueError:
         raise validation({"limit": ("INVALID_FORMAT", "limit must be an integer")}) from None
-    if limit < 1:
-        raise validation({"limit": ("INVALID_VALUE", "limit must be at least 1")})
+    if not 1 <= limit <= MAX_LIMIT:
+        raise validation({"limit": ("VALUE_OUT_OF_BOUNDS", f"limit must be from 1 to {MAX_LIMIT}")})
     sort = [s for s in params.get("sort", "id").split(",") if s] or ["id"]
     exact: list[tuple[str, set[str]]] = []
     ranges: list[tuple[str, str, Any]] = []

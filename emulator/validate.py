@@ -209,3 +209,42 @@ def known_solutions_errors(solutions: Any, output_spec: dict[str, Any], path: st
             if allowed and value not in allowed:
                 errors[f"{where}.output_values.{name}"] = ("INVALID_VALUE", f"must be one of {allowed}")
     return errors
+
+
+# ------------------------------------------------------------------------------------ input values
+_SCALAR_CHECKS = {
+    "string": lambda v: isinstance(v, str),
+    "url": lambda v: isinstance(v, str),
+    "file": lambda v: isinstance(v, str),
+    "coordinates": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": is_number,
+    "json": lambda v: True,
+}
+
+
+def value_matches(field_type: str, value: Any) -> bool:
+    """Is `value` of the spec's field type (`array_x`: a list of x)?"""
+    if field_type.startswith("array_"):
+        check = _SCALAR_CHECKS.get(field_type[len("array_") :], lambda v: True)
+        return isinstance(value, list) and all(check(v) for v in value)
+    return _SCALAR_CHECKS.get(field_type, lambda v: True)(value)
+
+
+def input_values_errors(values: dict[str, Any], input_spec: dict[str, Any], path: str) -> Errors:
+    """A task's `input_values` against the project's input spec: every required field present, each
+    value of its field's type, no field the spec does not have."""
+    errors: Errors = {}
+    for name, field in input_spec.items():
+        field = field if isinstance(field, dict) else {}
+        value = values.get(name)
+        if value is None:
+            if field.get("required", True):
+                errors[f"{path}.{name}"] = ("VALUE_REQUIRED", f"{path}.{name} is required")
+        elif not value_matches(str(field.get("type")), value):
+            errors[f"{path}.{name}"] = ("INVALID_FORMAT", f"{name} must be of type {field.get('type')}")
+    for name in values:
+        if name not in input_spec:
+            errors[f"{path}.{name}"] = ("UNKNOWN_FIELD", f"{name} is not a field of the project's input spec")
+    return errors

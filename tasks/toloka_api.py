@@ -315,14 +315,8 @@ def _renew_lifetime(client: TolokaClient, pool: Pool) -> None:
     POOL_LIFETIME: opened as it was, it closed EXPIRED at once, and a run whose pool expired a few
     answers short (interrupted, then resumed) could never finish, however often it was resumed,
     with everything it had bought unusable."""
-    if pool.will_expire is None:
+    if not _extend_lifetime(client, pool):
         return
-    now, expires = platform_now(client), pool.will_expire  # toloka-kit reads it back with a time zone
-    if expires.tzinfo is not None:
-        expires = expires.astimezone(UTC).replace(tzinfo=None)
-    if expires > now + timedelta(hours=1):
-        return
-    pool.will_expire = now + POOL_LIFETIME
     client.update_pool(pool.id, pool)
     log.warning(
         "pool %s %s with its work unfinished: it reopens until %s (platform time)",
@@ -330,6 +324,20 @@ def _renew_lifetime(client: TolokaClient, pool: Pool) -> None:
         "had expired" if close_reason(pool) == "EXPIRED" else "was about to expire",
         pool.will_expire.isoformat(timespec="minutes"),
     )
+
+
+def _extend_lifetime(client: TolokaClient, pool: Pool) -> bool:
+    """Give `pool` (not yet sent) another POOL_LIFETIME if its `will_expire` has passed or is within
+    an hour; True if it did. Toloka refuses an update or an open with a past `will_expire`."""
+    if pool.will_expire is None:
+        return False
+    now, expires = platform_now(client), pool.will_expire  # toloka-kit reads it back with a time zone
+    if expires.tzinfo is not None:
+        expires = expires.astimezone(UTC).replace(tzinfo=None)
+    if expires > now + timedelta(hours=1):
+        return False
+    pool.will_expire = now + POOL_LIFETIME
+    return True
 
 
 def close_all(client: TolokaClient, openings: Iterable[Opening]) -> None:
@@ -654,6 +662,7 @@ class RunRegistry:
             self.client.close_pool_for_update(pool_id)
         for key in changes:
             setattr(have, key, getattr(wanted, key))
+        _extend_lifetime(self.client, have)  # an expired pool's update would be refused
         self.client.update_pool(pool_id, have)
         if old_overlap is not None and new_overlap is not None and old_overlap != new_overlap:
             for suite in self.client.get_task_suites(pool_id=pool_id):

@@ -74,6 +74,8 @@ def _pool(client, project_id, **extra):
         "private_name": "api pool",
         "reward_per_assignment": 0.05,
         "assignment_max_duration_seconds": 600,
+        "may_contain_adult_content": False,
+        "will_expire": "2100-01-01T00:00:00",
         "auto_accept_solutions": True,
         "defaults": {"default_overlap_for_new_task_suites": 2, "default_overlap_for_new_tasks": 2},
     } | extra
@@ -489,3 +491,127 @@ def test_a_rejection_can_be_changed_to_accepted_and_is_paid_then(emu, client):
     with pytest.raises(exceptions.ConflictStateApiError):
         client.reject_assignment(assignment.id, "changed my mind again")
     client.close_pool(pool.id)
+
+
+def _field_errors(answer: httpx.Response) -> set[str]:
+    assert answer.status_code == 400, (answer.status_code, answer.text)
+    return set(answer.json()["payload"])
+
+
+def test_pools_are_checked_as_toloka_checks_them(emu, client):
+    """Fields Toloka requires, its least reward, a future will_expire, no move between projects."""
+    project = _project(client)
+    with _raw(emu) as raw:
+        bare = {"project_id": project.id, "private_name": "bare", "reward_per_assignment": 0.05}
+        assert _field_errors(raw.post("/api/v1/pools", json=bare)) == {
+            "will_expire",
+            "may_contain_adult_content",
+            "assignment_max_duration_seconds",
+            "defaults",
+        }
+        cheap = _pool_body(project.id, reward_per_assignment=0.004)
+        assert _field_errors(raw.post("/api/v1/pools", json=cheap)) == {"reward_per_assignment"}
+        past = _pool_body(project.id, will_expire="2020-01-01T00:00:00")
+        assert _field_errors(raw.post("/api/v1/pools", json=past)) == {"will_expire"}
+        pool = raw.post("/api/v1/pools", json=_pool_body(project.id)).json()
+        assert _field_errors(raw.put(f"/api/v1/pools/{pool['id']}", json=past)) == {"will_expire"}
+        other = _project(client)
+        moved = raw.put(f"/api/v1/pools/{pool['id']}", json=_pool_body(other.id))
+        assert _field_errors(moved) == {"project_id"}
+        assert raw.post(f"/api/v1/pools/{pool['id']}/archive").status_code == 202
+        archived = raw.put(f"/api/v1/pools/{pool['id']}", json=_pool_body(project.id))
+        assert archived.status_code == 409 and archived.json()["code"] == "POOL_INAPPROPRIATE_STATUS"
+
+
+def test_an_expired_pool_opens_only_with_a_new_will_expire_and_clones_keep_it(emu, client):
+    now = dt.datetime.fromtimestamp(emu.advance(0), dt.UTC).replace(tzinfo=None)
+    pool = _pool(client, _project(client).id, will_expire=(now + dt.timedelta(hours=1)).isoformat())
+    assert client.clone_pool(pool.id).will_expire == pool.will_expire
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    emu.advance(2 * 3600)
+    with pytest.raises(exceptions.ConflictStateApiError):
+        client.open_pool(pool.id)
+    assert client.get_pool(pool.id).status.value == "CLOSED"
+    pool.will_expire = now + dt.timedelta(days=3)
+    client.update_pool(pool.id, pool)
+    assert client.open_pool(pool.id).is_open()
+    client.close_pool(pool.id)
+
+
+def test_tasks_must_fit_the_project_spec(emu, client):
+    """input_values against the input spec, known solutions against the output spec's allowed values,
+    and a training task needs known solutions."""
+    spec = {
+        "input_spec": {
+            "image": {"type": "url", "required": True},
+            "note": {"type": "string", "required": False},
+        },
+        "output_spec": {"label": {"type": "string", "allowed_values": ["cat", "dog"]}},
+        "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
+    }
+    with _raw(emu) as raw:
+        project = raw.post("/api/v1/projects", json={"public_name": "spec", "task_spec": spec}).json()
+        pool = raw.post("/api/v1/pools", json=_pool_body(project["id"])).json()
+
+        def refused(**task) -> set[str]:
+            body = {"pool_id": pool["id"], "overlap": 1} | task
+            return _field_errors(raw.post("/api/v1/tasks", json=body, params={"async_mode": "false"}))
+
+        assert refused(input_values={"note": "x"}) == {"input_values.image"}
+        assert refused(input_values={"image": 3}) == {"input_values.image"}
+        assert refused(input_values={"image": "u", "extra": 1}) == {"input_values.extra"}
+        gold = [{"output_values": {"label": "bird"}}]
+        assert refused(input_values={"image": "u"}, known_solutions=gold) == {
+            "known_solutions.0.output_values.label"
+        }
+        ok = {"pool_id": pool["id"], "overlap": 1, "input_values": {"image": "u"}}
+        assert raw.post("/api/v1/tasks", json=ok, params={"async_mode": "false"}).status_code == 201
+        training = raw.post(
+            "/api/v1/trainings", json={"project_id": project["id"], "private_name": "t"}
+        ).json()
+        no_gold = {"pool_id": training["id"], "input_values": {"image": "u"}}
+        assert _field_errors(raw.post("/api/v1/tasks", json=no_gold, params={"async_mode": "false"})) == {
+            "known_solutions"
+        }
+
+
+def test_rejections_and_bonuses_name_what_is_missing(emu, client):
+    pool = _pool(client, _project(client).id, auto_accept_solutions=False)
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    first, second = _submitted(emu, client, pool.id, 2)[:2]
+    client.close_pool(pool.id)
+    with pytest.raises(exceptions.ValidationApiError) as no_comment:
+        client.reject_assignment(first.id, "")
+    assert "public_comment" in no_comment.value.payload
+    with _raw(emu) as raw:
+        unknown = raw.post(
+            "/api/v1/user-bonuses", json={"user_id": "nobody", "amount": 1}, params={"async_mode": "false"}
+        )
+        assert _field_errors(unknown) == {"user_id"}
+        cited = {"user_id": first.user_id, "amount": 1, "assignment_id": second.id}
+        assert _field_errors(
+            raw.post("/api/v1/user-bonuses", json=cited, params={"async_mode": "false"})
+        ) == {"assignment_id"}
+
+
+def test_searches_refuse_what_toloka_refuses(emu, client):
+    with _raw(emu) as raw:
+        for path, params, field in (
+            ("/api/v1/pools", {"limit": 0}, "limit"),
+            ("/api/v1/pools", {"limit": 100_001}, "limit"),
+            ("/api/v1/pools", {"status": "OPENED"}, "status"),
+            ("/api/v1/pools", {"sort": "private_name"}, "sort"),
+            ("/api/v1/pools", {"id_gt": "abc"}, "id_gt"),
+            ("/api/v1/assignments", {"status": "APPROVED"}, "status"),
+            ("/api/v1/assignments", {"sort": "-reward"}, "sort"),
+            ("/api/v1/tasks", {"id_gt": "not an id"}, "id_gt"),
+        ):
+            assert _field_errors(raw.get(path, params=params)) == {field}, (path, params)
+    assert client.find_pools(status="OPEN", sort=["-created"], limit=100_000).items is not None

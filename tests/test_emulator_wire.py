@@ -30,6 +30,8 @@ def _pool_config(project_id: str) -> dict:
         "private_name": "wire pool",
         "reward_per_assignment": 0.01,
         "assignment_max_duration_seconds": 600,
+        "may_contain_adult_content": False,
+        "will_expire": "2100-01-01T00:00:00",
         "defaults": {"default_overlap_for_new_task_suites": 3},
         "auto_accept_solutions": False,
         # Nobody speaks "ZZ": wire tests keep the simulated crowd out of their pools.
@@ -98,7 +100,16 @@ def test_pools_trainings_open_close_and_one_id_space(emulator, toloka_client):
         allow_defaults=True,
     )
     toloka_client.create_tasks(
-        [toloka.Task(pool_id=training.id, input_values={"images": ["a"]}, infinite_overlap=True)]
+        [
+            toloka.Task(
+                pool_id=training.id,
+                input_values={"images": ["a"]},
+                known_solutions=[
+                    toloka.task.BaseTask.KnownSolution(output_values={"result": [{"group": 1}]})
+                ],
+                infinite_overlap=True,
+            )
+        ]
     )
     assert toloka_client.open_pool(pool.id).is_open()
     assert toloka_client.open_training(training.id).is_open()
