@@ -40,11 +40,12 @@ from emulator.clock import MAX_SPEED
 from emulator.core import Emulator
 from emulator.errors import ApiError, field_errors, validation
 from emulator.faults import Faults
-from emulator.guard import Guard, RateLimiter, bearer
+from emulator.guard import Guard, RateLimiter, bearer, route_of
 from emulator.records import public
 
 log = logging.getLogger("emulator.app")
 MAX_LATENCY_MS = 60_000
+NOT_SUPPORTED = "NOT_SUPPORTED_BY_EMULATOR"  # 501: a Toloka endpoint the emulator does not have
 
 
 class FastJSONResponse(JSONResponse):
@@ -99,7 +100,14 @@ def create_app(emu: Emulator) -> Any:
         return _error(exc.status, exc.code, exc.message, exc.payload)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code in (404, 405) and request.url.path.startswith("/api/"):
+            # No route: an endpoint of Toloka's API the emulator does not have (attachments, message
+            # threads, webhooks, app projects, ...). A 404 DOES_NOT_EXIST would read "object missing".
+            route = f"{request.method} {route_of(request.url.path)}"
+            return _error(
+                501, NOT_SUPPORTED, f"the Toloka emulator does not support {route}", {"route": route}
+            )
         code = {404: "DOES_NOT_EXIST", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "INTERNAL_ERROR")
         return _error(exc.status_code, code, str(exc.detail))
 

@@ -615,3 +615,25 @@ def test_searches_refuse_what_toloka_refuses(emu, client):
         ):
             assert _field_errors(raw.get(path, params=params)) == {field}, (path, params)
     assert client.find_pools(status="OPEN", sort=["-created"], limit=100_000).items is not None
+
+
+def test_endpoints_the_emulator_lacks_say_so(emu, client):
+    """Attachments, message threads, webhooks, app projects: 501 NOT_SUPPORTED_BY_EMULATOR with the
+    route, not a 404 that reads as "this object does not exist"."""
+    calls = (
+        lambda: client.get_attachment("0000000000000001--000000000001"),
+        lambda: list(client.get_message_threads(folder="INBOX")),
+        lambda: client.get_webhook_subscription("1"),
+        lambda: client.get_app_project("1"),
+    )
+    for call in calls:
+        with pytest.raises(exceptions.ApiError) as refused:
+            call()
+        assert refused.value.status_code == 501 and refused.value.code == "NOT_SUPPORTED_BY_EMULATOR"
+        assert "does not support" in refused.value.message
+    with _raw(emu) as raw:
+        answer = raw.delete("/api/v1/projects/1")
+        assert answer.status_code == 501 and answer.json()["payload"] == {
+            "route": "DELETE /api/v1/projects/{id}"
+        }
+        assert raw.get("/api/v1/pools/999999").json()["code"] == "DOES_NOT_EXIST"  # a missing object still is
