@@ -200,11 +200,13 @@ def answer_task(
         allowed = (spec or {}).get("allowed_values")
         if kind in ("json", "array_json") and items:
             output[name] = group_images(seed, worker, items, salt)
-        elif allowed and items:
+        elif allowed and len(items) > 1:
+            # Several images and a choice: an intruder HIT, pick the odd one out.
             index = pick_intruder(seed, worker, items, salt)
             output[name] = allowed[index] if index < len(allowed) else str(index + 1)
         elif allowed:
-            output[name] = allowed[stable_int("choice", seed, worker["id"], salt, name) % len(allowed)]
+            truth = true_label(seed, task, items, name, allowed)
+            output[name] = classify(seed, worker, truth, allowed, _item_key(task, items), salt)
         elif kind == "boolean":
             output[name] = bool(stable_int("bool", seed, worker["id"], salt, name) % 2)
         elif kind in ("integer", "float"):
@@ -212,6 +214,34 @@ def answer_task(
         else:
             output[name] = ""
     return output
+
+
+def _item_key(task: dict[str, Any], items: list[Item]) -> str:
+    """What identifies the thing being classified (its image, else its input values)."""
+    return items[0].path if items else repr(sorted((task.get("input_values") or {}).items()))
+
+
+def true_label(seed: int, task: dict[str, Any], items: list[Item], name: str, allowed: list[Any]) -> Any:
+    """The one right answer of a classification task, the same for every worker: its golden answer,
+    else the catalogue class of its image when that is a choice, else a seeded pick of the item."""
+    for solution in task.get("known_solutions") or []:
+        gold = (solution.get("output_values") or {}).get(name)
+        if gold in allowed:
+            return gold
+    if items and not items[0].pseudo and items[0].cls in allowed:
+        return items[0].cls
+    return allowed[stable_int("true-label", seed, _item_key(task, items), name) % len(allowed)]
+
+
+def classify(seed: int, worker: dict[str, Any], truth: Any, allowed: list[Any], key: str, salt: str) -> Any:
+    """A worker's answer to a classification task: spammers pick at random; the others see the item
+    wrongly with their error rate (systematic per worker and item), then pick another choice."""
+    if worker["type"] == "spammer":
+        return allowed[stable_int("class-spam", seed, worker["id"], salt) % len(allowed)]
+    if len(allowed) < 2 or unit("misclassify", seed, worker["id"], key) >= worker["error_rate"]:
+        return truth
+    others = [value for value in allowed if value != truth]
+    return others[stable_int("class-wrong", seed, worker["id"], key) % len(others)]
 
 
 def _images(input_values: dict[str, Any]) -> list[str]:

@@ -637,3 +637,45 @@ def test_endpoints_the_emulator_lacks_say_so(emu, client):
             "route": "DELETE /api/v1/projects/{id}"
         }
         assert raw.get("/api/v1/pools/999999").json()["code"] == "DOES_NOT_EXIST"  # a missing object still is
+
+
+def test_single_image_classification_is_answered_like_a_crowd(emu, client):
+    """One image, a choice of labels: diligent workers mostly give the image's true class, spammers
+    spread over the choices, and a golden task's known answer is its truth (not allowed_values[0])."""
+    truth = {row["image"]: row["class"] for row in emu.control("catalogue")["items"][:12]}
+    labels = sorted(set(emu.control("catalogue")["items"][i]["class"] for i in range(82)))
+    spec = {
+        "input_spec": {"image": {"type": "url"}},
+        "output_spec": {"label": {"type": "string", "allowed_values": labels}},
+        "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
+    }
+    with _raw(emu) as raw:
+        project = raw.post("/api/v1/projects", json={"public_name": "classify", "task_spec": spec}).json()
+    pool = _pool(client, project["id"])
+    tasks = [toloka.Task(pool_id=pool.id, input_values={"image": url}, overlap=8) for url in truth]
+    gold = toloka.Task(
+        pool_id=pool.id,
+        input_values={"image": "https://example.org/not-in-any-catalogue.png"},
+        known_solutions=[toloka.task.BaseTask.KnownSolution(output_values={"label": labels[-1]})],
+        overlap=8,
+    )
+    created = client.create_tasks([*tasks, gold])
+    client.open_pool(pool.id)
+    _wait_closed(emu, client, pool.id)
+    types = {w["id"]: w["type"] for w in emu.workers()}
+    by_task: dict[str, list[tuple[str, str]]] = {}
+    for a in client.get_assignments(pool_id=pool.id):
+        by_task.setdefault(a.tasks[0].id, []).append(
+            (types[a.user_id], a.solutions[0].output_values["label"])
+        )
+    right = {kind: [0, 0] for kind in ("diligent", "spammer")}
+    for task in created.items.values():
+        expected = labels[-1] if task.known_solutions else truth[task.input_values["image"]]
+        for kind, answer in by_task[task.id]:
+            if kind in right:
+                right[kind][0] += answer == expected
+                right[kind][1] += 1
+    assert right["diligent"][1] >= 20 and right["diligent"][0] >= 0.85 * right["diligent"][1], right
+    assert right["spammer"][1] >= 3 and right["spammer"][0] <= 0.6 * right["spammer"][1], right
+    spam = [answer for answers in by_task.values() for kind, answer in answers if kind == "spammer"]
+    assert len(set(spam)) > 1  # spread, not always the first choice
