@@ -15,7 +15,9 @@ While online, a worker looks for work when its event comes due: trainings it nee
 whose filter admits it, in (priority, a per-worker preference) order, taking the first suite in
 creation order (or, for pools with `issue_task_suites_in_creation_order: false`, from a per-worker
 hashed place) that it has not answered and that has overlap left. It works for a type-dependent time,
-submits, pauses and looks again, until its session is over; an assignment in hand is always finished.
+submits, pauses and looks again, until its session is over; an assignment in hand is always finished,
+except that a worker skips a suite now and then (its type's rate) and one slower than the pool's
+`assignment_max_duration_seconds` runs out of time (EXPIRED): both unpaid, the suite open to others.
 A worker that finds nothing re-checks the task list every `RECHECK` minutes or so; when something
 changes (a pool opens, suites are added, an overlap grows) up to `WAKE_CAP` idle online workers look
 at once, and a worker whose skill changes looks at once. Restricted workers come back when the
@@ -47,7 +49,7 @@ import numpy as np
 from emulator import filters, qc
 from emulator.records import OWNER, Doc, public, with_cost
 from emulator.util import fmt_time, parse_time, sim_seconds, stable_int, unit
-from emulator.workers import Population, answer_task, duration, matches_gold, pause
+from emulator.workers import SKIP_RATES, Population, answer_task, duration, matches_gold, pause
 
 if TYPE_CHECKING:
     from emulator.core import Emulator
@@ -272,10 +274,13 @@ class Crowd:
         rt = worker["_rt"]
         if rt["assignment"]:
             assignment = self.store.data["assignment"][rt["assignment"]]
-            self._submit(worker, assignment)
-            rt["assignment"] = None  # only now: should the submit fail, `_contain` still finds it
-            if self.store.data["pool"][assignment["pool_id"]]["_kind"] == "pool":
-                rt["batch"] = rt.get("batch", 1) - 1  # trainings are not part of the batch
+            if assignment.get("_outcome"):
+                self._give_up(worker, assignment)
+            else:
+                self._submit(worker, assignment)
+                rt["assignment"] = None  # only now: should the submit fail, `_contain` still finds it
+                if self.store.data["pool"][assignment["pool_id"]]["_kind"] == "pool":
+                    rt["batch"] = rt.get("batch", 1) - 1  # trainings are not part of the batch
             if rt["online_until"] is not None and self.now < rt["online_until"] and rt["batch"] > 0:
                 self._schedule(worker, self.now + pause(self.seed, worker, assignment["id"]))
             else:
@@ -308,7 +313,36 @@ class Crowd:
         n_images = sum(len((t.get("input_values") or {}).get("images") or [1]) for t in suite["tasks"])
         spent = duration(self.seed, worker, suite["id"], n_images)
         assignment["_duration"] = round(spent, 3)
-        self._schedule(worker, self.now + spent)
+        outcome, ends = self._outcome(worker, pool, suite["id"], spent)
+        if outcome is not None:
+            assignment["_outcome"] = outcome
+        self._schedule(worker, self.now + ends)
+
+    def _outcome(self, worker: Doc, pool: Doc, suite_id: str, spent: float) -> tuple[str | None, float]:
+        """How an assignment ends other than by a submit, and after how long (simulated seconds).
+
+        A worker skips a suite with its type's skip rate (after a short look), and one who needs longer
+        than the pool's `assignment_max_duration_seconds` runs out of time: EXPIRED at the limit.
+        Trainings are always finished (a worker who skipped one could never complete it).
+        """
+        if pool["_kind"] != "pool":
+            return None, spent
+        if unit("skip", self.seed, worker["id"], suite_id) < SKIP_RATES[worker["type"]]:
+            return "SKIPPED", min(spent, 5.0 + 25.0 * unit("skip-after", self.seed, worker["id"], suite_id))
+        limit = pool.get("assignment_max_duration_seconds")
+        if isinstance(limit, int | float) and spent > limit:
+            return "EXPIRED", float(limit)
+        return None, spent
+
+    def _give_up(self, worker: Doc, assignment: Doc) -> None:
+        """The assignment ends SKIPPED or EXPIRED: unpaid, its suite open to others, never to this
+        worker again; skips feed the pool's SKIPPED_IN_ROW_ASSIGNMENTS rules."""
+        outcome = assignment.pop("_outcome")
+        self._drop_assignment(worker, outcome)
+        if outcome == "SKIPPED":
+            pool = self.store.data["pool"][assignment["pool_id"]]
+            self.pool_in_hand = pool
+            qc.on_skip(self.emu, worker, pool)
 
     # ---------------------------------------------------------------------------------- choosing
     def _choose(self, worker: Doc) -> tuple[Doc, Doc] | None:

@@ -2,10 +2,11 @@
 
 Supported collectors (those the pipeline's configs use, plus golden set and majority vote):
 `ASSIGNMENT_SUBMIT_TIME` (fast_submitted_count, total_submitted_count over the last `history_size`
-submits), `ANSWER_COUNT` (assignments_accepted_count), `SKIPPED_IN_ROW_ASSIGNMENTS` (simulated workers
-never skip, so skipped_in_row_count stays 0), `GOLDEN_SET` and `MAJORITY_VOTE` (total_answers_count,
-correct_answers_rate, incorrect_answers_rate), `ASSIGNMENTS_ASSESSMENT` (assessment_event on accept /
-reject), `USERS_ASSESSMENT` (pool_access_revoked_reason when a worker loses access).
+submits), `ANSWER_COUNT` (assignments_accepted_count), `SKIPPED_IN_ROW_ASSIGNMENTS`
+(skipped_in_row_count: skips since the worker's last submit, evaluated on each skip), `GOLDEN_SET`
+and `MAJORITY_VOTE` (total_answers_count, correct_answers_rate, incorrect_answers_rate),
+`ASSIGNMENTS_ASSESSMENT` (assessment_event on accept / reject), `USERS_ASSESSMENT`
+(pool_access_revoked_reason when a worker loses access).
 Actions: `RESTRICTION_V2`/`RESTRICTION`, `SET_SKILL`, `CHANGE_OVERLAP`, `APPROVE_ALL_ASSIGNMENTS`,
 `REJECT_ALL_ASSIGNMENTS`. Anything else is stored and logged once as unsupported.
 """
@@ -50,7 +51,7 @@ def _collect(emu: Emulator, collector: dict[str, Any], pool: Doc, worker: Doc) -
     if kind in ("ASSIGNMENTS_ASSESSMENT", "USERS_ASSESSMENT"):
         return None  # event-driven: `on_assessment`, `on_access_revoked`
     if kind == "SKIPPED_IN_ROW_ASSIGNMENTS":
-        return {"skipped_in_row_count": 0}
+        return {"skipped_in_row_count": skipped_in_row(_worker_assignments(emu, pool, worker["id"]))}
     params = collector.get("parameters") or {}
     history = int(params.get("history_size") or 10)
     mine = [a for a in _worker_assignments(emu, pool, worker["id"]) if a["status"] in SUBMITTED]
@@ -69,6 +70,29 @@ def _collect(emu: Emulator, collector: dict[str, Any], pool: Doc, worker: Doc) -
         _unsupported.add(str(kind))
         log.warning("quality-control collector %s is not supported by the emulator: rules ignored", kind)
     return None
+
+
+def skipped_in_row(mine: list[Doc]) -> int:
+    """Suites skipped since the worker's last submit in the pool (expired ones do not break a row)."""
+    count = 0
+    for a in reversed(mine):
+        if a["status"] == "SKIPPED":
+            count += 1
+        elif a["status"] in SUBMITTED:
+            break
+    return count
+
+
+def on_skip(emu: Emulator, worker: Doc, pool: Doc) -> None:
+    """SKIPPED_IN_ROW_ASSIGNMENTS rules after the worker skipped a suite of the pool."""
+    for config in _configs(pool):
+        collector = config.get("collector_config") or {}
+        if collector.get("type") != "SKIPPED_IN_ROW_ASSIGNMENTS":
+            continue
+        values = _collect(emu, collector, pool, worker)
+        for rule in config.get("rules") or []:
+            if values is not None and _holds(rule.get("conditions"), values):
+                apply(emu, rule.get("action") or {}, pool, worker["id"], None)
 
 
 def _rates(correct: list[bool]) -> dict[str, Any]:

@@ -25,6 +25,15 @@ TYPE_PARAMS: dict[str, tuple[tuple[float, float], float, float]] = {
     "careless": ((0.12, 0.25), 4.0, 0.65),
     "spammer": ((1.0, 1.0), 0.35, 0.05),
 }
+# Share of the suites each type skips (SKIPPED: looked at, given back unanswered).
+SKIP_RATES: dict[str, float] = {
+    "diligent": 0.02,
+    "colour_biased": 0.03,
+    "lumper": 0.03,
+    "splitter": 0.03,
+    "careless": 0.08,
+    "spammer": 0.05,
+}
 MAX_GROUPS = 10
 TYPES = tuple(DEFAULT_SHARES)
 LANGUAGES = (["EN"], ["EN", "RU"], ["RU"])

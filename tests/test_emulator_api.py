@@ -664,7 +664,7 @@ def test_single_image_classification_is_answered_like_a_crowd(emu, client):
     _wait_closed(emu, client, pool.id)
     types = {w["id"]: w["type"] for w in emu.workers()}
     by_task: dict[str, list[tuple[str, str]]] = {}
-    for a in client.get_assignments(pool_id=pool.id):
+    for a in client.get_assignments(pool_id=pool.id, status="ACCEPTED"):
         by_task.setdefault(a.tasks[0].id, []).append(
             (types[a.user_id], a.solutions[0].output_values["label"])
         )
@@ -679,3 +679,51 @@ def test_single_image_classification_is_answered_like_a_crowd(emu, client):
     assert right["spammer"][1] >= 3 and right["spammer"][0] <= 0.6 * right["spammer"][1], right
     spam = [answer for answers in by_task.values() for kind, answer in answers if kind == "spammer"]
     assert len(set(spam)) > 1  # spread, not always the first choice
+
+
+def test_slow_workers_expire_and_some_skip_unpaid(emu, client):
+    """Who needs longer than assignment_max_duration_seconds ends EXPIRED, some workers skip; neither is
+    paid, the suite goes back to the pool, and SKIPPED_IN_ROW_ASSIGNMENTS rules count the skips."""
+    skips = {
+        "collector_config": {"type": "SKIPPED_IN_ROW_ASSIGNMENTS"},
+        "rules": [
+            {
+                "conditions": [{"key": "skipped_in_row_count", "operator": "GTE", "value": 1}],
+                "action": {
+                    "type": "RESTRICTION_V2",
+                    "parameters": {"scope": "POOL", "duration": 1, "duration_unit": "DAYS"},
+                },
+            }
+        ],
+    }
+    pool = _pool(
+        client,
+        _project(client).id,
+        assignment_max_duration_seconds=60,  # 10 images: only fast workers make it
+        quality_control={"configs": [skips]},
+        defaults={"default_overlap_for_new_task_suites": 3},
+    )
+    client.create_task_suites(
+        [
+            toloka.TaskSuite(
+                pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu, offset=k)})]
+            )
+            for k in range(30)
+        ],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    _wait_closed(emu, client, pool.id)
+    assignments = list(client.get_assignments(pool_id=pool.id))
+    by_status: dict[str, list] = {}
+    for a in assignments:
+        by_status.setdefault(a.status.value, []).append(a)
+    assert {"EXPIRED", "SKIPPED", "ACCEPTED"} <= set(by_status), sorted(by_status)
+    assert len(by_status["ACCEPTED"]) == 30 * 3  # every suite still got its answers
+    assert all(a.expired for a in by_status["EXPIRED"]) and all(a.skipped for a in by_status["SKIPPED"])
+    op = client.get_analytics([toloka.analytics_request.SpentBudgetPoolAnalytics(subject_id=pool.id)])
+    spent = client.wait_operation(op).details["value"][0]["result"]
+    assert float(spent) == pytest.approx(90 * 0.05 * 1.3)
+    skippers = {a.user_id for a in by_status["SKIPPED"]}
+    restricted = {r.user_id for r in client.get_user_restrictions(pool_id=pool.id)}
+    assert skippers and skippers <= restricted

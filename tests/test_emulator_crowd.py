@@ -302,7 +302,7 @@ def test_restricted_workers_come_back_when_the_restriction_ends():
         pool = _grouping_pool(client, {"quality_control": {"configs": [answer_cap]}}, 30, 2, urls)
         client.open_pool(pool.id)
         _wait_closed(emu, client, pool.id)
-        per_worker = Counter(a.user_id for a in client.get_assignments(pool_id=pool.id))
+        per_worker = Counter(a.user_id for a in client.get_assignments(pool_id=pool.id, status="ACCEPTED"))
     assert sum(per_worker.values()) == 60 and max(per_worker.values()) > 3
 
 
