@@ -10,9 +10,10 @@ demo catalogues with ground truth. Public API::
 
 Module map, each importing only the ones below it: `server` (uvicorn) -> `app` (HTTP routes,
 control endpoints) -> `guard` (auth, rate limit, faults) and `core` (requester-side objects and
-operations) -> `objects` (task and suite creation, analytics), `aggregate` (aggregated solutions),
-`tsv` (export), `crowd` (the market simulation) -> `qc` (quality-control rules), `workers`
-(population and behaviour), `filters` (pool filters) -> `search` (paging), `store` (SQLite state),
+operations) -> `objects` (task and suite creation, analytics), `mixer` (tasks into suites),
+`aggregate` (aggregated solutions), `tsv` (export), `crowd` (the market simulation) -> `qc`
+(quality-control rules), `workers` (population and behaviour), `filters` (pool filters) -> `search`
+(paging), `store` (SQLite state),
 `validate` (config shape checks), `records` (document helpers), `clock`, `catalogues` (demo shoes,
 digits, TSV catalogues, images), `faults`, `util`, `errors`. `crowd`, `objects`, `qc`, `aggregate`
 and `tsv` receive the `Emulator` as an argument and name its type for checkers only, so there is no

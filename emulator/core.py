@@ -20,6 +20,7 @@ from emulator.clock import SimClock
 from emulator.crowd import Crowd
 from emulator.errors import ApiError, conflict, field_errors, not_found, validation
 from emulator.filters import skill_keys
+from emulator.mixer import mix_pending
 from emulator.objects import analytics_value, create_items, item_index
 from emulator.records import OWNER, READ_ONLY, Doc, public, strip_read_only, with_cost
 from emulator.search import check_params, id_key, search
@@ -295,6 +296,7 @@ class Emulator:
             return 204, None
         if pool["status"] == "ARCHIVED":
             raise conflict("POOL_INAPPROPRIATE_STATUS", f"{kind} {key} is archived")
+        mix_pending(self, pool)  # tasks waiting for the mixer become suites now
         if not self.store.ids_in_pool("suite", key):
             raise conflict("EMPTY_POOL", "Pool contains no tasks. Operation is not allowed")
         if self._expired(pool):
@@ -345,6 +347,7 @@ class Emulator:
     def set_pool_status(self, pool: Doc, status: str, reason: str | None = None) -> None:
         pool["status"] = status
         if status == "OPEN":
+            mix_pending(self, pool)
             pool["last_started"] = self.stamp()
             self.crowd.pool_opened(pool)
         else:
@@ -476,11 +479,12 @@ class Emulator:
             raise not_found(kind.replace("suite", "task suite").replace("_", " "), key)
         return self.crowd.present(kind, doc)
 
-    def _suite_of(self, kind: str, key: str) -> tuple[Doc, Doc]:
-        """A task or suite and the suite that carries its overlap (a task is issued as its own suite)."""
+    def _suite_of(self, kind: str, key: str) -> tuple[Doc, Doc | None]:
+        """A task or suite and the suite that carries its overlap: a task's own suite, the mixed
+        suite it was issued in, or None for a task of a mixing pool not issued yet (or a control task)."""
         self.get_long(kind, key)
         doc = self.store.data[kind][key]
-        suite = self.store.data["suite"][doc["_suite"]] if kind == "task" else doc
+        suite = self.store.data["suite"].get(doc.get("_suite") or "") if kind == "task" else doc
         return doc, suite
 
     def patch_long(self, kind: str, key: str, body: Any, overlap_or_min: bool = False) -> Doc:
@@ -493,12 +497,14 @@ class Emulator:
         doc, suite = self._suite_of(kind, key)
         if kind == "task" and not overlap_or_min and "known_solutions" in body:
             errors = known_solutions_errors(
-                body["known_solutions"], self.output_spec(suite["pool_id"]), "known_solutions"
+                body["known_solutions"], self.output_spec(doc["pool_id"]), "known_solutions"
             )
             if errors:
                 raise validation(errors)
         overlap = body.get("overlap")
-        if body.get("infinite_overlap") is True:
+        if suite is None:
+            self._patch_unissued_overlap(doc, body)
+        elif body.get("infinite_overlap") is True:
             self.crowd.set_overlap(suite, None)
         elif overlap is not None:
             if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 0:
@@ -515,7 +521,7 @@ class Emulator:
                     )
                 overlap = suite["_done"]
             self.crowd.set_overlap(suite, overlap)
-        if kind == "task":
+        if kind == "task" and suite is not None:
             doc["_overlap"] = suite["_overlap"]
         if not overlap_or_min:
             for name in ("baseline_solutions", "known_solutions", "message_on_unknown_solution"):
@@ -524,10 +530,21 @@ class Emulator:
             if "issuing_order_override" in body and kind == "suite":
                 doc["issuing_order_override"] = body["issuing_order_override"]
         self.store.touch(kind, key)
-        pool = self.store.data["pool"][suite["pool_id"]]
+        pool = self.store.data["pool"][doc["pool_id"]]
         if body.get("open_pool") and pool["status"] != "OPEN":
             self.open_pool(pool["id"], pool["_kind"])
         return self.crowd.present(kind, doc)
+
+    @staticmethod
+    def _patch_unissued_overlap(task: Doc, body: Doc) -> None:
+        """A task not in a suite yet keeps its overlap for when the mixer issues it."""
+        overlap = body.get("overlap")
+        if body.get("infinite_overlap") is True:
+            task["_overlap"] = None
+        elif overlap is not None:
+            if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 0:
+                raise validation({"overlap": ("INVALID_VALUE", "overlap must be an integer >= 0")})
+            task["_overlap"] = overlap
 
     # ---------------------------------------------------------------------------------- operations
     def operation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from emulator import mixer
 from emulator.errors import field_errors
 from emulator.records import Doc, strip_read_only
 from emulator.validate import input_values_errors, known_solutions_errors
@@ -41,6 +42,10 @@ def create_items(
     if errors and params.get("skip_invalid_items", "false").lower() != "true":
         return {}, errors
     created = {idx: _create(emu, kind, item, pool) for idx, item, pool in valid}
+    for pool_id in sorted({str(item["pool_id"]) for _, item, _ in valid}):
+        pool = emu.store.data["pool"][pool_id]
+        if pool["status"] == "OPEN":
+            mixer.mix_pending(emu, pool)  # tasks added to an open mixing pool are issued at once
     if params.get("open_pool", "false").lower() == "true":
         for pool_id in {str(item["pool_id"]) for _, item, _ in valid}:
             pool = emu.store.data["pool"][pool_id]
@@ -119,8 +124,12 @@ def _create(emu: Emulator, kind: str, item: dict[str, Any], pool: Doc) -> Doc:
         task.pop("infinite_overlap", None)
         task["_overlap"] = overlap
         emu.store.put("task", task["id"], task)
-        # Every task is issued as its own (hidden) suite.
-        suite_tasks = [{k: task[k] for k in ("id", *TASK_KEYS) if k in task}]
+        if mixer.counts(pool) is not None:
+            # The pool's mixer issues it in a suite with others (`mixer.mix_pending`).
+            task["_pending"] = mixer.role(task) == "real"
+            return task
+        # Without a mixer every task is issued as its own (hidden) suite.
+        suite_tasks = [mixer.suite_task(task)]
         suite = {"pool_id": pool["id"], "tasks": suite_tasks, "_hidden": True}
         result = task
     else:
@@ -155,8 +164,7 @@ def analytics_value(emu: Emulator, pool: Doc, name: str) -> Any:
     if name == "estimated_assignments_count":
         return stats["total"]
     if name == "real_tasks_count":
-        suites = emu.store.data["suite"]
-        return sum(len(suites[s]["tasks"]) for s in emu.store.ids_in_pool("suite", pool["id"]))
+        return mixer.real_tasks(emu, pool)
     if name == "active_workers_by_filter_count":
         return emu.crowd.count_admitted(pool)
     # The rest count the pool's assignments.

@@ -727,3 +727,46 @@ def test_slow_workers_expire_and_some_skip_unpaid(emu, client):
     skippers = {a.user_id for a in by_status["SKIPPED"]}
     restricted = {r.user_id for r in client.get_user_restrictions(pool_id=pool.id)}
     assert skippers and skippers <= restricted
+
+
+def test_a_task_pool_issues_suites_by_its_mixer_config(emu, client):
+    """4 real + 1 golden per suite: one assignment (and one charge) per suite, golden not counted as real."""
+    labels = ["cat", "dog"]
+    spec = {
+        "input_spec": {"image": {"type": "url"}},
+        "output_spec": {"label": {"type": "string", "allowed_values": labels}},
+        "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
+    }
+    with _raw(emu) as raw:
+        project = raw.post("/api/v1/projects", json={"public_name": "mixed", "task_spec": spec}).json()
+    mixer = {"real_tasks_count": 4, "golden_tasks_count": 1, "training_tasks_count": 0}
+    pool = _pool(client, project["id"], mixer_config=mixer)
+    real = [
+        toloka.Task(pool_id=pool.id, input_values={"image": f"https://x.org/{k}.png"}, overlap=1)
+        for k in range(8)
+    ]
+    gold = [
+        toloka.Task(
+            pool_id=pool.id,
+            input_values={"image": f"https://x.org/gold-{k}.png"},
+            known_solutions=[toloka.task.BaseTask.KnownSolution(output_values={"label": "dog"})],
+            overlap=1,
+        )
+        for k in range(2)
+    ]
+    client.create_tasks([*real, *gold])
+    client.open_pool(pool.id)
+    _wait_closed(emu, client, pool.id)
+    accepted = list(client.get_assignments(pool_id=pool.id, status="ACCEPTED"))
+    assert len(accepted) == 2
+    assert all(len(a.tasks) == 5 and len(a.solutions) == 5 for a in accepted)
+    golden_ids = {t.id for t in client.get_tasks(pool_id=pool.id) if t.known_solutions}
+    assert all(sum(t.id in golden_ids for t in a.tasks) == 1 for a in accepted)
+    requests = [
+        toloka.analytics_request.SpentBudgetPoolAnalytics(subject_id=pool.id),
+        toloka.analytics_request.RealTasksCountPoolAnalytics(subject_id=pool.id),
+    ]
+    spent, real_count = (
+        v["result"] for v in client.wait_operation(client.get_analytics(requests)).details["value"]
+    )
+    assert float(spent) == pytest.approx(2 * 0.05 * 1.3) and real_count == 8
