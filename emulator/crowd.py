@@ -410,12 +410,18 @@ class Crowd:
         self.wake(doc["user_id"])
 
     def training_score(self, worker: Doc, training_id: str) -> float | None:
-        """The worker's training score in percent, or None while the training is unfinished."""
+        """The worker's training score (percent of training tasks right), or None until the worker
+        has done the training's `task_suites_required_to_pass` suites (default: all of them)."""
         progress = worker["_rt"]["trainings"].get(training_id)
         total = len(self.store.ids_in_pool("suite", training_id))
+        training = self.store.data["pool"].get(training_id) or {}
+        required = training.get("task_suites_required_to_pass")
+        if isinstance(required, int) and not isinstance(required, bool) and required > 0:
+            total = min(total, required)
         if not progress or progress["done"] < total or total == 0:
             return None
-        return 100.0 * progress["correct"] / progress["done"]
+        # The share of training tasks answered right (states saved before counted suites, one task each).
+        return 100.0 * progress["correct"] / progress.get("tasks", progress["done"])
 
     def _next_suite(self, pool: Doc, worker: Doc) -> Doc | None:
         ids = self.store.ids_in_pool("suite", pool["id"])
@@ -493,9 +499,12 @@ class Crowd:
         if suite["_overlap"] is not None and suite["_done"] <= suite["_overlap"]:
             stats["done"] += 1
         if training:
-            progress = worker["_rt"]["trainings"].setdefault(pool["id"], {"done": 0, "correct": 0})
+            progress = worker["_rt"]["trainings"].setdefault(
+                pool["id"], {"done": 0, "correct": 0, "tasks": 0}
+            )
             progress["done"] += 1
-            progress["correct"] += all(
+            progress["tasks"] = progress.get("tasks", progress["done"] - 1) + len(outputs)
+            progress["correct"] += sum(
                 matches_gold(o, t) for o, t in zip(outputs, suite["tasks"], strict=True)
             )
             self._finish(assignment, "ACCEPTED", None, charge=False)

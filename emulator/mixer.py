@@ -5,6 +5,7 @@ A pool filled with tasks (not suites) issues them in suites of `real_tasks_count
 tasks (known solutions and a hint, `message_on_unknown_solution`); the reward is paid per suite.
 Without a mixer config, or with one real task and nothing else, each task is its own suite at once.
 
+A training issues its tasks `training_tasks_in_task_suite_count` to a suite the same way.
 Tasks of a mixing pool wait (`_pending`) until the pool opens, or are mixed at once when they are
 added to an open pool; the last suite of a batch may hold fewer real tasks. Golden and training
 tasks are reused across suites in a rotating order (each suite gets the next ones), as Toloka mixes
@@ -24,7 +25,13 @@ TASK_KEYS = ("input_values", "known_solutions", "message_on_unknown_solution")
 
 
 def counts(pool: Doc) -> tuple[int, int, int] | None:
-    """(real, golden, training) tasks per suite, or None when each task is issued alone."""
+    """(real, golden, training) tasks per suite, or None when each task is issued alone.
+
+    A training's tasks (all with known solutions) go `training_tasks_in_task_suite_count` to a
+    suite: they count as the "real" part there."""
+    if pool.get("_kind") == "training":
+        per_suite = int(pool.get("training_tasks_in_task_suite_count") or 1)
+        return (per_suite, 0, 0) if per_suite > 1 else None
     config = pool.get("mixer_config")
     if pool.get("_kind") != "pool" or not isinstance(config, dict):
         return None
@@ -34,6 +41,12 @@ def counts(pool: Doc) -> tuple[int, int, int] | None:
     if real <= 1 and golden == 0 and training == 0:
         return None
     return max(real, 1), golden, training
+
+
+def waits(pool: Doc, task: Doc) -> bool:
+    """Does a new task of a mixing pool wait to be mixed? Real tasks of a pool, every training task;
+    a pool's golden and training tasks are mixed into suites, never issued themselves."""
+    return pool.get("_kind") == "training" or role(task) == "real"
 
 
 def role(task: Doc) -> str:
@@ -55,7 +68,7 @@ def mix_pending(emu: Emulator, pool: Doc) -> int:
         return 0
     data = emu.store.data["task"]
     tasks = [data[i] for i in emu.store.ids_in_pool("task", pool["id"])]
-    pending = [t for t in tasks if t.get("_pending") and role(t) == "real"]
+    pending = [t for t in tasks if t.get("_pending")]
     if not pending:
         return 0
     controls = {kind: [t for t in tasks if role(t) == kind] for kind in ("golden", "training")}

@@ -126,7 +126,7 @@ def _create(emu: Emulator, kind: str, item: dict[str, Any], pool: Doc) -> Doc:
         emu.store.put("task", task["id"], task)
         if mixer.counts(pool) is not None:
             # The pool's mixer issues it in a suite with others (`mixer.mix_pending`).
-            task["_pending"] = mixer.role(task) == "real"
+            task["_pending"] = mixer.waits(pool, task)
             return task
         # Without a mixer every task is issued as its own (hidden) suite.
         suite_tasks = [mixer.suite_task(task)]

@@ -770,3 +770,52 @@ def test_a_task_pool_issues_suites_by_its_mixer_config(emu, client):
         v["result"] for v in client.wait_operation(client.get_analytics(requests)).details["value"]
     )
     assert float(spent) == pytest.approx(2 * 0.05 * 1.3) and real_count == 8
+
+
+def test_a_training_issues_its_suites_and_passes_as_configured(emu, client):
+    """training_tasks_in_task_suite_count tasks per training suite; after task_suites_required_to_pass
+    suites a worker has a training score and goes on to the pool that requires it."""
+    spec = {
+        "input_spec": {"image": {"type": "url"}},
+        "output_spec": {"label": {"type": "string", "allowed_values": ["cat", "dog"]}},
+        "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
+    }
+    with _raw(emu) as raw:
+        project = raw.post("/api/v1/projects", json={"public_name": "trained", "task_spec": spec}).json()
+    training = client.create_training(
+        toloka.Training(
+            project_id=project["id"],
+            private_name="training",
+            training_tasks_in_task_suite_count=2,
+            task_suites_required_to_pass=1,
+        )
+    )
+    gold = toloka.task.BaseTask.KnownSolution(output_values={"label": "cat"})
+    client.create_tasks(
+        [
+            toloka.Task(
+                pool_id=training.id, input_values={"image": f"https://x.org/t{k}.png"}, known_solutions=[gold]
+            )
+            for k in range(6)
+        ]
+    )
+    requirement = {"training_pool_id": training.id, "training_passing_skill_value": 50}
+    pool = _pool(client, project["id"], quality_control={"training_requirement": requirement, "configs": []})
+    client.create_tasks(
+        [
+            toloka.Task(pool_id=pool.id, input_values={"image": f"https://x.org/r{k}.png"}, overlap=2)
+            for k in range(3)
+        ]
+    )
+    client.open_training(training.id)
+    client.open_pool(pool.id)
+    _wait_closed(emu, client, pool.id)
+    client.close_training(training.id)
+    trained = list(client.get_assignments(pool_id=training.id))
+    assert trained and all(len(a.tasks) == 2 for a in trained)
+    per_worker = {a.user_id for a in trained}
+    assert len(per_worker) == len(trained)  # one suite each was enough to pass
+    workers = {w["id"]: w for w in emu.workers()}
+    worked = {a.user_id for a in client.get_assignments(pool_id=pool.id, status="ACCEPTED")}
+    assert worked and worked <= per_worker
+    assert all(workers[w]["trainings"][training.id] >= 50 for w in worked)
