@@ -12,12 +12,14 @@ There is no per-worker, per-tick loop: only online workers have events, in one h
 (simulated time, kind, key).
 
 While online, a worker looks for work when its event comes due: trainings it needs, then open pools
-whose filter admits it, in (priority, a per-worker preference) order, taking the first suite in
-creation order (or, for pools with `issue_task_suites_in_creation_order: false`, from a per-worker
-hashed place) that it has not answered and that has overlap left. It works for a type-dependent time,
-submits, pauses and looks again, until its session is over; an assignment in hand is always finished,
-except that a worker skips a suite now and then (its type's rate) and one slower than the pool's
-`assignment_max_duration_seconds` runs out of time (EXPIRED): both unpaid, the suite open to others.
+whose filter admits it, in (priority, appeal) order, the appeal being the log of the pool's reward
+per task plus a per-worker Gumbel taste (better-paid pools fill sooner, as on a market), taking the
+first suite in creation order (or, for pools with `issue_task_suites_in_creation_order: false`, from a
+per-worker hashed place) that it has not answered and that has overlap left. It works for a
+type-dependent time, submits, pauses and looks again, until its session is over; an assignment in
+hand is always finished, except that a worker skips a suite now and then (its type's rate) and
+one slower than the pool's `assignment_max_duration_seconds` runs out of time (EXPIRED): both
+unpaid, the suite open to others.
 A worker that finds nothing re-checks the task list every `RECHECK` minutes or so; when something
 changes (a pool opens, suites are added, an overlap grows) up to `WAKE_CAP` idle online workers look
 at once, and a worker whose skill changes looks at once. Restricted workers come back when the
@@ -349,9 +351,7 @@ class Crowd:
         pools = [
             p for p in self.store.data["pool"].values() if p["status"] == "OPEN" and p["_kind"] == "pool"
         ]
-        pools.sort(
-            key=lambda p: (-(p.get("priority") or 0), unit("prefers", self.seed, worker["id"], p["id"]))
-        )
+        pools.sort(key=lambda p: (-(p.get("priority") or 0), -self._appeal(worker, p)))
         for pool in pools:
             self.pool_in_hand = pool
             if self.restricted(worker, pool) or not self.admits(worker, pool):
@@ -382,6 +382,25 @@ class Crowd:
                 return pool, suite
         self.pool_in_hand = None
         return None
+
+    def _appeal(self, worker: Doc, pool: Doc) -> float:
+        """How much a worker wants a pool, among pools of one priority: a random-utility choice.
+
+        The log of the pay per task (better-paid work is picked first more often: of two pools, the
+        one paying twice as much per task comes first for two workers in three) plus a per-(worker,
+        pool) Gumbel taste, so that workers still spread over pools; equally paid pools keep the
+        hashed order they always had.
+        """
+        u = min(max(unit("prefers", self.seed, worker["id"], pool["id"]), 1e-12), 1 - 1e-12)
+        taste = -math.log(-math.log1p(-u))  # Gumbel, decreasing in u (u ascending was the old order)
+        return math.log(max(self.pay_per_task(pool), 1e-9)) + taste
+
+    def pay_per_task(self, pool: Doc) -> float:
+        """A pool's reward per task of its suites (the next suite with work left stands for all)."""
+        ids = self.store.ids_in_pool("suite", pool["id"])
+        at = min(self.pointer.get(pool["id"], 0), len(ids) - 1)
+        n_tasks = len(self.store.data["suite"][ids[at]]["tasks"]) if ids else 1
+        return float(pool.get("reward_per_assignment") or 0.0) / max(n_tasks, 1)
 
     def admits(self, worker: Doc, pool: Doc) -> bool:
         known = self.store.data["skill"]  # skill ids this emulator created (membership only)

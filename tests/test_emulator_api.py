@@ -819,3 +819,29 @@ def test_a_training_issues_its_suites_and_passes_as_configured(emu, client):
     worked = {a.user_id for a in client.get_assignments(pool_id=pool.id, status="ACCEPTED")}
     assert worked and worked <= per_worker
     assert all(workers[w]["trainings"][training.id] >= 50 for w in worked)
+
+
+def test_better_paid_pools_fill_sooner(emu, client):
+    """Two open pools of the same work and priority: the one paying five times as much per task gets
+    most of the workers who come by first."""
+    project = _project(client)
+    pools = {reward: _pool(client, project.id, reward_per_assignment=reward) for reward in (0.01, 0.05)}
+    for pool in pools.values():
+        client.create_task_suites(
+            [
+                toloka.TaskSuite(
+                    pool_id=pool.id,
+                    tasks=[toloka.Task(input_values={"images": _images(emu, offset=k)})],
+                    overlap=10,
+                )
+                for k in range(40)
+            ],
+            allow_defaults=True,
+        )
+    for pool in pools.values():
+        client.open_pool(pool.id)
+    emu.advance(300)
+    taken = {reward: len(list(client.get_assignments(pool_id=pool.id))) for reward, pool in pools.items()}
+    assert taken[0.05] >= 2 * max(taken[0.01], 1), taken
+    for pool in pools.values():
+        client.close_pool(pool.id)
