@@ -142,7 +142,9 @@ def test_an_expired_pool_gets_a_new_lifetime_before_it_reopens(demo):
     ids = setup.setup_labelling(registry, bundle, Placeholders.of(params), "Idempotence")
     registry.ensure_suites("main-suites", ids.main_pool, suites_of([["https://x/1.png", "https://x/2.png"]]))
     pool = client.get_pool(ids.main_pool)
-    pool.will_expire = platform_now(client) + timedelta(seconds=30)  # 0.05 s at the emulator's 600x
+    # 3 s at the emulator's 600x: long enough to be in the future when the update and the open
+    # arrive (Toloka refuses a past will_expire, and an expired pool does not open), then it expires.
+    pool.will_expire = platform_now(client) + timedelta(minutes=30)
     client.update_pool(ids.main_pool, pool)
     client.open_pool(ids.main_pool)
     with pytest.raises(RuntimeError, match=r"is CLOSED \(reason: EXPIRED\) before completion"):
