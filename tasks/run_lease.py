@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -140,6 +141,35 @@ def acquire(limit: str, lease_seconds: float, wait_seconds: float, role: str = "
         if time.monotonic() >= deadline:
             raise SlotTaken(limit, _holder(limit))
         time.sleep(min(RETRY_SECONDS, max(deadline - time.monotonic(), 0.0)))
+
+
+def dead_here(holder: str | None) -> bool:
+    """True when the holder record names a process of this host that no longer runs.
+
+    Such a slot is stale: its holder would hold it only while alive, and a dead holder's lease is
+    revoked by the server unless the server forgot it (restarted with its leases in memory). Hosts
+    are told apart by name, so containers that share a host name and not a process table must not
+    share run keys.
+    """
+    found = re.match(r"pid (\d+) on host (\S+) since ", holder or "")
+    if found is None or found[2] != socket.gethostname() or int(found[1]) == os.getpid():
+        return False
+    try:
+        os.kill(int(found[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def free(limit: str) -> None:
+    """Empty the key's slot (limit 1): only for a slot whose holder is known dead (`dead_here`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
 def _renew_until(stop: threading.Event, lease_id: UUID, lease_seconds: float) -> None:

@@ -149,6 +149,28 @@ def _stale_hint(limit: str, holder: str | None) -> str:
     )
 
 
+def _acquire_freeing_the_dead(limit: str, run_key: str, lease: float, role: str) -> UUID:
+    """The slot at once; one whose named holder no longer runs on this host is freed first.
+
+    A Prefect server restarted while a run held the key forgets the lease: the run's release then
+    fails, its name stays on the slot, and every later run of the key was refused for good, told to
+    wait 75 s (a user paid a new run key to get out).
+    """
+    try:
+        return run_lease.acquire(limit, lease, 0.0, role)
+    except run_lease.SlotTaken as taken:
+        if not run_lease.dead_here(taken.holder):
+            raise
+        _log().warning(
+            "run key %s: its slot names %s, which no longer runs on this host (a Prefect server that "
+            "restarts forgets its leases): freeing the slot",
+            run_key,
+            taken.holder,
+        )
+        run_lease.free(limit)
+        return run_lease.acquire(limit, lease, 0.0, role)
+
+
 @contextlib.contextmanager
 def _server_slot(limit: str, run_key: str, dead_lease: UUID | None, role: str) -> Iterator[UUID | None]:
     """The cross-machine layer, when a Prefect server is configured: hold the key's slot, renewed."""
@@ -162,7 +184,7 @@ def _server_slot(limit: str, run_key: str, dead_lease: UUID | None, role: str) -
     lease, wait = settings.run_lock_lease_seconds, settings.run_lock_wait_seconds
     frees = lease + run_lease.REPOSSESSOR_SECONDS
     try:
-        lease_id = run_lease.acquire(limit, lease, 0.0, role.strip())
+        lease_id = _acquire_freeing_the_dead(limit, run_key, lease, role.strip())
     except run_lease.SlotTaken as taken:
         holder = f"{taken.holder or 'holder unknown'}: Prefect concurrency limit {limit} on {server}"
         if taken.holder and CLOSING in taken.holder:  # a hook on another machine: it takes seconds

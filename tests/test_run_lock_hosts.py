@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,12 +41,14 @@ HOLD = textwrap.dedent(
 
 @pytest.fixture()
 def machine(monkeypatch, tmp_path):
-    """Put this process on a machine of its own (its own lock folder), for the test's duration."""
+    """Put this process on a machine of its own (its own lock folder and host name), for the test."""
 
     def move(name: str) -> Path:
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
         monkeypatch.setattr(tempfile, "tempdir", str(folder))
+        # A host name of its own too: a slot naming a dead process of *this* host is stale (freed).
+        monkeypatch.setattr(socket, "gethostname", lambda: f"machine-{name}")
         return folder
 
     return move
@@ -174,4 +177,35 @@ def test_a_slot_the_server_forgot_is_named_stale_with_the_command_that_frees_it(
     with get_client(sync_client=True) as client:  # what the message says to do
         client.delete_global_concurrency_limit_by_name(limit)
     with run_lock(TARGET, key):
+        pass
+
+
+def test_a_slot_naming_a_dead_process_of_this_host_is_freed(prefect_harness, machine):
+    """The same forgotten slot, with the holder's name left on it (the run failed while the server
+    was down): `pid N on host H since T` names this host and a process that no longer runs, so the
+    slot is stale and the run frees it instead of being refused for good."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.variables import Variable
+
+    key = f"hosts-dead-{uuid.uuid4().hex[:8]}"
+    machine("a")
+    limit = run_lease.limit_name(lock_path(TARGET, key).stem)
+    run_lease._ensure_limit(limit)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+
+    def taken_by(pid: int) -> None:
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(active_slots=1))
+        Variable.set(
+            limit, f"pid {pid} on host {socket.gethostname()} since 2026-12-04T20:00:00", overwrite=True
+        )
+
+    taken_by(int(ended.stdout))
+    with run_lock(TARGET, key), get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit).active_slots == 1  # ours now
+    taken_by(os.getppid())  # a live process of this host: a holder, refused as before
+    with pytest.raises(RunKeyBusy, match=rf"pid {os.getppid()} on host machine-a"), run_lock(TARGET, key):
         pass
