@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from tasks.stages import ExamTotals
-from tasks.toloka_api import ApiError, TolokaClient, is_completed
+from tasks.toloka_api import ApiError, TolokaClient, is_completed, skill_values
 
 log = logging.getLogger(__name__)
 GATING_THREADS = 8  # requests of one tick in flight at once (a Prefect rate limit, when on, still applies)
@@ -244,6 +244,9 @@ def gate_exams(
                 client.get_assignments(pool_id=exam_pool_id, status=["ACCEPTED", "REJECTED"]),
             )
         }
+        # What an earlier session (a retried task, a resumed run) sent is on Toloka: not sent again.
+        # Under a rate limit of 10 requests/s each retry of the wait re-sent all ~300 skill values.
+        state.sent.update(skill_values(client, skill_id))
     submitted = {
         answer.assignment_id: answer
         for answer in map(
@@ -266,9 +269,9 @@ def gate_exams(
         lambda verdict: _review(client, verdict), grade(submitted.values(), goldens), remember_review
     )
     changes = [
-        (worker, value)
+        (worker, round(value, 6))
         for worker, value in skills(reviewed.values(), goldens, n_exams).items()
-        if sent.get(worker) != value
+        if sent.get(worker) != round(value, 6)
     ]
     _each(send_skill, changes, remember_skill)
     return ExamTotals(

@@ -209,6 +209,13 @@ def stopped_answering(error: BaseException, target: TolokaTarget) -> StoppedAnsw
         url = ""
     if api and url.startswith(api):
         where = f"the Prefect API at {api}"
+    elif isinstance(error, TooManyRequestsApiError):  # it answered: too many requests, not silence
+        return StoppedAnswering(
+            f"{where} kept refusing requests over its rate limit (429 TOO_MANY_REQUESTS) after the "
+            "stage's retries: lower the run's request rate (with the service, CROWDCLUST_TOLOKA_RATES "
+            "below the requester's limit; raise wait.poll_seconds), then run the same command again or "
+            "Retry the flow run: finished stages are reused and nothing paid is lost"
+        )
     return StoppedAnswering(
         f"{where} stopped answering ({type(error).__name__}: {error}) after the stage's retries. The "
         "run's open pools were closed if Toloka let them be (the log says), else the crowd may go on "
@@ -397,14 +404,19 @@ def count_assignments(client: TolokaClient, pool_id: str, statuses: tuple[str, .
     return sum(1 for _ in client.get_assignments(pool_id=pool_id, status=list(statuses)))
 
 
+def skill_values(client: TolokaClient, skill_id: str) -> dict[str, float]:
+    """Worker -> the value Toloka holds for `skill_id`, to 6 decimals (exact: not rounded to an int)."""
+    values = {}
+    for skill in client.get_user_skills(skill_id=skill_id):
+        value = skill.exact_value if skill.exact_value is not None else skill.value
+        if value is not None:
+            values[str(skill.user_id)] = round(float(value), 6)
+    return values
+
+
 def skill_holders(client: TolokaClient, skill_id: str, min_value: float) -> int:
     """How many workers hold `skill_id` at `min_value` or more: the most a pool gated by it admits."""
-    workers: set[str] = set()
-    for skill in client.get_user_skills(skill_id=skill_id):
-        value = skill.exact_value if skill.exact_value is not None else skill.value  # exact: not rounded
-        if value is not None and float(value) >= min_value:
-            workers.add(str(skill.user_id))
-    return len(workers)
+    return sum(1 for value in skill_values(client, skill_id).values() if value >= min_value)
 
 
 # ------------------------------------------------------------------------------------ idempotent creates

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -119,7 +120,7 @@ class _Assignment:
 
 @dataclass
 class _ExamPool:
-    """The four client calls gating makes, over an in-memory exam pool."""
+    """The five client calls gating makes, over an in-memory exam pool."""
 
     assignments: list[_Assignment]
     skills: dict[str, Decimal] = field(default_factory=dict)
@@ -144,6 +145,9 @@ class _ExamPool:
     def set_user_skill(self, skill_id: str, user_id: str, value: Decimal) -> None:
         self.skills[user_id] = value
         self.puts += 1
+
+    def get_user_skills(self, skill_id: str) -> list[Any]:
+        return [SimpleNamespace(user_id=u, exact_value=v, value=round(v)) for u, v in self.skills.items()]
 
 
 @dataclass
@@ -184,10 +188,13 @@ def test_gating_accepts_exact_rejects_the_rest_and_never_double_counts():
     assert [a.status for a in pool.assignments] == ["ACCEPTED", "ACCEPTED", "REJECTED", "REJECTED"]
     assert float(pool.skills["good"]) == pytest.approx(250 / 3)
     assert float(pool.skills["colour"]) == 0
-    # Re-running (same process or a resumed run with a fresh state) recomputes, never adds.
+    # Re-running (same process or a resumed run with a fresh state) recomputes, never adds, and sends
+    # nothing Toloka holds already (a retried wait under a rate limit re-sent all ~300 skill values).
+    puts = pool.puts
     for fresh in (state, exam.GatingState.empty()):
-        exam.gate_exams(pool, "exam", "skill", goldens, 3, fresh)
+        assert exam.gate_exams(pool, "exam", "skill", goldens, 3, fresh).skills_set == 0
         assert float(pool.skills["good"]) == pytest.approx(250 / 3)
+    assert pool.puts == puts
     # A tick reads the reviewed exams only once per session: later ticks search new submissions only.
     searches = pool.searches
     exam.gate_exams(pool, "exam", "skill", goldens, 3, state)
@@ -850,3 +857,21 @@ def test_a_pool_read_back_from_the_platform_differs_only_where_the_config_change
         "filter",
         "reward_per_assignment",
     ]
+
+
+def test_a_rate_limit_is_named_as_such_not_as_a_platform_that_stopped_answering():
+    """A user's run under a 10 requests/s limit ended `Toloka ... stopped answering
+    (TooManyRequestsApiError) ...: check that it runs`; Toloka was answering, with 429s."""
+    from tasks.params import TolokaTarget
+    from tasks.toloka_api import TooManyRequestsApiError, stopped_answering
+
+    target = TolokaTarget(environment="local", url="http://127.0.0.1:4450")
+    limited = stopped_answering(TooManyRequestsApiError(status_code=429, code="TOO_MANY_REQUESTS"), target)
+    assert str(limited).startswith(
+        "Toloka at http://127.0.0.1:4450 kept refusing requests over its rate limit"
+    )
+    assert "CROWDCLUST_TOLOKA_RATES" in str(limited) and "stopped answering" not in str(limited)
+    import httpx
+
+    gone = stopped_answering(httpx.ConnectError("refused"), target)
+    assert str(gone).startswith("Toloka at http://127.0.0.1:4450 stopped answering (ConnectError: refused)")
