@@ -87,6 +87,8 @@ def labelling(params: PipelineParams) -> Labelled:
     for warning in checked.warnings:
         logger.warning(warning)
     probe(params.toloka)  # no token, a wrong one or no platform: fail before anything is created
+    for warning in preflight.earlier_run_keys_task(params):
+        logger.warning(warning)
 
     labelled = collect_labels(params, run_key, hits.make_plan(items, params.hits, params.seed), folder)
     export = results.export_task(params.toloka, labelled.ids.main_pool, labelled.wait)

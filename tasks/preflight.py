@@ -24,7 +24,7 @@ from tasks.params import PipelineParams, TolokaTarget
 from tasks.second_round import most_images as second_round_images
 from tasks.stage import stage_task
 from tasks.stages import LabellingIds
-from tasks.toloka_api import POOL_LIFETIME, RunRegistry, make_client, skill_holders
+from tasks.toloka_api import POOL_LIFETIME, RunRegistry, derived_run_keys, make_client, skill_holders
 from tasks.toloka_config import (
     FILES,
     AnswerLimit,
@@ -281,3 +281,28 @@ DATA_ERRORS: tuple[type[Exception], ...] = (
     TolokaConfigError,
     budget.BudgetExceeded,
 )
+
+
+@stage_task(name="earlier-run-keys", toloka=True, cache=False)
+def earlier_run_keys_task(params: PipelineParams) -> list[str]:
+    """Warnings for a derived run key new to the account while others of its name and seed exist.
+
+    A derived key follows the dataset's images (before, every byte of the file): a run resumed after
+    its dataset changed, or after that change of rule, gets a new key and would pay its work again.
+    Only for a key that was not given (`run_key`) and holds nothing yet.
+    """
+    if params.run_key:
+        return []
+    client, key = make_client(params.toloka), params.resolved_run_key
+    others = [k for k in derived_run_keys(client, params.name, params.seed) if k != key]
+    if not others or RunRegistry(client, key).projects():
+        return []
+    paid = {other: RunRegistry(client, other).spent() for other in others}
+    listed = ", ".join(f"{other} (${value:.2f} charged)" for other, value in paid.items())
+    return [
+        f"run key {key} is new on this account, but {listed} of the same name and seed exist: if this "
+        "is the same catalogue (its images changed, or the key was derived from the whole file, "
+        f"before this version), stop and run again with --run-key {max(paid, key=lambda k: (paid[k], k))} "
+        "(a deployment: its "
+        "run_key parameter) to go on with what was paid"
+    ]

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -402,6 +403,14 @@ def pool_stats(client: TolokaClient, pool_id: str, ticks: int = 0, elapsed: floa
 def count_assignments(client: TolokaClient, pool_id: str, statuses: tuple[str, ...]) -> int:
     """How many assignments of `pool_id` are in one of `statuses` (pages through the search)."""
     return sum(1 for _ in client.get_assignments(pool_id=pool_id, status=list(statuses)))
+
+
+def derived_run_keys(client: TolokaClient, name: str, seed: int) -> list[str]:
+    """The run keys on the account that `PipelineParams.default_run_key` made for `name` and `seed`
+    (`name-<digest>-s<seed>`, any dataset), sorted."""
+    pattern = re.compile(rf"crowdclust:({re.escape(name)}-[0-9a-f]{{10}}-s{seed}):")
+    found = (pattern.match(str(project.private_comment or "")) for project in client.get_projects())
+    return sorted({match[1] for match in found if match})
 
 
 def skill_values(client: TolokaClient, skill_id: str) -> dict[str, float]:

@@ -156,3 +156,31 @@ def test_an_expired_pool_gets_a_new_lifetime_before_it_reopens(demo):
     expires = reopened.will_expire.astimezone(UTC).replace(tzinfo=None)
     assert expires >= platform_now(client) + POOL_LIFETIME - timedelta(hours=1)
     client.close_pool(ids.main_pool)
+
+
+def test_a_new_derived_run_key_names_the_earlier_ones_of_its_name_and_seed(demo, tmp_path):
+    """The derived key follows the dataset's images only: a corrected truth label keeps it (before,
+    the same command after such a fix started a new key and paid the work again). A key that is new
+    while others of its name and seed hold pools is said, with the one to go on with."""
+    from tasks.preflight import earlier_run_keys_task
+
+    params, client, bundle = demo
+    derived = params.model_copy(update={"run_key": None})
+    lines = params.dataset.read_text().splitlines()
+    relabelled = tmp_path / "relabelled.tsv"
+    relabelled.write_text(
+        "\n".join([lines[0], lines[1].replace("\tsneakers\t", "\tboots\t"), *lines[2:]]) + "\n"
+    )
+    assert lines[1] != relabelled.read_text().splitlines()[1]
+    same = derived.model_copy(update={"dataset": relabelled})
+    assert same.resolved_run_key == derived.resolved_run_key
+    other = tmp_path / "other.tsv"
+    other.write_text("\n".join([lines[0], *lines[2:]]) + "\n")  # one image fewer: another catalogue
+    assert derived.model_copy(update={"dataset": other}).resolved_run_key != derived.resolved_run_key
+
+    earlier = f"{params.name}-0123456789-s{params.seed}"
+    setup.setup_labelling(RunRegistry(client, earlier), bundle, Placeholders.of(params), "Earlier")
+    [warning] = earlier_run_keys_task.fn(derived)
+    assert warning.startswith(f"run key {derived.resolved_run_key} is new on this account, but ")
+    assert f"{earlier} ($0.00 charged)" in warning and "--run-key " in warning
+    assert earlier_run_keys_task.fn(params.model_copy(update={"run_key": "given"})) == []
