@@ -26,6 +26,12 @@ def load_dataset(path: Path | str) -> pd.DataFrame:
         raise DatasetError(f"{path}: cannot read as TSV: {exc}") from exc
     column = next((c for c in IMAGE_COLUMNS if c in frame.columns), None)
     if column is None:
+        header = "\t".join(frame.columns)
+        if len(frame.columns) == 1 and "," in header:  # one column named `image,class,...`
+            raise DatasetError(
+                f"{path}: line 1 has no tab: the dataset must be tab-separated (TSV), and this header "
+                f"reads as comma-separated: {header[:80]}"
+            )
         raise DatasetError(f"{path}: needs an `image` column (found: {', '.join(frame.columns) or 'none'})")
     frame = frame.rename(columns={column: "image"})
     if frame.empty:

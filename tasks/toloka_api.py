@@ -741,10 +741,11 @@ class RunRegistry:
             if foreign:
                 raise PlanChanged(
                     f"{role}: pool {pool_id} of run key {self.run_key} holds {foreign} HIT(s) that are not "
-                    f"in this run's plan of {len(suites)}: the settings that shape the plan changed "
-                    "since the pool was filled (hits.*; for a second round also aggregation.*, which "
-                    "shapes the first round's clusters). Put them back to resume this run, or give the "
-                    "new plan its own --run-key (a new pool, exam and skill); nothing was uploaded"
+                    f"in this run's plan of {len(suites)}: what shapes the plan changed since the pool "
+                    "was filled (the dataset's images, or hits.*; for a second round also "
+                    "aggregation.*, which shapes the first round's clusters). Put them back to resume "
+                    "this run, or give the new plan its own --run-key (a new pool, exam and skill); "
+                    "nothing was uploaded"
                 )
         missing = _missing(have, suites, lambda suite: _content_key(suite["tasks"]))
         if missing:

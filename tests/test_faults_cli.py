@@ -103,6 +103,11 @@ def test_data_errors_are_one_line_exit_2_and_create_nothing(run_cli, toloka_clie
     result, _ = run_cli(data=empty)
     assert result.exit_code == 2 and "no rows" in _one_error_line(result)
 
+    commas = tmp_path / "commas.tsv"  # saved from a spreadsheet as CSV
+    commas.write_text("\n".join(line.replace("\t", ",") for line in lines) + "\n")
+    result, _ = run_cli(data=commas)
+    assert result.exit_code == 2 and "must be tab-separated (TSV)" in _one_error_line(result)
+
     result, _ = run_cli(budget={"max_spend": 0.5})
     assert result.exit_code == 2 and "exceeds budget.max_spend $0.50" in _one_error_line(result)
 
