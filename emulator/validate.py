@@ -9,6 +9,7 @@ Each check returns `{field path: (CODE, message)}`; an empty dict means valid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 Errors = dict[str, tuple[str, str]]
@@ -118,52 +119,46 @@ def quality_control_errors(qc: Any, path: str = "quality_control") -> Errors:
         else:
             errors |= _check_numbers(requirement, f"{path}.training_requirement")
     configs = qc.get("configs")
-    if configs is None:
-        return errors
-    if not isinstance(configs, list):
-        return errors | {f"{path}.configs": ("INVALID_FORMAT", "configs must be a list")}
-    for i, config in enumerate(configs):
-        errors |= _config_errors(config, f"{path}.configs[{i}]")
+    return errors if configs is None else errors | _listed(configs, f"{path}.configs", _config_errors)
+
+
+def _listed(items: Any, path: str, check: Callable[[Any, str], Errors]) -> Errors:
+    """A list field: INVALID_FORMAT unless it is a list, then `check(item, "path[i]")` on each item."""
+    if not isinstance(items, list):
+        return {path: ("INVALID_FORMAT", f"{path.rsplit('.', 1)[-1]} must be a list")}
+    errors: Errors = {}
+    for i, item in enumerate(items):
+        errors |= check(item, f"{path}[{i}]")
     return errors
+
+
+def _typed(obj: Any, path: str) -> Errors:
+    """An object with a `type` and numeric `parameters`: a collector config, a rule's action."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        return {f"{path}.type": ("VALUE_REQUIRED", f"{path.rsplit('.', 1)[-1]}.type is required")}
+    return _check_numbers(obj.get("parameters"), f"{path}.parameters")
 
 
 def _config_errors(config: Any, path: str) -> Errors:
     if not isinstance(config, dict):
         return {path: ("INVALID_FORMAT", f"{path} must be an object")}
-    errors: Errors = {}
-    collector = config.get("collector_config")
-    if not isinstance(collector, dict) or not isinstance(collector.get("type"), str):
-        errors[f"{path}.collector_config.type"] = ("VALUE_REQUIRED", "collector_config.type is required")
-    else:
-        errors |= _check_numbers(collector.get("parameters"), f"{path}.collector_config.parameters")
-    rules = config.get("rules")
-    if not isinstance(rules, list):
-        return errors | {f"{path}.rules": ("INVALID_FORMAT", "rules must be a list")}
-    for i, rule in enumerate(rules):
-        errors |= _rule_errors(rule, f"{path}.rules[{i}]")
-    return errors
+    return _typed(config.get("collector_config"), f"{path}.collector_config") | _listed(
+        config.get("rules"), f"{path}.rules", _rule_errors
+    )
 
 
 def _rule_errors(rule: Any, path: str) -> Errors:
     if not isinstance(rule, dict):
         return {path: ("INVALID_FORMAT", f"{path} must be an object")}
-    errors: Errors = {}
-    conditions = rule.get("conditions")
-    if not isinstance(conditions, list):
-        errors[f"{path}.conditions"] = ("INVALID_FORMAT", "conditions must be a list")
-    else:
-        for i, condition in enumerate(conditions):
-            where = f"{path}.conditions[{i}]"
-            if not isinstance(condition, dict):
-                errors[where] = ("INVALID_FORMAT", f"{where} must be an object")
-            else:
-                errors |= _condition_errors(condition, where, category=False)
-    action = rule.get("action")
-    if not isinstance(action, dict) or not isinstance(action.get("type"), str):
-        errors[f"{path}.action.type"] = ("VALUE_REQUIRED", "action.type is required")
-    else:
-        errors |= _check_numbers(action.get("parameters"), f"{path}.action.parameters")
-    return errors
+    return _listed(rule.get("conditions"), f"{path}.conditions", _rule_condition) | _typed(
+        rule.get("action"), f"{path}.action"
+    )
+
+
+def _rule_condition(condition: Any, path: str) -> Errors:
+    if not isinstance(condition, dict):
+        return {path: ("INVALID_FORMAT", f"{path} must be an object")}
+    return _condition_errors(condition, path, category=False)
 
 
 # ------------------------------------------------------------------------------------- task specs

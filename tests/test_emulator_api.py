@@ -7,12 +7,14 @@ import threading
 import uuid
 import warnings
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
 
 from emulator import EmulatorSettings, run_in_background
 from emulator.guard import route_of
+from tests.fixtures.emulator import restriction_rule
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -474,13 +476,19 @@ def _submitted(emu, client, pool_id: str, n: int, step: float = 600.0) -> list:
     raise AssertionError("nothing was submitted")
 
 
-def test_a_rejection_can_be_changed_to_accepted_and_is_paid_then(emu, client):
+def _reviewed_by_hand(emu, client) -> Any:
+    """An open pool without auto-accept, holding one HIT: its answers wait for the requester."""
     pool = _pool(client, _project(client).id, auto_accept_solutions=False)
     client.create_task_suites(
         [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
         allow_defaults=True,
     )
     client.open_pool(pool.id)
+    return pool
+
+
+def test_a_rejection_can_be_changed_to_accepted_and_is_paid_then(emu, client):
+    pool = _reviewed_by_hand(emu, client)
     assignment = _submitted(emu, client, pool.id, 1)[0]
     before = _balance(client)
     assert client.reject_assignment(assignment.id, "wrong").status.value == "REJECTED"
@@ -579,12 +587,7 @@ def test_tasks_must_fit_the_project_spec(emu, client):
 
 
 def test_rejections_and_bonuses_name_what_is_missing(emu, client):
-    pool = _pool(client, _project(client).id, auto_accept_solutions=False)
-    client.create_task_suites(
-        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
-        allow_defaults=True,
-    )
-    client.open_pool(pool.id)
+    pool = _reviewed_by_hand(emu, client)
     first, second = _submitted(emu, client, pool.id, 2)[:2]
     client.close_pool(pool.id)
     with pytest.raises(exceptions.ValidationApiError) as no_comment:
@@ -639,19 +642,23 @@ def test_endpoints_the_emulator_lacks_say_so(emu, client):
         assert raw.get("/api/v1/pools/999999").json()["code"] == "DOES_NOT_EXIST"  # a missing object still is
 
 
-def test_single_image_classification_is_answered_like_a_crowd(emu, client):
-    """One image, a choice of labels: diligent workers mostly give the image's true class, spammers
-    spread over the choices, and a golden task's known answer is its truth (not allowed_values[0])."""
-    truth = {row["image"]: row["class"] for row in emu.control("catalogue")["items"][:12]}
-    labels = sorted(set(emu.control("catalogue")["items"][i]["class"] for i in range(82)))
+def _classification_project(emu, name: str, labels: list[str]) -> dict[str, Any]:
+    """A project of one image per task and one label of `labels` (created over raw HTTP)."""
     spec = {
         "input_spec": {"image": {"type": "url"}},
         "output_spec": {"label": {"type": "string", "allowed_values": labels}},
         "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
     }
     with _raw(emu) as raw:
-        project = raw.post("/api/v1/projects", json={"public_name": "classify", "task_spec": spec}).json()
-    pool = _pool(client, project["id"])
+        return raw.post("/api/v1/projects", json={"public_name": name, "task_spec": spec}).json()
+
+
+def test_single_image_classification_is_answered_like_a_crowd(emu, client):
+    """One image, a choice of labels: diligent workers mostly give the image's true class, spammers
+    spread over the choices, and a golden task's known answer is its truth (not allowed_values[0])."""
+    truth = {row["image"]: row["class"] for row in emu.control("catalogue")["items"][:12]}
+    labels = sorted(set(emu.control("catalogue")["items"][i]["class"] for i in range(82)))
+    pool = _pool(client, _classification_project(emu, "classify", labels)["id"])
     tasks = [toloka.Task(pool_id=pool.id, input_values={"image": url}, overlap=8) for url in truth]
     gold = toloka.Task(
         pool_id=pool.id,
@@ -684,18 +691,13 @@ def test_single_image_classification_is_answered_like_a_crowd(emu, client):
 def test_slow_workers_expire_and_some_skip_unpaid(emu, client):
     """Who needs longer than assignment_max_duration_seconds ends EXPIRED, some workers skip; neither is
     paid, the suite goes back to the pool, and SKIPPED_IN_ROW_ASSIGNMENTS rules count the skips."""
-    skips = {
-        "collector_config": {"type": "SKIPPED_IN_ROW_ASSIGNMENTS"},
-        "rules": [
-            {
-                "conditions": [{"key": "skipped_in_row_count", "operator": "GTE", "value": 1}],
-                "action": {
-                    "type": "RESTRICTION_V2",
-                    "parameters": {"scope": "POOL", "duration": 1, "duration_unit": "DAYS"},
-                },
-            }
-        ],
-    }
+    skips = restriction_rule(
+        {"type": "SKIPPED_IN_ROW_ASSIGNMENTS"},
+        [{"key": "skipped_in_row_count", "operator": "GTE", "value": 1}],
+        "POOL",
+        1,
+        "DAYS",
+    )
     pool = _pool(
         client,
         _project(client).id,
@@ -732,13 +734,7 @@ def test_slow_workers_expire_and_some_skip_unpaid(emu, client):
 def test_a_task_pool_issues_suites_by_its_mixer_config(emu, client):
     """4 real + 1 golden per suite: one assignment (and one charge) per suite, golden not counted as real."""
     labels = ["cat", "dog"]
-    spec = {
-        "input_spec": {"image": {"type": "url"}},
-        "output_spec": {"label": {"type": "string", "allowed_values": labels}},
-        "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
-    }
-    with _raw(emu) as raw:
-        project = raw.post("/api/v1/projects", json={"public_name": "mixed", "task_spec": spec}).json()
+    project = _classification_project(emu, "mixed", labels)
     mixer = {"real_tasks_count": 4, "golden_tasks_count": 1, "training_tasks_count": 0}
     pool = _pool(client, project["id"], mixer_config=mixer)
     real = [

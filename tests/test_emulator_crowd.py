@@ -20,6 +20,7 @@ from tests.fixtures.emulator import (
     create_suites,
     make_client,
     parse_array_cell,
+    restriction_rule,
 )
 
 SEED_WALL_LIMIT = 60.0  # wall seconds, on a shared 2-core machine
@@ -152,21 +153,16 @@ def _wait_closed(emu, client, pool_id: str, step: float = 600.0, limit: int = 40
 
 
 def test_spammers_are_caught_by_the_fast_submit_rule():
-    fast_rule = {
-        "collector_config": {
+    fast_rule = restriction_rule(
+        {
             "type": "ASSIGNMENT_SUBMIT_TIME",
             "parameters": {"fast_submit_threshold_seconds": 10, "history_size": 10},
         },
-        "rules": [
-            {
-                "conditions": [{"key": "fast_submitted_count", "operator": "GTE", "value": 2}],
-                "action": {
-                    "type": "RESTRICTION_V2",
-                    "parameters": {"scope": "ALL_PROJECTS", "duration": 10, "duration_unit": "DAYS"},
-                },
-            }
-        ],
-    }
+        [{"key": "fast_submitted_count", "operator": "GTE", "value": 2}],
+        "ALL_PROJECTS",
+        10,
+        "DAYS",
+    )
     with run_in_background(EmulatorSettings(port=0, speed=0, seed=3)) as emu:
         client = make_client(emu)
         urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
@@ -216,24 +212,16 @@ def test_intruder_pool_diligent_workers_find_the_odd_one():
         with pytest.raises(exceptions.ValidationApiError) as refused:
             create_simple_pool(client, project.id, "intruders", 5, filter=unknown_skill)
         assert refused.value.payload["filter.and[0].or[0].key"]["code"] == "DOES_NOT_EXIST"
-        majority_vote = {  # the published intruder pool's rule: disagree with the majority -> out
-            "collector_config": {
-                "type": "MAJORITY_VOTE",
-                "parameters": {"answer_threshold": 2, "history_size": 10},
-            },
-            "rules": [
-                {
-                    "conditions": [
-                        {"key": "total_answers_count", "operator": "GTE", "value": 4},
-                        {"key": "correct_answers_rate", "operator": "LT", "value": 75},
-                    ],
-                    "action": {
-                        "type": "RESTRICTION_V2",
-                        "parameters": {"scope": "PROJECT", "duration": 10, "duration_unit": "DAYS"},
-                    },
-                }
+        majority_vote = restriction_rule(  # the published intruder pool's rule: disagree -> out
+            {"type": "MAJORITY_VOTE", "parameters": {"answer_threshold": 2, "history_size": 10}},
+            [
+                {"key": "total_answers_count", "operator": "GTE", "value": 4},
+                {"key": "correct_answers_rate", "operator": "LT", "value": 75},
             ],
-        }
+            "PROJECT",
+            10,
+            "DAYS",
+        )
         pool = create_simple_pool(
             client,
             project.id,
@@ -284,18 +272,13 @@ def test_same_seed_and_requests_give_the_same_answers():
 
 def test_restricted_workers_come_back_when_the_restriction_ends():
     """An idle worker whose restriction runs out looks for work again (else this pool never completes)."""
-    answer_cap = {
-        "collector_config": {"type": "ANSWER_COUNT"},
-        "rules": [
-            {
-                "conditions": [{"key": "assignments_accepted_count", "operator": "GTE", "value": 3}],
-                "action": {
-                    "type": "RESTRICTION_V2",
-                    "parameters": {"scope": "POOL", "duration": 1, "duration_unit": "HOURS"},
-                },
-            }
-        ],
-    }
+    answer_cap = restriction_rule(
+        {"type": "ANSWER_COUNT"},
+        [{"key": "assignments_accepted_count", "operator": "GTE", "value": 3}],
+        "POOL",
+        1,
+        "HOURS",
+    )
     with run_in_background(EmulatorSettings(port=0, speed=0, seed=5, workers=10)) as emu:
         client = make_client(emu)
         urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
