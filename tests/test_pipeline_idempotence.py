@@ -184,3 +184,24 @@ def test_a_new_derived_run_key_names_the_earlier_ones_of_its_name_and_seed(demo,
     assert warning.startswith(f"run key {derived.resolved_run_key} is new on this account, but ")
     assert f"{earlier} ($0.00 charged)" in warning and "--run-key " in warning
     assert earlier_run_keys_task.fn(params.model_copy(update={"run_key": "given"})) == []
+
+
+def test_a_pool_closed_for_lack_of_balance_ends_the_wait_like_the_spend_guard(emulator_factory):
+    """Toloka closes a pool whose requester runs out of money (NOT_ENOUGH_BALANCE). The wait used to
+    fail with `PoolStopped` and the run exported nothing it had paid for; it now returns the last
+    poll and a reason that says to top up, and the flow exports the accepted answers."""
+    from prefect.logging import disable_run_logger
+
+    from tasks.wait import wait_guarded
+    from tests.fixtures.emulator import create_project, create_simple_pool, create_suites
+    from tests.fixtures.emulator import make_client as emulator_client
+
+    with emulator_factory(speed=600.0, seed=2, balance=0.2) as emu:  # ~7 answers at $0.026
+        client = emulator_client(emu)
+        pool = create_simple_pool(client, create_project(client, "poor").id, "poor", 1)
+        create_suites(client, pool.id, [[f"{emu.url}/images/demo-shoes/s0-{i:05d}.png"] for i in range(20)])
+        client.open_pool(pool.id)
+        with disable_run_logger():
+            stats, reason = wait_guarded(client, pool.id, period=0.2, timeout=120)
+    assert reason.startswith(f"Toloka closed pool {pool.id}: the account's balance ran out"), reason
+    assert "top up the account" in reason and 0 < (stats.approved_assignments_count or 0) < 20
