@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow, get_run_logger
 
+from flows.run_names import by_run_folder
 from tasks import aggregate as agg
 from tasks import dataset as ds
 from tasks import results, thumbnails
@@ -23,7 +24,7 @@ from tasks.run_folder import RunFolder
 from tasks.stages import Aggregated
 
 
-@flow(name="crowdclust-aggregate")
+@flow(name="crowdclust-aggregate", flow_run_name=by_run_folder)
 def aggregate_export(
     out_dir: Path,
     export: Path | None = None,

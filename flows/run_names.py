@@ -31,3 +31,14 @@ def by_run_key() -> str:
         return run_key_of(flow_run.flow_name, flow_run.parameters.get("params"))
     except Exception:
         return generate_slug(2)
+
+
+def by_run_folder() -> str:
+    """`flow_run_name` of the aggregation: the run folder it writes (`shoes__shoes-s35`), which names the
+    run key for a pipeline's sub-flow and the output folder for the `reaggregate` deployment."""
+    from pathlib import Path
+
+    from prefect.runtime import flow_run
+
+    out_dir = flow_run.parameters.get("out_dir")
+    return (Path(str(out_dir)).name if out_dir else "") or generate_slug(2)

@@ -173,6 +173,12 @@ def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):
         named = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[RUN_KEY])))
         flows = client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=[r.flow_id for r in named])))
     assert {"crowdclust-pipeline", "crowdclust-labelling", "crowdclust-evaluate"} <= {f.name for f in flows}
+    with get_client(sync_client=True) as client:  # the aggregation is named after the folder it writes
+        folder = scenario["params"].run_dir.name
+        aggregations = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[folder]))
+        )
+    assert aggregations, folder
 
 
 def test_spend_is_read_from_toloka_and_the_budget_is_shared_by_the_stages(scenario, prefect_harness):
