@@ -17,6 +17,7 @@ console's output does not change.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 # The project's packages whose module loggers the UI should show.
@@ -32,13 +33,36 @@ class _InsideARun(logging.Filter):
         return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
+def _root_run_of_a_subflow() -> str | None:
+    """The top-level flow run's id when the current run is a sub-flow's (else None)."""
+    from prefect import runtime
+
+    current, root = runtime.flow_run.id, runtime.flow_run.root_flow_run_id
+    return None if current is None or root is None or str(root) == str(current) else str(root)
+
+
 def ship_library_logs() -> None:
-    """Attach one API handler (filtered to records inside a run) to each logger of `SHIPPED`; idempotent."""
+    """Attach the API handlers (records inside a run only) to each logger of `SHIPPED`; idempotent.
+
+    One files a record under its own run; the other files a copy under the top-level run when the
+    record comes from a sub-flow, where the user who started the run reads (a rerun's `pool 12 was
+    made with other settings; updating it: overlap 7 -> 8` was only in the labelling sub-flow's log).
+    """
     from prefect.logging.handlers import APILogHandler
+
+    class ToTheTopLevelRun(APILogHandler):
+        """Files a copy of a sub-flow's record under the top-level flow run."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            root = _root_run_of_a_subflow()
+            if root is not None:
+                copied = copy.copy(record)
+                copied.flow_run_id, copied.task_run_id = root, None
+                super().emit(copied)
 
     for name in SHIPPED:
         logger = logging.getLogger(name)
         if not any(isinstance(handler, APILogHandler) for handler in logger.handlers):
-            handler = APILogHandler()
-            handler.addFilter(_InsideARun())
-            logger.addHandler(handler)
+            for handler in (APILogHandler(), ToTheTopLevelRun()):
+                handler.addFilter(_InsideARun())
+                logger.addHandler(handler)

@@ -419,9 +419,15 @@ class RunSummary:
     def describe(self) -> str:
         """The run's outcome in a line, for the flow's last log line (`done: ...`)."""
         intruders = shown(self.intruder_accuracy)
+        added = self.cost.added
+        this_run = (
+            f" (${added:.2f} of it by this run)"
+            if added is not None and self.cost.paid_before >= 0.005
+            else ""
+        )
         return (
             f"{self.clusters} clusters, ARI {shown(self.ari)}, intruder accuracy {intruders}, "
-            f"cost ${self.cost.spent:.2f}, {self.wall_seconds:.0f} s; report {self.report}"
+            f"cost ${self.cost.spent:.2f}{this_run}, {self.wall_seconds:.0f} s; report {self.report}"
         )
 
 

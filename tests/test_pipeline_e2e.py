@@ -196,6 +196,8 @@ def test_spend_is_read_from_toloka_and_the_budget_is_shared_by_the_stages(scenar
     assert summary.cost.added == pytest.approx(summary.intruders.spent, abs=0.01)
     paid_before = summary.cost.spent - summary.intruders.spent
     assert paid_before > 0 and summary.cost.paid_before == pytest.approx(paid_before, abs=0.01)
+    done = f"cost ${summary.cost.spent:.2f} (${summary.cost.added:.2f} of it by this run)"
+    assert done in summary.describe()  # the flow's `done:` line
     intruders = registry.spent(lambda role: role.startswith("intruders-pool-"))
     assert intruders == pytest.approx(summary.intruders.spent, abs=0.01) and intruders > 0
     # Re-evaluating on what is left: labelling already spent part of max_spend.
@@ -297,14 +299,25 @@ def test_a_helpers_warning_is_in_the_flow_runs_log_and_one_outside_a_run_is_not_
         helper.warning("a warning outside any run")  # Prefect would warn that it has no run to file it
     assert not [w for w in caught if "flow run id" in str(w.message)], [str(w.message) for w in caught]
 
+    @flow(name="helper-warning-parent")
+    def started_from_the_form() -> str:
+        """The user's top-level run: the warning comes from its labelling sub-flow."""
+        return str(rerun_with_more_overlap(return_state=True).state_details.flow_run_id)
+
+    def helper_lines(flow_run_id: str) -> list[tuple[str, int, str]]:
+        one_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=one_run)
+        return [(log.name, log.level, log.message) for log in logs if log.name.startswith("tasks.")]
+
     state = rerun_with_more_overlap(return_state=True)
     assert state.is_completed()
+    parent = started_from_the_form(return_state=True)
     APILogHandler().flush()
-    only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=only_this_run)
-    mine = [(log.name, log.level, log.message) for log in logs if log.name.startswith("tasks.")]
-    assert mine == [("tasks.toloka_api", logging.WARNING, HELPER_WARNING)]
+    expected = [("tasks.toloka_api", logging.WARNING, HELPER_WARNING)]
+    assert helper_lines(state.state_details.flow_run_id) == expected  # a top-level run: once
+    assert helper_lines(parent.result()) == expected  # the sub-flow's own log
+    assert helper_lines(parent.state_details.flow_run_id) == expected  # and the run the user started
 
 
 def test_a_retried_flow_run_counts_from_what_the_key_had_paid_when_it_began(
