@@ -6,6 +6,8 @@ sub-flows, times every teammate) could not be read by key without opening each r
 
 from __future__ import annotations
 
+import re
+
 from prefect.utilities.names import generate_slug
 
 from tasks.params import PipelineParams
@@ -19,8 +21,20 @@ def run_key_of(flow_name: str, raw: object) -> str:
     return params.catalogue_key if flow_name == CATALOGUE_FLOW else params.resolved_run_key
 
 
+# Prefect's own names are two lowercase words (`ambitious-woodpecker`); any other name was given.
+GENERATED = re.compile(r"[a-z]+-[a-z]+")
+
+
+def named(given: str, key: str) -> str:
+    """The run's name: the run key, after a name someone gave it (`bob-try-by-hand (bob1)`)."""
+    if not given or GENERATED.fullmatch(given) or given == key:
+        return key
+    return given if given.endswith(f"({key})") else f"{given} ({key})"  # a Retry names it again
+
+
 def by_run_key() -> str:
-    """`flow_run_name` of the flows that take `params`: the run key, else Prefect's usual slug.
+    """`flow_run_name` of the flows that take `params`: the run key (after a name given in the run
+    form, which it used to replace), else Prefect's usual slug.
 
     Never raises: a name is not worth failing a run for (a dataset that cannot be read fails it
     in its first stage, with the reason).
@@ -28,9 +42,10 @@ def by_run_key() -> str:
     from prefect.runtime import flow_run
 
     try:
-        return run_key_of(flow_run.flow_name, flow_run.parameters.get("params"))
+        key = run_key_of(flow_run.flow_name, flow_run.parameters.get("params"))
     except Exception:
-        return generate_slug(2)
+        return flow_run.name or generate_slug(2)
+    return named(flow_run.name or "", key)
 
 
 def by_run_folder() -> str:

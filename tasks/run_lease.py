@@ -172,36 +172,60 @@ def free(limit: str) -> None:
         client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
-def _renew_until(stop: threading.Event, lease_id: UUID, lease_seconds: float) -> None:
-    """Renew every third of the lease, so two renewals may fail before it runs out."""
+def _renew_until(
+    stop: threading.Event, limit: str, held: list[UUID], lease_seconds: float, every: float | None = None
+) -> None:
+    """Renew every third of the lease, so two renewals may fail before it runs out.
+
+    A lease the server no longer knows (404, or 410 once it repossessed it: down longer than the
+    lease) is taken again at once when the key's slot is free, as it is unless another run took it;
+    `held[0]` is the lease now held. Before, the run went on unprotected with a warning every 20 s.
+    `every`: seconds between renewals (a third of the lease unless given).
+    """
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        while not stop.wait(lease_seconds / 3):
+        while not stop.wait(every or lease_seconds / 3):
             try:
-                client.renew_concurrency_lease(lease_id, lease_duration=lease_seconds)
+                client.renew_concurrency_lease(held[0], lease_duration=lease_seconds)
             except httpx.HTTPStatusError as error:
-                if error.response.status_code == 404:
+                if error.response.status_code not in (404, 410):
+                    log.warning("could not renew the run key's lease %s: %s", held[0], error)
+                    continue
+                try:
+                    again = _try_acquire(limit, lease_seconds)
+                except Exception as failed:  # the server may still be starting: try again next time
+                    log.warning("could not take the run key's slot again: %s", failed)
+                    continue
+                if again is None:
                     log.error(
                         "the run key's lease %s ran out (the Prefect server was unreachable for longer "
-                        "than %.0f s): another run of the key may start now",
-                        lease_id,
+                        "than %.0f s) and another run holds the key now: two runs of one key may be "
+                        "paying for the same pools",
+                        held[0],
                         lease_seconds,
                     )
                     return
-                log.warning("could not renew the run key's lease %s: %s", lease_id, error)
+                log.warning(
+                    "the run key's lease %s ran out (the Prefect server was unreachable for longer than "
+                    "%.0f s); the key was free and is held again (lease %s)",
+                    held[0],
+                    lease_seconds,
+                    again,
+                )
+                held[0] = again
             except Exception as error:  # the server may be restarting: try again next time
-                log.warning("could not renew the run key's lease %s: %s", lease_id, error)
+                log.warning("could not renew the run key's lease %s: %s", held[0], error)
 
 
 @contextlib.contextmanager
 def renewed(limit: str, lease_id: UUID, lease_seconds: float) -> Iterator[None]:
     """Keep the lease alive while the block runs; release it and forget the holder afterwards."""
-    stop = threading.Event()
+    stop, held = threading.Event(), [lease_id]
     # In the caller's context: inside a flow run, a lost lease is logged to that run (tasks.run_log).
     thread = threading.Thread(
         target=contextvars.copy_context().run,
-        args=(_renew_until, stop, lease_id, lease_seconds),
+        args=(_renew_until, stop, limit, held, lease_seconds),
         name=f"{limit}-lease",
         daemon=True,
     )
@@ -215,4 +239,4 @@ def renewed(limit: str, lease_id: UUID, lease_seconds: float) -> Iterator[None]:
 
         with contextlib.suppress(Exception):  # the record is only a courtesy to a refused run
             Variable.unset(limit)
-        release(lease_id)
+        release(held[0])

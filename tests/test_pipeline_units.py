@@ -875,3 +875,13 @@ def test_a_rate_limit_is_named_as_such_not_as_a_platform_that_stopped_answering(
 
     gone = stopped_answering(httpx.ConnectError("refused"), target)
     assert str(gone).startswith("Toloka at http://127.0.0.1:4450 stopped answering (ConnectError: refused)")
+
+
+def test_a_run_is_named_after_its_key_after_a_name_someone_gave_it():
+    """Runs are named after their run key; a name typed in the run form was replaced by it."""
+    from flows.run_names import named
+
+    assert named("ambitious-woodpecker", "bob1") == "bob1"  # Prefect's own name
+    assert named("bob-try-by-hand", "bob1") == "bob-try-by-hand (bob1)"
+    assert named("bob-try-by-hand (bob1)", "bob1") == "bob-try-by-hand (bob1)"  # a Retry names it again
+    assert named("", "bob1") == named("bob1", "bob1") == "bob1"

@@ -209,3 +209,32 @@ def test_a_slot_naming_a_dead_process_of_this_host_is_freed(prefect_harness, mac
     taken_by(os.getppid())  # a live process of this host: a holder, refused as before
     with pytest.raises(RunKeyBusy, match=rf"pid {os.getppid()} on host machine-a"), run_lock(TARGET, key):
         pass
+
+
+def test_a_lease_the_server_forgot_is_taken_again_while_the_key_is_free(prefect_harness, machine):
+    """A server down longer than the lease repossesses it (410 on the next renewal). The run went on
+    unprotected, warning every 20 s; it now takes the key's slot again, or says another run has it."""
+    key = f"hosts-regain-{uuid.uuid4().hex[:8]}"
+    machine("a")
+    limit = run_lease.limit_name(lock_path(TARGET, key).stem)
+    run_lease._ensure_limit(limit)
+
+    def renew_from(lease: uuid.UUID) -> list[uuid.UUID]:
+        held, stop = [lease], threading.Event()
+        renewing = threading.Thread(target=run_lease._renew_until, args=(stop, limit, held, 60.0, 0.3))
+        renewing.start()
+        deadline = time.monotonic() + 15
+        while held[0] == lease and renewing.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        renewing.join(timeout=10)
+        return held
+
+    held = renew_from(uuid.uuid4())  # a lease id the server does not know: repossessed
+    assert held[0] is not None and run_lease._try_acquire(limit, 60.0) is None  # the slot is ours again
+    run_lease.release(held[0])
+
+    other = run_lease.acquire(limit, 60.0, 0.0)  # another run took the key meanwhile
+    lost = uuid.uuid4()
+    assert renew_from(lost) == [lost]  # left to it (an error in the log says two runs may now pay)
+    run_lease.release(other)

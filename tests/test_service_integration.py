@@ -196,4 +196,5 @@ def test_runs_that_stop_sending_heartbeats_are_crashed_by_an_automation(svc):
     trigger, (action,) = found[0]["trigger"], found[0]["actions"]
     assert trigger["posture"] == "Proactive" and trigger["after"] == ["prefect.flow-run.heartbeat"]
     assert trigger["within"] == 3 * HEARTBEAT_SECONDS and action["state"] == "CRASHED"
+    assert "or the Prefect server could not hear it (down or restarting)" in action["message"]
     assert svc.cfg.env()["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS)

@@ -146,11 +146,20 @@ def ensure_unresponsive_run_automation() -> None:
     from prefect.events.schemas.events import ResourceSpecification
 
     silence = HEARTBEAT_SECONDS * MISSED_HEARTBEATS
+    # A server down longer than that hears no heartbeat either: its own outage reads as silence.
+    message = (
+        f"no heartbeat for {silence} s: the run's process is gone, or the Prefect server could not hear "
+        "it (down or restarting). Retry it; a process still running refuses the Retry (its run key is "
+        "busy) and reports its own end"
+    )
     try:
-        Automation.read(name=UNRESPONSIVE)
-        return
+        existing = Automation.read(name=UNRESPONSIVE)
     except ValueError:  # not there yet
-        pass
+        existing = None
+    if existing is not None:
+        if [getattr(action, "message", None) for action in existing.actions] == [message]:
+            return
+        existing.delete()  # made by an earlier version: its message said the process was gone
     Automation(
         name=UNRESPONSIVE,
         description="Marks a flow run Crashed when its heartbeats stop (worker or machine lost).",
@@ -172,7 +181,7 @@ def ensure_unresponsive_run_automation() -> None:
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"no heartbeat for {silence} s: the run's process is gone; Retry it",
+                message=message,
             )
         ],
     ).create()
