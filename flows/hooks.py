@@ -17,7 +17,7 @@ import httpx
 from prefect.logging.loggers import flow_run_logger
 
 from flows.run_names import by_run_key, run_key_of
-from tasks.params import PipelineParams
+from tasks.params import PipelineParams, endpoint
 from tasks.run_lock import RunKeyBusy, run_lock
 from tasks.toloka_api import TRANSIENT, MissingTokenError, RunRegistry, make_client
 
@@ -42,10 +42,12 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     except TRANSIENT as exc:
         log.error(
             "could not close the run's pools (%s: %s): they may still be open, and the crowd answers "
-            "them, paid, until they close. Once Toloka answers, Retry this run (it goes on with them) "
-            "or close them: `crowdclust run CONFIG --run-key %s --close`",
+            "them, paid, until they close. Once Toloka at %s answers, Retry this run (it goes on with "
+            "them; Cancel it then to close them instead), or from a checkout: `crowdclust run CONFIG "
+            "--run-key %s --close` with that URL and token",
             type(exc).__name__,
             exc,
+            endpoint(params.toloka) or params.toloka.environment,
             key,
         )
     except Exception as exc:  # a hook must never hide the original failure
