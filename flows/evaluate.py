@@ -108,6 +108,7 @@ def evaluate_clusters(
     )
     if alone:
         written = folder.write_evaluation(result)
+        artifacts.evaluation_metrics(result, written.parent)
         logger.info(
             "this evaluation's files: %s (its cost $%.2f in evaluation.json)",
             written.parent,

@@ -2,8 +2,8 @@
 
 Keys (lowercase, digits and dashes, as Prefect requires): `hit-coverage`, `main-pool-progress`,
 `intruders-pool-progress`, `intruder-chart`, `cluster-galleries`, `run-metrics`,
-`intruder-accuracy`, `run-report`, `run-overview`, `catalogue-rounds`. Only public facts: ids,
-counts, metrics, costs, image URLs (escaped, never markup); never the token.
+`intruder-accuracy`, `run-report`, `run-overview`, `catalogue-rounds`, `evaluation-metrics`. Only
+public facts: ids, counts, metrics, costs, image URLs (escaped, never markup); never the token.
 
 Every artifact renders with nothing but the Prefect server running: images are embedded as data
 URIs, and the report is linked over http only where the service serves the runs folder.
@@ -28,7 +28,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.stages import Coverage, PoolStats, RoundState, RunSummary, shown
+from tasks.stages import Coverage, Evaluation, PoolStats, RoundState, RunSummary, shown
 
 GALLERY_PER_CLUSTER = 10  # thumbnails per cluster in `cluster-galleries`
 GALLERY_COLUMNS = 5  # thumbnails per table row: fits the UI's artifact page at 1400 px
@@ -277,6 +277,23 @@ def report_link(summary: RunSummary, url: str | None) -> str:
     )
     create_markdown_artifact(key="run-report", markdown=f"Report: {where}", description="the run report")
     return where
+
+
+def evaluation_metrics(evaluation: Evaluation, folder: Path) -> None:
+    """`evaluation-metrics`: what an evaluation started on its own found and cost (it writes no
+    report; before, its cost was only in a log line)."""
+    rows = [
+        {"metric": "intruder_accuracy", "value": shown(evaluation.accuracy)},
+        {"metric": "single_answers_naming_the_intruder", "value": shown(evaluation.answer_accuracy)},
+        {"metric": "hits", "value": evaluation.n_hits},
+        {"metric": "answers", "value": evaluation.n_assignments},
+        {"metric": "cost_spent", "value": "n/a" if evaluation.spent is None else f"${evaluation.spent:,.2f}"},
+    ]
+    create_table_artifact(
+        key="evaluation-metrics",
+        table=rows,
+        description=f"An evaluation on its own; its files: {literal(str(folder))}",
+    )
 
 
 def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:

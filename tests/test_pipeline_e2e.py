@@ -660,3 +660,12 @@ def test_an_evaluation_started_on_its_own_leaves_the_runs_files_and_writes_its_o
     assert len(json.loads((folder / "intruder_hits.json").read_text())) == 20
     answers = pd.read_csv(folder / "assignments_intruders.tsv", sep="\t")
     assert answers["ASSIGNMENT:assignment_id"].nunique() == result.n_assignments
+    from prefect import get_client  # its cost in the UI too: it writes no report
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluation-metrics"]))
+        )
+    table = json.loads(found[-1].data) if isinstance(found[-1].data, str) else found[-1].data
+    assert {"metric": "cost_spent", "value": f"${result.spent:,.2f}"} in table
