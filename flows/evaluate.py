@@ -72,6 +72,7 @@ def evaluate_clusters(
     skill = skill_id or labelling_skill(params)
     preflight.check_intruder_staffing_task(params.toloka, skill, params, bundle, len(made))
     costs = budget.estimate_intruders(params, bundle, len(made))
+    costs = budget.at_price_ratio(costs, budget.price_ratio_seen_task(params.toloka, run_key, params), params)
     covers = (intruders.pool_role(run_key, made),)
     before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
     folder.write_intruder_hits(made)

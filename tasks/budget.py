@@ -164,6 +164,42 @@ def with_answers_beyond(
     return replace(costs, main=round(costs.main + added, 4))
 
 
+@stage_task(name="price-seen", toloka=True, cache=False)
+def price_ratio_seen_task(target: TolokaTarget, run_key: str, params: PipelineParams) -> float:
+    """What Toloka charged per accepted answer of the run key's main pool over the config's price
+    (>= 1; 1 when nothing was accepted yet), as the labelling's spend guard measures it."""
+    from tasks.toloka_api import pool_stats
+
+    registry = RunRegistry.connect(target, run_key)
+    pool = registry.pools().get("main-pool")
+    if pool is None:
+        return 1.0
+    guard = SpendGuard(
+        limit=0.0, max_spend=0.0, ceiling=0.0, price=params.hits.reward * (1 + params.budget.fee_rate)
+    )
+    return guard.price_ratio(pool_stats(registry.client, str(pool.id)))
+
+
+def at_price_ratio(costs: CostEstimate, ratio: float, params: PipelineParams) -> CostEstimate:
+    """The estimate at Toloka's price, when the labelling showed it above the config's.
+
+    With `budget.fee_rate: 0.0` the labelling's guard saw $0.026 per answer for $0.020, yet the
+    intruder stage was still estimated at $0.020: a user's evaluation opened with $11.18 left on the
+    account for $13.00 of work, and ran out half done.
+    """
+    if ratio <= 1.0:
+        return costs
+    scaled = CostEstimate(*(round(value * ratio, 4) for value in (costs.main, costs.exam, costs.intruders)))
+    get_run_logger().warning(
+        "Toloka charged %.2fx the config's price per answer in this run key's main pool "
+        "(budget.fee_rate %.2f is below the platform's fee): the estimate counts that price, %s",
+        ratio,
+        params.budget.fee_rate,
+        scaled.describe(),
+    )
+    return scaled
+
+
 @stage_task(name="check-budget", toloka=True, cache=False)
 def check_budget_task(
     target: TolokaTarget, run_key: str, costs: CostEstimate, max_spend: float, covers: tuple[str, ...]

@@ -67,12 +67,22 @@ def limit_name(digest: str) -> str:
     return f"{LIMIT_PREFIX}-{digest}"
 
 
-def release(lease_id: UUID) -> None:
-    """Give the slot back; a lease the server no longer has (revoked, released) is fine."""
+def release(lease_id: UUID) -> bool:
+    """Give the slot back: False when the server no longer has the lease (revoked, or forgotten by
+    a restart with its leases in memory, which keeps the slot taken)."""
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client, contextlib.suppress(httpx.HTTPStatusError):
-        client.release_concurrency_slots_with_lease(lease_id)
+    with get_client(sync_client=True) as client:
+        try:
+            client.release_concurrency_slots_with_lease(lease_id)
+        except httpx.HTTPStatusError:
+            return False
+    return True
+
+
+def _names_this_process(limit: str) -> bool:
+    """The slot's holder record names this process (a slot a restarted server forgot is our own)."""
+    return (_holder(limit) or "").startswith(f"pid {os.getpid()} on host {socket.gethostname()} ")
 
 
 def _ensure_limit(limit: str) -> None:
@@ -194,6 +204,9 @@ def _renew_until(
                     continue
                 try:
                     again = _try_acquire(limit, lease_seconds)
+                    if again is None and _names_this_process(limit):  # taken by our own lost lease
+                        free(limit)
+                        again = _try_acquire(limit, lease_seconds)
                 except Exception as failed:  # the server may still be starting: try again next time
                     log.warning("could not take the run key's slot again: %s", failed)
                     continue
@@ -237,6 +250,12 @@ def renewed(limit: str, lease_id: UUID, lease_seconds: float) -> Iterator[None]:
         thread.join(timeout=5)
         from prefect.variables import Variable
 
-        with contextlib.suppress(Exception):  # the record is only a courtesy to a refused run
-            Variable.unset(limit)
-        release(held[0])
+        if release(held[0]):
+            with contextlib.suppress(Exception):  # the record is only a courtesy to a refused run
+                Variable.unset(limit)
+        else:  # the record stays: once this process has ended, the next run here frees the slot
+            log.warning(
+                "the run key's slot %s could not be given back (the Prefect server no longer knows its "
+                "lease): the next run of the key on this host frees it",
+                limit,
+            )

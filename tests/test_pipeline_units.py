@@ -885,3 +885,15 @@ def test_a_run_is_named_after_its_key_after_a_name_someone_gave_it():
     assert named("bob-try-by-hand", "bob1") == "bob-try-by-hand (bob1)"
     assert named("bob-try-by-hand (bob1)", "bob1") == "bob-try-by-hand (bob1)"  # a Retry names it again
     assert named("", "bob1") == named("bob1", "bob1") == "bob1"
+
+
+def test_an_evaluation_is_estimated_at_the_price_the_labelling_paid():
+    """`fee_rate: 0.0`: the labelling paid $0.026 an answer for $0.020, yet the evaluation was still
+    estimated at $0.020 and opened with too little money left to finish (a user's: $11.15 for half)."""
+    from prefect.logging import disable_run_logger
+
+    params = _params(budget={"fee_rate": 0.0})
+    costs = budget.estimate_intruders(params, load_bundle(params.toloka_dir), 100)
+    with disable_run_logger():
+        assert budget.at_price_ratio(costs, 1.0, params) == costs
+        assert budget.at_price_ratio(costs, 1.3, params).intruders == pytest.approx(costs.intruders * 1.3)

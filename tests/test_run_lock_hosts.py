@@ -234,7 +234,22 @@ def test_a_lease_the_server_forgot_is_taken_again_while_the_key_is_free(prefect_
     assert held[0] is not None and run_lease._try_acquire(limit, 60.0) is None  # the slot is ours again
     run_lease.release(held[0])
 
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.variables import Variable
+
+    # A server restarted with its leases in memory keeps the slot taken by our forgotten lease, with
+    # our name on it: that slot is ours to take again.
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(active_slots=1))
+    Variable.set(
+        limit, f"pid {os.getpid()} on host {socket.gethostname()} since 2026-12-05T00:00:00", overwrite=True
+    )
+    held = renew_from(uuid.uuid4())
+    assert run_lease._try_acquire(limit, 60.0) is None and run_lease.release(held[0])
+
     other = run_lease.acquire(limit, 60.0, 0.0)  # another run took the key meanwhile
+    Variable.set(limit, "pid 1 on host elsewhere since 2026-12-05T00:00:00", overwrite=True)
     lost = uuid.uuid4()
     assert renew_from(lost) == [lost]  # left to it (an error in the log says two runs may now pay)
     run_lease.release(other)
