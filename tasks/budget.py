@@ -174,10 +174,8 @@ def price_ratio_seen_task(target: TolokaTarget, run_key: str, params: PipelinePa
     pool = registry.pools().get("main-pool")
     if pool is None:
         return 1.0
-    guard = SpendGuard(
-        limit=0.0, max_spend=0.0, ceiling=0.0, price=params.hits.reward * (1 + params.budget.fee_rate)
-    )
-    return guard.price_ratio(pool_stats(registry.client, str(pool.id)))
+    price = params.hits.reward * (1.0 + params.budget.fee_rate)
+    return price_ratio(pool_stats(registry.client, str(pool.id)), price)
 
 
 def at_price_ratio(costs: CostEstimate, ratio: float, params: PipelineParams) -> CostEstimate:
@@ -249,6 +247,20 @@ def total(charges: dict[str, float | None]) -> float:
     return round(sum(value or 0.0 for value in charges.values()), 4)
 
 
+def price_ratio(stats: PoolStats, price: float) -> float:
+    """What Toloka charged per accepted answer of a pool over the configured `price` (>= 1).
+
+    The plan's prices come from `hits.reward` and `budget.fee_rate`; a fee_rate below the
+    platform's (0.0 for Toloka's 0.3) made the spend guard's ceiling 30% low, the guard stayed quiet
+    on it, and a run charged $16.07 against a max_spend of $15.00 before its first check.
+    """
+    accepted = stats.approved_assignments_count or 0
+    if not stats.spent_budget or accepted <= 0 or price <= 0:
+        return 1.0
+    ratio = stats.spent_budget / accepted / price
+    return round(ratio, 4) if ratio > 1.001 else 1.0  # rounding of the platform's figures aside
+
+
 @dataclass(frozen=True)
 class SpendGuard:
     """The live money bound of a wait: what its pools may still cost, their prices, their plan.
@@ -300,17 +312,8 @@ class SpendGuard:
         return ceiling <= self.limit and charged <= ceiling
 
     def price_ratio(self, stats: PoolStats) -> float:
-        """What Toloka charged per accepted answer of the guarded pool over the configured price (>= 1).
-
-        The plan's prices come from `hits.reward` and `budget.fee_rate`; a fee_rate below the
-        platform's (0.0 for Toloka's 0.3) made the ceiling 30% low, the guard stayed quiet on it,
-        and a run charged $16.07 against a max_spend of $15.00 before its first check.
-        """
-        accepted = stats.approved_assignments_count or 0
-        if not stats.spent_budget or accepted <= 0 or self.price <= 0:
-            return 1.0
-        ratio = stats.spent_budget / accepted / self.price
-        return round(ratio, 4) if ratio > 1.001 else 1.0  # rounding of the platform's figures aside
+        """`price_ratio` of the guarded pool's poll at this guard's price."""
+        return price_ratio(stats, self.price)
 
     def price_note(self, ratio: float) -> str:
         """The log line of a `price_ratio` above 1."""

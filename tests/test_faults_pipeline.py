@@ -175,6 +175,9 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     spent = _spent(emu, key)
     print(f"live guard: spent ${spent:.3f} of a ${limit:.2f} limit")
     assert 0 < spent <= limit
+    # What the evaluation's estimate then counts: the price this main pool was charged per answer.
+    seen = budget.price_ratio_seen_task.fn(params.toloka, key, params)
+    assert seen == (1.0 if fee_rate is None else pytest.approx(1.3, abs=0.01))
 
 
 def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it(
