@@ -299,10 +299,11 @@ def earlier_run_keys_task(params: PipelineParams) -> list[str]:
         return []
     paid = {other: RunRegistry(client, other).spent() for other in others}
     listed = ", ".join(f"{other} (${value:.2f} charged)" for other, value in paid.items())
+    earlier = max(paid, key=lambda k: (paid[k], k))
     return [
-        f"run key {key} is new on this account, but {listed} of the same name and seed exist: if this "
-        "is the same catalogue (its images changed, or the key was derived from the whole file, "
-        f"before this version), stop and run again with --run-key {max(paid, key=lambda k: (paid[k], k))} "
-        "(a deployment: its "
-        "run_key parameter) to go on with what was paid"
+        f"run key {key} is new on this account, but {listed} of the same name and seed exist: this run "
+        "goes on with new pools and pays for them. If it is the same catalogue (its images changed, or "
+        "its key was derived from the whole file before this version), stop it now (Ctrl-C, or Cancel "
+        f"in the UI: its pools close) and run again with --run-key {earlier} (a deployment: its run_key "
+        f"parameter) to go on with what was paid. Its files replace that key's in {params.run_dir}"
     ]
