@@ -61,18 +61,19 @@ def parent_run_logger() -> logging.LoggerAdapter[logging.Logger] | None:
     Poll and progress lines come from tasks of sub-flow runs; logged here too, they are readable
     from the parent run's page. Only the Prefect API gets them (the console shows them once).
     """
-    from prefect import runtime
     from prefect.logging.handlers import APILogHandler
 
-    current, root = runtime.flow_run.id, runtime.flow_run.root_flow_run_id
-    if current is None or root is None or str(root) == str(current):
+    from tasks.run_log import root_run_of_a_subflow
+
+    root = root_run_of_a_subflow()
+    if root is None:
         return None
     logger = logging.getLogger("crowdclust.parent_run")
     if not any(isinstance(h, APILogHandler) for h in logger.handlers):
         logger.addHandler(APILogHandler())
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    return logging.LoggerAdapter(logger, {"flow_run_id": str(root), "task_run_id": None})
+    return logging.LoggerAdapter(logger, {"flow_run_id": root, "task_run_id": None})
 
 
 class ProgressReporter:

@@ -311,10 +311,6 @@ class SpendGuard:
         ceiling = self.ceiling * ratio
         return ceiling <= self.limit and charged <= ceiling
 
-    def price_ratio(self, stats: PoolStats) -> float:
-        """`price_ratio` of the guarded pool's poll at this guard's price."""
-        return price_ratio(stats, self.price)
-
     def price_note(self, ratio: float) -> str:
         """The log line of a `price_ratio` above 1."""
         return (
@@ -340,8 +336,8 @@ class LiveSpend:
     ratio: float = 1.0  # the highest `price_ratio` seen: a price above the config's is said once
 
     def ratio_of(self, stats: PoolStats) -> float:
-        """`SpendGuard.price_ratio` of this poll, never below an earlier poll's; logs the first rise."""
-        ratio = max(self.ratio, self.guard.price_ratio(stats))
+        """`price_ratio` of this poll at the guard's price, never below an earlier poll's; logs a rise."""
+        ratio = max(self.ratio, price_ratio(stats, self.guard.price))
         if ratio > self.ratio and self.ratio == 1.0:
             get_run_logger().warning("%s", self.guard.price_note(ratio))
         self.ratio = ratio

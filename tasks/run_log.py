@@ -33,7 +33,7 @@ class _InsideARun(logging.Filter):
         return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def _root_run_of_a_subflow() -> str | None:
+def root_run_of_a_subflow() -> str | None:
     """The top-level flow run's id when the current run is a sub-flow's (else None)."""
     from prefect import runtime
 
@@ -54,7 +54,7 @@ def ship_library_logs() -> None:
         """Files a copy of a sub-flow's record under the top-level flow run."""
 
         def emit(self, record: logging.LogRecord) -> None:
-            root = _root_run_of_a_subflow()
+            root = root_run_of_a_subflow()
             if root is not None:
                 copied = copy.copy(record)
                 copied.flow_run_id, copied.task_run_id = root, None

@@ -208,20 +208,22 @@ def stopped_answering(error: BaseException, target: TolokaTarget) -> StoppedAnsw
         url = str(error.request.url)  # type: ignore[attr-defined]  # httpx errors carry their request
     except (AttributeError, RuntimeError):  # httpx raises RuntimeError for an error without one
         url = ""
+    again = (
+        "then run the same command again or Retry the flow run: finished stages are reused and nothing "
+        "paid is lost"
+    )
     if api and url.startswith(api):
         where = f"the Prefect API at {api}"
     elif isinstance(error, TooManyRequestsApiError):  # it answered: too many requests, not silence
         return StoppedAnswering(
             f"{where} kept refusing requests over its rate limit (429 TOO_MANY_REQUESTS) after the "
             "stage's retries: lower the run's request rate (with the service, CROWDCLUST_TOLOKA_RATES "
-            "below the requester's limit; raise wait.poll_seconds), then run the same command again or "
-            "Retry the flow run: finished stages are reused and nothing paid is lost"
+            f"below the requester's limit; raise wait.poll_seconds), {again}"
         )
     return StoppedAnswering(
         f"{where} stopped answering ({type(error).__name__}: {error}) after the stage's retries. The "
         "run's open pools were closed if Toloka let them be (the log says), else the crowd may go on "
-        "answering them. Check that it runs, then run the same command again or Retry the flow run: "
-        "finished stages are reused and nothing paid is lost"
+        f"answering them. Check that it runs, {again}"
     )
 
 
