@@ -30,7 +30,7 @@ from prefect import flow, get_run_logger
 from flows.aggregate import aggregate_rounds
 from flows.evaluate import evaluate_clusters
 from flows.hooks import CLOSES_POOLS
-from flows.labelling import collect_labels
+from flows.labelling import claimed, collect_labels
 from flows.run_names import CATALOGUE_FLOW
 from flows.second_round import second_round
 from tasks import artifacts, budget, dataset, hits, preflight, report, results, rounds
@@ -76,7 +76,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     clock = report.Stopwatch()
     key = params.catalogue_key
     params = params.model_copy(update={"run_key": key})  # sub-flows (intruders) share the catalogue key
-    folder = RunFolder.of(params).create()
+    folder = claimed(params, key)
     catalogue = dataset.load_dataset(params.dataset)["image"].tolist()
     resolve_token(params.toloka)
     # What this run spends is what the key's pools cost after it less before: the rounds share one

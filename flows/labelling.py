@@ -74,13 +74,30 @@ def collect_labels(
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 
 
+def claimed(params: PipelineParams, run_key: str) -> RunFolder:
+    """The run folder, marked as `run_key`'s; a warning when `runs/<name>/` holds another key's
+    files and this run writes a folder of its own (`RunFolder.of`)."""
+    folder = RunFolder.of(params)
+    other = folder.taken_by(params)
+    if other is not None:
+        get_run_logger().warning(
+            "%s holds the files of run key %s: this run (key %s) writes %s",
+            params.run_dir,
+            other,
+            run_key,
+            folder.root,
+        )
+    folder.claim(run_key)
+    return folder
+
+
 @flow(name="crowdclust-labelling", **CLOSES_POOLS)
 @locked_run()
 def labelling(params: PipelineParams) -> Labelled:
     """Label the dataset with the crowd; returns Toloka ids, the export path, costs and coverage."""
     logger = get_run_logger()
     run_key = params.resolved_run_key
-    folder = RunFolder.of(params).create()
+    folder = claimed(params, run_key)
     checked = preflight.check_run(params)  # data errors stop here, before anything is created
     items = checked.items
     logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)

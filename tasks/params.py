@@ -326,6 +326,11 @@ def run_dir_of(runs_dir: Path, name: str, run_key: str | None = None) -> Path:
     """
     if not run_key or run_key == name:  # a key that is the name itself (a deployment's) names nothing new
         return runs_dir / name
+    return keyed_run_dir(runs_dir, name, run_key)
+
+
+def keyed_run_dir(runs_dir: Path, name: str, run_key: str) -> Path:
+    """`<runs_dir>/<name>__<run key>/`: the folder of a key that is not the default."""
     return runs_dir / f"{name}{RUN_KEY_SEPARATOR}{re.sub(r'[^A-Za-z0-9._-]', '_', run_key)}"
 
 

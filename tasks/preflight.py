@@ -21,6 +21,7 @@ from aggregation.design import ANCHOR_PARTNERS, design_for, design_information, 
 from tasks import budget, dataset, setup
 from tasks.hits import HitPlanError
 from tasks.params import PipelineParams, TolokaTarget
+from tasks.run_folder import RunFolder
 from tasks.second_round import most_images as second_round_images
 from tasks.stage import stage_task
 from tasks.stages import LabellingIds
@@ -305,5 +306,5 @@ def earlier_run_keys_task(params: PipelineParams) -> list[str]:
         "goes on with new pools and pays for them. If it is the same catalogue (its images changed, or "
         "its key was derived from the whole file before this version), stop it now (Ctrl-C, or Cancel "
         f"in the UI: its pools close) and run again with --run-key {earlier} (a deployment: its run_key "
-        f"parameter) to go on with what was paid. Its files replace that key's in {params.run_dir}"
+        f"parameter) to go on with what was paid. Its files go to {RunFolder.of(params).root}"
     ]

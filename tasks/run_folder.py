@@ -21,6 +21,11 @@ file name of the run folder. What a person finds there afterwards:
 | `intruder_hits.json`, `intruders.png` | the intruder HITs, the accuracy chart |
 | `report.html`, `summary.json` | the report and `RunSummary` as JSON |
 | `rounds/<round>/`, `before-round/` | a round's plan (a catalogue's, or `second`); where anchors came from |
+| `run_key.txt` | the run key whose files these are (`RunFolder.claim`) |
+
+`runs/<name>/` would be shared by the derived keys of one config (its dataset's images or its seed
+changed, or a catalogue and a single run of one name): it stays with the key that first wrote there,
+and another gets `runs/<name>__<key>/` (`RunFolder.of`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from tasks.params import PipelineParams
+from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir
 from tasks.stages import Aggregated, Evaluation, HitPlan, IntruderHit, RunSummary
 
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which the service serves its runs folder
@@ -49,12 +54,49 @@ class RunFolder:
     @classmethod
     def of(cls, params: PipelineParams) -> RunFolder:
         """The run's folder: `runs/<name>/` for the default run key, `runs/<name>__<run key>/` for
-        another (`PipelineParams.run_dir`), so runs with different keys keep their own files."""
-        return cls(params.run_dir)
+        another (`PipelineParams.run_dir`), so runs with different keys keep their own files.
+
+        Derived keys differ with the dataset's images and the seed, and each is "the default":
+        `runs/<name>/` stays with the key that first wrote there (`run_key.txt`), and another
+        derived key gets its own folder. Before, a run with seed 1 replaced the seed-0 run's
+        exports (12,579 paid answers), clusters and report, and the seed-0 run's artifacts then
+        linked to the seed-1 report.
+        """
+        folder, key = cls(params.run_dir), params.resolved_run_key
+        if RUN_KEY_SEPARATOR not in folder.root.name and folder.owner() not in (None, key):
+            return cls(keyed_run_dir(params.runs_dir, params.name, key))
+        return folder
+
+    def taken_by(self, params: PipelineParams) -> str | None:
+        """The other key whose files keep `runs/<name>/` when this run writes its own folder."""
+        shared = RunFolder(params.run_dir)
+        return shared.owner() if shared.root != self.root else None
 
     def create(self) -> RunFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "run_key.txt"
+
+    def owner(self) -> str | None:
+        """The run key whose files the folder holds: `run_key.txt`, else (a folder written before
+        it existed) the key in `summary.json`; None when neither names one."""
+        if self.key_file.is_file():
+            return self.key_file.read_text().strip() or None
+        try:
+            key = json.loads(self.summary.read_text()).get("run_key")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return str(key) if key else None
+
+    def claim(self, run_key: str) -> None:
+        """Record that the folder holds `run_key`'s files (`run_key.txt`), so that a run of another
+        key finds it taken (`RunFolder.of`)."""
+        self.create()
+        if self.owner() != run_key:
+            self.key_file.write_text(run_key + "\n")
 
     def round(self, round_id: str) -> RunFolder:
         """Where a catalogue round keeps its HIT plan."""

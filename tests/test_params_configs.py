@@ -91,6 +91,37 @@ def test_each_run_key_has_its_own_run_folder_and_the_default_key_keeps_runs_name
     assert run_dir_of(runs, "a", "x/../y z") == runs / "a__x_.._y_z"  # one folder level, whatever the key
 
 
+def test_runs_name_stays_with_the_derived_key_that_wrote_it_first(tmp_path):
+    """Derived keys (another seed, other images) all default to `runs/<name>/`: a run with seed 1
+    replaced the seed-0 run's exports (paid answers), clusters and report there, and the seed-0
+    run's artifacts then linked to the seed-1 report."""
+    from tasks.run_folder import RunFolder
+
+    runs = tmp_path / "runs"
+    seed0 = load_params(DEMO, {"runs_dir": str(runs)})
+    seed1 = load_params(DEMO, {"runs_dir": str(runs), "seed": 1})
+    assert RunFolder.of(seed0).root == RunFolder.of(seed1).root == runs / "demo-shoes"  # nothing written yet
+
+    first = RunFolder.of(seed0)
+    first.claim(seed0.resolved_run_key)
+    first.export("main").write_text("answers of seed 0\n")
+    assert RunFolder.of(seed0).root == runs / "demo-shoes" and first.taken_by(seed0) is None
+    second = RunFolder.of(seed1)
+    assert second.root == runs / f"demo-shoes__{seed1.resolved_run_key}"
+    assert second.taken_by(seed1) == seed0.resolved_run_key
+    second.claim(seed1.resolved_run_key)
+    second.export("main").write_text("answers of seed 1\n")
+    assert first.export("main").read_text() == "answers of seed 0\n"
+    # Each key finds its own folder again; so does a given key that names the other.
+    assert RunFolder.of(seed0).root == first.root and RunFolder.of(seed1).root == second.root
+    given = seed0.model_copy(update={"run_key": seed1.resolved_run_key})
+    assert RunFolder.of(given).root == second.root
+    # A folder written before `run_key.txt` is known by its summary's key.
+    legacy = RunFolder(runs / "legacy")
+    legacy.create().summary.write_text('{"run_key": "legacy-aaaa-s0"}')
+    assert legacy.owner() == "legacy-aaaa-s0"
+
+
 def _write_yaml(tmp_path: Path, **changes) -> Path:
     data = yaml.safe_load(DEMO.read_text())
     data["dataset"] = str(DEMO.parent / "dataset.tsv")
