@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from tasks.stages import ExamTotals
-from tasks.toloka_api import ApiError, TolokaClient, is_completed, skill_values
+from tasks.toloka_api import ALREADY_DONE, TolokaClient, TooManyRequestsApiError, is_completed, skill_values
 
 log = logging.getLogger(__name__)
 GATING_THREADS = 8  # requests of one tick in flight at once (a Prefect rate limit, when on, still applies)
@@ -193,10 +193,16 @@ def check_staffing(
     )
 
 
-def _each(call: Callable[[T], R], items: list[T], record: Callable[[T, R], None]) -> list[R]:
+def _each(call: Callable[[T], R], items: list[T], record: Callable[[T, R], None], what: str) -> list[R]:
     """`call` on every item, GATING_THREADS at a time; `record(item, result)` for each success in the
     items' order, also when another call failed (what was done on the platform is never forgotten
-    by the session); then the first failure, if any, is raised."""
+    by the session); then the first failure, if any, is raised.
+
+    Calls that Toloka's rate limit still refused after toloka-kit's retries are only logged: the
+    next tick reads the SUBMITTED list and the skills to send again, where failing the wait would
+    reopen and re-read everything. (Such a review was once counted as "already reviewed" and left
+    the answer unreviewed when the run ended.)
+    """
     if not items:
         return []
     with ThreadPoolExecutor(min(GATING_THREADS, len(items)), thread_name_prefix="exam-gating") as pool:
@@ -206,9 +212,18 @@ def _each(call: Callable[[T], R], items: list[T], record: Callable[[T, R], None]
         if future.exception() is None:
             record(item, future.result())
             results.append(future.result())
-    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    failures = [f.exception() for f in futures if f.exception() is not None]
+    failed = next((e for e in failures if not isinstance(e, TooManyRequestsApiError)), None)
     if failed is not None:
         raise failed
+    if failures:
+        log.warning(
+            "exam gating: Toloka's rate limit refused %d of %d %s after toloka-kit's retries; "
+            "they are sent again on the next tick",
+            len(failures),
+            len(items),
+            what,
+        )
     return results
 
 
@@ -222,7 +237,7 @@ def _review(client: TolokaClient, verdict: Verdict) -> str:
             verdict.assignment_id, f"Grouping differs from the reference ({verdict.score:.0f}%)"
         )
         return "rejected"
-    except ApiError as exc:  # already reviewed by a previous tick or run: the verdict is the same
+    except ALREADY_DONE as exc:  # reviewed by a previous tick or run: the verdict is the same
         log.info("exam assignment %s already reviewed (%s)", verdict.assignment_id, type(exc).__name__)
         return "already"
 
@@ -266,14 +281,17 @@ def gate_exams(
         sent[change[0]] = change[1]
 
     outcomes = _each(
-        lambda verdict: _review(client, verdict), grade(submitted.values(), goldens), remember_review
+        lambda verdict: _review(client, verdict),
+        grade(submitted.values(), goldens),
+        remember_review,
+        "reviews",
     )
     changes = [
         (worker, round(value, 6))
         for worker, value in skills(reviewed.values(), goldens, n_exams).items()
         if sent.get(worker) != round(value, 6)
     ]
-    _each(send_skill, changes, remember_skill)
+    done = _each(send_skill, changes, remember_skill, "skill values")
     return ExamTotals(
-        accepted=outcomes.count("accepted"), rejected=outcomes.count("rejected"), skills_set=len(changes)
+        accepted=outcomes.count("accepted"), rejected=outcomes.count("rejected"), skills_set=len(done)
     )

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         description="Make every Toloka request take a slot of the Prefect global rate limit "
         "`toloka-api-<environment>` (the service sets it for its workers; see tasks/toloka_rate.py).",
     )
+    toloka_rates: str | None = Field(
+        None,
+        description="Toloka requests per second per environment, e.g. `local=8,production=20` (over "
+        "sandbox=10, production=10): the service's Prefect limits, and a run on its own throttles in "
+        "its process (tasks/toloka_rate.py).",
+    )
     run_lock_lease_seconds: float = Field(
         60.0,
         ge=60.0,  # the shortest lease a Prefect 3.9.1 server grants

@@ -55,7 +55,9 @@ with warnings.catch_warnings():
     )
     from toloka.client.exceptions import (
         ApiError,
+        ConflictStateApiError,
         DoesNotExistApiError,
+        IncorrectActionsApiError,
         InternalApiError,
         RemoteServiceUnavailableApiError,
         TooManyRequestsApiError,
@@ -65,6 +67,7 @@ with warnings.catch_warnings():
     from toloka.util._managing_headers import add_headers  # what its public methods wear; see platform_now
 
 __all__ = [
+    "ALREADY_DONE",
     "TRANSIENT",
     "ApiError",
     "MissingTokenError",
@@ -77,6 +80,7 @@ __all__ = [
     "Task",
     "TaskSuite",
     "TolokaClient",
+    "TooManyRequestsApiError",
     "Training",
     "close_all",
     "close_reason",
@@ -114,6 +118,9 @@ TRANSIENT = (
     ConnectionError,
     TimeoutError,
 )
+# 409s: the object is not in the state the action needs (an assignment reviewed before, a pool
+# already open): what was asked was done by an earlier request.
+ALREADY_DONE = (ConflictStateApiError, IncorrectActionsApiError)
 POOL_LIFETIME = timedelta(days=7)
 ANALYTICS_BATCH = 10  # analytics requests per call: a catalogue's many round pools are asked in batches
 NAMESPACE = uuid.UUID("6f1d2a52-8f0e-4f57-a0a4-1f0c2b7e9d31")
@@ -153,7 +160,7 @@ def resolve_token(target: TolokaTarget) -> SecretStr:
 
 
 class RateLimitedClient(TolokaClient):
-    """A toloka-kit client whose every HTTP request (retries too) takes a Prefect rate-limit slot.
+    """A toloka-kit client whose every HTTP request (retries too) takes a rate-limit slot.
 
     toloka-kit 1.2.3 sends everything through one `httpx.Client` per thread (`_session_for_thread`);
     the hook is added to each of them once (see `tasks.toloka_rate`).
@@ -173,12 +180,13 @@ def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
 
     `retries=0` gives a client for non-idempotent creates (see `find_or_create`). With
     `CROWDCLUST_TOLOKA_RATE_LIMIT` on (the service's workers), every request takes a slot of the
-    Prefect rate limit `toloka-api-<environment>`, shared by all runs on all workers.
+    Prefect rate limit `toloka-api-<environment>`, shared by all runs on all workers; otherwise one
+    of this process's bucket for the environment, where it has a rate (`tasks.toloka_rate`).
     """
     token = resolve_token(target).get_secret_value()
     url = endpoint(target)
     where: dict[str, Any] = {"url": url} if url else {"environment": target.environment.upper()}
-    if toloka_rate.enabled():
+    if toloka_rate.throttled(target.environment):
         return RateLimitedClient(token, rate_environment=target.environment, retries=retries, **where)
     return TolokaClient(token, retries=retries, **where)
 

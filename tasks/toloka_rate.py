@@ -22,6 +22,13 @@ when the limit does not exist (and then logs a warning per request in a flow run
 `CROWDCLUST_TOLOKA_RATE_LIMIT` is true (the service sets it for its workers), and even then a limit
 found missing is remembered per process for `MISSING_TTL` seconds, so a server without the limit
 costs one lookup a minute, not one per request.
+
+Without the service. A run on its own (`crowdclust run`, `make demo`, a worker without the flag)
+throttles in its process instead: a token bucket of the same shape per environment, at
+`CROWDCLUST_TOLOKA_RATES` or `DEFAULT_RATES` (10/s for sandbox and production, none for the
+emulator). Without it the exam gating's 8 threads met a requester's limit at once; each 429 was
+retried by toloka-kit after 4 and 8 s, so a run under a limit of 10/s sent about one request a
+second (287 reviews in five minutes) and its pool waited for the skills.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -40,7 +48,32 @@ MISSING_TTL = 60.0  # seconds a missing limit is remembered before it is looked 
 SLOTS_PER_REQUEST = 100  # Prefect slots one Toloka request takes (see "The shape of the limit")
 BURST_SHARE = 0.25  # share of the per-second ceiling a quiet limit admits at once
 
+# Toloka requests per second per environment; 0 = not throttled (the local emulator, unless it has
+# its own per-token limit: the service then derives one from it, see crowdclust.service.deployer).
+DEFAULT_RATES = {"local": 0.0, "sandbox": 10.0, "production": 10.0}
+
 log = logging.getLogger(__name__)
+
+
+def parse_rates(text: str | None) -> dict[str, float]:
+    """`local=50,production=10` over `DEFAULT_RATES`; ValueError naming the part that is wrong."""
+    rates = dict(DEFAULT_RATES)
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        env, _, value = (piece.strip() for piece in part.partition("="))
+        if env not in rates:
+            raise ValueError(
+                f"CROWDCLUST_TOLOKA_RATES: unknown Toloka environment {env!r} in {text!r} "
+                f"(known: {', '.join(rates)})"
+            )
+        try:
+            rates[env] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"CROWDCLUST_TOLOKA_RATES: {part.strip()!r}: expected ENV=REQUESTS_PER_SECOND"
+            ) from None
+    return rates
 
 
 def limit_name(environment: str) -> str:
@@ -110,17 +143,72 @@ def acquire(name: str) -> None:
     rate_limit(name, occupy=SLOTS_PER_REQUEST, strict=False)
 
 
+class Bucket:
+    """An in-process rate limit of `limit_shape(rate)`'s shape: a burst, then a steady refill.
+
+    `acquire` reserves the next free slot under a lock and sleeps outside it, so threads are served
+    in turn and any one-second window sees at most `rate` requests.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        limit, decay = limit_shape(rate)
+        self.capacity = limit / SLOTS_PER_REQUEST
+        self.refill = decay / SLOTS_PER_REQUEST
+        self._tokens = self.capacity
+        self._clock, self._sleep = clock, sleep
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.refill) - 1
+            self._at = now
+            wait = -self._tokens / self.refill if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+
+
+_buckets: dict[tuple[str, float], Bucket] = {}
+_buckets_lock = threading.Lock()
+
+
+def local_bucket(environment: str) -> Bucket | None:
+    """This process's bucket for `environment` (one per environment and rate), or None when its
+    rate (`CROWDCLUST_TOLOKA_RATES`, else `DEFAULT_RATES`) is 0."""
+    rate = parse_rates(Settings().toloka_rates).get(environment, 0.0)
+    if rate <= 0:
+        return None
+    with _buckets_lock:
+        return _buckets.setdefault((environment, rate), Bucket(rate))
+
+
 def enabled() -> bool:
     """Whether Toloka requests take Prefect rate-limit slots in this process."""
     return Settings().toloka_rate_limit
 
 
+def throttled(environment: str) -> bool:
+    """Whether a client of `environment` needs the request hook: Prefect's limit or a local one."""
+    return enabled() or local_bucket(environment) is not None
+
+
 def throttle(session: httpx.Client, environment: str) -> httpx.Client:
-    """Make `session` take a slot of `environment`'s rate limit before every request it sends."""
+    """Make `session` take a slot of `environment`'s rate limit before every request it sends: the
+    Prefect limit where the service turned it on, else this process's bucket."""
     name = limit_name(environment)
+    bucket = None if enabled() else local_bucket(environment)
 
     def before_request(request: httpx.Request) -> None:
-        acquire(name)
+        if bucket is not None:
+            bucket.acquire()
+        else:
+            acquire(name)
 
     hooks: dict[str, list[Any]] = dict(session.event_hooks)
     hooks["request"] = [*hooks.get("request", []), before_request]

@@ -8,6 +8,7 @@ seed does.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,6 +31,7 @@ from tasks.toloka_api import (
     is_completed,
     make_client,
     open_all,
+    platform_now,
     pool_stats,
     status_of,
 )
@@ -40,6 +42,9 @@ from tasks.toloka_config import TolokaBundle
 PENDING_AUTO = ("ACTIVE",)
 PENDING_REVIEW = ("ACTIVE", "SUBMITTED")
 
+MAX_REOPENINGS = 5  # times the exam pool is closed again after the run's wait before giving up
+SLOW_GATING_SECONDS = 10.0  # a gating tick this long says what it did (hundreds of exams under a rate limit)
+log = logging.getLogger(__name__)
 CODE = ("tasks.budget", "tasks.exam", "tasks.toloka_api", "tasks.toloka_config")
 
 
@@ -148,6 +153,50 @@ def wait_guarded(client: TolokaClient, pool_id: str, **options: Any) -> tuple[Po
         return stop.stats, reason
 
 
+def drain_exams(
+    review: Callable[[], None],
+    close: Callable[[], bool],
+    client: TolokaClient,
+    exam_pool_id: str,
+    period: float,
+    limit_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Review the exam answers that arrive after the exam pool closed; how many are left.
+
+    Closing a pool does not take back the assignments in hand: Toloka lets each run to the pool's
+    assignment_max_duration_seconds, and a tick rate-limited before the close leaves answers
+    SUBMITTED. Unreviewed, they are accepted and paid days after the run, outside the cost it
+    reported (12 of 300 in a user's run; 139 SUBMITTED mid-run under a limit of 10 requests/s).
+    So the wait reviews until none is in progress or waiting, and once more after `limit_seconds`
+    have passed on the platform's clock (the emulator's runs faster than the real one) or on the
+    real one: by then every assignment in hand at the close was submitted or expired. (A limit
+    checked after the review ended a run on the emulator with 10 answers submitted during it.)
+
+    `close` runs after every review and says whether the pool was open: the exam pool's quality
+    control (a rejection adds an answer and opens the pool) reopens it when a late answer is
+    rejected, and workers then took exams after the run, unreviewed and paid. Assignments taken
+    meanwhile get their time again (up to MAX_REOPENINGS times).
+    """
+    reopenings = 0
+    started, platform_start = time.monotonic(), platform_now(client)
+    while True:
+        waited = max(time.monotonic() - started, (platform_now(client) - platform_start).total_seconds())
+        review()
+        if close() and reopenings < MAX_REOPENINGS:
+            reopenings += 1
+            log.info(
+                "exam pool %s ran again after a late answer's rejection (its quality control adds an "
+                "answer and opens the pool): closed again, reviewing what its workers submit",
+                exam_pool_id,
+            )
+            started, platform_start, waited = time.monotonic(), platform_now(client), 0.0
+        pending = count_assignments(client, exam_pool_id, PENDING_REVIEW)
+        if pending == 0 or waited >= limit_seconds:
+            return pending
+        sleep(period)
+
+
 @stage_task(name="wait-labelling", code=CODE, toloka=True)
 def wait_labelling_task(
     target: TolokaTarget,
@@ -175,8 +224,15 @@ def wait_labelling_task(
     helpers = [Opening("training", ids.training), Opening("pool", ids.exam_pool)]
     open_all(client, [*helpers, Opening("pool", ids.main_pool)])
 
+    def review() -> None:
+        started = time.monotonic()
+        tick = gate_exams(client, ids.exam_pool, ids.skill, goldens, n_exams, state)
+        totals[0] += tick
+        if time.monotonic() - started >= SLOW_GATING_SECONDS:  # a long silence between poll lines
+            get_run_logger().info("exam gating: %s in %.0f s", tick.describe(), time.monotonic() - started)
+
     def gate() -> None:
-        totals[0] += gate_exams(client, ids.exam_pool, ids.skill, goldens, n_exams, state)
+        review()
         check_staffing(client, ids.exam_pool, ids.main_pool, staffing, state)
 
     live = LiveSpend(spend)
@@ -196,9 +252,29 @@ def wait_labelling_task(
         client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
     )
     close_all(client, helpers)
-    # Exams submitted since the last tick would wait for the platform's auto-accept, days after the
-    # run: paid, unreviewed, and outside the cost the run reported (12 of 300 in a user's run).
-    totals[0] += gate_exams(client, ids.exam_pool, ids.skill, goldens, n_exams, state)
+
+    in_hand = float(bundle.exam_pool.get("assignment_max_duration_seconds") or 600)
+
+    started_at = [client.get_pool(ids.exam_pool).last_started]
+
+    def close_again() -> bool:
+        """Close what a review reopened; whether the exam pool ran again since the last look (it
+        may have completed again meanwhile: one late answer was left so on the emulator)."""
+        pool = client.get_pool(ids.exam_pool)
+        reopened = status_of(pool) == "OPEN" or pool.last_started != started_at[0]
+        started_at[0] = pool.last_started
+        close_all(client, helpers)
+        return reopened
+
+    unreviewed = drain_exams(review, close_again, client, ids.exam_pool, period, in_hand)
+    if unreviewed:
+        get_run_logger().warning(
+            "exam gating: %d exam answers still in progress or unreviewed %.0f s after the exam pool "
+            "closed: Toloka accepts and charges them %s days after submission, outside this run's cost",
+            unreviewed,
+            in_hand,
+            bundle.exam_pool.get("auto_accept_period_day", "some"),
+        )
     get_run_logger().info(
         "exam gating: %s; %d workers hold a skill value", totals[0].describe(), len(state.sent)
     )

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import budget, exam, hits, intruders, report
+from tasks import budget, exam, hits, intruders, report, wait
 from tasks.params import HitParams, PipelineParams, load_params
 from tasks.run_folder import RunFolder
 from tasks.stages import (
@@ -155,6 +155,7 @@ class _SlowFlakyExamPool(_ExamPool):
     """Each review takes 50 ms (counting how many are in flight) and `broken` ones fail."""
 
     broken: set[str] = field(default_factory=set)
+    refused: dict[str, Exception] = field(default_factory=dict)  # raised instead, as Toloka's answer
     in_flight: int = 0
     most_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -168,6 +169,8 @@ class _SlowFlakyExamPool(_ExamPool):
             self.in_flight -= 1
         if assignment_id in self.broken:
             raise ConnectionError(f"review of {assignment_id} failed")
+        if assignment_id in self.refused:
+            raise self.refused[assignment_id]
         super()._set(assignment_id, status)
 
 
@@ -223,6 +226,100 @@ def test_gating_sends_a_ticks_reviews_together_and_keeps_what_succeeded_when_one
     assert totals.accepted == 1 and totals.skills_set == 4
     assert {a.status for a in pool.assignments} == {"ACCEPTED"}
     assert {w: float(v) for w, v in pool.skills.items()} == {f"w{k}": 100.0 for k in range(4)}
+
+
+def test_a_review_the_rate_limit_refused_is_sent_again_and_only_a_409_counts_as_already_reviewed(caplog):
+    """A 429 that outlived toloka-kit's retries was taken for "already reviewed": the answer stayed
+    SUBMITTED, the tick counted it reviewed, and runs under a rate limit ended with exams unreviewed
+    (paid days later, outside the cost they reported)."""
+    from toloka.client.exceptions import ConflictStateApiError, TooManyRequestsApiError
+
+    images = [tuple(f"{n}{i}" for i in range(4)) for n in range(6)]
+    goldens = {imgs: (1, 1, 2, 2) for imgs in images}
+    pool = _SlowFlakyExamPool(
+        [
+            _Assignment(str(n), f"w{n}", "SUBMITTED", list(imgs), [1, 1, 2, 2])
+            for n, imgs in enumerate(images)
+        ],
+        refused={
+            "2": TooManyRequestsApiError(status_code=429, code="TOO_MANY_REQUESTS"),
+            "4": ConflictStateApiError(status_code=409, code="CONFLICT_STATE"),  # reviewed by an earlier run
+        },
+    )
+    state = exam.GatingState.empty()
+    totals = exam.gate_exams(pool, "exam", "skill", goldens, 1, state)  # no exception: the tick goes on
+    assert (totals.accepted, totals.skills_set) == (4, 5)  # "4" is already reviewed: counted, not accepted
+    assert state.reviewed is not None and sorted(state.reviewed) == ["0", "1", "3", "4", "5"]
+    assert [a.status for a in pool.assignments if a.status == "SUBMITTED"] == ["SUBMITTED", "SUBMITTED"]
+    assert "rate limit refused 1 of 6 reviews" in caplog.text
+    pool.refused.clear()
+    pool.assignments[4].status = "ACCEPTED"  # as the earlier run left it
+    assert exam.gate_exams(pool, "exam", "skill", goldens, 1, state).accepted == 1
+    assert {a.status for a in pool.assignments} == {"ACCEPTED"}
+    # Any other error still fails the tick (the wait's retries handle it), after keeping what was done.
+    pool.assignments.append(_Assignment("6", "w6", "SUBMITTED", list(images[0]), [1, 1, 2, 2]))
+    pool.refused["6"] = ConnectionError("review of 6 failed")
+    with pytest.raises(ConnectionError):
+        exam.gate_exams(pool, "exam", "skill", goldens, 1, state)
+
+
+@dataclass
+class _ClosedExamPool:
+    """An exam pool after its close: `pending` answers in hand or unreviewed, one fewer per review,
+    on a platform clock `per_request` seconds ahead at every request."""
+
+    pending: int
+    per_request: float = 0.0
+    clock: float = 1_800_000_000.0
+    open: bool = False
+    reopen_with: list[int] = field(default_factory=list)  # answers taken while a review reopened it
+
+    def review(self) -> None:
+        self.pending = max(0, self.pending - 1)
+        if self.reopen_with:  # a rejection's quality-control rule reopens the pool
+            self.open, self.pending = True, self.pending + self.reopen_with.pop(0)
+
+    def close(self) -> bool:
+        was_open, self.open = self.open, False
+        return was_open
+
+    def get_assignments(self, pool_id: str, status: list[str]) -> list[int]:
+        assert status == ["ACTIVE", "SUBMITTED"]
+        return list(range(self.pending))
+
+    def _raw_request(self, method: str, path: str) -> Any:
+        from email.utils import formatdate
+
+        self.clock += self.per_request
+        return SimpleNamespace(headers={"date": formatdate(self.clock, usegmt=True)})
+
+
+def test_exam_answers_that_arrive_after_the_exam_pool_closed_are_reviewed_before_the_wait_ends():
+    """Closing a pool leaves the assignments in hand running: they were submitted after the last
+    review and stayed unreviewed (5 in a run under a rate limit)."""
+    pool, sleeps = _ClosedExamPool(pending=3), []
+    assert wait.drain_exams(pool.review, pool.close, pool, "exam", 2.0, 600.0, sleep=sleeps.append) == 0
+    assert pool.pending == 0 and sleeps == [2.0, 2.0]
+    # A review that reopened the pool (a late answer rejected) closes it again, and the answers
+    # taken meanwhile get their time: the limit counts from there.
+    reopened = _ClosedExamPool(pending=1, per_request=400.0, reopen_with=[2])
+    assert (
+        wait.drain_exams(reopened.review, reopened.close, reopened, "exam", 2.0, 600.0, sleep=sleeps.append)
+        == 0
+    )
+    assert not reopened.open
+    # The pool's assignment_max_duration_seconds on the platform's clock bounds it (the emulator's
+    # runs 600x): what is left is returned for the warning.
+    slow, reviews = _ClosedExamPool(pending=10, per_request=200.0), []
+    assert (
+        wait.drain_exams(
+            lambda: reviews.append(slow.clock), slow.close, slow, "exam", 2.0, 600.0, sleep=sleeps.append
+        )
+        == 10
+    )
+    # ... after one last review that starts once the limit has passed (answers submitted during
+    # a review that straddled it were left unreviewed).
+    assert [at - 1_800_000_200.0 for at in reviews] == [200.0, 400.0, 600.0]  # since the close
 
 
 @dataclass

@@ -3,7 +3,8 @@
 - 429s the emulator answers above its limit are retried by toloka-kit and never reach the caller;
 - with the hook on and the Prefect rate limit below the emulator's, no request is refused at all;
 - with the hook on and no such limit on the server, the limit is looked up once, not per request;
-- with the hook off (the default outside the service) the client is plain toloka-kit.
+- without the service's hook a run throttles in its process at `CROWDCLUST_TOLOKA_RATES` (sandbox and
+  production by default), and with no rate for its environment the client is plain toloka-kit.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from tasks.params import TolokaTarget
 from tasks.toloka_api import RateLimitedClient, make_client
 
 
-def _client(emu: Any, monkeypatch: pytest.MonkeyPatch, hook: bool) -> Any:
+def _client(emu: Any, monkeypatch: pytest.MonkeyPatch, hook: bool, rates: str = "") -> Any:
     monkeypatch.setenv("TOLOKA_TOKEN", emu.token)
     monkeypatch.delenv("CROWDCLUST_LOCAL_URL", raising=False)
     monkeypatch.setenv("CROWDCLUST_TOLOKA_RATE_LIMIT", "true" if hook else "false")
+    monkeypatch.setenv("CROWDCLUST_TOLOKA_RATES", rates)
     toloka_rate._missing.forget()
     return make_client(TolokaTarget(environment="local", url=emu.url))
 
@@ -95,3 +97,42 @@ def test_missing_limit_is_looked_up_once(
         client = _client(emu, monkeypatch, hook=True)
         _hammer(client, 10)
     assert lookups == ["toloka-api-local"]
+
+
+def test_a_run_without_the_service_keeps_under_the_rate_it_is_given(
+    emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crowdclust run` and `make demo` have no Prefect limits: the exam gating's 8 threads met a
+    limit of 10/s at once, and toloka-kit's retries (4 s, then 8 s) left about one request a second."""
+    with emulator_factory(rate_limit=10.0) as emu:
+        client = _client(emu, monkeypatch, hook=False, rates="local=8")
+        assert isinstance(client, RateLimitedClient)
+        seconds = _hammer(client, 32, threads=8)
+        peak, refused = _rate(emu)
+    assert refused == 0, f"the emulator refused {refused} requests: the process's limit did not hold"
+    assert peak <= 8
+    print(f"32 requests through the process's rate limit (8 in any second): {seconds:.1f} s")
+
+
+def test_the_process_bucket_admits_a_burst_then_the_rest_of_the_rate() -> None:
+    now = [0.0]
+    bucket = toloka_rate.Bucket(10.0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    sent = []
+    for _ in range(40):
+        bucket.acquire()
+        sent.append(now[0])
+    assert max(sum(1 for t in sent if start <= t < start + 1.0) for start in sent) <= 10
+    assert sent[1] == 0.0 and sent[2] > 0  # a burst of 2, then 8 a second
+    assert sent[-1] == pytest.approx((40 - 2) / 8)
+
+
+def test_rates_name_what_is_wrong() -> None:
+    assert toloka_rate.parse_rates("local=8, production=20") == {
+        "local": 8.0,
+        "sandbox": 10.0,
+        "production": 20.0,
+    }
+    with pytest.raises(ValueError, match="unknown Toloka environment 'prod'"):
+        toloka_rate.parse_rates("prod=5")
+    with pytest.raises(ValueError, match="'local=fast': expected ENV=REQUESTS_PER_SECOND"):
+        toloka_rate.parse_rates("local=fast")

@@ -40,21 +40,15 @@ def _config(state_dir: Path | None, **explicit: object) -> ServiceConfig:
 
 
 def _rates(text: str | None) -> dict[str, float] | None:
-    """`local=50,production=10` -> {"local": 50.0, "production": 10.0}."""
+    """`local=50,production=10` -> {"local": 50.0, "production": 10.0, "sandbox": 10.0}."""
     if not text:
         return None
-    from crowdclust.service.config import DEFAULT_RATES
+    from tasks.toloka_rate import parse_rates
 
-    rates = dict(DEFAULT_RATES)
-    for part in text.split(","):
-        env, _, value = part.partition("=")
-        if env.strip() not in rates:
-            raise typer.BadParameter(f"unknown Toloka environment {env.strip()!r} in {text!r}")
-        try:
-            rates[env.strip()] = float(value)
-        except ValueError:
-            raise typer.BadParameter(f"{part!r}: expected ENV=REQUESTS_PER_SECOND") from None
-    return rates
+    try:
+        return parse_rates(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crowdclust.runtime import HEARTBEAT_SECONDS
+from tasks.toloka_rate import DEFAULT_RATES
 
 REPO = Path(__file__).resolve().parent.parent.parent
 WORK_POOL = "crowdclust"
@@ -26,9 +27,6 @@ TOKEN_ENV = "CROWDCLUST_EMULATOR_TOKEN"  # the emulator reads its token from her
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is served read-only
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
 RATE_LIMIT_ENV = "CROWDCLUST_TOLOKA_RATE_LIMIT"  # on: every Toloka request takes a rate-limit slot
-# Toloka requests per second per environment; 0 = not throttled (the local emulator, unless it has
-# its own per-token limit: see deployer.limits).
-DEFAULT_RATES = {"local": 0.0, "sandbox": 10.0, "production": 10.0}
 
 Profile = Literal["sqlite", "postgres"]
 
