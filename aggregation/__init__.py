@@ -2,7 +2,8 @@
 
 Public API (the pipeline and the CLI use only these names):
 
-- `read_export(source, strict=True) -> ExportReading` and `ExportFormatError`
+- `read_export(source, strict=True) -> ExportReading` and `ExportFormatError`; `load_export(path)`,
+  the export file as a frame of its cells' text (what `read_export` reads a path with)
 - `CrowdClustering` (the Gomes et al. model) and `CoAssociationClustering` (the baseline); both
   have `labels_` and `confidence_` (each item's probability of its cluster under the model, with
   the answers resampled, `aggregation.confidence`, and the rest of its linked piece moved as a block,
@@ -34,7 +35,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from aggregation.adapter import ExportFormatError, ExportReading, read_export
+    from aggregation.adapter import ExportFormatError, ExportReading, load_export, read_export
     from aggregation.design import DesignInformation, design_for, design_information
     from aggregation.dissent import Dissent, find_dissent
     from aggregation.estimators import (
@@ -55,6 +56,7 @@ _HOME = {
     "ExportFormatError": "adapter",
     "ExportReading": "adapter",
     "read_export": "adapter",
+    "load_export": "adapter",
     "DesignInformation": "design",
     "design_for": "design",
     "design_information": "design",
@@ -104,6 +106,7 @@ __all__ = [
     "followup_crowd",
     "generate_crowd",
     "least_certain",
+    "load_export",
     "read_export",
     "single_item_clusters",
     "worker_quality",

@@ -22,7 +22,7 @@ import pandas as pd
 
 from aggregation.pairs import REQUIRED
 
-__all__ = ["ExportFormatError", "ExportReading", "read_export"]
+__all__ = ["ExportFormatError", "ExportReading", "load_export", "read_export"]
 
 IMAGES = "INPUT:images"
 RESULT = "OUTPUT:result"
@@ -122,8 +122,17 @@ def _parse_row(images_cell: object, result_cell: object, worker: object) -> list
 
 
 def _load_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    if isinstance(source, pd.DataFrame):
-        return source
+    return source if isinstance(source, pd.DataFrame) else load_export(source)
+
+
+def load_export(source: str | os.PathLike) -> pd.DataFrame:
+    """An export TSV as a frame of strings (empty cells NaN), the one way every reader loads it.
+
+    Every cell stays the text of the file: a plain `pd.read_csv` turns a worker id `0019` into the
+    number 19, the same worker as `19`, so the pipeline's flows counted fewer workers than
+    `crowdclust aggregate` on the same file. Raises `ExportFormatError` (without the file name,
+    which the caller adds) for a missing, empty, unreadable or cut-short file.
+    """
     path = Path(source)
     if not path.is_file():  # the caller names the file, as for every other error of its reading
         raise ExportFormatError("is a directory, not an export file" if path.is_dir() else "no such file")

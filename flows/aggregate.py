@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from flows.run_names import by_run_folder
 from tasks import aggregate as agg
 from tasks import dataset as ds
-from tasks import results, thumbnails
+from tasks import export_format, results, thumbnails
 from tasks.params import AggregationParams, PipelineParams, TolokaTarget
 from tasks.run_folder import RunFolder
 from tasks.stages import Aggregated
@@ -57,7 +57,7 @@ def aggregate_export(
         frame = results.export_task(target, pool_id, now)
         folder.write_export(frame, "main")
     elif export is not None:
-        frame = pd.read_csv(export, sep="\t")
+        frame = export_format.read_export_file(export)
     else:
         raise ValueError("aggregate_export needs `export` (a TSV path) or `pool_id`")
     result = agg.aggregate_task(frame, aggregation or AggregationParams(), seed)

@@ -9,7 +9,6 @@ Entry point for deployments: `flows/pipeline.py:crowdclust_pipeline`.
 
 from __future__ import annotations
 
-import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_export
@@ -17,7 +16,7 @@ from flows.evaluate import evaluate_clusters
 from flows.hooks import CLOSES_POOLS
 from flows.labelling import labelling
 from flows.second_round import second_round
-from tasks import budget, report
+from tasks import budget, export_format, report
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
@@ -45,7 +44,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     second, done = None, None
     if params.hits.second_round_share > 0:
         with clock.lap("second round"):
-            first = [pd.read_csv(labelled.export_path, sep="\t")]
+            first = [export_format.read_export_file(labelled.export_path)]
             done = second_round(
                 params, labelled.run_key, first, aggregated, folder, share_of=int(aggregated.clusters.size)
             )

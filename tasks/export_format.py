@@ -8,9 +8,12 @@ array_json without the brackets (`"a","b"`), so every reader parses them with `p
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pandas as pd
+
+import aggregation
 
 IMAGES = "INPUT:images"
 RESULT = "OUTPUT:result"
@@ -35,3 +38,16 @@ def parse_array_cell(cell: Any) -> list[Any]:
 def n_assignments(export: pd.DataFrame) -> int:
     """Accepted assignments in an export (one row per task; an empty export may have no columns)."""
     return int(export[ASSIGNMENT].nunique()) if len(export) else 0
+
+
+def read_export_file(path: str | os.PathLike) -> pd.DataFrame:
+    """An export TSV from disk, read as `crowdclust aggregate` reads it (`aggregation.load_export`).
+
+    Every flow that reads an export back from a file goes through here: `pd.read_csv` with its
+    defaults turned worker ids such as `0019` into numbers (the same worker as `19`), so a flow
+    counted other workers, and clustered other answers, than the command on the same file.
+    """
+    try:
+        return aggregation.load_export(path)
+    except aggregation.ExportFormatError as exc:
+        raise aggregation.ExportFormatError(f"{path}: {exc}") from None

@@ -680,3 +680,42 @@ def test_an_evaluation_started_on_its_own_leaves_the_runs_files_and_writes_its_o
         )
     table = json.loads(found[-1].data) if isinstance(found[-1].data, str) else found[-1].data
     assert {"metric": "cost_spent", "value": f"${result.spent:,.2f}"} in table
+
+
+def test_the_aggregate_flow_reads_an_export_as_the_command_does(prefect_harness, tmp_path):
+    """Worker ids `0019` and `19` are two workers for the flow as for `crowdclust aggregate`.
+
+    The flow read the file with a plain `pd.read_csv`, which made both the number 19: one worker
+    fewer than the command counted, and other clusters when their answers disagree.
+    """
+    import subprocess
+    import sys
+
+    from aggregation import generate_crowd
+    from flows.aggregate import aggregate_export
+    from tasks.params import AggregationParams
+
+    crowd = generate_crowd(40, 4, seed=5)
+    workers = sorted(crowd.export["ASSIGNMENT:worker_id"].unique())
+    # Every worker id numeric-looking; two of them differ only by leading zeros.
+    numeric = {worker: f"{k:04d}" for k, worker in enumerate(workers)}
+    numeric[workers[1]] = "0"
+    crowd.export["ASSIGNMENT:worker_id"] = crowd.export["ASSIGNMENT:worker_id"].map(numeric)
+    export = tmp_path / "export.tsv"
+    crowd.write_export(export)
+
+    result = aggregate_export(
+        out_dir=tmp_path / "flow", export=export, aggregation=AggregationParams(method="coassociation")
+    )
+    args = [str(export), "-o", str(tmp_path / "cli.csv"), "--method", "coassociation"]
+    command = subprocess.run(
+        [sys.executable, "-m", "crowdclust.cli", "aggregate", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert command.returncode == 0, command.stderr
+    assert f"workers     {len(workers):,}" in command.stdout
+    assert result.info.n_workers == len(workers)
+    cli = pd.read_csv(tmp_path / "cli.csv").set_index("item")["cluster"]
+    assert result.clusters.reindex(cli.index).tolist() == cli.tolist()
