@@ -111,14 +111,32 @@ def _parse_row(images_cell: object, result_cell: object, worker: object) -> list
         raise _RowError(f"{IMAGES} holds no images")
     if len(images) != len(results):
         raise _RowError(f"{RESULT} has {len(results)} groups but {IMAGES} has {len(images)} images")
+    shown = [_image_name(image, f"{IMAGES} element {position + 1}") for position, image in enumerate(images)]
     pairs = []
-    for position, (image, obj) in enumerate(zip(images, results, strict=True)):
+    for position, (image, obj) in enumerate(zip(shown, results, strict=True)):
         group = _parse_group(obj, position)
-        item = obj.get("image", image) if isinstance(obj, dict) else image
-        if not isinstance(item, str) or not item:
-            raise _RowError(f"image {position + 1} is not a non-empty string: {item!r}")
+        item = image
+        if isinstance(obj, dict) and "image" in obj:
+            item = _image_name(obj["image"], f"{RESULT} element {position + 1}")
+            if item not in shown:
+                raise _RowError(
+                    f"{RESULT} element {position + 1} names image {item}, which the row's {IMAGES} "
+                    "does not show: an answer can only group the images of its HIT"
+                )
         pairs.append((item, group))
     return pairs
+
+
+def _image_name(value: object, where: str) -> str:
+    """An image's name without surrounding whitespace, or the reason it is not one.
+
+    Stripped because a space pasted before a URL (` https://.../1.jpg`) made a second item of the
+    same image; the output names the image as stripped, the same in `INPUT:images` and an answer's
+    `image` key.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise _RowError(f"{where} is not a non-empty image name: {value!r}")
+    return value.strip()
 
 
 def _load_frame(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
@@ -191,9 +209,16 @@ def _json_groups(
     if not all(type(obj) is dict and type(obj.get("group")) is int for obj in objects):
         return None
     if any("image" in obj for obj in objects):
-        items = [obj.get("image", item) for obj, item in zip(objects, items, strict=True)]
-        if not all(type(item) is str and item for item in items):
+        named = [obj.get("image", item) for obj, item in zip(objects, items, strict=True)]
+        if not all(type(item) is str and item for item in named):
             return None
+        ends = np.cumsum(lengths).tolist()
+        if any(
+            not set(named[end - n : end]) <= set(items[end - n : end])
+            for end, n in zip(ends, lengths.tolist(), strict=True)
+        ):
+            return None  # an image the row does not show: the row-by-row reader names it
+        items = named
     groups = [obj["group"] for obj in objects]
     if not all(INT64_MIN <= group <= INT64_MAX for group in groups):
         return None  # the row-by-row reader names the row
@@ -241,9 +266,16 @@ def _read_fast(frame: pd.DataFrame, task_column: str) -> pd.DataFrame | None:
     except (ValueError, AttributeError, TypeError):
         return None
     # One string object per image rather than one per answer that shows it (about 70 at the shoes
-    # design): the frame is kept for the whole command.
-    one_each: dict[str, str] = {}
-    items = [one_each.setdefault(item, item) for item in items]
+    # design): the frame is kept for the whole command. Names are stripped of surrounding
+    # whitespace (`_image_name`), once per distinct name.
+    names: dict[str, str] = {}  # stripped name -> its one string object
+    one_each: dict[str, str] = {}  # name as written -> that object
+    for item in dict.fromkeys(items):
+        name = item.strip()
+        if not name:
+            return None
+        one_each[item] = names.setdefault(name, name)
+    items = [one_each[item] for item in items]
     labels = pd.DataFrame(
         {
             "task": np.repeat(frame[task_column].to_numpy(dtype=object), lengths),

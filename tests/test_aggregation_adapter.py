@@ -113,6 +113,14 @@ def test_synthetic_export_round_trip(tmp_path):
             ('"u1","u2"', '{"group":1},{"group":2}', "", "", "w1", ""),
             "!row 2: empty cell in ASSIGNMENT:task_suite_id",
         ),
+        (
+            ('"u1","u2"', '{"group":1},{"group":2,"image":"u9"}', "", "a7", "w1"),
+            "OUTPUT:result element 2 names image u9, which the row's INPUT:images does not show",
+        ),
+        (
+            ('"u1"," "', '{"group":1},{"group":2}', "", "a7", "w1"),
+            "INPUT:images element 2 is not a non-empty",
+        ),
     ],
 )
 def test_each_bad_row_is_named(tmp_path, row, message):
@@ -147,6 +155,37 @@ def test_plain_group_cells_read_as_json_would(tmp_path):
         '{"group":1000000000000000000}'
     )
     assert read_export(_write(tmp_path / "j.tsv", mixed)).labels.equals(labels)
+
+
+def test_an_image_an_answer_names_must_be_one_its_row_shows(tmp_path):
+    """An `image` key naming an image outside the row's INPUT:images stops the reading, naming the row,
+    the assignment and the image; before, it was clustered as one more item (`items 83` of 82)."""
+    rows = [
+        ('"u1","u2","u3"', '[{"group":1},{"group":1},{"group":2}]', "", "a1", "w1"),
+        ('"u1","u2","u3"', '[{"group":1},{"group":1},{"group":2,"image":"NOT_IN_HIT"}]', "", "a2", "w2"),
+    ]
+    path = _write(tmp_path / "e.tsv", rows)
+    with pytest.raises(ExportFormatError, match=r"^row 2 \(assignment a2\): .* names image NOT_IN_HIT"):
+        read_export(path)
+    lenient = read_export(path, strict=False)
+    assert set(lenient.labels["item"]) == {"u1", "u2", "u3"} and len(lenient.problems) == 1
+
+
+def test_image_names_are_stripped_of_surrounding_whitespace(tmp_path):
+    """` u1` (a space pasted before a URL) is the image u1, in INPUT:images as in an `image` key,
+    on the fast path and the row-by-row one; before, it was a second item."""
+    rows = [
+        ('" u1","u2","u3"', '{"group":1},{"group":1},{"group":2}', "", "a1", "w1"),
+        ('"u1","u2 ","u3"', '{"group":1},{"group":2},{"group":2}', "", "a2", "w2"),
+    ]
+    fast = read_export(_write(tmp_path / "f.tsv", rows)).labels
+    assert fast["item"].tolist() == ["u1", "u2", "u3"] * 2
+    keyed = [
+        *rows,
+        ('"u1","u2","u3"', '[{"group":1},{"group":"2","image":" u2"},{"group":2}]', "", "a3", "w3"),
+    ]
+    slow = read_export(_write(tmp_path / "s.tsv", keyed)).labels
+    assert slow["item"].tolist() == ["u1", "u2", "u3"] * 3
 
 
 def test_item_twice_across_rows_of_one_assignment(tmp_path):
