@@ -376,9 +376,17 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     problems: list[str] = []
     records: list[tuple[str, str, str, int]] = []
     seen: dict[tuple[str, str], tuple[object, set[str]]] = {}  # (first assignment, items) per (task, worker)
+    rows_seen: dict[tuple[object, ...], int] = {}  # each row's cells -> the first row that has them
     for row, images, result, worker, assignment, task in zip(numbers.tolist(), *columns, strict=True):
         where = f"row {row}" + ("" if _is_empty(assignment) else f" (assignment {assignment})")
         try:
+            # A row pasted twice is named as such, not as an image shown twice in one assignment.
+            first_row = rows_seen.setdefault((images, result, worker, assignment, task), row)
+            if first_row != row and not _is_empty(assignment):
+                raise _RowError(
+                    f"repeats row {first_row}: the same row of assignment {assignment} twice "
+                    "(an export holds each task of an assignment once); remove one of them"
+                )
             pairs = _parse_row(images, result, worker)
             if _is_empty(task):
                 raise _RowError(f"empty cell in {task_column}")

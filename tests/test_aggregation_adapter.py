@@ -188,6 +188,20 @@ def test_image_names_are_stripped_of_surrounding_whitespace(tmp_path):
     assert slow["item"].tolist() == ["u1", "u2", "u3"] * 3
 
 
+def test_a_row_given_twice_is_named_as_a_repeat_of_its_first(tmp_path):
+    """The same row pasted twice names the row it repeats, not an image shown twice."""
+    rows = [
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a1", "w1", "s1"),
+        ('"u1","u2"', '{"group":1},{"group":1}', "", "a2", "w2", "s1"),
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a1", "w1", "s1"),
+    ]
+    path = _write(tmp_path / "e.tsv", rows, [*COLUMNS, "ASSIGNMENT:task_suite_id"])
+    with pytest.raises(ExportFormatError, match=r"^row 3 \(assignment a1\): repeats row 1: the same row"):
+        read_export(path)
+    lenient = read_export(path, strict=False)
+    assert len(lenient.labels) == 4 and lenient.problems[0].startswith("row 3 (assignment a1): repeats row 1")
+
+
 def test_item_twice_across_rows_of_one_assignment(tmp_path):
     rows = [
         ('"u1","u2"', '{"group":1},{"group":2}', "", "a1", "w1", "s1"),
