@@ -320,6 +320,17 @@ def _task_column(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, str | None]:
     7 answers each read as 70 HITs of one answer, and so did the design advice and the held-out
     folds, which are dealt by HIT.
     """
+    if TASK in frame.columns and SUITE in frame.columns and _one_image_per_task(frame):
+        note = (
+            f"every task shows one image ({IMAGES}), so the tasks of one suite are read as one HIT "
+            f"({SUITE}): an assignment is a worker's answer to its suite"
+        )
+        return frame, SUITE, note
+    if TASK in frame.columns and SUITE not in frame.columns and _one_image_each(frame):
+        raise ExportFormatError(
+            f"every task shows one image ({IMAGES}), and the export has no {SUITE} to tell which tasks "
+            "a worker answered together, so no answer compares two images: export the suite ids too"
+        )
     for column in (TASK, SUITE):
         if column in frame.columns:
             return frame, column, None
@@ -328,6 +339,28 @@ def _task_column(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, str | None]:
         f"({IMAGES}) are read as answers to one HIT"
     )
     return frame.assign(**{SHOWN: frame[IMAGES].map(_hit_of)}), SHOWN, note
+
+
+def _one_image_per_task(frame: pd.DataFrame) -> bool:
+    """True when a suite has several tasks and no task shows two or more images.
+
+    Such a task cannot be grouped on its own: the worker groups the images of the whole suite (one
+    image per task, ten tasks per suite), so its group numbers are comparable across the suite's
+    tasks. Read by task id, no answer held two images and the command stopped for want of pairwise
+    labels. Only looked at when there are more tasks than suites (the images parsed once more).
+    """
+    return frame[TASK].nunique() > frame[SUITE].nunique() and _one_image_each(frame)
+
+
+def _one_image_each(frame: pd.DataFrame) -> bool:
+    """True when no readable row shows two or more images."""
+    sizes = []
+    for cell in frame[IMAGES].dropna().tolist():
+        try:
+            sizes.append(len(_parse_array(str(cell), IMAGES)))
+        except _RowError:
+            continue  # a bad row is named by the reader
+    return bool(sizes) and max(sizes) == 1
 
 
 def _separator_hint(frame: pd.DataFrame) -> str:
@@ -350,7 +383,8 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     Strict mode raises `ExportFormatError` on the first bad row; lenient mode skips bad rows and
     lists them in `ExportReading.problems`. The task id is the first of `ASSIGNMENT:task_id`,
     `ASSIGNMENT:task_suite_id` that the export has (so several workers' answers to one HIT share a
-    task), else the HIT's images. Group numbers are local to one (task, worker): if an export without
+    task), else the HIT's images; the suite id when a suite's tasks show one image each.
+    Group numbers are local to one (task, worker): if an export without
     task ids held several tasks per suite, their rows would be read as one grouping (the seed design
     has one task, holding all images, per suite). Rows of rejected, skipped or expired assignments
     (`ASSIGNMENT:status`) are left out, and `ExportReading.notes` says so.

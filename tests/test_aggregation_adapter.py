@@ -74,6 +74,38 @@ def test_task_id_then_suite_id_then_assignment_id(tmp_path):
     assert set(labels["task"]) == {"t5"}
 
 
+def test_tasks_of_one_image_are_read_as_their_suite(tmp_path):
+    """Ten tasks of one image per suite: each suite is a HIT, each worker's answer to it one grouping.
+
+    Read by task id, no answer held two images and the command stopped for want of pairwise labels.
+    Without the suite id there is no telling which tasks a worker answered together: a clear error.
+    """
+    columns = ["INPUT:images", "OUTPUT:result", "ASSIGNMENT:assignment_id", "ASSIGNMENT:worker_id"]
+    groups = {"u1": 1, "u2": 1, "u3": 2}
+    rows = [
+        (f'"{image}"', f'{{"group":{group}}}', f"s1--{worker}", worker, "s1", f"s1-t{k}")
+        for worker in ("w1", "w2")
+        for k, (image, group) in enumerate(groups.items())
+    ]
+    reading = read_export(
+        _write(tmp_path / "t.tsv", rows, [*columns, "ASSIGNMENT:task_suite_id", "ASSIGNMENT:task_id"])
+    )
+    assert set(reading.labels["task"]) == {"s1"}
+    assert reading.labels.groupby("worker")["item"].apply(list).to_dict() == {
+        "w1": ["u1", "u2", "u3"],
+        "w2": ["u1", "u2", "u3"],
+    }
+    assert reading.notes == [
+        "every task shows one image (INPUT:images), so the tasks of one suite are read as one HIT "
+        "(ASSIGNMENT:task_suite_id): an assignment is a worker's answer to its suite"
+    ]
+    no_suite = _write(tmp_path / "n.tsv", [(*r[:4], r[5]) for r in rows], [*columns, "ASSIGNMENT:task_id"])
+    with pytest.raises(
+        ExportFormatError, match=r"^every task shows one image .* no ASSIGNMENT:task_suite_id"
+    ):
+        read_export(no_suite)
+
+
 def test_synthetic_export_round_trip(tmp_path):
     crowd = generate_crowd(n_items=30, n_classes=4, seed=2, result_encoding="mixed")
     crowd.write_export(tmp_path / "e.tsv")
