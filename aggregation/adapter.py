@@ -54,12 +54,15 @@ class ExportReading:
     `labels` has one row per (assignment, image); `problems` lists the rows skipped in lenient
     mode (empty in strict mode, where the first problem raises instead); `notes` say how the export
     was read where a user could not tell (rows of rejected assignments left out, HITs told apart by
-    their images for want of a task id).
+    their images for want of a task id). `unanswered` lists, sorted, the images that only rows left
+    out (not answers) or skipped (lenient mode) show: they have no label, so no clustering places
+    them, and before they vanished without a word, though they are the ones to send again.
     """
 
     labels: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)
 
 
 def _is_empty(cell: object) -> bool:
@@ -305,6 +308,25 @@ def _answers(frame: pd.DataFrame) -> tuple[np.ndarray, str | None]:
     return ~left_out, f"left out {int(left_out.sum()):,} rows that are not answers ({STATUS}: {named})"
 
 
+def _shown(cells: list[object]) -> set[str]:
+    """The images that rows' `INPUT:images` cells show (stripped; unreadable cells give none)."""
+    images: set[str] = set()
+    for cell in cells:
+        if _is_empty(cell):
+            continue
+        try:
+            names = _parse_array(str(cell), IMAGES)
+        except _RowError:
+            continue
+        images.update(name.strip() for name in names if isinstance(name, str) and name.strip())
+    return images
+
+
+def _unanswered(shown: set[str], labels: pd.DataFrame) -> list[str]:
+    """The images of `shown` that no label has, sorted."""
+    return sorted(shown - set(labels["item"].unique())) if shown else []
+
+
 def _hit_of(cell: object) -> str | None:
     """A task id for an export without one: the HIT is what it shows, so rows with the same images
     are answers to one HIT. A digest, not a running number, so that two exports' ids never clash."""
@@ -397,6 +419,7 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
         raise ExportFormatError("export has no rows (empty input)")
 
     answers, left_out = _answers(frame)
+    shown_elsewhere = _shown(frame.loc[~answers, IMAGES].tolist()) if left_out else set()
     numbers = np.flatnonzero(answers) + 1  # the rows as the file numbers them, the header not counted
     frame = frame[answers]
     frame, task_column, derived = _task_column(frame)
@@ -405,7 +428,7 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
         raise ExportFormatError(f"export has no answers: {left_out}")
     fast = _read_fast(frame, task_column)
     if fast is not None:
-        return ExportReading(labels=fast, notes=notes)
+        return ExportReading(labels=fast, notes=notes, unanswered=_unanswered(shown_elsewhere, fast))
     columns = [frame[c].tolist() for c in (IMAGES, RESULT, WORKER, ASSIGNMENT, task_column)]
     problems: list[str] = []
     records: list[tuple[str, str, str, int]] = []
@@ -440,6 +463,7 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
             if strict:
                 raise ExportFormatError(f"{where}: {exc}") from None
             problems.append(f"{where}: {exc}")
+            shown_elsewhere |= _shown([images])
             continue
         records.extend((str(task), str(worker), item, group) for item, group in pairs)
 
@@ -448,4 +472,5 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
         raise ExportFormatError(f"export has no usable rows{detail}")
     labels = pd.DataFrame.from_records(records, columns=list(REQUIRED))
     labels["label"] = labels["label"].astype(np.int64)
-    return ExportReading(labels=labels, problems=problems, notes=notes)
+    unanswered = _unanswered(shown_elsewhere, labels)
+    return ExportReading(labels=labels, problems=problems, notes=notes, unanswered=unanswered)

@@ -296,6 +296,19 @@ def test_rejected_skipped_and_expired_assignments_are_left_out_and_rows_keep_the
         read_export(_write(tmp_path / "r.tsv", rows[1:2], columns))
 
 
+def test_images_only_rows_left_out_or_skipped_show_are_listed_as_unanswered(tmp_path):
+    """u9 is shown only by a rejected answer, u8 only by a bad row: no label places them."""
+    columns = [*COLUMNS, "ASSIGNMENT:status"]
+    rows = [
+        (*GOOD[0], "ACCEPTED"),
+        ('"u9","u1"', '{"group":1},{"group":2}', "", "a8", "w3", "REJECTED"),
+        ('"u8","u2"', "not json", "", "a9", "w4", "ACCEPTED"),
+    ]
+    path = _write(tmp_path / "e.tsv", rows, columns)
+    assert read_export(_write(tmp_path / "r.tsv", rows[:2], columns)).unanswered == ["u9"]
+    assert read_export(path, strict=False).unanswered == ["u8", "u9"]
+
+
 def test_missing_column(tmp_path):
     path = _write(tmp_path / "e.tsv", [r[:4] for r in GOOD], COLUMNS[:4])
     with pytest.raises(ExportFormatError, match=r"lacks column.*ASSIGNMENT:worker_id"):

@@ -411,3 +411,39 @@ def test_answers_of_one_group_each_are_warned_about_and_no_worker_is_blamed(tmp_
     line = next(line for line in done.stdout.splitlines() if line.startswith("workers"))
     assert line.split() == ["workers", str(frame["ASSIGNMENT:worker_id"].nunique())]
     assert pd.read_csv(tmp_path / "w.csv")["informedness"].isna().all()
+
+
+def test_images_no_answer_is_left_for_are_named_and_written(export, tmp_path):
+    """Images shown only by rejected assignments or by skipped bad rows are in no cluster: the
+    command warns with their number and names, counts them in the summary and writes them all
+    with --unanswered-output. Before, they vanished without a word."""
+    full = pd.read_csv(export / "export.tsv", sep="\t", dtype=str, keep_default_na=False)
+    extra = full.iloc[:3].copy()
+    extra["INPUT:images"] = ['"NEW1","NEW2"', '"NEW1","NEW2"', '"NEW3"']
+    extra["OUTPUT:result"] = ['{"group":1},{"group":2}', '{"group":1},{"group":1}', "not json"]
+    extra["ASSIGNMENT:status"] = ["REJECTED", "REJECTED", "APPROVED"]
+    extra["ASSIGNMENT:task_suite_id"] = ["new-a", "new-a", "new-b"]
+    extra["ASSIGNMENT:assignment_id"] = ["new-a--1", "new-a--2", "new-b--1"]
+    pd.concat([full, extra]).to_csv(tmp_path / "e.tsv", sep="\t", index=False)
+    listed = tmp_path / "unanswered.csv"
+    args = [tmp_path / "e.tsv", "-o", tmp_path / "c.csv", "--lenient", "--truth", export / "truth.csv"]
+    result = _run([*args, "--unanswered-output", listed])
+    assert result.returncode == 0, result.stderr
+    assert "unanswered  3 images of the export with no answer left, in no cluster" in result.stdout
+    assert "warning: 3 images of the export have no answer left" in result.stderr
+    assert "in no cluster: NEW1, NEW2, NEW3. Send them again." in result.stderr
+    assert pd.read_csv(listed)["item"].tolist() == ["NEW1", "NEW2", "NEW3"]
+    assert not {"NEW1", "NEW2", "NEW3"} & set(pd.read_csv(tmp_path / "c.csv")["item"])
+    # A truth file that only half overlaps says how much of each side the other lacks.
+    truth = pd.read_csv(export / "truth.csv")
+    half = pd.concat([truth.iloc[:40], pd.DataFrame({"item": ["ELSEWHERE"], "class": [0]})])
+    half.to_csv(tmp_path / "half.csv", index=False)
+    partial = _run(
+        [tmp_path / "e.tsv", "-o", tmp_path / "c.csv", "--lenient", "--truth", tmp_path / "half.csv"]
+    )
+    assert partial.returncode == 0, partial.stderr
+    assert "; --unanswered-output writes them all." in partial.stderr
+    assert (
+        "truth       40 items in common; 42 clustered without a class in the truth file; "
+        "1 of its items not clustered" in partial.stdout
+    )

@@ -165,6 +165,14 @@ def aggregate(
             "sensitivity, specificity, informedness, ...), least informed first: the workers to block."
         ),
     ] = None,
+    unanswered_output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the images of the export(s) that no answer is left for (one column, item): "
+            "those shown only by rejected, skipped or expired assignments or by skipped bad rows, "
+            "to send again."
+        ),
+    ] = None,
     recheck_output: Annotated[
         Path | None,
         typer.Option(
@@ -179,7 +187,9 @@ def aggregate(
     if not 0 <= seed <= MAX_SEED:
         # Checked here rather than with typer's min/max: one `error:` line like every other bad input.
         _fail(f"--seed {seed}: must be from 0 to 2**64 - 1")
-    _check_writable([output, dissent_output, dissent_workers, recheck_output, workers_output])
+    _check_writable(
+        [output, dissent_output, dissent_workers, recheck_output, workers_output, unanswered_output]
+    )
     from aggregation.startup import lean_imports
 
     lean_imports()  # pandas and numba without pyarrow, scipy.linalg and cffi (a third of the start-up)
@@ -198,12 +208,11 @@ def aggregate(
     from aggregation.recheck import find_recheck
     from aggregation.workers import answers_per_worker, worker_quality
 
-    labels, problems = _read_exports(exports, lenient, read_export, ExportFormatError)
+    labels, problems, unanswered = _read_exports(exports, lenient, read_export, ExportFormatError)
+    exported = "the export" if len(exports) == 1 else "the exports"
     truth_series = _read_truth(truth) if truth is not None else None
     if truth is not None:
-        _check_truth_items(
-            truth, truth_series, labels["item"], "the export" if len(exports) == 1 else "the exports"
-        )
+        _check_truth_items(truth, truth_series, labels["item"], exported)
     for problem in problems[:10]:
         print(f"skipped {problem}", file=sys.stderr)
     if len(problems) > 10:
@@ -247,6 +256,14 @@ def aggregate(
         _write_workers(quality, answers_per_worker(model.pairs_), dissent, workers_output)
     notes = [f"{singles:,} of them a single item"] if singles else []
     notes += [f"{doubtful:,} of several items with a mean confidence below 0.5"] if doubtful else []
+    if unanswered_output is not None:
+        import pandas as pd
+
+        try:
+            unanswered_output.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame({"item": unanswered}).to_csv(unanswered_output, index=False)
+        except OSError as exc:
+            _fail(f"cannot write {unanswered_output}: {exc}")
     if recheck_output is not None:
         try:
             recheck_output.parent.mkdir(parents=True, exist_ok=True)
@@ -273,17 +290,33 @@ def aggregate(
         f"dissent     {_dissent_line(dissent, method)}",
         f"recheck     {recheck.summary()}",
         f"skipped     {_n(len(problems), 'row')}",
+        f"unanswered  {_n(len(unanswered), 'image')} of {exported} with no answer left, in no cluster",
         f"seconds     {time.perf_counter() - started:.2f} (fit {model.fit_seconds_:.2f})",
         f"output      {'standard output' if to_stdout else output}",
     ]
     if truth_series is not None:
         scores = clustering_scores(clusters, truth_series)
-        lines.append(f"truth       {_n(int(scores.pop('n_items')), 'item')} in common")
+        untrue = int((~clusters.index.isin(truth_series.index)).sum())
+        unclustered = int((~truth_series.index.isin(clusters.index)).sum())
+        lines.append(
+            f"truth       {_n(int(scores.pop('n_items')), 'item')} in common; {untrue:,} clustered "
+            f"without a class in the truth file; {unclustered:,} of its items not clustered"
+        )
         calibration = confidence_scores(clusters, model.confidence_, truth_series)
         scores |= {f"confidence_{name}": value for name, value in calibration.items()}
         lines += [f"{name:<20}{value:.4f}" for name, value in scores.items()]
     # With `-o -` the CSV has standard output to itself, so that it can be piped.
     print("\n".join(lines), file=sys.stderr if to_stdout else sys.stdout)
+    if unanswered:
+        hint = "" if unanswered_output else "; --unanswered-output writes them all"
+        one = len(unanswered) == 1
+        print(
+            f"warning: {_n(len(unanswered), 'image')} of {exported} {'has' if one else 'have'} no answer "
+            "left (shown only by rejected, skipped or expired assignments or by skipped rows) "
+            f"and {'is' if one else 'are'} in no cluster: "
+            f"{', '.join(unanswered[:5])}{', ...' if len(unanswered) > 5 else ''}. Send them again{hint}.",
+            file=sys.stderr,
+        )
     if alone > UNANCHORED_WARNING * clusters.size:
         print(
             f"warning: {alone:,} of {clusters.size:,} images ({alone / clusters.size:.0%}) were grouped "
@@ -315,14 +348,15 @@ def aggregate(
 
 
 def _read_exports(exports: list[Path], lenient: bool, read_export, format_error) -> tuple:
-    """All exports' labels as one table, and the skipped rows (each named by its file when several).
+    """All exports' labels as one table, the skipped rows (each named by its file when several), and
+    the images no answer is left for (sorted; one export's such image answered in another is not).
 
     Rounds are separate pools, so an assignment appearing in two exports is the same export read
     twice: that stops the command instead of counting its answers twice.
     """
     import pandas as pd
 
-    tables, problems = [], []
+    tables, problems, unanswered = [], [], set()
     for path in exports:
         try:
             reading = read_export(path, strict=not lenient)
@@ -331,6 +365,7 @@ def _read_exports(exports: list[Path], lenient: bool, read_export, format_error)
         for note in reading.notes:
             print(f"note: {path}: {note}", file=sys.stderr)
         tables.append(reading.labels)
+        unanswered.update(reading.unanswered)
         problems += [f"{path}: {problem}" if len(exports) > 1 else problem for problem in reading.problems]
     if len(tables) > 1:
         answers = pd.concat(
@@ -342,7 +377,9 @@ def _read_exports(exports: list[Path], lenient: bool, read_export, format_error)
             first = answers[(answers["task"] == task) & (answers["worker"] == worker)]["file"].iloc[0]
             _fail(f"{exports[k]}: the answer of worker {worker} to task {task} is also in {exports[first]}")
     labels = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
-    return labels, problems
+    if len(tables) > 1 and unanswered:
+        unanswered -= set(labels["item"].unique())
+    return labels, problems, sorted(unanswered)
 
 
 def _dissent_line(dissent, method: Method) -> str:
