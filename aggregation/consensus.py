@@ -51,6 +51,7 @@ from aggregation.pairs import PairLabels, code_starts, labels_by_pair, pair_inde
 __all__ = [
     "ALPHA",
     "Csr",
+    "MinClusterSizeError",
     "PairGraph",
     "SearchResult",
     "absorb_thin",
@@ -513,6 +514,18 @@ def pool_lone(indptr, indices, data, labels, log_alpha):  # pragma: no cover - c
         fresh += 1
 
 
+class MinClusterSizeError(ValueError):
+    """`min_cluster_size` above every cluster's size: nothing is left for the items to join.
+
+    A class of its own so that a caller can blame the setting (the command names its option)
+    rather than the export; `largest` says how far off the setting is.
+    """
+
+    def __init__(self, size: int, largest: int) -> None:
+        super().__init__(f"no cluster has {size:,} or more items (the largest has {largest:,})")
+        self.size, self.largest = size, largest
+
+
 class Csr(NamedTuple):
     """A symmetric sparse matrix in CSR form."""
 
@@ -754,6 +767,7 @@ def absorb_thin(
     cluster moves, whatever the evidence.
     """
     new = np.asarray(labels, dtype=np.int64).copy()
+    largest = int(np.bincount(new).max()) if len(new) else 0
     forced = min_size is not None
     size = 2 if min_size is None else int(min_size)
     if size <= 1:
@@ -761,7 +775,7 @@ def absorb_thin(
     if not dissolve_small(score.indptr, score.indices, score.data, new, size, math.log(alpha), forced):
         if not forced:  # every item stands alone: its labels set it apart, and no cluster is left to join
             return _relabel(new)
-        raise ValueError(f"no cluster has {size} or more items; lower min_cluster_size")
+        raise MinClusterSizeError(size, largest)
     if not forced:
         pool_lone(score.indptr, score.indices, score.data, new, math.log(alpha))
     return _relabel(new)

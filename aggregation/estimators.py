@@ -186,7 +186,13 @@ class _Base:
         if min_size is not None:
             if int(min_size) < 1:
                 raise ValueError("min_cluster_size must be at least 1 (or None: decided by the model)")
+            sizes = np.bincount(np.asarray(labels, dtype=np.int64))
+            thin = (sizes > 0) & (sizes < int(min_size))
             labels = absorb_thin(pairs, labels, graph.evidence(pairs, labels), int(min_size), ALPHA)
+            # What the setting moved, for a warning when it merged most of the items away.
+            self.dissolved_ = (int(sizes[thin].sum()), int(thin.sum()))
+        else:
+            self.dissolved_ = (0, 0)
         seed = int(getattr(self, "random_state", 0))
         # An item's conditional given the rest, times its piece's share moved as a block (1 in its
         # cluster's core): a piece that only the prior placed is not certain because its images
