@@ -373,6 +373,9 @@ class CoAssociationClustering(_Base):
     4
     """
 
+    # What the recheck line says placed the images it lists: the baseline has no prior.
+    placed_by = "only the linkage placed"
+
     def __init__(
         self,
         random_state: int = 0,

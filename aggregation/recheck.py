@@ -56,6 +56,9 @@ class Recheck:
     # Per item (the pairs' order): how many images most workers who saw both put in its group, from
     # the same majority pairs as the pieces (`together_partners`; 0: unanchored).
     partners: np.ndarray
+    # Why the images are listed, as the summary says it: the model's prior placed them; the
+    # baseline has no prior, its linkage placed them (`placed_by` of the estimator).
+    placed_by: str = "only the prior placed"
 
     @property
     def share(self) -> float:
@@ -78,7 +81,7 @@ class Recheck:
             return "none: every image is in its cluster's linked piece with confidence >= 0.5"
         n = len(self.table)
         line = (
-            f"{n:,} image{'s' if n > 1 else ''} ({self.share:.0%}) only the prior placed "
+            f"{n:,} image{'s' if n > 1 else ''} ({self.share:.0%}) {self.placed_by} "
             f"({self.outside:,} outside their cluster's linked piece, "
             f"{n - self.outside:,} more below confidence {RECHECK_CONFIDENCE})"
         )
@@ -103,4 +106,5 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
     ).sort_values(["cluster", "confidence", "item"], kind="mergesort", ignore_index=True)
     design = observed_design(pairs.n_items, pairs.n_assignments, len(labels), labels["task"].nunique())
     partners = together_partners(pairs, pieces.together)
-    return Recheck(table, len(clusters), int(outside.sum()), design, pairs.n_assignments, partners)
+    placed_by = getattr(model, "placed_by", Recheck.placed_by)
+    return Recheck(table, len(clusters), int(outside.sum()), design, pairs.n_assignments, partners, placed_by)

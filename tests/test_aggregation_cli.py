@@ -87,7 +87,8 @@ def test_clusters_of_images_between_two_styles_are_counted_as_doubtful(tmp_path,
     stats = table.groupby("cluster")["confidence"].agg(["mean", "size"])
     doubtful = int(((stats["mean"] < 0.5) & (stats["size"] > 1)).sum())
     assert doubtful >= 2
-    assert f"{doubtful} of several items with a mean confidence below 0.5)\n" in result.stdout
+    # "1 of several items" read as one item: the count is of clusters, and says so.
+    assert f"{doubtful} clusters of several items with a mean confidence below 0.5)\n" in result.stdout
     clean = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])
     assert "mean confidence below" not in clean.stdout
 
@@ -108,6 +109,9 @@ def test_coassociation_method_and_image_column_in_truth(export):
     )
     assert result.returncode == 0, result.stderr
     assert "coassociation" in result.stdout and "ari" in result.stdout
+    # The baseline has no prior: its recheck line does not say that a prior placed anything.
+    recheck = next(line for line in result.stdout.splitlines() if line.startswith("recheck"))
+    assert "prior" not in recheck
 
 
 def test_bad_export_is_one_line_and_exit_code_2(export):

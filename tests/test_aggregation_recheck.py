@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from aggregation import (
+    CoAssociationClustering,
     CrowdClustering,
     clustering_scores,
     find_recheck,
@@ -90,3 +91,15 @@ def test_labels_that_hold_every_image_leave_nothing_to_show_again():
     assert len(recheck.table) <= 2 and not recheck.fills_a_hit
     line = recheck.summary()
     assert line.startswith("none:") if recheck.table.empty else line.endswith("too few to fill a HIT of 10")
+
+
+def test_the_baselines_recheck_line_names_its_linkage_not_a_prior():
+    """The baseline has no prior; its line said "only the prior placed" all the same."""
+    crowd = generate_crowd(60, 6, seed=3, spammer_share=0.5)
+    for model, placed in (
+        (CoAssociationClustering(), "only the linkage placed"),
+        (CrowdClustering(), "only the prior placed"),
+    ):
+        recheck = find_recheck(model.fit(crowd.labels), crowd.labels)
+        assert recheck.placed_by == placed and len(recheck.table), recheck.summary()
+        assert f"({recheck.share:.0%}) {recheck.placed_by} (" in recheck.summary()

@@ -270,7 +270,9 @@ def aggregate(
     if workers_output is not None:
         _write_workers(quality, answers_per_worker(model.pairs_), dissent, workers_output)
     notes = [f"{singles:,} of them a single item"] if singles else []
-    notes += [f"{doubtful:,} of several items with a mean confidence below 0.5"] if doubtful else []
+    notes += (
+        [f"{_n(doubtful, 'cluster')} of several items with a mean confidence below 0.5"] if doubtful else []
+    )
     if unanswered_output is not None:
         import pandas as pd
 
