@@ -16,6 +16,14 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
     reading = aggregation.read_export(export, strict=True)
     for note in reading.notes:  # an export of the user's own (the reaggregate deployment)
         get_run_logger().warning("export: %s", note)
+    if reading.unanswered:  # in no cluster: said, so that they can be sent again
+        get_run_logger().warning(
+            "export: %d image(s) have no answer left (shown only by rejected, skipped or expired "
+            "assignments) and are in no cluster: %s%s",
+            len(reading.unanswered),
+            ", ".join(reading.unanswered[:5]),
+            ", ..." if len(reading.unanswered) > 5 else "",
+        )
     labels = reading.labels
     if params.method == "gomes":
         model = aggregation.CrowdClustering(n_dims=params.n_dims, random_state=seed)

@@ -994,3 +994,24 @@ def test_an_evaluation_is_estimated_at_the_price_the_labelling_paid():
     with disable_run_logger():
         assert budget.at_price_ratio(costs, 1.0, params) == costs
         assert budget.at_price_ratio(costs, 1.3, params).intruders == pytest.approx(costs.intruders * 1.3)
+
+
+def test_the_aggregation_stage_names_the_images_no_answer_is_left_for(monkeypatch, caplog):
+    """An export of the user's own whose new images were only in rejected answers: the stage says
+    which images are in no cluster (before, they were left out without a word)."""
+    import logging
+
+    from aggregation import generate_crowd
+    from tasks import aggregate as agg
+    from tasks.params import AggregationParams
+
+    export = generate_crowd(40, 4, seed=1).export
+    rejected = export.iloc[:1].assign(
+        **{"INPUT:images": '"NEW1","NEW2"', "OUTPUT:result": '{"group":1},{"group":2}'},
+        **{"ASSIGNMENT:status": "REJECTED", "ASSIGNMENT:assignment_id": "new--1"},
+    )
+    monkeypatch.setattr(agg, "get_run_logger", lambda: logging.getLogger("stage"))
+    with caplog.at_level(logging.WARNING, logger="stage"):
+        result = agg.aggregate(pd.concat([export, rejected]), AggregationParams(method="coassociation"), 0)
+    assert "NEW1" not in result.clusters.index
+    assert "export: 2 image(s) have no answer left" in caplog.text and "cluster: NEW1, NEW2" in caplog.text
