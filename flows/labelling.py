@@ -61,17 +61,49 @@ def collect_labels(
     preflight.verify_labelling_task(params.toloka, run_key, ids, main_pool_role)
     setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits)
     period = params.wait.period(params.toloka.environment)
-    waited = wait.wait_labelling_task.with_options(retries=params.wait.retries)(
-        params.toloka,
-        ids,
-        bundle,
-        params.exam.n_exams,
-        period,
-        params.wait.timeout_seconds,
-        budget.SpendGuard.of(params, before, costs),
-        exam.Staffing(params.exam.min_skill, params.hits.overlap),
-    )
+    try:
+        waited = wait.wait_labelling_task.with_options(retries=params.wait.retries)(
+            params.toloka,
+            ids,
+            bundle,
+            params.exam.n_exams,
+            period,
+            params.wait.timeout_seconds,
+            budget.SpendGuard.of(params, before, costs),
+            exam.Staffing(params.exam.min_skill, params.hits.overlap),
+        )
+    except wait.WaitTimeout as timeout:
+        kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role
+        raise wait.WaitTimeout(kept_after_timeout(params, ids.main_pool, folder, kind, timeout)) from None
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
+
+
+def kept_after_timeout(
+    params: PipelineParams, pool_id: str, folder: RunFolder, kind: str, timeout: wait.WaitTimeout
+) -> str:
+    """Export what a timed-out pool holds and say how to go on.
+
+    The answers are paid whatever happens next: a run that waited out `wait.timeout_seconds`
+    (4,340 answers, $116.74 in a user's try) failed with nothing but `hits.json` on disk and no
+    word on what to do.
+    """
+    export = results.export_task(params.toloka, pool_id, results.pool_now_task(params.toloka, pool_id))
+    path = folder.write_export(export, kind)
+    return (
+        f"{timeout}. Its {n_assignments(export):,} accepted answers so far are in {path}. Run the same "
+        "command again (or Retry the flow run), with a larger wait.timeout_seconds if the pool is "
+        "slow: the same pool goes on from where it stopped and nothing is paid twice"
+    )
+
+
+def warn_up(message: str) -> None:
+    """A warning in this run's log and, from a sub-flow, the top-level run's: what a run is warned
+    of before it pays was only in the labelling sub-flow's log, where a team lead looking at the
+    run from the UI did not see it."""
+    get_run_logger().warning(message)
+    parent = artifacts.parent_run_logger()
+    if parent is not None:
+        parent.warning(message)
 
 
 def claimed(params: PipelineParams, run_key: str) -> RunFolder:
@@ -80,12 +112,9 @@ def claimed(params: PipelineParams, run_key: str) -> RunFolder:
     folder = RunFolder.of(params)
     other = folder.taken_by(params)
     if other is not None:
-        get_run_logger().warning(
-            "%s holds the files of run key %s: this run (key %s) writes %s",
-            params.run_dir,
-            other,
-            run_key,
-            folder.root,
+        warn_up(
+            f"{params.run_dir} holds the files of run key {other}: this run (key {run_key}) "
+            f"writes {folder.root}"
         )
     folder.claim(run_key)
     return folder
@@ -102,10 +131,10 @@ def labelling(params: PipelineParams) -> Labelled:
     items = checked.items
     logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)
     for warning in checked.warnings:
-        logger.warning(warning)
+        warn_up(warning)
     probe(params.toloka)  # no token, a wrong one or no platform: fail before anything is created
     for warning in preflight.earlier_run_keys_task(params):
-        logger.warning(warning)
+        warn_up(warning)
 
     labelled = collect_labels(params, run_key, hits.make_plan(items, params.hits, params.seed), folder)
     export = results.export_task(params.toloka, labelled.ids.main_pool, labelled.wait)

@@ -194,7 +194,7 @@ def staffing_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int)
         f"{found.explain(params, first)} before their first restriction; the other "
         f"{found.needed - found.workers * first:,} need them to come back after each restriction, one "
         f"answer at a time, so the pool may take days or expire unfinished. exam.expected_workers "
-        f"{found.seats_for(first)} would qualify enough workers to finish without"
+        f"{found.seats_for(first)} would qualify enough workers to finish without waiting for them"
     )
 
 

@@ -42,6 +42,7 @@ from tasks.toloka_config import TolokaBundle
 PENDING_AUTO = ("ACTIVE",)
 PENDING_REVIEW = ("ACTIVE", "SUBMITTED")
 
+FROZEN_SECONDS = 3.0  # a platform clock that has not moved for this long stands still
 MAX_REOPENINGS = 5  # times the exam pool is closed again after the run's wait before giving up
 SLOW_GATING_SECONDS = 10.0  # a gating tick this long says what it did (hundreds of exams under a rate limit)
 log = logging.getLogger(__name__)
@@ -180,8 +181,15 @@ def drain_exams(
     """
     reopenings = 0
     started, platform_start = time.monotonic(), platform_now(client)
+    still = (started, platform_start)  # when the platform's clock last moved, and its reading then
     while True:
-        waited = max(time.monotonic() - started, (platform_now(client) - platform_start).total_seconds())
+        platform = platform_now(client)
+        if platform != still[1]:
+            still = (time.monotonic(), platform)
+        elif time.monotonic() - still[0] >= FROZEN_SECONDS:
+            # A clock that stands still (an emulator held at --speed 0) ends nothing in hand.
+            return count_assignments(client, exam_pool_id, PENDING_REVIEW)
+        waited = max(time.monotonic() - started, (platform - platform_start).total_seconds())
         review()
         if close() and reopenings < MAX_REOPENINGS:
             reopenings += 1

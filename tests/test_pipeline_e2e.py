@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import uuid
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from crowdclust.runtime import describe
 from emulator import EmulatorSettings, run_in_background
 from tasks.params import load_params
+from tasks.run_folder import RunFolder
 from tasks.toloka_api import make_client
 
 pytestmark = pytest.mark.slow
@@ -331,6 +333,37 @@ def test_a_helpers_warning_is_in_the_flow_runs_log_and_one_outside_a_run_is_not_
     assert helper_lines(parent.state_details.flow_run_id) == expected  # and the run the user started
 
 
+def test_a_warning_given_before_a_run_pays_is_in_the_log_of_the_run_the_user_started(prefect_harness):
+    """The style and staffing warnings, given before the pools open, were only in the labelling
+    sub-flow's log: a team lead reading the run they started from the UI saw none of them."""
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.labelling import warn_up
+
+    @flow(name="labelling-like")
+    def labelling_like() -> None:
+        warn_up("hits: with about 40 styles, this design leaves ~27% of the images with none")
+
+    @flow(name="pipeline-like")
+    def pipeline_like() -> str:
+        return str(labelling_like(return_state=True).state_details.flow_run_id)
+
+    def warnings_of(flow_run_id: str) -> list[str]:
+        one_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        with get_client(sync_client=True) as client:
+            return [
+                log.message for log in client.read_logs(log_filter=one_run) if log.level == logging.WARNING
+            ]
+
+    top = pipeline_like(return_state=True)
+    APILogHandler().flush()
+    expected = ["hits: with about 40 styles, this design leaves ~27% of the images with none"]
+    assert warnings_of(top.result()) == expected  # the sub-flow's own log
+    assert warnings_of(str(top.state_details.flow_run_id)) == expected  # and the run the user started
+
+
 def test_a_retried_flow_run_counts_from_what_the_key_had_paid_when_it_began(
     prefect_harness, emu, tmp_path, monkeypatch
 ):
@@ -404,8 +437,19 @@ def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path)
     from tasks.wait import WaitTimeout
 
     params = _params(emu, tmp_path, run_key="e2e-timeout", wait={"poll_seconds": 0.2, "timeout_seconds": 0.5})
-    with pytest.raises(WaitTimeout, match=r"\(wait.timeout_seconds\): \d+% done, [\d,]+ answers submitted"):
+    with pytest.raises(
+        WaitTimeout, match=r"\(wait.timeout_seconds\): \d+% done, [\d,]+ answers submitted"
+    ) as ended:
         labelling(params)
+    # What the pool holds is paid whatever happens next: it is exported, and the error says how to go on.
+    export = RunFolder.of(params).export("main")
+    kept = re.search(
+        r"Its ([\d,]+) accepted answers so far are in (\S+)\. Run the same command again", str(ended.value)
+    )
+    assert kept is not None and kept[2] == str(export), str(ended.value)
+    rows = pd.read_csv(export, sep="\t", dtype=str)
+    assert rows["ASSIGNMENT:assignment_id"].nunique() == int(kept[1].replace(",", ""))
+    assert "nothing is paid twice" in str(ended.value)
     objects = _objects(params)
     assert len(objects["pools"]) == 2
     assert all(str(p.status.value) == "CLOSED" for p in objects["pools"]), [

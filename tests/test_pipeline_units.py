@@ -308,6 +308,7 @@ def test_exam_answers_that_arrive_after_the_exam_pool_closed_are_reviewed_before
         == 0
     )
     assert not reopened.open
+
     # The pool's assignment_max_duration_seconds on the platform's clock bounds it (the emulator's
     # runs 600x): what is left is returned for the warning.
     slow, reviews = _ClosedExamPool(pending=10, per_request=200.0), []
@@ -320,6 +321,22 @@ def test_exam_answers_that_arrive_after_the_exam_pool_closed_are_reviewed_before
     # ... after one last review that starts once the limit has passed (answers submitted during
     # a review that straddled it were left unreviewed).
     assert [at - 1_800_000_200.0 for at in reviews] == [200.0, 400.0, 600.0]  # since the close
+
+
+def test_a_platform_clock_that_stands_still_ends_the_exam_drain(monkeypatch):
+    """An emulator held at speed 0 (as tests hold it) ends nothing in hand: the drain waited the
+    pool's 600 s of assignment time in real seconds."""
+    now = [0.0]
+    monkeypatch.setattr(wait.time, "monotonic", lambda: now[0])
+    frozen, reviews = _ClosedExamPool(pending=4), []
+
+    def tick(seconds: float) -> None:
+        now[0] += seconds
+
+    left = wait.drain_exams(
+        lambda: reviews.append(now[0]), frozen.close, frozen, "exam", 1.0, 600.0, sleep=tick
+    )
+    assert left == 4 and now[0] == wait.FROZEN_SECONDS and len(reviews) == 3
 
 
 @dataclass
@@ -764,7 +781,9 @@ def test_a_main_pool_the_exam_cannot_staff_is_refused_before_planning():
     assert "at most ~100 workers can qualify" in warning
     assert "restricts a worker after 50 answers, for 5 hours" in warning
     assert "5,000 answers at most before their first restriction; the other 2,000" in warning
-    assert warning.endswith("exam.expected_workers 140 would qualify enough workers to finish without")
+    assert warning.endswith(
+        "exam.expected_workers 140 would qualify enough workers to finish without waiting for them"
+    )
     with pytest.raises(preflight.ExamSeatsShort, match=r"8,400 answers at most in the pool's 7 days") as no:
         preflight.check_plan(roomy, 2000)
     assert "exam.expected_workers to 280, enough workers to finish without" in str(no.value)
