@@ -121,7 +121,11 @@ SURE = 0.99  # least certain items at or above it are not shown: none of them is
 
 
 def _least_certain(
-    uncertain: pd.DataFrame, confidence: pd.Series, means: pd.Series, sources: dict[str, str]
+    uncertain: pd.DataFrame,
+    confidence: pd.Series,
+    means: pd.Series,
+    sources: dict[str, str],
+    recheck: bool = False,
 ) -> list[str]:
     """The items to send back to the crowd: the least certain of every cluster, with confidences.
 
@@ -138,7 +142,14 @@ def _least_certain(
         "in several ways, such as images between two styles.</p>",
     ]
     doubtful = uncertain[uncertain["confidence"] < SURE]  # a gallery of images at 1.00 says nothing
-    if doubtful.empty:
+    if doubtful.empty and recheck:
+        # The images to show again are those no answer links to their piece, however sure the
+        # prior makes them: "none to send back" under that section read as a contradiction.
+        parts.append(
+            f"<p>Every image's confidence is {SURE} or more; the images to show again above are those "
+            "that only the prior placed, whatever their confidence.</p>"
+        )
+    elif doubtful.empty:
         parts.append(f"<p>Every image's confidence is {SURE} or more: none to send back.</p>")
     for cluster, rows in doubtful.groupby("cluster", sort=True):  # one row per cluster
         label = f"cluster {html.escape(str(cluster))}<br>mean&nbsp;{means[cluster]:.2f}"
@@ -231,7 +242,8 @@ def render_html(
         from aggregation import cluster_confidence  # here: the aggregation's modules load numba
 
         means = cluster_confidence(clusters, uncertain[1])
-        parts += _least_certain(*uncertain, means, sources)
+        shown_again = bool(recheck and links.recheck is not None)
+        parts += _least_certain(*uncertain, means, sources, shown_again)
     parts.append("<h2>Clusters</h2>")
     for cluster, items in clusters.groupby(clusters):
         members = sorted(str(i) for i in items.index)

@@ -12,6 +12,7 @@ import http.server
 import io
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -353,3 +354,17 @@ def test_a_report_of_sure_images_shows_no_gallery_to_send_back_and_links_the_res
     assert "Every image's confidence is 0.99 or more: none to send back." in section
     assert "<figure>" not in section
     assert "… and 5 more (see <a href='clusters.csv'>clusters.csv</a>)" in page
+    # Images that only the prior placed are listed to show again, however sure: the page said both
+    # "Images to show again: 4 images" and "none to send back".
+    shown_again = replace(info, recheck="4 images (0%) only the prior placed")
+    page = report.render_html(
+        _summary(tmp_path, shown_again),
+        clusters,
+        None,
+        "t",
+        report.ReportLinks("clusters.csv", recheck="recheck.csv"),
+        {},
+        (uncertain, confidence),
+    )
+    assert "<h2>Images to show again</h2>" in page and "none to send back" not in page
+    assert "the images to show again above are those that only the prior placed" in page
