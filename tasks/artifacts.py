@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,9 @@ class ProgressReporter:
     """A progress artifact plus one log line per poll (completion %, assignments, spend), the line
     in the top-level run's log too."""
 
-    def __init__(self, key: str, what: str) -> None:
+    def __init__(self, key: str, what: str, also: Callable[[PoolStats], str] | None = None) -> None:
         self.what = what
+        self.also = also  # more of the line, e.g. the run's spend with the exams against the budget
         self.logger = get_run_logger()
         self.parent = parent_run_logger()
         self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=what)
@@ -92,7 +93,7 @@ class ProgressReporter:
             f"{self.what}: {done:.0f}% complete, {_fmt(stats.submitted_assignments_count)} submitted, "
             f"{_fmt(stats.approved_assignments_count)} accepted, "
             f"${_fmt(stats.spent_budget, '.2f')} spent ({stats.elapsed:.0f} s)"
-        )
+        ) + (self.also(stats) if self.also is not None else "")
         self.logger.info(line)
         if self.parent is not None:
             self.parent.info(line)

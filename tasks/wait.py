@@ -255,7 +255,13 @@ def wait_labelling_task(
         in_flight += count_assignments(client, ids.exam_pool, PENDING_REVIEW) * spend.exam_price
         return live.stop_reason(charged, round(in_flight * ratio, 4), ratio)
 
-    report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}")
+    def with_exams(stats: PoolStats) -> str:
+        """The stage's spend against the budget: the main pool's line alone left out the exams, and
+        a team lead watching the run saw no total to set against max_spend."""
+        total = spend.spent(stats, totals[0].accepted, live.ratio_of(stats))
+        return f"; with the exams ${total:.2f} of the ${spend.limit:.2f} left of budget.max_spend"
+
+    report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}", also=with_exams)
     main, stopped = wait_guarded(
         client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
     )

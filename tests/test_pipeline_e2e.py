@@ -157,6 +157,27 @@ def test_the_exam_pool_ends_closed_with_every_exam_answer_reviewed(scenario):
     assert left == [], f"{len(left)} exam answers in hand or unreviewed after the run"
 
 
+def test_the_poll_lines_set_the_stages_spend_with_the_exams_against_the_budget(scenario, prefect_harness):
+    """A team lead watching a run saw each poll's main-pool spend only: the exams ($7.80 in their
+    run) and what is left of max_spend were in no line."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(limit=200) if r.name.startswith(RUN_KEY)]
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs]))
+        )
+    polls = [
+        log.message for log in logs if "% complete" in log.message and log.message.startswith("main pool")
+    ]
+    assert polls, [r.name for r in runs]
+    found = re.search(r"; with the exams \$([\d.]+) of the \$([\d.]+) left of budget.max_spend$", polls[-1])
+    assert found is not None, polls[-1]
+    assert float(found[1]) > float(re.search(r"\$([\d.]+) spent", polls[-1])[1])  # the exams are counted
+    assert float(found[2]) <= scenario["params"].budget.max_spend
+
+
 def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):
     before, final = scenario["after_failure"], scenario["final"]
     # Labelling objects existed after the failure and were reused, not re-created.
