@@ -12,6 +12,7 @@ before the pool is created (`check_intruder_staffing_task`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prefect import get_run_logger
@@ -250,6 +251,29 @@ def check_intruder_staffing_task(
     return qualified
 
 
+NOTHING_OPENED = "; nothing was planned or opened"
+
+
+def refused_together(*checks: Callable[[], None]) -> None:
+    """Run every check; raise the first refusal with the others' reasons after it.
+
+    On 1,797 images the demo's config was refused for its budget, and once that was raised, for
+    its exam seats: two runs to learn two settings, where one error line can name both.
+    """
+    refusals: list[Exception] = []
+    for check in checks:
+        try:
+            check()
+        except (budget.BudgetExceeded, HitPlanError) as refusal:
+            refusals.append(refusal)
+    if len(refusals) > 1:
+        first, *others = refusals
+        reasons = [str(r).removesuffix(NOTHING_OPENED) for r in refusals]
+        raise type(first)("; and ".join(reasons) + NOTHING_OPENED) from others[0]
+    if refusals:
+        raise refusals[0]
+
+
 def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
     """Exam count, overlap rules, staffing, and the size and cost of a plan for `n_items` against the budget.
 
@@ -259,8 +283,10 @@ def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
     """
     bundle = load_bundle(params.toloka_dir)
     check_exams(params, bundle)
-    budget.check_plan_size(params, bundle, n_items)
-    check_staffing(params, bundle, n_items)
+    refused_together(
+        lambda: budget.check_plan_size(params, bundle, n_items),
+        lambda: check_staffing(params, bundle, n_items),
+    )
     n_hits = budget.planned_hits(n_items, params)
     again = second_round_images(params, n_items)
     if again >= params.hits.size:  # as `followup.plan` will plan them: listed images and anchors

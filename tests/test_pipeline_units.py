@@ -791,6 +791,12 @@ def test_a_main_pool_the_exam_cannot_staff_is_refused_before_planning():
     assert issubclass(preflight.ExamSeatsShort, preflight.DATA_ERRORS)  # one error line, exit 2
     staffed = _params(budget={"max_spend": 1000.0}, exam={"expected_workers": 280})
     preflight.check_plan(staffed, 2000)
+    # Over budget too: one error names both settings (the budget, then the seats, took two runs).
+    with pytest.raises(budget.BudgetExceeded) as both:
+        preflight.check_plan(_params(budget={"max_spend": 50.0}), 2000)
+    assert "exceeds budget.max_spend $50.00" in str(both.value)
+    assert "; and exam: the main pool needs 14,000 answers" in str(both.value)
+    assert str(both.value).count("nothing was planned or opened") == 1
     assert preflight.staffing_warning(staffed, bundle, 2000) is None
 
 
