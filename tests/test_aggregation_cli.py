@@ -281,6 +281,18 @@ def test_answers_that_ran_out_of_groups_are_reported(tmp_path, export):
     assert "ran out of groups" not in small.stderr
 
 
+def test_hits_of_one_answer_each_are_reported(tmp_path, export):
+    """Queries of 3-5 images with one answer each: a tester's 10,000 images came out at ARI 0.36
+    with no warning, though no answer could be checked against another."""
+    crowd = generate_crowd(120, 6, seed=0, design="sized", hit_size=(3, 5), n_hits=400, overlap=1)
+    crowd.write_export(tmp_path / "once.tsv")
+    done = _run([tmp_path / "once.tsv", "-o", tmp_path / "c.csv"])
+    assert done.returncode == 0, done.stderr
+    assert "warning: 100% of the HITs have a single answer: nothing checks it" in done.stderr
+    checked = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])  # the demo's overlap 7
+    assert "single answer" not in checked.stderr
+
+
 def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_again(tmp_path):
     """1,000 images of 25 styles: the first round lists the images only the prior placed and what a
     round of them costs; that round's export aggregated with the first finds the small styles. An
