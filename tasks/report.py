@@ -105,7 +105,9 @@ def _figure(item: str, sources: dict[str, str], caption: str) -> str:
         if src
         else f"<div class='missing' title='{html.escape(item)}'>no image: {name}</div>"
     )
-    return f"<figure>{image}<figcaption>{html.escape(caption)}</figcaption></figure>"
+    # Class names like womens_ankle_boots ran into the next caption: they may break after a `_`.
+    text = html.escape(caption).replace("_", "_<wbr>")
+    return f"<figure>{image}<figcaption>{text}</figcaption></figure>"
 
 
 def _embedded(chart: Path) -> str | None:
@@ -183,7 +185,7 @@ def render_html(
         ".g figure{margin:0;width:110px;font-size:11px;text-align:center}.g img,.g .missing{width:104px;"
         "height:78px;object-fit:contain;border:1px solid #ddd}.g .missing{font-size:10px;overflow:hidden;"
         "word-break:break-all;color:#888}.g .label{width:70px;font-size:13px;font-weight:bold;"
-        "text-align:left;align-self:center}</style></head><body>",
+        "text-align:left;align-self:center}.g figcaption{overflow-wrap:anywhere}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Summary</h2>",
         _summary_table(data),

@@ -368,3 +368,10 @@ def test_a_report_of_sure_images_shows_no_gallery_to_send_back_and_links_the_res
     )
     assert "<h2>Images to show again</h2>" in page and "none to send back" not in page
     assert "the images to show again above are those that only the prior placed" in page
+
+
+def test_a_long_class_name_breaks_inside_its_own_caption():
+    """1,500 shoes: 'womens_ankle_boots' ran into the next image's caption in the galleries."""
+    figure = report._figure("http://img.example/1.png", {}, "womens_ankle_boots")
+    assert "<figcaption>womens_<wbr>ankle_<wbr>boots</figcaption>" in figure
+    assert "<figcaption>a&lt;b_<wbr>c</figcaption>" in report._figure("x", {}, "a<b_c")  # escaped first
