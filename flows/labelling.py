@@ -17,7 +17,7 @@ from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
 from tasks.stages import HitPlan, Labelled
-from tasks.toloka_api import probe
+from tasks.toloka_api import Opening, close_all, count_assignments, make_client, probe
 from tasks.toloka_config import Placeholders, load_bundle
 
 
@@ -87,12 +87,24 @@ def kept_after_timeout(
     (4,340 answers, $116.74 in a user's try) failed with nothing but `hits.json` on disk and no
     word on what to do.
     """
+    # Closed first (the failure hook would close it anyway): an export of a pool still open missed
+    # what came in after it (56 exported, 99 paid in a user's try).
+    client = make_client(params.toloka)
+    close_all(client, [Opening("pool", pool_id)])
+    in_hand = count_assignments(client, pool_id, ("ACTIVE",))
     export = results.export_task(params.toloka, pool_id, results.pool_now_task(params.toloka, pool_id))
     path = folder.write_export(export, kind)
+    late = (
+        f" ({in_hand:,} more were in progress when the pool closed: they are paid as they come in, and "
+        "the next run exports them)"
+        if in_hand
+        else ""
+    )
     return (
-        f"{timeout}. Its {n_assignments(export):,} accepted answers so far are in {path}. Run the same "
-        "command again (or Retry the flow run), with a larger wait.timeout_seconds if the pool is "
-        "slow: the same pool goes on from where it stopped and nothing is paid twice"
+        f"{timeout}. The pool is closed; its {n_assignments(export):,} accepted answers by now are in "
+        f"{path}{late}. Run the same command again (or Retry the flow run), with a larger "
+        "wait.timeout_seconds if the pool is slow: the same pool goes on from where it stopped and "
+        "nothing is paid twice"
     )
 
 
@@ -126,7 +138,6 @@ def labelling(params: PipelineParams) -> Labelled:
     """Label the dataset with the crowd; returns Toloka ids, the export path, costs and coverage."""
     logger = get_run_logger()
     run_key = params.resolved_run_key
-    folder = claimed(params, run_key)
     checked = preflight.check_run(params)  # data errors stop here, before anything is created
     items = checked.items
     logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)
@@ -135,6 +146,7 @@ def labelling(params: PipelineParams) -> Labelled:
     probe(params.toloka)  # no token, a wrong one or no platform: fail before anything is created
     for warning in preflight.earlier_run_keys_task(params):
         warn_up(warning)
+    folder = claimed(params, run_key)  # after the checks: a refused run writes nothing
 
     labelled = collect_labels(params, run_key, hits.make_plan(items, params.hits, params.seed), folder)
     export = results.export_task(params.toloka, labelled.ids.main_pool, labelled.wait)

@@ -255,10 +255,14 @@ def wait_labelling_task(
         in_flight += count_assignments(client, ids.exam_pool, PENDING_REVIEW) * spend.exam_price
         return live.stop_reason(charged, round(in_flight * ratio, 4), ratio)
 
+    # What the exam pool was charged before this wait: the main pool's spend counts its whole pool,
+    # the gating only this session's exams (a resumed run's line was $2.34 short).
+    exams_before = pool_stats(client, ids.exam_pool).spent_budget or 0.0
+
     def with_exams(stats: PoolStats) -> str:
         """The stage's spend against the budget: the main pool's line alone left out the exams, and
         a team lead watching the run saw no total to set against max_spend."""
-        total = spend.spent(stats, totals[0].accepted, live.ratio_of(stats))
+        total = spend.spent(stats, totals[0].accepted, live.ratio_of(stats)) + exams_before
         return f"; with the exams ${total:.2f} of the ${spend.limit:.2f} left of budget.max_spend"
 
     report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}", also=with_exams)

@@ -280,6 +280,8 @@ def test_budget_guard_refuses_before_anything_is_created(prefect_harness, emu, t
     with pytest.raises(BudgetExceeded, match=r"exceeds budget\.max_spend"):
         labelling(params)
     assert _objects(params)["projects"] == []
+    # Nor on disk: a refused run's `run_key.txt` sent the next derived key to a folder of its own.
+    assert not RunFolder.of(params).key_file.exists()
 
 
 def test_a_design_that_cannot_place_every_image_is_logged_before_anything_is_created(
@@ -465,7 +467,8 @@ def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path)
     # What the pool holds is paid whatever happens next: it is exported, and the error says how to go on.
     export = RunFolder.of(params).export("main")
     kept = re.search(
-        r"Its ([\d,]+) accepted answers so far are in (\S+)\. Run the same command again", str(ended.value)
+        r"The pool is closed; its ([\d,]+) accepted answers by now are in (\S+?)(?: \(|\. Run the same)",
+        str(ended.value),
     )
     assert kept is not None and kept[2] == str(export), str(ended.value)
     rows = pd.read_csv(export, sep="\t", dtype=str)
