@@ -75,7 +75,7 @@ def _timed_out(pool_id: str, timeout: float, stats: PoolStats) -> str:
     (nobody qualified, a filter nobody passes, too small a market) than a slow one."""
     done = stats.completion_percentage
     answers = int(stats.submitted_assignments_count or 0)
-    progress = "" if done is None else f": {done:.0f}% done, {answers:,} answers submitted"
+    progress = "" if done is None else f": at the last poll {done:.0f}% done, {answers:,} answers submitted"
     if done is not None and answers == 0:
         progress += (
             " (nobody answered: check that workers can qualify and pass the pool's filter, "

@@ -461,7 +461,7 @@ def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path)
 
     params = _params(emu, tmp_path, run_key="e2e-timeout", wait={"poll_seconds": 0.2, "timeout_seconds": 0.5})
     with pytest.raises(
-        WaitTimeout, match=r"\(wait.timeout_seconds\): \d+% done, [\d,]+ answers submitted"
+        WaitTimeout, match=r"\(wait.timeout_seconds\): at the last poll \d+% done, [\d,]+ answers submitted"
     ) as ended:
         labelling(params)
     # What the pool holds is paid whatever happens next: it is exported, and the error says how to go on.

@@ -949,10 +949,12 @@ def test_a_wait_that_timed_out_says_how_far_its_pool_got():
     from tasks.wait import _timed_out
 
     idle = _timed_out("6", 90, PoolStats(completion_percentage=0.0, submitted_assignments_count=0))
-    assert idle.startswith("pool 6 not complete after 90 s (wait.timeout_seconds): 0% done, 0 answers")
+    assert idle.startswith(
+        "pool 6 not complete after 90 s (wait.timeout_seconds): at the last poll 0% done, 0 answers"
+    )
     assert "nobody answered" in idle
     slow = _timed_out("6", 90, PoolStats(completion_percentage=41.5, submitted_assignments_count=1234))
-    assert slow.endswith(": 42% done, 1,234 answers submitted")
+    assert slow.endswith(": at the last poll 42% done, 1,234 answers submitted")
     unknown = _timed_out("6", 90, PoolStats())
     assert unknown == "pool 6 not complete after 90 s (wait.timeout_seconds)"
 
