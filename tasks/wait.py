@@ -277,11 +277,13 @@ def wait_labelling_task(
 
     def close_again() -> bool:
         """Close what a review reopened; whether the exam pool ran again since the last look (it
-        may have completed again meanwhile: one late answer was left so on the emulator)."""
+        may have completed again meanwhile: one late answer was left so on the emulator). The
+        training stays closed: no rule reopens it."""
         pool = client.get_pool(ids.exam_pool)
         reopened = status_of(pool) == "OPEN" or pool.last_started != started_at[0]
         started_at[0] = pool.last_started
-        close_all(client, helpers)
+        if status_of(pool) == "OPEN":
+            client.close_pool(ids.exam_pool)
         return reopened
 
     unreviewed = drain_exams(review, close_again, client, ids.exam_pool, period, in_hand)
