@@ -121,14 +121,13 @@ def warn_up(message: str) -> None:
 def claimed(params: PipelineParams, run_key: str) -> RunFolder:
     """The run folder, marked as `run_key`'s; a warning when `runs/<name>/` holds another key's
     files and this run writes a folder of its own (`RunFolder.of`)."""
-    folder = RunFolder.of(params)
+    folder = RunFolder.take(params)
     other = folder.taken_by(params)
     if other is not None:
         warn_up(
             f"{params.run_dir} holds the files of run key {other}: this run (key {run_key}) "
             f"writes {folder.root}"
         )
-    folder.claim(run_key)
     return folder
 
 

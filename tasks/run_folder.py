@@ -91,12 +91,37 @@ class RunFolder:
             return None
         return str(key) if key else None
 
-    def claim(self, run_key: str) -> None:
+    def claim(self, run_key: str) -> bool:
         """Record that the folder holds `run_key`'s files (`run_key.txt`), so that a run of another
-        key finds it taken (`RunFolder.of`)."""
+        key finds it taken (`RunFolder.of`); False when another key holds it.
+
+        The file is created exclusively: two derived keys of one name that both found the folder
+        free (runs started at the same moment) would otherwise both write into it, and the later
+        one's `run_key.txt` would hide the earlier one's files.
+        """
         self.create()
-        if self.owner() != run_key:
-            self.key_file.write_text(run_key + "\n")
+        owner = self.owner()
+        if owner is not None:
+            if owner == run_key and not self.key_file.is_file():
+                self.key_file.write_text(run_key + "\n")  # a folder from before run_key.txt
+            return owner == run_key
+        try:
+            with self.key_file.open("x") as out:
+                out.write(run_key + "\n")
+        except FileExistsError:
+            return self.owner() == run_key
+        return True
+
+    @classmethod
+    def take(cls, params: PipelineParams) -> RunFolder:
+        """The run's folder, claimed for its key: `RunFolder.of`, or the key's own folder when
+        another key claimed `runs/<name>/` in the meantime."""
+        key = params.resolved_run_key
+        folder = cls.of(params)
+        if not folder.claim(key):
+            folder = cls(keyed_run_dir(params.runs_dir, params.name, key))
+            folder.claim(key)
+        return folder
 
     def round(self, round_id: str) -> RunFolder:
         """Where a catalogue round keeps its HIT plan."""

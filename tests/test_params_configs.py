@@ -122,6 +122,25 @@ def test_runs_name_stays_with_the_derived_key_that_wrote_it_first(tmp_path):
     assert legacy.owner() == "legacy-aaaa-s0"
 
 
+def test_two_derived_keys_that_find_the_runs_name_free_at_once_take_a_folder_each(tmp_path):
+    """Runs of seed 0 and seed 1 started at the same moment both found `runs/<name>/` free and
+    both wrote into it: the claim is exclusive, and the key that loses it takes its own folder."""
+    from tasks.run_folder import RunFolder
+
+    runs = tmp_path / "runs"
+    seed0 = load_params(DEMO, {"runs_dir": str(runs)})
+    seed1 = load_params(DEMO, {"runs_dir": str(runs), "seed": 1})
+    shared = RunFolder.of(seed1)  # seed 1 finds it free ...
+    assert shared.root == runs / "demo-shoes"
+    assert RunFolder.take(seed0).root == shared.root  # ... and seed 0 claims it first
+    assert not shared.claim(seed1.resolved_run_key)
+    assert shared.owner() == seed0.resolved_run_key
+    taken = RunFolder.take(seed1)
+    assert taken.root == runs / f"demo-shoes__{seed1.resolved_run_key}"
+    assert taken.owner() == seed1.resolved_run_key and taken.taken_by(seed1) == seed0.resolved_run_key
+    assert RunFolder.take(seed0).root == shared.root and RunFolder.take(seed1).root == taken.root
+
+
 def _write_yaml(tmp_path: Path, **changes) -> Path:
     data = yaml.safe_load(DEMO.read_text())
     data["dataset"] = str(DEMO.parent / "dataset.tsv")
