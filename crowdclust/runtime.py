@@ -39,12 +39,15 @@ def prepare_prefect_env() -> None:
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
 
 
-def _single_answers(summary: RunSummary) -> str:
-    """How often one answer alone named the intruder (the HITs' figure aggregates five or so)."""
+def _intruder_detail(summary: RunSummary) -> str:
+    """The figure per image of the clusters (the HITs' figure weighs every host cluster alike) and
+    how often one answer alone named the intruder (the HITs' figure aggregates five or so)."""
     evaluated = summary.intruders
-    if evaluated is None or evaluated.answer_accuracy is None:
+    if evaluated is None:
         return ""
-    return f" (single answers {evaluated.answer_accuracy:.3f})"
+    figures = (("per image", evaluated.image_accuracy), ("single answers", evaluated.answer_accuracy))
+    parts = [f"{name} {value:.3f}" for name, value in figures if value is not None]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _earlier_pools(summary: RunSummary) -> str:
@@ -76,7 +79,7 @@ def describe(summary: RunSummary) -> str:
     lines = [
         f"clusters:           {summary.clusters} (sizes {list(summary.cluster_sizes.values())})",
         f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}",
-        f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _single_answers(summary),
+        f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _intruder_detail(summary),
         f"cost:               ${num(summary.cost.spent, '.2f')} spent"
         + (f" (estimate ${estimate.total:.2f})" if estimate else "")
         + _paid_before(summary)

@@ -89,7 +89,7 @@ def evaluate_clusters(
     path = folder.write_export(waited.export, "intruders")
     if waited.stopped:
         raise budget.SpendGuardStopped(f"{waited.stopped}; accepted answers: {path}")
-    scored = intruders.accuracy(waited.export, made)
+    scored = intruders.per_image(intruders.accuracy(waited.export, made), clusters)
     result = replace(
         scored,
         skipped=tuple(skipped),
@@ -101,9 +101,12 @@ def evaluate_clusters(
     if result.chart is not None:
         artifacts.intruder_chart(result.chart)
     logger.info(
-        "intruder accuracy %.3f over %d HITs (%.3f of %d single answers name the intruder)",
+        "intruder accuracy %.3f over %d HITs, %.3f per image of the %d in clusters that hosted one "
+        "(%.3f of %d single answers name the intruder)",
         result.accuracy or 0.0,
         result.n_hits,
+        result.image_accuracy or 0.0,
+        result.images_hosted,
         result.answer_accuracy or 0.0,
         result.n_answers,
     )

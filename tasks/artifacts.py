@@ -286,6 +286,7 @@ def evaluation_metrics(evaluation: Evaluation, folder: Path) -> None:
     report; before, its cost was only in a log line)."""
     rows = [
         {"metric": "intruder_accuracy", "value": shown(evaluation.accuracy)},
+        {"metric": "intruder_accuracy_per_image", "value": shown(evaluation.image_accuracy)},
         {"metric": "single_answers_naming_the_intruder", "value": shown(evaluation.answer_accuracy)},
         {"metric": "hits", "value": evaluation.n_hits},
         {"metric": "answers", "value": evaluation.n_assignments},
@@ -319,10 +320,11 @@ def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:
             "value": estimate.describe() if estimate else None,
         }
     )
-    single = summary.intruders.answer_accuracy if summary.intruders else None
+    evaluated = summary.intruders
     for metric, value in (
         ("intruder_accuracy", summary.intruder_accuracy),
-        ("intruder_answer_accuracy", single),
+        ("intruder_accuracy_per_image", evaluated.image_accuracy if evaluated else None),
+        ("intruder_answer_accuracy", evaluated.answer_accuracy if evaluated else None),
     ):
         rows.append({"metric": metric, "value": None if value is None else round(value, 3)})
     return rows

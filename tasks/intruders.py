@@ -10,6 +10,7 @@ a HIT are skipped with a log line (never looped on).
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,19 @@ def accuracy(export: pd.DataFrame, hits: list[IntruderHit]) -> Evaluation:
             ClusterAccuracy(int(r.host), float(r.accuracy), int(r.hits)) for r in per_cluster.itertuples()
         ),
     )
+
+
+def per_image(result: Evaluation, clusters: pd.Series) -> Evaluation:
+    """`result` with `image_accuracy`: each host cluster's accuracy weighted by its number of images,
+    over the clusters that hosted a HIT (`images_hosted`), so that it reads per image of the
+    catalogue rather than per HIT (see `Evaluation`)."""
+    sizes = clusters.value_counts()
+    weights = [(int(sizes.get(c.cluster, 0)), c.accuracy) for c in result.per_cluster]
+    hosted = sum(size for size, _ in weights)
+    if hosted == 0:
+        return result
+    accuracy = sum(size * value for size, value in weights) / hosted
+    return replace(result, image_accuracy=float(accuracy), images_hosted=hosted)
 
 
 def bar_chart(result: Evaluation, path: Path) -> Path | None:

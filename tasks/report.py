@@ -228,6 +228,11 @@ def render_html(
         if links.chart:
             parts.append(f"<img src='{html.escape(links.chart)}' alt='intruder accuracy per cluster'>")
         rows = {}
+        if intr.get("image_accuracy") is not None:
+            hosted = intr.get("images_hosted", 0)
+            rows["per image (each host cluster weighted by its images)"] = (
+                f"{intr['image_accuracy']:.2f} ({hosted} images in clusters that hosted a HIT)"
+            )
         if intr.get("answer_accuracy") is not None:
             rows["single answers naming the intruder"] = (
                 f"{intr['answer_accuracy']:.2f} ({intr.get('n_answers', 0)} answers)"

@@ -268,7 +268,11 @@ class Evaluation:
     """Intruder accuracy of a clustering, overall and per host cluster.
 
     `accuracy` is per HIT (its answers aggregated); `answer_accuracy` the share of single answers
-    that name the intruder, what one worker alone would get right.
+    that name the intruder, what one worker alone would get right. Host clusters are drawn at even
+    odds whatever their size, so `accuracy` weighs a junk cluster of 7 images that hosted 12 of 100
+    HITs as much as 12 HITs of a 900-image one; `image_accuracy` weighs each host cluster's accuracy
+    by its images (`images_hosted` of them in all): what share of the catalogue sits in clusters
+    where the crowd spots the intruder.
     """
 
     accuracy: float | None
@@ -277,6 +281,8 @@ class Evaluation:
     skipped: tuple[int, ...] = ()
     n_answers: int = 0
     answer_accuracy: float | None = None
+    image_accuracy: float | None = None
+    images_hosted: int = 0
     ids: IntruderIds | None = None
     n_assignments: int = 0
     spent: float | None = None

@@ -107,6 +107,9 @@ def test_demo_quality_with_default_settings(scenario):
     assert summary.ari >= 0.9, summary
     assert summary.nmi is not None and summary.clusters >= 6
     assert summary.intruder_accuracy is not None and summary.intruder_accuracy >= 0.7
+    evaluated = summary.intruders
+    assert evaluated.image_accuracy is not None and evaluated.image_accuracy >= 0.7
+    assert 0 < evaluated.images_hosted <= 82
     run_dir = scenario["params"].run_dir
     saved = json.loads((run_dir / "summary.json").read_text())
     for key in ("clusters", "ari", "nmi", "intruder_accuracy", "cost", "wall_seconds", "report"):

@@ -496,6 +496,24 @@ def test_intruder_accuracy_aggregates_answers_per_hit(tmp_path):
     assert intruders.bar_chart(result, tmp_path / "chart.png").stat().st_size > 1000
 
 
+def test_intruder_accuracy_per_image_weighs_host_clusters_by_their_images():
+    """A junk cluster of 7 images that hosted 12 of 100 HITs (every one failed) weighs as much as
+    12 HITs of a 900-image cluster in the per-HIT figure (0.88); per image it is 7 of 907."""
+    from tasks.stages import ClusterAccuracy, Evaluation
+
+    clusters = pd.Series([0] * 900 + [1] * 7 + [2] * 3, index=[f"i{k}" for k in range(910)])
+    scored = Evaluation(
+        accuracy=0.88,
+        n_hits=100,
+        per_cluster=(ClusterAccuracy(0, 1.0, 88), ClusterAccuracy(1, 0.0, 12)),
+    )
+    weighted = intruders.per_image(scored, clusters)
+    assert weighted.images_hosted == 907  # cluster 2 hosted none
+    assert weighted.image_accuracy == pytest.approx(900 / 907)
+    assert weighted.accuracy == 0.88 and weighted.per_cluster == scored.per_cluster
+    assert intruders.per_image(Evaluation(accuracy=None, n_hits=0), clusters).image_accuracy is None
+
+
 def test_intruder_accuracy_holds_when_each_worker_answers_only_a_few_hits():
     """A market crowd: 120 workers, 5 answers per HIT, each worker in about 4 HITs, 94% right.
 
@@ -596,6 +614,8 @@ def test_report_and_summary(tmp_path, monkeypatch):
         skipped=(1,),
         n_answers=50,
         answer_accuracy=0.84,
+        image_accuracy=0.9,
+        images_hosted=2,
         chart=chart,
     )
     params = _params(toloka={"environment": "sandbox", "url": None})
@@ -644,6 +664,7 @@ def test_report_and_summary(tmp_path, monkeypatch):
     # The chart the evaluation drew, in the page itself: a copied report.html keeps it.
     assert "<img src='data:image/png;base64," + base64.b64encode(chart.read_bytes()).decode() + "'" in page
     assert "<th>single answers naming the intruder</th><td>0.84 (50 answers)</td>" in page
+    assert "<td>0.90 (2 images in clusters that hosted a HIT)</td>" in page
     assert "<th>clusters too small to host a HIT</th><td>1</td>" in page
     assert "<p>2 HITs over 3 images, each image in 1-2 HITs (mean 1.3); the HITs link every image" in page
     unknown = finish(Aggregated(clusters, None, info), None)
