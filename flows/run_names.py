@@ -7,6 +7,7 @@ sub-flows, times every teammate) could not be read by key without opening each r
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from prefect.utilities.names import generate_slug
 
@@ -48,12 +49,25 @@ def by_run_key() -> str:
     return named(flow_run.name or "", key)
 
 
+def folder_run_name(folder: Path) -> str:
+    """The name of an aggregation writing `folder`: its name, and the run key whose files it holds
+    when the name does not say it.
+
+    `runs/<name>/` belongs to the derived key that first wrote it (its `run_key.txt`), so its
+    aggregation is named `<name> (<key>)`: named `<name>` alone, the seed-0 run's aggregation could
+    not be told from another seed's (`<name>__<key>`) in the UI.
+    """
+    from tasks.run_folder import RunFolder
+
+    key = RunFolder(folder).owner()
+    return folder.name if not key or key in folder.name else f"{folder.name} ({key})"
+
+
 def by_run_folder() -> str:
     """`flow_run_name` of the aggregation: the run folder it writes (`shoes__shoes-s35`), which names the
     run key for a pipeline's sub-flow and the output folder for the `reaggregate` deployment."""
-    from pathlib import Path
-
     from prefect.runtime import flow_run
 
     out_dir = flow_run.parameters.get("out_dir")
-    return (Path(str(out_dir)).name if out_dir else "") or generate_slug(2)
+    folder = Path(str(out_dir)) if out_dir else None
+    return folder_run_name(folder) if folder is not None and folder.name else generate_slug(2)

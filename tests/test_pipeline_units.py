@@ -1032,6 +1032,21 @@ def test_a_run_is_named_after_its_key_after_a_name_someone_gave_it():
     assert named("", "bob1") == named("bob1", "bob1") == "bob1"
 
 
+def test_an_aggregation_is_named_after_its_folder_and_the_key_whose_files_it_holds(tmp_path):
+    """`runs/<name>/` holds the first derived key's files: its aggregation was named `<name>` alone,
+    and could not be told from another seed's in the UI."""
+    from flows.run_names import folder_run_name
+    from tasks.run_folder import RunFolder
+
+    shared = RunFolder(tmp_path / "demo-shoes").create()
+    assert folder_run_name(shared.root) == "demo-shoes"  # nobody's yet (a reaggregation's output)
+    shared.claim("demo-shoes-1a2b-s0")
+    assert folder_run_name(shared.root) == "demo-shoes (demo-shoes-1a2b-s0)"
+    keyed = RunFolder(tmp_path / "demo-shoes__nightly").create()
+    keyed.claim("nightly")
+    assert folder_run_name(keyed.root) == "demo-shoes__nightly"
+
+
 def test_an_evaluation_is_estimated_at_the_price_the_labelling_paid():
     """`fee_rate: 0.0`: the labelling paid $0.026 an answer for $0.020, yet the evaluation was still
     estimated at $0.020 and opened with too little money left to finish (a user's: $11.15 for half)."""
