@@ -359,14 +359,22 @@ def run_results(
 def catalogue_rounds(
     key: str, state: list[RoundState], labelled_now: str | None, seconds: Sequence[RoundState] = ()
 ) -> None:
-    """The catalogue's rounds, each followed by its second round when it had one."""
-    # A second round shows its listed images and two anchors per HIT from their clusters: all are shown.
-    lines = ["| round | pool | images shown | status |", "|---|---|---|---|"]
-    for entry in state:
-        after = [(f"{entry.round}, second round", one) for one in seconds if one.round == entry.round]
-        for name, one in [(entry.round, entry), *after]:
+    """The catalogue's rounds, each followed by its second round when it had one.
+
+    A round's HITs show its new images and anchors from earlier rounds (which link them to the
+    clusters), so its images shown are more than it added: the table says both (the count of images
+    shown alone read as more images than the round brought). A second round shows again images
+    already labelled: none of them is new.
+    """
+    lines = ["| round | pool | images shown | of them new | status |", "|---|---|---|---|---|"]
+    seen: set[str] = set()
+    for entry in sorted(state, key=lambda one: (one.created, one.pool_id)):
+        new = sum(item not in seen for item in entry.items)
+        seen.update(entry.items)
+        after = [(f"{entry.round}, second round", one, 0) for one in seconds if one.round == entry.round]
+        for name, one, added in [(entry.round, entry, new), *after]:
             status = "completed" if one.completed else "not completed"
-            lines.append(f"| {name} | {one.pool_id} | {len(one.items)} | {status} |")
+            lines.append(f"| {name} | {one.pool_id} | {len(one.items):,} | {added:,} | {status} |")
     if labelled_now:
         lines.append(f"\nRound `{labelled_now}` was labelled by this run.")
     create_markdown_artifact(

@@ -80,12 +80,12 @@ def test_the_rounds_table_puts_each_second_round_under_its_round(monkeypatch):
     tables: list[str] = []
     monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda **kw: tables.append(kw["markdown"]))
     first = RoundState("p1", "r1", True, "t1", tuple(OLD))
-    later = RoundState("p2", "r2", True, "t3", tuple(NEW))
+    later = RoundState("p2", "r2", True, "t3", tuple(NEW + OLD[:5]))  # 5 anchors from round 1
     again = RoundState("p3", "r1", False, "t2", tuple(OLD[:12]))
-    artifacts.catalogue_rounds("cat", [first, later], "r2", [again])
+    artifacts.catalogue_rounds("cat", [later, first], "r2", [again])
     rows = [line for line in tables[0].splitlines() if line.startswith("| r")][1:]  # after the header
     assert rows == [
-        "| r1 | p1 | 60 | completed |",
-        "| r1, second round | p3 | 12 | not completed |",
-        "| r2 | p2 | 23 | completed |",
+        "| r1 | p1 | 60 | 60 | completed |",
+        "| r1, second round | p3 | 12 | 0 | not completed |",
+        "| r2 | p2 | 28 | 23 | completed |",
     ]
