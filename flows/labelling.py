@@ -74,37 +74,55 @@ def collect_labels(
         )
     except wait.WaitTimeout as timeout:
         kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role
-        raise wait.WaitTimeout(kept_after_timeout(params, ids.main_pool, folder, kind, timeout)) from None
+        kept = kept_after_stop(params, ids.main_pool, folder, kind, timeout, SLOW_POOL)
+        raise wait.WaitTimeout(kept) from None
+    except wait.PoolStopped as stopped:
+        kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role
+        kept = kept_after_stop(params, ids.main_pool, folder, kind, stopped, STOPPED_POOL)
+        raise wait.PoolStopped(kept, stopped.reason, stopped.stats) from None
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 
 
-def kept_after_timeout(
-    params: PipelineParams, pool_id: str, folder: RunFolder, kind: str, timeout: wait.WaitTimeout
+SLOW_POOL = "with a larger wait.timeout_seconds if the pool is slow"
+STOPPED_POOL = (
+    "after fixing what stopped it (an expired pool is given a new lifetime and reopened; one closed "
+    "by hand is reopened)"
+)
+
+
+def kept_after_stop(
+    params: PipelineParams, pool_id: str, folder: RunFolder, kind: str, error: Exception, advice: str
 ) -> str:
-    """Export what a timed-out pool holds and say how to go on.
+    """Export what a pool that timed out or stopped before completion holds and say how to go on.
 
     The answers are paid whatever happens next: a run that waited out `wait.timeout_seconds`
     (4,340 answers, $116.74 in a user's try) failed with nothing but `hits.json` on disk and no
-    word on what to do.
+    word on what to do, and so did a 10,000-image run whose pool expired at 95% (66,816 answers,
+    $1,774.27).
     """
     # Closed first (the failure hook would close it anyway): an export of a pool still open missed
     # what came in after it (56 exported, 99 paid in a user's try).
     client = make_client(params.toloka)
     close_all(client, [Opening("pool", pool_id)])
     in_hand = count_assignments(client, pool_id, ("ACTIVE",))
+    waiting = count_assignments(client, pool_id, ("SUBMITTED",))
     export = results.export_task(params.toloka, pool_id, results.pool_now_task(params.toloka, pool_id))
     path = folder.write_export(export, kind)
+    pending = [
+        f"{count:,} {what}"
+        for count, what in ((in_hand, "in progress"), (waiting, "submitted and not yet accepted"))
+        if count
+    ]
     late = (
-        f" ({in_hand:,} more were in progress when the pool closed: they are paid as they come in, and "
-        "the next run exports them)"
-        if in_hand
+        f" ({' and '.join(pending)} when the pool closed: they are paid as they are accepted, and the "
+        "next run exports them)"
+        if pending
         else ""
     )
     return (
-        f"{timeout}. The pool is closed; its {n_assignments(export):,} accepted answers by now are in "
-        f"{path}{late}. Run the same command again (or Retry the flow run), with a larger "
-        "wait.timeout_seconds if the pool is slow: the same pool goes on from where it stopped and "
-        "nothing is paid twice"
+        f"{error}. The pool is closed; its {n_assignments(export):,} accepted answers by now are in "
+        f"{path}{late}. Run the same command again (or Retry the flow run), {advice}: the same pool "
+        "goes on from where it stopped and nothing is paid twice"
     )
 
 

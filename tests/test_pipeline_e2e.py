@@ -447,6 +447,48 @@ def test_a_platform_gone_mid_run_fails_the_flow_run_naming_its_url_and_what_to_d
     )
 
 
+def test_a_main_pool_stopped_before_completion_leaves_its_paid_answers_on_disk(
+    prefect_harness, emu, tmp_path
+):
+    """A 10,000-image run whose main pool expired at 95% failed with `PoolStopped` and only
+    `hits.json` in its folder: 66,816 paid answers ($1,774.27) off disk. Here the pool is closed by
+    hand once it has answers (Toloka's other stop before completion)."""
+    import threading
+    import time
+
+    from flows.labelling import labelling
+    from tasks.wait import PoolStopped
+
+    params = _params(emu, tmp_path, run_key="e2e-stopped", wait={"poll_seconds": 0.2})
+    client = make_client(params.toloka)
+    marker = f"crowdclust:{params.resolved_run_key}:main-pool"
+    closed: list[str] = []
+
+    def close_when_answered() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not closed:
+            for pool in [p for p in client.get_pools(status="OPEN") if p.private_comment == marker]:
+                if client.find_assignments(pool_id=pool.id, status="ACCEPTED", limit=1).items:
+                    client.close_pool(pool.id)
+                    closed.append(pool.id)
+            time.sleep(0.1)
+
+    closer = threading.Thread(target=close_when_answered, daemon=True)
+    closer.start()
+    with pytest.raises(PoolStopped, match=r"before completion\. The pool is closed; its") as ended:
+        labelling(params)
+    closer.join(5)
+    assert closed, "the main pool was never answered"
+    export = RunFolder.of(params).export("main")
+    kept = re.search(
+        r"its ([\d,]+) accepted answers by now are in (\S+?)(?: \(|\. Run the same)", str(ended.value)
+    )
+    assert kept is not None and kept[2] == str(export), str(ended.value)
+    rows = pd.read_csv(export, sep="\t", dtype=str)
+    assert rows["ASSIGNMENT:assignment_id"].nunique() == int(kept[1].replace(",", "")) > 0
+    assert "closed by hand is reopened" in str(ended.value) and "nothing is paid twice" in str(ended.value)
+
+
 def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path):
     from flows.labelling import labelling
     from tasks.wait import WaitTimeout
