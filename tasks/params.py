@@ -150,6 +150,14 @@ class ExamParams(_Model):
         "bounds how many workers can qualify, and so the answers the main pool can collect: a run whose main "
         "pool needs more than they can give under its answer-count restriction stops before anything opens.",
     )
+    pass_share: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="Share of the exam's takers expected to reach min_skill, for the staffing check: the "
+        "seats qualify only those who pass (the emulator's market: 74% at 10,000 images; set it from your "
+        "platform's exam statistics).",
+    )
     skill_name: str = Field(
         "Shoes clustering", description="Base name of the skill; the run key is appended."
     )

@@ -111,11 +111,11 @@ def test_data_errors_are_one_line_exit_2_and_create_nothing(run_cli, toloka_clie
     result, _ = run_cli(budget={"max_spend": 0.5})
     assert result.exit_code == 2 and "exceeds budget.max_spend $0.50" in _one_error_line(result)
 
-    # 1 seat on each of 3 exams, 1 exam each: ~3 workers, 50 answers each, then one per 5 hours.
+    # 1 seat on each of 3 exams, 1 exam each, 70% passing: ~2 workers, 50 answers each, then one per 5 hours.
     result, _ = run_cli(exam={"expected_workers": 1}, hits={"hits_per_item": 100}, budget={"max_spend": 50.0})
     line = _one_error_line(result)
     assert result.exit_code == 2 and "the main pool needs 600 answers (200 HITs x hits.overlap 3)" in line
-    assert "252 answers at most in the pool's 7 days" in line and "exam.expected_workers to 4," in line
+    assert "168 answers at most in the pool's 7 days" in line and "exam.expected_workers to 6," in line
 
     assert _pools(toloka_client) == before
 

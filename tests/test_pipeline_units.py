@@ -788,29 +788,33 @@ def test_expected_styles_prices_the_design_that_would_place_every_image():
 
 def test_a_main_pool_the_exam_cannot_staff_is_refused_before_planning():
     """The demo's main pool restricts a worker after 50 answers for 5 hours, and its 100 exam seats
-    on 3 suites (3 exams each to reach skill 75) qualify ~100 workers: 5,000 answers before a first
-    restriction, 100 x (50 + 34) = 8,400 in the pool's 7 days. 1,000 images x 7 answers: a warning;
-    2,000: refused before anything is planned; 280 seats finish it without a restriction."""
+    on 3 suites (3 exams each to reach skill 75, 70% of the takers passing) qualify ~70 workers:
+    3,500 answers before a first restriction, 70 x (50 + 34) = 5,880 in the pool's 7 days. 600
+    images x 7 answers: a warning; 1,000: refused before anything is planned; 200 seats finish it
+    without a restriction. Every taker passing (`exam.pass_share` 1), 1,000 images only warn."""
     from tasks import preflight
 
     roomy = _params(budget={"max_spend": 1000.0})
     bundle = load_bundle(roomy.toloka_dir)
     assert preflight.staffing_warning(roomy, bundle, 82) is None
-    preflight.check_plan(roomy, 1000)
-    warning = preflight.staffing_warning(roomy, bundle, 1000)
-    assert warning.startswith("exam: the main pool needs 7,000 answers (1,000 HITs x hits.overlap 7)")
-    assert "at most ~100 workers can qualify" in warning
+    preflight.check_plan(roomy, 600)
+    warning = preflight.staffing_warning(roomy, bundle, 600)
+    assert warning.startswith("exam: the main pool needs 4,200 answers (600 HITs x hits.overlap 7)")
+    assert "at most ~70 workers can qualify" in warning and "exam.pass_share 0.7 of the takers" in warning
     assert "restricts a worker after 50 answers, for 5 hours" in warning
-    assert "5,000 answers at most before their first restriction; the other 2,000" in warning
+    assert "3,500 answers at most before their first restriction; the other 700" in warning
     assert warning.endswith(
-        "exam.expected_workers 140 would qualify enough workers to finish without waiting for them"
+        "exam.expected_workers 120 would qualify enough workers to finish without waiting for them"
     )
-    with pytest.raises(preflight.ExamSeatsShort, match=r"8,400 answers at most in the pool's 7 days") as no:
-        preflight.check_plan(roomy, 2000)
-    assert "exam.expected_workers to 280, enough workers to finish without" in str(no.value)
-    assert "(167 at the very least)" in str(no.value)
+    with pytest.raises(preflight.ExamSeatsShort, match=r"5,880 answers at most in the pool's 7 days") as no:
+        preflight.check_plan(roomy, 1000)
+    assert "exam.expected_workers to 200, enough workers to finish without" in str(no.value)
+    assert "(120 at the very least)" in str(no.value)
+    everyone = roomy.model_copy(update={"exam": roomy.exam.model_copy(update={"pass_share": 1.0})})
+    preflight.check_plan(everyone, 1000)  # ~100 workers: 8,400 answers at most
+    assert "at most ~100 workers can qualify" in preflight.staffing_warning(everyone, bundle, 1000)
     assert issubclass(preflight.ExamSeatsShort, preflight.DATA_ERRORS)  # one error line, exit 2
-    staffed = _params(budget={"max_spend": 1000.0}, exam={"expected_workers": 280})
+    staffed = _params(budget={"max_spend": 1000.0}, exam={"expected_workers": 400})
     preflight.check_plan(staffed, 2000)
     # Over budget too: one error names both settings (the budget, then the seats, took two runs).
     with pytest.raises(budget.BudgetExceeded) as both:
