@@ -76,8 +76,11 @@ def describe(summary: RunSummary) -> str:
         return "n/a" if value is None else format(value, spec)
 
     estimate, again = summary.cost.estimate, summary.second_round
+    sizes = list(summary.cluster_sizes.values())
+    singles = sum(size == 1 for size in sizes)  # as `crowdclust aggregate` counts them
+    lone = f"; {singles} of them a single item" if singles else ""
     lines = [
-        f"clusters:           {summary.clusters} (sizes {list(summary.cluster_sizes.values())})",
+        f"clusters:           {summary.clusters} (sizes {sizes}{lone})",
         f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}",
         f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _intruder_detail(summary),
         f"cost:               ${num(summary.cost.spent, '.2f')} spent"

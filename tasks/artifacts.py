@@ -350,7 +350,14 @@ def run_results(
             {"cluster": c.cluster, "accuracy": round(c.accuracy, 3), "hits": c.hits}
             for c in summary.intruders.per_cluster
         ]
-        create_table_artifact(key="intruder-accuracy", table=per_cluster)
+        evaluated = summary.intruders
+        per_image = "" if evaluated.image_accuracy is None else f", {evaluated.image_accuracy:.3f} per image"
+        create_table_artifact(
+            key="intruder-accuracy",
+            table=per_cluster,
+            description=f"Intruder accuracy per host cluster: {shown(evaluated.accuracy)} over "
+            f"{evaluated.n_hits} HITs{per_image}",
+        )
         if summary.intruders.chart is not None and summary.intruders.chart.exists():
             intruder_chart(summary.intruders.chart)
     run_overview(summary, where)

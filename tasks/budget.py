@@ -75,10 +75,15 @@ def check_plan_size(params: PipelineParams, bundle: TolokaBundle, n_items: int) 
     if cost > params.budget.max_spend:
         per_hit = pool_cost(1, main_overlap(params, bundle), params.hits.reward, fee)
         most = int(params.budget.max_spend // per_hit * params.hits.size // max(n_items, 1))
+        fits = (
+            f"at most hits_per_item {most} fits"
+            if most
+            else f"not even hits_per_item 1 fits: ${per_hit * -(-n_items // params.hits.size):,.2f}"
+        )
         raise BudgetExceeded(
             f"hits.hits_per_item {params.hits.hits_per_item} on {n_items} images needs {n_hits} HITs, "
             f"${cost:.2f} for the main pool alone: exceeds budget.max_spend ${params.budget.max_spend:.2f} "
-            f"(at most hits_per_item {most} fits); nothing was planned or opened"
+            f"({fits}); nothing was planned or opened"
         )
 
 

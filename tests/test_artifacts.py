@@ -167,7 +167,7 @@ def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_pa
         metrics={"n_items": 82, "ari": 0.9090909090909091},
         cost=Cost(24.024, CostEstimate(14.924, 3.9, 5.2)),
         intruder_accuracy=10 / 11,
-        intruders=Evaluation(10 / 11, 11, n_answers=55, answer_accuracy=48 / 55),
+        intruders=Evaluation(10 / 11, 11, n_answers=55, answer_accuracy=48 / 55, image_accuracy=0.95123),
     )
     assert {row["metric"]: row["value"] for row in artifacts.metric_rows(done)} == {
         "n_items": 82,
@@ -175,6 +175,7 @@ def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_pa
         "cost_spent": "$24.02",
         "cost_estimate": "main $14.92, exam $3.90, intruders $5.20, total $24.02",
         "intruder_accuracy": 0.909,
+        "intruder_accuracy_per_image": 0.951,
         "intruder_answer_accuracy": 0.873,
     }
     nothing = {
@@ -184,6 +185,7 @@ def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_pa
         "cost_spent": "$0.00",
         "cost_estimate": None,
         "intruder_accuracy": None,
+        "intruder_accuracy_per_image": None,
         "intruder_answer_accuracy": None,
     }
 
@@ -375,3 +377,15 @@ def test_a_long_class_name_breaks_inside_its_own_caption():
     figure = report._figure("http://img.example/1.png", {}, "womens_ankle_boots")
     assert "<figcaption>womens_<wbr>ankle_<wbr>boots</figcaption>" in figure
     assert "<figcaption>a&lt;b_<wbr>c</figcaption>" in report._figure("x", {}, "a<b_c")  # escaped first
+
+
+def test_the_runs_last_lines_count_the_single_item_clusters(tmp_path):
+    """`crowdclust aggregate` says `(2 of them a single item)`; the run's summary said nothing."""
+    from crowdclust.runtime import describe
+
+    base = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
+    lone = replace(base, clusters=3, cluster_sizes={"0": 40, "1": 1, "2": 1})
+    assert describe(lone).splitlines()[0].endswith("3 (sizes [40, 1, 1]; 2 of them a single item)")
+    assert (
+        describe(replace(lone, cluster_sizes={"0": 40, "1": 2})).splitlines()[0].endswith("(sizes [40, 2])")
+    )

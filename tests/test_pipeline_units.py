@@ -786,6 +786,22 @@ def test_expected_styles_prices_the_design_that_would_place_every_image():
         preflight.check_run(_params(hits={"expected_styles": 100}))
 
 
+def test_a_budget_no_design_fits_says_what_one_hit_per_image_costs():
+    """It said `(at most hits_per_item 0 fits)`."""
+    params = _params(budget={"max_spend": 1.0})
+    bundle = load_bundle(params.toloka_dir)
+    with pytest.raises(budget.BudgetExceeded) as refused:
+        budget.check_plan_size(params, bundle, 10_000)
+    per_hit = budget.pool_cost(
+        1, budget.main_overlap(params, bundle), params.hits.reward, params.budget.fee_rate
+    )
+    assert f"(not even hits_per_item 1 fits: ${per_hit * 1000:,.2f}); nothing was planned" in str(
+        refused.value
+    )
+    with pytest.raises(budget.BudgetExceeded, match=r"\(at most hits_per_item 2 fits\)"):
+        budget.check_plan_size(_params(budget={"max_spend": per_hit * 250}), bundle, 1000)
+
+
 def test_a_main_pool_the_exam_cannot_staff_is_refused_before_planning():
     """The demo's main pool restricts a worker after 50 answers for 5 hours, and its 100 exam seats
     on 3 suites (3 exams each to reach skill 75, 70% of the takers passing) qualify ~70 workers:
