@@ -210,6 +210,12 @@ class IntrudersUnstaffed(HitPlanError):
     """Too few workers hold the labelling skill for the intruder pool ever to collect its answers."""
 
 
+# Skill holders per intruders.overlap an intruder pool needs: with 71 holders for an overlap of 69,
+# a few restricted by the pool's quality control left every HIT short, and the pool stuck at 99%
+# for its whole timeout, paid ($177.87) for what it got.
+INTRUDER_SPARE = 1.25
+
+
 def check_intruder_staffing(
     qualified: int, params: PipelineParams, bundle: TolokaBundle, n_hits: int
 ) -> None:
@@ -217,7 +223,8 @@ def check_intruder_staffing(
 
     The pool admits only the workers whose labelling skill reaches exam.min_skill, and the exam is
     closed by now, so `qualified` is final. Each HIT needs intruders.overlap different workers,
-    and the pool's tightest ANSWER_COUNT rule bounds each worker's answers in the pool's lifetime.
+    with `INTRUDER_SPARE` to spare, and the pool's tightest ANSWER_COUNT rule bounds each worker's
+    answers in the pool's lifetime.
     Without this check such a pool waits out wait.timeout_seconds (a week by default) and is paid
     for the answers it did get.
     """
@@ -226,12 +233,19 @@ def check_intruder_staffing(
         "or set intruders.enabled to false, and run the same command again: finished stages are reused, "
         "and nothing was created or paid for the intruders"
     )
-    if qualified < overlap:
+    workers = math.ceil(overlap * INTRUDER_SPARE - 1e-9)
+    if qualified < workers:
+        spare = (
+            f" and a quarter to spare ({workers} in all) for those the pool's quality control restricts "
+            "(fast answers, skipped HITs) or who stop coming"
+            if workers > overlap
+            else ""
+        )
         raise IntrudersUnstaffed(
             f"intruders: {qualified} worker(s) hold the labelling skill at exam.min_skill "
             f"{params.exam.min_skill:g}, fewer than the {overlap} different workers each intruder HIT "
-            f"needs (intruders.overlap): the intruder pool could never complete. Lower intruders.overlap "
-            f"to {qualified} or less, {tail}"
+            f"needs (intruders.overlap){spare}: the intruder pool could stall unfinished. Lower "
+            f"intruders.overlap to {max(1, math.floor(qualified / INTRUDER_SPARE + 1e-9))} or less, {tail}"
         )
     lifetime = POOL_LIFETIME.total_seconds()
     limit = tightest_limit(bundle.intruders_pool, lifetime)

@@ -849,14 +849,21 @@ def test_an_intruder_pool_is_refused_when_the_skilled_workers_cannot_give_its_an
     params = _params()
     bundle = load_bundle(params.toloka_dir)
     short = IntrudersUnstaffed
-    check_intruder_staffing(5, params, bundle, 257)  # 1,285 answers: exactly what 5 workers can give
-    with pytest.raises(short, match=r"^intruders: 258 HITs x intruders.overlap 5 need 1,290 answers") as no:
-        check_intruder_staffing(5, params, bundle, 258)
-    assert "5 worker(s) hold the labelling skill" in str(no.value)
+    check_intruder_staffing(7, params, bundle, 359)  # 1,795 answers: what 7 workers can give is 1,799
+    with pytest.raises(short, match=r"^intruders: 360 HITs x intruders.overlap 5 need 1,800 answers") as no:
+        check_intruder_staffing(7, params, bundle, 360)
+    assert "7 worker(s) hold the labelling skill" in str(no.value)
     assert "restricts a worker after 250 answers, for 1 day" in str(no.value)
-    assert "1,285 answers at most in the pool's 7 days" in str(no.value)
+    assert "1,799 answers at most in the pool's 7 days" in str(no.value)
     with pytest.raises(short, match=r"4 worker\(s\) hold .* fewer than the 5 different workers"):
         check_intruder_staffing(4, params, bundle, 1)
+    # Six for an overlap of 5: a few restricted by the pool's quality control would leave HITs short.
+    with pytest.raises(short, match=r"\(intruders.overlap\) and a quarter to spare \(7 in all\)") as thin:
+        check_intruder_staffing(6, params, bundle, 1)
+    assert "Lower intruders.overlap to 4 or less" in str(thin.value)
+    crowded = _params(intruders={"overlap": 69})
+    with pytest.raises(short, match=r"71 worker\(s\) hold .* fewer than the 69 .* \(87 in all\)"):
+        check_intruder_staffing(71, crowded, bundle, 1)
     assert issubclass(short, DATA_ERRORS)  # one error line, exit 2
 
 
