@@ -17,8 +17,8 @@ from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
 from tasks.stages import HitPlan, Labelled
-from tasks.toloka_api import Opening, close_all, count_assignments, make_client, probe
-from tasks.toloka_config import Placeholders, load_bundle
+from tasks.toloka_api import POOL_LIFETIME, Opening, close_all, count_assignments, make_client, probe
+from tasks.toloka_config import Placeholders, load_bundle, tightest_limit
 
 
 def collect_labels(
@@ -70,7 +70,13 @@ def collect_labels(
             period,
             params.wait.timeout_seconds,
             budget.SpendGuard.of(params, before, costs),
-            exam.Staffing(params.exam.min_skill, params.hits.overlap),
+            exam.Staffing(
+                params.exam.min_skill,
+                params.hits.overlap,
+                len(plan.hits) * params.hits.overlap,
+                tightest_limit(bundle.main_pool, POOL_LIFETIME.total_seconds()),
+                POOL_LIFETIME.total_seconds(),
+            ),
         )
     except wait.WaitTimeout as timeout:
         kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role
@@ -126,23 +132,13 @@ def kept_after_stop(
     )
 
 
-def warn_up(message: str) -> None:
-    """A warning in this run's log and, from a sub-flow, the top-level run's: what a run is warned
-    of before it pays was only in the labelling sub-flow's log, where a team lead looking at the
-    run from the UI did not see it."""
-    get_run_logger().warning(message)
-    parent = artifacts.parent_run_logger()
-    if parent is not None:
-        parent.warning(message)
-
-
 def claimed(params: PipelineParams, run_key: str) -> RunFolder:
     """The run folder, marked as `run_key`'s; a warning when `runs/<name>/` holds another key's
     files and this run writes a folder of its own (`RunFolder.of`)."""
     folder = RunFolder.take(params)
     other = folder.taken_by(params)
     if other is not None:
-        warn_up(
+        artifacts.warn_up(
             f"{params.run_dir} holds the files of run key {other}: this run (key {run_key}) "
             f"writes {folder.root}"
         )
@@ -159,10 +155,10 @@ def labelling(params: PipelineParams) -> Labelled:
     items = checked.items
     logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)
     for warning in checked.warnings:
-        warn_up(warning)
+        artifacts.warn_up(warning)
     probe(params.toloka)  # no token, a wrong one or no platform: fail before anything is created
     for warning in preflight.earlier_run_keys_task(params):
-        warn_up(warning)
+        artifacts.warn_up(warning)
     folder = claimed(params, run_key)  # after the checks: a refused run writes nothing
 
     labelled = collect_labels(params, run_key, hits.make_plan(items, params.hits, params.seed), folder)

@@ -55,6 +55,16 @@ def hit_coverage(coverage: Coverage) -> None:
     create_table_artifact(key="hit-coverage", table=rows, description=description)
 
 
+def warn_up(message: str) -> None:
+    """A warning in this run's log and, from a sub-flow, the top-level run's: what a run is warned
+    of before it pays was only in the labelling sub-flow's log, where a team lead looking at the
+    run from the UI did not see it."""
+    get_run_logger().warning(message)
+    parent = parent_run_logger()
+    if parent is not None:
+        parent.warning(message)
+
+
 def parent_run_logger() -> logging.LoggerAdapter[logging.Logger] | None:
     """A logger whose lines go to the top-level flow run's log (None when that is the current run).
 

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from tasks.stages import ExamTotals
 from tasks.toloka_api import ALREADY_DONE, TolokaClient, TooManyRequestsApiError, is_completed, skill_values
+from tasks.toloka_config import AnswerLimit
 
 log = logging.getLogger(__name__)
 GATING_THREADS = 8  # requests of one tick in flight at once (a Prefect rate limit, when on, still applies)
@@ -154,10 +155,48 @@ class GatingState:
 @dataclass(frozen=True)
 class Staffing:
     """What the main pool needs from the exam: `overlap` distinct workers per HIT, each with a skill
-    of at least `min_skill`."""
+    of at least `min_skill`; and `needed` answers in all, which its tightest ANSWER_COUNT rule
+    (`limit`) lets each qualified worker give only so many of (see `short_of_answers`)."""
 
     min_skill: float
     overlap: int
+    needed: int = 0  # HITs x overlap; 0: not checked
+    limit: AnswerLimit | None = None
+    lifetime_seconds: float = 0.0
+
+    def qualified(self, state: GatingState) -> int:
+        """The workers whose skill value lets them into the main pool."""
+        return sum(1 for value in state.sent.values() if value >= self.min_skill)
+
+    def short_of_answers(self, qualified: int) -> str | None:
+        """Why the main pool will slow down (or expire) once `qualified` is final, else None.
+
+        The run's check before anything opened counts on `exam.pass_share` of the exam's takers
+        passing; when fewer pass, every qualified worker is restricted before the pool is done. A
+        10,000-image run qualified 1,036 workers where 1,400 were counted on: from ~51,800 of its
+        70,000 answers the pace fell from ~240 to ~18 answers/s, nothing said why for 12 minutes,
+        and the pool expired at 95%.
+        """
+        if self.limit is None or self.needed <= 0 or qualified <= 0:
+            return None
+        first = qualified * self.limit.answers
+        if first >= self.needed:
+            return None
+        most = qualified * self.limit.most_per_worker(self.lifetime_seconds)
+        days = round(self.lifetime_seconds / 86400)
+        expire = (
+            f"; at most {most:,} in the pool's {days} days, so it will expire unfinished"
+            if most < self.needed
+            else ""
+        )
+        return (
+            f"the exam pool is complete with {qualified:,} workers qualified: main_pool.json "
+            f"{self.limit.describe()}, so they give {first:,} of the {self.needed:,} answers the main pool "
+            f"needs before each is restricted, and then one answer per restriction: the pool slows down "
+            f"and may take days{expire}. To finish sooner, raise exam.expected_workers and run the same "
+            "command again (the exam pool reopens for the new seats; nothing is paid twice), or stop the "
+            "run (--close)"
+        )
 
 
 class ExamStarved(RuntimeError):
@@ -178,7 +217,7 @@ def check_staffing(
     gating read the SUBMITTED list: while any exam answer still waits for review, its worker may
     yet qualify, and the verdict waits for the next tick (a run was once failed here for that).
     """
-    qualified = sum(1 for value in state.sent.values() if value >= staffing.min_skill)
+    qualified = staffing.qualified(state)
     if qualified >= staffing.overlap or not is_completed(client.get_pool(exam_pool_id)):
         return
     if is_completed(client.get_pool(main_pool_id)):  # the last tick, after completion: nothing is missing

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from tasks.artifacts import ProgressReporter
+from tasks.artifacts import ProgressReporter, warn_up
 from tasks.budget import LiveSpend, SpendGuard
 from tasks.exam import GatingState, Staffing, check_staffing, gate_exams
 from tasks.params import TolokaTarget
@@ -239,9 +239,15 @@ def wait_labelling_task(
         if time.monotonic() - started >= SLOW_GATING_SECONDS:  # a long silence between poll lines
             get_run_logger().info("exam gating: %s in %.0f s", tick.describe(), time.monotonic() - started)
 
+    warned = [False]
+
     def gate() -> None:
         review()
         check_staffing(client, ids.exam_pool, ids.main_pool, staffing, state)
+        short = None if warned[0] else staffing.short_of_answers(staffing.qualified(state))
+        if short is not None and is_completed(client.get_pool(ids.exam_pool)):  # nobody else qualifies
+            warned[0] = True
+            warn_up(f"exam gating: {short}")
 
     live = LiveSpend(spend)
 

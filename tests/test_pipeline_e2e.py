@@ -355,7 +355,7 @@ def test_a_warning_given_before_a_run_pays_is_in_the_log_of_the_run_the_user_sta
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogHandler
 
-    from flows.labelling import warn_up
+    from tasks.artifacts import warn_up
 
     @flow(name="labelling-like")
     def labelling_like() -> None:

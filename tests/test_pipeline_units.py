@@ -841,6 +841,31 @@ def test_a_main_pool_the_exam_cannot_staff_is_refused_before_planning():
     assert preflight.staffing_warning(staffed, bundle, 2000) is None
 
 
+def test_a_main_pool_short_of_qualified_workers_is_called_so_once_the_exam_is_complete():
+    """A 10,000-image run qualified 1,036 workers where 1,400 were counted on: every one was
+    restricted from ~51,800 of the 70,000 answers, the pace fell from ~240 to ~18 answers/s, and
+    nothing said why until the pool expired at 95%."""
+    from tasks.exam import GatingState
+    from tasks.exam import Staffing as Needs
+    from tasks.toloka_api import POOL_LIFETIME
+    from tasks.toloka_config import tightest_limit
+
+    bundle = load_bundle(_params().toloka_dir)
+    lifetime = POOL_LIFETIME.total_seconds()
+    needs = Needs(75.0, 7, 7_000, tightest_limit(bundle.main_pool, lifetime), lifetime)
+    state = GatingState(sent={f"w{i}": 80.0 if i < 70 else 60.0 for i in range(90)})
+    assert needs.qualified(state) == 70
+    short = needs.short_of_answers(70)
+    assert short.startswith("the exam pool is complete with 70 workers qualified: main_pool.json restricts")
+    assert "they give 3,500 of the 7,000 answers" in short
+    assert "at most 5,880 in the pool's 7 days, so it will expire unfinished" in short
+    assert "raise exam.expected_workers and run the same command again" in short
+    slow = needs.short_of_answers(100)  # 5,000 before a restriction, 8,400 in 7 days
+    assert "they give 5,000 of the 7,000" in slow and "expire" not in slow
+    assert needs.short_of_answers(140) is None
+    assert Needs(75.0, 7).short_of_answers(70) is None  # no need given: nothing to say
+
+
 def test_an_intruder_pool_is_refused_when_the_skilled_workers_cannot_give_its_answers():
     """The demo's intruder pool restricts a worker after 250 answers for a day: 257 answers each in
     the pool's 7 days. Each HIT needs intruders.overlap (5) different skilled workers."""
