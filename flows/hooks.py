@@ -33,7 +33,9 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         key = run_key_of(flow.name, params)
         with run_lock(params.toloka, key, closing=True):
             closed = close_with_retries(RunRegistry(make_client(params.toloka, retries=1), key))
-        closed_text = closed or "nothing (none was open)"
+        # A parent run ends after its sub-flows' hooks closed their pools: "none was open" read as if
+        # nothing had been closed.
+        closed_text = closed or "nothing: none was left open (a sub-flow closes its own as it ends)"
         log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed_text)
     except RunKeyBusy:
         log.warning("run key busy with another live run: its pools stay open")

@@ -256,6 +256,6 @@ def test_close_only_closes_the_open_pools_of_its_run_key_and_nothing_else(run_cl
     other = opened["close-other"]
     assert toloka_client.get_pool(other.main_pool).status.value == "OPEN"  # another key's: untouched
     again, _ = run_cli("--run-key", "close-me", "--close")
-    assert again.exit_code == 0 and "no pool or training of run key close-me is open" in again.stdout
+    assert again.exit_code == 0 and "no pool or training of run key close-me was left open" in again.stdout
     toloka_client.close_pool(other.main_pool)
     toloka_client.close_training(other.training)

@@ -93,7 +93,7 @@ def _close_after_stop(params: PipelineParams) -> str:
 def _closed(key: str, closed: list[str]) -> str:
     """What closing the run key's open pools and trainings did, in one sentence."""
     if not closed:
-        return f"no pool or training of run key {key} is open"
+        return f"no pool or training of run key {key} was left open"
     return f"closed {', '.join(closed)} of run key {key}"
 
 
