@@ -61,6 +61,7 @@ def collect_labels(
     preflight.verify_labelling_task(params.toloka, run_key, ids, main_pool_role)
     setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits)
     period = params.wait.period(params.toloka.environment)
+    export_kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role  # its file's name
     try:
         waited = wait.wait_labelling_task.with_options(retries=params.wait.retries)(
             params.toloka,
@@ -79,12 +80,10 @@ def collect_labels(
             ),
         )
     except wait.WaitTimeout as timeout:
-        kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role
-        kept = kept_after_stop(params, ids.main_pool, folder, kind, timeout, SLOW_POOL)
+        kept = kept_after_stop(params, ids.main_pool, folder, export_kind, timeout, SLOW_POOL)
         raise wait.WaitTimeout(kept) from None
     except wait.PoolStopped as stopped:
-        kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role
-        kept = kept_after_stop(params, ids.main_pool, folder, kind, stopped, STOPPED_POOL)
+        kept = kept_after_stop(params, ids.main_pool, folder, export_kind, stopped, STOPPED_POOL)
         raise wait.PoolStopped(kept, stopped.reason, stopped.stats) from None
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 
