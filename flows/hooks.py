@@ -33,9 +33,10 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         key = run_key_of(flow.name, params)
         with run_lock(params.toloka, key, closing=True):
             closed = close_with_retries(RunRegistry(make_client(params.toloka, retries=1), key))
-        # A parent run ends after its sub-flows' hooks closed their pools: "none was open" read as if
-        # nothing had been closed.
-        closed_text = closed or "nothing: none was left open (a sub-flow closes its own as it ends)"
+        # A top-level run ends after its sub-flows' hooks closed their pools: "none was open" read as
+        # if nothing had been closed.
+        why = " (a sub-flow closes its own as it ends)" if flow_run.parent_task_run_id is None else ""
+        closed_text = closed or f"nothing: none was left open{why}"
         log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed_text)
     except RunKeyBusy:
         log.warning("run key busy with another live run: its pools stay open")

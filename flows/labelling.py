@@ -76,7 +76,6 @@ def collect_labels(
                 params.hits.overlap,
                 len(plan.hits) * params.hits.overlap,
                 tightest_limit(bundle.main_pool, POOL_LIFETIME.total_seconds()),
-                POOL_LIFETIME.total_seconds(),
             ),
         )
     except wait.WaitTimeout as timeout:

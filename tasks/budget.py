@@ -58,9 +58,11 @@ def main_overlap(params: PipelineParams, bundle: TolokaBundle) -> int:
     return check_overlap_rules(path, bundle.main_pool, params.hits.overlap, params.hits.max_overlap)
 
 
-def planned_hits(n_items: int, params: PipelineParams) -> int:
-    """How many HITs a plan of `n_items` will have, without planning it (both designs cut the same)."""
-    return max(-(-n_items * params.hits.hits_per_item // params.hits.size), 1)
+def planned_hits(n_items: int, params: PipelineParams, hits_per_item: int | None = None) -> int:
+    """How many HITs a plan of `n_items` will have, without planning it (both designs cut the same);
+    `hits_per_item` instead of the config's."""
+    per_item = params.hits.hits_per_item if hits_per_item is None else hits_per_item
+    return max(-(-n_items * per_item // params.hits.size), 1)
 
 
 def check_plan_size(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> None:
@@ -78,7 +80,7 @@ def check_plan_size(params: PipelineParams, bundle: TolokaBundle, n_items: int) 
         fits = (
             f"at most hits_per_item {most} fits"
             if most
-            else f"not even hits_per_item 1 fits: ${per_hit * -(-n_items // params.hits.size):,.2f}"
+            else f"not even hits_per_item 1 fits: ${per_hit * planned_hits(n_items, params, 1):,.2f}"
         )
         raise BudgetExceeded(
             f"hits.hits_per_item {params.hits.hits_per_item} on {n_items} images needs {n_hits} HITs, "

@@ -28,7 +28,14 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from tasks.stages import ExamTotals
-from tasks.toloka_api import ALREADY_DONE, TolokaClient, TooManyRequestsApiError, is_completed, skill_values
+from tasks.toloka_api import (
+    ALREADY_DONE,
+    POOL_LIFETIME,
+    TolokaClient,
+    TooManyRequestsApiError,
+    is_completed,
+    skill_values,
+)
 from tasks.toloka_config import AnswerLimit
 
 log = logging.getLogger(__name__)
@@ -162,7 +169,6 @@ class Staffing:
     overlap: int
     needed: int = 0  # HITs x overlap; 0: not checked
     limit: AnswerLimit | None = None
-    lifetime_seconds: float = 0.0
 
     def qualified(self, state: GatingState) -> int:
         """The workers whose skill value lets them into the main pool."""
@@ -182,10 +188,9 @@ class Staffing:
         first = qualified * self.limit.answers
         if first >= self.needed:
             return None
-        most = qualified * self.limit.most_per_worker(self.lifetime_seconds)
-        days = round(self.lifetime_seconds / 86400)
+        most = qualified * self.limit.most_per_worker(POOL_LIFETIME.total_seconds())
         expire = (
-            f"; at most {most:,} in the pool's {days} days, so it will expire unfinished"
+            f"; at most {most:,} in the pool's {POOL_LIFETIME.days} days, so it will expire unfinished"
             if most < self.needed
             else ""
         )

@@ -155,8 +155,8 @@ class ExamParams(_Model):
         gt=0,
         le=1,
         description="Share of the exam's takers expected to reach min_skill, for the staffing check: the "
-        "seats qualify only those who pass (the emulator's market: 74% at 10,000 images; set it from your "
-        "platform's exam statistics).",
+        "seats qualify only those who pass (on the emulator 74% of 1,400 seats, 27% of 40; set it from your "
+        "platform's exam statistics). The run warns once the exam is complete if too few qualified.",
     )
     skill_name: str = Field(
         "Shoes clustering", description="Base name of the skill; the run key is appended."

@@ -852,7 +852,7 @@ def test_a_main_pool_short_of_qualified_workers_is_called_so_once_the_exam_is_co
 
     bundle = load_bundle(_params().toloka_dir)
     lifetime = POOL_LIFETIME.total_seconds()
-    needs = Needs(75.0, 7, 7_000, tightest_limit(bundle.main_pool, lifetime), lifetime)
+    needs = Needs(75.0, 7, 7_000, tightest_limit(bundle.main_pool, lifetime))
     state = GatingState(sent={f"w{i}": 80.0 if i < 70 else 60.0 for i in range(90)})
     assert needs.qualified(state) == 70
     short = needs.short_of_answers(70)
