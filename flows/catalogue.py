@@ -113,7 +113,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         role = f"{rounds.ROUND_ROLE}{round_id}"
         with clock.lap("labelling"):
             labelled = collect_labels(
-                params, key, plan, folder.round(round_id), role, evaluations_behind=True
+                params, key, plan, folder.round(round_id), role, evaluations_behind=True, exam_shared=True
             )
         done_pools.append(labelled.ids.main_pool)
         state = rounds.with_round(state, round_id, labelled.ids.main_pool, planned)
@@ -126,7 +126,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
             done = second_round(
                 params, key, list(frames.values()), aggregated, folder,
                 share_of=rounds.new_items_of(state, latest), role=rounds.second_round_role(latest),
-                plan_folder=f"{latest}-second", evaluations_behind=True,
+                plan_folder=f"{latest}-second", evaluations_behind=True, exam_shared=True,
             )  # fmt: skip
         if done is not None:
             second, aggregated = done

@@ -28,6 +28,7 @@ def collect_labels(
     folder: RunFolder,
     main_pool_role: str = setup.MAIN_POOL,
     evaluations_behind: bool = False,
+    exam_shared: bool = False,
 ) -> Labelled:
     """Budget guard, Toloka objects, upload, wait with exam gating for one HIT plan.
 
@@ -40,6 +41,9 @@ def collect_labels(
     evaluates a new clustering) counts them as spent: they are earlier rounds', paid. Before, a
     catalogue's fourth round saw $21.48 already spent where the key had spent $35.78, opened and
     paid its pool, and only its evaluation was refused.
+
+    `exam_shared` (a catalogue: its rounds share one exam pool): what that pool was paid before
+    this run is shown as paid, not in the estimate's total, which is what this run may spend.
     """
     logger = get_run_logger()
     bundle = load_bundle(params.toloka_dir)
@@ -51,7 +55,9 @@ def collect_labels(
     counted = budget.main_overlap(params, bundle)  # per HIT, what quality rules may add included
     beyond = budget.answers_beyond_task(params.toloka, run_key, main_pool_role, counted)
     costs = budget.with_answers_beyond(costs, beyond, counted, params)
-    covers = ("exam-pool", main_pool_role, *(() if evaluations_behind else (budget.INTRUDER_POOLS,)))
+    if exam_shared:
+        costs = replace(costs, exam_paid=budget.exam_paid_at_start_task(params.toloka, run_key))
+    covers = (budget.EXAM_POOL, main_pool_role, *(() if evaluations_behind else (budget.INTRUDER_POOLS,)))
     before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
 
     values = Placeholders.of(params)

@@ -36,6 +36,7 @@ def second_round(
     role: str = SECOND_ROUND_POOL,
     plan_folder: str = "second",
     evaluations_behind: bool = False,
+    exam_shared: bool = False,
 ) -> tuple[Labelled, Aggregated] | None:
     """Label the images `aggregated` listed, then cluster the `earlier` exports and this round's.
 
@@ -43,7 +44,7 @@ def second_round(
     first): `share_of` is the number of images the round that made `aggregated` brought, so a
     round's budget check can count its second round before anything is paid. The HIT plan is kept
     under `rounds/<plan_folder>` of the run folder. None when fewer than a HIT's worth are listed
-    (the clustering stands). `evaluations_behind`: see `flows.labelling.collect_labels`.
+    (the clustering stands). `evaluations_behind`, `exam_shared`: see `flows.labelling.collect_labels`.
     """
     logger = get_run_logger()
     images = pick_images(aggregated.recheck, params, share_of)
@@ -55,7 +56,13 @@ def second_round(
     logger.info("second round: %d of the %d images listed (of %d)", len(images), listed, n_items)
     plan = make_plan(images, aggregated.clusters, params)
     second = collect_labels(
-        params, run_key, plan, folder.round(plan_folder), role, evaluations_behind=evaluations_behind
+        params,
+        run_key,
+        plan,
+        folder.round(plan_folder),
+        role,
+        evaluations_behind=evaluations_behind,
+        exam_shared=exam_shared,
     )
     export = results.export_task(params.toloka, second.ids.main_pool, second.wait)
     path = folder.write_export(export, "second")

@@ -23,6 +23,7 @@ from tasks.toloka_api import RunRegistry
 from tasks.toloka_config import TolokaBundle, check_overlap_rules, overlap_raise
 
 INTRUDER_POOLS = "intruders-pool-"  # role prefix of intruder pools (one per evaluated clustering)
+EXAM_POOL = "exam-pool"  # role of the exam pool (shared by a catalogue's rounds)
 
 
 class BudgetExceeded(RuntimeError):
@@ -112,7 +113,7 @@ def check_budget(costs: CostEstimate, max_spend: float, spent_before: float = 0.
     """Raise with the breakdown when the estimate exceeds what is left of the budget."""
     left = round(max_spend - spent_before, 4)
     if costs.total > left:
-        parts = ", ".join(f"{k} ${v:.2f}" for k, v in costs.as_dict().items() if k != "total" and v)
+        parts = ", ".join(f"{k} ${v:.2f}" for k, v in costs.parts().items() if v)
         already = (
             f" less ${spent_before:.2f} already spent by this run key (${_apart(left, costs.total)} left)"
             if spent_before
@@ -194,7 +195,12 @@ def at_price_ratio(costs: CostEstimate, ratio: float, params: PipelineParams) ->
     """
     if ratio <= 1.0:
         return costs
-    scaled = CostEstimate(*(round(value * ratio, 4) for value in (costs.main, costs.exam, costs.intruders)))
+    scaled = replace(
+        costs,
+        main=round(costs.main * ratio, 4),
+        exam=round(costs.exam * ratio, 4),
+        intruders=round(costs.intruders * ratio, 4),
+    )
     get_run_logger().warning(
         "Toloka charged %.2fx the config's price per answer in this run key's main pool "
         "(budget.fee_rate %.2f is below the platform's fee): the estimate counts that price, %s",
@@ -216,17 +222,32 @@ def check_budget_task(
     registry = RunRegistry.connect(target, run_key)
     charged = registry.charged()
     before = round(sum(v or 0.0 for role, _, v in charged if not role.startswith(covers)), 4)
-    resumed = round(sum(v or 0.0 for role, _, v in charged if role.startswith(covers)), 4)
+    # What the exam pool was paid before this run is outside `costs.total`: spent, not to spend.
+    resumed = round(
+        max(sum(v or 0.0 for role, _, v in charged if role.startswith(covers)) - costs.exam_paid, 0), 4
+    )
     get_run_logger().info(
-        "cost estimate: %s; budget $%.2f, already spent by other pools $%.2f%s",
+        "cost estimate: %s; budget $%.2f, already spent outside this estimate $%.2f%s",
         costs.describe(),
         max_spend,
-        before,
+        round(before + costs.exam_paid, 4),
         f"; ${resumed:.2f} paid already in the pools the estimate covers (a resumed run)" if resumed else "",
     )
-    check_budget(costs, max_spend, before)
+    check_budget(costs, max_spend, round(before + costs.exam_paid, 4))
     check_balance(costs, resumed, registry.balance())
     return before
+
+
+@stage_task(name="exam-paid-at-start", toloka=True, per_flow_run=True)
+def exam_paid_at_start_task(target: TolokaTarget, run_key: str) -> float:
+    """What the run key's exam pool had been charged when the flow run first asked.
+
+    A catalogue's rounds share one exam pool, bounded over its whole life: what earlier runs paid
+    for it is not a later round's to spend. Read once per flow run, as `charges_at_start_task`: a
+    Retry's estimate, like its cost, counts the exams its first attempt paid as the run's own.
+    """
+    charged = RunRegistry.connect(target, run_key).charged(lambda role: role == EXAM_POOL)
+    return round(sum(value or 0.0 for _, _, value in charged), 4)
 
 
 @stage_task(name="pool-charges", toloka=True, cache=False)

@@ -65,31 +65,62 @@ class HitPlan:
 
 @dataclass(frozen=True)
 class CostEstimate:
-    """Upper bound of what a stage's pools cost, USD, fee included (`tasks.budget.estimate`)."""
+    """Upper bound of what a stage's pools cost, USD, fee included (`tasks.budget.estimate`).
+
+    `exam` bounds the exam pool over its whole life; `exam_paid` is what of it was charged before
+    this run (a catalogue's rounds share one exam pool): `total` is what the run may still spend,
+    so that pool's paid part is not counted again. A 10,000 -> 10,500 round showed $45.37, the
+    earlier rounds' exams included, and spent $29.77.
+    """
 
     main: float = 0.0
     exam: float = 0.0
     intruders: float = 0.0
+    exam_paid: float = 0.0
+
+    @property
+    def exam_due(self) -> float:
+        """What the exam pool may still cost: its bound less what was paid before this run."""
+        return round(max(self.exam - self.exam_paid, 0.0), 4)
 
     @property
     def total(self) -> float:
-        return round(self.main + self.exam + self.intruders, 4)
+        return round(self.main + self.exam_due + self.intruders, 4)
 
     def as_dict(self) -> dict[str, float]:
-        return {"main": self.main, "exam": self.exam, "intruders": self.intruders, "total": self.total}
+        """The parts that add up to `total`; `exam_paid_before_this_run` only when some was."""
+        data = {"main": self.main, "exam": self.exam_due}
+        if self.exam_paid:
+            data["exam_paid_before_this_run"] = self.exam_paid
+        return {**data, "intruders": self.intruders, "total": self.total}
+
+    def parts(self) -> dict[str, float]:
+        """The parts this run may spend (what `total` sums)."""
+        return {"main": self.main, "exam": self.exam_due, "intruders": self.intruders}
 
     def describe(self) -> str:
-        """One line in dollars: "main $14.92, exam $3.90, intruders $5.20, total $24.02"."""
-        return ", ".join(f"{k} ${v:,.2f}" for k, v in self.as_dict().items())
+        """One line in dollars: "main $14.92, exam $3.90, intruders $5.20, total $24.02"; an exam
+        pool paid before this run says so, and that it is not spent again."""
+        exam = f"exam ${self.exam_due:,.2f}"
+        if self.exam_paid:
+            exam += (
+                f" (the exam pool's ${self.exam_paid:,.2f} was paid before this run, not spent again)"
+                if self.exam_due == 0
+                else f" more (${self.exam_paid:,.2f} of the exam pool's ${self.exam:,.2f} was paid "
+                "before this run, not spent again)"
+            )
+        return f"main ${self.main:,.2f}, {exam}, intruders ${self.intruders:,.2f}, total ${self.total:,.2f}"
 
     @classmethod
     def of_rounds(cls, *rounds: Labelled | None) -> CostEstimate | None:
         """The estimate of the rounds a run labelled (None: it labelled nothing): every round's main
-        pool, and the exam and intruder seats once (each round's estimate counts the same ones)."""
+        pool, and the exam and intruder seats once (each round's estimate counts the same ones),
+        less what the exam pool was paid before the run's first round."""
         done = [one.estimate for one in rounds if one is not None]
         if not done:
             return None
-        return cls(round(sum(one.main for one in done), 4), done[-1].exam, done[-1].intruders)
+        main = round(sum(one.main for one in done), 4)
+        return cls(main, done[-1].exam, done[-1].intruders, done[0].exam_paid)
 
 
 def shown(value: float | None, spec: str = ".3f") -> str:

@@ -713,7 +713,8 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
     (right for a pipeline, which may resume its one evaluation; wrong for a catalogue, whose earlier
     rounds' evaluations are paid): a round opened and paid its pool, then its evaluation was refused.
     Round 1 with an evaluation; round 2 (20 new images) with max_spend below what the key spent
-    plus round 2's estimate: refused before its pool exists."""
+    plus round 2's estimate: refused before its pool exists. Then round 2 with room for it: its
+    estimate leaves out what round 1 paid for the shared exam pool."""
     from flows.catalogue import cluster_catalogue
     from tasks.budget import BudgetExceeded
     from tasks.rounds import ROUND_ROLE
@@ -745,6 +746,27 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
         cluster_catalogue(second)
     roles = [str(p.private_comment).rsplit(":", 1)[1] for p in _objects(second)["pools"]]
     assert sum(role.startswith(ROUND_ROLE) for role in roles) == 1, roles  # round 2 opened nothing
+
+    # With the budget for it, round 2's estimate is what round 2 may spend: the exam pool that
+    # round 1 paid is shown as paid, not counted again (a 10,000 -> 10,500 round showed $45.37 and
+    # spent $29.77).
+    exam_paid = registry.spent(lambda role: role == "exam-pool")
+    assert exam_paid > 0
+    roomy = second.model_copy(update={"budget": second.budget.model_copy(update={"max_spend": 1000.0})})
+    grown = cluster_catalogue(roomy)
+    estimate = grown.cost.estimate
+    assert estimate is not None and grown.catalogue.new_items == 20
+    assert estimate.total < estimate.main + estimate.exam + estimate.intruders
+    assert estimate.exam_paid == pytest.approx(exam_paid, abs=0.01)
+    assert estimate.total == pytest.approx(
+        estimate.main + max(estimate.exam - exam_paid, 0.0) + estimate.intruders, abs=0.01
+    )
+    assert 0 < grown.cost.spent <= estimate.total
+    saved = json.loads((second.run_dir / "summary.json").read_text())["cost"]["estimate"]
+    assert saved["exam_paid_before_this_run"] == pytest.approx(exam_paid, abs=0.01)
+    assert saved["total"] == pytest.approx(saved["main"] + saved["exam"] + saved["intruders"], abs=0.01)
+    assert f"(estimate ${estimate.total:.2f})" in describe(grown)
+    assert "exam_paid_before_this_run $" in (second.run_dir / "report.html").read_text()
 
 
 def test_an_evaluation_started_on_its_own_leaves_the_runs_files_and_writes_its_own(scenario, prefect_harness):
