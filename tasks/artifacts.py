@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,28 +87,87 @@ def parent_run_logger() -> logging.LoggerAdapter[logging.Logger] | None:
     return logging.LoggerAdapter(logger, {"flow_run_id": root, "task_run_id": None})
 
 
-class ProgressReporter:
-    """A progress artifact plus one log line per poll (completion %, assignments, spend), the line
-    in the top-level run's log too."""
+POLL_LOG_STEP = 5.0  # points of completion that earn a poll line of their own
+POLL_LOG_INTERVAL = 600.0  # seconds of wait after which a poll line is logged however little moved
+POLL_STALL_SECONDS = 600.0  # seconds without a new answer that make a pool "stalled"
 
-    def __init__(self, key: str, what: str, also: Callable[[PoolStats], str] | None = None) -> None:
+
+class ProgressReporter:
+    """A progress artifact updated every poll, and a log line (completion %, assignments, spend) for
+    the polls that say something new, the line in the top-level run's log too.
+
+    A line every poll gave one wait of a 10,000-image pool about 775 near-identical lines. A poll is
+    logged when it is the first, when completion moved `POLL_LOG_STEP` points since the last line or
+    reached 100%, when answers stop coming for `POLL_STALL_SECONDS` or come again after that, and at
+    least every `POLL_LOG_INTERVAL` seconds; `flush` logs the last poll when it was not, so the line
+    a wait ends on is always there. A wait of hours gives tens of lines, one of minutes a few.
+    `clock` is where the seconds are read (a test's simulated one).
+    """
+
+    def __init__(
+        self,
+        key: str,
+        what: str,
+        also: Callable[[PoolStats], str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.what = what
         self.also = also  # more of the line, e.g. the run's spend with the exams against the budget
+        self.clock = clock
         self.logger = get_run_logger()
         self.parent = parent_run_logger()
         self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=what)
+        self.unlogged: str | None = None  # the last poll's line while it was not logged
+        self.logged_at: tuple[float, float] | None = None  # (clock, completion) of the last line
+        self.answers: tuple[float | None, float] = (None, clock())  # submitted, when it last grew
+        self.stalled = False
 
     def __call__(self, stats: PoolStats) -> None:
         done = stats.completion_percentage or 0.0
+        now = self.clock()
         line = (
             f"{self.what}: {done:.0f}% complete, {_fmt(stats.submitted_assignments_count)} submitted, "
             f"{_fmt(stats.approved_assignments_count)} accepted, "
             f"${_fmt(stats.spent_budget, '.2f')} spent ({stats.elapsed:.0f} s)"
-        ) + (self.also(stats) if self.also is not None else "")
+        )
+        also = self.also(stats) if self.also is not None else ""  # every poll: it may warn
+        update_progress_artifact(artifact_id=self.artifact_id, progress=float(done), description=line + also)
+        news = self._news(stats, done, now)
+        if news is None:
+            self.unlogged = line + also
+            return
+        self._log(line + news + also, now, done)
+
+    def _news(self, stats: PoolStats, done: float, now: float) -> str | None:
+        """Why this poll earns a line ("" for no note), or None when it says nothing new."""
+        submitted, since = self.answers
+        if stats.submitted_assignments_count != submitted:
+            self.answers = (stats.submitted_assignments_count, now)
+            if self.stalled:
+                self.stalled = False
+                return f"; answers coming again after {now - since:.0f} s without"
+        elif not self.stalled and now - since >= POLL_STALL_SECONDS and done < 100.0:
+            self.stalled = True
+            return f"; stalled: no new answer for {now - since:.0f} s"
+        if self.logged_at is None:
+            return ""
+        last_at, last_done = self.logged_at
+        moved = abs(done - last_done) >= POLL_LOG_STEP or (done >= 100.0 > last_done)
+        if moved or now - last_at >= POLL_LOG_INTERVAL:
+            return f"; no new answer for {now - since:.0f} s" if self.stalled else ""
+        return None
+
+    def _log(self, line: str, now: float, done: float) -> None:
         self.logger.info(line)
         if self.parent is not None:
             self.parent.info(line)
-        update_progress_artifact(artifact_id=self.artifact_id, progress=float(done), description=line)
+        self.unlogged = None
+        self.logged_at = (now, done)
+
+    def flush(self) -> None:
+        """Log the last poll if it was not: the line a wait ends on (completed, stopped, timed out)."""
+        if self.unlogged is not None:
+            self._log(self.unlogged, self.clock(), (self.logged_at or (0.0, 0.0))[1])
 
 
 def _fmt(value: float | None, spec: str = ".0f") -> str:

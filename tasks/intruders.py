@@ -230,9 +230,12 @@ def wait_intruders_task(
         in_flight = count_assignments(client, ids.pool, PENDING_AUTO) * spend.price * ratio
         return live.stop_reason(charged, in_flight, ratio)
 
-    waited, stopped = wait_guarded(
-        client, ids.pool, period=period, timeout=timeout, report=report, guard=guard
-    )
+    try:
+        waited, stopped = wait_guarded(
+            client, ids.pool, period=period, timeout=timeout, report=report, guard=guard
+        )
+    finally:
+        report.flush()  # the line the wait ended on, however it ended
     close_all(client, helpers)
     spent = pool_stats(client, ids.pool).spent_budget if stopped else waited.spent_budget
     return IntruderWait(export=export_accepted(client, ids.pool), spent=spent, stopped=stopped)

@@ -272,9 +272,12 @@ def wait_labelling_task(
         return f"; with the exams ${total:.2f} of the ${spend.limit:.2f} left of budget.max_spend"
 
     report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}", also=with_exams)
-    main, stopped = wait_guarded(
-        client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
-    )
+    try:
+        main, stopped = wait_guarded(
+            client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
+        )
+    finally:
+        report.flush()  # the line the wait ended on, however it ended
     close_all(client, helpers)
 
     in_hand = float(bundle.exam_pool.get("assignment_max_duration_seconds") or 600)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = f"faults-{uuid.uuid4().hex}"
 MAX_SPEND = 3.0
 POLL_STEP = 8.0  # simulated seconds of crowd work per poll in the live-guard test (30x at 0.25 s)
+POLL_STEP_SLOW = 2.0  # simulated seconds of crowd work per poll in the poll-lines test
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +179,69 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     # What the evaluation's estimate then counts: the price this main pool was charged per answer.
     seen = budget.price_ratio_seen_task.fn(params.toloka, key, params)
     assert seen == (1.0 if fee_rate is None else pytest.approx(1.3, abs=0.01))
+
+
+def test_a_long_wait_logs_the_polls_that_say_something_new(prefect_harness, emu, config, monkeypatch):
+    """One wait of a 10,000-image pool logged about 775 near-identical poll lines. Here each poll
+    stands for a minute of wait (the crowd works POLL_STEP_SLOW simulated seconds of it): hundreds
+    of polls give a few tens of lines, the first and the last (100% complete) among them."""
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from tasks import artifacts, budget, exam, setup, wait
+    from tasks.hits import make_plan
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    key = "faults-poll-lines"
+    params = _params(config, key)
+    bundle = load_bundle(params.toloka_dir)
+    items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
+    plan = make_plan(items, params.hits, params.seed)
+    estimate = budget.estimate_labelling(params, bundle, len(plan.hits))
+    minutes = [0.0]
+    polls: list[float] = []
+
+    class MinutePolls(artifacts.ProgressReporter):
+        """Each poll is a minute later on the reporter's clock; the crowd works POLL_STEP_SLOW."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs, clock=lambda: minutes[0] * 60.0)
+
+        def __call__(self, stats: Any) -> None:
+            super().__call__(stats)
+            polls.append(stats.completion_percentage or 0.0)
+            minutes[0] += 1
+            emu.advance(POLL_STEP_SLOW)
+
+    @flow
+    def waited() -> Any:
+        ids = setup.setup_labelling_task(
+            params.toloka, key, bundle, Placeholders.of(params), params.exam.skill_name
+        )
+        setup.upload_hits_task(params.toloka, key, ids.main_pool, plan.hits)
+        guard = budget.SpendGuard.of(params, 0.0, estimate)
+        staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap)
+        return wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.01, 600.0, guard, staffing)
+
+    monkeypatch.setattr(wait, "ProgressReporter", MinutePolls)
+    emu.control("config", method="POST", speed=0.0)
+    try:
+        state = waited(return_state=True)
+    finally:
+        emu.control("config", method="POST", speed=600.0)
+    assert state.is_completed(), state.message
+    APILogHandler().flush()
+    one_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        lines = [log.message for log in client.read_logs(log_filter=one_run) if "% complete" in log.message]
+    print(f"poll lines: {len(lines)} logged of {len(polls)} polls ({minutes[0]:.0f} simulated minutes)")
+    assert len(polls) >= 100, len(polls)
+    assert (
+        3 <= len(lines) <= 100 / artifacts.POLL_LOG_STEP + minutes[0] * 60 / artifacts.POLL_LOG_INTERVAL + 4
+    )
+    assert " 0% complete" in lines[0] and " 100% complete" in lines[-1], (lines[0], lines[-1])
+    assert lines[-1].endswith("left of budget.max_spend"), lines[-1]
 
 
 def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it(
