@@ -31,6 +31,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+import orjson
 from pydantic import SecretStr
 
 from tasks import toloka_rate
@@ -413,6 +414,30 @@ def pool_stats(client: TolokaClient, pool_id: str, ticks: int = 0, elapsed: floa
 def count_assignments(client: TolokaClient, pool_id: str, statuses: tuple[str, ...]) -> int:
     """How many assignments of `pool_id` are in one of `statuses` (pages through the search)."""
     return sum(1 for _ in client.get_assignments(pool_id=pool_id, status=list(statuses)))
+
+
+ASSIGNMENT_PAGE = 10_000  # assignments per search request (Toloka allows up to 100,000)
+
+
+@add_headers("client")  # toloka-kit's request headers come from context its public methods set
+def assignment_suites(client: TolokaClient, pool_id: str, statuses: tuple[str, ...]) -> list[str]:
+    """The task suite of every assignment of `pool_id` in one of `statuses`, one entry each.
+
+    Read from the search's JSON, `ASSIGNMENT_PAGE` at a time, keeping only the suite id. Through
+    `get_assignments` (pages of 50, a full `Assignment` with its solutions built for each) a resumed
+    run's count of the answers beyond the overlap took 19.5 s at 70,000 answers: 1,400 requests, and
+    under a profiler two thirds of the time went to building objects nobody read.
+    """
+    params: dict[str, Any] = {"pool_id": pool_id, "status": ",".join(statuses), "sort": "id"}
+    suites: list[str] = []
+    while True:
+        response = client._raw_request("get", "/v1/assignments", params={**params, "limit": ASSIGNMENT_PAGE})
+        page = orjson.loads(response.content)
+        items = page.get("items") or []
+        suites.extend(str(item["task_suite_id"]) for item in items)
+        if not page.get("has_more") or not items:
+            return suites
+        params["id_gt"] = items[-1]["id"]
 
 
 def derived_run_keys(client: TolokaClient, name: str, seed: int) -> list[str]:
@@ -811,11 +836,7 @@ class RunRegistry:
         pool = self.pools().get(role)
         if pool is None:
             return 0
-        held: dict[str, int] = {}
-        for answer in self.client.get_assignments(
-            pool_id=pool.id, status=["ACTIVE", "SUBMITTED", "ACCEPTED"]
-        ):
-            held[str(answer.task_suite_id)] = held.get(str(answer.task_suite_id), 0) + 1
+        held = Counter(assignment_suites(self.client, str(pool.id), ("ACTIVE", "SUBMITTED", "ACCEPTED")))
         return sum(max(0, count - overlap) for count in held.values())
 
     def spent(self, include: Callable[[str], bool] = lambda role: True) -> float:

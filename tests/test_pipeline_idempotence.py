@@ -205,3 +205,53 @@ def test_a_pool_closed_for_lack_of_balance_ends_the_wait_like_the_spend_guard(em
             stats, reason = wait_guarded(client, pool.id, period=0.2, timeout=120)
     assert reason.startswith(f"Toloka closed pool {pool.id}: the account's balance ran out"), reason
     assert "top up the account" in reason and 0 < (stats.approved_assignments_count or 0) < 20
+
+
+def test_the_answers_beyond_the_overlap_are_read_a_page_of_thousands_at_a_time(emulator_factory, monkeypatch):
+    """A resumed run at ~70,000 answers was silent for 19.5 s while it counted the answers its main
+    pool holds above the overlap: toloka-kit's search pages 50 assignments at a time and builds a
+    full Assignment of each. Here 300 HITs answered 5 times, counted above 3: one request, the same
+    count as a page of 400 (four requests, `id_gt` paging)."""
+    import toloka.client as toloka
+
+    from emulator import build_catalogue
+    from tasks import toloka_api
+    from tests.fixtures.emulator import create_simple_pool, create_suites
+    from tests.fixtures.emulator import make_client as emulator_client
+
+    with emulator_factory(speed=0.0, seed=0) as emu:
+        client = emulator_client(emu)
+        spec = {
+            "input_spec": {"images": {"type": "array_json", "required": True}},
+            "output_spec": {"result": {"type": "array_json"}},
+            "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
+        }
+        project = client.create_project(
+            toloka.Project(
+                public_name="beyond",
+                public_description="beyond",
+                private_comment="crowdclust:beyond:main-project",
+                task_spec=toloka.project.task_spec.TaskSpec.structure(spec),
+            )
+        )
+        pool = create_simple_pool(
+            client, project.id, "beyond", 5, private_comment="crowdclust:beyond:main-pool"
+        )
+        images = list(build_catalogue("demo-shoes", size=82, seed=0, base_url=emu.url)["image"])
+        create_suites(client, pool.id, [[images[(k + 7 * i) % 82] for i in range(10)] for k in range(300)])
+        client.open_pool(pool.id)
+        while client.get_pool(pool.id).is_open():
+            emu.advance(1800)
+        registry = RunRegistry(client, "beyond")
+
+        def searches() -> int:
+            return emu.stats()["rate"]["requests"].get("GET /api/v1/assignments", 0)
+
+        before = searches()
+        assert registry.answers_beyond("main-pool", 3) == 300 * 2
+        assert searches() - before == 1
+        monkeypatch.setattr(toloka_api, "ASSIGNMENT_PAGE", 400)
+        before = searches()
+        assert registry.answers_beyond("main-pool", 3) == 300 * 2
+        assert searches() - before == 4
+        assert registry.answers_beyond("main-pool", 5) == 0 and registry.answers_beyond("other-pool", 0) == 0
