@@ -73,10 +73,10 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         anchors_per_hit: already-clustered images added to every HIT of a later round.
     """
     logger = get_run_logger()
-    clock = report.Stopwatch()
     key = params.catalogue_key
     params = params.model_copy(update={"run_key": key})  # sub-flows (intruders) share the catalogue key
     folder = claimed(params, key)
+    clock = report.Stopwatch(folder)
     catalogue = dataset.load_dataset(params.dataset)["image"].tolist()
     resolve_token(params.toloka)
     # What this run spends is what the key's pools cost after it less before: the rounds share one
@@ -146,19 +146,21 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         spent=added, estimate=CostEstimate.of_rounds(labelled, second), by_run_key=spent_after, added=added
     )
     artifacts.catalogue_rounds(key, state, round_id, seconds)
+    wall, timings, attempts = clock.finish()
     summary = report.finish_run(
         params,
         folder,
         aggregated,
         evaluated,
         cost,
-        wall_seconds=clock.total(),
+        wall_seconds=wall,
         run_key=key,
         ids=paid.ids if paid else None,
         coverage=labelled.plan.coverage if labelled else None,
         catalogue=CatalogueInfo(key, len(catalogue), len(new_items), round_id, tuple(done_pools)),
-        timings=clock.laps,
+        timings=timings,
         second_round=None if second is None else SecondRound.of(second),
+        attempts=attempts,
     )
     logger.info(
         "catalogue %s: %s%s; %d clusters from %d pools, ARI %s, spent $%.2f this run",

@@ -27,8 +27,8 @@ from tasks.stages import Cost, CostEstimate, RunSummary, SecondRound
 @locked_run()
 def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     """Cluster `params.dataset` with the crowd end to end; returns the summary (also in summary.json)."""
-    clock = report.Stopwatch()
     folder = RunFolder.of(params)
+    clock = report.Stopwatch(folder)
     spent_before = budget.total(budget.charges_at_start_task(params.toloka, params.resolved_run_key))
     with clock.lap("labelling"):
         labelled = labelling(params)
@@ -64,18 +64,20 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         by_run_key=spent_after,
         added=round(max(0.0, spent_after - spent_before), 4),
     )
+    wall, timings, attempts = clock.finish()
     summary = report.finish_run(
         params,
         folder,
         aggregated,
         evaluated,
         cost,
-        wall_seconds=clock.total(),
+        wall_seconds=wall,
         run_key=labelled.run_key,
         ids=labelled.ids,
         coverage=labelled.plan.coverage,
-        timings=clock.laps,
+        timings=timings,
         second_round=None if second is None else SecondRound.of(second),
+        attempts=attempts,
     )
     get_run_logger().info("done: %s", summary.describe())
     return summary

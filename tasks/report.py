@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import html
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.stages import (
     Aggregated,
+    Attempt,
+    Attempts,
     CatalogueInfo,
     Cost,
     Coverage,
@@ -84,16 +88,39 @@ def _summary_table(data: dict[str, Any]) -> str:
     def score(key: str) -> str | None:
         return None if data.get(key) is None else f"{data[key]:.3f}"
 
+    attempts = data.get("attempts")
+    wall = (
+        {"wall time of the flow (s)": data.get("wall_seconds")}
+        if not attempts
+        else {
+            "wall time of the flow, every attempt (s)": data.get("wall_seconds"),
+            "attempts": f"{attempts['count']} since {attempts['since'].replace('T', ' ')[:16]} UTC "
+            f"(the last one {attempts['last_attempt']['wall_seconds']:.1f} s)",
+        }
+    )
     return _table(
         {
             "clusters": data.get("clusters"),
             "ARI vs truth": score("ari"),
             "NMI vs truth": score("nmi"),
             "intruder accuracy": score("intruder_accuracy"),
-            "wall time of the flow (s)": data.get("wall_seconds"),
+            **wall,
             "run key": data.get("run_key"),
         }
     )
+
+
+def _timings(summary: RunSummary) -> list[str]:
+    """Seconds per stage; over every attempt of a resumed run, the last one's in a table of its own."""
+    attempts = summary.attempts
+    if attempts is None:
+        return ["<h2>Timings (s)</h2>", _table(summary.timings)]
+    return [
+        f"<h2>Timings (s): the {html.escape(attempts.describe())}, together</h2>",
+        _table(summary.timings),
+        "<h3>The last attempt alone (s)</h3>",
+        _table(attempts.last_timings),
+    ]
 
 
 def _figure(item: str, sources: dict[str, str], caption: str) -> str:
@@ -217,7 +244,7 @@ def render_html(
         ]
     parts += ["<h2>Cost (USD)</h2>", _cost_table(data.get("cost", {}))]
     if data.get("timings"):
-        parts += ["<h2>Timings (s)</h2>", _table(data["timings"])]
+        parts += _timings(summary)
     if summary.coverage is not None:
         parts += ["<h2>HIT plan</h2>", f"<p>{html.escape(summary.coverage.describe())}.</p>"]
     if data.get("second_round"):
@@ -282,6 +309,7 @@ def finish_run(
     timings: dict[str, float] | None = None,
     catalogue: CatalogueInfo | None = None,
     second_round: SecondRound | None = None,
+    attempts: Attempts | None = None,
 ) -> RunSummary:
     """The common end of a run (pipeline or catalogue round): summary, report.html, artifacts.
 
@@ -309,6 +337,7 @@ def finish_run(
         timings=timings or {},
         catalogue=catalogue,
         second_round=second_round,
+        attempts=attempts,
     )
     sources = folder.read_thumbnails()
     uncertain = thumbnails.least_certain(aggregated)
@@ -335,18 +364,81 @@ def finish_run(
     return summary
 
 
-class Stopwatch:
-    """Wall time of a run and of its stages (`timings` in the summary)."""
+HEARTBEAT_SECONDS = 30.0  # how often a running stage's seconds are written to `attempts.json`
 
-    def __init__(self) -> None:
+
+class Stopwatch:
+    """Wall time of a run and of its stages over all its attempts (`timings` in the summary).
+
+    A resumed run (the same command again, or a Retry) is one run in several attempts, and its
+    report showed only the last one's durations. Each attempt is kept in the run folder's
+    `attempts.json`: written at the end of every stage, failed ones included, and every
+    `HEARTBEAT_SECONDS` while one runs, so an attempt killed outright still counts up to its last
+    heartbeat. A run that finished (`finish`) starts the next count afresh. Without a folder it
+    times this attempt only.
+    """
+
+    def __init__(self, folder: RunFolder | None = None, heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self.started = time.monotonic()
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.laps: dict[str, float] = {}
+        self.folder = folder
+        self.heartbeat = heartbeat
+        kept = folder.read_attempts() if folder is not None else []
+        self.earlier = [] if kept and kept[-1].done else kept  # a finished run's attempts are done with
+        self._running: tuple[str, float] | None = None
+        self._lock = threading.Lock()
 
     @contextmanager
     def lap(self, stage: str) -> Iterator[None]:
         began = time.monotonic()
-        yield
-        self.laps[stage] = round(time.monotonic() - began, 1)
+        self._running = (stage, began)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(stop,), name=f"stopwatch {stage}", daemon=True)
+        if self.folder is not None:
+            beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if beat.is_alive():
+                beat.join()
+            self._running = None
+            self.laps[stage] = round(self.laps.get(stage, 0.0) + time.monotonic() - began, 1)
+            self.save()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat):
+            self.save()
 
     def total(self) -> float:
+        """This attempt's wall time so far."""
         return time.monotonic() - self.started
+
+    def attempt(self, done: bool = False) -> Attempt:
+        """This attempt as `attempts.json` keeps it, the running stage counted up to now."""
+        laps = dict(self.laps)
+        if self._running is not None:
+            stage, began = self._running
+            laps[stage] = round(laps.get(stage, 0.0) + time.monotonic() - began, 1)
+        return Attempt(self.started_at, round(self.total(), 1), laps, done)
+
+    def save(self, done: bool = False) -> None:
+        if self.folder is not None:
+            with self._lock:
+                self.folder.write_attempts([*self.earlier, self.attempt(done)])
+
+    def finish(self) -> tuple[float, dict[str, float], Attempts | None]:
+        """The run's wall time and seconds per stage over all its attempts, and (when there were
+        several) the `Attempts`; records the run as finished."""
+        this = self.attempt(done=True)
+        self.save(done=True)
+        every = [*self.earlier, this]
+        timings: dict[str, float] = {}
+        for one in every:
+            for stage, seconds in one.laps.items():
+                timings[stage] = round(timings.get(stage, 0.0) + seconds, 1)
+        wall = round(sum(one.wall for one in every), 1)
+        if not self.earlier:
+            return wall, timings, None
+        return wall, timings, Attempts(len(every), every[0].started, this.wall, this.laps)

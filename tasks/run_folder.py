@@ -22,6 +22,7 @@ file name of the run folder. What a person finds there afterwards:
 | `report.html`, `summary.json` | the report and `RunSummary` as JSON |
 | `rounds/<round>/`, `before-round/` | a round's plan (a catalogue's, or `second`); where anchors came from |
 | `run_key.txt` | the run key whose files these are (`RunFolder.claim`) |
+| `attempts.json` | the run's attempts (a resume is one more): start, wall time, seconds per stage |
 
 `runs/<name>/` would be shared by the derived keys of one config (its dataset's images or its seed
 changed, or a catalogue and a single run of one name): it stays with the key that first wrote there,
@@ -39,7 +40,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir
-from tasks.stages import Aggregated, Evaluation, HitPlan, IntruderHit, RunSummary
+from tasks.stages import Aggregated, Attempt, Evaluation, HitPlan, IntruderHit, RunSummary
 
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which the service serves its runs folder
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # that folder
@@ -287,6 +288,28 @@ class RunFolder:
     def write_report(self, page: str) -> Path:
         self._ready(self.report).write_text(page)
         return self.report
+
+    @property
+    def attempts(self) -> Path:
+        return self.root / "attempts.json"
+
+    def read_attempts(self) -> list[Attempt]:
+        """The attempts recorded so far (none when the file is missing or unreadable)."""
+        try:
+            data = json.loads(self.attempts.read_text())
+            return [Attempt(**entry) for entry in data]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def write_attempts(self, attempts: list[Attempt]) -> Path | None:
+        """Replace `attempts.json` whole (a reader never sees half of it); nothing when the folder
+        does not exist yet: a run refused before it wrote anything leaves no folder behind."""
+        if not self.root.is_dir():
+            return None
+        partial = self.attempts.with_name(self.attempts.name + ".partial")
+        partial.write_text(json.dumps([asdict(entry) for entry in attempts], indent=2))
+        partial.replace(self.attempts)
+        return self.attempts
 
     def write_summary(self, summary: RunSummary) -> Path:
         self._ready(self.summary).write_text(summary.to_json())

@@ -403,6 +403,41 @@ class SecondRound:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One attempt of a run (a flow run, or a Retry of one) as the run folder's `attempts.json`
+    keeps it: when it began, its wall time and its stages' seconds until it ended or was last
+    seen (a killed attempt keeps what its last heartbeat wrote), and whether the run ended there."""
+
+    started: str  # ISO 8601, UTC
+    wall: float
+    laps: dict[str, float]
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """The attempts a run took, when more than one: how many, since when, the last one's seconds.
+
+    A resumed run's report showed only the last attempt's durations: a 10,000-image run that
+    waited hours for its crowd, then resumed, read as taking minutes.
+    """
+
+    count: int
+    since: str  # ISO 8601, UTC: when the first began
+    last_wall: float
+    last_timings: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        last = {"wall_seconds": self.last_wall, "timings": self.last_timings}
+        return {"count": self.count, "since": self.since, "last_attempt": last}
+
+    def describe(self) -> str:
+        """ "2 attempts since 2026-12-05 07:12 UTC (the last one 61.2 s)" """
+        since = self.since.replace("T", " ")[:16]
+        return f"{self.count} attempts since {since} UTC (the last one {self.last_wall:.1f} s)"
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """The machine-readable end of a run: `summary.json` is exactly `to_json()` of this."""
 
@@ -424,6 +459,9 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     catalogue: CatalogueInfo | None = None
     second_round: SecondRound | None = None
+    # When the run took more than one attempt (a resume, a Retry): `wall_seconds` and `timings`
+    # then add up every attempt's, and this says how many, since when, and the last one's figures.
+    attempts: Attempts | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape: flat keys as documented in the README; catalogue fields at the top level."""
@@ -446,6 +484,8 @@ class RunSummary:
             "summary": str(self.summary),
             "second_round": asdict(self.second_round) if self.second_round else None,
         }
+        if self.attempts is not None:
+            data["attempts"] = self.attempts.as_dict()
         if self.catalogue is not None:
             data.update(asdict(self.catalogue), round_pools=list(self.catalogue.round_pools))
         return data
@@ -464,7 +504,9 @@ class RunSummary:
         )
         return (
             f"{self.clusters} clusters, ARI {shown(self.ari)}, intruder accuracy {intruders}, "
-            f"cost ${self.cost.spent:.2f}{this_run}, {self.wall_seconds:.0f} s; report {self.report}"
+            f"cost ${self.cost.spent:.2f}{this_run}, {self.wall_seconds:.0f} s"
+            + (f" over {self.attempts.count} attempts" if self.attempts else "")
+            + f"; report {self.report}"
         )
 
 

@@ -170,6 +170,22 @@ def test_the_poll_lines_set_the_stages_spend_with_the_exams_against_the_budget(s
     assert float(found[2]) <= scenario["params"].budget.max_spend
 
 
+def test_a_resumed_runs_report_times_every_attempt(scenario):
+    """After a resume, the report's timings were only the last attempt's: the first attempt's wait
+    for the crowd (the run's longest stage) was in no figure."""
+    summary = scenario["summary"]
+    attempts = summary.attempts
+    assert attempts is not None and attempts.count == 2, summary.timings
+    assert summary.timings["labelling"] > attempts.last_timings["labelling"]  # the first attempt's wait
+    assert summary.wall_seconds > attempts.last_wall
+    run_dir = scenario["params"].run_dir
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["attempts"]["count"] == 2 and saved["timings"]["labelling"] == summary.timings["labelling"]
+    page = (run_dir / "report.html").read_text()
+    assert "2 attempts since" in page and "The last attempt alone (s)" in page
+    assert "over 2 attempts since" in describe(summary)
+
+
 def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):
     before, final = scenario["after_failure"], scenario["final"]
     # Labelling objects existed after the failure and were reused, not re-created.

@@ -600,6 +600,48 @@ def test_the_aggregation_stage_counts_the_pairwise_labels_as_crowdclust_aggregat
     assert asdict(info)["n_pairwise_labels"] == pairwise  # summary.json's `aggregation`
 
 
+def test_a_resumed_runs_timings_add_up_every_attempt(tmp_path):
+    """A resumed run's report showed only the last attempt's durations. Attempts are kept in the
+    run folder: a failed stage counts, a stage of an attempt killed outright counts up to its last
+    heartbeat, and a finished run starts the next count afresh."""
+    folder = RunFolder(tmp_path / "run")
+    refused = report.Stopwatch(folder, heartbeat=0.05)
+    with pytest.raises(RuntimeError), refused.lap("labelling"):
+        raise RuntimeError("refused before anything was written")
+    assert not folder.root.exists()  # a refused run leaves no folder behind
+
+    folder.create()
+    first = report.Stopwatch(folder, heartbeat=0.05)
+    with pytest.raises(RuntimeError), first.lap("labelling"):
+        time.sleep(0.3)
+        raise RuntimeError("interrupted")
+    killed = report.Stopwatch(folder, heartbeat=0.05)
+    with killed.lap("labelling"):
+        pass
+    running = killed.lap("aggregation")
+    running.__enter__()
+    time.sleep(0.3)
+    killed.folder = None  # the process dies here: nothing more is written
+    seen = folder.read_attempts()
+    running.__exit__(None, None, None)
+    assert [len(one.laps) for one in seen] == [1, 2] and seen[-1].laps["aggregation"] >= 0.2
+
+    resumed = report.Stopwatch(folder, heartbeat=0.05)
+    with resumed.lap("labelling"):
+        time.sleep(0.1)
+    with resumed.lap("aggregation"):
+        pass
+    wall, timings, attempts = resumed.finish()
+    assert attempts is not None and attempts.count == 3 and attempts.since == seen[0].started
+    assert list(timings) == ["labelling", "aggregation"]
+    assert timings["labelling"] >= 0.4 > attempts.last_timings["labelling"]
+    assert timings["aggregation"] >= 0.2 > attempts.last_timings["aggregation"]
+    assert wall >= 0.6 > attempts.last_wall
+    assert "3 attempts since " in attempts.describe()
+    after = report.Stopwatch(folder)
+    assert after.finish()[2] is None and len(folder.read_attempts()) == 1  # the next run counts anew
+
+
 def test_report_and_summary(tmp_path, monkeypatch):
     monkeypatch.setattr(report.artifacts, "run_results", lambda *args: None)  # no Prefect API here
     folder = RunFolder(tmp_path)
