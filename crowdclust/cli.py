@@ -12,7 +12,7 @@ import signal
 
 import typer
 
-from crowdclust.commands import aggregate, emulator, run, service
+from crowdclust.commands import aggregate, emulator, run, service, token
 
 app = typer.Typer(
     name="crowdclust",
@@ -25,6 +25,7 @@ app.command("aggregate")(aggregate.aggregate)
 app.add_typer(emulator.app, name="emulator")
 app.command("run")(run.run)
 app.add_typer(service.app, name="service")
+app.add_typer(token.app, name="token")
 
 
 def main() -> None:

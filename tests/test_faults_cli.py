@@ -184,31 +184,51 @@ def test_wrong_token_is_refused_in_one_line(run_cli, monkeypatch):
     assert result.exit_code == 2 and "refused the token (401" in _one_error_line(result)  # a setting
 
 
-def test_the_token_comes_from_a_secret_block_without_a_server_of_ones_own(run_cli, tmp_path):
-    """No TOLOKA_TOKEN, no PREFECT_API_URL: the block is read from the command's private server.
+def test_the_token_saved_by_crowdclust_token_is_what_crowdclust_run_reads(run_cli, tmp_path):
+    """No TOLOKA_TOKEN, no PREFECT_API_URL: `crowdclust token save` stores the block in the project's
+    Prefect home and `crowdclust run` reads it from its private server there.
 
-    Before, the token was read before that server answered, so a saved block was never found: `no
-    Toloka token: ... (ConnectError)`. A wrong token in the block shows it was read: the emulator
-    refuses it. Both commands run in processes of their own, as a user runs them: in this process
-    an earlier test's Prefect settings could point the client at another server."""
+    Before the command, the README's Python snippet saved the block under Prefect's default home
+    (`~/.prefect`), which `crowdclust run` never reads, with the token on the command line; and the
+    run read the token before its server answered (`no Toloka token: ... (ConnectError)`). A wrong
+    token in the block shows it was read: the emulator refuses it. Both commands run in processes of
+    their own, as a user runs them: in this process an earlier test's Prefect settings could point
+    the client at another server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "TOLOKA_TOKEN"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    # Saved through a server of its own: Prefect's ephemeral server, started on a new SQLite file,
-    # sometimes failed its own start-up ("database is locked") in CI.
-    save = (
-        "from crowdclust.private_server import private_server\n"
-        "with private_server('save-server.log') as server:\n"
-        "    server.wait_ready()\n"
-        "    from prefect.blocks.system import Secret\n"
-        "    Secret(value='not-the-token').save('toloka-token')\n"
+    cli = [sys.executable, "-m", "crowdclust.cli"]
+    saved = subprocess.run(
+        [*cli, "token", "save"], input="not-the-token\n", env=env, capture_output=True, text=True, timeout=120
     )
-    saved = subprocess.run([sys.executable, "-c", save], env=env, capture_output=True, text=True, timeout=120)
     assert saved.returncode == 0, saved.stderr
-    command = [sys.executable, "-m", "crowdclust.cli", "run", str(run_cli.write())]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert f"saved the Secret block 'toloka-token' in the project's Prefect home {env['PREFECT_HOME']}" in (
+        saved.stdout
+    )
+    logged = "".join(path.read_text() for path in (tmp_path / "prefect-home").glob("*.log"))
+    assert "not-the-token" not in saved.stdout + saved.stderr + logged
+    result = subprocess.run(
+        [*cli, "run", str(run_cli.write())], env=env, capture_output=True, text=True, timeout=300
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "refused the token (401" in lines[0], result.stderr
+
+
+def test_crowdclust_token_refuses_an_empty_token_and_names_an_absent_server():
+    """Refused before any server is asked: an empty token (Toloka would refuse it only at the first
+    run); a server that is not there is named, the token never shown."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    cli = [sys.executable, "-m", "crowdclust.cli", "token", "save"]
+    empty = subprocess.run(cli, input="\n", env=env, capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "the token is empty" in empty.stderr
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # discard port: nothing listens
+    absent = subprocess.run(cli, input="tok-123\n", env=env, capture_output=True, text=True, timeout=60)
+    assert absent.returncode == 1, absent.stderr
+    assert (
+        "on the Prefect server at http://127.0.0.1:9/api" in absent.stderr
+        and "is it running?" in absent.stderr
+    )
+    assert "tok-123" not in absent.stdout + absent.stderr
 
 
 def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch):
