@@ -8,6 +8,7 @@ server or a shared result store is used when configured.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.settings import Settings
@@ -37,6 +38,33 @@ def prepare_prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
+
+
+def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
+    """Link the run's files over http when `crowdclust run` talks to the local service's server.
+
+    The service's workers get CROWDCLUST_RUNS_URL/_DIR from the service; a run started with
+    `crowdclust run` and the service's PREFECT_API_URL wrote its report into the same served
+    folder, yet its `run-report` artifact said "not served over http here". When PREFECT_API_URL is
+    the remembered service's (`.service/service.json`) and its file server answers, the same two
+    variables are set for this process. Returns the runs URL so linked, else None (an explicit
+    setting, another server or a service that is down leaves everything as it was).
+    """
+    from crowdclust.service.config import RUNS_DIR_ENV, RUNS_URL_ENV, ServiceConfig, load
+    from crowdclust.service.processes import answers
+
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    state = state_dir or ServiceConfig.state_dir
+    if not api or os.environ.get(RUNS_URL_ENV) or not (state / "service.json").exists():
+        return None
+    try:
+        cfg = load(state)
+    except RuntimeError:  # an unreadable service.json: not this command's business
+        return None
+    if cfg.api_url != api or not answers(cfg.health_url("files"), timeout=1.0):
+        return None
+    os.environ[RUNS_URL_ENV], os.environ[RUNS_DIR_ENV] = cfg.runs_url, str(cfg.runs_dir)
+    return cfg.runs_url
 
 
 def _intruder_detail(summary: RunSummary) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from crowdclust.service import ServiceConfig, deployments, load
@@ -198,3 +199,42 @@ def test_the_watchdog_stops_a_service_whose_test_process_died(tmp_path: Path) ->
         for process in (tests_process, watchdog):
             if process.poll() is None:
                 process.kill()
+
+
+def test_crowdclust_run_against_the_service_links_its_report_over_the_services_file_server(
+    tmp_path: Path, monkeypatch
+):
+    """`crowdclust run` with the service's PREFECT_API_URL writes into the folder the service serves;
+    its `run-report` said "not served over http here" for want of the service's two variables. With
+    the remembered service's API and its file server answering, they are set; with another server,
+    or the file server down, nothing changes."""
+    import functools
+    import http.server
+    import threading
+
+    from crowdclust.runtime import link_service_runs_folder
+    from crowdclust.service.processes import free_port
+    from tasks.run_folder import RUNS_DIR_ENV, RUNS_URL_ENV, RunFolder
+
+    runs = tmp_path / "runs"
+    (runs / "shoes").mkdir(parents=True)
+    port = free_port()
+    cfg = ServiceConfig(state_dir=tmp_path, server_port=free_port(), files_port=port, runs_dir=runs)
+    cfg.remember()
+    for name in (RUNS_URL_ENV, RUNS_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", cfg.api_url)
+    assert link_service_runs_folder(tmp_path) is None  # the file server is down: no dead link
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(runs))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")  # another server
+        assert link_service_runs_folder(tmp_path) is None and RUNS_URL_ENV not in os.environ
+        monkeypatch.setenv("PREFECT_API_URL", cfg.api_url + "/")
+        assert link_service_runs_folder(tmp_path) == cfg.runs_url
+        report = RunFolder(runs / "shoes").root / "report.html"
+        assert RunFolder(runs / "shoes").url_of(report) == f"{cfg.runs_url}/shoes/report.html"
+    finally:
+        files.shutdown()
+        files.server_close()

@@ -153,9 +153,10 @@ def run(
     """Run the crowd-clustering flow end to end. The token comes from TOLOKA_TOKEN or a Secret block."""
     import os
 
-    from crowdclust.runtime import describe, prepare_prefect_env
+    from crowdclust.runtime import describe, link_service_runs_folder, prepare_prefect_env
 
     prepare_prefect_env()
+    link_service_runs_folder()
     if fresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from tasks.params import ConfigError, load_params
