@@ -171,4 +171,7 @@ def labelling(params: PipelineParams) -> Labelled:
     logger.info("raw export: %s (%d rows)", path, len(export))
     if labelled.wait.stopped:
         raise budget.SpendGuardStopped(f"{labelled.wait.stopped}; accepted answers: {path}")
+    short = results.unanswered_hits(export, len(labelled.plan.hits), labelled.ids.main_pool)
+    if short is not None:
+        artifacts.warn_up(short)
     return replace(labelled, export_path=path, n_assignments=n_assignments(export))

@@ -17,7 +17,7 @@ from prefect import get_run_logger
 
 from flows.aggregate import aggregate_rounds
 from flows.labelling import collect_labels
-from tasks import budget, results
+from tasks import artifacts, budget, results
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
@@ -68,5 +68,8 @@ def second_round(
     path = folder.write_export(export, "second")
     if second.wait.stopped:
         raise budget.SpendGuardStopped(f"{second.wait.stopped}; accepted answers: {path}")
+    short = results.unanswered_hits(export, len(plan.hits), second.ids.main_pool)
+    if short is not None:
+        artifacts.warn_up(short)
     combined = aggregate_rounds(params, [*earlier, export], folder)
     return replace(second, export_path=path, n_assignments=n_assignments(export)), combined

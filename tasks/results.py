@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 from prefect import get_run_logger
 
-from tasks.export_format import EXPORT_FIELDS
+from tasks.export_format import EXPORT_FIELDS, SUITE
 from tasks.params import TolokaTarget
 from tasks.stage import stage_task
 from tasks.stages import LabellingWait, PoolStats
@@ -20,6 +20,22 @@ from tasks.toloka_api import TolokaClient, make_client, pool_stats
 def export_accepted(client: TolokaClient, pool_id: str) -> pd.DataFrame:
     """All APPROVED (accepted) assignments of the pool."""
     return client.get_assignments_df(pool_id=pool_id, status=["APPROVED"], field=EXPORT_FIELDS)
+
+
+def unanswered_hits(export: pd.DataFrame, planned: int, pool_id: str) -> str | None:
+    """A warning when the export answers fewer HITs than the plan has, else None.
+
+    The clusters are made from what was answered: a run whose new HITs were never answered
+    reported the new plan's coverage with the old clusters, and nothing said a third of the plan
+    had no answer.
+    """
+    answered = int(export[SUITE].nunique()) if SUITE in export.columns else 0
+    if answered >= planned:
+        return None
+    return (
+        f"pool {pool_id}: {planned - answered:,} of the plan's {planned:,} HITs have no accepted answer; "
+        f"the clusters are made from the other {answered:,}"
+    )
 
 
 @stage_task(name="pool-now", toloka=True, cache=False)

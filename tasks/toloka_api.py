@@ -83,6 +83,7 @@ __all__ = [
     "TolokaClient",
     "TooManyRequestsApiError",
     "Training",
+    "answers_owed",
     "close_all",
     "close_reason",
     "endpoint",
@@ -92,6 +93,7 @@ __all__ = [
     "operation_id",
     "pool_stats",
     "probe",
+    "reopen_if_owed",
     "requester_digest",
     "resolve_token",
     "status_of",
@@ -317,16 +319,66 @@ class Opening:
 
 
 def open_all(client: TolokaClient, openings: Iterable[Opening]) -> None:
-    """Open every pool/training that is not open yet and has not completed."""
+    """Open every pool/training that is not open yet and still has work: a pool that has not
+    completed, or one that closed COMPLETED and was given task suites since (`answers_owed`).
+
+    A completed pool keeps its status when suites are added: a run that grew its plan and failed
+    before reopening it (the pool had expired meanwhile) was resumed into a wait that took the
+    closed pool for done, and reported the old clusters with a third of the plan unanswered.
+    """
     for item in openings:
         if item.kind == "training":
             if status_of(client.get_training(item.id)) != "OPEN":
                 client.open_training(item.id)
         else:
             pool = client.get_pool(item.id)
-            if status_of(pool) != "OPEN" and not is_completed(pool):
+            if status_of(pool) == "OPEN":
+                continue
+            if not is_completed(pool):
                 _renew_lifetime(client, pool)
                 client.open_pool(item.id)
+            else:
+                reopen_if_owed(client, pool)
+
+
+@add_headers("client")  # toloka-kit's request headers come from context its public methods set
+def answers_owed(client: TolokaClient, pool_id: str) -> int:
+    """How many answers the task suites of `pool_id` still need (the sum of Toloka's
+    `remaining_overlap`, read `ASSIGNMENT_PAGE` suites a request).
+
+    A pool's status says nothing of the suites uploaded after it completed: Toloka leaves it
+    CLOSED (COMPLETED) with them unanswered. The suites do: every suite not yet answered to its
+    overlap has a remaining overlap.
+    """
+    params: dict[str, Any] = {"pool_id": pool_id, "sort": "id"}
+    owed = 0
+    while True:
+        response = client._raw_request("get", "/v1/task-suites", params={**params, "limit": ASSIGNMENT_PAGE})
+        page = orjson.loads(response.content)
+        items = page.get("items") or []
+        owed += sum(int(item.get("remaining_overlap") or 0) for item in items)
+        if not page.get("has_more") or not items:
+            return owed
+        params["id_gt"] = items[-1]["id"]
+
+
+def reopen_if_owed(client: TolokaClient, pool: Pool) -> int:
+    """Reopen a pool that closed COMPLETED while its suites still need answers (`answers_owed`),
+    with a new lifetime if its `will_expire` has passed; how many answers it owes (0: left closed).
+
+    Opened as it was, a pool whose lifetime had passed was refused (`move will_expire first`), and
+    the user was told to fix a cause that was the run's to fix.
+    """
+    owed = answers_owed(client, str(pool.id))
+    if owed:
+        _renew_lifetime(client, pool)
+        client.open_pool(pool.id)
+        log.warning(
+            "pool %s had closed as completed with %d answers of its task suites still owed: reopened",
+            pool.id,
+            owed,
+        )
+    return owed
 
 
 def _renew_lifetime(client: TolokaClient, pool: Pool) -> None:
@@ -338,9 +390,9 @@ def _renew_lifetime(client: TolokaClient, pool: Pool) -> None:
         return
     client.update_pool(pool.id, pool)
     log.warning(
-        "pool %s %s with its work unfinished: it reopens until %s (platform time)",
+        "pool %s %s with work left: it reopens until %s (platform time)",
         pool.id,
-        "had expired" if close_reason(pool) == "EXPIRED" else "was about to expire",
+        "had expired" if close_reason(pool) == "EXPIRED" else "had reached or neared the end of its lifetime",
         pool.will_expire.isoformat(timespec="minutes"),
     )
 
@@ -731,8 +783,11 @@ class RunRegistry:
                 self._reopen_completed(have, f"{role}: the added overlap")
 
     def _reopen_completed(self, pool: Pool, work: str) -> None:
-        """Open a completed pool that was given more work: `open_all` leaves completed pools closed."""
+        """Open a completed pool that was given more work, with a new lifetime if its own has
+        passed: a finished run topped up after its pool's week was over was refused the open
+        (`move will_expire first`), and its new HITs stayed unanswered."""
         if is_completed(pool):
+            _renew_lifetime(self.client, pool)
             self.client.open_pool(pool.id)
             log.warning("pool %s had completed; reopened for %s", pool.id, work)
 

@@ -25,6 +25,7 @@ from tasks.stages import ExamTotals, LabellingIds, LabellingWait, PoolStats
 from tasks.toloka_api import (
     Opening,
     TolokaClient,
+    answers_owed,
     close_all,
     close_reason,
     count_assignments,
@@ -33,6 +34,7 @@ from tasks.toloka_api import (
     open_all,
     platform_now,
     pool_stats,
+    reopen_if_owed,
     status_of,
 )
 from tasks.toloka_config import TolokaBundle
@@ -43,7 +45,7 @@ PENDING_AUTO = ("ACTIVE",)
 PENDING_REVIEW = ("ACTIVE", "SUBMITTED")
 
 FROZEN_SECONDS = 3.0  # a platform clock that has not moved for this long stands still
-MAX_REOPENINGS = 5  # times the exam pool is closed again after the run's wait before giving up
+MAX_REOPENINGS = 5  # times a pool is reopened (exam pool after the wait; main pool with answers owed)
 SLOW_GATING_SECONDS = 10.0  # a gating tick this long says what it did (hundreds of exams under a rate limit)
 log = logging.getLogger(__name__)
 CODE = ("tasks.budget", "tasks.exam", "tasks.toloka_api", "tasks.toloka_config")
@@ -97,11 +99,16 @@ def wait_for_pool(
 ) -> PoolStats:
     """Poll `pool_id` until it completes. `on_tick` runs every tick and once after completion.
 
+    Complete means closed COMPLETED with nothing owed to the suites it holds (`answers_owed`): a
+    pool given HITs after it completed stays CLOSED (COMPLETED), and a wait that trusted the status
+    exported and aggregated the old answers as the new plan's. Such a pool is reopened (with a new
+    lifetime when its own has passed) and the wait goes on.
+
     `guard` sees every poll of an open pool; when it gives a reason, the pool is closed at once and
     `SpendLimitReached` carries the reason and the poll.
     """
     started = time.monotonic()
-    ticks = 0
+    ticks = reopenings = 0
     while True:
         pool = client.get_pool(pool_id)
         if on_tick is not None:
@@ -121,7 +128,18 @@ def wait_for_pool(
                     close_reason(pool),
                     stats,
                 )
-            return replace(stats, completion_percentage=100.0)
+            owed = answers_owed(client, pool_id)
+            if not owed:
+                return replace(stats, completion_percentage=100.0)
+            if reopenings >= MAX_REOPENINGS:
+                raise PoolStopped(
+                    f"pool {pool_id} closed as completed {reopenings + 1} times with {owed:,} answers "
+                    "of its HITs still owed",
+                    close_reason(pool),
+                    stats,
+                )
+            reopen_if_owed(client, pool)
+            reopenings += 1
         if time.monotonic() - started > timeout:
             raise WaitTimeout(_timed_out(pool_id, timeout, stats))
         ticks += 1

@@ -1172,3 +1172,20 @@ def test_the_aggregation_stage_names_the_images_no_answer_is_left_for(monkeypatc
         result = agg.aggregate(pd.concat([export, rejected]), AggregationParams(method="coassociation"), 0)
     assert "NEW1" not in result.clusters.index
     assert "export: 2 image(s) have no answer left" in caplog.text and "cluster: NEW1, NEW2" in caplog.text
+
+
+def test_an_export_that_answers_fewer_hits_than_the_plan_is_named():
+    """A plan of 36 HITs whose export answers 24: the run says so (before, its summary showed the
+    plan's coverage over clusters made from two thirds of it, without a word)."""
+    from aggregation import generate_crowd
+    from tasks.export_format import SUITE
+    from tasks.results import unanswered_hits
+
+    export = generate_crowd(40, 4, seed=1).export
+    answered = export[SUITE].nunique()
+    assert unanswered_hits(export, answered, "7") is None
+    warning = unanswered_hits(export, answered + 12, "7")
+    assert warning == (
+        f"pool 7: 12 of the plan's {answered + 12:,} HITs have no accepted answer; "
+        f"the clusters are made from the other {answered:,}"
+    )
