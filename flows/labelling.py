@@ -16,7 +16,7 @@ from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
-from tasks.stages import HitPlan, Labelled
+from tasks.stages import HitPlan, Labelled, PoolStats
 from tasks.toloka_api import POOL_LIFETIME, Opening, close_all, count_assignments, make_client, probe
 from tasks.toloka_config import Placeholders, load_bundle, tightest_limit
 
@@ -85,10 +85,12 @@ def collect_labels(
             ),
         )
     except wait.WaitTimeout as timeout:
-        kept = kept_after_stop(params, ids.main_pool, folder, export_kind, timeout, SLOW_POOL)
-        raise wait.WaitTimeout(kept) from None
+        kept = kept_after_stop(params, ids.main_pool, folder, export_kind, timeout, SLOW_POOL, timeout.stats)
+        raise wait.WaitTimeout(kept, timeout.stats) from None
     except wait.PoolStopped as stopped:
-        kept = kept_after_stop(params, ids.main_pool, folder, export_kind, stopped, STOPPED_POOL)
+        kept = kept_after_stop(
+            params, ids.main_pool, folder, export_kind, stopped, STOPPED_POOL, stopped.stats
+        )
         raise wait.PoolStopped(kept, stopped.reason, stopped.stats) from None
     return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
 
@@ -101,7 +103,13 @@ STOPPED_POOL = (
 
 
 def kept_after_stop(
-    params: PipelineParams, pool_id: str, folder: RunFolder, kind: str, error: Exception, advice: str
+    params: PipelineParams,
+    pool_id: str,
+    folder: RunFolder,
+    kind: str,
+    error: Exception,
+    advice: str,
+    last_poll: PoolStats | None = None,
 ) -> str:
     """Export what a pool that timed out or stopped before completion holds and say how to go on.
 
@@ -109,6 +117,10 @@ def kept_after_stop(
     (4,340 answers, $116.74 in a user's try) failed with nothing but `hits.json` on disk and no
     word on what to do, and so did a 10,000-image run whose pool expired at 95% (66,816 answers,
     $1,774.27).
+
+    The export is made after the close, so it can hold more than `last_poll` counted (the error
+    read '568 answers submitted' next to '571 accepted answers', unexplained): the difference is
+    said.
     """
     # Closed first (the failure hook would close it anyway): an export of a pool still open missed
     # what came in after it (56 exported, 99 paid in a user's try).
@@ -129,8 +141,15 @@ def kept_after_stop(
         if pending
         else ""
     )
+    exported = n_assignments(export)
+    polled = None if last_poll is None else last_poll.approved_assignments_count
+    since = (
+        f" ({int(polled):,} at the last poll, {exported - int(polled):,} accepted after it)"
+        if polled is not None and exported > polled
+        else ""
+    )
     return (
-        f"{error}. The pool is closed; its {n_assignments(export):,} accepted answers by now are in "
+        f"{error}. The pool is closed; its {exported:,} accepted answers{since} are in "
         f"{path}{late}. Run the same command again (or Retry the flow run), {advice}: the same pool "
         "goes on from where it stopped and nothing is paid twice"
     )

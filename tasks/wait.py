@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -52,7 +53,12 @@ CODE = ("tasks.budget", "tasks.exam", "tasks.toloka_api", "tasks.toloka_config")
 
 
 class WaitTimeout(RuntimeError):
-    """The pool did not complete in time (the run fails; its hooks close the pools)."""
+    """The pool did not complete in time (the run fails; its hooks close the pools); `stats` is the
+    last poll."""
+
+    def __init__(self, message: str, stats: PoolStats | None = None) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 class PoolStopped(RuntimeError):
@@ -72,18 +78,82 @@ class SpendLimitReached(RuntimeError):
         self.stats = stats
 
 
-def _timed_out(pool_id: str, timeout: float, stats: PoolStats) -> str:
+RATE_WINDOW_SECONDS = 900.0  # the polls a timed-out wait's pace is measured over (the whole wait if shorter)
+
+
+def _timed_out(
+    pool_id: str, timeout: float, stats: PoolStats, polls: Sequence[PoolStats] = (), needed: int = 0
+) -> str:
     """Why the wait ended, with how far the pool got: a pool nobody answered is another problem
-    (nobody qualified, a filter nobody passes, too small a market) than a slow one."""
+    (nobody qualified, a filter nobody passes, too small a market) than a slow one, and a slow one
+    says how long it would need at its recent pace (`polls`, oldest first; `needed`: the answers
+    its plan asks for, 0 when unknown), so the user knows what wait.timeout_seconds to give it."""
     done = stats.completion_percentage
+    if done is None:
+        return f"pool {pool_id} not complete after {timeout:.0f} s (wait.timeout_seconds)"
     answers = int(stats.submitted_assignments_count or 0)
-    progress = "" if done is None else f": at the last poll {done:.0f}% done, {answers:,} answers submitted"
-    if done is not None and answers == 0:
+    accepted = stats.approved_assignments_count
+    counted = f"{answers:,} answers submitted" + (
+        "" if accepted is None or answers == 0 else f" ({int(accepted):,} of them accepted)"
+    )
+    progress = f": at the last poll {done:.0f}% done, {counted}"
+    if answers == 0:
         progress += (
             " (nobody answered: check that workers can qualify and pass the pool's filter, "
             "or whether the market has enough of them)"
         )
+    else:
+        progress += _pace(stats, polls, timeout, needed)
     return f"pool {pool_id} not complete after {timeout:.0f} s (wait.timeout_seconds){progress}"
+
+
+def _pace(last: PoolStats, polls: Sequence[PoolStats], timeout: float, needed: int) -> str:
+    """'; at its pace over the last N s (A answers a minute) it needs about T more ...' from the
+    polls of the last RATE_WINDOW_SECONDS (or of the later half of the wait, when shorter), or ''
+    when they do not tell.
+
+    Answers, not the completion percentage: Toloka gives that in whole percent, and a large pool's
+    first hour can read 0% throughout. The answers left are the plan's (`needed`) less those
+    submitted, or, without a plan, what the percentage implies.
+    """
+    # The later half of the wait at most: its start (exams being gated, nobody qualified yet) is no
+    # measure of the pace the pool goes on at.
+    window = [p for p in polls if p.elapsed >= last.elapsed - min(RATE_WINDOW_SECONDS, last.elapsed / 2)]
+    if not window or last.elapsed <= window[0].elapsed:
+        return ""
+    first, span = window[0], last.elapsed - window[0].elapsed
+    answers = int(last.submitted_assignments_count or 0)
+    gained = answers - int(first.submitted_assignments_count or 0)
+    if gained <= 0:
+        return f"; it made no progress over the last {span:.0f} s"
+    pace = f"; at its pace over the last {span:.0f} s ({60 * gained / span:,.1f} answers a minute)"
+    done = last.completion_percentage or 0.0
+    left = needed - answers if needed > answers else answers * (100 - done) / done if done > 0 else None
+    if left is None:
+        return pace
+    seconds = left * span / gained
+    return (
+        f"{pace}, the {left:,.0f} answers left need about {_duration(seconds)} more: a "
+        f"wait.timeout_seconds of about {_round_up(timeout + seconds):,}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    """A rough time span for a person: '40 s', '12 min', '3 h 20 min', '2.5 days'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        hours, minutes = divmod(round(seconds / 60), 60)
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _round_up(seconds: float) -> int:
+    """`seconds` rounded up to two significant digits (a setting, not a measurement)."""
+    step = 10 ** max(0, len(str(int(seconds))) - 2)
+    return int(-(-seconds // step) * step)
 
 
 def wait_for_pool(
@@ -96,6 +166,7 @@ def wait_for_pool(
     report: Callable[[PoolStats], None] | None = None,
     guard: Callable[[PoolStats], str | None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    needed: int = 0,
 ) -> PoolStats:
     """Poll `pool_id` until it completes. `on_tick` runs every tick and once after completion.
 
@@ -104,11 +175,13 @@ def wait_for_pool(
     exported and aggregated the old answers as the new plan's. Such a pool is reopened (with a new
     lifetime when its own has passed) and the wait goes on.
 
-    `guard` sees every poll of an open pool; when it gives a reason, the pool is closed at once and
-    `SpendLimitReached` carries the reason and the poll.
+    `needed` (the answers the plan asks for, 0 when unknown) lets a timeout say how long the pool
+    would need at its pace. `guard` sees every poll of an open pool; when it gives a reason, the
+    pool is closed at once and `SpendLimitReached` carries the reason and the poll.
     """
     started = time.monotonic()
     ticks = reopenings = 0
+    polls: deque[PoolStats] = deque()  # the last RATE_WINDOW_SECONDS of polls, for a timeout's pace
     while True:
         pool = client.get_pool(pool_id)
         if on_tick is not None:
@@ -141,7 +214,10 @@ def wait_for_pool(
             reopen_if_owed(client, pool)
             reopenings += 1
         if time.monotonic() - started > timeout:
-            raise WaitTimeout(_timed_out(pool_id, timeout, stats))
+            raise WaitTimeout(_timed_out(pool_id, timeout, stats, polls, needed), stats)
+        polls.append(stats)
+        while polls and polls[0].elapsed < stats.elapsed - RATE_WINDOW_SECONDS:
+            polls.popleft()
         ticks += 1
         sleep(period)
 
@@ -292,7 +368,14 @@ def wait_labelling_task(
     report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}", also=with_exams)
     try:
         main, stopped = wait_guarded(
-            client, ids.main_pool, period=period, timeout=timeout, on_tick=gate, report=report, guard=guard
+            client,
+            ids.main_pool,
+            period=period,
+            timeout=timeout,
+            on_tick=gate,
+            report=report,
+            guard=guard,
+            needed=staffing.needed,
         )
     finally:
         report.flush()  # the line the wait ended on, however it ended

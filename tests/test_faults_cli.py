@@ -251,6 +251,34 @@ def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch):
     assert "Run the same command again" in line
 
 
+def test_an_error_that_says_what_to_do_is_not_told_twice(run_cli, monkeypatch):
+    """A main pool's timeout said 'Run the same command again (or Retry the flow run), with a larger
+    wait.timeout_seconds ...' and the command appended 'Fix the cause and run the same command
+    again: finished stages are reused' after it; an error that says nothing of the kind still gets it."""
+    import flows.pipeline
+    from tasks.wait import WaitTimeout
+
+    advice = (
+        "pool 6 not complete after 60 s (wait.timeout_seconds). The pool is closed; its 571 accepted "
+        "answers are in runs/x/raw_main.tsv. Run the same command again (or Retry the flow run), with a "
+        "larger wait.timeout_seconds if the pool is slow: the same pool goes on from where it stopped "
+        "and nothing is paid twice"
+    )
+    errors = iter([WaitTimeout(advice), RuntimeError("the disk is full")])
+
+    def fails(params):
+        raise next(errors)
+
+    monkeypatch.setattr(flows.pipeline, "crowdclust_pipeline", fails)
+    told, _ = run_cli()
+    assert _one_error_line(told) == f"error: WaitTimeout: {advice}"
+    untold, _ = run_cli()
+    assert _one_error_line(untold) == (
+        "error: RuntimeError: the disk is full. Fix the cause and run the same command again: finished "
+        "stages are reused"
+    )
+
+
 def test_close_only_closes_the_open_pools_of_its_run_key_and_nothing_else(run_cli, toloka_client):
     """After a `kill -9` the run's pools stay open for the crowd; `--close` stops them without resuming."""
     from tasks.setup import setup_labelling

@@ -497,7 +497,7 @@ def test_a_main_pool_stopped_before_completion_leaves_its_paid_answers_on_disk(
     assert closed, "the main pool was never answered"
     export = RunFolder.of(params).export("main")
     kept = re.search(
-        r"its ([\d,]+) accepted answers by now are in (\S+?)(?: \(|\. Run the same)", str(ended.value)
+        r"its ([\d,]+) accepted answers(?: \([^)]*\))? are in (\S+?)(?: \(|\. Run the same)", str(ended.value)
     )
     assert kept is not None and kept[2] == str(export), str(ended.value)
     rows = pd.read_csv(export, sep="\t", dtype=str)
@@ -514,15 +514,22 @@ def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path)
         WaitTimeout, match=r"\(wait.timeout_seconds\): at the last poll \d+% done, [\d,]+ answers submitted"
     ) as ended:
         labelling(params)
-    # What the pool holds is paid whatever happens next: it is exported, and the error says how to go on.
+    # What the pool holds is paid whatever happens next: it is exported, and the error says how to go
+    # on. Its counts add up: what the last poll counted, and what was accepted between it and the close.
     export = RunFolder.of(params).export("main")
     kept = re.search(
-        r"The pool is closed; its ([\d,]+) accepted answers by now are in (\S+?)(?: \(|\. Run the same)",
+        r"The pool is closed; its ([\d,]+) accepted answers(?: \(([\d,]+) at the last poll, ([\d,]+) "
+        r"accepted after it\))? are in (\S+?)(?: \(|\. Run the same)",
         str(ended.value),
     )
-    assert kept is not None and kept[2] == str(export), str(ended.value)
+    assert kept is not None and kept[4] == str(export), str(ended.value)
     rows = pd.read_csv(export, sep="\t", dtype=str)
-    assert rows["ASSIGNMENT:assignment_id"].nunique() == int(kept[1].replace(",", ""))
+    exported = int(kept[1].replace(",", ""))
+    assert rows["ASSIGNMENT:assignment_id"].nunique() == exported
+    if kept[2] is not None:
+        polled, after = int(kept[2].replace(",", "")), int(kept[3].replace(",", ""))
+        assert polled == ended.value.stats.approved_assignments_count and polled + after == exported
+        assert f"({polled:,} of them accepted)" in str(ended.value)
     assert "nothing is paid twice" in str(ended.value)
     objects = _objects(params)
     assert len(objects["pools"]) == 2

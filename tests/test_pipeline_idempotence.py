@@ -255,3 +255,36 @@ def test_the_answers_beyond_the_overlap_are_read_a_page_of_thousands_at_a_time(e
         assert registry.answers_beyond("main-pool", 3) == 300 * 2
         assert searches() - before == 4
         assert registry.answers_beyond("main-pool", 5) == 0 and registry.answers_beyond("other-pool", 0) == 0
+
+
+def test_a_timed_out_wait_says_its_pools_pace_and_what_timeout_would_do(emulator_factory):
+    """A main pool's timeout gave '568 answers submitted' and nothing on how long the pool needed
+    at its pace: here a slow market's pool times out, and the error gives its pace, the time it
+    needs and a timeout that would do, with the counts of the poll the exception carries."""
+    import re
+
+    from tasks.wait import WaitTimeout, wait_for_pool
+    from tests.fixtures.emulator import create_project, create_simple_pool, create_suites
+    from tests.fixtures.emulator import make_client as emulator_client
+
+    with emulator_factory(speed=20.0, seed=3) as emu:
+        client = emulator_client(emu)
+        pool = create_simple_pool(client, create_project(client, "pace").id, "pace", 5)
+        images = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(1200)]
+        create_suites(client, pool.id, [images[i : i + 4] for i in range(0, 1200, 4)])
+        client.open_pool(pool.id)
+        with pytest.raises(WaitTimeout) as ended:
+            wait_for_pool(client, pool.id, period=0.3, timeout=4, needed=300 * 5)
+        client.close_pool(pool.id)
+    stats, message = ended.value.stats, str(ended.value)
+    pace = re.search(
+        r": at the last poll (\d+)% done, ([\d,]+) answers submitted \(([\d,]+) of them accepted\); at its "
+        r"pace over the last (\d+) s \(([\d.,]+) answers a minute\), the ([\d,]+) answers left need about "
+        r".+ more: a wait\.timeout_seconds of about ([\d,]+)$",
+        message,
+    )
+    assert pace is not None, message
+    assert int(pace[2].replace(",", "")) == stats.submitted_assignments_count > 0
+    assert int(pace[3].replace(",", "")) == stats.approved_assignments_count
+    assert int(pace[6].replace(",", "")) == 1500 - stats.submitted_assignments_count
+    assert int(pace[7].replace(",", "")) > 4

@@ -1074,6 +1074,34 @@ def test_a_wait_that_timed_out_says_how_far_its_pool_got():
     assert unknown == "pool 6 not complete after 90 s (wait.timeout_seconds)"
 
 
+def test_a_wait_that_timed_out_says_how_long_its_pool_would_need_at_its_recent_pace():
+    """The error gave '568 answers submitted' and nothing on how much longer the pool needed: the
+    user could only guess a new wait.timeout_seconds."""
+    from tasks.stages import PoolStats
+    from tasks.wait import RATE_WINDOW_SECONDS, _timed_out
+
+    def poll(elapsed: float, done: float, answers: int) -> PoolStats:
+        return PoolStats(done, answers, answers - 3, elapsed=elapsed)
+
+    # An early burst outside the window does not count: 50 answers in the last 15 minutes.
+    polls = [poll(0, 0, 0), poll(600, 30, 300), poll(3600 - RATE_WINDOW_SECONDS, 55, 550)]
+    last = poll(3600, 60, 600)
+    assert _timed_out("6", 3600, last, polls, needed=1000) == (
+        "pool 6 not complete after 3600 s (wait.timeout_seconds): at the last poll 60% done, 600 answers "
+        "submitted (597 of them accepted); at its pace over the last 900 s (3.3 answers a minute), the "
+        "400 answers left need about 2 h more: a wait.timeout_seconds of about 11,000"
+    )
+    # Without the plan's count, the percentage tells what is left; a pool that read 0% all along
+    # gives its pace alone.
+    assert _timed_out("6", 3600, last, polls).endswith(
+        "the 400 answers left need about 2 h more: a wait.timeout_seconds of about 11,000"
+    )
+    early = _timed_out("6", 60, poll(60, 0, 20), [poll(30, 0, 5)])
+    assert early.endswith("at its pace over the last 30 s (30.0 answers a minute)")
+    stuck = _timed_out("6", 60, poll(60, 60, 600), [poll(30, 60, 600)])
+    assert stuck.endswith("(597 of them accepted); it made no progress over the last 30 s")
+
+
 def test_a_pool_read_back_from_the_platform_differs_only_where_the_config_changed():
     """`RunRegistry.ensure_pool` updates a found pool whose settings differ from the config; what the
     platform adds (ids, defaults, status) or writes otherwise (a number as a string) is no change, or

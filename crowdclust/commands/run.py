@@ -20,6 +20,7 @@ it they are printed without: the flow run's log in the UI has them).
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sys
 import traceback
@@ -61,6 +62,18 @@ def _catch_stops() -> dict[int, Any]:
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         wanted.append(signal.SIGHUP)
     return {signum: signal.signal(signum, _raise_terminated) for signum in wanted}
+
+
+RESUME = "Fix the cause and run the same command again: finished stages are reused"
+SAYS_WHAT_TO_DO = re.compile(r"run the same command again|retry the flow run", re.IGNORECASE)
+
+
+def with_resume(message: str) -> str:
+    """`message` with RESUME appended, unless it already says to run the same command again: a
+    timed-out wait's error ended '... Run the same command again (or Retry the flow run), with a
+    larger wait.timeout_seconds ...: nothing is paid twice. Fix the cause and run the same command
+    again: finished stages are reused', two pieces of advice where one was meant."""
+    return message if SAYS_WHAT_TO_DO.search(message) else f"{message}. {RESUME}"
 
 
 def _fail(message: str, code: int, debug: bool) -> typer.Exit:
@@ -252,18 +265,12 @@ def run(
             ) from None
         except ApiError as error:
             raise _fail(
-                f"Toloka refused a request ({error.status_code} {error.code}: {error.message}). Fix the "
-                "cause and run the same command again: finished stages are reused",
+                with_resume(f"Toloka refused a request ({error.status_code} {error.code}: {error.message})"),
                 1,
                 debug,
             ) from None
         except Exception as error:  # the flow run has the traceback; show the reason and how to resume
-            raise _fail(
-                f"{type(error).__name__}: {error}. Fix the cause and run the same command again: "
-                "finished stages are reused",
-                1,
-                debug,
-            ) from None
+            raise _fail(with_resume(f"{type(error).__name__}: {error}"), 1, debug) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
