@@ -1,7 +1,8 @@
 """The dataset: a TSV of image URLs, optionally with the true class of each image.
 
 Accepted columns: `image` (or the seed's `INPUT:image`), optional `class` (ground truth, used for
-metrics only). Every problem names the file line, so a person can find it.
+metrics only); see `tasks.dataset_file` for how the file is read. Every problem names the file
+line, so a person can find it.
 """
 
 from __future__ import annotations
@@ -10,48 +11,34 @@ from pathlib import Path
 
 import pandas as pd
 
-IMAGE_COLUMNS = ("image", "INPUT:image")
+from tasks.dataset_file import IMAGE_COLUMNS, TRUTH_COLUMN, DatasetError, read_table
 
-
-class DatasetError(ValueError):
-    """The dataset file cannot be used; the message names the file and line."""
+__all__ = ["IMAGE_COLUMNS", "DatasetError", "load_dataset", "truth_of"]
 
 
 def load_dataset(path: Path | str) -> pd.DataFrame:
     """DataFrame with `image` (str) and, when the file has it, `class` (str)."""
-    path = Path(path)
-    try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DatasetError(f"{path}: cannot read as TSV: {exc}") from exc
-    column = next((c for c in IMAGE_COLUMNS if c in frame.columns), None)
-    if column is None:
-        header = "\t".join(frame.columns)
-        if len(frame.columns) == 1 and "," in header:  # one column named `image,class,...`
-            raise DatasetError(
-                f"{path}: line 1 has no tab: the dataset must be tab-separated (TSV), and this header "
-                f"reads as comma-separated: {header[:80]}"
-            )
-        raise DatasetError(f"{path}: needs an `image` column (found: {', '.join(frame.columns) or 'none'})")
-    frame = frame.rename(columns={column: "image"})
-    if frame.empty:
+    table = read_table(path)
+    path = table.path
+    if not table.rows:
         raise DatasetError(f"{path}: no rows")
     seen: dict[str, int] = {}
-    for index, raw in enumerate(frame["image"]):
-        line = index + 2  # 1-based, after the header
+    for row in table.rows:
+        line, raw = row.line, row.fields[table.image]
         url = raw.strip()
         if not url.startswith(("http://", "https://")):
             raise DatasetError(f"{path}, line {line}: image {raw!r} is not an http(s) URL")
         if url in seen:
             raise DatasetError(f"{path}, line {line}: image {url} repeats line {seen[url]}")
         seen[url] = line
-        if "class" in frame.columns and not str(frame["class"].iloc[index]).strip():
+        if table.truth is not None and not row.fields[table.truth].strip():
             raise DatasetError(
                 f"{path}, line {line}: empty `class` (leave the column out if there is no truth)"
             )
-    frame["image"] = frame["image"].str.strip()
-    keep = ["image", "class"] if "class" in frame.columns else ["image"]
-    return frame[keep].reset_index(drop=True)
+    frame = pd.DataFrame({"image": table.images()})
+    if table.truth is not None:
+        frame[TRUTH_COLUMN] = [row.fields[table.truth].strip() for row in table.rows]
+    return frame
 
 
 def truth_of(dataset: pd.DataFrame) -> pd.Series | None:

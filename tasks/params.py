@@ -11,7 +11,6 @@ No secret is ever a parameter: the Toloka token comes from `TOLOKA_TOKEN` or a P
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.dataset_file import image_column
 from tasks.settings import Settings
 
 Environment = Literal["local", "sandbox", "production"]
@@ -64,18 +64,6 @@ class TolokaTarget(_Model):
                 "environment 'local' needs `url` (the emulator address, e.g. http://127.0.0.1:8765)"
             )
         return self
-
-
-def _image_column(path: Path) -> list[str] | None:
-    """The `image` column of a tab-separated dataset, stripped, in file order (None if unreadable)."""
-    try:
-        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines(), delimiter="\t"))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    if not rows or "image" not in rows[0]:
-        return None
-    at = rows[0].index("image")
-    return [row[at].strip() for row in rows[1:] if len(row) > at and row[at].strip()]
 
 
 def endpoint(target: TolokaTarget) -> str | None:
@@ -287,9 +275,11 @@ class PipelineParams(_Model):
         Only the images: the crowd sees nothing else of the file, and a key of its bytes changed
         with a corrected truth label, so the same command after an interruption started a new key
         and paid the work again (a user's $5.75). A file whose image column cannot be read keys by
-        its bytes (the run stops at the dataset check anyway).
+        its bytes (the run stops at the dataset check anyway). The images are read as the dataset
+        check reads them (`tasks.dataset_file`): a byte-order mark or an `INPUT:image` header made
+        this fall back to the bytes, and a corrected label made a new key again.
         """
-        images = _image_column(self.dataset)
+        images = image_column(self.dataset)
         content = self.dataset.read_bytes() if images is None else "\n".join(images).encode()
         digest = hashlib.sha256(content).hexdigest()[:10]
         return f"{self.name}-{digest}-s{self.seed}"

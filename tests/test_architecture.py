@@ -2,8 +2,9 @@
 
 Layers, bottom up (docs/architecture.md):
 - `aggregation/` and `emulator/`: libraries; nothing of the pipeline, Prefect or toloka-kit.
-- `tasks/params.py`, `tasks/stages.py`, `tasks/settings.py`: the pipeline's vocabulary; nothing of
-  the project above them, no Prefect, no toloka-kit.
+- `tasks/params.py`, `tasks/stages.py`, `tasks/settings.py`, `tasks/dataset_file.py`: the pipeline's
+  vocabulary (and how the dataset file is read, which the run key needs); nothing of the project
+  above them, no Prefect, no toloka-kit.
 - `tasks/`: the stages; may import `aggregation`, never `flows`, `crowdclust` or `emulator`.
 - `flows/`: wiring; may import `tasks`, never `crowdclust` or `emulator`.
 - `crowdclust/`: the command line and the service, on top.
@@ -25,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = {"aggregation", "emulator", "tasks", "flows", "crowdclust", "tests", "bench"}
-BOTTOM = {"tasks.params", "tasks.stages", "tasks.settings"}
+BOTTOM = {"tasks.params", "tasks.stages", "tasks.settings", "tasks.dataset_file"}
 FORBIDDEN = {
     "aggregation": {"tasks", "flows", "crowdclust", "emulator", "prefect", "toloka"},
     "emulator": {"tasks", "flows", "crowdclust", "prefect", "toloka", "aggregation"},

@@ -65,6 +65,44 @@ def test_run_key_depends_on_name_dataset_and_seed(tmp_path):
     assert load_params(DEMO, {"dataset": str(grown)}).catalogue_key == a.catalogue_key
 
 
+def test_shipped_run_keys_are_pinned():
+    """Keys of ordinary files stay what they were: a new key would pay a run's work again."""
+    assert load_params(DEMO).resolved_run_key == "demo-shoes-ff082a71c9-s0"
+    assert load_params(SHOES).resolved_run_key == "shoes-9af1818557-s0"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(lambda text: "\ufeff" + text, id="utf-8 byte-order mark"),
+        pytest.param(lambda text: text.replace("image\t", "INPUT:image\t", 1), id="INPUT:image header"),
+        pytest.param(lambda text: text.replace("\n", "\r\n"), id="CRLF"),
+        pytest.param(lambda text: text.replace("\n", "\n\n", 3), id="blank lines"),
+        pytest.param(lambda text: text.replace("\tsneakers\t", "\tSNEAKERS\t", 1), id="a truth label"),
+    ],
+)
+def test_run_key_follows_the_images_whatever_the_file_spelling(tmp_path, spelling):
+    """A spreadsheet's BOM, the seed's header, line endings or a corrected label keep the key
+    (a BOM or `INPUT:image` made it a hash of the whole file: a label fixed, the job paid again)."""
+    text = DEMO.with_name("dataset.tsv").read_text()
+    path = tmp_path / "dataset.tsv"
+    path.write_bytes(spelling(text).encode("utf-8"))
+    assert path.read_bytes() != text.encode("utf-8")
+    params = load_params(DEMO, {"dataset": str(path)})
+    assert params.resolved_run_key == load_params(DEMO).resolved_run_key
+    shipped = load_dataset(DEMO.with_name("dataset.tsv"))
+    assert load_dataset(path)["image"].tolist() == shipped["image"].tolist()
+    # ... and with a BOM, a truth label fixed later keeps it too.
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\tsneakers\t", "\tboots\t", 1).encode("utf-8"))
+    assert load_params(DEMO, {"dataset": str(path)}).resolved_run_key == load_params(DEMO).resolved_run_key
+
+
+def test_a_dataset_with_a_byte_order_mark_keeps_its_truth(tmp_path):
+    path = tmp_path / "dataset.tsv"
+    path.write_bytes("\ufeffimage\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\tshoe\n".encode("utf-8"))
+    assert truth_of(load_dataset(path)).to_dict() == {"http://x/a.png": "boot", "http://x/b.png": "shoe"}
+
+
 def test_each_run_key_has_its_own_run_folder_and_the_default_key_keeps_runs_name(tmp_path):
     """A second run of one config with another `--run-key` (other Toloka objects, paid for apart)
     must not overwrite the first one's exports, clusters and report."""

@@ -1,0 +1,147 @@
+"""How the dataset TSV file is read: its text, its lines, its columns; one reading for every reader.
+
+Two readers need the same view of the file: the dataset check (`tasks.dataset`) and the run key
+(`PipelineParams.default_run_key`), which follows the images only. When they read it differently
+(the byte-order mark Excel writes before a UTF-8 header, the seed's `INPUT:image` header) the key
+fell back to a hash of the file's bytes, so a corrected truth label made a new key and the whole
+job was paid again. Both read the file here. It sits at the bottom with the parameters, which
+import it: it imports nothing of the project.
+
+Line numbers are the file's own, as `grep -n` counts them (header = line 1), whatever blank lines,
+CRLF endings or byte-order mark the file has, so a person can go to the line a message names.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_COLUMNS = ("image", "INPUT:image")  # the first one the header has is the image column
+TRUTH_COLUMN = "class"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class DatasetError(ValueError):
+    """The dataset file cannot be used; the message names the file and, where there is one, the line."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record of the file: the line it starts on (1-based, as `grep -n` counts) and its fields."""
+
+    line: int
+    fields: list[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    """The file's header and records (blank lines left out), and which columns are read.
+
+    `image` and `truth` index the header; `truth` is None when the file has no truth column.
+    """
+
+    path: Path
+    header: list[str]
+    header_line: int
+    rows: list[Row]
+    image: int
+    truth: int | None
+
+    def images(self) -> list[str]:
+        """The image of every row, stripped, in file order: what the crowd sees of the file."""
+        return [row.fields[self.image].strip() for row in self.rows]
+
+
+def read_text(path: Path) -> str:
+    """The file's text, without the byte-order mark a UTF-8 file may start with."""
+    data = path.read_bytes()
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason}): save it as UTF-8") from None
+
+
+def _records(path: Path, text: str) -> Iterator[Row]:
+    """Every non-blank record of `text` with the line it starts on.
+
+    Lines end at `\\n` only, as `grep -n` counts them; a `\\r` before it (CRLF) is part of the ending.
+    A record whose fields are all blank is a blank line to a reader of the file, and is skipped.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's last line ends with a newline
+    reader = csv.reader((line + "\n" for line in lines), delimiter="\t")
+    done = 0  # lines the reader has consumed
+    try:
+        for fields in reader:
+            start, done = done + 1, reader.line_num
+            if any(field.strip() for field in fields):
+                yield Row(start, fields)
+    except csv.Error as exc:
+        raise DatasetError(f"{path}, line {reader.line_num}: cannot read as TSV: {exc}") from None
+
+
+def _column(path: Path, line: int, header: list[str], names: tuple[str, ...]) -> int | None:
+    """Index of the first of `names` the header has, else of the one column that matches one of them
+    regardless of case (`Class` for `class`); None when none does."""
+    for name in names:
+        if name in header:
+            return header.index(name)
+    wanted = {name.lower() for name in names}
+    found = [at for at, name in enumerate(header) if name.lower() in wanted]
+    if len(found) > 1:
+        listed = ", ".join(f"`{header[at]}`" for at in found)
+        raise DatasetError(
+            f"{path}, line {line}: columns {listed} could each be `{names[0]}`: rename the one to read "
+            f"`{names[0]}` and the others to anything else"
+        )
+    return found[0] if found else None
+
+
+def read_table(path: Path | str) -> Table:
+    """The file's header and records, with the image column and the truth column found.
+
+    Column names are matched as written, else regardless of case when only one column matches (a
+    spreadsheet's `Class` header is the truth a user meant to give, not "no truth").
+    """
+    path = Path(path)
+    try:
+        text = read_text(path)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from None
+    records = _records(path, text)
+    first = next(records, None)
+    if first is None:
+        raise DatasetError(f"{path}: empty file: line 1 must be a header with an `image` column")
+    header = [name.strip() for name in first.fields]
+    image = _column(path, first.line, header, IMAGE_COLUMNS)
+    if image is None:
+        found = ", ".join(header)
+        if len(header) == 1 and "," in found:  # one column named `image,class,...`
+            raise DatasetError(
+                f"{path}: line {first.line} has no tab: the dataset must be tab-separated (TSV), and "
+                f"this header reads as comma-separated: {found[:80]}"
+            )
+        raise DatasetError(f"{path}: needs an `image` column (found: {found or 'none'})")
+    truth = _column(path, first.line, header, (TRUTH_COLUMN,))
+    rows = []
+    for row in records:
+        if len(row.fields) > len(header):
+            raise DatasetError(
+                f"{path}, line {row.line}: {len(row.fields)} fields where the header (line "
+                f"{first.line}) has {len(header)}: a tab too many"
+            )
+        rows.append(Row(row.line, row.fields + [""] * (len(header) - len(row.fields))))
+    return Table(path, header, first.line, rows, image, truth)
+
+
+def image_column(path: Path | str) -> list[str] | None:
+    """The images of the dataset as the dataset check reads them (None: the file cannot be read)."""
+    try:
+        return read_table(path).images()
+    except DatasetError:
+        return None
