@@ -8,12 +8,36 @@ line, so a person can find it.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pandas as pd
 
 from tasks.dataset_file import IMAGE_COLUMNS, TRUTH_COLUMN, DatasetError, read_table
 
-__all__ = ["IMAGE_COLUMNS", "DatasetError", "load_dataset", "truth_of"]
+__all__ = ["IMAGE_COLUMNS", "DatasetError", "load_dataset", "truth_of", "url_problem"]
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with an image URL (None: nothing), as the crowd's and the galleries' readers see it.
+
+    The URL is read by `urllib.parse.urlsplit` (the emulator, the galleries) and by httpx (the
+    thumbnails); one either refuses (`http://[cdn.example.com/a.png`: an unbalanced bracket) got
+    through the check, and the main pool was blocked after the exam had been paid.
+    """
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # a bad port raises only when read
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not url.startswith(("http://", "https://")):
+        return "is not an http(s) URL"
+    if not host:
+        return "has no host"
+    if any(char.isspace() for char in host):
+        return f"has a space in its host {host!r}"
+    return None
 
 
 def load_dataset(path: Path | str) -> pd.DataFrame:
@@ -26,8 +50,9 @@ def load_dataset(path: Path | str) -> pd.DataFrame:
     for row in table.rows:
         line, raw = row.line, row.fields[table.image]
         url = raw.strip()
-        if not url.startswith(("http://", "https://")):
-            raise DatasetError(f"{path}, line {line}: image {raw!r} is not an http(s) URL")
+        problem = url_problem(url)
+        if problem is not None:
+            raise DatasetError(f"{path}, line {line}: image {raw!r} {problem}")
         if url in seen:
             raise DatasetError(f"{path}, line {line}: image {url} repeats line {seen[url]}")
         seen[url] = line

@@ -68,8 +68,19 @@ def gallery_items(clusters: pd.Series, per_cluster: int, extra: list[str] | None
 
 
 def is_fetchable(url: str) -> bool:
-    """An absolute http(s) URL with a host (file:, data:, javascript: and relative paths are not)."""
-    parts = urlsplit(url)
+    """An absolute http(s) URL with a host (file:, data:, javascript: and relative paths are not).
+
+    A URL urllib or httpx cannot parse (`http://[host/a.png`) is not fetchable either: it raised
+    here and stopped the galleries of a clustering that had been paid for.
+    """
+    import httpx
+
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port out of range raises only when read
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
@@ -118,7 +129,7 @@ def fetch_thumbnails(urls: list[str], base_url: str | None = None) -> dict[str, 
                     content += chunk
                     if len(content) > MAX_SOURCE_BYTES:
                         return url, None
-        except httpx.HTTPError:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError):  # gone, refused, or a URL it cannot use
             return url, None
         return url, thumbnail(content)
 

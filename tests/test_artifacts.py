@@ -90,6 +90,18 @@ def test_the_gallery_images_that_could_not_be_fetched_are_named(image_server):
     assert unfetched == [f"{image_server}/missing.png", f"{image_server}/text.png"]
 
 
+def test_a_url_nothing_can_parse_is_an_unfetchable_image_not_an_error(image_server):
+    """`http://[host/a.png` (an unbalanced bracket) made urllib raise and stopped the galleries."""
+    bad = ["http://[cdn.example.com/img 11.png", "http://x:99999/a.png", "http://x/\x01a.png"]
+    assert not any(thumbnails.is_fetchable(url) for url in bad)
+    assert list(thumbnails.fetch_thumbnails([*bad, f"{image_server}/ok.png"])) == [f"{image_server}/ok.png"]
+    assert list(thumbnails.fetch_thumbnails(bad, base_url=image_server)) == []
+    clusters = pd.Series([0, 0, 1, 1], index=[*bad, f"{image_server}/ok.png"])
+    fit = Aggregated(clusters, None, AggregationInfo("gomes", 4, 1, 1, 1, 2, 1, -1.0))
+    thumbs, unfetched = thumbnails.for_galleries(fit, None)
+    assert (list(thumbs), unfetched) == ([f"{image_server}/ok.png"], [])
+
+
 def test_local_images_are_fetched_from_the_runs_emulator(image_server):
     """A demo dataset names the emulator's default address; the run's emulator is elsewhere."""
     got = thumbnails.fetch_thumbnails(["http://127.0.0.1:9/ok.png"], base_url=image_server)

@@ -120,6 +120,29 @@ def test_data_errors_are_one_line_exit_2_and_create_nothing(run_cli, toloka_clie
     assert _pools(toloka_client) == before
 
 
+def _dataset_error(run_cli, path: Path, content: bytes) -> str:
+    """The one `error:` line of a run on a dataset of `content` (exit 2)."""
+    path.write_bytes(content)
+    result, _ = run_cli(data=path)
+    assert result.exit_code == 2, result.output
+    return _one_error_line(result)
+
+
+def test_dataset_file_errors_are_one_line_exit_2(run_cli, toloka_client, tmp_path, dataset):
+    """Each names the file and its line as `grep -n` counts it, before anything is created or paid."""
+    before = _pools(toloka_client)
+    lines = dataset.read_text().splitlines()
+    path = tmp_path / "mine.tsv"
+
+    # A malformed URL passed the check, and the main pool was blocked after the exam was paid.
+    row = lines[11].split("\t")
+    bad = [*lines[:11], "\t".join(["http://[cdn.example.com/img 11.png", *row[1:]]), *lines[12:]]
+    line = _dataset_error(run_cli, path, ("\n".join(bad) + "\n").encode())
+    assert f"{path}, line 12: image 'http://[cdn.example.com/img 11.png' is not a valid URL" in line
+
+    assert _pools(toloka_client) == before
+
+
 def test_a_design_warning_comes_before_the_token_is_tried(run_cli, monkeypatch):
     """20 images of about 5 styles, 3 HITs per image: each meets ~4.3 of its style. The warning is
     printed before the refused token stops the run, so it is not lost behind that error."""

@@ -402,6 +402,14 @@ def test_demo_exam_gold_matches_catalogue_truth():
         ("image\nhttp://x/a.png\nhttp://x/a.png\n", "line 3: image http://x/a.png repeats line 2"),
         ("image\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\t\n", "line 3: empty `class`"),
         ("image\n", "no rows"),
+        (
+            "image\nhttp://x/a.png\nhttp://[cdn.example.com/img 11.png\n",
+            "line 3: image 'http://[cdn.example.com/img 11.png' is not a valid URL (Invalid IPv6 URL)",
+        ),
+        ("image\nhttp://x:99999/a.png\n", "line 2: image 'http://x:99999/a.png' is not a valid URL (Port"),
+        ("image\nhttp:///a.png\n", "line 2: image 'http:///a.png' has no host"),
+        ("image\nhttp://x/\x01a.png\n", "is not a valid URL (Invalid non-printable ASCII"),
+        ("image\nHTTP://x/a.png\n", "line 2: image 'HTTP://x/a.png' is not an http(s) URL"),
     ],
 )
 def test_bad_dataset_rows_are_named(tmp_path, content, expected):
