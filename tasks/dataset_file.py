@@ -54,15 +54,39 @@ class Table:
         return [row.fields[self.image].strip() for row in self.rows]
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+SAVE_AS_UTF8 = "save it as UTF-8 (in Excel: Save As, 'CSV UTF-8' or 'Tab delimited Text' in UTF-8)"
+
+
 def read_text(path: Path) -> str:
-    """The file's text, without the byte-order mark a UTF-8 file may start with."""
+    """The file's text, without the byte-order mark a UTF-8 file may start with.
+
+    Refuses text that is not UTF-8 with a `DatasetError` naming the first line that is not: pandas
+    raised a bare `UnicodeDecodeError` on Excel's "Unicode text" export (UTF-16) or a Latin-1 file.
+    """
     data = path.read_bytes()
+    if data.startswith(UTF16_BOMS):
+        raise DatasetError(
+            f"{path}: not UTF-8 text: it starts with a UTF-16 byte-order mark, so it looks like UTF-16 "
+            f"(Excel's 'Unicode Text'): {SAVE_AS_UTF8}"
+        )
     if data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM) :]
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason}): save it as UTF-8") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be UTF-8; "
+            f"Latin-1 or Windows-1252, perhaps): {SAVE_AS_UTF8}"
+        ) from None
+    if "\x00" in text:  # UTF-16 without its byte-order mark: every other byte of ASCII text is NUL
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DatasetError(
+            f"{path}, line {line}: not UTF-8 text: it holds NUL bytes, so it looks like UTF-16 "
+            f"(Excel's 'Unicode Text'): {SAVE_AS_UTF8}"
+        )
+    return text
 
 
 def _records(path: Path, text: str) -> Iterator[Row]:

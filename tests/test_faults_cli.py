@@ -140,6 +140,17 @@ def test_dataset_file_errors_are_one_line_exit_2(run_cli, toloka_client, tmp_pat
     line = _dataset_error(run_cli, path, ("\n".join(bad) + "\n").encode())
     assert f"{path}, line 12: image 'http://[cdn.example.com/img 11.png' is not a valid URL" in line
 
+    # Excel's "Unicode text" export and a Latin-1 file were a pandas traceback (exit 1).
+    text = "\n".join(lines) + "\n"
+    line = _dataset_error(run_cli, path, text.encode("utf-16"))
+    assert line.startswith(f"error: {path}: not UTF-8") and "looks like UTF-16" in line
+    assert "save it as UTF-8" in line
+    line = _dataset_error(run_cli, path, text.encode("utf-16-le"))  # no byte-order mark
+    assert line.startswith(f"error: {path}, line 1: not UTF-8") and "looks like UTF-16" in line
+    latin = [*lines[:6], lines[6].replace("/s0-", "/caf\u00e9-"), *lines[7:]]
+    line = _dataset_error(run_cli, path, ("\n".join(latin) + "\n").encode("latin-1"))
+    assert line.startswith(f"error: {path}, line 7: not UTF-8 text (byte 0xe9") and "save it as UTF-8" in line
+
     assert _pools(toloka_client) == before
 
 

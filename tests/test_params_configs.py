@@ -97,6 +97,14 @@ def test_run_key_follows_the_images_whatever_the_file_spelling(tmp_path, spellin
     assert load_params(DEMO, {"dataset": str(path)}).resolved_run_key == load_params(DEMO).resolved_run_key
 
 
+def test_a_dataset_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "dataset.tsv"
+    path.write_bytes("image\tclass\nhttp://x/a.png\tboot\n".encode("utf-16"))
+    with pytest.raises(DatasetError, match=r"dataset.tsv: not UTF-8 text: .* looks like UTF-16"):
+        load_dataset(path)
+    assert load_params(DEMO, {"dataset": str(path)}).resolved_run_key  # keyed by its bytes, no error
+
+
 def test_a_dataset_with_a_byte_order_mark_keeps_its_truth(tmp_path):
     path = tmp_path / "dataset.tsv"
     path.write_bytes("\ufeffimage\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\tshoe\n".encode("utf-8"))
