@@ -428,6 +428,38 @@ def test_bad_dataset_rows_are_named(tmp_path, content, expected):
     assert expected in str(error.value)
 
 
+def _grep_n(data: bytes, needle: bytes) -> list[int]:
+    """The line numbers `grep -n` prints for `needle` (1-based, lines end at `\\n`)."""
+    return [n for n, line in enumerate(data.split(b"\n"), start=1) if needle in line]
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        pytest.param(lambda t: t, id="plain"),
+        pytest.param(lambda t: t.replace("a.png\tboot\n", "a.png\tboot\n\n"), id="a blank line"),
+        pytest.param(lambda t: "\n" + t.replace("\n", "\n\n\n"), id="blank lines everywhere"),
+        pytest.param(lambda t: t.replace("\n", " \t \n\n"), id="whitespace-only lines"),
+        pytest.param(lambda t: "\ufeff" + t.replace("\n", "\r\n\r\n"), id="BOM, CRLF, blank lines"),
+    ],
+)
+def test_messages_name_the_line_grep_n_finds(tmp_path, spell):
+    """After a blank line the messages said `line 60` for a row on line 61."""
+    rows = "".join(f"http://x/{n}.png\tboot\n" for n in range(5))
+    base = f"image\tclass\nhttp://x/a.png\tboot\n{rows}"
+    path = tmp_path / "data.tsv"
+    for tail, needle, message in [
+        ("oops\tboot\n", b"oops", "image 'oops' is not an http(s) URL"),
+        ("http://x/a.png\tboot\n", b"a.png", "image http://x/a.png repeats line {first}"),
+    ]:
+        data = spell(base + tail).encode("utf-8")
+        path.write_bytes(data)
+        where = _grep_n(data, needle)
+        with pytest.raises(DatasetError) as error:
+            load_dataset(path)
+        assert str(error.value) == f"{path}, line {where[-1]}: " + message.format(first=where[0])
+
+
 def test_seed_dataset_header_is_accepted(tmp_path):
     path = tmp_path / "data.tsv"
     path.write_text("INPUT:image\nhttps://x/a.jpg\nhttps://x/b.jpg\n")
