@@ -99,6 +99,7 @@ def _paid_before(summary: RunSummary) -> str:
 
 def describe(summary: RunSummary) -> str:
     """The few lines a person wants after a run."""
+    from tasks.stages import truth_share  # loaded by the run already; the CLI's start stays light
 
     def num(value: float | None, spec: str = ".3f") -> str:
         return "n/a" if value is None else format(value, spec)
@@ -109,7 +110,8 @@ def describe(summary: RunSummary) -> str:
     lone = f"; {singles} of them a single item" if singles else ""
     lines = [
         f"clusters:           {summary.clusters} (sizes {sizes}{lone})",
-        f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}",
+        f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}"
+        + truth_share(summary.metrics, sum(sizes)),
         f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _intruder_detail(summary),
         f"cost:               ${num(summary.cost.spent, '.2f')} spent"
         + (f" (estimate ${estimate.total:.2f})" if estimate else "")

@@ -21,7 +21,7 @@ from tasks import dataset as ds
 from tasks import export_format, results, thumbnails
 from tasks.params import AggregationParams, PipelineParams, TolokaTarget
 from tasks.run_folder import RunFolder
-from tasks.stages import Aggregated
+from tasks.stages import Aggregated, truth_share
 
 
 @flow(name="crowdclust-aggregate", flow_run_name=by_run_folder)
@@ -79,7 +79,12 @@ def aggregate_export(
             "" if len(unfetched) <= 5 else ", ...",
         )
     if result.metrics is not None:
-        logger.info("against the truth: ARI %.3f, NMI %.3f", result.metrics["ari"], result.metrics["nmi"])
+        logger.info(
+            "against the truth: ARI %.3f, NMI %.3f%s",
+            result.metrics["ari"],
+            result.metrics["nmi"],
+            truth_share(result.metrics, len(result.clusters)),
+        )
     logger.info(
         "%d clusters, sizes %s", result.info.n_clusters, result.clusters.value_counts().sort_index().tolist()
     )

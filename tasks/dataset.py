@@ -7,6 +7,7 @@ line, so a person can find it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,7 +16,15 @@ import pandas as pd
 
 from tasks.dataset_file import IMAGE_COLUMNS, TRUTH_COLUMN, DatasetError, read_table
 
-__all__ = ["IMAGE_COLUMNS", "DatasetError", "load_dataset", "truth_of", "url_problem"]
+__all__ = [
+    "IMAGE_COLUMNS",
+    "Dataset",
+    "DatasetError",
+    "load_dataset",
+    "read_dataset",
+    "truth_of",
+    "url_problem",
+]
 
 
 def url_problem(url: str) -> str | None:
@@ -40,13 +49,37 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def load_dataset(path: Path | str) -> pd.DataFrame:
-    """DataFrame with `image` (str) and, when the file has it, `class` (str)."""
+def _lines(lines: list[int], most: int = 5) -> str:
+    """`2, 5, 9` or `2, 5, 9, 11, 12 and 3 more`: lines a message names without running on."""
+    shown = ", ".join(map(str, lines[:most]))
+    return shown if len(lines) <= most else f"{shown} and {len(lines) - most} more"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The checked dataset and what a user should hear about it before anything is paid (one line each)."""
+
+    frame: pd.DataFrame
+    warnings: tuple[str, ...] = ()
+
+
+def read_dataset(path: Path | str) -> Dataset:
+    """The dataset's images (and truth, if any) with warnings; `DatasetError` for a file it cannot use.
+
+    A blank `class` cell is an unknown class, not an error: the truth scores then cover the images
+    that have one (the run's summary says how many), where a few blank cells used to stop the whole
+    run with dropping the column as the only way on. Warned of: the blank cells; a file with columns
+    but none read as the truth (a `Label` column would silently give no scores); the same image
+    under `http://` and `https://`, which the crowd would see twice as two images.
+    """
     table = read_table(path)
     path = table.path
     if not table.rows:
         raise DatasetError(f"{path}: no rows")
+    warnings: list[str] = []
     seen: dict[str, int] = {}
+    by_address: dict[str, int] = {}  # the URL without its scheme -> its line
+    other_scheme: list[str] = []
     for row in table.rows:
         line, raw = row.line, row.fields[table.image]
         url = raw.strip()
@@ -56,18 +89,56 @@ def load_dataset(path: Path | str) -> pd.DataFrame:
         if url in seen:
             raise DatasetError(f"{path}, line {line}: image {url} repeats line {seen[url]}")
         seen[url] = line
-        if table.truth is not None and not row.fields[table.truth].strip():
-            raise DatasetError(
-                f"{path}, line {line}: empty `class` (leave the column out if there is no truth)"
-            )
+        address = url.split("://", 1)[1]
+        if address in by_address:
+            other_scheme.append(f"line {line} repeats line {by_address[address]} ({url})")
+        else:
+            by_address[address] = line
+    if other_scheme:
+        warnings.append(
+            f"{path}: the same image under http:// and https://, which the crowd would see and group "
+            f"as two images: {'; '.join(other_scheme[:3])}"
+            + (f"; and {len(other_scheme) - 3} more" if len(other_scheme) > 3 else "")
+            + ". Keep one row of each"
+        )
     frame = pd.DataFrame({"image": table.images()})
-    if table.truth is not None:
-        frame[TRUTH_COLUMN] = [row.fields[table.truth].strip() for row in table.rows]
-    return frame
+    header = table.header
+    if table.truth is None:
+        others = [name for at, name in enumerate(header) if at != table.image]
+        if others:
+            warnings.append(
+                f"{path}, line {table.header_line}: no `{TRUTH_COLUMN}` column, so no truth and no ARI / "
+                f"NMI in the summary (columns read as nothing: {', '.join(others)}); name the column "
+                f"with the true classes `{TRUTH_COLUMN}` to score the clustering"
+            )
+        return Dataset(frame, tuple(warnings))
+    truth = [row.fields[table.truth].strip() for row in table.rows]
+    frame[TRUTH_COLUMN] = truth
+    blank = [row.line for row, value in zip(table.rows, truth, strict=True) if not value]
+    column = header[table.truth]
+    if len(blank) == len(truth):
+        warnings.append(
+            f"{path}: every `{column}` cell is blank, so no truth and no ARI / NMI in the summary"
+        )
+    elif blank:
+        warnings.append(
+            f"{path}: {len(blank)} image(s) with a blank `{column}` (line {_lines(blank)}): their class is "
+            f"unknown, and the ARI / NMI cover the {len(truth) - len(blank):,} images that have one; fill "
+            "them in for a score over every image"
+        )
+    return Dataset(frame, tuple(warnings))
+
+
+def load_dataset(path: Path | str) -> pd.DataFrame:
+    """DataFrame with `image` (str) and, when the file has it, `class` (str; blank: unknown)."""
+    return read_dataset(path).frame
 
 
 def truth_of(dataset: pd.DataFrame) -> pd.Series | None:
-    """Item -> true class, or None when the dataset has no truth."""
-    if "class" not in dataset.columns:
+    """Item -> true class of the images that have one, or None when none has (or no `class` column)."""
+    if TRUTH_COLUMN not in dataset.columns:
         return None
-    return pd.Series(dataset["class"].to_numpy(), index=dataset["image"].to_numpy(), name="class")
+    known = dataset[dataset[TRUTH_COLUMN].astype(str).str.strip() != ""]
+    if known.empty:
+        return None
+    return pd.Series(known[TRUTH_COLUMN].to_numpy(), index=known["image"].to_numpy(), name="class")

@@ -152,15 +152,23 @@ def read_table(path: Path | str) -> Table:
             )
         raise DatasetError(f"{path}: needs an `image` column (found: {found or 'none'})")
     truth = _column(path, first.line, header, (TRUTH_COLUMN,))
-    rows = []
-    for row in records:
-        if len(row.fields) > len(header):
+    rows = list(records)
+    for row in rows:
+        if len(row.fields) != len(header):
             raise DatasetError(
-                f"{path}, line {row.line}: {len(row.fields)} fields where the header (line "
-                f"{first.line}) has {len(header)}: a tab too many"
+                f"{path}, line {row.line}: {_fields(len(row.fields))} where the header (line {first.line}) "
+                f"has {len(header)} ({', '.join(header)}): "
+                + (
+                    "a tab too many, or a tab inside a cell?"
+                    if len(row.fields) > len(header)
+                    else "a tab missing, or spaces where a tab should be?"
+                )
             )
-        rows.append(Row(row.line, row.fields + [""] * (len(header) - len(row.fields))))
     return Table(path, header, first.line, rows, image, truth)
+
+
+def _fields(count: int) -> str:
+    return f"{count} field" if count == 1 else f"{count} fields"
 
 
 def image_column(path: Path | str) -> list[str] | None:

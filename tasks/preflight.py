@@ -45,8 +45,8 @@ class ExamSeatsShort(HitPlanError):
 class Checked:
     """What the checks read: the dataset's image URLs and the Toloka configs, and what to warn of.
 
-    `warnings`: the HIT design's (`design_warning`) and the staffing's (`staffing_warning`), each
-    one line, shown before anything is paid.
+    `warnings`: the dataset's (`dataset.read_dataset`), the HIT design's (`design_warning`) and the
+    staffing's (`staffing_warning`), each one line, shown before anything is paid.
     """
 
     items: list[str]
@@ -65,15 +65,16 @@ def check_exams(params: PipelineParams, bundle: TolokaBundle) -> None:
 
 
 def check_run(params: PipelineParams) -> Checked:
-    """Dataset, HIT size, and `check_plan` for all its images."""
-    items = dataset.load_dataset(params.dataset)["image"].tolist()
+    """Dataset, HIT size, and `check_plan` for all its images; the dataset's warnings come first."""
+    data = dataset.read_dataset(params.dataset)
+    items = data.frame["image"].tolist()
     if len(items) < params.hits.size:
         raise HitPlanError(
             f"{params.dataset}: {len(items)} images cannot fill a HIT of hits.size {params.hits.size}"
         )
     bundle = check_plan(params, len(items))
     found = (design_warning(params, bundle, len(items)), staffing_warning(params, bundle, len(items)))
-    return Checked(items, bundle, tuple(warning for warning in found if warning))
+    return Checked(items, bundle, (*data.warnings, *(warning for warning in found if warning)))
 
 
 def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> str | None:

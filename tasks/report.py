@@ -32,6 +32,7 @@ from tasks.stages import (
     LabellingIds,
     RunSummary,
     SecondRound,
+    truth_share,
 )
 
 GALLERY_LIMIT = thumbnails.REPORT_PER_CLUSTER  # images shown per cluster in the HTML report
@@ -88,6 +89,7 @@ def _summary_table(data: dict[str, Any]) -> str:
     def score(key: str) -> str | None:
         return None if data.get(key) is None else f"{data[key]:.3f}"
 
+    scored_over = truth_share(data.get("metrics"), sum((data.get("cluster_sizes") or {}).values()))
     attempts = data.get("attempts")
     wall = (
         {"wall time of the flow (s)": data.get("wall_seconds")}
@@ -101,7 +103,7 @@ def _summary_table(data: dict[str, Any]) -> str:
     return _table(
         {
             "clusters": data.get("clusters"),
-            "ARI vs truth": score("ari"),
+            "ARI vs truth": None if score("ari") is None else f"{score('ari')}{scored_over}",
             "NMI vs truth": score("nmi"),
             "intruder accuracy": score("intruder_accuracy"),
             **wall,

@@ -128,6 +128,16 @@ def shown(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def truth_share(metrics: Scores | None, n_images: int) -> str:
+    """` (over the 80 of 82 images with a class)` when the truth scores cover fewer images than were
+    clustered (a dataset's blank `class` cells are unknown classes), else nothing: a score over part
+    of the images must not read as a score over all of them."""
+    scored = (metrics or {}).get("n_items")
+    if scored is None or scored >= n_images:
+        return ""
+    return f" (over the {int(scored):,} of {n_images:,} images with a class)"
+
+
 def named_ids(ids: dict[str, str]) -> str:
     """Toloka ids for a log line: "exam project 1, training 2, ..." (a dataclass repr is Python)."""
     return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in ids.items())

@@ -301,6 +301,25 @@ def test_pools_of_earlier_settings_under_the_run_key_are_counted_apart(tmp_path)
     }
 
 
+def test_scores_over_the_images_with_a_class_say_how_many(tmp_path):
+    """Blank `class` cells are unknown classes: a score over 80 of 82 images must say so."""
+    from dataclasses import replace
+
+    from crowdclust.runtime import describe
+
+    base = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
+    part = replace(
+        base, ari=0.9, nmi=0.8, cluster_sizes={"0": 50, "1": 32}, metrics={"ari": 0.9, "n_items": 80}
+    )
+    line = next(line for line in describe(part).splitlines() if line.startswith("ARI / NMI"))
+    assert line.endswith("0.900 / 0.800 (over the 80 of 82 images with a class)")
+    clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
+    page = report.render_html(part, clusters, None, "t", report.ReportLinks("c.csv"), {})
+    assert "0.900 (over the 80 of 82 images with a class)" in page
+    whole = replace(part, metrics={"ari": 0.9, "n_items": 82})
+    assert "images with a class" not in describe(whole)
+
+
 def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
     """A rerun of a finished run printed `cost: $31.82 spent`, as if it had paid it again."""
     from dataclasses import replace

@@ -151,7 +151,33 @@ def test_dataset_file_errors_are_one_line_exit_2(run_cli, toloka_client, tmp_pat
     line = _dataset_error(run_cli, path, ("\n".join(latin) + "\n").encode("latin-1"))
     assert line.startswith(f"error: {path}, line 7: not UTF-8 text (byte 0xe9") and "save it as UTF-8" in line
 
+    # A row of 1 field said `empty 'class'`; one of 9 gave pandas' `Error tokenizing data`.
+    n = len(lines[0].split("\t"))
+    short = [*lines[:4], "", lines[4].split("\t")[0], *lines[5:]]
+    line = _dataset_error(run_cli, path, ("\n".join(short) + "\n").encode())
+    assert f"{path}, line 6: 1 field where the header (line 1) has {n} (image, class," in line
+    long = [*lines[:2], lines[2] + "\textra", *lines[3:]]
+    line = _dataset_error(run_cli, path, ("\r\n".join(long) + "\r\n").encode())
+    assert f"{path}, line 3: {n + 1} fields where the header (line 1) has {n}" in line
+
     assert _pools(toloka_client) == before
+
+
+def test_dataset_warnings_come_before_the_token_is_tried(run_cli, monkeypatch, tmp_path, dataset):
+    """Blank truth cells are unknown classes (they stopped the run), and an image under both http://
+    and https:// would be shown to the crowd twice: both are said, naming the lines."""
+    monkeypatch.setenv("TOLOKA_TOKEN", "not-the-token")
+    lines = dataset.read_text().splitlines()
+    rows = [row.split("\t") for row in lines]
+    rows[3][1] = rows[5][1] = ""
+    rows[7][0] = rows[2][0].replace("http://", "https://", 1)
+    path = tmp_path / "partial.tsv"
+    path.write_text("\n".join("\t".join(row) for row in rows) + "\n")
+    result, _ = run_cli(data=path)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert result.exit_code == 2, result.stderr
+    assert any("2 image(s) with a blank `class` (line 4, 6)" in w for w in warnings), warnings
+    assert any("line 8 repeats line 3" in w for w in warnings), warnings
 
 
 def test_a_design_warning_comes_before_the_token_is_tried(run_cli, monkeypatch):

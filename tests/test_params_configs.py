@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.dataset import DatasetError, load_dataset, truth_of
+from tasks.dataset import DatasetError, load_dataset, read_dataset, truth_of
 from tasks.params import AggregationParams, ConfigError, PipelineParams, load_params
 from tasks.toloka_config import Placeholders, TolokaConfigError, fill, load_bundle
 
@@ -408,7 +408,16 @@ def test_demo_exam_gold_matches_catalogue_truth():
         ("url\nhttp://x/a.png\n", "needs an `image` column"),
         ("image\nhttp://x/a.png\nftp://x/b.png\n", "line 3: image 'ftp://x/b.png' is not an http"),
         ("image\nhttp://x/a.png\nhttp://x/a.png\n", "line 3: image http://x/a.png repeats line 2"),
-        ("image\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\t\n", "line 3: empty `class`"),
+        (
+            "image\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\n",
+            "line 3: 1 field where the header (line 1) has 2 (image, class): a tab missing",
+        ),
+        (
+            "image\tclass\nhttp://x/a.png\tboot\tred\n",
+            "line 2: 3 fields where the header (line 1) has 2 (image, class): a tab too many",
+        ),
+        ("image\tClass\tCLASS\nhttp://x/a.png\tboot\tred\n", "line 1: columns `Class`, `CLASS` could each"),
+        ("Image\tIMAGE\nhttp://x/a.png\thttp://x/b.png\n", "line 1: columns `Image`, `IMAGE` could each"),
         ("image\n", "no rows"),
         (
             "image\nhttp://x/a.png\nhttp://[cdn.example.com/img 11.png\n",
@@ -458,6 +467,58 @@ def test_messages_name_the_line_grep_n_finds(tmp_path, spell):
         with pytest.raises(DatasetError) as error:
             load_dataset(path)
         assert str(error.value) == f"{path}, line {where[-1]}: " + message.format(first=where[0])
+
+
+def test_a_capitalised_class_header_is_the_truth(tmp_path):
+    """`Class` from a spreadsheet was read as "no truth": no ARI, and no word of why."""
+    path = tmp_path / "data.tsv"
+    path.write_text("Image \tClass\nhttp://x/a.png\tboot\nhttp://x/b.png\tshoe\n")
+    data = read_dataset(path)
+    assert truth_of(data.frame).to_dict() == {"http://x/a.png": "boot", "http://x/b.png": "shoe"}
+    assert data.warnings == ()
+
+
+def test_columns_but_none_read_as_the_truth_are_warned_of(tmp_path):
+    path = tmp_path / "data.tsv"
+    path.write_text("image\tlabel\nhttp://x/a.png\tboot\n")
+    data = read_dataset(path)
+    assert truth_of(data.frame) is None
+    (warning,) = data.warnings
+    assert warning.startswith(f"{path}, line 1: no `class` column, so no truth") and "label" in warning
+    path.write_text("image\nhttp://x/a.png\n")
+    assert read_dataset(path).warnings == ()  # only images: nothing was meant as the truth
+
+
+def test_blank_truth_cells_are_unknown_classes_and_named(tmp_path):
+    """A few blank cells stopped the whole run, with dropping the column as the only way on."""
+    path = tmp_path / "data.tsv"
+    path.write_text(
+        "image\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\t\nhttp://x/c.png\tshoe\nhttp://x/d.png\t \n"
+    )
+    data = read_dataset(path)
+    assert data.frame["image"].tolist() == [f"http://x/{n}.png" for n in "abcd"]
+    assert truth_of(data.frame).to_dict() == {"http://x/a.png": "boot", "http://x/c.png": "shoe"}
+    (warning,) = data.warnings
+    assert "2 image(s) with a blank `class` (line 3, 5)" in warning and "cover the 2 images" in warning
+    path.write_text("image\tclass\nhttp://x/a.png\t\n")
+    assert truth_of(load_dataset(path)) is None
+    assert "every `class` cell is blank" in read_dataset(path).warnings[0]
+
+
+def test_scores_over_part_of_the_images_say_so():
+    from tasks.stages import truth_share
+
+    assert truth_share({"ari": 1.0, "n_items": 80}, 82) == " (over the 80 of 82 images with a class)"
+    assert truth_share({"ari": 1.0, "n_items": 82}, 82) == ""
+    assert truth_share(None, 82) == ""
+
+
+def test_the_same_image_under_http_and_https_is_warned_of_naming_both_lines(tmp_path):
+    path = tmp_path / "data.tsv"
+    path.write_text("image\nhttps://x/a.png\nhttp://x/b.png\n\nhttp://x/a.png\n")
+    (warning,) = read_dataset(path).warnings
+    assert "the same image under http:// and https://" in warning
+    assert "line 5 repeats line 2 (http://x/a.png)" in warning
 
 
 def test_seed_dataset_header_is_accepted(tmp_path):
