@@ -76,10 +76,18 @@ def endpoint(target: TolokaTarget) -> str | None:
     return target.url
 
 
+MAX_HIT_SIZE = 10  # the grouping interface's colours (configs/*/toloka/*_project.json), one per group
+
+
 class HitParams(_Model):
     """How images are packed into grouping HITs (task suites of the main pool)."""
 
-    size: int = Field(10, ge=2, le=10, description="Images per HIT (the interface offers 10 colours).")
+    size: int = Field(
+        10,
+        ge=2,
+        json_schema_extra={"maximum": MAX_HIT_SIZE},
+        description="Images per HIT (the interface offers 10 colours).",
+    )
     overlap: int = Field(7, ge=1, description="Workers per HIT (main pool overlap).")
     hits_per_item: int = Field(
         10, ge=1, description="Target number of HITs each image appears in (the seed's `expecting_hits`)."
@@ -115,6 +123,19 @@ class HitParams(_Model):
         "its overlap (default: `overlap` + what the rules add once). A rule set that can exceed it, or "
         "that can chain (answer-count restriction -> overlap increase), is refused before anything opens.",
     )
+
+    @field_validator("size")
+    @classmethod
+    def _size_fits_the_colours(cls, value: int) -> int:
+        """The reason with the limit: pydantic's `le` said only "less than or equal to 10"."""
+        if value > MAX_HIT_SIZE:
+            raise ValueError(
+                f"{value} images per HIT is more than {MAX_HIT_SIZE}: the task interface offers "
+                f"{MAX_HIT_SIZE} colours, one per group, so a worker with more images than colours "
+                f"must merge groups; use hits.size {MAX_HIT_SIZE} or less (more HITs per image, "
+                "hits.hits_per_item, show each image more of the others)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _max_overlap_covers_overlap(self) -> HitParams:
@@ -432,5 +453,8 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pi
     try:
         return PipelineParams.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        lines = [  # a validator's own reason reads better without pydantic's "Value error, "
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        ]
         raise ConfigError(f"{path}: invalid pipeline config:\n  " + "\n  ".join(lines)) from exc

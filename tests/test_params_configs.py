@@ -529,6 +529,25 @@ def test_seed_dataset_header_is_accepted(tmp_path):
     assert truth_of(frame) is None
 
 
+def test_a_hit_size_above_the_colours_says_why(tmp_path, monkeypatch):
+    """`hits.size: 20` said only "Input should be less than or equal to 10"."""
+    from typer.testing import CliRunner
+
+    import crowdclust.runtime
+    from crowdclust.cli import app
+
+    with pytest.raises(ConfigError) as error:
+        load_params(DEMO, {"hits": {"size": 20}})
+    assert "hits.size: 20 images per HIT is more than 10: the task interface offers 10 colours" in str(
+        error.value
+    )
+    assert load_params(DEMO, {"hits": {"size": 10}}).hits.size == 10
+    assert PipelineParams.model_json_schema()["$defs"]["HitParams"]["properties"]["size"]["maximum"] == 10
+    monkeypatch.setattr(crowdclust.runtime, "prepare_prefect_env", lambda: None)
+    result = CliRunner().invoke(app, ["run", str(_write_yaml(tmp_path, hits={"size": 20})), "--env", "local"])
+    assert result.exit_code == 2 and "offers 10 colours, one per group" in result.output
+
+
 def test_cli_run_reports_a_bad_config_without_starting_prefect(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
