@@ -11,12 +11,13 @@ from dataclasses import replace
 from prefect import flow, get_run_logger
 
 from flows.hooks import CLOSES_POOLS
-from tasks import artifacts, budget, exam, hits, preflight, results, setup, wait
+from tasks import artifacts, budget, exam, hits, image_check, preflight, results, setup, wait
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
 from tasks.stages import HitPlan, Labelled, PoolStats
+from tasks.thumbnails import images_base
 from tasks.toloka_api import POOL_LIFETIME, Opening, close_all, count_assignments, make_client, probe
 from tasks.toloka_config import Placeholders, load_bundle, tightest_limit
 
@@ -60,6 +61,10 @@ def collect_labels(
     covers = (budget.EXAM_POOL, main_pool_role, *(() if evaluations_behind else (budget.INTRUDER_POOLS,)))
     before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
 
+    if params.hits.check_images:  # before any paid object: an image nobody can see is paid for anyway
+        image_check.check_images_task(
+            [image for hit in plan.hits for image in hit], images_base(params.toloka), str(params.dataset)
+        )
     values = Placeholders.of(params)
     ids = setup.setup_labelling_task(
         params.toloka, run_key, bundle, values, params.exam.skill_name, main_pool_role

@@ -116,6 +116,13 @@ class HitParams(_Model):
         "estimate counts that share. At 10,000 images of 40 styles 25-26% were listed, and the round "
         "(+32-33% answers) took ARI from 0.84 to 0.99. In a growing catalogue each round gets its own.",
     )
+    check_images: bool = Field(
+        True,
+        description="Before anything is paid, fetch every image of the plan and stop (naming them) if "
+        "any cannot be shown: an image that does not load is paid for in every HIT it is in and "
+        "clustered on answers about a broken picture. False for a host that serves browsers but "
+        "refuses this machine.",
+    )
     max_overlap: int | None = Field(
         None,
         ge=1,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import io
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import pandas as pd
@@ -106,35 +108,83 @@ def thumbnail(content: bytes) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def fetch_thumbnails(urls: list[str], base_url: str | None = None) -> dict[str, str]:
-    """URL -> thumbnail data URI for every URL that could be fetched and read (others are absent).
+def _readable(content: bytes) -> bool:
+    """Whether `content` is an image a browser can show (its header and structure check out), without
+    decoding its pixels: the check before a run reads every image of the dataset."""
+    from PIL import Image, UnidentifiedImageError
 
-    `base_url` (the local emulator's address) replaces scheme and host: demo datasets name the
-    emulator's default address, which may not be where this run's emulator listens.
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What fetching one image gave: its thumbnail (when asked for) or why it could not be shown."""
+
+    uri: str | None = None
+    problem: str | None = None
+
+
+def _get(client: Any, url: str, thumbnails: bool) -> Fetched:
+    """GET one image with the size cap; the problem in words a user can act on."""
+    import httpx
+
+    try:
+        with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                return Fetched(problem=f"HTTP {response.status_code}")
+            kind = response.headers.get("content-type", "")
+            if not kind.startswith("image/"):
+                return Fetched(problem=f"not an image ({kind or 'no content type'})")
+            content = b""
+            for chunk in response.iter_bytes():
+                content += chunk
+                if len(content) > MAX_SOURCE_BYTES:
+                    return Fetched(problem=f"larger than {MAX_SOURCE_BYTES // 1_000_000} MB")
+    except httpx.HTTPError as error:
+        return Fetched(problem=type(error).__name__)
+    except (ValueError, httpx.InvalidURL):  # a URL httpx cannot use
+        return Fetched(problem="not a valid URL")
+    if thumbnails:
+        uri = thumbnail(content)
+        return Fetched(uri=uri) if uri is not None else Fetched(problem="not a readable image")
+    return Fetched() if _readable(content) else Fetched(problem="not a readable image")
+
+
+def fetch_images(urls: list[str], base_url: str | None = None, thumbnails: bool = True) -> dict[str, Fetched]:
+    """URL -> what fetching it gave, for every http(s) URL in `urls` (others are left out).
+
+    `base_url` (the local emulator's address) replaces scheme and host first: demo datasets name
+    the emulator's default address, which may not be where this run's emulator listens. When the
+    image is not there, the URL as written is tried: a user rehearsing their own image host on the
+    emulator had every image reported missing (the emulator answered 404 for the host's paths).
+    `thumbnails=False` only checks that each image can be shown (a run's check before paying).
     """
     import httpx
 
-    wanted = [url for url in urls if is_fetchable(url)]
+    wanted = list(dict.fromkeys(url for url in urls if is_fetchable(url)))
     if not wanted:
         return {}
 
-    def one(url: str) -> tuple[str, str | None]:
-        try:
-            with client.stream("GET", _via(url, base_url)) as response:
-                kind = response.headers.get("content-type", "")
-                if response.status_code != 200 or not kind.startswith("image/"):
-                    return url, None
-                content = b""
-                for chunk in response.iter_bytes():
-                    content += chunk
-                    if len(content) > MAX_SOURCE_BYTES:
-                        return url, None
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError):  # gone, refused, or a URL it cannot use
-            return url, None
-        return url, thumbnail(content)
+    def one(url: str) -> tuple[str, Fetched]:
+        first = _via(url, base_url)
+        got = _get(client, first, thumbnails)
+        if got.problem is not None and first != url:
+            again = _get(client, url, thumbnails)
+            got = again if again.problem is None else got
+        return url, got
 
     limits = httpx.Limits(max_connections=WORKERS)
     client = httpx.Client(timeout=TIMEOUT_SECONDS, limits=limits, follow_redirects=True)
     with client, ThreadPoolExecutor(WORKERS) as pool:
-        fetched = list(pool.map(one, wanted))
-    return {url: uri for url, uri in fetched if uri is not None}
+        return dict(pool.map(one, wanted))
+
+
+def fetch_thumbnails(urls: list[str], base_url: str | None = None) -> dict[str, str]:
+    """URL -> thumbnail data URI for every URL that could be fetched and read (others are absent)."""
+    fetched = fetch_images(urls, base_url)
+    return {url: got.uri for url, got in fetched.items() if got.uri is not None}

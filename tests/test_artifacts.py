@@ -108,6 +108,29 @@ def test_local_images_are_fetched_from_the_runs_emulator(image_server):
     assert list(got) == ["http://127.0.0.1:9/ok.png"]
 
 
+def test_an_image_the_emulator_lacks_is_fetched_from_its_own_host(image_server):
+    """A user rehearsing their own image host on the emulator: the emulator answers 404 for the
+    host's paths, and every image was reported missing. The URL as written is tried next."""
+    emulator = "http://127.0.0.1:9"  # nothing listens: the emulator has none of these images
+    got = thumbnails.fetch_thumbnails([f"{image_server}/ok.png"], base_url=emulator)
+    assert list(got) == [f"{image_server}/ok.png"]
+
+
+def test_the_check_before_paying_says_why_each_image_cannot_be_shown(image_server):
+    """What `hits.check_images` reports: the HTTP status, a page that is not an image, bytes that do
+    not decode, a URL that does not parse (an unbalanced bracket raised inside the fetch before)."""
+    names = ("ok.png", "text.png", "broken.png", "missing.png")
+    urls = [f"{image_server}/{name}" for name in names] + ["http://[cdn.example.com/img 11.png"]
+    got = thumbnails.fetch_images(urls, thumbnails=False)
+    problems = {url.rsplit("/", 1)[-1]: fetched.problem for url, fetched in got.items()}
+    assert problems == {
+        "ok.png": None,
+        "text.png": "not an image (text/plain)",
+        "broken.png": "not a readable image",
+        "missing.png": "HTTP 404",
+    }  # the unparsable URL is no web address: the dataset check refuses it by line
+
+
 def test_gallery_is_one_row_per_cluster_and_never_injects_links():
     thumb = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8jpeg").decode()
     items = [f"http://img.example/{i}.png" for i in range(20)] + [HOSTILE]

@@ -180,6 +180,30 @@ def test_dataset_warnings_come_before_the_token_is_tried(run_cli, monkeypatch, t
     assert any("line 8 repeats line 3" in w for w in warnings), warnings
 
 
+def test_images_that_cannot_be_fetched_stop_the_run_before_anything_is_paid(
+    run_cli, toloka_client, tmp_path, dataset
+):
+    """Two URLs of 20 renamed to files the host does not have: before the check a user's run of 120
+    images with 6 such paid $25.74, placed each broken image at confidence 1.0 and said so only in a
+    log line after paying. Now nothing is created, and the error names them and the way out."""
+    before = _pools(toloka_client)
+    lines = dataset.read_text().splitlines()
+    broken = [lines[3].split("\t")[0], lines[7].split("\t")[0]]
+    for number in (3, 7):
+        lines[number] = lines[number].replace(".png", "_MISSING.png", 1)
+    missing = tmp_path / "missing.tsv"
+    missing.write_text("\n".join(lines) + "\n")
+    result, _ = run_cli(data=missing)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.stderr  # the flow's log aside
+    line = errors[0]
+    assert result.exit_code == 2 and f"{missing}: 2 of 20 images could not be fetched" in line
+    for url in broken:
+        assert f"{url.replace('.png', '_MISSING.png')} (HTTP 404)" in line
+    assert "hits.check_images: false" in line
+    assert _pools(toloka_client) == before
+
+
 def test_a_design_warning_comes_before_the_token_is_tried(run_cli, monkeypatch):
     """20 images of about 5 styles, 3 HITs per image: each meets ~4.3 of its style. The warning is
     printed before the refused token stops the run, so it is not lost behind that error."""
