@@ -26,7 +26,14 @@ from tasks.run_folder import RunFolder
 from tasks.second_round import most_images as second_round_images
 from tasks.stage import stage_task
 from tasks.stages import LabellingIds
-from tasks.toloka_api import POOL_LIFETIME, RunRegistry, derived_run_keys, make_client, skill_holders
+from tasks.toloka_api import (
+    POOL_LIFETIME,
+    RunRegistry,
+    TolokaClient,
+    derived_run_keys,
+    make_client,
+    skill_holders,
+)
 from tasks.toloka_config import (
     FILES,
     AnswerLimit,
@@ -324,21 +331,44 @@ def verify_labelling_task(target: TolokaTarget, run_key: str, ids: LabellingIds,
     RunRegistry.connect(target, run_key).verify(setup.owned_labelling(ids, main_pool_role))
 
 
+class EarlierRunKeys(ValueError):
+    """A derived run key new to the account while earlier keys of its name and seed were paid for:
+    stopped before anything is created, with the way to go on (a data error: exit 2)."""
+
+
 DATA_ERRORS: tuple[type[Exception], ...] = (
     dataset.DatasetError,
     HitPlanError,
     TolokaConfigError,
     budget.BudgetExceeded,
+    EarlierRunKeys,
 )
+
+
+def _labelled_images(client: TolokaClient, key: str) -> set[str] | None:
+    """The images the main pool of run key `key` holds (None: it has no main pool)."""
+    pool = RunRegistry(client, key).pools().get(setup.MAIN_POOL)
+    if pool is None:
+        return None
+    return {
+        str(image)
+        for suite in client.get_task_suites(pool_id=pool.id)
+        for task in suite.tasks
+        for image in (task.input_values or {}).get("images", ())
+    }
 
 
 @stage_task(name="earlier-run-keys", toloka=True, cache=False)
 def earlier_run_keys_task(params: PipelineParams) -> list[str]:
-    """Warnings for a derived run key new to the account while others of its name and seed exist.
+    """Stop a run whose derived key is new while others of its name and seed were paid for.
 
-    A derived key follows the dataset's images (before, every byte of the file): a run resumed after
-    its dataset changed, or after that change of rule, gets a new key and would pay its work again.
-    Only for a key that was not given (`run_key`) and holds nothing yet.
+    A derived key follows the dataset's images: a run after its dataset changed gets a new key and
+    pays the whole job again. It was a warning 0.3 s before the pools opened, and its advice (the
+    earlier `--run-key`) failed when the images had changed (that key's pool holds HITs the new
+    plan has not): a user who corrected one URL paid $38.74 a second time. Now nothing is created:
+    the error says how the images differ and which command goes on, and a key given with
+    `--run-key` (the `run_key` parameter) is never stopped this way. Keys that were never charged
+    are only a warning. Only for a key that was not given and holds nothing yet.
     """
     if params.run_key:
         return []
@@ -349,10 +379,32 @@ def earlier_run_keys_task(params: PipelineParams) -> list[str]:
     paid = {other: RunRegistry(client, other).spent() for other in others}
     listed = ", ".join(f"{other} (${value:.2f} charged)" for other, value in paid.items())
     earlier = max(paid, key=lambda k: (paid[k], k))
-    return [
-        f"run key {key} is new on this account, but {listed} of the same name and seed exist: this run "
-        "goes on with new pools and pays for them. If it is the same catalogue (its images changed, or "
-        "its key was derived from the whole file before this version), stop it now (Ctrl-C, or Cancel "
-        f"in the UI: its pools close) and run again with --run-key {earlier} (a deployment: its run_key "
-        f"parameter) to go on with what was paid. Its files go to {RunFolder.of(params).root}"
-    ]
+    where = f"Its files would go to {RunFolder.of(params).root}"
+    if paid[earlier] < 0.005:
+        return [
+            f"run key {key} is new on this account, but {listed} of the same name and seed exist, "
+            f"unpaid: this run goes on with new pools. {where}"
+        ]
+    images = set(dataset.load_dataset(params.dataset)["image"])
+    before = _labelled_images(client, earlier)
+    start = (
+        f"run key {key} is new on this account, but {listed} of the same name and seed exist; nothing "
+        f"was created. {earlier} labelled "
+    )
+    if before == images:
+        raise EarlierRunKeys(
+            f"{start}the same {len(images):,} images (the rows are in another order, or the key was "
+            f"derived from the whole file before this version): run again with --run-key {earlier} (a "
+            "deployment: its run_key parameter) to go on with what was paid"
+        )
+    if before is None:
+        differ = "no main pool yet"
+    else:
+        differ = f"other images ({len(images - before):,} of this dataset's {len(images):,} are new to it"
+        differ += f", {len(before - images):,} of its are not in this dataset)"
+    raise EarlierRunKeys(
+        f"{start}{differ}. To label this dataset in full, run again with --run-key {key} (a deployment: "
+        "its run_key parameter); to pay only for the images not labelled yet, run it as a growing "
+        "catalogue (README: Growing catalogues); to go on with the earlier run, restore its dataset. "
+        f"{where}"
+    )

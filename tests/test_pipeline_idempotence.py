@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import setup
+from tasks import dataset, setup
 from tasks.hits import plan_hits
 from tasks.params import load_params
 from tasks.toloka_api import RunRegistry, make_client, suites_of
@@ -179,11 +179,50 @@ def test_a_new_derived_run_key_names_the_earlier_ones_of_its_name_and_seed(demo,
     assert derived.model_copy(update={"dataset": other}).resolved_run_key != derived.resolved_run_key
 
     earlier = f"{params.name}-0123456789-s{params.seed}"
-    setup.setup_labelling(RunRegistry(client, earlier), bundle, Placeholders.of(params), "Earlier")
-    [warning] = earlier_run_keys_task.fn(derived)
+    registry = RunRegistry(client, earlier)
+    setup.setup_labelling(registry, bundle, Placeholders.of(params), "Earlier")
+    [warning] = earlier_run_keys_task.fn(derived)  # nothing charged to it: a warning, the run goes on
     assert warning.startswith(f"run key {derived.resolved_run_key} is new on this account, but ")
-    assert f"{earlier} ($0.00 charged)" in warning and "--run-key " in warning
+    assert f"{earlier} ($0.00 charged)" in warning and "unpaid" in warning
     assert earlier_run_keys_task.fn(params.model_copy(update={"run_key": "given"})) == []
+
+
+def test_a_new_derived_run_key_is_stopped_while_an_earlier_one_was_paid(demo, tmp_path, monkeypatch):
+    """A user corrected one image URL and paid the whole job again ($38.74): the new derived key was a
+    warning 0.3 s before the pools opened, and its advice (the earlier --run-key) failed, since the
+    earlier pool holds HITs of other images. Now nothing is created and the way on fits the case."""
+    from tasks.preflight import EarlierRunKeys, earlier_run_keys_task
+
+    params, client, bundle = demo
+    derived = params.model_copy(update={"run_key": None})
+    earlier = f"{params.name}-9876543210-s{params.seed}"
+    registry = RunRegistry(client, earlier)
+    ids = setup.setup_labelling(registry, bundle, Placeholders.of(params), "Earlier paid")
+    images = dataset.load_dataset(params.dataset)["image"].tolist()
+    registry.ensure_suites(
+        "main-suites", ids.main_pool, suites_of([images[i : i + 10] for i in range(0, 82, 10)])
+    )
+    charged = {earlier: 38.74}
+    monkeypatch.setattr(RunRegistry, "spent", lambda self, include=None: charged.get(self.run_key, 0.0))
+    counts = _count(client)
+
+    with pytest.raises(EarlierRunKeys) as same:  # the same images: only their order or the rule changed
+        earlier_run_keys_task.fn(derived)
+    assert f"{earlier} ($38.74 charged)" in str(same.value) and "nothing was created" in str(same.value)
+    assert "the same 82 images" in str(same.value) and f"--run-key {earlier} " in str(same.value)
+
+    lines = params.dataset.read_text().splitlines()
+    fixed = tmp_path / "fixed.tsv"  # one URL corrected: the earlier pool cannot take this plan
+    fixed.write_text("\n".join([lines[0], lines[1].replace(".png", ".png?v=2", 1), *lines[2:]]) + "\n")
+    changed = derived.model_copy(update={"dataset": fixed})
+    with pytest.raises(EarlierRunKeys) as other:
+        earlier_run_keys_task.fn(changed)
+    text = str(other.value)
+    assert "other images (1 of this dataset's 82 are new to it, 1 of its are not in this dataset)" in text
+    assert f"--run-key {changed.resolved_run_key} " in text and f"--run-key {earlier} " not in text
+    assert "growing catalogue" in text
+    assert _count(client) == counts  # the check created nothing
+    assert earlier_run_keys_task.fn(changed.model_copy(update={"run_key": changed.resolved_run_key})) == []
 
 
 def test_a_pool_closed_for_lack_of_balance_ends_the_wait_like_the_spend_guard(emulator_factory):
