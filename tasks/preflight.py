@@ -404,7 +404,8 @@ def earlier_run_keys_task(params: PipelineParams) -> list[str]:
         differ += f", {len(before - images):,} of its are not in this dataset)"
     raise EarlierRunKeys(
         f"{start}{differ}. To label this dataset in full, run again with --run-key {key} (a deployment: "
-        "its run_key parameter); to pay only for the images not labelled yet, run it as a growing "
-        "catalogue (README: Growing catalogues); to go on with the earlier run, restore its dataset. "
+        "its run_key parameter); to go on with the earlier run, restore its dataset. (A catalogue that "
+        "grows is labelled round by round, paying only for new images, by the growing-catalogue flow: "
+        "README, Growing catalogues.) "
         f"{where}"
     )

@@ -220,7 +220,7 @@ def test_a_new_derived_run_key_is_stopped_while_an_earlier_one_was_paid(demo, tm
     text = str(other.value)
     assert "other images (1 of this dataset's 82 are new to it, 1 of its are not in this dataset)" in text
     assert f"--run-key {changed.resolved_run_key} " in text and f"--run-key {earlier} " not in text
-    assert "growing catalogue" in text
+    assert "restore its dataset" in text
     assert _count(client) == counts  # the check created nothing
     assert earlier_run_keys_task.fn(changed.model_copy(update={"run_key": changed.resolved_run_key})) == []
 
