@@ -122,9 +122,25 @@ def check_budget(costs: CostEstimate, max_spend: float, spent_before: float = 0.
         )
         raise BudgetExceeded(
             f"estimated cost ${_apart(costs.total, left)} ({parts}) exceeds budget.max_spend "
-            f"${_apart(max_spend, costs.total)}{already}; raise budget.max_spend or lower overlap / "
-            "hits_per_item / intruders.n_hits. No pool was opened."
+            f"${_apart(max_spend, costs.total)}{already}; {_way_out(costs)}"
         )
+
+
+def _way_out(costs: CostEstimate) -> str:
+    """What to change after a refusal. An evaluation is refused after the labelling it follows was
+    paid: changing `hits.*` then would change the plan the paid pool holds, so only the evaluation's
+    settings are offered, and the user learns the clusters are kept (a user read the labelling's
+    advice there and did not know clusters.csv was written)."""
+    if costs.main == 0 and costs.exam_due == 0:
+        return (
+            "raise budget.max_spend, lower intruders.n_hits or intruders.overlap, or set "
+            "intruders.enabled: false, and run the same command again: the labelling and its clusters "
+            "(clusters.csv in the run folder) are kept and reused. No intruder pool was opened."
+        )
+    return (
+        "raise budget.max_spend or lower hits.overlap / hits.hits_per_item / intruders.n_hits. "
+        "No pool was opened."
+    )
 
 
 def check_balance(costs: CostEstimate, paid: float, balance: float | None) -> None:

@@ -411,6 +411,13 @@ def test_cost_estimate_and_guard():
     with pytest.raises(budget.BudgetExceeded, match=r"less \$20.00 already spent .*\$30.00 left"):
         budget.check_budget(costs, 50, spent_before=20)
     assert budget.estimate_labelling(_params(intruders={"enabled": False}), bundle, 82).intruders == 0
+    # An evaluation refused after its labelling was paid: no hits.* advice (it would change the paid
+    # plan); the evaluation's own settings, and the clusters are kept.
+    evaluation = budget.estimate_intruders(params, bundle, 100)
+    with pytest.raises(budget.BudgetExceeded) as refused:
+        budget.check_budget(evaluation, 30, spent_before=25.74)
+    text = str(refused.value)
+    assert "hits." not in text and "intruders.enabled: false" in text and "clusters.csv" in text
 
 
 def test_spend_guard_stays_quiet_while_the_plan_fits_and_counts_what_is_in_flight_otherwise():
