@@ -117,6 +117,7 @@ def describe(summary: RunSummary) -> str:
         + (f" (estimate ${estimate.total:.2f})" if estimate else "")
         + _paid_before(summary)
         + _earlier_pools(summary),
+        *([f"exam:               {summary.exam.describe()}"] if summary.exam else []),
         f"wall time:          {num(summary.wall_seconds, '.1f')} s (flow)"
         + (f", over {summary.attempts.describe()}" if summary.attempts else ""),
         f"report:             {summary.report}",

@@ -34,6 +34,7 @@ from flows.labelling import claimed, collect_labels
 from flows.run_names import CATALOGUE_FLOW
 from flows.second_round import second_round
 from tasks import artifacts, budget, dataset, hits, preflight, report, results, rounds
+from tasks.exam_outcome import exam_outcome_task
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
@@ -161,6 +162,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         timings=timings,
         second_round=None if second is None else SecondRound.of(second),
         attempts=attempts,
+        exam=exam_outcome_task(params.toloka, paid.ids, params.exam.min_skill) if paid else None,
     )
     logger.info(
         "catalogue %s: %s%s; %d clusters from %d pools, ARI %s, spent $%.2f this run",

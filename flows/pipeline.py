@@ -17,6 +17,7 @@ from flows.hooks import CLOSES_POOLS
 from flows.labelling import labelling
 from flows.second_round import second_round
 from tasks import budget, export_format, report
+from tasks.exam_outcome import exam_outcome_task
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
@@ -58,6 +59,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     estimate = CostEstimate.of_rounds(labelled, second)
     charges = budget.pool_charges_task(params.toloka, labelled.run_key)  # read now, late ones included
     spent_after = budget.total(charges)
+    exam = exam_outcome_task(params.toloka, labelled.ids, params.exam.min_skill)
     cost = Cost(
         spent=budget.spent(params, labelled, evaluated, second, charges),
         estimate=estimate,
@@ -78,6 +80,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         timings=timings,
         second_round=None if second is None else SecondRound.of(second),
         attempts=attempts,
+        exam=exam,
     )
     get_run_logger().info("done: %s", summary.describe())
     return summary

@@ -29,6 +29,7 @@ from tasks.stages import (
     Cost,
     Coverage,
     Evaluation,
+    ExamOutcome,
     LabellingIds,
     RunSummary,
     SecondRound,
@@ -106,10 +107,17 @@ def _summary_table(data: dict[str, Any]) -> str:
             "ARI vs truth": None if score("ari") is None else f"{score('ari')}{scored_over}",
             "NMI vs truth": score("nmi"),
             "intruder accuracy": score("intruder_accuracy"),
+            **({"exam": _exam(data["exam"])} if data.get("exam") else {}),
             **wall,
             "run key": data.get("run_key"),
         }
     )
+
+
+def _exam(data: dict[str, Any]) -> str:
+    """The exam's outcome in words (`ExamOutcome.describe`), from summary.json's `exam`."""
+    fields = {key: data[key] for key in ("accepted", "rejected", "takers", "qualified", "min_skill")}
+    return ExamOutcome(**fields).describe()
 
 
 def _timings(summary: RunSummary) -> list[str]:
@@ -312,6 +320,7 @@ def finish_run(
     catalogue: CatalogueInfo | None = None,
     second_round: SecondRound | None = None,
     attempts: Attempts | None = None,
+    exam: ExamOutcome | None = None,
 ) -> RunSummary:
     """The common end of a run (pipeline or catalogue round): summary, report.html, artifacts.
 
@@ -340,6 +349,7 @@ def finish_run(
         catalogue=catalogue,
         second_round=second_round,
         attempts=attempts,
+        exam=exam,
     )
     sources = folder.read_thumbnails()
     uncertain = thumbnails.least_certain(aggregated)

@@ -448,6 +448,41 @@ class Attempts:
 
 
 @dataclass(frozen=True)
+class ExamOutcome:
+    """How the crowd did on the exam, read from Toloka when the labelling ends.
+
+    A run against a crowd of half spammers ended with the same lines as one against a good crowd:
+    the exam kept them out of the main pool, but the user never learnt that 47% of the exam answers
+    were rejected (only a log line said so). `summary.json`, the report and the run's last lines
+    carry this now.
+    """
+
+    accepted: int  # exam answers accepted (the golden grouping reproduced)
+    rejected: int  # exam answers rejected
+    takers: int  # workers with a value of the run's skill (every worker whose exams were graded)
+    qualified: int  # of them, those at exam.min_skill or above: admitted to the main pool
+    min_skill: float
+
+    @property
+    def rejected_share(self) -> float | None:
+        answers = self.accepted + self.rejected
+        return self.rejected / answers if answers else None
+
+    def describe(self) -> str:
+        """ "270 of 570 exam answers rejected (47%); 45 of 190 workers qualified (skill >= 75)" """
+        share = self.rejected_share
+        rejected = (
+            "no exam answer reviewed"
+            if share is None
+            else f"{self.rejected:,} of {self.accepted + self.rejected:,} exam answers rejected ({share:.0%})"
+        )
+        return (
+            f"{rejected}; {self.qualified:,} of {self.takers:,} workers qualified "
+            f"(skill >= {self.min_skill:g})"
+        )
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """The machine-readable end of a run: `summary.json` is exactly `to_json()` of this."""
 
@@ -472,6 +507,7 @@ class RunSummary:
     # When the run took more than one attempt (a resume, a Retry): `wall_seconds` and `timings`
     # then add up every attempt's, and this says how many, since when, and the last one's figures.
     attempts: Attempts | None = None
+    exam: ExamOutcome | None = None  # how the crowd did on the exam (None: not read, e.g. no labelling)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape: flat keys as documented in the README; catalogue fields at the top level."""
@@ -496,6 +532,8 @@ class RunSummary:
         }
         if self.attempts is not None:
             data["attempts"] = self.attempts.as_dict()
+        if self.exam is not None:
+            data["exam"] = {**asdict(self.exam), "rejected_share": self.exam.rejected_share}
         if self.catalogue is not None:
             data.update(asdict(self.catalogue), round_pools=list(self.catalogue.round_pools))
         return data

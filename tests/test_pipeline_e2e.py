@@ -147,6 +147,16 @@ def test_exam_gating_keeps_colour_biased_workers_and_spammers_out(scenario, emu)
     bad = [w for w in examined if w["type"] in ("colour_biased", "spammer")]
     assert bad, "the scenario should have seen colour-biased workers or spammers take the exam"
     assert all(w["skills"][skill_id] < 75 for w in bad)
+    # What the user reads of it: the exam's outcome in summary.json, the report and the last lines
+    # (a crowd of half spammers ended with the same lines as a good one).
+    outcome = scenario["summary"].exam
+    assert outcome.takers == len(examined) and outcome.rejected > 0 and outcome.accepted > 0
+    assert outcome.qualified == sum(w["skills"][skill_id] >= 75 for w in examined) < outcome.takers
+    saved = json.loads((scenario["params"].run_dir / "summary.json").read_text())["exam"]
+    assert saved["rejected"] == outcome.rejected and 0 < saved["rejected_share"] < 1
+    line = f"{outcome.rejected} of {outcome.accepted + outcome.rejected} exam answers rejected"
+    assert f"exam:               {line}" in describe(scenario["summary"])
+    assert line in (scenario["params"].run_dir / "report.html").read_text()
 
 
 def test_the_poll_lines_set_the_stages_spend_with_the_exams_against_the_budget(scenario, prefect_harness):
