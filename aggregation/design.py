@@ -85,7 +85,11 @@ class DesignInformation:
     def aggregation_cost(self) -> str:
         """The pairwise labels and the memory to aggregate them, for a user about to buy them."""
         gigabytes = self.aggregation_bytes / 1e9
-        return f"{self.pair_labels / 1e6:,.1f} M pairwise labels, ~{gigabytes:,.1f} GB to aggregate"
+        # A small design read "0.0 M pairwise labels": below a million they are counted whole.
+        labels = (
+            f"{self.pair_labels / 1e6:,.1f} M" if self.pair_labels >= 1_000_000 else f"{self.pair_labels:,}"
+        )
+        return f"{labels} pairwise labels, ~{gigabytes:,.1f} GB to aggregate"
 
     def summary(self) -> str:
         """One line for a user: the design and what it shows each image."""

@@ -113,3 +113,9 @@ def test_the_memory_note_warns_when_aggregating_a_design_needs_more_than_the_mac
     assert memory_note(design_for(10_000, 40)) == "7.6 M pairwise labels, ~1.2 GB to aggregate"
     monkeypatch.setattr(design_module, "machine_memory_bytes", lambda: None)  # platform does not say
     assert memory_note(advice) == advice.aggregation_cost()
+
+
+def test_a_small_designs_labels_are_counted_whole():
+    """120 images, 3 HITs each, overlap 3: the warning read "0.0 M pairwise labels"."""
+    assert design_information(120, 8, 10, 3, 3).aggregation_cost().startswith("4,860 pairwise labels")
+    assert design_information(10_000, 40, 10, 10, 7).aggregation_cost().startswith("3.1 M pairwise labels")
