@@ -198,6 +198,34 @@ def _least_certain(
     return parts
 
 
+NOT_ALIKE = 0.5  # intruder accuracy below which a cluster's images do not look alike to the second crowd
+NOT_ALIKE_HITS = 3  # fewer HITs than this say too little about one cluster
+
+
+def _not_alike(found: dict[int, dict[str, Any]], means: pd.Series | None) -> list[str]:
+    """The clusters in which the second crowd seldom found the intruder, whatever the model's
+    confidence: a user's cluster at mean confidence 0.86 was 44% one style, and its intruder
+    accuracy, 0.31, was only in a table further up."""
+    weak = [
+        d for cluster, d in sorted(found.items()) if d["accuracy"] < NOT_ALIKE and d["hits"] >= NOT_ALIKE_HITS
+    ]
+    if not weak:
+        return []
+    named = ", ".join(
+        f"{d['cluster']} ({d['accuracy']:.2f} of {d['hits']} HITs"
+        + ("" if means is None else f", mean confidence {means[d['cluster']]:.2f}")
+        + ")"
+        for d in weak
+    )
+    return [
+        "<h2>Clusters the second crowd did not find alike</h2>",
+        f"<p>In cluster{'s' if len(weak) > 1 else ''} {html.escape(named)} the intruder was found in "
+        f"fewer than {NOT_ALIKE:.0%} of the HITs: to other people their images do not look like one "
+        "group, whatever the model's confidence (it rests on the first crowd's answers). Such a cluster "
+        "may hold several styles: look at its gallery below, or send its images back to the crowd.</p>",
+    ]
+
+
 def render_html(
     summary: RunSummary,
     clusters: pd.Series,
@@ -286,12 +314,17 @@ def render_html(
         from aggregation import cluster_confidence  # here: the aggregation's modules load numba
 
         means = cluster_confidence(clusters, uncertain[1])
+    found = {d["cluster"]: d for d in (intr or {}).get("per_cluster", [])}
+    parts += _not_alike(found, means)
+    if uncertain is not None:
         shown_again = bool(recheck and links.recheck is not None)
         parts += _least_certain(*uncertain, means, sources, shown_again)
     parts.append("<h2>Clusters</h2>")
     for cluster, items in clusters.groupby(clusters):
         members = sorted(str(i) for i in items.index)
         mean = "" if means is None else f", mean confidence {means[cluster]:.2f}"
+        if cluster in found:
+            mean += f", intruders found {found[cluster]['accuracy']:.2f}"
         parts.append(f"<h3>Cluster {cluster} ({len(members)} images{mean})</h3><div class='g'>")
         for item in members[:GALLERY_LIMIT]:
             caption = str(truth.get(item, "")) if truth is not None else ""

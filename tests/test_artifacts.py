@@ -22,7 +22,7 @@ from PIL import Image
 
 from tasks import artifacts, report, thumbnails
 from tasks.run_folder import RUNS_DIR_ENV, RUNS_URL_ENV, RunFolder
-from tasks.stages import Aggregated, AggregationInfo, Cost, Evaluation, RunSummary
+from tasks.stages import Aggregated, AggregationInfo, ClusterAccuracy, Cost, Evaluation, RunSummary
 
 HOSTILE = "http://img.example/a.png?q=)[click](https:evil.example) ![x](https:evil.example)"
 
@@ -260,6 +260,28 @@ def test_clusters_csv_has_the_confidence_and_the_report_lists_the_least_certain(
     # Each cluster's mean confidence, next to its least certain items and in its gallery's heading.
     assert "cluster 0<br>mean&nbsp;0.74" in section and "cluster 1<br>mean&nbsp;0.66" in section
     assert "<h3>Cluster 0 (5 images, mean confidence 0.74)</h3>" in page
+    assert "did not find alike" not in page  # no evaluation: nothing to say
+
+
+def test_the_report_names_the_clusters_the_second_crowd_did_not_find_alike(tmp_path):
+    """A user's cluster at mean confidence 0.86 was 44% one style; its intruder accuracy, 0.31, was
+    only in the evaluation's table. The report says it next to the confidence, whatever that is."""
+    from dataclasses import replace
+
+    items = [f"http://img.example/{i}.png" for i in range(8)]
+    clusters = pd.Series([0, 0, 0, 0, 1, 1, 1, 1], index=items, name="cluster")
+    confidence = pd.Series([0.9, 0.95, 0.85, 0.74, 0.99, 0.98, 1.0, 0.97], index=items)
+    info = AggregationInfo("gomes", 10, 2, 2, 2, 2, 10, -1.0)
+    per_cluster = (ClusterAccuracy(0, 0.31, 13), ClusterAccuracy(1, 0.2, 2))  # 2 HITs say too little
+    evaluated = Evaluation(0.3, 15, per_cluster=per_cluster)
+    summary = replace(_summary(tmp_path, info), intruders=evaluated, intruder_accuracy=0.3)
+    uncertain = thumbnails.least_certain(Aggregated(clusters, None, info, confidence=confidence))
+    links = report.ReportLinks(clusters="clusters.csv")
+    page = report.render_html(summary, clusters, None, "t", links, {}, (uncertain, confidence))
+    section = page.split("<h2>Clusters the second crowd did not find alike</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "In cluster 0 (0.31 of 13 HITs, mean confidence 0.86) the intruder was found" in section
+    assert "cluster 1" not in section
+    assert "<h3>Cluster 0 (4 images, mean confidence 0.86, intruders found 0.31)</h3>" in page
 
 
 def test_report_shows_the_workers_who_group_another_way(tmp_path: Path):
