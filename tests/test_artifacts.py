@@ -385,6 +385,14 @@ def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
     assert repeated.as_dict()["added_by_this_run"] == 0.0
     rows = {row["metric"]: row["value"] for row in artifacts.metric_rows(replace(base, cost=repeated))}
     assert rows["cost_added_by_this_run"] == "$0.00"
+    from tasks.stages import CostEstimate
+
+    cheap = Cost(25.74, CostEstimate(14.0, 3.0, 2.8))  # budget.fee_rate 0 against a 30% fee
+    assert cost_line(cheap).endswith(
+        "$25.74 spent (estimate $19.80), 30% above the estimate: check budget.fee_rate against the "
+        "platform's fee (the log says what it charged per answer)"
+    )
+    assert cost_line(Cost(19.80, CostEstimate(14.0, 3.0, 2.8))).endswith("(estimate $19.80)")
     resumed = Cost(31.82, None, by_run_key=44.82, added=13.0)
     assert cost_line(resumed).endswith(
         "$31.82 spent, $13.00 of it in this run (the rest in earlier runs of key k); "
