@@ -134,8 +134,8 @@ def _way_out(costs: CostEstimate) -> str:
     if costs.main == 0 and costs.exam_due == 0:
         return (
             "raise budget.max_spend, lower intruders.n_hits or intruders.overlap, or set "
-            "intruders.enabled: false, and run the same command again: the labelling and its clusters "
-            "(clusters.csv in the run folder) are kept and reused. No intruder pool was opened."
+            "intruders.enabled: false, and run the same command again: the labelling and the clusters it "
+            "gave (written in the run folder) are kept and reused. No intruder pool was opened."
         )
     return (
         "raise budget.max_spend or lower hits.overlap / hits.hits_per_item / intruders.n_hits. "

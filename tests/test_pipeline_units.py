@@ -417,7 +417,7 @@ def test_cost_estimate_and_guard():
     with pytest.raises(budget.BudgetExceeded) as refused:
         budget.check_budget(evaluation, 30, spent_before=25.74)
     text = str(refused.value)
-    assert "hits." not in text and "intruders.enabled: false" in text and "clusters.csv" in text
+    assert "hits." not in text and "intruders.enabled: false" in text and "the clusters it gave" in text
 
 
 def test_spend_guard_stays_quiet_while_the_plan_fits_and_counts_what_is_in_flight_otherwise():
@@ -827,7 +827,7 @@ def test_expected_styles_prices_the_design_that_would_place_every_image():
     assert "hits.hits_per_item 46 would show ~5.4 and leave ~0.5% with none" in warning
     assert "its main pool would cost $68.80 instead of $14.92" in warning
     # 378 HITs x 7 answers x 45 pairs: what aggregating the advised design takes.
-    assert warning.endswith("above budget.max_spend $50.00 (0.1 M pairwise labels, ~0.3 GB to aggregate)")
+    assert warning.endswith("above budget.max_spend $50.00 (119,070 pairwise labels, ~0.3 GB to aggregate)")
     roomy = _params(hits={"expected_styles": 40}, budget={"max_spend": 200.0})
     assert "max_spend" not in preflight.check_run(roomy).warnings[0]
     too_many = r"hits\.expected_styles 100 exceeds the 82 images of .*dataset\.tsv"
