@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import signal
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import toloka.client as toloka  # noqa: E402
 
+from bench.bench_emulator import create_pool, create_project  # noqa: E402
 from emulator import build_catalogue  # noqa: E402
 from tasks.toloka_api import RunRegistry, TolokaClient  # noqa: E402
 
@@ -40,31 +40,8 @@ ROLE = "main-pool"
 
 def main_pool(client: TolokaClient, overlap: int) -> str:
     """A project and a pool tagged as `KEY`'s main pool, as `RunRegistry` finds them."""
-    spec = {
-        "input_spec": {"images": {"type": "array_json", "required": True}},
-        "output_spec": {"result": {"type": "array_json"}},
-        "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
-    }
-    project = client.create_project(
-        toloka.Project(
-            public_name="bench",
-            public_description="bench",
-            private_comment=f"crowdclust:{KEY}:main-project",
-            task_spec=toloka.project.task_spec.TaskSpec.structure(spec),
-        )
-    )
-    config = {
-        "project_id": project.id,
-        "private_name": "bench",
-        "private_comment": f"crowdclust:{KEY}:{ROLE}",
-        "reward_per_assignment": 0.02,
-        "auto_accept_solutions": True,
-        "assignment_max_duration_seconds": 600,
-        "may_contain_adult_content": False,
-        "will_expire": "2100-01-01T00:00:00",
-        "defaults": {"default_overlap_for_new_task_suites": overlap},
-    }
-    return str(client.create_pool(toloka.Pool.from_json(json.dumps(config))).id)
+    project = create_project(client, "bench", private_comment=f"crowdclust:{KEY}:main-project")
+    return str(create_pool(client, project.id, overlap, private_comment=f"crowdclust:{KEY}:{ROLE}").id)
 
 
 def through_toloka_kit(client: TolokaClient, pool_id: str, overlap: int) -> int:

@@ -43,7 +43,10 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def create_project(client: toloka.TolokaClient, name: str) -> toloka.Project:
+def create_project(
+    client: toloka.TolokaClient, name: str, private_comment: str | None = None
+) -> toloka.Project:
+    """An images-in, groups-out project; `private_comment` tags it (how `RunRegistry` finds a run's)."""
     spec = {
         "input_spec": {"images": {"type": "array_json", "required": True}},
         "output_spec": {"result": {"type": "array_json"}},
@@ -51,14 +54,20 @@ def create_project(client: toloka.TolokaClient, name: str) -> toloka.Project:
     }
     task_spec = toloka.project.task_spec.TaskSpec.structure(spec)
     return client.create_project(
-        toloka.Project(public_name=name, public_description=name, task_spec=task_spec)
+        toloka.Project(
+            public_name=name, public_description=name, task_spec=task_spec, private_comment=private_comment
+        )
     )
 
 
-def create_pool(client: toloka.TolokaClient, project_id: str, overlap: int) -> toloka.Pool:
+def create_pool(
+    client: toloka.TolokaClient, project_id: str, overlap: int, private_comment: str | None = None
+) -> toloka.Pool:
+    """An auto-accepting pool far from expiry; `private_comment` tags it as a run's pool."""
     config = {
         "project_id": project_id,
         "private_name": "bench",
+        "private_comment": private_comment,
         "reward_per_assignment": 0.02,
         "auto_accept_solutions": True,
         "assignment_max_duration_seconds": 600,

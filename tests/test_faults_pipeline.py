@@ -6,7 +6,6 @@ demo catalogue at 30 images, overlap 3, one exam, no intruder evaluation.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from emulator import EmulatorSettings, run_in_background, write_catalogue
+from emulator import EmulatorSettings, run_in_background
 from tasks.params import PipelineParams, load_params
 from tasks.toloka_api import TolokaClient
+from tests.fixtures.emulator import small_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -39,25 +39,22 @@ def emu():
         yield running
 
 
+def _objects_with_hits(params: PipelineParams, key: str, bundle: Any, plan: Any) -> Any:
+    """The run key's Toloka objects, its HITs uploaded to the main pool (inside a flow: these are
+    the pipeline's own tasks); the pools stay closed for the test's wait to open."""
+    from tasks import setup
+    from tasks.toloka_config import Placeholders
+
+    ids = setup.setup_labelling_task(
+        params.toloka, key, bundle, Placeholders.of(params), params.exam.skill_name
+    )
+    setup.upload_hits_task(params.toloka, key, ids.main_pool, plan.hits)
+    return ids
+
+
 @pytest.fixture(scope="module")
 def config(emu, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("faults")
-    write_catalogue("demo-shoes", folder / "ds.tsv", size=30, seed=0)
-    data = {
-        "name": "faults",
-        "dataset": "ds.tsv",
-        "toloka_dir": str(ROOT / "configs" / "demo-shoes" / "toloka"),
-        "runs_dir": str(folder / "runs"),
-        "toloka": {"environment": "local", "url": emu.url},
-        "hits": {"size": 10, "overlap": 3, "hits_per_item": 3},
-        "exam": {"n_exams": 1, "expected_workers": 8, "skill_name": "Faults"},
-        "wait": {"poll_seconds": 0.3, "timeout_seconds": 300},
-        "budget": {"max_spend": MAX_SPEND},
-        "intruders": {"enabled": False},
-    }
-    path = folder / "pipeline.yaml"
-    path.write_text(json.dumps(data))
-    return path
+    return small_run_config(tmp_path_factory.mktemp("faults"), emu.url, "faults", MAX_SPEND)
 
 
 def _params(config: Path, key: str, **changes: Any) -> PipelineParams:
@@ -121,10 +118,10 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     run charged $16.07 against $15.00). It now counts the price Toloka charges."""
     from prefect import flow
 
-    from tasks import budget, exam, setup, wait
+    from tasks import budget, exam, wait
     from tasks.artifacts import ProgressReporter
     from tasks.hits import make_plan
-    from tasks.toloka_config import Placeholders, load_bundle
+    from tasks.toloka_config import load_bundle
 
     key = "faults-guard" if fee_rate is None else "faults-guard-fee"
     params = _params(config, key)
@@ -152,10 +149,7 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
 
     @flow
     def guarded() -> Any:
-        ids = setup.setup_labelling_task(
-            params.toloka, key, bundle, Placeholders.of(params), params.exam.skill_name
-        )
-        setup.upload_hits_task(params.toloka, key, ids.main_pool, plan.hits)
+        ids = _objects_with_hits(params, key, bundle, plan)
         limited = params.model_copy(update={"budget": params.budget.model_copy(update={"max_spend": limit})})
         guard = budget.SpendGuard.of(limited, 0.0, estimate)
         staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap)
@@ -189,9 +183,9 @@ def test_a_long_wait_logs_the_polls_that_say_something_new(prefect_harness, emu,
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogHandler
 
-    from tasks import artifacts, budget, exam, setup, wait
+    from tasks import artifacts, budget, exam, wait
     from tasks.hits import make_plan
-    from tasks.toloka_config import Placeholders, load_bundle
+    from tasks.toloka_config import load_bundle
 
     key = "faults-poll-lines"
     params = _params(config, key)
@@ -216,10 +210,7 @@ def test_a_long_wait_logs_the_polls_that_say_something_new(prefect_harness, emu,
 
     @flow
     def waited() -> Any:
-        ids = setup.setup_labelling_task(
-            params.toloka, key, bundle, Placeholders.of(params), params.exam.skill_name
-        )
-        setup.upload_hits_task(params.toloka, key, ids.main_pool, plan.hits)
+        ids = _objects_with_hits(params, key, bundle, plan)
         guard = budget.SpendGuard.of(params, 0.0, estimate)
         staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap)
         return wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.01, 600.0, guard, staffing)

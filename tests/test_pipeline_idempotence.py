@@ -251,11 +251,10 @@ def test_the_answers_beyond_the_overlap_are_read_a_page_of_thousands_at_a_time(e
     pool holds above the overlap: toloka-kit's search pages 50 assignments at a time and builds a
     full Assignment of each. Here 300 HITs answered 5 times, counted above 3: one request, the same
     count as a page of 400 (four requests, `id_gt` paging)."""
-    import toloka.client as toloka
 
     from emulator import build_catalogue
     from tasks import toloka_api
-    from tests.fixtures.emulator import create_simple_pool, create_suites
+    from tests.fixtures.emulator import create_simple_pool, create_spec_project, create_suites
     from tests.fixtures.emulator import make_client as emulator_client
 
     with emulator_factory(speed=0.0, seed=0) as emu:
@@ -265,13 +264,8 @@ def test_the_answers_beyond_the_overlap_are_read_a_page_of_thousands_at_a_time(e
             "output_spec": {"result": {"type": "array_json"}},
             "view_spec": {"type": "classic", "script": "", "markup": "", "styles": ""},
         }
-        project = client.create_project(
-            toloka.Project(
-                public_name="beyond",
-                public_description="beyond",
-                private_comment="crowdclust:beyond:main-project",
-                task_spec=toloka.project.task_spec.TaskSpec.structure(spec),
-            )
+        project = create_spec_project(
+            client, "beyond", spec, private_comment="crowdclust:beyond:main-project"
         )
         pool = create_simple_pool(
             client, project.id, "beyond", 5, private_comment="crowdclust:beyond:main-pool"

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from emulator import EmulatorSettings, run_in_background, write_catalogue
+from emulator import EmulatorSettings, run_in_background
 from tasks.params import PipelineParams, load_params
 from tasks.toloka_api import TolokaClient
+from tests.fixtures.emulator import small_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +38,7 @@ def emu():
 
 @pytest.fixture(scope="module")
 def config(emu, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("topup")
-    write_catalogue("demo-shoes", folder / "ds.tsv", size=30, seed=0)
-    data = {
-        "name": "topup",
-        "dataset": "ds.tsv",
-        "toloka_dir": str(ROOT / "configs" / "demo-shoes" / "toloka"),
-        "runs_dir": str(folder / "runs"),
-        "toloka": {"environment": "local", "url": emu.url},
-        "hits": {"size": 10, "overlap": 3, "hits_per_item": 3},
-        "exam": {"n_exams": 1, "expected_workers": 8, "skill_name": "Topup"},
-        "wait": {"poll_seconds": 0.3, "timeout_seconds": 300},
-        "budget": {"max_spend": 5.0},
-        "intruders": {"enabled": False},
-    }
-    path = folder / "pipeline.yaml"
-    path.write_text(json.dumps(data))
-    return path
+    return small_run_config(tmp_path_factory.mktemp("topup"), emu.url, "topup", 5.0)
 
 
 def _params(config: Path, hits_per_item: int) -> PipelineParams:
