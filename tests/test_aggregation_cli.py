@@ -149,13 +149,25 @@ def test_missing_file_and_bad_truth(export):
     head = [*truth.head(2).itertuples(index=False)]
     for last, says in (
         ((truth.iloc[0, 0], "x"), f"line 4: item {truth.iloc[0, 0]} repeats line 2"),
-        ((truth.iloc[2, 0], ""), "line 4: empty class"),
+        (("", "x"), "line 4: empty item"),
     ):
         (export / "bad_truth.csv").write_text(
             "item,class\n" + "".join(f"{a},{b}\n" for a, b in [*head, last])
         )
         bad = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "bad_truth.csv"])
         assert bad.returncode == 2 and says in bad.stderr, bad.stderr
+    # A blank class is an unknown one, as in a run's dataset (it stopped the command): a note, and
+    # the scores cover the items that have one.
+    (export / "part_truth.csv").write_text(
+        "item,class\n" + "".join(f"{a},{b}\n" for a, b in [*head, (truth.iloc[2, 0], "")])
+    )
+    part = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "part_truth.csv"])
+    assert part.returncode == 0, part.stderr
+    assert "1 item(s) with a blank class (line 4): scored as items without a class" in part.stderr
+    assert "truth       2 items in common" in part.stdout
+    (export / "no_truth.csv").write_text("item,class\n" + "".join(f"{a},\n" for a, _ in head))
+    none = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "no_truth.csv"])
+    assert none.returncode == 2 and "every class is blank" in none.stderr
 
 
 def test_truth_without_any_item_of_the_export_is_refused_before_the_fit(export):

@@ -74,17 +74,27 @@ def _read_truth(path: Path):
     key = "item" if "item" in frame.columns else "image" if "image" in frame.columns else None
     if key is None or "class" not in frame.columns:
         _fail(f"truth file {path} needs columns item (or image) and class; found {', '.join(frame.columns)}")
-    for column in (key, "class"):
-        empty = frame[column].str.strip() == ""
-        if empty.any():
-            _fail(f"truth file {path}, line {int(empty.to_numpy().argmax()) + 2}: empty {column}")
+    empty = frame[key].str.strip() == ""
+    if empty.any():
+        _fail(f"truth file {path}, line {int(empty.to_numpy().argmax()) + 2}: empty {key}")
+    # A blank class is an unknown one, as in a run's dataset: the scores cover the items that have
+    # one (the `truth` line counts the rest as clustered without a class). It stopped the command.
+    blank = frame["class"].str.strip() == ""
+    if blank.any():
+        lines = [str(int(row) + 2) for row in blank.to_numpy().nonzero()[0]]
+        shown = ", ".join(lines[:5]) + (f" and {len(lines) - 5:,} more" if len(lines) > 5 else "")
+        print(f"note: truth file {path}: {len(lines):,} item(s) with a blank class (line {shown}): "
+              "scored as items without a class", file=sys.stderr)  # fmt: skip
     repeats = frame[key].duplicated()
     if repeats.any():
         row = int(repeats.to_numpy().argmax())
         first = int((frame[key] == frame[key].iloc[row]).to_numpy().argmax())
         _fail(f"truth file {path}, line {row + 2}: {key} {frame[key].iloc[row]} repeats line {first + 2}")
+    known = frame[~blank]
+    if known.empty:
+        _fail(f"truth file {path}: every class is blank, so there is nothing to score against")
     return pd.Series(
-        frame["class"].to_numpy(), index=pd.Index(frame[key].to_numpy(), name="item"), name="class"
+        known["class"].to_numpy(), index=pd.Index(known[key].to_numpy(), name="item"), name="class"
     )
 
 
