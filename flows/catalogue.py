@@ -78,7 +78,10 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     params = params.model_copy(update={"run_key": key})  # sub-flows (intruders) share the catalogue key
     folder = claimed(params, key)
     clock = report.Stopwatch(folder)
-    catalogue = dataset.load_dataset(params.dataset)["image"].tolist()
+    read = dataset.read_dataset(params.dataset)
+    for warning in read.warnings:  # blank truth cells, an image under http:// and https://, ...
+        artifacts.warn_up(warning)
+    catalogue = read.frame["image"].tolist()
     resolve_token(params.toloka)
     # What this run spends is what the key's pools cost after it less before: the rounds share one
     # exam pool (counted whole in every round before) and a run may only finish an evaluation.

@@ -734,11 +734,28 @@ def test_a_catalogue_round_is_followed_by_its_second_round_once(prefect_harness,
     assert "<h2>Second round</h2>" in page and "<h2>Catalogue</h2>" in page
     assert f"<td>{pools[round_role]}, {pools[second_role]}</td>" in page  # the pools aggregated
 
-    again = cluster_catalogue(params)
+    # Once more, the file's truth now blank on one row: the dataset's warnings reach the catalogue
+    # run's log as a single run's (a catalogue showed none of them).
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    lines = params.dataset.read_text().splitlines()
+    cells = lines[5].split("\t")
+    cells[1] = ""
+    blank = tmp_path / "blank-class.tsv"
+    blank.write_text("\n".join([*lines[:5], "\t".join(cells), *lines[6:]]) + "\n")
+    state = cluster_catalogue(params.model_copy(update={"dataset": blank}), return_state=True)
+    again = state.result()
     assert again.catalogue.new_items == 0 and again.second_round is None
     assert again.cost.spent == 0 and again.catalogue.round_pools == catalogue.round_pools
     assert again.aggregation.n_assignments == summary.aggregation.n_assignments
     assert len(_objects(params)["pools"]) == 3
+    APILogHandler().flush()
+    one_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        logged = [log.message for log in client.read_logs(log_filter=one_run) if log.level == logging.WARNING]
+    assert any("1 image(s) with a blank `class` (line 6)" in line for line in logged), logged
 
 
 def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefect_harness, emu, tmp_path):
