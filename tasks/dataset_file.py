@@ -14,6 +14,7 @@ CRLF endings or byte-order mark the file has, so a person can go to the line a m
 from __future__ import annotations
 
 import csv
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,17 @@ class Table:
 
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-SAVE_AS_UTF8 = "save it as UTF-8 (in Excel: Save As, 'CSV UTF-8' or 'Tab delimited Text' in UTF-8)"
+
+
+def save_as_utf8(source: str, path: Path) -> str:
+    """How to make the file readable: a conversion that keeps the tabs. Excel has no UTF-8
+    tab-separated format of its own ('CSV UTF-8' separates by commas, which the check refuses next,
+    and 'Text (Tab delimited)' writes the system code page)."""
+    quoted = shlex.quote(str(path))
+    return (
+        f"keep it tab-separated and convert it to UTF-8, e.g. "
+        f"`iconv -f {source} -t UTF-8 {quoted} > {shlex.quote(str(path) + '.utf8')}`"
+    )
 
 
 def read_text(path: Path) -> str:
@@ -68,7 +79,7 @@ def read_text(path: Path) -> str:
     if data.startswith(UTF16_BOMS):
         raise DatasetError(
             f"{path}: not UTF-8 text: it starts with a UTF-16 byte-order mark, so it looks like UTF-16 "
-            f"(Excel's 'Unicode Text'): {SAVE_AS_UTF8}"
+            f"(Excel's 'Unicode Text'): {save_as_utf8('UTF-16', path)}"
         )
     if data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM) :]
@@ -78,13 +89,13 @@ def read_text(path: Path) -> str:
         line = data[: exc.start].count(b"\n") + 1
         raise DatasetError(
             f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be UTF-8; "
-            f"Latin-1 or Windows-1252, perhaps): {SAVE_AS_UTF8}"
+            f"Latin-1 or Windows-1252, perhaps): {save_as_utf8('WINDOWS-1252', path)}"
         ) from None
     if "\x00" in text:  # UTF-16 without its byte-order mark: every other byte of ASCII text is NUL
         line = text[: text.index("\x00")].count("\n") + 1
         raise DatasetError(
             f"{path}, line {line}: not UTF-8 text: it holds NUL bytes, so it looks like UTF-16 "
-            f"(Excel's 'Unicode Text'): {SAVE_AS_UTF8}"
+            f"(Excel's 'Unicode Text'): {save_as_utf8('UTF-16LE', path)}"
         )
     return text
 

@@ -144,12 +144,15 @@ def test_dataset_file_errors_are_one_line_exit_2(run_cli, toloka_client, tmp_pat
     text = "\n".join(lines) + "\n"
     line = _dataset_error(run_cli, path, text.encode("utf-16"))
     assert line.startswith(f"error: {path}: not UTF-8") and "looks like UTF-16" in line
-    assert "save it as UTF-8" in line
+    assert f"`iconv -f UTF-16 -t UTF-8 {path} > {path}.utf8`" in line
     line = _dataset_error(run_cli, path, text.encode("utf-16-le"))  # no byte-order mark
     assert line.startswith(f"error: {path}, line 1: not UTF-8") and "looks like UTF-16" in line
     latin = [*lines[:6], lines[6].replace("/s0-", "/caf\u00e9-"), *lines[7:]]
     line = _dataset_error(run_cli, path, ("\n".join(latin) + "\n").encode("latin-1"))
-    assert line.startswith(f"error: {path}, line 7: not UTF-8 text (byte 0xe9") and "save it as UTF-8" in line
+    assert (
+        line.startswith(f"error: {path}, line 7: not UTF-8 text (byte 0xe9")
+        and "iconv -f WINDOWS-1252 -t UTF-8" in line
+    )
 
     # A row of 1 field said `empty 'class'`; one of 9 gave pandas' `Error tokenizing data`.
     n = len(lines[0].split("\t"))
