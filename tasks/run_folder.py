@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir
+from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir, run_dir_of
 from tasks.stages import Aggregated, Attempt, Evaluation, HitPlan, IntruderHit, RunSummary
 
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which the service serves its runs folder
@@ -66,6 +66,12 @@ class RunFolder:
         folder, key = cls(params.run_dir), params.resolved_run_key
         if RUN_KEY_SEPARATOR not in folder.root.name and folder.owner() not in (None, key):
             return cls(keyed_run_dir(params.runs_dir, params.name, key))
+        # A key given with --run-key whose files `runs/<name>/` already holds (it was derived when
+        # they were written: the advice after a reordered dataset) stays there; before, it began a
+        # second folder of reports and clusters for one paid job.
+        shared = cls(run_dir_of(params.runs_dir, params.name))
+        if folder.root != shared.root and not folder.root.exists() and shared.owner() == key:
+            return shared
         return folder
 
     def taken_by(self, params: PipelineParams) -> str | None:

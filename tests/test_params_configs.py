@@ -162,6 +162,10 @@ def test_runs_name_stays_with_the_derived_key_that_wrote_it_first(tmp_path):
     assert RunFolder.of(seed0).root == first.root and RunFolder.of(seed1).root == second.root
     given = seed0.model_copy(update={"run_key": seed1.resolved_run_key})
     assert RunFolder.of(given).root == second.root
+    # A given key that `runs/<name>/` holds (the advice after reordered rows names the earlier,
+    # derived key) stays there: it began `runs/<name>__<key>/`, a second folder for one paid job.
+    named = seed1.model_copy(update={"run_key": seed0.resolved_run_key})
+    assert named.run_dir != first.root and RunFolder.of(named).root == first.root
     # A folder written before `run_key.txt` is known by its summary's key.
     legacy = RunFolder(runs / "legacy")
     legacy.create().summary.write_text('{"run_key": "legacy-aaaa-s0"}')
