@@ -89,19 +89,6 @@ def _earlier_pools(summary: RunSummary) -> str:
     )
 
 
-def _over_estimate(summary: RunSummary) -> str:
-    """A run that cost more than its estimate says so: a user with budget.fee_rate 0 (the platform
-    charged 30% on top) read `$25.74 spent (estimate $19.80)` with nothing to flag the gap."""
-    estimate = summary.cost.estimate
-    if estimate is None or estimate.total <= 0 or summary.cost.spent <= estimate.total * 1.02:
-        return ""
-    over = summary.cost.spent / estimate.total - 1
-    return (
-        f", {over:.0%} above the estimate: check budget.fee_rate against the platform's fee (the log "
-        "says what it charged per answer)"
-    )
-
-
 def _paid_before(summary: RunSummary) -> str:
     """How much of the cost this run added, when earlier runs of the key paid part of it."""
     cost = summary.cost
@@ -128,9 +115,10 @@ def describe(summary: RunSummary) -> str:
         f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _intruder_detail(summary),
         f"cost:               ${num(summary.cost.spent, '.2f')} spent"
         + (f" (estimate ${estimate.total:.2f})" if estimate else "")
-        + _over_estimate(summary)
         + _paid_before(summary)
-        + _earlier_pools(summary),
+        + _earlier_pools(summary)
+        # Last: in the middle, ", $2.60 of it in this run" read as part of the warning.
+        + (f"; {summary.cost.over_estimate_text()}" if summary.cost.over_estimate is not None else ""),
         *([f"exam:               {summary.exam.describe()}"] if summary.exam else []),
         f"wall time:          {num(summary.wall_seconds, '.1f')} s (flow)"
         + (f", over {summary.attempts.describe()}" if summary.attempts else ""),

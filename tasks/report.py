@@ -69,6 +69,7 @@ COST_ROWS = {  # summary.json's cost keys, as the report names them
     "added_by_this_run": "of it added by this run",
     "spent_by_run_key": "every pool of the run key",
     "estimate": "estimate",
+    "above_estimate": "above the estimate",
 }
 
 

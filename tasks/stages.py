@@ -359,7 +359,29 @@ class Cost:
             data["spent_by_run_key"] = self.by_run_key
         if self.added is not None:
             data["added_by_this_run"] = self.added
+        if self.over_estimate is not None:
+            data["above_estimate"] = self.over_estimate_text()
         return data
+
+    @property
+    def over_estimate(self) -> float | None:
+        """How far `spent` went above the estimate, as a share (None within 2% of it or below, or no
+        estimate): the estimate is an upper bound, so a run above it was priced wrong, most often
+        by a `budget.fee_rate` below the platform's fee."""
+        total = self.estimate.total if self.estimate is not None else 0.0
+        if total <= 0 or self.spent <= total * 1.02:
+            return None
+        return round(self.spent / total - 1, 4)
+
+    def over_estimate_text(self) -> str:
+        """ "30% above the estimate: check budget.fee_rate ..." ("" when not above it)."""
+        over = self.over_estimate
+        if over is None:
+            return ""
+        return (
+            f"{over:.0%} above the estimate: check budget.fee_rate against the platform's fee (the log "
+            "says what it charged per answer)"
+        )
 
     @property
     def paid_before(self) -> float:

@@ -387,11 +387,18 @@ def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
     assert rows["cost_added_by_this_run"] == "$0.00"
     from tasks.stages import CostEstimate
 
-    cheap = Cost(25.74, CostEstimate(14.0, 3.0, 2.8))  # budget.fee_rate 0 against a 30% fee
+    cheap = Cost(28.34, CostEstimate(14.0, 3.0, 4.8), by_run_key=28.34, added=2.6)  # fee_rate 0, fee 30%
     assert cost_line(cheap).endswith(
-        "$25.74 spent (estimate $19.80), 30% above the estimate: check budget.fee_rate against the "
-        "platform's fee (the log says what it charged per answer)"
+        "$28.34 spent (estimate $21.80), $2.60 of it in this run (the rest in earlier runs of key k); "
+        "30% above the estimate: check budget.fee_rate against the platform's fee (the log says what "
+        "it charged per answer)"
     )
+    assert cheap.as_dict()["above_estimate"].startswith("30% above the estimate")  # summary.json
+    page = report.render_html(
+        replace(base, cost=cheap), pd.Series([0], index=["http://img.example/a.png"]), None, "t",
+        report.ReportLinks(clusters="clusters.csv"),
+    )  # fmt: skip
+    assert "<th>above the estimate</th><td>30% above the estimate: check budget.fee_rate" in page
     assert cost_line(Cost(19.80, CostEstimate(14.0, 3.0, 2.8))).endswith("(estimate $19.80)")
     resumed = Cost(31.82, None, by_run_key=44.82, added=13.0)
     assert cost_line(resumed).endswith(
