@@ -400,8 +400,18 @@ def earlier_run_keys_task(params: PipelineParams) -> list[str]:
     if before is None:
         differ = "no main pool yet"
     else:
-        differ = f"other images ({len(images - before):,} of this dataset's {len(images):,} are new to it"
-        differ += f", {len(before - images):,} of its are not in this dataset)"
+        differ = (
+            f"other images: {len(images - before):,} of this dataset's {len(images):,} images are new "
+            f"to it, and {len(before - images):,} of the {len(before):,} it labelled are not in this dataset"
+        )
+    if before is not None and images <= before:  # fewer images, all labelled: nothing to buy
+        export = RunFolder.of(params.model_copy(update={"run_key": earlier})).export("main")
+        raise EarlierRunKeys(
+            f"{start}{differ}. Every image of this dataset was labelled under {earlier}: cluster them "
+            f"without paying with `crowdclust aggregate {export} -o clusters.csv` (an image no longer "
+            f"in the dataset can be dropped from its output), or restore the dataset and run again; "
+            f"--run-key {key} would pay for all {len(images):,} images again"
+        )
     raise EarlierRunKeys(
         f"{start}{differ}. To label this dataset in full, run again with --run-key {key} (a deployment: "
         "its run_key parameter); to go on with the earlier run, restore its dataset. (A catalogue that "

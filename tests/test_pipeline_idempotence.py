@@ -218,9 +218,17 @@ def test_a_new_derived_run_key_is_stopped_while_an_earlier_one_was_paid(demo, tm
     with pytest.raises(EarlierRunKeys) as other:
         earlier_run_keys_task.fn(changed)
     text = str(other.value)
-    assert "other images (1 of this dataset's 82 are new to it, 1 of its are not in this dataset)" in text
+    assert "other images: 1 of this dataset's 82 images are new to it, and 1 of the 82 it labelled" in text
     assert f"--run-key {changed.resolved_run_key} " in text and f"--run-key {earlier} " not in text
     assert "restore its dataset" in text
+    fewer = tmp_path / "fewer.tsv"  # one row removed: every image left was labelled, nothing to buy
+    fewer.write_text("\n".join([lines[0], *lines[2:]]) + "\n")
+    subset = derived.model_copy(update={"dataset": fewer})
+    with pytest.raises(EarlierRunKeys) as smaller:
+        earlier_run_keys_task.fn(subset)
+    text = str(smaller.value)
+    assert "Every image of this dataset was labelled under" in text and "crowdclust aggregate " in text
+    assert f"--run-key {subset.resolved_run_key} would pay for all 81 images again" in text
     assert _count(client) == counts  # the check created nothing
     assert earlier_run_keys_task.fn(changed.model_copy(update={"run_key": changed.resolved_run_key})) == []
 
