@@ -79,6 +79,7 @@ class SpendLimitReached(RuntimeError):
 
 
 RATE_WINDOW_SECONDS = 900.0  # the polls a timed-out wait's pace is measured over (the whole wait if shorter)
+EARLY_SECONDS = 600.0  # a wait shorter than this saw the crowd arrive and qualify, not its pace
 
 
 def _timed_out(
@@ -97,13 +98,24 @@ def _timed_out(
         "" if accepted is None or answers == 0 else f" ({int(accepted):,} of them accepted)"
     )
     progress = f": at the last poll {done:.0f}% done, {counted}"
-    if answers == 0:
+    if answers == 0 and timeout < EARLY_SECONDS:
+        progress += (
+            f" (nobody answered in the first {timeout:.0f} s: workers take the exam before they can "
+            "answer, so a wait this short may simply be too short; give it longer)"
+        )
+    elif answers == 0:
         progress += (
             " (nobody answered: check that workers can qualify and pass the pool's filter, "
             "or whether the market has enough of them)"
         )
     else:
-        progress += _pace(stats, polls, timeout, needed)
+        pace = _pace(stats, polls, timeout, needed)
+        progress += pace
+        if "answers a minute" in pace and timeout < EARLY_SECONDS:  # a 20 s wait advised 710 s: 27 s did
+            progress += (
+                " (measured in the wait's first minutes, while workers were still qualifying: a pool "
+                "usually goes faster once they have, so take it as an upper bound)"
+            )
     return f"pool {pool_id} not complete after {timeout:.0f} s (wait.timeout_seconds){progress}"
 
 

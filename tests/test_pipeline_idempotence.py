@@ -321,7 +321,7 @@ def test_a_timed_out_wait_says_its_pools_pace_and_what_timeout_would_do(emulator
     pace = re.search(
         r": at the last poll (\d+)% done, ([\d,]+) answers submitted \(([\d,]+) of them accepted\); at its "
         r"pace over the last (\d+) s \(([\d.,]+) answers a minute\), the ([\d,]+) answers left need about "
-        r".+ more: a wait\.timeout_seconds of about ([\d,]+)$",
+        r".+ more: a wait\.timeout_seconds of about ([\d,]+) \(measured in the wait's first minutes, .+\)$",
         message,
     )
     assert pace is not None, message
