@@ -14,16 +14,35 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from tasks.dataset import DatasetError
+from tasks.dataset_file import read_table
 from tasks.stage import stage_task
 from tasks.thumbnails import fetch_images
 
 SHOWN = 5  # failing images named in the error (all are counted)
 
 
+def _lines_of(dataset: str) -> dict[str, int]:
+    """Image URL -> its line in the dataset file (as `grep -n` counts), for the error to name."""
+    table = read_table(dataset)
+    return {row.fields[table.image].strip(): row.line for row in table.rows}
+
+
 def unshowable(problems: dict[str, str], total: int, dataset: str) -> DatasetError:
-    """The error for the images that could not be fetched: how many, the first few and why, what to do."""
-    named = "; ".join(f"{url} ({why})" for url, why in list(problems.items())[:SHOWN])
-    more = f"; and {len(problems) - SHOWN:,} more" if len(problems) > SHOWN else ""
+    """The error for the images that could not be fetched: how many, the first few with their lines
+    and why, the lines of the rest, what to do."""
+    lines = _lines_of(dataset)
+
+    def at(url: str) -> str:
+        return f"line {lines[url]}: " if url in lines else ""
+
+    by_line = sorted(problems, key=lambda url: lines.get(url, 0))
+    named = "; ".join(f"{at(url)}{url} ({problems[url]})" for url in by_line[:SHOWN])
+    rest = [str(lines[url]) for url in by_line[SHOWN:] if url in lines]
+    more = ""
+    if len(problems) > SHOWN:
+        more = f"; and {len(problems) - SHOWN:,} more" + (
+            f" (line {', '.join(rest[:20])}{', ...' if len(rest) > 20 else ''})" if rest else ""
+        )
     return DatasetError(
         f"{dataset}: {len(problems):,} of {total:,} images could not be fetched, so the crowd would be "
         f"paid to group pictures it cannot see: {named}{more}. Fix or remove those rows and run the "
