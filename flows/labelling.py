@@ -154,7 +154,7 @@ def kept_after_stop(
         else ""
     )
     return (
-        f"{error}. The pool is closed; its {exported:,} accepted answers{since} are in "
+        f"{error}. The pool is closed; its {artifacts.counted(exported, 'accepted answer')}{since} are in "
         f"{path}{late}. Run the same command again (or Retry the flow run), {advice}: the same pool "
         "goes on from where it stopped and nothing is paid twice"
     )

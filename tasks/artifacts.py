@@ -200,7 +200,8 @@ def literal(text: str) -> str:
     return f"`{cleaned}`" if cleaned else ""
 
 
-def _n(count: int, noun: str) -> str:
+def counted(count: int, noun: str) -> str:
+    """`1 answer`, `2 answers`, `1,234 answers`: counts in messages read as English."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
@@ -241,7 +242,8 @@ def gallery_markdown(
     """
     groups = sorted(clusters.groupby(clusters), key=lambda group: (-len(group[1]), group[0]))
     lines = [
-        f"{_n(len(clusters), 'image')} in {_n(len(groups), 'cluster')}; up to {per_cluster} a cluster shown.",
+        f"{counted(len(clusters), 'image')} in {counted(len(groups), 'cluster')}; "
+        f"up to {per_cluster} a cluster shown.",
         "",
         "| cluster | images |" + " |" * GALLERY_COLUMNS,
         "|---|---|" + "---|" * GALLERY_COLUMNS,
@@ -260,7 +262,7 @@ def gallery_markdown(
     if len(groups) > max_clusters:
         rest = groups[max_clusters:]
         hidden = sum(len(g[1]) for g in rest)
-        lines += ["", f"{_n(len(rest), 'smaller cluster')} ({_n(hidden, 'image')}) not shown."]
+        lines += ["", f"{counted(len(rest), 'smaller cluster')} ({counted(hidden, 'image')}) not shown."]
     if report_note:
         lines += ["", report_note]
     return "\n".join(lines)

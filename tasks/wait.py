@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from tasks.artifacts import ProgressReporter, warn_up
+from tasks.artifacts import ProgressReporter, counted, warn_up
 from tasks.budget import LiveSpend, SpendGuard
 from tasks.exam import GatingState, Staffing, check_staffing, gate_exams
 from tasks.params import TolokaTarget
@@ -94,10 +94,10 @@ def _timed_out(
         return f"pool {pool_id} not complete after {timeout:.0f} s (wait.timeout_seconds)"
     answers = int(stats.submitted_assignments_count or 0)
     accepted = stats.approved_assignments_count
-    counted = f"{answers:,} answers submitted" + (
+    submitted = f"{counted(answers, 'answer')} submitted" + (
         "" if accepted is None or answers == 0 else f" ({int(accepted):,} of them accepted)"
     )
-    progress = f": at the last poll {done:.0f}% done, {counted}"
+    progress = f": at the last poll {done:.0f}% done, {submitted}"
     if answers == 0 and timeout < EARLY_SECONDS:
         progress += (
             f" (nobody answered in the first {timeout:.0f} s: workers take the exam before they can "

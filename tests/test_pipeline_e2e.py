@@ -507,7 +507,7 @@ def test_a_main_pool_stopped_before_completion_leaves_its_paid_answers_on_disk(
     assert closed, "the main pool was never answered"
     export = RunFolder.of(params).export("main")
     kept = re.search(
-        r"its ([\d,]+) accepted answers(?: \([^)]*\))? are in (\S+?)(?: \(|\. Run the same)", str(ended.value)
+        r"its ([\d,]+) accepted answers?(?: \([^)]*\))? are in (\S+?)(?: \(|\. Run the same)", str(ended.value)
     )
     assert kept is not None and kept[2] == str(export), str(ended.value)
     rows = pd.read_csv(export, sep="\t", dtype=str)
@@ -521,14 +521,14 @@ def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path)
 
     params = _params(emu, tmp_path, run_key="e2e-timeout", wait={"poll_seconds": 0.2, "timeout_seconds": 0.5})
     with pytest.raises(
-        WaitTimeout, match=r"\(wait.timeout_seconds\): at the last poll \d+% done, [\d,]+ answers submitted"
+        WaitTimeout, match=r"\(wait.timeout_seconds\): at the last poll \d+% done, [\d,]+ answers? submitted"
     ) as ended:
         labelling(params)
     # What the pool holds is paid whatever happens next: it is exported, and the error says how to go
     # on. Its counts add up: what the last poll counted, and what was accepted between it and the close.
     export = RunFolder.of(params).export("main")
     kept = re.search(
-        r"The pool is closed; its ([\d,]+) accepted answers(?: \(([\d,]+) at the last poll, ([\d,]+) "
+        r"The pool is closed; its ([\d,]+) accepted answers?(?: \(([\d,]+) at the last poll, ([\d,]+) "
         r"accepted after it\))? are in (\S+?)(?: \(|\. Run the same)",
         str(ended.value),
     )

@@ -319,7 +319,7 @@ def test_a_timed_out_wait_says_its_pools_pace_and_what_timeout_would_do(emulator
         client.close_pool(pool.id)
     stats, message = ended.value.stats, str(ended.value)
     pace = re.search(
-        r": at the last poll (\d+)% done, ([\d,]+) answers submitted \(([\d,]+) of them accepted\); at its "
+        r": at the last poll (\d+)% done, ([\d,]+) answers? submitted \(([\d,]+) of them accepted\); at its "
         r"pace over the last (\d+) s \(([\d.,]+) answers a minute\), the ([\d,]+) answers left need about "
         r".+ more: a wait\.timeout_seconds of about ([\d,]+) \(measured in the wait's first minutes, .+\)$",
         message,
