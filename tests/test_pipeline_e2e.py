@@ -507,7 +507,8 @@ def test_a_main_pool_stopped_before_completion_leaves_its_paid_answers_on_disk(
     assert closed, "the main pool was never answered"
     export = RunFolder.of(params).export("main")
     kept = re.search(
-        r"its ([\d,]+) accepted answers?(?: \([^)]*\))? are in (\S+?)(?: \(|\. Run the same)", str(ended.value)
+        r"its ([\d,]+) accepted answers?(?: \([^)]*\))? are in (\S+?)(?: \(|\. Run the same)",
+        str(ended.value),
     )
     assert kept is not None and kept[2] == str(export), str(ended.value)
     rows = pd.read_csv(export, sep="\t", dtype=str)
