@@ -408,7 +408,7 @@ def earlier_run_keys_task(params: PipelineParams) -> list[str]:
         export = RunFolder.of(params.model_copy(update={"run_key": earlier})).export("main")
         raise EarlierRunKeys(
             f"{start}{differ}. Every image of this dataset was labelled under {earlier}: cluster them "
-            f"without paying with `crowdclust aggregate {export} -o clusters.csv` (an image no longer "
+            f"without paying with `crowdclust aggregate {export} -o OUT.csv` (an image no longer "
             f"in the dataset can be dropped from its output), or restore the dataset and run again; "
             f"--run-key {key} would pay for all {len(images):,} images again"
         )
