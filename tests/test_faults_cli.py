@@ -392,5 +392,10 @@ def test_close_only_closes_the_open_pools_of_its_run_key_and_nothing_else(run_cl
     assert toloka_client.get_pool(other.main_pool).status.value == "OPEN"  # another key's: untouched
     again, _ = run_cli("--run-key", "close-me", "--close")
     assert again.exit_code == 0 and "no pool or training of run key close-me was left open" in again.stdout
+    assert "has no Toloka object" not in again.stdout
+    # A key nobody used (a derived one after the dataset changed): said, with where to look.
+    unknown, _ = run_cli("--run-key", "never-used", "--close")
+    assert unknown.exit_code == 0
+    assert "run key never-used has no Toloka object on this account" in unknown.stdout
     toloka_client.close_pool(other.main_pool)
     toloka_client.close_training(other.training)

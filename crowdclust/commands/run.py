@@ -124,8 +124,27 @@ def _close_only(params: PipelineParams, debug: bool) -> typer.Exit:
         return _fail(
             f"could not close the pools of run key {key} ({type(error).__name__}: {error})", 1, debug
         )
-    typer.echo(_closed(key, closed) + ("; run without --close to resume it" if closed else ""))
+    typer.echo(
+        _closed(key, closed) + ("; run without --close to resume it" if closed else _unknown_key(params))
+    )
     return typer.Exit(0)
+
+
+def _unknown_key(params: PipelineParams) -> str:
+    """When the key has no object on the account, the keys of the name and seed that do: a derived
+    key follows the dataset's images, so `--close` after the file changed looked at a key nobody
+    used and said only that nothing of it was open."""
+    from tasks.toloka_api import RunRegistry, derived_run_keys, make_client
+
+    client, key = make_client(params.toloka, retries=1), params.resolved_run_key
+    if RunRegistry(client, key).projects():
+        return ""
+    others = [other for other in derived_run_keys(client, params.name, params.seed) if other != key]
+    listed = f"; keys of {params.name} and seed {params.seed} that do: {', '.join(others)}" if others else ""
+    return (
+        f" (run key {key} has no Toloka object on this account: it follows the dataset's images"
+        f"{listed}; give the one to close with --run-key)"
+    )
 
 
 def run(
