@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import get_run_logger
 
@@ -32,6 +33,7 @@ from tasks.toloka_api import (
     TolokaClient,
     derived_run_keys,
     make_client,
+    search,
     skill_holders,
 )
 from tasks.toloka_config import (
@@ -350,12 +352,12 @@ def _labelled_images(client: TolokaClient, key: str) -> set[str] | None:
     pool = RunRegistry(client, key).pools().get(setup.MAIN_POOL)
     if pool is None:
         return None
-    return {
-        str(image)
-        for suite in client.get_task_suites(pool_id=pool.id)
-        for task in suite.tasks
-        for image in (task.input_values or {}).get("images", ())
-    }
+
+    def images(suite: dict[str, Any]) -> list[str]:
+        return [str(image) for task in suite.get("tasks") or () for image in task["input_values"]["images"]]
+
+    suites = search(client, "/v1/task-suites", {"pool_id": pool.id}, images)
+    return {image for suite in suites for image in suite}
 
 
 @stage_task(name="earlier-run-keys", toloka=True, cache=False)

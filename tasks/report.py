@@ -85,7 +85,7 @@ def _cost_table(cost: dict[str, Any]) -> str:
     return _table({COST_ROWS.get(key, key): _money(cost[key]) for key in known})
 
 
-def _summary_table(data: dict[str, Any]) -> str:
+def _summary_table(data: dict[str, Any], exam: ExamOutcome | None = None) -> str:
     """The run in a few named rows; scores to 3 decimals as `crowdclust run` prints them."""
 
     def score(key: str) -> str | None:
@@ -108,17 +108,11 @@ def _summary_table(data: dict[str, Any]) -> str:
             "ARI vs truth": None if score("ari") is None else f"{score('ari')}{scored_over}",
             "NMI vs truth": score("nmi"),
             "intruder accuracy": score("intruder_accuracy"),
-            **({"exam": _exam(data["exam"])} if data.get("exam") else {}),
+            **({"exam": exam.describe()} if exam is not None else {}),
             **wall,
             "run key": data.get("run_key"),
         }
     )
-
-
-def _exam(data: dict[str, Any]) -> str:
-    """The exam's outcome in words (`ExamOutcome.describe`), from summary.json's `exam`."""
-    fields = {key: data[key] for key in ("accepted", "rejected", "takers", "qualified", "min_skill")}
-    return ExamOutcome(**fields).describe()
 
 
 def _timings(summary: RunSummary) -> list[str]:
@@ -254,7 +248,7 @@ def render_html(
         "text-align:left;align-self:center}.g figcaption{overflow-wrap:anywhere}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Summary</h2>",
-        _summary_table(data),
+        _summary_table(data, summary.exam),
     ]
     if data.get("catalogue_key"):
         rounds = {k: data.get(k) for k in ("catalogue_key", "n_items", "new_items", "round")}
