@@ -239,25 +239,87 @@ def wait_guarded(client: TolokaClient, pool_id: str, **options: Any) -> tuple[Po
     outcome, not an error.
 
     Returns the last poll and the reason ("" when the pool completed); the reason is logged as a
-    warning, and the caller exports what was accepted.
+    warning, and the caller exports what was accepted. After a stop the answers in hand are waited
+    for (`finish_in_hand`): closing a pool does not take them back, they are paid, and an export
+    made at once left them out (7 of 7 answers paid in a test whose balance ran out).
     """
     try:
         return wait_for_pool(client, pool_id, **options), ""
     except SpendLimitReached as limit:
-        get_run_logger().warning("%s", limit)
-        return limit.stats, str(limit)
+        stats, reason = _after_stop(client, pool_id, limit.stats, options), str(limit)
     except PoolStopped as stop:
         if stop.reason != "NOT_ENOUGH_BALANCE" or stop.stats is None:
             raise
         # Like the guard's stop: what was bought is exported, and the same pool is finished later.
-        answers = int(stop.stats.approved_assignments_count or stop.stats.submitted_assignments_count or 0)
+        stats = _after_stop(client, pool_id, stop.stats, options)
+        answers = int(stats.approved_assignments_count or stats.submitted_assignments_count or 0)
         reason = (
             f"Toloka closed pool {pool_id}: the account's balance ran out (NOT_ENOUGH_BALANCE) with "
-            f"{answers:,} answers accepted; top up the account, then run the same command again (or "
-            "Retry) to finish the same pool"
+            f"{counted(answers, 'answer')} accepted; top up the account, then run the same command "
+            "again (or Retry) to finish the same pool"
         )
-        get_run_logger().warning("%s", reason)
-        return stop.stats, reason
+    get_run_logger().warning("%s", reason)
+    return stats, reason
+
+
+def _after_stop(client: TolokaClient, pool_id: str, stats: PoolStats, options: dict[str, Any]) -> PoolStats:
+    """The pool's figures once the answers in hand at a stop were submitted (or ran out of time)."""
+    left = finish_in_hand(client, pool_id, options["period"], options.get("sleep", time.sleep))
+    final = pool_stats(client, pool_id, stats.ticks, stats.elapsed)
+    taken = int(final.submitted_assignments_count or 0) - int(stats.submitted_assignments_count or 0)
+    if taken or left:
+        get_run_logger().info(
+            "pool %s: %s submitted after the stop by workers who had taken them before it%s",
+            pool_id,
+            counted(taken, "answer"),
+            f"; {left} still in progress when the pool's time for an assignment ran out" if left else "",
+        )
+    return final
+
+
+class PlatformClock:
+    """How long a wait has lasted: on the platform's clock or the local one, whichever says more.
+
+    The emulator's clock runs ahead of the real one when its crowd is accelerated, and a deadline
+    such as a pool's `assignment_max_duration_seconds` passes on it; an emulator held at --speed 0
+    has a clock that stands still, and nothing in hand ever ends there.
+    """
+
+    def __init__(self, client: TolokaClient) -> None:
+        self.client = client
+        self.restart()
+
+    def restart(self) -> None:
+        """Count from now."""
+        self.started, self.start = time.monotonic(), platform_now(self.client)
+        self.still = (self.started, self.start)  # when the platform's clock last moved, its reading then
+
+    def read(self) -> tuple[float, bool]:
+        """Seconds waited, and whether the platform's clock has stood still for FROZEN_SECONDS."""
+        platform = platform_now(self.client)
+        if platform != self.still[1]:
+            self.still = (time.monotonic(), platform)
+        frozen = time.monotonic() - self.still[0] >= FROZEN_SECONDS
+        return max(time.monotonic() - self.started, (platform - self.start).total_seconds()), frozen
+
+
+def finish_in_hand(
+    client: TolokaClient, pool_id: str, period: float, sleep: Callable[[float], None] = time.sleep
+) -> int:
+    """Wait until no assignment of a closed, auto-accepted pool is in progress; how many still are.
+
+    Toloka lets each assignment taken before a close run to the pool's
+    `assignment_max_duration_seconds`, and an auto-accepted one is paid when it is submitted; the
+    wait ends at that limit (on the platform's clock) at the latest.
+    """
+    limit = float(client.get_pool(pool_id).assignment_max_duration_seconds or 600)
+    clock = PlatformClock(client)
+    while True:
+        left = count_assignments(client, pool_id, PENDING_AUTO)
+        waited, frozen = clock.read()
+        if left == 0 or frozen or waited >= limit:
+            return left
+        sleep(period)
 
 
 def drain_exams(
@@ -286,16 +348,11 @@ def drain_exams(
     meanwhile get their time again (up to MAX_REOPENINGS times).
     """
     reopenings = 0
-    started, platform_start = time.monotonic(), platform_now(client)
-    still = (started, platform_start)  # when the platform's clock last moved, and its reading then
+    clock = PlatformClock(client)
     while True:
-        platform = platform_now(client)
-        if platform != still[1]:
-            still = (time.monotonic(), platform)
-        elif time.monotonic() - still[0] >= FROZEN_SECONDS:
-            # A clock that stands still (an emulator held at --speed 0) ends nothing in hand.
+        waited, frozen = clock.read()
+        if frozen:  # a clock that stands still ends nothing in hand
             return count_assignments(client, exam_pool_id, PENDING_REVIEW)
-        waited = max(time.monotonic() - started, (platform - platform_start).total_seconds())
         review()
         if close() and reopenings < MAX_REOPENINGS:
             reopenings += 1
@@ -304,7 +361,8 @@ def drain_exams(
                 "answer and opens the pool): closed again, reviewing what its workers submit",
                 exam_pool_id,
             )
-            started, platform_start, waited = time.monotonic(), platform_now(client), 0.0
+            clock.restart()
+            waited = 0.0
         pending = count_assignments(client, exam_pool_id, PENDING_REVIEW)
         if pending == 0 or waited >= limit_seconds:
             return pending

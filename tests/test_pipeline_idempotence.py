@@ -236,22 +236,30 @@ def test_a_new_derived_run_key_is_stopped_while_an_earlier_one_was_paid(demo, tm
 def test_a_pool_closed_for_lack_of_balance_ends_the_wait_like_the_spend_guard(emulator_factory):
     """Toloka closes a pool whose requester runs out of money (NOT_ENOUGH_BALANCE). The wait used to
     fail with `PoolStopped` and the run exported nothing it had paid for; it now returns the last
-    poll and a reason that says to top up, and the flow exports the accepted answers."""
+    poll and a reason that says to top up, and the flow exports the accepted answers.
+
+    The close leaves the assignments in hand running (the money they hold is what ran out), and
+    they are paid when submitted: the wait returns once they are, so the export holds all that was
+    bought (a CI run returned at the close with 0 accepted and 7 in hand)."""
     from prefect.logging import disable_run_logger
 
+    from tasks.toloka_api import count_assignments
     from tasks.wait import wait_guarded
     from tests.fixtures.emulator import create_project, create_simple_pool, create_suites
     from tests.fixtures.emulator import make_client as emulator_client
 
-    with emulator_factory(speed=600.0, seed=2, balance=0.2) as emu:  # ~7 answers at $0.026
+    with emulator_factory(speed=30.0, seed=2, balance=0.2) as emu:  # ~7 answers at $0.026
         client = emulator_client(emu)
         pool = create_simple_pool(client, create_project(client, "poor").id, "poor", 1)
         create_suites(client, pool.id, [[f"{emu.url}/images/demo-shoes/s0-{i:05d}.png"] for i in range(20)])
         client.open_pool(pool.id)
         with disable_run_logger():
             stats, reason = wait_guarded(client, pool.id, period=0.2, timeout=120)
+        in_hand = count_assignments(client, pool.id, ("ACTIVE",))
+        accepted = count_assignments(client, pool.id, ("ACCEPTED",))
     assert reason.startswith(f"Toloka closed pool {pool.id}: the account's balance ran out"), reason
-    assert "top up the account" in reason and 0 < (stats.approved_assignments_count or 0) < 20
+    assert "top up the account" in reason and f"with {accepted} answer" in reason
+    assert in_hand == 0 and 0 < accepted == (stats.approved_assignments_count or 0) < 20
 
 
 def test_the_answers_beyond_the_overlap_are_read_a_page_of_thousands_at_a_time(emulator_factory, monkeypatch):
