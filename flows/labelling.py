@@ -18,7 +18,15 @@ from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
 from tasks.stages import HitPlan, Labelled, PoolStats
 from tasks.thumbnails import images_base
-from tasks.toloka_api import POOL_LIFETIME, Opening, close_all, count_assignments, make_client, probe
+from tasks.toloka_api import (
+    POOL_LIFETIME,
+    Opening,
+    close_all,
+    closed_for_balance,
+    count_assignments,
+    make_client,
+    probe,
+)
 from tasks.toloka_config import Placeholders, load_bundle, tightest_limit
 
 
@@ -73,8 +81,10 @@ def collect_labels(
     setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits)
     period = params.wait.period(params.toloka.environment)
     export_kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role  # its file's name
+    # After a top-up the wait that ended for lack of balance is run again, not served from the cache.
+    topped_up = closed_for_balance(make_client(params.toloka), ids.main_pool)
     try:
-        waited = wait.wait_labelling_task.with_options(retries=params.wait.retries)(
+        waited = wait.wait_labelling_task.with_options(retries=params.wait.retries, refresh_cache=topped_up)(
             params.toloka,
             ids,
             bundle,

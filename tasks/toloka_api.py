@@ -310,6 +310,17 @@ def is_completed(pool: Pool) -> bool:
     return status_of(pool) == "CLOSED" and close_reason(pool) == "COMPLETED"
 
 
+def closed_for_balance(client: TolokaClient, pool_id: str) -> bool:
+    """Whether Toloka closed the pool because the account's balance ran out (NOT_ENOUGH_BALANCE).
+
+    A wait that ended so is a result like any other to the stage cache, and nothing a top-up
+    changes is in its key: the same command after the top-up was handed the cached stop again, and
+    again said to top up. Its caller runs such a wait anew (`refresh_cache`).
+    """
+    pool = client.get_pool(pool_id)
+    return status_of(pool) != "OPEN" and close_reason(pool) == "NOT_ENOUGH_BALANCE"
+
+
 @dataclass(frozen=True)
 class Opening:
     """A pool or training to open before waiting and to close afterwards."""

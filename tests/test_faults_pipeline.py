@@ -528,3 +528,41 @@ def test_an_account_that_cannot_pay_the_estimate_is_refused_before_anything_open
         ):
             crowdclust_pipeline(params)
         assert _objects(running, "faults-balance")["pools"] == {}
+
+
+def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
+    prefect_harness, config, monkeypatch
+):
+    """The balance ran out in the main pool (Toloka closed it, NOT_ENOUGH_BALANCE); the run exported
+    what was accepted and said to top up and run the same command again. That command was handed the
+    cached wait, the same stop and the same advice, however much was added: the pool could not be
+    finished under its key. Now it finishes the same pool, and the run's cost is what left the account.
+
+    `budget.fee_rate: 0.0` (the platform takes 30%) lets an estimate of $0.78 pass the balance check
+    with $0.80 on the account, and the run costs about $1.00."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.budget import SpendGuardStopped
+
+    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
+    with run_in_background(poor) as running:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
+        params = _params(config, "faults-topup", toloka={"environment": "local", "url": running.url})
+        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+        with pytest.raises(SpendGuardStopped, match="balance ran out"):
+            crowdclust_pipeline(params)
+        main = _objects(running, "faults-topup")["pools"]["main-pool"]
+        assert main.last_close_reason.value == "NOT_ENOUGH_BALANCE"
+        core = running.emulator
+        with core.store.lock:  # the requester tops up the account
+            core.store.set_meta("balance", round(core.balance() + 1.0, 6))
+        summary = crowdclust_pipeline(params)
+        found = _objects(running, "faults-topup")
+        client = _client(running)
+        left = float(client.get_requester().balance)
+        accepted = len(list(client.get_assignments(pool_id=main.id, status="ACCEPTED")))
+    assert (
+        found["pools"]["main-pool"].id == main.id
+        and found["pools"]["main-pool"].last_close_reason.value == "COMPLETED"
+    )
+    assert accepted == 9 * 3  # every HIT at its overlap, none paid twice
+    assert summary.cost.spent == pytest.approx(0.8 + 1.0 - left, abs=1e-6)
