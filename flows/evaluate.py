@@ -71,8 +71,9 @@ def evaluate_clusters(
     bundle = load_bundle(params.toloka_dir)
     skill = skill_id or labelling_skill(params)
     preflight.check_intruder_staffing_task(params.toloka, skill, params, bundle, len(made))
-    costs = budget.estimate_intruders(params, bundle, len(made))
-    costs = budget.at_price_ratio(costs, budget.price_ratio_seen_task(params.toloka, run_key, params), params)
+    at_config = budget.estimate_intruders(params, bundle, len(made))
+    ratio = budget.price_ratio_seen_task(params.toloka, run_key, params)
+    costs = budget.at_price_ratio(at_config, ratio, params)
     covers = (intruders.pool_role(run_key, made),)
     before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
     folder.write_intruder_hits(made)
@@ -86,7 +87,10 @@ def evaluate_clusters(
         ids,
         params.wait.period(params.toloka.environment),
         params.wait.timeout_seconds,
-        budget.SpendGuard.of_intruders(params, before, costs),
+        # At the config's price, as the labelling's: the guard applies the price Toloka charges
+        # itself, and given the estimate at that price counted it twice (a pool the budget covered
+        # was closed at 96%).
+        budget.SpendGuard.of_intruders(params, before, at_config),
     )
     path = folder.write_export(waited.export, "intruders")
     if waited.stopped:

@@ -566,3 +566,37 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
     )
     assert accepted == 9 * 3  # every HIT at its overlap, none paid twice
     assert summary.cost.spent == pytest.approx(0.8 + 1.0 - left, abs=1e-6)
+
+
+def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, config, monkeypatch):
+    """`budget.fee_rate: 0.0` where the platform takes 30%: the evaluation is estimated at Toloka's
+    price (1.3x the config's), and its spend guard multiplied that estimate by 1.3 again. With a
+    budget that covers the evaluation (a user's: $13.00 of work, $13.68 left), the guard counted
+    1.69x the config's price as the worst case, watched every poll and closed the pool at 96%:
+    the run failed and asked for a higher max_spend it did not need."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.toloka_api import RunRegistry
+
+    settings = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, speed=600.0)
+    with run_in_background(settings) as running:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
+        params = _params(config, "faults-intruder-price", toloka={"environment": "local", "url": running.url})
+        cheap = {"fee_rate": 0.0, "max_spend": 10.0}
+        params = params.model_copy(update={"budget": params.budget.model_copy(update=cheap)})
+        crowdclust_pipeline(params)  # the labelling, paid at Toloka's price
+        labelling = RunRegistry(_client(running), "faults-intruder-price").spent()
+        evaluation = {"enabled": True, "n_hits": 20, "images_per_hit": 3, "overlap": 2, "reward": 0.02}
+        estimate = round(20 * 2 * 0.02 * 1.3, 4)  # $1.04 at Toloka's price; the guard took $1.35
+        budget_ = {"fee_rate": 0.0, "max_spend": round(labelling + estimate + 0.06, 2)}
+        params = params.model_copy(
+            update={
+                "intruders": params.intruders.model_copy(update=evaluation),
+                "budget": params.budget.model_copy(update=budget_),
+            }
+        )
+        summary = crowdclust_pipeline(params)  # no SpendGuardStopped: the budget covers it
+        pools = _objects(running, "faults-intruder-price")["pools"]
+        intruder_pool = next(pool for role, pool in pools.items() if role.startswith("intruders-pool-"))
+    assert intruder_pool.last_close_reason.value == "COMPLETED"
+    assert summary.intruders is not None and summary.intruders.n_assignments == 20 * 2
+    assert summary.cost.spent <= budget_["max_spend"]
