@@ -313,12 +313,21 @@ def finish_in_hand(
     wait ends at that limit (on the platform's clock) at the latest.
     """
     limit = float(client.get_pool(pool_id).assignment_max_duration_seconds or 600)
-    clock = PlatformClock(client)
+    clock, told = PlatformClock(client), False
     while True:
         left = count_assignments(client, pool_id, PENDING_AUTO)
         waited, frozen = clock.read()
         if left == 0 or frozen or waited >= limit:
             return left
+        if not told:  # one line: on Toloka this wait can last many minutes
+            told = True
+            get_run_logger().info(
+                "pool %s: waiting for the %s workers took before the stop (they are paid when "
+                "submitted; at most the pool's %s for an assignment)",
+                pool_id,
+                counted(left, "answer"),
+                _duration(limit),
+            )
         sleep(period)
 
 
