@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pandas as pd
@@ -49,6 +49,17 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+def image_address(url: str) -> str:
+    """What a web server sees of an image URL: two rows whose URLs differ only in the scheme
+    (http/https), the host's case, a default port, percent-encoding or a `#fragment` (never sent)
+    name one picture, which the crowd would be paid to see and group as two."""
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    query = f"?{unquote(parts.query)}" if parts.query else ""
+    return f"{(parts.hostname or '').lower()}{port}{unquote(parts.path)}{query}"
+
+
 def _lines(lines: list[int], most: int = 5) -> str:
     """`2, 5, 9` or `2, 5, 9, 11, 12 and 3 more`: lines a message names without running on."""
     shown = ", ".join(map(str, lines[:most]))
@@ -70,7 +81,7 @@ def read_dataset(path: Path | str) -> Dataset:
     that have one (the run's summary says how many), where a few blank cells used to stop the whole
     run with dropping the column as the only way on. Warned of: the blank cells; a file with columns
     but none read as the truth (a `Label` column would silently give no scores); the same image
-    under `http://` and `https://`, which the crowd would see twice as two images.
+    under two spellings of its URL (`image_address`), which the crowd would see twice as two images.
     """
     table = read_table(path)
     path = table.path
@@ -78,8 +89,8 @@ def read_dataset(path: Path | str) -> Dataset:
         raise DatasetError(f"{path}: no rows")
     warnings: list[str] = []
     seen: dict[str, int] = {}
-    by_address: dict[str, int] = {}  # the URL without its scheme -> its line
-    other_scheme: list[str] = []
+    by_address: dict[str, int] = {}  # what the server sees of the URL -> its line
+    respelt: list[str] = []
     for row in table.rows:
         line, raw = row.line, row.fields[table.image]
         url = raw.strip()
@@ -89,16 +100,17 @@ def read_dataset(path: Path | str) -> Dataset:
         if url in seen:
             raise DatasetError(f"{path}, line {line}: image {url} repeats line {seen[url]}")
         seen[url] = line
-        address = url.split("://", 1)[1]
+        address = image_address(url)
         if address in by_address:
-            other_scheme.append(f"line {line} repeats line {by_address[address]} ({url})")
+            respelt.append(f"line {line} repeats line {by_address[address]} ({url})")
         else:
             by_address[address] = line
-    if other_scheme:
+    if respelt:
         warnings.append(
-            f"{path}: the same image under http:// and https://, which the crowd would see and group "
-            f"as two images: {'; '.join(other_scheme[:3])}"
-            + (f"; and {len(other_scheme) - 3} more" if len(other_scheme) > 3 else "")
+            f"{path}: the same image under two spellings of its URL (http:// and https://, the host's "
+            "case, a default port, %-encoding or a #fragment), which the crowd would see and group as "
+            f"two images: {'; '.join(respelt[:3])}"
+            + (f"; and {len(respelt) - 3} more" if len(respelt) > 3 else "")
             + ". Keep one row of each"
         )
     frame = pd.DataFrame({"image": table.images()})

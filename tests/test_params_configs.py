@@ -517,12 +517,25 @@ def test_scores_over_part_of_the_images_say_so():
     assert truth_share(None, 82) == ""
 
 
-def test_the_same_image_under_http_and_https_is_warned_of_naming_both_lines(tmp_path):
+def test_the_same_image_under_two_spellings_of_its_url_is_warned_of_naming_both_lines(tmp_path):
+    """A server sees one picture behind each pair; the crowd would be paid to group it as two."""
     path = tmp_path / "data.tsv"
-    path.write_text("image\nhttps://x/a.png\nhttp://x/b.png\n\nhttp://x/a.png\n")
+    rows = [
+        "https://x/a.png",
+        "http://x/b.png",
+        "",
+        "http://x/a.png",  # the scheme
+        "https://CDN.example.com:443/c%20d.png",
+        "https://cdn.example.com/c d.png#zoom",  # host case, default port, %-encoding, fragment
+        "https://cdn.example.com:8443/c d.png",  # another port: another server
+        "https://cdn.example.com/c d.png?v=2",  # a query the server may answer differently
+    ]
+    path.write_text("image\n" + "\n".join(rows) + "\n")
     (warning,) = read_dataset(path).warnings
-    assert "the same image under http:// and https://" in warning
+    assert "the same image under two spellings of its URL" in warning
     assert "line 5 repeats line 2 (http://x/a.png)" in warning
+    assert "line 7 repeats line 6 (https://cdn.example.com/c d.png#zoom)" in warning
+    assert "line 8" not in warning and "line 9" not in warning
 
 
 def test_seed_dataset_header_is_accepted(tmp_path):
