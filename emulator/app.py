@@ -436,6 +436,11 @@ def _control_routes(app: FastAPI, emu: Emulator, faults: Faults, limiter: RateLi
         require_admin(request)
         return {"sim_time": emu.advance(seconds)}
 
+    @app.post("/_emulator/top-up")
+    async def top_up(request: Request, amount: float) -> Any:
+        require_admin(request)
+        return {"balance": emu.top_up(amount)}
+
     @app.post("/_emulator/config")
     async def config(
         request: Request,

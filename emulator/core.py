@@ -8,6 +8,7 @@ crowd as of "now"), then acts, then flushes state to SQLite. Routes (`app.py`) o
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -43,6 +44,7 @@ MAX_OPERATIONS = 20_000  # finished operations kept (oldest dropped first), so m
 LONG_KINDS = ("task", "suite", "assignment", "user_bonus")
 SKILL_RANGE = (0.0, 100.0)
 BONUS_RANGE = (0.01, 100.0)
+MAX_TOP_UP = 1_000_000.0  # one top-up at most (a typo of a few zeros is refused)
 CLONE_SKIPS = READ_ONLY | {"last_started", "last_stopped", "last_close_reason"}
 
 
@@ -132,6 +134,19 @@ class Emulator:
 
     def charge(self, amount: float) -> None:
         self.store.set_meta("balance", round(self.balance() - amount, 6))
+
+    def top_up(self, amount: float) -> float:
+        """Add money to the account, as a requester does in Toloka's web interface; the new balance.
+
+        A pool Toloka closed for lack of balance stays closed: the requester (the run) opens it again.
+        """
+        if not (math.isfinite(amount) and 0 < amount <= MAX_TOP_UP):
+            problem = f"amount must be above 0 and at most {MAX_TOP_UP:,.0f}"
+            raise validation({"amount": ("INVALID_VALUE", problem)})
+        with self.store.lock:
+            self.store.set_meta("balance", round(self.balance() + amount, 6))
+            self.store.flush()
+            return round(self.balance(), 4)
 
     # ---------------------------------------------------------------------------------- requester
     def requester(self) -> Doc:

@@ -283,6 +283,14 @@ def test_admin_routes_need_the_token_and_sane_values(emu, client):
         assert nan.status_code == 400
         bad_speed = raw.post("/_emulator/config", params={"speed": -1}, headers=auth)
         assert bad_speed.status_code == 400 and "speed" in bad_speed.json()["payload"]
+        before = float(client.get_requester().balance)
+        assert raw.post("/_emulator/top-up", params={"amount": 5}).status_code == 401
+        for bad in (-1, 0, "nan", 1e7):
+            refused = raw.post("/_emulator/top-up", params={"amount": bad}, headers=auth)
+            assert refused.status_code == 400 and "amount" in refused.json()["payload"], bad
+        topped = raw.post("/_emulator/top-up", params={"amount": 12.5}, headers=auth).json()
+        assert topped == {"balance": round(before + 12.5, 4)}
+        assert float(client.get_requester().balance) == pytest.approx(before + 12.5)
         assert raw.post("/api/v1/skills", json={"name": "after"}, headers=auth).status_code == 201
         bad_filter = raw.get("/api/v1/pools", params={"created_gte": "yesterday"}, headers=auth)
         body = bad_filter.json()

@@ -552,9 +552,7 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
             crowdclust_pipeline(params)
         main = _objects(running, "faults-topup")["pools"]["main-pool"]
         assert main.last_close_reason.value == "NOT_ENOUGH_BALANCE"
-        core = running.emulator
-        with core.store.lock:  # the requester tops up the account
-            core.store.set_meta("balance", round(core.balance() + 1.0, 6))
+        running.control("top-up", method="POST", amount=1.0)  # the requester tops up the account
         summary = crowdclust_pipeline(params)
         found = _objects(running, "faults-topup")
         client = _client(running)
