@@ -103,6 +103,7 @@ def evaluate_clusters(
         n_assignments=n_assignments(waited.export),
         spent=waited.spent,
         chart=intruders.bar_chart(scored, folder.intruder_chart),
+        estimate=costs.intruders,
     )
     if result.chart is not None:
         artifacts.intruder_chart(result.chart)

@@ -57,6 +57,7 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
             evaluated = evaluate_clusters(params, skill_id=labelled.ids.skill)
 
     estimate = CostEstimate.of_rounds(labelled, second)
+    estimate = None if estimate is None else estimate.with_evaluation(evaluated)
     charges = budget.pool_charges_task(params.toloka, labelled.run_key)  # read now, late ones included
     spent_after = budget.total(charges)
     exam = exam_outcome_task(params.toloka, labelled.ids, params.exam.min_skill)

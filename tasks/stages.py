@@ -13,7 +13,7 @@ Order of a run: `HitPlan` -> `CostEstimate` -> `LabellingIds` -> `LabellingWait`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,14 @@ class CostEstimate:
             return None
         main = round(sum(one.main for one in done), 4)
         return cls(main, done[-1].exam, done[-1].intruders, done[0].exam_paid)
+
+    def with_evaluation(self, evaluated: Evaluation | None) -> CostEstimate:
+        """The estimate with the intruder stage's own: made after the labelling, at the price Toloka
+        charged it, where the labelling's counted the config's (a run's summary showed intruders
+        $10.00 and "30% above the estimate" for a stage checked against $13.00)."""
+        if evaluated is None or evaluated.estimate is None:
+            return self
+        return replace(self, intruders=evaluated.estimate)
 
 
 def shown(value: float | None, spec: str = ".3f") -> str:
@@ -328,6 +336,7 @@ class Evaluation:
     n_assignments: int = 0
     spent: float | None = None
     chart: Path | None = None
+    estimate: float | None = None  # what the stage was checked against (at the price Toloka charged)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -598,3 +598,5 @@ def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, con
     assert intruder_pool.last_close_reason.value == "COMPLETED"
     assert summary.intruders is not None and summary.intruders.n_assignments == 20 * 2
     assert summary.cost.spent <= budget_["max_spend"]
+    # The run's estimate carries what the stage was checked against, not the labelling's $0.80.
+    assert summary.cost.estimate is not None and summary.cost.estimate.intruders == pytest.approx(estimate)
