@@ -242,6 +242,10 @@ def wait_guarded(client: TolokaClient, pool_id: str, **options: Any) -> tuple[Po
     warning, and the caller exports what was accepted. After a stop the answers in hand are waited
     for (`finish_in_hand`): closing a pool does not take them back, they are paid, and an export
     made at once left them out (7 of 7 answers paid in a test whose balance ran out).
+
+    The pool's figures after that wait go to `report` too: the progress artifact and the wait's
+    last line showed the poll of the stop (558 answers, $14.51) next to a reason that counted the
+    563 accepted and paid.
     """
     try:
         return wait_for_pool(client, pool_id, **options), ""
@@ -274,6 +278,9 @@ def _after_stop(client: TolokaClient, pool_id: str, stats: PoolStats, options: d
             counted(taken, "answer"),
             f"; {left} still in progress when the pool's time for an assignment ran out" if left else "",
         )
+    report = options.get("report")
+    if report is not None and final != stats:  # what was paid after the stop's poll
+        report(final)
     return final
 
 

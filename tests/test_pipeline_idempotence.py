@@ -262,6 +262,48 @@ def test_a_pool_closed_for_lack_of_balance_ends_the_wait_like_the_spend_guard(em
     assert in_hand == 0 and 0 < accepted == (stats.approved_assignments_count or 0) < 20
 
 
+def test_the_last_figures_of_a_wait_the_balance_stopped_count_the_answers_paid_after_the_stop(
+    emulator_factory,
+):
+    """After a stop the wait waits for the answers in hand and they are paid; the progress artifact
+    and the wait's last line kept the poll of the stop. A team lead's run read `97% complete, 558
+    submitted, 558 accepted, $14.51 spent` under a reason that counted 563 answers accepted, and
+    Toloka had charged for 563. The figures after that wait are reported too.
+
+    The emulator's clock stands still and each sleep of the wait moves it 3 simulated seconds: the
+    same crowd on any machine, with answers in hand at the stop."""
+    from prefect.logging import disable_run_logger
+
+    from tasks.toloka_api import count_assignments
+    from tasks.wait import wait_guarded
+    from tests.fixtures.emulator import create_project, create_simple_pool, create_suites
+    from tests.fixtures.emulator import make_client as emulator_client
+
+    with emulator_factory(speed=0.0, seed=2, balance=0.2) as emu:  # ~7 answers at $0.026
+        client = emulator_client(emu)
+        pool = create_simple_pool(client, create_project(client, "poor").id, "poor", 1)
+        create_suites(client, pool.id, [[f"{emu.url}/images/demo-shoes/s0-{i:05d}.png"] for i in range(20)])
+        client.open_pool(pool.id)
+        reported = []
+        with disable_run_logger():
+            stats, reason = wait_guarded(
+                client,
+                pool.id,
+                period=0.05,
+                timeout=120,
+                report=reported.append,
+                sleep=lambda seconds: emu.advance(3.0),
+            )
+        accepted = count_assignments(client, pool.id, ("ACCEPTED",))
+        charged = round(0.2 - float(client.get_requester().balance), 4)
+    assert "balance ran out" in reason and f"with {accepted} answer" in reason, reason
+    # answers were in hand at the stop's poll (else this test would prove nothing) ...
+    assert len(reported) >= 2 and (reported[-2].approved_assignments_count or 0) < accepted, reported
+    # ... and the last figures reported are those paid for, as the reason's
+    assert reported[-1].approved_assignments_count == accepted == stats.approved_assignments_count
+    assert reported[-1].spent_budget == pytest.approx(charged, abs=1e-6)
+
+
 def test_the_answers_beyond_the_overlap_are_read_a_page_of_thousands_at_a_time(emulator_factory, monkeypatch):
     """A resumed run at ~70,000 answers was silent for 19.5 s while it counted the answers its main
     pool holds above the overlap: toloka-kit's search pages 50 assignments at a time and builds a
