@@ -158,7 +158,8 @@ def check_balance(costs: CostEstimate, paid: float, balance: float | None) -> No
             f"the account's balance ${_apart(balance, due)} is below what this stage may still cost, "
             f"${_apart(due, balance)} (estimate ${costs.total:.2f}"
             + (f" less ${paid:.2f} paid already in its pools" if paid else "")
-            + "): top up the account on Toloka, then run the same command again. No pool was opened."
+            + "): top up the account on Toloka, then run the same command again (or Retry the flow "
+            "run). No pool was opened."
         )
 
 
@@ -385,6 +386,15 @@ class SpendGuard:
         return round(main + exams_accepted * self.exam_price * ratio, 4)
 
 
+# A Retry of a flow run keeps its parameters, so it meets the same limit (the stop is replayed):
+# a team lead on the Prefect UI pressed Retry and read the same stop again.
+NEW_RUN_NOT_RETRY = (
+    " (a Retry of the flow run keeps its max_spend and stops here again: in the Prefect UI, run the "
+    "deployment with Custom run and the same parameters but a higher budget.max_spend; the same pool "
+    "goes on)"
+)
+
+
 @dataclass
 class LiveSpend:
     """The guard's memory across the polls of one wait: what was committed at the last poll."""
@@ -420,7 +430,7 @@ class LiveSpend:
             f"spend guard: ${charged:.2f} charged and ${in_flight:.2f} in flight (+${margin:.2f} margin) "
             f"would pass the ${self.guard.limit:.2f} left of budget.max_spend ${self.guard.max_spend:.2f}; "
             "the pool was closed and its accepted answers kept. Raise budget.max_spend and run again "
-            "to finish it"
+            f"to finish it{NEW_RUN_NOT_RETRY}"
         )
 
 

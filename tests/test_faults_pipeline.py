@@ -164,6 +164,9 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     finally:
         emu.control("config", method="POST", speed=600.0)
     assert waited.stopped.startswith("spend guard:"), waited
+    # A UI user pressed Retry, which keeps max_spend and replays the stop: the way on is a new run.
+    assert "a Retry of the flow run keeps its max_spend and stops here again" in waited.stopped
+    assert "Custom run" in waited.stopped
     time.sleep(2)  # let assignments in flight at the close be submitted and accepted
     found = _objects(emu, key)
     assert str(found["pools"]["main-pool"].status.value) == "CLOSED" and not found["open"], found
@@ -525,8 +528,9 @@ def test_an_account_that_cannot_pay_the_estimate_is_refused_before_anything_open
         params = _params(config, "faults-balance", toloka={"environment": "local", "url": running.url})
         with pytest.raises(
             BalanceTooLow, match=r"balance \$0\.50 is below what this stage may still cost, \$1\.01"
-        ):
+        ) as refused:
             crowdclust_pipeline(params)
+        assert "run the same command again (or Retry the flow run)" in str(refused.value)  # UI users too
         assert _objects(running, "faults-balance")["pools"] == {}
 
 
