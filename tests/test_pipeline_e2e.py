@@ -180,7 +180,7 @@ def test_the_poll_lines_set_the_stages_spend_with_the_exams_against_the_budget(s
     assert float(found[2]) <= scenario["params"].budget.max_spend
 
 
-def test_a_resumed_runs_report_times_every_attempt(scenario):
+def test_a_resumed_runs_report_times_every_attempt(scenario, prefect_harness):
     """After a resume, the report's timings were only the last attempt's: the first attempt's wait
     for the crowd (the run's longest stage) was in no figure."""
     summary = scenario["summary"]
@@ -194,6 +194,17 @@ def test_a_resumed_runs_report_times_every_attempt(scenario):
     page = (run_dir / "report.html").read_text()
     assert "2 attempts since" in page and "The last attempt alone (s)" in page
     assert "over 2 attempts since" in describe(summary)
+    # The run's page in the UI too: its overview read "cost $31.82, 253 s." for a run stopped twice
+    # by the balance and retried (the report and the last log line said 3 attempts).
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        overviews = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["run-overview"]))
+        )
+    ours = [a for a in overviews if str(run_dir) in str(a.data)]
+    assert ours and f"{summary.wall_seconds:.0f} s over 2 attempts." in str(ours[-1].data), ours
 
 
 def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):
