@@ -67,7 +67,13 @@ def collect_labels(
     if exam_shared:
         costs = replace(costs, exam_paid=budget.exam_paid_at_start_task(params.toloka, run_key))
     covers = (budget.EXAM_POOL, main_pool_role, *(() if evaluations_behind else (budget.INTRUDER_POOLS,)))
-    before = budget.check_budget_task(params.toloka, run_key, costs, params.budget.max_spend, covers)
+    # A resumed run is checked at the price Toloka charged its main pool: what it paid already is
+    # at that price, and set against an estimate at the config's (`fee_rate` below the platform's
+    # fee) it left nothing due, so a run the balance had stopped passed the balance check with no
+    # top-up and was stopped again. The spend guard applies that price itself (`costs` as they are).
+    ratio = budget.price_ratio_seen_task(params.toloka, run_key, params)
+    checked = budget.at_price_ratio(costs, ratio, params)
+    before = budget.check_budget_task(params.toloka, run_key, checked, params.budget.max_spend, covers)
 
     if params.hits.check_images:  # before any paid object: an image nobody can see is paid for anyway
         image_check.check_images_task(
@@ -107,7 +113,7 @@ def collect_labels(
             params, ids.main_pool, folder, export_kind, stopped, STOPPED_POOL, stopped.stats
         )
         raise wait.PoolStopped(kept, stopped.reason, stopped.stats) from None
-    return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=costs, wait=waited)
+    return Labelled(run_key=run_key, ids=ids, plan=plan, estimate=checked, wait=waited)
 
 
 SLOW_POOL = "with a larger wait.timeout_seconds if the pool is slow"

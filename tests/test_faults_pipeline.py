@@ -543,9 +543,11 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
     finished under its key. Now it finishes the same pool, and the run's cost is what left the account.
 
     `budget.fee_rate: 0.0` (the platform takes 30%) lets an estimate of $0.78 pass the balance check
-    with $0.80 on the account, and the run costs about $1.00."""
+    with $0.80 on the account, and the run costs about $1.00. Run again before the top-up, it is
+    refused up front at Toloka's price (it passed: what was paid at that price left nothing due
+    against the config's estimate, and the pool opened to be stopped again)."""
     from flows.pipeline import crowdclust_pipeline
-    from tasks.budget import SpendGuardStopped
+    from tasks.budget import BalanceTooLow, SpendGuardStopped
 
     poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
     with run_in_background(poor) as running:
@@ -556,6 +558,9 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
             crowdclust_pipeline(params)
         main = _objects(running, "faults-topup")["pools"]["main-pool"]
         assert main.last_close_reason.value == "NOT_ENOUGH_BALANCE"
+        with pytest.raises(BalanceTooLow, match="top up the account"):
+            crowdclust_pipeline(params)
+        assert _objects(running, "faults-topup")["pools"]["main-pool"].status.value == "CLOSED"
         running.control("top-up", method="POST", amount=1.0)  # the requester tops up the account
         summary = crowdclust_pipeline(params)
         found = _objects(running, "faults-topup")
