@@ -94,7 +94,7 @@ def evaluate_clusters(
     )
     path = folder.write_export(waited.export, "intruders")
     if waited.stopped:
-        raise budget.SpendGuardStopped(f"{waited.stopped}; accepted answers: {path}")
+        raise budget.stopped_run(waited.stopped, path)
     scored = intruders.per_image(intruders.accuracy(waited.export, made), clusters)
     result = replace(
         scored,

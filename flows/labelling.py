@@ -210,7 +210,7 @@ def labelling(params: PipelineParams) -> Labelled:
     path = folder.write_export(export, "main")
     logger.info("raw export: %s (%d rows)", path, len(export))
     if labelled.wait.stopped:
-        raise budget.SpendGuardStopped(f"{labelled.wait.stopped}; accepted answers: {path}")
+        raise budget.stopped_run(labelled.wait.stopped, path)
     short = results.unanswered_hits(export, len(labelled.plan.hits), labelled.ids.main_pool)
     if short is not None:
         artifacts.warn_up(short)

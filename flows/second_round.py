@@ -67,7 +67,7 @@ def second_round(
     export = results.export_task(params.toloka, second.ids.main_pool, second.wait)
     path = folder.write_export(export, "second")
     if second.wait.stopped:
-        raise budget.SpendGuardStopped(f"{second.wait.stopped}; accepted answers: {path}")
+        raise budget.stopped_run(second.wait.stopped, path)
     short = results.unanswered_hits(export, len(plan.hits), second.ids.main_pool)
     if short is not None:
         artifacts.warn_up(short)

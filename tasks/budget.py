@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from prefect import get_run_logger
 
 from tasks.params import PipelineParams, TolokaTarget
 from tasks.stage import stage_task
 from tasks.stages import CostEstimate, Evaluation, Labelled, PoolStats
-from tasks.toloka_api import RunRegistry
+from tasks.toloka_api import BALANCE_CLOSE, RunRegistry
 from tasks.toloka_config import TolokaBundle, check_overlap_rules, overlap_raise
 
 INTRUDER_POOLS = "intruders-pool-"  # role prefix of intruder pools (one per evaluated clustering)
@@ -37,6 +38,19 @@ class BalanceTooLow(BudgetExceeded):
 
 class SpendGuardStopped(RuntimeError):
     """The spend guard closed the main pool before completion; what was accepted has been exported."""
+
+
+class BalanceRanOut(SpendGuardStopped):
+    """Toloka closed a pool because the account's balance ran out; what was accepted has been
+    exported. Its own name: the UI's state message read `SpendGuardStopped: Toloka closed pool 15:
+    the account's balance ran out`, as if the budget had stopped it."""
+
+
+def stopped_run(reason: str, export: Path) -> SpendGuardStopped:
+    """The error a run ends with when a wait was stopped (`reason`) and its accepted answers were
+    exported to `export`."""
+    kind = BalanceRanOut if f"({BALANCE_CLOSE})" in reason else SpendGuardStopped
+    return kind(f"{reason}; accepted answers: {export}")
 
 
 def pool_cost(suites: int, overlap: int, reward: float, fee_rate: float) -> float:

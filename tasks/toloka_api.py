@@ -310,6 +310,9 @@ def is_completed(pool: Pool) -> bool:
     return status_of(pool) == "CLOSED" and close_reason(pool) == "COMPLETED"
 
 
+BALANCE_CLOSE = "NOT_ENOUGH_BALANCE"  # Toloka's close reason when the account's balance ran out
+
+
 def closed_for_balance(client: TolokaClient, pool_id: str) -> bool:
     """Whether Toloka closed the pool because the account's balance ran out (NOT_ENOUGH_BALANCE).
 
@@ -318,7 +321,7 @@ def closed_for_balance(client: TolokaClient, pool_id: str) -> bool:
     again said to top up. Its caller runs such a wait anew (`refresh_cache`).
     """
     pool = client.get_pool(pool_id)
-    return status_of(pool) != "OPEN" and close_reason(pool) == "NOT_ENOUGH_BALANCE"
+    return status_of(pool) != "OPEN" and close_reason(pool) == BALANCE_CLOSE
 
 
 @dataclass(frozen=True)

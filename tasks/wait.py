@@ -24,6 +24,7 @@ from tasks.params import TolokaTarget
 from tasks.stage import stage_task
 from tasks.stages import ExamTotals, LabellingIds, LabellingWait, PoolStats
 from tasks.toloka_api import (
+    BALANCE_CLOSE,
     Opening,
     TolokaClient,
     answers_owed,
@@ -252,13 +253,13 @@ def wait_guarded(client: TolokaClient, pool_id: str, **options: Any) -> tuple[Po
     except SpendLimitReached as limit:
         stats, reason = _after_stop(client, pool_id, limit.stats, options), str(limit)
     except PoolStopped as stop:
-        if stop.reason != "NOT_ENOUGH_BALANCE" or stop.stats is None:
+        if stop.reason != BALANCE_CLOSE or stop.stats is None:
             raise
         # Like the guard's stop: what was bought is exported, and the same pool is finished later.
         stats = _after_stop(client, pool_id, stop.stats, options)
         answers = int(stats.approved_assignments_count or stats.submitted_assignments_count or 0)
         reason = (
-            f"Toloka closed pool {pool_id}: the account's balance ran out (NOT_ENOUGH_BALANCE) with "
+            f"Toloka closed pool {pool_id}: the account's balance ran out ({BALANCE_CLOSE}) with "
             f"{counted(answers, 'answer')} accepted; top up the account, then run the same command "
             "again (or Retry) to finish the same pool"
         )

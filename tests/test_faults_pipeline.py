@@ -547,14 +547,14 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
     refused up front at Toloka's price (it passed: what was paid at that price left nothing due
     against the config's estimate, and the pool opened to be stopped again)."""
     from flows.pipeline import crowdclust_pipeline
-    from tasks.budget import BalanceTooLow, SpendGuardStopped
+    from tasks.budget import BalanceRanOut, BalanceTooLow
 
     poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
     with run_in_background(poor) as running:
         monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
         params = _params(config, "faults-topup", toloka={"environment": "local", "url": running.url})
         params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
-        with pytest.raises(SpendGuardStopped, match="balance ran out"):
+        with pytest.raises(BalanceRanOut, match="balance ran out"):  # its own name in the UI
             crowdclust_pipeline(params)
         main = _objects(running, "faults-topup")["pools"]["main-pool"]
         assert main.last_close_reason.value == "NOT_ENOUGH_BALANCE"
