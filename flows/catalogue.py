@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_rounds
 from flows.evaluate import evaluate_clusters
-from flows.hooks import CLOSES_POOLS
+from flows.hooks import CLOSES_POOLS, overview_on_stop
 from flows.labelling import claimed, collect_labels
 from flows.run_names import CATALOGUE_FLOW
 from flows.second_round import second_round
@@ -64,6 +64,7 @@ def aggregate_pools(
 
 
 @flow(name=CATALOGUE_FLOW, **CLOSES_POOLS)
+@overview_on_stop("catalogue_key")
 @locked_run("catalogue_key")
 def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSummary:
     """Label the catalogue's new items (if any) in one round, re-cluster with all labels, evaluate.

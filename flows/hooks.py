@@ -1,4 +1,5 @@
-"""Failure, cancellation and crash hooks: close the pools and trainings the run left open.
+"""How a run ends short of completion: hooks that close the pools and trainings it left open, and
+the overview of a run a stage stopped for money (`overview_on_stop`).
 
 Stateless on purpose: the hook rebuilds the run key from the flow run's parameters and has the
 run's `RunRegistry` close every open pool/training tagged with it, so it also works for a process
@@ -10,13 +11,16 @@ Retry pressed while a crashed run's hook still closes its pools waits for the ho
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 from prefect.logging.loggers import flow_run_logger
 
 from flows.run_names import by_run_key, run_key_of
+from tasks import artifacts, budget
 from tasks.params import PipelineParams, endpoint
 from tasks.run_lock import RunKeyBusy, run_lock
 from tasks.toloka_api import TRANSIENT, MissingTokenError, RunRegistry, make_client
@@ -83,3 +87,34 @@ CLOSES_POOLS: dict[str, Any] = {
     "on_cancellation": [close_pools_hook],
     "on_crashed": [close_pools_hook],
 }
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def overview_on_stop(key: str = "resolved_run_key") -> Callable[[F], F]:
+    """Flow decorator (under `@flow`): a run a stage stopped for money (the spend guard, or the
+    account's balance run out) gets its overview artifact before it fails, with why, what the run
+    key was charged and the sub-flow runs (`artifacts.run_stopped`); the error goes on as raised.
+
+    The flow's first argument (or `params=`) is its `PipelineParams`, as for `locked_run`.
+    """
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except budget.SpendGuardStopped as stop:
+                params: PipelineParams = kwargs["params"] if "params" in kwargs else args[0]
+                run_key = getattr(params, key)
+                try:
+                    charged: float | None = budget.total(budget.pool_charges_task(params.toloka, run_key))
+                except Exception:  # the stop is the news; a failed read must not replace it
+                    charged = None
+                artifacts.run_stopped(str(stop), run_key, charged)
+                raise
+
+        return run  # type: ignore[return-value]
+
+    return wrap

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_export
 from flows.evaluate import evaluate_clusters
-from flows.hooks import CLOSES_POOLS
+from flows.hooks import CLOSES_POOLS, overview_on_stop
 from flows.labelling import labelling
 from flows.second_round import second_round
 from tasks import budget, export_format, report
@@ -25,6 +25,7 @@ from tasks.stages import Cost, CostEstimate, RunSummary, SecondRound
 
 
 @flow(name="crowdclust-pipeline", **CLOSES_POOLS)
+@overview_on_stop()
 @locked_run()
 def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     """Cluster `params.dataset` with the crowd end to end; returns the summary (also in summary.json)."""

@@ -324,16 +324,42 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
         lines += ["", f"Second round: {again}."]
     if summary.aggregation.recheck is not None:
         lines += ["", f"Images to show again: {summary.aggregation.recheck}."]
+    lines += _sub_flow_table()
+    create_markdown_artifact(key="run-overview", markdown="\n".join(lines), description="the whole run")
+
+
+def _sub_flow_table() -> list[str]:
+    """The current flow run's sub-flow runs as a markdown table with links (nothing without any)."""
     runs = sub_flow_runs()
-    if runs:
-        lines += ["", "| sub-flow | run | state |", "|---|---|---|"]
-        for flow_name, run_name, state, url in runs:
-            run_cell = f"[{name_text(run_name)}]({url})" if url else name_text(run_name)
-            lines.append(f"| {name_text(flow_name)} | {run_cell} | {name_text(state)} |")
+    if not runs:
+        return []
+    lines = ["", "| sub-flow | run | state |", "|---|---|---|"]
+    for flow_name, run_name, state, url in runs:
+        run_cell = f"[{name_text(run_name)}]({url})" if url else name_text(run_name)
+        lines.append(f"| {name_text(flow_name)} | {run_cell} | {name_text(state)} |")
+    return [
+        *lines,
+        "",
+        "Poll and progress lines are in the labelling and intruder runs (and in this run's logs).",
+    ]
+
+
+def run_stopped(reason: str, run_key: str, charged: float | None) -> None:
+    """The parent run's overview when a stage stopped for money (the spend guard, or the account's
+    balance run out): why, what the run key has been charged, what to do, and the sub-flow runs.
+
+    The run page of a team lead whose balance ran out read "This run did not produce any
+    artifacts" after $18.54 had been paid and the answers exported: the progress and the export
+    were only on the labelling sub-flow's page.
+    """
+    lines = [f"**Stopped before the end**: {literal(reason)}"]
+    if charged is not None:
         lines += [
             "",
-            "Poll and progress lines are in the labelling and intruder runs (and in this run's logs).",
+            f"Charged so far under run key {literal(run_key)}: ${charged:.2f}. The accepted answers "
+            "are kept; going on finishes the same pools and pays nothing twice.",
         ]
+    lines += _sub_flow_table()
     create_markdown_artifact(key="run-overview", markdown="\n".join(lines), description="the whole run")
 
 

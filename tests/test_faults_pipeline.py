@@ -548,6 +548,7 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
     against the config's estimate, and the pool opened to be stopped again)."""
     from flows.pipeline import crowdclust_pipeline
     from tasks.budget import BalanceRanOut, BalanceTooLow
+    from tasks.toloka_api import RunRegistry
 
     poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
     with run_in_background(poor) as running:
@@ -557,6 +558,12 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
         with pytest.raises(BalanceRanOut, match="balance ran out"):  # its own name in the UI
             crowdclust_pipeline(params)
         main = _objects(running, "faults-topup")["pools"]["main-pool"]
+        # The run's own page: it read "This run did not produce any artifacts" after money was paid.
+        stopped = _latest_overview()
+        charged = RunRegistry(_client(running), "faults-topup").spent()
+        assert "Stopped before the end" in stopped and "balance ran out" in stopped, stopped
+        assert f"Charged so far under run key `faults-topup`: ${charged:.2f}." in stopped, stopped
+        assert "| crowdclust-labelling |" in stopped and "Failed" in stopped, stopped
         assert main.last_close_reason.value == "NOT_ENOUGH_BALANCE"
         with pytest.raises(BalanceTooLow, match="top up the account"):
             crowdclust_pipeline(params)
@@ -609,3 +616,18 @@ def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, con
     assert summary.cost.spent <= budget_["max_spend"]
     # The run's estimate carries what the stage was checked against, not the labelling's $0.80.
     assert summary.cost.estimate is not None and summary.cost.estimate.intruders == pytest.approx(estimate)
+
+
+def _latest_overview() -> str:
+    """The text of the newest `run-overview` artifact on the Prefect server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["run-overview"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(found[0].data) if found else ""
