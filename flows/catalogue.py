@@ -45,6 +45,8 @@ from tasks.stages import (
     Cost,
     CostEstimate,
     HitPlan,
+    Labelled,
+    RoundState,
     RunSummary,
     SecondRound,
     shown,
@@ -61,6 +63,33 @@ def aggregate_pools(
     """
     frames = {pool_id: results.export_task(params.toloka, pool_id) for pool_id in pool_ids}
     return aggregate_rounds(params, list(frames.values()), folder), frames
+
+
+def stopped_round(
+    params: PipelineParams,
+    folder: RunFolder,
+    state: list[RoundState],
+    seconds: list[RoundState],
+    round_id: str,
+    labelled: Labelled,
+) -> budget.SpendGuardStopped:
+    """The error of a run whose round the spend guard or the account's balance stopped.
+
+    The round is not done: its accepted answers are exported to its folder, the rounds table shows
+    it not completed, and nothing of it is aggregated or evaluated. Before, the run went on as if
+    the round had completed: it clustered a part of the round (and cached that export for good),
+    and either ended Completed with the round shown as completed or failed in the evaluation's
+    balance check saying that no pool was opened.
+    """
+    export = results.export_task(params.toloka, labelled.ids.main_pool, labelled.wait)
+    path = folder.round(round_id).write_export(export, "main")
+    shown_state = rounds.with_round(
+        state, round_id, labelled.ids.main_pool, labelled.plan.hits, completed=False
+    )
+    artifacts.catalogue_rounds(params.catalogue_key, shown_state, None, seconds)
+    return budget.stopped_run(
+        f"catalogue round {round_id} (pool {labelled.ids.main_pool}): {labelled.wait.stopped}", path
+    )
 
 
 @flow(name=CATALOGUE_FLOW, **CLOSES_POOLS)
@@ -120,6 +149,8 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
             labelled = collect_labels(
                 params, key, plan, folder.round(round_id), role, evaluations_behind=True, exam_shared=True
             )
+        if labelled.wait.stopped:
+            raise stopped_round(params, folder, state, seconds, round_id, labelled)
         done_pools.append(labelled.ids.main_pool)
         state = rounds.with_round(state, round_id, labelled.ids.main_pool, planned)
     with clock.lap("aggregation"):

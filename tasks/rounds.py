@@ -104,19 +104,18 @@ def new_items_of(state: list[RoundState], round_id: str) -> int:
 
 
 def with_round(
-    state: list[RoundState], round_id: str, pool_id: str, plan: list[list[str]]
+    state: list[RoundState], round_id: str, pool_id: str, plan: list[list[str]], completed: bool = True
 ) -> list[RoundState]:
-    """`state` once this run's round pool completed with the HITs of `plan`.
+    """`state` once this run's round pool completed (or, `completed=False`, stopped) with the HITs
+    of `plan`.
 
     Saves listing every suite of every round pool a second time just to show the table again.
     """
     items = tuple(sorted({x for h in plan for x in h}))
     if any(entry.pool_id == pool_id for entry in state):
-        return [
-            replace(entry, round=round_id, completed=True, items=items) if entry.pool_id == pool_id else entry
-            for entry in state
-        ]
-    return [*state, RoundState(pool_id=pool_id, round=round_id, completed=True, created="", items=items)]
+        done = {"round": round_id, "completed": completed, "items": items}
+        return [replace(entry, **done) if entry.pool_id == pool_id else entry for entry in state]
+    return [*state, RoundState(pool_id=pool_id, round=round_id, completed=completed, created="", items=items)]
 
 
 def pick_anchors(clusters: pd.Series, n_hits: int, per_hit: int, rng: np.random.Generator) -> list[list[str]]:

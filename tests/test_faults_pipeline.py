@@ -582,6 +582,54 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
     assert summary.cost.spent == pytest.approx(0.8 + 1.0 - left, abs=1e-6)
 
 
+def test_a_catalogue_round_the_balance_stopped_fails_and_a_top_up_finishes_its_pool(
+    prefect_harness, config, monkeypatch
+):
+    """A growing catalogue's round whose main pool Toloka closed for lack of balance went on as if
+    it had completed: the run clustered the part of the round that was answered (and kept that
+    export cached, so the round's later answers never reached the clusters), showed the round as
+    completed in its rounds table and ended Completed (or, with an evaluation, failed in its
+    balance check saying that no pool was opened). Now the run fails as a single run does, the
+    rounds table shows the round not completed, nothing of it is clustered, and after a top-up the
+    same deployment run finishes the same pool and clusters all of its answers.
+
+    `budget.fee_rate: 0.0` lets an estimate of $0.78 pass the balance check with $0.80 on the
+    account, as in the single run's test above."""
+    from flows.catalogue import cluster_catalogue
+    from tasks.budget import BalanceRanOut
+    from tasks.rounds import ROUND_ROLE
+
+    key = "faults-catalogue-topup"
+    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
+    with run_in_background(poor) as running:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
+        params = _params(config, key, toloka={"environment": "local", "url": running.url})
+        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+        with pytest.raises(BalanceRanOut, match=r"catalogue round \w+ \(pool \d+\): .*balance ran out"):
+            cluster_catalogue(params)
+        pools = _objects(running, key)["pools"]
+        role = next(role for role in pools if role.startswith(ROUND_ROLE))
+        stopped = pools[role]
+        assert stopped.last_close_reason.value == "NOT_ENOUGH_BALANCE"
+        assert "Stopped before the end" in _latest_artifact("run-overview")
+        table = _latest_artifact("catalogue-rounds")
+        row = f"| {role[len(ROUND_ROLE) :]} | {stopped.id} | "
+        assert row in table and "| not completed |" in table, table
+        assert not list(params.runs_dir.glob(f"*{key}*/clusters.csv"))  # no part of a round clustered
+        assert list(params.runs_dir.glob(f"*{key}*/rounds/*/assignments_main.tsv"))  # what was paid, kept
+        running.control("top-up", method="POST", amount=1.0)
+        summary = cluster_catalogue(params)
+        client = _client(running)
+        left = float(client.get_requester().balance)
+        found = _objects(running, key)["pools"]
+        accepted = len(list(client.get_assignments(pool_id=stopped.id, status="ACCEPTED")))
+    assert sorted(found) == sorted(["exam-pool", role]) and found[role].id == stopped.id
+    assert found[role].last_close_reason.value == "COMPLETED"
+    assert accepted == summary.aggregation.n_assignments == 9 * 3  # every answer clustered, none paid twice
+    assert summary.catalogue.round_pools == (str(stopped.id),)
+    assert summary.cost.by_run_key == pytest.approx(0.8 + 1.0 - left, abs=1e-6)
+
+
 def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, config, monkeypatch):
     """`budget.fee_rate: 0.0` where the platform takes 30%: the evaluation is estimated at Toloka's
     price (1.3x the config's), and its spend guard multiplied that estimate by 1.3 again. With a
@@ -620,13 +668,18 @@ def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, con
 
 def _latest_overview() -> str:
     """The text of the newest `run-overview` artifact on the Prefect server."""
+    return _latest_artifact("run-overview")
+
+
+def _latest_artifact(key: str) -> str:
+    """The text of the newest artifact `key` on the Prefect server."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["run-overview"])),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
             sort=ArtifactSort.CREATED_DESC,
             limit=1,
         )
