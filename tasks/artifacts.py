@@ -474,7 +474,8 @@ def catalogue_rounds(
     """
     lines = ["| round | pool | images shown | of them new | status |", "|---|---|---|---|---|"]
     seen: set[str] = set()
-    for entry in sorted(state, key=lambda one: (one.created, one.pool_id)):
+    # The round this run labelled has no creation time (`rounds.with_round`): it is the newest.
+    for entry in sorted(state, key=lambda one: (not one.created, one.created, one.pool_id)):
         new = sum(item not in seen for item in entry.items)
         seen.update(entry.items)
         after = [(f"{entry.round}, second round", one, 0) for one in seconds if one.round == entry.round]

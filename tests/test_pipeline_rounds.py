@@ -89,3 +89,21 @@ def test_the_rounds_table_puts_each_second_round_under_its_round(monkeypatch):
         "| r1, second round | p3 | 12 | 0 | not completed |",
         "| r2 | p2 | 28 | 23 | completed |",
     ]
+
+
+def test_the_round_this_run_labelled_is_the_last_row_of_the_rounds_table(monkeypatch):
+    """The round a run has just labelled is not in Toloka's listing read at its start, so it has no
+    creation time (`with_round`): it sorted first and counted its anchors as new, and the rounds
+    before it as mostly old (a user's second round read '208 of them new' for 100 new images, and
+    the first round '192 of 300'), on the page of exactly the run that labelled it."""
+    from tasks import artifacts
+
+    tables: list[str] = []
+    monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda **kw: tables.append(kw["markdown"]))
+    first = RoundState("p1", "r1", True, "2026-12-05T11:33:35", tuple(OLD))
+    plan = plan_round(NEW, CLUSTERS, PARAMS, seed=0, anchors_per_hit=3)
+    state = with_round([first], "r2", "p2", plan)
+    artifacts.catalogue_rounds("cat", state, "r2")
+    shown = len({x for hit in plan for x in hit})
+    rows = [line for line in tables[0].splitlines() if line.startswith("| r")][1:]
+    assert rows == ["| r1 | p1 | 60 | 60 | completed |", f"| r2 | p2 | {shown} | {len(NEW)} | completed |"]
