@@ -129,6 +129,18 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         len(set(catalogue) & clustered),
         len(new_items),
     )
+    resumed = rounds.round_to_resume(state, clustered, set(catalogue))
+    if resumed is not None and len(resumed[1]) < len(new_items):
+        # A stopped round goes on in its own pool; the images added since wait for the next run.
+        logger.warning(
+            "catalogue %s: round %s stopped before it completed; this run finishes its pool (%d new "
+            "images) and the %d images added since are labelled by the next run",
+            key,
+            resumed[0],
+            len(resumed[1]),
+            len(new_items) - len(resumed[1]),
+        )
+        new_items = resumed[1]
 
     labelled = None
     round_id = None

@@ -86,6 +86,30 @@ def round_to_follow(state: list[RoundState], seconds: list[RoundState], share: f
     return latest if share > 0 and not followed else None
 
 
+def round_to_resume(
+    state: list[RoundState], clustered: set[str], catalogue: set[str]
+) -> tuple[str, list[str]] | None:
+    """The oldest round pool that did not complete and can go on as planned, with its new items.
+
+    A round's new items are the items of its pool not clustered yet; while they are what made its
+    key and all still in the catalogue, the round's plan (and so its pool and HITs) comes out the
+    same, so the pool goes on where it stopped. Without this, a round the budget or the balance
+    stopped was given up as soon as images were added: its items went into a new round with the
+    added ones, paid again, and its paid answers were never clustered.
+
+    >>> stopped = RoundState("p2", round_key(["x", "y"]), False, "t2", ("a", "x", "y"))
+    >>> round_to_resume([stopped], {"a"}, {"a", "x", "y", "z"})
+    ('9ab9de25768a', ['x', 'y'])
+    >>> round_to_resume([stopped], {"a"}, {"a", "x", "z"}) is None  # y was removed from the file
+    True
+    """
+    for entry in state:
+        items = sorted(set(entry.items) - clustered)
+        if not entry.completed and items and round_key(items) == entry.round and set(items) <= catalogue:
+            return entry.round, items
+    return None
+
+
 def new_items_of(state: list[RoundState], round_id: str) -> int:
     """How many items round `round_id` brought: its items less those of the completed rounds before it.
 

@@ -630,6 +630,51 @@ def test_a_catalogue_round_the_balance_stopped_fails_and_a_top_up_finishes_its_p
     assert summary.cost.by_run_key == pytest.approx(0.8 + 1.0 - left, abs=1e-6)
 
 
+def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
+    prefect_harness, config, monkeypatch, tmp_path
+):
+    """The balance stopped a catalogue's round; before the next nightly run, the account was topped
+    up and images were added to the file. That run gave the stopped round up: its 30 images and the
+    10 new ones made a new round in a new pool, paid again, and the stopped pool's paid answers were
+    never clustered. Now the run finishes the stopped round's pool (a warning says the added images
+    wait), and the next run labels only the added images, in a round of their own."""
+    from emulator import write_catalogue
+    from flows.catalogue import cluster_catalogue
+    from tasks.budget import BalanceRanOut
+    from tasks.rounds import ROUND_ROLE
+
+    key = "faults-catalogue-grown"
+    write_catalogue("demo-shoes", tmp_path / "all.tsv", size=40, seed=0)
+    lines = (tmp_path / "all.tsv").read_text().splitlines()
+    dataset = tmp_path / "catalogue.tsv"
+    dataset.write_text("\n".join(lines[:31]) + "\n")
+    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=40, balance=0.8)
+    with run_in_background(poor) as running:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
+        target = {"environment": "local", "url": running.url}
+        params = _params(config, key, toloka=target, dataset=str(dataset))
+        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+        with pytest.raises(BalanceRanOut):
+            cluster_catalogue(params)
+        stopped = next(
+            pool for role, pool in _objects(running, key)["pools"].items() if role.startswith(ROUND_ROLE)
+        )
+        dataset.write_text("\n".join(lines) + "\n")  # 10 images added before the next run
+        running.control("top-up", method="POST", amount=2.0)
+        finished = cluster_catalogue(params)
+        rounds_then = {r: p for r, p in _objects(running, key)["pools"].items() if r.startswith(ROUND_ROLE)}
+        client = _client(running)
+        answers = len(list(client.get_assignments(pool_id=stopped.id, status="ACCEPTED")))
+        grown = cluster_catalogue(params)
+        rounds_now = {r: p for r, p in _objects(running, key)["pools"].items() if r.startswith(ROUND_ROLE)}
+    assert [p.id for p in rounds_then.values()] == [stopped.id], rounds_then  # no second pool for them
+    assert rounds_then[next(iter(rounds_then))].last_close_reason.value == "COMPLETED"
+    assert finished.catalogue.new_items == 30 and finished.catalogue.round_pools == (str(stopped.id),)
+    assert answers == finished.aggregation.n_assignments == 9 * 3  # none paid twice, all clustered
+    assert grown.catalogue.new_items == 10 and len(rounds_now) == 2
+    assert grown.aggregation.n_assignments > finished.aggregation.n_assignments
+
+
 def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, config, monkeypatch):
     """`budget.fee_rate: 0.0` where the platform takes 30%: the evaluation is estimated at Toloka's
     price (1.3x the config's), and its spend guard multiplied that estimate by 1.3 again. With a
