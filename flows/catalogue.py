@@ -57,11 +57,17 @@ from tasks.toloka_api import resolve_token
 def aggregate_pools(
     params: PipelineParams, pool_ids: list[str], folder: RunFolder
 ) -> tuple[Aggregated, dict[str, pd.DataFrame]]:
-    """Cluster the concatenated accepted answers of `pool_ids` (completed pools: exports are final).
+    """Cluster the concatenated accepted answers of `pool_ids` (completed pools).
 
-    Also returns pool id -> its export.
+    Also returns pool id -> its export. Each export is keyed by its pool's analytics now, not by
+    the pool id alone: a round pool exported before it completed (a run that went on after the
+    balance stopped the round) was served that part for good, and the 95 answers its pool got
+    after a top-up never reached the clusters (16 images left out of `clusters.csv`).
     """
-    frames = {pool_id: results.export_task(params.toloka, pool_id) for pool_id in pool_ids}
+    frames = {
+        pool_id: results.export_task(params.toloka, pool_id, results.pool_now_task(params.toloka, pool_id))
+        for pool_id in pool_ids
+    }
     return aggregate_rounds(params, list(frames.values()), folder), frames
 
 

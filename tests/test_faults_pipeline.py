@@ -675,6 +675,42 @@ def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
     assert grown.aggregation.n_assignments > finished.aggregation.n_assignments
 
 
+def test_a_catalogue_round_exported_before_it_completed_is_exported_again_once_it_has(
+    prefect_harness, config, monkeypatch
+):
+    """A catalogue run that went on after the balance stopped its round (before that stop failed the
+    run) exported the round's pool with 34 of its 129 answers, keyed by the pool id alone: after the
+    top-up the pool completed, yet every later run clustered those 34 answers (ARI 0.84, 16 images
+    left out of clusters.csv). The export is now keyed by the pool's analytics as well."""
+    from prefect import flow
+
+    from flows.catalogue import cluster_catalogue
+    from tasks import results
+    from tasks.budget import BalanceRanOut
+    from tasks.rounds import ROUND_ROLE
+
+    key = "faults-catalogue-export"
+    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
+    with run_in_background(poor) as running:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
+        params = _params(config, key, toloka={"environment": "local", "url": running.url})
+        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+        with pytest.raises(BalanceRanOut):
+            cluster_catalogue(params)
+        pools = _objects(running, key)["pools"]
+        stopped = next(pool for role, pool in pools.items() if role.startswith(ROUND_ROLE))
+
+        @flow
+        def export_as_before() -> int:  # what such a run left in the cache
+            return len(results.export_task(params.toloka, str(stopped.id)))
+
+        part = export_as_before()
+        running.control("top-up", method="POST", amount=1.0)
+        summary = cluster_catalogue(params)
+    assert 0 < part < 9 * 3
+    assert summary.aggregation.n_assignments == 9 * 3
+
+
 def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, config, monkeypatch):
     """`budget.fee_rate: 0.0` where the platform takes 30%: the evaluation is estimated at Toloka's
     price (1.3x the config's), and its spend guard multiplied that estimate by 1.3 again. With a
