@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,23 @@ def config(emu, tmp_path_factory) -> Path:
 
 def _params(config: Path, key: str, **changes: Any) -> PipelineParams:
     return load_params(config, {"run_key": key, **changes})
+
+
+@contextmanager
+def _poor_account(
+    config: Path, key: str, monkeypatch: Any, size: int = 30, **changes: Any
+) -> Iterator[tuple[Any, PipelineParams]]:
+    """An emulator whose account holds $0.80, and params for it at `budget.fee_rate: 0.0` (the
+    platform takes 30%): an estimate of about $0.78 passes the balance check and the run costs about
+    $1.00, so the balance runs out in the main pool."""
+    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=size, balance=0.8)
+    with run_in_background(poor) as running:
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
+        params = _params(config, key, toloka={"environment": "local", "url": running.url}, **changes)
+        yield (
+            running,
+            params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})}),
+        )
 
 
 def _client(emu: Any) -> TolokaClient:
@@ -550,11 +569,7 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
     from tasks.budget import BalanceRanOut, BalanceTooLow
     from tasks.toloka_api import RunRegistry
 
-    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
-    with run_in_background(poor) as running:
-        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
-        params = _params(config, "faults-topup", toloka={"environment": "local", "url": running.url})
-        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+    with _poor_account(config, "faults-topup", monkeypatch) as (running, params):
         with pytest.raises(BalanceRanOut, match="balance ran out"):  # its own name in the UI
             crowdclust_pipeline(params)
         main = _objects(running, "faults-topup")["pools"]["main-pool"]
@@ -600,11 +615,7 @@ def test_a_catalogue_round_the_balance_stopped_fails_and_a_top_up_finishes_its_p
     from tasks.rounds import ROUND_ROLE
 
     key = "faults-catalogue-topup"
-    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
-    with run_in_background(poor) as running:
-        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
-        params = _params(config, key, toloka={"environment": "local", "url": running.url})
-        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+    with _poor_account(config, key, monkeypatch) as (running, params):
         with pytest.raises(BalanceRanOut, match=r"catalogue round \w+ \(pool \d+\): .*balance ran out"):
             cluster_catalogue(params)
         pools = _objects(running, key)["pools"]
@@ -648,12 +659,7 @@ def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
     lines = (tmp_path / "all.tsv").read_text().splitlines()
     dataset = tmp_path / "catalogue.tsv"
     dataset.write_text("\n".join(lines[:31]) + "\n")
-    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=40, balance=0.8)
-    with run_in_background(poor) as running:
-        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
-        target = {"environment": "local", "url": running.url}
-        params = _params(config, key, toloka=target, dataset=str(dataset))
-        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+    with _poor_account(config, key, monkeypatch, size=40, dataset=str(dataset)) as (running, params):
         with pytest.raises(BalanceRanOut):
             cluster_catalogue(params)
         stopped = next(
@@ -690,11 +696,7 @@ def test_a_catalogue_round_exported_before_it_completed_is_exported_again_once_i
     from tasks.rounds import ROUND_ROLE
 
     key = "faults-catalogue-export"
-    poor = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, balance=0.8)
-    with run_in_background(poor) as running:
-        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
-        params = _params(config, key, toloka={"environment": "local", "url": running.url})
-        params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+    with _poor_account(config, key, monkeypatch) as (running, params):
         with pytest.raises(BalanceRanOut):
             cluster_catalogue(params)
         pools = _objects(running, key)["pools"]
