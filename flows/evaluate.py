@@ -20,8 +20,9 @@ from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
 from tasks.stages import Evaluation
-from tasks.toloka_api import RunRegistry, closed_for_balance, make_client
+from tasks.toloka_api import RunRegistry, make_client
 from tasks.toloka_config import Placeholders, load_bundle
+from tasks.wait import waits_again_after_top_up
 
 
 def labelling_skill(params: PipelineParams) -> str:
@@ -80,9 +81,10 @@ def evaluate_clusters(
 
     values = Placeholders.of(params).with_skill(skill)
     ids = intruders.setup_intruders_task(params.toloka, run_key, bundle, values, made)
-    # After a top-up the wait that ended for lack of balance is run again, not served from the cache.
-    topped_up = closed_for_balance(make_client(params.toloka), ids.pool)
-    waited = intruders.wait_intruders_task.with_options(retries=params.wait.retries, refresh_cache=topped_up)(
+    waiting = waits_again_after_top_up(
+        intruders.wait_intruders_task, params.toloka, ids.pool, params.wait.retries
+    )
+    waited = waiting(
         params.toloka,
         ids,
         params.wait.period(params.toloka.environment),

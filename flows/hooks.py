@@ -22,7 +22,7 @@ from prefect.logging.loggers import flow_run_logger
 from flows.run_names import by_run_key, run_key_of
 from tasks import artifacts, budget
 from tasks.params import PipelineParams, endpoint
-from tasks.run_lock import RunKeyBusy, run_lock
+from tasks.run_lock import RunKeyBusy, flow_params, run_lock
 from tasks.toloka_api import TRANSIENT, MissingTokenError, RunRegistry, make_client
 
 
@@ -106,7 +106,7 @@ def overview_on_stop(key: str = "resolved_run_key") -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except budget.SpendGuardStopped as stop:
-                params: PipelineParams = kwargs["params"] if "params" in kwargs else args[0]
+                params = flow_params(args, kwargs)
                 run_key = getattr(params, key)
                 try:
                     charged: float | None = budget.total(budget.pool_charges_task(params.toloka, run_key))

@@ -22,7 +22,6 @@ from tasks.toloka_api import (
     POOL_LIFETIME,
     Opening,
     close_all,
-    closed_for_balance,
     count_assignments,
     make_client,
     probe,
@@ -87,10 +86,11 @@ def collect_labels(
     setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits)
     period = params.wait.period(params.toloka.environment)
     export_kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role  # its file's name
-    # After a top-up the wait that ended for lack of balance is run again, not served from the cache.
-    topped_up = closed_for_balance(make_client(params.toloka), ids.main_pool)
+    waiting = wait.waits_again_after_top_up(
+        wait.wait_labelling_task, params.toloka, ids.main_pool, params.wait.retries
+    )
     try:
-        waited = wait.wait_labelling_task.with_options(retries=params.wait.retries, refresh_cache=topped_up)(
+        waited = waiting(
             params.toloka,
             ids,
             bundle,

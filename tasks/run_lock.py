@@ -251,6 +251,11 @@ def run_lock(target: TolokaTarget, run_key: str, closing: bool = False) -> Itera
         handle.close()  # closing the descriptor releases the flock
 
 
+def flow_params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> PipelineParams:
+    """A flow's `PipelineParams`: its first argument, or `params=` (the decorators' convention)."""
+    return kwargs["params"] if "params" in kwargs else args[0]
+
+
 def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
     """Flow decorator (under `@flow`): hold the lock of `params.<key>` for the whole flow run.
 
@@ -266,7 +271,7 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
         def run(*args: Any, **kwargs: Any) -> Any:
             from tasks.toloka_api import TRANSIENT, stopped_answering  # toloka-kit: only once a flow runs
 
-            params: PipelineParams = kwargs["params"] if "params" in kwargs else args[0]
+            params = flow_params(args, kwargs)
             with run_lock(params.toloka, getattr(params, key)):
                 try:
                     return fn(*args, **kwargs)

@@ -13,9 +13,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
-from prefect import get_run_logger
+from prefect import Task, get_run_logger
 
 from tasks.artifacts import ProgressReporter, counted, warn_up
 from tasks.budget import LiveSpend, SpendGuard
@@ -30,6 +30,7 @@ from tasks.toloka_api import (
     answers_owed,
     close_all,
     close_reason,
+    closed_for_balance,
     count_assignments,
     is_completed,
     make_client,
@@ -50,6 +51,7 @@ FROZEN_SECONDS = 3.0  # a platform clock that has not moved for this long stands
 MAX_REOPENINGS = 5  # times a pool is reopened (exam pool after the wait; main pool with answers owed)
 SLOW_GATING_SECONDS = 10.0  # a gating tick this long says what it did (hundreds of exams under a rate limit)
 log = logging.getLogger(__name__)
+T = TypeVar("T", bound=Task[..., Any])
 CODE = ("tasks.budget", "tasks.exam", "tasks.toloka_api", "tasks.toloka_config")
 
 
@@ -337,6 +339,14 @@ def finish_in_hand(
                 _duration(limit),
             )
         sleep(period)
+
+
+def waits_again_after_top_up(task: T, target: TolokaTarget, pool_id: str, retries: int) -> T:
+    """`task` (a wait on `pool_id`) with `retries`, run anew instead of served from the stage cache
+    when Toloka closed the pool for lack of balance: nothing a top-up changes is in the wait's cache
+    key, and after a $20 top-up the same command was handed the cached stop and told to top up again.
+    """
+    return task.with_options(retries=retries, refresh_cache=closed_for_balance(make_client(target), pool_id))
 
 
 def drain_exams(
