@@ -66,7 +66,7 @@ def collect_labels(
     if exam_shared:
         costs = replace(costs, exam_paid=budget.exam_paid_at_start_task(params.toloka, run_key))
     covers = (budget.EXAM_POOL, main_pool_role, *(() if evaluations_behind else (budget.INTRUDER_POOLS,)))
-    # A resumed run is checked at the price Toloka charged its main pool: what it paid already is
+    # A resumed run is checked at the price Toloka charged its labelling pools: what it paid already is
     # at that price, and set against an estimate at the config's (`fee_rate` below the platform's
     # fee) it left nothing due, so a run the balance had stopped passed the balance check with no
     # top-up and was stopped again. The spend guard applies that price itself (`costs` as they are).

@@ -219,16 +219,27 @@ def with_answers_beyond(
 
 @stage_task(name="price-seen", toloka=True, cache=False)
 def price_ratio_seen_task(target: TolokaTarget, run_key: str, params: PipelineParams) -> float:
-    """What Toloka charged per accepted answer of the run key's main pool over the config's price
-    (>= 1; 1 when nothing was accepted yet), as the labelling's spend guard measures it."""
+    """What Toloka charged per accepted answer of the run key's labelling pools over the config's
+    price (>= 1; 1 when nothing was accepted yet), as the labelling's spend guard measures it.
+
+    Every pool paid `hits.reward` counts (a single run's main pool, a catalogue's rounds, second
+    rounds): the platform's fee is the key's, not one pool's. Reading the single run's `main-pool`
+    only, a catalogue round stopped for lack of balance under `budget.fee_rate: 0.0` was checked at
+    the config's price when it resumed, as a single run was before it was checked at Toloka's.
+    """
+    from tasks.second_round import SECOND_ROUND_POOL
+    from tasks.setup import MAIN_POOL  # a catalogue's rounds are MAIN_POOL-<round>
     from tasks.toloka_api import pool_stats
 
     registry = RunRegistry.connect(target, run_key)
-    pool = registry.pools().get("main-pool")
-    if pool is None:
-        return 1.0
-    price = params.hits.reward * (1.0 + params.budget.fee_rate)
-    return price_ratio(pool_stats(registry.client, str(pool.id)), price)
+    labelling = (MAIN_POOL, SECOND_ROUND_POOL)  # role prefixes of the pools paid hits.reward
+    pools = [pool for role, pool in sorted(registry.pools().items()) if role.startswith(labelling)]
+    polled = [pool_stats(registry.client, str(pool.id)) for pool in pools]
+    paid = PoolStats(
+        approved_assignments_count=sum(stats.approved_assignments_count or 0 for stats in polled),
+        spent_budget=sum(stats.spent_budget or 0.0 for stats in polled),
+    )
+    return price_ratio(paid, params.hits.reward * (1.0 + params.budget.fee_rate))
 
 
 def at_price_ratio(costs: CostEstimate, ratio: float, params: PipelineParams) -> CostEstimate:

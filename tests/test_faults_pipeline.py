@@ -611,7 +611,8 @@ def test_a_catalogue_round_the_balance_stopped_fails_and_a_top_up_finishes_its_p
     `budget.fee_rate: 0.0` lets an estimate of $0.78 pass the balance check with $0.80 on the
     account, as in the single run's test above."""
     from flows.catalogue import cluster_catalogue
-    from tasks.budget import BalanceRanOut
+    from tasks import budget
+    from tasks.budget import BalanceRanOut, BalanceTooLow
     from tasks.rounds import ROUND_ROLE
 
     key = "faults-catalogue-topup"
@@ -628,6 +629,13 @@ def test_a_catalogue_round_the_balance_stopped_fails_and_a_top_up_finishes_its_p
         assert row in table and "| not completed |" in table, table
         assert not list(params.runs_dir.glob(f"*{key}*/clusters.csv"))  # no part of a round clustered
         assert list(params.runs_dir.glob(f"*{key}*/rounds/*/assignments_main.tsv"))  # what was paid, kept
+        # The price Toloka charged the round's pool is what the key's next stage is checked at (only
+        # a single run's `main-pool` was read: a catalogue's rounds were checked at the config's).
+        assert budget.price_ratio_seen_task.fn(params.toloka, key, params) == pytest.approx(1.3, abs=0.01)
+        # Run again before the top-up: refused, nothing reopened.
+        with pytest.raises(BalanceTooLow, match="top up the account"):
+            cluster_catalogue(params)
+        assert _objects(running, key)["pools"][role].last_close_reason.value == "NOT_ENOUGH_BALANCE"
         running.control("top-up", method="POST", amount=1.0)
         summary = cluster_catalogue(params)
         client = _client(running)
