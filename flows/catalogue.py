@@ -147,6 +147,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
             len(new_items) - len(resumed[1]),
         )
         new_items = resumed[1]
+    waiting = len(set(catalogue) - clustered) - len(new_items)  # clustered by the next run
 
     labelled = None
     round_id = None
@@ -211,17 +212,18 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         run_key=key,
         ids=paid.ids if paid else None,
         coverage=labelled.plan.coverage if labelled else None,
-        catalogue=CatalogueInfo(key, len(catalogue), len(new_items), round_id, tuple(done_pools)),
+        catalogue=CatalogueInfo(key, len(catalogue), len(new_items), round_id, tuple(done_pools), waiting),
         timings=timings,
         second_round=None if second is None else SecondRound.of(second),
         attempts=attempts,
         exam=exam_outcome_task(params.toloka, paid.ids, params.exam.min_skill) if paid else None,
     )
     logger.info(
-        "catalogue %s: %s%s; %d clusters from %d pools, ARI %s, spent $%.2f this run",
+        "catalogue %s: %s%s%s; %d clusters from %d pools, ARI %s, spent $%.2f this run",
         key,
         f"round {round_id} labelled ({len(new_items)} new items)" if round_id else "no new items",
         "" if second is None else f", a second round of {len(second.plan.coverage.per_item)} images",
+        f", {waiting} images wait for the next run" if waiting else "",
         summary.clusters,
         len(done_pools),
         shown(summary.ari),

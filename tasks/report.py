@@ -252,6 +252,8 @@ def render_html(
     ]
     if data.get("catalogue_key"):
         rounds = {k: data.get(k) for k in ("catalogue_key", "n_items", "new_items", "round")}
+        if data.get("waiting"):  # in n_items, not in the clusters below
+            rounds["waiting for the next run"] = data["waiting"]
         rounds["pools aggregated"] = ", ".join(map(str, data.get("round_pools") or ()))
         parts += ["<h2>Catalogue</h2>", _table(rounds)]
     if data.get("metrics"):

@@ -423,6 +423,9 @@ class CatalogueInfo:
     new_items: int
     round: str | None
     round_pools: tuple[str, ...]
+    # Images of the file that are in no cluster yet and left for the next run: added after a round
+    # that stopped, which this run finishes first. `n_items` counts them, clusters.csv does not.
+    waiting: int = 0
 
 
 @dataclass(frozen=True)

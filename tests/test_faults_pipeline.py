@@ -676,6 +676,7 @@ def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
         dataset.write_text("\n".join(lines) + "\n")  # 10 images added before the next run
         running.control("top-up", method="POST", amount=2.0)
         finished = cluster_catalogue(params)
+        report = finished.report.read_text()  # the next run writes its own in the same folder
         rounds_then = {r: p for r, p in _objects(running, key)["pools"].items() if r.startswith(ROUND_ROLE)}
         client = _client(running)
         answers = len(list(client.get_assignments(pool_id=stopped.id, status="ACCEPTED")))
@@ -684,6 +685,10 @@ def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
     assert [p.id for p in rounds_then.values()] == [stopped.id], rounds_then  # no second pool for them
     assert rounds_then[next(iter(rounds_then))].last_close_reason.value == "COMPLETED"
     assert finished.catalogue.new_items == 30 and finished.catalogue.round_pools == (str(stopped.id),)
+    # The summary says which of its 40 images the clusters leave out for now, and the report too.
+    assert finished.catalogue.n_items == 40 and finished.catalogue.waiting == 10
+    assert "<th>waiting for the next run</th><td>10</td>" in report
+    assert grown.catalogue.waiting == 0
     assert answers == finished.aggregation.n_assignments == 9 * 3  # none paid twice, all clustered
     assert grown.catalogue.new_items == 10 and len(rounds_now) == 2
     assert grown.aggregation.n_assignments > finished.aggregation.n_assignments
