@@ -37,9 +37,9 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         key = run_key_of(flow.name, params)
         with run_lock(params.toloka, key, closing=True):
             closed = close_with_retries(RunRegistry(make_client(params.toloka, retries=1), key))
-        # A top-level run ends after its sub-flows' hooks closed their pools: "none was open" read as
-        # if nothing had been closed.
-        why = " (a sub-flow closes its own as it ends)" if flow_run.parent_task_run_id is None else ""
+        # A top-level run ends after its stages and its sub-flows' hooks closed their pools: "none
+        # was open" read as if nothing had been closed.
+        why = " (its stages and sub-flows close their own)" if flow_run.parent_task_run_id is None else ""
         closed_text = closed or f"nothing: none was left open{why}"
         log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed_text)
     except RunKeyBusy:

@@ -340,7 +340,7 @@ def _sub_flow_table() -> list[str]:
     return [
         *lines,
         "",
-        "Poll and progress lines are in the labelling and intruder runs (and in this run's logs).",
+        "Poll and progress lines are in these runs' logs and in this run's.",
     ]
 
 
