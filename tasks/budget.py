@@ -258,7 +258,7 @@ def at_price_ratio(costs: CostEstimate, ratio: float, params: PipelineParams) ->
         intruders=round(costs.intruders * ratio, 4),
     )
     get_run_logger().warning(
-        "Toloka charged %.2fx the config's price per answer in this run key's main pool "
+        "Toloka charged %.2fx the config's price per answer in this run key's labelling pools "
         "(budget.fee_rate %.2f is below the platform's fee): the estimate counts that price, %s",
         ratio,
         params.budget.fee_rate,
