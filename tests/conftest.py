@@ -29,6 +29,7 @@ LANES = {
     "tests/test_scale_service.py": "service",
     "tests/test_pipeline_e2e.py": "prefect",
     "tests/test_pipeline_topup.py": "prefect",
+    "tests/test_money_stops.py": "prefect",
     "tests/test_run_lock_hosts.py": "prefect",
     "tests/test_scale_rate_limit.py": "prefect",
 }

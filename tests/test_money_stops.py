@@ -1,0 +1,313 @@
+"""Money when a run stops for it: an account whose balance runs out, a top-up, the price Toloka
+charges, with the real flow, the real toloka-kit client and an emulator per test (each with its own
+account). Small runs: the demo catalogue at 30 images, overlap 3, one exam, no intruder evaluation.
+
+In the `prefect` lane (tests/conftest.py): the runs' pages are read back from its Prefect server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator import EmulatorSettings, run_in_background
+from tasks.params import PipelineParams, load_params
+from tests.fixtures.emulator import make_client, run_objects, small_run_config
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "money-stops-token"
+MAX_SPEND = 3.0
+
+
+@contextmanager
+def _account(
+    folder: Path,
+    key: str,
+    monkeypatch: Any,
+    size: int = 30,
+    fee_rate: float | None = None,
+    changes: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Iterator[tuple[Any, PipelineParams]]:
+    """An emulator of `size` demo images with its own account (`settings`: balance, speed), and the
+    small run's params for it under run key `key`, with `changes` to the config (`fee_rate`:
+    `budget.fee_rate` instead of the platform's 0.3)."""
+    emulator = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=size, **settings)
+    with run_in_background(emulator) as running:
+        monkeypatch.setenv("TOLOKA_TOKEN", running.token)
+        monkeypatch.setenv("CROWDCLUST_LOCAL_URL", running.url)
+        config = small_run_config(folder, running.url, "money", MAX_SPEND)
+        params = load_params(config, {"run_key": key, **(changes or {})})
+        if fee_rate is not None:
+            budget = params.budget.model_copy(update={"fee_rate": fee_rate})
+            params = params.model_copy(update={"budget": budget})
+        yield running, params
+
+
+@contextmanager
+def _poor_account(
+    folder: Path, key: str, monkeypatch: Any, size: int = 30, changes: dict[str, Any] | None = None
+) -> Iterator[tuple[Any, PipelineParams]]:
+    """An account that holds $0.80, and params at `budget.fee_rate: 0.0` (the platform takes 30%):
+    an estimate of about $0.78 passes the balance check and the run costs about $1.00, so the
+    balance runs out in the main pool. `changes`: to the config (e.g. its dataset)."""
+    with _account(folder, key, monkeypatch, size, 0.0, changes, balance=0.8) as accounted:
+        yield accounted
+
+
+def _client(emu: Any) -> Any:
+    return make_client(emu)
+
+
+def _objects(emu: Any, key: str) -> dict[str, Any]:
+    return run_objects(_client(emu), key)
+
+
+def test_an_account_that_cannot_pay_the_estimate_is_refused_before_anything_opens(
+    prefect_harness, monkeypatch, tmp_path
+):
+    """$0.50 on the account for a run estimated at $1.01: before, the budget check passed, the pools
+    opened, and Toloka closed the main pool for lack of balance half done (a user: $9.84 of $31.82
+    paid, the answers not even exported)."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.budget import BalanceTooLow
+
+    with _account(tmp_path, "money-balance", monkeypatch, balance=0.5) as (running, params):
+        with pytest.raises(
+            BalanceTooLow, match=r"balance \$0\.50 is below what this stage may still cost, \$1\.01"
+        ) as refused:
+            crowdclust_pipeline(params)
+        assert "run the same command again (or Retry the flow run)" in str(refused.value)  # UI users too
+        assert _objects(running, "money-balance")["pools"] == {}
+
+
+def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
+    prefect_harness, monkeypatch, tmp_path
+):
+    """The balance ran out in the main pool (Toloka closed it, NOT_ENOUGH_BALANCE); the run exported
+    what was accepted and said to top up and run the same command again. That command was handed the
+    cached wait, the same stop and the same advice, however much was added: the pool could not be
+    finished under its key. Now it finishes the same pool, and the run's cost is what left the account.
+
+    `budget.fee_rate: 0.0` (the platform takes 30%) lets an estimate of $0.78 pass the balance check
+    with $0.80 on the account, and the run costs about $1.00. Run again before the top-up, it is
+    refused up front at Toloka's price (it passed: what was paid at that price left nothing due
+    against the config's estimate, and the pool opened to be stopped again)."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.budget import BalanceRanOut, BalanceTooLow
+    from tasks.toloka_api import RunRegistry
+
+    with _poor_account(tmp_path, "money-topup", monkeypatch) as (running, params):
+        with pytest.raises(BalanceRanOut, match="balance ran out"):  # its own name in the UI
+            crowdclust_pipeline(params)
+        main = _objects(running, "money-topup")["pools"]["main-pool"]
+        # The run's own page: it read "This run did not produce any artifacts" after money was paid.
+        stopped = _latest_overview()
+        charged = RunRegistry(_client(running), "money-topup").spent()
+        assert "Stopped before the end" in stopped and "balance ran out" in stopped, stopped
+        assert f"Charged so far under run key `money-topup`: ${charged:.2f}." in stopped, stopped
+        assert "| crowdclust-labelling |" in stopped and "Failed" in stopped, stopped
+        assert main.last_close_reason.value == "NOT_ENOUGH_BALANCE"
+        with pytest.raises(BalanceTooLow, match="top up the account"):
+            crowdclust_pipeline(params)
+        assert _objects(running, "money-topup")["pools"]["main-pool"].status.value == "CLOSED"
+        running.control("top-up", method="POST", amount=1.0)  # the requester tops up the account
+        summary = crowdclust_pipeline(params)
+        found = _objects(running, "money-topup")
+        client = _client(running)
+        left = float(client.get_requester().balance)
+        accepted = len(list(client.get_assignments(pool_id=main.id, status="ACCEPTED")))
+    assert (
+        found["pools"]["main-pool"].id == main.id
+        and found["pools"]["main-pool"].last_close_reason.value == "COMPLETED"
+    )
+    assert accepted == 9 * 3  # every HIT at its overlap, none paid twice
+    assert summary.cost.spent == pytest.approx(0.8 + 1.0 - left, abs=1e-6)
+
+
+def test_a_catalogue_round_the_balance_stopped_fails_and_a_top_up_finishes_its_pool(
+    prefect_harness, monkeypatch, tmp_path
+):
+    """A growing catalogue's round whose main pool Toloka closed for lack of balance went on as if
+    it had completed: the run clustered the part of the round that was answered (and kept that
+    export cached, so the round's later answers never reached the clusters), showed the round as
+    completed in its rounds table and ended Completed (or, with an evaluation, failed in its
+    balance check saying that no pool was opened). Now the run fails as a single run does, the
+    rounds table shows the round not completed, nothing of it is clustered, and after a top-up the
+    same deployment run finishes the same pool and clusters all of its answers.
+
+    `budget.fee_rate: 0.0` lets an estimate of $0.78 pass the balance check with $0.80 on the
+    account, as in the single run's test above."""
+    from flows.catalogue import cluster_catalogue
+    from tasks import budget
+    from tasks.budget import BalanceRanOut, BalanceTooLow
+    from tasks.rounds import ROUND_ROLE
+
+    key = "money-catalogue-topup"
+    with _poor_account(tmp_path, key, monkeypatch) as (running, params):
+        with pytest.raises(BalanceRanOut, match=r"catalogue round \w+ \(pool \d+\): .*balance ran out"):
+            cluster_catalogue(params)
+        pools = _objects(running, key)["pools"]
+        role = next(role for role in pools if role.startswith(ROUND_ROLE))
+        stopped = pools[role]
+        assert stopped.last_close_reason.value == "NOT_ENOUGH_BALANCE"
+        assert "Stopped before the end" in _latest_artifact("run-overview")
+        table = _latest_artifact("catalogue-rounds")
+        row = f"| {role[len(ROUND_ROLE) :]} | {stopped.id} | "
+        assert row in table and "| not completed |" in table, table
+        assert not list(params.runs_dir.glob(f"*{key}*/clusters.csv"))  # no part of a round clustered
+        assert list(params.runs_dir.glob(f"*{key}*/rounds/*/assignments_main.tsv"))  # what was paid, kept
+        # The price Toloka charged the round's pool is what the key's next stage is checked at (only
+        # a single run's `main-pool` was read: a catalogue's rounds were checked at the config's).
+        assert budget.price_ratio_seen_task.fn(params.toloka, key, params) == pytest.approx(1.3, abs=0.01)
+        # Run again before the top-up: refused, nothing reopened.
+        with pytest.raises(BalanceTooLow, match="top up the account"):
+            cluster_catalogue(params)
+        assert _objects(running, key)["pools"][role].last_close_reason.value == "NOT_ENOUGH_BALANCE"
+        running.control("top-up", method="POST", amount=1.0)
+        summary = cluster_catalogue(params)
+        client = _client(running)
+        left = float(client.get_requester().balance)
+        found = _objects(running, key)["pools"]
+        accepted = len(list(client.get_assignments(pool_id=stopped.id, status="ACCEPTED")))
+    assert sorted(found) == sorted(["exam-pool", role]) and found[role].id == stopped.id
+    assert found[role].last_close_reason.value == "COMPLETED"
+    assert accepted == summary.aggregation.n_assignments == 9 * 3  # every answer clustered, none paid twice
+    assert summary.catalogue.round_pools == (str(stopped.id),)
+    assert summary.cost.by_run_key == pytest.approx(0.8 + 1.0 - left, abs=1e-6)
+
+
+def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
+    prefect_harness, monkeypatch, tmp_path
+):
+    """The balance stopped a catalogue's round; before the next nightly run, the account was topped
+    up and images were added to the file. That run gave the stopped round up: its 30 images and the
+    10 new ones made a new round in a new pool, paid again, and the stopped pool's paid answers were
+    never clustered. Now the run finishes the stopped round's pool (a warning says the added images
+    wait), and the next run labels only the added images, in a round of their own."""
+    from emulator import write_catalogue
+    from flows.catalogue import cluster_catalogue
+    from tasks.budget import BalanceRanOut
+    from tasks.rounds import ROUND_ROLE
+
+    key = "money-catalogue-grown"
+    write_catalogue("demo-shoes", tmp_path / "all.tsv", size=40, seed=0)
+    lines = (tmp_path / "all.tsv").read_text().splitlines()
+    dataset = tmp_path / "catalogue.tsv"
+    dataset.write_text("\n".join(lines[:31]) + "\n")
+    added = {"dataset": str(dataset)}
+    with _poor_account(tmp_path, key, monkeypatch, size=40, changes=added) as (running, params):
+        with pytest.raises(BalanceRanOut):
+            cluster_catalogue(params)
+        stopped = next(
+            pool for role, pool in _objects(running, key)["pools"].items() if role.startswith(ROUND_ROLE)
+        )
+        dataset.write_text("\n".join(lines) + "\n")  # 10 images added before the next run
+        running.control("top-up", method="POST", amount=2.0)
+        finished = cluster_catalogue(params)
+        report = finished.report.read_text()  # the next run writes its own in the same folder
+        rounds_then = {r: p for r, p in _objects(running, key)["pools"].items() if r.startswith(ROUND_ROLE)}
+        client = _client(running)
+        answers = len(list(client.get_assignments(pool_id=stopped.id, status="ACCEPTED")))
+        grown = cluster_catalogue(params)
+        rounds_now = {r: p for r, p in _objects(running, key)["pools"].items() if r.startswith(ROUND_ROLE)}
+    assert [p.id for p in rounds_then.values()] == [stopped.id], rounds_then  # no second pool for them
+    assert rounds_then[next(iter(rounds_then))].last_close_reason.value == "COMPLETED"
+    assert finished.catalogue.new_items == 30 and finished.catalogue.round_pools == (str(stopped.id),)
+    # The summary says which of its 40 images the clusters leave out for now, and the report too.
+    assert finished.catalogue.n_items == 40 and finished.catalogue.waiting == 10
+    assert "<th>waiting for the next run</th><td>10</td>" in report
+    assert grown.catalogue.waiting == 0
+    assert answers == finished.aggregation.n_assignments == 9 * 3  # none paid twice, all clustered
+    assert grown.catalogue.new_items == 10 and len(rounds_now) == 2
+    assert grown.aggregation.n_assignments > finished.aggregation.n_assignments
+
+
+def test_a_catalogue_round_exported_before_it_completed_is_exported_again_once_it_has(
+    prefect_harness, monkeypatch, tmp_path
+):
+    """A catalogue run that went on after the balance stopped its round (before that stop failed the
+    run) exported the round's pool with 34 of its 129 answers, keyed by the pool id alone: after the
+    top-up the pool completed, yet every later run clustered those 34 answers (ARI 0.84, 16 images
+    left out of clusters.csv). The export is now keyed by the pool's analytics as well."""
+    from prefect import flow
+
+    from flows.catalogue import cluster_catalogue
+    from tasks import results
+    from tasks.budget import BalanceRanOut
+    from tasks.rounds import ROUND_ROLE
+
+    key = "money-catalogue-export"
+    with _poor_account(tmp_path, key, monkeypatch) as (running, params):
+        with pytest.raises(BalanceRanOut):
+            cluster_catalogue(params)
+        pools = _objects(running, key)["pools"]
+        stopped = next(pool for role, pool in pools.items() if role.startswith(ROUND_ROLE))
+
+        @flow
+        def export_as_before() -> int:  # what such a run left in the cache
+            return len(results.export_task(params.toloka, str(stopped.id)))
+
+        part = export_as_before()
+        running.control("top-up", method="POST", amount=1.0)
+        summary = cluster_catalogue(params)
+    assert 0 < part < 9 * 3
+    assert summary.aggregation.n_assignments == 9 * 3
+
+
+def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, monkeypatch, tmp_path):
+    """`budget.fee_rate: 0.0` where the platform takes 30%: the evaluation is estimated at Toloka's
+    price (1.3x the config's), and its spend guard multiplied that estimate by 1.3 again. With a
+    budget that covers the evaluation (a user's: $13.00 of work, $13.68 left), the guard counted
+    1.69x the config's price as the worst case, watched every poll and closed the pool at 96%:
+    the run failed and asked for a higher max_spend it did not need."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.toloka_api import RunRegistry
+
+    with _account(tmp_path, "money-intruder-price", monkeypatch, speed=600.0) as (running, params):
+        cheap = {"fee_rate": 0.0, "max_spend": 10.0}
+        params = params.model_copy(update={"budget": params.budget.model_copy(update=cheap)})
+        crowdclust_pipeline(params)  # the labelling, paid at Toloka's price
+        labelling = RunRegistry(_client(running), "money-intruder-price").spent()
+        evaluation = {"enabled": True, "n_hits": 20, "images_per_hit": 3, "overlap": 2, "reward": 0.02}
+        estimate = round(20 * 2 * 0.02 * 1.3, 4)  # $1.04 at Toloka's price; the guard took $1.35
+        budget_ = {"fee_rate": 0.0, "max_spend": round(labelling + estimate + 0.06, 2)}
+        params = params.model_copy(
+            update={
+                "intruders": params.intruders.model_copy(update=evaluation),
+                "budget": params.budget.model_copy(update=budget_),
+            }
+        )
+        summary = crowdclust_pipeline(params)  # no SpendGuardStopped: the budget covers it
+        pools = _objects(running, "money-intruder-price")["pools"]
+        intruder_pool = next(pool for role, pool in pools.items() if role.startswith("intruders-pool-"))
+    assert intruder_pool.last_close_reason.value == "COMPLETED"
+    assert summary.intruders is not None and summary.intruders.n_assignments == 20 * 2
+    assert summary.cost.spent <= budget_["max_spend"]
+    # The run's estimate carries what the stage was checked against, not the labelling's $0.80.
+    assert summary.cost.estimate is not None and summary.cost.estimate.intruders == pytest.approx(estimate)
+
+
+def _latest_overview() -> str:
+    """The text of the newest `run-overview` artifact on the Prefect server."""
+    return _latest_artifact("run-overview")
+
+
+def _latest_artifact(key: str) -> str:
+    """The text of the newest artifact `key` on the Prefect server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(found[0].data) if found else ""
