@@ -551,7 +551,8 @@ def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path)
     if kept[2] is not None:
         polled, after = int(kept[2].replace(",", "")), int(kept[3].replace(",", ""))
         assert polled == ended.value.stats.approved_assignments_count and polled + after == exported
-        assert f"({polled:,} of them accepted)" in str(ended.value)
+        if ended.value.stats.submitted_assignments_count:  # else "nobody answered in the first ..."
+            assert f"({polled:,} of them accepted)" in str(ended.value)
     assert "nothing is paid twice" in str(ended.value)
     objects = _objects(params)
     assert len(objects["pools"]) == 2
