@@ -9,6 +9,12 @@ not for a user's run (`aggregation.design` gives the same information from the d
   `aggregation.consensus`). It uses the real, noisy answers and gives every image the best possible
   company, so it bounds what any method that decides image by image can reach. An image whose
   labels say "same" to nobody of its class lands in the largest class that nothing rules out.
+- `piece_oracle`: the same, for each *linked piece* of a class as one block (the images its class's
+  pairs that most workers called "same" join; see `aggregation.pieces`) instead of each image: a
+  piece moves as a whole, P(piece in c) ∝ Γ(n_c + m)/Γ(n_c) · exp(S_pc), α Γ(m) on its own. An
+  image's neighbours in its own piece are of its class whatever the labels say, so the image
+  bound credits a method with knowing what no label links; the piece bound does not, and sits
+  below it where classes fall in many pieces (a large catalogue of many small classes).
 - `linked_oracle`: perfect answers on the same HITs, and a method that joins only what "same"
   labels link: the connected components of the observed pairs whose two images share a class.
   It shows how far the HIT design alone cuts each class into pieces with no pair between them.
@@ -22,10 +28,11 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from aggregation.consensus import ALPHA, PairGraph, _clear, _gather
+from aggregation.consensus import ALPHA, PairGraph, _clear, _gather, log_gammas
 from aggregation.pairs import PairLabels
+from aggregation.pieces import find_pieces
 
-__all__ = ["best_clusters", "linked_oracle", "placement_oracle", "truth_codes"]
+__all__ = ["best_clusters", "linked_oracle", "piece_oracle", "placement_oracle", "truth_codes"]
 
 
 @njit(cache=True)
@@ -90,6 +97,37 @@ def placement_oracle(pairs: PairLabels, truth: pd.Series, graph: PairGraph | Non
     alone = best < 0
     best[alone] = codes.max() + 1 + np.flatnonzero(alone)
     return pd.Series(best, index=pd.Index(pairs.items, name="item"), name="cluster")
+
+
+def piece_oracle(pairs: PairLabels, truth: pd.Series, graph: PairGraph | None = None) -> pd.Series:
+    """Each linked piece of a true class in its most likely class, given every other image's true
+    class (see module docstring). Returns a Series item -> class code (a piece better on its own
+    gets a cluster of its own)."""
+    graph = PairGraph(pairs) if graph is None else graph
+    codes = truth_codes(pairs, truth)
+    score = graph.evidence(pairs, codes)
+    _, piece = np.unique(find_pieces(pairs, codes, graph).piece, return_inverse=True)
+    n_pieces, n_classes = int(piece.max()) + 1, int(codes.max()) + 1
+    rows = np.repeat(np.arange(len(codes)), np.diff(score.indptr))
+    outside = piece[rows] != piece[score.indices]  # evidence with the images outside the piece
+    evidence = np.bincount(
+        piece[rows[outside]] * n_classes + codes[score.indices[outside]],
+        weights=score.data[outside],
+        minlength=n_pieces * n_classes,
+    ).reshape(n_pieces, n_classes)
+    size = np.bincount(piece, minlength=n_pieces)
+    own = np.zeros(n_pieces, dtype=np.int64)
+    own[piece] = codes
+    others = np.tile(np.bincount(codes, minlength=n_classes), (n_pieces, 1))
+    others[np.arange(n_pieces), own] -= size  # the class without the piece itself
+    lgamma = log_gammas(len(codes) + 1)
+    joined = np.where(
+        others > 0, evidence + lgamma[others + size[:, None]] - lgamma[np.maximum(others, 1)], -np.inf
+    )
+    best = joined.argmax(axis=1)
+    alone = joined[np.arange(n_pieces), best] < math.log(ALPHA) + lgamma[size]
+    best[alone] = n_classes + np.flatnonzero(alone)
+    return pd.Series(best[piece], index=pd.Index(pairs.items, name="item"), name="cluster")
 
 
 def linked_oracle(pairs: PairLabels, truth: pd.Series) -> pd.Series:

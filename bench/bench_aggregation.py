@@ -51,7 +51,7 @@ from aggregation import (  # noqa: E402
 )
 from aggregation.confidence import item_confidence  # noqa: E402
 from aggregation.consensus import ALPHA  # noqa: E402
-from aggregation.oracle import linked_oracle, placement_oracle  # noqa: E402
+from aggregation.oracle import linked_oracle, piece_oracle, placement_oracle  # noqa: E402
 from aggregation.partners import partner_signal  # noqa: E402
 
 CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
@@ -126,10 +126,11 @@ def line(label: str, value: str, target: str = "") -> None:
 
 
 def oracles(labels, truth) -> dict[str, dict[str, float]]:
-    """ARI and B-cubed F1 of the two bounds of `aggregation.oracle` on these labels."""
+    """ARI and B-cubed F1 of the bounds of `aggregation.oracle` on these labels."""
     pairs = build_pairs(labels)
     return {
         "placement": clustering_scores(placement_oracle(pairs, truth), truth),
+        "pieces": clustering_scores(piece_oracle(pairs, truth), truth),
         "linked": clustering_scores(linked_oracle(pairs, truth), truth),
     }
 
@@ -147,7 +148,8 @@ def set_apart_line(label: str, written: pd.DataFrame, truth: pd.Series, apart: p
 
 def oracle_line(bounds: list[dict[str, dict[str, float]]]) -> None:
     """Print the bounds (per seed when several): what any method could reach from these labels."""
-    for name, title in (("placement", "placement"), ("linked", "perfect answers")):
+    titles = (("placement", "placement"), ("pieces", "placement by piece"), ("linked", "perfect answers"))
+    for name, title in titles:
         aris = " ".join(f"{b[name]['ari']:.2f}" for b in bounds)
         bcubed = " ".join(f"{b[name]['bcubed_f1']:.2f}" for b in bounds)
         line(f"  bound, {title}: ARI | B-cubed", f"{aris} | {bcubed}", "(aggregation.oracle)")

@@ -13,7 +13,7 @@ import pytest
 from aggregation import build_pairs, clustering_scores, design_for, design_information, generate_crowd
 from aggregation import design as design_module
 from aggregation.design import implied_styles, memory_note
-from aggregation.oracle import linked_oracle, placement_oracle, truth_codes
+from aggregation.oracle import linked_oracle, piece_oracle, placement_oracle, truth_codes
 
 
 def test_doctests():
@@ -74,6 +74,11 @@ def test_oracles_on_a_hand_made_crowd():
     assert linked_oracle(pairs, truth).nunique() == 3
     placed = placement_oracle(pairs, truth)
     assert clustering_scores(placed, truth)["ari"] == 1.0
+    # As blocks, {a, b} has no label with c or anything else: nothing ties it to x, and the image
+    # bound's "b is of x" is the truth's, not the labels'. The pieces stay apart.
+    blocks = piece_oracle(pairs, truth)
+    groups = sorted(sorted(group) for group in blocks.groupby(blocks).groups.values())
+    assert groups == [["a", "b"], ["c"], ["d", "e"]], blocks.to_dict()
 
 
 def test_lean_imports_hide_optional_modules_only_while_importing():
