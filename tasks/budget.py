@@ -436,8 +436,14 @@ class LiveSpend:
         self.ratio = ratio
         return ratio
 
-    def stop_reason(self, charged: float, in_flight: float, ratio: float = 1.0) -> str | None:
+    def stop_reason(
+        self, charged: float, in_flight: float, ratio: float = 1.0, earlier: float = 0.0
+    ) -> str | None:
         """Why to close now, or None.
+
+        `earlier`: what of `charged` the shared exam pool was paid before this stage (a catalogue's
+        earlier rounds, a resumed run): a round's stop read "$5.10 charged" where the round itself
+        had been charged $1.33, and nothing said where the rest came from.
 
         Committed = charged + in flight. Before the next poll the crowd may commit about as much
         again as since the last one: the margin is twice that step (never more than the plan leaves,
@@ -451,8 +457,12 @@ class LiveSpend:
         margin = (min(2 * step, left) if left > 0 else 2 * step) + self.guard.price * ratio
         if committed + margin <= self.guard.limit:
             return None
+        before = ""
+        if earlier >= 0.005:
+            before = f" (the exam pool's ${earlier:.2f} from before this stage included)"
         return (
-            f"spend guard: ${charged:.2f} charged and ${in_flight:.2f} in flight (+${margin:.2f} margin) "
+            f"spend guard: ${charged:.2f} charged{before} and ${in_flight:.2f} in flight "
+            f"(+${margin:.2f} margin) "
             f"would pass the ${self.guard.limit:.2f} left of budget.max_spend ${self.guard.max_spend:.2f}; "
             "the pool was closed and its accepted answers kept. Raise budget.max_spend and run again "
             f"to finish it{NEW_RUN_NOT_RETRY}"

@@ -450,7 +450,8 @@ def wait_labelling_task(
         charged = spend.spent(stats, 0) + (exam.spent_budget or totals[0].accepted * spend.exam_price * ratio)
         in_flight = count_assignments(client, ids.main_pool, PENDING_AUTO) * spend.price
         in_flight += count_assignments(client, ids.exam_pool, PENDING_REVIEW) * spend.exam_price
-        return live.stop_reason(charged, round(in_flight * ratio, 4), ratio)
+        earlier = exams_before if exam.spent_budget is not None else 0.0  # in `charged`, or not
+        return live.stop_reason(charged, round(in_flight * ratio, 4), ratio, earlier)
 
     # What the exam pool was charged before this wait: the main pool's spend counts its whole pool,
     # the gating only this session's exams (a resumed run's line was $2.34 short).

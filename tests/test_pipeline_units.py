@@ -434,6 +434,10 @@ def test_spend_guard_stays_quiet_while_the_plan_fits_and_counts_what_is_in_fligh
     assert live.stop_reason(charged=4.0, in_flight=1.0) is None  # committed 5, step 2: 5 + 4 + price < 10
     reason = live.stop_reason(charged=6.0, in_flight=1.5)  # committed 7.5, step 2.5: 7.5 + 5 > 10
     assert reason is not None and "$6.00 charged and $1.50 in flight" in reason and "$10.00 left" in reason
+    # A catalogue round: the shared exam pool's charge from earlier rounds is in `charged`, and said.
+    later = budget.LiveSpend(tight).stop_reason(charged=9.0, in_flight=1.5, earlier=3.77)
+    said = "$9.00 charged (the exam pool's $3.77 from before this stage included) and $1.50 in flight"
+    assert later is not None and said in later
 
 
 def test_overlap_raise_counts_change_overlap_rules_except_replacements_of_rejected_work():
