@@ -324,6 +324,13 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
         lines += ["", f"Second round: {again}."]
     if summary.aggregation.recheck is not None:
         lines += ["", f"Images to show again: {summary.aggregation.recheck}."]
+    if summary.catalogue is not None and summary.catalogue.waiting:
+        waiting = summary.catalogue.waiting
+        lines += [
+            "",
+            f"{waiting:,} images of the catalogue's {summary.catalogue.n_items:,} are in no cluster yet: "
+            "added after a round that stopped, which this run finished first; the next run labels them.",
+        ]
     lines += _sub_flow_table()
     create_markdown_artifact(key="run-overview", markdown="\n".join(lines), description="the whole run")
 

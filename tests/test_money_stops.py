@@ -211,6 +211,7 @@ def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
         running.control("top-up", method="POST", amount=2.0)
         finished = cluster_catalogue(params)
         report = finished.report.read_text()  # the next run writes its own in the same folder
+        overview = _latest_overview()
         rounds_then = {r: p for r, p in _objects(running, key)["pools"].items() if r.startswith(ROUND_ROLE)}
         client = _client(running)
         answers = len(list(client.get_assignments(pool_id=stopped.id, status="ACCEPTED")))
@@ -222,6 +223,7 @@ def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
     # The summary says which of its 40 images the clusters leave out for now, and the report too.
     assert finished.catalogue.n_items == 40 and finished.catalogue.waiting == 10
     assert "<th>waiting for the next run</th><td>10</td>" in report
+    assert "10 images of the catalogue's 40 are in no cluster yet" in overview, overview
     assert grown.catalogue.waiting == 0
     assert answers == finished.aggregation.n_assignments == 9 * 3  # none paid twice, all clustered
     assert grown.catalogue.new_items == 10 and len(rounds_now) == 2
