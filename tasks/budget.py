@@ -226,6 +226,12 @@ def price_ratio_seen_task(target: TolokaTarget, run_key: str, params: PipelinePa
     rounds): the platform's fee is the key's, not one pool's. Reading the single run's `main-pool`
     only, a catalogue round stopped for lack of balance under `budget.fee_rate: 0.0` was checked at
     the config's price when it resumed, as a single run was before it was checked at Toloka's.
+
+    Each pool's answers are set against the reward that pool pays, not today's `hits.reward`: a
+    catalogue whose reward was raised from $0.02 to $0.03 for a round read Toloka's $0.026 per
+    earlier answer as below the config's $0.03 (ratio 1), so at `fee_rate 0.0` the round was
+    checked at the config's price and opened with too little on the account; a lowered reward read
+    the same charges as 2.6x the config's price and refused a round the account could pay.
     """
     from tasks.second_round import SECOND_ROUND_POOL
     from tasks.setup import MAIN_POOL  # a catalogue's rounds are MAIN_POOL-<round>
@@ -234,12 +240,18 @@ def price_ratio_seen_task(target: TolokaTarget, run_key: str, params: PipelinePa
     registry = RunRegistry.connect(target, run_key)
     labelling = (MAIN_POOL, SECOND_ROUND_POOL)  # role prefixes of the pools paid hits.reward
     pools = [pool for role, pool in sorted(registry.pools().items()) if role.startswith(labelling)]
-    polled = [pool_stats(registry.client, str(pool.id)) for pool in pools]
+    polled = [(pool_stats(registry.client, str(pool.id)), pool) for pool in pools]
+    accepted = sum(stats.approved_assignments_count or 0 for stats, _ in polled)
     paid = PoolStats(
-        approved_assignments_count=sum(stats.approved_assignments_count or 0 for stats in polled),
-        spent_budget=sum(stats.spent_budget or 0.0 for stats in polled),
+        approved_assignments_count=accepted,
+        spent_budget=sum(stats.spent_budget or 0.0 for stats, _ in polled),
     )
-    return price_ratio(paid, params.hits.reward * (1.0 + params.budget.fee_rate))
+    at_own_rewards = sum(
+        (stats.approved_assignments_count or 0) * float(pool.reward_per_assignment or params.hits.reward)
+        for stats, pool in polled
+    )
+    reward = at_own_rewards / accepted if accepted else params.hits.reward  # per answer, fee aside
+    return price_ratio(paid, reward * (1.0 + params.budget.fee_rate))
 
 
 def at_price_ratio(costs: CostEstimate, ratio: float, params: PipelineParams) -> CostEstimate:

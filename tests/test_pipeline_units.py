@@ -30,6 +30,7 @@ from tasks.stages import (
     Evaluation,
     ExamTotals,
     LabellingIds,
+    PoolStats,
 )
 from tasks.toloka_config import load_bundle
 
@@ -438,6 +439,37 @@ def test_spend_guard_stays_quiet_while_the_plan_fits_and_counts_what_is_in_fligh
     later = budget.LiveSpend(tight).stop_reason(charged=9.0, in_flight=1.5, earlier=3.77)
     said = "$9.00 charged (the exam pool's $3.77 from before this stage included) and $1.50 in flight"
     assert later is not None and said in later
+
+
+def test_price_seen_sets_each_pools_answers_against_the_reward_that_pool_pays(monkeypatch):
+    """A catalogue's rounds at $0.02, charged $0.026 an answer (the platform's 30% at fee_rate 0.0),
+    then hits.reward raised to $0.03 (or lowered to $0.01): the price seen was read against today's
+    reward, 1.0 and 2.6 instead of 1.3, so a round opened with too little on the account (or was
+    refused one it could pay)."""
+    from tasks import toloka_api
+
+    stats = {
+        "6": PoolStats(approved_assignments_count=27, spent_budget=0.702),  # round 1 at $0.02
+        "10": PoolStats(approved_assignments_count=15, spent_budget=0.39),  # round 2 at $0.02
+        "19": PoolStats(approved_assignments_count=12, spent_budget=0.468),  # round 3 at $0.03
+        "4": PoolStats(approved_assignments_count=24, spent_budget=0.312),  # the exam pool: not counted
+    }
+    pools = {
+        "main-pool-r1": SimpleNamespace(id="6", reward_per_assignment=0.02),
+        "main-pool-r2": SimpleNamespace(id="10", reward_per_assignment=0.02),
+        "exam-pool": SimpleNamespace(id="4", reward_per_assignment=0.01),
+    }
+    registry = SimpleNamespace(client=None, pools=lambda: pools)
+    monkeypatch.setattr(budget.RunRegistry, "connect", classmethod(lambda cls, target, key: registry))
+    monkeypatch.setattr(toloka_api, "pool_stats", lambda client, pool_id: stats[pool_id])
+    for reward in (0.01, 0.02, 0.03):
+        params = _params(hits={"reward": reward}, budget={"fee_rate": 0.0})
+        assert budget.price_ratio_seen_task.fn(params.toloka, "key", params) == pytest.approx(1.3), reward
+    pools["main-pool-r3"] = SimpleNamespace(id="19", reward_per_assignment=0.03)  # rounds at both
+    params = _params(hits={"reward": 0.02}, budget={"fee_rate": 0.0})
+    assert budget.price_ratio_seen_task.fn(params.toloka, "key", params) == pytest.approx(1.3)
+    params = _params(budget={"fee_rate": 0.3})  # the platform's fee: Toloka's price is the config's
+    assert budget.price_ratio_seen_task.fn(params.toloka, "key", params) == 1.0
 
 
 def test_overlap_raise_counts_change_overlap_rules_except_replacements_of_rejected_work():
