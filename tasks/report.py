@@ -80,9 +80,18 @@ def _money(value: Any) -> Any:
     return f"${value:,.2f}" if isinstance(value, int | float) else value
 
 
-def _cost_table(cost: dict[str, Any]) -> str:
-    known = [key for key in COST_ROWS if key in cost] + [key for key in cost if key not in COST_ROWS]
-    return _table({COST_ROWS.get(key, key): _money(cost[key]) for key in known})
+# A catalogue run's `spent` is what the key's pools grew by while it ran (`added_by_this_run` is the
+# same figure): a run that finished a stopped round read "spent (the pools behind this result) $0.22"
+# where those pools had been charged $1.01.
+CATALOGUE_COST_ROWS = {**COST_ROWS, "spent": "spent by this run (what the pools of the key grew by)"}
+
+
+def _cost_table(cost: dict[str, Any], catalogue: bool = False) -> str:
+    rows = CATALOGUE_COST_ROWS if catalogue else COST_ROWS
+    if catalogue and cost.get("added_by_this_run") == cost.get("spent"):
+        cost = {key: value for key, value in cost.items() if key != "added_by_this_run"}
+    known = [key for key in rows if key in cost] + [key for key in cost if key not in rows]
+    return _table({rows.get(key, key): _money(cost[key]) for key in known})
 
 
 def _summary_table(data: dict[str, Any], exam: ExamOutcome | None = None) -> str:
@@ -277,7 +286,7 @@ def render_html(
             "<h2>Images to show again</h2>",
             f"<p>{html.escape(recheck)}: <a href='{where}'>{where}</a>.</p>",
         ]
-    parts += ["<h2>Cost (USD)</h2>", _cost_table(data.get("cost", {}))]
+    parts += ["<h2>Cost (USD)</h2>", _cost_table(data.get("cost", {}), bool(data.get("catalogue_key")))]
     if data.get("timings"):
         parts += _timings(summary)
     if summary.coverage is not None:

@@ -22,7 +22,15 @@ from PIL import Image
 
 from tasks import artifacts, report, thumbnails
 from tasks.run_folder import RUNS_DIR_ENV, RUNS_URL_ENV, RunFolder
-from tasks.stages import Aggregated, AggregationInfo, ClusterAccuracy, Cost, Evaluation, RunSummary
+from tasks.stages import (
+    Aggregated,
+    AggregationInfo,
+    CatalogueInfo,
+    ClusterAccuracy,
+    Cost,
+    Evaluation,
+    RunSummary,
+)
 
 HOSTILE = "http://img.example/a.png?q=)[click](https:evil.example) ![x](https:evil.example)"
 
@@ -424,6 +432,17 @@ def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
     assert cost_line(first).endswith("$31.82 spent") and "cost_added_by_this_run" not in {
         row["metric"] for row in artifacts.metric_rows(replace(base, cost=first))
     }
+    # A catalogue run's `spent` is what this run added: a run that finished a stopped round read
+    # "spent (the pools behind this result) $0.22" where those pools had been charged $1.01.
+    catalogue = CatalogueInfo("k", 40, 30, "r1", ("17",), waiting=10)
+    page = report.render_html(
+        replace(base, cost=Cost(0.221, None, by_run_key=1.014, added=0.221), catalogue=catalogue),
+        pd.Series([0], index=["http://img.example/a.png"]), None, "t", report.ReportLinks("c.csv"), {},
+    )  # fmt: skip
+    costs = page.split("<h2>Cost (USD)</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<th>spent by this run (what the pools of the key grew by)</th><td>$0.22</td>" in costs, costs
+    assert "pools behind this result" not in costs and "added by this run" not in costs
+    assert "<th>every pool of the run key</th><td>$1.01</td>" in costs
 
 
 def test_a_report_of_sure_images_shows_no_gallery_to_send_back_and_links_the_rest(tmp_path):
