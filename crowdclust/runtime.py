@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from tasks.settings import Settings
 
 if TYPE_CHECKING:  # the CLI stays light: pandas is imported only by the commands that run flows
-    from tasks.stages import RunSummary
+    from tasks.stages import CatalogueInfo, RunSummary
 
 
 # Prefect's setting for the folder of persisted results, and its older alias (either may be exported).
@@ -83,10 +83,10 @@ def _earlier_pools(summary: RunSummary) -> str:
     earlier = summary.cost.earlier_pools
     if earlier < 0.005:
         return ""
-    return (
-        f"; ${summary.cost.by_run_key:.2f} under run key {summary.run_key} in all, "
-        f"${earlier:.2f} of it for pools of earlier settings"
-    )
+    # A catalogue's `spent` is this run's; the rest of its key is its earlier runs' rounds.
+    whose = "earlier runs of the catalogue" if summary.catalogue is not None else "pools of earlier settings"
+    in_all = f"${summary.cost.by_run_key:.2f} under run key {summary.run_key} in all"
+    return f"; {in_all}, ${earlier:.2f} of it for {whose}"
 
 
 def _paid_before(summary: RunSummary) -> str:
@@ -128,4 +128,14 @@ def describe(summary: RunSummary) -> str:
     if again is not None:
         shown = f"{again.images} images shown again ({again.hits} HITs, {again.assignments} answers)"
         lines.insert(1, f"second round:       {shown}")
+    if summary.catalogue is not None:
+        lines.insert(0, f"catalogue:          {_catalogue_line(summary.catalogue)}")
     return "\n".join(lines)
+
+
+def _catalogue_line(info: CatalogueInfo) -> str:
+    """A catalogue run in a line: what it labelled, what waits, how many pools the clusters come from."""
+    labelled = f"{info.new_items:,} new, labelled in round {info.round}" if info.round else "nothing new"
+    waiting = f"; {info.waiting:,} wait for the next run" if info.waiting else ""
+    pools = len(info.round_pools)
+    return f"{info.n_items:,} images ({labelled}{waiting}); clusters from {pools} pool{'s' * (pools != 1)}"

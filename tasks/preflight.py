@@ -73,17 +73,33 @@ def check_exams(params: PipelineParams, bundle: TolokaBundle) -> None:
         )
 
 
+def _read_for_hits(params: PipelineParams) -> dataset.Dataset:
+    """The dataset, refused when its images cannot fill one HIT."""
+    data = dataset.read_dataset(params.dataset)
+    if len(data.frame) < params.hits.size:
+        raise HitPlanError(
+            f"{params.dataset}: {len(data.frame)} images cannot fill a HIT of hits.size {params.hits.size}"
+        )
+    return data
+
+
 def check_run(params: PipelineParams) -> Checked:
     """Dataset, HIT size, and `check_plan` for all its images; the dataset's warnings come first."""
-    data = dataset.read_dataset(params.dataset)
+    data = _read_for_hits(params)
     items = data.frame["image"].tolist()
-    if len(items) < params.hits.size:
-        raise HitPlanError(
-            f"{params.dataset}: {len(items)} images cannot fill a HIT of hits.size {params.hits.size}"
-        )
     bundle = check_plan(params, len(items))
     found = (design_warning(params, bundle, len(items)), staffing_warning(params, bundle, len(items)))
     return Checked(items, bundle, (*data.warnings, *(warning for warning in found if warning)))
+
+
+def check_catalogue(params: PipelineParams) -> tuple[str, ...]:
+    """What holds for every round of a growing catalogue (`crowdclust run --catalogue`): the dataset,
+    one HIT's worth of images, the exams; returns the dataset's warnings. A round's plan, its cost
+    and its staffing depend on the images no round has clustered yet, which only the flow learns
+    (from Toloka): it checks them before each round, as `check_run` does for a single run."""
+    data = _read_for_hits(params)
+    check_exams(params, load_bundle(params.toloka_dir))
+    return tuple(data.warnings)
 
 
 def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -> str | None:

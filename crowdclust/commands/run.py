@@ -1,4 +1,5 @@
-"""`crowdclust run CONFIG.yaml [--env local|sandbox|production]`: run the pipeline flow for a config.
+"""`crowdclust run CONFIG.yaml [--env local|sandbox|production] [--catalogue]`: run the pipeline flow
+for a config, or with `--catalogue` the growing-catalogue flow (its next round) under the catalogue key.
 
 Prefect is imported inside the command so the root CLI stays light (`crowdclust aggregate` must not
 pay for it).
@@ -180,6 +181,15 @@ def run(
             "machine left them open for the crowd); run without it to resume.",
         ),
     ] = False,
+    catalogue: Annotated[
+        bool,
+        typer.Option(
+            "--catalogue",
+            help="Run the growing-catalogue flow: label only the images that no completed round has "
+            "clustered, under the catalogue key (--run-key, default <name>-s<seed>), and cluster all of "
+            "them; what the catalogue deployment does on its schedule, for cron or a shell.",
+        ),
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks with errors.")] = False,
 ) -> None:
     """Run the crowd-clustering flow end to end. The token comes from TOLOKA_TOKEN or a Secret block."""
@@ -206,6 +216,8 @@ def run(
         params = load_params(config, overrides)
     except ConfigError as error:
         raise _fail(str(error), 2, debug) from None
+    if catalogue:  # the key the flow runs under: what --close and an interruption close
+        params = params.model_copy(update={"run_key": params.catalogue_key})
 
     from crowdclust.console_logs import console_without_tracebacks
     from crowdclust.private_server import private_server
@@ -215,7 +227,7 @@ def run(
     # It starts now, while the checks below import the pipeline's modules.
     with private_server("run-server.log") as server:
         from tasks.budget import SpendGuardStopped
-        from tasks.preflight import DATA_ERRORS, check_run
+        from tasks.preflight import DATA_ERRORS, check_catalogue, check_run
         from tasks.run_lock import RunKeyBusy, run_lock
         from tasks.toloka_api import (
             TRANSIENT,
@@ -233,7 +245,8 @@ def run(
 
         try:
             # Before the token is tried: a user fixing the token still sees them.
-            for warning in [] if close else check_run(params).warnings:
+            checked = check_catalogue(params) if catalogue else check_run(params).warnings
+            for warning in [] if close else checked:
                 typer.echo(f"warning: {warning}", err=True)
             if not token_in_environment():  # a token in a Secret block is read from this server
                 server.wait_ready()
@@ -250,10 +263,11 @@ def run(
         try:
             server.wait_ready()  # at once when the token's Secret block needed it above
             with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
+                from flows.catalogue import cluster_catalogue
                 from flows.pipeline import crowdclust_pipeline
 
                 with contextlib.nullcontext() if debug else console_without_tracebacks():
-                    summary = crowdclust_pipeline(params)
+                    summary = (cluster_catalogue if catalogue else crowdclust_pipeline)(params)
         except KeyboardInterrupt as stop:
             signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
             name, code = signal.Signals(signum).name, 128 + signum

@@ -1,0 +1,54 @@
+"""`crowdclust run --catalogue`: a growing catalogue's rounds from the command line, as cron runs them.
+
+The real command in a process of its own (its private Prefect server), the real toloka-kit client
+and an emulator of its own. Before the option, the catalogue flow ran only as a Prefect deployment:
+a user with a crontab had to write a script that loads the config and calls the flow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emulator import EmulatorSettings, run_in_background
+from tests.fixtures.emulator import make_client, run_objects, small_run_config
+
+pytestmark = pytest.mark.slow
+
+
+def _crowdclust(config: Path, folder: Path, token: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"CROWDCLUST_PROJECT_DIR": str(folder), "TOLOKA_TOKEN": token}
+    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), *flags]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_each_run_labels_only_the_images_no_round_has_clustered(tmp_path):
+    settings = EmulatorSettings(
+        port=0, token="cli-catalogue", catalogue="demo-shoes", catalogue_size=30, speed=600.0
+    )
+    with run_in_background(settings) as emu:
+        config = small_run_config(tmp_path, emu.url, "cli-catalogue", 5.0)
+        dataset = tmp_path / "ds.tsv"
+        lines = dataset.read_text().splitlines()
+        dataset.write_text("\n".join(lines[:21]) + "\n")  # the header and 20 images
+
+        first = _crowdclust(config, tmp_path, emu.token, "--catalogue")
+        assert first.returncode == 0, first.stderr
+        assert "catalogue:          20 images (20 new, labelled in round " in first.stdout, first.stdout
+        dataset.write_text("\n".join(lines) + "\n")  # 10 images added
+        grown = _crowdclust(config, tmp_path, emu.token, "--catalogue")
+        assert grown.returncode == 0, grown.stderr
+        assert "catalogue:          30 images (10 new, labelled in round " in grown.stdout, grown.stdout
+        assert "clusters from 2 pools" in grown.stdout
+        assert "of it for earlier runs of the catalogue" in grown.stdout, grown.stdout  # not "settings"
+        found = run_objects(make_client(emu), "cli-catalogue-s0")  # the catalogue key: <name>-s<seed>
+    rounds = sorted(role for role in found["pools"] if role.startswith("main-pool-"))
+    assert len(rounds) == 2 and sorted(found["pools"]) == ["exam-pool", *rounds], found["pools"]
+    assert found["skills"] == 1 and not found["open"]  # one exam for both rounds; nothing left open
+    clusters = (tmp_path / "runs" / "cli-catalogue" / "clusters.csv").read_text().splitlines()
+    assert len(clusters) == 1 + 30
