@@ -111,7 +111,7 @@ def _closed(key: str, closed: list[str]) -> str:
     return f"closed {', '.join(closed)} of run key {key}"
 
 
-def _close_only(params: PipelineParams, debug: bool) -> typer.Exit:
+def _close_only(params: PipelineParams, debug: bool, catalogue: bool = False) -> typer.Exit:
     """`--close`: stop the crowd's work on a run that died where nothing could close its pools
     (`kill -9`, a lost machine), without resuming it. Refused while a live run holds the key."""
     from tasks.run_lock import RunKeyBusy
@@ -126,20 +126,24 @@ def _close_only(params: PipelineParams, debug: bool) -> typer.Exit:
             f"could not close the pools of run key {key} ({type(error).__name__}: {error})", 1, debug
         )
     typer.echo(
-        _closed(key, closed) + ("; run without --close to resume it" if closed else _unknown_key(params))
+        _closed(key, closed)
+        + ("; run without --close to resume it" if closed else _unknown_key(params, catalogue))
     )
     return typer.Exit(0)
 
 
-def _unknown_key(params: PipelineParams) -> str:
+def _unknown_key(params: PipelineParams, catalogue: bool = False) -> str:
     """When the key has no object on the account, the keys of the name and seed that do: a derived
     key follows the dataset's images, so `--close` after the file changed looked at a key nobody
-    used and said only that nothing of it was open."""
+    used and said only that nothing of it was open. A catalogue's key is its name and seed, never
+    the images: it is only said to be unknown."""
     from tasks.toloka_api import RunRegistry, derived_run_keys, make_client
 
     client, key = make_client(params.toloka, retries=1), params.resolved_run_key
     if RunRegistry(client, key).projects():
         return ""
+    if catalogue:
+        return f" (catalogue key {key} has no Toloka object on this account: give its key with --run-key)"
     others = [other for other in derived_run_keys(client, params.name, params.seed) if other != key]
     listed = f"; keys of {params.name} and seed {params.seed} that do: {', '.join(others)}" if others else ""
     return (
@@ -257,7 +261,7 @@ def run(
             raise _fail(str(error), 1, debug) from None
 
         if close:
-            raise _close_only(params, debug)
+            raise _close_only(params, debug, catalogue)
 
         previous = _catch_stops()
         try:
