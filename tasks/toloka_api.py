@@ -561,7 +561,8 @@ def find_or_create(
 
 
 def operation_id(run_key: str, role: str, payload: Any) -> uuid.UUID:
-    """Deterministic operation id: same run, same role, same batch -> same id."""
+    """Deterministic operation id: same run, same role, same batch -> same id. An upload's batch
+    names its pool: the same suites for another pool of the key are another operation."""
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return uuid.uuid5(NAMESPACE, f"{run_key}:{role}:{digest}")
 
@@ -855,7 +856,9 @@ class RunRegistry:
         missing = _missing(have, suites, lambda suite: _content_key(suite["tasks"]))
         if missing:
             params = TaskSuitesCreateRequestParameters(
-                operation_id=operation_id(self.run_key, role, missing), allow_defaults=True, async_mode=True
+                operation_id=operation_id(self.run_key, role, {"pool": pool_id, "suites": missing}),
+                allow_defaults=True,
+                async_mode=True,
             )
             result = self.client.create_task_suites(_structured(TaskSuite, missing, pool_id), params)
             if result.validation_errors:
@@ -875,7 +878,9 @@ class RunRegistry:
         missing = _missing(have, tasks, lambda spec: _content_key([spec]))
         if missing:
             params = CreateTasksParameters(
-                operation_id=operation_id(self.run_key, role, missing), allow_defaults=True, async_mode=True
+                operation_id=operation_id(self.run_key, role, {"pool": pool_id, "tasks": missing}),
+                allow_defaults=True,
+                async_mode=True,
             )
             self.client.create_tasks(_structured(Task, missing, pool_id), params)
             log.info("uploaded %d tasks to %s (%s)", len(missing), pool_id, role)

@@ -79,6 +79,24 @@ def test_partial_upload_is_completed_not_duplicated(demo):
     assert len(list(client.get_task_suites(pool_id=ids.main_pool))) == 6
 
 
+def test_the_same_hits_in_another_pool_of_the_key_are_uploaded(demo):
+    """A catalogue's first round plans the HITs a single run on the same file and key planned (a
+    config's `run_key` holds for both): its round pool got none of them, because the upload's
+    operation id named the key, the role and the suites but not the pool, so Toloka answered with
+    the single run's finished operation; every later run failed opening an empty pool (409
+    EMPTY_POOL)."""
+    params, client, bundle = demo
+    registry = RunRegistry(client, "idem-7")
+    single = setup.setup_labelling(registry, bundle, Placeholders.of(params), "Idempotence")
+    suites = suites_of([f"https://x/{i}-{j}.png" for j in range(3)] for i in range(4))
+    registry.ensure_suites("main-suites", single.main_pool, suites)
+    rounds = setup.setup_labelling(registry, bundle, Placeholders.of(params), "Idempotence", "main-pool-r1")
+    assert rounds.main_pool != single.main_pool
+    registry.ensure_suites("main-suites", rounds.main_pool, suites)
+    assert len(list(client.get_task_suites(pool_id=rounds.main_pool))) == 4
+    assert len(list(client.get_task_suites(pool_id=single.main_pool))) == 4
+
+
 def test_close_open_closes_only_this_runs_pools(demo):
     params, client, bundle = demo
     values = Placeholders.of(params)
