@@ -55,3 +55,17 @@ def test_each_run_labels_only_the_images_no_round_has_clustered(tmp_path):
     assert found["skills"] == 1 and not found["open"]  # one exam for both rounds; nothing left open
     clusters = (tmp_path / "runs" / "cli-catalogue" / "clusters.csv").read_text().splitlines()
     assert len(clusters) == 1 + 30
+
+
+def test_close_needs_no_hit_of_images(tmp_path):
+    """`--catalogue --close` after a kill -9, while the catalogue file is being rewritten (3 images
+    so far): the catalogue key is the name and seed, so closing reads no images. It was refused
+    (`3 images cannot fill a HIT`, exit 2) and the crowd went on answering the dead run's pools."""
+    settings = EmulatorSettings(port=0, token="cli-close", catalogue="demo-shoes", catalogue_size=30)
+    with run_in_background(settings) as emu:
+        config = small_run_config(tmp_path, emu.url, "cli-close", 5.0)
+        dataset = tmp_path / "ds.tsv"
+        dataset.write_text("\n".join(dataset.read_text().splitlines()[:4]) + "\n")  # header, 3 images
+        closed = _crowdclust(config, tmp_path, emu.token, "--catalogue", "--close")
+    assert closed.returncode == 0, closed.stderr
+    assert closed.stdout.startswith("no pool or training of run key cli-close-s0 was left"), closed.stdout

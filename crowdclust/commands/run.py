@@ -249,7 +249,10 @@ def run(
 
         try:
             # Before the token is tried: a user fixing the token still sees them.
-            checked = check_catalogue(params) if catalogue else check_run(params).warnings
+            if close and catalogue:  # the catalogue key is its name and seed: closing reads no images
+                checked: tuple[str, ...] | list[str] = ()
+            else:
+                checked = check_catalogue(params) if catalogue else check_run(params).warnings
             for warning in [] if close else checked:
                 typer.echo(f"warning: {warning}", err=True)
             if not token_in_environment():  # a token in a Secret block is read from this server
