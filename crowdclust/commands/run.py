@@ -249,12 +249,10 @@ def run(
 
         try:
             # Before the token is tried: a user fixing the token still sees them.
-            if close and catalogue:  # the catalogue key is its name and seed: closing reads no images
-                checked: tuple[str, ...] | list[str] = ()
-            else:
-                checked = check_catalogue(params) if catalogue else check_run(params).warnings
-            for warning in [] if close else checked:
-                typer.echo(f"warning: {warning}", err=True)
+            # Closing reads no images: a catalogue file being rewritten must not keep pools open.
+            if not close:
+                for warning in check_catalogue(params) if catalogue else check_run(params).warnings:
+                    typer.echo(f"warning: {warning}", err=True)
             if not token_in_environment():  # a token in a Secret block is read from this server
                 server.wait_ready()
             probe(params.toloka)  # within ~15 s for an unreachable URL, the server's start-up aside
