@@ -128,6 +128,15 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     pools = sorted((*state, *seconds), key=lambda entry: (entry.created, entry.pool_id))
     done_pools = [entry.pool_id for entry in pools if entry.completed]
     new_items = sorted(set(catalogue) - clustered)
+    again = rounds.respelled(new_items, clustered)
+    if again:  # one picture is one item: never labelled (and paid) again under another URL
+        examples = "; ".join(f"{new} (clustered as {old})" for new, old in list(again.items())[:3])
+        artifacts.warn_up(
+            f"catalogue {key}: {len(again)} images of {params.dataset} were clustered under another "
+            f"spelling of their URL ({examples}{' ...' if len(again) > 3 else ''}): they are not labelled "
+            "again, and clusters.csv lists them under the spelling that was clustered"
+        )
+        new_items = [item for item in new_items if item not in again]
     logger.info(
         "catalogue %s: %d items, %d already clustered, %d new",
         key,
@@ -147,7 +156,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
             len(new_items) - len(resumed[1]),
         )
         new_items = resumed[1]
-    waiting = len(set(catalogue) - clustered) - len(new_items)  # clustered by the next run
+    waiting = len(set(catalogue) - clustered - set(again)) - len(new_items)  # clustered by the next run
 
     labelled = None
     round_id = None

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger
 
+from tasks.dataset import image_address
 from tasks.hits import plan_hits
 from tasks.params import HitParams, TolokaTarget
 from tasks.second_round import SECOND_ROUND_POOL
@@ -84,6 +85,20 @@ def round_to_follow(state: list[RoundState], seconds: list[RoundState], share: f
     latest = next((entry.round for entry in reversed(state) if entry.completed), None)
     followed = any(entry.round == latest and entry.completed for entry in seconds)
     return latest if share > 0 and not followed else None
+
+
+def respelled(items: list[str], clustered: set[str]) -> dict[str, str]:
+    """The `items` that are clustered images under another spelling of their URL (as a web server
+    sees them, `dataset.image_address`): item -> the spelling that was clustered.
+
+    A catalogue file rewritten with %-encoded URLs made its images new again: the next round paid
+    the crowd to label them a second time and clusters.csv listed each picture twice.
+
+    >>> respelled(["http://h/a%20b.png", "http://h/c.png"], {"http://h/a b.png"})
+    {'http://h/a%20b.png': 'http://h/a b.png'}
+    """
+    by_address = {image_address(url): url for url in sorted(clustered)}
+    return {item: by_address[image_address(item)] for item in items if image_address(item) in by_address}
 
 
 def round_to_resume(

@@ -46,6 +46,15 @@ def test_each_run_labels_only_the_images_no_round_has_clustered(tmp_path):
         assert "catalogue:          30 images (10 new, labelled in round " in grown.stdout, grown.stdout
         assert "clusters from 2 pools" in grown.stdout
         assert "of it for earlier runs of the catalogue" in grown.stdout, grown.stdout  # not "settings"
+        # Two URLs %-encoded (the same pictures to a web server): not new, not paid again.
+        respelled = [lines[0], *(line.replace("s0-", "s0%2D", 1) for line in lines[1:3]), *lines[3:]]
+        dataset.write_text("\n".join(respelled) + "\n")
+        again = _crowdclust(config, tmp_path, emu.token, "--catalogue")
+        assert again.returncode == 0, again.stderr
+        nothing_new = "catalogue:          30 images (nothing new); clusters from 2 pools"
+        assert nothing_new in again.stdout, again.stdout
+        assert "$0.00 spent" in again.stdout
+        assert "2 images of" in again.stderr and "were clustered under another spelling" in again.stderr
         found = run_objects(make_client(emu), "cli-catalogue-s0")  # the catalogue key: <name>-s<seed>
         closed = _crowdclust(config, tmp_path, emu.token, "--catalogue", "--close")  # the same key
     assert closed.returncode == 0, closed.stderr
