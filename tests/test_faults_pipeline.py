@@ -398,6 +398,8 @@ def test_ctrl_c_or_a_closed_terminal_closes_the_pools(emu, config, tmp_path, sig
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert run.returncode == 128 + signum and len(errors) == 1, err
     assert f"interrupted by {name}" in errors[0], err
+    # The hook or the command closed them; it read "no pool or training ... was left open".
+    assert "was left open" not in errors[0] and "closed" in errors[0], err
     assert took < 30, (took, err)
     assert _objects(emu, key)["open"] == []
 

@@ -101,7 +101,9 @@ def _close_after_stop(params: PipelineParams) -> str:
         closed = _close_open(params)
     except Exception as exc:  # the platform may be what failed; say so, never hide the interruption
         return f"could not close the pools of run key {key} ({type(exc).__name__})"
-    return _closed(key, closed)  # often nothing: the flow run's crash hook got there first
+    if not closed:  # the flow run's crash hook got there first: "none was left open" read as nothing
+        return f"the pools and trainings of run key {key} are closed"
+    return _closed(key, closed)
 
 
 def _closed(key: str, closed: list[str]) -> str:
@@ -125,10 +127,8 @@ def _close_only(params: PipelineParams, debug: bool, catalogue: bool = False) ->
         return _fail(
             f"could not close the pools of run key {key} ({type(error).__name__}: {error})", 1, debug
         )
-    typer.echo(
-        _closed(key, closed)
-        + ("; run without --close to resume it" if closed else _unknown_key(params, catalogue))
-    )
+    resume = f"; run {'with --catalogue and ' * catalogue}without --close to resume it"
+    typer.echo(_closed(key, closed) + (resume if closed else _unknown_key(params, catalogue)))
     return typer.Exit(0)
 
 
