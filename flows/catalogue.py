@@ -134,7 +134,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         artifacts.warn_up(
             f"catalogue {key}: {len(again)} images of {params.dataset} were clustered under another "
             f"spelling of their URL ({examples}{' ...' if len(again) > 3 else ''}): they are not labelled "
-            "again, and clusters.csv lists them under the spelling that was clustered"
+            f"again, and {folder.clusters.name} lists them under the spelling that was clustered"
         )
         new_items = [item for item in new_items if item not in again]
     logger.info(

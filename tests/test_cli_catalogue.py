@@ -57,8 +57,10 @@ def test_each_run_labels_only_the_images_no_round_has_clustered(tmp_path):
         assert "2 images of" in again.stderr and "were clustered under another spelling" in again.stderr
         found = run_objects(make_client(emu), "cli-catalogue-s0")  # the catalogue key: <name>-s<seed>
         closed = _crowdclust(config, tmp_path, emu.token, "--catalogue", "--close")  # the same key
+        plain = _crowdclust(config, tmp_path, emu.token, "--close")  # a single run's key: none
     assert closed.returncode == 0, closed.stderr
     assert closed.stdout.strip() == "no pool or training of run key cli-catalogue-s0 was left open"
+    assert "the catalogue key cli-catalogue-s0 does: close it with --catalogue --close" in plain.stdout
     rounds = sorted(role for role in found["pools"] if role.startswith("main-pool-"))
     assert len(rounds) == 2 and sorted(found["pools"]) == ["exam-pool", *rounds], found["pools"]
     assert found["skills"] == 1 and not found["open"]  # one exam for both rounds; nothing left open

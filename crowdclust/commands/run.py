@@ -146,6 +146,9 @@ def _unknown_key(params: PipelineParams, catalogue: bool = False) -> str:
         return f" (catalogue key {key} has no Toloka object on this account: give its key with --run-key)"
     others = [other for other in derived_run_keys(client, params.name, params.seed) if other != key]
     listed = f"; keys of {params.name} and seed {params.seed} that do: {', '.join(others)}" if others else ""
+    grown = params.default_catalogue_key  # a growing catalogue's objects: `--catalogue --close`
+    if grown != key and RunRegistry(client, grown).projects():
+        listed += f"; the catalogue key {grown} does: close it with --catalogue --close"
     return (
         f" (run key {key} has no Toloka object on this account: it follows the dataset's images"
         f"{listed}; give the one to close with --run-key)"
