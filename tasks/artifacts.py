@@ -331,8 +331,13 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
             f"{waiting:,} images of the catalogue's {summary.catalogue.n_items:,} are in no cluster yet: "
             "added after a round that stopped, which this run finished first; the next run labels them.",
         ]
-    lines += _sub_flow_table()
-    create_markdown_artifact(key="run-overview", markdown="\n".join(lines), description="the whole run")
+    _publish_overview(lines)
+
+
+def _publish_overview(lines: list[str]) -> None:
+    """The `run-overview` artifact: `lines`, then the run's sub-flow runs."""
+    markdown = "\n".join([*lines, *_sub_flow_table()])
+    create_markdown_artifact(key="run-overview", markdown=markdown, description="the whole run")
 
 
 def _sub_flow_table() -> list[str]:
@@ -366,8 +371,7 @@ def run_stopped(reason: str, run_key: str, charged: float | None) -> None:
             f"Charged so far under run key {literal(run_key)}: ${charged:.2f}. The accepted answers "
             "are kept; going on finishes the same pools and pays nothing twice.",
         ]
-    lines += _sub_flow_table()
-    create_markdown_artifact(key="run-overview", markdown="\n".join(lines), description="the whole run")
+    _publish_overview(lines)
 
 
 def report_link(summary: RunSummary, url: str | None) -> str:
