@@ -240,18 +240,13 @@ def price_ratio_seen_task(target: TolokaTarget, run_key: str, params: PipelinePa
     registry = RunRegistry.connect(target, run_key)
     labelling = (MAIN_POOL, SECOND_ROUND_POOL)  # role prefixes of the pools paid hits.reward
     pools = [pool for role, pool in sorted(registry.pools().items()) if role.startswith(labelling)]
-    polled = [(pool_stats(registry.client, str(pool.id)), pool) for pool in pools]
-    accepted = sum(stats.approved_assignments_count or 0 for stats, _ in polled)
-    paid = PoolStats(
-        approved_assignments_count=accepted,
-        spent_budget=sum(stats.spent_budget or 0.0 for stats, _ in polled),
-    )
-    at_own_rewards = sum(
-        (stats.approved_assignments_count or 0) * float(pool.reward_per_assignment or params.hits.reward)
-        for stats, pool in polled
-    )
-    reward = at_own_rewards / accepted if accepted else params.hits.reward  # per answer, fee aside
-    return price_ratio(paid, reward * (1.0 + params.budget.fee_rate))
+    charged = expected = 0.0
+    for pool in pools:
+        stats = pool_stats(registry.client, str(pool.id))
+        charged += stats.spent_budget or 0.0
+        reward = float(pool.reward_per_assignment or params.hits.reward)
+        expected += (stats.approved_assignments_count or 0) * reward * (1.0 + params.budget.fee_rate)
+    return charged_ratio(charged, expected)
 
 
 def at_price_ratio(costs: CostEstimate, ratio: float, params: PipelineParams) -> CostEstimate:
@@ -350,10 +345,14 @@ def price_ratio(stats: PoolStats, price: float) -> float:
     platform's (0.0 for Toloka's 0.3) made the spend guard's ceiling 30% low, the guard stayed quiet
     on it, and a run charged $16.07 against a max_spend of $15.00 before its first check.
     """
-    accepted = stats.approved_assignments_count or 0
-    if not stats.spent_budget or accepted <= 0 or price <= 0:
+    return charged_ratio(stats.spent_budget, (stats.approved_assignments_count or 0) * price)
+
+
+def charged_ratio(charged: float | None, expected: float) -> float:
+    """What Toloka charged over what the config's prices say (>= 1; 1 when nothing is known yet)."""
+    if not charged or expected <= 0:
         return 1.0
-    ratio = stats.spent_budget / accepted / price
+    ratio = charged / expected
     return round(ratio, 4) if ratio > 1.001 else 1.0  # rounding of the platform's figures aside
 
 

@@ -98,7 +98,7 @@ def respelled(items: list[str], clustered: set[str]) -> dict[str, str]:
     {'http://h/a%20b.png': 'http://h/a b.png'}
     """
     by_address = {image_address(url): url for url in sorted(clustered)}
-    return {item: by_address[image_address(item)] for item in items if image_address(item) in by_address}
+    return {item: by_address[address] for item in items if (address := image_address(item)) in by_address}
 
 
 def round_to_resume(

@@ -60,12 +60,8 @@ def _poor_account(
         yield accounted
 
 
-def _client(emu: Any) -> Any:
-    return make_client(emu)
-
-
 def _objects(emu: Any, key: str) -> dict[str, Any]:
-    return run_objects(_client(emu), key)
+    return run_objects(make_client(emu), key)
 
 
 def test_an_account_that_cannot_pay_the_estimate_is_refused_before_anything_opens(
@@ -108,7 +104,7 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
         main = _objects(running, "money-topup")["pools"]["main-pool"]
         # The run's own page: it read "This run did not produce any artifacts" after money was paid.
         stopped = _latest_overview()
-        charged = RunRegistry(_client(running), "money-topup").spent()
+        charged = RunRegistry(make_client(running), "money-topup").spent()
         assert "Stopped before the end" in stopped and "balance ran out" in stopped, stopped
         assert f"Charged so far under run key `money-topup`: ${charged:.2f}." in stopped, stopped
         assert "| crowdclust-labelling |" in stopped and "Failed" in stopped, stopped
@@ -119,7 +115,7 @@ def test_after_a_top_up_the_same_run_finishes_the_pool_the_balance_stopped(
         running.control("top-up", method="POST", amount=1.0)  # the requester tops up the account
         summary = crowdclust_pipeline(params)
         found = _objects(running, "money-topup")
-        client = _client(running)
+        client = make_client(running)
         left = float(client.get_requester().balance)
         accepted = len(list(client.get_assignments(pool_id=main.id, status="ACCEPTED")))
     assert (
@@ -171,7 +167,7 @@ def test_a_catalogue_round_the_balance_stopped_fails_and_a_top_up_finishes_its_p
         assert _objects(running, key)["pools"][role].last_close_reason.value == "NOT_ENOUGH_BALANCE"
         running.control("top-up", method="POST", amount=1.0)
         summary = cluster_catalogue(params)
-        client = _client(running)
+        client = make_client(running)
         left = float(client.get_requester().balance)
         found = _objects(running, key)["pools"]
         accepted = len(list(client.get_assignments(pool_id=stopped.id, status="ACCEPTED")))
@@ -213,7 +209,7 @@ def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
         report = finished.report.read_text()  # the next run writes its own in the same folder
         overview = _latest_overview()
         rounds_then = {r: p for r, p in _objects(running, key)["pools"].items() if r.startswith(ROUND_ROLE)}
-        client = _client(running)
+        client = make_client(running)
         answers = len(list(client.get_assignments(pool_id=stopped.id, status="ACCEPTED")))
         grown = cluster_catalogue(params)
         rounds_now = {r: p for r, p in _objects(running, key)["pools"].items() if r.startswith(ROUND_ROLE)}
@@ -275,7 +271,7 @@ def test_the_intruder_guard_counts_the_platforms_price_once(prefect_harness, mon
         cheap = {"fee_rate": 0.0, "max_spend": 10.0}
         params = params.model_copy(update={"budget": params.budget.model_copy(update=cheap)})
         crowdclust_pipeline(params)  # the labelling, paid at Toloka's price
-        labelling = RunRegistry(_client(running), "money-intruder-price").spent()
+        labelling = RunRegistry(make_client(running), "money-intruder-price").spent()
         evaluation = {"enabled": True, "n_hits": 20, "images_per_hit": 3, "overlap": 2, "reward": 0.02}
         estimate = round(20 * 2 * 0.02 * 1.3, 4)  # $1.04 at Toloka's price; the guard took $1.35
         budget_ = {"fee_rate": 0.0, "max_spend": round(labelling + estimate + 0.06, 2)}

@@ -271,11 +271,13 @@ def run(
         try:
             server.wait_ready()  # at once when the token's Secret block needed it above
             with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
-                from flows.catalogue import cluster_catalogue
-                from flows.pipeline import crowdclust_pipeline
+                if catalogue:
+                    from flows.catalogue import cluster_catalogue as the_flow
+                else:
+                    from flows.pipeline import crowdclust_pipeline as the_flow
 
                 with contextlib.nullcontext() if debug else console_without_tracebacks():
-                    summary = (cluster_catalogue if catalogue else crowdclust_pipeline)(params)
+                    summary = the_flow(params)
         except KeyboardInterrupt as stop:
             signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
             name, code = signal.Signals(signum).name, 128 + signum
