@@ -33,9 +33,11 @@ TASK = "ASSIGNMENT:task_id"
 STATUS = "ASSIGNMENT:status"
 SHOWN = "HIT of these images"  # the task column derived when the export has no task id
 REQUIRED_COLUMNS = (IMAGES, RESULT, WORKER, ASSIGNMENT)
-# Answers that are not answers: rejected by the requester, or a task the worker skipped or let expire
-# (a web-UI export of "all" statuses has them; toloka-kit's default is accepted ones only).
-NOT_ANSWERS = ("REJECTED", "SKIPPED", "EXPIRED")
+# Answers that are not answers: rejected by the requester, a task the worker skipped or let expire, or
+# one still in a worker's hands (ACTIVE: its OUTPUT:result is empty until submitted, and an export of
+# every status taken while the pool runs has such rows; they stopped the command as bad rows).
+# A web-UI export of "all" statuses has them; toloka-kit's default is accepted ones only.
+NOT_ANSWERS = ("REJECTED", "SKIPPED", "EXPIRED", "ACTIVE")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the labels' dtype
 
 
@@ -408,7 +410,7 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     task), else the HIT's images; the suite id when a suite's tasks show one image each.
     Group numbers are local to one (task, worker): if an export without
     task ids held several tasks per suite, their rows would be read as one grouping (the seed design
-    has one task, holding all images, per suite). Rows of rejected, skipped or expired assignments
+    has one task, holding all images, per suite). Rows of rejected, skipped, expired or active assignments
     (`ASSIGNMENT:status`) are left out, and `ExportReading.notes` says so.
     """
     frame = _load_frame(source)

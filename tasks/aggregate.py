@@ -18,7 +18,7 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         get_run_logger().warning("export: %s", note)
     if reading.unanswered:  # in no cluster: said, so that they can be sent again
         get_run_logger().warning(
-            "export: %d image(s) have no answer left (shown only by rejected, skipped or expired "
+            "export: %d image(s) have no answer left (shown only by rejected, skipped, expired or active "
             "assignments) and are in no cluster: %s%s",
             len(reading.unanswered),
             ", ".join(reading.unanswered[:5]),

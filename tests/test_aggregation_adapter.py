@@ -343,3 +343,20 @@ def test_empty_inputs(tmp_path):
 
 def test_error_is_a_value_error():
     assert issubclass(ExportFormatError, ValueError)
+
+
+def test_active_assignments_of_a_running_pool_are_left_out_not_a_bad_row(tmp_path):
+    """An export of every status (the TSV's `status` takes ACTIVE too) taken while the pool runs has
+    rows of assignments still in a worker's hands, with an empty OUTPUT:result: the command stopped
+    on the first one ("empty cell in OUTPUT:result") as if the file were damaged."""
+    columns = [*COLUMNS, "ASSIGNMENT:status"]
+    rows = [
+        ('"u1","u2"', '{"group":1},{"group":1}', "", "a1", "w1", "APPROVED"),
+        ('"u1","u2"', "", "", "a2", "w2", "ACTIVE"),
+        ('"u1","u2"', '{"group":1},{"group":1}', "", "a3", "w3", "SUBMITTED"),
+        ('"u3","u4"', "", "", "a4", "w2", "ACTIVE"),
+    ]
+    reading = read_export(_write(tmp_path / "e.tsv", rows, columns))
+    assert sorted(reading.labels["worker"].unique()) == ["w1", "w3"]
+    assert reading.notes[0] == "left out 2 rows that are not answers (ASSIGNMENT:status: 2 active)"
+    assert reading.unanswered == ["u3", "u4"]

@@ -184,7 +184,7 @@ def aggregate(
         Path | None,
         typer.Option(
             help="Write the images of the export(s) that no answer is left for (one column, item): "
-            "those shown only by rejected, skipped or expired assignments or by skipped bad rows, "
+            "those shown only by rejected, skipped, expired or active assignments or by skipped bad rows, "
             "to send again."
         ),
     ] = None,
@@ -342,7 +342,7 @@ def aggregate(
         one = len(unanswered) == 1
         print(
             f"warning: {_n(len(unanswered), 'image')} of {exported} {'has' if one else 'have'} no answer "
-            "left (shown only by rejected, skipped or expired assignments or by skipped rows) "
+            "left (shown only by rejected, skipped, expired or active assignments or by skipped rows) "
             f"and {'is' if one else 'are'} in no cluster: "
             f"{', '.join(unanswered[:5])}{', ...' if len(unanswered) > 5 else ''}. Send them again{hint}.",
             file=sys.stderr,
