@@ -163,10 +163,59 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
         return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise ExportFormatError("export file is empty (no header)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise ExportFormatError(_not_utf8(path)) from None
+    except pd.errors.ParserError as exc:
         raise ExportFormatError(f"export file is not a readable TSV: {exc}") from None
     except (EOFError, OSError, zlib.error) as exc:  # a compressed file cut short or not compressed
         raise ExportFormatError(f"export file cannot be decompressed ({type(exc).__name__}: {exc})") from None
+
+
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+REPLACED = "\ufffd"  # what a byte that is not UTF-8 reads as with encoding_errors="replace"
+
+
+def _not_utf8(path: Path) -> str:
+    """Where an export that is not UTF-8 text first stops being so, and how to convert it.
+
+    pandas' own message gave a byte offset inside its read buffer ("position 3" on row 3), not the
+    row, column or line a person can find, and nothing of the usual causes: a spreadsheet's
+    "Unicode Text" (UTF-16), or a file saved as Latin-1 / Windows-1252 after an edit. Only reached
+    when reading failed, so reading the file again (decompressed as pandas does) costs nothing else.
+    """
+    from pandas.io.common import get_handle
+
+    with get_handle(path, "rb", compression="infer", is_text=False) as handles:
+        data = handles.handle.read()
+    convert = "keep it tab-separated and convert it to UTF-8, e.g. with `iconv -f {} -t UTF-8`"
+    if data.startswith(UTF16_BOMS) or b"\x00" in data[:4096]:
+        return (
+            "export file is not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): "
+            + convert.format("UTF-16")
+        )
+    try:
+        data.decode("utf-8")
+        start = None
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    where = "export file"
+    if start is not None:
+        line = data.count(b"\n", 0, start) + 1
+        where = f"line {line}"
+        try:  # the row and column as the reader numbers them: the first cell holding a replaced byte
+            frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding_errors="replace")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError):
+            frame = None
+        if frame is not None and any(REPLACED in str(column) for column in frame.columns):
+            where = f"the header ({where})"
+        elif frame is not None:
+            hits = np.column_stack(
+                [frame[column].str.contains(REPLACED, regex=False).to_numpy() for column in frame.columns]
+            ).nonzero()
+            if len(hits[0]):
+                where = f"row {hits[0][0] + 1} ({where}), {frame.columns[hits[1][0]]}"
+        where += f": byte 0x{data[start]:02x} cannot be UTF-8 (Latin-1 or Windows-1252, perhaps)"
+    return f"{where}: the export must be UTF-8 text, as Toloka writes it: " + convert.format("WINDOWS-1252")
 
 
 def _bulk_json(cells: pd.Series) -> list:

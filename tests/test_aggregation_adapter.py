@@ -360,3 +360,20 @@ def test_active_assignments_of_a_running_pool_are_left_out_not_a_bad_row(tmp_pat
     assert sorted(reading.labels["worker"].unique()) == ["w1", "w3"]
     assert reading.notes[0] == "left out 2 rows that are not answers (ASSIGNMENT:status: 2 active)"
     assert reading.unanswered == ["u3", "u4"]
+
+
+def test_an_export_that_is_not_utf8_names_the_row_column_and_line(tmp_path):
+    """pandas' message named a byte offset in its read buffer ("position 1" for a byte on row 3),
+    not where the byte is or why: a Latin-1 save after an edit, or a spreadsheet's UTF-16."""
+    rows = [(*GOOD[0][:3], "a1", "w1"), (*GOOD[1][:3], "a2", "w2"), (*GOOD[2][:3], "a3", "wé")]
+    path = _write(tmp_path / "e.tsv", rows)
+    path.write_bytes(path.read_text(encoding="utf-8").encode("latin-1"))
+    with pytest.raises(ExportFormatError) as latin:
+        read_export(path)
+    assert str(latin.value).startswith(
+        "row 3 (line 4), ASSIGNMENT:worker_id: byte 0xe9 cannot be UTF-8 (Latin-1 or Windows-1252, perhaps)"
+    )
+    assert "iconv -f WINDOWS-1252 -t UTF-8" in str(latin.value)
+    path.write_bytes(path.read_text(encoding="latin-1").encode("utf-16"))
+    with pytest.raises(ExportFormatError, match=r"^export file is not UTF-8 text: it looks like UTF-16"):
+        read_export(path)
