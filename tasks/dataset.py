@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pandas as pd
 
+from aggregation.addresses import image_address
 from tasks.dataset_file import IMAGE_COLUMNS, TRUTH_COLUMN, DatasetError, read_table
 
 __all__ = [
@@ -47,17 +48,6 @@ def url_problem(url: str) -> str | None:
     if any(char.isspace() for char in host):
         return f"has a space in its host {host!r}"
     return None
-
-
-def image_address(url: str) -> str:
-    """What a web server sees of an image URL: two rows whose URLs differ only in the scheme
-    (http/https), the host's case, a default port, percent-encoding or a `#fragment` (never sent)
-    name one picture, which the crowd would be paid to see and group as two."""
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    port = "" if parts.port in (None, default) else f":{parts.port}"
-    query = f"?{unquote(parts.query)}" if parts.query else ""
-    return f"{(parts.hostname or '').lower()}{port}{unquote(parts.path)}{query}"
 
 
 def _lines(lines: list[int], most: int = 5) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger
 
-from tasks.dataset import image_address
+from aggregation.addresses import image_address
 from tasks.hits import plan_hits
 from tasks.params import HitParams, TolokaTarget
 from tasks.second_round import SECOND_ROUND_POOL
@@ -89,7 +89,7 @@ def round_to_follow(state: list[RoundState], seconds: list[RoundState], share: f
 
 def respelled(items: list[str], clustered: set[str]) -> dict[str, str]:
     """The `items` that are clustered images under another spelling of their URL (as a web server
-    sees them, `dataset.image_address`): item -> the spelling that was clustered.
+    sees them, `aggregation.addresses.image_address`): item -> the spelling that was clustered.
 
     A catalogue file rewritten with %-encoded URLs made its images new again: the next round paid
     the crowd to label them a second time and clusters.csv listed each picture twice.

@@ -492,3 +492,30 @@ def test_images_no_answer_is_left_for_are_named_and_written(export, tmp_path):
         "truth       40 items in common; 42 clustered without a class in the truth file; "
         "1 of its items not clustered" in partial.stdout
     )
+
+
+def test_an_image_under_two_spellings_of_its_url_is_warned_of_naming_both(export, tmp_path):
+    """A second round's export whose input file was re-saved with `http://` URLs (or %-encoded, or
+    the host in capitals) made every image two items, each clustered on its own half of the answers,
+    without a word: clusters.csv listed each picture twice, possibly in two clusters."""
+    full = pd.read_csv(export / "export.tsv", sep="\t", dtype=str, keep_default_na=False)
+    half = len(full) // 2
+    full.iloc[:half].to_csv(tmp_path / "r1.tsv", sep="\t", index=False)
+    respelled = full.iloc[half:].copy()
+    respelled["INPUT:images"] = respelled["INPUT:images"].str.replace("https://", "http://", regex=False)
+    respelled.to_csv(tmp_path / "r2.tsv", sep="\t", index=False)
+
+    one = _run([tmp_path / "r1.tsv", "-o", tmp_path / "c1.csv"])
+    assert one.returncode == 0, one.stderr
+    assert "spellings" not in one.stderr
+    both = _run([tmp_path / "r1.tsv", tmp_path / "r2.tsv", "-o", tmp_path / "c2.csv"])
+    assert both.returncode == 0, both.stderr
+    written = set(pd.read_csv(tmp_path / "c2.csv")["item"])
+    twice = sorted(item for item in written if item.replace("https://", "http://") in written - {item})
+    assert len(twice) > 60
+    first = twice[0].replace("https://", "http://")
+    assert (
+        f"warning: {len(twice)} images of the exports appear under more than one spelling of their URL, and "
+        f"each spelling is clustered as an image of its own: {first} and {first.replace('http://', 'https://')}"
+        in both.stderr
+    )

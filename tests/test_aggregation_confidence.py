@@ -305,6 +305,7 @@ def test_estimators_follow_the_scikit_learn_protocol():
         "aggregation.design",
         "aggregation.pairs",
         "aggregation.partners",
+        "aggregation.addresses",
     ],
 )
 def test_doctests(module):

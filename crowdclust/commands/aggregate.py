@@ -226,6 +226,10 @@ def aggregate(
     from aggregation.workers import answers_per_worker, worker_quality
 
     labels, problems, unanswered = _read_exports(exports, lenient, read_export, ExportFormatError)
+    from aggregation.addresses import respellings
+
+    # One picture under two spellings of its URL (a round's input file re-saved) is two items.
+    respelled = respellings(labels["item"].unique())
     exported = "the export" if len(exports) == 1 else "the exports"
     truth_series = _read_truth(truth) if truth is not None else None
     if truth is not None:
@@ -345,6 +349,18 @@ def aggregate(
             "left (shown only by rejected, skipped, expired or active assignments or by skipped rows) "
             f"and {'is' if one else 'are'} in no cluster: "
             f"{', '.join(unanswered[:5])}{', ...' if len(unanswered) > 5 else ''}. Send them again{hint}.",
+            file=sys.stderr,
+        )
+    if respelled:
+        shown = ", ".join(" and ".join(group) for group in respelled[:3])
+        one = len(respelled) == 1
+        print(
+            f"warning: {_n(len(respelled), 'image')} of {exported} {'appears' if one else 'appear'} under "
+            f"more than one spelling of {'its' if one else 'their'} URL, and each spelling is clustered as "
+            f"an image of its own: {shown}{', ...' if len(respelled) > 3 else ''}; a web server sees one "
+            "picture behind them (they differ in the scheme, the host's case, a default port, %-encoding "
+            "or a #fragment): write one spelling in every export, or the picture is listed twice and its "
+            "answers are split between the two.",
             file=sys.stderr,
         )
     moved, dissolved = model.dissolved_
