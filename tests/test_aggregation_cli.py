@@ -519,3 +519,26 @@ def test_an_image_under_two_spellings_of_its_url_is_warned_of_naming_both(export
         f"each spelling is clustered as an image of its own: {first} and {first.replace('http://', 'https://')}"
         in both.stderr
     )
+
+
+def test_an_output_that_is_an_input_or_another_output_is_refused_before_anything_is_written(export, tmp_path):
+    """`-o export.tsv` (a completed name) replaced the user's export with the clusters, `-o` on the
+    truth file replaced the truth, and two options naming one file kept only the last one written,
+    all with exit code 0."""
+    source = tmp_path / "export.tsv"
+    source.write_bytes((export / "export.tsv").read_bytes())
+    truth = tmp_path / "truth.csv"
+    truth.write_bytes((export / "truth.csv").read_bytes())
+    over_export = _run([source, "-o", tmp_path / "." / "export.tsv"])
+    assert over_export.returncode == 2, over_export.stderr
+    assert over_export.stderr == (
+        f"error: --output {tmp_path / '.' / 'export.tsv'} is the export {source}: writing there would "
+        "replace it; give the output a path of its own\n"
+    )
+    assert source.read_bytes() == (export / "export.tsv").read_bytes()
+    over_truth = _run([source, "-o", truth, "--truth", truth])
+    assert over_truth.returncode == 2 and f"--output {truth} is the truth file {truth}" in over_truth.stderr
+    assert truth.read_bytes() == (export / "truth.csv").read_bytes()
+    both = _run([source, "-o", tmp_path / "c.csv", "--workers-output", tmp_path / "c.csv"])
+    assert both.returncode == 2 and not (tmp_path / "c.csv").exists()
+    assert f"--workers-output {tmp_path / 'c.csv'} is the --output file" in both.stderr

@@ -114,6 +114,42 @@ def _check_writable(paths: list[Path | None]) -> None:
             _fail(f"cannot write {path}: permission denied")
 
 
+def _file_key(path: Path) -> tuple:
+    """What makes two paths one file: its device and inode when it exists (a link, `./x`, another
+    spelling of the folder), else where it would be created. A folder not made yet counts as the
+    real one it will be (`new/../export.tsv` is `export.tsv` once `new` is made)."""
+    import os
+
+    target = path.absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    where = Path(os.path.normpath(existing.resolve() / target.relative_to(existing)))
+    try:
+        stat = where.stat()
+    except OSError:
+        return ("path", where)
+    return ("inode", stat.st_dev, stat.st_ino)
+
+
+def _check_distinct(inputs: list[tuple[str, Path]], outputs: list[tuple[str, Path | None]]) -> None:
+    """Refuse an output that is one of the inputs or another output, before anything is read or written.
+
+    `-o export.tsv` (a name completed by the shell) replaced the user's export with the clusters,
+    `-o` on the truth file replaced the truth, and two options naming one file kept the last one
+    written: each with exit code 0 and nothing said. A device such as /dev/null may take several.
+    """
+    seen = {_file_key(path): f"{what} {path}" for what, path in inputs}
+    for option, path in outputs:
+        if path is None or str(path) == "-" or (path.exists() and not path.is_file()):
+            continue
+        key = _file_key(path)
+        if key in seen:
+            _fail(
+                f"{option} {path} is {seen[key]}: writing there would replace it; "
+                "give the output a path of its own"
+            )
+        seen[key] = f"the {option} file"
+
+
 def _check_truth_items(path: Path, truth: pd.Series, items: pd.Series, exports: str) -> None:
     """Stop before the fit when the truth file names none of the exports' items.
 
@@ -204,9 +240,17 @@ def aggregate(
         _fail(f"--seed {seed}: must be from 0 to 2**64 - 1")
     if min_cluster_size is not None and min_cluster_size < 1:
         _fail(f"--min-cluster-size {min_cluster_size}: must be 1 or more")
-    _check_writable(
-        [output, dissent_output, dissent_workers, recheck_output, workers_output, unanswered_output]
-    )
+    outputs = [
+        ("--output", output),
+        ("--dissent-output", dissent_output),
+        ("--dissent-workers", dissent_workers),
+        ("--recheck-output", recheck_output),
+        ("--workers-output", workers_output),
+        ("--unanswered-output", unanswered_output),
+    ]
+    inputs = [("the export", path) for path in exports] + ([("the truth file", truth)] if truth else [])
+    _check_distinct(inputs, outputs)
+    _check_writable([path for _, path in outputs])
     from aggregation.startup import lean_imports
 
     lean_imports()  # pandas and numba without pyarrow, scipy.linalg and cffi (a third of the start-up)
