@@ -356,7 +356,10 @@ def _answers(frame: pd.DataFrame) -> tuple[np.ndarray, str | None]:
         return ~left_out, None
     counts = status[left_out].value_counts()
     named = ", ".join(f"{n:,} {s.lower()}" for s, n in sorted(counts.items()))
-    return ~left_out, f"left out {int(left_out.sum()):,} rows that are not answers ({STATUS}: {named})"
+    # Active assignments are answered later: their images need the pool to finish, not a new round.
+    later = "; the active ones are still in workers' hands: export again once the pool has closed"
+    note = f"left out {int(left_out.sum()):,} rows that are not answers ({STATUS}: {named})"
+    return ~left_out, note + (later if "ACTIVE" in counts.index else "")
 
 
 def _shown(cells: list[object]) -> set[str]:

@@ -358,7 +358,10 @@ def test_active_assignments_of_a_running_pool_are_left_out_not_a_bad_row(tmp_pat
     ]
     reading = read_export(_write(tmp_path / "e.tsv", rows, columns))
     assert sorted(reading.labels["worker"].unique()) == ["w1", "w3"]
-    assert reading.notes[0] == "left out 2 rows that are not answers (ASSIGNMENT:status: 2 active)"
+    assert reading.notes[0] == (
+        "left out 2 rows that are not answers (ASSIGNMENT:status: 2 active); the active ones are still "
+        "in workers' hands: export again once the pool has closed"
+    )
     assert reading.unanswered == ["u3", "u4"]
 
 
