@@ -175,47 +175,70 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 REPLACED = "\ufffd"  # what a byte that is not UTF-8 reads as with encoding_errors="replace"
 
 
-def _not_utf8(path: Path) -> str:
-    """Where an export that is not UTF-8 text first stops being so, and how to convert it.
+CONVERT = "keep it {} and convert it to UTF-8, e.g. with `iconv -f {} -t UTF-8`"
 
-    pandas' own message gave a byte offset inside its read buffer ("position 3" on row 3), not the
-    row, column or line a person can find, and nothing of the usual causes: a spreadsheet's
-    "Unicode Text" (UTF-16), or a file saved as Latin-1 / Windows-1252 after an edit. Only reached
-    when reading failed, so reading the file again (decompressed as pandas does) costs nothing else.
-    """
+
+def _first_non_utf8(path: Path) -> tuple[bytes, int | None]:
+    """The file's bytes (decompressed as pandas does) and the offset of its first byte that is not
+    UTF-8 (None: it looks like UTF-16; -1: it decodes after all)."""
     from pandas.io.common import get_handle
 
     with get_handle(path, "rb", compression="infer", is_text=False) as handles:
         data = handles.handle.read()
-    convert = "keep it tab-separated and convert it to UTF-8, e.g. with `iconv -f {} -t UTF-8`"
     if data.startswith(UTF16_BOMS) or b"\x00" in data[:4096]:
-        return (
-            "export file is not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): "
-            + convert.format("UTF-16")
-        )
+        return data, None
     try:
         data.decode("utf-8")
-        start = None
     except UnicodeDecodeError as exc:
-        start = exc.start
-    where = "export file"
-    if start is not None:
-        line = data.count(b"\n", 0, start) + 1
-        where = f"line {line}"
-        try:  # the row and column as the reader numbers them: the first cell holding a replaced byte
-            frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding_errors="replace")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError):
-            frame = None
-        if frame is not None and any(REPLACED in str(column) for column in frame.columns):
-            where = f"the header ({where})"
-        elif frame is not None:
-            hits = np.column_stack(
-                [frame[column].str.contains(REPLACED, regex=False).to_numpy() for column in frame.columns]
-            ).nonzero()
-            if len(hits[0]):
-                where = f"row {hits[0][0] + 1} ({where}), {frame.columns[hits[1][0]]}"
-        where += f": byte 0x{data[start]:02x} cannot be UTF-8 (Latin-1 or Windows-1252, perhaps)"
-    return f"{where}: the export must be UTF-8 text, as Toloka writes it: " + convert.format("WINDOWS-1252")
+        return data, exc.start
+    return data, -1
+
+
+def not_utf8(path: Path, what: str, layout: str = "tab-separated") -> str:
+    """Why a file that failed to decode is not UTF-8, by line, and how to convert it.
+
+    pandas' own message gave a byte offset inside its read buffer ("position 3" on line 4), not the
+    line a person can find, and nothing of the usual causes: a spreadsheet's "Unicode Text"
+    (UTF-16), or a file saved as Latin-1 / Windows-1252 after an edit. Only called when reading
+    failed, so reading the file again costs nothing else.
+    """
+    data, start = _first_non_utf8(path)
+    if start is None:
+        return "not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): " + CONVERT.format(
+            layout, "UTF-16"
+        )
+    if start < 0:
+        return f"not UTF-8 text: the {what} must be UTF-8 text: " + CONVERT.format(layout, "WINDOWS-1252")
+    line = data.count(b"\n", 0, start) + 1
+    return (
+        f"line {line}: byte 0x{data[start]:02x} cannot be UTF-8 (Latin-1 or "
+        f"Windows-1252, perhaps): the {what} must be UTF-8 text: " + CONVERT.format(layout, "WINDOWS-1252")
+    )
+
+
+def _not_utf8(path: Path) -> str:
+    """`not_utf8` for an export, naming the row and column of the byte as the reader numbers them."""
+    data, start = _first_non_utf8(path)
+    if start is None or start < 0:
+        return "export file is " + not_utf8(path, "export")
+    line = data.count(b"\n", 0, start) + 1
+    where = f"line {line}"
+    try:  # the row and column as the reader numbers them: the first cell holding a replaced byte
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding_errors="replace")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        frame = None
+    if frame is not None and any(REPLACED in str(column) for column in frame.columns):
+        where = f"the header ({where})"
+    elif frame is not None:
+        hits = np.column_stack(
+            [frame[column].str.contains(REPLACED, regex=False).to_numpy() for column in frame.columns]
+        ).nonzero()
+        if len(hits[0]):
+            where = f"row {hits[0][0] + 1} ({where}), {frame.columns[hits[1][0]]}"
+    return (
+        f"{where}: byte 0x{data[start]:02x} cannot be UTF-8 (Latin-1 or Windows-1252, perhaps): the export "
+        "must be UTF-8 text, as Toloka writes it: " + CONVERT.format("tab-separated", "WINDOWS-1252")
+    )
 
 
 def _bulk_json(cells: pd.Series) -> list:

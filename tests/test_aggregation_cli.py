@@ -542,3 +542,22 @@ def test_an_output_that_is_an_input_or_another_output_is_refused_before_anything
     both = _run([source, "-o", tmp_path / "c.csv", "--workers-output", tmp_path / "c.csv"])
     assert both.returncode == 2 and not (tmp_path / "c.csv").exists()
     assert f"--workers-output {tmp_path / 'c.csv'} is the --output file" in both.stderr
+
+
+def test_a_truth_file_that_is_not_utf8_names_its_line(export, tmp_path):
+    """A truth file saved as Latin-1 (a class name with an accent) or as a spreadsheet's UTF-16 got
+    pandas' "can't decode byte 0xe9 in position 3", an offset in its read buffer, not a line."""
+    lines = (export / "truth.csv").read_text().splitlines()
+    lines[5] = lines[5] + "é"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("\n".join(lines).encode("latin-1"))
+    result = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--truth", latin])
+    assert result.returncode == 2 and not (tmp_path / "c.csv").exists()
+    assert result.stderr.startswith(
+        f"error: truth file {latin}, line 6: byte 0xe9 cannot be UTF-8 (Latin-1 or Windows-1252, perhaps)"
+    )
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes((export / "truth.csv").read_text().encode("utf-16"))
+    result = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--truth", wide])
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: truth file {wide}: not UTF-8 text: it looks like UTF-16")

@@ -69,7 +69,12 @@ def _read_truth(path: Path):
     try:  # the header line, then the whole file, both decompressed by the name's ending as pandas does
         header = pd.read_csv(path, sep="\0", header=None, nrows=1, dtype=str).iloc[0, 0]
         frame = pd.read_csv(path, dtype=str, sep="\t" if "\t" in header else ",", keep_default_na=False)
-    except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:  # pandas' message gave a byte offset in its read buffer
+        from aggregation.adapter import not_utf8
+
+        why = not_utf8(path, "truth file", "comma- or tab-separated")
+        _fail(f"truth file {path}{', ' if why.startswith('line') else ': '}{why}")
+    except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         _fail(f"cannot read truth file {path}: {exc}")
     key = "item" if "item" in frame.columns else "image" if "image" in frame.columns else None
     if key is None or "class" not in frame.columns:
