@@ -9,7 +9,9 @@ the header not counted) and the assignment id, because a person has to find that
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -166,9 +168,39 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise ExportFormatError(_not_utf8(path)) from None
     except pd.errors.ParserError as exc:
-        raise ExportFormatError(f"export file is not a readable TSV: {exc}") from None
+        raise ExportFormatError(_ragged_row(path) or f"export file is not a readable TSV: {exc}") from None
     except (EOFError, OSError, zlib.error) as exc:  # a compressed file cut short or not compressed
         raise ExportFormatError(f"export file cannot be decompressed ({type(exc).__name__}: {exc})") from None
+
+
+def _ragged_row(path: Path) -> str | None:
+    """The first row with more fields than the header, by row and line, or None if there is none.
+
+    pandas' message ("Expected 11 fields in line 12, saw 13") counts a quoted cell that spans lines
+    as one line and a blank line as one: neither the row the other messages name (blank lines left
+    out, the header not counted) nor the line an editor shows. Only called when reading failed.
+    """
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handles:
+            text = io.TextIOWrapper(handles.handle, encoding="utf-8-sig", newline="")
+            reader = csv.reader(text, delimiter="\t")
+            header, row, line = next(reader, []), 0, reader.line_num
+            for fields in reader:
+                start, line = line + 1, reader.line_num
+                if not fields:
+                    continue  # a blank line, which pandas skips too
+                row += 1
+                if len(fields) > len(header):
+                    return (
+                        f"row {row} (line {start}) has {len(fields)} fields where the header has "
+                        f"{len(header)}: a tab inside a cell that is not quoted, or two rows pasted "
+                        "into one?"
+                    )
+    except (csv.Error, OSError, EOFError, UnicodeDecodeError, zlib.error):
+        return None
+    return None
 
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")

@@ -380,3 +380,22 @@ def test_an_export_that_is_not_utf8_names_the_row_column_and_line(tmp_path):
     path.write_bytes(path.read_text(encoding="latin-1").encode("utf-16"))
     with pytest.raises(ExportFormatError, match=r"^export file is not UTF-8 text: it looks like UTF-16"):
         read_export(path)
+
+
+def test_a_row_with_more_fields_than_the_header_is_named_by_row_and_line(tmp_path):
+    """pandas' "Expected 5 fields in line 4, saw 7" counted a quoted cell of two lines as one line
+    and blank lines as lines: neither the reader's row nor the editor's line. The row is counted as
+    every other message counts it, and the line as an editor shows it."""
+    rows = [
+        ('"u1","u2"', '{"group":1},{"group":1}', "a\nhint over two lines", "a1", "w1"),
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a2", "w2"),
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a3", "w3", "pasted", "twice"),
+    ]
+    path = _write(tmp_path / "e.tsv", rows)
+    text = path.read_text().split("\n")
+    path.write_text("\n".join([*text[:3], "", *text[3:]]))  # a blank line after the first row
+    with pytest.raises(ExportFormatError) as error:
+        read_export(path)
+    assert str(error.value).startswith(
+        "row 3 (line 6) has 7 fields where the header has 5: a tab inside a cell that is not quoted"
+    )
