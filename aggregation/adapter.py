@@ -9,9 +9,7 @@ the header not counted) and the assignment id, because a person has to find that
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -23,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from aggregation.pairs import REQUIRED
+from aggregation.unreadable import export_not_utf8, ragged_row
 
 __all__ = ["ExportFormatError", "ExportReading", "load_export", "read_export"]
 
@@ -166,111 +165,11 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ExportFormatError("export file is empty (no header)") from None
     except UnicodeDecodeError:
-        raise ExportFormatError(_not_utf8(path)) from None
+        raise ExportFormatError(export_not_utf8(path)) from None
     except pd.errors.ParserError as exc:
-        raise ExportFormatError(_ragged_row(path) or f"export file is not a readable TSV: {exc}") from None
+        raise ExportFormatError(ragged_row(path) or f"export file is not a readable TSV: {exc}") from None
     except (EOFError, OSError, zlib.error) as exc:  # a compressed file cut short or not compressed
         raise ExportFormatError(f"export file cannot be decompressed ({type(exc).__name__}: {exc})") from None
-
-
-def _ragged_row(path: Path) -> str | None:
-    """The first row with more fields than the header, by row and line, or None if there is none.
-
-    pandas' message ("Expected 11 fields in line 12, saw 13") counts a quoted cell that spans lines
-    as one line and a blank line as one: neither the row the other messages name (blank lines left
-    out, the header not counted) nor the line an editor shows. Only called when reading failed.
-    """
-    from pandas.io.common import get_handle
-
-    try:
-        with get_handle(path, "rb", compression="infer", is_text=False) as handles:
-            text = io.TextIOWrapper(handles.handle, encoding="utf-8-sig", newline="")
-            reader = csv.reader(text, delimiter="\t")
-            header, row, line = next(reader, []), 0, reader.line_num
-            for fields in reader:
-                start, line = line + 1, reader.line_num
-                if not fields:
-                    continue  # a blank line, which pandas skips too
-                row += 1
-                if len(fields) > len(header):
-                    return (
-                        f"row {row} (line {start}) has {len(fields)} fields where the header has "
-                        f"{len(header)}: a tab inside a cell that is not quoted, or two rows pasted "
-                        "into one?"
-                    )
-    except (csv.Error, OSError, EOFError, UnicodeDecodeError, zlib.error):
-        return None
-    return None
-
-
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-REPLACED = "\ufffd"  # what a byte that is not UTF-8 reads as with encoding_errors="replace"
-
-
-CONVERT = "keep it {} and convert it to UTF-8, e.g. with `iconv -f {} -t UTF-8`"
-
-
-def _first_non_utf8(path: Path) -> tuple[bytes, int | None]:
-    """The file's bytes (decompressed as pandas does) and the offset of its first byte that is not
-    UTF-8 (None: it looks like UTF-16; -1: it decodes after all)."""
-    from pandas.io.common import get_handle
-
-    with get_handle(path, "rb", compression="infer", is_text=False) as handles:
-        data = handles.handle.read()
-    if data.startswith(UTF16_BOMS) or b"\x00" in data[:4096]:
-        return data, None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return data, exc.start
-    return data, -1
-
-
-def not_utf8(path: Path, what: str, layout: str = "tab-separated") -> str:
-    """Why a file that failed to decode is not UTF-8, by line, and how to convert it.
-
-    pandas' own message gave a byte offset inside its read buffer ("position 3" on line 4), not the
-    line a person can find, and nothing of the usual causes: a spreadsheet's "Unicode Text"
-    (UTF-16), or a file saved as Latin-1 / Windows-1252 after an edit. Only called when reading
-    failed, so reading the file again costs nothing else.
-    """
-    data, start = _first_non_utf8(path)
-    if start is None:
-        return "not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): " + CONVERT.format(
-            layout, "UTF-16"
-        )
-    if start < 0:
-        return f"not UTF-8 text: the {what} must be UTF-8 text: " + CONVERT.format(layout, "WINDOWS-1252")
-    line = data.count(b"\n", 0, start) + 1
-    return (
-        f"line {line}: byte 0x{data[start]:02x} cannot be UTF-8 (Latin-1 or "
-        f"Windows-1252, perhaps): the {what} must be UTF-8 text: " + CONVERT.format(layout, "WINDOWS-1252")
-    )
-
-
-def _not_utf8(path: Path) -> str:
-    """`not_utf8` for an export, naming the row and column of the byte as the reader numbers them."""
-    data, start = _first_non_utf8(path)
-    if start is None or start < 0:
-        return "export file is " + not_utf8(path, "export")
-    line = data.count(b"\n", 0, start) + 1
-    where = f"line {line}"
-    try:  # the row and column as the reader numbers them: the first cell holding a replaced byte
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding_errors="replace")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError):
-        frame = None
-    if frame is not None and any(REPLACED in str(column) for column in frame.columns):
-        where = f"the header ({where})"
-    elif frame is not None:
-        hits = np.column_stack(
-            [frame[column].str.contains(REPLACED, regex=False).to_numpy() for column in frame.columns]
-        ).nonzero()
-        if len(hits[0]):
-            where = f"row {hits[0][0] + 1} ({where}), {frame.columns[hits[1][0]]}"
-    return (
-        f"{where}: byte 0x{data[start]:02x} cannot be UTF-8 (Latin-1 or Windows-1252, perhaps): the export "
-        "must be UTF-8 text, as Toloka writes it: " + CONVERT.format("tab-separated", "WINDOWS-1252")
-    )
 
 
 def _bulk_json(cells: pd.Series) -> list:

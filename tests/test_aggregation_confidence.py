@@ -316,6 +316,7 @@ def test_doctests(module):
 def test_public_modules_declare_all():
     for name in (
         "adapter",
+        "addresses",
         "answer_cuts",
         "confidence",
         "consensus",
@@ -327,6 +328,7 @@ def test_public_modules_declare_all():
         "pieces",
         "splitting",
         "synthetic",
+        "unreadable",
         "workers",
     ):
         module = importlib.import_module(f"aggregation.{name}")

@@ -6,6 +6,7 @@ numba/pandas/the aggregation core are paid for only when `aggregate` actually ru
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from enum import StrEnum
@@ -70,7 +71,7 @@ def _read_truth(path: Path):
         header = pd.read_csv(path, sep="\0", header=None, nrows=1, dtype=str).iloc[0, 0]
         frame = pd.read_csv(path, dtype=str, sep="\t" if "\t" in header else ",", keep_default_na=False)
     except UnicodeDecodeError:  # pandas' message gave a byte offset in its read buffer
-        from aggregation.adapter import not_utf8
+        from aggregation.unreadable import not_utf8
 
         why = not_utf8(path, "truth file", "comma- or tab-separated")
         _fail(f"truth file {path}{', ' if why.startswith('line') else ': '}{why}")
@@ -123,8 +124,6 @@ def _file_key(path: Path) -> tuple:
     """What makes two paths one file: its device and inode when it exists (a link, `./x`, another
     spelling of the folder), else where it would be created. A folder not made yet counts as the
     real one it will be (`new/../export.tsv` is `export.tsv` once `new` is made)."""
-    import os
-
     target = path.absolute()
     existing = next(p for p in (target, *target.parents) if p.exists())
     where = Path(os.path.normpath(existing.resolve() / target.relative_to(existing)))

@@ -1,0 +1,121 @@
+"""Why a table file failed to read, said as a person can act on it: the line, the row, the fix.
+
+pandas names a byte offset inside its read buffer ("can't decode byte 0xe9 in position 3") or
+counts lines its own way ("Expected 11 fields in line 12": a quoted cell over two lines counts as
+one, a blank line as one), neither of which a person can find in the file. These functions run
+only after a read failed, so reading the file again costs nothing on the common path; pandas is
+imported inside them for the same reason. (The pipeline's dataset file has its own reader, at the
+bottom of the pipeline's imports, with the same advice.)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zlib
+from pathlib import Path
+
+__all__ = ["export_not_utf8", "not_utf8", "ragged_row"]
+
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+REPLACED = "\ufffd"  # what a byte that is not UTF-8 reads as with encoding_errors="replace"
+LATIN = "byte 0x{:02x} cannot be UTF-8 (Latin-1 or Windows-1252, perhaps)"
+
+
+def convert_to_utf8(source: str, layout: str) -> str:
+    """How to make the file readable: a conversion that keeps its separators. Excel has no UTF-8
+    tab-separated format of its own ('CSV UTF-8' separates by commas, and 'Text (Tab delimited)'
+    writes the system code page)."""
+    return f"keep it {layout} and convert it to UTF-8, e.g. with `iconv -f {source} -t UTF-8`"
+
+
+def _decompressed(path: Path) -> bytes:
+    """The file's bytes, decompressed by its name's ending as pandas reads it."""
+    from pandas.io.common import get_handle
+
+    with get_handle(path, "rb", compression="infer", is_text=False) as handles:
+        return handles.handle.read()
+
+
+def _first_non_utf8(data: bytes) -> int | None:
+    """The offset of the first byte of `data` that is not UTF-8; None when it looks like UTF-16
+    (a byte-order mark, or NUL bytes early on); -1 when it decodes after all."""
+    if data.startswith(UTF16_BOMS) or b"\x00" in data[:4096]:
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return -1
+
+
+def not_utf8(path: Path, what: str, layout: str = "tab-separated") -> str:
+    """Why a file that failed to decode is not UTF-8, by line, and how to convert it: the usual
+    causes are a spreadsheet's "Unicode Text" (UTF-16) or a save as Latin-1 / Windows-1252."""
+    data = _decompressed(path)
+    start = _first_non_utf8(data)
+    if start is None:
+        return "not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): " + convert_to_utf8(
+            "UTF-16", layout
+        )
+    if start < 0:
+        return f"not UTF-8 text: the {what} must be UTF-8 text: " + convert_to_utf8("WINDOWS-1252", layout)
+    line = data.count(b"\n", 0, start) + 1
+    return f"line {line}: {LATIN.format(data[start])}: the {what} must be UTF-8 text: " + convert_to_utf8(
+        "WINDOWS-1252", layout
+    )
+
+
+def export_not_utf8(path: Path) -> str:
+    """`not_utf8` for an export, naming the row and column of the byte as the reader numbers them
+    (blank lines left out, the header not counted)."""
+    import numpy as np
+    import pandas as pd
+
+    data = _decompressed(path)
+    start = _first_non_utf8(data)
+    if start is None or start < 0:
+        return "export file is " + not_utf8(path, "export")
+    line = data.count(b"\n", 0, start) + 1
+    where = f"line {line}"
+    try:  # the first cell holding a replaced byte
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding_errors="replace")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        frame = None
+    if frame is not None and any(REPLACED in str(column) for column in frame.columns):
+        where = f"the header ({where})"
+    elif frame is not None:
+        hits = np.column_stack(
+            [frame[column].str.contains(REPLACED, regex=False).to_numpy() for column in frame.columns]
+        ).nonzero()
+        if len(hits[0]):
+            where = f"row {hits[0][0] + 1} ({where}), {frame.columns[hits[1][0]]}"
+    return (
+        f"{where}: {LATIN.format(data[start])}: the export must be UTF-8 text, as Toloka writes it: "
+        + convert_to_utf8("WINDOWS-1252", "tab-separated")
+    )
+
+
+def ragged_row(path: Path) -> str | None:
+    """The first row with more fields than the header, by row and line, or None if there is none."""
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handles:
+            text = io.TextIOWrapper(handles.handle, encoding="utf-8-sig", newline="")
+            reader = csv.reader(text, delimiter="\t")
+            header, row, line = next(reader, []), 0, reader.line_num
+            for fields in reader:
+                start, line = line + 1, reader.line_num
+                if not fields:
+                    continue  # a blank line, which pandas skips too
+                row += 1
+                if len(fields) > len(header):
+                    return (
+                        f"row {row} (line {start}) has {len(fields)} fields where the header has "
+                        f"{len(header)}: a tab inside a cell that is not quoted, or two rows pasted "
+                        "into one?"
+                    )
+    except (csv.Error, OSError, EOFError, UnicodeDecodeError, zlib.error):
+        return None
+    return None
