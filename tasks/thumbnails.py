@@ -162,6 +162,7 @@ def fetch_images(urls: list[str], base_url: str | None = None, thumbnails: bool 
     the emulator's default address, which may not be where this run's emulator listens. When the
     image is not there, the URL as written is tried: a user rehearsing their own image host on the
     emulator had every image reported missing (the emulator answered 404 for the host's paths).
+    When both fail differently the problem names both (an unreachable host read as `HTTP 404`).
     `thumbnails=False` only checks that each image can be shown (a run's check before paying).
     """
     import httpx
@@ -175,7 +176,11 @@ def fetch_images(urls: list[str], base_url: str | None = None, thumbnails: bool 
         got = _get(client, first, thumbnails)
         if got.problem is not None and first != url:
             again = _get(client, url, thumbnails)
-            got = again if again.problem is None else got
+            if again.problem is None:
+                return url, again
+            if again.problem != got.problem:  # say both: the host's own failure was hidden behind a 404
+                both = f"{got.problem} from the run's emulator; as written: {again.problem}"
+                return url, Fetched(problem=both)
         return url, got
 
     limits = httpx.Limits(max_connections=WORKERS)

@@ -124,6 +124,17 @@ def test_an_image_the_emulator_lacks_is_fetched_from_its_own_host(image_server):
     assert list(got) == [f"{image_server}/ok.png"]
 
 
+def test_an_image_neither_the_emulator_nor_its_own_host_serves_names_both_reasons(image_server):
+    """configs/shoes on the emulator, offline: every photo was reported `HTTP 404` (the emulator's
+    answer for a path it lacks) when the photos' own host could not even be reached, which read as
+    photos taken down. The check names what the URL as written gave too."""
+    unreachable = "http://127.0.0.1:9"  # nothing listens: the images' own host is out of reach
+    got = thumbnails.fetch_images([f"{unreachable}/a.png"], base_url=image_server, thumbnails=False)
+    assert got[f"{unreachable}/a.png"].problem == "HTTP 404 from the run's emulator; as written: ConnectError"
+    same = thumbnails.fetch_images([f"{image_server}/missing.png"], base_url=image_server, thumbnails=False)
+    assert same[f"{image_server}/missing.png"].problem == "HTTP 404"  # one address: one reason
+
+
 def test_the_check_before_paying_says_why_each_image_cannot_be_shown(image_server):
     """What `hits.check_images` reports: the HTTP status, a page that is not an image, bytes that do
     not decode, a URL that does not parse (an unbalanced bracket raised inside the fetch before)."""
