@@ -48,9 +48,10 @@ class TolokaTarget(_Model):
     )
     url: str | None = Field(
         "http://127.0.0.1:8765",
-        description="API base URL: the emulator for `local` (the local service's workers use the "
-        "service's own emulator instead, whatever this says); for sandbox/production leave empty "
-        "(null) to use toloka-kit's endpoint, or set it to override.",
+        description="API base URL: the emulator for `local` (the local service deploys its own "
+        "emulator's address here; a run is sent where this says, so parameters given in full must name "
+        "that address); for sandbox/production leave empty (null) to use toloka-kit's endpoint, or set "
+        "it to override.",
     )
     token_secret_block: str = Field(
         "toloka-token",
