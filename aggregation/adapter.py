@@ -42,6 +42,14 @@ NOT_ANSWERS = ("REJECTED", "SKIPPED", "EXPIRED", "ACTIVE")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the labels' dtype
 
 
+# pandas reads `.zst` only with the `zstandard` package, which the lock does not hold (it raised an
+# ImportError traceback); the other endings (.gz, .bz2, .xz, .zip) use the standard library.
+NO_ZSTANDARD = (
+    "cannot be decompressed: a .zst file needs the zstandard package, which this environment lacks; "
+    "decompress it first (zstd -d)"
+)
+
+
 class ExportFormatError(ValueError):
     """An export (or one of its rows) cannot be read; the message names the row and the problem."""
 
@@ -170,6 +178,8 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
         raise ExportFormatError(ragged_row(path) or f"export file is not a readable TSV: {exc}") from None
     except (EOFError, OSError, zlib.error) as exc:  # a compressed file cut short or not compressed
         raise ExportFormatError(f"export file cannot be decompressed ({type(exc).__name__}: {exc})") from None
+    except ImportError:  # the only codec pandas imports from outside the standard library
+        raise ExportFormatError(f"export file {NO_ZSTANDARD}") from None
 
 
 def _bulk_json(cells: pd.Series) -> list:

@@ -390,6 +390,30 @@ def test_compressed_files_are_read_and_a_cut_one_is_one_error_line(export, tmp_p
     )
 
 
+def test_a_zst_file_is_read_or_refused_in_one_error_line(export, tmp_path):
+    """pandas reads `.zst` only with the `zstandard` package, which the lock does not hold: a `.zst`
+    export or truth file ended the command in an ImportError traceback (exit 1)."""
+    try:
+        import zstandard
+    except ImportError:
+        zstandard = None
+    pack = zstandard.ZstdCompressor().compress if zstandard else bytes  # unread without the package
+    (tmp_path / "e.tsv.zst").write_bytes(pack((export / "export.tsv").read_bytes()))
+    (tmp_path / "t.csv.zst").write_bytes(pack((export / "truth.csv").read_bytes()))
+    out = tmp_path / "c.csv"
+    runs = {
+        "e.tsv.zst": _run([tmp_path / "e.tsv.zst", "-o", out]),
+        "t.csv.zst": _run([export / "export.tsv", "-o", out, "--truth", tmp_path / "t.csv.zst"]),
+    }
+    for name, run in runs.items():
+        if zstandard is not None:
+            assert run.returncode == 0, run.stderr
+            continue
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr  # one line, no traceback
+        assert run.stderr.startswith("error: ") and str(tmp_path / name) in run.stderr
+        assert "needs the zstandard package" in run.stderr and "zstd -d" in run.stderr
+
+
 def test_an_export_without_task_ids_reads_its_hits_by_their_images(export, tmp_path):
     """toloka-kit's default export has no task id: every answer was read as a HIT of its own, and
     the design line said ~70 HITs per image of ~1 answer each for 10 HITs of 7 answers."""

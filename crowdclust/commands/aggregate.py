@@ -77,6 +77,10 @@ def _read_truth(path: Path):
         _fail(f"truth file {path}{', ' if why.startswith('line') else ': '}{why}")
     except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         _fail(f"cannot read truth file {path}: {exc}")
+    except ImportError:  # .zst without the zstandard package
+        from aggregation.adapter import NO_ZSTANDARD
+
+        _fail(f"truth file {path} {NO_ZSTANDARD}")
     key = "item" if "item" in frame.columns else "image" if "image" in frame.columns else None
     if key is None or "class" not in frame.columns:
         _fail(f"truth file {path} needs columns item (or image) and class; found {', '.join(frame.columns)}")
