@@ -195,7 +195,12 @@ def labelling(params: PipelineParams) -> Labelled:
     """Label the dataset with the crowd; returns Toloka ids, the export path, costs and coverage."""
     logger = get_run_logger()
     run_key = params.resolved_run_key
-    checked = preflight.check_run(params)  # data errors stop here, before anything is created
+    try:
+        checked = preflight.check_run(params)  # data errors stop here, before anything is created
+    except (budget.BudgetExceeded, hits.HitPlanError) as refusal:
+        for warning in preflight.warnings_of(refusal):  # a refused plan's log says them too
+            artifacts.warn_up(warning)
+        raise
     items = checked.items
     logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)
     for warning in checked.warnings:

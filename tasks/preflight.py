@@ -11,6 +11,7 @@ before the pool is created (`check_intruder_staffing_task`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,12 +85,29 @@ def _read_for_hits(params: PipelineParams) -> dataset.Dataset:
 
 
 def check_run(params: PipelineParams) -> Checked:
-    """Dataset, HIT size, and `check_plan` for all its images; the dataset's warnings come first."""
+    """Dataset, HIT size, and `check_plan` for all its images; the dataset's warnings come first.
+
+    A refused plan carries the dataset's and the design's warnings (`warnings_of`): printed alone,
+    a budget's refusal advised fewer HITs per image where the design needed more, and a dataset's
+    blank classes went unsaid.
+    """
     data = _read_for_hits(params)
     items = data.frame["image"].tolist()
-    bundle = check_plan(params, len(items))
+    try:
+        bundle = check_plan(params, len(items))
+    except (budget.BudgetExceeded, HitPlanError) as refusal:
+        design = None
+        with contextlib.suppress(HitPlanError, TolokaConfigError):  # the refusal is the error to tell
+            design = design_warning(params, load_bundle(params.toloka_dir), len(items))
+        refusal.warnings = (*data.warnings, *([design] if design else []))  # type: ignore[attr-defined]
+        raise
     found = (design_warning(params, bundle, len(items)), staffing_warning(params, bundle, len(items)))
     return Checked(items, bundle, (*data.warnings, *(warning for warning in found if warning)))
+
+
+def warnings_of(error: BaseException) -> tuple[str, ...]:
+    """The warnings a refused check carries (`check_run`), to say before its error."""
+    return tuple(getattr(error, "warnings", ()))
 
 
 def check_catalogue(params: PipelineParams) -> tuple[str, ...]:

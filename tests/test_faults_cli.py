@@ -220,6 +220,22 @@ def test_a_design_warning_comes_before_the_token_is_tried(run_cli, monkeypatch):
     assert lines[1].startswith("error: ") and "refused the token" in lines[1]
 
 
+def test_the_warnings_are_not_lost_behind_a_refused_plan(run_cli, tmp_path, dataset):
+    """A plan the budget refuses printed the error alone: its advice (fewer HITs per image, or a
+    larger budget) went one way while the design's warning (more HITs per image) and the dataset's
+    blank classes were never said. They come first, as before a refused token."""
+    rows = [row.split("\t") for row in dataset.read_text().splitlines()]
+    rows[3][1] = ""
+    path = tmp_path / "blank.tsv"
+    path.write_text("\n".join("\t".join(row) for row in rows) + "\n")
+    result, _ = run_cli(data=path, hits={"expected_styles": 5}, budget={"max_spend": 1.0})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 3, result.stderr
+    assert lines[0].startswith("warning: ") and "1 image(s) with a blank `class` (line 4)" in lines[0]
+    assert lines[1].startswith("warning: hits: with about 5 styles") and "hits.hits_per_item 4" in lines[1]
+    assert lines[2].startswith("error: ") and "exceeds budget.max_spend $1.00" in lines[2]
+
+
 def test_rules_that_chain_into_runaway_overlap_are_refused(run_cli, tmp_path):
     """The shape that took overlap 7 -> 45: answer-count restriction + overlap increase on revoked access."""
     folder = tmp_path / "toloka"

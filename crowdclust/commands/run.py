@@ -234,7 +234,7 @@ def run(
     # It starts now, while the checks below import the pipeline's modules.
     with private_server("run-server.log") as server:
         from tasks.budget import SpendGuardStopped
-        from tasks.preflight import DATA_ERRORS, check_catalogue, check_run
+        from tasks.preflight import DATA_ERRORS, check_catalogue, check_run, warnings_of
         from tasks.run_lock import RunKeyBusy, run_lock
         from tasks.toloka_api import (
             TRANSIENT,
@@ -260,6 +260,8 @@ def run(
                 server.wait_ready()
             probe(params.toloka)  # within ~15 s for an unreachable URL, the server's start-up aside
         except (*DATA_ERRORS, MissingTokenError) as error:
+            for warning in warnings_of(error):  # what holds whatever the plan: said before its refusal
+                typer.echo(f"warning: {warning}", err=True)
             raise _fail(str(error), 2, debug) from None
         except (PlatformUnreachable, StartupFailed) as error:  # StartupFailed: the private server
             raise _fail(str(error), 1, debug) from None
