@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from aggregation.pairs import REQUIRED
-from aggregation.unreadable import export_not_utf8, ragged_row
+from aggregation.unreadable import NO_ZSTANDARD, export_not_utf8, ragged_row
 
 __all__ = ["ExportFormatError", "ExportReading", "load_export", "read_export"]
 
@@ -40,14 +40,6 @@ REQUIRED_COLUMNS = (IMAGES, RESULT, WORKER, ASSIGNMENT)
 # A web-UI export of "all" statuses has them; toloka-kit's default is accepted ones only.
 NOT_ANSWERS = ("REJECTED", "SKIPPED", "EXPIRED", "ACTIVE")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the labels' dtype
-
-
-# pandas reads `.zst` only with the `zstandard` package, which the lock does not hold (it raised an
-# ImportError traceback); the other endings (.gz, .bz2, .xz, .zip) use the standard library.
-NO_ZSTANDARD = (
-    "cannot be decompressed: a .zst file needs the zstandard package, which this environment lacks; "
-    "decompress it first (zstd -d)"
-)
 
 
 class ExportFormatError(ValueError):

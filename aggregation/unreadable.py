@@ -15,11 +15,17 @@ import io
 import zlib
 from pathlib import Path
 
-__all__ = ["export_not_utf8", "not_utf8", "ragged_row"]
+__all__ = ["NO_ZSTANDARD", "export_not_utf8", "not_utf8", "ragged_row"]
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 REPLACED = "\ufffd"  # what a byte that is not UTF-8 reads as with encoding_errors="replace"
 LATIN = "byte 0x{:02x} cannot be UTF-8 (Latin-1 or Windows-1252, perhaps)"
+# pandas reads `.zst` only with the `zstandard` package, which the lock does not hold (it raised an
+# ImportError traceback); the other endings (.gz, .bz2, .xz, .zip) use the standard library.
+NO_ZSTANDARD = (
+    "cannot be decompressed: a .zst file needs the zstandard package, which this environment lacks; "
+    "decompress it first (zstd -d)"
+)
 
 
 def convert_to_utf8(source: str, layout: str) -> str:

@@ -99,15 +99,17 @@ def check_run(params: PipelineParams) -> Checked:
         design = None
         with contextlib.suppress(HitPlanError, TolokaConfigError):  # the refusal is the error to tell
             design = design_warning(params, load_bundle(params.toloka_dir), len(items))
-        refusal.warnings = (*data.warnings, *([design] if design else []))  # type: ignore[attr-defined]
+        for warning in (*data.warnings, *([design] if design else [])):
+            refusal.add_note(warning)
         raise
     found = (design_warning(params, bundle, len(items)), staffing_warning(params, bundle, len(items)))
     return Checked(items, bundle, (*data.warnings, *(warning for warning in found if warning)))
 
 
 def warnings_of(error: BaseException) -> tuple[str, ...]:
-    """The warnings a refused check carries (`check_run`), to say before its error."""
-    return tuple(getattr(error, "warnings", ()))
+    """The warnings a refused check carries as the exception's notes (`check_run`), to say before
+    its error (`str(error)` leaves the notes out)."""
+    return tuple(getattr(error, "__notes__", ()))
 
 
 def check_catalogue(params: PipelineParams) -> tuple[str, ...]:

@@ -78,7 +78,7 @@ def _read_truth(path: Path):
     except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         _fail(f"cannot read truth file {path}: {exc}")
     except ImportError:  # .zst without the zstandard package
-        from aggregation.adapter import NO_ZSTANDARD
+        from aggregation.unreadable import NO_ZSTANDARD
 
         _fail(f"truth file {path} {NO_ZSTANDARD}")
     key = "item" if "item" in frame.columns else "image" if "image" in frame.columns else None
