@@ -15,12 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import prefect.main  # noqa: F401  # sets up Prefect's logging: see below
 import pytest
 from typer.testing import CliRunner
 
 from crowdclust.cli import app
 from emulator import write_catalogue
 
+# Prefect binds its console handler to the stderr of the moment `prefect.main` is imported: here,
+# at collection, not inside the first CliRunner invocation, whose stderr is closed after it (run on
+# its own, the file's later runs then logged "Logging error ... I/O operation on closed file").
 ROOT = Path(__file__).resolve().parent.parent
 TOLOKA = ROOT / "configs" / "demo-shoes" / "toloka"
 
