@@ -85,8 +85,8 @@ def _earlier_pools(summary: RunSummary) -> str:
         return ""
     # A catalogue's `spent` is this run's; the rest of its key is its earlier runs' rounds.
     whose = "earlier runs of the catalogue" if summary.catalogue is not None else "pools of earlier settings"
-    in_all = f"${summary.cost.by_run_key:.2f} under run key {summary.run_key} in all"
-    return f"; {in_all}, ${earlier:.2f} of it for {whose}"
+    in_all = f"${summary.cost.by_run_key:,.2f} under run key {summary.run_key} in all"
+    return f"; {in_all}, ${earlier:,.2f} of it for {whose}"
 
 
 def _paid_before(summary: RunSummary) -> str:
@@ -94,7 +94,7 @@ def _paid_before(summary: RunSummary) -> str:
     cost = summary.cost
     if cost.added is None or cost.paid_before < 0.005:
         return ""
-    return f", ${cost.added:.2f} of it in this run (the rest in earlier runs of key {summary.run_key})"
+    return f", ${cost.added:,.2f} of it in this run (the rest in earlier runs of key {summary.run_key})"
 
 
 def describe(summary: RunSummary) -> str:
@@ -114,7 +114,7 @@ def describe(summary: RunSummary) -> str:
         + truth_share(summary.metrics, sum(sizes)),
         f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _intruder_detail(summary),
         f"cost:               ${num(summary.cost.spent, '.2f')} spent"
-        + (f" (estimate ${estimate.total:.2f})" if estimate else "")
+        + (f" (estimate ${estimate.total:,.2f})" if estimate else "")
         + _paid_before(summary)
         + _earlier_pools(summary)
         # Last: in the middle, ", $2.60 of it in this run" read as part of the warning.

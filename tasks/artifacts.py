@@ -306,14 +306,14 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
     lines = [
         f"**{summary.clusters} clusters**, ARI {shown(summary.ari)}, "  # `n/a` as in the log lines
         f"intruder accuracy {shown(summary.intruder_accuracy, '.2f')}, "
-        f"cost ${summary.cost.spent:.2f}, {summary.wall_seconds:.0f} s"
+        f"cost ${summary.cost.spent:,.2f}, {summary.wall_seconds:.0f} s"
         + (f" over {summary.attempts.count} attempts." if summary.attempts else "."),
         "",
         f"Report: {report_where}",
     ]
     estimate = summary.cost.estimate
     if estimate is not None:
-        lines += ["", f"Cost estimate checked against the budget: ${estimate.total:.2f}."]
+        lines += ["", f"Cost estimate checked against the budget: ${estimate.total:,.2f}."]
     if summary.coverage is not None:
         lines += ["", f"HIT plan: {summary.coverage.describe()}."]
     if summary.aggregation.dissent is not None:  # counts and fixed words only: no markup to escape
@@ -368,7 +368,7 @@ def run_stopped(reason: str, run_key: str, charged: float | None) -> None:
     if charged is not None:
         lines += [
             "",
-            f"Charged so far under run key {literal(run_key)}: ${charged:.2f}. The accepted answers "
+            f"Charged so far under run key {literal(run_key)}: ${charged:,.2f}. The accepted answers "
             "are kept; going on finishes the same pools and pays nothing twice.",
         ]
     _publish_overview(lines)

@@ -100,7 +100,7 @@ def check_plan_size(params: PipelineParams, bundle: TolokaBundle, n_items: int) 
         )
         raise BudgetExceeded(
             f"hits.hits_per_item {params.hits.hits_per_item} on {n_items} images needs {n_hits} HITs, "
-            f"${cost:.2f} for the main pool alone: exceeds budget.max_spend ${params.budget.max_spend:.2f} "
+            f"${cost:,.2f} for the main pool alone: exceeds budget.max_spend ${params.budget.max_spend:,.2f} "
             f"({fits}); nothing was planned or opened"
         )
 
@@ -128,9 +128,9 @@ def check_budget(costs: CostEstimate, max_spend: float, spent_before: float = 0.
     """Raise with the breakdown when the estimate exceeds what is left of the budget."""
     left = round(max_spend - spent_before, 4)
     if costs.total > left:
-        parts = ", ".join(f"{k} ${v:.2f}" for k, v in costs.parts().items() if v)
+        parts = ", ".join(f"{k} ${v:,.2f}" for k, v in costs.parts().items() if v)
         already = (
-            f" less ${spent_before:.2f} already spent by this run key (${_apart(left, costs.total)} left)"
+            f" less ${spent_before:,.2f} already spent by this run key (${_apart(left, costs.total)} left)"
             if spent_before
             else ""
         )
@@ -170,8 +170,8 @@ def check_balance(costs: CostEstimate, paid: float, balance: float | None) -> No
     if due > balance:
         raise BalanceTooLow(
             f"the account's balance ${_apart(balance, due)} is below what this stage may still cost, "
-            f"${_apart(due, balance)} (estimate ${costs.total:.2f}"
-            + (f" less ${paid:.2f} paid already in its pools" if paid else "")
+            f"${_apart(due, balance)} (estimate ${costs.total:,.2f}"
+            + (f" less ${paid:,.2f} paid already in its pools" if paid else "")
             + "): top up the account on Toloka, then run the same command again (or Retry the flow "
             "run). No pool was opened."
         )
@@ -294,7 +294,7 @@ def check_budget_task(
         costs.describe(),
         max_spend,
         round(before + costs.exam_paid, 4),
-        f"; ${resumed:.2f} paid already in the pools the estimate covers (a resumed run)" if resumed else "",
+        f"; ${resumed:,.2f} paid already in the pools the estimate covers (a resumed run)" if resumed else "",
     )
     check_budget(costs, max_spend, round(before + costs.exam_paid, 4))
     check_balance(costs, resumed, registry.balance())
@@ -409,8 +409,8 @@ class SpendGuard:
     def price_note(self, ratio: float) -> str:
         """The log line of a `price_ratio` above 1."""
         return (
-            f"Toloka charges ${self.price * ratio:.4f} per answer where the config's price is "
-            f"${self.price:.4f} (hits.reward with budget.fee_rate): the spend guard counts Toloka's "
+            f"Toloka charges ${self.price * ratio:,.4f} per answer where the config's price is "
+            f"${self.price:,.4f} (hits.reward with budget.fee_rate): the spend guard counts Toloka's "
             "price from now on; set budget.fee_rate to the platform's fee for a right estimate"
         )
 
@@ -470,11 +470,11 @@ class LiveSpend:
             return None
         before = ""
         if earlier >= 0.005:
-            before = f" (the exam pool's ${earlier:.2f} from before this stage included)"
+            before = f" (the exam pool's ${earlier:,.2f} from before this stage included)"
         return (
-            f"spend guard: ${charged:.2f} charged{before} and ${in_flight:.2f} in flight "
-            f"(+${margin:.2f} margin) "
-            f"would pass the ${self.guard.limit:.2f} left of budget.max_spend ${self.guard.max_spend:.2f}; "
+            f"spend guard: ${charged:,.2f} charged{before} and ${in_flight:,.2f} in flight "
+            f"(+${margin:,.2f} margin) "
+            f"would pass the ${self.guard.limit:,.2f} left of budget.max_spend ${self.guard.max_spend:,.2f}; "
             "the pool was closed and its accepted answers kept. Raise budget.max_spend and run again "
             f"to finish it{NEW_RUN_NOT_RETRY}"
         )

@@ -415,7 +415,7 @@ def earlier_run_keys_task(params: PipelineParams) -> list[str]:
     if not others or RunRegistry(client, key).projects():
         return []
     paid = {other: RunRegistry(client, other).spent() for other in others}
-    listed = ", ".join(f"{other} (${value:.2f} charged)" for other, value in paid.items())
+    listed = ", ".join(f"{other} (${value:,.2f} charged)" for other, value in paid.items())
     earlier = max(paid, key=lambda k: (paid[k], k))
     where = f"Its files would go to {RunFolder.of(params).root}"
     if paid[earlier] < 0.005:

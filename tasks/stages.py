@@ -580,13 +580,13 @@ class RunSummary:
         intruders = shown(self.intruder_accuracy)
         added = self.cost.added
         this_run = (
-            f" (${added:.2f} of it by this run)"
+            f" (${added:,.2f} of it by this run)"
             if added is not None and self.cost.paid_before >= 0.005
             else ""
         )
         return (
             f"{self.clusters} clusters, ARI {shown(self.ari)}, intruder accuracy {intruders}, "
-            f"cost ${self.cost.spent:.2f}{this_run}, {self.wall_seconds:.0f} s"
+            f"cost ${self.cost.spent:,.2f}{this_run}, {self.wall_seconds:.0f} s"
             + (f" over {self.attempts.count} attempts" if self.attempts else "")
             + f"; report {self.report}"
         )

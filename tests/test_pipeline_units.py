@@ -883,6 +883,8 @@ def test_a_budget_no_design_fits_says_what_one_hit_per_image_costs():
     assert f"(not even hits_per_item 1 fits: ${per_hit * 1000:,.2f}); nothing was planned" in str(
         refused.value
     )
+    # Every dollar figure of a message is written one way: it read "$18200.00 ... $1,820.00".
+    assert f"HITs, ${per_hit * 10_000:,.2f} for the main pool alone" in str(refused.value)
     with pytest.raises(budget.BudgetExceeded, match=r"\(at most hits_per_item 2 fits\)"):
         budget.check_plan_size(_params(budget={"max_spend": per_hit * 250}), bundle, 1000)
 
