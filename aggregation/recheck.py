@@ -40,6 +40,16 @@ __all__ = ["RECHECK_CONFIDENCE", "Recheck", "find_recheck"]
 RECHECK_CONFIDENCE = 0.5  # below it an image is shown again even inside its cluster's linked piece
 
 
+def percent(share: float) -> str:
+    """A share as a whole percentage; a share above 0 that rounds to 0 is "<1%" (one image of
+    a thousand read "(0%)").
+
+    >>> percent(0.0004), percent(0.0), percent(0.256)
+    ('<1%', '0%', '26%')
+    """
+    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+
+
 @dataclass(frozen=True)
 class Recheck:
     """The images to show again (`item`, `cluster`, `confidence`, sorted by cluster then confidence).
@@ -81,7 +91,7 @@ class Recheck:
             return "none: every image is in its cluster's linked piece with confidence >= 0.5"
         n = len(self.table)
         line = (
-            f"{n:,} image{'s' if n > 1 else ''} ({self.share:.0%}) {self.placed_by} "
+            f"{n:,} image{'s' if n > 1 else ''} ({percent(self.share)}) {self.placed_by} "
             f"({self.outside:,} outside their cluster's linked piece, "
             f"{n - self.outside:,} more below confidence {RECHECK_CONFIDENCE})"
         )

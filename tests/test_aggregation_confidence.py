@@ -306,6 +306,7 @@ def test_estimators_follow_the_scikit_learn_protocol():
         "aggregation.pairs",
         "aggregation.partners",
         "aggregation.addresses",
+        "aggregation.recheck",
     ],
 )
 def test_doctests(module):
