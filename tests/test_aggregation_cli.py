@@ -165,6 +165,10 @@ def test_missing_file_and_bad_truth(export):
     assert part.returncode == 0, part.stderr
     assert "1 item(s) with a blank class (line 4): scored as items without a class" in part.stderr
     assert "truth       2 items in common" in part.stdout
+    # Headers in any case, as in a run's dataset file (`Item,Class` was refused).
+    (export / "part_truth.csv").write_text("Item,CLASS" + (export / "part_truth.csv").read_text()[10:])
+    capital = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "part_truth.csv"])
+    assert capital.returncode == 0 and "truth       2 items in common" in capital.stdout, capital.stderr
     (export / "no_truth.csv").write_text("item,class\n" + "".join(f"{a},\n" for a, _ in head))
     none = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "no_truth.csv"])
     assert none.returncode == 2 and "every class is blank" in none.stderr

@@ -60,7 +60,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _read_truth(path: Path):
-    """Read `item,class` (or `image,class`) into a Series item -> class.
+    """Read `item,class` (or `image,class`, in any case) into a Series item -> class.
 
     Comma- or tab-separated, by the header line: a pipeline's `dataset.tsv` (image URL, class and
     attributes, tab-separated) is a truth file as it stands. Other columns are ignored.
@@ -81,6 +81,9 @@ def _read_truth(path: Path):
         from aggregation.unreadable import NO_ZSTANDARD
 
         _fail(f"truth file {path} {NO_ZSTANDARD}")
+    # Headers are matched whatever their case, as in a run's dataset file (`Item,Class` was refused).
+    named = {column.strip().lower(): column for column in reversed(frame.columns)}  # the first wins
+    frame = frame.rename(columns={named[name]: name for name in ("item", "image", "class") if name in named})
     key = "item" if "item" in frame.columns else "image" if "image" in frame.columns else None
     if key is None or "class" not in frame.columns:
         _fail(f"truth file {path} needs columns item (or image) and class; found {', '.join(frame.columns)}")
