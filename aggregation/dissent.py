@@ -39,6 +39,7 @@ fit as `pair_graph_`), 0.08 s of the 1.1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,15 @@ from aggregation.splitting import reliability
 if TYPE_CHECKING:
     from aggregation.estimators import _Base
 
-__all__ = ["ADVICE", "Dissent", "agreement", "find_dissent", "write_camp"]
+__all__ = [
+    "ADVICE",
+    "Dissent",
+    "agreement",
+    "crowd_agreement",
+    "find_dissent",
+    "no_better_than_chance",
+    "write_camp",
+]
 
 DISSENT_RELIABILITY = 0.5  # sensitivity + specificity - 1: under it a worker dissents
 PEER_AGREEMENT = 0.1  # kappa with the other dissenters for a worker to be clustered with them
@@ -64,6 +73,9 @@ CAMP_AGREEMENT = 0.6  # kappa a camp's workers reach with one another ("substant
 MAX_ACROSS = 0.2  # kappa with the workers who agree with the clusters a camp stays under ("slight")
 MIN_COMPARISONS = 100  # comparisons (label with label, each way) needed to measure the agreement
 MIN_SHARE = 0.05  # share of all labels a camp must hold to be reported
+# Standard errors the crowd's pooled kappa must clear for its answers to tell from chance
+# (`no_better_than_chance`).
+CHANCE_Z = 3.0
 MAX_DISSENT = 0.5  # share of dissenting labels above which the clusters themselves are in doubt
 # What a user reading a camp's line should do about it (the command and the run report say it).
 ADVICE = (
@@ -183,6 +195,38 @@ def agreement(graph: PairGraph, mine: np.ndarray, theirs: np.ndarray) -> tuple[n
         return kappa, float("nan"), 0
     observed, p, q = (np.float64(values.sum() / total) for values in (agreed, mine_yes, their_yes))
     return kappa, float(_kappa(observed, p, q)), round(total)
+
+
+def crowd_agreement(model: _Base) -> tuple[float, int]:
+    """The pooled kappa of every worker's labels with every other's (`agreement`) in a fitted
+    estimator's labels, and the number of comparisons behind it."""
+    everyone = np.ones(model.pairs_.n_workers, dtype=bool)
+    _, kappa, comparisons = agreement(model.pair_graph_, everyone, everyone)
+    return kappa, comparisons
+
+
+def no_better_than_chance(kappa: float, comparisons: int) -> bool:
+    """Whether the workers' agreement with one another (pooled `kappa` over `comparisons`, from
+    `agreement` with every worker on both sides) cannot be told from chance.
+
+    A crowd of spammers only (or an interface that records groups at random) gave 19-24 clusters
+    of 300 images, ARI 0, mean confidence 0.6, and no warning: the model finds clusters in any
+    labels, and about half of the spammers seemed to agree with those clusters. What no model can
+    fake is workers agreeing with *one another*. Under chance the pooled kappa is 0 with a
+    standard error of at least 1/sqrt(comparisons) (exactly that for labels split evenly between
+    "same" and "different", larger otherwise, and larger again since the comparisons share labels),
+    so this asks the narrowest error bar: a crowd it calls chance has no agreement any error bar
+    would show. 70% spammers (kappa 0.023-0.026 over ~760,000 comparisons, 20-22 standard errors;
+    the clusters ARI 0.99-1.0) pass; all spammers (0.001 and -0.003: 0.7 and -2.4) do not, nor 90%
+    on a seed whose clusters came out at ARI 0.05 (0.9), while 90% on another seed, ARI 0.87,
+    clears it (4.6). Fewer than `MIN_COMPARISONS` comparisons say nothing either way.
+
+    >>> no_better_than_chance(0.001, 750_000), no_better_than_chance(0.023, 750_000)
+    (True, False)
+    >>> no_better_than_chance(0.0, 50)
+    False
+    """
+    return comparisons >= MIN_COMPARISONS and kappa * math.sqrt(comparisons) < CHANCE_Z
 
 
 def _kappa(observed: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:

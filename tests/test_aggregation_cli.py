@@ -309,6 +309,21 @@ def test_hits_of_one_answer_each_are_reported(tmp_path, export):
     assert "single answer" not in checked.stderr
 
 
+def test_a_crowd_whose_workers_agree_only_by_chance_is_warned_of(tmp_path, export):
+    """Spammers only: the model found 19-24 clusters at ARI 0 with mean confidence 0.6 and no
+    warning, and half the workers seemed to agree with those clusters. Workers do not agree with
+    one another by chance, and the command says so; a crowd of 70% spammers still does."""
+    for share, warned in ((1.0, True), (0.7, False)):
+        crowd = generate_crowd(120, 6, seed=0, spammer_share=share)
+        crowd.write_export(tmp_path / "spam.tsv")
+        done = _run([tmp_path / "spam.tsv", "-o", tmp_path / "c.csv"])
+        assert done.returncode == 0, done.stderr
+        said = "warning: the workers agree with one another no more than chance would" in done.stderr
+        assert said is warned, (share, done.stderr)
+    checked = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])
+    assert checked.returncode == 0 and "chance would" not in checked.stderr
+
+
 def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_again(tmp_path):
     """1,000 images of 25 styles: the first round lists the images only the prior placed and what a
     round of them costs; that round's export aggregated with the first finds the small styles. An

@@ -276,6 +276,7 @@ def aggregate(
         read_export,
         single_item_clusters,
     )
+    from aggregation.dissent import crowd_agreement, no_better_than_chance
     from aggregation.pairs import group_use
     from aggregation.recheck import find_recheck
     from aggregation.workers import answers_per_worker, worker_quality
@@ -433,6 +434,16 @@ def aggregate(
             f"warning: {alone:,} of {clusters.size:,} images ({alone / clusters.size:.0%}) were grouped "
             "with no other image by most workers who saw them: the labels cannot place them and the "
             f"clusters are unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
+            file=sys.stderr,
+        )
+    kappa, comparisons = crowd_agreement(model)
+    if no_better_than_chance(kappa, comparisons):
+        print(
+            f"warning: the workers agree with one another no more than chance would (Cohen's kappa "
+            f"{kappa:.3f} over {comparisons:,} comparisons of two workers' labels of one pair; a "
+            "working crowd's is 0.2 or more): the clusters are likely noise, whatever their confidences "
+            "say. Check that the task's interface records the groups the workers chose, and the "
+            "crowd (an exam, a skill filter).",
             file=sys.stderr,
         )
     per_hit = labels[["task", "worker"]].drop_duplicates().groupby("task").size()
