@@ -44,9 +44,11 @@ def collect_labels(
     main pool under `main_pool_role`).
 
     The budget check counts the run key's pools that this plan's estimate does not. The estimate
-    holds an evaluation, so in the pipeline, which may resume its one evaluation, the intruder
-    pools are left out of what was already spent. `evaluations_behind` (a catalogue: every round
-    evaluates a new clustering) counts them as spent: they are earlier rounds', paid. Before, a
+    holds an evaluation, so in the pipeline, which may resume its latest evaluation, that intruder
+    pool is left out of what was already spent; the earlier ones (clusterings or settings left
+    behind), and all of them with `intruders.enabled` off, are in it. `evaluations_behind` (a
+    catalogue: every round evaluates a new clustering) counts them all as spent: they are earlier
+    rounds', paid. Before, a
     catalogue's fourth round saw $21.48 already spent where the key had spent $35.78, opened and
     paid its pool, and only its evaluation was refused.
 
@@ -65,14 +67,18 @@ def collect_labels(
     costs = budget.with_answers_beyond(costs, beyond, counted, params)
     if exam_shared:
         costs = replace(costs, exam_paid=budget.exam_paid_at_start_task(params.toloka, run_key))
-    covers = (budget.EXAM_POOL, main_pool_role, *(() if evaluations_behind else (budget.INTRUDER_POOLS,)))
+    covers = (budget.EXAM_POOL, main_pool_role)
+    # A pipeline may resume its latest evaluation (the estimate holds one); a catalogue's were paid.
+    resumes = params.intruders.enabled and not evaluations_behind
     # A resumed run is checked at the price Toloka charged its labelling pools: what it paid already is
     # at that price, and set against an estimate at the config's (`fee_rate` below the platform's
     # fee) it left nothing due, so a run the balance had stopped passed the balance check with no
     # top-up and was stopped again. The spend guard applies that price itself (`costs` as they are).
     ratio = budget.price_ratio_seen_task(params.toloka, run_key, params)
     checked = budget.at_price_ratio(costs, ratio, params)
-    before = budget.check_budget_task(params.toloka, run_key, checked, params.budget.max_spend, covers)
+    before = budget.check_budget_task(
+        params.toloka, run_key, checked, params.budget.max_spend, covers, resumes_evaluation=resumes
+    )
 
     if params.hits.check_images:  # before any paid object: an image nobody can see is paid for anyway
         image_check.check_images_task(

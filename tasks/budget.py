@@ -274,16 +274,36 @@ def at_price_ratio(costs: CostEstimate, ratio: float, params: PipelineParams) ->
     return scaled
 
 
+def latest_evaluation(charged: list[tuple[str, str, float | None]]) -> tuple[str, ...]:
+    """The role of the run key's newest intruder pool (by pool id: the platform counts them up), or
+    none: the one evaluation a resumed run goes on with when its clustering stands."""
+    pools = [(len(pool_id), pool_id, role) for role, pool_id, _ in charged if role.startswith(INTRUDER_POOLS)]
+    return (max(pools)[2],) if pools else ()
+
+
 @stage_task(name="check-budget", toloka=True, cache=False)
 def check_budget_task(
-    target: TolokaTarget, run_key: str, costs: CostEstimate, max_spend: float, covers: tuple[str, ...]
+    target: TolokaTarget,
+    run_key: str,
+    costs: CostEstimate,
+    max_spend: float,
+    covers: tuple[str, ...],
+    resumes_evaluation: bool = False,
 ) -> float:
     """Check `costs` against max_spend less what the run's pools not in `covers` (role prefixes) cost.
+
+    `resumes_evaluation`: `costs` hold the one evaluation a pipeline's labelling may go on to resume,
+    so the newest intruder pool is covered too (`latest_evaluation`); the key's other intruder pools
+    were paid for clusterings or `intruders.*` settings left behind and count as spent. Covering
+    them all, a labelling check passed with the key's $5.69 past a max_spend of $5.50, the main pool
+    was paid $0.47 more, and only the evaluation was then refused.
 
     Returns what those other pools cost. Never cached: money already spent is the question of each run.
     """
     registry = RunRegistry.connect(target, run_key)
     charged = registry.charged()
+    if resumes_evaluation:
+        covers = (*covers, *latest_evaluation(charged))
     before = round(sum(v or 0.0 for role, _, v in charged if not role.startswith(covers)), 4)
     # What the exam pool was paid before this run is outside `costs.total`: spent, not to spend.
     resumed = round(

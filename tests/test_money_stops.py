@@ -309,3 +309,56 @@ def _latest_artifact(key: str) -> str:
             limit=1,
         )
     return str(found[0].data) if found else ""
+
+
+def test_a_labelling_check_counts_the_intruder_pools_of_earlier_settings_as_spent(
+    prefect_harness, monkeypatch, tmp_path
+):
+    """The labelling's budget check left every intruder pool of the run key out of what was spent,
+    as if the estimate's one evaluation covered them all. A user who had changed `intruders.n_hits`
+    once (its first pool left behind, paid) raised `hits.overlap` under a lower `max_spend`: the
+    check passed, the main pool was reopened and paid, and only the evaluation was then refused,
+    with the key past `max_spend` (on the emulator: $0.47 more with $5.69 spent of $5.50). Now only
+    the latest evaluation's pool, which a resumed run goes on with, is the estimate's; the earlier
+    ones count as spent, and all of them when the evaluation is off."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.budget import BudgetExceeded
+    from tasks.toloka_api import RunRegistry
+
+    key = "money-earlier-evaluations"
+    with _account(tmp_path, key, monkeypatch, speed=600.0) as (running, params):
+
+        def config(max_spend: float, intruders: dict[str, Any], hits: dict[str, Any] | None = None) -> Any:
+            evaluation = {"enabled": True, "images_per_hit": 3, "overlap": 2, "reward": 0.02, **intruders}
+            return params.model_copy(
+                update={
+                    "intruders": params.intruders.model_copy(update=evaluation),
+                    "hits": params.hits.model_copy(update=hits or {}),
+                    "budget": params.budget.model_copy(update={"max_spend": max_spend}),
+                }
+            )
+
+        crowdclust_pipeline(config(10.0, intruders={"n_hits": 20}))
+        registry = RunRegistry(make_client(running), key)
+        first = registry.spent(lambda role: role.startswith("intruders-pool-"))  # left behind, paid
+        latest = crowdclust_pipeline(config(10.0, intruders={"n_hits": 10}))
+        assert latest.cost.estimate is not None and first > 0
+        estimate = latest.cost.estimate.total
+        # The latest evaluation is the estimate's: the same run again, with room for the earlier
+        # pool and this estimate only, is not refused.
+        crowdclust_pipeline(config(round(estimate + first + 0.01, 2), intruders={"n_hits": 10}))
+        spent = registry.spent()
+        main = _objects(running, key)["pools"]["main-pool"]
+        answered = len(list(make_client(running).get_assignments(pool_id=main.id, status="ACCEPTED")))
+        # One more answer per HIT (9 HITs at $0.026) fits max_spend only if the first pool is not counted.
+        tight = round(estimate + 9 * 0.026 + first / 2, 2)
+        raised = config(tight, intruders={"n_hits": 10}, hits={"overlap": 4})
+        with pytest.raises(BudgetExceeded, match=r"already spent by this run key") as refused:
+            crowdclust_pipeline(raised)
+        assert "No pool was opened" in str(refused.value)
+        off = config(tight, intruders={"n_hits": 10, "enabled": False}, hits={"overlap": 4})
+        with pytest.raises(BudgetExceeded, match=r"already spent by this run key"):
+            crowdclust_pipeline(off)  # no evaluation: every intruder pool was paid for earlier settings
+        client = make_client(running)
+        assert len(list(client.get_assignments(pool_id=main.id, status="ACCEPTED"))) == answered == 9 * 3
+        assert registry.spent() == pytest.approx(spent)  # nothing paid past max_spend
