@@ -87,6 +87,7 @@ __all__ = [
     "close_all",
     "close_reason",
     "endpoint",
+    "has_work",
     "is_completed",
     "make_client",
     "open_all",
@@ -353,6 +354,12 @@ def open_all(client: TolokaClient, openings: Iterable[Opening]) -> None:
                 client.open_pool(item.id)
             else:
                 reopen_if_owed(client, pool)
+
+
+def has_work(client: TolokaClient, pool_id: str) -> bool:
+    """Whether a pool has answers to collect: it has not completed, or it has and was given task
+    suites since (`answers_owed`)."""
+    return not is_completed(client.get_pool(pool_id)) or answers_owed(client, pool_id) > 0
 
 
 @add_headers("client")  # toloka-kit's request headers come from context its public methods set

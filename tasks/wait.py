@@ -32,6 +32,7 @@ from tasks.toloka_api import (
     close_reason,
     closed_for_balance,
     count_assignments,
+    has_work,
     is_completed,
     make_client,
     open_all,
@@ -421,7 +422,10 @@ def wait_labelling_task(
     state = GatingState.empty()
     totals = [ExamTotals()]
     helpers = [Opening("training", ids.training), Opening("pool", ids.exam_pool)]
-    open_all(client, [*helpers, Opening("pool", ids.main_pool)])
+    # A main pool with nothing left to answer (a finished run run again after a change its wait
+    # depends on) needs nobody gated: opened, the exam paid workers for its free seats, for nothing.
+    if has_work(client, ids.main_pool):
+        open_all(client, [*helpers, Opening("pool", ids.main_pool)])
 
     def review() -> None:
         started = time.monotonic()

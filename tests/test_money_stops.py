@@ -362,3 +362,28 @@ def test_a_labelling_check_counts_the_intruder_pools_of_earlier_settings_as_spen
         client = make_client(running)
         assert len(list(client.get_assignments(pool_id=main.id, status="ACCEPTED"))) == answered == 9 * 3
         assert registry.spent() == pytest.approx(spent)  # nothing paid past max_spend
+
+
+def test_a_finished_run_run_again_with_other_settings_opens_no_exam(prefect_harness, monkeypatch, tmp_path):
+    """A finished run run again after a change that its labelling's wait depends on (here only
+    `budget.max_spend`) reopened the training and the exam pool for gating, though the main pool
+    owed no answer: workers filled the exam's free seats meanwhile and were paid ($0.013 in a test,
+    $0.026 on the demo's config with `hits.reward` raised), and the wait then held the run for the
+    exams in hand. Now a main pool with nothing left to answer opens neither."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.toloka_api import RunRegistry
+
+    key = "money-finished-exam"
+    seats = {"exam": {"expected_workers": 30}}  # free seats left when the main pool completes
+    with _account(tmp_path, key, monkeypatch, changes=seats, speed=600.0) as (running, params):
+        crowdclust_pipeline(params)
+        registry = RunRegistry(make_client(running), key)
+        spent = registry.spent()
+        before = _objects(running, key)["pools"]["exam-pool"]
+        more = params.model_copy(update={"budget": params.budget.model_copy(update={"max_spend": 4.0})})
+        summary = crowdclust_pipeline(more)
+        after = _objects(running, key)["pools"]["exam-pool"]
+        spent_after = registry.spent()
+    assert before.last_close_reason.value != "COMPLETED"  # it could have taken more workers
+    assert after.last_started == before.last_started  # not opened again
+    assert spent_after == pytest.approx(spent) and summary.cost.added == 0
