@@ -233,7 +233,8 @@ def check_staffing(
         f"the exam pool {exam_pool_id} is complete and only {qualified} worker(s) reached the skill "
         f"{staffing.min_skill:g}, fewer than the {staffing.overlap} different workers each HIT needs: "
         "the main pool cannot complete; raise exam.expected_workers (exam seats) or lower "
-        "exam.min_skill and start the run again"
+        "exam.min_skill and run the same command again: the run key's exam and main pools go on "
+        "with what they hold"
     )
 
 

@@ -372,6 +372,17 @@ def test_staffing_ends_the_wait_only_when_the_closed_exam_left_too_few_qualified
     late.unreviewed = 0  # the next tick reviewed them and nobody else reached the skill
     with pytest.raises(exam.ExamStarved):
         exam.check_staffing(late, "exam", "main", need, two)
+    # One piece of advice, saying the same key goes on: `crowdclust run` printed "... and start the
+    # run again. Fix the cause and run the same command again: finished stages are reused".
+    from crowdclust.commands.run import with_resume
+
+    with pytest.raises(exam.ExamStarved) as starved:
+        exam.check_staffing(late, "exam", "main", need, two)
+    advice = with_resume(str(starved.value))
+    assert advice.endswith(
+        "run the same command again: the run key's exam and main pools go on with what they hold"
+    )
+    assert advice.count("again") == 1, advice
     pools = _Pools({"exam": running, "main": running})  # more workers can still qualify
     exam.check_staffing(pools, "exam", "main", need, two)
     pools = _Pools({"exam": done, "main": done})  # the last tick after completion
