@@ -227,15 +227,18 @@ def price_ratio_seen_task(target: TolokaTarget, run_key: str, params: PipelinePa
     only, a catalogue round stopped for lack of balance under `budget.fee_rate: 0.0` was checked at
     the config's price when it resumed, as a single run was before it was checked at Toloka's.
 
-    Each pool's answers are set against the reward that pool pays, not today's `hits.reward`: a
-    catalogue whose reward was raised from $0.02 to $0.03 for a round read Toloka's $0.026 per
-    earlier answer as below the config's $0.03 (ratio 1), so at `fee_rate 0.0` the round was
-    checked at the config's price and opened with too little on the account; a lowered reward read
-    the same charges as 2.6x the config's price and refused a round the account could pay.
+    Each answer is set against the reward it was paid, not today's `hits.reward`: a catalogue
+    whose reward was raised from $0.02 to $0.03 for a round read Toloka's $0.026 per earlier answer
+    as below the config's $0.03 (ratio 1), so at `fee_rate 0.0` the round was checked at the
+    config's price and opened with too little on the account; a lowered reward read the same
+    charges as 2.6x the config's price and refused a round the account could pay. Nor the pool's
+    reward of today: a pool updated from $0.03 to $0.02 under the same key keeps the answers it
+    paid at $0.03, and read at $0.02 they said 1.5x, with a warning that `fee_rate` was below the
+    platform's fee when it was the platform's.
     """
     from tasks.second_round import SECOND_ROUND_POOL
     from tasks.setup import MAIN_POOL  # a catalogue's rounds are MAIN_POOL-<round>
-    from tasks.toloka_api import pool_stats
+    from tasks.toloka_api import accepted_rewards, pool_stats
 
     registry = RunRegistry.connect(target, run_key)
     labelling = (MAIN_POOL, SECOND_ROUND_POOL)  # role prefixes of the pools paid hits.reward
@@ -244,8 +247,10 @@ def price_ratio_seen_task(target: TolokaTarget, run_key: str, params: PipelinePa
     for pool in pools:
         stats = pool_stats(registry.client, str(pool.id))
         charged += stats.spent_budget or 0.0
-        reward = float(pool.reward_per_assignment or params.hits.reward)
-        expected += (stats.approved_assignments_count or 0) * reward * (1.0 + params.budget.fee_rate)
+        # Read after the charge: an answer accepted in between raises the expected side, never the ratio.
+        paid_at = float(pool.reward_per_assignment or params.hits.reward)  # for an answer that does not say
+        rewards = accepted_rewards(registry.client, str(pool.id), paid_at)
+        expected += rewards * (1.0 + params.budget.fee_rate)
     return charged_ratio(charged, expected)
 
 

@@ -514,6 +514,19 @@ def assignment_suites(client: TolokaClient, pool_id: str, statuses: tuple[str, .
     return search(client, "/v1/assignments", query, lambda item: str(item["task_suite_id"]))
 
 
+def accepted_rewards(client: TolokaClient, pool_id: str, default: float) -> float:
+    """The rewards of the accepted assignments of `pool_id`, each at the reward it was issued with
+    (`default` for one that does not say), fee not included.
+
+    Toloka pays an answer the reward it was issued at, whatever the pool's reward is now: set
+    against the pool's reward of today, the answers of a pool whose reward was updated misread the
+    platform's price (`tasks.budget.price_ratio_seen_task`).
+    """
+    query = {"pool_id": pool_id, "status": "ACCEPTED"}
+    rewards = search(client, "/v1/assignments", query, lambda item: item.get("reward"))
+    return round(sum(default if value is None else float(value) for value in rewards), 6)
+
+
 def derived_run_keys(client: TolokaClient, name: str, seed: int) -> list[str]:
     """The run keys on the account that `PipelineParams.default_run_key` made for `name` and `seed`
     (`name-<digest>-s<seed>`, any dataset), sorted."""

@@ -387,3 +387,28 @@ def test_a_finished_run_run_again_with_other_settings_opens_no_exam(prefect_harn
     assert before.last_close_reason.value != "COMPLETED"  # it could have taken more workers
     assert after.last_started == before.last_started  # not opened again
     assert spent_after == pytest.approx(spent) and summary.cost.added == 0
+
+
+def test_a_lowered_reward_is_not_read_as_a_platform_fee_above_the_configs(
+    prefect_harness, monkeypatch, tmp_path
+):
+    """`hits.reward` lowered under the same run key (0.03 -> 0.02): the main pool is updated to the
+    new reward, but its answers were paid at the one they were issued with. The price seen at Toloka
+    set what they cost against the pool's reward of today and read 1.5x the config's price: a warning
+    said `budget.fee_rate` was below the platform's fee (it was the platform's), and the next stages
+    were estimated and checked at 1.5x (on the demo's config an evaluation of $1.56 was estimated at
+    $1.87). Each answer is now set against the reward it was paid."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks import budget
+
+    key = "money-lowered-reward"
+    with _account(tmp_path, key, monkeypatch, speed=600.0) as (running, params):
+        dear = params.model_copy(update={"hits": params.hits.model_copy(update={"reward": 0.03})})
+        crowdclust_pipeline(dear)
+        assert budget.price_ratio_seen_task.fn(params.toloka, key, dear) == 1.0
+        crowdclust_pipeline(params)  # the same answers, the pool updated to hits.reward 0.02
+        main = _objects(running, key)["pools"]["main-pool"]
+        assert float(main.reward_per_assignment) == params.hits.reward == 0.02
+        assert budget.price_ratio_seen_task.fn(params.toloka, key, params) == 1.0
+        at_fee_0 = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
+        assert budget.price_ratio_seen_task.fn(params.toloka, key, at_fee_0) == pytest.approx(1.3, abs=0.01)

@@ -473,6 +473,12 @@ def test_price_seen_sets_each_pools_answers_against_the_reward_that_pool_pays(mo
     registry = SimpleNamespace(client=None, pools=lambda: pools)
     monkeypatch.setattr(budget.RunRegistry, "connect", classmethod(lambda cls, target, key: registry))
     monkeypatch.setattr(toloka_api, "pool_stats", lambda client, pool_id: stats[pool_id])
+    paid_at = {"6": 0.02, "10": 0.02, "19": 0.03}  # every answer of a round at its pool's reward
+
+    def accepted_rewards(client: Any, pool_id: str, default: float) -> float:
+        return (stats[pool_id].approved_assignments_count or 0) * paid_at[pool_id]
+
+    monkeypatch.setattr(toloka_api, "accepted_rewards", accepted_rewards)
     for reward in (0.01, 0.02, 0.03):
         params = _params(hits={"reward": reward}, budget={"fee_rate": 0.0})
         assert budget.price_ratio_seen_task.fn(params.toloka, "key", params) == pytest.approx(1.3), reward
