@@ -418,5 +418,9 @@ def test_close_only_closes_the_open_pools_of_its_run_key_and_nothing_else(run_cl
     unknown, _ = run_cli("--run-key", "never-used", "--close")
     assert unknown.exit_code == 0
     assert "run key never-used has no Toloka object on this account" in unknown.stdout
+    # Given with --run-key, it is not derived: it said "it follows the dataset's images".
+    assert (
+        "it is the key given (--run-key, or run_key in the config): check its spelling" in unknown.stdout
+    ), unknown.stdout
     toloka_client.close_pool(other.main_pool)
     toloka_client.close_training(other.training)

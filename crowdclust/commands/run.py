@@ -149,9 +149,13 @@ def _unknown_key(params: PipelineParams, catalogue: bool = False) -> str:
     grown = params.default_catalogue_key  # a growing catalogue's objects: `--catalogue --close`
     if grown != key and RunRegistry(client, grown).projects():
         listed += f"; the catalogue key {grown} does: close it with --catalogue --close"
+    # Only a derived key follows the images: a mistyped --run-key was told it did.
+    origin = "it follows the dataset's images"
+    if params.run_key is not None:
+        origin = "it is the key given (--run-key, or run_key in the config): check its spelling"
     return (
-        f" (run key {key} has no Toloka object on this account: it follows the dataset's images"
-        f"{listed}; give the one to close with --run-key)"
+        f" (run key {key} has no Toloka object on this account: {origin}{listed}; give the one to close "
+        "with --run-key)"
     )
 
 
