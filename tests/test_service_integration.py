@@ -198,3 +198,66 @@ def test_runs_that_stop_sending_heartbeats_are_crashed_by_an_automation(svc):
     assert trigger["within"] == 3 * HEARTBEAT_SECONDS and action["state"] == "CRASHED"
     assert "or the Prefect server could not hear it (down or restarting)" in action["message"]
     assert svc.cfg.env()["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS)
+
+
+def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_close_their_pools(svc):
+    """`kill WORKER_PID` (a process manager, Ctrl-C of a worker started by hand), not `make down`.
+
+    Prefect's process worker SIGKILLed the flow runs it still had 6 ms after its SIGTERM (strace):
+    no hook ran, the run stayed Running until the heartbeat automation crashed it 90 s later, its
+    main pool open and its exam answers unreviewed. Now the worker SIGTERMs them first, as `make
+    down` does: the run ends Crashed by its own hand at once, and its hook closed its pools.
+    """
+    import os
+    import signal
+
+    from crowdclust.service.processes import parent_pid, read_pid
+    from tests.fixtures.service import TERMINAL
+
+    run_key = f"svc-term-{uuid.uuid4().hex[:6]}"
+    lines = (ROOT / "configs" / "demo-shoes" / "dataset.tsv").read_text().splitlines()
+    dataset = svc.tmp / "term-shoes-24.tsv"
+    dataset.write_text("\n".join(lines[:25]) + "\n")
+    base = svc.deployment_params("demo")["params"]
+    params = base | {
+        "name": run_key,
+        "run_key": run_key,
+        "dataset": str(dataset),
+        "runs_dir": str(svc.cfg.runs_dir),
+        "hits": {"overlap": 2, "hits_per_item": 3},
+        "exam": base["exam"] | {"expected_workers": 12, "n_exams": 1},
+        "intruders": {"enabled": False},
+        "wait": {"poll_seconds": 1},
+    }
+    token = {"Authorization": f"OAuth {svc.cfg.token_file.read_text().strip()}"}
+    config = f"{svc.cfg.emulator_url}/_emulator/config"
+    httpx.post(config, params={"speed": 0}, headers=token).raise_for_status()  # the wait lasts
+    try:
+        run_id = svc.trigger("crowdclust-pipeline/demo", {"params": params})
+        deadline = time.monotonic() + 180
+        while not svc.in_wait(run_id):
+            assert time.monotonic() < deadline, "the run's wait never started"
+            assert svc.flow_run(run_id)["state_type"] not in TERMINAL, svc.why(run_id)
+            time.sleep(0.3)
+        engine = int(str(svc.flow_run(run_id)["infrastructure_pid"]).rsplit(":", 1)[-1])
+        workers = {read_pid(svc.cfg, name): name for name in ("worker-1", "worker-2")}
+        assert parent_pid(engine) in workers, (engine, workers)
+        os.kill(parent_pid(engine), signal.SIGTERM)
+        stopped = time.monotonic()
+        run = svc.wait(run_id, timeout=60)  # the automation would take 90 s
+        print(f"worker SIGTERM -> run {run['state_type']} in {time.monotonic() - stopped:.1f} s")
+        assert run["state_type"] == "CRASHED", run["state"]
+        assert "no heartbeat" not in (run["state"]["message"] or ""), run["state"]  # its own crash
+        client = svc.toloka()
+        pools = [
+            pool
+            for project in client.get_projects()
+            if str(project.private_comment or "").startswith(f"crowdclust:{run_key}:")
+            for pool in client.get_pools(project_id=project.id)
+        ]
+        assert len(pools) == 2 and all(pool.is_closed() for pool in pools), [
+            (pool.id, pool.status) for pool in pools
+        ]
+    finally:
+        httpx.post(config, params={"speed": svc.cfg.emulator_speed}, headers=token).raise_for_status()
+        service.up(svc.cfg, say=lambda _: None)  # restarts the stopped worker

@@ -53,9 +53,9 @@ def test_sqlite_profile_up_twice_status_down_twice():
 def test_stopping_a_worker_terminates_its_flow_runs_while_it_still_runs(monkeypatch, tmp_path):
     """`make down` during a run's wait: terminated after their worker had begun to shut down, the
     flow runs died within half a second with no crash hook, their pools open, their state Running
-    and their run-key slot held (Prefect's runner takes their SIGTERM as a cancellation it then
-    never finishes). Measured on a live service: in that order main pool and training stayed open;
-    runs first, the run ended Crashed and its hook closed them. The order is what this checks."""
+    and their run-key slot held (the stopping worker kills its runs' processes with SIGKILL).
+    Measured on a live service: in that order main pool and training stayed open; runs first, the
+    run ended Crashed and its hook closed them. The order is what this checks."""
     from crowdclust.service import supervisor
 
     calls: list[str] = []

@@ -129,12 +129,11 @@ def start(cfg: ServiceConfig, name: str, say: Say = print) -> None:
 def stop(cfg: ServiceConfig, name: str, say: Say = print) -> None:
     """Stop one supervised process (`server`, `emulator`, `files`, `worker-N`).
 
-    A worker's flow runs outlive it (their output is not piped to it), so stopping a worker also
-    terminates the flow-run processes it started: they end Crashed and close their pools. They are
-    terminated first, while their worker still runs. In the other order a run died within half a
-    second, its pools open, its state Running and its run-key slot held (measured on a live
-    service; Prefect 3.9's engine leaves a SIGTERM its runner announced as a cancellation to the
-    runner to finish, which a stopping worker would explain).
+    Stopping a worker also terminates the flow-run processes it started: they end Crashed and close
+    their pools. They are terminated first, while their worker still runs: a Prefect 3.9 process
+    worker that stops kills its runs' processes with SIGKILL, and a run died within milliseconds,
+    its pools open, its state Running and its run-key slot held. (The worker itself does the same
+    on a SIGTERM or SIGINT from elsewhere: `crowdclust.service.worker`.)
     """
     worker = read_pid(cfg, name) if name.startswith("worker-") else None
     runs = children(worker, running="prefect.engine") if worker is not None else []
@@ -216,7 +215,9 @@ def _start_workers(cfg: ServiceConfig, say: Say) -> list[tuple[str, int, int]]:
             continue
         log = log_file(cfg, name)
         offset = log.stat().st_size if log.exists() else 0
-        command = [bin_path("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+        # `prefect worker start`, ending its flow runs before it stops on a signal (see the module)
+        command = [sys.executable, "-m", "crowdclust.service.worker", "worker", "start"]
+        command += ["--pool", WORK_POOL, "--type", "process"]
         pid = spawn(cfg, name, [*command, "--name", f"crowdclust-{name}"], cfg.env())
         started.append((name, pid, offset))
     return started

@@ -1,0 +1,114 @@
+"""The service's process worker: `prefect worker start`, which ends its flow runs first when stopped.
+
+Prefect 3.9's process worker, on SIGTERM or SIGINT, cancels its runner, and the runner's cancelled
+tasks kill the processes of the flow runs still going with SIGKILL (anyio kills a child process whose
+`async with` is cancelled): under `strace`, a flow run in its labelling wait was killed 6 ms after its
+worker got a SIGTERM, and no hook of it ran. The run stayed Running until the heartbeat automation
+crashed it 90 s later, its main pool open and its exam answers unreviewed, its run-key slot held. A
+worker is stopped that way by whoever stops it outside `crowdclust service down`: `kill PID`, a
+process manager, Ctrl-C in the terminal of a worker started by hand.
+
+So on the first SIGTERM or SIGINT this worker first sends its flow-run processes SIGTERM, as
+`crowdclust service down` does before it stops a worker: each one ends Crashed and its crash hook
+closes its pools and frees its run key (SIGKILL after `RUN_GRACE_SECONDS`). Then Prefect's own
+handler stops the worker as before. Run as `python -m crowdclust.service.worker worker start ...`
+(the arguments of `prefect`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from crowdclust.service.processes import children, stat_fields
+
+RUN_GRACE_SECONDS = 15.0  # as `crowdclust service down` gives a worker's runs
+
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+Say = Callable[[str], None]
+Setup = Callable[[int, str, Callable[..., Any]], None]
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs, without reaping it: its exit status belongs to the worker's own watcher."""
+    try:
+        return stat_fields(pid)[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def end_runs(say: Say, grace: float = RUN_GRACE_SECONDS) -> list[int]:
+    """SIGTERM the flow-run processes this process started (each leads its own session, so its group),
+    wait up to `grace` s for them to end, SIGKILL what is left. Returns their pids."""
+    runs = children(os.getpid(), running="prefect.engine")
+    if not runs:
+        return runs
+    say(f"ending {len(runs)} flow run(s) before the worker stops (they end Crashed and close their pools)")
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in filter(_running, runs):
+            try:
+                if os.getpgid(pid) == pid:  # its own group: its children too
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(map(_running, runs)):
+            time.sleep(0.2)
+        if not any(map(_running, runs)):
+            break
+    return runs
+
+
+def _runs_first(prefect_handler: Handler, say: Say) -> Callable[[int, FrameType | None], None]:
+    """A handler that ends the worker's flow runs, then calls Prefect's handler for the signal."""
+    busy = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal busy
+        if busy:  # a second signal while the runs end: Prefect's handler follows once they have
+            return
+        busy = True
+        try:
+            end_runs(say)
+        finally:
+            busy = False
+        if callable(prefect_handler):
+            prefect_handler(signum, frame)
+        elif prefect_handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return handler
+
+
+def install(setup: Setup) -> Setup:
+    """Wrap Prefect's `setup_signal_handlers_worker`: its handlers, each preceded by `end_runs`."""
+
+    def setup_ending_runs_first(pid: int, process_name: str, print_fn: Callable[..., Any]) -> None:
+        setup(pid, process_name, print_fn)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _runs_first(signal.getsignal(signum), print_fn))
+
+    return setup_ending_runs_first
+
+
+def main() -> None:
+    """`prefect` with this module's worker signal handling (`prefect worker start` reads the setup
+    function from its module when it starts, so replacing the module's attribute is enough)."""
+    from prefect.cli import app
+    from prefect.utilities import processutils
+
+    processutils.setup_signal_handlers_worker = install(processutils.setup_signal_handlers_worker)
+    sys.argv = ["prefect", *sys.argv[1:]]
+    app()
+
+
+if __name__ == "__main__":
+    main()
