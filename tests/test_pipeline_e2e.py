@@ -484,6 +484,43 @@ def test_a_platform_gone_mid_run_fails_the_flow_run_naming_its_url_and_what_to_d
     )
 
 
+def test_a_stage_failed_on_a_network_error_persists_no_token(prefect_harness, results_dir):
+    """A stage that failed on a network error had its error persisted as its result, pickled with
+    the httpx request it carried: `Authorization: OAuth <token>` in the result storage every worker
+    shares (found in a service's results after its emulator was restarted during a run's wait)."""
+    import base64
+
+    from prefect import flow
+
+    from tasks.stage import stage_task
+    from tasks.toloka_api import TolokaClient
+
+    token = f"token-{uuid.uuid4().hex}"
+
+    @stage_task("token-stays-out", toloka=True, retries=0)
+    def ask(url: str) -> None:
+        TolokaClient(token, url=url, retries=0, timeout=5).get_requester()
+
+    @flow(name="token-stays-out")
+    def platform_gone() -> None:
+        ask("http://127.0.0.1:1")
+
+    before = set(results_dir.rglob("*"))
+    state = platform_gone(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(httpx.ConnectError):
+        state.result()
+    records = []
+    for path in set(results_dir.rglob("*")) - before:
+        raw = path.read_bytes() if path.is_file() else b""
+        try:  # a result record: JSON whose `result` is the pickle, base64
+            records.append(base64.b64decode(json.loads(raw)["result"]))
+        except (ValueError, KeyError, TypeError):
+            records.append(raw)
+    assert any(b"ConnectError" in record for record in records), "the failure was not persisted"
+    assert not [record for record in records if token.encode() in record]
+
+
 def test_a_main_pool_stopped_before_completion_leaves_its_paid_answers_on_disk(
     prefect_harness, emu, tmp_path
 ):
