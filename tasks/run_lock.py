@@ -260,7 +260,9 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
     """Flow decorator (under `@flow`): hold the lock of `params.<key>` for the whole flow run.
 
     A transient error that outlived the stage's retries leaves the flow as `StoppedAnswering`,
-    whose message names the URL and what to do (the UI shows it as the run's state message).
+    whose message names the URL and what to do (the UI shows it as the run's state message). Any
+    other error leaves it without the token of the requests it holds (`drop_credentials`): a failed
+    flow run's exception is persisted like its result.
 
     The flow's first argument (or `params=`) is its `PipelineParams`; the signature Prefect shows
     is the flow function's own.
@@ -269,7 +271,11 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            from tasks.toloka_api import TRANSIENT, stopped_answering  # toloka-kit: only once a flow runs
+            from tasks.toloka_api import (
+                TRANSIENT,
+                drop_credentials,
+                stopped_answering,
+            )  # toloka-kit: once a flow runs
 
             params = flow_params(args, kwargs)
             with run_lock(params.toloka, getattr(params, key)):
@@ -277,6 +283,9 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
                     return fn(*args, **kwargs)
                 except TRANSIENT as error:  # past every retry: say who and what to do
                     raise stopped_answering(error, params.toloka) from error
+                except BaseException as error:  # a flow's failure is persisted too: no token in it
+                    drop_credentials(error)
+                    raise
 
         return run  # type: ignore[return-value]
 

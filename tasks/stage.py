@@ -123,30 +123,6 @@ def only_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def drop_credentials(error: BaseException) -> None:
-    """Blank the `Authorization` header of every HTTP request `error` (or its cause or context) holds.
-
-    httpx keeps the request on its errors, headers included, and a stage's failure is persisted
-    like its result (pickled, in the result storage every worker shares, perhaps a bucket): a
-    `ConnectError` from a wait on a stopped emulator put `OAuth <token>` there. The request has been
-    sent (or given up) by the time its error leaves the stage, so nothing else needs the header.
-    """
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        state = getattr(current, "__dict__", {})
-        response = state.get("response")
-        for request in (state.get("_request"), state.get("request"), getattr(response, "_request", None)):
-            headers = getattr(request, "headers", None)
-            if headers is not None and "authorization" in headers:
-                headers["authorization"] = "[removed]"
-        pending += [current.__cause__, current.__context__]
-
-
 def _dropping_credentials(fn: F) -> F:
     """`fn`, whose errors leave it without credentials (`drop_credentials`): they may be persisted."""
 
@@ -155,6 +131,8 @@ def _dropping_credentials(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BaseException as error:
+            from tasks.toloka_api import drop_credentials  # toloka-kit: only once a stage runs
+
             drop_credentials(error)
             raise
 

@@ -86,6 +86,7 @@ __all__ = [
     "answers_owed",
     "close_all",
     "close_reason",
+    "drop_credentials",
     "endpoint",
     "has_work",
     "is_completed",
@@ -161,6 +162,30 @@ def resolve_token(target: TolokaTarget) -> SecretStr:
             f"no Toloka token: set TOLOKA_TOKEN or create a Prefect Secret block "
             f"'{target.token_secret_block}' ({type(exc).__name__})"
         ) from None
+
+
+def drop_credentials(error: BaseException) -> None:
+    """Blank the `Authorization` header of every HTTP request `error` (or its cause or context) holds.
+
+    httpx keeps the request on its errors, headers included, and a stage's failure is persisted
+    like its result (pickled, in the result storage every worker shares, perhaps a bucket): a
+    `ConnectError` from a wait on a stopped emulator put `OAuth <token>` there. The request has been
+    sent (or given up) by the time its error leaves the stage, so nothing else needs the header.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        state = getattr(current, "__dict__", {})
+        response = state.get("response")
+        for request in (state.get("_request"), state.get("request"), getattr(response, "_request", None)):
+            headers = getattr(request, "headers", None)
+            if headers is not None and "authorization" in headers:
+                headers["authorization"] = "[removed]"
+        pending += [current.__cause__, current.__context__]
 
 
 class RateLimitedClient(TolokaClient):

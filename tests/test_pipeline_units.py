@@ -1284,3 +1284,29 @@ def test_an_export_that_answers_fewer_hits_than_the_plan_is_named():
         f"pool 7: 12 of the plan's {answered + 12:,} HITs have no accepted answer; "
         f"the clusters are made from the other {answered:,}"
     )
+
+
+def test_errors_leave_a_flow_or_a_stage_without_the_token_of_their_requests():
+    """httpx keeps the request, headers included, on its errors, and a failed stage's or flow run's
+    exception is persisted like a result: `OAuth <token>` was found in a service's result storage.
+    The header is blanked on the error, its response's request and its cause."""
+    import httpx
+
+    request = httpx.Request("GET", "http://toloka/api/v1/pools/1", headers={"Authorization": "OAuth s3cret"})
+    status = httpx.HTTPStatusError("409", request=request, response=httpx.Response(409, request=request))
+    cause = httpx.ConnectError("refused", request=httpx.Request("GET", "http://t", headers=request.headers))
+    from tasks.run_lock import locked_run
+
+    @locked_run()
+    def flow_body(params) -> None:  # as a flow's function is wrapped under `@flow`
+        try:
+            raise cause
+        except httpx.ConnectError as inner:
+            raise status from inner
+
+    with pytest.raises(httpx.HTTPStatusError):
+        flow_body(_params())
+    assert status.request.headers["authorization"] == "[removed]"
+    assert status.response.request.headers["authorization"] == "[removed]"
+    assert cause.request.headers["authorization"] == "[removed]"
+    assert "s3cret" not in repr(status.__dict__) + repr(cause.__dict__)

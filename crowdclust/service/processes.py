@@ -198,22 +198,25 @@ def children(pid: int, running: str = "") -> list[int]:
     return sorted(found)
 
 
-def terminate(pids: list[int], wait: float = 15.0) -> None:
+def terminate(pids: list[int], wait: float = 15.0, running: Callable[[int], bool] | None = None) -> None:
     """SIGTERM each process (its group if it leads one), then SIGKILL what still runs after `wait` s.
 
     For a worker's flow-run processes, each the leader of its own session: on SIGTERM Prefect
     marks the run Crashed and runs its on_crashed hooks (which close the run's open pools).
+    `running` tells whether a process still runs (default `alive`, which reaps a child of this
+    process; a worker ending its own runs must leave their exit status to its own watcher).
     """
+    alive_now = running or alive
     for sig, grace in ((signal.SIGTERM, wait), (signal.SIGKILL, 5.0)):
-        running = [pid for pid in pids if alive(pid)]
-        for pid in running:
+        running_now = [pid for pid in pids if alive_now(pid)]
+        for pid in running_now:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if os.getpgid(pid) == pid:  # its own group: its children too
                     os.killpg(pid, sig)
                 else:
                     os.kill(pid, sig)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(alive(pid) for pid in running):
+        while time.monotonic() < deadline and any(alive_now(pid) for pid in running_now):
             time.sleep(0.2)
 
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from crowdclust.service.processes import children, stat_fields
+from crowdclust.service.processes import children, stat_fields, terminate
 
 RUN_GRACE_SECONDS = 15.0  # as `crowdclust service down` gives a worker's runs
 
@@ -43,26 +42,12 @@ def _running(pid: int) -> bool:
 
 
 def end_runs(say: Say, grace: float = RUN_GRACE_SECONDS) -> list[int]:
-    """SIGTERM the flow-run processes this process started (each leads its own session, so its group),
-    wait up to `grace` s for them to end, SIGKILL what is left. Returns their pids."""
+    """SIGTERM the flow-run processes this process started (`processes.terminate`: each leads its
+    own session, so its group), SIGKILL what is left after `grace` s. Returns their pids."""
     runs = children(os.getpid(), running="prefect.engine")
-    if not runs:
-        return runs
-    say(f"ending {len(runs)} flow run(s) before the worker stops (they end Crashed and close their pools)")
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in filter(_running, runs):
-            try:
-                if os.getpgid(pid) == pid:  # its own group: its children too
-                    os.killpg(pid, sig)
-                else:
-                    os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(map(_running, runs)):
-            time.sleep(0.2)
-        if not any(map(_running, runs)):
-            break
+    if runs:
+        say(f"ending {len(runs)} flow run(s) before the worker stops (they end Crashed, closing their pools)")
+        terminate(runs, grace, running=_running)
     return runs
 
 
