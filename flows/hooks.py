@@ -11,12 +11,14 @@ Retry pressed while a crashed run's hook still closes its pools waits for the ho
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
+from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import flow_run_logger
 
 from flows.run_names import by_run_key, run_key_of
@@ -59,6 +61,21 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         )
     except Exception as exc:  # a hook must never hide the original failure
         log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)
+    finally:
+        send_logs_now()
+
+
+def send_logs_now() -> None:
+    """Send the log lines Prefect still holds to its API before the hook returns.
+
+    A flow-run process stopped from outside (the worker's or `make down`'s SIGTERM) marks its run
+    Crashed, runs this hook, then sends itself the SIGTERM again under the default handler: it dies
+    at once, without the exit-time flush of its log queue. The run's page then ended at its last poll,
+    without "Crash detected", the hook, or which pools it closed. Lines logged after this go on as
+    usual (the queue starts again).
+    """
+    with contextlib.suppress(Exception):  # never in the way of the hook's own outcome
+        APILogHandler().flush()
 
 
 def close_with_retries(registry: RunRegistry, attempts: int = 4) -> list[str]:

@@ -452,6 +452,58 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_ho
     assert resumed["pools"]["main-pool"].id == stopped["pools"]["main-pool"].id
 
 
+STOPPED_FLOW = """
+import sys, time
+from prefect import flow
+from flows.hooks import CLOSES_POOLS
+from tasks.params import PipelineParams
+
+@flow(name="crowdclust-pipeline", **CLOSES_POOLS)
+def stopped(params: PipelineParams) -> None:
+    print("running", flush=True)
+    time.sleep(120)
+
+stopped(PipelineParams.model_validate_json(sys.argv[1]))
+"""
+
+
+def test_a_flow_run_process_stopped_from_outside_sends_its_crash_lines_before_it_dies(
+    prefect_harness, emu, config
+):
+    """A worker's flow-run process (here one with the pipeline's hooks and no handler of its own)
+    stopped by SIGTERM: Prefect marks the run Crashed, runs its hooks, then re-sends itself the
+    signal under the default handler and dies without flushing its log queue. The run's page ended
+    at its last poll, without "Crash detected" or the hook's line of what it closed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL
+
+    key = f"faults-outside-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_FLOW, _params(config, key).model_dump_json()],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "running\n", process.communicate()
+        process.send_signal(signal.SIGTERM)
+        err = _stderr_once_exited(process, 60, "SIGTERM")
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGTERM, err
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[key])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    assert run.state is not None and run.state.is_crashed(), run.state
+    messages = "\n".join(log.message for log in logs)
+    assert "Crash detected" in messages, messages
+    assert f"run {key} ended CRASHED: closed nothing: none was left open" in messages, messages
+
+
 def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, config, monkeypatch):
     """Warm cache, fresh platform whose ids now belong to another run: a clear error, never its pool."""
     from prefect import flow
