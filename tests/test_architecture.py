@@ -4,7 +4,8 @@ Layers, bottom up (docs/architecture.md):
 - `aggregation/` and `emulator/`: libraries; nothing of the pipeline, Prefect or toloka-kit.
 - `tasks/params.py`, `tasks/stages.py`, `tasks/settings.py`, `tasks/dataset_file.py`: the pipeline's
   vocabulary (and how the dataset file is read, which the run key needs); nothing of the project
-  above them, no Prefect, no toloka-kit.
+  above them, no Prefect, no toloka-kit. `tasks/atomic_file.py` (files replaced whole) is there too,
+  so that every layer that may import `tasks` can use it.
 - `tasks/`: the stages; may import `aggregation`, never `flows`, `crowdclust` or `emulator`.
 - `flows/`: wiring; may import `tasks`, never `crowdclust` or `emulator`.
 - `crowdclust/`: the command line and the service, on top.
@@ -26,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = {"aggregation", "emulator", "tasks", "flows", "crowdclust", "tests", "bench"}
-BOTTOM = {"tasks.params", "tasks.stages", "tasks.settings", "tasks.dataset_file"}
+BOTTOM = {"tasks.params", "tasks.stages", "tasks.settings", "tasks.dataset_file", "tasks.atomic_file"}
 FORBIDDEN = {
     "aggregation": {"tasks", "flows", "crowdclust", "emulator", "prefect", "toloka"},
     "emulator": {"tasks", "flows", "crowdclust", "prefect", "toloka", "aggregation"},

@@ -1,0 +1,152 @@
+"""A file the project writes and reads back is replaced whole: a kill at any moment leaves the old
+file or the new one (`tasks/atomic_file.py`), and the readers say which file is damaged.
+
+A kill between the write and the rename is simulated by an `os.replace` that raises; a real
+`kill -9` of a process in the middle of its writes checks the same from outside.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.atomic_file import create_exclusive, replaced, write_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Killed(BaseException):
+    """Stands for a kill between the write and the rename."""
+
+
+def _killed_at_rename(monkeypatch: pytest.MonkeyPatch) -> None:
+    def rename(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    monkeypatch.setattr(os, "replace", rename)
+    monkeypatch.setattr(os, "link", rename)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_write_stopped_before_its_rename_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "hits.json"
+    path.write_text('{"old": true}')
+    _killed_at_rename(monkeypatch)
+    with pytest.raises(Killed):
+        write_atomic(path, '{"new": ' + "1" * 100_000 + "}")
+    assert path.read_text() == '{"old": true}'
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_writer_that_fails_half_way_changes_nothing(tmp_path):
+    path = tmp_path / "clusters.csv"
+    path.write_text("item,cluster\na,1\n")
+    with pytest.raises(RuntimeError), replaced(path) as temporary:
+        temporary.write_text("item,cluster\nb,")
+        raise RuntimeError("killed")
+    assert path.read_text() == "item,cluster\na,1\n"
+    assert _leftovers(tmp_path) == []
+
+
+def test_the_new_content_replaces_the_file_with_its_mode_kept(tmp_path):
+    path = tmp_path / "report.html"
+    path.write_text("old")
+    path.chmod(0o640)
+    write_atomic(path, "new ✓")
+    assert path.read_text(encoding="utf-8") == "new ✓"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    fresh = write_atomic(tmp_path / "new.json", b"{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_private_file_is_never_readable_by_others_not_even_while_it_is_written(tmp_path):
+    path = tmp_path / "emulator-token"
+    seen = []
+    with replaced(path, mode=0o600) as temporary:
+        seen.append(stat.S_IMODE(temporary.stat().st_mode))
+        temporary.write_text("secret\n")
+        seen.append(stat.S_IMODE(temporary.stat().st_mode))
+    assert seen == [0o600, 0o600]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)  # widened by hand: the next write gives it its own mode again
+    write_atomic(path, "other\n", mode=0o600)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_an_exclusive_create_never_replaces_a_file_and_leaves_none_half_written(tmp_path, monkeypatch):
+    path = tmp_path / "run_key.txt"
+    create_exclusive(path, "first\n")
+    with pytest.raises(FileExistsError):
+        create_exclusive(path, "second\n")
+    assert path.read_text() == "first\n"
+    assert _leftovers(tmp_path) == []
+    other = tmp_path / "other.txt"
+    _killed_at_rename(monkeypatch)
+    with pytest.raises(Killed):
+        create_exclusive(other, "never seen\n")
+    assert not other.exists()  # a kill before the link: no file at all, not an empty one
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_exclusive_create_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    def no_links(*args: object) -> None:
+        raise PermissionError("operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = create_exclusive(tmp_path / "run_key.txt", "first\n")
+    assert path.read_text() == "first\n"
+    with pytest.raises(FileExistsError):
+        create_exclusive(path, "second\n")
+    assert path.read_text() == "first\n"
+    assert _leftovers(tmp_path) == []
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tasks.atomic_file import replaced
+
+    path, lines = Path(sys.argv[1]), 200_000
+    round = 0
+    while True:
+        round += 1
+        with replaced(path) as temporary, open(temporary, "w") as out:  # row by row, as to_csv writes
+            for _ in range(lines):
+                out.write(f"{round}\\n")
+        print(round, flush=True)
+    """
+)
+
+
+def test_kill_9_in_the_middle_of_writes_leaves_a_whole_file(tmp_path):
+    """A process that rewrites a 1 MB file row by row in a loop, killed by SIGKILL after a few
+    rewrites: the file holds one whole version (every line of one round), whenever the kill came.
+    (Written in place, as before, it was cut short: e.g. 57,344 of its 200,000 lines.)"""
+    path = tmp_path / "assignments_main.tsv"
+    for attempt in range(3):
+        process = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        rounds = [process.stdout.readline() for _ in range(2 + attempt)]  # a few whole rewrites
+        time.sleep(0.013 * (attempt + 1))  # then somewhere in the middle of one
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        assert all(rounds)
+        lines = path.read_text().splitlines()
+        assert len(lines) == 200_000 and len(set(lines)) == 1, (len(lines), set(lines[:1] + lines[-1:]))
+    assert len(_leftovers(tmp_path)) <= 3  # at most one temporary file per kill, beside a whole file
