@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger
 
+from tasks import atomic_file
 from tasks.artifacts import ProgressReporter
 from tasks.budget import LiveSpend, SpendGuard
 from tasks.export_format import ANSWER, IMAGES, WORKER, parse_array_cell
@@ -193,7 +194,8 @@ def bar_chart(result: Evaluation, path: Path) -> Path | None:
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_file.replaced(path) as temporary:  # whole or not at all
+        fig.savefig(temporary, dpi=100, format="png")
     plt.close(fig)
     return path
 

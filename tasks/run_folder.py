@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from tasks.atomic_file import replaced, write_atomic
 from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir, run_dir_of
 from tasks.stages import Aggregated, Attempt, Evaluation, HitPlan, IntruderHit, RunSummary
 
@@ -206,18 +207,25 @@ class RunFolder:
 
     # ----------------------------------------------------------------------------------- writers
 
+    # Every file is replaced whole (`tasks.atomic_file`): a run killed while it wrote one leaves the
+    # old file or the new one. Written in place, a kill left it cut short, and the next run or
+    # command read what was left.
+
     def _ready(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def _write(self, path: Path, text: str) -> Path:
+        return write_atomic(self._ready(path), text)
+
     def write_plan(self, plan: HitPlan) -> Path:
         data = {"hits": plan.hits, "coverage": asdict(plan.coverage)}
-        self._ready(self.hits).write_text(json.dumps(data, indent=1))
-        return self.hits
+        return self._write(self.hits, json.dumps(data, indent=1))
 
     def write_export(self, frame: pd.DataFrame, kind: str) -> Path:
         path = self._ready(self.export(kind))
-        frame.to_csv(path, sep="\t", index=False)
+        with replaced(path) as temporary:
+            frame.to_csv(temporary, sep="\t", index=False)
         return path
 
     def write_clustering(self, aggregated: Aggregated) -> None:
@@ -229,24 +237,26 @@ class RunFolder:
             table["confidence"] = table["item"].map(aggregated.confidence).round(4)
         if aggregated.truth is not None:
             table["class"] = table["item"].map(aggregated.truth)
-        table.sort_values(["cluster", "item"]).to_csv(self._ready(self.clusters), index=False)
+        with replaced(self._ready(self.clusters)) as temporary:
+            table.sort_values(["cluster", "item"]).to_csv(temporary, index=False)
         if aggregated.embedding is not None:
-            pd.DataFrame(aggregated.embedding).to_csv(self.embedding)
+            with replaced(self.embedding) as temporary:
+                pd.DataFrame(aggregated.embedding).to_csv(temporary)
         if aggregated.metrics is not None:
-            self.metrics.write_text(json.dumps(aggregated.metrics, indent=2))
+            self._write(self.metrics, json.dumps(aggregated.metrics, indent=2))
         if aggregated.dissent_clusters is None:
             self.dissent.unlink(missing_ok=True)
             self.dissent_workers.unlink(missing_ok=True)
         else:
             from aggregation.dissent import write_camp  # here: the module loads numba's kernels
 
-            write_camp(
-                aggregated.dissent_clusters, aggregated.dissent_workers, self.dissent, self.dissent_workers
-            )
+            with replaced(self.dissent) as grouping, replaced(self.dissent_workers) as workers:
+                write_camp(aggregated.dissent_clusters, aggregated.dissent_workers, grouping, workers)
         if aggregated.recheck is None or aggregated.recheck.empty:
             self.recheck.unlink(missing_ok=True)
         else:
-            aggregated.recheck.to_csv(self._ready(self.recheck), index=False, float_format="%.4f")
+            with replaced(self._ready(self.recheck)) as temporary:
+                aggregated.recheck.to_csv(temporary, index=False, float_format="%.4f")
 
     def read_clusters(self, path: Path | None = None) -> pd.Series:
         """Item -> cluster from `clusters.csv` (this folder's, or `path`)."""
@@ -254,8 +264,7 @@ class RunFolder:
         return pd.Series(table["cluster"].to_numpy(), index=table["item"].astype(str).to_numpy())
 
     def write_thumbnails(self, thumbnails: dict[str, str]) -> Path:
-        self._ready(self.thumbnails).write_text(json.dumps(thumbnails, sort_keys=True))
-        return self.thumbnails
+        return self._write(self.thumbnails, json.dumps(thumbnails, sort_keys=True))
 
     def read_thumbnails(self) -> dict[str, str]:
         """URL -> data URI (empty when the folder has none, e.g. a clustering made elsewhere)."""
@@ -277,8 +286,7 @@ class RunFolder:
         return f"{base.rstrip('/')}/{quote(inside.as_posix())}"
 
     def write_intruder_hits(self, hits: list[IntruderHit]) -> Path:
-        self._ready(self.intruder_hits).write_text(json.dumps([asdict(h) for h in hits], indent=1))
-        return self.intruder_hits
+        return self._write(self.intruder_hits, json.dumps([asdict(h) for h in hits], indent=1))
 
     @property
     def evaluation_summary(self) -> Path:
@@ -286,14 +294,10 @@ class RunFolder:
 
     def write_evaluation(self, evaluation: Evaluation) -> Path:
         """An evaluation started on its own: accuracy overall and per cluster, answers, cost."""
-        self._ready(self.evaluation_summary).write_text(
-            json.dumps(evaluation.as_dict(), indent=1, default=str)
-        )
-        return self.evaluation_summary
+        return self._write(self.evaluation_summary, json.dumps(evaluation.as_dict(), indent=1, default=str))
 
     def write_report(self, page: str) -> Path:
-        self._ready(self.report).write_text(page)
-        return self.report
+        return self._write(self.report, page)
 
     @property
     def attempts(self) -> Path:
@@ -312,11 +316,7 @@ class RunFolder:
         does not exist yet: a run refused before it wrote anything leaves no folder behind."""
         if not self.root.is_dir():
             return None
-        partial = self.attempts.with_name(self.attempts.name + ".partial")
-        partial.write_text(json.dumps([asdict(entry) for entry in attempts], indent=2))
-        partial.replace(self.attempts)
-        return self.attempts
+        return write_atomic(self.attempts, json.dumps([asdict(entry) for entry in attempts], indent=2))
 
     def write_summary(self, summary: RunSummary) -> Path:
-        self._ready(self.summary).write_text(summary.to_json())
-        return self.summary
+        return self._write(self.summary, summary.to_json())

@@ -16,9 +16,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from tasks.atomic_file import create_exclusive, replaced, write_atomic
+from tasks.run_folder import RunFolder
+from tasks.stages import Aggregated, AggregationInfo, Attempt, Coverage, HitPlan, IntruderHit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,3 +154,56 @@ def test_kill_9_in_the_middle_of_writes_leaves_a_whole_file(tmp_path):
         lines = path.read_text().splitlines()
         assert len(lines) == 200_000 and len(set(lines)) == 1, (len(lines), set(lines[:1] + lines[-1:]))
     assert len(_leftovers(tmp_path)) <= 3  # at most one temporary file per kill, beside a whole file
+
+
+# --------------------------------------------------------------------------------- the run folder
+
+
+def _clustering(n: int, dissent: bool = True) -> Aggregated:
+    items = [f"https://img/{i}.png" for i in range(n)]
+    clusters = pd.Series([i % 3 for i in range(n)], index=items)
+    return Aggregated(
+        clusters,
+        np.arange(n * 2, dtype=float).reshape(n, 2),
+        AggregationInfo("gomes", 3, 1, 1, 1, 2, 1, -1.0),
+        metrics={"ari": 1.0, "nmi": 1.0},
+        confidence=pd.Series(0.9, index=items),
+        dissent_clusters=clusters if dissent else None,
+        dissent_workers=("w1", "w2") if dissent else (),
+        recheck=pd.DataFrame({"item": items[:2], "cluster": [0, 1], "confidence": [0.4, 0.3]}),
+    )
+
+
+def _write_everything(folder: RunFolder, n: int) -> None:
+    items = [f"https://img/{i}.png" for i in range(n)]
+    coverage = Coverage(1, n, 1, 1.0, 1, {1: n}, dict.fromkeys(items, 1), True)
+    folder.write_plan(HitPlan([items], coverage))
+    folder.write_export(pd.DataFrame({"INPUT:images": items, "ASSIGNMENT:worker_id": ["0019"] * n}), "main")
+    folder.write_clustering(_clustering(n))
+    folder.write_thumbnails({item: "data:image/jpeg;base64,AAAA" for item in items})
+    folder.write_intruder_hits([IntruderHit(tuple(items[:3]), "2", 0, 1)] * n)
+    folder.write_report("<html>" + "x" * n + "</html>")
+    folder.write_attempts([Attempt("2026-01-01T00:00:00+00:00", float(n), {"labelling": 1.0})])
+
+
+def test_every_run_folder_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A run killed while it rewrote its folder's files left them cut short; now each writer's
+    rename is the only step that changes a file (a kill before it leaves the old one whole)."""
+    folder = RunFolder(tmp_path / "run").create()
+    _write_everything(folder, 5)
+    before = {p.name: p.read_bytes() for p in folder.root.iterdir()}
+    assert {"hits.json", "assignments_main.tsv", "clusters.csv", "dissent.csv", "recheck.csv"} <= set(before)
+    _killed_at_rename(monkeypatch)
+    writers = [
+        lambda: folder.write_plan(HitPlan([["a"]], Coverage(1, 1, 1, 1.0, 1, {1: 1}, {"a": 1}, True))),
+        lambda: folder.write_export(pd.DataFrame({"INPUT:images": ["a"]}), "main"),
+        lambda: folder.write_clustering(_clustering(2)),
+        lambda: folder.write_thumbnails({}),
+        lambda: folder.write_intruder_hits([]),
+        lambda: folder.write_report("<html></html>"),
+        lambda: folder.write_attempts([]),
+    ]
+    for write in writers:
+        with pytest.raises(Killed):
+            write()
+    assert {p.name: p.read_bytes() for p in folder.root.iterdir()} == before
