@@ -31,6 +31,7 @@ and another gets `runs/<name>__<key>/` (`RunFolder.of`).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -39,7 +40,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from tasks.atomic_file import replaced, write_atomic
+from tasks.atomic_file import create_exclusive, replaced, write_atomic
 from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir, run_dir_of
 from tasks.stages import Aggregated, Attempt, Evaluation, HitPlan, IntruderHit, RunSummary
 
@@ -90,35 +91,60 @@ class RunFolder:
 
     def owner(self) -> str | None:
         """The run key whose files the folder holds: `run_key.txt`, else (a folder written before
-        it existed) the key in `summary.json`; None when neither names one."""
-        if self.key_file.is_file():
-            return self.key_file.read_text().strip() or None
+        it existed, or whose `run_key.txt` an older version left empty when it was killed) the key
+        in `summary.json`; None when neither names one."""
+        key = self._recorded_key()
+        if key:
+            return key
         try:
             key = json.loads(self.summary.read_text()).get("run_key")
         except (OSError, ValueError, AttributeError):
             return None
         return str(key) if key else None
 
+    def _recorded_key(self) -> str | None:
+        try:
+            return self.key_file.read_text().strip() or None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def claim(self, run_key: str) -> bool:
         """Record that the folder holds `run_key`'s files (`run_key.txt`), so that a run of another
         key finds it taken (`RunFolder.of`); False when another key holds it.
 
-        The file is created exclusively: two derived keys of one name that both found the folder
-        free (runs started at the same moment) would otherwise both write into it, and the later
-        one's `run_key.txt` would hide the earlier one's files.
+        The file is created exclusively, and whole: two derived keys of one name that both found
+        the folder free (runs started at the same moment) would otherwise both write into it, and
+        the later one's `run_key.txt` would hide the earlier one's files. It used to be created
+        empty and written after: a run killed in between left it empty, and every later run of the
+        key wrote its labelling's files (`hits.json`, the export) to a second folder,
+        `runs/<name>__<key>/`, and its clusters and report to this one. An empty one is claimed
+        again (`_claim_empty`).
         """
         self.create()
         owner = self.owner()
         if owner is not None:
-            if owner == run_key and not self.key_file.is_file():
-                self.key_file.write_text(run_key + "\n")  # a folder from before run_key.txt
+            if owner == run_key and self._recorded_key() is None:  # before run_key.txt, or left empty
+                self._claim_empty(run_key)
             return owner == run_key
         try:
-            with self.key_file.open("x") as out:
-                out.write(run_key + "\n")
+            create_exclusive(self.key_file, run_key + "\n")
         except FileExistsError:
+            if self._recorded_key() is None:
+                return self._claim_empty(run_key)
             return self.owner() == run_key
         return True
+
+    def _claim_empty(self, run_key: str) -> bool:
+        """Write `run_key.txt` where it is missing or empty, under a lock on the folder (two runs
+        that both found it empty must not both take it)."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._recorded_key() is None:
+                write_atomic(self.key_file, run_key + "\n")
+            return self._recorded_key() == run_key
+        finally:
+            os.close(fd)  # and the lock with it
 
     @classmethod
     def take(cls, params: PipelineParams) -> RunFolder:

@@ -207,3 +207,38 @@ def test_every_run_folder_file_is_replaced_whole_or_not_at_all(tmp_path, monkeyp
         with pytest.raises(Killed):
             write()
     assert {p.name: p.read_bytes() for p in folder.root.iterdir()} == before
+
+
+DEMO = ROOT / "configs" / "demo-shoes" / "pipeline.yaml"
+
+
+def test_a_run_key_file_a_kill_left_empty_keeps_the_run_in_its_folder(tmp_path, monkeypatch):
+    """`run_key.txt` was created empty and written after: a run killed in between left it empty,
+    and the same command then wrote its labelling's files to `runs/<name>__<key>/` and its clusters
+    and report to `runs/<name>/` (seen with `crowdclust run` on the emulator). Now it is created
+    whole, and an empty one (from an older version) is claimed again."""
+    from tasks.params import load_params
+
+    runs = tmp_path / "runs"
+    params = load_params(DEMO, {"runs_dir": str(runs)})
+    other = load_params(DEMO, {"runs_dir": str(runs), "seed": 1})
+    key = params.resolved_run_key
+    folder = RunFolder(runs / "demo-shoes").create()
+    folder.key_file.write_text("")  # as the kill left it
+    assert RunFolder.of(params).root == folder.root
+    assert RunFolder.take(params).root == folder.root
+    assert folder.key_file.read_text() == key + "\n"
+    assert RunFolder.take(other).root != folder.root  # and it is this key's now
+    # Left empty in a folder whose summary names another key: that key's folder still.
+    taken = RunFolder(runs / "taken").create()
+    taken.key_file.write_text("\n")
+    taken.summary.write_text(f'{{"run_key": "{other.resolved_run_key}"}}')
+    assert taken.owner() == other.resolved_run_key and not taken.claim(key)
+    # A kill while the claim is written leaves no file at all: the next run claims the folder.
+    fresh = RunFolder(runs / "fresh").create()
+    _killed_at_rename(monkeypatch)
+    with pytest.raises(Killed):
+        fresh.claim(key)
+    monkeypatch.undo()
+    assert not fresh.key_file.exists() and fresh.owner() is None
+    assert fresh.claim(key) and fresh.owner() == key
