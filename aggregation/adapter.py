@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from aggregation.pairs import REQUIRED
-from aggregation.unreadable import NO_ZSTANDARD, export_not_utf8, ragged_row
+from aggregation.unreadable import NO_ZSTANDARD, cut_short, export_not_utf8, ragged_row
 
 __all__ = ["ExportFormatError", "ExportReading", "load_export", "read_export"]
 
@@ -161,17 +161,22 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():  # the caller names the file, as for every other error of its reading
         raise ExportFormatError("is a directory, not an export file" if path.is_dir() else "no such file")
     try:  # compressed by its name's ending (.gz, .bz2, .xz, .zip, .zst), as pandas infers
-        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise ExportFormatError("export file is empty (no header)") from None
     except UnicodeDecodeError:
         raise ExportFormatError(export_not_utf8(path)) from None
-    except pd.errors.ParserError as exc:
-        raise ExportFormatError(ragged_row(path) or f"export file is not a readable TSV: {exc}") from None
+    except pd.errors.ParserError as exc:  # a quoted cell cut short, say
+        reason = cut_short(path) or ragged_row(path) or f"export file is not a readable TSV: {exc}"
+        raise ExportFormatError(reason) from None
     except (EOFError, OSError, zlib.error) as exc:  # a compressed file cut short or not compressed
         raise ExportFormatError(f"export file cannot be decompressed ({type(exc).__name__}: {exc})") from None
     except ImportError:  # the only codec pandas imports from outside the standard library
         raise ExportFormatError(f"export file {NO_ZSTANDARD}") from None
+    short = cut_short(path)
+    if short is not None:
+        raise ExportFormatError(short)
+    return frame
 
 
 def _bulk_json(cells: pd.Series) -> list:

@@ -242,3 +242,37 @@ def test_a_run_key_file_a_kill_left_empty_keeps_the_run_in_its_folder(tmp_path, 
     monkeypatch.undo()
     assert not fresh.key_file.exists() and fresh.owner() is None
     assert fresh.claim(key) and fresh.owner() == key
+
+
+def _export_rows(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "INPUT:images": ['["https://img/1.png","https://img/2.png"]'] * n,
+            "OUTPUT:result": ['[{"group":1},{"group":2}]'] * n,
+            "ASSIGNMENT:assignment_id": [f"a{i}" for i in range(n)],
+            "ASSIGNMENT:task_suite_id": [f"s{i}" for i in range(n)],
+            "ASSIGNMENT:worker_id": [f"worker-{i:04d}" for i in range(n)],
+            "ASSIGNMENT:status": ["APPROVED"] * n,
+        }
+    )
+
+
+def test_an_export_cut_short_inside_its_last_row_is_refused_naming_the_file(tmp_path):
+    """A copy of an export cut inside its last row (a run killed while it wrote it) was read with
+    that row's missing cells empty: its worker id cut to `wor` (another worker) and no status, exit 0
+    (`crowdclust aggregate` on a demo export cut in its last worker id)."""
+    from aggregation import ExportFormatError
+    from tasks.export_format import read_export_file
+
+    folder = RunFolder(tmp_path / "run").create()
+    path = folder.write_export(_export_rows(4), "main")
+    assert len(read_export_file(path)) == 4
+    text = path.read_text()
+    cut = text[: text.rindex("worker-0003") + 3]
+    for damaged in (cut, text[: text.rindex("[") + 2]):  # in a worker id; in a quoted cell
+        path.write_text(damaged)
+        with pytest.raises(ExportFormatError, match="cut short") as refused:
+            read_export_file(path)
+        assert str(path) in str(refused.value) and "line 5" in str(refused.value)
+    path.write_text(text.rstrip("\n"))  # whole, only its last line end missing: as good as before
+    assert read_export_file(path)["ASSIGNMENT:worker_id"].tolist()[-1] == "worker-0003"
