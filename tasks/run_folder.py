@@ -31,8 +31,11 @@ and another gets `runs/<name>__<key>/` (`RunFolder.of`).
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,8 +47,15 @@ from tasks.atomic_file import create_exclusive, replaced, write_atomic
 from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir, run_dir_of
 from tasks.stages import Aggregated, Attempt, Evaluation, HitPlan, IntruderHit, RunSummary
 
+log = logging.getLogger(__name__)  # shipped to the run's log (`tasks.run_log`)
+
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which the service serves its runs folder
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # that folder
+
+
+class DamagedFile(ValueError):
+    """A file of the run folder that does not read as written (cut short, empty): the message names
+    it and says how to get it whole again."""
 
 
 @dataclass(frozen=True)
@@ -285,16 +295,65 @@ class RunFolder:
                 aggregated.recheck.to_csv(temporary, index=False, float_format="%.4f")
 
     def read_clusters(self, path: Path | None = None) -> pd.Series:
-        """Item -> cluster from `clusters.csv` (this folder's, or `path`)."""
-        table = pd.read_csv(path or self.clusters)
+        """Item -> cluster from `clusters.csv` (this folder's, or `path`); `DamagedFile` when it is
+        empty, cut short or lacks a cell it needs.
+
+        An evaluation started on its own reads it: a file cut short in its last row (written in place
+        by a run that was killed) was read with that row's item cut or its cluster missing, and
+        intruder HITs were made, and paid for, from what was left.
+        """
+        source = path or self.clusters
+        rewrite = (
+            "run the same `crowdclust run` command again to rewrite it (its stages are cached: nothing "
+            "is paid twice), or make it again with `crowdclust aggregate` from the run's export"
+        )
+        text = source.read_bytes()
+        if not text.strip():
+            raise DamagedFile(f"{source} is empty (a run killed while it wrote it?): {rewrite}")
+        if not text.endswith((b"\n", b"\r")):  # a last row short of the header's cells was cut
+            rows = [row for row in csv.reader(io.StringIO(text.decode(errors="replace"))) if row]
+            if len(rows) > 1 and len(rows[-1]) < len(rows[0]):
+                raise DamagedFile(
+                    f"{source} is cut short: its last line has {len(rows[-1])} of the header's "
+                    f"{len(rows[0])} cells and no line end, as a file whose writing was stopped leaves "
+                    f"it (a run killed while it wrote it?): {rewrite}"
+                )
+        table = pd.read_csv(io.BytesIO(text))
+        missing = [column for column in ("item", "cluster") if column not in table.columns]
+        if missing:
+            raise DamagedFile(f"{source} has no column {', '.join(missing)}: is it a clusters.csv? {rewrite}")
+        blank = table["item"].isna() | pd.to_numeric(table["cluster"], errors="coerce").isna()
+        if blank.any():
+            line = int(blank.to_numpy().argmax()) + 2
+            raise DamagedFile(
+                f"{source}, line {line}: an item without a cluster (a damaged file?): {rewrite}"
+            )
         return pd.Series(table["cluster"].to_numpy(), index=table["item"].astype(str).to_numpy())
 
     def write_thumbnails(self, thumbnails: dict[str, str]) -> Path:
         return self._write(self.thumbnails, json.dumps(thumbnails, sort_keys=True))
 
     def read_thumbnails(self) -> dict[str, str]:
-        """URL -> data URI (empty when the folder has none, e.g. a clustering made elsewhere)."""
-        return json.loads(self.thumbnails.read_text()) if self.thumbnails.exists() else {}
+        """URL -> data URI (empty when the folder has none, e.g. a clustering made elsewhere).
+
+        A file that does not read (cut short by a kill, by an older version that wrote it in place)
+        is a cache of images fetched for free: the galleries go without it, with a warning, and
+        the next aggregation writes it again."""
+        if not self.thumbnails.exists():
+            return {}
+        try:
+            data = json.loads(self.thumbnails.read_text())
+        except (OSError, ValueError) as error:
+            data = error
+        if not isinstance(data, dict):
+            log.warning(
+                "%s does not read (%s): the galleries go without thumbnails; the next aggregation "
+                "writes it again",
+                self.thumbnails,
+                data if isinstance(data, Exception) else "not a mapping",
+            )
+            return {}
+        return data
 
     def url_of(self, path: Path) -> str | None:
         """Where `path` is served over http: `$CROWDCLUST_RUNS_URL/<path under $CROWDCLUST_RUNS_DIR>`.
@@ -330,11 +389,21 @@ class RunFolder:
         return self.root / "attempts.json"
 
     def read_attempts(self) -> list[Attempt]:
-        """The attempts recorded so far (none when the file is missing or unreadable)."""
+        """The attempts recorded so far (none when the file is missing or unreadable: a warning
+        says that the earlier attempts' times are lost then, rather than the report leaving them
+        out unsaid)."""
         try:
             data = json.loads(self.attempts.read_text())
             return [Attempt(**entry) for entry in data]
-        except (OSError, ValueError, TypeError):
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError) as error:
+            log.warning(
+                "%s does not read (%s): the times of this run's earlier attempts are lost, and its "
+                "wall time counts from this attempt",
+                self.attempts,
+                error,
+            )
             return []
 
     def write_attempts(self, attempts: list[Attempt]) -> Path | None:

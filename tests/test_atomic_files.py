@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from tasks.atomic_file import create_exclusive, replaced, write_atomic
-from tasks.run_folder import RunFolder
+from tasks.run_folder import DamagedFile, RunFolder
 from tasks.stages import Aggregated, AggregationInfo, Attempt, Coverage, HitPlan, IntruderHit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,3 +276,44 @@ def test_an_export_cut_short_inside_its_last_row_is_refused_naming_the_file(tmp_
         assert str(path) in str(refused.value) and "line 5" in str(refused.value)
     path.write_text(text.rstrip("\n"))  # whole, only its last line end missing: as good as before
     assert read_export_file(path)["ASSIGNMENT:worker_id"].tolist()[-1] == "worker-0003"
+
+
+def test_a_clusters_file_cut_short_is_refused_before_an_evaluation_pays_for_what_is_left(tmp_path):
+    """An evaluation started on its own reads the run's `clusters.csv`: cut in its last row, it was
+    read with the row's item cut (`https://im`) or its cluster missing, and intruder HITs were made,
+    and paid for, from that."""
+    folder = RunFolder(tmp_path / "run").create()
+    folder.write_clustering(_clustering(6, dissent=False))
+    whole = folder.read_clusters()
+    assert len(whole) == 6
+    text = folder.clusters.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]  # `https://img/5.png,2,0.9`
+    for cut in (text[: len(text) - len(last) + 8], text[: text.rindex(",") - 2], ""):
+        folder.clusters.write_text(cut)
+        with pytest.raises(DamagedFile, match=r"cut short|empty") as refused:
+            folder.read_clusters()
+        assert str(folder.clusters) in str(refused.value) and "crowdclust run" in str(refused.value)
+    folder.clusters.write_text(text.rstrip("\n"))  # only its last line end missing: whole
+    assert folder.read_clusters().equals(whole)
+    folder.clusters.write_text("item,cluster\nhttps://img/1.png,\n")
+    with pytest.raises(DamagedFile, match="line 2: an item without a cluster"):
+        folder.read_clusters()
+
+
+def test_damaged_thumbnails_and_attempts_are_said_and_set_aside(tmp_path, caplog):
+    """`thumbnails.json` (a cache of images fetched for free) and `attempts.json` (the run's times)
+    cut short: the thumbnails raised a JSONDecodeError traceback, the attempts were dropped unsaid."""
+    folder = RunFolder(tmp_path / "run").create()
+    folder.write_thumbnails({"https://img/1.png": "data:image/jpeg;base64,AAAA"})
+    folder.write_attempts([Attempt("2026-01-01T00:00:00+00:00", 12.0, {"labelling": 12.0})])
+    assert folder.read_thumbnails() and folder.read_attempts()
+    for path in (folder.thumbnails, folder.attempts):
+        path.write_text(path.read_text()[:20])
+    with caplog.at_level("WARNING", logger="tasks.run_folder"):
+        assert folder.read_thumbnails() == {}
+        assert folder.read_attempts() == []
+    said = caplog.text
+    assert f"{folder.thumbnails} does not read" in said and f"{folder.attempts} does not read" in said
+    caplog.clear()
+    empty = RunFolder(tmp_path / "new").create()
+    assert empty.read_thumbnails() == {} and empty.read_attempts() == [] and not caplog.text
