@@ -317,3 +317,100 @@ def test_damaged_thumbnails_and_attempts_are_said_and_set_aside(tmp_path, caplog
     caplog.clear()
     empty = RunFolder(tmp_path / "new").create()
     assert empty.read_thumbnails() == {} and empty.read_attempts() == [] and not caplog.text
+
+
+# ------------------------------------------------------------------------------ the local service
+
+
+def test_the_service_token_is_made_whole_and_private_and_an_empty_one_is_made_again(tmp_path, monkeypatch):
+    """`.service/emulator-token` was created empty (0600) and written after: a `make up` killed in
+    between left it empty, the emulator fell back to its public default token and the deployments'
+    Secret block held an empty one."""
+    from crowdclust.service.config import ServiceConfig
+    from crowdclust.service.processes import free_port
+    from crowdclust.service.supervisor import _token
+
+    cfg = ServiceConfig(state_dir=tmp_path, emulator_port=free_port())  # no emulator answers there
+    monkeypatch.setattr(os, "link", _raises_killed)
+    with pytest.raises(Killed):
+        _token(cfg)
+    assert not cfg.token_file.exists() and _leftovers(tmp_path) == []  # no empty token left behind
+    monkeypatch.undo()
+    cfg.token_file.write_text("")  # as an older version's kill left it
+    cfg.token_file.chmod(0o600)
+    token = _token(cfg)
+    assert len(token) == 32 and cfg.token_file.read_text() == token + "\n"
+    assert stat.S_IMODE(cfg.token_file.stat().st_mode) == 0o600
+    assert _token(cfg) == token  # made once
+    cfg.token_file.write_text("")
+    monkeypatch.setattr("crowdclust.service.supervisor.answers", lambda url: True)  # an emulator runs
+    with pytest.raises(RuntimeError, match=r"emulator-token is empty.*`make down`"):
+        _token(cfg)  # it runs with the default token: a new one here would not be its token
+
+
+def _raises_killed(*args: object, **kwargs: object) -> None:
+    raise Killed
+
+
+def test_the_services_remembered_settings_are_replaced_whole_and_an_empty_url_is_refused(
+    tmp_path, monkeypatch
+):
+    """`service.json` and `database-url` were written in place: cut short, `make status`/`down` lost
+    the service's ports, and an empty `database-url` was read as none (the local PostgreSQL)."""
+    from crowdclust.service import deployments
+    from crowdclust.service.config import ServiceConfig, load
+
+    url = "postgresql+asyncpg://u:secret@db.example/prefect"
+    cfg = ServiceConfig(state_dir=tmp_path, server_port=14999, profile="postgres", database_url=url)
+    cfg.remember()
+    deployments.save_record(cfg, {"provisioned": "k", "fingerprint": "f"})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(os, "replace", _raises_killed)
+    for write in (
+        ServiceConfig(state_dir=tmp_path, server_port=15000, database_url=url + "2").remember,
+        lambda: deployments.save_record(cfg, {}),
+    ):
+        with pytest.raises(Killed):
+            write()
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert stat.S_IMODE(cfg.database_url_file.stat().st_mode) == 0o600
+    assert load(tmp_path).database_url == url
+    cfg.database_url_file.write_text("")
+    with pytest.raises(RuntimeError, match=r"database-url is empty.*`make down`, delete it"):
+        load(tmp_path)
+    cfg.settings_file.write_text('{"server_port": 14')
+    with pytest.raises(RuntimeError, match=r"service\.json is not valid JSON"):
+        load(tmp_path)
+
+
+def test_a_deploy_record_that_does_not_read_is_said(tmp_path):
+    from crowdclust.service import deployments
+    from crowdclust.service.config import ServiceConfig
+
+    cfg = ServiceConfig(state_dir=tmp_path)
+    assert deployments.damaged_record(cfg) is None  # none yet: nothing to say
+    deployments.save_record(cfg, {"provisioned": "k"})
+    assert deployments.damaged_record(cfg) is None
+    path = tmp_path / "deployed.json"
+    path.write_text(path.read_text()[:8])
+    assert deployments.record(cfg) == {}
+    assert "deployed.json does not read" in (deployments.damaged_record(cfg) or "")
+
+
+def test_the_postgres_password_is_made_whole_and_an_empty_one_before_initdb_is_made_again(tmp_path):
+    from crowdclust.service import postgres
+    from crowdclust.service.config import ServiceConfig
+
+    cfg = ServiceConfig(state_dir=tmp_path, profile="postgres")
+    path = tmp_path / "postgres-password"
+    path.write_text("")
+    password = postgres.password(cfg)
+    assert password and path.read_text() == password + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert postgres.password(cfg) == password
+    path.write_text("")
+    (tmp_path / "postgres" / "data").mkdir(parents=True)
+    (tmp_path / "postgres" / "data" / "PG_VERSION").write_text("16\n")  # initialised: not made anew
+    with pytest.raises(RuntimeError, match="postgres-password is empty"):
+        postgres.password(cfg)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crowdclust.runtime import HEARTBEAT_SECONDS
+from tasks.atomic_file import write_atomic
 from tasks.toloka_rate import DEFAULT_RATES
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -161,17 +162,32 @@ class ServiceConfig:
     def remember(self) -> None:
         """Write the settings in use for `status`, `down` and the next `up`.
 
-        `database_url` may hold a password: it goes to its own file with mode 0600.
+        `database_url` may hold a password: it goes to its own file with mode 0600. Both are replaced
+        whole (`tasks.atomic_file`): written in place, a `make up` killed meanwhile left them cut
+        short, and an empty `database-url` was read as none (the local PostgreSQL instead of the
+        remembered server).
         """
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
         data.pop("state_dir")
         data.pop("database_url")
-        self.settings_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_atomic(self.settings_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
         if self.database_url:
-            self.database_url_file.touch(mode=0o600)
-            self.database_url_file.write_text(self.database_url + "\n")
+            write_atomic(self.database_url_file, self.database_url + "\n", mode=0o600)
         else:
             self.database_url_file.unlink(missing_ok=True)
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The content of one of the service's private files (token, password, database URL), stripped;
+    a clear error when it is empty (left so by an older version killed while it wrote it)."""
+    text = path.read_text().strip()
+    if not text:
+        raise RuntimeError(
+            f"{path} is empty: {what} was never written whole (a `make up` killed while it wrote it?). "
+            "`make down`, delete it, and `make up` again"
+            + (" with the database URL" if what == "the PostgreSQL URL" else " (a new one is made)")
+        )
+    return text
 
 
 def load(state_dir: Path | None = None, **explicit: Any) -> ServiceConfig:
@@ -183,9 +199,13 @@ def load(state_dir: Path | None = None, **explicit: Any) -> ServiceConfig:
         try:
             remembered = {k: v for k, v in json.loads(base.settings_file.read_text()).items() if k in known}
         except json.JSONDecodeError as error:
-            raise RuntimeError(f"{base.settings_file} is not valid JSON ({error}); delete it") from None
+            raise RuntimeError(
+                f"{base.settings_file} is not valid JSON ({error}): a `make up` killed while it wrote "
+                "it? Delete it and give the settings you started the service with again (ports, "
+                "PROFILE, WORKERS)"
+            ) from None
     if base.database_url_file.exists():
-        remembered["database_url"] = base.database_url_file.read_text().strip()
+        remembered["database_url"] = read_secret_file(base.database_url_file, "the PostgreSQL URL")
     merged = remembered | {k: v for k, v in explicit.items() if v is not None}
     for name in ("runs_dir", "prefect_yaml"):
         if name in merged:

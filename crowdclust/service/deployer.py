@@ -38,6 +38,7 @@ from crowdclust.service.config import (
     WORK_POOL,
     ServiceConfig,
     load,
+    read_secret_file,
 )
 from crowdclust.service.processes import answers
 from tasks.toloka_rate import limit_name, limit_shape
@@ -66,7 +67,7 @@ def limits(cfg: ServiceConfig) -> dict[str, float]:
 
 def provision_key(cfg: ServiceConfig) -> str:
     """Changes whenever what `provision` creates would change (token, limits, storage, server)."""
-    token = cfg.token_file.read_text().strip()
+    token = read_secret_file(cfg.token_file, "the emulator's token")
     parts = [WORK_POOL, JOB_DEFAULTS, TOKEN_BLOCK, hashlib.sha256(token.encode()).hexdigest(), limits(cfg)]
     parts += [cfg.results_location, cfg.api_url]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -116,7 +117,7 @@ def provision(cfg: ServiceConfig) -> None:
                 client.update_global_concurrency_limit(
                     name, GlobalConcurrencyLimitUpdate(limit=limit, slot_decay_per_second=decay)
                 )
-    Secret(value=cfg.token_file.read_text().strip()).save(TOKEN_BLOCK, overwrite=True)
+    Secret(value=read_secret_file(cfg.token_file, "the emulator's token")).save(TOKEN_BLOCK, overwrite=True)
     ensure_unresponsive_run_automation()
     if cfg.results_is_url:
         from prefect.filesystems import RemoteFileSystem
@@ -216,6 +217,9 @@ def main(state_dir: Path, force: bool) -> None:
             raise SystemExit(f"the Prefect server at {cfg.api_url} did not answer within 180 s")
         time.sleep(0.2)
     record = deployments.record(cfg)
+    damaged = deployments.damaged_record(cfg)
+    if damaged is not None:
+        print(f"deployments: {damaged}", flush=True)
     key = provision_key(cfg)
     if record.get("provisioned") != key or not deployments.pool_exists(cfg):
         provision(cfg)

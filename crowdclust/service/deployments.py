@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from crowdclust.service.config import REPO, WORK_POOL, ServiceConfig
+from tasks.atomic_file import write_atomic
 
 _MISSING = object()
 
@@ -94,15 +95,32 @@ def _record_file(cfg: ServiceConfig) -> Path:
 
 
 def record(cfg: ServiceConfig) -> dict[str, Any]:
-    """What was provisioned and deployed last (keys `provisioned`, `fingerprint`, `deployed`)."""
+    """What was provisioned and deployed last (keys `provisioned`, `fingerprint`, `deployed`);
+    empty when there is no record or it does not read (`damaged_record` says so)."""
     try:
-        return json.loads(_record_file(cfg).read_text())
+        data = json.loads(_record_file(cfg).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def damaged_record(cfg: ServiceConfig) -> str | None:
+    """What to tell the user when the record exists but does not read (None otherwise): without
+    it the UI's edits since the last deploy are not known, and prefect.yaml is deployed as written."""
+    path = _record_file(cfg)
+    if not path.exists() or record(cfg):
+        return None
+    return (
+        f"{path} does not read (a `make up` killed while it wrote it?): the edits made in the UI "
+        "since the last deploy (parameters, schedules switched on or off) cannot be told apart, so "
+        "prefect.yaml is deployed as written; check the deployments' schedules in the UI"
+    )
 
 
 def save_record(cfg: ServiceConfig, data: dict[str, Any]) -> None:
-    _record_file(cfg).write_text(json.dumps(data, indent=1, default=str) + "\n")
+    """Replaced whole (`tasks.atomic_file`): cut short by a kill, it read as no record at all, and
+    the next `up` deployed prefect.yaml over the schedules switched off in the UI."""
+    write_atomic(_record_file(cfg), json.dumps(data, indent=1, default=str) + "\n")
 
 
 def _api(cfg: ServiceConfig, method: str, path: str, body: Any = None) -> Any:

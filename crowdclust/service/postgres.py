@@ -19,7 +19,8 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-from crowdclust.service.config import ServiceConfig
+from crowdclust.service.config import ServiceConfig, read_secret_file
+from tasks.atomic_file import create_exclusive, write_atomic
 
 ROLE = "crowdclust"
 DATABASE = "prefect"
@@ -61,12 +62,18 @@ def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> st
 
 
 def password(cfg: ServiceConfig) -> str:
-    """The role's password: made once, readable by the owner of the checkout only."""
+    """The role's password: made once, whole, readable by the owner of the checkout only (0600).
+
+    It was created empty and written after; one left empty so by a kill is made again while the
+    cluster has not been initialised with it (initdb runs after this).
+    """
     path = _password_file(cfg)
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(24) + "\n")
-    return path.read_text().strip()
+    try:
+        create_exclusive(path, secrets.token_urlsafe(24) + "\n", mode=0o600)
+    except FileExistsError:
+        if not path.read_text().strip() and not (_data(cfg) / "PG_VERSION").exists():
+            write_atomic(path, secrets.token_urlsafe(24) + "\n", mode=0o600)
+    return read_secret_file(path, "the PostgreSQL password")
 
 
 def connection_url(cfg: ServiceConfig) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from crowdclust.service.config import REPO, ServiceConfig
+from tasks.atomic_file import write_atomic
 
 
 def bin_path(name: str) -> str:
@@ -144,7 +145,7 @@ def spawn(cfg: ServiceConfig, name: str, command: Sequence[str], env: dict[str, 
     descriptor = os.open(log_file(cfg, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(descriptor, "ab") as log:
         process = launch(command, env, log)
-    pid_file(cfg, name).write_text(f"{process.pid}\n")
+    write_atomic(pid_file(cfg, name), f"{process.pid}\n")  # whole: an empty one hid the process from `down`
     return process.pid
 
 

@@ -25,6 +25,7 @@ from crowdclust.service.config import (
     TOKEN_ENV,
     WORK_POOL,
     ServiceConfig,
+    read_secret_file,
 )
 from crowdclust.service.processes import (
     answers,
@@ -37,6 +38,7 @@ from crowdclust.service.processes import (
     terminate,
     wait_until,
 )
+from tasks.atomic_file import create_exclusive, write_atomic
 
 Say = Callable[[str], None]
 STARTUP_SECONDS = {"server": 180.0, "emulator": 60.0, "files": 20.0}
@@ -44,14 +46,19 @@ LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 def _token(cfg: ServiceConfig) -> str:
-    """The local emulator's token: made once, in a file only its owner can read (mode 0600)."""
+    """The local emulator's token: made once, whole, in a file only its owner can read (mode 0600).
+
+    It was created empty and written after: a `make up` killed in between left it empty, and the
+    emulator then fell back to its public default token while the deployments' Secret block held
+    an empty one. One left empty so is made again, unless an emulator already runs (with the
+    default token, then): `make down` first.
+    """
     try:
-        fd = os.open(cfg.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_exclusive(cfg.token_file, os.urandom(16).hex() + "\n", mode=0o600)
     except FileExistsError:
-        return cfg.token_file.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(os.urandom(16).hex() + "\n")
-    return cfg.token_file.read_text().strip()
+        if not cfg.token_file.read_text().strip() and not answers(cfg.health_url("emulator")):
+            write_atomic(cfg.token_file, os.urandom(16).hex() + "\n", mode=0o600)
+    return read_secret_file(cfg.token_file, "the emulator's token")
 
 
 def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
