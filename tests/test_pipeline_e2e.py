@@ -869,6 +869,40 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
     assert "exam_paid_before_this_run $" in (second.run_dir / "report.html").read_text()
 
 
+def test_a_run_folder_cut_short_by_a_kill_is_refused_then_made_whole_by_the_same_command(
+    scenario, prefect_harness, emu
+):
+    """Files of a finished run's folder cut short as a kill while they were written left them (an
+    older version wrote them in place): an evaluation started on its own refuses the cut
+    `clusters.csv` before it creates anything (it made, and paid for, intruder HITs from the rows
+    left), and the same pipeline run again makes every file whole from its cached stages."""
+    import time
+
+    from flows.evaluate import evaluate_clusters
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.run_folder import DamagedFile
+
+    params = scenario["params"]
+    folder = RunFolder.of(params)
+    names = ("clusters.csv", "assignments_main.tsv", "thumbnails.json", "summary.json", "report.html")
+    whole = {name: (folder.root / name).read_bytes() for name in names}
+    for name in names:
+        (folder.root / name).write_bytes(whole[name][: len(whole[name]) * 2 // 3])  # where the kill came
+    pools = len(_objects(params)["pools"])
+    with pytest.raises(DamagedFile, match=r"clusters\.csv is cut short.*run the same `crowdclust run`"):
+        evaluate_clusters(params)
+    assert len(_objects(params)["pools"]) == pools  # nothing created, nothing paid
+    began = time.monotonic()
+    state = crowdclust_pipeline(params, return_state=True)
+    assert state.is_completed(), state.message
+    assert time.monotonic() - began < 20  # every stage from the cache
+    assert {name: (folder.root / name).read_bytes() for name in names[:3]} == {n: whole[n] for n in names[:3]}
+    assert json.loads((folder.root / "summary.json").read_text())["clusters"] == scenario["summary"].clusters
+    assert (folder.root / "report.html").read_text().rstrip().endswith("</html>")
+    assert len(_objects(params)["pools"]) == pools
+    assert not list(folder.root.glob(".*.tmp"))
+
+
 def test_an_evaluation_started_on_its_own_leaves_the_runs_files_and_writes_its_own(scenario, prefect_harness):
     """The `evaluate` deployment on a finished run's key replaced the intruder HITs, answers and
     chart of the run's folder with its own, while report.html and summary.json still described the
