@@ -416,6 +416,7 @@ def finish_run(
 
 
 HEARTBEAT_SECONDS = 30.0  # how often a running stage's seconds are written to `attempts.json`
+FIRST_SAVE_SECONDS = 0.5  # how often a stage looks for the run folder until its attempt is on record
 
 
 class Stopwatch:
@@ -423,10 +424,13 @@ class Stopwatch:
 
     A resumed run (the same command again, or a Retry) is one run in several attempts, and its
     report showed only the last one's durations. Each attempt is kept in the run folder's
-    `attempts.json`: written at the end of every stage, failed ones included, and every
-    `HEARTBEAT_SECONDS` while one runs, so an attempt killed outright still counts up to its last
-    heartbeat. A run that finished (`finish`) starts the next count afresh. Without a folder it
-    times this attempt only.
+    `attempts.json`: written as soon as it starts (as a stage starts, or within `FIRST_SAVE_SECONDS`
+    of the folder's creation by the first stage of a new run), at the end of every stage, failed
+    ones included, and every `HEARTBEAT_SECONDS` while one runs, so an attempt killed outright still
+    counts up to its last heartbeat. Before, the first write was 30 s in: an attempt killed sooner
+    (a Retry killed again at once) left no record. A run that finished (`finish`) starts the next
+    count afresh. Without a folder it times this attempt only (a run refused before it wrote
+    anything leaves no folder behind: the folder is never created here).
     """
 
     def __init__(self, folder: RunFolder | None = None, heartbeat: float = HEARTBEAT_SECONDS) -> None:
@@ -439,6 +443,7 @@ class Stopwatch:
         self.earlier = [] if kept and kept[-1].done else kept  # a finished run's attempts are done with
         self._running: tuple[str, float] | None = None
         self._lock = threading.Lock()
+        self.saved = False  # this attempt is in `attempts.json`
 
     @contextmanager
     def lap(self, stage: str) -> Iterator[None]:
@@ -447,6 +452,7 @@ class Stopwatch:
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(stop,), name=f"stopwatch {stage}", daemon=True)
         if self.folder is not None:
+            self.save()  # on record from the start (when the folder exists: a resumed run's does)
             beat.start()
         try:
             yield
@@ -459,6 +465,10 @@ class Stopwatch:
             self.save()
 
     def _beat(self, stop: threading.Event) -> None:
+        # A new run's folder appears during its first stage: record the attempt as soon as it does.
+        while not self.saved and not stop.wait(min(FIRST_SAVE_SECONDS, self.heartbeat)):
+            if self.folder is not None and self.folder.root.is_dir():
+                self.save()
         while not stop.wait(self.heartbeat):
             self.save()
 
@@ -477,7 +487,8 @@ class Stopwatch:
     def save(self, done: bool = False) -> None:
         if self.folder is not None:
             with self._lock:
-                self.folder.write_attempts([*self.earlier, self.attempt(done)])
+                if self.folder.write_attempts([*self.earlier, self.attempt(done)]) is not None:
+                    self.saved = True
 
     def finish(self) -> tuple[float, dict[str, float], Attempts | None]:
         """The run's wall time and seconds per stage over all its attempts, and (when there were

@@ -702,6 +702,57 @@ def test_a_resumed_runs_timings_add_up_every_attempt(tmp_path):
     assert after.finish()[2] is None and len(folder.read_attempts()) == 1  # the next run counts anew
 
 
+ATTEMPT = """
+import sys, time
+from pathlib import Path
+from tasks.report import Stopwatch
+from tasks.run_folder import RunFolder
+folder = RunFolder(Path(sys.argv[1]))
+clock = Stopwatch(folder)  # the service's heartbeat: 30 s
+with clock.lap("labelling"):
+    if sys.argv[2] == "new":  # a new run: its first stage makes the folder
+        time.sleep(0.2)
+        folder.create()
+    print("started", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("run", ["resumed", "new"])
+def test_an_attempt_killed_before_its_first_heartbeat_is_on_record(tmp_path, run):
+    """`attempts.json` was first written 30 s into an attempt (its first heartbeat) or at the end of
+    its first stage: an attempt killed (`kill -9`) sooner left no trace, and the run's timings
+    missed it. A resumed run's folder is there as it starts; a new run's appears in its first stage."""
+    import signal
+    import subprocess
+    import sys
+
+    folder = RunFolder(tmp_path / "run")
+    if run == "resumed":
+        folder.create()
+        earlier = report.Stopwatch(folder)
+        with earlier.lap("labelling"):
+            pass  # an attempt that stopped in its labelling, recorded
+        assert len(folder.read_attempts()) == 1
+    root = Path(__file__).resolve().parents[1]
+    attempt = subprocess.Popen(
+        [sys.executable, "-c", ATTEMPT, str(folder.root), run], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert attempt.stdout is not None and attempt.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 5  # well before the first heartbeat (30 s)
+        while len(folder.read_attempts()) < (2 if run == "resumed" else 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        attempt.send_signal(signal.SIGKILL)
+        attempt.wait(timeout=10)
+    finally:
+        if attempt.poll() is None:
+            attempt.kill()
+    seen = folder.read_attempts()
+    assert len(seen) == (2 if run == "resumed" else 1), seen
+    assert "labelling" in seen[-1].laps and not seen[-1].done
+
+
 def test_report_and_summary(tmp_path, monkeypatch):
     monkeypatch.setattr(report.artifacts, "run_results", lambda *args: None)  # no Prefect API here
     folder = RunFolder(tmp_path)
