@@ -6,7 +6,8 @@ slot of the global concurrency limit `crowdclust-run-<digest>` (limit 1, created
 a lease the holder renews every third of its length from a daemon thread while it runs:
 
 - a second run of the key on any machine is refused the slot (HTTP 423) and fails at once, naming
-  the holder (a Prefect variable of the same name says `pid N on host H since T`);
+  the holder (a Prefect variable of the same name says `pid N on host H since T`, and the holder's
+  flow run: its name, id and deployment);
 - a holder that ends releases the slot; one killed by `kill -9` (or whose machine died) stops
   renewing, and the server revokes the lease once it has run out: within `lease_seconds` (60 by
   default, the shortest the server allows) plus its repossessor loop (15 s by default);
@@ -151,6 +152,17 @@ def acquire(limit: str, lease_seconds: float, wait_seconds: float, role: str = "
         if time.monotonic() >= deadline:
             raise SlotTaken(limit, _holder(limit))
         time.sleep(min(RETRY_SECONDS, max(deadline - time.monotonic(), 0.0)))
+
+
+def add_to_holder(limit: str, more: str) -> None:
+    """Add `more` (the flow run that holds the key) to the slot's holder record, when this process
+    holds the slot: a refused run reads it."""
+    if server_url() is None or not _names_this_process(limit):
+        return
+    from prefect.variables import Variable
+
+    with contextlib.suppress(Exception):  # a courtesy to a refused run
+        Variable.set(limit, f"{_holder(limit)}, {more}", overwrite=True)
 
 
 def dead_here(holder: str | None) -> bool:

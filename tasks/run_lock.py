@@ -19,6 +19,13 @@ endpoint and the run key:
 
 Re-entrant within a process (the pipeline flow holds it and its labelling sub-flow takes it again).
 
+A refused run is told who holds the key in words a user can look up: the holder's process (`pid N on
+this machine`, or `on host H` across machines) and, when the holder is a flow run, that flow run's
+name, id and deployment, as it wrote them into the lock file (and the slot's holder record) when it
+took the key. Before, a refusal named only the pid, which the Prefect UI shows nowhere. A holder that
+took the key before its flow started (`crowdclust run`) names its flow run once the flow takes the
+key again.
+
 The failure/crash hook of a run (`flows/hooks.py`) takes the lock too while it closes the run's pools,
 marked as such (`CLOSING`). When a worker runs a crashed run's hook (Prefect starts it in a process of
 its own, seconds after the crash) and the user has already pressed Retry, the retried run finds the
@@ -48,6 +55,7 @@ from tasks.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 _held: dict[Path, tuple[IO[str], int]] = {}
+_records: dict[Path, tuple[str, str]] = {}  # a held lock's file content: its first line, its flow run
 _LEASE = re.compile(r"lease ([0-9a-f-]{36})")
 CLOSING = "closing the pools of an ended run"  # how a hook's hold reads in the lock file and holder record
 HOOK_WAIT_SECONDS = 120.0  # how long a run waits for a hook that holds its key (it takes seconds)
@@ -110,13 +118,38 @@ def _flock(path: Path, run_key: str) -> IO[str]:
 
 
 def _local_holder(owner: str) -> str:
-    """The lock file's `pid N [lease ID][ role]` for a person: `pid N on this machine[, role]`
-    (the lease id is for the next holder, should this one die)."""
-    found = re.fullmatch(r"pid (\d+)(?: lease \S+)?(.*)", owner)
-    if found is None:
-        return owner
-    role = found[2].strip()
-    return f"pid {found[1]} on this machine" + (f", {role}" if role else "")
+    """The lock file's `pid N [lease ID][ role]` (and, on a line of its own, the holder's flow run)
+    for a person: `pid N on this machine[, role][, flow run ...]` (the lease id is for the next
+    holder, should this one die)."""
+    first, _, run = owner.partition("\n")
+    found = re.fullmatch(r"pid (\d+)(?: lease \S+)?(.*)", first.strip())
+    said = first.strip()
+    if found is not None:
+        role = found[2].strip()
+        said = f"pid {found[1]} on this machine" + (f", {role}" if role else "")
+    run = " ".join(run.split())
+    return f"{said}, {run}" if run else said
+
+
+def flow_run_holder() -> str:
+    """The flow run this code runs in, as a refused run names the key's holder: `flow run 'NAME'
+    (id ID) of deployment 'FLOW/DEPLOYMENT'` (no deployment for a run started without one), or ""
+    outside a flow run. Names are user text: kept to one line."""
+    from prefect import runtime
+
+    try:
+        run_id = runtime.flow_run.id
+        if not run_id:
+            return ""
+        name = " ".join(str(runtime.flow_run.name or "").split())
+        deployment = runtime.deployment.name if runtime.deployment.id else None
+        flow_name = runtime.flow_run.flow_name
+    except Exception:  # naming the holder is a courtesy: never fail taking the key for it
+        return ""
+    said = f"flow run '{name}' (id {run_id})" if name else f"flow run {run_id}"
+    if deployment:
+        said += f" of deployment '{' '.join(f'{flow_name}/{deployment}'.split())}'"
+    return said
 
 
 def _log() -> Any:
@@ -126,10 +159,11 @@ def _log() -> Any:
     return get_logger("crowdclust.run_lock")
 
 
-def _write(handle: IO[str], text: str) -> None:
+def _write(handle: IO[str], text: str, run: str = "") -> None:
+    """The lock file's content: `text` (`pid N[ lease ID][ role]`), then the holder's flow run."""
     handle.seek(0)
     handle.truncate()
-    handle.write(text)
+    handle.write(f"{text}\n{run}" if run else text)
     handle.flush()
 
 
@@ -227,6 +261,7 @@ def run_lock(target: TolokaTarget, run_key: str, closing: bool = False) -> Itera
     if path in _held:
         handle, depth = _held[path]
         _held[path] = (handle, depth + 1)
+        _name_the_flow_run(path, handle)
         try:
             yield
         finally:
@@ -235,20 +270,37 @@ def run_lock(target: TolokaTarget, run_key: str, closing: bool = False) -> Itera
         return
     handle = _flock(path, run_key)
     role = f" {CLOSING}" if closing else ""  # kept to the end: whoever waits reads it until we let go
+    run = flow_run_holder()
     try:
         handle.seek(0)
-        dead = _LEASE.search(handle.read())
-        _write(handle, f"pid {os.getpid()}{role}")
-        with _server_slot(run_lease.limit_name(path.stem), run_key, dead and UUID(dead[1]), role) as lease_id:
-            _write(handle, f"pid {os.getpid()}" + (f" lease {lease_id}" if lease_id else "") + role)
-            _held[path] = (handle, 1)
+        dead = _LEASE.search(handle.read().partition("\n")[0])
+        _write(handle, f"pid {os.getpid()}{role}", run)
+        named = ", ".join(filter(None, [run, role.strip()]))  # the slot's holder record adds them
+        limit = run_lease.limit_name(path.stem)
+        with _server_slot(limit, run_key, dead and UUID(dead[1]), named) as lease_id:
+            first = f"pid {os.getpid()}" + (f" lease {lease_id}" if lease_id else "") + role
+            _write(handle, first, run)
+            _held[path], _records[path] = (handle, 1), (first, run)
             try:
                 yield
             finally:
-                del _held[path]
-                _write(handle, f"pid {os.getpid()}{role}")  # released: no lease left to take over
+                del _held[path], _records[path]
+                _write(handle, f"pid {os.getpid()}{role}", run)  # released: no lease left to take over
     finally:
         handle.close()  # closing the descriptor releases the flock
+
+
+def _name_the_flow_run(path: Path, handle: IO[str]) -> None:
+    """A key taken outside a flow run (`crowdclust run` takes it before its flow starts) names the
+    flow run that takes it again, so a refused run can find it."""
+    first, run = _records.get(path, ("", ""))
+    if not first or run:
+        return
+    run = flow_run_holder()
+    if run:
+        _write(handle, first, run)
+        _records[path] = (first, run)
+        run_lease.add_to_holder(run_lease.limit_name(path.stem), run)
 
 
 def flow_params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> PipelineParams:

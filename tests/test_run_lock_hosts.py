@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prefect import flow
 
 from tasks import run_lease
 from tasks.params import TolokaTarget
@@ -253,3 +254,58 @@ def test_a_lease_the_server_forgot_is_taken_again_while_the_key_is_free(prefect_
     lost = uuid.uuid4()
     assert renew_from(lost) == [lost]  # left to it (an error in the log says two runs may now pay)
     run_lease.release(other)
+
+
+@flow(name="crowdclust-lock-holder")
+def hold_key(key: str, seconds: float = 600) -> None:
+    """A flow run that holds `key` (the deployed flow of the test below)."""
+    with run_lock(TARGET, key):
+        print("held", flush=True)
+        time.sleep(seconds)
+
+
+def test_a_refusal_names_the_flow_run_that_holds_the_key(prefect_harness, machine):
+    """`RunKeyBusy` said `pid N on this machine`, which the Prefect UI shows nowhere: it names the
+    holder's flow run (name, id) and deployment now, on the holder's machine (the lock file) and on
+    another one (the slot's holder record). The holder is a deployment's flow run, started as a
+    process worker starts one (`python -m prefect.engine` with its id)."""
+    from prefect.deployments import run_deployment
+
+    key = f"hosts-named-{uuid.uuid4().hex[:8]}"
+    deployment_id = hold_key.to_deployment(name="holds-a-key").apply()
+    run = run_deployment(deployment_id, parameters={"key": key}, timeout=0, flow_run_name=f"holding {key}")
+    holder_machine = machine("a")
+    from prefect.settings import PREFECT_API_URL
+
+    env = {
+        **os.environ,
+        "TMPDIR": str(holder_machine),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT__FLOW_RUN_ID": str(run.id),
+    }
+    root = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "prefect.engine"], env=env, cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        for line in holder.stdout:  # the engine's own lines come first
+            if line.strip() == "held":
+                break
+        else:
+            pytest.fail(f"the holder ended: {holder.wait()}")
+        named = f"flow run 'holding {key}' (id {run.id}) of deployment 'crowdclust-lock-holder/holds-a-key'"
+        with pytest.raises(RunKeyBusy) as busy, run_lock(TARGET, key):
+            pass
+        assert f"is already running (pid {holder.pid} on this machine, {named}); wait for it" in str(
+            busy.value
+        ), busy.value
+        machine("b")
+        with pytest.raises(RunKeyBusy) as busy, run_lock(TARGET, key):
+            pass
+        message = str(busy.value)
+        assert f"is already running (pid {holder.pid} on host " in message, message
+        assert f", {named}: Prefect concurrency limit crowdclust-run-" in message, message
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
