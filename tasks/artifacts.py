@@ -37,23 +37,52 @@ GALLERY_MAX_CLUSTERS = 40  # largest clusters shown there (the report lists them
 HIT_COVERAGE_ROWS = 1000  # images listed in `hit-coverage`, the fewest HITs first
 
 
-def coverage_table(coverage: Coverage) -> tuple[list[dict[str, Any]], str]:
+def coverage_table(coverage: Coverage, images_base: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """`hit-coverage`'s rows and description: the images in the fewest HITs first, at most
     `HIT_COVERAGE_ROWS` of them.
 
     Prefect stores a table artifact in its database and the UI loads it whole: one row per image
     was 0.4 MB at 5,000 images and would be 8 MB at 100,000. Every image's count is in the run
     folder's `hits.json`.
+
+    The UI renders a table's text cells as markdown. An image reads as the dataset names it (how
+    `hits.json` and `clusters.csv` name it too: a code span, never markup), and the `image` column
+    links it to where a browser opens it: for a `local` run the same path on the run's emulator
+    (`images_base`), as the galleries fetch their thumbnails. The bare URL was linked as written,
+    and the demo datasets name the emulator's default address (http://127.0.0.1:8765), where the
+    service's emulator does not listen. The link's text is the file name, in letters, digits, `.`,
+    `_` and `-` (the UI shows a code span inside a link's text as backticks), its address
+    percent-encoded where markdown would end it.
     """
+    from tasks.thumbnails import image_link
+
     fewest = sorted(coverage.per_item.items(), key=lambda kv: (kv[1], kv[0]))[:HIT_COVERAGE_ROWS]
     shown = "" if len(fewest) == coverage.n_items else f" The {len(fewest):,} in the fewest HITs:"
-    rows = [{"item": item, "hits": hits} for item, hits in fewest]
-    return rows, f"HITs per image: {coverage.describe()}.{shown}"
+    rows = [
+        {"item": literal(item), "hits": hits, "image": _link(item, image_link(item, images_base))}
+        for item, hits in fewest
+    ]
+    opened = f" Links open the images on the run's emulator, {literal(images_base)}." if images_base else ""
+    return rows, f"HITs per image: {coverage.describe()}.{opened}{shown}"
 
 
-def hit_coverage(coverage: Coverage) -> None:
-    rows, description = coverage_table(coverage)
+def hit_coverage(coverage: Coverage, images_base: str | None = None) -> None:
+    """The `hit-coverage` table; `images_base`: a `local` run's emulator (`thumbnails.images_base`)."""
+    rows, description = coverage_table(coverage, images_base)
     create_table_artifact(key="hit-coverage", table=rows, description=description)
+
+
+_UNSAFE_IN_LINK = re.compile(r"[\s()<>\\`\"']")
+
+
+def _link(item: str, url: str | None) -> str:
+    """A markdown link to `url` named after `item`'s file name ("" without a URL); every character
+    of the address that could end it or start markup percent-encoded (a `)` in it ended the link)."""
+    if url is None:
+        return ""
+    name = name_text(item.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])[:40] or "image"
+    address = _UNSAFE_IN_LINK.sub(lambda found: "".join(f"%{b:02X}" for b in found[0].encode()), url)
+    return f"[{name}]({address})"
 
 
 def warn_up(message: str) -> None:

@@ -94,6 +94,17 @@ def _via(url: str, base_url: str | None) -> str:
     return base_url.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
 
 
+def image_link(url: str, base_url: str | None = None) -> str | None:
+    """Where a browser can open the image `url` names, as the galleries' thumbnails were fetched:
+    the same path on the run's emulator for a `local` run (`base_url`, `images_base`), else the URL
+    as written; None for what is not an http(s) URL (never a link: file:, data:, javascript:).
+
+    Demo datasets name the emulator's default address (http://127.0.0.1:8765), where the service's
+    emulator does not listen: a link to the URL as written went nowhere.
+    """
+    return _via(url, base_url) if is_fetchable(url) else None
+
+
 def thumbnail(content: bytes) -> str | None:
     """A JPEG data URI of `content` shrunk to fit BOX x BOX; None when it is not a readable image."""
     from PIL import Image, UnidentifiedImageError

@@ -10,6 +10,7 @@ import base64
 import html
 import http.server
 import io
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,6 +22,7 @@ from markdown_it import MarkdownIt
 from PIL import Image
 
 from tasks import artifacts, report, thumbnails
+from tasks.params import TolokaTarget
 from tasks.run_folder import RUNS_DIR_ENV, RUNS_URL_ENV, RunFolder
 from tasks.stages import (
     Aggregated,
@@ -202,12 +204,57 @@ def test_hit_coverage_lists_the_images_in_the_fewest_hits_first_up_to_its_limit(
     items = [f"img{i:04d}" for i in range(artifacts.HIT_COVERAGE_ROWS + 500)]
     plan = [items[i : i + 10] for i in range(0, len(items), 10)] + [items[:20]]  # the first 20 twice
     rows, description = artifacts.coverage_table(coverage(plan, items))
-    assert len(rows) == artifacts.HIT_COVERAGE_ROWS and rows[0] == {"item": "img0020", "hits": 1}
-    assert {"item": "img0000", "hits": 2} not in rows  # the best-covered images are left out
+    assert len(rows) == artifacts.HIT_COVERAGE_ROWS and rows[0] == {
+        "item": "`img0020`",
+        "hits": 1,
+        "image": "",
+    }
+    assert {"item": "`img0000`", "hits": 2, "image": ""} not in rows  # the best-covered images are left out
     assert description.startswith("HITs per image: 151 HITs over 1,500 images, each image in 1-2 HITs")
     assert description.endswith("The 1,000 in the fewest HITs:")
     small, whole = artifacts.coverage_table(coverage(plan[:3], items[:30]))
     assert len(small) == 30 and whole.endswith("share no image, so no answer relates images across them.")
+
+
+def test_hit_coverage_links_open_the_images_where_the_runs_emulator_serves_them(emulator):
+    """The demo datasets name the emulator's default address (http://127.0.0.1:8765); the service's
+    emulator listens elsewhere, so `hit-coverage`'s links (the UI renders a table's text cells as
+    markdown) went nowhere. A `local` run's links open the image on its emulator, where the
+    galleries' thumbnails come from, and the cell still reads the URL the dataset gives."""
+    import httpx
+
+    from emulator import DEFAULT_BASE_URL, build_catalogue
+    from tasks.hits import coverage
+    from tasks.thumbnails import images_base
+
+    assert not emulator.url.endswith(":8765")
+    items = build_catalogue("demo-shoes", size=6)["image"].tolist()
+    assert all(item.startswith(f"{DEFAULT_BASE_URL}/images/") for item in items)
+    base = images_base(TolokaTarget(environment="local", url=emulator.url))
+    rows, description = artifacts.coverage_table(coverage([items[:4], items[2:]], items), base)
+    assert f"Links open the images on the run's emulator, `{emulator.url}`." in description
+    assert len(rows) == len(items)
+    with httpx.Client(timeout=10) as client:
+        for row in rows:
+            # The URL as the dataset names it (to find it in hits.json), and no link that goes nowhere.
+            item = row["item"].strip("`")
+            assert item in items and _html(row["item"]).strip() == f"<p><code>{html.escape(item)}</code></p>"
+            links = re.findall(r'<a href="([^"]*)">(.*?)</a>', _html(row["image"]))
+            assert links == [(emulator.url + item.removeprefix(DEFAULT_BASE_URL), item.rsplit("/", 1)[1])]
+            answer = client.get(links[0][0])
+            assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", links
+            assert Image.open(io.BytesIO(answer.content)).size[0] > 0
+
+    # Elsewhere the URL as written; never markup of the URL's own, nor a link that is not http(s).
+    odd = [HOSTILE, "javascript:alert(1)", "img0001"]
+    rows, description = artifacts.coverage_table(coverage([odd], odd))
+    assert "emulator" not in description
+    cells = {html.unescape(re.sub(r"<[^>]+>", "", _html(row["item"]))).strip(): row for row in rows}
+    assert set(cells) == set(odd) and all("<a " not in _html(row["item"]) for row in rows)
+    hostile = _html(cells[HOSTILE]["image"])
+    assert hostile.count("<a ") == 1 and "<img" not in hostile and ">a.png</a>" in hostile, hostile
+    assert 'href="http://img.example/a.png?q=%29%5Bclick%5D%28https:evil.example%29%20' in hostile, hostile
+    assert cells["javascript:alert(1)"]["image"] == cells["img0001"]["image"] == ""
 
 
 def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_path):
