@@ -51,6 +51,7 @@ from uuid import UUID
 
 from tasks import run_lease
 from tasks.params import PipelineParams, TolokaTarget, endpoint
+from tasks.refusals import is_refusal, refused
 from tasks.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -314,7 +315,8 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
     A transient error that outlived the stage's retries leaves the flow as `StoppedAnswering`,
     whose message names the URL and what to do (the UI shows it as the run's state message). Any
     other error leaves it without the token of the requests it holds (`drop_credentials`): a failed
-    flow run's exception is persisted like its result.
+    flow run's exception is persisted like its result. A refusal (the key busy, a plan over budget,
+    ...) ends the run Failed without Prefect's tracebacks (`tasks.refusals.refused`).
 
     The flow's first argument (or `params=`) is its `PipelineParams`; the signature Prefect shows
     is the flow function's own.
@@ -330,14 +332,19 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
             )  # toloka-kit: once a flow runs
 
             params = flow_params(args, kwargs)
-            with run_lock(params.toloka, getattr(params, key)):
-                try:
-                    return fn(*args, **kwargs)
-                except TRANSIENT as error:  # past every retry: say who and what to do
-                    raise stopped_answering(error, params.toloka) from error
-                except BaseException as error:  # a flow's failure is persisted too: no token in it
-                    drop_credentials(error)
-                    raise
+            try:
+                with run_lock(params.toloka, getattr(params, key)):
+                    try:
+                        return fn(*args, **kwargs)
+                    except TRANSIENT as error:  # past every retry: say who and what to do
+                        raise stopped_answering(error, params.toloka) from error
+                    except BaseException as error:  # a flow's failure is persisted too: no token in it
+                        drop_credentials(error)
+                        raise
+            except Exception as error:  # refused on purpose: Failed, without Prefect's tracebacks
+                if is_refusal(error):
+                    return refused(error)
+                raise
 
         return run  # type: ignore[return-value]
 

@@ -33,11 +33,13 @@ from prefect.cache_policies import NO_CACHE, RUN_ID, CachePolicy, Inputs
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
+from tasks.refusals import quiet_refusals
 from tasks.run_log import ship_library_logs
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ship_library_logs()  # every process that runs stages puts their helpers' warnings in the run's log
+quiet_refusals()  # and logs no traceback for a run refused on purpose (`tasks.refusals`)
 
 
 @functools.cache

@@ -313,6 +313,110 @@ def test_budget_guard_refuses_before_anything_is_created(prefect_harness, emu, t
     assert not RunFolder.of(params).key_file.exists()
 
 
+def _run_logs(flow_run_id: Any) -> dict[str, list[Any]]:
+    """The logs of a flow run and of each of its sub-flow runs, by run name and flow."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        subs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+        runs = [client.read_flow_run(flow_run_id), *subs]
+        return {
+            f"{run.name} ({'top' if run.id == flow_run_id else 'sub-flow'})": client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            )
+            for run in runs
+        }
+
+
+def test_a_refused_deployment_run_says_why_in_one_line_without_tracebacks(prefect_harness, emu, tmp_path):
+    """A plan over budget, run as a worker runs a deployment's flow run (`python -m prefect.engine`
+    in a process of its own). Its page in the UI showed the reason above two tracebacks of Prefect's
+    engine ("Encountered exception during execution", "Engine execution exited with unexpected
+    exception"), as for a bug; the labelling sub-flow's page had one more. Now each run says why in
+    one error line, and its state's message still carries the reason."""
+    import subprocess
+    import sys
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.pipeline import crowdclust_pipeline
+
+    params = _params(emu, tmp_path, run_key="e2e-refused-log", budget={"max_spend": 0.5})
+    deployment = crowdclust_pipeline.to_deployment(name="refused-log").apply()
+    run = run_deployment(deployment, parameters={"params": params.model_dump(mode="json")}, timeout=0)
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT__FLOW_RUN_ID": str(run.id)}
+    engine = subprocess.run(
+        [sys.executable, "-m", "prefect.engine"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert engine.returncode == 0, engine.stderr  # as before: the run reported its own end (Failed)
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run.id).state
+    assert state is not None and state.is_failed()
+    assert state.message.startswith("Flow run encountered an exception: BudgetExceeded: "), state.message
+    assert "exceeds budget.max_spend $0.50" in state.message
+    logs = _run_logs(run.id)
+    assert len(logs) == 2, list(logs)  # the pipeline and its labelling sub-flow
+    for name, lines in logs.items():
+        errors = [line.message for line in lines if line.level >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].startswith("BudgetExceeded: "), (name, errors)
+        assert "exceeds budget.max_spend $0.50" in errors[0], (name, errors)
+        assert not [line.message for line in lines if "Traceback" in line.message], name
+    assert not RunFolder.of(params).key_file.exists()  # refused before anything was written
+
+
+def test_a_stage_that_refuses_keeps_its_line_without_a_traceback(prefect_harness, emu, tmp_path):
+    """A stage (a task) that refuses: the image check, before anything is paid. Prefect logged it
+    as "Task run failed with exception: DatasetError(...)" with its traceback; the line stays."""
+    from flows.labelling import labelling
+
+    lines = (ROOT / "configs" / "demo-shoes" / "dataset.tsv").read_text().splitlines()
+    lines[3] = lines[3].replace(".png", "_MISSING.png", 1)
+    dataset = tmp_path / "missing.tsv"
+    dataset.write_text("\n".join(lines) + "\n")
+    params = _params(emu, tmp_path, run_key="e2e-refused-stage", dataset=str(dataset))
+    state = labelling(params, return_state=True)
+    assert state.is_failed() and "DatasetError: " in state.message, state.message
+    (logs,) = _run_logs(state.state_details.flow_run_id).values()
+    errors = [line.message for line in logs if line.level >= logging.ERROR]
+    assert [m for m in errors if m.startswith("Task run failed with exception: DatasetError(")], errors
+    assert [m for m in errors if m.startswith("DatasetError: ") and "could not be fetched" in m], errors
+    assert not [m for m in errors if "Traceback" in m], errors
+
+
+def test_a_bug_in_a_flow_keeps_its_traceback(prefect_harness, emu, tmp_path, monkeypatch):
+    """What is not a refusal is logged as Prefect logs it, traceback and all."""
+    from flows.labelling import labelling
+    from tasks import preflight
+
+    def broken(params: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(preflight, "check_run", broken)
+    state = labelling(_params(emu, tmp_path, run_key="e2e-bug-log"), return_state=True)
+    assert state.is_failed() and "KeyError" in state.message
+    (lines,) = _run_logs(state.state_details.flow_run_id).values()
+    errors = [line.message for line in lines if line.level >= logging.ERROR]
+    assert errors and errors[0].startswith("Encountered exception during execution: KeyError")
+    assert "Traceback (most recent call last)" in errors[0], errors
+
+
 def test_a_design_that_cannot_place_every_image_is_logged_before_anything_is_created(
     prefect_harness, emu, tmp_path, monkeypatch
 ):
