@@ -368,7 +368,7 @@ def _long_routes(app: FastAPI, emu: Emulator, collection: str, kind: str) -> Non
 
     @app.get(f"/api/v1/{collection}/{{key}}", name=f"get_{kind}")
     async def get(key: str) -> Any:
-        return call(emu.get_long, kind, key)
+        return call(emu.get_long, kind, key, True)
 
     @app.patch(f"/api/v1/{collection}/{{key}}", name=f"patch_{kind}")
     async def patch(key: str, body: Any = Body(None)) -> Any:

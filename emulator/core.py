@@ -488,9 +488,12 @@ class Emulator:
             raise conflict("OPERATION_ALREADY_EXISTS", f"operation {op_id} already exists")
         return op_id
 
-    def get_long(self, kind: str, key: str) -> Doc:
+    def get_long(self, kind: str, key: str, mixed: bool = False) -> Doc:
+        """A task, task suite, assignment or bonus by id. `mixed`: also a suite the pool's mixer made
+        of its tasks (one that workers were issued, named by their assignments' `task_suite_id`),
+        which searches by pool do not list and PATCH does not change."""
         doc = self.store.get(kind, key)
-        if doc is None or doc.get("_hidden"):
+        if doc is None or (doc.get("_hidden") and not mixed):
             raise not_found(kind.replace("suite", "task suite").replace("_", " "), key)
         return self.crowd.present(kind, doc)
 
@@ -817,7 +820,11 @@ class Emulator:
         """GET on a collection: `{"items": [...], "has_more": bool}`."""
         check_params(kind, params, numeric_ids=kind not in LONG_KINDS and kind != "operation")
         if kind in LONG_KINDS:
-            docs = self._long_candidates(kind, params)
+            task_id = params.pop("task_id", None) if kind in ("assignment", "suite") else None
+            if task_id is not None:
+                docs = self._containing_task(kind, task_id, params.get("id_gt"))
+            else:
+                docs = self._long_candidates(kind, params)
             page, more = search(docs, params, numeric_ids=False, presorted=True)
             return {"items": [self.crowd.present(kind, d) for d in page], "has_more": more}
         if kind == "operation":
@@ -838,6 +845,28 @@ class Emulator:
             data = self.store.data[kind]
             return (d for d in (data[i] for i in ids) if not d.get("_hidden"))
         return (d for d in self.store.data[kind].values() if not d.get("_hidden"))
+
+    def _containing_task(self, kind: str, task_id: str, after: str | None) -> list[Doc]:
+        """Task suites or assignments that hold the task `task_id`, in id order.
+
+        Toloka's `task_id` filter of `/task-suites` and `/assignments` (`find_task_suites(task_id=)`,
+        `get_assignments(task_id=)`): a task is found wherever it was issued, also in the suites a
+        pool's mixer made of it, which a search by pool does not list.
+        """
+        task = self.store.get("task", task_id)
+        pool_ids = (
+            [task["pool_id"]]
+            if task is not None
+            else {s["pool_id"] for s in self.store.data["suite"].values() if _holds_task(s, task_id)}
+        )
+        data = self.store.data[kind]
+        found = [
+            data[i]
+            for pool_id in pool_ids
+            for i in self.store.ids_in_pool(kind, pool_id, after)
+            if _holds_task(data[i], task_id) and (kind == "suite" or not data[i].get("_hidden"))
+        ]
+        return sorted(found, key=lambda d: d["id"])
 
     def export_tsv(self, pool_id: str, params: dict[str, str]) -> str:
         return export(self, self.get("pool", pool_id), params)
@@ -870,6 +899,10 @@ def _pool_required(body: Doc) -> dict[str, tuple[str, str]]:
     if not isinstance(body.get("defaults"), dict):
         errors["defaults"] = ("VALUE_REQUIRED", "defaults is required")
     return errors
+
+
+def _holds_task(doc: Doc, task_id: str) -> bool:
+    return any(t.get("id") == task_id for t in doc.get("tasks") or ())
 
 
 def _object(body: Any) -> dict[str, Any]:

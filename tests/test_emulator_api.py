@@ -849,3 +849,46 @@ def test_better_paid_pools_fill_sooner(emu, client):
     assert taken[0.05] >= 2 * max(taken[0.01], 1), taken
     for pool in pools.values():
         client.close_pool(pool.id)
+
+
+def test_a_task_is_found_in_the_suites_and_assignments_that_hold_it(emu, client):
+    """`task_id` filters /task-suites and /assignments (toloka-kit's `find_task_suites(task_id=)`,
+    `get_assignments(task_id=)`), also in suites a pool's mixer made: a script reviewing one task's
+    answers got nothing, and the suite named by an assignment was a 404."""
+    project = _classification_project(emu, "by task", ["cat", "dog"])
+    mixer = {"real_tasks_count": 2, "golden_tasks_count": 0, "training_tasks_count": 0}
+    mixed = _pool(client, project["id"], mixer_config=mixer)
+    tasks = [
+        toloka.Task(pool_id=mixed.id, input_values={"image": f"https://x.org/m{k}.png"}, overlap=3)
+        for k in range(4)
+    ]
+    created = list(client.create_tasks(tasks).items.values())
+    plain = _pool(client, _project(client).id)
+    suites = client.create_task_suites(
+        [
+            toloka.TaskSuite(
+                pool_id=plain.id, tasks=[toloka.Task(input_values={"images": _images(emu, 3, k)})]
+            )
+            for k in range(3)
+        ],
+        allow_defaults=True,
+    )
+    client.open_pool(mixed.id)
+    client.open_pool(plain.id)
+    _wait_closed(emu, client, mixed.id)
+    _wait_closed(emu, client, plain.id)
+
+    task = created[1]
+    holding = list(client.get_task_suites(task_id=task.id))
+    assert len(holding) == 1 and task.id in [t.id for t in holding[0].tasks]
+    answers = list(client.get_assignments(task_id=task.id, status="ACCEPTED"))
+    assert len(answers) == 3 and {a.task_suite_id for a in answers} == {holding[0].id}
+    assert client.get_task_suite(answers[0].task_suite_id).id == holding[0].id
+    assert len(client.find_assignments(task_id=task.id, limit=2).items) == 2  # pages like any search
+
+    suite = suites.items["1"]
+    inner = suite.tasks[0].id
+    assert [s.id for s in client.get_task_suites(task_id=inner)] == [suite.id]
+    by_task = {a.id for a in client.get_assignments(task_id=inner)}
+    assert by_task and by_task == {a.id for a in client.get_assignments(task_suite_id=suite.id)}
+    assert list(client.get_assignments(task_id="00000000000000ff--000000000000")) == []
