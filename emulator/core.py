@@ -46,6 +46,11 @@ SKILL_RANGE = (0.0, 100.0)
 BONUS_RANGE = (0.01, 100.0)
 MAX_TOP_UP = 1_000_000.0  # one top-up at most (a typo of a few zeros is refused)
 CLONE_SKIPS = READ_ONLY | {"last_started", "last_stopped", "last_close_reason"}
+# Search fields a stored document keeps under another name: a task's or suite's overlap (None, so
+# matching no `overlap` filter, when infinite).
+COMPUTED_FIELDS: dict[str, dict[str, Callable[[Doc], Any]]] = {
+    kind: {"overlap": lambda d: d.get("_overlap")} for kind in ("task", "suite")
+}
 
 
 class Emulator:
@@ -825,7 +830,9 @@ class Emulator:
                 docs = self._containing_task(kind, task_id, params.get("id_gt"))
             else:
                 docs = self._long_candidates(kind, params)
-            page, more = search(docs, params, numeric_ids=False, presorted=True)
+            page, more = search(
+                docs, params, numeric_ids=False, presorted=True, computed=COMPUTED_FIELDS.get(kind)
+            )
             return {"items": [self.crowd.present(kind, d) for d in page], "has_more": more}
         if kind == "operation":
             page, more = search(self.store.data[kind].values(), params, numeric_ids=False)

@@ -6,7 +6,7 @@ strings (they are fixed width, so string order is creation order). Timestamps co
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -62,6 +62,8 @@ STATUSES = {
     "operation": {"PENDING", "RUNNING", "SUCCESS", "FAIL"},
 }
 ID_BOUNDS = ("id_gt", "id_gte", "id_lt", "id_lte")
+# Filters on integers (`overlap=3`, `overlap_gte=2`): compared as numbers, a bound must be one.
+NUMBER_FIELDS = {"overlap"}
 
 
 def check_params(kind: str, params: dict[str, str], numeric_ids: bool) -> None:
@@ -109,6 +111,8 @@ def _field_key(field: str, value: Any, numeric: bool) -> Any:
         return id_key(value, numeric)
     if field in TIME_FIELDS:
         return parse_time(value) if value else datetime.min
+    if field in NUMBER_FIELDS and isinstance(value, str):
+        return float(value)
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int | float):
@@ -117,9 +121,21 @@ def _field_key(field: str, value: Any, numeric: bool) -> Any:
 
 
 def search(
-    docs: Iterable[dict[str, Any]], params: dict[str, str], *, numeric_ids: bool, presorted: bool = False
+    docs: Iterable[dict[str, Any]],
+    params: dict[str, str],
+    *,
+    numeric_ids: bool,
+    presorted: bool = False,
+    computed: dict[str, Callable[[dict[str, Any]], Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Filter, sort and page documents; returns (page, has_more)."""
+    """Filter, sort and page documents; returns (page, has_more).
+
+    `computed` gives the value of a field the stored document keeps elsewhere (a task's overlap)."""
+    computed = computed or {}
+
+    def value_of(doc: dict[str, Any], field: str) -> Any:
+        return computed[field](doc) if field in computed else doc.get(field)
+
     try:
         limit = int(params.get("limit", DEFAULT_LIMIT))
     except ValueError:
@@ -138,23 +154,23 @@ def search(
             try:
                 bound = _field_key(field, raw, numeric_ids)
             except ValueError:
-                raise validation(
-                    {name: ("INVALID_FORMAT", f"{name} must be a date and time like 2026-01-01T00:00:00")}
-                ) from None
+                what = "a number" if field in NUMBER_FIELDS else "a date and time like 2026-01-01T00:00:00"
+                raise validation({name: ("INVALID_FORMAT", f"{name} must be {what}")}) from None
             ranges.append((field, suffix[1:], bound))
         else:
             exact.append((name, set(str(raw).split(","))))
 
     def keep(doc: dict[str, Any]) -> bool:
         for field, wanted in exact:
-            value = doc.get(field)
+            value = value_of(doc, field)
             text = str(value).lower() if isinstance(value, bool) else str(value)
             if text not in wanted:
                 return False
         for field, op, bound in ranges:
-            if doc.get(field) is None:
+            raw_value = value_of(doc, field)
+            if raw_value is None:
                 return False
-            value = _field_key(field, doc[field], numeric_ids)
+            value = _field_key(field, raw_value, numeric_ids)
             if not (
                 (op == "lt" and value < bound)
                 or (op == "lte" and value <= bound)

@@ -892,3 +892,34 @@ def test_a_task_is_found_in_the_suites_and_assignments_that_hold_it(emu, client)
     by_task = {a.id for a in client.get_assignments(task_id=inner)}
     assert by_task and by_task == {a.id for a in client.get_assignments(task_suite_id=suite.id)}
     assert list(client.get_assignments(task_id="00000000000000ff--000000000000")) == []
+
+
+def test_tasks_and_suites_are_found_by_overlap(emu, client):
+    """`overlap` and `overlap_lt|lte|gt|gte` filter tasks and task suites as Toloka does: a script
+    looking for the suites whose overlap a rule raised (`find_task_suites(overlap_gt=...)`) found none."""
+    pool = _pool(client, _project(client).id)
+    suites = [
+        toloka.TaskSuite(
+            pool_id=pool.id, overlap=k + 1, tasks=[toloka.Task(input_values={"images": _images(emu, 3, k)})]
+        )
+        for k in range(3)
+    ]
+    created = client.create_task_suites(suites)
+    ids = {s.overlap: s.id for s in created.items.values()}
+    client.patch_task_suite(ids[1], infinite_overlap=True)
+    assert [s.id for s in client.get_task_suites(pool_id=pool.id, overlap=2)] == [ids[2]]
+    assert [s.id for s in client.get_task_suites(pool_id=pool.id, overlap_gte=2)] == [ids[2], ids[3]]
+    assert [s.id for s in client.get_task_suites(pool_id=pool.id, overlap_lt=3)] == [ids[2]]
+
+    task_pool = _pool(client, _project(client).id)
+    tasks = client.create_tasks(
+        [toloka.Task(pool_id=task_pool.id, input_values={"images": _images(emu, 2, k)}) for k in range(2)],
+        allow_defaults=True,
+    )
+    first = tasks.items["0"]
+    client.patch_task_overlap_or_min(first.id, overlap=5)
+    assert [t.id for t in client.get_tasks(pool_id=task_pool.id, overlap_gt=2)] == [first.id]
+    assert [t.id for t in client.get_tasks(pool_id=task_pool.id, overlap=2)] == [tasks.items["1"].id]
+    with _raw(emu) as raw:
+        answer = raw.get("/api/v1/tasks", params={"pool_id": task_pool.id, "overlap_gt": "many"})
+    assert answer.status_code == 400 and "overlap_gt" in _field_errors(answer)
