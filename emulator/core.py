@@ -235,6 +235,7 @@ class Emulator:
             doc["type"] = "REGULAR"
         doc["_kind"] = kind
         doc["_stats"] = {"total": 0, "done": 0, "active": 0}
+        _pool_defaults(doc)
         if "will_expire" in doc and doc["will_expire"] is None:
             del doc["will_expire"]
         return self.store.put("pool", doc["id"], doc)
@@ -292,6 +293,8 @@ class Emulator:
         runtime = {k: v for k, v in doc.items() if k.startswith("_") or k in READ_ONLY or k == "project_id"}
         doc.clear()
         doc.update(strip_read_only(body) | runtime)
+        if kind == "pool":
+            _pool_defaults(doc)
         self.store.touch(kind, key)
         if kind == "pool" and doc["status"] == "OPEN":
             self.crowd.pool_opened(doc)  # a new filter, priority or expiry applies at once
@@ -880,6 +883,13 @@ class Emulator:
 
 
 MIN_REWARD = 0.005  # a regular pool's least reward per assignment (toloka-kit's Pool docs)
+
+
+def _pool_defaults(doc: Doc) -> None:
+    """What Toloka fills in for a regular pool that does not say: answers are accepted automatically
+    (`auto_accept_solutions` defaults to true), so they are paid and exported as APPROVED."""
+    if doc.get("_kind") == "pool" and doc.get("auto_accept_solutions") is None:
+        doc["auto_accept_solutions"] = True
 
 
 def _pool_required(body: Doc) -> dict[str, tuple[str, str]]:

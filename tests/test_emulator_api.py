@@ -923,3 +923,26 @@ def test_tasks_and_suites_are_found_by_overlap(emu, client):
     with _raw(emu) as raw:
         answer = raw.get("/api/v1/tasks", params={"pool_id": task_pool.id, "overlap_gt": "many"})
     assert answer.status_code == 400 and "overlap_gt" in _field_errors(answer)
+
+
+def test_a_pool_that_does_not_say_accepts_answers_automatically(emu, client):
+    """`auto_accept_solutions` defaults to true on Toloka: a pool created without it had its answers
+    kept SUBMITTED for good, unpaid and missing from `get_assignments_df`'s default (APPROVED) export."""
+    body = _pool_body(_project(client).id, defaults={"default_overlap_for_new_task_suites": 2})
+    with _raw(emu) as raw:
+        created = raw.post("/api/v1/pools", json=body).json()
+        updated = raw.put(f"/api/v1/pools/{created['id']}", json=body).json()
+    assert created["auto_accept_solutions"] is True and updated["auto_accept_solutions"] is True
+    pool = client.get_pool(created["id"])
+    assert pool.auto_accept_solutions is True
+    before = _balance(client)
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu, 3)})])],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    _wait_closed(emu, client, pool.id)
+    assert {a.status.value for a in client.get_assignments(pool_id=pool.id)} >= {"ACCEPTED"}
+    assert "SUBMITTED" not in {a.status.value for a in client.get_assignments(pool_id=pool.id)}
+    assert len(client.get_assignments_df(pool.id)) == 2
+    assert before - _balance(client) == pytest.approx(Decimal("0.13"))
