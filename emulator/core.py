@@ -285,6 +285,12 @@ class Emulator:
         if kind == "pool":
             if doc["status"] == "ARCHIVED":
                 raise conflict("POOL_INAPPROPRIATE_STATUS", f"{doc['_kind']} {key} is archived")
+            if doc["status"] == "OPEN" and doc["_kind"] == "pool":
+                # Toloka: "The pool can't be edited if it's open" (close_pool_for_update first).
+                raise conflict(
+                    "POOL_INAPPROPRIATE_STATUS",
+                    f"pool {key} is open: close it (close_pool_for_update) before editing it",
+                )
             if body.get("project_id") is not None and str(body["project_id"]) != doc["project_id"]:
                 raise validation({"project_id": ("INVALID_VALUE", "a pool cannot move to another project")})
             self._check_pool(body | {"project_id": doc["project_id"]}, doc["_kind"])
@@ -297,7 +303,7 @@ class Emulator:
             _pool_defaults(doc)
         self.store.touch(kind, key)
         if kind == "pool" and doc["status"] == "OPEN":
-            self.crowd.pool_opened(doc)  # a new filter, priority or expiry applies at once
+            self.crowd.pool_opened(doc)  # an open training: its new settings apply at once
         return public(doc)
 
     def patch_pool(self, key: str, body: Any) -> Doc:

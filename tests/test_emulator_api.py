@@ -946,3 +946,23 @@ def test_a_pool_that_does_not_say_accepts_answers_automatically(emu, client):
     assert "SUBMITTED" not in {a.status.value for a in client.get_assignments(pool_id=pool.id)}
     assert len(client.get_assignments_df(pool.id)) == 2
     assert before - _balance(client) == pytest.approx(Decimal("0.13"))
+
+
+def test_an_open_pool_is_closed_for_update_before_it_is_edited(emu, client):
+    """Toloka refuses to edit an open pool (close it for update first): the emulator took the edit,
+    so a script raising an open pool's reward passed its rehearsal and failed against Toloka."""
+    pool = _pool(client, _project(client).id)
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    pool.reward_per_assignment = 0.5
+    with pytest.raises(exceptions.IncorrectActionsApiError) as refused:
+        client.update_pool(pool.id, pool)
+    assert refused.value.code == "POOL_INAPPROPRIATE_STATUS"
+    assert float(client.get_pool(pool.id).reward_per_assignment) == 0.05
+    client.close_pool_for_update(pool.id)
+    assert float(client.update_pool(pool.id, pool).reward_per_assignment) == 0.5
+    assert client.open_pool(pool.id).is_open()
+    client.close_pool(pool.id)
