@@ -44,6 +44,8 @@ MAX_OPERATIONS = 20_000  # finished operations kept (oldest dropped first), so m
 LONG_KINDS = ("task", "suite", "assignment", "user_bonus")
 SKILL_RANGE = (0.0, 100.0)
 BONUS_RANGE = (0.01, 100.0)
+# A pool closed for update opens again by itself after 15 minutes (toloka-kit: close_pool_for_update).
+REOPEN_AFTER_UPDATE = 15 * 60.0
 MAX_TOP_UP = 1_000_000.0  # one top-up at most (a typo of a few zeros is refused)
 CLONE_SKIPS = READ_ONLY | {"last_started", "last_stopped", "last_close_reason"}
 # Search fields a stored document keeps under another name: a task's or suite's overlap (None, so
@@ -352,7 +354,20 @@ class Emulator:
         return 202, self.operation(f"{kind.upper()}.CLOSE", {f"{kind}_id": key})
 
     def close_for_update(self, key: str, kind: str) -> tuple[int, Doc | None]:
-        return self.close_pool(key, kind, "FOR_UPDATE")
+        """Close a pool to edit it; Toloka opens it again by itself `REOPEN_AFTER_UPDATE` seconds later
+        unless the requester opened (or closed) it in the meantime."""
+        status, op = self.close_pool(key, kind, "FOR_UPDATE")
+        if op is not None:
+            self.crowd.reopen_later(self.get("pool", key, kind), self.now + REOPEN_AFTER_UPDATE)
+        return status, op
+
+    def reopen_after_update(self, pool: Doc) -> None:
+        """The pool closed for update was not opened again by the requester: it opens now, unless
+        it cannot (no tasks, expired, not enough balance), then it stays closed."""
+        try:
+            self.open_pool(pool["id"], pool["_kind"])
+        except ApiError as exc:
+            log.info("pool %s closed for update stays closed: %s", pool["id"], exc.message)
 
     def archive_pool(self, key: str, kind: str) -> tuple[int, Doc | None]:
         pool = self.get("pool", key, kind)

@@ -106,7 +106,7 @@ class Crowd:
         for suite in data["suite"].values():
             self.learn(data["pool"][suite["pool_id"]], suite)
         for pool in data["pool"].values():
-            for at in (pool.get("_close_at"), pool.get("_expire_at")):
+            for at in (pool.get("_close_at"), pool.get("_expire_at"), pool.get("_reopen_at")):
                 if at is not None:
                     self.heap.append((at, POOL_CHECK, pool["id"]))
         for assignment in data["assignment"].values():
@@ -650,12 +650,23 @@ class Crowd:
             self.push(pool["_expire_at"], POOL_CHECK, pool["id"])
         self.notify()
 
+    def reopen_later(self, pool: Doc, at: float) -> None:
+        """A pool closed for update opens again at `at` if it is still closed for update then."""
+        pool["_reopen_at"] = at
+        self.store.touch("pool", pool["id"])
+        self.push(at, POOL_CHECK, pool["id"])
+
     def _pool_check(self, pool_id: str, at: float) -> None:
         """A pool's auto-close delay or its expiry came due."""
         pool = self.store.data["pool"][pool_id]
         if pool["status"] == "OPEN" and pool.get("_expire_at") == at:
             pool["_expire_at"] = None
             self.emu.set_pool_status(pool, "CLOSED", "EXPIRED")
+        if pool.get("_reopen_at") == at:
+            pool["_reopen_at"] = None
+            self.store.touch("pool", pool_id)
+            if pool["status"] == "CLOSED" and pool.get("last_close_reason") == "FOR_UPDATE":
+                self.emu.reopen_after_update(pool)
         if pool.get("_close_at") != at:
             return
         pool["_close_at"] = None

@@ -966,3 +966,28 @@ def test_an_open_pool_is_closed_for_update_before_it_is_edited(emu, client):
     assert float(client.update_pool(pool.id, pool).reward_per_assignment) == 0.5
     assert client.open_pool(pool.id).is_open()
     client.close_pool(pool.id)
+
+
+def test_a_pool_closed_for_update_opens_again_by_itself(emu, client):
+    """toloka-kit: a pool closed for update that is not opened again opens by itself 15 minutes later
+    (and goes on spending); the emulator left it closed. Opened or closed by the requester in the
+    meantime, it stays as the requester left it."""
+    pool = _pool(client, _project(client).id, defaults={"default_overlap_for_new_task_suites": 10**6})
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    closed = client.close_pool_for_update(pool.id)
+    assert (closed.status.value, closed.last_close_reason.value) == ("CLOSED", "FOR_UPDATE")
+    emu.advance(14 * 60)
+    assert client.get_pool(pool.id).status.value == "CLOSED"
+    emu.advance(2 * 60)
+    reopened = client.get_pool(pool.id)
+    assert reopened.status.value == "OPEN" and reopened.last_started > closed.last_stopped
+
+    client.close_pool_for_update(pool.id)
+    client.open_pool(pool.id)
+    client.close_pool(pool.id)  # the requester's own decision stands
+    emu.advance(20 * 60)
+    assert client.get_pool(pool.id).status.value == "CLOSED"
