@@ -394,6 +394,7 @@ class Emulator:
             mix_pending(self, pool)
             pool["last_started"] = self.stamp()
             self.crowd.pool_opened(pool)
+            self.crowd.check_complete(pool)  # nothing left to answer: it closes again (COMPLETED)
         else:
             pool["last_stopped"] = self.stamp()
             pool["last_close_reason"] = reason

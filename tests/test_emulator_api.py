@@ -991,3 +991,27 @@ def test_a_pool_closed_for_update_opens_again_by_itself(emu, client):
     client.close_pool(pool.id)  # the requester's own decision stands
     emu.advance(20 * 60)
     assert client.get_pool(pool.id).status.value == "CLOSED"
+
+
+def test_a_completed_pool_opened_again_closes_again(emu, client):
+    """A pool with every suite answered that is opened again closes itself again (COMPLETED) after
+    its auto-close delay, as on Toloka: it stayed open for good, and a script waiting for the pool to
+    close (the seed notebook's `while pool.is_open()`) never ended."""
+    pool = _pool(
+        client,
+        _project(client).id,
+        defaults={"default_overlap_for_new_task_suites": 1},
+        auto_close_after_complete_delay_seconds=600,
+    )
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
+    assert client.open_pool(pool.id).is_open()
+    emu.advance(300)
+    assert client.get_pool(pool.id).is_open()  # the auto-close delay runs again
+    emu.advance(400)
+    again = client.get_pool(pool.id)
+    assert (again.status.value, again.last_close_reason.value) == ("CLOSED", "COMPLETED")
