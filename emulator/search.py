@@ -62,6 +62,17 @@ STATUSES = {
     "operation": {"PENDING", "RUNNING", "SUCCESS", "FAIL"},
 }
 ID_BOUNDS = ("id_gt", "id_gte", "id_lt", "id_lte")
+# The largest page a collection answers (toloka-kit's `find_*` docs); tasks, task suites, assignments
+# and aggregated solutions go up to MAX_LIMIT.
+MAX_LIMITS = {
+    "project": 300,
+    "pool": 300,  # pools and trainings
+    "skill": 100,
+    "operation": 500,
+    "user_bonus": 300,
+    "user_restriction": 500,
+    "user_skill": 1000,
+}
 # Filters on integers (`overlap=3`, `overlap_gte=2`): compared as numbers, a bound must be one.
 NUMBER_FIELDS = {"overlap"}
 
@@ -80,6 +91,9 @@ def check_params(kind: str, params: dict[str, str], numeric_ids: bool) -> None:
         unknown = [v for v in params["status"].split(",") if v not in statuses]
         if unknown:
             errors["status"] = ("INVALID_VALUE", f"unknown status {unknown[0]}")
+    most = MAX_LIMITS.get(kind)
+    if most is not None and params.get("limit", "").isdigit() and int(params["limit"]) > most:
+        errors["limit"] = ("VALUE_OUT_OF_BOUNDS", f"limit must be from 1 to {most} in this collection")
     for name in ID_BOUNDS:
         value = params.get(name)
         if value is not None and not _valid_id(value, numeric_ids):

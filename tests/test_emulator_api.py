@@ -433,11 +433,11 @@ def test_malformed_configs_are_refused_and_nothing_is_stored(emu, client):
         },
     }
     with _raw(emu) as raw:
-        pools_before = len(raw.get("/api/v1/pools", params={"limit": 1000}).json()["items"])
+        pools_before = len(raw.get("/api/v1/pools", params={"limit": 300}).json()["items"])
         for field, extra in bad_pools.items():
             answer = raw.post("/api/v1/pools", json=_pool_body(project.id, **extra))
             assert answer.status_code == 400 and field in answer.json()["payload"], (field, answer.json())
-        assert len(raw.get("/api/v1/pools", params={"limit": 1000}).json()["items"]) == pools_before
+        assert len(raw.get("/api/v1/pools", params={"limit": 300}).json()["items"]) == pools_before
         spec = {"input_spec": {"images": {"type": "array_json"}}, "output_spec": {"result": "string"}}
         bad_project = raw.post("/api/v1/projects", json={"public_name": "bad", "task_spec": spec})
         assert (
@@ -623,9 +623,28 @@ def test_searches_refuse_what_toloka_refuses(emu, client):
             ("/api/v1/assignments", {"status": "APPROVED"}, "status"),
             ("/api/v1/assignments", {"sort": "-reward"}, "sort"),
             ("/api/v1/tasks", {"id_gt": "not an id"}, "id_gt"),
+            ("/api/v1/assignments", {"limit": 100_001}, "limit"),
         ):
             assert _field_errors(raw.get(path, params=params)) == {field}, (path, params)
-    assert client.find_pools(status="OPEN", sort=["-created"], limit=100_000).items is not None
+    assert client.find_pools(status="OPEN", sort=["-created"], limit=300).items is not None
+    assert client.find_assignments(pool_id="1", limit=100_000).items is not None
+    # Each collection's largest page is toloka-kit's documented maximum (pools answered 100,000).
+    with _raw(emu) as raw:
+        for path, most in (
+            ("pools", 300),
+            ("trainings", 300),
+            ("projects", 300),
+            ("skills", 100),
+            ("operations", 500),
+            ("user-bonuses", 300),
+            ("user-restrictions", 500),
+            ("user-skills", 1000),
+        ):
+            assert raw.get(f"/api/v1/{path}", params={"limit": most}).status_code == 200, path
+            assert _field_errors(raw.get(f"/api/v1/{path}", params={"limit": most + 1})) == {"limit"}, path
+    with pytest.raises(exceptions.ValidationApiError) as refused:
+        client.find_skills(limit=101)
+    assert set(refused.value.payload) == {"limit"}
 
 
 def test_endpoints_the_emulator_lacks_say_so(emu, client):
