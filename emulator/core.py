@@ -48,6 +48,13 @@ BONUS_RANGE = (0.01, 100.0)
 REOPEN_AFTER_UPDATE = 15 * 60.0
 MAX_TOP_UP = 1_000_000.0  # one top-up at most (a typo of a few zeros is refused)
 CLONE_SKIPS = READ_ONLY | {"last_started", "last_stopped", "last_close_reason"}
+# What a search of tasks, task suites or assignments must name (Toloka: "You must specify either
+# task_id, pool_id, or task_suite_id"); a search without any is a 400.
+SEARCH_SCOPES = {
+    "task": ("pool_id",),
+    "suite": ("pool_id", "task_id"),
+    "assignment": ("pool_id", "task_id", "task_suite_id"),
+}
 # Search fields a stored document keeps under another name: a task's or suite's overlap (None, so
 # matching no `overlap` filter, when infinite).
 COMPUTED_FIELDS: dict[str, dict[str, Callable[[Doc], Any]]] = {
@@ -850,6 +857,10 @@ class Emulator:
         """GET on a collection: `{"items": [...], "has_more": bool}`."""
         check_params(kind, params, numeric_ids=kind not in LONG_KINDS and kind != "operation")
         if kind in LONG_KINDS:
+            scope = SEARCH_SCOPES.get(kind, ())
+            if scope and not any(params.get(name) for name in scope):
+                named = " or ".join(scope)
+                raise validation({scope[0]: ("VALUE_REQUIRED", f"a search of this collection needs {named}")})
             task_id = params.pop("task_id", None) if kind in ("assignment", "suite") else None
             if task_id is not None:
                 docs = self._containing_task(kind, task_id, params.get("id_gt"))

@@ -620,10 +620,14 @@ def test_searches_refuse_what_toloka_refuses(emu, client):
             ("/api/v1/pools", {"status": "OPENED"}, "status"),
             ("/api/v1/pools", {"sort": "private_name"}, "sort"),
             ("/api/v1/pools", {"id_gt": "abc"}, "id_gt"),
-            ("/api/v1/assignments", {"status": "APPROVED"}, "status"),
-            ("/api/v1/assignments", {"sort": "-reward"}, "sort"),
-            ("/api/v1/tasks", {"id_gt": "not an id"}, "id_gt"),
-            ("/api/v1/assignments", {"limit": 100_001}, "limit"),
+            ("/api/v1/assignments", {"status": "APPROVED", "pool_id": "1"}, "status"),
+            ("/api/v1/assignments", {"sort": "-reward", "pool_id": "1"}, "sort"),
+            ("/api/v1/tasks", {"id_gt": "not an id", "pool_id": "1"}, "id_gt"),
+            ("/api/v1/assignments", {"limit": 100_001, "pool_id": "1"}, "limit"),
+            # Toloka: tasks need a pool, suites a pool or a task, assignments a pool, task or suite.
+            ("/api/v1/assignments", {"status": "SUBMITTED"}, "pool_id"),
+            ("/api/v1/task-suites", {}, "pool_id"),
+            ("/api/v1/tasks", {"overlap": 1}, "pool_id"),
         ):
             assert _field_errors(raw.get(path, params=params)) == {field}, (path, params)
     assert client.find_pools(status="OPEN", sort=["-created"], limit=300).items is not None

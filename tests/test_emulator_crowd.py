@@ -124,7 +124,9 @@ def test_reject_adds_overlap_and_accept_is_final(seed_run):
 
 def test_balance_is_charged_for_accepted_work(seed_run):
     emu, client = seed_run["emu"], seed_run["client"]
-    accepted = list(client.get_assignments(status="ACCEPTED"))
+    accepted = [
+        a for p in client.get_pools() for a in client.get_assignments(pool_id=p.id, status="ACCEPTED")
+    ]
     paid = sum(float(a.reward) for a in accepted) * 1.3
     assert paid > 0
     assert float(client.get_requester().balance) == pytest.approx(emu.settings.balance - paid, abs=1e-3)
