@@ -828,7 +828,11 @@ class RunRegistry:
         described = ", ".join(shown.get(key, key) for key in changes)
         log.warning("pool %s (%s) was made with other settings; updating it: %s", pool_id, role, described)
         if have.status == Pool.Status.OPEN:
-            self.client.close_pool_for_update(pool_id)
+            # Closed as any run closes it, not *for update*: Toloka opens a pool closed for update
+            # again by itself 15 minutes later, and a run refused after its setup (the new reward's
+            # budget check) left it to reopen and pay the crowd, its failure hook closing open pools
+            # only. The wait opens it.
+            self.client.close_pool(pool_id)
         for key in changes:
             setattr(have, key, getattr(wanted, key))
         _extend_lifetime(self.client, have)  # an expired pool's update would be refused

@@ -146,6 +146,28 @@ def test_pools_expire_a_week_after_the_platforms_now_not_the_local_clock(emulato
         assert client.get_pool(ids.main_pool).status.value == "OPEN"
 
 
+def test_a_pool_given_new_settings_while_open_stays_closed_until_the_run_opens_it(demo, emulator):
+    """A run resumed with a raised reward while its main pool was open (left so by a killed run):
+    the pool was closed *for update*, which Toloka opens again by itself 15 minutes later. A run
+    refused after its setup (the budget check of the new reward, say) left it so: its failure hook
+    closes open pools only, and the pool reopened and paid the crowd with nobody gating the exam."""
+    params, client, bundle = demo
+    key = "idem-update-open"
+    ids = setup.setup_labelling(RunRegistry(client, key), bundle, Placeholders.of(params), "Idempotence")
+    RunRegistry(client, key).ensure_suites(
+        "main-suites", ids.main_pool, suites_of([["https://x/1.png", "https://x/2.png"]])
+    )
+    client.open_pool(ids.main_pool)
+
+    raised = params.model_copy(update={"hits": params.hits.model_copy(update={"reward": 0.05})})
+    again = setup.setup_labelling(RunRegistry(client, key), bundle, Placeholders.of(raised), "Idempotence")
+    assert again == ids
+    pool = client.get_pool(ids.main_pool)
+    assert float(pool.reward_per_assignment) == 0.05 and pool.status.value == "CLOSED", pool.status
+    emulator.control("advance", method="POST", seconds=20 * 60)  # past Toloka's 15-minute reopen
+    assert client.get_pool(ids.main_pool).status.value == "CLOSED"
+
+
 def test_an_expired_pool_gets_a_new_lifetime_before_it_reopens(demo):
     """A run resumed after its main pool expired a few answers short failed with `PoolStopped:
     pool P is CLOSED (reason: EXPIRED)` on every resume: opened as it was, the pool expired again at
