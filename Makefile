@@ -32,8 +32,12 @@ $(STAMP): $(UV) uv.lock pyproject.toml
 
 # Lanes: the tests mostly wait (simulated clocks, servers starting, polls), so 4 lanes keep 2 cores
 # busy. `make test TEST_LANES=0` runs everything in this one process.
+# The project's own modules are byte-compiled first (stale .pyc only; a second or so): with
+# PYTHONDONTWRITEBYTECODE set, every process the suite starts (about 130: `crowdclust run` and
+# `aggregate`, flow runs, workers, emulators) would otherwise compile them from source again.
 TEST_LANES ?= 4
 test: install
+	$(VENV)/bin/python -m compileall -q -j 0 aggregation crowdclust emulator flows tasks
 	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_LANES)),,-n $(TEST_LANES) --dist loadscope)
 
 lint: install
