@@ -6,9 +6,12 @@ fixtures can evolve without touching the others.
 `make test` runs the suite in parallel lanes (pytest-xdist, `-n 4 --dist loadscope`, scheduled by
 `LaneScheduling` below). A lane is a test module, or a set of modules that share something costly
 to start: every test of the shared local service (`svc`, `demo_run`) is in the `service` lane, so
-one service serves them all; the flow tests on the Prefect test harness are in the `prefect` lane,
-so one harness server serves them (a server start is ~20 CPU-seconds), except the fault suite, the
-longest, which has a lane and a harness of its own. The longest lanes start first.
+one service serves them all; the flow tests on the Prefect test harness are in three lanes of their
+own harness each (a harness start is 7-10 CPU-seconds): `prefect` (the end-to-end pipeline),
+`money` (balance, top-ups, price, run locks) and the fault suite. As one lane, `prefect` and `money`
+took 580-790 s of a 605-866 s suite on a loaded 2-core machine, alone on their worker at the end
+while the other three had finished (all four lanes' tests: 2,120-3,030 s). The longest lanes start
+first.
 """
 
 from __future__ import annotations
@@ -28,18 +31,27 @@ LANES = {
     "tests/test_browser_ui.py": "service",
     "tests/test_scale_service.py": "service",
     "tests/test_pipeline_e2e.py": "prefect",
-    "tests/test_pipeline_topup.py": "prefect",
-    "tests/test_money_stops.py": "prefect",
-    "tests/test_run_lock_hosts.py": "prefect",
     "tests/test_scale_rate_limit.py": "prefect",
+    "tests/test_money_stops.py": "money",
+    "tests/test_pipeline_topup.py": "money",
+    "tests/test_run_lock_hosts.py": "money",
 }
 # Fixture -> the lanes whose modules may use it (any other module would start a second copy).
 SHARED = {
     "svc": {"service"},
     "demo_run": {"service"},
-    "prefect_harness": {"prefect", "tests/test_faults_pipeline.py"},
+    "prefect_harness": {"prefect", "money", "tests/test_faults_pipeline.py"},
 }
-LONGEST_FIRST = ["service", "prefect", "tests/test_faults_pipeline.py", "tests/test_service_lifecycle.py"]
+LONGEST_FIRST = [
+    "service",
+    "tests/test_faults_pipeline.py",
+    "prefect",
+    "money",
+    "tests/test_cli_catalogue.py",
+    "tests/test_aggregation_cli.py",
+    "tests/test_faults_cli.py",
+    "tests/test_service_lifecycle.py",
+]
 # Last in their lane: six runs at once load both cores for minutes; once the other lanes are done
 # they have the machine to themselves instead of slowing every other lane (and being slowed).
 LAST_IN_LANE = {"tests/test_scale_service.py"}

@@ -2,7 +2,7 @@
 charges, with the real flow, the real toloka-kit client and an emulator per test (each with its own
 account). Small runs: the demo catalogue at 30 images, overlap 3, one exam, no intruder evaluation.
 
-In the `prefect` lane (tests/conftest.py): the runs' pages are read back from its Prefect server.
+In the `money` lane (tests/conftest.py): the runs' pages are read back from its Prefect server.
 """
 
 from __future__ import annotations
