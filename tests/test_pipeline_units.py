@@ -740,7 +740,7 @@ def test_an_attempt_killed_before_its_first_heartbeat_is_on_record(tmp_path, run
     )
     try:
         assert attempt.stdout is not None and attempt.stdout.readline().strip() == "started"
-        deadline = time.monotonic() + 5  # well before the first heartbeat (30 s)
+        deadline = time.monotonic() + 20  # before the first heartbeat (30 s), with room for a loaded machine
         while len(folder.read_attempts()) < (2 if run == "resumed" else 1) and time.monotonic() < deadline:
             time.sleep(0.05)
         attempt.send_signal(signal.SIGKILL)
