@@ -15,7 +15,7 @@ import io
 import zlib
 from pathlib import Path
 
-__all__ = ["NO_ZSTANDARD", "cut_short", "export_not_utf8", "not_utf8", "ragged_row"]
+__all__ = ["NO_ZSTANDARD", "cut_short", "export_not_utf8", "not_utf8", "ragged_row", "short_last_row"]
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 REPLACED = "\ufffd"  # what a byte that is not UTF-8 reads as with encoding_errors="replace"
@@ -128,18 +128,17 @@ def ragged_row(path: Path) -> str | None:
     return None
 
 
-def cut_short(path: Path) -> str | None:
-    """Why an export reads as cut short, or None: its last row stops without a line end and short
-    of the header's fields, as a file whose writing was stopped leaves it (a run killed while it
-    wrote the file). pandas fills the missing cells with nothing, so such a row passed with its
-    worker id cut to its first characters (another worker) and no status.
+def short_last_row(path: Path, delimiter: str = "\t") -> tuple[int, int, int] | None:
+    """(line, fields, the header's fields) of a last row that stops without a line end and short of
+    the header's fields, as a file whose writing was stopped leaves it (a run killed while it wrote
+    the file); None otherwise. pandas fills the missing cells with nothing, so such a row passed
+    with its last cell cut to its first characters (a worker id read as another worker's, an item
+    without its cluster).
 
-    Costs one byte's read for a file that ends with a line end, as every written export does; only
-    a file that does not is parsed again. A compressed file cut short fails in its codec instead.
-    (A file cut exactly at a line end cannot be told from a shorter one.)
+    Costs one byte's read for a file that ends with a line end, as every written file does; only a
+    file that does not is parsed again. (A file cut exactly at a line end cannot be told from a
+    shorter one.)
     """
-    if path.name.lower().endswith(COMPRESSED):
-        return None
     try:
         with path.open("rb") as raw:
             if raw.seek(0, io.SEEK_END) == 0:
@@ -147,20 +146,32 @@ def cut_short(path: Path) -> str | None:
             raw.seek(-1, io.SEEK_END)
             if raw.read(1) in (b"\n", b"\r"):
                 return None
-        with path.open(encoding="utf-8-sig", newline="") as text:
-            reader = csv.reader(text, delimiter="\t")
+        with path.open(encoding="utf-8-sig", newline="", errors="replace") as text:
+            reader = csv.reader(text, delimiter=delimiter)
             header, last, start, line = next(reader, []), [], 0, reader.line_num
             for fields in reader:
                 if fields:
                     last, start = fields, line + 1
                 line = reader.line_num
-    except (csv.Error, OSError, UnicodeDecodeError):
+    except (csv.Error, OSError):
         return None
     if not last or len(last) >= len(header):
         return None
+    return start, len(last), len(header)
+
+
+def cut_short(path: Path) -> str | None:
+    """Why an export reads as cut short (`short_last_row`), or None. A compressed file cut short
+    fails in its codec instead."""
+    if path.name.lower().endswith(COMPRESSED):
+        return None
+    short = short_last_row(path)
+    if short is None:
+        return None
+    line, fields, header = short
     return (
-        f"export file is cut short: its last line (line {start}) has {len(last)} of the header's "
-        f"{len(header)} fields and no line end, as a file whose writing was stopped leaves it (a run "
+        f"export file is cut short: its last line (line {line}) has {fields} of the header's "
+        f"{header} fields and no line end, as a file whose writing was stopped leaves it (a run "
         "killed while it wrote it?); its answers would be read wrong. Write it again: a run folder's "
         "export is rewritten, with nothing paid twice, by the same `crowdclust run` command"
     )

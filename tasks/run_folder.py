@@ -31,7 +31,6 @@ and another gets `runs/<name>__<key>/` (`RunFolder.of`).
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import io
 import json
@@ -43,6 +42,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from aggregation.unreadable import short_last_row
 from tasks.atomic_file import create_exclusive, replaced, write_atomic
 from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir, run_dir_of
 from tasks.stages import Aggregated, Attempt, Evaluation, HitPlan, IntruderHit, RunSummary
@@ -310,14 +310,14 @@ class RunFolder:
         text = source.read_bytes()
         if not text.strip():
             raise DamagedFile(f"{source} is empty (a run killed while it wrote it?): {rewrite}")
-        if not text.endswith((b"\n", b"\r")):  # a last row short of the header's cells was cut
-            rows = [row for row in csv.reader(io.StringIO(text.decode(errors="replace"))) if row]
-            if len(rows) > 1 and len(rows[-1]) < len(rows[0]):
-                raise DamagedFile(
-                    f"{source} is cut short: its last line has {len(rows[-1])} of the header's "
-                    f"{len(rows[0])} cells and no line end, as a file whose writing was stopped leaves "
-                    f"it (a run killed while it wrote it?): {rewrite}"
-                )
+        short = short_last_row(source, delimiter=",")
+        if short is not None:
+            line, cells, header = short
+            raise DamagedFile(
+                f"{source} is cut short: its last line (line {line}) has {cells} of the header's "
+                f"{header} cells and no line end, as a file whose writing was stopped leaves it (a run "
+                f"killed while it wrote it?): {rewrite}"
+            )
         table = pd.read_csv(io.BytesIO(text))
         missing = [column for column in ("item", "cluster") if column not in table.columns]
         if missing:
