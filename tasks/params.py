@@ -104,7 +104,7 @@ class HitParams(_Model):
         ge=1,
         description="Roughly how many styles the catalogue holds, if you know. Before anything is paid "
         "the run then checks that the design shows each image enough images of its own style to place "
-        "it, and warns with the `hits_per_item` that would (README: What a design can tell).",
+        "it, and warns with the `hits_per_item` that would (docs/aggregation.md: What a design can tell).",
     )
     second_round_share: float = Field(
         0.0,
@@ -265,7 +265,7 @@ class PipelineParams(_Model):
     )
     toloka_dir: Path = Field(
         ...,
-        description="Folder with the Toloka object JSON files (see configs/README). A relative path "
+        description="Folder with the Toloka object JSON files (see configs/README.md). A relative path "
         "is relative to the project folder (in a YAML file: to that file).",
     )
     seed: int = Field(0, description="Seed for every random choice (HIT plan, aggregation, intruder HITs).")

@@ -454,6 +454,6 @@ def earlier_run_keys_task(params: PipelineParams) -> list[str]:
         f"{start}{differ}. To label this dataset in full, run again with --run-key {key} (a deployment: "
         "its run_key parameter); to go on with the earlier run, restore its dataset. (A catalogue that "
         "grows is labelled round by round, paying only for new images, by the growing-catalogue flow: "
-        "README, Growing catalogues.) "
+        "docs/catalogues.md.) "
         f"{where}"
     )

@@ -544,7 +544,7 @@ class RunSummary:
     exam: ExamOutcome | None = None  # how the crowd did on the exam (None: not read, e.g. no labelling)
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON shape: flat keys as documented in the README; catalogue fields at the top level."""
+        """The JSON shape: flat keys as documented in docs/running.md; catalogue fields at the top level."""
         data: dict[str, Any] = {
             "clusters": self.clusters,
             "ari": self.ari,
