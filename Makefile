@@ -30,7 +30,7 @@ $(STAMP): $(UV) uv.lock pyproject.toml
 	$(VENV)/bin/python -m aggregation.warmup
 	@touch $(STAMP)
 
-# Lanes: the tests mostly wait (simulated clocks, servers starting, polls), so 4 lanes keep 2 cores
+# Lanes: the tests mostly wait (simulated clocks, servers starting, polls), so 4 workers keep 2 cores
 # busy. `make test TEST_LANES=0` runs everything in this one process.
 # The project's own modules are byte-compiled first (stale .pyc only; a second or so): with
 # PYTHONDONTWRITEBYTECODE set, every process the suite starts (about 130: `crowdclust run` and
