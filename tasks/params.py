@@ -78,6 +78,26 @@ def endpoint(target: TolokaTarget) -> str | None:
 
 
 MAX_HIT_SIZE = 10  # the grouping interface's colours (configs/*/toloka/*_project.json), one per group
+# Toloka's least reward per assignment of a pool (every pool the flows create is a REGULAR one; toloka-kit's
+# Pool docs): below it Toloka refuses the pool, which the flow creates only after what comes before it is
+# made, and for the intruder pool after the labelling was paid.
+MIN_REWARD = 0.005
+
+
+def _reward_toloka_accepts(field: str, value: float) -> float:
+    """A reward below Toloka's minimum is refused here, naming the field, rather than by Toloka mid-run.
+
+    Before, `exam.reward: 0` (documented as allowed) passed every check, the run created the exam
+    project, training, skill and exam pool, and failed on `Toloka refused a request (400
+    VALIDATION_ERROR: Validation failed)`; an `intruders.reward` below it failed only after the
+    labelling was paid.
+    """
+    if value < MIN_REWARD:
+        raise ValueError(
+            f"{field} {value:g} is below ${MIN_REWARD}, the least reward per assignment Toloka accepts "
+            f"for a pool: it would refuse the pool mid-run; use {MIN_REWARD} or more"
+        )
+    return value
 
 
 class HitParams(_Model):
@@ -98,7 +118,9 @@ class HitParams(_Model):
         description="`balanced`: every image in the same number of HITs, co-occurrence graph connected; "
         "`seed`: the notebook's scheme (one anchor image per HIT plus random others).",
     )
-    reward: float = Field(0.02, gt=0, description="Reward per main-pool assignment, USD.")
+    reward: float = Field(
+        0.02, ge=MIN_REWARD, description="Reward per main-pool assignment, USD (Toloka's least is 0.005)."
+    )
     expected_styles: int | None = Field(
         None,
         ge=1,
@@ -132,6 +154,11 @@ class HitParams(_Model):
         "that can chain (answer-count restriction -> overlap increase), is refused before anything opens.",
     )
 
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward(cls, value: Any) -> Any:
+        return _reward_toloka_accepts("hits.reward", value) if isinstance(value, int | float) else value
+
     @field_validator("size")
     @classmethod
     def _size_fits_the_colours(cls, value: int) -> int:
@@ -158,7 +185,9 @@ class ExamParams(_Model):
     n_exams: int = Field(3, ge=1, description="Number of exam suites; the skill is the mean score over them.")
     min_skill: float = Field(75.0, ge=0, le=100, description="Skill a worker needs to enter the main pool.")
     reward: float = Field(
-        0.01, ge=0, description="Reward per exam assignment, USD (paid only when accepted)."
+        0.01,
+        ge=MIN_REWARD,
+        description="Reward per exam assignment, USD (paid only when accepted; Toloka's least is 0.005).",
     )
     expected_workers: int = Field(
         100,
@@ -178,6 +207,11 @@ class ExamParams(_Model):
     skill_name: str = Field(
         "Shoes clustering", description="Base name of the skill; the run key is appended."
     )
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward(cls, value: Any) -> Any:
+        return _reward_toloka_accepts("exam.reward", value) if isinstance(value, int | float) else value
 
 
 class WaitParams(_Model):
@@ -241,7 +275,14 @@ class IntruderParams(_Model):
     n_hits: int = Field(100, ge=1, description="Number of intruder HITs.")
     images_per_hit: int = Field(8, ge=3, le=8, description="Images per HIT (one of them is the intruder).")
     overlap: int = Field(5, ge=1, description="Workers per intruder HIT.")
-    reward: float = Field(0.02, gt=0, description="Reward per intruder assignment, USD.")
+    reward: float = Field(
+        0.02, ge=MIN_REWARD, description="Reward per intruder assignment, USD (Toloka's least is 0.005)."
+    )
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward(cls, value: Any) -> Any:
+        return _reward_toloka_accepts("intruders.reward", value) if isinstance(value, int | float) else value
 
 
 class PipelineParams(_Model):

@@ -220,6 +220,22 @@ def test_bad_config_names_the_field(tmp_path, changes, expected):
     assert "pipeline.yaml" in str(error.value)
 
 
+@pytest.mark.parametrize("field", ["hits", "exam", "intruders"])
+@pytest.mark.parametrize("reward", [0, 0.001])
+def test_a_reward_toloka_would_refuse_is_a_config_error_naming_the_field(tmp_path, field, reward):
+    """`exam.reward: 0` was documented as allowed and passed every check: the run created the exam
+    project, training, skill and exam pool, then Toloka refused the pool (400 VALIDATION_ERROR); an
+    `intruders.reward` below the minimum failed only after the labelling was paid."""
+    from emulator.core import MIN_REWARD as TOLOKAS_MINIMUM
+
+    data = yaml.safe_load(DEMO.read_text())
+    with pytest.raises(ConfigError) as error:
+        load_params(_write_yaml(tmp_path, **{field: {**data[field], "reward": reward}}))
+    assert f"{field}.reward {reward:g} is below ${TOLOKAS_MINIMUM}" in str(error.value)
+    accepted = load_params(_write_yaml(tmp_path, **{field: {**data[field], "reward": TOLOKAS_MINIMUM}}))
+    assert getattr(accepted, field).reward == TOLOKAS_MINIMUM
+
+
 def test_unreadable_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
