@@ -600,6 +600,9 @@ def find_or_create(
             )
             time.sleep(min(2.0**attempt, 8.0))
             continue
+        except ApiError as exc:  # the platform refused the object: `crowdclust run` says which one
+            exc.add_note(f"creating the {what}")
+            raise
         log.info("created %s %s", what, created.id)
         return str(created.id)
     raise AssertionError("unreachable")

@@ -359,6 +359,41 @@ def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch):
     assert "Run the same command again" in line
 
 
+def test_an_object_the_platform_refuses_is_named_with_its_reasons(
+    run_cli, monkeypatch, toloka_client, tmp_path
+):
+    """A pool config Toloka refuses (an exam pool's `assignment_max_duration_seconds: 0`) ended the run
+    with `Toloka refused a request (400 VALIDATION_ERROR: Validation failed). Fix the cause ...`: no
+    object, no field, no reason, though toloka-kit's error holds the platform's reasons per field."""
+    import flows.pipeline
+    from tasks.setup import setup_labelling
+    from tasks.toloka_api import RunRegistry
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    toloka = tmp_path / "toloka"
+    shutil.copytree(TOLOKA, toloka)
+    exam_pool = json.loads((toloka / "exam_pool.json").read_text())
+    (toloka / "exam_pool.json").write_text(json.dumps({**exam_pool, "assignment_max_duration_seconds": 0}))
+
+    def sets_up(params):  # the labelling's own setup, against the emulator, where the flow makes it
+        setup_labelling(
+            RunRegistry(toloka_client, "refused"),
+            load_bundle(params.toloka_dir),
+            Placeholders.of(params),
+            params.exam.skill_name,
+        )
+
+    monkeypatch.setattr(flows.pipeline, "crowdclust_pipeline", sets_up)
+    result, _ = run_cli(toloka=toloka)
+    assert result.exit_code == 1
+    assert _one_error_line(result) == (
+        "error: Toloka refused a request creating the pool (exam-pool) (POST /api/v1/pools): 400 "
+        "VALIDATION_ERROR: Validation failed; assignment_max_duration_seconds: "
+        "assignment_max_duration_seconds must be a positive integer. Fix the cause and run the same "
+        "command again: finished stages are reused"
+    )
+
+
 def test_an_error_that_says_what_to_do_is_not_told_twice(run_cli, monkeypatch):
     """A main pool's timeout said 'Run the same command again (or Retry the flow run), with a larger
     wait.timeout_seconds ...' and the command appended 'Fix the cause and run the same command

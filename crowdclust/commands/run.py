@@ -77,6 +77,33 @@ def with_resume(message: str) -> str:
     return message if SAYS_WHAT_TO_DO.search(message) else f"{message}. {RESUME}"
 
 
+def refused(
+    status_code: Any, code: Any, message: Any, payload: Any, request: str | None, doing: tuple[str, ...] = ()
+) -> str:
+    """What a refused Toloka request says, with what it refused: toloka-kit's `ApiError.message` is
+    only the headline (`Validation failed`), the fields and their reasons are in its `payload`, and the
+    request names the object. Before, the line ended `(400 VALIDATION_ERROR: Validation failed). Fix
+    the cause and ...` with no cause to fix (an exam pool's `assignment_max_duration_seconds: 0`)."""
+    details = []
+    if isinstance(payload, dict):
+        for field, reason in payload.items():
+            said = reason.get("message") or reason.get("code") if isinstance(reason, dict) else reason
+            details.append(f"{field}: {said}" if said else str(field))
+    what = f" ({request})" if request else ""
+    why = f"; {'; '.join(details)}" if details else ""
+    object_ = f" {', '.join(doing)}" if doing else ""
+    return f"Toloka refused a request{object_}{what}: {status_code} {code}: {message}{why}"
+
+
+def _request_of(error: BaseException) -> str | None:
+    """`POST /api/v1/pools` of the request an API error answered, when toloka-kit kept the response."""
+    try:
+        request = error.response.request  # type: ignore[attr-defined]
+        return f"{request.method} {request.url.path}"
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _fail(message: str, code: int, debug: bool) -> typer.Exit:
     if debug:
         traceback.print_exc()
@@ -314,7 +341,16 @@ def run(
             ) from None
         except ApiError as error:
             raise _fail(
-                with_resume(f"Toloka refused a request ({error.status_code} {error.code}: {error.message})"),
+                with_resume(
+                    refused(
+                        error.status_code,
+                        error.code,
+                        error.message,
+                        error.payload,
+                        _request_of(error),
+                        tuple(getattr(error, "__notes__", ())),
+                    )
+                ),
                 1,
                 debug,
             ) from None
