@@ -322,6 +322,53 @@ def test_the_token_saved_by_crowdclust_token_is_what_crowdclust_run_reads(run_cl
     assert lines[0].startswith("error: ") and "refused the token (401" in lines[0], result.stderr
 
 
+def test_a_token_saved_in_another_project_folder_is_sought_where_it_is(run_cli, tmp_path):
+    """`crowdclust token save` in the checkout, then `crowdclust run` in the folder of one's own config:
+    the run was told `no Toloka token: set TOLOKA_TOKEN or create a Prefect Secret block 'toloka-token'
+    (ValueError)`, the block it had just saved, and nothing said where it had looked (the working
+    directory's Prefect home). Now the refusal names that home and how to point the run at the other
+    folder, which then reads the saved token (a wrong one: the emulator's refusal shows it was read)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFECT_") and k not in ("TOLOKA_TOKEN", "CROWDCLUST_PROJECT_DIR")
+    }
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "my-config"
+    checkout.mkdir()
+    elsewhere.mkdir()
+    cli = [sys.executable, "-m", "crowdclust.cli"]
+    saved = subprocess.run(
+        [*cli, "token", "save"],
+        input="not-the-token\n",
+        env=env,
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert "when run in the same folder (or with CROWDCLUST_PROJECT_DIR set to it)" in saved.stdout
+    config = str(run_cli.write())
+    result = subprocess.run(
+        [*cli, "run", config], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: no Toloka token") and (
+        f"looked in the Prefect home {elsewhere / '.prefect'}, the project folder's" in lines[0]
+    ), result.stderr
+    assert "set CROWDCLUST_PROJECT_DIR to it" in lines[0]
+    pointed = subprocess.run(
+        [*cli, "run", config],
+        env={**env, "CROWDCLUST_PROJECT_DIR": str(checkout)},
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pointed.returncode == 2 and "refused the token (401" in pointed.stderr, pointed.stderr
+
+
 def test_crowdclust_token_refuses_an_empty_token_and_names_an_absent_server():
     """Refused before any server is asked: an empty token (Toloka would refuse it only at the first
     run); a server that is not there is named, the token never shown."""

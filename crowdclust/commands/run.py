@@ -21,6 +21,7 @@ it they are printed without: the flow run's log in the UI has them).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -102,6 +103,30 @@ def _request_of(error: BaseException) -> str | None:
         return f"{request.method} {request.url.path}"
     except (AttributeError, RuntimeError):
         return None
+
+
+def where_the_token_was_sought(error: Exception) -> str:
+    """A missing token's message, with the Prefect home whose Secret blocks `crowdclust run` read.
+
+    That home is the project folder's, and the project folder is the working directory: a user who ran
+    `crowdclust token save` in the checkout and `crowdclust run` in the folder of their own config was
+    told to create the block they had just created (`no Toloka token: set TOLOKA_TOKEN or create a
+    Prefect Secret block 'toloka-token' (ValueError)`), with nothing to say where it had been looked for.
+    """
+    from crowdclust.private_server import PRIVATE
+    from tasks.toloka_api import MissingTokenError, TokenRefused
+
+    if (
+        not isinstance(error, MissingTokenError)
+        or isinstance(error, TokenRefused)
+        or not os.environ.get(PRIVATE)
+    ):
+        return str(error)
+    return (
+        f"{error}; looked in the Prefect home {os.environ.get('PREFECT_HOME')}, the project folder's "
+        "(the working directory, unless CROWDCLUST_PROJECT_DIR or PREFECT_HOME says otherwise): run "
+        "from the folder where `crowdclust token save` ran, or set CROWDCLUST_PROJECT_DIR to it"
+    )
 
 
 def _fail(message: str, code: int, debug: bool) -> typer.Exit:
@@ -231,8 +256,6 @@ def run(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks with errors.")] = False,
 ) -> None:
     """Run the crowd-clustering flow end to end. The token comes from TOLOKA_TOKEN or a Secret block."""
-    import os
-
     from crowdclust.runtime import describe, link_service_runs_folder, prepare_prefect_env
 
     prepare_prefect_env()
@@ -293,7 +316,7 @@ def run(
         except (*DATA_ERRORS, MissingTokenError) as error:
             for warning in warnings_of(error):  # what holds whatever the plan: said before its refusal
                 typer.echo(f"warning: {warning}", err=True)
-            raise _fail(str(error), 2, debug) from None
+            raise _fail(where_the_token_was_sought(error), 2, debug) from None
         except (PlatformUnreachable, StartupFailed) as error:  # StartupFailed: the private server
             raise _fail(str(error), 1, debug) from None
 
@@ -330,7 +353,7 @@ def run(
         except TRANSIENT as error:  # outside the flow (its own decorator turns these into the above)
             raise _fail(str(stopped_answering(error, params.toloka)), 1, debug) from None
         except (*DATA_ERRORS, MissingTokenError) as error:
-            raise _fail(str(error), 2, debug) from None
+            raise _fail(where_the_token_was_sought(error), 2, debug) from None
         except DoesNotExistApiError as error:  # toloka-kit's own text is five lines and a request id
             raise _fail(
                 f"Toloka no longer has an object this run was using ({error.message}): it was lost "

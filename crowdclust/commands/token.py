@@ -42,7 +42,10 @@ def _where() -> str:
     from crowdclust.private_server import PRIVATE
 
     if os.environ.get(PRIVATE):
-        return f"the project's Prefect home {os.environ['PREFECT_HOME']}, where `crowdclust run` reads it"
+        return (
+            f"the project's Prefect home {os.environ['PREFECT_HOME']}, where `crowdclust run` reads it "
+            "when run in the same folder (or with CROWDCLUST_PROJECT_DIR set to it)"
+        )
     return (
         f"the Prefect server at {os.environ['PREFECT_API_URL']}: its deployments, and `crowdclust run` "
         "with that PREFECT_API_URL, read it"
