@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -84,7 +85,7 @@ MAX_HIT_SIZE = 10  # the grouping interface's colours (configs/*/toloka/*_projec
 MIN_REWARD = 0.005
 
 
-def _reward_toloka_accepts(field: str, value: float) -> float:
+def _reward_toloka_accepts(value: float) -> float:
     """A reward below Toloka's minimum is refused here, naming the field, rather than by Toloka mid-run.
 
     Before, `exam.reward: 0` (documented as allowed) passed every check, the run created the exam
@@ -94,10 +95,17 @@ def _reward_toloka_accepts(field: str, value: float) -> float:
     """
     if value < MIN_REWARD:
         raise ValueError(
-            f"{field} {value:g} is below ${MIN_REWARD}, the least reward per assignment Toloka accepts "
-            f"for a pool: it would refuse the pool mid-run; use {MIN_REWARD} or more"
+            f"{value:g} is below ${MIN_REWARD}, the least reward per assignment Toloka accepts for a "
+            f"pool: it would refuse the pool mid-run; use {MIN_REWARD} or more"
         )
     return value
+
+
+# A pool's reward per assignment, USD: the config error names the field (pydantic's location); the
+# minimum is in the JSON schema too, so the Prefect UI's run form shows it.
+Reward = Annotated[
+    float, Field(json_schema_extra={"minimum": MIN_REWARD}), AfterValidator(_reward_toloka_accepts)
+]
 
 
 class HitParams(_Model):
@@ -118,8 +126,8 @@ class HitParams(_Model):
         description="`balanced`: every image in the same number of HITs, co-occurrence graph connected; "
         "`seed`: the notebook's scheme (one anchor image per HIT plus random others).",
     )
-    reward: float = Field(
-        0.02, ge=MIN_REWARD, description="Reward per main-pool assignment, USD (Toloka's least is 0.005)."
+    reward: Reward = Field(
+        0.02, description="Reward per main-pool assignment, USD (Toloka's least is 0.005)."
     )
     expected_styles: int | None = Field(
         None,
@@ -154,11 +162,6 @@ class HitParams(_Model):
         "that can chain (answer-count restriction -> overlap increase), is refused before anything opens.",
     )
 
-    @field_validator("reward", mode="before")
-    @classmethod
-    def _reward(cls, value: Any) -> Any:
-        return _reward_toloka_accepts("hits.reward", value) if isinstance(value, int | float) else value
-
     @field_validator("size")
     @classmethod
     def _size_fits_the_colours(cls, value: int) -> int:
@@ -184,9 +187,8 @@ class ExamParams(_Model):
 
     n_exams: int = Field(3, ge=1, description="Number of exam suites; the skill is the mean score over them.")
     min_skill: float = Field(75.0, ge=0, le=100, description="Skill a worker needs to enter the main pool.")
-    reward: float = Field(
+    reward: Reward = Field(
         0.01,
-        ge=MIN_REWARD,
         description="Reward per exam assignment, USD (paid only when accepted; Toloka's least is 0.005).",
     )
     expected_workers: int = Field(
@@ -207,11 +209,6 @@ class ExamParams(_Model):
     skill_name: str = Field(
         "Shoes clustering", description="Base name of the skill; the run key is appended."
     )
-
-    @field_validator("reward", mode="before")
-    @classmethod
-    def _reward(cls, value: Any) -> Any:
-        return _reward_toloka_accepts("exam.reward", value) if isinstance(value, int | float) else value
 
 
 class WaitParams(_Model):
@@ -275,14 +272,7 @@ class IntruderParams(_Model):
     n_hits: int = Field(100, ge=1, description="Number of intruder HITs.")
     images_per_hit: int = Field(8, ge=3, le=8, description="Images per HIT (one of them is the intruder).")
     overlap: int = Field(5, ge=1, description="Workers per intruder HIT.")
-    reward: float = Field(
-        0.02, ge=MIN_REWARD, description="Reward per intruder assignment, USD (Toloka's least is 0.005)."
-    )
-
-    @field_validator("reward", mode="before")
-    @classmethod
-    def _reward(cls, value: Any) -> Any:
-        return _reward_toloka_accepts("intruders.reward", value) if isinstance(value, int | float) else value
+    reward: Reward = Field(0.02, description="Reward per intruder assignment, USD (Toloka's least is 0.005).")
 
 
 class PipelineParams(_Model):

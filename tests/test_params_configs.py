@@ -231,7 +231,7 @@ def test_a_reward_toloka_would_refuse_is_a_config_error_naming_the_field(tmp_pat
     data = yaml.safe_load(DEMO.read_text())
     with pytest.raises(ConfigError) as error:
         load_params(_write_yaml(tmp_path, **{field: {**data[field], "reward": reward}}))
-    assert f"{field}.reward {reward:g} is below ${TOLOKAS_MINIMUM}" in str(error.value)
+    assert f"{field}.reward: {reward:g} is below ${TOLOKAS_MINIMUM}" in str(error.value)
     accepted = load_params(_write_yaml(tmp_path, **{field: {**data[field], "reward": TOLOKAS_MINIMUM}}))
     assert getattr(accepted, field).reward == TOLOKAS_MINIMUM
 
