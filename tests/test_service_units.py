@@ -238,3 +238,32 @@ def test_crowdclust_run_against_the_service_links_its_report_over_the_services_f
     finally:
         files.shutdown()
         files.server_close()
+
+
+def test_a_port_another_process_holds_is_refused_in_one_line_before_anything_starts(tmp_path):
+    """A connection of another process bound to the file server's port (as a client's socket is,
+    on Linux's range of outgoing ports): `make up` printed the file server's 15-line traceback ending
+    `OSError: [Errno 98] Address already in use`. Now one line names the port, the component and the
+    variable to change, and nothing is started."""
+    import socket
+
+    import pytest
+
+    from crowdclust.service import supervisor
+    from crowdclust.service.processes import StartupFailed, read_pid
+
+    holder = socket.socket()  # bound, not listening: nothing answers on it, yet the port is taken
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    cfg = ServiceConfig(state_dir=tmp_path / ".service", runs_dir=tmp_path / "runs", files_port=port)
+    cfg.state_dir.mkdir()
+    try:
+        with pytest.raises(StartupFailed) as error:
+            supervisor.start(cfg, "files", say=lambda line: None)
+    finally:
+        holder.close()
+    assert str(error.value) == (
+        f"files: port {port} on 127.0.0.1 is taken by another process (`ss -ltnp 'sport = :{port}'` shows "
+        "which): stop it, or give the service another port with CROWDCLUST_FILES_PORT=PORT"
+    )
+    assert read_pid(cfg, "files") is None

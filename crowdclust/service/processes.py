@@ -170,6 +170,18 @@ def wait_until(
     )
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether a server could not listen on host:port now (bound as servers bind, with SO_REUSEADDR,
+    so a connection lingering in TIME_WAIT does not count, but another process's socket does)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

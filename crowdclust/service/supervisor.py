@@ -28,10 +28,12 @@ from crowdclust.service.config import (
     read_secret_file,
 )
 from crowdclust.service.processes import (
+    StartupFailed,
     answers,
     bin_path,
     children,
     log_file,
+    port_taken,
     read_pid,
     spawn,
     stop_process,
@@ -127,10 +129,33 @@ def start(cfg: ServiceConfig, name: str, say: Say = print) -> None:
         raise RuntimeError(f"the Prefect server at {cfg.api_url} does not answer")
     if name == "server" and cfg.uses_local_postgres and postgres.start(cfg):
         say(f"postgres: started on {cfg.host}:{cfg.postgres_port}")
+    _refuse_a_taken_port(cfg, name)
     command, env = _command(cfg, name)
     pid = spawn(cfg, name, command, env)
     wait_until(lambda: answers(health), STARTUP_SECONDS[name], name, log_file(cfg, name), pid)
     say(f"{name}: started (pid {pid})")
+
+
+PORT_SETTINGS = {  # component -> (its port's field, the variable that sets it)
+    "server": ("server_port", "CROWDCLUST_SERVER_PORT"),
+    "emulator": ("emulator_port", "CROWDCLUST_EMULATOR_PORT"),
+    "files": ("files_port", "CROWDCLUST_FILES_PORT"),
+}
+
+
+def _refuse_a_taken_port(cfg: ServiceConfig, name: str) -> None:
+    """One line when something else holds the component's port, before it is started.
+
+    Each component found out for itself: the file server died with a 15-line traceback ending
+    `OSError: [Errno 98] Address already in use`, which `make up` printed as the log's tail.
+    """
+    attribute, variable = PORT_SETTINGS[name]
+    port = getattr(cfg, attribute)
+    if port_taken(cfg.host, port):
+        raise StartupFailed(
+            f"{name}: port {port} on {cfg.host} is taken by another process (`ss -ltnp 'sport = :{port}'` "
+            f"shows which): stop it, or give the service another port with {variable}=PORT"
+        )
 
 
 def stop(cfg: ServiceConfig, name: str, say: Say = print) -> None:
