@@ -43,7 +43,13 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         # was open" read as if nothing had been closed.
         why = " (its stages and sub-flows close their own)" if flow_run.parent_task_run_id is None else ""
         closed_text = closed or f"nothing: none was left open{why}"
-        log.warning("run %s ended %s: closed %s", flow_run.name, state.type.value, closed_text)
+        log.warning(
+            "run %s ended %s: closed %s%s",
+            flow_run.name,
+            state.type.value,
+            closed_text,
+            how_to_go_on(flow_run, state),
+        )
     except RunKeyBusy:
         log.warning("run key busy with another live run: its pools stay open")
     except MissingTokenError:
@@ -63,6 +69,25 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)
     finally:
         send_logs_now()
+
+
+def how_to_go_on(flow_run: Any, state: Any) -> str:
+    """What a top-level run cancelled or crashed can do next, for the end of its last line.
+
+    A failed run's own error says how to go on; a cancelled or crashed one ended on the hook's
+    "closed ..." line, and a user who cancelled to change something, or whose worker died, was not
+    told that the run can go on where it stopped, with its pools and the answers already paid for.
+    """
+    if flow_run.parent_task_run_id is not None or not (
+        state.is_cancelling() or state.is_cancelled() or state.is_crashed()
+    ):
+        return ""
+    how = (
+        "Retry this run"
+        if flow_run.deployment_id is not None
+        else "run the same command again (same config and run key)"
+    )
+    return f". To go on with the same pools and the answers already paid for (nothing is paid twice): {how}"
 
 
 def send_logs_now() -> None:

@@ -502,6 +502,7 @@ def test_a_flow_run_process_stopped_from_outside_sends_its_crash_lines_before_it
     messages = "\n".join(log.message for log in logs)
     assert "Crash detected" in messages, messages
     assert f"run {key} ended CRASHED: closed nothing: none was left open" in messages, messages
+    assert "(nothing is paid twice): run the same command again" in messages, messages
 
 
 def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, config, monkeypatch):

@@ -1361,3 +1361,25 @@ def test_errors_leave_a_flow_or_a_stage_without_the_token_of_their_requests():
     assert status.response.request.headers["authorization"] == "[removed]"
     assert cause.request.headers["authorization"] == "[removed]"
     assert "s3cret" not in repr(status.__dict__) + repr(cause.__dict__)
+
+
+def test_a_cancelled_or_crashed_run_is_told_how_to_go_on_and_a_failed_one_by_its_error():
+    """The hook's last line of a top-level run stopped from outside says how to go on: Retry for a
+    deployment's run (the UI's button), the same command for one started by `crowdclust run`.
+    A failed run's error says it itself; a sub-flow's line is not the run's last word."""
+    import uuid
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed
+
+    from flows.hooks import how_to_go_on
+
+    deployed = FlowRun(flow_id=uuid.uuid4(), deployment_id=uuid.uuid4())
+    by_hand = FlowRun(flow_id=uuid.uuid4())
+    sub_flow = FlowRun(flow_id=uuid.uuid4(), deployment_id=uuid.uuid4(), parent_task_run_id=uuid.uuid4())
+    for state in (Cancelling(), Cancelled(), Crashed()):
+        assert how_to_go_on(deployed, state).endswith("(nothing is paid twice): Retry this run")
+        assert how_to_go_on(by_hand, state).endswith("run the same command again (same config and run key)")
+        assert how_to_go_on(sub_flow, state) == ""
+    for state in (Failed(), Completed()):
+        assert how_to_go_on(deployed, state) == "" and how_to_go_on(by_hand, state) == ""
