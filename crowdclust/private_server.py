@@ -105,13 +105,21 @@ class Server:
 
 
 @contextlib.contextmanager
-def private_server(log_name: str, stop_with: list[subprocess.Popen[bytes]] | None = None) -> Iterator[Server]:
+def private_server(
+    log_name: str, stop_with: list[subprocess.Popen[bytes]] | None = None, needed: bool = True
+) -> Iterator[Server]:
     """Start a server and point PREFECT_API_URL at it for the block, unless one is already named.
 
     Yields as soon as the process is started, so the caller can import while it comes up; call
     `Server.wait_ready` before the first flow. On the way out, what Prefect still queues is sent,
     then the server and the processes in `stop_with` (the caller may add to it in the block) are
     stopped together.
+
+    `needed=False`: the block asks nothing of Prefect's API (`crowdclust run --close` with the token
+    in TOLOKA_TOKEN), so no server is started: one costs 5-9 CPU-seconds and several seconds before
+    the block could go on. The block still runs as on a private server (CROWDCLUST_PRIVATE_PREFECT:
+    the run lock's server layer off), never on a server a Prefect profile names that the command
+    would not have used.
     """
     companions = stop_with if stop_with is not None else []
     if os.environ.get(API_URL):
@@ -119,6 +127,13 @@ def private_server(log_name: str, stop_with: list[subprocess.Popen[bytes]] | Non
             yield Server()
         finally:
             stop(companions)
+        return
+    if not needed:
+        with _environment({PRIVATE: "true"}):
+            try:
+                yield Server()
+            finally:
+                stop(companions)
         return
     port = free_port()
     log = Path(os.environ["PREFECT_HOME"]) / log_name
@@ -128,17 +143,26 @@ def private_server(log_name: str, stop_with: list[subprocess.Popen[bytes]] | Non
     # The API for this command; no UI links into a server that is gone once the command ends; the
     # run lock's server layer off (`tasks.run_lease.server_url`).
     own = {API_URL: f"http://127.0.0.1:{port}/api", "PREFECT_UI_URL": "", PRIVATE: "true"}
-    before = {name: os.environ.get(name) for name in own}
-    os.environ.update(own)
+    with _environment(own):
+        try:
+            with no_heartbeats(), quiet_events_worker():  # nothing watches heartbeats on this server
+                try:
+                    yield Server(process, log)
+                finally:
+                    drain_prefect()
+        finally:
+            stop([process, *companions])
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ (and an imported Prefect's settings) for the block, then as they were."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     _settings_from_environment()
     try:
-        with no_heartbeats(), quiet_events_worker():  # nothing watches heartbeats on this server
-            try:
-                yield Server(process, log)
-            finally:
-                drain_prefect()
+        yield
     finally:
-        stop([process, *companions])
         for name, value in before.items():
             if value is None:
                 os.environ.pop(name, None)

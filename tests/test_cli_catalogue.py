@@ -71,7 +71,11 @@ def test_each_run_labels_only_the_images_no_round_has_clustered(tmp_path):
 def test_close_needs_no_hit_of_images(tmp_path):
     """`--catalogue --close` after a kill -9, while the catalogue file is being rewritten (3 images
     so far): the catalogue key is the name and seed, so closing reads no images. It was refused
-    (`3 images cannot fill a HIT`, exit 2) and the crowd went on answering the dead run's pools."""
+    (`3 images cannot fill a HIT`, exit 2) and the crowd went on answering the dead run's pools.
+
+    With the token in TOLOKA_TOKEN, closing asks nothing of Prefect: no private server is started
+    (it cost 5-9 CPU-seconds and seconds of wall before the pools closed); its log would be in the
+    project's Prefect home."""
     settings = EmulatorSettings(port=0, token="cli-close", catalogue="demo-shoes", catalogue_size=30)
     with run_in_background(settings) as emu:
         config = small_run_config(tmp_path, emu.url, "cli-close", 5.0)
@@ -80,3 +84,4 @@ def test_close_needs_no_hit_of_images(tmp_path):
         closed = _crowdclust(config, tmp_path, emu.token, "--catalogue", "--close")
     assert closed.returncode == 0, closed.stderr
     assert closed.stdout.startswith("no pool or training of run key cli-close-s0 was left"), closed.stdout
+    assert not (tmp_path / ".prefect" / "run-server.log").exists(), "--close started a Prefect server"

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from crowdclust.private_server import private_server
+
 HOLDER = """
 import sys, time
 from crowdclust.private_server import private_server
@@ -53,3 +55,20 @@ def test_a_command_killed_outright_takes_its_private_server_with_it(tmp_path):
             holder.kill()
         if server is not None and _alive(server):
             os.kill(server, signal.SIGKILL)
+
+
+def test_a_block_that_needs_no_server_starts_none_and_runs_as_on_a_private_one(monkeypatch, tmp_path):
+    """`crowdclust run --close` with TOLOKA_TOKEN: no server (5-9 CPU-seconds, seconds of wall), no
+    API URL for Prefect to find, and the run lock's server layer off as on a private server (a
+    Prefect profile's server is not the command's); the environment is as it was afterwards."""
+    from tasks.run_lease import server_url
+
+    for name in ("PREFECT_API_URL", "CROWDCLUST_PRIVATE_PREFECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    with private_server("unneeded-server.log", needed=False) as server:
+        assert server.process is None and "PREFECT_API_URL" not in os.environ
+        assert os.environ["CROWDCLUST_PRIVATE_PREFECT"] == "true" and server_url() is None
+        server.wait_ready()  # nothing to wait for
+    assert "CROWDCLUST_PRIVATE_PREFECT" not in os.environ
+    assert list(tmp_path.iterdir()) == []  # no server log: nothing was started

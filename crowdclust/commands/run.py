@@ -165,6 +165,13 @@ def _closed(key: str, closed: list[str]) -> str:
     return f"closed {', '.join(closed)} of run key {key}"
 
 
+def _token_in_environment() -> bool:
+    """TOLOKA_TOKEN is set (not empty): no Secret block, so no Prefect API, is needed to read it."""
+    from tasks.toloka_api import token_in_environment
+
+    return token_in_environment() is not None
+
+
 def _close_only(params: PipelineParams, debug: bool, catalogue: bool = False) -> typer.Exit:
     """`--close`: stop the crowd's work on a run that died where nothing could close its pools
     (`kill -9`, a lost machine), without resuming it. Refused while a live run holds the key."""
@@ -285,8 +292,9 @@ def run(
     from crowdclust.service.processes import StartupFailed
 
     # A server of its own, out of the terminal's reach: Ctrl-C must stop the run, not its Prefect API.
-    # It starts now, while the checks below import the pipeline's modules.
-    with private_server("run-server.log") as server:
+    # It starts now, while the checks below import the pipeline's modules. `--close` with the token in
+    # TOLOKA_TOKEN needs none: closing pools asks only Toloka (and the run key's lock file).
+    with private_server("run-server.log", needed=not (close and _token_in_environment())) as server:
         from tasks.budget import SpendGuardStopped
         from tasks.preflight import DATA_ERRORS, check_catalogue, check_run, warnings_of
         from tasks.run_lock import RunKeyBusy, run_lock
