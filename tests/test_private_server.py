@@ -30,11 +30,11 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_command_killed_outright_takes_its_private_server_with_it(tmp_path):
+def test_a_command_killed_outright_takes_its_private_server_with_it(tmp_path, migrated_prefect_home):
     """`kill -9` gives the command no chance to stop its server: the kernel must (Linux's
     parent-death signal). Before, the server ran on, orphaned, holding its port and memory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path)
+    env["PREFECT_HOME"] = str(migrated_prefect_home(tmp_path))
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
