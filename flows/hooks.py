@@ -39,17 +39,7 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         key = run_key_of(flow.name, params)
         with run_lock(params.toloka, key, closing=True):
             closed = close_with_retries(RunRegistry(make_client(params.toloka, retries=1), key))
-        # A top-level run ends after its stages and its sub-flows' hooks closed their pools: "none
-        # was open" read as if nothing had been closed.
-        why = " (its stages and sub-flows close their own)" if flow_run.parent_task_run_id is None else ""
-        closed_text = closed or f"nothing: none was left open{why}"
-        log.warning(
-            "run %s ended %s: closed %s%s",
-            flow_run.name,
-            state.type.value,
-            closed_text,
-            how_to_go_on(flow_run, state),
-        )
+        log.warning("%s", ended(flow_run, state, closed))
     except RunKeyBusy:
         log.warning("run key busy with another live run: its pools stay open")
     except MissingTokenError:
@@ -69,6 +59,15 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)
     finally:
         send_logs_now()
+
+
+def ended(flow_run: Any, state: Any, closed: list[str]) -> str:
+    """The hook's line: how the run ended, what it closed (`pool 6, training 2`) and how to go on."""
+    # A top-level run ends after its stages and its sub-flows' hooks closed their pools: "none was
+    # open" read as if nothing had been closed.
+    why = " (its stages and sub-flows close their own)" if flow_run.parent_task_run_id is None else ""
+    what = ", ".join(closed) or f"nothing: none was left open{why}"
+    return f"run {flow_run.name} ended {state.type.value}: closed {what}{how_to_go_on(flow_run, state)}"
 
 
 def how_to_go_on(flow_run: Any, state: Any) -> str:

@@ -1372,7 +1372,7 @@ def test_a_cancelled_or_crashed_run_is_told_how_to_go_on_and_a_failed_one_by_its
     from prefect.client.schemas.objects import FlowRun
     from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed
 
-    from flows.hooks import how_to_go_on
+    from flows.hooks import ended, how_to_go_on
 
     deployed = FlowRun(flow_id=uuid.uuid4(), deployment_id=uuid.uuid4())
     by_hand = FlowRun(flow_id=uuid.uuid4())
@@ -1383,3 +1383,13 @@ def test_a_cancelled_or_crashed_run_is_told_how_to_go_on_and_a_failed_one_by_its
         assert how_to_go_on(sub_flow, state) == ""
     for state in (Failed(), Completed()):
         assert how_to_go_on(deployed, state) == "" and how_to_go_on(by_hand, state) == ""
+    # What was closed reads as a list of objects (it read "closed ['pool 15', 'training 3']").
+    deployed.name = "demo-shoes-s5"
+    assert ended(deployed, Crashed(), ["pool 15", "training 3"]) == (
+        "run demo-shoes-s5 ended CRASHED: closed pool 15, training 3. To go on with the same pools and the "
+        "answers already paid for (nothing is paid twice): Retry this run"
+    )
+    assert (
+        ended(sub_flow, Failed(), [])
+        == f"run {sub_flow.name} ended FAILED: closed nothing: none was left open"
+    )
