@@ -377,11 +377,28 @@ def test_the_services_remembered_settings_are_replaced_whole_and_an_empty_url_is
     assert stat.S_IMODE(cfg.database_url_file.stat().st_mode) == 0o600
     assert load(tmp_path).database_url == url
     cfg.database_url_file.write_text("")
-    with pytest.raises(RuntimeError, match=r"database-url is empty.*`make down`, delete it"):
+    with pytest.raises(RuntimeError, match=r"database-url is empty.*Delete it and `make up` again with"):
         load(tmp_path)
+    _every_service_command_says_it_in_one_line(tmp_path, "database-url is empty")
+    cfg.database_url_file.unlink()
     cfg.settings_file.write_text('{"server_port": 14')
     with pytest.raises(RuntimeError, match=r"service\.json is not valid JSON"):
         load(tmp_path)
+    _every_service_command_says_it_in_one_line(tmp_path, "service.json is not valid JSON")
+
+
+def _every_service_command_says_it_in_one_line(state_dir: Path, said: str) -> None:
+    """`make up`, `make down` and `make status` with damaged settings: one `error:` line, exit 1 (they
+    ended in a traceback; `make down` and `make status` still do nothing else)."""
+    from typer.testing import CliRunner
+
+    from crowdclust.cli import app
+
+    for command in ("up", "down", "status"):
+        result = CliRunner().invoke(app, ["service", command, "--state-dir", str(state_dir)])
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1, (command, result.output)
+        assert lines[0].startswith("error: ") and said in lines[0], (command, lines)
 
 
 def test_a_deploy_record_that_does_not_read_is_said(tmp_path):

@@ -34,9 +34,15 @@ FilesPort = Annotated[
 
 
 def _config(state_dir: Path | None, **explicit: object) -> ServiceConfig:
+    """The service's settings; a damaged settings file (service.json, database-url) is one `error:`
+    line naming it and what to do, as every other failure of these commands is, not a traceback."""
     from crowdclust.service import load
 
-    return load(state_dir, **explicit)
+    try:
+        return load(state_dir, **explicit)
+    except RuntimeError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _rates(text: str | None) -> dict[str, float] | None:

@@ -182,10 +182,14 @@ def read_secret_file(path: Path, what: str) -> str:
     a clear error when it is empty (left so by an older version killed while it wrote it)."""
     text = path.read_text().strip()
     if not text:
+        # The database URL is read by every service command (`make down` too), so it cannot come first.
+        then = (
+            "Delete it and `make up` again with the database URL"
+            if what == "the PostgreSQL URL"
+            else "`make down`, delete it, and `make up` again (a new one is made)"
+        )
         raise RuntimeError(
-            f"{path} is empty: {what} was never written whole (a `make up` killed while it wrote it?). "
-            "`make down`, delete it, and `make up` again"
-            + (" with the database URL" if what == "the PostgreSQL URL" else " (a new one is made)")
+            f"{path} is empty: {what} was never written whole (a `make up` killed while it wrote it?). {then}"
         )
     return text
 
