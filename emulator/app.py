@@ -13,9 +13,10 @@ inspection endpoints, not part of Toloka, never faulted or rate limited:
 * `POST /_emulator/advance?seconds=N` — move the simulated clock forward (the only way with speed 0)
 * `POST /_emulator/config?speed=&fail_rate=&latency_ms=&rate_limit=` — change speed, faults and the
   per-token rate limit at runtime (a new limit restarts the peak and 429 counts)
+* `POST /_emulator/top-up?amount=N` — add N dollars to the account's balance (at most 1,000,000 at once)
 * `GET  /images/<catalogue>/<file>.png` — the bundled catalogue images, drawn on demand
 
-The two `POST /_emulator/*` routes change state: they need the API token (or the admin token) in
+The three `POST /_emulator/*` routes change state: they need the API token (or the admin token) in
 the same `Authorization` header, and refuse bad values with a 400 Toloka-style error.
 """
 
