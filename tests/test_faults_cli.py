@@ -312,42 +312,21 @@ def test_wrong_token_is_refused_in_one_line(run_cli, monkeypatch):
     assert result.exit_code == 2 and "refused the token (401" in _one_error_line(result)  # a setting
 
 
-def test_the_token_saved_by_crowdclust_token_is_what_crowdclust_run_reads(run_cli, tmp_path):
-    """No TOLOKA_TOKEN, no PREFECT_API_URL: `crowdclust token save` stores the block in the project's
-    Prefect home and `crowdclust run` reads it from its private server there.
+def test_the_token_saved_by_crowdclust_token_is_what_crowdclust_run_reads_from_that_folder(
+    run_cli, tmp_path, migrated_prefect_home
+):
+    """No TOLOKA_TOKEN, no PREFECT_API_URL: `crowdclust token save` in a new project (the checkout)
+    stores the block in that folder's Prefect home, and `crowdclust run` reads it from its private
+    server there. A wrong token in the block shows it was read: the emulator refuses it.
 
     Before the command, the README's Python snippet saved the block under Prefect's default home
     (`~/.prefect`), which `crowdclust run` never reads, with the token on the command line; and the
-    run read the token before its server answered (`no Toloka token: ... (ConnectError)`). A wrong
-    token in the block shows it was read: the emulator refuses it. Both commands run in processes of
-    their own, as a user runs them: in this process an earlier test's Prefect settings could point
-    the client at another server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "TOLOKA_TOKEN"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    cli = [sys.executable, "-m", "crowdclust.cli"]
-    saved = subprocess.run(
-        [*cli, "token", "save"], input="not-the-token\n", env=env, capture_output=True, text=True, timeout=120
-    )
-    assert saved.returncode == 0, saved.stderr
-    assert f"saved the Secret block 'toloka-token' in the project's Prefect home {env['PREFECT_HOME']}" in (
-        saved.stdout
-    )
-    logged = "".join(path.read_text() for path in (tmp_path / "prefect-home").glob("*.log"))
-    assert "not-the-token" not in saved.stdout + saved.stderr + logged
-    result = subprocess.run(
-        [*cli, "run", str(run_cli.write())], env=env, capture_output=True, text=True, timeout=300
-    )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and "refused the token (401" in lines[0], result.stderr
-
-
-def test_a_token_saved_in_another_project_folder_is_sought_where_it_is(run_cli, tmp_path):
-    """`crowdclust token save` in the checkout, then `crowdclust run` in the folder of one's own config:
-    the run was told `no Toloka token: set TOLOKA_TOKEN or create a Prefect Secret block 'toloka-token'
-    (ValueError)`, the block it had just saved, and nothing said where it had looked (the working
-    directory's Prefect home). Now the refusal names that home and how to point the run at the other
-    folder, which then reads the saved token (a wrong one: the emulator's refusal shows it was read)."""
+    run read the token before its server answered (`no Toloka token: ... (ConnectError)`). Run from
+    the folder of one's own config instead, it was told `no Toloka token: set TOLOKA_TOKEN or create a
+    Prefect Secret block 'toloka-token' (ValueError)`, the block just saved, with nothing said of where
+    it had looked; now the refusal names that home and how to point the run at the checkout. Every
+    command runs in a process of its own, as a user runs them: in this process an earlier test's
+    Prefect settings could point the client at another server."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -355,7 +334,7 @@ def test_a_token_saved_in_another_project_folder_is_sought_where_it_is(run_cli, 
     }
     checkout, elsewhere = tmp_path / "checkout", tmp_path / "my-config"
     checkout.mkdir()
-    elsewhere.mkdir()
+    migrated_prefect_home(elsewhere / ".prefect")  # not a first run there: only the refusal matters
     cli = [sys.executable, "-m", "crowdclust.cli"]
     saved = subprocess.run(
         [*cli, "token", "save"],
@@ -367,7 +346,13 @@ def test_a_token_saved_in_another_project_folder_is_sought_where_it_is(run_cli, 
         timeout=120,
     )
     assert saved.returncode == 0, saved.stderr
-    assert "when run in the same folder (or with CROWDCLUST_PROJECT_DIR set to it)" in saved.stdout
+    assert (
+        f"saved the Secret block 'toloka-token' in the project's Prefect home {checkout / '.prefect'}, "
+        "where `crowdclust run` reads it when run in the same folder "
+        "(or with CROWDCLUST_PROJECT_DIR set to it)"
+    ) in saved.stdout, saved.stdout
+    logged = "".join(path.read_text() for path in (checkout / ".prefect").glob("*.log"))
+    assert "not-the-token" not in saved.stdout + saved.stderr + logged
     config = str(run_cli.write())
     result = subprocess.run(
         [*cli, "run", config], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=300
@@ -386,7 +371,9 @@ def test_a_token_saved_in_another_project_folder_is_sought_where_it_is(run_cli, 
         text=True,
         timeout=300,
     )
-    assert pointed.returncode == 2 and "refused the token (401" in pointed.stderr, pointed.stderr
+    lines = [line for line in pointed.stderr.splitlines() if line.strip()]
+    assert pointed.returncode == 2 and len(lines) == 1, pointed.stderr
+    assert lines[0].startswith("error: ") and "refused the token (401" in lines[0], pointed.stderr
 
 
 def test_crowdclust_token_refuses_an_empty_token_and_names_an_absent_server():
