@@ -235,8 +235,10 @@ def counted(count: int, noun: str) -> str:
 
 
 def name_text(text: str) -> str:
-    """A name (run, flow, state) as plain text: letters, digits, space, `.`, `_` and `-` only."""
-    return re.sub(r"[^A-Za-z0-9 ._-]", "_", str(text))
+    """A name (run, flow, state) as plain text: letters, digits, space, `.`, `_`, `-` and parentheses
+    only (an aggregate run is named `<name> (<run key>)`; parentheses neither open nor close a link's
+    text or a table cell, brackets, pipes and markup characters do)."""
+    return re.sub(r"[^A-Za-z0-9 ._()-]", "_", str(text))
 
 
 def _image_cell(item: str, thumbnails: dict[str, str], alt: str) -> str:
@@ -489,17 +491,25 @@ def run_results(
             {"cluster": c.cluster, "accuracy": round(c.accuracy, 3), "hits": c.hits}
             for c in summary.intruders.per_cluster
         ]
-        evaluated = summary.intruders
-        per_image = "" if evaluated.image_accuracy is None else f", {evaluated.image_accuracy:.3f} per image"
         create_table_artifact(
-            key="intruder-accuracy",
-            table=per_cluster,
-            description=f"Intruder accuracy per host cluster: {shown(evaluated.accuracy)} over "
-            f"{evaluated.n_hits} HITs{per_image}",
+            key="intruder-accuracy", table=per_cluster, description=intruder_description(summary.intruders)
         )
         if summary.intruders.chart is not None and summary.intruders.chart.exists():
             intruder_chart(summary.intruders.chart)
     run_overview(summary, where)
+
+
+def intruder_description(evaluated: Evaluation) -> str:
+    """The `intruder-accuracy` table's description: the overall figures, and the clusters the table
+    lacks because they were too small to host a HIT (the gallery beside it shows them: a 4-image
+    junk cluster was missing from the table without a word)."""
+    per_image = "" if evaluated.image_accuracy is None else f", {evaluated.image_accuracy:.3f} per image"
+    skipped = ", ".join(map(str, evaluated.skipped))
+    too_small = f"; clusters too small to host a HIT, not in the table: {skipped}" if skipped else ""
+    return (
+        f"Intruder accuracy per host cluster: {shown(evaluated.accuracy)} over {evaluated.n_hits} HITs"
+        f"{per_image}{too_small}"
+    )
 
 
 def catalogue_rounds(

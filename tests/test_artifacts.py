@@ -557,3 +557,28 @@ def test_the_runs_last_lines_count_the_single_item_clusters(tmp_path):
     assert (
         describe(replace(lone, cluster_sizes={"0": 40, "1": 2})).splitlines()[0].endswith("(sizes [40, 2])")
     )
+
+
+def test_an_aggregate_runs_name_keeps_its_parentheses_and_markup_stays_text():
+    """An aggregate run is named `<name> (<run key>)`: the run overview's link read
+    `big-shoes _big-shoes-756e96604f-s0_`. Parentheses are kept; what could end a link's text, a
+    table cell or start markup is not."""
+    name = "big-shoes (big-shoes-756e96604f-s0)"
+    assert artifacts.name_text(name) == name
+    assert artifacts.name_text("x](http://evil) | *y* `z` <b>") == "x_(http___evil) _ _y_ _z_ _b_"
+    page = _html(f"| run |\n|---|\n| [{artifacts.name_text(name)}](http://127.0.0.1:4200/runs/flow-run/1) |")
+    assert page.count("<a ") == 1 and f">{name}</a>" in page
+
+
+def test_the_intruder_table_says_which_clusters_it_lacks_for_want_of_a_hit():
+    """A cluster too small to host a HIT is in the gallery and not in the table: a 4-image junk
+    cluster was missing from it without a word."""
+    from tasks.stages import ClusterAccuracy, Evaluation
+
+    hosted = (ClusterAccuracy(0, 0.9, 10), ClusterAccuracy(1, 0.92, 12))
+    evaluated = Evaluation(accuracy=0.91, n_hits=22, per_cluster=hosted, skipped=(8,), image_accuracy=0.934)
+    assert artifacts.intruder_description(evaluated) == (
+        "Intruder accuracy per host cluster: 0.910 over 22 HITs, 0.934 per image; clusters too small "
+        "to host a HIT, not in the table: 8"
+    )
+    assert "too small" not in artifacts.intruder_description(replace(evaluated, skipped=()))
