@@ -35,6 +35,7 @@ import typer
 
 if TYPE_CHECKING:
     from tasks.params import PipelineParams
+    from tasks.toloka_api import ApiError
 
 
 class Env(StrEnum):
@@ -78,31 +79,25 @@ def with_resume(message: str) -> str:
     return message if SAYS_WHAT_TO_DO.search(message) else f"{message}. {RESUME}"
 
 
-def refused(
-    status_code: Any, code: Any, message: Any, payload: Any, request: str | None, doing: tuple[str, ...] = ()
-) -> str:
+def refused(error: ApiError) -> str:
     """What a refused Toloka request says, with what it refused: toloka-kit's `ApiError.message` is
-    only the headline (`Validation failed`), the fields and their reasons are in its `payload`, and the
-    request names the object. Before, the line ended `(400 VALIDATION_ERROR: Validation failed). Fix
-    the cause and ...` with no cause to fix (an exam pool's `assignment_max_duration_seconds: 0`)."""
+    only the headline (`Validation failed`); the fields and their reasons are in its `payload`, the
+    request in its `response`, and `find_or_create` notes the object it was creating. Before, the line
+    ended `(400 VALIDATION_ERROR: Validation failed). Fix the cause and ...` with no cause to fix (an
+    exam pool's `assignment_max_duration_seconds: 0`)."""
     details = []
-    if isinstance(payload, dict):
-        for field, reason in payload.items():
-            said = reason.get("message") or reason.get("code") if isinstance(reason, dict) else reason
+    if isinstance(error.payload, dict):
+        for field, reason in error.payload.items():
+            said = (reason.get("message") or reason.get("code")) if isinstance(reason, dict) else reason
             details.append(f"{field}: {said}" if said else str(field))
-    what = f" ({request})" if request else ""
-    why = f"; {'; '.join(details)}" if details else ""
-    object_ = f" {', '.join(doing)}" if doing else ""
-    return f"Toloka refused a request{object_}{what}: {status_code} {code}: {message}{why}"
-
-
-def _request_of(error: BaseException) -> str | None:
-    """`POST /api/v1/pools` of the request an API error answered, when toloka-kit kept the response."""
-    try:
-        request = error.response.request  # type: ignore[attr-defined]
-        return f"{request.method} {request.url.path}"
+    try:  # httpx's Response.request raises RuntimeError when the response was built without one
+        request = error.response.request  # type: ignore[union-attr]
+        what = f" ({request.method} {request.url.path})"
     except (AttributeError, RuntimeError):
-        return None
+        what = ""
+    why = f"; {'; '.join(details)}" if details else ""
+    doing = "".join(f" {note}" for note in getattr(error, "__notes__", ()))
+    return f"Toloka refused a request{doing}{what}: {error.status_code} {error.code}: {error.message}{why}"
 
 
 def where_the_token_was_sought(error: Exception) -> str:
@@ -372,16 +367,7 @@ def run(
             ) from None
         except ApiError as error:
             raise _fail(
-                with_resume(
-                    refused(
-                        error.status_code,
-                        error.code,
-                        error.message,
-                        error.payload,
-                        _request_of(error),
-                        tuple(getattr(error, "__notes__", ())),
-                    )
-                ),
+                with_resume(refused(error)),
                 1,
                 debug,
             ) from None
