@@ -336,7 +336,7 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
     """
     lines = [
         f"**{summary.clusters} clusters**, ARI {shown(summary.ari)}, "  # `n/a` as in the log lines
-        f"intruder accuracy {shown(summary.intruder_accuracy, '.2f')}, "
+        f"intruder accuracy {shown(summary.intruder_accuracy)}, "
         f"cost ${summary.cost.spent:,.2f}, {summary.wall_seconds:.0f} s"
         + (f" over {summary.attempts.count} attempts." if summary.attempts else "."),
         "",

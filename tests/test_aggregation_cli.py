@@ -604,3 +604,36 @@ def test_a_truth_file_that_is_not_utf8_names_its_line(export, tmp_path):
     result = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--truth", wide])
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: truth file {wide}: not UTF-8 text: it looks like UTF-16")
+
+
+def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_was(export, tmp_path):
+    """`-o clusters.csv` was written in place: a full disk (or a kill) in the middle left the earlier
+    run's clusters gone and part of the new ones, which the next reader took for the whole. Here the
+    process may write at most 1,500 bytes to any file (EFBIG beyond, as ENOSPC on a full disk) and the
+    82 rows are ~2.5 KB."""
+    import resource
+
+    output = tmp_path / "clusters.csv"
+    earlier = "item,cluster,confidence\nan-earlier-run,0,1.000000\n"
+    output.write_text(earlier)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+    refused = subprocess.run(
+        [*CLI, str(export / "export.tsv"), "-o", str(output)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        cwd=ROOT,
+        timeout=300,
+        preexec_fn=small_files,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr == f"error: cannot write {output}: [Errno 27] File too large\n"
+    assert output.read_text() == earlier and sorted(tmp_path.iterdir()) == [output]
+    # A path that is not a regular file is written as it is (it was never replaced by a file).
+    done = _run([export / "export.tsv", "-o", output, "--workers-output", "/dev/stdout"])
+    assert done.returncode == 0, done.stderr
+    assert "worker,answers,labels,agreement" in done.stdout and Path("/dev/stdout").is_symlink()
+    assert len(pd.read_csv(output)) == 82

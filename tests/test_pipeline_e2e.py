@@ -205,6 +205,8 @@ def test_a_resumed_runs_report_times_every_attempt(scenario, prefect_harness):
         )
     ours = [a for a in overviews if str(run_dir) in str(a.data)]
     assert ours and f"{summary.wall_seconds:.0f} s over 2 attempts." in str(ours[-1].data), ours
+    # Its scores read as the run's last log line reads them (it said 0.91 where the log said 0.910).
+    assert f"intruder accuracy {summary.intruder_accuracy:.3f}, cost" in str(ours[-1].data), ours
 
 
 def test_resume_after_failure_creates_nothing_twice(scenario, prefect_harness):

@@ -6,9 +6,11 @@ numba/pandas/the aggregation core are paid for only when `aggregate` actually ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -317,16 +319,14 @@ def aggregate(
         _fail(f"--min-cluster-size {min_cluster_size:,}: {exc}; lower it")
     except ValueError as exc:
         _fail(f"{', '.join(map(str, exports))}: {exc}")
+    table = clusters.rename_axis("item").reset_index()
+    table["confidence"] = model.confidence_.to_numpy()
+    # Fixed precision: the file is byte-identical whatever the platform's float formatting.
     to_stdout = str(output) == "-"
-    try:
-        table = clusters.rename_axis("item").reset_index()
-        table["confidence"] = model.confidence_.to_numpy()
-        if not to_stdout:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        # Fixed precision: the file is byte-identical whatever the platform's float formatting.
-        table.to_csv(sys.stdout if to_stdout else output, index=False, float_format="%.6f")
-    except OSError as exc:
-        _fail(f"cannot write {output}: {exc}")
+    if to_stdout:
+        table.to_csv(sys.stdout, index=False, float_format="%.6f")
+    else:
+        _write_csv(table, output, float_format="%.6f")
 
     # The baseline's clusters are not checked: the camp's grouping is the model's.
     dissent = find_dissent(model, labels) if method is Method.gomes else None
@@ -349,17 +349,9 @@ def aggregate(
     if unanswered_output is not None:
         import pandas as pd
 
-        try:
-            unanswered_output.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame({"item": unanswered}).to_csv(unanswered_output, index=False)
-        except OSError as exc:
-            _fail(f"cannot write {unanswered_output}: {exc}")
+        _write_csv(pd.DataFrame({"item": unanswered}), unanswered_output)
     if recheck_output is not None:
-        try:
-            recheck_output.parent.mkdir(parents=True, exist_ok=True)
-            recheck.table.to_csv(recheck_output, index=False, float_format="%.6f")
-        except OSError as exc:
-            _fail(f"cannot write {recheck_output}: {exc}")
+        _write_csv(recheck.table, recheck_output, float_format="%.6f")
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size:,}",
@@ -533,7 +525,12 @@ def _write_dissent(dissent, grouping: Path | None, workers: Path | None, checked
                 print(f"{why}: {path} not written{removed}", file=sys.stderr)
         return
     try:
-        write_camp(dissent.clusters, dissent.workers, grouping, workers)
+        with contextlib.ExitStack() as written:
+            grouping, workers = (
+                None if path is None else written.enter_context(_replaced(path))
+                for path in (grouping, workers)
+            )
+            write_camp(dissent.clusters, dissent.workers, grouping, workers)
     except OSError as exc:
         _fail(f"cannot write the dissent: {exc}")
 
@@ -546,10 +543,33 @@ def _write_workers(quality, answers, dissent, path: Path) -> None:
     table = table.reset_index()
     if dissent is not None:
         table["dissenting_camp"] = table["worker"].isin(set(dissent.workers))
-    table = table.sort_values(["informedness", "worker"], kind="mergesort")
+    _write_csv(table.sort_values(["informedness", "worker"], kind="mergesort"), path, float_format="%.6f")
+
+
+@contextlib.contextmanager
+def _replaced(path: Path) -> Iterator[Path]:
+    """Where to write `path`'s new content so that it replaces the file whole (`tasks.atomic_file`).
+
+    Written in place, an output cut short by Ctrl-C or a kill lost the earlier run's file and left
+    part of the new one, which whatever reads it next takes for the whole. A path that is not a
+    regular file (`/dev/stdout`, a named pipe) is written as it is, and a symbolic link keeps
+    pointing at the file it names.
+    """
+    from tasks.atomic_file import replaced
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_file():
+        yield path
+        return
+    with replaced(path.resolve()) as temporary:
+        yield temporary
+
+
+def _write_csv(table: pd.DataFrame, path: Path, **options: str) -> None:
+    """`table` as CSV at `path`, replaced whole; one error line when it cannot be written."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False, float_format="%.6f")
+        with _replaced(path) as temporary:
+            table.to_csv(temporary, index=False, **options)
     except OSError as exc:
         _fail(f"cannot write {path}: {exc}")
 
