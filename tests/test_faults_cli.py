@@ -72,6 +72,24 @@ def run_cli(emulator, monkeypatch, tmp_path, dataset, migrated_prefect_home):
     return run
 
 
+@pytest.fixture
+def no_private_server(monkeypatch):
+    """For a test whose flow is replaced by a function that asks nothing of Prefect: `crowdclust run`
+    starts no private server (as with `--close` and TOLOKA_TOKEN), so none is started and waited
+    for (4-6 CPU-seconds each) only to go unused. Everything else runs as on a private server
+    (CROWDCLUST_PRIVATE_PREFECT set, the run lock's server layer off); a real one is started by the
+    other tests here and by `crowdclust run` in a process of its own (the token test, the
+    fault suite's signal tests)."""
+    from crowdclust import private_server
+
+    unneeded = private_server.private_server
+
+    def private(log_name: str, stop_with=None, needed: bool = True):
+        return unneeded(log_name, stop_with, needed=False)
+
+    monkeypatch.setattr(private_server, "private_server", private)
+
+
 def _one_error_line(result) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -393,7 +411,7 @@ def test_crowdclust_token_refuses_an_empty_token_and_names_an_absent_server():
     assert "tok-123" not in absent.stdout + absent.stderr
 
 
-def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch):
+def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch, no_private_server):
     """An emulator restarted without --db mid-run (a new, empty account): toloka-kit's error is five
     lines with a request id and advice to contact support; the user needs to know to run again."""
     import flows.pipeline
@@ -414,7 +432,7 @@ def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch):
 
 
 def test_an_object_the_platform_refuses_is_named_with_its_reasons(
-    run_cli, monkeypatch, toloka_client, tmp_path
+    run_cli, monkeypatch, toloka_client, tmp_path, no_private_server
 ):
     """A pool config Toloka refuses (an exam pool's `assignment_max_duration_seconds: 0`) ended the run
     with `Toloka refused a request (400 VALIDATION_ERROR: Validation failed). Fix the cause ...`: no
@@ -448,7 +466,7 @@ def test_an_object_the_platform_refuses_is_named_with_its_reasons(
     )
 
 
-def test_an_error_that_says_what_to_do_is_not_told_twice(run_cli, monkeypatch):
+def test_an_error_that_says_what_to_do_is_not_told_twice(run_cli, monkeypatch, no_private_server):
     """A main pool's timeout said 'Run the same command again (or Retry the flow run), with a larger
     wait.timeout_seconds ...' and the command appended 'Fix the cause and run the same command
     again: finished stages are reused' after it; an error that says nothing of the kind still gets it."""
