@@ -8,10 +8,10 @@ fixtures can evolve without touching the others.
 to start: every test of the shared local service (`svc`, `demo_run`) is in the `service` lane, so
 one service serves them all; the flow tests on the Prefect test harness are in three lanes of their
 own harness each (a harness start is 7-10 CPU-seconds): `prefect` (the end-to-end pipeline),
-`money` (balance, top-ups, price, run locks) and the fault suite. As one lane, `prefect` and `money`
-took 580-790 s of a 605-866 s suite on a loaded 2-core machine, alone on their worker at the end
-while the other three had finished (all four lanes' tests: 2,120-3,030 s). The longest lanes start
-first.
+`money` (balance, top-ups, price, run locks, the catalogue's rounds through the CLI) and the fault
+suite. As one lane, `prefect` and `money` took 580-790 s of a 605-866 s suite on a loaded 2-core
+machine, alone on their worker at the end while the other three had finished (all four lanes'
+tests: 2,120-3,030 s). The longest lanes start first.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ LANES = {
     "tests/test_money_stops.py": "money",
     "tests/test_pipeline_topup.py": "money",
     "tests/test_run_lock_hosts.py": "money",
+    "tests/test_cli_catalogue.py": "money",
 }
 # Fixture -> the lanes whose modules may use it (any other module would start a second copy).
 SHARED = {
@@ -47,7 +48,6 @@ LONGEST_FIRST = [
     "tests/test_faults_pipeline.py",
     "prefect",
     "money",
-    "tests/test_cli_catalogue.py",
     "tests/test_aggregation_cli.py",
     "tests/test_faults_cli.py",
     "tests/test_service_lifecycle.py",
