@@ -670,7 +670,7 @@ def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_wa
     assert refused.stderr == f"error: cannot write {output}: [Errno 27] File too large\n"
     assert output.read_text() == earlier and sorted(tmp_path.iterdir()) == [output]
     # A path that is not a regular file is written as it is (it was never replaced by a file).
-    done = _run([export / "export.tsv", "-o", output, "--workers-output", "/dev/stdout"])
+    done = _process([export / "export.tsv", "-o", output, "--workers-output", "/dev/stdout"], "0")
     assert done.returncode == 0, done.stderr
     assert "worker,answers,labels,agreement" in done.stdout and Path("/dev/stdout").is_symlink()
     assert len(pd.read_csv(output)) == 82
