@@ -7,6 +7,7 @@ line, so a person can find it.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,6 +57,20 @@ def _lines(lines: list[int], most: int = 5) -> str:
     return shown if len(lines) <= most else f"{shown} and {len(lines) - most} more"
 
 
+def _bad_rows(path: Path, bad: list[tuple[int, str, str]]) -> str:
+    """One line for every row whose image cannot be used: the first in full, then how many more
+    and where. Named one at a time, a catalogue with 50 repeated rows (two exports pasted
+    together) took 50 runs to fix, each refused after reading the whole file."""
+    line, what, _ = bad[0]
+    message = f"{path}, line {line}: {what}"
+    rest = bad[1:]
+    if not rest:
+        return message
+    kinds = Counter(kind for _, _, kind in rest)
+    counted = " and ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in sorted(kinds.items()))
+    return f"{message}; and {len(rest)} more ({counted}): line {_lines([at for at, _, _ in rest])}"
+
+
 @dataclass(frozen=True)
 class Dataset:
     """The checked dataset and what a user should hear about it before anything is paid (one line each)."""
@@ -81,20 +96,25 @@ def read_dataset(path: Path | str) -> Dataset:
     seen: dict[str, int] = {}
     by_address: dict[str, int] = {}  # what the server sees of the URL -> its line
     respelt: list[str] = []
+    bad: list[tuple[int, str, str]] = []  # line, what is wrong, its kind: every row, not the first
     for row in table.rows:
         line, raw = row.line, row.fields[table.image]
         url = raw.strip()
         problem = url_problem(url)
         if problem is not None:
-            raise DatasetError(f"{path}, line {line}: image {raw!r} {problem}")
+            bad.append((line, f"image {raw!r} {problem}", "bad URL"))
+            continue
         if url in seen:
-            raise DatasetError(f"{path}, line {line}: image {url} repeats line {seen[url]}")
+            bad.append((line, f"image {url} repeats line {seen[url]}", "repeated image"))
+            continue
         seen[url] = line
         address = image_address(url)
         if address in by_address:
             respelt.append(f"line {line} repeats line {by_address[address]} ({url})")
         else:
             by_address[address] = line
+    if bad:
+        raise DatasetError(_bad_rows(path, bad))
     if respelt:
         warnings.append(
             f"{path}: the same image under two spellings of its URL (http:// and https://, the host's "

@@ -457,6 +457,29 @@ def test_bad_dataset_rows_are_named(tmp_path, content, expected):
     assert expected in str(error.value)
 
 
+def test_every_row_with_an_unusable_image_is_counted_in_the_one_error(tmp_path):
+    """A 3,000-image catalogue with its first 50 rows pasted again at the end and a broken URL on
+    line 2,000 was refused one row at a time: 51 runs to learn what was wrong, each after reading the
+    whole file. The error names the first row in full and counts and locates the rest, on one line."""
+    rows = [f"http://x/{n}.png\tboot" for n in range(3000)]
+    rows[1998] = "ftp://x/y.png\tboot"  # line 2000
+    path = tmp_path / "data.tsv"
+    path.write_text("image\tclass\n" + "\n".join(rows + rows[:50]) + "\n")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path)
+    assert str(error.value) == (
+        f"{path}, line 2000: image 'ftp://x/y.png' is not an http(s) URL; and 50 more (50 repeated "
+        "images): line 3002, 3003, 3004, 3005, 3006 and 45 more"
+    )
+    path.write_text("image\nhttp://x/a.png\noops\nhttp://x/a.png\nhttp:///b.png\n")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path)
+    assert str(error.value) == (
+        f"{path}, line 3: image 'oops' is not an http(s) URL; and 2 more (1 bad URL and 1 repeated "
+        "image): line 4, 5"
+    )
+
+
 def _grep_n(data: bytes, needle: bytes) -> list[int]:
     """The line numbers `grep -n` prints for `needle` (1-based, lines end at `\\n`)."""
     return [n for n, line in enumerate(data.split(b"\n"), start=1) if needle in line]
