@@ -26,8 +26,33 @@ def run_key_of(flow_name: str, raw: object) -> str:
 GENERATED = re.compile(r"[a-z]+-[a-z]+")
 
 
-def named(given: str, key: str) -> str:
-    """The run's name: the run key, after a name someone gave it (`bob-try-by-hand (bob1)`)."""
+def derived_keys(raw: object) -> re.Pattern[str] | None:
+    """The run keys a Retry of a run with parameter `params` = `raw` may have been named after:
+    every derived key of its name and seed (the dataset on disk may change between attempts).
+    None for an explicit key or a catalogue's, which a Retry cannot change."""
+    params = raw if isinstance(raw, PipelineParams) else PipelineParams.model_validate(raw)
+    if params.run_key:
+        return None
+    return re.compile(rf"{re.escape(params.name)}-[0-9a-f]{{10}}-s{params.seed}")
+
+
+# A name this module gave: `<given> (<key>)`.
+SUFFIXED = re.compile(r"(?P<given>.*) \((?P<key>[^()]*)\)")
+
+
+def named(given: str, key: str, earlier: re.Pattern[str] | None = None) -> str:
+    """The run's name: the run key, after a name someone gave it (`bob-try-by-hand (bob1)`).
+
+    `earlier`: the keys an earlier attempt of this run may have named it after (`derived_keys`). A
+    Retry after the dataset changed runs under another derived key: it renames the run after that
+    key, where it used to read the earlier key as a name someone gave (`demo-aaa-s0 (demo-bbb-s0)`,
+    and after the dataset was put back `demo-aaa-s0 (demo-bbb-s0) (demo-aaa-s0)`).
+    """
+    if earlier is not None:
+        if earlier.fullmatch(given):
+            given = ""
+        elif (suffixed := SUFFIXED.fullmatch(given)) and earlier.fullmatch(suffixed["key"]):
+            given = suffixed["given"]
     if not given or GENERATED.fullmatch(given) or given == key:
         return key
     return given if given.endswith(f"({key})") else f"{given} ({key})"  # a Retry names it again
@@ -42,11 +67,13 @@ def by_run_key() -> str:
     """
     from prefect.runtime import flow_run
 
+    raw = flow_run.parameters.get("params")
     try:
-        key = run_key_of(flow_run.flow_name, flow_run.parameters.get("params"))
+        key = run_key_of(flow_run.flow_name, raw)
+        earlier = None if flow_run.flow_name == CATALOGUE_FLOW else derived_keys(raw)
     except Exception:
         return flow_run.name or generate_slug(2)
-    return named(flow_run.name or "", key)
+    return named(flow_run.name or "", key, earlier)
 
 
 def folder_run_name(folder: Path) -> str:

@@ -24,7 +24,7 @@ import pytest
 
 from crowdclust.runtime import describe
 from emulator import EmulatorSettings, run_in_background
-from tasks.params import load_params
+from tasks.params import PipelineParams, load_params
 from tasks.run_folder import RunFolder
 from tasks.toloka_api import make_client
 
@@ -548,6 +548,49 @@ def test_a_retried_flow_run_counts_from_what_the_key_had_paid_when_it_began(
 
     retried_after_an_outage()
     assert attempts == [(10.0, 25.0), (10.0, 40.0)]  # the second attempt added 30, not 15
+
+
+def test_a_retry_after_the_dataset_changed_is_named_after_the_key_it_runs_under(prefect_harness, tmp_path):
+    """A service run retried after a row was added to its dataset (refused: the derived key changed)
+    was renamed `svc-big-44a32faec0-s0 (svc-big-0879a5db37-s0)`, the earlier key read as a name
+    someone gave, and after the row was taken out and the run retried again, `svc-big-44a32faec0-s0
+    (svc-big-0879a5db37-s0) (svc-big-44a32faec0-s0)`: three keys on the Runs page for one paid job.
+    Each attempt here is the real engine running the same flow run, as a worker does on a Retry."""
+    from prefect import flow, get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    from flows.run_names import by_run_key
+
+    data = tmp_path / "dataset.tsv"
+    rows = "".join(f"http://x/{n}.png\n" for n in range(20))
+    data.write_text("image\n" + rows)
+    params = load_params(DEMO, {"dataset": str(data), "runs_dir": str(tmp_path / "runs")})
+    first = params.resolved_run_key
+
+    @flow(name="named-by-its-key", flow_run_name=by_run_key)
+    def attempt(params: PipelineParams) -> str:
+        return params.resolved_run_key
+
+    parameters = {"params": params.model_dump(mode="json")}
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(attempt, parameters=parameters)
+
+        def retried() -> tuple[str, str]:
+            """The key an attempt ran under and the run's name after it."""
+            client.set_flow_run_state(run.id, Scheduled(), force=True)  # what Retry does
+            key = run_flow(attempt, flow_run=client.read_flow_run(run.id), parameters=parameters)
+            return key, client.read_flow_run(run.id).name
+
+        assert retried() == (first, first)
+        data.write_text("image\n" + rows + "http://x/added.png\n")
+        second, name = retried()
+        assert second != first and name == second
+        data.write_text("image\n" + rows)
+        assert retried() == (first, first)
+        client.set_flow_run_name(run.id, f"bob-by-hand ({first})")  # a name given in the run form
+        data.write_text("image\n" + rows + "http://x/added.png\n")
+        assert retried() == (second, f"bob-by-hand ({second})")
 
 
 def test_a_platform_gone_mid_run_fails_the_flow_run_naming_its_url_and_what_to_do(
