@@ -11,6 +11,7 @@ No secret is ever a parameter: the Toloka token comes from `TOLOKA_TOKEN` or a P
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from pathlib import Path
@@ -492,8 +493,62 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pi
     try:
         return PipelineParams.model_validate(data)
     except ValidationError as exc:
-        lines = [  # a validator's own reason reads better without pydantic's "Value error, "
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        ]
-        raise ConfigError(f"{path}: invalid pipeline config:\n  " + "\n  ".join(lines)) from exc
+        where = _key_lines(path)
+        problems = [_problem(err, where, overrides or {}) for err in exc.errors()]
+        raise ConfigError(f"{path}: invalid pipeline config: " + "; ".join(problems)) from exc
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """Dotted key (`hits.overlap`) -> the line of the YAML file that names it (1-based)."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                walk(value, prefix)
+                continue
+            if isinstance(key, yaml.ScalarNode):
+                name = f"{prefix}.{key.value}" if prefix else key.value
+                lines.setdefault(name, key.start_mark.line + 1)
+                walk(value, name)
+
+    with contextlib.suppress(yaml.YAMLError, OSError):
+        root = yaml.compose(path.read_text(), Loader=UniqueKeyLoader)
+        if root is not None:
+            walk(root, "")
+    return lines
+
+
+def _overridden(loc: tuple[Any, ...], overrides: dict[str, Any]) -> bool:
+    """Whether the field at `loc` came from the command line rather than the file."""
+    node: Any = overrides
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _problem(err: Any, where: dict[str, int], overrides: dict[str, Any]) -> str:
+    """One field's problem: its dotted name, the reason, and the file's line with the value given.
+
+    The reasons were each on a line of their own below the file's name, without the value or its
+    line (`hits.overlap: Input should be a valid integer, unable to parse string as an integer`):
+    the one `error:` line every other refusal is said in, and a user left to find `five` by eye.
+    """
+    loc = tuple(err["loc"])
+    name = ".".join(str(part) for part in loc)
+    reason = err["msg"].removeprefix("Value error, ")  # a validator's own reason reads better without it
+    line = None if _overridden(loc, overrides) else where.get(name)
+    given = err.get("input")
+    scalar = isinstance(given, str | int | float | bool | list) and err["type"] != "missing"
+    shown = repr(given) if scalar else None
+    if shown is not None and len(shown) > 60:
+        shown = shown[:57] + "..."
+    if not name:  # a check of several fields together
+        return reason
+    if line is None:
+        return f"{name}: {reason}" + (f" (given {shown})" if shown else "")
+    return f"{name}: {reason} (line {line}" + (f": {shown})" if shown else ")")

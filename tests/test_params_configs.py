@@ -280,6 +280,38 @@ def test_a_repeated_nested_key_is_refused_with_its_path(tmp_path):
     assert f"pipeline.yaml line {repeat}: key 'hits.reward' repeats line {first};" in str(error.value)
 
 
+def test_a_field_of_the_wrong_type_is_one_line_naming_its_line_and_value(tmp_path):
+    """`overlap: five` gave an error of three lines, the file's name then a line per field
+    (`hits.overlap: Input should be a valid integer, ...`) without the value or where it is, where
+    every other refusal of `crowdclust run` is one `error:` line."""
+    path = _demo_copy(tmp_path, "")
+    text = path.read_text().replace("  overlap: 7\n", "  overlap: five\n")
+    path.write_text(
+        text.replace("  max_spend: 50.0", "  max_spend: [50]").replace("  size: 10", "  size: 12")
+    )
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    overlap, spend, size = (
+        _line_of(path, f"  {row}") for row in ("overlap: five", "max_spend: [50]", "size: 12")
+    )
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"{path}: invalid pipeline config: hits.size: 12 images per HIT is more than 10"
+    )
+    assert f"(line {size}: 12); hits.overlap: Input should be a valid integer" in message
+    assert (
+        f"(line {overlap}: 'five'); budget.max_spend: Input should be a valid number (line {spend}: [50])"
+        in message
+    )
+    with pytest.raises(ConfigError) as error:  # a value from the command line has no line of the file
+        load_params(_demo_copy(tmp_path, ""), {"hits": {"overlap": "six"}})
+    assert (
+        "hits.overlap: Input should be a valid integer, unable to parse string as an integer (given 'six')"
+        in str(error.value)
+    )
+
+
 def test_merge_keys_may_still_be_overridden(tmp_path):
     """A mapping's own key over one it merged from an anchor is YAML's override, not a repeat."""
     path = _demo_copy(tmp_path, "")
