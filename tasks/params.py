@@ -531,6 +531,9 @@ def _overridden(loc: tuple[Any, ...], overrides: dict[str, Any]) -> bool:
     return True
 
 
+_SECRET_LIKE = re.compile(r"token|secret|password|passwd|api[_-]?key|credential", re.IGNORECASE)
+
+
 def _problem(err: Any, where: dict[str, int], overrides: dict[str, Any]) -> str:
     """One field's problem: its dotted name, the reason, and the file's line with the value given.
 
@@ -541,9 +544,17 @@ def _problem(err: Any, where: dict[str, int], overrides: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     name = ".".join(str(part) for part in loc)
     reason = err["msg"].removeprefix("Value error, ")  # a validator's own reason reads better without it
+    if err["type"] == "extra_forbidden" and _SECRET_LIKE.search(name):
+        reason = (
+            "a secret is never part of the config (it would be in every log and in Prefect's run "
+            "parameters): set TOLOKA_TOKEN, or save it with `crowdclust token save`"
+        )
     line = None if _overridden(loc, overrides) else where.get(name)
     given = err.get("input")
-    scalar = isinstance(given, str | int | float | bool | list) and err["type"] != "missing"
+    # An unknown key's value is not needed to fix it, and may be what must never be printed
+    # (`toloka: {token: ...}`); nor is a value under a name that reads like a secret's.
+    hidden = err["type"] in ("missing", "extra_forbidden") or _SECRET_LIKE.search(name)
+    scalar = isinstance(given, str | int | float | bool | list) and not hidden
     shown = repr(given) if scalar else None
     if shown is not None and len(shown) > 60:
         shown = shown[:57] + "..."

@@ -312,6 +312,31 @@ def test_a_field_of_the_wrong_type_is_one_line_naming_its_line_and_value(tmp_pat
     )
 
 
+def test_a_token_put_in_the_config_is_refused_without_printing_it(tmp_path):
+    """Naming each bad field's value, the config error printed a token written into the config
+    (`toloka: {token: ...}`, an unknown key) in full, into the terminal and the run's log. An unknown
+    key's value is never shown, and a secret's key says where the token belongs."""
+    path = _demo_copy(tmp_path, "")
+    path.write_text(
+        path.read_text().replace("toloka:\n", "toloka:\n  token: AQAD-do-not-print\n", 1) + "colour: [red]\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    message = str(error.value)
+    assert "AQAD-do-not-print" not in message and "red" not in message
+    token, colour = _line_of(path, "  token: AQAD-do-not-print"), _line_of(path, "colour: [red]")
+    assert (
+        f"toloka.token: a secret is never part of the config (it would be in every log and in Prefect's "
+        f"run parameters): set TOLOKA_TOKEN, or save it with `crowdclust token save` (line {token})"
+    ) in message
+    assert f"colour: Extra inputs are not permitted (line {colour})" in message
+    with pytest.raises(ConfigError) as error:  # from the command line, neither
+        load_params(_demo_copy(tmp_path, ""), {"toloka": {"api_key": "AQAD-do-not-print"}})
+    assert "AQAD-do-not-print" not in str(error.value) and "toloka.api_key: a secret is never" in str(
+        error.value
+    )
+
+
 def test_merge_keys_may_still_be_overridden(tmp_path):
     """A mapping's own key over one it merged from an anchor is YAML's override, not a repeat."""
     path = _demo_copy(tmp_path, "")
