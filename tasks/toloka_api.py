@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 import sys
 import time
 import uuid
@@ -204,6 +205,18 @@ class RateLimitedClient(TolokaClient):
         return toloka_rate.throttle(super()._session_for_thread(thread_id), self._rate_environment)
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings every Toloka client of this process shares: httpx's own for `verify=True`
+    (certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR as set when it is first asked for).
+
+    toloka-kit opens one `httpx.Client` per client and thread, and each built its TLS context anew,
+    reading the whole CA bundle (~25 ms of CPU), even for an emulator's http:// URL: 14% of the
+    CPU of a flow test's process went there (py-spy). One context serves any number of clients.
+    """
+    return httpx.create_ssl_context()
+
+
 def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
     """A toloka-kit client for the target (emulator URL, sandbox or production).
 
@@ -216,8 +229,10 @@ def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
     url = endpoint(target)
     where: dict[str, Any] = {"url": url} if url else {"environment": target.environment.upper()}
     if toloka_rate.throttled(target.environment):
-        return RateLimitedClient(token, rate_environment=target.environment, retries=retries, **where)
-    return TolokaClient(token, retries=retries, **where)
+        return RateLimitedClient(
+            token, rate_environment=target.environment, retries=retries, verify=tls_context(), **where
+        )
+    return TolokaClient(token, retries=retries, verify=tls_context(), **where)
 
 
 _requesters: dict[tuple[str | None, str], str] = {}
@@ -277,10 +292,14 @@ def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
     for attempt in range(attempts):
         try:
             if url.startswith("http"):
-                client = TolokaClient(token, url=url, retries=0, timeout=timeout)
+                client = TolokaClient(token, url=url, retries=0, timeout=timeout, verify=tls_context())
             else:
                 client = TolokaClient(
-                    token, environment=target.environment.upper(), retries=0, timeout=timeout
+                    token,
+                    environment=target.environment.upper(),
+                    retries=0,
+                    timeout=timeout,
+                    verify=tls_context(),
                 )
             requester = client.get_requester()
         except ApiError as exc:

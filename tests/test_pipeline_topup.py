@@ -18,7 +18,7 @@ import pytest
 
 from emulator import EmulatorSettings, run_in_background
 from tasks.params import PipelineParams, load_params
-from tasks.toloka_api import TolokaClient
+from tasks.toloka_api import TolokaClient, tls_context
 from tests.fixtures.emulator import small_run_config
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def _params(config: Path, hits_per_item: int) -> PipelineParams:
 
 
 def _client(emu: Any) -> TolokaClient:
-    return TolokaClient(emu.token, url=emu.url, retries=5, timeout=10.0)
+    return TolokaClient(emu.token, url=emu.url, retries=5, timeout=10.0, verify=tls_context())
 
 
 def _main_pool(emu: Any) -> Any:
