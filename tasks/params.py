@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -433,36 +434,47 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """
 
     def construct_document(self, node: yaml.Node) -> Any:
-        _check_keys(node, "", set())
+        _check_keys(node)
         return super().construct_document(node)
 
 
-def _check_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
-    """Raise `RepeatedKeyError` for the first key repeated in a mapping of the tree under `node`.
+def _mapping_keys(node: yaml.Node, path: str, seen: set[int]) -> Iterator[tuple[int, yaml.Node, str]]:
+    """Every key of every mapping in the tree under `node`, depth first: (its mapping's id, the key's
+    node, its dotted path such as `hits.overlap`, `[i]` for a list's items).
 
-    Walks the composed nodes, before any merge key is flattened into them, so a key the mapping
-    overrides from `<<` is not taken for a repeat. `seen` stops at aliases already visited.
+    Walks the composed nodes, before any merge key is flattened into them: a merged mapping's keys
+    have the path of the mapping that merges them, and their own mapping's id. `seen` stops at
+    aliases already visited (an alias may even point at its own ancestor).
     """
     if id(node) in seen:
         return
     seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        first: dict[tuple[str, str], int] = {}
         for key, value in node.value:
             if key.tag == "tag:yaml.org,2002:merge":
-                _check_keys(value, path, seen)
+                yield from _mapping_keys(value, path, seen)
                 continue
-            # A scalar key by its resolved tag and text (`1` and `"1"` are two keys); others never repeat.
             name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark)
-            identity = (key.tag, name)
             where = f"{path}.{name}" if path else name
-            if identity in first:
-                raise RepeatedKeyError(where, key.start_mark.line + 1, first[identity])
-            first[identity] = key.start_mark.line + 1
-            _check_keys(value, where, seen)
+            yield id(node), key, where
+            yield from _mapping_keys(value, where, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _check_keys(item, f"{path}[{index}]", seen)
+            yield from _mapping_keys(item, f"{path}[{index}]", seen)
+
+
+def _check_keys(node: yaml.Node) -> None:
+    """Raise `RepeatedKeyError` for the first key repeated in a mapping of the tree under `node`.
+
+    A key the mapping overrides from `<<` is in another mapping, so it is not taken for a repeat. A
+    scalar key counts by its resolved tag and text (`1` and `"1"` are two keys); others never repeat.
+    """
+    first: dict[tuple[int, str, str], int] = {}
+    for mapping, key, where in _mapping_keys(node, "", set()):
+        identity = (mapping, key.tag, where)
+        if identity in first:
+            raise RepeatedKeyError(where, key.start_mark.line + 1, first[identity])
+        first[identity] = key.start_mark.line + 1
 
 
 def read_yaml(path: Path) -> Any:
@@ -499,25 +511,12 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pi
 
 
 def _key_lines(path: Path) -> dict[str, int]:
-    """Dotted key (`hits.overlap`) -> the line of the YAML file that names it (1-based)."""
+    """Dotted key (`hits.overlap`) -> the line of the YAML file that names it first (1-based)."""
     lines: dict[str, int] = {}
-
-    def walk(node: yaml.Node, prefix: str) -> None:
-        if not isinstance(node, yaml.MappingNode):
-            return
-        for key, value in node.value:
-            if key.tag == "tag:yaml.org,2002:merge":
-                walk(value, prefix)
-                continue
-            if isinstance(key, yaml.ScalarNode):
-                name = f"{prefix}.{key.value}" if prefix else key.value
-                lines.setdefault(name, key.start_mark.line + 1)
-                walk(value, name)
-
     with contextlib.suppress(yaml.YAMLError, OSError):
         root = yaml.compose(path.read_text(), Loader=UniqueKeyLoader)
-        if root is not None:
-            walk(root, "")
+        for _, key, where in [] if root is None else _mapping_keys(root, "", set()):
+            lines.setdefault(where, key.start_mark.line + 1)
     return lines
 
 

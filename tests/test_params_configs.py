@@ -337,6 +337,19 @@ def test_a_token_put_in_the_config_is_refused_without_printing_it(tmp_path):
     )
 
 
+def test_an_unknown_key_whose_value_refers_to_itself_is_one_error_line(tmp_path):
+    """Finding the lines of the bad fields walked the YAML without the alias guard the repeated-key
+    check has: `loop: &x {self: *x}` (legal YAML) ended the run in a RecursionError traceback."""
+    path = _demo_copy(tmp_path, "loop: &x\n  self: *x\n")
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    line = _line_of(path, "loop: &x")
+    assert (
+        str(error.value)
+        == f"{path}: invalid pipeline config: loop: Extra inputs are not permitted (line {line})"
+    )
+
+
 def test_merge_keys_may_still_be_overridden(tmp_path):
     """A mapping's own key over one it merged from an anchor is YAML's override, not a repeat."""
     path = _demo_copy(tmp_path, "")
