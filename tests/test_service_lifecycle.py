@@ -14,7 +14,7 @@ import time
 import pytest
 
 from crowdclust import service
-from tests.fixtures.service import service_config, service_folder
+from tests.fixtures.service import service_config, service_folder, watched
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +22,12 @@ pytestmark = pytest.mark.slow
 def test_sqlite_profile_up_twice_status_down_twice():
     folder = service_folder()
     cfg = service_config(folder, profile="sqlite", workers=1)
+    with watched(cfg, folder):
+        _up_twice_status_down_twice(cfg)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _up_twice_status_down_twice(cfg) -> None:
     try:
         started = time.monotonic()
         seconds = service.up(cfg, say=lambda _: None)
@@ -47,7 +53,6 @@ def test_sqlite_profile_up_twice_status_down_twice():
     again: list[str] = []
     service.down(service.load(cfg.state_dir), say=again.append)
     assert all(line.endswith("not running") for line in again), again
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_stopping_a_worker_terminates_its_flow_runs_while_it_still_runs(monkeypatch, tmp_path):
