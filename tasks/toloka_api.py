@@ -217,6 +217,12 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def _where(target: TolokaTarget) -> dict[str, Any]:
+    """toloka-kit's keyword for where to send requests: the endpoint's URL, else the environment."""
+    url = endpoint(target)
+    return {"url": url} if url else {"environment": target.environment.upper()}
+
+
 def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
     """A toloka-kit client for the target (emulator URL, sandbox or production).
 
@@ -226,8 +232,7 @@ def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
     of this process's bucket for the environment, where it has a rate (`tasks.toloka_rate`).
     """
     token = resolve_token(target).get_secret_value()
-    url = endpoint(target)
-    where: dict[str, Any] = {"url": url} if url else {"environment": target.environment.upper()}
+    where = _where(target)
     if toloka_rate.throttled(target.environment):
         return RateLimitedClient(
             token, rate_environment=target.environment, retries=retries, verify=tls_context(), **where
@@ -291,16 +296,7 @@ def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            if url.startswith("http"):
-                client = TolokaClient(token, url=url, retries=0, timeout=timeout, verify=tls_context())
-            else:
-                client = TolokaClient(
-                    token,
-                    environment=target.environment.upper(),
-                    retries=0,
-                    timeout=timeout,
-                    verify=tls_context(),
-                )
+            client = TolokaClient(token, retries=0, timeout=timeout, verify=tls_context(), **_where(target))
             requester = client.get_requester()
         except ApiError as exc:
             if exc.status_code in (401, 403):

@@ -12,28 +12,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import traceback
-import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from aggregation import clustering_scores, crowd_shape, generate_crowd
-from crowdclust.cli import app
+from tests.fixtures.cli import Done, invoke
 
 CLI = [sys.executable, "-m", "crowdclust.cli", "aggregate"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Done(NamedTuple):
-    """What a finished `crowdclust aggregate` left: as `subprocess.CompletedProcess` names it."""
-
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 def _process(args, hashseed: str, threads: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,19 +35,8 @@ def _process(args, hashseed: str, threads: int | None = None) -> subprocess.Comp
 
 
 def _run(args) -> Done:
-    """The command in this process. Warnings go to its standard error under Python's default
-    filters, as in a process of its own (pytest would otherwise record them); an exception that
-    escapes the command is its traceback on standard error and exit code 1, as there."""
-    with warnings.catch_warnings():
-        warnings.resetwarnings()
-        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-            warnings.simplefilter("ignore", category)
-        warnings.showwarning = warnings._showwarning_orig  # type: ignore[attr-defined]
-        result = CliRunner().invoke(app, ["aggregate", *map(str, args)])
-    stderr = result.stderr
-    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
-        stderr += "".join(traceback.format_exception(*result.exc_info))
-    return Done(result.exit_code, result.stdout, stderr)
+    """The command in this process (`tests.fixtures.cli.invoke`)."""
+    return invoke("aggregate", *map(str, args))
 
 
 def ari_of(stdout: str) -> float:

@@ -18,14 +18,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import prefect.main  # noqa: F401  # Prefect's console handler bound at collection (see test_faults_cli)
 import pytest
-from typer.testing import CliRunner
 
-from crowdclust.cli import app
 from emulator import EmulatorSettings, run_in_background
+from tests.fixtures.cli import Done, invoke
 from tests.fixtures.emulator import make_client, run_objects, small_run_config
 
 pytestmark = pytest.mark.slow
@@ -36,12 +34,6 @@ def _crowdclust(config: Path, folder: Path, token: str, *flags: str) -> subproce
     env |= {"CROWDCLUST_PROJECT_DIR": str(folder), "TOLOKA_TOKEN": token}
     command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), *flags]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-
-
-class Done(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 def _in_process(config: Path, folder: Path, token: str, *flags: str) -> Done:
@@ -59,11 +51,10 @@ def _in_process(config: Path, folder: Path, token: str, *flags: str) -> Done:
     )
     try:
         with _prefect_console_on_stderr():
-            result = CliRunner().invoke(app, ["run", str(config), *flags])
+            return invoke("run", str(config), *flags)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return Done(result.exit_code, result.stdout, result.stderr)
 
 
 class _Stderr:
