@@ -267,3 +267,27 @@ def test_a_port_another_process_holds_is_refused_in_one_line_before_anything_sta
         "which): stop it, or give the service another port with CROWDCLUST_FILES_PORT=PORT"
     )
     assert read_pid(cfg, "files") is None
+
+
+def test_the_deployer_stops_waiting_for_the_server_when_up_is_gone(tmp_path: Path):
+    """A deployer whose `up` was stopped while the server started waited 180 s for a server nobody
+    would start; it now ends at once, saying why. Run as `up` runs it, with `--parent` a process
+    that has already ended and a server port nothing listens on."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    ServiceConfig(state_dir=tmp_path, server_port=port).remember()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ended = subprocess.run(
+        [sys.executable, "-m", "crowdclust.service.deployer", str(tmp_path), "--parent", str(gone.pid)],
+        capture_output=True,
+        text=True,
+        timeout=150,  # under the 180 s it waited before
+    )
+    assert ended.returncode == 1
+    assert f"the `up` that started this deployer (pid {gone.pid}) ended" in ended.stderr

@@ -1,7 +1,7 @@
 """Provision the Prefect server and deploy prefect.yaml, in one process started with `up`.
 
-`python -m crowdclust.service.deployer STATE_DIR [--force]` reads the service's remembered settings,
-then:
+`python -m crowdclust.service.deployer STATE_DIR [--force] [--parent PID]` reads the service's
+remembered settings, then:
 
 1. imports Prefect and the flows (the slow part: 5-12 s) while the server is still starting;
 2. waits until the server answers;
@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -205,17 +206,34 @@ def deploy(path: Path) -> None:
         raise RuntimeError(f"prefect deploy --prefect-file {path} failed (exit code {code})")
 
 
-def main(state_dir: Path, force: bool) -> None:
+SERVER_WAIT_SECONDS = 180
+
+
+def wait_for_server(cfg: ServiceConfig, parent: int | None) -> None:
+    """Until the Prefect server answers; give up when it does not within SERVER_WAIT_SECONDS, or at
+    once when the `up` that started this process (`parent`) is gone.
+
+    An `up` killed while the server started (`kill PID`, a killed test) left this process waiting the
+    full 180 s for a server nobody would start, holding the service folder's files open.
+    """
+    deadline = time.monotonic() + SERVER_WAIT_SECONDS
+    while not answers(cfg.health_url("server")):
+        if parent is not None and os.getppid() != parent:
+            gone = f"the `up` that started this deployer (pid {parent}) ended"
+            raise SystemExit(f"{gone} before the server answered")
+        if time.monotonic() > deadline:
+            late = f"did not answer within {SERVER_WAIT_SECONDS} s"
+            raise SystemExit(f"the Prefect server at {cfg.api_url} {late}")
+        time.sleep(0.2)
+
+
+def main(state_dir: Path, force: bool, parent: int | None = None) -> None:
     cfg = load(state_dir)
     import prefect  # noqa: F401  (the slow imports, while the server starts)
 
     for module in deployments.entrypoint_modules(deployments.spec(cfg)):
         importlib.import_module(module)
-    deadline = time.monotonic() + 180
-    while not answers(cfg.health_url("server")):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the Prefect server at {cfg.api_url} did not answer within 180 s")
-        time.sleep(0.2)
+    wait_for_server(cfg, parent)
     record = deployments.record(cfg)
     damaged = deployments.damaged_record(cfg)
     if damaged is not None:
@@ -240,5 +258,10 @@ def main(state_dir: Path, force: bool) -> None:
     deployments.save_record(cfg, record)
 
 
+def _parent(args: list[str]) -> int | None:
+    """`--parent PID`: the `up` process this deployer works for (it passes its own pid)."""
+    return int(args[args.index("--parent") + 1]) if "--parent" in args else None
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), "--force" in sys.argv[2:])
+    main(Path(sys.argv[1]), "--force" in sys.argv[2:], _parent(sys.argv[2:]))

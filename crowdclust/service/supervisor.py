@@ -195,6 +195,7 @@ class _Deployer:
 
         self.log = log_file(cfg, "deployer")
         command = [sys.executable, "-m", "crowdclust.service.deployer", str(cfg.state_dir)]
+        command += ["--parent", str(os.getpid())]  # it stops waiting for the server when `up` is gone
         self.process = subprocess.Popen(
             [*command, *(["--force"] if force else [])],
             cwd=REPO,
