@@ -228,13 +228,14 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         exam=exam_outcome_task(params.toloka, paid.ids, params.exam.min_skill) if paid else None,
     )
     logger.info(
-        "catalogue %s: %s%s%s; %d clusters from %d pools, ARI %s, spent $%.2f this run",
+        "catalogue %s: %s%s%s; %d clusters from %d pool%s, ARI %s, spent $%.2f this run",
         key,
         f"round {round_id} labelled ({len(new_items)} new items)" if round_id else "no new items",
         "" if second is None else f", a second round of {len(second.plan.coverage.per_item)} images",
         f", {waiting} images wait for the next run" if waiting else "",
         summary.clusters,
         len(done_pools),
+        "s" * (len(done_pools) != 1),
         shown(summary.ari),
         cost.spent,
     )
