@@ -38,10 +38,10 @@ REFUSED = "crowdclust_refused"  # the attribute that marks an error a flow retur
 def refusal_types() -> tuple[type[Exception], ...]:
     """The errors a run is refused with on purpose, each with a message that says what to do."""
     from tasks.preflight import DATA_ERRORS  # dataset, HIT plan, Toloka config, budget, earlier keys
-    from tasks.run_lock import RunKeyBusy
+    from tasks.run_lock import RunKeyBusy, RunLockUnusable
     from tasks.toloka_api import MissingTokenError, PlatformUnreachable
 
-    return (*DATA_ERRORS, RunKeyBusy, MissingTokenError, PlatformUnreachable)
+    return (*DATA_ERRORS, RunKeyBusy, RunLockUnusable, MissingTokenError, PlatformUnreachable)
 
 
 _DEFINED_IN = ("tasks.preflight", "tasks.run_lock", "tasks.toloka_api")  # a filter imports none of them

@@ -7,7 +7,10 @@ endpoint and the run key:
 
 - an advisory `flock` on a file in the machine's temp folder: it works with Prefect's ephemeral API
   (`crowdclust run`, `make demo`) and with a server, for every process on this machine, and the
-  kernel drops it when its process dies, even by `kill -9`;
+  kernel drops it when its process dies, even by `kill -9`. Every user of the machine shares the
+  folder (mode 1777, as /tmp: anyone may add a file, only its owner remove it) and its files (0666):
+  created with the umask's 0755 and 0644, the second user of a shared machine got a PermissionError
+  traceback from every run, whatever its key;
 - when the flow talks to a Prefect server (`PREFECT_API_URL`), the single slot of a Prefect global
   concurrency limit, under a lease the holder renews (`tasks/run_lease.py`): it spans every host
   and container that uses the server. A holder killed on another machine frees the key once its
@@ -36,6 +39,7 @@ instead of failing as if another run held the key.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -67,6 +71,15 @@ class RunKeyBusy(RuntimeError):
     """Another live process runs the same run key against the same platform."""
 
 
+class RunLockUnusable(RuntimeError):
+    """The run key's lock file cannot be taken (a folder or file another user made private, a
+    symbolic link where the file should be); nothing has been opened or paid."""
+
+
+LOCK_FOLDER_MODE = 0o1777  # every user may add a lock file; only its owner may remove it (sticky)
+LOCK_FILE_MODE = 0o666  # every user may take and describe the lock (a pid and a flow run's name)
+
+
 def same_platform(url: str) -> str:
     """One spelling of a platform URL: `http://localhost:4410/` and `http://127.0.0.1:4410` are the
     same emulator, and two runs of one key against it, spelled so, both ran and both paid gating."""
@@ -85,6 +98,52 @@ def lock_path(target: TolokaTarget, run_key: str) -> Path:
     return Path(tempfile.gettempdir()) / "crowdclust-locks" / f"{digest}.lock"
 
 
+def _shared(path: Path, mode: int, fd: int | None = None) -> None:
+    """Give a lock folder or file of ours the mode every user needs (the umask took its share, or
+    an earlier version made it); another user's is left as it is."""
+    st = os.stat(fd) if fd is not None else path.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o7777 != mode:
+        os.chmod(fd if fd is not None else path, mode)
+
+
+def _open_lock_file(path: Path, run_key: str) -> IO[str]:
+    """The key's lock file, opened for reading and writing (created when missing), shared with
+    every user of the machine; `RunLockUnusable` saying what to do when it cannot be."""
+    folder = path.parent
+    try:
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(parents=True)
+        _shared(folder, LOCK_FOLDER_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, LOCK_FILE_MODE)
+    except OSError as error:
+        raise _unusable(path, run_key, error) from None
+    with contextlib.suppress(OSError):  # ours but not changeable (a read-only mount): it still works for us
+        _shared(path, LOCK_FILE_MODE, fd)
+    return os.fdopen(fd, "a+")
+
+
+def _unusable(path: Path, run_key: str, error: OSError) -> RunLockUnusable:
+    """What stops `path` from being a lock file, who can mend it, and how."""
+    if error.errno == errno.ELOOP:
+        problem = f"{path} is a symbolic link, which a lock file never is; remove it"
+    elif error.errno == errno.ENOTDIR:
+        problem = f"{path.parent} is not a folder; remove it"
+    else:
+        owners = []
+        for place in (path.parent, path):
+            with contextlib.suppress(OSError):
+                st = place.lstat()
+                owners.append(f"{place} belongs to uid {st.st_uid}, mode {st.st_mode & 0o7777:o}")
+        problem = (
+            f"{error.strerror} ({'; '.join(owners) or path}): every user of this machine needs to "
+            f"write there; its owner (or root) can allow it with `chmod {LOCK_FOLDER_MODE:o} "
+            f"{path.parent}` and `chmod {LOCK_FILE_MODE:o} {path.parent}/*.lock`, or set TMPDIR to a "
+            "folder of your own (then runs of other users no longer see yours)"
+        )
+    nothing = "nothing was opened or paid"
+    return RunLockUnusable(f"cannot take the lock of run key {run_key}: {problem}; {nothing}")
+
+
 def _busy(run_key: str, holder: str, more: str = "") -> RunKeyBusy:
     return RunKeyBusy(
         f"run key {run_key} is already running ({holder}); wait for it to end, "
@@ -97,8 +156,7 @@ def _flock(path: Path, run_key: str) -> IO[str]:
 
     A hook closing the key's pools is waited for (up to HOOK_WAIT_SECONDS); a run fails at once.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+    handle = _open_lock_file(path, run_key)
     deadline = None
     while True:
         try:

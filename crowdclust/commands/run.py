@@ -292,7 +292,7 @@ def run(
     with private_server("run-server.log", needed=not (close and _token_in_environment())) as server:
         from tasks.budget import SpendGuardStopped
         from tasks.preflight import DATA_ERRORS, check_catalogue, check_run, warnings_of
-        from tasks.run_lock import RunKeyBusy, run_lock
+        from tasks.run_lock import RunKeyBusy, RunLockUnusable, run_lock
         from tasks.toloka_api import (
             TRANSIENT,
             ApiError,
@@ -346,6 +346,7 @@ def run(
             ) from None
         except (
             RunKeyBusy,
+            RunLockUnusable,
             PlatformUnreachable,
             StaleRunError,
             SpendGuardStopped,
