@@ -45,6 +45,7 @@ import functools
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -98,34 +99,44 @@ def lock_path(target: TolokaTarget, run_key: str) -> Path:
     return Path(tempfile.gettempdir()) / "crowdclust-locks" / f"{digest}.lock"
 
 
-def _shared(path: Path, mode: int, fd: int | None = None) -> None:
-    """Give a lock folder or file of ours the mode every user needs (the umask took its share, or
-    an earlier version made it); another user's is left as it is."""
-    st = os.stat(fd) if fd is not None else path.stat()
-    if st.st_uid == os.geteuid() and st.st_mode & 0o7777 != mode:
-        os.chmod(fd if fd is not None else path, mode)
+def _shared_folder(folder: Path) -> None:
+    """The lock folder, made when missing, with the mode every user needs when it is ours (the umask
+    took its share, or an earlier version made it); another user's is left as it is.
+
+    Never through a symbolic link: another user could have put one where the folder goes, pointing
+    at a folder of ours, which would then be opened up to everyone.
+    """
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(parents=True)
+    st = folder.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, "a symbolic link", str(folder))
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, "not a folder", str(folder))
+    if st.st_uid == os.geteuid() and st.st_mode & 0o7777 != LOCK_FOLDER_MODE:
+        os.chmod(folder, LOCK_FOLDER_MODE)  # ours, in a sticky temp folder: nobody else can swap it
 
 
 def _open_lock_file(path: Path, run_key: str) -> IO[str]:
     """The key's lock file, opened for reading and writing (created when missing), shared with
     every user of the machine; `RunLockUnusable` saying what to do when it cannot be."""
-    folder = path.parent
     try:
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(parents=True)
-        _shared(folder, LOCK_FOLDER_MODE)
+        _shared_folder(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, LOCK_FILE_MODE)
     except OSError as error:
         raise _unusable(path, run_key, error) from None
-    with contextlib.suppress(OSError):  # ours but not changeable (a read-only mount): it still works for us
-        _shared(path, LOCK_FILE_MODE, fd)
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o7777 != LOCK_FILE_MODE:
+        with contextlib.suppress(OSError):  # not changeable (a read-only mount): it still works for us
+            os.fchmod(fd, LOCK_FILE_MODE)
     return os.fdopen(fd, "a+")
 
 
 def _unusable(path: Path, run_key: str, error: OSError) -> RunLockUnusable:
     """What stops `path` from being a lock file, who can mend it, and how."""
+    where = error.filename or path
     if error.errno == errno.ELOOP:
-        problem = f"{path} is a symbolic link, which a lock file never is; remove it"
+        problem = f"{where} is a symbolic link, which the run-key locks never are; remove it"
     elif error.errno == errno.ENOTDIR:
         problem = f"{path.parent} is not a folder; remove it"
     else:

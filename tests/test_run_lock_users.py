@@ -59,7 +59,7 @@ def test_a_lock_that_cannot_be_taken_says_why_and_who_can_mend_it(machine: Path)
     path = lock_path(TARGET, "linked-key")
     path.parent.mkdir()
     path.symlink_to(machine / "elsewhere")  # never followed: the holder writes its pid into the file
-    linked = f"{path} is a symbolic link, which a lock file never is"
+    linked = f"{path} is a symbolic link, which the run-key locks never are"
     with pytest.raises(RunLockUnusable, match=linked), run_lock(TARGET, "linked-key"):
         pass
     assert not (machine / "elsewhere").exists()
@@ -69,6 +69,16 @@ def test_a_lock_that_cannot_be_taken_says_why_and_who_can_mend_it(machine: Path)
     not_a_folder = f"{machine / 'crowdclust-locks'} is not a folder; remove it"
     with pytest.raises(RunLockUnusable, match=not_a_folder), run_lock(TARGET, "any-key"):
         pass
+    assert _mode(machine / "crowdclust-locks") != LOCK_FOLDER_MODE  # not opened up as if it were
+
+    # Where the folder goes, another user's link to a private folder of ours: never opened up.
+    (machine / "crowdclust-locks").unlink()
+    private = machine / "private"
+    private.mkdir(mode=0o700)
+    (machine / "crowdclust-locks").symlink_to(private)
+    with pytest.raises(RunLockUnusable, match="crowdclust-locks is a symbolic link"), run_lock(TARGET, "k"):
+        pass
+    assert _mode(private) == 0o700 and not list(private.iterdir())
 
 
 def test_a_lock_folder_another_user_keeps_private_names_its_owner_and_the_way_out(machine: Path, monkeypatch):
