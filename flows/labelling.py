@@ -59,7 +59,7 @@ def collect_labels(
     bundle = load_bundle(params.toloka_dir)
     folder.write_plan(plan)
     logger.info("HIT plan (%s): %s", params.hits.design, plan.coverage.describe())
-    artifacts.hit_coverage(plan.coverage, images_base(params.toloka))
+    artifacts.hit_coverage(plan.coverage, images_base(params.toloka), params.hits.hits_per_item)
 
     costs = budget.estimate_labelling(params, bundle, len(plan.hits))
     counted = budget.main_overlap(params, bundle)  # per HIT, what quality rules may add included

@@ -34,16 +34,21 @@ from tasks.stages import Coverage, Evaluation, PoolStats, RoundState, RunSummary
 GALLERY_PER_CLUSTER = 10  # thumbnails per cluster in `cluster-galleries`
 GALLERY_COLUMNS = 5  # thumbnails per table row: fits the UI's artifact page at 1400 px
 GALLERY_MAX_CLUSTERS = 40  # largest clusters shown there (the report lists them all)
-HIT_COVERAGE_ROWS = 1000  # images listed in `hit-coverage`, the fewest HITs first
+HIT_COVERAGE_ROWS = 1000  # images in too few HITs listed in `hit-coverage`, the fewest first
 
 
-def coverage_table(coverage: Coverage, images_base: str | None = None) -> tuple[list[dict[str, Any]], str]:
-    """`hit-coverage`'s rows and description: the images in the fewest HITs first, at most
+def coverage_table(
+    coverage: Coverage, images_base: str | None = None, target: int | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """`hit-coverage`'s rows and description: the images in fewer HITs than `target` (the plan's
+    `hits.hits_per_item`; without it, the most any image is in), the fewest first, at most
     `HIT_COVERAGE_ROWS` of them.
 
-    Prefect stores a table artifact in its database and the UI loads it whole: one row per image
-    was 0.4 MB at 5,000 images and would be 8 MB at 100,000. Every image's count is in the run
-    folder's `hits.json`.
+    Those are the images a user looks for there: the ones the design shows too seldom to place.
+    Listing every image regardless gave a 3,000-image run on the default balanced design 1,000 rows
+    that each read "10" (173 KB the UI loads whole), headed "The 1,000 in the fewest HITs" though
+    2,000 more were in as many. Prefect stores a table artifact in its database and the UI loads it
+    whole, so the rows stay capped. Every image's count is in the run folder's `hits.json`.
 
     The UI renders a table's text cells as markdown. An image reads as the dataset names it (how
     `hits.json` and `clusters.csv` name it too: a code span, never markup), and the `image` column
@@ -56,19 +61,42 @@ def coverage_table(coverage: Coverage, images_base: str | None = None) -> tuple[
     """
     from tasks.thumbnails import image_link
 
-    fewest = sorted(coverage.per_item.items(), key=lambda kv: (kv[1], kv[0]))[:HIT_COVERAGE_ROWS]
-    shown = "" if len(fewest) == coverage.n_items else f" The {len(fewest):,} in the fewest HITs:"
+    below = coverage.max if target is None else target
+    short = sorted(
+        ((item, hits) for item, hits in coverage.per_item.items() if hits < below),
+        key=lambda kv: (kv[1], kv[0]),
+    )
+    fewest = short[:HIT_COVERAGE_ROWS]
+    if not short:
+        shown = f" No image is in fewer than {below:,} HITs; every image's count is in {run_file('hits')}."
+    elif len(fewest) == len(short):
+        shown = f" The {counted(len(short), 'image')} in fewer than {below:,} HITs:"
+    else:
+        shown = f" {len(short):,} images are in fewer than {below:,} HITs; the {len(fewest):,} in the fewest:"
     rows = [
         {"item": literal(item), "hits": hits, "image": _link(item, image_link(item, images_base))}
         for item, hits in fewest
     ]
-    opened = f" Links open the images on the run's emulator, {literal(images_base)}." if images_base else ""
+    opened = (
+        f" Links open the images on the run's emulator, {literal(images_base)}."
+        if images_base and rows
+        else ""
+    )
     return rows, f"HITs per image: {coverage.describe()}.{opened}{shown}"
 
 
-def hit_coverage(coverage: Coverage, images_base: str | None = None) -> None:
-    """The `hit-coverage` table; `images_base`: a `local` run's emulator (`thumbnails.images_base`)."""
-    rows, description = coverage_table(coverage, images_base)
+def run_file(attribute: str) -> str:
+    """The name of the run folder's file `attribute` (`RunFolder.hits`, `.clusters`, ...): only
+    `tasks.run_folder` spells them."""
+    from tasks.run_folder import RunFolder  # here: it loads the aggregation package
+
+    return str(getattr(RunFolder(Path()), attribute).name)
+
+
+def hit_coverage(coverage: Coverage, images_base: str | None = None, target: int | None = None) -> None:
+    """The `hit-coverage` table; `images_base`: a `local` run's emulator (`thumbnails.images_base`);
+    `target`: the plan's `hits.hits_per_item`."""
+    rows, description = coverage_table(coverage, images_base, target)
     create_table_artifact(key="hit-coverage", table=rows, description=description)
 
 

@@ -198,12 +198,12 @@ def _summary(folder: Path, info: AggregationInfo) -> RunSummary:
     )
 
 
-def test_hit_coverage_lists_the_images_in_the_fewest_hits_first_up_to_its_limit():
+def test_hit_coverage_lists_the_images_in_fewer_hits_than_planned_the_fewest_first_up_to_its_limit():
     from tasks.hits import coverage
 
     items = [f"img{i:04d}" for i in range(artifacts.HIT_COVERAGE_ROWS + 500)]
     plan = [items[i : i + 10] for i in range(0, len(items), 10)] + [items[:20]]  # the first 20 twice
-    rows, description = artifacts.coverage_table(coverage(plan, items))
+    rows, description = artifacts.coverage_table(coverage(plan, items), target=2)
     assert len(rows) == artifacts.HIT_COVERAGE_ROWS and rows[0] == {
         "item": "`img0020`",
         "hits": 1,
@@ -211,9 +211,39 @@ def test_hit_coverage_lists_the_images_in_the_fewest_hits_first_up_to_its_limit(
     }
     assert {"item": "`img0000`", "hits": 2, "image": ""} not in rows  # the best-covered images are left out
     assert description.startswith("HITs per image: 151 HITs over 1,500 images, each image in 1-2 HITs")
-    assert description.endswith("The 1,000 in the fewest HITs:")
-    small, whole = artifacts.coverage_table(coverage(plan[:3], items[:30]))
-    assert len(small) == 30 and whole.endswith("share no image, so no answer relates images across them.")
+    assert description.endswith("1,480 images are in fewer than 2 HITs; the 1,000 in the fewest:")
+    small, whole = artifacts.coverage_table(coverage(plan[:3], items[:30]), target=2)
+    assert len(small) == 30 and "share no image, so no answer relates images across them." in whole
+    assert whole.endswith("The 30 images in fewer than 2 HITs:")
+
+
+def test_hit_coverage_of_a_plan_that_shows_every_image_as_often_as_planned_lists_no_image():
+    """A 3,000-image run on the default balanced design (every image in 10 HITs) had a `hit-coverage`
+    table of 1,000 rows that each read 10 (173 KB the UI loads whole, 1,001 table rows on the page),
+    headed "The 1,000 in the fewest HITs" though the 2,000 left out were in as many. What a user
+    looks for there is the images the design shows too seldom; the description says there are none."""
+    from tasks.hits import make_plan
+    from tasks.params import HitParams
+
+    items = [f"http://img.example/{i:05d}.png" for i in range(3000)]
+    plan = make_plan(items, HitParams(), seed=0)
+    assert plan.coverage.histogram == {10: 3000}  # the defaults: balanced, 10 HITs per image
+    rows, description = artifacts.coverage_table(
+        plan.coverage, "http://127.0.0.1:4301", target=HitParams().hits_per_item
+    )
+    assert rows == []  # and no word of links where there are none
+    assert description == (
+        "HITs per image: 3,000 HITs over 3,000 images, each image in 10 HITs (mean 10.0); the HITs link "
+        "every image to every other. No image is in fewer than 10 HITs; every image's count is in hits.json."
+    )
+    # The notebook's design shows images unevenly: those below the plan are listed, the fewest first.
+    uneven = make_plan(items, HitParams(design="seed"), seed=0).coverage
+    rows, description = artifacts.coverage_table(uneven, target=10)
+    below = sum(count for hits, count in uneven.histogram.items() if hits < 10)
+    assert below > artifacts.HIT_COVERAGE_ROWS and len(rows) == artifacts.HIT_COVERAGE_ROWS
+    assert rows[0]["hits"] == uneven.min and all(row["hits"] < 10 for row in rows)
+    assert [row["hits"] for row in rows] == sorted(row["hits"] for row in rows)
+    assert description.endswith(f"{below:,} images are in fewer than 10 HITs; the 1,000 in the fewest:")
 
 
 def test_hit_coverage_links_open_the_images_where_the_runs_emulator_serves_them(emulator):
@@ -231,7 +261,7 @@ def test_hit_coverage_links_open_the_images_where_the_runs_emulator_serves_them(
     items = build_catalogue("demo-shoes", size=6)["image"].tolist()
     assert all(item.startswith(f"{DEFAULT_BASE_URL}/images/") for item in items)
     base = images_base(TolokaTarget(environment="local", url=emulator.url))
-    rows, description = artifacts.coverage_table(coverage([items[:4], items[2:]], items), base)
+    rows, description = artifacts.coverage_table(coverage([items[:4], items[2:]], items), base, target=3)
     assert f"Links open the images on the run's emulator, `{emulator.url}`." in description
     assert len(rows) == len(items)
     with httpx.Client(timeout=10) as client:
@@ -247,7 +277,7 @@ def test_hit_coverage_links_open_the_images_where_the_runs_emulator_serves_them(
 
     # Elsewhere the URL as written; never markup of the URL's own, nor a link that is not http(s).
     odd = [HOSTILE, "javascript:alert(1)", "img0001"]
-    rows, description = artifacts.coverage_table(coverage([odd], odd))
+    rows, description = artifacts.coverage_table(coverage([odd], odd), target=2)
     assert "emulator" not in description
     cells = {html.unescape(re.sub(r"<[^>]+>", "", _html(row["item"]))).strip(): row for row in rows}
     assert set(cells) == set(odd) and all("<a " not in _html(row["item"]) for row in rows)
