@@ -182,11 +182,7 @@ class ProgressReporter:
     def __call__(self, stats: PoolStats) -> None:
         done = stats.completion_percentage or 0.0
         now = self.clock()
-        line = (
-            f"{self.what}: {done:.0f}% complete, {_fmt(stats.submitted_assignments_count)} submitted, "
-            f"{_fmt(stats.approved_assignments_count)} accepted, "
-            f"${_fmt(stats.spent_budget, '.2f')} spent ({stats.elapsed:.0f} s)"
-        )
+        line = poll_line(self.what, stats)
         also = self.also(stats) if self.also is not None else ""  # every poll: it may warn
         update_progress_artifact(artifact_id=self.artifact_id, progress=float(done), description=line + also)
         news = self._news(stats, done, now)
@@ -227,7 +223,20 @@ class ProgressReporter:
             self._log(self.unlogged, self.clock(), (self.logged_at or (0.0, 0.0))[1])
 
 
-def _fmt(value: float | None, spec: str = ".0f") -> str:
+def poll_line(what: str, stats: PoolStats) -> str:
+    """A poll in words: `main pool 6: 80% complete, 56,016 submitted, 56,016 accepted, $1,456.42
+    spent (359 s)`. Counts and dollars have thousands separators as the rest of the line (the
+    budget's `$20,000.00`) and the other log lines have: a 10,000-image run read `56016 submitted,
+    ..., $1456.42 spent (359 s); with the exams $1,493.65 of the $20,000.00 left` on one line."""
+    done = stats.completion_percentage or 0.0
+    return (
+        f"{what}: {done:.0f}% complete, {_fmt(stats.submitted_assignments_count)} submitted, "
+        f"{_fmt(stats.approved_assignments_count)} accepted, "
+        f"${_fmt(stats.spent_budget, ',.2f')} spent ({stats.elapsed:.0f} s)"
+    )
+
+
+def _fmt(value: float | None, spec: str = ",.0f") -> str:
     return "?" if value is None else format(value, spec)
 
 

@@ -612,3 +612,25 @@ def test_the_intruder_table_says_which_clusters_it_lacks_for_want_of_a_hit():
         "to host a HIT, not in the table: 8"
     )
     assert "too small" not in artifacts.intruder_description(replace(evaluated, skipped=()))
+
+
+def test_a_poll_line_of_a_large_pool_writes_its_counts_and_dollars_as_the_budget_beside_them():
+    """A 10,000-image run's poll line read `56016 submitted, 56016 accepted, $1456.42 spent (359 s);
+    with the exams $1,493.65 of the $20,000.00 left`: two ways to write a number on one line. Every
+    count and sum now has its thousands separator, as the budget and the other log lines have."""
+    from tasks.stages import PoolStats
+
+    stats = PoolStats(
+        completion_percentage=80.2,
+        submitted_assignments_count=56016.0,
+        approved_assignments_count=56016.0,
+        spent_budget=1456.42,
+        elapsed=359.4,
+    )
+    assert artifacts.poll_line("main pool 24", stats) == (
+        "main pool 24: 80% complete, 56,016 submitted, 56,016 accepted, $1,456.42 spent (359 s)"
+    )
+    small = PoolStats(completion_percentage=100.0, submitted_assignments_count=574.0, spent_budget=14.92)
+    assert artifacts.poll_line("main pool 6", small) == (
+        "main pool 6: 100% complete, 574 submitted, ? accepted, $14.92 spent (0 s)"
+    )
