@@ -519,7 +519,7 @@ def run_results(
     where = report_link(summary, report_url)
     create_markdown_artifact(
         key="cluster-galleries",
-        markdown=gallery_markdown(clusters, thumbnails, report_note=f"All images: {where}"),
+        markdown=gallery_markdown(clusters, thumbnails, report_note=report_note(clusters, where)),
         description="clusters with embedded thumbnails",
     )
     create_table_artifact(key="run-metrics", table=metric_rows(summary), description="metrics and cost")
@@ -534,6 +534,18 @@ def run_results(
         if summary.intruders.chart is not None and summary.intruders.chart.exists():
             intruder_chart(summary.intruders.chart)
     run_overview(summary, where)
+
+
+def report_note(clusters: pd.Series, where: str) -> str:
+    """What the galleries say of the report under them: all the images when it shows them all, else
+    how many of each cluster it shows. "All images: report.html" under a 3,000-image run's galleries
+    led to a report that shows 60 of each cluster (480 of 3,000), each cluster's rest in clusters.csv."""
+    from tasks.thumbnails import REPORT_PER_CLUSTER  # here: the module loads numba's kernels
+
+    if clusters.empty or int(clusters.value_counts().max()) <= REPORT_PER_CLUSTER:
+        return f"All images: {where}"
+    rest = run_file("clusters")
+    return f"Every cluster, up to {REPORT_PER_CLUSTER} images of each (the rest in {rest}): {where}"
 
 
 def intruder_description(evaluated: Evaluation) -> str:

@@ -634,3 +634,21 @@ def test_a_poll_line_of_a_large_pool_writes_its_counts_and_dollars_as_the_budget
     assert artifacts.poll_line("main pool 6", small) == (
         "main pool 6: 100% complete, 574 submitted, ? accepted, $14.92 spent (0 s)"
     )
+
+
+def test_the_galleries_say_how_much_of_each_cluster_the_report_shows():
+    """`cluster-galleries` ended "All images: report.html" at any size; a 3,000-image run's report
+    shows 60 images of each of its 8 clusters (480) and sends the rest to clusters.csv."""
+    from tasks.thumbnails import REPORT_PER_CLUSTER
+
+    link = "[report.html](http://127.0.0.1:4280/big/report.html)"
+    items = [f"http://img.example/{i:05d}.png" for i in range(3000)]
+    large = pd.Series([i % 8 for i in range(3000)], index=items, name="cluster")
+    thumbs: dict[str, str] = {}
+    page = artifacts.gallery_markdown(large, thumbs, report_note=artifacts.report_note(large, link))
+    assert "All images" not in page
+    assert page.endswith(
+        f"Every cluster, up to {REPORT_PER_CLUSTER} images of each (the rest in clusters.csv): {link}"
+    )
+    small = large.iloc[: 8 * REPORT_PER_CLUSTER]  # every cluster whole in the report
+    assert artifacts.report_note(small, link) == f"All images: {link}"
