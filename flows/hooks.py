@@ -1,5 +1,6 @@
 """How a run ends short of completion: hooks that close the pools and trainings it left open, and
-the overview of a run a stage stopped for money (`overview_on_stop`).
+the overview of a run a stage stopped before it was done: for money, or a main pool that timed
+out or closed (`overview_on_stop`).
 
 Stateless on purpose: the hook rebuilds the run key from the flow run's parameters and has the
 run's `RunRegistry` close every open pool/training tagged with it, so it also works for a process
@@ -22,7 +23,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import flow_run_logger
 
 from flows.run_names import by_run_key, run_key_of
-from tasks import artifacts, budget
+from tasks import artifacts, budget, wait
 from tasks.params import PipelineParams, endpoint
 from tasks.run_lock import RunKeyBusy, flow_params, run_lock
 from tasks.toloka_api import TRANSIENT, MissingTokenError, RunRegistry, make_client
@@ -134,9 +135,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def overview_on_stop(key: str = "resolved_run_key") -> Callable[[F], F]:
-    """Flow decorator (under `@flow`): a run a stage stopped for money (the spend guard, or the
-    account's balance run out) gets its overview artifact before it fails, with why, what the run
-    key was charged and the sub-flow runs (`artifacts.run_stopped`); the error goes on as raised.
+    """Flow decorator (under `@flow`): a run a stage stopped with answers paid for (the spend guard,
+    the account's balance run out, a main pool whose wait timed out or that closed before it
+    completed) gets its overview artifact before it fails, with why, what the run key was charged and
+    the sub-flow runs (`artifacts.run_stopped`); the error goes on as raised.
+
+    A 10,000-image run whose main pool expired at 96% (67,635 answers, $1,795.74 paid with the
+    exams) failed with a page whose Artifacts tab read "This run did not produce any artifacts":
+    only stops for money had their overview.
 
     The flow's first argument (or `params=`) is its `PipelineParams`, as for `locked_run`.
     """
@@ -146,7 +152,7 @@ def overview_on_stop(key: str = "resolved_run_key") -> Callable[[F], F]:
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except budget.SpendGuardStopped as stop:
+            except (budget.SpendGuardStopped, wait.WaitTimeout, wait.PoolStopped) as stop:
                 params = flow_params(args, kwargs)
                 run_key = getattr(params, key)
                 try:

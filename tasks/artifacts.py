@@ -425,8 +425,9 @@ def _sub_flow_table() -> list[str]:
 
 
 def run_stopped(reason: str, run_key: str, charged: float | None) -> None:
-    """The parent run's overview when a stage stopped for money (the spend guard, or the account's
-    balance run out): why, what the run key has been charged, what to do, and the sub-flow runs.
+    """The parent run's overview when a stage stopped with answers paid for (the spend guard, the
+    account's balance run out, a main pool that timed out or closed before it completed): why, what
+    the run key has been charged, what to do, and the sub-flow runs.
 
     The run page of a team lead whose balance ran out read "This run did not produce any
     artifacts" after $18.54 had been paid and the answers exported: the progress and the export

@@ -713,6 +713,36 @@ def test_a_main_pool_stopped_before_completion_leaves_its_paid_answers_on_disk(
     assert "closed by hand is reopened" in str(ended.value) and "nothing is paid twice" in str(ended.value)
 
 
+def test_a_run_whose_main_pool_stopped_short_says_so_on_its_own_page(prefect_harness, emu, tmp_path):
+    """A 10,000-image service run whose main pool expired at 96% (67,635 answers, $1,795.74 paid
+    with the exams) failed with a page whose Artifacts tab read "This run did not produce any
+    artifacts": only a stop for money got the run's overview (why, what the key was charged, the
+    sub-flow runs). A wait that timed out is the same story, and is the one here."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.toloka_api import RunRegistry
+
+    key = "e2e-timeout-page"
+    params = _params(emu, tmp_path, run_key=key, wait={"poll_seconds": 0.2, "timeout_seconds": 0.5})
+    state = crowdclust_pipeline(params, return_state=True)
+    assert state.is_failed() and "(wait.timeout_seconds)" in str(state.message), state.message
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["run-overview"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
+        )
+    assert len(found) == 1, found
+    overview = str(found[0].data)
+    assert overview.startswith("**Stopped before the end**: `pool ") and "(wait.timeout_seconds)" in overview
+    charged = RunRegistry(make_client(params.toloka), key).spent()
+    assert f"Charged so far under run key `{key}`: ${charged:,.2f}." in overview, overview
+    assert "| crowdclust-labelling |" in overview and "| Failed |" in overview, overview
+
+
 def test_failure_hook_closes_the_pools_it_opened(prefect_harness, emu, tmp_path):
     from flows.labelling import labelling
     from tasks.wait import WaitTimeout
