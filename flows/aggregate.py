@@ -2,7 +2,9 @@
 
 Input is either a raw export TSV (as written to the run folder) or a pool id to export from.
 Writes `clusters.csv` (item, cluster, confidence[, class]), with truth `metrics.json`, and the
-galleries' thumbnails (`thumbnails.json`, fetched once here from the image URLs) into `out_dir`.
+galleries' thumbnails (`thumbnails.json`, fetched once here from the image URLs) into `out_dir`;
+started on its own, it shows the clusters in its own artifacts (`cluster-galleries`,
+`aggregation-metrics`).
 `toloka` also says where a `local` run's images are served (its emulator).
 """
 
@@ -17,10 +19,11 @@ from prefect import flow, get_run_logger
 
 from flows.run_names import by_run_folder
 from tasks import aggregate as agg
+from tasks import artifacts, export_format, results, thumbnails
 from tasks import dataset as ds
-from tasks import export_format, results, thumbnails
 from tasks.params import AggregationParams, PipelineParams, TolokaTarget
 from tasks.run_folder import RunFolder
+from tasks.run_log import root_run_of_a_subflow
 from tasks.stages import Aggregated, truth_share
 
 
@@ -88,6 +91,8 @@ def aggregate_export(
     logger.info(
         "%d clusters, sizes %s", result.info.n_clusters, result.clusters.value_counts().sort_index().tolist()
     )
+    if root_run_of_a_subflow() is None:  # started on its own: no run above it shows the clusters
+        artifacts.aggregation_alone(result, thumbs, folder.root)
     return result
 
 

@@ -29,7 +29,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.stages import Coverage, Evaluation, PoolStats, RoundState, RunSummary, shown
+from tasks.stages import Aggregated, Coverage, Evaluation, PoolStats, RoundState, RunSummary, shown
 
 GALLERY_PER_CLUSTER = 10  # thumbnails per cluster in `cluster-galleries`
 GALLERY_COLUMNS = 5  # thumbnails per table row: fits the UI's artifact page at 1400 px
@@ -475,6 +475,35 @@ def evaluation_metrics(evaluation: Evaluation, folder: Path) -> None:
         key="evaluation-metrics",
         table=rows,
         description=f"An evaluation on its own; its files: {literal(str(folder))}",
+    )
+
+
+def aggregation_alone(aggregated: Aggregated, thumbnails: dict[str, str], folder: Path) -> None:
+    """`cluster-galleries` and `aggregation-metrics` of an aggregate run started on its own (the
+    `reaggregate` deployment), which writes no report: a re-clustering of a 10,000-image export
+    (100 s, 4.7 GB) ended on a page whose Artifacts tab read "This run did not produce any
+    artifacts", its log saying "487 thumbnails embedded for the galleries" that nothing showed.
+    In a pipeline the top-level run publishes these, with the report."""
+    clusters_csv = literal(str(folder / run_file("clusters")))
+    create_markdown_artifact(
+        key="cluster-galleries",
+        markdown=gallery_markdown(
+            aggregated.clusters, thumbnails, report_note=f"Every image's cluster: {clusters_csv}"
+        ),
+        description="clusters with embedded thumbnails",
+    )
+    rows: list[dict[str, Any]] = [
+        {"metric": "clusters", "value": aggregated.info.n_clusters},
+        {"metric": "images", "value": len(aggregated.clusters)},
+    ]
+    rows += [
+        {"metric": k, "value": round(v, 4) if isinstance(v, float) else v}
+        for k, v in (aggregated.metrics or {}).items()
+    ]
+    create_table_artifact(
+        key="aggregation-metrics",
+        table=rows,
+        description=f"{aggregated.info.describe()}; its files: {literal(str(folder))}",
     )
 
 

@@ -814,6 +814,62 @@ def test_aggregate_subflow_reaggregates_an_export_with_other_settings(scenario, 
     assert len(table) == 82 and {"item", "cluster", "class"} <= set(table.columns)
 
 
+def test_an_aggregate_run_started_on_its_own_shows_its_clusters_on_its_page(prefect_harness, tmp_path):
+    """The `reaggregate` deployment writes no report: re-clustering a 10,000-image export ended on a
+    page whose Artifacts tab read "This run did not produce any artifacts", its log saying "487
+    thumbnails embedded for the galleries" that nothing showed. Started on its own it now shows its
+    galleries and figures; inside a pipeline the top-level run does (with the report), not it."""
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from aggregation import generate_crowd
+    from flows.aggregate import aggregate_export
+    from tasks.params import AggregationParams
+
+    crowd = generate_crowd(40, 4, seed=5)
+    export = tmp_path / "export.tsv"
+    crowd.write_export(export)
+    alone = aggregate_export(
+        out_dir=tmp_path / "alone",
+        export=export,
+        aggregation=AggregationParams(method="coassociation"),
+        return_state=True,
+    )
+
+    @flow
+    def pipeline_like() -> str:
+        inner = aggregate_export(
+            out_dir=tmp_path / "inner",
+            export=export,
+            aggregation=AggregationParams(method="coassociation"),
+            return_state=True,
+        )
+        return str(inner.state_details.flow_run_id)
+
+    inner_id = pipeline_like()
+
+    def published(run_id: object) -> dict[str, Any]:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+        return {a.key: a for a in found if a.key}
+
+    result = alone.result()
+    shown = published(alone.state_details.flow_run_id)
+    assert set(shown) == {"cluster-galleries", "aggregation-metrics"}, shown
+    gallery = str(shown["cluster-galleries"].data)
+    assert gallery.startswith(f"40 images in {result.info.n_clusters} clusters")
+    assert gallery.endswith(f"Every image's cluster: `{tmp_path / 'alone' / 'clusters.csv'}`")
+    rows = json.loads(shown["aggregation-metrics"].data)
+    assert rows[:2] == [
+        {"metric": "clusters", "value": result.info.n_clusters},
+        {"metric": "images", "value": 40},
+    ]
+    assert str(shown["aggregation-metrics"].description).startswith("coassociation: ")
+    assert published(inner_id) == {}
+
+
 def test_aggregating_a_pool_that_is_still_filling_exports_it_again_later(prefect_harness, tmp_path):
     """The aggregate flow given a pool id: each call clusters the answers accepted by then.
 
