@@ -110,14 +110,14 @@ def evaluate_clusters(
     if result.chart is not None:
         artifacts.intruder_chart(result.chart)
     logger.info(
-        "intruder accuracy %.3f over %d HITs, %.3f per image of the %d in clusters that hosted one "
-        "(%.3f of %d single answers name the intruder)",
+        "intruder accuracy %.3f over %s HITs, %.3f per image of the %s in clusters that hosted one "
+        "(%.3f of %s single answers name the intruder)",
         result.accuracy or 0.0,
-        result.n_hits,
+        f"{result.n_hits:,}",
         result.image_accuracy or 0.0,
-        result.images_hosted,
+        f"{result.images_hosted:,}",
         result.answer_accuracy or 0.0,
-        result.n_answers,
+        f"{result.n_answers:,}",
     )
     if alone:
         written = folder.write_evaluation(result)

@@ -208,7 +208,7 @@ def labelling(params: PipelineParams) -> Labelled:
             artifacts.warn_up(warning)
         raise
     items = checked.items
-    logger.info("run key %s: %d images, configs from %s", run_key, len(items), params.toloka_dir)
+    logger.info("run key %s: %s images, configs from %s", run_key, f"{len(items):,}", params.toloka_dir)
     for warning in checked.warnings:
         artifacts.warn_up(warning)
     probe(params.toloka)  # no token, a wrong one or no platform: fail before anything is created
@@ -219,7 +219,7 @@ def labelling(params: PipelineParams) -> Labelled:
     labelled = collect_labels(params, run_key, hits.make_plan(items, params.hits, params.seed), folder)
     export = results.export_task(params.toloka, labelled.ids.main_pool, labelled.wait)
     path = folder.write_export(export, "main")
-    logger.info("raw export: %s (%d rows)", path, len(export))
+    logger.info("raw export: %s (%s rows)", path, f"{len(export):,}")
     if labelled.wait.stopped:
         raise budget.stopped_run(labelled.wait.stopped, path)
     short = results.unanswered_hits(export, len(labelled.plan.hits), labelled.ids.main_pool)

@@ -315,10 +315,10 @@ def check_budget_task(
         max(sum(v or 0.0 for role, _, v in charged if role.startswith(covers)) - costs.exam_paid, 0), 4
     )
     get_run_logger().info(
-        "cost estimate: %s; budget $%.2f, already spent outside this estimate $%.2f%s",
+        "cost estimate: %s; budget $%s, already spent outside this estimate $%s%s",
         costs.describe(),
-        max_spend,
-        round(before + costs.exam_paid, 4),
+        f"{max_spend:,.2f}",
+        f"{round(before + costs.exam_paid, 4):,.2f}",
         f"; ${resumed:,.2f} paid already in the pools the estimate covers (a resumed run)" if resumed else "",
     )
     check_budget(costs, max_spend, round(before + costs.exam_paid, 4))

@@ -60,5 +60,5 @@ def check_images_task(images: list[str], base_url: str | None, dataset: str) -> 
     problems = {url: got.problem for url, got in sorted(fetched.items()) if got.problem is not None}
     if problems:
         raise unshowable(problems, len(wanted), dataset)
-    get_run_logger().info("images: all %d of the plan can be fetched", len(wanted))
+    get_run_logger().info("images: all %s of the plan can be fetched", f"{len(wanted):,}")
     return len(wanted)

@@ -56,5 +56,5 @@ def export_task(
     answers instead of being served from the cache as it was the first time.
     """
     frame = export_accepted(make_client(target), pool_id)
-    get_run_logger().info("pool %s: exported %d rows of accepted assignments", pool_id, len(frame))
+    get_run_logger().info("pool %s: exported %s rows of accepted assignments", pool_id, f"{len(frame):,}")
     return frame

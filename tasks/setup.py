@@ -108,5 +108,5 @@ def upload_hits_task(target: TolokaTarget, run_key: str, pool_id: str, hits: lis
     """Upload the HIT plan to the main pool (only the suites it does not hold yet)."""
     registry = RunRegistry.connect(target, run_key)
     count = registry.ensure_suites("main-suites", pool_id, suites_of(hits), exclusive=True)
-    get_run_logger().info("main pool %s holds the %d planned HITs", pool_id, count)
+    get_run_logger().info("main pool %s holds the %s planned HITs", pool_id, f"{count:,}")
     return count
