@@ -434,6 +434,21 @@ def reopen_if_owed(client: TolokaClient, pool: Pool) -> int:
     return owed
 
 
+def reopen_expired(client: TolokaClient, pool: Pool) -> bool:
+    """Reopen `pool` with a new lifetime if it closed EXPIRED; whether it did.
+
+    A pool lives POOL_LIFETIME on the platform's clock, which is this project's choice, not the
+    user's: the user's limit is `wait.timeout_seconds`. A 10,000-image run whose wait allowed two
+    hours failed when its main pool expired at 96% (the emulator's clock runs 600x), and only a
+    Retry, which renews the lifetime, finished it; a wait longer than a week on Toloka met the same.
+    """
+    if status_of(pool) != "CLOSED" or close_reason(pool) != "EXPIRED":
+        return False
+    _renew_lifetime(client, pool)  # says so in the log
+    client.open_pool(pool.id)
+    return True
+
+
 def _renew_lifetime(client: TolokaClient, pool: Pool) -> None:
     """A pool about to reopen whose `will_expire` has passed (or is within an hour) runs another
     POOL_LIFETIME: opened as it was, it closed EXPIRED at once, and a run whose pool expired a few

@@ -38,6 +38,7 @@ from tasks.toloka_api import (
     open_all,
     platform_now,
     pool_stats,
+    reopen_expired,
     reopen_if_owed,
     status_of,
 )
@@ -189,7 +190,8 @@ def wait_for_pool(
     Complete means closed COMPLETED with nothing owed to the suites it holds (`answers_owed`): a
     pool given HITs after it completed stays CLOSED (COMPLETED), and a wait that trusted the status
     exported and aggregated the old answers as the new plan's. Such a pool is reopened (with a new
-    lifetime when its own has passed) and the wait goes on.
+    lifetime when its own has passed) and the wait goes on, as it does for a pool that reached the
+    end of its lifetime (`reopen_expired`): `timeout` is the wait's limit, not the pool's lifetime.
 
     `needed` (the answers the plan asks for, 0 when unknown) lets a timeout say how long the pool
     would need at its pace. `guard` sees every poll of an open pool; when it gives a reason, the
@@ -210,25 +212,28 @@ def wait_for_pool(
             client.close_pool(pool_id)
             raise SpendLimitReached(reason, stats)
         if status_of(pool) != "OPEN":
-            if not is_completed(pool):
+            if reopenings < MAX_REOPENINGS and reopen_expired(client, pool):
+                reopenings += 1
+            elif not is_completed(pool):
                 raise PoolStopped(
                     f"pool {pool_id} is {status_of(pool)} (reason: {close_reason(pool) or 'unknown'}) "
                     "before completion",
                     close_reason(pool),
                     stats,
                 )
-            owed = answers_owed(client, pool_id)
-            if not owed:
-                return replace(stats, completion_percentage=100.0)
-            if reopenings >= MAX_REOPENINGS:
-                raise PoolStopped(
-                    f"pool {pool_id} closed as completed {reopenings + 1} times with {owed:,} answers "
-                    "of its HITs still owed",
-                    close_reason(pool),
-                    stats,
-                )
-            reopen_if_owed(client, pool)
-            reopenings += 1
+            else:
+                owed = answers_owed(client, pool_id)
+                if not owed:
+                    return replace(stats, completion_percentage=100.0)
+                if reopenings >= MAX_REOPENINGS:
+                    raise PoolStopped(
+                        f"pool {pool_id} closed as completed {reopenings + 1} times with {owed:,} answers "
+                        "of its HITs still owed",
+                        close_reason(pool),
+                        stats,
+                    )
+                reopen_if_owed(client, pool)
+                reopenings += 1
         if time.monotonic() - started > timeout:
             raise WaitTimeout(_timed_out(pool_id, timeout, stats, polls, needed), stats)
         polls.append(stats)
@@ -438,6 +443,8 @@ def wait_labelling_task(
 
     def gate() -> None:
         review()
+        # Nobody could qualify from an expired exam pool while the main pool waits for workers.
+        reopen_expired(client, client.get_pool(ids.exam_pool))
         check_staffing(client, ids.exam_pool, ids.main_pool, staffing, state)
         short = None if warned[0] else staffing.short_of_answers(staffing.qualified(state))
         if short is not None and is_completed(client.get_pool(ids.exam_pool)):  # nobody else qualifies

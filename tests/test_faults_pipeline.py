@@ -165,6 +165,63 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     assert seen == (1.0 if fee_rate is None else pytest.approx(1.3, abs=0.01))
 
 
+def test_pools_that_reach_the_end_of_their_lifetime_mid_wait_are_reopened(
+    prefect_harness, emu, config, monkeypatch
+):
+    """A wait allowed longer than the pools live (a 10,000-image run on the emulator, whose clock
+    runs 600x; a wait of over a week on Toloka) failed when the main pool expired at 96%, with its
+    answers paid and only a Retry to finish it. Here both pools expire in the wait's first polls:
+    the exam pool (nobody could qualify any more) and the main pool are reopened with a new
+    lifetime, and the wait ends complete."""
+    from datetime import UTC, timedelta
+
+    from prefect import flow
+
+    from tasks import budget, exam, wait
+    from tasks.artifacts import ProgressReporter
+    from tasks.hits import make_plan
+    from tasks.toloka_api import POOL_LIFETIME, platform_now
+    from tasks.toloka_config import load_bundle
+
+    key = "faults-expiry"
+    params = _params(config, key)
+    bundle = load_bundle(params.toloka_dir)
+    items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
+    plan = make_plan(items, params.hits, params.seed)
+    estimate = budget.estimate_labelling(params, bundle, len(plan.hits))
+    client = _client(emu)
+
+    class PollClock(ProgressReporter):
+        def __call__(self, stats: Any) -> None:
+            super().__call__(stats)
+            emu.advance(POLL_STEP)
+
+    @flow
+    def waited() -> Any:
+        ids = _objects_with_hits(params, key, bundle, plan)
+        # Opened here, three polls to live: the wait's own opening gives a pool near its end a new
+        # lifetime, and leaves an open one as it is.
+        for pool_id in (ids.exam_pool, ids.main_pool):
+            pool = client.get_pool(pool_id)
+            pool.will_expire = platform_now(client) + timedelta(seconds=2 * POLL_STEP + 1)
+            client.update_pool(pool_id, pool)
+            client.open_pool(pool_id)
+        guard = budget.SpendGuard.of(params, 0.0, estimate)
+        staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap)
+        return ids, wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.01, 600.0, guard, staffing)
+
+    monkeypatch.setattr(wait, "ProgressReporter", PollClock)
+    emu.control("config", method="POST", speed=0.0)
+    try:
+        ids, done = waited()
+    finally:
+        emu.control("config", method="POST", speed=600.0)
+    assert done.main.completion_percentage == 100.0 and not done.stopped, done
+    for pool_id in (ids.exam_pool, ids.main_pool):
+        renewed = client.get_pool(pool_id).will_expire.astimezone(UTC).replace(tzinfo=None)
+        assert renewed >= platform_now(client) + POOL_LIFETIME - timedelta(days=1), pool_id
+
+
 def test_a_long_wait_logs_the_polls_that_say_something_new(prefect_harness, emu, config, monkeypatch):
     """One wait of a 10,000-image pool logged about 775 near-identical poll lines. Here each poll
     stands for a minute of wait (the crowd works POLL_STEP_SLOW simulated seconds of it): hundreds
