@@ -16,6 +16,7 @@ from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
+from tasks.second_round import SECOND_ROUND_POOL
 from tasks.stages import HitPlan, Labelled, PoolStats
 from tasks.thumbnails import images_base
 from tasks.toloka_api import (
@@ -59,7 +60,9 @@ def collect_labels(
     bundle = load_bundle(params.toloka_dir)
     folder.write_plan(plan)
     logger.info("HIT plan (%s): %s", params.hits.design, plan.coverage.describe())
-    artifacts.hit_coverage(plan.coverage, images_base(params.toloka), params.hits.hits_per_item)
+    second = main_pool_role.startswith(SECOND_ROUND_POOL)  # its artifacts beside the first round's
+    coverage_key = "second-round-hit-coverage" if second else "hit-coverage"
+    artifacts.hit_coverage(plan.coverage, images_base(params.toloka), params.hits.hits_per_item, coverage_key)
 
     costs = budget.estimate_labelling(params, bundle, len(plan.hits))
     counted = budget.main_overlap(params, bundle)  # per HIT, what quality rules may add included
@@ -110,6 +113,7 @@ def collect_labels(
                 len(plan.hits) * params.hits.overlap,
                 tightest_limit(bundle.main_pool, POOL_LIFETIME.total_seconds()),
             ),
+            "second-round pool" if second else "main pool",
         )
     except wait.WaitTimeout as timeout:
         kept = kept_after_stop(params, ids.main_pool, folder, export_kind, timeout, SLOW_POOL, timeout.stats)

@@ -93,11 +93,13 @@ def run_file(attribute: str) -> str:
     return str(getattr(RunFolder(Path()), attribute).name)
 
 
-def hit_coverage(coverage: Coverage, images_base: str | None = None, target: int | None = None) -> None:
+def hit_coverage(
+    coverage: Coverage, images_base: str | None = None, target: int | None = None, key: str = "hit-coverage"
+) -> None:
     """The `hit-coverage` table; `images_base`: a `local` run's emulator (`thumbnails.images_base`);
-    `target`: the plan's `hits.hits_per_item`."""
+    `target`: the plan's `hits.hits_per_item`; `key`: another plan's (a second round's)."""
     rows, description = coverage_table(coverage, images_base, target)
-    create_table_artifact(key="hit-coverage", table=rows, description=description)
+    create_table_artifact(key=key, table=rows, description=description)
 
 
 _UNSAFE_IN_LINK = re.compile(r"[\s()<>\\`\"']")

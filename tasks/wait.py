@@ -412,8 +412,12 @@ def wait_labelling_task(
     timeout: float,
     spend: SpendGuard,
     staffing: Staffing,
+    what: str = "main pool",
 ) -> LabellingWait:
     """Open training, exam and main pool; poll with exam gating every tick; close training and exam.
+
+    `what` the main pool is, in its progress artifact's key and lines (`second-round pool`: a run
+    with a second round showed two progress bars both called "main pool").
 
     Ends with `ExamStarved` when the exam pool has closed with fewer qualified workers than the HIT
     overlap (`check_staffing`): the main pool could not complete.
@@ -474,7 +478,8 @@ def wait_labelling_task(
         total = spend.spent(stats, totals[0].accepted, live.ratio_of(stats)) + exams_before
         return f"; with the exams ${total:,.2f} of the ${spend.limit:,.2f} left of budget.max_spend"
 
-    report = ProgressReporter("main-pool-progress", f"main pool {ids.main_pool}", also=with_exams)
+    key = f"{what.replace(' ', '-')}-progress"
+    report = ProgressReporter(key, f"{what} {ids.main_pool}", also=with_exams)
     try:
         main, stopped = wait_guarded(
             client,

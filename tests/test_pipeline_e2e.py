@@ -919,6 +919,9 @@ def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, 
     most two anchors each, in a pool of its own, and the clusters come from both rounds' answers;
     the spend counts both pools.
     Run again, it reuses both rounds instead of paying twice."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
     from flows.pipeline import crowdclust_pipeline
     from tasks.export_format import parse_array_cell
     from tasks.second_round import SECOND_ROUND_POOL
@@ -948,6 +951,18 @@ def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, 
     assert "<h2>Second round</h2>" in page
     shown = f"{done.images} images shown again ({done.hits} HITs, {done.assignments} answers)"
     assert f"second round:       {shown}" in describe(summary).splitlines()
+    # Its own progress bar and HIT plan in the UI, not a second "main pool" beside the first.
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["second-round-pool-progress", "second-round-hit-coverage"])
+            )
+        )
+    progress = [a for a in found if a.key == "second-round-pool-progress"]
+    assert any(
+        str(a.description).startswith(f"second-round pool {done.main_pool}: 100% complete") for a in progress
+    )
+    assert any(a.key == "second-round-hit-coverage" for a in found), found
 
     again = crowdclust_pipeline(params)
     assert again.second_round == done and len(_objects(params)["pools"]) == 3
