@@ -211,8 +211,11 @@ def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_clo
     import os
     import signal
 
-    from crowdclust.service.processes import parent_pid, read_pid
+    from crowdclust.service.processes import alive, parent_pid, read_pid
     from tests.fixtures.service import TERMINAL
+
+    worker_pid: int | None = None
+    stopped = time.monotonic()
 
     run_key = f"svc-term-{uuid.uuid4().hex[:6]}"
     lines = (ROOT / "configs" / "demo-shoes" / "dataset.tsv").read_text().splitlines()
@@ -242,7 +245,8 @@ def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_clo
         engine = int(str(svc.flow_run(run_id)["infrastructure_pid"]).rsplit(":", 1)[-1])
         workers = {read_pid(svc.cfg, name): name for name in ("worker-1", "worker-2")}
         assert parent_pid(engine) in workers, (engine, workers)
-        os.kill(parent_pid(engine), signal.SIGTERM)
+        worker_pid = parent_pid(engine)
+        os.kill(worker_pid, signal.SIGTERM)
         stopped = time.monotonic()
         run = svc.wait(run_id, timeout=60)  # the automation would take 90 s
         print(f"worker SIGTERM -> run {run['state_type']} in {time.monotonic() - stopped:.1f} s")
@@ -260,4 +264,9 @@ def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_clo
         ]
     finally:
         httpx.post(config, params={"speed": svc.cfg.emulator_speed}, headers=token).raise_for_status()
+        # The worker still winds down after its runs have crashed: an `up` then found it alive
+        # ("already running"), it exited a moment later, and the scale test ran on one worker, killed
+        # it, and waited for good for a worker to run its Retry.
+        while worker_pid is not None and alive(worker_pid) and time.monotonic() < stopped + 120:
+            time.sleep(0.2)
         service.up(svc.cfg, say=lambda _: None)  # restarts the stopped worker
