@@ -57,6 +57,35 @@ def config(emu, tmp_path_factory) -> Path:
     return small_run_config(tmp_path_factory.mktemp("faults"), emu.url, "faults", MAX_SPEND)
 
 
+def _plan_of(params: PipelineParams) -> tuple[Any, Any, Any]:
+    """The run's Toloka configs, its HIT plan over the dataset's images and the labelling's estimate."""
+    from tasks import budget
+    from tasks.hits import make_plan
+    from tasks.toloka_config import load_bundle
+
+    bundle = load_bundle(params.toloka_dir)
+    items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
+    plan = make_plan(items, params.hits, params.seed)
+    return bundle, plan, budget.estimate_labelling(params, bundle, len(plan.hits))
+
+
+def _clock_per_poll(emu: Any) -> type:
+    """A progress reporter under which each poll lets the crowd work POLL_STEP simulated seconds,
+    however long the poll took (the emulator's clock frozen meanwhile).
+
+    With the clock running, one slow tick on a loaded machine let the crowd take every exam seat
+    between two polls, and the live guard (rightly) closed the pool before anything was paid.
+    """
+    from tasks.artifacts import ProgressReporter
+
+    class PollClock(ProgressReporter):
+        def __call__(self, stats: Any) -> None:
+            super().__call__(stats)
+            emu.advance(POLL_STEP)
+
+    return PollClock
+
+
 def _params(config: Path, key: str, **changes: Any) -> PipelineParams:
     return load_params(config, {"run_key": key, **changes})
 
@@ -106,33 +135,16 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     from prefect import flow
 
     from tasks import budget, exam, wait
-    from tasks.artifacts import ProgressReporter
-    from tasks.hits import make_plan
-    from tasks.toloka_config import load_bundle
 
     key = "faults-guard" if fee_rate is None else "faults-guard-fee"
     params = _params(config, key)
     if fee_rate is not None:
         params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": fee_rate})})
-    bundle = load_bundle(params.toloka_dir)
-    items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
-    plan = make_plan(items, params.hits, params.seed)
+    bundle, plan, estimate = _plan_of(params)
     # The estimate is $1.01 (main $0.70 = 9 x 3 x $0.026, exams $0.31 if all 24 seats were paid); a
     # run costs about $0.85 (rejected exams are not paid). The limit lies below what the run costs.
     # At fee_rate 0 the estimate is $0.78 and the limit a cent above it.
-    estimate = budget.estimate_labelling(params, bundle, len(plan.hits))
     limit = 0.75 if fee_rate is None else round(estimate.main + estimate.exam + 0.01, 2)
-
-    class PollClock(ProgressReporter):
-        """Each poll lets the crowd work POLL_STEP simulated seconds, however long the poll took.
-
-        With the clock running, one slow tick on a loaded machine let the crowd take every exam
-        seat between two polls, and the guard (rightly) closed the pool before anything was paid.
-        """
-
-        def __call__(self, stats: Any) -> None:
-            super().__call__(stats)
-            emu.advance(POLL_STEP)
 
     @flow
     def guarded() -> Any:
@@ -144,7 +156,7 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
 
     # A crowd slower than the polls, as on Toloka, and the same crowd on any machine: the clock
     # stands still and moves only by POLL_STEP per poll.
-    monkeypatch.setattr(wait, "ProgressReporter", PollClock)
+    monkeypatch.setattr(wait, "ProgressReporter", _clock_per_poll(emu))
     emu.control("config", method="POST", speed=0.0)
     try:
         waited = guarded()
@@ -178,23 +190,12 @@ def test_pools_that_reach_the_end_of_their_lifetime_mid_wait_are_reopened(
     from prefect import flow
 
     from tasks import budget, exam, wait
-    from tasks.artifacts import ProgressReporter
-    from tasks.hits import make_plan
     from tasks.toloka_api import POOL_LIFETIME, platform_now
-    from tasks.toloka_config import load_bundle
 
     key = "faults-expiry"
     params = _params(config, key)
-    bundle = load_bundle(params.toloka_dir)
-    items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
-    plan = make_plan(items, params.hits, params.seed)
-    estimate = budget.estimate_labelling(params, bundle, len(plan.hits))
+    bundle, plan, estimate = _plan_of(params)
     client = _client(emu)
-
-    class PollClock(ProgressReporter):
-        def __call__(self, stats: Any) -> None:
-            super().__call__(stats)
-            emu.advance(POLL_STEP)
 
     @flow
     def waited() -> Any:
@@ -210,7 +211,7 @@ def test_pools_that_reach_the_end_of_their_lifetime_mid_wait_are_reopened(
         staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap)
         return ids, wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.01, 600.0, guard, staffing)
 
-    monkeypatch.setattr(wait, "ProgressReporter", PollClock)
+    monkeypatch.setattr(wait, "ProgressReporter", _clock_per_poll(emu))
     emu.control("config", method="POST", speed=0.0)
     try:
         ids, done = waited()
@@ -231,15 +232,10 @@ def test_a_long_wait_logs_the_polls_that_say_something_new(prefect_harness, emu,
     from prefect.logging.handlers import APILogHandler
 
     from tasks import artifacts, budget, exam, wait
-    from tasks.hits import make_plan
-    from tasks.toloka_config import load_bundle
 
     key = "faults-poll-lines"
     params = _params(config, key)
-    bundle = load_bundle(params.toloka_dir)
-    items = [line.split("\t")[0] for line in params.dataset.read_text().splitlines()[1:]]
-    plan = make_plan(items, params.hits, params.seed)
-    estimate = budget.estimate_labelling(params, bundle, len(plan.hits))
+    bundle, plan, estimate = _plan_of(params)
     minutes = [0.0]
     polls: list[float] = []
 
