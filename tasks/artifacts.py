@@ -497,10 +497,7 @@ def aggregation_alone(aggregated: Aggregated, thumbnails: dict[str, str], folder
     rows: list[dict[str, Any]] = [
         {"metric": "clusters", "value": aggregated.info.n_clusters},
         {"metric": "images", "value": len(aggregated.clusters)},
-    ]
-    rows += [
-        {"metric": k, "value": round(v, 4) if isinstance(v, float) else v}
-        for k, v in (aggregated.metrics or {}).items()
+        *truth_rows(aggregated.metrics),
     ]
     create_table_artifact(
         key="aggregation-metrics",
@@ -509,15 +506,19 @@ def aggregation_alone(aggregated: Aggregated, thumbnails: dict[str, str], folder
     )
 
 
+def truth_rows(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Agreement with the truth as table rows, floats to 4 places (the UI prints them whole)."""
+    return [
+        {"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in (metrics or {}).items()
+    ]
+
+
 def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:
     """The `run-metrics` table, rounded for reading (`summary.json` keeps every digit).
 
     The UI prints a cell as it gets it: 0.9090909090909091 for a float, a JSON object for a dict.
     """
-    rows: list[dict[str, Any]] = [
-        {"metric": k, "value": round(v, 4) if isinstance(v, float) else v}
-        for k, v in (summary.metrics or {}).items()
-    ]
+    rows = truth_rows(summary.metrics)
     estimate = summary.cost.estimate
     rows.append({"metric": "cost_spent", "value": f"${summary.cost.spent:,.2f}"})
     if summary.cost.paid_before >= 0.005:

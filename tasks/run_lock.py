@@ -99,9 +99,14 @@ def lock_path(target: TolokaTarget, run_key: str) -> Path:
     return Path(tempfile.gettempdir()) / "crowdclust-locks" / f"{digest}.lock"
 
 
+def _ours_to_open_up(st: os.stat_result, mode: int) -> bool:
+    """Whether a lock folder or file is ours and lacks the mode every user needs (the umask took
+    its share, or an earlier version made it); another user's is left as it is."""
+    return st.st_uid == os.geteuid() and st.st_mode & 0o7777 != mode
+
+
 def _shared_folder(folder: Path) -> None:
-    """The lock folder, made when missing, with the mode every user needs when it is ours (the umask
-    took its share, or an earlier version made it); another user's is left as it is.
+    """The lock folder, made when missing, opened up to every user when it is ours.
 
     Never through a symbolic link: another user could have put one where the folder goes, pointing
     at a folder of ours, which would then be opened up to everyone.
@@ -113,7 +118,7 @@ def _shared_folder(folder: Path) -> None:
         raise OSError(errno.ELOOP, "a symbolic link", str(folder))
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, "not a folder", str(folder))
-    if st.st_uid == os.geteuid() and st.st_mode & 0o7777 != LOCK_FOLDER_MODE:
+    if _ours_to_open_up(st, LOCK_FOLDER_MODE):
         os.chmod(folder, LOCK_FOLDER_MODE)  # ours, in a sticky temp folder: nobody else can swap it
 
 
@@ -125,8 +130,7 @@ def _open_lock_file(path: Path, run_key: str) -> IO[str]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, LOCK_FILE_MODE)
     except OSError as error:
         raise _unusable(path, run_key, error) from None
-    st = os.fstat(fd)
-    if st.st_uid == os.geteuid() and st.st_mode & 0o7777 != LOCK_FILE_MODE:
+    if _ours_to_open_up(os.fstat(fd), LOCK_FILE_MODE):
         with contextlib.suppress(OSError):  # not changeable (a read-only mount): it still works for us
             os.fchmod(fd, LOCK_FILE_MODE)
     return os.fdopen(fd, "a+")
