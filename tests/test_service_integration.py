@@ -264,9 +264,13 @@ def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_clo
         ]
     finally:
         httpx.post(config, params={"speed": svc.cfg.emulator_speed}, headers=token).raise_for_status()
-        # The worker still winds down after its runs have crashed: an `up` then found it alive
-        # ("already running"), it exited a moment later, and the scale test ran on one worker, killed
-        # it, and waited for good for a worker to run its Retry.
-        while worker_pid is not None and alive(worker_pid) and time.monotonic() < stopped + 120:
-            time.sleep(0.2)
-        service.up(svc.cfg, say=lambda _: None)  # restarts the stopped worker
+        # `make up` at once: the worker may still be winding down after its runs have crashed. An `up`
+        # then found it alive ("already running"), it exited a moment later, and the scale test ran
+        # on one worker, killed it, and waited for good for a worker to run its Retry. `up` now waits
+        # for a worker that said it is stopping.
+        said: list[str] = []
+        service.up(svc.cfg, say=said.append)  # restarts the stopped worker
+    print(*(line for line in said if line.startswith("worker-")), sep="\n")
+    name = workers[worker_pid]
+    assert not alive(worker_pid) and read_pid(svc.cfg, name) not in (None, worker_pid), said
+    assert f"{name}: already running" not in said, said

@@ -291,3 +291,62 @@ def test_the_deployer_stops_waiting_for_the_server_when_up_is_gone(tmp_path: Pat
     )
     assert ended.returncode == 1
     assert f"the `up` that started this deployer (pid {gone.pid}) ended" in ended.stderr
+
+
+def test_a_worker_told_to_stop_says_so_before_it_ends_its_runs(tmp_path: Path, monkeypatch) -> None:
+    """The worker's signal handler writes its pid where the service said, then ends its runs and
+    hands the signal to Prefect's handler; without the variable it writes nothing."""
+    import signal
+
+    from crowdclust.service import worker
+    from crowdclust.service.processes import STOPPING_FILE_ENV
+
+    handed: list[int] = []
+    stopping = tmp_path / "worker-1.stopping"
+    monkeypatch.setenv(STOPPING_FILE_ENV, str(stopping))
+    worker._runs_first(lambda signum, frame: handed.append(signum), print)(signal.SIGTERM, None)
+    assert stopping.read_text() == f"{os.getpid()}\n"
+    assert handed == [signal.SIGTERM]
+    monkeypatch.delenv(STOPPING_FILE_ENV)
+    stopping.unlink()
+    worker._runs_first(lambda signum, frame: handed.append(signum), print)(signal.SIGINT, None)
+    assert not stopping.exists() and handed == [signal.SIGTERM, signal.SIGINT]
+
+
+def test_up_waits_for_a_worker_that_is_stopping_and_starts_it_again(tmp_path: Path, monkeypatch) -> None:
+    """`kill WORKER_PID`, then `make up` at once: the worker still ended its runs (up to 15 s), `up`
+    said "already running", and the service had one worker fewer after it exited. Now `up` waits for
+    a worker that said it is stopping and starts a new one; one that did not say so is left running."""
+    import subprocess
+    import sys
+
+    from crowdclust.service import supervisor
+    from crowdclust.service.processes import STOPPING_FILE_ENV, alive, pid_file, stopping_file
+
+    cfg = ServiceConfig(state_dir=tmp_path, workers=2)
+    # worker-1 is stopping (it exits in a second), worker-2 runs on
+    ending = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid_file(cfg, "worker-1").write_text(f"{ending.pid}\n")
+        stopping_file(cfg, "worker-1").write_text(f"{ending.pid}\n")
+        pid_file(cfg, "worker-2").write_text(f"{running.pid}\n")
+        spawned: list[tuple[str, bool, str]] = []
+
+        def spawn(cfg: ServiceConfig, name: str, command: list[str], env: dict[str, str]) -> int:
+            spawned.append((name, alive(ending.pid), env[STOPPING_FILE_ENV]))
+            return 4242
+
+        monkeypatch.setattr(supervisor, "spawn", spawn)
+        said: list[str] = []
+        started = supervisor._start_workers(cfg, said.append)
+    finally:
+        running.kill()
+        running.wait()
+    assert said == [
+        f"worker-1: stopping (pid {ending.pid}); waiting for it to end its runs before starting it again",
+        "worker-2: already running",
+    ]
+    assert spawned == [("worker-1", False, str(stopping_file(cfg, "worker-1")))]  # after it had ended
+    assert [name for name, _, _ in started] == ["worker-1"]
+    assert not stopping_file(cfg, "worker-1").exists()

@@ -46,6 +46,23 @@ def log_file(cfg: ServiceConfig, name: str) -> Path:
     return cfg.state_dir / f"{name}.log"
 
 
+# A worker told to stop (`kill PID`, a process manager) writes its pid here before it ends its runs,
+# which takes up to its grace of 15 s: `up` then waits for it instead of taking it for a live one.
+STOPPING_FILE_ENV = "CROWDCLUST_STOPPING_FILE"
+
+
+def stopping_file(cfg: ServiceConfig, name: str) -> Path:
+    return cfg.state_dir / f"{name}.stopping"
+
+
+def winding_down(cfg: ServiceConfig, name: str, pid: int) -> bool:
+    """Whether process `pid`, recorded for `name`, has said it is stopping (see `STOPPING_FILE_ENV`)."""
+    try:
+        return stopping_file(cfg, name).read_text().strip() == str(pid)
+    except OSError:
+        return False
+
+
 def stat_fields(pid: int) -> list[str]:
     """`/proc/<pid>/stat` after the command name (which may hold spaces and parentheses):
     [0] the state ("Z" for a zombie), [1] the parent's pid, ... Raises OSError when `pid` is gone."""

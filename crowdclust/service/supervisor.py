@@ -28,7 +28,9 @@ from crowdclust.service.config import (
     read_secret_file,
 )
 from crowdclust.service.processes import (
+    STOPPING_FILE_ENV,
     StartupFailed,
+    alive,
     answers,
     bin_path,
     children,
@@ -37,13 +39,18 @@ from crowdclust.service.processes import (
     read_pid,
     spawn,
     stop_process,
+    stopping_file,
     terminate,
     wait_until,
+    winding_down,
 )
+from crowdclust.service.worker import RUN_GRACE_SECONDS
 from tasks.atomic_file import create_exclusive, write_atomic
 
 Say = Callable[[str], None]
 STARTUP_SECONDS = {"server": 180.0, "emulator": 60.0, "files": 20.0}
+# A stopping worker ends its runs (SIGKILL after RUN_GRACE_SECONDS), then Prefect stops it.
+WIND_DOWN_SECONDS = RUN_GRACE_SECONDS + 45.0
 LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
 
 
@@ -243,17 +250,40 @@ def _start_workers(cfg: ServiceConfig, say: Say) -> list[tuple[str, int, int]]:
     started = []
     for index in range(1, cfg.workers + 1):
         name = f"worker-{index}"
-        if read_pid(cfg, name) is not None:
+        pid = read_pid(cfg, name)
+        if pid is not None and winding_down(cfg, name, pid):
+            _wait_wound_down(name, pid, say)
+        elif pid is not None:
             say(f"{name}: already running")
             continue
         log = log_file(cfg, name)
         offset = log.stat().st_size if log.exists() else 0
+        stopping = stopping_file(cfg, name)
+        stopping.unlink(missing_ok=True)
         # `prefect worker start`, ending its flow runs before it stops on a signal (see the module)
         command = [sys.executable, "-m", "crowdclust.service.worker", "worker", "start"]
         command += ["--pool", WORK_POOL, "--type", "process"]
-        pid = spawn(cfg, name, [*command, "--name", f"crowdclust-{name}"], cfg.env())
+        env = cfg.env() | {STOPPING_FILE_ENV: str(stopping)}
+        pid = spawn(cfg, name, [*command, "--name", f"crowdclust-{name}"], env)
         started.append((name, pid, offset))
     return started
+
+
+def _wait_wound_down(name: str, pid: int, say: Say) -> None:
+    """Wait for a worker that was told to stop (`kill PID`) to end its runs and exit.
+
+    Taken for a running worker, it exited a moment after `up` said "already running", and the
+    service had one worker fewer until the next `up`.
+    """
+    say(f"{name}: stopping (pid {pid}); waiting for it to end its runs before starting it again")
+    deadline = time.monotonic() + WIND_DOWN_SECONDS
+    while alive(pid):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{name} (pid {pid}) was told to stop and still runs after {WIND_DOWN_SECONDS:.0f} s: "
+                f"wait for it or `kill -KILL {pid}`, then `make up` again"
+            )
+        time.sleep(0.2)
 
 
 def _wait_workers(cfg: ServiceConfig, started: list[tuple[str, int, int]], say: Say) -> None:

@@ -11,8 +11,10 @@ process manager, Ctrl-C in the terminal of a worker started by hand.
 So on the first SIGTERM or SIGINT this worker first sends its flow-run processes SIGTERM, as
 `crowdclust service down` does before it stops a worker: each one ends Crashed and its crash hook
 closes its pools and frees its run key (SIGKILL after `RUN_GRACE_SECONDS`). Then Prefect's own
-handler stops the worker as before. Run as `python -m crowdclust.service.worker worker start ...`
-(the arguments of `prefect`).
+handler stops the worker as before. Before all that it writes its pid to the file that
+`CROWDCLUST_STOPPING_FILE` names (the service sets it), so that a `make up` meanwhile waits for it to
+end and starts a new worker instead of reporting it "already running". Run as
+`python -m crowdclust.service.worker worker start ...` (the arguments of `prefect`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from crowdclust.service.processes import children, stat_fields, terminate
+from crowdclust.service.processes import STOPPING_FILE_ENV, children, stat_fields, terminate
 
 RUN_GRACE_SECONDS = 15.0  # as `crowdclust service down` gives a worker's runs
 
@@ -51,6 +53,17 @@ def end_runs(say: Say, grace: float = RUN_GRACE_SECONDS) -> list[int]:
     return runs
 
 
+def _say_stopping() -> None:
+    """Write this worker's pid to the file `CROWDCLUST_STOPPING_FILE` names, if it names one."""
+    path = os.environ.get(STOPPING_FILE_ENV)
+    if path:
+        try:
+            with open(path, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+        except OSError:  # the state folder gone: nothing waits for the file then
+            pass
+
+
 def _runs_first(prefect_handler: Handler, say: Say) -> Callable[[int, FrameType | None], None]:
     """A handler that ends the worker's flow runs, then calls Prefect's handler for the signal."""
     busy = False
@@ -60,6 +73,7 @@ def _runs_first(prefect_handler: Handler, say: Say) -> Callable[[int, FrameType 
         if busy:  # a second signal while the runs end: Prefect's handler follows once they have
             return
         busy = True
+        _say_stopping()
         try:
             end_runs(say)
         finally:
