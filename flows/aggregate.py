@@ -75,12 +75,7 @@ def aggregate_export(
         sum(map(len, thumbs.values())) // 1024,
     )
     if unfetched:
-        logger.warning(
-            "%d image(s) the galleries show could not be fetched (gone, not an image, or too large): %s%s",
-            len(unfetched),
-            ", ".join(unfetched[:5]),
-            "" if len(unfetched) <= 5 else ", ...",
-        )
+        logger.warning(thumbnails.unfetched_line(unfetched))
     if result.metrics is not None:
         logger.info(
             "against the truth: ARI %.3f, NMI %.3f%s",

@@ -43,6 +43,12 @@ def _png(size: tuple[int, int] = (400, 300)) -> bytes:
     return out.getvalue()
 
 
+def _thumbnails(urls: list[str], base_url: str | None = None) -> dict[str, str]:
+    """URL -> thumbnail of each image that could be fetched and read, as the galleries get them."""
+    fetched = thumbnails.fetch_images(urls, base_url)
+    return {url: got.uri for url, got in fetched.items() if got.uri is not None}
+
+
 def _html(markdown: str) -> str:
     return MarkdownIt("commonmark").enable("table").render(markdown)
 
@@ -80,7 +86,7 @@ def image_server() -> Iterator[str]:
 def test_thumbnails_are_small_jpegs_and_unfetchable_images_are_absent(image_server):
     urls = [f"{image_server}/{name}" for name in ("ok.png", "text.png", "broken.png", "missing.png")]
     urls += ["file:///etc/passwd", "javascript:alert(1)", "relative/path.png"]
-    got = thumbnails.fetch_thumbnails(urls)
+    got = _thumbnails(urls)
     assert list(got) == [f"{image_server}/ok.png"]
     prefix, data = got[f"{image_server}/ok.png"].split(",", 1)
     assert prefix == "data:image/jpeg;base64"
@@ -97,24 +103,31 @@ def test_the_gallery_images_that_could_not_be_fetched_are_named(image_server):
     fit = Aggregated(clusters, None, AggregationInfo("gomes", 3, 1, 1, 1, 2, 1, -1.0))
     thumbs, unfetched = thumbnails.for_galleries(fit, None)
     assert list(thumbs) == [f"{image_server}/ok.png"]
-    assert unfetched == [f"{image_server}/missing.png", f"{image_server}/text.png"]
+    assert unfetched == {
+        f"{image_server}/missing.png": "HTTP 404",
+        f"{image_server}/text.png": "not an image (text/plain)",
+    }
+    assert thumbnails.unfetched_line(unfetched) == (
+        f"2 image(s) the galleries show could not be fetched: 1 HTTP 404 ({image_server}/missing.png); "
+        f"1 not an image (text/plain) ({image_server}/text.png)"
+    )
 
 
 def test_a_url_nothing_can_parse_is_an_unfetchable_image_not_an_error(image_server):
     """`http://[host/a.png` (an unbalanced bracket) made urllib raise and stopped the galleries."""
     bad = ["http://[cdn.example.com/img 11.png", "http://x:99999/a.png", "http://x/\x01a.png"]
     assert not any(thumbnails.is_fetchable(url) for url in bad)
-    assert list(thumbnails.fetch_thumbnails([*bad, f"{image_server}/ok.png"])) == [f"{image_server}/ok.png"]
-    assert list(thumbnails.fetch_thumbnails(bad, base_url=image_server)) == []
+    assert list(_thumbnails([*bad, f"{image_server}/ok.png"])) == [f"{image_server}/ok.png"]
+    assert list(_thumbnails(bad, base_url=image_server)) == []
     clusters = pd.Series([0, 0, 1, 1], index=[*bad, f"{image_server}/ok.png"])
     fit = Aggregated(clusters, None, AggregationInfo("gomes", 4, 1, 1, 1, 2, 1, -1.0))
     thumbs, unfetched = thumbnails.for_galleries(fit, None)
-    assert (list(thumbs), unfetched) == ([f"{image_server}/ok.png"], [])
+    assert (list(thumbs), unfetched) == ([f"{image_server}/ok.png"], {})
 
 
 def test_local_images_are_fetched_from_the_runs_emulator(image_server):
     """A demo dataset names the emulator's default address; the run's emulator is elsewhere."""
-    got = thumbnails.fetch_thumbnails(["http://127.0.0.1:9/ok.png"], base_url=image_server)
+    got = _thumbnails(["http://127.0.0.1:9/ok.png"], base_url=image_server)
     assert list(got) == ["http://127.0.0.1:9/ok.png"]
 
 
@@ -122,7 +135,7 @@ def test_an_image_the_emulator_lacks_is_fetched_from_its_own_host(image_server):
     """A user rehearsing their own image host on the emulator: the emulator answers 404 for the
     host's paths, and every image was reported missing. The URL as written is tried next."""
     emulator = "http://127.0.0.1:9"  # nothing listens: the emulator has none of these images
-    got = thumbnails.fetch_thumbnails([f"{image_server}/ok.png"], base_url=emulator)
+    got = _thumbnails([f"{image_server}/ok.png"], base_url=emulator)
     assert list(got) == [f"{image_server}/ok.png"]
 
 
@@ -135,6 +148,41 @@ def test_an_image_neither_the_emulator_nor_its_own_host_serves_names_both_reason
     assert got[f"{unreachable}/a.png"].problem == "HTTP 404 from the run's emulator; as written: ConnectError"
     same = thumbnails.fetch_images([f"{image_server}/missing.png"], base_url=image_server, thumbnails=False)
     assert same[f"{image_server}/missing.png"].problem == "HTTP 404"  # one address: one reason
+
+
+def test_a_host_that_never_answers_is_given_up_and_one_that_answers_is_not(image_server, monkeypatch):
+    """A 10,000-image clustering whose image host was out of reach spent 7 min 21 s fetching its
+    galleries' 2,298 images one timeout at a time. A host that does not answer UNREACHABLE_AFTER
+    times in a row is not tried again; a host that answers, even with 404s, is tried for every image."""
+    import socket
+
+    monkeypatch.setattr(thumbnails, "TIMEOUT_SECONDS", 0.3)
+    silent = socket.create_server(("127.0.0.1", 0), backlog=256)  # accepts, never answers
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:  # closed: the test is over
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    dead = [f"http://127.0.0.1:{silent.getsockname()[1]}/{i}.png" for i in range(60)]
+    missing = [f"{image_server}/missing-{i}.png" for i in range(40)]
+    try:
+        got = thumbnails.fetch_images([*dead, *missing, f"{image_server}/ok.png"], thumbnails=False)
+    finally:
+        silent.close()
+        for connection in accepted:
+            connection.close()
+    assert len(accepted) < thumbnails.UNREACHABLE_AFTER + thumbnails.WORKERS  # of 60
+    problems = [got[url].problem or "" for url in dead]
+    assert all(problem.startswith("ReadTimeout") for problem in problems), set(problems)
+    given_up = [problem for problem in problems if "not tried again" in problem]
+    assert len(given_up) >= 60 - len(accepted), problems
+    assert {got[url].problem for url in missing} == {"HTTP 404"}  # each asked: the host answers
+    assert got[f"{image_server}/ok.png"].problem is None
 
 
 def test_the_check_before_paying_says_why_each_image_cannot_be_shown(image_server):
