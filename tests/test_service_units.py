@@ -350,3 +350,6 @@ def test_up_waits_for_a_worker_that_is_stopping_and_starts_it_again(tmp_path: Pa
     assert spawned == [("worker-1", False, str(stopping_file(cfg, "worker-1")))]  # after it had ended
     assert [name for name, _, _ in started] == ["worker-1"]
     assert not stopping_file(cfg, "worker-1").exists()
+    stopping_file(cfg, "worker-2").write_text(f"{running.pid}\n")  # it said so, then ended
+    assert supervisor.stop_process(cfg, "worker-2") is False
+    assert not stopping_file(cfg, "worker-2").exists() and not pid_file(cfg, "worker-2").exists()

@@ -253,9 +253,10 @@ def terminate(pids: list[int], wait: float = 15.0, running: Callable[[int], bool
 def stop_process(cfg: ServiceConfig, name: str) -> bool:
     """SIGINT, SIGINT again (a process worker ignores the first), then SIGKILL the process group.
 
-    Returns whether something was running.
+    Returns whether something was running. Its pid file goes, and the file a stopping worker wrote.
     """
     pid = read_pid(cfg, name)
+    stopping_file(cfg, name).unlink(missing_ok=True)
     if pid is None:
         pid_file(cfg, name).unlink(missing_ok=True)
         return False
