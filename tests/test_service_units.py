@@ -353,3 +353,18 @@ def test_up_waits_for_a_worker_that_is_stopping_and_starts_it_again(tmp_path: Pa
     stopping_file(cfg, "worker-2").write_text(f"{running.pid}\n")  # it said so, then ended
     assert supervisor.stop_process(cfg, "worker-2") is False
     assert not stopping_file(cfg, "worker-2").exists() and not pid_file(cfg, "worker-2").exists()
+    # `make down`: the worker writes the file on the signal that stops it; none is left behind
+    says_so = (
+        "import os, signal, sys, time\n"
+        "def stop(*_):\n"
+        f"    open({str(stopping_file(cfg, 'worker-1'))!r}, 'w').write(f'{{os.getpid()}}\\n')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", says_so], stdout=subprocess.PIPE, start_new_session=True)
+    assert worker.stdout is not None and worker.stdout.readline() == b"ready\n"
+    pid_file(cfg, "worker-1").write_text(f"{worker.pid}\n")
+    assert supervisor.stop_process(cfg, "worker-1") is True
+    assert worker.wait(timeout=10) == 0 and not stopping_file(cfg, "worker-1").exists()

@@ -256,9 +256,9 @@ def stop_process(cfg: ServiceConfig, name: str) -> bool:
     Returns whether something was running. Its pid file goes, and the file a stopping worker wrote.
     """
     pid = read_pid(cfg, name)
-    stopping_file(cfg, name).unlink(missing_ok=True)
     if pid is None:
         pid_file(cfg, name).unlink(missing_ok=True)
+        stopping_file(cfg, name).unlink(missing_ok=True)
         return False
     for sig, wait in ((signal.SIGINT, 3.0), (signal.SIGINT, 8.0), (signal.SIGKILL, 5.0)):
         try:
@@ -271,4 +271,5 @@ def stop_process(cfg: ServiceConfig, name: str) -> bool:
         if not alive(pid):
             break
     pid_file(cfg, name).unlink(missing_ok=True)
+    stopping_file(cfg, name).unlink(missing_ok=True)  # a worker writes it on the signal above
     return True
