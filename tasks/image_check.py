@@ -16,7 +16,7 @@ from prefect import get_run_logger
 from tasks.dataset import DatasetError
 from tasks.dataset_file import read_table
 from tasks.stage import stage_task
-from tasks.thumbnails import fetch_images
+from tasks.thumbnails import fetch_images, hosts_given_up
 
 SHOWN = 5  # failing images named in the error (all are counted)
 
@@ -27,9 +27,9 @@ def _lines_of(dataset: str) -> dict[str, int]:
     return {row.fields[table.image].strip(): row.line for row in table.rows}
 
 
-def unshowable(problems: dict[str, str], total: int, dataset: str) -> DatasetError:
+def unshowable(problems: dict[str, str], total: int, dataset: str, given_up: str = "") -> DatasetError:
     """The error for the images that could not be fetched: how many, the first few with their lines
-    and why, the lines of the rest, what to do."""
+    and why, the lines of the rest, the hosts given up (`thumbnails.hosts_given_up`), what to do."""
     lines = _lines_of(dataset)
 
     def at(url: str) -> str:
@@ -45,7 +45,8 @@ def unshowable(problems: dict[str, str], total: int, dataset: str) -> DatasetErr
         )
     return DatasetError(
         f"{dataset}: {len(problems):,} of {total:,} images could not be fetched, so the crowd would be "
-        f"paid to group pictures it cannot see: {named}{more}. Fix or remove those rows and run the "
+        f"paid to group pictures it cannot see: {named}{more}. {given_up + ' ' if given_up else ''}"
+        "Fix or remove those rows and run the "
         "same command again; or, if they load in a browser but not from this machine, set "
         "hits.check_images: false"
     )
@@ -59,6 +60,6 @@ def check_images_task(images: list[str], base_url: str | None, dataset: str) -> 
     fetched = fetch_images(wanted, base_url, thumbnails=False)
     problems = {url: got.problem for url, got in sorted(fetched.items()) if got.problem is not None}
     if problems:
-        raise unshowable(problems, len(wanted), dataset)
+        raise unshowable(problems, len(wanted), dataset, hosts_given_up(fetched))
     get_run_logger().info("images: all %s of the plan can be fetched", f"{len(wanted):,}")
     return len(wanted)

@@ -167,6 +167,7 @@ class Fetched:
     uri: str | None = None
     problem: str | None = None
     no_answer: bool = False  # the host did not answer at all (counted by `_Hosts`)
+    not_asked: bool = False  # not fetched: its host had been given up (`_Hosts`)
 
 
 class _Hosts:
@@ -182,7 +183,7 @@ class _Hosts:
         """What to report for `url` without fetching it, if its host was given up."""
         with self._lock:
             problem = self._given_up.get(urlsplit(url).netloc)
-        return None if problem is None else Fetched(problem=problem, no_answer=True)
+        return None if problem is None else Fetched(problem=problem, no_answer=True, not_asked=True)
 
     def record(self, url: str, got: Fetched) -> None:
         host = urlsplit(url).netloc
@@ -221,6 +222,20 @@ def _get(client: Any, url: str, thumbnails: bool) -> Fetched:
         uri = thumbnail(content)
         return Fetched(uri=uri) if uri is not None else Fetched(problem="not a readable image")
     return Fetched() if _readable(content) else Fetched(problem="not a readable image")
+
+
+def hosts_given_up(fetched: dict[str, Fetched]) -> str:
+    """A sentence on the hosts whose images were not all asked for (`_Hosts`), or ""."""
+    not_asked: dict[str, int] = {}
+    for url, got in fetched.items():
+        if got.not_asked:
+            host = urlsplit(url).netloc
+            not_asked[host] = not_asked.get(host, 0) + 1
+    return " ".join(
+        f"{host} did not answer {UNREACHABLE_AFTER} connections in a row, so its other {count:,} "
+        f"image{'s' * (count != 1)} were not asked for."
+        for host, count in sorted(not_asked.items())
+    )
 
 
 def fetch_images(urls: list[str], base_url: str | None = None, thumbnails: bool = True) -> dict[str, Fetched]:

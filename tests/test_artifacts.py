@@ -181,6 +181,11 @@ def test_a_host_that_never_answers_is_given_up_and_one_that_answers_is_not(image
     assert all(problem.startswith("ReadTimeout") for problem in problems), set(problems)
     given_up = [problem for problem in problems if "not tried again" in problem]
     assert len(given_up) >= 60 - len(accepted), problems
+    host = dead[0].split("/")[2]
+    assert thumbnails.hosts_given_up(got) == (
+        f"{host} did not answer 16 connections in a row, "
+        f"so its other {len(given_up)} images were not asked for."
+    )
     assert {got[url].problem for url in missing} == {"HTTP 404"}  # each asked: the host answers
     assert got[f"{image_server}/ok.png"].problem is None
 
