@@ -57,12 +57,8 @@ def evaluate_clusters(
     alone = runtime.flow_run.parent_flow_run_id is None
     if alone and made:
         folder = folder.evaluation(intruders.round_key(run_key, made))
-    for cluster in skipped:
-        logger.info(
-            "cluster %s has fewer than %d images: no intruder HIT hosted by it",
-            cluster,
-            cfg.images_per_hit - 1,
-        )
+    if skipped:
+        logger.info("%s", intruders.skipped_line(skipped, clusters, cfg.images_per_hit - 1))
     if not made:
         logger.warning("no cluster can host an intruder HIT: evaluation skipped")
         return Evaluation(accuracy=None, n_hits=0, skipped=tuple(skipped))

@@ -78,6 +78,21 @@ def make_hits(
     return hits, skipped
 
 
+def skipped_line(skipped: list[int], clusters: pd.Series, need: int, most: int = 10) -> str:
+    """One log line for the clusters too small to host an intruder HIT, however many there are.
+
+    A line per cluster flooded the run's log: a co-association clustering of 3,000 images had 163
+    clusters under 7 images, 163 lines in the Prefect UI before the first line about the pool.
+    """
+    images = int(clusters.isin(skipped).sum())
+    shown = ", ".join(map(str, skipped[:most]))
+    more = f" and {len(skipped) - most:,} more" if len(skipped) > most else ""
+    return (
+        f"{len(skipped):,} cluster(s) have fewer than {need} images ({images:,} images in all): no "
+        f"intruder HIT hosted by them (cluster {shown}{more})"
+    )
+
+
 # Below this many HITs per host cluster, one HIT moves the cluster's accuracy by a fifth or more.
 FEW_HITS_PER_HOST = 5
 

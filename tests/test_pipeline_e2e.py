@@ -315,6 +315,38 @@ def test_budget_guard_refuses_before_anything_is_created(prefect_harness, emu, t
     assert not RunFolder.of(params).key_file.exists()
 
 
+def test_clusters_too_small_to_host_an_intruder_hit_are_one_log_line(prefect_harness, emu, tmp_path):
+    """A clustering of many small clusters (co-association on 3,000 images: 163 of its 174 under 7
+    images) logged a line per cluster; now one line counts them, names the first ten and their
+    images. Here 400 clusters of 1-3 images: none can host a HIT, so nothing is created on Toloka."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.evaluate import evaluate_clusters
+
+    params = _params(emu, tmp_path, run_key="e2e-small-clusters")
+    sizes = [1 + i % 3 for i in range(400)]
+    items = [(f"https://img.example/{n:05d}.png", c) for c, size in enumerate(sizes) for n in range(size)]
+    items = [(url.replace(".png", f"-{k}.png"), c) for k, (url, c) in enumerate(items)]
+    path = tmp_path / "clusters.csv"
+    pd.DataFrame(items, columns=["item", "cluster"]).to_csv(path, index=False)
+    state = evaluate_clusters(params, clusters_csv=path, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result().n_hits == 0 and len(state.result().skipped) == 400
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        run_logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    small = [log.message for log in run_logs if "fewer than 7 images" in log.message]
+    assert small == [
+        f"400 cluster(s) have fewer than 7 images ({sum(sizes):,} images in all): no intruder HIT hosted "
+        "by them (cluster 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 390 more)"
+    ]
+    assert _objects(params)["projects"] == []
+
+
 def _run_logs(flow_run_id: Any) -> dict[str, list[Any]]:
     """The logs of a flow run and of each of its sub-flow runs, by run name and flow."""
     from prefect import get_client
