@@ -516,7 +516,17 @@ def test_demo_exam_gold_matches_catalogue_truth():
         ("image\nhttp://x:99999/a.png\n", "line 2: image 'http://x:99999/a.png' is not a valid URL (Port"),
         ("image\nhttp:///a.png\n", "line 2: image 'http:///a.png' has no host"),
         ("image\nhttp://x/\x01a.png\n", "is not a valid URL (Invalid non-printable ASCII"),
-        ("image\nHTTP://x/a.png\n", "line 2: image 'HTTP://x/a.png' is not an http(s) URL"),
+        # Refused (the emulator's crowd and the checks read `http://` as written), but not as "not an
+        # http(s) URL": a 5,000-row file with one `HTTP://` row said so of a plain http image.
+        (
+            "image\nHTTP://x/a.png\n",
+            "line 2: image 'HTTP://x/a.png' has its scheme in capitals: write it http://",
+        ),
+        (
+            "image\nHttps://x/a.png\n",
+            "line 2: image 'Https://x/a.png' has its scheme in capitals: write it https://",
+        ),
+        ("image\nhttp:x/a.png\n", "line 2: image 'http:x/a.png' is not an http(s) URL"),
     ],
 )
 def test_bad_dataset_rows_are_named(tmp_path, content, expected):
