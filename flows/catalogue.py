@@ -121,7 +121,8 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     resolve_token(params.toloka)
     # What this run spends is what the key's pools cost after it less before: the rounds share one
     # exam pool (counted whole in every round before) and a run may only finish an evaluation.
-    spent_before = budget.total(budget.charges_at_start_task(params.toloka, key))
+    # Before the run's first attempt, when the same command resumes it (`Stopwatch.charged_from`).
+    spent_before = clock.charged_from(budget.total(budget.charges_at_start_task(params.toloka, key)))
 
     state, seconds = rounds.catalogue_state_task(params.toloka, key)
     clustered = {item for entry in state if entry.completed for item in entry.items}

@@ -444,6 +444,20 @@ class Stopwatch:
         self._running: tuple[str, float] | None = None
         self._lock = threading.Lock()
         self.saved = False  # this attempt is in `attempts.json`
+        self.charged_before: float | None = None  # the run key's charges as this attempt began
+
+    def charged_from(self, now: float) -> float:
+        """What the run key's pools had cost when this run began: `now` (this attempt's reading),
+        unless an earlier attempt of the run recorded its own.
+
+        A catalogue's cost is what its pools cost after the run less before it, and a round
+        resumed by the same command after a kill (a new flow run, so a new reading) reported only
+        what its last attempt added: $72.49 of a round that cost $115.88, the rest counted as
+        "earlier runs of the catalogue", beside a wall time over both attempts.
+        """
+        earlier = [one.charged_before for one in self.earlier if one.charged_before is not None]
+        self.charged_before = now
+        return earlier[0] if earlier else now
 
     @contextmanager
     def lap(self, stage: str) -> Iterator[None]:
@@ -482,7 +496,7 @@ class Stopwatch:
         if self._running is not None:
             stage, began = self._running
             laps[stage] = round(laps.get(stage, 0.0) + time.monotonic() - began, 1)
-        return Attempt(self.started_at, round(self.total(), 1), laps, done)
+        return Attempt(self.started_at, round(self.total(), 1), laps, done, self.charged_before)
 
     def save(self, done: bool = False) -> None:
         if self.folder is not None:

@@ -450,12 +450,14 @@ class SecondRound:
 class Attempt:
     """One attempt of a run (a flow run, or a Retry of one) as the run folder's `attempts.json`
     keeps it: when it began, its wall time and its stages' seconds until it ended or was last
-    seen (a killed attempt keeps what its last heartbeat wrote), and whether the run ended there."""
+    seen (a killed attempt keeps what its last heartbeat wrote), whether the run ended there, and
+    what the run key's pools had cost when it began (`Stopwatch.charged_from`; None when not read)."""
 
     started: str  # ISO 8601, UTC
     wall: float
     laps: dict[str, float]
     done: bool = False
+    charged_before: float | None = None
 
 
 @dataclass(frozen=True)

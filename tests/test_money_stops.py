@@ -176,6 +176,12 @@ def test_a_catalogue_round_the_balance_stopped_fails_and_a_top_up_finishes_its_p
     assert accepted == summary.aggregation.n_assignments == 9 * 3  # every answer clustered, none paid twice
     assert summary.catalogue.round_pools == (str(stopped.id),)
     assert summary.cost.by_run_key == pytest.approx(0.8 + 1.0 - left, abs=1e-6)
+    # The round's cost counts the attempt the balance stopped: the run resumed in its own folder
+    # (its wall time is over all of its attempts) reported only what its last one added, the rest as
+    # "earlier runs of the catalogue".
+    assert summary.attempts is not None and summary.attempts.count == 3  # the refused one too
+    assert summary.cost.spent == pytest.approx(summary.cost.by_run_key, abs=1e-6)
+    assert summary.cost.earlier_pools == 0.0
 
 
 def test_a_stopped_catalogue_round_is_finished_before_the_images_added_since(
