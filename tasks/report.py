@@ -286,7 +286,10 @@ def render_html(
             "<h2>Images to show again</h2>",
             f"<p>{html.escape(recheck)}: <a href='{where}'>{where}</a>.</p>",
         ]
-    parts += ["<h2>Cost (USD)</h2>", _cost_table(data.get("cost", {}), bool(data.get("catalogue_key")))]
+    cost = dict(data.get("cost", {}))
+    if summary.cost.estimate is not None:  # as the run-metrics artifact writes it, not its keys
+        cost["estimate"] = summary.cost.estimate.describe()
+    parts += ["<h2>Cost (USD)</h2>", _cost_table(cost, bool(data.get("catalogue_key")))]
     if data.get("timings"):
         parts += _timings(summary)
     if summary.coverage is not None:

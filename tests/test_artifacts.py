@@ -548,7 +548,15 @@ def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
         report.ReportLinks(clusters="clusters.csv"),
     )  # fmt: skip
     assert "<th>above the estimate</th><td>30% above the estimate: check budget.fee_rate" in page
+    assert "<th>estimate</th><td>main $14.00, exam $3.00, intruders $4.80, total $21.80</td>" in page
     assert cost_line(Cost(19.80, CostEstimate(14.0, 3.0, 2.8))).endswith("(estimate $19.80)")
+    round_two = Cost(5.0, CostEstimate(0.47, 3.9, 2.6, exam_paid=3.71), by_run_key=9.0, added=5.0)
+    page = report.render_html(
+        replace(base, cost=round_two), pd.Series([0], index=["http://img.example/a.png"]), None, "t",
+        report.ReportLinks(clusters="clusters.csv"),
+    )  # fmt: skip
+    assert "exam_paid_before_this_run" not in page  # a catalogue round's estimate read its raw key
+    assert html.escape("($3.71 of the exam pool's $3.90 was paid before this run, not spent again)") in page
     resumed = Cost(31.82, None, by_run_key=44.82, added=13.0)
     assert cost_line(resumed).endswith(
         "$31.82 spent, $13.00 of it in this run (the rest in earlier runs of key k); "
