@@ -648,6 +648,11 @@ def test_the_runs_last_lines_count_the_single_item_clusters(tmp_path):
     assert (
         describe(replace(lone, cluster_sizes={"0": 40, "1": 2})).splitlines()[0].endswith("(sizes [40, 2])")
     )
+    # 174 clusters of a co-association clustering: 599 characters of sizes in one line
+    many = {str(i): 40 - i if i < 30 else 1 for i in range(174)}
+    first = describe(replace(lone, clusters=174, cluster_sizes=many)).splitlines()[0]
+    shown = ", ".join(str(40 - i) for i in range(20))
+    assert first.endswith(f"174 (sizes [{shown}, ...] and 154 more; 144 of them a single item)"), first
 
 
 def test_an_aggregate_runs_name_keeps_its_parentheses_and_markup_stays_text():
