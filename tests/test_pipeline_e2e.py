@@ -9,6 +9,7 @@ Separate, cheap runs cover the budget guard and the failure hook.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -1148,7 +1149,8 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
     assert saved["exam_paid_before_this_run"] == pytest.approx(exam_paid, abs=0.01)
     assert saved["total"] == pytest.approx(saved["main"] + saved["exam"] + saved["intruders"], abs=0.01)
     assert f"(estimate ${estimate.total:.2f})" in describe(grown)
-    assert "exam_paid_before_this_run $" in (second.run_dir / "report.html").read_text()
+    page = (second.run_dir / "report.html").read_text()
+    assert html.escape(estimate.describe()) in page and "was paid before this run" in estimate.describe()
 
 
 def test_a_run_folder_cut_short_by_a_kill_is_refused_then_made_whole_by_the_same_command(
