@@ -93,15 +93,17 @@ def read_dataset(path: Path | str) -> Dataset:
     but none read as the truth (a `Label` column would silently give no scores); the same image
     under two spellings of its URL (`image_address`), which the crowd would see twice as two images.
     """
-    table = read_table(path)
+    table = read_table(path, misshapen_ok=True)
     path = table.path
-    if not table.rows:
+    if not table.rows and not table.misshapen:
         raise DatasetError(f"{path}: no rows")
     warnings: list[str] = []
     seen: dict[str, int] = {}
     by_address: dict[str, int] = {}  # what the server sees of the URL -> its line
     respelt: list[str] = []
-    bad: list[tuple[int, str, str]] = []  # line, what is wrong, its kind: every row, not the first
+    # line, what is wrong, its kind: every row, not the first. A row of the wrong shape too: named
+    # alone, it stopped a run whose bad URLs the next run only then named.
+    bad = [(line, what, "misshapen row") for line, what in table.misshapen]
     for row in table.rows:
         line, raw = row.line, row.fields[table.image]
         url = raw.strip()
@@ -119,7 +121,7 @@ def read_dataset(path: Path | str) -> Dataset:
         else:
             by_address[address] = line
     if bad:
-        raise DatasetError(_bad_rows(path, bad))
+        raise DatasetError(_bad_rows(path, sorted(bad)))
     if respelt:
         warnings.append(
             f"{path}: the same image under two spellings of its URL (http:// and https://, the host's "

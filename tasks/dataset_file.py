@@ -49,6 +49,7 @@ class Table:
     rows: list[Row]
     image: int
     truth: int | None
+    misshapen: tuple[tuple[int, str], ...] = ()  # (line, what is wrong): rows left out of `rows`
 
     def images(self) -> list[str]:
         """The image of every row, stripped, in file order: what the crowd sees of the file."""
@@ -137,11 +138,13 @@ def _column(path: Path, line: int, header: list[str], names: tuple[str, ...]) ->
     return found[0] if found else None
 
 
-def read_table(path: Path | str) -> Table:
+def read_table(path: Path | str, misshapen_ok: bool = False) -> Table:
     """The file's header and records, with the image column and the truth column found.
 
     Column names are matched as written, else regardless of case when only one column matches (a
-    spreadsheet's `Class` header is the truth a user meant to give, not "no truth").
+    spreadsheet's `Class` header is the truth a user meant to give, not "no truth"). A row with
+    another number of fields than the header raises, or with `misshapen_ok` is left out of `rows`
+    and listed in `misshapen`, for a caller that names it beside the other rows' problems.
     """
     path = Path(path)
     try:
@@ -163,19 +166,24 @@ def read_table(path: Path | str) -> Table:
             )
         raise DatasetError(f"{path}: needs an `image` column (found: {found or 'none'})")
     truth = _column(path, first.line, header, (TRUTH_COLUMN,))
-    rows = list(records)
-    for row in rows:
-        if len(row.fields) != len(header):
-            raise DatasetError(
-                f"{path}, line {row.line}: {_fields(len(row.fields))} where the header (line {first.line}) "
-                f"has {len(header)} ({', '.join(header)}): "
-                + (
-                    "a tab too many, or a tab inside a cell?"
-                    if len(row.fields) > len(header)
-                    else "a tab missing, or spaces where a tab should be?"
-                )
+    rows, misshapen = [], []
+    for row in records:
+        if len(row.fields) == len(header):
+            rows.append(row)
+            continue
+        what = (
+            f"{_fields(len(row.fields))} where the header (line {first.line}) has {len(header)} "
+            f"({', '.join(header)}): "
+            + (
+                "a tab too many, or a tab inside a cell?"
+                if len(row.fields) > len(header)
+                else "a tab missing, or spaces where a tab should be?"
             )
-    return Table(path, header, first.line, rows, image, truth)
+        )
+        if not misshapen_ok:
+            raise DatasetError(f"{path}, line {row.line}: {what}")
+        misshapen.append((row.line, what))
+    return Table(path, header, first.line, rows, image, truth, tuple(misshapen))
 
 
 def _fields(count: int) -> str:

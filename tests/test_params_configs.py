@@ -558,6 +558,16 @@ def test_every_row_with_an_unusable_image_is_counted_in_the_one_error(tmp_path):
         f"{path}, line 3: image 'oops' is not an http(s) URL; and 2 more (1 bad URL and 1 repeated "
         "image): line 4, 5"
     )
+    # A stray tab stopped the run alone; its bad URLs came out on the next run (a tester's 5,000 rows)
+    path.write_text(
+        "image\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\tboot\tx\noops\tboot\nhttp://x/c.png\n"
+    )
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path)
+    assert str(error.value) == (
+        f"{path}, line 3: 3 fields where the header (line 1) has 2 (image, class): a tab too many, or a "
+        "tab inside a cell?; and 2 more (1 bad URL and 1 misshapen row): line 4, 5"
+    )
 
 
 def _grep_n(data: bytes, needle: bytes) -> list[int]:
