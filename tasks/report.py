@@ -74,9 +74,7 @@ COST_ROWS = {  # summary.json's cost keys, as the report names them
 
 
 def _money(value: Any) -> Any:
-    """Dollars with cents ($1,234.56; 4 significant digits gave $1235), a dict of them as one line."""
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_money(v)}" for k, v in value.items())
+    """Dollars with cents ($1,234.56; 4 significant digits gave $1235); text as it is."""
     return f"${value:,.2f}" if isinstance(value, int | float) else value
 
 
