@@ -44,8 +44,8 @@ def url_problem(url: str) -> str | None:
         return f"is not a valid URL ({exc})"
     # `HTTP://`, `Http://` (a spreadsheet's capital): refused, as the crowd's task pages and the
     # emulator read `http://` as written, but not as "not an http(s) URL", which it is.
-    capitals = url.lower().startswith(("http://", "https://")) and not url.startswith(("http://", "https://"))
-    if capitals and parts.scheme in ("http", "https"):
+    # (urlsplit gives the scheme in lower case: a URL that starts with it only so has `http(s)`.)
+    if url.lower().startswith(("http://", "https://")) and not url.startswith(f"{parts.scheme}://"):
         return f"has its scheme in capitals: write it {parts.scheme}://"
     if parts.scheme not in ("http", "https") or not url.startswith(("http://", "https://")):
         return "is not an http(s) URL"
