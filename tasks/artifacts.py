@@ -497,7 +497,7 @@ def aggregation_alone(aggregated: Aggregated, thumbnails: dict[str, str], folder
     rows: list[dict[str, Any]] = [
         {"metric": "clusters", "value": aggregated.info.n_clusters},
         {"metric": "images", "value": len(aggregated.clusters)},
-        *truth_rows(aggregated.metrics),
+        *truth_rows(aggregated.metrics, len(aggregated.clusters)),
     ]
     create_table_artifact(
         key="aggregation-metrics",
@@ -506,11 +506,20 @@ def aggregation_alone(aggregated: Aggregated, thumbnails: dict[str, str], folder
     )
 
 
-def truth_rows(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Agreement with the truth as table rows, floats to 4 places (the UI prints them whole)."""
-    return [
-        {"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in (metrics or {}).items()
-    ]
+def truth_rows(metrics: dict[str, Any] | None, n_images: int) -> list[dict[str, Any]]:
+    """Agreement with the truth as table rows, floats to 4 places (the UI prints them whole).
+
+    The scores' `n_items` (the images with a class) is a row only when it is fewer than the
+    `n_images` clustered, named for what it counts: beside an `images` row of the same value, an
+    `n_items` row read as a second, unexplained count of the same thing."""
+    rows = []
+    for key, value in (metrics or {}).items():
+        if key == "n_items":
+            if value < n_images:
+                rows.append({"metric": "images_with_a_class", "value": int(value)})
+            continue
+        rows.append({"metric": key, "value": round(value, 4) if isinstance(value, float) else value})
+    return rows
 
 
 def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:
@@ -518,7 +527,7 @@ def metric_rows(summary: RunSummary) -> list[dict[str, Any]]:
 
     The UI prints a cell as it gets it: 0.9090909090909091 for a float, a JSON object for a dict.
     """
-    rows = truth_rows(summary.metrics)
+    rows = truth_rows(summary.metrics, sum(summary.cluster_sizes.values()))
     estimate = summary.cost.estimate
     rows.append({"metric": "cost_spent", "value": f"${summary.cost.spent:,.2f}"})
     if summary.cost.paid_before >= 0.005:

@@ -341,20 +341,22 @@ def test_hit_coverage_links_open_the_images_where_the_runs_emulator_serves_them(
 
 
 def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_path):
-    """The UI prints a table cell as it gets it: every digit of a float, a dict as JSON."""
+    """The UI prints a table cell as it gets it: every digit of a float, a dict as JSON. The
+    scores' image count is a row only when some clustered images have no class."""
     from dataclasses import replace
 
     from tasks.stages import CostEstimate
 
     done = replace(
         _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0)),
-        metrics={"n_items": 82, "ari": 0.9090909090909091},
+        cluster_sizes={"0": 40, "1": 42},
+        metrics={"n_items": 80, "ari": 0.9090909090909091},
         cost=Cost(24.024, CostEstimate(14.924, 3.9, 5.2)),
         intruder_accuracy=10 / 11,
         intruders=Evaluation(10 / 11, 11, n_answers=55, answer_accuracy=48 / 55, image_accuracy=0.95123),
     )
     assert {row["metric"]: row["value"] for row in artifacts.metric_rows(done)} == {
-        "n_items": 82,
+        "images_with_a_class": 80,
         "ari": 0.9091,
         "cost_spent": "$24.02",
         "cost_estimate": "main $14.92, exam $3.90, intruders $5.20, total $24.02",
@@ -362,6 +364,8 @@ def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_pa
         "intruder_accuracy_per_image": 0.951,
         "intruder_answer_accuracy": 0.873,
     }
+    every_image = replace(done, metrics={"n_items": 82, "ari": 1.0})
+    assert [row["metric"] for row in artifacts.metric_rows(every_image)][:2] == ["ari", "cost_spent"]
     nothing = {
         row["metric"]: row["value"] for row in artifacts.metric_rows(_summary(tmp_path, done.aggregation))
     }
