@@ -264,7 +264,9 @@ def render_html(
         rounds["pools aggregated"] = ", ".join(map(str, data.get("round_pools") or ()))
         parts += ["<h2>Catalogue</h2>", _table(rounds)]
     if data.get("metrics"):
-        parts += ["<h2>Agreement with the truth</h2>", _table(data["metrics"])]
+        n_images = sum((data.get("cluster_sizes") or {}).values())
+        scores = {row["metric"]: row["value"] for row in artifacts.truth_rows(data["metrics"], n_images)}
+        parts += ["<h2>Agreement with the truth</h2>", _table(scores)]
     dissent = (data.get("aggregation") or {}).get("dissent")
     if dissent:
         from aggregation.dissent import ADVICE  # here: the module loads numba's kernels

@@ -514,8 +514,11 @@ def test_scores_over_the_images_with_a_class_say_how_many(tmp_path):
     clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
     page = report.render_html(part, clusters, None, "t", report.ReportLinks("c.csv"), {})
     assert "0.900 (over the 80 of 82 images with a class)" in page
+    assert "<tr><th>images_with_a_class</th><td>80</td></tr>" in page and "n_items" not in page
     whole = replace(part, metrics={"ari": 0.9, "n_items": 82})
     assert "images with a class" not in describe(whole)
+    page = report.render_html(whole, clusters, None, "t", report.ReportLinks("c.csv"), {})
+    assert "images_with_a_class" not in page and "n_items" not in page
 
 
 def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
