@@ -80,6 +80,10 @@ def endpoint(target: TolokaTarget) -> str | None:
     return target.url
 
 
+# The seed's range: numpy's generators take no negative seed (the HIT plan stopped mid-flow on
+# `ValueError: expected non-negative integer`) and the model's confidences draw from a 64-bit one;
+# `crowdclust aggregate --seed` takes the same range.
+MAX_SEED = 2**64 - 1
 MAX_HIT_SIZE = 10  # the grouping interface's colours (configs/*/toloka/*_project.json), one per group
 # Toloka's least reward per assignment of a pool (every pool the flows create is a REGULAR one; toloka-kit's
 # Pool docs): below it Toloka refuses the pool, which the flow creates only after what comes before it is
@@ -301,7 +305,13 @@ class PipelineParams(_Model):
         description="Folder with the Toloka object JSON files (see configs/README.md). A relative path "
         "is relative to the project folder (in a YAML file: to that file).",
     )
-    seed: int = Field(0, description="Seed for every random choice (HIT plan, aggregation, intruder HITs).")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed for every random choice (HIT plan, aggregation, intruder HITs), "
+        "from 0 to 2**64 - 1.",
+    )
     run_key: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9._-]+$",

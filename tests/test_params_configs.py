@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tasks.dataset import DatasetError, load_dataset, read_dataset, truth_of
+from tasks.hits import make_plan
 from tasks.params import AggregationParams, ConfigError, PipelineParams, load_params
 from tasks.toloka_config import Placeholders, TolokaConfigError, fill, load_bundle
 
@@ -335,6 +336,24 @@ def test_a_token_put_in_the_config_is_refused_without_printing_it(tmp_path):
     assert "AQAD-do-not-print" not in str(error.value) and "toloka.api_key: a secret is never" in str(
         error.value
     )
+
+
+def test_a_seed_outside_what_the_generators_take_is_refused_with_its_line(tmp_path):
+    """`seed: -1` passed the config check: the run started its Prefect server and flow and stopped
+    at the HIT plan on `error: ValueError: expected non-negative integer. Fix the cause and run the
+    same command again`, naming neither the file nor the field (and the same command failed again)."""
+    for seed in (-1, 2**64):
+        path = _demo_copy(tmp_path, "")
+        path.write_text(path.read_text().replace("seed: 0\n", f"seed: {seed}\n"))
+        with pytest.raises(ConfigError) as error:
+            load_params(path)
+        message = str(error.value)
+        assert message.startswith(f"{path}: invalid pipeline config: seed: Input should be ")
+        assert f"(line {_line_of(path, f'seed: {seed}')}: {seed})" in message
+    for seed in (0, 2**64 - 1):  # both ends plan the HITs
+        params = load_params(DEMO, {"seed": seed})
+        images = list(load_dataset(params.dataset)["image"])
+        assert len(make_plan(images, params.hits, params.seed).hits) == 82
 
 
 def test_an_unknown_key_whose_value_refers_to_itself_is_one_error_line(tmp_path):
