@@ -259,6 +259,11 @@ class AggregationInfo:
     # The pairwise labels the model was fitted on (`PairLabels.n_labels`, `crowdclust aggregate`'s
     # "labels ... pairwise"). Last and optional: `summary.json` keeps its older keys as they were.
     n_pairwise_labels: int | None = None
+    # Images no other image was grouped with by most workers who saw both (`crowdclust aggregate`'s
+    # "unanchored"): the labels cannot place them. Optional, as above.
+    unanchored: int | None = None
+    # Over a quarter of them: the clusters cannot be trusted, and what would place them.
+    unanchored_warning: str | None = None
 
     def describe(self) -> str:
         """The aggregation in a sentence, for the logs (the camp and the recheck list follow it)."""

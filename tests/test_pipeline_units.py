@@ -1123,6 +1123,43 @@ def test_the_run_folder_lists_the_images_only_the_prior_placed(tmp_path):
     assert not folder.recheck.exists()
 
 
+def test_the_aggregation_stage_warns_as_crowdclust_aggregate_does_when_the_images_are_unanchored(tmp_path):
+    """400 images of 100 styles in 10-image HITs, 10 HITs per image: over a third of the images are
+    grouped with no other, and the stage says the clusters are unreliable and which hits_per_item
+    would place them, with the count `crowdclust aggregate` prints for the same export. A run of
+    1,139 images of 120 styles (36% unanchored) ended with exit 0 and no such warning. A crowd whose
+    images are anchored gets none."""
+    from typer.testing import CliRunner
+
+    from aggregation import generate_crowd
+    from crowdclust.cli import app
+    from tasks.aggregate import aggregate
+    from tasks.params import AggregationParams
+
+    crowd = generate_crowd(400, 100, seed=0)
+    crowd.write_export(tmp_path / "export.tsv")
+    printed = CliRunner().invoke(
+        app, ["aggregate", str(tmp_path / "export.tsv"), "-o", str(tmp_path / "c.csv")]
+    )
+    assert printed.exit_code == 0, printed.output
+    alone = int(re.search(r"^unanchored +([\d,]+) items", printed.output, re.M)[1].replace(",", ""))
+    said = f"warning: {alone:,} of 400 images ({alone / 400:.0%}) were grouped with no other"
+    assert said in printed.output
+
+    info = aggregate(crowd.export, AggregationParams(), 0).info
+    assert info.unanchored == alone > 100
+    assert info.unanchored_warning.startswith(
+        f"{alone:,} of 400 images ({alone / 400:.0%}) were grouped with no other image by most workers "
+        "who saw them: the labels cannot place them and the clusters are unreliable; each image met ~"
+    )
+    advised = int(re.search(r"hits.hits_per_item (\d+) would show each image", info.unanchored_warning)[1])
+    assert advised > 10  # more HITs per image than the crowd's 10
+    assert asdict(info)["unanchored"] == alone  # summary.json's `aggregation`
+
+    anchored = aggregate(generate_crowd(200, 4, seed=0).export, AggregationParams(), 0).info
+    assert anchored.unanchored_warning is None and anchored.unanchored is not None
+
+
 def test_the_budget_check_counts_a_second_round_before_anything_is_paid():
     """Half the demo's images may be shown again: the check (a run's, or a catalogue round's for its
     new items) counts their HITs too, as the second round will plan them (41 listed images, 8 per
