@@ -130,7 +130,8 @@ class HitParams(_Model):
     design: Literal["balanced", "seed"] = Field(
         "balanced",
         description="`balanced`: every image in the same number of HITs, co-occurrence graph connected; "
-        "`seed`: the notebook's scheme (one anchor image per HIT plus random others).",
+        "`seed`: the notebook's scheme (one anchor image per HIT plus random others; at most one HIT "
+        "per image, so `hits_per_item` at most `size`).",
     )
     reward: Reward = Field(
         0.02, description="Reward per main-pool assignment, USD (Toloka's least is 0.005)."
@@ -180,6 +181,21 @@ class HitParams(_Model):
                 "hits.hits_per_item, show each image more of the others)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _seed_design_within_its_reach(self) -> HitParams:
+        """The seed design makes at most one HIT per image (its anchor, topped up with others), so an
+        image is in `size` HITs on average however many `hits_per_item` asks. A try-out asked 8 with
+        6-image HITs and got 6 (400 HITs for 400 images), while the design warning before paying
+        counted 8 and advised 9, which would have changed nothing."""
+        if self.design == "seed" and self.hits_per_item > self.size:
+            raise ValueError(
+                f"hits_per_item {self.hits_per_item} is more than size {self.size}: the seed design makes "
+                "one HIT per image (its anchor) topped up with others, so each image is in "
+                f"{self.size} HITs on average at most; use design balanced for more HITs per image, "
+                f"or hits_per_item {self.size} or less"
+            )
+        return self
 
     @model_validator(mode="after")
     def _max_overlap_covers_overlap(self) -> HitParams:

@@ -143,7 +143,11 @@ def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -
     if now.same_style_partners >= ANCHOR_PARTNERS:
         return None
     better = design_for(n_items, styles, hits.size, hits.overlap)
-    advised = hits.model_copy(update={"hits_per_item": better.hits_per_item})
+    # The seed design gives at most `size` HITs per image (`HitParams`): beyond it, advise the balanced one.
+    rebalanced = hits.design == "seed" and better.hits_per_item > hits.size
+    advised = hits.model_copy(
+        update={"hits_per_item": better.hits_per_item} | ({"design": "balanced"} if rebalanced else {})
+    )
     cost_now, cost_advised = (
         budget.estimate_labelling(run, bundle, budget.planned_hits(n_items, run)).main
         for run in (params, params.model_copy(update={"hits": advised}))
@@ -157,7 +161,8 @@ def design_warning(params: PipelineParams, bundle: TolokaBundle, n_items: int) -
         f"hits: with about {styles} styles, this design (hits.size {hits.size}, hits.hits_per_item "
         f"{hits.hits_per_item}) shows each image ~{now.same_style_partners:.1f} of its own style and leaves "
         f"~{now.alone_share:.0%} of the images with none: those cannot be placed, and small styles will "
-        f"mix. hits.hits_per_item {better.hits_per_item} would show ~{better.same_style_partners:.1f} and "
+        f"mix. {'hits.design balanced with ' if rebalanced else ''}hits.hits_per_item "
+        f"{better.hits_per_item} would show ~{better.same_style_partners:.1f} and "
         f"leave ~{better.alone_share:.1%} with none; its "
         f"main pool would cost ${cost_advised:,.2f} instead of ${cost_now:,.2f}{over} "
         f"({memory_note(better)})"

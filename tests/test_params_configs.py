@@ -15,6 +15,7 @@ import yaml
 from tasks.dataset import DatasetError, load_dataset, read_dataset, truth_of
 from tasks.hits import make_plan
 from tasks.params import AggregationParams, ConfigError, PipelineParams, load_params
+from tasks.preflight import design_warning
 from tasks.toloka_config import Placeholders, TolokaConfigError, fill, load_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,6 +355,37 @@ def test_a_seed_outside_what_the_generators_take_is_refused_with_its_line(tmp_pa
         params = load_params(DEMO, {"seed": seed})
         images = list(load_dataset(params.dataset)["image"])
         assert len(make_plan(images, params.hits, params.seed).hits) == 82
+
+
+def test_the_seed_design_refuses_more_hits_per_image_than_it_can_give(tmp_path):
+    """The seed design makes one HIT per image: 8 HITs per image asked with 6-image HITs planned 400
+    HITs for 400 images, 6 per image, while the design warning before paying counted 8. Refused with
+    the reason; up to `size` (the shipped 10 with 10) the plan gives what was asked."""
+    path = _demo_copy(tmp_path, "")
+    text = path.read_text().replace("  design: balanced\n", "  design: seed\n")
+    path.write_text(
+        text.replace("  size: 10\n", "  size: 6\n").replace("  hits_per_item: 10\n", "  hits_per_item: 8\n")
+    )
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value) == (
+        f"{path}: invalid pipeline config: hits: hits_per_item 8 is more than size 6: the seed design "
+        "makes one HIT per image (its anchor) topped up with others, so each image is in 6 HITs on "
+        "average at most; use design balanced for more HITs per image, or hits_per_item 6 or less "
+        f"(line {_line_of(path, 'hits:')})"
+    )
+    items = [f"http://img.example/{i}.png" for i in range(400)]
+    for size, asked in ((6, 6), (10, 10), (10, 5)):
+        params = load_params(DEMO, {"hits": {"design": "seed", "size": size, "hits_per_item": asked}})
+        plan = make_plan(items, params.hits, 0)
+        assert len(plan.hits) * size / len(items) == asked == plan.coverage.mean
+    # The design warning's advice beyond `size` is the balanced design, not a refused hits_per_item.
+    params = load_params(
+        DEMO, {"hits": {"design": "seed", "size": 6, "hits_per_item": 6, "expected_styles": 8}}
+    )
+    warning = design_warning(params, load_bundle(params.toloka_dir), 400)
+    assert "this design (hits.size 6, hits.hits_per_item 6) shows each image ~3.7" in warning
+    assert "hits.design balanced with hits.hits_per_item 9 would show ~5.5" in warning
 
 
 def test_an_unknown_key_whose_value_refers_to_itself_is_one_error_line(tmp_path):
