@@ -252,7 +252,8 @@ def render_html(
         ".g figure{margin:0;width:110px;font-size:11px;text-align:center}.g img,.g .missing{width:104px;"
         "height:78px;object-fit:contain;border:1px solid #ddd}.g .missing{font-size:10px;overflow:hidden;"
         "word-break:break-all;color:#888}.g .label{width:70px;font-size:13px;font-weight:bold;"
-        "text-align:left;align-self:center}.g figcaption{overflow-wrap:anywhere}</style></head><body>",
+        "text-align:left;align-self:center}.g figcaption{overflow-wrap:anywhere}"
+        ".chart{overflow-x:auto}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Summary</h2>",
         _summary_table(data, summary.exam),
@@ -300,7 +301,13 @@ def render_html(
     if intr:
         parts.append("<h2>Intruder evaluation</h2>")
         if links.chart:
-            parts.append(f"<img src='{html.escape(links.chart)}' alt='intruder accuracy per cluster'>")
+            # In a box of its own that scrolls: a bar per host cluster (0.6 inch each) is wider than
+            # the page from ~18 clusters, and 26 made the whole page scroll sideways, the chart's
+            # legend (the overall accuracy) out of sight.
+            parts.append(
+                f"<div class='chart'><img src='{html.escape(links.chart)}' "
+                "alt='intruder accuracy per cluster'></div>"
+            )
         rows = {}
         if intr.get("image_accuracy") is not None:
             hosted = intr.get("images_hosted", 0)

@@ -102,3 +102,56 @@ def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_r
     for target in targets:
         assert target.startswith("http"), f"the report link {target} cannot be opened from the UI"
         assert httpx.get(target, timeout=10).status_code == 200, target
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_a_report_of_many_clusters_keeps_its_intruder_chart_inside_the_page(tmp_path):
+    """A run of 1,139 images in 27 clusters drew a 1,640-pixel chart (a bar per host cluster), and its
+    report was 1,672 pixels wide in a 1,400-pixel window: the whole page scrolled sideways, the
+    chart's legend (the overall accuracy) out of sight. The chart scrolls in a box of its own."""
+    import pandas as pd
+    from playwright.sync_api import sync_playwright
+
+    from tasks import report
+    from tasks.intruders import bar_chart
+    from tasks.stages import AggregationInfo, ClusterAccuracy, Cost, Evaluation, RunSummary
+
+    per_cluster = tuple(ClusterAccuracy(k, (k % 5) / 4, 4) for k in range(40))
+    evaluated = Evaluation(0.5, 160, per_cluster=per_cluster)
+    chart = bar_chart(evaluated, tmp_path / "intruders.png")
+    items = [f"http://img.example/{i}.png" for i in range(80)]
+    clusters = pd.Series([i % 40 for i in range(80)], index=items, name="cluster")
+    info = AggregationInfo("gomes", 80, 8, 8, 8, 40, 10, -1.0)
+    summary = RunSummary(
+        clusters=40,
+        ari=None,
+        nmi=None,
+        intruder_accuracy=0.5,
+        cost=Cost(0.0, None),
+        wall_seconds=1.0,
+        report=tmp_path / "report.html",
+        summary=tmp_path / "summary.json",
+        cluster_sizes={},
+        metrics=None,
+        intruders=evaluated,
+        run_key="k",
+        toloka_ids=None,
+        coverage=None,
+        aggregation=info,
+    )
+    links = report.ReportLinks(clusters="clusters.csv", chart=report._embedded(chart))
+    page_file = tmp_path / "report.html"
+    page_file.write_text(report.render_html(summary, clusters, None, "t", links, {}))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(page_file.as_uri(), wait_until="load")
+        width, chart_width, box_width = page.evaluate(
+            """() => {
+              const img = [...document.images].find((i) => i.alt === "intruder accuracy per cluster");
+              return [document.documentElement.scrollWidth, img.naturalWidth, img.parentElement.clientWidth];
+            }"""
+        )
+        browser.close()
+    assert chart_width > 1400  # wider than the window: the case at hand
+    assert width <= 1400 and box_width < chart_width  # the page fits; the chart's box scrolls
