@@ -596,7 +596,13 @@ def intruder_description(evaluated: Evaluation) -> str:
     junk cluster was missing from the table without a word)."""
     per_image = "" if evaluated.image_accuracy is None else f", {evaluated.image_accuracy:.3f} per image"
     skipped = ", ".join(map(str, evaluated.skipped))
-    too_small = f"; clusters too small to host a HIT, not in the table: {skipped}" if skipped else ""
+    # "clusters ...: 8" read as a count of 8 clusters; the ids are named as the table names its rows.
+    one = len(evaluated.skipped) == 1
+    too_small = (
+        f"; too small to host a HIT, not in the table: cluster{'' if one else 's'} {skipped}"
+        if skipped
+        else ""
+    )
     return (
         f"Intruder accuracy per host cluster: {shown(evaluated.accuracy)} over {evaluated.n_hits} HITs"
         f"{per_image}{too_small}"

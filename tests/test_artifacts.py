@@ -681,9 +681,11 @@ def test_the_intruder_table_says_which_clusters_it_lacks_for_want_of_a_hit():
     hosted = (ClusterAccuracy(0, 0.9, 10), ClusterAccuracy(1, 0.92, 12))
     evaluated = Evaluation(accuracy=0.91, n_hits=22, per_cluster=hosted, skipped=(8,), image_accuracy=0.934)
     assert artifacts.intruder_description(evaluated) == (
-        "Intruder accuracy per host cluster: 0.910 over 22 HITs, 0.934 per image; clusters too small "
-        "to host a HIT, not in the table: 8"
+        "Intruder accuracy per host cluster: 0.910 over 22 HITs, 0.934 per image; too small to host a "
+        "HIT, not in the table: cluster 8"
     )
+    two = artifacts.intruder_description(replace(evaluated, skipped=(8, 26)))
+    assert two.endswith("too small to host a HIT, not in the table: clusters 8, 26")
     assert "too small" not in artifacts.intruder_description(replace(evaluated, skipped=()))
 
 

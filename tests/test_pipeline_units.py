@@ -818,7 +818,7 @@ def test_report_and_summary(tmp_path, monkeypatch):
     assert "<img src='data:image/png;base64," + base64.b64encode(chart.read_bytes()).decode() + "'" in page
     assert "<th>single answers naming the intruder</th><td>0.84 (50 answers)</td>" in page
     assert "<td>0.90 (2 images in clusters that hosted a HIT)</td>" in page
-    assert "<th>clusters too small to host a HIT</th><td>1</td>" in page
+    assert "<th>clusters too small to host a HIT</th><td>cluster 1</td>" in page  # an id, not a count
     assert "<p>2 HITs over 3 images, each image in 1-2 HITs (mean 1.3); the HITs link every image" in page
     unknown = finish(Aggregated(clusters, None, info), None)
     assert unknown.ari is None
