@@ -47,8 +47,8 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         dissent=None if dissent is None else dissent.summary(),
         recheck=recheck.summary(),
         n_pairwise_labels=model.pairs_.n_labels,  # what `crowdclust aggregate` prints
-        unanchored=int((recheck.partners == 0).sum()),
-        unanchored_warning=unanchored_warning(recheck, model.pairs_.n_assignments),
+        unanchored=recheck.unanchored,
+        unanchored_warning=recheck.unanchored_warning(),
     )
     confidence = getattr(model, "confidence_", None)
     return Aggregated(
@@ -59,49 +59,6 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         dissent_clusters=None if dissent is None else dissent.clusters,
         dissent_workers=() if dissent is None else dissent.workers,
         recheck=recheck.table,
-    )
-
-
-# Above this share of unanchored images the clusters cannot be trusted (`crowdclust aggregate` warns
-# at the same share, UNANCHORED_WARNING there).
-UNANCHORED_SHARE = 0.25
-
-
-def unanchored_warning(recheck: aggregation.Recheck, answers: int) -> str | None:
-    """The warning `crowdclust aggregate` gives when over a quarter of the images are unanchored, in
-    the run's terms (its `hits.*` settings), or None.
-
-    A run gave none: 1,139 images of 120 styles in 10-image HITs, 36% unanchored, ended with 27
-    clusters, exit 0 and no warning (ARI 0.71, which only a truth file shows; `crowdclust aggregate`
-    on the run's own export said that the clusters were unreliable).
-    """
-    from aggregation.design import design_for, implied_styles
-
-    partners = recheck.partners
-    alone, n_items = int((partners == 0).sum()), len(partners)
-    if not n_items or alone <= UNANCHORED_SHARE * n_items:
-        return None
-    met = float(partners.mean())
-    hit_size, overlap, hits_per_item = recheck.design
-    styles = implied_styles(n_items, hit_size, hits_per_item, met)
-    shown = (
-        f"each image met ~{met:.1f} images it was grouped with (HITs of ~{hit_size:.0f} images, "
-        f"~{hits_per_item:.0f} HITs per image; "
-        + ("as if every image were a style of its own)" if styles >= n_items else f"as if ~{styles} styles)")
-    )
-    advice = design_for(n_items, styles, round(hit_size), max(1, round(overlap)))
-    if styles >= n_items or advice.assignments <= answers:
-        more = "more HITs per image would not help: check the instructions and the examples"
-    else:
-        more = (
-            f"hits.hits_per_item {advice.hits_per_item} would show each image ~"
-            f"{advice.same_style_partners:.1f} of its style ({advice.assignments / answers:.1f}x the "
-            "answers), or a second round of the images only the prior placed (hits.second_round_share)"
-        )
-    return (
-        f"{alone:,} of {n_items:,} images ({alone / n_items:.0%}) were grouped with no other image by "
-        f"most workers who saw them: the labels cannot place them and the clusters are unreliable; "
-        f"{shown}; {more}"
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from aggregation import build_pairs, clustering_scores, design_for, design_information, generate_crowd
 from aggregation import design as design_module
-from aggregation.design import implied_styles, memory_note
+from aggregation.design import implied_styles, memory_note, observed_design
 from aggregation.oracle import linked_oracle, piece_oracle, placement_oracle, truth_codes
 
 
@@ -96,17 +96,25 @@ def test_lean_imports_hide_optional_modules_only_while_importing():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
-def test_cli_advice_reads_the_design_off_the_export():
-    from crowdclust.commands.aggregate import _design_advice
+def test_the_unanchored_warning_reads_the_design_off_the_export():
+    """Half the images unanchored, the rest grouped with one other (a mean of 0.5 partners)."""
+    from aggregation.recheck import Recheck
 
     crowd = generate_crowd(400, 40, seed=2, overlap=3)  # the seed design: ~10 HITs of 10 per image
     pairs = build_pairs(crowd.labels)
-    text = _design_advice(pairs, crowd.labels, 0.5)
+    design = observed_design(400, pairs.n_assignments, len(crowd.labels), crowd.labels["task"].nunique())
+    partners = np.r_[np.zeros(200, np.int64), np.ones(200, np.int64)]
+    recheck = Recheck(pd.DataFrame(), 400, 0, design, pairs.n_assignments, partners)
+    assert recheck.unanchored == 200
+    text = recheck.unanchored_warning()
+    assert text.startswith("200 of 400 images (50%) were grouped with no other image by most workers")
     assert "HITs of ~10 images, ~10 HITs per image, ~3 answers each" in text
     styles = implied_styles(400, 10, 10, 0.5)
     advice = design_for(400, styles, 10, 3)
     assert f"hits.hits_per_item {advice.hits_per_item}," in text and "overlap 3" in text
     assert f"; {advice.aggregation_cost()})." in text
+    quarter = np.r_[np.zeros(100, np.int64), np.ones(300, np.int64)]  # a quarter is not above it
+    assert Recheck(pd.DataFrame(), 400, 0, design, pairs.n_assignments, quarter).unanchored_warning() is None
 
 
 def test_the_memory_note_warns_when_aggregating_a_design_needs_more_than_the_machine(monkeypatch):

@@ -521,6 +521,22 @@ def test_scores_over_the_images_with_a_class_say_how_many(tmp_path):
     assert "images_with_a_class" not in page and "n_items" not in page
 
 
+def test_the_report_says_when_the_labels_cannot_place_a_quarter_of_the_images(tmp_path):
+    """The aggregation stage's warning was in the run's log only; report.html is what users read."""
+    from dataclasses import replace
+
+    said = "409 of 1,139 images (36%) were grouped with no other image <by most workers>"
+    info = replace(AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0), unanchored=409, unanchored_warning=said)
+    clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
+    page = report.render_html(_summary(tmp_path, info), clusters, None, "t", report.ReportLinks("c.csv"), {})
+    assert f"<h2>Images the labels cannot place</h2><p>{html.escape(said)}</p>" in page.replace("\n", "")
+    anchored = replace(info, unanchored=0, unanchored_warning=None)
+    page = report.render_html(
+        _summary(tmp_path, anchored), clusters, None, "t", report.ReportLinks("c.csv"), {}
+    )
+    assert "cannot place" not in page
+
+
 def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
     """A rerun of a finished run printed `cost: $31.82 spent`, as if it had paid it again."""
     from dataclasses import replace

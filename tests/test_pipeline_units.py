@@ -1143,16 +1143,18 @@ def test_the_aggregation_stage_warns_as_crowdclust_aggregate_does_when_the_image
     )
     assert printed.exit_code == 0, printed.output
     alone = int(re.search(r"^unanchored +([\d,]+) items", printed.output, re.M)[1].replace(",", ""))
-    said = f"warning: {alone:,} of 400 images ({alone / 400:.0%}) were grouped with no other"
-    assert said in printed.output
+    said = printed.output[
+        printed.output.index(f"warning: {alone:,} of 400 images ({alone / 400:.0%}) were") :
+    ]
 
     info = aggregate(crowd.export, AggregationParams(), 0).info
     assert info.unanchored == alone > 100
     assert info.unanchored_warning.startswith(
         f"{alone:,} of 400 images ({alone / 400:.0%}) were grouped with no other image by most workers "
-        "who saw them: the labels cannot place them and the clusters are unreliable; each image met ~"
+        "who saw them: the labels cannot place them and the clusters are unreliable. Each image met ~"
     )
-    advised = int(re.search(r"hits.hits_per_item (\d+) would show each image", info.unanchored_warning)[1])
+    assert f"warning: {info.unanchored_warning}" in printed.output  # one sentence, said alike
+    advised = int(re.search(r"more HITs per image do: hits.size 10, hits.hits_per_item (\d+),", said)[1])
     assert advised > 10  # more HITs per image than the crowd's 10
     assert asdict(info)["unanchored"] == alone  # summary.json's `aggregation`
 

@@ -20,9 +20,6 @@ import typer
 if TYPE_CHECKING:
     import pandas as pd
 
-# Above this share of images that no other image was grouped with by most workers, say that the
-# clusters cannot be trusted (the 10,000-image bench has 13%, the 100,000-image one 54%).
-UNANCHORED_WARNING = 0.25
 # Above this share of answers that used every group for images of more clusters, say that the
 # workers ran out of groups (35-image HITs with 10 groups: 52-53% for 13 styles, 83-87% for 20;
 # the 10-image shoes design: 0%).
@@ -332,8 +329,7 @@ def aggregate(
     dissent = find_dissent(model, labels) if method is Method.gomes else None
     _write_dissent(dissent, dissent_output, dissent_workers, checked=method is Method.gomes)
     recheck = find_recheck(model, labels)
-    partners = recheck.partners
-    alone = int((partners == 0).sum())
+    alone = recheck.unanchored
     use = group_use(labels, clusters)
     singles, doubtful = single_item_clusters(clusters), doubtful_clusters(clusters, model.confidence_)
     # The model's table has them already (as `n_labels`, next to its embedding's columns).
@@ -421,13 +417,9 @@ def aggregate(
             "out to let the model decide.",
             file=sys.stderr,
         )
-    if alone > UNANCHORED_WARNING * clusters.size:
-        print(
-            f"warning: {alone:,} of {clusters.size:,} images ({alone / clusters.size:.0%}) were grouped "
-            "with no other image by most workers who saw them: the labels cannot place them and the "
-            f"clusters are unreliable. {_design_advice(model.pairs_, labels, float(partners.mean()))}",
-            file=sys.stderr,
-        )
+    unanchored = recheck.unanchored_warning()
+    if unanchored is not None:
+        print(f"warning: {unanchored}", file=sys.stderr)
     kappa, comparisons = crowd_agreement(model)
     if no_better_than_chance(kappa, comparisons):
         print(
@@ -572,38 +564,3 @@ def _write_csv(table: pd.DataFrame, path: Path, **options: str) -> None:
             table.to_csv(temporary, index=False, **options)
     except OSError as exc:
         _fail(f"cannot write {path}: {exc}")
-
-
-def _design_advice(pairs, labels, mean_partners: float) -> str:
-    """What this export's design showed each image, and the design that would anchor every image.
-
-    The design is read off the export (images per answer, answers per HIT, HITs per image); the
-    number of styles is the one under which that design predicts the observed mean number of
-    partners each image was grouped with (`aggregation.design`).
-    """
-    from aggregation.design import design_for, implied_styles, memory_note, observed_design
-
-    n_items = pairs.n_items
-    hit_size, overlap, hits_per_item = observed_design(
-        n_items, pairs.n_assignments, len(labels), labels["task"].nunique()
-    )
-    styles = implied_styles(n_items, hit_size, hits_per_item, mean_partners)
-    advice = design_for(n_items, styles, round(hit_size), max(1, round(overlap)))
-    cost = advice.assignments / pairs.n_assignments
-    alone = styles >= n_items
-    shown = (
-        f"Each image met ~{mean_partners:.1f} images it was grouped with (HITs of ~{hit_size:.0f} images, "
-        f"~{hits_per_item:.0f} HITs per image, ~{overlap:.0f} answers each; "
-        + ("as if every image were a style of its own)." if alone else f"as if ~{styles} styles).")
-    )
-    if alone or cost <= 1.0:
-        # More HITs per image cannot anchor images that the workers put with no other.
-        already = "No design changes that" if alone else "This design already shows each image enough others"
-        return (
-            f"{shown} {already}: the images may share no style, or the workers set them apart "
-            "(check the instructions and the examples)."
-        )
-    return (
-        f"{shown} More answers per HIT do not help; more HITs per image do: {advice.summary()} "
-        f"({cost:.1f}x the answers of this run; {memory_note(advice)})."
-    )
