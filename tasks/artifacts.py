@@ -590,19 +590,19 @@ def report_note(clusters: pd.Series, where: str) -> str:
     return f"Every cluster, up to {REPORT_PER_CLUSTER} images of each (the rest in {rest}): {where}"
 
 
+def cluster_ids(ids: Sequence[int]) -> str:
+    """`cluster 26` or `clusters 8, 26`: ids named as such, as the tables name their rows; a bare
+    "26" after "clusters too small to host a HIT" read as a count of 26 clusters."""
+    return f"cluster{'s' * (len(ids) != 1)} {', '.join(map(str, ids))}"
+
+
 def intruder_description(evaluated: Evaluation) -> str:
     """The `intruder-accuracy` table's description: the overall figures, and the clusters the table
     lacks because they were too small to host a HIT (the gallery beside it shows them: a 4-image
     junk cluster was missing from the table without a word)."""
     per_image = "" if evaluated.image_accuracy is None else f", {evaluated.image_accuracy:.3f} per image"
-    skipped = ", ".join(map(str, evaluated.skipped))
-    # "clusters ...: 8" read as a count of 8 clusters; the ids are named as the table names its rows.
-    one = len(evaluated.skipped) == 1
-    too_small = (
-        f"; too small to host a HIT, not in the table: cluster{'' if one else 's'} {skipped}"
-        if skipped
-        else ""
-    )
+    skipped = evaluated.skipped
+    too_small = f"; too small to host a HIT, not in the table: {cluster_ids(skipped)}" if skipped else ""
     return (
         f"Intruder accuracy per host cluster: {shown(evaluated.accuracy)} over {evaluated.n_hits} HITs"
         f"{per_image}{too_small}"

@@ -149,11 +149,6 @@ def _figure(item: str, sources: dict[str, str], caption: str) -> str:
     return f"<figure>{image}<figcaption>{text}</figcaption></figure>"
 
 
-def _cluster_ids(ids: list[int] | tuple[int, ...]) -> str:
-    """`cluster 26` or `clusters 8, 26`: ids named as such, not a number that reads as a count."""
-    return f"cluster{'s' * (len(ids) != 1)} {', '.join(map(str, ids))}"
-
-
 def _embedded(chart: Path) -> str | None:
     """The chart as a data URI, so that a copied or mailed report.html keeps it as it keeps the
     thumbnails (a link to intruders.png broke once the page left the run folder)."""
@@ -331,8 +326,7 @@ def render_html(
             for d in intr.get("per_cluster", [])
         }
         skipped = intr.get("skipped") or []
-        # Named as the rows above name theirs: a bare "26" read as a count of 26 clusters.
-        rows["clusters too small to host a HIT"] = _cluster_ids(skipped) if skipped else "none"
+        rows["clusters too small to host a HIT"] = artifacts.cluster_ids(skipped) if skipped else "none"
         parts.append(_table(rows))
     means = None
     if uncertain is not None:
