@@ -141,6 +141,8 @@ def describe(summary: RunSummary) -> str:
         lines.insert(1, f"second round:       {shown}")
     if summary.catalogue is not None:
         lines.insert(0, f"catalogue:          {_catalogue_line(summary.catalogue)}")
+    # Last, as `crowdclust aggregate` prints them: in the log they were among a hundred other lines.
+    lines += [f"warning:            {warning}" for warning in summary.aggregation.warnings]
     return "\n".join(lines)
 
 

@@ -35,6 +35,10 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
     # Only the model's clusters are checked: the camp's grouping is the model's.
     dissent = aggregation.find_dissent(model, labels) if params.method == "gomes" else None
     recheck = aggregation.find_recheck(model, labels)
+    from aggregation.crowd_warnings import crowd_warnings  # here: the module loads numba's kernels
+    from aggregation.pairs import group_use
+
+    warnings = crowd_warnings(model, labels, recheck, group_use(labels, clusters))
     info = AggregationInfo(
         method=params.method,
         n_labels=len(labels),
@@ -48,7 +52,7 @@ def aggregate(export: pd.DataFrame, params: AggregationParams, seed: int) -> Agg
         recheck=recheck.summary(),
         n_pairwise_labels=model.pairs_.n_labels,  # what `crowdclust aggregate` prints
         unanchored=recheck.unanchored,
-        unanchored_warning=recheck.unanchored_warning(),
+        warnings=tuple(warnings),
     )
     confidence = getattr(model, "confidence_", None)
     return Aggregated(
@@ -82,6 +86,6 @@ def aggregate_task(export: pd.DataFrame, params: AggregationParams, seed: int) -
         logger.info("images to show again: %s", result.info.recheck)
     if result.info.dissent is not None:
         logger.warning("workers who group another way: %s", result.info.dissent)
-    if result.info.unanchored_warning is not None:
-        logger.warning("aggregation: %s", result.info.unanchored_warning)
+    for warning in result.info.warnings:
+        logger.warning("aggregation: %s", warning)
     return result

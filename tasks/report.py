@@ -280,9 +280,10 @@ def render_html(
                 f"<p>Their grouping: <a href='{grouping}'>{grouping}</a>; "
                 f"the workers: <a href='{workers}'>{workers}</a>.</p>"
             )
-    unanchored = (data.get("aggregation") or {}).get("unanchored_warning")
-    if unanchored:  # the run's log says it too, among a hundred other lines
-        parts += ["<h2>Images the labels cannot place</h2>", f"<p>{html.escape(unanchored)}</p>"]
+    warnings = (data.get("aggregation") or {}).get("warnings")
+    if warnings:  # the run's log says them too, among a hundred other lines
+        said = "".join(f"<li>{html.escape(warning)}</li>" for warning in warnings)
+        parts += ["<h2>What the clusters must be read with</h2>", f"<ul>{said}</ul>"]
     recheck = (data.get("aggregation") or {}).get("recheck")
     if recheck and links.recheck is not None:
         where = html.escape(links.recheck, quote=True)

@@ -262,8 +262,10 @@ class AggregationInfo:
     # Images no other image was grouped with by most workers who saw both (`crowdclust aggregate`'s
     # "unanchored"): the labels cannot place them. Optional, as above.
     unanchored: int | None = None
-    # Over a quarter of them: the clusters cannot be trusted, and what would place them.
-    unanchored_warning: str | None = None
+    # What the clusters must not be shown without (`aggregation.crowd_warnings`: too many images
+    # unanchored, workers agreeing no better than chance, HITs answered once, ...), as
+    # `crowdclust aggregate` prints them; the log and report.html show them.
+    warnings: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """The aggregation in a sentence, for the logs (the camp and the recheck list follow it)."""

@@ -521,20 +521,29 @@ def test_scores_over_the_images_with_a_class_say_how_many(tmp_path):
     assert "images_with_a_class" not in page and "n_items" not in page
 
 
-def test_the_report_says_when_the_labels_cannot_place_a_quarter_of_the_images(tmp_path):
-    """The aggregation stage's warning was in the run's log only; report.html is what users read."""
+def test_the_report_and_the_closing_lines_list_the_warnings_the_clusters_come_with(tmp_path):
+    """The aggregation stage's warnings were in the run's log only, among a hundred other lines."""
     from dataclasses import replace
 
-    said = "409 of 1,139 images (36%) were grouped with no other image <by most workers>"
-    info = replace(AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0), unanchored=409, unanchored_warning=said)
+    said = (
+        "409 of 1,139 images (36%) were grouped with no other image <by most workers>",
+        "100% of the HITs have a single answer",
+    )
+    info = replace(AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0), unanchored=409, warnings=said)
     clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
     page = report.render_html(_summary(tmp_path, info), clusters, None, "t", report.ReportLinks("c.csv"), {})
-    assert f"<h2>Images the labels cannot place</h2><p>{html.escape(said)}</p>" in page.replace("\n", "")
-    anchored = replace(info, unanchored=0, unanchored_warning=None)
-    page = report.render_html(
-        _summary(tmp_path, anchored), clusters, None, "t", report.ReportLinks("c.csv"), {}
-    )
-    assert "cannot place" not in page
+    listed = "".join(f"<li>{html.escape(one)}</li>" for one in said)
+    assert f"<h2>What the clusters must be read with</h2>\n<ul>{listed}</ul>" in page
+    quiet = replace(info, unanchored=0, warnings=())
+    page = report.render_html(_summary(tmp_path, quiet), clusters, None, "t", report.ReportLinks("c.csv"), {})
+    assert "must be read with" not in page
+    # And last in what `crowdclust run` prints at the end.
+    from crowdclust.runtime import describe
+
+    assert describe(_summary(tmp_path, info)).splitlines()[-2:] == [
+        f"warning:            {one}" for one in said
+    ]
+    assert "warning" not in describe(_summary(tmp_path, quiet))
 
 
 def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):

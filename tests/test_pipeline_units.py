@@ -1149,17 +1149,48 @@ def test_the_aggregation_stage_warns_as_crowdclust_aggregate_does_when_the_image
 
     info = aggregate(crowd.export, AggregationParams(), 0).info
     assert info.unanchored == alone > 100
-    assert info.unanchored_warning.startswith(
+    (unanchored,) = info.warnings
+    assert unanchored.startswith(
         f"{alone:,} of 400 images ({alone / 400:.0%}) were grouped with no other image by most workers "
         "who saw them: the labels cannot place them and the clusters are unreliable. Each image met ~"
     )
-    assert f"warning: {info.unanchored_warning}" in printed.output  # one sentence, said alike
+    assert f"warning: {unanchored}" in printed.output  # one sentence, said alike
     advised = int(re.search(r"more HITs per image do: hits.size 10, hits.hits_per_item (\d+),", said)[1])
     assert advised > 10  # more HITs per image than the crowd's 10
     assert asdict(info)["unanchored"] == alone  # summary.json's `aggregation`
 
     anchored = aggregate(generate_crowd(200, 4, seed=0).export, AggregationParams(), 0).info
-    assert anchored.unanchored_warning is None and anchored.unanchored is not None
+    assert anchored.warnings == () and anchored.unanchored is not None
+
+
+def test_the_aggregation_stage_warns_as_crowdclust_aggregate_does_when_most_hits_have_one_answer(tmp_path):
+    """`hits.overlap: 1`: every HIT answered once, so nothing checks an answer against another. A run
+    of 300 images so (3-image HITs) ended with ARI 0.65, exit 0 and no warning, while
+    `crowdclust aggregate` on its export said the clusters were unreliable. The stage says it in the
+    same words; with 3 answers per HIT it says nothing."""
+    from typer.testing import CliRunner
+
+    from aggregation import generate_crowd
+    from crowdclust.cli import app
+    from tasks.aggregate import aggregate
+    from tasks.params import AggregationParams
+
+    crowd = generate_crowd(200, 4, seed=0, overlap=1)
+    crowd.write_export(tmp_path / "export.tsv")
+    printed = CliRunner().invoke(
+        app, ["aggregate", str(tmp_path / "export.tsv"), "-o", str(tmp_path / "c.csv")]
+    )
+    assert printed.exit_code == 0, printed.output
+    info = aggregate(crowd.export, AggregationParams(), 0).info
+    lone = [one for one in info.warnings if "single answer" in one]
+    assert lone == [
+        "100% of the HITs have a single answer: nothing checks it against another worker's, so a "
+        "careless or spamming worker's groups stand as given and the clusters are unreliable. Three or "
+        "more answers per HIT (the overlap) let the model weigh the workers."
+    ]
+    assert f"warning: {lone[0]}" in printed.output
+    checked = aggregate(generate_crowd(200, 4, seed=0, overlap=3).export, AggregationParams(), 0).info
+    assert not any("single answer" in one for one in checked.warnings)
 
 
 def test_the_budget_check_counts_a_second_round_before_anything_is_paid():

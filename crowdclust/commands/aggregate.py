@@ -20,10 +20,6 @@ import typer
 if TYPE_CHECKING:
     import pandas as pd
 
-# Above this share of answers that used every group for images of more clusters, say that the
-# workers ran out of groups (35-image HITs with 10 groups: 52-53% for 13 styles, 83-87% for 20;
-# the 10-image shoes design: 0%).
-SATURATION_WARNING = 0.25
 # A camp of workers agreeing on another grouping is printed whenever found (`aggregation.dissent`);
 # from this share of the labels it is a warning: the crowd is split, not a few workers astray.
 DISSENT_WARNING = 0.25
@@ -33,9 +29,6 @@ UNINFORMED = 0.2
 # Above this share of the items moved by --min-cluster-size, say so: the option merges clusters
 # whatever the evidence, and at 700 on 10,000 images it left one cluster of 93% moved items.
 DISSOLVED_WARNING = 0.25
-# Above this share of HITs answered by one worker only, the command warns: no answer is checked
-# (queries of 3-5 images, one answer each, 10,000 images: ARI 0.36 and no other warning).
-LONE_ANSWER_WARNING = 0.5
 
 EXIT_BAD_INPUT = 2
 # The model's kernels take the seed as an unsigned 64-bit integer: a larger one fails inside numba.
@@ -275,7 +268,7 @@ def aggregate(
         read_export,
         single_item_clusters,
     )
-    from aggregation.dissent import crowd_agreement, no_better_than_chance
+    from aggregation.crowd_warnings import crowd_warnings
     from aggregation.pairs import group_use
     from aggregation.recheck import find_recheck
     from aggregation.workers import answers_per_worker, worker_quality
@@ -417,44 +410,8 @@ def aggregate(
             "out to let the model decide.",
             file=sys.stderr,
         )
-    unanchored = recheck.unanchored_warning()
-    if unanchored is not None:
-        print(f"warning: {unanchored}", file=sys.stderr)
-    kappa, comparisons = crowd_agreement(model)
-    if no_better_than_chance(kappa, comparisons):
-        print(
-            f"warning: the workers agree with one another no more than chance would (Cohen's kappa "
-            f"{kappa:.3f} over {comparisons:,} comparisons of two workers' labels of one pair; a "
-            "working crowd's is 0.2 or more): the clusters are likely noise, whatever their confidences "
-            "say. Check that the task's interface records the groups the workers chose, and the "
-            "crowd (an exam, a skill filter).",
-            file=sys.stderr,
-        )
-    per_hit = labels[["task", "worker"]].drop_duplicates().groupby("task").size()
-    lone = float((per_hit == 1).mean()) if len(per_hit) else 0.0
-    if lone > LONE_ANSWER_WARNING:
-        print(
-            f"warning: {lone:.0%} of the HITs have a single answer: nothing checks it against another "
-            "worker's, so a careless or spamming worker's groups stand as given and the clusters are "
-            "unreliable. Three or more answers per HIT (the overlap) let the model weigh the workers.",
-            file=sys.stderr,
-        )
-    if use.most == 1 and clusters.size > 1:
-        print(
-            "warning: every answer put all its images in one group, so the labels cannot tell any two "
-            "images apart and all are one cluster: check that the task's interface records the groups "
-            "and that the instructions ask for several",
-            file=sys.stderr,
-        )
-    if use.saturated > SATURATION_WARNING:
-        print(
-            f"warning: {use.saturated:.0%} of the answers used all {use.most} groups for ~{use.images:.0f} "
-            f"images of more than {use.most} clusters: the workers ran out of groups and had to put "
-            "different styles together. The model "
-            "takes such merges as noise (they differ from HIT to HIT), but HITs that show fewer styles "
-            "than there are groups give cleaner labels: smaller HITs, or more groups in the task interface.",
-            file=sys.stderr,
-        )
+    for warning in crowd_warnings(model, labels, recheck, use):
+        print(f"warning: {warning}", file=sys.stderr)
     if dissent is not None and dissent.label_share >= DISSENT_WARNING:
         from aggregation.dissent import ADVICE
 

@@ -1,0 +1,86 @@
+"""What a fitted clustering must not be shown without: warnings about the crowd and the design.
+
+The model finds clusters in any labels, with confidences that describe the model, not the crowd.
+Some answers cannot hold a clustering whatever the model does, and the user must hear it where the
+clusters are shown: `crowdclust aggregate` prints these lines as `warning:` and the pipeline's
+aggregation stage logs them and puts them in report.html. They are written once, here, so that the
+two say the same thing of the same answers (a pipeline run of 1,139 images, 36% unanchored, and one
+of 300 images answered once each ended with exit 0 and no warning, while the command said of each
+run's own export that its clusters were unreliable).
+
+Each check has its threshold beside it; what is measured behind each is in docs/aggregation.md
+("Warnings").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aggregation.dissent import crowd_agreement, no_better_than_chance
+from aggregation.pairs import GroupUse
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from aggregation.estimators import _Base
+    from aggregation.recheck import Recheck
+
+__all__ = ["SATURATION_WARNING", "SINGLE_ANSWER_WARNING", "crowd_warnings", "single_answer_share"]
+
+# Above this share of answers that used every group for images of more clusters, the workers ran
+# out of groups (35-image HITs with 10 groups: 52-53% for 13 styles, 83-87% for 20; the 10-image
+# shoes design: 0%).
+SATURATION_WARNING = 0.25
+# Above this share of HITs answered by one worker only, no answer is checked (queries of 3-5
+# images, one answer each, 10,000 images: ARI 0.36 and no other warning).
+SINGLE_ANSWER_WARNING = 0.5
+
+
+def single_answer_share(labels: pd.DataFrame) -> float:
+    """The share of HITs (`task`) that one worker only answered."""
+    per_hit = labels[["task", "worker"]].drop_duplicates().groupby("task").size()
+    return float((per_hit == 1).mean()) if len(per_hit) else 0.0
+
+
+def crowd_warnings(model: _Base, labels: pd.DataFrame, recheck: Recheck, use: GroupUse) -> list[str]:
+    """The warnings a fitted `model` of `labels` (long format) comes with, each one sentence.
+
+    `recheck` and `use` are the model's `find_recheck` and `group_use`, which the callers have
+    computed for lines of their own. In this order: images the labels cannot place, workers who
+    agree no better than chance, HITs answered once, answers of one group, workers out of groups.
+    """
+    said = []
+    unanchored = recheck.unanchored_warning()
+    if unanchored is not None:
+        said.append(unanchored)
+    kappa, comparisons = crowd_agreement(model)
+    if no_better_than_chance(kappa, comparisons):
+        said.append(
+            f"the workers agree with one another no more than chance would (Cohen's kappa "
+            f"{kappa:.3f} over {comparisons:,} comparisons of two workers' labels of one pair; a "
+            "working crowd's is 0.2 or more): the clusters are likely noise, whatever their confidences "
+            "say. Check that the task's interface records the groups the workers chose, and the "
+            "crowd (an exam, a skill filter)."
+        )
+    lone = single_answer_share(labels)
+    if lone > SINGLE_ANSWER_WARNING:
+        said.append(
+            f"{lone:.0%} of the HITs have a single answer: nothing checks it against another "
+            "worker's, so a careless or spamming worker's groups stand as given and the clusters are "
+            "unreliable. Three or more answers per HIT (the overlap) let the model weigh the workers."
+        )
+    if use.most == 1 and recheck.n_items > 1:
+        said.append(
+            "every answer put all its images in one group, so the labels cannot tell any two "
+            "images apart and all are one cluster: check that the task's interface records the groups "
+            "and that the instructions ask for several"
+        )
+    if use.saturated > SATURATION_WARNING:
+        said.append(
+            f"{use.saturated:.0%} of the answers used all {use.most} groups for ~{use.images:.0f} "
+            f"images of more than {use.most} clusters: the workers ran out of groups and had to put "
+            "different styles together. The model takes such merges as noise (they differ from HIT to "
+            "HIT), but HITs that show fewer styles than there are groups give cleaner labels: smaller "
+            "HITs, or more groups in the task interface."
+        )
+    return said
