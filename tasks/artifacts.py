@@ -394,6 +394,8 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
         lines += ["", f"Second round: {again}."]
     if summary.aggregation.recheck is not None:
         lines += ["", f"Images to show again: {summary.aggregation.recheck}."]
+    for warning in summary.aggregation.warnings:  # two "~" in a line strike the text between out
+        lines += ["", f"**Warning:** {warning.replace('~', 'about ')}"]
     if summary.catalogue is not None and summary.catalogue.waiting:
         waiting = summary.catalogue.waiting
         lines += [

@@ -521,7 +521,7 @@ def test_scores_over_the_images_with_a_class_say_how_many(tmp_path):
     assert "images_with_a_class" not in page and "n_items" not in page
 
 
-def test_the_report_and_the_closing_lines_list_the_warnings_the_clusters_come_with(tmp_path):
+def test_the_report_and_the_closing_lines_list_the_warnings_the_clusters_come_with(tmp_path, monkeypatch):
     """The aggregation stage's warnings were in the run's log only, among a hundred other lines."""
     from dataclasses import replace
 
@@ -544,6 +544,16 @@ def test_the_report_and_the_closing_lines_list_the_warnings_the_clusters_come_wi
         f"warning:            {one}" for one in said
     ]
     assert "warning" not in describe(_summary(tmp_path, quiet))
+
+    # And in the run's `run-overview` artifact, with no "~" that would strike a stretch of it out.
+    published = {}
+    monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda **kw: published.update(kw))
+    monkeypatch.setattr(artifacts, "_sub_flow_table", lambda: [])
+    unanchored = "409 of 1,139 images (36%): HITs of ~10 images, ~10 HITs per image"
+    artifacts.run_overview(_summary(tmp_path, replace(info, warnings=(unanchored,))), "report.html")
+    assert published["markdown"].endswith(
+        "**Warning:** 409 of 1,139 images (36%): HITs of about 10 images, about 10 HITs per image"
+    )
 
 
 def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
