@@ -191,8 +191,9 @@ class _Hosts:
             failed = self._failed.get(host, 0) + 1 if got.no_answer else 0
             self._failed[host] = failed
             if failed >= UNREACHABLE_AFTER and host not in self._given_up:
+                # The images not asked read so, not as the failure of their own a bare reason implied.
                 self._given_up[host] = (
-                    f"{got.problem}; {host} not tried again after {failed} connections in a row failed"
+                    f"not asked: {host} did not answer {failed} times in a row ({got.problem})"
                 )
 
 
