@@ -300,7 +300,14 @@ def render_html(
     if summary.coverage is not None:
         parts += ["<h2>HIT plan</h2>", f"<p>{html.escape(summary.coverage.describe())}.</p>"]
     if data.get("second_round"):
-        parts += ["<h2>Second round</h2>", _table(data["second_round"])]
+        again = data["second_round"]
+        rows = {
+            "images shown again": again.get("images"),
+            "HITs": again.get("hits"),
+            "answers": again.get("assignments"),
+            "main pool": again.get("main_pool"),
+        }
+        parts += ["<h2>Second round</h2>", _table(rows)]
     intr = data.get("intruders")
     if intr:
         parts.append("<h2>Intruder evaluation</h2>")

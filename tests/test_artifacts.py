@@ -557,6 +557,25 @@ def test_the_report_and_the_closing_lines_list_the_warnings_the_clusters_come_wi
     )
 
 
+def test_the_reports_second_round_rows_are_named_in_words(tmp_path):
+    """The table read `main_pool`, `hits`, `assignments`: summary.json's keys, not a report's."""
+    from dataclasses import replace
+
+    from tasks.stages import SecondRound
+
+    base = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
+    clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
+    again = replace(base, second_round=SecondRound(41, 12, 36, "7"))
+    page = report.render_html(again, clusters, None, "t", report.ReportLinks("c.csv"), {})
+    rows = page.split("<h2>Second round</h2>\n", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<th>(.*?)</th><td>(.*?)</td>", rows) == [
+        ("images shown again", "41"),
+        ("HITs", "12"),
+        ("answers", "36"),
+        ("main pool", "7"),
+    ]
+
+
 def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
     """A rerun of a finished run printed `cost: $31.82 spent`, as if it had paid it again."""
     from dataclasses import replace
