@@ -16,7 +16,7 @@ from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
-from tasks.second_round import SECOND_ROUND_POOL
+from tasks.second_round import SECOND_ROUND_POOL, most_images
 from tasks.stages import HitPlan, Labelled, PoolStats
 from tasks.thumbnails import images_base
 from tasks.toloka_api import (
@@ -82,6 +82,14 @@ def collect_labels(
     before = budget.check_budget_task(
         params.toloka, run_key, checked, params.budget.max_spend, covers, resumes_evaluation=resumes
     )
+    if params.hits.second_round_share > 0 and not second:  # the estimate above read as the whole run's
+        logger.info(
+            "the second round (hits.second_round_share %s) is not in this estimate: it is estimated and "
+            "checked when it is planned, after this round's aggregation (the check before the run "
+            "counted up to %d of its images)",
+            params.hits.second_round_share,
+            most_images(params, len(plan.coverage.per_item)),
+        )
 
     if params.hits.check_images:  # before any paid object: an image nobody can see is paid for anyway
         image_check.check_images_task(

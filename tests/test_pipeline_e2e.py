@@ -996,6 +996,18 @@ def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, 
         str(a.description).startswith(f"second-round pool {done.main_pool}: 100% complete") for a in progress
     )
     assert any(a.key == "second-round-hit-coverage" for a in found), found
+    # The first round's estimate line is not the whole run's: the log says where the second's is.
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = [r.id for r in client.read_flow_runs(limit=200) if "e2e-second" in r.name]
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs)))
+    said = [log.message for log in logs if "is not in this estimate" in log.message]
+    assert said == [
+        "the second round (hits.second_round_share 0.5) is not in this estimate: it is estimated and "
+        "checked when it is planned, after this round's aggregation (the check before the run counted "
+        "up to 41 of its images)"
+    ], said
 
     again = crowdclust_pipeline(params)
     assert again.second_round == done and len(_objects(params)["pools"]) == 3
