@@ -8,6 +8,7 @@ nothing to stop. No flow run here (the shared service runs them).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 
@@ -72,3 +73,92 @@ def test_stopping_a_worker_terminates_its_flow_runs_while_it_still_runs(monkeypa
     supervisor.stop(service_config(tmp_path), "worker-1", said.append)
     assert calls == ["terminate [4343]", "stop worker-1"], calls
     assert said == ["worker-1: terminated its 1 flow-run process(es)", "worker-1: stopped"]
+
+
+SLEEPER = """
+import time
+from prefect import flow
+from prefect.runtime import flow_run
+
+@flow(name="lost-with-its-host")
+def sleeper():
+    print(flow_run.id, flush=True)
+    time.sleep(600)
+
+sleeper()
+"""
+
+
+def test_a_run_lost_while_the_server_was_down_is_crashed_when_the_server_returns(monkeypatch):
+    """The whole service's host lost (a power cut: server, worker and flow run killed at once) and
+    `make up` three minutes later: the run showed Running for good. Prefect sweeps an automation's
+    bucket 60 s after its end without evaluating it, and a server that starts sweeps before its
+    proactive triggers first look, so the heartbeat automation never crashed a run whose silence
+    began while the server was down for longer than that. Found on a live service (`kill -9` of
+    every part mid-labelling, `make up` after 175 s: Running 2 minutes later; with the server's
+    longer buffer, Crashed 45 s after `make up`). Here a real flow run beats once and dies with the
+    server; the server returns a minute after the automation's window closed."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from crowdclust.service import deployer, supervisor
+    from crowdclust.service.processes import read_pid
+
+    monkeypatch.setattr(deployer, "HEARTBEAT_SECONDS", 10)  # a window of 30 s, not 90: a shorter test
+    folder = service_folder()
+    cfg = service_config(folder, profile="sqlite", workers=1)
+    database = cfg.state_dir / "prefect" / "prefect.db"
+    with watched(cfg, folder):
+        sleeper = None
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            supervisor.start(cfg, "server", say=lambda _: None)
+            with temporary_settings(updates={PREFECT_API_URL: cfg.api_url}):
+                deployer.ensure_unresponsive_run_automation()
+            sleeper = subprocess.Popen(
+                [sys.executable, "-c", SLEEPER], env=cfg.env(), stdout=subprocess.PIPE, text=True
+            )
+            assert sleeper.stdout is not None
+            run_id = sleeper.stdout.readline().strip()
+            assert run_id, sleeper.communicate()
+
+            def window_end() -> float | None:
+                """When the automation's window after the run's heartbeat closes (None: not heard yet)."""
+                with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                    rows = db.execute('select "end" from automation_bucket').fetchall()
+                ends = [datetime.fromisoformat(end).replace(tzinfo=UTC).timestamp() for (end,) in rows]
+                return max(ends, default=None)
+
+            deadline = time.monotonic() + 120
+            while (end := window_end()) is None:
+                assert time.monotonic() < deadline, "the server never heard the run's heartbeat"
+                time.sleep(0.5)
+            # The host goes: the run and the server die together, nobody reports anything.
+            sleeper.kill()
+            server = read_pid(cfg, "server")
+            assert server is not None
+            os.killpg(server, signal.SIGKILL)
+            # Back after Prefect's own 60 s of keeping an expired bucket, and some.
+            time.sleep(max(0.0, end + 60 + 15 - time.time()))
+            supervisor.start(cfg, "server", say=lambda _: None)
+            state: dict = {}
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                state = httpx.get(f"{cfg.api_url}/flow_runs/{run_id}", timeout=10).json()["state"]
+                if state["type"] != "RUNNING":
+                    break
+                time.sleep(2)
+            assert state["type"] == "CRASHED", state
+            assert state["message"].startswith("no heartbeat for 30 s"), state
+        finally:
+            if sleeper is not None and sleeper.poll() is None:
+                sleeper.kill()
+            service.down(service.load(cfg.state_dir), say=lambda _: None)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -52,6 +52,11 @@ STARTUP_SECONDS = {"server": 180.0, "emulator": 60.0, "files": 20.0}
 # A stopping worker ends its runs (SIGKILL after RUN_GRACE_SECONDS), then Prefect stops it.
 WIND_DOWN_SECONDS = RUN_GRACE_SECONDS + 45.0
 LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
+# How long the server keeps an automation bucket past its end before sweeping it unevaluated.
+# Prefect's 60 s let a server that was down for longer than the heartbeat silence plus a minute
+# delete, as it started, the buckets of the runs that died meanwhile, before it evaluated them:
+# those runs then showed Running for good. Evaluated buckets are removed anyway.
+EXPIRED_BUCKET_BUFFER = "P30D"  # ISO 8601: Prefect reads a bare number of seconds as a time of day
 
 
 def _token(cfg: ServiceConfig) -> str:
@@ -81,6 +86,8 @@ def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
         # Leases on disk (under PREFECT_HOME): with the default in-memory store, a server restarted
         # while a run held its run key forgot the lease and kept the key's slot taken for good.
         env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
+        # The heartbeat automation must still fire for runs that died while the server was down.
+        env.setdefault("PREFECT_SERVER_EVENTS_EXPIRED_BUCKET_BUFFER", EXPIRED_BUCKET_BUFFER)
         if cfg.profile == "postgres":
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.connection_url(cfg)
         return [
