@@ -51,7 +51,7 @@ from tasks.stages import (
     SecondRound,
     shown,
 )
-from tasks.toloka_api import resolve_token
+from tasks.toloka_api import probe
 
 
 def aggregate_pools(
@@ -112,13 +112,13 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     logger = get_run_logger()
     key = params.catalogue_key
     params = params.model_copy(update={"run_key": key})  # sub-flows (intruders) share the catalogue key
+    probe(params.toloka)  # no token, a wrong one or no platform: one line, before anything is written
     folder = claimed(params, key)
     clock = report.Stopwatch(folder)
     read = dataset.read_dataset(params.dataset)
     for warning in read.warnings:  # blank truth cells, an image under http:// and https://, ...
         artifacts.warn_up(warning)
     catalogue = read.frame["image"].tolist()
-    resolve_token(params.toloka)
     # What this run spends is what the key's pools cost after it less before: the rounds share one
     # exam pool (counted whole in every round before) and a run may only finish an evaluation.
     # Before the run's first attempt, when the same command resumes it (`Stopwatch.charged_from`).

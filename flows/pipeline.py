@@ -22,6 +22,7 @@ from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
 from tasks.stages import Cost, CostEstimate, RunSummary, SecondRound
+from tasks.toloka_api import probe
 
 
 @flow(name="crowdclust-pipeline", **CLOSES_POOLS)
@@ -29,6 +30,9 @@ from tasks.stages import Cost, CostEstimate, RunSummary, SecondRound
 @locked_run()
 def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
     """Cluster `params.dataset` with the crowd end to end; returns the summary (also in summary.json)."""
+    # No token, a wrong one or no platform: one line within seconds, before the first stage asks
+    # Toloka (the stage's retries took 75 s and ended in "stopped answering ... pools may be open").
+    probe(params.toloka)
     folder = RunFolder.of(params)
     clock = report.Stopwatch(folder)
     spent_before = budget.total(budget.charges_at_start_task(params.toloka, params.resolved_run_key))

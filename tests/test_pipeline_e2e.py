@@ -666,6 +666,34 @@ def test_a_platform_gone_mid_run_fails_the_flow_run_naming_its_url_and_what_to_d
     )
 
 
+@pytest.mark.parametrize("flow_name", ["pipeline", "catalogue"])
+def test_a_deployment_run_against_a_platform_that_never_answered_is_refused_in_one_line(
+    prefect_harness, tmp_path, monkeypatch, flow_name
+):
+    """A `demo` run from the UI with a mistyped `toloka.url` (or its emulator not started): the
+    first stage's retries took 75 s, four `Error encountered when computing cache key` lines, and the
+    run ended `StoppedAnswering: Toloka at ... stopped answering ... The run's open pools were closed
+    if Toloka let them be`, for a key that had nothing anywhere. `crowdclust run` probes first and
+    says `cannot reach Toloka` in 15 s; so do the flows now (the nightly catalogue run with its
+    emulator down too)."""
+    from flows.catalogue import cluster_catalogue
+    from flows.pipeline import crowdclust_pipeline
+
+    monkeypatch.setenv("TOLOKA_TOKEN", "a-token")
+    gone = {"toloka": {"url": "http://127.0.0.1:1"}, "runs_dir": str(tmp_path), "run_key": "e2e-unanswered"}
+    params = load_params(DEMO, gone)
+    flow = {"pipeline": crowdclust_pipeline, "catalogue": cluster_catalogue}[flow_name]
+    state = flow(params, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(
+        "Flow run encountered an exception: PlatformUnreachable: cannot reach Toloka at http://127.0.0.1:1 "
+    ), state.message
+    logs = [line.message for lines in _run_logs(state.state_details.flow_run_id).values() for line in lines]
+    for misleading in ("stopped answering", "computing cache key"):
+        assert not [line for line in logs if misleading in line], (misleading, logs)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_a_stage_failed_on_a_network_error_persists_no_token(prefect_harness, results_dir):
     """A stage that failed on a network error had its error persisted as its result, pickled with
     the httpx request it carried: `Authorization: OAuth <token>` in the result storage every worker
