@@ -51,10 +51,12 @@ class TolokaTarget(_Model):
     )
     url: str | None = Field(
         "http://127.0.0.1:8765",
-        description="API base URL: the emulator for `local` (the local service deploys its own "
-        "emulator's address here; a run is sent where this says, so parameters given in full must name "
-        "that address); for sandbox/production leave empty (null) to use toloka-kit's endpoint, or set "
-        "it to override.",
+        # Refused by the run form, not 3 failed connections later: `127.0.0.1:8765` without its scheme.
+        pattern=r"^https?://[^\s/?#]+\S*$",
+        description="API base URL, with its http:// or https://: the emulator for `local` (the local "
+        "service deploys its own emulator's address here; a run is sent where this says, so parameters "
+        "given in full must name that address); for sandbox/production leave empty (null) to use "
+        "toloka-kit's endpoint, or set it to override.",
     )
     token_secret_block: str = Field(
         "toloka-token",

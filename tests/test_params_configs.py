@@ -212,6 +212,7 @@ def _write_yaml(tmp_path: Path, **changes) -> Path:
         ({"name": "Bad Name"}, "name"),
         ({"dataset": "/nonexistent.tsv"}, "dataset"),
         ({"toloka": {"environment": "staging"}}, "toloka.environment"),
+        ({"toloka": {"url": "127.0.0.1:8765"}}, "toloka.url"),
         ({"budget": {"max_spend": -1}}, "budget.max_spend"),
     ],
 )

@@ -694,6 +694,26 @@ def test_a_deployment_run_against_a_platform_that_never_answered_is_refused_in_o
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_the_run_form_refuses_a_toloka_url_without_its_scheme(prefect_harness, tmp_path):
+    """A Custom run whose `toloka.url` was typed as `127.0.0.1:8765` (or any text): the server took
+    the run, which then failed three connections later. Now the deployment's parameter schema
+    refuses it, as the run form does for a HIT size of 1, naming the field (what the UI shows)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.pipeline import crowdclust_pipeline
+
+    deployment = crowdclust_pipeline.to_deployment(name="url-form").apply()
+    params = load_params(DEMO, {"runs_dir": str(tmp_path)}).model_dump(mode="json")
+    api = f"{PREFECT_API_URL.value()}/deployments/{deployment}/create_flow_run"
+    for typed in ("127.0.0.1:8765", "not a url"):
+        params["toloka"]["url"] = typed
+        answer = httpx.post(api, json={"parameters": {"params": params}}, timeout=30)
+        assert answer.status_code == 409, answer.text
+        assert "Validation failed for field 'params.toloka.url'" in answer.json()["detail"], answer.text
+    params["toloka"]["url"] = "http://127.0.0.1:8765"
+    assert httpx.post(api, json={"parameters": {"params": params}}, timeout=30).status_code == 201
+
+
 def test_a_stage_failed_on_a_network_error_persists_no_token(prefect_harness, results_dir):
     """A stage that failed on a network error had its error persisted as its result, pickled with
     the httpx request it carried: `Authorization: OAuth <token>` in the result storage every worker
