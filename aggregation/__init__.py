@@ -52,6 +52,11 @@ if TYPE_CHECKING:
     from aggregation.synthetic import SHAPES, SyntheticCrowd, crowd_shape, followup_crowd, generate_crowd
     from aggregation.workers import worker_quality
 
+# The seeds the estimators take: their kernels draw from an unsigned 64-bit seed (a larger one fails
+# inside numba) and numpy's generators take no negative one. A constant here, so that the CLI and the
+# pipeline's config check refuse the same range without loading the model.
+MAX_SEED = 2**64 - 1
+
 _HOME = {
     "ExportFormatError": "adapter",
     "ExportReading": "adapter",
@@ -83,6 +88,7 @@ _HOME = {
 }
 
 __all__ = [
+    "MAX_SEED",
     "SHAPES",
     "CoAssociationClustering",
     "CrowdClustering",

@@ -82,9 +82,8 @@ def endpoint(target: TolokaTarget) -> str | None:
     return target.url
 
 
-# The seed's range: numpy's generators take no negative seed (the HIT plan stopped mid-flow on
-# `ValueError: expected non-negative integer`) and the model's confidences draw from a 64-bit one;
-# `crowdclust aggregate --seed` takes the same range.
+# The seed's range, `aggregation.MAX_SEED` (this module sits below the aggregation: its own copy, a
+# test holds the two equal): a negative seed stopped the HIT plan mid-flow on a bare numpy ValueError.
 MAX_SEED = 2**64 - 1
 MAX_HIT_SIZE = 10  # the grouping interface's colours (configs/*/toloka/*_project.json), one per group
 # Toloka's least reward per assignment of a pool (every pool the flows create is a REGULAR one; toloka-kit's

@@ -356,6 +356,10 @@ def test_a_seed_outside_what_the_generators_take_is_refused_with_its_line(tmp_pa
         params = load_params(DEMO, {"seed": seed})
         images = list(load_dataset(params.dataset)["image"])
         assert len(make_plan(images, params.hits, params.seed).hits) == 82
+    import aggregation
+    import tasks.params
+
+    assert tasks.params.MAX_SEED == aggregation.MAX_SEED  # what `crowdclust aggregate --seed` takes
 
 
 def test_the_seed_design_refuses_more_hits_per_image_than_it_can_give(tmp_path):

@@ -31,8 +31,6 @@ UNINFORMED = 0.2
 DISSOLVED_WARNING = 0.25
 
 EXIT_BAD_INPUT = 2
-# The model's kernels take the seed as an unsigned 64-bit integer: a larger one fails inside numba.
-MAX_SEED = 2**64 - 1
 
 
 class Method(StrEnum):
@@ -237,6 +235,8 @@ def aggregate(
     ] = None,
 ) -> None:
     """Cluster the images of a Toloka export; write item,cluster,confidence and print a summary."""
+    from aggregation import MAX_SEED  # the package alone: neither pandas nor numba
+
     started = time.perf_counter()
     if not 0 <= seed <= MAX_SEED:
         # Checked here rather than with typer's min/max: one `error:` line like every other bad input.
