@@ -368,3 +368,39 @@ def test_up_waits_for_a_worker_that_is_stopping_and_starts_it_again(tmp_path: Pa
     pid_file(cfg, "worker-1").write_text(f"{worker.pid}\n")
     assert supervisor.stop_process(cfg, "worker-1") is True
     assert worker.wait(timeout=10) == 0 and not stopping_file(cfg, "worker-1").exists()
+
+
+def test_down_ends_the_runs_a_worker_killed_outright_left_running(tmp_path: Path) -> None:
+    """`kill -9` of a worker leaves its flow-run processes going, their parent now init; `make up`
+    started a new worker, `make status` said nothing of them and `make down` left them running with
+    the server and the emulator gone (a tester found one 6 minutes later). They are found by the
+    worker's stopping file in their environment (inherited from the worker): `status` names them,
+    `stop` ends them; another service's runs are not touched."""
+    import subprocess
+    import sys
+
+    from crowdclust.service import left_running, supervisor
+    from crowdclust.service.processes import STOPPING_FILE_ENV, alive, pid_file, stopping_file
+
+    cfg = ServiceConfig(state_dir=tmp_path, workers=1)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "prefect.engine"]
+
+    def run(stopping: Path) -> subprocess.Popen:
+        env = {**os.environ, STOPPING_FILE_ENV: str(stopping)}
+        return subprocess.Popen(sleeper, env=env, start_new_session=True)
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the new worker-1
+    orphan = run(stopping_file(cfg, "worker-1"))
+    elsewhere = run(tmp_path / "other-service" / "worker-1.stopping")
+    try:
+        pid_file(cfg, "worker-1").write_text(f"{worker.pid}\n")
+        assert left_running(cfg) == {"worker-1": [orphan.pid]}
+        said: list[str] = []
+        supervisor.stop(cfg, "worker-1", said.append)
+        assert said[0] == "worker-1: terminated 1 flow-run process(es) an earlier worker-1 left running"
+        assert orphan.poll() is not None and alive(elsewhere.pid)
+        assert left_running(cfg) == {}
+    finally:
+        for process in (worker, orphan, elsewhere):
+            process.kill()
+            process.wait()

@@ -160,4 +160,10 @@ def status(state_dir: StateDir = None) -> None:
     cfg = _config(state_dir)
     for name, running in service.status(cfg).items():
         typer.echo(f"{name}: {'running' if running else 'stopped'}")
+    for name, pids in service.left_running(cfg).items():
+        shown = ", ".join(map(str, pids))
+        typer.echo(
+            f"{name}: {len(pids)} flow-run process(es) an earlier {name} left running when it was killed "
+            f"(pid {shown}): they go on with their runs; `make down` ends them (they close their pools)"
+        )
     typer.echo(f"Prefect UI: {cfg.ui_url}  emulator: {cfg.emulator_url}  run files: {cfg.runs_url}/")

@@ -228,6 +228,29 @@ def children(pid: int, running: str = "") -> list[int]:
     return sorted(found)
 
 
+def runs_of(stopping: Path, running: str = "prefect.engine") -> list[int]:
+    """The processes whose command line holds `running` and whose environment names `stopping` as
+    their STOPPING_FILE_ENV: the flow runs a worker of that name started, its own children and those
+    an earlier worker of the name left behind (from /proc).
+
+    A flow-run process inherits its worker's environment (Prefect's process worker starts it with
+    `os.environ`). When the worker is killed outright (kill -9) its runs go on, their parent now
+    init: `children` of the next worker does not find them, and `make down` left such a run going
+    with the server and the emulator gone.
+    """
+    marker = f"{STOPPING_FILE_ENV}={stopping}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if running.encode() not in (entry / "cmdline").read_bytes():
+                continue
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError):  # gone meanwhile, or another user's
+            continue
+    return sorted(found)
+
+
 def terminate(pids: list[int], wait: float = 15.0, running: Callable[[int], bool] | None = None) -> None:
     """SIGTERM each process (its group if it leads one), then SIGKILL what still runs after `wait` s.
 

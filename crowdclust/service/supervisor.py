@@ -37,6 +37,7 @@ from crowdclust.service.processes import (
     log_file,
     port_taken,
     read_pid,
+    runs_of,
     spawn,
     stop_process,
     stopping_file,
@@ -181,12 +182,24 @@ def stop(cfg: ServiceConfig, name: str, say: Say = print) -> None:
     its pools open, its state Running and its run-key slot held. (The worker itself does the same
     on a SIGTERM or SIGINT from elsewhere: `crowdclust.service.worker`.)
     """
-    worker = read_pid(cfg, name) if name.startswith("worker-") else None
-    runs = children(worker, running="prefect.engine") if worker is not None else []
-    if runs:
-        terminate(runs)
-        say(f"{name}: terminated its {len(runs)} flow-run process(es)")
+    if name.startswith("worker-"):
+        runs, left = worker_runs(cfg, name)
+        if runs or left:
+            terminate(runs + left)
+        if runs:
+            say(f"{name}: terminated its {len(runs)} flow-run process(es)")
+        if left:
+            say(f"{name}: terminated {len(left)} flow-run process(es) an earlier {name} left running")
     say(f"{name}: {'stopped' if stop_process(cfg, name) else 'not running'}")
+
+
+def worker_runs(cfg: ServiceConfig, name: str) -> tuple[list[int], list[int]]:
+    """The flow-run processes of worker `name`: its children, and those an earlier worker of that
+    name left running when it was killed outright (`processes.runs_of`)."""
+    worker = read_pid(cfg, name)
+    runs = children(worker, running="prefect.engine") if worker is not None else []
+    left = [pid for pid in runs_of(stopping_file(cfg, name)) if pid not in runs]
+    return runs, left
 
 
 def _deployer_due(cfg: ServiceConfig) -> bool:
@@ -405,6 +418,17 @@ def status(cfg: ServiceConfig | None = None) -> dict[str, bool]:
     if cfg.uses_local_postgres:
         parts["postgres"] = postgres.running(cfg)
     parts |= {name: answers(cfg.health_url(name)) for name in ("server", "emulator", "files")}
-    names = sorted({*_worker_names(cfg), *(f"worker-{i}" for i in range(1, cfg.workers + 1))})
-    parts |= {name: read_pid(cfg, name) is not None for name in names}
+    parts |= {name: read_pid(cfg, name) is not None for name in _all_worker_names(cfg)}
     return parts
+
+
+def _all_worker_names(cfg: ServiceConfig) -> list[str]:
+    """The workers the settings ask for and those with a pid file (an earlier `up` may have had more)."""
+    return sorted({*_worker_names(cfg), *(f"worker-{i}" for i in range(1, cfg.workers + 1))})
+
+
+def left_running(cfg: ServiceConfig) -> dict[str, list[int]]:
+    """Per worker name, the flow-run processes an earlier worker of that name left running when it
+    was killed outright (`worker_runs`): `status` names them, `down` ends them."""
+    found = {name: worker_runs(cfg, name)[1] for name in _all_worker_names(cfg)}
+    return {name: pids for name, pids in found.items() if pids}
