@@ -174,14 +174,18 @@ class Staffing:
         """The workers whose skill value lets them into the main pool."""
         return sum(1 for value in state.sent.values() if value >= self.min_skill)
 
-    def short_of_answers(self, qualified: int) -> str | None:
-        """Why the main pool will slow down (or expire) once `qualified` is final, else None.
+    def short_of_answers(self, qualified: int, exam_complete: bool = True) -> str | None:
+        """Why the main pool will slow down (or expire) with `qualified` workers, else None.
 
         The run's check before anything opened counts on `exam.pass_share` of the exam's takers
         passing; when fewer pass, every qualified worker is restricted before the pool is done. A
         10,000-image run qualified 1,036 workers where 1,400 were counted on: from ~51,800 of its
         70,000 answers the pace fell from ~240 to ~18 answers/s, nothing said why for 12 minutes,
-        and the pool expired at 95%.
+        and the pool expired at 95%. Said once the exam pool is complete (nobody else qualifies),
+        or, with `exam_complete` False, once the workers qualified so far have given what they may
+        before a restriction (`used_up`) while the exam pool still fills: a market of 60 workers
+        filled 48 of 318 exam seats, its 10 qualified workers were all restricted at 25% of the
+        main pool, and the run timed out twice with nothing said but a pace.
         """
         if self.limit is None or self.needed <= 0 or qualified <= 0:
             return None
@@ -190,18 +194,36 @@ class Staffing:
             return None
         most = qualified * self.limit.most_per_worker(POOL_LIFETIME.total_seconds())
         expire = (
-            f"; at most {most:,} in the pool's {POOL_LIFETIME.days} days, so it will expire unfinished"
+            f"; {'' if exam_complete else 'with no more workers, '}at most {most:,} in the pool's "
+            f"{POOL_LIFETIME.days} days, so it {'will' if exam_complete else 'would'} expire unfinished"
             if most < self.needed
             else ""
         )
+        rule = f"main_pool.json {self.limit.describe()}"
+        if exam_complete:
+            return (
+                f"the exam pool is complete with {qualified:,} workers qualified: {rule}, so they give "
+                f"{first:,} of the {self.needed:,} answers the main pool needs before each is restricted, "
+                f"and then one answer per restriction: the pool slows down and may take days{expire}. To "
+                "finish sooner, raise exam.expected_workers and run the same command again (the exam "
+                "pool reopens for the new seats; nothing is paid twice), or stop the run (--close)"
+            )
         return (
-            f"the exam pool is complete with {qualified:,} workers qualified: main_pool.json "
-            f"{self.limit.describe()}, so they give {first:,} of the {self.needed:,} answers the main pool "
-            f"needs before each is restricted, and then one answer per restriction: the pool slows down "
-            f"and may take days{expire}. To finish sooner, raise exam.expected_workers and run the same "
-            "command again (the exam pool reopens for the new seats; nothing is paid twice), or stop the "
-            "run (--close)"
+            f"the {qualified:,} workers qualified so far have given {first:,} answers, all they may before "
+            f"each is restricted ({rule}), of the {self.needed:,} the main pool needs, and the exam pool "
+            "is still filling: from now on the main pool moves at one answer per restriction "
+            f"and per worker who passes the exam, and may take days{expire}. If the exam fills slowly "
+            "too, few workers can take it: loosen the pools' filters, lower exam.min_skill, or let the "
+            "rule allow more answers, and run the same command again (nothing is paid twice), or stop "
+            "the run (--close)"
         )
+
+    def used_up(self, qualified: int, answers: int) -> bool:
+        """Whether `answers` in the main pool are all its `qualified` workers may give before each is
+        restricted (its ANSWER_COUNT rule), with the pool short of what it needs."""
+        if self.limit is None or qualified <= 0:
+            return False
+        return qualified * self.limit.answers <= answers < self.needed
 
 
 class ExamStarved(RuntimeError):

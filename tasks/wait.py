@@ -450,10 +450,18 @@ def wait_labelling_task(
         # Nobody could qualify from an expired exam pool while the main pool waits for workers.
         reopen_expired(client, client.get_pool(ids.exam_pool))
         check_staffing(client, ids.exam_pool, ids.main_pool, staffing, state)
-        short = None if warned[0] else staffing.short_of_answers(staffing.qualified(state))
-        if short is not None and is_completed(client.get_pool(ids.exam_pool)):  # nobody else qualifies
-            warned[0] = True
-            warn_up(f"exam gating: {short}")
+        qualified = staffing.qualified(state)
+        if warned[0] or staffing.short_of_answers(qualified) is None:
+            return  # said already, or nothing to say
+        # Once nobody else qualifies; while the exam still fills, once those qualified are restricted.
+        complete = is_completed(client.get_pool(ids.exam_pool))
+        if not complete:
+            main = pool_stats(client, ids.main_pool)
+            answers = max(main.submitted_assignments_count or 0, main.approved_assignments_count or 0)
+            if not staffing.used_up(qualified, int(answers)):
+                return
+        warned[0] = True
+        warn_up(f"exam gating: {staffing.short_of_answers(qualified, exam_complete=complete)}")
 
     live = LiveSpend(spend)
 

@@ -156,7 +156,9 @@ def test_a_host_that_never_answers_is_given_up_and_one_that_answers_is_not(image
     times in a row is not tried again; a host that answers, even with 404s, is tried for every image."""
     import socket
 
-    monkeypatch.setattr(thumbnails, "TIMEOUT_SECONDS", 0.3)
+    # Short, for the silent host's sake; not so short that the answering one misses it on a busy
+    # machine (at 0.3 s, under a load of 14, some of its 404s came back as timeouts).
+    monkeypatch.setattr(thumbnails, "TIMEOUT_SECONDS", 1.5)
     silent = socket.create_server(("127.0.0.1", 0), backlog=256)  # accepts, never answers
     accepted: list[socket.socket] = []
 

@@ -1019,6 +1019,19 @@ def test_a_main_pool_short_of_qualified_workers_is_called_so_once_the_exam_is_co
     assert "they give 5,000 of the 7,000" in slow and "expire" not in slow
     assert needs.short_of_answers(140) is None
     assert Needs(75.0, 7).short_of_answers(70) is None  # no need given: nothing to say
+    # The exam still filling: said once the 70 qualified so far have given their 3,500 answers.
+    assert not needs.used_up(70, 3_499) and needs.used_up(70, 3_500) and not needs.used_up(70, 7_000)
+    assert not needs.used_up(140, 6_000) and not Needs(75.0, 7, 7_000).used_up(70, 5_000)  # no rule
+    filling = needs.short_of_answers(70, exam_complete=False)
+    assert filling.startswith(
+        "the 70 workers qualified so far have given 3,500 answers, all they may before each is "
+        "restricted (main_pool.json restricts a worker after 50 answers"
+    )
+    assert "), of the 7,000 the main pool needs, and the exam pool is still filling" in filling
+    assert "loosen the pools' filters, lower exam.min_skill" in filling
+    assert (
+        "with no more workers, at most 5,880 in the pool's 7 days, so it would expire unfinished" in filling
+    )
 
 
 def test_an_intruder_pool_is_refused_when_the_skilled_workers_cannot_give_its_answers():
