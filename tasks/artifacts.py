@@ -573,7 +573,9 @@ def run_results(
             for c in summary.intruders.per_cluster
         ]
         create_table_artifact(
-            key="intruder-accuracy", table=per_cluster, description=intruder_description(summary.intruders)
+            key="intruder-accuracy",
+            table=per_cluster,
+            description=intruder_description(summary.intruders, summary.clusters),
         )
         if summary.intruders.chart is not None and summary.intruders.chart.exists():
             intruder_chart(summary.intruders.chart)
@@ -598,16 +600,18 @@ def cluster_ids(ids: Sequence[int]) -> str:
     return f"cluster{'s' * (len(ids) != 1)} {', '.join(map(str, ids))}"
 
 
-def intruder_description(evaluated: Evaluation) -> str:
-    """The `intruder-accuracy` table's description: the overall figures, and the clusters the table
+def intruder_description(evaluated: Evaluation, n_clusters: int) -> str:
+    """The `intruder-accuracy` table's description: the overall figures, the clusters the table
     lacks because they were too small to host a HIT (the gallery beside it shows them: a 4-image
-    junk cluster was missing from the table without a word)."""
+    junk cluster was missing from the table without a word), and whether its rows rest on too few
+    HITs to be read one by one (`Evaluation.thin`)."""
     per_image = "" if evaluated.image_accuracy is None else f", {evaluated.image_accuracy:.3f} per image"
     skipped = evaluated.skipped
     too_small = f"; too small to host a HIT, not in the table: {cluster_ids(skipped)}" if skipped else ""
+    thin = evaluated.thin(n_clusters)
     return (
         f"Intruder accuracy per host cluster: {shown(evaluated.accuracy)} over {evaluated.n_hits} HITs"
-        f"{per_image}{too_small}"
+        f"{per_image}{too_small}" + (f". {thin}" if thin else "")
     )
 
 

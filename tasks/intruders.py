@@ -25,7 +25,15 @@ from tasks.params import TolokaTarget
 from tasks.results import export_accepted
 from tasks.setup import setup_intruders
 from tasks.stage import stage_task
-from tasks.stages import ClusterAccuracy, Evaluation, IntruderHit, IntruderIds, IntruderWait, PoolStats
+from tasks.stages import (
+    ClusterAccuracy,
+    Evaluation,
+    IntruderHit,
+    IntruderIds,
+    IntruderWait,
+    PoolStats,
+    thin_hosts_line,
+)
 from tasks.toloka_api import (
     Opening,
     RunRegistry,
@@ -93,25 +101,12 @@ def skipped_line(skipped: list[int], clusters: pd.Series, need: int, most: int =
     )
 
 
-# Below this many HITs per host cluster, one HIT moves the cluster's accuracy by a fifth or more.
-FEW_HITS_PER_HOST = 5
-
-
 def thin_hosts(hits: list[IntruderHit], n_hosts: int) -> str | None:
-    """A warning when the HITs leave each host cluster's accuracy to a handful of HITs, else None.
-
-    `intruders.n_hits` is fixed before the clusters are known; a catalogue of many clusters spreads
-    it thin (100 HITs over 40 clusters: 2.5 each, and clusters with none at 200).
-    """
-    if not hits or n_hosts <= 0 or len(hits) >= FEW_HITS_PER_HOST * n_hosts:
+    """A warning when the HITs leave each host cluster's accuracy to a handful of HITs, else None
+    (`tasks.stages.thin_hosts_line`, which the report and the `intruder-accuracy` artifact use too)."""
+    if not hits:
         return None
-    hosted = len({hit.host for hit in hits})
-    return (
-        f"{len(hits)} intruder HITs over {n_hosts} clusters that can host one: "
-        f"{len(hits) / n_hosts:.1f} per cluster ({n_hosts - hosted} with none), so a cluster's "
-        f"accuracy rests on a few HITs and only the overall figure is worth reading; "
-        f"intruders.n_hits {FEW_HITS_PER_HOST * n_hosts} would give each about {FEW_HITS_PER_HOST}"
-    )
+    return thin_hosts_line(len(hits), len({hit.host for hit in hits}), n_hosts)
 
 
 def round_key(run_key: str, hits: list[IntruderHit]) -> str:

@@ -319,6 +319,9 @@ def render_html(
                 f"<div class='chart'><img src='{html.escape(links.chart)}' "
                 "alt='intruder accuracy per cluster'></div>"
             )
+        thin = summary.intruders.thin(summary.clusters) if summary.intruders is not None else None
+        if thin is not None:  # before the per-cluster rows it is about, not in the evaluation's log only
+            parts.append(f"<p>{html.escape(thin)}.</p>")
         rows = {}
         if intr.get("image_accuracy") is not None:
             hosted = intr.get("images_hosted", 0)

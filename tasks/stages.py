@@ -319,6 +319,27 @@ class ClusterAccuracy:
     hits: int
 
 
+# Below this many HITs per host cluster, one HIT moves the cluster's accuracy by a fifth or more.
+FEW_HITS_PER_HOST = 5
+
+
+def thin_hosts_line(n_hits: int, hosted: int, n_hosts: int) -> str | None:
+    """`n_hits` intruder HITs over `n_hosts` clusters that can host one (`hosted` of them did): a
+    warning when that leaves each cluster's accuracy to fewer than FEW_HITS_PER_HOST HITs, else None.
+
+    `intruders.n_hits` is fixed before the clusters are known; a catalogue of many clusters spreads
+    it thin (100 HITs over 40 clusters: 2.5 each, and clusters with none at 200).
+    """
+    if n_hits <= 0 or n_hosts <= 0 or n_hits >= FEW_HITS_PER_HOST * n_hosts:
+        return None
+    return (
+        f"{n_hits:,} intruder HITs over {n_hosts:,} clusters that can host one: "
+        f"{n_hits / n_hosts:.1f} per cluster ({n_hosts - hosted:,} with none), so a cluster's "
+        f"accuracy rests on a few HITs and only the overall figure is worth reading; "
+        f"intruders.n_hits {FEW_HITS_PER_HOST * n_hosts:,} would give each about {FEW_HITS_PER_HOST}"
+    )
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Intruder accuracy of a clustering, overall and per host cluster.
@@ -344,6 +365,17 @@ class Evaluation:
     spent: float | None = None
     chart: Path | None = None
     estimate: float | None = None  # what the stage was checked against (at the price Toloka charged)
+
+    def thin(self, n_clusters: int) -> str | None:
+        """A warning when the HITs leave each host cluster's accuracy to a handful of HITs, else None.
+
+        `n_clusters`: the clustering's clusters (those too small to host a HIT are `skipped`). The
+        log of the evaluation, the report and the `intruder-accuracy` artifact say it in these words:
+        a 4,000-image catalogue's report listed 25 clusters' accuracies from 2-6 HITs each and did
+        not say that only the overall figure was worth reading, which only the evaluation's log did.
+        """
+        hosts = n_clusters - len(self.skipped)
+        return thin_hosts_line(self.n_hits, len(self.per_cluster), hosts)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -737,13 +737,40 @@ def test_the_intruder_table_says_which_clusters_it_lacks_for_want_of_a_hit():
 
     hosted = (ClusterAccuracy(0, 0.9, 10), ClusterAccuracy(1, 0.92, 12))
     evaluated = Evaluation(accuracy=0.91, n_hits=22, per_cluster=hosted, skipped=(8,), image_accuracy=0.934)
-    assert artifacts.intruder_description(evaluated) == (
+    assert artifacts.intruder_description(evaluated, 3) == (
         "Intruder accuracy per host cluster: 0.910 over 22 HITs, 0.934 per image; too small to host a "
         "HIT, not in the table: cluster 8"
     )
-    two = artifacts.intruder_description(replace(evaluated, skipped=(8, 26)))
+    two = artifacts.intruder_description(replace(evaluated, skipped=(8, 26)), 4)
     assert two.endswith("too small to host a HIT, not in the table: clusters 8, 26")
-    assert "too small" not in artifacts.intruder_description(replace(evaluated, skipped=()))
+    assert "too small" not in artifacts.intruder_description(replace(evaluated, skipped=()), 2)
+
+
+def test_intruder_hits_spread_thin_are_said_in_the_report_and_the_artifact_not_only_the_log(tmp_path):
+    """A 4,000-image catalogue of 28 clusters: 100 intruder HITs, 2-6 per cluster. Only the
+    evaluation's log said that a cluster's accuracy then rests on a few HITs; report.html and the
+    `intruder-accuracy` artifact listed every cluster's figure (0.00 of 2 HITs, 1.00 of 2) without it."""
+    from tasks.stages import ClusterAccuracy, Evaluation
+
+    per_cluster = tuple(ClusterAccuracy(c, 0.5, 4) for c in range(25))
+    evaluated = Evaluation(accuracy=0.31, n_hits=100, per_cluster=per_cluster, skipped=(26, 27))
+    said = (
+        "100 intruder HITs over 26 clusters that can host one: 3.8 per cluster (1 with none), so a "
+        "cluster's accuracy rests on a few HITs and only the overall figure is worth reading; "
+        "intruders.n_hits 130 would give each about 5"
+    )
+    assert artifacts.intruder_description(evaluated, 28).endswith(f"clusters 26, 27. {said}")
+    info = AggregationInfo("gomes", 10, 2, 2, 2, 2, 10, -1.0)
+    summary = replace(_summary(tmp_path, info), clusters=28, intruders=evaluated, intruder_accuracy=0.31)
+    clusters = pd.Series(range(28), index=[f"i{k}" for k in range(28)], name="cluster")
+    page = report.render_html(summary, clusters, None, "t", report.ReportLinks("c.csv"), {})
+    section = page.split("<h2>Intruder evaluation</h2>", 1)[1].split("<table>", 1)[0]
+    assert f"<p>{html.escape(said)}.</p>" in section
+    enough = replace(evaluated, n_hits=130)
+    assert "worth reading" not in artifacts.intruder_description(enough, 28)
+    assert "worth reading" not in report.render_html(
+        replace(summary, intruders=enough), clusters, None, "t", report.ReportLinks("c.csv"), {}
+    )
 
 
 def test_a_poll_line_of_a_large_pool_writes_its_counts_and_dollars_as_the_budget_beside_them():
