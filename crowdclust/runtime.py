@@ -97,20 +97,9 @@ def _paid_before(summary: RunSummary) -> str:
     return f", ${cost.added:,.2f} of it in this run (the rest in earlier runs of key {summary.run_key})"
 
 
-SIZES_SHOWN = 20  # cluster sizes in the `clusters:` line (every one is in summary.json)
-
-
-def _sizes_shown(sizes: list[int]) -> str:
-    """`[14, 13, 12]`, the first SIZES_SHOWN and how many more: a co-association clustering of 3,000
-    images printed a 599-character line of 174 sizes (thousands of sizes with many single items)."""
-    if len(sizes) <= SIZES_SHOWN:
-        return str(sizes)
-    return f"[{', '.join(map(str, sizes[:SIZES_SHOWN]))}, ...] and {len(sizes) - SIZES_SHOWN:,} more"
-
-
 def describe(summary: RunSummary) -> str:
     """The few lines a person wants after a run."""
-    from tasks.stages import truth_share  # loaded by the run already; the CLI's start stays light
+    from tasks.stages import sizes_shown, truth_share  # loaded by the run already; the CLI starts light
 
     def num(value: float | None, spec: str = ".3f") -> str:
         return "n/a" if value is None else format(value, spec)
@@ -120,7 +109,7 @@ def describe(summary: RunSummary) -> str:
     singles = sum(size == 1 for size in sizes)  # as `crowdclust aggregate` counts them
     lone = f"; {singles} of them a single item" if singles else ""
     lines = [
-        f"clusters:           {summary.clusters} (sizes {_sizes_shown(sizes)}{lone})",
+        f"clusters:           {summary.clusters} (sizes {sizes_shown(sizes)}{lone})",
         f"ARI / NMI vs truth: {num(summary.ari)} / {num(summary.nmi)}"
         + truth_share(summary.metrics, sum(sizes)),
         f"intruder accuracy:  {num(summary.intruder_accuracy)}" + _intruder_detail(summary),

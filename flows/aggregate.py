@@ -24,7 +24,7 @@ from tasks import dataset as ds
 from tasks.params import AggregationParams, PipelineParams, TolokaTarget
 from tasks.run_folder import RunFolder
 from tasks.run_log import root_run_of_a_subflow
-from tasks.stages import Aggregated, truth_share
+from tasks.stages import Aggregated, sizes_shown, truth_share
 
 
 @flow(name="crowdclust-aggregate", flow_run_name=by_run_folder)
@@ -83,9 +83,8 @@ def aggregate_export(
             result.metrics["nmi"],
             truth_share(result.metrics, len(result.clusters)),
         )
-    logger.info(
-        "%d clusters, sizes %s", result.info.n_clusters, result.clusters.value_counts().sort_index().tolist()
-    )
+    sizes = result.clusters.value_counts().sort_index().tolist()  # cluster 0 the largest
+    logger.info("%s clusters, sizes %s", f"{result.info.n_clusters:,}", sizes_shown(sizes))
     if root_run_of_a_subflow() is None:  # started on its own: no run above it shows the clusters
         artifacts.aggregation_alone(result, thumbs, folder.root)
     return result

@@ -951,6 +951,36 @@ def test_an_aggregate_run_started_on_its_own_shows_its_clusters_on_its_page(pref
     assert published(inner_id) == {}
 
 
+def test_the_aggregations_log_shows_the_first_cluster_sizes_not_thousands(prefect_harness, tmp_path):
+    """A co-association re-clustering of a 4,000-image catalogue logged `1618 clusters, sizes [438,
+    388, ...]` with every size: one log line of 4,962 characters on the run's page. It says the
+    first 20 and how many more, as the run's last lines do (every size is in clusters.csv)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from aggregation import generate_crowd
+    from flows.aggregate import aggregate_export
+    from tasks.params import AggregationParams
+
+    export = tmp_path / "export.tsv"
+    generate_crowd(120, 30, seed=1, overlap=2).write_export(export)
+    state = aggregate_export(
+        out_dir=tmp_path / "out",
+        export=export,
+        aggregation=AggregationParams(method="coassociation"),
+        return_state=True,
+    )
+    n_clusters = state.result().info.n_clusters
+    assert n_clusters > 21  # more sizes than the line shows
+    APILogHandler().flush()  # the log worker sends in batches
+    run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        said = [log.message for log in client.read_logs(log_filter=run) if "clusters, sizes" in log.message]
+    assert len(said) == 1 and said[0].endswith(f", ...] and {n_clusters - 20} more"), said
+    assert said[0].count(",") == 21 and said[0].startswith(f"{n_clusters} clusters, sizes [")
+
+
 def test_aggregating_a_pool_that_is_still_filling_exports_it_again_later(prefect_harness, tmp_path):
     """The aggregate flow given a pool id: each call clusters the answers accepted by then.
 
