@@ -286,6 +286,12 @@ def latest_evaluation(charged: list[tuple[str, str, float | None]]) -> tuple[str
     return (max(pools)[2],) if pools else ()
 
 
+# Who paid what the covered pools were charged before a check: an earlier attempt of the run, or
+# the run itself (a second round's check covers the exam pool its first round paid). "(a resumed
+# run)" was said of a 3,000-image catalogue run's second round, which resumed nothing.
+PAID_BY = "earlier in this run, or by an earlier attempt of it"
+
+
 @stage_task(name="check-budget", toloka=True, cache=False)
 def check_budget_task(
     target: TolokaTarget,
@@ -319,7 +325,7 @@ def check_budget_task(
         costs.describe(),
         f"{max_spend:,.2f}",
         f"{round(before + costs.exam_paid, 4):,.2f}",
-        f"; ${resumed:,.2f} paid already in the pools the estimate covers (a resumed run)" if resumed else "",
+        f"; ${resumed:,.2f} paid already in the pools the estimate covers ({PAID_BY})" if resumed else "",
     )
     check_budget(costs, max_spend, round(before + costs.exam_paid, 4))
     check_balance(costs, resumed, registry.balance())

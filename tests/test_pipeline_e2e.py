@@ -1086,6 +1086,10 @@ def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, 
         "checked when it is planned, after this round's aggregation (the check before the run counted "
         "up to 41 of its images)"
     ], said
+    # The second round's check covers the exam pool the first round paid: not "a resumed run".
+    checks = [log.message for log in logs if log.message.startswith("cost estimate:")]
+    assert len(checks) >= 2 and not any("a resumed run" in line for line in checks), checks
+    assert checks[-1].endswith("covers (earlier in this run, or by an earlier attempt of it)"), checks
 
     again = crowdclust_pipeline(params)
     assert again.second_round == done and len(_objects(params)["pools"]) == 3
