@@ -404,3 +404,45 @@ def test_down_ends_the_runs_a_worker_killed_outright_left_running(tmp_path: Path
         for process in (worker, orphan, elsewhere):
             process.kill()
             process.wait()
+
+
+def test_the_service_emulator_can_be_given_a_catalogue_of_ones_own(tmp_path: Path, monkeypatch) -> None:
+    """`make up` started the emulator with the bundled shoes only: a tester who wanted the crowd to
+    perceive a catalogue of 100 styles of their own had to stop the service's emulator and start one
+    by hand under its pid file. CROWDCLUST_EMULATOR_CATALOGUE names a bundled catalogue or a TSV (kept
+    as an absolute path); changing it under a running service is refused like a port change."""
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    import pytest
+    import typer
+
+    from crowdclust.commands.service import _catalogue
+    from crowdclust.service.processes import pid_file
+    from crowdclust.service.supervisor import _command, _refuse_moving_a_running_service
+
+    own = tmp_path / "mine.tsv"
+    own.write_text("image\tclass\nhttp://img.example/a.png\tboots\n")
+    monkeypatch.chdir(tmp_path)
+    assert _catalogue("digits") == "digits" and _catalogue(None) is None
+    assert _catalogue("mine.tsv") == str(own)
+    with pytest.raises(typer.BadParameter, match=r"nope\.tsv: no such file, and not a bundled catalogue"):
+        _catalogue("nope.tsv")
+
+    plain = ServiceConfig(state_dir=tmp_path / "svc")
+    plain.state_dir.mkdir()  # the emulator's token is written there
+    assert "--catalogue" not in _command(plain, "emulator")[0]
+    command = _command(replace(plain, emulator_catalogue=str(own)), "emulator")[0]
+    assert command[command.index("--catalogue") + 1] == str(own)
+
+    plain.remember()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid_file(plain, "emulator").write_text(f"{running.pid}\n")
+        with pytest.raises(RuntimeError, match=r"running with other settings \(emulator_catalogue\)"):
+            _refuse_moving_a_running_service(replace(plain, emulator_catalogue="digits"))
+        _refuse_moving_a_running_service(plain)  # the same settings: nothing to refuse
+    finally:
+        running.kill()
+        running.wait()

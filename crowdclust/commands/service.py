@@ -57,6 +57,23 @@ def _rates(text: str | None) -> dict[str, float] | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _catalogue(name: str | None) -> str | None:
+    """A bundled catalogue's name as it is; a TSV as an absolute path (the emulator runs elsewhere)."""
+    if not name:
+        return None
+    from emulator.catalogues import BUNDLED
+
+    if name in BUNDLED:
+        return name
+    path = Path(name).expanduser().resolve()
+    if not path.is_file():
+        raise typer.BadParameter(
+            f"{name}: no such file, and not a bundled catalogue ({', '.join(BUNDLED)})",
+            param_hint="CROWDCLUST_EMULATOR_CATALOGUE",
+        )
+    return str(path)
+
+
 @app.command()
 def up(
     state_dir: StateDir = None,
@@ -110,6 +127,14 @@ def up(
             help="Requests/s per token above which the emulator answers 429 (its --rate-limit).",
         ),
     ] = None,
+    emulator_catalogue: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CROWDCLUST_EMULATOR_CATALOGUE",
+            help="What the emulator's crowd perceives of each image (its --catalogue): demo-shoes "
+            "(default), digits, or a TSV of image URL + class, to rehearse a catalogue of your own.",
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Re-deploy prefect.yaml as it is, dropping UI edits."),
@@ -134,6 +159,7 @@ def up(
         server_url=server_url,
         rates=_rates(toloka_rates),
         emulator_rate_limit=emulator_rate_limit,
+        emulator_catalogue=_catalogue(emulator_catalogue),
     )
     try:
         seconds = service.up(cfg, say=typer.echo, force=force)

@@ -118,6 +118,8 @@ def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
         ]
         if cfg.emulator_rate_limit:
             command += ["--rate-limit", str(cfg.emulator_rate_limit)]
+        if cfg.emulator_catalogue:
+            command += ["--catalogue", cfg.emulator_catalogue]
         return command, env
     if name == "files":
         cfg.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -327,7 +329,16 @@ def _refuse_moving_a_running_service(cfg: ServiceConfig) -> None:
     if not cfg.settings_file.exists():
         return
     running = load(cfg.state_dir)
-    keys = ("host", "server_port", "emulator_port", "files_port", "postgres_port", "profile", "server_url")
+    keys = (
+        "host",
+        "server_port",
+        "emulator_port",
+        "files_port",
+        "postgres_port",
+        "profile",
+        "server_url",
+        "emulator_catalogue",  # read as the emulator starts: a running one would go on without it
+    )
     changed = [key for key in keys if getattr(running, key) != getattr(cfg, key)]
     names = ["server", "emulator", "files", *_worker_names(cfg)]
     if changed and (any(read_pid(running, name) for name in names) or postgres.running(running)):
