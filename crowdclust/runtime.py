@@ -126,8 +126,7 @@ def describe(summary: RunSummary) -> str:
         f"summary:            {summary.summary}",
     ]
     if again is not None:
-        shown = f"{again.images} images shown again ({again.hits} HITs, {again.assignments} answers)"
-        lines.insert(1, f"second round:       {shown}")
+        lines.insert(1, f"second round:       {again.describe()}")
     if summary.catalogue is not None:
         lines.insert(0, f"catalogue:          {_catalogue_line(summary.catalogue)}")
     # Last, as `crowdclust aggregate` prints them: in the log they were among a hundred other lines.

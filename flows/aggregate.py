@@ -70,9 +70,9 @@ def aggregate_export(
     thumbs, unfetched = thumbnails.for_galleries(result, toloka)
     folder.write_thumbnails(thumbs)
     logger.info(
-        "%d thumbnails embedded for the galleries (%d KB)",
-        len(thumbs),
-        sum(map(len, thumbs.values())) // 1024,
+        "%s embedded for the galleries (%s KB)",
+        artifacts.counted(len(thumbs), "thumbnail"),
+        f"{sum(map(len, thumbs.values())) // 1024:,}",
     )
     if unfetched:
         logger.warning(thumbnails.unfetched_line(unfetched))
@@ -97,9 +97,9 @@ def aggregate_rounds(params: PipelineParams, exports: list[pd.DataFrame], folder
     """
     path = folder.write_export(pd.concat(exports, ignore_index=True), "all")
     get_run_logger().info(
-        "aggregating %d answers of %d rounds (%s, sha256 %s)",
-        sum(len(frame) for frame in exports),
-        len(exports),
+        "aggregating %s of %s (%s, sha256 %s)",
+        artifacts.counted(sum(len(frame) for frame in exports), "answer"),
+        artifacts.counted(len(exports), "round"),
         path,
         hashlib.sha256(path.read_bytes()).hexdigest()[:12],
     )

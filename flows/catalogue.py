@@ -139,11 +139,11 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         )
         new_items = [item for item in new_items if item not in again]
     logger.info(
-        "catalogue %s: %d items, %d already clustered, %d new",
+        "catalogue %s: %s, %s already clustered, %s new",
         key,
-        len(catalogue),
-        len(set(catalogue) & clustered),
-        len(new_items),
+        artifacts.counted(len(catalogue), "item"),
+        f"{len(set(catalogue) & clustered):,}",
+        f"{len(new_items):,}",
     )
     resumed = rounds.round_to_resume(state, clustered, set(catalogue))
     if resumed is not None and len(resumed[1]) < len(new_items):
@@ -231,9 +231,11 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
     logger.info(
         "catalogue %s: %s%s%s; %d clusters from %d pool%s, ARI %s, spent $%.2f this run",
         key,
-        f"round {round_id} labelled ({len(new_items)} new items)" if round_id else "no new items",
-        "" if second is None else f", a second round of {len(second.plan.coverage.per_item)} images",
-        f", {waiting} images wait for the next run" if waiting else "",
+        f"round {round_id} labelled ({artifacts.counted(len(new_items), 'new item')})"
+        if round_id
+        else "no new items",
+        "" if second is None else f", a second round of {len(second.plan.coverage.per_item):,} images",
+        f", {waiting:,} images wait for the next run" if waiting else "",
         summary.clusters,
         len(done_pools),
         "s" * (len(done_pools) != 1),

@@ -53,7 +53,9 @@ def second_round(
     if not images:
         logger.info("second round: none (%d images listed, fewer than a HIT of %d)", listed, params.hits.size)
         return None
-    logger.info("second round: %d of the %d images listed (of %d)", len(images), listed, n_items)
+    logger.info(
+        "second round: %s of the %s images listed (of %s)", f"{len(images):,}", f"{listed:,}", f"{n_items:,}"
+    )
     plan = make_plan(images, aggregated.clusters, params)
     second = collect_labels(
         params,

@@ -389,9 +389,7 @@ def run_overview(summary: RunSummary, report_where: str) -> None:
     if summary.aggregation.dissent is not None:  # counts and fixed words only: no markup to escape
         lines += ["", f"Workers who group another way: {summary.aggregation.dissent}."]
     if summary.second_round is not None:
-        done = summary.second_round
-        again = f"{done.images} images shown again in {done.hits} HITs, {done.assignments} answers"
-        lines += ["", f"Second round: {again}."]
+        lines += ["", f"Second round: {summary.second_round.describe()}."]
     if summary.aggregation.recheck is not None:
         lines += ["", f"Images to show again: {summary.aggregation.recheck}."]
     for warning in summary.aggregation.warnings:  # two "~" in a line strike the text between out

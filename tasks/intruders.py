@@ -96,7 +96,8 @@ def skipped_line(skipped: list[int], clusters: pd.Series, need: int, most: int =
     shown = ", ".join(map(str, skipped[:most]))
     more = f" and {len(skipped) - most:,} more" if len(skipped) > most else ""
     return (
-        f"{len(skipped):,} cluster(s) have fewer than {need} images ({images:,} images in all): no "
+        f"{len(skipped):,} cluster(s) have fewer than {need} images "
+        f"({images:,} image{'s' * (images != 1)} in all): no "
         f"intruder HIT hosted by them (cluster {shown}{more})"
     )
 

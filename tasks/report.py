@@ -56,6 +56,11 @@ def _table(rows: dict[str, Any]) -> str:
     return f"<table>{body}</table>"
 
 
+def _count(value: int | None) -> str | None:
+    """`3,000`: a count as the log lines write it (the tables printed `3000`)."""
+    return None if value is None else f"{value:,}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -176,7 +181,7 @@ def _least_certain(
     below = int((confidence < 0.5).sum())
     parts = [
         "<h2>Least certain items</h2>",
-        f"<p>{below} of {len(confidence)} items have a confidence below 0.5 (the probability of their "
+        f"<p>{below:,} of {len(confidence):,} items have a confidence below 0.5 (the probability of their "
         "cluster under the fitted model, averaged over resamplings of the answers, times the share of "
         "the images linked with them). The least certain items of each cluster are the ones to send "
         "back to the crowd. A cluster whose mean confidence is low holds images that the answers place "
@@ -259,9 +264,14 @@ def render_html(
         _summary_table(data, summary.exam),
     ]
     if data.get("catalogue_key"):
-        rounds = {k: data.get(k) for k in ("catalogue_key", "n_items", "new_items", "round")}
+        rounds = {  # in words: summary.json's keys read `n_items 3000`, `new_items`
+            "catalogue key": data.get("catalogue_key"),
+            "images in the catalogue": _count(data.get("n_items")),
+            "new images labelled by this run": _count(data.get("new_items")),
+            "round": data.get("round"),
+        }
         if data.get("waiting"):  # in n_items, not in the clusters below
-            rounds["waiting for the next run"] = data["waiting"]
+            rounds["waiting for the next run"] = _count(data["waiting"])
         rounds["pools aggregated"] = ", ".join(map(str, data.get("round_pools") or ()))
         parts += ["<h2>Catalogue</h2>", _table(rounds)]
     if data.get("metrics"):
@@ -302,9 +312,9 @@ def render_html(
     if data.get("second_round"):
         again = data["second_round"]
         rows = {
-            "images shown again": again.get("images"),
-            "HITs": again.get("hits"),
-            "answers": again.get("assignments"),
+            "images shown again": _count(again.get("images")),
+            "HITs": _count(again.get("hits")),
+            "answers": _count(again.get("assignments")),
             "main pool": again.get("main_pool"),
         }
         parts += ["<h2>Second round</h2>", _table(rows)]
@@ -355,7 +365,9 @@ def render_html(
         mean = "" if means is None else f", mean confidence {means[cluster]:.2f}"
         if cluster in found:
             mean += f", intruders found {found[cluster]['accuracy']:.2f}"
-        parts.append(f"<h3>Cluster {cluster} ({len(members)} images{mean})</h3><div class='g'>")
+        parts.append(
+            f"<h3>Cluster {cluster} ({artifacts.counted(len(members), 'image')}{mean})</h3><div class='g'>"
+        )
         for item in members[:GALLERY_LIMIT]:
             caption = str(truth.get(item, "")) if truth is not None else ""
             parts.append(_figure(item, sources, caption))

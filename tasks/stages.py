@@ -217,7 +217,8 @@ class ExamTotals:
     skills_set: int = 0
 
     def describe(self) -> str:
-        return f"{self.accepted} exams accepted, {self.rejected} rejected, {self.skills_set} skill values set"
+        accepted, rejected, skills = self.accepted, self.rejected, self.skills_set
+        return f"{accepted:,} exams accepted, {rejected:,} rejected, {skills:,} skill values set"
 
     def __add__(self, other: ExamTotals) -> ExamTotals:
         return ExamTotals(
@@ -487,6 +488,10 @@ class SecondRound:
     hits: int
     assignments: int
     main_pool: str
+
+    def describe(self) -> str:
+        """`41 images shown again (12 HITs, 36 answers)`: the closing lines and the run's overview."""
+        return f"{self.images:,} images shown again ({self.hits:,} HITs, {self.assignments:,} answers)"
 
     @classmethod
     def of(cls, labelled: Labelled) -> SecondRound:

@@ -559,23 +559,41 @@ def test_the_report_and_the_closing_lines_list_the_warnings_the_clusters_come_wi
     )
 
 
-def test_the_reports_second_round_rows_are_named_in_words(tmp_path):
-    """The table read `main_pool`, `hits`, `assignments`: summary.json's keys, not a report's."""
+def test_the_reports_second_round_and_catalogue_rows_are_named_in_words(tmp_path):
+    """The tables read `main_pool`, `hits`, `assignments`, `n_items 3000`: summary.json's keys and
+    bare numbers, not a report's; and a cluster of one image was "(1 images)"."""
     from dataclasses import replace
 
-    from tasks.stages import SecondRound
+    from tasks.stages import CatalogueInfo, SecondRound
 
     base = _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
     clusters = pd.Series([0, 1], index=["http://img.example/a.png", "http://img.example/b.png"])
-    again = replace(base, second_round=SecondRound(41, 12, 36, "7"))
+    again = replace(
+        base,
+        second_round=SecondRound(1_041, 312, 1_128, "7"),
+        catalogue=CatalogueInfo("bigcat", 4_000, 1_000, "2", ("6", "7"), waiting=1_200),
+    )
     page = report.render_html(again, clusters, None, "t", report.ReportLinks("c.csv"), {})
-    rows = page.split("<h2>Second round</h2>\n", 1)[1].split("</table>", 1)[0]
-    assert re.findall(r"<th>(.*?)</th><td>(.*?)</td>", rows) == [
-        ("images shown again", "41"),
-        ("HITs", "12"),
-        ("answers", "36"),
+
+    def rows(section: str) -> list[tuple[str, str]]:
+        table = page.split(f"<h2>{section}</h2>\n", 1)[1].split("</table>", 1)[0]
+        return re.findall(r"<th>(.*?)</th><td>(.*?)</td>", table)
+
+    assert rows("Second round") == [
+        ("images shown again", "1,041"),
+        ("HITs", "312"),
+        ("answers", "1,128"),
         ("main pool", "7"),
     ]
+    assert rows("Catalogue") == [
+        ("catalogue key", "bigcat"),
+        ("images in the catalogue", "4,000"),
+        ("new images labelled by this run", "1,000"),
+        ("round", "2"),
+        ("waiting for the next run", "1,200"),
+        ("pools aggregated", "6, 7"),
+    ]
+    assert "<h3>Cluster 1 (1 image)</h3>" in page
 
 
 def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):

@@ -813,7 +813,7 @@ def test_report_and_summary(tmp_path, monkeypatch):
     assert saved["intruders"]["per_cluster"] == [{"cluster": 0, "accuracy": 0.9, "hits": 10}]
     assert saved == json.loads(summary.to_json())
     page = folder.report.read_text()
-    assert page.count("<img src='https://i/") == 3 and "Cluster 1 (1 images)" in page
+    assert page.count("<img src='https://i/") == 3 and "Cluster 1 (1 image)" in page
     # The chart the evaluation drew, in the page itself: a copied report.html keeps it.
     assert "<img src='data:image/png;base64," + base64.b64encode(chart.read_bytes()).decode() + "'" in page
     assert "<th>single answers naming the intruder</th><td>0.84 (50 answers)</td>" in page
