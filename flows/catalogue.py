@@ -235,7 +235,7 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         if round_id
         else "no new items",
         "" if second is None else f", a second round of {len(second.plan.coverage.per_item):,} images",
-        f", {waiting:,} images wait for the next run" if waiting else "",
+        f", {artifacts.counted(waiting, 'image')} wait for the next run" if waiting else "",
         summary.clusters,
         len(done_pools),
         "s" * (len(done_pools) != 1),

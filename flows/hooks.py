@@ -46,6 +46,17 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     except MissingTokenError:
         log.warning("no Toloka token: nothing could have been opened, nothing to close")
     except TRANSIENT as exc:
+        if _unreachable_from_the_start(state):
+            # The run opened nothing; only an earlier attempt of the key may have left pools open.
+            log.warning(
+                "Toloka at %s did not answer, so this run opened nothing and could close nothing: if "
+                "an earlier attempt of run key %s left pools open, they stay open until it answers; "
+                "then Retry this run, or from a checkout `crowdclust run CONFIG --run-key %s --close`",
+                endpoint(params.toloka) or params.toloka.environment,
+                key,
+                key,
+            )
+            return
         log.error(
             "could not close the run's pools (%s: %s): they may still be open, and the crowd answers "
             "them, paid, until they close. Once Toloka at %s answers, Retry this run (it goes on with "
@@ -60,6 +71,17 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         log.error("could not close the run's pools: %s: %s", type(exc).__name__, exc)
     finally:
         send_logs_now()
+
+
+def _unreachable_from_the_start(state: Any) -> bool:
+    """Whether the run failed on its first request to Toloka, which did not answer (the flows'
+    probe): the hook's "could not close the run's pools: they may still be open" read as if this
+    run had opened some."""
+    from tasks.toloka_api import PlatformUnreachable
+
+    if isinstance(getattr(state, "data", None), PlatformUnreachable):  # a refusal returns it as data
+        return True
+    return f": {PlatformUnreachable.__name__}: " in f": {state.message or ''}"
 
 
 def ended(flow_run: Any, state: Any, closed: list[str]) -> str:

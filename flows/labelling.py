@@ -82,13 +82,14 @@ def collect_labels(
     before = budget.check_budget_task(
         params.toloka, run_key, checked, params.budget.max_spend, covers, resumes_evaluation=resumes
     )
-    if params.hits.second_round_share > 0 and not second:  # the estimate above read as the whole run's
+    again = most_images(params, len(plan.coverage.per_item))
+    if again >= params.hits.size and not second:  # a second round may follow: not in the estimate above
         logger.info(
             "the second round (hits.second_round_share %s) is not in this estimate: it is estimated and "
             "checked when it is planned, after this round's aggregation (the check before the run "
             "counted up to %d of its images)",
             params.hits.second_round_share,
-            most_images(params, len(plan.coverage.per_item)),
+            again,
         )
 
     if params.hits.check_images:  # before any paid object: an image nobody can see is paid for anyway

@@ -174,7 +174,9 @@ class Staffing:
         """The workers whose skill value lets them into the main pool."""
         return sum(1 for value in state.sent.values() if value >= self.min_skill)
 
-    def short_of_answers(self, qualified: int, exam_complete: bool = True) -> str | None:
+    def short_of_answers(
+        self, qualified: int, exam_complete: bool = True, answers: int | None = None
+    ) -> str | None:
         """Why the main pool will slow down (or expire) with `qualified` workers, else None.
 
         The run's check before anything opened counts on `exam.pass_share` of the exam's takers
@@ -185,7 +187,8 @@ class Staffing:
         or, with `exam_complete` False, once the workers qualified so far have given what they may
         before a restriction (`used_up`) while the exam pool still fills: a market of 60 workers
         filled 48 of 318 exam seats, its 10 qualified workers were all restricted at 25% of the
-        main pool, and the run timed out twice with nothing said but a pace.
+        main pool, and the run timed out twice with nothing said but a pace. `answers`: the main
+        pool's so far (else what the qualified workers may give before a restriction).
         """
         if self.limit is None or self.needed <= 0 or qualified <= 0:
             return None
@@ -209,13 +212,13 @@ class Staffing:
                 "pool reopens for the new seats; nothing is paid twice), or stop the run (--close)"
             )
         return (
-            f"the {qualified:,} workers qualified so far have given {first:,} answers, all they may before "
-            f"each is restricted ({rule}), of the {self.needed:,} the main pool needs, and the exam pool "
-            "is still filling: from now on the main pool moves at one answer per restriction "
-            f"and per worker who passes the exam, and may take days{expire}. If the exam fills slowly "
-            "too, few workers can take it: loosen the pools' filters, lower exam.min_skill, or let the "
-            "rule allow more answers, and run the same command again (nothing is paid twice), or stop "
-            "the run (--close)"
+            f"the {qualified:,} workers qualified so far have given {answers or first:,} answers, all they "
+            f"may before each is restricted ({rule}), of the {self.needed:,} the main pool needs, and "
+            "the exam pool is still filling: from now on the main pool moves at one answer per "
+            f"restriction and per worker who passes the exam, and may take days{expire}. If the exam "
+            "fills slowly too, few workers can take it: loosen the pools' filters, lower exam.min_skill, "
+            "or let the rule allow more answers, and run the same command again (nothing is paid "
+            "twice), or stop the run (--close)"
         )
 
     def used_up(self, qualified: int, answers: int) -> bool:

@@ -52,7 +52,9 @@ class TolokaTarget(_Model):
     url: str | None = Field(
         "http://127.0.0.1:8765",
         # Refused by the run form, not 3 failed connections later: `127.0.0.1:8765` without its scheme.
-        pattern=r"^https?://[^\s/?#]+\S*$",
+        # Empty is none (toloka-kit's endpoint), as before; the scheme in any case, as httpx takes it
+        # (spelled out: the form checks the pattern in the browser, where `(?i)` is not everywhere).
+        pattern=r"^$|^[hH][tT][tT][pP][sS]?://[^\s/?#]+\S*$",
         description="API base URL, with its http:// or https://: the emulator for `local` (the local "
         "service deploys its own emulator's address here; a run is sent where this says, so parameters "
         "given in full must name that address); for sandbox/production leave empty (null) to use "
@@ -62,6 +64,11 @@ class TolokaTarget(_Model):
         "toloka-token",
         description="Name of the Prefect Secret block holding the token, used when TOLOKA_TOKEN is unset.",
     )
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _empty_url_is_none(cls, value: str | None) -> str | None:
+        return value or None  # `url: ""` (an emptied form field): toloka-kit's own endpoint
 
     @model_validator(mode="after")
     def _local_needs_url(self) -> TolokaTarget:

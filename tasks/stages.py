@@ -491,7 +491,8 @@ class SecondRound:
 
     def describe(self) -> str:
         """`41 images shown again (12 HITs, 36 answers)`: the closing lines and the run's overview."""
-        return f"{self.images:,} images shown again ({self.hits:,} HITs, {self.assignments:,} answers)"
+        hits, answers = f"{self.hits:,} HIT{'s' * (self.hits != 1)}", f"{self.assignments:,} answers"
+        return f"{self.images:,} image{'s' * (self.images != 1)} shown again ({hits}, {answers})"
 
     @classmethod
     def of(cls, labelled: Labelled) -> SecondRound:

@@ -443,29 +443,30 @@ def wait_labelling_task(
         if time.monotonic() - started >= SLOW_GATING_SECONDS:  # a long silence between poll lines
             get_run_logger().info("exam gating: %s in %.0f s", tick.describe(), time.monotonic() - started)
 
-    warned = [False]
+    warned: set[bool] = set()  # which of the two short-of-answers warnings was said (exam complete?)
+    polled: list[PoolStats] = []  # the main pool's last poll (`guard` sees each one)
 
     def gate() -> None:
         review()
+        exam_pool = client.get_pool(ids.exam_pool)
         # Nobody could qualify from an expired exam pool while the main pool waits for workers.
-        reopen_expired(client, client.get_pool(ids.exam_pool))
+        reopen_expired(client, exam_pool)
         check_staffing(client, ids.exam_pool, ids.main_pool, staffing, state)
-        qualified = staffing.qualified(state)
-        if warned[0] or staffing.short_of_answers(qualified) is None:
-            return  # said already, or nothing to say
         # Once nobody else qualifies; while the exam still fills, once those qualified are restricted.
-        complete = is_completed(client.get_pool(ids.exam_pool))
-        if not complete:
-            main = pool_stats(client, ids.main_pool)
-            answers = max(main.submitted_assignments_count or 0, main.approved_assignments_count or 0)
-            if not staffing.used_up(qualified, int(answers)):
-                return
-        warned[0] = True
-        warn_up(f"exam gating: {staffing.short_of_answers(qualified, exam_complete=complete)}")
+        complete = is_completed(exam_pool)
+        qualified = staffing.qualified(state)
+        if complete in warned or staffing.short_of_answers(qualified) is None or not polled:
+            return  # said already, nothing to say, or no poll yet
+        main = polled[-1]
+        answers = int(max(main.submitted_assignments_count or 0, main.approved_assignments_count or 0))
+        if complete or staffing.used_up(qualified, answers):
+            warned.add(complete)
+            warn_up(f"exam gating: {staffing.short_of_answers(qualified, complete, answers)}")
 
     live = LiveSpend(spend)
 
     def guard(stats: PoolStats) -> str | None:
+        polled[:] = [stats]
         ratio = live.ratio_of(stats)
         if spend.plan_fits(spend.spent(stats, totals[0].accepted, ratio), ratio):
             return None

@@ -223,6 +223,23 @@ def test_bad_config_names_the_field(tmp_path, changes, expected):
     assert "pipeline.yaml" in str(error.value)
 
 
+def test_a_toloka_url_needs_its_scheme_and_an_empty_one_is_none():
+    """The scheme's pattern must not refuse what loaded before: an empty `url` (an emptied form
+    field) is toloka-kit's own endpoint for sandbox and production, and the scheme in capitals is
+    the same URL to httpx; for `local` an empty one is still the error that says what it needs."""
+    from tasks.params import TolokaTarget
+
+    assert TolokaTarget(environment="sandbox", url="").url is None
+    assert (
+        TolokaTarget(environment="production", url="HTTPS://toloka.example").url == "HTTPS://toloka.example"
+    )
+    with pytest.raises(ValueError, match="environment 'local' needs `url`"):
+        TolokaTarget(environment="local", url="")
+    for typed in ("127.0.0.1:8765", "not a url", "ftp://toloka.example", "http:// spaced.example"):
+        with pytest.raises(ValueError, match="String should match pattern"):
+            TolokaTarget(environment="local", url=typed)
+
+
 @pytest.mark.parametrize("field", ["hits", "exam", "intruders"])
 @pytest.mark.parametrize("reward", [0, 0.001])
 def test_a_reward_toloka_would_refuse_is_a_config_error_naming_the_field(tmp_path, field, reward):

@@ -689,8 +689,9 @@ def test_a_deployment_run_against_a_platform_that_never_answered_is_refused_in_o
         "Flow run encountered an exception: PlatformUnreachable: cannot reach Toloka at http://127.0.0.1:1 "
     ), state.message
     logs = [line.message for lines in _run_logs(state.state_details.flow_run_id).values() for line in lines]
-    for misleading in ("stopped answering", "computing cache key"):
+    for misleading in ("stopped answering", "computing cache key", "may still be open"):
         assert not [line for line in logs if misleading in line], (misleading, logs)
+    assert [line for line in logs if "so this run opened nothing and could close nothing" in line], logs
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 

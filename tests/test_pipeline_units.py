@@ -708,7 +708,7 @@ from pathlib import Path
 from tasks.report import Stopwatch
 from tasks.run_folder import RunFolder
 folder = RunFolder(Path(sys.argv[1]))
-clock = Stopwatch(folder)  # the default heartbeat (HEARTBEAT_SECONDS)
+clock = Stopwatch(folder, heartbeat=600)  # no heartbeat before the kill: the early save alone
 with clock.lap("labelling"):
     if sys.argv[2] == "new":  # a new run: its first stage makes the folder
         time.sleep(0.2)
@@ -1022,7 +1022,10 @@ def test_a_main_pool_short_of_qualified_workers_is_called_so_once_the_exam_is_co
     # The exam still filling: said once the 70 qualified so far have given their 3,500 answers.
     assert not needs.used_up(70, 3_499) and needs.used_up(70, 3_500) and not needs.used_up(70, 7_000)
     assert not needs.used_up(140, 6_000) and not Needs(75.0, 7, 7_000).used_up(70, 5_000)  # no rule
-    filling = needs.short_of_answers(70, exam_complete=False)
+    filling = needs.short_of_answers(70, exam_complete=False, answers=3_500)
+    assert needs.short_of_answers(70, False, 3_612).startswith(
+        "the 70 workers qualified so far have given 3,612"
+    )
     assert filling.startswith(
         "the 70 workers qualified so far have given 3,500 answers, all they may before each is "
         "restricted (main_pool.json restricts a worker after 50 answers"

@@ -432,7 +432,8 @@ def test_the_service_emulator_can_be_given_a_catalogue_of_ones_own(tmp_path: Pat
 
     plain = ServiceConfig(state_dir=tmp_path / "svc")
     plain.state_dir.mkdir()  # the emulator's token is written there
-    assert "--catalogue" not in _command(plain, "emulator")[0]
+    command = _command(plain, "emulator")[0]
+    assert command[command.index("--catalogue") + 1] == "demo-shoes"
     command = _command(replace(plain, emulator_catalogue=str(own)), "emulator")[0]
     assert command[command.index("--catalogue") + 1] == str(own)
 

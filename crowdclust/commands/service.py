@@ -131,8 +131,8 @@ def up(
         str | None,
         typer.Option(
             envvar="CROWDCLUST_EMULATOR_CATALOGUE",
-            help="What the emulator's crowd perceives of each image (its --catalogue): demo-shoes "
-            "(default), digits, or a TSV of image URL + class, to rehearse a catalogue of your own.",
+            help="The emulator's catalogue (its --catalogue): demo-shoes (default), digits, or a TSV of "
+            "image URL + class, to rehearse a catalogue of your own (remembered: demo-shoes goes back).",
         ),
     ] = None,
     force: Annotated[

@@ -60,9 +60,10 @@ class ServiceConfig:
     rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
     emulator_speed: float = 600.0
     emulator_rate_limit: float | None = None  # requests/s per token the emulator answers 429 above
-    # The emulator's --catalogue: what its crowd perceives of each image (demo-shoes by default,
-    # digits, or a TSV of image URL + class, an absolute path) to rehearse a catalogue of one's own.
-    emulator_catalogue: str | None = None
+    # The emulator's --catalogue: the images it lists and, for URLs it does not draw itself, what its
+    # crowd perceives: demo-shoes, digits, or a TSV of image URL + class (an absolute path) to rehearse
+    # a catalogue of one's own. Named, not None, so that `demo-shoes` given again goes back to it.
+    emulator_catalogue: str = "demo-shoes"
     worker_poll_seconds: float = 5.0  # how often a worker asks for runs (Prefect's default is 10)
 
     @property

@@ -35,6 +35,7 @@ from crowdclust.service.processes import (
     bin_path,
     children,
     log_file,
+    parent_pid,
     port_taken,
     read_pid,
     runs_of,
@@ -118,8 +119,7 @@ def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
         ]
         if cfg.emulator_rate_limit:
             command += ["--rate-limit", str(cfg.emulator_rate_limit)]
-        if cfg.emulator_catalogue:
-            command += ["--catalogue", cfg.emulator_catalogue]
+        command += ["--catalogue", cfg.emulator_catalogue]
         return command, env
     if name == "files":
         cfg.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -200,8 +200,17 @@ def worker_runs(cfg: ServiceConfig, name: str) -> tuple[list[int], list[int]]:
     name left running when it was killed outright (`processes.runs_of`)."""
     worker = read_pid(cfg, name)
     runs = children(worker, running="prefect.engine") if worker is not None else []
-    left = [pid for pid in runs_of(stopping_file(cfg, name)) if pid not in runs]
+    # By parent, not as "not in `runs`": a run the live worker starts between the two looks is its own.
+    left = [pid for pid in runs_of(stopping_file(cfg, name)) if _parent(pid) not in (worker, None)]
     return runs, left
+
+
+def _parent(pid: int) -> int | None:
+    """`pid`'s parent, or None when it has ended meanwhile."""
+    try:
+        return parent_pid(pid)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _deployer_due(cfg: ServiceConfig) -> bool:
