@@ -115,10 +115,26 @@ def _records(path: Path, text: str) -> Iterator[Row]:
     try:
         for fields in reader:
             start, done = done + 1, reader.line_num
+            if done > start and any("\t" in field and "\n" in field for field in fields):
+                raise DatasetError(_stray_quote(path, start, done))
             if any(field.strip() for field in fields):
                 yield Row(start, fields)
     except csv.Error as exc:
         raise DatasetError(f"{path}, line {reader.line_num}: cannot read as TSV: {exc}") from None
+
+
+def _stray_quote(path: Path, start: int, end: int) -> str:
+    """Why a record that runs over several lines, with tabs inside one cell, is refused.
+
+    A cell that starts with `"` is read up to the next `"`, line ends and tabs included: a stray
+    quote (a class typed `"boots`) closed by another on a later row made those rows one record of
+    the header's length, and the images between the two quotes left the job without a word.
+    """
+    return (
+        f'{path}, line {start}: a cell starts with a quote (") that nothing closes on its line, so '
+        f"lines {start}-{end} read as one row (the cell runs on to the next quote or the end of the "
+        'file): remove the stray quote, or write each " inside a quoted cell twice ("")'
+    )
 
 
 def _column(path: Path, line: int, header: list[str], names: tuple[str, ...]) -> int | None:

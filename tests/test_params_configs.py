@@ -643,6 +643,31 @@ def test_every_row_with_an_unusable_image_is_counted_in_the_one_error(tmp_path):
     )
 
 
+def test_a_stray_quote_that_joins_rows_is_refused_naming_its_lines(tmp_path):
+    """A class typed `"boots` and a later `x"` made rows 2-5 one record of the header's two fields:
+    the run went on with 3 images fewer and said nothing (a tester's spreadsheet). A quote that is
+    never closed ran on to the end of the file, and was named as a missing tab."""
+    rows = [f"http://x/{n}.png\tboot" for n in range(6)]
+    rows[0], rows[3] = 'http://x/0.png\t"boots', 'http://x/3.png\tx"'
+    path = tmp_path / "data.tsv"
+    path.write_text("image\tclass\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path)
+    assert str(error.value) == (
+        f'{path}, line 2: a cell starts with a quote (") that nothing closes on its line, so lines 2-5 '
+        "read as one row (the cell runs on to the next quote or the end of the file): remove the stray "
+        'quote, or write each " inside a quoted cell twice ("")'
+    )
+    path.write_text("image\tclass\n" + "\n".join([rows[0], *rows[4:]]) + "\n")
+    with pytest.raises(DatasetError, match=r"line 2: a cell starts with a quote .* lines 2-4 read as one"):
+        load_dataset(path)
+    # Quotes that close on their line, an inch mark and a quoted note over two lines still read.
+    path.write_text('image\tclass\tnote\n"http://x/a.png"\t"boot"\t"a\nb"\nhttp://x/b.png\t5" heel\tc\n')
+    frame = load_dataset(path)
+    assert frame["image"].tolist() == ["http://x/a.png", "http://x/b.png"]
+    assert frame["class"].tolist() == ["boot", '5" heel']
+
+
 def _grep_n(data: bytes, needle: bytes) -> list[int]:
     """The line numbers `grep -n` prints for `needle` (1-based, lines end at `\\n`)."""
     return [n for n, line in enumerate(data.split(b"\n"), start=1) if needle in line]
