@@ -120,7 +120,26 @@ def _records(path: Path, text: str) -> Iterator[Row]:
             if any(field.strip() for field in fields):
                 yield Row(start, fields)
     except csv.Error as exc:
+        if "new-line character" in str(exc):  # a CR alone: csv's advice (universal-newline mode) fits no user
+            raise DatasetError(_lone_cr(path, reader.line_num, lines)) from None
         raise DatasetError(f"{path}, line {reader.line_num}: cannot read as TSV: {exc}") from None
+
+
+def _lone_cr(path: Path, line: int, lines: list[str]) -> str:
+    """Why a carriage return that ends no CRLF is refused: the file's lines end in CR alone (the
+    'Tab Delimited Text' of Excel for Mac up to 2011 and other classic Mac tools), or a cell holds
+    one. csv's own words ("do you need to open the file in universal-newline mode?") said neither."""
+    quoted, out = shlex.quote(str(path)), shlex.quote(str(path) + ".lf")
+    if len(lines) <= 1:
+        return (
+            f"{path}: its lines end in a carriage return alone (CR, as old Mac spreadsheets save "
+            f"text), not a line feed (LF or CRLF): save it with Windows or Unix line ends, e.g. "
+            f"`tr '\\r' '\\n' < {quoted} > {out}`"
+        )
+    return (
+        f"{path}, line {line}: a carriage return (CR) inside the line, where only a line end (LF or "
+        f"CRLF) may have one: remove it, e.g. `tr -d '\\r' < {quoted} > {out}`"
+    )
 
 
 def _stray_quote(path: Path, start: int, end: int) -> str:

@@ -668,6 +668,27 @@ def test_a_stray_quote_that_joins_rows_is_refused_naming_its_lines(tmp_path):
     assert frame["class"].tolist() == ["boot", '5" heel']
 
 
+def test_a_carriage_return_alone_is_refused_saying_so(tmp_path):
+    """A file saved with classic Mac line ends (CR alone) was refused as `line 1: cannot read as TSV:
+    new-line character seen in unquoted field - do you need to open the file in universal-newline
+    mode?`, which names neither the cause nor a fix (a tester's Excel for Mac export)."""
+    path = tmp_path / "data.tsv"
+    path.write_bytes(b"image\tclass\rhttp://x/a.png\tboot\rhttp://x/b.png\tboot\r")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path)
+    assert str(error.value).startswith(
+        f"{path}: its lines end in a carriage return alone (CR, as old Mac spreadsheets save text), "
+        "not a line feed (LF or CRLF): save it with Windows or Unix line ends, e.g. `tr '\\r' '\\n' <"
+    )
+    path.write_bytes(b"image\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\tbo\rot\n")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path)
+    assert str(error.value).startswith(
+        f"{path}, line 3: a carriage return (CR) inside the line, where only a line end (LF or CRLF) "
+        "may have one: remove it, e.g. `tr -d '\\r' <"
+    )
+
+
 def _grep_n(data: bytes, needle: bytes) -> list[int]:
     """The line numbers `grep -n` prints for `needle` (1-based, lines end at `\\n`)."""
     return [n for n, line in enumerate(data.split(b"\n"), start=1) if needle in line]
