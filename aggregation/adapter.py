@@ -406,11 +406,13 @@ def _separator_hint(frame: pd.DataFrame) -> str:
     A CSV (what a spreadsheet saves) read as a TSV has a single column named by its whole header
     line; listing every required column as missing would not say that the separator is the problem.
     """
-    if len(frame.columns) == 1 and "," in str(frame.columns[0]):
-        return (
-            "; the header line has commas and no tabs: the file looks comma-separated, but the export "
-            "must be tab-separated (the TSV Toloka gives)"
-        )
+    header = str(frame.columns[0]) if len(frame.columns) == 1 else ""
+    for char, name in ((",", "comma"), (";", "semicolon")):  # a semicolon: a European spreadsheet's CSV
+        if char in header:
+            return (
+                f"; the header line has {name}s and no tabs: the file looks {name}-separated, but the "
+                "export must be tab-separated (the TSV Toloka gives)"
+            )
     return ""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 IMAGE_COLUMNS = ("image", "INPUT:image")  # the first one the header has is the image column
 TRUTH_COLUMN = "class"
 UTF8_BOM = b"\xef\xbb\xbf"
+SEPARATORS = ((",", "comma"), (";", "semicolon"))  # what a spreadsheet's CSV separates by
 
 
 class DatasetError(ValueError):
@@ -194,10 +195,13 @@ def read_table(path: Path | str, misshapen_ok: bool = False) -> Table:
     image = _column(path, first.line, header, IMAGE_COLUMNS)
     if image is None:
         found = ", ".join(header)
-        if len(header) == 1 and "," in found:  # one column named `image,class,...`
+        # One column named `image,class,...`, or `image;class;...` (a spreadsheet's CSV where the
+        # decimal mark is a comma, as in most of Europe: its list separator is a semicolon)
+        separator = next((name for char, name in SEPARATORS if char in found), None)
+        if len(header) == 1 and separator:
             raise DatasetError(
                 f"{path}: line {first.line} has no tab: the dataset must be tab-separated (TSV), and "
-                f"this header reads as comma-separated: {found[:80]}"
+                f"this header reads as {separator}-separated: {found[:80]}"
             )
         raise DatasetError(f"{path}: needs an `image` column (found: {found or 'none'})")
     truth = _column(path, first.line, header, (TRUTH_COLUMN,))

@@ -323,6 +323,13 @@ def test_comma_separated_export_is_named_as_such(tmp_path):
         ExportFormatError, match=r"lacks column.*looks comma-separated.*must be tab-separated"
     ):
         read_export(path)
+    # A spreadsheet where the decimal mark is a comma (most of Europe) separates its CSV by `;`: the
+    # export was named only as lacking every column.
+    pd.DataFrame(GOOD, columns=COLUMNS).to_csv(path, index=False, sep=";")
+    with pytest.raises(
+        ExportFormatError, match=r"lacks column.*looks semicolon-separated.*must be tab-separated"
+    ):
+        read_export(path)
     tsv = _write(tmp_path / "e.tsv", [r[:4] for r in GOOD], COLUMNS[:4])
     with pytest.raises(ExportFormatError) as missing_one:
         read_export(tsv)

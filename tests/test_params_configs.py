@@ -569,6 +569,17 @@ def test_demo_exam_gold_matches_catalogue_truth():
     ("content", "expected"),
     [
         ("url\nhttp://x/a.png\n", "needs an `image` column"),
+        (
+            "image,class\nhttp://x/a.png,boot\n",
+            "line 1 has no tab: the dataset must be tab-separated (TSV), and this header reads as "
+            "comma-separated: image,class",
+        ),
+        # A European spreadsheet's CSV: it was `needs an `image` column (found: image;class)`
+        (
+            "image;class\nhttp://x/a.png;boot\n",
+            "line 1 has no tab: the dataset must be tab-separated (TSV), and this header reads as "
+            "semicolon-separated: image;class",
+        ),
         ("image\nhttp://x/a.png\nftp://x/b.png\n", "line 3: image 'ftp://x/b.png' is not an http"),
         ("image\nhttp://x/a.png\nhttp://x/a.png\n", "line 3: image http://x/a.png repeats line 2"),
         (
