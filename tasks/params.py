@@ -523,8 +523,20 @@ def read_yaml(path: Path) -> Any:
             f"{path} line {exc.line}: key {exc.key!r} repeats line {exc.first}; "
             "a repeated key would replace the first one's values"
         ) from None
+    except yaml.MarkedYAMLError as exc:  # one line: PyYAML's own is five, with a caret under the text
+        raise ConfigError(_yaml_error(path, exc)) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _yaml_error(path: Path, exc: yaml.MarkedYAMLError) -> str:
+    """`FILE, line L, column C: not valid YAML: PROBLEM; CONTEXT`, and for a tab, what to do."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = "; ".join(part for part in (exc.problem, exc.context) if part) or "cannot be read"
+    tab = "'\\t'" in what  # PyYAML's `found character '\t' that cannot start any token`
+    hint = ": indent with spaces, not tabs (YAML takes no tab there)" if tab else ""
+    return f"{path}{where}: not valid YAML: {what}{hint}"
 
 
 def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> PipelineParams:

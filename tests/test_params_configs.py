@@ -256,6 +256,24 @@ def test_a_reward_toloka_would_refuse_is_a_config_error_naming_the_field(tmp_pat
     assert getattr(accepted, field).reward == TOLOKAS_MINIMUM
 
 
+def test_a_tab_in_pipeline_yaml_is_one_error_line_naming_line_and_column(tmp_path):
+    """A key indented with a tab gave PyYAML's five lines (`in "<unicode string>", line 13, column
+    1:` and a caret under the text) after `error:`, and no word on what to do (a tester's editor)."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("name: x\nhits:\n  size: 10\n\toverlap: 7\n")
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value) == (
+        f"{path}, line 4, column 1: not valid YAML: found character '\\t' that cannot start any token; "
+        "while scanning for the next token: indent with spaces, not tabs (YAML takes no tab there)"
+    )
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith(f"{path}, line 2, column 1: not valid YAML: expected ',' or ']'")
+
+
 def test_unreadable_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
