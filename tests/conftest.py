@@ -46,14 +46,12 @@ SHARED = {
 }
 LONGEST_FIRST = [
     "service",
-    # Second: its run lost with the server waits out Prefect's 60 s twice over (~2 min, little CPU);
-    # started among the last lanes it ran on alone and made the suite 2.4 min longer (9:28, not 7).
-    "tests/test_service_lifecycle.py",
     "tests/test_faults_pipeline.py",
     "prefect",
     "money",
     "tests/test_aggregation_cli.py",
     "tests/test_faults_cli.py",
+    "tests/test_service_lifecycle.py",
 ]
 # Last in their lane: six runs at once load both cores for minutes; once the other lanes are done
 # they have the machine to themselves instead of slowing every other lane (and being slowed).
