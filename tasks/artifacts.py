@@ -29,7 +29,16 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.stages import Aggregated, Coverage, Evaluation, PoolStats, RoundState, RunSummary, shown
+from tasks.stages import (  # `counted` is the layers' one plural: callers use `artifacts.counted`
+    Aggregated,
+    Coverage,
+    Evaluation,
+    PoolStats,
+    RoundState,
+    RunSummary,
+    counted,
+    shown,
+)
 
 GALLERY_PER_CLUSTER = 10  # thumbnails per cluster in `cluster-galleries`
 GALLERY_COLUMNS = 5  # thumbnails per table row: fits the UI's artifact page at 1400 px
@@ -266,11 +275,6 @@ def literal(text: str) -> str:
     """
     cleaned = " ".join(str(text).split()).replace("`", "'").replace("|", "¦")
     return f"`{cleaned}`" if cleaned else ""
-
-
-def counted(count: int, noun: str) -> str:
-    """`1 answer`, `2 answers`, `1,234 answers`: counts in messages read as English."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def name_text(text: str) -> str:

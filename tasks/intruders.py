@@ -18,7 +18,7 @@ import pandas as pd
 from prefect import get_run_logger
 
 from tasks import atomic_file
-from tasks.artifacts import ProgressReporter
+from tasks.artifacts import ProgressReporter, counted
 from tasks.budget import LiveSpend, SpendGuard
 from tasks.export_format import ANSWER, IMAGES, WORKER, parse_array_cell
 from tasks.params import TolokaTarget
@@ -97,7 +97,7 @@ def skipped_line(skipped: list[int], clusters: pd.Series, need: int, most: int =
     more = f" and {len(skipped) - most:,} more" if len(skipped) > most else ""
     return (
         f"{len(skipped):,} cluster(s) have fewer than {need} images "
-        f"({images:,} image{'s' * (images != 1)} in all): no "
+        f"({counted(images, 'image')} in all): no "
         f"intruder HIT hosted by them (cluster {shown}{more})"
     )
 

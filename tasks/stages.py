@@ -23,6 +23,12 @@ import pandas as pd
 Scores = dict[str, float]  # metric name -> value (ARI, NMI, ...), see aggregation.clustering_scores
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 answer`, `2 answers`, `1,234 answers`: counts in messages read as English (here, at the
+    bottom, so that the stage types' own sentences use it too)."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 SIZES_SHOWN = 20  # cluster sizes in a line of text (every one is in summary.json and clusters.csv)
 
 
@@ -491,8 +497,8 @@ class SecondRound:
 
     def describe(self) -> str:
         """`41 images shown again (12 HITs, 36 answers)`: the closing lines and the run's overview."""
-        hits, answers = f"{self.hits:,} HIT{'s' * (self.hits != 1)}", f"{self.assignments:,} answers"
-        return f"{self.images:,} image{'s' * (self.images != 1)} shown again ({hits}, {answers})"
+        again = f"{counted(self.hits, 'HIT')}, {counted(self.assignments, 'answer')}"
+        return f"{counted(self.images, 'image')} shown again ({again})"
 
     @classmethod
     def of(cls, labelled: Labelled) -> SecondRound:

@@ -28,7 +28,7 @@ import pandas as pd
 
 import aggregation
 from tasks.params import TolokaTarget
-from tasks.stages import Aggregated
+from tasks.stages import Aggregated, counted
 from tasks.toloka_api import endpoint
 
 REPORT_PER_CLUSTER = 60  # thumbnails per cluster in report.html (the artifact shows fewer of them)
@@ -233,8 +233,8 @@ def hosts_given_up(fetched: dict[str, Fetched]) -> str:
             host = urlsplit(url).netloc
             not_asked[host] = not_asked.get(host, 0) + 1
     return " ".join(
-        f"{host} did not answer {UNREACHABLE_AFTER} connections in a row, so its other {count:,} "
-        f"image{'s' * (count != 1)} were not asked for."
+        f"{host} did not answer {UNREACHABLE_AFTER} connections in a row, so its other "
+        f"{counted(count, 'image')} {'was' if count == 1 else 'were'} not asked for."
         for host, count in sorted(not_asked.items())
     )
 
