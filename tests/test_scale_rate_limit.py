@@ -37,6 +37,13 @@ def _hammer(client: Any, n: int, threads: int = 4) -> float:
     return time.monotonic() - started
 
 
+def _least_seconds(n: int, rate: float) -> float:
+    """Nine tenths of the time `n` requests take under `limit_shape(rate)`: a burst, then its refill."""
+    limit, decay = toloka_rate.limit_shape(rate)
+    burst, per_second = limit / toloka_rate.SLOTS_PER_REQUEST, decay / toloka_rate.SLOTS_PER_REQUEST
+    return (n - burst) / per_second * 0.9
+
+
 def _rate(emu: Any) -> tuple[int, int]:
     """Peak requests/s and 429s the emulator saw for its token (summed over token labels)."""
     rate = emu.stats()["rate"]
@@ -75,8 +82,7 @@ def test_prefect_rate_limit_keeps_requests_under_the_emulator_limit(
             api.delete_global_concurrency_limit_by_name("toloka-api-local")
     assert refused == 0, f"the emulator refused {refused} requests: the Prefect limit did not hold"
     assert peak <= 8, f"{peak} requests in one second: the limit admits 8"
-    burst, per_second = limit / toloka_rate.SLOTS_PER_REQUEST, decay / toloka_rate.SLOTS_PER_REQUEST
-    assert seconds >= (32 - burst) / per_second * 0.9, f"32 requests in {seconds:.1f} s: not rate limited"
+    assert seconds >= _least_seconds(32, 8.0), f"32 requests in {seconds:.1f} s: not rate limited"
     print(f"32 requests through the Prefect rate limit (8 in any second): {seconds:.1f} s")
 
 
@@ -105,16 +111,17 @@ def test_a_run_without_the_service_keeps_under_the_rate_it_is_given(
     """`crowdclust run` and `make demo` have no Prefect limits: the exam gating's 8 threads met a
     limit of 10/s at once, and toloka-kit's retries (4 s, then 8 s) left about one request a second."""
     with emulator_factory(rate_limit=10.0) as emu:
-        client = _client(emu, monkeypatch, hook=False, rates="local=8")
+        client = _client(emu, monkeypatch, hook=False, rates="local=6")
         assert isinstance(client, RateLimitedClient)
-        seconds = _hammer(client, 32, threads=8)
+        seconds = _hammer(client, 20, threads=8)
         peak, refused = _rate(emu)
+    # The bucket sends at most 6 in any second; the emulator counts arrivals, and on a loaded machine
+    # requests sent late reach it next to the following ones: a bucket of 8 under the emulator's 10
+    # saw 9 arrivals in a second once in seven full `make test` runs, and two of its requests refused once.
     assert refused == 0, f"the emulator refused {refused} requests: the process's limit did not hold"
-    # The bucket sends at most 8 in any second; the emulator counts arrivals, and on a loaded machine
-    # one request sent late reached it next to the following one (a full `make test` saw 9 once in
-    # seven runs). Under the emulator's 10 is what keeps the run free of 429s.
     assert peak < 10
-    print(f"32 requests through the process's rate limit (8 in any second): {seconds:.1f} s")
+    assert seconds >= _least_seconds(20, 6.0), f"20 requests in {seconds:.1f} s: not rate limited"
+    print(f"20 requests through the process's rate limit (6 in any second): {seconds:.1f} s")
 
 
 def test_the_process_bucket_admits_a_burst_then_the_rest_of_the_rate() -> None:
