@@ -400,6 +400,39 @@ def _one_image_each(frame: pd.DataFrame) -> bool:
     return bool(sizes) and max(sizes) == 1
 
 
+KNOWN_COLUMNS = (*REQUIRED_COLUMNS, TASK, SUITE, STATUS)  # every column the reader looks up by name
+
+
+def _misspelt(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(the header's name, the column it spells) of each column the reader knows that the header
+    names only in another case or with spaces around it (`input:images`, `Output:Result`).
+
+    Toloka never writes them so: its exports (the web UI's and toloka-kit's `get_assignments_df`)
+    name `INPUT:`, `OUTPUT:` and `ASSIGNMENT:` columns in capitals and a field as the project's
+    spec names it, which is case-sensitive (`result` and `Result` are two fields). Such a header was
+    edited, and the columns were said to be missing though they were there; an optional column
+    (`assignment:status`) was not read at all, so rejected answers counted as answers.
+    """
+    header = [str(name) for name in frame.columns]
+    found = []
+    for column in KNOWN_COLUMNS:
+        if column in header:
+            continue
+        found += [(name, column) for name in header if name.strip().casefold() == column.casefold()]
+    return found
+
+
+def _misspelt_message(misspelt: list[tuple[str, str]], missing: list[str]) -> str:
+    named = ", ".join(f"`{name}` for {column}" for name, column in misspelt)
+    spelt = {column for _, column in misspelt}
+    lacks = [column for column in missing if column not in spelt]
+    also = f"; it also lacks column(s): {', '.join(lacks)}" if lacks else ""
+    return (
+        f"export names column(s) otherwise than Toloka does: {named}: rename them in the header line "
+        f"as Toloka writes them, capitals and all (a field's name is case-sensitive in Toloka){also}"
+    )
+
+
 def _separator_hint(frame: pd.DataFrame) -> str:
     """Why the columns are missing when the header was one comma-separated cell.
 
@@ -429,7 +462,10 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     (`ASSIGNMENT:status`) are left out, and `ExportReading.notes` says so.
     """
     frame = _load_frame(source)
+    misspelt = _misspelt(frame)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if misspelt:
+        raise ExportFormatError(_misspelt_message(misspelt, missing))
     if missing:
         raise ExportFormatError(f"export lacks column(s): {', '.join(missing)}{_separator_hint(frame)}")
     if len(frame) == 0:

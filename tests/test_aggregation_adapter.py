@@ -406,3 +406,26 @@ def test_a_row_with_more_fields_than_the_header_is_named_by_row_and_line(tmp_pat
     assert str(error.value).startswith(
         "row 3 (line 6) has 7 fields where the header has 5: a tab inside a cell that is not quoted"
     )
+
+
+def test_columns_in_another_case_are_named_as_such(tmp_path):
+    """`input:images` and `Output:Result` were "missing" (`export lacks column(s): INPUT:images,
+    OUTPUT:result`) though the header had them; Toloka never writes them so, so they are refused,
+    naming each one and what Toloka calls it. An optional column in another case was not read at all:
+    `assignment:status` let a rejected answer count."""
+    columns = ["input:images", " Output:Result", *COLUMNS[2:]]
+    with pytest.raises(ExportFormatError) as error:
+        read_export(_write(tmp_path / "e.tsv", GOOD, columns))
+    assert str(error.value) == (
+        "export names column(s) otherwise than Toloka does: `input:images` for INPUT:images, "
+        "` Output:Result` for OUTPUT:result: rename them in the header line as Toloka writes them, "
+        "capitals and all (a field's name is case-sensitive in Toloka)"
+    )
+    rows = [(*GOOD[0], "ACCEPTED"), ('"u1","u2"', '{"group":1},{"group":2}', "", "a8", "w3", "REJECTED")]
+    status = _write(tmp_path / "s.tsv", rows, [*COLUMNS, "assignment:status"])
+    with pytest.raises(ExportFormatError, match="`assignment:status` for ASSIGNMENT:status: rename"):
+        read_export(status)
+    # A column missing outright is still named as missing, beside the misspelt one.
+    lacking = _write(tmp_path / "w.tsv", [r[:4] for r in GOOD], ["input:images", *COLUMNS[1:4]])
+    with pytest.raises(ExportFormatError, match=r"\); it also lacks column\(s\): ASSIGNMENT:worker_id$"):
+        read_export(lacking)
