@@ -115,8 +115,14 @@ def _parse_row(images_cell: object, result_cell: object, worker: object) -> list
     results = _parse_array(str(result_cell), RESULT)
     if not images:
         raise _RowError(f"{IMAGES} holds no images")
+    if results and not any(map(_group_like, results)):
+        raise _RowError(
+            f'{RESULT} holds {_shape(results)}, where one {{"group": n}} object per image of {IMAGES} '
+            f"was expected ({_counted(len(images), 'image')} here)"
+        )
     if len(images) != len(results):
-        raise _RowError(f"{RESULT} has {len(results)} groups but {IMAGES} has {len(images)} images")
+        groups, shown = _counted(len(results), "group"), _counted(len(images), "image")
+        raise _RowError(f"{RESULT} has {groups} but {IMAGES} has {shown}")
     shown = [_image_name(image, f"{IMAGES} element {position + 1}") for position, image in enumerate(images)]
     pairs = []
     for position, (image, obj) in enumerate(zip(shown, results, strict=True)):
@@ -131,6 +137,56 @@ def _parse_row(images_cell: object, result_cell: object, worker: object) -> list
                 )
         pairs.append((item, group))
     return pairs
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _group_like(value: object) -> bool:
+    """An element a grouping is made of (`_parse_group` reads it or names what is wrong with it): a
+    `{"group": n}` object, or a bare group number."""
+    if isinstance(value, dict):
+        return "group" in value
+    if isinstance(value, str):
+        return value.strip().lstrip("-").isdigit()
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _shape(values: list) -> str:
+    """What a result cell holds, in words: `a JSON object with key "groups"`, `2 JSON arrays`.
+
+    A cell of another shape than the grouping (another template's output, an object of image ->
+    group) read as "OUTPUT:result has 1 groups but INPUT:images has 10 images", which said neither
+    what was expected nor what was found.
+    """
+    if len(values) == 1:
+        return _kind(values[0], one=True)
+    kinds = list(dict.fromkeys(_kind(value, one=False) for value in values))
+    if len(kinds) == 1:
+        return f"{len(values)} {kinds[0]}"
+    return f"{len(values)} JSON values ({', '.join(kinds)})"
+
+
+def _quoted(value: object, width: int = 40) -> str:
+    text = str(value)
+    return json.dumps(text if len(text) <= width else text[: width - 1] + "…", ensure_ascii=False)
+
+
+def _kind(value: object, one: bool) -> str:
+    """One JSON value in words, as one (`a JSON array`) or as one of several alike (`JSON arrays`)."""
+    if isinstance(value, dict) and value:
+        keys = [_quoted(key) for key in value]
+        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        named = f"key{'s' if len(keys) > 1 else ''} {', '.join(keys[:3])}{more}"
+        return f"a JSON object with {named}" if one else f"JSON objects with {named}"
+    if isinstance(value, dict):
+        return "an empty JSON object" if one else "empty JSON objects"
+    if isinstance(value, list):
+        return "a JSON array" if one else "JSON arrays"
+    if isinstance(value, str):
+        return f"the string {_quoted(value)}" if one else "strings"
+    return json.dumps(value)  # null, true, false
 
 
 def _image_name(value: object, where: str) -> str:

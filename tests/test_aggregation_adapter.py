@@ -118,7 +118,7 @@ def test_synthetic_export_round_trip(tmp_path):
     [
         (
             ('"u1","u2"', '{"group":1}', "", "a7", "w1"),
-            "OUTPUT:result has 1 groups but INPUT:images has 2 images",
+            "OUTPUT:result has 1 group but INPUT:images has 2 images",
         ),
         (
             ('"u1","u2"', '{"group":1},{"group":"x"}', "", "a7", "w1"),
@@ -133,6 +133,21 @@ def test_synthetic_export_round_trip(tmp_path):
             "OUTPUT:result element 2 has a group beyond 64-bit integers",
         ),
         (('"u1","u2"', "", "", "a7", "w1"), "empty cell in OUTPUT:result"),
+        # Another shape than the grouping read as "1 groups but INPUT:images has 2 images".
+        (
+            ('"u1","u2"', '{"groups":[["u1"],["u2"]]}', "", "a7", "w1"),
+            'OUTPUT:result holds a JSON object with key "groups", where one {"group": n} object per '
+            "image of INPUT:images was expected (2 images here)",
+        ),
+        (
+            ('"u1","u2"', '{"u1":1,"u2":2}', "", "a7", "w1"),
+            'OUTPUT:result holds a JSON object with keys "u1", "u2", where one {"group": n} object',
+        ),
+        (('"u1","u2"', '[["u1"],["u2"]]', "", "a7", "w1"), "OUTPUT:result holds 2 JSON arrays, where one"),
+        (
+            ('"u1","u2"', '{"label":1},{"label":2}', "", "a7", "w1"),
+            'OUTPUT:result holds 2 JSON objects with key "label", where one',
+        ),
         (("", '{"group":1}', "", "a7", "w1"), "empty cell in INPUT:images"),
         (('"u1","u2"', '{"group":1},{"group":2}', "", "a7", ""), "empty cell in ASSIGNMENT:worker_id"),
         (('"u1","u1"', '{"group":1},{"group":2}', "", "a7", "w1"), "item u1 appears twice in one assignment"),
@@ -290,7 +305,7 @@ def test_rejected_skipped_and_expired_assignments_are_left_out_and_rows_keep_the
         reading.notes[0] == "left out 2 rows that are not answers (ASSIGNMENT:status: 1 expired, 1 rejected)"
     )
     assert reading.problems == [
-        "row 5 (assignment a5): OUTPUT:result has 1 groups but INPUT:images has 2 images"
+        "row 5 (assignment a5): OUTPUT:result has 1 group but INPUT:images has 2 images"
     ]
     with pytest.raises(ExportFormatError, match=r"export has no answers: left out 1 rows"):
         read_export(_write(tmp_path / "r.tsv", rows[1:2], columns))

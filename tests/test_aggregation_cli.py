@@ -137,7 +137,7 @@ def test_bad_export_is_one_line_and_exit_code_2(export):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
-    assert "row 2" in result.stderr and "1 groups but INPUT:images has 10 images" in result.stderr
+    assert "row 2" in result.stderr and "1 group but INPUT:images has 10 images" in result.stderr
     assert not (export / "bad.csv").exists()
 
     lenient = _run([export / "bad.tsv", "-o", export / "bad.csv", "--lenient"])
