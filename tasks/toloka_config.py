@@ -138,6 +138,34 @@ class TolokaBundle:
         return dict(golden_partition(suite) for suite in self.exam_suites)
 
 
+def _line_column(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    return f"line {line}, column {pos - (text.rfind(chr(10), 0, pos) + 1) + 1}"
+
+
+def json_problem(text: str, exc: json.JSONDecodeError) -> str:
+    """Where the JSON of a config file goes wrong and why, in plain words for the usual slips.
+
+    Python's own words named the cause of none of them: a trailing comma read "Expecting property
+    name enclosed in double quotes: line 173 column 1 (char 4208)", the line of the `}` after it.
+    A trailing comma is named at the comma, a `//` or `#` comment and a single-quoted string where
+    they start; anything else keeps json's words, with the line and column.
+    """
+    at = exc.pos
+    here = text[at : at + 1]
+    before = text[:at].rstrip()
+    if here in ("}", "]") and before.endswith(","):
+        comma = len(before) - 1
+        what = "the last member of an object" if here == "}" else "the last element of an array"
+        where = _line_column(text, comma)
+        return f"{where}: a trailing comma before {here} (JSON allows none after {what}): remove it"
+    if text.startswith(("//", "/*", "#"), at):
+        return f"{_line_column(text, at)}: a comment, which JSON does not allow: remove it"
+    if here == "'":
+        return f'{_line_column(text, at)}: a string in single quotes: JSON takes double quotes (")'
+    return f"{_line_column(text, at)}: {exc.msg}"
+
+
 def load_bundle(folder: Path) -> TolokaBundle:
     """Read and check every file of a config folder."""
     folder = Path(folder)
@@ -146,10 +174,11 @@ def load_bundle(folder: Path) -> TolokaBundle:
         path = folder / name
         if not path.is_file():
             raise TolokaConfigError(f"{path}: missing ({role} config)")
+        text = path.read_text()
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise TolokaConfigError(f"{path}: not valid JSON: {exc}") from exc
+            raise TolokaConfigError(f"{path}: not valid JSON: {json_problem(text, exc)}") from exc
         items = data if role in LISTS else [data]
         if role in LISTS and (not isinstance(data, list) or not data):
             raise TolokaConfigError(f"{path}: expected a non-empty JSON list")

@@ -484,6 +484,33 @@ def test_bundle_errors_name_the_file(tmp_path):
         load_bundle(folder)
 
 
+def test_a_trailing_comma_in_a_toloka_config_is_named_at_its_line(tmp_path):
+    """A comma after a pool's last field read "not valid JSON: Expecting property name enclosed in
+    double quotes: line 173 column 1 (char 4208)": the line of the `}` after it, and no cause."""
+    folder = _copy_bundle(tmp_path)
+    pool = folder / "main_pool.json"
+    original = pool.read_text()
+    lines = original.rstrip().splitlines()
+    assert lines[-1] == "}"
+    lines[-2] += ","
+    pool.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TolokaConfigError) as error:
+        load_bundle(folder)
+    assert str(error.value) == (
+        f"{pool}: not valid JSON: line {len(lines) - 1}, column {len(lines[-2])}: a trailing comma "
+        "before } (JSON allows none after the last member of an object): remove it"
+    )
+    pool.write_text(original)
+    suites = folder / "exam_suites.json"
+    text = suites.read_text().rstrip()
+    suites.write_text(text[:-1].rstrip() + ",\n]\n")
+    with pytest.raises(TolokaConfigError, match=r"before \] \(JSON allows none after the last element"):
+        load_bundle(folder)
+    suites.write_text("// the exams\n" + text)
+    with pytest.raises(TolokaConfigError, match=r"suites\.json: not valid JSON: line 1, column 1: a comment"):
+        load_bundle(folder)
+
+
 def test_exam_suite_without_matching_golden_is_rejected(tmp_path):
     folder = _copy_bundle(tmp_path)
     suites = json.loads((folder / "exam_suites.json").read_text())
