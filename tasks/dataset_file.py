@@ -206,9 +206,13 @@ def read_table(path: Path | str, misshapen_ok: bool = False) -> Table:
         raise DatasetError(f"{path}: needs an `image` column (found: {found or 'none'})")
     truth = _column(path, first.line, header, (TRUTH_COLUMN,))
     rows, misshapen = [], []
+    named = _named_width(header)
     for row in records:
         if len(row.fields) == len(header):
             rows.append(row)
+            continue
+        if _only_empty_beyond(row.fields, named):
+            rows.append(Row(row.line, _fitted(row.fields, len(header))))
             continue
         what = (
             f"{_fields(len(row.fields))} where the header (line {first.line}) has {len(header)} "
@@ -223,6 +227,31 @@ def read_table(path: Path | str, misshapen_ok: bool = False) -> Table:
             raise DatasetError(f"{path}, line {row.line}: {what}")
         misshapen.append((row.line, what))
     return Table(path, header, first.line, rows, image, truth, tuple(misshapen))
+
+
+def _named_width(header: list[str]) -> int:
+    """The header's columns up to its last named one (a header may end in tabs, as rows may)."""
+    width = len(header)
+    while width > 1 and not header[width - 1]:
+        width -= 1
+    return width
+
+
+def _only_empty_beyond(fields: list[str], named: int) -> bool:
+    """True when a row's fields beyond the header's named columns are all empty, and it has them all.
+
+    A spreadsheet saved as text writes a tab and an empty cell for every column of its used range
+    that the header does not name (a column once filled, then cleared), so every row of such a file
+    has one field more than the header. That cell holds nothing to read or to lose: a run that
+    refused every row of the file for it ("2 fields where the header has 1 ... and 81 more")
+    asked for an edit that changes nothing. A non-empty cell there is still refused.
+    """
+    return len(fields) >= named and not any(field.strip() for field in fields[named:])
+
+
+def _fitted(fields: list[str], width: int) -> list[str]:
+    """`fields` cut or padded with empty cells to the header's width."""
+    return fields[:width] + [""] * (width - len(fields))
 
 
 def _fields(count: int) -> str:

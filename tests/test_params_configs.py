@@ -699,6 +699,27 @@ def test_every_row_with_an_unusable_image_is_counted_in_the_one_error(tmp_path):
     )
 
 
+def test_an_empty_last_cell_beyond_the_header_is_read_as_nothing(tmp_path):
+    """A spreadsheet saved as text ends every row in a tab (an empty column of its used range): the
+    run refused the file, every row of it ("3 fields where the header (line 1) has 2 ...; and 81
+    more"), for a cell that holds nothing. It is read as the row without it; a cell there that holds
+    something is still refused, and so is a row short of a named column."""
+    path = tmp_path / "data.tsv"
+    path.write_text("image\tclass\nhttp://x/a.png\tboot\t\nhttp://x/b.png\t\t \nhttp://x/c.png\tflat\n")
+    frame = load_dataset(path)
+    assert frame["image"].tolist() == ["http://x/a.png", "http://x/b.png", "http://x/c.png"]
+    assert frame["class"].tolist() == ["boot", "", "flat"]
+    # A header that ends in a tab too, and a row that does not.
+    path.write_text("image\tclass\t\nhttp://x/a.png\tboot\t\nhttp://x/b.png\tflat\n")
+    assert load_dataset(path)["class"].tolist() == ["boot", "flat"]
+    path.write_text("image\tclass\nhttp://x/a.png\tboot\t\nhttp://x/b.png\tboot\tred\n")
+    with pytest.raises(DatasetError, match=r"line 3: 3 fields where the header \(line 1\) has 2"):
+        load_dataset(path)
+    path.write_text("image\tclass\t\nhttp://x/a.png\n")
+    with pytest.raises(DatasetError, match=r"line 2: 1 field where the header \(line 1\) has 3"):
+        load_dataset(path)
+
+
 def test_a_stray_quote_that_joins_rows_is_refused_naming_its_lines(tmp_path):
     """A class typed `"boots` and a later `x"` made rows 2-5 one record of the header's two fields:
     the run went on with 3 images fewer and said nothing (a tester's spreadsheet). A quote that is
