@@ -588,12 +588,13 @@ def report_note(clusters: pd.Series, where: str) -> str:
     """What the galleries say of the report under them: all the images when it shows them all, else
     how many of each cluster it shows. "All images: report.html" under a 3,000-image run's galleries
     led to a report that shows 60 of each cluster (480 of 3,000), each cluster's rest in clusters.csv."""
-    from tasks.thumbnails import REPORT_PER_CLUSTER  # here: the module loads numba's kernels
+    from tasks.thumbnails import report_per_cluster  # here: the module loads numba's kernels
 
-    if clusters.empty or int(clusters.value_counts().max()) <= REPORT_PER_CLUSTER:
+    shown = report_per_cluster(clusters)
+    if clusters.empty or int(clusters.value_counts().max()) <= shown:
         return f"All images: {where}"
     rest = run_file("clusters")
-    return f"Every cluster, up to {REPORT_PER_CLUSTER} images of each (the rest in {rest}): {where}"
+    return f"Every cluster, up to {shown} images of each (the rest in {rest}): {where}"
 
 
 def cluster_ids(ids: Sequence[int]) -> str:

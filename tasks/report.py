@@ -36,7 +36,14 @@ from tasks.stages import (
     truth_share,
 )
 
-GALLERY_LIMIT = thumbnails.REPORT_PER_CLUSTER  # images shown per cluster in the HTML report
+GALLERY_LIMIT = thumbnails.REPORT_PER_CLUSTER  # images shown per cluster in the HTML report, at most
+# Images shown twice (a least certain one is in its cluster's gallery too) are embedded once: the
+# other <img> takes its source from the one that has it (`data-copy`) when the page loads; without
+# scripts it is a box of the same size with the image's name (the <img>s are blocks for that).
+COPY_SCRIPT = (
+    "<script>for(const i of document.querySelectorAll('img[data-copy]'))"
+    "i.src=document.getElementById(i.dataset.copy).src;</script>"
+)
 
 
 @dataclass(frozen=True)
@@ -140,15 +147,23 @@ def _timings(summary: RunSummary) -> list[str]:
     ]
 
 
-def _figure(item: str, sources: dict[str, str], caption: str) -> str:
-    """One image: its embedded thumbnail, else its URL when it is a web address, else a text box."""
+def _figure(
+    item: str, sources: dict[str, str], caption: str, ident: str | None = None, copy: str | None = None
+) -> str:
+    """One image: its embedded thumbnail, else its URL when it is a web address, else a text box.
+
+    `ident` names the <img> that holds a thumbnail shown twice; `copy` makes this one take its
+    source from that one (the thumbnail is embedded once)."""
     src = sources.get(item) or (item if thumbnails.is_fetchable(item) else None)
     name = html.escape(item.rstrip("/").rsplit("/", 1)[-1])
-    image = (
-        f"<img src='{html.escape(src)}' title='{html.escape(item)}' alt='{name}'>"
-        if src
-        else f"<div class='missing' title='{html.escape(item)}'>no image: {name}</div>"
-    )
+    attributes = f"title='{html.escape(item)}' alt='{name}'"
+    if src and copy is not None:
+        image = f"<img data-copy='{copy}' {attributes}>"
+    elif src:
+        named = "" if ident is None else f" id='{ident}'"
+        image = f"<img src='{html.escape(src)}'{named} {attributes}>"
+    else:
+        image = f"<div class='missing' title='{html.escape(item)}'>no image: {name}</div>"
     # Class names like womens_ankle_boots ran into the next caption: they may break after a `_`.
     text = html.escape(caption).replace("_", "_<wbr>")
     return f"<figure>{image}<figcaption>{text}</figcaption></figure>"
@@ -172,12 +187,15 @@ def _least_certain(
     means: pd.Series,
     sources: dict[str, str],
     recheck: bool = False,
+    twice: dict[str, str] | None = None,
 ) -> list[str]:
     """The items to send back to the crowd: the least certain of every cluster, with confidences.
 
     `means` is each cluster's mean confidence: low when the answers place its images in several
-    ways (images between two styles, say), not only a few of them.
+    ways (images between two styles, say), not only a few of them. `twice`: the items whose
+    embedded thumbnail the galleries below hold, and the id of the <img> that holds it.
     """
+    twice = twice or {}
     below = int((confidence < 0.5).sum())
     parts = [
         "<h2>Least certain items</h2>",
@@ -200,7 +218,10 @@ def _least_certain(
     for cluster, rows in doubtful.groupby("cluster", sort=True):  # one row per cluster
         label = f"cluster {html.escape(str(cluster))}<br>mean&nbsp;{means[cluster]:.2f}"
         parts.append(f"<div class='g'><figure class='label'>{label}</figure>")
-        parts += [_figure(str(r.item), sources, f"{r.confidence:.2f}") for r in rows.itertuples()]
+        parts += [
+            _figure(str(r.item), sources, f"{r.confidence:.2f}", copy=twice.get(str(r.item)))
+            for r in rows.itertuples()
+        ]
         parts.append("</div>")
     return parts
 
@@ -254,8 +275,10 @@ def render_html(
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}.g{display:flex;flex-wrap:wrap;gap:6px}"
-        ".g figure{margin:0;width:110px;font-size:11px;text-align:center}.g img,.g .missing{width:104px;"
-        "height:78px;object-fit:contain;border:1px solid #ddd}.g .missing{font-size:10px;overflow:hidden;"
+        ".g figure{margin:0;width:110px;font-size:11px;text-align:center}"
+        ".g img,.g .missing{display:block;margin:0 auto;width:104px;height:78px;object-fit:contain;"
+        "border:1px solid #ddd}"
+        ".g .missing{font-size:10px;overflow:hidden;"
         "word-break:break-all;color:#888}.g .label{width:70px;font-size:13px;font-weight:bold;"
         "text-align:left;align-self:center}.g figcaption{overflow-wrap:anywhere}"
         ".chart{overflow-x:auto}</style></head><body>",
@@ -356,26 +379,45 @@ def render_html(
         means = cluster_confidence(clusters, uncertain[1])
     found = {d["cluster"]: d for d in (intr or {}).get("per_cluster", [])}
     parts += _not_alike(found, means)
+    limit = thumbnails.report_per_cluster(clusters)
+    galleries = {
+        cluster: sorted(str(i) for i in items.index) for cluster, items in clusters.groupby(clusters)
+    }
+    shown = {item for members in galleries.values() for item in members[:limit]}
+    doubtful = [] if uncertain is None else uncertain[0]["item"].astype(str).tolist()
+    twice = {item: f"t{n}" for n, item in enumerate(i for i in doubtful if i in shown and i in sources)}
     if uncertain is not None:
         shown_again = bool(recheck and links.recheck is not None)
-        parts += _least_certain(*uncertain, means, sources, shown_again)
+        parts += _least_certain(*uncertain, means, sources, shown_again, twice)
     parts.append("<h2>Clusters</h2>")
-    for cluster, items in clusters.groupby(clusters):
-        members = sorted(str(i) for i in items.index)
+    where = html.escape(links.clusters, quote=True)
+    if limit < max(map(len, galleries.values()), default=0):
+        fewer = (
+            ""
+            if limit == GALLERY_LIMIT
+            else f" ({GALLERY_LIMIT} when there are fewer clusters: the galleries show about "
+            f"{thumbnails.REPORT_IMAGES:,} images in all)"
+        )
+        parts.append(
+            f"<p>Up to {limit} images of each cluster, the first by name{fewer}; every image and its "
+            f"cluster are in <a href='{where}'>{where}</a>.</p>"
+        )
+    for cluster, members in galleries.items():
         mean = "" if means is None else f", mean confidence {means[cluster]:.2f}"
         if cluster in found:
             mean += f", intruders found {found[cluster]['accuracy']:.2f}"
         parts.append(
             f"<h3>Cluster {cluster} ({artifacts.counted(len(members), 'image')}{mean})</h3><div class='g'>"
         )
-        for item in members[:GALLERY_LIMIT]:
+        for item in members[:limit]:
             caption = str(truth.get(item, "")) if truth is not None else ""
-            parts.append(_figure(item, sources, caption))
-        if len(members) > GALLERY_LIMIT:
-            more = len(members) - GALLERY_LIMIT
-            where = html.escape(links.clusters, quote=True)
+            parts.append(_figure(item, sources, caption, ident=twice.get(item)))
+        if len(members) > limit:
+            more = len(members) - limit
             parts.append(f"<p>… and {more} more (see <a href='{where}'>{where}</a>)</p>")
         parts.append("</div>")
+    if twice:
+        parts.append(COPY_SCRIPT)
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 
 import aggregation
@@ -31,7 +32,9 @@ from tasks.params import TolokaTarget
 from tasks.stages import Aggregated, counted
 from tasks.toloka_api import endpoint
 
-REPORT_PER_CLUSTER = 60  # thumbnails per cluster in report.html (the artifact shows fewer of them)
+REPORT_PER_CLUSTER = 60  # thumbnails per cluster in report.html at most (the artifact shows fewer of them)
+REPORT_IMAGES = 1_500  # thumbnails the galleries of report.html show in all: 25 clusters of 60
+REPORT_ROW = 10  # thumbnails per cluster at least, whatever the clusters: one row of the page
 BOX = 96  # a thumbnail fits in BOX x BOX pixels
 QUALITY = 70  # JPEG quality: ~2-4 KB per thumbnail
 MAX_SOURCE_BYTES = 5_000_000  # a larger source image is not fetched
@@ -46,6 +49,23 @@ def least_certain(aggregated: Aggregated) -> pd.DataFrame | None:
     if aggregated.confidence is None:
         return None
     return aggregation.least_certain(aggregated.clusters, aggregated.confidence, LEAST_CERTAIN)
+
+
+def report_per_cluster(clusters: pd.Series) -> int:
+    """How many images of each cluster report.html shows: as many as keep its galleries within
+    REPORT_IMAGES thumbnails, REPORT_PER_CLUSTER at most and REPORT_ROW at least.
+
+    Every cluster showed up to 60 whatever their number, so the page grew with the clusters: a
+    3,500-image catalogue in 25 clusters made a 2-3 MB report, in 250 clusters one of 9-16 MB (every
+    image shown, 2-4 KB each), and the galleries fetched up to 60 thumbnails a cluster. Small
+    clusters leave their share to the large ones (the cut is the largest that fits the budget), and
+    the rest of each cluster is in clusters.csv, as the galleries say.
+    """
+    sizes = clusters.value_counts().to_numpy()
+    for cut in range(REPORT_PER_CLUSTER, REPORT_ROW, -1):
+        if int(np.minimum(sizes, cut).sum()) <= REPORT_IMAGES:
+            return cut
+    return REPORT_ROW
 
 
 def images_base(target: TolokaTarget | None) -> str | None:
@@ -64,7 +84,7 @@ def for_galleries(
     (`unfetched_line`) so a user can look."""
     uncertain = least_certain(aggregated)
     extra = [] if uncertain is None else uncertain["item"].astype(str).tolist()
-    items = gallery_items(aggregated.clusters, REPORT_PER_CLUSTER, extra)
+    items = gallery_items(aggregated.clusters, report_per_cluster(aggregated.clusters), extra)
     fetched = fetch_images(items, images_base(target))
     thumbs = {url: got.uri for url, got in fetched.items() if got.uri is not None}
     failed = {url: got.problem for url, got in fetched.items() if got.uri is None}

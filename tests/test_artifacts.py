@@ -829,3 +829,55 @@ def test_the_galleries_say_how_much_of_each_cluster_the_report_shows():
     )
     small = large.iloc[: 8 * REPORT_PER_CLUSTER]  # every cluster whole in the report
     assert artifacts.report_note(small, link) == f"All images: {link}"
+
+
+def _thumb(n: int) -> str:
+    """A distinct data URI of about the size of a real thumbnail (2-4 KB)."""
+    return "data:image/jpeg;base64," + base64.b64encode(n.to_bytes(4, "big") * 600).decode()
+
+
+def test_the_report_of_many_clusters_stays_near_the_size_of_a_few(tmp_path):
+    """A 3,500-image catalogue made a 2-3 MB report in 25 clusters and 9-16 MB in 250: every cluster
+    showed up to 60 images, so the 250 small clusters showed every image, and the least certain
+    ones were embedded twice (in their cluster's gallery as well). The galleries now share about
+    1,500 images (at least a row of 10 a cluster), each thumbnail is embedded once, and the page
+    says where the rest are."""
+    from tasks.thumbnails import REPORT_IMAGES, REPORT_ROW, report_per_cluster
+
+    def page_of(n_clusters: int, size: int) -> tuple[str, pd.Series, dict[str, str]]:
+        items = [f"http://img.example/{i:05d}.png" for i in range(n_clusters * size)]
+        clusters = pd.Series([i % n_clusters for i in range(len(items))], index=items, name="cluster")
+        confidence = pd.Series([0.5 + (i % 7) / 20 for i in range(len(items))], index=items)
+        info = AggregationInfo("gomes", 10, 2, 2, 2, n_clusters, 10, -1.0)
+        uncertain = thumbnails.least_certain(Aggregated(clusters, None, info, confidence=confidence))
+        sources = {item: _thumb(n) for n, item in enumerate(items)}
+        page = report.render_html(
+            _summary(tmp_path, info), clusters, None, "t", report.ReportLinks("clusters.csv"), sources,
+            (uncertain, confidence),
+        )  # fmt: skip
+        return page, clusters, sources
+
+    few, clusters, sources = page_of(25, 140)
+    assert report_per_cluster(clusters) == 60 and few.count("data:image/jpeg") == 25 * 60
+    many, clusters, sources = page_of(250, 14)
+    assert report_per_cluster(clusters) == REPORT_ROW
+    # 10 of each cluster, and the least certain that are not among them (each embedded once): it
+    # embedded every image (3,500), and 1,250 least certain ones again.
+    uris = re.findall(r"src='(data:[^']*)'", many)
+    embedded = len(uris)
+    assert len(set(uris)) == embedded and set(uris) <= set(sources.values())
+    assert 250 * REPORT_ROW < embedded < 2 * REPORT_IMAGES and len(many) < 2 * len(few)
+    # The least certain images in a gallery take their source from its <img> when the page loads.
+    copies = re.findall(r"<img data-copy='(t\d+)'", many)
+    assert len(copies) + embedded - 250 * REPORT_ROW == 250 * thumbnails.LEAST_CERTAIN
+    assert all(re.search(rf"<img src='data:[^']*' id='{c}'", many) for c in copies[:3])
+    assert report.COPY_SCRIPT in many and report.COPY_SCRIPT not in report.render_html(
+        _summary(tmp_path, AggregationInfo("gomes", 1, 1, 1, 1, 1, 1, -1.0)),
+        clusters.iloc[:3], None, "t", report.ReportLinks("clusters.csv"), {},
+    )  # fmt: skip
+    assert "<p>Up to 10 images of each cluster, the first by name (60 when there are fewer clusters" in many
+    assert "… and 4 more (see <a href='clusters.csv'>clusters.csv</a>)" in many
+    link = "[report.html](http://127.0.0.1:4280/big/report.html)"
+    assert artifacts.report_note(clusters, link) == (
+        f"Every cluster, up to 10 images of each (the rest in clusters.csv): {link}"
+    )

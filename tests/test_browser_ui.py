@@ -155,3 +155,39 @@ def test_a_report_of_many_clusters_keeps_its_intruder_chart_inside_the_page(tmp_
         browser.close()
     assert chart_width > 1400  # wider than the window: the case at hand
     assert width <= 1400 and box_width < chart_width  # the page fits; the chart's box scrolls
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_a_report_of_many_clusters_shows_every_image_it_embeds_once(tmp_path):
+    """A least certain image in its cluster's gallery is embedded once and shown twice: the second
+    <img> takes its source from the first as the page loads. Every image of a 250-cluster report
+    must load, and the page keep to its width (ten images a row)."""
+    import pandas as pd
+    from playwright.sync_api import sync_playwright
+
+    from tasks import report, thumbnails
+    from tasks.stages import Aggregated, AggregationInfo
+    from tests.test_artifacts import _png, _summary
+
+    items = [f"http://img.example/{i:04d}.png" for i in range(2000)]
+    clusters = pd.Series([i % 250 for i in range(2000)], index=items, name="cluster")
+    confidence = pd.Series([0.5 + (i % 9) / 20 for i in range(2000)], index=items)
+    info = AggregationInfo("gomes", 10, 2, 2, 2, 250, 10, -1.0)
+    uncertain = thumbnails.least_certain(Aggregated(clusters, None, info, confidence=confidence))
+    sources = dict.fromkeys(items, thumbnails.thumbnail(_png()))
+    links = report.ReportLinks("clusters.csv")
+    html = report.render_html(
+        _summary(tmp_path, info), clusters, None, "t", links, sources, (uncertain, confidence)
+    )
+    page_file = tmp_path / "report.html"
+    page_file.write_text(html)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(page_file.as_uri(), wait_until="load")
+        images = page.evaluate(IMAGES_JS)
+        copies = page.evaluate("() => document.querySelectorAll('img[data-copy]').length")
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        browser.close()
+    assert len(images) == 2000 + 250 * thumbnails.LEAST_CERTAIN and copies == 250 * thumbnails.LEAST_CERTAIN
+    assert all(image["loaded"] for image in images) and width <= 1400
