@@ -224,6 +224,26 @@ def test_a_pipeline_dataset_tsv_is_a_truth_file(export):
     assert ari_of(as_tsv.stdout) == ari_of(as_csv.stdout) >= 0.9
 
 
+def test_a_dataset_tsv_whose_rows_end_in_a_tab_is_read_as_a_run_reads_it(export):
+    """A run reads a dataset whose rows end in an empty cell (a spreadsheet's empty last column); as
+    a truth file pandas took its first column for the index and said "line 3: image <a class>
+    repeats line 2". A cell there that holds something is refused, naming its line."""
+    truth = pd.read_csv(export / "truth.csv", dtype=str).rename(columns={"item": "image"})
+    rows = ["image\tclass"] + [f"{image}\t{cls}\t" for image, cls in truth.itertuples(index=False)]
+    (export / "tabbed.tsv").write_text("\n".join(rows) + "\n")
+    as_csv = _run([export / "export.tsv", "-o", export / "t1.csv", "--truth", export / "truth.csv"])
+    tabbed = _run([export / "export.tsv", "-o", export / "t3.csv", "--truth", export / "tabbed.tsv"])
+    assert tabbed.returncode == 0, tabbed.stderr
+    assert ari_of(tabbed.stdout) == ari_of(as_csv.stdout) >= 0.9
+    rows[3] += "red"
+    (export / "tabbed.tsv").write_text("\n".join(rows) + "\n")
+    refused = _run([export / "export.tsv", "-o", export / "t3.csv", "--truth", export / "tabbed.tsv"])
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: truth file {export / 'tabbed.tsv'}, line 4: 3 fields where the header has 2, and a cell "
+        "beyond the header's that is not empty: a tab too many?\n"
+    )
+
+
 def test_min_cluster_size_option(export):
     """The option dissolves smaller clusters; when that moves most items the command warns (before,
     one cluster of 93% moved items came with no word); a size no cluster reaches blames the option,

@@ -59,7 +59,22 @@ def _read_truth(path: Path):
 
     try:  # the header line, then the whole file, both decompressed by the name's ending as pandas does
         header = pd.read_csv(path, sep="\0", header=None, nrows=1, dtype=str).iloc[0, 0]
-        frame = pd.read_csv(path, dtype=str, sep="\t" if "\t" in header else ",", keep_default_na=False)
+        sep = "\t" if "\t" in header else ","
+        width, widest, beyond = _widths(path, sep)
+        if beyond is not None:
+            line, count = beyond
+            _fail(
+                f"truth file {path}, line {line}: {count} fields where the header has {width}, and a cell "
+                f"beyond the header's that is not empty: a {'tab' if sep == chr(9) else 'comma'} too many?"
+            )
+        if widest > width:  # only empty cells beyond the header (a spreadsheet's empty last column)
+            frame = pd.read_csv(
+                path, dtype=str, sep=sep, keep_default_na=False, header=None, names=range(widest)
+            )
+            frame = frame.iloc[1:, :width].set_axis(frame.iloc[0, :width].tolist(), axis=1)
+            frame = frame.reset_index(drop=True)
+        else:
+            frame = pd.read_csv(path, dtype=str, sep=sep, keep_default_na=False)
     except UnicodeDecodeError:  # pandas' message gave a byte offset in its read buffer
         from aggregation.unreadable import not_utf8
 
@@ -99,6 +114,30 @@ def _read_truth(path: Path):
     return pd.Series(
         known["class"].to_numpy(), index=pd.Index(known[key].to_numpy(), name="item"), name="class"
     )
+
+
+def _widths(path: Path, sep: str) -> tuple[int, int, tuple[int, int] | None]:
+    """The header's fields, the most fields of a row, and (line, fields) of the first row with a
+    non-empty cell beyond the header's, if any.
+
+    A pipeline's dataset.tsv whose rows end in a tab (a spreadsheet's empty last column), which a
+    run reads, was misread as a truth file: pandas took the first column for the index when the
+    first row had one field more than the header ("line 6: image mens_formal repeats line 5", the
+    classes read as the images), or stopped at a later such row ("Error tokenizing data").
+    """
+    import csv
+
+    from pandas.io.common import get_handle
+
+    with get_handle(path, "r", compression="infer", encoding="utf-8") as handles:
+        reader = csv.reader(handles.handle, delimiter=sep)
+        width = len(next(reader, []))
+        widest, beyond = width, None
+        for fields in reader:
+            widest = max(widest, len(fields))
+            if beyond is None and any(cell.strip() for cell in fields[width:]):
+                beyond = (reader.line_num, len(fields))
+    return width, widest, beyond
 
 
 def _check_writable(paths: list[Path | None]) -> None:
