@@ -16,7 +16,7 @@ from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
-from tasks.second_round import SECOND_ROUND_POOL, most_images
+from tasks.second_round import SECOND_ROUND_POOL, most_images, pool_name
 from tasks.stages import HitPlan, Labelled, PoolStats
 from tasks.thumbnails import images_base
 from tasks.toloka_api import (
@@ -101,7 +101,7 @@ def collect_labels(
         params.toloka, run_key, bundle, values, params.exam.skill_name, main_pool_role
     )
     preflight.verify_labelling_task(params.toloka, run_key, ids, main_pool_role)
-    setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits)
+    setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits, main_pool_role)
     period = params.wait.period(params.toloka.environment)
     export_kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role  # its file's name
     waiting = wait.waits_again_after_top_up(
@@ -122,7 +122,7 @@ def collect_labels(
                 len(plan.hits) * params.hits.overlap,
                 tightest_limit(bundle.main_pool, POOL_LIFETIME.total_seconds()),
             ),
-            "second-round pool" if second else "main pool",
+            pool_name(main_pool_role),
         )
     except wait.WaitTimeout as timeout:
         kept = kept_after_stop(params, ids.main_pool, folder, export_kind, timeout, SLOW_POOL, timeout.stats)

@@ -23,6 +23,16 @@ from tasks.stages import HitPlan
 SECOND_ROUND_POOL = "second-round-pool"  # the pool role: its own, so its spend is told apart
 
 
+def pool_name(role: str) -> str:
+    """What the labelling pool of `role` is called in log lines and progress artifacts: the
+    second-round pool, or the main pool (a run's, or a catalogue round's).
+
+    The second round's setup lines called it "main pool 7" (`labelling objects: ..., main pool 7`,
+    `main pool 7 holds the 4 planned HITs`) while its poll lines said "second-round pool 7".
+    """
+    return "second-round pool" if role.startswith(SECOND_ROUND_POOL) else "main pool"
+
+
 def most_images(params: PipelineParams, n_items: int) -> int:
     """The most images a second round may show again (0 when there is no second round)."""
     return math.floor(params.hits.second_round_share * n_items + 1e-9)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from tasks.params import TolokaTarget
+from tasks.second_round import pool_name
 from tasks.stage import stage_task
 from tasks.stages import IntruderIds, LabellingIds
 from tasks.toloka_api import Owned, RunRegistry, suites_of
@@ -87,7 +88,7 @@ def setup_labelling_task(
 ) -> LabellingIds:
     """Prefect adapter of `setup_labelling` (cached: a resumed run makes no Toloka call here)."""
     ids = setup_labelling(RunRegistry.connect(target, run_key), bundle, values, skill_name, main_pool_role)
-    get_run_logger().info("labelling objects: %s", ids.describe())
+    get_run_logger().info("labelling objects: %s", ids.describe(pool_name(main_pool_role)))
     return ids
 
 
@@ -104,9 +105,11 @@ def owned_labelling(ids: LabellingIds, main_pool_role: str = MAIN_POOL) -> list[
 
 
 @stage_task(name="upload-hits", code=CODE, toloka=True)
-def upload_hits_task(target: TolokaTarget, run_key: str, pool_id: str, hits: list[list[str]]) -> int:
-    """Upload the HIT plan to the main pool (only the suites it does not hold yet)."""
+def upload_hits_task(
+    target: TolokaTarget, run_key: str, pool_id: str, hits: list[list[str]], role: str = MAIN_POOL
+) -> int:
+    """Upload the HIT plan to the main pool of `role` (only the suites it does not hold yet)."""
     registry = RunRegistry.connect(target, run_key)
     count = registry.ensure_suites("main-suites", pool_id, suites_of(hits), exclusive=True)
-    get_run_logger().info("main pool %s holds the %s planned HITs", pool_id, f"{count:,}")
+    get_run_logger().info("%s %s holds the %s planned HITs", pool_name(role), pool_id, f"{count:,}")
     return count

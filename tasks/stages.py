@@ -183,8 +183,12 @@ class LabellingIds:
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
-    def describe(self) -> str:
-        return named_ids(self.as_dict())
+    def describe(self, main_pool: str = "main pool") -> str:
+        """ "exam project 1, ..., main project 5, main pool 6"; `main_pool` what that pool is called
+        (`tasks.second_round.pool_name`: a second round's is the second-round pool)."""
+        ids = self.as_dict()
+        ids[main_pool] = ids.pop("main_pool")
+        return named_ids(ids)
 
 
 @dataclass(frozen=True)

@@ -1091,6 +1091,14 @@ def test_a_second_round_shows_again_what_only_the_prior_placed(prefect_harness, 
     checks = [log.message for log in logs if log.message.startswith("cost estimate:")]
     assert len(checks) >= 2 and not any("a resumed run" in line for line in checks), checks
     assert checks[-1].endswith("covers (earlier in this run, or by an earlier attempt of it)"), checks
+    # Its setup lines call it what its poll lines do: they read "main pool 7" beside "second-round pool 7".
+    messages = [log.message for log in logs]
+    assert f"second-round pool {done.main_pool} holds the {done.hits} planned HITs" in messages, messages
+    assert any(
+        line.startswith("labelling objects: ") and line.endswith(f", second-round pool {done.main_pool}")
+        for line in messages
+    ), messages
+    assert not any(f"main pool {done.main_pool}" in line for line in messages), messages
 
     again = crowdclust_pipeline(params)
     assert again.second_round == done and len(_objects(params)["pools"]) == 3

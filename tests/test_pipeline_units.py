@@ -602,6 +602,8 @@ def test_the_log_lines_of_the_stages_read_as_sentences():
     """What the UI's log pages print: no dataclass reprs or dicts."""
     ids = LabellingIds("1", "2", "3", "4", "5", "6")
     assert ids.describe() == "exam project 1, training 2, skill 3, exam pool 4, main project 5, main pool 6"
+    second = "exam project 1, training 2, skill 3, exam pool 4, main project 5, second-round pool 6"
+    assert ids.describe("second-round pool") == second
     assert ExamTotals(12, 3, 11).describe() == "12 exams accepted, 3 rejected, 11 skill values set"
     info = AggregationInfo("gomes", 28_000, 400, 2_800, 53, 10, 26, -1.5, n_pairwise_labels=126_000)
     assert info.describe() == (
