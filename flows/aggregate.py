@@ -11,6 +11,7 @@ started on its own, it shows the clusters in its own artifacts (`cluster-galleri
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,10 +91,17 @@ def aggregate_export(
     return result
 
 
-def aggregate_rounds(params: PipelineParams, exports: list[pd.DataFrame], folder: RunFolder) -> Aggregated:
+def aggregate_rounds(
+    params: PipelineParams,
+    exports: list[pd.DataFrame],
+    folder: RunFolder,
+    run_name: Callable[[], str] = by_run_folder,
+) -> Aggregated:
     """Cluster several rounds' accepted answers together (a catalogue's round pools, a run's two rounds).
 
     They are concatenated into the run folder's `all` export first, so what was clustered is on disk.
+    `run_name` names the aggregation's flow run (`flows.run_names.with_second_round` for the one a
+    second round ends with).
     """
     path = folder.write_export(pd.concat(exports, ignore_index=True), "all")
     get_run_logger().info(
@@ -103,7 +111,7 @@ def aggregate_rounds(params: PipelineParams, exports: list[pd.DataFrame], folder
         path,
         hashlib.sha256(path.read_bytes()).hexdigest()[:12],
     )
-    return aggregate_export(
+    return aggregate_export.with_options(flow_run_name=run_name)(
         out_dir=folder.root,
         export=path,
         toloka=params.toloka,

@@ -98,3 +98,11 @@ def by_run_folder() -> str:
     out_dir = flow_run.parameters.get("out_dir")
     folder = Path(str(out_dir)) if out_dir else None
     return folder_run_name(folder) if folder is not None and folder.name else generate_slug(2)
+
+
+def with_second_round() -> str:
+    """`flow_run_name` of the aggregation of a second round with the rounds before it: as
+    `by_run_folder`, then what it clusters. It writes the same folder as the first round's
+    aggregation, and the `run-overview` table listed two identical `crowdclust-aggregate | <name>`
+    rows (the UI's Runs page two runs of one name) that could not be told apart."""
+    return f"{by_run_folder()} with the second round"

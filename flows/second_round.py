@@ -17,6 +17,7 @@ from prefect import get_run_logger
 
 from flows.aggregate import aggregate_rounds
 from flows.labelling import collect_labels
+from flows.run_names import with_second_round
 from tasks import artifacts, budget, results
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
@@ -73,5 +74,5 @@ def second_round(
     short = results.unanswered_hits(export, len(plan.hits), second.ids.main_pool)
     if short is not None:
         artifacts.warn_up(short)
-    combined = aggregate_rounds(params, [*earlier, export], folder)
+    combined = aggregate_rounds(params, [*earlier, export], folder, with_second_round)
     return replace(second, export_path=path, n_assignments=n_assignments(export)), combined

@@ -1150,7 +1150,8 @@ def test_a_catalogue_round_is_followed_by_its_second_round_once(prefect_harness,
     uploaded = failed["suites"][pools[second_role]]
     assert uploaded > 0
 
-    summary = cluster_catalogue(params)
+    resumed_run = cluster_catalogue(params, return_state=True)
+    summary = resumed_run.result()
     done, catalogue = summary.second_round, summary.catalogue
     assert catalogue is not None and catalogue.new_items == 0 and catalogue.round is None
     assert done is not None and params.hits.size <= done.images <= 41, summary
@@ -1169,10 +1170,24 @@ def test_a_catalogue_round_is_followed_by_its_second_round_once(prefect_harness,
     page = (run_dir / "report.html").read_text()
     assert "<h2>Second round</h2>" in page and "<h2>Catalogue</h2>" in page
     assert f"<td>{pools[round_role]}, {pools[second_role]}</td>" in page  # the pools aggregated
+    # The run's overview tells its two aggregations apart: the round's, then both rounds' (it listed
+    # two identical `crowdclust-aggregate | <name>` rows).
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (overview,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["run-overview"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[resumed_run.state_details.flow_run_id]),
+            )
+        )
+    rows = [row for row in str(overview.data).splitlines() if row.startswith("| crowdclust-aggregate |")]
+    names = [re.sub(r"^\[(.*)\]\(.*\)$", r"\1", row.split(" | ")[1]) for row in rows]  # a UI link's text
+    assert len(names) == 2 and names[1] == f"{names[0]} with the second round", rows
 
     # Once more, the file's truth now blank on one row: the dataset's warnings reach the catalogue
     # run's log as a single run's (a catalogue showed none of them).
-    from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogHandler
 
