@@ -67,7 +67,10 @@ def second_round(
         evaluations_behind=evaluations_behind,
         exam_shared=exam_shared,
     )
-    export = results.export_task(params.toloka, second.ids.main_pool, second.wait)
+    # Keyed by the pool's analytics read now, as a catalogue's later runs export it (`aggregate_pools`):
+    # keyed by the wait, the export was made once more by the next run, which has no wait to give.
+    pool = second.ids.main_pool
+    export = results.export_task(params.toloka, pool, results.pool_now_task(params.toloka, pool))
     path = folder.write_export(export, "second")
     if second.wait.stopped:
         raise budget.stopped_run(second.wait.stopped, path)

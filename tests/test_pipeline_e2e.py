@@ -1202,6 +1202,15 @@ def test_a_catalogue_round_is_followed_by_its_second_round_once(prefect_harness,
     assert again.cost.spent == 0 and again.catalogue.round_pools == catalogue.round_pools
     assert again.aggregation.n_assignments == summary.aggregation.n_assignments
     assert len(_objects(params)["pools"]) == 3
+    # Both pools' exports come back Cached: the second round's pool was exported again on every
+    # unchanged run (its first export was keyed by its wait, the later ones by its analytics).
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=this_run)
+    exports = [task.state_name for task in tasks if task.name.startswith("export-results")]
+    assert exports == ["Cached", "Cached"], exports
     APILogHandler().flush()
     one_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
