@@ -405,6 +405,10 @@ class SpendGuard:
     ceiling: float
     price: float  # one assignment of the guarded pool, fee included
     exam_price: float = 0.0  # one exam assignment, fee included (0 when no exam pool is waited)
+    # What the shared exam pool was charged before this run (a catalogue's earlier rounds:
+    # `CostEstimate.exam_paid`). The guard counts it in `limit` and in what the pools charged; the
+    # poll lines count it as spent before the round, as the estimate line does (`left_line`).
+    exam_paid: float = 0.0
 
     @classmethod
     def of(cls, params: PipelineParams, spent_before: float, costs: CostEstimate) -> SpendGuard:
@@ -416,7 +420,25 @@ class SpendGuard:
             ceiling=round(costs.main + costs.exam, 4),
             price=round(params.hits.reward * fee, 6),
             exam_price=round(params.exam.reward * fee, 6),
+            exam_paid=costs.exam_paid,
         )
+
+    def left_line(self, charged: float) -> str:
+        """What a poll line says of the budget: what the stage's pools `charged` (the exam pool's
+        whole charge included) of what is left, and what was spent before the round when anything was.
+
+        The exam pool that earlier rounds paid is spent before the round, not in its charges and
+        not in what is left: a catalogue round read "with the exams $0.36 of the $37.50 left of
+        budget.max_spend" under its estimate line's "exam $0.00 (the exam pool's $0.31 was paid
+        before this run, not spent again) ...; budget $40.00, already spent outside this estimate
+        $2.81", which left $37.19.
+        """
+        left, own = round(self.limit - self.exam_paid, 4), charged - self.exam_paid
+        line = f"; with the exams ${own:,.2f} of the ${left:,.2f} left of budget.max_spend"
+        before = round(self.max_spend - left, 4)
+        if before >= 0.005:
+            line += f" (${self.max_spend:,.2f}, of which ${before:,.2f} was spent before this round)"
+        return line
 
     @classmethod
     def of_intruders(cls, params: PipelineParams, spent_before: float, costs: CostEstimate) -> SpendGuard:

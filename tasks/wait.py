@@ -485,7 +485,7 @@ def wait_labelling_task(
         """The stage's spend against the budget: the main pool's line alone left out the exams, and
         a team lead watching the run saw no total to set against max_spend."""
         total = spend.spent(stats, totals[0].accepted, live.ratio_of(stats)) + exams_before
-        return f"; with the exams ${total:,.2f} of the ${spend.limit:,.2f} left of budget.max_spend"
+        return spend.left_line(total)
 
     key = f"{what.replace(' ', '-')}-progress"
     report = ProgressReporter(key, f"{what} {ids.main_pool}", also=with_exams)

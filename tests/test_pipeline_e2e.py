@@ -1263,7 +1263,8 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
     exam_paid = registry.spent(lambda role: role == "exam-pool")
     assert exam_paid > 0
     roomy = second.model_copy(update={"budget": second.budget.model_copy(update={"max_spend": 1000.0})})
-    grown = cluster_catalogue(roomy)
+    grown_run = cluster_catalogue(roomy, return_state=True)
+    grown = grown_run.result()
     estimate = grown.cost.estimate
     assert estimate is not None and grown.catalogue.new_items == 20
     assert estimate.total < estimate.main + estimate.exam + estimate.intruders
@@ -1278,6 +1279,27 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
     assert f"(estimate ${estimate.total:.2f})" in describe(grown)
     page = (second.run_dir / "report.html").read_text()
     assert html.escape(estimate.describe()) in page and "was paid before this run" in estimate.describe()
+    # Its poll lines count that exam pool as spent before the round, as the estimate line does: they
+    # read "with the exams $0.36 of the $997.66 left" (the $0.31 in both) under "exam $0.00 (the exam
+    # pool's $0.31 was paid before this run, not spent again) ...; already spent outside this estimate".
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    one_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[grown_run.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        lines = [log.message for log in client.read_logs(log_filter=one_run)]
+    polls = [line for line in lines if line.startswith("main pool ") and "% complete" in line]
+    left = re.search(
+        r"; with the exams \$([\d.]+) of the \$([\d,.]+) left of budget.max_spend "
+        r"\(\$1,000.00, of which \$([\d.]+) was spent before this round\)$",
+        polls[-1] if polls else "",
+    )
+    assert left is not None, polls
+    assert float(left[3]) == pytest.approx(spent, abs=0.01)  # round 1's pools, its exams included
+    assert float(left[2].replace(",", "")) == pytest.approx(1000.0 - spent, abs=0.01)
+    assert float(left[1]) <= estimate.main + estimate.exam_due + 0.01  # this round's own charges
 
 
 def test_a_run_folder_cut_short_by_a_kill_is_refused_then_made_whole_by_the_same_command(

@@ -452,6 +452,26 @@ def test_spend_guard_stays_quiet_while_the_plan_fits_and_counts_what_is_in_fligh
     assert later is not None and said in later
 
 
+def test_a_rounds_poll_line_counts_the_exams_earlier_rounds_paid_as_spent_before_it():
+    """A catalogue round whose shared exam pool earlier rounds had paid $0.31 read "with the exams
+    $0.36 of the $37.50 left of budget.max_spend" under its estimate line's "exam $0.00 (the exam
+    pool's $0.31 was paid before this run, not spent again) ...; budget $40.00, already spent
+    outside this estimate $2.81": consistent ($0.05 of $37.19), yet it read as a contradiction."""
+    params = _params(budget={"max_spend": 40.0})
+    costs = CostEstimate(main=0.47, exam=0.31, intruders=1.56, exam_paid=0.31)
+    # The key's other pools (main, second round, intruders) cost $2.50; the exam pool $0.31 more.
+    guard = budget.SpendGuard.of(params, spent_before=2.50, costs=costs)
+    assert guard.limit == 37.50  # the guard's own arithmetic is as it was
+    line = guard.left_line(0.05 + 0.31)  # the round's main pool $0.05, the exam pool's whole charge
+    assert line == (
+        "; with the exams $0.05 of the $37.19 left of budget.max_spend ($40.00, of which $2.81 was spent "
+        "before this round)"
+    )
+    # A first round: nothing spent before it, nothing said of it.
+    first = budget.SpendGuard.of(params, 0.0, CostEstimate(main=0.62, exam=0.31, intruders=1.56))
+    assert first.left_line(0.87) == "; with the exams $0.87 of the $40.00 left of budget.max_spend"
+
+
 def test_price_seen_sets_each_pools_answers_against_the_reward_that_pool_pays(monkeypatch):
     """A catalogue's rounds at $0.02, charged $0.026 an answer (the platform's 30% at fee_rate 0.0),
     then hits.reward raised to $0.03 (or lowered to $0.01): the price seen was read against today's
