@@ -49,7 +49,6 @@ from tasks.stages import (
     RoundState,
     RunSummary,
     SecondRound,
-    shown,
 )
 from tasks.toloka_api import probe
 
@@ -229,17 +228,15 @@ def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSu
         exam=exam_outcome_task(params.toloka, paid.ids, params.exam.min_skill) if paid else None,
     )
     logger.info(
-        "catalogue %s: %s%s%s; %d clusters from %d pool%s, ARI %s, spent $%.2f this run",
+        "catalogue %s: %s%s%s; clusters from %d pool%s",
         key,
         f"round {round_id} labelled ({artifacts.counted(len(new_items), 'new item')})"
         if round_id
         else "no new items",
         "" if second is None else f", a second round of {len(second.plan.coverage.per_item):,} images",
         f", {artifacts.counted(waiting, 'image')} wait for the next run" if waiting else "",
-        summary.clusters,
         len(done_pools),
         "s" * (len(done_pools) != 1),
-        shown(summary.ari),
-        cost.spent,
     )
+    report.log_the_end(summary)  # what a pipeline run's closing lines say
     return summary

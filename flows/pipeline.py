@@ -9,7 +9,7 @@ Entry point for deployments: `flows/pipeline.py:crowdclust_pipeline`.
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
 from flows.aggregate import aggregate_export
 from flows.evaluate import evaluate_clusters
@@ -88,5 +88,5 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         attempts=attempts,
         exam=exam,
     )
-    get_run_logger().info("done: %s", summary.describe())
+    report.log_the_end(summary)
     return summary

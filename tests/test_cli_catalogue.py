@@ -105,7 +105,9 @@ def test_each_run_labels_only_the_images_no_round_has_clustered(tmp_path, prefec
         first = _in_process(config, tmp_path, emu.token, "--catalogue")
         assert first.returncode == 0, first.stderr
         assert "catalogue:          20 images (20 new, labelled in round " in first.stdout, first.stdout
-        assert "clusters from 1 pool, ARI" in first.stderr, first.stderr[-3000:]  # the flow's log line
+        # The flow's closing lines: what the round labelled, then what a pipeline run's say.
+        assert "labelled (20 new items); clusters from 1 pool" in first.stderr, first.stderr[-3000:]
+        assert "- done: " in first.stderr and ", intruder accuracy n/a, cost $" in first.stderr
         assert "Traceback" not in first.stderr, first.stderr[-3000:]
         dataset.write_text("\n".join(lines) + "\n")  # 10 images added
         grown = _in_process(config, tmp_path, emu.token, "--catalogue")

@@ -1302,6 +1302,44 @@ def test_a_catalogue_round_counts_the_earlier_rounds_evaluations_as_spent(prefec
     assert float(left[1]) <= estimate.main + estimate.exam_due + 0.01  # this round's own charges
 
 
+def test_a_catalogue_runs_log_closes_as_a_pipeline_runs_does(prefect_harness, emu, tmp_path):
+    """A catalogue run's log closed on a line of its own (`...; 7 clusters from 1 pool, ARI 0.536,
+    spent $2.07 this run`) without the intruder accuracy of a pipeline run's `done: ...` line, and
+    the aggregation's warnings were only in the aggregation sub-flow's log (report.html and the
+    `run-overview` artifact list them). Each HIT here has a single answer: after what the round
+    labelled, the top-level log closes with a pipeline run's `done:` line, then that warning."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.catalogue import cluster_catalogue
+
+    lines = (ROOT / "configs" / "demo-shoes" / "dataset.tsv").read_text().splitlines()
+    dataset = tmp_path / "catalogue.tsv"
+    dataset.write_text("\n".join(lines[:41]) + "\n")
+    key = f"e2e-catalogue-end-{uuid.uuid4().hex[:6]}"
+    hits = {"hits_per_item": 2, "overlap": 1}
+    params = _params(emu, tmp_path, run_key=key, dataset=str(dataset), hits=hits, intruders={"n_hits": 20})
+    state = cluster_catalogue(params, return_state=True)
+    summary = state.result()
+    assert summary.intruder_accuracy is not None and summary.catalogue.round is not None
+    (single,) = [one for one in summary.aggregation.warnings if "have a single answer" in one]
+    APILogHandler().flush()
+    one_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=one_run, sort=LogSort.TIMESTAMP_ASC)
+    said = [(log.level, log.message) for log in logs if not log.message.startswith("Finished in state")]
+    round_id = summary.catalogue.round
+    labelled = f"catalogue {key}: round {round_id} labelled (40 new items); clusters from 1 pool"
+    assert said[-3:] == [
+        (logging.INFO, labelled),
+        (logging.INFO, f"done: {summary.describe()}"),
+        (logging.WARNING, f"aggregation: {single}"),
+    ], said[-5:]
+    assert f", intruder accuracy {summary.intruder_accuracy:.3f}, " in summary.describe()
+
+
 def test_a_run_folder_cut_short_by_a_kill_is_refused_then_made_whole_by_the_same_command(
     scenario, prefect_harness, emu
 ):
