@@ -13,6 +13,9 @@ stages (`tasks.stage` calls it), whatever its environment. The handler takes onl
 inside a flow or task run: the others have no run to belong to, and Prefect would warn about each.
 It ships what the loggers emit (warnings and above: their level follows the root logger's), so the
 console's output does not change.
+
+`bookkeeping_at_debug` (also called by `tasks.stage`) makes Prefect's `Finished in state Completed()`
+of every task run and sub-flow run a DEBUG line, so the run's log is the stages' own lines.
 """
 
 from __future__ import annotations
@@ -31,6 +34,46 @@ class _InsideARun(logging.Filter):
         from prefect.context import FlowRunContext, TaskRunContext
 
         return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+# Prefect's line for the end of every task run and flow run, e.g. `Finished in state Completed()`,
+# `Finished in state Cached(type=COMPLETED)`, `Finished in state Failed('Task run encountered ...')`.
+FINISHED = "Finished in state "
+DONE = ("Completed(", "Cached(")  # the states whose line is bookkeeping (failures and crashes are not)
+
+
+class _BookkeepingAtDebug(logging.Filter):
+    """Prefect's `Finished in state Completed()` (or `Cached(...)`) of a task run or a sub-flow run
+    is a DEBUG line: dropped unless its logger shows DEBUG (`PREFECT_LOGGING_LEVEL=DEBUG`).
+
+    A catalogue run's log was about one third these lines, one per stage and sub-flow, among the
+    poll lines and the estimate that Prefect's same loggers carry. The task runs' states are on the
+    run's page in the UI. A failed, crashed or cancelled task or flow run keeps its line (a task's
+    at ERROR, a flow's at INFO), and so does the end of the run the user started (a top-level flow
+    run logs it with no flow run around it: the sub-flow's is logged inside its parent's).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext
+
+        message = record.msg if isinstance(record.msg, str) else ""
+        if record.levelno != logging.INFO or not message.startswith(FINISHED):
+            return True
+        if not message[len(FINISHED) :].startswith(DONE):
+            return True
+        if record.name == "prefect.flow_runs" and FlowRunContext.get() is None:  # the top-level run's end
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def bookkeeping_at_debug() -> None:
+    """Prefect's flow and task run loggers log a task run's or a sub-flow run's completion at DEBUG
+    (`_BookkeepingAtDebug`); idempotent."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(found, _BookkeepingAtDebug) for found in logger.filters):
+            logger.addFilter(_BookkeepingAtDebug())
 
 
 def root_run_of_a_subflow() -> str | None:

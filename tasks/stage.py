@@ -34,11 +34,12 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
 from tasks.refusals import quiet_refusals
-from tasks.run_log import ship_library_logs
+from tasks.run_log import bookkeeping_at_debug, ship_library_logs
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ship_library_logs()  # every process that runs stages puts their helpers' warnings in the run's log
+bookkeeping_at_debug()  # and logs a stage's or sub-flow's `Finished in state Completed()` at DEBUG
 quiet_refusals()  # and logs no traceback for a run refused on purpose (`tasks.refusals`)
 
 

@@ -9,6 +9,7 @@ Separate, cheap runs cover the budget guard and the failure hook.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -522,6 +523,64 @@ def test_a_helpers_warning_is_in_the_flow_runs_log_and_one_outside_a_run_is_not_
     assert helper_lines(state.state_details.flow_run_id) == expected  # a top-level run: once
     assert helper_lines(parent.result()) == expected  # the sub-flow's own log
     assert helper_lines(parent.state_details.flow_run_id) == expected  # and the run the user started
+
+
+def test_prefects_line_for_each_finished_stage_and_sub_flow_is_at_debug_and_failures_keep_theirs(
+    prefect_harness, caplog
+):
+    """A catalogue run's log was about one third `Finished in state Completed()`, Prefect's line for
+    every task run and sub-flow run, on the same loggers as the poll lines. They are DEBUG lines now:
+    neither in the run's log (the UI) nor on the console. A failed task or sub-flow keeps its line,
+    and the run the user started still ends with its own."""
+    from prefect import flow, get_client, task
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    import tasks.stage  # noqa: F401  (importing the stages sets the level, as in a worker's process)
+
+    @task(name="bookkeeping-fine", cache_policy=None)
+    def fine() -> int:
+        return 1
+
+    @task(name="bookkeeping-broken", cache_policy=None)
+    def broken() -> None:
+        raise ValueError("broken on purpose")
+
+    @flow(name="bookkeeping-sub-flow")
+    def inner() -> int:
+        return fine()
+
+    @flow(name="bookkeeping-failing-sub-flow")
+    def failing() -> None:
+        raise ValueError("failed on purpose")
+
+    @flow(name="bookkeeping-run")
+    def started_by_the_user() -> list[str]:
+        fine()
+        done = inner(return_state=True)
+        with contextlib.suppress(ValueError):
+            broken()
+        stopped = failing(return_state=True)
+        return [str(sub.state_details.flow_run_id) for sub in (done, stopped)]
+
+    with caplog.at_level(logging.INFO):
+        state = started_by_the_user(return_state=True)
+    runs = [state.state_details.flow_run_id, *state.result()]
+    APILogHandler().flush()
+    one_run_and_its_sub_flows = LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs))
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=one_run_and_its_sub_flows, sort=LogSort.TIMESTAMP_ASC)
+    logged = [(log.level, log.message.split("(")[0]) for log in logs if log.message.startswith("Finished")]
+    on_console = [record for record in caplog.records if str(record.msg).startswith("Finished")]
+    shown = [(record.levelno, record.getMessage().split("(")[0]) for record in on_console]
+    expected = [
+        (logging.ERROR, "Finished in state Failed"),  # the broken task
+        (logging.INFO, "Finished in state Failed"),  # the failing sub-flow
+        (logging.INFO, "Finished in state Completed"),  # the run the user started
+    ]
+    assert logged == expected, logged
+    assert shown == expected, shown
 
 
 def test_a_warning_given_before_a_run_pays_is_in_the_log_of_the_run_the_user_started(prefect_harness):
