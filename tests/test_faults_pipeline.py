@@ -400,7 +400,8 @@ def _until_the_main_pool_opens(emu: Any, key: str, process: subprocess.Popen[str
 
 def _stderr_once_exited(process: subprocess.Popen[str], seconds: float, signalled: str) -> str:
     """`process`'s stderr once it exits; if it has not within `seconds`, fail with that stderr and
-    every thread's stack (`crowdclust.cli` prints them on SIGUSR1), so a hang says where it stands."""
+    every thread's stack (`crowdclust.cli` and `STOPPED_FLOW` print them on SIGUSR1), so a hang says where
+    it stands."""
     try:
         return process.communicate(timeout=seconds)[1]
     except subprocess.TimeoutExpired:
@@ -506,7 +507,9 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_ho
 
 
 STOPPED_FLOW = """
-import sys, time
+import faulthandler, signal, sys, time
+# A hang's SIGUSR1 (`_stderr_once_exited`) prints every thread's stack; it killed a plain `python -c`.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 from prefect import flow
 from flows.hooks import CLOSES_POOLS
 from tasks.params import PipelineParams
