@@ -21,7 +21,6 @@ import logging
 import re
 import ssl
 import sys
-import time
 import uuid
 import warnings
 from collections import Counter
@@ -37,6 +36,7 @@ from pydantic import SecretStr
 
 from tasks import toloka_rate
 from tasks.params import TolokaTarget, endpoint
+from tasks.pause import pause
 from tasks.settings import Settings
 from tasks.stages import PoolStats, RoundState
 
@@ -312,7 +312,7 @@ def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
             _requesters[_slot(target, token)] = digest
             return digest
         if attempt < attempts - 1:
-            time.sleep(min(2.0**attempt, 4.0))
+            pause(min(2.0**attempt, 4.0))
     raise PlatformUnreachable(
         f"cannot reach Toloka at {url} ({type(last).__name__} after {attempts} tries): start it "
         "(`crowdclust emulator` for a local run) or fix toloka.url / --url, then run the same "
@@ -628,7 +628,7 @@ def find_or_create(
             log.warning(
                 "creating %s failed (%s); looking it up before trying again", what, type(exc).__name__
             )
-            time.sleep(min(2.0**attempt, 8.0))
+            pause(min(2.0**attempt, 8.0))
             continue
         except ApiError as exc:  # the platform refused the object: `crowdclust run` says which one
             exc.add_note(f"creating the {what}")

@@ -21,6 +21,7 @@ from tasks.artifacts import ProgressReporter, counted, warn_up
 from tasks.budget import LiveSpend, SpendGuard
 from tasks.exam import GatingState, Staffing, check_staffing, gate_exams
 from tasks.params import TolokaTarget
+from tasks.pause import pause
 from tasks.stage import stage_task
 from tasks.stages import ExamTotals, LabellingIds, LabellingWait, PoolStats
 from tasks.toloka_api import (
@@ -182,7 +183,7 @@ def wait_for_pool(
     on_tick: Callable[[], object] | None = None,
     report: Callable[[PoolStats], None] | None = None,
     guard: Callable[[PoolStats], str | None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = pause,
     needed: int = 0,
 ) -> PoolStats:
     """Poll `pool_id` until it completes. `on_tick` runs every tick and once after completion.
@@ -277,7 +278,7 @@ def wait_guarded(client: TolokaClient, pool_id: str, **options: Any) -> tuple[Po
 
 def _after_stop(client: TolokaClient, pool_id: str, stats: PoolStats, options: dict[str, Any]) -> PoolStats:
     """The pool's figures once the answers in hand at a stop were submitted (or ran out of time)."""
-    left = finish_in_hand(client, pool_id, options["period"], options.get("sleep", time.sleep))
+    left = finish_in_hand(client, pool_id, options["period"], options.get("sleep", pause))
     final = pool_stats(client, pool_id, stats.ticks, stats.elapsed)
     taken = int(final.submitted_assignments_count or 0) - int(stats.submitted_assignments_count or 0)
     if taken or left:
@@ -320,7 +321,7 @@ class PlatformClock:
 
 
 def finish_in_hand(
-    client: TolokaClient, pool_id: str, period: float, sleep: Callable[[float], None] = time.sleep
+    client: TolokaClient, pool_id: str, period: float, sleep: Callable[[float], None] = pause
 ) -> int:
     """Wait until no assignment of a closed, auto-accepted pool is in progress; how many still are.
 
@@ -362,7 +363,7 @@ def drain_exams(
     exam_pool_id: str,
     period: float,
     limit_seconds: float,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = pause,
 ) -> int:
     """Review the exam answers that arrive after the exam pool closed; how many are left.
 

@@ -507,17 +507,18 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_ho
 
 
 STOPPED_FLOW = """
-import faulthandler, signal, sys, time
+import faulthandler, signal, sys
 # A hang's SIGUSR1 (`_stderr_once_exited`) prints every thread's stack; it killed a plain `python -c`.
 faulthandler.register(signal.SIGUSR1, all_threads=True)
 from prefect import flow
 from flows.hooks import CLOSES_POOLS
 from tasks.params import PipelineParams
+from tasks.pause import pause
 
 @flow(name="crowdclust-pipeline", **CLOSES_POOLS)
 def stopped(params: PipelineParams) -> None:
     print("running", flush=True)
-    time.sleep(120)
+    pause(120)  # as the wait sleeps between polls: `time.sleep` slept through a SIGTERM due
 
 stopped(PipelineParams.model_validate_json(sys.argv[1]))
 """
@@ -529,7 +530,12 @@ def test_a_flow_run_process_stopped_from_outside_sends_its_crash_lines_before_it
     """A worker's flow-run process (here one with the pipeline's hooks and no handler of its own)
     stopped by SIGTERM: Prefect marks the run Crashed, runs its hooks, then re-sends itself the
     signal under the default handler and dies without flushing its log queue. The run's page ended
-    at its last poll, without "Crash detected" or the hook's line of what it closed."""
+    at its last poll, without "Crash detected" or the hook's line of what it closed.
+
+    Signalled as its flow falls asleep, when its log and event workers send the run's first lines:
+    with `time.sleep(120)` the process could hang (4 of 44 runs under load; likely the 2 of 3 full
+    suites that hung with another lane order), its SIGTERM noted during a wait for the GIL and
+    handled only after the sleep (`tasks.pause`)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_API_URL

@@ -340,6 +340,60 @@ def test_a_platform_clock_that_stands_still_ends_the_exam_drain(monkeypatch):
     assert left == 4 and now[0] == wait.FROZEN_SECONDS and len(reviews) == 3
 
 
+SLEEPS_THROUGH_A_NOTED_SIGNAL = """
+import _thread, signal, sys, threading, time
+from tasks.pause import pause
+
+class Stopped(BaseException):
+    pass
+
+def stop(*_):
+    raise Stopped
+
+signal.signal(signal.SIGTERM, stop)
+for sleep, seconds in ((time.sleep, 2.0), (pause, 30.0)):
+    # A SIGTERM that lands as the main thread waits for the GIL on its way into a sleep: noted (as
+    # `interrupt_main` notes it), its handler due, the sleep not woken.
+    threading.Timer(0.3, _thread.interrupt_main, args=(signal.SIGTERM,)).start()
+    started = time.monotonic()
+    try:
+        sleep(seconds)
+    except Stopped:
+        pass
+    print(sleep.__name__, round(time.monotonic() - started, 1), flush=True)
+"""
+
+
+def test_a_stop_noted_as_the_wait_falls_asleep_ends_the_wait_within_a_second():
+    """A flow-run process given SIGTERM (`make down`, its worker stopped) as its wait fell asleep
+    for a poll of real Toloka (60 s) slept through it, its handler due (CPython runs it between
+    bytecodes, after the sleep): SIGKILL 15 s later, no crash hook, pools open. The faults test
+    that stops a flow process as it starts to sleep hung so on a loaded machine. The wait's polls
+    and the Toloka retries sleep in one-second slices (`tasks.pause`)."""
+    import inspect
+    import subprocess
+    import sys
+
+    from tasks import toloka_api
+    from tasks.pause import pause
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", SLEEPS_THROUGH_A_NOTED_SIGNAL],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    slept = dict(line.split() for line in done.stdout.splitlines())
+    assert done.returncode == 0 and set(slept) == {"sleep", "pause"}, done.stdout + done.stderr
+    assert float(slept["sleep"]) >= 2.0, slept  # the cause: `time.sleep` is not woken
+    assert float(slept["pause"]) < 2.5, slept  # 0.3 s, then the end of a one-second slice
+    for waits in (wait.wait_for_pool, wait.finish_in_hand, wait.drain_exams):
+        assert inspect.signature(waits).parameters["sleep"].default is pause, waits
+    assert "time.sleep" not in inspect.getsource(toloka_api)
+
+
 @dataclass
 class _Pools:
     """`get_pool` over pools given as id -> (status, last close reason), counting the requests."""
@@ -861,7 +915,7 @@ def test_lost_create_response_is_found_not_created_twice(monkeypatch):
 
     from tasks import toloka_api
 
-    monkeypatch.setattr(toloka_api.time, "sleep", lambda s: None)
+    monkeypatch.setattr(toloka_api, "pause", lambda s: None)
     store: list[str] = []
 
     def create():
