@@ -380,13 +380,15 @@ def test_a_finished_run_run_again_with_other_settings_opens_no_exam(prefect_harn
     from tasks.toloka_api import RunRegistry
 
     key = "money-finished-exam"
-    seats = {"exam": {"expected_workers": 30}}  # free seats left when the main pool completes
+    # Free seats left when the main pool completes: the main pool needs 27 answers; at 30 seats a
+    # suite the exam pool filled all 90 first once, on a loaded machine (the crowd's clock runs on).
+    seats = {"exam": {"expected_workers": 100}, "budget": {"max_spend": 6.0}}  # exam estimate ~$3.90
     with _account(tmp_path, key, monkeypatch, changes=seats, speed=600.0) as (running, params):
         crowdclust_pipeline(params)
         registry = RunRegistry(make_client(running), key)
         spent = registry.spent()
         before = _objects(running, key)["pools"]["exam-pool"]
-        more = params.model_copy(update={"budget": params.budget.model_copy(update={"max_spend": 4.0})})
+        more = params.model_copy(update={"budget": params.budget.model_copy(update={"max_spend": 7.0})})
         summary = crowdclust_pipeline(more)
         after = _objects(running, key)["pools"]["exam-pool"]
         spent_after = registry.spent()
