@@ -883,7 +883,7 @@ class Emulator:
     def _long_candidates(self, kind: str, params: dict[str, str]) -> Any:
         after = params.get("id_gt")
         pool_id = params.get("pool_id")
-        if kind != "user_bonus" and pool_id is not None and "," not in pool_id:
+        if kind != "user_bonus" and pool_id is not None:
             ids = self.store.ids_in_pool(kind, pool_id, after)
             data = self.store.data[kind]
             return (d for d in (data[i] for i in ids) if not d.get("_hidden"))

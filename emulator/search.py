@@ -73,6 +73,9 @@ MAX_LIMITS = {
     "user_restriction": 500,
     "user_skill": 1000,
 }
+# Exact filters that take comma-joined lists (toloka-kit joins a list of statuses with `,`). Any other
+# exact filter matches the whole value: a skill's `name` may itself contain a comma.
+LIST_FILTERS = {"status"}
 # Filters on integers (`overlap=3`, `overlap_gte=2`): compared as numbers, a bound must be one.
 NUMBER_FIELDS = {"overlap"}
 
@@ -172,7 +175,7 @@ def search(
                 raise validation({name: ("INVALID_FORMAT", f"{name} must be {what}")}) from None
             ranges.append((field, suffix[1:], bound))
         else:
-            exact.append((name, set(str(raw).split(","))))
+            exact.append((name, set(str(raw).split(",")) if name in LIST_FILTERS else {str(raw)}))
 
     def keep(doc: dict[str, Any]) -> bool:
         for field, wanted in exact:

@@ -143,6 +143,19 @@ def test_skills_and_user_skills(toloka_client):
     assert len(found) == 1 and found[0].value == 80
 
 
+def test_a_skill_name_with_a_comma_is_found_by_that_name(toloka_client):
+    """`find_skills(name=...)` is an exact match on the whole name: a comma in it is no list separator
+    (only `status` takes comma-joined lists), so a run whose skill name has a comma finds its skill
+    again instead of creating another one on every resume."""
+    tag = uuid.uuid4().hex[:6]
+    whole = toloka_client.create_skill(name=f"Shoes, boots {tag}")
+    toloka_client.create_skill(name="Shoes")
+    toloka_client.create_skill(name=f"boots {tag}")
+    found = toloka_client.find_skills(name=f"Shoes, boots {tag}").items
+    assert [(s.id, s.name) for s in found] == [(whole.id, f"Shoes, boots {tag}")]
+    assert [s.id for s in toloka_client.get_skills(name=f"Shoes, boots {tag}")] == [whole.id]
+
+
 def test_async_and_sync_batch_creates(emulator, toloka_client):
     project = _project(toloka_client)
     pool = _pool(toloka_client, project.id)
