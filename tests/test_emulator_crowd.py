@@ -70,6 +70,22 @@ def test_seed_design_completes_fast_and_closes_itself(seed_run):
     assert client.wait_operation(op).details["value"][0]["result"]["value"] == 100
 
 
+def test_no_worker_is_issued_a_suite_twice(seed_run):
+    """A suite's overlap is answered by that many different workers: a worker who took a suite (and
+    submitted, skipped or ran out of time) is never issued it again, in the exam or the main pool."""
+    design, client = seed_run["design"], seed_run["client"]
+    for role in ("exam", "main"):
+        by_suite = defaultdict(list)
+        for assignment in client.get_assignments(pool_id=design.ids[role]):
+            by_suite[assignment.task_suite_id].append(assignment.user_id)
+        assert by_suite, role
+        repeated = {s: users for s, users in by_suite.items() if len(users) != len(set(users))}
+        assert not repeated, (role, repeated)
+    main = client.get_assignments_df(pool_id=design.ids["main"])
+    per_hit = main.groupby("INPUT:images")["ASSIGNMENT:worker_id"]
+    assert (per_hit.nunique() == per_hit.size()).all() and per_hit.nunique().min() >= 7
+
+
 def test_gating_decides_who_works_on_the_main_pool(seed_run):
     skill_id, workers = seed_run["design"].ids["skill"], seed_run["workers"]
     main_workers = set(seed_run["main"]["ASSIGNMENT:worker_id"])
