@@ -206,6 +206,11 @@ def search(
                     break
     else:
         page = [doc for doc in docs if keep(doc)]
+        # Ties keep the order of `docs` (creation order), reversed under a descending time field:
+        # creation times on Toloka increase strictly, simulated ones repeat (speed 0, or one
+        # millisecond), and `sort=-created&limit=1` must still answer the newest object.
+        if sort[0].startswith("-") and sort[0].lstrip("-") in TIME_FIELDS:
+            page.reverse()
         for field in reversed(sort):
             name = field.lstrip("-")
             page.sort(

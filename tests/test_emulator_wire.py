@@ -70,6 +70,22 @@ def test_requester_and_projects(toloka_client):
         toloka_client.get_project("987654")
 
 
+def test_newest_first_also_on_a_frozen_clock(emulator_factory):
+    """`sort=-created` lists the newest object first even when objects share a timestamp (speed 0,
+    or several creates in one simulated millisecond): ties are in id order, the sort's direction, as
+    Toloka's strictly increasing creation times give. `find_projects(sort=['-created'], limit=1)`
+    is how a notebook finds its newest project."""
+    with emulator_factory(speed=0) as emu:
+        client = make_client(emu)
+        projects = [_project(client, name=f"frozen-{i}") for i in range(3)]
+        assert len({p.created for p in projects}) == 1
+        newest = client.find_projects(status="ACTIVE", sort=["-created"], limit=1)
+        assert [p.id for p in newest.items] == [projects[-1].id] and newest.has_more
+        listed = client.find_projects(sort=["-created"]).items
+        assert [p.id for p in listed] == [p.id for p in reversed(projects)]
+        assert [p.id for p in client.find_projects(sort=["created"]).items] == [p.id for p in projects]
+
+
 def test_paging_follows_id_gt(emulator, toloka_client):
     for i in range(3):
         _project(toloka_client, name=f"page-{i}")
