@@ -162,11 +162,23 @@ def group_images(seed: int, worker: dict[str, Any], items: list[Item], suite_id:
     """A grouping answer `[{"group": g}, ...]`: groups numbered by first appearance, at most 10."""
     keys = [grouping_key(seed, worker, item, f"{suite_id}/{pos}") for pos, item in enumerate(items)]
     numbers: dict[str, int] = {}
-    for key in keys:
+    for key, item in zip(keys, items, strict=True):
         if key not in numbers:
-            # Beyond 10 distinct groups the worker runs out of colours and merges into an existing one.
-            numbers[key] = len(numbers) + 1 if len(numbers) < MAX_GROUPS else stable_int(key) % MAX_GROUPS + 1
+            # Beyond 10 distinct groups the worker runs out of colours and merges into the closest one.
+            numbers[key] = len(numbers) + 1 if len(numbers) < MAX_GROUPS else _closest(key, item, numbers)
     return [{"group": numbers[key]} for key in keys]
+
+
+def _closest(key: str, item: Item, numbers: dict[str, int]) -> int:
+    """The group a worker out of colours puts `item` (grouped by `key`) into: one of the same style
+    (a splitter's `style/colour` keys), else one of a style the item is confused with (nearest
+    first), else one picked by a hash of the key."""
+    style = key.split("/", 1)[0]
+    for closer in (style, *item.confusions):
+        for other, number in numbers.items():
+            if other.split("/", 1)[0] == closer:
+                return number
+    return stable_int(key) % MAX_GROUPS + 1
 
 
 def pick_intruder(seed: int, worker: dict[str, Any], items: list[Item], suite_id: str) -> int:

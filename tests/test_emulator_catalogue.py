@@ -188,3 +188,28 @@ def test_digit_confusions_follow_visual_similarity():
     for digit in "0123456789":
         per = sorted((v for k, v in mistakes.items() if k[0] == digit), reverse=True)
         assert sum(per[:2]) >= 0.45 * sum(per)  # the two closest look-alikes; uniform noise would give ~0.22
+
+
+def test_beyond_ten_groups_a_worker_merges_into_the_closest_group():
+    """Out of colours (10 groups), a worker puts a new kind of image with the group it is most like:
+    a splitter's new colour of a style goes with that style, a new style with a style it is confused
+    with, never into an unrelated group picked at random."""
+    from emulator.catalogues import Item
+    from emulator.workers import group_images
+
+    workers = population(0, 100)
+    diligent = next(w for w in workers if w["type"] == "diligent") | {"error_rate": 0.0}
+    splitter = next(w for w in workers if w["type"] == "splitter") | {"error_rate": 0.0}
+    styles = [f"style{i}" for i in range(12)]
+    items = [Item(f"/x/{s}.png", s, "red") for s in styles[:10]]
+    items += [
+        Item("/x/style10.png", "style10", "red", confusions=("style3",)),
+        Item("/x/style11.png", "style11", "red", confusions=("style7", "style1")),
+    ]
+    groups = [g["group"] for g in group_images(0, diligent, items, "suite")]
+    assert groups[:10] == list(range(1, 11)) and groups[10:] == [4, 8]
+
+    split = [Item(f"/y/{s}.png", s, "red") for s in styles[:10]]
+    split += [Item("/y/style5-blue.png", "style5", "blue"), Item("/y/style2-green.png", "style2", "green")]
+    groups = [g["group"] for g in group_images(0, splitter, split, "suite")]
+    assert groups[:10] == list(range(1, 11)) and groups[10:] == [6, 3]
