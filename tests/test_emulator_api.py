@@ -6,6 +6,7 @@ import datetime as dt
 import threading
 import uuid
 import warnings
+from collections import Counter
 from decimal import Decimal
 from typing import Any
 
@@ -1038,3 +1039,48 @@ def test_a_completed_pool_opened_again_closes_again(emu, client):
     emu.advance(400)
     again = client.get_pool(pool.id)
     assert (again.status.value, again.last_close_reason.value) == ("CLOSED", "COMPLETED")
+
+
+def test_a_golden_set_rule_restricts_the_workers_who_miss_the_gold(emu, client):
+    """GOLDEN_SET (correct answers on control tasks): workers whose rate falls below the rule's bound
+    are restricted from the pool, which catches the spammers (a quarter right on four labels) and
+    leaves the diligent workers (a few percent wrong) alone."""
+    labels = ["a", "b", "c", "d"]
+    rule = restriction_rule(
+        {"type": "GOLDEN_SET", "parameters": {"history_size": 10}},
+        [
+            {"key": "total_answers_count", "operator": "GTE", "value": 4},
+            {"key": "correct_answers_rate", "operator": "LT", "value": 50},
+        ],
+        "POOL",
+        1,
+        "DAYS",
+    )
+    pool = _pool(
+        client,
+        _classification_project(emu, "golden", labels)["id"],
+        mixer_config={"real_tasks_count": 1, "golden_tasks_count": 2, "training_tasks_count": 0},
+        quality_control={"configs": [rule]},
+    )
+    real = [
+        toloka.Task(pool_id=pool.id, input_values={"image": f"https://x.org/g{k}.png"}, overlap=3)
+        for k in range(60)
+    ]
+    gold = [
+        toloka.Task(
+            pool_id=pool.id,
+            input_values={"image": f"https://x.org/gold{k}.png"},
+            known_solutions=[toloka.task.BaseTask.KnownSolution(output_values={"label": labels[k % 4]})],
+            overlap=1,
+        )
+        for k in range(16)
+    ]
+    client.create_tasks([*real, *gold])
+    client.open_pool(pool.id)
+    _wait_closed(emu, client, pool.id)
+    types = {w["id"]: w["type"] for w in emu.workers()}
+    restricted = {r.user_id for r in client.get_user_restrictions(pool_id=pool.id)}
+    workers = {a.user_id for a in client.get_assignments(pool_id=pool.id)}
+    kinds, worked = Counter(types[w] for w in restricted), Counter(types[w] for w in workers)
+    assert restricted <= workers and kinds["spammer"] >= 2, (kinds, worked)
+    assert kinds["spammer"] >= worked["spammer"] / 2 and kinds["diligent"] <= worked["diligent"] / 10
