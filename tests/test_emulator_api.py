@@ -1084,3 +1084,32 @@ def test_a_golden_set_rule_restricts_the_workers_who_miss_the_gold(emu, client):
     kinds, worked = Counter(types[w] for w in restricted), Counter(types[w] for w in workers)
     assert restricted <= workers and kinds["spammer"] >= 2, (kinds, worked)
     assert kinds["spammer"] >= worked["spammer"] / 2 and kinds["diligent"] <= worked["diligent"] / 10
+
+
+def test_an_unsupported_collector_is_kept_and_named_in_the_log(emu, client, caplog, monkeypatch):
+    """A pool config copied from a real project may use a collector the crowd does not simulate
+    (CAPTCHA): the pool is created and answered as sent, its rules are ignored, the pool is worked
+    to completion, and the emulator's log names the collector."""
+    from emulator import qc
+
+    monkeypatch.setattr(qc, "_unsupported", set())  # logged once per process: start afresh
+    captcha = restriction_rule(
+        {"type": "CAPTCHA", "parameters": {"history_size": 5}},
+        [{"key": "success_rate", "operator": "LT", "value": 60}],
+        "POOL",
+        1,
+        "DAYS",
+    )
+    pool = _pool(client, _project(client).id, quality_control={"configs": [captcha]})
+    assert client.get_pool(pool.id).quality_control.configs[0].collector_config.type.value == "CAPTCHA"
+    suites = [
+        toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu, 3, k)})])
+        for k in range(3)
+    ]
+    client.create_task_suites(suites, allow_defaults=True)
+    with caplog.at_level("WARNING", logger="emulator.qc"):
+        client.open_pool(pool.id)
+        closed = _wait_closed(emu, client, pool.id)
+    assert closed.last_close_reason.value == "COMPLETED"
+    assert len(list(client.get_assignments(pool_id=pool.id, status="ACCEPTED"))) == 6
+    assert any("collector CAPTCHA is not supported" in r.getMessage() for r in caplog.records)
