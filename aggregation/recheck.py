@@ -45,12 +45,16 @@ UNANCHORED_WARNING = 0.25
 
 def percent(share: float) -> str:
     """A share as a whole percentage; a share above 0 that rounds to 0 is "<1%" (one image of
-    a thousand read "(0%)").
+    a thousand read "(0%)", and so did 10 of 2,000: 0.5% rounds to even), one below 1 that rounds
+    to 100 is ">99%".
 
-    >>> percent(0.0004), percent(0.0), percent(0.256)
-    ('<1%', '0%', '26%')
+    >>> percent(0.0004), percent(0.005), percent(0.0), percent(0.256), percent(0.996), percent(1.0)
+    ('<1%', '<1%', '0%', '26%', '>99%', '100%')
     """
-    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+    text = f"{share:.0%}"
+    if share > 0 and text == "0%":
+        return "<1%"
+    return ">99%" if share < 1 and text == "100%" else text
 
 
 @dataclass(frozen=True)

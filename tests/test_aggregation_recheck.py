@@ -16,6 +16,7 @@ from aggregation import (
     generate_crowd,
 )
 from aggregation.pieces import linked_pieces
+from aggregation.recheck import percent
 
 
 def _pieces(a, b, labels):
@@ -103,3 +104,10 @@ def test_the_baselines_recheck_line_names_its_linkage_not_a_prior():
         recheck = find_recheck(model.fit(crowd.labels), crowd.labels)
         assert recheck.placed_by == placed and len(recheck.table), recheck.summary()
         assert f"({recheck.share:.0%}) {recheck.placed_by} (" in recheck.summary()
+
+
+def test_a_share_of_the_images_is_never_printed_as_none_or_all_of_them():
+    """Two rounds of 2,000 images left 10 to show again, and the recheck line read "10 images (0%)":
+    0.5% rounds to even. A share above 0 reads "<1%", one below 1 never "100%"."""
+    shares = (10 / 2000, 1 / 1000, 0.0, 0.256, 1995 / 2000, 1.0)
+    assert [percent(share) for share in shares] == ["<1%", "<1%", "0%", "26%", ">99%", "100%"]
