@@ -514,9 +514,28 @@ def test_the_workers_who_agree_no_better_than_chance_are_counted_and_listed_firs
     assert set(kinds[flagged]) <= {"spammer", "colour", "splitter"} and kinds[~flagged].ne("spammer").all()
     assert workers["informedness"].is_monotonic_increasing  # the ones to block first
     line = next(line for line in done.stdout.splitlines() if line.startswith("workers"))
-    assert f"({int(flagged.sum())} of them agree with the clusters no better than chance" in line
+    finer = flagged & (workers["specificity"] >= 0.95) & (workers["sensitivity"] >= 0.05)
+    assert set(kinds[finer]) <= {"splitter"}  # counted apart: see the next test
+    assert f"({int((flagged & ~finer).sum())} of them agree with the clusters no better than chance" in line
     answered = crowd.labels[["task", "worker"]].drop_duplicates()["worker"].value_counts()
     assert workers.set_index("worker")["answers"].to_dict() == answered.to_dict()
+
+
+def test_workers_who_split_the_clusters_finer_are_not_called_chance(tmp_path):
+    """A third of the crowd split each style by colour: they never put two styles together
+    (specificity 1.00) but put only ~1 in 6 pairs of a style together, so their informedness is
+    ~0.17, and the workers line read "39 of them agree with the clusters no better than chance":
+    a third of a careful crowd, listed as the spammers to block. Now they are counted apart."""
+    crowd = generate_crowd(300, 8, seed=0, shares={"diligent": 0.67, "splitter": 0.33})
+    crowd.write_export(tmp_path / "e.tsv")
+    done = _run([tmp_path / "e.tsv", "-o", tmp_path / "c.csv", "--workers-output", tmp_path / "w.csv"])
+    assert done.returncode == 0, done.stderr
+    workers = pd.read_csv(tmp_path / "w.csv")
+    low = workers[workers["informedness"] < 0.2]
+    assert len(low) and set(low["worker"].map(crowd.workers["type"])) == {"splitter"}
+    line = next(line for line in done.stdout.splitlines() if line.startswith("workers"))
+    assert "no better than chance" not in line, line
+    assert f"({len(low)} of them split the clusters finer but hardly ever join two (" in line, line
 
 
 def test_a_worker_at_exactly_the_threshold_is_not_counted_below_it():

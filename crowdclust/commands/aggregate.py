@@ -26,6 +26,11 @@ DISSENT_WARNING = 0.25
 # Below this informedness (sensitivity + specificity - 1) a worker agrees with the clusters little
 # better than chance: a spammer scores about 0, a colour-sorting worker too, a careful one about 0.9.
 UNINFORMED = 0.2
+# Of those, a worker who hardly ever puts two clusters' images together (specificity at least this)
+# and still puts some of one cluster's together (sensitivity at least FINER_SENSITIVITY) splits the
+# clusters finer, by style and colour say: a grouping, not chance, and not a spammer to block.
+FINER_SPECIFICITY = 0.95
+FINER_SENSITIVITY = 0.05
 # Above this share of the items moved by --min-cluster-size, say so: the option merges clusters
 # whatever the evidence, and at 700 on 10,000 images it left one cluster of 93% moved items.
 DISSOLVED_WARNING = 0.25
@@ -367,7 +372,11 @@ def aggregate(
     # The model's table has them already (as `n_labels`, next to its embedding's columns).
     fitted = getattr(model, "worker_params_", None)
     quality = worker_quality(model.pairs_, clusters.to_numpy()) if fitted is None else fitted
-    uninformed = int((quality["informedness"] < UNINFORMED).sum())
+    low = quality["informedness"] < UNINFORMED
+    finer = (
+        low & (quality["specificity"] >= FINER_SPECIFICITY) & (quality["sensitivity"] >= FINER_SENSITIVITY)
+    )
+    uninformed, splitting = int((low & ~finer).sum()), int(finer.sum())
     if workers_output is not None:
         _write_workers(quality, answers_per_worker(model.pairs_), dissent, workers_output)
     notes = [f"{singles:,} of them a single item"] if singles else []
@@ -383,13 +392,7 @@ def aggregate(
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size:,}",
-        f"workers     {model.pairs_.n_workers:,}"
-        + (
-            f" ({uninformed:,} of them agree with the clusters no better than chance: informedness "
-            f"< {UNINFORMED}{'' if workers_output else '; --workers-output lists them'})"
-            if uninformed
-            else ""
-        ),
+        f"workers     {model.pairs_.n_workers:,}{_workers_note(uninformed, splitting, workers_output)}",
         f"labels      {model.pairs_.n_labels:,} pairwise",
         f"assignments {model.pairs_.n_assignments:,} ({len(labels):,} item labels)",
         f"clusters    {model.n_clusters_:,}" + (f" ({'; '.join(notes)})" if notes else ""),
@@ -491,6 +494,30 @@ def _read_exports(exports: list[Path], lenient: bool, read_export, format_error)
     if len(tables) > 1 and unanswered:
         unanswered -= set(labels["item"].unique())
     return labels, problems, sorted(unanswered)
+
+
+def _workers_note(uninformed: int, splitting: int, workers_output: Path | None) -> str:
+    """The workers line's note: those who agree with the clusters no better than chance, and apart
+    from them those whose informedness is as low because they split the clusters finer.
+
+    A third of a crowd splitting each style by colour (specificity 1.00, sensitivity ~0.17) read
+    "39 of them agree with the clusters no better than chance": a list of spammers to block.
+    """
+    notes = []
+    if uninformed:
+        notes.append(
+            f"{uninformed:,} of them agree with the clusters no better than chance: "
+            f"informedness < {UNINFORMED}"
+        )
+    if splitting:
+        notes.append(
+            f"{splitting:,} {'more' if uninformed else 'of them'} split the clusters finer but hardly ever "
+            f"join two (informedness < {UNINFORMED}, specificity >= {FINER_SPECIFICITY}): a finer grouping, "
+            "such as style and colour, not chance"
+        )
+    if not notes:
+        return ""
+    return f" ({'; '.join(notes)}{'' if workers_output else '; --workers-output lists them'})"
 
 
 def _dissent_line(dissent, method: Method) -> str:
