@@ -487,6 +487,20 @@ def test_an_export_without_task_ids_reads_its_hits_by_their_images(export, tmp_p
     assert kept[0] == kept[1] and any(line.startswith("recheck") and "answers" in line for line in kept[0])
 
 
+def test_only_the_clusters_go_to_standard_output(tmp_path, export, monkeypatch):
+    """`--workers-output -` (as `-o -`) wrote a file named "-" in the working directory, and with
+    `--recheck-output -` too the second replaced the first, exit code 0 and nothing said."""
+    monkeypatch.chdir(tmp_path)
+    for option in ("--workers-output", "--recheck-output", "--dissent-output", "--unanswered-output"):
+        done = _run([export / "export.tsv", "-o", "-", option, "-"])
+        assert done.returncode == 2, done.stderr
+        assert (
+            done.stderr
+            == f"error: {option} -: only -o writes to standard output; give {option} a file path\n"
+        )
+        assert not (tmp_path / "-").exists() and "item,cluster" not in done.stdout  # refused before the fit
+
+
 def test_an_unwritable_output_is_refused_before_the_fit_and_no_stale_camp_is_left(tmp_path, export):
     done = _run([export / "export.tsv", "-o", tmp_path])
     assert done.returncode == 2 and done.stderr == f"error: cannot write {tmp_path}: it is a directory\n"

@@ -295,6 +295,11 @@ def aggregate(
         ("--workers-output", workers_output),
         ("--unanswered-output", unanswered_output),
     ]
+    for option, path in outputs[1:]:
+        # Only -o writes to standard output: the others wrote a file named "-" in the working
+        # directory, two of them the same one, the second over the first.
+        if path is not None and str(path) == "-":
+            _fail(f"{option} -: only -o writes to standard output; give {option} a file path")
     inputs = [("the export", path) for path in exports] + ([("the truth file", truth)] if truth else [])
     _check_distinct(inputs, outputs)
     _check_writable([path for _, path in outputs])
