@@ -29,6 +29,36 @@ NO_ZSTANDARD = (
 )
 
 
+# The first bytes of each compressed format pandas reads, its name and the ending that makes pandas
+# decompress it. A gzip export saved as `.tsv` (a browser keeping the server's compressed bytes, a
+# rename) was called UTF-16, with advice to convert it with iconv.
+MAGIC = (
+    (b"\x1f\x8b", "gzip", ".gz"),
+    (b"\xfd7zXZ\x00", "xz", ".xz"),
+    (b"PK\x03\x04", "zip", ".zip"),
+    (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
+)
+
+
+def compressed(path: Path, data: bytes) -> str | None:
+    """Why `data` (the file's bytes, decompressed by its name) is not text, when it is compressed:
+    what to do instead; None when it is not compressed data."""
+    found = [(codec, ending) for magic, codec, ending in MAGIC if data.startswith(magic)]
+    if data[:3] == b"BZh" and data[4:10] == b"1AY&SY":  # bzip2: "BZh", block size, block magic
+        found = [("bzip2", ".bz2")]
+    if not found:
+        return None
+    codec, ending = found[0]
+    if path.name.lower().endswith(ending):
+        return f"it is {codec}-compressed twice over: decompress it once and read the result"
+    if ending == ".zst":
+        return f"it is {codec}-compressed: decompress it first (zstd -d)"
+    return (
+        f"it is {codec}-compressed, but its name does not end in {ending}: rename it "
+        f"{path.name}{ending} (then it is read decompressed) or decompress it first"
+    )
+
+
 def convert_to_utf8(source: str, layout: str) -> str:
     """How to make the file readable: a conversion that keeps its separators. Excel has no UTF-8
     tab-separated format of its own ('CSV UTF-8' separates by commas, and 'Text (Tab delimited)'
@@ -60,6 +90,9 @@ def not_utf8(path: Path, what: str, layout: str = "tab-separated") -> str:
     """Why a file that failed to decode is not UTF-8, by line, and how to convert it: the usual
     causes are a spreadsheet's "Unicode Text" (UTF-16) or a save as Latin-1 / Windows-1252."""
     data = _decompressed(path)
+    packed = compressed(path, data)
+    if packed is not None:
+        return f"not text: {packed}"
     start = _first_non_utf8(data)
     if start is None:
         return "not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): " + convert_to_utf8(
@@ -81,7 +114,7 @@ def export_not_utf8(path: Path) -> str:
 
     data = _decompressed(path)
     start = _first_non_utf8(data)
-    if start is None or start < 0:
+    if start is None or start < 0 or compressed(path, data) is not None:
         return "export file is " + not_utf8(path, "export")
     line = data.count(b"\n", 0, start) + 1
     where = f"line {line}"

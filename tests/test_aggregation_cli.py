@@ -443,6 +443,41 @@ def test_compressed_files_are_read_and_a_cut_one_is_one_error_line(export, tmp_p
     )
 
 
+def test_a_compressed_file_under_a_plain_name_is_called_compressed_not_utf16(export, tmp_path):
+    """A gzip export saved as `.tsv` (a browser keeping the server's compressed bytes, a rename)
+    stopped with "export file is not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode
+    Text'): ... convert it to UTF-8, e.g. with `iconv -f UTF-16 -t UTF-8`", which cannot help."""
+    import bz2
+    import gzip
+    import lzma
+
+    export_bytes, truth_bytes = (export / "export.tsv").read_bytes(), (export / "truth.csv").read_bytes()
+    for codec, pack, ending in (
+        ("gzip", gzip.compress, ".gz"),
+        ("bzip2", bz2.compress, ".bz2"),
+        ("xz", lzma.compress, ".xz"),
+    ):
+        (tmp_path / "e.tsv").write_bytes(pack(export_bytes))
+        done = _run([tmp_path / "e.tsv", "-o", tmp_path / "c.csv"])
+        assert done.returncode == 2 and done.stderr == (
+            f"error: {tmp_path / 'e.tsv'}: export file is not text: it is {codec}-compressed, but its "
+            f"name does not end in {ending}: rename it e.tsv{ending} (then it is read decompressed) or "
+            "decompress it first\n"
+        )
+    (tmp_path / "t.csv").write_bytes(gzip.compress(truth_bytes))
+    done = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--truth", tmp_path / "t.csv"])
+    assert (
+        done.returncode == 2
+        and "not text: it is gzip-compressed, but its name does not end in .gz" in done.stderr
+    )
+    assert "UTF-16" not in done.stderr
+    (tmp_path / "twice.tsv.gz").write_bytes(gzip.compress(gzip.compress(export_bytes)))
+    done = _run([tmp_path / "twice.tsv.gz", "-o", tmp_path / "c.csv"])
+    assert done.returncode == 2 and done.stderr.endswith(
+        "it is gzip-compressed twice over: decompress it once and read the result\n"
+    )
+
+
 def test_a_zst_file_is_read_or_refused_in_one_error_line(export, tmp_path):
     """pandas reads `.zst` only with the `zstandard` package, which the lock does not hold: a `.zst`
     export or truth file ended the command in an ImportError traceback (exit 1)."""
