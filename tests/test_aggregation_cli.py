@@ -657,8 +657,15 @@ def test_images_no_answer_is_left_for_are_named_and_written(export, tmp_path):
     assert "; --unanswered-output writes them all." in partial.stderr
     assert (
         "truth       40 items in common; 42 clustered without a class in the truth file; "
-        "1 of its items not clustered" in partial.stdout
+        "1 of its items not clustered (1 not in the export)" in partial.stdout
     )
+    # The truth file's items outside the clusters, said apart: never shown, or shown without an
+    # answer ("4 of its items not clustered" read as if the command had dropped them).
+    with_new = pd.concat([truth, pd.DataFrame({"item": ["NEW1", "NEW2", "ELSEWHERE"], "class": [0, 0, 0]})])
+    with_new.to_csv(tmp_path / "more.csv", index=False)
+    both = _run([tmp_path / "e.tsv", "-o", tmp_path / "c.csv", "--lenient", "--truth", tmp_path / "more.csv"])
+    assert both.returncode == 0, both.stderr
+    assert "; 3 of its items not clustered (1 not in the export, 2 with no answer left)\n" in both.stdout
 
 
 def test_an_image_under_two_spellings_of_its_url_is_warned_of_naming_both(export, tmp_path):

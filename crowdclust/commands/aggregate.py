@@ -415,10 +415,11 @@ def aggregate(
     if truth_series is not None:
         scores = clustering_scores(clusters, truth_series)
         untrue = int((~clusters.index.isin(truth_series.index)).sum())
-        unclustered = int((~truth_series.index.isin(clusters.index)).sum())
+        outside = truth_series.index[~truth_series.index.isin(clusters.index)]
         lines.append(
             f"truth       {_n(int(scores.pop('n_items')), 'item')} in common; {untrue:,} clustered "
-            f"without a class in the truth file; {unclustered:,} of its items not clustered"
+            f"without a class in the truth file; {len(outside):,} of its items not clustered"
+            + _unclustered_why(outside, unanswered, exported)
         )
         calibration = confidence_scores(clusters, model.confidence_, truth_series)
         scores |= {f"confidence_{name}": value for name, value in calibration.items()}
@@ -499,6 +500,20 @@ def _read_exports(exports: list[Path], lenient: bool, read_export, format_error)
     if len(tables) > 1 and unanswered:
         unanswered -= set(labels["item"].unique())
     return labels, problems, sorted(unanswered)
+
+
+def _unclustered_why(outside: pd.Index, unanswered: list[str], exported: str) -> str:
+    """Why the truth file's items outside the clusters are: never shown, or shown without an answer.
+
+    "7 of its items not clustered" read as if the command had dropped them; 35-image HITs drawn at
+    random had never shown those 7 images.
+    """
+    if not len(outside):
+        return ""
+    left = int(outside.isin(unanswered).sum())
+    why = [f"{len(outside) - left:,} not in {exported}"] if len(outside) > left else []
+    why += [f"{left:,} with no answer left"] if left else []
+    return f" ({', '.join(why)})"
 
 
 def _workers_note(uninformed: int, splitting: int, workers_output: Path | None) -> str:
