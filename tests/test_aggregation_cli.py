@@ -339,8 +339,24 @@ def test_hits_of_one_answer_each_are_reported(tmp_path, export):
     done = _run([tmp_path / "once.tsv", "-o", tmp_path / "c.csv"])
     assert done.returncode == 0, done.stderr
     assert "warning: 100% of the HITs have a single answer: nothing checks it" in done.stderr
+    assert "cannot be told from chance" not in done.stderr  # diligent workers: 1,000+ comparisons
     checked = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])  # the demo's overlap 7
     assert "single answer" not in checked.stderr
+
+
+def test_agreement_unmeasured_for_hits_answered_once_points_at_the_overlap(tmp_path):
+    """Workers whose agreement cannot be told from chance on HITs answered once: a tester's 3,000
+    images in queries of 3-5 (558 comparisons, kappa 0.12) were told to check the interface and the
+    crowd, when the design left the agreement unmeasured. Spammers answering once show it here."""
+    crowd = generate_crowd(
+        120, 6, seed=0, design="sized", hit_size=(3, 5), n_hits=400, overlap=1, spammer_share=1.0
+    )
+    crowd.write_export(tmp_path / "once.tsv")
+    done = _run([tmp_path / "once.tsv", "-o", tmp_path / "c.csv"])
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "from chance" in line]
+    assert line.startswith("warning: the workers' agreement with one another cannot be told from chance")
+    assert "more answers per HIT (the overlap) first" in line and "Check that the task's" not in line
 
 
 def test_a_crowd_whose_workers_agree_only_by_chance_is_warned_of(tmp_path, export):
