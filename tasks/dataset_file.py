@@ -71,6 +71,22 @@ def save_as_utf8(source: str, path: Path) -> str:
     )
 
 
+# The first bytes of files a dataset is sometimes mistaken for: a workbook (.xlsx and .ods are zip
+# archives, .xls an OLE2 file) or a compressed TSV. Each read as "not UTF-8, Latin-1 perhaps", with
+# advice to convert it with iconv, which cannot help. (`crowdclust aggregate`'s reader of exports
+# has its own list, `aggregation.unreadable.MAGIC`: this module imports nothing of the project.)
+SAVE_AS_TEXT = (
+    "save the sheet as tab-separated UTF-8 text (Excel: 'Text (Tab delimited)', then convert it to "
+    "UTF-8; LibreOffice: 'Text CSV' with a tab separator and UTF-8)"
+)
+NOT_TEXT = (
+    (b"PK\x03\x04", "a zip archive (an .xlsx or .ods workbook is one)", SAVE_AS_TEXT),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Excel workbook (.xls)", SAVE_AS_TEXT),
+    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip)"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first (unxz)"),
+)
+
+
 def read_text(path: Path) -> str:
     """The file's text, without the byte-order mark a UTF-8 file may start with.
 
@@ -78,6 +94,9 @@ def read_text(path: Path) -> str:
     raised a bare `UnicodeDecodeError` on Excel's "Unicode text" export (UTF-16) or a Latin-1 file.
     """
     data = path.read_bytes()
+    for magic, what, fix in NOT_TEXT:
+        if data.startswith(magic):
+            raise DatasetError(f"{path}: not text: it is {what}, and a dataset is tab-separated text: {fix}")
     if data.startswith(UTF16_BOMS):
         raise DatasetError(
             f"{path}: not UTF-8 text: it starts with a UTF-16 byte-order mark, so it looks like UTF-16 "

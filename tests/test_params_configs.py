@@ -107,6 +107,25 @@ def test_a_dataset_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
     assert load_params(DEMO, {"dataset": str(path)}).resolved_run_key  # keyed by its bytes, no error
 
 
+def test_a_workbook_or_a_compressed_file_given_as_the_dataset_is_called_what_it_is(tmp_path):
+    """`dataset:` pointed at the workbook (an .xlsx is a zip archive) or at a gzip'd TSV was told
+    `not UTF-8 text (... Latin-1 or Windows-1252, perhaps)` and to convert it with iconv."""
+    import gzip
+    import zipfile
+
+    text = "image\tclass\nhttp://x/a.png\tboot\n"
+    workbook = tmp_path / "dataset.xlsx"
+    with zipfile.ZipFile(workbook, "w") as archive:
+        archive.writestr("xl/worksheets/sheet1.xml", text)
+    with pytest.raises(DatasetError, match=r"dataset.xlsx: not text: it is a zip archive \(an .xlsx") as xlsx:
+        load_dataset(workbook)
+    assert "save the sheet as tab-separated UTF-8 text" in str(xlsx.value) and "iconv" not in str(xlsx.value)
+    packed = tmp_path / "dataset.tsv"
+    packed.write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(DatasetError, match=r"dataset.tsv: not text: it is gzip-compressed, .*\(gunzip\)"):
+        load_dataset(packed)
+
+
 def test_a_dataset_with_a_byte_order_mark_keeps_its_truth(tmp_path):
     path = tmp_path / "dataset.tsv"
     path.write_bytes("\ufeffimage\tclass\nhttp://x/a.png\tboot\nhttp://x/b.png\tshoe\n".encode("utf-8"))
