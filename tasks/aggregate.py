@@ -86,6 +86,5 @@ def aggregate_task(export: pd.DataFrame, params: AggregationParams, seed: int) -
         logger.info("images to show again: %s", result.info.recheck)
     if result.info.dissent is not None:
         logger.warning("workers who group another way: %s", result.info.dissent)
-    for warning in result.info.warnings:
-        logger.warning("aggregation: %s", warning)
+    result.info.log_warnings(logger)
     return result

@@ -506,8 +506,7 @@ def log_the_end(summary: RunSummary) -> None:
 
     logger = get_run_logger()
     logger.info("done: %s", summary.describe())
-    for warning in summary.aggregation.warnings:
-        logger.warning("aggregation: %s", warning)  # as `tasks.aggregate.aggregate_task` says it
+    summary.aggregation.log_warnings(logger)
 
 
 # How often a running stage's seconds are written to `attempts.json`: what a kill -9 loses at most

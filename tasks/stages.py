@@ -290,6 +290,12 @@ class AggregationInfo:
     # `crowdclust aggregate` prints them; the log and report.html show them.
     warnings: tuple[str, ...] = ()
 
+    def log_warnings(self, logger: Any) -> None:
+        """Each warning the clusters come with, one line apiece, as the aggregation stage and a run's
+        closing lines both say them."""
+        for warning in self.warnings:
+            logger.warning("aggregation: %s", warning)
+
     def describe(self) -> str:
         """The aggregation in a sentence, for the logs (the camp and the recheck list follow it)."""
         # 0 or None: no embedding was fitted (the baseline; catalogues above `embedding_max_items`).
