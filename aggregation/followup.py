@@ -17,15 +17,28 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-__all__ = ["ANCHORS_PER_HIT", "count_hits", "plan"]
+__all__ = ["ANCHORS_PER_HIT", "count_hits", "fills_a_hit", "listed_per_hit", "plan"]
 
 # Images of the clusters' linked pieces added to every HIT of a second round.
 ANCHORS_PER_HIT = 2
 
 
-def _core(hit_size: int, anchors_per_hit: int) -> int:
+def listed_per_hit(hit_size: int, anchors_per_hit: int = ANCHORS_PER_HIT) -> int:
     """Listed images per HIT of a second round: the rest of the HIT holds its anchors."""
     return max(2, hit_size - anchors_per_hit)
+
+
+def fills_a_hit(n_images: int, hit_size: int, anchors_per_hit: int = ANCHORS_PER_HIT) -> bool:
+    """Whether `n_images` listed images fill a HIT of `hit_size` beside its anchors: fewer make no
+    round (the pipeline's second round, the budget's estimate and the recheck line agree on it).
+
+    The recheck line said "too few to fill a HIT of 10" of 8 or 9 listed images, which with the 2
+    anchors fill one.
+
+    >>> fills_a_hit(8, hit_size=10), fills_a_hit(7, hit_size=10)
+    (True, False)
+    """
+    return n_images >= listed_per_hit(hit_size, anchors_per_hit)
 
 
 def count_hits(
@@ -38,7 +51,11 @@ def count_hits(
     >>> count_hits(143, hit_size=10, hits_per_item=10)
     180
     """
-    return hits_per_item * math.ceil(n_images / _core(hit_size, anchors_per_hit)) if n_images >= 2 else 0
+    return (
+        hits_per_item * math.ceil(n_images / listed_per_hit(hit_size, anchors_per_hit))
+        if n_images >= 2
+        else 0
+    )
 
 
 def plan(
@@ -68,7 +85,7 @@ def plan(
     (`x` is the only anchor of cluster 0, so a HIT of `a` and `b` gets just one.)
     """
     listed = np.asarray(sorted(recheck["item"]))
-    core = _core(hit_size, anchors_per_hit)
+    core = listed_per_hit(hit_size, anchors_per_hit)
     if len(listed) < 2:
         return []
     rng = np.random.default_rng([seed, len(listed)])

@@ -22,7 +22,7 @@ from tasks import artifacts, budget, results
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
-from tasks.second_round import SECOND_ROUND_POOL, make_plan, pick_images
+from tasks.second_round import SECOND_ROUND_POOL, make_plan, pick_images, too_few
 from tasks.stages import Aggregated, Labelled
 
 
@@ -52,7 +52,7 @@ def second_round(
     listed = 0 if aggregated.recheck is None else len(aggregated.recheck)
     n_items = int(aggregated.clusters.size)
     if not images:
-        logger.info("second round: none (%d images listed, fewer than a HIT of %d)", listed, params.hits.size)
+        logger.info("second round: none (%s)", too_few(listed, params, share_of))
         return None
     logger.info(
         "second round: %s of the %s images listed (of %s)", f"{len(images):,}", f"{listed:,}", f"{n_items:,}"

@@ -361,7 +361,7 @@ def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
     )
     n_hits = budget.planned_hits(n_items, params)
     again = second_round_images(params, n_items)
-    if again >= params.hits.size:  # as `followup.plan` will plan them: listed images and anchors
+    if followup.fills_a_hit(again, params.hits.size):  # as `pick_images` and `followup.plan` do
         n_hits += followup.count_hits(again, params.hits.size, params.hits.hits_per_item)
     costs = budget.estimate_labelling(params, bundle, n_hits)
     budget.check_budget(costs, params.budget.max_spend)

@@ -41,7 +41,7 @@ def most_images(params: PipelineParams, n_items: int) -> int:
 def pick_images(recheck: pd.DataFrame | None, params: PipelineParams, n_items: int) -> list[str]:
     """The images to show again, sorted: the listed ones, the least confident first up to the cap.
 
-    Fewer than a HIT's worth give no round (an empty list).
+    Fewer than fill a HIT beside its anchors (`followup.fills_a_hit`) give no round (an empty list).
 
     >>> confidence = [0.9, 0.2, 0.9, 0.4]
     >>> table = pd.DataFrame({"item": list("abcd"), "cluster": [0, 0, 1, 1], "confidence": confidence})
@@ -51,10 +51,34 @@ def pick_images(recheck: pd.DataFrame | None, params: PipelineParams, n_items: i
     ['b', 'd', 'a']
     """
     most = most_images(params, n_items)
-    if recheck is None or most < params.hits.size:
+    if recheck is None or not followup.fills_a_hit(most, params.hits.size):
         return []
     chosen = recheck.sort_values(["confidence", "item"], kind="mergesort").head(most)["item"].tolist()
-    return chosen if len(chosen) >= params.hits.size else []
+    return chosen if followup.fills_a_hit(len(chosen), params.hits.size) else []
+
+
+def too_few(listed: int, params: PipelineParams, n_items: int) -> str:
+    """Why `listed` images of `n_items` give no second round, for its log line: too few listed, or
+    too few under the cap `hits.second_round_share` puts on them.
+
+    >>> from tasks.params import HitParams
+    >>> too_few(7, PipelineParams.model_construct(hits=HitParams(size=10, second_round_share=0.5)), 82)
+    '7 images listed, fewer than the 8 a HIT of 10 holds beside its 2 anchors'
+    >>> capped = PipelineParams.model_construct(hits=HitParams(size=10, second_round_share=0.05))
+    >>> too_few(30, capped, 82).split(", fewer")[0]
+    '30 images listed, at most 4 shown again (hits.second_round_share 0.05)'
+    """
+    size = params.hits.size
+    most = most_images(params, n_items)
+    capped = (
+        f", at most {most:,} shown again (hits.second_round_share {params.hits.second_round_share:g})"
+        if most < listed
+        else ""
+    )
+    return (
+        f"{listed:,} images listed{capped}, fewer than the {followup.listed_per_hit(size)} a HIT of "
+        f"{size} holds beside its {followup.ANCHORS_PER_HIT} anchors"
+    )
 
 
 def make_plan(images: list[str], clusters: pd.Series, params: PipelineParams) -> HitPlan:

@@ -67,6 +67,24 @@ def test_state_after_a_round_counts_its_pool_as_completed():
     assert [e.pool_id for e in fresh] == ["p1", "p3"] and fresh[1].completed
 
 
+def test_images_that_fill_a_hit_beside_its_anchors_make_a_second_round():
+    """8 listed images and 2 anchors fill a HIT of 10: the round, its estimate and the recheck
+    line all called 8 or 9 images too few for a HIT of 10."""
+    import pandas as pd
+
+    from aggregation import followup
+    from tasks.params import HitParams, PipelineParams
+    from tasks.second_round import pick_images
+
+    params = PipelineParams.model_construct(hits=HitParams(size=10, second_round_share=0.5))
+    for listed, shown in ((8, 8), (9, 9), (7, 0)):
+        table = pd.DataFrame({"item": [f"i{k}" for k in range(listed)], "cluster": 0, "confidence": 0.3})
+        assert len(pick_images(table, params, 82)) == shown
+    clusters = pd.Series([0] * 8 + [0, 0, 1], index=[f"i{k}" for k in range(8)] + ["a", "b", "c"])
+    hits = followup.plan(pd.DataFrame({"item": [f"i{k}" for k in range(8)]}), clusters, 10, 1, seed=0)
+    assert [len(hit) for hit in hits] == [10]
+
+
 @pytest.mark.parametrize("module", ["tasks.rounds", "tasks.second_round"])
 def test_doctests(module):
     """Which round a second round follows, how many items a round brought, which images it shows."""
