@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
+
+from tests.fixtures.cli import refused
 
 CLI = Path(sys.executable).with_name("crowdclust")
 
@@ -81,13 +82,10 @@ def test_token_comes_from_a_private_file_or_the_environment(tmp_path, monkeypatc
 
 
 def _refused(args: list[str]) -> str:
-    """Run `crowdclust emulator ARGS` in-process; check it stopped as bad input (exit 2, no traceback)
-    and return the message on one line (typer draws it in a box, wrapped at the terminal's width)."""
-    from crowdclust.commands.emulator import app
-
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
-    assert result.exit_code == 2, (result.exception, result.output)  # an exception would give 1
-    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+    """`crowdclust emulator ARGS` refused as bad input: one `error:` line, exit 2 (no traceback)."""
+    said = refused("emulator", *args)
+    assert "(usage: crowdclust emulator [OPTIONS] COMMAND [ARGS]...;" in said
+    return said
 
 
 @pytest.fixture
