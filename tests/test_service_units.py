@@ -447,3 +447,18 @@ def test_the_service_emulator_can_be_given_a_catalogue_of_ones_own(tmp_path: Pat
     finally:
         running.kill()
         running.wait()
+
+
+def test_an_unknown_profile_is_refused_in_one_line_naming_the_option_and_its_variable(tmp_path: Path):
+    """`service up --profile bogus` said `Invalid value: profile must be ...` in a box; the value can
+    come from CROWDCLUST_PROFILE too, so both are named. Nothing is started: the state folder stays
+    empty."""
+    from tests.fixtures.cli import refused
+
+    state = tmp_path / "state"
+    said = refused("service", "up", "--state-dir", str(state), "--profile", "bogus")
+    assert said.startswith(
+        "error: Invalid value for --profile / CROWDCLUST_PROFILE: must be sqlite or postgres, not 'bogus' "
+        "(usage: crowdclust service up [OPTIONS];"
+    ), said
+    assert not state.exists() or not any(state.iterdir())

@@ -145,7 +145,9 @@ def up(
     from crowdclust import service
 
     if profile is not None and profile not in ("sqlite", "postgres"):
-        raise typer.BadParameter(f"profile must be sqlite or postgres, not {profile!r}")
+        raise typer.BadParameter(
+            f"must be sqlite or postgres, not {profile!r}", param_hint="--profile / CROWDCLUST_PROFILE"
+        )
     cfg = _config(
         state_dir,
         server_port=server_port,
