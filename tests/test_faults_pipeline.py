@@ -113,7 +113,7 @@ def _spent(emu: Any, key: str) -> float:
 @pytest.fixture
 def short_backoff(monkeypatch):
     """toloka-kit waits 2, 4, 8 s before its retries (`backoff_factor=2`): under 30% faults the
-    end-to-end test took 100 s, 62 s with this, most of it sleeping while the suite's other waiting
+    end-to-end test took 100 s, 62-69 s with this, most of it sleeping while the suite's other waiting
     lanes left a core idle. The faults, the retries and what they cost are what is tested, not how
     long the client sleeps between them: 0.05 s, 0.1 s, ..."""
     import toloka.client
