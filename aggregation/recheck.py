@@ -31,8 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from aggregation import followup
 from aggregation.design import ObservedDesign, design_for, implied_styles, memory_note, observed_design
-from aggregation.followup import ANCHORS_PER_HIT, count_hits, fills_a_hit, listed_per_hit
+from aggregation.followup import ANCHORS_PER_HIT, count_hits
 from aggregation.pairs import together_partners
 
 __all__ = ["RECHECK_CONFIDENCE", "UNANCHORED_WARNING", "Recheck", "find_recheck"]
@@ -91,7 +92,7 @@ class Recheck:
     @property
     def fills_a_hit(self) -> bool:
         """Whether the listed images fill a HIT of this design beside its anchors (`followup.plan`)."""
-        return fills_a_hit(len(self.table), round(self.design.hit_size))
+        return followup.fills_a_hit(len(self.table), round(self.design.hit_size))
 
     @property
     def unanchored(self) -> int:
@@ -159,10 +160,9 @@ class Recheck:
         )
         if not self.fills_a_hit:
             hit_size = round(self.design.hit_size)
-            return (
-                f"{line}; too few to fill a HIT of {hit_size} ({listed_per_hit(hit_size)} images beside "
-                f"its {ANCHORS_PER_HIT} anchors)"
-            )
+            listed = followup.listed_per_hit(hit_size)
+            anchors = f"{listed} images beside its {ANCHORS_PER_HIT} anchors"
+            return f"{line}; too few to fill a HIT of {hit_size} ({anchors})"
         if not self.partners.any():  # anchors tie pieces to clusters only if the workers join images
             return f"{line}; no round would help: most workers put no two images together"
         more = f"~{self.round_answers:,} answers (+{self.round_answers / self.answered:.0%})"

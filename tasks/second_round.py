@@ -50,11 +50,10 @@ def pick_images(recheck: pd.DataFrame | None, params: PipelineParams, n_items: i
     >>> pick_images(table, params, 10)
     ['b', 'd', 'a']
     """
-    most = most_images(params, n_items)
-    if recheck is None or not followup.fills_a_hit(most, params.hits.size):
+    if recheck is None:
         return []
-    chosen = recheck.sort_values(["confidence", "item"], kind="mergesort").head(most)["item"].tolist()
-    return chosen if followup.fills_a_hit(len(chosen), params.hits.size) else []
+    chosen = recheck.sort_values(["confidence", "item"], kind="mergesort").head(most_images(params, n_items))
+    return chosen["item"].tolist() if followup.fills_a_hit(len(chosen), params.hits.size) else []
 
 
 def too_few(listed: int, params: PipelineParams, n_items: int) -> str:

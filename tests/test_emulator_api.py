@@ -763,26 +763,36 @@ def test_slow_workers_expire_and_some_skip_unpaid(emu, client):
     assert skippers and skippers <= restricted
 
 
+def _real_and_golden(
+    pool_id: str, prefix: str, n_real: int, overlap: int, golden_labels: list[str]
+) -> list[toloka.Task]:
+    """`n_real` tasks of made-up images answered `overlap` times, then one golden task (overlap 1)
+    per label of `golden_labels`, whose known answer it is."""
+    real = [
+        toloka.Task(
+            pool_id=pool_id, input_values={"image": f"https://x.org/{prefix}{k}.png"}, overlap=overlap
+        )
+        for k in range(n_real)
+    ]
+    golden = [
+        toloka.Task(
+            pool_id=pool_id,
+            input_values={"image": f"https://x.org/{prefix}-gold{k}.png"},
+            known_solutions=[toloka.task.BaseTask.KnownSolution(output_values={"label": label})],
+            overlap=1,
+        )
+        for k, label in enumerate(golden_labels)
+    ]
+    return [*real, *golden]
+
+
 def test_a_task_pool_issues_suites_by_its_mixer_config(emu, client):
     """4 real + 1 golden per suite: one assignment (and one charge) per suite, golden not counted as real."""
     labels = ["cat", "dog"]
     project = _classification_project(emu, "mixed", labels)
     mixer = {"real_tasks_count": 4, "golden_tasks_count": 1, "training_tasks_count": 0}
     pool = _pool(client, project["id"], mixer_config=mixer)
-    real = [
-        toloka.Task(pool_id=pool.id, input_values={"image": f"https://x.org/{k}.png"}, overlap=1)
-        for k in range(8)
-    ]
-    gold = [
-        toloka.Task(
-            pool_id=pool.id,
-            input_values={"image": f"https://x.org/gold-{k}.png"},
-            known_solutions=[toloka.task.BaseTask.KnownSolution(output_values={"label": "dog"})],
-            overlap=1,
-        )
-        for k in range(2)
-    ]
-    client.create_tasks([*real, *gold])
+    client.create_tasks(_real_and_golden(pool.id, "mixed", 8, 1, ["dog", "dog"]))
     client.open_pool(pool.id)
     _wait_closed(emu, client, pool.id)
     accepted = list(client.get_assignments(pool_id=pool.id, status="ACCEPTED"))
@@ -1062,20 +1072,7 @@ def test_a_golden_set_rule_restricts_the_workers_who_miss_the_gold(emu, client):
         mixer_config={"real_tasks_count": 1, "golden_tasks_count": 2, "training_tasks_count": 0},
         quality_control={"configs": [rule]},
     )
-    real = [
-        toloka.Task(pool_id=pool.id, input_values={"image": f"https://x.org/g{k}.png"}, overlap=3)
-        for k in range(60)
-    ]
-    gold = [
-        toloka.Task(
-            pool_id=pool.id,
-            input_values={"image": f"https://x.org/gold{k}.png"},
-            known_solutions=[toloka.task.BaseTask.KnownSolution(output_values={"label": labels[k % 4]})],
-            overlap=1,
-        )
-        for k in range(16)
-    ]
-    client.create_tasks([*real, *gold])
+    client.create_tasks(_real_and_golden(pool.id, "golden", 60, 3, [labels[k % 4] for k in range(16)]))
     client.open_pool(pool.id)
     _wait_closed(emu, client, pool.id)
     types = {w["id"]: w["type"] for w in emu.workers()}
