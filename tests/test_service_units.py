@@ -269,6 +269,45 @@ def test_a_port_another_process_holds_is_refused_in_one_line_before_anything_sta
     assert read_pid(cfg, "files") is None
 
 
+def test_a_server_of_another_service_on_a_port_is_refused_not_taken_for_its_own(tmp_path):
+    """`up` took whatever answered a component's health URL for its own: with another checkout's
+    emulator on CROWDCLUST_EMULATOR_PORT it said `emulator: already running`, wrote a token that
+    emulator never read, and every deployment run failed on it. What answers without this service's
+    pid file naming it is now refused in one line; the same port with its own live pid is still
+    `already running`."""
+    import http.server
+    import os
+    import threading
+    from dataclasses import replace
+
+    import pytest
+
+    from crowdclust.service import supervisor
+    from crowdclust.service.processes import StartupFailed, free_port, pid_file
+
+    stranger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    port = stranger.server_address[1]
+    cfg = ServiceConfig(state_dir=tmp_path / ".service", runs_dir=tmp_path / "runs", files_port=port)
+    cfg.state_dir.mkdir()
+    said: list[str] = []
+    try:
+        # `up` refuses it before it starts anything (here: the server and the emulator on free ports).
+        with pytest.raises(StartupFailed, match=f"files: port {port} on 127.0.0.1 answers, but not"):
+            supervisor.up(replace(cfg, server_port=free_port(), emulator_port=free_port()), say=said.append)
+        assert not list(cfg.state_dir.glob("*.pid")) and not cfg.settings_file.exists()
+        with pytest.raises(StartupFailed) as error:
+            supervisor.start(cfg, "files", say=said.append)
+        pid_file(cfg, "files").write_text(f"{os.getpid()}\n")  # as if this service had started it
+        supervisor.start(cfg, "files", say=said.append)
+    finally:
+        stranger.shutdown()
+        stranger.server_close()
+    assert str(error.value).startswith(f"files: port {port} on 127.0.0.1 answers, but not as this service's")
+    assert str(error.value).endswith("give the service another port with CROWDCLUST_FILES_PORT=PORT")
+    assert said == ["files: already running"]
+
+
 def test_the_deployer_stops_waiting_for_the_server_when_up_is_gone(tmp_path: Path):
     """A deployer whose `up` was stopped while the server started waited 180 s for a server nobody
     would start; it now ends at once, saying why. Run as `up` runs it, with `--parent` a process

@@ -36,6 +36,7 @@ from crowdclust.service.processes import (
     children,
     log_file,
     parent_pid,
+    pid_file,
     port_taken,
     read_pid,
     runs_of,
@@ -140,6 +141,7 @@ def start(cfg: ServiceConfig, name: str, say: Say = print) -> None:
     """Start the server, the emulator or the file server unless it already answers; wait until it does."""
     health = cfg.health_url(name)
     if answers(health):
+        _refuse_a_stranger(cfg, name)
         say(f"{name}: already running")
         return
     if name == "server" and cfg.server_url:
@@ -173,6 +175,35 @@ def _refuse_a_taken_port(cfg: ServiceConfig, name: str) -> None:
             f"{name}: port {port} on {cfg.host} is taken by another process (`ss -ltnp 'sport = :{port}'` "
             f"shows which): stop it, or give the service another port with {variable}=PORT"
         )
+
+
+def _refuse_a_stranger(cfg: ServiceConfig, name: str) -> None:
+    """One line when what answers on the component's port is not the process this service started.
+
+    `up` took anything that answered the health URL for its own: with another checkout's (or another
+    user's) emulator on CROWDCLUST_EMULATOR_PORT it said nothing, wrote a new token the emulator never
+    read, and every run of the deployments failed on that token; a Prefect server there got this
+    service's deployments and workers.
+    """
+    if read_pid(cfg, name) is not None:
+        return
+    attribute, variable = PORT_SETTINGS[name]
+    port = getattr(cfg, attribute)
+    raise StartupFailed(
+        f"{name}: port {port} on {cfg.host} answers, but not as this service's {name} "
+        f"({pid_file(cfg, name)} names no running process): another service, a checkout's or another "
+        f"user's, or one started by hand (`ss -ltnp 'sport = :{port}'` shows which): stop it, or give "
+        f"the service another port with {variable}=PORT"
+    )
+
+
+def _refuse_a_port_not_ours(cfg: ServiceConfig, name: str) -> None:
+    """Both refusals of `start`, for every component before `up` starts any: refused by the
+    emulator's port, `up` had already started the server and the file server, and left them up."""
+    if answers(cfg.health_url(name)):
+        _refuse_a_stranger(cfg, name)
+    else:
+        _refuse_a_taken_port(cfg, name)
 
 
 def stop(cfg: ServiceConfig, name: str, say: Say = print) -> None:
@@ -369,6 +400,8 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
     cfg = cfg or load()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     _refuse_moving_a_running_service(cfg)
+    for name in ["emulator", "files"] + ([] if cfg.server_url else ["server"]):
+        _refuse_a_port_not_ours(cfg, name)  # every port before anything starts
     cfg.remember()
     _token(cfg)
     seconds: dict[str, float] = {}
