@@ -281,7 +281,9 @@ def test_a_server_of_another_service_on_a_port_is_refused_not_taken_for_its_own(
     from dataclasses import replace
 
     import pytest
+    from typer.testing import CliRunner
 
+    from crowdclust.cli import app
     from crowdclust.service import supervisor
     from crowdclust.service.processes import StartupFailed, free_port, pid_file
 
@@ -298,14 +300,21 @@ def test_a_server_of_another_service_on_a_port_is_refused_not_taken_for_its_own(
         assert not list(cfg.state_dir.glob("*.pid")) and not cfg.settings_file.exists()
         with pytest.raises(StartupFailed) as error:
             supervisor.start(cfg, "files", say=said.append)
+        # `make status` said `files: running` for it.
+        replace(cfg, server_port=free_port(), emulator_port=free_port()).remember()
+        status = ["service", "status", "--state-dir", str(cfg.state_dir)]
+        shown = CliRunner().invoke(app, status).output
         pid_file(cfg, "files").write_text(f"{os.getpid()}\n")  # as if this service had started it
         supervisor.start(cfg, "files", say=said.append)
+        shown_ours = CliRunner().invoke(app, status).output
     finally:
         stranger.shutdown()
         stranger.server_close()
     assert str(error.value).startswith(f"files: port {port} on 127.0.0.1 answers, but not as this service's")
     assert str(error.value).endswith("give the service another port with CROWDCLUST_FILES_PORT=PORT")
     assert said == ["files: already running"]
+    assert f"files: not running; port {port} answers, but not as this service's files" in shown, shown
+    assert "server: stopped" in shown and "files: running" in shown_ours, (shown, shown_ours)
 
 
 def test_the_deployer_stops_waiting_for_the_server_when_up_is_gone(tmp_path: Path):

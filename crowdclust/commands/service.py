@@ -186,7 +186,14 @@ def status(state_dir: StateDir = None) -> None:
     from crowdclust import service
 
     cfg = _config(state_dir)
+    strangers = service.strangers(cfg)
     for name, running in service.status(cfg).items():
+        if name in strangers:
+            typer.echo(
+                f"{name}: not running; port {strangers[name]} answers, but not as this service's {name} "
+                "(another checkout's or another user's service?): `up` refuses the port"
+            )
+            continue
         typer.echo(f"{name}: {'running' if running else 'stopped'}")
     for name, pids in service.left_running(cfg).items():
         shown = ", ".join(map(str, pids))

@@ -10,6 +10,17 @@ project. Modules: `config` (settings, remembered in the folder), `processes` (sp
 
 from crowdclust.service.config import ServiceConfig, load
 from crowdclust.service.processes import bin_path
-from crowdclust.service.supervisor import down, left_running, start, status, stop, up
+from crowdclust.service.supervisor import down, left_running, start, status, stop, strangers, up
 
-__all__ = ["ServiceConfig", "bin_path", "down", "left_running", "load", "start", "status", "stop", "up"]
+__all__ = [
+    "ServiceConfig",
+    "bin_path",
+    "down",
+    "left_running",
+    "load",
+    "start",
+    "status",
+    "stop",
+    "strangers",
+    "up",
+]

@@ -475,6 +475,18 @@ def status(cfg: ServiceConfig | None = None) -> dict[str, bool]:
     return parts
 
 
+def strangers(cfg: ServiceConfig) -> dict[str, int]:
+    """The parts whose port answers without this service's pid file naming a running process
+    (another checkout's or another user's service, on the same ports), name -> port: `status` said
+    `running` for them, and `up` refuses them (`_refuse_a_stranger`)."""
+    names = ["emulator", "files"] + ([] if cfg.server_url else ["server"])
+    return {
+        name: getattr(cfg, PORT_SETTINGS[name][0])
+        for name in names
+        if read_pid(cfg, name) is None and answers(cfg.health_url(name))
+    }
+
+
 def _all_worker_names(cfg: ServiceConfig) -> list[str]:
     """The workers the settings ask for and those with a pid file (an earlier `up` may have had more)."""
     return sorted({*_worker_names(cfg), *(f"worker-{i}" for i in range(1, cfg.workers + 1))})
