@@ -295,8 +295,13 @@ def test_a_server_of_another_service_on_a_port_is_refused_not_taken_for_its_own(
     said: list[str] = []
     try:
         # `up` refuses it before it starts anything (here: the server and the emulator on free ports).
-        with pytest.raises(StartupFailed, match=f"files: port {port} on 127.0.0.1 answers, but not"):
-            supervisor.up(replace(cfg, server_port=free_port(), emulator_port=free_port()), say=said.append)
+        elsewhere = replace(cfg, server_port=free_port(), emulator_port=free_port())
+        try:
+            with pytest.raises(StartupFailed, match=f"files: port {port} on 127.0.0.1 answers, but not"):
+                supervisor.up(elsewhere, say=said.append)
+        finally:
+            if list(cfg.state_dir.glob("*.pid")):  # an `up` that was not refused started a service
+                supervisor.down(elsewhere, say=lambda _: None)
         assert not list(cfg.state_dir.glob("*.pid")) and not cfg.settings_file.exists()
         with pytest.raises(StartupFailed) as error:
             supervisor.start(cfg, "files", say=said.append)
