@@ -281,11 +281,10 @@ def test_a_server_of_another_service_on_a_port_is_refused_not_taken_for_its_own(
     from dataclasses import replace
 
     import pytest
-    from typer.testing import CliRunner
 
-    from crowdclust.cli import app
     from crowdclust.service import supervisor
     from crowdclust.service.processes import StartupFailed, free_port, pid_file
+    from tests.fixtures.cli import invoke
 
     stranger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=stranger.serve_forever, daemon=True).start()
@@ -308,10 +307,10 @@ def test_a_server_of_another_service_on_a_port_is_refused_not_taken_for_its_own(
         # `make status` said `files: running` for it.
         replace(cfg, server_port=free_port(), emulator_port=free_port()).remember()
         status = ["service", "status", "--state-dir", str(cfg.state_dir)]
-        shown = CliRunner().invoke(app, status).output
+        shown = invoke(*status).stdout
         pid_file(cfg, "files").write_text(f"{os.getpid()}\n")  # as if this service had started it
         supervisor.start(cfg, "files", say=said.append)
-        shown_ours = CliRunner().invoke(app, status).output
+        shown_ours = invoke(*status).stdout
     finally:
         stranger.shutdown()
         stranger.server_close()
