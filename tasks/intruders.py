@@ -183,8 +183,18 @@ def per_image(result: Evaluation, clusters: pd.Series) -> Evaluation:
     return replace(result, image_accuracy=float(accuracy), images_hosted=hosted)
 
 
+CHART_WIDTH_INCHES = 8.0  # at 100 dpi 800 px: the Prefect UI's artifact pane is ~845 px in a 1,400 px window
+BAR_INCHES = 0.6  # per host cluster along the cluster axis: room for the cluster's id under its bar
+
+
 def bar_chart(result: Evaluation, path: Path) -> Path | None:
-    """A PNG bar chart of accuracy per host cluster (None when there is nothing to draw)."""
+    """A PNG bar chart of accuracy per host cluster (None when there is nothing to draw).
+
+    Upright bars while they fit CHART_WIDTH_INCHES, else one bar a row, the chart growing down. The
+    Prefect UI shrinks an artifact's image to its pane, and with a bar per cluster a 79-cluster run
+    drew a 3,260-pixel chart that the `intruder-chart` page showed at a quarter of its size: ids,
+    axis and the overall accuracy's legend 3-4 pixels high. A page scrolls down, not sideways.
+    """
     if not result.per_cluster or result.accuracy is None:
         return None
     import matplotlib
@@ -193,16 +203,31 @@ def bar_chart(result: Evaluation, path: Path) -> Path | None:
     from matplotlib import pyplot as plt
 
     data = result.per_cluster
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(data) + 2), 3.2))
-    ax.bar([str(d.cluster) for d in data], [d.accuracy for d in data], color="#3f7fbf")
-    ax.axhline(result.accuracy, color="#d04020", linestyle="--", label=f"overall {result.accuracy:.2f}")
-    ax.set_ylim(0, 1.12)  # a line at 1.0 stays clear of the frame (at 1.05 the two merged)
-    ax.set_xlabel("host cluster")
-    ax.set_ylabel("intruder accuracy")
+    names, values = [str(d.cluster) for d in data], [d.accuracy for d in data]
+    overall = {"color": "#d04020", "linestyle": "--", "label": f"overall {result.accuracy:.2f}"}
+    upright = BAR_INCHES * len(data) + 2 <= CHART_WIDTH_INCHES
+    if upright:
+        fig, ax = plt.subplots(figsize=(max(4, BAR_INCHES * len(data) + 2), 3.2))
+        ax.bar(names, values, color="#3f7fbf")
+        ax.axhline(result.accuracy, **overall)
+        ax.set_ylim(0, 1.12)  # a line at 1.0 stays clear of the frame (at 1.05 the two merged)
+        ax.set_xlabel("host cluster")
+        ax.set_ylabel("intruder accuracy")
+    else:
+        fig, ax = plt.subplots(figsize=(CHART_WIDTH_INCHES, 0.22 * len(data) + 1.2))
+        ax.barh(names, values, color="#3f7fbf")
+        ax.axvline(result.accuracy, **overall)
+        ax.set_xlim(0, 1.12)
+        ax.set_ylim(len(data) - 0.4, -0.6)  # the first cluster on top, as the tables list them
+        ax.set_ylabel("host cluster")
+        ax.set_xlabel("intruder accuracy")
+        ax.tick_params(axis="x", top=True, labeltop=True)  # the scale in sight at either end
     # Above the bars, not on them: inside the axes the legend hid the last bars' tops.
     ax.legend(
         loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small", borderaxespad=0.2
     )
+    if not upright:  # above the top axis' labels, which take the room the legend has over upright bars
+        ax.get_legend().set_bbox_to_anchor((1.0, 1.0 + 0.35 / fig.get_figheight()))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file.replaced(path) as temporary:  # whole or not at all

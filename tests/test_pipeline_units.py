@@ -630,6 +630,26 @@ def test_intruder_accuracy_aggregates_answers_per_hit(tmp_path):
     assert intruders.bar_chart(result, tmp_path / "chart.png").stat().st_size > 1000
 
 
+def test_the_intruder_chart_of_many_clusters_fits_the_artifact_pane(tmp_path):
+    """A bar per host cluster, side by side, made a 79-cluster run's chart 3,260 pixels wide; the
+    Prefect UI shrinks an artifact's image to its pane (~845 px in a 1,400 px window), so the
+    `intruder-chart` page showed the cluster ids, the axis and the overall accuracy 3-4 pixels high.
+    Past the width of a few bars the chart grows down, a row per cluster, and keeps its width."""
+    from PIL import Image
+
+    def size(n: int) -> tuple[int, int]:
+        per_cluster = tuple(ClusterAccuracy(k, (k % 5) / 4, 2) for k in range(n))
+        chart = intruders.bar_chart(Evaluation(0.84, 100, per_cluster=per_cluster), tmp_path / f"{n}.png")
+        with Image.open(chart) as image:
+            return image.size
+
+    assert size(8) == (680, 320)  # a few clusters: upright bars, as before
+    for n in (11, 51, 200):
+        width, height = size(n)
+        assert width <= 845, (n, width)  # shown at its own size: the text as drawn, ~14 px
+        assert height >= 20 * n, (n, height)  # a row of at least 20 px per cluster
+
+
 def test_intruder_accuracy_per_image_weighs_host_clusters_by_their_images():
     """A junk cluster of 7 images that hosted 12 of 100 HITs (every one failed) weighs as much as
     12 HITs of a 900-image cluster in the per-HIT figure (0.88); per image it is 7 of 907."""
