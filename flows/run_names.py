@@ -22,8 +22,17 @@ def run_key_of(flow_name: str, raw: object) -> str:
     return params.catalogue_key if flow_name == CATALOGUE_FLOW else params.resolved_run_key
 
 
-# Prefect's own names are two lowercase words (`ambitious-woodpecker`); any other name was given.
-GENERATED = re.compile(r"[a-z]+-[a-z]+")
+# Names nobody gave: the server's two lowercase words (`ambitious-woodpecker`, when a run is created
+# without a name: `prefect deployment run`, the API), and what the UI's run form fills its Run Name
+# field with (Prefect 3.9's UI: a Greek letter, perhaps with a number, a star or constellation,
+# perhaps a noun or letter: `theta6-firiendfeld-anomaly`, `mu6-cheron-a`). Read as given, the
+# form's made a run of that form `theta6-firiendfeld-anomaly (formrun-48deb3ff37-s0)` on the Runs
+# page. Any other name was given.
+GREEK = (
+    "alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho|sigma|tau"
+    "|upsilon|phi|chi|psi|omega"
+)
+GENERATED = re.compile(rf"[a-z]+-[a-z]+|(?:{GREEK})[0-9]*(?:-[a-z]+)+")
 
 
 def derived_keys(raw: object) -> re.Pattern[str] | None:

@@ -1449,6 +1449,10 @@ def test_a_run_is_named_after_its_key_after_a_name_someone_gave_it():
     from flows.run_names import named
 
     assert named("ambitious-woodpecker", "bob1") == "bob1"  # Prefect's own name
+    # What the UI's run form fills in: it was kept as a name given, `theta6-... (formrun-...)`
+    for form in ("theta6-firiendfeld-anomaly", "mu6-cheron-a", "alpha-canis-majoris", "omega12-vega"):
+        assert named(form, "bob1") == "bob1", form
+    assert named("beta-test-3", "bob1") == "beta-test-3 (bob1)"  # a digit of its own: typed
     assert named("bob-try-by-hand", "bob1") == "bob-try-by-hand (bob1)"
     assert named("bob-try-by-hand (bob1)", "bob1") == "bob-try-by-hand (bob1)"  # a Retry names it again
     assert named("", "bob1") == named("bob1", "bob1") == "bob1"
