@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from aggregation.uncertain import UNCERTAIN_BELOW
 from tasks import artifacts, thumbnails
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
@@ -33,6 +34,7 @@ from tasks.stages import (
     LabellingIds,
     RunSummary,
     SecondRound,
+    counted,
     truth_share,
 )
 
@@ -196,14 +198,14 @@ def _least_certain(
     embedded thumbnail the galleries below hold, and the id of the <img> that holds it.
     """
     twice = twice or {}
-    below = int((confidence < 0.5).sum())
+    below = int((confidence < UNCERTAIN_BELOW).sum())
     parts = [
         "<h2>Least certain items</h2>",
-        f"<p>{below:,} of {len(confidence):,} items have a confidence below 0.5 (the probability of their "
-        "cluster under the fitted model, averaged over resamplings of the answers, times the share of "
-        "the images linked with them). The least certain items of each cluster are the ones to send "
-        "back to the crowd. A cluster whose mean confidence is low holds images that the answers place "
-        "in several ways, such as images between two styles.</p>",
+        f"<p>{below:,} of {len(confidence):,} items have a confidence below {UNCERTAIN_BELOW} (the "
+        "probability of their cluster under the fitted model, averaged over resamplings of the answers, "
+        "times the share of the images linked with them). The least certain items of each cluster are "
+        "the ones to send back to the crowd. A cluster whose mean confidence is low holds images that "
+        "the answers place in several ways, such as images between two styles.</p>",
     ]
     doubtful = uncertain[uncertain["confidence"] < SURE]  # a gallery of images at 1.00 says nothing
     if doubtful.empty and recheck:
@@ -366,7 +368,7 @@ def render_html(
                 f"{intr['answer_accuracy']:.2f} ({intr.get('n_answers', 0)} answers)"
             )
         rows |= {
-            f"cluster {d['cluster']}": f"{d['accuracy']:.2f} ({d['hits']} HITs)"
+            f"cluster {d['cluster']}": f"{d['accuracy']:.2f} ({counted(d['hits'], 'HIT')})"
             for d in intr.get("per_cluster", [])
         }
         skipped = intr.get("skipped") or []

@@ -42,6 +42,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from aggregation.uncertain import written
 from aggregation.unreadable import short_last_row
 from tasks.atomic_file import create_exclusive, replaced, write_atomic
 from tasks.params import RUN_KEY_SEPARATOR, PipelineParams, keyed_run_dir, run_dir_of
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)  # shipped to the run's log (`tasks.run_log`)
 
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which the service serves its runs folder
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # that folder
+CONFIDENCE_DIGITS = 4  # in clusters.csv and recheck.csv
 
 
 class DamagedFile(ValueError):
@@ -270,7 +272,7 @@ class RunFolder:
         a re-run in the same folder leaves no stale camp), and `recheck.csv` (removed when empty)."""
         table = aggregated.clusters.rename("cluster").rename_axis("item").reset_index()
         if aggregated.confidence is not None:
-            table["confidence"] = table["item"].map(aggregated.confidence).round(4)
+            table["confidence"] = written(table["item"].map(aggregated.confidence), CONFIDENCE_DIGITS)
         if aggregated.truth is not None:
             table["class"] = table["item"].map(aggregated.truth)
         with replaced(self._ready(self.clusters)) as temporary:
@@ -292,7 +294,9 @@ class RunFolder:
             self.recheck.unlink(missing_ok=True)
         else:
             with replaced(self._ready(self.recheck)) as temporary:
-                aggregated.recheck.to_csv(temporary, index=False, float_format="%.4f")
+                recheck = aggregated.recheck
+                recheck = recheck.assign(confidence=written(recheck["confidence"], CONFIDENCE_DIGITS))
+                recheck.to_csv(temporary, index=False, float_format=f"%.{CONFIDENCE_DIGITS}f")
 
     def read_clusters(self, path: Path | None = None) -> pd.Series:
         """Item -> cluster from `clusters.csv` (this folder's, or `path`); `DamagedFile` when it is

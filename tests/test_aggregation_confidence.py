@@ -307,6 +307,7 @@ def test_estimators_follow_the_scikit_learn_protocol():
         "aggregation.partners",
         "aggregation.addresses",
         "aggregation.recheck",
+        "aggregation.uncertain",
     ],
 )
 def test_doctests(module):

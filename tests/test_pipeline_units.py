@@ -1235,6 +1235,31 @@ def test_the_run_folder_lists_the_images_only_the_prior_placed(tmp_path):
     assert not folder.recheck.exists()
 
 
+def test_an_uncertain_image_stays_below_one_half_in_the_run_folders_files(tmp_path):
+    """A confidence of 0.49996 was rounded to `0.5` in clusters.csv: an 8,000-image run's report counted
+    1,156 images below 0.5, its clusters.csv 1,155, and a user filtering the file for the images to
+    send back lost one. The files keep every uncertain image below the line, the rest as rounded."""
+    from dataclasses import replace
+
+    from aggregation import generate_crowd
+    from tasks.aggregate import aggregate
+    from tasks.params import AggregationParams
+
+    result = aggregate(generate_crowd(200, 4, seed=0).export, AggregationParams(), 0)
+    items = result.clusters.index[:4]
+    shaky = pd.Series([0.49996, 0.5, 0.123456, 0.99999], index=items)
+    confidence = result.confidence.copy()
+    confidence[items] = shaky
+    recheck = pd.DataFrame({"item": items, "cluster": result.clusters[items].to_numpy(), "confidence": shaky})
+    folder = RunFolder(tmp_path).create()
+    folder.write_clustering(replace(result, confidence=confidence, recheck=recheck))
+
+    written = pd.read_csv(folder.clusters).set_index("item")["confidence"]
+    assert written[items].tolist() == [0.4999, 0.5, 0.1235, 1.0]
+    assert (written < 0.5).sum() == (confidence < 0.5).sum()
+    assert pd.read_csv(folder.recheck)["confidence"].tolist() == [0.4999, 0.5, 0.1235, 1.0]
+
+
 def test_the_aggregation_stage_warns_as_crowdclust_aggregate_does_when_the_images_are_unanchored(tmp_path):
     """400 images of 100 styles in 10-image HITs, 10 HITs per image: over a third of the images are
     grouped with no other, and the stage says the clusters are unreliable and which hits_per_item

@@ -36,6 +36,7 @@ FINER_SENSITIVITY = 0.05
 DISSOLVED_WARNING = 0.25
 
 EXIT_BAD_INPUT = 2
+CONFIDENCE_DIGITS = 6  # of `-o` and `--recheck-output`: fixed, so the file is the same on any platform
 
 
 class Method(StrEnum):
@@ -320,6 +321,7 @@ def aggregate(
     from aggregation.crowd_warnings import crowd_warnings
     from aggregation.pairs import group_use
     from aggregation.recheck import find_recheck
+    from aggregation.uncertain import UNCERTAIN_BELOW, written
     from aggregation.workers import answers_per_worker, worker_quality
 
     labels, problems, unanswered = _read_exports(exports, lenient, read_export, ExportFormatError)
@@ -359,13 +361,13 @@ def aggregate(
     except ValueError as exc:
         _fail(f"{', '.join(map(str, exports))}: {exc}")
     table = clusters.rename_axis("item").reset_index()
-    table["confidence"] = model.confidence_.to_numpy()
+    table["confidence"] = written(model.confidence_.reset_index(drop=True), CONFIDENCE_DIGITS)
     # Fixed precision: the file is byte-identical whatever the platform's float formatting.
     to_stdout = str(output) == "-"
     if to_stdout:
-        table.to_csv(sys.stdout, index=False, float_format="%.6f")
+        table.to_csv(sys.stdout, index=False, float_format=f"%.{CONFIDENCE_DIGITS}f")
     else:
-        _write_csv(table, output, float_format="%.6f")
+        _write_csv(table, output, float_format=f"%.{CONFIDENCE_DIGITS}f")
 
     # The baseline's clusters are not checked: the camp's grouping is the model's.
     dissent = find_dissent(model, labels) if method is Method.gomes else None
@@ -382,6 +384,7 @@ def aggregate(
         low & (quality["specificity"] >= FINER_SPECIFICITY) & (quality["sensitivity"] >= FINER_SENSITIVITY)
     )
     uninformed, splitting = int((low & ~finer).sum()), int(finer.sum())
+    uncertain = int((model.confidence_ < UNCERTAIN_BELOW).sum())
     if workers_output is not None:
         _write_workers(quality, answers_per_worker(model.pairs_), dissent, workers_output)
     notes = [f"{singles:,} of them a single item"] if singles else []
@@ -393,7 +396,8 @@ def aggregate(
 
         _write_csv(pd.DataFrame({"item": unanswered}), unanswered_output)
     if recheck_output is not None:
-        _write_csv(recheck.table, recheck_output, float_format="%.6f")
+        shown = recheck.table.assign(confidence=written(recheck.table["confidence"], CONFIDENCE_DIGITS))
+        _write_csv(shown, recheck_output, float_format=f"%.{CONFIDENCE_DIGITS}f")
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size:,}",
@@ -401,7 +405,7 @@ def aggregate(
         f"labels      {model.pairs_.n_labels:,} pairwise",
         f"assignments {model.pairs_.n_assignments:,} ({len(labels):,} item labels)",
         f"clusters    {model.n_clusters_:,}" + (f" ({'; '.join(notes)})" if notes else ""),
-        f"uncertain   {_n(int((model.confidence_ < 0.5).sum()), 'item')} with confidence < 0.5",
+        f"uncertain   {_n(uncertain, 'item')} with confidence < {UNCERTAIN_BELOW}",
         f"unanchored  {_n(alone, 'item')} no other item was grouped with by most workers",
         f"groups      at most {use.most} per answer (~{use.images:.0f} images each); "
         f"{use.saturated:.0%} of the answers used {use.most} for images of more clusters",
