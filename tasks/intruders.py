@@ -208,20 +208,22 @@ def bar_chart(result: Evaluation, path: Path) -> Path | None:
     upright = BAR_INCHES * len(data) + 2 <= CHART_WIDTH_INCHES
     if upright:
         fig, ax = plt.subplots(figsize=(max(4, BAR_INCHES * len(data) + 2), 3.2))
-        ax.bar(names, values, color="#3f7fbf")
+        bars = ax.bar(names, values, color="#3f7fbf")
         ax.axhline(result.accuracy, **overall)
         ax.set_ylim(0, 1.12)  # a line at 1.0 stays clear of the frame (at 1.05 the two merged)
         ax.set_xlabel("host cluster")
         ax.set_ylabel("intruder accuracy")
     else:
         fig, ax = plt.subplots(figsize=(CHART_WIDTH_INCHES, 0.22 * len(data) + 1.2))
-        ax.barh(names, values, color="#3f7fbf")
+        bars = ax.barh(names, values, color="#3f7fbf")
         ax.axvline(result.accuracy, **overall)
         ax.set_xlim(0, 1.12)
         ax.set_ylim(len(data) - 0.4, -0.6)  # the first cluster on top, as the tables list them
         ax.set_ylabel("host cluster")
         ax.set_xlabel("intruder accuracy")
         ax.tick_params(axis="x", top=True, labeltop=True)  # the scale in sight at either end
+    # Each bar's value at its end: a cluster whose every HIT failed had no bar at all, an empty place.
+    ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=2, fontsize="x-small")
     # Above the bars, not on them: inside the axes the legend hid the last bars' tops.
     ax.legend(
         loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small", borderaxespad=0.2
