@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
+from tasks.advice import run_again
 from tasks.params import PipelineParams, TolokaTarget
 from tasks.stage import stage_task
 from tasks.stages import CostEstimate, Evaluation, Labelled, PoolStats
@@ -148,7 +149,7 @@ def _way_out(costs: CostEstimate) -> str:
     if costs.main == 0 and costs.exam_due == 0:
         return (
             "raise budget.max_spend, lower intruders.n_hits or intruders.overlap, or set "
-            "intruders.enabled: false, and run the same command again: the labelling and the clusters it "
+            f"intruders.enabled: false, and {run_again()}: the labelling and the clusters it "
             "gave (written in the run folder) are kept and reused. No intruder pool was opened."
         )
     return (

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from tasks.advice import run_again, stop_the_run
 from tasks.stages import ExamTotals
 from tasks.toloka_api import (
     ALREADY_DONE,
@@ -208,8 +209,8 @@ class Staffing:
                 f"the exam pool is complete with {qualified:,} workers qualified: {rule}, so they give "
                 f"{first:,} of the {self.needed:,} answers the main pool needs before each is restricted, "
                 f"and then one answer per restriction: the pool slows down and may take days{expire}. To "
-                "finish sooner, raise exam.expected_workers and run the same command again (the exam "
-                "pool reopens for the new seats; nothing is paid twice), or stop the run (--close)"
+                f"finish sooner, raise exam.expected_workers and {run_again()} (the exam pool reopens "
+                f"for the new seats; nothing is paid twice), or {stop_the_run()}"
             )
         return (
             f"the {qualified:,} workers qualified so far have given {answers or first:,} answers, all they "
@@ -217,8 +218,8 @@ class Staffing:
             "the exam pool is still filling: from now on the main pool moves at one answer per "
             f"restriction and per worker who passes the exam, and may take days{expire}. If the exam "
             "fills slowly too, few workers can take it: loosen the pools' filters, lower exam.min_skill, "
-            "or let the rule allow more answers, and run the same command again (nothing is paid "
-            "twice), or stop the run (--close)"
+            f"or let the rule allow more answers, and {run_again()} (nothing is paid twice), or "
+            f"{stop_the_run()}"
         )
 
     def used_up(self, qualified: int, answers: int) -> bool:
@@ -258,7 +259,7 @@ def check_staffing(
         f"the exam pool {exam_pool_id} is complete and only {qualified} worker(s) reached the skill "
         f"{staffing.min_skill:g}, fewer than the {staffing.overlap} different workers each HIT needs: "
         "the main pool cannot complete; raise exam.expected_workers (exam seats) or lower "
-        "exam.min_skill and run the same command again: the run key's exam and main pools go on "
+        f"exam.min_skill and {run_again()}: the run key's exam and main pools go on "
         "with what they hold"
     )
 

@@ -22,6 +22,7 @@ from prefect import get_run_logger
 from aggregation import followup
 from aggregation.design import ANCHOR_PARTNERS, design_for, design_information, memory_note
 from tasks import budget, dataset, setup
+from tasks.advice import run_again
 from tasks.hits import HitPlanError
 from tasks.params import PipelineParams, TolokaTarget
 from tasks.run_folder import RunFolder
@@ -281,7 +282,7 @@ def check_intruder_staffing(
     """
     overlap = params.intruders.overlap
     tail = (
-        "or set intruders.enabled to false, and run the same command again: finished stages are reused, "
+        f"or set intruders.enabled to false, and {run_again()}: finished stages are reused, "
         "and nothing was created or paid for the intruders"
     )
     workers = math.ceil(overlap * INTRUDER_SPARE - 1e-9)

@@ -1574,6 +1574,40 @@ def test_errors_leave_a_flow_or_a_stage_without_the_token_of_their_requests():
     assert "s3cret" not in repr(status.__dict__) + repr(cause.__dict__)
 
 
+def test_advice_to_change_a_setting_names_what_a_deployments_run_has(monkeypatch):
+    """A UI run's exam warning said "raise exam.expected_workers and run the same command again ...,
+    or stop the run (--close)": the UI has no command and no flag, and its Retry runs the parameters
+    the run had. A deployment's run (its own process, PREFECT__FLOW_RUN_ID set, and Prefect's engine
+    holding the deployment's id for it and its sub-flows) is told to run the deployment again under
+    the same run key, or to cancel; `crowdclust run`'s stays as it was."""
+    import uuid
+
+    from prefect.context import _deployment_id
+
+    from tasks.exam import GatingState
+    from tasks.exam import Staffing as Needs
+    from tasks.toloka_api import POOL_LIFETIME
+    from tasks.toloka_config import tightest_limit
+
+    bundle = load_bundle(_params().toloka_dir)
+    needs = Needs(75.0, 7, 7_000, tightest_limit(bundle.main_pool, POOL_LIFETIME.total_seconds()))
+    assert needs.qualified(GatingState(sent={f"w{i}": 80.0 for i in range(70)})) == 70
+    by_command = needs.short_of_answers(70)
+    assert "raise exam.expected_workers and run the same command again (the exam pool" in by_command
+    assert by_command.endswith("or stop the run (--close)")
+
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", str(uuid.uuid4()))
+    token = _deployment_id.set(uuid.uuid4())
+    try:
+        deployed = needs.short_of_answers(70)
+    finally:
+        _deployment_id.reset(token)
+    assert "raise exam.expected_workers and run the deployment again with the same run_key" in deployed
+    assert "(a Custom run: a Retry keeps the old ones)" in deployed
+    assert deployed.endswith("or cancel the run (its pools are closed)")
+    assert "--close" not in deployed and "command" not in deployed
+
+
 def test_a_cancelled_or_crashed_run_is_told_how_to_go_on_and_a_failed_one_by_its_error():
     """The hook's last line of a top-level run stopped from outside says how to go on: Retry for a
     deployment's run (the UI's button), the same command for one started by `crowdclust run`.
