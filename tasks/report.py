@@ -171,6 +171,20 @@ def _figure(
     return f"<figure>{image}<figcaption>{text}</figcaption></figure>"
 
 
+CONTENTS_FROM = 10  # clusters past which the galleries begin with a link to each
+
+
+def _cluster_anchor(cluster: object) -> str:
+    """The id of a cluster's gallery heading (`cluster-3`)."""
+    return html.escape(f"cluster-{cluster}", quote=True)
+
+
+def _to_cluster(cluster: object, word: str = "cluster ") -> str:
+    """A link to the cluster's gallery: a 200-cluster report's least certain items ran 18,500 pixels
+    before the galleries began, and a row there named its cluster without a way to it."""
+    return f"<a href='#{_cluster_anchor(cluster)}'>{word}{html.escape(str(cluster))}</a>"
+
+
 def _embedded(chart: Path) -> str | None:
     """The chart as a data URI, so that a copied or mailed report.html keeps it as it keeps the
     thumbnails (a link to intruders.png broke once the page left the run folder)."""
@@ -200,7 +214,7 @@ def _least_certain(
     twice = twice or {}
     below = int((confidence < UNCERTAIN_BELOW).sum())
     parts = [
-        "<h2>Least certain items</h2>",
+        "<h2 id='least-certain'>Least certain items</h2>",
         f"<p>{below:,} of {len(confidence):,} items have a confidence below {UNCERTAIN_BELOW} (the "
         "probability of their cluster under the fitted model, averaged over resamplings of the answers, "
         "times the share of the images linked with them). The least certain items of each cluster are "
@@ -218,7 +232,7 @@ def _least_certain(
     elif doubtful.empty:
         parts.append(f"<p>Every image's confidence is {SURE} or more: none to send back.</p>")
     for cluster, rows in doubtful.groupby("cluster", sort=True):  # one row per cluster
-        label = f"cluster {html.escape(str(cluster))}<br>mean&nbsp;{means[cluster]:.2f}"
+        label = f"{_to_cluster(cluster)}<br>mean&nbsp;{means[cluster]:.2f}"
         parts.append(f"<div class='g'><figure class='label'>{label}</figure>")
         parts += [
             _figure(str(r.item), sources, f"{r.confidence:.2f}", copy=twice.get(str(r.item)))
@@ -272,6 +286,8 @@ def render_html(
     """
     sources = sources or {}
     data = summary.as_dict()
+    contents = [("least-certain", "Least certain items")] if uncertain is not None else []
+    contents.append(("clusters", "Clusters"))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>"
@@ -285,6 +301,7 @@ def render_html(
         "text-align:left;align-self:center}.g figcaption{overflow-wrap:anywhere}"
         ".chart{overflow-x:auto}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        "<p>" + " · ".join(f"<a href='#{anchor}'>{name}</a>" for anchor, name in contents) + "</p>",
         "<h2>Summary</h2>",
         _summary_table(data, summary.exam),
     ]
@@ -391,7 +408,9 @@ def render_html(
     if uncertain is not None:
         shown_again = bool(recheck and links.recheck is not None)
         parts += _least_certain(*uncertain, means, sources, shown_again, twice)
-    parts.append("<h2>Clusters</h2>")
+    parts.append("<h2 id='clusters'>Clusters</h2>")
+    if len(galleries) > CONTENTS_FROM:
+        parts.append(f"<p>Go to {' · '.join(_to_cluster(c, '') for c in galleries)}</p>")
     where = html.escape(links.clusters, quote=True)
     if limit < max(map(len, galleries.values()), default=0):
         fewer = (
@@ -409,7 +428,8 @@ def render_html(
         if cluster in found:
             mean += f", intruders found {found[cluster]['accuracy']:.2f}"
         parts.append(
-            f"<h3>Cluster {cluster} ({artifacts.counted(len(members), 'image')}{mean})</h3><div class='g'>"
+            f"<h3 id='{_cluster_anchor(cluster)}'>Cluster {html.escape(str(cluster))} "
+            f"({artifacts.counted(len(members), 'image')}{mean})</h3><div class='g'>"
         )
         for item in members[:limit]:
             caption = str(truth.get(item, "")) if truth is not None else ""

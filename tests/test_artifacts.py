@@ -409,13 +409,17 @@ def test_clusters_csv_has_the_confidence_and_the_report_lists_the_least_certain(
     summary = _summary(tmp_path, info)
     links = report.ReportLinks(clusters="clusters.csv")
     page = report.render_html(summary, clusters, None, "t", links, {}, (uncertain, confidence))
-    section = page.split("<h2>Least certain items</h2>", 1)[1].split("<h2>Clusters</h2>", 1)[0]
+    section = page.split("<h2 id='least-certain'>", 1)[1].split("<h2 id='clusters'>", 1)[0]
     assert "3 of 9 items have a confidence below 0.5" in section
     assert section.index("0.20") < section.index("0.60")  # lowest first
-    assert "<figcaption>0.45</figcaption>" in section and "<a " not in section
-    # Each cluster's mean confidence, next to its least certain items and in its gallery's heading.
-    assert "cluster 0<br>mean&nbsp;0.74" in section and "cluster 1<br>mean&nbsp;0.66" in section
-    assert "<h3>Cluster 0 (5 images, mean confidence 0.74)</h3>" in page
+    assert "<figcaption>0.45</figcaption>" in section
+    # Each cluster's mean confidence, next to its least certain items and in its gallery's heading;
+    # the only links there go to the galleries (a 200-cluster report's section ran 18,500 pixels).
+    assert "cluster 0</a><br>mean&nbsp;0.74" in section and "cluster 1</a><br>mean&nbsp;0.66" in section
+    assert re.findall(r"<a href='([^']*)'", section) == ["#cluster-0", "#cluster-1"]
+    assert "<h3 id='cluster-0'>Cluster 0 (5 images, mean confidence 0.74)</h3>" in page
+    # The page begins with a way to its long sections.
+    assert "<a href='#least-certain'>Least certain items</a> · <a href='#clusters'>Clusters</a>" in page
     assert "did not find alike" not in page  # no evaluation: nothing to say
 
 
@@ -434,10 +438,10 @@ def test_the_report_names_the_clusters_the_second_crowd_did_not_find_alike(tmp_p
     uncertain = thumbnails.least_certain(Aggregated(clusters, None, info, confidence=confidence))
     links = report.ReportLinks(clusters="clusters.csv")
     page = report.render_html(summary, clusters, None, "t", links, {}, (uncertain, confidence))
-    section = page.split("<h2>Clusters the second crowd did not find alike</h2>", 1)[1].split("<h2>", 1)[0]
+    section = page.split("<h2>Clusters the second crowd did not find alike</h2>", 1)[1].split("<h2", 1)[0]
     assert "In cluster 0 (0.31 of 13 HITs, mean confidence 0.86) the intruder was found" in section
     assert "cluster 1" not in section
-    assert "<h3>Cluster 0 (4 images, mean confidence 0.86, intruders found 0.31)</h3>" in page
+    assert "<h3 id='cluster-0'>Cluster 0 (4 images, mean confidence 0.86, intruders found 0.31)</h3>" in page
 
 
 def test_report_shows_the_workers_who_group_another_way(tmp_path: Path):
@@ -593,7 +597,7 @@ def test_the_reports_second_round_and_catalogue_rows_are_named_in_words(tmp_path
         ("waiting for the next run", "1,200"),
         ("pools aggregated", "6, 7"),
     ]
-    assert "<h3>Cluster 1 (1 image)</h3>" in page
+    assert "<h3 id='cluster-1'>Cluster 1 (1 image)</h3>" in page
 
 
 def test_a_rerun_says_how_much_of_the_cost_it_added(tmp_path):
@@ -693,7 +697,7 @@ def test_a_report_of_sure_images_shows_no_gallery_to_send_back_and_links_the_res
         {},
         (uncertain, confidence),
     )
-    section = page.split("<h2>Least certain items</h2>", 1)[1].split("<h2>Clusters</h2>", 1)[0]
+    section = page.split("<h2 id='least-certain'>", 1)[1].split("<h2 id='clusters'>", 1)[0]
     assert "Every image's confidence is 0.99 or more: none to send back." in section
     assert "<figure>" not in section
     assert "… and 5 more (see <a href='clusters.csv'>clusters.csv</a>)" in page
@@ -877,6 +881,9 @@ def test_the_report_of_many_clusters_stays_near_the_size_of_a_few(tmp_path):
     )  # fmt: skip
     assert "<p>Up to 10 images of each cluster, the first by name (60 when there are fewer clusters" in many
     assert "… and 4 more (see <a href='clusters.csv'>clusters.csv</a>)" in many
+    # Past 10 clusters the galleries begin with a link to each; 10 clusters have none.
+    assert "<p>Go to <a href='#cluster-0'>0</a> · <a href='#cluster-1'>1</a> · " in many
+    assert many.count("<a href='#cluster-") == 2 * 250 and "Go to" not in page_of(10, 14)[0]
     link = "[report.html](http://127.0.0.1:4280/big/report.html)"
     assert artifacts.report_note(clusters, link) == (
         f"Every cluster, up to 10 images of each (the rest in clusters.csv): {link}"
