@@ -216,7 +216,7 @@ def aggregate(
         typer.Argument(
             help="Toloka assignments export(s) (TSV, as get_assignments_df reads it); several rounds' "
             "exports are clustered together.",
-            metavar="EXPORT",
+            metavar="EXPORT...",
         ),
     ],
     output: Annotated[
