@@ -345,6 +345,62 @@ def test_the_deployer_stops_waiting_for_the_server_when_up_is_gone(tmp_path: Pat
     assert f"the `up` that started this deployer (pid {gone.pid}) ended" in ended.stderr
 
 
+def test_a_dead_flow_run_process_is_reported_crashed_only_to_its_own_attempt() -> None:
+    """Prefect's worker reported a dead flow-run process as Crashed twice, the second time after the
+    crash hooks had run (5-13 s): a Retry pressed on the first Crashed was itself Crashed for ~9 s
+    ("exited with non-zero status code -9 ... exceeding memory limits"), then ran on. The worker
+    reports it once the run is still that attempt's (Running with its run count, or Pending), and
+    not onto a run that has ended, awaits a Retry or runs a later attempt."""
+    import asyncio
+    import uuid
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Completed, Crashed, Pending, Running, Scheduled
+
+    from crowdclust.service.worker import guard_crash_reports, stale
+
+    picked = FlowRun(flow_id=uuid.uuid4(), run_count=2)  # as the worker picked it up: ran twice before
+
+    def run(state: object, run_count: int) -> FlowRun:
+        return FlowRun(id=picked.id, flow_id=picked.flow_id, state=state, run_count=run_count)
+
+    ours = [run(Running(), 3), run(Pending(), 2)]  # its report did not take; it died before it ran
+    later = [
+        run(Crashed(), 3),
+        run(Completed(), 3),
+        run(Scheduled(), 3),
+        run(Pending(), 3),
+        run(Running(), 4),
+    ]
+    assert [stale(picked, now) for now in ours] == [False, False]
+    assert [stale(picked, now) for now in later] == [True] * len(later)
+
+    class Client:
+        def __init__(self, now: FlowRun | None) -> None:
+            self.now = now
+
+        async def read_flow_run(self, flow_run_id: uuid.UUID) -> FlowRun:
+            if self.now is None:
+                raise OSError("the API is away")
+            assert flow_run_id == picked.id
+            return self.now
+
+    class Worker:
+        def __init__(self, now: FlowRun | None) -> None:
+            self.client, self.reported = Client(now), []
+
+        async def _propose_crashed_state(
+            self, flow_run: FlowRun, message: str, client: object = None
+        ) -> None:
+            self.reported.append(message)
+
+    guard_crash_reports(Worker)
+    for now, reported in [(ours[0], ["exit -9"]), (later[-1], []), (later[2], []), (None, ["exit -9"])]:
+        worker = Worker(now)
+        asyncio.run(worker._propose_crashed_state(picked, "exit -9"))
+        assert worker.reported == reported, now
+
+
 def test_a_worker_told_to_stop_says_so_before_it_ends_its_runs(tmp_path: Path, monkeypatch) -> None:
     """The worker's signal handler writes its pid where the service said, then ends its runs and
     hands the signal to Prefect's handler; without the variable it writes nothing."""

@@ -15,6 +15,9 @@ handler stops the worker as before. Before all that it writes its pid to the fil
 `CROWDCLUST_STOPPING_FILE` names (the service sets it), so that a `make up` meanwhile waits for it to
 end and starts a new worker instead of reporting it "already running". Run as
 `python -m crowdclust.service.worker worker start ...` (the arguments of `prefect`).
+
+It also reports a dead flow-run process's crash only to the attempt that process ran
+(`guard_crash_reports`).
 """
 
 from __future__ import annotations
@@ -98,13 +101,54 @@ def install(setup: Setup) -> Setup:
     return setup_ending_runs_first
 
 
+def stale(started: Any, now: Any) -> bool:
+    """Whether a crash report for the attempt that flow run `started` (as the worker picked it up)
+    would land on something else, the run being `now`.
+
+    Prefect 3.9's worker reports a flow-run process that exited non-zero as Crashed twice: its
+    executor does at once and then runs the flow's crash hooks (5-13 s: ours close the run's pools),
+    and the worker again when the executor returns. A user who pressed Retry on the first Crashed
+    had the second land on the new attempt: Crashed, "exited with non-zero status code -9 ...
+    exceeding memory limits", for ~9 s before it ran on and completed (2 of 2 tries on the service).
+
+    Stale: the run has ended already (the executor's report took), a Retry waits for a worker
+    (Scheduled), or a later attempt is under way (its run count is past the dead process's: one more
+    than `started` once that process ran, none while it was Pending).
+    """
+    state = now.state
+    if state is None:
+        return False
+    if state.is_final() or state.is_scheduled():
+        return True
+    return now.run_count > started.run_count + (1 if state.is_running() else 0)
+
+
+def guard_crash_reports(worker_class: Any) -> None:
+    """Make `worker_class` report a crash only when it is not `stale` (the run read from the API
+    first; unread, it is reported as before)."""
+    report = worker_class._propose_crashed_state
+
+    async def report_unless_stale(self: Any, flow_run: Any, message: str, client: Any = None) -> None:
+        try:
+            now = await (client or self.client).read_flow_run(flow_run.id)
+        except Exception:  # the API away: report as Prefect would (its own call says why it failed)
+            now = None
+        if now is not None and stale(flow_run, now):
+            return
+        await report(self, flow_run, message, client)
+
+    worker_class._propose_crashed_state = report_unless_stale
+
+
 def main() -> None:
     """`prefect` with this module's worker signal handling (`prefect worker start` reads the setup
     function from its module when it starts, so replacing the module's attribute is enough)."""
     from prefect.cli import app
     from prefect.utilities import processutils
+    from prefect.workers.process import ProcessWorker
 
     processutils.setup_signal_handlers_worker = install(processutils.setup_signal_handlers_worker)
+    guard_crash_reports(ProcessWorker)
     sys.argv = ["prefect", *sys.argv[1:]]
     app()
 
