@@ -466,6 +466,36 @@ def test_an_object_the_platform_refuses_is_named_with_its_reasons(
     )
 
 
+def test_a_ctrl_c_that_comes_out_of_the_flow_as_another_error_is_still_an_interruption(
+    run_cli, monkeypatch, no_private_server
+):
+    """A Ctrl-C just as a stage began came out of Prefect's task engine as `ValueError: Task run is
+    not set` (1 time in 3 at that moment): the command ended with exit 1 and `error: ValueError: ...
+    Fix the cause and run the same command again`. A stop the process got is what ended the run,
+    whatever error it came out as: exit 130, and the line says the run was interrupted and that its
+    pools are closed, as for a Ctrl-C that comes out as itself."""
+    import contextlib
+    import signal
+
+    import flows.pipeline
+
+    def swallows_the_interrupt(params):  # as Prefect's task engine did
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        raise ValueError("Task run is not set")
+
+    monkeypatch.setattr(flows.pipeline, "crowdclust_pipeline", swallows_the_interrupt)
+    stopped, _ = run_cli()
+    line = _one_error_line(stopped)
+    assert stopped.exit_code == 130, line
+    assert line.startswith("error: interrupted by SIGINT: ") and "ValueError" not in line
+    assert line.endswith("run the same command again to resume")
+    # The next run's errors are its own: the stop was this run's.
+    monkeypatch.setattr(flows.pipeline, "crowdclust_pipeline", lambda params: 1 / 0)
+    failed, _ = run_cli()
+    assert failed.exit_code == 1 and "ZeroDivisionError" in _one_error_line(failed)
+
+
 def test_an_error_that_says_what_to_do_is_not_told_twice(run_cli, monkeypatch, no_private_server):
     """A main pool's timeout said 'Run the same command again (or Retry the flow run), with a larger
     wait.timeout_seconds ...' and the command appended 'Fix the cause and run the same command
