@@ -47,14 +47,18 @@ def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
     `crowdclust run` and the service's PREFECT_API_URL wrote its report into the same served
     folder, yet its `run-report` artifact said "not served over http here". When PREFECT_API_URL is
     the remembered service's (`.service/service.json`) and its file server answers, the same two
-    variables are set for this process. Returns the runs URL so linked, else None (an explicit
+    variables are set for this process. The service folder is CROWDCLUST_SERVICE_DIR's, as for `make
+    status`, else the checkout's `.service/`. Returns the runs URL so linked, else None (an explicit
     setting, another server or a service that is down leaves everything as it was).
     """
-    from crowdclust.service.config import RUNS_DIR_ENV, RUNS_URL_ENV, ServiceConfig, load
+    from crowdclust.service.config import RUNS_DIR_ENV, RUNS_URL_ENV, SERVICE_DIR_ENV, ServiceConfig, load
     from crowdclust.service.processes import answers
 
     api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
-    state = state_dir or ServiceConfig.state_dir
+    # The service folder as `make up`, `make status` and `make down` find it: CROWDCLUST_SERVICE_DIR,
+    # else the checkout's `.service/` (a service kept elsewhere was never found, and its runs' reports
+    # were "not served over http here" while its file server served them).
+    state = state_dir or Path(os.environ.get(SERVICE_DIR_ENV) or ServiceConfig.state_dir)
     if not api or os.environ.get(RUNS_URL_ENV) or not (state / "service.json").exists():
         return None
     try:

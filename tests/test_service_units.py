@@ -240,6 +240,28 @@ def test_crowdclust_run_against_the_service_links_its_report_over_the_services_f
         files.server_close()
 
 
+def test_crowdclust_run_finds_a_service_kept_in_crowdclust_service_dir(tmp_path: Path, monkeypatch):
+    """A service started with CROWDCLUST_SERVICE_DIR (a folder of one's own, as docs/service.md's
+    settings allow): `make status` found it, but `crowdclust run` with its PREFECT_API_URL looked in
+    the checkout's `.service/` only, so the run's `run-report` read "not served over http here"
+    while the service's file server served that very report."""
+    from crowdclust.runtime import link_service_runs_folder
+    from crowdclust.service import processes
+    from tasks.run_folder import RUNS_DIR_ENV, RUNS_URL_ENV
+
+    runs, state = tmp_path / "runs", tmp_path / "elsewhere"
+    state.mkdir()
+    cfg = ServiceConfig(state_dir=state, server_port=51890, files_port=51891, runs_dir=runs)
+    cfg.remember()
+    for name in (RUNS_URL_ENV, RUNS_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(processes, "answers", lambda url, timeout=None: url == cfg.health_url("files"))
+    monkeypatch.setenv("PREFECT_API_URL", cfg.api_url)
+    monkeypatch.setenv("CROWDCLUST_SERVICE_DIR", str(state))
+    assert link_service_runs_folder() == cfg.runs_url
+    assert os.environ[RUNS_DIR_ENV] == str(runs)
+
+
 def test_a_port_another_process_holds_is_refused_in_one_line_before_anything_starts(tmp_path):
     """A connection of another process bound to the file server's port (as a client's socket is,
     on Linux's range of outgoing ports): `make up` printed the file server's 15-line traceback ending

@@ -27,6 +27,7 @@ RESULTS_BLOCK = "crowdclust-results"
 TOKEN_ENV = "CROWDCLUST_EMULATOR_TOKEN"  # the emulator reads its token from here (never argv)
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is served read-only
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
+SERVICE_DIR_ENV = "CROWDCLUST_SERVICE_DIR"  # the service folder (`make up/status/down`, `crowdclust run`)
 RATE_LIMIT_ENV = "CROWDCLUST_TOLOKA_RATE_LIMIT"  # on: every Toloka request takes a rate-limit slot
 
 Profile = Literal["sqlite", "postgres"]
