@@ -71,6 +71,25 @@ def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
     return cfg.runs_url
 
 
+def share_toloka_rate_limits() -> bool:
+    """Take the server's Toloka rate limits when `crowdclust run` talks to a server of one's own.
+
+    The service's workers take a slot of the Prefect limit `toloka-api-<environment>` for every Toloka
+    request, so all their runs share the requester's quota; a `crowdclust run` pointed at the same
+    server (a second user of the service, with the same token) throttled only in its own process, at
+    none for the emulator: two users' runs against an emulator limited to 20 requests/s got 148 429s
+    where two deployment runs got none. With PREFECT_API_URL set (no private server) and
+    CROWDCLUST_TOLOKA_RATE_LIMIT not given, it is turned on; a server without the limits costs a
+    lookup a minute and leaves the process's own bucket in charge (`tasks.toloka_rate.throttle`).
+    Returns whether it is on.
+    """
+    from crowdclust.service.config import RATE_LIMIT_ENV
+
+    if os.environ.get("PREFECT_API_URL") and RATE_LIMIT_ENV not in os.environ:
+        os.environ[RATE_LIMIT_ENV] = "true"
+    return Settings().toloka_rate_limit
+
+
 def _intruder_detail(summary: RunSummary) -> str:
     """The figure per image of the clusters (the HITs' figure weighs every host cluster alike) and
     how often one answer alone named the intruder (the HITs' figure aggregates five or so)."""

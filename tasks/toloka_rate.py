@@ -19,9 +19,11 @@ most `rate` requests across all runs and workers, and a run that was quiet can s
 When it is on. Prefect 3.9.1's `rate_limit(name, strict=False)` makes one API call per request even
 when the limit does not exist (and then logs a warning per request in a flow run); with no
 `PREFECT_API_URL` that call goes to the ephemeral API. So the hook is off unless
-`CROWDCLUST_TOLOKA_RATE_LIMIT` is true (the service sets it for its workers), and even then a limit
-found missing is remembered per process for `MISSING_TTL` seconds, so a server without the limit
-costs one lookup a minute, not one per request.
+`CROWDCLUST_TOLOKA_RATE_LIMIT` is true (the service sets it for its workers, and `crowdclust run`
+for itself when PREFECT_API_URL names a server, such as the service's, shared with other users), and
+even then a limit found missing is remembered per process for `MISSING_TTL` seconds, so a server
+without the limit costs one lookup a minute, not one per request; meanwhile the process's own bucket
+(below) throttles its requests.
 
 Without the service. A run on its own (`crowdclust run`, `make demo`, a worker without the flag)
 throttles in its process instead: a token bucket of the same shape per environment, at
@@ -131,16 +133,22 @@ def _limit_exists(name: str) -> bool:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             return False
+        except httpx.TransportError as error:  # no server to ask (`crowdclust run --close`, the
+            # service down): the process's bucket throttles until the next look-up
+            log.info("cannot look up the Prefect rate limit %s (%s)", name, error)
+            return False
     return True
 
 
-def acquire(name: str) -> None:
-    """Take one slot of the rate limit `name` (blocks while the limit is used up); no-op if absent."""
+def acquire(name: str) -> bool:
+    """Take one slot of the rate limit `name` (blocks while the limit is used up); False, taking
+    nothing, when the server has no such limit."""
     if not _missing.exists(name):
-        return
+        return False
     from prefect.concurrency.sync import rate_limit
 
     rate_limit(name, occupy=SLOTS_PER_REQUEST, strict=False)
+    return True
 
 
 class Bucket:
@@ -200,15 +208,16 @@ def throttled(environment: str) -> bool:
 
 def throttle(session: httpx.Client, environment: str) -> httpx.Client:
     """Make `session` take a slot of `environment`'s rate limit before every request it sends: the
-    Prefect limit where the service turned it on, else this process's bucket."""
+    Prefect limit where it is on and the server has it, else this process's bucket (a server without
+    the limits leaves a run throttled as on its own, not unthrottled)."""
     name = limit_name(environment)
-    bucket = None if enabled() else local_bucket(environment)
+    shared, bucket = enabled(), local_bucket(environment)
 
     def before_request(request: httpx.Request) -> None:
+        if shared and acquire(name):
+            return
         if bucket is not None:
             bucket.acquire()
-        else:
-            acquire(name)
 
     hooks: dict[str, list[Any]] = dict(session.event_hooks)
     hooks["request"] = [*hooks.get("request", []), before_request]

@@ -124,6 +124,33 @@ def test_a_run_without_the_service_keeps_under_the_rate_it_is_given(
     print(f"20 requests through the process's rate limit (6 in any second): {seconds:.1f} s")
 
 
+def test_a_server_without_the_limit_leaves_the_process_bucket_in_charge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the Prefect limit on (a worker, or `crowdclust run` against a server of one's own) and
+    the server without `toloka-api-<env>`, every request still waits for the process's bucket: it
+    went through unthrottled, so turning the shared limit on for `crowdclust run` would have taken a
+    run's own 10/s away from it on a server that never had the limits."""
+    import httpx
+
+    waits: list[str] = []
+
+    class Counting:
+        def acquire(self) -> None:
+            waits.append("bucket")
+
+    monkeypatch.setenv("CROWDCLUST_TOLOKA_RATE_LIMIT", "true")
+    monkeypatch.setattr(toloka_rate, "_limit_exists", lambda name: False)
+    monkeypatch.setattr(toloka_rate, "local_bucket", lambda environment: Counting())
+    toloka_rate._missing.forget()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+    with toloka_rate.throttle(httpx.Client(transport=transport), "sandbox") as session:
+        for _ in range(3):
+            session.get("http://toloka.test/api/v1/projects")
+    toloka_rate._missing.forget()
+    assert waits == ["bucket"] * 3
+
+
 def test_the_process_bucket_admits_a_burst_then_the_rest_of_the_rate() -> None:
     now = [0.0]
     bucket = toloka_rate.Bucket(10.0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))

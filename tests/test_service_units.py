@@ -262,6 +262,23 @@ def test_crowdclust_run_finds_a_service_kept_in_crowdclust_service_dir(tmp_path:
     assert os.environ[RUNS_DIR_ENV] == str(runs)
 
 
+def test_crowdclust_run_against_a_server_takes_its_toloka_rate_limits(monkeypatch):
+    """A second user's `crowdclust run` against the service's server throttled only in its process
+    (none for the emulator): with a deployment's runs it met the emulator's per-token limit (148 429s
+    for two such runs at 20 requests/s, none for two deployment runs). Pointed at a server, it takes
+    the server's limits like the workers do; a private server, or the setting given, is left alone."""
+    from crowdclust.runtime import share_toloka_rate_limits
+    from crowdclust.service.config import RATE_LIMIT_ENV
+
+    monkeypatch.delenv(RATE_LIMIT_ENV, raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert share_toloka_rate_limits() is False and RATE_LIMIT_ENV not in os.environ
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:51890/api")
+    assert share_toloka_rate_limits() is True and os.environ[RATE_LIMIT_ENV] == "true"
+    monkeypatch.setenv(RATE_LIMIT_ENV, "false")
+    assert share_toloka_rate_limits() is False
+
+
 def test_a_port_another_process_holds_is_refused_in_one_line_before_anything_starts(tmp_path):
     """A connection of another process bound to the file server's port (as a client's socket is,
     on Linux's range of outgoing ports): `make up` printed the file server's 15-line traceback ending

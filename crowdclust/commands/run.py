@@ -281,10 +281,16 @@ def run(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks with errors.")] = False,
 ) -> None:
     """Run the crowd-clustering flow end to end. The token comes from TOLOKA_TOKEN or a Secret block."""
-    from crowdclust.runtime import describe, link_service_runs_folder, prepare_prefect_env
+    from crowdclust.runtime import (
+        describe,
+        link_service_runs_folder,
+        prepare_prefect_env,
+        share_toloka_rate_limits,
+    )
 
     prepare_prefect_env()
     link_service_runs_folder()
+    share_toloka_rate_limits()
     if fresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from tasks.params import ConfigError, load_params
