@@ -116,6 +116,11 @@ class _MissingLimits:
             self._checked[name] = (now, found)
             return found
 
+    def unreachable(self, name: str) -> None:
+        """The server did not answer for `name`: taken as missing until the next look-up."""
+        with self._lock:
+            self._checked[name] = (time.monotonic(), False)
+
     def forget(self) -> None:
         with self._lock:
             self._checked.clear()
@@ -142,12 +147,33 @@ def _limit_exists(name: str) -> bool:
 
 def acquire(name: str) -> bool:
     """Take one slot of the rate limit `name` (blocks while the limit is used up); False, taking
-    nothing, when the server has no such limit."""
+    nothing, when the server has no such limit or cannot be asked.
+
+    A server that does not answer (down, restarting: `make down` by another user of the service) is
+    taken as one without the limit until the next look-up, so the caller throttles in its process.
+    Prefect's client gives up only after its own retries, about a minute, and then raises
+    `ConcurrencySlotAcquisitionError`: raised on, it failed the stage that sent the request (a
+    labelling wait ended `Unable to acquire concurrency slots on ['toloka-api-local']` once the
+    server was back), and each Toloka request meanwhile waited that minute again.
+    """
     if not _missing.exists(name):
         return False
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import rate_limit
 
-    rate_limit(name, occupy=SLOTS_PER_REQUEST, strict=False)
+    try:
+        rate_limit(name, occupy=SLOTS_PER_REQUEST, strict=False)
+    except (httpx.TransportError, ConcurrencySlotAcquisitionError) as error:
+        _missing.unreachable(name)
+        log.warning(
+            "cannot take a slot of the Prefect rate limit %s (%s: %s): this process throttles its "
+            "Toloka requests itself for the next %d s",
+            name,
+            type(error.__cause__ or error).__name__,
+            error.__cause__ or error,
+            MISSING_TTL,
+        )
+        return False
     return True
 
 

@@ -151,6 +151,43 @@ def test_a_server_without_the_limit_leaves_the_process_bucket_in_charge(
     assert waits == ["bucket"] * 3
 
 
+def test_a_server_that_does_not_answer_leaves_the_process_bucket_in_charge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Prefect server down under a run that takes its rate limit (`make down` by another user of
+    the service, a restart): Prefect's client gave up after about a minute and raised, failing the
+    run's wait (`Unable to acquire concurrency slots on ['toloka-api-local']`). One failure now hands
+    the requests to the process's bucket until the next look-up."""
+    import httpx
+    import prefect.concurrency.sync
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+
+    waits: list[str] = []
+    tries: list[str] = []
+
+    class Counting:
+        def acquire(self) -> None:
+            waits.append("bucket")
+
+    def refused(name: str, occupy: int, strict: bool) -> None:
+        tries.append(name)  # what Prefect 3.9.1 raises once its client gave up on the server
+        raise ConcurrencySlotAcquisitionError(f"Unable to acquire concurrency slots on {[name]!r}") from (
+            httpx.ConnectError("[Errno 111] Connection refused")
+        )
+
+    monkeypatch.setenv("CROWDCLUST_TOLOKA_RATE_LIMIT", "true")
+    monkeypatch.setattr(toloka_rate, "_limit_exists", lambda name: True)
+    monkeypatch.setattr(toloka_rate, "local_bucket", lambda environment: Counting())
+    monkeypatch.setattr(prefect.concurrency.sync, "rate_limit", refused)
+    toloka_rate._missing.forget()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+    with toloka_rate.throttle(httpx.Client(transport=transport), "sandbox") as session:
+        for _ in range(3):
+            assert session.get("http://toloka.test/api/v1/projects").status_code == 200
+    toloka_rate._missing.forget()
+    assert tries == ["toloka-api-sandbox"] and waits == ["bucket"] * 3
+
+
 def test_the_process_bucket_admits_a_burst_then_the_rest_of_the_rate() -> None:
     now = [0.0]
     bucket = toloka_rate.Bucket(10.0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
