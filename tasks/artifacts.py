@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -458,9 +459,13 @@ def report_link(summary: RunSummary, url: str | None) -> str:
         name = name_text(summary.report.name)
         create_link_artifact(key="run-report", link=url, link_text=name, description="the run report")
         return f"[{name}]({url})"
+    # The absolute path and the host: on a Prefect server that several people use, `runs/x/report.html`
+    # named no one's files (each user's checkout has a `runs/`, and a run key resumed by another user
+    # has a folder of the same name in both).
     where = (
-        f"{literal(str(summary.report))} on the machine that ran the flow "
-        "(not served over http here: the local service, `make up`, serves the runs folder)."
+        f"{literal(str(Path(summary.report).absolute()))} on {literal(socket.gethostname())}, the machine "
+        "that ran the flow (not in a folder served over http: the local service, `make up`, serves its "
+        "own runs folder)."
     )
     create_markdown_artifact(key="run-report", markdown=f"Report: {where}", description="the run report")
     return where

@@ -888,3 +888,18 @@ def test_the_report_of_many_clusters_stays_near_the_size_of_a_few(tmp_path):
     assert artifacts.report_note(clusters, link) == (
         f"Every cluster, up to 10 images of each (the rest in clusters.csv): {link}"
     )
+
+
+def test_an_unserved_report_is_named_by_its_absolute_path_and_host(tmp_path: Path, monkeypatch):
+    """A `crowdclust run` of a second user of the service writes into that user's checkout: its
+    `run-report` read `runs/tiny-shoes__diff-b/report.html` on the shared server's UI, a path every
+    user's checkout has, and for a run key resumed by another user, a folder of the same name."""
+    import socket
+
+    published = {}
+    monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda **kw: published.update(kw))
+    monkeypatch.chdir(tmp_path)
+    summary = _summary(Path("runs") / "shoes__k", AggregationInfo("gomes", 1, 1, 1, 1, 2, 1, -1.0))
+    where = artifacts.report_link(summary, None)
+    assert f"`{tmp_path / 'runs' / 'shoes__k' / 'report.html'}` on `{socket.gethostname()}`" in where
+    assert published["markdown"] == f"Report: {where}"
