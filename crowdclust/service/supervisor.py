@@ -400,7 +400,7 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
     cfg = cfg or load()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     _refuse_moving_a_running_service(cfg)
-    for name in ["emulator", "files"] + ([] if cfg.server_url else ["server"]):
+    for name in _own_parts(cfg):
         _refuse_a_port_not_ours(cfg, name)  # every port before anything starts
     cfg.remember()
     _token(cfg)
@@ -418,7 +418,7 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
     if cfg.server_url and not server_up:
         raise RuntimeError(f"the Prefect server at {cfg.api_url} does not answer")
     deployer = _Deployer(cfg, force, say) if force or not server_up or _deployer_due(cfg) else None
-    parts = ["emulator", "files"] + ([] if cfg.server_url else ["server"])
+    parts = _own_parts(cfg)
     with ThreadPoolExecutor(len(parts)) as pool:
         futures = [pool.submit(timed, name, lambda name=name: start(cfg, name, say)) for name in parts]
         errors = [f.exception() for f in futures if f.exception()]
@@ -475,14 +475,19 @@ def status(cfg: ServiceConfig | None = None) -> dict[str, bool]:
     return parts
 
 
+def _own_parts(cfg: ServiceConfig) -> list[str]:
+    """The parts `up` starts itself: the emulator, the file server and, unless the service uses an
+    existing Prefect server (`CROWDCLUST_SERVER_URL`), the Prefect server."""
+    return ["emulator", "files"] + ([] if cfg.server_url else ["server"])
+
+
 def strangers(cfg: ServiceConfig) -> dict[str, int]:
     """The parts whose port answers without this service's pid file naming a running process
     (another checkout's or another user's service, on the same ports), name -> port: `status` said
     `running` for them, and `up` refuses them (`_refuse_a_stranger`)."""
-    names = ["emulator", "files"] + ([] if cfg.server_url else ["server"])
     return {
         name: getattr(cfg, PORT_SETTINGS[name][0])
-        for name in names
+        for name in _own_parts(cfg)
         if read_pid(cfg, name) is None and answers(cfg.health_url(name))
     }
 
