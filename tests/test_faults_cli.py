@@ -496,6 +496,25 @@ def test_a_ctrl_c_that_comes_out_of_the_flow_as_another_error_is_still_an_interr
     assert failed.exit_code == 1 and "ZeroDivisionError" in _one_error_line(failed)
 
 
+def test_a_command_line_run_is_tagged_with_who_ran_it_where(run_cli, monkeypatch, no_private_server):
+    """Two users' `crowdclust run`s against one Prefect server looked alike on its Runs page (no
+    deployment, no worker): only the run key told them apart. The command's flow runs are created
+    under Prefect's tags context `by USER@HOST`, which Prefect gives every flow run made in it."""
+    import getpass
+    import socket
+
+    from prefect.context import TagsContext
+
+    import flows.pipeline
+
+    def tells_its_tags(params):
+        raise RuntimeError(f"tags {sorted(TagsContext.get().current_tags)}")
+
+    monkeypatch.setattr(flows.pipeline, "crowdclust_pipeline", tells_its_tags)
+    told, _ = run_cli()
+    assert f"tags ['by {getpass.getuser()}@{socket.gethostname()}']" in _one_error_line(told)
+
+
 def test_an_error_that_says_what_to_do_is_not_told_twice(run_cli, monkeypatch, no_private_server):
     """A main pool's timeout said 'Run the same command again (or Retry the flow run), with a larger
     wait.timeout_seconds ...' and the command appended 'Fix the cause and run the same command

@@ -169,6 +169,23 @@ def _close_after_stop(params: PipelineParams) -> str:
     return _closed(key, closed)
 
 
+def who() -> str:
+    """The tag a `crowdclust run`'s flow runs carry: `by USER@HOST`.
+
+    On a Prefect server several people use, the Runs page showed two users' command-line runs alike
+    (no deployment, no worker): only the run key told them apart, never whose they were. A
+    deployment's run is the service's and carries no such tag.
+    """
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        user = str(os.getuid())
+    return f"by {user}@{socket.gethostname()}"
+
+
 def _interrupted(params: PipelineParams, signum: int, debug: bool) -> typer.Exit:
     """A run stopped by `signum`: what was closed, how to resume, exit 128 + the signal's number."""
     done = _close_after_stop(params)
@@ -359,12 +376,14 @@ def run(
         try:
             server.wait_ready()  # at once when the token's Secret block needed it above
             with run_lock(params.toloka, params.resolved_run_key):  # a busy key fails before the flow loads
+                from prefect import tags
+
                 if catalogue:
                     from flows.catalogue import cluster_catalogue as the_flow
                 else:
                     from flows.pipeline import crowdclust_pipeline as the_flow
 
-                with contextlib.nullcontext() if debug else console_without_tracebacks():
+                with contextlib.nullcontext() if debug else console_without_tracebacks(), tags(who()):
                     summary = the_flow(params)
         except KeyboardInterrupt as stop:
             signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
