@@ -62,7 +62,7 @@ up: install
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
 down:
-	@if [ -x $(VENV)/bin/crowdclust ]; then $(VENV)/bin/crowdclust service down; else echo "nothing to stop"; fi
+	@if [ -x $(VENV)/bin/crowdclust ]; then $(VENV)/bin/crowdclust service down $(if $(FORCE),--force); else echo "nothing to stop"; fi
 
 status: install
 	$(VENV)/bin/crowdclust service status

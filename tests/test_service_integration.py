@@ -274,3 +274,36 @@ def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_clo
     name = workers[worker_pid]
     assert not alive(worker_pid) and read_pid(svc.cfg, name) not in (None, worker_pid), said
     assert f"{name}: already running" not in said, said
+
+
+def test_down_names_the_runs_in_flight_and_stops_nothing_without_force(svc):
+    """A teammate's `make down` stopped the service under everyone's runs without a word (they crash
+    and resume, but the crowd's work stops). With a run in flight, `down` without a terminal names it
+    (whose it is, from its `by USER@HOST` tag) and how it resumes, and refuses without --force."""
+    from tests.fixtures.cli import invoke
+
+    flow = svc.api.post("/flows/", json={"name": "crowdclust-down-guard"}).raise_for_status().json()
+    run = (
+        svc.api.post(
+            "/flow_runs/",
+            json={
+                "flow_id": flow["id"],
+                "name": "shoes (run key k-down)",
+                "tags": ["by alice@laptop"],
+                "state": {"type": "RUNNING", "name": "Running"},
+            },
+        )
+        .raise_for_status()
+        .json()
+    )
+    try:
+        done = invoke("service", "down", "--state-dir", str(svc.cfg.state_dir))
+        assert done.returncode == 1, done
+        assert "shoes (run key k-down) (Running; crowdclust run by alice@laptop)" in done.stderr, done
+        assert done.stderr.count("k-down") == 1 and "Retry in the UI" in done.stderr, done
+        assert "--force (make down FORCE=1)" in done.stderr, done
+        assert all(service.status(svc.cfg).values()), "down stopped parts although it refused"
+    finally:
+        svc.api.post(
+            f"/flow_runs/{run['id']}/set_state", json={"state": {"type": "CANCELLED"}, "force": True}
+        ).raise_for_status()

@@ -173,11 +173,36 @@ def up(
 
 
 @app.command()
-def down(state_dir: StateDir = None) -> None:
-    """Stop the workers, the emulator, the file server, the server (and PostgreSQL) started by `up`."""
-    from crowdclust import service
+def down(
+    state_dir: StateDir = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Stop even with flow runs in flight (they crash; each can be resumed)."),
+    ] = False,
+) -> None:
+    """Stop the workers, the emulator, the file server, the server (and PostgreSQL) started by `up`.
 
-    service.down(_config(state_dir), say=typer.echo)
+    Flow runs in flight on the server (a teammate's, a schedule's) are named first: from a terminal
+    `down` asks before it stops them, elsewhere it refuses without --force (`make down FORCE=1`).
+    """
+    import sys
+
+    from crowdclust import service
+    from crowdclust.service.inflight import runs_in_flight, what_stops
+
+    cfg = _config(state_dir)
+    found = runs_in_flight(cfg) if cfg.state_dir.exists() else None
+    if found and found.total:
+        for line in what_stops(found, cfg, forced=force):
+            typer.echo(line, err=not force)
+        if not force:
+            if not sys.stdin.isatty():
+                typer.echo("error: not stopped; stop anyway with --force (make down FORCE=1)", err=True)
+                raise typer.Exit(1)
+            if not typer.confirm("Stop the service anyway?", default=False):
+                typer.echo("not stopped")
+                raise typer.Exit(1)
+    service.down(cfg, say=typer.echo)
 
 
 @app.command()

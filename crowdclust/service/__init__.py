@@ -5,7 +5,9 @@
 logs, pid files, the emulator token, the settings in use), so the service never leaks outside the
 project. Modules: `config` (settings, remembered in the folder), `processes` (spawn/stop/health),
 `postgres` (the `postgres` profile), `deployments` (deploy only on change, keeping UI edits),
-`provision` (work pool, blocks, rate limits), `supervisor` (up/down/status).
+`deployer` (provisions the work pool, blocks and rate limits, then deploys, in its own process),
+`worker` (the process worker that ends its runs first), `supervisor` (up/down/status), `inflight`
+(the runs a `down` would interrupt).
 """
 
 from crowdclust.service.config import ServiceConfig, load
