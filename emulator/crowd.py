@@ -12,7 +12,8 @@ There is no per-worker, per-tick loop: only online workers have events, in one h
 (simulated time, kind, key).
 
 While online, a worker looks for work when its event comes due: trainings it needs, then open pools
-whose filter admits it, in (priority, appeal) order, the appeal being the log of the pool's reward
+whose filter admits it and that pay at least its reservation wage for its own time on a suite
+(`workers.reservation_wage`), in (priority, appeal) order, the appeal being the log of the pool's reward
 per task plus a per-worker Gumbel taste (better-paid pools fill sooner, as on a market), taking the
 first suite in creation order (or, for pools with `issue_task_suites_in_creation_order: false`, from a
 per-worker hashed place) that it has not answered and that has overlap left. It works for a
@@ -51,7 +52,16 @@ import numpy as np
 from emulator import filters, qc
 from emulator.records import OWNER, Doc, public, with_cost
 from emulator.util import fmt_time, parse_time, sim_seconds, stable_int, unit
-from emulator.workers import SKIP_RATES, Population, answer_task, duration, matches_gold, pause
+from emulator.workers import (
+    SKIP_RATES,
+    Population,
+    answer_task,
+    duration,
+    expected_seconds,
+    matches_gold,
+    pause,
+    reservation_wage,
+)
 
 if TYPE_CHECKING:
     from emulator.core import Emulator
@@ -312,8 +322,7 @@ class Crowd:
         self.idle.discard(worker["id"])
         pool, suite = choice
         assignment = self._start(worker, pool, suite)
-        n_images = sum(len((t.get("input_values") or {}).get("images") or [1]) for t in suite["tasks"])
-        spent = duration(self.seed, worker, suite["id"], n_images)
+        spent = duration(self.seed, worker, suite["id"], _n_images(suite["tasks"]))
         assignment["_duration"] = round(spent, 3)
         outcome, ends = self._outcome(worker, pool, suite["id"], spent)
         if outcome is not None:
@@ -356,6 +365,8 @@ class Crowd:
             self.pool_in_hand = pool
             if self.restricted(worker, pool) or not self.admits(worker, pool):
                 continue
+            if not self.pays_enough(worker, pool):
+                continue  # too little for this worker's time: it passes the pool (and its training) by
             if self.emu.balance() - self.held < self.emu.assignment_cost(pool):
                 self.emu.set_pool_status(pool, "CLOSED", "NOT_ENOUGH_BALANCE")
                 continue
@@ -395,12 +406,25 @@ class Crowd:
         taste = -math.log(-math.log1p(-u))  # Gumbel, decreasing in u (u ascending was the old order)
         return math.log(max(self.pay_per_task(pool), 1e-9)) + taste
 
-    def pay_per_task(self, pool: Doc) -> float:
-        """A pool's reward per task of its suites (the next suite with work left stands for all)."""
+    def _next_tasks(self, pool: Doc) -> list[Doc]:
+        """The tasks of the pool's next suite with work left, which stands for all its suites."""
         ids = self.store.ids_in_pool("suite", pool["id"])
         at = min(self.pointer.get(pool["id"], 0), len(ids) - 1)
-        n_tasks = len(self.store.data["suite"][ids[at]]["tasks"]) if ids else 1
-        return float(pool.get("reward_per_assignment") or 0.0) / max(n_tasks, 1)
+        return self.store.data["suite"][ids[at]]["tasks"] if ids else []
+
+    def pay_per_task(self, pool: Doc) -> float:
+        """A pool's reward per task of its suites (the next suite with work left stands for all)."""
+        return float(pool.get("reward_per_assignment") or 0.0) / max(len(self._next_tasks(pool)), 1)
+
+    def pays_enough(self, worker: Doc, pool: Doc) -> bool:
+        """Does the pool pay at least the worker's reservation wage for the worker's own time on a suite?
+
+        Without it a pool paying Toloka's least reward filled exactly as fast, from the same workers,
+        as one paying forty times as much; on Toloka underpaid work waits, and is left to the fastest.
+        """
+        hours = expected_seconds(worker, _n_images(self._next_tasks(pool))) / 3600.0
+        reward = float(pool.get("reward_per_assignment") or 0.0)
+        return reward >= reservation_wage(self.seed, worker) * hours
 
     def admits(self, worker: Doc, pool: Doc) -> bool:
         known = self.store.data["skill"]  # skill ids this emulator created (membership only)
@@ -709,3 +733,8 @@ class Crowd:
             "restrictions": [public(r) for r in self.restrictions.get(worker["id"], ())],
             "busy": rt["assignment"] is not None,
         }
+
+
+def _n_images(tasks: list[Doc]) -> int:
+    """The images a worker looks at in a suite of these tasks (a task without images counts as one)."""
+    return sum(len((t.get("input_values") or {}).get("images") or [1]) for t in tasks)

@@ -7,7 +7,9 @@ same worker answers the same suite identically whenever it happens to take it.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,12 @@ SKIP_RATES: dict[str, float] = {
     "careless": 0.08,
     "spammer": 0.05,
 }
+# The least pay a worker takes a pool's work for, in USD per hour of its own time on the pool's suites:
+# log-normal over the market (median, spread of the log). At the least reward Toloka allows ($0.005
+# for a 10-image suite, ~$0.20/h for a diligent worker) about a quarter of the diligent workers pass the
+# pool by; at the demo's $0.02 (~$0.80/h) fewer than 1 in 50; fast workers (spammers above all) earn
+# more per hour on any pool, so cheap pools get a larger share of them.
+RESERVATION_WAGE = (0.12, 0.9)
 MAX_GROUPS = 10
 TYPES = tuple(DEFAULT_SHARES)
 LANGUAGES = (["EN"], ["EN", "RU"], ["RU"])
@@ -125,6 +133,18 @@ def duration(seed: int, worker: dict[str, Any], suite_id: str, n_images: int) ->
     per_image = TYPE_PARAMS[worker["type"]][1]
     noise = rng("duration", seed, worker["id"], suite_id).lognormvariate(0, 0.2)
     return max(2.0, per_image * max(n_images, 1) * worker["pace"] * noise)
+
+
+def expected_seconds(worker: dict[str, Any], n_images: int) -> float:
+    """How long a worker expects to spend on a suite of `n_images` images (its own pace, no noise)."""
+    return max(2.0, TYPE_PARAMS[worker["type"]][1] * max(n_images, 1) * worker["pace"])
+
+
+def reservation_wage(seed: int, worker: dict[str, Any]) -> float:
+    """The least pay per hour (USD) the worker takes work for: systematic per worker (`RESERVATION_WAGE`)."""
+    u = min(max(unit("reservation-wage", seed, worker["id"]), 1e-9), 1 - 1e-9)
+    median, spread = RESERVATION_WAGE
+    return median * math.exp(spread * NormalDist().inv_cdf(u))
 
 
 def pause(seed: int, worker: dict[str, Any], assignment_id: str) -> float:
