@@ -622,6 +622,7 @@ class Crowd:
         if suite["_overlap"] is not None:
             pool["_stats"]["total"] += suite["_overlap"]
         self.store.touch("pool", pool["id"])
+        self.check_complete(pool)  # a completed pool given a new suite is no longer complete
         if pool["status"] == "OPEN":
             self.notify()
 
@@ -653,10 +654,16 @@ class Crowd:
             self.notify()
 
     def check_complete(self, pool: Doc) -> None:
+        """A complete open pool closes its auto-close delay after it completed; given more to answer
+        meanwhile, it is no longer complete and its delay counts again from its next completion."""
         stats = pool["_stats"]
         if pool["_kind"] != "pool" or pool["status"] != "OPEN" or not stats["total"]:
             return
-        if stats["done"] >= stats["total"] and stats["active"] == 0 and pool.get("_close_at") is None:
+        complete = stats["done"] >= stats["total"] and stats["active"] == 0
+        if not complete and pool.get("_close_at") is not None:
+            pool["_close_at"] = None  # its event, still in the heap, no longer matches: ignored
+            self.store.touch("pool", pool["id"])
+        if complete and pool.get("_close_at") is None:
             at = self.now + float(pool.get("auto_close_after_complete_delay_seconds") or 0)
             pool["_close_at"] = at
             self.push(at, POOL_CHECK, pool["id"])

@@ -1051,6 +1051,42 @@ def test_a_completed_pool_opened_again_closes_again(emu, client):
     assert (again.status.value, again.last_close_reason.value) == ("CLOSED", "COMPLETED")
 
 
+def test_the_auto_close_delay_counts_from_the_last_completion(emu, client):
+    """A pool that completes, is given more to answer within its auto-close delay and completes again
+    closes the delay after its last completion: it closed the delay after its first one, while the
+    requester was still counting on the delay (here 40 minutes early)."""
+    pool = _pool(
+        client,
+        _project(client).id,
+        defaults={"default_overlap_for_new_task_suites": 1},
+        auto_close_after_complete_delay_seconds=3600,
+    )
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    suite_id = next(iter(client.get_task_suites(pool_id=pool.id))).id
+
+    def advance_until_accepted(count: int) -> float:
+        """The simulated instant at which the pool first holds `count` accepted answers (minute steps)."""
+        for _ in range(30):
+            if len(list(client.get_assignments(pool_id=pool.id, status="ACCEPTED"))) >= count:
+                return emu.advance(0)
+            emu.advance(60)
+        raise AssertionError(f"fewer than {count} answers")
+
+    first = advance_until_accepted(1)  # complete: its delay runs from at most now
+    emu.advance(1200)
+    client.patch_task_suite(suite_id, toloka.task_suite.TaskSuitePatch(overlap=2))
+    second = advance_until_accepted(2)  # complete again, at least 20 minutes later
+    emu.advance(first + 3601 - second)
+    assert client.get_pool(pool.id).is_open(), "closed the delay after the first completion"
+    emu.advance(second + 3660 - emu.advance(0))
+    closed = client.get_pool(pool.id)
+    assert (closed.status.value, closed.last_close_reason.value) == ("CLOSED", "COMPLETED")
+
+
 def test_a_golden_set_rule_restricts_the_workers_who_miss_the_gold(emu, client):
     """GOLDEN_SET (correct answers on control tasks): workers whose rate falls below the rule's bound
     are restricted from the pool, which catches the spammers (a quarter right on four labels) and
