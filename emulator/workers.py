@@ -247,7 +247,9 @@ def answer_task(
             output[name] = allowed[index] if index < len(allowed) else str(index + 1)
         elif allowed:
             truth = true_label(seed, task, items, name, allowed)
-            output[name] = classify(seed, worker, truth, allowed, _item_key(task, items), salt)
+            # The image's look-alikes (digits: nearest other class centroids), when its truth is its class.
+            alike = items[0].confusions if items and truth == items[0].cls else ()
+            output[name] = classify(seed, worker, truth, allowed, _item_key(task, items), salt, alike)
         elif kind == "boolean":
             output[name] = bool(stable_int("bool", seed, worker["id"], salt, name) % 2)
         elif kind in ("integer", "float"):
@@ -274,14 +276,25 @@ def true_label(seed: int, task: dict[str, Any], items: list[Item], name: str, al
     return allowed[stable_int("true-label", seed, _item_key(task, items), name) % len(allowed)]
 
 
-def classify(seed: int, worker: dict[str, Any], truth: Any, allowed: list[Any], key: str, salt: str) -> Any:
+def classify(
+    seed: int,
+    worker: dict[str, Any],
+    truth: Any,
+    allowed: list[Any],
+    key: str,
+    salt: str,
+    alike: tuple[str, ...] = (),
+) -> Any:
     """A worker's answer to a classification task: spammers pick at random; the others see the item
-    wrongly with their error rate (systematic per worker and item), then pick another choice."""
+    wrongly with their error rate (systematic per worker and item), and then name one of its
+    look-alikes (`alike`: the classes it is confused with, as on grouping HITs) when any is a choice,
+    else another choice."""
     if worker["type"] == "spammer":
         return allowed[stable_int("class-spam", seed, worker["id"], salt) % len(allowed)]
     if len(allowed) < 2 or unit("misclassify", seed, worker["id"], key) >= worker["error_rate"]:
         return truth
     others = [value for value in allowed if value != truth]
+    others = [value for value in alike if value in others] or others
     return others[stable_int("class-wrong", seed, worker["id"], key) % len(others)]
 
 

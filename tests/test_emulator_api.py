@@ -720,6 +720,36 @@ def test_single_image_classification_is_answered_like_a_crowd(emu, client):
     assert len(set(spam)) > 1  # spread, not always the first choice
 
 
+def test_a_misread_digit_is_read_as_a_look_alike(emulator_factory):
+    """Classifying digits, a worker who misreads one names a look-alike (its image's nearest other
+    class centroids), as on grouping HITs, not any other digit: 12 of 50 wrong labels of workers
+    other than spammers were look-alikes (uniform noise over the nine others gives 2 in 9)."""
+    from emulator.catalogues import Catalogue, url_path
+
+    looks_like = {item.path: item.confusions for item in Catalogue("digits", size=60).items}
+    with emulator_factory(
+        speed=0, seed=4, workers=200, catalogue="digits", crowd={"careless": 0.9}
+    ) as running:
+        client = toloka.TolokaClient(running.token, url=running.url)
+        images = [row["image"] for row in running.control("catalogue")["items"][:60]]
+        truth = {row["image"]: row["class"] for row in running.control("catalogue")["items"][:60]}
+        pool = _pool(client, _classification_project(running, "digits", [str(d) for d in range(10)])["id"])
+        client.create_tasks(
+            [toloka.Task(pool_id=pool.id, input_values={"image": u}, overlap=5) for u in images]
+        )
+        client.open_pool(pool.id)
+        _wait_closed(running, client, pool.id)
+        types = {w["id"]: w["type"] for w in running.workers()}
+        wrong = [  # spammers answer at random by design
+            (a.tasks[0].input_values["image"], a.solutions[0].output_values["label"])
+            for a in client.get_assignments(pool_id=pool.id, status="ACCEPTED")
+            if a.solutions[0].output_values["label"] != truth[a.tasks[0].input_values["image"]]
+            and types[a.user_id] != "spammer"
+        ]
+    alike = sum(label in looks_like[url_path(image)] for image, label in wrong)
+    assert len(wrong) >= 20 and alike >= 0.8 * len(wrong), (alike, len(wrong))
+
+
 def test_slow_workers_expire_and_some_skip_unpaid(emu, client):
     """Who needs longer than assignment_max_duration_seconds ends EXPIRED, some workers skip; neither is
     paid, the suite goes back to the pool, and SKIPPED_IN_ROW_ASSIGNMENTS rules count the skips."""
