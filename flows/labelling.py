@@ -125,8 +125,9 @@ def collect_labels(
             pool_name(main_pool_role),
         )
     except wait.WaitTimeout as timeout:
-        kept = kept_after_stop(params, ids.main_pool, folder, export_kind, timeout, SLOW_POOL, timeout.stats)
-        raise wait.WaitTimeout(kept, timeout.stats) from None
+        advice = SHORT_OF_WORKERS if timeout.short_of_workers else SLOW_POOL
+        kept = kept_after_stop(params, ids.main_pool, folder, export_kind, timeout, advice, timeout.stats)
+        raise wait.WaitTimeout(kept, timeout.stats, timeout.short_of_workers) from None
     except wait.PoolStopped as stopped:
         kept = kept_after_stop(
             params, ids.main_pool, folder, export_kind, stopped, STOPPED_POOL, stopped.stats
@@ -136,6 +137,10 @@ def collect_labels(
 
 
 SLOW_POOL = "with a larger wait.timeout_seconds if the pool is slow"
+SHORT_OF_WORKERS = (
+    "after raising exam.expected_workers, lowering exam.min_skill or hits.overlap, or loosening the "
+    "pools' filters"
+)
 STOPPED_POOL = (
     "after fixing what stopped it (an expired pool is given a new lifetime and reopened; one closed "
     "by hand is reopened)"

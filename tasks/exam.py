@@ -222,6 +222,23 @@ class Staffing:
             f"{stop_the_run()}"
         )
 
+    def short_of_workers(self, qualified: int) -> str | None:
+        """Why no HIT can get its last answers while the exam pool still fills: fewer workers have
+        qualified than the `overlap` different ones each HIT needs (else None).
+
+        On a market with fewer workers than that (an emulator started with a small `--workers`) the
+        wait timed out saying only that the pool made no progress, and advised a longer timeout,
+        which could never help: a market of 2 workers, overlap 3, one of them qualified.
+        """
+        if qualified >= self.overlap:
+            return None
+        return (
+            f"only {qualified} worker(s) reached the skill {self.min_skill:g}, fewer than the "
+            f"{self.overlap} different workers each HIT needs, so no HIT can get its last answers until "
+            "more pass the exam, however long the wait (a market with fewer workers than that, such as "
+            "an emulator started with a small --workers, never will)"
+        )
+
     def used_up(self, qualified: int, answers: int) -> bool:
         """Whether `answers` in the main pool are all its `qualified` workers may give before each is
         restricted (its ANSWER_COUNT rule), with the pool short of what it needs."""

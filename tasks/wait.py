@@ -60,11 +60,13 @@ CODE = ("tasks.budget", "tasks.exam", "tasks.toloka_api", "tasks.toloka_config")
 
 class WaitTimeout(RuntimeError):
     """The pool did not complete in time (the run fails; its hooks close the pools); `stats` is the
-    last poll."""
+    last poll; `short_of_workers`: too few workers had qualified for any HIT to get its last answers,
+    so a longer wait alone would not have finished it."""
 
-    def __init__(self, message: str, stats: PoolStats | None = None) -> None:
+    def __init__(self, message: str, stats: PoolStats | None = None, short_of_workers: bool = False) -> None:
         super().__init__(message)
         self.stats = stats
+        self.short_of_workers = short_of_workers
 
 
 class PoolStopped(RuntimeError):
@@ -501,6 +503,11 @@ def wait_labelling_task(
             guard=guard,
             needed=staffing.needed,
         )
+    except WaitTimeout as timed_out:
+        short = staffing.short_of_workers(staffing.qualified(state))
+        if short is None:
+            raise
+        raise WaitTimeout(f"{timed_out}; {short}", timed_out.stats, short_of_workers=True) from None
     finally:
         report.flush()  # the line the wait ended on, however it ended
     close_all(client, helpers)

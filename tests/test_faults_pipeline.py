@@ -354,6 +354,44 @@ def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it
     assert _objects(emu, "faults-starved")["suites"][main.id] == 9  # nothing was uploaded
 
 
+def test_a_market_smaller_than_the_overlap_times_out_saying_so(
+    prefect_harness, emulator_factory, tmp_path, monkeypatch
+):
+    """A market of two workers for HITs that need three: the exam never fills its seats, so nothing
+    ends the wait but its timeout, which said only that the pool made no progress and advised a
+    longer timeout, which could never help. It now says that fewer workers qualified than each HIT
+    needs, and what to change."""
+    from prefect import flow
+
+    from tasks import budget, exam, wait
+    from tasks.artifacts import ProgressReporter
+
+    with emulator_factory(token=TOKEN, speed=0, workers=2, catalogue_size=30) as tiny:
+        monkeypatch.setenv("TOLOKA_TOKEN", tiny.token)
+        params = _params(small_run_config(tmp_path, tiny.url, "tiny", MAX_SPEND), "faults-tiny")
+        bundle, plan, estimate = _plan_of(params)
+
+        class DayPerPoll(ProgressReporter):  # the two workers arrive, train, pass or fail, answer
+            def __call__(self, stats: Any) -> None:
+                super().__call__(stats)
+                tiny.advance(1800)
+
+        monkeypatch.setattr(wait, "ProgressReporter", DayPerPoll)
+
+        @flow
+        def tiny_market() -> Any:
+            ids = _objects_with_hits(params, "faults-tiny", bundle, plan)
+            guard = budget.SpendGuard.of(params, 0.0, estimate)
+            needed = len(plan.hits) * params.hits.overlap
+            staffing = exam.Staffing(params.exam.min_skill, params.hits.overlap, needed)
+            return wait.wait_labelling_task(params.toloka, ids, bundle, 1, 0.1, 15.0, guard, staffing)
+
+        with pytest.raises(wait.WaitTimeout) as timed_out:
+            tiny_market()
+    assert timed_out.value.short_of_workers
+    assert "fewer than the 3 different workers each HIT needs" in str(timed_out.value), timed_out.value
+
+
 def test_more_hits_per_image_on_a_finished_run_are_answered_and_only_they_are_paid(
     prefect_harness, emu, config
 ):
