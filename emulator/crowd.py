@@ -733,6 +733,7 @@ class Crowd:
             "type": worker["type"],
             "profile": worker["profile"],
             "error_rate": worker["error_rate"],
+            "reservation_wage": round(reservation_wage(self.seed, worker), 4),
             "online": rt["online_until"] is not None,
             "sessions": rt["session"] + (rt["online_until"] is not None),
             "skills": self.skills.get(worker["id"], {}),

@@ -340,25 +340,32 @@ def test_the_crowd_mix_can_be_set_and_an_impossible_one_is_refused():
     assert kinds["spammer"] >= 0.6 * len(answered), kinds
 
 
-def _taken_in_twenty_minutes(emulator_factory, reward: float) -> Counter:
+def _taken_in_twenty_minutes(emulator_factory, reward: float) -> tuple[Counter, float]:
     """One pool of 100 ten-image suites alone on a market of 400 (seed 2): who took its suites in the
-    first 20 simulated minutes, by worker type."""
+    first 20 simulated minutes, by worker type, and the highest reservation wage among the diligent
+    workers who took one."""
     with emulator_factory(speed=0, seed=2, workers=400, start=1.8e9) as emu:
         client = make_client(emu)
         urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(82)]
         pool = _grouping_pool(client, {"reward_per_assignment": reward}, 100, 5, urls)
         client.open_pool(pool.id)
         emu.advance(1200)
-        kinds = {w["id"]: w["type"] for w in emu.workers()}
-        return Counter(kinds[a.user_id] for a in client.get_assignments(pool_id=pool.id))
+        workers = {w["id"]: w for w in emu.workers()}
+        takers = {a.user_id for a in client.get_assignments(pool_id=pool.id)}
+        wages = [workers[w]["reservation_wage"] for w in takers if workers[w]["type"] == "diligent"]
+        kinds = Counter(workers[a.user_id]["type"] for a in client.get_assignments(pool_id=pool.id))
+        return kinds, max(wages)
 
 
 def test_a_pool_paying_the_least_reward_fills_slower(emulator_factory):
     """The same pool at Toloka's least reward ($0.005 a ten-image suite, ~$0.20 an hour of a diligent
     worker) and at $0.20: the workers whose reservation wage it misses pass it by, so it fills slower,
     and the fast (spammers) lose nothing by it. Before, both got the same answers from the same workers."""
-    cheap = _taken_in_twenty_minutes(emulator_factory, 0.005)
-    dear = _taken_in_twenty_minutes(emulator_factory, 0.2)
+    cheap, cheap_wage = _taken_in_twenty_minutes(emulator_factory, 0.005)
+    dear, dear_wage = _taken_in_twenty_minutes(emulator_factory, 0.2)
+    # A diligent worker needs 90 s for ten images at its median pace (the fastest ~50 s): $0.005 pays
+    # ~$0.20-0.35 an hour, $0.20 ~$8-14, above every reservation wage of this market.
+    assert cheap_wage < 0.35 < dear_wage, (cheap_wage, dear_wage)
     assert sum(cheap.values()) <= 0.8 * sum(dear.values()), (cheap, dear)
     assert cheap["diligent"] <= 0.7 * dear["diligent"], (cheap, dear)
     assert cheap["spammer"] >= 0.9 * dear["spammer"], (cheap, dear)
