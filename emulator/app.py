@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emulator.catalogues import render_png
@@ -213,8 +213,8 @@ def create_app(emu: Emulator) -> Any:
 
     @app.get("/api/new/requester/pools/{pool_id}/assignments.tsv")
     async def assignments_tsv(pool_id: str, request: Request) -> Any:
-        text = call(emu.export_tsv, pool_id, _params(request))
-        return PlainTextResponse(text, media_type="text/tab-separated-values; charset=utf-8")
+        chunks = call(emu.export_tsv, pool_id, _params(request))
+        return StreamingResponse(chunks, media_type="text/tab-separated-values; charset=utf-8")
 
     # --------------------------------------------------------------------------------- user skills
     @app.get("/api/v1/user-skills")

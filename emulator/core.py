@@ -12,7 +12,7 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from emulator import aggregate
@@ -911,7 +911,8 @@ class Emulator:
         ]
         return sorted(found, key=lambda d: d["id"])
 
-    def export_tsv(self, pool_id: str, params: dict[str, str]) -> str:
+    def export_tsv(self, pool_id: str, params: dict[str, str]) -> Iterator[str]:
+        """The pool's export, checked now and written as it is read (`emulator.tsv.export`)."""
         return export(self, self.get("pool", pool_id), params)
 
 

@@ -7,6 +7,7 @@ never loses answers that were already paid for: fix the row (or the parser) and 
 
 from __future__ import annotations
 
+import httpx
 import pandas as pd
 from prefect import get_run_logger
 
@@ -14,7 +15,13 @@ from tasks.export_format import EXPORT_FIELDS, SUITE
 from tasks.params import TolokaTarget
 from tasks.stage import stage_task
 from tasks.stages import LabellingWait, PoolStats
-from tasks.toloka_api import TolokaClient, make_client, pool_stats
+from tasks.toloka_api import DEFAULT_TIMEOUT, TolokaClient, make_client, pool_stats
+
+EXPORT_READ_SECONDS = 120.0
+"""How long the export may go without a byte. A platform may prepare the file before it sends any
+of it: the emulator did, and a pool of 90,000 answers on a busy machine took 101 s to its first byte
+(3.5 s idle), past the 10 s every other request waits, so a 100,000-image run's export failed on
+each of its tries."""
 
 
 def export_accepted(client: TolokaClient, pool_id: str) -> pd.DataFrame:
@@ -55,6 +62,8 @@ def export_task(
     cache key, so the export of a pool that is still filling is made again once it holds more
     answers instead of being served from the cache as it was the first time.
     """
-    frame = export_accepted(make_client(target), pool_id)
+    frame = export_accepted(
+        make_client(target, timeout=httpx.Timeout(DEFAULT_TIMEOUT, read=EXPORT_READ_SECONDS)), pool_id
+    )
     get_run_logger().info("pool %s: exported %s rows of accepted assignments", pool_id, f"{len(frame):,}")
     return frame

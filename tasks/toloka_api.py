@@ -223,10 +223,16 @@ def _where(target: TolokaTarget) -> dict[str, Any]:
     return {"url": url} if url else {"environment": target.environment.upper()}
 
 
-def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
+DEFAULT_TIMEOUT = 10.0  # s to connect, and to wait for each read: toloka-kit's own default
+
+
+def make_client(
+    target: TolokaTarget, retries: int = 3, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT
+) -> TolokaClient:
     """A toloka-kit client for the target (emulator URL, sandbox or production).
 
-    `retries=0` gives a client for non-idempotent creates (see `find_or_create`). With
+    `retries=0` gives a client for non-idempotent creates (see `find_or_create`); `timeout` is
+    toloka-kit's (seconds, or an `httpx.Timeout`: the export waits longer for its file). With
     `CROWDCLUST_TOLOKA_RATE_LIMIT` on (the service's workers), every request takes a slot of the
     Prefect rate limit `toloka-api-<environment>`, shared by all runs on all workers; otherwise one
     of this process's bucket for the environment, where it has a rate (`tasks.toloka_rate`).
@@ -235,9 +241,14 @@ def make_client(target: TolokaTarget, retries: int = 3) -> TolokaClient:
     where = _where(target)
     if toloka_rate.throttled(target.environment):
         return RateLimitedClient(
-            token, rate_environment=target.environment, retries=retries, verify=tls_context(), **where
+            token,
+            rate_environment=target.environment,
+            retries=retries,
+            timeout=timeout,
+            verify=tls_context(),
+            **where,
         )
-    return TolokaClient(token, retries=retries, verify=tls_context(), **where)
+    return TolokaClient(token, retries=retries, timeout=timeout, verify=tls_context(), **where)
 
 
 _requesters: dict[tuple[str | None, str], str] = {}

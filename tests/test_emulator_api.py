@@ -1012,6 +1012,40 @@ def test_a_pool_that_does_not_say_accepts_answers_automatically(emu, client):
     assert before - _balance(client) == pytest.approx(Decimal("0.13"))
 
 
+def test_a_pools_export_flows_in_chunks_and_holds_every_answer(monkeypatch):
+    """The export was written whole before its first byte was sent: at 90,000 answers (a 100,000-image
+    run) on a busy machine that took 101 s, past toloka-kit's 10 s read timeout, so the run's export
+    failed on every try. Now it is sent in chunks as it is written (chunked, no length known up
+    front), each chunk written under the store's lock, and toloka-kit's reader still gets every
+    answer once. (An emulator of its own: the module's shared crowd would work this pool instead of
+    the next test's.)"""
+    from emulator import tsv
+
+    monkeypatch.setattr(tsv, "ROWS_PER_CHUNK", 2)
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=11, start=START, workers=100)) as emu:
+        client = toloka.TolokaClient(emu.token, url=emu.url)
+        body = _pool_body(_project(client).id, defaults={"default_overlap_for_new_task_suites": 2})
+        with _raw(emu) as raw:
+            pool = client.get_pool(raw.post("/api/v1/pools", json=body).json()["id"])
+        images = [_images(emu, 3, 3 * i) for i in range(3)]
+        suites = [
+            toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": i})]) for i in images
+        ]
+        client.create_task_suites(suites, allow_defaults=True)
+        client.open_pool(pool.id)
+        _wait_closed(emu, client, pool.id)
+        accepted = sorted(a.id for a in client.get_assignments(pool_id=pool.id, status="ACCEPTED"))
+        assert len(accepted) == 6, accepted
+        export = f"/api/new/requester/pools/{pool.id}/assignments.tsv"
+        with _raw(emu) as raw, raw.stream("GET", export) as answer:
+            assert answer.status_code == 200 and "content-length" not in answer.headers, answer.headers
+            assert answer.headers.get("transfer-encoding") == "chunked", answer.headers
+            text = answer.read().decode()
+        frame = client.get_assignments_df(pool.id, field=["ASSIGNMENT:assignment_id"])
+    assert text.count("\n") == 1 + 6, text
+    assert sorted(frame["ASSIGNMENT:assignment_id"]) == accepted
+
+
 def test_an_open_pool_is_closed_for_update_before_it_is_edited(emu, client):
     """Toloka refuses to edit an open pool (close it for update first): the emulator took the edit,
     so a script raising an open pool's reward passed its rehearsal and failed against Toloka."""
