@@ -44,7 +44,7 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
     except RunKeyBusy:
         log.warning("run key busy with another live run: its pools stay open")
     except MissingTokenError:
-        log.warning("no Toloka token: nothing could have been opened, nothing to close")
+        log.warning("no usable Toloka token: nothing could have been opened, nothing to close")
     except TRANSIENT as exc:
         if _unreachable_from_the_start(state):
             # The run opened nothing; only an earlier attempt of the key may have left pools open.

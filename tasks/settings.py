@@ -8,6 +8,7 @@ otherwise), never from where the code is installed, so an installed wheel behave
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -76,3 +77,19 @@ class Settings(BaseSettings):
     def results_dir(self) -> Path:
         """Default PREFECT_RESULTS_LOCAL_STORAGE_PATH: where persisted task results (the resume cache) go."""
         return self.project_dir / ".prefect_results"
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` (without its surrounding whitespace) cannot be sent, never quoting it; else None.
+
+    An OAuth token is visible ASCII. Any other character failed the first request inside httpx, and
+    its error held the whole header: `UnicodeEncodeError('ascii', 'OAuth <token>...', ...)` for a
+    zero-width space pasted with the token, `Illegal header value b'OAuth <token> ...'` for a space
+    or a control character. Prefect logged that error's repr and persisted it as the failed run's
+    result, so the token went to the run's log, the UI and the result storage.
+    """
+    for ch in token:
+        if not "!" <= ch <= "~":
+            name = unicodedata.name(ch, "a control character")
+            return f"it holds a character an HTTP header cannot carry (U+{ord(ch):04X}, {name})"
+    return None

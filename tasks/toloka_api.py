@@ -37,7 +37,7 @@ from pydantic import SecretStr
 from tasks import toloka_rate
 from tasks.params import TolokaTarget, endpoint
 from tasks.pause import pause
-from tasks.settings import Settings
+from tasks.settings import Settings, token_problem
 from tasks.stages import PoolStats, RoundState
 
 # toloka-kit imports its optional `toloka.autoquality` when it can (a `try: import` in its
@@ -72,6 +72,7 @@ __all__ = [
     "ALREADY_DONE",
     "TRANSIENT",
     "ApiError",
+    "BadToken",
     "MissingTokenError",
     "Opening",
     "PlatformUnreachable",
@@ -143,26 +144,48 @@ class TokenRefused(MissingTokenError):
     """The platform answered and refused the token (401/403): a setting to fix, like a missing one."""
 
 
+class BadToken(TokenRefused):
+    """The token holds a character an HTTP header cannot carry: no request could ever send it."""
+
+
+def _usable(token: str, source: str, again: str) -> SecretStr:
+    """`token` without surrounding whitespace (a newline from a file, a CRLF `.env`), or `BadToken`
+    (see `tasks.settings.token_problem`), which says how to set it `again` and never shows it."""
+    token = token.strip()
+    problem = token_problem(token)
+    if problem is not None:
+        raise BadToken(
+            f"the Toloka token in {source} cannot be used: {problem}; {again} (the token is not shown)"
+        )
+    return SecretStr(token)
+
+
 def token_in_environment() -> SecretStr | None:
-    """`TOLOKA_TOKEN` when set and not empty (no Prefect API needed to read it)."""
+    """`TOLOKA_TOKEN` when set and not blank (no Prefect API needed to read it); `BadToken` when it
+    holds a character no request could send."""
     token = Settings().toloka_token
-    return token if token is not None and token.get_secret_value() else None
+    if token is None or not token.get_secret_value().strip():
+        return None
+    return _usable(token.get_secret_value(), "TOLOKA_TOKEN", "set TOLOKA_TOKEN again without it")
 
 
 def resolve_token(target: TolokaTarget) -> SecretStr:
-    """`TOLOKA_TOKEN` first, then the Prefect Secret block named in the target."""
+    """`TOLOKA_TOKEN` first, then the Prefect Secret block named in the target (see `_usable`)."""
     token = token_in_environment()
     if token is not None:
         return token
     try:
         from prefect.blocks.system import Secret
 
-        return SecretStr(Secret.load(target.token_secret_block).get())
+        value = Secret.load(target.token_secret_block).get()
     except Exception as exc:  # block missing, no API, ...
         raise MissingTokenError(
             f"no Toloka token: set TOLOKA_TOKEN or create a Prefect Secret block "
             f"'{target.token_secret_block}' ({type(exc).__name__})"
         ) from None
+    block = target.token_secret_block
+    again = f"save it again without it (`crowdclust token save --block {block}`)"
+    return _usable(str(value), f"the Prefect Secret block '{block}'", again)
 
 
 def drop_credentials(error: BaseException) -> None:

@@ -330,6 +330,19 @@ def test_wrong_token_is_refused_in_one_line(run_cli, monkeypatch):
     assert result.exit_code == 2 and "refused the token (401" in _one_error_line(result)  # a setting
 
 
+def test_a_token_no_request_can_send_is_refused_in_one_line_without_it(run_cli, monkeypatch):
+    """A zero-width space pasted with the token: the command ended on a 60-line traceback of httpx's
+    `UnicodeEncodeError` (exit 1), whose error object holds the whole header, token included."""
+    monkeypatch.setenv("TOLOKA_TOKEN", "pasted-token-1234\u200b")
+    result, _ = run_cli()
+    line = _one_error_line(result)
+    assert result.exit_code == 2 and "pasted-token-1234" not in result.output, result.output
+    assert line == (
+        "error: the Toloka token in TOLOKA_TOKEN cannot be used: it holds a character an HTTP header "
+        "cannot carry (U+200B, ZERO WIDTH SPACE); set TOLOKA_TOKEN again without it (the token is not shown)"
+    )
+
+
 def test_the_token_saved_by_crowdclust_token_is_what_crowdclust_run_reads_from_that_folder(
     run_cli, tmp_path, migrated_prefect_home
 ):
@@ -396,11 +409,16 @@ def test_the_token_saved_by_crowdclust_token_is_what_crowdclust_run_reads_from_t
 
 def test_crowdclust_token_refuses_an_empty_token_and_names_an_absent_server():
     """Refused before any server is asked: an empty token (Toloka would refuse it only at the first
-    run); a server that is not there is named, the token never shown."""
+    run), one with a character no HTTP header can carry (a zero-width space pasted with it: it was
+    saved, and the runs that read it failed); a server that is not there is named, the token never
+    shown."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     cli = [sys.executable, "-m", "crowdclust.cli", "token", "save"]
     empty = subprocess.run(cli, input="\n", env=env, capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "the token is empty" in empty.stderr
+    pasted = subprocess.run(cli, input="tok-123\u200b\n", env=env, capture_output=True, text=True, timeout=60)
+    assert pasted.returncode == 2 and "(U+200B, ZERO WIDTH SPACE)" in pasted.stderr, pasted.stderr
+    assert "tok-123" not in pasted.stdout + pasted.stderr
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # discard port: nothing listens
     absent = subprocess.run(cli, input="tok-123\n", env=env, capture_output=True, text=True, timeout=60)
     assert absent.returncode == 1, absent.stderr

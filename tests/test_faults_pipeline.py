@@ -671,3 +671,71 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
         # ... and a stage keyed by object ids alone (wait, export) can never be served another
         # instance's result for an object of the same id.
         assert _client(restarted).get_requester().id != lost
+
+
+def _decoded(path: Path) -> bytes:
+    """A persisted result as Prefect stores it (a JSON record or bare text, the pickle base64-encoded,
+    in lines), decoded: a token in it is not in the file's bytes as such."""
+    import base64
+    import binascii
+    import json
+    import re
+
+    raw = path.read_bytes()
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    text = record["result"].encode() if isinstance(record, dict) and "result" in record else raw
+    try:
+        return raw + base64.b64decode(re.sub(rb"\s+", b"", text), validate=True)
+    except (binascii.Error, ValueError):
+        return raw
+
+
+def test_a_token_saved_with_a_character_no_header_can_carry_reaches_no_log_and_no_result(
+    prefect_harness, emu, config, results_dir, monkeypatch
+):
+    """A token pasted into its Secret block with a zero-width space after it (invisible in the UI's
+    field and in a terminal): httpx failed the run's first request with `UnicodeEncodeError('ascii',
+    'OAuth <token>\u200b', 40, 41, ...)`, which Prefect logged as it is ("Encountered exception during
+    execution: ...", in the run's log and the UI) and persisted as the failed run's result, pickled in
+    the result storage every worker shares. The token is now refused as it is read, without it."""
+    from prefect import get_client
+    from prefect.blocks.system import Secret
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
+
+    from flows.labelling import labelling
+
+    block = "faults-pasted-token"
+    Secret(value=TOKEN + "\u200b").save(block, overwrite=True)
+    monkeypatch.delenv("TOLOKA_TOKEN")
+    params = _params(config, "faults-pasted", toloka={"token_secret_block": block})
+    before = {path for path in results_dir.rglob("*") if path.is_file()}
+    with temporary_settings({PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}):  # as the service's workers
+        state = labelling(params, return_state=True)
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    assert logs and all(TOKEN not in log.message for log in logs), [log.message for log in logs]
+    written = [path for path in results_dir.rglob("*") if path.is_file() and path not in before]
+    assert written, "the failed run's result was not persisted"  # so the check below checks something
+    assert all(TOKEN.encode() not in _decoded(path) for path in written), written
+    assert (
+        f"the Toloka token in the Prefect Secret block '{block}' cannot be used: it holds a character "
+        "an HTTP header cannot carry (U+200B, ZERO WIDTH SPACE)"
+    ) in str(state.message), state.message
+    assert _objects(emu, "faults-pasted")["pools"] == {}  # refused before anything was created
+
+
+def test_a_token_read_with_its_line_end_is_sent_without_it(emu, config, monkeypatch):
+    """`TOLOKA_TOKEN` from a `.env` file with Windows line ends ends in a carriage return: httpx
+    refused the header (`Illegal header value b'OAuth <token>\\r'`, the token in the error's text)
+    and the run read "cannot reach Toloka" with the emulator up. Surrounding whitespace is dropped."""
+    from tasks.toloka_api import probe
+
+    monkeypatch.setenv("TOLOKA_TOKEN", TOKEN + "\r\n")
+    assert probe(_params(config, "faults-line-end").toloka, attempts=1)

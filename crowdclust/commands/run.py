@@ -202,9 +202,12 @@ def _closed(key: str, closed: list[str]) -> str:
 
 def _token_in_environment() -> bool:
     """TOLOKA_TOKEN is set (not empty): no Secret block, so no Prefect API, is needed to read it."""
-    from tasks.toloka_api import token_in_environment
+    from tasks.toloka_api import BadToken, token_in_environment
 
-    return token_in_environment() is not None
+    try:
+        return token_in_environment() is not None
+    except BadToken:  # set, but no request could send it: the run's `error:` line says so, exit 2
+        return True
 
 
 def _close_only(params: PipelineParams, debug: bool, catalogue: bool = False) -> typer.Exit:

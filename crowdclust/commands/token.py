@@ -25,8 +25,9 @@ DEFAULT_BLOCK = "toloka-token"
 def read_secret(stream_is_tty: bool) -> str:
     """The token: typed at a hidden prompt in a terminal, else the first line of standard input.
 
-    Surrounding whitespace is dropped (a newline from `echo` or a paste); an empty token or one
-    with a space inside is refused, since Toloka would refuse it only at the first run.
+    Surrounding whitespace is dropped (a newline from `echo` or a paste); an empty token, one with
+    a space inside or one with any other character an HTTP header cannot carry (`token_problem`) is
+    refused, since it would fail only at the first run.
     """
     text = typer.prompt("Toloka token", hide_input=True) if stream_is_tty else sys.stdin.readline()
     token = text.strip()
@@ -34,6 +35,11 @@ def read_secret(stream_is_tty: bool) -> str:
         raise typer.BadParameter("the token is empty (give it on standard input or at the prompt)")
     if any(ch.isspace() for ch in token):
         raise typer.BadParameter("the token has whitespace inside; paste the OAuth token alone")
+    from tasks.settings import token_problem
+
+    problem = token_problem(token)  # a zero-width space pasted with it, say: no request could send it
+    if problem is not None:
+        raise typer.BadParameter(f"{problem}; paste the OAuth token alone (it is not shown)")
     return token
 
 
