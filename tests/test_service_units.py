@@ -65,7 +65,11 @@ def test_local_deployments_get_the_service_emulator_url(tmp_path: Path):
     assert "definitions" not in spec
 
 
-def test_settings_are_remembered_without_secrets(tmp_path: Path):
+def test_settings_are_remembered_without_secrets(tmp_path: Path, monkeypatch):
+    # As the docs give them to `make up`: in its environment, which the workers' is made from. The
+    # database URL went on to every worker and flow run, password included.
+    monkeypatch.setenv("CROWDCLUST_DATABASE_URL", "postgresql+asyncpg://u:pw-7f3e@h/db")
+    monkeypatch.setenv("CROWDCLUST_EMULATOR_ADMIN_TOKEN", "admin-7f3e")
     cfg = ServiceConfig(
         state_dir=tmp_path, server_port=14999, workers=3, database_url="postgresql+asyncpg://u:secret@h/db"
     )
@@ -80,6 +84,7 @@ def test_settings_are_remembered_without_secrets(tmp_path: Path):
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH"
     ].endswith("results")
     assert not [k for k in env if "DATABASE" in k or k == "TOLOKA_TOKEN"]
+    assert not [k for k, v in env.items() if "7f3e" in v], [k for k, v in env.items() if "7f3e" in v]
     assert json.loads(cfg.settings_file.read_text())["workers"] == 3
 
 

@@ -25,6 +25,8 @@ WORK_POOL = "crowdclust"
 TOKEN_BLOCK = "crowdclust-local-token"
 RESULTS_BLOCK = "crowdclust-results"
 TOKEN_ENV = "CROWDCLUST_EMULATOR_TOKEN"  # the emulator reads its token from here (never argv)
+ADMIN_TOKEN_ENV = "CROWDCLUST_EMULATOR_ADMIN_TOKEN"  # the emulator's second token (its --admin-token)
+DATABASE_URL_ENV = "CROWDCLUST_DATABASE_URL"  # `up`'s existing PostgreSQL, password included
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is served read-only
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
 SERVICE_DIR_ENV = "CROWDCLUST_SERVICE_DIR"  # the service folder (`make up/status/down`, `crowdclust run`)
@@ -118,12 +120,16 @@ class ServiceConfig:
         - CROWDCLUST_RUNS_URL/_DIR: where `runs/` is served over http (links in artifacts).
         - CROWDCLUST_TOLOKA_RATE_LIMIT: every Toloka request of a run takes a slot of the global rate
           limit `toloka-api-<environment>`, so all runs on all workers share the requester's quota.
-        - TOLOKA_TOKEN, the emulator token and database settings are removed: deployments name their
+        - TOLOKA_TOKEN, the emulator's tokens and database settings are removed: deployments name their
           Secret block, and a production token in the developer's shell must never reach the emulator.
+          CROWDCLUST_DATABASE_URL, which `make up` reads, went on to every worker and flow run with
+          its password; the server gets the URL as PREFECT_API_DATABASE_CONNECTION_URL alone.
         """
         dropped = {
             "TOLOKA_TOKEN",
             TOKEN_ENV,
+            ADMIN_TOKEN_ENV,
+            DATABASE_URL_ENV,
             "CROWDCLUST_LOCAL_URL",
             "PREFECT_RESULTS_LOCAL_STORAGE_PATH",  # the service chooses result storage for its workers
             "PREFECT_LOCAL_STORAGE_PATH",

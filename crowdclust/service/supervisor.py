@@ -21,6 +21,7 @@ from typing import Any
 
 from crowdclust.service import deployments, postgres
 from crowdclust.service.config import (
+    ADMIN_TOKEN_ENV,
     REPO,
     TOKEN_ENV,
     WORK_POOL,
@@ -104,6 +105,8 @@ def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
         ], env
     if name == "emulator":
         env[TOKEN_ENV] = _token(cfg)
+        if os.environ.get(ADMIN_TOKEN_ENV):  # its own, as before: the workers' environment has none
+            env[ADMIN_TOKEN_ENV] = os.environ[ADMIN_TOKEN_ENV]
         command = [
             bin_path("crowdclust"),
             "emulator",
