@@ -42,6 +42,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+BLOCK_NAME = r"^[a-z0-9-]+$"  # a Prefect block document's name
+
+
 class TolokaTarget(_Model):
     """Which Toloka to talk to. The token is deliberately not here (it is read inside tasks)."""
 
@@ -62,8 +65,27 @@ class TolokaTarget(_Model):
     )
     token_secret_block: str = Field(
         "toloka-token",
-        description="Name of the Prefect Secret block holding the token, used when TOLOKA_TOKEN is unset.",
+        # In the run form's schema too, so that Prefect refuses such a run before it stores its parameters.
+        json_schema_extra={"pattern": BLOCK_NAME},
+        description="Name of the Prefect Secret block holding the token, used when TOLOKA_TOKEN is unset "
+        "(lowercase letters, digits and dashes, as Prefect names blocks): never the token itself.",
     )
+
+    @field_validator("token_secret_block", mode="after")
+    @classmethod
+    def _a_block_name(cls, value: str) -> str:
+        """A token pasted here (the field reads "token") was a run parameter, in the Prefect database
+        and the UI, whenever TOLOKA_TOKEN was set (the block is then never read), and else in the
+        `no Toloka token: ... create a Prefect Secret block '<token>'` error. No block can have such a
+        name (Prefect's are lowercase letters, digits and dashes); Toloka's tokens have capitals or
+        underscores. The config error does not show the value (`_problem`: the name reads "token")."""
+        if not re.fullmatch(BLOCK_NAME, value):
+            raise ValueError(
+                "not a Prefect block name (lowercase letters, digits and dashes): give the name of the "
+                "Secret block that holds the token, never the token itself (that goes in TOLOKA_TOKEN, "
+                "or `crowdclust token save`)"
+            )
+        return value
 
     @field_validator("url", mode="after")
     @classmethod

@@ -394,6 +394,33 @@ def test_a_token_put_in_the_config_is_refused_without_printing_it(tmp_path):
     )
 
 
+def test_a_token_given_as_the_secret_block_name_is_refused_without_printing_it(tmp_path):
+    """`token_secret_block: <the token>` (a field whose name reads "token"): with TOLOKA_TOKEN set the
+    run went on and stored the token among its Prefect run parameters (the database, the UI); without,
+    the error printed it (`create a Prefect Secret block 'AQAD-...'`). No block can be named so."""
+    path = _demo_copy(tmp_path, "")
+    path.write_text(
+        path.read_text().replace("toloka:\n", "toloka:\n  token_secret_block: AQAD-not_this9\n", 1)
+    )
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    line = _line_of(path, "  token_secret_block: AQAD-not_this9")
+    assert str(error.value).endswith(
+        "toloka.token_secret_block: not a Prefect block name (lowercase letters, digits and dashes): give "
+        "the name of the Secret block that holds the token, never the token itself (that goes in "
+        f"TOLOKA_TOKEN, or `crowdclust token save`) (line {line})"
+    ), str(error.value)
+    with pytest.raises(ConfigError) as error:  # from the command line or a run form, neither
+        load_params(_demo_copy(tmp_path, ""), {"toloka": {"token_secret_block": "AQAD-not_this9"}})
+    assert "AQAD-not_this9" not in str(error.value)
+    schema = PipelineParams.model_json_schema()["$defs"]["TolokaTarget"]["properties"]["token_secret_block"]
+    assert schema["pattern"] == "^[a-z0-9-]+$"  # the run form and Prefect's parameter check refuse it too
+    target = load_params(
+        _demo_copy(tmp_path, ""), {"toloka": {"token_secret_block": "crowdclust-local-token"}}
+    )
+    assert target.toloka.token_secret_block == "crowdclust-local-token"
+
+
 def test_a_seed_outside_what_the_generators_take_is_refused_with_its_line(tmp_path):
     """`seed: -1` passed the config check: the run started its Prefect server and flow and stopped
     at the HIT plan on `error: ValueError: expected non-negative integer. Fix the cause and run the
