@@ -614,3 +614,19 @@ def test_an_unknown_profile_is_refused_in_one_line_naming_the_option_and_its_var
         "(usage: crowdclust service up [OPTIONS];"
     ), said
     assert not state.exists() or not any(state.iterdir())
+
+
+def test_a_change_of_the_flows_parameters_is_deployed_again(tmp_path: Path, monkeypatch):
+    """The deployments hold the parameters' schema from `tasks/params.py`: `make up` re-deployed on a
+    change of prefect.yaml or `flows/` only, so a new check of a parameter reached the flow but not
+    the run form or the server's check of a run's parameters."""
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "flows" / "pipeline.py").write_text("# flow\n")
+    params = tmp_path / "tasks" / "params.py"
+    params.write_text("token_secret_block = 'any'\n")
+    monkeypatch.setattr(deployments, "REPO", tmp_path)
+    cfg = ServiceConfig(state_dir=tmp_path / ".service")
+    before = deployments.fingerprint(cfg, {"deployments": []})
+    params.write_text("token_secret_block = 'a block name'\n")
+    assert deployments.fingerprint(cfg, {"deployments": []}) != before

@@ -52,9 +52,15 @@ def spec(cfg: ServiceConfig) -> dict[str, Any]:
 
 
 def fingerprint(cfg: ServiceConfig, deployed: dict[str, Any]) -> str:
-    """What decides whether a re-deploy is needed: the file, the flows' code, pool and folder."""
+    """What decides whether a re-deploy is needed: the file, the flows' code, pool and folder.
+
+    The flows' parameters are `tasks/params.py`'s models, whose JSON schema a deployment holds: the
+    run form and Prefect's check of a run's parameters. Changed alone, it was not re-deployed, and
+    the server went on accepting what the new models refuse (a token given as the Secret block's
+    name, stored among the run's parameters before the flow refused it).
+    """
     digest = hashlib.sha256(json.dumps(deployed, sort_keys=True, default=str).encode())
-    for path in sorted((REPO / "flows").rglob("*.py")):
+    for path in [*sorted((REPO / "flows").rglob("*.py")), REPO / "tasks" / "params.py"]:
         digest.update(path.read_bytes())
     digest.update(f"{WORK_POOL}|{REPO}|{cfg.api_url}".encode())
     return digest.hexdigest()
