@@ -21,6 +21,7 @@ from emulator import EmulatorSettings, run_in_background
 from tasks.params import PipelineParams, load_params
 from tasks.toloka_api import TolokaClient
 from tests.fixtures.emulator import make_client, run_objects, small_run_config
+from tests.fixtures.prefect import persisted_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -673,26 +674,6 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
         assert _client(restarted).get_requester().id != lost
 
 
-def _decoded(path: Path) -> bytes:
-    """A persisted result as Prefect stores it (a JSON record or bare text, the pickle base64-encoded,
-    in lines), decoded: a token in it is not in the file's bytes as such."""
-    import base64
-    import binascii
-    import json
-    import re
-
-    raw = path.read_bytes()
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        record = None
-    text = record["result"].encode() if isinstance(record, dict) and "result" in record else raw
-    try:
-        return raw + base64.b64decode(re.sub(rb"\s+", b"", text), validate=True)
-    except (binascii.Error, ValueError):
-        return raw
-
-
 def test_a_token_saved_with_a_character_no_header_can_carry_reaches_no_log_and_no_result(
     prefect_harness, emu, config, results_dir, monkeypatch
 ):
@@ -723,7 +704,7 @@ def test_a_token_saved_with_a_character_no_header_can_carry_reaches_no_log_and_n
     assert logs and all(TOKEN not in log.message for log in logs), [log.message for log in logs]
     written = [path for path in results_dir.rglob("*") if path.is_file() and path not in before]
     assert written, "the failed run's result was not persisted"  # so the check below checks something
-    assert all(TOKEN.encode() not in _decoded(path) for path in written), written
+    assert all(TOKEN.encode() not in persisted_bytes(path) for path in written), written
     assert (
         f"the Toloka token in the Prefect Secret block '{block}' cannot be used: it holds a character "
         "an HTTP header cannot carry (U+200B, ZERO WIDTH SPACE)"
