@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import httpx
 from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import flow_run_logger
+from pydantic import ValidationError
 
 from flows.run_names import by_run_key, run_key_of
 from tasks import artifacts, budget, wait
@@ -41,6 +42,11 @@ def close_pools_hook(flow: Any, flow_run: Any, state: Any) -> None:
         with run_lock(params.toloka, key, closing=True):
             closed = close_with_retries(RunRegistry(make_client(params.toloka, retries=1), key))
         log.warning("%s", ended(flow_run, state, closed))
+    except ValidationError:
+        # Prefect refused the parameters before the flow ran (its state names the field): nothing was
+        # opened. pydantic's text holds every refused value, and one may be a secret (a token given
+        # as `toloka.token_secret_block` was logged here in full).
+        log.warning("the run's parameters are not valid (its state says which): it opened nothing to close")
     except RunKeyBusy:
         log.warning("run key busy with another live run: its pools stay open")
     except MissingTokenError:

@@ -720,3 +720,27 @@ def test_a_token_read_with_its_line_end_is_sent_without_it(emu, config, monkeypa
 
     monkeypatch.setenv("TOLOKA_TOKEN", TOKEN + "\r\n")
     assert probe(_params(config, "faults-line-end").toloka, attempts=1)
+
+
+def test_a_run_refused_for_its_parameters_logs_none_of_their_values(prefect_harness, config):
+    """A token given as the Secret block's name in a run Prefect made before its deployment had the
+    check (or of a server that does not enforce the parameters' schema): Prefect failed the run on
+    its parameters, naming the field only, and the hook that closes pools logged pydantic's error,
+    `input_value='<the token>'` and all."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from flows.labelling import labelling
+
+    token = f"AQAD-{uuid.uuid4().hex}-Secret"
+    raw = _params(config, "faults-unvalidated").model_dump(mode="json")
+    raw["toloka"]["token_secret_block"] = token
+    state = labelling(raw, return_state=True)
+    assert state.is_failed() and "params.toloka.token_secret_block" in str(state.message), state.message
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    assert all(token not in log.message for log in logs), [log.message for log in logs]
+    assert any("opened nothing to close" in log.message for log in logs), [log.message for log in logs]
+    assert token not in str(state.message)
