@@ -1091,21 +1091,27 @@ def test_a_pool_closed_for_update_opens_again_by_itself(emu, client):
     assert client.get_pool(pool.id).status.value == "CLOSED"
 
 
-def test_a_completed_pool_opened_again_closes_again(emu, client):
-    """A pool with every suite answered that is opened again closes itself again (COMPLETED) after
-    its auto-close delay, as on Toloka: it stayed open for good, and a script waiting for the pool to
-    close (the seed notebook's `while pool.is_open()`) never ended."""
+def _open_one_suite_pool(emu, client, close_delay: int):
+    """An open pool of one suite of ten images, overlap 1, closing `close_delay` s after it completes."""
     pool = _pool(
         client,
         _project(client).id,
         defaults={"default_overlap_for_new_task_suites": 1},
-        auto_close_after_complete_delay_seconds=600,
+        auto_close_after_complete_delay_seconds=close_delay,
     )
     client.create_task_suites(
         [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
         allow_defaults=True,
     )
     client.open_pool(pool.id)
+    return pool
+
+
+def test_a_completed_pool_opened_again_closes_again(emu, client):
+    """A pool with every suite answered that is opened again closes itself again (COMPLETED) after
+    its auto-close delay, as on Toloka: it stayed open for good, and a script waiting for the pool to
+    close (the seed notebook's `while pool.is_open()`) never ended."""
+    pool = _open_one_suite_pool(emu, client, close_delay=600)
     assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
     assert client.open_pool(pool.id).is_open()
     emu.advance(300)
@@ -1119,17 +1125,7 @@ def test_the_auto_close_delay_counts_from_the_last_completion(emu, client):
     """A pool that completes, is given more to answer within its auto-close delay and completes again
     closes the delay after its last completion: it closed the delay after its first one, while the
     requester was still counting on the delay (here 40 minutes early)."""
-    pool = _pool(
-        client,
-        _project(client).id,
-        defaults={"default_overlap_for_new_task_suites": 1},
-        auto_close_after_complete_delay_seconds=3600,
-    )
-    client.create_task_suites(
-        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
-        allow_defaults=True,
-    )
-    client.open_pool(pool.id)
+    pool = _open_one_suite_pool(emu, client, close_delay=3600)
     suite_id = next(iter(client.get_task_suites(pool_id=pool.id))).id
 
     def advance_until_accepted(count: int) -> float:
