@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.dataset_file import image_column
+from tasks.dataset_file import UTF8_BOM, image_column
 from tasks.settings import Settings
 
 Environment = Literal["local", "sandbox", "production"]
@@ -473,6 +474,34 @@ class ConfigError(ValueError):
     """A pipeline YAML that cannot be turned into parameters; the message names the file and fields."""
 
 
+def config_text(path: Path, error: type[ValueError] = ConfigError) -> str:
+    """The text of a config file (`pipeline.yaml`, a `toloka/*.json`): UTF-8 whatever the locale,
+    without the byte-order mark Windows editors start it with. Raises `error` naming the file and the
+    first line that is not UTF-8.
+
+    Read in the locale's encoding, a UTF-8 `skill_name: Démo` became the skill `DÃ©mo` on Toloka
+    without a word under a Latin-1 locale (`LANG=de_DE.ISO-8859-1`), a dash in a comment was `not
+    valid YAML: unacceptable character #x0080`, and under `LC_ALL=C` without Python's UTF-8 mode every
+    non-ASCII letter was a traceback; a Latin-1 file was a traceback under a UTF-8 locale, and a JSON
+    file saved with a byte-order mark was refused (`Unexpected UTF-8 BOM`).
+    """
+    data = path.read_bytes()
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
+        source = "UTF-16" if utf16 else "WINDOWS-1252"
+        guess = "it starts with a UTF-16 byte-order mark" if utf16 else "Latin-1 or Windows-1252, perhaps"
+        raise error(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be UTF-8; {guess}): "
+            f"save it as UTF-8, e.g. `iconv -f {source} -t UTF-8 {shlex.quote(str(path))} > "
+            f"{shlex.quote(str(path) + '.utf8')}` and use that file"
+        ) from None
+
+
 class RepeatedKeyError(yaml.YAMLError):
     """A mapping of a YAML file names a key twice (`UniqueKeyLoader`); lines are 1-based."""
 
@@ -539,7 +568,7 @@ def read_yaml(path: Path) -> Any:
     Raises `ConfigError` naming the file, and for a repeated key the lines of both and its path.
     """
     try:
-        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader: safe types only
+        return yaml.load(config_text(path), Loader=UniqueKeyLoader)  # a SafeLoader: safe types only
     except RepeatedKeyError as exc:
         raise ConfigError(
             f"{path} line {exc.line}: key {exc.key!r} repeats line {exc.first}; "
@@ -581,8 +610,8 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pi
 def _key_lines(path: Path) -> dict[str, int]:
     """Dotted key (`hits.overlap`) -> the line of the YAML file that names it first (1-based)."""
     lines: dict[str, int] = {}
-    with contextlib.suppress(yaml.YAMLError, OSError):
-        root = yaml.compose(path.read_text(), Loader=UniqueKeyLoader)
+    with contextlib.suppress(yaml.YAMLError, OSError, ConfigError):
+        root = yaml.compose(config_text(path), Loader=UniqueKeyLoader)
         for _, key, where in [] if root is None else _mapping_keys(root, "", set()):
             lines.setdefault(where, key.start_mark.line + 1)
     return lines

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.params import PipelineParams
+from tasks.params import PipelineParams, config_text
 from tasks.toloka_api import Pool, Project, Task, TaskSuite, Training
 
 FILES = {
@@ -174,7 +174,7 @@ def load_bundle(folder: Path) -> TolokaBundle:
         path = folder / name
         if not path.is_file():
             raise TolokaConfigError(f"{path}: missing ({role} config)")
-        text = path.read_text()
+        text = config_text(path, TolokaConfigError)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -291,6 +293,56 @@ def test_a_tab_in_pipeline_yaml_is_one_error_line_naming_line_and_column(tmp_pat
         load_params(path)
     assert "\n" not in str(error.value)
     assert str(error.value).startswith(f"{path}, line 2, column 1: not valid YAML: expected ',' or ']'")
+
+
+def _non_ascii_config(tmp_path: Path) -> Path:
+    """The demo config with a skill named `Démo – Schühe` and a main project whose instruction says
+    `Größe` (saved with a byte-order mark, as Windows Notepad saves), all in UTF-8."""
+    path = _demo_copy(tmp_path, "")
+    folder = _copy_bundle(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    text = text.replace(f"toloka_dir: {DEMO.parent / 'toloka'}", f"toloka_dir: {folder}")
+    text = text.replace("skill_name: Demo shoes clustering", "skill_name: Démo – Schühe")
+    path.write_text(text, encoding="utf-8")
+    project = folder / "main_project.json"
+    data = json.loads(project.read_text(encoding="utf-8"))
+    data["public_instructions"] = "Größe: " + data["public_instructions"]
+    project.write_bytes(b"\xef\xbb\xbf" + json.dumps(data, ensure_ascii=False).encode())
+    return path
+
+
+def test_configs_are_read_as_utf8_whatever_the_locale(tmp_path):
+    """Read in the locale's encoding, `skill_name: Démo` was the skill `DÃ©mo` under a Latin-1 locale,
+    and under `LC_ALL=C` without Python's UTF-8 mode (ASCII) every such letter was a traceback."""
+    path = _non_ascii_config(tmp_path)
+    read = (
+        "import sys; from tasks.params import load_params; from tasks.toloka_config import load_bundle; "
+        "params = load_params(sys.argv[1]); bundle = load_bundle(params.toloka_dir); "
+        "print(ascii([params.exam.skill_name, bundle.main_project['public_instructions'][:6]]))"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
+    command = [sys.executable, "-c", read, str(path)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ascii(["Démo – Schühe", "Größe:"])
+
+
+def test_a_config_that_is_not_utf8_is_refused_naming_its_line(tmp_path):
+    """A Latin-1 `pipeline.yaml` (an old editor's) was a UnicodeDecodeError traceback."""
+    path = _non_ascii_config(tmp_path)
+    text = path.read_text(encoding="utf-8").replace("Démo – Schühe", "Démo Schühe")
+    path.write_bytes(text.encode("latin-1"))
+    line = text.splitlines().index("  skill_name: Démo Schühe") + 1
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value).startswith(
+        f"{path}, line {line}: not UTF-8 text (byte 0xe9 cannot be UTF-8; Latin-1 or Windows-1252, perhaps): "
+        "save it as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 "
+    )
+    project = tmp_path / "toloka" / "main_project.json"
+    project.write_bytes(project.read_bytes()[3:].decode().encode("utf-16"))
+    with pytest.raises(TolokaConfigError, match=r"main_project\.json, line 1: not UTF-8 text .*UTF-16"):
+        load_bundle(project.parent)
 
 
 def test_unreadable_yaml_and_missing_file(tmp_path):
