@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from crowdclust.private_server import private_server, spawn
-from crowdclust.runtime import describe, prepare_prefect_env
+from crowdclust.runtime import describe, prepare_prefect_env, unwritable_folder
 from crowdclust.service.processes import bin_path, wait_until
 from tasks.settings import Settings
 
@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     timings = Timings()
     prepare_prefect_env()
+    unwritable = unwritable_folder(Path.cwd() / "runs")
+    if unwritable is not None:
+        print(f"error: {unwritable}", file=sys.stderr)
+        return 2
     env = {**os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}
     started: list[subprocess.Popen[bytes]] = []
     # 1. Subprocesses first, so they start while this process imports; all stop together at the end.

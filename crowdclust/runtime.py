@@ -7,7 +7,9 @@ server or a shared result store is used when configured.
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +40,76 @@ def prepare_prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
+
+
+# What a file system error means for the user, by its errno.
+FILE_TROUBLES = {
+    errno.EACCES: "this user may not write there: see the folder's owner and mode",
+    errno.EPERM: "this user may not write there: see the folder's owner and mode",
+    errno.EROFS: "the file system is mounted read-only",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file would pass this process's file size limit (ulimit -f)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOENT: "a folder on the way is gone",
+}
+
+
+def said(error: OSError) -> str:
+    """`Permission denied (this user may not write there: ...)`: the system's words and what they mean."""
+    why = FILE_TROUBLES.get(error.errno or 0)
+    return f"{error.strerror or type(error).__name__}{f' ({why})' if why else ''}"
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why this process cannot make files in `folder` (or make it: its nearest existing parent), or
+    None. A file really made and dropped, as the run would: a mode, a read-only mount or an ACL."""
+    existing = folder
+    try:
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return said(error)
+    return None
+
+
+def unwritable_folder(runs_dir: Path | None, server: bool = True) -> str | None:
+    """The first folder a run writes that this process cannot, what it is, why, and what to do; None
+    when it can write them all: the Prefect home of a private server (`server`: one will start), the
+    folder of finished stages' results and `runs_dir` (None: no run, as with `--close`: neither).
+
+    Run from a folder the user may not write in (`/` as a user, a read-only checkout), the command
+    ended in a `PermissionError` traceback from its Prefect server's log file; with PREFECT_HOME
+    elsewhere, the flow started and failed on `Permission denied: 'runs'`, naming no folder.
+    """
+    settings = Settings()
+    folders: list[tuple[Path, str, str]] = []
+    writable = "a folder you can write to"
+    project = (
+        f"run from {writable} (the project folder is the working directory), or set CROWDCLUST_PROJECT_DIR "
+        "to one"
+    )
+    if server and not os.environ.get("PREFECT_API_URL"):
+        home = Path(os.environ.get("PREFECT_HOME") or settings.prefect_home).expanduser()
+        fix = project if home == settings.prefect_home else f"set PREFECT_HOME to {writable}"
+        folders.append((home, "the Prefect home", fix))
+    stored = next((os.environ[name] for name in STORAGE_SETTINGS if os.environ.get(name)), None)
+    if runs_dir is not None and stored and not os.environ.get("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"):
+        results = Path(stored).expanduser()
+        fix = project if results == settings.results_dir else f"set {STORAGE_SETTINGS[0]} to {writable}"
+        folders.append((results, "where finished stages are kept", fix))
+    if runs_dir is not None:
+        fix = f"give runs_dir in the config {writable}, or run from one (a relative runs_dir is under it)"
+        folders.append((runs_dir.absolute(), "the runs folder (runs_dir)", fix))
+    for folder, what, fix in folders:
+        why = _cannot_write(folder)
+        if why is not None:
+            return f"cannot write in {folder}, {what}: {why}: {fix}; nothing was created or paid"
+    return None
 
 
 def link_service_runs_folder(state_dir: Path | None = None) -> str | None:

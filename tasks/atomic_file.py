@@ -94,7 +94,10 @@ def replaced(
     On an error nothing changes: the temporary file is removed and `path` is as it was.
     """
     target = Path(path)
-    temporary = _temporary(target, mode)
+    try:
+        temporary = _temporary(target, mode)
+    except OSError as error:
+        raise _named(error, target) from None
     try:
         yield temporary
         with open(temporary, "rb+") as written:  # the writer may have closed (or reopened) it
@@ -104,11 +107,22 @@ def replaced(
             temporary.unlink(missing_ok=True)  # the file lives on under its name
         else:
             os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename in (None, str(temporary), temporary):
+            raise _named(error, target) from None
         raise
     _sync_folder(target.parent)
+
+
+def _named(error: OSError, target: Path) -> OSError:
+    """`error` naming the file being written, not its temporary file nor nothing (a full disk's
+    `[Errno 28] No space left on device` names no file): a read-only run folder ended a run with
+    `Permission denied: 'runs/x/.attempts.json.71d367f8.tmp'`, a name the user never sees."""
+    if error.errno is None:
+        return error
+    return OSError(error.errno, error.strerror, str(target))  # the errno's subclass (PermissionError, ...)
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | None = None) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ from tasks.stages import (
     counted,
     truth_share,
 )
+
+log = logging.getLogger(__name__)  # shipped to the run's log (`tasks.run_log`)
 
 GALLERY_LIMIT = thumbnails.REPORT_PER_CLUSTER  # images shown per cluster in the HTML report, at most
 # Images shown twice (a least certain one is in its cluster's gallery too) are embedded once: the
@@ -562,6 +565,7 @@ class Stopwatch:
         self._running: tuple[str, float] | None = None
         self._lock = threading.Lock()
         self.saved = False  # this attempt is in `attempts.json`
+        self.unwritable = False  # a write of `attempts.json` failed (said once)
         self.charged_before: float | None = None  # the run key's charges as this attempt began
 
     def charged_from(self, now: float) -> float:
@@ -617,10 +621,27 @@ class Stopwatch:
         return Attempt(self.started_at, round(self.total(), 1), laps, done, self.charged_before)
 
     def save(self, done: bool = False) -> None:
-        if self.folder is not None:
-            with self._lock:
-                if self.folder.write_attempts([*self.earlier, self.attempt(done)]) is not None:
-                    self.saved = True
+        """Write `attempts.json`. A folder that cannot be written (made read-only, a full disk) is
+        said once in the log and left to the stage's own files: raised here, the error came out of
+        the stage's `finally` in place of the stage's own (a read-only run folder ended the run with
+        `Permission denied: '.../.attempts.json.71d367f8.tmp'`, not the export it could not write),
+        and out of the heartbeat thread as a traceback on the console."""
+        if self.folder is None:
+            return
+        with self._lock:
+            try:
+                written = self.folder.write_attempts([*self.earlier, self.attempt(done)])
+            except OSError as error:
+                if not self.unwritable:
+                    log.warning(
+                        "cannot write %s (%s): the time of this attempt is not on record",
+                        self.folder.attempts.absolute(),
+                        error.strerror or error,
+                    )
+                self.unwritable = True
+                return
+            if written is not None:
+                self.saved = True
 
     def finish(self) -> tuple[float, dict[str, float], Attempts | None]:
         """The run's wall time and seconds per stage over all its attempts, and (when there were

@@ -162,6 +162,51 @@ def test_data_errors_are_one_line_exit_2_and_create_nothing(
     assert _pools(toloka_client) == before
 
 
+def test_a_folder_the_run_cannot_write_is_named_before_anything_starts(
+    run_cli, toloka_client, tmp_path, monkeypatch
+):
+    """Run from a folder the user may not write in, `crowdclust run` ended in a traceback from its
+    Prefect server's log file; with PREFECT_HOME elsewhere, the flow started and failed on
+    `PermissionError: ... 'runs'`, naming no folder. A path through a file refuses root as well as a
+    user, as a folder without write permission refuses a user."""
+    before = _pools(toloka_client)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cannot = f"{blocker} is a file, not a folder"
+    home = os.environ["PREFECT_HOME"]
+    monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "results"))
+    monkeypatch.setenv("PREFECT_HOME", str(blocker / ".prefect"))
+    result, _ = run_cli()
+    assert result.exit_code == 2
+    assert _one_error_line(result) == (
+        f"error: cannot write in {blocker}/.prefect, the Prefect home: {cannot}: set PREFECT_HOME to a "
+        "folder you can write to; nothing was created or paid"
+    )
+
+    monkeypatch.delenv("PREFECT_HOME")  # the project folder's, as by default
+    monkeypatch.setenv("CROWDCLUST_PROJECT_DIR", str(blocker / "project"))
+    result, _ = run_cli()
+    assert result.exit_code == 2
+    assert _one_error_line(result) == (
+        f"error: cannot write in {blocker}/project/.prefect, the Prefect home: {cannot}: run from a folder "
+        "you can write to (the project folder is the working directory), or set CROWDCLUST_PROJECT_DIR to "
+        "one; nothing was created or paid"
+    )
+
+    monkeypatch.setenv("CROWDCLUST_PROJECT_DIR", str(tmp_path))
+    monkeypatch.setenv("PREFECT_HOME", home)  # the command set its default above, in this process
+    config = run_cli.write()
+    config.write_text(json.dumps({**json.loads(config.read_text()), "runs_dir": str(blocker / "runs")}))
+    result = CliRunner().invoke(app, ["run", str(config)])
+    assert result.exit_code == 2
+    assert _one_error_line(result) == (
+        f"error: cannot write in {blocker}/runs, the runs folder (runs_dir): {cannot}: give runs_dir in the "
+        "config a folder you can write to, or run from one (a relative runs_dir is under it); nothing was "
+        "created or paid"
+    )
+    assert _pools(toloka_client) == before
+
+
 def _dataset_error(run_cli, path: Path, content: bytes) -> str:
     """The one `error:` line of a run on a dataset of `content` (exit 2)."""
     path.write_bytes(content)

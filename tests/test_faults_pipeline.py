@@ -474,6 +474,42 @@ def _signal_defaults() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
+def test_a_run_folder_that_cannot_take_the_export_names_it_and_the_same_command_goes_on_unpaid(
+    emu, config, tmp_path, migrated_prefect_home
+):
+    """A run folder made read-only while the crowd answered (or a full disk) ended the run with
+    `error: PermissionError: [Errno 13] Permission denied: 'runs/x/.attempts.json.71d367f8.tmp'`: a
+    relative path, a temporary file's name (the export's own error lost behind the attempts file's),
+    and no word of the answers paid for. Here the export's name is taken by a folder, which refuses
+    root as well as a user; the same command, once it is free, exports the same answers."""
+    key = "faults-unwritable"
+    params = load_params(config, {"run_key": key})
+    folder = (params.runs_dir / f"{params.name}__{key}").absolute()
+    (folder / "assignments_main.tsv").mkdir(parents=True)
+    migrated_prefect_home(tmp_path / ".prefect")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
+    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
+    assert first.returncode == 1 and len(errors) == 1, first.stderr[-5000:]
+    assert errors[0] == (
+        f"error: {folder}/assignments_main.tsv: Is a directory. What was paid for stays on Toloka under run "
+        f"key {key}: once the folder can be written, run the same command again: finished stages are "
+        "reused and nothing is paid twice"
+    )
+    paid = _spent(emu, key)
+    assert paid > 0
+
+    (folder / "assignments_main.tsv").rmdir()
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert "$0.00 of it in this run" in again.stdout, again.stdout
+    assert _spent(emu, key) == paid
+    exported = (folder / "assignments_main.tsv").read_text().splitlines()
+    assert len(exported) > 1 and exported[0].startswith("INPUT:")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
 def test_ctrl_c_or_a_closed_terminal_closes_the_pools(emu, config, tmp_path, signum, migrated_prefect_home):
     """`crowdclust run` with no Prefect server named, signalled as a terminal does: to the group.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import threading
 import time
@@ -796,6 +797,27 @@ def test_a_resumed_runs_timings_add_up_every_attempt(tmp_path):
     assert "3 attempts since " in attempts.describe()
     after = report.Stopwatch(folder)
     assert after.finish()[2] is None and len(folder.read_attempts()) == 1  # the next run counts anew
+
+
+def test_an_attempts_file_that_cannot_be_written_leaves_the_stage_its_own_error(tmp_path, caplog):
+    """A run folder made read-only mid-run: `attempts.json`, written as a stage ends, raised from the
+    stage's `finally` in place of the stage's own error (the run ended on `Permission denied:
+    '.../.attempts.json.71d367f8.tmp'`, not on the export it could not write), and its heartbeat
+    thread died with a traceback on the console. Here its name is taken by a folder, which refuses
+    root as well."""
+    folder = RunFolder(tmp_path / "run").create()
+    folder.attempts.mkdir()
+    watch = report.Stopwatch(folder, heartbeat=0.01)
+    with caplog.at_level(logging.WARNING, logger="tasks.report"):
+        with pytest.raises(OSError, match="the export's own"), watch.lap("labelling"):
+            time.sleep(0.1)  # heartbeats that cannot write either
+            raise OSError("the export's own")
+        with watch.lap("aggregation"):
+            pass
+    said = [record.getMessage() for record in caplog.records if record.name == "tasks.report"]
+    assert said == [
+        f"cannot write {folder.attempts} (Is a directory): the time of this attempt is not on record"
+    ]
 
 
 ATTEMPT = """

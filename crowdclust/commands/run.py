@@ -140,6 +140,25 @@ def where_the_token_was_sought(error: Exception) -> str:
     )
 
 
+def file_trouble(error: BaseException, run_key: str) -> str | None:
+    """A file the run could not write or read, as one sentence with what to do; None for other errors.
+
+    A run folder made read-only while the crowd answered ended the run with `error: PermissionError:
+    [Errno 13] Permission denied: 'runs/demo-shoes__k/.attempts.json.71d367f8.tmp'`: a relative
+    path, a temporary file's name, and no word of the answers paid for (they are on Toloka, and the
+    same command exports them once the folder can be written).
+    """
+    if not isinstance(error, OSError) or not error.filename:
+        return None
+    from crowdclust.runtime import said
+
+    path = os.path.abspath(os.fsdecode(error.filename))
+    return (
+        f"{path}: {said(error)}. What was paid for stays on Toloka under run key {run_key}: once the folder "
+        "can be written, run the same command again: finished stages are reused and nothing is paid twice"
+    )
+
+
 def _fail(message: str, code: int, debug: bool) -> typer.Exit:
     if debug:
         traceback.print_exc()
@@ -306,6 +325,7 @@ def run(
         link_service_runs_folder,
         prepare_prefect_env,
         share_toloka_rate_limits,
+        unwritable_folder,
     )
 
     prepare_prefect_env()
@@ -330,6 +350,11 @@ def run(
         raise _fail(str(error), 2, debug) from None
     if catalogue:  # the key the flow runs under: what --close and an interruption close
         params = params.model_copy(update={"run_key": params.catalogue_key})
+    # Before the Prefect server starts (its log goes to the Prefect home): what the run writes.
+    server_needed = not (close and _token_in_environment())
+    unwritable = unwritable_folder(None if close else params.runs_dir, server=server_needed)
+    if unwritable is not None:
+        raise _fail(unwritable, 2, debug)
 
     from crowdclust.console_logs import console_without_tracebacks
     from crowdclust.private_server import private_server
@@ -338,7 +363,7 @@ def run(
     # A server of its own, out of the terminal's reach: Ctrl-C must stop the run, not its Prefect API.
     # It starts now, while the checks below import the pipeline's modules. `--close` with the token in
     # TOLOKA_TOKEN needs none: closing pools asks only Toloka (and the run key's lock file).
-    with private_server("run-server.log", needed=not (close and _token_in_environment())) as server:
+    with private_server("run-server.log", needed=server_needed) as server:
         from tasks.budget import SpendGuardStopped
         from tasks.preflight import DATA_ERRORS, check_catalogue, check_run, warnings_of
         from tasks.run_lock import RunKeyBusy, RunLockUnusable, run_lock
@@ -422,6 +447,9 @@ def run(
         except Exception as error:  # the flow run has the traceback; show the reason and how to resume
             if STOPS_SEEN:  # the stop, come out as another error
                 raise _interrupted(params, STOPS_SEEN[0], debug) from None
+            trouble = file_trouble(error, params.resolved_run_key)
+            if trouble is not None:
+                raise _fail(trouble, 1, debug) from None
             raise _fail(with_resume(f"{type(error).__name__}: {error}"), 1, debug) from None
         finally:
             for signum, handler in previous.items():
