@@ -159,6 +159,17 @@ def test_missing_file_and_bad_truth(export):
     (export / "bad_truth.csv").write_text("foo,bar\n1,2\n")
     bad_truth = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "bad_truth.csv"])
     assert bad_truth.returncode == 2 and "needs columns item (or image) and class" in bad_truth.stderr
+    # Excel's CSV under a decimal-comma locale (German, French, ...): byte-order mark, CRLF, `;`, an
+    # empty last column. It read "needs columns item (or image) and class; found image;class;;".
+    truth_rows = (export / "truth.csv").read_text().splitlines()
+    semicolons = "\r\n".join(row.replace(",", ";") + ";" for row in truth_rows) + "\r\n"
+    (export / "excel.csv").write_bytes(b"\xef\xbb\xbf" + semicolons.encode())
+    excel = _run([export / "export.tsv", "-o", export / "x.csv", "--truth", export / "excel.csv"])
+    assert excel.returncode == 2 and excel.stderr == (
+        f"error: truth file {export / 'excel.csv'}: line 1 has no comma or tab and reads as "
+        f"semicolon-separated ({truth_rows[0].replace(',', ';')};): save it comma- or tab-separated (a "
+        "spreadsheet set to a decimal comma separates by ;)\n"
+    )
     truth = pd.read_csv(export / "truth.csv", dtype=str)
     head = [*truth.head(2).itertuples(index=False)]
     for last, says in (
@@ -777,7 +788,7 @@ def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_wa
         preexec_fn=small_files,
     )
     assert refused.returncode == 2
-    assert refused.stderr == f"error: cannot write {output}: [Errno 27] File too large\n"
+    assert refused.stderr == f"error: cannot write {output}: File too large\n"
     assert output.read_text() == earlier and sorted(tmp_path.iterdir()) == [output]
     # A path that is not a regular file is written as it is (it was never replaced by a file).
     done = _process([export / "export.tsv", "-o", output, "--workers-output", "/dev/stdout"], "0")

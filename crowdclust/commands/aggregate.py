@@ -66,6 +66,11 @@ def _read_truth(path: Path):
     try:  # the header line, then the whole file, both decompressed by the name's ending as pandas does
         header = pd.read_csv(path, sep="\0", header=None, nrows=1, dtype=str).iloc[0, 0]
         sep = "\t" if "\t" in header else ","
+        if sep not in header and ";" in header:  # a spreadsheet's CSV under a decimal-comma locale
+            _fail(
+                f"truth file {path}: line 1 has no comma or tab and reads as semicolon-separated ({header}): "
+                "save it comma- or tab-separated (a spreadsheet set to a decimal comma separates by ;)"
+            )
         width, widest, beyond = _widths(path, sep)
         if beyond is not None:
             line, count = beyond
@@ -609,5 +614,5 @@ def _write_csv(table: pd.DataFrame, path: Path, **options: str) -> None:
     try:
         with _replaced(path) as temporary:
             table.to_csv(temporary, index=False, **options)
-    except OSError as exc:
-        _fail(f"cannot write {path}: {exc}")
+    except OSError as exc:  # the file's name is the line's own: the system's words alone
+        _fail(f"cannot write {path}: {exc.strerror or exc}")
