@@ -474,6 +474,23 @@ def test_crowdclust_token_refuses_an_empty_token_and_names_an_absent_server():
     assert "tok-123" not in absent.stdout + absent.stderr
 
 
+def test_crowdclust_token_names_a_prefect_home_it_cannot_write(tmp_path):
+    """Run in a folder the user may not write in, it said `could not save the Secret block ... on the
+    Prefect server at  (PermissionError: ...); is it running?`: an empty address and a server that
+    was never started. A path through a file refuses root as well as a user."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["CROWDCLUST_PROJECT_DIR"] = str(blocker / "project")
+    cli = [sys.executable, "-m", "crowdclust.cli", "token", "save"]
+    done = subprocess.run(cli, input="tok-123\n", env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr == (
+        f"error: cannot write in {blocker}/project/.prefect, the Prefect home: {blocker} is a file, not a "
+        "folder: run from a folder you can write to (the project folder is the working directory), or set "
+        "CROWDCLUST_PROJECT_DIR to one; nothing was created or paid\n"
+    )
+
+
 def test_an_object_the_platform_lost_mid_run_is_one_line(run_cli, monkeypatch, no_private_server):
     """An emulator restarted without --db mid-run (a new, empty account): toloka-kit's error is five
     lines with a request id and advice to contact support; the user needs to know to run again."""
