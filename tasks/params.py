@@ -379,6 +379,13 @@ class PipelineParams(_Model):
     aggregation: AggregationParams = Field(default_factory=AggregationParams, description="Aggregation.")
     intruders: IntruderParams = Field(default_factory=IntruderParams, description="Intruder evaluation.")
 
+    @field_validator("dataset", "toloka_dir", "runs_dir", mode="before")
+    @classmethod
+    def _home(cls, value: Any) -> Any:
+        """`~` is the user's home, as in a shell: `runs_dir: ~/crowd-runs` wrote the run folders into a
+        folder named `~` in the working directory, where `rm -rf ~/...` would not find them."""
+        return Path(value).expanduser() if isinstance(value, str | Path) else value
+
     @field_validator("dataset", "toloka_dir")
     @classmethod
     def _path_exists(cls, value: Path, info: ValidationInfo) -> Path:
@@ -452,10 +459,11 @@ def keyed_run_dir(runs_dir: Path, name: str, run_key: str) -> Path:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make the YAML's relative `dataset`/`toloka_dir` relative to the YAML file itself."""
+    """Make the YAML's relative `dataset`/`toloka_dir` relative to the YAML file itself (`~` is the
+    user's home, as in a shell: `dataset: ~/shoes.tsv` was looked for in `<config folder>/~/`)."""
     out = dict(data)
     for key in ("dataset", "toloka_dir"):
-        if isinstance(out.get(key), str) and not Path(out[key]).is_absolute():
+        if isinstance(out.get(key), str) and not Path(out[key]).expanduser().is_absolute():
             out[key] = str((base / out[key]).resolve())
     return out
 

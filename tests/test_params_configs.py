@@ -345,6 +345,24 @@ def test_a_config_that_is_not_utf8_is_refused_naming_its_line(tmp_path):
         load_bundle(project.parent)
 
 
+def test_a_tilde_in_a_configs_paths_is_the_home_folder(tmp_path, monkeypatch):
+    """`runs_dir: ~/crowd-runs` wrote the run folders into a folder named `~` under the working
+    directory, and `dataset: ~/shoes.tsv` was looked for in `<config folder>/~/`."""
+    home = tmp_path / "home"
+    shutil.copytree(DEMO.parent, home / "shoes")
+    monkeypatch.setenv("HOME", str(home))
+    path = tmp_path / "config" / "pipeline.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "name: x\ndataset: ~/shoes/dataset.tsv\ntoloka_dir: ~/shoes/toloka\nruns_dir: ~/crowd-runs\n"
+    )
+    params = load_params(path)
+    assert (params.dataset, params.toloka_dir) == (home / "shoes" / "dataset.tsv", home / "shoes" / "toloka")
+    assert params.run_dir == home / "crowd-runs" / "x"
+    as_the_form_gives_it = params.model_dump(mode="json") | {"runs_dir": "~/crowd-runs"}
+    assert PipelineParams.model_validate(as_the_form_gives_it).runs_dir == home / "crowd-runs"
+
+
 def test_unreadable_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
