@@ -66,7 +66,7 @@ def convert_to_utf8(source: str, layout: str) -> str:
     return f"keep it {layout} and convert it to UTF-8, e.g. with `iconv -f {source} -t UTF-8`"
 
 
-def _decompressed(path: Path) -> bytes:
+def decompressed(path: Path) -> bytes:
     """The file's bytes, decompressed by its name's ending as pandas reads it."""
     from pandas.io.common import get_handle
 
@@ -89,7 +89,7 @@ def _first_non_utf8(data: bytes) -> int | None:
 def not_utf8(path: Path, what: str, layout: str = "tab-separated") -> str:
     """Why a file that failed to decode is not UTF-8, by line, and how to convert it: the usual
     causes are a spreadsheet's "Unicode Text" (UTF-16) or a save as Latin-1 / Windows-1252."""
-    data = _decompressed(path)
+    data = decompressed(path)
     packed = compressed(path, data)
     if packed is not None:
         return f"not text: {packed}"
@@ -112,7 +112,7 @@ def export_not_utf8(path: Path) -> str:
     import numpy as np
     import pandas as pd
 
-    data = _decompressed(path)
+    data = decompressed(path)
     start = _first_non_utf8(data)
     if start is None or start < 0 or compressed(path, data) is not None:
         return "export file is " + not_utf8(path, "export")

@@ -92,6 +92,14 @@ def _read_truth(path: Path):
         why = not_utf8(path, "truth file", "comma- or tab-separated")
         _fail(f"truth file {path}{', ' if why.startswith('line') else ': '}{why}")
     except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        from aggregation.unreadable import compressed, decompressed
+
+        # Compressed bytes under a plain name fail to decode, or, when they hold a quote (a gzip
+        # header's time stamp may), to parse: "EOF inside string starting at row 0" named no cause.
+        with contextlib.suppress(OSError, EOFError, ValueError):
+            packed = compressed(path, decompressed(path))
+            if packed is not None:
+                _fail(f"truth file {path}: not text: {packed}")
         _fail(f"cannot read truth file {path}: {exc}")
     except ImportError:  # .zst without the zstandard package
         from aggregation.unreadable import NO_ZSTANDARD
