@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -231,7 +232,7 @@ def test_dataset_file_errors_are_one_line_exit_2(run_cli, toloka_client, tmp_pat
     text = "\n".join(lines) + "\n"
     line = _dataset_error(run_cli, path, text.encode("utf-16"))
     assert line.startswith(f"error: {path}: not UTF-8") and "looks like UTF-16" in line
-    assert f"`iconv -f UTF-16 -t UTF-8 {path} > {path}.utf8`" in line
+    assert f"`iconv -f UTF-16 -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(f'{path}.utf8')}`" in line
     line = _dataset_error(run_cli, path, text.encode("utf-16-le"))  # no byte-order mark
     assert line.startswith(f"error: {path}, line 1: not UTF-8") and "looks like UTF-16" in line
     latin = [*lines[:6], lines[6].replace("/s0-", "/caf\u00e9-"), *lines[7:]]
