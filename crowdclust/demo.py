@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     timings = Timings()
     prepare_prefect_env()
-    unwritable = unwritable_folder(Path.cwd() / "runs")
+    unwritable = unwritable_folder(Path.cwd() / "runs" / "demo-shoes")  # its folder is new: runs/ is checked
     if unwritable is not None:
         print(f"error: {unwritable}", file=sys.stderr)
         return 2

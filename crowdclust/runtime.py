@@ -62,8 +62,9 @@ def said(error: OSError) -> str:
 
 
 def _cannot_write(folder: Path) -> str | None:
-    """Why this process cannot make files in `folder` (or make it: its nearest existing parent), or
-    None. A file really made and dropped, as the run would: a mode, a read-only mount or an ACL."""
+    """Why this process cannot make files in `folder` (or make it: its nearest existing parent,
+    then named), or None. A file really made and dropped, as the run would: a mode, a read-only
+    mount or an ACL."""
     existing = folder
     try:
         while not existing.exists() and existing.parent != existing:
@@ -73,18 +74,20 @@ def _cannot_write(folder: Path) -> str | None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        return said(error)
+        return said(error) if existing == folder else f"{existing}: {said(error)}"
     return None
 
 
-def unwritable_folder(runs_dir: Path | None, server: bool = True) -> str | None:
+def unwritable_folder(run_dir: Path | None, server: bool = True) -> str | None:
     """The first folder a run writes that this process cannot, what it is, why, and what to do; None
     when it can write them all: the Prefect home of a private server (`server`: one will start), the
-    folder of finished stages' results and `runs_dir` (None: no run, as with `--close`: neither).
+    folder of finished stages' results and `run_dir`, the run's folder (None: no run, as with
+    `--close`: neither).
 
     Run from a folder the user may not write in (`/` as a user, a read-only checkout), the command
     ended in a `PermissionError` traceback from its Prefect server's log file; with PREFECT_HOME
-    elsewhere, the flow started and failed on `Permission denied: 'runs'`, naming no folder.
+    elsewhere, the flow started and failed on `Permission denied: 'runs'`, naming no folder. The run's
+    own folder, not `runs_dir`: a run resumed in its folder of its own needs no new one beside it.
     """
     settings = Settings()
     folders: list[tuple[Path, str, str]] = []
@@ -98,13 +101,13 @@ def unwritable_folder(runs_dir: Path | None, server: bool = True) -> str | None:
         fix = project if home == settings.prefect_home else f"set PREFECT_HOME to {writable}"
         folders.append((home, "the Prefect home", fix))
     stored = next((os.environ[name] for name in STORAGE_SETTINGS if os.environ.get(name)), None)
-    if runs_dir is not None and stored and not os.environ.get("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"):
+    if run_dir is not None and stored and not os.environ.get("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"):
         results = Path(stored).expanduser()
         fix = project if results == settings.results_dir else f"set {STORAGE_SETTINGS[0]} to {writable}"
         folders.append((results, "where finished stages are kept", fix))
-    if runs_dir is not None:
+    if run_dir is not None:
         fix = f"give runs_dir in the config {writable}, or run from one (a relative runs_dir is under it)"
-        folders.append((runs_dir.absolute(), "the runs folder (runs_dir)", fix))
+        folders.append((run_dir.absolute(), "the run's folder (in runs_dir)", fix))
     for folder, what, fix in folders:
         why = _cannot_write(folder)
         if why is not None:

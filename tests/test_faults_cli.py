@@ -201,9 +201,9 @@ def test_a_folder_the_run_cannot_write_is_named_before_anything_starts(
     result = CliRunner().invoke(app, ["run", str(config)])
     assert result.exit_code == 2
     assert _one_error_line(result) == (
-        f"error: cannot write in {blocker}/runs, the runs folder (runs_dir): {cannot}: give runs_dir in the "
-        "config a folder you can write to, or run from one (a relative runs_dir is under it); nothing was "
-        "created or paid"
+        f"error: cannot write in {blocker}/runs/faults-cli, the run's folder (in runs_dir): {cannot}: give "
+        "runs_dir in the config a folder you can write to, or run from one (a relative runs_dir is under "
+        "it); nothing was created or paid"
     )
     assert _pools(toloka_client) == before
 

@@ -159,6 +159,14 @@ def file_trouble(error: BaseException, run_key: str) -> str | None:
     )
 
 
+def _run_folder(params: PipelineParams) -> Path:
+    """The folder the run writes its files in (`RunFolder.of`: its own, when another key holds
+    `runs/<name>/`)."""
+    from tasks.run_folder import RunFolder
+
+    return RunFolder.of(params).root
+
+
 def _fail(message: str, code: int, debug: bool) -> typer.Exit:
     if debug:
         traceback.print_exc()
@@ -352,7 +360,7 @@ def run(
         params = params.model_copy(update={"run_key": params.catalogue_key})
     # Before the Prefect server starts (its log goes to the Prefect home): what the run writes.
     server_needed = not (close and _token_in_environment())
-    unwritable = unwritable_folder(None if close else params.runs_dir, server=server_needed)
+    unwritable = unwritable_folder(None if close else _run_folder(params), server=server_needed)
     if unwritable is not None:
         raise _fail(unwritable, 2, debug)
 
