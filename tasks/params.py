@@ -384,7 +384,9 @@ class PipelineParams(_Model):
     def _home(cls, value: Any) -> Any:
         """`~` is the user's home, as in a shell: `runs_dir: ~/crowd-runs` wrote the run folders into a
         folder named `~` in the working directory, where `rm -rf ~/...` would not find them."""
-        return Path(value).expanduser() if isinstance(value, str | Path) else value
+        if isinstance(value, str):  # a string stays one: JSON input (`model_validate_json`) takes no Path
+            return str(Path(value).expanduser())
+        return value.expanduser() if isinstance(value, Path) else value
 
     @field_validator("dataset", "toloka_dir")
     @classmethod

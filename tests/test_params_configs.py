@@ -365,6 +365,9 @@ def test_a_tilde_in_a_configs_paths_is_the_home_folder(tmp_path, monkeypatch):
     assert params.run_dir == home / "crowd-runs" / "x"
     as_the_form_gives_it = params.model_dump(mode="json") | {"runs_dir": "~/crowd-runs"}
     assert PipelineParams.model_validate(as_the_form_gives_it).runs_dir == home / "crowd-runs"
+    as_json = json.dumps(as_the_form_gives_it)  # as a worker's process may get them
+    assert PipelineParams.model_validate_json(as_json).runs_dir == home / "crowd-runs"
+    assert PipelineParams.model_validate_json(params.model_dump_json()) == params
 
 
 def test_unreadable_yaml_and_missing_file(tmp_path):
