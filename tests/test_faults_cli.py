@@ -176,34 +176,33 @@ def test_a_folder_the_run_cannot_write_is_named_before_anything_starts(
     cannot = f"{blocker} is a file, not a folder"
     home = os.environ["PREFECT_HOME"]
     monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "results"))
+
+    def refused(result: Any, where: str) -> None:
+        assert result.exit_code == 2
+        assert _one_error_line(result) == f"error: cannot write in {where}; nothing was created or paid"
+
     monkeypatch.setenv("PREFECT_HOME", str(blocker / ".prefect"))
-    result, _ = run_cli()
-    assert result.exit_code == 2
-    assert _one_error_line(result) == (
-        f"error: cannot write in {blocker}/.prefect, the Prefect home: {cannot}: set PREFECT_HOME to a "
-        "folder you can write to; nothing was created or paid"
+    refused(
+        run_cli()[0],
+        f"{blocker}/.prefect, the Prefect home: {cannot}: set PREFECT_HOME to a folder you can write to",
     )
 
     monkeypatch.delenv("PREFECT_HOME")  # the project folder's, as by default
     monkeypatch.setenv("CROWDCLUST_PROJECT_DIR", str(blocker / "project"))
-    result, _ = run_cli()
-    assert result.exit_code == 2
-    assert _one_error_line(result) == (
-        f"error: cannot write in {blocker}/project/.prefect, the Prefect home: {cannot}: run from a folder "
-        "you can write to (the project folder is the working directory), or set CROWDCLUST_PROJECT_DIR to "
-        "one; nothing was created or paid"
+    refused(
+        run_cli()[0],
+        f"{blocker}/project/.prefect, the Prefect home: {cannot}: run from a folder you can write to (the "
+        "project folder is the working directory), or set CROWDCLUST_PROJECT_DIR to one",
     )
 
     monkeypatch.setenv("CROWDCLUST_PROJECT_DIR", str(tmp_path))
     monkeypatch.setenv("PREFECT_HOME", home)  # the command set its default above, in this process
     config = run_cli.write()
     config.write_text(json.dumps({**json.loads(config.read_text()), "runs_dir": str(blocker / "runs")}))
-    result = CliRunner().invoke(app, ["run", str(config)])
-    assert result.exit_code == 2
-    assert _one_error_line(result) == (
-        f"error: cannot write in {blocker}/runs/faults-cli, the run's folder (in runs_dir): {cannot}: give "
-        "runs_dir in the config a folder you can write to, or run from one (a relative runs_dir is under "
-        "it); nothing was created or paid"
+    refused(
+        CliRunner().invoke(app, ["run", str(config)]),
+        f"{blocker}/runs/faults-cli, the run's folder (in runs_dir): {cannot}: give runs_dir in the config a "
+        "folder you can write to, or run from one (a relative runs_dir is under it)",
     )
     assert _pools(toloka_client) == before
 
