@@ -60,15 +60,16 @@ class Table:
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
+def iconv_command(source: str, path: Path) -> str:
+    """The shell command that writes `path`, read as `source`, as UTF-8 beside it (`<path>.utf8`)."""
+    return f"`iconv -f {source} -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(path) + '.utf8')}`"
+
+
 def save_as_utf8(source: str, path: Path) -> str:
     """How to make the file readable: a conversion that keeps the tabs. Excel has no UTF-8
     tab-separated format of its own ('CSV UTF-8' separates by commas, which the check refuses next,
     and 'Text (Tab delimited)' writes the system code page)."""
-    quoted = shlex.quote(str(path))
-    return (
-        f"keep it tab-separated and convert it to UTF-8, e.g. "
-        f"`iconv -f {source} -t UTF-8 {quoted} > {shlex.quote(str(path) + '.utf8')}`"
-    )
+    return f"keep it tab-separated and convert it to UTF-8, e.g. {iconv_command(source, path)}"
 
 
 # The first bytes of files a dataset is sometimes mistaken for: a workbook (.xlsx and .ods are zip

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.dataset_file import UTF8_BOM, image_column
+from tasks.dataset_file import UTF8_BOM, UTF16_BOMS, iconv_command, image_column
 from tasks.settings import Settings
 
 Environment = Literal["local", "sandbox", "production"]
@@ -502,13 +501,12 @@ def config_text(path: Path, error: type[ValueError] = ConfigError) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
+        utf16 = data.startswith(UTF16_BOMS)
         source = "UTF-16" if utf16 else "WINDOWS-1252"
         guess = "it starts with a UTF-16 byte-order mark" if utf16 else "Latin-1 or Windows-1252, perhaps"
         raise error(
             f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be UTF-8; {guess}): "
-            f"save it as UTF-8, e.g. `iconv -f {source} -t UTF-8 {shlex.quote(str(path))} > "
-            f"{shlex.quote(str(path) + '.utf8')}` and use that file"
+            f"save it as UTF-8, e.g. {iconv_command(source, path)} and use that file"
         ) from None
 
 
