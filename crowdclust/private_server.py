@@ -28,6 +28,26 @@ from crowdclust.service.processes import answers, bin_path, free_port, launch, w
 API_URL = "PREFECT_API_URL"
 PRIVATE = "CROWDCLUST_PRIVATE_PREFECT"  # `tasks.settings.Settings.private_prefect`
 
+# The server's loops that act on what one command never makes (deployments' schedules and late runs,
+# workers and their pools, paused or cancelled runs, automations, concurrency leases: the run lock's
+# server layer is off on a private server). Off, an idle private server costs 0.013 instead of
+# 0.023 CPU-s a second and starts about 0.4 CPU-s sooner. What the run records (flow and task
+# runs, logs, events) is still kept, for a later `prefect server start` on the same home. An
+# environment that sets one of these keeps its own value.
+LEAN_SERVER = {
+    f"PREFECT_SERVER_SERVICES_{service}_ENABLED": "false"
+    for service in (
+        "SCHEDULER",
+        "LATE_RUNS",
+        "FOREMAN",
+        "PAUSE_EXPIRATIONS",
+        "CANCELLATION_CLEANUP",
+        "CLEANUP_RECONCILER",
+        "REPOSSESSOR",
+        "TRIGGERS",
+    )
+}
+
 
 def spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start `command` in its own session, to end with this process even when it is killed outright;
@@ -139,7 +159,7 @@ def private_server(
     log = Path(os.environ["PREFECT_HOME"]) / log_name
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    process = spawn(command, {**os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}, log)
+    process = spawn(command, {**LEAN_SERVER, **os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}, log)
     # The API for this command; no UI links into a server that is gone once the command ends; the
     # run lock's server layer off (`tasks.run_lease.server_url`).
     own = {API_URL: f"http://127.0.0.1:{port}/api", "PREFECT_UI_URL": "", PRIVATE: "true"}

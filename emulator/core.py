@@ -105,7 +105,7 @@ class Emulator:
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Like `call` for an action that changes nothing, without the SQLite transaction.
 
-        The crowd's own progress up to now is written by the next heartbeat (`tick`, every 20 ms), so a
+        The crowd's own progress up to now is written by the next heartbeat (`tick`, every 50 ms), so a
         polled `get_pool` with `--db` costs no disk write; what a requester changed is always written
         before its answer (`call`).
         """

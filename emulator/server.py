@@ -16,7 +16,10 @@ from typing import Any
 
 from emulator.settings import EmulatorSettings
 
-HEARTBEAT_SECONDS = 0.02  # how often the crowd catches up with the clock between requests
+# How often the crowd catches up with the clock between requests (every request catches up first,
+# so what a requester sees does not depend on it): every 50 ms an idle emulator costs 0.013 CPU-s a
+# second in memory and 0.026 with its SQLite file, every 20 ms 0.019 and 0.036.
+HEARTBEAT_SECONDS = 0.05
 
 
 class RunningEmulator:
