@@ -603,13 +603,20 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pi
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = read_yaml(path) or {}
+    read = read_yaml(path)
+    data = {} if read is None else read
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data = _deep_merge(_resolve_paths(data, path.parent), overrides or {})
     try:
         return PipelineParams.model_validate(data)
     except ValidationError as exc:
+        if read is None:  # not three fields "required" of a file saved empty by mistake
+            needed = ", ".join(n for n, f in PipelineParams.model_fields.items() if f.is_required())
+            raise ConfigError(
+                f"{path}: the file holds no settings (it is empty or only comments); a pipeline "
+                f"config names at least {needed}, as configs/demo-shoes/pipeline.yaml does"
+            ) from exc
         where = _key_lines(path)
         problems = [_problem(err, where, overrides or {}) for err in exc.errors()]
         raise ConfigError(f"{path}: invalid pipeline config: " + "; ".join(problems)) from exc

@@ -379,6 +379,20 @@ def test_unreadable_yaml_and_missing_file(tmp_path):
         load_params(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("text", ["", "# the settings come later\n"], ids=["empty", "comments-only"])
+def test_a_config_without_settings_is_said_to_hold_none(tmp_path, text):
+    """A file saved empty (or only comments) read `name: Field required; dataset: Field required;
+    toloka_dir: Field required`, as if three settings had been left out of a config."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value) == (
+        f"{path}: the file holds no settings (it is empty or only comments); a pipeline config names "
+        "at least name, dataset, toloka_dir, as configs/demo-shoes/pipeline.yaml does"
+    )
+
+
 def _demo_copy(tmp_path: Path, appended: str) -> Path:
     """The demo config with absolute paths, as its text (comments, order, lines kept) plus `appended`."""
     text = DEMO.read_text()
