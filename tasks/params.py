@@ -611,7 +611,8 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pi
     try:
         return PipelineParams.model_validate(data)
     except ValidationError as exc:
-        if read is None:  # not three fields "required" of a file saved empty by mistake
+        if read is None and {err["type"] for err in exc.errors()} == {"missing"}:
+            # not three fields "required" of a file saved empty by mistake
             needed = ", ".join(n for n, f in PipelineParams.model_fields.items() if f.is_required())
             raise ConfigError(
                 f"{path}: the file holds no settings (it is empty or only comments); a pipeline "

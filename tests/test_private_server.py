@@ -72,3 +72,24 @@ def test_a_block_that_needs_no_server_starts_none_and_runs_as_on_a_private_one(m
         server.wait_ready()  # nothing to wait for
     assert "CROWDCLUST_PRIVATE_PREFECT" not in os.environ
     assert list(tmp_path.iterdir()) == []  # no server log: nothing was started
+
+
+def test_a_private_server_runs_only_the_loops_a_command_uses_unless_told_otherwise(
+    monkeypatch, tmp_path, migrated_prefect_home
+):
+    """One command's server has no deployments, workers, pauses or automations to watch: their loops
+    are off (an idle server's CPU almost halves), what the run records is still kept, and a loop the
+    user's environment turns on stays on."""
+    import httpx
+
+    for name in ("PREFECT_API_URL", "CROWDCLUST_PRIVATE_PREFECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(migrated_prefect_home(tmp_path)))
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "true")
+    with private_server("lean-server.log") as server:
+        server.wait_ready()
+        services = httpx.get(f"{os.environ['PREFECT_API_URL']}/admin/settings").json()["server"]["services"]
+    enabled = {name: service["enabled"] for name, service in services.items()}
+    assert not any(enabled[name] for name in ("scheduler", "late_runs", "foreman", "repossessor")), enabled
+    assert enabled["task_run_recorder"] and enabled["event_persister"], enabled
+    assert enabled["triggers"], enabled  # the user's own setting
