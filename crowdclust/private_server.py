@@ -30,8 +30,8 @@ PRIVATE = "CROWDCLUST_PRIVATE_PREFECT"  # `tasks.settings.Settings.private_prefe
 
 # The server's loops that act on what one command never makes (deployments' schedules and late runs,
 # workers and their pools, paused or cancelled runs, automations, concurrency leases: the run lock's
-# server layer is off on a private server). Off, an idle private server costs 0.013 instead of
-# 0.023 CPU-s a second and its start about 0.4 CPU-s less. What the run records (flow and task
+# server layer is off on a private server). Off, an idle private server costs 0.012 instead of
+# 0.017 CPU-s a second and its start about 0.3 CPU-s less. What the run records (flow and task
 # runs, logs, events) is still kept, for a later `prefect server start` on the same home. An
 # environment that sets one of these keeps its own value.
 LEAN_SERVER = {

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from crowdclust.private_server import private_server
 
 HOLDER = """
@@ -20,6 +22,13 @@ with private_server("holder-server.log") as server:
     print(server.process.pid, flush=True)
     time.sleep(600)
 """
+
+
+@pytest.fixture
+def no_server_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Prefect API named, as for a user's first `crowdclust run`: `private_server` starts its own."""
+    for name in ("PREFECT_API_URL", "CROWDCLUST_PRIVATE_PREFECT"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def _alive(pid: int) -> bool:
@@ -57,14 +66,14 @@ def test_a_command_killed_outright_takes_its_private_server_with_it(tmp_path, mi
             os.kill(server, signal.SIGKILL)
 
 
-def test_a_block_that_needs_no_server_starts_none_and_runs_as_on_a_private_one(monkeypatch, tmp_path):
+def test_a_block_that_needs_no_server_starts_none_and_runs_as_on_a_private_one(
+    monkeypatch, tmp_path, no_server_named
+):
     """`crowdclust run --close` with TOLOKA_TOKEN: no server (5-9 CPU-seconds, seconds of wall), no
     API URL for Prefect to find, and the run lock's server layer off as on a private server (a
     Prefect profile's server is not the command's); the environment is as it was afterwards."""
     from tasks.run_lease import server_url
 
-    for name in ("PREFECT_API_URL", "CROWDCLUST_PRIVATE_PREFECT"):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     with private_server("unneeded-server.log", needed=False) as server:
         assert server.process is None and "PREFECT_API_URL" not in os.environ
@@ -75,15 +84,13 @@ def test_a_block_that_needs_no_server_starts_none_and_runs_as_on_a_private_one(m
 
 
 def test_a_private_server_runs_only_the_loops_a_command_uses_unless_told_otherwise(
-    monkeypatch, tmp_path, migrated_prefect_home
+    monkeypatch, tmp_path, migrated_prefect_home, no_server_named
 ):
     """One command's server has no deployments, workers, pauses or automations to watch: their loops
-    are off (an idle server's CPU almost halves), what the run records is still kept, and a loop the
+    are off (an idle server's CPU falls by a third), what the run records is still kept, and a loop the
     user's environment turns on stays on."""
     import httpx
 
-    for name in ("PREFECT_API_URL", "CROWDCLUST_PRIVATE_PREFECT"):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(migrated_prefect_home(tmp_path)))
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "true")
     with private_server("lean-server.log") as server:
