@@ -70,11 +70,6 @@ class PairLabels:
     def n_labels(self) -> int:
         return len(self.a)
 
-    def per_worker(self, values: np.ndarray) -> np.ndarray:
-        """Sum of a per-label quantity over each worker's labels (a boolean mask counts them)."""
-        weights = np.asarray(values, dtype=np.float64)
-        return np.bincount(self.worker, weights=weights, minlength=self.n_workers)
-
 
 def _codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes in sorted-string order (deterministic, independent of PYTHONHASHSEED)."""

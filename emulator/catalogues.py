@@ -87,7 +87,6 @@ SHOE_CONFUSIONS: dict[str, tuple[str, ...]] = {
     "heeled_sandals": ("heeled_pumps",),
     "flats_loafers": ("heeled_pumps", "mens_formal"),
 }
-SHOE_ATTRIBUTES = ("gender", "height", "heel", "openness", "sport", "colour")
 BUNDLED = ("demo-shoes", "digits")
 IMAGE_PATH = re.compile(r"/images/(?P<catalogue>[A-Za-z0-9_.-]+)/(?P<file>[A-Za-z0-9_.-]+)\.png$")
 SHOE_FILE = re.compile(r"^s(?P<seed>\d+)-(?P<index>\d+)$")

@@ -52,11 +52,6 @@ def _clusters(labels: Sequence[Any]) -> set[frozenset[int]]:
     return {frozenset(members) for members in groups.values()}
 
 
-def same_partition(answer: Sequence[Any], golden: Sequence[Any]) -> bool:
-    """Equal up to relabelling."""
-    return len(answer) == len(golden) and _clusters(answer) == _clusters(golden)
-
-
 def exam_score(answer: Sequence[Any] | None, golden: Sequence[Any]) -> float:
     """100 for an exact partition, else 100 x share of golden groups reproduced exactly; 0 if malformed."""
     if answer is None or len(answer) != len(golden) or any(a is None for a in answer):

@@ -110,7 +110,10 @@ def test_pair_evidence_and_coin_counts_match_their_definitions():
     yes = pairs.label > 0
     counts = coin_counts(pairs.a, pairs.b, pairs.worker, pairs.label, labels, pairs.n_workers)
     for column, mask in enumerate((same & yes, same, ~same & ~yes, ~same)):
-        np.testing.assert_array_equal(counts[:, column], pairs.per_worker(mask))
+        np.testing.assert_array_equal(
+            counts[:, column],
+            np.bincount(pairs.worker, weights=mask.astype(np.float64), minlength=pairs.n_workers),
+        )
     # The score of a partition: every label's log-probability under its worker's fitted coins.
     total = 0.0
     for inside in (same, ~same):

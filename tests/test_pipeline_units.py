@@ -89,8 +89,8 @@ def test_too_few_items_is_a_clear_error():
 
 
 def test_partition_equality_ignores_the_colour_numbers():
-    assert exam.same_partition([1, 1, 2, 3], [5, 5, 9, 2])
-    assert not exam.same_partition([1, 1, 2, 3], [1, 2, 2, 3])
+    assert exam.exam_score([1, 1, 2, 3], [5, 5, 9, 2]) == 100
+    assert exam.exam_score([1, 1, 2, 3], [1, 2, 2, 3]) < 100
 
 
 def test_exam_score_follows_the_seed_formula():
