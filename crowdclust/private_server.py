@@ -8,6 +8,10 @@ connection errors. This server runs in a session of its own: Ctrl-C reaches only
 closes the run's pools and exits 130, and then stops the server.
 
 The server keeps its state where the ephemeral one did (SQLite under PREFECT_HOME), with the UI off.
+When it stops while the command runs (the kernel's OOM killer, a `pkill -f prefect` meant for other
+servers), it is started again on the same port and home, and the run goes on (`Watched`): before, the
+run went on retrying against nothing for about four minutes, could not record its end, so its hooks
+never closed its pools, and ended with an error that the Prefect API had stopped answering.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,13 +54,79 @@ LEAN_SERVER = {
 }
 
 
-def spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    command: list[str], env: dict[str, str], log: Path | None = None, append: bool = False
+) -> subprocess.Popen[bytes]:
     """Start `command` in its own session, to end with this process even when it is killed outright;
-    output to `log`, or to a pipe the caller drains."""
+    output to `log` (added to its end with `append`), or to a pipe the caller drains."""
     if log is None:
         return launch(command, env, subprocess.PIPE, die_with_parent=True)
-    with log.open("wb") as output:
+    with log.open("ab" if append else "wb") as output:
         return launch(command, env, output, die_with_parent=True)
+
+
+def how_it_ended(code: int) -> str:
+    """A process's exit status in words: `killed by SIGKILL`, `exit code 3`."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Watched:
+    """A private server's process, started again (same command, port and log) when it stops before
+    the command is done with it, up to `RESTARTS` times.
+
+    A server that dies again at once (its port taken, its disk full) is not started a fourth time: the
+    run then fails as it would have, and `crowdclust run` closes its pools itself. One that never
+    answered is not started again either: `Server.wait_ready` reports why it did not start.
+    """
+
+    RESTARTS = 3
+    POLL_SECONDS = 0.5
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.command, self.env, self.log = command, env, log
+        self.process = spawn(command, env, log)
+        self.restarts = 0
+        self.answered = threading.Event()  # set by `Server.wait_ready`
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="private-prefect-server", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL_SECONDS):
+            code = self.process.poll()
+            if code is None:
+                continue
+            if not self.answered.is_set():
+                return
+            ended = how_it_ended(code)
+            if self.restarts >= self.RESTARTS:
+                _warn(
+                    f"the run's Prefect server stopped again ({ended}) and is not started a "
+                    f"{self.RESTARTS + 1}th time: the run fails once its retries are spent; why it "
+                    f"stopped may be in its log, {self.log}"
+                )
+                return
+            self.restarts += 1
+            self.process = spawn(self.command, self.env, self.log, append=True)
+            _warn(
+                f"the run's Prefect server stopped ({ended}); started again on the same port and home "
+                f"(its log: {self.log}), and the run goes on"
+            )
+
+    def finish(self) -> subprocess.Popen[bytes]:
+        """Stop watching; the process now running, for the caller to stop."""
+        self._done.set()
+        self._thread.join()
+        return self.process
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -112,16 +183,23 @@ def no_heartbeats() -> contextlib.AbstractContextManager[object]:
 
 @dataclass(frozen=True)
 class Server:
-    """The server a command's flows talk to: a private one (`process`, its `log`) or the user's own."""
+    """The server a command's flows talk to: a private one (`watched`, its `log`) or the user's own."""
 
-    process: subprocess.Popen[bytes] | None = None
+    watched: Watched | None = None
     log: Path | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The private server's process (the one started last, after a restart)."""
+        return self.watched.process if self.watched is not None else None
 
     def wait_ready(self) -> None:
         """Until the private server answers (nothing to wait for with a server of the user's own)."""
-        if self.process is not None:
+        if self.watched is not None:
             health = os.environ[API_URL] + "/health"
-            wait_until(lambda: answers(health), 120, "the Prefect server", self.log, self.process.pid)
+            pid = self.watched.process.pid
+            wait_until(lambda: answers(health), 120, "the Prefect server", self.log, pid)
+            self.watched.answered.set()
 
 
 @contextlib.contextmanager
@@ -159,7 +237,7 @@ def private_server(
     log = Path(os.environ["PREFECT_HOME"]) / log_name
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    process = spawn(command, {**LEAN_SERVER, **os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}, log)
+    watched = Watched(command, {**LEAN_SERVER, **os.environ, "PREFECT_SERVER_UI_ENABLED": "false"}, log)
     # The API for this command; no UI links into a server that is gone once the command ends; the
     # run lock's server layer off (`tasks.run_lease.server_url`).
     own = {API_URL: f"http://127.0.0.1:{port}/api", "PREFECT_UI_URL": "", PRIVATE: "true"}
@@ -167,11 +245,11 @@ def private_server(
         try:
             with no_heartbeats(), quiet_events_worker():  # nothing watches heartbeats on this server
                 try:
-                    yield Server(process, log)
+                    yield Server(watched, log)
                 finally:
                     drain_prefect()
         finally:
-            stop([process, *companions])
+            stop([watched.finish(), *companions])
 
 
 @contextlib.contextmanager

@@ -286,7 +286,13 @@ class StoppedAnswering(RuntimeError):
 
     What a person reads in the UI's state message or as `crowdclust run`'s error line, instead of a
     bare `ConnectError: [Errno 111] Connection refused` that names neither the URL nor what to do.
+    `prefect_api`: the silent one was Prefect's API, so the run could not record its end and its hooks
+    may not have closed its pools (`crowdclust run` closes them itself); `cause`: the error, in words.
     """
+
+    def __init__(self, message: str, prefect_api: bool = False, cause: str = "") -> None:
+        super().__init__(message)
+        self.prefect_api, self.cause = prefect_api, cause
 
 
 def stopped_answering(error: BaseException, target: TolokaTarget) -> StoppedAnswering:
@@ -303,7 +309,8 @@ def stopped_answering(error: BaseException, target: TolokaTarget) -> StoppedAnsw
         "then run the same command again or Retry the flow run: finished stages are reused and nothing "
         "paid is lost"
     )
-    if api and url.startswith(api):
+    prefect_api = bool(api and url.startswith(api))
+    if prefect_api:
         where = f"the Prefect API at {api}"
     elif isinstance(error, TooManyRequestsApiError):  # it answered: too many requests, not silence
         return StoppedAnswering(
@@ -311,10 +318,13 @@ def stopped_answering(error: BaseException, target: TolokaTarget) -> StoppedAnsw
             "stage's retries: lower the run's request rate (with the service, CROWDCLUST_TOLOKA_RATES "
             f"below the requester's limit; raise wait.poll_seconds), {again}"
         )
+    cause = f"{type(error).__name__}: {error}"
     return StoppedAnswering(
-        f"{where} stopped answering ({type(error).__name__}: {error}) after the stage's retries. The "
-        "run's open pools were closed if Toloka let them be (the log says), else the crowd may go on "
-        f"answering them. Check that it runs, {again}"
+        f"{where} stopped answering ({cause}) after the stage's retries. The run's open pools were "
+        "closed if Toloka let them be (the log says), else the crowd may go on answering them. Check "
+        f"that it runs, {again}",
+        prefect_api=prefect_api,
+        cause=cause,
     )
 
 

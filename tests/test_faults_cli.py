@@ -660,3 +660,70 @@ def test_close_only_closes_the_open_pools_of_its_run_key_and_nothing_else(run_cl
     ), unknown.stdout
     toloka_client.close_pool(other.main_pool)
     toloka_client.close_training(other.training)
+
+
+def test_a_prefect_server_that_fails_the_run_is_named_and_the_command_closes_the_pools(
+    run_cli, monkeypatch, toloka_client, no_private_server
+):
+    """A full disk under the run's own Prefect server: every write answered 500, the run could not
+    record its end, so the hook that closes its pools never ran, and the command ended with Prefect's
+    `PrefectHTTPStatusError: Server error '500 Internal Server Error' for url ...` while the main pool
+    stayed open for the crowd. Now the line names the server's answer and the nearly full disk under
+    its home, and the command closes the run key's pools itself. The 500 here is a real HTTP answer,
+    raised as Prefect's client raises it; the disk's threshold is raised above what this disk has."""
+    import http.server
+    import threading
+
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    import flows.pipeline
+    from crowdclust.commands import run as run_command
+    from tasks.setup import setup_labelling
+    from tasks.toloka_api import RunRegistry, suites_of
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    class Full(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Full)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    opened = {}
+
+    def fails_on_a_full_disk(params):
+        registry = RunRegistry(toloka_client, params.resolved_run_key)
+        ids = setup_labelling(
+            registry, load_bundle(TOLOKA), Placeholders(75.0, 0.02, 3, 0.01, 5, 0.02, 5), "s"
+        )
+        registry.ensure_suites("main-suites", ids.main_pool, suites_of([["a.png", "b.png"]]))
+        toloka_client.open_pool(ids.main_pool)
+        opened["pool"] = ids.main_pool
+        answer = httpx.post(f"http://127.0.0.1:{server.server_port}/api/flow_runs/f00/set_state")
+        try:
+            answer.raise_for_status()
+        except httpx.HTTPStatusError as error:
+            raise PrefectHTTPStatusError.from_httpx_error(error) from None
+
+    monkeypatch.setattr(flows.pipeline, "crowdclust_pipeline", fails_on_a_full_disk)
+    monkeypatch.setattr(run_command, "LOW_DISK", 2**62)
+    try:
+        result, _ = run_cli("--run-key", "disk-full")
+    finally:
+        server.shutdown()
+    line = _one_error_line(result)
+    home = os.environ["PREFECT_HOME"]
+    assert result.exit_code == 1, line
+    assert "failed the run (500 Internal Server Error on POST /api/flow_runs/f00/set_state)" in line, line
+    assert f"the disk that holds its database ({home}) has " in line and "MB free: make room there" in line
+    assert f"closed pool {opened['pool']} of run key disk-full" in line, line
+    assert line.endswith("finished stages are reused and nothing paid is lost"), line
+    assert toloka_client.get_pool(opened["pool"]).status.value == "CLOSED"
+    monkeypatch.setattr(run_command, "LOW_DISK", 0)  # room enough: the disk is not blamed
+    again, _ = run_cli("--run-key", "disk-full")
+    assert "the disk that holds" not in _one_error_line(again)

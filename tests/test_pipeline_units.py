@@ -1489,6 +1489,25 @@ def test_a_rate_limit_is_named_as_such_not_as_a_platform_that_stopped_answering(
 
     gone = stopped_answering(httpx.ConnectError("refused"), target)
     assert str(gone).startswith("Toloka at http://127.0.0.1:4450 stopped answering (ConnectError: refused)")
+    assert not gone.prefect_api
+
+
+def test_prefect_s_api_gone_silent_is_told_apart_from_toloka(monkeypatch):
+    """Only a request to Prefect's API means the run could not record its end (so no hook closed its
+    pools): `crowdclust run` then closes them itself. Told by the request's URL."""
+    import httpx
+
+    from tasks.params import TolokaTarget
+    from tasks.toloka_api import stopped_answering
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    target = TolokaTarget(environment="local", url="http://127.0.0.1:4450")
+    request = httpx.Request("POST", "http://127.0.0.1:4200/api/flow_runs/f00/set_state")
+    silent = stopped_answering(httpx.ConnectError("refused", request=request), target)
+    assert silent.prefect_api and silent.cause == "ConnectError: refused"
+    assert str(silent).startswith("the Prefect API at http://127.0.0.1:4200/api stopped answering")
+    toloka = httpx.Request("GET", "http://127.0.0.1:4450/api/v1/pools/1")
+    assert not stopped_answering(httpx.ConnectError("refused", request=toloka), target).prefect_api
 
 
 def test_a_run_is_named_after_its_key_after_a_name_someone_gave_it():

@@ -10,7 +10,8 @@ What the user sees when it goes wrong is one `error:` line and an exit code:
   balance), the token: checked before the stage they concern creates or pays anything (a budget
   refusal of the evaluation comes after the labelling it follows was paid, and keeps it);
 - 1: the run failed (platform unreachable, the run key busy, the platform lost the run's
-  objects, the spend guard closed the main pool, ...): the line says what to do;
+  objects, the spend guard closed the main pool, ...): the line says what to do; when it was the
+  Prefect server that failed (so no hook could close the run's pools), the command closes them;
 - 130 / 143 / 129: interrupted by Ctrl-C / SIGTERM / SIGHUP (the terminal closed); the run's open
   pools were closed first.
 
@@ -157,6 +158,68 @@ def file_trouble(error: BaseException, run_key: str) -> str | None:
         f"{path}: {said(error)}. What was paid for stays on Toloka under run key {run_key}: once the folder "
         "can be written, run the same command again: finished stages are reused and nothing is paid twice"
     )
+
+
+LOW_DISK = 64 * 2**20  # bytes free under which the Prefect home's disk is said to be full
+
+
+def prefect_refusal(error: BaseException) -> str | None:
+    """A Prefect server's error answer in a few words (`500 Internal Server Error on POST
+    /api/artifacts/`), or None for other errors. Prefect's own text is the whole URL and a link to
+    a page on HTTP status codes."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if not isinstance(error, PrefectHTTPStatusError):
+        return None
+    response = error.response
+    request = f"{response.request.method} {response.request.url.path}"
+    return f"{response.status_code} {response.reason_phrase} on {request}"
+
+
+def low_disk(home: str | None) -> str:
+    """`; the disk that holds ... has N MB free ...` when the private server's home is nearly full.
+
+    A full disk under `crowdclust run`'s own server made it answer 500 to every write, and the run
+    ended with Prefect's `PrefectHTTPStatusError: Server error '500 Internal Server Error' for url
+    ...`: nothing said what was wrong (its log could not be written either)."""
+    import shutil
+
+    from crowdclust.private_server import PRIVATE
+
+    if not home or not os.environ.get(PRIVATE):
+        return ""
+    try:
+        free = shutil.disk_usage(home).free
+    except OSError:
+        return ""
+    if free >= LOW_DISK:
+        return ""
+    return f"; the disk that holds its database ({home}) has {free / 1e6:.1f} MB free: make room there"
+
+
+def _prefect_failed(params: PipelineParams, what: str) -> str:
+    """The line for a run whose Prefect server failed or went silent mid-run: what it did, a full disk
+    under it, and what became of the run's pools.
+
+    The run could not record its end, so Prefect never ran the hook that closes its pools: they stayed
+    open for the crowd (a main pool still open after the command had exited). The command closes them
+    itself, as after a Ctrl-C."""
+    api = os.environ.get("PREFECT_API_URL", "")
+    done = _close_after_stop(params)
+    return (
+        f"the Prefect server at {api} failed the run ({what}){low_disk(os.environ.get('PREFECT_HOME'))}; "
+        f"{done}. Run the same command again once it works: finished stages are reused and nothing "
+        "paid is lost"
+    )
+
+
+def _silent(params: PipelineParams, error: Exception) -> str:
+    """A failure's line; for Prefect's API gone silent, `_prefect_failed`'s (the pools closed here)."""
+    from tasks.toloka_api import StoppedAnswering
+
+    if isinstance(error, StoppedAnswering) and error.prefect_api:
+        return _prefect_failed(params, f"stopped answering: {error.cause}")
+    return str(error)
 
 
 def _run_folder(params: PipelineParams) -> Path:
@@ -433,9 +496,9 @@ def run(
             PlanChanged,
             StoppedAnswering,
         ) as error:
-            raise _fail(str(error), 1, debug) from None  # each message says what to do next
+            raise _fail(_silent(params, error), 1, debug) from None  # each message says what to do next
         except TRANSIENT as error:  # outside the flow (its own decorator turns these into the above)
-            raise _fail(str(stopped_answering(error, params.toloka)), 1, debug) from None
+            raise _fail(_silent(params, stopped_answering(error, params.toloka)), 1, debug) from None
         except (*DATA_ERRORS, MissingTokenError) as error:
             raise _fail(where_the_token_was_sought(error), 2, debug) from None
         except DoesNotExistApiError as error:  # toloka-kit's own text is five lines and a request id
@@ -458,6 +521,9 @@ def run(
             trouble = file_trouble(error, params.resolved_run_key)
             if trouble is not None:
                 raise _fail(trouble, 1, debug) from None
+            refusal = prefect_refusal(error)
+            if refusal is not None:
+                raise _fail(_prefect_failed(params, refusal), 1, debug) from None
             raise _fail(with_resume(f"{type(error).__name__}: {error}"), 1, debug) from None
         finally:
             for signum, handler in previous.items():
