@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -798,3 +799,50 @@ def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_wa
     assert done.returncode == 0, done.stderr
     assert "worker,answers,labels,agreement" in done.stdout and Path("/dev/stdout").is_symlink()
     assert len(pd.read_csv(output)) == 82
+
+
+def _export_per_category(path: Path, categories: int = 3, styles: int = 4, per_style: int = 12) -> None:
+    """A shop's HITs made per category (shoes, bags, ...): 8 images of one category each, 5 careful
+    workers per HIT, so no HIT shows images of two categories together."""
+    rng = np.random.default_rng(0)
+    rows = []
+    size = styles * per_style
+    for category in range(categories):
+        for seed_item in range(size):
+            others = rng.choice(np.delete(np.arange(size), seed_item), size=7, replace=False)
+            hit = rng.permutation(np.r_[seed_item, others])
+            images = ",".join(f'"https://shop.example/c{category}/{i:03d}.jpg"' for i in hit)
+            task = f"c{category}-t{seed_item}"
+            for worker in rng.choice(30, size=5, replace=False):
+                colours = rng.permutation(10) + 1  # each answer paints the styles its own way
+                result = ",".join(f'{{"group": {colours[i // per_style]}}}' for i in hit)
+                rows.append((images, result, task, f"{task}-w{worker}", f"w{worker}"))
+    columns = ["INPUT:images", "OUTPUT:result", "ASSIGNMENT:task_id", "ASSIGNMENT:assignment_id"]
+    pd.DataFrame(rows, columns=[*columns, "ASSIGNMENT:worker_id"]).to_csv(path, sep="\t", index=False)
+
+
+def test_clusters_that_join_images_no_hit_links_are_warned_of(tmp_path, export):
+    """HITs made per category never compare two categories' images, so no label joins or parts
+    them, and the prior put a style of each category in one cluster: a shop's 3 categories of 10
+    styles came out as 10 clusters at ARI 0.47, every image above confidence 0.5, with no warning."""
+    _export_per_category(tmp_path / "shop.tsv")
+    done = _run([tmp_path / "shop.tsv", "-o", tmp_path / "c.csv"])
+    assert done.returncode == 0, done.stderr
+    clusters = pd.read_csv(tmp_path / "c.csv")
+    category = clusters["item"].str.extract(r"/(c\d)/", expand=False)
+    mixed = int((category.groupby(clusters["cluster"]).nunique() > 1).sum())
+    assert mixed > 0  # what the warning is about: the prior's clusters across categories
+    assert (
+        "warning: the answers fall into 3 sets of images that no HIT links (the largest: 48, 48, 48 "
+        f"images): no answer compares images of two sets, yet {mixed:,} clusters hold images of several"
+    ) in done.stderr
+    assert "aggregate each category's answers on its own" in done.stderr
+    # Each category on its own: its own styles, and nothing to warn of.
+    one = tmp_path / "one.tsv"
+    shop = pd.read_csv(tmp_path / "shop.tsv", sep="\t", dtype=str)
+    shop[shop["INPUT:images"].str.contains("/c0/")].to_csv(one, sep="\t", index=False)
+    alone = _run([one, "-o", tmp_path / "one.csv"])
+    assert alone.returncode == 0, alone.stderr
+    assert "no HIT links" not in alone.stderr and "clusters    4" in alone.stdout
+    checked = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])  # the demo's design links all
+    assert checked.returncode == 0 and "no HIT links" not in checked.stderr
