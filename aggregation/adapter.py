@@ -9,6 +9,7 @@ the header not counted) and the assignment id, because a person has to find that
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -505,8 +506,45 @@ def _separator_hint(frame: pd.DataFrame) -> str:
     return ""
 
 
+UNQUOTED = (
+    "read with no CSV quoting: its cells are written as they are, not quoted as Toloka quotes them "
+    "(a spreadsheet's tab-separated download writes them so), and read with quoting every cell that "
+    f"starts with a double quote, as {IMAGES} does, lost its quotes"
+)
+
+
+def _unquoted(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame | None:
+    """The export file read with no CSV quoting, or None (a frame, a file that does not read so, or
+    one whose cells are quoted).
+
+    Toloka quotes a TSV cell that holds double quotes (the cell `"a","b"` is written with its quotes
+    doubled, inside quotes); a file written without quoting (Google Sheets' and many scripts' TSV)
+    has `"a","b"` as it is, which a quoting reader takes for a quoted `a` followed by `,"b"`: every
+    row stopped with `INPUT:images is not valid JSON`, though each cell was valid JSON as written.
+    """
+    if isinstance(source, pd.DataFrame):
+        return None
+    try:
+        raw = pd.read_csv(
+            Path(source), sep="\t", dtype=str, keep_default_na=False, na_values=[""], quoting=csv.QUOTE_NONE
+        )
+    except (ValueError, OSError, EOFError, ImportError, zlib.error):  # pandas' errors are ValueErrors
+        return None
+    # Quoted as Toloka quotes it, a cell that starts with a double quote is one quoted field: its
+    # quotes inside doubled, one at its end (`"[""a"",""b""]"`). Written as it is, the cell of
+    # two images has a lone quote inside (`"a","b"`).
+    cells = raw[IMAGES].dropna() if IMAGES in raw.columns else pd.Series(dtype=str)
+    cells = cells[cells.str.startswith('"')]
+    if cells.empty or cells.str.fullmatch(r'"(?:[^"]|"")*"').all():
+        return None
+    return raw
+
+
 def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -> ExportReading:
     """Read a Toloka assignments export (a TSV path or `get_assignments_df`'s DataFrame).
+
+    A file that does not read as a quoted TSV and whose cells are written unquoted (`_unquoted`)
+    is read with no quoting, with a note (or its bad row named, with the same words).
 
     Strict mode raises `ExportFormatError` on the first bad row; lenient mode skips bad rows and
     lists them in `ExportReading.problems`. The task id is the first of `ASSIGNMENT:task_id`,
@@ -517,7 +555,22 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     has one task, holding all images, per suite). Rows of rejected, skipped, expired or active assignments
     (`ASSIGNMENT:status`) are left out, and `ExportReading.notes` says so.
     """
-    frame = _load_frame(source)
+    try:
+        return _read_frame(_load_frame(source), strict)
+    except ExportFormatError:
+        raw = _unquoted(source)
+        if raw is None:
+            raise
+        try:
+            reading = _read_frame(raw, strict)
+        except ExportFormatError as exc:  # a bad row of the file as written, named as such
+            raise ExportFormatError(f"{exc} ({UNQUOTED})") from None
+        reading.notes.append(UNQUOTED)
+        return reading
+
+
+def _read_frame(frame: pd.DataFrame, strict: bool) -> ExportReading:
+    """`read_export` of the loaded frame."""
     misspelt = _misspelt(frame)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if misspelt:

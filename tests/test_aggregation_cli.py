@@ -846,3 +846,36 @@ def test_clusters_that_join_images_no_hit_links_are_warned_of(tmp_path, export):
     assert "no HIT links" not in alone.stderr and "clusters    4" in alone.stdout
     checked = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])  # the demo's design links all
     assert checked.returncode == 0 and "no HIT links" not in checked.stderr
+
+
+def test_an_export_written_without_quoting_is_read_as_written(tmp_path, export):
+    """A Toloka export downloaded again from a spreadsheet as tab-separated values has its cells as
+    they are (`"https://...","https://..."`), not quoted as Toloka quotes them: read with quoting,
+    every row stopped with `INPUT:images is not valid JSON`, though each cell was valid JSON."""
+    quoted = pd.read_csv(export / "export.tsv", sep="\t", dtype=str, keep_default_na=False)
+    lines = ["\t".join(quoted.columns), *("\t".join(row) for row in quoted.itertuples(index=False))]
+    (tmp_path / "sheet.tsv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    assert (tmp_path / "sheet.tsv").read_text().splitlines()[1].startswith('"https://')
+    done = _run([tmp_path / "sheet.tsv", "-o", tmp_path / "sheet.csv", "--seed", "3"])
+    assert done.returncode == 0, done.stderr
+    assert "note: " in done.stderr and "read with no CSV quoting" in done.stderr
+    same = _run([export / "export.tsv", "-o", tmp_path / "quoted.csv", "--seed", "3"])
+    assert same.returncode == 0 and "CSV quoting" not in same.stderr  # Toloka's own quoting
+    assert (tmp_path / "sheet.csv").read_bytes() == (tmp_path / "quoted.csv").read_bytes()
+    # A bad row of such a file is named as in any export, and --lenient skips it.
+    cells = lines[5].split("\t")
+    cells[quoted.columns.get_loc("OUTPUT:result")] = ""
+    (tmp_path / "bad.tsv").write_text("\r\n".join([*lines[:5], "\t".join(cells), *lines[6:]]) + "\r\n")
+    bad = _run([tmp_path / "bad.tsv", "-o", tmp_path / "bad.csv"])
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith(f"error: {tmp_path / 'bad.tsv'}: row 5 (assignment ")
+    assert "empty cell in OUTPUT:result (read with no CSV quoting" in bad.stderr
+    lenient = _run([tmp_path / "bad.tsv", "-o", tmp_path / "bad.csv", "--lenient"])
+    assert lenient.returncode == 0 and "skipped     1 row" in lenient.stdout
+    # A quoted export's bad row keeps its own words, bracketed images too (`"[""https://...`).
+    quoted["INPUT:images"] = "[" + quoted["INPUT:images"] + "]"
+    quoted.loc[4, "OUTPUT:result"] = ""
+    quoted.to_csv(tmp_path / "quoted.tsv", sep="\t", index=False)
+    assert (tmp_path / "quoted.tsv").read_text().splitlines()[1].startswith('"[""https://')
+    own = _run([tmp_path / "quoted.tsv", "-o", tmp_path / "q.csv"])
+    assert own.returncode == 2 and own.stderr.endswith(": empty cell in OUTPUT:result\n"), own.stderr
