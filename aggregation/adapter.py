@@ -513,6 +513,27 @@ UNQUOTED = (
 )
 
 
+def _json_start(source: str | os.PathLike | pd.DataFrame) -> str | None:
+    """`[` or `{` when the file (decompressed by its name) starts so, as JSON does and no TSV
+    header can; else None.
+
+    A JSON file (the API's assignments, JSON lines) read as a TSV was named by whatever its first
+    line did: lacking every column (`[` alone on it), comma-separated (one line of JSON), or with a
+    row of more fields than the header (indented by tabs).
+    """
+    if isinstance(source, pd.DataFrame):
+        return None
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(Path(source), "rb", compression="infer", is_text=False) as handles:
+            start = handles.handle.read(4096)
+    except (ValueError, OSError, EOFError, ImportError, zlib.error):
+        return None
+    text = start.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return f"`{chr(text[0])}`" if text[:1] in (b"[", b"{") else None
+
+
 def _unquoted(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame | None:
     """The export file read with no CSV quoting, or None (a frame, a file that does not read so, or
     one whose cells are quoted).
@@ -558,6 +579,13 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     try:
         return _read_frame(_load_frame(source), strict)
     except ExportFormatError:
+        json_start = _json_start(source)
+        if json_start is not None:
+            raise ExportFormatError(
+                f"export file is JSON (it starts with {json_start}), not the tab-separated export Toloka "
+                "gives: download the pool's assignments as TSV, or write toloka-kit's "
+                "get_assignments_df(pool_id) with .to_csv(path, sep='\\t', index=False)"
+            ) from None
         raw = _unquoted(source)
         if raw is None:
             raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import re
 
 import numpy as np
@@ -349,6 +351,33 @@ def test_comma_separated_export_is_named_as_such(tmp_path):
     with pytest.raises(ExportFormatError) as missing_one:
         read_export(tsv)
     assert "comma" not in str(missing_one.value)
+
+
+def test_a_json_file_is_named_as_json_whatever_its_layout(tmp_path):
+    """Assignments saved as JSON (the API's objects, JSON lines) were named by their first line: as
+    lacking every column (`[` alone on it), as comma-separated (one line), or as a row with more
+    fields than the header (indented by tabs)."""
+    answers = [dict(zip(COLUMNS, row, strict=True)) for row in GOOD]
+    layouts = {
+        "one-line.json": json.dumps(answers),
+        "indented.json": json.dumps(answers, indent=2),
+        "tabs.json": json.dumps(answers, indent="\t"),
+        "lines.jsonl": "".join(json.dumps(answer) + "\n" for answer in answers),
+        "bom.json": "\ufeff" + json.dumps(answers),
+    }
+    for name, text in layouts.items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        start = "{" if name.endswith("jsonl") else "["
+        with pytest.raises(ExportFormatError) as error:
+            read_export(path)
+        said = str(error.value)
+        assert said.startswith(f"export file is JSON (it starts with `{start}`), not the tab-"), name
+        assert "get_assignments_df" in said
+    compressed = tmp_path / "answers.json.gz"
+    compressed.write_bytes(gzip.compress(layouts["indented.json"].encode()))
+    with pytest.raises(ExportFormatError, match=r"^export file is JSON \(it starts with `\[`\)"):
+        read_export(compressed)
 
 
 def test_empty_inputs(tmp_path):
