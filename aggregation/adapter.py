@@ -297,6 +297,17 @@ def _json_groups(
     return items, np.fromiter(groups, np.int64, len(groups))
 
 
+def _reused_task(worker: object, task: object, task_column: str, first: object) -> str:
+    """Why a worker's second assignment to one task id, showing other images, is not read."""
+    return (
+        f"worker {worker} answered {task_column} {task} before, in assignment {first}, with other "
+        f"images: {task_column} names two HITs here (ids restarted for a second batch?), and the two "
+        "answers would be read as one grouping, each group number of one matched with the other's. "
+        f"Make the ids unique, or remove the {task_column} column to have HITs told apart by their "
+        "images"
+    )
+
+
 def _no_repeats(frame: pd.DataFrame, task_column: str, items: list[str], lengths: np.ndarray) -> bool:
     """True when no (task, worker, item) can occur twice: every (task, worker) is one row, and no row
     shows an image twice. Checked on the rows, not on one entry per image (8 s at 100,000 images)."""
@@ -306,7 +317,7 @@ def _no_repeats(frame: pd.DataFrame, task_column: str, items: list[str], lengths
     return all(len(set(items[end - n : end])) == n for end, n in zip(ends, lengths.tolist(), strict=True))
 
 
-def _read_fast(frame: pd.DataFrame, task_column: str) -> pd.DataFrame | None:
+def _read_fast(frame: pd.DataFrame, task_column: str, one_id_one_hit: bool = True) -> pd.DataFrame | None:
     """The whole export at C speed when every row is well formed; None sends the caller to the
     row-by-row reader, which names the first bad row (or reads the rarer encodings)."""
     columns = [IMAGES, RESULT, WORKER, task_column]
@@ -356,9 +367,15 @@ def _read_fast(frame: pd.DataFrame, task_column: str) -> pd.DataFrame | None:
             "label": groups,
         }
     )
-    if (
-        not _no_repeats(frame, task_column, items, lengths)
-        and labels.duplicated(["task", "worker", "item"]).any()
+    if not _no_repeats(frame, task_column, items, lengths) and (
+        labels.duplicated(["task", "worker", "item"]).any()
+        # one task id, one worker, two assignments: the row-by-row reader names them
+        or (
+            one_id_one_hit
+            and frame.drop_duplicates([task_column, WORKER, ASSIGNMENT])
+            .duplicated([task_column, WORKER])
+            .any()
+        )
     ):
         return None
     return labels
@@ -616,7 +633,11 @@ def _read_frame(frame: pd.DataFrame, strict: bool) -> ExportReading:
     notes = [note for note in (left_out, derived) if note]
     if len(frame) == 0:
         raise ExportFormatError(f"export has no answers: {left_out}")
-    fast = _read_fast(frame, task_column)
+    # A task id names one HIT, so one worker's two assignments to it are one HIT answered twice
+    # or two HITs under one id; not so for the HITs read from images or from suites of one image a
+    # task, whose rows are tasks.
+    one_id_one_hit = derived is None
+    fast = _read_fast(frame, task_column, one_id_one_hit)
     if fast is not None:
         return ExportReading(labels=fast, notes=notes, unanswered=_unanswered(shown_elsewhere, fast))
     columns = [frame[c].tolist() for c in (IMAGES, RESULT, WORKER, ASSIGNMENT, task_column)]
@@ -639,6 +660,14 @@ def _read_frame(frame: pd.DataFrame, strict: bool) -> ExportReading:
                 raise _RowError(f"empty cell in {task_column}")
             first, items = seen.setdefault((str(task), str(worker)), (assignment, set()))
             row_items = [item for item, _ in pairs]
+            if (
+                one_id_one_hit
+                and first != assignment
+                and not _is_empty(first)
+                and not _is_empty(assignment)
+                and not items & set(row_items)
+            ):
+                raise _RowError(_reused_task(worker, task, task_column, first))
             repeated = sorted({i for i in row_items if row_items.count(i) > 1} | (items & set(row_items)))
             if repeated and first != assignment and items & set(row_items):
                 hit = "the HIT of these images" if task_column == SHOWN else f"HIT {task} ({task_column})"

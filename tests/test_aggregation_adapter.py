@@ -290,6 +290,37 @@ def test_a_worker_answering_a_hit_twice_is_named_as_such(tmp_path):
         read_export(_write(tmp_path / "e.tsv", rows))
 
 
+def test_a_task_id_that_names_two_hits_is_named_as_such(tmp_path):
+    """Task ids restarted for a second batch (a colleague's HIT design): worker w1's answers to two
+    HITs under one id, showing other images, were read as one grouping of both HITs' images, each
+    group number of one answer matched with the other's, and nothing said so."""
+    columns = [*COLUMNS, "ASSIGNMENT:task_id"]
+    rows = [
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a1", "w1", "t1"),
+        ('"u1","u2"', '{"group":1},{"group":2}', "", "a2", "w2", "t1"),
+        ('"v1","v2"', '{"group":1},{"group":1}', "", "a3", "w1", "t1"),  # batch 2, HIT "t1" again
+        ('"v1","v2"', '{"group":1},{"group":1}', "", "a4", "w3", "t1"),
+    ]
+    path = _write(tmp_path / "e.tsv", rows, columns)
+    with pytest.raises(ExportFormatError) as error:
+        read_export(path)
+    assert str(error.value).startswith(
+        "row 3 (assignment a3): worker w1 answered ASSIGNMENT:task_id t1 before, in assignment a1, with "
+        "other images: ASSIGNMENT:task_id names two HITs here"
+    )
+    assert "remove the ASSIGNMENT:task_id column to have HITs told apart by their images" in str(error.value)
+    lenient = read_export(path, strict=False)
+    assert len(lenient.problems) == 1 and lenient.problems[0].startswith("row 3 (assignment a3): ")
+    assert set(lenient.labels["worker"]) == {"w1", "w2", "w3"} and len(lenient.labels) == 6
+    # As advised: without the column, each HIT is told by its images, w1's two answers apart.
+    bare = _write(tmp_path / "bare.tsv", [row[:-1] for row in rows], COLUMNS)
+    labels = read_export(bare).labels
+    assert labels.groupby(["task", "worker"]).size().tolist() == [2, 2, 2, 2]
+    # One assignment of several tasks (rows) under one id each is one answer, as before.
+    suite = [(*row[:3], "a1", "w1", "t1") for row in rows[::2]]
+    assert len(read_export(_write(tmp_path / "s.tsv", suite, columns)).labels) == 4
+
+
 def test_rejected_skipped_and_expired_assignments_are_left_out_and_rows_keep_their_numbers(tmp_path):
     """A web-UI export of every status has them; their groups were read as answers (a rejected
     spammer's random groups cost 0.02 of ARI in a user's try-out)."""
