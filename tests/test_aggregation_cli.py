@@ -879,3 +879,32 @@ def test_an_export_written_without_quoting_is_read_as_written(tmp_path, export):
     assert (tmp_path / "quoted.tsv").read_text().splitlines()[1].startswith('"[""https://')
     own = _run([tmp_path / "quoted.tsv", "-o", tmp_path / "q.csv"])
     assert own.returncode == 2 and own.stderr.endswith(": empty cell in OUTPUT:result\n"), own.stderr
+
+
+def test_a_reader_that_closes_standard_output_early_leaves_the_other_outputs_and_the_summary(tmp_path):
+    """`-o - | head`: the pipe closed while the clusters were written, and the command ended there,
+    exit code 1 and no word: no summary, no warnings, and no --workers-output file."""
+    crowd = generate_crowd(120, 6, seed=2)
+    crowd.write_export(tmp_path / "short.tsv")
+    # Long image names, so that the clusters outgrow the pipe's buffer and the reader's close is met.
+    text = (
+        (tmp_path / "short.tsv")
+        .read_text()
+        .replace("https://img.example/", "https://img.example/" + "x" * 2000)
+    )
+    (tmp_path / "e.tsv").write_text(text)
+    args = [*CLI, tmp_path / "e.tsv", "-o", "-", "--workers-output", tmp_path / "w.csv"]
+    with subprocess.Popen(
+        [str(arg) for arg in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    ) as process:
+        assert process.stdout.readline() == "item,cluster,confidence\n"
+        process.stdout.close()  # as head does after its lines
+        stderr = process.stderr.read()
+        assert process.wait(timeout=300) == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    assert "clusters    " in stderr and "output      standard output" in stderr  # the summary
+    assert stderr.rstrip().endswith(
+        "warning: standard output was closed before the clusters were all written (its reader stopped "
+        "early, as head does): the other outputs and this summary are complete; -o FILE writes every cluster"
+    )
+    assert len(pd.read_csv(tmp_path / "w.csv")) == crowd.labels["worker"].nunique()

@@ -378,7 +378,7 @@ def aggregate(
     # Fixed precision: the file is byte-identical whatever the platform's float formatting.
     to_stdout = str(output) == "-"
     if to_stdout:
-        table.to_csv(sys.stdout, index=False, float_format=f"%.{CONFIDENCE_DIGITS}f")
+        closed = not _to_stdout(table, float_format=f"%.{CONFIDENCE_DIGITS}f")
     else:
         _write_csv(table, output, float_format=f"%.{CONFIDENCE_DIGITS}f")
 
@@ -482,6 +482,34 @@ def aggregate(
 
         hint = "" if dissent_output else " (--dissent-output writes that grouping)"
         print(f"warning: the crowd is split. {dissent.summary()}. {ADVICE}{hint}.", file=sys.stderr)
+    if to_stdout and closed:
+        print(
+            "warning: standard output was closed before the clusters were all written (its reader "
+            "stopped early, as head does): the other outputs and this summary are complete; -o FILE "
+            "writes every cluster",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+
+
+def _to_stdout(table: pd.DataFrame, **options: str) -> bool:
+    """Write `table` as CSV to standard output; False when its reader closed it first.
+
+    `-o - | head` closed the pipe while the clusters were written: click ended the command there,
+    with exit code 1 and no word, so the summary (with its warnings) and every other output asked
+    for (`--workers-output`, ...) were never written. Standard output is then pointed at /dev/null,
+    as Python's documentation advises, so that its flush at exit does not fail again.
+    """
+    try:
+        table.to_csv(sys.stdout, index=False, **options)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):  # a standard output without a descriptor
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - standard output for the rest of the process
+        return False
+    return True
 
 
 def _read_exports(exports: list[Path], lenient: bool, read_export, format_error) -> tuple:
