@@ -6,6 +6,7 @@ without importing pandas or numba for it.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
@@ -31,14 +32,21 @@ def respellings(items: Iterable[str]) -> list[tuple[str, ...]]:
     (`http://` for `https://`, `%20` for a space) made every image two items, each clustered on its
     own share of the answers. A name `urlsplit` cannot parse (not a URL) is its own address.
 
+    Names are compared in Unicode's composed form too (NFC): an accented letter is one character
+    in one file and a letter and a combining accent in another (file names read on a Mac), and
+    every image with an accent in its name was two items without a word. Not a server's view (a
+    server may serve one and not the other), so it is here and not in `image_address`.
+
     >>> respellings(["https://h/a%20b.png", "http://h/a b.png", "https://h/c.png"])
     [('http://h/a b.png', 'https://h/a%20b.png')]
+    >>> respellings(["https://h/Caf\u00e9.png", "https://h/Cafe\u0301.png"])
+    [('https://h/Cafe\u0301.png', 'https://h/Caf\u00e9.png')]
     """
     by_address: dict[str, list[str]] = {}
     for item in sorted(set(items)):
         try:
-            address = image_address(item)
+            address = image_address(unicodedata.normalize("NFC", item))
         except ValueError:
-            address = item
+            address = unicodedata.normalize("NFC", item)
         by_address.setdefault(address, []).append(item)
     return sorted(tuple(group) for group in by_address.values() if len(group) > 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -908,3 +909,30 @@ def test_a_reader_that_closes_standard_output_early_leaves_the_other_outputs_and
         "early, as head does): the other outputs and this summary are complete; -o FILE writes every cluster"
     )
     assert len(pd.read_csv(tmp_path / "w.csv")) == crowd.labels["worker"].nunique()
+
+
+def test_an_accented_image_name_in_two_unicode_forms_is_warned_of(export, tmp_path):
+    """A second round's input file built from file names read on a Mac spells an accented letter as
+    a letter and a combining accent (NFD), the first round's as one character (NFC): every image
+    with an accent in its name was two items, each on its share of the answers, and nothing said so."""
+    full = pd.read_csv(export / "export.tsv", sep="\t", dtype=str, keep_default_na=False)
+    full["INPUT:images"] = full["INPUT:images"].str.replace(
+        "img.example/", "img.example/caf\u00e9-", regex=False
+    )
+    half = len(full) // 2
+    full.iloc[:half].to_csv(tmp_path / "r1.tsv", sep="\t", index=False)
+    mac = full.iloc[half:].copy()
+    mac["INPUT:images"] = mac["INPUT:images"].map(lambda cell: unicodedata.normalize("NFD", cell))
+    mac.to_csv(tmp_path / "r2.tsv", sep="\t", index=False)
+    both = _run([tmp_path / "r1.tsv", tmp_path / "r2.tsv", "-o", tmp_path / "c.csv"])
+    assert both.returncode == 0, both.stderr
+    written = set(pd.read_csv(tmp_path / "c.csv")["item"])
+    twice = {item for item in written if unicodedata.normalize("NFD", item) in written - {item}}
+    assert len(twice) > 60 and len(written) > 82  # the first round's spelling of images both show
+    assert (
+        f"warning: {len(twice)} images of the exports appear under more than one spelling of their URL, and "
+        "each spelling is clustered as an image of its own: "
+    ) in both.stderr
+    assert "or in an accented letter written as one character or as a letter and an accent" in both.stderr
+    alone = _run([tmp_path / "r1.tsv", "-o", tmp_path / "c1.csv"])
+    assert alone.returncode == 0 and "spelling" not in alone.stderr

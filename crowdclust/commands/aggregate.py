@@ -459,10 +459,11 @@ def aggregate(
         print(
             f"warning: {_n(len(respelled), 'image')} of {exported} {'appears' if one else 'appear'} under "
             f"more than one spelling of {'its' if one else 'their'} URL, and each spelling is clustered as "
-            f"an image of its own: {shown}{', ...' if len(respelled) > 3 else ''}; a web server sees one "
-            "picture behind them (they differ in the scheme, the host's case, a default port, %-encoding "
-            "or a #fragment): write one spelling in every export, or the picture is listed twice and its "
-            "answers are split between the two.",
+            f"an image of its own: {shown}{', ...' if len(respelled) > 3 else ''}; they name one "
+            "picture (they differ in the scheme, the host's case, a default port, %-encoding, a "
+            "#fragment, or in an accented letter written as one character or as a letter and an accent): "
+            "write one spelling in every export, or the picture is listed twice and its answers are "
+            "split between the two.",
             file=sys.stderr,
         )
     moved, dissolved = model.dissolved_
