@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-__all__ = ["ANCHORS_PER_HIT", "count_hits", "fills_a_hit", "listed_per_hit", "plan"]
+__all__ = ["ANCHORS_PER_HIT", "anchors_per_hit", "count_hits", "fills_a_hit", "listed_per_hit", "plan"]
 
 # Images of the clusters' linked pieces added to every HIT of a second round.
 ANCHORS_PER_HIT = 2
@@ -26,6 +26,16 @@ ANCHORS_PER_HIT = 2
 def listed_per_hit(hit_size: int, anchors_per_hit: int = ANCHORS_PER_HIT) -> int:
     """Listed images per HIT of a second round: the rest of the HIT holds its anchors."""
     return max(2, hit_size - anchors_per_hit)
+
+
+def anchors_per_hit(hit_size: int, anchors: int = ANCHORS_PER_HIT) -> int:
+    """Anchors a HIT of `hit_size` holds beside its `listed_per_hit` images (as `plan` fills it):
+    none in a HIT of 2, one in a HIT of 3. The recheck line said "2 anchors per HIT" of those too.
+
+    >>> anchors_per_hit(10), anchors_per_hit(3), anchors_per_hit(2)
+    (2, 1, 0)
+    """
+    return max(0, min(anchors, hit_size - listed_per_hit(hit_size, anchors)))
 
 
 def fills_a_hit(n_images: int, hit_size: int, anchors_per_hit: int = ANCHORS_PER_HIT) -> bool:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from aggregation import followup
 from aggregation.design import ObservedDesign, design_for, implied_styles, memory_note, observed_design
-from aggregation.followup import ANCHORS_PER_HIT, count_hits
+from aggregation.followup import count_hits
 from aggregation.pairs import together_partners
 
 __all__ = ["RECHECK_CONFIDENCE", "UNANCHORED_WARNING", "Recheck", "find_recheck"]
@@ -158,15 +158,25 @@ class Recheck:
             f"({self.outside:,} outside their cluster's linked piece, "
             f"{n - self.outside:,} more below confidence {RECHECK_CONFIDENCE})"
         )
+        hit_size = round(self.design.hit_size)
+        anchors = followup.anchors_per_hit(hit_size)
         if not self.fills_a_hit:
-            hit_size = round(self.design.hit_size)
             listed = followup.listed_per_hit(hit_size)
-            anchors = f"{listed} images beside its {ANCHORS_PER_HIT} anchors"
-            return f"{line}; too few to fill a HIT of {hit_size} ({anchors})"
+            beside = f" beside its {_anchors(anchors)}" if anchors else ", no room for anchors"
+            return f"{line}; too few to fill a HIT of {hit_size} ({listed} images{beside})"
         if not self.partners.any():  # anchors tie pieces to clusters only if the workers join images
             return f"{line}; no round would help: most workers put no two images together"
         more = f"~{self.round_answers:,} answers (+{self.round_answers / self.answered:.0%})"
-        return f"{line}; a round of them with {ANCHORS_PER_HIT} anchors per HIT, same design: {more}"
+        held = (
+            f"with {_anchors(anchors)} per HIT"
+            if anchors
+            else f"among themselves (no room for anchors in HITs of {hit_size})"
+        )
+        return f"{line}; a round of them {held}, same design: {more}"
+
+
+def _anchors(n: int) -> str:
+    return f"{n} anchor{'s' if n != 1 else ''}"
 
 
 def find_recheck(model, labels: pd.DataFrame) -> Recheck:

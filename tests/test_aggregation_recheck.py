@@ -115,3 +115,21 @@ def test_a_share_of_the_images_is_never_printed_as_none_or_all_of_them():
     0.5% rounds to even. A share above 0 reads "<1%", one below 1 never "100%"."""
     shares = (10 / 2000, 1 / 1000, 0.0, 0.256, 1995 / 2000, 1.0)
     assert [percent(share) for share in shares] == ["<1%", "<1%", "0%", "26%", ">99%", "100%"]
+
+
+def test_the_recheck_line_counts_the_anchors_a_small_hit_holds():
+    """A round of HITs of 3 holds 2 listed images and 1 anchor, of HITs of 2 none: the line said
+    "with 2 anchors per HIT" of both, as of HITs of 10."""
+    for size, held in (
+        (3, "with 1 anchor per HIT"),
+        (2, "among themselves (no room for anchors in HITs of 2)"),
+    ):
+        crowd = generate_crowd(300, 6, seed=1, design="sized", hit_size=size, n_hits=2000, overlap=3)
+        model = CrowdClustering(random_state=0).fit(crowd.labels)
+        recheck = find_recheck(model, crowd.labels)
+        assert recheck.fills_a_hit and round(recheck.design.hit_size) == size
+        hits = followup.plan(recheck.table, model.labels_, size, 1, seed=0)  # the round it prices
+        listed = set(recheck.table["item"])
+        anchors = pd.Series([len(set(hit) - listed) for hit in hits])  # a HIT of one listed image has more
+        assert anchors.mode().tolist() == [followup.anchors_per_hit(size)] == [size - 2]
+        assert f"; a round of them {held}, same design: ~" in recheck.summary()
