@@ -10,6 +10,7 @@ point: the same output under other hash seeds and thread counts, and what the co
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import unicodedata
@@ -936,3 +937,40 @@ def test_an_accented_image_name_in_two_unicode_forms_is_warned_of(export, tmp_pa
     assert "or in an accented letter written as one character or as a letter and an accent" in both.stderr
     alone = _run([tmp_path / "r1.tsv", "-o", tmp_path / "c1.csv"])
     assert alone.returncode == 0 and "spelling" not in alone.stderr
+
+
+def test_clusters_that_join_parts_no_answer_compared_are_warned_of(tmp_path, export):
+    """HITs that each show 4 styles of 12 (5 images of each), the styles regrouped for each of 3
+    rounds: every style meets 9 of the 11 others at most, the HITs are linked, and the prior joined
+    styles that never met: 6 clusters for 12 (ARI 0.54; the baseline's 12 at 1.0), 220 of the 240
+    images above confidence 0.5, with no warning."""
+    rng = np.random.default_rng(2)
+    styles, per_style = 12, 20
+    members = np.arange(styles * per_style).reshape(styles, per_style)
+    rows = []
+    for round_ in range(3):
+        for group in rng.permutation(styles).reshape(-1, 4):
+            chunks = [rng.permutation(members[style]).reshape(-1, 5) for style in group]
+            for k in range(per_style // 5):
+                hit = rng.permutation(np.concatenate([chunk[k] for chunk in chunks]))
+                images = ",".join(f'"https://img.example/{i:03d}.jpg"' for i in hit)
+                task = f"r{round_}-{'-'.join(map(str, group))}-{k}"
+                for worker in rng.choice(30, size=5, replace=False):
+                    colours = dict(zip(group.tolist(), rng.permutation(10)[:4] + 1, strict=True))
+                    result = ",".join(f'{{"group": {colours[i // per_style]}}}' for i in hit)
+                    rows.append((images, result, task, f"{task}-w{worker}", f"w{worker}"))
+    columns = ["INPUT:images", "OUTPUT:result", "ASSIGNMENT:task_id", "ASSIGNMENT:assignment_id"]
+    frame = pd.DataFrame(rows, columns=[*columns, "ASSIGNMENT:worker_id"])
+    frame.to_csv(tmp_path / "e.tsv", sep="\t", index=False)
+    done = _run([tmp_path / "e.tsv", "-o", tmp_path / "c.csv"])
+    assert done.returncode == 0, done.stderr
+    clusters = pd.read_csv(tmp_path / "c.csv")
+    style = clusters["item"].str.extract(r"/(\d+)\.jpg", expand=False).astype(int) // per_style
+    assert style.groupby(clusters["cluster"]).nunique().max() > 1  # styles that never met, joined
+    outside = int(
+        re.search(r"^warning: ([\d,]+) of 240 images \(\d+%\) are in a cluster", done.stderr, re.M)[1]
+    )
+    assert outside > 80 and "no HIT links" not in done.stderr  # the HITs are linked
+    assert "only the prior joined them, at confidences up to 1" in done.stderr
+    checked = _run([export / "export.tsv", "-o", tmp_path / "d.csv"])  # the demo's HITs compare all
+    assert checked.returncode == 0 and "that no answer compared them with" not in checked.stderr
