@@ -66,6 +66,8 @@ def too_few(listed: int, params: PipelineParams, n_items: int) -> str:
     >>> capped = PipelineParams.model_construct(hits=HitParams(size=10, second_round_share=0.05))
     >>> too_few(30, capped, 82).split(", fewer")[0]
     '30 images listed, at most 4 shown again (hits.second_round_share 0.05)'
+    >>> too_few(1, PipelineParams.model_construct(hits=HitParams(size=3, second_round_share=0.5)), 82)
+    '1 images listed, fewer than the 2 a HIT of 3 holds beside its 1 anchor'
     """
     size = params.hits.size
     most = most_images(params, n_items)
@@ -76,8 +78,13 @@ def too_few(listed: int, params: PipelineParams, n_items: int) -> str:
     )
     return (
         f"{listed:,} images listed{capped}, fewer than the {followup.listed_per_hit(size)} a HIT of "
-        f"{size} holds beside its {followup.ANCHORS_PER_HIT} anchors"
+        f"{size} holds beside its {_anchors(followup.anchors_per_hit(size))}"
     )
+
+
+def _anchors(count: int) -> str:
+    """`2 anchors`, `1 anchor`, `0 anchors`."""
+    return f"{count} anchor{'' if count == 1 else 's'}"
 
 
 def make_plan(images: list[str], clusters: pd.Series, params: PipelineParams) -> HitPlan:
