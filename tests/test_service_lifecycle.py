@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -160,5 +161,96 @@ def test_a_run_lost_while_the_server_was_down_is_crashed_when_the_server_returns
         finally:
             if sleeper is not None and sleeper.poll() is None:
                 sleeper.kill()
+            service.down(service.load(cfg.state_dir), say=lambda _: None)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+SUSPENDABLE_YAML = """
+name: suspendable
+prefect-version: 3.9.1
+build: null
+push: null
+pull: null
+deployments:
+  - name: suspendable
+    entrypoint: tests/fixtures/suspendable_flow.py:suspendable
+    work_pool: {name: crowdclust, work_queue_name: default}
+"""
+
+
+def test_a_run_suspended_in_the_ui_stays_suspended_and_can_be_resumed(monkeypatch):
+    """Suspend on a running run's page takes effect at the run's next state change: its process goes
+    on with the stage in hand, sending heartbeats, and then ends with the run Suspended. The heartbeat
+    automation took that silence for a lost machine and set the run Crashed 90 s later, so its Resume
+    button was gone (found on a live service: a 1,000-image demo run Suspended during its wait went on
+    to complete its pool, ended Suspended, and was Crashed 90 s after that, Resume or no). Here a real
+    deployment run on the service's own worker is Suspended as the UI does it. A second run, not a
+    worker's, beats after the first one's process ended and is then killed: once the automation has
+    crashed it, the window of the suspended run's last heartbeat has closed too. The suspended run must
+    still read Suspended, and its Resume must hand it to the worker again."""
+    import subprocess
+    import sys
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from crowdclust.service import deployer
+    from crowdclust.service.processes import children, read_pid
+
+    # A window of 60 s, not 90 (a shorter test), still longer than the runs' 30 s between heartbeats.
+    monkeypatch.setattr(deployer, "HEARTBEAT_SECONDS", 20)
+    folder = service_folder()
+    (folder / "prefect.yaml").write_text(SUSPENDABLE_YAML)
+    cfg = replace(service_config(folder, profile="sqlite", workers=1), prefect_yaml=folder / "prefect.yaml")
+    api = httpx.Client(base_url=cfg.api_url, timeout=10)
+
+    def state(run_id: str) -> dict:
+        return api.get(f"/flow_runs/{run_id}").json()["state"]
+
+    def until(what: str, done: Callable[[], bool], seconds: float = 180) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(1)
+
+    lost = None
+    with watched(cfg, folder):
+        try:
+            service.up(cfg, say=lambda _: None)
+            with temporary_settings(updates={PREFECT_API_URL: cfg.api_url}):
+                deployer.ensure_unresponsive_run_automation()
+            (deployment,) = api.post("/deployments/filter", json={}).json()
+            run_id = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={}).json()["id"]
+            until("the worker never started the run", lambda: state(run_id)["type"] == "RUNNING")
+            # What the run page's Suspend button sends (Prefect's UI, its suspend modal).
+            details = {
+                "pause_timeout": (datetime.now(UTC) + timedelta(minutes=30)).isoformat(),
+                "pause_reschedule": True,
+            }
+            suspend = {"state": {"type": "PAUSED", "name": "Suspended", "state_details": details}}
+            assert api.post(f"/flow_runs/{run_id}/set_state", json=suspend).json()["status"] == "ACCEPT"
+            worker = read_pid(cfg, "worker-1")
+            until(
+                "the suspended run's process did not end",
+                lambda: not children(worker, running="prefect.engine"),
+            )
+            lost = subprocess.Popen(
+                [sys.executable, "-c", SLEEPER], env=cfg.env(), stdout=subprocess.PIPE, text=True
+            )
+            assert lost.stdout is not None
+            lost_id = lost.stdout.readline().strip()
+            time.sleep(2)  # its first heartbeat on its way
+            lost.kill()
+            until("the automation never crashed the silent run", lambda: state(lost_id)["type"] == "CRASHED")
+            after = state(run_id)
+            assert (after["type"], after["name"]) == ("PAUSED", "Suspended"), after
+            assert api.post(f"/flow_runs/{run_id}/resume", json={}).json()["status"] == "ACCEPT"
+            until("the worker never ran the resumed run", lambda: state(run_id)["type"] == "RUNNING")
+        finally:
+            if lost is not None and lost.poll() is None:
+                lost.kill()
+            api.close()
             service.down(service.load(cfg.state_dir), say=lambda _: None)
     shutil.rmtree(folder, ignore_errors=True)

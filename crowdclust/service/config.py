@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parent.parent.parent
 WORK_POOL = "crowdclust"
 TOKEN_BLOCK = "crowdclust-local-token"
 RESULTS_BLOCK = "crowdclust-results"
+# The event the service's worker sends when a Suspended run's process ended (the heartbeat
+# automation expects it: that run's silence is meant, and Resume starts it again).
+SUSPENDED_EVENT = "crowdclust.flow-run.suspended"
 TOKEN_ENV = "CROWDCLUST_EMULATOR_TOKEN"  # the emulator reads its token from here (never argv)
 ADMIN_TOKEN_ENV = "CROWDCLUST_EMULATOR_ADMIN_TOKEN"  # the emulator's second token (its --admin-token)
 DATABASE_URL_ENV = "CROWDCLUST_DATABASE_URL"  # `up`'s existing PostgreSQL, password included

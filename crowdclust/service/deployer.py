@@ -35,6 +35,7 @@ from crowdclust.service import deployments
 from crowdclust.service.config import (
     HEARTBEAT_SECONDS,
     RESULTS_BLOCK,
+    SUSPENDED_EVENT,
     TOKEN_BLOCK,
     WORK_POOL,
     ServiceConfig,
@@ -154,32 +155,40 @@ def ensure_unresponsive_run_automation() -> None:
         "it (down or restarting). Retry it; a process still running refuses the Retry (its run key is "
         "busy) and reports its own end"
     )
+    trigger = EventTrigger(
+        after={"prefect.flow-run.heartbeat"},
+        expect={
+            "prefect.flow-run.heartbeat",
+            "prefect.flow-run.Completed",
+            "prefect.flow-run.Failed",
+            "prefect.flow-run.Cancelled",
+            "prefect.flow-run.Crashed",
+            # Suspend in the UI: the run's process ends by design and Resume starts it again.
+            # Unexpected, a Suspended run was Crashed 90 s later and could no longer be resumed.
+            # Its process beats on until its stage ends, so the worker says when it ended.
+            "prefect.flow-run.Suspended",
+            "prefect.flow-run.Paused",
+            SUSPENDED_EVENT,
+        },
+        match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=timedelta(seconds=silence),
+    )
     try:
         existing = Automation.read(name=UNRESPONSIVE)
     except ValueError:  # not there yet
         existing = None
     if existing is not None:
-        if [getattr(action, "message", None) for action in existing.actions] == [message]:
+        messages = [getattr(action, "message", None) for action in existing.actions]
+        if messages == [message] and getattr(existing.trigger, "expect", None) == trigger.expect:
             return
-        existing.delete()  # made by an earlier version: its message said the process was gone
+        existing.delete()  # made by an earlier version (another message, or Suspended runs crashed)
     Automation(
         name=UNRESPONSIVE,
         description="Marks a flow run Crashed when its heartbeats stop (worker or machine lost).",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={
-                "prefect.flow-run.heartbeat",
-                "prefect.flow-run.Completed",
-                "prefect.flow-run.Failed",
-                "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed",
-            },
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=silence),
-        ),
+        trigger=trigger,
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,

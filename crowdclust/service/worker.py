@@ -17,7 +17,7 @@ end and starts a new worker instead of reporting it "already running". Run as
 `python -m crowdclust.service.worker worker start ...` (the arguments of `prefect`).
 
 It also reports a dead flow-run process's crash only to the attempt that process ran
-(`guard_crash_reports`).
+(`guard_crash_reports`), and says when a Suspended run's process ended (`say_when_suspended_runs_end`).
 """
 
 from __future__ import annotations
@@ -140,6 +140,38 @@ def guard_crash_reports(worker_class: Any) -> None:
     worker_class._propose_crashed_state = report_unless_stale
 
 
+def say_when_suspended_runs_end(worker_class: Any) -> None:
+    """Make `worker_class` send `SUSPENDED_EVENT` for a flow run whose process ended while the run
+    reads Suspended (or Paused).
+
+    Suspend in the UI takes effect at the run's next state change: its process goes on with the stage
+    in hand (a labelling wait until its pool completes) and goes on sending heartbeats, then ends with
+    the run Suspended, waiting for Resume. The heartbeat automation took that end for a lost machine
+    and set the run Crashed 90 s later, so Resume was gone. The event tells it the silence is meant.
+    """
+    run = worker_class.run
+
+    async def run_then_say_if_suspended(self: Any, flow_run: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await run(self, flow_run, *args, **kwargs)
+        try:
+            now = await self.client.read_flow_run(flow_run.id)
+        except Exception:  # the API away: the automation decides as before
+            return result
+        if now.state is not None and now.state.is_paused():
+            from prefect.events import emit_event
+
+            from crowdclust.service.config import SUSPENDED_EVENT
+
+            emit_event(
+                SUSPENDED_EVENT,
+                resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}"},
+                payload={"state": now.state.name},
+            )
+        return result
+
+    worker_class.run = run_then_say_if_suspended
+
+
 def main() -> None:
     """`prefect` with this module's worker signal handling (`prefect worker start` reads the setup
     function from its module when it starts, so replacing the module's attribute is enough)."""
@@ -149,6 +181,7 @@ def main() -> None:
 
     processutils.setup_signal_handlers_worker = install(processutils.setup_signal_handlers_worker)
     guard_crash_reports(ProcessWorker)
+    say_when_suspended_runs_end(ProcessWorker)
     sys.argv = ["prefect", *sys.argv[1:]]
     app()
 
