@@ -6,8 +6,10 @@ sub-flows, times every teammate) could not be read by key without opening each r
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
+from typing import Any
 
 from prefect.utilities.names import generate_slug
 
@@ -22,17 +24,56 @@ def run_key_of(flow_name: str, raw: object) -> str:
     return params.catalogue_key if flow_name == CATALOGUE_FLOW else params.resolved_run_key
 
 
-# Names nobody gave: the server's two lowercase words (`ambitious-woodpecker`, when a run is created
-# without a name: `prefect deployment run`, the API), and what the UI's run form fills its Run Name
-# field with (Prefect 3.9's UI: a Greek letter, perhaps with a number, a star or constellation,
-# perhaps a noun or letter: `theta6-firiendfeld-anomaly`, `mu6-cheron-a`). Read as given, the
-# form's made a run of that form `theta6-firiendfeld-anomaly (formrun-48deb3ff37-s0)` on the Runs
-# page. Any other name was given.
+# Names nobody gave: the server's two words (`ambitious-woodpecker`, when a run is created without
+# a name: `prefect deployment run`, the API), and what the UI's run form fills its Run Name field
+# with (Prefect 3.9's UI: a Greek letter, perhaps with a number, a star or constellation, perhaps a
+# noun or letter: `theta6-firiendfeld-anomaly`, `mu6-cheron-a`). Read as given, the form's made a
+# run of that form `theta6-firiendfeld-anomaly (formrun-48deb3ff37-s0)` on the Runs page. Any other
+# name was given: the server's two words are told by its own word lists (coolname's adjective and
+# animal, `prefect.utilities.names.generate_slug`), so that a name typed as two words, `alice-rerun`
+# or `lead-tmo`, is kept (any two lowercase words used to read as the server's and were dropped).
 GREEK = (
     "alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho|sigma|tau"
     "|upsilon|phi|chi|psi|omega"
 )
-GENERATED = re.compile(rf"[a-z]+-[a-z]+|(?:{GREEK})[0-9]*(?:-[a-z]+)+")
+FORM_GENERATED = re.compile(rf"(?:{GREEK})[0-9]*(?:-[a-z]+)+")
+TWO_WORDS = re.compile(r"(?P<first>[a-z]+)-(?P<second>[a-z]+)")
+
+
+def _single_words(config: dict[str, Any], name: str) -> set[str]:
+    """The one-word entries of coolname's list `name` and of the lists it nests."""
+    entry = config[name]
+    if entry["type"] == "nested":
+        return set().union(*(_single_words(config, nested) for nested in entry["lists"]))
+    if entry["type"] == "words":
+        return set(entry["words"])
+    if entry["type"] == "const":
+        return {entry["value"]}
+    return set()  # phrases: more than one word, never `[a-z]+`
+
+
+@functools.cache
+def server_words() -> tuple[frozenset[str], frozenset[str]] | None:
+    """The words the server's two-word names take first and second (None: coolname is laid out
+    otherwise than in 5.0, and any two words read as the server's, as they used to)."""
+    try:
+        from coolname.data import config
+
+        (pair,) = config["2"]["lists"]
+        first, second = config[pair]["lists"]
+        return frozenset(_single_words(config, first)), frozenset(_single_words(config, second))
+    except Exception:
+        return None
+
+
+def generated(given: str) -> bool:
+    """Whether `given` is a name the server or the run form made up, not one someone typed."""
+    if FORM_GENERATED.fullmatch(given):
+        return True
+    if not (pair := TWO_WORDS.fullmatch(given)):
+        return False
+    words = server_words()
+    return words is None or (pair["first"] in words[0] and pair["second"] in words[1])
 
 
 def derived_keys(raw: object) -> re.Pattern[str] | None:
@@ -62,7 +103,7 @@ def named(given: str, key: str, earlier: re.Pattern[str] | None = None) -> str:
             given = ""
         elif (suffixed := SUFFIXED.fullmatch(given)) and earlier.fullmatch(suffixed["key"]):
             given = suffixed["given"]
-    if not given or GENERATED.fullmatch(given) or given == key:
+    if not given or generated(given) or given == key:
         return key
     return given if given.endswith(f"({key})") else f"{given} ({key})"  # a Retry names it again
 

@@ -686,6 +686,41 @@ def test_a_retry_after_the_dataset_changed_is_named_after_the_key_it_runs_under(
         assert retried() == (second, f"bob-by-hand ({second})")
 
 
+def test_a_two_word_name_typed_in_the_run_form_stays_in_front_of_the_key(prefect_harness, tmp_path):
+    """A Custom run named `lead-tmo` in the UI's form showed as `tmo-ff082a71c9-s0` on the Runs page:
+    any two lowercase words were taken for the server's own `adjective-animal` name and dropped, where
+    `lead-big2k` stayed (`lead-big2k (big2k-1f835088c5-s0)`). The real engine names runs created as
+    the form creates them (a name given), and one created without a name (the server's)."""
+    from prefect import flow, get_client
+    from prefect.flow_engine import run_flow
+
+    from flows.run_names import by_run_key
+
+    data = tmp_path / "dataset.tsv"
+    data.write_text("image\n" + "".join(f"http://x/{n}.png\n" for n in range(20)))
+    params = load_params(DEMO, {"dataset": str(data), "runs_dir": str(tmp_path / "runs")})
+    key = params.resolved_run_key
+
+    @flow(name="named-by-its-key", flow_run_name=by_run_key)
+    def named_run(params: PipelineParams) -> None:
+        pass
+
+    parameters = {"params": params.model_dump(mode="json")}
+
+    def name_after_running(given: str | None) -> tuple[str, str]:
+        """The run's name before it ran (the server's, when none was given) and after."""
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run(named_run, parameters=parameters, name=given)
+            run_flow(named_run, flow_run=client.read_flow_run(run.id), parameters=parameters)
+            return run.name, client.read_flow_run(run.id).name
+
+    for typed in ("lead-tmo", "alice-rerun", "bob-test"):
+        assert name_after_running(typed) == (typed, f"{typed} ({key})")
+    for _ in range(3):
+        servers, name = name_after_running(None)  # `ambitious-woodpecker`: nobody gave it
+        assert name == key, servers
+
+
 def test_a_platform_gone_mid_run_fails_the_flow_run_naming_its_url_and_what_to_do(
     prefect_harness, tmp_path, monkeypatch
 ):
