@@ -254,3 +254,67 @@ def test_a_run_suspended_in_the_ui_stays_suspended_and_can_be_resumed(monkeypatc
             api.close()
             service.down(service.load(cfg.state_dir), say=lambda _: None)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+SLEEPER_YAML = SUSPENDABLE_YAML.replace(
+    "name: suspendable\n    entrypoint", "name: long-sleeper\n    entrypoint"
+).replace("suspendable_flow.py:suspendable", "suspendable_flow.py:long_sleeper")
+
+
+def test_cancel_still_stops_a_run_that_was_running_while_the_server_was_away():
+    """The worker's watch for Cancel gave up for good after ~26 s of a Prefect server away (Prefect's
+    polling fallback quits after 3 failed polls): on a live service whose server was killed and
+    started again by `make up` 45 s later, Cancel left a 1,000-image run Cancelling while its
+    process went on with its wait and its pool kept being paid for. Here a real deployment run on
+    the service's own worker outlives a 75 s outage of the server, then is cancelled as the UI does;
+    its process must end, and the run read Cancelled."""
+    from dataclasses import replace
+
+    import httpx
+
+    from crowdclust.service import supervisor
+    from crowdclust.service.processes import children, read_pid
+
+    folder = service_folder()
+    (folder / "prefect.yaml").write_text(SLEEPER_YAML)
+    cfg = replace(service_config(folder, profile="sqlite", workers=1), prefect_yaml=folder / "prefect.yaml")
+    api = httpx.Client(base_url=cfg.api_url, timeout=10)
+
+    def until(what: str, done: Callable[[], bool], seconds: float = 240) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(1)
+
+    with watched(cfg, folder):
+        try:
+            service.up(cfg, say=lambda _: None)
+            (deployment,) = api.post("/deployments/filter", json={}).json()
+            run_id = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={}).json()["id"]
+            until(
+                "the worker never started the run",
+                lambda: api.get(f"/flow_runs/{run_id}").json()["state_type"] == "RUNNING",
+            )
+            worker = read_pid(cfg, "worker-1")
+            assert worker is not None
+            flow_run_process = children(worker, running="prefect.engine")
+            assert flow_run_process, "the run has no process"
+            supervisor.stop(cfg, "server", say=lambda _: None)
+            time.sleep(75)  # the outage: past the 3 failed polls after which Prefect's watch quit
+            supervisor.start(cfg, "server", say=lambda _: None)
+            api.close()
+            api = httpx.Client(base_url=cfg.api_url, timeout=10)
+            assert children(worker, running="prefect.engine") == flow_run_process  # it outlived the outage
+            cancel = {"state": {"type": "CANCELLING", "name": "Cancelling"}}  # the run page's Cancel
+            assert api.post(f"/flow_runs/{run_id}/set_state", json=cancel).json()["status"] == "ACCEPT"
+            until(
+                "the cancelled run's process went on", lambda: not children(worker, running="prefect.engine")
+            )
+            until(
+                "the run never read Cancelled",
+                lambda: api.get(f"/flow_runs/{run_id}").json()["state_type"] == "CANCELLED",
+            )
+        finally:
+            api.close()
+            service.down(service.load(cfg.state_dir), say=lambda _: None)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -17,7 +17,8 @@ end and starts a new worker instead of reporting it "already running". Run as
 `python -m crowdclust.service.worker worker start ...` (the arguments of `prefect`).
 
 It also reports a dead flow-run process's crash only to the attempt that process ran
-(`guard_crash_reports`), and says when a Suspended run's process ended (`say_when_suspended_runs_end`).
+(`guard_crash_reports`), says when a Suspended run's process ended (`say_when_suspended_runs_end`),
+and keeps watching for Cancel through an outage of the Prefect server (`keep_watching_for_cancels`).
 """
 
 from __future__ import annotations
@@ -172,9 +173,35 @@ def say_when_suspended_runs_end(worker_class: Any) -> None:
     worker_class.run = run_then_say_if_suspended
 
 
+# How many streaks of 3 failed polls (10 s apart, doubling after each streak) the worker's watch for
+# cancelled runs outlives while the Prefect server is away: 3 x 10 s x (2**7 - 1), about an hour.
+OUTAGE_BACKOFFS = 7
+
+
+def keep_watching_for_cancels(delivery_module: Any) -> None:
+    """Make the worker's watch for Cancel (Prefect's `FlowRunCancellingObserver`, which polls while
+    its events stream is down) outlive an outage of the Prefect server.
+
+    Prefect 3.9 gives that polling up after 3 failed polls in a row, about 26 s of a server away
+    ("Cancellation observer failed. Flow run cancellation disabled."), for good: every run the
+    worker had in flight then ignored Cancel. Found on a live service: the server killed and
+    started again by `make up` 45 s later, a run's Cancel left it Cancelling while its process went
+    on with its wait and its pool kept being paid for. The events stream reconnects by itself once
+    the server is back (within Prefect's 300 s reconnect delay at most), and polling stops then.
+    """
+    loop = delivery_module.critical_service_loop
+
+    async def patient(*args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("backoff", OUTAGE_BACKOFFS)
+        await loop(*args, **kwargs)
+
+    delivery_module.critical_service_loop = patient
+
+
 def main() -> None:
     """`prefect` with this module's worker signal handling (`prefect worker start` reads the setup
     function from its module when it starts, so replacing the module's attribute is enough)."""
+    from prefect._internal import _observation_delivery
     from prefect.cli import app
     from prefect.utilities import processutils
     from prefect.workers.process import ProcessWorker
@@ -182,6 +209,7 @@ def main() -> None:
     processutils.setup_signal_handlers_worker = install(processutils.setup_signal_handlers_worker)
     guard_crash_reports(ProcessWorker)
     say_when_suspended_runs_end(ProcessWorker)
+    keep_watching_for_cancels(_observation_delivery)
     sys.argv = ["prefect", *sys.argv[1:]]
     app()
 
