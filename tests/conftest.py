@@ -49,6 +49,8 @@ LONGEST_FIRST = [
     # Second: its run lost with the server waits out Prefect's 60 s twice over (~2 min, little CPU);
     # started among the last lanes it ran on alone and made the suite about a minute longer.
     "tests/test_service_lifecycle.py",
+    # Its two runs wait out a server away (a minute and more each, little CPU): early, beside the rest.
+    "tests/test_service_outage.py",
     "tests/test_faults_pipeline.py",
     "prefect",
     "money",
