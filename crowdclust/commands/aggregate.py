@@ -251,7 +251,7 @@ def aggregate(
         Path | None, typer.Option(help="Optional item,class CSV: print ARI, NMI, ... against it.")
     ] = None,
     lenient: Annotated[
-        bool, typer.Option(help="Skip bad export rows (and report them) instead of failing.")
+        bool, typer.Option("--lenient", help="Skip bad export rows (and report them) instead of failing.")
     ] = False,
     min_cluster_size: Annotated[
         int | None,
