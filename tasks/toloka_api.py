@@ -336,7 +336,9 @@ def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
     retried stages.
     """
     token = resolve_token(target).get_secret_value()
-    url = endpoint(target) or f"Toloka {target.environment}"
+    url = endpoint(target)
+    known = {env.name: env.value for env in TolokaClient.Environment}.get(target.environment.upper())
+    where = url or f"Toloka {target.environment}" + (f" ({known})" if known else "")
     last: Exception | None = None
     for attempt in range(attempts):
         try:
@@ -345,7 +347,7 @@ def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
         except ApiError as exc:
             if exc.status_code in (401, 403):
                 raise TokenRefused(
-                    f"{url} refused the token ({exc.status_code} {exc.code}): check TOLOKA_TOKEN or the "
+                    f"{where} refused the token ({exc.status_code} {exc.code}): check TOLOKA_TOKEN or the "
                     f"Secret block '{target.token_secret_block}'"
                 ) from None
             last = exc
@@ -357,10 +359,15 @@ def probe(target: TolokaTarget, attempts: int = 3, timeout: float = 5.0) -> str:
             return digest
         if attempt < attempts - 1:
             pause(min(2.0**attempt, 4.0))
+    # Toloka itself (no toloka.url) is not something to start: what fails is this machine's way to it.
+    fix = (
+        "start it (`crowdclust emulator` for a local run) or fix toloka.url / --url"
+        if url
+        else "check that this machine can reach it (network, proxy, firewall)"
+    )
     raise PlatformUnreachable(
-        f"cannot reach Toloka at {url} ({type(last).__name__} after {attempts} tries): start it "
-        "(`crowdclust emulator` for a local run) or fix toloka.url / --url, then run the same "
-        "command again (or Retry the flow run)"
+        f"cannot reach Toloka at {where} ({type(last).__name__} after {attempts} tries): {fix}, then run "
+        "the same command again (or Retry the flow run)"
     )
 
 

@@ -369,6 +369,25 @@ def test_unreachable_platform_fails_fast_naming_the_url(run_cli):
     assert "after 3 tries" in line, line  # the probe's tries, not a stage's retries
 
 
+def test_unreachable_toloka_is_named_by_its_url_and_no_emulator_is_advised(run_cli, monkeypatch):
+    """`crowdclust run configs/shoes/pipeline.yaml --env sandbox` (README.md's Guide) on a machine
+    that cannot reach Toloka read `cannot reach Toloka at Toloka sandbox (...): start it (`crowdclust
+    emulator` for a local run) or fix toloka.url / --url`: no URL to check the way to, and advice
+    for an emulator. Here the way to Toloka is a proxy that nothing answers on."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # discard port: nothing listens
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    path = run_cli.write()
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "toloka": {"environment": "sandbox", "url": None}}))
+    result = CliRunner().invoke(app, ["run", str(path), "--close"])
+    assert result.exit_code == 1, result.stderr
+    line = _one_error_line(result)
+    assert "cannot reach Toloka at Toloka sandbox (https://sandbox.toloka.dev)" in line, line
+    assert "check that this machine can reach it" in line and "crowdclust emulator" not in line, line
+
+
 def test_wrong_token_is_refused_in_one_line(run_cli, monkeypatch):
     monkeypatch.setenv("TOLOKA_TOKEN", "not-the-token")
     result, _ = run_cli()
