@@ -66,6 +66,7 @@ def aggregate_export(
         raise ValueError("aggregate_export needs `export` (a TSV path) or `pool_id`")
     result = agg.aggregate_task(frame, aggregation or AggregationParams(), seed)
     truth = ds.truth_of(ds.load_dataset(dataset)) if dataset is not None else None
+    truth = ds.truth_for(truth, result.clusters.index)  # an image the file spells otherwise keeps its class
     result = replace(result, truth=truth, metrics=agg.score(result.clusters, truth))
     folder.write_clustering(result)
     thumbs, unfetched = thumbnails.for_galleries(result, toloka)

@@ -24,6 +24,7 @@ __all__ = [
     "DatasetError",
     "load_dataset",
     "read_dataset",
+    "truth_for",
     "truth_of",
     "url_problem",
 ]
@@ -161,6 +162,33 @@ def read_dataset(path: Path | str) -> Dataset:
 def load_dataset(path: Path | str) -> pd.DataFrame:
     """DataFrame with `image` (str) and, when the file has it, `class` (str; blank: unknown)."""
     return read_dataset(path).frame
+
+
+def _address(url: str) -> str:
+    try:
+        return image_address(url)
+    except ValueError:  # not a URL urlsplit can read: its own address
+        return url
+
+
+def truth_for(truth: pd.Series | None, items: pd.Index | list[str]) -> pd.Series | None:
+    """`truth` with the class of every item of `items` that the dataset names under another spelling
+    of its URL (`image_address`: scheme, host case, default port, %-encoding, `#fragment`).
+
+    A catalogue clusters an image re-spelled in its file under the spelling that was clustered, so
+    read by the file's spelling the image had no class: `clusters.csv` left its `class` blank and the
+    summary said `(over the 99 of 100 images with a class)` of a file whose 100 images all had one.
+    """
+    if truth is None:
+        return None
+    known = set(truth.index)
+    by_address = {_address(url): value for url, value in truth.items()}
+    found = {
+        item: by_address[address]
+        for item in items
+        if item not in known and (address := _address(item)) in by_address
+    }
+    return pd.concat([truth, pd.Series(found, name=truth.name, dtype=truth.dtype)]) if found else truth
 
 
 def truth_of(dataset: pd.DataFrame) -> pd.Series | None:

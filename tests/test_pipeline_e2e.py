@@ -991,6 +991,37 @@ def test_aggregate_subflow_reaggregates_an_export_with_other_settings(scenario, 
     assert len(table) == 82 and {"item", "cluster", "class"} <= set(table.columns)
 
 
+def test_an_image_the_dataset_spells_otherwise_keeps_its_class(prefect_harness, tmp_path):
+    """A catalogue clusters an image re-spelled in its file (`https://h:443/a.png` for
+    `https://h/a.png`) under the spelling that was clustered; read by the file's spelling, that image
+    had no class: `clusters.csv` left its `class` blank, and a file of 100 images that all had one
+    was scored `(over the 99 of 100 images with a class)`."""
+    from aggregation import generate_crowd
+    from flows.aggregate import aggregate_export
+    from tasks.params import AggregationParams
+
+    crowd = generate_crowd(40, 4, seed=5)
+    export = tmp_path / "export.tsv"
+    crowd.write_export(export)
+    rows = [(str(item), str(label)) for item, label in crowd.truth.items()]
+    respelled = rows[0][0].replace("img.example/", "img.example:443/")
+    assert respelled != rows[0][0]
+    dataset = tmp_path / "dataset.tsv"
+    lines = ["image\tclass", f"{respelled}\t{rows[0][1]}", *(f"{item}\t{label}" for item, label in rows[1:])]
+    dataset.write_text("\n".join(lines) + "\n")
+
+    result = aggregate_export(
+        out_dir=tmp_path / "out",
+        export=export,
+        aggregation=AggregationParams(method="coassociation"),
+        dataset=dataset,
+    )
+    assert result.metrics is not None and result.metrics["n_items"] == 40
+    table = pd.read_csv(tmp_path / "out" / "clusters.csv", dtype=str)
+    assert len(table) == 40 and table["class"].notna().all()
+    assert table.set_index("item").loc[rows[0][0], "class"] == rows[0][1]
+
+
 def test_an_aggregate_run_started_on_its_own_shows_its_clusters_on_its_page(prefect_harness, tmp_path):
     """The `reaggregate` deployment writes no report: re-clustering a 10,000-image export ended on a
     page whose Artifacts tab read "This run did not produce any artifacts", its log saying "487
