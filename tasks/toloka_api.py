@@ -894,9 +894,9 @@ class RunRegistry:
         `exam.expected_workers` (as a starved exam's error advises), a reward, an overlap or
         `exam.min_skill` went on with the old pool, so the advice never took effect and only a new
         run key (paying for everything again) got out. Now the pool is closed for the update if open
-        (the wait reopens it), updated, and when its default overlap changed every task suite's
-        overlap moves by the same amount (never below the answers it has: `set-overlap-or-min`), so
-        overlap raised by quality control stays raised.
+        (the wait reopens it, as it reopens a completed one that now owes answers), updated, and when
+        its default overlap changed every task suite's overlap moves by the same amount (never below
+        the answers it has: `set-overlap-or-min`), so overlap raised by quality control stays raised.
         """
         have = self.client.get_pool(pool_id)
         changes = pool_changes(have, wanted)
@@ -928,8 +928,11 @@ class RunRegistry:
                     self.client.patch_task_suite_overlap_or_min(
                         suite.id, TaskSuiteOverlapPatch(overlap=target)
                     )
-            if new_overlap > old_overlap:
-                self._reopen_completed(have, f"{role}: the added overlap")
+        # A completed pool given a higher overlap is left closed here: the wait opens it for the added
+        # answers (`open_all`: a completed pool whose suites owe answers), once every check before it
+        # has passed. Reopened here, a run that the HIT plan's check then refused (a changed
+        # hits.size along with the overlap) had the crowd answer, and be paid, until its failure
+        # hook closed the pool.
 
     def _reopen_completed(self, pool: Pool, work: str) -> None:
         """Open a completed pool that was given more work, with a new lifetime if its own has

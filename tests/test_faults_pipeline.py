@@ -356,6 +356,36 @@ def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it
     assert _objects(emu, "faults-starved")["suites"][main.id] == 9  # nothing was uploaded
 
 
+def test_a_refused_plan_with_a_raised_overlap_never_opens_the_finished_pool(prefect_harness, emu, config):
+    """A finished run's config changed twice over, `hits.size` and `hits.overlap`: the HIT plan's
+    check refuses the run before anything is uploaded, but the setup before it had given the
+    completed main pool the new overlap and opened it, and the crowd answered (and was paid) until
+    the failure hook closed it: 2 answers in a try on the demo config. The pool is never opened by
+    a run that is refused; the emulator records every opening as an operation."""
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.toloka_api import PlanChanged
+
+    crowdclust_pipeline(_params(config, "faults-replan"))
+    client = _client(emu)
+    main = _objects(emu, "faults-replan")["pools"]["main-pool"]
+
+    def openings() -> int:
+        return sum(
+            type(op).__name__ == "PoolOpenOperation" and str(op.parameters.pool_id) == str(main.id)
+            for op in client.get_operations()
+        )
+
+    def answers() -> int:
+        return len(list(client.get_assignments(pool_id=main.id)))
+
+    opened, answered = openings(), answers()
+    assert opened >= 1
+    with pytest.raises(PlanChanged, match=r"not in this run's plan"):
+        crowdclust_pipeline(_params(config, "faults-replan", hits={"size": 6, "overlap": 5}))
+    assert openings() == opened and answers() == answered
+    assert str(client.get_pool(main.id).status.value) == "CLOSED"
+
+
 def test_a_market_smaller_than_the_overlap_times_out_saying_so(
     prefect_harness, emulator_factory, tmp_path, monkeypatch
 ):
