@@ -791,6 +791,16 @@ class Owned:
     role: str
 
 
+def _changes_overlap(pool: Pool) -> bool:
+    """Whether a quality-control rule of `pool` raises a task suite's overlap (CHANGE_OVERLAP)."""
+    configs = pool.quality_control.configs if pool.quality_control is not None else None
+    return any(
+        str(getattr(rule.action, "type", "")).endswith("CHANGE_OVERLAP")
+        for config in configs or []
+        for rule in config.rules or []
+    )
+
+
 @dataclass
 class RunRegistry:
     """The Toloka objects of one run key: found by their tag, created only when absent.
@@ -922,8 +932,15 @@ class RunRegistry:
         _extend_lifetime(self.client, have)  # an expired pool's update would be refused
         self.client.update_pool(pool_id, have)
         if old_overlap is not None and new_overlap is not None and old_overlap != new_overlap:
+            adds = _changes_overlap(wanted)
             for suite in self.client.get_task_suites(pool_id=pool_id):
                 target = max(1, (suite.overlap or old_overlap) + new_overlap - old_overlap)
+                if new_overlap > old_overlap and not adds:
+                    # No rule of the pool adds overlap, so what a suite holds above the old overlap is
+                    # answers it kept when the overlap was lowered (set-overlap-or-min stops at what
+                    # a suite holds), not overlap to keep: 8 -> 7 -> 8 left every suite at 9, and
+                    # the crowd was paid an answer per HIT more than the config asked.
+                    target = max(suite.overlap or 0, new_overlap)
                 if target != suite.overlap:
                     self.client.patch_task_suite_overlap_or_min(
                         suite.id, TaskSuiteOverlapPatch(overlap=target)

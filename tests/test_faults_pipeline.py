@@ -386,6 +386,28 @@ def test_a_refused_plan_with_a_raised_overlap_never_opens_the_finished_pool(pref
     assert str(client.get_pool(main.id).status.value) == "CLOSED"
 
 
+def test_an_overlap_lowered_and_raised_back_pays_no_answer_above_it(prefect_harness, emu, config):
+    """A finished run resumed at a lower `hits.overlap` keeps the answers its HITs hold (8 -> 7: each
+    suite stays at 8, what it holds), and raised back to 8 every suite was moved up by one from there:
+    9 answers per HIT, one more than the config asked, paid ($2.13 on the demo, "9% above the
+    estimate")."""
+    from flows.pipeline import crowdclust_pipeline
+
+    crowdclust_pipeline(_params(config, "faults-relower"))  # overlap 3
+    crowdclust_pipeline(_params(config, "faults-relower", hits={"overlap": 2}))
+    # Back to 3 with another setting of the setup changed too (the intruders' overlap, off here): with
+    # every setting as in the first run, the setup stage comes from its cache and updates nothing.
+    crowdclust_pipeline(_params(config, "faults-relower", hits={"overlap": 3}, intruders={"overlap": 4}))
+    client = _client(emu)
+    main = _objects(emu, "faults-relower")["pools"]["main-pool"]
+    suites = list(client.get_task_suites(pool_id=main.id))
+    answers = [
+        a for a in client.get_assignments(pool_id=main.id) if a.status.value in ("SUBMITTED", "ACCEPTED")
+    ]
+    assert {suite.overlap for suite in suites} == {3}, [suite.overlap for suite in suites]
+    assert len(answers) == 3 * len(suites)
+
+
 def test_a_market_smaller_than_the_overlap_times_out_saying_so(
     prefect_harness, emulator_factory, tmp_path, monkeypatch
 ):
