@@ -16,7 +16,14 @@ from collections.abc import Callable
 import pytest
 
 from crowdclust import service
-from tests.fixtures.service import SLEEPER, one_deployment_yaml, service_config, service_folder, watched
+from tests.fixtures.service import (
+    SLEEPER,
+    api_post,
+    one_deployment_yaml,
+    service_config,
+    service_folder,
+    watched,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +127,7 @@ def test_a_run_suspended_in_the_ui_stays_suspended_and_can_be_resumed(monkeypatc
             with temporary_settings(updates={PREFECT_API_URL: cfg.api_url}):
                 deployer.ensure_unresponsive_run_automation()
             (deployment,) = api.post("/deployments/filter", json={}).json()
-            run_id = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={}).json()["id"]
+            run_id = api_post(api, f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
             until("the worker never started the run", lambda: state(run_id)["type"] == "RUNNING")
             # What the run page's Suspend button sends (Prefect's UI, its suspend modal).
             details = {
@@ -128,7 +135,7 @@ def test_a_run_suspended_in_the_ui_stays_suspended_and_can_be_resumed(monkeypatc
                 "pause_reschedule": True,
             }
             suspend = {"state": {"type": "PAUSED", "name": "Suspended", "state_details": details}}
-            assert api.post(f"/flow_runs/{run_id}/set_state", json=suspend).json()["status"] == "ACCEPT"
+            assert api_post(api, f"/flow_runs/{run_id}/set_state", suspend)["status"] == "ACCEPT"
             worker = read_pid(cfg, "worker-1")
             until(
                 "the suspended run's process did not end",

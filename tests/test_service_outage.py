@@ -14,7 +14,14 @@ from collections.abc import Callable
 import pytest
 
 from crowdclust import service
-from tests.fixtures.service import SLEEPER, one_deployment_yaml, service_config, service_folder, watched
+from tests.fixtures.service import (
+    SLEEPER,
+    api_post,
+    one_deployment_yaml,
+    service_config,
+    service_folder,
+    watched,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +130,7 @@ def test_cancel_still_stops_a_run_that_was_running_while_the_server_was_away():
         try:
             service.up(cfg, say=lambda _: None)
             (deployment,) = api.post("/deployments/filter", json={}).json()
-            run_id = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={}).json()["id"]
+            run_id = api_post(api, f"/deployments/{deployment['id']}/create_flow_run", {})["id"]
             until(
                 "the worker never started the run",
                 lambda: api.get(f"/flow_runs/{run_id}").json()["state_type"] == "RUNNING",
@@ -140,7 +147,7 @@ def test_cancel_still_stops_a_run_that_was_running_while_the_server_was_away():
             api = httpx.Client(base_url=cfg.api_url, timeout=10)
             assert children(worker, running="prefect.engine") == flow_run_process  # it outlived the outage
             cancel = {"state": {"type": "CANCELLING", "name": "Cancelling"}}  # the run page's Cancel
-            assert api.post(f"/flow_runs/{run_id}/set_state", json=cancel).json()["status"] == "ACCEPT"
+            assert api_post(api, f"/flow_runs/{run_id}/set_state", cancel)["status"] == "ACCEPT"
             until(
                 "the cancelled run's process went on", lambda: not children(worker, running="prefect.engine")
             )
