@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -22,6 +21,7 @@ from tests.fixtures.service import (
     one_deployment_yaml,
     service_config,
     service_folder,
+    until,
     watched,
 )
 
@@ -113,12 +113,6 @@ def test_a_run_suspended_in_the_ui_stays_suspended_and_can_be_resumed(monkeypatc
 
     def state(run_id: str) -> dict:
         return api.get(f"/flow_runs/{run_id}").json()["state"]
-
-    def until(what: str, done: Callable[[], bool], seconds: float = 180) -> None:
-        deadline = time.monotonic() + seconds
-        while not done():
-            assert time.monotonic() < deadline, what
-            time.sleep(1)
 
     lost = None
     with watched(cfg, folder):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -20,6 +19,7 @@ from tests.fixtures.service import (
     one_deployment_yaml,
     service_config,
     service_folder,
+    until,
     watched,
 )
 
@@ -119,12 +119,6 @@ def test_cancel_still_stops_a_run_that_was_running_while_the_server_was_away():
     (folder / "prefect.yaml").write_text(one_deployment_yaml("long_sleeper"))
     cfg = replace(service_config(folder, profile="sqlite", workers=1), prefect_yaml=folder / "prefect.yaml")
     api = httpx.Client(base_url=cfg.api_url, timeout=10)
-
-    def until(what: str, done: Callable[[], bool], seconds: float = 240) -> None:
-        deadline = time.monotonic() + seconds
-        while not done():
-            assert time.monotonic() < deadline, what
-            time.sleep(1)
 
     with watched(cfg, folder):
         try:
