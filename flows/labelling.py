@@ -100,7 +100,7 @@ def collect_labels(
     ids = setup.setup_labelling_task(
         params.toloka, run_key, bundle, values, params.exam.skill_name, main_pool_role
     )
-    preflight.verify_labelling_task(params.toloka, run_key, ids, main_pool_role)
+    preflight.verify_labelling_task(params.toloka, run_key, ids, main_pool_role, bundle, values)
     setup.upload_hits_task(params.toloka, run_key, ids.main_pool, plan.hits, main_pool_role)
     period = params.wait.period(params.toloka.environment)
     export_kind = "main" if main_pool_role == setup.MAIN_POOL else main_pool_role  # its file's name

@@ -4,7 +4,8 @@ Every problem here is a data or configuration error of the user's (the dataset, 
 the exam suites, the budget): `crowdclust run` reports it as one line and exits 2, and the flows
 call the same checks so that a run started from the Prefect UI stops just as early. Cached
 Toloka ids are checked on every run too (`verify_labelling_task`): they must still name this run's
-objects before anything is uploaded to them or paid through them. The intruder pool's workers are
+objects before anything is uploaded to them or paid through them, and their pools get the settings
+the config asks for now. The intruder pool's workers are
 known only once the labelling is done, so its staffing is checked when the evaluation starts,
 before the pool is created (`check_intruder_staffing_task`).
 """
@@ -41,6 +42,7 @@ from tasks.toloka_api import (
 from tasks.toloka_config import (
     FILES,
     AnswerLimit,
+    Placeholders,
     TolokaBundle,
     TolokaConfigError,
     load_bundle,
@@ -370,9 +372,19 @@ def check_plan(params: PipelineParams, n_items: int) -> TolokaBundle:
 
 
 @stage_task(name="verify-ids", toloka=True, cache=False)
-def verify_labelling_task(target: TolokaTarget, run_key: str, ids: LabellingIds, main_pool_role: str) -> None:
-    """Never cached: check that the (possibly cached) ids still name this run's objects."""
-    RunRegistry.connect(target, run_key).verify(setup.owned_labelling(ids, main_pool_role))
+def verify_labelling_task(
+    target: TolokaTarget,
+    run_key: str,
+    ids: LabellingIds,
+    main_pool_role: str,
+    bundle: TolokaBundle,
+    values: Placeholders,
+) -> None:
+    """Never cached: check that the (possibly cached) ids still name this run's objects, and give
+    their pools the settings the config asks for now (`setup.refresh_labelling`)."""
+    registry = RunRegistry.connect(target, run_key)
+    registry.verify(setup.owned_labelling(ids, main_pool_role))
+    setup.refresh_labelling(registry, ids, bundle, values, main_pool_role)
 
 
 class EarlierRunKeys(ValueError):

@@ -57,6 +57,24 @@ def setup_labelling(
     return LabellingIds(exam_project, training, skill, exam_pool, main_project, main_pool)
 
 
+def refresh_labelling(
+    registry: RunRegistry,
+    ids: LabellingIds,
+    bundle: TolokaBundle,
+    values: Placeholders,
+    main_pool_role: str = MAIN_POOL,
+) -> None:
+    """Give the exam and main pools of `ids` the settings the config asks for now.
+
+    `setup_labelling_task` is cached by its inputs: a run whose settings are back at an earlier run's
+    (`hits.overlap` 3, then 2, then 3 under one key; a reward raised and put back) gets that earlier
+    run's ids from the cache, and the pools kept the settings of the run in between (overlap 2 while
+    the config said 3: fewer answers than asked; the raised reward paid on)."""
+    filled = bundle.filled(values.with_skill(ids.skill))
+    registry.refresh_pool(ids.exam_pool, "exam-pool", ids.exam_project, filled.exam_pool, ids.training)
+    registry.refresh_pool(ids.main_pool, main_pool_role, ids.main_project, filled.main_pool)
+
+
 def setup_intruders(
     registry: RunRegistry, bundle: TolokaBundle, values: Placeholders, round_key: str
 ) -> IntruderIds:

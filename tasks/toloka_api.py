@@ -872,9 +872,10 @@ class RunRegistry:
             f"training ({role})",
         )
 
-    def ensure_pool(
+    def _wanted_pool(
         self, role: str, project_id: str, spec: dict[str, Any], training_id: str | None = None
-    ) -> str:
+    ) -> Pool:
+        """The pool `spec` describes, as this run makes it: its project, its tag, its training."""
         pool = Pool.structure(spec)
         pool.project_id = project_id
         pool.private_comment = self.tag(role)
@@ -882,6 +883,19 @@ class RunRegistry:
             if pool.quality_control is None or pool.quality_control.training_requirement is None:
                 raise ValueError(f"{role}: pool config needs quality_control.training_requirement")
             pool.quality_control.training_requirement.training_pool_id = training_id
+        return pool
+
+    def refresh_pool(
+        self, pool_id: str, role: str, project_id: str, spec: dict[str, Any], training_id: str | None = None
+    ) -> None:
+        """Give the run's pool `pool_id` the settings `spec` asks for, as `ensure_pool` does when it
+        finds it: for a setup stage that came from its cache (see `preflight.verify_labelling_task`)."""
+        self._apply_settings(pool_id, self._wanted_pool(role, project_id, spec, training_id), role)
+
+    def ensure_pool(
+        self, role: str, project_id: str, spec: dict[str, Any], training_id: str | None = None
+    ) -> str:
+        pool = self._wanted_pool(role, project_id, spec, training_id)
 
         def create() -> Any:
             pool.will_expire = platform_now(self.client) + POOL_LIFETIME

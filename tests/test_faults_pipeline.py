@@ -390,16 +390,16 @@ def test_an_overlap_lowered_and_raised_back_pays_no_answer_above_it(prefect_harn
     """A finished run resumed at a lower `hits.overlap` keeps the answers its HITs hold (8 -> 7: each
     suite stays at 8, what it holds), and raised back to 8 every suite was moved up by one from there:
     9 answers per HIT, one more than the config asked, paid ($2.13 on the demo, "9% above the
-    estimate")."""
+    estimate"). Back at the first run's settings exactly, the setup stage comes from that run's
+    cache: the pool kept overlap 2 (the uncached check of the ids now gives it the config's)."""
     from flows.pipeline import crowdclust_pipeline
 
     crowdclust_pipeline(_params(config, "faults-relower"))  # overlap 3
     crowdclust_pipeline(_params(config, "faults-relower", hits={"overlap": 2}))
-    # Back to 3 with another setting of the setup changed too (the intruders' overlap, off here): with
-    # every setting as in the first run, the setup stage comes from its cache and updates nothing.
-    crowdclust_pipeline(_params(config, "faults-relower", hits={"overlap": 3}, intruders={"overlap": 4}))
+    crowdclust_pipeline(_params(config, "faults-relower"))  # back to 3: as the first run, cached setup
     client = _client(emu)
     main = _objects(emu, "faults-relower")["pools"]["main-pool"]
+    assert main.defaults.default_overlap_for_new_task_suites == 3
     suites = list(client.get_task_suites(pool_id=main.id))
     answers = [
         a for a in client.get_assignments(pool_id=main.id) if a.status.value in ("SUBMITTED", "ACCEPTED")
@@ -629,7 +629,7 @@ def test_a_private_server_killed_mid_run_is_started_again_and_the_run_finishes_p
     prefect` meant for other servers): the run retried against nothing for about four minutes, could
     not record its end (so its hooks never closed the pools the crowd was still answering) and failed
     with `the Prefect API ... stopped answering`. Now the server is started again on the same port and
-    home, the command says so in one warning, and the run finishes with nothing paid beyond its plan."""
+    home, the command says so in one warning, and the run finishes with nothing paid beyond its estimate."""
     key = "faults-server-killed"
     migrated_prefect_home(tmp_path / ".prefect")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -662,9 +662,9 @@ def test_a_private_server_killed_mid_run_is_started_again_and_the_run_finishes_p
     found = _objects(emu, key)
     assert found["open"] == []
     _one_of_each(found, planned_hits=9)
-    estimate = re.search(r"\$([0-9.]+) spent \(estimate \$([0-9.]+)\)", out)
-    assert estimate is not None and estimate[1] == estimate[2], out
-    assert _spent(emu, key) == pytest.approx(float(estimate[1]), abs=0.01)
+    cost = re.search(r"\$([0-9.]+) spent \(estimate \$([0-9.]+)\)", out)
+    assert cost is not None and float(cost[1]) <= float(cost[2]), out  # the exam may cost less
+    assert _spent(emu, key) == pytest.approx(float(cost[1]), abs=0.01)
 
 
 def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_host_fails_at_once(
@@ -792,7 +792,7 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
     @flow
     def set_up() -> Any:
         ids = setup.setup_labelling_task(params.toloka, "faults-stale", bundle, values, "Stale")
-        preflight.verify_labelling_task(params.toloka, "faults-stale", ids, setup.MAIN_POOL)
+        preflight.verify_labelling_task(params.toloka, "faults-stale", ids, setup.MAIN_POOL, bundle, values)
         return ids
 
     # The same account on both: a platform that lost the account's objects (a fresh emulator state is
