@@ -7,7 +7,6 @@ demo catalogue at 30 images, overlap 3, one exam, no intruder evaluation.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -602,69 +601,6 @@ def test_ctrl_c_or_a_closed_terminal_closes_the_pools(emu, config, tmp_path, sig
     # The hook or the command closed them; it read "no pool or training ... was left open".
     assert "was left open" not in errors[0] and "closed" in errors[0], err
     assert _objects(emu, key)["open"] == []
-
-
-def _private_server_of(run: subprocess.Popen[str], other_than: int | None = None) -> int | None:
-    """The pid of the `prefect server start` that `run` started (one other than `other_than`)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if (
-            parent == run.pid
-            and b"server" in command
-            and b"start" in command
-            and int(entry.name) != other_than
-        ):
-            return int(entry.name)
-    return None
-
-
-def test_a_private_server_killed_mid_run_is_started_again_and_the_run_finishes_paying_once(
-    emu, config, tmp_path, migrated_prefect_home
-):
-    """The run's own Prefect server killed while the crowd answers (the OOM killer, a `pkill -f
-    prefect` meant for other servers): the run retried against nothing for about four minutes, could
-    not record its end (so its hooks never closed the pools the crowd was still answering) and failed
-    with `the Prefect API ... stopped answering`. Now the server is started again on the same port and
-    home, the command says so in one warning, and the run finishes with nothing paid beyond its estimate."""
-    key = "faults-server-killed"
-    migrated_prefect_home(tmp_path / ".prefect")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
-    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
-    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the kill lands mid-wait
-    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _until_the_main_pool_opens(emu, key, run)
-        killed = _private_server_of(run)
-        assert killed is not None, "no private server under the run"
-        os.kill(killed, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while _private_server_of(run, other_than=killed) is None and time.monotonic() < deadline:
-            assert run.poll() is None, run.communicate()
-            time.sleep(0.2)
-        emu.control("config", method="POST", speed=600.0)
-        out, err = run.communicate(timeout=300)
-    finally:
-        if run.poll() is None:
-            run.kill()
-        emu.control("config", method="POST", speed=600.0)
-    assert run.returncode == 0, err[-5000:]
-    warnings = [line for line in err.splitlines() if "Prefect server stopped" in line]
-    assert warnings == [
-        "warning: the run's Prefect server stopped (killed by SIGKILL); started again on the same port "
-        f"and home (its log: {tmp_path / '.prefect' / 'run-server.log'}), and the run goes on"
-    ], err[-5000:]
-    assert "stopped answering" not in err
-    found = _objects(emu, key)
-    assert found["open"] == []
-    _one_of_each(found, planned_hits=9)
-    cost = re.search(r"\$([0-9.]+) spent \(estimate \$([0-9.]+)\)", out)
-    assert cost is not None and float(cost[1]) <= float(cost[2]), out  # the exam may cost less
-    assert _spent(emu, key) == pytest.approx(float(cost[1]), abs=0.01)
 
 
 def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_host_fails_at_once(
