@@ -176,8 +176,9 @@ def prefect_refusal(error: BaseException) -> str | None:
     return f"{response.status_code} {response.reason_phrase} on {request}"
 
 
-def low_disk(home: str | None) -> str:
-    """`; the disk that holds ... has N MB free ...` when the private server's home is nearly full.
+def low_disk() -> str:
+    """`; the disk that holds ... has N MB free ...` when the private server's home (PREFECT_HOME,
+    where its database is) is nearly full.
 
     A full disk under `crowdclust run`'s own server made it answer 500 to every write, and the run
     ended with Prefect's `PrefectHTTPStatusError: Server error '500 Internal Server Error' for url
@@ -186,6 +187,7 @@ def low_disk(home: str | None) -> str:
 
     from crowdclust.private_server import PRIVATE
 
+    home = os.environ.get("PREFECT_HOME")
     if not home or not os.environ.get(PRIVATE):
         return ""
     try:
@@ -205,9 +207,9 @@ def _prefect_failed(params: PipelineParams, what: str) -> str:
     open for the crowd (a main pool still open after the command had exited). The command closes them
     itself, as after a Ctrl-C."""
     api = os.environ.get("PREFECT_API_URL", "")
-    done = _close_after_stop(params)
+    done = _close_left_open(params)
     return (
-        f"the Prefect server at {api} failed the run ({what}){low_disk(os.environ.get('PREFECT_HOME'))}; "
+        f"the Prefect server at {api} failed the run ({what}){low_disk()}; "
         f"{done}. Run the same command again once it works: finished stages are reused and nothing "
         "paid is lost"
     )
@@ -247,8 +249,8 @@ def _close_open(params: PipelineParams) -> list[str]:
         return RunRegistry(make_client(params.toloka, retries=1), key).close_open()
 
 
-def _close_after_stop(params: PipelineParams) -> str:
-    """Close what the interrupted run left open (the crash hook does too; closing twice is a no-op)."""
+def _close_left_open(params: PipelineParams) -> str:
+    """Close what a stopped or failed run left open (its hook may have too; closing twice is a no-op)."""
     key = params.resolved_run_key
     try:
         closed = _close_open(params)
@@ -278,7 +280,7 @@ def who() -> str:
 
 def _interrupted(params: PipelineParams, signum: int, debug: bool) -> typer.Exit:
     """A run stopped by `signum`: what was closed, how to resume, exit 128 + the signal's number."""
-    done = _close_after_stop(params)
+    done = _close_left_open(params)
     message = f"interrupted by {signal.Signals(signum).name}: {done}; run the same command again to resume"
     return _fail(message, 128 + signum, debug)
 
