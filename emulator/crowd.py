@@ -432,7 +432,12 @@ class Crowd:
 
     def restricted(self, worker: Doc, pool: Doc) -> bool:
         """Does a live user restriction (from QC rules or the requester) keep the worker out of `pool`?"""
-        for r in self.restrictions.get(worker["id"], ()):
+        return self.banned(worker["id"], pool)
+
+    def banned(self, worker_id: str, pool: Doc) -> bool:
+        """Is the worker banned from `pool` now: a live restriction on it, its project or all projects
+        (what the export's `excludeBanned` leaves out, too)."""
+        for r in self.restrictions.get(worker_id, ()):
             if r["_until"] is not None and r["_until"] <= self.now:
                 continue
             if (

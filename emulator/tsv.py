@@ -5,6 +5,7 @@ without control tasks), `HINT:text`, `HINT:default_language`, then the requested
 `array_*` values are JSON elements joined by `,` without brackets, `json` values are JSON text; cells
 are CSV-quoted (a cell starting with `"` would otherwise be mangled by pandas). The header is always
 written, because an empty body makes `pd.read_csv` fail. Status `APPROVED` is the JSON API's `ACCEPTED`.
+`excludeBanned=true` leaves out the workers banned from the pool (user restrictions covering it).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def export(emu: Emulator, pool: Doc, params: dict[str, str]) -> Iterator[str]:
     statuses = {TSV_TO_API.get(s, s) for s in params.get("status", "APPROVED").split(",") if s}
     fields = [f for f in params.get("field", DEFAULT_FIELDS).split(",") if f.startswith("ASSIGNMENT:")]
     start_from, start_to = _time_param(params, "startTimeFrom"), _time_param(params, "startTimeTo")
+    # `get_assignments_df(exclude_banned=True)`: leave out the answers of workers banned from the pool
+    # now (a restriction on it, its project or all projects), whatever the assignment's status.
+    exclude_banned = params.get("excludeBanned", "").lower() == "true"
     header = (
         [f"INPUT:{n}" for n in inputs]
         + [f"OUTPUT:{n}" for n in outputs]
@@ -104,6 +108,8 @@ def export(emu: Emulator, pool: Doc, params: dict[str, str]) -> Iterator[str]:
                 continue
             started = parse_time(a["created"])
             if (start_from and started < start_from) or (start_to and started > start_to):
+                continue
+            if exclude_banned and emu.crowd.banned(a["user_id"], pool):
                 continue
             suite_tasks = suites[a["task_suite_id"]]["tasks"]
             solutions = a.get("solutions") or []

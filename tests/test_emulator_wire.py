@@ -397,3 +397,48 @@ def test_pool_closes_when_the_balance_runs_out(emulator_factory):
         assert closed.status.value == "CLOSED" and closed.last_close_reason.value == "NOT_ENOUGH_BALANCE"
         accepted = len(list(client.get_assignments(pool_id=pool.id, status="ACCEPTED")))
         assert 0 < accepted < 30
+
+
+def test_the_export_leaves_out_banned_workers_when_asked(emulator_factory):
+    """`get_assignments_df(..., exclude_banned=True)` sends `excludeBanned=true`: the answers of
+    workers banned from the pool (a user restriction on the pool, its project, all projects) are left
+    out, whatever their status; a ban elsewhere, or no such parameter, leaves them in."""
+    with emulator_factory(speed=0, seed=2, workers=300) as emu:
+        client = make_client(emu)
+        project = _project(client, output_type="array_json")
+        other = _project(client, output_type="array_json", name="elsewhere")
+        pool = _pool(client, project.id, auto_accept_solutions=True, filter=None)
+        urls = [f"{emu.url}/images/demo-shoes/s2-{i:05d}.png" for i in range(40)]
+        client.create_task_suites(
+            [
+                toloka.TaskSuite(
+                    pool_id=pool.id, tasks=[toloka.Task(input_values={"images": urls[k : k + 4]})]
+                )
+                for k in range(0, 40, 4)
+            ],
+            allow_defaults=True,
+        )
+        client.open_pool(pool.id)
+        for _ in range(30):
+            if client.get_pool(pool.id).status.value == "CLOSED":
+                break
+            emu.advance(600)
+        everyone = client.get_assignments_df(pool_id=pool.id)
+        workers = sorted(set(everyone["ASSIGNMENT:worker_id"]))
+        assert len(everyone) == 30 and len(workers) >= 4
+        restriction = toloka.user_restriction
+        banned = {
+            workers[0]: restriction.PoolUserRestriction(user_id=workers[0], pool_id=pool.id),
+            workers[1]: restriction.ProjectUserRestriction(user_id=workers[1], project_id=project.id),
+            workers[2]: restriction.AllProjectsUserRestriction(user_id=workers[2]),
+        }
+        for ban in banned.values():
+            client.set_user_restriction(ban)
+        client.set_user_restriction(
+            restriction.ProjectUserRestriction(user_id=workers[3], project_id=other.id)
+        )
+        kept = client.get_assignments_df(pool_id=pool.id, exclude_banned=True)
+        assert set(kept["ASSIGNMENT:worker_id"]) == set(workers) - set(banned)
+        assert len(kept) == (~everyone["ASSIGNMENT:worker_id"].isin(list(banned))).sum()
+        assert client.get_assignments_df(pool_id=pool.id, exclude_banned=False).equals(everyone)
+        assert client.get_assignments_df(pool_id=pool.id).equals(everyone)
