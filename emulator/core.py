@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from emulator import aggregate
+from emulator import aggregate, qc
 from emulator.catalogues import Catalogue
 from emulator.clock import SimClock
 from emulator.crowd import Crowd
@@ -459,7 +459,9 @@ class Emulator:
             doc["created"] = self.stamp()
         doc.update(value=round(value), exact_value=value, modified=self.stamp())
         self.store.put("user_skill", key, doc)
+        admitted = qc.admitted_pools(self, user_id)
         self.crowd.skills.setdefault(user_id, {})[skill_id] = value
+        qc.on_skill_changed(self, user_id, admitted, skill_id)
         self.crowd.wake(user_id)
         return doc
 
@@ -475,7 +477,9 @@ class Emulator:
     def delete_user_skill(self, key: str) -> None:
         store_key, doc = self._user_skill_by_id(key)
         self.store.delete("user_skill", store_key)
+        admitted = qc.admitted_pools(self, doc["user_id"])
         self.crowd.skills.get(doc["user_id"], {}).pop(doc["skill_id"], None)
+        qc.on_skill_changed(self, doc["user_id"], admitted, doc["skill_id"])
 
     # --------------------------------------------------------------------------- tasks and suites
     def batch_create(self, kind: str, body: Any, params: dict[str, str]) -> tuple[int, Any]:
@@ -799,6 +803,7 @@ class Emulator:
             doc["will_expire"] = fmt_time(until)
         self.store.put("user_restriction", doc["id"], doc)
         self.crowd.restriction_added(doc)
+        qc.on_restricted(self, doc["user_id"])
         return doc
 
     def set_restriction(self, body: Any) -> Doc:

@@ -6,7 +6,9 @@ submits), `ANSWER_COUNT` (assignments_accepted_count), `SKIPPED_IN_ROW_ASSIGNMEN
 (skipped_in_row_count: skips since the worker's last submit, evaluated on each skip), `GOLDEN_SET`
 and `MAJORITY_VOTE` (total_answers_count, correct_answers_rate, incorrect_answers_rate),
 `ASSIGNMENTS_ASSESSMENT` (assessment_event on accept / reject), `USERS_ASSESSMENT`
-(pool_access_revoked_reason when a worker loses access).
+(pool_access_revoked_reason and skill_id when a worker who answered in the pool loses access to it:
+a restriction, by a rule or by the requester, or a skill change, by a rule or by the requester,
+that the pool's filter no longer admits).
 Actions: `RESTRICTION_V2`/`RESTRICTION`, `SET_SKILL`, `CHANGE_OVERLAP`, `APPROVE_ALL_ASSIGNMENTS`,
 `REJECT_ALL_ASSIGNMENTS`. Anything else is stored and logged once as unsupported.
 """
@@ -181,19 +183,55 @@ def on_assessment(emu: Emulator, pool: Doc, assignment: Doc, event: str) -> None
                 apply(emu, rule.get("action") or {}, pool, assignment["user_id"], assignment)
 
 
-def on_access_revoked(emu: Emulator, pool: Doc, worker_id: str, reason: str) -> None:
-    """USERS_ASSESSMENT rules: a worker lost access to the pool (restriction or skill change)."""
+def on_access_revoked(
+    emu: Emulator, pool: Doc, worker_id: str, reason: str, skill_id: str | None = None
+) -> None:
+    """USERS_ASSESSMENT rules: a worker lost access to the pool (restriction or skill change; for a
+    skill change, `skill_id` is the skill whose new value the pool's filter no longer admits)."""
     revoked = pool.setdefault("_revoked", [])
     if worker_id in revoked:
         return
     revoked.append(worker_id)
     emu.store.touch("pool", pool["id"])
+    values = {"pool_access_revoked_reason": reason, "skill_id": skill_id}
     for config in _configs(pool):
         if (config.get("collector_config") or {}).get("type") != "USERS_ASSESSMENT":
             continue
         for rule in config.get("rules") or []:
-            if _holds(rule.get("conditions"), {"pool_access_revoked_reason": reason}):
+            if _holds(rule.get("conditions"), values):
                 apply(emu, rule.get("action") or {}, pool, worker_id, None)
+
+
+def _answered_pools(emu: Emulator, worker: Doc | None) -> list[Doc]:
+    """The regular pools the worker has taken assignments in (where losing access matters)."""
+    if worker is None:
+        return []
+    pools = emu.store.data["pool"]
+    return [pools[p] for p in worker["_rt"]["pools"] if p in pools and pools[p]["_kind"] == "pool"]
+
+
+def on_restricted(emu: Emulator, worker_id: str) -> None:
+    """A restriction (a rule's, or the requester's through the API: Toloka's "banned by you or the
+    system") took effect: RESTRICTION for each pool it now keeps the worker out of."""
+    worker = emu.store.data["worker"].get(worker_id)
+    for pool in _answered_pools(emu, worker):
+        if emu.crowd.restricted(worker, pool):
+            on_access_revoked(emu, pool, worker_id, "RESTRICTION")
+
+
+def admitted_pools(emu: Emulator, worker_id: str) -> list[Doc]:
+    """The pools the worker has answered in whose filter admits it now (before a skill change)."""
+    worker = emu.store.data["worker"].get(worker_id)
+    return [pool for pool in _answered_pools(emu, worker) if emu.crowd.admits(worker, pool)]
+
+
+def on_skill_changed(emu: Emulator, worker_id: str, admitted_before: list[Doc], skill_id: str) -> None:
+    """A skill value changed (a rule's SET_SKILL, or the requester's set or delete): SKILL_CHANGE,
+    with the skill's id, for each pool whose filter admitted the worker before and does not now."""
+    worker = emu.store.data["worker"].get(worker_id)
+    for pool in admitted_before:
+        if worker is not None and not emu.crowd.admits(worker, pool):
+            on_access_revoked(emu, pool, worker_id, "SKILL_CHANGE", skill_id)
 
 
 def apply(emu: Emulator, action: dict[str, Any], pool: Doc, worker_id: str, assignment: Doc | None) -> None:
@@ -220,18 +258,10 @@ def apply(emu: Emulator, action: dict[str, Any], pool: Doc, worker_id: str, assi
                 **({"pool_id": pool["id"]} if scope == "POOL" else {}),
             },
             until,
-        )
-        for other in emu.store.data["pool"].values():
-            if (
-                other["_kind"] == "pool"
-                and crowd.restricted(worker, other)
-                and _worker_assignments(emu, other, worker_id)
-            ):
-                on_access_revoked(emu, other, worker_id, "RESTRICTION")
+        )  # USERS_ASSESSMENT of the pools it closes to the worker: `on_restricted`
     elif kind == "SET_SKILL":
+        # USERS_ASSESSMENT of the pools the new value closes to the worker: `on_skill_changed`
         emu.put_user_skill(worker_id, str(params.get("skill_id")), float(params.get("skill_value") or 0))
-        if worker is not None and not crowd.admits(worker, pool):
-            on_access_revoked(emu, pool, worker_id, "SKILL_CHANGE")
     elif kind == "CHANGE_OVERLAP":
         delta, reopen = int(params.get("delta") or 0), bool(params.get("open_pool"))
         if assignment is not None:

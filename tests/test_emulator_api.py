@@ -1206,3 +1206,65 @@ def test_an_unsupported_collector_is_kept_and_named_in_the_log(emu, client, capl
     assert closed.last_close_reason.value == "COMPLETED"
     assert len(list(client.get_assignments(pool_id=pool.id, status="ACCEPTED"))) == 6
     assert any("collector CAPTCHA is not supported" in r.getMessage() for r in caplog.records)
+
+
+def _recompletion(*conditions: dict[str, Any]) -> dict[str, Any]:
+    """USERS_ASSESSMENT ("recompletion of assignments from banned users"): one more answer for each
+    suite of a worker who lost access to the pool, the pool opened again if it had completed."""
+    action = {"type": "CHANGE_OVERLAP", "parameters": {"delta": 1, "open_pool": True}}
+    return {
+        "collector_config": {"type": "USERS_ASSESSMENT"},
+        "rules": [{"conditions": list(conditions), "action": action}],
+    }
+
+
+def test_suites_of_banned_and_filtered_out_workers_are_answered_again(emu, client):
+    """A worker the requester bans through the API (reason RESTRICTION), or whose skill the requester
+    lowers below the pool's skill filter (reason SKILL_CHANGE, condition `skill_id`), loses access to
+    the pool: its USERS_ASSESSMENT rules raise the overlap of that worker's suites, as Toloka's
+    documented "recompletion" rules do, and the reopened pool gets the extra answers from others."""
+    skill = client.create_skill(name=f"recompletion {uuid.uuid4().hex[:6]}")
+    emu.advance(3600)
+    for worker in emu.workers():  # the workers on the market now may enter the pool
+        client.set_user_skill(skill_id=skill.id, user_id=worker["id"], value=Decimal(80))
+    reason = {"key": "pool_access_revoked_reason", "operator": "EQ"}
+    pool = _pool(
+        client,
+        _project(client, "array_json").id,
+        filter={"and": [{"or": [{"category": "skill", "key": skill.id, "operator": "GTE", "value": 50}]}]},
+        quality_control={
+            "configs": [
+                _recompletion(reason | {"value": "RESTRICTION"}),
+                _recompletion(
+                    reason | {"value": "SKILL_CHANGE"},
+                    {"key": "skill_id", "operator": "EQ", "value": skill.id},
+                ),
+            ]
+        },
+    )
+    client.create_task_suites(
+        [
+            toloka.TaskSuite(
+                pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu, 3, k)})]
+            )
+            for k in range(12)
+        ],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
+    first = list(client.get_assignments(pool_id=pool.id, status="ACCEPTED"))
+    assert len(first) == 24
+    busiest = [w for w, _ in Counter(a.user_id for a in first).most_common(2)]
+    banned, demoted = busiest
+    client.set_user_restriction(
+        toloka.user_restriction.ProjectUserRestriction(user_id=banned, project_id=pool.project_id)
+    )
+    client.set_user_skill(skill_id=skill.id, user_id=demoted, value=Decimal(10))
+    redone = Counter(a.task_suite_id for a in first if a.user_id in busiest)  # each loses one answer
+    assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
+    overlaps = {s.id: s.overlap for s in client.get_task_suites(pool_id=pool.id)}
+    assert overlaps == {s: 2 + redone[s] for s in overlaps} and sum(redone.values()) >= 2
+    answers = list(client.get_assignments(pool_id=pool.id, status="ACCEPTED"))
+    assert Counter(a.task_suite_id for a in answers) == Counter(overlaps)
+    assert {a.user_id for a in answers if a.id not in {f.id for f in first}}.isdisjoint(busiest)
