@@ -649,7 +649,12 @@ class Emulator:
             if not isinstance(request, dict) or request.get("subject") != "POOL":
                 raise validation({"subject": ("INVALID_FORMAT", "only POOL analytics are supported")})
             pool = self.get("pool", str(request.get("subject_id")))
-            value = analytics_value(self, pool, str(request.get("name")))
+            hours = request.get("interval_hours")
+            if hours is not None and not (is_number(hours) and hours > 0):
+                raise validation(
+                    {"interval_hours": ("INVALID_VALUE", "interval_hours must be a positive number")}
+                )
+            value = analytics_value(self, pool, str(request.get("name")), hours)
             results.append({"request": request, "result": value, "finished": self.stamp()})
         op = self.operation("ANALYTICS", {"value": body})
         op["details"] = {"value": results}

@@ -256,6 +256,7 @@ class Crowd:
     def _leave(self, worker: Doc) -> None:
         rt = worker["_rt"]
         rt["online_until"] = None
+        rt["seen"] = self.now  # last active: `active_workers_by_filter_count` over an interval
         rt["session"] += 1
         self.idle.discard(worker["id"])
         mean = MEAN_GAP_ENGAGED if rt.pop("earned", False) else MEAN_GAP
@@ -724,11 +725,17 @@ class Crowd:
                     out["remaining_overlap"] = max(0, overlap - doc["_taken"])
         return out
 
-    def count_admitted(self, pool: Doc) -> int:
-        """Online workers the pool's filter admits and no restriction keeps out."""
-        workers = self.store.data["worker"]
-        online = [w for w in workers.values() if w["_rt"]["online_until"] is not None]
-        return sum(1 for w in online if self.admits(w, pool) and not self.restricted(w, pool))
+    def count_admitted(self, pool: Doc, hours: float | None = None) -> int:
+        """Workers the pool's filter admits and no restriction keeps out who are online, or (with
+        `hours`) were active in the last `hours` hours: online now or left a visit since."""
+        since = -math.inf if hours is None else self.now - 3600.0 * hours
+        active = [
+            w
+            for w in self.store.data["worker"].values()
+            if w["_rt"]["online_until"] is not None
+            or (hours is not None and w["_rt"].get("seen", -math.inf) >= since)
+        ]
+        return sum(1 for w in active if self.admits(w, pool) and not self.restricted(w, pool))
 
     def worker_view(self, worker: Doc) -> dict[str, Any]:
         """Ground truth about one worker for `/_emulator/workers`."""

@@ -155,8 +155,9 @@ def _create(emu: Emulator, kind: str, item: dict[str, Any], pool: Doc) -> Doc:
     return result
 
 
-def analytics_value(emu: Emulator, pool: Doc, name: str) -> Any:
-    """One pool metric as Toloka's analytics answers it (`completion_percentage` is an object)."""
+def analytics_value(emu: Emulator, pool: Doc, name: str, interval_hours: float | None = None) -> Any:
+    """One pool metric as Toloka's analytics answers it (`completion_percentage` is an object);
+    `interval_hours` is the window of `active_workers_by_filter_count`."""
     stats = pool["_stats"]
     if name == "completion_percentage":
         total, done = stats["total"], stats["done"]
@@ -166,7 +167,7 @@ def analytics_value(emu: Emulator, pool: Doc, name: str) -> Any:
     if name == "real_tasks_count":
         return mixer.real_tasks(emu, pool)
     if name == "active_workers_by_filter_count":
-        return emu.crowd.count_admitted(pool)
+        return emu.crowd.count_admitted(pool, interval_hours)
     # The rest count the pool's assignments.
     data = emu.store.data["assignment"]
     assignments = [data[i] for i in emu.store.ids_in_pool("assignment", pool["id"])]

@@ -1268,3 +1268,38 @@ def test_suites_of_banned_and_filtered_out_workers_are_answered_again(emu, clien
     answers = list(client.get_assignments(pool_id=pool.id, status="ACCEPTED"))
     assert Counter(a.task_suite_id for a in answers) == Counter(overlaps)
     assert {a.user_id for a in answers if a.id not in {f.id for f in first}}.isdisjoint(busiest)
+
+
+def test_active_workers_by_filter_count_counts_the_hours_asked():
+    """`active_workers_by_filter_count` counts the workers the pool's filter admits who were active
+    in the last `interval_hours` (toloka-kit's ActiveWorkersByFilterCountPoolAnalytics requires it):
+    more for a day than for an hour, and every worker who has come by for an interval as long as the
+    market has run. It used to count the workers online at that instant, whatever the interval."""
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=4, start=START, workers=300)) as emu:
+        client = toloka.TolokaClient(emu.token, url=emu.url)
+        project = _project(client)
+        everyone = _pool(client, project.id)
+        nobody = _pool(
+            client,
+            project.id,
+            filter={
+                "and": [
+                    {"or": [{"category": "profile", "key": "languages", "operator": "IN", "value": "ZZ"}]}
+                ]
+            },
+        )
+        emu.advance(48 * 3600)
+
+        def active(pool, hours):
+            request = toloka.analytics_request.ActiveWorkersByFilterCountPoolAnalytics(
+                subject_id=pool.id, interval_hours=hours
+            )
+            return client.wait_operation(client.get_analytics([request])).details["value"][0]["result"]
+
+        workers = emu.workers()
+        online = sum(w["online"] for w in workers)
+        hour, day, ever = active(everyone, 1), active(everyone, 24), active(everyone, 24 * 365)
+        assert online <= hour < day <= ever == len(workers) > online, (online, hour, day, ever)
+        assert active(nobody, 24 * 365) == 0
+        with pytest.raises(exceptions.ValidationApiError):
+            active(everyone, 0)
