@@ -4,7 +4,9 @@ piped into `less` or a file): every option a user can type is printed whole.
 Typer lays the options out in a table whose columns share the width; a cell with no place to break
 is cut with an ellipsis. `crowdclust aggregate --help` printed `--min-cluster-s…`,
 `--dissent-worke…` and `--unanswered-ou…`: three options the docs name could not be read in the
-command's own help.
+command's own help. Environment variables too: `crowdclust emulator --help` printed
+`CROWDCLUST_EMULATOR_ADMIN_T…` and `crowdclust service up --help` `CROWDCLUST_EMULATOR_RATE_L…` and
+`CROWDCLUST_EMULATOR_CATALO…`, typer's `<int range>` type names narrowing the help column.
 """
 
 from __future__ import annotations
@@ -60,5 +62,10 @@ def test_every_option_is_printed_whole_at_80_columns(words, command):
     )
     assert done.returncode == 0, done.stderr
     names = [opt for param in command.params for opt in param.opts if opt.startswith("--")]
-    cut = [name for name in names if name not in done.stdout.split()]
+    envvars = [getattr(param, "envvar", None) for param in command.params]
+    names += [name for name in envvars if isinstance(name, str)]
+    words_shown = set(done.stdout.replace("]", " ").replace("$", " ").split())
+    cut = [name for name in names if name not in words_shown]
     assert not cut, f"`crowdclust {' '.join(words)} --help` at 80 columns cuts {cut}:\n{done.stdout}"
+    # Nor any word of the help (an example value, a file's columns): typer ends a cut word with "…".
+    assert "…" not in done.stdout, f"`crowdclust {' '.join(words)} --help` at 80 columns:\n{done.stdout}"

@@ -242,7 +242,10 @@ def aggregate(
         ),
     ],
     method: Annotated[
-        Method, typer.Option(help="gomes (the crowd-clustering model) or coassociation.")
+        Method,
+        # `<gomes|coassociation>` in the table's type column left the help ~21 columns at 80, and
+        # words such as item,cluster,confidence were cut; the help names both choices.
+        typer.Option(metavar="<str>", help="gomes (the crowd-clustering model) or coassociation."),
     ] = Method.gomes,
     seed: Annotated[
         int, typer.Option(help="Random seed of the model (restarts, mixture): 0 to 2**64 - 1.")

@@ -52,7 +52,9 @@ def read_token(token: str | None, token_file: Path | None) -> str | None:
 def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8765, min=0, max=65535, help="TCP port (0 picks a free one)."),
+    # `metavar`: typer's `<int range>` before the range itself narrowed the help column until
+    # CROWDCLUST_EMULATOR_ADMIN_TOKEN was cut at 80 columns (tests/test_cli_help.py).
+    port: int = typer.Option(8765, min=0, max=65535, metavar="<int>", help="TCP port (0 picks a free one)."),
     db: Path | None = typer.Option(
         None, help="SQLite file for the state; a restart continues from it. Default: memory."
     ),
@@ -74,21 +76,27 @@ def serve(
     catalogue: str = typer.Option(
         "demo-shoes", help="Catalogue: demo-shoes, digits, or a TSV path (image URL + class)."
     ),
-    size: int = typer.Option(82, min=1, help="Number of items of a bundled catalogue."),
+    size: int = typer.Option(82, min=1, metavar="<int>", help="Number of items of a bundled catalogue."),
     speed: float = typer.Option(600.0, help="Simulated seconds per wall second (0 freezes the clock)."),
     start: float | None = typer.Option(
         None, help="Simulated start instant, POSIX seconds (default: now; restarts resume from --db)."
     ),
     seed: int = typer.Option(0, help="Seed of the crowd and the catalogue."),
     workers: int | None = typer.Option(
-        None, min=1, help="Size of the simulated labour market (default: the emulator's, thousands)."
+        None,
+        min=1,
+        metavar="<int>",
+        help="Size of the simulated labour market (default: the emulator's, thousands).",
     ),
     fail_rate: float = typer.Option(
         0.0, help="Share of API requests answered 429/500/503 (fault injection)."
     ),
     latency_ms: int = typer.Option(0, help="Latency added to every API request, in milliseconds."),
     rate_limit: float = typer.Option(
-        0.0, min=0.0, help="Requests per second per token (sliding 1 s window); above it: 429. 0: no limit."
+        0.0,
+        min=0.0,
+        metavar="<float>",
+        help="Requests per second per token (sliding 1 s window); above it: 429. 0: no limit.",
     ),
     balance: float = typer.Option(10_000.0, help="Initial requester balance."),
     crowd: str | None = typer.Option(
@@ -216,7 +224,7 @@ def _startup_problem(exc: Exception, host: str, port: int, db: Path | None) -> t
 def catalogue(
     name: str = typer.Argument(..., help="demo-shoes or digits (or a TSV path to normalise)."),
     output: Path = typer.Option(..., "-o", "--output", help="TSV file to write."),
-    size: int = typer.Option(82, min=1, help="Number of items."),
+    size: int = typer.Option(82, min=1, metavar="<int>", help="Number of items."),
     seed: int = typer.Option(0, help="Catalogue seed."),
     base_url: str = typer.Option("http://127.0.0.1:8765", help="Base URL written into the image URLs."),
 ) -> None:

@@ -91,7 +91,12 @@ def up(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(envvar="CROWDCLUST_WORKERS", min=1, help="Process workers on the crowdclust pool."),
+        typer.Option(
+            envvar="CROWDCLUST_WORKERS",
+            min=1,
+            metavar="<int>",
+            help="Process workers on the crowdclust pool.",
+        ),
     ] = None,
     results: Annotated[
         str | None,
@@ -104,7 +109,7 @@ def up(
         str | None,
         typer.Option(
             envvar="CROWDCLUST_DATABASE_URL",
-            help="An existing PostgreSQL (postgresql+asyncpg://user:pw@host/db) for the postgres profile; "
+            help="An existing PostgreSQL for the postgres profile, as postgresql+asyncpg://u:pw@h/db; "
             "pass it in the environment variable (a command line is visible to every user).",
             show_default=False,
         ),
