@@ -77,6 +77,7 @@ def evaluate_clusters(
 
     values = Placeholders.of(params).with_skill(skill)
     ids = intruders.setup_intruders_task(params.toloka, run_key, bundle, values, made)
+    intruders.verify_intruders_task(params.toloka, run_key, ids, bundle, values, made)
     waiting = waits_again_after_top_up(
         intruders.wait_intruders_task, params.toloka, ids.pool, params.wait.retries
     )

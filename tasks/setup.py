@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
+from tasks.budget import INTRUDER_POOLS
 from tasks.params import TolokaTarget
 from tasks.second_round import pool_name
 from tasks.stage import stage_task
@@ -91,8 +92,30 @@ def setup_intruders(
         filled.intruders_training,
         filled.intruders_training_tasks,
     )
-    pool = registry.ensure_pool(f"intruders-pool-{round_key}", project, filled.intruders_pool, training)
+    pool = registry.ensure_pool(f"{INTRUDER_POOLS}{round_key}", project, filled.intruders_pool, training)
     return IntruderIds(project, training, pool)
+
+
+def refresh_intruders(
+    registry: RunRegistry, ids: IntruderIds, bundle: TolokaBundle, values: Placeholders, round_key: str
+) -> None:
+    """Give the intruder pool of `ids` the settings the config asks for now, as `refresh_labelling`
+    does for the labelling's pools: `setup-intruders` is cached by its inputs, and a run whose
+    intruder settings were back at an earlier run's (`intruders.overlap` 3, then 2, then 3; a
+    reward raised and put back) got that run's ids from the cache while the pool kept the settings
+    of the run in between (overlap 2 while the config said 3; the raised reward paid on)."""
+    filled = bundle.filled(values)
+    role = f"{INTRUDER_POOLS}{round_key}"
+    registry.refresh_pool(ids.pool, role, ids.project, filled.intruders_pool, ids.training)
+
+
+def owned_intruders(ids: IntruderIds, round_key: str) -> list[Owned]:
+    """The intruder ids with the role the run's tag shows on each."""
+    return [
+        Owned("project", ids.project, "intruders-project"),
+        Owned("training", ids.training, "intruders-training"),
+        Owned("pool", ids.pool, f"{INTRUDER_POOLS}{round_key}"),
+    ]
 
 
 @stage_task(name="setup-labelling", code=CODE, toloka=True)

@@ -407,6 +407,30 @@ def test_an_overlap_lowered_and_raised_back_pays_no_answer_above_it(prefect_harn
     assert len(answers) == 3 * len(suites)
 
 
+def test_the_intruder_pool_follows_the_config_when_its_setup_comes_from_the_cache(
+    prefect_harness, emu, config
+):
+    """The intruder pool is tagged with its HITs' digest, so the same clustering evaluated again under
+    one run key finds the same pool. Evaluated at intruders.overlap 3 and reward $0.02, then at 2 and
+    $0.03, then at the first run's settings exactly: the setup stage came from the first run's cache
+    and the pool kept overlap 2 and $0.03 while the config said 3 and $0.02 (a raised reward paid on
+    by any answer it took next). The uncached check of its ids gives it the config's settings, as
+    the labelling's pools get theirs."""
+    from flows.pipeline import crowdclust_pipeline
+
+    key = "faults-intruders-back"
+    first = {"enabled": True, "n_hits": 10, "images_per_hit": 3, "overlap": 3, "reward": 0.02}
+    crowdclust_pipeline(_params(config, key, intruders=first))
+    crowdclust_pipeline(_params(config, key, intruders={**first, "overlap": 2, "reward": 0.03}))
+    crowdclust_pipeline(_params(config, key, intruders=first))  # as the first run: its cached setup
+    pools = _objects(emu, key)["pools"]
+    intruder_pools = [pool for role, pool in pools.items() if role.startswith("intruders-pool-")]
+    assert len(intruder_pools) == 1, sorted(pools)
+    pool = intruder_pools[0]
+    assert pool.defaults.default_overlap_for_new_task_suites == 3
+    assert pool.reward_per_assignment == pytest.approx(0.02)
+
+
 def test_a_market_smaller_than_the_overlap_times_out_saying_so(
     prefect_harness, emulator_factory, tmp_path, monkeypatch
 ):
