@@ -920,7 +920,9 @@ class RunRegistry:
         run key (paying for everything again) got out. Now the pool is closed for the update if open
         (the wait reopens it, as it reopens a completed one that now owes answers), updated, and when
         its default overlap changed every task suite's overlap moves by the same amount (never below
-        the answers it has: `set-overlap-or-min`), so overlap raised by quality control stays raised.
+        the answers it has: `set-overlap-or-min`); in a pool whose rules add overlap for rejected
+        answers each suite gets the new overlap plus its rejected answers, so the overlap quality
+        control added stays and no more.
         """
         have = self.client.get_pool(pool_id)
         changes = pool_changes(have, wanted)
@@ -947,8 +949,22 @@ class RunRegistry:
         self.client.update_pool(pool_id, have)
         if old_overlap is not None and new_overlap is not None and old_overlap != new_overlap:
             adds = _changes_overlap(wanted)
+            # A rule of the pool adds overlap for each rejected answer (the exam's): a suite owes the
+            # new overlap besides them. Moved by the change from what it had instead, a suite left
+            # above the lowered overlap by the answers it held (set-overlap-or-min) went up by the
+            # whole raise from there: exam.expected_workers 8 -> 4 -> 8 left 12 seats a suite.
+            rejected = (
+                Counter(
+                    str(a.task_suite_id)
+                    for a in self.client.get_assignments(pool_id=pool_id, status="REJECTED")
+                )
+                if adds
+                else Counter()
+            )
             for suite in self.client.get_task_suites(pool_id=pool_id):
                 target = max(1, (suite.overlap or old_overlap) + new_overlap - old_overlap)
+                if adds:
+                    target = max(1, new_overlap + rejected[str(suite.id)])
                 if new_overlap > old_overlap and not adds:
                     # No rule of the pool adds overlap, so what a suite holds above the old overlap is
                     # answers it kept when the overlap was lowered (set-overlap-or-min stops at what

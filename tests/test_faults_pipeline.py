@@ -407,6 +407,29 @@ def test_an_overlap_lowered_and_raised_back_pays_no_answer_above_it(prefect_harn
     assert len(answers) == 3 * len(suites)
 
 
+def test_exam_seats_lowered_and_raised_back_are_what_the_config_asks(prefect_harness, emu, config):
+    """exam.expected_workers 8, then 4, then 8 again under one run key. The exam pool adds a seat for
+    each rejected answer (CHANGE_OVERLAP on REJECT), so its suites were moved by the change from
+    their overlap: lowered to 4 each suite stayed where its answers held it (8 seats + its rejected
+    answers, set-overlap-or-min), and raised back it went up by 4 from there: 12 seats a suite
+    where the config asked 8, paid for as soon as a run reopened the exam for gating. Each suite
+    now holds the config's seats plus one per rejected answer, as the first run left it."""
+    from flows.pipeline import crowdclust_pipeline
+
+    key = "faults-seats-back"
+    crowdclust_pipeline(_params(config, key))  # exam.expected_workers 8
+    crowdclust_pipeline(_params(config, key, exam={"expected_workers": 4}))
+    crowdclust_pipeline(_params(config, key))  # back to 8
+    client = _client(emu)
+    exam_pool = _objects(emu, key)["pools"]["exam-pool"]
+    assert exam_pool.defaults.default_overlap_for_new_task_suites == 8
+    assignments = list(client.get_assignments(pool_id=exam_pool.id))
+    for suite in client.get_task_suites(pool_id=exam_pool.id):
+        mine = [a.status.value for a in assignments if a.task_suite_id == suite.id]
+        assert suite.overlap == 8 + mine.count("REJECTED"), (suite.overlap, sorted(mine))
+        assert mine.count("ACCEPTED") + mine.count("SUBMITTED") <= 8, sorted(mine)
+
+
 def test_the_intruder_pool_follows_the_config_when_its_setup_comes_from_the_cache(
     prefect_harness, emu, config
 ):
