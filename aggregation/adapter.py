@@ -578,6 +578,27 @@ def _unquoted(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame | None:
     return raw
 
 
+def answer_rows(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """The rows of an export that `read_export` reads as answers, one per row: `row` (as the file
+    numbers its rows, the header not counted), `assignment`, `task` and `worker` (as the labels name
+    them) and the answer's cells, `INPUT:images` and `OUTPUT:result`. What tells the same assignment
+    in two exports (`crowdclust aggregate` given overlapping downloads) from two answers."""
+    frame = _load_frame(source)
+    answers, _ = _answers(frame)
+    numbers = np.flatnonzero(answers) + 1
+    frame, task_column, _ = _task_column(frame[answers])
+    return pd.DataFrame(
+        {
+            "row": numbers,
+            "assignment": frame[ASSIGNMENT].to_numpy(dtype=object),
+            "task": frame[task_column].to_numpy(dtype=object),
+            "worker": frame[WORKER].to_numpy(dtype=object),
+            IMAGES: frame[IMAGES].to_numpy(dtype=object),
+            RESULT: frame[RESULT].to_numpy(dtype=object),
+        }
+    )
+
+
 def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -> ExportReading:
     """Read a Toloka assignments export (a TSV path or `get_assignments_df`'s DataFrame).
 

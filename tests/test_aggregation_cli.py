@@ -424,12 +424,49 @@ def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_ag
     assert f"assignments {7000 + answers:,} " in both.stdout
     assert ari_of(both.stdout) > 0.98 > ari_of(one.stdout)
 
+    # The first round's export given twice: its assignments are counted once, with a note (it
+    # was refused as "also in"), and the clusters are those of the two rounds.
     twice = _run([first, second, first, "-o", tmp_path / "c3.csv"])
-    assert twice.returncode == 2 and not (tmp_path / "c3.csv").exists()
-    assert (
-        twice.stderr.startswith(f"error: {first}: the answer of worker ")
-        and f"is also in {first}" in twice.stderr
+    assert twice.returncode == 0, twice.stderr
+    assert f"note: {first}: 7,000 assignments also in {first}, with the same answers: counted once" in (
+        twice.stderr
     )
+    assert f"assignments {7000 + answers:,} " in twice.stdout
+    assert (tmp_path / "c3.csv").read_bytes() == (tmp_path / "c2.csv").read_bytes()
+
+
+def test_two_downloads_that_share_assignments_count_each_once_and_a_changed_answer_is_refused(
+    export, tmp_path
+):
+    """A day-1 export and a days-1-2 export of one pool hold the same assignments: the command
+    refused them ("also in"), though a user who downloaded a pool's results twice expects each
+    answer once. The same assignment id with the same answer is now counted once, with a note of
+    how many; with another answer in each file it is refused, naming both files, rows and the field."""
+    from aggregation.adapter import load_export
+
+    full = load_export(export / "export.tsv")
+    day1, days12 = tmp_path / "day1.tsv", tmp_path / "days12.tsv"
+    full.iloc[:200].to_csv(day1, sep="\t", index=False)
+    full.to_csv(days12, sep="\t", index=False)
+    alone = _run([days12, "-o", tmp_path / "alone.csv", "--seed", "3"])
+    both = _run([day1, days12, "-o", tmp_path / "both.csv", "--seed", "3"])
+    assert alone.returncode == 0 and both.returncode == 0, both.stderr
+    assert f"note: {days12}: 200 assignments also in {day1}, with the same answers: counted once" in (
+        both.stderr
+    )
+    assert f"assignments {len(full):,} " in both.stdout
+    assert (tmp_path / "both.csv").read_bytes() == (tmp_path / "alone.csv").read_bytes()
+
+    edited = full.copy()
+    edited.loc[150, "OUTPUT:result"] = ",".join(['{"group":1}'] * 10)  # row 151 of the file
+    edited.to_csv(days12, sep="\t", index=False)
+    refused = _run([day1, days12, "-o", tmp_path / "edited.csv"])
+    assert refused.returncode == 2 and not (tmp_path / "edited.csv").exists()
+    assignment = full.loc[150, "ASSIGNMENT:assignment_id"]
+    assert refused.stderr.startswith(
+        f"error: {days12} row 151 and {day1} row 151: assignment {assignment} has another "
+        "OUTPUT:result in each file"
+    ), refused.stderr
 
 
 def test_the_command_imports_nothing_it_does_not_use(export):

@@ -520,8 +520,9 @@ def _read_exports(exports: list[Path], lenient: bool, read_export, format_error)
     """All exports' labels as one table, the skipped rows (each named by its file when several), and
     the images no answer is left for (sorted; one export's such image answered in another is not).
 
-    Rounds are separate pools, so an assignment appearing in two exports is the same export read
-    twice: that stops the command instead of counting its answers twice.
+    An assignment in two exports (a pool's results downloaded twice, an export of day 1 and one of
+    days 1-2) is counted once, with a note (`_without_repeats`); with another answer in each it
+    stops the command, as does a worker's second assignment to a HIT of another export.
     """
     import pandas as pd
 
@@ -537,6 +538,7 @@ def _read_exports(exports: list[Path], lenient: bool, read_export, format_error)
         unanswered.update(reading.unanswered)
         problems += [f"{path}: {problem}" if len(exports) > 1 else problem for problem in reading.problems]
     if len(tables) > 1:
+        tables = _without_repeats(exports, tables)
         answers = pd.concat(
             [table[["task", "worker"]].drop_duplicates().assign(file=k) for k, table in enumerate(tables)]
         )
@@ -549,6 +551,59 @@ def _read_exports(exports: list[Path], lenient: bool, read_export, format_error)
     if len(tables) > 1 and unanswered:
         unanswered -= set(labels["item"].unique())
     return labels, problems, sorted(unanswered)
+
+
+def _without_repeats(exports: list[Path], tables: list) -> list:
+    """`tables` (the labels of each export) without the answers of an assignment an earlier export
+    holds too, with a note per export that had any: the same assignment id with the same answer
+    (`INPUT:images`, `OUTPUT:result`, worker and task id) is one answer, downloaded twice.
+
+    The same assignment id with another answer stops the command, naming both files, both rows and
+    the field: one of the files was edited, and which answer is right is not for the command to
+    guess. The exports' rows are read again only when two of them share a worker's answer to a task.
+    """
+    import pandas as pd
+
+    from aggregation.adapter import IMAGES, RESULT, WORKER, answer_rows
+
+    pairs = pd.concat(
+        [table[["task", "worker"]].drop_duplicates().assign(file=k) for k, table in enumerate(tables)]
+    )
+    shared = pairs[pairs.duplicated(["task", "worker"], keep=False)]
+    if not len(shared):
+        return tables
+    rows = {k: answer_rows(exports[k]) for k in sorted(set(shared["file"]))}
+    fields = {IMAGES: IMAGES, RESULT: RESULT, "worker": WORKER, "task": "task id"}  # column: as named
+    tables = list(tables)
+    for k in sorted(rows):
+        later = rows[k].assign(n=rows[k].groupby("assignment").cumcount())
+        for first in sorted(f for f in rows if f < k):
+            earlier = rows[first].assign(n=rows[first].groupby("assignment").cumcount())
+            both = later.merge(earlier, on=["assignment", "n"], suffixes=("", "_first"))
+            if not len(both):
+                continue
+            for field, named in fields.items():
+                differ = both[both[field].fillna("") != both[f"{field}_first"].fillna("")]
+                if len(differ):
+                    one = differ.iloc[0]
+                    _fail(
+                        f"{exports[k]} row {one['row']} and {exports[first]} row {one['row_first']}: "
+                        f"assignment {one['assignment']} has another {named} in each file; one of them "
+                        "was changed after Toloka wrote it: download the pool's results again, or give "
+                        "only one of the two files"
+                    )
+            repeated = set(zip(both["task"], both["worker"], strict=True))
+            table = tables[k]
+            keep = [pair not in repeated for pair in zip(table["task"], table["worker"], strict=True)]
+            tables[k] = table[keep]
+            later = later[~later["assignment"].isin(both["assignment"])]
+            n = both["assignment"].nunique()
+            print(
+                f"note: {exports[k]}: {_n(n, 'assignment')} also in {exports[first]}, with the same "
+                "answers: counted once",
+                file=sys.stderr,
+            )
+    return tables
 
 
 def _unclustered_why(outside: pd.Index, unanswered: list[str], exported: str) -> str:
