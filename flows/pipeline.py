@@ -9,6 +9,8 @@ Entry point for deployments: `flows/pipeline.py:crowdclust_pipeline`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import flow
 
 from flows.aggregate import aggregate_export
@@ -72,6 +74,10 @@ def crowdclust_pipeline(params: PipelineParams) -> RunSummary:
         by_run_key=spent_after,
         added=round(max(0.0, spent_after - spent_before), 4),
     )
+    if cost.over_estimate is not None:  # why: Toloka's price, or answers bought under earlier settings
+        cost = replace(
+            cost, price_ratio=budget.price_ratio_seen_task(params.toloka, labelled.run_key, params)
+        )
     wall, timings, attempts = clock.finish()
     summary = report.finish_run(
         params,

@@ -429,6 +429,9 @@ class Cost:
     # (or repeated) one whose answers were paid before, so that a rerun of a finished run does not
     # read as paying its cost again. None where it was not read.
     added: float | None = None
+    # What Toloka charged per labelling answer over the config's price (`budget.price_ratio_seen_task`,
+    # 1.0: the config's price), read only when `spent` is above the estimate, to tell why. None: not read.
+    price_ratio: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = {"spent": self.spent, "estimate": self.estimate.as_dict() if self.estimate else None}
@@ -451,10 +454,21 @@ class Cost:
         return round(self.spent / total - 1, 4)
 
     def over_estimate_text(self) -> str:
-        """ "30% above the estimate: check budget.fee_rate ..." ("" when not above it)."""
+        """ "30% above the estimate: check budget.fee_rate ..." ("" when not above it).
+
+        Not that advice when Toloka charged the config's price (`price_ratio` 1.0): then the pools
+        hold answers that earlier runs of the key bought under other settings. A run resumed with
+        hits.overlap lowered from 3 to 2 (or fewer exam seats, or intruders.overlap lowered) said "17%
+        above the estimate: check budget.fee_rate", having paid nothing itself, with the fee right."""
         over = self.over_estimate
         if over is None:
             return ""
+        if self.price_ratio is not None and self.price_ratio <= 1.0:
+            return (
+                f"{over:.0%} above the estimate, at the config's price per answer: the run key's pools "
+                "hold answers that earlier runs bought under other settings (a higher overlap, more exam "
+                "seats), paid all the same"
+            )
         return (
             f"{over:.0%} above the estimate: check budget.fee_rate against the platform's fee (the log "
             "says what it charged per answer)"

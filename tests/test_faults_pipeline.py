@@ -418,8 +418,13 @@ def test_exam_seats_lowered_and_raised_back_are_what_the_config_asks(prefect_har
 
     key = "faults-seats-back"
     crowdclust_pipeline(_params(config, key))  # exam.expected_workers 8
-    crowdclust_pipeline(_params(config, key, exam={"expected_workers": 4}))
+    lowered = crowdclust_pipeline(_params(config, key, exam={"expected_workers": 4}))
     crowdclust_pipeline(_params(config, key))  # back to 8
+    # Above its estimate (4 seats) by the seats the first run paid, at the config's price: the run
+    # said "18% above the estimate: check budget.fee_rate", with the fee right and nothing paid.
+    assert lowered.cost.added == pytest.approx(0.0, abs=0.001) and lowered.cost.over_estimate is not None
+    said = lowered.cost.over_estimate_text()
+    assert "budget.fee_rate" not in said and "bought under other settings" in said, said
     client = _client(emu)
     exam_pool = _objects(emu, key)["pools"]["exam-pool"]
     assert exam_pool.defaults.default_overlap_for_new_task_suites == 8
