@@ -77,7 +77,9 @@ def evaluate_clusters(
 
     values = Placeholders.of(params).with_skill(skill)
     ids = intruders.setup_intruders_task(params.toloka, run_key, bundle, values, made)
-    intruders.verify_intruders_task(params.toloka, run_key, ids, bundle, values, made)
+    preflight.verify_intruders_task(
+        params.toloka, run_key, ids, intruders.round_key(run_key, made), bundle, values
+    )
     waiting = waits_again_after_top_up(
         intruders.wait_intruders_task, params.toloka, ids.pool, params.wait.retries
     )

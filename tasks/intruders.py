@@ -23,7 +23,7 @@ from tasks.budget import INTRUDER_POOLS, LiveSpend, SpendGuard
 from tasks.export_format import ANSWER, IMAGES, WORKER, parse_array_cell
 from tasks.params import TolokaTarget
 from tasks.results import export_accepted
-from tasks.setup import owned_intruders, refresh_intruders, setup_intruders
+from tasks.setup import setup_intruders
 from tasks.stage import stage_task
 from tasks.stages import (
     ClusterAccuracy,
@@ -249,24 +249,6 @@ def setup_intruders_task(
     registry.ensure_suites(f"intruder-suites-{key}", ids.pool, suites_of(h.images for h in hits))
     get_run_logger().info("intruder objects: %s; %d HITs uploaded", ids.describe(), len(hits))
     return ids
-
-
-@stage_task(name="verify-intruder-ids", toloka=True, cache=False)
-def verify_intruders_task(
-    target: TolokaTarget,
-    run_key: str,
-    ids: IntruderIds,
-    bundle: TolokaBundle,
-    values: Placeholders,
-    hits: list[IntruderHit],
-) -> None:
-    """Never cached: check that the (possibly cached) ids still name this run's objects, and give
-    the pool the settings the config asks for now (`setup.refresh_intruders`), as
-    `preflight.verify_labelling_task` does for the labelling."""
-    registry = RunRegistry.connect(target, run_key)
-    key = round_key(run_key, hits)
-    registry.verify(owned_intruders(ids, key))
-    refresh_intruders(registry, ids, bundle, values, key)
 
 
 @stage_task(name="wait-intruders", code=CODE, toloka=True)

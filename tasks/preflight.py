@@ -29,7 +29,7 @@ from tasks.params import PipelineParams, TolokaTarget
 from tasks.run_folder import RunFolder
 from tasks.second_round import most_images as second_round_images
 from tasks.stage import stage_task
-from tasks.stages import LabellingIds
+from tasks.stages import IntruderIds, LabellingIds
 from tasks.toloka_api import (
     POOL_LIFETIME,
     RunRegistry,
@@ -385,6 +385,23 @@ def verify_labelling_task(
     registry = RunRegistry.connect(target, run_key)
     registry.verify(setup.owned_labelling(ids, main_pool_role))
     setup.refresh_labelling(registry, ids, bundle, values, main_pool_role)
+
+
+@stage_task(name="verify-intruder-ids", toloka=True, cache=False)
+def verify_intruders_task(
+    target: TolokaTarget,
+    run_key: str,
+    ids: IntruderIds,
+    round_key: str,
+    bundle: TolokaBundle,
+    values: Placeholders,
+) -> None:
+    """Never cached: check that the (possibly cached) intruder ids still name this run's objects,
+    and give the pool the settings the config asks for now (`setup.refresh_intruders`), as
+    `verify_labelling_task` does for the labelling."""
+    registry = RunRegistry.connect(target, run_key)
+    registry.verify(setup.owned_intruders(ids, round_key))
+    setup.refresh_intruders(registry, ids, bundle, values, round_key)
 
 
 class EarlierRunKeys(ValueError):
