@@ -655,6 +655,53 @@ def test_ctrl_c_or_a_closed_terminal_closes_the_pools(emu, config, tmp_path, sig
     assert _objects(emu, key)["open"] == []
 
 
+def test_ctrl_c_pressed_again_while_the_pools_close_still_closes_them_and_says_so(
+    emu, config, tmp_path, migrated_prefect_home
+):
+    """Ctrl-C pressed again and again, as a user does when the command does not stop at once, while
+    each request to the platform takes 300 ms: the later presses raised in the middle of the closing
+    the first one began (the flow run's hook, then the command's own), and the command ended with
+    exit 130, no `error:` line and the main pool and the training open for the crowd to answer, paid,
+    with nobody gating the exam."""
+    key = "faults-ctrl-c-again"
+    migrated_prefect_home(tmp_path / ".prefect")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
+    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
+    stderr = tmp_path / "stderr.txt"
+    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the presses land mid-wait
+    with stderr.open("w") as err_file:
+        run = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            text=True,
+            start_new_session=True,  # its own group, as a terminal's foreground job
+            preexec_fn=_signal_defaults,
+        )
+    presses = 0
+    try:
+        _until_the_main_pool_opens(emu, key, run)
+        emu.control("config", method="POST", latency_ms=300)  # every close waits on the platform
+        while run.poll() is None and "error:" not in stderr.read_text() and presses < 400:
+            os.killpg(run.pid, signal.SIGINT)
+            presses += 1
+            time.sleep(0.25)
+        run.wait(120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        emu.control("config", method="POST", speed=600.0, latency_ms=0)
+    err = stderr.read_text()
+    assert presses > 1, err  # pressed again while the first press's closing ran
+    # A press after the error line may land as the interpreter exits: a shell says 130 for both.
+    assert run.returncode in (130, -signal.SIGINT), err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "interrupted by SIGINT" in errors[0], err
+    assert _objects(emu, key)["open"] == []
+
+
 def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_host_fails_at_once(
     prefect_harness, emu, config, tmp_path
 ):
