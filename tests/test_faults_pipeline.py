@@ -702,6 +702,43 @@ def test_ctrl_c_pressed_again_while_the_pools_close_still_closes_them_and_says_s
     assert _objects(emu, key)["open"] == []
 
 
+def test_ctrl_c_under_a_storm_of_429s_still_closes_the_pools(emu, config, tmp_path, migrated_prefect_home):
+    """Ctrl-C while Toloka refuses all but 2 requests a second (429 TOO_MANY_REQUESTS): closing
+    takes some 8 requests, and each try, retried at once, got 2 of them through. The hooks' closes and
+    the command's own all failed; the command said `could not close the pools of run key K
+    (TooManyRequestsApiError); run the same command again to resume`, and the main pool stayed open
+    for the crowd (a 1,000-image run's, with 900 answers to pay for). The command's close now backs
+    off and tries again."""
+    key = "faults-ctrl-c-429"
+    migrated_prefect_home(tmp_path / ".prefect")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
+    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
+    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
+    run = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+        preexec_fn=_signal_defaults,
+    )
+    try:
+        _until_the_main_pool_opens(emu, key, run)
+        emu.control("config", method="POST", rate_limit=2)
+        os.killpg(run.pid, signal.SIGINT)
+        err = _stderr_once_exited(run, 180, "SIGINT")
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        emu.control("config", method="POST", speed=600.0, rate_limit=0)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert run.returncode == 130 and len(errors) == 1, err
+    assert "interrupted by SIGINT" in errors[0] and "could not close" not in errors[0], err
+    assert _objects(emu, key)["open"] == []
+
+
 def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_host_fails_at_once(
     prefect_harness, emu, config, tmp_path
 ):

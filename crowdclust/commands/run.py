@@ -251,14 +251,27 @@ def _fail(message: str, code: int, debug: bool) -> typer.Exit:
     return typer.Exit(code)
 
 
+CLOSING_ATTEMPTS = 6  # of the whole close, 1 + 2 + 4 + 8 + 8 s apart, after a 429 or a 5xx
+
+
 def _close_open(params: PipelineParams) -> list[str]:
-    """Close every open pool and training of the run key, holding its lock (never a live run's)."""
+    """Close every open pool and training of the run key, holding its lock (never a live run's).
+
+    The command's close is the last one a stopped run gets, so it outlasts a storm of 429s: its
+    client backs off (toloka-kit: again at once, then after 4 s and 8 s) and the close is tried again
+    as a whole (`close_with_retries`, which gives up at once on a host that does not answer). With
+    one quick retry, under the emulator's limit of 5 requests a second and 30% faults, a Ctrl-C's
+    close failed every time (the hooks' and the command's), and the main pool of a 1,000-image run
+    stayed open with 900 answers to pay for.
+    """
+    from flows.hooks import close_with_retries
     from tasks.run_lock import run_lock
     from tasks.toloka_api import RunRegistry, make_client
 
     key = params.resolved_run_key
     with run_lock(params.toloka, key):
-        return RunRegistry(make_client(params.toloka, retries=1), key).close_open()
+        registry = RunRegistry(make_client(params.toloka, retries=3), key)
+        return close_with_retries(registry, attempts=CLOSING_ATTEMPTS)
 
 
 def _close_left_open(params: PipelineParams) -> str:
@@ -267,7 +280,10 @@ def _close_left_open(params: PipelineParams) -> str:
     try:
         closed = _close_open(params)
     except Exception as exc:  # the platform may be what failed; say so, never hide the interruption
-        return f"could not close the pools of run key {key} ({type(exc).__name__})"
+        return (
+            f"could not close the pools of run key {key} ({type(exc).__name__}): they may still be open, "
+            "answered and paid for; once Toloka answers, close them with the same command and --close"
+        )
     if not closed:  # the flow run's crash hook got there first: "none was left open" read as nothing
         return f"the pools and trainings of run key {key} are closed"
     return _closed(key, closed)
