@@ -848,6 +848,47 @@ def test_a_flow_run_process_stopped_from_outside_sends_its_crash_lines_before_it
     assert "(nothing is paid twice): run the same command again" in messages, messages
 
 
+RUN_FLOW = """
+import sys
+from flows.pipeline import crowdclust_pipeline
+from tasks.params import PipelineParams
+
+crowdclust_pipeline(PipelineParams.model_validate_json(sys.argv[1]))
+"""
+
+
+def test_a_flow_run_process_stopped_under_a_storm_of_429s_closes_its_pools(prefect_harness, emu, config):
+    """A flow-run process (a worker's, which no `crowdclust run` follows to close what is left)
+    stopped by SIGTERM mid-wait while Toloka refuses all but 2 requests a second: its hook's client
+    retried a 429 once, at once, so each of the hook's tries got 2 of the close's requests through
+    and failed ("could not close the run's pools (TooManyRequestsApiError ...)"), and the main pool
+    stayed open for the crowd. The hook's client now backs off before its later retries."""
+    from prefect.settings import PREFECT_API_URL
+
+    key = "faults-hook-429"
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
+    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUN_FLOW, _params(config, key).model_dump_json()],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _until_the_main_pool_opens(emu, key, process)
+        emu.control("config", method="POST", rate_limit=2)
+        process.send_signal(signal.SIGTERM)
+        err = _stderr_once_exited(process, 180, "SIGTERM")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        emu.control("config", method="POST", speed=600.0, rate_limit=0)
+    assert process.returncode == -signal.SIGTERM, err
+    assert "could not close the run's pools" not in err, err
+    assert _objects(emu, key)["open"] == []
+
+
 def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, config, monkeypatch):
     """Warm cache, fresh platform whose ids now belong to another run: a clear error, never its pool."""
     from prefect import flow
