@@ -287,12 +287,13 @@ class StoppedAnswering(RuntimeError):
     What a person reads in the UI's state message or as `crowdclust run`'s error line, instead of a
     bare `ConnectError: [Errno 111] Connection refused` that names neither the URL nor what to do.
     `prefect_api`: the silent one was Prefect's API, so the run could not record its end and its hooks
-    may not have closed its pools (`crowdclust run` closes them itself); `cause`: the error, in words.
+    may not have closed its pools (`crowdclust run` closes them itself); `cause`: the error, in words;
+    `where`: who went silent ("Toloka at URL", "the Prefect API at URL").
     """
 
-    def __init__(self, message: str, prefect_api: bool = False, cause: str = "") -> None:
+    def __init__(self, message: str, prefect_api: bool = False, cause: str = "", where: str = "") -> None:
         super().__init__(message)
-        self.prefect_api, self.cause = prefect_api, cause
+        self.prefect_api, self.cause, self.where = prefect_api, cause, where
 
 
 def stopped_answering(error: BaseException, target: TolokaTarget) -> StoppedAnswering:
@@ -325,6 +326,7 @@ def stopped_answering(error: BaseException, target: TolokaTarget) -> StoppedAnsw
         f"that it runs, {again}",
         prefect_api=prefect_api,
         cause=cause,
+        where=where,
     )
 
 

@@ -746,3 +746,46 @@ def test_a_prefect_server_that_fails_the_run_is_named_and_the_command_closes_the
     monkeypatch.setattr(run_command, "LOW_DISK", 0)  # room enough: the disk is not blamed
     again, _ = run_cli("--run-key", "disk-full")
     assert "the disk that holds" not in _one_error_line(again)
+
+
+def test_a_run_toloka_stopped_answering_has_its_pools_closed_by_the_command_once_toloka_is_back(
+    run_cli, monkeypatch, toloka_client, no_private_server
+):
+    """Toloka down for about 100 s mid-wait: the stage's retries ran out, the run's hook could not
+    close its pools (Toloka still silent), and the command ended saying they "were closed if Toloka
+    let them be"; when Toloka came back, the main pool and the training were still open, answered
+    and paid for with nobody watching. Now the command closes them itself and says so. Here the
+    run's own error is the one the stage raises after its retries (a refused connection), and
+    Toloka (the emulator) answers again by the time the command closes."""
+    import requests
+
+    import flows.pipeline
+    from tasks.setup import setup_labelling
+    from tasks.toloka_api import RunRegistry, stopped_answering, suites_of
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    opened = {}
+
+    def toloka_goes_silent(params):
+        registry = RunRegistry(toloka_client, params.resolved_run_key)
+        ids = setup_labelling(
+            registry, load_bundle(TOLOKA), Placeholders(75.0, 0.02, 3, 0.01, 5, 0.02, 5), "s"
+        )
+        registry.ensure_suites("main-suites", ids.main_pool, suites_of([["a.png", "b.png"]]))
+        toloka_client.open_pool(ids.main_pool)
+        opened["pool"] = ids.main_pool
+        refused = requests.ConnectionError("[Errno 111] Connection refused")
+        raise stopped_answering(refused, params.toloka)
+
+    monkeypatch.setattr(flows.pipeline, "crowdclust_pipeline", toloka_goes_silent)
+    result, _ = run_cli("--run-key", "toloka-silent")
+    line = _one_error_line(result)
+    assert result.exit_code == 1, line
+    assert (
+        "stopped answering (ConnectionError: [Errno 111] Connection refused) after the stage's retries"
+        in line
+    )
+    assert f"closed pool {opened['pool']} of run key toloka-silent" in line, line
+    assert "if Toloka let them be" not in line, line
+    assert line.endswith("finished stages are reused and nothing paid is lost"), line
+    assert toloka_client.get_pool(opened["pool"]).status.value == "CLOSED"

@@ -36,7 +36,7 @@ import typer
 
 if TYPE_CHECKING:
     from tasks.params import PipelineParams
-    from tasks.toloka_api import ApiError
+    from tasks.toloka_api import ApiError, StoppedAnswering
 
 
 class Env(StrEnum):
@@ -228,12 +228,30 @@ def _prefect_failed(params: PipelineParams, what: str) -> str:
 
 
 def _silent(params: PipelineParams, error: Exception) -> str:
-    """A failure's line; for Prefect's API gone silent, `_prefect_failed`'s (the pools closed here)."""
+    """A failure's line; for Prefect's API gone silent, `_prefect_failed`'s, and for Toloka gone
+    silent, `_toloka_silent`'s (the pools closed here in both)."""
     from tasks.toloka_api import StoppedAnswering
 
     if isinstance(error, StoppedAnswering) and error.prefect_api:
         return _prefect_failed(params, f"stopped answering: {error.cause}")
+    if isinstance(error, StoppedAnswering) and error.cause:
+        return _toloka_silent(params, error)
     return str(error)
+
+
+def _toloka_silent(params: PipelineParams, error: StoppedAnswering) -> str:
+    """The line for a run that Toloka stopped answering mid-run, after the command closed its pools.
+
+    The run's hook tries to close them while Toloka is still silent, and fails. Toloka down for about
+    100 s mid-wait: the run ended saying its pools "were closed if Toloka let them be", and when
+    Toloka came back the main pool and training were still open, answered and paid for ($4.45 ->
+    $6.34 in 5 s on the emulator) with nobody watching. The command tries again here, once more with
+    backing off, and says what it closed, or that they may be open and how to close them."""
+    done = _close_left_open(params)
+    return (
+        f"{error.where} stopped answering ({error.cause}) after the stage's retries; {done}. Check that "
+        "it runs, then run the same command again: finished stages are reused and nothing paid is lost"
+    )
 
 
 def _run_folder(params: PipelineParams) -> Path:
