@@ -681,6 +681,20 @@ def test_close_only_closes_the_open_pools_of_its_run_key_and_nothing_else(run_cl
     toloka_client.close_training(other.training)
 
 
+def _open_a_main_pool(client: Any, run_key: str) -> str:
+    """The run key's labelling objects on the platform and its main pool opened with one HIT, as a
+    run's stages leave them mid-wait (for stand-in flows that then fail)."""
+    from tasks.setup import setup_labelling
+    from tasks.toloka_api import RunRegistry, suites_of
+    from tasks.toloka_config import Placeholders, load_bundle
+
+    registry = RunRegistry(client, run_key)
+    ids = setup_labelling(registry, load_bundle(TOLOKA), Placeholders(75.0, 0.02, 3, 0.01, 5, 0.02, 5), "s")
+    registry.ensure_suites("main-suites", ids.main_pool, suites_of([["a.png", "b.png"]]))
+    client.open_pool(ids.main_pool)
+    return ids.main_pool
+
+
 def test_a_prefect_server_that_fails_the_run_is_named_and_the_command_closes_the_pools(
     run_cli, monkeypatch, toloka_client, no_private_server
 ):
@@ -698,9 +712,6 @@ def test_a_prefect_server_that_fails_the_run_is_named_and_the_command_closes_the
 
     import flows.pipeline
     from crowdclust.commands import run as run_command
-    from tasks.setup import setup_labelling
-    from tasks.toloka_api import RunRegistry, suites_of
-    from tasks.toloka_config import Placeholders, load_bundle
 
     class Full(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -716,13 +727,7 @@ def test_a_prefect_server_that_fails_the_run_is_named_and_the_command_closes_the
     opened = {}
 
     def fails_on_a_full_disk(params):
-        registry = RunRegistry(toloka_client, params.resolved_run_key)
-        ids = setup_labelling(
-            registry, load_bundle(TOLOKA), Placeholders(75.0, 0.02, 3, 0.01, 5, 0.02, 5), "s"
-        )
-        registry.ensure_suites("main-suites", ids.main_pool, suites_of([["a.png", "b.png"]]))
-        toloka_client.open_pool(ids.main_pool)
-        opened["pool"] = ids.main_pool
+        opened["pool"] = _open_a_main_pool(toloka_client, params.resolved_run_key)
         answer = httpx.post(f"http://127.0.0.1:{server.server_port}/api/flow_runs/f00/set_state")
         try:
             answer.raise_for_status()
@@ -760,20 +765,12 @@ def test_a_run_toloka_stopped_answering_has_its_pools_closed_by_the_command_once
     import requests
 
     import flows.pipeline
-    from tasks.setup import setup_labelling
-    from tasks.toloka_api import RunRegistry, stopped_answering, suites_of
-    from tasks.toloka_config import Placeholders, load_bundle
+    from tasks.toloka_api import stopped_answering
 
     opened = {}
 
     def toloka_goes_silent(params):
-        registry = RunRegistry(toloka_client, params.resolved_run_key)
-        ids = setup_labelling(
-            registry, load_bundle(TOLOKA), Placeholders(75.0, 0.02, 3, 0.01, 5, 0.02, 5), "s"
-        )
-        registry.ensure_suites("main-suites", ids.main_pool, suites_of([["a.png", "b.png"]]))
-        toloka_client.open_pool(ids.main_pool)
-        opened["pool"] = ids.main_pool
+        opened["pool"] = _open_a_main_pool(toloka_client, params.resolved_run_key)
         refused = requests.ConnectionError("[Errno 111] Connection refused")
         raise stopped_answering(refused, params.toloka)
 

@@ -572,6 +572,28 @@ def _stderr_once_exited(process: subprocess.Popen[str], seconds: float, signalle
         pytest.fail(f"not exited {seconds} s after {signalled}:\n{process.communicate()[1][-20_000:]}")
 
 
+def _run_as_a_terminal_does(
+    emu: Any, config: Path, tmp_path: Path, key: str, migrated_prefect_home: Any, **streams: Any
+) -> subprocess.Popen[str]:
+    """`crowdclust run` of `key` in its own process group, as a terminal's foreground job, with no
+    Prefect server named (its private one starts on a migrated home) and the crowd slowed so that a
+    signal lands mid-wait. `streams`: stdout/stderr (pipes unless given)."""
+    migrated_prefect_home(tmp_path / ".prefect")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
+    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
+    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=streams.get("stdout", subprocess.PIPE),
+        stderr=streams.get("stderr", subprocess.PIPE),
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+        preexec_fn=_signal_defaults,
+    )
+
+
 def _signal_defaults() -> None:
     """In the child: SIGINT and SIGHUP at their defaults, as in a terminal's foreground job."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -625,20 +647,7 @@ def test_ctrl_c_or_a_closed_terminal_closes_the_pools(emu, config, tmp_path, sig
     the schema (about 4 of its 10 CPU-seconds)."""
     name = signal.Signals(signum).name
     key = f"faults-{name.lower()}"
-    migrated_prefect_home(tmp_path / ".prefect")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
-    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
-    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
-    run = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
-        preexec_fn=_signal_defaults,
-    )
+    run = _run_as_a_terminal_does(emu, config, tmp_path, key, migrated_prefect_home)
     try:
         _until_the_main_pool_opens(emu, key, run)
         os.killpg(run.pid, signum)
@@ -664,21 +673,10 @@ def test_ctrl_c_pressed_again_while_the_pools_close_still_closes_them_and_says_s
     exit 130, no `error:` line and the main pool and the training open for the crowd to answer, paid,
     with nobody gating the exam."""
     key = "faults-ctrl-c-again"
-    migrated_prefect_home(tmp_path / ".prefect")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
-    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
     stderr = tmp_path / "stderr.txt"
-    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the presses land mid-wait
-    with stderr.open("w") as err_file:
-        run = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err_file,
-            text=True,
-            start_new_session=True,  # its own group, as a terminal's foreground job
-            preexec_fn=_signal_defaults,
+    with stderr.open("w") as err_file:  # read while it runs: the presses stop at its error line
+        run = _run_as_a_terminal_does(
+            emu, config, tmp_path, key, migrated_prefect_home, stdout=subprocess.DEVNULL, stderr=err_file
         )
     presses = 0
     try:
@@ -710,20 +708,7 @@ def test_ctrl_c_under_a_storm_of_429s_still_closes_the_pools(emu, config, tmp_pa
     for the crowd (a 1,000-image run's, with 900 answers to pay for). The command's close now backs
     off and tries again."""
     key = "faults-ctrl-c-429"
-    migrated_prefect_home(tmp_path / ".prefect")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
-    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
-    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
-    run = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
-        preexec_fn=_signal_defaults,
-    )
+    run = _run_as_a_terminal_does(emu, config, tmp_path, key, migrated_prefect_home)
     try:
         _until_the_main_pool_opens(emu, key, run)
         emu.control("config", method="POST", rate_limit=2)
