@@ -364,7 +364,7 @@ class Crowd:
         pools.sort(key=lambda p: (-(p.get("priority") or 0), -self._appeal(worker, p)))
         for pool in pools:
             self.pool_in_hand = pool
-            if self.restricted(worker, pool) or not self.admits(worker, pool):
+            if self.banned(worker["id"], pool) or not self.admits(worker, pool):
                 continue
             if not self.pays_enough(worker, pool):
                 continue  # too little for this worker's time: it passes the pool (and its training) by
@@ -431,13 +431,9 @@ class Crowd:
         known = self.store.data["skill"]  # skill ids this emulator created (membership only)
         return filters.admits(pool.get("filter"), worker["profile"], self.skills.get(worker["id"], {}), known)
 
-    def restricted(self, worker: Doc, pool: Doc) -> bool:
-        """Does a live user restriction (from QC rules or the requester) keep the worker out of `pool`?"""
-        return self.banned(worker["id"], pool)
-
     def banned(self, worker_id: str, pool: Doc) -> bool:
-        """Is the worker banned from `pool` now: a live restriction on it, its project or all projects
-        (what the export's `excludeBanned` leaves out, too)."""
+        """Does a live user restriction (from QC rules or the requester) keep the worker out of `pool`:
+        one on it, its project or all projects (what the export's `excludeBanned` leaves out, too)?"""
         for r in self.restrictions.get(worker_id, ()):
             if r["_until"] is not None and r["_until"] <= self.now:
                 continue
@@ -735,7 +731,7 @@ class Crowd:
             if w["_rt"]["online_until"] is not None
             or (hours is not None and w["_rt"].get("seen", -math.inf) >= since)
         ]
-        return sum(1 for w in active if self.admits(w, pool) and not self.restricted(w, pool))
+        return sum(1 for w in active if self.admits(w, pool) and not self.banned(w["id"], pool))
 
     def worker_view(self, worker: Doc) -> dict[str, Any]:
         """Ground truth about one worker for `/_emulator/workers`."""

@@ -215,7 +215,7 @@ def on_restricted(emu: Emulator, worker_id: str) -> None:
     system") took effect: RESTRICTION for each pool it now keeps the worker out of."""
     worker = emu.store.data["worker"].get(worker_id)
     for pool in _answered_pools(emu, worker):
-        if emu.crowd.restricted(worker, pool):
+        if emu.crowd.banned(worker_id, pool):
             on_access_revoked(emu, pool, worker_id, "RESTRICTION")
 
 

@@ -19,11 +19,11 @@ from prefect import get_run_logger
 
 from tasks import atomic_file
 from tasks.artifacts import ProgressReporter, counted
-from tasks.budget import INTRUDER_POOLS, LiveSpend, SpendGuard
+from tasks.budget import LiveSpend, SpendGuard
 from tasks.export_format import ANSWER, IMAGES, WORKER, parse_array_cell
 from tasks.params import TolokaTarget
 from tasks.results import export_accepted
-from tasks.setup import setup_intruders
+from tasks.setup import intruder_pool_role, setup_intruders
 from tasks.stage import stage_task
 from tasks.stages import (
     ClusterAccuracy,
@@ -117,7 +117,7 @@ def round_key(run_key: str, hits: list[IntruderHit]) -> str:
 
 def pool_role(run_key: str, hits: list[IntruderHit]) -> str:
     """The tag role of the intruder pool of these HITs."""
-    return f"{INTRUDER_POOLS}{round_key(run_key, hits)}"
+    return intruder_pool_role(round_key(run_key, hits))
 
 
 def accuracy(export: pd.DataFrame, hits: list[IntruderHit]) -> Evaluation:

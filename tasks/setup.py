@@ -92,8 +92,13 @@ def setup_intruders(
         filled.intruders_training,
         filled.intruders_training_tasks,
     )
-    pool = registry.ensure_pool(f"{INTRUDER_POOLS}{round_key}", project, filled.intruders_pool, training)
+    pool = registry.ensure_pool(intruder_pool_role(round_key), project, filled.intruders_pool, training)
     return IntruderIds(project, training, pool)
+
+
+def intruder_pool_role(round_key: str) -> str:
+    """The tag role of the intruder pool of one evaluated clustering (`round_key`: its HITs' digest)."""
+    return f"{INTRUDER_POOLS}{round_key}"
 
 
 def refresh_intruders(
@@ -105,7 +110,7 @@ def refresh_intruders(
     reward raised and put back) got that run's ids from the cache while the pool kept the settings
     of the run in between (overlap 2 while the config said 3; the raised reward paid on)."""
     filled = bundle.filled(values)
-    role = f"{INTRUDER_POOLS}{round_key}"
+    role = intruder_pool_role(round_key)
     registry.refresh_pool(ids.pool, role, ids.project, filled.intruders_pool, ids.training)
 
 
@@ -114,7 +119,7 @@ def owned_intruders(ids: IntruderIds, round_key: str) -> list[Owned]:
     return [
         Owned("project", ids.project, "intruders-project"),
         Owned("training", ids.training, "intruders-training"),
-        Owned("pool", ids.pool, f"{INTRUDER_POOLS}{round_key}"),
+        Owned("pool", ids.pool, intruder_pool_role(round_key)),
     ]
 
 
