@@ -115,6 +115,44 @@ def unwritable_folder(run_dir: Path | None, server: bool = True) -> str | None:
     return None
 
 
+def prefect_password_refused(timeout: float = 10.0) -> str | None:
+    """Why the Prefect server PREFECT_API_URL names refuses this process, when it asks for a password
+    (HTTP 401) that PREFECT_API_AUTH_STRING does not give; None when it lets it in, or is not set or
+    does not answer (what then goes wrong is said where it does).
+
+    Against a service started with a password (`make up AUTH=1`), `crowdclust run` without it ended
+    with `no Toloka token: set TOLOKA_TOKEN or create a Prefect Secret block
+    'crowdclust-local-token' (PrefectHTTPStatusError)`: the block existed; the server had refused to
+    show it.
+    """
+    import base64
+
+    import httpx
+
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not api:
+        return None
+    password = os.environ.get("PREFECT_API_AUTH_STRING")
+    headers = {"Authorization": "Basic " + base64.b64encode(password.encode()).decode()} if password else {}
+    try:
+        answer = httpx.post(f"{api}/flows/filter", json={"limit": 1}, headers=headers, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 401:
+        return None
+    if password:
+        return (
+            f"the Prefect server at {api} refused the password in PREFECT_API_AUTH_STRING (401 "
+            "Unauthorized): set it to the server's (a service's own is in its folder's prefect-auth); "
+            "nothing was created or paid"
+        )
+    return (
+        f"the Prefect server at {api} asks for a password (401 Unauthorized): set PREFECT_API_AUTH_STRING "
+        "to it (a service started with `make up AUTH=1` keeps it in its folder's prefect-auth); nothing "
+        "was created or paid"
+    )
+
+
 def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
     """Link the run's files over http when `crowdclust run` talks to the local service's server.
 

@@ -3,18 +3,22 @@
 The shared service of the other service tests runs the PostgreSQL profile; this one checks the
 default a new user gets: a cold `up` starts everything and deploys, a second `up` only checks
 (a few seconds), `status` needs no variables, `down` stops everything, a second `down` finds
-nothing to stop; and a Suspended run's life on a service of its own (its heartbeat automation's
-window shortened). The Prefect server away: tests/test_service_outage.py.
+nothing to stop (with a password for the API: the shared service has none); and a Suspended run's
+life on a service of its own (its heartbeat automation's window shortened). The Prefect server
+away: tests/test_service_outage.py.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import time
 
 import pytest
 
 from crowdclust import service
+from crowdclust.service.config import REPO
 from tests.fixtures.service import (
     SLEEPER,
     api_post,
@@ -28,15 +32,58 @@ from tests.fixtures.service import (
 pytestmark = pytest.mark.slow
 
 
-def test_sqlite_profile_up_twice_status_down_twice():
+def test_sqlite_profile_with_a_password_up_twice_status_down_twice():
+    """The shared service of the other tests has no password; this one asks for one (`--auth`), so
+    every client of the service (the deployer, the workers, `up`'s and `down`'s own requests) must
+    send it: an `up` whose deployer, worker or deployment check did not would fail or hang here."""
     folder = service_folder()
-    cfg = service_config(folder, profile="sqlite", workers=1)
+    cfg = service_config(folder, profile="sqlite", workers=1, auth=True)
     with watched(cfg, folder):
-        _up_twice_status_down_twice(cfg)
+        _up_twice_status_down_twice(cfg, while_up=_password_asked)
+    _password_kept_secret(cfg, folder)
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _up_twice_status_down_twice(cfg) -> None:
+def _password_asked(cfg) -> None:
+    """The API refuses a request without the password and takes it with; the UI asks for it; and
+    `down`'s question to the server (which runs it would stop) is answered."""
+    import httpx
+
+    from crowdclust.service.inflight import runs_in_flight
+
+    flows = f"{cfg.api_url}/flows/filter"
+    assert httpx.post(flows, json={}, timeout=30).status_code == 401
+    assert httpx.post(flows, json={}, headers=cfg.api_headers(), timeout=30).status_code == 200
+    assert httpx.get(f"{cfg.ui_url}/ui-settings", timeout=30).json()["auth"] == "BASIC"
+    assert runs_in_flight(cfg) is not None, "down could not ask the server which runs it would stop"
+    # A teammate's `crowdclust run` without the password is refused up front, saying what to set (it
+    # said the Toloka token's Secret block was missing: the server had refused to show it).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_AUTH")}
+    env["PREFECT_API_URL"] = cfg.api_url
+    command = [str(service.bin_path("crowdclust")), "run", str(REPO / "configs/demo-shoes/pipeline.yaml")]
+    for password, said in ((None, "asks for a password"), ("crowdclust:wrong", "refused the password")):
+        tried = env | ({"PREFECT_API_AUTH_STRING": password} if password else {})
+        answer = subprocess.run(command, env=tried, capture_output=True, text=True, timeout=120)
+        told = said in answer.stderr and "PREFECT_API_AUTH_STRING" in answer.stderr
+        assert answer.returncode == 2 and told, (answer.returncode, answer.stderr[-2000:])
+
+
+def _password_kept_secret(cfg, folder) -> None:
+    """The password is made once, in its own file (mode 0600), and is in no setting, log or other
+    file the service wrote."""
+    password = cfg.auth_file.read_text().strip()
+    assert password.startswith("crowdclust:") and len(password) > 30, "no password was made"
+    assert cfg.auth_file.stat().st_mode & 0o777 == 0o600
+    secret = password.split(":", 1)[1].encode()
+    holders = [
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and path != cfg.auth_file and secret in path.read_bytes()
+    ]
+    assert not holders, holders
+
+
+def _up_twice_status_down_twice(cfg, while_up=lambda cfg: None) -> None:
     try:
         started = time.monotonic()
         seconds = service.up(cfg, say=lambda _: None)
@@ -52,6 +99,7 @@ def _up_twice_status_down_twice(cfg) -> None:
 
         parts = service.status(service.load(cfg.state_dir))
         assert parts == {"server": True, "emulator": True, "files": True, "worker-1": True}, parts
+        while_up(service.load(cfg.state_dir))
     finally:
         said = []
         started = time.monotonic()

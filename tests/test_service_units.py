@@ -102,6 +102,35 @@ def test_up_refuses_other_ports_while_the_remembered_service_runs(tmp_path: Path
     assert load(tmp_path).server_port == 14998  # still what runs
 
 
+def test_with_a_password_only_the_server_and_its_clients_get_it(tmp_path: Path, monkeypatch):
+    """`up --auth`: the server gets its password, the deployer and the workers (and so their flow
+    runs) the same as clients, the emulator and the file server none, and `remember()` writes none.
+    A password in the shell for another server never reaches this one's processes; against an
+    existing server (`server_url`) it is the one the clients send."""
+    from crowdclust.service.supervisor import _api_auth, _command
+
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "someone:elses-7f3e")
+    monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "someone:elses-7f3e")
+    cfg = ServiceConfig(state_dir=tmp_path, auth=True)
+    password = _api_auth(cfg)
+    assert password.startswith("crowdclust:") and _api_auth(cfg) == password  # made once
+    assert cfg.auth_file.stat().st_mode & 0o777 == 0o600
+    assert _command(cfg, "server")[1]["PREFECT_SERVER_API_AUTH_STRING"] == password
+    assert cfg.client_env()["PREFECT_API_AUTH_STRING"] == password
+    for name in ("emulator", "files"):
+        env = _command(cfg, name)[1]
+        assert not [k for k, v in env.items() if "AUTH_STRING" in k or password in v or "7f3e" in v], name
+    cfg.remember()
+    assert password.split(":")[1] not in cfg.settings_file.read_text() and load(tmp_path).auth
+    assert cfg.api_headers()["Authorization"].startswith("Basic ")
+
+    plain = ServiceConfig(state_dir=tmp_path / "plain")
+    assert "PREFECT_API_AUTH_STRING" not in plain.client_env() and plain.api_headers() == {}
+    assert "PREFECT_SERVER_API_AUTH_STRING" not in _command(plain, "server")[1]
+    existing = ServiceConfig(state_dir=tmp_path / "existing", server_url="https://prefect.example/api")
+    assert existing.client_env()["PREFECT_API_AUTH_STRING"] == "someone:elses-7f3e"
+
+
 def test_results_url_becomes_the_default_storage_block_of_every_worker(tmp_path: Path):
     env = ServiceConfig(state_dir=tmp_path, results="s3://bucket/crowdclust").env()
     assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/crowdclust-results"

@@ -140,6 +140,16 @@ def up(
             "image URL + class, to rehearse a catalogue of your own (remembered: demo-shoes goes back).",
         ),
     ] = None,
+    auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth",
+            envvar="CROWDCLUST_AUTH",
+            help="The Prefect API and UI ask for a password, made once in the service folder's "
+            "prefect-auth (remembered; CROWDCLUST_AUTH=0 turns it off).",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Re-deploy prefect.yaml as it is, dropping UI edits."),
@@ -167,6 +177,7 @@ def up(
         rates=_rates(toloka_rates),
         emulator_rate_limit=emulator_rate_limit,
         emulator_catalogue=_catalogue(emulator_catalogue),
+        auth=auth,
     )
     try:
         seconds = service.up(cfg, say=typer.echo, force=force)
@@ -232,3 +243,8 @@ def status(state_dir: StateDir = None) -> None:
             f"(pid {shown}): they go on with their runs; `make down` ends them (they close their pools)"
         )
     typer.echo(f"Prefect UI: {cfg.ui_url}  emulator: {cfg.emulator_url}  run files: {cfg.runs_url}/")
+    if cfg.auth and not cfg.server_url:
+        typer.echo(
+            f"The UI and the API ask for the password in {cfg.auth_file}; clients read it from "
+            "PREFECT_API_AUTH_STRING"
+        )

@@ -66,13 +66,13 @@ def save(
 ) -> None:
     """Save the token (from standard input, or a hidden prompt) as a Prefect Secret block, replacing
     one of that name."""
-    from crowdclust.runtime import prepare_prefect_env, unwritable_folder
+    from crowdclust.runtime import prefect_password_refused, prepare_prefect_env, unwritable_folder
 
     token = read_secret(sys.stdin.isatty())
     prepare_prefect_env()
     # A project folder this user may not write in read `could not save the Secret block ... on the
     # Prefect server at  (PermissionError: ...); is it running?`: no server, and none to start.
-    unwritable = unwritable_folder(None)
+    unwritable = unwritable_folder(None) or prefect_password_refused()
     if unwritable is not None:
         typer.echo(f"error: {unwritable}", err=True)
         raise typer.Exit(2)

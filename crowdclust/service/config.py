@@ -10,6 +10,7 @@ files with mode 0600.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -34,6 +35,9 @@ RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is serve
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
 SERVICE_DIR_ENV = "CROWDCLUST_SERVICE_DIR"  # the service folder (`make up/status/down`, `crowdclust run`)
 RATE_LIMIT_ENV = "CROWDCLUST_TOLOKA_RATE_LIMIT"  # on: every Toloka request takes a rate-limit slot
+API_AUTH_ENV = "PREFECT_API_AUTH_STRING"  # Prefect's clients send it as HTTP basic auth
+SERVER_AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"  # Prefect's server then asks every request for it
+AUTH_USER = "crowdclust"  # the user part of the service's own `user:password`
 
 Profile = Literal["sqlite", "postgres"]
 
@@ -48,6 +52,9 @@ class ServiceConfig:
     - `results`: where every worker persists task results: a folder (default `<state_dir>/results`)
       or an fsspec URL such as `s3://bucket/crowdclust` (saved as a RemoteFileSystem block).
     - `rates`: requests per second allowed per Toloka environment (Prefect global rate limits).
+    - `auth`: the Prefect server asks every API request and the UI for a password, made once and
+      kept in `<state_dir>/prefect-auth` (mode 0600). Without it anyone who reaches the port (every
+      user of the machine) can start paid runs and read the Secret blocks, the Toloka token's too.
     """
 
     state_dir: Path = REPO / ".service"
@@ -71,6 +78,7 @@ class ServiceConfig:
     # a catalogue of one's own. Named, not None, so that `demo-shoes` given again goes back to it.
     emulator_catalogue: str = "demo-shoes"
     worker_poll_seconds: float = 5.0  # how often a worker asks for runs (Prefect's default is 10)
+    auth: bool = False
 
     @property
     def api_url(self) -> str:
@@ -93,6 +101,34 @@ class ServiceConfig:
     @property
     def token_file(self) -> Path:
         return self.state_dir / "emulator-token"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.state_dir / "prefect-auth"
+
+    def api_auth(self) -> str | None:
+        """The `user:password` the server's API takes: for an existing server (`server_url`) what the
+        environment gives (PREFECT_API_AUTH_STRING); for the service's own, its password when it asks
+        for one (a password in the shell for another server is never sent to it), else None."""
+        if self.server_url:
+            return os.environ.get(API_AUTH_ENV) or None
+        if not self.auth or not self.auth_file.exists():
+            return None  # no password, or not made yet: `up` makes it before anything starts
+        return read_secret_file(self.auth_file, "the Prefect API's password")
+
+    def api_headers(self) -> dict[str, str]:
+        """The headers of a request to the server's API made without Prefect's client (httpx)."""
+        auth = self.api_auth()
+        return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+
+    def client_env(self) -> dict[str, str]:
+        """`env()` and, when the API asks for one, its password (PREFECT_API_AUTH_STRING): for the
+        processes that talk to the server (the deployer, the workers and their flow runs)."""
+        env = self.env()
+        auth = self.api_auth()
+        if auth:
+            env[API_AUTH_ENV] = auth
+        return env
 
     @property
     def results_location(self) -> str:
@@ -127,6 +163,8 @@ class ServiceConfig:
           Secret block, and a production token in the developer's shell must never reach the emulator.
           CROWDCLUST_DATABASE_URL, which `make up` reads, went on to every worker and flow run with
           its password; the server gets the URL as PREFECT_API_DATABASE_CONNECTION_URL alone.
+        - Prefect API passwords are removed too: the server gets its own, the clients theirs
+          (`client_env()`), the emulator and the file server none.
         """
         dropped = {
             "TOLOKA_TOKEN",
@@ -137,6 +175,8 @@ class ServiceConfig:
             "PREFECT_RESULTS_LOCAL_STORAGE_PATH",  # the service chooses result storage for its workers
             "PREFECT_LOCAL_STORAGE_PATH",
             "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
+            API_AUTH_ENV,  # `client_env()` gives the clients the password of this server
+            SERVER_AUTH_ENV,  # the server's own, set for the server alone
         }
         env = {
             k: v

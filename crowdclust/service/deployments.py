@@ -132,7 +132,7 @@ def save_record(cfg: ServiceConfig, data: dict[str, Any]) -> None:
 def _api(cfg: ServiceConfig, method: str, path: str, body: Any = None) -> Any:
     import httpx
 
-    response = httpx.request(method, f"{cfg.api_url}{path}", json=body, timeout=30)
+    response = httpx.request(method, f"{cfg.api_url}{path}", json=body, headers=cfg.api_headers(), timeout=30)
     if response.status_code == 404:
         return None
     response.raise_for_status()

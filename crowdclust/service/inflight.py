@@ -59,7 +59,7 @@ def runs_in_flight(cfg: ServiceConfig, timeout: float = 10.0) -> InFlight | None
         "flow_runs": {"state": {"type": {"any_": list(IN_FLIGHT)}}, "parent_task_run_id": {"is_null_": True}}
     }
     try:
-        with httpx.Client(base_url=cfg.api_url, timeout=timeout) as api:
+        with httpx.Client(base_url=cfg.api_url, headers=cfg.api_headers(), timeout=timeout) as api:
             total = api.post("/flow_runs/count", json=body).raise_for_status().json()
             if not total:
                 return InFlight([], 0)

@@ -9,7 +9,9 @@ prefect.yaml only when something changed (see `deployments`), while the workers 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -22,7 +24,9 @@ from typing import Any
 from crowdclust.service import deployments, postgres
 from crowdclust.service.config import (
     ADMIN_TOKEN_ENV,
+    AUTH_USER,
     REPO,
+    SERVER_AUTH_ENV,
     TOKEN_ENV,
     WORK_POOL,
     ServiceConfig,
@@ -79,14 +83,31 @@ def _token(cfg: ServiceConfig) -> str:
     return read_secret_file(cfg.token_file, "the emulator's token")
 
 
+def _api_auth(cfg: ServiceConfig) -> str:
+    """The server's `user:password`, made once, whole, in a file only its owner can read (0600)."""
+    with contextlib.suppress(FileExistsError):
+        create_exclusive(cfg.auth_file, f"{AUTH_USER}:{secrets.token_urlsafe(24)}\n", mode=0o600)
+    return read_secret_file(cfg.auth_file, "the Prefect API's password")
+
+
+def _password_note(cfg: ServiceConfig) -> str:
+    """Where the UI's password is, after its URL, when the service has one of its own."""
+    if not cfg.auth or cfg.server_url:
+        return ""
+    return f" (password: the line in {_shown(cfg.auth_file)}; PREFECT_API_AUTH_STRING for clients)"
+
+
 def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
     """How to start the server, the emulator or the file server, and with which environment.
 
     Secrets go through the environment of the one process that needs them: the emulator's token
-    (CROWDCLUST_EMULATOR_TOKEN) and the PostgreSQL URL of the server; never a command line.
+    (CROWDCLUST_EMULATOR_TOKEN), the PostgreSQL URL and the API's password of the server; never a
+    command line.
     """
     env = cfg.env()
     if name == "server":
+        if cfg.auth:
+            env[SERVER_AUTH_ENV] = _api_auth(cfg)
         # Leases on disk (under PREFECT_HOME): with the default in-memory store, a server restarted
         # while a run held its run key forgot the lease and kept the key's slot taken for good.
         env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
@@ -271,7 +292,7 @@ class _Deployer:
         self.process = subprocess.Popen(
             [*command, *(["--force"] if force else [])],
             cwd=REPO,
-            env=cfg.env(),
+            env=cfg.client_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -328,7 +349,7 @@ def _start_workers(cfg: ServiceConfig, say: Say) -> list[tuple[str, int, int]]:
         # `prefect worker start`, ending its flow runs before it stops on a signal (see the module)
         command = [sys.executable, "-m", "crowdclust.service.worker", "worker", "start"]
         command += ["--pool", WORK_POOL, "--type", "process"]
-        env = cfg.env() | {STOPPING_FILE_ENV: str(stopping)}
+        env = cfg.client_env() | {STOPPING_FILE_ENV: str(stopping)}
         pid = spawn(cfg, name, [*command, "--name", f"crowdclust-{name}"], env)
         started.append((name, pid, offset))
     return started
@@ -381,6 +402,7 @@ def _refuse_moving_a_running_service(cfg: ServiceConfig) -> None:
         "profile",
         "server_url",
         "emulator_catalogue",  # read as the emulator starts: a running one would go on without it
+        "auth",  # read as the server starts: its clients would send a password it does not ask, or none
     )
     changed = [key for key in keys if getattr(running, key) != getattr(cfg, key)]
     names = ["server", "emulator", "files", *_worker_names(cfg)]
@@ -417,6 +439,8 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
         finally:
             seconds[name] = time.monotonic() - started
 
+    if cfg.auth and not cfg.server_url:
+        _api_auth(cfg)  # before the deployer starts: it and the workers need it as the server does
     server_up = answers(cfg.health_url("server"))
     if cfg.server_url and not server_up:
         raise RuntimeError(f"the Prefect server at {cfg.api_url} does not answer")
@@ -438,7 +462,7 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
     else:
         say("deployments: unchanged")
     seconds["total"] = time.monotonic() - began
-    say(f"Prefect UI: {cfg.ui_url}")
+    say(f"Prefect UI: {cfg.ui_url}{_password_note(cfg)}")
     say(f"Emulator:   {cfg.emulator_url} (token in {_shown(cfg.token_file)})")
     say(f"Run files:  {cfg.runs_url}/ (serves {_shown(cfg.runs_dir)} read-only)")
     say(f"Results:    {cfg.results_location}")
