@@ -55,11 +55,13 @@ bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(VENV)/bin/python $$script || exit 1; done
 
 # Local service: Prefect server + emulator + run files + workers, deployments from prefect.yaml.
-# `make up PROFILE=postgres WORKERS=2 AUTH=1 FORCE=1`; every setting is remembered in .service/ for
-# the next `up`, `status` and `down` (AUTH=0 turns the password off again).
+# `make up PROFILE=postgres WORKERS=2 AUTH=1 LISTEN=0.0.0.0 FORCE=1`; every setting is remembered in
+# .service/ for the next `up`, `status` and `down` (AUTH=0 turns the password off again). LISTEN, not
+# HOST: some shells export HOST (the machine's name), which make would take.
 up: install
 	$(if $(AUTH),CROWDCLUST_AUTH=$(AUTH) )$(VENV)/bin/crowdclust service up --timings \
-		$(if $(PROFILE),--profile $(PROFILE)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
+		$(if $(PROFILE),--profile $(PROFILE)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force) \
+		$(if $(LISTEN),--host $(LISTEN))
 
 down:
 	@if [ -x $(VENV)/bin/crowdclust ]; then $(VENV)/bin/crowdclust service down $(if $(FORCE),--force); else echo "nothing to stop"; fi

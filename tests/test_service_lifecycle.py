@@ -3,9 +3,9 @@
 The shared service of the other service tests runs the PostgreSQL profile; this one checks the
 default a new user gets: a cold `up` starts everything and deploys, a second `up` only checks
 (a few seconds), `status` needs no variables, `down` stops everything, a second `down` finds
-nothing to stop (with a password for the API: the shared service has none); and a Suspended run's
-life on a service of its own (its heartbeat automation's window shortened). The Prefect server
-away: tests/test_service_outage.py.
+nothing to stop (listening on the network, with a password: the shared service has neither); and a
+Suspended run's life on a service of its own (its heartbeat automation's window shortened). The
+Prefect server away: tests/test_service_outage.py.
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from tests.fixtures.service import (
 pytestmark = pytest.mark.slow
 
 
-def test_sqlite_profile_with_a_password_up_twice_status_down_twice():
-    """The shared service of the other tests has no password; this one asks for one (`--auth`), so
-    every client of the service (the deployer, the workers, `up`'s and `down`'s own requests) must
-    send it: an `up` whose deployer, worker or deployment check did not would fail or hang here."""
+def test_sqlite_profile_on_the_network_with_a_password_up_twice_status_down_twice():
+    """The shared service of the other tests listens on 127.0.0.1 without a password; this one
+    listens on every address of the machine, for teammates on others, which needs a password
+    (`--auth`), so every client of the service (the deployer, the workers, `up`'s and `down`'s own
+    requests) must send it: an `up` whose deployer, worker or deployment check did not would fail
+    or hang here."""
     folder = service_folder()
-    cfg = service_config(folder, profile="sqlite", workers=1, auth=True)
+    cfg = service_config(folder, profile="sqlite", workers=1, host="0.0.0.0", auth=True)
     with watched(cfg, folder):
         _up_twice_status_down_twice(cfg, while_up=_password_asked)
     _password_kept_secret(cfg, folder)
@@ -45,16 +47,26 @@ def test_sqlite_profile_with_a_password_up_twice_status_down_twice():
 
 
 def _password_asked(cfg) -> None:
-    """The API refuses a request without the password and takes it with; the UI asks for it; and
-    `down`'s question to the server (which runs it would stop) is answered."""
+    """From this machine and at the address teammates are given: the API refuses a request without
+    the password and takes it with; the UI asks for it and finds the API at the address its page came
+    from; the run files ask for it too (but their health check); and `down`'s question to the server
+    (which runs it would stop) is answered."""
     import httpx
 
     from crowdclust.service.inflight import runs_in_flight
 
-    flows = f"{cfg.api_url}/flows/filter"
-    assert httpx.post(flows, json={}, timeout=30).status_code == 401
-    assert httpx.post(flows, json={}, headers=cfg.api_headers(), timeout=30).status_code == 200
-    assert httpx.get(f"{cfg.ui_url}/ui-settings", timeout=30).json()["auth"] == "BASIC"
+    teammates = f"http://{cfg.public_host}:{cfg.server_port}"
+    for server in (cfg.ui_url, teammates):
+        flows = f"{server}/api/flows/filter"
+        assert httpx.post(flows, json={}, timeout=30).status_code == 401
+        assert httpx.post(flows, json={}, headers=cfg.api_headers(), timeout=30).status_code == 200
+        ui = httpx.get(f"{server}/ui-settings", timeout=30).json()
+        assert (ui["auth"], ui["api_url"]) == ("BASIC", "/api"), ui
+    assert cfg.shared_runs_url == f"http://{cfg.public_host}:{cfg.files_port}"
+    for files in (cfg.runs_url, cfg.shared_runs_url):
+        assert httpx.get(f"{files}/", timeout=30).status_code == 401
+        assert httpx.get(f"{files}/", headers=cfg.api_headers(), timeout=30).status_code == 200
+        assert httpx.get(f"{files}/.health", timeout=30).status_code == 200
     assert runs_in_flight(cfg) is not None, "down could not ask the server which runs it would stop"
     # A teammate's `crowdclust run` without the password is refused up front, saying what to set (it
     # said the Toloka token's Secret block was missing: the server had refused to show it).

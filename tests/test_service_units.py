@@ -104,7 +104,8 @@ def test_up_refuses_other_ports_while_the_remembered_service_runs(tmp_path: Path
 
 def test_with_a_password_only_the_server_and_its_clients_get_it(tmp_path: Path, monkeypatch):
     """`up --auth`: the server gets its password, the deployer and the workers (and so their flow
-    runs) the same as clients, the emulator and the file server none, and `remember()` writes none.
+    runs) the same as clients, the file server the same for its own checks, the emulator none, and
+    `remember()` writes none.
     A password in the shell for another server never reaches this one's processes; against an
     existing server (`server_url`) it is the one the clients send."""
     from crowdclust.service.supervisor import _api_auth, _command
@@ -117,9 +118,10 @@ def test_with_a_password_only_the_server_and_its_clients_get_it(tmp_path: Path, 
     assert cfg.auth_file.stat().st_mode & 0o777 == 0o600
     assert _command(cfg, "server")[1]["PREFECT_SERVER_API_AUTH_STRING"] == password
     assert cfg.client_env()["PREFECT_API_AUTH_STRING"] == password
-    for name in ("emulator", "files"):
-        env = _command(cfg, name)[1]
-        assert not [k for k, v in env.items() if "AUTH_STRING" in k or password in v or "7f3e" in v], name
+    emulator, files = _command(cfg, "emulator")[1], _command(cfg, "files")[1]
+    assert not [k for k, v in emulator.items() if "AUTH" in k or password in v or "7f3e" in v]
+    assert [k for k, v in files.items() if password in v] == ["CROWDCLUST_FILES_AUTH"]  # its own only
+    assert not [k for k, v in files.items() if "AUTH_STRING" in k or "7f3e" in v]
     cfg.remember()
     assert password.split(":")[1] not in cfg.settings_file.read_text() and load(tmp_path).auth
     assert cfg.api_headers()["Authorization"].startswith("Basic ")
@@ -129,6 +131,48 @@ def test_with_a_password_only_the_server_and_its_clients_get_it(tmp_path: Path, 
     assert "PREFECT_SERVER_API_AUTH_STRING" not in _command(plain, "server")[1]
     existing = ServiceConfig(state_dir=tmp_path / "existing", server_url="https://prefect.example/api")
     assert existing.client_env()["PREFECT_API_AUTH_STRING"] == "someone:elses-7f3e"
+
+
+def test_a_service_on_the_network_asks_for_a_password_and_gives_teammates_its_address(tmp_path: Path):
+    """`make up LISTEN=0.0.0.0`: refused without a password (anyone on the network could start paid
+    runs), given one by `--host` alone; this machine's clients use 127.0.0.1, the UI finds the API at
+    the address its page came from, the artifacts' links name an address teammates reach, and the
+    PostgreSQL profile's database stays on 127.0.0.1."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from crowdclust import service
+    from crowdclust.commands import service as command
+    from crowdclust.service import postgres
+    from crowdclust.service.config import is_loopback
+
+    bare = ServiceConfig(state_dir=tmp_path / "bare", host="0.0.0.0")
+    with pytest.raises(RuntimeError, match="must ask for a password"):
+        service.up(bare, say=lambda _: None)
+    assert not bare.state_dir.exists()  # nothing written, nothing started
+
+    seen: list[ServiceConfig] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service, "up", lambda cfg, say, force: seen.append(cfg) or {})
+        runner = CliRunner()
+        assert (
+            runner.invoke(command.app, ["up", "--state-dir", str(tmp_path), "--host", "0.0.0.0"]).exit_code
+            == 0
+        )
+        refused = runner.invoke(command.app, ["up", "--state-dir", str(tmp_path), "--host", "::"])
+    assert seen[0].auth and refused.exit_code == 2 and "IPv4" in refused.output, refused.output
+
+    cfg = ServiceConfig(state_dir=tmp_path, host="0.0.0.0", auth=True, profile="postgres")
+    assert cfg.api_url.startswith("http://127.0.0.1:") and cfg.on_network
+    assert not is_loopback(cfg.public_host) and cfg.public_host != "localhost", cfg.public_host
+    env = cfg.env()
+    assert env["PREFECT_UI_API_URL"] == "/api"
+    assert env["CROWDCLUST_RUNS_URL"] == f"http://{cfg.public_host}:{cfg.files_port}"
+    cfg.state_dir.joinpath("postgres-password").write_text("pw\n")
+    assert "@127.0.0.1:" in postgres.connection_url(cfg)
+    local = ServiceConfig(state_dir=tmp_path / "local")
+    assert not local.on_network and local.env()["CROWDCLUST_RUNS_URL"] == local.runs_url
+    assert local.env().get("PREFECT_UI_API_URL") == local.api_url
 
 
 def test_results_url_becomes_the_default_storage_block_of_every_worker(tmp_path: Path):

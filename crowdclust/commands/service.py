@@ -74,6 +74,16 @@ def _catalogue(name: str | None) -> str | None:
     return str(path)
 
 
+def _host(host: str | None) -> str | None:
+    """An IPv4 address or a host name to listen on (IPv6 is not supported: its URLs need brackets)."""
+    if host is not None and ":" in host:
+        raise typer.BadParameter(
+            f"{host!r}: give an IPv4 address (0.0.0.0 for all of this machine's) or a host name",
+            param_hint="--host / CROWDCLUST_SERVICE_HOST",
+        )
+    return host
+
+
 @app.command()
 def up(
     state_dir: StateDir = None,
@@ -140,6 +150,15 @@ def up(
             "image URL + class, to rehearse a catalogue of your own (remembered: demo-shoes goes back).",
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CROWDCLUST_SERVICE_HOST",
+            help="Address the server, emulator and run files listen on: 127.0.0.1 (default), or "
+            "0.0.0.0 / an address of this machine for teammates on others (turns on --auth).",
+            show_default=False,
+        ),
+    ] = None,
     auth: Annotated[
         bool | None,
         typer.Option(
@@ -158,6 +177,7 @@ def up(
 ) -> None:
     """Start what is not running, deploy prefect.yaml when it changed (keeping UI edits), start workers."""
     from crowdclust import service
+    from crowdclust.service.config import is_loopback
 
     if profile is not None and profile not in ("sqlite", "postgres"):
         raise typer.BadParameter(
@@ -177,7 +197,8 @@ def up(
         rates=_rates(toloka_rates),
         emulator_rate_limit=emulator_rate_limit,
         emulator_catalogue=_catalogue(emulator_catalogue),
-        auth=auth,
+        host=_host(host),
+        auth=True if auth is None and host is not None and not is_loopback(host) else auth,
     )
     try:
         seconds = service.up(cfg, say=typer.echo, force=force)
@@ -247,4 +268,10 @@ def status(state_dir: StateDir = None) -> None:
         typer.echo(
             f"The UI and the API ask for the password in {cfg.auth_file}; clients read it from "
             "PREFECT_API_AUTH_STRING"
+        )
+    if cfg.on_network:
+        typer.echo(
+            f"Listening on {cfg.host}: teammates use http://{cfg.public_host}:{cfg.server_port} (UI; "
+            f"PREFECT_API_URL is that /api), http://{cfg.public_host}:{cfg.emulator_port} (emulator), "
+            f"{cfg.shared_runs_url}/ (run files)"
         )

@@ -7,7 +7,7 @@ project. Modules: `config` (settings, remembered in the folder), `processes` (sp
 `postgres` (the `postgres` profile), `deployments` (deploy only on change, keeping UI edits),
 `deployer` (provisions the work pool, blocks and rate limits, then deploys, in its own process),
 `worker` (the process worker that ends its runs first), `supervisor` (up/down/status), `inflight`
-(the runs a `down` would interrupt).
+(the runs a `down` would interrupt), `files` (the file server of `runs/` behind the API's password).
 """
 
 from crowdclust.service.config import ServiceConfig, load

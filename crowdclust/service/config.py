@@ -11,13 +11,16 @@ files with mode 0600.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from crowdclust.runtime import HEARTBEAT_SECONDS
+from crowdclust.service.files import HEALTH_PATH as FILES_HEALTH
 from tasks.atomic_file import write_atomic
 from tasks.toloka_rate import DEFAULT_RATES
 
@@ -38,6 +41,42 @@ RATE_LIMIT_ENV = "CROWDCLUST_TOLOKA_RATE_LIMIT"  # on: every Toloka request take
 API_AUTH_ENV = "PREFECT_API_AUTH_STRING"  # Prefect's clients send it as HTTP basic auth
 SERVER_AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"  # Prefect's server then asks every request for it
 AUTH_USER = "crowdclust"  # the user part of the service's own `user:password`
+LOOPBACK = "127.0.0.1"
+EVERY_ADDRESS = "0.0.0.0"
+
+
+def machine_address() -> str:
+    """This machine's name when it resolves to an address others reach, else the address of the
+    interface its traffic leaves by, else its name.
+
+    `socket.getfqdn()` said `localhost` on a machine whose /etc/hosts maps its name to 127.0.0.1,
+    which would send teammates to their own machines. Connecting a UDP socket sends nothing; it only
+    picks the route to a documentation-only address (TEST-NET-1).
+    """
+    name = socket.gethostname()
+    try:
+        if not is_loopback(socket.gethostbyname(name)):
+            return name
+    except OSError:
+        pass
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            address = probe.getsockname()[0]
+    except OSError:
+        return name
+    return name if is_loopback(address) or address == EVERY_ADDRESS else address
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: the network's
+
 
 Profile = Literal["sqlite", "postgres"]
 
@@ -53,8 +92,12 @@ class ServiceConfig:
       or an fsspec URL such as `s3://bucket/crowdclust` (saved as a RemoteFileSystem block).
     - `rates`: requests per second allowed per Toloka environment (Prefect global rate limits).
     - `auth`: the Prefect server asks every API request and the UI for a password, made once and
-      kept in `<state_dir>/prefect-auth` (mode 0600). Without it anyone who reaches the port (every
-      user of the machine) can start paid runs and read the Secret blocks, the Toloka token's too.
+      kept in `<state_dir>/prefect-auth` (mode 0600), and so does the file server of `runs/`.
+      Without it anyone who reaches the port (every user of the machine) can start paid runs and
+      read the Secret blocks, the Toloka token's too.
+    - `host`: the address the server, the emulator and the file server listen on: 127.0.0.1 (this
+      machine only), or an address of the network (0.0.0.0: all of them) for a team on several
+      machines, which needs `auth`. PostgreSQL always listens on 127.0.0.1.
     """
 
     state_dir: Path = REPO / ".service"
@@ -81,10 +124,25 @@ class ServiceConfig:
     auth: bool = False
 
     @property
+    def local_host(self) -> str:
+        """The address this machine's clients (the workers, `make status`) reach the service at."""
+        return LOOPBACK if self.host == EVERY_ADDRESS else self.host
+
+    @property
+    def public_host(self) -> str:
+        """The address teammates on other machines reach the service at (what `up` tells them)."""
+        return machine_address() if self.host == EVERY_ADDRESS else self.host
+
+    @property
+    def on_network(self) -> bool:
+        """Whether the service listens on an address other machines reach."""
+        return not is_loopback(self.host)
+
+    @property
     def api_url(self) -> str:
-        return (
-            self.server_url.rstrip("/") if self.server_url else f"http://{self.host}:{self.server_port}/api"
-        )
+        if self.server_url:
+            return self.server_url.rstrip("/")
+        return f"http://{self.local_host}:{self.server_port}/api"
 
     @property
     def ui_url(self) -> str:
@@ -92,11 +150,16 @@ class ServiceConfig:
 
     @property
     def emulator_url(self) -> str:
-        return f"http://{self.host}:{self.emulator_port}"
+        return f"http://{self.local_host}:{self.emulator_port}"
 
     @property
     def runs_url(self) -> str:
-        return f"http://{self.host}:{self.files_port}"
+        return f"http://{self.local_host}:{self.files_port}"
+
+    @property
+    def shared_runs_url(self) -> str:
+        """The file server's URL in the links of the runs' artifacts, which teammates open too."""
+        return f"http://{self.public_host}:{self.files_port}" if self.on_network else self.runs_url
 
     @property
     def token_file(self) -> Path:
@@ -147,7 +210,8 @@ class ServiceConfig:
         return {
             "server": f"{self.api_url}/health",
             "emulator": f"{self.emulator_url}/_emulator/health",
-            "files": f"{self.runs_url}/",
+            # The file server behind a password (`auth`) answers only this path without it.
+            "files": f"{self.runs_url}{FILES_HEALTH if self.auth else '/'}",
         }[name]
 
     def env(self) -> dict[str, str]:
@@ -193,7 +257,11 @@ class ServiceConfig:
             PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
             PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
         )
-        env[RUNS_URL_ENV] = self.runs_url
+        env[RUNS_URL_ENV] = self.shared_runs_url
+        if self.on_network and not self.server_url:
+            # The UI asks the API at the address its page came from: teammates' browsers reach the
+            # server by the machine's name or address, not by 127.0.0.1.
+            env["PREFECT_UI_API_URL"] = "/api"
         env[RATE_LIMIT_ENV] = "true"
         env[RUNS_DIR_ENV] = str(self.runs_dir)
         if self.results_is_url:

@@ -1,12 +1,12 @@
 """The `postgres` profile: a PostgreSQL cluster in the service folder for the Prefect server.
 
-`initdb` once into `<state_dir>/postgres/data` (role `crowdclust`, password auth over TCP on the
-service's host only, no Unix socket), `pg_ctl start/stop` with `make up/down`, one database
-`prefect`. Nothing system-wide is touched: the binaries are Debian's (`/usr/lib/postgresql/15/bin`,
-or `CROWDCLUST_PG_BIN`), and since PostgreSQL refuses to run as root, a root caller runs them as an
-unprivileged system user (`postgres`, the Debian package's, or `CROWDCLUST_PG_USER`), which then
-owns the cluster folder. The password is generated once and kept in a 0600 file; it reaches the
-Prefect server through its environment only.
+`initdb` once into `<state_dir>/postgres/data` (role `crowdclust`, password auth over TCP on
+127.0.0.1 only, whatever address the service listens on; no Unix socket), `pg_ctl start/stop` with
+`make up/down`, one database `prefect`. Nothing system-wide is touched: the binaries are Debian's
+(`/usr/lib/postgresql/15/bin`, or `CROWDCLUST_PG_BIN`), and since PostgreSQL refuses to run as
+root, a root caller runs them as an unprivileged system user (`postgres`, the Debian package's, or
+`CROWDCLUST_PG_USER`), which then owns the cluster folder. The password is generated once and kept
+in a 0600 file; it reaches the Prefect server through its environment only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-from crowdclust.service.config import ServiceConfig, read_secret_file
+from crowdclust.service.config import LOOPBACK, ServiceConfig, read_secret_file
 from tasks.atomic_file import create_exclusive, write_atomic
 
 ROLE = "crowdclust"
@@ -81,7 +81,7 @@ def connection_url(cfg: ServiceConfig) -> str:
     if cfg.database_url:
         return cfg.database_url
     secret = quote(password(cfg), safe="")
-    return f"postgresql+asyncpg://{ROLE}:{secret}@{cfg.host}:{cfg.postgres_port}/{DATABASE}"
+    return f"postgresql+asyncpg://{ROLE}:{secret}@{LOOPBACK}:{cfg.postgres_port}/{DATABASE}"
 
 
 def _prepare_folder(cfg: ServiceConfig) -> None:
@@ -108,7 +108,7 @@ def _prepare_folder(cfg: ServiceConfig) -> None:
 
 
 def _initdb(cfg: ServiceConfig) -> None:
-    """A new cluster: role `crowdclust` with a password, TCP on the service's host only, no socket."""
+    """A new cluster: role `crowdclust` with a password, TCP on 127.0.0.1 only, no socket."""
     _prepare_folder(cfg)
     pwfile = _folder(cfg) / "initdb-password"
     pwfile.write_text(password(cfg) + "\n")
@@ -162,7 +162,7 @@ def start(cfg: ServiceConfig) -> bool:
         return False
     if not (_data(cfg) / "PG_VERSION").exists():
         _initdb(cfg)
-    options = f"-h {cfg.host} -p {cfg.postgres_port}"
+    options = f"-h {LOOPBACK} -p {cfg.postgres_port}"
     _run(
         _as_owner(
             [
@@ -187,7 +187,7 @@ def start(cfg: ServiceConfig) -> bool:
 
 def _create_database(cfg: ServiceConfig) -> None:
     env = {**os.environ, "PGPASSWORD": password(cfg)}
-    connect = ["-h", cfg.host, "-p", str(cfg.postgres_port), "-U", ROLE]
+    connect = ["-h", LOOPBACK, "-p", str(cfg.postgres_port), "-U", ROLE]
     exists = _run(
         [
             pg_bin("psql"),

@@ -25,6 +25,7 @@ from crowdclust.service import deployments, postgres
 from crowdclust.service.config import (
     ADMIN_TOKEN_ENV,
     AUTH_USER,
+    LOOPBACK,
     REPO,
     SERVER_AUTH_ENV,
     TOKEN_ENV,
@@ -32,6 +33,7 @@ from crowdclust.service.config import (
     ServiceConfig,
     read_secret_file,
 )
+from crowdclust.service.files import AUTH_ENV as FILES_AUTH_ENV
 from crowdclust.service.processes import (
     STOPPING_FILE_ENV,
     StartupFailed,
@@ -148,16 +150,19 @@ def _command(cfg: ServiceConfig, name: str) -> tuple[list[str], dict[str, str]]:
         return command, env
     if name == "files":
         cfg.runs_dir.mkdir(parents=True, exist_ok=True)
-        return [
-            sys.executable,
-            "-m",
-            "http.server",
-            "--bind",
-            cfg.host,
-            "--directory",
-            str(cfg.runs_dir),
-            str(cfg.files_port),
-        ], env
+        where = ["--bind", cfg.host, "--directory", str(cfg.runs_dir)]
+        if cfg.auth:  # behind the API's password (`crowdclust.service.files`)
+            env[FILES_AUTH_ENV] = _api_auth(cfg)
+            command = [
+                sys.executable,
+                "-m",
+                "crowdclust.service.files",
+                *where,
+                "--port",
+                str(cfg.files_port),
+            ]
+            return command, env
+        return [sys.executable, "-m", "http.server", *where, str(cfg.files_port)], env
     raise ValueError(f"unknown component {name!r}")
 
 
@@ -171,7 +176,7 @@ def start(cfg: ServiceConfig, name: str, say: Say = print) -> None:
     if name == "server" and cfg.server_url:
         raise RuntimeError(f"the Prefect server at {cfg.api_url} does not answer")
     if name == "server" and cfg.uses_local_postgres and postgres.start(cfg):
-        say(f"postgres: started on {cfg.host}:{cfg.postgres_port}")
+        say(f"postgres: started on {LOOPBACK}:{cfg.postgres_port}")
     _refuse_a_taken_port(cfg, name)
     command, env = _command(cfg, name)
     pid = spawn(cfg, name, command, env)
@@ -423,6 +428,11 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
     from crowdclust.service.config import load
 
     cfg = cfg or load()
+    if cfg.on_network and not cfg.auth and not cfg.server_url:
+        raise RuntimeError(
+            f"a service that listens on {cfg.host} must ask for a password: anyone on the network could "
+            "start paid runs and read the Toloka token; add AUTH=1 (`--auth`), or listen on 127.0.0.1"
+        )
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     _refuse_moving_a_running_service(cfg)
     for name in _own_parts(cfg):
@@ -466,7 +476,19 @@ def up(cfg: ServiceConfig | None = None, say: Say = print, force: bool = False) 
     say(f"Emulator:   {cfg.emulator_url} (token in {_shown(cfg.token_file)})")
     say(f"Run files:  {cfg.runs_url}/ (serves {_shown(cfg.runs_dir)} read-only)")
     say(f"Results:    {cfg.results_location}")
+    if cfg.on_network:
+        say(_teammates_line(cfg))
     return seconds
+
+
+def _teammates_line(cfg: ServiceConfig) -> str:
+    """How people on other machines reach a service that listens on the network."""
+    return (
+        f"Teammates:  PREFECT_API_URL=http://{cfg.public_host}:{cfg.server_port}/api and "
+        f"PREFECT_API_AUTH_STRING=<the line in {_shown(cfg.auth_file)}>; UI http://{cfg.public_host}:"
+        f"{cfg.server_port}, emulator http://{cfg.public_host}:{cfg.emulator_port}, run files "
+        f"{cfg.shared_runs_url}/"
+    )
 
 
 def _shown(path: Path) -> str:
