@@ -22,7 +22,14 @@ import numpy as np
 import pandas as pd
 
 from aggregation.pairs import REQUIRED
-from aggregation.unreadable import NO_ZSTANDARD, cut_short, export_not_utf8, ragged_row
+from aggregation.unreadable import (
+    ARCHIVE_ERRORS,
+    NO_ZSTANDARD,
+    archive_problem,
+    cut_short,
+    export_not_utf8,
+    ragged_row,
+)
 
 __all__ = ["ExportFormatError", "ExportReading", "load_export", "read_export"]
 
@@ -217,6 +224,9 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
     path = Path(source)
     if not path.is_file():  # the caller names the file, as for every other error of its reading
         raise ExportFormatError("is a directory, not an export file" if path.is_dir() else "no such file")
+    archive = archive_problem(path)
+    if archive is not None:
+        raise ExportFormatError(f"export file {archive}")
     try:  # compressed by its name's ending (.gz, .bz2, .xz, .zip, .zst), as pandas infers
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
@@ -226,7 +236,7 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
     except pd.errors.ParserError as exc:  # a quoted cell cut short, say
         reason = cut_short(path) or ragged_row(path) or f"export file is not a readable TSV: {exc}"
         raise ExportFormatError(reason) from None
-    except (EOFError, OSError, zlib.error) as exc:  # a compressed file cut short or not compressed
+    except (EOFError, OSError, zlib.error, *ARCHIVE_ERRORS) as exc:  # compressed, cut short or not compressed
         raise ExportFormatError(f"export file cannot be decompressed ({type(exc).__name__}: {exc})") from None
     except ImportError:  # the only codec pandas imports from outside the standard library
         raise ExportFormatError(f"export file {NO_ZSTANDARD}") from None
@@ -545,7 +555,7 @@ def _json_start(source: str | os.PathLike | pd.DataFrame) -> str | None:
     try:
         with get_handle(Path(source), "rb", compression="infer", is_text=False) as handles:
             start = handles.handle.read(4096)
-    except (ValueError, OSError, EOFError, ImportError, zlib.error):
+    except (ValueError, OSError, EOFError, ImportError, zlib.error, *ARCHIVE_ERRORS):
         return None
     text = start.removeprefix(b"\xef\xbb\xbf").lstrip()
     return f"`{chr(text[0])}`" if text[:1] in (b"[", b"{") else None
@@ -566,7 +576,7 @@ def _unquoted(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame | None:
         raw = pd.read_csv(
             Path(source), sep="\t", dtype=str, keep_default_na=False, na_values=[""], quoting=csv.QUOTE_NONE
         )
-    except (ValueError, OSError, EOFError, ImportError, zlib.error):  # pandas' errors are ValueErrors
+    except (ValueError, OSError, EOFError, ImportError, zlib.error, *ARCHIVE_ERRORS):  # pandas': ValueErrors
         return None
     # Quoted as Toloka quotes it, a cell that starts with a double quote is one quoted field: its
     # quotes inside doubled, one at its end (`"[""a"",""b""]"`). Written as it is, the cell of

@@ -12,12 +12,26 @@ from __future__ import annotations
 
 import csv
 import io
+import lzma
+import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
-__all__ = ["NO_ZSTANDARD", "cut_short", "export_not_utf8", "not_utf8", "ragged_row", "short_last_row"]
+__all__ = [
+    "ARCHIVE_ERRORS",
+    "NO_ZSTANDARD",
+    "archive_problem",
+    "cut_short",
+    "export_not_utf8",
+    "not_utf8",
+    "ragged_row",
+    "short_last_row",
+]
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# What an archive or a compressed file that is not one raises where pandas opens it by its name.
+ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError)
 REPLACED = "\ufffd"  # what a byte that is not UTF-8 reads as with encoding_errors="replace"
 LATIN = "byte 0x{:02x} cannot be UTF-8 (Latin-1 or Windows-1252, perhaps)"
 # pandas reads `.zst` only with the `zstandard` package, which the lock does not hold (it raised an
@@ -56,6 +70,48 @@ def compressed(path: Path, data: bytes) -> str | None:
     return (
         f"it is {codec}-compressed, but its name does not end in {ending}: rename it "
         f"{path.name}{ending} (then it is read decompressed) or decompress it first"
+    )
+
+
+def archive_problem(path: Path) -> str | None:
+    """Why an archive that pandas reads by its name's ending (`.zip`, `.tar`, `.tar.gz`, ...) is not
+    one readable file, or None (not such a name, or an archive of one file, which pandas reads).
+
+    pandas reads an archive of exactly one file. Any other stopped the command with a traceback
+    (`ValueError: Multiple files found in ZIP file`, `zipfile.BadZipFile: File is not a zip file`):
+    two rounds' exports zipped together, a folder zipped with its entry, macOS's Compress (which
+    adds `__MACOSX/._NAME`), an archive cut short or a file renamed `.zip`. Checked before any
+    read, on the archive's list of entries only.
+    """
+    from pandas.io.common import infer_compression
+
+    kind = infer_compression(str(path), "infer")
+    if kind not in ("zip", "tar"):
+        return None
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        else:
+            with tarfile.open(path) as archive:
+                names = archive.getnames()
+    except (*ARCHIVE_ERRORS, OSError, EOFError, zlib.error) as exc:
+        why = (str(exc).splitlines() or [""])[0].rstrip(":")  # tarfile's lists each codec it tried
+        name = path.name.lower()
+        ending = next(end for end in (".tar.gz", ".tar.bz2", ".tar.xz", ".tar", ".zip") if name.endswith(end))
+        return (
+            f"cannot be read as the {kind} archive its name says it is ({type(exc).__name__}: {why}): "
+            f"a download cut short, or a file of another kind named {ending}? Give the file as it was "
+            "downloaded, or decompress it first"
+        )
+    if len(names) == 1:
+        return None
+    if not names:
+        return f"is an empty {kind} archive: it holds no file"
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (
+        f"is a {kind} archive of {len(names)} entries ({shown}), and an archive is read only when it "
+        "holds one file: extract it and give the file, or each export as an argument of its own"
     )
 
 

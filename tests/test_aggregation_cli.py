@@ -548,6 +548,67 @@ def test_a_compressed_file_under_a_plain_name_is_called_compressed_not_utf16(exp
     )
 
 
+def test_an_archive_of_several_files_or_none_is_refused_in_one_error_line(export, tmp_path):
+    """pandas reads a `.zip` or `.tar` of exactly one file. Two rounds' exports zipped together, a
+    zip from macOS's Compress (which adds `__MACOSX/._NAME`), a file renamed `.zip` or a `.xz` that is
+    not xz ended the command in a traceback (`ValueError: Multiple files found in ZIP file`,
+    `zipfile.BadZipFile`, `_lzma.LZMAError`), for the export and the truth file alike."""
+    import io
+    import tarfile
+    import zipfile
+
+    export_bytes, truth_bytes = (export / "export.tsv").read_bytes(), (export / "truth.csv").read_bytes()
+
+    def zipped(path: Path, entries: dict[str, bytes]) -> Path:
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in entries.items():
+                archive.writestr(name, data)
+        return path
+
+    one = zipped(tmp_path / "one.tsv.zip", {"export.tsv": export_bytes})
+    assert _run([one, "-o", tmp_path / "c.csv"]).returncode == 0  # one file: read as before
+    rounds = zipped(tmp_path / "rounds.zip", {"r1.tsv": export_bytes, "r2.tsv": export_bytes})
+    mac = zipped(tmp_path / "mac.zip", {"export.tsv": export_bytes, "__MACOSX/._export.tsv": b"\0\5\26\7"})
+    empty = zipped(tmp_path / "empty.zip", {})
+    with tarfile.open(tmp_path / "rounds.tar.gz", "w:gz") as archive:
+        for name in ("r1.tsv", "r2.tsv"):
+            entry = tarfile.TarInfo(name)
+            entry.size = len(export_bytes)
+            archive.addfile(entry, io.BytesIO(export_bytes))
+    renamed, not_xz = tmp_path / "renamed.zip", tmp_path / "e.tsv.xz"
+    renamed.write_bytes(export_bytes)
+    not_xz.write_bytes(export_bytes)
+    several = "entries ({}), and an archive is read only when it holds one file: extract it and give the "
+    several += "file, or each export as an argument of its own\n"
+    expected = {
+        rounds: "is a zip archive of 2 " + several.format("r1.tsv, r2.tsv"),
+        mac: "is a zip archive of 2 " + several.format("export.tsv, __MACOSX/._export.tsv"),
+        tmp_path / "rounds.tar.gz": "is a tar archive of 2 " + several.format("r1.tsv, r2.tsv"),
+        empty: "is an empty zip archive: it holds no file\n",
+        renamed: "cannot be read as the zip archive its name says it is (BadZipFile: File is not a zip "
+        "file): a download cut short, or a file of another kind named .zip? Give the file as it was "
+        "downloaded, or decompress it first\n",
+    }
+    for path, why in expected.items():
+        done = _run([path, "-o", tmp_path / "c.csv"])
+        assert (done.returncode, done.stderr) == (2, f"error: {path}: export file {why}"), done.stderr
+    truth = zipped(tmp_path / "truth.zip", {"truth.csv": truth_bytes, "old.csv": truth_bytes})
+    done = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--truth", truth])
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"error: truth file {truth} is a zip archive of 2 " + several.format("truth.csv, old.csv"),
+    ), done.stderr
+    done = _run([not_xz, "-o", tmp_path / "c.csv"])
+    assert done.returncode == 2 and done.stderr == (
+        f"error: {not_xz}: export file cannot be decompressed (LZMAError: Input format not supported by "
+        "decoder)\n"
+    ), done.stderr
+    done = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--truth", not_xz])
+    assert done.returncode == 2 and done.stderr == (
+        f"error: cannot read truth file {not_xz}: Input format not supported by decoder\n"
+    ), done.stderr
+
+
 def test_a_zst_file_is_read_or_refused_in_one_error_line(export, tmp_path):
     """pandas reads `.zst` only with the `zstandard` package, which the lock does not hold: a `.zst`
     export or truth file ended the command in an ImportError traceback (exit 1)."""

@@ -63,6 +63,11 @@ def _read_truth(path: Path):
     """
     import pandas as pd
 
+    from aggregation.unreadable import ARCHIVE_ERRORS, archive_problem
+
+    archive = archive_problem(path)
+    if archive is not None:
+        _fail(f"truth file {path} {archive}")
     try:  # the header line, then the whole file, both decompressed by the name's ending as pandas does
         header = pd.read_csv(path, sep="\0", header=None, nrows=1, dtype=str).iloc[0, 0]
         sep = "\t" if "\t" in header else ","
@@ -91,12 +96,12 @@ def _read_truth(path: Path):
 
         why = not_utf8(path, "truth file", "comma- or tab-separated")
         _fail(f"truth file {path}{', ' if why.startswith('line') else ': '}{why}")
-    except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError, *ARCHIVE_ERRORS) as exc:
         from aggregation.unreadable import compressed, decompressed
 
         # Compressed bytes under a plain name fail to decode, or, when they hold a quote (a gzip
         # header's time stamp may), to parse: "EOF inside string starting at row 0" named no cause.
-        with contextlib.suppress(OSError, EOFError, ValueError):
+        with contextlib.suppress(OSError, EOFError, ValueError, *ARCHIVE_ERRORS):
             packed = compressed(path, decompressed(path))
             if packed is not None:
                 _fail(f"truth file {path}: not text: {packed}")
