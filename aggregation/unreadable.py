@@ -130,11 +130,45 @@ def decompressed(path: Path) -> bytes:
         return handles.handle.read()
 
 
+def _looks_utf16(data: bytes) -> bool:
+    """A byte-order mark, or NUL bytes early on at one parity of position and hardly any at the other,
+    as UTF-16 writes mostly Latin text (each letter one byte and a NUL)."""
+    if data.startswith(UTF16_BOMS):
+        return True
+    start = data[:4096]
+    even, odd = start[0::2].count(0), start[1::2].count(0)
+    return max(even, odd) >= len(start) // 8 and min(even, odd) <= max(even, odd) // 20
+
+
+def spreadsheet(data: bytes) -> str | None:
+    """What spreadsheet workbook `data` is (an Excel or OpenDocument file: binary, not a table of
+    text), or None. An export opened in a spreadsheet and saved in its own format was called UTF-16
+    (an .xls) or a zip to rename (an .xlsx, whose file is a zip archive of XML)."""
+    if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # the compound file of Office 97-2003
+        return "an Excel 97-2003 workbook (.xls)"
+    if not data.startswith(b"PK\x03\x04"):
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = set(archive.namelist())
+            kind = archive.read("mimetype") if "mimetype" in names else b""
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError):
+        return None
+    if "xl/workbook.xml" in names:
+        return "an Excel workbook (.xlsx)"
+    if kind.startswith(b"application/vnd.oasis.opendocument.spreadsheet"):
+        return "an OpenDocument spreadsheet (.ods)"
+    return None
+
+
 def _first_non_utf8(data: bytes) -> int | None:
     """The offset of the first byte of `data` that is not UTF-8; None when it looks like UTF-16
-    (a byte-order mark, or NUL bytes early on); -1 when it decodes after all."""
-    if data.startswith(UTF16_BOMS) or b"\x00" in data[:4096]:
+    (`_looks_utf16`); -1 when it decodes after all; -2 when it is binary data (NUL bytes, not as
+    UTF-16 has them: an image, a PDF), which a UTF-16 conversion cannot help."""
+    if _looks_utf16(data):
         return None
+    if b"\x00" in data[:4096]:
+        return -2
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -146,6 +180,12 @@ def not_utf8(path: Path, what: str, layout: str = "tab-separated") -> str:
     """Why a file that failed to decode is not UTF-8, by line, and how to convert it: the usual
     causes are a spreadsheet's "Unicode Text" (UTF-16) or a save as Latin-1 / Windows-1252."""
     data = decompressed(path)
+    workbook = spreadsheet(data)
+    if workbook is not None:
+        return (
+            f"not text: it is {workbook}, not {layout} text: save the sheet as {layout} text in UTF-8, "
+            f"or give the {what} as it was written"
+        )
     packed = compressed(path, data)
     if packed is not None:
         return f"not text: {packed}"
@@ -154,6 +194,8 @@ def not_utf8(path: Path, what: str, layout: str = "tab-separated") -> str:
         return "not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): " + convert_to_utf8(
             "UTF-16", layout
         )
+    if start == -2:
+        return f"not text: it holds binary data (NUL bytes), not {layout} text: is it the {what}?"
     if start < 0:
         return f"not UTF-8 text: the {what} must be UTF-8 text: " + convert_to_utf8("WINDOWS-1252", layout)
     line = data.count(b"\n", 0, start) + 1
@@ -170,7 +212,7 @@ def export_not_utf8(path: Path) -> str:
 
     data = decompressed(path)
     start = _first_non_utf8(data)
-    if start is None or start < 0 or compressed(path, data) is not None:
+    if start is None or start < 0 or compressed(path, data) is not None or spreadsheet(data) is not None:
         return "export file is " + not_utf8(path, "export")
     line = data.count(b"\n", 0, start) + 1
     where = f"line {line}"

@@ -464,6 +464,35 @@ def test_an_export_that_is_not_utf8_names_the_row_column_and_line(tmp_path):
         read_export(path)
 
 
+def test_a_workbook_or_binary_file_is_named_so_not_as_utf16_or_a_zip_to_rename(tmp_path):
+    """An export opened in a spreadsheet and saved in its format, or any binary file given by mistake,
+    was misnamed: an .xlsx (a zip of XML) "is zip-compressed, but its name does not end in .zip:
+    rename it e.xlsx.zip", an .xls or an image "looks like UTF-16 ... iconv -f UTF-16", advice that
+    cannot help. UTF-16 text (a spreadsheet's 'Unicode Text') is still named as such."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as book:
+        book.writestr("[Content_Types].xml", "<Types/>")
+        book.writestr("xl/workbook.xml", "<workbook/>")
+    files = {
+        "e.xlsx": (buffer.getvalue(), "it is an Excel workbook (.xlsx), not tab-separated text"),
+        "e.xls": (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600), "it is an Excel 97-2003 workbook (.xls)"),
+        "e.png": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "it holds binary data (NUL bytes)"),
+    }
+    for name, (data, why) in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ExportFormatError) as error:
+            read_export(tmp_path / name)
+        assert str(error.value).startswith(f"export file is not text: {why}"), str(error.value)
+        assert "UTF-16" not in str(error.value) and "rename" not in str(error.value)
+    text = _write(tmp_path / "e.tsv", [(*GOOD[0][:3], "a1", "w1")]).read_text()
+    (tmp_path / "wide.tsv").write_bytes(text.encode("utf-16"))
+    with pytest.raises(ExportFormatError, match=r"^export file is not UTF-8 text: it looks like UTF-16"):
+        read_export(tmp_path / "wide.tsv")
+
+
 def test_a_row_with_more_fields_than_the_header_is_named_by_row_and_line(tmp_path):
     """pandas' "Expected 5 fields in line 4, saw 7" counted a quoted cell of two lines as one line
     and blank lines as lines: neither the reader's row nor the editor's line. The row is counted as
