@@ -198,11 +198,33 @@ def agreement(graph: PairGraph, mine: np.ndarray, theirs: np.ndarray) -> tuple[n
 
 
 def crowd_agreement(model: _Base) -> tuple[float, int]:
-    """The pooled kappa of every worker's labels with every other's (`agreement`) in a fitted
-    estimator's labels, and the number of comparisons behind it."""
+    """The kappa of every worker's labels with every other's in a fitted estimator's labels, and the
+    number of comparisons behind it.
+
+    Every comparison of `agreement` (a label and another worker's label of the same pair) counts
+    once, and its chance agreement is that of the worker's own share of "same" against the labels
+    it is compared with, so the kappa is the agreement beyond what each worker's own rate explains.
+    Chance from the shares pooled over all workers, as `agreement`'s pooled kappa has it, took a
+    worker whose labels are all "same" (a bot that puts every image in one group) for a worker who
+    disagrees with everybody: two such bots answering each of 500 HITs beside 5 careful workers
+    brought the kappa to -0.003, and the command warned that the workers agreed no more than chance
+    and that the clusters were likely noise (ARI 0.97). Alone, a bot's labels agree with the others'
+    exactly as often as chance does at its rate: it adds comparisons and no agreement.
+    """
     everyone = np.ones(model.pairs_.n_workers, dtype=bool)
-    _, kappa, comparisons = agreement(model.pair_graph_, everyone, everyone)
-    return kappa, comparisons
+    graph = model.pair_graph_
+    compared, agreed, mine_yes, their_yes = _agreement_sums(
+        graph.pair_ptr, graph.pair_worker, graph.pair_yes, everyone, everyone, len(everyone)
+    )
+    total = float(compared.sum())
+    if total == 0.0:
+        return float("nan"), 0
+    seen = compared > 0.0
+    p, q = mine_yes[seen] / compared[seen], their_yes[seen] / compared[seen]
+    chance = float((compared[seen] * (p * q + (1.0 - p) * (1.0 - q))).sum() / total)
+    observed = float(agreed.sum() / total)
+    kappa = (observed - chance) / (1.0 - chance) if chance < 1.0 else 1.0
+    return kappa, round(total)
 
 
 def no_better_than_chance(kappa: float, comparisons: int) -> bool:

@@ -388,6 +388,31 @@ def test_a_crowd_whose_workers_agree_only_by_chance_is_warned_of(tmp_path, expor
     assert checked.returncode == 0 and "chance would" not in checked.stderr
 
 
+def test_bots_answering_every_hit_alike_do_not_make_a_careful_crowd_look_like_chance(tmp_path):
+    """Two bots on every HIT, one putting all its images in one group and one alternating two groups,
+    beside 3 workers: the pooled kappa took the first for a worker who disagrees with everyone
+    (chance from everybody's shares of "same", not its own), -0.046, and the command warned that the
+    workers agreed no more than chance and that the clusters were likely noise. Now 0.047."""
+    crowd = generate_crowd(200, 10, seed=0, overlap=3)
+    hits = crowd.export.drop_duplicates("ASSIGNMENT:task_suite_id")
+    sizes = hits["INPUT:images"].str.count('"') // 2
+    bots = []
+    for bot, group in (("bot-one", lambda k: 1), ("bot-two", lambda k: k % 2 + 1)):
+        answers = [",".join(f'{{"group":{group(k)}}}' for k in range(n)) for n in sizes]
+        ids = hits["ASSIGNMENT:task_suite_id"] + "--" + bot
+        bots.append(
+            hits.assign(
+                **{"OUTPUT:result": answers, "ASSIGNMENT:worker_id": bot, "ASSIGNMENT:assignment_id": ids}
+            )
+        )
+    crowd.export = pd.concat([crowd.export, *bots], ignore_index=True)
+    crowd.write_export(tmp_path / "bots.tsv")
+    crowd.write_truth(tmp_path / "truth.csv")
+    done = _run([tmp_path / "bots.tsv", "-o", tmp_path / "c.csv", "--truth", tmp_path / "truth.csv"])
+    assert done.returncode == 0 and ari_of(done.stdout) >= 0.9, done.stderr
+    assert "chance would" not in done.stderr and "likely noise" not in done.stderr, done.stderr
+
+
 def test_two_rounds_aggregate_together_and_the_first_lists_the_images_to_show_again(tmp_path):
     """1,000 images of 25 styles: the first round lists the images only the prior placed and what a
     round of them costs; that round's export aggregated with the first finds the small styles. An
