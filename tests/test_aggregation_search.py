@@ -13,6 +13,7 @@ from aggregation.consensus import (
     PairGraph,
     coin_counts,
     greedy_merge,
+    local_moves,
     log_likelihood,
     log_prior,
     move_pieces,
@@ -96,6 +97,60 @@ def test_move_pieces_splits_a_wrong_merge():
     labels = move_pieces(_graph(12, edges), np.zeros(12, dtype=np.int64))
     assert len(set(labels[:8].tolist())) == 1 and len(set(labels[8:].tolist())) == 1
     assert labels[0] != labels[8]
+
+
+def _every_visit(score: Csr, labels: np.ndarray, order: np.ndarray, max_passes: int) -> int:
+    """`local_moves` as its docstring states it, visiting every node in every pass (in Python)."""
+    n = len(labels)
+    size = np.bincount(labels, minlength=n).astype(float)
+    free = [c for c in range(n - 1, -1, -1) if size[c] < 0.5]  # the smallest id on top
+    total = 0
+    for _ in range(max_passes):
+        moved = 0
+        for i in order:
+            acc: dict[int, float] = {}
+            for p in range(score.indptr[i], score.indptr[i + 1]):
+                c = int(labels[score.indices[p]])
+                acc[c] = acc.get(c, 0.0) + score.data[p]
+            cur = int(labels[i])
+            best, best_val = cur, acc.get(cur, 0.0)
+            for c, value in acc.items():  # in the order first touched
+                if c != cur and value > best_val + 1e-9:
+                    best, best_val = c, value
+            if best_val < -1e-9 and size[cur] > 1.5:
+                best = free[-1]
+            if best != cur:
+                if size[best] < 0.5:
+                    free.pop()
+                size[cur] -= 1
+                size[best] += 1
+                if size[cur] < 0.5:
+                    free.append(cur)
+                labels[i] = best
+                moved += 1
+        total += moved
+        if moved == 0:
+            break
+    return total
+
+
+def test_local_moves_are_those_of_visiting_every_node_in_every_pass():
+    """`local_moves` skips the nodes none of whose neighbours moved since their last visit; the moves,
+    their number and the partition are those of visiting every node (here on the evidence of workers
+    who answer at random, where moves go on longest, and of a careful crowd)."""
+    for share in (1.0, 0.1):
+        crowd = generate_crowd(300, 10, seed=5, design="sized", hit_size=(20, 30), n_hits=60, overlap=3,
+                               spammer_share=share)  # fmt: skip
+        pairs = build_pairs(crowd.labels)
+        graph = PairGraph(pairs)
+        rng = np.random.default_rng(0)
+        for labels in (np.arange(pairs.n_items), rng.integers(0, 12, pairs.n_items)):
+            score = graph.evidence(pairs, rng.integers(0, 8, pairs.n_items))
+            order = rng.permutation(pairs.n_items).astype(np.int64)
+            fast, slow = labels.astype(np.int64), labels.astype(np.int64)
+            moves = local_moves(score.indptr, score.indices, score.data, fast, order, 30)
+            assert moves == _every_visit(score, slow, order, 30) and moves > 0
+            np.testing.assert_array_equal(fast, slow)
 
 
 def test_pair_evidence_and_coin_counts_match_their_definitions():
