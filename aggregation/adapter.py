@@ -517,6 +517,45 @@ def _misspelt_message(misspelt: list[tuple[str, str]], missing: list[str]) -> st
     )
 
 
+# Files of crowdclust's own that sit beside an export (a run folder, the command's outputs), by the
+# columns of their header, and what each is.
+OWN_FILES = (
+    (
+        {"item", "cluster", "confidence"},
+        "a clusters file, as crowdclust writes it (item,cluster,confidence)",
+        "",
+    ),
+    ({"item", "cluster"}, "a grouping of items into clusters, as crowdclust writes it (item,cluster)", ""),
+    ({"worker", "informedness"}, "the workers' table that crowdclust aggregate --workers-output writes", ""),
+    ({"item", "class"}, "a truth file (item,class)", ": give it with --truth"),
+    ({"image", "class"}, "a dataset or truth file (image,class)", ": give it with --truth"),
+)
+
+
+def _not_an_export(frame: pd.DataFrame) -> str:
+    """What a file that lacks the export's columns is instead, when that can be told; else "".
+
+    A clusters.csv given in the export's place was told to be tab-separated ("the file looks
+    comma-separated, but the export must be tab-separated"), as if converting it would help, and the
+    export of another project (the intruder pool's, whose answer is `OUTPUT:answer`) only that it
+    lacked `OUTPUT:result`.
+    """
+    header = [str(name).strip() for name in frame.columns]
+    if len(header) == 1:
+        header = [cell.strip() for cell in re.split(r"[,;]", header[0])]
+    names = {name.casefold() for name in header}
+    for columns, what, advice in OWN_FILES:
+        if columns <= names:
+            return f"; it is {what}, not a Toloka assignments export{advice}"
+    outputs = [name for name in header if name.startswith("OUTPUT:")]
+    if outputs and RESULT not in header:
+        return (
+            f"; its answers are {', '.join(outputs)}, not {RESULT}: the export of another project (a "
+            "run's intruder pool answers OUTPUT:answer)?"
+        )
+    return ""
+
+
 def _separator_hint(frame: pd.DataFrame) -> str:
     """Why the columns are missing when the header was one comma-separated cell.
 
@@ -652,7 +691,8 @@ def _read_frame(frame: pd.DataFrame, strict: bool) -> ExportReading:
     if misspelt:
         raise ExportFormatError(_misspelt_message(misspelt, missing))
     if missing:
-        raise ExportFormatError(f"export lacks column(s): {', '.join(missing)}{_separator_hint(frame)}")
+        hint = _not_an_export(frame) or _separator_hint(frame)
+        raise ExportFormatError(f"export lacks column(s): {', '.join(missing)}{hint}")
     if len(frame) == 0:
         raise ExportFormatError("export has no rows (empty input)")
 

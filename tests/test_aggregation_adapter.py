@@ -363,6 +363,36 @@ def test_missing_column(tmp_path):
         read_export(path)
 
 
+def test_a_file_of_crowdclust_or_another_projects_export_is_named_as_what_it_is(tmp_path):
+    """A clusters.csv given in the export's place was told "the file looks comma-separated, but the
+    export must be tab-separated", as if converting it would help; a truth file and the workers' table
+    the same; the intruder pool's export (a run folder's other assignments file) only that it lacked
+    OUTPUT:result."""
+    files = {
+        "clusters.csv": ("item,cluster,confidence\nu1,0,1.000000\n", "it is a clusters file, as crowdclust "
+                         "writes it (item,cluster,confidence), not a Toloka assignments export"),
+        "truth.csv": ("item,class\nu1,a\n", "it is a truth file (item,class), not a Toloka assignments "
+                      "export: give it with --truth"),
+        "dataset.tsv": ("image\tclass\nu1\ta\n", "it is a dataset or truth file (image,class)"),
+        "workers.csv": ("worker,answers,labels,informedness\nw1,1,1,1\n",
+                        "it is the workers' table that crowdclust aggregate --workers-output writes"),
+    }  # fmt: skip
+    for name, (text, what) in files.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ExportFormatError) as error:
+            read_export(tmp_path / name)
+        assert str(error.value).startswith("export lacks column(s): INPUT:images, OUTPUT:result"), error.value
+        assert f"; {what}" in str(error.value) and "tab-separated" not in str(error.value), error.value
+    intruders = [(*row[:1], "2", *row[2:]) for row in GOOD]
+    path = _write(tmp_path / "intruders.tsv", intruders, [*COLUMNS[:1], "OUTPUT:answer", *COLUMNS[2:]])
+    with pytest.raises(ExportFormatError) as error:
+        read_export(path)
+    assert str(error.value) == (
+        "export lacks column(s): OUTPUT:result; its answers are OUTPUT:answer, not OUTPUT:result: the "
+        "export of another project (a run's intruder pool answers OUTPUT:answer)?"
+    )
+
+
 def test_comma_separated_export_is_named_as_such(tmp_path):
     """A CSV read as a TSV is one column named by the whole header: say the separator is wrong."""
     path = tmp_path / "e.csv"
