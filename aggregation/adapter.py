@@ -307,6 +307,24 @@ def _json_groups(
     return items, np.fromiter(groups, np.int64, len(groups))
 
 
+# A column name of a Toloka export, as a cell: the header line of a second export in the file.
+COLUMN_NAME = re.compile(r"\ufeff?(?:INPUT|OUTPUT|GOLDEN|HINT|ACCEPT|ASSIGNMENT):\S*")
+JOINED = (
+    "a header line, not an answer: two exports joined into one file (cat day1.tsv day2.tsv)? Give "
+    "each export as an argument of its own: they are clustered together, an assignment in both "
+    "counted once"
+)
+
+
+def _header_line(images: object, *others: object) -> bool:
+    """Whether a row's `INPUT:images` cell and its other cells given (but empty ones) are column
+    names, as a second export's header line has them where two exports were joined with `cat`: the
+    row read as an answer whose `INPUT:images is not valid JSON`, named by its "assignment
+    ASSIGNMENT:assignment_id"."""
+    cells = [images, *(cell for cell in others if not _is_empty(cell))]
+    return all(isinstance(cell, str) and COLUMN_NAME.fullmatch(cell.strip()) for cell in cells)
+
+
 def _reused_task(worker: object, task: object, task_column: str, first: object) -> str:
     """Why a worker's second assignment to one task id, showing other images, is not read."""
     return (
@@ -717,8 +735,11 @@ def _read_frame(frame: pd.DataFrame, strict: bool) -> ExportReading:
     seen: dict[tuple[str, str], tuple[object, set[str]]] = {}  # (first assignment, items) per (task, worker)
     rows_seen: dict[tuple[object, ...], int] = {}  # each row's cells -> the first row that has them
     for row, images, result, worker, assignment, task in zip(numbers.tolist(), *columns, strict=True):
-        where = f"row {row}" + ("" if _is_empty(assignment) else f" (assignment {assignment})")
+        header = _header_line(images, result, worker)
+        where = f"row {row}" + ("" if _is_empty(assignment) or header else f" (assignment {assignment})")
         try:
+            if header:
+                raise _RowError(JOINED)
             # A row pasted twice is named as such, not as an image shown twice in one assignment.
             first_row = rows_seen.setdefault((images, result, worker, assignment, task), row)
             if first_row != row and not _is_empty(assignment):

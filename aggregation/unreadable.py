@@ -248,6 +248,13 @@ def ragged_row(path: Path) -> str | None:
                 if not fields:
                     continue  # a blank line, which pandas skips too
                 row += 1
+                if len(fields) > len(header) and _names_columns(fields):
+                    return (
+                        f"row {row} (line {start}) is a second header line, of {len(fields)} fields where "
+                        f"the first has {len(header)}: two exports joined into one file (cat day1.tsv "
+                        "day2.tsv)? Give each export as an argument of its own: they are clustered "
+                        "together, an assignment in both counted once"
+                    )
                 if len(fields) > len(header):
                     return (
                         f"row {row} (line {start}) has {len(fields)} fields where the header has "
@@ -257,6 +264,13 @@ def ragged_row(path: Path) -> str | None:
     except (csv.Error, OSError, EOFError, UnicodeDecodeError, zlib.error):
         return None
     return None
+
+
+def _names_columns(fields: list[str]) -> bool:
+    """Whether every non-empty field of a row is a Toloka export's column name (`INPUT:images`, ...)."""
+    names = [field.strip().removeprefix("\ufeff") for field in fields if field.strip()]
+    prefixes = ("INPUT:", "OUTPUT:", "GOLDEN:", "HINT:", "ACCEPT:", "ASSIGNMENT:")
+    return bool(names) and all(name.startswith(prefixes) for name in names)
 
 
 def short_last_row(path: Path, delimiter: str = "\t") -> tuple[int, int, int] | None:

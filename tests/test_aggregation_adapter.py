@@ -393,6 +393,30 @@ def test_a_file_of_crowdclust_or_another_projects_export_is_named_as_what_it_is(
     )
 
 
+def test_two_exports_joined_into_one_file_are_named_so(tmp_path):
+    """`cat day1.tsv day2.tsv > all.tsv` puts the second export's header line among the answers: it
+    stopped the command with `row 4 (assignment ASSIGNMENT:assignment_id): INPUT:images is not valid
+    JSON`, or, when the second export has other columns, as a row with a tab too many."""
+    first = _write(tmp_path / "day1.tsv", GOOD[:2]).read_text()
+    later = _write(tmp_path / "day2.tsv", [(*GOOD[2][:3], "a4", "w3")]).read_text()
+    joined = tmp_path / "all.tsv"
+    joined.write_text(first + "\ufeff" + later)  # the second file with its byte-order mark
+    with pytest.raises(ExportFormatError) as error:
+        read_export(joined)
+    assert str(error.value).startswith(
+        "row 3: a header line, not an answer: two exports joined into one file"
+    )
+    reading = read_export(joined, strict=False)  # lenient: the header line skipped, named as such
+    assert reading.problems == [str(error.value)] and len(reading.labels) == 7
+    wider = _write(tmp_path / "wide.tsv", [(*GOOD[2], "x")], [*COLUMNS, "ASSIGNMENT:reward"]).read_text()
+    joined.write_text(first + wider)
+    with pytest.raises(ExportFormatError) as error:
+        read_export(joined)
+    assert str(error.value).startswith(
+        "row 3 (line 4) is a second header line, of 6 fields where the first has 5: two exports joined"
+    ), error.value
+
+
 def test_comma_separated_export_is_named_as_such(tmp_path):
     """A CSV read as a TSV is one column named by the whole header: say the separator is wrong."""
     path = tmp_path / "e.csv"
