@@ -410,19 +410,25 @@ def _read_fast(frame: pd.DataFrame, task_column: str, one_id_one_hit: bool = Tru
 
 
 def _answers(frame: pd.DataFrame) -> tuple[np.ndarray, str | None]:
-    """Which rows are real answers, and a note on those left out (by `ASSIGNMENT:status`, if any)."""
+    """Which rows are real answers, and a note on those left out: by `ASSIGNMENT:status`, and rows
+    whose every cell is empty (a line of tabs between assignments, as an export with row delimiters
+    has them, which stopped the command as `row 2: empty cell in INPUT:images`; a blank line was
+    always skipped)."""
+    empty = frame.isna().all(axis=1).to_numpy()
+    blank = f"left out {int(empty.sum()):,} rows with every cell empty" if empty.any() else None
     if STATUS not in frame.columns:
-        return np.ones(len(frame), dtype=bool), None
+        return ~empty, blank
     status = frame[STATUS].fillna("").str.strip().str.upper()
     left_out = status.isin(NOT_ANSWERS).to_numpy()
     if not left_out.any():
-        return ~left_out, None
+        return ~empty, blank
     counts = status[left_out].value_counts()
     named = ", ".join(f"{n:,} {s.lower()}" for s, n in sorted(counts.items()))
     # Active assignments are answered later: their images need the pool to finish, not a new round.
     later = "; the active ones are still in workers' hands: export again once the pool has closed"
     note = f"left out {int(left_out.sum()):,} rows that are not answers ({STATUS}: {named})"
-    return ~left_out, note + (later if "ACTIVE" in counts.index else "")
+    note += later if "ACTIVE" in counts.index else ""
+    return ~(left_out | empty), note if blank is None else f"{blank}; {note}"
 
 
 def _shown(cells: list[object]) -> set[str]:

@@ -417,6 +417,18 @@ def test_two_exports_joined_into_one_file_are_named_so(tmp_path):
     ), error.value
 
 
+def test_rows_of_empty_cells_between_answers_are_left_out_with_a_note(tmp_path):
+    """A line of tabs between assignments (row delimiters) is a row whose every cell is empty: it
+    stopped the command with `row 2: empty cell in INPUT:images`, though a blank line was skipped."""
+    plain = read_export(_write(tmp_path / "plain.tsv", GOOD))
+    rows = [GOOD[0], ("",) * len(COLUMNS), GOOD[1], ("",) * len(COLUMNS), GOOD[2]]
+    reading = read_export(_write(tmp_path / "e.tsv", rows))
+    pd.testing.assert_frame_equal(reading.labels, plain.labels)
+    assert reading.notes[0] == "left out 2 rows with every cell empty"
+    with pytest.raises(ExportFormatError, match=r"^row 3 \(assignment a2\): empty cell in OUTPUT:result$"):
+        read_export(_write(tmp_path / "bad.tsv", [rows[0], rows[1], (GOOD[1][0], "", "", "a2", "w2")]))
+
+
 def test_comma_separated_export_is_named_as_such(tmp_path):
     """A CSV read as a TSV is one column named by the whole header: say the separator is wrong."""
     path = tmp_path / "e.csv"
