@@ -26,13 +26,21 @@ the pipeline.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from aggregation import followup
-from aggregation.design import ObservedDesign, design_for, implied_styles, memory_note, observed_design
+from aggregation.design import (
+    ObservedDesign,
+    design_for,
+    design_information,
+    implied_styles,
+    memory_note,
+    observed_design,
+)
 from aggregation.followup import count_hits
 from aggregation.pairs import together_partners
 
@@ -56,6 +64,13 @@ def percent(share: float) -> str:
     if share > 0 and text == "0%":
         return "<1%"
     return ">99%" if share < 1 and text == "100%" else text
+
+
+def _hits_to_meet_all(n_items: int, hit_size: int, share: float = 0.95) -> int:
+    """HITs per image of `hit_size` random images that show an image `share` of the others (at least 1)."""
+    if hit_size - 1 >= n_items - 1:
+        return 1
+    return max(1, math.ceil(math.log(1.0 - share) / math.log(1.0 - (hit_size - 1) / (n_items - 1))))
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,14 @@ class Recheck:
         hit_size, overlap, hits_per_item = self.design
         styles = implied_styles(self.n_items, hit_size, hits_per_item, mean_partners)
         advice = design_for(self.n_items, styles, round(hit_size), max(1, round(overlap)))
+        # No design shows an image more of its style than there are: past the HITs per image that
+        # show it nearly every other image, more HITs repeat pairs. 30 images read as ~29 styles
+        # were advised 496 HITs per image, "each image meets ~5.3 of its style", 49.6x the answers.
+        every_other = _hits_to_meet_all(self.n_items, round(hit_size))
+        if advice.hits_per_item > every_other:
+            advice = design_information(
+                self.n_items, styles, round(hit_size), every_other, max(1, round(overlap))
+            )
         cost = advice.assignments / self.answered
         every_image_alone = styles >= self.n_items
         shown = (

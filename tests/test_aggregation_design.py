@@ -12,7 +12,7 @@ import pytest
 
 from aggregation import build_pairs, clustering_scores, design_for, design_information, generate_crowd
 from aggregation import design as design_module
-from aggregation.design import implied_styles, memory_note, observed_design
+from aggregation.design import ObservedDesign, implied_styles, memory_note, observed_design
 from aggregation.oracle import linked_oracle, piece_oracle, placement_oracle, truth_codes
 
 
@@ -115,6 +115,23 @@ def test_the_unanchored_warning_reads_the_design_off_the_export():
     assert f"; {advice.aggregation_cost()})." in text
     quarter = np.r_[np.zeros(100, np.int64), np.ones(300, np.int64)]  # a quarter is not above it
     assert Recheck(pd.DataFrame(), 400, 0, design, pairs.n_assignments, quarter).unanchored_warning() is None
+
+
+def test_the_unanchored_warning_never_advises_more_hits_than_show_every_image_the_others():
+    """30 images that most workers set apart (as if ~29 styles of ~1 image) were advised 496 HITs of
+    10 per image, "each image meets ~5.3 of its style", 49.6x the answers: no image has 5 others of its
+    style, and past ~9 HITs per image every image has met nearly every other. The advice stops there."""
+    from aggregation.recheck import Recheck
+
+    partners = np.r_[np.zeros(28, np.int64), np.ones(2, np.int64)]
+    seen = ObservedDesign(hit_size=10.0, overlap=5.0, hits_per_item=10.0)  # 30 HITs x 5 answers
+    text = Recheck(pd.DataFrame(), 30, 0, seen, 150, partners).unanchored_warning()
+    assert "as if ~29 styles). This design already shows each image enough others" in text, text
+    assert "hits.hits_per_item" not in text
+    few = ObservedDesign(hit_size=10.0, overlap=5.0, hits_per_item=2.0)  # 6 HITs x 5 answers
+    text = Recheck(pd.DataFrame(), 30, 0, few, 30, partners).unanchored_warning()
+    assert "more HITs per image do: hits.size 10, hits.hits_per_item 9, overlap 5:" in text, text
+    assert "(4.5x the answers of this run;" in text
 
 
 def test_the_memory_note_warns_when_aggregating_a_design_needs_more_than_the_machine(monkeypatch):
