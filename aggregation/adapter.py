@@ -560,11 +560,17 @@ def _not_an_export(frame: pd.DataFrame) -> str:
     """What a file that lacks the export's columns is instead, when that can be told; else "".
 
     A clusters.csv given in the export's place was told to be tab-separated ("the file looks
-    comma-separated, but the export must be tab-separated"), as if converting it would help, and the
+    comma-separated, but the export must be tab-separated"), as if converting it would help, the
     export of another project (the intruder pool's, whose answer is `OUTPUT:answer`) only that it
-    lacked `OUTPUT:result`.
+    lacked `OUTPUT:result`, and a web page saved in its place (a download that got a sign-in page)
+    only that it lacked every column.
     """
     header = [str(name).strip() for name in frame.columns]
+    if header and re.match(r"(?i)\ufeff?\s*<(?:!doctype\s+html|html)\b", header[0]):
+        return (
+            "; it is an HTML page (a web page saved in the export's place: a sign-in or error page?), "
+            "not a Toloka assignments export"
+        )
     if len(header) == 1:
         header = [cell.strip() for cell in re.split(r"[,;]", header[0])]
     names = {name.casefold() for name in header}

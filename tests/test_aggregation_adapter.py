@@ -367,7 +367,7 @@ def test_a_file_of_crowdclust_or_another_projects_export_is_named_as_what_it_is(
     """A clusters.csv given in the export's place was told "the file looks comma-separated, but the
     export must be tab-separated", as if converting it would help; a truth file and the workers' table
     the same; the intruder pool's export (a run folder's other assignments file) only that it lacked
-    OUTPUT:result."""
+    OUTPUT:result; a web page saved in the export's place only that it lacked every column."""
     files = {
         "clusters.csv": ("item,cluster,confidence\nu1,0,1.000000\n", "it is a clusters file, as crowdclust "
                          "writes it (item,cluster,confidence), not a Toloka assignments export"),
@@ -376,6 +376,8 @@ def test_a_file_of_crowdclust_or_another_projects_export_is_named_as_what_it_is(
         "dataset.tsv": ("image\tclass\nu1\ta\n", "it is a dataset or truth file (image,class)"),
         "workers.csv": ("worker,answers,labels,informedness\nw1,1,1,1\n",
                         "it is the workers' table that crowdclust aggregate --workers-output writes"),
+        "page.tsv": ("<!DOCTYPE html>\n<html><body>Sign in</body></html>\n",
+                     "it is an HTML page (a web page saved in the export's place: a sign-in or error page?)"),
     }  # fmt: skip
     for name, (text, what) in files.items():
         (tmp_path / name).write_text(text)
