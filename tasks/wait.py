@@ -127,6 +127,16 @@ def _timed_out(
     return f"pool {pool_id} not complete after {timeout:.0f} s (wait.timeout_seconds){progress}"
 
 
+def short_of_workers(timed_out: WaitTimeout, why: str, pool_id: str, timeout: float) -> WaitTimeout:
+    """A timeout of a pool too few workers qualified for: how far it got, and `why` no wait would do,
+    without the pace's advice of a longer wait (a run on a market of 20 workers, 5 qualified where
+    each HIT needs 7, was told to raise wait.timeout_seconds to about 4,300, then that no HIT could
+    get its last answers however long the wait)."""
+    stats = timed_out.stats
+    plain = str(timed_out) if stats is None else _timed_out(pool_id, timeout, stats)
+    return WaitTimeout(f"{plain}; {why}", stats, short_of_workers=True)
+
+
 def _pace(last: PoolStats, polls: Sequence[PoolStats], timeout: float, needed: int) -> str:
     """'; at its pace over the last N s (A answers a minute) it needs about T more ...' from the
     polls of the last RATE_WINDOW_SECONDS (or of the later half of the wait, when shorter), or ''
@@ -507,7 +517,7 @@ def wait_labelling_task(
         short = staffing.short_of_workers(staffing.qualified(state))
         if short is None:
             raise
-        raise WaitTimeout(f"{timed_out}; {short}", timed_out.stats, short_of_workers=True) from None
+        raise short_of_workers(timed_out, short, ids.main_pool, timeout) from None
     finally:
         report.flush()  # the line the wait ended on, however it ended
     close_all(client, helpers)

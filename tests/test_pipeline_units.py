@@ -1449,6 +1449,28 @@ def test_a_wait_that_timed_out_says_how_long_its_pool_would_need_at_its_recent_p
     assert stuck.endswith("(597 of them accepted); it made no progress over the last 30 s")
 
 
+def test_a_timeout_short_of_workers_advises_no_longer_wait():
+    """A market of 20 workers, 5 of them qualified where each HIT needs 7: the timeout advised "a
+    wait.timeout_seconds of about 4,300" and then said that no HIT could get its last answers however
+    long the wait. It says how far the pool got and why no wait would do, not both."""
+    from tasks import exam
+    from tasks.stages import PoolStats
+    from tasks.wait import WaitTimeout, _timed_out, short_of_workers
+
+    polls = [PoolStats(10, 100, 97, elapsed=300), PoolStats(20, 200, 197, elapsed=600)]
+    last = PoolStats(30, 300, 297, elapsed=900)
+    paced = WaitTimeout(_timed_out("6", 900, last, polls, needed=1000), last)
+    assert "a wait.timeout_seconds of about" in str(paced)  # what the wait raised
+    why = exam.Staffing(min_skill=75, overlap=7).short_of_workers(5)
+    assert why is not None
+    told = short_of_workers(paced, why, "6", 900)
+    assert told.short_of_workers and told.stats is last
+    assert str(told) == (
+        "pool 6 not complete after 900 s (wait.timeout_seconds): at the last poll 30% done, 300 answers "
+        f"submitted (297 of them accepted); {why}"
+    )
+
+
 def test_a_pool_read_back_from_the_platform_differs_only_where_the_config_changed():
     """`RunRegistry.ensure_pool` updates a found pool whose settings differ from the config; what the
     platform adds (ids, defaults, status) or writes otherwise (a number as a string) is no change, or
