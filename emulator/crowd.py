@@ -375,6 +375,7 @@ class Crowd:
             training_id = requirement.get("training_pool_id")
             if training_id:
                 training = self.store.get("pool", str(training_id))
+                self._retry_training(worker, str(training_id))
                 score = self.training_score(worker, str(training_id))
                 if score is None:
                     self.pool_in_hand = training
@@ -454,15 +455,49 @@ class Crowd:
             mine.remove(doc)
         self.wake(doc["user_id"])
 
-    def training_score(self, worker: Doc, training_id: str) -> float | None:
-        """The worker's training score (percent of training tasks right), or None until the worker
-        has done the training's `task_suites_required_to_pass` suites (default: all of them)."""
+    def training_expired(self, training_id: str, progress: Doc | None) -> bool:
+        """Has the worker's training skill run out? With `retry_training_after_days` set, Toloka deletes
+        it that many days after the training was finished unless the worker completed tasks in a pool
+        linked to the training since: the worker may (and, for the linked pools, must) take the
+        training again. Without it the skill never runs out."""
+        training = self.store.data["pool"].get(training_id) or {}
+        days = training.get("retry_training_after_days")
+        if not progress or progress.get("finished") is None or not isinstance(days, int | float) or days <= 0:
+            return False
+        since = max(progress["finished"], progress.get("active", -math.inf))
+        return self.now >= since + 86400.0 * float(days)
+
+    def _retry_training(self, worker: Doc, training_id: str) -> None:
+        """A worker whose training skill ran out starts the training afresh (its next attempt)."""
         progress = worker["_rt"]["trainings"].get(training_id)
+        if progress is None or not self.training_expired(training_id, progress):
+            return
+        worker["_rt"]["trainings"][training_id] = {
+            "done": 0,
+            "correct": 0,
+            "tasks": 0,
+            "attempt": progress.get("attempt", 0) + 1,
+            "suites": [],
+        }
+        self.store.touch("worker", worker["id"])
+
+    def _suites_to_pass(self, training_id: str) -> int:
+        """The suites a worker does to finish a training: `task_suites_required_to_pass`, or all."""
         total = len(self.store.ids_in_pool("suite", training_id))
         training = self.store.data["pool"].get(training_id) or {}
         required = training.get("task_suites_required_to_pass")
         if isinstance(required, int) and not isinstance(required, bool) and required > 0:
             total = min(total, required)
+        return total
+
+    def training_score(self, worker: Doc, training_id: str) -> float | None:
+        """The worker's training score (percent of training tasks right), or None until the worker
+        has done the training's `task_suites_required_to_pass` suites (default: all of them), and
+        again once it runs out (`training_expired`)."""
+        progress = worker["_rt"]["trainings"].get(training_id)
+        if self.training_expired(training_id, progress):
+            return None
+        total = self._suites_to_pass(training_id)
         if not progress or progress["done"] < total or total == 0:
             return None
         # The share of training tasks answered right (states saved before counted suites, one task each).
@@ -481,9 +516,16 @@ class Crowd:
             shift = stable_int("issue-order", self.seed, worker["id"], pool["id"]) % max(len(ids) - start, 1)
             offset = start + shift
             order = itertools.chain(range(offset, len(ids)), range(start, offset))
+        # A training is taken once per attempt (`_retry_training`): the suites of this attempt.
+        attempt = worker["_rt"]["trainings"].get(pool["id"]) if pool["_kind"] == "training" else None
         for index in order:
             suite = suites[ids[index]]
-            if self.remaining(suite) > 0 and worker["id"] not in suite["_workers"]:
+            if self.remaining(suite) <= 0:
+                continue
+            if attempt is not None and "suites" in attempt:
+                if suite["id"] not in attempt["suites"]:
+                    return suite
+            elif worker["id"] not in suite["_workers"]:
                 return suite
         return None
 
@@ -514,6 +556,12 @@ class Crowd:
             self.held += with_cost(assignment["reward"])  # reserved until accepted or rejected
             worker["_rt"]["earned"] = True
         suite["_workers"].append(worker["id"])
+        if training:
+            progress = worker["_rt"]["trainings"].setdefault(
+                pool["id"], {"done": 0, "correct": 0, "tasks": 0, "suites": []}
+            )
+            if "suites" in progress:  # (a state saved before attempts were kept has none)
+                progress["suites"].append(suite["id"])
         suite.setdefault("_assignments", []).append(assignment["id"])
         worker["_rt"]["pools"].setdefault(pool["id"], []).append(assignment["id"])
         self.store.touch("suite", suite["id"])
@@ -529,9 +577,19 @@ class Crowd:
         project = self.store.get("project", str(pool["project_id"])) or {}
         output_spec = (project.get("task_spec") or {}).get("output_spec") or {}
         training = pool["_kind"] == "training"
+        # A worker taking a training again (`_retry_training`) answers it afresh: a first attempt's
+        # answers are what they always were.
+        attempt = (worker["_rt"]["trainings"].get(pool["id"]) or {}).get("attempt", 0) if training else 0
+        retry = f"/attempt-{attempt}" if attempt else ""
         outputs = [
             answer_task(
-                self.seed, worker, self.emu.catalogue, task, output_spec, f"{suite['id']}/{i}", training
+                self.seed,
+                worker,
+                self.emu.catalogue,
+                task,
+                output_spec,
+                f"{suite['id']}/{i}{retry}",
+                training,
             )
             for i, task in enumerate(suite["tasks"])
         ]
@@ -548,6 +606,8 @@ class Crowd:
                 pool["id"], {"done": 0, "correct": 0, "tasks": 0}
             )
             progress["done"] += 1
+            if progress["done"] >= self._suites_to_pass(pool["id"]):
+                progress["finished"] = self.now  # the skill's retry period counts from here
             progress["tasks"] = progress.get("tasks", progress["done"] - 1) + len(outputs)
             progress["correct"] += sum(
                 matches_gold(o, t) for o, t in zip(outputs, suite["tasks"], strict=True)
@@ -564,8 +624,17 @@ class Crowd:
         self.store.touch("pool", pool["id"])
         self.store.touch("worker", worker["id"])
         if not training:
+            self._keep_training(worker, pool)
             qc.on_submit(self.emu, worker, pool, assignment)
         self.check_complete(pool)
+
+    def _keep_training(self, worker: Doc, pool: Doc) -> None:
+        """Work in a pool linked to a training keeps the worker's training skill: its retry period
+        (`training_expired`) counts from the worker's last submit there."""
+        requirement = (pool.get("quality_control") or {}).get("training_requirement") or {}
+        progress = worker["_rt"]["trainings"].get(str(requirement.get("training_pool_id")))
+        if progress is not None and progress.get("finished") is not None:
+            progress["active"] = self.now
 
     def _finish(
         self, assignment: Doc, status: str, comment: str | None, charge: bool, held: bool = True

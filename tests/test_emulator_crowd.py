@@ -369,3 +369,105 @@ def test_a_pool_paying_the_least_reward_fills_slower(emulator_factory):
     assert sum(cheap.values()) <= 0.8 * sum(dear.values()), (cheap, dear)
     assert cheap["diligent"] <= 0.7 * dear["diligent"], (cheap, dear)
     assert cheap["spammer"] >= 0.9 * dear["spammer"], (cheap, dear)
+
+
+def _trained_pool(client: toloka.TolokaClient, retry_days: int | None, tasks: int = 1200) -> tuple[str, str]:
+    """A training of two suites of three tasks (each answer known) and a pool that requires all of them
+    right, through toloka-kit: (training id, pool id)."""
+    spec = {
+        "input_spec": {"image": {"type": "url"}},
+        "output_spec": {"label": {"type": "string", "allowed_values": ["1", "2"]}},
+        "view_spec": VIEW,
+    }
+    project = create_spec_project(client, f"retry {retry_days}", spec)
+    training = client.create_training(
+        toloka.Training(
+            project_id=project.id,
+            private_name="training",
+            may_contain_adult_content=False,
+            assignment_max_duration_seconds=600,
+            training_tasks_in_task_suite_count=3,
+            retry_training_after_days=retry_days,
+            inherited_instructions=True,
+        )
+    )
+    gold = toloka.task.BaseTask.KnownSolution(output_values={"label": "1"})
+    client.create_tasks(
+        [
+            toloka.Task(
+                pool_id=training.id, input_values={"image": f"https://x.org/t{k}.png"}, known_solutions=[gold]
+            )
+            for k in range(6)
+        ]
+    )
+    requirement = {"training_pool_id": training.id, "training_passing_skill_value": 100}
+    pool = create_simple_pool(
+        client, project.id, "trained", 1, quality_control={"training_requirement": requirement}
+    )
+    client.create_tasks(
+        [
+            toloka.Task(pool_id=pool.id, input_values={"image": f"https://x.org/r{k}.png"})
+            for k in range(tasks)
+        ],
+        allow_defaults=True,
+    )
+    client.open_training(training.id)
+    return training.id, pool.id
+
+
+def test_a_failed_training_is_taken_again_after_retry_training_after_days():
+    """Toloka deletes a training skill `retry_training_after_days` after the training unless the worker
+    completed tasks in a linked pool since: who failed may take it again, and who has not worked in
+    the pool for that long must. Without the setting the skill is for good. Before, nobody ever took
+    a training twice."""
+    with run_in_background(EmulatorSettings(port=0, speed=0, seed=4, workers=60, start=1.8e9)) as emu:
+        client = make_client(emu)
+        pools = {days: _trained_pool(client, days) for days in (1, None)}
+        for _, pool_id in pools.values():
+            client.open_pool(pool_id)
+        emu.advance(8 * 3600)
+        first = {days: _training_scores(emu, training) for days, (training, _) in pools.items()}
+        for _, pool_id in pools.values():
+            client.close_pool(pool_id)
+        emu.advance(2 * 86400)  # the pools closed: nobody works in them for two days
+        for _, pool_id in pools.values():
+            client.open_pool(pool_id)
+        emu.advance(8 * 3600)
+        again = {
+            days: Counter(a.user_id for a in client.get_assignments(pool_id=training))
+            for days, (training, _) in pools.items()
+        }
+        later = {days: _training_scores(emu, training) for days, (training, _) in pools.items()}
+        answered_later = {
+            days: {
+                a.user_id
+                for a in client.get_assignments(pool_id=pool_id)
+                if a.created.timestamp() > 1.8e9 + 2.5 * 86400
+            }
+            for days, (_, pool_id) in pools.items()
+        }
+    for days in (1, None):
+        failed = {w for w, score in first[days].items() if score < 100}
+        assert len(failed) >= 5, first[days]
+    # Without `retry_training_after_days`: every worker took each suite once, and kept its score.
+    assert max(again[None].values()) == 2
+    assert all(later[None][w] == score for w, score in first[None].items())
+    # With 1 day: workers who failed came back to the training (two suites per attempt), and some
+    # of them passed it this time and worked in the pool.
+    failed = {w for w, score in first[1].items() if score < 100}
+    retried = {w for w in failed if again[1][w] > 2}
+    assert len(retried) >= 3, (failed, again[1])
+    passed_now = {w for w in retried if later[1].get(w) == 100}
+    assert passed_now and passed_now & answered_later[1]
+    # Who passed and did not work in the pool for two days took the training again before working.
+    passed = {w for w, score in first[1].items() if score == 100}
+    assert answered_later[1] & passed and all(again[1][w] > 2 for w in answered_later[1] & passed)
+
+
+def _training_scores(emu, training_id: str) -> dict[str, float]:
+    """Every worker's finished training score (`/_emulator/workers`), by worker id."""
+    return {
+        w["id"]: w["trainings"][training_id]
+        for w in emu.workers()
+        if w["trainings"].get(training_id) is not None
+    }
