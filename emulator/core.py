@@ -341,7 +341,9 @@ class Emulator:
             raise conflict(
                 "CONFLICT_STATE", f"{kind} {key} expired at {pool['will_expire']}: move will_expire first"
             )
-        if kind == "pool" and self.balance() < self.assignment_cost(pool):
+        # What the account can pay with: its balance less the money held for work issued and not yet
+        # accepted or rejected, as the crowd counts it (Toloka reserves it for answers under review).
+        if kind == "pool" and self.balance() - self.crowd.held < self.assignment_cost(pool):
             raise conflict("NOT_ENOUGH_BALANCE", "Not enough money on the balance to open the pool")
         self.set_pool_status(pool, "OPEN")
         return 202, self.operation(f"{kind.upper()}.OPEN", {f"{kind}_id": key})

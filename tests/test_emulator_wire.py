@@ -399,6 +399,41 @@ def test_pool_closes_when_the_balance_runs_out(emulator_factory):
         assert 0 < accepted < 30
 
 
+def test_a_pool_does_not_open_on_money_held_for_answers_awaiting_review(emulator_factory):
+    """Toloka reserves the money for submitted answers until they are reviewed, and a pool starts only
+    if the account can pay for its work: the balance less what is reserved. Before, `open_pool` looked
+    at the balance alone and opened a pool the first worker to come by closed again
+    (NOT_ENOUGH_BALANCE), as the crowd counts the reserved money."""
+    with emulator_factory(speed=0, balance=0.5) as emu:
+        client = make_client(emu)
+        project = _project(client, output_type="array_json")
+        pool = _pool(client, project.id, reward_per_assignment=0.1, filter=None)  # reviewed by hand
+        urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(10)]
+        client.create_task_suites(
+            [
+                toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": urls})])
+                for _ in range(10)
+            ],
+            allow_defaults=True,
+        )
+        client.open_pool(pool.id)
+        for _ in range(50):
+            if client.get_pool(pool.id).status.value == "CLOSED":
+                break
+            emu.advance(300)
+        closed = client.get_pool(pool.id)
+        assert closed.last_close_reason.value == "NOT_ENOUGH_BALANCE"
+        waiting = list(client.get_assignments(pool_id=pool.id, status="SUBMITTED"))
+        # Nothing is paid yet: the $0.50 is all there, $0.13 a suite of it reserved for what waits.
+        assert float(client.get_requester().balance) == 0.5 and len(waiting) == 3
+        with pytest.raises(exceptions.IncorrectActionsApiError) as poor:
+            client.open_pool(pool.id)
+        assert poor.value.code == "NOT_ENOUGH_BALANCE"
+        assert client.get_pool(pool.id).status.value == "CLOSED"
+        client.reject_assignment(waiting[0].id, "wrong groups")  # frees its reserved $0.13
+        assert client.open_pool(pool.id).status.value == "OPEN"
+
+
 def test_the_export_leaves_out_banned_workers_when_asked(emulator_factory):
     """`get_assignments_df(..., exclude_banned=True)` sends `excludeBanned=true`: the answers of
     workers banned from the pool (a user restriction on the pool, its project, all projects) are left
