@@ -6,7 +6,7 @@ submits), `ANSWER_COUNT` (assignments_accepted_count), `SKIPPED_IN_ROW_ASSIGNMEN
 (skipped_in_row_count: skips since the worker's last submit, evaluated on each skip), `GOLDEN_SET`
 and `MAJORITY_VOTE` (total_answers_count, correct_answers_rate, incorrect_answers_rate),
 `ASSIGNMENTS_ASSESSMENT` (assessment_event on accept / reject), `USERS_ASSESSMENT`
-(pool_access_revoked_reason and skill_id when a worker who answered in the pool loses access to it:
+(pool_access_revoked_reason and skill_id each time a worker who answered in the pool loses access to it:
 a restriction, by a rule or by the requester, or a skill change, by a rule or by the requester,
 that the pool's filter no longer admits).
 Actions: `RESTRICTION_V2`/`RESTRICTION`, `SET_SKILL`, `CHANGE_OVERLAP`, `APPROVE_ALL_ASSIGNMENTS`,
@@ -187,19 +187,41 @@ def on_access_revoked(
     emu: Emulator, pool: Doc, worker_id: str, reason: str, skill_id: str | None = None
 ) -> None:
     """USERS_ASSESSMENT rules: a worker lost access to the pool (restriction or skill change; for a
-    skill change, `skill_id` is the skill whose new value the pool's filter no longer admits)."""
-    revoked = pool.setdefault("_revoked", [])
-    if worker_id in revoked:
+    skill change, `skill_id` is the skill whose new value the pool's filter no longer admits).
+
+    Every loss of access counts (a worker banned, unbanned and banned again loses it twice), but an
+    answer is redone once: the rules act on the worker's answers in the pool that no loss of access
+    has acted on yet, so a second ban redoes what the worker answered since the first, and a second
+    restriction of a worker still banned, with nothing new answered, changes nothing."""
+    done = _recompleted(emu, pool)
+    mine = _worker_assignments(emu, pool, worker_id)
+    fresh = [a for a in mine if a["status"] in SUBMITTED and a["id"] not in done]
+    if not fresh:
         return
-    revoked.append(worker_id)
+    done.update(a["id"] for a in fresh)
+    pool["_recompleted"] = sorted(done)
     emu.store.touch("pool", pool["id"])
     values = {"pool_access_revoked_reason": reason, "skill_id": skill_id}
     for config in _configs(pool):
         if (config.get("collector_config") or {}).get("type") != "USERS_ASSESSMENT":
             continue
         for rule in config.get("rules") or []:
-            if _holds(rule.get("conditions"), values):
-                apply(emu, rule.get("action") or {}, pool, worker_id, None)
+            if not _holds(rule.get("conditions"), values):
+                continue
+            action = rule.get("action") or {}
+            if action.get("type") == "CHANGE_OVERLAP":  # the suite of each answer to redo
+                for assignment in fresh:
+                    apply(emu, action, pool, worker_id, assignment)
+            else:
+                apply(emu, action, pool, worker_id, None)
+
+
+def _recompleted(emu: Emulator, pool: Doc) -> set[str]:
+    """The answers of the pool a loss of access has acted on. (A state saved when the rules fired
+    once per worker and pool kept those workers, `_revoked`: take all their answers as acted on.)"""
+    if "_recompleted" in pool:
+        return set(pool["_recompleted"])
+    return {a["id"] for worker in pool.get("_revoked", []) for a in _worker_assignments(emu, pool, worker)}
 
 
 def _answered_pools(emu: Emulator, worker: Doc | None) -> list[Doc]:

@@ -1272,6 +1272,63 @@ def test_suites_of_banned_and_filtered_out_workers_are_answered_again(emu, clien
     assert {a.user_id for a in answers if a.id not in {f.id for f in first}}.isdisjoint(busiest)
 
 
+def test_a_worker_banned_again_has_its_new_answers_redone_and_its_old_ones_not_twice(emu, client):
+    """Banned, unbanned, banned again: each ban takes the worker's access to the pool, so each
+    fires the pool's USERS_ASSESSMENT rules, for the answers not yet redone: the suites the worker
+    answered between the bans get one more answer, those redone after the first ban no second
+    one. Before, the rules fired once per worker and pool: the second ban left the answers given
+    after the first one counted."""
+    skill = client.create_skill(name=f"banned again {uuid.uuid4().hex[:6]}")
+    emu.advance(3600)
+    # Five workers of the market who take this pay may enter the pool: who answers is known.
+    five = sorted(emu.workers(), key=lambda w: (w["reservation_wage"], w["id"]))[:5]
+    for worker in five:
+        client.set_user_skill(skill_id=skill.id, user_id=worker["id"], value=Decimal(80))
+    reason = {"key": "pool_access_revoked_reason", "operator": "EQ", "value": "RESTRICTION"}
+    pool = _pool(
+        client,
+        _project(client, "array_json").id,
+        filter={"and": [{"or": [{"category": "skill", "key": skill.id, "operator": "GTE", "value": 50}]}]},
+        quality_control={"configs": [_recompletion(reason)]},
+    )
+
+    def suites(offset: int, overlap: int) -> set[str]:
+        created = client.create_task_suites(
+            [
+                toloka.TaskSuite(
+                    pool_id=pool.id,
+                    tasks=[toloka.Task(input_values={"images": _images(emu, 3, offset + k)})],
+                    overlap=overlap,
+                )
+                for k in range(6)
+            ]
+        )
+        return {s.id for s in created.items.values()}
+
+    early = suites(0, 2)
+    client.open_pool(pool.id)
+    assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
+    worker = Counter(a.user_id for a in client.get_assignments(pool_id=pool.id)).most_common(1)[0][0]
+    ban = toloka.user_restriction.ProjectUserRestriction(user_id=worker, project_id=pool.project_id)
+    restriction = client.set_user_restriction(ban)
+    assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
+    answered = {"pool_id": pool.id, "user_id": worker, "status": "ACCEPTED"}
+    answered_early = {a.task_suite_id for a in client.get_assignments(**answered)}
+    after_first = {s.id: s.overlap for s in client.get_task_suites(pool_id=pool.id)}
+    assert after_first == {s: 2 + (s in answered_early) for s in early}
+
+    client.delete_user_restriction(restriction.id)
+    late = suites(6, 4)  # four of the five answer each: the worker some of them
+    client.open_pool(pool.id)
+    assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
+    answered_late = {a.task_suite_id for a in client.get_assignments(**answered)} - answered_early
+    assert answered_late and answered_late <= late
+    client.set_user_restriction(ban)
+    overlaps = {s.id: s.overlap for s in client.get_task_suites(pool_id=pool.id)}
+    client.close_pool(pool.id)
+    assert overlaps == after_first | {s: 4 + (s in answered_late) for s in late}
+
+
 def test_active_workers_by_filter_count_counts_the_hours_asked():
     """`active_workers_by_filter_count` counts the workers the pool's filter admits who were active
     in the last `interval_hours` (toloka-kit's ActiveWorkersByFilterCountPoolAnalytics requires it):
