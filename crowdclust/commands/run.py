@@ -475,9 +475,9 @@ def run(
     unwritable = unwritable_folder(None if close else _run_folder(params), server=server_needed)
     if unwritable is not None:
         raise _fail(unwritable, 2, debug)
-    refused = prefect_password_refused() if server_needed else None
-    if refused is not None:
-        raise _fail(refused, 2, debug)
+    unauthorised = prefect_password_refused() if server_needed else None
+    if unauthorised is not None:
+        raise _fail(unauthorised, 2, debug)
 
     from crowdclust.console_logs import console_without_tracebacks
     from crowdclust.private_server import private_server
