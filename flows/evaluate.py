@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.hooks import CLOSES_POOLS
+from flows.hooks import CLOSES_POOLS, closed_when_suspended
 from tasks import artifacts, budget, intruders, preflight
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
@@ -83,16 +83,17 @@ def evaluate_clusters(
     waiting = waits_again_after_top_up(
         intruders.wait_intruders_task, params.toloka, ids.pool, params.wait.retries
     )
-    waited = waiting(
-        params.toloka,
-        ids,
-        params.wait.period(params.toloka.environment),
-        params.wait.timeout_seconds,
-        # At the config's price, as the labelling's: the guard applies the price Toloka charges
-        # itself, and given the estimate at that price counted it twice (a pool the budget covered
-        # was closed at 96%).
-        budget.SpendGuard.of_intruders(params, before, at_config),
-    )
+    with closed_when_suspended():  # a Suspend in the wait stops the crowd at once
+        waited = waiting(
+            params.toloka,
+            ids,
+            params.wait.period(params.toloka.environment),
+            params.wait.timeout_seconds,
+            # At the config's price, as the labelling's: the guard applies the price Toloka charges
+            # itself, and given the estimate at that price counted it twice (a pool the budget
+            # covered was closed at 96%).
+            budget.SpendGuard.of_intruders(params, before, at_config),
+        )
     path = folder.write_export(waited.export, "intruders")
     if waited.stopped:
         raise budget.stopped_run(waited.stopped, path)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
+from prefect.context import FlowRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import flow_run_logger
 from pydantic import ValidationError
@@ -97,6 +98,12 @@ def _unreachable_from_the_start(state: Any) -> bool:
 
 def ended(flow_run: Any, state: Any, closed: list[str]) -> str:
     """The hook's line: how the run ended, what it closed (`pool 6, training 2`) and how to go on."""
+    if state.is_paused():  # a wait saw a Suspend (`closed_when_suspended`)
+        what = ", ".join(closed) or "nothing: none was open"
+        return (
+            f"run {flow_run.name} suspended: closed {what}. Resume goes on with the same pools and the "
+            "answers already paid for (nothing is paid twice)"
+        )
     # A top-level run ends after its stages and its sub-flows' hooks closed their pools: "none was
     # open" read as if nothing had been closed.
     why = " (its stages and sub-flows close their own)" if flow_run.parent_task_run_id is None else ""
@@ -152,6 +159,26 @@ def close_with_retries(registry: RunRegistry, attempts: int = 4) -> list[str]:
                 raise
             time.sleep(min(2.0**attempt, 8.0))
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def closed_when_suspended() -> Iterator[None]:
+    """Around a wait: when it ends for a Suspend (`wait.Suspended`), the run's open pools and
+    trainings are closed as for a Cancel (`close_pools_hook`, under the run key's lock), then the
+    run ends Suspended.
+
+    Suspend took effect at the run's next task: a run suspended in its labelling wait went on until
+    its main pool completed, and its crowd was paid for all of it. Now the crowd stops within a poll;
+    the answers in hand are handed in (paid, as Toloka lets them), and on Resume the wait opens the
+    same pools again and the estimate holds.
+    """
+    try:
+        yield
+    except wait.Suspended as suspended:
+        context = FlowRunContext.get()
+        if context is not None and context.flow_run is not None:
+            close_pools_hook(context.flow, context.flow_run, suspended.state)
+        raise
 
 
 # `@flow(name=..., **CLOSES_POOLS)`: the run's pools are closed however it ends short of completion,

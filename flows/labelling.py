@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from prefect import flow, get_run_logger
 
-from flows.hooks import CLOSES_POOLS
+from flows.hooks import CLOSES_POOLS, closed_when_suspended
 from tasks import artifacts, budget, exam, hits, image_check, preflight, results, setup, wait
 from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
@@ -108,22 +108,23 @@ def collect_labels(
         wait.wait_labelling_task, params.toloka, ids.main_pool, params.wait.retries
     )
     try:
-        waited = waiting(
-            params.toloka,
-            ids,
-            bundle,
-            params.exam.n_exams,
-            period,
-            params.wait.timeout_seconds,
-            budget.SpendGuard.of(params, before, costs),
-            exam.Staffing(
-                params.exam.min_skill,
-                params.hits.overlap,
-                len(plan.hits) * params.hits.overlap,
-                tightest_limit(bundle.main_pool, POOL_LIFETIME.total_seconds()),
-            ),
-            pool_name(main_pool_role),
-        )
+        with closed_when_suspended():  # a Suspend in the wait stops the crowd at once
+            waited = waiting(
+                params.toloka,
+                ids,
+                bundle,
+                params.exam.n_exams,
+                period,
+                params.wait.timeout_seconds,
+                budget.SpendGuard.of(params, before, costs),
+                exam.Staffing(
+                    params.exam.min_skill,
+                    params.hits.overlap,
+                    len(plan.hits) * params.hits.overlap,
+                    tightest_limit(bundle.main_pool, POOL_LIFETIME.total_seconds()),
+                ),
+                pool_name(main_pool_role),
+            )
     except wait.WaitTimeout as timeout:
         advice = SHORT_OF_WORKERS if timeout.short_of_workers else SLOW_POOL
         kept = kept_after_stop(params, ids.main_pool, folder, export_kind, timeout, advice, timeout.stats)

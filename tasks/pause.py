@@ -13,17 +13,24 @@ pools open and paid for. The faults test that stops a flow process as it starts 
 on a loaded machine (its 120 s sleep outlasted the test's 60 s). Slept in slices of at most
 `SLICE_SECONDS`, a signal left pending is handled when its slice ends (the interpreter checks after
 each call).
+
+A wait also ends its sleep early for a Suspend pressed on the run's page (`until`, checked every
+slice): a 60 s poll of real Toloka no longer runs to its end with the crowd paid meanwhile.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 SLICE_SECONDS = 1.0
 
 
-def pause(seconds: float) -> None:
-    """Sleep `seconds` (none when not positive), a signal's handler run within `SLICE_SECONDS`."""
+def pause(seconds: float, until: Callable[[], object] | None = None) -> None:
+    """Sleep `seconds` (none when not positive), a signal's handler run within `SLICE_SECONDS`;
+    sooner once `until` (asked before every slice) says something true."""
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
+        if until is not None and until():
+            return
         time.sleep(min(left, SLICE_SECONDS))

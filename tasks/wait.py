@@ -3,7 +3,8 @@
 `wait_for_pool` is a plain function with an injectable sleep: the Prefect tasks add the progress
 artifact and log lines. The main pool closes itself when all its suites are done
 (`last_close_reason: COMPLETED`); the training and exam pools are closed here at the end, as the
-seed does.
+seed does. Every wait ends within a poll of a Suspend pressed on the run's page (`Suspended`); the
+flows around it close the run's pools.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from prefect import Task, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.exceptions import Pause
 
 from tasks.artifacts import ProgressReporter, counted, warn_up
 from tasks.budget import LiveSpend, SpendGuard
@@ -84,6 +87,68 @@ class SpendLimitReached(RuntimeError):
     def __init__(self, message: str, stats: PoolStats) -> None:
         super().__init__(message)
         self.stats = stats
+
+
+class Suspended(Pause):
+    """Suspend was pressed on the run's page (the top-level run's: Prefect suspends no sub-flow) while
+    a wait polled Toloka; `state` is the run's Suspended state.
+
+    Before, the wait went on until its pool completed, its crowd paid, and the run ended Suspended
+    only at its next task. Prefect's engine hears of the Suspend (events, else a poll every 10 s) and
+    marks the flow run's suspension request, shared by its sub-flows and tasks, but acts on it only
+    between tasks. A `Pause` is how it ends a run there: raised from the wait, the task and the
+    sub-flows around it end with it (no retry, no failure hook) and the run's process ends Suspended.
+    The flow around the wait closes the run's open pools first (`flows.hooks.closed_when_suspended`);
+    on Resume the run starts again from its cached steps and the wait, never cached unfinished, opens
+    the same pools again (`open_all`: those closed before completing).
+    """
+
+
+def suspension() -> Any:
+    """The run's Suspended state once Suspend was pressed on its page, else None (also outside a
+    flow run, and for a run no deployment started: Prefect suspends only those)."""
+    request = getattr(FlowRunContext.get(), "flow_run_suspension_request", None)
+    return None if request is None else request.get_state()
+
+
+def end_if_suspended(what: str) -> None:
+    """Raise `Suspended` once Suspend was pressed on the run's page; `what` is the wait, for the log."""
+    state = suspension()
+    if state is None:
+        return
+    get_run_logger().warning(
+        "Suspend pressed: the %s ends here, and the run's open pools are closed; Resume goes on with "
+        "them and the answers already paid for (nothing is paid twice)",
+        what,
+    )
+    _task_run_suspended(f"Suspend pressed during the {what}: Resume waits again in a new task run")
+    raise Suspended(f"the run was suspended during the {what}", state=state)
+
+
+def _task_run_suspended(message: str) -> None:
+    """Give the task run in hand the state Suspended, as its engine records a state (an event).
+
+    Ended by a `Pause`, a task keeps the state it had: the wait's read Running for good, in a run
+    Suspended and later Completed (Resume runs the wait as a new task run), and its engine logged
+    `Finished in state Running()` as an error.
+    """
+    from prefect.context import TaskRunContext
+    from prefect.states import Paused
+    from prefect.utilities.engine import emit_task_run_state_change_event
+
+    context = TaskRunContext.get()
+    if context is None:
+        return
+    run, last = context.task_run, context.task_run.state
+    state = Paused(name="Suspended", message=message)
+    state.state_details.task_run_id, state.state_details.flow_run_id = run.id, run.flow_run_id
+    run.state, run.state_id, run.state_type, run.state_name = state, state.id, state.type, state.name
+    emit_task_run_state_change_event(task_run=run, initial_state=last, validated_state=state)
+
+
+def pause_unless_suspended(seconds: float) -> None:
+    """A wait's sleep between polls, ended early by a Suspend (`pause`)."""
+    pause(seconds, until=suspension)
 
 
 RATE_WINDOW_SECONDS = 900.0  # the polls a timed-out wait's pace is measured over (the whole wait if shorter)
@@ -195,7 +260,7 @@ def wait_for_pool(
     on_tick: Callable[[], object] | None = None,
     report: Callable[[PoolStats], None] | None = None,
     guard: Callable[[PoolStats], str | None] | None = None,
-    sleep: Callable[[float], None] = pause,
+    sleep: Callable[[float], None] = pause_unless_suspended,
     needed: int = 0,
 ) -> PoolStats:
     """Poll `pool_id` until it completes. `on_tick` runs every tick and once after completion.
@@ -209,11 +274,14 @@ def wait_for_pool(
     `needed` (the answers the plan asks for, 0 when unknown) lets a timeout say how long the pool
     would need at its pace. `guard` sees every poll of an open pool; when it gives a reason, the
     pool is closed at once and `SpendLimitReached` carries the reason and the poll.
+
+    A Suspend pressed on the run's page ends the wait before its next poll (`Suspended`).
     """
     started = time.monotonic()
     ticks = reopenings = 0
     polls: deque[PoolStats] = deque()  # the last RATE_WINDOW_SECONDS of polls, for a timeout's pace
     while True:
+        end_if_suspended(f"wait for pool {pool_id}")
         pool = client.get_pool(pool_id)
         if on_tick is not None:
             on_tick()
@@ -375,7 +443,8 @@ def drain_exams(
     exam_pool_id: str,
     period: float,
     limit_seconds: float,
-    sleep: Callable[[float], None] = pause,
+    sleep: Callable[[float], None] | None = None,
+    suspends: bool = True,
 ) -> int:
     """Review the exam answers that arrive after the exam pool closed; how many are left.
 
@@ -392,10 +461,18 @@ def drain_exams(
     control (a rejection adds an answer and opens the pool) reopens it when a late answer is
     rejected, and workers then took exams after the run, unreviewed and paid. Assignments taken
     meanwhile get their time again (up to MAX_REOPENINGS times).
+
+    `suspends`: a Suspend pressed on the run's page ends it before its next review (`Suspended`);
+    the wait after the Resume reviews what is left. `sleep` by default: `pause`, ended early by a
+    Suspend when `suspends`.
     """
+    if sleep is None:
+        sleep = pause_unless_suspended if suspends else pause
     reopenings = 0
     clock = PlatformClock(client)
     while True:
+        if suspends:
+            end_if_suspended(f"review of the exam answers of pool {exam_pool_id}")
         waited, frozen = clock.read()
         if frozen:  # a clock that stands still ends nothing in hand
             return count_assignments(client, exam_pool_id, PENDING_REVIEW)
@@ -537,7 +614,10 @@ def wait_labelling_task(
             client.close_pool(ids.exam_pool)
         return reopened
 
-    unreviewed = drain_exams(review, close_again, client, ids.exam_pool, period, in_hand)
+    # After a stop for money the stage ends as it did, Suspend or not: resumed, its wait would open
+    # again the main pool the stop had closed.
+    suspends = not stopped
+    unreviewed = drain_exams(review, close_again, client, ids.exam_pool, period, in_hand, suspends=suspends)
     if unreviewed:
         get_run_logger().warning(
             "exam gating: %d exam answers still in progress or unreviewed %.0f s after the exam pool "

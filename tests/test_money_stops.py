@@ -420,3 +420,140 @@ def test_a_lowered_reward_is_not_read_as_a_platform_fee_above_the_configs(
         assert budget.price_ratio_seen_task.fn(params.toloka, key, params) == 1.0
         at_fee_0 = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": 0.0})})
         assert budget.price_ratio_seen_task.fn(params.toloka, key, at_fee_0) == pytest.approx(1.3, abs=0.01)
+
+
+def test_suspend_in_the_labelling_wait_closes_the_pools_and_resume_pays_only_the_estimate(
+    prefect_harness, monkeypatch, tmp_path
+):
+    """Suspend on a deployment run's page during its labelling wait took effect only when the main
+    pool had completed: the crowd worked on, paid, after the user had pressed it. Now the wait sees
+    the Suspend within a poll, the run's pools are closed and the run ends Suspended; Resume reopens
+    them and the run completes, charged its estimate and no more.
+
+    The emulator's clock stands still (speed 0): the crowd works only when the test advances it, so
+    what the closed pools take after the Suspend is what an hour of the crowd does to them. The run
+    is a deployment's, run in this process as a worker runs it (Prefect watches for a Suspend only
+    in those), and suspended through the API as the UI's button does."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    import httpx
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+    from prefect.exceptions import Pause
+    from prefect.flow_engine import run_flow
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.pipeline import crowdclust_pipeline
+    from tasks.toloka_api import pool_stats
+
+    key = "money-suspend"
+    with _account(tmp_path, key, monkeypatch, speed=0.0) as (running, params):
+        client = make_client(running)
+        balance = float(client.get_requester().balance)
+        with get_client(sync_client=True) as prefect:
+            flow_id = prefect.create_flow_from_name(crowdclust_pipeline.name)
+            deployment = prefect.create_deployment(flow_id=flow_id, name=key)
+            created = prefect.create_flow_run_from_deployment(
+                deployment, parameters={"params": params.model_dump(mode="json")}
+            )
+        ended: list[BaseException | None] = []
+
+        def run() -> None:
+            with get_client(sync_client=True) as prefect:
+                flow_run = prefect.read_flow_run(created.id)
+            try:
+                run_flow(crowdclust_pipeline, flow_run=flow_run)
+                ended.append(None)
+            except BaseException as error:  # Pause: the run ended Suspended
+                ended.append(error)
+
+        first = threading.Thread(target=run, daemon=True)
+        first.start()
+
+        def main_pool() -> Any:
+            return _objects(running, key)["pools"].get("main-pool")
+
+        def answers(pool: Any) -> int:
+            return len(list(client.get_assignments(pool_id=pool.id, status=["SUBMITTED", "ACCEPTED"])))
+
+        # The crowd takes exams, is gated, and answers the main pool: an answer or more, not all.
+        # The clock moves once the run has opened its pools.
+        for _ in range(600):
+            pool = main_pool()
+            if pool is not None and pool.status.value == "OPEN" and answers(pool) > 0:
+                break
+            assert first.is_alive(), ended
+            if pool is None or pool.status.value != "OPEN":
+                first.join(0.5)
+            else:
+                running.advance(20)
+        else:
+            raise AssertionError("the main pool never had an answer")
+        api = httpx.Client(base_url=PREFECT_API_URL.value(), timeout=10)
+        details = {
+            "pause_timeout": (datetime.now(UTC) + timedelta(minutes=30)).isoformat(),
+            "pause_reschedule": True,
+        }
+        suspend = {"state": {"type": "PAUSED", "name": "Suspended", "state_details": details}}
+        assert api.post(f"/flow_runs/{created.id}/set_state", json=suspend).json()["status"] == "ACCEPT"
+        # Before, the wait went on while the crowd worked: the clock moves until the run ends, in
+        # small steps (Prefect may take a 10 s poll to hear of the Suspend).
+        for _ in range(600):
+            first.join(0.5)
+            if not first.is_alive():
+                break
+            running.advance(5)
+        assert not first.is_alive() and isinstance(ended[0], Pause), ended
+        state = api.get(f"/flow_runs/{created.id}").json()["state"]
+        assert (state["type"], state["name"]) == ("PAUSED", "Suspended"), state
+        stopped = _objects(running, key)
+        pool = stopped["pools"]["main-pool"]
+        assert stopped["open"] == [] and pool.last_close_reason.value == "MANUAL", stopped
+        # An hour of the crowd: what was in hand is handed in, nothing more is taken or paid.
+        running.advance(3600)
+        charged, taken = float(client.get_requester().balance), answers(pool)
+        running.advance(3600)
+        assert (float(client.get_requester().balance), answers(pool)) == (charged, taken)
+        assert taken < 9 * 3
+
+        # The labelling sub-flow keeps the state it had (Prefect suspends no sub-flow): on the service
+        # its heartbeats stop with the process, and the heartbeat automation sets it Crashed.
+        subflows = {"flow_runs": {"parent_flow_run_id": {"any_": [str(created.id)]}}}
+        (labelling,) = api.post("/flow_runs/filter", json=subflows).json()
+        crash = {"state": {"type": "CRASHED", "message": "no heartbeat"}, "force": True}
+        assert api.post(f"/flow_runs/{labelling['id']}/set_state", json=crash).json()["status"] == "ACCEPT"
+
+        running.configure(speed=600)
+        assert api.post(f"/flow_runs/{created.id}/resume", json={}).json()["status"] == "ACCEPT"
+        with get_client(sync_client=True) as prefect:
+            summary = run_flow(crowdclust_pipeline, flow_run=prefect.read_flow_run(created.id))
+        # Resume went on in the same sub-flow run.
+        assert api.get(f"/flow_runs/{labelling['id']}").json()["state"]["type"] == "COMPLETED"
+        api.close()
+        found = _objects(running, key)
+        left = float(client.get_requester().balance)
+        accepted = len(list(client.get_assignments(pool_id=pool.id, status="ACCEPTED")))
+        main_spent = pool_stats(client, pool.id).spent_budget
+        with get_client(sync_client=True) as prefect:
+            runs = prefect.read_task_runs(  # the labelling sub-flow's waits
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[created.id])
+                ),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="wait-labelling")),
+            )
+        waits = [(r.state.type.value, r.state.name) for r in sorted(runs, key=lambda r: r.created)]
+    assert found["pools"]["main-pool"].id == pool.id  # the same pools, reopened
+    assert found["pools"]["main-pool"].last_close_reason.value == "COMPLETED"
+    assert accepted == 9 * 3  # every HIT at its overlap, none paid twice
+    estimate = summary.cost.estimate
+    assert estimate is not None
+    assert summary.cost.spent == pytest.approx(balance - left, abs=1e-6)  # what the account was charged
+    assert main_spent == pytest.approx(estimate.main, abs=1e-6)  # the main pool: its estimate exactly
+    assert summary.cost.spent <= estimate.total  # the exams: at most the seats estimated
+    assert waits == [("PAUSED", "Suspended"), ("COMPLETED", "Completed")], waits

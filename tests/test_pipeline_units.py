@@ -390,9 +390,44 @@ def test_a_stop_noted_as_the_wait_falls_asleep_ends_the_wait_within_a_second():
     assert done.returncode == 0 and set(slept) == {"sleep", "pause"}, done.stdout + done.stderr
     assert float(slept["sleep"]) >= 2.0, slept  # the cause: `time.sleep` is not woken
     assert float(slept["pause"]) < 2.5, slept  # 0.3 s, then the end of a one-second slice
-    for waits in (wait.wait_for_pool, wait.finish_in_hand, wait.drain_exams):
-        assert inspect.signature(waits).parameters["sleep"].default is pause, waits
+    assert inspect.signature(wait.wait_for_pool).parameters["sleep"].default is wait.pause_unless_suspended
+    assert inspect.signature(wait.finish_in_hand).parameters["sleep"].default is pause
+    assert "pause(" in inspect.getsource(wait.pause_unless_suspended)
+    assert "pause_unless_suspended if suspends else pause" in inspect.getsource(wait.drain_exams)
     assert "time.sleep" not in inspect.getsource(toloka_api)
+
+
+def test_a_suspend_ends_the_waits_sleep_and_the_wait_before_its_next_request(monkeypatch):
+    """Suspend pressed on a run's page took effect at its next task: a labelling wait went on until
+    its pool completed, and the exam review after it until every answer in hand was in, the crowd
+    paid meanwhile. Each wait now ends before its next request to Toloka, and its sleep between
+    polls (`pause`) ends at the next one-second slice, not at the end of a 60 s poll."""
+    from tasks.pause import pause
+
+    slices: list[float] = []
+    monkeypatch.setattr("tasks.pause.time.sleep", slices.append)
+    pause(3.5, until=lambda: len(slices) == 2)
+    assert slices == [1.0, 1.0]  # then the Suspend: no third slice
+    pause(2.0, until=lambda: True)
+    assert slices == [1.0, 1.0]
+
+    pressed: list[str] = []
+    monkeypatch.setattr(wait, "suspension", lambda: pressed[0] if pressed else None)
+    monkeypatch.setattr(wait, "get_run_logger", lambda: logging.getLogger("test-suspend"))
+    exams, press = _ClosedExamPool(pending=3), lambda _: pressed.append("Suspended")
+    with pytest.raises(wait.Suspended, match="the run was suspended during the review of the exam answers"):
+        wait.drain_exams(exams.review, exams.close, exams, "exam", 2.0, 600.0, sleep=press)
+    assert exams.pending == 2  # one review, then the Suspend ended it
+    # After a stop for money (spend guard, balance) the review goes on: resumed, the wait would
+    # open again the main pool the stop had closed.
+    stopped, sleeps = _ClosedExamPool(pending=3), []
+    monkeypatch.setattr(wait, "pause", lambda seconds: sleeps.append(("pause", seconds)))
+    assert wait.drain_exams(stopped.review, stopped.close, stopped, "exam", 2.0, 600.0, suspends=False) == 0
+    assert sleeps == [("pause", 2.0), ("pause", 2.0)]  # its sleeps not cut short by the Suspend
+    pools = _Pools({"main": ("OPEN", None)})
+    with pytest.raises(wait.Suspended, match="the run was suspended during the wait for pool main"):
+        wait.wait_for_pool(pools, "main", period=1.0, timeout=60.0)  # type: ignore[arg-type]
+    assert pools.reads == 0
 
 
 @dataclass
@@ -1678,7 +1713,7 @@ def test_a_cancelled_or_crashed_run_is_told_how_to_go_on_and_a_failed_one_by_its
     import uuid
 
     from prefect.client.schemas.objects import FlowRun
-    from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed
+    from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed, Paused
 
     from flows.hooks import ended, how_to_go_on
 
@@ -1700,4 +1735,9 @@ def test_a_cancelled_or_crashed_run_is_told_how_to_go_on_and_a_failed_one_by_its
     assert (
         ended(sub_flow, Failed(), [])
         == f"run {sub_flow.name} ended FAILED: closed nothing: none was left open"
+    )
+    # A Suspend seen in a wait (`closed_when_suspended`): what was closed, and that Resume goes on.
+    assert ended(deployed, Paused(name="Suspended"), ["pool 6", "training 2"]) == (
+        "run demo-shoes-s5 suspended: closed pool 6, training 2. Resume goes on with the same pools and "
+        "the answers already paid for (nothing is paid twice)"
     )
