@@ -171,6 +171,9 @@ def closed_when_suspended() -> Iterator[None]:
     its main pool completed, and its crowd was paid for all of it. Now the crowd stops within a poll;
     the answers in hand are handed in (paid, as Toloka lets them), and on Resume the wait opens the
     same pools again and the estimate holds.
+
+    A sub-flow in hand (the pipeline's labelling or evaluation) reads Suspended too
+    (`sub_flow_suspended`).
     """
     try:
         yield
@@ -178,7 +181,31 @@ def closed_when_suspended() -> Iterator[None]:
         context = FlowRunContext.get()
         if context is not None and context.flow_run is not None:
             close_pools_hook(context.flow, context.flow_run, suspended.state)
+            if context.flow_run.parent_task_run_id is not None:
+                sub_flow_suspended(context.flow, context.flow_run)
         raise
+
+
+def sub_flow_suspended(flow: Any, flow_run: Any) -> None:
+    """Set the sub-flow run in hand Suspended (Paused, named so, with no timeout of its own).
+
+    Prefect suspends the top-level run only: the sub-flow read Running, and on the service the
+    heartbeat automation set it Crashed 90 s after the process ended (`no heartbeat ... Retry it`),
+    beside a parent that read Suspended. On Resume the parent takes up the same sub-flow run, which
+    goes from Suspended to Running as a paused run does.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.states import Paused
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Paused(name="Suspended", message="the run was suspended"))
+    except Exception as exc:  # the Suspend is the news: a sub-flow left Running is Crashed, and resumes
+        flow_run_logger(flow_run, flow).warning(
+            "the sub-flow could not be marked Suspended (%s: %s); Resume goes on with it all the same",
+            type(exc).__name__,
+            exc,
+        )
 
 
 # `@flow(name=..., **CLOSES_POOLS)`: the run's pools are closed however it ends short of completion,
