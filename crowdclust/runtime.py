@@ -180,8 +180,9 @@ def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
         return None
     if cfg.api_url != api or not answers(cfg.health_url("files"), timeout=1.0):
         return None
-    os.environ[RUNS_URL_ENV], os.environ[RUNS_DIR_ENV] = cfg.runs_url, str(cfg.runs_dir)
-    return cfg.runs_url
+    # At the address teammates reach when the service listens on the network (`make up LISTEN=...`).
+    os.environ[RUNS_URL_ENV], os.environ[RUNS_DIR_ENV] = cfg.shared_runs_url, str(cfg.runs_dir)
+    return cfg.shared_runs_url
 
 
 def share_toloka_rate_limits() -> bool:

@@ -338,6 +338,15 @@ def test_crowdclust_run_finds_a_service_kept_in_crowdclust_service_dir(tmp_path:
     monkeypatch.setenv("CROWDCLUST_SERVICE_DIR", str(state))
     assert link_service_runs_folder() == cfg.runs_url
     assert os.environ[RUNS_DIR_ENV] == str(runs)
+    # A service on the network (`make up LISTEN=0.0.0.0`): the report's link names the address
+    # teammates reach, as its workers' runs do, not 127.0.0.1.
+    shared = ServiceConfig(
+        state_dir=state, server_port=51890, files_port=51891, runs_dir=runs, host="0.0.0.0", auth=True
+    )
+    shared.remember()
+    monkeypatch.setattr(processes, "answers", lambda url, timeout=None: url == shared.health_url("files"))
+    monkeypatch.delenv(RUNS_URL_ENV)
+    assert link_service_runs_folder() == shared.shared_runs_url != shared.runs_url
 
 
 def test_crowdclust_run_against_a_server_takes_its_toloka_rate_limits(monkeypatch):
