@@ -377,20 +377,28 @@ def test_money_guard_and_internal_errors(emulator_factory):
                 assert crash.status_code == 500 and crash.json()["code"] == "INTERNAL_ERROR", path
 
 
+def _open_pool_of_ten_suites(emu, images: int, **pool_settings):
+    """A client and an open pool of 10 suites of `images` demo images each, for anyone to answer."""
+    client = make_client(emu)
+    project = _project(client, output_type="array_json")
+    pool = _pool(client, project.id, filter=None, **pool_settings)
+    urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(images)]
+    client.create_task_suites(
+        [
+            toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": urls})])
+            for _ in range(10)
+        ],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    return client, pool
+
+
 def test_pool_closes_when_the_balance_runs_out(emulator_factory):
     with emulator_factory(speed=0, balance=0.1) as emu:
-        client = make_client(emu)
-        project = _project(client, output_type="array_json")
-        pool = _pool(client, project.id, reward_per_assignment=0.02, auto_accept_solutions=True, filter=None)
-        urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(20)]
-        client.create_task_suites(
-            [
-                toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": urls})])
-                for _ in range(10)
-            ],
-            allow_defaults=True,
+        client, pool = _open_pool_of_ten_suites(
+            emu, 20, reward_per_assignment=0.02, auto_accept_solutions=True
         )
-        client.open_pool(pool.id)
         for _ in range(50):
             emu.advance(300)
         closed = client.get_pool(pool.id)
@@ -405,18 +413,7 @@ def test_a_pool_does_not_open_on_money_held_for_answers_awaiting_review(emulator
     at the balance alone and opened a pool the first worker to come by closed again
     (NOT_ENOUGH_BALANCE), as the crowd counts the reserved money."""
     with emulator_factory(speed=0, balance=0.5) as emu:
-        client = make_client(emu)
-        project = _project(client, output_type="array_json")
-        pool = _pool(client, project.id, reward_per_assignment=0.1, filter=None)  # reviewed by hand
-        urls = [f"{emu.url}/images/demo-shoes/s0-{i:05d}.png" for i in range(10)]
-        client.create_task_suites(
-            [
-                toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": urls})])
-                for _ in range(10)
-            ],
-            allow_defaults=True,
-        )
-        client.open_pool(pool.id)
+        client, pool = _open_pool_of_ten_suites(emu, 10, reward_per_assignment=0.1)  # reviewed by hand
         for _ in range(50):
             if client.get_pool(pool.id).status.value == "CLOSED":
                 break

@@ -19,6 +19,7 @@ import base64
 import functools
 import hmac
 import os
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -49,20 +50,19 @@ class Handler(SimpleHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:
-        if not self._allowed():
-            return
-        if self.path == HEALTH_PATH:
-            self._ok()
-            return
-        super().do_GET()
+        self._answer(super().do_GET)
 
     def do_HEAD(self) -> None:
+        self._answer(super().do_HEAD)
+
+    def _answer(self, serve: Callable[[], None]) -> None:
+        """`serve` the request once the password is given; the health path whatever it is."""
         if not self._allowed():
             return
         if self.path == HEALTH_PATH:
             self._ok()
             return
-        super().do_HEAD()
+        serve()
 
     def _ok(self) -> None:
         body = b"ok\n"
