@@ -29,6 +29,7 @@ from aggregation.unreadable import (
     cut_short,
     export_not_utf8,
     ragged_row,
+    utf16_text,
 )
 
 __all__ = ["ExportFormatError", "ExportReading", "load_export", "read_export"]
@@ -227,6 +228,9 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
     archive = archive_problem(path)
     if archive is not None:
         raise ExportFormatError(f"export file {archive}")
+    utf16 = utf16_text(path)
+    if utf16 is not None:
+        raise ExportFormatError(f"export file is {utf16}")
     try:  # compressed by its name's ending (.gz, .bz2, .xz, .zip, .zst), as pandas infers
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:

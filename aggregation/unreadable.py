@@ -27,6 +27,7 @@ __all__ = [
     "not_utf8",
     "ragged_row",
     "short_last_row",
+    "utf16_text",
 ]
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -140,6 +141,37 @@ def _looks_utf16(data: bytes) -> bool:
     return max(even, odd) >= len(start) // 8 and min(even, odd) <= max(even, odd) // 20
 
 
+def utf16_text(path: Path, layout: str = "tab-separated") -> str | None:
+    """Why a file is not UTF-8 when its first bytes are UTF-16 text, or None. Read before the file
+    is parsed, on its first 4 KB (decompressed by its name's ending).
+
+    UTF-16 without a byte-order mark (`iconv -t UTF-16LE`, some scripts' writers) decodes as UTF-8:
+    each letter is followed (or preceded) by a NUL byte, which UTF-8 allows. pandas then read an
+    export of NUL-padded names and said it "lacks column(s): INPUT:images, ..." (big-endian), or,
+    its last byte a NUL after the last line end, that it was "cut short" (little-endian), advice
+    that sent the user after a download or a killed run.
+    """
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handles:
+            start = handles.handle.read(4096)
+    except (*ARCHIVE_ERRORS, OSError, EOFError, zlib.error, ImportError):
+        return None  # the read proper says what is wrong with it
+    if not isinstance(start, bytes) or (b"\x00" not in start and not start.startswith(UTF16_BOMS)):
+        return None
+    if spreadsheet(start) is not None or compressed(path, start) is not None or not _looks_utf16(start):
+        return None
+    return utf16_message(layout)
+
+
+def utf16_message(layout: str) -> str:
+    """What `not_utf8` and `utf16_text` say of UTF-16 text."""
+    return "not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): " + convert_to_utf8(
+        "UTF-16", layout
+    )
+
+
 def spreadsheet(data: bytes) -> str | None:
     """What spreadsheet workbook `data` is (an Excel or OpenDocument file: binary, not a table of
     text), or None. An export opened in a spreadsheet and saved in its own format was called UTF-16
@@ -191,9 +223,7 @@ def not_utf8(path: Path, what: str, layout: str = "tab-separated") -> str:
         return f"not text: {packed}"
     start = _first_non_utf8(data)
     if start is None:
-        return "not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode Text'): " + convert_to_utf8(
-            "UTF-16", layout
-        )
+        return utf16_message(layout)
     if start == -2:
         return f"not text: it holds binary data (NUL bytes), not {layout} text: is it the {what}?"
     if start < 0:

@@ -532,6 +532,19 @@ def test_an_export_that_is_not_utf8_names_the_row_column_and_line(tmp_path):
         read_export(path)
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_named_utf16_not_cut_short_or_lacking_columns(tmp_path, encoding):
+    """UTF-16 without a byte-order mark (`iconv -t UTF-16LE`) decodes as UTF-8, a NUL beside each
+    letter: little-endian read as "cut short" (its last byte a NUL after the last line end),
+    big-endian as "lacks column(s): INPUT:images, ...", advice about a killed run or the columns."""
+    path = _write(tmp_path / "e.tsv", [(*row[:3], f"a{k}", "w1") for k, row in enumerate(GOOD)])
+    path.write_bytes(path.read_text(encoding="utf-8").encode(encoding))
+    with pytest.raises(ExportFormatError) as error:
+        read_export(path)
+    assert str(error.value).startswith("export file is not UTF-8 text: it looks like UTF-16"), error.value
+    assert "iconv -f UTF-16 -t UTF-8" in str(error.value)
+
+
 def test_a_workbook_or_binary_file_is_named_so_not_as_utf16_or_a_zip_to_rename(tmp_path):
     """An export opened in a spreadsheet and saved in its format, or any binary file given by mistake,
     was misnamed: an .xlsx (a zip of XML) "is zip-compressed, but its name does not end in .zip:

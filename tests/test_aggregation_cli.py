@@ -891,6 +891,13 @@ def test_a_truth_file_that_is_not_utf8_names_its_line(export, tmp_path):
     result = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--truth", wide])
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: truth file {wide}: not UTF-8 text: it looks like UTF-16")
+    # Without a byte-order mark it decodes as UTF-8, a NUL beside each letter: "needs columns item
+    # (or image) and class; found i t e m ,  c l a s s".
+    bare = tmp_path / "bare.csv"
+    bare.write_bytes((export / "truth.csv").read_text().encode("utf-16-le"))
+    result = _run([export / "export.tsv", "-o", tmp_path / "c.csv", "--truth", bare])
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: truth file {bare}: not UTF-8 text: it looks like UTF-16")
 
 
 def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_was(export, tmp_path):

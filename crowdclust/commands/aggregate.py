@@ -63,11 +63,14 @@ def _read_truth(path: Path):
     """
     import pandas as pd
 
-    from aggregation.unreadable import ARCHIVE_ERRORS, archive_problem
+    from aggregation.unreadable import ARCHIVE_ERRORS, archive_problem, utf16_text
 
     archive = archive_problem(path)
     if archive is not None:
         _fail(f"truth file {path} {archive}")
+    utf16 = utf16_text(path, "comma- or tab-separated")  # without a byte-order mark it reads as UTF-8
+    if utf16 is not None:
+        _fail(f"truth file {path}: {utf16}")
     try:  # the header line, then the whole file, both decompressed by the name's ending as pandas does
         header = pd.read_csv(path, sep="\0", header=None, nrows=1, dtype=str).iloc[0, 0]
         sep = "\t" if "\t" in header else ","
