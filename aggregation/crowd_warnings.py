@@ -161,9 +161,9 @@ def crowd_warnings(model: _Base, labels: pd.DataFrame, recheck: Recheck, use: Gr
     # cores (the design advice of their warning is the one to follow).
     apart = _apart_warning(model) if unlinked is None and unanchored is None else None
     said += [warning for warning in (unlinked, apart) if warning is not None]
-    kappa, comparisons = crowd_agreement(model)
+    kappa, comparisons, compared = crowd_agreement(model)
     lone = single_answer_share(labels)
-    if no_better_than_chance(kappa, comparisons):
+    if no_better_than_chance(kappa, comparisons, compared):
         said.append(_chance_warning(kappa, comparisons, lone > SINGLE_ANSWER_WARNING))
     if lone > SINGLE_ANSWER_WARNING:
         said.append(

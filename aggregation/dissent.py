@@ -76,6 +76,9 @@ MIN_SHARE = 0.05  # share of all labels a camp must hold to be reported
 # Standard errors the crowd's pooled kappa must clear for its answers to tell from chance
 # (`no_better_than_chance`).
 CHANCE_Z = 3.0
+# A working crowd's pooled kappa (the bench's crowds: 0.2-0.6): a chance verdict needs evidence that
+# could have told a crowd this good from chance (`no_better_than_chance`).
+WORKING_KAPPA = 0.2
 MAX_DISSENT = 0.5  # share of dissenting labels above which the clusters themselves are in doubt
 # What a user reading a camp's line should do about it (the command and the run report say it).
 ADVICE = (
@@ -197,9 +200,10 @@ def agreement(graph: PairGraph, mine: np.ndarray, theirs: np.ndarray) -> tuple[n
     return kappa, float(_kappa(observed, p, q)), round(total)
 
 
-def crowd_agreement(model: _Base) -> tuple[float, int]:
-    """The kappa of every worker's labels with every other's in a fitted estimator's labels, and the
-    number of comparisons behind it.
+def crowd_agreement(model: _Base) -> tuple[float, int, int]:
+    """The kappa of every worker's labels with every other's in a fitted estimator's labels, the
+    number of comparisons behind it, and the number of item pairs they compare (pairs labelled by
+    two workers or more).
 
     Every comparison of `agreement` (a label and another worker's label of the same pair) counts
     once, and its chance agreement is that of the worker's own share of "same" against the labels
@@ -218,16 +222,21 @@ def crowd_agreement(model: _Base) -> tuple[float, int]:
     )
     total = float(compared.sum())
     if total == 0.0:
-        return float("nan"), 0
+        return float("nan"), 0, 0
+    # A pair's labels are grouped by worker (`PairGraph`): two workers when its first and last differ.
+    ptr = graph.pair_ptr
+    labelled = np.diff(ptr) > 0
+    starts, ends = ptr[:-1][labelled], ptr[1:][labelled] - 1
+    pairs = int((graph.pair_worker[starts] != graph.pair_worker[ends]).sum())
     seen = compared > 0.0
     p, q = mine_yes[seen] / compared[seen], their_yes[seen] / compared[seen]
     chance = float((compared[seen] * (p * q + (1.0 - p) * (1.0 - q))).sum() / total)
     observed = float(agreed.sum() / total)
     kappa = (observed - chance) / (1.0 - chance) if chance < 1.0 else 1.0
-    return kappa, round(total)
+    return kappa, round(total), pairs
 
 
-def no_better_than_chance(kappa: float, comparisons: int) -> bool:
+def no_better_than_chance(kappa: float, comparisons: int, pairs: int | None = None) -> bool:
     """Whether the workers' agreement with one another (pooled `kappa` over `comparisons`, from
     `agreement` with every worker on both sides) cannot be told from chance.
 
@@ -243,12 +252,21 @@ def no_better_than_chance(kappa: float, comparisons: int) -> bool:
     on a seed whose clusters came out at ARI 0.05 (0.9), while 90% on another seed, ARI 0.87,
     clears it (4.6). Fewer than `MIN_COMPARISONS` comparisons say nothing either way.
 
+    Nor do comparisons of a few `pairs` (the item pairs two workers or more labelled; None: as many
+    as the comparisons), however many: every comparison of one pair repeats that pair's evidence,
+    so the widest error bar is 1/sqrt(pairs), and unless a working crowd's kappa (`WORKING_KAPPA`)
+    stands `CHANCE_Z` of those from 0 the evidence cannot tell the two apart. Three images in HITs of
+    three, five workers (three pairs, 186 comparisons, kappa 0.129, clusters ARI 1.0) were called
+    "likely noise"; a chance verdict now needs 225 such pairs.
+
     >>> no_better_than_chance(0.001, 750_000), no_better_than_chance(0.023, 750_000)
     (True, False)
-    >>> no_better_than_chance(0.0, 50)
-    False
+    >>> no_better_than_chance(0.0, 50), no_better_than_chance(0.129, 186, pairs=3)
+    (False, False)
     """
-    return comparisons >= MIN_COMPARISONS and kappa * math.sqrt(comparisons) < CHANCE_Z
+    pairs = comparisons if pairs is None else pairs
+    can_tell = WORKING_KAPPA * math.sqrt(pairs) >= CHANCE_Z
+    return comparisons >= MIN_COMPARISONS and can_tell and kappa * math.sqrt(comparisons) < CHANCE_Z
 
 
 def _kappa(observed: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -388,6 +388,19 @@ def test_a_crowd_whose_workers_agree_only_by_chance_is_warned_of(tmp_path, expor
     assert checked.returncode == 0 and "chance would" not in checked.stderr
 
 
+def test_a_tiny_crowd_is_not_called_chance_on_evidence_that_cannot_tell(tmp_path):
+    """Three images in HITs of three, five workers: 186 comparisons of two workers' labels, but of
+    three pairs only, kappa 0.129 and the clusters right (ARI 1.0); the command warned that the
+    workers agreed no more than chance and that the clusters were likely noise. Three pairs cannot
+    tell a working crowd from chance, so no verdict either way."""
+    crowd = generate_crowd(3, 2, seed=0, hit_size=3, overlap=3)
+    crowd.write_export(tmp_path / "tiny.tsv")
+    crowd.write_truth(tmp_path / "truth.csv")
+    done = _run([tmp_path / "tiny.tsv", "-o", tmp_path / "c.csv", "--truth", tmp_path / "truth.csv"])
+    assert done.returncode == 0 and ari_of(done.stdout) == 1.0, done.stderr
+    assert "chance would" not in done.stderr and "likely noise" not in done.stderr, done.stderr
+
+
 def test_bots_answering_every_hit_alike_do_not_make_a_careful_crowd_look_like_chance(tmp_path):
     """Two bots on every HIT, one putting all its images in one group and one alternating two groups,
     beside 3 workers: the pooled kappa took the first for a worker who disagrees with everyone
