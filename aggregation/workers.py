@@ -17,7 +17,15 @@ import pandas as pd
 from aggregation.consensus import coin_counts, coin_weights
 from aggregation.pairs import PairLabels
 
-__all__ = ["answers_per_worker", "worker_quality"]
+__all__ = ["MIN_JUDGED", "answers_per_worker", "judged", "worker_quality"]
+
+# Labels a worker needs of pairs the clusters put together, and of pairs they keep apart, for its
+# informedness to say whether it agrees with the clusters better than chance. With fewer, a pair
+# the clusters got wrong decides it: 30 images of 30 styles answered by careful workers only, the
+# clusters one wrongly merged pair, and the 7 workers who had set that pair apart (their one
+# "together" label, against 300-580 right "apart" ones) were counted "no better than chance". A
+# careful worker (sensitivity 0.9) says "apart" to at most 1 of 5 right pairs once in 2,000.
+MIN_JUDGED = 5
 
 
 def worker_quality(pairs: PairLabels, clusters: np.ndarray) -> pd.DataFrame:
@@ -58,3 +66,12 @@ def answers_per_worker(pairs: PairLabels) -> np.ndarray:
     """How many answers (HITs) each worker gave that hold a pairwise label, in the pairs' order."""
     key = np.unique(pairs.task.astype(np.int64) * pairs.n_workers + pairs.worker)
     return np.bincount(key % pairs.n_workers, minlength=pairs.n_workers)
+
+
+def judged(pairs: PairLabels, clusters: np.ndarray) -> np.ndarray:
+    """Per worker (the pairs' order): whether it labelled at least `MIN_JUDGED` pairs the `clusters`
+    put together and as many they keep apart, so that its informedness can be judged."""
+    counts = coin_counts(
+        pairs.a, pairs.b, pairs.worker, pairs.label, np.asarray(clusters, dtype=np.int64), pairs.n_workers
+    )
+    return (counts[:, 1] >= MIN_JUDGED) & (counts[:, 3] >= MIN_JUDGED)

@@ -756,6 +756,22 @@ def test_workers_who_split_the_clusters_finer_are_not_called_chance(tmp_path):
     assert f"({len(low)} of them split the clusters finer but hardly ever join two (" in line, line
 
 
+def test_careful_workers_are_not_called_chance_on_a_label_or_two(tmp_path):
+    """30 images of 30 styles, careful workers only: the clusters merged one pair wrongly, and the 7
+    workers who had set that pair apart scored sensitivity 0 on that one label (against 300-580
+    right "apart" labels each), informedness 0, and were counted as agreeing with the clusters no
+    better than chance: workers to block. They are now counted as too few labels to tell."""
+    crowd = generate_crowd(30, 30, seed=0, overlap=5, shares={"diligent": 1.0})
+    crowd.write_export(tmp_path / "e.tsv")
+    done = _run([tmp_path / "e.tsv", "-o", tmp_path / "c.csv", "--workers-output", tmp_path / "w.csv"])
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("workers"))
+    assert "no better than chance" not in line, line
+    workers = pd.read_csv(tmp_path / "w.csv")
+    thin = int((workers["informedness"] < 0.2).sum())
+    assert thin and f"({thin} of them score informedness < 0.2 on fewer than 5 labels of pairs" in line, line
+
+
 def test_a_worker_at_exactly_the_threshold_is_not_counted_below_it():
     """At 10,000 images the workers line counted 662 workers below informedness 0.2 where
     --workers-output, written to six decimals, had 656 below and 6 at 0.200000: splitters who said

@@ -346,7 +346,7 @@ def aggregate(
     from aggregation.pairs import group_use
     from aggregation.recheck import find_recheck
     from aggregation.uncertain import UNCERTAIN_BELOW, written
-    from aggregation.workers import answers_per_worker, worker_quality
+    from aggregation.workers import answers_per_worker, judged, worker_quality
 
     labels, problems, unanswered = _read_exports(exports, lenient, read_export, ExportFormatError)
     from aggregation.addresses import respellings
@@ -404,6 +404,9 @@ def aggregate(
     fitted = getattr(model, "worker_params_", None)
     quality = worker_quality(model.pairs_, clusters.to_numpy()) if fitted is None else fitted
     low = quality["informedness"] < UNINFORMED
+    enough = judged(model.pairs_, clusters.to_numpy())
+    thin = int((low & ~enough).sum())  # a pair or two the clusters may have wrong decides theirs
+    low &= enough
     finer = (
         low & (quality["specificity"] >= FINER_SPECIFICITY) & (quality["sensitivity"] >= FINER_SENSITIVITY)
     )
@@ -425,7 +428,7 @@ def aggregate(
     lines = [
         f"method      {method.value}",
         f"items       {clusters.size:,}",
-        f"workers     {model.pairs_.n_workers:,}{_workers_note(uninformed, splitting, workers_output)}",
+        f"workers     {model.pairs_.n_workers:,}{_workers_note(uninformed, splitting, workers_output, thin)}",
         f"labels      {model.pairs_.n_labels:,} pairwise",
         f"assignments {model.pairs_.n_assignments:,} ({len(labels):,} item labels)",
         f"clusters    {model.n_clusters_:,}" + (f" ({'; '.join(notes)})" if notes else ""),
@@ -628,13 +631,17 @@ def _unclustered_why(outside: pd.Index, unanswered: list[str], exported: str) ->
     return f" ({', '.join(why)})"
 
 
-def _workers_note(uninformed: int, splitting: int, workers_output: Path | None) -> str:
+def _workers_note(uninformed: int, splitting: int, workers_output: Path | None, thin: int = 0) -> str:
     """The workers line's note: those who agree with the clusters no better than chance, and apart
     from them those whose informedness is as low because they split the clusters finer.
 
     A third of a crowd splitting each style by colour (specificity 1.00, sensitivity ~0.17) read
-    "39 of them agree with the clusters no better than chance": a list of spammers to block.
+    "39 of them agree with the clusters no better than chance": a list of spammers to block. Those
+    below it on fewer than `MIN_JUDGED` labels of one kind are counted as too few to tell: 7 careful
+    workers were called chance for setting apart the one pair the clusters had wrongly merged.
     """
+    from aggregation.workers import MIN_JUDGED
+
     notes = []
     if uninformed:
         notes.append(
@@ -647,9 +654,16 @@ def _workers_note(uninformed: int, splitting: int, workers_output: Path | None) 
             f"join two (informedness < {UNINFORMED}, specificity >= {FINER_SPECIFICITY}): a finer grouping, "
             "such as style and colour, not chance"
         )
+    listed = bool(notes)
+    if thin:
+        notes.append(
+            f"{thin:,} {'more' if listed else 'of them'} score informedness < {UNINFORMED} on fewer than "
+            f"{MIN_JUDGED} labels of pairs the clusters put together (or keep apart): too few to tell "
+            "from chance"
+        )
     if not notes:
         return ""
-    return f" ({'; '.join(notes)}{'' if workers_output else '; --workers-output lists them'})"
+    return f" ({'; '.join(notes)}{'' if workers_output or not listed else '; --workers-output lists them'})"
 
 
 def _dissent_line(dissent, method: Method) -> str:
