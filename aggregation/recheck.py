@@ -50,6 +50,10 @@ RECHECK_CONFIDENCE = 0.5  # below it an image is shown again even inside its clu
 # Above this share of images that no other image was grouped with by most workers, the clusters
 # cannot be trusted (the 10,000-image bench has 13%, the 100,000-image one 54%).
 UNANCHORED_WARNING = 0.25
+# The share of the other images an image must have been shown with for "set apart from every image
+# it was shown with" to place it alone (`Recheck.apart`): as for the most HITs per image the
+# unanchored warning advises, past it more HITs mostly repeat pairs.
+MEETS_ALL = 0.95
 
 
 def percent(share: float) -> str:
@@ -66,7 +70,7 @@ def percent(share: float) -> str:
     return ">99%" if share < 1 and text == "100%" else text
 
 
-def _hits_to_meet_all(n_items: int, hit_size: int, share: float = 0.95) -> int:
+def _hits_to_meet_all(n_items: int, hit_size: int, share: float = MEETS_ALL) -> int:
     """HITs per image of `hit_size` random images that show an image `share` of the others (at least 1)."""
     if hit_size - 1 >= n_items - 1:
         return 1
@@ -92,6 +96,13 @@ class Recheck:
     # Why the images are listed, as the summary says it: the model's prior placed them; the
     # baseline has no prior, its linkage placed them (`placed_by` of the estimator).
     placed_by: str = "only the prior placed"
+    # Per item (the pairs' order): unanchored, a cluster of its own, and shown with at least
+    # MEETS_ALL of the other images, every one of which most workers set it apart from: the labels
+    # place it, alone (None: not known, every unanchored image counted unplaced).
+    apart: np.ndarray | None = None
+    # Pairs of unanchored images each a cluster of its own that no HIT showed together: only the
+    # prior weighs whether such a pair is one style.
+    unshown: int = 0
 
     @property
     def share(self) -> float:
@@ -114,6 +125,11 @@ class Recheck:
         """The images no other image was grouped with by most workers who saw both."""
         return int((self.partners == 0).sum())
 
+    @property
+    def set_apart(self) -> int:
+        """Of the unanchored images, those the labels place alone (`apart`)."""
+        return 0 if self.apart is None else int(self.apart.sum())
+
     def unanchored_warning(self) -> str | None:
         """Above UNANCHORED_WARNING of the images unanchored: that the clusters are unreliable, what
         the design showed each image and the design that would anchor every image; else None.
@@ -124,9 +140,9 @@ class Recheck:
         observed design predicts the mean number of partners each image was grouped with
         (`design.implied_styles`).
         """
-        alone = self.unanchored
+        alone = self.unanchored - self.set_apart
         if alone <= UNANCHORED_WARNING * self.n_items:
-            return None
+            return self._set_apart_warning()
         mean_partners = float(self.partners.mean())
         hit_size, overlap, hits_per_item = self.design
         styles = implied_styles(self.n_items, hit_size, hits_per_item, mean_partners)
@@ -155,6 +171,11 @@ class Recheck:
             "other image by most workers who saw them: the labels cannot place them and the clusters "
             "are unreliable."
         )
+        if self.set_apart:
+            headline += (
+                f" ({self.set_apart:,} more were set apart from every image they were shown with, "
+                f"{MEETS_ALL:.0%} of the others or more, and are placed: alone.)"
+            )
         if every_image_alone or cost <= 1.0:
             # More HITs per image cannot anchor images that the workers put with no other.
             already = (
@@ -170,6 +191,36 @@ class Recheck:
             f"{headline} {shown} More answers per HIT do not help; more HITs per image do: "
             f"{advice.summary()} ({cost:.1f}x the answers of this run; {memory_note(advice)})."
         )
+
+    def _set_apart_warning(self) -> str | None:
+        """Above UNANCHORED_WARNING of the images set apart (`apart`): what the labels say of them,
+        which is no doubt about the clusters; else None.
+
+        30 images of 30 styles, HITs of 10, 10 HITs per image, 5 answers each: 30 right clusters of
+        one image (ARI 1.0), and the warning said "the labels cannot place them and the clusters
+        are unreliable". An image most workers set apart from every image it was shown with, and it
+        was shown with nearly every other, is placed: alone. What stays open is whether two such
+        images never shown together are one style: only the prior weighs that, about even, so those
+        images' confidences are below 0.5 (17 of the 30 there, 13 pairs never shown together).
+        """
+        apart = self.set_apart
+        if apart <= UNANCHORED_WARNING * self.n_items:
+            return None
+        text = (
+            f"{apart:,} of {self.n_items:,} images ({apart / self.n_items:.0%}) were set apart by most "
+            f"workers from every image they were shown with, {MEETS_ALL:.0%} of the others or more: each "
+            "is a cluster of its own, as the labels say. If the images were meant to share styles, the "
+            "workers saw none (check the instructions, the examples and the crowd)."
+        )
+        if self.unshown:
+            one = self.unshown == 1
+            text += (
+                f" {self.unshown:,} pair{'' if one else 's'} of images each alone and grouped with no other "
+                f"{'was' if one else 'were'} never shown together: only the prior weighs whether such a pair "
+                "is one style, at about even odds, which is what their confidences below 0.5 measure; a HIT "
+                "showing both would tell."
+            )
+        return text
 
     def summary(self) -> str:
         """One line: how many and why, and what a round of them (`followup.plan`) would buy."""
@@ -216,4 +267,34 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
     design = observed_design(pairs.n_items, pairs.n_assignments, len(labels), labels["task"].nunique())
     partners = together_partners(pairs, pieces.together)
     placed_by = getattr(model, "placed_by", Recheck.placed_by)
-    return Recheck(table, len(clusters), int(outside.sum()), design, pairs.n_assignments, partners, placed_by)
+    apart, unshown = _set_apart(model.pair_graph_, clusters, partners)
+    return Recheck(
+        table,
+        len(clusters),
+        int(outside.sum()),
+        design,
+        pairs.n_assignments,
+        partners,
+        placed_by,
+        apart,
+        unshown,
+    )
+
+
+def _set_apart(graph, clusters: np.ndarray, partners: np.ndarray) -> tuple[np.ndarray, int]:
+    """The images the labels place alone (`Recheck.apart`), and the pairs no HIT showed of images
+    unanchored and alone in their cluster (`Recheck.unshown`).
+
+    `graph` is the fit's `PairGraph` (each image's row lists the images it was shown with).
+    """
+    n = len(clusters)
+    met = np.diff(graph.indptr)  # how many other images each image was shown with
+    alone = np.bincount(clusters)[clusters] == 1 if n else np.zeros(0, dtype=bool)
+    lone = (partners == 0) & alone & (met > 0)
+    apart = lone & (met >= MEETS_ALL * (n - 1))
+    count = int(lone.sum())
+    if not apart.any() or count < 2:
+        return apart, 0
+    rows = np.repeat(np.arange(n), met)
+    shown = int((lone[rows] & lone[graph.indices]).sum()) // 2
+    return apart, count * (count - 1) // 2 - shown

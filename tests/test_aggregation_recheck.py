@@ -133,3 +133,30 @@ def test_the_recheck_line_counts_the_anchors_a_small_hit_holds():
         anchors = pd.Series([len(set(hit) - listed) for hit in hits])  # a HIT of one listed image has more
         assert anchors.mode().tolist() == [followup.anchors_per_hit(size)] == [size - 2]
         assert f"; a round of them {held}, same design: ~" in recheck.summary()
+
+
+def test_images_set_apart_from_nearly_every_other_are_placed_alone_not_unplaceable():
+    """30 images of 30 styles: every image's own cluster (ARI 1.0), and the warning said "the labels
+    cannot place them and the clusters are unreliable". Each was set apart from every image it was
+    shown with, 86-100% of the others: placed, alone. What the labels leave open is said instead:
+    the pairs never shown together, which only the prior weighs. Images that met only a few of the
+    others (300 images of 150 styles) are still unplaceable."""
+    from aggregation.crowd_warnings import crowd_warnings
+    from aggregation.pairs import group_use
+
+    crowd = generate_crowd(30, 30, seed=0, overlap=5)
+    model = CrowdClustering(random_state=0).fit(crowd.labels)
+    assert clustering_scores(model.labels_, crowd.truth)["ari"] == 1.0
+    recheck = find_recheck(model, crowd.labels)
+    assert recheck.unanchored == 30 and recheck.set_apart == 24  # 6 were shown with under 95% of the others
+    said = crowd_warnings(model, crowd.labels, recheck, group_use(crowd.labels, model.labels_))
+    assert not any("cannot place" in line or "unreliable" in line for line in said), said
+    (line,) = [line for line in said if "set apart" in line]
+    assert line.startswith("24 of 30 images (80%) were set apart by most workers from every image")
+    assert "13 pairs of images each alone and grouped with no other were never shown together" in line
+
+    sparse = generate_crowd(300, 150, seed=0, overlap=3)
+    model = CrowdClustering(random_state=0).fit(sparse.labels)
+    recheck = find_recheck(model, sparse.labels)
+    assert recheck.set_apart == 0
+    assert "the labels cannot place them and the clusters are unreliable" in recheck.unanchored_warning()

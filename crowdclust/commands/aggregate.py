@@ -344,7 +344,7 @@ def aggregate(
     )
     from aggregation.crowd_warnings import crowd_warnings
     from aggregation.pairs import group_use
-    from aggregation.recheck import find_recheck
+    from aggregation.recheck import MEETS_ALL, find_recheck
     from aggregation.uncertain import UNCERTAIN_BELOW, written
     from aggregation.workers import answers_per_worker, judged, worker_quality
 
@@ -433,7 +433,13 @@ def aggregate(
         f"assignments {model.pairs_.n_assignments:,} ({len(labels):,} item labels)",
         f"clusters    {model.n_clusters_:,}" + (f" ({'; '.join(notes)})" if notes else ""),
         f"uncertain   {_n(uncertain, 'item')} with confidence < {UNCERTAIN_BELOW}",
-        f"unanchored  {_n(alone, 'item')} no other item was grouped with by most workers",
+        f"unanchored  {_n(alone, 'item')} no other item was grouped with by most workers"
+        + (
+            f" ({recheck.set_apart:,} of them set apart from every item they were shown with, "
+            f"{MEETS_ALL:.0%} of the others or more: placed alone)"
+            if recheck.set_apart
+            else ""
+        ),
         f"groups      at most {use.most} per answer (~{use.images:.0f} images each); "
         f"{use.saturated:.0%} of the answers used {use.most} for images of more clusters",
         f"dissent     {_dissent_line(dissent, method)}",
