@@ -172,9 +172,24 @@ class Recheck:
             "are unreliable."
         )
         if self.set_apart:
+            one = self.set_apart == 1
             headline += (
-                f" ({self.set_apart:,} more were set apart from every image they were shown with, "
-                f"{MEETS_ALL:.0%} of the others or more, and are placed: alone.)"
+                f" ({self.set_apart:,} more {'was' if one else 'were'} set apart from every image "
+                f"{'it was' if one else 'they were'} shown with, {MEETS_ALL:.0%} of the others or more, and "
+                f"{'is' if one else 'are'} placed: alone.)"
+            )
+        if every_image_alone and hits_per_item < every_other:
+            # Shown with a few of the others, images set apart from all of them may still have a
+            # style-mate they never met: 6 images of 3 styles in HITs of 2, 2 HITs per image (each
+            # shown with ~2 of the other 5) read "No design changes that".
+            met = 1.0 - (1.0 - (hit_size - 1.0) / max(1, self.n_items - 1)) ** hits_per_item
+            more = every_other / hits_per_item
+            return (
+                f"{headline} {shown} Each image was shown with ~{percent(min(1.0, met))} of the others, "
+                "so an image may share a style with one it never met: more HITs per image tell, "
+                f"hits.hits_per_item {every_other} shows each image ~{MEETS_ALL:.0%} of the others "
+                f"(~{more:.1f}x the answers of this run). If the images still share no style, the "
+                "workers set them apart (check the instructions and the examples)."
             )
         if every_image_alone or cost <= 1.0:
             # More HITs per image cannot anchor images that the workers put with no other.

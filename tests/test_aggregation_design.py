@@ -149,3 +149,21 @@ def test_a_small_designs_labels_are_counted_whole():
     """120 images, 3 HITs each, overlap 3: the warning read "0.0 M pairwise labels"."""
     assert design_information(120, 8, 10, 3, 3).aggregation_cost().startswith("4,860 pairwise labels")
     assert design_information(10_000, 40, 10, 10, 7).aggregation_cost().startswith("3.1 M pairwise labels")
+
+
+def test_images_shown_with_few_others_are_not_told_no_design_would_help():
+    """6 images of 3 styles in HITs of 2, 2 HITs per image, 2 answers each: every image shown with
+    ~2 of the other 5 and put with none, and the warning said "as if every image were a style of its
+    own). No design changes that", when more HITs per image would show each its style-mate."""
+    from aggregation.recheck import Recheck
+
+    crowd = generate_crowd(6, 3, seed=0, hit_size=2, overlap=2)
+    pairs = build_pairs(crowd.labels)
+    design = observed_design(6, pairs.n_assignments, len(crowd.labels), crowd.labels["task"].nunique())
+    assert round(design.hits_per_item) == 2 and round(design.hit_size) == 2
+    text = Recheck(
+        pd.DataFrame(), 6, 0, design, pairs.n_assignments, np.zeros(6, np.int64)
+    ).unanchored_warning()
+    assert "No design changes that" not in text, text
+    assert "Each image was shown with ~36% of the others" in text, text
+    assert "more HITs per image tell, hits.hits_per_item 14 shows each image ~95% of the others" in text
