@@ -101,8 +101,12 @@ class Recheck:
     # place it, alone (None: not known, every unanchored image counted unplaced).
     apart: np.ndarray | None = None
     # Pairs of unanchored images each a cluster of its own that no HIT showed together: only the
-    # prior weighs whether such a pair is one style.
+    # prior weighs whether such a pair is one style (counted when some image is `apart`, or none
+    # has a partner).
     unshown: int = 0
+    # Pairs of the listed images (`table`) that no HIT showed together, counted when no image has a
+    # partner (`summary`: a round of them still shows them to one another).
+    listed_unshown: int = 0
 
     @property
     def share(self) -> float:
@@ -253,9 +257,18 @@ class Recheck:
             listed = followup.listed_per_hit(hit_size)
             beside = f" beside its {_anchors(anchors)}" if anchors else ", no room for anchors"
             return f"{line}; too few to fill a HIT of {hit_size} ({listed} images{beside})"
-        if not self.partners.any():  # anchors tie pieces to clusters only if the workers join images
-            return f"{line}; no round would help: most workers put no two images together"
         more = f"~{self.round_answers:,} answers (+{self.round_answers / self.answered:.0%})"
+        if not self.partners.any():  # anchors tie pieces to clusters only if the workers join images
+            if not self.listed_unshown:
+                return f"{line}; no round would help: most workers put no two images together"
+            # But the listed images meet one another in it: 30 images of 30 styles, 13 pairs never
+            # shown together and 17 images below 0.5 for them, read "no round would help".
+            one = self.listed_unshown == 1
+            return (
+                f"{line}; most workers put no two images together, but {self.listed_unshown:,} "
+                f"pair{'' if one else 's'} of them {'was' if one else 'were'} never shown together: a "
+                f"round of them, same design, shows them to one another: {more}"
+            )
         held = (
             f"with {_anchors(anchors)} per HIT"
             if anchors
@@ -283,6 +296,7 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
     partners = together_partners(pairs, pieces.together)
     placed_by = getattr(model, "placed_by", Recheck.placed_by)
     apart, unshown = _set_apart(model.pair_graph_, clusters, partners)
+    listed_unshown = 0 if partners.any() else _unshown_pairs(model.pair_graph_, chosen)
     return Recheck(
         table,
         len(clusters),
@@ -293,6 +307,7 @@ def find_recheck(model, labels: pd.DataFrame) -> Recheck:
         placed_by,
         apart,
         unshown,
+        listed_unshown,
     )
 
 
@@ -308,8 +323,16 @@ def _set_apart(graph, clusters: np.ndarray, partners: np.ndarray) -> tuple[np.nd
     lone = (partners == 0) & alone & (met > 0)
     apart = lone & (met >= MEETS_ALL * (n - 1))
     count = int(lone.sum())
-    if not apart.any() or count < 2:
+    if count < 2 or not (apart.any() or (partners == 0).all()):  # (`Recheck.summary` reads it then)
         return apart, 0
-    rows = np.repeat(np.arange(n), met)
-    shown = int((lone[rows] & lone[graph.indices]).sum()) // 2
-    return apart, count * (count - 1) // 2 - shown
+    return apart, _unshown_pairs(graph, lone)
+
+
+def _unshown_pairs(graph, mask: np.ndarray) -> int:
+    """How many pairs of the images `mask` selects no HIT showed together (`graph`: a `PairGraph`)."""
+    count = int(mask.sum())
+    if count < 2:
+        return 0
+    rows = np.repeat(np.arange(len(mask)), np.diff(graph.indptr))
+    shown = int((mask[rows] & mask[graph.indices]).sum()) // 2
+    return count * (count - 1) // 2 - shown

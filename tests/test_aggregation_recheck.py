@@ -160,3 +160,16 @@ def test_images_set_apart_from_nearly_every_other_are_placed_alone_not_unplaceab
     recheck = find_recheck(model, sparse.labels)
     assert recheck.set_apart == 0
     assert "the labels cannot place them and the clusters are unreliable" in recheck.unanchored_warning()
+
+
+def test_the_recheck_line_offers_a_round_when_listed_images_never_met():
+    """30 images of 30 styles, put with no other by the workers: 17 images below confidence 0.5
+    because 13 pairs of them were never shown together, and the line said "no round would help:
+    most workers put no two images together". A round of them shows them to one another."""
+    crowd = generate_crowd(30, 30, seed=0, overlap=5)
+    model = CrowdClustering(random_state=0).fit(crowd.labels)
+    recheck = find_recheck(model, crowd.labels)
+    assert len(recheck.table) == 17 and not recheck.partners.any()
+    line = recheck.summary()
+    assert "no round would help" not in line, line
+    assert "but 13 pairs of them were never shown together: a round of them, same design" in line
