@@ -206,9 +206,21 @@ class Recheck:
                 f"{headline} {shown} {already}: the images may share no style, or the workers set them "
                 "apart (check the instructions and the examples)."
             )
+        shows = advice.summary()
+        others = self.n_items / styles - 1.0  # the images of an image's style, besides itself
+        if advice.same_style_partners > others:
+            # m counts meetings, repeats and all: 16 images read as ~5 styles (~2.2 others each) were
+            # told that 37 HITs of 2 per image show each image "~5.4 of its style". Said as the
+            # images it is shown with, repeats counted once.
+            met = 1.0 - (1.0 - (advice.hit_size - 1) / (self.n_items - 1)) ** advice.hits_per_item
+            shows = (
+                f"hits.size {advice.hit_size}, hits.hits_per_item {advice.hits_per_item:g}, overlap "
+                f"{advice.overlap}: each image is shown with ~{percent(met)} of the others, "
+                f"~{others * met:.1f} of the ~{others:.1f} of its style, {advice.assignments:,} answers"
+            )
         return (
             f"{headline} {shown} More answers per HIT do not help; more HITs per image do: "
-            f"{advice.summary()} ({cost:.1f}x the answers of this run; {memory_note(advice)})."
+            f"{shows} ({cost:.1f}x the answers of this run; {memory_note(advice)})."
         )
 
     def _set_apart_warning(self) -> str | None:

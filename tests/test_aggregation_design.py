@@ -167,3 +167,22 @@ def test_images_shown_with_few_others_are_not_told_no_design_would_help():
     assert "No design changes that" not in text, text
     assert "Each image was shown with ~36% of the others" in text, text
     assert "more HITs per image tell, hits.hits_per_item 14 shows each image ~95% of the others" in text
+
+
+def test_the_unanchored_warning_never_promises_more_of_a_style_than_it_holds():
+    """16 images of 4 styles in HITs of 2, 8 per image, read as ~5 styles (~2.2 others each), were
+    advised 37 HITs per image that "each image meets ~5.4 of its style": meetings counted with
+    their repeats, more than the style holds. The line says the images shown, each counted once."""
+    from aggregation.recheck import Recheck
+
+    crowd = generate_crowd(16, 4, seed=0, hit_size=2, overlap=3, hits_per_item=8)
+    pairs = build_pairs(crowd.labels)
+    design = observed_design(16, pairs.n_assignments, len(crowd.labels), crowd.labels["task"].nunique())
+    partners = np.r_[np.zeros(5, np.int64), np.full(8, 2, np.int64), np.ones(3, np.int64)]
+    assert implied_styles(16, design.hit_size, design.hits_per_item, partners.mean()) == 5
+    text = Recheck(pd.DataFrame(), 16, 0, design, pairs.n_assignments, partners).unanchored_warning()
+    assert "meets ~" not in text, text
+    assert (
+        "hits.hits_per_item 37, overlap 3: each image is shown with ~92% of the others, ~2.0 of the ~2.2"
+        in text
+    )
