@@ -125,15 +125,15 @@ def prefect_password_refused(timeout: float = 10.0) -> str | None:
     'crowdclust-local-token' (PrefectHTTPStatusError)`: the block existed; the server had refused to
     show it.
     """
-    import base64
-
     import httpx
+
+    from crowdclust.service.config import API_AUTH_ENV, basic_auth
 
     api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
     if not api:
         return None
-    password = os.environ.get("PREFECT_API_AUTH_STRING")
-    headers = {"Authorization": "Basic " + base64.b64encode(password.encode()).decode()} if password else {}
+    password = os.environ.get(API_AUTH_ENV)
+    headers = basic_auth(password)
     try:
         answer = httpx.post(f"{api}/flows/filter", json={"limit": 1}, headers=headers, timeout=timeout)
     except httpx.HTTPError:

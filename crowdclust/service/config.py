@@ -11,6 +11,7 @@ files with mode 0600.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import os
@@ -45,13 +46,20 @@ LOOPBACK = "127.0.0.1"
 EVERY_ADDRESS = "0.0.0.0"
 
 
+def basic_auth(password: str | None) -> dict[str, str]:
+    """The `Authorization` header Prefect's clients send for a `user:password`; none without one."""
+    return {"Authorization": "Basic " + base64.b64encode(password.encode()).decode()} if password else {}
+
+
+@functools.cache
 def machine_address() -> str:
     """This machine's name when it resolves to an address others reach, else the address of the
     interface its traffic leaves by, else its name.
 
     `socket.getfqdn()` said `localhost` on a machine whose /etc/hosts maps its name to 127.0.0.1,
     which would send teammates to their own machines. Connecting a UDP socket sends nothing; it only
-    picks the route to a documentation-only address (TEST-NET-1).
+    picks the route to a documentation-only address (TEST-NET-1). Asked once a process: `up` and
+    `status` name it in several lines, each a name lookup.
     """
     name = socket.gethostname()
     try:
@@ -181,8 +189,7 @@ class ServiceConfig:
 
     def api_headers(self) -> dict[str, str]:
         """The headers of a request to the server's API made without Prefect's client (httpx)."""
-        auth = self.api_auth()
-        return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+        return basic_auth(self.api_auth())
 
     def client_env(self) -> dict[str, str]:
         """`env()` and, when the API asks for one, its password (PREFECT_API_AUTH_STRING): for the
