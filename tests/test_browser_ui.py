@@ -3,28 +3,24 @@
 The demo run's page and each of its artifacts' pages are opened with the emulator stopped (only
 what is always up with the service answers: the Prefect server and the read-only server of
 `runs/`). Every `<img>` must have loaded (naturalWidth > 0) and every link to the run report must
-answer 200. Chromium is Debian's (`apt-get install chromium`); playwright's own browser downloads
-are not used. Run it alone with `.venv/bin/pytest tests/test_browser_ui.py`; with
-CROWDCLUST_SCREENSHOTS=<folder> it also saves a full-page screenshot of every page it opens.
+answer 200. Chromium is Debian's (`tests/fixtures/browser.py`). Run it alone with
+`.venv/bin/pytest tests/test_browser_ui.py`; with CROWDCLUST_SCREENSHOTS=<folder> it also saves a
+full-page screenshot of every page it opens.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 from typing import Any
 
 import httpx
 import pytest
 
 from crowdclust import service
+from tests.fixtures.browser import browser_page, needs_chromium
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = (
-    os.environ.get("CROWDCLUST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-)
 
 # Waits until every image on the page has loaded or failed (lazy ones forced to load), then reports.
 IMAGES_JS = """
@@ -58,10 +54,8 @@ def demo_artifacts(svc, demo_run) -> list[dict[str, Any]]:
     return artifacts
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_run, demo_artifacts):
-    from playwright.sync_api import sync_playwright
-
     ui = svc.cfg.ui_url
     artifacts = demo_artifacts
     report = next(a for a in artifacts if a["key"] == "run-report")
@@ -73,9 +67,7 @@ def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_r
     report_links: set[str] = set()
     service.stop(svc.cfg, "emulator")
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        with browser_page() as page:
             for url in pages:
                 page.goto(url, wait_until="networkidle", timeout=60_000)
                 page.wait_for_timeout(500)  # the UI renders the artifact after its data arrives
@@ -88,7 +80,6 @@ def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_r
                 if shots:
                     name = re.sub(r"[^A-Za-z0-9]+", "-", url.split("//", 1)[-1])[-80:]
                     page.screenshot(path=f"{shots}/{len(image_counts):02d}-{name}.png", full_page=True)
-            browser.close()
     finally:
         service.start(svc.cfg, "emulator")
     targets = set(_report_urls(report)) | report_links
@@ -104,14 +95,13 @@ def test_demo_run_pages_render_every_image_with_the_emulator_stopped(svc, demo_r
         assert httpx.get(target, timeout=10).status_code == 200, target
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_a_report_of_many_clusters_keeps_its_intruder_chart_inside_the_page(tmp_path):
     """A run of 1,139 images in 27 clusters drew a 1,640-pixel chart (a bar per host cluster), and its
     report was 1,672 pixels wide in a 1,400-pixel window: the whole page scrolled sideways, the
     chart's legend (the overall accuracy) out of sight. The chart is in a box of its own that would
     scroll, and past a few clusters it grows down, a row per cluster, so the box need not scroll."""
     import pandas as pd
-    from playwright.sync_api import sync_playwright
 
     from tasks import report
     from tasks.intruders import bar_chart
@@ -143,9 +133,7 @@ def test_a_report_of_many_clusters_keeps_its_intruder_chart_inside_the_page(tmp_
     links = report.ReportLinks(clusters="clusters.csv", chart=report._embedded(chart))
     page_file = tmp_path / "report.html"
     page_file.write_text(report.render_html(summary, clusters, None, "t", links, {}))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with browser_page() as page:
         page.goto(page_file.as_uri(), wait_until="load")
         width, chart_width, box_width = page.evaluate(
             """() => {
@@ -153,17 +141,15 @@ def test_a_report_of_many_clusters_keeps_its_intruder_chart_inside_the_page(tmp_
               return [document.documentElement.scrollWidth, img.naturalWidth, img.parentElement.clientWidth];
             }"""
         )
-        browser.close()
     assert width <= 1400 and chart_width <= box_width  # the page fits, and the chart its box
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_a_report_of_many_clusters_shows_every_image_it_embeds_once(tmp_path):
     """A least certain image in its cluster's gallery is embedded once and shown twice: the second
     <img> takes its source from the first as the page loads. Every image of a 250-cluster report
     must load, and the page keep to its width (ten images a row)."""
     import pandas as pd
-    from playwright.sync_api import sync_playwright
 
     from tasks import report, thumbnails
     from tasks.stages import Aggregated, AggregationInfo
@@ -181,13 +167,10 @@ def test_a_report_of_many_clusters_shows_every_image_it_embeds_once(tmp_path):
     )
     page_file = tmp_path / "report.html"
     page_file.write_text(html)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with browser_page() as page:
         page.goto(page_file.as_uri(), wait_until="load")
         images = page.evaluate(IMAGES_JS)
         copies = page.evaluate("() => document.querySelectorAll('img[data-copy]').length")
         width = page.evaluate("() => document.documentElement.scrollWidth")
-        browser.close()
     assert len(images) == 2000 + 250 * thumbnails.LEAST_CERTAIN and copies == 250 * thumbnails.LEAST_CERTAIN
     assert all(image["loaded"] for image in images) and width <= 1400
