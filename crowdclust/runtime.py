@@ -164,7 +164,14 @@ def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
     status`, else the checkout's `.service/`. Returns the runs URL so linked, else None (an explicit
     setting, another server or a service that is down leaves everything as it was).
     """
-    from crowdclust.service.config import RUNS_DIR_ENV, RUNS_URL_ENV, SERVICE_DIR_ENV, ServiceConfig, load
+    from crowdclust.service.config import (
+        RUNS_DIR_ENV,
+        RUNS_URL_ENV,
+        SERVICE_DIR_ENV,
+        SHARED_EMULATOR_ENV,
+        ServiceConfig,
+        load,
+    )
     from crowdclust.service.processes import answers
 
     api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
@@ -182,6 +189,8 @@ def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
         return None
     # At the address teammates reach when the service listens on the network (`make up LISTEN=...`).
     os.environ[RUNS_URL_ENV], os.environ[RUNS_DIR_ENV] = cfg.shared_runs_url, str(cfg.runs_dir)
+    if cfg.on_network:  # and the image links name its emulator so (`tasks.thumbnails.link_base`)
+        os.environ[SHARED_EMULATOR_ENV] = cfg.shared_emulator_url
     return cfg.shared_runs_url
 
 

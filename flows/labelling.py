@@ -18,7 +18,7 @@ from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
 from tasks.second_round import SECOND_ROUND_POOL, most_images, pool_name
 from tasks.stages import HitPlan, Labelled, PoolStats
-from tasks.thumbnails import images_base
+from tasks.thumbnails import images_base, link_base
 from tasks.toloka_api import (
     POOL_LIFETIME,
     Opening,
@@ -62,7 +62,7 @@ def collect_labels(
     logger.info("HIT plan (%s): %s", params.hits.design, plan.coverage.describe())
     second = main_pool_role.startswith(SECOND_ROUND_POOL)  # its artifacts beside the first round's
     coverage_key = "second-round-hit-coverage" if second else "hit-coverage"
-    artifacts.hit_coverage(plan.coverage, images_base(params.toloka), params.hits.hits_per_item, coverage_key)
+    artifacts.hit_coverage(plan.coverage, link_base(params.toloka), params.hits.hits_per_item, coverage_key)
 
     costs = budget.estimate_labelling(params, bundle, len(plan.hits))
     counted = budget.main_overlap(params, bundle)  # per HIT, what quality rules may add included

@@ -43,6 +43,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import ipaddress
 import os
 import re
 import stat
@@ -81,12 +82,22 @@ LOCK_FOLDER_MODE = 0o1777  # every user may add a lock file; only its owner may 
 LOCK_FILE_MODE = 0o666  # every user may take and describe the lock (a pid and a flow run's name)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: the network's
+
+
 def same_platform(url: str) -> str:
     """One spelling of a platform URL: `http://localhost:4410/` and `http://127.0.0.1:4410` are the
     same emulator, and two runs of one key against it, spelled so, both ran and both paid gating."""
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
-    host = "127.0.0.1" if host in ("localhost", "::1") or host.startswith("127.") else host
+    host = "127.0.0.1" if is_loopback(host) else host
     default = {"http": 80, "https": 443}.get(parts.scheme.lower())
     port = "" if parts.port in (None, default) else f":{parts.port}"
     return f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
         description="Emulator URL that wins over `toloka.url` for `local` runs: points a run at another "
         "emulator without editing its parameters (the local service instead deploys its real URL).",
     )
+    shared_emulator_url: str | None = Field(
+        None,
+        description="The local service's emulator as teammates' browsers reach it, set by a service that "
+        "listens on the network for its runs: the image links of their artifacts name it instead of "
+        "127.0.0.1 (tasks/thumbnails.py `link_base`).",
+    )
     toloka_rate_limit: bool = Field(
         False,
         description="Make every Toloka request take a slot of the Prefect global rate limit "

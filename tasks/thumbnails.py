@@ -22,13 +22,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
 
 import aggregation
 from tasks.params import TolokaTarget
+from tasks.run_lock import is_loopback
+from tasks.settings import Settings
 from tasks.stages import Aggregated, counted
 from tasks.toloka_api import endpoint
 
@@ -73,6 +75,30 @@ def images_base(target: TolokaTarget | None) -> str | None:
     if target is None or target.environment != "local":
         return None
     return endpoint(target)
+
+
+def link_base(target: TolokaTarget | None) -> str | None:
+    """`images_base` as a browser reaches it, for links in the run's artifacts.
+
+    The service's runs reach its emulator at 127.0.0.1, the address in their parameters. On a service
+    that listens on the network (`make up LISTEN=...`) teammates open the same artifacts from other
+    machines, where 127.0.0.1 is their own: the `hit-coverage` table's image links went nowhere.
+    The service names its emulator's shared address in CROWDCLUST_SHARED_EMULATOR_URL
+    (`Settings.shared_emulator_url`); a loopback base on that emulator's port is linked there. Any
+    other base (another emulator, Toloka) is linked as it is fetched.
+    """
+    base = images_base(target)
+    shared = (Settings().shared_emulator_url or "").rstrip("/")
+    if not base or not shared:
+        return base
+    parts, to = urlsplit(base), urlsplit(shared)
+    try:
+        same_port = parts.port == to.port
+    except ValueError:  # a port out of range in either: link as fetched
+        return base
+    if not same_port or not is_loopback(parts.hostname or ""):
+        return base
+    return urlunsplit(parts._replace(scheme=to.scheme, netloc=to.netloc))
 
 
 def for_galleries(

@@ -343,6 +343,39 @@ def test_hit_coverage_links_open_the_images_where_the_runs_emulator_serves_them(
     assert cells["javascript:alert(1)"]["image"] == cells["img0001"]["image"] == ""
 
 
+def test_hit_coverage_links_on_a_service_on_the_network_name_the_address_teammates_reach(monkeypatch):
+    """`make up LISTEN=0.0.0.0`: the service's runs reach its emulator at 127.0.0.1, and the
+    `hit-coverage` table linked its images there, which a teammate's browser on another machine is
+    its own machine. The service names its emulator's shared address (CROWDCLUST_SHARED_EMULATOR_URL):
+    links to that emulator name it; links to any other emulator or to Toloka stay as fetched."""
+    from tasks.hits import coverage
+    from tasks.thumbnails import link_base
+
+    local = TolokaTarget(environment="local", url="http://127.0.0.1:28282")
+    monkeypatch.delenv("CROWDCLUST_SHARED_EMULATOR_URL", raising=False)
+    assert link_base(local) == "http://127.0.0.1:28282"
+    monkeypatch.setenv("CROWDCLUST_SHARED_EMULATOR_URL", "http://192.0.2.2:28282/")
+    assert link_base(local) == "http://192.0.2.2:28282"
+    assert (
+        link_base(TolokaTarget(environment="local", url="http://localhost:28282/"))
+        == "http://192.0.2.2:28282/"
+    )
+    # Another emulator of this machine (not the service's), one on another machine, and Toloka.
+    assert (
+        link_base(TolokaTarget(environment="local", url="http://127.0.0.1:8765")) == "http://127.0.0.1:8765"
+    )
+    assert (
+        link_base(TolokaTarget(environment="local", url="http://10.0.0.7:28282")) == "http://10.0.0.7:28282"
+    )
+    assert link_base(TolokaTarget(environment="sandbox")) is None
+
+    items = [f"http://127.0.0.1:8765/images/shoe{i}.png" for i in range(3)]
+    rows, description = artifacts.coverage_table(coverage([items], items), link_base(local), target=2)
+    assert "Links open the images on the run's emulator, `http://192.0.2.2:28282`." in description
+    links = [re.findall(r'<a href="([^"]*)">', _html(row["image"])) for row in rows]
+    assert links == [[f"http://192.0.2.2:28282/images/shoe{i}.png"] for i in range(3)], links
+
+
 def test_run_metrics_are_rounded_for_reading_and_the_estimate_is_one_line(tmp_path):
     """The UI prints a table cell as it gets it: every digit of a float, a dict as JSON. The
     scores' image count is a row only when some clustered images have no class."""

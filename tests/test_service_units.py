@@ -168,11 +168,13 @@ def test_a_service_on_the_network_asks_for_a_password_and_gives_teammates_its_ad
     env = cfg.env()
     assert env["PREFECT_UI_API_URL"] == "/api"
     assert env["CROWDCLUST_RUNS_URL"] == f"http://{cfg.public_host}:{cfg.files_port}"
+    assert env["CROWDCLUST_SHARED_EMULATOR_URL"] == f"http://{cfg.public_host}:{cfg.emulator_port}"
     cfg.state_dir.joinpath("postgres-password").write_text("pw\n")
     assert "@127.0.0.1:" in postgres.connection_url(cfg)
     local = ServiceConfig(state_dir=tmp_path / "local")
     assert not local.on_network and local.env()["CROWDCLUST_RUNS_URL"] == local.runs_url
     assert local.env().get("PREFECT_UI_API_URL") == local.api_url
+    assert "CROWDCLUST_SHARED_EMULATOR_URL" not in local.env()  # the image links as the runs fetch them
 
 
 def test_results_url_becomes_the_default_storage_block_of_every_worker(tmp_path: Path):
@@ -331,13 +333,13 @@ def test_crowdclust_run_finds_a_service_kept_in_crowdclust_service_dir(tmp_path:
     state.mkdir()
     cfg = ServiceConfig(state_dir=state, server_port=51890, files_port=51891, runs_dir=runs)
     cfg.remember()
-    for name in (RUNS_URL_ENV, RUNS_DIR_ENV):
+    for name in (RUNS_URL_ENV, RUNS_DIR_ENV, "CROWDCLUST_SHARED_EMULATOR_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(processes, "answers", lambda url, timeout=None: url == cfg.health_url("files"))
     monkeypatch.setenv("PREFECT_API_URL", cfg.api_url)
     monkeypatch.setenv("CROWDCLUST_SERVICE_DIR", str(state))
     assert link_service_runs_folder() == cfg.runs_url
-    assert os.environ[RUNS_DIR_ENV] == str(runs)
+    assert os.environ[RUNS_DIR_ENV] == str(runs) and "CROWDCLUST_SHARED_EMULATOR_URL" not in os.environ
     # A service on the network (`make up LISTEN=0.0.0.0`): the report's link names the address
     # teammates reach, as its workers' runs do, not 127.0.0.1.
     shared = ServiceConfig(
@@ -347,6 +349,7 @@ def test_crowdclust_run_finds_a_service_kept_in_crowdclust_service_dir(tmp_path:
     monkeypatch.setattr(processes, "answers", lambda url, timeout=None: url == shared.health_url("files"))
     monkeypatch.delenv(RUNS_URL_ENV)
     assert link_service_runs_folder() == shared.shared_runs_url != shared.runs_url
+    assert os.environ["CROWDCLUST_SHARED_EMULATOR_URL"] == shared.shared_emulator_url != shared.emulator_url
 
 
 def test_crowdclust_run_against_a_server_takes_its_toloka_rate_limits(monkeypatch):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import ipaddress
 import json
 import os
 import socket
@@ -23,6 +22,7 @@ from typing import Any, Literal
 from crowdclust.runtime import HEARTBEAT_SECONDS
 from crowdclust.service.files import HEALTH_PATH as FILES_HEALTH
 from tasks.atomic_file import write_atomic
+from tasks.run_lock import is_loopback
 from tasks.toloka_rate import DEFAULT_RATES
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -37,6 +37,7 @@ ADMIN_TOKEN_ENV = "CROWDCLUST_EMULATOR_ADMIN_TOKEN"  # the emulator's second tok
 DATABASE_URL_ENV = "CROWDCLUST_DATABASE_URL"  # `up`'s existing PostgreSQL, password included
 RUNS_URL_ENV = "CROWDCLUST_RUNS_URL"  # base URL under which `runs_dir` is served read-only
 RUNS_DIR_ENV = "CROWDCLUST_RUNS_DIR"  # the folder served at that URL
+SHARED_EMULATOR_ENV = "CROWDCLUST_SHARED_EMULATOR_URL"  # the emulator as teammates reach it (image links)
 SERVICE_DIR_ENV = "CROWDCLUST_SERVICE_DIR"  # the service folder (`make up/status/down`, `crowdclust run`)
 RATE_LIMIT_ENV = "CROWDCLUST_TOLOKA_RATE_LIMIT"  # on: every Toloka request takes a rate-limit slot
 API_AUTH_ENV = "PREFECT_API_AUTH_STRING"  # Prefect's clients send it as HTTP basic auth
@@ -74,16 +75,6 @@ def machine_address() -> str:
     except OSError:
         return name
     return name if is_loopback(address) or address == EVERY_ADDRESS else address
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: the network's
 
 
 Profile = Literal["sqlite", "postgres"]
@@ -170,6 +161,11 @@ class ServiceConfig:
         return f"http://{self.public_host}:{self.files_port}" if self.on_network else self.runs_url
 
     @property
+    def shared_emulator_url(self) -> str:
+        """The emulator's URL in the links of the runs' artifacts (its images), which teammates open."""
+        return f"http://{self.public_host}:{self.emulator_port}" if self.on_network else self.emulator_url
+
+    @property
     def token_file(self) -> Path:
         return self.state_dir / "emulator-token"
 
@@ -227,7 +223,8 @@ class ServiceConfig:
         - Result storage: Prefect's own settings (PREFECT_RESULTS_LOCAL_STORAGE_PATH, or a default storage
           block for a URL) with persistence on; every worker gets the same values, so a Retry on any
           worker finds the cache.
-        - CROWDCLUST_RUNS_URL/_DIR: where `runs/` is served over http (links in artifacts).
+        - CROWDCLUST_RUNS_URL/_DIR: where `runs/` is served over http (links in artifacts); on the
+          network, CROWDCLUST_SHARED_EMULATOR_URL: the emulator as teammates reach it (image links).
         - CROWDCLUST_TOLOKA_RATE_LIMIT: every Toloka request of a run takes a slot of the global rate
           limit `toloka-api-<environment>`, so all runs on all workers share the requester's quota.
         - TOLOKA_TOKEN, the emulator's tokens and database settings are removed: deployments name their
@@ -265,6 +262,8 @@ class ServiceConfig:
             PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
         )
         env[RUNS_URL_ENV] = self.shared_runs_url
+        if self.on_network:  # the image links of the runs' artifacts (`tasks.thumbnails.link_base`)
+            env[SHARED_EMULATOR_ENV] = self.shared_emulator_url
         if self.on_network and not self.server_url:
             # The UI asks the API at the address its page came from: teammates' browsers reach the
             # server by the machine's name or address, not by 127.0.0.1.
