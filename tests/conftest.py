@@ -42,7 +42,7 @@ LANES = {
 SHARED = {
     "svc": {"service"},
     "demo_run": {"service"},
-    "prefect_harness": {"prefect", "money", "tests/test_faults_pipeline.py"},
+    "prefect_harness": {"prefect", "money", "tests/test_faults_pipeline.py", "tests/test_faults_signals.py"},
 }
 LONGEST_FIRST = [
     "service",
@@ -52,6 +52,7 @@ LONGEST_FIRST = [
     # Its two runs wait out a server away (a minute and more each, little CPU): early, beside the rest.
     "tests/test_service_outage.py",
     "tests/test_faults_pipeline.py",
+    "tests/test_faults_signals.py",
     "prefect",
     "money",
     "tests/test_aggregation_cli.py",

@@ -1,43 +1,53 @@
-"""Money and state under faults, with the real flow, the real toloka-kit client and one emulator.
+"""Money and state under faults inside the flow: the real flow in this process on the lane's Prefect
+harness, the real toloka-kit client and one emulator.
 
 The emulator's faults and speed are changed per test through its control route. Small runs: the
-demo catalogue at 30 images, overlap 3, one exam, no intruder evaluation.
+demo catalogue at 30 images, overlap 3, one exam, no intruder evaluation. Runs as processes of their
+own, stopped by signals, are in `test_faults_signals.py`, a lane of its own.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from emulator import EmulatorSettings, run_in_background
-from tasks.params import PipelineParams, load_params
-from tasks.toloka_api import TolokaClient
-from tests.fixtures.emulator import make_client, run_objects, small_run_config
+from tasks.params import PipelineParams
+from tests.fixtures.emulator import small_run_config
+from tests.fixtures.faults import (
+    MAX_SPEND,
+    TOKEN,
+    faults_client,
+    faults_config,
+    faults_emulator,
+    faults_objects,
+    faults_params,
+    faults_spent,
+    one_of_each,
+)
 from tests.fixtures.prefect import persisted_bytes
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = f"faults-{uuid.uuid4().hex}"
-MAX_SPEND = 3.0
 POLL_STEP = 8.0  # simulated seconds of crowd work per poll in the live-guard test (30x at 0.25 s)
 POLL_STEP_SLOW = 2.0  # simulated seconds of crowd work per poll in the poll-lines test
 
 
 @pytest.fixture(scope="module")
-def emu():
-    settings = EmulatorSettings(port=0, token=TOKEN, catalogue="demo-shoes", catalogue_size=30, speed=600.0)
-    with run_in_background(settings) as running, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TOLOKA_TOKEN", running.token)
+def emu() -> Iterator[Any]:
+    with faults_emulator() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def config(emu: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return faults_config(emu, tmp_path_factory)
 
 
 def _objects_with_hits(params: PipelineParams, key: str, bundle: Any, plan: Any) -> Any:
@@ -51,11 +61,6 @@ def _objects_with_hits(params: PipelineParams, key: str, bundle: Any, plan: Any)
     )
     setup.upload_hits_task(params.toloka, key, ids.main_pool, plan.hits)
     return ids
-
-
-@pytest.fixture(scope="module")
-def config(emu, tmp_path_factory) -> Path:
-    return small_run_config(tmp_path_factory.mktemp("faults"), emu.url, "faults", MAX_SPEND)
 
 
 def _plan_of(params: PipelineParams) -> tuple[Any, Any, Any]:
@@ -87,30 +92,6 @@ def _clock_per_poll(emu: Any) -> type:
     return PollClock
 
 
-def _params(config: Path, key: str, **changes: Any) -> PipelineParams:
-    return load_params(config, {"run_key": key, **changes})
-
-
-def _client(emu: Any) -> TolokaClient:
-    return make_client(emu, retries=5)  # the faults injected here come two in a row at most
-
-
-def _objects(emu: Any, key: str) -> dict[str, Any]:
-    return run_objects(_client(emu), key)
-
-
-def _one_of_each(found: dict[str, Any], planned_hits: int) -> None:
-    assert found["projects"] == 2 and found["trainings"] == 1 and found["skills"] == 1, found
-    assert sorted(found["pools"]) == ["exam-pool", "main-pool"], found
-    assert found["suites"][found["pools"]["main-pool"].id] == planned_hits, found
-
-
-def _spent(emu: Any, key: str) -> float:
-    from tasks.toloka_api import RunRegistry
-
-    return RunRegistry(_client(emu), key).spent()
-
-
 @pytest.fixture
 def short_backoff(monkeypatch):
     """toloka-kit waits 2, 4, 8 s before its retries (`backoff_factor=2`): under 30% faults the
@@ -134,11 +115,11 @@ def test_thirty_percent_faults_and_300_ms_latency_end_to_end(prefect_harness, em
 
     emu.control("config", method="POST", fail_rate=0.3, latency_ms=300)
     try:
-        summary = crowdclust_pipeline(_params(config, "faults-e2e"))
+        summary = crowdclust_pipeline(faults_params(config, "faults-e2e"))
     finally:
         emu.control("config", method="POST", fail_rate=0.0, latency_ms=0)
-    _one_of_each(_objects(emu, "faults-e2e"), planned_hits=9)
-    spent = _spent(emu, "faults-e2e")
+    one_of_each(faults_objects(emu, "faults-e2e"), planned_hits=9)
+    spent = faults_spent(emu, "faults-e2e")
     print(f"0.3 faults + 300 ms: spent ${spent:.3f} of max_spend ${MAX_SPEND:.2f}, estimate {summary.cost}")
     assert 0 < spent <= MAX_SPEND
     assert summary.clusters >= 2
@@ -156,7 +137,7 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     from tasks import budget, exam, wait
 
     key = "faults-guard" if fee_rate is None else "faults-guard-fee"
-    params = _params(config, key)
+    params = faults_params(config, key)
     if fee_rate is not None:
         params = params.model_copy(update={"budget": params.budget.model_copy(update={"fee_rate": fee_rate})})
     bundle, plan, estimate = _plan_of(params)
@@ -186,9 +167,9 @@ def test_live_guard_closes_the_pool_before_max_spend(prefect_harness, emu, confi
     assert "a Retry of the flow run keeps its max_spend and stops here again" in waited.stopped
     assert "Custom run" in waited.stopped
     time.sleep(2)  # let assignments in flight at the close be submitted and accepted
-    found = _objects(emu, key)
+    found = faults_objects(emu, key)
     assert str(found["pools"]["main-pool"].status.value) == "CLOSED" and not found["open"], found
-    spent = _spent(emu, key)
+    spent = faults_spent(emu, key)
     print(f"live guard: spent ${spent:.3f} of a ${limit:.2f} limit")
     assert 0 < spent <= limit
     # What the evaluation's estimate then counts: the price this main pool was charged per answer.
@@ -212,9 +193,9 @@ def test_pools_that_reach_the_end_of_their_lifetime_mid_wait_are_reopened(
     from tasks.toloka_api import POOL_LIFETIME, platform_now
 
     key = "faults-expiry"
-    params = _params(config, key)
+    params = faults_params(config, key)
     bundle, plan, estimate = _plan_of(params)
-    client = _client(emu)
+    client = faults_client(emu)
 
     @flow
     def waited() -> Any:
@@ -253,7 +234,7 @@ def test_a_long_wait_logs_the_polls_that_say_something_new(prefect_harness, emu,
     from tasks import artifacts, budget, exam, wait
 
     key = "faults-poll-lines"
-    params = _params(config, key)
+    params = faults_params(config, key)
     bundle, plan, estimate = _plan_of(params)
     minutes = [0.0]
     polls: list[float] = []
@@ -310,7 +291,7 @@ def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it
     from flows.pipeline import crowdclust_pipeline
     from tasks.exam import ExamStarved
 
-    params = _params(
+    params = faults_params(
         config, "faults-starved", exam={"expected_workers": 1, "min_skill": 100}, hits={"overlap": 10}
     )
     started = time.monotonic()
@@ -319,29 +300,29 @@ def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it
     ):
         crowdclust_pipeline(params)
     assert time.monotonic() - started < 120  # not the wait's 300 s timeout
-    found = _objects(emu, "faults-starved")
+    found = faults_objects(emu, "faults-starved")
     assert str(found["pools"]["exam-pool"].status.value) == "CLOSED" and not found["open"], found
 
     # The error's advice, followed under the same run key: more seats and a lower pass mark. The
     # same exam pool gets the seats (its suites' overlap) and the main pool the new skill filter;
     # before, both kept what they were made with and the run starved again, whatever the config said.
-    raised = _params(
+    raised = faults_params(
         config, "faults-starved", exam={"expected_workers": 12, "min_skill": 75}, hits={"overlap": 4}
     )
     crowdclust_pipeline(raised)
-    after = _objects(emu, "faults-starved")
-    _one_of_each(after, planned_hits=9)
+    after = faults_objects(emu, "faults-starved")
+    one_of_each(after, planned_hits=9)
     exam_pool = after["pools"]["exam-pool"]
     assert (
         exam_pool.id == found["pools"]["exam-pool"].id
         and exam_pool.defaults.default_overlap_for_new_task_suites == 12
     )
     # 11 seats more on every suite, on top of those its quality control added for rejected answers
-    assert min(suite.overlap for suite in _client(emu).get_task_suites(pool_id=exam_pool.id)) >= 12
+    assert min(suite.overlap for suite in faults_client(emu).get_task_suites(pool_id=exam_pool.id)) >= 12
     main = after["pools"]["main-pool"]
     answers = [
         a
-        for a in _client(emu).get_assignments(pool_id=main.id)
+        for a in faults_client(emu).get_assignments(pool_id=main.id)
         if a.status.value in ("SUBMITTED", "ACCEPTED")
     ]
     assert main.id == found["pools"]["main-pool"].id and len(answers) == 9 * 4, len(answers)
@@ -351,8 +332,8 @@ def test_a_starved_exam_ends_the_run_and_more_seats_under_the_same_key_finish_it
     from tasks.toloka_api import PlanChanged
 
     with pytest.raises(PlanChanged, match=r"holds 9 HIT\(s\) that are not in this run's plan of 15"):
-        crowdclust_pipeline(_params(config, "faults-starved", hits={"size": 6, "overlap": 4}))
-    assert _objects(emu, "faults-starved")["suites"][main.id] == 9  # nothing was uploaded
+        crowdclust_pipeline(faults_params(config, "faults-starved", hits={"size": 6, "overlap": 4}))
+    assert faults_objects(emu, "faults-starved")["suites"][main.id] == 9  # nothing was uploaded
 
 
 def test_a_refused_plan_with_a_raised_overlap_never_opens_the_finished_pool(prefect_harness, emu, config):
@@ -364,9 +345,9 @@ def test_a_refused_plan_with_a_raised_overlap_never_opens_the_finished_pool(pref
     from flows.pipeline import crowdclust_pipeline
     from tasks.toloka_api import PlanChanged
 
-    crowdclust_pipeline(_params(config, "faults-replan"))
-    client = _client(emu)
-    main = _objects(emu, "faults-replan")["pools"]["main-pool"]
+    crowdclust_pipeline(faults_params(config, "faults-replan"))
+    client = faults_client(emu)
+    main = faults_objects(emu, "faults-replan")["pools"]["main-pool"]
 
     def openings() -> int:
         return sum(
@@ -380,7 +361,7 @@ def test_a_refused_plan_with_a_raised_overlap_never_opens_the_finished_pool(pref
     opened, answered = openings(), answers()
     assert opened >= 1
     with pytest.raises(PlanChanged, match=r"not in this run's plan"):
-        crowdclust_pipeline(_params(config, "faults-replan", hits={"size": 6, "overlap": 5}))
+        crowdclust_pipeline(faults_params(config, "faults-replan", hits={"size": 6, "overlap": 5}))
     assert openings() == opened and answers() == answered
     assert str(client.get_pool(main.id).status.value) == "CLOSED"
 
@@ -393,11 +374,11 @@ def test_an_overlap_lowered_and_raised_back_pays_no_answer_above_it(prefect_harn
     cache: the pool kept overlap 2 (the uncached check of the ids now gives it the config's)."""
     from flows.pipeline import crowdclust_pipeline
 
-    crowdclust_pipeline(_params(config, "faults-relower"))  # overlap 3
-    crowdclust_pipeline(_params(config, "faults-relower", hits={"overlap": 2}))
-    crowdclust_pipeline(_params(config, "faults-relower"))  # back to 3: as the first run, cached setup
-    client = _client(emu)
-    main = _objects(emu, "faults-relower")["pools"]["main-pool"]
+    crowdclust_pipeline(faults_params(config, "faults-relower"))  # overlap 3
+    crowdclust_pipeline(faults_params(config, "faults-relower", hits={"overlap": 2}))
+    crowdclust_pipeline(faults_params(config, "faults-relower"))  # back to 3: as the first run, cached setup
+    client = faults_client(emu)
+    main = faults_objects(emu, "faults-relower")["pools"]["main-pool"]
     assert main.defaults.default_overlap_for_new_task_suites == 3
     suites = list(client.get_task_suites(pool_id=main.id))
     answers = [
@@ -417,16 +398,16 @@ def test_exam_seats_lowered_and_raised_back_are_what_the_config_asks(prefect_har
     from flows.pipeline import crowdclust_pipeline
 
     key = "faults-seats-back"
-    crowdclust_pipeline(_params(config, key))  # exam.expected_workers 8
-    lowered = crowdclust_pipeline(_params(config, key, exam={"expected_workers": 4}))
-    crowdclust_pipeline(_params(config, key))  # back to 8
+    crowdclust_pipeline(faults_params(config, key))  # exam.expected_workers 8
+    lowered = crowdclust_pipeline(faults_params(config, key, exam={"expected_workers": 4}))
+    crowdclust_pipeline(faults_params(config, key))  # back to 8
     # Above its estimate (4 seats) by the seats the first run paid, at the config's price: the run
     # said "18% above the estimate: check budget.fee_rate", with the fee right and nothing paid.
     assert lowered.cost.added == pytest.approx(0.0, abs=0.001) and lowered.cost.over_estimate is not None
     said = lowered.cost.over_estimate_text()
     assert "budget.fee_rate" not in said and "bought under other settings" in said, said
-    client = _client(emu)
-    exam_pool = _objects(emu, key)["pools"]["exam-pool"]
+    client = faults_client(emu)
+    exam_pool = faults_objects(emu, key)["pools"]["exam-pool"]
     assert exam_pool.defaults.default_overlap_for_new_task_suites == 8
     assignments = list(client.get_assignments(pool_id=exam_pool.id))
     for suite in client.get_task_suites(pool_id=exam_pool.id):
@@ -448,10 +429,10 @@ def test_the_intruder_pool_follows_the_config_when_its_setup_comes_from_the_cach
 
     key = "faults-intruders-back"
     first = {"enabled": True, "n_hits": 10, "images_per_hit": 3, "overlap": 3, "reward": 0.02}
-    crowdclust_pipeline(_params(config, key, intruders=first))
-    crowdclust_pipeline(_params(config, key, intruders={**first, "overlap": 2, "reward": 0.03}))
-    crowdclust_pipeline(_params(config, key, intruders=first))  # as the first run: its cached setup
-    pools = _objects(emu, key)["pools"]
+    crowdclust_pipeline(faults_params(config, key, intruders=first))
+    crowdclust_pipeline(faults_params(config, key, intruders={**first, "overlap": 2, "reward": 0.03}))
+    crowdclust_pipeline(faults_params(config, key, intruders=first))  # as the first run: its cached setup
+    pools = faults_objects(emu, key)["pools"]
     intruder_pools = [pool for role, pool in pools.items() if role.startswith("intruders-pool-")]
     assert len(intruder_pools) == 1, sorted(pools)
     pool = intruder_pools[0]
@@ -473,7 +454,7 @@ def test_a_market_smaller_than_the_overlap_times_out_saying_so(
 
     with emulator_factory(token=TOKEN, speed=0, workers=2, catalogue_size=30) as tiny:
         monkeypatch.setenv("TOLOKA_TOKEN", tiny.token)
-        params = _params(small_run_config(tmp_path, tiny.url, "tiny", MAX_SPEND), "faults-tiny")
+        params = faults_params(small_run_config(tmp_path, tiny.url, "tiny", MAX_SPEND), "faults-tiny")
         bundle, plan, estimate = _plan_of(params)
 
         class DayPerPoll(ProgressReporter):  # the two workers arrive, train, pass or fail, answer
@@ -509,18 +490,18 @@ def test_more_hits_per_image_on_a_finished_run_are_answered_and_only_they_are_pa
     from tasks.toloka_api import RunRegistry
 
     def main_spent() -> float:
-        return RunRegistry(_client(emu), key).spent(lambda role: role == "main-pool")
+        return RunRegistry(faults_client(emu), key).spent(lambda role: role == "main-pool")
 
-    first = crowdclust_pipeline(_params(config, key))
-    pool, before = _objects(emu, key)["pools"]["main-pool"], main_spent()
+    first = crowdclust_pipeline(faults_params(config, key))
+    pool, before = faults_objects(emu, key)["pools"]["main-pool"], main_spent()
     assert first.aggregation.n_hits == 9 and str(pool.status.value) == "CLOSED"
-    more = crowdclust_pipeline(_params(config, key, hits={"hits_per_item": 4}))
-    after = _objects(emu, key)
-    _one_of_each(after, planned_hits=12)
+    more = crowdclust_pipeline(faults_params(config, key, hits={"hits_per_item": 4}))
+    after = faults_objects(emu, key)
+    one_of_each(after, planned_hits=12)
     assert after["pools"]["main-pool"].id == pool.id
     answered = [
         a
-        for a in _client(emu).get_assignments(pool_id=pool.id)
+        for a in faults_client(emu).get_assignments(pool_id=pool.id)
         if a.status.value in ("SUBMITTED", "ACCEPTED")
     ]
     assert len(answered) == 12 * 3 and more.aggregation.n_hits == 12, (len(answered), more.aggregation)
@@ -528,7 +509,7 @@ def test_more_hits_per_image_on_a_finished_run_are_answered_and_only_they_are_pa
     # fill seats the first run left, within the estimate); the run says what it added.
     per_answer = before / (9 * 3)  # the reward and the platform's fee
     assert main_spent() - before == pytest.approx(3 * 3 * per_answer, abs=0.001)
-    assert more.cost.added == pytest.approx(_spent(emu, key) - first.cost.by_run_key, abs=0.001)
+    assert more.cost.added == pytest.approx(faults_spent(emu, key) - first.cost.by_run_key, abs=0.001)
 
     # Overlap lowered to 2 under the same key: the 12 answers above it are paid all the same. A
     # max_spend that the plan at overlap 2 fits, but not those answers, is refused before anything
@@ -537,341 +518,14 @@ def test_more_hits_per_image_on_a_finished_run_are_answered_and_only_they_are_pa
     from tasks.toloka_config import load_bundle
 
     lowered = {"hits_per_item": 4, "overlap": 2}
-    lower = _params(config, key, hits=lowered)
+    lower = faults_params(config, key, hits=lowered)
     plan_only = estimate_labelling(lower, load_bundle(lower.toloka_dir), 12)
-    tight = _params(config, key, hits=lowered, budget={"max_spend": plan_only.total + 0.1})
-    spent = _spent(emu, key)
+    tight = faults_params(config, key, hits=lowered, budget={"max_spend": plan_only.total + 0.1})
+    spent = faults_spent(emu, key)
     with pytest.raises(BudgetExceeded, match=r"exceeds budget\.max_spend"):
         crowdclust_pipeline(tight)
-    assert _spent(emu, key) == pytest.approx(spent, abs=0.001)
-    assert _objects(emu, key)["pools"]["main-pool"].defaults.default_overlap_for_new_task_suites == 3
-
-
-def _until_the_main_pool_opens(emu: Any, key: str, process: subprocess.Popen[str]) -> None:
-    """Wait (5 min at most) for run `key`'s main pool to open, while `process` (the run) lives."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        pools = _objects(emu, key)["pools"]
-        if "main-pool" in pools and str(pools["main-pool"].status.value) == "OPEN":
-            return
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.5)
-    pytest.fail("the main pool never opened")
-
-
-def _stderr_once_exited(process: subprocess.Popen[str], seconds: float, signalled: str) -> str:
-    """`process`'s stderr once it exits; if it has not within `seconds`, fail with that stderr and
-    every thread's stack (`crowdclust.cli` and `STOPPED_FLOW` print them on SIGUSR1), so a hang says where
-    it stands."""
-    try:
-        return process.communicate(timeout=seconds)[1]
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGUSR1)
-        time.sleep(1)
-        process.kill()
-        pytest.fail(f"not exited {seconds} s after {signalled}:\n{process.communicate()[1][-20_000:]}")
-
-
-def _run_as_a_terminal_does(
-    emu: Any, config: Path, tmp_path: Path, key: str, migrated_prefect_home: Any, **streams: Any
-) -> subprocess.Popen[str]:
-    """`crowdclust run` of `key` in its own process group, as a terminal's foreground job, with no
-    Prefect server named (its private one starts on a migrated home) and the crowd slowed so that a
-    signal lands mid-wait. `streams`: stdout/stderr (pipes unless given)."""
-    migrated_prefect_home(tmp_path / ".prefect")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
-    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
-    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
-    return subprocess.Popen(
-        command,
-        env=env,
-        stdout=streams.get("stdout", subprocess.PIPE),
-        stderr=streams.get("stderr", subprocess.PIPE),
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
-        preexec_fn=_signal_defaults,
-    )
-
-
-def _signal_defaults() -> None:
-    """In the child: SIGINT and SIGHUP at their defaults, as in a terminal's foreground job."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
-def test_a_run_folder_that_cannot_take_the_export_names_it_and_the_same_command_goes_on_unpaid(
-    emu, config, tmp_path, migrated_prefect_home
-):
-    """A run folder made read-only while the crowd answered (or a full disk) ended the run with
-    `error: PermissionError: [Errno 13] Permission denied: 'runs/x/.attempts.json.71d367f8.tmp'`: a
-    relative path, a temporary file's name (the export's own error lost behind the attempts file's),
-    and no word of the answers paid for. Here the export's name is taken by a folder, which refuses
-    root as well as a user; the same command, once it is free, exports the same answers."""
-    key = "faults-unwritable"
-    params = load_params(config, {"run_key": key})
-    folder = (params.runs_dir / f"{params.name}__{key}").absolute()
-    (folder / "assignments_main.tsv").mkdir(parents=True)
-    migrated_prefect_home(tmp_path / ".prefect")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
-    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-    errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
-    assert first.returncode == 1 and len(errors) == 1, first.stderr[-5000:]
-    assert errors[0] == (
-        f"error: {folder}/assignments_main.tsv: Is a directory. What was paid for stays on Toloka under run "
-        f"key {key}: once the folder can be written, run the same command again: finished stages are "
-        "reused and nothing is paid twice"
-    )
-    paid = _spent(emu, key)
-    assert paid > 0
-
-    (folder / "assignments_main.tsv").rmdir()
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert again.returncode == 0, again.stderr[-5000:]
-    assert "$0.00 of it in this run" in again.stdout, again.stdout
-    assert _spent(emu, key) == paid
-    exported = (folder / "assignments_main.tsv").read_text().splitlines()
-    assert len(exported) > 1 and exported[0].startswith("INPUT:")
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
-def test_ctrl_c_or_a_closed_terminal_closes_the_pools(emu, config, tmp_path, signum, migrated_prefect_home):
-    """`crowdclust run` with no Prefect server named, signalled as a terminal does: to the group.
-
-    With Prefect's ephemeral server (a child in the same group) Ctrl-C stopped the server too: the
-    run retried against it for two minutes, left its pools open and blamed Toloka. A closed terminal
-    (SIGHUP) killed the run where it stood, its pools open for the crowd to finish. The project's
-    Prefect home has its database already, as after a first run: its private server skips creating
-    the schema (about 4 of its 10 CPU-seconds)."""
-    name = signal.Signals(signum).name
-    key = f"faults-{name.lower()}"
-    run = _run_as_a_terminal_does(emu, config, tmp_path, key, migrated_prefect_home)
-    try:
-        _until_the_main_pool_opens(emu, key, run)
-        os.killpg(run.pid, signum)
-        err = _stderr_once_exited(run, 120, name)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        emu.control("config", method="POST", speed=600.0)
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert run.returncode == 128 + signum and len(errors) == 1, err
-    assert f"interrupted by {name}" in errors[0], err
-    # The hook or the command closed them; it read "no pool or training ... was left open".
-    assert "was left open" not in errors[0] and "closed" in errors[0], err
-    assert _objects(emu, key)["open"] == []
-
-
-def test_ctrl_c_pressed_again_while_the_pools_close_still_closes_them_and_says_so(
-    emu, config, tmp_path, migrated_prefect_home
-):
-    """Ctrl-C pressed again and again, as a user does when the command does not stop at once, while
-    each request to the platform takes 300 ms: the later presses raised in the middle of the closing
-    the first one began (the flow run's hook, then the command's own), and the command ended with
-    exit 130, no `error:` line and the main pool and the training open for the crowd to answer, paid,
-    with nobody gating the exam."""
-    key = "faults-ctrl-c-again"
-    stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as err_file:  # read while it runs: the presses stop at its error line
-        run = _run_as_a_terminal_does(
-            emu, config, tmp_path, key, migrated_prefect_home, stdout=subprocess.DEVNULL, stderr=err_file
-        )
-    presses = 0
-    try:
-        _until_the_main_pool_opens(emu, key, run)
-        emu.control("config", method="POST", latency_ms=300)  # every close waits on the platform
-        while run.poll() is None and "error:" not in stderr.read_text() and presses < 400:
-            os.killpg(run.pid, signal.SIGINT)
-            presses += 1
-            time.sleep(0.25)
-        run.wait(120)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        emu.control("config", method="POST", speed=600.0, latency_ms=0)
-    err = stderr.read_text()
-    assert presses > 1, err  # pressed again while the first press's closing ran
-    # A press after the error line may land as the interpreter exits: a shell says 130 for both.
-    assert run.returncode in (130, -signal.SIGINT), err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "interrupted by SIGINT" in errors[0], err
-    assert _objects(emu, key)["open"] == []
-
-
-def test_ctrl_c_under_a_storm_of_429s_still_closes_the_pools(emu, config, tmp_path, migrated_prefect_home):
-    """Ctrl-C while Toloka refuses all but 2 requests a second (429 TOO_MANY_REQUESTS): closing
-    takes some 8 requests, and each try, retried at once, got 2 of them through. The hooks' closes and
-    the command's own all failed; the command said `could not close the pools of run key K
-    (TooManyRequestsApiError); run the same command again to resume`, and the main pool stayed open
-    for the crowd (a 1,000-image run's, with 900 answers to pay for). The command's close now backs
-    off and tries again."""
-    key = "faults-ctrl-c-429"
-    run = _run_as_a_terminal_does(emu, config, tmp_path, key, migrated_prefect_home)
-    try:
-        _until_the_main_pool_opens(emu, key, run)
-        emu.control("config", method="POST", rate_limit=2)
-        os.killpg(run.pid, signal.SIGINT)
-        err = _stderr_once_exited(run, 180, "SIGINT")
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        emu.control("config", method="POST", speed=600.0, rate_limit=0)
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert run.returncode == 130 and len(errors) == 1, err
-    assert "interrupted by SIGINT" in errors[0] and "could not close" not in errors[0], err
-    assert _objects(emu, key)["open"] == []
-
-
-def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_host_fails_at_once(
-    prefect_harness, emu, config, tmp_path
-):
-    from prefect.settings import PREFECT_API_URL
-
-    key = "faults-signal"
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "CROWDCLUST_PROJECT_DIR": str(tmp_path),
-    }
-    command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
-    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _until_the_main_pool_opens(emu, key, first)
-
-        elsewhere = tmp_path / "another-host"  # its own lock folder: only the Prefect server is shared
-        elsewhere.mkdir()
-        second = subprocess.run(
-            command, env={**env, "TMPDIR": str(elsewhere)}, capture_output=True, text=True, timeout=300
-        )
-        assert second.returncode == 1, second.stderr
-        assert f"run key {key} is already running (pid {first.pid} on host" in second.stderr, second.stderr
-        assert "Prefect concurrency limit crowdclust-run-" in second.stderr, second.stderr
-        assert first.poll() is None, first.communicate()
-        assert _objects(emu, key)["open"], "the second run's failure closed the first run's pools"
-
-        first.send_signal(signal.SIGTERM)
-        err = _stderr_once_exited(first, 90, "SIGTERM")
-    finally:
-        if first.poll() is None:
-            first.kill()
-        emu.control("config", method="POST", speed=600.0)
-    assert first.returncode == 143, err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0], err
-    stopped = _objects(emu, key)
-    assert stopped["open"] == [], stopped
-
-    from flows.pipeline import crowdclust_pipeline
-
-    crowdclust_pipeline(_params(config, key))  # the rerun resumes the same objects
-    resumed = _objects(emu, key)
-    _one_of_each(resumed, planned_hits=9)
-    assert resumed["pools"]["main-pool"].id == stopped["pools"]["main-pool"].id
-
-
-STOPPED_FLOW = """
-import faulthandler, signal, sys
-# A hang's SIGUSR1 (`_stderr_once_exited`) prints every thread's stack; it killed a plain `python -c`.
-faulthandler.register(signal.SIGUSR1, all_threads=True)
-from prefect import flow
-from flows.hooks import CLOSES_POOLS
-from tasks.params import PipelineParams
-from tasks.pause import pause
-
-@flow(name="crowdclust-pipeline", **CLOSES_POOLS)
-def stopped(params: PipelineParams) -> None:
-    print("running", flush=True)
-    pause(120)  # as the wait sleeps between polls: `time.sleep` slept through a SIGTERM due
-
-stopped(PipelineParams.model_validate_json(sys.argv[1]))
-"""
-
-
-def test_a_flow_run_process_stopped_from_outside_sends_its_crash_lines_before_it_dies(
-    prefect_harness, emu, config
-):
-    """A worker's flow-run process (here one with the pipeline's hooks and no handler of its own)
-    stopped by SIGTERM: Prefect marks the run Crashed, runs its hooks, then re-sends itself the
-    signal under the default handler and dies without flushing its log queue. The run's page ended
-    at its last poll, without "Crash detected" or the hook's line of what it closed.
-
-    Signalled as its flow falls asleep, when its log and event workers send the run's first lines:
-    with `time.sleep(120)` the process could hang (4 of 44 runs under load; likely the 2 of 3 full
-    suites that hung with another lane order), its SIGTERM noted during a wait for the GIL and
-    handled only after the sleep (`tasks.pause`)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
-    from prefect.settings import PREFECT_API_URL
-
-    key = f"faults-outside-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", STOPPED_FLOW, _params(config, key).model_dump_json()],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None and process.stdout.readline() == "running\n", process.communicate()
-        process.send_signal(signal.SIGTERM)
-        err = _stderr_once_exited(process, 60, "SIGTERM")
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGTERM, err
-    with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[key])))
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-    assert run.state is not None and run.state.is_crashed(), run.state
-    messages = "\n".join(log.message for log in logs)
-    assert "Crash detected" in messages, messages
-    assert f"run {key} ended CRASHED: closed nothing: none was left open" in messages, messages
-    assert "(nothing is paid twice): run the same command again" in messages, messages
-
-
-RUN_FLOW = """
-import sys
-from flows.pipeline import crowdclust_pipeline
-from tasks.params import PipelineParams
-
-crowdclust_pipeline(PipelineParams.model_validate_json(sys.argv[1]))
-"""
-
-
-def test_a_flow_run_process_stopped_under_a_storm_of_429s_closes_its_pools(prefect_harness, emu, config):
-    """A flow-run process (a worker's, which no `crowdclust run` follows to close what is left)
-    stopped by SIGTERM mid-wait while Toloka refuses all but 2 requests a second: its hook's client
-    retried a 429 once, at once, so each of the hook's tries got 2 of the close's requests through
-    and failed ("could not close the run's pools (TooManyRequestsApiError ...)"), and the main pool
-    stayed open for the crowd. The hook's client now backs off before its later retries."""
-    from prefect.settings import PREFECT_API_URL
-
-    key = "faults-hook-429"
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
-    emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
-    process = subprocess.Popen(
-        [sys.executable, "-c", RUN_FLOW, _params(config, key).model_dump_json()],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _until_the_main_pool_opens(emu, key, process)
-        emu.control("config", method="POST", rate_limit=2)
-        process.send_signal(signal.SIGTERM)
-        err = _stderr_once_exited(process, 180, "SIGTERM")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        emu.control("config", method="POST", speed=600.0, rate_limit=0)
-    assert process.returncode == -signal.SIGTERM, err
-    assert "could not close the run's pools" not in err, err
-    assert _objects(emu, key)["open"] == []
+    assert faults_spent(emu, key) == pytest.approx(spent, abs=0.001)
+    assert faults_objects(emu, key)["pools"]["main-pool"].defaults.default_overlap_for_new_task_suites == 3
 
 
 def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, config, monkeypatch):
@@ -883,7 +537,9 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
     from tasks.toloka_api import RunRegistry, StaleRunError
     from tasks.toloka_config import Placeholders, load_bundle
 
-    params = _params(config, "faults-stale", toloka={"url": "http://127.0.0.1:1"})  # reached via local_url
+    params = faults_params(
+        config, "faults-stale", toloka={"url": "http://127.0.0.1:1"}
+    )  # reached via local_url
     bundle = load_bundle(params.toloka_dir)
     values = Placeholders.of(params)
 
@@ -901,9 +557,11 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
         before = set_up()
     with run_in_background(account) as reset:
         monkeypatch.setenv("CROWDCLUST_LOCAL_URL", reset.url)
-        foreign = setup.setup_labelling(RunRegistry(_client(reset), "someone-else"), bundle, values, "Other")
+        foreign = setup.setup_labelling(
+            RunRegistry(faults_client(reset), "someone-else"), bundle, values, "Other"
+        )
         assert foreign.main_pool == before.main_pool  # the same ids now name another run's objects
-        lost = _client(reset).get_requester().id
+        lost = faults_client(reset).get_requester().id
         with pytest.raises(StaleRunError, match=r"no longer has this run's objects.*--fresh"):
             set_up()
         with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
@@ -921,7 +579,7 @@ def test_stale_cache_after_a_platform_reset_is_caught(prefect_harness, emu, conf
         assert set_up() == before
         # ... and a stage keyed by object ids alone (wait, export) can never be served another
         # instance's result for an object of the same id.
-        assert _client(restarted).get_requester().id != lost
+        assert faults_client(restarted).get_requester().id != lost
 
 
 def test_a_token_saved_with_a_character_no_header_can_carry_reaches_no_log_and_no_result(
@@ -942,7 +600,7 @@ def test_a_token_saved_with_a_character_no_header_can_carry_reaches_no_log_and_n
     block = "faults-pasted-token"
     Secret(value=TOKEN + "\u200b").save(block, overwrite=True)
     monkeypatch.delenv("TOLOKA_TOKEN")
-    params = _params(config, "faults-pasted", toloka={"token_secret_block": block})
+    params = faults_params(config, "faults-pasted", toloka={"token_secret_block": block})
     before = {path for path in results_dir.rglob("*") if path.is_file()}
     with temporary_settings({PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}):  # as the service's workers
         state = labelling(params, return_state=True)
@@ -959,7 +617,7 @@ def test_a_token_saved_with_a_character_no_header_can_carry_reaches_no_log_and_n
         f"the Toloka token in the Prefect Secret block '{block}' cannot be used: it holds a character "
         "an HTTP header cannot carry (U+200B, ZERO WIDTH SPACE)"
     ) in str(state.message), state.message
-    assert _objects(emu, "faults-pasted")["pools"] == {}  # refused before anything was created
+    assert faults_objects(emu, "faults-pasted")["pools"] == {}  # refused before anything was created
 
 
 def test_a_token_read_with_its_line_end_is_sent_without_it(emu, config, monkeypatch):
@@ -969,7 +627,7 @@ def test_a_token_read_with_its_line_end_is_sent_without_it(emu, config, monkeypa
     from tasks.toloka_api import probe
 
     monkeypatch.setenv("TOLOKA_TOKEN", TOKEN + "\r\n")
-    assert probe(_params(config, "faults-line-end").toloka, attempts=1)
+    assert probe(faults_params(config, "faults-line-end").toloka, attempts=1)
 
 
 def test_a_run_refused_for_its_parameters_logs_none_of_their_values(prefect_harness, config):
@@ -983,7 +641,7 @@ def test_a_run_refused_for_its_parameters_logs_none_of_their_values(prefect_harn
     from flows.labelling import labelling
 
     token = f"AQAD-{uuid.uuid4().hex}-Secret"
-    raw = _params(config, "faults-unvalidated").model_dump(mode="json")
+    raw = faults_params(config, "faults-unvalidated").model_dump(mode="json")
     raw["toloka"]["token_secret_block"] = token
     state = labelling(raw, return_state=True)
     assert state.is_failed() and "params.toloka.token_secret_block" in str(state.message), state.message
