@@ -19,6 +19,7 @@ import pytest
 
 from crowdclust import service
 from crowdclust.service.config import REPO
+from tests.fixtures.browser import CHROMIUM, browser_page
 from tests.fixtures.service import (
     SLEEPER,
     api_post,
@@ -49,8 +50,8 @@ def test_sqlite_profile_on_the_network_with_a_password_up_twice_status_down_twic
 def _password_asked(cfg) -> None:
     """From this machine and at the address teammates are given: the API refuses a request without
     the password and takes it with; the UI asks for it and finds the API at the address its page came
-    from; the run files ask for it too (but their health check); and `down`'s question to the server
-    (which runs it would stop) is answered."""
+    from (seen in Chromium too); the run files ask for it too (but their health check); and `down`'s
+    question to the server (which runs it would stop) is answered."""
     import httpx
 
     from crowdclust.service.inflight import runs_in_flight
@@ -68,6 +69,8 @@ def _password_asked(cfg) -> None:
         assert httpx.get(f"{files}/", headers=cfg.api_headers(), timeout=30).status_code == 200
         assert httpx.get(f"{files}/.health", timeout=30).status_code == 200
     assert runs_in_flight(cfg) is not None, "down could not ask the server which runs it would stop"
+    if CHROMIUM is not None:
+        _logged_in_through_the_ui(cfg, teammates)
     # A teammate's `crowdclust run` without the password is refused up front, saying what to set (it
     # said the Toloka token's Secret block was missing: the server had refused to show it).
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_AUTH")}
@@ -78,6 +81,35 @@ def _password_asked(cfg) -> None:
         answer = subprocess.run(command, env=tried, capture_output=True, text=True, timeout=120)
         told = said in answer.stderr and "PREFECT_API_AUTH_STRING" in answer.stderr
         assert answer.returncode == 2 and told, (answer.returncode, answer.stderr[-2000:])
+
+
+def _logged_in_through_the_ui(cfg, teammates: str) -> None:
+    """What a teammate sees in Chromium at the address they were given: Prefect's login page; a wrong
+    line refused ("Authentication failed."); the service's line opens the page asked for, whose
+    requests the API then answers (none refused)."""
+    refused: list[str] = []
+    answered: list[str] = []
+
+    def seen(response) -> None:
+        if response.url.startswith(f"{teammates}/api/"):
+            (refused if response.status == 401 else answered).append(response.url)
+
+    with browser_page() as page:
+        page.goto(f"{teammates}/runs", wait_until="networkidle", timeout=60_000)
+        password = page.wait_for_selector("input[type=password]", timeout=30_000)
+        assert password is not None and "/login" in page.url, page.url
+        password.fill("crowdclust:wrong")
+        password.press("Enter")
+        page.wait_for_selector("text=Authentication failed.", timeout=30_000)
+        assert "/login" in page.url, page.url
+        page.on("response", seen)
+        password.fill(cfg.auth_file.read_text().strip())
+        password.press("Enter")
+        page.wait_for_url(f"{teammates}/runs**", timeout=30_000)
+        page.wait_for_selector("input[type=password]", state="detached", timeout=30_000)
+        page.get_by_text("Date Range").wait_for(timeout=60_000)  # the Runs page, drawn from its data
+        page.wait_for_load_state("networkidle", timeout=60_000)
+    assert not refused and answered, (refused, answered)
 
 
 def _password_kept_secret(cfg, folder) -> None:
