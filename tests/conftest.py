@@ -6,12 +6,13 @@ fixtures can evolve without touching the others.
 `make test` runs the suite in parallel lanes (pytest-xdist, `-n 4 --dist loadscope`, scheduled by
 `LaneScheduling` below). A lane is a test module, or a set of modules that share something costly
 to start: every test of the shared local service (`svc`, `demo_run`) is in the `service` lane, so
-one service serves them all; the flow tests on the Prefect test harness are in three lanes of their
+one service serves them all; the flow tests on the Prefect test harness are in four lanes of their
 own harness each (a harness start is 7-10 CPU-seconds): `prefect` (the end-to-end pipeline),
 `money` (balance, top-ups, price, run locks, the catalogue's rounds through the CLI) and the fault
-suite. As one lane, `prefect` and `money` took 580-790 s of a 605-866 s suite on a loaded 2-core
-machine, alone on their worker at the end while the other three had finished (all four lanes'
-tests: 2,120-3,030 s). The longest lanes start first.
+suite's two (`test_faults_pipeline.py` in process, `test_faults_signals.py` as processes of their
+own). As one lane, `prefect` and `money` took 580-790 s of a 605-866 s suite on a loaded
+2-core machine, alone on their worker at the end while the other three had finished (all four
+lanes' tests: 2,120-3,030 s). The longest lanes start first (`LONGEST_FIRST`).
 """
 
 from __future__ import annotations
@@ -44,22 +45,28 @@ SHARED = {
     "demo_run": {"service"},
     "prefect_harness": {"prefect", "money", "tests/test_faults_pipeline.py", "tests/test_faults_signals.py"},
 }
+# The lanes in the order they start; the rest (short modules) follow in collection order. A worker is
+# given its next lane while its current one has two tests left (pytest-xdist's `--dist loadscope`),
+# so the order decides which lanes share a worker. The four that start are the longest that keep the
+# cores busy (flows in process, the service's runs); the lanes that mostly wait (the outage lane's
+# server away for minutes, the lifecycle lane's Suspended run) start after them, where their waits
+# overlap the others' work: started first, beside the service's start and the fault suite's
+# latency, they left the cores 0.7-1.5 busy of 2 over the second and third minutes.
 LONGEST_FIRST = [
     "service",
-    # Second: its run lost with the server waits out Prefect's 60 s twice over (~2 min, little CPU);
-    # started among the last lanes it ran on alone and made the suite about a minute longer.
-    "tests/test_service_lifecycle.py",
-    # Its two runs wait out a server away (a minute and more each, little CPU): early, beside the rest.
-    "tests/test_service_outage.py",
-    "tests/test_faults_pipeline.py",
-    "tests/test_faults_signals.py",
     "prefect",
     "money",
+    "tests/test_faults_pipeline.py",
+    "tests/test_faults_signals.py",
+    "tests/test_service_outage.py",
+    "tests/test_service_lifecycle.py",
     "tests/test_aggregation_cli.py",
     "tests/test_faults_cli.py",
 ]
-# Last in their lane: six runs at once load both cores for minutes; once the other lanes are done
-# they have the machine to themselves instead of slowing every other lane (and being slowed).
+# Last in their lane: six runs at once load both cores for minutes, best once most lanes are done.
+# While one is still to run, its worker's next lane is the last one waiting (a short module), not
+# the next long one: the `money` lane, given to that worker as the scale test began, waited 2.5
+# minutes behind it and then ran alone at the end of the suite (680 s instead of ~600).
 LAST_IN_LANE = {"tests/test_scale_service.py"}
 
 
@@ -119,6 +126,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class LaneScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return lane_of(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            """The next lane, or the last one waiting while a LAST_IN_LANE test is still to run here."""
+            pending = (
+                nodeid
+                for unit in self.assigned_work.get(node, {}).values()
+                for nodeid, done in unit.items()
+                if not done
+            )
+            if any(nodeid.split("::", 1)[0] in LAST_IN_LANE for nodeid in pending):
+                self.workqueue.move_to_end(next(reversed(self.workqueue)), last=False)
+            super()._assign_work_unit(node)
 
     config.option.loadscopereorder = False
     return LaneScheduling(config, log)
