@@ -38,6 +38,11 @@ LANES = {
     "tests/test_pipeline_topup.py": "money",
     "tests/test_run_lock_hosts.py": "money",
     "tests/test_cli_catalogue.py": "money",
+    # Services of their own that mostly wait (a server away for minutes, a Suspended run): one lane of
+    # five tests. Apart, the outage lane's two tests had the lifecycle lane given to their worker as
+    # they began (a lane of two tests or fewer pulls the next one), and it ran last, alone.
+    "tests/test_service_outage.py": "waiting",
+    "tests/test_service_lifecycle.py": "waiting",
 }
 # Fixture -> the lanes whose modules may use it (any other module would start a second copy).
 SHARED = {
@@ -47,19 +52,16 @@ SHARED = {
 }
 # The lanes in the order they start; the rest (short modules) follow in collection order. A worker is
 # given its next lane while its current one has two tests left (pytest-xdist's `--dist loadscope`),
-# so the order decides which lanes share a worker. The four that start are the longest that keep the
-# cores busy (flows in process, the service's runs); the lanes that mostly wait (the outage lane's
-# server away for minutes, the lifecycle lane's Suspended run) start after them, where their waits
-# overlap the others' work: started first, beside the service's start and the fault suite's
-# latency, they left the cores 0.7-1.5 busy of 2 over the second and third minutes.
+# so the order decides which lanes share a worker: the four longest start, and the fault suite's two
+# follow the two flow lanes that end first. The `waiting` lane takes little CPU, so the three that
+# keep the cores busy beside it do not slow down for it.
 LONGEST_FIRST = [
     "service",
+    "waiting",
     "prefect",
     "money",
     "tests/test_faults_pipeline.py",
     "tests/test_faults_signals.py",
-    "tests/test_service_outage.py",
-    "tests/test_service_lifecycle.py",
     "tests/test_aggregation_cli.py",
     "tests/test_faults_cli.py",
 ]

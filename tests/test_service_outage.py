@@ -1,7 +1,7 @@
 """The service's Prefect server away while runs go on: a run lost with its host is Crashed once the
 server returns, and a run that outlived an outage still stops on Cancel. Each on a SQLite service
-of its own (the server is stopped and started), apart from the shared one; its own module, so that
-its waits run beside the other service tests' lanes, not after them.
+of its own (the server is stopped and started), apart from the shared one; in the `waiting` lane with
+the lifecycle tests (`tests/conftest.py`), so that its waits run beside the other lanes' work.
 """
 
 from __future__ import annotations
