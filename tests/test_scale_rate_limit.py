@@ -111,17 +111,18 @@ def test_a_run_without_the_service_keeps_under_the_rate_it_is_given(
     """`crowdclust run` and `make demo` have no Prefect limits: the exam gating's 8 threads met a
     limit of 10/s at once, and toloka-kit's retries (4 s, then 8 s) left about one request a second."""
     with emulator_factory(rate_limit=10.0) as emu:
-        client = _client(emu, monkeypatch, hook=False, rates="local=6")
+        client = _client(emu, monkeypatch, hook=False, rates="local=5")
         assert isinstance(client, RateLimitedClient)
         seconds = _hammer(client, 20, threads=8)
         peak, refused = _rate(emu)
-    # The bucket sends at most 6 in any second; the emulator counts arrivals, and on a loaded machine
+    # The bucket sends at most 5 in any second; the emulator counts arrivals, and on a loaded machine
     # requests sent late reach it next to the following ones: a bucket of 8 under the emulator's 10
-    # saw 9 arrivals in a second once in seven full `make test` runs, and two of its requests refused once.
+    # saw 9 arrivals in a second once in seven full `make test` runs, and a bucket of 6 had two of its
+    # requests refused in a suite run on 5 lanes (more load than `make test`'s 4): half the limit.
     assert refused == 0, f"the emulator refused {refused} requests: the process's limit did not hold"
     assert peak < 10
-    assert seconds >= _least_seconds(20, 6.0), f"20 requests in {seconds:.1f} s: not rate limited"
-    print(f"20 requests through the process's rate limit (6 in any second): {seconds:.1f} s")
+    assert seconds >= _least_seconds(20, 5.0), f"20 requests in {seconds:.1f} s: not rate limited"
+    print(f"20 requests through the process's rate limit (5 in any second): {seconds:.1f} s")
 
 
 def test_a_server_without_the_limit_leaves_the_process_bucket_in_charge(
