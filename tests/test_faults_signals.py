@@ -103,19 +103,21 @@ def _signal_defaults() -> None:
 
 
 def test_a_run_folder_that_cannot_take_the_export_names_it_and_the_same_command_goes_on_unpaid(
-    emu, config, tmp_path, migrated_prefect_home
+    prefect_harness, emu, config, tmp_path
 ):
     """A run folder made read-only while the crowd answered (or a full disk) ended the run with
     `error: PermissionError: [Errno 13] Permission denied: 'runs/x/.attempts.json.71d367f8.tmp'`: a
     relative path, a temporary file's name (the export's own error lost behind the attempts file's),
     and no word of the answers paid for. Here the export's name is taken by a folder, which refuses
-    root as well as a user; the same command, once it is free, exports the same answers."""
+    root as well as a user; the same command, once it is free, exports the same answers. Against the
+    lane's Prefect server (a user's own server, `PREFECT_API_URL`): two private servers' starts less."""
+    from prefect.settings import PREFECT_API_URL
+
     key = "faults-unwritable"
     params = load_params(config, {"run_key": key})
     folder = (params.runs_dir / f"{params.name}__{key}").absolute()
     (folder / "assignments_main.tsv").mkdir(parents=True)
-    migrated_prefect_home(tmp_path / ".prefect")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     env |= {"CROWDCLUST_PROJECT_DIR": str(tmp_path), "TOLOKA_TOKEN": emu.token}
     command = [sys.executable, "-m", "crowdclust.cli", "run", str(config), "--run-key", key]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
