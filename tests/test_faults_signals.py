@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tasks.params import load_params
+from tasks.params import PipelineParams, load_params
 from tests.fixtures.faults import (
     faults_config,
     faults_emulator,
@@ -276,6 +276,16 @@ def test_sigterm_mid_wait_closes_pools_and_a_second_run_of_the_key_on_another_ho
     assert resumed["pools"]["main-pool"].id == stopped["pools"]["main-pool"].id
 
 
+def _flow_process(script: str, params: PipelineParams) -> subprocess.Popen[str]:
+    """`script` (a flow of the pipeline's) in a process of its own, as a worker starts a flow run,
+    against the lane's Prefect server, given `params` as JSON in its argv."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", script, params.model_dump_json()]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 STOPPED_FLOW = """
 import faulthandler, signal, sys
 # A hang's SIGUSR1 (`_stderr_once_exited`) prints every thread's stack; it killed a plain `python -c`.
@@ -308,17 +318,9 @@ def test_a_flow_run_process_stopped_from_outside_sends_its_crash_lines_before_it
     handled only after the sleep (`tasks.pause`)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
-    from prefect.settings import PREFECT_API_URL
 
     key = f"faults-outside-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", STOPPED_FLOW, faults_params(config, key).model_dump_json()],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _flow_process(STOPPED_FLOW, faults_params(config, key))
     try:
         assert process.stdout is not None and process.stdout.readline() == "running\n", process.communicate()
         process.send_signal(signal.SIGTERM)
@@ -352,18 +354,10 @@ def test_a_flow_run_process_stopped_under_a_storm_of_429s_closes_its_pools(prefe
     retried a 429 once, at once, so each of the hook's tries got 2 of the close's requests through
     and failed ("could not close the run's pools (TooManyRequestsApiError ...)"), and the main pool
     stayed open for the crowd. The hook's client now backs off before its later retries."""
-    from prefect.settings import PREFECT_API_URL
 
     key = "faults-hook-429"
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
     emu.control("config", method="POST", speed=2.0)  # a wait that lasts: the signal lands mid-wait
-    process = subprocess.Popen(
-        [sys.executable, "-c", RUN_FLOW, faults_params(config, key).model_dump_json()],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _flow_process(RUN_FLOW, faults_params(config, key))
     try:
         _until_the_main_pool_opens(emu, key, process)
         emu.control("config", method="POST", rate_limit=2)
