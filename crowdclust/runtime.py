@@ -164,14 +164,7 @@ def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
     status`, else the checkout's `.service/`. Returns the runs URL so linked, else None (an explicit
     setting, another server or a service that is down leaves everything as it was).
     """
-    from crowdclust.service.config import (
-        RUNS_DIR_ENV,
-        RUNS_URL_ENV,
-        SERVICE_DIR_ENV,
-        SHARED_EMULATOR_ENV,
-        ServiceConfig,
-        load,
-    )
+    from crowdclust.service.config import RUNS_URL_ENV, SERVICE_DIR_ENV, ServiceConfig, load
     from crowdclust.service.processes import answers
 
     api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
@@ -187,10 +180,8 @@ def link_service_runs_folder(state_dir: Path | None = None) -> str | None:
         return None
     if cfg.api_url != api or not answers(cfg.health_url("files"), timeout=1.0):
         return None
-    # At the address teammates reach when the service listens on the network (`make up LISTEN=...`).
-    os.environ[RUNS_URL_ENV], os.environ[RUNS_DIR_ENV] = cfg.shared_runs_url, str(cfg.runs_dir)
-    if cfg.on_network:  # and the image links name its emulator so (`tasks.thumbnails.link_base`)
-        os.environ[SHARED_EMULATOR_ENV] = cfg.shared_emulator_url
+    # As the service's own runs link theirs: at the address teammates reach on the network.
+    os.environ.update(cfg.link_env())
     return cfg.shared_runs_url
 
 

@@ -77,6 +77,10 @@ def test_a_run_lost_while_the_server_was_down_is_crashed_when_the_server_returns
             while (end := window_end()) is None:
                 assert time.monotonic() < deadline, "the server never heard the run's heartbeat"
                 time.sleep(0.5)
+            # Still Running: with its window 15 s long, a slow poll here could let the server crash
+            # it before it goes down, and the check below would pass without a restart to test.
+            running = httpx.get(f"{cfg.api_url}/flow_runs/{run_id}", timeout=10).json()["state"]
+            assert running["type"] == "RUNNING", running
             # The host goes: the run and the server die together, nobody reports anything.
             sleeper.kill()
             server = read_pid(cfg, "server")

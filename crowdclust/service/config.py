@@ -187,6 +187,16 @@ class ServiceConfig:
         """The headers of a request to the server's API made without Prefect's client (httpx)."""
         return basic_auth(self.api_auth())
 
+    def link_env(self) -> dict[str, str]:
+        """What a run on this service links its artifacts by: the served runs folder
+        (CROWDCLUST_RUNS_URL/_DIR) and, on the network, the emulator as teammates reach it
+        (CROWDCLUST_SHARED_EMULATOR_URL, its images' links). The workers' runs get it in `env()`, a
+        `crowdclust run` against the service in `crowdclust.runtime.link_service_runs_folder`."""
+        links = {RUNS_URL_ENV: self.shared_runs_url, RUNS_DIR_ENV: str(self.runs_dir)}
+        if self.on_network:
+            links[SHARED_EMULATOR_ENV] = self.shared_emulator_url
+        return links
+
     def client_env(self) -> dict[str, str]:
         """`env()` and, when the API asks for one, its password (PREFECT_API_AUTH_STRING): for the
         processes that talk to the server (the deployer, the workers and their flow runs)."""
@@ -261,15 +271,12 @@ class ServiceConfig:
             PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
             PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
         )
-        env[RUNS_URL_ENV] = self.shared_runs_url
-        if self.on_network:  # the image links of the runs' artifacts (`tasks.thumbnails.link_base`)
-            env[SHARED_EMULATOR_ENV] = self.shared_emulator_url
+        env.update(self.link_env())
         if self.on_network and not self.server_url:
             # The UI asks the API at the address its page came from: teammates' browsers reach the
             # server by the machine's name or address, not by 127.0.0.1.
             env["PREFECT_UI_API_URL"] = "/api"
         env[RATE_LIMIT_ENV] = "true"
-        env[RUNS_DIR_ENV] = str(self.runs_dir)
         if self.results_is_url:
             slug = f"remote-file-system/{RESULTS_BLOCK}"
             env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] = slug
