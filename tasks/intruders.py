@@ -277,6 +277,7 @@ def wait_intruders_task(
         waited, stopped = wait_guarded(
             client, ids.pool, period=period, timeout=timeout, report=report, guard=guard
         )
+        report.show_last()
     finally:
         report.flush()  # the line the wait ended on, however it ended
     close_all(client, helpers)

@@ -590,6 +590,7 @@ def wait_labelling_task(
             guard=guard,
             needed=staffing.needed,
         )
+        report.show_last()
     except WaitTimeout as timed_out:
         short = staffing.short_of_workers(staffing.qualified(state))
         if short is None:

@@ -936,3 +936,40 @@ def test_an_unserved_report_is_named_by_its_absolute_path_and_host(tmp_path: Pat
     where = artifacts.report_link(summary, None)
     assert f"`{tmp_path / 'runs' / 'shoes__k' / 'report.html'}` on `{socket.gethostname()}`" in where
     assert published["markdown"] == f"Report: {where}"
+
+
+def test_a_waits_progress_artifact_shows_a_poll_every_few_seconds_and_the_one_it_ended_on(monkeypatch):
+    """Updated on every poll, a run of the demo's config (waits polling each second) sent 74 artifact
+    updates, each an API request and an event the server stores. Now the artifact takes a poll at
+    most every PROGRESS_EVERY seconds, a poll at 100% at once, and the poll the wait returned with
+    (`show_last`); the log lines are as before."""
+    import logging
+
+    from tasks.stages import PoolStats
+
+    shown: list[tuple[float, str]] = []
+    monkeypatch.setattr(artifacts, "get_run_logger", lambda: logging.getLogger("test-progress"))
+    monkeypatch.setattr(artifacts, "parent_run_logger", lambda: None)
+    monkeypatch.setattr(artifacts, "create_progress_artifact", lambda **kwargs: "artifact-1")
+    monkeypatch.setattr(
+        artifacts,
+        "update_progress_artifact",
+        lambda artifact_id, progress, description: shown.append((progress, description)),
+    )
+    now = [0.0]
+    reporter = artifacts.ProgressReporter("main-pool-progress", "main pool 7", clock=lambda: now[0])
+
+    def poll(done: float) -> None:
+        reporter(PoolStats(completion_percentage=done, submitted_assignments_count=done, elapsed=now[0]))
+        now[0] += 1.0  # a poll a second, as the demo's config
+
+    for done in range(12):  # 0 s .. 11 s: the first poll, then one each PROGRESS_EVERY (5 s)
+        poll(float(done))
+    assert artifacts.PROGRESS_EVERY == 5.0
+    assert [progress for progress, _ in shown] == [0.0, 5.0, 10.0], shown
+    poll(11.5)
+    reporter.show_last()  # the wait returned after this poll
+    assert shown[-1] == (11.5, artifacts.poll_line("main pool 7", PoolStats(11.5, 11.5, elapsed=12.0)))
+    reporter.show_last()  # nothing new to show: no second request
+    poll(100.0)  # completed: shown at once, however soon after the last
+    assert [progress for progress, _ in shown] == [0.0, 5.0, 10.0, 11.5, 100.0], shown
