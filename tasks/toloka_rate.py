@@ -162,8 +162,9 @@ class _Slots:
     refused before have decayed), doubled after each further refusal up to `MAX_RETRY_SECONDS` and
     stretched by a random factor of 1-2, so processes refused together do not come back together;
     a grant emits no event. The same six runs: 1,171 refusals for 1,227 grants, the server's CPU
-    77 -> 58 seconds, the whole test's 189 -> 158 (`bench/` has no figure for it: measured by
-    sampling /proc during `tests/test_scale_service.py`).
+    77 -> 58 seconds and the test's 189 -> 158 (every process sampled through /proc while
+    `tests/test_scale_service.py` ran alone); `bench/bench_scale.py --workers 2`, the service's start
+    and stop included: 165 -> 143 CPU-seconds, the six runs' wall time 110 s before and 116 s after.
     """
 
     def __init__(self) -> None:
