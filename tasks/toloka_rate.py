@@ -212,10 +212,15 @@ class _Slots:
 
 
 def _prefect_client() -> Any:
-    """An open synchronous Prefect client (its `__exit__` closes it)."""
+    """An open synchronous Prefect client of this module's own (its `__exit__` closes it).
+
+    `get_client(sync_client=True)` in a flow run's thread hands back that run's client, whose life
+    is the run's; httpx settings of our own (the default, spelt out) make it build a new one, kept
+    for the process's life, whichever run's thread first took a slot.
+    """
     from prefect.client.orchestration import get_client
 
-    return get_client(sync_client=True).__enter__()
+    return get_client(httpx_settings={}, sync_client=True).__enter__()
 
 
 _slots = _Slots()
