@@ -120,8 +120,9 @@ class _MissingLimits:
             self._checked[name] = (now, found)
             return found
 
-    def unreachable(self, name: str) -> None:
-        """The server did not answer for `name`: taken as missing until the next look-up."""
+    def absent(self, name: str) -> None:
+        """`name` taken as missing until the next look-up: the server did not answer for it, or
+        answered that it has no such limit (deleted since it was looked up)."""
         with self._lock:
             self._checked[name] = (time.monotonic(), False)
 
@@ -243,7 +244,7 @@ def acquire(name: str) -> bool:
     try:
         granted = _slots.take(name)
     except (httpx.TransportError, httpx.HTTPStatusError) as error:
-        _missing.unreachable(name)
+        _missing.absent(name)
         log.warning(
             "cannot take a slot of the Prefect rate limit %s (%s: %s): this process throttles its "
             "Toloka requests itself for the next %d s",
@@ -253,8 +254,14 @@ def acquire(name: str) -> bool:
             MISSING_TTL,
         )
         return False
-    if not granted:  # deleted since it was looked up
-        _missing.unreachable(name)
+    if not granted:  # deleted since it was looked up: said once, as a look-up that finds none says it
+        _missing.absent(name)
+        log.info(
+            "the Prefect rate limit %s is gone: this process throttles its Toloka requests itself "
+            "for the next %d s",
+            name,
+            MISSING_TTL,
+        )
     return granted
 
 

@@ -241,3 +241,41 @@ def test_a_refused_slot_is_asked_again_after_a_growing_pause(monkeypatch: pytest
     floors = [0.3, 0.6, 1.0, 1.0, 1.0]  # Retry-After, doubled, capped at MAX_RETRY_SECONDS
     assert len(pauses) == 5 and all(f <= p <= 2 * f for p, f in zip(pauses, floors, strict=True)), pauses
     assert toloka_rate.MAX_RETRY_SECONDS == 1.0
+
+
+def test_a_limit_deleted_after_its_look_up_hands_the_requests_to_the_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server answers a slot with no limit (an operator deleted `toloka-api-<env>` after the
+    process looked it up): the request, and those after it until the next look-up, wait for the
+    process's bucket, and the server is not asked a slot again meanwhile."""
+    import httpx
+
+    asked: list[list[str]] = []
+    waits: list[str] = []
+
+    class Counting:
+        def acquire(self) -> None:
+            waits.append("bucket")
+
+    class Gone:
+        def increment_concurrency_slots(self, names: list[str], slots: int, mode: str) -> httpx.Response:
+            asked.append(names)
+            request = httpx.Request("POST", "http://prefect.test/api/v2/concurrency_limits/increment")
+            return httpx.Response(200, json=[], request=request)
+
+    monkeypatch.setenv("CROWDCLUST_TOLOKA_RATE_LIMIT", "true")
+    monkeypatch.setattr(toloka_rate, "_limit_exists", lambda name: True)
+    monkeypatch.setattr(toloka_rate, "local_bucket", lambda environment: Counting())
+    monkeypatch.setattr(toloka_rate, "_prefect_client", Gone)
+    toloka_rate._missing.forget()
+    toloka_rate._slots.close()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+    try:
+        with toloka_rate.throttle(httpx.Client(transport=transport), "sandbox") as session:
+            for _ in range(3):
+                assert session.get("http://toloka.test/api/v1/projects").status_code == 200
+    finally:
+        toloka_rate._missing.forget()
+        toloka_rate._slots.close()
+    assert asked == [["toloka-api-sandbox"]] and waits == ["bucket"] * 3
