@@ -152,31 +152,22 @@ def test_a_server_without_the_limit_leaves_the_process_bucket_in_charge(
     assert waits == ["bucket"] * 3
 
 
-def test_a_server_that_does_not_answer_leaves_the_process_bucket_in_charge(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The Prefect server down under a run that takes its rate limit (`make down` by another user of
-    the service, a restart): Prefect's client gives up after about a minute and raises; raised on,
-    that failed the run's wait (`Unable to acquire concurrency slots on ['toloka-api-local']`). One
-    failure now hands the requests to the process's bucket until the next look-up."""
+def _requests_through_the_hook(monkeypatch: pytest.MonkeyPatch, server: type) -> list[str]:
+    """Three requests through a sandbox client's hook with the shared limit on and found by its
+    look-up, slots asked of `server` (a stand-in for Prefect's client); returns the process bucket's
+    waits."""
     import httpx
 
     waits: list[str] = []
-    tries: list[list[str]] = []
 
     class Counting:
         def acquire(self) -> None:
             waits.append("bucket")
 
-    class Refused:  # what Prefect's client raises once it gave up on the server
-        def increment_concurrency_slots(self, names: list[str], slots: int, mode: str) -> None:
-            tries.append(names)
-            raise httpx.ConnectError("[Errno 111] Connection refused")
-
     monkeypatch.setenv("CROWDCLUST_TOLOKA_RATE_LIMIT", "true")
     monkeypatch.setattr(toloka_rate, "_limit_exists", lambda name: True)
     monkeypatch.setattr(toloka_rate, "local_bucket", lambda environment: Counting())
-    monkeypatch.setattr(toloka_rate, "_prefect_client", Refused)
+    monkeypatch.setattr(toloka_rate, "_prefect_client", server)
     toloka_rate._missing.forget()
     toloka_rate._slots.close()
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
@@ -187,6 +178,26 @@ def test_a_server_that_does_not_answer_leaves_the_process_bucket_in_charge(
     finally:
         toloka_rate._missing.forget()
         toloka_rate._slots.close()
+    return waits
+
+
+def test_a_server_that_does_not_answer_leaves_the_process_bucket_in_charge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Prefect server down under a run that takes its rate limit (`make down` by another user of
+    the service, a restart): Prefect's client gives up after about a minute and raises; raised on,
+    that failed the run's wait (`Unable to acquire concurrency slots on ['toloka-api-local']`). One
+    failure now hands the requests to the process's bucket until the next look-up."""
+    import httpx
+
+    tries: list[list[str]] = []
+
+    class Refused:  # what Prefect's client raises once it gave up on the server
+        def increment_concurrency_slots(self, names: list[str], slots: int, mode: str) -> None:
+            tries.append(names)
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    waits = _requests_through_the_hook(monkeypatch, Refused)
     assert tries == [["toloka-api-sandbox"]] and waits == ["bucket"] * 3
 
 
@@ -252,11 +263,6 @@ def test_a_limit_deleted_after_its_look_up_hands_the_requests_to_the_bucket(
     import httpx
 
     asked: list[list[str]] = []
-    waits: list[str] = []
-
-    class Counting:
-        def acquire(self) -> None:
-            waits.append("bucket")
 
     class Gone:
         def increment_concurrency_slots(self, names: list[str], slots: int, mode: str) -> httpx.Response:
@@ -264,18 +270,5 @@ def test_a_limit_deleted_after_its_look_up_hands_the_requests_to_the_bucket(
             request = httpx.Request("POST", "http://prefect.test/api/v2/concurrency_limits/increment")
             return httpx.Response(200, json=[], request=request)
 
-    monkeypatch.setenv("CROWDCLUST_TOLOKA_RATE_LIMIT", "true")
-    monkeypatch.setattr(toloka_rate, "_limit_exists", lambda name: True)
-    monkeypatch.setattr(toloka_rate, "local_bucket", lambda environment: Counting())
-    monkeypatch.setattr(toloka_rate, "_prefect_client", Gone)
-    toloka_rate._missing.forget()
-    toloka_rate._slots.close()
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
-    try:
-        with toloka_rate.throttle(httpx.Client(transport=transport), "sandbox") as session:
-            for _ in range(3):
-                assert session.get("http://toloka.test/api/v1/projects").status_code == 200
-    finally:
-        toloka_rate._missing.forget()
-        toloka_rate._slots.close()
+    waits = _requests_through_the_hook(monkeypatch, Gone)
     assert asked == [["toloka-api-sandbox"]] and waits == ["bucket"] * 3
