@@ -41,7 +41,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -101,15 +101,48 @@ def limit_shape(rate: float) -> tuple[int, float]:
     return burst * SLOTS_PER_REQUEST, round(decay * SLOTS_PER_REQUEST, 6)
 
 
+class _OneAtATime:
+    """A lock that knows which thread holds it.
+
+    A flow-run process stopped by SIGTERM runs Prefect's handler, and so the crash hook that closes
+    the run's pools, in its main thread, on top of whatever that thread was doing: possibly a slot's
+    request or a limit's look-up under this lock. The hook's Toloka requests then came back here and
+    would wait for the lock their own thread holds, for ever: the pools left open. `enter` says
+    False to such a nested caller, which then throttles with the process's bucket.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[bool]:
+        """Yields True holding the lock, or False (not waiting) when this thread already holds it."""
+        if self._owner == threading.get_ident():
+            yield False
+            return
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield True
+            finally:
+                self._owner = None
+
+
 class _MissingLimits:
     """Per-process memory of limits the server does not have, so each is looked up once a minute."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._looking = _OneAtATime()
         self._checked: dict[str, tuple[float, bool]] = {}  # name -> (when, exists)
 
     def exists(self, name: str) -> bool:
-        with self._lock:  # held during a look-up too: concurrent requests wait for its answer
+        """Whether the server has `name`, as last looked up (again once MISSING_TTL has passed); False
+        for a caller nested in this thread's own look-up (see `_OneAtATime`)."""
+        with self._looking.enter() as mine:  # held during a look-up: concurrent requests wait for it
+            if not mine:
+                return False
             now = time.monotonic()
             checked = self._checked.get(name)
             if checked is not None and (checked[1] or now - checked[0] < MISSING_TTL):
@@ -117,7 +150,8 @@ class _MissingLimits:
             found = _limit_exists(name)
             if not found:
                 log.info("no Prefect rate limit %s: Toloka requests are not throttled by Prefect", name)
-            self._checked[name] = (now, found)
+            with self._lock:
+                self._checked[name] = (now, found)
             return found
 
     def absent(self, name: str) -> None:
@@ -169,14 +203,17 @@ class _Slots:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._taking = _OneAtATime()
         self._client: Any = None
         self._api: tuple[str, str] | None = None  # (url, auth) the client was made for
 
-    def take(self, name: str, sleep: Callable[[float], None] = time.sleep) -> bool:
+    def take(self, name: str, sleep: Callable[[float], None] = time.sleep) -> bool | None:
         """One request's slots of `name`, waiting while the limit is used up; False when the server
-        answers that it has no such limit."""
-        with self._lock:
+        answers that it has no such limit; None, taking nothing, for a caller nested in this thread's
+        own acquisition (see `_OneAtATime`: it throttles with the process's bucket)."""
+        with self._taking.enter() as mine:
+            if not mine:
+                return None
             client = self._current_client()
             refused = 0
             while True:
@@ -253,6 +290,8 @@ def acquire(name: str) -> bool:
             error,
             MISSING_TTL,
         )
+        return False
+    if granted is None:  # nested in this thread's own acquisition (a SIGTERM's hook): the bucket
         return False
     if not granted:  # deleted since it was looked up: said once, as a look-up that finds none says it
         _missing.absent(name)

@@ -272,3 +272,44 @@ def test_a_limit_deleted_after_its_look_up_hands_the_requests_to_the_bucket(
 
     waits = _requests_through_the_hook(monkeypatch, Gone)
     assert asked == [["toloka-api-sandbox"]] and waits == ["bucket"] * 3
+
+
+def test_a_hook_run_by_a_signal_mid_acquisition_throttles_with_the_bucket_instead_of_waiting_for_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGTERM's handler (Prefect's, then the crash hook that closes the pools) runs in the main
+    thread on top of what it was doing, here a slot's request or a limit's look-up: the hook's own
+    Toloka requests came back to the lock their thread held and would have waited for ever, the
+    pools left open. Nested so, they now take no slot and go through the process's bucket."""
+    import threading
+
+    import httpx
+
+    nested: list[bool] = []
+
+    class Interrupted:  # the handler runs while this thread is inside the server's call
+        def increment_concurrency_slots(self, names: list[str], slots: int, mode: str) -> httpx.Response:
+            nested.append(toloka_rate.acquire(names[0]))
+            request = httpx.Request("POST", "http://prefect.test/api/v2/concurrency_limits/increment")
+            return httpx.Response(200, json=[{"id": "x", "name": names[0]}], request=request)
+
+    def looked_up(name: str) -> bool:  # ... or inside the limit's look-up
+        nested.append(toloka_rate.acquire(name))
+        return True
+
+    monkeypatch.setattr(toloka_rate, "_limit_exists", looked_up)
+    monkeypatch.setattr(toloka_rate, "_prefect_client", Interrupted)
+    toloka_rate._missing.forget()
+    toloka_rate._slots.close()
+    done: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: done.append(toloka_rate.acquire("toloka-api-sandbox")), daemon=True
+    )
+    try:
+        thread.start()
+        thread.join(10)
+    finally:
+        toloka_rate._missing.forget()
+        toloka_rate._slots.close()
+    assert not thread.is_alive(), "the nested request waited for its own thread's lock"
+    assert done == [True] and nested == [False, False], (done, nested)
