@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -211,7 +213,7 @@ def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_clo
     import os
     import signal
 
-    from crowdclust.service.processes import alive, parent_pid, read_pid
+    from crowdclust.service.processes import alive, parent_pid, read_pid, worker_temp
     from tests.fixtures.service import TERMINAL
 
     worker_pid: int | None = None
@@ -246,6 +248,11 @@ def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_clo
         workers = {read_pid(svc.cfg, name): name for name in ("worker-1", "worker-2")}
         assert parent_pid(engine) in workers, (engine, workers)
         worker_pid = parent_pid(engine)
+        # Prefect's files of the run (its whole environment, a password on a service that has one)
+        # are in the worker's folder of the service, which `up` and `down` empty, not in /tmp.
+        worker_folder = worker_temp(svc.cfg, workers[worker_pid])
+        assert _workspaces_of(run_id, worker_folder), sorted(worker_folder.iterdir())
+        assert not _workspaces_of(run_id, Path(tempfile.gettempdir()))
         os.kill(worker_pid, signal.SIGTERM)
         stopped = time.monotonic()
         run = svc.wait(run_id, timeout=60)  # the automation would take 90 s
@@ -274,6 +281,13 @@ def test_a_worker_stopped_with_sigterm_ends_its_runs_first_so_they_crash_and_clo
     name = workers[worker_pid]
     assert not alive(worker_pid) and read_pid(svc.cfg, name) not in (None, worker_pid), said
     assert f"{name}: already running" not in said, said
+    assert not _workspaces_of(run_id, worker_folder), sorted(worker_folder.iterdir())
+
+
+def _workspaces_of(run_id: str, folder: Path) -> list[Path]:
+    """The folders Prefect's process worker made in `folder` for flow run `run_id`."""
+    configs = folder.glob("prefect-workspace-attempt-*/supervisor.json")
+    return [path.parent for path in configs if run_id in path.read_text(errors="replace")]
 
 
 def test_down_names_the_runs_in_flight_and_stops_nothing_without_force(svc):

@@ -617,7 +617,7 @@ def test_down_ends_the_runs_a_worker_killed_outright_left_running(tmp_path: Path
     import sys
 
     from crowdclust.service import left_running, supervisor
-    from crowdclust.service.processes import STOPPING_FILE_ENV, alive, pid_file, stopping_file
+    from crowdclust.service.processes import STOPPING_FILE_ENV, alive, pid_file, stopping_file, worker_temp
 
     cfg = ServiceConfig(state_dir=tmp_path, workers=1)
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "prefect.engine"]
@@ -631,12 +631,17 @@ def test_down_ends_the_runs_a_worker_killed_outright_left_running(tmp_path: Path
     elsewhere = run(tmp_path / "other-service" / "worker-1.stopping")
     try:
         pid_file(cfg, "worker-1").write_text(f"{worker.pid}\n")
+        # What Prefect's worker left of a run in its folder (the run's environment, a password with it)
+        left_files = worker_temp(cfg, "worker-1") / "prefect-workspace-attempt-x"
+        left_files.mkdir(parents=True)
+        (left_files / "workspace.json").write_text("{}")
         assert left_running(cfg) == {"worker-1": [orphan.pid]}
         said: list[str] = []
         supervisor.stop(cfg, "worker-1", said.append)
         assert said[0] == "worker-1: terminated 1 flow-run process(es) an earlier worker-1 left running"
         assert orphan.poll() is not None and alive(elsewhere.pid)
         assert left_running(cfg) == {}
+        assert not worker_temp(cfg, "worker-1").exists()
     finally:
         for process in (worker, orphan, elsewhere):
             process.kill()

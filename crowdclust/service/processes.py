@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +54,29 @@ STOPPING_FILE_ENV = "CROWDCLUST_STOPPING_FILE"
 
 def stopping_file(cfg: ServiceConfig, name: str) -> Path:
     return cfg.state_dir / f"{name}.stopping"
+
+
+# A worker's own temporary files go to a folder of the service's (`worker_temp`), which `up` empties
+# before it starts the worker and `stop` after it stopped it: Prefect's process worker writes each
+# flow run's whole environment, the service's password (PREFECT_API_AUTH_STRING) with it, to
+# `prefect-workspace-attempt-*/workspace.json` in its temporary folder, and removes it only when the
+# run ends while the worker lives; a worker killed outright left the files in the machine's /tmp.
+# The worker reads the folder from this variable (`crowdclust.service.worker`); its flow runs keep
+# the machine's temporary folder (their run-key locks live there, shared by every run on the host).
+WORKER_TEMP_ENV = "CROWDCLUST_WORKER_TEMP"
+
+
+def worker_temp(cfg: ServiceConfig, name: str) -> Path:
+    return cfg.state_dir / "tmp" / name
+
+
+def empty_worker_temp(cfg: ServiceConfig, name: str) -> Path:
+    """`worker_temp(name)`, emptied (made when missing, mode 0700). Only while no worker of that
+    name runs: its flow runs' files are not there (see `WORKER_TEMP_ENV`)."""
+    folder = worker_temp(cfg, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
 
 
 def winding_down(cfg: ServiceConfig, name: str, pid: int) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -36,11 +37,13 @@ from crowdclust.service.config import (
 from crowdclust.service.files import AUTH_ENV as FILES_AUTH_ENV
 from crowdclust.service.processes import (
     STOPPING_FILE_ENV,
+    WORKER_TEMP_ENV,
     StartupFailed,
     alive,
     answers,
     bin_path,
     children,
+    empty_worker_temp,
     log_file,
     parent_pid,
     pid_file,
@@ -53,6 +56,7 @@ from crowdclust.service.processes import (
     terminate,
     wait_until,
     winding_down,
+    worker_temp,
 )
 from crowdclust.service.worker import RUN_GRACE_SECONDS
 from tasks.atomic_file import create_exclusive, write_atomic
@@ -252,7 +256,10 @@ def stop(cfg: ServiceConfig, name: str, say: Say = print) -> None:
             say(f"{name}: terminated its {len(runs)} flow-run process(es)")
         if left:
             say(f"{name}: terminated {len(left)} flow-run process(es) an earlier {name} left running")
-    say(f"{name}: {'stopped' if stop_process(cfg, name) else 'not running'}")
+    stopped = stop_process(cfg, name)
+    if name.startswith("worker-"):
+        shutil.rmtree(worker_temp(cfg, name), ignore_errors=True)
+    say(f"{name}: {'stopped' if stopped else 'not running'}")
 
 
 def worker_runs(cfg: ServiceConfig, name: str) -> tuple[list[int], list[int]]:
@@ -354,7 +361,8 @@ def _start_workers(cfg: ServiceConfig, say: Say) -> list[tuple[str, int, int]]:
         # `prefect worker start`, ending its flow runs before it stops on a signal (see the module)
         command = [sys.executable, "-m", "crowdclust.service.worker", "worker", "start"]
         command += ["--pool", WORK_POOL, "--type", "process"]
-        env = cfg.client_env() | {STOPPING_FILE_ENV: str(stopping)}
+        temp = empty_worker_temp(cfg, name)
+        env = cfg.client_env() | {STOPPING_FILE_ENV: str(stopping), WORKER_TEMP_ENV: str(temp)}
         pid = spawn(cfg, name, [*command, "--name", f"crowdclust-{name}"], env)
         started.append((name, pid, offset))
     return started

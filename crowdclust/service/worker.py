@@ -18,7 +18,8 @@ end and starts a new worker instead of reporting it "already running". Run as
 
 It also reports a dead flow-run process's crash only to the attempt that process ran
 (`guard_crash_reports`), says when a Suspended run's process ended (`say_when_suspended_runs_end`),
-and keeps watching for Cancel through an outage of the Prefect server (`keep_watching_for_cancels`).
+keeps watching for Cancel through an outage of the Prefect server (`keep_watching_for_cancels`), and
+keeps its own temporary files in the service's folder (`use_service_temp`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from crowdclust.service.processes import STOPPING_FILE_ENV, children, stat_fields, terminate
+from crowdclust.service.processes import (
+    STOPPING_FILE_ENV,
+    WORKER_TEMP_ENV,
+    children,
+    stat_fields,
+    terminate,
+)
 
 RUN_GRACE_SECONDS = 15.0  # as `crowdclust service down` gives a worker's runs
 
@@ -198,6 +206,15 @@ def keep_watching_for_cancels(delivery_module: Any) -> None:
     delivery_module.critical_service_loop = patient
 
 
+def use_service_temp() -> None:
+    """This process's temporary files (Prefect's per-run workspace folders among them) in the folder
+    `CROWDCLUST_WORKER_TEMP` names, if it names one: `tempfile.tempdir`, not TMPDIR, so that the
+    flow runs it starts keep the machine's (see `processes.WORKER_TEMP_ENV`)."""
+    folder = os.environ.get(WORKER_TEMP_ENV)
+    if folder:
+        tempfile.tempdir = folder
+
+
 def main() -> None:
     """`prefect` with this module's worker signal handling (`prefect worker start` reads the setup
     function from its module when it starts, so replacing the module's attribute is enough)."""
@@ -206,6 +223,7 @@ def main() -> None:
     from prefect.utilities import processutils
     from prefect.workers.process import ProcessWorker
 
+    use_service_temp()
     processutils.setup_signal_handlers_worker = install(processutils.setup_signal_handlers_worker)
     guard_crash_reports(ProcessWorker)
     say_when_suspended_runs_end(ProcessWorker)
