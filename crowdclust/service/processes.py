@@ -71,8 +71,10 @@ def worker_temp(cfg: ServiceConfig, name: str) -> Path:
 
 
 def empty_worker_temp(cfg: ServiceConfig, name: str) -> Path:
-    """`worker_temp(name)`, emptied (made when missing, mode 0700). Only while no worker of that
-    name runs: its flow runs' files are not there (see `WORKER_TEMP_ENV`)."""
+    """`worker_temp(name)`, emptied (made when missing, mode 0700), while no worker of that name
+    runs. Runs an earlier worker of the name left going need nothing in it: they work in the
+    checkout (prefect.yaml's `pull: null`) with the machine's temporary folder (a run left so by a
+    `kill -9` of its worker completed after `up` had emptied the folder)."""
     folder = worker_temp(cfg, name)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
