@@ -71,8 +71,13 @@ def test_second_up_changes_nothing_and_needs_no_variables(svc):
 
 
 def test_changed_prefect_yaml_is_redeployed_keeping_ui_edits(svc):
-    """The user switches the production schedule on and edits a demo parameter in the UI; then
-    prefect.yaml changes: `up` re-deploys the change and keeps both edits."""
+    """The user switches the production schedule on, edits a demo parameter and caps the runs at
+    once (the work pool's concurrency limit) in the UI; then prefect.yaml changes: `up` re-deploys
+    the change and keeps the three edits."""
+    from crowdclust.service.config import WORK_POOL
+
+    pool = f"/work_pools/{WORK_POOL}"
+    svc.api.patch(pool, json={"concurrency_limit": 40}).raise_for_status()  # above any test's runs
     deployments = svc.deployments()
     production, demo = deployments["production"], deployments["demo"]
     schedule = production["schedules"][0]
@@ -87,7 +92,11 @@ def test_changed_prefect_yaml_is_redeployed_keeping_ui_edits(svc):
         text.replace("description: Intruder evaluation", "description: CHANGED Intruder evaluation")
     )
     said: list[str] = []
-    service.up(replace(svc.cfg, prefect_yaml=changed), say=said.append)
+    try:
+        service.up(replace(svc.cfg, prefect_yaml=changed), say=said.append)
+        assert svc.api.get(pool).json()["concurrency_limit"] == 40
+    finally:
+        svc.api.patch(pool, json={"concurrency_limit": None}).raise_for_status()
     assert "deployments: kept production: schedule on as set in the UI" in said, said
     after = svc.deployments()
     assert after["evaluate"]["description"].startswith("CHANGED")
