@@ -39,6 +39,7 @@ from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
+from tasks.schedules import skip_missed_runs
 from tasks.stages import (
     Aggregated,
     CatalogueInfo,
@@ -98,6 +99,7 @@ def stopped_round(
 
 
 @flow(name=CATALOGUE_FLOW, **CLOSES_POOLS)
+@skip_missed_runs
 @overview_on_stop("catalogue_key")
 @locked_run("catalogue_key")
 def cluster_catalogue(params: PipelineParams, anchors_per_hit: int = 3) -> RunSummary:

@@ -19,6 +19,7 @@ from tasks.export_format import n_assignments
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
+from tasks.schedules import skip_missed_runs
 from tasks.stages import Evaluation
 from tasks.toloka_api import RunRegistry, make_client
 from tasks.toloka_config import Placeholders, load_bundle
@@ -36,6 +37,7 @@ def labelling_skill(params: PipelineParams) -> str:
 
 
 @flow(name="crowdclust-evaluate", **CLOSES_POOLS)
+@skip_missed_runs
 @locked_run()
 def evaluate_clusters(
     params: PipelineParams, clusters_csv: Path | None = None, skill_id: str | None = None

@@ -13,7 +13,6 @@ Retry pressed while a crashed run's hook still closes its pools waits for the ho
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 
 from flows.run_names import by_run_key, run_key_of
 from tasks import artifacts, budget, wait
+from tasks.flow_wrapper import wraps_flow
 from tasks.params import PipelineParams, endpoint
 from tasks.run_lock import RunKeyBusy, flow_params, run_lock
 from tasks.toloka_api import TRANSIENT, MissingTokenError, RunRegistry, make_client
@@ -235,7 +235,7 @@ def overview_on_stop(key: str = "resolved_run_key") -> Callable[[F], F]:
     """
 
     def wrap(fn: F) -> F:
-        @functools.wraps(fn)
+        @wraps_flow(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)

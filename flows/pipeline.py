@@ -23,11 +23,13 @@ from tasks.exam_outcome import exam_outcome_task
 from tasks.params import PipelineParams
 from tasks.run_folder import RunFolder
 from tasks.run_lock import locked_run
+from tasks.schedules import skip_missed_runs
 from tasks.stages import Cost, CostEstimate, RunSummary, SecondRound
 from tasks.toloka_api import probe
 
 
 @flow(name="crowdclust-pipeline", **CLOSES_POOLS)
+@skip_missed_runs
 @overview_on_stop()
 @locked_run()
 def crowdclust_pipeline(params: PipelineParams) -> RunSummary:

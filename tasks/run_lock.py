@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
 import hashlib
 import ipaddress
 import os
@@ -55,7 +54,8 @@ from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from tasks import run_lease
+from tasks import run_lease, schedules
+from tasks.flow_wrapper import wraps_flow
 from tasks.params import PipelineParams, TolokaTarget, endpoint
 from tasks.refusals import is_refusal, refused
 from tasks.settings import Settings
@@ -70,7 +70,11 @@ POLL_SECONDS = 0.25
 
 
 class RunKeyBusy(RuntimeError):
-    """Another live process runs the same run key against the same platform."""
+    """Another live process runs the same run key against the same platform (`holder` says which)."""
+
+    def __init__(self, message: str, run_key: str = "", holder: str = "") -> None:
+        super().__init__(message)
+        self.run_key, self.holder = run_key, holder
 
 
 class RunLockUnusable(RuntimeError):
@@ -173,7 +177,9 @@ def _unusable(path: Path, run_key: str, error: OSError) -> RunLockUnusable:
 def _busy(run_key: str, holder: str, more: str = "") -> RunKeyBusy:
     return RunKeyBusy(
         f"run key {run_key} is already running ({holder}); wait for it to end, "
-        f"or give this run another run key (--run-key; in a deployment, its run_key parameter){more}"
+        f"or give this run another run key (--run-key; in a deployment, its run_key parameter){more}",
+        run_key,
+        holder,
     )
 
 
@@ -400,14 +406,15 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
     whose message names the URL and what to do (the UI shows it as the run's state message). Any
     other error leaves it without the token of the requests it holds (`drop_credentials`): a failed
     flow run's exception is persisted like its result. A refusal (the key busy, a plan over budget,
-    ...) ends the run Failed without Prefect's tracebacks (`tasks.refusals.refused`).
+    ...) ends the run Failed without Prefect's tracebacks (`tasks.refusals.refused`); the key busy
+    ends a run of a deployment's schedule `Skipped` instead (`tasks.schedules`).
 
     The flow's first argument (or `params=`) is its `PipelineParams`; the signature Prefect shows
     is the flow function's own.
     """
 
     def wrap(fn: F) -> F:
-        @functools.wraps(fn)
+        @wraps_flow(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             from tasks.toloka_api import (
                 TRANSIENT,
@@ -416,8 +423,10 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
             )  # toloka-kit: once a flow runs
 
             params = flow_params(args, kwargs)
+            held = False
             try:
                 with run_lock(params.toloka, getattr(params, key)):
+                    held = True
                     try:
                         return fn(*args, **kwargs)
                     except TRANSIENT as error:  # past every retry: say who and what to do
@@ -425,6 +434,14 @@ def locked_run(key: str = "resolved_run_key") -> Callable[[F], F]:
                     except BaseException as error:  # a flow's failure is persisted too: no token in it
                         drop_credentials(error)
                         raise
+            except RunKeyBusy as error:
+                mine = None if held else schedules.this_scheduled_run()
+                if mine is not None:  # the key's holder does its work
+                    return schedules.skipped(
+                        f"skipped: run key {error.run_key} is busy ({error.holder}), which does the "
+                        f"key's work; this run of the schedule ({schedules.when(mine)}) did nothing"
+                    )
+                return refused(error)
             except Exception as error:  # refused on purpose: Failed, without Prefect's tracebacks
                 if is_refusal(error):
                     return refused(error)

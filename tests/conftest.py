@@ -38,6 +38,7 @@ LANES = {
     "tests/test_pipeline_topup.py": "money",
     "tests/test_run_lock_hosts.py": "money",
     "tests/test_cli_catalogue.py": "money",
+    "tests/test_schedules.py": "money",
     # Services of their own that mostly wait (a server away for minutes, a Suspended run): one lane of
     # five tests. Apart, the outage lane's two tests had the lifecycle lane given to their worker as
     # they began (a lane of two tests or fewer pulls the next one), and it ran last, alone.
