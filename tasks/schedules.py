@@ -111,7 +111,7 @@ def skip_missed_runs(fn: F) -> F:
         if later is not None:
             return skipped(
                 f"skipped: this run of the schedule ({when(mine)}) was missed, and a later one is due "
-                f"too: flow run '{later.name}' (id {later.id}, {when(later)}) does the work"
+                f"too: the flow run of {when(later)} (id {later.id}) does the work"
             )
         return fn(*args, **kwargs)
 

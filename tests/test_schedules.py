@@ -105,7 +105,9 @@ def test_only_the_latest_missed_run_of_a_schedule_works(prefect_harness):
 
     skipped = _run(oldest)
     assert skipped.is_completed() and skipped.name == SKIPPED, skipped
-    assert f"flow run '{newest.name}' (id {newest.id}" in skipped.message, skipped.message
+    # By due time and id: a run's name becomes its run key's only once it starts.
+    due = f"{newest.expected_start_time:%Y-%m-%d %H:%M} UTC"
+    assert f"the flow run of {due} (id {newest.id})" in skipped.message, skipped.message
     assert "was missed, and a later one is due too" in skipped.message, skipped.message
 
     worked = _run(newest)
