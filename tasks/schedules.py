@@ -70,6 +70,7 @@ def superseded_by(run: Any, now: datetime | None = None) -> Any | None:
         FlowRunFilterDeploymentId,
         FlowRunFilterExpectedStartTime,
     )
+    from prefect.client.schemas.sorting import FlowRunSort
 
     now = now or datetime.now(UTC)
     runs_filter = FlowRunFilter(
@@ -78,7 +79,9 @@ def superseded_by(run: Any, now: datetime | None = None) -> Any | None:
     )
     try:
         with get_client(sync_client=True) as client:
-            later = client.read_flow_runs(flow_run_filter=runs_filter)
+            # The latest first: the server's page (200 runs) holds them when more are due.
+            latest_first = FlowRunSort.EXPECTED_START_TIME_DESC
+            later = client.read_flow_runs(flow_run_filter=runs_filter, sort=latest_first)
     except Exception as error:  # the check saves a run's work, never costs it: the run goes on
         from prefect import get_run_logger
 
@@ -97,7 +100,9 @@ def skipped(message: str) -> Any:
 
 
 def when(run: Any) -> str:
-    return f"{run.expected_start_time:%Y-%m-%d %H:%M} UTC" if run.expected_start_time else "unscheduled"
+    """When `run` was due, in UTC, as the skip messages say it."""
+    due = run.expected_start_time
+    return f"{due.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if due is not None else "unscheduled"
 
 
 def skip_missed_runs(fn: F) -> F:
