@@ -91,11 +91,10 @@ def superseded_by(run: Any, now: datetime | None = None) -> Any | None:
 
 
 def skipped(message: str) -> Any:
-    """The state a skipped run returns: Completed, named `SKIPPED`, saying why."""
-    from prefect import get_run_logger
+    """The state a skipped run returns: Completed, named `SKIPPED`, saying why (the engine's
+    "Finished in state Skipped(...)" line puts the message in the run's log too)."""
     from prefect.states import Completed
 
-    get_run_logger().info("%s", message)
     return Completed(name=SKIPPED, message=message)
 
 

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import uuid
@@ -25,19 +24,9 @@ from prefect import flow
 from tasks import run_lease
 from tasks.params import TolokaTarget
 from tasks.run_lock import RunKeyBusy, lock_path, run_lock
+from tests.fixtures.locks import holding_process
 
 TARGET = TolokaTarget(environment="local", url="http://127.0.0.1:1")
-HOLD = textwrap.dedent(
-    """
-    import sys, time
-    from tasks.params import TolokaTarget
-    from tasks.run_lock import run_lock
-    key, closing, seconds = sys.argv[1], sys.argv[2] == "closing", float(sys.argv[3])
-    with run_lock(TolokaTarget(environment="local", url="http://127.0.0.1:1"), key, closing=closing):
-        print("held", flush=True)
-        time.sleep(seconds)
-    """
-)
 
 
 @pytest.fixture()
@@ -55,24 +44,12 @@ def machine(monkeypatch, tmp_path):
     return move
 
 
-def _hold(key: str, tmpdir: Path, role: str = "run", seconds: float = 600) -> subprocess.Popen[str]:
-    """A process on the machine `tmpdir` that holds `key` (as a run, or as a hook "closing" its pools)
-    for `seconds` or until it is killed."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "TMPDIR": str(tmpdir), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    command = [sys.executable, "-c", HOLD, key, role, str(seconds)]
-    holder = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held", holder.communicate()
-    return holder
-
-
 def test_a_second_run_on_another_machine_fails_at_once_and_a_kill_9_frees_the_key_on_its_machine(
     prefect_harness, machine
 ):
     key = f"hosts-{uuid.uuid4().hex[:8]}"
     first_machine = machine("a")
-    holder = _hold(key, first_machine)
+    holder = holding_process(key, first_machine)
     try:
         # On its own machine the flock refuses first, naming the process (not its lease id).
         same = rf"is already running \(pid {holder.pid} on this machine\); wait for it to end"
@@ -144,7 +121,7 @@ def test_a_retried_run_waits_for_the_crash_hook_that_still_closes_its_pools(pref
     """Prefect runs a crashed run's hook in a process of its own, seconds after the crash; a Retry
     started meanwhile must wait for it (a few seconds), not fail as if another run held the key."""
     key = f"hosts-hook-{uuid.uuid4().hex[:8]}"
-    hook = _hold(key, machine("a"), role="closing", seconds=3)
+    hook = holding_process(key, machine("a"), role="closing", seconds=3)
     try:
         machine("a" if where == "same machine" else "b")
         started = time.monotonic()

@@ -11,10 +11,7 @@ the last test checks); its run key's lock is the real one.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,20 +24,11 @@ from prefect.flow_engine import run_flow
 from tasks.params import PipelineParams, TolokaTarget, load_params
 from tasks.run_lock import locked_run
 from tasks.schedules import SKIPPED, latest, skip_missed_runs, supersedes
+from tests.fixtures.locks import holding_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = TolokaTarget(environment="local", url="http://127.0.0.1:1")
 WORKED = "worked"
-HOLD = textwrap.dedent(
-    """
-    import sys, time
-    from tasks.params import TolokaTarget
-    from tasks.run_lock import run_lock
-    with run_lock(TolokaTarget(environment="local", url="http://127.0.0.1:1"), sys.argv[1]):
-        print("held", flush=True)
-        time.sleep(600)
-    """
-)
 
 
 @flow(name="crowdclust-schedules-stand-in")
@@ -123,11 +111,8 @@ def test_a_scheduled_run_whose_key_is_busy_is_skipped_and_a_run_by_hand_still_fa
 
     key = f"sched-busy-{uuid.uuid4().hex[:6]}"
     (scheduled,) = _missed(_api(), key, 1)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, key], env=dict(os.environ), stdout=subprocess.PIPE, text=True
-    )
+    holder = holding_process(key, Path(tempfile.gettempdir()))  # this machine's: the flow run's lock folder
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         skipped = _run(scheduled)
         assert skipped.is_completed() and skipped.name == SKIPPED, skipped
         assert f"run key {key} is busy (pid {holder.pid} on this machine" in skipped.message, skipped.message
