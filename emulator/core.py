@@ -33,6 +33,7 @@ from emulator.validate import (
     filter_errors,
     is_number,
     known_solutions_errors,
+    pool_settings_errors,
     quality_control_errors,
     spec_errors,
 )
@@ -260,12 +261,15 @@ class Emulator:
         project_id = str(body.get("project_id") or "")
         if not project_id:
             errors["project_id"] = ("VALUE_REQUIRED", "project_id is required")
-        elif self.store.get("project", project_id) is None:
+        elif (project := self.store.get("project", project_id)) is None:
             errors["project_id"] = ("DOES_NOT_EXIST", f"project {project_id} does not exist")
+        elif project["status"] == "ARCHIVED":
+            raise conflict("PROJECT_INAPPROPRIATE_STATUS", f"project {project_id} is archived")
         if not body.get("private_name"):
             errors["private_name"] = ("VALUE_REQUIRED", "private_name is required")
         if kind == "pool":
             errors |= _pool_required(body)
+        errors |= pool_settings_errors(body, kind)
         shape = filter_errors(body.get("filter")) | quality_control_errors(body.get("quality_control"))
         errors |= shape
         if not shape:
@@ -304,6 +308,8 @@ class Emulator:
                 raise validation({"project_id": ("INVALID_VALUE", "a pool cannot move to another project")})
             self._check_pool(body | {"project_id": doc["project_id"]}, doc["_kind"])
         elif kind == "project":
+            if doc["status"] == "ARCHIVED":
+                raise conflict("PROJECT_INAPPROPRIATE_STATUS", f"project {key} is archived")
             self._check_project(body)
         runtime = {k: v for k, v in doc.items() if k.startswith("_") or k in READ_ONLY or k == "project_id"}
         doc.clear()
@@ -318,6 +324,8 @@ class Emulator:
     def patch_pool(self, key: str, body: Any) -> Doc:
         """PATCH /pools/{id}: only the priority can be patched (PoolPatchRequest)."""
         pool = self.get("pool", key, "pool")
+        if pool["status"] == "ARCHIVED":
+            raise conflict("POOL_INAPPROPRIATE_STATUS", f"pool {key} is archived")
         body = _object(body)
         priority = body.get("priority")
         if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
@@ -942,8 +950,10 @@ def _pool_required(body: Doc) -> dict[str, tuple[str, str]]:
     """The fields Toloka requires of a regular pool, and its least reward."""
     errors = {}
     reward = body.get("reward_per_assignment")
-    if not is_number(reward):
-        errors["reward_per_assignment"] = ("VALUE_REQUIRED", "reward_per_assignment must be a number")
+    if reward is None:
+        errors["reward_per_assignment"] = ("VALUE_REQUIRED", "reward_per_assignment is required")
+    elif not is_number(reward):
+        errors["reward_per_assignment"] = ("INVALID_FORMAT", "reward_per_assignment must be a number")
     elif reward < MIN_REWARD:
         errors["reward_per_assignment"] = (
             "VALUE_LESS_THAN_MIN",

@@ -95,7 +95,7 @@ def check_params(kind: str, params: dict[str, str], numeric_ids: bool) -> None:
         if unknown:
             errors["status"] = ("INVALID_VALUE", f"unknown status {unknown[0]}")
     most = MAX_LIMITS.get(kind)
-    if most is not None and params.get("limit", "").isdigit() and int(params["limit"]) > most:
+    if most is not None and params.get("limit", "").isdigit() and not 1 <= int(params["limit"]) <= most:
         errors["limit"] = ("VALUE_OUT_OF_BOUNDS", f"limit must be from 1 to {most} in this collection")
     for name in ID_BOUNDS:
         value = params.get(name)

@@ -101,7 +101,78 @@ def _condition_errors(node: dict[str, Any], path: str, category: bool) -> Errors
         errors[f"{path}.operator"] = ("INVALID_VALUE", f"operator must be one of {_names(OPERATORS)}")
     if "value" not in node:
         errors[f"{path}.value"] = ("VALUE_REQUIRED", "value is required")
+    elif category and node.get("category") == "skill" and not _skill_value(node["value"]):
+        # toloka-kit reads a skill condition's value as a number (None: the skill is not set); any
+        # other value was stored and then broke every `get_pool` of that pool in the client.
+        errors[f"{path}.value"] = ("INVALID_FORMAT", "a skill condition's value must be a number or null")
     return errors
+
+
+# ------------------------------------------------------------------------------ pool settings
+# A pool's or training's settings the crowd reads, as (field path, smallest value, largest value):
+# each must be an integer in range when given. A string priority stored as it came stopped every
+# worker of the market (the crowd sorts all open pools by it); an overlap of -1 in `defaults` closed
+# the pool COMPLETED before any worker came. Bounds are toloka-kit's (priority -100..100, as PATCH).
+POOL_INTEGERS: tuple[tuple[str, int, int | None], ...] = (
+    ("priority", -100, 100),
+    ("assignment_max_duration_seconds", 1, None),
+    ("auto_accept_period_day", 1, None),
+    ("auto_close_after_complete_delay_seconds", 0, None),
+    ("defaults.default_overlap_for_new_task_suites", 0, None),
+    ("defaults.default_overlap_for_new_tasks", 0, None),
+    ("mixer_config.real_tasks_count", 0, None),
+    ("mixer_config.golden_tasks_count", 0, None),
+    ("mixer_config.training_tasks_count", 0, None),
+)
+TRAINING_INTEGERS: tuple[tuple[str, int, int | None], ...] = (
+    ("training_tasks_in_task_suite_count", 1, None),
+    ("task_suites_required_to_pass", 1, None),
+    ("retry_training_after_days", 1, None),
+)
+POOL_BOOLEANS = ("auto_accept_solutions", "assignments_issuing_config.issue_task_suites_in_creation_order")
+POOL_OBJECTS = ("defaults", "mixer_config", "assignments_issuing_config")
+
+
+def _at(body: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path, None where any step is missing (objects are checked apart)."""
+    value: Any = body
+    for step in path.split("."):
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def is_integer(value: Any) -> bool:
+    """A JSON integer (not a bool; 3.0 is not one either: Toloka's integer fields refuse it)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def pool_settings_errors(body: dict[str, Any], kind: str) -> Errors:
+    """The settings of a pool (`kind="pool"`) or training that the crowd reads: objects, integers in
+    range, booleans. Checked at creation and on every PUT, so nothing stored can stop the crowd."""
+    errors: Errors = {}
+    for name in POOL_OBJECTS:
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            errors[name] = ("INVALID_FORMAT", f"{name} must be an object")
+    integers = POOL_INTEGERS + (TRAINING_INTEGERS if kind == "training" else ())
+    for path, low, high in integers:
+        value = _at(body, path)
+        if value is None or path.split(".")[0] in errors:
+            continue
+        name = path.rsplit(".", 1)[-1]
+        if not is_integer(value):
+            errors[path] = ("INVALID_FORMAT", f"{name} must be an integer")
+        elif value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"at least {low}"
+            errors[path] = ("VALUE_OUT_OF_RANGE", f"{name} must be {span}")
+    for path in POOL_BOOLEANS:
+        value = _at(body, path)
+        if value is not None and not isinstance(value, bool) and path.split(".")[0] not in errors:
+            errors[path] = ("INVALID_FORMAT", f"{path.rsplit('.', 1)[-1]} must be true or false")
+    return errors
+
+
+def _skill_value(value: Any) -> bool:
+    return value is None or is_number(value)
 
 
 # ---------------------------------------------------------------------------------- quality control

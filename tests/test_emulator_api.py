@@ -542,6 +542,60 @@ def test_pools_are_checked_as_toloka_checks_them(emu, client):
         assert archived.status_code == 409 and archived.json()["code"] == "POOL_INAPPROPRIATE_STATUS"
 
 
+def test_the_settings_the_crowd_reads_are_checked_and_archived_objects_take_no_changes(emu, client):
+    """A pool's settings are 400s naming the field when the crowd could not read them. Before, a
+    string `priority` was stored and stopped every worker of the market (the crowd sorts all open
+    pools by it), an overlap of -1 closed a pool COMPLETED with no answer, and a skill filter's
+    string value broke every `get_pool` of the pool in toloka-kit. An archived project takes no new
+    pool and no PUT, an archived pool no PATCH (409s, as Toloka answers changes to archived objects)."""
+    project = _project(client)
+    skill = client.create_skill(name="checked settings")
+    bad = {
+        "priority": {"priority": "high"},
+        "auto_accept_solutions": {"auto_accept_solutions": "yes"},
+        "auto_accept_period_day": {"auto_accept_period_day": 0},
+        "auto_close_after_complete_delay_seconds": {"auto_close_after_complete_delay_seconds": -1},
+        "defaults.default_overlap_for_new_task_suites": {
+            "defaults": {"default_overlap_for_new_task_suites": -1}
+        },
+        "mixer_config.real_tasks_count": {"mixer_config": {"real_tasks_count": 2.5}},
+        "filter.value": {"filter": {"category": "skill", "key": skill.id, "operator": "GTE", "value": "abc"}},
+    }
+    with _raw(emu) as raw:
+        before = len(raw.get("/api/v1/pools", params={"limit": 300}).json()["items"])
+        for field, extra in bad.items():
+            assert _field_errors(raw.post("/api/v1/pools", json=_pool_body(project.id, **extra))) == {field}
+        reward = raw.post("/api/v1/pools", json=_pool_body(project.id, reward_per_assignment="abc"))
+        assert reward.json()["payload"]["reward_per_assignment"]["code"] == "INVALID_FORMAT"
+        training = {"project_id": project.id, "private_name": "t", "training_tasks_in_task_suite_count": 0}
+        assert _field_errors(raw.post("/api/v1/trainings", json=training)) == {
+            "training_tasks_in_task_suite_count"
+        }
+        assert len(raw.get("/api/v1/pools", params={"limit": 300}).json()["items"]) == before
+        fine = {
+            "priority": -100,
+            "filter": {"category": "skill", "key": skill.id, "operator": "EQ", "value": None},
+        }
+        pool = raw.post("/api/v1/pools", json=_pool_body(project.id, **fine)).json()
+        assert client.get_pool(pool["id"]).priority == -100  # what toloka-kit reads back
+        assert _field_errors(
+            raw.put(f"/api/v1/pools/{pool['id']}", json=_pool_body(project.id, priority=101))
+        ) == {"priority"}
+        assert raw.post(f"/api/v1/pools/{pool['id']}/archive").status_code == 202
+        patched = raw.patch(f"/api/v1/pools/{pool['id']}", json={"priority": 5})
+        assert patched.status_code == 409 and patched.json()["code"] == "POOL_INAPPROPRIATE_STATUS"
+        assert raw.post(f"/api/v1/projects/{project.id}/archive").status_code == 202
+        for answer in (
+            raw.post("/api/v1/pools", json=_pool_body(project.id)),
+            raw.put(f"/api/v1/projects/{project.id}", json={"public_name": "again", "task_spec": {}}),
+        ):
+            assert answer.status_code == 409 and answer.json()["code"] == "PROJECT_INAPPROPRIATE_STATUS", (
+                answer.text
+            )
+    with pytest.raises(exceptions.IncorrectActionsApiError):
+        client.create_pool(toloka.Pool.structure(_pool_body(project.id)))
+
+
 def test_an_expired_pool_opens_only_with_a_new_will_expire_and_clones_keep_it(emu, client):
     now = dt.datetime.fromtimestamp(emu.advance(0), dt.UTC).replace(tzinfo=None)
     pool = _pool(client, _project(client).id, will_expire=(now + dt.timedelta(hours=1)).isoformat())
@@ -649,6 +703,8 @@ def test_searches_refuse_what_toloka_refuses(emu, client):
         ):
             assert raw.get(f"/api/v1/{path}", params={"limit": most}).status_code == 200, path
             assert _field_errors(raw.get(f"/api/v1/{path}", params={"limit": most + 1})) == {"limit"}, path
+            zero = raw.get(f"/api/v1/{path}", params={"limit": 0}).json()["payload"]["limit"]["message"]
+            assert zero == f"limit must be from 1 to {most} in this collection", (path, zero)
     with pytest.raises(exceptions.ValidationApiError) as refused:
         client.find_skills(limit=101)
     assert set(refused.value.payload) == {"limit"}
