@@ -55,6 +55,12 @@ class ExportFormatError(ValueError):
     """An export (or one of its rows) cannot be read; the message names the row and the problem."""
 
 
+class ExportCutShort(ExportFormatError):
+    """The export stops inside its last row (its writing was stopped): whatever else it may be, that
+    is what to tell. Read again without quoting, a file cut inside a quoted cell was blamed on its
+    first row's JSON and on spreadsheet quoting (a cut lands in `INPUT:images` more often than not)."""
+
+
 class _RowError(Exception):
     """Internal: a problem in one row, turned into ExportFormatError or a lenient skip."""
 
@@ -238,15 +244,17 @@ def load_export(source: str | os.PathLike) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise ExportFormatError(export_not_utf8(path)) from None
     except pd.errors.ParserError as exc:  # a quoted cell cut short, say
-        reason = cut_short(path) or ragged_row(path) or f"export file is not a readable TSV: {exc}"
-        raise ExportFormatError(reason) from None
+        short = cut_short(path)
+        if short is not None:
+            raise ExportCutShort(short) from None
+        raise ExportFormatError(ragged_row(path) or f"export file is not a readable TSV: {exc}") from None
     except (EOFError, OSError, zlib.error, *ARCHIVE_ERRORS) as exc:  # compressed, cut short or not compressed
         raise ExportFormatError(f"export file cannot be decompressed ({type(exc).__name__}: {exc})") from None
     except ImportError:  # the only codec pandas imports from outside the standard library
         raise ExportFormatError(f"export file {NO_ZSTANDARD}") from None
     short = cut_short(path)
     if short is not None:
-        raise ExportFormatError(short)
+        raise ExportCutShort(short)
     return frame
 
 
@@ -699,6 +707,8 @@ def read_export(source: str | os.PathLike | pd.DataFrame, strict: bool = True) -
     """
     try:
         return _read_frame(_load_frame(source), strict)
+    except ExportCutShort:
+        raise
     except ExportFormatError:
         json_start = _json_start(source)
         if json_start is not None:

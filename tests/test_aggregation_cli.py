@@ -551,6 +551,25 @@ def test_compressed_files_are_read_and_a_cut_one_is_one_error_line(export, tmp_p
     )
 
 
+def test_an_export_cut_inside_a_quoted_cell_is_called_cut_short_not_blamed_on_its_first_row(export, tmp_path):
+    """Cut inside its last row's `INPUT:images` (a quoted cell, written from three double quotes on, most of
+    a row's characters), the export was read again without quoting and refused as `row 1 ...
+    INPUT:images is not valid JSON (read with no CSV quoting ...)`: a row that was fine, and the wrong
+    fix. Cut anywhere in that row, it is the file that was cut short."""
+    text = (export / "export.tsv").read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    start = len(text.rstrip("\n")) - len(last)
+    line = text.count("\n", 0, start) + 1
+    assert last.startswith('"')  # its images cell comes first, quoted
+    for at in (3, 60, last.index("\t") - 2, last.index("\t") + 5):  # in the images cell; after it
+        (tmp_path / "cut.tsv").write_text(text[: start + at])
+        cut = _run([tmp_path / "cut.tsv", "-o", tmp_path / "cut.csv"])
+        assert cut.returncode == 2 and cut.stderr.count("\n") == 1, cut.stderr
+        assert cut.stderr.startswith(
+            f"error: {tmp_path / 'cut.tsv'}: export file is cut short: its last line (line {line}) has "
+        ), (at, cut.stderr)
+
+
 def test_a_compressed_file_under_a_plain_name_is_called_compressed_not_utf16(export, tmp_path):
     """A gzip export saved as `.tsv` (a browser keeping the server's compressed bytes, a rename)
     stopped with "export file is not UTF-8 text: it looks like UTF-16 (a spreadsheet's 'Unicode
