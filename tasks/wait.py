@@ -22,7 +22,7 @@ from prefect.exceptions import Pause
 
 from tasks.artifacts import ProgressReporter, counted, warn_up
 from tasks.budget import LiveSpend, SpendGuard
-from tasks.exam import GatingState, Staffing, check_staffing, gate_exams
+from tasks.exam import GatingState, Staffing, check_staffing, exam_closed_for_good, gate_exams
 from tasks.params import TolokaTarget
 from tasks.pause import pause
 from tasks.stage import stage_task
@@ -526,27 +526,30 @@ def wait_labelling_task(
     if has_work(client, ids.main_pool):
         open_all(client, [*helpers, Opening("pool", ids.main_pool)])
 
-    def review() -> None:
+    def review() -> ExamTotals:
         started = time.monotonic()
         tick = gate_exams(client, ids.exam_pool, ids.skill, goldens, n_exams, state)
         totals[0] += tick
         if time.monotonic() - started >= SLOW_GATING_SECONDS:  # a long silence between poll lines
             get_run_logger().info("exam gating: %s in %.0f s", tick.describe(), time.monotonic() - started)
+        return tick
 
     warned: set[bool] = set()  # which of the two short-of-answers warnings was said (exam complete?)
     polled: list[PoolStats] = []  # the main pool's last poll (`guard` sees each one)
 
     def gate() -> None:
-        review()
+        rejected = review().rejected
         exam_pool = client.get_pool(ids.exam_pool)
         # Nobody could qualify from an expired exam pool while the main pool waits for workers.
         reopen_expired(client, exam_pool)
-        check_staffing(client, ids.exam_pool, ids.main_pool, staffing, state)
+        check_staffing(client, ids.exam_pool, ids.main_pool, staffing, state, rejected)
         # Once nobody else qualifies; while the exam still fills, once those qualified are restricted.
         complete = is_completed(exam_pool)
         qualified = staffing.qualified(state)
         if complete in warned or staffing.short_of_answers(qualified) is None or not polled:
             return  # said already, nothing to say, or no poll yet
+        if complete and not exam_closed_for_good(client, ids.exam_pool, rejected):
+            return  # answers wait for review, or seats came back: more may qualify
         main = polled[-1]
         answers = int(max(main.submitted_assignments_count or 0, main.approved_assignments_count or 0))
         if complete or staffing.used_up(qualified, answers):

@@ -512,6 +512,43 @@ def test_a_rejection_can_be_changed_to_accepted_and_is_paid_then(emu, client):
     client.close_pool(pool.id)
 
 
+def test_an_exam_pool_is_closed_for_good_once_every_answer_is_reviewed_and_no_seat_came_back(emu, client):
+    """What the exam gating's warnings and `ExamStarved` rely on, on the wire: an exam pool (manual
+    review, a rejection gives its seat back) closes COMPLETED while its answers still wait for
+    review, and a rejection reopens it for a new answer (`tasks.exam.exam_closed_for_good`)."""
+    from tasks.exam import exam_closed_for_good
+
+    reopen = {"type": "CHANGE_OVERLAP", "parameters": {"delta": 1, "open_pool": True}}
+    rejected = {"key": "assessment_event", "operator": "EQ", "value": "REJECT"}
+    rules = [{"conditions": [rejected], "action": reopen}]
+    pool = _pool(
+        client,
+        _project(client).id,
+        auto_accept_solutions=False,
+        auto_close_after_complete_delay_seconds=0,
+        quality_control={
+            "configs": [{"collector_config": {"type": "ASSIGNMENTS_ASSESSMENT"}, "rules": rules}]
+        },
+    )
+    client.create_task_suites(
+        [toloka.TaskSuite(pool_id=pool.id, tasks=[toloka.Task(input_values={"images": _images(emu)})])],
+        allow_defaults=True,
+    )
+    client.open_pool(pool.id)
+    first = _submitted(emu, client, pool.id, 2)
+    assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
+    assert not exam_closed_for_good(client, pool.id)  # two answers wait for review
+    client.reject_assignment(first[0].id, "wrong")
+    client.accept_assignment(first[1].id, "right")
+    assert not exam_closed_for_good(client, pool.id, rejected=1)
+    assert client.get_pool(pool.id).is_open()  # the rejected answer's seat came back
+    again = [a for a in _submitted(emu, client, pool.id, 1) if a.id != first[0].id]
+    assert _wait_closed(emu, client, pool.id).last_close_reason.value == "COMPLETED"
+    assert not exam_closed_for_good(client, pool.id)  # the new answer waits for review
+    client.accept_assignment(again[0].id, "right")
+    assert exam_closed_for_good(client, pool.id)
+
+
 def _field_errors(answer: httpx.Response) -> set[str]:
     assert answer.status_code == 400, (answer.status_code, answer.text)
     return set(answer.json()["payload"])

@@ -460,6 +460,7 @@ def test_staffing_ends_the_wait_only_when_the_closed_exam_left_too_few_qualified
     late = _Pools({"exam": done, "main": running}, unreviewed=1)
     exam.check_staffing(late, "exam", "main", need, two)
     late.unreviewed = 0  # the next tick reviewed them and nobody else reached the skill
+    exam.check_staffing(late, "exam", "main", need, two, rejected=1)  # but gave a seat back: not yet
     with pytest.raises(exam.ExamStarved):
         exam.check_staffing(late, "exam", "main", need, two)
     # One piece of advice, saying the same key goes on: `crowdclust run` printed "... and start the
@@ -480,6 +481,22 @@ def test_staffing_ends_the_wait_only_when_the_closed_exam_left_too_few_qualified
     pools = _Pools({"exam": done, "main": running})
     exam.check_staffing(pools, "exam", "main", need, exam.GatingState(sent={**two.sent, "d": 75.0}))
     assert pools.reads == 0  # enough qualified: no request at all
+
+
+def test_the_exam_is_closed_for_good_only_with_every_answer_reviewed_and_no_seat_given_back():
+    """The short-of-answers warning said "the exam pool is complete with 34 workers qualified" 2 s
+    into a wait whose exam answers still waited for review; rejected, they gave their seats back,
+    the pool reopened and 83 workers qualified (the demo's config on 820 images)."""
+    done, running = ("CLOSED", "COMPLETED"), ("OPEN", None)
+    assert not exam.exam_closed_for_good(_Pools({"exam": running}), "exam")
+    waiting = _Pools({"exam": done}, unreviewed=2)
+    assert not exam.exam_closed_for_good(waiting, "exam")
+    waiting.unreviewed = 0
+    assert exam.exam_closed_for_good(waiting, "exam")
+    assert not exam.exam_closed_for_good(waiting, "exam", rejected=3)  # CHANGE_OVERLAP reopens it
+    reads = waiting.reads
+    exam.exam_closed_for_good(waiting, "exam", rejected=1)
+    assert waiting.reads == reads  # nothing to ask Toloka after a rejection
 
 
 # ------------------------------------------------------------------------------------------ budget
