@@ -645,6 +645,15 @@ def _overridden(loc: tuple[Any, ...], overrides: dict[str, Any]) -> bool:
 
 _SECRET_LIKE = re.compile(r"token|secret|password|passwd|api[_-]?key|credential", re.IGNORECASE)
 
+# What a field's pattern asks, in words: pydantic says `String should match pattern '^$|^[hH][tT]...'`,
+# which left a user who gave `--url 127.0.0.1:9101` to find the missing `http://` in a regex.
+PATTERN_WORDS = {
+    ("toloka", "url"): "must start with http:// or https:// (e.g. http://127.0.0.1:8765), or be empty "
+    "for toloka-kit's own endpoint",
+    ("run_key",): "may hold only letters, digits, '.', '_' and '-'",
+    ("name",): "may hold only lowercase letters, digits and '-', and starts with a letter or digit",
+}
+
 
 def _problem(err: Any, where: dict[str, int], overrides: dict[str, Any]) -> str:
     """One field's problem: its dotted name, the reason, and the file's line with the value given.
@@ -656,6 +665,8 @@ def _problem(err: Any, where: dict[str, int], overrides: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     name = ".".join(str(part) for part in loc)
     reason = err["msg"].removeprefix("Value error, ")  # a validator's own reason reads better without it
+    if err["type"] == "string_pattern_mismatch":
+        reason = PATTERN_WORDS.get(loc, reason)
     if err["type"] == "extra_forbidden" and _SECRET_LIKE.search(name):
         reason = (
             "a secret is never part of the config (it would be in every log and in Prefect's run "

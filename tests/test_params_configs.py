@@ -261,6 +261,21 @@ def test_a_toloka_url_needs_its_scheme_and_an_empty_one_is_none():
             TolokaTarget(environment="local", url=typed)
 
 
+def test_a_field_whose_pattern_refuses_a_value_says_what_it_takes_not_the_regex(tmp_path):
+    """`crowdclust run ... --url 127.0.0.1:9101` said `String should match pattern
+    '^$|^[hH][tT][tT][pP][sS]?://[^\\s/?#]+\\S*$'`: the missing `http://` left to read out of a regex."""
+    config = _write_yaml(tmp_path)
+    cases = {
+        "toloka.url: must start with http:// or https://": {"toloka": {"url": "127.0.0.1:9101"}},
+        "run_key: may hold only letters, digits, '.', '_' and '-' (given 'a b')": {"run_key": "a b"},
+        "name: may hold only lowercase letters, digits and '-'": {"name": "Demo Shoes"},
+    }
+    for expected, overrides in cases.items():
+        with pytest.raises(ConfigError) as error:
+            load_params(config, overrides)
+        assert expected in str(error.value) and "should match" not in str(error.value), str(error.value)
+
+
 @pytest.mark.parametrize("field", ["hits", "exam", "intruders"])
 @pytest.mark.parametrize("reward", [0, 0.001])
 def test_a_reward_toloka_would_refuse_is_a_config_error_naming_the_field(tmp_path, field, reward):
