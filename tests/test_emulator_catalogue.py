@@ -151,6 +151,18 @@ def test_cli_refuses_an_empty_or_unknown_catalogue(tmp_path, args, says):
     assert not out.exists()
 
 
+def test_digits_asked_for_more_images_than_it_has_says_how_many_it_wrote(tmp_path):
+    """`catalogue digits --size 5000` wrote 1,797 rows and said only `wrote d.tsv`."""
+    from tests.fixtures.cli import invoke
+
+    out = tmp_path / "d.tsv"
+    done = invoke("emulator", "catalogue", "digits", "--size", "5000", "-o", str(out))
+    assert done.returncode == 0 and len(pd.read_csv(out, sep="\t")) == 1797
+    assert done.stdout == f"wrote {out} (1,797 items: digits has no more; --size asked 5,000)\n"
+    done = invoke("emulator", "catalogue", "digits", "--size", "1797", "-o", str(out))
+    assert done.stdout == f"wrote {out}\n"
+
+
 def test_unknown_exam_images_are_seen_as_their_gold_groups():
     from emulator.workers import group_images
 
