@@ -269,7 +269,7 @@ class Emulator:
             errors["private_name"] = ("VALUE_REQUIRED", "private_name is required")
         if kind == "pool":
             errors |= _pool_required(body)
-        errors |= pool_settings_errors(body, kind)
+        errors = pool_settings_errors(body, kind) | errors  # a required field's own words first
         shape = filter_errors(body.get("filter")) | quality_control_errors(body.get("quality_control"))
         errors |= shape
         if not shape:
