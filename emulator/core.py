@@ -269,7 +269,7 @@ class Emulator:
             errors["private_name"] = ("VALUE_REQUIRED", "private_name is required")
         if kind == "pool":
             errors |= _pool_required(body)
-        errors = pool_settings_errors(body, kind) | errors  # a required field's own words first
+        errors |= pool_settings_errors(body, kind)
         shape = filter_errors(body.get("filter")) | quality_control_errors(body.get("quality_control"))
         errors |= shape
         if not shape:
@@ -961,12 +961,9 @@ def _pool_required(body: Doc) -> dict[str, tuple[str, str]]:
         )
     if not isinstance(body.get("may_contain_adult_content"), bool):
         errors["may_contain_adult_content"] = ("VALUE_REQUIRED", "may_contain_adult_content is required")
-    seconds = body.get("assignment_max_duration_seconds")
-    if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 1:
-        errors["assignment_max_duration_seconds"] = (
-            "VALUE_REQUIRED",
-            "assignment_max_duration_seconds must be a positive integer",
-        )
+    duration = "assignment_max_duration_seconds"  # its type and range: `pool_settings_errors`
+    if body.get(duration) is None:
+        errors[duration] = ("VALUE_REQUIRED", f"{duration} is required")
     if body.get("will_expire") is None:
         errors["will_expire"] = ("VALUE_REQUIRED", "will_expire is required")
     if not isinstance(body.get("defaults"), dict):

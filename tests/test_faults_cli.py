@@ -560,7 +560,7 @@ def test_an_object_the_platform_refuses_is_named_with_its_reasons(
     assert _one_error_line(result) == (
         "error: Toloka refused a request creating the pool (exam-pool) (POST /api/v1/pools): 400 "
         "VALIDATION_ERROR: Validation failed; assignment_max_duration_seconds: "
-        "assignment_max_duration_seconds must be a positive integer. Fix the cause and run the same "
+        "assignment_max_duration_seconds must be at least 1. Fix the cause and run the same "
         "command again: finished stages are reused"
     )
 
