@@ -328,8 +328,11 @@ class Emulator:
             raise conflict("POOL_INAPPROPRIATE_STATUS", f"pool {key} is archived")
         body = _object(body)
         priority = body.get("priority")
-        if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
-            raise validation({"priority": ("INVALID_VALUE", "priority must be an integer from -100 to 100")})
+        errors = pool_settings_errors({"priority": priority}, "pool")  # the range a PUT checks too
+        if priority is None:
+            errors["priority"] = ("VALUE_REQUIRED", "priority is required")
+        if errors:
+            raise validation(errors)
         pool["priority"] = priority
         self.store.touch("pool", key)
         if pool["status"] == "OPEN":

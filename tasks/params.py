@@ -651,7 +651,7 @@ PATTERN_WORDS = {
     ("toloka", "url"): "must start with http:// or https:// (e.g. http://127.0.0.1:8765), or be empty "
     "for toloka-kit's own endpoint",
     ("run_key",): "may hold only letters, digits, '.', '_' and '-'",
-    ("name",): "may hold only lowercase letters, digits and '-', and starts with a letter or digit",
+    ("name",): "may hold only lowercase letters, digits and '-', starting with a letter or digit",
 }
 
 

@@ -618,6 +618,10 @@ def test_the_settings_the_crowd_reads_are_checked_and_archived_objects_take_no_c
         assert _field_errors(
             raw.put(f"/api/v1/pools/{pool['id']}", json=_pool_body(project.id, priority=101))
         ) == {"priority"}
+        for priority in ("high", 101, None):
+            assert _field_errors(raw.patch(f"/api/v1/pools/{pool['id']}", json={"priority": priority})) == {
+                "priority"
+            }
         assert raw.post(f"/api/v1/pools/{pool['id']}/archive").status_code == 202
         patched = raw.patch(f"/api/v1/pools/{pool['id']}", json={"priority": 5})
         assert patched.status_code == 409 and patched.json()["code"] == "POOL_INAPPROPRIATE_STATUS"
